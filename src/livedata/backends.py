@@ -1,0 +1,48 @@
+"""Choose a backend by URL scheme, importing its module only when it is used.
+
+Each interface package has a ``SUPPORTED_BACKENDS`` table mapping a scheme to
+``"module:Class"``; the class is constructed with the URL.  A driver that is not
+installed gives a :class:`ConfigError` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from livedata.errors import ConfigError
+
+EXTRAS = {
+    "redis": "redis",
+    "kafka": "kafka",
+    "clickhouse": "clickhouse",
+    "postgresql": "postgres",
+    "mqtt": "mqtt",
+}
+
+
+def scheme_of(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if not scheme:
+        raise ConfigError(f"{url!r} is not a URL (expected e.g. memory:// or sqlite:///path)")
+    return scheme.split("+", 1)[0]
+
+
+def load(table: dict[str, str], url: str, what: str) -> Any:
+    """Construct the backend for ``url`` from ``table``; ``what`` names the role in errors."""
+    scheme = scheme_of(url)
+    target = table.get(scheme)
+    if target is None:
+        known = ", ".join(f"{s}://" for s in sorted(table))
+        raise ConfigError(f"unsupported {what} URL {url!r}: use one of {known}")
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:  # a driver that is not installed
+        extra = EXTRAS.get(scheme, scheme)
+        raise ConfigError(
+            f"{what} URL {url!r} needs a driver that is not installed: "
+            f"pip install 'livedata[{extra}]' ({exc})"
+        ) from exc
+    return getattr(module, class_name)(url)

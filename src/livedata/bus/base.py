@@ -1,0 +1,72 @@
+"""Log and pub/sub interfaces; contracts in ``tests/bus/contract.py``.
+
+* The **log** carries every record from ingest to distribute, in order per
+  machine (records are keyed by chassis).  Consumers in the same group share the
+  records; each record goes to one of them.  ``append`` waits (backpressure)
+  when the log is full rather than dropping.
+* **Pub/sub** is fire-and-forget fan-out of encoded live messages on a channel.
+  A message published while nobody is subscribed is gone; that is fine, because
+  the store has every record and the page fills gaps from history.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from livedata.model import Record
+
+Handler = Callable[[str, bytes], None]
+"""Called on the event loop with (channel, message); must not block."""
+
+
+class Log(abc.ABC):
+    """The durable hand-off between ingest and distribute."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush what was appended and disconnect."""
+
+    @abc.abstractmethod
+    async def append(self, records: Sequence[Record]) -> None:
+        """Append ``records`` (keyed by chassis); returns once the log has accepted them."""
+
+    @abc.abstractmethod
+    def consume(self, group: str) -> AsyncIterator[list[Record]]:
+        """Batches of records for consumer ``group``, in order per chassis, until closed.
+
+        A batch counts as processed when the next one is asked for (at-least-once).
+        """
+
+
+class PubSub(abc.ABC):
+    """Live fan-out of encoded messages by channel name."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Disconnect; subscriptions end."""
+
+    @abc.abstractmethod
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Send ``message`` to the current subscribers of ``channel``."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str, handler: Handler) -> None:
+        """Call ``handler`` for each message on ``channel`` until :meth:`unsubscribe`.
+
+        One handler per channel per PubSub object: the gateway hub multiplexes.
+        """
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel``; unknown channels are ignored."""

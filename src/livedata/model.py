@@ -1,0 +1,117 @@
+"""Plain data that flows through the pipeline; no I/O here.
+
+A machine sends :class:`DeviceMessage` objects (one per message type and second);
+ingest turns each into one :class:`Record` of decoded values.  Records are what the
+store keeps, what the log carries and what distribute publishes on the live channel
+named by :func:`live_channel`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+Value = float | int | str
+"""A decoded value: numbers for signals, strings for text metrics."""
+
+
+class MsgType(enum.StrEnum):
+    """The message types of the reference system."""
+
+    VEHICLE_CAN = "vehicle_can"
+    """A batch of raw CAN frames; decoded with the machine's DBC file."""
+    CLIENT_RAW_DATA = "client_raw_data"
+    """A JSON object of ready values (app metrics, GPS); not decoded."""
+
+
+class Kind(enum.StrEnum):
+    """Whether a record is live or late: only ``realTime`` is pushed to browsers."""
+
+    REALTIME = "realTime"
+    BACKFILL = "backfill"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One raw CAN frame as read from the bus."""
+
+    ts: int
+    """Milliseconds since the epoch."""
+    arbitration_id: int
+    is_extended: bool
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceMessage:
+    """What a device sends once per second for one message type.
+
+    ``frames`` is set for ``vehicle_can``, ``values`` for ``client_raw_data``.
+    The tenant and chassis come from the device link (the connection), never from
+    the payload.
+    """
+
+    tenant: str
+    chassis: str
+    msg_type: MsgType
+    ts: int
+    kind: Kind = Kind.REALTIME
+    frames: tuple[Frame, ...] = ()
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Record:
+    """Decoded values of one machine, message type and timestamp."""
+
+    tenant: str
+    chassis: str
+    msg_type: str
+    ts: int
+    kind: Kind
+    values: dict[str, Value]
+
+    @property
+    def channel(self) -> str:
+        return live_channel(self.tenant, self.chassis, self.msg_type)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "tenant": self.tenant,
+                "chassis": self.chassis,
+                "msgType": self.msg_type,
+                "ts": self.ts,
+                "kind": self.kind.value,
+                "values": self.values,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Record:
+        obj = orjson.loads(data)
+        return cls(
+            tenant=obj["tenant"],
+            chassis=obj["chassis"],
+            msg_type=obj["msgType"],
+            ts=obj["ts"],
+            kind=Kind(obj["kind"]),
+            values=obj["values"],
+        )
+
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def valid_id(value: str) -> bool:
+    """Whether ``value`` may name a tenant, machine, message type or field."""
+    return bool(_ID.match(value))
+
+
+def live_channel(tenant: str, chassis: str, msg_type: str) -> str:
+    """The pub/sub channel of the reference system."""
+    return f"live-stream/{tenant}/consumer-{chassis}/{msg_type}"
