@@ -1,0 +1,84 @@
+"""Flags shared by the server subcommands, and running the gateway on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from livedata.errors import ConfigError
+from livedata.gateway.app import create_app
+from livedata.observe import setup_logging
+from livedata.runtime import Runtime
+from livedata.settings import Settings, load_settings
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML settings file (also LIVEDATA_CONFIG)")
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="HTTP port (default 8000; 0 picks a free one)")
+    parser.add_argument("--data-dir", type=Path, help="directory of the embedded databases")
+    parser.add_argument("--store", help="telemetry store URL: sqlite:///path, memory://")
+    parser.add_argument("--metadata", help="metadata database URL: sqlite:///path")
+    parser.add_argument("--log", help="log URL between ingest and distribute: memory://")
+    parser.add_argument("--pubsub", help="pub/sub URL for live fan-out: memory://")
+    parser.add_argument("--retention-days", type=float, help="keep telemetry this long (default 7)")
+    parser.add_argument("--log-level", help="debug, info, warning, error (default info)")
+
+
+def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
+    keys = ("host", "port", "data_dir", "store", "metadata", "log", "pubsub", "retention_days",
+            "log_level")
+    overrides = {k: getattr(args, k) for k in keys}
+    overrides.update(extra)
+    return load_settings(overrides, args.config)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> int:
+    """Run the gateway app for ``rt`` until interrupted; ``announce(url)`` once listening."""
+    setup_logging(settings.log_level)
+    sock = bind(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(rt),
+        log_config=None,
+        ws_max_size=1024 * 1024,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=3,
+    )
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        async def tell() -> None:
+            host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
+            announce(f"http://{host}:{port}")
+
+        rt.on_started.append(tell)
+        await server.serve(sockets=[sock])
+        if not rt.started.is_set():
+            raise ConfigError("the server did not start; see the log above")
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0

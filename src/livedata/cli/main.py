@@ -1,0 +1,65 @@
+"""The ``livedata`` command: one module per subcommand, each with ``add_parser`` and ``run``.
+
+Errors print one line, ``error: …``, and exit with status 2; ``--debug`` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from livedata import __version__
+from livedata.cli import demo, serve
+from livedata.errors import LivedataError
+
+COMMANDS = (demo, serve)
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="livedata",
+        description=(
+            "Machine telemetry, live in the browser: machines send raw CAN frames and "
+            "metrics, livedata decodes and stores them and pushes them to ECharts line "
+            "charts over WebSocket, with the last minutes of history drawn first."
+        ),
+        epilog="Start with `livedata demo` and open the printed URL.",
+    )
+    parser.add_argument("--version", action="version", version=f"livedata {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        result: int = args.run(args)
+        return result
+    except LivedataError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""``livedata serve``: run the server roles without a simulated fleet."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from livedata.cli.common import add_server_flags, serve, settings_from
+from livedata.runtime import Runtime
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="run ingest, distribute and the gateway",
+        description=(
+            "Run the server roles (ingest, distribute, gateway) in one process on the "
+            "backends named by the URL flags, the environment (LIVEDATA_*) or a TOML file."
+        ),
+    )
+    add_server_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    rt = Runtime(settings)
+    return serve(settings, rt, lambda url: print(f"livedata is serving on {url}", flush=True))

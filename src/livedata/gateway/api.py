@@ -1,0 +1,221 @@
+"""The HTTP API: machines, history, groups, DBC files and their assignments.
+
+Every error is ``{"error": {"code": …, "message": …}}`` with a 4xx status that
+says whose fault it is (400 bad parameters, 404 unknown or foreign object, 409
+conflict, 413 too large) or 503 when an engine is down.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request, Response
+from pydantic import BaseModel, Field
+
+from livedata.decode.can import CanDecoder
+from livedata.errors import DecodeError, InputError, NotFound
+from livedata.metadata import GroupSpec, group_dict
+from livedata.model import MsgType, valid_id
+
+if TYPE_CHECKING:
+    from livedata.runtime import Runtime
+
+router = APIRouter(prefix="/api")
+
+HISTORY_DEFAULT_MS = 120_000
+HISTORY_MAX_SPAN_MS = 7 * 86_400_000
+HISTORY_MAX_POINTS = 100_000
+MAX_DBC_BYTES = 2 * 1024 * 1024
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def check_msg_type(value: str) -> str:
+    if value not in set(MsgType):
+        raise InputError(f"unknown msgType {value!r}: use one of {', '.join(MsgType)}")
+    return value
+
+
+class GroupBody(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    msgType: MsgType
+    fields: list[str] = Field(min_length=1, max_length=50)
+    unit: str = Field("", max_length=32)
+
+
+class DbcBody(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    content: str = Field(min_length=1, max_length=MAX_DBC_BYTES)
+
+
+class AssignBody(BaseModel):
+    dbcId: int | None
+
+
+@router.get("/orgs", summary="Organisations")
+async def list_orgs(request: Request) -> dict[str, Any]:
+    orgs = await runtime(request).meta.list_orgs()
+    return {"orgs": [{"id": o.id, "name": o.name} for o in orgs]}
+
+
+@router.get("/resources/{orgId}/machines", summary="Machines with their message types and fields")
+async def list_machines(request: Request, orgId: str) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    machines = []
+    for machine in await rt.meta.list_machines(orgId):
+        machines.append(await rt.describe_machine(orgId, machine.chassis_id))
+    return {"machines": machines}
+
+
+@router.get("/resources/{orgId}/machines/{chassisId}", summary="One machine and its decoding counters")
+async def get_machine(request: Request, orgId: str, chassisId: str) -> dict[str, Any]:
+    rt = runtime(request)
+    described = await rt.describe_machine(orgId, chassisId)
+    described["decoding"] = rt.ingest.stats_for(orgId, chassisId).to_dict()
+    return described
+
+
+@router.get(
+    "/resources/{orgId}/_common/datasets/{chassisId}/history",
+    summary="History of a machine's fields, as ECharts time-axis series",
+)
+async def history(
+    request: Request,
+    orgId: str,
+    chassisId: str,
+    msgType: Annotated[str, Query(description="vehicle_can or client_raw_data")],
+    fields: Annotated[str | None, Query(description="comma-separated; default all")] = None,
+    from_: Annotated[int | None, Query(alias="from", description="ms since epoch")] = None,
+    to: Annotated[int | None, Query(description="ms since epoch; default now")] = None,
+) -> dict[str, Any]:
+    rt = runtime(request)
+    check_msg_type(msgType)
+    info = await rt.require_machine(orgId, chassisId)
+    if fields is None:
+        names = [f["name"] for f in await rt.catalog.fields(info, msgType)]
+    else:
+        names = [f for f in (part.strip() for part in fields.split(",")) if f]
+        if not names:
+            raise InputError("fields is empty: give a comma-separated list of field names")
+        if len(names) > 500:
+            raise InputError(f"{len(names)} fields; at most 500")
+        bad = [f for f in names if not valid_id(f)]
+        if bad:
+            raise InputError(f"invalid field names: {bad[:5]}")
+    end = to if to is not None else int(time.time() * 1000)
+    start = from_ if from_ is not None else end - HISTORY_DEFAULT_MS
+    if start > end:
+        raise InputError(f"from ({start}) is after to ({end})")
+    if end - start > HISTORY_MAX_SPAN_MS:
+        raise InputError("the time range is longer than 7 days")
+    series = await rt.store.query(
+        orgId, chassisId, msgType, names, start, end, limit=HISTORY_MAX_POINTS
+    )
+    return {
+        "msgType": msgType,
+        "from": start,
+        "to": end,
+        "series": {name: [list(p) for p in points] for name, points in series.items()},
+    }
+
+
+@router.get("/resources/{orgId}/groups", summary="The organisation's line groups")
+async def list_groups(request: Request, orgId: str) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    return {"groups": [group_dict(g) for g in await rt.meta.list_groups(orgId)]}
+
+
+def _spec(body: GroupBody) -> GroupSpec:
+    bad = [f for f in body.fields if not valid_id(f)]
+    if bad:
+        raise InputError(f"invalid field names: {bad[:5]}")
+    if len(set(body.fields)) != len(body.fields):
+        raise InputError("fields contains duplicates")
+    return GroupSpec(body.name.strip(), body.msgType.value, body.fields, body.unit)
+
+
+@router.post("/resources/{orgId}/groups", status_code=201, summary="Create a line group")
+async def create_group(request: Request, orgId: str, body: GroupBody) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    return group_dict(await rt.meta.create_group(orgId, _spec(body)))
+
+
+@router.put("/resources/{orgId}/groups/{groupId}", summary="Change a line group")
+async def update_group(request: Request, orgId: str, groupId: str, body: GroupBody) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    return group_dict(await rt.meta.update_group(orgId, groupId, _spec(body)))
+
+
+@router.delete(
+    "/resources/{orgId}/groups/{groupId}", status_code=204, summary="Delete a line group"
+)
+async def delete_group(request: Request, orgId: str, groupId: str) -> Response:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    await rt.meta.delete_group(orgId, groupId)
+    return Response(status_code=204)
+
+
+def _dbc_dict(dbc: Any, decoder: CanDecoder | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": dbc.id, "name": dbc.name, "created": dbc.created_ms}
+    if decoder is not None:
+        out["signals"] = [s.to_dict() for s in decoder.signals()]
+    return out
+
+
+@router.get("/resources/{orgId}/dbc", summary="DBC files of the organisation")
+async def list_dbc(request: Request, orgId: str) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    return {"dbc": [_dbc_dict(d) for d in await rt.meta.list_dbc(orgId)]}
+
+
+@router.post("/resources/{orgId}/dbc", status_code=201, summary="Upload a DBC file")
+async def upload_dbc(request: Request, orgId: str, body: DbcBody) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    try:
+        decoder = CanDecoder.from_dbc(body.content)
+    except DecodeError as exc:
+        raise InputError(f"not a valid DBC file: {exc}") from None
+    dbc = await rt.meta.add_dbc(orgId, body.name, body.content)
+    return _dbc_dict(dbc, decoder)
+
+
+@router.get("/resources/{orgId}/dbc/{dbcId}", summary="A DBC file's signals with unit, min, max")
+async def get_dbc(request: Request, orgId: str, dbcId: int) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    dbc = await rt.meta.get_dbc(orgId, dbcId)
+    return _dbc_dict(dbc, CanDecoder.from_dbc(dbc.content))
+
+
+@router.put("/resources/{orgId}/machines/{chassisId}/dbc", summary="Decode a machine with a DBC")
+async def assign_machine(
+    request: Request, orgId: str, chassisId: str, body: Annotated[AssignBody, Body()]
+) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.require_machine(orgId, chassisId)
+    await rt.meta.assign_machine_dbc(orgId, chassisId, body.dbcId)
+    rt.catalog.invalidate()
+    return await rt.describe_machine(orgId, chassisId)
+
+
+@router.put("/resources/{orgId}/models/{model}/dbc", summary="Decode a machine model with a DBC")
+async def assign_model(
+    request: Request, orgId: str, model: str, body: Annotated[AssignBody, Body()]
+) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    if not valid_id(model):
+        raise NotFound(f"model {model!r} not found")
+    await rt.meta.assign_model_dbc(orgId, model, body.dbcId)
+    rt.catalog.invalidate()
+    return {"model": model, "dbcId": body.dbcId}

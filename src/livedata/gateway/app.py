@@ -1,0 +1,106 @@
+"""The ASGI app: HTTP API, live WebSocket, web UI, health and metrics."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from livedata import __version__
+from livedata.errors import BackendError, Conflict, InputError, NotFound
+from livedata.gateway.api import router
+from livedata.gateway.live import serve_live
+
+if TYPE_CHECKING:
+    from livedata.runtime import Runtime
+
+STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(rt: Runtime) -> FastAPI:
+    """The gateway app; its lifespan starts and stops the runtime's roles."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await rt.start()
+        try:
+            yield
+        finally:
+            await rt.stop()
+
+    app = FastAPI(
+        title="livedata",
+        version=__version__,
+        summary="Machine telemetry, live and history",
+        lifespan=lifespan,
+    )
+    app.state.runtime = rt
+    app.include_router(router)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_r: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, exc.code, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_r: Request, exc: Conflict) -> JSONResponse:
+        return _error(409, exc.code, str(exc))
+
+    @app.exception_handler(InputError)
+    async def _input(_r: Request, exc: InputError) -> JSONResponse:
+        return _error(400, exc.code, str(exc))
+
+    @app.exception_handler(BackendError)
+    async def _backend(_r: Request, exc: BackendError) -> JSONResponse:
+        return _error(503, "unavailable", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err["loc"] if p != "body")
+            parts.append(f"{where}: {err['msg']}")
+        return _error(400, "bad_request", "; ".join(parts))
+
+    @app.websocket("/api/resources/{orgId}/_common/datasets/{chassisId}/live")
+    async def live(websocket: WebSocket, orgId: str, chassisId: str) -> None:
+        async def known_fields(msg_type: str) -> list[str]:
+            info = await rt.require_machine(orgId, chassisId)
+            return [f["name"] for f in await rt.catalog.fields(info, msg_type)]
+
+        await serve_live(
+            websocket,
+            rt.hub,
+            orgId,
+            chassisId,
+            websocket.query_params.get("msgType"),
+            known_fields,
+            rt.settings.client_queue,
+        )
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        status = await rt.health()
+        return JSONResponse(status, status_code=200 if status["ok"] else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        rt.update_gauges()
+        return PlainTextResponse(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
+    return app

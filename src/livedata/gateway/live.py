@@ -1,0 +1,167 @@
+"""The live WebSocket of the reference system.
+
+``/api/resources/{orgId}/_common/datasets/{chassisId}/live?msgType={msgType}``
+
+Client → server: ``{"type":"INIT_FIELD_LIST","payload":["speed","engine_rpm"]}``
+(send again to replace the list).  Server → client, per record of the machine:
+``{"type":"LIVE_DATA","payload":{only the requested fields},"ts":…,"seq":…,"epoch":…}``.
+
+Errors are ``{"type":"ERROR","code":…,"message":…}``.  Recoverable ones keep
+the connection (the previous field list stays in force); the others close it:
+
+=================  =====================================================  ==========
+code               when                                                   close code
+=================  =====================================================  ==========
+invalid_json       the text is not JSON                                   stays open
+unknown_type       not an object with a known ``type``                    stays open
+invalid_field_list ``payload`` is not a list of field names               stays open
+too_many_fields    more than 500 fields                                   stays open
+unknown_fields     fields the machine does not have (the rest are kept)   stays open
+message_too_big    a message over 64 KiB                                  1009
+unsupported_data   a binary message                                       1003
+rate_limited       more than 20 messages in 10 s from the client          1008
+not_found          unknown organisation, machine or message type          4404
+=================  =====================================================  ==========
+
+Under stress: see :mod:`livedata.gateway.hub` (bounded queue per client, oldest
+dropped, ``missed`` count).  Dead peers are found by the server's WebSocket pings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from livedata import observe
+from livedata.errors import NotFound
+from livedata.gateway.hub import Hub, LiveClient
+from livedata.model import MsgType, live_channel, valid_id
+
+log = logging.getLogger("livedata.gateway.live")
+
+MAX_MESSAGE = 64 * 1024
+MAX_FIELDS = 500
+RATE_WINDOW = 10.0
+RATE_MAX = 20
+CLOSE_NOT_FOUND = 4404
+
+
+def error(code: str, message: str) -> str:
+    observe.CLIENT_ERRORS.labels(code).inc()
+    return orjson.dumps({"type": "ERROR", "code": code, "message": message}).decode()
+
+
+class _Fatal(Exception):
+    def __init__(self, code: str, message: str, close_code: int) -> None:
+        super().__init__(message)
+        self.code, self.close_code = code, close_code
+
+
+def parse_field_list(payload: Any) -> tuple[str, ...]:
+    """Validate an INIT_FIELD_LIST payload; raises ``ValueError(code, message)``."""
+    if not isinstance(payload, list) or not all(isinstance(f, str) for f in payload):
+        raise ValueError("invalid_field_list", "payload must be a list of field names (strings)")
+    if len(payload) > MAX_FIELDS:
+        raise ValueError("too_many_fields", f"{len(payload)} fields; at most {MAX_FIELDS}")
+    bad = [f for f in payload if not valid_id(f)]
+    if bad:
+        raise ValueError("invalid_field_list", f"invalid field names: {bad[:5]}")
+    return tuple(dict.fromkeys(payload))
+
+
+async def serve_live(
+    websocket: WebSocket,
+    hub: Hub,
+    org_id: str,
+    chassis_id: str,
+    msg_type: str | None,
+    known_fields: Any,
+    queue_max: int,
+) -> None:
+    """Run one live connection; ``known_fields(msg_type)`` checks the machine and lists fields."""
+    await websocket.accept()
+    observe.WS_CONNECTIONS.inc()
+    client = LiveClient(websocket.send_text, queue_max)
+    writer = asyncio.create_task(client.writer())
+    try:
+        if msg_type not in set(MsgType):
+            raise _Fatal(
+                "not_found",
+                f"unknown msgType {msg_type!r}: use one of {', '.join(MsgType)}",
+                CLOSE_NOT_FOUND,
+            )
+        try:
+            fields = set(await known_fields(msg_type))
+        except NotFound as exc:
+            raise _Fatal("not_found", str(exc), CLOSE_NOT_FOUND) from None
+        channel = live_channel(org_id, chassis_id, msg_type)
+        with observe.log_context(role="gateway", machine=chassis_id):
+            await _receive_loop(websocket, hub, client, channel, fields, msg_type)
+    except _Fatal as exc:
+        writer.cancel()
+        with contextlib.suppress(Exception):
+            await websocket.send_text(error(exc.code, str(exc)))
+            await websocket.close(exc.close_code, str(exc)[:120])
+    except WebSocketDisconnect:
+        pass
+    finally:
+        writer.cancel()
+        await hub.leave(client)
+        observe.WS_CONNECTIONS.dec()
+
+
+async def _receive_loop(
+    websocket: WebSocket,
+    hub: Hub,
+    client: LiveClient,
+    channel: str,
+    known: set[str],
+    msg_type: str,
+) -> None:
+    recent: deque[float] = deque()
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        now = time.monotonic()
+        recent.append(now)
+        while recent and now - recent[0] > RATE_WINDOW:
+            recent.popleft()
+        if len(recent) > RATE_MAX:
+            raise _Fatal("rate_limited", f"more than {RATE_MAX} messages in 10 s", 1008)
+        text = message.get("text")
+        if text is None:
+            raise _Fatal("unsupported_data", "binary messages are not supported", 1003)
+        if len(text) > MAX_MESSAGE or len(text.encode()) > MAX_MESSAGE:
+            raise _Fatal("message_too_big", f"messages are limited to {MAX_MESSAGE} bytes", 1009)
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            client.offer(error("invalid_json", "message is not valid JSON").encode())
+            continue
+        if not isinstance(data, dict) or data.get("type") != "INIT_FIELD_LIST":
+            kind = data.get("type") if isinstance(data, dict) else None
+            client.offer(
+                error("unknown_type", f"unknown message type {kind!r}; expected INIT_FIELD_LIST")
+                .encode()
+            )
+            continue
+        try:
+            fields = parse_field_list(data.get("payload"))
+        except ValueError as exc:
+            code, text = exc.args
+            client.offer(error(code, text).encode())
+            continue
+        unknown = [f for f in fields if f not in known]
+        if unknown:
+            client.offer(
+                error("unknown_fields", f"{msg_type} has no fields {unknown[:20]}").encode()
+            )
+        await hub.watch(client, channel, fields)

@@ -1,0 +1,269 @@
+"""The metadata database: organisations, machines, DBC files, groups.
+
+SQLAlchemy (async) on SQLite in the embedded shape and PostgreSQL in the
+distributed one; the schema is kept by Alembic migrations, applied at start.
+Driver errors are mapped to :class:`~livedata.errors.BackendError`; missing or
+foreign objects raise :class:`~livedata.errors.NotFound`, so a caller never learns
+whether an id exists in another organisation.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, delete, event, func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+from livedata.errors import BackendError, Conflict, NotFound
+from livedata.metadata.tables import DbcFile, Group, Machine, MachineField, MachineModel, Org
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def async_url(url: str) -> str:
+    """Map our metadata URL to SQLAlchemy's async driver URL."""
+    scheme, _, rest = url.partition("://")
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}[scheme.split("+")[0]]
+    return f"{driver}://{rest}"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSpec:
+    """What a user sets on a line group."""
+
+    name: str
+    msg_type: str
+    fields: list[str]
+    unit: str
+
+
+def group_dict(group: Group) -> dict[str, Any]:
+    return {
+        "id": group.id,
+        "name": group.name,
+        "msgType": group.msg_type,
+        "fields": list(group.fields),
+        "unit": group.unit,
+    }
+
+
+def _upgrade(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+class Metadata:
+    """Access to the metadata database; one per process, shared by the roles."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_async_engine(async_url(url))
+        if url.startswith("sqlite"):
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def start(self) -> None:
+        """Create or upgrade the schema."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self._sessions() as session, session.begin():
+                yield session
+        except IntegrityError as exc:
+            raise Conflict(f"conflicts with stored data: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise BackendError(f"metadata database error: {exc}") from exc
+
+    # organisations -------------------------------------------------------------
+
+    async def ensure_org(self, org_id: str, name: str) -> None:
+        async with self.session() as s:
+            if await s.get(Org, org_id) is None:
+                s.add(Org(id=org_id, name=name))
+
+    async def list_orgs(self) -> list[Org]:
+        async with self.session() as s:
+            return list((await s.scalars(select(Org).order_by(Org.id))).all())
+
+    async def require_org(self, org_id: str) -> Org:
+        async with self.session() as s:
+            org = await s.get(Org, org_id)
+        if org is None:
+            raise NotFound(f"organisation {org_id!r} not found")
+        return org
+
+    # DBC files ----------------------------------------------------------------
+
+    async def add_dbc(self, org_id: str, name: str, content: str) -> DbcFile:
+        dbc = DbcFile(org_id=org_id, name=name, content=content, created_ms=int(time.time() * 1000))
+        async with self.session() as s:
+            s.add(dbc)
+        return dbc
+
+    async def list_dbc(self, org_id: str) -> list[DbcFile]:
+        async with self.session() as s:
+            rows = await s.scalars(select(DbcFile).where(DbcFile.org_id == org_id).order_by(DbcFile.id))
+            return list(rows.all())
+
+    async def get_dbc(self, org_id: str, dbc_id: int) -> DbcFile:
+        async with self.session() as s:
+            dbc = await s.get(DbcFile, dbc_id)
+        if dbc is None or dbc.org_id != org_id:
+            raise NotFound(f"DBC file {dbc_id} not found")
+        return dbc
+
+    async def find_dbc(self, org_id: str, name: str) -> DbcFile | None:
+        async with self.session() as s:
+            query = select(DbcFile).where(DbcFile.org_id == org_id, DbcFile.name == name)
+            return (await s.scalars(query.order_by(DbcFile.id.desc()))).first()
+
+    async def assign_model_dbc(self, org_id: str, model: str, dbc_id: int | None) -> None:
+        if dbc_id is not None:
+            await self.get_dbc(org_id, dbc_id)
+        async with self.session() as s:
+            row = await s.get(MachineModel, (org_id, model))
+            if row is None:
+                s.add(MachineModel(org_id=org_id, name=model, dbc_id=dbc_id))
+            else:
+                row.dbc_id = dbc_id
+
+    async def assign_machine_dbc(self, org_id: str, chassis: str, dbc_id: int | None) -> None:
+        if dbc_id is not None:
+            await self.get_dbc(org_id, dbc_id)
+        async with self.session() as s:
+            machine = await s.get(Machine, (org_id, chassis))
+            if machine is None:
+                raise NotFound(f"machine {chassis!r} not found")
+            machine.dbc_id = dbc_id
+
+    async def machine_dbc(self, org_id: str, chassis: str) -> DbcFile | None:
+        """The DBC a machine is decoded with: its own, else its model's, else none."""
+        async with self.session() as s:
+            machine = await s.get(Machine, (org_id, chassis))
+            if machine is None:
+                return None
+            dbc_id = machine.dbc_id
+            if dbc_id is None:
+                model = await s.get(MachineModel, (org_id, machine.model))
+                dbc_id = model.dbc_id if model else None
+            return None if dbc_id is None else await s.get(DbcFile, dbc_id)
+
+    # machines -----------------------------------------------------------------
+
+    async def upsert_machine(self, org_id: str, chassis: str, name: str, model: str) -> Machine:
+        async with self.session() as s:
+            machine = await s.get(Machine, (org_id, chassis))
+            if machine is None:
+                machine = Machine(org_id=org_id, chassis_id=chassis, name=name, model=model)
+                s.add(machine)
+                if await s.get(MachineModel, (org_id, model)) is None:
+                    s.add(MachineModel(org_id=org_id, name=model, dbc_id=None))
+            else:
+                machine.name, machine.model = name, model
+        return machine
+
+    async def list_machines(self, org_id: str) -> list[Machine]:
+        async with self.session() as s:
+            query = select(Machine).where(Machine.org_id == org_id).order_by(Machine.chassis_id)
+            return list((await s.scalars(query)).all())
+
+    async def get_machine(self, org_id: str, chassis: str) -> Machine:
+        async with self.session() as s:
+            machine = await s.get(Machine, (org_id, chassis))
+        if machine is None:
+            raise NotFound(f"machine {chassis!r} not found in organisation {org_id!r}")
+        return machine
+
+    async def add_fields(
+        self, org_id: str, chassis: str, msg_type: str, fields: Iterable[str]
+    ) -> None:
+        async with self.session() as s:
+            for name in fields:
+                await s.merge(
+                    MachineField(org_id=org_id, chassis_id=chassis, msg_type=msg_type, field=name)
+                )
+
+    async def list_fields(self, org_id: str, chassis: str, msg_type: str) -> list[str]:
+        async with self.session() as s:
+            query = (
+                select(MachineField.field)
+                .where(
+                    MachineField.org_id == org_id,
+                    MachineField.chassis_id == chassis,
+                    MachineField.msg_type == msg_type,
+                )
+                .order_by(MachineField.field)
+            )
+            return list((await s.scalars(query)).all())
+
+    # groups -------------------------------------------------------------------
+
+    async def list_groups(self, org_id: str) -> list[Group]:
+        async with self.session() as s:
+            query = select(Group).where(Group.org_id == org_id).order_by(Group.position)
+            return list((await s.scalars(query)).all())
+
+    async def create_group(self, org_id: str, spec: GroupSpec) -> Group:
+        async with self.session() as s:
+            last = await s.scalar(select(func.max(Group.position)).where(Group.org_id == org_id))
+            group = Group(
+                id=uuid.uuid4().hex[:12],
+                org_id=org_id,
+                name=spec.name,
+                msg_type=spec.msg_type,
+                fields=spec.fields,
+                unit=spec.unit,
+                position=(last or 0) + 1,
+            )
+            s.add(group)
+        return group
+
+    async def update_group(self, org_id: str, group_id: str, spec: GroupSpec) -> Group:
+        async with self.session() as s:
+            group = await s.get(Group, group_id)
+            if group is None or group.org_id != org_id:
+                raise NotFound(f"group {group_id!r} not found")
+            group.name, group.msg_type = spec.name, spec.msg_type
+            group.fields, group.unit = list(spec.fields), spec.unit
+        return group
+
+    async def delete_group(self, org_id: str, group_id: str) -> None:
+        async with self.session() as s:
+            result = await s.execute(
+                delete(Group).where(Group.id == group_id, Group.org_id == org_id)
+            )
+        if not getattr(result, "rowcount", 0):
+            raise NotFound(f"group {group_id!r} not found")
+
+    async def ensure_groups(self, org_id: str, specs: Sequence[GroupSpec]) -> None:
+        """Create ``specs`` when the organisation has no groups yet (the demo's defaults)."""
+        if not await self.list_groups(org_id):
+            for spec in specs:
+                await self.create_group(org_id, spec)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,80 @@
+"""Metadata tables (SQLAlchemy): organisations, machines, DBC files and their assignments, groups.
+
+Telemetry is not here; it lives in the store.  The schema is created and upgraded
+by the Alembic migrations beside this file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Org(Base):
+    __tablename__ = "orgs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+
+
+class DbcFile(Base):
+    __tablename__ = "dbc_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    content: Mapped[str] = mapped_column(Text)
+    created_ms: Mapped[int] = mapped_column(Integer)
+
+
+class MachineModel(Base):
+    """A machine model and the DBC file its machines are decoded with."""
+
+    __tablename__ = "machine_models"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    dbc_id: Mapped[int | None] = mapped_column(ForeignKey("dbc_files.id", ondelete="SET NULL"))
+
+
+class Machine(Base):
+    __tablename__ = "machines"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), primary_key=True)
+    chassis_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(64))
+    dbc_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dbc_files.id", ondelete="SET NULL"), doc="overrides the model's DBC"
+    )
+
+
+class MachineField(Base):
+    """A ``client_raw_data`` field seen from a machine (those have no DBC to list them)."""
+
+    __tablename__ = "machine_fields"
+
+    org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    chassis_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    msg_type: Mapped[str] = mapped_column(String(64), primary_key=True)
+    field: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class Group(Base):
+    """A line group of the Live Data page: one chart of a few fields of one message type."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    msg_type: Mapped[str] = mapped_column(String(64))
+    fields: Mapped[list[Any]] = mapped_column(JSON)
+    unit: Mapped[str] = mapped_column(String(32))
+    position: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,80 @@
+"""Structured logs and Prometheus metrics.
+
+Every log line carries the role and, where there is one, the machine:
+``2026-11-21T10:00:00.123Z INFO role=ingest machine=WL-0001 decode: 2 malformed frames``.
+Set them with :func:`log_context`; they follow the asyncio task.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram
+
+role_var: contextvars.ContextVar[str] = contextvars.ContextVar("role", default="-")
+machine_var: contextvars.ContextVar[str] = contextvars.ContextVar("machine", default="-")
+
+
+@contextmanager
+def log_context(role: str | None = None, machine: str | None = None) -> Iterator[None]:
+    tokens = []
+    if role is not None:
+        tokens.append((role_var, role_var.set(role)))
+    if machine is not None:
+        tokens.append((machine_var, machine_var.set(machine)))
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = (
+            f"{stamp}.{int(record.msecs):03d}Z {record.levelname} role={role_var.get()} "
+            f"machine={machine_var.get()} {record.name}: {record.getMessage()}"
+        )
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+RECORDS_IN = Counter("livedata_records_in", "Records decoded by ingest", ["msg_type", "kind"])
+POINTS_IN = Counter("livedata_points_in", "Decoded values (points) produced by ingest")
+DECODE_ERRORS = Counter(
+    "livedata_decode_errors", "Frames or payloads that could not be decoded", ["reason"]
+)
+STORE_BATCHES = Counter("livedata_store_batches", "Batches written to the store")
+STORE_POINTS = Counter("livedata_store_points", "Points written to the store")
+STORE_FAILURES = Counter("livedata_store_failures", "Store writes that failed and were retried")
+STORE_LAG = Histogram(
+    "livedata_store_lag_seconds",
+    "Time from a record's timestamp to its store write",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+INGEST_QUEUE = Gauge("livedata_ingest_queue", "Records waiting for the store and log")
+PUBLISHED = Counter("livedata_published", "Live messages published to pub/sub")
+WS_CONNECTIONS = Gauge("livedata_ws_connections", "Open live WebSocket connections")
+CHANNELS = Gauge("livedata_live_channels", "Pub/sub channels the gateway is subscribed to")
+DELIVERIES = Counter("livedata_deliveries", "Live messages sent to clients")
+DROPS = Counter("livedata_drops", "Live messages dropped for slow clients (newest kept)")
+CLIENT_ERRORS = Counter("livedata_client_errors", "Bad messages from live clients", ["code"])

@@ -1,0 +1,57 @@
+"""The distribute role: records from the log, real-time ones published on their live channel.
+
+Each channel gets a sequence number per message and the distributor's epoch (a
+random id chosen at start), so a client can see a gap; a new epoch means the
+numbering restarted.  Backfill records are not published (they are stored).
+
+Under stress: pub/sub is fire-and-forget, so a slow gateway never slows the
+log; if pub/sub fails the message is logged and skipped (the store has it, and
+clients fill gaps from history).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import orjson
+
+from livedata import observe
+from livedata.bus.base import Log, PubSub
+from livedata.errors import BusError
+from livedata.model import Kind, Record
+
+log = logging.getLogger("livedata.distribute")
+
+
+def live_message(record: Record, seq: int, epoch: str) -> bytes:
+    """What travels on a live channel: the record's values with ts, seq and epoch."""
+    return orjson.dumps({"ts": record.ts, "seq": seq, "epoch": epoch, "values": record.values})
+
+
+class Distribute:
+    def __init__(self, log: Log, pubsub: PubSub, group: str = "distribute") -> None:
+        self.log = log
+        self.pubsub = pubsub
+        self.group = group
+        self.epoch = uuid.uuid4().hex[:12]
+        self._seq: dict[str, int] = {}
+
+    async def run(self) -> None:
+        """Publish real-time records until cancelled."""
+        with observe.log_context(role="distribute"):
+            async for batch in self.log.consume(self.group):
+                for record in batch:
+                    if record.kind is Kind.REALTIME:
+                        await self._publish(record)
+
+    async def _publish(self, record: Record) -> None:
+        channel = record.channel
+        seq = self._seq.get(channel, 0) + 1
+        self._seq[channel] = seq
+        try:
+            await self.pubsub.publish(channel, live_message(record, seq, self.epoch))
+        except BusError as exc:
+            log.warning("publish on %s failed: %s", channel, exc)
+            return
+        observe.PUBLISHED.inc()

@@ -1,0 +1,173 @@
+"""The ingest role: device messages in, decoded records to the store and the log.
+
+Per message: look the machine up (unknown machines are rejected and counted),
+decode ``vehicle_can`` frames with the machine's DBC or validate
+``client_raw_data`` values, then queue one :class:`Record`.  A writer task takes
+what has queued (up to ``batch_max`` records), writes it to the store in one
+batch, then appends it to the log, so a live point is never ahead of history.
+
+Under stress: the queue is bounded (``queue_max`` records); when the store is
+slow, :meth:`Ingest.handle` waits, which slows the device link down instead of
+growing memory.  When the store fails the batch is retried with backoff
+(1 s … 30 s) and never dropped; the log append waits when the log is full.
+Bad input is counted per machine (see :class:`DecodeStats`) and never stops the
+pipeline or the rest of a batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from livedata import observe
+from livedata.bus.base import Log
+from livedata.catalog import Catalog
+from livedata.decode.values import decode_values
+from livedata.errors import DecodeError, StoreError
+from livedata.model import DeviceMessage, MsgType, Record
+from livedata.store.base import Store
+
+log = logging.getLogger("livedata.ingest")
+
+
+@dataclass(slots=True)
+class DecodeStats:
+    """Per-machine decoding counters, shown by the API."""
+
+    messages: int = 0
+    frames: int = 0
+    unknown_ids: int = 0
+    malformed: int = 0
+    rejected: int = 0
+    points: int = 0
+    last_errors: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "frames": self.frames,
+            "unknownIds": self.unknown_ids,
+            "malformed": self.malformed,
+            "rejected": self.rejected,
+            "points": self.points,
+            "lastErrors": list(self.last_errors),
+        }
+
+
+class Ingest:
+    def __init__(
+        self,
+        store: Store,
+        log: Log,
+        catalog: Catalog,
+        *,
+        batch_max: int = 5_000,
+        queue_max: int = 20_000,
+    ) -> None:
+        self.store = store
+        self.log = log
+        self.catalog = catalog
+        self.batch_max = batch_max
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(queue_max)
+        self.stats: dict[tuple[str, str], DecodeStats] = {}
+        self.written = 0
+
+    def stats_for(self, tenant: str, chassis: str) -> DecodeStats:
+        key = (tenant, chassis)
+        stats = self.stats.get(key)
+        if stats is None:
+            stats = self.stats[key] = DecodeStats()
+        return stats
+
+    def _error(self, stats: DecodeStats, reason: str, message: str) -> None:
+        observe.DECODE_ERRORS.labels(reason).inc()
+        stats.last_errors.append(f"{time.strftime('%H:%M:%S')} {message}")
+
+    async def handle(self, msg: DeviceMessage) -> Record | None:
+        """Decode one device message and queue its record; ``None`` if it was rejected."""
+        with observe.log_context(machine=msg.chassis):
+            stats = self.stats_for(msg.tenant, msg.chassis)
+            stats.messages += 1
+            try:
+                record = await self._decode(msg, stats)
+            except DecodeError as exc:
+                stats.rejected += 1
+                self._error(stats, "rejected", str(exc))
+                log.warning("rejected %s message: %s", msg.msg_type, exc)
+                return None
+            stats.points += len(record.values)
+            observe.RECORDS_IN.labels(record.msg_type, record.kind.value).inc()
+            observe.POINTS_IN.inc(len(record.values))
+            await self._queue.put(record)
+            observe.INGEST_QUEUE.set(self._queue.qsize())
+            return record
+
+    async def _decode(self, msg: DeviceMessage, stats: DecodeStats) -> Record:
+        info = await self.catalog.machine(msg.tenant, msg.chassis)
+        if info is None:
+            raise DecodeError(f"unknown machine {msg.chassis!r} in organisation {msg.tenant!r}")
+        if msg.msg_type == MsgType.VEHICLE_CAN:
+            if info.decoder is None:
+                raise DecodeError(f"no DBC file assigned to machine {msg.chassis!r}")
+            result = info.decoder.decode(msg.frames)
+            stats.frames += result.frames
+            if result.unknown:
+                stats.unknown_ids += result.unknown
+                observe.DECODE_ERRORS.labels("unknown_id").inc(result.unknown)
+            for error in result.errors:
+                stats.malformed += 1
+                self._error(stats, "malformed", error)
+            if result.errors:
+                log.info("%d malformed frames: %s", len(result.errors), result.errors[0])
+            values: dict[str, Any] = dict(result.values)
+        else:
+            values, errors = decode_values(msg.values)
+            for error in errors:
+                stats.malformed += 1
+                self._error(stats, "malformed", error)
+            await self.catalog.note_fields(msg.tenant, msg.chassis, msg.msg_type, set(values))
+        return Record(msg.tenant, msg.chassis, msg.msg_type, msg.ts, msg.kind, values)
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    async def run(self) -> None:
+        """Write queued records to the store, then the log, until cancelled."""
+        with observe.log_context(role="ingest"):
+            while True:
+                batch = [await self._queue.get()]
+                while len(batch) < self.batch_max and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                observe.INGEST_QUEUE.set(self._queue.qsize())
+                await self._write(batch)
+                await self.log.append(batch)
+
+    async def _write(self, batch: list[Record]) -> None:
+        delay = 1.0
+        while True:
+            try:
+                points = await self.store.write(batch)
+                break
+            except StoreError as exc:
+                observe.STORE_FAILURES.inc()
+                log.error("store write of %d records failed, retrying in %.0f s: %s",
+                          len(batch), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        now = time.time()
+        observe.STORE_BATCHES.inc()
+        observe.STORE_POINTS.inc(points)
+        for record in batch[:: max(1, len(batch) // 20)]:
+            observe.STORE_LAG.observe(max(0.0, now - record.ts / 1000))
+        self.written += len(batch)
+
+
+async def consume_devices(ingest: Ingest, messages: Any) -> None:
+    """Feed every message of a device link's ``inbound()`` iterator to ``ingest``."""
+    with observe.log_context(role="ingest"):
+        async for msg in messages:
+            await ingest.handle(msg)

@@ -1,0 +1,150 @@
+"""Wires the roles of one process together and runs them.
+
+The embedded default runs every role here on the memory bus, SQLite and the
+in-process device link; the same objects run on other engines when the
+settings name other URLs.  Each background task is supervised: if one crashes
+it is logged and restarted after a second, so one bad moment never leaves a
+role silently dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from livedata import observe
+from livedata.bus import open_log, open_pubsub
+from livedata.catalog import Catalog, MachineInfo
+from livedata.devices import open_devices
+from livedata.errors import NotFound
+from livedata.gateway.hub import Hub
+from livedata.metadata import Metadata
+from livedata.model import MsgType
+from livedata.pipeline.distribute import Distribute
+from livedata.pipeline.ingest import Ingest, consume_devices
+from livedata.settings import Settings
+from livedata.store import open_store
+
+if TYPE_CHECKING:
+    from livedata.sim.fleet import Fleet
+
+log = logging.getLogger("livedata.runtime")
+
+RETENTION_EVERY_S = 600.0
+
+
+class Runtime:
+    """All roles of one process: ingest, distribute, gateway hub, and optionally the demo fleet."""
+
+    def __init__(self, settings: Settings, devices_url: str = "local://") -> None:
+        self.settings = settings
+        self.meta = Metadata(settings.metadata)
+        self.store = open_store(settings.store)
+        self.log = open_log(settings.log)
+        self.pubsub = open_pubsub(settings.pubsub)
+        self.devices = open_devices(devices_url)
+        self.catalog = Catalog(self.meta)
+        self.ingest = Ingest(
+            self.store,
+            self.log,
+            self.catalog,
+            batch_max=settings.store_batch_max,
+            queue_max=settings.ingest_queue,
+        )
+        self.distribute = Distribute(self.log, self.pubsub)
+        self.hub = Hub(self.pubsub)
+        self.fleet: Fleet | None = None
+        """The simulated fleet, when this process runs one (the demo)."""
+        self.on_started: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = asyncio.Event()
+
+    async def start(self) -> None:
+        with observe.log_context(role="runtime"):
+            await self.meta.start()
+            for part in (self.store, self.log, self.pubsub, self.devices):
+                await part.start()
+            log.info(
+                "store=%s log=%s pubsub=%s metadata=%s",
+                self.store.url,
+                self.log.url,
+                self.pubsub.url,
+                self.meta.url,
+            )
+            self.spawn("ingest-writer", self.ingest.run)
+            self.spawn("ingest-devices", lambda: consume_devices(self.ingest, self.devices.inbound()))
+            self.spawn("distribute", self.distribute.run)
+            self.spawn("retention", self._retention)
+            for hook in self.on_started:
+                await hook()
+            self.started.set()
+
+    def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        """Run ``factory()`` as a supervised background task."""
+
+        async def supervise() -> None:
+            while True:
+                try:
+                    await factory()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("task %s failed; restarting in 1 s", name)
+                    await asyncio.sleep(1.0)
+
+        self._tasks.append(asyncio.create_task(supervise(), name=name))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for part in (self.devices, self.pubsub, self.log, self.store):
+            try:
+                await part.close()
+            except Exception:
+                log.exception("closing %s failed", part.url)
+        await self.meta.close()
+
+    async def _retention(self) -> None:
+        with observe.log_context(role="retention"):
+            while True:
+                cutoff = int((time.time() - self.settings.retention_days * 86_400) * 1000)
+                deleted = await self.store.delete_before(cutoff)
+                if deleted:
+                    log.info("retention deleted %d points older than %d", deleted, cutoff)
+                await asyncio.sleep(RETENTION_EVERY_S)
+
+    async def require_machine(self, org_id: str, chassis: str) -> MachineInfo:
+        info = await self.catalog.machine(org_id, chassis)
+        if info is None:
+            raise NotFound(f"machine {chassis!r} not found in organisation {org_id!r}")
+        return info
+
+    async def describe_machine(self, org_id: str, chassis: str) -> dict[str, Any]:
+        info = await self.require_machine(org_id, chassis)
+        return {
+            "chassisId": info.chassis,
+            "name": info.name,
+            "model": info.model,
+            "dbc": info.dbc_name,
+            "msgTypes": {
+                t.value: {"fields": await self.catalog.fields(info, t.value)} for t in MsgType
+            },
+        }
+
+    def update_gauges(self) -> None:
+        observe.INGEST_QUEUE.set(self.ingest.depth())
+
+    async def health(self) -> dict[str, Any]:
+        ok = self.started.is_set() and all(not t.done() for t in self._tasks)
+        return {
+            "ok": ok,
+            "tasks": {t.get_name(): not t.done() for t in self._tasks},
+            "ingestQueue": self.ingest.depth(),
+            "liveChannels": len(self.hub.channels),
+        }

@@ -1,0 +1,108 @@
+"""Typed settings, parsed once: command-line flags > ``LIVEDATA_*`` environment > TOML file > defaults.
+
+The TOML file is named by ``--config`` or ``LIVEDATA_CONFIG``; its keys are the
+field names below (``port = 8000``, ``store = "sqlite:///…"``).  Backend URLs are
+checked against the supported schemes here, so a wrong URL fails at start with a
+one-line error instead of deep inside a role.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from livedata.backends import scheme_of
+from livedata.bus import LOG_BACKENDS, PUBSUB_BACKENDS
+from livedata.errors import ConfigError
+from livedata.store import SUPPORTED_BACKENDS as STORE_BACKENDS
+
+METADATA_SCHEMES = ("sqlite", "postgresql")
+
+
+class Settings(BaseSettings):
+    """Everything a livedata process needs to know; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="LIVEDATA_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address the gateway listens on")
+    port: int = Field(8000, ge=0, le=65535, description="HTTP port of the gateway (0 = any)")
+    data_dir: Path = Field(Path("livedata-data"), description="where the embedded databases live")
+    store: str = Field("", description="telemetry store URL (default: SQLite in data_dir)")
+    metadata: str = Field("", description="metadata database URL (default: SQLite in data_dir)")
+    log: str = Field("memory://", description="log URL between ingest and distribute")
+    pubsub: str = Field("memory://", description="pub/sub URL for live fan-out")
+    retention_days: float = Field(7.0, gt=0, description="stored telemetry older than this is deleted")
+    machines: int = Field(5, ge=0, le=10_000, description="simulated machines (demo)")
+    history_seconds: int = Field(120, ge=0, le=86_400, description="history the demo creates at start")
+    store_batch_max: int = Field(5_000, ge=1, description="records per store write at most")
+    ingest_queue: int = Field(20_000, ge=1, description="records buffered before ingest waits")
+    client_queue: int = Field(64, ge=1, description="live messages buffered per WebSocket client")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = os.environ.get("LIVEDATA_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if config:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
+        return tuple(sources)
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("must be debug, info, warning or error")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _urls(self) -> Settings:
+        if not self.store:
+            self.store = f"sqlite:///{self.data_dir / 'telemetry.db'}"
+        if not self.metadata:
+            self.metadata = f"sqlite:///{self.data_dir / 'metadata.db'}"
+        for name, value, table in (
+            ("store", self.store, STORE_BACKENDS),
+            ("log", self.log, LOG_BACKENDS),
+            ("pubsub", self.pubsub, PUBSUB_BACKENDS),
+            ("metadata", self.metadata, dict.fromkeys(METADATA_SCHEMES)),
+        ):
+            scheme = scheme_of(value)
+            if scheme not in table:
+                known = ", ".join(f"{s}://" for s in sorted(table))
+                raise ValueError(f"unsupported {name} URL {value!r}: use one of {known}")
+        return self
+
+
+def load_settings(overrides: dict[str, Any] | None = None, config: Path | None = None) -> Settings:
+    """Parse settings once; ``overrides`` are command-line values (``None`` = not given)."""
+    if config is not None:
+        if not config.is_file():
+            raise ConfigError(f"config file {config} does not exist")
+        os.environ["LIVEDATA_CONFIG"] = str(config)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"{where}: {first['msg']}") from None
+    except ConfigError:
+        raise
+    except Exception as exc:  # e.g. a TOML syntax error
+        raise ConfigError(f"cannot read settings: {exc}") from None
