@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what livedata needs on a fresh Debian machine with Python 3.11 and Node 20.
+#   scripts/setup.sh          the package and the web UI's ECharts (from npm, served locally)
+#   scripts/setup.sh --test   also the test tools and Debian's chromium for the browser tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--test" ]]; then
+  if ! command -v chromium >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+  fi
+  extras=".[test]"
+else
+  extras="."
+fi
+
+npm ci --no-audit --no-fund --loglevel=error
+npm run --silent build
+python3 -m pip install --quiet --disable-pip-version-check -e "$extras"

@@ -1,0 +1,134 @@
+"""The live hub without sockets: subscriptions follow clients, one encoding per field list, bounded queues."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import orjson
+
+from livedata.bus.memory import MemoryPubSub
+from livedata.gateway.hub import Hub, LiveClient
+from livedata.model import Kind, Record
+from livedata.pipeline.distribute import live_message
+
+
+def message(seq: int, **values: float) -> bytes:
+    record = Record("t", "c", "vehicle_can", 1_000 * seq, Kind.REALTIME, dict(values))
+    return live_message(record, seq, "e1")
+
+
+class Sink:
+    """Collects what a client sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    async def __call__(self, text: str) -> None:
+        self.sent.append(orjson.loads(text))
+
+
+def new_hub() -> tuple[Hub, MemoryPubSub]:
+    url = f"memory://{uuid.uuid4().hex}"
+    return Hub(MemoryPubSub(url)), MemoryPubSub(url)
+
+
+async def test_subscribes_only_while_a_client_watches() -> None:
+    """The hub subscribes a channel with its first client and unsubscribes after the last."""
+    hub, _ = new_hub()
+    a, b = LiveClient(Sink()), LiveClient(Sink())
+    await hub.watch(a, "ch1", ("x",))
+    await hub.watch(b, "ch1", ("y",))
+    assert hub.channels == ["ch1"]
+    await hub.leave(a)
+    assert hub.channels == ["ch1"]
+    await hub.leave(b)
+    assert hub.channels == []
+
+
+async def test_clients_get_only_their_fields_and_share_encodings() -> None:
+    """Clients with the same field list get the same encoded bytes; others get their own fields."""
+    hub, publisher = new_hub()
+    a, b, c = LiveClient(Sink()), LiveClient(Sink()), LiveClient(Sink())
+    await hub.watch(a, "ch", ("x",))
+    await hub.watch(b, "ch", ("x",))
+    await hub.watch(c, "ch", ("y", "z"))
+    await publisher.publish("ch", message(1, x=1.0, y=2.0, z=3.0, w=4.0))
+    assert a.queue[0] is b.queue[0]
+    assert orjson.loads(a.queue[0]) == {
+        "type": "LIVE_DATA",
+        "payload": {"x": 1.0},
+        "ts": 1000,
+        "seq": 1,
+        "epoch": "e1",
+    }
+    assert orjson.loads(c.queue[0])["payload"] == {"y": 2.0, "z": 3.0}
+
+
+async def test_changing_fields_moves_the_client() -> None:
+    """Watching again with other fields replaces the old field list."""
+    hub, publisher = new_hub()
+    client = LiveClient(Sink())
+    await hub.watch(client, "ch", ("x",))
+    await hub.watch(client, "ch", ("y",))
+    await publisher.publish("ch", message(1, x=1.0, y=2.0))
+    assert [orjson.loads(m)["payload"] for m in client.queue] == [{"y": 2.0}]
+
+
+async def test_other_channels_are_not_delivered() -> None:
+    """A client gets nothing published on another machine's channel."""
+    hub, publisher = new_hub()
+    client = LiveClient(Sink())
+    await hub.watch(client, "machine-a", ("x",))
+    await publisher.publish("machine-b", message(1, x=1.0))
+    assert not client.queue
+
+
+async def test_slow_client_keeps_newest_and_is_told_what_it_missed() -> None:
+    """A full queue drops the oldest messages; the next one sent carries the missed count."""
+    hub, publisher = new_hub()
+    sink = Sink()
+    client = LiveClient(sink, queue_max=3)
+    await hub.watch(client, "ch", ("x",))
+    for seq in range(1, 11):
+        await publisher.publish("ch", message(seq, x=float(seq)))
+    assert len(client.queue) == 3
+    writer = asyncio.create_task(client.writer())
+    await asyncio.sleep(0.01)
+    writer.cancel()
+    assert [m["seq"] for m in sink.sent] == [8, 9, 10]
+    assert sink.sent[0]["missed"] == 7
+    assert "missed" not in sink.sent[1]
+
+
+async def test_a_stuck_client_does_not_delay_others() -> None:
+    """A client whose send never returns does not stop another client's deliveries."""
+    hub, publisher = new_hub()
+    blocked = asyncio.Event()
+
+    async def stuck(_text: str) -> None:
+        await blocked.wait()
+
+    sink = Sink()
+    slow, fast = LiveClient(stuck, queue_max=2), LiveClient(sink)
+    await hub.watch(slow, "ch", ("x",))
+    await hub.watch(fast, "ch", ("x",))
+    tasks = [asyncio.create_task(slow.writer()), asyncio.create_task(fast.writer())]
+    for seq in range(1, 21):
+        await publisher.publish("ch", message(seq, x=1.0))
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    for task in tasks:
+        task.cancel()
+    assert [m["seq"] for m in sink.sent] == list(range(1, 21))
+    assert len(slow.queue) <= 2
+
+
+async def test_malformed_bus_message_is_skipped() -> None:
+    """A message that is not a live message is dropped, later ones still arrive."""
+    hub, publisher = new_hub()
+    client = LiveClient(Sink())
+    await hub.watch(client, "ch", ("x",))
+    await publisher.publish("ch", b"not json")
+    await publisher.publish("ch", message(2, x=5.0))
+    assert [orjson.loads(m)["seq"] for m in client.queue] == [2]

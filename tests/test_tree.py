@@ -1,0 +1,41 @@
+"""The tree stays clean and CI runs what the README says."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+
+
+def test_ruff_lint_passes() -> None:
+    """`ruff check` finds nothing."""
+    result = run(sys.executable, "-m", "ruff", "check", "src", "tests", "bench", "scripts")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_passes() -> None:
+    """`ruff format --check` finds nothing to reformat."""
+    result = run(
+        sys.executable, "-m", "ruff", "format", "--check", "src", "tests", "bench", "scripts"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_passes() -> None:
+    """mypy finds no type errors in the package."""
+    result = run(sys.executable, "-m", "mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    """The README starts with the two commands, and .ci/run runs the second one."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```sh\n")[1:3]]
+    assert blocks[0].endswith("livedata demo")
+    assert blocks[1] in (ROOT / ".ci" / "run").read_text()
