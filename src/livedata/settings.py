@@ -40,9 +40,13 @@ class Settings(BaseSettings):
     metadata: str = Field("", description="metadata database URL (default: SQLite in data_dir)")
     log: str = Field("memory://", description="log URL between ingest and distribute")
     pubsub: str = Field("memory://", description="pub/sub URL for live fan-out")
-    retention_days: float = Field(7.0, gt=0, description="stored telemetry older than this is deleted")
+    retention_days: float = Field(
+        7.0, gt=0, description="stored telemetry older than this is deleted"
+    )
     machines: int = Field(5, ge=0, le=10_000, description="simulated machines (demo)")
-    history_seconds: int = Field(120, ge=0, le=86_400, description="history the demo creates at start")
+    history_seconds: int = Field(
+        120, ge=0, le=86_400, description="history the demo creates at start"
+    )
     store_batch_max: int = Field(5_000, ge=1, description="records per store write at most")
     ingest_queue: int = Field(20_000, ge=1, description="records buffered before ingest waits")
     client_queue: int = Field(64, ge=1, description="live messages buffered per WebSocket client")

@@ -33,8 +33,17 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
-    keys = ("host", "port", "data_dir", "store", "metadata", "log", "pubsub", "retention_days",
-            "log_level")
+    keys = (
+        "host",
+        "port",
+        "data_dir",
+        "store",
+        "metadata",
+        "log",
+        "pubsub",
+        "retention_days",
+        "log_level",
+    )
     overrides = {k: getattr(args, k) for k in keys}
     overrides.update(extra)
     return load_settings(overrides, args.config)

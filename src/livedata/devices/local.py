@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 from livedata.devices.base import DeviceLink
 from livedata.model import DeviceMessage
 
+
 class LocalDeviceLink(DeviceLink):
     def __init__(self, url: str = "local://") -> None:
         super().__init__(url)

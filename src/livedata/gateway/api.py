@@ -28,6 +28,7 @@ HISTORY_MAX_SPAN_MS = 7 * 86_400_000
 HISTORY_MAX_POINTS = 100_000
 MAX_DBC_BYTES = 2 * 1024 * 1024
 
+
 def runtime(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
@@ -71,7 +72,9 @@ async def list_machines(request: Request, orgId: str) -> dict[str, Any]:
     return {"machines": machines}
 
 
-@router.get("/resources/{orgId}/machines/{chassisId}", summary="One machine and its decoding counters")
+@router.get(
+    "/resources/{orgId}/machines/{chassisId}", summary="One machine and its decoding counters"
+)
 async def get_machine(request: Request, orgId: str, chassisId: str) -> dict[str, Any]:
     rt = runtime(request)
     described = await rt.describe_machine(orgId, chassisId)
@@ -147,7 +150,9 @@ async def create_group(request: Request, orgId: str, body: GroupBody) -> dict[st
 
 
 @router.put("/resources/{orgId}/groups/{groupId}", summary="Change a line group")
-async def update_group(request: Request, orgId: str, groupId: str, body: GroupBody) -> dict[str, Any]:
+async def update_group(
+    request: Request, orgId: str, groupId: str, body: GroupBody
+) -> dict[str, Any]:
     rt = runtime(request)
     await rt.meta.require_org(orgId)
     return group_dict(await rt.meta.update_group(orgId, groupId, _spec(body)))

@@ -149,8 +149,9 @@ async def _receive_loop(
         if not isinstance(data, dict) or data.get("type") != "INIT_FIELD_LIST":
             kind = data.get("type") if isinstance(data, dict) else None
             client.offer(
-                error("unknown_type", f"unknown message type {kind!r}; expected INIT_FIELD_LIST")
-                .encode()
+                error(
+                    "unknown_type", f"unknown message type {kind!r}; expected INIT_FIELD_LIST"
+                ).encode()
             )
             continue
         try:

@@ -32,7 +32,9 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def async_url(url: str) -> str:
     """Map our metadata URL to SQLAlchemy's async driver URL."""
     scheme, _, rest = url.partition("://")
-    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}[scheme.split("+")[0]]
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}[
+        scheme.split("+")[0]
+    ]
     return f"{driver}://{rest}"
 
 
@@ -121,7 +123,9 @@ class Metadata:
 
     async def list_dbc(self, org_id: str) -> list[DbcFile]:
         async with self.session() as s:
-            rows = await s.scalars(select(DbcFile).where(DbcFile.org_id == org_id).order_by(DbcFile.id))
+            rows = await s.scalars(
+                select(DbcFile).where(DbcFile.org_id == org_id).order_by(DbcFile.id)
+            )
             return list(rows.all())
 
     async def get_dbc(self, org_id: str, dbc_id: int) -> DbcFile:

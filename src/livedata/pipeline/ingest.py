@@ -154,8 +154,12 @@ class Ingest:
                 break
             except StoreError as exc:
                 observe.STORE_FAILURES.inc()
-                log.error("store write of %d records failed, retrying in %.0f s: %s",
-                          len(batch), delay, exc)
+                log.error(
+                    "store write of %d records failed, retrying in %.0f s: %s",
+                    len(batch),
+                    delay,
+                    exc,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
         now = time.time()

@@ -49,7 +49,11 @@ def attach_demo(rt: Runtime, machines: int) -> list[str]:
         fleet = Fleet(ORG, chassis_ids, decoder, rt.devices.send)
         rt.fleet = fleet
         now = int(time.time()) * 1000
-        latest = await rt.store.latest_ts(ORG, chassis_ids[0], MsgType.VEHICLE_CAN) if chassis_ids else None
+        latest = (
+            await rt.store.latest_ts(ORG, chassis_ids[0], MsgType.VEHICLE_CAN)
+            if chassis_ids
+            else None
+        )
         seconds = rt.settings.history_seconds
         if latest is not None:
             seconds = max(0, min(seconds, (now - latest) // 1000 - 1))
