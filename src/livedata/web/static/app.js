@@ -1,0 +1,329 @@
+// Live Data page: organisation and machine pickers, the group list with one
+// chart per group, and one live feed per message type that has groups.
+
+import { api } from './api.js';
+import { GroupChart } from './charts.js';
+import { confirmDelete, openGroupForm } from './dialogs.js';
+import { $, h } from './dom.js';
+import { Feed } from './feed.js';
+
+const orgSelect = $('#org-select');
+const machineSelect = $('#machine-select');
+const groupsEl = $('#groups');
+const emptyState = $('#empty-state');
+const addButton = $('#add-group');
+
+const state = {
+  orgId: null,
+  machines: [],
+  machine: null,
+  groups: [],
+  /** @type {Map<string, Feed>} msgType -> feed */
+  feeds: new Map(),
+  /** @type {Map<string, {key: string, group: object, el: HTMLElement, chart: GroupChart}>} */
+  cards: new Map(),
+};
+
+// ---- banner -------------------------------------------------------------
+
+const bannerMessages = [];
+
+function showBanner(message) {
+  if (!bannerMessages.includes(message)) bannerMessages.push(message);
+  bannerMessages.splice(0, bannerMessages.length - 3); // the three most recent
+  $('#banner-list').replaceChildren(...bannerMessages.map((text) => h('li', {}, text)));
+  $('#banner').hidden = false;
+}
+
+$('#banner-close').addEventListener('click', () => {
+  bannerMessages.length = 0;
+  $('#banner').hidden = true;
+});
+
+// ---- pickers --------------------------------------------------------------
+
+async function start() {
+  const params = new URLSearchParams(location.search);
+  let orgs;
+  try {
+    orgs = await api.orgs();
+  } catch (err) {
+    showBanner(`Cannot load organisations: ${err.message}`);
+    return;
+  }
+  orgSelect.replaceChildren(...orgs.map((org) => h('option', { value: org.id }, org.name || org.id)));
+  orgSelect.disabled = orgs.length < 2;
+  const orgId = orgs.some((org) => org.id === params.get('org')) ? params.get('org') : orgs[0]?.id;
+  if (orgId) await selectOrg(orgId, params.get('machine'));
+  else setEmpty('noOrgs');
+}
+
+async function selectOrg(orgId, chassisId) {
+  state.orgId = orgId;
+  orgSelect.value = orgId;
+  let machines;
+  let groups;
+  try {
+    [machines, groups] = await Promise.all([api.machines(orgId), api.groups(orgId)]);
+  } catch (err) {
+    showBanner(`Cannot load organisation ${orgId}: ${err.message}`);
+    return;
+  }
+  if (state.orgId !== orgId) return; // another organisation was picked meanwhile
+  state.machines = machines;
+  state.groups = groups;
+  machineSelect.replaceChildren(...machines.map((m) =>
+    h('option', { value: m.chassisId }, m.name ? `${m.chassisId} · ${m.name}` : m.chassisId)));
+  machineSelect.disabled = machines.length === 0;
+  const chosen = machines.find((m) => m.chassisId === chassisId) ?? machines[0] ?? null;
+  selectMachine(chosen?.chassisId ?? null);
+}
+
+function selectMachine(chassisId) {
+  for (const feed of state.feeds.values()) feed.close();
+  state.feeds.clear();
+  for (const card of state.cards.values()) card.chart.dispose();
+  state.cards.clear();
+  groupsEl.replaceChildren();
+
+  state.machine = state.machines.find((m) => m.chassisId === chassisId) ?? null;
+  machineSelect.value = chassisId ?? '';
+  const query = new URLSearchParams({ org: state.orgId });
+  if (chassisId) query.set('machine', chassisId);
+  history.replaceState(null, '', `?${query}`);
+
+  const m = state.machine;
+  $('#machine-info').textContent = m
+    ? [m.chassisId, m.name, m.model && `model ${m.model}`].filter(Boolean).join(' · ')
+    : '';
+  addButton.disabled = !m;
+  if (!m) {
+    setEmpty('noMachines');
+    renderConnections();
+    return;
+  }
+  applyGroups();
+}
+
+orgSelect.addEventListener('change', () => selectOrg(orgSelect.value, null));
+machineSelect.addEventListener('change', () => selectMachine(machineSelect.value));
+
+const EMPTY_STATES = {
+  noGroups: ['No chart groups yet', 'A group draws chosen signals of one message type in one chart, '
+    + 'with the last two minutes of history and live values every second.'],
+  noMachines: ['No machines', 'This organisation has no machines yet.'],
+  noOrgs: ['No organisation', 'Your account belongs to no organisation.'],
+};
+
+/** Show the empty state `kind` (a key of EMPTY_STATES), or hide it with null. */
+function setEmpty(kind) {
+  emptyState.hidden = kind === null;
+  if (kind === null) return;
+  const [title, text] = EMPTY_STATES[kind];
+  emptyState.querySelector('h2').textContent = title;
+  emptyState.querySelector('p').textContent = text;
+  emptyState.querySelector('button').hidden = kind !== 'noGroups';
+}
+
+// ---- groups -----------------------------------------------------------------
+
+/** Field name -> unit, for one message type of the current machine. */
+function unitsOf(msgType) {
+  const fields = state.machine?.msgTypes?.[msgType]?.fields ?? [];
+  return new Map(fields.map((f) => [f.name, f.unit ?? '']));
+}
+
+/** Bring cards and feeds in line with state.groups. */
+function applyGroups() {
+  renderCards();
+  syncFeeds();
+  draw();
+}
+
+function renderCards() {
+  const wanted = new Map(state.groups.map((g) => [g.id, g]));
+  for (const [id, card] of state.cards) {
+    const group = wanted.get(id);
+    if (!group || cardKey(group) !== card.key) {
+      card.chart.dispose();
+      card.el.remove();
+      state.cards.delete(id);
+    }
+  }
+  let previous = null;
+  for (const group of state.groups) {
+    let card = state.cards.get(group.id);
+    if (!card) {
+      const el = cardElement(group);
+      groupsEl.insertBefore(el, previous ? previous.nextSibling : groupsEl.firstChild);
+      card = { key: cardKey(group), group, el, chart: new GroupChart(el.querySelector('.chart'), group, unitsOf(group.msgType)) };
+      state.cards.set(group.id, card);
+    } else if (card.el.previousSibling !== previous) {
+      groupsEl.insertBefore(card.el, previous ? previous.nextSibling : groupsEl.firstChild);
+    }
+    previous = card.el;
+  }
+  setEmpty(state.groups.length ? null : 'noGroups');
+}
+
+const cardKey = (g) => JSON.stringify([g.name, g.msgType, g.fields, g.unit]);
+
+function cardElement(group) {
+  const declared = state.machine.msgTypes?.[group.msgType]?.fields;
+  const known = new Set((declared ?? []).map((f) => f.name));
+  const missing = group.fields.filter((f) => !known.has(f));
+  let note = null;
+  if (!declared) note = `${state.machine.chassisId} sends no ${group.msgType} data.`;
+  else if (missing.length) note = `Not decoded for ${state.machine.chassisId}: ${missing.join(', ')}`;
+  return h('article', { class: 'card', dataset: { groupId: group.id } },
+    h('header', { class: 'card-head' },
+      h('div', { class: 'card-title' },
+        h('h2', {}, group.name),
+        h('span', { class: 'tag' }, group.msgType),
+        group.unit ? h('span', { class: 'tag unit' }, group.unit) : null),
+      h('div', { class: 'card-actions' },
+        h('button', { type: 'button', class: 'btn small', onclick: () => editGroup(group.id) }, 'Edit'),
+        h('button', { type: 'button', class: 'btn small danger-text', onclick: () => deleteGroup(group.id) }, 'Delete'))),
+    note ? h('p', { class: 'card-note' }, note) : null,
+    h('div', { class: 'chart', role: 'img', 'aria-label': `${group.name}: ${group.fields.join(', ')}` }));
+}
+
+function addGroup() {
+  openGroupForm({
+    machine: state.machine,
+    onSave: async (body) => {
+      const group = await api.createGroup(state.orgId, body);
+      state.groups.push(group);
+      applyGroups();
+    },
+  });
+}
+
+function editGroup(groupId) {
+  const group = state.groups.find((g) => g.id === groupId);
+  openGroupForm({
+    group,
+    machine: state.machine,
+    onSave: async (body) => {
+      const updated = await api.updateGroup(state.orgId, groupId, body);
+      state.groups = state.groups.map((g) => (g.id === groupId ? updated : g));
+      applyGroups();
+    },
+  });
+}
+
+function deleteGroup(groupId) {
+  const group = state.groups.find((g) => g.id === groupId);
+  confirmDelete(group.name, async () => {
+    await api.deleteGroup(state.orgId, groupId);
+    state.groups = state.groups.filter((g) => g.id !== groupId);
+    applyGroups();
+  });
+}
+
+addButton.addEventListener('click', addGroup);
+$('#empty-add-group').addEventListener('click', addGroup);
+
+// ---- feeds --------------------------------------------------------------------
+
+/**
+ * One feed per message type that has groups, asking for the union of their fields
+ * that the machine declares (a field it cannot decode would only earn an ERROR).
+ */
+function syncFeeds() {
+  const wanted = new Map();
+  for (const group of state.groups) {
+    const units = unitsOf(group.msgType);
+    const fields = wanted.get(group.msgType) ?? [];
+    for (const field of group.fields) if (units.has(field) && !fields.includes(field)) fields.push(field);
+    wanted.set(group.msgType, fields);
+  }
+  for (const [msgType, feed] of state.feeds) {
+    if (!wanted.get(msgType)?.length) {
+      feed.close();
+      state.feeds.delete(msgType);
+    }
+  }
+  for (const [msgType, fields] of wanted) {
+    if (!fields.length) continue;
+    const feed = state.feeds.get(msgType);
+    if (feed) {
+      feed.setFields(fields);
+    } else {
+      state.feeds.set(msgType, new Feed({
+        orgId: state.orgId,
+        chassisId: state.machine.chassisId,
+        msgType,
+        fields,
+        onData: scheduleDraw,
+        onStatus: renderConnections,
+        onError: showBanner,
+      }));
+    }
+  }
+  renderConnections();
+}
+
+/** One chip per feed; chips are updated in place so a click is never lost to a redraw. */
+function renderConnections() {
+  const container = $('#connections');
+  const chips = [...state.feeds.values()].map((feed) => {
+    const chip = container.querySelector(`[data-msg-type="${feed.msgType}"]`) ?? connectionChip(feed.msgType);
+    const { state: linkState, retryIn } = feed.status;
+    chip.dataset.state = linkState;
+    chip.title = linkState === 'live'
+      ? `${feed.msgType}: receiving live data`
+      : `${feed.msgType}: not connected, click to retry now`;
+    chip.querySelector('.conn-state').textContent = connectionLabel(linkState, retryIn);
+    return chip;
+  });
+  const current = [...container.children];
+  if (chips.length !== current.length || chips.some((chip, i) => chip !== current[i])) {
+    container.replaceChildren(...chips);
+  }
+}
+
+function connectionChip(msgType) {
+  const reconnect = () => state.feeds.get(msgType)?.reconnectNow();
+  return h('button', { type: 'button', class: 'conn', dataset: { msgType }, onclick: reconnect },
+    h('span', { class: 'dot' }), h('span', { class: 'conn-type' }, msgType), h('span', { class: 'conn-state' }));
+}
+
+function connectionLabel(linkState, retryIn) {
+  if (linkState === 'connecting') return 'connecting…';
+  if (linkState === 'reconnecting') return retryIn === null ? 'reconnecting…' : `reconnecting (${retryIn} s)`;
+  if (linkState === 'offline' && retryIn !== null) return `offline · retry in ${retryIn} s`;
+  return linkState;
+}
+
+addEventListener('online', () => {
+  for (const feed of state.feeds.values()) feed.reconnectNow();
+});
+addEventListener('offline', renderConnections);
+
+// ---- drawing -----------------------------------------------------------------
+
+let drawPending = false;
+
+function scheduleDraw() {
+  if (drawPending) return;
+  drawPending = true;
+  requestAnimationFrame(() => {
+    drawPending = false;
+    draw();
+  });
+}
+
+function draw() {
+  const now = Date.now();
+  for (const card of state.cards.values()) {
+    card.chart.update(state.feeds.get(card.group.msgType)?.series, now);
+  }
+}
+
+setInterval(() => {
+  draw();
+  renderConnections();
+}, 1000);
+
+start();

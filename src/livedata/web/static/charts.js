@@ -1,0 +1,150 @@
+// One ECharts line chart per group, over a rolling window that ends at "now".
+
+import { WINDOW_MS } from './feed.js';
+
+const { echarts } = globalThis; // loaded by the classic <script> in index.html
+
+const PALETTE = ['#2563eb', '#f59e0b', '#10b981', '#ef4444', '#8b5cf6', '#0891b2', '#db2777', '#65a30d'];
+// Consecutive points further apart than this are not joined by a line: a gap in
+// the data shows as a gap in the chart, not as a straight line across it.
+const GAP_MS = 5000;
+const AXIS_COLOR = '#d5d9e0';
+const LABEL_COLOR = '#6b7280';
+
+const numberFormat = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 6 });
+const timeFormat = new Intl.DateTimeFormat(undefined, {
+  hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
+});
+
+function formatValue(value) {
+  return typeof value === 'number' ? numberFormat.format(value) : String(value);
+}
+
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+export class GroupChart {
+  /**
+   * @param {HTMLElement} el
+   * @param {{fields: string[], unit: string}} group
+   * @param {Map<string, string>} units unit of each field, as the machine declares it
+   */
+  constructor(el, group, units) {
+    this.fields = group.fields;
+    this.units = units;
+    this.chart = echarts.init(el, null, { renderer: 'canvas' });
+    this.chart.setOption(this.baseOption(group.unit));
+    this.resizeObserver = new ResizeObserver(() => this.chart.resize());
+    this.resizeObserver.observe(el);
+  }
+
+  baseOption(unit) {
+    return {
+      animation: false,
+      color: PALETTE,
+      textStyle: { fontFamily: 'inherit' },
+      grid: { left: 8, right: 20, top: 40, bottom: 4, containLabel: true },
+      // Right-aligned on the row of the y-axis name; each entry shows the latest value,
+      // in a fixed-width box so that the entries do not shift as values change.
+      legend: {
+        type: 'scroll',
+        top: 8,
+        right: 12,
+        left: 80,
+        align: 'left',
+        icon: 'roundRect',
+        itemWidth: 12,
+        itemHeight: 4,
+        itemGap: 16,
+        textStyle: {
+          color: '#374151',
+          fontSize: 12,
+          rich: { value: { width: 88, fontWeight: 600, color: '#111827', padding: [0, 0, 0, 6] } },
+        },
+        formatter: (name) => this.legendLabel(name),
+      },
+      tooltip: {
+        trigger: 'axis',
+        axisPointer: { type: 'line', lineStyle: { color: '#9ca3af' } },
+        formatter: (params) => this.tooltip(params),
+      },
+      xAxis: {
+        type: 'time',
+        axisLine: { lineStyle: { color: AXIS_COLOR } },
+        axisTick: { show: false },
+        // The window moves every second, so its ends rarely fall on a tick: no end labels.
+        axisLabel: {
+          color: LABEL_COLOR,
+          hideOverlap: true,
+          showMinLabel: false,
+          showMaxLabel: false,
+          formatter: '{HH}:{mm}:{ss}',
+        },
+        splitLine: { show: false },
+      },
+      yAxis: {
+        type: 'value',
+        name: unit,
+        scale: true,
+        nameLocation: 'end',
+        nameGap: 16,
+        nameTextStyle: { color: LABEL_COLOR, fontWeight: 600, align: 'right' },
+        axisLabel: { color: LABEL_COLOR },
+        splitLine: { lineStyle: { color: '#eef0f3' } },
+      },
+      series: this.fields.map((field) => ({
+        id: field,
+        name: field,
+        type: 'line',
+        showSymbol: false,
+        smooth: false,
+        lineStyle: { width: 1.6 },
+        emphasis: { disabled: true },
+        data: [],
+      })),
+    };
+  }
+
+  /** Redraw with the feed's points and move the window to end at `now`. */
+  update(series, now) {
+    this.latest = new Map(this.fields.map((field) => [field, series?.get(field)?.at(-1)?.[1]]));
+    this.chart.setOption({
+      xAxis: { min: now - WINDOW_MS, max: now },
+      legend: { formatter: (name) => this.legendLabel(name) },
+      series: this.fields.map((field) => ({ id: field, data: withGaps(series?.get(field) ?? []) })),
+    });
+  }
+
+  legendLabel(field) {
+    const value = this.latest?.get(field);
+    const unit = this.units.get(field);
+    const text = value == null ? '–' : `${formatValue(value)}${unit ? ` ${unit}` : ''}`;
+    return `${field}{value|${text}}`;
+  }
+
+  tooltip(params) {
+    const first = params.find((p) => p.value[1] != null);
+    if (!first) return '';
+    const rows = params
+      .filter((p) => p.value[1] != null)
+      .map((p) => {
+        const unit = this.units.get(p.seriesName) ?? '';
+        return `<div class="tt-row">${p.marker}<span class="tt-name">${escapeHtml(p.seriesName)}</span>`
+          + `<b>${escapeHtml(formatValue(p.value[1]))}</b>&nbsp;${escapeHtml(unit)}</div>`;
+      });
+    return `<div class="tt-time">${timeFormat.format(first.value[0])}</div>${rows.join('')}`;
+  }
+
+  dispose() {
+    this.resizeObserver.disconnect();
+    this.chart.dispose();
+  }
+}
+
+function withGaps(points) {
+  const out = [];
+  for (let i = 0; i < points.length; i += 1) {
+    if (i > 0 && points[i][0] - points[i - 1][0] > GAP_MS) out.push([points[i - 1][0] + 1, null]);
+    out.push(points[i]);
+  }
+  return out;
+}

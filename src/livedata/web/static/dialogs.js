@@ -1,0 +1,155 @@
+// The Add/Edit group form and the delete confirmation, both native <dialog>s.
+// `onSave` / `onConfirm` return a promise; a rejection keeps the dialog open and
+// shows the error's message (the server's validation message) inside it.
+
+import { $, h } from './dom.js';
+
+const MSG_TYPES = ['vehicle_can', 'client_raw_data'];
+
+const dialog = $('#group-dialog');
+const form = $('#group-form');
+const fieldList = $('#field-list');
+const fieldFilter = $('#field-filter');
+const fieldCount = $('#field-count');
+const formError = $('#form-error');
+
+let current = null; // {machine, onSave, unitEdited}
+
+for (const d of [dialog, $('#confirm-dialog')]) {
+  for (const button of d.querySelectorAll('[data-close]')) button.addEventListener('click', () => d.close());
+}
+
+/**
+ * Open the group form.
+ * @param {{group?: object, machine: object, onSave: (body: object) => Promise<void>}} options
+ */
+export function openGroupForm({ group, machine, onSave }) {
+  current = { machine, onSave, unitEdited: Boolean(group) };
+  $('#group-dialog-title').textContent = group ? `Edit group “${group.name}”` : 'Add group';
+  form.reset();
+  showError(formError, null);
+  form.elements.name.value = group?.name ?? '';
+  const types = [...new Set([...MSG_TYPES, ...Object.keys(machine.msgTypes ?? {}), group?.msgType])]
+    .filter(Boolean);
+  form.elements.msgType.replaceChildren(...types.map((type) => h('option', { value: type }, type)));
+  form.elements.msgType.value = group?.msgType ?? types.find((t) => machineFields(machine, t).length) ?? types[0];
+  renderFields(group?.fields ?? []);
+  form.elements.unit.value = group?.unit ?? '';
+  if (!group) prefillUnit();
+  dialog.showModal();
+  form.elements.name.focus();
+}
+
+function machineFields(machine, msgType) {
+  return machine.msgTypes?.[msgType]?.fields ?? [];
+}
+
+function renderFields(selected) {
+  const known = machineFields(current.machine, form.elements.msgType.value);
+  const knownNames = new Set(known.map((f) => f.name));
+  // Fields of the group this machine does not decode stay listed, so editing keeps them.
+  const rows = [
+    ...known,
+    ...selected.filter((name) => !knownNames.has(name)).map((name) => ({ name, missing: true })),
+  ];
+  fieldFilter.value = '';
+  fieldList.replaceChildren(
+    ...(rows.length
+      ? rows.map((field) => fieldRow(field, selected.includes(field.name)))
+      : [h('p', { class: 'muted' }, 'This machine declares no fields for this message type.')]),
+  );
+  updateCount();
+}
+
+function fieldRow(field, checked) {
+  const range = field.min != null && field.max != null
+    ? `${field.min} … ${field.max}` : '';
+  return h('label', { class: 'field-row', dataset: { name: field.name.toLowerCase() } },
+    h('input', { type: 'checkbox', name: 'fields', value: field.name, checked, dataset: { unit: field.unit ?? '' } }),
+    h('span', { class: 'field-name' }, field.name),
+    h('span', { class: 'field-unit' }, field.missing ? 'not on this machine' : field.unit ?? ''),
+    h('span', { class: 'field-range' }, range));
+}
+
+function checkedBoxes() {
+  return [...fieldList.querySelectorAll('input[type=checkbox]:checked')];
+}
+
+function updateCount() {
+  const n = checkedBoxes().length;
+  fieldCount.textContent = n ? `· ${n} selected` : '';
+}
+
+function prefillUnit() {
+  if (current.unitEdited) return;
+  form.elements.unit.value = checkedBoxes()[0]?.dataset.unit ?? '';
+}
+
+form.elements.msgType.addEventListener('change', () => {
+  renderFields([]);
+  prefillUnit();
+});
+fieldList.addEventListener('change', () => {
+  updateCount();
+  prefillUnit();
+});
+form.elements.unit.addEventListener('input', () => {
+  current.unitEdited = true;
+});
+fieldFilter.addEventListener('input', () => {
+  const needle = fieldFilter.value.trim().toLowerCase();
+  for (const row of fieldList.querySelectorAll('.field-row')) row.hidden = !row.dataset.name.includes(needle);
+});
+// Enter in the filter box narrows the list; it must not submit the form.
+fieldFilter.addEventListener('keydown', (event) => {
+  if (event.key === 'Enter') event.preventDefault();
+});
+
+form.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const body = {
+    name: form.elements.name.value.trim(),
+    msgType: form.elements.msgType.value,
+    fields: checkedBoxes().map((box) => box.value),
+    unit: form.elements.unit.value.trim(),
+  };
+  if (!body.name) return showError(formError, 'Give the group a name.');
+  if (body.fields.length === 0) return showError(formError, 'Choose at least one field.');
+  await submitWith(form, formError, () => current.onSave(body), dialog);
+});
+
+const confirmDialog = $('#confirm-dialog');
+const confirmForm = $('#confirm-form');
+const confirmError = $('#confirm-error');
+let onConfirm = null;
+
+/** Ask before deleting; `action` runs on confirmation. */
+export function confirmDelete(name, action) {
+  onConfirm = action;
+  $('#confirm-text').textContent = `Delete the group “${name}”? Its chart disappears for every machine of the organisation.`;
+  showError(confirmError, null);
+  confirmDialog.showModal();
+}
+
+confirmForm.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  await submitWith(confirmForm, confirmError, onConfirm, confirmDialog);
+});
+
+async function submitWith(formEl, errorEl, action, dialogEl) {
+  const submit = formEl.querySelector('[type=submit]');
+  submit.disabled = true;
+  try {
+    await action();
+    dialogEl.close();
+  } catch (err) {
+    showError(errorEl, err.message);
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+function showError(el, message) {
+  el.textContent = message ?? '';
+  el.hidden = !message;
+}

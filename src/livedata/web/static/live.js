@@ -1,0 +1,101 @@
+// A WebSocket that reconnects by itself: exponential backoff 1 s, 2 s, 4 s …
+// capped at 15 s, with ±20 % jitter so that many browsers dropped at once by a
+// gateway restart do not all come back in the same instant.
+
+const FIRST_DELAY_MS = 1000;
+const MAX_DELAY_MS = 15000;
+// From this many failed attempts on (down for about 1 + 2 + 4 s, now waiting 8 s
+// or more), the link is shown as offline rather than reconnecting.
+const OFFLINE_AFTER_ATTEMPTS = 4;
+
+export class ReconnectingSocket {
+  /**
+   * @param {string} url
+   * @param {{onOpen: () => void, onMessage: (message: object) => void, onStatus: () => void}} handlers
+   */
+  constructor(url, { onOpen, onMessage, onStatus }) {
+    this.url = url;
+    this.onOpen = onOpen;
+    this.onMessage = onMessage;
+    this.onStatus = onStatus;
+    this.ws = null;
+    this.attempt = 0; // failed attempts since the last successful open
+    this.retryAt = null; // when the next attempt is due, while waiting for it
+    this.timer = null;
+    this.closed = false;
+    this.connect();
+  }
+
+  get isOpen() {
+    return this.ws?.readyState === WebSocket.OPEN;
+  }
+
+  /** {state: 'live' | 'connecting' | 'reconnecting' | 'offline', retryIn: seconds | null} */
+  get status() {
+    if (this.isOpen) return { state: 'live', retryIn: null };
+    const retryIn = this.retryAt === null
+      ? null
+      : Math.max(0, Math.ceil((this.retryAt - Date.now()) / 1000));
+    if (this.attempt === 0) return { state: 'connecting', retryIn };
+    const offline = !navigator.onLine || this.attempt >= OFFLINE_AFTER_ATTEMPTS;
+    return { state: offline ? 'offline' : 'reconnecting', retryIn };
+  }
+
+  send(message) {
+    if (this.isOpen) this.ws.send(JSON.stringify(message));
+  }
+
+  /** Skip the remaining backoff (browser back online, user asked). */
+  reconnectNow() {
+    if (this.closed || this.retryAt === null) return;
+    clearTimeout(this.timer);
+    this.connect();
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    const { ws } = this;
+    this.ws = null;
+    if (!ws) return;
+    ws.onclose = null;
+    ws.onmessage = null;
+    // Closing a socket that is still connecting makes the browser log an error; let it open first.
+    ws.onopen = ws.readyState === WebSocket.CONNECTING ? () => ws.close(1000) : null;
+    if (ws.readyState !== WebSocket.CONNECTING) ws.close(1000);
+  }
+
+  connect() {
+    this.retryAt = null;
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.onStatus();
+      this.onOpen();
+    };
+    ws.onmessage = (event) => {
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch {
+        return; // not ours to interpret; the protocol is JSON only
+      }
+      this.onMessage(message);
+    };
+    ws.onclose = () => {
+      this.ws = null;
+      this.scheduleReconnect();
+    };
+    this.onStatus();
+  }
+
+  scheduleReconnect() {
+    const base = Math.min(FIRST_DELAY_MS * 2 ** this.attempt, MAX_DELAY_MS);
+    const delay = Math.min(base * (0.8 + 0.4 * Math.random()), MAX_DELAY_MS);
+    this.attempt += 1;
+    this.retryAt = Date.now() + delay;
+    this.timer = setTimeout(() => this.connect(), delay);
+    this.onStatus();
+  }
+}
