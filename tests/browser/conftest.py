@@ -2,7 +2,7 @@
 
 Fixtures:
 
-- ``browser``: one headless Chromium per test module (skipped when /usr/bin/chromium
+- ``browser``: one headless Chromium per test module (fails when /usr/bin/chromium
   is missing; Playwright's own browser download is never used). Module scope, not
   session: while Playwright's sync API is active it holds the main thread's event
   loop, and the asyncio tests of later modules could not run.
@@ -136,7 +136,7 @@ def artifacts() -> Path:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
+        pytest.fail(f"{CHROMIUM} is not installed: run scripts/setup.sh --test")
     if not (STATIC_DIR / "vendor" / "echarts.min.js").is_file():
         pytest.fail("ECharts is not vendored: run `npm ci && npm run build` first")
     with playwright_sync.sync_playwright() as p:

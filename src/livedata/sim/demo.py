@@ -21,7 +21,8 @@ MODEL = "WL"
 DBC_PATH = Path(__file__).resolve().parent.parent / "dbc" / "loader.dbc"
 
 DEFAULT_GROUPS = (
-    GroupSpec("Drive", MsgType.VEHICLE_CAN, ["speed", "engine_rpm", "brake_status"], "km/h"),
+    GroupSpec("Drive", MsgType.VEHICLE_CAN, ["speed", "brake_status"], "km/h"),
+    GroupSpec("Engine", MsgType.VEHICLE_CAN, ["engine_rpm"], "rpm"),
     GroupSpec("Engine temperatures", MsgType.VEHICLE_CAN, ["coolant_temp", "ambient_temp"], "°C"),
     GroupSpec("Hydraulics", MsgType.VEHICLE_CAN, ["hydraulic_pressure"], "bar"),
     GroupSpec("Device", MsgType.CLIENT_RAW_DATA, ["cpu_usage", "mem_usage"], "%"),
@@ -56,7 +57,7 @@ def attach_demo(rt: Runtime, machines: int) -> list[str]:
         )
         seconds = rt.settings.history_seconds
         if latest is not None:
-            seconds = max(0, min(seconds, (now - latest) // 1000 - 1))
+            seconds = max(0, min(seconds, (now - latest) // 1000))
         if seconds:
             await fleet.backfill(seconds, now)
         rt.spawn("fleet", fleet.run)
