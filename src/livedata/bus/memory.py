@@ -1,51 +1,84 @@
 """In-process log and pub/sub: the embedded shape runs on these.
 
 Objects opened with the same URL (``memory://`` or ``memory://name``) in one
-process share one broker, like clients of one server, so roles wired separately
-still meet.
+event loop share one broker, like clients of one server, so roles wired
+separately still meet.
 
-Under stress: the log holds at most ``capacity`` records not yet consumed by the
-slowest existing group; ``append`` then waits (backpressure to ingest) instead of
-growing memory or dropping.  Pub/sub calls each subscriber's handler inline; the
-gateway's handler only enqueues, so a slow browser never slows the publisher.
+The log is split into partitions by chassis (``?partitions=N``, default 4), like
+a Kafka topic keyed by chassis: the consumers of a group divide the partitions
+among themselves, so each chassis is read by one consumer at a time and in
+order, and a consumer that leaves hands its partitions to the others.
+
+Under stress: the log holds at most ``capacity`` records (``?capacity=N``,
+default 100,000) not yet consumed by the slowest existing group; ``append``
+then waits (backpressure to ingest) instead of growing memory or dropping.
+With no group the oldest records are discarded beyond ``capacity``.  Pub/sub
+calls each subscriber's handler inline; a handler that raises is logged and the
+others still get the message.  The gateway's handler only enqueues, so a slow
+browser never slows the publisher.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import parse_qs, urlsplit
+from weakref import WeakKeyDictionary
 
 from livedata.bus.base import Handler, Log, PubSub
 from livedata.errors import BusError
 from livedata.model import Record
 
+log = logging.getLogger("livedata.bus.memory")
+
 DEFAULT_CAPACITY = 100_000
+DEFAULT_PARTITIONS = 4
+BATCH = 1_000
 
 
-class _LogBroker:
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
+class _Partition:
+    def __init__(self) -> None:
         self.records: list[Record] = []
         self.base = 0  # offset of records[0]
-        self.offsets: dict[str, int] = {}
-        self.changed = asyncio.Condition()
 
     @property
     def end(self) -> int:
         return self.base + len(self.records)
 
+
+class _LogBroker:
+    def __init__(self, capacity: int, partitions: int) -> None:
+        self.capacity = capacity
+        self.partitions = [_Partition() for _ in range(partitions)]
+        self.offsets: dict[str, list[int]] = {}
+        self.members: dict[str, list[object]] = {}
+        self.changed = asyncio.Condition()
+
     def backlog(self) -> int:
         if not self.offsets:
             return 0
-        return self.end - min(self.offsets.values())
+        return sum(
+            p.end - min(offsets[i] for offsets in self.offsets.values())
+            for i, p in enumerate(self.partitions)
+        )
 
     def trim(self) -> None:
-        floor = min(self.offsets.values()) if self.offsets else self.end - self.capacity
-        drop = max(0, floor - self.base)
-        if drop:
-            del self.records[:drop]
-            self.base += drop
+        total = sum(len(p.records) for p in self.partitions)
+        for i, p in enumerate(self.partitions):
+            if self.offsets:
+                floor = min(offsets[i] for offsets in self.offsets.values())
+            else:
+                floor = p.end - max(0, self.capacity - (total - len(p.records)))
+            drop = max(0, floor - p.base)
+            if drop:
+                del p.records[:drop]
+                p.base += drop
+
+    def assigned(self, group: str, member: object) -> list[int]:
+        members = self.members[group]
+        return [i for i in range(len(self.partitions)) if members[i % len(members)] is member]
 
 
 class _PubSubBroker:
@@ -53,8 +86,12 @@ class _PubSubBroker:
         self.handlers: dict[str, list[Handler]] = {}
 
 
-_log_brokers: dict[str, _LogBroker] = {}
-_pubsub_brokers: dict[str, _PubSubBroker] = {}
+_log_brokers: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _LogBroker]] = (
+    WeakKeyDictionary()
+)
+_pubsub_brokers: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _PubSubBroker]] = (
+    WeakKeyDictionary()
+)
 
 
 def _name(url: str) -> str:
@@ -63,25 +100,29 @@ def _name(url: str) -> str:
 
 
 class MemoryLog(Log):
-    """An in-process log; ``memory://name?capacity=N`` (default 100,000 records)."""
+    """An in-process log; ``memory://name?capacity=N&partitions=P``."""
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
         query = parse_qs(urlsplit(url).query)
-        capacity = int(query.get("capacity", [DEFAULT_CAPACITY])[0])
-        name = _name(url)
-        if name not in _log_brokers:
-            _log_brokers[name] = _LogBroker(capacity)
-        self._broker = _log_brokers[name]
+        self._capacity = int(query.get("capacity", [DEFAULT_CAPACITY])[0])
+        self._partitions = int(query.get("partitions", [DEFAULT_PARTITIONS])[0])
+        self._name = _name(url)
         self._closed = False
+
+    @property
+    def _broker(self) -> _LogBroker:
+        brokers = _log_brokers.setdefault(asyncio.get_running_loop(), {})
+        broker = brokers.get(self._name)
+        if broker is None:
+            broker = brokers[self._name] = _LogBroker(self._capacity, self._partitions)
+        return broker
 
     def backlog(self) -> int:
         """Records appended but not yet consumed by the slowest group."""
         return self._broker.backlog()
 
     async def append(self, records: Sequence[Record]) -> None:
-        if self._closed:
-            raise BusError("log is closed")
         broker = self._broker
         async with broker.changed:
             await broker.changed.wait_for(
@@ -89,31 +130,52 @@ class MemoryLog(Log):
             )
             if self._closed:
                 raise BusError("log is closed")
-            broker.records.extend(records)
+            count = len(broker.partitions)
+            for record in records:
+                broker.partitions[zlib.crc32(record.chassis.encode()) % count].records.append(
+                    record
+                )
             broker.trim()
             broker.changed.notify_all()
 
     async def consume(self, group: str) -> AsyncIterator[list[Record]]:
         broker = self._broker
-        broker.offsets.setdefault(group, broker.base)
-        while not self._closed:
-            async with broker.changed:
-                await broker.changed.wait_for(
-                    lambda: self._closed or broker.offsets[group] < broker.end
-                )
-                if self._closed:
-                    return
-                start = broker.offsets[group] - broker.base
-                batch = broker.records[start : start + 1000]
-                broker.offsets[group] += len(batch)
-                broker.trim()
-                broker.changed.notify_all()
-            yield batch
+        member = object()
+        if group not in broker.offsets:
+            broker.offsets[group] = [p.base for p in broker.partitions]
+        broker.members.setdefault(group, []).append(member)
+        offsets = broker.offsets[group]
+
+        def ready() -> bool:
+            return self._closed or any(
+                offsets[i] < broker.partitions[i].end for i in broker.assigned(group, member)
+            )
+
+        try:
+            while not self._closed:
+                async with broker.changed:
+                    await broker.changed.wait_for(ready)
+                    if self._closed:
+                        return
+                    batch: list[Record] = []
+                    for i in broker.assigned(group, member):
+                        part = broker.partitions[i]
+                        start = offsets[i] - part.base
+                        taken = part.records[start : start + BATCH - len(batch)]
+                        offsets[i] += len(taken)
+                        batch.extend(taken)
+                    broker.trim()
+                    broker.changed.notify_all()
+                if batch:
+                    yield batch
+        finally:
+            broker.members[group].remove(member)
 
     async def close(self) -> None:
         self._closed = True
-        async with self._broker.changed:
-            self._broker.changed.notify_all()
+        broker = self._broker
+        async with broker.changed:
+            broker.changed.notify_all()
 
 
 class MemoryPubSub(PubSub):
@@ -121,12 +183,20 @@ class MemoryPubSub(PubSub):
 
     def __init__(self, url: str) -> None:
         super().__init__(url)
-        self._broker = _pubsub_brokers.setdefault(_name(url), _PubSubBroker())
+        self._name = _name(url)
         self._mine: dict[str, Handler] = {}
 
+    @property
+    def _broker(self) -> _PubSubBroker:
+        brokers = _pubsub_brokers.setdefault(asyncio.get_running_loop(), {})
+        return brokers.setdefault(self._name, _PubSubBroker())
+
     async def publish(self, channel: str, message: bytes) -> None:
-        for handler in self._broker.handlers.get(channel, ()):
-            handler(channel, message)
+        for handler in list(self._broker.handlers.get(channel, ())):
+            try:
+                handler(channel, message)
+            except Exception:
+                log.exception("a subscriber of %s failed", channel)
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
         await self.unsubscribe(channel)
