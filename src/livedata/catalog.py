@@ -8,6 +8,7 @@ DBC files are cached by id (uploaded files never change, a new upload is a new i
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,41 +29,53 @@ class MachineInfo:
 
 
 class Catalog:
+    """Cached view of each organisation's machines and decoders.
+
+    An organisation is loaded whole (three queries) and kept for ``ttl`` seconds;
+    one refresh runs at a time per organisation and the others wait for it, so a
+    fleet of any size costs one load per ``ttl``, not one per machine.
+    """
+
     def __init__(self, meta: Metadata, ttl: float = 10.0) -> None:
         self.meta = meta
         self.ttl = ttl
-        self._machines: dict[tuple[str, str], tuple[float, MachineInfo | None]] = {}
+        self._orgs: dict[str, tuple[float, dict[str, MachineInfo]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._decoders: dict[int, CanDecoder] = {}
         self._fields: dict[tuple[str, str, str], set[str]] = {}
 
     def invalidate(self) -> None:
-        self._machines.clear()
+        self._orgs.clear()
 
     async def machine(self, tenant: str, chassis: str) -> MachineInfo | None:
         """The machine, or ``None`` when the organisation has no such machine."""
-        key = (tenant, chassis)
-        cached = self._machines.get(key)
-        now = time.monotonic()
-        if cached is not None and now - cached[0] < self.ttl:
-            return cached[1]
-        info = await self._load(tenant, chassis)
-        self._machines[key] = (now, info)
-        return info
+        cached = self._orgs.get(tenant)
+        if cached is None or time.monotonic() - cached[0] >= self.ttl:
+            lock = self._locks.setdefault(tenant, asyncio.Lock())
+            async with lock:
+                cached = self._orgs.get(tenant)
+                if cached is None or time.monotonic() - cached[0] >= self.ttl:
+                    cached = (time.monotonic(), await self._load(tenant))
+                    self._orgs[tenant] = cached
+        return cached[1].get(chassis)
 
-    async def _load(self, tenant: str, chassis: str) -> MachineInfo | None:
-        machines = {m.chassis_id: m for m in await self.meta.list_machines(tenant)}
-        machine = machines.get(chassis)
-        if machine is None:
-            return None
-        dbc = await self.meta.machine_dbc(tenant, chassis)
-        decoder = None
-        if dbc is not None:
-            decoder = self._decoders.get(dbc.id)
-            if decoder is None:
-                decoder = self._decoders[dbc.id] = CanDecoder.from_dbc(dbc.content)
-        return MachineInfo(
-            tenant, chassis, machine.name, machine.model, decoder, dbc.name if dbc else None
-        )
+    async def _load(self, tenant: str) -> dict[str, MachineInfo]:
+        machines: dict[str, MachineInfo] = {}
+        for machine, dbc in await self.meta.org_decoding(tenant):
+            decoder = None
+            if dbc is not None:
+                decoder = self._decoders.get(dbc.id)
+                if decoder is None:
+                    decoder = self._decoders[dbc.id] = CanDecoder.from_dbc(dbc.content)
+            machines[machine.chassis_id] = MachineInfo(
+                tenant,
+                machine.chassis_id,
+                machine.name,
+                machine.model,
+                decoder,
+                dbc.name if dbc else None,
+            )
+        return machines
 
     async def note_fields(self, tenant: str, chassis: str, msg_type: str, names: set[str]) -> None:
         """Remember ``client_raw_data`` field names a machine sent (persisted once each)."""

@@ -72,6 +72,7 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
         create_app(rt),
         log_config=None,
         ws_max_size=1024 * 1024,
+        ws_per_message_deflate=False,  # ~100-byte messages: compression costs CPU and memory only
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         timeout_graceful_shutdown=3,

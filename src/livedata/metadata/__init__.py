@@ -159,17 +159,25 @@ class Metadata:
                 raise NotFound(f"machine {chassis!r} not found")
             machine.dbc_id = dbc_id
 
-    async def machine_dbc(self, org_id: str, chassis: str) -> DbcFile | None:
-        """The DBC a machine is decoded with: its own, else its model's, else none."""
+    async def org_decoding(self, org_id: str) -> list[tuple[Machine, DbcFile | None]]:
+        """Every machine of an organisation with the DBC it is decoded with, in three queries."""
         async with self.session() as s:
-            machine = await s.get(Machine, (org_id, chassis))
-            if machine is None:
-                return None
-            dbc_id = machine.dbc_id
-            if dbc_id is None:
-                model = await s.get(MachineModel, (org_id, machine.model))
-                dbc_id = model.dbc_id if model else None
-            return None if dbc_id is None else await s.get(DbcFile, dbc_id)
+            machines = list(
+                (await s.scalars(select(Machine).where(Machine.org_id == org_id))).all()
+            )
+            models = {
+                m.name: m.dbc_id
+                for m in (
+                    await s.scalars(select(MachineModel).where(MachineModel.org_id == org_id))
+                ).all()
+            }
+            dbc_of = {m.chassis_id: m.dbc_id or models.get(m.model) for m in machines}
+            wanted = {d for d in dbc_of.values() if d is not None}
+            files = {}
+            if wanted:
+                query = select(DbcFile).where(DbcFile.id.in_(wanted))
+                files = {d.id: d for d in (await s.scalars(query)).all()}
+        return [(m, files.get(dbc_of[m.chassis_id] or -1)) for m in machines]
 
     # machines -----------------------------------------------------------------
 

@@ -1,0 +1,342 @@
+"""Ingest throughput in one process, no HTTP: device messages → ``Ingest.handle`` → store + log.
+
+What runs is what ``livedata demo`` runs between the device link and distribute:
+metadata on a temporary SQLite file seeded like ``sim/demo.py`` (organisation
+``demo``, the wheel-loader DBC, N machines), a :class:`Catalog`, an
+:class:`Ingest` with the default batch and queue sizes and its writer task, a
+:class:`MemoryLog`, and one consumer draining the log (standing in for
+distribute).  The device messages are made up front by the simulated fleet
+(``Fleet.tick``: one ``vehicle_can`` CAN batch and one ``client_raw_data``
+message per machine and simulated second) and pushed through ``Ingest.handle``
+as fast as it takes them, so the figures are the ceiling of one ingest process.
+
+Figures, in one run:
+
+* ``sim``: what making the messages cost (the demo server pays this too).
+* ``CanDecoder.decode``: the raw decoder alone, frames/s.
+* ``SQLiteStore.write`` alone, by transaction size (one demo tick, 1,000, 5,000
+  records), on a store that already holds a few minutes of history: rate, CPU
+  and bytes passed to write()/read() per record (the WAL's write amplification).
+* ``Catalog`` refresh: the cost of reloading every machine when the cache
+  entries expire, for N and 5N machines.
+* ingest → SQLiteStore (the demo's shape) and ingest → MemoryStore (so the
+  SQLite cost is visible): records/s, points/s, CPU per record (process CPU,
+  which includes the SQLite writer thread, and the event-loop thread's share),
+  and RSS.
+
+Run: ``python bench/bench_ingest.py [--machines 100] [--seconds 300]``.
+Prints figures only; asserts nothing.  Everything lives in a temporary
+directory that is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import resource
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from livedata.bus.memory import MemoryLog
+from livedata.catalog import Catalog
+from livedata.decode.can import CanDecoder
+from livedata.metadata import Metadata
+from livedata.model import DeviceMessage, MsgType, Record
+from livedata.pipeline.ingest import Ingest
+from livedata.settings import Settings
+from livedata.sim.demo import DBC_PATH, DEFAULT_GROUPS, MODEL, ORG
+from livedata.sim.fleet import Fleet, default_chassis_ids
+from livedata.store.base import Store
+from livedata.store.memory import MemoryStore
+from livedata.store.sqlite import SQLiteStore
+
+WARMUP_SECONDS = 2
+"""Simulated seconds pushed before timing starts (catalog loads, series interning)."""
+
+PROC = psutil.Process()
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+@dataclass
+class RunResult:
+    label: str
+    records: int
+    points: int
+    wall: float
+    cpu: float
+    loop_cpu: float
+    rss_before: int
+    rss_after: int
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.label}",
+            f"  records            {self.records:>10,}   in {self.wall:6.2f} s",
+            f"  records/s          {self.records / self.wall:>10,.0f}",
+            f"  points/s           {self.points / self.wall:>10,.0f}",
+            f"  CPU per record     {self.cpu / self.records * 1e6:>10.1f} µs  "
+            f"(event-loop thread {self.loop_cpu / self.records * 1e6:.1f} µs, "
+            f"other threads {(self.cpu - self.loop_cpu) / self.records * 1e6:.1f} µs)",
+            f"  CPU use            {self.cpu / self.wall * 100:>10.0f} % of one core",
+            f"  RSS                {mib(self.rss_before):>10} → {mib(self.rss_after)}",
+        ]
+
+
+async def seed(meta: Metadata, chassis_ids: Sequence[str], dbc_text: str) -> None:
+    """What ``sim.demo.attach_demo`` does before the fleet starts."""
+    await meta.ensure_org(ORG, "Demo fleet")
+    dbc = await meta.add_dbc(ORG, "loader.dbc", dbc_text)
+    await meta.assign_model_dbc(ORG, MODEL, dbc.id)
+    for n, chassis in enumerate(chassis_ids, 1):
+        await meta.upsert_machine(ORG, chassis, f"Wheel loader {n}", MODEL)
+    await meta.ensure_groups(ORG, DEFAULT_GROUPS)
+
+
+async def make_messages(
+    chassis_ids: list[str], decoder: CanDecoder, seconds: int
+) -> tuple[list[DeviceMessage], float]:
+    """``seconds`` simulated seconds of the fleet, ending now; and the CPU time it took."""
+    messages: list[DeviceMessage] = []
+
+    async def collect(message: DeviceMessage) -> None:
+        messages.append(message)
+
+    fleet = Fleet(ORG, chassis_ids, decoder, collect)
+    start_ts = (int(time.time()) - seconds) * 1000
+    cpu = time.process_time()
+    for i in range(seconds):
+        await fleet.tick(start_ts + i * 1000)
+    return messages, time.process_time() - cpu
+
+
+async def run_ingest(
+    label: str,
+    store: Store,
+    catalog: Catalog,
+    warmup: list[DeviceMessage],
+    timed: list[DeviceMessage],
+) -> tuple[RunResult, list[list[Record]]]:
+    """Push ``warmup`` then ``timed`` through a fresh Ingest; time ``timed`` through the log."""
+    defaults = Settings()
+    log = MemoryLog(f"memory://bench-{uuid.uuid4().hex}")
+    await store.start()
+    await log.start()
+    ingest = Ingest(
+        store, log, catalog, batch_max=defaults.store_batch_max, queue_max=defaults.ingest_queue
+    )
+    batches: list[list[Record]] = []
+    received = 0
+    target = 0
+    reached = asyncio.Event()
+
+    async def drain() -> None:
+        nonlocal received
+        async for batch in log.consume("bench"):
+            batches.append(batch)
+            received += len(batch)
+            if received >= target:
+                reached.set()
+
+    async def push(messages: list[DeviceMessage]) -> None:
+        nonlocal target
+        target += len(messages)
+        reached.clear()
+        for message in messages:
+            await ingest.handle(message)
+        await reached.wait()
+
+    consumer = asyncio.create_task(drain())
+    writer = asyncio.create_task(ingest.run())
+    await asyncio.sleep(0)  # let the consumer register its group
+    try:
+        await push(warmup)
+        batches.clear()
+        rss_before = PROC.memory_info().rss
+        cpu0, loop0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
+        await push(timed)
+        wall = time.perf_counter() - t0
+        cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop0
+        rss_after = PROC.memory_info().rss
+    finally:
+        for task in (writer, consumer):
+            task.cancel()
+        await asyncio.gather(writer, consumer, return_exceptions=True)
+        await log.close()
+        await store.close()
+    records = sum(len(b) for b in batches)
+    points = sum(len(r.values) for b in batches for r in b)
+    result = RunResult(label, records, points, wall, cpu, loop_cpu, rss_before, rss_after)
+    return result, batches
+
+
+def bench_decoder(decoder: CanDecoder, messages: list[DeviceMessage]) -> list[str]:
+    batches = [m.frames for m in messages if m.msg_type == MsgType.VEHICLE_CAN]
+    frames = sum(len(b) for b in batches)
+    t0 = time.perf_counter()
+    for frames_of_second in batches:
+        decoder.decode(frames_of_second)
+    wall = time.perf_counter() - t0
+    return [
+        "CanDecoder.decode alone",
+        f"  batches            {len(batches):>10,}   ({frames / len(batches):.0f} frames each)",
+        f"  frames/s           {frames / wall:>10,.0f}",
+        f"  µs per batch       {wall / len(batches) * 1e6:>10.1f}",
+    ]
+
+
+async def bench_store_write(
+    url: str, records: list[Record], machines: int, segment_seconds: int
+) -> list[str]:
+    """``SQLiteStore.write`` alone, by transaction size, on a store that already has history.
+
+    The records before the last three segments are loaded first (5,000 per write);
+    then each segment is written in transactions of one demo tick, 1,000 and 5,000
+    records.  In the running demo the ingest writer takes what has queued, which
+    is about one tick (``2 × machines`` records), so the first row is what the
+    demo pays; the bulk runs above use large batches.
+    """
+    per_second = 2 * machines
+    segment = segment_seconds * per_second
+    history, rest = records[: -3 * segment], records[-3 * segment :]
+    store = SQLiteStore(url)
+    await store.start()
+    lines = [
+        f"SQLiteStore.write alone, by transaction size, after {len(history):,} records "
+        f"({len(history) // per_second} s of {machines} machines) of history",
+        f"  {'records/write':>14} {'records/s':>10} {'points/s':>10} {'CPU/record':>11} "
+        f"{'write()/record':>15} {'read()/record':>14}",
+    ]
+    try:
+        for i in range(0, len(history), 5_000):
+            await store.write(history[i : i + 5_000])
+        for n, size in enumerate((per_second, 1_000, 5_000)):
+            chunk = rest[n * segment : (n + 1) * segment]
+            io0, cpu0, t0 = PROC.io_counters(), time.process_time(), time.perf_counter()
+            points = 0
+            for i in range(0, len(chunk), size):
+                points += await store.write(chunk[i : i + size])
+            wall = time.perf_counter() - t0
+            cpu, io1 = time.process_time() - cpu0, PROC.io_counters()
+            written = (io1.write_chars - io0.write_chars) / len(chunk)
+            read = (io1.read_chars - io0.read_chars) / len(chunk)
+            lines.append(
+                f"  {size:>14,} {len(chunk) / wall:>10,.0f} {points / wall:>10,.0f} "
+                f"{cpu / len(chunk) * 1e6:>8.0f} µs {written / 1024:>12,.1f} KiB "
+                f"{read / 1024:>10,.1f} KiB"
+            )
+    finally:
+        await store.close()
+    return lines
+
+
+async def bench_catalog(tmp: Path, dbc_text: str, counts: Sequence[int]) -> list[str]:
+    """What ingest pays when the catalog's entries expire (every ``Catalog.ttl`` seconds).
+
+    All machines of a fleet are looked up within one tick, so their entries expire
+    together; the next tick then reloads every one of them inside ``Ingest.handle``.
+    """
+    lines = ["Catalog refresh (every machine looked up again after the TTL has expired)"]
+    for count in counts:
+        meta = Metadata(f"sqlite:///{tmp / f'catalog-{count}.db'}")
+        await meta.start()
+        try:
+            chassis_ids = default_chassis_ids(count)
+            await seed(meta, chassis_ids, dbc_text)
+            catalog = Catalog(meta)
+            for chassis in chassis_ids:
+                await catalog.machine(ORG, chassis)
+            catalog.invalidate()
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            for chassis in chassis_ids:
+                await catalog.machine(ORG, chassis)
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        finally:
+            await meta.close()
+        lines.append(
+            f"  {count:>6,} machines: {wall:6.2f} s wall, {cpu:6.2f} s CPU per refresh "
+            f"= {cpu / catalog.ttl:.0%} of a core at TTL {catalog.ttl:g} s"
+        )
+    return lines
+
+
+async def main(machines: int, seconds: int) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    chassis_ids = default_chassis_ids(machines)
+    dbc_text = DBC_PATH.read_text()
+    decoder = CanDecoder.from_dbc(dbc_text)
+
+    print(
+        f"bench_ingest: {machines} machines × {seconds} simulated s "
+        f"(+{WARMUP_SECONDS} s warm-up), {psutil.cpu_count()} CPUs"
+    )
+    messages, sim_cpu = await make_messages(chassis_ids, decoder, WARMUP_SECONDS + seconds)
+    split = len(messages) * WARMUP_SECONDS // (WARMUP_SECONDS + seconds)
+    warmup, timed = messages[:split], messages[split:]
+    steps = machines * (WARMUP_SECONDS + seconds)
+    print(
+        f"sim: {len(messages):,} messages made in {sim_cpu:.2f} s CPU = "
+        f"{sim_cpu / steps * 1e6:.0f} µs per machine-second (Machine.step + CAN encode)"
+    )
+    print()
+    print("\n".join(bench_decoder(decoder, timed)))
+    print()
+
+    with tempfile.TemporaryDirectory(prefix="livedata-bench-ingest-") as tmp:
+        meta = Metadata(f"sqlite:///{Path(tmp) / 'metadata.db'}")
+        await meta.start()
+        try:
+            await seed(meta, chassis_ids, dbc_text)
+            results = []
+            sqlite_url = f"sqlite:///{Path(tmp) / 'telemetry.db'}"
+            for label, store in (
+                ("ingest → SQLiteStore (demo shape)", SQLiteStore(sqlite_url)),
+                ("ingest → MemoryStore (baseline)", MemoryStore(f"memory://{uuid.uuid4().hex}")),
+            ):
+                result, batches = await run_ingest(label, store, Catalog(meta), warmup, timed)
+                results.append(result)
+                print("\n".join(result.lines()))
+                print()
+            write_url = f"sqlite:///{Path(tmp) / 'write-only.db'}"
+            records = [r for b in batches for r in b]
+            segment = max(1, min(30, seconds // 6))
+            print("\n".join(await bench_store_write(write_url, records, machines, segment)))
+            db_size = (Path(tmp) / "telemetry.db").stat().st_size
+            print()
+            print("\n".join(await bench_catalog(Path(tmp), dbc_text, (machines, 5 * machines))))
+        finally:
+            await meta.close()
+    print()
+    sqlite_run, memory_run = results
+    extra = (sqlite_run.cpu / sqlite_run.records - memory_run.cpu / memory_run.records) * 1e6
+    print(
+        f"SQLite costs {extra:.1f} µs CPU per record over MemoryStore; SQLite run at "
+        f"{memory_run.wall / sqlite_run.wall:.0%} of the MemoryStore run's throughput"
+    )
+    print(
+        f"telemetry.db after the run: {mib(db_size)} "
+        f"({db_size / sqlite_run.points:.0f} B per point incl. warm-up)"
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"peak RSS of this process: {mib(peak)}")
+    print(
+        f"real-time need of the demo: {machines * 2} records/s at 1 Hz, "
+        f"{machines * 20} records/s at 10 Hz"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--machines", type=int, default=100)
+    parser.add_argument("--seconds", type=int, default=300, help="simulated seconds to push")
+    args = parser.parse_args()
+    asyncio.run(main(args.machines, args.seconds))
