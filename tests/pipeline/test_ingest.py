@@ -1,0 +1,102 @@
+"""Ingest with real parts (SQLite metadata and store, memory log): decoding, counting, storing, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from livedata.bus.memory import MemoryLog
+from livedata.catalog import Catalog
+from livedata.decode.can import CanDecoder
+from livedata.metadata import Metadata
+from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record
+from livedata.pipeline.ingest import Ingest
+from livedata.sim.demo import DBC_PATH
+from livedata.sim.machine import Machine
+from livedata.store.sqlite import SQLiteStore
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[Ingest, SQLiteStore, MemoryLog]]:
+    meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
+    await meta.start()
+    await meta.ensure_org("acme", "Acme")
+    dbc = await meta.add_dbc("acme", "loader", DBC_PATH.read_text())
+    await meta.upsert_machine("acme", "M1", "Loader", "WL")
+    await meta.assign_model_dbc("acme", "WL", dbc.id)
+    await meta.upsert_machine("acme", "NODBC", "Other", "XX")
+    store = SQLiteStore(f"sqlite:///{tmp_path}/telemetry.db")
+    await store.start()
+    log = MemoryLog(f"memory://{uuid.uuid4().hex}")
+    ingest = Ingest(store, log, Catalog(meta), linger=0)
+    task = asyncio.create_task(ingest.run())
+    yield ingest, store, log
+    task.cancel()
+    await store.close()
+    await meta.close()
+
+
+def machine_frames(ts: int) -> tuple[list[Frame], dict[str, float]]:
+    machine = Machine("M1", CanDecoder.from_dbc(DBC_PATH.read_text()), seed=1)
+    frames, values = machine.step(ts)
+    return frames, machine.signals
+
+
+async def first_batch(log: MemoryLog) -> list[Record]:
+    return await asyncio.wait_for(anext(log.consume("test")), 5)
+
+
+async def test_can_batch_is_decoded_stored_and_logged(parts) -> None:
+    """A vehicle_can batch becomes one record, stored in SQLite and appended to the log."""
+    ingest, store, log = parts
+    frames, signals = machine_frames(1_000_000)
+    msg = DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, 1_000_000, frames=tuple(frames))
+    record = await ingest.handle(msg)
+    assert record is not None and record.kind is Kind.REALTIME
+    assert record.values["engine_rpm"] == pytest.approx(signals["engine_rpm"], abs=0.125)
+    logged = await first_batch(log)
+    assert logged[0].values == record.values
+    stored = await store.query("acme", "M1", "vehicle_can", ["engine_rpm"], 0, 2_000_000)
+    assert stored["engine_rpm"] == [(1_000_000, record.values["engine_rpm"])]
+
+
+async def test_bad_frames_are_counted_and_the_rest_decoded(parts) -> None:
+    """An unknown id and a short frame are counted; the other frames of the batch still decode."""
+    ingest, _, _ = parts
+    frames, _ = machine_frames(1_000)
+    bad = [Frame(1_000, 0x7FF, False, b"\x01"), Frame(1_000, 0x18FEF100, True, b"\x01\x02")]
+    msg = DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, 1_000, frames=(*bad, *frames))
+    record = await ingest.handle(msg)
+    assert record is not None and "engine_rpm" in record.values and "coolant_temp" in record.values
+    stats = ingest.stats_for("acme", "M1").to_dict()
+    assert stats["unknownIds"] == 1 and stats["malformed"] == 1
+    assert "0x18FEF100" in stats["lastErrors"][0]
+
+
+async def test_unknown_machine_and_missing_dbc_are_rejected(parts) -> None:
+    """Messages of an unknown machine or a machine without DBC are rejected and counted."""
+    ingest, _, _ = parts
+    frames, _ = machine_frames(1_000)
+    for chassis in ("GHOST", "NODBC"):
+        msg = DeviceMessage("acme", chassis, MsgType.VEHICLE_CAN, 1_000, frames=tuple(frames))
+        assert await ingest.handle(msg) is None
+        assert ingest.stats_for("acme", chassis).rejected == 1
+    other_org = DeviceMessage("other", "M1", MsgType.CLIENT_RAW_DATA, 1_000, values={"x": 1})
+    assert await ingest.handle(other_org) is None
+
+
+async def test_client_values_keep_good_keys_and_report_bad_ones(parts) -> None:
+    """client_raw_data keeps valid values, reports invalid ones, and remembers the field names."""
+    ingest, _, log = parts
+    values = {"gps_lat": 51.1, "cpu_usage": 12, "nested": {"a": 1}, "ok": True}
+    msg = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, 5_000, Kind.BACKFILL, values=values)
+    record = await ingest.handle(msg)
+    assert record is not None and record.values == {"gps_lat": 51.1, "cpu_usage": 12, "ok": 1}
+    assert ingest.stats_for("acme", "M1").malformed == 1
+    assert (await first_batch(log))[0].kind is Kind.BACKFILL
+    fields = await ingest.catalog.meta.list_fields("acme", "M1", "client_raw_data")
+    assert fields == ["cpu_usage", "gps_lat", "ok"]
