@@ -42,7 +42,7 @@ async def parts(tmp_path: Path) -> AsyncIterator[tuple[Ingest, SQLiteStore, Memo
 
 def machine_frames(ts: int) -> tuple[list[Frame], dict[str, float]]:
     machine = Machine("M1", CanDecoder.from_dbc(DBC_PATH.read_text()), seed=1)
-    frames, values = machine.step(ts)
+    frames, _ = machine.step(ts)
     return frames, machine.signals
 
 
