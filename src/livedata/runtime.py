@@ -75,9 +75,7 @@ class Runtime:
                 self.meta.url,
             )
             self.spawn("ingest-writer", self.ingest.run)
-            self.spawn(
-                "ingest-devices", lambda: consume_devices(self.ingest, self.devices.inbound())
-            )
+            self.spawn("ingest-devices", lambda: consume_devices(self.ingest, self.devices))
             self.spawn("distribute", self.distribute.run)
             self.spawn("retention", self._retention)
             for hook in self.on_started:

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
-from livedata.devices.base import DeviceLink
+from livedata.devices.base import Delivery, DeviceLink, Rejection
 from livedata.model import DeviceMessage
 
 
@@ -24,10 +24,9 @@ class LocalDeviceLink(DeviceLink):
     async def send(self, message: DeviceMessage) -> None:
         await self._queue.put(message)
 
-    async def inbound(self) -> AsyncIterator[DeviceMessage]:
-        """Messages until the consuming task is cancelled."""
+    async def inbound(self) -> AsyncIterator[Delivery | Rejection]:
         while True:
-            yield await self._queue.get()
+            yield Delivery(await self._queue.get())
 
     def depth(self) -> int:
         return self._queue.qsize()

@@ -10,7 +10,10 @@ batch, then appends it to the log, so a live point is never ahead of history.
 Under stress: the queue is bounded (``queue_max`` records); when the store is
 slow, :meth:`Ingest.handle` waits, which slows the device link down instead of
 growing memory.  When the store fails the batch is retried with backoff
-(1 s … 30 s) and never dropped; the log append waits when the log is full.
+(1 s … 30 s) and never dropped; the same for the log, whose append also waits
+while the log is full.  A device message is acknowledged to its link only after
+its record is in both, so a crash before that makes the broker redeliver it
+(writes are idempotent, so a redelivered record is stored once).
 Bad input is counted per machine (see :class:`DecodeStats`) and never stops the
 pipeline or the rest of a batch.
 """
@@ -28,7 +31,8 @@ from livedata import observe
 from livedata.bus.base import Log
 from livedata.catalog import Catalog
 from livedata.decode.values import decode_values
-from livedata.errors import DecodeError, StoreError
+from livedata.devices.base import Ack, DeviceLink, Rejection
+from livedata.errors import BusError, DecodeError, StoreError
 from livedata.model import DeviceMessage, MsgType, Record
 from livedata.store.base import Store
 
@@ -75,7 +79,7 @@ class Ingest:
         self.catalog = catalog
         self.batch_max = batch_max
         self.linger = linger
-        self._queue: asyncio.Queue[Record] = asyncio.Queue(queue_max)
+        self._queue: asyncio.Queue[tuple[Record, Ack | None]] = asyncio.Queue(queue_max)
         self.stats: dict[tuple[str, str], DecodeStats] = {}
         self.written = 0
 
@@ -90,24 +94,36 @@ class Ingest:
         observe.DECODE_ERRORS.labels(reason).inc()
         stats.last_errors.append(f"{time.strftime('%H:%M:%S')} {message}")
 
-    async def handle(self, msg: DeviceMessage) -> Record | None:
-        """Decode one device message and queue its record; ``None`` if it was rejected."""
+    async def handle(self, msg: DeviceMessage, ack: Ack | None = None) -> Record | None:
+        """Decode one device message and queue its record; ``None`` if it was rejected.
+
+        ``ack`` is awaited once the record is in the store and the log (or at once
+        when the message is rejected: a bad message is final, redelivering it would
+        not make it good).
+        """
         with observe.log_context(machine=msg.chassis):
             stats = self.stats_for(msg.tenant, msg.chassis)
             stats.messages += 1
             try:
                 record = await self._decode(msg, stats)
             except DecodeError as exc:
-                stats.rejected += 1
-                self._error(stats, "rejected", str(exc))
-                log.warning("rejected %s message: %s", msg.msg_type, exc)
+                await self.reject(msg.tenant, msg.chassis, str(exc), ack)
                 return None
             stats.points += len(record.values)
             observe.RECORDS_IN.labels(record.msg_type, record.kind.value).inc()
             observe.POINTS_IN.inc(len(record.values))
-            await self._queue.put(record)
+            await self._queue.put((record, ack))
             observe.INGEST_QUEUE.set(self._queue.qsize())
             return record
+
+    async def reject(self, tenant: str, chassis: str, reason: str, ack: Ack | None = None) -> None:
+        """Count a message that cannot be used (bad encoding, unknown machine, no DBC)."""
+        stats = self.stats_for(tenant, chassis)
+        stats.rejected += 1
+        self._error(stats, "rejected", reason)
+        log.warning("rejected message of %s/%s: %s", tenant, chassis, reason)
+        if ack is not None:
+            await ack()
 
     async def _decode(self, msg: DeviceMessage, stats: DecodeStats) -> Record:
         info = await self.catalog.machine(msg.tenant, msg.chassis)
@@ -151,10 +167,36 @@ class Ingest:
                     await asyncio.sleep(self.linger)
                     self._drain(batch)
                 observe.INGEST_QUEUE.set(self._queue.qsize())
-                await self._write(batch)
-                await self.log.append(batch)
+                records = [record for record, _ in batch]
+                await self._write(records)
+                await self._append(records)
+                for _, ack in batch:
+                    if ack is not None:
+                        await self._ack(ack)
 
-    def _drain(self, batch: list[Record]) -> None:
+    async def _ack(self, ack: Ack) -> None:
+        try:
+            await ack()
+        except Exception as exc:  # the link is gone: the broker will redeliver
+            log.warning("acknowledgement failed: %s", exc)
+
+    async def _append(self, records: list[Record]) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.log.append(records)
+                return
+            except BusError as exc:
+                log.error(
+                    "log append of %d records failed, retrying in %.0f s: %s",
+                    len(records),
+                    delay,
+                    exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _drain(self, batch: list[tuple[Record, Ack | None]]) -> None:
         while len(batch) < self.batch_max and not self._queue.empty():
             batch.append(self._queue.get_nowait())
 
@@ -182,8 +224,13 @@ class Ingest:
         self.written += len(batch)
 
 
-async def consume_devices(ingest: Ingest, messages: Any) -> None:
-    """Feed every message of a device link's ``inbound()`` iterator to ``ingest``."""
+async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
+    """Feed every delivery of a device link to ``ingest``."""
     with observe.log_context(role="ingest"):
-        async for msg in messages:
-            await ingest.handle(msg)
+        async for delivery in link.inbound():
+            if isinstance(delivery, Rejection):
+                await ingest.reject(
+                    delivery.tenant, delivery.chassis, delivery.reason, delivery.ack
+                )
+            else:
+                await ingest.handle(delivery.message, delivery.ack)
