@@ -6,10 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "--test" ]]; then
-  if ! command -v chromium >/dev/null; then
+  # servers the tests start on their own ports, and the browser for the UI tests
+  missing=()
+  command -v chromium >/dev/null || missing+=(chromium)
+  command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
+  command -v mosquitto >/dev/null || missing+=(mosquitto)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq chromium >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   extras=".[test]"
 else
