@@ -132,3 +132,22 @@ async def test_malformed_bus_message_is_skipped() -> None:
     await publisher.publish("ch", b"not json")
     await publisher.publish("ch", message(2, x=5.0))
     assert [orjson.loads(m)["seq"] for m in client.queue] == [2]
+
+
+async def test_listeners_share_the_subscription_with_clients() -> None:
+    """In-process listeners get values and head; the channel stays subscribed until both leave."""
+    hub, publisher = new_hub()
+    got: list[tuple[dict, dict]] = []
+
+    def listener(values: dict, head: dict) -> None:
+        got.append((values, head))
+
+    client = LiveClient(Sink())
+    await hub.listen("ch", listener)
+    await hub.watch(client, "ch", ("x",))
+    await publisher.publish("ch", message(3, x=1.0, y=2.0))
+    assert got == [({"x": 1.0, "y": 2.0}, {"ts": 3000, "seq": 3, "epoch": "e1"})]
+    await hub.leave(client)
+    assert hub.channels == ["ch"]
+    await hub.unlisten("ch", listener)
+    assert hub.channels == []

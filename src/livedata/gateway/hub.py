@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 
@@ -25,6 +26,8 @@ from livedata.bus.base import PubSub
 log = logging.getLogger("livedata.gateway.hub")
 
 Fields = tuple[str, ...]
+Listener = Callable[[dict[str, Any], dict[str, Any]], None]
+"""An in-process consumer of a channel: called with (values, head) where head has ts, seq, epoch."""
 
 
 class LiveClient:
@@ -68,11 +71,37 @@ class Hub:
     def __init__(self, pubsub: PubSub) -> None:
         self.pubsub = pubsub
         self._channels: dict[str, dict[Fields, set[LiveClient]]] = {}
+        self._listeners: dict[str, list[Listener]] = {}
         self._lock = asyncio.Lock()
 
     @property
     def channels(self) -> list[str]:
-        return list(self._channels)
+        return sorted(set(self._channels) | set(self._listeners))
+
+    async def _need(self, channel: str) -> None:
+        if channel not in self._channels and channel not in self._listeners:
+            await self.pubsub.subscribe(channel, self._on_message)
+
+    async def _release(self, channel: str) -> None:
+        if channel not in self._channels and channel not in self._listeners:
+            await self.pubsub.unsubscribe(channel)
+        observe.CHANNELS.set(len(self.channels))
+
+    async def listen(self, channel: str, listener: Listener) -> None:
+        """Call ``listener`` (which must not block) for each message on ``channel``."""
+        async with self._lock:
+            await self._need(channel)
+            self._listeners.setdefault(channel, []).append(listener)
+            observe.CHANNELS.set(len(self.channels))
+
+    async def unlisten(self, channel: str, listener: Listener) -> None:
+        async with self._lock:
+            listeners = self._listeners.get(channel, [])
+            if listener in listeners:
+                listeners.remove(listener)
+                if not listeners:
+                    del self._listeners[channel]
+                    await self._release(channel)
 
     async def watch(self, client: LiveClient, channel: str, fields: Fields) -> None:
         """Deliver ``channel``'s messages to ``client``, picking ``fields``; replaces earlier ones."""
@@ -80,9 +109,9 @@ class Hub:
             self._detach(client)
             groups = self._channels.get(channel)
             if groups is None:
+                await self._need(channel)
                 groups = self._channels[channel] = {}
-                await self.pubsub.subscribe(channel, self._on_message)
-                observe.CHANNELS.set(len(self._channels))
+                observe.CHANNELS.set(len(self.channels))
             groups.setdefault(fields, set()).add(client)
             client.channel, client.fields = channel, fields
 
@@ -92,8 +121,7 @@ class Hub:
             channel = self._detach(client)
             if channel is not None and not self._channels[channel]:
                 del self._channels[channel]
-                await self.pubsub.unsubscribe(channel)
-                observe.CHANNELS.set(len(self._channels))
+                await self._release(channel)
 
     def _detach(self, client: LiveClient) -> str | None:
         channel, fields = client.channel, client.fields
@@ -109,7 +137,8 @@ class Hub:
 
     def _on_message(self, channel: str, data: bytes) -> None:
         groups = self._channels.get(channel)
-        if not groups:
+        listeners = self._listeners.get(channel)
+        if not groups and not listeners:
             return
         try:
             message = orjson.loads(data)
@@ -118,7 +147,12 @@ class Hub:
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             log.warning("dropping malformed message on %s: %s", channel, exc)
             return
-        for fields, clients in groups.items():
+        for listener in listeners or ():
+            try:
+                listener(values, head)
+            except Exception:
+                log.exception("a listener of %s failed", channel)
+        for fields, clients in (groups or {}).items():
             payload = {name: values[name] for name in fields if name in values}
             encoded = orjson.dumps({"type": "LIVE_DATA", "payload": payload, **head})
             for client in clients:
