@@ -19,7 +19,7 @@ from livedata import observe
 from livedata.bus import open_log, open_pubsub
 from livedata.catalog import Catalog, MachineInfo
 from livedata.devices import open_devices
-from livedata.errors import NotFound
+from livedata.errors import BackendError, NotFound
 from livedata.gateway.hub import Hub
 from livedata.metadata import Metadata
 from livedata.model import MsgType
@@ -39,13 +39,14 @@ RETENTION_EVERY_S = 600.0
 class Runtime:
     """All roles of one process: ingest, distribute, gateway hub, and optionally the demo fleet."""
 
-    def __init__(self, settings: Settings, devices_url: str = "local://") -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.roles = frozenset(settings.roles)
         self.meta = Metadata(settings.metadata)
         self.store = open_store(settings.store)
         self.log = open_log(settings.log)
         self.pubsub = open_pubsub(settings.pubsub)
-        self.devices = open_devices(devices_url)
+        self.devices = open_devices(settings.devices)
         self.catalog = Catalog(self.meta)
         self.ingest = Ingest(
             self.store,
@@ -62,25 +63,52 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self.started = asyncio.Event()
 
+    def _parts(self) -> list[tuple[str, Any]]:
+        """The engines this process's roles use, in start order."""
+        wanted: list[tuple[str, Any]] = [("metadata", self.meta)]
+        if self.roles & {"ingest", "gateway"}:
+            wanted.append(("store", self.store))
+        if self.roles & {"ingest", "distribute"}:
+            wanted.append(("log", self.log))
+        if self.roles & {"distribute", "gateway"}:
+            wanted.append(("pubsub", self.pubsub))
+        if "ingest" in self.roles:
+            wanted.append(("devices", self.devices))
+        return wanted
+
     async def start(self) -> None:
+        """Connect to every engine the roles need (each within ``connect_timeout``), then run."""
         with observe.log_context(role="runtime"):
-            await self.meta.start()
-            for part in (self.store, self.log, self.pubsub, self.devices):
-                await part.start()
-            log.info(
-                "store=%s log=%s pubsub=%s metadata=%s",
-                self.store.url,
-                self.log.url,
-                self.pubsub.url,
-                self.meta.url,
-            )
-            self.spawn("ingest-writer", self.ingest.run)
-            self.spawn("ingest-devices", lambda: consume_devices(self.ingest, self.devices))
-            self.spawn("distribute", self.distribute.run)
-            self.spawn("retention", self._retention)
+            for name, part in self._parts():
+                await self._connect(name, part)
+            if "ingest" in self.roles:
+                self.spawn("ingest-writer", self.ingest.run)
+                self.spawn("ingest-devices", lambda: consume_devices(self.ingest, self.devices))
+                self.spawn("retention", self._retention)
+            if "distribute" in self.roles:
+                self.spawn("distribute", self.distribute.run)
+            log.info("running roles: %s", ", ".join(sorted(self.roles)))
             for hook in self.on_started:
                 await hook()
             self.started.set()
+
+    async def _connect(self, name: str, part: Any) -> None:
+        deadline = time.monotonic() + self.settings.connect_timeout
+        delay = 0.5
+        while True:
+            try:
+                await part.start()
+                log.info("connected to %s %s", name, part.url)
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    raise BackendError(
+                        f"cannot reach {name} at {part.url} after "
+                        f"{self.settings.connect_timeout:g} s: {exc}"
+                    ) from exc
+                log.warning("%s at %s not reachable (%s); retrying", name, part.url, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """Run ``factory()`` as a supervised background task."""
@@ -103,12 +131,11 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for part in (self.devices, self.pubsub, self.log, self.store):
+        for name, part in reversed(self._parts()):
             try:
                 await part.close()
             except Exception:
-                log.exception("closing %s failed", part.url)
-        await self.meta.close()
+                log.exception("closing %s at %s failed", name, part.url)
 
     async def _retention(self) -> None:
         with observe.log_context(role="retention"):

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -22,10 +23,12 @@ from pydantic_settings import (
 
 from livedata.backends import scheme_of
 from livedata.bus import LOG_BACKENDS, PUBSUB_BACKENDS
+from livedata.devices import SUPPORTED_BACKENDS as DEVICE_BACKENDS
 from livedata.errors import ConfigError
 from livedata.store import SUPPORTED_BACKENDS as STORE_BACKENDS
 
 METADATA_SCHEMES = ("sqlite", "postgresql")
+ROLES = ("ingest", "distribute", "gateway")
 
 
 class Settings(BaseSettings):
@@ -40,6 +43,13 @@ class Settings(BaseSettings):
     metadata: str = Field("", description="metadata database URL (default: SQLite in data_dir)")
     log: str = Field("memory://", description="log URL between ingest and distribute")
     pubsub: str = Field("memory://", description="pub/sub URL for live fan-out")
+    devices: str = Field("local://", description="device link URL: local://, mqtt://host:port")
+    roles: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(ROLES), description="roles this process runs"
+    )
+    connect_timeout: float = Field(
+        30.0, gt=0, description="seconds to wait for each engine at start before giving up"
+    )
     retention_days: float = Field(
         7.0, gt=0, description="stored telemetry older than this is deleted"
     )
@@ -67,6 +77,18 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config)))
         return tuple(sources)
 
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _roles(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"give one or more of {', '.join(ROLES)}")
+        unknown = [role for role in value if role not in ROLES]
+        if unknown:
+            raise ValueError(f"unknown roles {unknown}: use {', '.join(ROLES)}")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -85,6 +107,7 @@ class Settings(BaseSettings):
             ("log", self.log, LOG_BACKENDS),
             ("pubsub", self.pubsub, PUBSUB_BACKENDS),
             ("metadata", self.metadata, dict.fromkeys(METADATA_SCHEMES)),
+            ("devices", self.devices, DEVICE_BACKENDS),
         ):
             scheme = scheme_of(value)
             if scheme not in table:

@@ -28,12 +28,24 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata", help="metadata database URL: sqlite:///path")
     parser.add_argument("--log", help="log URL between ingest and distribute: memory://")
     parser.add_argument("--pubsub", help="pub/sub URL for live fan-out: memory://")
+    parser.add_argument("--devices", help="device link URL: local://, mqtt://host:port")
+    parser.add_argument(
+        "--role",
+        dest="roles",
+        help="roles to run, comma-separated: ingest,distribute,gateway (default all)",
+    )
+    parser.add_argument(
+        "--connect-timeout", type=float, help="seconds to wait for each engine at start (30)"
+    )
     parser.add_argument("--retention-days", type=float, help="keep telemetry this long (default 7)")
     parser.add_argument("--log-level", help="debug, info, warning, error (default info)")
 
 
 def settings_from(args: argparse.Namespace, **extra: Any) -> Settings:
     keys = (
+        "devices",
+        "roles",
+        "connect_timeout",
         "host",
         "port",
         "data_dir",
@@ -85,9 +97,15 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
             announce(f"http://{host}:{port}")
 
         rt.on_started.append(tell)
-        await server.serve(sockets=[sock])
-        if not rt.started.is_set():
-            raise ConfigError("the server did not start; see the log above")
+        try:
+            await rt.start()
+        except BaseException:
+            await rt.stop()
+            raise
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            await rt.stop()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

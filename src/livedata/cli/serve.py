@@ -7,6 +7,7 @@ from typing import Any
 
 from livedata.cli.common import add_server_flags, serve, settings_from
 from livedata.runtime import Runtime
+from livedata.sim.demo import attach_seed
 
 
 def add_parser(sub: Any) -> None:
@@ -19,10 +20,18 @@ def add_parser(sub: Any) -> None:
         ),
     )
     add_server_flags(parser)
+    parser.add_argument(
+        "--seed-demo",
+        type=int,
+        metavar="N",
+        help="create the demo organisation with N machines (for `livedata simulate`)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     rt = Runtime(settings)
+    if args.seed_demo:
+        attach_seed(rt, args.seed_demo)
     return serve(settings, rt, lambda url: print(f"livedata is serving on {url}", flush=True))

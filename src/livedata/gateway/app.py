@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,21 +27,12 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 
 
 def create_app(rt: Runtime) -> FastAPI:
-    """The gateway app; its lifespan starts and stops the runtime's roles."""
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await rt.start()
-        try:
-            yield
-        finally:
-            await rt.stop()
+    """The gateway app for ``rt``; the caller starts and stops the runtime around serving it."""
 
     app = FastAPI(
         title="livedata",
         version=__version__,
         summary="Machine telemetry, live and history",
-        lifespan=lifespan,
     )
     app.state.runtime = rt
     app.include_router(router)

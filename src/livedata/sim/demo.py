@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from livedata.decode.can import CanDecoder
-from livedata.metadata import GroupSpec
+from livedata.metadata import GroupSpec, Metadata
 from livedata.model import MsgType
 from livedata.runtime import Runtime
 from livedata.sim.fleet import Fleet, default_chassis_ids
@@ -29,24 +29,37 @@ DEFAULT_GROUPS = (
 )
 
 
-def attach_demo(rt: Runtime, machines: int) -> list[str]:
-    """Seed the demo organisation and run the fleet once ``rt`` has started; returns machine ids."""
-    chassis_ids = default_chassis_ids(machines)
+async def seed_demo(meta: Metadata, chassis_ids: list[str]) -> None:
+    """Create (or update) the demo organisation, its DBC, machines and default groups."""
     content = DBC_PATH.read_text()
-    decoder = CanDecoder.from_dbc(content)
+    await meta.ensure_org(ORG, "Demo fleet")
+    dbc = await meta.find_dbc(ORG, "loader.dbc")
+    if dbc is None or dbc.content != content:
+        dbc = await meta.add_dbc(ORG, "loader.dbc", content)
+    await meta.assign_model_dbc(ORG, MODEL, dbc.id)
+    for n, chassis in enumerate(chassis_ids, 1):
+        await meta.upsert_machine(ORG, chassis, f"Wheel loader {n}", MODEL)
+    await meta.ensure_groups(ORG, DEFAULT_GROUPS)
 
-    async def seed_and_run() -> None:
-        meta = rt.meta
-        await meta.ensure_org(ORG, "Demo fleet")
-        dbc = await meta.find_dbc(ORG, "loader.dbc")
-        if dbc is None or dbc.content != content:
-            dbc = await meta.add_dbc(ORG, "loader.dbc", content)
-        await meta.assign_model_dbc(ORG, MODEL, dbc.id)
-        for n, chassis in enumerate(chassis_ids, 1):
-            await meta.upsert_machine(ORG, chassis, f"Wheel loader {n}", MODEL)
-        await meta.ensure_groups(ORG, DEFAULT_GROUPS)
+
+def attach_seed(rt: Runtime, machines: int) -> list[str]:
+    """Seed the demo organisation once ``rt`` has started (no fleet); returns machine ids."""
+    chassis_ids = default_chassis_ids(machines)
+
+    async def seed() -> None:
+        await seed_demo(rt.meta, chassis_ids)
         rt.catalog.invalidate()
 
+    rt.on_started.append(seed)
+    return chassis_ids
+
+
+def attach_demo(rt: Runtime, machines: int) -> list[str]:
+    """Seed the demo organisation and run the fleet once ``rt`` has started; returns machine ids."""
+    chassis_ids = attach_seed(rt, machines)
+    decoder = CanDecoder.from_dbc(DBC_PATH.read_text())
+
+    async def run_fleet() -> None:
         fleet = Fleet(ORG, chassis_ids, decoder, rt.devices.send)
         rt.fleet = fleet
         now = int(time.time()) * 1000
@@ -62,5 +75,5 @@ def attach_demo(rt: Runtime, machines: int) -> list[str]:
             await fleet.backfill(seconds, now)
         rt.spawn("fleet", fleet.run)
 
-    rt.on_started.append(seed_and_run)
+    rt.on_started.append(run_fleet)
     return chassis_ids
