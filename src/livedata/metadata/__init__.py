@@ -19,7 +19,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, delete, event, func, select
+from sqlalchemy import Connection, delete, event, func, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
@@ -58,7 +58,13 @@ def group_dict(group: Group) -> dict[str, Any]:
     }
 
 
+MIGRATION_LOCK = 0x6C697665  # "live": the advisory lock that serialises migrations
+
+
 def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # several processes may start at once: one migrates, the others wait and find it done
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
@@ -78,9 +84,12 @@ class Metadata:
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def start(self) -> None:
-        """Create or upgrade the schema."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+        """Create or upgrade the schema (safe when several processes start at once)."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(_upgrade)
+        except SQLAlchemyError as exc:
+            raise BackendError(f"metadata database {self.url}: {exc}") from exc
 
     async def close(self) -> None:
         await self.engine.dispose()

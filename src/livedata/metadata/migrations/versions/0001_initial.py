@@ -29,7 +29,7 @@ def upgrade() -> None:
         ),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("content", sa.Text, nullable=False),
-        sa.Column("created_ms", sa.Integer, nullable=False),
+        sa.Column("created_ms", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_dbc_files_org_id", "dbc_files", ["org_id"])
     op.create_table(
