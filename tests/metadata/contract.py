@@ -1,0 +1,91 @@
+"""The metadata contract, subclassed per database (SQLite here, PostgreSQL in test_postgres.py)."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from livedata.errors import NotFound
+from livedata.metadata import GroupSpec, Metadata
+
+
+def unique_org() -> str:
+    return f"org-{uuid.uuid4().hex[:10]}"
+
+
+class MetadataContract(abc.ABC):
+    @abc.abstractmethod
+    def make_url(self) -> str:
+        """The URL of a metadata database (may be shared between tests)."""
+
+    @pytest.fixture
+    async def meta(self) -> AsyncIterator[Metadata]:
+        meta = Metadata(self.make_url())
+        await meta.start()
+        yield meta
+        await meta.close()
+
+    async def test_migrations_are_idempotent_and_concurrent(self) -> None:
+        """Several processes' worth of Metadata objects can start at once on one database."""
+        url = self.make_url()
+        metas = [Metadata(url) for _ in range(3)]
+        await asyncio.gather(*(m.start() for m in metas))
+        for m in metas:
+            await m.close()
+
+    async def test_machines_models_and_dbc_assignment(self, meta: Metadata) -> None:
+        """A machine is decoded with its own DBC, else its model's, else none."""
+        org = unique_org()
+        await meta.ensure_org(org, "Org")
+        model_dbc = await meta.add_dbc(org, "model.dbc", "content-a")
+        own_dbc = await meta.add_dbc(org, "own.dbc", "content-b")
+        await meta.upsert_machine(org, "A", "Machine A", "WL")
+        await meta.upsert_machine(org, "B", "Machine B", "WL")
+        await meta.upsert_machine(org, "C", "Machine C", "EX")
+        await meta.assign_model_dbc(org, "WL", model_dbc.id)
+        await meta.assign_machine_dbc(org, "B", own_dbc.id)
+        decoding = {m.chassis_id: d.name if d else None for m, d in await meta.org_decoding(org)}
+        assert decoding == {"A": "model.dbc", "B": "own.dbc", "C": None}
+        assert model_dbc.created_ms > 1_600_000_000_000
+
+    async def test_objects_of_another_org_are_not_found(self, meta: Metadata) -> None:
+        """DBC files, machines and groups of another organisation are NotFound."""
+        mine, theirs = unique_org(), unique_org()
+        for org in (mine, theirs):
+            await meta.ensure_org(org, org)
+        dbc = await meta.add_dbc(theirs, "x.dbc", "c")
+        await meta.upsert_machine(theirs, "T1", "T", "WL")
+        group = await meta.create_group(theirs, GroupSpec("g", "vehicle_can", ["speed"], ""))
+        with pytest.raises(NotFound):
+            await meta.get_dbc(mine, dbc.id)
+        with pytest.raises(NotFound):
+            await meta.get_machine(mine, "T1")
+        with pytest.raises(NotFound):
+            await meta.update_group(mine, group.id, GroupSpec("g", "vehicle_can", ["x"], ""))
+        with pytest.raises(NotFound):
+            await meta.delete_group(mine, group.id)
+        assert await meta.list_groups(mine) == []
+
+    async def test_groups_keep_order_and_content(self, meta: Metadata) -> None:
+        """Groups are listed in creation order with their fields and unit, and can be changed."""
+        org = unique_org()
+        await meta.ensure_org(org, "Org")
+        a = await meta.create_group(org, GroupSpec("A", "vehicle_can", ["speed", "gear"], "km/h"))
+        b = await meta.create_group(org, GroupSpec("B", "client_raw_data", ["cpu_usage"], "%"))
+        await meta.update_group(org, a.id, GroupSpec("A2", "vehicle_can", ["gear"], ""))
+        groups = await meta.list_groups(org)
+        assert [(g.id, g.name, g.fields, g.unit) for g in groups] == [
+            (a.id, "A2", ["gear"], ""),
+            (b.id, "B", ["cpu_usage"], "%"),
+        ]
+
+    async def test_seen_fields_are_kept_once(self, meta: Metadata) -> None:
+        """Field names noted twice are stored once, sorted."""
+        org = unique_org()
+        await meta.add_fields(org, "M", "client_raw_data", ["b", "a"])
+        await meta.add_fields(org, "M", "client_raw_data", ["a", "c"])
+        assert await meta.list_fields(org, "M", "client_raw_data") == ["a", "b", "c"]
