@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -33,7 +34,13 @@ def test_machines_list_message_types_and_fields(http: httpx.Client, demo: Server
         "gear",
     } <= set(can)
     assert can["speed"]["unit"] == "km/h"
-    raw = {f["name"] for f in machines[demo.machines[0]]["msgTypes"]["client_raw_data"]["fields"]}
+    deadline = time.monotonic() + 10
+    while True:  # client_raw_data fields are known once the machine has sent some
+        body = http.get(f"/api/resources/demo/machines/{demo.machines[0]}").json()
+        raw = {f["name"] for f in body["msgTypes"]["client_raw_data"]["fields"]}
+        if {"gps_lat", "gps_lng", "cpu_usage"} <= raw or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert {"gps_lat", "gps_lng", "cpu_usage"} <= raw
 
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 from livedata.backends import load
 from livedata.bus.base import Log, PubSub
 
-LOG_BACKENDS = {"memory": "livedata.bus.memory:MemoryLog"}
-PUBSUB_BACKENDS = {"memory": "livedata.bus.memory:MemoryPubSub"}
+LOG_BACKENDS = {
+    "memory": "livedata.bus.memory:MemoryLog",
+    "kafka": "livedata.bus.kafka:KafkaLog",
+}
+PUBSUB_BACKENDS = {
+    "memory": "livedata.bus.memory:MemoryPubSub",
+    "redis": "livedata.bus.redis:RedisPubSub",
+}
 
 
 def open_log(url: str) -> Log:

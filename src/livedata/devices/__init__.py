@@ -5,7 +5,10 @@ from __future__ import annotations
 from livedata.backends import load
 from livedata.devices.base import DeviceLink
 
-SUPPORTED_BACKENDS = {"local": "livedata.devices.local:LocalDeviceLink"}
+SUPPORTED_BACKENDS = {
+    "local": "livedata.devices.local:LocalDeviceLink",
+    "mqtt": "livedata.devices.mqtt:MqttDeviceLink",
+}
 
 
 def open_devices(url: str) -> DeviceLink:

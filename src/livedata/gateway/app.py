@@ -15,6 +15,7 @@ from livedata import __version__
 from livedata.errors import BackendError, Conflict, InputError, NotFound
 from livedata.gateway.api import router
 from livedata.gateway.live import serve_live
+from livedata.gateway.watch import install as install_watch
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -36,6 +37,7 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     app.state.runtime = rt
     app.include_router(router)
+    install_watch(app, rt)
 
     @app.exception_handler(NotFound)
     async def _not_found(_r: Request, exc: NotFound) -> JSONResponse:
