@@ -77,4 +77,6 @@ WS_CONNECTIONS = Gauge("livedata_ws_connections", "Open live WebSocket connectio
 CHANNELS = Gauge("livedata_live_channels", "Pub/sub channels the gateway is subscribed to")
 DELIVERIES = Counter("livedata_deliveries", "Live messages sent to clients")
 DROPS = Counter("livedata_drops", "Live messages dropped for slow clients (newest kept)")
+RECOVERIES = Counter("livedata_recoveries", "Reconnects with epoch+seq", ["recovered"])
+STALLED = Counter("livedata_stalled_clients", "Clients closed for making no progress")
 CLIENT_ERRORS = Counter("livedata_client_errors", "Bad messages from live clients", ["code"])

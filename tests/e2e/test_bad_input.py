@@ -35,6 +35,7 @@ RECOVERABLE = [
         "too_many_fields",
     ),
     ('{"type":"INIT_FIELD_LIST","payload":["speed","no_such_field"]}', "unknown_fields"),
+    ('{"type":"INIT_FIELD_LIST","payload":["speed"],"since":{"seq":"x"}}', "invalid_since"),
 ]
 
 

@@ -151,3 +151,48 @@ async def test_listeners_share_the_subscription_with_clients() -> None:
     assert hub.channels == ["ch"]
     await hub.unlisten("ch", listener)
     assert hub.channels == []
+
+
+async def test_reconnecting_client_recovers_exactly_what_it_missed() -> None:
+    """With since=(epoch, seq) the client first gets one RECOVERY with the missed messages, in order."""
+    hub, publisher = new_hub()
+    for seq in range(1, 11):
+        await publisher.publish("ch", message(seq, x=float(seq), y=0.0))
+    client = LiveClient(Sink())
+    await hub.watch(client, "ch", ("x",), since=("e1", 6))
+    await publisher.publish("ch", message(11, x=11.0))
+    frames = [orjson.loads(m) for m in client.queue]
+    assert frames[0]["type"] == "RECOVERY" and frames[0]["recovered"] is True
+    assert [(m["seq"], m["payload"]) for m in frames[0]["messages"]] == [
+        (seq, {"x": float(seq)}) for seq in range(7, 11)
+    ]
+    assert [(f["type"], f["seq"]) for f in frames[1:]] == [("LIVE_DATA", 11)]
+
+
+async def test_recovery_fails_when_the_epoch_changed_or_history_is_gone() -> None:
+    """An unknown epoch, or a gap older than the kept history, gives recovered: false."""
+    hub, publisher = new_hub()
+    for seq in range(50, 55):
+        await publisher.publish("ch", message(seq, x=1.0))
+    for since in (("other-epoch", 52), ("e1", 10)):
+        client = LiveClient(Sink())
+        await hub.watch(client, "ch", ("x",), since=since)
+        frame = orjson.loads(client.queue[0])
+        assert frame == {"type": "RECOVERY", "recovered": False, "epoch": since[0], "messages": []}
+        await hub.leave(client)
+
+
+async def test_a_client_that_makes_no_progress_is_given_up() -> None:
+    """A writer whose send never completes raises Stalled after the stall timeout."""
+    from livedata.gateway.hub import Stalled
+
+    async def never(_text: str) -> None:
+        await asyncio.Event().wait()
+
+    client = LiveClient(never, stall_timeout=0.05)
+    client.offer(b'{"type":"LIVE_DATA"}')
+    try:
+        await asyncio.wait_for(client.writer(), 2)
+    except Stalled:
+        return
+    raise AssertionError("the writer did not give up")

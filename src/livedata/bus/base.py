@@ -16,6 +16,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from livedata.model import Record
 
+HISTORY_SECONDS = 180
+"""How long a channel's messages stay available for recovery after a reconnect."""
+HISTORY_MAX = 5_000
+"""At most this many messages per channel are kept (180 s at 10 Hz is 1,800)."""
+
 Handler = Callable[[str, bytes], None]
 """Called on the event loop with (channel, message); must not block."""
 
@@ -70,3 +75,9 @@ class PubSub(abc.ABC):
     @abc.abstractmethod
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``; unknown channels are ignored."""
+
+    @abc.abstractmethod
+    async def history(self, channel: str) -> list[bytes]:
+        """The messages published on ``channel`` in the last ``HISTORY_SECONDS`` at least
+        (bounded by ``HISTORY_MAX`` messages), oldest first: what a reconnecting client
+        may have missed.  Kept whether or not anybody is subscribed."""

@@ -13,6 +13,8 @@ Under stress: the log holds at most ``capacity`` records (``?capacity=N``,
 default 100,000) not yet consumed by the slowest existing group; ``append``
 then waits (backpressure to ingest) instead of growing memory or dropping.
 With no group the oldest records are discarded beyond ``capacity``.  Pub/sub
+keeps each channel's last ``HISTORY_SECONDS`` (at most ``HISTORY_MAX``
+messages) for clients that reconnect, and
 calls each subscriber's handler inline; a handler that raises is logged and the
 others still get the message.  The gateway's handler only enqueues, so a slow
 browser never slows the publisher.
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import parse_qs, urlsplit
 from weakref import WeakKeyDictionary
 
-from livedata.bus.base import Handler, Log, PubSub
+from livedata.bus.base import HISTORY_MAX, HISTORY_SECONDS, Handler, Log, PubSub
 from livedata.errors import BusError
 from livedata.model import Record
 
@@ -84,6 +88,16 @@ class _LogBroker:
 class _PubSubBroker:
     def __init__(self) -> None:
         self.handlers: dict[str, list[Handler]] = {}
+        self.history: dict[str, deque[tuple[float, bytes]]] = {}
+
+    def keep(self, channel: str, message: bytes) -> None:
+        now = time.monotonic()
+        kept = self.history.get(channel)
+        if kept is None:
+            kept = self.history[channel] = deque(maxlen=HISTORY_MAX)
+        kept.append((now, message))
+        while kept and now - kept[0][0] > HISTORY_SECONDS:
+            kept.popleft()
 
 
 _log_brokers: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _LogBroker]] = (
@@ -192,6 +206,7 @@ class MemoryPubSub(PubSub):
         return brokers.setdefault(self._name, _PubSubBroker())
 
     async def publish(self, channel: str, message: bytes) -> None:
+        self._broker.keep(channel, message)
         for handler in list(self._broker.handlers.get(channel, ())):
             try:
                 handler(channel, message)
@@ -211,6 +226,11 @@ class MemoryPubSub(PubSub):
         handlers.remove(handler)
         if not handlers:
             del self._broker.handlers[channel]
+
+    async def history(self, channel: str) -> list[bytes]:
+        kept = self._broker.history.get(channel, ())
+        cutoff = time.monotonic() - HISTORY_SECONDS
+        return [message for at, message in kept if at >= cutoff]
 
     async def close(self) -> None:
         for channel in list(self._mine):

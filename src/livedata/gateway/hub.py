@@ -7,7 +7,14 @@
 * Each client has its own bounded queue and writer task, so one slow socket
   never delays another.  A client whose queue is full loses its oldest queued
   messages (the newest are kept) and its next message says how many it missed
-  (``"missed": n``).
+  (``"missed": n``).  A client whose socket accepts nothing for
+  ``stall_timeout`` seconds (default 30) is given up: its writer raises
+  :class:`Stalled` and the connection is closed with 1013 (try again later).
+* Recovery: a client that reconnects with the ``epoch`` and ``seq`` it saw last
+  gets one ``RECOVERY`` message holding, in order, exactly the LIVE_DATA it
+  missed (``recovered: true``), then live data again; when they are no longer in
+  the channel's short history (older than it, or the epoch changed),
+  ``recovered: false`` and the client fills the gap from the history API.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import orjson
 
 from livedata import observe
 from livedata.bus.base import PubSub
+from livedata.errors import BusError
 
 log = logging.getLogger("livedata.gateway.hub")
 
@@ -30,27 +38,55 @@ Listener = Callable[[dict[str, Any], dict[str, Any]], None]
 """An in-process consumer of a channel: called with (values, head) where head has ts, seq, epoch."""
 
 
+class Stalled(Exception):
+    """A client's socket accepted nothing for ``stall_timeout`` seconds."""
+
+
 class LiveClient:
     """One live connection: its channel, its fields and its outgoing queue."""
 
-    def __init__(self, send: Callable[[str], Awaitable[None]], queue_max: int = 64) -> None:
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        queue_max: int = 64,
+        stall_timeout: float = 30.0,
+    ) -> None:
         self._send = send
         self.queue_max = queue_max
+        self.stall_timeout = stall_timeout
         self.queue: deque[bytes] = deque()
         self.missed = 0
         self.delivered = 0
         self.channel: str | None = None
         self.fields: Fields | None = None
+        self._held: list[tuple[int, bytes]] | None = None
         self._ready = asyncio.Event()
 
-    def offer(self, data: bytes) -> None:
+    def offer(self, data: bytes, seq: int = 0) -> None:
         """Queue ``data``; drops the oldest queued message when the queue is full."""
+        if self._held is not None:
+            self._held.append((seq, data))
+            return
         if len(self.queue) >= self.queue_max:
             self.queue.popleft()
             self.missed += 1
             observe.DROPS.inc()
         self.queue.append(data)
         self._ready.set()
+
+    def hold(self) -> None:
+        """Keep live messages aside (while a recovery is read) instead of queueing them."""
+        self._held = []
+
+    def release(self, first: bytes, after_seq: int) -> None:
+        """Queue ``first`` (never dropped), then the held messages newer than ``after_seq``."""
+        held, self._held = self._held or [], None
+        self.queue.clear()
+        self.queue.append(first)
+        self._ready.set()
+        for seq, data in held:
+            if seq > after_seq:
+                self.offer(data, seq)
 
     async def writer(self) -> None:
         """Send queued messages until cancelled or the socket fails."""
@@ -62,7 +98,10 @@ class LiveClient:
                 if self.missed:
                     data = data[:-1] + b',"missed":%d}' % self.missed
                     self.missed = 0
-                await self._send(data.decode())
+                try:
+                    await asyncio.wait_for(self._send(data.decode()), self.stall_timeout)
+                except TimeoutError:
+                    raise Stalled(f"no progress for {self.stall_timeout:g} s") from None
                 self.delivered += 1
                 observe.DELIVERIES.inc()
 
@@ -103,8 +142,62 @@ class Hub:
                     del self._listeners[channel]
                     await self._release(channel)
 
-    async def watch(self, client: LiveClient, channel: str, fields: Fields) -> None:
-        """Deliver ``channel``'s messages to ``client``, picking ``fields``; replaces earlier ones."""
+    async def watch(
+        self,
+        client: LiveClient,
+        channel: str,
+        fields: Fields,
+        since: tuple[str, int] | None = None,
+    ) -> None:
+        """Deliver ``channel``'s messages to ``client``, picking ``fields``; replaces earlier ones.
+
+        With ``since`` = (epoch, seq), first recover what the client missed after it.
+        """
+        if since is not None:
+            client.hold()
+        await self._attach(client, channel, fields)
+        if since is not None:
+            await self._recover(client, channel, fields, since)
+
+    async def _recover(
+        self, client: LiveClient, channel: str, fields: Fields, since: tuple[str, int]
+    ) -> None:
+        epoch, last = since
+        retained = []
+        try:
+            history = await self.pubsub.history(channel)
+        except BusError as exc:
+            log.warning("no recovery for %s: %s", channel, exc)
+            history = []
+        for data in history:
+            try:
+                message = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                continue
+            if message.get("epoch") == epoch:
+                retained.append(message)
+        recovered = bool(retained) and retained[0]["seq"] <= last + 1
+        missed = [m for m in retained if m["seq"] > last] if recovered else []
+        frame = {
+            "type": "RECOVERY",
+            "recovered": recovered,
+            "epoch": epoch,
+            "messages": [
+                {
+                    "type": "LIVE_DATA",
+                    "payload": _pick(m["values"], fields),
+                    "ts": m["ts"],
+                    "seq": m["seq"],
+                    "epoch": epoch,
+                }
+                for m in missed
+            ],
+        }
+        newest = missed[-1]["seq"] if missed else last
+        client.release(orjson.dumps(frame), newest if recovered else -1)
+        observe.RECOVERIES.labels("yes" if recovered else "no").inc()
+
+    async def _attach(self, client: LiveClient, channel: str, fields: Fields) -> None:
         async with self._lock:
             self._detach(client)
             groups = self._channels.get(channel)
@@ -152,8 +245,13 @@ class Hub:
                 listener(values, head)
             except Exception:
                 log.exception("a listener of %s failed", channel)
+        seq = head["seq"]
         for fields, clients in (groups or {}).items():
-            payload = {name: values[name] for name in fields if name in values}
+            payload = _pick(values, fields)
             encoded = orjson.dumps({"type": "LIVE_DATA", "payload": payload, **head})
             for client in clients:
-                client.offer(encoded)
+                client.offer(encoded, seq)
+
+
+def _pick(values: dict[str, Any], fields: Fields) -> dict[str, Any]:
+    return {name: values[name] for name in fields if name in values}

@@ -6,6 +6,15 @@ Client → server: ``{"type":"INIT_FIELD_LIST","payload":["speed","engine_rpm"]}
 (send again to replace the list).  Server → client, per record of the machine:
 ``{"type":"LIVE_DATA","payload":{only the requested fields},"ts":…,"seq":…,"epoch":…}``.
 
+A client that reconnects adds what it saw last:
+``{"type":"INIT_FIELD_LIST","payload":[…],"since":{"epoch":"…","seq":41}}`` and first
+gets ``{"type":"RECOVERY","recovered":true,"epoch":…,"messages":[LIVE_DATA…]}`` with
+exactly the messages it missed, in order, then live data; ``"recovered":false`` (and
+no messages) means they are gone and it should fill the gap from the history API.
+
+A client whose socket takes nothing for 30 s is closed with 1013; dead peers are
+found by WebSocket pings (every 20 s, 20 s to answer).
+
 Errors are ``{"type":"ERROR","code":…,"message":…}``.  Recoverable ones keep
 the connection (the previous field list stays in force); the others close it:
 
@@ -16,10 +25,12 @@ invalid_json       the text is not JSON                                   stays 
 unknown_type       not an object with a known ``type``                    stays open
 invalid_field_list ``payload`` is not a list of field names               stays open
 too_many_fields    more than 500 fields                                   stays open
+invalid_since      ``since`` is not ``{"epoch": str, "seq": int}``        stays open
 unknown_fields     fields the machine does not have (the rest are kept)   stays open
 message_too_big    a message over 64 KiB                                  1009
 unsupported_data   a binary message                                       1003
 rate_limited       more than 20 messages in 10 s from the client          1008
+(stalled)          the client read nothing for 30 s                       1013
 not_found          unknown organisation, machine or message type          4404
 =================  =====================================================  ==========
 
@@ -41,7 +52,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livedata import observe
 from livedata.errors import NotFound
-from livedata.gateway.hub import Hub, LiveClient
+from livedata.gateway.hub import Hub, LiveClient, Stalled
 from livedata.model import MsgType, live_channel, valid_id
 
 log = logging.getLogger("livedata.gateway.live")
@@ -84,12 +95,13 @@ async def serve_live(
     msg_type: str | None,
     known_fields: Any,
     queue_max: int,
+    stall_timeout: float = 30.0,
 ) -> None:
     """Run one live connection; ``known_fields(msg_type)`` checks the machine and lists fields."""
     await websocket.accept()
     observe.WS_CONNECTIONS.inc()
-    client = LiveClient(websocket.send_text, queue_max)
-    writer = asyncio.create_task(client.writer())
+    client = LiveClient(websocket.send_text, queue_max, stall_timeout)
+    writer = asyncio.create_task(_write(websocket, client))
     try:
         if msg_type not in set(MsgType):
             raise _Fatal(
@@ -115,6 +127,32 @@ async def serve_live(
         writer.cancel()
         await hub.leave(client)
         observe.WS_CONNECTIONS.dec()
+
+
+async def _write(websocket: WebSocket, client: LiveClient) -> None:
+    try:
+        await client.writer()
+    except Stalled as exc:
+        observe.STALLED.inc()
+        log.info("closing a stalled client: %s", exc)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(websocket.close(1013, "too slow: no progress"), 2)
+
+
+def parse_since(value: Any) -> tuple[str, int] | None:
+    """Validate the optional ``since`` of INIT_FIELD_LIST; raises ``ValueError(code, message)``."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("epoch"), str)
+        or len(value["epoch"]) > 64
+        or not isinstance(value.get("seq"), int)
+        or isinstance(value["seq"], bool)
+        or value["seq"] < 0
+    ):
+        raise ValueError("invalid_since", 'since must be {"epoch": "<string>", "seq": <int >= 0>}')
+    return value["epoch"], value["seq"]
 
 
 async def _receive_loop(
@@ -156,6 +194,7 @@ async def _receive_loop(
             continue
         try:
             fields = parse_field_list(data.get("payload"))
+            since = parse_since(data.get("since"))
         except ValueError as exc:
             code, text = exc.args
             client.offer(error(code, text).encode())
@@ -165,4 +204,4 @@ async def _receive_loop(
             client.offer(
                 error("unknown_fields", f"{msg_type} has no fields {unknown[:20]}").encode()
             )
-        await hub.watch(client, channel, fields)
+        await hub.watch(client, channel, fields, since)

@@ -1,0 +1,532 @@
+"""Socket.IO for the existing dashboards: python-socketio on the same ASGI server.
+
+Mounted at ``/socket.io/`` beside the HTTP API (:func:`with_socketio`).  A client
+belongs to one organisation, chosen on connect by ``org`` in the query string
+(``io(url, {query: {org}})``) or the auth payload (``{auth: {org}}``), or the
+first organisation when neither is given -- there is no authentication yet; the
+security issue replaces this with the caller's organisation.  An unknown
+organisation refuses the connection (``connect_error`` with
+``{"code":"not_found","message":…}``).
+
+Client → server (each answers through the Socket.IO acknowledgement with
+``{"ok":true,…}`` or ``{"ok":false,"code","message"}``):
+
+- ``subscribe-device`` with a device (chassis) id, or ``{deviceId, fields:[…]}``
+  to get only those fields: joins the room ``device:{org}:{deviceId}`` and gets
+  the device's current status at once.  Subscribing again replaces the field
+  filter.  An unknown device, or another organisation's, gets an ``error`` event
+  ``{"code":"not_found","message":…,"deviceId":…}`` and no join; so does a 101st
+  subscription (``too_many_subscriptions``) or a malformed payload (``bad_request``).
+- ``unsubscribe-device`` with the same forms: leaves the room.
+
+Server → client:
+
+- ``device-update`` to the device's room: one per reading
+  ``{deviceId, sensorType, value, timestamp}`` (sensorType = field name,
+  timestamp = the record's time in ms), and on status changes
+  ``{deviceId, status: "online"|"offline", lastSeen}``.  Status comes from data
+  arrival for now: a machine is online while real-time data arrived in the last
+  5 s (backfill is stored, not pushed, so it does not count).
+- ``sensor-data`` ``{topic, data, timestamp}`` to every client of the organisation,
+  topic = the live channel (``live-stream/{org}/consumer-{chassisId}/{msgType}``),
+  data = the record's values.  ``sensor_data`` chooses: ``"on"`` (every record),
+  ``"throttled"`` (default: at most one per topic -- machine and message type --
+  per second of the records' time, the first of each second: a 1 Hz machine
+  passes unchanged, a 10 Hz one is sampled) or ``"off"``.
+- ``dashboard:data`` once on connect, then ``dashboard:update`` every second:
+  ``{org, machines:[{deviceId, name, model, status, lastSeen, values:{msgType:{field:value}}}],
+  online, total, timestamp}``.
+- ``alert-created`` through :func:`emit_alert` (or :meth:`SocketGateway.emit_alert`).
+
+How it is fed: while an organisation has Socket.IO clients, one feed listens
+(:meth:`~livedata.gateway.hub.Hub.listen`) to the live channels of all its
+machines -- the dashboard summary needs them all -- and stops when the last
+client leaves.  The listener only updates in-memory state and queues; one pump
+task per organisation emits.  The machine list is read from the metadata
+database when the feed starts and every 30 s.
+
+Under stress: at most 5,000 clients per process, 100 subscriptions per client,
+500 fields per filter; the feed's queue holds 10,000 readings (oldest dropped,
+counted in ``livedata_sio_dropped``).  python-socketio queues each client's
+packets without a bound; bounding a slow Socket.IO client is left to the
+delivery-guarantees issue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import socketio
+from prometheus_client import Counter, Gauge
+
+from livedata import observe
+from livedata.errors import NotFound
+from livedata.gateway.watch import resolve_org
+from livedata.model import MsgType, live_channel, valid_id
+
+if TYPE_CHECKING:
+    from livedata.runtime import Runtime
+
+log = logging.getLogger("livedata.gateway.sio")
+
+SENSOR_DATA_MODES = ("on", "throttled", "off")
+SENSOR_DATA = "throttled"
+"""The default of ``sensor-data``: ``on``, ``throttled`` (≤ 1 per topic per second) or ``off``."""
+MAX_CLIENTS = 5_000
+MAX_SUBSCRIPTIONS = 100
+MAX_FIELDS = 500
+OFFLINE_AFTER_S = 5.0
+TICK_S = 1.0
+PENDING_MAX = 10_000
+MACHINES_REFRESH_S = 30.0
+
+CLIENTS = Gauge("livedata_sio_clients", "Connected Socket.IO clients")
+EMITS = Counter("livedata_sio_emits", "Socket.IO events emitted", ["event"])
+DROPPED = Counter("livedata_sio_dropped", "Readings dropped before Socket.IO emission (queue full)")
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class _Machine:
+    chassis: str
+    name: str
+    model: str
+    last_seen: int | None = None
+    arrived: float | None = None
+    online: bool = False
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "deviceId": self.chassis,
+            "status": "online" if self.online else "offline",
+            "lastSeen": self.last_seen,
+        }
+
+
+@dataclass(slots=True)
+class _Client:
+    org: str
+    subscriptions: dict[str, frozenset[str] | None] = field(default_factory=dict)
+
+
+Listener = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+class _OrgFeed:
+    """The live state of one organisation while it has Socket.IO clients."""
+
+    def __init__(self, gateway: SocketGateway, org: str) -> None:
+        self.gw = gateway
+        self.org = org
+        self.clients: set[str] = set()
+        self.machines: dict[str, _Machine] = {}
+        self.subscribers: dict[str, dict[str, frozenset[str] | None]] = {}
+        self.pending: deque[tuple[str, str, str, dict[str, Any], int]] = deque()
+        self.wake = asyncio.Event()
+        self.listeners: dict[str, Listener] = {}
+        self.last_second: dict[str, int] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.refreshed = 0.0
+
+    @property
+    def room(self) -> str:
+        return f"org:{self.org}"
+
+    def device_room(self, chassis: str) -> str:
+        return f"device:{self.org}:{chassis}"
+
+    async def start(self) -> None:
+        await self.refresh_machines()
+        self.tasks = [
+            asyncio.create_task(self._pump(), name=f"sio-pump-{self.org}"),
+            asyncio.create_task(self._tick(), name=f"sio-tick-{self.org}"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for channel, listener in list(self.listeners.items()):
+            await self.gw.rt.hub.unlisten(channel, listener)
+        self.listeners.clear()
+
+    async def refresh_machines(self) -> None:
+        """Read the organisation's machines; listen to new ones, forget removed ones."""
+        self.refreshed = time.monotonic()
+        rt = self.gw.rt
+        rows = await rt.meta.list_machines(self.org)
+        current = {m.chassis_id for m in rows}
+        for row in rows:
+            machine = self.machines.get(row.chassis_id)
+            if machine is None:
+                machine = _Machine(row.chassis_id, row.name, row.model)
+                seen = [
+                    await rt.store.latest_ts(self.org, row.chassis_id, t.value) for t in MsgType
+                ]
+                machine.last_seen = max((s for s in seen if s is not None), default=None)
+                if machine.last_seen is not None:
+                    age = time.time() - machine.last_seen / 1000
+                    if age <= OFFLINE_AFTER_S:
+                        machine.online = True
+                        machine.arrived = time.monotonic() - max(0.0, age)
+                self.machines[row.chassis_id] = machine
+                for msg_type in MsgType:
+                    channel = live_channel(self.org, row.chassis_id, msg_type.value)
+                    listener = self._listener(machine, msg_type.value)
+                    self.listeners[channel] = listener
+                    await rt.hub.listen(channel, listener)
+            else:
+                machine.name, machine.model = row.name, row.model
+        for chassis in set(self.machines) - current:
+            del self.machines[chassis]
+            for msg_type in MsgType:
+                channel = live_channel(self.org, chassis, msg_type.value)
+                if channel in self.listeners:
+                    await rt.hub.unlisten(channel, self.listeners.pop(channel))
+
+    def _listener(self, machine: _Machine, msg_type: str) -> Listener:
+        def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
+            ts = int(head["ts"])
+            machine.values.setdefault(msg_type, {}).update(values)
+            machine.last_seen = max(ts, machine.last_seen or ts)
+            machine.arrived = time.monotonic()
+            if not machine.online:
+                machine.online = True
+                self._queue(("status", machine.chassis, msg_type, {}, ts))
+            self._queue(("reading", machine.chassis, msg_type, values, ts))
+
+        return on_message
+
+    def _queue(self, item: tuple[str, str, str, dict[str, Any], int]) -> None:
+        if len(self.pending) >= PENDING_MAX:
+            self.pending.popleft()
+            DROPPED.inc()
+        self.pending.append(item)
+        self.wake.set()
+
+    async def _pump(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.pending:
+                kind, chassis, msg_type, values, ts = self.pending.popleft()
+                try:
+                    if kind == "status":
+                        await self._emit_status(chassis)
+                    else:
+                        await self._emit_reading(chassis, msg_type, values, ts)
+                except Exception:
+                    log.exception("Socket.IO emission for %s/%s failed", self.org, chassis)
+
+    async def _emit_status(self, chassis: str) -> None:
+        machine = self.machines.get(chassis)
+        if machine is not None and self.subscribers.get(chassis):
+            await self.gw.emit("device-update", machine.status(), to=self.device_room(chassis))
+
+    async def _emit_reading(
+        self, chassis: str, msg_type: str, values: dict[str, Any], ts: int
+    ) -> None:
+        subscribers = self.subscribers.get(chassis)
+        if subscribers:
+            room = self.device_room(chassis)
+            filtered = {sid: f for sid, f in subscribers.items() if f is not None}
+            for name, value in values.items():
+                skip = [sid for sid, fields in filtered.items() if name not in fields]
+                if len(skip) == len(subscribers):
+                    continue
+                payload = {
+                    "deviceId": chassis,
+                    "sensorType": name,
+                    "value": value,
+                    "timestamp": ts,
+                }
+                await self.gw.emit("device-update", payload, to=room, skip_sid=skip or None)
+        mode = self.gw.sensor_data
+        if mode == "off":
+            return
+        topic = live_channel(self.org, chassis, msg_type)
+        second = ts // 1000
+        if mode == "throttled":
+            if self.last_second.get(topic, -1) >= second:
+                return
+            self.last_second[topic] = second
+        await self.gw.emit(
+            "sensor-data", {"topic": topic, "data": values, "timestamp": ts}, to=self.room
+        )
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                await self._tick_once()
+            except Exception:
+                log.exception("Socket.IO tick of %s failed", self.org)
+
+    async def _tick_once(self) -> None:
+        now = time.monotonic()
+        for machine in self.machines.values():
+            if (
+                machine.online
+                and machine.arrived is not None
+                and now - machine.arrived > OFFLINE_AFTER_S
+            ):
+                machine.online = False
+                await self._emit_status(machine.chassis)
+        await self.gw.emit("dashboard:update", self.summary(), to=self.room)
+        if now - self.refreshed >= MACHINES_REFRESH_S:
+            await self.refresh_machines()
+
+    def summary(self) -> dict[str, Any]:
+        machines = [
+            {
+                "deviceId": m.chassis,
+                "name": m.name,
+                "model": m.model,
+                "status": "online" if m.online else "offline",
+                "lastSeen": m.last_seen,
+                "values": m.values,
+            }
+            for m in sorted(self.machines.values(), key=lambda m: m.chassis)
+        ]
+        return {
+            "org": self.org,
+            "machines": machines,
+            "online": sum(1 for m in self.machines.values() if m.online),
+            "total": len(machines),
+            "timestamp": int(time.time() * 1000),
+        }
+
+
+def _device_request(data: Any) -> tuple[str, frozenset[str] | None]:
+    """``"WL-0001"`` or ``{"deviceId": "WL-0001", "fields": [...]}``; raises _Refused."""
+    fields: frozenset[str] | None = None
+    if isinstance(data, dict):
+        device = data.get("deviceId", data.get("device_id", data.get("id")))
+        raw = data.get("fields")
+        if raw is not None:
+            if not isinstance(raw, list) or not all(isinstance(f, str) for f in raw):
+                raise _Refused("bad_request", "fields must be a list of field names")
+            if len(raw) > MAX_FIELDS:
+                raise _Refused("bad_request", f"{len(raw)} fields; at most {MAX_FIELDS}")
+            fields = frozenset(raw)
+    else:
+        device = data
+    if not isinstance(device, str) or not device:
+        raise _Refused("bad_request", "give a device id, or {deviceId, fields}")
+    return device, fields
+
+
+class SocketGateway:
+    """The Socket.IO server of one runtime; ``asgi(app)`` mounts it beside ``app``."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        sensor_data: str = SENSOR_DATA,
+        max_subscriptions: int = MAX_SUBSCRIPTIONS,
+    ) -> None:
+        if sensor_data not in SENSOR_DATA_MODES:
+            raise ValueError(f"sensor_data must be one of {SENSOR_DATA_MODES}")
+        self.rt = rt
+        self.sensor_data = sensor_data
+        self.max_subscriptions = max_subscriptions
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi", logger=False, engineio_logger=False, max_http_buffer_size=65_536
+        )
+        self._clients: dict[str, _Client] = {}
+        self._feeds: dict[str, _OrgFeed] = {}
+        self._lock = asyncio.Lock()
+        self.sio.on("connect", self._connect)
+        self.sio.on("disconnect", self._disconnect)
+        self.sio.on("subscribe-device", self._subscribe)
+        self.sio.on("unsubscribe-device", self._unsubscribe)
+        _GATEWAYS.add(self)
+
+    def asgi(self, app: Any) -> socketio.ASGIApp:
+        return socketio.ASGIApp(self.sio, other_asgi_app=app)
+
+    async def emit(self, event: str, data: Any, **kwargs: Any) -> None:
+        await self.sio.emit(event, data, **kwargs)
+        EMITS.labels(event).inc()
+
+    async def emit_alert(self, org: str, alert: dict[str, Any]) -> None:
+        """Send ``alert-created`` with ``alert`` to every client of ``org``."""
+        if org in self._feeds:
+            await self.emit("alert-created", alert, to=f"org:{org}")
+
+    # connections ------------------------------------------------------------
+
+    async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+        if len(self._clients) >= MAX_CLIENTS:
+            raise socketio.exceptions.ConnectionRefusedError(
+                {"code": "too_many_clients", "message": "this server has too many clients"}
+            )
+        org = auth.get("org") if isinstance(auth, dict) else None
+        if not org:
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            org = (query.get("org") or [None])[0]
+        try:
+            org = await resolve_org(self.rt, org if isinstance(org, str) else None)
+        except NotFound as exc:
+            raise socketio.exceptions.ConnectionRefusedError(
+                {"code": "not_found", "message": str(exc)}
+            ) from None
+        async with self._lock:
+            feed = self._feeds.get(org)
+            if feed is None:
+                feed = _OrgFeed(self, org)
+                await feed.start()
+                self._feeds[org] = feed
+            feed.clients.add(sid)
+            self._clients[sid] = _Client(org)
+        CLIENTS.set(len(self._clients))
+        await self.sio.enter_room(sid, feed.room)
+        self.sio.start_background_task(self._welcome, sid, feed)
+
+    async def _welcome(self, sid: str, feed: _OrgFeed) -> None:
+        for _ in range(50):  # the CONNECT packet goes out once the connect handler returned
+            if self.sio.manager.is_connected(sid, "/"):
+                break
+            await asyncio.sleep(0.01)
+        await self.emit("dashboard:data", feed.summary(), to=sid)
+
+    async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        async with self._lock:
+            client = self._clients.pop(sid, None)
+            if client is None:
+                return
+            feed = self._feeds.get(client.org)
+            if feed is None:
+                return
+            feed.clients.discard(sid)
+            for device in client.subscriptions:
+                subscribers = feed.subscribers.get(device)
+                if subscribers is not None:
+                    subscribers.pop(sid, None)
+                    if not subscribers:
+                        del feed.subscribers[device]
+            if not feed.clients:
+                del self._feeds[client.org]
+                await feed.stop()
+        CLIENTS.set(len(self._clients))
+
+    # subscriptions ----------------------------------------------------------
+
+    async def _refuse(self, sid: str, code: str, message: str, device: Any) -> dict[str, Any]:
+        observe.CLIENT_ERRORS.labels(code).inc()
+        body = {"code": code, "message": message, "deviceId": device}
+        await self.emit("error", body, to=sid)
+        return {"ok": False, **body}
+
+    async def _subscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
+        client = self._clients.get(sid)
+        if client is None:
+            return {"ok": False, "code": "not_connected", "message": "not connected"}
+        device: Any = data.get("deviceId") if isinstance(data, dict) else data
+        try:
+            device, fields = _device_request(data)
+        except _Refused as exc:
+            return await self._refuse(sid, exc.code, str(exc), device)
+        org = client.org
+        if not valid_id(device) or await self.rt.catalog.machine(org, device) is None:
+            return await self._refuse(
+                sid, "not_found", f"device {device[:80]!r} not found", device[:80]
+            )
+        if device not in client.subscriptions and len(client.subscriptions) >= (
+            self.max_subscriptions
+        ):
+            return await self._refuse(
+                sid,
+                "too_many_subscriptions",
+                f"at most {self.max_subscriptions} devices per client",
+                device,
+            )
+        feed = self._feeds.get(org)
+        if feed is None:
+            return {"ok": False, "code": "not_connected", "message": "not connected"}
+        client.subscriptions[device] = fields
+        feed.subscribers.setdefault(device, {})[sid] = fields
+        room = feed.device_room(device)
+        await self.sio.enter_room(sid, room)
+        machine = feed.machines.get(device)
+        if machine is not None:
+            await self.emit("device-update", machine.status(), to=sid)
+        return {
+            "ok": True,
+            "deviceId": device,
+            "room": room,
+            "fields": sorted(fields) if fields is not None else None,
+        }
+
+    async def _unsubscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
+        client = self._clients.get(sid)
+        if client is None:
+            return {"ok": False, "code": "not_connected", "message": "not connected"}
+        device: Any = data.get("deviceId") if isinstance(data, dict) else data
+        try:
+            device, _ = _device_request(data)
+        except _Refused as exc:
+            return await self._refuse(sid, exc.code, str(exc), device)
+        if device not in client.subscriptions:
+            return {"ok": True, "deviceId": device, "subscribed": False}
+        del client.subscriptions[device]
+        feed = self._feeds.get(client.org)
+        if feed is not None:
+            subscribers = feed.subscribers.get(device)
+            if subscribers is not None:
+                subscribers.pop(sid, None)
+                if not subscribers:
+                    del feed.subscribers[device]
+            await self.sio.leave_room(sid, feed.device_room(device))
+        return {"ok": True, "deviceId": device, "subscribed": False}
+
+
+_GATEWAYS: weakref.WeakSet[SocketGateway] = weakref.WeakSet()
+_BY_RUNTIME: weakref.WeakKeyDictionary[Runtime, SocketGateway] = weakref.WeakKeyDictionary()
+
+
+def socket_gateway(rt: Runtime, **options: Any) -> SocketGateway:
+    """The Socket.IO gateway of ``rt`` (created on first use with ``options``)."""
+    gateway = _BY_RUNTIME.get(rt)
+    if gateway is None:
+        gateway = _BY_RUNTIME[rt] = SocketGateway(rt, **options)
+    return gateway
+
+
+def with_socketio(app: Any, rt: Runtime, **options: Any) -> socketio.ASGIApp:
+    """``app`` with Socket.IO mounted at ``/socket.io/`` (lifespan and the rest go to ``app``)."""
+    return socket_gateway(rt, **options).asgi(app)
+
+
+async def emit_alert(org: str, alert: dict[str, Any]) -> None:
+    """Send ``alert-created`` to the Socket.IO clients of ``org`` in this process."""
+    for gateway in list(_GATEWAYS):
+        try:
+            await gateway.emit_alert(org, alert)
+        except Exception:
+            log.exception("alert-created to %s failed", org)
+
+
+__all__ = [
+    "SENSOR_DATA",
+    "SENSOR_DATA_MODES",
+    "SocketGateway",
+    "emit_alert",
+    "socket_gateway",
+    "with_socketio",
+]

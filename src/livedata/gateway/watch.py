@@ -1,0 +1,1252 @@
+"""Machbase Neo's watch (Server-Sent Events) and write APIs, served from the live pipeline.
+
+``GET /db/watch/{table}`` streams ``text/event-stream``; ``POST /db/write/{table}``
+feeds a tag table the way Machbase users do.  Both are scoped to one organisation:
+the ``org`` query parameter, or the first organisation when it is not given
+(there is no authentication yet; the security issue replaces this with the
+caller's organisation).  Table names are case-insensitive (``EXAMPLE`` is
+``example``), tag names are not.
+
+Tables of an organisation
+-------------------------
+
+=====================  =====  ===========================================================
+table                  kind   rows
+=====================  =====  ===========================================================
+``vehicle_can``        tag    decoded CAN signals; a tag is ``{chassisId}.{field}``
+``client_raw_data``    tag    device metrics; a tag is ``{chassisId}.{field}``
+any other valid name   tag    a *user* tag table, created by its first write; tags are
+                              free names (``neo_load1``)
+``device_status``      log    status changes of machines (rows once presence exists)
+``commands``           log    the command log (rows once commands exist)
+``alerts``             log    alerts (rows once alerts exist)
+``decode_errors``      log    what ingest rejected: ``TIME``, ``MACHINE``, ``KIND``, ``MESSAGE``
+=====================  =====  ===========================================================
+
+A telemetry tag whose chassis id itself contains dots is split at the longest
+prefix that is a machine of the organisation.  A user tag table is stored like
+a machine's message type: tenant = organisation, chassis = ``_tags`` (a name no
+machine can have: ids start with a letter or digit), message type = the table
+name, field = the tag name; it exists once written (its tag names are kept in
+the metadata database's field list), in every process.
+
+Watch
+-----
+
+Query parameters as Machbase documents them: ``timeformat`` (``ns`` default,
+``s``, ``ms``, ``us``, ``ns``, ``default`` = ``2006-01-02 15:04:05.999`` in ``tz``;
+case-insensitive), ``tz`` (``UTC`` default, ``Local``, an IANA name such as
+``Asia/Seoul``), ``period`` (``3s`` default, Go durations ``500ms``/``3s``/``1m``;
+at least 1 s), ``keep-alive`` (``30s``: a ``: keep-alive`` comment when nothing
+else was sent for that long), ``tag`` (tag tables: required, repeatable, at most
+100), ``parallelism`` (accepted and validated; there is no query to parallelise),
+``max-rows`` (log tables: default 20, at most 100 rows per period; the rest of
+the period's rows are skipped and a ``skipped`` event says how many).
+
+Each period a tag table stream sends, per tag, only the newest value that arrived
+in the period: ``data: {"NAME":…,"TIME":…,"VALUE":…}``.  A new stream first sends
+each tag's current value (the newest stored in the last 10 minutes), so a
+dashboard opens filled.  Nothing reads the database per period: values come from
+the pipeline (:meth:`~livedata.gateway.hub.Hub.listen`) into one bounded ring
+per live channel, shared by every stream of that channel.
+
+Resuming: every event has ``id: {epoch}-{prev}-{cover}-{index}`` -- the process's
+epoch, the ring positions the event's period covered and its index in the
+period.  A client that reconnects with ``Last-Event-ID`` (browsers' EventSource
+does so by itself) gets exactly the events it missed: the rest of its last
+period, then one period-sized bucket of newest values after another, then live.
+A ring keeps the last 10 minutes (at most 2,000 messages per channel) and is
+kept 10 minutes after its last stream left, so a client can be away that long.
+When what it missed is gone (too old, evicted from a busy ring, or another
+process/restart: the epoch differs) it gets ``event: gap`` with a JSON
+``{"code":"gap","message":…,"lastEventId":…}`` and then what is still there;
+it should fill the hole from the history API.  The ring is per gateway process
+(the distributed shape reconnecting to another gateway gets a ``gap``).
+
+Errors -- unknown table or organisation (404), missing or malformed tags, bad
+``period``/``keep-alive``/``timeformat``/``tz``/``parallelism``, ``max-rows``
+over 100 (400), too many streams (503) -- are JSON ``{"error":{"code","message"}}``
+sent before the stream starts.
+
+Under stress: at most 1,000 streams per process and 100 tags per stream; a
+stream's memory is its plan, rings are bounded by entries and age, and at most
+2,000 rings exist; a slow client only slows its own stream (each period is one
+write, the next period is computed when the previous one was written, so a client
+that cannot keep up gets fewer, newer periods -- nothing queues for it).
+
+Write
+-----
+
+``POST /db/write/{table}`` with ``application/json``
+``{"data":{"columns":["NAME","TIME","VALUE"],"rows":[…]}}`` (columns optional,
+case-insensitive, any order), ``application/x-ndjson`` (one
+``{"NAME","TIME","VALUE"}`` per line) or ``text/csv`` (``header=skip`` or
+``header=columns`` for a header line, ``delimiter``), optionally
+``Content-Encoding: gzip``; ``timeformat``/``tz`` as for watch, ``ns`` by
+default.  At most 4 MiB (decompressed) and 10,000 rows; a bad row refuses the
+whole request (400, naming the row).  Tables: a user tag table (NAME = tag) or
+``client_raw_data`` (NAME = ``{chassisId}.{field}`` of a machine of the
+organisation); ``vehicle_can`` is decoded from machines' CAN frames and log tables
+are written by livedata, so they refuse writes.  Rows go through ingest like
+device data -- stored, then published live (rows with a TIME older than 10
+minutes are stored as backfill, not pushed) -- and the response
+(``{"success":true,"reason":…,"data":{"rows":n}}``) comes once they are stored.
+Times are stored in milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import logging
+import math
+import re
+import secrets
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Counter, Gauge
+
+from livedata import observe
+from livedata.decode.values import decode_values
+from livedata.errors import InputError, NotFound
+from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
+
+if TYPE_CHECKING:
+    from livedata.pipeline.ingest import DecodeStats
+    from livedata.runtime import Runtime
+
+log = logging.getLogger("livedata.gateway.watch")
+
+USER_CHASSIS = "_tags"
+"""The chassis under which user tag tables are stored (no machine id can start with '_')."""
+TELEMETRY_TABLES = (MsgType.VEHICLE_CAN.value, MsgType.CLIENT_RAW_DATA.value)
+LOG_TABLES = {
+    "device_status": "status changes of machines",
+    "commands": "the command log",
+    "alerts": "alerts raised and cleared",
+    "decode_errors": "device messages ingest could not use",
+}
+
+MAX_TAGS = 100
+MAX_STREAMS = 1_000
+MAX_ROWS_DEFAULT = 20
+MAX_ROWS_LIMIT = 100
+PERIOD_DEFAULT = 3.0
+PERIOD_MIN = 1.0
+DURATION_MAX = 3_600.0
+KEEPALIVE_DEFAULT = 30.0
+KEEPALIVE_MIN = 1.0
+RING_SECONDS = 600.0
+RING_ENTRIES = 2_000
+MAX_RINGS = 2_000
+MAX_LOG_RINGS = 1_000
+SWEEP_EVERY_S = 10.0
+SNAPSHOT_WINDOW_MS = 600_000
+
+WRITE_MAX_BYTES = 4 * 1024 * 1024
+WRITE_MAX_ROWS = 10_000
+WRITE_ACK_TIMEOUT_S = 15.0
+REALTIME_WINDOW_MS = 600_000
+TS_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+STREAMS = Gauge("livedata_watch_streams", "Open SSE watch streams")
+RINGS = Gauge("livedata_watch_rings", "Live channels buffered for SSE watch streams")
+EVENTS = Counter("livedata_watch_events", "Events sent to SSE watch streams", ["event"])
+WRITTEN = Counter("livedata_write_rows", "Rows written through POST /db/write", ["table_kind"])
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+class TooLarge(InputError):
+    code = "too_large"
+
+
+class _Busy(Exception):
+    """A process-wide bound is reached (503)."""
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(text: str, name: str) -> float:
+    """A Go duration (``1m30s``, ``500ms``; a bare number is seconds) in seconds."""
+    raw = text.strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", raw):
+        return float(raw)
+    pos, total = 0, 0.0
+    while pos < len(raw):
+        match = _DURATION_PART.match(raw, pos)
+        if match is None:
+            raise InputError(f"{name} {text!r} is not a duration such as 500ms, 3s or 1m")
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if not raw:
+        raise InputError(f"{name} is empty: give a duration such as 3s")
+    return total
+
+
+def _bounded_duration(text: str | None, name: str, default: float, minimum: float) -> float:
+    if text is None:
+        return default
+    value = parse_duration(text, name)
+    if value < minimum:
+        raise InputError(f"{name} {text!r} is below the minimum of {minimum:g}s")
+    if value > DURATION_MAX:
+        raise InputError(f"{name} {text!r} is above the maximum of {DURATION_MAX:g}s")
+    return value
+
+
+def parse_tz(text: str | None) -> tzinfo | None:
+    """``UTC`` (default), ``Local`` (``None``: the server's zone) or an IANA name."""
+    if text is None or text.upper() == "UTC":
+        return UTC
+    if text.lower() == "local":
+        return None
+    if len(text) > 64:
+        raise InputError("tz is too long")
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputError(
+            f"unknown tz {text!r}: use UTC, Local or a location such as Asia/Seoul"
+        ) from None
+
+
+_MS_PER = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
+_DEFAULT_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class TimeFormat:
+    """How TIME is written out and read in: ``s``, ``ms``, ``us``, ``ns`` or ``default``."""
+
+    name: str
+    tz: tzinfo | None
+
+    @classmethod
+    def parse(cls, timeformat: str | None, tz: str | None) -> TimeFormat:
+        name = (timeformat or "ns").lower()
+        if name not in ("s", "ms", "us", "ns", "default"):
+            raise InputError(f"unknown timeformat {timeformat!r}: use s, ms, us, ns or default")
+        return cls(name, parse_tz(tz))
+
+    def format(self, ts_ms: int) -> int | str:
+        if self.name == "ms":
+            return ts_ms
+        if self.name == "s":
+            return ts_ms // 1000
+        if self.name == "us":
+            return ts_ms * 1000
+        if self.name == "ns":
+            return ts_ms * 1_000_000
+        seconds, millis = divmod(ts_ms, 1000)
+        when = datetime.fromtimestamp(seconds, self.tz)
+        text = when.strftime("%Y-%m-%d %H:%M:%S")
+        return f"{text}.{millis:03d}".rstrip("0") if millis else text
+
+    def to_ms(self, raw: object) -> int:
+        """A TIME value as given by a writer, in milliseconds since the epoch."""
+        if self.name == "default":
+            match = _DEFAULT_TIME.match(raw.strip()) if isinstance(raw, str) else None
+            if match is None:
+                raise ValueError(f"TIME {raw!r} is not like 2006-01-02 15:04:05.999")
+            year, month, day, hour, minute, second = (int(p) for p in match.groups()[:6])
+            try:
+                when = datetime(year, month, day, hour, minute, second, tzinfo=self.tz)
+            except ValueError as exc:
+                raise ValueError(f"TIME {raw!r}: {exc}") from None
+            millis = int((match.group(7) or "0").ljust(3, "0")[:3])
+            ms = int(when.timestamp()) * 1000 + millis
+        else:
+            if isinstance(raw, bool):
+                raise ValueError(f"TIME {raw!r} is not a number of {self.name}")
+            if isinstance(raw, str) and re.fullmatch(r"\d+(?:\.\d+)?", raw.strip()):
+                raw = float(raw) if "." in raw else int(raw)
+            if isinstance(raw, int):
+                divisor = {"s": 1, "ms": 1, "us": 1000, "ns": 1_000_000}[self.name]
+                ms = raw * 1000 if self.name == "s" else raw // divisor
+            elif isinstance(raw, float) and math.isfinite(raw):
+                ms = int(raw * _MS_PER[self.name])
+            else:
+                raise ValueError(f"TIME {raw!r} is not a number of {self.name}")
+        if not 0 <= ms <= TS_MAX_MS:
+            raise ValueError(f"TIME {raw!r} is out of range")
+        return ms
+
+
+@dataclass(frozen=True, slots=True)
+class WatchParams:
+    period: float
+    keep_alive: float
+    fmt: TimeFormat
+    tags: tuple[str, ...]
+    max_rows: int
+    parallelism: int
+
+    @classmethod
+    def from_query(cls, query: Any) -> WatchParams:
+        period = _bounded_duration(query.get("period"), "period", PERIOD_DEFAULT, PERIOD_MIN)
+        keep_alive = _bounded_duration(
+            query.get("keep-alive"), "keep-alive", KEEPALIVE_DEFAULT, KEEPALIVE_MIN
+        )
+        fmt = TimeFormat.parse(query.get("timeformat"), query.get("tz"))
+        max_rows = _int_param(query.get("max-rows"), "max-rows", MAX_ROWS_DEFAULT)
+        if not 1 <= max_rows <= MAX_ROWS_LIMIT:
+            raise InputError(f"max-rows {max_rows} is out of range: 1 to {MAX_ROWS_LIMIT}")
+        parallelism = _int_param(query.get("parallelism"), "parallelism", 0)
+        if parallelism < 0:
+            raise InputError("parallelism must be 0 or more")
+        tags: list[str] = []
+        for value in query.getlist("tag"):
+            tags.extend(t.strip() for t in value.split(",") if t.strip())
+        tags = list(dict.fromkeys(tags))
+        if len(tags) > MAX_TAGS:
+            raise InputError(f"{len(tags)} tags; at most {MAX_TAGS} per stream")
+        bad = [t for t in tags if len(t) > 200]
+        if bad:
+            raise InputError("a tag name is longer than 200 characters")
+        return cls(period, keep_alive, fmt, tuple(tags), max_rows, parallelism)
+
+
+def _int_param(text: str | None, name: str, default: int) -> int:
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"{name} {text!r} is not an integer") from None
+
+
+async def resolve_org(rt: Runtime, org: str | None) -> str:
+    """The organisation a request is scoped to: ``org``, or the first one when not given.
+
+    There is no authentication yet; the security issue replaces this with the
+    caller's organisation (and refuses any other).
+    """
+    if org:
+        if not valid_id(org):
+            raise NotFound(f"organisation {org!r} not found")
+        await rt.meta.require_org(org)
+        return org
+    orgs = await rt.meta.list_orgs()
+    if not orgs:
+        raise NotFound("there is no organisation yet")
+    return orgs[0].id
+
+
+# --------------------------------------------------------------------------- rings
+
+
+@dataclass(slots=True)
+class Entry:
+    seq: int
+    at_ms: int
+    """Arrival time (wall clock, ms): periods are cut by arrival."""
+    ts: int
+    """The record's (or row's) TIME in ms."""
+    payload: Mapping[str, Any]
+
+
+class Ring:
+    """The recent messages of one live channel (or one log table), in arrival order.
+
+    Bounded by ``max_entries`` and ``max_age_s``; ``lost_upto`` is the highest
+    sequence number this ring may have missed or dropped, so a client whose
+    position is below it cannot be resumed exactly.
+    """
+
+    __slots__ = (
+        "_max_entries",
+        "entries",
+        "idle_since",
+        "key",
+        "listener",
+        "lost_upto",
+        "max_age_ms",
+        "users",
+    )
+
+    def __init__(
+        self,
+        key: Any,
+        lost_upto: int,
+        max_entries: int = RING_ENTRIES,
+        max_age_s: float = RING_SECONDS,
+    ) -> None:
+        self.key = key
+        self.entries: deque[Entry] = deque(maxlen=None)
+        self.lost_upto = lost_upto
+        self.users = 0
+        self.idle_since = time.monotonic()
+        self.max_age_ms = int(max_age_s * 1000)
+        self.listener: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+        self._max_entries = max_entries
+
+    def append(self, entry: Entry) -> None:
+        entries = self.entries
+        entries.append(entry)
+        oldest = entry.at_ms - self.max_age_ms
+        while len(entries) > self._max_entries or entries[0].at_ms < oldest:
+            self.lost_upto = entries.popleft().seq
+
+    def between(self, lo: int, hi: int) -> list[Entry]:
+        """Entries with ``lo < seq <= hi``, oldest first."""
+        out: list[Entry] = []
+        for entry in reversed(self.entries):
+            if entry.seq <= lo:
+                break
+            if entry.seq <= hi:
+                out.append(entry)
+        out.reverse()
+        return out
+
+
+Event = tuple[str | None, dict[str, Any]]
+"""(event name or None for a plain message, JSON data)."""
+
+
+class Plan:
+    """What one stream watches: which rings, and how a range of them becomes events."""
+
+    rings: list[Ring]
+
+    def collect(self, lo: int, hi: int) -> list[Event]:
+        raise NotImplementedError
+
+    async def snapshot(self) -> list[Event]:
+        return []
+
+
+@dataclass(slots=True)
+class _Source:
+    channel: str
+    chassis: str
+    msg_type: str
+    tags: list[tuple[int, str, str]] = field(default_factory=list)
+    """(index in the request, tag name, field)."""
+
+
+class TagPlan(Plan):
+    def __init__(self, rt: Runtime, org: str, sources: list[_Source], fmt: TimeFormat) -> None:
+        self.rt, self.org, self.sources, self.fmt = rt, org, sources, fmt
+        self.rings = []
+        self.by_channel: dict[str, Ring] = {}
+
+    def _event(self, name: str, ts: int, value: Any) -> Event:
+        return None, {"NAME": name, "TIME": self.fmt.format(ts), "VALUE": value}
+
+    def collect(self, lo: int, hi: int) -> list[Event]:
+        best: dict[int, tuple[int, int, str, Any]] = {}
+        for source in self.sources:
+            for entry in self.by_channel[source.channel].between(lo, hi):
+                values = entry.payload
+                for index, name, fld in source.tags:
+                    if fld in values:
+                        key = (entry.ts, entry.seq)
+                        held = best.get(index)
+                        if held is None or key > held[:2]:
+                            best[index] = (entry.ts, entry.seq, name, values[fld])
+        return [self._event(best[i][2], best[i][0], best[i][3]) for i in sorted(best)]
+
+    async def snapshot(self) -> list[Event]:
+        end = int(time.time() * 1000)
+        found: dict[int, Event] = {}
+        for source in self.sources:
+            fields = list(dict.fromkeys(f for _, _, f in source.tags))
+            series = await self.rt.store.query(
+                self.org, source.chassis, source.msg_type, fields, end - SNAPSHOT_WINDOW_MS, end, 1
+            )
+            for index, name, fld in source.tags:
+                points = series.get(fld)
+                if points:
+                    ts, value = points[-1]
+                    found[index] = self._event(name, ts, value)
+        return [found[i] for i in sorted(found)]
+
+
+class LogPlan(Plan):
+    def __init__(self, table: str, ring: Ring, fmt: TimeFormat, max_rows: int) -> None:
+        self.table, self.fmt, self.max_rows = table, fmt, max_rows
+        self.rings = [ring]
+
+    def collect(self, lo: int, hi: int) -> list[Event]:
+        rows = self.rings[0].between(lo, hi)
+        events: list[Event] = []
+        for entry in rows[: self.max_rows]:
+            data = {"TIME": self.fmt.format(entry.ts)}
+            data.update((k, v) for k, v in entry.payload.items() if k != "TIME")
+            events.append((None, data))
+        if len(rows) > self.max_rows:
+            skipped = len(rows) - self.max_rows
+            events.append(
+                ("skipped", {"skipped": skipped, "table": self.table, "maxRows": self.max_rows})
+            )
+        return events
+
+
+# --------------------------------------------------------------------------- log tables
+
+
+class LogTables:
+    """In-process log tables that other code publishes rows to; watch streams read them.
+
+    ``publish(org, table, row)`` never blocks and never fails for a registered
+    table: the row goes into the table's ring (last 10 minutes, at most 2,000
+    rows per organisation and table) for the streams watching it.  ``row`` is a
+    flat JSON-able dict; ``TIME`` (ms since the epoch) is set to now when absent.
+    """
+
+    def __init__(self, next_seq: Callable[[], int], current_seq: Callable[[], int]) -> None:
+        self._next_seq = next_seq
+        self._current_seq = current_seq
+        self._tables: dict[str, str] = {}
+        self._rings: dict[tuple[str, str], Ring] = {}
+        for name, description in LOG_TABLES.items():
+            self.register(name, description)
+
+    def register(self, name: str, description: str) -> None:
+        """Make ``name`` a log table (idempotent)."""
+        if not valid_id(name) or name in TELEMETRY_TABLES:
+            raise ValueError(f"{name!r} cannot be a log table")
+        self._tables[name.lower()] = description
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tables
+
+    @property
+    def tables(self) -> dict[str, str]:
+        return dict(self._tables)
+
+    def ring(self, org: str, table: str) -> Ring | None:
+        """The ring of ``org``'s ``table``, created when missing (``None`` when full)."""
+        key = (org, table)
+        ring = self._rings.get(key)
+        if ring is None:
+            if len(self._rings) >= MAX_LOG_RINGS:
+                return None
+            ring = self._rings[key] = Ring(key, self._current_seq())
+        return ring
+
+    def publish(self, org: str, table: str, row: Mapping[str, Any]) -> None:
+        if table not in self._tables:
+            raise KeyError(f"{table!r} is not a registered log table")
+        ring = self.ring(org, table)
+        if ring is None:
+            log.warning("log table %s of %s dropped a row: too many log tables", table, org)
+            return
+        now = int(time.time() * 1000)
+        ts = row.get("TIME")
+        ts = ts if isinstance(ts, int) and not isinstance(ts, bool) else now
+        ring.append(Entry(self._next_seq(), now, ts, dict(row)))
+
+
+def decode_error_rows(
+    stats: Mapping[tuple[str, str], DecodeStats],
+    seen: dict[tuple[str, str], tuple[int, int, int]],
+    baseline: bool = False,
+) -> list[tuple[str, dict[str, Any]]]:
+    """Rows for ``decode_errors`` from ingest's counters since the last call: (org, row).
+
+    ``seen`` holds the counters of the last call (updated here); with ``baseline``
+    the current counters are only recorded.  Error texts come from the machine's
+    ``last_errors`` (the newest 20), so a burst of more than 20 in one call is
+    summarised in one extra row.
+    """
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for key, st in list(stats.items()):
+        now = (st.rejected, st.malformed, st.unknown_ids)
+        before = seen.get(key, (0, 0, 0) if not baseline else now)
+        seen[key] = now
+        rejected, malformed, unknown = (a - b for a, b in zip(now, before, strict=True))
+        org, chassis = key
+        new = max(0, rejected) + max(0, malformed)
+        if new:
+            kind = "rejected" if not malformed else "malformed" if not rejected else "decode_error"
+            texts = list(st.last_errors)[-new:]
+            for text in texts:
+                message = text.split(" ", 1)[1] if " " in text else text
+                rows.append((org, {"MACHINE": chassis, "KIND": kind, "MESSAGE": message}))
+            if new > len(texts):
+                rows.append(
+                    (
+                        org,
+                        {
+                            "MACHINE": chassis,
+                            "KIND": kind,
+                            "MESSAGE": f"{new - len(texts)} more errors",
+                        },
+                    )
+                )
+        if unknown > 0:
+            rows.append(
+                (
+                    org,
+                    {
+                        "MACHINE": chassis,
+                        "KIND": "unknown_id",
+                        "MESSAGE": f"{unknown} frames with CAN ids not in the DBC file",
+                    },
+                )
+            )
+    return rows
+
+
+# --------------------------------------------------------------------------- the service
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    epoch: str
+    prev: int
+    cover: int
+    index: int
+
+
+def _parse_id(text: str | None) -> _Position | None:
+    if not text:
+        return None
+    parts = text.strip().split("-")
+    if len(parts) != 4:
+        return None
+    try:
+        prev, cover, index = int(parts[1]), int(parts[2]), int(parts[3])
+    except ValueError:
+        return None
+    if not 0 <= prev <= cover or index < 0:
+        return None
+    return _Position(parts[0], prev, cover, index)
+
+
+class WatchService:
+    """The rings, log tables and streams of one runtime (one gateway process)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.epoch = secrets.token_hex(4)
+        self.seq = 0
+        self.streams = 0
+        self.max_streams = MAX_STREAMS
+        self._rings: dict[str, Ring] = {}
+        self._lock = asyncio.Lock()
+        self.log_tables = LogTables(self.next_seq, lambda: self.seq)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    async def start(self) -> None:
+        """Run the ring sweeper and the ``decode_errors`` feed (supervised by the runtime)."""
+        self.rt.spawn("watch-sweeper", self._sweep_forever)
+        self.rt.spawn("watch-decode-errors", self._decode_errors_forever)
+
+    # rings ------------------------------------------------------------------
+
+    async def acquire(self, channel: str) -> Ring:
+        async with self._lock:
+            ring = self._rings.get(channel)
+            if ring is None:
+                if len(self._rings) >= MAX_RINGS:
+                    await self._sweep(force=True)
+                    if len(self._rings) >= MAX_RINGS:
+                        raise _Busy(f"too many live channels are watched (at most {MAX_RINGS})")
+                ring = Ring(channel, self.seq)
+                ring.listener = self._listener(ring)
+                self._rings[channel] = ring
+                await self.rt.hub.listen(channel, ring.listener)
+                RINGS.set(len(self._rings))
+            ring.users += 1
+            return ring
+
+    def release(self, ring: Ring) -> None:
+        ring.users -= 1
+        if ring.users <= 0:
+            ring.users = 0
+            ring.idle_since = time.monotonic()
+
+    def _listener(self, ring: Ring) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+        def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
+            ring.append(Entry(self.next_seq(), int(time.time() * 1000), int(head["ts"]), values))
+
+        return on_message
+
+    async def _sweep(self, force: bool = False) -> None:
+        """Stop listening to channels nobody has watched for ``RING_SECONDS``."""
+        now = time.monotonic()
+        for channel, ring in list(self._rings.items()):
+            if ring.users == 0 and (force or now - ring.idle_since >= RING_SECONDS):
+                del self._rings[channel]
+                if ring.listener is not None:
+                    await self.rt.hub.unlisten(channel, ring.listener)
+        RINGS.set(len(self._rings))
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY_S)
+            async with self._lock:
+                await self._sweep()
+
+    async def _decode_errors_forever(self) -> None:
+        seen: dict[tuple[str, str], tuple[int, int, int]] = {}
+        decode_error_rows(self.rt.ingest.stats, seen, baseline=True)
+        while True:
+            await asyncio.sleep(1.0)
+            for org, row in decode_error_rows(self.rt.ingest.stats, seen):
+                self.log_tables.publish(org, "decode_errors", row)
+
+    # planning ---------------------------------------------------------------
+
+    async def plan(self, org: str, table: str, params: WatchParams) -> Plan:
+        """Check the table and tags (raising InputError/NotFound) and say what to watch."""
+        if table in self.log_tables:
+            ring = self.log_tables.ring(org, table)
+            if ring is None:
+                raise _Busy("too many log tables are open")
+            return LogPlan(table, ring, params.fmt, params.max_rows)
+        if not params.tags:
+            raise InputError(f"{table} is a tag table: give one or more tag parameters")
+        sources: dict[str, _Source] = {}
+        if table in TELEMETRY_TABLES:
+            for index, tag in enumerate(params.tags):
+                chassis, fld = await self._split_tag(org, tag)
+                channel = live_channel(org, chassis, table)
+                source = sources.setdefault(channel, _Source(channel, chassis, table))
+                source.tags.append((index, tag, fld))
+        else:
+            if not valid_id(table) or not await self.rt.meta.list_fields(org, USER_CHASSIS, table):
+                raise NotFound(f"table {table!r} not found")
+            bad = [t for t in params.tags if not valid_id(t)]
+            if bad:
+                raise InputError(
+                    f"invalid tag names {bad[:5]}: letters, digits, '_', '.', '-', "
+                    "starting with a letter or digit, at most 64 characters"
+                )
+            channel = live_channel(org, USER_CHASSIS, table)
+            source = _Source(channel, USER_CHASSIS, table)
+            source.tags = [(i, t, t) for i, t in enumerate(params.tags)]
+            sources[channel] = source
+        return TagPlan(self.rt, org, list(sources.values()), params.fmt)
+
+    async def _split_tag(self, org: str, tag: str) -> tuple[str, str]:
+        """``{chassisId}.{field}`` at the longest prefix that is a machine of ``org``."""
+        dots = [i for i, c in enumerate(tag) if c == "."]
+        if not dots:
+            raise InputError(f"tag {tag!r} must be {{chassisId}}.{{field}}")
+        for dot in reversed(dots):
+            chassis, fld = tag[:dot], tag[dot + 1 :]
+            if (
+                valid_id(chassis)
+                and valid_id(fld)
+                and await self.rt.catalog.machine(org, chassis) is not None
+            ):
+                return chassis, fld
+        raise NotFound(f"tag {tag!r}: no such machine in organisation {org!r}")
+
+    # streaming --------------------------------------------------------------
+
+    def _id(self, prev: int, cover: int, index: int) -> str:
+        return f"{self.epoch}-{prev}-{cover}-{index}"
+
+    def _encode(self, events: Sequence[Event], prev: int, cover: int, start: int = 0) -> bytes:
+        out = bytearray()
+        for index, (name, data) in enumerate(events):
+            if index < start:
+                continue
+            out += b"id: " + self._id(prev, cover, index).encode() + b"\n"
+            if name:
+                out += b"event: " + name.encode() + b"\n"
+            out += b"data: " + orjson.dumps(data) + b"\n\n"
+            EVENTS.labels(name or "message").inc()
+        return bytes(out)
+
+    def _gap(self, at: int, last_event_id: str | None, message: str) -> bytes:
+        data = {"code": "gap", "message": message, "lastEventId": last_event_id}
+        return self._encode([("gap", data)], at, at)
+
+    def _replay(self, plan: Plan, start: int, end: int, period_ms: int) -> Iterable[bytes]:
+        """What happened in ``(start, end]``, one period-sized bucket (by arrival) at a time."""
+        entries = sorted(
+            ((e.seq, e.at_ms) for ring in plan.rings for e in ring.between(start, end)),
+        )
+        prev, bucket_start, last = start, None, start
+        for seq, at_ms in entries:
+            if bucket_start is None:
+                bucket_start = at_ms
+            elif at_ms >= bucket_start + period_ms:
+                events = plan.collect(prev, last)
+                if events:
+                    yield self._encode(events, prev, last)
+                prev, bucket_start = last, at_ms
+            last = seq
+        if last > prev:
+            events = plan.collect(prev, last)
+            if events:
+                yield self._encode(events, prev, last)
+
+    async def stream(
+        self, plan: Plan, params: WatchParams, last_event_id: str | None
+    ) -> AsyncIterator[bytes]:
+        """The event stream of one client; releases everything when the client goes."""
+        acquired: list[Ring] = []
+        self.streams += 1
+        STREAMS.inc()
+        try:
+            if isinstance(plan, TagPlan):
+                for source in plan.sources:
+                    ring = await self.acquire(source.channel)
+                    acquired.append(ring)
+                    plan.by_channel[source.channel] = ring
+                plan.rings = acquired
+            else:
+                for ring in plan.rings:
+                    ring.users += 1
+                    acquired.append(ring)
+            period_ms = int(params.period * 1000)
+            prev = self.seq
+            pos = _parse_id(last_event_id)
+            if last_event_id is not None and (
+                pos is None or pos.epoch != self.epoch or pos.cover > self.seq
+            ):
+                yield self._gap(
+                    prev,
+                    last_event_id,
+                    "Last-Event-ID is from another server process or not understood; "
+                    "fill the gap from history",
+                )
+                pos = None
+            if pos is None:
+                events = await plan.snapshot()
+                if events:
+                    yield self._encode(events, prev, prev)
+            else:
+                lost = max(ring.lost_upto for ring in plan.rings)
+                start = pos.prev if pos.prev < pos.cover else pos.cover
+                if lost > start:
+                    yield self._gap(
+                        max(lost, pos.cover),
+                        last_event_id,
+                        "some of what was missed is no longer buffered; fill the gap from history",
+                    )
+                elif pos.prev < pos.cover:
+                    rest = self._encode(
+                        plan.collect(pos.prev, pos.cover), pos.prev, pos.cover, pos.index + 1
+                    )
+                    if rest:
+                        yield rest
+                for chunk in self._replay(plan, max(lost, pos.cover), prev, period_ms):
+                    yield chunk
+            async for chunk in self._live(plan, params, prev):
+                yield chunk
+        finally:
+            for ring in acquired:
+                self.release(ring)
+            self.streams -= 1
+            STREAMS.dec()
+
+    async def _live(self, plan: Plan, params: WatchParams, prev: int) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + params.period
+        last_sent = loop.time()
+        while True:
+            now = loop.time()
+            wake = min(next_tick, last_sent + params.keep_alive)
+            if wake > now:
+                await asyncio.sleep(wake - now)
+                continue
+            if now >= next_tick:
+                cover = self.seq
+                events = plan.collect(prev, cover)
+                if events:
+                    yield self._encode(events, prev, cover)
+                    last_sent = loop.time()
+                prev = cover
+                next_tick += params.period
+                if next_tick < now:
+                    next_tick = now + params.period
+            else:
+                yield b": keep-alive\n\n"
+                EVENTS.labels("keep-alive").inc()
+                last_sent = loop.time()
+
+
+_SERVICES: WeakKeyDictionary[Runtime, WatchService] = WeakKeyDictionary()
+
+
+def watch_service(rt: Runtime) -> WatchService:
+    """The watch service of ``rt`` (created on first use)."""
+    service = _SERVICES.get(rt)
+    if service is None:
+        service = _SERVICES[rt] = WatchService(rt)
+    return service
+
+
+def log_tables(rt: Runtime) -> LogTables:
+    """Where other code publishes rows of log tables: ``log_tables(rt).publish(org, table, row)``."""
+    return watch_service(rt).log_tables
+
+
+# --------------------------------------------------------------------------- write
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    number: int
+    name: str
+    ts: int
+    value: Value
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > WRITE_MAX_BYTES:
+        raise TooLarge(f"the body is larger than {WRITE_MAX_BYTES} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > WRITE_MAX_BYTES:
+            raise TooLarge(f"the body is larger than {WRITE_MAX_BYTES} bytes")
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = inflater.decompress(bytes(body), WRITE_MAX_BYTES + 1)
+        except zlib.error as exc:
+            raise InputError(f"the gzip body cannot be decompressed: {exc}") from None
+        if len(out) > WRITE_MAX_BYTES or inflater.unconsumed_tail:
+            raise TooLarge(f"the decompressed body is larger than {WRITE_MAX_BYTES} bytes")
+        return out
+    if encoding not in ("", "identity"):
+        raise InputError(f"Content-Encoding {encoding!r} is not supported: use gzip")
+    return bytes(body)
+
+
+_COLUMNS = ("NAME", "TIME", "VALUE")
+
+
+def _columns(raw: object) -> list[str]:
+    if raw is None:
+        return list(_COLUMNS)
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        raise InputError("data.columns must be a list of column names")
+    columns = [c.strip().upper() for c in raw]
+    if sorted(columns) != sorted(_COLUMNS):
+        raise InputError(f"tag tables have the columns NAME, TIME, VALUE; got {raw[:10]}")
+    return columns
+
+
+def parse_rows(body: bytes, content_type: str, query: Any, fmt: TimeFormat) -> list[_Row]:
+    """The rows of a write request (JSON, NDJSON or CSV), each checked."""
+    kind = content_type.split(";")[0].strip().lower()
+    raw_rows: list[tuple[int, dict[str, Any]]] = []
+    if kind in ("", "application/json"):
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"the body is not valid JSON: {exc}") from None
+        data = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise InputError('expected {"data":{"columns":[…],"rows":[[…],…]}}')
+        columns = _columns(data.get("columns"))
+        for n, row in enumerate(data["rows"], 1):
+            if not isinstance(row, list) or len(row) != len(columns):
+                raise InputError(f"row {n}: expected a list of {len(columns)} values")
+            raw_rows.append((n, dict(zip(columns, row, strict=True))))
+            if n > WRITE_MAX_ROWS:
+                break
+    elif kind in ("application/x-ndjson", "application/ndjson"):
+        for n, line in enumerate(body.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise InputError(f"line {n} is not valid JSON") from None
+            if not isinstance(obj, dict):
+                raise InputError(f"line {n}: expected an object with NAME, TIME, VALUE")
+            upper = {str(k).upper(): v for k, v in obj.items()}
+            if set(upper) != set(_COLUMNS):
+                raise InputError(f"line {n}: expected the keys NAME, TIME, VALUE")
+            raw_rows.append((n, upper))
+            if len(raw_rows) > WRITE_MAX_ROWS:
+                break
+    elif kind == "text/csv":
+        delimiter = query.get("delimiter", ",")
+        if len(delimiter) != 1:
+            raise InputError("delimiter must be one character")
+        header = (query.get("header") or "").lower()
+        if query.get("heading", "").lower() == "true" and not header:
+            header = "skip"
+        if header not in ("", "skip", "columns"):
+            raise InputError("header must be skip or columns")
+        try:
+            text = body.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise InputError("the CSV body is not UTF-8") from None
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        columns = list(_COLUMNS)
+        for n, record in enumerate(reader, 1):
+            if not record or all(not cell.strip() for cell in record):
+                continue
+            if n == 1 and header:
+                if header == "columns":
+                    columns = _columns(record)
+                continue
+            if len(record) != len(columns):
+                raise InputError(f"line {n}: expected {len(columns)} fields, got {len(record)}")
+            raw_rows.append((n, dict(zip(columns, (c.strip() for c in record), strict=True))))
+            if len(raw_rows) > WRITE_MAX_ROWS:
+                break
+        for index, (n, row) in enumerate(raw_rows):
+            raw_rows[index] = (n, {**row, "VALUE": _csv_value(row["VALUE"])})
+    else:
+        raise _Unsupported(
+            f"Content-Type {kind!r} is not supported: use application/json, "
+            "application/x-ndjson or text/csv"
+        )
+    if len(raw_rows) > WRITE_MAX_ROWS:
+        raise TooLarge(f"more than {WRITE_MAX_ROWS} rows in one request")
+    rows: list[_Row] = []
+    for n, row in raw_rows:
+        name = row["NAME"]
+        if not isinstance(name, str) or not name:
+            raise InputError(f"row {n}: NAME must be a non-empty string")
+        try:
+            ts = fmt.to_ms(row["TIME"])
+        except ValueError as exc:
+            raise InputError(f"row {n}: {exc}") from None
+        value = row["VALUE"]
+        if value is None:
+            raise InputError(f"row {n}: VALUE is null")
+        checked, errors = decode_values({"v": value})
+        if errors:
+            raise InputError(f"row {n}: VALUE {errors[0].split(': ', 1)[-1]}")
+        rows.append(_Row(n, name, ts, checked["v"]))
+    return rows
+
+
+def _csv_value(text: str) -> Value:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+class _Unsupported(InputError):
+    code = "unsupported_media_type"
+
+
+async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dict[str, int]:
+    """Hand ``rows`` to ingest and wait until they are stored; returns counts."""
+    now = int(time.time() * 1000)
+
+    def kind_of(ts: int) -> Kind:
+        return Kind.REALTIME if ts >= now - REALTIME_WINDOW_MS else Kind.BACKFILL
+
+    done: list[asyncio.Event] = []
+
+    def new_ack() -> Callable[[], Any]:
+        event = asyncio.Event()
+        done.append(event)
+
+        async def ack() -> None:
+            event.set()
+
+        return ack
+
+    groups: dict[tuple[str, int], dict[str, Value]] = {}
+    if table == MsgType.CLIENT_RAW_DATA:
+        service = watch_service(rt)
+        for row in rows:
+            try:
+                chassis, fld = await service._split_tag(org, row.name)
+            except NotFound as exc:
+                raise NotFound(f"row {row.number}: {exc}") from None
+            groups.setdefault((chassis, row.ts), {})[fld] = row.value
+        for (chassis, ts), values in groups.items():
+            message = DeviceMessage(
+                org, chassis, MsgType.CLIENT_RAW_DATA, ts, kind_of(ts), values=values
+            )
+            if await rt.ingest.handle(message, new_ack()) is None:
+                raise InputError(f"ingest refused the values of {chassis!r}")
+        WRITTEN.labels("telemetry").inc(len(rows))
+    else:
+        bad = [r for r in rows if not valid_id(r.name)]
+        if bad:
+            raise InputError(
+                f"row {bad[0].number}: invalid tag name {bad[0].name[:80]!r} (letters, digits, "
+                "'_', '.', '-', starting with a letter or digit, at most 64 characters)"
+            )
+        await rt.catalog.note_fields(org, USER_CHASSIS, table, {r.name for r in rows})
+        for row in rows:
+            groups.setdefault((USER_CHASSIS, row.ts), {})[row.name] = row.value
+        for (chassis, ts), values in groups.items():
+            record = Record(org, chassis, table, ts, kind_of(ts), values)
+            await _submit(rt, record, new_ack())
+        WRITTEN.labels("user").inc(len(rows))
+    try:
+        async with asyncio.timeout(WRITE_ACK_TIMEOUT_S):
+            for event in done:
+                await event.wait()
+    except TimeoutError:
+        raise _NotStored(
+            f"the rows are queued but not stored after {WRITE_ACK_TIMEOUT_S:g} s; "
+            "the store may be down"
+        ) from None
+    realtime = sum(1 for r in rows if kind_of(r.ts) is Kind.REALTIME)
+    return {"rows": len(rows), "realTime": realtime, "backfill": len(rows) - realtime}
+
+
+class _NotStored(Exception):
+    pass
+
+
+async def _submit(rt: Runtime, record: Record, ack: Callable[[], Any]) -> None:
+    """Queue a decoded record for the store and the log, like ingest does after decoding.
+
+    Ingest has no public entry for a record that needs no decoding (it looks every
+    message's machine up, and a user tag table is not a machine), so this uses its
+    queue directly; ``Ingest.submit(record, ack)`` is the hook to replace it with.
+    """
+    submit = getattr(rt.ingest, "submit", None)
+    if submit is not None:
+        await submit(record, ack)
+        return
+    observe.RECORDS_IN.labels(record.msg_type, record.kind.value).inc()
+    observe.POINTS_IN.inc(len(record.values))
+    await rt.ingest._queue.put((record, ack))
+
+
+# --------------------------------------------------------------------------- routes
+
+router = APIRouter(tags=["watch"])
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _table_name(table: str) -> str:
+    name = table.lower()
+    if not valid_id(name):
+        raise NotFound(f"table {table[:80]!r} not found")
+    return name
+
+
+@router.get(
+    "/db/watch/{table}",
+    summary="Watch a table's latest values (Server-Sent Events, Machbase Neo style)",
+    response_class=StreamingResponse,
+)
+async def watch(request: Request, table: str) -> Any:
+    rt: Runtime = request.app.state.runtime
+    service = watch_service(rt)
+    name = _table_name(table)
+    params = WatchParams.from_query(request.query_params)
+    org = await resolve_org(rt, request.query_params.get("org"))
+    try:
+        plan = await service.plan(org, name, params)
+    except _Busy as exc:
+        return _error(503, "too_busy", str(exc), **{"Retry-After": "10"})
+    if service.streams >= service.max_streams:
+        return _error(
+            503,
+            "too_many_streams",
+            f"this server has {service.max_streams} watch streams open; try again later",
+            **{"Retry-After": "10"},
+        )
+    last_event_id = request.headers.get("last-event-id")
+    return StreamingResponse(
+        service.stream(plan, params, last_event_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/db/write/{table}", summary="Write rows to a tag table (Machbase Neo style)")
+async def write(request: Request, table: str) -> JSONResponse:
+    started = time.perf_counter()
+    rt: Runtime = request.app.state.runtime
+    name = _table_name(table)
+    roles = getattr(rt, "roles", None)
+    if roles is not None and "ingest" not in roles:
+        return _error(503, "unavailable", "this process does not run the ingest role")
+    org = await resolve_org(rt, request.query_params.get("org"))
+    if name == MsgType.VEHICLE_CAN:
+        raise InputError(
+            "vehicle_can is decoded from the CAN frames machines send; "
+            "write client_raw_data or a table of your own"
+        )
+    if name in watch_service(rt).log_tables:
+        raise InputError(f"{name} is a log table written by livedata itself")
+    fmt = TimeFormat.parse(request.query_params.get("timeformat"), request.query_params.get("tz"))
+    try:
+        body = await _read_body(request)
+        rows = parse_rows(body, request.headers.get("content-type", ""), request.query_params, fmt)
+    except TooLarge as exc:
+        return _error(413, exc.code, str(exc))
+    except _Unsupported as exc:
+        return _error(415, exc.code, str(exc))
+    if not rows:
+        raise InputError("no rows to write")
+    try:
+        counts = await write_rows(rt, org, name, rows)
+    except _NotStored as exc:
+        return _error(503, "unavailable", str(exc))
+    elapsed = time.perf_counter() - started
+    return JSONResponse(
+        {
+            "success": True,
+            "reason": f"success, {counts['rows']} record(s) written",
+            "elapse": f"{elapsed * 1000:.3f}ms",
+            "data": counts,
+        }
+    )
+
+
+def install(app: FastAPI, rt: Runtime) -> None:
+    """Serve ``/db/watch`` and ``/db/write`` on ``app`` and run the service with ``rt``."""
+    app.include_router(router)
+    rt.on_started.append(watch_service(rt).start)
+
+
+__all__ = [
+    "LOG_TABLES",
+    "USER_CHASSIS",
+    "LogTables",
+    "TimeFormat",
+    "WatchService",
+    "decode_error_rows",
+    "install",
+    "log_tables",
+    "parse_duration",
+    "resolve_org",
+    "watch_service",
+]
