@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from livedata.bus import open_log
 from livedata.bus.memory import MemoryLog, MemoryPubSub
 from livedata.model import Kind, Record

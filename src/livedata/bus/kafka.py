@@ -1,0 +1,343 @@
+"""The log on Kafka: ``kafka://host:port[,host:port…]/topic[?partitions=N&…]``.
+
+Query parameters: ``partitions`` and ``replication`` (used when the topic is
+created) and ``session_timeout_ms`` (how long a silent consumer keeps its
+partitions, default 10 s).
+
+:meth:`KafkaLog.start` creates the topic when it is missing (``partitions``
+default 8, the most consumers a group can usefully have; ``replication``
+default 3, or the number of brokers if fewer) and starts one producer with
+``acks=all``.  The producer is idempotent when the broker supports it (Apache
+Kafka does).  When the broker refuses ``InitProducerId`` (Tansu 0.6 does, for
+the request version aiokafka sends) it falls back to a plain ``acks=all``
+producer and logs a warning: then a send that aiokafka retries may write a
+record twice, which the stores absorb (idempotent writes) and which may make
+distribute publish it twice.
+
+Records are keyed by chassis, so all records of a machine go to one partition
+and stay in order; the value is :meth:`Record.to_json`.  Each call of
+:meth:`KafkaLog.consume` runs one consumer of a consumer group: the group's
+consumers share the partitions, each partition read by one of them at a time.
+The Kafka group id is ``{topic}.{group}``, so groups of different logs never
+rebalance each other.  Offsets are committed by hand, for the batch before,
+when the next batch is asked for (at-least-once).  Values that are not a
+record are logged, counted in :attr:`KafkaLog.skipped` and skipped (their
+offsets are committed with the rest).
+
+Under stress:
+
+* **Broker down.**  ``append`` waits while aiokafka retries (reconnects,
+  metadata refreshes) up to its request timeout (40 s), then raises
+  :class:`~livedata.errors.BusError`; ingest retries the batch with backoff and
+  does not acknowledge the device message meanwhile, so nothing is lost (a
+  retried batch may be written twice, see above).  ``append`` also waits while
+  the producer's buffer is full: that is the backpressure to ingest.  Consumers
+  keep polling and go on from their position when the broker is back.
+* **A consumer dies.**  Its partitions move to the other consumers of its group:
+  at once when it leaves cleanly (``close``), after ``session_timeout_ms`` when
+  its process is killed, plus the broker's rebalance time (Tansu answers a
+  join after about 5 s).  On Tansu a group's first generation is numbered 0,
+  and aiokafka sends no ``LeaveGroup`` for generation 0, so there even a clean
+  close counts as a death.  Batches the consumer had received but not
+  confirmed (by asking for the next one) are delivered again to the new owner,
+  so **distribute may publish a record twice**: a client sees the same point
+  again, never a hole.  ``close`` during a group join waits for the join.
+* **Kafka does not bound a topic by its consumers.**  Unlike the memory log,
+  ``append`` never waits for a slow consumer group: the broker keeps records
+  by retention (time/size on disk), so a group that falls behind reads them
+  later, and one that falls behind beyond retention loses the oldest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import ConsumerStoppedError, KafkaConnectionError, KafkaError
+
+from livedata.bus.base import Log
+from livedata.errors import BusError, ConfigError
+from livedata.model import Record
+
+log = logging.getLogger("livedata.bus.kafka")
+
+DEFAULT_PARTITIONS = 8
+BATCH = 1_000
+"""Records per batch at most."""
+POLL_MS = 1_000
+"""Milliseconds a consumer waits for records before looking again."""
+SESSION_TIMEOUT_MS = 10_000
+"""A consumer not heard of for this long is dropped from its group."""
+HEARTBEAT_MS = 1_000
+"""How often a consumer tells its group it is alive (and learns of rebalances)."""
+
+TOPIC_ALREADY_EXISTS = 36
+NOT_AUTHORIZED = (29, 31)  # topic / cluster authorization failed
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def map_errors(what: str) -> Iterator[None]:
+    """Re-raise aiokafka's (and the socket's) errors as :class:`BusError`."""
+    try:
+        yield
+    except (KafkaError, ConsumerStoppedError, OSError) as exc:
+        raise BusError(f"kafka {what} failed: {exc!r}") from exc
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _Closed(Exception):
+    """The log was closed while waiting."""
+
+
+class KafkaLog(Log):
+    """The log on a Kafka topic; see the module docstring for the URL and behaviour."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        self.bootstrap = parts.netloc.rpartition("@")[2]
+        self.topic = parts.path.strip("/")
+        if not self.bootstrap or not self.topic or "/" in self.topic:
+            raise ConfigError(f"Kafka log URL {url!r}: use kafka://host:port[,host:port]/topic")
+        query = parse_qs(parts.query)
+        try:
+            self.partitions = int(query.get("partitions", [DEFAULT_PARTITIONS])[0])
+            self.replication = int(query.get("replication", [0])[0])
+            self.session_timeout_ms = int(query.get("session_timeout_ms", [SESSION_TIMEOUT_MS])[0])
+        except ValueError as exc:
+            raise ConfigError(f"Kafka log URL {url!r}: {exc}") from exc
+        if self.partitions < 1:
+            raise ConfigError(f"Kafka log URL {url!r}: partitions must be at least 1")
+        self.idempotent = False
+        """Whether the producer is idempotent (known after :meth:`start`)."""
+        self.skipped = 0
+        """Values read from the topic that were not a record."""
+        self._producer: AIOKafkaProducer | None = None
+        self._consumers: set[AIOKafkaConsumer] = set()
+        self._closed = asyncio.Event()
+
+    # -- producing ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the topic if missing and start the producer; :class:`BusError` if unreachable."""
+        if self._producer is not None:
+            return
+        self._closed.clear()
+        await self._create_topic()
+        producer = await self._start_producer(idempotent=True)
+        if producer is None:
+            producer = await self._start_producer(idempotent=False)
+        assert producer is not None
+        self._producer = producer
+        log.info(
+            "Kafka log %s on %s (%s producer)",
+            self.topic,
+            self.bootstrap,
+            "idempotent" if self.idempotent else "acks=all, not idempotent",
+        )
+
+    async def _create_topic(self) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="livedata-admin")
+        with map_errors(f"connect to {self.bootstrap}"):
+            await admin.start()
+        try:
+            with map_errors(f"create topic {self.topic}"):
+                replication = self.replication or await self._default_replication(admin)
+                response = await admin.create_topics(
+                    [NewTopic(self.topic, self.partitions, replication)]
+                )
+        finally:
+            await admin.close()
+        for topic, code, *rest in response.topic_errors:
+            message = rest[0] if rest else ""
+            if code == 0:
+                log.info("created topic %s with %d partitions", topic, self.partitions)
+            elif code in NOT_AUTHORIZED:  # managed clusters: topics made by the operators
+                log.warning("may not create topic %s (%s): assuming it exists", topic, message)
+            elif code != TOPIC_ALREADY_EXISTS:
+                raise BusError(f"kafka create topic {topic} failed: error {code} {message}")
+
+    @staticmethod
+    async def _default_replication(admin: AIOKafkaAdminClient) -> int:
+        """3 copies, or as many as there are brokers if fewer."""
+        try:
+            cluster = await admin.describe_cluster()
+        except KafkaError as exc:
+            log.info("cannot count the brokers (%r): creating the topic with 1 replica", exc)
+            return 1
+        return max(1, min(3, len(cluster["brokers"])))
+
+    async def _start_producer(self, idempotent: bool) -> AIOKafkaProducer | None:
+        """A started producer, or None if the broker does not do idempotence."""
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            client_id="livedata-log",
+            acks="all",
+            enable_idempotence=idempotent,
+        )
+        try:
+            await producer.start()
+        except KafkaConnectionError as exc:
+            await producer.stop()
+            raise BusError(f"kafka connect to {self.bootstrap} failed: {exc!r}") from exc
+        except KafkaError as exc:
+            await producer.stop()
+            if not idempotent:
+                raise BusError(f"kafka producer start failed: {exc!r}") from exc
+            log.warning(
+                "Kafka %s refuses idempotent producers (%r): using acks=all without "
+                "idempotence, a retried send may write a record twice",
+                self.bootstrap,
+                exc,
+            )
+            return None
+        self.idempotent = idempotent
+        return producer
+
+    async def append(self, records: Sequence[Record]) -> None:
+        """Send every record and wait until the broker acknowledged all of them."""
+        producer = self._producer
+        if producer is None or self._closed.is_set():
+            raise BusError("kafka log is not started or closed")
+        if not records:
+            return
+        sent: list[asyncio.Future[Any]] = []
+        with map_errors(f"append to {self.topic}"):
+            try:
+                for record in records:
+                    key = record.chassis.encode()
+                    sent.append(await producer.send(self.topic, record.to_json(), key=key))
+            except BaseException:
+                for future in sent:  # still in flight: keep their errors from being reported
+                    future.add_done_callback(_retrieve)
+                raise
+        results = await asyncio.gather(*sent, return_exceptions=True)
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if errors:
+            raise BusError(
+                f"kafka append to {self.topic}: {len(errors)} of {len(records)} records "
+                f"not acknowledged: {errors[0]!r}"
+            ) from errors[0]
+
+    # -- consuming ---------------------------------------------------------
+
+    def assigned_partitions(self) -> frozenset[int]:
+        """The partitions the consumers running on this object own right now."""
+        return frozenset(
+            tp.partition for consumer in self._consumers for tp in consumer.assignment()
+        )
+
+    async def _unless_closed(self, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable``; raise :class:`_Closed` (cancelling it) if the log is closed first."""
+        task = asyncio.ensure_future(awaitable)
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({task, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self._closed.is_set() and (task.cancelled() or task.exception() is not None):
+            raise _Closed
+        return task.result()
+
+    async def consume(self, group: str) -> AsyncIterator[list[Record]]:
+        if self._closed.is_set():
+            return
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            client_id=f"livedata-{group}",
+            group_id=f"{self.topic}.{group}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=min(HEARTBEAT_MS, self.session_timeout_ms // 3),
+        )
+        self._consumers.add(consumer)
+        try:
+            with map_errors(f"join group {group} on {self.topic}"):
+                await self._unless_closed(consumer.start())
+            while not self._closed.is_set():
+                with map_errors(f"fetch from {self.topic}"):
+                    fetched = await self._unless_closed(
+                        consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH)
+                    )
+                batch, offsets = self._decode(fetched)
+                if batch:
+                    yield batch  # processed once the caller asks for the next batch
+                if offsets:
+                    await self._commit(consumer, group, offsets)
+        except _Closed:
+            return
+        finally:
+            self._consumers.discard(consumer)
+            try:
+                await consumer.stop()  # leaves the group: its partitions move at once
+            except Exception:
+                log.warning("stopping the consumer of %s failed", group, exc_info=True)
+
+    def _decode(
+        self, fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> tuple[list[Record], dict[TopicPartition, int]]:
+        batch: list[Record] = []
+        offsets: dict[TopicPartition, int] = {}
+        for tp, messages in fetched.items():
+            for message in messages:
+                try:
+                    batch.append(Record.from_json(message.value))
+                except (ValueError, KeyError, TypeError) as exc:
+                    self.skipped += 1
+                    log.warning(
+                        "skipped a value that is not a record at %s[%d]@%d: %r",
+                        tp.topic,
+                        tp.partition,
+                        message.offset,
+                        exc,
+                    )
+            if messages:
+                offsets[tp] = messages[-1].offset + 1
+        return batch, offsets
+
+    @staticmethod
+    async def _commit(
+        consumer: AIOKafkaConsumer, group: str, offsets: dict[TopicPartition, int]
+    ) -> None:
+        """Commit what the caller processed; after a rebalance the new owner re-reads it."""
+        assigned = consumer.assignment()
+        mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if not mine:
+            return
+        try:
+            await consumer.commit(mine)
+        except (KafkaError, ConsumerStoppedError) as exc:
+            log.warning(
+                "group %s could not commit %d partitions (%r): they will be read again",
+                group,
+                len(mine),
+                exc,
+            )
+
+    async def close(self) -> None:
+        """Flush and stop the producer; end every consume loop of this object."""
+        self._closed.set()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with map_errors(f"flush to {self.topic}"):
+                try:
+                    await producer.flush()
+                finally:
+                    await producer.stop()

@@ -1,0 +1,346 @@
+"""Redis Pub/Sub for the live channels: ``redis://host:port/db[?prefix=P]``.
+
+``prefix`` (default none) is put before every channel name on the wire, so
+several deployments (or test runs) can share one Redis without seeing each
+other's messages; Pub/Sub ignores the database number, so ``/db`` does not
+separate them.  Handlers get the channel name without the prefix.
+
+Each :class:`RedisPubSub` holds one connection pool for ``PUBLISH`` (at most
+:data:`MAX_CONNECTIONS`; more concurrent publishes wait for a free connection)
+and **one** pub/sub connection for everything it subscribes to.  ``subscribe`` sends
+``SUBSCRIBE`` for that exact channel, never a pattern: with many gateways a
+pattern would deliver every message to every gateway, while exact channels let
+Redis send each gateway only what its clients watch.  ``unsubscribe`` sends
+``UNSUBSCRIBE``, so a gateway whose last client of a channel left stops
+receiving it.  A reader task reads the pub/sub connection and calls the
+channel's handler; a handler that raises is logged and the others still get
+their messages.
+
+History for recovery after a reconnect (:meth:`RedisPubSub.history`): beside
+each channel a capped stream under the same name (keys and channels are
+separate namespaces in Redis) keeps its recent messages.  ``publish`` sends
+``XADD`` (capped at ``HISTORY_MAX`` entries), ``XTRIM MINID`` (entries older
+than ``HISTORY_SECONDS``), ``PEXPIRE`` (an idle channel's stream vanishes) and
+``PUBLISH`` in one pipeline: one round trip, and every gateway reads the same
+history.  The time cut uses this host's clock, so hosts need NTP-synchronised
+clocks (a skew of a few seconds only shortens or lengthens the history by as
+much).
+
+Under stress:
+
+* **Redis down or restarting.**  ``publish`` raises :class:`~livedata.errors.BusError`
+  (after one immediate reconnect attempt, bounded by the connect timeout); the
+  caller (distribute) logs, counts and carries on with the next record.  The
+  reader notices the lost connection, reconnects with backoff (0.5 s doubling to
+  10 s, with jitter so a fleet of gateways does not reconnect in step) and then
+  re-subscribes every channel that is subscribed at that moment.  ``subscribe``
+  and ``unsubscribe`` never fail because Redis is down: they are remembered and
+  take effect on the reconnect.  Messages published while Redis is down, or
+  while this object is reconnecting, are **gone**: Pub/Sub is fire-and-forget
+  and keeps nothing, and they are not in the stream either.  That is by design
+  — the store has every record, and clients fill the gap from the history API
+  (``recovered: false``).
+* **A slow reader.**  Redis pushes messages as they come; what this process
+  has not read yet sits in the socket and in redis-py's read buffer, and beyond
+  that in Redis's output buffer for the connection, which Redis caps
+  (``client-output-buffer-limit pubsub``, 32 MB hard / 8 MB for 60 s by
+  default) by closing the connection — then the reconnect above applies and the
+  messages in between are lost.  So handlers must be fast: the gateway's
+  handler only puts the message on bounded per-client queues.
+* **A silent network failure** (no FIN/RST) is found by a ``PING`` on the
+  pub/sub connection when nothing was heard for :data:`PING_INTERVAL` seconds;
+  no answer within :data:`PING_TIMEOUT` counts as a lost connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.client import PubSub as RedisPubSubConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from livedata.bus.base import HISTORY_MAX, HISTORY_SECONDS, Handler, PubSub
+from livedata.errors import BusError
+
+log = logging.getLogger("livedata.bus.redis")
+
+BACKOFF_MIN = 0.5
+"""Seconds before the first reconnect attempt."""
+BACKOFF_MAX = 10.0
+"""Seconds between reconnect attempts at most."""
+CONNECT_TIMEOUT = 2.0
+"""Seconds a connection attempt may take."""
+COMMAND_TIMEOUT = 5.0
+"""Seconds a ``PUBLISH`` may take (and may wait for a free connection)."""
+MAX_CONNECTIONS = 32
+"""Connections per object: the pub/sub one and those publishing concurrently."""
+PING_INTERVAL = 15.0
+"""Seconds of silence on the pub/sub connection before it is pinged."""
+PING_TIMEOUT = 5.0
+"""Seconds to wait for the answer to that ping before reconnecting."""
+
+
+@contextlib.contextmanager
+def map_errors(what: str) -> Iterator[None]:
+    """Re-raise redis-py's (and the socket's) errors as :class:`BusError`."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise BusError(f"{what} failed: {exc}") from exc
+
+
+def backoff_delays() -> Iterator[float]:
+    """0.5, 1, 2, 4, 8, 10, 10, … seconds, each shortened by up to 20 % at random."""
+    delay = BACKOFF_MIN
+    while True:
+        yield delay * random.uniform(0.8, 1.0)
+        delay = min(delay * 2, BACKOFF_MAX)
+
+
+class RedisPubSub(PubSub):
+    """Live fan-out over Redis Pub/Sub; ``redis://host:port/db[?prefix=P]``."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query)
+        self._prefix = "".join(value for key, value in query if key == "prefix")
+        rest = urlencode([(key, value) for key, value in query if key != "prefix"])
+        self._redis_url = urlunsplit(parts._replace(query=rest))
+        self._where = f"redis {parts.hostname}:{parts.port or 6379}{parts.path}"  # no password
+        self._handlers: dict[str, Handler] = {}
+        self._client: Redis | None = None
+        self._conn: RedisPubSubConnection | None = None
+        self._lock = asyncio.Lock()  # (re)connecting vs. (un)subscribing
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+        self.reconnects = 0
+        """How often the pub/sub connection was re-established."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the pub/sub connection is up (subscriptions are live)."""
+        return self._conn is not None
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            pool = BlockingConnectionPool.from_url(
+                self._redis_url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=COMMAND_TIMEOUT,  # waiting for a free connection
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=COMMAND_TIMEOUT,
+                socket_keepalive=True,
+                # One immediate retry, so a pooled connection that died with a
+                # Redis restart is replaced; longer waits are the reader's backoff.
+                retry=Retry(NoBackoff(), 1),
+                client_name="livedata-pubsub",
+            )
+            self._client = Redis.from_pool(pool)
+        return self._client
+
+    async def start(self) -> None:
+        """Connect; raises :class:`BusError` if Redis cannot be reached now."""
+        if self._reader is not None:
+            return
+        self._closed = False
+        client = self._redis()
+        with map_errors(f"connect to {self._where}"):
+            await client.ping()
+            async with self._lock:
+                await self._connect()
+        self._reader = asyncio.create_task(self._read(), name=f"pubsub {self._where}")
+
+    async def _connect(self) -> None:
+        """Open the pub/sub connection and subscribe every current channel (under the lock)."""
+        conn = self._redis().pubsub()
+        try:
+            await conn.connect()
+            if self._handlers:
+                await conn.subscribe(*(self._prefix + channel for channel in self._handlers))
+        except BaseException:
+            await conn.aclose()
+            raise
+        self._conn = conn
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        self._release_confirmations()
+        if conn is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await conn.aclose()
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Keep ``message`` in the channel's history and ``PUBLISH`` it, in one round trip.
+
+        Raises :class:`BusError` while Redis is unreachable.
+        """
+        if self._closed:
+            raise BusError("pub/sub is closed")
+        name = self._prefix + channel
+        cutoff = int(time.time() * 1000) - HISTORY_SECONDS * 1000
+        with map_errors(f"publish to {channel} on {self._where}"):
+            async with self._redis().pipeline(transaction=False) as pipe:
+                pipe.xadd(name, {"m": message}, maxlen=HISTORY_MAX, approximate=True)
+                pipe.xtrim(name, minid=cutoff, approximate=True)
+                pipe.pexpire(name, HISTORY_SECONDS * 1000)
+                pipe.publish(name, message)
+                await pipe.execute()
+
+    async def history(self, channel: str) -> list[bytes]:
+        """The channel's messages of the last ``HISTORY_SECONDS`` (at most ``HISTORY_MAX``)."""
+        cutoff = int(time.time() * 1000) - HISTORY_SECONDS * 1000
+        with map_errors(f"history of {channel} on {self._where}"):
+            entries = await self._redis().xrange(self._prefix + channel, min=cutoff)
+        messages: list[bytes] = []
+        for _, fields in (entries or [])[-HISTORY_MAX:]:
+            message = (fields or {}).get(b"m")
+            if isinstance(message, bytes):
+                messages.append(message)
+        return messages
+
+    async def subscribe(self, channel: str, handler: Handler) -> None:
+        """``SUBSCRIBE``; returns once Redis confirmed it, so later publishes arrive.
+
+        While Redis is down it returns at once (or after :data:`COMMAND_TIMEOUT` if
+        Redis does not answer) and the reconnect subscribes.
+        """
+        async with self._lock:
+            known = channel in self._handlers
+            self._handlers[channel] = handler
+            if known or self._conn is None:
+                return
+            confirmed = self._confirmations.get(channel)
+            if confirmed is None:
+                confirmed = asyncio.get_running_loop().create_future()
+                self._confirmations[channel] = confirmed
+            await self._send("SUBSCRIBE", channel)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(confirmed), COMMAND_TIMEOUT)
+
+    async def unsubscribe(self, channel: str) -> None:
+        async with self._lock:
+            if self._handlers.pop(channel, None) is not None:
+                await self._send("UNSUBSCRIBE", channel)
+
+    async def _send(self, command: str, channel: str) -> None:
+        """(Un)subscribe on the live connection; if it is down, the reconnect catches up."""
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            if command == "SUBSCRIBE":
+                await conn.subscribe(self._prefix + channel)
+            else:
+                await conn.unsubscribe(self._prefix + channel)
+        except (RedisError, OSError) as exc:
+            log.info("%s %s deferred until Redis is back: %s", command, channel, exc)
+
+    async def _read(self) -> None:
+        """Dispatch messages; on a lost connection reconnect with backoff and re-subscribe."""
+        delays = backoff_delays()
+        while not self._closed:
+            conn = self._conn
+            if conn is None:
+                delay = next(delays)
+                await asyncio.sleep(delay)
+                try:
+                    async with self._lock:
+                        if self._closed:
+                            return
+                        await self._connect()
+                except Exception as exc:  # RedisError, OSError, or a redis-py surprise
+                    log.info("%s still unreachable: %s", self._where, exc)
+                    continue
+                self.reconnects += 1
+                delays = backoff_delays()
+                log.warning(
+                    "pub/sub on %s reconnected; re-subscribed %d channels",
+                    self._where,
+                    len(self._handlers),
+                )
+                continue
+            try:
+                await self._read_until_lost(conn)
+            except Exception as exc:  # RedisError, OSError, or a redis-py surprise
+                if self._closed:
+                    return
+                log.warning(
+                    "pub/sub on %s lost (%s); messages published meanwhile are gone, reconnecting",
+                    self._where,
+                    exc,
+                )
+                async with self._lock:
+                    if conn is self._conn:
+                        await self._drop()
+
+    async def _read_until_lost(self, conn: RedisPubSubConnection) -> None:
+        pinged_at: float | None = None
+        loop = asyncio.get_running_loop()
+        while not self._closed and conn is self._conn:
+            message = await conn.get_message(timeout=PING_INTERVAL if pinged_at is None else 1.0)
+            if message is None:
+                if pinged_at is None:
+                    await conn.ping()
+                    pinged_at = loop.time()
+                elif loop.time() - pinged_at > PING_TIMEOUT:
+                    raise TimeoutError(f"no answer to PING within {PING_TIMEOUT} s")
+                continue
+            pinged_at = None
+            if message["type"] == "message":
+                self._dispatch(message)
+            elif message["type"] == "subscribe":
+                self._confirm(message["channel"])
+
+    def _channel(self, wire: bytes | str) -> str:
+        """The channel name a handler knows, from the name on the wire."""
+        name = wire.decode() if isinstance(wire, bytes) else wire
+        return name.removeprefix(self._prefix)
+
+    def _confirm(self, wire: bytes | str) -> None:
+        confirmed = self._confirmations.pop(self._channel(wire), None)
+        if confirmed is not None and not confirmed.done():
+            confirmed.set_result(None)
+
+    def _release_confirmations(self) -> None:
+        """Let waiting ``subscribe`` calls return: the reconnect will subscribe."""
+        for confirmed in self._confirmations.values():
+            if not confirmed.done():
+                confirmed.set_result(None)
+        self._confirmations.clear()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = self._channel(message["channel"])
+        handler = self._handlers.get(channel)
+        if handler is None:  # unsubscribed while the message was on its way
+            return
+        try:
+            handler(channel, message["data"])
+        except Exception:
+            log.exception("a subscriber of %s failed", channel)
+
+    async def close(self) -> None:
+        """Stop the reader, drop the subscriptions and the connections."""
+        self._closed = True
+        self._handlers.clear()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        await self._drop()
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await client.aclose()

@@ -1,0 +1,146 @@
+"""The pub/sub contract on Redis, and surviving a Redis restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from livedata.bus import open_pubsub
+from livedata.bus.base import HISTORY_MAX, HISTORY_SECONDS
+from livedata.bus.redis import RedisPubSub
+from livedata.errors import BusError
+from tests.bus.contract import PubSubContract, eventually, unique_id
+from tests.servers.redis import RedisServer, start_redis
+
+
+class TestRedisPubSub(PubSubContract):
+    @pytest.fixture(autouse=True)
+    def _server(self, redis_server: RedisServer) -> None:
+        self.server = redis_server
+
+    def make_url(self) -> str:
+        # Redis channels are server-wide: a prefix per test keeps tests apart.
+        return f"{self.server.url}?prefix={unique_id('test')}/"
+
+
+def test_redis_url_opens_redis_pubsub() -> None:
+    """``redis://`` URLs open :class:`RedisPubSub`."""
+    assert isinstance(open_pubsub("redis://127.0.0.1:6379/0"), RedisPubSub)
+
+
+async def test_prefix_separates_deployments(redis_server: RedisServer) -> None:
+    """Pub/subs with different ``prefix`` do not see each other's channels; handlers get bare names."""
+    ours, theirs = (
+        open_pubsub(f"{redis_server.url}?prefix={unique_id()}/"),
+        open_pubsub(f"{redis_server.url}?prefix={unique_id()}/"),
+    )
+    await ours.start()
+    await theirs.start()
+    try:
+        got: list[tuple[str, bytes]] = []
+        await ours.subscribe("c", lambda channel, message: got.append((channel, message)))
+        await theirs.publish("c", b"theirs")
+        await ours.publish("c", b"ours")
+        await eventually(lambda: len(got) >= 1)
+        await asyncio.sleep(0.05)
+        assert got == [("c", b"ours")]
+    finally:
+        await ours.close()
+        await theirs.close()
+
+
+async def test_start_fails_with_bus_error_when_redis_is_unreachable() -> None:
+    """Starting against a port where nothing listens raises BusError, not a redis-py error."""
+    from tests.servers import free_port
+
+    pubsub = open_pubsub(f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(BusError):
+        await pubsub.start()
+    await pubsub.close()
+
+
+async def test_history_keeps_recent_messages_for_any_reader(redis_server: RedisServer) -> None:
+    """Messages published with nobody subscribed are in the channel's history, in order, for every object."""
+    url = f"{redis_server.url}?prefix={unique_id()}/"
+    publisher, reader = open_pubsub(url), open_pubsub(url)
+    await publisher.start()
+    await reader.start()
+    try:
+        for n in range(3):
+            await publisher.publish("c", b"m%d" % n)
+        await publisher.publish("other", b"x")
+        assert await reader.history("c") == [b"m0", b"m1", b"m2"]
+        assert await reader.history("never-published") == []
+    finally:
+        await publisher.close()
+        await reader.close()
+
+
+async def test_history_is_bounded_in_count_and_time(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """History holds the newest HISTORY_MAX messages, and none older than HISTORY_SECONDS."""
+    import livedata.bus.redis as module
+
+    pubsub = open_pubsub(f"{redis_server.url}?prefix={unique_id()}/")
+    await pubsub.start()
+    try:
+        total = HISTORY_MAX + 150
+        for n in range(total):
+            await pubsub.publish("c", b"%d" % n)
+        kept = await pubsub.history("c")
+        assert kept == [b"%d" % n for n in range(total - HISTORY_MAX, total)]
+        later = module.time.time() + HISTORY_SECONDS + 1
+        monkeypatch.setattr(module.time, "time", lambda: later)
+        assert await pubsub.history("c") == []
+    finally:
+        await pubsub.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path) -> Iterator[RedisServer]:
+    """A Redis server of this test alone, since the test restarts it."""
+    server = start_redis(tmp_path)
+    yield server
+    server.stop()
+
+
+async def test_restart_of_redis_is_survived(own_redis: RedisServer) -> None:
+    """While Redis is down publish raises BusError; once it is back subscriptions work again."""
+    subscriber, publisher = open_pubsub(own_redis.url), open_pubsub(own_redis.url)
+    await subscriber.start()
+    await publisher.start()
+    try:
+        got: list[bytes] = []
+        await subscriber.subscribe("c", lambda channel, message: got.append(message))
+        await subscriber.subscribe("unsubscribed", lambda channel, message: got.append(b"no!"))
+        await subscriber.unsubscribe("unsubscribed")
+        await publisher.publish("c", b"before")
+        await eventually(lambda: got == [b"before"])
+
+        await asyncio.to_thread(own_redis.stop)
+        with pytest.raises(BusError):
+            await publisher.publish("c", b"during")
+        await asyncio.to_thread(own_redis.start)
+
+        # Published before the subscriber has re-subscribed, a probe is lost (fire
+        # and forget), so keep probing: one must arrive within the backoff bound.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        probe = 0
+        while not any(message.startswith(b"after") for message in got):
+            assert loop.time() < deadline, "no message after the restart within 15 s"
+            probe += 1
+            await publisher.publish("c", b"after %d" % probe)
+            await asyncio.sleep(0.05)
+        assert isinstance(subscriber, RedisPubSub)
+        assert subscriber.connected and subscriber.reconnects >= 1
+        await publisher.publish("unsubscribed", b"x")
+        await publisher.publish("c", b"last")
+        await eventually(lambda: got[-1] == b"last")
+        assert got[0] == b"before" and b"during" not in got and b"no!" not in got
+    finally:
+        await subscriber.close()
+        await publisher.close()
