@@ -1,0 +1,494 @@
+"""Telemetry store on SQLite: the embedded shape's database, stdlib only.
+
+URLs follow SQLAlchemy: ``sqlite:///relative/telemetry.db`` (relative to the
+working directory), ``sqlite:////absolute/telemetry.db``, and ``sqlite:///:memory:``
+(or ``sqlite://``) for a private in-memory database.  Parent directories of the
+file are created.
+
+Schema (``PRAGMA user_version`` 1)::
+
+    streams(stream_id INTEGER PRIMARY KEY, tenant, chassis, msg_type, last_ts,
+            UNIQUE(tenant, chassis, msg_type))
+    series(series_id INTEGER PRIMARY KEY, stream_id, field, UNIQUE(stream_id, field))
+    points(bucket INTEGER, series_id INTEGER, ts INTEGER, value,
+           PRIMARY KEY(bucket, series_id, ts)) WITHOUT ROWID       -- bucket = ts // 60,000
+
+It is the narrow (tenant, chassis, msg_type, field, ts, value) shape, with two
+changes, each measured (200 machines x 15 fields, 4.5 M points, batches of 1,000
+records, raw sqlite3 without this module's Python work):
+
+* **Names interned** in ``streams``/``series``: 26.6 instead of 73 MB per million
+  points, and writes about 1.5x faster than repeating four strings in every row.
+* **Points clustered by minute, then series, then time.**  Keyed by (series, ts)
+  every batch touches one leaf page per series (thousands), and throughput fell
+  with the table's size (136,000 points/s at 4.5 M points, 65,000 with the default
+  page cache); keyed by minute first, new data lands at the right edge of the tree:
+  515,000 points/s at the same size, for 4 more bytes a point (30.8 MB per
+  million).  A 2-minute query of one series reads 2-3 minutes with one index seek
+  each (0.05 ms, as before); a day-long one walks 1,440 minutes newest first and
+  stops at ``limit`` (0.45 ms for the newest 1,000 points, 42 ms for all 86,400).
+  Retention deletes whole minutes from the left of the tree.
+
+``last_ts`` per stream makes :meth:`SQLiteStore.latest_ts` one row read.  ``value``
+has no declared type, so ints, floats and strings come back as they went in.
+
+Duplicates: ``INSERT OR REPLACE`` -- writing an existing key again replaces its
+value (**last write wins**) and keeps one row, like :class:`~livedata.store.memory.MemoryStore`.
+Values are normalised as there (bool as int, NaN/None/objects skipped and not counted).
+
+Threads: all writes run on **one dedicated writer thread** with its own connection
+(WAL mode, ``synchronous=NORMAL``, 64 MB page cache); each ``write`` call is one
+transaction of ``executemany`` inserts, and calls queue up in order.  Queries run
+on a small pool of reader threads, each with its own connection, beside the writer
+(WAL lets readers see the last committed state while a write is in progress).
+Nothing blocks the event loop.  With ``:memory:`` a single connection on the
+writer thread serves both, since an in-memory database is private to its connection.
+
+Under stress:
+
+* **Disk full, database locked** (another process holding the write lock for longer
+  than the 5 s busy timeout), **unusable file** (a directory, no permission,
+  corrupt, a newer schema version): :class:`~livedata.errors.StoreError` is raised
+  -- never a ``sqlite3`` exception -- and the batch is rolled back as a whole, so it
+  is either fully stored or not at all; retrying it cannot duplicate anything,
+  since writes are idempotent.
+* **Power loss**: with ``synchronous=NORMAL`` in WAL mode the last transactions
+  before the loss may be missing, the file is never corrupt.
+* A ``write`` whose caller is cancelled still completes (or rolls back) on the
+  writer thread; the retry is harmless.
+* ``delete_before`` (retention) deletes ten minutes of data per transaction, so
+  writes queued meanwhile get their turn between them.  Freed pages are reused;
+  the file does not shrink.
+* Late data (backfill) goes into old minutes, in the middle of the tree: correct,
+  a little slower per point than live data.
+* Writes queue without bound on the writer thread; callers (ingest) await each
+  write, so the queue is as long as the number of concurrent writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from livedata.errors import ConfigError, StoreError
+from livedata.model import Record, Value
+from livedata.store.base import Series, Store
+from livedata.store.memory import INT64_MAX, INT64_MIN, normalize_value
+
+T = TypeVar("T")
+
+_StreamKey = tuple[str, str, str]
+"""(tenant, chassis, msg_type): one machine's message type."""
+
+SCHEMA_VERSION = 1
+BUCKET_MS = 60_000
+"""Points are clustered by minute (``bucket = ts // BUCKET_MS``); fixed by the schema version."""
+BUSY_TIMEOUT_S = 5.0
+READER_THREADS = 2
+WRITER_CACHE_KIB = 65_536
+WAL_AUTOCHECKPOINT_PAGES = 10_000
+DELETE_BUCKETS_PER_TRANSACTION = 10
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS streams (
+        stream_id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        chassis TEXT NOT NULL,
+        msg_type TEXT NOT NULL,
+        last_ts INTEGER,
+        UNIQUE (tenant, chassis, msg_type)
+    )""",
+    """CREATE TABLE IF NOT EXISTS series (
+        series_id INTEGER PRIMARY KEY,
+        stream_id INTEGER NOT NULL REFERENCES streams,
+        field TEXT NOT NULL,
+        UNIQUE (stream_id, field)
+    )""",
+    """CREATE TABLE IF NOT EXISTS points (
+        bucket INTEGER NOT NULL,
+        series_id INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        value,
+        PRIMARY KEY (bucket, series_id, ts)
+    ) WITHOUT ROWID""",
+)
+
+_INSERT_POINT = "INSERT OR REPLACE INTO points (bucket, series_id, ts, value) VALUES (?, ?, ?, ?)"
+_INSERT_STREAM = "INSERT OR IGNORE INTO streams (tenant, chassis, msg_type) VALUES (?, ?, ?)"
+_SELECT_STREAM = "SELECT stream_id FROM streams WHERE tenant = ? AND chassis = ? AND msg_type = ?"
+_INSERT_SERIES = "INSERT OR IGNORE INTO series (stream_id, field) VALUES (?, ?)"
+_SELECT_SERIES = "SELECT series_id FROM series WHERE stream_id = ? AND field = ?"
+_UPDATE_LAST = (
+    "UPDATE streams SET last_ts = ?1 WHERE stream_id = ?2 AND (last_ts IS NULL OR last_ts < ?1)"
+)
+# Walk the minutes of the range newest first (clamped to the minutes that hold data), so
+# the primary key gives the order and LIMIT stops early.
+_SELECT_POINTS = """
+    WITH RECURSIVE minutes(b) AS (
+        SELECT MIN(:last_bucket, (SELECT MAX(bucket) FROM points))
+        UNION ALL
+        SELECT b - 1 FROM minutes WHERE b > MAX(:first_bucket, (SELECT MIN(bucket) FROM points))
+    )
+    SELECT ts, value FROM points
+    WHERE bucket IN (SELECT b FROM minutes) AND series_id = :series_id
+        AND ts BETWEEN :start_ms AND :end_ms
+    ORDER BY bucket DESC, ts DESC
+    LIMIT :limit
+"""
+_LATEST = "SELECT last_ts FROM streams WHERE tenant = ? AND chassis = ? AND msg_type = ?"
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn driver and file-system errors into :class:`StoreError` (the store's boundary)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"sqlite store: {action} failed: {exc}") from exc
+    except (OSError, OverflowError) as exc:
+        raise StoreError(f"sqlite store: {action} failed: {exc}") from exc
+
+
+def database_path(url: str) -> str:
+    """The file named by a ``sqlite://`` URL (SQLAlchemy's convention), or ``:memory:``."""
+    parts = urlsplit(url)
+    if parts.netloc:
+        raise ConfigError(
+            f"store URL {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    return path or ":memory:"
+
+
+class SQLiteStore(Store):
+    """The store on one SQLite file; see the module docstring for threads and stress."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.path = database_path(url)
+        self._in_memory = self.path == ":memory:"
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        self._write_conn: sqlite3.Connection | None = None
+        self._read_conns: list[sqlite3.Connection] = []
+        self._read_local = threading.local()
+        self._conns_lock = threading.Lock()
+        # Committed ids only (a rolled-back id may be handed out again); ids never change.
+        # Written by the writer after commit and by readers that looked an id up.
+        self._stream_ids: dict[_StreamKey, int] = {}
+        self._series_ids: dict[int, dict[str, int]] = {}  # stream_id -> field -> series_id
+        self._start_lock: asyncio.Lock | None = None
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._write_conn is not None:
+                return
+            self._closed = False
+            writer = ThreadPoolExecutor(1, thread_name_prefix="livedata-sqlite-writer")
+            try:
+                conn = await asyncio.get_running_loop().run_in_executor(writer, self._open_writer)
+            except BaseException:
+                writer.shutdown(wait=False)
+                raise
+            self._writer = writer
+            self._write_conn = conn
+            if not self._in_memory:
+                self._readers = ThreadPoolExecutor(
+                    READER_THREADS, thread_name_prefix="livedata-sqlite-reader"
+                )
+
+    async def close(self) -> None:
+        """Finish queued writes and queries, then close every connection."""
+        self._closed = True
+        readers, self._readers = self._readers, None
+        if readers is not None:
+            await asyncio.to_thread(readers.shutdown, True)
+        with self._conns_lock:
+            conns, self._read_conns = self._read_conns, []
+        for conn in conns:
+            conn.close()
+        writer, self._writer = self._writer, None
+        write_conn, self._write_conn = self._write_conn, None
+        if writer is not None and write_conn is not None:
+            # Queued after every pending write; closing the last connection checkpoints WAL.
+            await asyncio.get_running_loop().run_in_executor(writer, write_conn.close)
+        if writer is not None:
+            writer.shutdown(wait=False)
+        # A reopened :memory: database numbers its rows afresh.
+        self._stream_ids.clear()
+        self._series_ids.clear()
+
+    def _connect(self, cache_kib: int) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,  # transactions are explicit
+            check_same_thread=False,  # used on one thread at a time; closed from close()
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA cache_size=-{cache_kib}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        with _translated(f"opening {self.path}"):
+            if not self._in_memory:
+                parent = os.path.dirname(os.path.abspath(self.path))
+                os.makedirs(parent, exist_ok=True)
+            conn = self._connect(WRITER_CACHE_KIB)
+            try:
+                conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+                conn.execute("PRAGMA journal_size_limit=67108864")
+                conn.execute("BEGIN IMMEDIATE")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
+                if version != SCHEMA_VERSION and (version != 0 or tables):
+                    raise StoreError(
+                        f"sqlite store: {self.path} is not a livedata telemetry database of "
+                        f"schema version {SCHEMA_VERSION} (it has version {version}, "
+                        f"{tables} schema objects); use another file"
+                    )
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+    def _read_conn(self) -> sqlite3.Connection:
+        """This reader thread's connection, opened on first use."""
+        conn: sqlite3.Connection | None = getattr(self._read_local, "conn", None)
+        if conn is None:
+            conn = self._connect(WRITER_CACHE_KIB // 4)
+            self._read_local.conn = conn
+            with self._conns_lock:
+                self._read_conns.append(conn)
+        return conn
+
+    async def _on_writer(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the writer thread, after the writes queued before it."""
+        if self._write_conn is None:
+            if self._closed:
+                raise StoreError("sqlite store is closed")
+            await self.start()
+        writer, conn = self._writer, self._write_conn
+        assert writer is not None and conn is not None
+        return await asyncio.get_running_loop().run_in_executor(writer, fn, conn)
+
+    async def _on_reader(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on a reader thread (on the writer for ``:memory:``)."""
+        if self._in_memory:
+            return await self._on_writer(fn)
+        if self._readers is None:
+            if self._closed:
+                raise StoreError("sqlite store is closed")
+            await self.start()
+        readers = self._readers
+        assert readers is not None
+
+        def run() -> T:
+            with _translated("opening a read connection"):
+                conn = self._read_conn()
+            return fn(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(readers, run)
+
+    # -- writes --------------------------------------------------------------------
+
+    async def write(self, records: Sequence[Record]) -> int:
+        if not records:
+            return 0
+        return await self._on_writer(partial(self._write_batch, records))
+
+    def _write_batch(self, records: Sequence[Record], conn: sqlite3.Connection) -> int:
+        """One transaction: intern new names, insert every point, or roll back all of it."""
+        stream_ids, series_ids = self._stream_ids, self._series_ids
+        new_streams: dict[_StreamKey, int] = {}
+        new_series: dict[tuple[int, str], int] = {}
+        no_fields: dict[str, int] = {}
+        rows: list[tuple[int, int, int, Value]] = []
+        newest: dict[int, int] = {}  # stream_id -> newest ts in this batch
+        with _translated("write"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for record in records:
+                    key = (record.tenant, record.chassis, record.msg_type)
+                    stream_id = stream_ids.get(key)
+                    if stream_id is None:
+                        stream_id = new_streams.get(key)
+                        if stream_id is None:
+                            stream_id = new_streams[key] = self._intern_stream(conn, key)
+                    fields = series_ids.get(stream_id, no_fields)
+                    ts = record.ts
+                    bucket = ts // BUCKET_MS
+                    before = len(rows)
+                    for name, value in record.values.items():
+                        if type(value) is float:
+                            if value != value:  # NaN
+                                continue
+                        elif type(value) is int:
+                            if not INT64_MIN <= value <= INT64_MAX:
+                                value = float(value)
+                        elif type(value) is not str:
+                            clean = normalize_value(value)
+                            if clean is None:
+                                continue
+                            value = clean
+                        series_id = fields.get(name)
+                        if series_id is None:
+                            series_id = new_series.get((stream_id, name))
+                            if series_id is None:
+                                series_id = self._intern_series(conn, stream_id, name)
+                                new_series[stream_id, name] = series_id
+                        rows.append((bucket, series_id, ts, value))
+                    if len(rows) > before and ts > newest.get(stream_id, INT64_MIN):
+                        newest[stream_id] = ts
+                conn.executemany(_INSERT_POINT, rows)
+                conn.executemany(_UPDATE_LAST, [(ts, sid) for sid, ts in newest.items()])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        stream_ids.update(new_streams)
+        for (stream_id, name), series_id in new_series.items():
+            series_ids.setdefault(stream_id, {})[name] = series_id
+        return len(rows)
+
+    @staticmethod
+    def _intern_stream(conn: sqlite3.Connection, key: _StreamKey) -> int:
+        conn.execute(_INSERT_STREAM, key)
+        return int(conn.execute(_SELECT_STREAM, key).fetchone()[0])
+
+    @staticmethod
+    def _intern_series(conn: sqlite3.Connection, stream_id: int, name: str) -> int:
+        conn.execute(_INSERT_SERIES, (stream_id, name))
+        return int(conn.execute(_SELECT_SERIES, (stream_id, name)).fetchone()[0])
+
+    async def delete_before(self, ts_ms: int) -> int:
+        """Delete whole minutes in small transactions (writes get turns between them)."""
+        cutoff_bucket = ts_ms // BUCKET_MS
+        deleted = 0
+        while True:
+            count, more = await self._on_writer(
+                partial(self._delete_oldest_minutes, ts_ms, cutoff_bucket)
+            )
+            deleted += count
+            if not more:
+                return deleted
+
+    @staticmethod
+    def _delete_oldest_minutes(
+        ts_ms: int, cutoff_bucket: int, conn: sqlite3.Connection
+    ) -> tuple[int, bool]:
+        """Delete up to a few old minutes; return (points deleted, whether more remain)."""
+        with _translated("delete_before"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                oldest = conn.execute("SELECT MIN(bucket) FROM points").fetchone()[0]
+                more = oldest is not None and oldest < cutoff_bucket
+                if more:
+                    upto = min(oldest + DELETE_BUCKETS_PER_TRANSACTION, cutoff_bucket)
+                    deleted = conn.execute("DELETE FROM points WHERE bucket < ?", (upto,)).rowcount
+                else:  # last pass: the minute of the cutoff itself, then forget what went
+                    deleted = conn.execute(
+                        "DELETE FROM points WHERE bucket = ? AND ts < ?", (cutoff_bucket, ts_ms)
+                    ).rowcount
+                    conn.execute("UPDATE streams SET last_ts = NULL WHERE last_ts < ?", (ts_ms,))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return deleted, more
+
+    # -- reads ---------------------------------------------------------------------
+
+    async def query(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        limit: int = 100_000,
+    ) -> Series:
+        fn = partial(
+            self._query, (tenant, chassis, msg_type), list(fields), start_ms, end_ms, limit
+        )
+        return await self._on_reader(fn)
+
+    def _query(
+        self,
+        key: _StreamKey,
+        fields: list[str],
+        start_ms: int,
+        end_ms: int,
+        limit: int,
+        conn: sqlite3.Connection,
+    ) -> Series:
+        result: Series = {name: [] for name in fields}
+        if limit <= 0 or start_ms > end_ms or not fields:
+            return result
+        params = {
+            "first_bucket": start_ms // BUCKET_MS,
+            "last_bucket": end_ms // BUCKET_MS,
+            "start_ms": start_ms,
+            "end_ms": end_ms,
+            "limit": limit,
+            "series_id": 0,
+        }
+        with _translated("query"):
+            conn.execute("BEGIN")  # one snapshot for every field
+            try:
+                stream_id = self._stream_ids.get(key)
+                if stream_id is None:
+                    row = conn.execute(_SELECT_STREAM, key).fetchone()
+                    if row is None:
+                        return result
+                    stream_id = self._stream_ids.setdefault(key, row[0])
+                known = self._series_ids.setdefault(stream_id, {})
+                for name in result:
+                    series_id = known.get(name)
+                    if series_id is None:
+                        row = conn.execute(_SELECT_SERIES, (stream_id, name)).fetchone()
+                        if row is None:
+                            continue
+                        series_id = known.setdefault(name, row[0])
+                    params["series_id"] = series_id
+                    points = conn.execute(_SELECT_POINTS, params).fetchall()
+                    points.reverse()
+                    result[name] = points
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        return result
+
+    async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
+        return await self._on_reader(partial(self._latest, (tenant, chassis, msg_type)))
+
+    @staticmethod
+    def _latest(key: _StreamKey, conn: sqlite3.Connection) -> int | None:
+        with _translated("latest_ts"):
+            row = conn.execute(_LATEST, key).fetchone()
+        return None if row is None or row[0] is None else int(row[0])

@@ -1,0 +1,245 @@
+"""The store contract, run on every backend.
+
+Subclass :class:`StoreContract` as ``Test<Backend>Store`` and implement
+:meth:`StoreContract.make_url` to return the URL of a fresh, empty store; every
+test gets the ``store`` fixture opened from it with :func:`open_store` and started,
+and a tenant of its own (``tenant``), so backends shared between tests still keep
+tests apart.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from livedata.model import Kind, Record, Value
+from livedata.store import Store, open_store
+
+T0 = 1_700_000_000_000
+"""A timestamp in milliseconds (November 2023) that the tests count from."""
+
+
+def unique_id(prefix: str = "t") -> str:
+    """A fresh name that is a valid tenant, machine, message type or field id."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def rec(
+    tenant: str,
+    ts: int,
+    values: dict[str, Value],
+    chassis: str = "machine-1",
+    msg_type: str = "vehicle_can",
+) -> Record:
+    return Record(tenant, chassis, msg_type, ts, Kind.REALTIME, values)
+
+
+class StoreContract(abc.ABC):
+    """What every :class:`~livedata.store.base.Store` does; subclassed per backend."""
+
+    @abc.abstractmethod
+    def make_url(self, tmp_path: Path) -> str:
+        """The URL of a fresh store (``tmp_path`` is the test's own directory)."""
+
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[Store]:
+        store = open_store(self.make_url(tmp_path))
+        await store.start()
+        try:
+            yield store
+        finally:
+            await store.close()
+
+    @pytest.fixture
+    def tenant(self) -> str:
+        return unique_id()
+
+    async def test_write_query_round_trip(self, store: Store, tenant: str) -> None:
+        """Values come back exactly as written, in time order, whatever the write order."""
+        times = [T0 + 3000, T0, T0 + 2000, T0 + 1000]
+        records = [rec(tenant, ts, {"speed": (ts - T0) / 7, "rpm": ts - T0}) for ts in times]
+        assert await store.write(records) == 8
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["speed", "rpm"], T0, T0 + 3000)
+        ordered = sorted(times)
+        assert got == {
+            "speed": [(ts, (ts - T0) / 7) for ts in ordered],
+            "rpm": [(ts, ts - T0) for ts in ordered],
+        }
+
+    async def test_int_and_float_keep_their_type(self, store: Store, tenant: str) -> None:
+        """An int comes back as int and a whole float as float (no affinity conversion)."""
+        await store.write([rec(tenant, T0, {"i": 1, "f": 1.0, "big": 2**53 + 1, "neg": -0.5})])
+        got = await store.query(
+            tenant, "machine-1", "vehicle_can", ["i", "f", "big", "neg"], T0, T0
+        )
+        values = {name: points[0][1] for name, points in got.items()}
+        assert values == {"i": 1, "f": 1.0, "big": 2**53 + 1, "neg": -0.5}
+        assert [type(v) for v in values.values()] == [int, float, int, float]
+
+    async def test_query_returns_exactly_the_asked_fields(self, store: Store, tenant: str) -> None:
+        """Only asked fields are returned, and every asked field is a key, empty if no data."""
+        await store.write([rec(tenant, T0, {"a": 1, "b": 2, "c": 3})])
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["a", "missing"], T0, T0)
+        assert got == {"a": [(T0, 1)], "missing": []}
+        nothing = await store.query(tenant, "machine-9", "vehicle_can", ["a", "b"], T0, T0)
+        assert nothing == {"a": [], "b": []}
+
+    async def test_time_range_bounds_are_inclusive(self, store: Store, tenant: str) -> None:
+        """``start_ms <= ts <= end_ms``: both ends included, outside points excluded."""
+        await store.write([rec(tenant, T0 + i * 1000, {"x": i}) for i in range(5)])
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["x"], T0 + 1000, T0 + 3000)
+        assert got["x"] == [(T0 + 1000, 1), (T0 + 2000, 2), (T0 + 3000, 3)]
+        one = await store.query(tenant, "machine-1", "vehicle_can", ["x"], T0 + 4000, T0 + 4000)
+        assert one["x"] == [(T0 + 4000, 4)]
+        between = await store.query(tenant, "machine-1", "vehicle_can", ["x"], T0 + 1, T0 + 999)
+        assert between["x"] == []
+
+    async def test_duplicate_write_is_stored_once_last_wins(
+        self, store: Store, tenant: str
+    ) -> None:
+        """The same key written twice is one point; the later value replaces the earlier."""
+        await store.write([rec(tenant, T0, {"x": 1.5})])
+        await store.write([rec(tenant, T0, {"x": 1.5})])
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["x"], T0 - 10, T0 + 10)
+        assert got["x"] == [(T0, 1.5)]
+        await store.write([rec(tenant, T0, {"x": 2.5}), rec(tenant, T0, {"x": 3.5})])
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["x"], T0 - 10, T0 + 10)
+        assert got["x"] == [(T0, 3.5)]
+
+    async def test_other_tenant_chassis_msg_type_never_leak(
+        self, store: Store, tenant: str
+    ) -> None:
+        """A query sees only its own (tenant, chassis, msg_type), though field names are shared."""
+        other = unique_id()
+        keys = [
+            (tenant, "m1", "vehicle_can"),
+            (tenant, "m2", "vehicle_can"),
+            (tenant, "m1", "client_raw_data"),
+            (other, "m1", "vehicle_can"),
+        ]
+        for n, (t, chassis, msg_type) in enumerate(keys):
+            await store.write([Record(t, chassis, msg_type, T0 + n, Kind.REALTIME, {"x": n})])
+        for n, (t, chassis, msg_type) in enumerate(keys):
+            got = await store.query(t, chassis, msg_type, ["x"], T0 - 1000, T0 + 1000)
+            assert got == {"x": [(T0 + n, n)]}
+            assert await store.latest_ts(t, chassis, msg_type) == T0 + n
+
+    async def test_limit_keeps_the_newest_points(self, store: Store, tenant: str) -> None:
+        """With more points than ``limit``, the newest ``limit`` are returned, in time order."""
+        await store.write([rec(tenant, T0 + i, {"x": i, "y": -i}) for i in range(10)])
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["x", "y"], T0, T0 + 9, 3)
+        assert got == {
+            "x": [(T0 + 7, 7), (T0 + 8, 8), (T0 + 9, 9)],
+            "y": [(T0 + 7, -7), (T0 + 8, -8), (T0 + 9, -9)],
+        }
+        inside = await store.query(tenant, "machine-1", "vehicle_can", ["x"], T0, T0 + 5, limit=2)
+        assert inside["x"] == [(T0 + 4, 4), (T0 + 5, 5)]
+        spread = [T0 + 100_000 + s * 1000 for s in range(0, 600, 25)]  # ten minutes
+        await store.write([rec(tenant, ts, {"z": ts}) for ts in spread])
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["z"], 0, spread[-2], 5)
+        assert got["z"] == [(ts, ts) for ts in spread[-6:-1]]
+
+    async def test_delete_before_removes_only_older(self, store: Store, tenant: str) -> None:
+        """Retention deletes points with ``ts < cutoff``, keeps the rest, and counts the deleted."""
+        await store.write([rec(tenant, T0 + i * 1000, {"x": i, "y": i}) for i in range(5)])
+        await store.write([rec(tenant, T0, {"z": 0}, chassis="machine-2")])
+        assert await store.delete_before(T0 + 2000) == 5
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["x", "y"], 0, T0 * 2)
+        kept = [(T0 + i * 1000, i) for i in (2, 3, 4)]
+        assert got == {"x": kept, "y": kept}
+        assert (await store.query(tenant, "machine-2", "vehicle_can", ["z"], 0, T0 * 2))["z"] == []
+        assert await store.delete_before(T0 + 2000) == 0
+
+    async def test_delete_before_over_many_minutes(self, store: Store, tenant: str) -> None:
+        """Retention over an hour of data cuts exactly at the cutoff, mid-minute, on every series."""
+        records = [rec(tenant, T0 + s * 1000, {"a": s, "b": -s}) for s in range(0, 3600, 7)]
+        await store.write(records)
+        await store.write([rec(tenant, T0 + 10, {"c": 1}, chassis="gone")])
+        cutoff = T0 + 1_234_567
+        older = sum(2 for r in records if r.ts < cutoff) + 1
+        assert await store.delete_before(cutoff) == older
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["a", "b"], 0, T0 * 2)
+        assert got["a"] == [(r.ts, r.values["a"]) for r in records if r.ts >= cutoff]
+        assert got["b"] == [(r.ts, r.values["b"]) for r in records if r.ts >= cutoff]
+        assert await store.latest_ts(tenant, "gone", "vehicle_can") is None
+        assert await store.latest_ts(tenant, "machine-1", "vehicle_can") == records[-1].ts
+
+    async def test_latest_ts(self, store: Store, tenant: str) -> None:
+        """The newest timestamp over all fields of a machine; None before any data."""
+        assert await store.latest_ts(tenant, "machine-1", "vehicle_can") is None
+        await store.write([rec(tenant, T0 + 5000, {"a": 1}), rec(tenant, T0 + 9000, {"b": 2})])
+        await store.write([rec(tenant, T0 + 1000, {"a": 0, "b": 0})])  # late backfill
+        assert await store.latest_ts(tenant, "machine-1", "vehicle_can") == T0 + 9000
+        assert await store.latest_ts(tenant, "machine-1", "client_raw_data") is None
+
+    async def test_string_values_round_trip(self, store: Store, tenant: str) -> None:
+        """Strings, including empty, unicode and number-like ones, come back as the same str."""
+        texts = ["", "007", "1.5", "1e3", "Grüße, 東京 🚜", "a'b\"c;--", "x" * 10_000]
+        await store.write([rec(tenant, T0 + i, {"s": text}) for i, text in enumerate(texts)])
+        await store.write([rec(tenant, T0 + 100, {"s": 42})])  # mixed types in one field
+        got = await store.query(tenant, "machine-1", "vehicle_can", ["s"], T0, T0 + 100)
+        assert got["s"] == [(T0 + i, text) for i, text in enumerate(texts)] + [(T0 + 100, 42)]
+        assert all(type(value) is str for _, value in got["s"][:-1])
+
+    async def test_unstorable_values_are_skipped(self, store: Store, tenant: str) -> None:
+        """None, NaN and objects are skipped and not counted; a bool is stored as int."""
+        values: dict[str, object] = {
+            "ok": 1.25,
+            "none": None,
+            "nan": float("nan"),
+            "obj": [1, 2],
+            "flag": True,
+        }
+        unchecked = cast(dict[str, Value], values)  # what a careless decoder could pass
+        record = Record(tenant, "machine-1", "vehicle_can", T0, Kind.REALTIME, unchecked)
+        assert await store.write([record]) == 2
+        got = await store.query(tenant, "machine-1", "vehicle_can", list(values), T0, T0)
+        assert got == {"ok": [(T0, 1.25)], "none": [], "nan": [], "obj": [], "flag": [(T0, 1)]}
+        assert type(got["flag"][0][1]) is int
+
+    async def test_large_batch_round_trips(self, store: Store, tenant: str) -> None:
+        """10,000 records of 10 fields in one write all come back, exact and in order."""
+        fields = [f"f{i}" for i in range(10)]
+        records = [
+            rec(tenant, T0 + n * 1000, {f: n * 10 + i + 0.5 for i, f in enumerate(fields)})
+            for n in range(10_000)
+        ]
+        assert await store.write(records) == 100_000
+        got = await store.query(tenant, "machine-1", "vehicle_can", fields, T0, T0 + 10_000_000)
+        for i, f in enumerate(fields):
+            assert got[f] == [(T0 + n * 1000, n * 10 + i + 0.5) for n in range(10_000)]
+
+    async def test_concurrent_writes_all_land(self, store: Store, tenant: str) -> None:
+        """Batches written concurrently by several tasks are all stored, none lost."""
+
+        async def writer(chassis: str) -> None:
+            for batch in range(20):
+                ts = [T0 + (batch * 25 + i) * 1000 for i in range(25)]
+                random.shuffle(ts)
+                await store.write([rec(tenant, t, {"v": t, "w": -t}, chassis=chassis) for t in ts])
+                await asyncio.sleep(0)
+
+        machines = [f"m{n}" for n in range(8)]
+        await asyncio.gather(*(writer(m) for m in machines))
+        for m in machines:
+            got = await store.query(tenant, m, "vehicle_can", ["v", "w"], T0, T0 + 10**9)
+            expected = [T0 + i * 1000 for i in range(500)]
+            assert [ts for ts, _ in got["v"]] == expected
+            assert got["w"] == [(ts, -ts) for ts in expected]
+
+    async def test_empty_and_degenerate_calls(self, store: Store, tenant: str) -> None:
+        """An empty write stores nothing; no fields, a reversed range or limit 0 give no points."""
+        assert await store.write([]) == 0
+        await store.write([rec(tenant, T0, {"x": 1})])
+        assert await store.query(tenant, "machine-1", "vehicle_can", [], T0, T0) == {}
+        assert await store.query(tenant, "machine-1", "vehicle_can", ["x"], T0 + 1, T0 - 1) == {
+            "x": []
+        }
+        assert await store.query(tenant, "machine-1", "vehicle_can", ["x"], T0, T0, 0) == {"x": []}

@@ -1,0 +1,227 @@
+"""The store contract on :class:`~livedata.store.sqlite.SQLiteStore`, plus file behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from livedata.errors import ConfigError, StoreError
+from livedata.model import Kind, Record
+from livedata.store import open_store
+from livedata.store.sqlite import BUCKET_MS, SQLiteStore, database_path
+from tests.store.contract import T0, StoreContract, rec, unique_id
+
+
+class TestSQLiteFileStore(StoreContract):
+    def make_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path}/telemetry.db"
+
+
+class TestSQLiteMemoryStore(StoreContract):
+    def make_url(self, tmp_path: Path) -> str:
+        return "sqlite:///:memory:"
+
+
+def test_url_follows_sqlalchemy_convention() -> None:
+    """Three slashes give a relative path, four an absolute one; no file means :memory:."""
+    assert database_path("sqlite:///data/telemetry.db") == "data/telemetry.db"
+    assert database_path("sqlite:////var/lib/t.db") == "/var/lib/t.db"
+    assert database_path("sqlite:///:memory:") == ":memory:"
+    assert database_path("sqlite://") == ":memory:"
+    with pytest.raises(ConfigError):
+        database_path("sqlite://host/t.db")
+
+
+async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    """Points written before close are read back by a new store on the same file."""
+    url = f"sqlite:///{tmp_path}/telemetry.db"
+    tenant = unique_id()
+    store = open_store(url)
+    await store.start()
+    await store.write([rec(tenant, T0 + i, {"x": i, "s": f"v{i}"}) for i in range(100)])
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.write([rec(tenant, T0, {"x": 0})])
+
+    reopened = open_store(url)
+    await reopened.start()
+    try:
+        got = await reopened.query(tenant, "machine-1", "vehicle_can", ["x", "s"], T0, T0 + 99)
+        assert got["x"] == [(T0 + i, i) for i in range(100)]
+        assert got["s"] == [(T0 + i, f"v{i}") for i in range(100)]
+        assert await reopened.latest_ts(tenant, "machine-1", "vehicle_can") == T0 + 99
+        await reopened.write([rec(tenant, T0 + 100, {"x": 100})])  # interned ids still valid
+        got = await reopened.query(tenant, "machine-1", "vehicle_can", ["x"], T0 + 99, T0 + 100)
+        assert got["x"] == [(T0 + 99, 99), (T0 + 100, 100)]
+    finally:
+        await reopened.close()
+
+
+async def test_relative_path_and_parent_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative path is taken from the working directory and missing parents are created."""
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///deep/er/telemetry.db")
+    await store.start()
+    await store.write([rec("t1", T0, {"x": 1})])
+    await store.close()
+    assert (tmp_path / "deep" / "er" / "telemetry.db").is_file()
+
+
+async def test_unusable_file_raises_store_error(tmp_path: Path) -> None:
+    """A database path that is a directory gives StoreError, not a sqlite3 exception."""
+    (tmp_path / "telemetry.db").mkdir()
+    store = open_store(f"sqlite:///{tmp_path}/telemetry.db")
+    with pytest.raises(StoreError) as caught:
+        await store.start()
+    assert not isinstance(caught.value, sqlite3.Error)
+    assert isinstance(caught.value.__cause__, sqlite3.Error)
+    with pytest.raises(StoreError):  # write starts lazily and fails the same way
+        await store.write([rec("t1", T0, {"x": 1})])
+    await store.close()
+
+
+async def test_parent_is_a_file_raises_store_error(tmp_path: Path) -> None:
+    """A parent directory that cannot be created gives StoreError, not OSError."""
+    (tmp_path / "file").write_text("not a directory")
+    store = open_store(f"sqlite:///{tmp_path}/file/telemetry.db")
+    with pytest.raises(StoreError):
+        await store.start()
+
+
+async def test_full_database_rolls_back_the_whole_batch(tmp_path: Path) -> None:
+    """When the database is full the write raises StoreError and stores none of the batch."""
+    store = SQLiteStore(f"sqlite:///{tmp_path}/telemetry.db")
+    await store.start()
+    try:
+        await store.write([rec("t1", T0, {"x": 0})])
+        pages = await store._on_writer(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+        await store._on_writer(lambda c: c.execute(f"PRAGMA max_page_count={pages + 2}"))
+        big = [rec("t1", T0 + i, {"x": i, "y": "y" * 100}) for i in range(1, 5000)]
+        with pytest.raises(StoreError) as caught:
+            await store.write(big)
+        assert "full" in str(caught.value)
+        got = await store.query("t1", "machine-1", "vehicle_can", ["x", "y"], 0, T0 * 2)
+        assert got == {"x": [(T0, 0)], "y": []}
+        await store._on_writer(lambda c: c.execute("PRAGMA max_page_count=1073741823"))
+        assert await store.write(big) == 2 * len(big)  # the retry stores everything, once
+        got = await store.query("t1", "machine-1", "vehicle_can", ["x", "y"], 0, T0 * 2)
+        assert len(got["x"]) == 5000 and len(got["y"]) == 4999
+    finally:
+        await store.close()
+
+
+async def test_locked_database_raises_store_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write lock held by another connection past the busy timeout gives StoreError."""
+    monkeypatch.setattr("livedata.store.sqlite.BUSY_TIMEOUT_S", 0.2)
+    path = tmp_path / "telemetry.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.start()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreError):
+            await store.write([rec("t1", T0, {"x": 1})])
+        other.execute("ROLLBACK")
+        assert await store.write([rec("t1", T0, {"x": 1})]) == 1
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_reads_proceed_while_a_write_is_in_progress(tmp_path: Path) -> None:
+    """Queries are answered from the last commit while the writer thread holds a transaction."""
+    store = SQLiteStore(f"sqlite:///{tmp_path}/telemetry.db")
+    await store.start()
+    try:
+        await store.write([rec("t1", T0, {"x": 1})])
+        release = asyncio.get_running_loop().create_future()
+        started = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def hold(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "INSERT INTO points (bucket, series_id, ts, value) VALUES (?, 1, ?, 2)",
+                ((T0 + 1) // BUCKET_MS, T0 + 1),
+            )
+            loop.call_soon_threadsafe(started.set)
+            while not release.done():
+                time.sleep(0.005)
+            conn.execute("COMMIT")
+
+        holding = asyncio.ensure_future(store._on_writer(hold))
+        await asyncio.wait_for(started.wait(), timeout=5)
+        got = await asyncio.wait_for(
+            store.query("t1", "machine-1", "vehicle_can", ["x"], T0, T0 + 1), timeout=2
+        )
+        assert got == {"x": [(T0, 1)]}
+        release.set_result(None)
+        await holding
+        got = await store.query("t1", "machine-1", "vehicle_can", ["x"], T0, T0 + 1)
+        assert got == {"x": [(T0, 1), (T0 + 1, 2)]}
+    finally:
+        await store.close()
+
+
+async def test_same_key_twice_is_one_row(tmp_path: Path) -> None:
+    """Rewriting a batch (a redelivery) leaves exactly one row per key in the file."""
+    store = open_store(f"sqlite:///{tmp_path}/telemetry.db")
+    await store.start()
+    batch = [Record("t1", "m1", "vehicle_can", T0 + i, Kind.BACKFILL, {"x": i}) for i in range(50)]
+    await store.write(batch)
+    await store.write(batch)
+    await store.close()
+    with contextlib.closing(sqlite3.connect(tmp_path / "telemetry.db")) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM points").fetchone() == (50,)
+
+
+async def test_batch_failing_part_way_stores_nothing(tmp_path: Path) -> None:
+    """A batch that fails after some rows were inserted is rolled back whole (StoreError)."""
+    store = open_store(f"sqlite:///{tmp_path}/telemetry.db")
+    await store.start()
+    try:
+        good = [rec("t1", T0 + i, {"x": i}) for i in range(100)]
+        with pytest.raises(StoreError):
+            await store.write([*good, rec("t1", 2**70, {"x": -1})])  # ts beyond 64 bits
+        assert await store.query("t1", "machine-1", "vehicle_can", ["x"], 0, T0 * 2) == {"x": []}
+        assert await store.write(good) == 100  # the connection is usable afterwards
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    "prepare",
+    [
+        "PRAGMA user_version=99",
+        "CREATE TABLE points (series_id INTEGER, ts INTEGER, value)",
+    ],
+    ids=["newer-version", "foreign-tables"],
+)
+async def test_unknown_schema_raises_store_error(tmp_path: Path, prepare: str) -> None:
+    """A database of another schema is refused with StoreError, not written into."""
+    path = tmp_path / "telemetry.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(prepare)
+        conn.commit()
+    store = open_store(f"sqlite:///{path}")
+    with pytest.raises(StoreError, match="not a livedata telemetry database"):
+        await store.start()
+    await store.close()
+
+
+async def test_file_that_is_not_a_database_raises_store_error(tmp_path: Path) -> None:
+    """A file of other content gives StoreError on start."""
+    path = tmp_path / "telemetry.db"
+    path.write_bytes(b"certainly not sqlite " * 100)
+    store = open_store(f"sqlite:///{path}")
+    with pytest.raises(StoreError):
+        await store.start()
