@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -100,3 +101,12 @@ async def test_client_values_keep_good_keys_and_report_bad_ones(parts) -> None:
     assert (await first_batch(log))[0].kind is Kind.BACKFILL
     fields = await ingest.catalog.meta.list_fields("acme", "M1", "client_raw_data")
     assert fields == ["cpu_usage", "gps_lat", "ok"]
+
+
+async def test_impossible_timestamps_are_rejected(parts) -> None:
+    """A timestamp before 2000, in seconds instead of ms, or far in the future is rejected."""
+    ingest, _, _ = parts
+    for ts in (0, 1_700_000_000, 2**70, int(time.time() * 1000) + 7 * 86_400_000):
+        msg = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, ts, values={"x": 1})
+        assert await ingest.handle(msg) is None
+    assert ingest.stats_for("acme", "M1").rejected == 4

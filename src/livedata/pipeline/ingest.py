@@ -38,6 +38,11 @@ from livedata.store.base import Store
 
 log = logging.getLogger("livedata.ingest")
 
+EARLIEST_TS = 946_684_800_000
+"""2000-01-01: older timestamps are a device's clock error, not data."""
+MAX_FUTURE_MS = 86_400_000
+"""Timestamps more than a day ahead are refused (a store could never take some of them)."""
+
 
 @dataclass(slots=True)
 class DecodeStats:
@@ -126,6 +131,10 @@ class Ingest:
             await ack()
 
     async def _decode(self, msg: DeviceMessage, stats: DecodeStats) -> Record:
+        if not EARLIEST_TS <= msg.ts <= time.time() * 1000 + MAX_FUTURE_MS:
+            raise DecodeError(
+                f"timestamp {msg.ts} is not a time in ms since 2000 and before tomorrow"
+            )
         info = await self.catalog.machine(msg.tenant, msg.chassis)
         if info is None:
             raise DecodeError(f"unknown machine {msg.chassis!r} in organisation {msg.tenant!r}")
