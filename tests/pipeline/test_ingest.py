@@ -21,6 +21,9 @@ from livedata.sim.machine import Machine
 from livedata.store.sqlite import SQLiteStore
 
 
+T0 = 1_750_000_000_000
+
+
 @pytest.fixture
 async def parts(tmp_path: Path) -> AsyncIterator[tuple[Ingest, SQLiteStore, MemoryLog]]:
     meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
@@ -54,23 +57,23 @@ async def first_batch(log: MemoryLog) -> list[Record]:
 async def test_can_batch_is_decoded_stored_and_logged(parts) -> None:
     """A vehicle_can batch becomes one record, stored in SQLite and appended to the log."""
     ingest, store, log = parts
-    frames, signals = machine_frames(1_000_000)
-    msg = DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, 1_000_000, frames=tuple(frames))
+    frames, signals = machine_frames(T0)
+    msg = DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, T0, frames=tuple(frames))
     record = await ingest.handle(msg)
     assert record is not None and record.kind is Kind.REALTIME
     assert record.values["engine_rpm"] == pytest.approx(signals["engine_rpm"], abs=0.125)
     logged = await first_batch(log)
     assert logged[0].values == record.values
-    stored = await store.query("acme", "M1", "vehicle_can", ["engine_rpm"], 0, 2_000_000)
-    assert stored["engine_rpm"] == [(1_000_000, record.values["engine_rpm"])]
+    stored = await store.query("acme", "M1", "vehicle_can", ["engine_rpm"], T0 - 1, T0 + 1)
+    assert stored["engine_rpm"] == [(T0, record.values["engine_rpm"])]
 
 
 async def test_bad_frames_are_counted_and_the_rest_decoded(parts) -> None:
     """An unknown id and a short frame are counted; the other frames of the batch still decode."""
     ingest, _, _ = parts
-    frames, _ = machine_frames(1_000)
-    bad = [Frame(1_000, 0x7FF, False, b"\x01"), Frame(1_000, 0x18FEF100, True, b"\x01\x02")]
-    msg = DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, 1_000, frames=(*bad, *frames))
+    frames, _ = machine_frames(T0)
+    bad = [Frame(T0, 0x7FF, False, b"\x01"), Frame(T0, 0x18FEF100, True, b"\x01\x02")]
+    msg = DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, T0, frames=(*bad, *frames))
     record = await ingest.handle(msg)
     assert record is not None and "engine_rpm" in record.values and "coolant_temp" in record.values
     stats = ingest.stats_for("acme", "M1").to_dict()
@@ -81,12 +84,12 @@ async def test_bad_frames_are_counted_and_the_rest_decoded(parts) -> None:
 async def test_unknown_machine_and_missing_dbc_are_rejected(parts) -> None:
     """Messages of an unknown machine or a machine without DBC are rejected and counted."""
     ingest, _, _ = parts
-    frames, _ = machine_frames(1_000)
+    frames, _ = machine_frames(T0)
     for chassis in ("GHOST", "NODBC"):
-        msg = DeviceMessage("acme", chassis, MsgType.VEHICLE_CAN, 1_000, frames=tuple(frames))
+        msg = DeviceMessage("acme", chassis, MsgType.VEHICLE_CAN, T0, frames=tuple(frames))
         assert await ingest.handle(msg) is None
         assert ingest.stats_for("acme", chassis).rejected == 1
-    other_org = DeviceMessage("other", "M1", MsgType.CLIENT_RAW_DATA, 1_000, values={"x": 1})
+    other_org = DeviceMessage("other", "M1", MsgType.CLIENT_RAW_DATA, T0, values={"x": 1})
     assert await ingest.handle(other_org) is None
 
 
@@ -94,7 +97,7 @@ async def test_client_values_keep_good_keys_and_report_bad_ones(parts) -> None:
     """client_raw_data keeps valid values, reports invalid ones, and remembers the field names."""
     ingest, _, log = parts
     values = {"gps_lat": 51.1, "cpu_usage": 12, "nested": {"a": 1}, "ok": True}
-    msg = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, 5_000, Kind.BACKFILL, values=values)
+    msg = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0, Kind.BACKFILL, values=values)
     record = await ingest.handle(msg)
     assert record is not None and record.values == {"gps_lat": 51.1, "cpu_usage": 12, "ok": 1}
     assert ingest.stats_for("acme", "M1").malformed == 1
