@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -168,4 +169,6 @@ def test_groups_and_data_survive_a_restart(tmp_path: Path) -> None:
         stop(server)
     assert [g["name"] for g in groups].count("Kept") == 1
     assert any(g["id"] == group["id"] for g in groups)
-    assert len(history["series"]["gear"]) >= 118
+    stamps = [ts for ts, _ in history["series"]["gear"]]
+    assert len(stamps) >= 115, "the two minutes before the restart are still there"
+    assert all(b - a == 1000 for a, b in itertools.pairwise(stamps)), "and the gap was filled"

@@ -20,7 +20,6 @@ from livedata.sim.demo import DBC_PATH
 from livedata.sim.machine import Machine
 from livedata.store.sqlite import SQLiteStore
 
-
 T0 = 1_750_000_000_000
 
 

@@ -14,6 +14,7 @@ import uvicorn
 
 from livedata.errors import ConfigError
 from livedata.gateway.app import create_app
+from livedata.gateway.sio import with_socketio
 from livedata.observe import setup_logging
 from livedata.runtime import Runtime
 from livedata.settings import Settings, load_settings
@@ -81,7 +82,7 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(rt),
+        with_socketio(create_app(rt), rt),
         log_config=None,
         ws_max_size=1024 * 1024,
         ws_per_message_deflate=False,  # ~100-byte messages: compression costs CPU and memory only

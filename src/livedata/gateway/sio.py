@@ -6,7 +6,8 @@ belongs to one organisation, chosen on connect by ``org`` in the query string
 first organisation when neither is given -- there is no authentication yet; the
 security issue replaces this with the caller's organisation.  An unknown
 organisation refuses the connection (``connect_error`` with
-``{"code":"not_found","message":…}``).
+``{"message":…,"data":{"code":"not_found"}}``: ``err.message`` and ``err.data`` in
+socket.io-client).
 
 Client → server (each answers through the Socket.IO acknowledgement with
 ``{"ok":true,…}`` or ``{"ok":false,"code","message"}``):
@@ -374,7 +375,7 @@ class SocketGateway:
     async def _connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         if len(self._clients) >= MAX_CLIENTS:
             raise socketio.exceptions.ConnectionRefusedError(
-                {"code": "too_many_clients", "message": "this server has too many clients"}
+                "this server has too many clients", {"code": "too_many_clients"}
             )
         org = auth.get("org") if isinstance(auth, dict) else None
         if not org:
@@ -384,7 +385,7 @@ class SocketGateway:
             org = await resolve_org(self.rt, org if isinstance(org, str) else None)
         except NotFound as exc:
             raise socketio.exceptions.ConnectionRefusedError(
-                {"code": "not_found", "message": str(exc)}
+                str(exc), {"code": "not_found"}
             ) from None
         async with self._lock:
             feed = self._feeds.get(org)

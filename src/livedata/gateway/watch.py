@@ -23,6 +23,10 @@ any other valid name   tag    a *user* tag table, created by its first write; ta
 ``decode_errors``      log    what ingest rejected: ``TIME``, ``MACHINE``, ``KIND``, ``MESSAGE``
 =====================  =====  ===========================================================
 
+Log tables are fed in process: other code calls ``log_tables(rt).publish(org,
+table, row)``; ``decode_errors`` is fed from ingest's counters once a second (in
+memory), so it has rows in a process that runs the ingest role.
+
 A telemetry tag whose chassis id itself contains dots is split at the longest
 prefix that is a machine of the organisation.  A user tag table is stored like
 a machine's message type: tenant = organisation, chassis = ``_tags`` (a name no
@@ -118,7 +122,6 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Gauge
 
-from livedata import observe
 from livedata.decode.values import decode_values
 from livedata.errors import InputError, NotFound
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
@@ -837,7 +840,11 @@ class WatchService:
                 )
                 pos = None
             if pos is None:
-                events = await plan.snapshot()
+                try:
+                    events = await plan.snapshot()
+                except Exception as exc:  # the store is down: live values still flow
+                    log.warning("watch snapshot failed: %s", exc)
+                    events = []
                 if events:
                     yield self._encode(events, prev, prev)
             else:
@@ -1107,7 +1114,7 @@ async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dic
             groups.setdefault((USER_CHASSIS, row.ts), {})[row.name] = row.value
         for (chassis, ts), values in groups.items():
             record = Record(org, chassis, table, ts, kind_of(ts), values)
-            await _submit(rt, record, new_ack())
+            await rt.ingest.submit(record, new_ack())
         WRITTEN.labels("user").inc(len(rows))
     try:
         async with asyncio.timeout(WRITE_ACK_TIMEOUT_S):
@@ -1124,22 +1131,6 @@ async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dic
 
 class _NotStored(Exception):
     pass
-
-
-async def _submit(rt: Runtime, record: Record, ack: Callable[[], Any]) -> None:
-    """Queue a decoded record for the store and the log, like ingest does after decoding.
-
-    Ingest has no public entry for a record that needs no decoding (it looks every
-    message's machine up, and a user tag table is not a machine), so this uses its
-    queue directly; ``Ingest.submit(record, ack)`` is the hook to replace it with.
-    """
-    submit = getattr(rt.ingest, "submit", None)
-    if submit is not None:
-        await submit(record, ack)
-        return
-    observe.RECORDS_IN.labels(record.msg_type, record.kind.value).inc()
-    observe.POINTS_IN.inc(len(record.values))
-    await rt.ingest._queue.put((record, ack))
 
 
 # --------------------------------------------------------------------------- routes

@@ -115,11 +115,15 @@ class Ingest:
                 await self.reject(msg.tenant, msg.chassis, str(exc), ack)
                 return None
             stats.points += len(record.values)
-            observe.RECORDS_IN.labels(record.msg_type, record.kind.value).inc()
-            observe.POINTS_IN.inc(len(record.values))
-            await self._queue.put((record, ack))
-            observe.INGEST_QUEUE.set(self._queue.qsize())
+            await self.submit(record, ack)
             return record
+
+    async def submit(self, record: Record, ack: Ack | None = None) -> None:
+        """Queue a record that needs no decoding (e.g. rows of the SSE write API)."""
+        observe.RECORDS_IN.labels(record.msg_type, record.kind.value).inc()
+        observe.POINTS_IN.inc(len(record.values))
+        await self._queue.put((record, ack))
+        observe.INGEST_QUEUE.set(self._queue.qsize())
 
     async def reject(self, tenant: str, chassis: str, reason: str, ack: Ack | None = None) -> None:
         """Count a message that cannot be used (bad encoding, unknown machine, no DBC)."""
