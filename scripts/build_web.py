@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENDOR_DIR = ROOT / "src" / "livedata" / "web" / "static" / "vendor"
 FILES = {
     ROOT / "node_modules" / "echarts" / "dist" / "echarts.min.js": VENDOR_DIR / "echarts.min.js",
+    ROOT / "node_modules" / "socket.io-client" / "dist" / "socket.io.min.js": VENDOR_DIR
+    / "socket.io.min.js",
 }
 
 

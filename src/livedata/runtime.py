@@ -20,9 +20,11 @@ from livedata.bus import open_log, open_pubsub
 from livedata.catalog import Catalog, MachineInfo
 from livedata.devices import open_devices
 from livedata.errors import BackendError, NotFound
+from livedata.gateway.alerts_api import alert_relay
 from livedata.gateway.hub import Hub
 from livedata.metadata import Metadata
 from livedata.model import MsgType
+from livedata.pipeline.alerts import alert_role
 from livedata.pipeline.distribute import Distribute
 from livedata.pipeline.ingest import Ingest, consume_devices
 from livedata.settings import Settings
@@ -57,6 +59,7 @@ class Runtime:
         )
         self.distribute = Distribute(self.log, self.pubsub)
         self.hub = Hub(self.pubsub)
+        self.alerts = alert_role(self)
         self.fleet: Fleet | None = None
         """The simulated fleet, when this process runs one (the demo)."""
         self.on_started: list[Callable[[], Awaitable[None]]] = []
@@ -66,11 +69,11 @@ class Runtime:
     def _parts(self) -> list[tuple[str, Any]]:
         """The engines this process's roles use, in start order."""
         wanted: list[tuple[str, Any]] = [("metadata", self.meta)]
-        if self.roles & {"ingest", "gateway"}:
+        if self.roles & {"ingest", "gateway", "alerts"}:
             wanted.append(("store", self.store))
-        if self.roles & {"ingest", "distribute"}:
+        if self.roles & {"ingest", "distribute", "alerts"}:
             wanted.append(("log", self.log))
-        if self.roles & {"distribute", "gateway"}:
+        if self.roles & {"distribute", "gateway", "alerts"}:
             wanted.append(("pubsub", self.pubsub))
         if "ingest" in self.roles:
             wanted.append(("devices", self.devices))
@@ -87,6 +90,10 @@ class Runtime:
                 self.spawn("retention", self._retention)
             if "distribute" in self.roles:
                 self.spawn("distribute", self.distribute.run)
+            if "alerts" in self.roles:
+                self.spawn("alerts", self.alerts.run)
+            if "gateway" in self.roles:
+                self.spawn("alert-relay", alert_relay(self).run)
             log.info("running roles: %s", ", ".join(sorted(self.roles)))
             for hook in self.on_started:
                 await hook()

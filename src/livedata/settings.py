@@ -28,7 +28,7 @@ from livedata.errors import ConfigError
 from livedata.store import SUPPORTED_BACKENDS as STORE_BACKENDS
 
 METADATA_SCHEMES = ("sqlite", "postgresql")
-ROLES = ("ingest", "distribute", "gateway")
+ROLES = ("ingest", "distribute", "gateway", "alerts")
 
 
 class Settings(BaseSettings):
@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     ingest_queue: int = Field(20_000, ge=1, description="records buffered before ingest waits")
     client_queue: int = Field(64, ge=1, description="live messages buffered per WebSocket client")
     log_level: str = Field("info", description="debug, info, warning or error")
+    smtp_host: str = Field("", description="SMTP server for alert e-mails (empty: none)")
+    smtp_port: int = Field(25, ge=1, le=65535, description="port of the SMTP server")
+    smtp_from: str = Field("livedata@localhost", description="sender of alert e-mails")
 
     @classmethod
     def settings_customise_sources(

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from livedata import __version__
-from livedata.cli import demo, serve
+from livedata.cli import demo, serve, simulate
 from livedata.errors import LivedataError
 
-COMMANDS = (demo, serve)
+COMMANDS = (demo, serve, simulate)
 
 
 class Parser(argparse.ArgumentParser):

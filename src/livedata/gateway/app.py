@@ -13,7 +13,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livedata import __version__
 from livedata.errors import BackendError, Conflict, InputError, NotFound
+from livedata.gateway.alerts_api import router as alerts_router
 from livedata.gateway.api import router
+from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.watch import install as install_watch
 
@@ -37,6 +39,8 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     app.state.runtime = rt
     app.include_router(router)
+    app.include_router(alerts_router)
+    app.include_router(ingest_router)
     install_watch(app, rt)
 
     @app.exception_handler(NotFound)

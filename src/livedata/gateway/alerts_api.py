@@ -1,0 +1,603 @@
+"""Alert rules, alerts and the fleet summary over HTTP; alert events relayed to browsers.
+
+Routes (errors are ``{"error":{"code","message"}}``: 400 invalid input saying
+why, 404 unknown or another organisation's object, 409 conflict):
+
+=======================================================  ======================================
+``GET/POST /api/resources/{orgId}/alert-rules``          list / create rules
+``GET/PUT/DELETE …/alert-rules/{ruleId}``                one rule (PUT replaces it)
+``GET …/alerts?state=active|cleared&chassisId=&limit=``  alerts, newest first
+``GET …/alerts/{alertId}``                               one alert
+``POST …/alerts/{alertId}/ack`` ``{"comment": …}``       acknowledge (once)
+``GET …/alerts/{alertId}/notifications``                 webhook / e-mail deliveries and errors
+``GET …/fleet?fields=a,b``                               every machine: online, last seen,
+                                                         latest values, latest GPS
+=======================================================  ======================================
+
+A rule body is ``{"name", "enabled", "kind": "value"|"nodata", "scope":
+"all"|"model"|"machine", "scopeValue", "msgType", "field", "condition": ">"|">="|
+"<"|"<="|"=="|"!="|"outside", "threshold", "thresholdHigh" (outside: threshold =
+low, thresholdHigh = high), "clearThreshold", "clearThresholdHigh", "forSeconds",
+"nodataSeconds", "severity": "info"|"warning"|"critical", "notify": {"webhook":
+{"url", "secret"}, "email": [addresses]}}``.  The webhook secret is write-only:
+rules show ``hasSecret``; a PUT without ``secret`` keeps the stored one.
+
+A rule created, changed or deleted through this API applies at once when this
+process runs the alert role too (the embedded shape); other processes' alert roles
+reload the rules every 3 s.
+
+Acknowledging records who did it: ``"anonymous"`` until the security issue adds
+users (then the signed-in user).
+
+Fleet summary: one in-memory latest-value cache per organisation, started by
+the first request and kept; it listens (:meth:`~livedata.gateway.hub.Hub.listen`)
+to the live channels of each machine, so a request reads memory, never the
+telemetry database (each machine's last values are read from the store once,
+when the cache first sees it).  A machine is ``online`` while real-time data
+arrived in the last 5 s.  ``realtime`` (is the machine's stream switched on) is
+``null`` = unknown until device commands exist.
+
+The relay (:func:`alert_relay`, run by every gateway process): alert events
+arrive on the pub/sub channel ``live-stream/{org}/alerts`` (from the alert role,
+in this or another process, and from acknowledgements) and are pushed as rows of
+the SSE log table ``alerts`` (``/db/watch/alerts``), as Socket.IO
+``alert-created`` (raised) and ``alert-updated`` (cleared, acknowledged) to the
+organisation's clients.  Its queue holds 1,000 events; beyond that the oldest
+are dropped (and logged): pages reload the list from the API on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from livedata.errors import InputError
+from livedata.gateway.sio import emit_alert, socket_gateway
+from livedata.gateway.watch import log_tables
+from livedata.metadata.alerts import (
+    AlertStore,
+    RuleSpec,
+    alert_dict,
+    notification_dict,
+    rule_dict,
+)
+from livedata.model import MsgType, live_channel, valid_id
+from livedata.pipeline.alerts import alerts_channel, publish_alert
+
+if TYPE_CHECKING:
+    from livedata.runtime import Runtime
+
+log = logging.getLogger("livedata.gateway.alerts")
+
+ANONYMOUS = "anonymous"
+"""Who acknowledges while there are no users (the security issue replaces it)."""
+OFFLINE_AFTER_S = 5.0
+MACHINES_REFRESH_S = 30.0
+ORGS_REFRESH_S = 5.0
+RELAY_QUEUE = 1_000
+MAX_FLEET_FIELDS = 50
+SEED_WINDOW_MS = 600_000
+GPS_LAT, GPS_LNG = "gps_lat", "gps_lng"
+
+router = APIRouter(prefix="/api", tags=["alerts"])
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+class WebhookBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(max_length=2000)
+    secret: str | None = Field(None, max_length=200)
+
+
+class NotifyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    webhook: WebhookBody | None = None
+    email: list[str] = Field(default_factory=list, max_length=20)
+
+
+class RuleBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=200)
+    enabled: bool = True
+    kind: str = "value"
+    scope: str = "all"
+    scopeValue: str | None = Field(None, max_length=64)
+    msgType: str | None = None
+    field: str | None = Field(None, max_length=64)
+    condition: str | None = None
+    threshold: float | None = None
+    thresholdHigh: float | None = None
+    clearThreshold: float | None = None
+    clearThresholdHigh: float | None = None
+    forSeconds: float = 0.0
+    nodataSeconds: float | None = None
+    severity: str = "warning"
+    notify: NotifyBody = Field(default_factory=NotifyBody)
+
+
+class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    comment: str = Field("", max_length=2000)
+
+
+# --------------------------------------------------------------------------- services
+
+
+def _rt(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+@dataclass(slots=True)
+class _FleetMachine:
+    chassis: str
+    name: str
+    model: str
+    last_seen: int | None = None
+    arrived: float | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    gps: tuple[float, float, int] | None = None
+
+    def online(self, now: float) -> bool:
+        return self.arrived is not None and now - self.arrived <= OFFLINE_AFTER_S
+
+    def update(self, values: dict[str, Any], ts: int, arrived: float | None) -> None:
+        self.values.update(values)
+        if arrived is not None:
+            self.arrived = arrived
+        self.last_seen = max(ts, self.last_seen or ts)
+        lat, lng = values.get(GPS_LAT), values.get(GPS_LNG)
+        if (
+            isinstance(lat, int | float)
+            and isinstance(lng, int | float)
+            and (self.gps is None or ts >= self.gps[2])
+        ):
+            self.gps = (float(lat), float(lng), ts)
+
+
+class FleetCache:
+    """Latest values of an organisation's machines, fed by the live channels."""
+
+    def __init__(self, rt: Runtime, org: str) -> None:
+        self.rt = rt
+        self.org = org
+        self.machines: dict[str, _FleetMachine] = {}
+        self._listeners: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+        self._refreshed = -MACHINES_REFRESH_S
+
+    async def ensure(self) -> None:
+        """Know the organisation's current machines (re-read every 30 s) and listen to them."""
+        if time.monotonic() - self._refreshed < MACHINES_REFRESH_S:
+            return
+        async with self._lock:
+            if time.monotonic() - self._refreshed < MACHINES_REFRESH_S:
+                return
+            rows = await self.rt.meta.list_machines(self.org)
+            current = {row.chassis_id for row in rows}
+            for row in rows:
+                machine = self.machines.get(row.chassis_id)
+                if machine is not None:
+                    machine.name, machine.model = row.name, row.model
+                    continue
+                machine = _FleetMachine(row.chassis_id, row.name, row.model)
+                self.machines[row.chassis_id] = machine
+                for msg_type in MsgType:
+                    channel = live_channel(self.org, row.chassis_id, msg_type.value)
+                    listener = self._listener(machine)
+                    self._listeners[channel] = listener
+                    await self.rt.hub.listen(channel, listener)
+                await self._seed(machine)
+            for chassis in set(self.machines) - current:
+                del self.machines[chassis]
+                for msg_type in MsgType:
+                    channel = live_channel(self.org, chassis, msg_type.value)
+                    listener = self._listeners.pop(channel, None)
+                    if listener is not None:
+                        await self.rt.hub.unlisten(channel, listener)
+            self._refreshed = time.monotonic()
+
+    def _listener(self, machine: _FleetMachine) -> Any:
+        def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
+            machine.update(values, int(head["ts"]), time.monotonic())
+
+        return on_message
+
+    async def _seed(self, machine: _FleetMachine) -> None:
+        """The newest stored values of a machine the cache has just met (once)."""
+        store = self.rt.store
+        info = await self.rt.catalog.machine(self.org, machine.chassis)
+        for msg_type in MsgType:
+            latest = await store.latest_ts(self.org, machine.chassis, msg_type.value)
+            if latest is None:
+                continue
+            if info is not None:
+                names = [f["name"] for f in await self.rt.catalog.fields(info, msg_type.value)]
+            else:
+                names = []
+            if names:
+                series = await store.query(
+                    self.org, machine.chassis, msg_type.value, names, latest - 2000, latest, 10
+                )
+                values = {n: points[-1][1] for n, points in series.items() if points}
+            else:
+                values = {}
+            age = time.time() - latest / 1000
+            arrived = time.monotonic() - age if age <= OFFLINE_AFTER_S else None
+            if machine.last_seen is None or latest > machine.last_seen:
+                machine.update(values, latest, arrived)
+
+    def summary(self, fields: list[str] | None, active: dict[str, int]) -> dict[str, Any]:
+        now = time.monotonic()
+        machines = []
+        for m in sorted(self.machines.values(), key=lambda m: m.chassis):
+            if fields is None:
+                values = dict(m.values)
+            else:
+                values = {f: m.values[f] for f in fields if f in m.values}
+            online = m.online(now)
+            machines.append(
+                {
+                    "chassisId": m.chassis,
+                    "name": m.name,
+                    "model": m.model,
+                    "online": online,
+                    "status": "online" if online else "offline",
+                    "lastSeen": m.last_seen,
+                    "realtime": None,
+                    "values": values,
+                    "gps": {"lat": m.gps[0], "lng": m.gps[1], "ts": m.gps[2]} if m.gps else None,
+                    "activeAlerts": active.get(m.chassis, 0),
+                }
+            )
+        return {
+            "org": self.org,
+            "timestamp": int(time.time() * 1000),
+            "online": sum(1 for m in machines if m["online"]),
+            "total": len(machines),
+            "machines": machines,
+        }
+
+
+class AlertRelay:
+    """Pushes an organisation's alert events from pub/sub to this gateway's clients."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._listening: dict[str, Any] = {}
+        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.relayed = 0
+        self.dropped = 0
+
+    async def ensure(self, org: str) -> None:
+        """Listen to ``org``'s alert channel (idempotent)."""
+        if org in self._listening:
+            return
+        async with self._lock:
+            if org in self._listening:
+                return
+            listener = self._listener(org)
+            await self.rt.hub.listen(alerts_channel(org), listener)
+            self._listening[org] = listener
+
+    def _listener(self, org: str) -> Any:
+        def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
+            if len(self._queue) >= RELAY_QUEUE:
+                self._queue.popleft()
+                self.dropped += 1
+                log.warning("alert relay queue full: dropped the oldest event")
+            self._queue.append((org, values))
+            self._wake.set()
+
+        return on_message
+
+    async def run(self) -> None:
+        pump = asyncio.create_task(self._pump(), name="alert-relay-pump")
+        try:
+            while True:
+                try:
+                    for org in await self.rt.meta.list_orgs():
+                        await self.ensure(org.id)
+                except Exception as exc:
+                    log.warning("alert relay cannot list organisations: %s", exc)
+                await asyncio.sleep(ORGS_REFRESH_S)
+        finally:
+            pump.cancel()
+            for org_id, listener in list(self._listening.items()):
+                await self.rt.hub.unlisten(alerts_channel(org_id), listener)
+            self._listening.clear()
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                org, body = self._queue.popleft()
+                try:
+                    await self.deliver(org, body)
+                except Exception:
+                    log.exception("relaying an alert event of %s failed", org)
+
+    async def deliver(self, org: str, body: dict[str, Any]) -> None:
+        alert = body.get("alert")
+        if not isinstance(alert, dict):
+            return
+        event = str(body.get("event", ""))
+        rows = log_tables(self.rt)
+        rows.publish(
+            org,
+            "alerts",
+            {
+                "TIME": alert.get("clearedMs") if event == "cleared" else alert.get("raisedMs"),
+                "ID": alert.get("id"),
+                "EVENT": event,
+                "RULE": alert.get("ruleName"),
+                "MACHINE": alert.get("chassisId"),
+                "SEVERITY": alert.get("severity"),
+                "STATE": alert.get("state"),
+                "VALUE": alert.get("clearValue") if event == "cleared" else alert.get("value"),
+                "MESSAGE": alert.get("message"),
+                "ACKNOWLEDGED_BY": alert.get("acknowledgedBy"),
+            },
+        )
+        payload = {**alert, "event": event}
+        if event == "raised":
+            await emit_alert(org, payload)
+        else:
+            await socket_gateway(self.rt).emit("alert-updated", payload, to=f"org:{org}")
+        self.relayed += 1
+
+
+class AlertsService:
+    """The alert API's state in one gateway process."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.store = AlertStore(rt.meta)
+        self.relay = AlertRelay(rt)
+        self.fleets: dict[str, FleetCache] = {}
+
+    async def fleet(self, org: str) -> FleetCache:
+        cache = self.fleets.get(org)
+        if cache is None:
+            cache = self.fleets[org] = FleetCache(self.rt, org)
+        await cache.ensure()
+        return cache
+
+
+_SERVICES: weakref.WeakKeyDictionary[Runtime, AlertsService] = weakref.WeakKeyDictionary()
+
+
+def alerts_service(rt: Runtime) -> AlertsService:
+    service = _SERVICES.get(rt)
+    if service is None:
+        service = _SERVICES[rt] = AlertsService(rt)
+    return service
+
+
+def alert_relay(rt: Runtime) -> AlertRelay:
+    """The relay of ``rt``'s gateway (the runtime runs it when it has the gateway role)."""
+    return alerts_service(rt).relay
+
+
+# --------------------------------------------------------------------------- routes
+
+
+async def _spec(rt: Runtime, org: str, body: RuleBody, rule_id: int = 0) -> RuleSpec:
+    if (
+        body.scope == "machine"
+        and body.scopeValue
+        and (
+            not valid_id(body.scopeValue) or await rt.catalog.machine(org, body.scopeValue) is None
+        )
+    ):
+        raise InputError(f"scope machine {body.scopeValue!r} is not a machine of {org!r}")
+    if body.scope == "model" and body.scopeValue:
+        models = {m.model for m in await rt.meta.list_machines(org)}
+        if body.scopeValue not in models:
+            known = ", ".join(sorted(models)) or "none"
+            raise InputError(f"scope model {body.scopeValue!r} has no machines (models: {known})")
+    webhook = body.notify.webhook
+    return RuleSpec(
+        id=rule_id,
+        org=org,
+        name=body.name,
+        kind=body.kind,
+        scope=body.scope,
+        scope_value=body.scopeValue,
+        msg_type=body.msgType,
+        field=body.field,
+        condition=body.condition,
+        threshold=body.threshold,
+        threshold_high=body.thresholdHigh,
+        clear_threshold=body.clearThreshold,
+        clear_threshold_high=body.clearThresholdHigh,
+        for_seconds=body.forSeconds,
+        nodata_seconds=body.nodataSeconds,
+        severity=body.severity,
+        enabled=body.enabled,
+        webhook_url=webhook.url if webhook else None,
+        email_to=tuple(body.notify.email),
+    )
+
+
+async def _rules_changed(rt: Runtime) -> None:
+    """Let this process's alert role use a changed rule at once (others reload within 3 s)."""
+    if "alerts" in rt.roles:
+        try:
+            await rt.alerts.refresh()
+        except Exception as exc:  # the periodic reload will catch up
+            log.warning("alert role refresh failed: %s", exc)
+
+
+@router.get("/resources/{orgId}/alert-rules", summary="The organisation's alert rules")
+async def list_rules(request: Request, orgId: str) -> dict[str, Any]:
+    rt = _rt(request)
+    await rt.meta.require_org(orgId)
+    rows = await alerts_service(rt).store.list_rules(orgId)
+    return {"rules": [rule_dict(r) for r in rows]}
+
+
+@router.post("/resources/{orgId}/alert-rules", status_code=201, summary="Create an alert rule")
+async def create_rule(request: Request, orgId: str, body: RuleBody) -> dict[str, Any]:
+    rt = _rt(request)
+    await rt.meta.require_org(orgId)
+    service = alerts_service(rt)
+    spec = await _spec(rt, orgId, body)
+    secret = body.notify.webhook.secret if body.notify.webhook else None
+    row = await service.store.create_rule(spec, secret)
+    await service.relay.ensure(orgId)
+    await _rules_changed(rt)
+    return rule_dict(row)
+
+
+@router.get("/resources/{orgId}/alert-rules/{ruleId}", summary="One alert rule")
+async def get_rule(request: Request, orgId: str, ruleId: int) -> dict[str, Any]:
+    rt = _rt(request)
+    return rule_dict(await alerts_service(rt).store.get_rule(orgId, ruleId))
+
+
+@router.put("/resources/{orgId}/alert-rules/{ruleId}", summary="Replace an alert rule")
+async def update_rule(request: Request, orgId: str, ruleId: int, body: RuleBody) -> dict[str, Any]:
+    rt = _rt(request)
+    service = alerts_service(rt)
+    await service.store.get_rule(orgId, ruleId)
+    spec = await _spec(rt, orgId, body, ruleId)
+    secret = body.notify.webhook.secret if body.notify.webhook else None
+    row = await service.store.update_rule(spec, secret)
+    await _rules_changed(rt)
+    return rule_dict(row)
+
+
+@router.delete(
+    "/resources/{orgId}/alert-rules/{ruleId}", status_code=204, summary="Delete an alert rule"
+)
+async def delete_rule(request: Request, orgId: str, ruleId: int) -> Response:
+    rt = _rt(request)
+    await alerts_service(rt).store.delete_rule(orgId, ruleId)
+    await _rules_changed(rt)
+    return Response(status_code=204)
+
+
+@router.get("/resources/{orgId}/alerts", summary="Alerts, newest first")
+async def list_alerts(
+    request: Request,
+    orgId: str,
+    state: Annotated[str | None, Query(description="active or cleared; default both")] = None,
+    chassisId: Annotated[str | None, Query(description="only this machine")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> dict[str, Any]:
+    rt = _rt(request)
+    await rt.meta.require_org(orgId)
+    service = alerts_service(rt)
+    await service.relay.ensure(orgId)
+    rows = await service.store.list_alerts(orgId, state, chassisId, limit)
+    return {"alerts": [alert_dict(a) for a in rows]}
+
+
+@router.get("/resources/{orgId}/alerts/{alertId}", summary="One alert")
+async def get_alert(request: Request, orgId: str, alertId: int) -> dict[str, Any]:
+    rt = _rt(request)
+    return alert_dict(await alerts_service(rt).store.get_alert(orgId, alertId))
+
+
+@router.post("/resources/{orgId}/alerts/{alertId}/ack", summary="Acknowledge an alert")
+async def acknowledge(
+    request: Request, orgId: str, alertId: int, body: AckBody | None = None
+) -> dict[str, Any]:
+    rt = _rt(request)
+    service = alerts_service(rt)
+    comment = (body.comment if body else "").strip()
+    row = await service.store.acknowledge(orgId, alertId, ANONYMOUS, comment)
+    alert = alert_dict(row)
+    await service.relay.ensure(orgId)
+    await publish_alert(
+        rt.pubsub,
+        alerts_channel(orgId),
+        {"event": "acknowledged", "org": orgId, "alert": alert},
+        "api",
+        0,
+    )
+    return alert
+
+
+@router.get(
+    "/resources/{orgId}/alerts/{alertId}/notifications",
+    summary="The alert's notifications: status, attempts, last error",
+)
+async def notifications(request: Request, orgId: str, alertId: int) -> dict[str, Any]:
+    rt = _rt(request)
+    rows = await alerts_service(rt).store.notifications(orgId, alertId)
+    return {"notifications": [notification_dict(n) for n in rows]}
+
+
+@router.get("/resources/{orgId}/fleet", summary="Every machine: online, last seen, latest values")
+async def fleet(
+    request: Request,
+    orgId: str,
+    fields: Annotated[str | None, Query(description="comma-separated; default all")] = None,
+) -> dict[str, Any]:
+    rt = _rt(request)
+    await rt.meta.require_org(orgId)
+    names: list[str] | None = None
+    if fields is not None:
+        names = list(dict.fromkeys(f.strip() for f in fields.split(",") if f.strip()))
+        if len(names) > MAX_FLEET_FIELDS:
+            raise InputError(f"{len(names)} fields; at most {MAX_FLEET_FIELDS}")
+        bad = [f for f in names if not valid_id(f)]
+        if bad:
+            raise InputError(f"invalid field names: {bad[:5]}")
+    service = alerts_service(rt)
+    await service.relay.ensure(orgId)
+    cache = await service.fleet(orgId)
+    active: dict[str, int] = {}
+    for alert in await service.store.list_alerts(orgId, "active", limit=1000):
+        active[alert.chassis_id] = active.get(alert.chassis_id, 0) + 1
+    summary = cache.summary(names, active)
+    summary["fields"] = await _field_info(rt, orgId, cache, names)
+    return summary
+
+
+async def _field_info(
+    rt: Runtime, org: str, cache: FleetCache, names: list[str] | None
+) -> list[dict[str, Any]]:
+    """Unit, min and max of the asked fields, from the first machine that has each."""
+    if not names:
+        return []
+    found: dict[str, dict[str, Any]] = {}
+    models_done: set[str] = set()
+    for machine in cache.machines.values():
+        if machine.model in models_done:
+            continue
+        models_done.add(machine.model)
+        info = await rt.catalog.machine(org, machine.chassis)
+        if info is None:
+            continue
+        for msg_type in MsgType:
+            for f in await rt.catalog.fields(info, msg_type.value):
+                if f["name"] in names and f["name"] not in found:
+                    found[f["name"]] = {**f, "msgType": msg_type.value}
+    return [found.get(n, {"name": n, "unit": "", "min": None, "max": None}) for n in names]
+
+
+__all__ = [
+    "ANONYMOUS",
+    "AlertRelay",
+    "AlertsService",
+    "FleetCache",
+    "alert_relay",
+    "alerts_service",
+    "router",
+]

@@ -1,0 +1,174 @@
+"""HTTP ingest for producers that cannot speak MQTT: the same payloads, one message per request.
+
+``POST /api/ingest/{orgId}/{chassisId}/{msgType}`` with the body encoded as in
+:mod:`livedata.codec` (``docs/device-protocol.md``): ``vehicle_can`` as
+``application/octet-stream`` (the binary frame batch), ``client_raw_data`` as
+``application/json``.  The organisation and machine come from the URL only; a
+payload carries no identity.
+
+Answers (errors are ``{"error": {"code", "message"}}``):
+
+- **202** ``{"accepted": true, "points": n}`` once the record is in the store and the
+  log (the same moment an MQTT message is acknowledged), so a producer may drop its
+  copy.  ``points`` is the number of values decoded.
+- **400** ``decode_error``: the body cannot be decoded (wrong encoding, truncated
+  batch, wrong version…); counted as rejected in the machine's decoding counters
+  (``GET /api/resources/{orgId}/machines/{chassisId}``).  ``rejected``: decodable
+  but unusable (e.g. no DBC assigned to the machine), counted likewise.
+  ``bad_request``: an unknown ``msgType``.
+- **404** ``not_found``: no such organisation or machine (not counted: unknown ids
+  must not grow the counters).
+- **413** ``too_large``: a body over 1 MiB, refused from ``Content-Length`` or while
+  reading, without reading the rest.
+- **415** ``unsupported_media_type``: a ``Content-Type`` other than the one of the
+  message type (no ``Content-Type`` at all is accepted).
+- **503** ``unavailable``: this process does not run the ingest role, or the record
+  was queued but not stored within 10 s (the store is down and being retried).  The
+  record will still be stored; resending it is safe, as writes are idempotent.
+
+Security: this endpoint is **not authenticated yet**; anyone who can reach the
+gateway can write any machine's data.  Per-device secrets come with the security
+issue (issue 6): the request will have to carry the machine's secret
+(``Authorization: Bearer …``), checked against the machine in the URL before the
+body is read.  Until then, expose it only on trusted networks.
+
+Under stress: a slow store makes ``ingest.handle`` wait (its queue is bounded), so
+requests slow down rather than memory growing; each request holds at most 1 MiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from livedata.codec import CONTENT_TYPES, MAX_PAYLOAD, decode
+from livedata.errors import DecodeError, NotFound
+from livedata.model import MsgType
+
+if TYPE_CHECKING:
+    from livedata.runtime import Runtime
+
+__all__ = ["DURABLE_TIMEOUT_S", "ingest_router"]
+
+DURABLE_TIMEOUT_S = 10.0
+"""How long a request waits for its record to be stored before answering 503."""
+
+ingest_router = APIRouter(prefix="/api", tags=["ingest"])
+
+_MSG_TYPES = {t.value: t for t in MsgType}
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or ``None`` as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _last_error(rt: Runtime, org_id: str, chassis: str) -> str:
+    errors = rt.ingest.stats_for(org_id, chassis).last_errors
+    # entries are "HH:MM:SS message"
+    return errors[-1].partition(" ")[2] if errors else "the message was rejected"
+
+
+_BODY = {
+    "required": True,
+    "content": {
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "example": "vehicle_can frame batch, see docs/device-protocol.md",
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["v", "ts", "values"],
+                "properties": {
+                    "v": {"type": "integer", "enum": [1]},
+                    "ts": {"type": "integer", "description": "ms since the epoch"},
+                    "kind": {"type": "string", "enum": ["realTime", "backfill"]},
+                    "values": {"type": "object"},
+                },
+            },
+        },
+    },
+}
+
+
+@ingest_router.post(
+    "/ingest/{orgId}/{chassisId}/{msgType}",
+    status_code=202,
+    summary="Send one device message over HTTP (vehicle_can binary batch or client_raw_data JSON)",
+    openapi_extra={"requestBody": _BODY},
+    responses={
+        400: {"description": "undecodable or unusable payload, unknown msgType"},
+        404: {"description": "unknown organisation or machine"},
+        413: {"description": "body over 1 MiB"},
+        415: {"description": "wrong Content-Type for the message type"},
+        503: {"description": "not stored in time, or no ingest role here"},
+    },
+)
+async def ingest_http(request: Request, orgId: str, chassisId: str, msgType: str) -> JSONResponse:
+    rt: Runtime = request.app.state.runtime
+    try:
+        await rt.require_machine(orgId, chassisId)
+    except NotFound as exc:
+        return _error(404, exc.code, str(exc))
+    msg_type = _MSG_TYPES.get(msgType)
+    if msg_type is None:
+        return _error(
+            400, "bad_request", f"unknown msgType {msgType[:64]!r}: use one of {', '.join(MsgType)}"
+        )
+    if "ingest" not in rt.roles:
+        return _error(503, "unavailable", "this process does not run the ingest role")
+    expected = CONTENT_TYPES[msg_type]
+    content_type = request.headers.get("content-type")
+    if content_type is not None:
+        media = content_type.partition(";")[0].strip().lower()
+        if media != expected:
+            return _error(
+                415,
+                "unsupported_media_type",
+                f"{msgType} is sent as {expected}, not {media or 'an empty Content-Type'}",
+            )
+    body = await _read_capped(request, MAX_PAYLOAD)
+    if body is None:
+        return _error(413, "too_large", f"the body is larger than {MAX_PAYLOAD} bytes")
+    try:
+        message = decode(orgId, chassisId, msg_type, body)
+    except DecodeError as exc:
+        await rt.ingest.reject(orgId, chassisId, str(exc))
+        return _error(400, exc.code, str(exc))
+
+    stored = asyncio.Event()
+
+    async def ack() -> None:
+        stored.set()
+
+    record = await rt.ingest.handle(message, ack)
+    if record is None:
+        return _error(400, "rejected", _last_error(rt, orgId, chassisId))
+    try:
+        await asyncio.wait_for(stored.wait(), DURABLE_TIMEOUT_S)
+    except TimeoutError:
+        return _error(
+            503,
+            "unavailable",
+            f"accepted but not stored within {DURABLE_TIMEOUT_S:g} s; it will be stored, "
+            "and resending is safe",
+        )
+    return JSONResponse({"accepted": True, "points": len(record.values)}, status_code=202)

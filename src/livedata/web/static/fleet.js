@@ -1,0 +1,744 @@
+// Fleet dashboard: every machine's status, gauges and sparklines of chosen fields,
+// GPS positions, and the active alerts with acknowledge buttons.
+//
+// Opens from the REST fleet summary, alert rules and active alerts, fills the
+// sparklines from the history API, then stays live through Socket.IO:
+// `dashboard:update` (once a second: status, last seen, latest values),
+// `alert-created` and `alert-updated`. Without Socket.IO it polls the summary.
+
+import { $, h } from './dom.js';
+import { SEVERITY_COLORS, SEVERITY_RANK, ago, alertsApi, api, clock, num } from './alerts-api.js';
+
+const { echarts } = globalThis; // classic <script defer> in fleet.html
+
+const DEFAULT_FIELDS = ['engine_rpm', 'coolant_temp', 'fuel_level'];
+const MAX_FIELDS = 4;
+const GPS = ['gps_lat', 'gps_lng'];
+const SPARK_MS = 120_000;
+const TRAIL = 90;
+const POLL_MS = 2000;
+const RULES_REFRESH_MS = 30_000;
+const NORMAL_BAND = '#cdeedd';
+const OFFLINE_COLOR = '#9ca3af';
+const ONLINE_COLOR = '#16a34a';
+// Canvas text needs a real font list ('inherit' is not a valid canvas font and falls back to 10px).
+const FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif';
+const TRAIL_COLORS = ['#2563eb', '#0891b2', '#8b5cf6', '#db2777', '#65a30d', '#ea580c', '#0d9488', '#4f46e5'];
+
+const state = {
+  orgId: null,
+  fields: [],
+  /** @type {Map<string, {unit: string, min: number|null, max: number|null, msgType: string}>} */
+  fieldInfo: new Map(),
+  /** @type {Map<string, object>} chassis -> machine view */
+  machines: new Map(),
+  rules: [],
+  /** @type {Map<number, object>} active alerts by id */
+  alerts: new Map(),
+  socket: null,
+  pollTimer: null,
+  map: null,
+  ackAlert: null,
+  fresh: new Set(),
+};
+
+// ---- banner ---------------------------------------------------------------
+
+const bannerMessages = [];
+function showBanner(message) {
+  if (!bannerMessages.includes(message)) bannerMessages.push(message);
+  bannerMessages.splice(0, bannerMessages.length - 3);
+  $('#banner-list').replaceChildren(...bannerMessages.map((text) => h('li', {}, text)));
+  $('#banner').hidden = false;
+}
+$('#banner-close').addEventListener('click', () => {
+  bannerMessages.length = 0;
+  $('#banner').hidden = true;
+});
+
+// ---- start ----------------------------------------------------------------
+
+const params = new URLSearchParams(location.search);
+
+async function start() {
+  let orgs;
+  try {
+    orgs = await api.orgs();
+  } catch (err) {
+    showBanner(`Cannot load organisations: ${err.message}`);
+    return;
+  }
+  const select = $('#org-select');
+  select.replaceChildren(...orgs.map((o) => h('option', { value: o.id }, o.name || o.id)));
+  select.disabled = orgs.length < 2;
+  select.addEventListener('change', () => selectOrg(select.value));
+  const orgId = orgs.some((o) => o.id === params.get('org')) ? params.get('org') : orgs[0]?.id;
+  if (orgId) await selectOrg(orgId);
+  else $('#fleet-info').textContent = 'No organisation.';
+  setInterval(everySecond, 1000);
+  setInterval(() => state.orgId && loadRules(), RULES_REFRESH_MS);
+}
+
+function chosenFields() {
+  const fromUrl = params.get('fields');
+  const stored = localStorage.getItem('livedata.fleet.fields');
+  const list = (fromUrl ?? stored ?? DEFAULT_FIELDS.join(',')).split(',').map((f) => f.trim()).filter(Boolean);
+  return [...new Set(list)].slice(0, MAX_FIELDS);
+}
+
+async function selectOrg(orgId) {
+  disconnect();
+  state.orgId = orgId;
+  $('#org-select').value = orgId;
+  state.fields = chosenFields();
+  const query = new URLSearchParams({ org: orgId });
+  if (params.get('fields')) query.set('fields', state.fields.join(','));
+  history.replaceState(null, '', `?${query}`);
+  for (const link of document.querySelectorAll('a[data-keep-org]')) {
+    const url = new URL(link.getAttribute('href'), location.href);
+    url.searchParams.set('org', orgId);
+    link.setAttribute('href', `${url.pathname}${url.search}`);
+  }
+  let summary;
+  let alerts;
+  try {
+    [summary, state.rules, alerts] = await Promise.all([
+      alertsApi.fleet(orgId, [...state.fields, ...GPS]),
+      alertsApi.rules(orgId),
+      alertsApi.alerts(orgId, 'active'),
+    ]);
+  } catch (err) {
+    showBanner(`Cannot load the fleet of ${orgId}: ${err.message}`);
+    return;
+  }
+  if (state.orgId !== orgId) return;
+  state.fieldInfo = new Map(summary.fields.map((f) => [f.name, f]));
+  renderMachines(summary.machines);
+  state.alerts = new Map(alerts.map((a) => [a.id, a]));
+  renderAlerts();
+  renderMap();
+  updateStats();
+  fillSparklines(orgId);
+  connect(orgId);
+}
+
+// ---- machines -------------------------------------------------------------
+
+function renderMachines(list) {
+  for (const view of state.machines.values()) {
+    view.gauges.dispose();
+    view.sparks.dispose();
+    view.observer.disconnect();
+  }
+  state.machines.clear();
+  const container = $('#machines');
+  container.replaceChildren();
+  if (!list.length) {
+    container.append(h('p', { class: 'panel-empty' }, 'This organisation has no machines yet.'));
+    return;
+  }
+  for (const m of list) {
+    const view = machineView(m);
+    container.append(view.el);
+    state.machines.set(m.chassisId, view);
+    applyMachine(m.chassisId, { online: m.online, lastSeen: m.lastSeen, values: m.values, gps: m.gps });
+  }
+}
+
+function machineView(m) {
+  const status = h('span', { class: 'status-pill', dataset: { status: 'offline' } }, 'offline');
+  const lastSeen = h('dd', { class: 'last-seen' }, '–');
+  const alertCount = h('dd', { class: 'alert-count' }, '0');
+  const gaugesEl = h('div', { class: 'gauges', role: 'img', 'aria-label': `Gauges of ${m.chassisId}` });
+  const sparksEl = h('div', { class: 'sparks', 'aria-hidden': 'true' });
+  const el = h('article', { class: 'machine', dataset: { chassis: m.chassisId, status: 'offline' } },
+    h('header', { class: 'machine-head' },
+      h('div', { class: 'machine-title' },
+        h('h3', {}, m.chassisId),
+        h('span', { class: 'muted' }, [m.name, m.model].filter(Boolean).join(' · '))),
+      status),
+    h('dl', { class: 'machine-meta' },
+      h('div', {}, h('dt', {}, 'Last seen'), lastSeen),
+      h('div', {}, h('dt', {}, 'Real-time'), h('dd', { class: 'realtime', title: 'Shown once device commands exist' }, 'unknown')),
+      h('div', {}, h('dt', {}, 'Active alerts'), alertCount)),
+    gaugesEl,
+    sparksEl);
+  const gauges = echarts.init(gaugesEl, null, { renderer: 'canvas' });
+  const sparks = echarts.init(sparksEl, null, { renderer: 'canvas' });
+  const view = {
+    chassis: m.chassisId,
+    model: m.model,
+    el,
+    status,
+    lastSeenEl: lastSeen,
+    alertCountEl: alertCount,
+    gauges,
+    sparks,
+    online: false,
+    lastSeen: null,
+    values: {},
+    gps: null,
+    trail: [],
+    spark: new Map(state.fields.map((f) => [f, []])),
+    observer: new ResizeObserver(() => {
+      gauges.resize();
+      sparks.resize();
+      layoutCharts(view);
+    }),
+  };
+  view.observer.observe(gaugesEl);
+  layoutCharts(view);
+  return view;
+}
+
+/** Gauge and sparkline options sized for the card's current width. */
+function layoutCharts(view) {
+  const n = Math.max(1, state.fields.length);
+  const width = view.gauges.getWidth() || 300;
+  const height = view.gauges.getHeight() || 150;
+  const cell = width / n;
+  const radius = Math.max(30, Math.min(cell * 0.46, height * 0.56));
+  const small = cell < 115;
+  view.gauges.setOption({
+    animation: false,
+    textStyle: { fontFamily: FONT },
+    series: state.fields.map((field, i) => gaugeSeries(view, field, i, n, radius, small)),
+  }, { replaceMerge: ['series'] });
+  const sparkWidth = view.sparks.getWidth() || width;
+  const pad = Math.min(14, (sparkWidth / n) * 0.08);
+  const grids = state.fields.map((_, i) => ({
+    left: (sparkWidth / n) * i + pad, width: sparkWidth / n - 2 * pad, top: 4, bottom: 4,
+  }));
+  view.sparks.setOption({
+    animation: false,
+    grid: grids,
+    xAxis: grids.map((_, i) => ({ type: 'time', gridIndex: i, show: false })),
+    yAxis: grids.map((_, i) => ({
+      type: 'value', gridIndex: i, show: false, min: (v) => v.min - sparkPad(v), max: (v) => v.max + sparkPad(v),
+    })),
+    series: state.fields.map((field, i) => ({
+      type: 'line',
+      name: field,
+      xAxisIndex: i,
+      yAxisIndex: i,
+      showSymbol: false,
+      lineStyle: { width: 1.5, color: '#2563eb' },
+      areaStyle: { color: 'rgba(37, 99, 235, 0.08)' },
+      data: view.spark.get(field) ?? [],
+    })),
+  }, { replaceMerge: ['grid', 'xAxis', 'yAxis', 'series'] });
+}
+
+/** Room above and below a sparkline, so that a small step does not look like a cliff. */
+const sparkPad = (v) => Math.max((v.max - v.min) * 0.2, Math.abs(v.max) * 0.02, 0.5);
+
+function fieldRange(field, view) {
+  const info = state.fieldInfo.get(field) ?? {};
+  let { min, max } = info;
+  if (min == null || max == null) {
+    const thresholds = rulesFor(view, field).flatMap((r) => [r.threshold, r.thresholdHigh]).filter((v) => v != null);
+    const value = typeof view.values[field] === 'number' ? view.values[field] : 0;
+    if (info.unit === '%') [min, max] = [0, 100];
+    else {
+      min = Math.min(0, value, ...thresholds);
+      max = Math.max(1, value * 1.5, ...thresholds.map((t) => t * 1.25));
+    }
+  }
+  return [min, max];
+}
+
+function gaugeSeries(view, field, i, n, radius, small) {
+  const [min, max] = fieldRange(field, view);
+  const unit = state.fieldInfo.get(field)?.unit ?? '';
+  const value = view.values[field];
+  const has = typeof value === 'number';
+  const online = view.online;
+  return {
+    type: 'gauge',
+    name: field,
+    center: [`${((i + 0.5) / n) * 100}%`, '56%'],
+    radius,
+    startAngle: 210,
+    endAngle: -30,
+    min,
+    max,
+    splitNumber: 4,
+    axisLine: { lineStyle: { width: small ? 7 : 9, color: bandStops(view, field, min, max) } },
+    splitLine: { distance: 0, length: small ? 7 : 9, lineStyle: { color: '#fff', width: 2 } },
+    axisTick: { show: false },
+    axisLabel: { show: false },
+    pointer: { show: has, length: '62%', width: small ? 3 : 4, itemStyle: { color: online ? '#334155' : OFFLINE_COLOR } },
+    anchor: { show: has, size: small ? 6 : 8, itemStyle: { color: online ? '#334155' : OFFLINE_COLOR } },
+    title: { offsetCenter: [0, '80%'], fontSize: small ? 10 : 12, color: '#4b5563' },
+    detail: {
+      offsetCenter: [0, '42%'],
+      formatter: (v) => (Number.isFinite(v) ? `{v|${num(v)}}${unit ? `{u|${unit === '°' ? '' : ' '}${unit}}` : ''}` : '{u|no data}'),
+      rich: {
+        v: { fontSize: small ? 13 : 16, fontWeight: 600, color: online ? '#111827' : OFFLINE_COLOR },
+        u: { fontSize: small ? 10 : 11, color: '#6b7280' },
+      },
+    },
+    data: [{ name: field, value: typeof value === 'number' ? value : '-' }],
+  };
+}
+
+/** Rules whose thresholds apply to this machine and field (enabled value rules in scope). */
+function rulesFor(view, field) {
+  return state.rules.filter((r) => r.enabled && r.kind === 'value' && r.field === field
+    && (r.scope === 'all' || (r.scope === 'model' && r.scopeValue === view.model)
+      || (r.scope === 'machine' && r.scopeValue === view.chassis)));
+}
+
+function holds(rule, v) {
+  const t = rule.threshold;
+  switch (rule.condition) {
+    case '>': return v > t;
+    case '>=': return v >= t;
+    case '<': return v < t;
+    case '<=': return v <= t;
+    case 'outside': return v < t || v > rule.thresholdHigh;
+    default: return false; // == and != have no band
+  }
+}
+
+/** ECharts gauge colour stops: each range of the axis in the colour of the worst rule it meets. */
+function bandStops(view, field, min, max) {
+  const rules = rulesFor(view, field);
+  if (!rules.length || !(max > min)) return [[1, NORMAL_BAND]];
+  const cuts = [min, max];
+  for (const r of rules) for (const t of [r.threshold, r.thresholdHigh]) if (t != null && t > min && t < max) cuts.push(t);
+  const points = [...new Set(cuts)].sort((a, b) => a - b);
+  const stops = [];
+  for (let k = 1; k < points.length; k += 1) {
+    const mid = (points[k - 1] + points[k]) / 2;
+    let worst = null;
+    for (const r of rules) {
+      if (holds(r, mid) && (!worst || SEVERITY_RANK[r.severity] > SEVERITY_RANK[worst])) worst = r.severity;
+    }
+    stops.push([(points[k] - min) / (max - min), worst ? SEVERITY_COLORS[worst] : NORMAL_BAND]);
+  }
+  return stops;
+}
+
+/** Apply one machine's latest state: {online, lastSeen, values (flat), gps}. */
+function applyMachine(chassis, update) {
+  const view = state.machines.get(chassis);
+  if (!view) return;
+  view.online = update.online;
+  const newer = update.lastSeen != null && (view.lastSeen == null || update.lastSeen > view.lastSeen);
+  if (update.lastSeen != null) view.lastSeen = Math.max(view.lastSeen ?? 0, update.lastSeen);
+  Object.assign(view.values, update.values ?? {});
+  const label = update.online ? 'online' : 'offline';
+  view.status.textContent = label;
+  view.status.dataset.status = label;
+  view.el.dataset.status = label;
+  view.lastSeenEl.textContent = ago(view.lastSeen);
+  view.lastSeenEl.title = view.lastSeen ? new Date(view.lastSeen).toLocaleString() : '';
+  if (newer) {
+    for (const field of state.fields) {
+      const v = update.values?.[field];
+      if (typeof v !== 'number') continue;
+      const points = view.spark.get(field);
+      if (points.length && points[points.length - 1][0] >= update.lastSeen) continue;
+      points.push([update.lastSeen, v]);
+      while (points.length && points[0][0] < update.lastSeen - SPARK_MS) points.shift();
+    }
+  }
+  const gps = update.gps;
+  if (gps && (!view.gps || gps.ts > view.gps.ts)) {
+    view.gps = gps;
+    view.trail.push([gps.lng, gps.lat]);
+    if (view.trail.length > TRAIL) view.trail.shift();
+  }
+  view.gauges.setOption({
+    series: state.fields.map((field) => {
+      const has = typeof view.values[field] === 'number';
+      const color = view.online ? '#334155' : OFFLINE_COLOR;
+      return {
+        data: [{ name: field, value: has ? view.values[field] : '-' }],
+        pointer: { show: has, itemStyle: { color } },
+        anchor: { show: has, itemStyle: { color } },
+        detail: { rich: { v: { color: view.online ? '#111827' : OFFLINE_COLOR } } },
+      };
+    }),
+  });
+  if (newer) view.sparks.setOption({ series: state.fields.map((f) => ({ data: view.spark.get(f) })) });
+}
+
+async function fillSparklines(orgId) {
+  const byType = new Map([['client_raw_data', [...GPS]]]);
+  for (const field of state.fields) {
+    const msgType = state.fieldInfo.get(field)?.msgType;
+    if (msgType) byType.set(msgType, [...(byType.get(msgType) ?? []), field]);
+  }
+  const from = Date.now() - SPARK_MS;
+  await Promise.all([...state.machines.values()].flatMap((view) => [...byType].map(async ([msgType, fields]) => {
+    let body;
+    try {
+      body = await api.history(orgId, view.chassis, msgType, fields, from);
+    } catch {
+      return; // the sparkline fills from live data instead
+    }
+    if (state.orgId !== orgId) return;
+    if (fields.includes(GPS[0])) {
+      const lngs = new Map((body.series[GPS[1]] ?? []).map(([t, v]) => [t, v]));
+      const trail = (body.series[GPS[0]] ?? []).filter(([t]) => lngs.has(t)).map(([t, lat]) => [lngs.get(t), lat]);
+      view.trail.unshift(...trail.slice(-TRAIL));
+      view.trail.splice(0, Math.max(0, view.trail.length - TRAIL));
+      renderMap();
+    }
+    for (const field of fields) {
+      const live = view.spark.get(field);
+      if (!live) continue;
+      const first = live.length ? live[0][0] : Infinity;
+      const old = (body.series[field] ?? []).filter((p) => p[0] < first && typeof p[1] === 'number');
+      live.unshift(...old);
+    }
+    view.sparks.setOption({ series: state.fields.map((f) => ({ data: view.spark.get(f) })) });
+  })));
+}
+
+/** Socket.IO's dashboard machine: values by message type, flattened. */
+function fromDashboard(m) {
+  const values = {};
+  for (const byField of Object.values(m.values ?? {})) Object.assign(values, byField);
+  const gps = typeof values.gps_lat === 'number' && typeof values.gps_lng === 'number'
+    ? { lat: values.gps_lat, lng: values.gps_lng, ts: m.lastSeen } : null;
+  return { online: m.status === 'online', lastSeen: m.lastSeen, values, gps };
+}
+
+function onDashboard(summary) {
+  if (summary.org && summary.org !== state.orgId) return;
+  for (const m of summary.machines ?? []) applyMachine(m.deviceId, fromDashboard(m));
+  renderMap();
+  updateStats();
+}
+
+// ---- live connection ------------------------------------------------------
+
+function setConnection(label) {
+  const chip = $('#updates');
+  chip.dataset.state = label;
+  chip.querySelector('.conn-state').textContent = label;
+}
+
+function connect(orgId) {
+  if (typeof globalThis.io !== 'function') {
+    setConnection('polling');
+    state.pollTimer = setInterval(() => poll(orgId), POLL_MS);
+    return;
+  }
+  const socket = globalThis.io({ query: { org: orgId }, transports: ['websocket', 'polling'] });
+  state.socket = socket;
+  let connectedBefore = false;
+  socket.on('connect', () => {
+    setConnection('live');
+    if (connectedBefore) reloadAlerts(); // events may have been missed while away
+    connectedBefore = true;
+  });
+  socket.on('disconnect', () => setConnection('reconnecting'));
+  socket.on('connect_error', () => setConnection('reconnecting'));
+  socket.on('dashboard:data', onDashboard);
+  socket.on('dashboard:update', onDashboard);
+  socket.on('alert-created', (alert) => upsertAlert(alert, true));
+  socket.on('alert-updated', (alert) => upsertAlert(alert, false));
+}
+
+function disconnect() {
+  state.socket?.close();
+  state.socket = null;
+  clearInterval(state.pollTimer);
+  state.pollTimer = null;
+}
+
+async function poll(orgId) {
+  try {
+    const summary = await alertsApi.fleet(orgId, [...state.fields, ...GPS]);
+    if (state.orgId !== orgId) return;
+    for (const m of summary.machines) applyMachine(m.chassisId, m);
+    renderMap();
+    updateStats();
+    await reloadAlerts();
+  } catch (err) {
+    setConnection('offline');
+  }
+}
+
+// ---- alerts ---------------------------------------------------------------
+
+async function reloadAlerts() {
+  const orgId = state.orgId;
+  try {
+    const alerts = await alertsApi.alerts(orgId, 'active');
+    if (state.orgId !== orgId) return;
+    state.alerts = new Map(alerts.map((a) => [a.id, a]));
+    renderAlerts();
+    updateStats();
+  } catch (err) {
+    showBanner(`Cannot load alerts: ${err.message}`);
+  }
+}
+
+async function loadRules() {
+  try {
+    state.rules = await alertsApi.rules(state.orgId);
+    for (const view of state.machines.values()) layoutCharts(view);
+  } catch {
+    // keep the bands we have
+  }
+}
+
+function upsertAlert(alert, isNew) {
+  if (alert.state === 'active') {
+    state.alerts.set(alert.id, alert);
+    if (isNew) {
+      state.fresh.add(alert.id);
+      setTimeout(() => {
+        state.fresh.delete(alert.id);
+        document.querySelector(`.alert-item[data-id="${alert.id}"]`)?.classList.remove('fresh');
+      }, 4000);
+    }
+  } else {
+    state.alerts.delete(alert.id);
+  }
+  renderAlerts();
+  updateStats();
+  renderMap();
+}
+
+function sortedAlerts() {
+  return [...state.alerts.values()].sort((a, b) =>
+    (SEVERITY_RANK[b.severity] - SEVERITY_RANK[a.severity]) || (b.raisedMs - a.raisedMs));
+}
+
+function renderAlerts() {
+  const list = sortedAlerts();
+  $('#alert-list').replaceChildren(...list.map(alertItem));
+  $('#alerts-empty').hidden = list.length > 0;
+  const counts = new Map();
+  for (const a of list) counts.set(a.chassisId, (counts.get(a.chassisId) ?? 0) + 1);
+  for (const view of state.machines.values()) {
+    const n = counts.get(view.chassis) ?? 0;
+    view.alertCountEl.textContent = String(n);
+    view.alertCountEl.dataset.severity = list.find((a) => a.chassisId === view.chassis)?.severity ?? '';
+  }
+}
+
+function alertItem(alert) {
+  const acked = alert.acknowledged;
+  return h('li', {
+    class: `alert-item${state.fresh.has(alert.id) ? ' fresh' : ''}${acked ? ' acked' : ''}`,
+    dataset: { id: String(alert.id), severity: alert.severity },
+  },
+  h('span', { class: 'sev-badge' }, alert.severity),
+  h('div', { class: 'alert-body' },
+    h('div', { class: 'alert-title' },
+      h('strong', {}, alert.ruleName),
+      h('span', { class: 'alert-machine' }, alert.chassisId)),
+    h('div', { class: 'alert-msg' }, alert.message),
+    h('div', { class: 'alert-meta muted' },
+      `raised ${clock(alert.raisedMs)} · `, h('span', { class: 'since', dataset: { ms: String(alert.raisedMs) } }, ago(alert.raisedMs))),
+    acked ? h('div', { class: 'alert-ack' },
+      `Acknowledged by ${alert.acknowledgedBy} at ${clock(alert.acknowledgedMs)}`,
+      alert.comment ? h('q', {}, alert.comment) : null) : null),
+  acked ? null : h('button', { type: 'button', class: 'btn small ack-btn', onclick: () => openAck(alert) }, 'Acknowledge'));
+}
+
+const ackDialog = $('#ack-dialog');
+const ackForm = $('#ack-form');
+for (const d of [ackDialog, $('#fields-dialog')]) {
+  for (const b of d.querySelectorAll('[data-close]')) b.addEventListener('click', () => d.close());
+}
+
+function openAck(alert) {
+  state.ackAlert = alert;
+  ackForm.reset();
+  $('#ack-error').hidden = true;
+  $('#ack-text').textContent = `${alert.ruleName} on ${alert.chassisId}: ${alert.message}`;
+  ackDialog.showModal();
+  ackForm.elements.comment.focus();
+}
+
+ackForm.addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const alert = state.ackAlert;
+  const button = ackForm.querySelector('button[type=submit]');
+  button.disabled = true;
+  try {
+    const updated = await alertsApi.acknowledge(state.orgId, alert.id, ackForm.elements.comment.value.trim());
+    upsertAlert(updated, false);
+    ackDialog.close();
+  } catch (err) {
+    $('#ack-error').textContent = err.message;
+    $('#ack-error').hidden = false;
+  } finally {
+    button.disabled = false;
+  }
+});
+
+// ---- stats ------------------------------------------------------------------
+
+function updateStats() {
+  const views = [...state.machines.values()];
+  const online = views.filter((v) => v.online).length;
+  $('#stat-online').textContent = String(online);
+  $('#stat-offline').textContent = String(views.length - online);
+  const bySeverity = { critical: 0, warning: 0, info: 0 };
+  for (const a of state.alerts.values()) bySeverity[a.severity] = (bySeverity[a.severity] ?? 0) + 1;
+  for (const [sev, n] of Object.entries(bySeverity)) {
+    const el = $(`#stat-${sev}`);
+    el.textContent = String(n);
+    el.closest('.stat').dataset.active = n > 0 ? 'true' : 'false';
+  }
+  const alerts = state.alerts.size;
+  $('#fleet-info').textContent = `${online} of ${views.length} machines online · `
+    + `${alerts} active alert${alerts === 1 ? '' : 's'}`;
+}
+
+function everySecond() {
+  for (const view of state.machines.values()) view.lastSeenEl.textContent = ago(view.lastSeen);
+  for (const el of document.querySelectorAll('.alert-item .since')) el.textContent = ago(Number(el.dataset.ms));
+}
+
+// ---- map --------------------------------------------------------------------
+
+const LABEL_ROOM = 72; // px kept free right of the easternmost marker for its label
+
+function mapBounds(points, fullWidth, height) {
+  const width = Math.max(10, fullWidth - LABEL_ROOM);
+  const lats = points.map((p) => p[1]);
+  const lngs = points.map((p) => p[0]);
+  let [lat0, lat1] = [Math.min(...lats), Math.max(...lats)];
+  let [lng0, lng1] = [Math.min(...lngs), Math.max(...lngs)];
+  const midLat = (lat0 + lat1) / 2;
+  const k = Math.cos((midLat * Math.PI) / 180) || 1; // a degree of longitude is shorter
+  let dy = Math.max(lat1 - lat0, 0.002) * 1.3;
+  let dx = Math.max((lng1 - lng0) * k, 0.002) * 1.3;
+  if (dx / dy < width / height) dx = (dy * width) / height;
+  else dy = (dx * height) / width;
+  const midLng = (lng0 + lng1) / 2;
+  [lat0, lat1] = [midLat - dy / 2, midLat + dy / 2];
+  [lng0, lng1] = [midLng - dx / k / 2, midLng + dx / k / 2];
+  lng1 += ((lng1 - lng0) * LABEL_ROOM) / width;
+  return { lat0, lat1, lng0, lng1 };
+}
+
+function markerColor(view) {
+  let worst = null;
+  for (const a of state.alerts.values()) {
+    if (a.chassisId === view.chassis && (!worst || SEVERITY_RANK[a.severity] > SEVERITY_RANK[worst])) worst = a.severity;
+  }
+  if (worst) return SEVERITY_COLORS[worst];
+  return view.online ? ONLINE_COLOR : OFFLINE_COLOR;
+}
+
+const GRID = { left: 64, right: 16, top: 14, bottom: 30 };
+
+function renderMap() {
+  const el = $('#map');
+  if (!state.map) {
+    state.map = echarts.init(el, null, { renderer: 'canvas' });
+    new ResizeObserver(() => { state.map.resize(); renderMap(); }).observe(el);
+  }
+  const views = [...state.machines.values()].filter((v) => v.gps);
+  const points = views.flatMap((v) => [[v.gps.lng, v.gps.lat], ...v.trail]);
+  if (!points.length) {
+    state.map.setOption({
+      title: { text: 'No GPS positions yet', left: 'center', top: 'middle', textStyle: { color: '#6b7280', fontSize: 13, fontWeight: 400 } },
+      xAxis: { show: false }, yAxis: { show: false }, series: [],
+    }, { replaceMerge: ['series'] });
+    return;
+  }
+  const width = Math.max(10, state.map.getWidth() - GRID.left - GRID.right);
+  const height = Math.max(10, state.map.getHeight() - GRID.top - GRID.bottom);
+  const b = mapBounds(points, width, height);
+  const axis = (name, min, max) => ({
+    type: 'value', show: true, name, min, max, scale: true, splitNumber: 4,
+    nameTextStyle: { color: '#9ca3af', fontSize: 11 },
+    axisLine: { show: false }, axisTick: { show: false },
+    axisLabel: { color: '#6b7280', fontSize: 11, formatter: (v) => v.toFixed(3), hideOverlap: true, showMinLabel: false, showMaxLabel: false },
+    splitLine: { lineStyle: { color: '#eef1f5' } },
+  });
+  state.map.setOption({
+    animation: false,
+    title: { show: false },
+    textStyle: { fontFamily: FONT },
+    grid: GRID,
+    tooltip: {
+      trigger: 'item',
+      formatter: (p) => {
+        const view = state.machines.get(p.data?.chassis);
+        if (!view) return '';
+        return `<b>${view.chassis}</b><br>${view.online ? 'online' : 'offline'} · ${ago(view.lastSeen)}`
+          + `<br>${view.gps.lat.toFixed(5)}, ${view.gps.lng.toFixed(5)}`;
+      },
+    },
+    xAxis: axis('', b.lng0, b.lng1),
+    yAxis: axis('', b.lat0, b.lat1),
+    series: [
+      ...views.map((v, i) => ({
+        type: 'line', name: `${v.chassis} trail`, data: v.trail, showSymbol: false, silent: true,
+        lineStyle: { width: 2, color: TRAIL_COLORS[i % TRAIL_COLORS.length], opacity: 0.35 },
+      })),
+      {
+        type: 'scatter',
+        name: 'machines',
+        symbolSize: 14,
+        data: views.map((v) => ({
+          value: [v.gps.lng, v.gps.lat],
+          chassis: v.chassis,
+          itemStyle: { color: markerColor(v), borderColor: '#fff', borderWidth: 2, shadowBlur: 4, shadowColor: 'rgba(0,0,0,0.25)' },
+        })),
+        label: { show: true, position: 'right', formatter: (p) => p.data.chassis, color: '#111827', fontSize: 11, fontWeight: 600 },
+        z: 10,
+      },
+    ],
+  }, { replaceMerge: ['series'] });
+}
+
+// ---- gauge fields -----------------------------------------------------------
+
+const fieldsDialog = $('#fields-dialog');
+const fieldsForm = $('#fields-form');
+
+$('#choose-fields').addEventListener('click', async () => {
+  let machines = [];
+  try {
+    machines = await api.machines(state.orgId);
+  } catch (err) {
+    showBanner(`Cannot load fields: ${err.message}`);
+    return;
+  }
+  const names = new Map();
+  for (const m of machines) {
+    for (const [msgType, { fields }] of Object.entries(m.msgTypes ?? {})) {
+      for (const f of fields) if (!GPS.includes(f.name) && !names.has(f.name)) names.set(f.name, { ...f, msgType });
+    }
+  }
+  const rows = [...names.values()].sort((a, b) => a.name.localeCompare(b.name));
+  $('#fields-choices').replaceChildren(...rows.map((f) => h('label', { class: 'field-row' },
+    h('input', { type: 'checkbox', name: 'field', value: f.name, checked: state.fields.includes(f.name) }),
+    h('span', { class: 'field-name' }, f.name),
+    h('span', { class: 'field-unit' }, f.unit ?? ''),
+    h('span', { class: 'field-range' }, f.msgType))));
+  $('#fields-error').hidden = true;
+  fieldsDialog.showModal();
+});
+
+fieldsForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const chosen = [...fieldsForm.querySelectorAll('input[name=field]:checked')].map((i) => i.value);
+  const error = chosen.length === 0 ? 'Choose at least one field.'
+    : chosen.length > MAX_FIELDS ? `Choose at most ${MAX_FIELDS} fields (${chosen.length} chosen).` : null;
+  if (error) {
+    $('#fields-error').textContent = error;
+    $('#fields-error').hidden = false;
+    return;
+  }
+  localStorage.setItem('livedata.fleet.fields', chosen.join(','));
+  params.delete('fields');
+  fieldsDialog.close();
+  selectOrg(state.orgId);
+});
+
+start();

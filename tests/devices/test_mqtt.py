@@ -1,0 +1,485 @@
+"""The MQTT device link and device on a real Mosquitto started by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiomqtt
+import orjson
+import pytest
+
+from livedata.codec import encode
+from livedata.devices import open_devices
+from livedata.devices.base import Delivery, Rejection
+from livedata.devices.mqtt import (
+    MqttDevice,
+    MqttDeviceLink,
+    PresenceChange,
+    status_topic,
+    telemetry_topic,
+)
+from livedata.errors import BackendError, ConfigError
+from livedata.model import DeviceMessage, Frame, Kind, MsgType
+from tests.servers import free_port
+from tests.servers.mosquitto import Mosquitto, start_mosquitto
+
+TS = 1_700_000_000_000
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    server = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A fresh organisation id per test, so retained statuses never leak between tests."""
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+class Links:
+    """Starts links and devices for a test and closes them all afterwards.
+
+    Each link's deliveries are pumped into a queue, so waiting for one with a timeout
+    does not end the link's ``inbound()`` generator.
+    """
+
+    def __init__(self) -> None:
+        self.links: list[MqttDeviceLink] = []
+        self.devices: list[MqttDevice] = []
+        self.queues: dict[int, asyncio.Queue[Delivery | Rejection]] = {}
+        self.pumps: list[asyncio.Task[None]] = []
+
+    async def link(self, url: str) -> MqttDeviceLink:
+        link = MqttDeviceLink(url)
+        await link.start()
+        self.links.append(link)
+        return link
+
+    async def device(self, url: str, tenant: str, chassis: str) -> MqttDevice:
+        device = MqttDevice(url, tenant, chassis)
+        await device.connect()
+        self.devices.append(device)
+        return device
+
+    def queue(self, link: MqttDeviceLink) -> asyncio.Queue[Delivery | Rejection]:
+        queue = self.queues.get(id(link))
+        if queue is None:
+            queue = self.queues[id(link)] = asyncio.Queue()
+
+            async def pump() -> None:
+                async for item in link.inbound():
+                    queue.put_nowait(item)
+
+            self.pumps.append(asyncio.create_task(pump()))
+        return queue
+
+    async def next(self, link: MqttDeviceLink, timeout: float = 5.0) -> Delivery | Rejection:
+        return await asyncio.wait_for(self.queue(link).get(), timeout)
+
+    async def nothing(self, link: MqttDeviceLink, wait: float = 0.5) -> None:
+        await asyncio.sleep(wait)
+        queue = self.queue(link)
+        assert queue.empty(), f"unexpected {queue.get_nowait()}"
+
+    async def close(self) -> None:
+        for task in self.pumps:
+            task.cancel()
+        await asyncio.gather(*self.pumps, return_exceptions=True)
+        for device in self.devices:
+            await device.close()
+        for link in self.links:
+            await link.close()
+        self.pumps.clear()
+        self.queues.clear()
+        self.links.clear()
+        self.devices.clear()
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[Links]:
+    links = Links()
+    yield links
+    await links.close()
+
+
+def link_url(broker: Mosquitto, **options: str | int) -> str:
+    options.setdefault("group", f"g{uuid.uuid4().hex[:8]}")
+    return broker.url + "?" + "&".join(f"{k}={v}" for k, v in options.items())
+
+
+def can_message(
+    tenant: str, chassis: str, ts: int = TS, kind: Kind = Kind.REALTIME
+) -> DeviceMessage:
+    frames = (
+        Frame(ts, 0x0CF00400, True, bytes(range(8))),
+        Frame(ts + 3, 0x123, False, b"\x01\x02\x03"),
+    )
+    return DeviceMessage(tenant, chassis, MsgType.VEHICLE_CAN, ts, kind, frames=frames)
+
+
+def raw_message(tenant: str, chassis: str, ts: int = TS, **values: object) -> DeviceMessage:
+    return DeviceMessage(
+        tenant, chassis, MsgType.CLIENT_RAW_DATA, ts, values=values or {"cpu_usage": 12.5}
+    )
+
+
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Wait until ``condition()`` is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met in {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def publish(broker: Mosquitto, topic: str, payload: bytes, **auth: str) -> None:
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, **auth
+    ) as client:
+        await client.publish(topic, payload, qos=1)
+
+
+async def test_telemetry_round_trip_with_identity_from_topic(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """Both message types go device → broker → link intact, tenant and chassis from the topic."""
+    link = await parts.link(link_url(broker))
+    device = await parts.device(broker.url, tenant, "M1")
+    sent = [can_message(tenant, "M1"), raw_message(tenant, "M1", gps_fix=True, mode="dig")]
+    sent.append(can_message(tenant, "M1", TS + 1000, Kind.BACKFILL))
+    for message in sent:
+        await device.send(message)
+    await link.send(raw_message(tenant, "M2", TS + 2000))  # the link's own publish path
+    received = []
+    for _ in range(4):
+        item = await parts.next(link)
+        assert isinstance(item, Delivery), item
+        assert item.ack is not None
+        await item.ack()
+        received.append(item.message)
+    assert received == [*sent, raw_message(tenant, "M2", TS + 2000)]
+    with pytest.raises(ValueError, match="cannot send for"):
+        await device.send(raw_message(tenant, "M2"))
+
+
+async def test_payload_cannot_change_identity(broker: Mosquitto, parts: Links, tenant: str) -> None:
+    """A payload naming another machine is stored under the topic's machine, or refused."""
+    link = await parts.link(link_url(broker))
+    topic = telemetry_topic(tenant, "M1", "client_raw_data")
+    claims = {"v": 1, "ts": TS, "values": {"tenant": "other", "chassis": "M2"}}
+    await publish(broker, topic, orjson.dumps(claims))
+    item = await parts.next(link)
+    assert isinstance(item, Delivery)
+    assert (item.message.tenant, item.message.chassis) == (tenant, "M1")
+    assert item.message.values == {"tenant": "other", "chassis": "M2"}
+    await publish(broker, topic, orjson.dumps({**claims, "chassis": "M2", "values": {}}))
+    item = await parts.next(link)
+    assert isinstance(item, Rejection)
+    assert (item.tenant, item.chassis) == (tenant, "M1")
+    assert "unknown keys 'chassis'" in item.reason
+
+
+async def test_bad_messages_are_rejected_and_nothing_else_lost(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """Wrong encoding, a truncated batch, an unknown type or id each give one Rejection; good data still flows."""
+    link = await parts.link(link_url(broker))
+    good = encode(can_message(tenant, "M1"))
+    bad = [
+        (telemetry_topic(tenant, "M1", "vehicle_can"), encode(raw_message(tenant, "M1")), "JSON"),
+        (telemetry_topic(tenant, "M1", "vehicle_can"), good[:-2], "truncated"),
+        (telemetry_topic(tenant, "M1", "client_raw_data"), good, "binary vehicle_can"),
+        (telemetry_topic(tenant, "M1", "engine_oil"), good, "unknown msgType"),
+        (telemetry_topic(tenant, "M1", "status"), good, "unknown msgType"),
+        (f"livedata/{tenant}/bad id!/telemetry/vehicle_can", good, "invalid organisation"),
+        (telemetry_topic(tenant, "M1", "vehicle_can"), b"", "truncated"),
+    ]
+    for topic, payload, _ in bad:
+        await publish(broker, topic, payload)
+    await publish(broker, telemetry_topic(tenant, "M1", "vehicle_can"), good)
+    for topic, _, needle in bad:
+        item = await parts.next(link)
+        assert isinstance(item, Rejection), (topic, item)
+        assert needle in item.reason, (topic, item.reason)
+        assert item.tenant == tenant
+        assert item.chassis == ("" if "bad id" in topic else "M1")
+        assert item.ack is not None
+        await item.ack()
+    item = await parts.next(link)
+    assert isinstance(item, Delivery) and item.message == can_message(tenant, "M1")
+    await parts.nothing(link)
+    assert link.counters["rejected"] == len(bad)
+
+
+async def test_share_group_splits_messages_exactly_once(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """Two links of one share group each get a part, and every message exactly once."""
+    url = link_url(broker)
+    links = [await parts.link(url), await parts.link(url)]
+    device = await parts.device(broker.url, tenant, "M1")
+    count = 40
+    for i in range(count):
+        await device.send(raw_message(tenant, "M1", TS + i * 1000))
+    got: list[list[int]] = [[], []]
+
+    async def drain(index: int) -> None:
+        while True:
+            item = await parts.next(links[index], 30)
+            assert isinstance(item, Delivery) and item.ack is not None
+            got[index].append(item.message.ts)
+            await item.ack()
+
+    tasks = [asyncio.create_task(drain(i)) for i in range(2)]
+    await until(lambda: sum(map(len, got)) >= count, 10)
+    await asyncio.sleep(0.5)  # anything extra would arrive now
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert got[0] and got[1], got
+    everything = got[0] + got[1]
+    assert sorted(everything) == [TS + i * 1000 for i in range(count)]
+
+
+async def test_presence_follows_connect_close_and_lost_connection(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """Online on connect; offline at once via the Last Will when the connection drops; offline on close."""
+    link = await parts.link(link_url(broker))
+    changes = link.presence_changes()
+
+    async def next_change() -> PresenceChange:  # of this test's devices
+        while True:
+            change = await asyncio.wait_for(anext(changes), 5)
+            if change.tenant == tenant:
+                return change
+
+    device = MqttDevice(broker.url, tenant, "M1")
+    await device.connect()
+    change = await next_change()
+    assert (change.tenant, change.chassis, change.online) == (tenant, "M1", True)
+    assert link.presence[(tenant, "M1")][0] is True
+    started = time.monotonic()
+    await device.abort()  # no DISCONNECT: the broker publishes the Last Will
+    change = await next_change()
+    assert change.online is False and change.chassis == "M1"
+    assert time.monotonic() - started < 1.0
+    assert link.presence[(tenant, "M1")][0] is False
+
+    other = await parts.device(broker.url, tenant, "M2")
+    assert (await next_change()).online is True
+    await other.close()
+    change = await next_change()
+    assert (change.chassis, change.online) == ("M2", False)
+
+    # a link that starts later learns both from the retained statuses
+    late = await parts.link(link_url(broker))
+    await until(lambda: len([k for k in late.presence if k[0] == tenant]) == 2)
+    assert late.presence[(tenant, "M1")][0] is False
+    assert late.presence[(tenant, "M2")][0] is False
+    await changes.aclose()
+
+
+async def test_link_holds_unacknowledged_messages_in_flight(
+    tmp_path: Path, parts: Links, tenant: str
+) -> None:
+    """Nothing is acknowledged before ack(): with inflight=3 the broker sends 3 and holds the rest."""
+    own = start_mosquitto(tmp_path / "broker")
+    try:
+        link = await parts.link(link_url(own, inflight=3))
+        topic = telemetry_topic(tenant, "M1", "client_raw_data")
+        for i in range(6):
+            await publish(own, topic, encode(raw_message(tenant, "M1", TS + i)))
+        first = [await parts.next(link) for _ in range(3)]
+        await parts.nothing(link)
+        for item in first:
+            assert item.ack is not None
+            await item.ack()
+        rest = [await parts.next(link) for _ in range(3)]
+        assert [i.message.ts for i in (*first, *rest) if isinstance(i, Delivery)] == [
+            TS + i for i in range(6)
+        ]
+    finally:
+        await parts.close()
+        own.stop()
+
+
+async def test_unacknowledged_message_is_redelivered_to_the_restarted_member(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """A message whose consumer died before ack comes again to the persistent session; an acked one does not."""
+    client_id = f"ingest-{uuid.uuid4().hex[:8]}"
+    url = link_url(broker, client_id=client_id)
+    device = await parts.device(broker.url, tenant, "M1")
+
+    first = MqttDeviceLink(url)
+    await first.start()
+    await device.send(raw_message(tenant, "M1", TS))
+    item = await asyncio.wait_for(anext(first.inbound()), 5)
+    assert isinstance(item, Delivery) and item.message.ts == TS
+    # the process dies before the record is durable: no ack, no DISCONNECT
+    assert first._client is not None
+    first._client._client.socket().shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
+    await first.close()
+    await device.send(raw_message(tenant, "M1", TS + 1))
+
+    second = await parts.link(url)
+    again = [await parts.next(second), await parts.next(second)]
+    assert [i.message.ts for i in again if isinstance(i, Delivery)] == [TS, TS + 1]
+    for i in again:
+        assert i.ack is not None
+        await i.ack()
+    await item.ack()  # the dead connection's ack is skipped, not sent on the new one
+    assert second.stale_acks == 0 and first.stale_acks == 1
+    await second.close()
+
+    third = await parts.link(url)
+    await parts.nothing(third, 1.0)
+
+
+async def test_link_and_device_survive_a_broker_restart(
+    tmp_path: Path, parts: Links, tenant: str
+) -> None:
+    """After the broker restarts, link and device reconnect on their own and messages flow again."""
+    own = start_mosquitto(tmp_path / "broker")
+    try:
+        link = await parts.link(link_url(own))
+        device = await parts.device(own.url, tenant, "M1")
+        own.restart()
+        await until(lambda: device.connects == 2 and link.counters["connects"] == 2, 15)
+        assert link.connected and device.connected
+        await device.send(raw_message(tenant, "M1", TS))
+        item = await parts.next(link)
+        assert isinstance(item, Delivery) and item.message.ts == TS
+        await until(lambda: link.presence.get((tenant, "M1"), (False, 0))[0] is True)
+    finally:
+        await parts.close()
+        own.stop()
+
+
+def password_file(path: Path, users: dict[str, str]) -> Path:
+    for n, (user, secret) in enumerate(users.items()):
+        flags = ["-c"] if n == 0 else []
+        subprocess.run(["mosquitto_passwd", *flags, "-b", str(path), user, secret], check=True)
+    return path
+
+
+async def test_broker_acl_confines_a_device_to_its_prefix(tmp_path: Path, tenant: str) -> None:
+    """With one %u pattern ACL, a device can publish its own telemetry but not another machine's."""
+    directory = tmp_path / "acl"
+    directory.mkdir()
+    users = {f"{tenant}/M1": "device-secret", "ingest": "ingest-secret"}
+    passwords = await asyncio.to_thread(password_file, directory / "passwd", users)
+    acl = directory / "acl"
+    acl.write_text(
+        "user ingest\ntopic read livedata/#\n\n"
+        "pattern write livedata/%u/telemetry/+\n"
+        "pattern readwrite livedata/%u/status\n"
+        "pattern read livedata/%u/methods/req/#\n"
+        "pattern write livedata/%u/methods/res/+\n"
+    )
+    own = start_mosquitto(
+        directory, f"password_file {passwords}\nacl_file {acl}\n", anonymous=False
+    )
+    links = Links()
+    try:
+        with pytest.raises(ConfigError, match="refused"):
+            await MqttDeviceLink(f"mqtt://ingest:wrong@127.0.0.1:{own.port}").start()
+        link = await links.link(f"mqtt://ingest:ingest-secret@127.0.0.1:{own.port}")
+        auth = {"username": f"{tenant}/M1", "password": "device-secret"}
+        foreign = telemetry_topic(tenant, "M2", "client_raw_data")
+        await publish(own, foreign, encode(raw_message(tenant, "M2", TS)), **auth)
+        device = MqttDevice(
+            f"mqtt://{tenant}%2FM1:device-secret@127.0.0.1:{own.port}", tenant, "M1"
+        )
+        await device.connect()
+        links.devices.append(device)
+        await device.send(raw_message(tenant, "M1", TS + 1))
+        item = await links.next(link)
+        assert isinstance(item, Delivery)
+        assert (item.message.chassis, item.message.ts) == ("M1", TS + 1)
+        await links.nothing(link)  # the foreign message, published first, never arrives
+    finally:
+        await links.close()
+        own.stop()
+
+
+async def test_unreachable_broker_fails_start_clearly() -> None:
+    """A link or device whose broker does not answer fails start with BackendError in time."""
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    with pytest.raises(BackendError, match="not reachable after 1 s"):
+        await MqttDeviceLink(url + "?connect_timeout=1").start()
+    with pytest.raises(BackendError, match="not reachable after 1 s"):
+        await MqttDevice(url + "?connect_timeout=1", "acme", "M1").connect()
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("mqtt://", "names no host"),
+        ("mqtt://host:99999", "invalid port"),
+        ("mqtt://host?bogus=1", "'bogus' is not known"),
+        ("mqtt://host?inflight=0", "inflight"),
+        ("mqtt://host?group=a/b", "share group"),
+        ("mqtt://host?client_id=a%2Bb", "client_id"),
+    ],
+)
+def test_bad_urls_are_config_errors(url: str, needle: str) -> None:
+    """A wrong MQTT URL is a ConfigError naming what is wrong."""
+    with pytest.raises(ConfigError, match=needle):
+        open_devices(url)
+
+
+def test_topics() -> None:
+    """The documented topic names."""
+    assert telemetry_topic("demo", "WL-0001", "vehicle_can") == (
+        "livedata/demo/WL-0001/telemetry/vehicle_can"
+    )
+    assert status_topic("demo", "WL-0001") == "livedata/demo/WL-0001/status"
+    assert MqttDeviceLink("mqtt://h").share_filter == "$share/ingest/livedata/+/+/telemetry/+"
+
+
+async def test_simulate_command_publishes_each_machine_with_presence(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """`livedata simulate` connects one client per machine, sends both types, and goes offline on SIGTERM."""
+    link = await parts.link(link_url(broker))
+    command = [sys.executable, "-m", "livedata", "simulate", "--mqtt", broker.url]
+    command += ["--machines", "2", "--org", tenant, "--period", "0.2"]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        assert process.stdout is not None
+        lines = [await asyncio.wait_for(process.stdout.readline(), 20) for _ in range(2)]
+        assert lines[1].split() == [b"machines:", b"WL-0001", b"WL-0002"], lines
+        seen: set[tuple[str, str]] = set()
+        while len(seen) < 4:
+            item = await parts.next(link)
+            assert isinstance(item, Delivery), item
+            assert item.message.tenant == tenant and item.ack is not None
+            seen.add((item.message.chassis, item.message.msg_type))
+            await item.ack()
+        await until(
+            lambda: sum(1 for k, v in link.presence.items() if k[0] == tenant and v[0]) == 2
+        )
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        await until(lambda: all(not v[0] for k, v in link.presence.items() if k[0] == tenant))
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
