@@ -134,9 +134,17 @@ class Runtime:
         self._tasks.append(asyncio.create_task(supervise(), name=name))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Cancel the roles' tasks (again each second: a cancellation can be swallowed by
+        ``asyncio.wait_for`` on Python 3.11), then close the engines."""
+        pending = set(self._tasks)
+        for _ in range(10):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
+        if pending:
+            log.error("tasks did not stop: %s", ", ".join(t.get_name() for t in pending))
         self._tasks.clear()
         for name, part in reversed(self._parts()):
             try:
