@@ -243,3 +243,65 @@ class StoreContract(abc.ABC):
             "x": []
         }
         assert await store.query(tenant, "machine-1", "vehicle_can", ["x"], T0, T0, 0) == {"x": []}
+
+    async def test_downsample_keeps_a_single_spike(self, store: Store, tenant: str) -> None:
+        """One spike up and one down among 10,000 flat points survive downsampling to 50 buckets."""
+        records = [rec(tenant, T0 + n * 1000, {"x": 1.0, "i": 5}) for n in range(10_000)]
+        records[3_333].values["x"] = 99.5
+        records[7_777].values["x"] = -42.25
+        records[5_000].values["i"] = 6
+        await store.write(records)
+        end = T0 + 9_999_000
+        got = await store.downsample(tenant, "machine-1", "vehicle_can", ["x", "i"], T0, end, 50)
+        assert (T0 + 3_333_000, 99.5) in got["x"]
+        assert (T0 + 7_777_000, -42.25) in got["x"]
+        assert (T0 + 5_000_000, 6) in got["i"]
+        assert max(v for _, v in got["x"]) == 99.5 and min(v for _, v in got["x"]) == -42.25
+        assert all(type(v) is int for _, v in got["i"])
+        assert all(type(v) is float for _, v in got["x"])
+
+    async def test_downsample_bounds_and_orders_points(self, store: Store, tenant: str) -> None:
+        """At most 2 x buckets points per field, in time order, each an existing point."""
+        written = {T0 + n * 997: (n * 7919) % 1000 - 500 for n in range(5_000)}
+        await store.write([rec(tenant, ts, {"x": value}) for ts, value in written.items()])
+        start, end = T0 + 123, T0 + 4_000_000
+        for buckets in (1, 7, 100, 1_000, 10_000):
+            got = await store.downsample(
+                tenant, "machine-1", "vehicle_can", ["x"], start, end, buckets
+            )
+            points = got["x"]
+            assert 0 < len(points) <= 2 * buckets
+            stamps = [ts for ts, _ in points]
+            assert stamps == sorted(set(stamps))
+            assert all(start <= ts <= end and written[ts] == v for ts, v in points)
+        inside = [v for ts, v in written.items() if start <= ts <= end]
+        one = await store.downsample(tenant, "machine-1", "vehicle_can", ["x"], start, end, 1)
+        assert sorted(v for _, v in one["x"]) == [min(inside), max(inside)]
+
+    async def test_downsample_min_max_per_bucket(self, store: Store, tenant: str) -> None:
+        """Each bucket gives its min and max at their timestamps, one point when they coincide."""
+        values = [3, 1, 4, 1.5, 9, 2, 6, 5]  # two per bucket of 2 s, then one alone
+        await store.write([rec(tenant, T0 + n * 1000, {"x": v}) for n, v in enumerate(values)])
+        await store.write([rec(tenant, T0 + 8000, {"x": 7})])
+        got = await store.downsample(tenant, "machine-1", "vehicle_can", ["x"], T0, T0 + 9999, 5)
+        assert got["x"] == [
+            (T0, 3), (T0 + 1000, 1), (T0 + 2000, 4), (T0 + 3000, 1.5),
+            (T0 + 4000, 9), (T0 + 5000, 2), (T0 + 6000, 6), (T0 + 7000, 5), (T0 + 8000, 7),
+        ]  # fmt: skip
+
+    async def test_downsample_empty_and_missing(self, store: Store, tenant: str) -> None:
+        """Empty range, unknown fields, text-only fields and reversed ranges give [] per field."""
+        await store.write([rec(tenant, T0 + n * 1000, {"x": n, "s": f"v{n}"}) for n in range(10)])
+        await store.write([rec(tenant, T0 + 20_000, {"s": 3, "x": "text"})])  # mixed types
+        fields = ["x", "s", "missing"]
+        got = await store.downsample(tenant, "machine-1", "vehicle_can", fields, T0, T0 + 20_000, 4)
+        assert got["x"] == [(T0, 0), (T0 + 5000, 5), (T0 + 6000, 6), (T0 + 9000, 9)]
+        assert got["s"] == [(T0 + 20_000, 3)] and got["missing"] == []
+        empty = await store.downsample(tenant, "machine-1", "vehicle_can", fields, 0, T0 - 1, 10)
+        assert empty == {"x": [], "s": [], "missing": []}
+        reverse = await store.downsample(tenant, "machine-1", "vehicle_can", ["x"], T0 + 9, T0, 10)
+        assert reverse == {"x": []}
+        other = await store.downsample(tenant, "machine-9", "vehicle_can", ["x"], T0, T0 + 1, 10)
+        assert other == {"x": []}
+        with pytest.raises(ValueError):
+            await store.downsample(tenant, "machine-1", "vehicle_can", ["x"], T0, T0 + 1, 0)

@@ -17,6 +17,7 @@ from livedata.decode.can import CanDecoder
 from livedata.errors import DecodeError, InputError, NotFound
 from livedata.metadata import GroupSpec, group_dict
 from livedata.model import MsgType, valid_id
+from livedata.store.base import Series
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -26,6 +27,8 @@ router = APIRouter(prefix="/api")
 HISTORY_DEFAULT_MS = 120_000
 HISTORY_MAX_SPAN_MS = 7 * 86_400_000
 HISTORY_MAX_POINTS = 100_000
+MAX_POINTS_LIMIT = 10_000
+"""The largest ``maxPoints`` budget of the history API."""
 MAX_DBC_BYTES = 2 * 1024 * 1024
 
 
@@ -94,7 +97,26 @@ async def history(
     fields: Annotated[str | None, Query(description="comma-separated; default all")] = None,
     from_: Annotated[int | None, Query(alias="from", description="ms since epoch")] = None,
     to: Annotated[int | None, Query(description="ms since epoch; default now")] = None,
+    maxPoints: Annotated[
+        int | None,
+        Query(
+            ge=2,
+            le=MAX_POINTS_LIMIT,
+            description="at most this many points per field: a field with more in the range "
+            "comes back downsampled (min and max of maxPoints // 2 time buckets; numbers only)",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
+    """Raw points, or with ``maxPoints`` a budget per field.
+
+    With ``maxPoints``: a range longer than ``maxPoints`` seconds (more points than the
+    budget at the reference 1 Hz) is downsampled at once -- the store's min/max over
+    ``maxPoints // 2`` equal time buckets, so every spike is kept in at most
+    ``maxPoints`` points per field.  A shorter range is read raw with ``maxPoints + 1``
+    points per field (cheap: the range is short); a field that got them all (faster
+    than 1 Hz) is then downsampled, the others stay raw.  String values are left out
+    of downsampled fields.  ``downsampled`` says whether any field was downsampled.
+    """
     rt = runtime(request)
     check_msg_type(msgType)
     info = await rt.require_machine(orgId, chassisId)
@@ -115,13 +137,34 @@ async def history(
         raise InputError(f"from ({start}) is after to ({end})")
     if end - start > HISTORY_MAX_SPAN_MS:
         raise InputError("the time range is longer than 7 days")
-    series = await rt.store.query(
-        orgId, chassisId, msgType, names, start, end, limit=HISTORY_MAX_POINTS
-    )
+    if maxPoints is not None and end - start > maxPoints * 1000:
+        series = await rt.store.downsample(
+            orgId, chassisId, msgType, names, start, end, maxPoints // 2
+        )
+        return _history_body(msgType, start, end, series, downsampled=True)
+    limit = HISTORY_MAX_POINTS if maxPoints is None else maxPoints + 1
+    series = await rt.store.query(orgId, chassisId, msgType, names, start, end, limit=limit)
+    downsampled = False
+    if maxPoints is not None:
+        over = [name for name, points in series.items() if len(points) > maxPoints]
+        if over:
+            downsampled = True
+            series.update(
+                await rt.store.downsample(
+                    orgId, chassisId, msgType, over, start, end, maxPoints // 2
+                )
+            )
+    return _history_body(msgType, start, end, series, downsampled=downsampled)
+
+
+def _history_body(
+    msg_type: str, start: int, end: int, series: Series, *, downsampled: bool
+) -> dict[str, Any]:
     return {
-        "msgType": msgType,
+        "msgType": msg_type,
         "from": start,
         "to": end,
+        "downsampled": downsampled,
         "series": {name: [list(p) for p in points] for name, points in series.items()},
     }
 

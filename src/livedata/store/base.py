@@ -54,9 +54,61 @@ class Store(abc.ABC):
         """Values of ``fields`` with ``start_ms <= ts <= end_ms``; every asked field is a key."""
 
     @abc.abstractmethod
+    async def downsample(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        buckets: int,
+    ) -> Series:
+        """Min/max downsampling of ``fields`` over ``start_ms <= ts <= end_ms``, in the store.
+
+        The range is cut into ``buckets`` equal time buckets (see :func:`bucket_width`;
+        bucket ``i`` holds ``start_ms + i * width <= ts < start_ms + (i + 1) * width``).
+        For each field and non-empty bucket the result holds the bucket's minimum and
+        its maximum as two points at the timestamps where they occur -- one point when
+        both are the same point (a bucket of one point, or of equal values at one ts) --
+        in time order, so a line chart of the result keeps every spike.  When a
+        minimum or maximum occurs more than once in a bucket, any of its points may be
+        chosen.  At most ``2 * buckets`` points per field.
+
+        Numeric values only: string values are left out (a field of text alone comes
+        back ``[]``); ints and floats keep their type.  Every asked field is a key,
+        ``[]`` when it has no numeric data in the range; a reversed range gives ``[]``
+        for every field.  ``buckets < 1`` raises :class:`ValueError`.  Unlike
+        :meth:`query` there is no ``limit``: the result is bounded by ``buckets``.
+        Backends compute it with SQL aggregation, never over raw rows in Python
+        (except the in-memory store).
+        """
+
+    @abc.abstractmethod
     async def delete_before(self, ts_ms: int) -> int:
         """Retention: delete values older than ``ts_ms``; return how many were deleted."""
 
     @abc.abstractmethod
     async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
         """Timestamp of the newest stored value of a machine and message type."""
+
+
+def bucket_width(start_ms: int, end_ms: int, buckets: int) -> int:
+    """The width in ms of each of ``buckets`` equal buckets covering ``[start_ms, end_ms]``.
+
+    Rounded up (at least 1 ms), so ``(ts - start_ms) // width < buckets`` for every ts in
+    the range: never more than ``buckets`` buckets.
+    """
+    if buckets < 1:
+        raise ValueError(f"buckets must be at least 1, not {buckets}")
+    span = max(end_ms - start_ms + 1, 1)
+    return max(1, -(-span // buckets))
+
+
+def extremes(low_ts: int, low: Value, high_ts: int, high: Value) -> list[tuple[int, Value]]:
+    """The points of one bucket's minimum and maximum, in time order, one if they coincide."""
+    if low_ts == high_ts:
+        return [(low_ts, low)]
+    if low_ts < high_ts:
+        return [(low_ts, low), (high_ts, high)]
+    return [(high_ts, high), (low_ts, low)]

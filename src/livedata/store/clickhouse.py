@@ -127,7 +127,7 @@ from clickhouse_driver.util.helpers import parse_url
 
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Record, Value
-from livedata.store.base import Series, Store
+from livedata.store.base import Series, Store, bucket_width, extremes
 from livedata.store.memory import INT64_MAX, INT64_MIN, normalize_value
 
 T = TypeVar("T")
@@ -529,6 +529,69 @@ class ClickHouseStore(Store):
             ORDER BY field, ts DESC
             LIMIT %(limit)s BY field"""
         with _translated("query"):
+            rows: list[tuple[Any, ...]] = self._client().execute(sql, params)
+        return rows
+
+    async def downsample(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        buckets: int,
+    ) -> Series:
+        """argMin/argMax per (field, ``intDiv(ts - start, width)``), without deduplication.
+
+        A redelivered point has the same value, so min and max need no ``argMax(.., ver)``
+        pass; only a corrected value counts with its old value too until merged.
+        """
+        width = bucket_width(start_ms, end_ms, buckets)
+        result: Series = {name: [] for name in fields}
+        if start_ms > end_ms or not result:
+            return result
+        params = {
+            "tenant": tenant,
+            "chassis": chassis,
+            "msg_type": msg_type,
+            "fields": tuple(result),
+            "start": start_ms,
+            "end": end_ms,
+            "width": width,
+        }
+        rows = await self._run(partial(self._select_extremes, params))
+        for (
+            name,
+            _k,
+            low_ts,
+            low_kind,
+            low_num,
+            low_int,
+            high_ts,
+            high_kind,
+            high_num,
+            high_int,
+        ) in rows:
+            low: Value = low_int if low_kind == KIND_INT else low_num
+            high: Value = high_int if high_kind == KIND_INT else high_num
+            result[name].extend(extremes(low_ts, low, high_ts, high))
+        return result
+
+    def _select_extremes(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        db = self.database
+        sql = f"""
+            SELECT field, intDiv(ts - %(start)s, %(width)s) AS k,
+                argMin(ts, num), argMin(kind, num), min(num), argMin(int, num),
+                argMax(ts, num), argMax(kind, num), max(num), argMax(int, num)
+            FROM {db}.points
+            WHERE tenant = %(tenant)s AND chassis = %(chassis)s AND msg_type = %(msg_type)s
+                AND field IN %(fields)s AND ts >= %(start)s AND ts <= %(end)s
+                AND kind != {KIND_STR}
+                AND ts >= (SELECT max(cutoff) FROM {db}.retention)
+            GROUP BY field, k
+            ORDER BY field, k"""
+        with _translated("downsample"):
             rows: list[tuple[Any, ...]] = self._client().execute(sql, params)
         return rows
 

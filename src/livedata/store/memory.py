@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from livedata.model import Record, Value
-from livedata.store.base import Series, Store
+from livedata.store.base import Series, Store, bucket_width, extremes
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -142,6 +142,49 @@ class MemoryStore(Store):
             hi = bisect_right(series.ts, end_ms)
             lo = max(lo, hi - limit)
             result[name] = list(zip(series.ts[lo:hi], series.values[lo:hi], strict=True))
+        return result
+
+    async def downsample(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        buckets: int,
+    ) -> Series:
+        """Min/max per bucket in Python: this is the in-memory backend (one pass per field)."""
+        width = bucket_width(start_ms, end_ms, buckets)
+        machine = self._machines.get((tenant, chassis, msg_type), {})
+        result: Series = {}
+        for name in fields:
+            out: list[tuple[int, Value]] = []
+            result[name] = out
+            series = machine.get(name)
+            if series is None or start_ms > end_ms:
+                continue
+            lo = bisect_left(series.ts, start_ms)
+            hi = bisect_right(series.ts, end_ms)
+            current = -1
+            low_ts = high_ts = 0
+            low: float | int = 0
+            high: float | int = 0
+            for ts, value in zip(series.ts[lo:hi], series.values[lo:hi], strict=True):
+                if type(value) is str:
+                    continue
+                assert not isinstance(value, str)
+                bucket = (ts - start_ms) // width
+                if bucket != current:
+                    if current >= 0:
+                        out.extend(extremes(low_ts, low, high_ts, high))
+                    current, low_ts, low, high_ts, high = bucket, ts, value, ts, value
+                elif value < low:
+                    low_ts, low = ts, value
+                elif value > high:
+                    high_ts, high = ts, value
+            if current >= 0:
+                out.extend(extremes(low_ts, low, high_ts, high))
         return result
 
     async def delete_before(self, ts_ms: int) -> int:

@@ -91,7 +91,7 @@ import asyncpg
 
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Record, Value
-from livedata.store.base import Series, Store
+from livedata.store.base import Series, Store, bucket_width, extremes
 from livedata.store.memory import INT64_MAX, INT64_MIN, normalize_value
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,24 @@ _SELECT = """
         LIMIT $6
     ) p
     WHERE s.tenant = $1 AND s.chassis = $2 AND s.msg_type = $3 AND s.field = ANY($7::text[])
+"""
+# Min and max per (series, time bucket): DISTINCT ON keeps the first row of each group
+# in the ORDER BY, so one sort ascending by value gives the minimum rows and one
+# descending the maximum rows, with their timestamps.
+_EXTREMES = """
+    WITH p AS MATERIALIZED (
+        SELECT s.field, (p.ts - $4) / $6 AS k, p.ts, p.num, p.int,
+            coalesce(p.num, p.int::double precision) AS v
+        FROM telemetry_series s
+        JOIN telemetry_points p ON p.series_id = s.series_id
+        WHERE s.tenant = $1 AND s.chassis = $2 AND s.msg_type = $3 AND s.field = ANY($7::text[])
+            AND p.ts BETWEEN $4 AND $5 AND p.str IS NULL
+    )
+    SELECT lo.field, lo.k, lo.ts, lo.num, lo.int, hi.ts, hi.num, hi.int
+    FROM (SELECT DISTINCT ON (field, k) field, k, ts, num, int FROM p ORDER BY field, k, v) lo
+    JOIN (SELECT DISTINCT ON (field, k) field, k, ts, num, int FROM p ORDER BY field, k, v DESC) hi
+        USING (field, k)
+    ORDER BY lo.field, lo.k
 """
 _LATEST = """
     SELECT max(p.ts)
@@ -514,6 +532,28 @@ class PostgresStore(Store):
         for points in result.values():
             points.reverse()  # newest first per series, as the LIMIT needs
             points.sort(key=_ts_of)  # a no-op pass when already in order
+        return result
+
+    async def downsample(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        buckets: int,
+    ) -> Series:
+        width = bucket_width(start_ms, end_ms, buckets)
+        result: Series = {name: [] for name in fields}
+        if start_ms > end_ms or not result:
+            return result
+        args = (tenant, chassis, msg_type, start_ms, end_ms, width, list(result))
+        rows = await self._call("downsample", lambda conn: conn.fetch(_EXTREMES, *args))
+        for name, _k, low_ts, low_num, low_int, high_ts, high_num, high_int in rows:
+            low = _value_of(low_num, low_int, None)
+            high = _value_of(high_num, high_int, None)
+            result[name].extend(extremes(low_ts, low, high_ts, high))
         return result
 
     async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:

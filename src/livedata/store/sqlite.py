@@ -80,7 +80,7 @@ from urllib.parse import urlsplit
 
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Record, Value
-from livedata.store.base import Series, Store
+from livedata.store.base import Series, Store, bucket_width, extremes
 from livedata.store.memory import INT64_MAX, INT64_MIN, normalize_value
 
 T = TypeVar("T")
@@ -143,6 +143,26 @@ _SELECT_POINTS = """
     ORDER BY bucket DESC, ts DESC
     LIMIT :limit
 """
+# Min/max per (series, time bucket) with SQLite's bare-column rule: in a query with a
+# single min() or max(), the other columns come from the row holding that extreme.
+_EXTREME = """
+    SELECT series_id, (ts - :start_ms) / :width AS k, ts, {fn}(value) FROM points
+    WHERE bucket IN (SELECT b FROM minutes) AND series_id IN ({ids})
+        AND ts BETWEEN :start_ms AND :end_ms AND typeof(value) IN ('integer', 'real')
+    GROUP BY series_id, k
+"""
+_DOWNSAMPLE = (
+    """
+    WITH RECURSIVE minutes(b) AS (
+        SELECT MAX(:first_bucket, (SELECT MIN(bucket) FROM points))
+        UNION ALL
+        SELECT b + 1 FROM minutes WHERE b < MIN(:last_bucket, (SELECT MAX(bucket) FROM points))
+    )
+"""
+    + _EXTREME.replace("{fn}", "MIN")
+    + " UNION ALL "
+    + _EXTREME.replace("{fn}", "MAX")
+)
 _LATEST = "SELECT last_ts FROM streams WHERE tenant = ? AND chassis = ? AND msg_type = ?"
 
 
@@ -482,6 +502,75 @@ class SQLiteStore(Store):
             finally:
                 if conn.in_transaction:
                     conn.execute("COMMIT")
+        return result
+
+    async def downsample(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        buckets: int,
+    ) -> Series:
+        width = bucket_width(start_ms, end_ms, buckets)
+        fn = partial(
+            self._downsample, (tenant, chassis, msg_type), list(fields), start_ms, end_ms, width
+        )
+        return await self._on_reader(fn)
+
+    def _downsample(
+        self,
+        key: _StreamKey,
+        fields: list[str],
+        start_ms: int,
+        end_ms: int,
+        width: int,
+        conn: sqlite3.Connection,
+    ) -> Series:
+        """One statement for all fields: min and max per (series, bucket), grouped in SQL."""
+        result: Series = {name: [] for name in fields}
+        if start_ms > end_ms or not fields:
+            return result
+        with _translated("downsample"):
+            conn.execute("BEGIN")
+            try:
+                stream_id = self._stream_ids.get(key)
+                if stream_id is None:
+                    row = conn.execute(_SELECT_STREAM, key).fetchone()
+                    if row is None:
+                        return result
+                    stream_id = self._stream_ids.setdefault(key, row[0])
+                known = self._series_ids.setdefault(stream_id, {})
+                names: dict[int, str] = {}
+                for name in result:
+                    series_id = known.get(name)
+                    if series_id is None:
+                        row = conn.execute(_SELECT_SERIES, (stream_id, name)).fetchone()
+                        if row is None:
+                            continue
+                        series_id = known.setdefault(name, row[0])
+                    names[series_id] = name
+                if not names:
+                    return result
+                sql = _DOWNSAMPLE.replace("{ids}", ",".join(str(int(i)) for i in names))
+                params = {
+                    "first_bucket": start_ms // BUCKET_MS,
+                    "last_bucket": end_ms // BUCKET_MS,
+                    "start_ms": start_ms,
+                    "end_ms": end_ms,
+                    "width": width,
+                }
+                rows = conn.execute(sql, params).fetchall()
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        half = len(rows) // 2  # the MIN rows, then the MAX rows of the same groups
+        highs = {(sid, k): (ts, value) for sid, k, ts, value in rows[half:]}
+        for sid, k, low_ts, low in sorted(rows[:half], key=lambda r: (r[0], r[1])):
+            high_ts, high = highs[sid, k]
+            result[names[sid]].extend(extremes(low_ts, low, high_ts, high))
         return result
 
     async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:

@@ -57,10 +57,16 @@ export const api = {
   deleteGroup(orgId, groupId) {
     return request('DELETE', `${orgPath(orgId)}/groups/${enc(groupId)}`);
   },
-  /** History of `fields`; without `from` the server returns the last 120 s. */
-  history(orgId, chassisId, msgType, fields, from) {
+  /**
+   * History of `fields`; without `from` the server returns the last 120 s. With
+   * `maxPoints`, a field with more points comes back min/max downsampled; `to`
+   * defaults to the server's now.
+   */
+  history(orgId, chassisId, msgType, fields, from, maxPoints, to) {
     const query = new URLSearchParams({ msgType, fields: fields.join(',') });
     if (from != null) query.set('from', String(from));
+    if (to != null) query.set('to', String(to));
+    if (maxPoints != null) query.set('maxPoints', String(maxPoints));
     return request('GET', `${datasetPath(orgId, chassisId)}/history?${query}`);
   },
 };

@@ -5,13 +5,25 @@ import { api } from './api.js';
 import { GroupChart } from './charts.js';
 import { confirmDelete, openGroupForm } from './dialogs.js';
 import { $, h } from './dom.js';
-import { Feed } from './feed.js';
+import { Feed, WINDOW_MS } from './feed.js';
 
 const orgSelect = $('#org-select');
 const machineSelect = $('#machine-select');
 const groupsEl = $('#groups');
 const emptyState = $('#empty-state');
 const addButton = $('#add-group');
+const rangeSelect = $('#range-select');
+
+// The time ranges of the header's selector. 2 min is the page as it always was (raw
+// history, then live); the wider ranges load min/max downsampled history of about
+// one point per chart pixel and keep appending live points.
+const RANGES = [
+  ['2m', '2 min', WINDOW_MS],
+  ['15m', '15 min', 15 * 60_000],
+  ['1h', '1 h', 3_600_000],
+  ['24h', '24 h', 86_400_000],
+  ['7d', '7 d', 7 * 86_400_000],
+];
 
 const state = {
   orgId: null,
@@ -22,7 +34,25 @@ const state = {
   feeds: new Map(),
   /** @type {Map<string, {key: string, group: object, el: HTMLElement, chart: GroupChart}>} */
   cards: new Map(),
+  range: '2m',
 };
+
+const rangeMs = () => RANGES.find(([key]) => key === state.range)[2];
+
+/** The history budget per field: about the chart width in pixels (none for 2 min). */
+function maxPoints() {
+  if (rangeMs() <= WINDOW_MS) return null;
+  const width = groupsEl.querySelector('.chart')?.clientWidth || groupsEl.clientWidth || 1000;
+  return Math.max(100, Math.min(10_000, Math.round(width)));
+}
+
+/** Points further apart than this are not joined: a few downsampling buckets, at least 5 s. */
+function gapMs() {
+  const budget = maxPoints();
+  return budget ? Math.max(5000, (3 * rangeMs()) / (budget / 2)) : 5000;
+}
+
+rangeSelect.replaceChildren(...RANGES.map(([key, label]) => h('option', { value: key }, label)));
 
 // ---- banner -------------------------------------------------------------
 
@@ -44,6 +74,8 @@ $('#banner-close').addEventListener('click', () => {
 
 async function start() {
   const params = new URLSearchParams(location.search);
+  if (RANGES.some(([key]) => key === params.get('range'))) state.range = params.get('range');
+  rangeSelect.value = state.range;
   let orgs;
   try {
     orgs = await api.orgs();
@@ -90,6 +122,7 @@ function selectMachine(chassisId) {
   machineSelect.value = chassisId ?? '';
   const query = new URLSearchParams({ org: state.orgId });
   if (chassisId) query.set('machine', chassisId);
+  if (state.range !== '2m') query.set('range', state.range);
   history.replaceState(null, '', `?${query}`);
 
   const m = state.machine;
@@ -107,6 +140,10 @@ function selectMachine(chassisId) {
 
 orgSelect.addEventListener('change', () => selectOrg(orgSelect.value, null));
 machineSelect.addEventListener('change', () => selectMachine(machineSelect.value));
+rangeSelect.addEventListener('change', () => {
+  state.range = rangeSelect.value;
+  if (state.machine) selectMachine(state.machine.chassisId); // new feeds load the new range
+});
 
 const EMPTY_STATES = {
   noGroups: ['No chart groups yet', 'A group draws chosen signals of one message type in one chart, '
@@ -258,6 +295,8 @@ function syncFeeds() {
         onData: scheduleDraw,
         onStatus: renderConnections,
         onError: showBanner,
+        windowMs: rangeMs(),
+        maxPoints: maxPoints(),
       }));
     }
   }
@@ -316,8 +355,10 @@ function scheduleDraw() {
 
 function draw() {
   const now = Date.now();
+  const windowMs = rangeMs();
+  const gap = gapMs();
   for (const card of state.cards.values()) {
-    card.chart.update(state.feeds.get(card.group.msgType)?.series, now);
+    card.chart.update(state.feeds.get(card.group.msgType)?.series, now, windowMs, gap);
   }
 }
 

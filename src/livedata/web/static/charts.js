@@ -6,7 +6,8 @@ const { echarts } = globalThis; // loaded by the classic <script> in index.html
 
 const PALETTE = ['#2563eb', '#f59e0b', '#10b981', '#ef4444', '#8b5cf6', '#0891b2', '#db2777', '#65a30d'];
 // Consecutive points further apart than this are not joined by a line: a gap in
-// the data shows as a gap in the chart, not as a straight line across it.
+// the data shows as a gap in the chart, not as a straight line across it. Wider,
+// downsampled ranges pass a larger gap (a few bucket widths) to update().
 const GAP_MS = 5000;
 const AXIS_COLOR = '#d5d9e0';
 const LABEL_COLOR = '#6b7280';
@@ -104,13 +105,13 @@ export class GroupChart {
     };
   }
 
-  /** Redraw with the feed's points and move the window to end at `now`. */
-  update(series, now) {
+  /** Redraw with the feed's points and move the window of `windowMs` to end at `now`. */
+  update(series, now, windowMs = WINDOW_MS, gapMs = GAP_MS) {
     this.latest = new Map(this.fields.map((field) => [field, series?.get(field)?.at(-1)?.[1]]));
     this.chart.setOption({
-      xAxis: { min: now - WINDOW_MS, max: now },
+      xAxis: { min: now - windowMs, max: now, axisLabel: { formatter: axisFormat(windowMs) } },
       legend: { formatter: (name) => this.legendLabel(name) },
-      series: this.fields.map((field) => ({ id: field, data: withGaps(series?.get(field) ?? []) })),
+      series: this.fields.map((field) => ({ id: field, data: withGaps(series?.get(field) ?? [], gapMs) })),
     });
   }
 
@@ -140,10 +141,16 @@ export class GroupChart {
   }
 }
 
-function withGaps(points) {
+function axisFormat(windowMs) {
+  if (windowMs > 86_400_000) return '{MM}-{dd} {HH}:{mm}';
+  if (windowMs > 120_000) return '{HH}:{mm}';
+  return '{HH}:{mm}:{ss}';
+}
+
+function withGaps(points, gapMs) {
   const out = [];
   for (let i = 0; i < points.length; i += 1) {
-    if (i > 0 && points[i][0] - points[i - 1][0] > GAP_MS) out.push([points[i - 1][0] + 1, null]);
+    if (i > 0 && points[i][0] - points[i - 1][0] > gapMs) out.push([points[i - 1][0] + 1, null]);
     out.push(points[i]);
   }
   return out;

@@ -11,16 +11,22 @@ import { api, liveUrl } from './api.js';
 import { ReconnectingSocket } from './live.js';
 
 export const WINDOW_MS = 120_000;
-// Points older than this behind the newest point of their series are dropped.
-const KEEP_MS = WINDOW_MS + 30_000;
+// Points older than the window plus this, behind the newest point of their series, are dropped.
+const KEEP_EXTRA_MS = 30_000;
 
 export class Feed {
   /**
    * @param {{orgId: string, chassisId: string, msgType: string, fields: string[],
    *          onData: () => void, onStatus: () => void,
-   *          onError: (message: string) => void}} options
+   *          onError: (message: string) => void,
+   *          windowMs?: number, maxPoints?: number | null}} options
+   * `windowMs` is the time range kept and backfilled (2 min by default); with
+   * `maxPoints`, history comes min/max downsampled to at most that many points per
+   * field (the wider ranges), and live points are appended as they come.
    */
-  constructor({ orgId, chassisId, msgType, fields, onData, onStatus, onError }) {
+  constructor({ orgId, chassisId, msgType, fields, onData, onStatus, onError, windowMs = WINDOW_MS, maxPoints = null }) {
+    this.windowMs = windowMs;
+    this.maxPoints = maxPoints;
     this.orgId = orgId;
     this.chassisId = chassisId;
     this.msgType = msgType;
@@ -71,7 +77,7 @@ export class Feed {
     // Resume from the last point seen if it is still in the window; fields that have
     // no points yet (added while disconnected) get the whole window.
     const fields = [...this.fields];
-    const resume = this.lastTs !== null && this.lastTs > Date.now() - WINDOW_MS;
+    const resume = this.lastTs !== null && this.lastTs > Date.now() - this.windowMs;
     const resumed = resume ? fields.filter((field) => this.series.has(field)) : [];
     const fresh = fields.filter((field) => !resumed.includes(field));
     if (resumed.length) this.backfill(resumed, this.lastTs);
@@ -85,7 +91,13 @@ export class Feed {
   async backfill(fields, from) {
     this.backfills += 1;
     try {
-      const history = await api.history(this.orgId, this.chassisId, this.msgType, fields, from);
+      // A whole wide window is asked with both ends (the server refuses more than 7 d,
+      // and its clock may run a little ahead of ours); live points after `to` are buffered.
+      const now = Date.now();
+      const whole = from == null && this.windowMs !== WINDOW_MS;
+      const history = await api.history(
+        this.orgId, this.chassisId, this.msgType, fields,
+        whole ? now - this.windowMs : from, this.maxPoints, whole ? now : null);
       if (this.closed) return;
       for (const [field, points] of Object.entries(history.series ?? {})) {
         if (this.fields.has(field)) this.merge(field, points);
@@ -131,7 +143,7 @@ export class Feed {
     }
     for (const point of points) insertPoint(series, point);
     const newest = series[series.length - 1][0];
-    const cutoff = newest - KEEP_MS;
+    const cutoff = newest - this.windowMs - KEEP_EXTRA_MS;
     let stale = 0;
     while (series[stale][0] < cutoff) stale += 1;
     if (stale) series.splice(0, stale);

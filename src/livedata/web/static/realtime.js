@@ -1,0 +1,134 @@
+// Real-time control on the Live Data page: each group card gets a status line
+// (🟢 "Real-Time is running" / 🔴 "Real-Time is stopped") with Start / Stop buttons
+// that send the direct methods startMs / endMs through
+// POST /api/iothubs/{org}/devices/{chassis}/methods. The buttons are disabled while a
+// command is in flight; a failure (machine offline: 404, no answer: 504) is shown on
+// the card. While real-time is off each chart carries an overlay "Real-time stopped"
+// so it does not look frozen. The status is polled every 2 s
+// (GET /api/resources/{org}/machines/{chassis}/status), so changes made elsewhere
+// (another page, the device) appear without a reload.
+//
+// Self-contained: it reads the organisation and machine from the page's pickers and
+// decorates the cards app.js renders in #groups (a MutationObserver adds the panel to
+// new cards), so app.js needs no change.
+
+import { $, h } from './dom.js';
+
+const POLL_MS = 2000;
+const groupsEl = $('#groups');
+const orgSelect = $('#org-select');
+const machineSelect = $('#machine-select');
+
+const rt = {
+  key: '', // "org/chassis" the status belongs to
+  status: null, // last status body, or null while unknown
+  busy: false,
+  error: '',
+};
+
+const style = document.createElement('style');
+style.textContent = `
+.rt-panel { display: flex; align-items: center; gap: 8px; margin: 6px 16px 0; font-size: 13px; flex-wrap: wrap; }
+.rt-state { font-weight: 600; }
+.rt-error { color: #b91c1c; font-size: 12px; }
+.card { position: relative; }
+.rt-overlay { position: absolute; left: 8px; right: 8px; bottom: 8px; height: 260px; display: flex;
+  align-items: center; justify-content: center; pointer-events: none; font-size: 15px; font-weight: 600;
+  color: #b91c1c; background: rgba(255, 255, 255, 0.55); }
+`;
+document.head.append(style);
+
+const current = () => ({ org: orgSelect?.value || '', chassis: machineSelect?.value || '' });
+
+function label() {
+  const s = rt.status;
+  if (!s) return ['⚪', 'Real-Time status unknown'];
+  if (!s.connected) return ['⚫', 'Machine offline'];
+  if (s.realtime === 'on') return ['🟢', 'Real-Time is running'];
+  if (s.realtime === 'off') return ['🔴', 'Real-Time is stopped'];
+  return ['⚪', 'Real-Time status unknown'];
+}
+
+function panelFor(card) {
+  let panel = card.querySelector(':scope > .rt-panel');
+  if (!panel) {
+    panel = h('div', { class: 'rt-panel', 'data-testid': 'rt-panel' },
+      h('span', { class: 'rt-state', role: 'status' }),
+      h('button', { type: 'button', class: 'btn small rt-start', onclick: () => send('startMs') }, 'Start'),
+      h('button', { type: 'button', class: 'btn small rt-stop', onclick: () => send('endMs') }, 'Stop'),
+      h('span', { class: 'rt-error', role: 'alert' }));
+    const head = card.querySelector(':scope > .card-head');
+    if (head) head.after(panel);
+    else card.prepend(panel);
+  }
+  return panel;
+}
+
+function render() {
+  const [icon, text] = label();
+  const on = rt.status?.realtime;
+  const stopped = rt.status && rt.status.connected && on === 'off';
+  for (const card of groupsEl.querySelectorAll(':scope > .card')) {
+    const panel = panelFor(card);
+    panel.querySelector('.rt-state').textContent = `${icon} ${rt.busy ? 'Sending…' : text}`;
+    panel.querySelector('.rt-start').disabled = rt.busy || !rt.status || on === 'on';
+    panel.querySelector('.rt-stop').disabled = rt.busy || !rt.status || on === 'off';
+    panel.querySelector('.rt-error').textContent = rt.error;
+    let overlay = card.querySelector(':scope > .rt-overlay');
+    if (stopped && !overlay) {
+      overlay = h('div', { class: 'rt-overlay' }, 'Real-time stopped');
+      card.append(overlay);
+    } else if (!stopped && overlay) overlay.remove();
+  }
+}
+
+async function refresh() {
+  const { org, chassis } = current();
+  const key = `${org}/${chassis}`;
+  if (key !== rt.key) Object.assign(rt, { key, status: null, error: '' });
+  if (!org || !chassis) return render();
+  try {
+    const res = await fetch(`/api/resources/${encodeURIComponent(org)}/machines/${encodeURIComponent(chassis)}/status`);
+    if (res.ok && rt.key === key) rt.status = await res.json();
+  } catch {
+    // the server is away: keep the last state, the next poll tries again
+  }
+  render();
+}
+
+async function send(methodName) {
+  const { org, chassis } = current();
+  if (!org || !chassis || rt.busy) return;
+  rt.busy = true;
+  rt.error = '';
+  render();
+  try {
+    const res = await fetch(`/api/iothubs/${encodeURIComponent(org)}/devices/${encodeURIComponent(chassis)}/methods`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ methodName, payload: { reason: 'user_action', commandId: crypto.randomUUID?.() || String(Date.now()) }, responseTimeoutInSeconds: 10 }),
+    });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      const what = res.status === 404 && body.error?.code === 'DeviceNotConnected' ? 'Machine is offline'
+        : res.status === 504 ? 'Machine did not answer in time' : 'Command failed';
+      rt.error = `${what}: ${body.error?.message || res.status}`;
+    } else if (body.status !== 200) {
+      rt.error = `Machine answered ${body.status}: ${JSON.stringify(body.payload)}`;
+    } else if (rt.status && body.payload?.realtime) {
+      rt.status = { ...rt.status, realtime: body.payload.realtime };
+    }
+  } catch (err) {
+    rt.error = `Command failed: ${err.message}`;
+  } finally {
+    rt.busy = false;
+    render();
+    refresh();
+  }
+}
+
+new MutationObserver(() => render()).observe(groupsEl, { childList: true });
+orgSelect?.addEventListener('change', () => refresh());
+machineSelect?.addEventListener('change', () => setTimeout(refresh, 0));
+setInterval(refresh, POLL_MS);
+refresh();
