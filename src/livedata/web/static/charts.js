@@ -42,7 +42,7 @@ export class GroupChart {
     return {
       animation: false,
       color: PALETTE,
-      textStyle: { fontFamily: 'inherit' },
+      textStyle: { fontFamily: 'system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif' },
       grid: { left: 8, right: 20, top: 40, bottom: 4, containLabel: true },
       // Right-aligned on the row of the y-axis name; each entry shows the latest value,
       // in a fixed-width box so that the entries do not shift as values change.
