@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 from livedata.model import Record, Value
 
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
 Series = dict[str, list[tuple[int, Value]]]
 """Per field, ``[ts_ms, value]`` pairs in time order: what an ECharts time axis takes."""
 
@@ -112,3 +115,38 @@ def extremes(low_ts: int, low: Value, high_ts: int, high: Value) -> list[tuple[i
     if low_ts < high_ts:
         return [(low_ts, low), (high_ts, high)]
     return [(high_ts, high), (low_ts, low)]
+
+
+def storable(value: object) -> Value | None:
+    """``value`` as every store keeps it, or ``None`` when it is skipped.
+
+    Floats stay floats (NaN is skipped), ints stay ints unless wider than 64 bits
+    (then floats), bools become ints, strings stay strings, anything else is
+    skipped -- so one bad value never costs the rest of a batch, and every backend
+    returns the same types.
+    """
+    if type(value) is float:
+        return None if value != value else value
+    if type(value) is int:
+        return value if INT64_MIN <= value <= INT64_MAX else float(value)
+    if type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return storable(int(value))
+    if isinstance(value, float):
+        return storable(float(value))
+    if isinstance(value, str):
+        return str(value)
+    return None
+
+
+def storable_values(values: dict[str, Value]) -> dict[str, Value]:
+    """The values of a record that :func:`storable` keeps."""
+    clean: dict[str, Value] = {}
+    for name, value in values.items():
+        kept = storable(value)
+        if kept is not None:
+            clean[name] = kept
+    return clean

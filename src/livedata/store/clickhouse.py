@@ -127,8 +127,15 @@ from clickhouse_driver.util.helpers import parse_url
 
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Record, Value
-from livedata.store.base import Series, Store, bucket_width, extremes
-from livedata.store.memory import INT64_MAX, INT64_MIN, normalize_value
+from livedata.store.base import (
+    INT64_MAX,
+    INT64_MIN,
+    Series,
+    Store,
+    bucket_width,
+    extremes,
+    storable_values,
+)
 
 T = TypeVar("T")
 
@@ -285,25 +292,6 @@ class _Columns:
         ]
 
 
-def _clean(values: dict[str, Value]) -> dict[str, Value]:
-    """The storable values (as the memory store normalises them)."""
-    clean: dict[str, Value] = {}
-    for name, value in values.items():
-        if type(value) is float:
-            if value != value:  # NaN
-                continue
-        elif type(value) is int:
-            if not INT64_MIN <= value <= INT64_MAX:
-                value = float(value)
-        elif type(value) is not str:
-            normal = normalize_value(value)
-            if normal is None:
-                continue
-            value = normal
-        clean[name] = value
-    return clean
-
-
 class ClickHouseStore(Store):
     """The store on a ClickHouse server; see the module docstring for schema and stress."""
 
@@ -413,7 +401,7 @@ class ClickHouseStore(Store):
         merged: dict[tuple[str, str, str, int], dict[str, Value]] = {}
         written = 0
         for record in records:
-            values = _clean(record.values)
+            values = storable_values(record.values)
             if not values:
                 continue
             written += len(values)

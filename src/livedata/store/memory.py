@@ -28,34 +28,18 @@ interleave inside a batch); 100,000 points take in the order of 50 ms.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from livedata.model import Record, Value
-from livedata.store.base import Series, Store, bucket_width, extremes
-
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
-
-
-def normalize_value(value: object) -> Value | None:
-    """``value`` as the stores keep it, or ``None`` when it cannot be stored (skipped).
-
-    Shared by the stores so that every backend returns the same types.
-    """
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        number = int(value)
-        return number if INT64_MIN <= number <= INT64_MAX else float(number)
-    if isinstance(value, float):
-        real = float(value)
-        return None if math.isnan(real) else real
-    if isinstance(value, str):
-        return str(value)
-    return None
+from livedata.store.base import (
+    Series,
+    Store,
+    bucket_width,
+    extremes,
+    storable,
+)
 
 
 class _Series:
@@ -102,18 +86,10 @@ class MemoryStore(Store):
             if machine is None:
                 machine = machines[key] = {}
             ts = record.ts
-            for name, value in record.values.items():
-                if type(value) is float:
-                    if value != value:  # NaN
-                        continue
-                elif type(value) is int:
-                    if not INT64_MIN <= value <= INT64_MAX:
-                        value = float(value)
-                elif type(value) is not str:
-                    clean = normalize_value(value)
-                    if clean is None:
-                        continue
-                    value = clean
+            for name, raw in record.values.items():
+                value = storable(raw)
+                if value is None:
+                    continue
                 series = machine.get(name)
                 if series is None:
                     series = machine[name] = _Series()

@@ -91,8 +91,14 @@ import asyncpg
 
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Record, Value
-from livedata.store.base import Series, Store, bucket_width, extremes
-from livedata.store.memory import INT64_MAX, INT64_MIN, normalize_value
+from livedata.store.base import (
+    INT64_MIN,
+    Series,
+    Store,
+    bucket_width,
+    extremes,
+    storable_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,24 +254,13 @@ def _value_of(num: float | None, integer: int | None, text: str | None) -> Value
 
 
 def _clean(values: dict[str, Value]) -> dict[str, Value]:
-    """The storable values (as the memory store normalises them; text without NUL)."""
-    clean: dict[str, Value] = {}
-    for name, value in values.items():
-        if type(value) is float:
-            if value != value:  # NaN
-                continue
-        elif type(value) is int:
-            if not INT64_MIN <= value <= INT64_MAX:
-                value = float(value)
-        elif type(value) is not str:
-            normal = normalize_value(value)
-            if normal is None:
-                continue
-            value = normal
-        if type(value) is str and "\x00" in value:
-            continue  # PostgreSQL text cannot hold NUL: one such value must not block a batch
-        clean[name] = value
-    return clean
+    """The storable values, without text holding NUL (PostgreSQL text cannot hold it:
+    one such value must not block a batch)."""
+    return {
+        name: value
+        for name, value in storable_values(values).items()
+        if type(value) is not str or "\x00" not in value
+    }
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

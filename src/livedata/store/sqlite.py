@@ -80,8 +80,14 @@ from urllib.parse import urlsplit
 
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Record, Value
-from livedata.store.base import Series, Store, bucket_width, extremes
-from livedata.store.memory import INT64_MAX, INT64_MIN, normalize_value
+from livedata.store.base import (
+    INT64_MIN,
+    Series,
+    Store,
+    bucket_width,
+    extremes,
+    storable,
+)
 
 T = TypeVar("T")
 
@@ -361,18 +367,10 @@ class SQLiteStore(Store):
                     ts = record.ts
                     bucket = ts // BUCKET_MS
                     before = len(rows)
-                    for name, value in record.values.items():
-                        if type(value) is float:
-                            if value != value:  # NaN
-                                continue
-                        elif type(value) is int:
-                            if not INT64_MIN <= value <= INT64_MAX:
-                                value = float(value)
-                        elif type(value) is not str:
-                            clean = normalize_value(value)
-                            if clean is None:
-                                continue
-                            value = clean
+                    for name, raw in record.values.items():
+                        value = storable(raw)
+                        if value is None:
+                            continue
                         series_id = fields.get(name)
                         if series_id is None:
                             series_id = new_series.get((stream_id, name))
