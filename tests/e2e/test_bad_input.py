@@ -36,6 +36,11 @@ RECOVERABLE = [
     ),
     ('{"type":"INIT_FIELD_LIST","payload":["speed","no_such_field"]}', "unknown_fields"),
     ('{"type":"INIT_FIELD_LIST","payload":["speed"],"since":{"seq":"x"}}', "invalid_since"),
+    ('{"type":"INIT_FIELD_LIST","payload":["speed"],"maxRate":1000}', "invalid_rate"),
+    (
+        '{"type":"INIT_FIELD_LIST","payload":["speed"],"maxRate":1,"aggregate":"p99"}',
+        "invalid_rate",
+    ),
 ]
 
 

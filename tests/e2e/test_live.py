@@ -131,3 +131,24 @@ async def test_history_meets_live_without_gap(demo: Server) -> None:
         live = [await next_live(ws) for _ in range(2)]
     stamps = sorted({last, *(m["ts"] for m in live)})
     assert all(b - a == 1000 for a, b in itertools.pairwise(stamps))
+
+
+async def test_rate_control_sums_up_intervals(demo: Server) -> None:
+    """maxRate 0.5 with minmax sends one message per 2 s holding min and max of the interval."""
+    async with websockets.connect(demo.live_url(demo.machines[2])) as ws:
+        await ws.send(
+            orjson.dumps(
+                {
+                    "type": "INIT_FIELD_LIST",
+                    "payload": ["engine_rpm"],
+                    "maxRate": 0.5,
+                    "aggregate": "minmax",
+                }
+            ).decode()
+        )
+        first = await next_live(ws, 5)
+        second = await next_live(ws, 5)
+    for message in (first, second):
+        rpm = message["payload"]["engine_rpm"]
+        assert set(rpm) == {"min", "max"} and rpm["min"] <= rpm["max"]
+    assert second["count"] == 2 and second["seq"] - first["seq"] == 2

@@ -12,6 +12,12 @@ gets ``{"type":"RECOVERY","recovered":true,"epoch":…,"messages":[LIVE_DATA…]
 exactly the messages it missed, in order, then live data; ``"recovered":false`` (and
 no messages) means they are gone and it should fill the gap from the history API.
 
+Rate control: ``"maxRate": 2, "aggregate": "minmax"`` (or ``last``, ``avg``) in
+INIT_FIELD_LIST gets at most 2 messages a second, each summing up its interval
+(see :mod:`livedata.gateway.rate`); without them the protocol is as above.  A
+rate-controlled subscription does not recover after a reconnect (``since`` is
+ignored with ``maxRate``).
+
 A client whose socket takes nothing for 30 s is closed with 1013; dead peers are
 found by WebSocket pings (every 20 s, 20 s to answer).
 
@@ -26,6 +32,7 @@ unknown_type       not an object with a known ``type``                    stays 
 invalid_field_list ``payload`` is not a list of field names               stays open
 too_many_fields    more than 500 fields                                   stays open
 invalid_since      ``since`` is not ``{"epoch": str, "seq": int}``        stays open
+invalid_rate       ``maxRate``/``aggregate`` out of range or unknown      stays open
 unknown_fields     fields the machine does not have (the rest are kept)   stays open
 message_too_big    a message over 64 KiB                                  1009
 unsupported_data   a binary message                                       1003
@@ -53,6 +60,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from livedata import observe
 from livedata.errors import NotFound
 from livedata.gateway.hub import Hub, LiveClient, Stalled
+from livedata.gateway.rate import RateLimiter
 from livedata.model import MsgType, live_channel, valid_id
 
 log = logging.getLogger("livedata.gateway.live")
@@ -102,6 +110,7 @@ async def serve_live(
     observe.WS_CONNECTIONS.inc()
     client = LiveClient(websocket.send_text, queue_max, stall_timeout)
     writer = asyncio.create_task(_write(websocket, client))
+    rated = _Rated(hub, client)
     try:
         if msg_type not in set(MsgType):
             raise _Fatal(
@@ -115,7 +124,7 @@ async def serve_live(
             raise _Fatal("not_found", str(exc), CLOSE_NOT_FOUND) from None
         channel = live_channel(org_id, chassis_id, msg_type)
         with observe.log_context(role="gateway", machine=chassis_id):
-            await _receive_loop(websocket, hub, client, channel, fields, msg_type)
+            await _receive_loop(websocket, hub, client, channel, fields, msg_type, rated)
     except _Fatal as exc:
         writer.cancel()
         with contextlib.suppress(Exception):
@@ -125,6 +134,7 @@ async def serve_live(
         pass
     finally:
         writer.cancel()
+        await rated.stop()
         await hub.leave(client)
         observe.WS_CONNECTIONS.dec()
 
@@ -155,6 +165,48 @@ def parse_since(value: Any) -> tuple[str, int] | None:
     return value["epoch"], value["seq"]
 
 
+def parse_rate(fields: tuple[str, ...], data: dict[str, Any]) -> RateLimiter | None:
+    """The rate control an INIT_FIELD_LIST asks for (``maxRate``, ``aggregate``), if any."""
+    max_rate, mode = data.get("maxRate"), data.get("aggregate", "last")
+    if max_rate is None:
+        if "aggregate" in data:
+            raise ValueError("invalid_rate", "aggregate needs maxRate")
+        return None
+    if not isinstance(max_rate, int | float) or isinstance(max_rate, bool):
+        raise ValueError("invalid_rate", "maxRate must be a number of messages per second")
+    try:
+        return RateLimiter(fields, float(max_rate), str(mode))
+    except ValueError as exc:
+        raise ValueError("invalid_rate", str(exc)) from None
+
+
+class _Rated:
+    """A rate-controlled subscription: a hub listener feeding a limiter, flushed on a timer."""
+
+    def __init__(self, hub: Hub, client: LiveClient) -> None:
+        self.hub, self.client = hub, client
+        self._current: tuple[str, RateLimiter, asyncio.Task[None]] | None = None
+
+    async def start(self, channel: str, limiter: RateLimiter) -> None:
+        task = asyncio.create_task(self._flush(limiter))
+        self._current = (channel, limiter, task)
+        await self.hub.listen(channel, limiter.add)
+
+    async def _flush(self, limiter: RateLimiter) -> None:
+        while True:
+            await asyncio.sleep(limiter.interval)
+            message = limiter.flush()
+            if message is not None:
+                self.client.offer(orjson.dumps(message), message.get("seq", 0))
+
+    async def stop(self) -> None:
+        if self._current is not None:
+            channel, limiter, task = self._current
+            self._current = None
+            task.cancel()
+            await self.hub.unlisten(channel, limiter.add)
+
+
 async def _receive_loop(
     websocket: WebSocket,
     hub: Hub,
@@ -162,6 +214,7 @@ async def _receive_loop(
     channel: str,
     known: set[str],
     msg_type: str,
+    rated: _Rated,
 ) -> None:
     recent: deque[float] = deque()
     while True:
@@ -195,6 +248,7 @@ async def _receive_loop(
         try:
             fields = parse_field_list(data.get("payload"))
             since = parse_since(data.get("since"))
+            limiter = parse_rate(fields, data)
         except ValueError as exc:
             code, text = exc.args
             client.offer(error(code, text).encode())
@@ -204,4 +258,9 @@ async def _receive_loop(
             client.offer(
                 error("unknown_fields", f"{msg_type} has no fields {unknown[:20]}").encode()
             )
-        await hub.watch(client, channel, fields, since)
+        await rated.stop()
+        if limiter is None:
+            await hub.watch(client, channel, fields, since)
+        else:
+            await hub.leave(client)
+            await rated.start(channel, limiter)
