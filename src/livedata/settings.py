@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     smtp_host: str = Field("", description="SMTP server for alert e-mails (empty: none)")
     smtp_port: int = Field(25, ge=1, le=65535, description="port of the SMTP server")
     smtp_from: str = Field("livedata@localhost", description="sender of alert e-mails")
+    map_tiles: str = Field(
+        "",
+        description="fleet map tile URL template, e.g. https://tile.example/{z}/{x}/{y}.png"
+        " (empty: no tiles, positions on a plain grid)",
+    )
+    map_attribution: str = Field("", description="attribution shown under the map's tiles")
 
     @classmethod
     def settings_customise_sources(

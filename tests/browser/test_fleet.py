@@ -26,11 +26,14 @@ GAUGES_JS = """(chassis) => {
   const series = echarts.getInstanceByDom(el).getOption().series;
   return series.map((s) => ({name: s.name, value: s.data[0].value, bands: s.axisLine.lineStyle.color}));
 }"""
-MAP_JS = """() => {
-  const chart = echarts.getInstanceByDom(document.querySelector('#map'));
-  const scatter = chart.getOption().series.find((s) => s.type === 'scatter');
-  return scatter ? scatter.data.map((d) => d.chassis) : [];
-}"""
+MAP_JS = (
+    """() => [...document.querySelectorAll('#map .machine-marker')].map((m) => m.dataset.chassis)"""
+)
+UNREACHABLE_TILES = "http://127.0.0.1:9/{z}/{x}/{y}.png"
+"""Port 9 (discard): Chromium refuses it outright (ERR_UNSAFE_PORT), and nothing listens on it
+here anyway, so every tile request fails, as with no tile server reachable."""
+TILE_URL = re.compile(r"http://127\.0\.0\.1:9/\d+/\d+/\d+\.png")
+FAILED_LOAD = r"^Failed to load resource: net::ERR_(UNSAFE_PORT|CONNECTION_REFUSED)$"
 
 
 async def _seed_silent_machine(data_dir: Path) -> None:
@@ -260,5 +263,123 @@ def test_rules_page_shows_why_a_rule_is_refused(server: Server, browser, artifac
         ]
         assert "RPM band" not in names
         tab.assert_clean(allow=r"status of 400 \(Bad Request\)")  # the refused rule
+    finally:
+        tab.close()
+
+
+MAP_STATE_JS = """() => {
+  const map = document.querySelector('#map').getBoundingClientRect();
+  const markers = [...document.querySelectorAll('#map .machine-marker')].map((m) => {
+    const r = m.querySelector('.pin').getBoundingClientRect();
+    const inside = r.left >= map.left && r.right <= map.right && r.top >= map.top
+      && r.bottom <= map.bottom;
+    return {chassis: m.dataset.chassis, status: m.dataset.status, inside,
+            x: r.left + r.width / 2, y: r.top + r.height / 2,
+            label: m.querySelector('.pin-label').textContent,
+            color: getComputedStyle(m.querySelector('.pin')).backgroundColor};
+  });
+  return {
+    markers,
+    tiles: document.querySelectorAll('#map img.leaflet-tile').length,
+    trails: document.querySelectorAll('#map .leaflet-overlay-pane path').length,
+    gridLines: document.querySelectorAll('#map .graticule .grid-line').length,
+    gridLabels: document.querySelectorAll('#map .graticule .grid-label').length,
+    scale: document.querySelector('#map .leaflet-control-scale-line')?.textContent ?? null,
+    note: document.querySelector('#map .map-note').hidden
+      ? null : document.querySelector('#map .map-note').textContent,
+    attribution: document.querySelector('#map .leaflet-control-attribution')?.textContent ?? null,
+    tileState: document.querySelector('#map').dataset.tiles,
+  };
+}"""
+
+
+def _wait_for_markers(page, machines: list[str]) -> dict:
+    page.wait_for_function(f"({MAP_JS})().length == {len(machines)}", timeout=5000)
+    state = page.evaluate(MAP_STATE_JS)
+    assert sorted(m["chassis"] for m in state["markers"]) == sorted(machines)
+    assert all(m["inside"] for m in state["markers"]), state["markers"]
+    assert [m["label"] for m in state["markers"]] == [m["chassis"] for m in state["markers"]]
+    return state
+
+
+def test_map_shows_positions_without_a_tile_server(server: Server, browser, artifacts) -> None:
+    """With no tile server configured the map draws no tiles but the machines' markers,
+    fitted into view, with trails, a graticule and a scale; the markers move live and a
+    marker's popup names the machine and when it was last seen."""
+    assert httpx.get(f"{server.url}/api/resources/{ORG}/fleet").json()["map"] == {
+        "tiles": "",
+        "attribution": "",
+    }
+    tab = Tab(browser, server.url, 1360, 900).open_fleet()
+    page = tab.page
+    try:
+        state = _wait_for_markers(page, server.machines)
+        assert state["tiles"] == 0 and state["tileState"] == "none"
+        assert state["gridLines"] >= 4 and state["gridLabels"] >= 2, state
+        assert state["scale"] and re.fullmatch(r"\d+ k?m", state["scale"]), state["scale"]
+        assert state["note"] is None and state["attribution"] is None
+        assert all(m["color"] == "rgb(22, 163, 74)" for m in state["markers"])  # online, no alert
+        page.wait_for_function(
+            "document.querySelectorAll('#map .leaflet-overlay-pane path').length == 2"
+        )
+        before = {m["chassis"]: (m["x"], m["y"]) for m in state["markers"]}
+        deadline = time.monotonic() + 8
+        while True:  # the simulated machines drive around
+            now = {m["chassis"]: (m["x"], m["y"]) for m in page.evaluate(MAP_STATE_JS)["markers"]}
+            if now != before:
+                break
+            assert time.monotonic() < deadline, "no marker moved"
+            page.wait_for_timeout(250)
+
+        page.locator(f'#map .machine-marker[data-chassis="{server.machines[0]}"] .pin').click()
+        popup = page.locator("#map .machine-popup")
+        popup.wait_for()
+        text = popup.inner_text()
+        assert server.machines[0] in text and "Last seen" in text and "online" in text, text
+        page.wait_for_timeout(300)  # the popup's fade-in
+        page.locator("#map").screenshot(path=str(artifacts / "fleet-map-no-tiles.png"))
+        tab.assert_clean()
+    finally:
+        tab.close()
+
+
+@pytest.fixture(scope="module")
+def tiles_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A demo of 2 machines whose map names a tile server that is not reachable."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LIVEDATA_MAP_TILES", UNREACHABLE_TILES)
+        mp.setenv("LIVEDATA_MAP_ATTRIBUTION", "Tiles © nobody")
+        demo = start_demo(Path(tmp_path_factory.mktemp("fleet-tiles")), "--machines", "2")
+    yield demo
+    stop(demo)
+
+
+@pytest.mark.parametrize(("width", "height"), [(1360, 900), (390, 844)])
+def test_map_with_an_unreachable_tile_server(
+    tiles_server: Server, browser, artifacts, width: int, height: int
+) -> None:
+    """A configured tile server that cannot be reached: its tiles are asked for and fail,
+    the map says so and still shows every machine on the plain graticule; the rest of the
+    page stays live. Only tile requests leave the host; only their failures are logged."""
+    body = httpx.get(f"{tiles_server.url}/api/resources/{ORG}/fleet").json()
+    assert body["map"] == {"tiles": UNREACHABLE_TILES, "attribution": "Tiles © nobody"}
+    tab = Tab(browser, tiles_server.url, width, height).open_fleet()
+    page = tab.page
+    try:
+        page.wait_for_function("document.querySelector('#map').dataset.tiles == 'failing'")
+        state = _wait_for_markers(page, tiles_server.machines)
+        assert state["tiles"] > 0 and state["gridLines"] >= 4, state
+        assert state["note"] == "Map tiles unavailable"
+        assert state["attribution"] == "Tiles © nobody"
+        page.wait_for_function(
+            "document.querySelectorAll('.status-pill[data-status=online]').length == 2"
+        )
+        page.locator("#map").scroll_into_view_if_needed()
+        page.screenshot(path=str(artifacts / f"fleet-map-tiles-unreachable-{width}.png"))
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        tiles = [url for url in tab.foreign if TILE_URL.fullmatch(url)]
+        assert tiles, "no tile was asked for"
+        tab.foreign = [url for url in tab.foreign if not TILE_URL.fullmatch(url)]
+        tab.assert_clean(allow=FAILED_LOAD)
     finally:
         tab.close()

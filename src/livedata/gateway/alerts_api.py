@@ -11,7 +11,10 @@ why, 404 unknown or another organisation's object, 409 conflict):
 ``POST …/alerts/{alertId}/ack`` ``{"comment": …}``       acknowledge (once)
 ``GET …/alerts/{alertId}/notifications``                 webhook / e-mail deliveries and errors
 ``GET …/fleet?fields=a,b``                               every machine: online, last seen,
-                                                         latest values, latest GPS
+                                                         latest values, latest GPS; ``map``:
+                                                         the tile URL template and attribution
+                                                         (settings ``map_tiles``,
+                                                         ``map_attribution``; ``""`` = none)
 =======================================================  ======================================
 
 A rule body is ``{"name", "enabled", "kind": "value"|"nodata", "scope":
@@ -567,6 +570,7 @@ async def fleet(
         active[alert.chassis_id] = active.get(alert.chassis_id, 0) + 1
     summary = cache.summary(names, active)
     summary["fields"] = await _field_info(rt, orgId, cache, names)
+    summary["map"] = {"tiles": rt.settings.map_tiles, "attribution": rt.settings.map_attribution}
     return summary
 
 

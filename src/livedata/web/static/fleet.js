@@ -8,6 +8,7 @@
 
 import { $, h } from './dom.js';
 import { SEVERITY_COLORS, SEVERITY_RANK, ago, alertsApi, api, clock, num } from './alerts-api.js';
+import { FleetMap } from './fleet-map.js';
 
 const { echarts } = globalThis; // classic <script defer> in fleet.html
 
@@ -15,7 +16,7 @@ const DEFAULT_FIELDS = ['engine_rpm', 'coolant_temp', 'fuel_level'];
 const MAX_FIELDS = 4;
 const GPS = ['gps_lat', 'gps_lng'];
 const SPARK_MS = 120_000;
-const TRAIL = 90;
+const TRAIL = 90; // points of a map trail ([lat, lng])
 const POLL_MS = 2000;
 const RULES_REFRESH_MS = 30_000;
 const NORMAL_BAND = '#cdeedd';
@@ -38,6 +39,8 @@ const state = {
   socket: null,
   pollTimer: null,
   map: null,
+  /** tile server of the map: {tiles: URL template, attribution}; '' = none */
+  mapConfig: { tiles: '', attribution: '' },
   ackAlert: null,
   fresh: new Set(),
 };
@@ -113,6 +116,7 @@ async function selectOrg(orgId) {
   }
   if (state.orgId !== orgId) return;
   state.fieldInfo = new Map(summary.fields.map((f) => [f.name, f]));
+  state.mapConfig = summary.map ?? state.mapConfig;
   renderMachines(summary.machines);
   state.alerts = new Map(alerts.map((a) => [a.id, a]));
   renderAlerts();
@@ -167,6 +171,7 @@ function machineView(m) {
   const sparks = echarts.init(sparksEl, null, { renderer: 'canvas' });
   const view = {
     chassis: m.chassisId,
+    name: m.name,
     model: m.model,
     el,
     status,
@@ -347,7 +352,7 @@ function applyMachine(chassis, update) {
   const gps = update.gps;
   if (gps && (!view.gps || gps.ts > view.gps.ts)) {
     view.gps = gps;
-    view.trail.push([gps.lng, gps.lat]);
+    view.trail.push([gps.lat, gps.lng]);
     if (view.trail.length > TRAIL) view.trail.shift();
   }
   view.gauges.setOption({
@@ -382,7 +387,7 @@ async function fillSparklines(orgId) {
     if (state.orgId !== orgId) return;
     if (fields.includes(GPS[0])) {
       const lngs = new Map((body.series[GPS[1]] ?? []).map(([t, v]) => [t, v]));
-      const trail = (body.series[GPS[0]] ?? []).filter(([t]) => lngs.has(t)).map(([t, lat]) => [lngs.get(t), lat]);
+      const trail = (body.series[GPS[0]] ?? []).filter(([t]) => lngs.has(t)).map(([t, lat]) => [lat, lngs.get(t)]);
       view.trail.unshift(...trail.slice(-TRAIL));
       view.trail.splice(0, Math.max(0, view.trail.length - TRAIL));
       renderMap();
@@ -602,98 +607,56 @@ function everySecond() {
 
 // ---- map --------------------------------------------------------------------
 
-const LABEL_ROOM = 72; // px kept free right of the easternmost marker for its label
-
-function mapBounds(points, fullWidth, height) {
-  const width = Math.max(10, fullWidth - LABEL_ROOM);
-  const lats = points.map((p) => p[1]);
-  const lngs = points.map((p) => p[0]);
-  let [lat0, lat1] = [Math.min(...lats), Math.max(...lats)];
-  let [lng0, lng1] = [Math.min(...lngs), Math.max(...lngs)];
-  const midLat = (lat0 + lat1) / 2;
-  const k = Math.cos((midLat * Math.PI) / 180) || 1; // a degree of longitude is shorter
-  let dy = Math.max(lat1 - lat0, 0.002) * 1.3;
-  let dx = Math.max((lng1 - lng0) * k, 0.002) * 1.3;
-  if (dx / dy < width / height) dx = (dy * width) / height;
-  else dy = (dx * height) / width;
-  const midLng = (lng0 + lng1) / 2;
-  [lat0, lat1] = [midLat - dy / 2, midLat + dy / 2];
-  [lng0, lng1] = [midLng - dx / k / 2, midLng + dx / k / 2];
-  lng1 += ((lng1 - lng0) * LABEL_ROOM) / width;
-  return { lat0, lat1, lng0, lng1 };
-}
-
-function markerColor(view) {
+function worstSeverity(view) {
   let worst = null;
   for (const a of state.alerts.values()) {
     if (a.chassisId === view.chassis && (!worst || SEVERITY_RANK[a.severity] > SEVERITY_RANK[worst])) worst = a.severity;
   }
-  if (worst) return SEVERITY_COLORS[worst];
+  return worst;
+}
+
+function markerColor(view, severity) {
+  if (severity) return SEVERITY_COLORS[severity];
   return view.online ? ONLINE_COLOR : OFFLINE_COLOR;
 }
 
-const GRID = { left: 64, right: 16, top: 14, bottom: 30 };
+function mapPopup(item) {
+  return h('div', { class: 'popup' },
+    h('div', { class: 'popup-head' },
+      h('strong', {}, item.chassis),
+      h('span', { class: 'status-pill', dataset: { status: item.status } }, item.status)),
+    item.name ? h('div', { class: 'muted' }, [item.name, item.model].filter(Boolean).join(' · ')) : null,
+    h('dl', {},
+      h('dt', {}, 'Last seen'), h('dd', { title: item.lastSeen ? new Date(item.lastSeen).toLocaleString() : '' }, ago(item.lastSeen)),
+      item.severity ? h('dt', {}, 'Alert') : null,
+      item.severity ? h('dd', { class: `sev-text`, dataset: { severity: item.severity } }, item.severity) : null,
+      h('dt', {}, 'Position'), h('dd', {}, `${item.lat.toFixed(5)}, ${item.lng.toFixed(5)}`)));
+}
 
 function renderMap() {
-  const el = $('#map');
   if (!state.map) {
-    state.map = echarts.init(el, null, { renderer: 'canvas' });
-    new ResizeObserver(() => { state.map.resize(); renderMap(); }).observe(el);
+    if (!globalThis.L) return; // Leaflet not vendored: the rest of the page still works
+    state.map = new FleetMap($('#map'), mapPopup);
   }
+  state.map.setTiles(state.mapConfig);
   const views = [...state.machines.values()].filter((v) => v.gps);
-  const points = views.flatMap((v) => [[v.gps.lng, v.gps.lat], ...v.trail]);
-  if (!points.length) {
-    state.map.setOption({
-      title: { text: 'No GPS positions yet', left: 'center', top: 'middle', textStyle: { color: '#6b7280', fontSize: 13, fontWeight: 400 } },
-      xAxis: { show: false }, yAxis: { show: false }, series: [],
-    }, { replaceMerge: ['series'] });
-    return;
-  }
-  const width = Math.max(10, state.map.getWidth() - GRID.left - GRID.right);
-  const height = Math.max(10, state.map.getHeight() - GRID.top - GRID.bottom);
-  const b = mapBounds(points, width, height);
-  const axis = (name, min, max) => ({
-    type: 'value', show: true, name, min, max, scale: true, splitNumber: 4,
-    nameTextStyle: { color: '#9ca3af', fontSize: 11 },
-    axisLine: { show: false }, axisTick: { show: false },
-    axisLabel: { color: '#6b7280', fontSize: 11, formatter: (v) => v.toFixed(3), hideOverlap: true, showMinLabel: false, showMaxLabel: false },
-    splitLine: { lineStyle: { color: '#eef1f5' } },
-  });
-  state.map.setOption({
-    animation: false,
-    title: { show: false },
-    textStyle: { fontFamily: FONT },
-    grid: GRID,
-    tooltip: {
-      trigger: 'item',
-      formatter: (p) => {
-        const view = state.machines.get(p.data?.chassis);
-        if (!view) return '';
-        return `<b>${view.chassis}</b><br>${view.online ? 'online' : 'offline'} · ${ago(view.lastSeen)}`
-          + `<br>${view.gps.lat.toFixed(5)}, ${view.gps.lng.toFixed(5)}`;
-      },
-    },
-    xAxis: axis('', b.lng0, b.lng1),
-    yAxis: axis('', b.lat0, b.lat1),
-    series: [
-      ...views.map((v, i) => ({
-        type: 'line', name: `${v.chassis} trail`, data: v.trail, showSymbol: false, silent: true,
-        lineStyle: { width: 2, color: TRAIL_COLORS[i % TRAIL_COLORS.length], opacity: 0.35 },
-      })),
-      {
-        type: 'scatter',
-        name: 'machines',
-        symbolSize: 14,
-        data: views.map((v) => ({
-          value: [v.gps.lng, v.gps.lat],
-          chassis: v.chassis,
-          itemStyle: { color: markerColor(v), borderColor: '#fff', borderWidth: 2, shadowBlur: 4, shadowColor: 'rgba(0,0,0,0.25)' },
-        })),
-        label: { show: true, position: 'right', formatter: (p) => p.data.chassis, color: '#111827', fontSize: 11, fontWeight: 600 },
-        z: 10,
-      },
-    ],
-  }, { replaceMerge: ['series'] });
+  state.map.update(views.map((v, i) => {
+    const severity = worstSeverity(v);
+    return {
+      chassis: v.chassis,
+      name: v.name,
+      model: v.model,
+      online: v.online,
+      status: v.online ? 'online' : 'offline',
+      lastSeen: v.lastSeen,
+      lat: v.gps.lat,
+      lng: v.gps.lng,
+      severity,
+      color: markerColor(v, severity),
+      trail: v.trail,
+      trailColor: TRAIL_COLORS[i % TRAIL_COLORS.length],
+    };
+  }));
 }
 
 // ---- gauge fields -----------------------------------------------------------
