@@ -9,6 +9,7 @@ if [[ "${1:-}" == "--test" ]]; then
   # servers the tests start on their own ports, and the browser for the UI tests
   missing=()
   command -v chromium >/dev/null || missing+=(chromium)
+  [[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]] || missing+=(fonts-noto-color-emoji)
   command -v clickhouse-server >/dev/null || missing+=(clickhouse-server)
   command -v mosquitto >/dev/null || missing+=(mosquitto)
   command -v redis-server >/dev/null || missing+=(redis-server)

@@ -10,7 +10,10 @@
     │   └── Conflict           the request clashes with stored state (e.g. a duplicate name)
     └── BackendError           an engine (database, broker, bus) failed or is unreachable
         ├── StoreError
-        └── BusError
+        ├── BusError
+        └── DeviceError        a direct method could not be completed by a machine
+            ├── DeviceNotConnected   the machine is not connected (HTTP 404)
+            └── DeviceTimeout        the machine did not answer in time (HTTP 504)
 
 Backends translate their driver's exceptions into these at the boundary, so the
 roles above them handle one tree.  ``InputError`` never stops the pipeline: the
@@ -62,3 +65,21 @@ class StoreError(BackendError):
 
 class BusError(BackendError):
     """The log or pub/sub failed."""
+
+
+class DeviceError(BackendError):
+    """A direct method to a machine could not be completed."""
+
+    code = "device_error"
+
+
+class DeviceNotConnected(DeviceError):
+    """The machine is not connected to its device link (now, or within the connect timeout)."""
+
+    code = "DeviceNotConnected"
+
+
+class DeviceTimeout(DeviceError):
+    """The machine received no request or sent no answer within the response timeout."""
+
+    code = "GatewayTimeout"

@@ -21,6 +21,7 @@ from livedata.catalog import Catalog, MachineInfo
 from livedata.devices import open_devices
 from livedata.errors import BackendError, NotFound
 from livedata.gateway.alerts_api import alert_relay
+from livedata.gateway.commands import presence_feed
 from livedata.gateway.hub import Hub
 from livedata.metadata import Metadata
 from livedata.model import MsgType
@@ -75,13 +76,14 @@ class Runtime:
             wanted.append(("log", self.log))
         if self.roles & {"distribute", "gateway", "alerts"}:
             wanted.append(("pubsub", self.pubsub))
-        if "ingest" in self.roles:
+        if self.roles & {"ingest", "gateway"}:  # the gateway sends direct methods
             wanted.append(("devices", self.devices))
         return wanted
 
     async def start(self) -> None:
         """Connect to every engine the roles need (each within ``connect_timeout``), then run."""
         with observe.log_context(role="runtime"):
+            self.devices.receive_telemetry = "ingest" in self.roles
             for name, part in self._parts():
                 await self._connect(name, part)
             if "ingest" in self.roles:
@@ -94,6 +96,8 @@ class Runtime:
                 self.spawn("alerts", self.alerts.run)
             if "gateway" in self.roles:
                 self.spawn("alert-relay", alert_relay(self).run)
+                if hasattr(self.devices, "presence_changes"):  # MQTT: push presence changes
+                    self.spawn("device-presence", lambda: presence_feed(self))
             log.info("running roles: %s", ", ".join(sorted(self.roles)))
             for hook in self.on_started:
                 await hook()

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from livedata import __version__
-from livedata.cli import demo, serve, simulate
+from livedata.cli import agent, demo, serve, simulate
 from livedata.errors import LivedataError
 
-COMMANDS = (demo, serve, simulate)
+COMMANDS = (demo, serve, simulate, agent)
 
 
 class Parser(argparse.ArgumentParser):

@@ -11,7 +11,8 @@ one MQTT connection with client id ``{org}/{chassis}``, a retained Last Will on 
 status topic and the retained ``online`` status; once per period it publishes its
 ``vehicle_can`` batch (CAN frames encoded through the demo DBC) and its
 ``client_raw_data`` on ``livedata/{org}/{chassis}/telemetry/{msgType}`` at QoS 1
-(see ``docs/device-protocol.md``).  Ctrl-C or SIGTERM publishes ``offline`` and
+(see ``docs/device-protocol.md``).  Each machine answers the direct methods
+``startMs`` / ``endMs`` (its real-time stream on / off) and ``getStatus``.  Ctrl-C or SIGTERM publishes ``offline`` and
 disconnects cleanly; a kill leaves it to the Last Will.
 
 The simulator does **not** register the machines: the server must know them, or
@@ -167,6 +168,12 @@ async def simulate(
 
         decoder = CanDecoder.from_dbc(DBC_PATH.read_text())
         fleet = Fleet(org, list(senders), decoder, send, period=period, seed=seed)
+        for device in devices:  # startMs / endMs / getStatus switch the machine's stream
+
+            async def on_method(method: str, payload: Any, chassis: str = device.chassis) -> Any:
+                return await fleet.handle_method(chassis, method, payload)
+
+            device.on_method = on_method
         announce()
         await fleet.run()
     finally:

@@ -1,11 +1,29 @@
-"""The device link: telemetry in from machines (later: direct methods out, presence)."""
+"""The device link: telemetry in from machines, direct methods out, presence.
+
+Direct methods follow Azure IoT Hub's semantics: :meth:`DeviceLink.call` delivers
+``method`` with a JSON ``payload`` to one machine and returns its
+:class:`MethodResult` (``status``, ``payload``).  A machine that is not connected
+(and does not connect within ``connect_timeout``) raises
+:class:`~livedata.errors.DeviceNotConnected` at once; no answer within
+``response_timeout`` raises :class:`~livedata.errors.DeviceTimeout`.  Machines
+answer the real-time methods with :func:`answer_realtime`:
+
+``startMs`` / ``endMs``
+    switch real-time sending on / off; answer ``200 {"realtime": "on"|"off"}``.
+``getStatus``
+    answer ``200 {"realtime": "on"|"off", …}`` without changing anything.
+anything else
+    ``501 {"error": "method … not implemented"}``.
+"""
 
 from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
+from livedata.errors import DeviceNotConnected
 from livedata.model import DeviceMessage
 
 Ack = Callable[[], Awaitable[None]]
@@ -30,6 +48,41 @@ class Rejection:
     ack: Ack | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class MethodResult:
+    """A machine's answer to a direct method: an HTTP-like ``status`` and a JSON payload."""
+
+    status: int
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceStatus:
+    """Whether a machine is connected to the link, and since when (ms; ``None``: unknown)."""
+
+    connected: bool
+    since_ms: int | None = None
+
+
+MethodHandler = Callable[[str, Any], Awaitable[MethodResult]]
+"""Device side: ``handler(method, payload)`` answers one direct method."""
+
+REALTIME_METHODS = ("startMs", "endMs", "getStatus")
+
+
+def answer_realtime(
+    method: str, is_on: Callable[[], bool], set_on: Callable[[bool], None]
+) -> MethodResult:
+    """The standard answer of a machine to ``startMs``, ``endMs``, ``getStatus`` (else 501)."""
+    if method == "startMs":
+        set_on(True)
+    elif method == "endMs":
+        set_on(False)
+    elif method != "getStatus":
+        return MethodResult(501, {"error": f"method {method[:64]!r} is not implemented"})
+    return MethodResult(200, {"realtime": "on" if is_on() else "off"})
+
+
 class DeviceLink(abc.ABC):
     """Where device messages arrive; the identity (tenant, chassis) comes from the link."""
 
@@ -49,3 +102,29 @@ class DeviceLink(abc.ABC):
     @abc.abstractmethod
     def inbound(self) -> AsyncIterator[Delivery | Rejection]:
         """Server side: deliveries in arrival order, until the consuming task is cancelled."""
+
+    receive_telemetry: bool = True
+    """Server side: whether :meth:`start` subscribes to telemetry (off in a gateway-only
+    process, which uses the link for direct methods and presence only)."""
+
+    async def call(
+        self,
+        tenant: str,
+        chassis: str,
+        method: str,
+        payload: Any,
+        *,
+        response_timeout: float,
+        connect_timeout: float = 0.0,
+    ) -> MethodResult:
+        """Server side: invoke a direct method on one machine and wait for its answer.
+
+        :class:`~livedata.errors.DeviceNotConnected` when the machine is not connected
+        within ``connect_timeout`` seconds (0: it must be connected now);
+        :class:`~livedata.errors.DeviceTimeout` when no answer came in ``response_timeout``.
+        """
+        raise DeviceNotConnected(f"this device link ({self.url}) has no direct methods")
+
+    def status(self, tenant: str, chassis: str) -> DeviceStatus:
+        """Server side: whether the machine is connected now, as the link knows."""
+        return DeviceStatus(False, None)

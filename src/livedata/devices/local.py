@@ -3,16 +3,27 @@
 Under stress: a bounded queue (``local://?queue=N``, default 10,000 messages);
 a device's ``send`` waits while it is full, the way a device's MQTT client waits
 for its acknowledgements, so nothing is dropped and memory stays bounded.
+
+Direct methods: a simulated fleet registers one responder per organisation with
+:meth:`LocalDeviceLink.serve_methods` (the demo does so when its fleet starts); a
+machine is *connected* while its organisation's responder is registered and knows
+it.  :meth:`~LocalDeviceLink.call` runs the responder in process, with the same
+timeouts and errors as over MQTT.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from livedata.devices.base import Delivery, DeviceLink, Rejection
+from livedata.devices.base import Delivery, DeviceLink, DeviceStatus, MethodResult, Rejection
+from livedata.errors import DeviceNotConnected, DeviceTimeout
 from livedata.model import DeviceMessage
+
+Responder = Callable[[str, str, Any], Awaitable[MethodResult]]
 
 
 class LocalDeviceLink(DeviceLink):
@@ -20,6 +31,50 @@ class LocalDeviceLink(DeviceLink):
         super().__init__(url)
         size = int(parse_qs(urlsplit(url).query).get("queue", ["10000"])[0])
         self._queue: asyncio.Queue[DeviceMessage] = asyncio.Queue(size)
+        self._responders: dict[str, tuple[Responder, Callable[[str], bool], int]] = {}
+
+    def serve_methods(
+        self, tenant: str, responder: Responder, knows: Callable[[str], bool]
+    ) -> Callable[[], None]:
+        """Answer ``tenant``'s direct methods with ``responder(chassis, method, payload)``
+        for the machines ``knows(chassis)`` accepts; returns the function that stops it."""
+        entry = (responder, knows, int(time.time() * 1000))
+        self._responders[tenant] = entry
+
+        def stop() -> None:
+            if self._responders.get(tenant) is entry:
+                del self._responders[tenant]
+
+        return stop
+
+    def status(self, tenant: str, chassis: str) -> DeviceStatus:
+        entry = self._responders.get(tenant)
+        if entry is None or not entry[1](chassis):
+            return DeviceStatus(False, None)
+        return DeviceStatus(True, entry[2])
+
+    async def call(
+        self,
+        tenant: str,
+        chassis: str,
+        method: str,
+        payload: Any,
+        *,
+        response_timeout: float,
+        connect_timeout: float = 0.0,
+    ) -> MethodResult:
+        deadline = time.monotonic() + connect_timeout
+        while not self.status(tenant, chassis).connected:
+            if time.monotonic() >= deadline:
+                raise DeviceNotConnected(f"machine {chassis!r} of {tenant!r} is not connected")
+            await asyncio.sleep(0.1)
+        responder = self._responders[tenant][0]
+        try:
+            return await asyncio.wait_for(responder(chassis, method, payload), response_timeout)
+        except TimeoutError:
+            raise DeviceTimeout(
+                f"machine {chassis!r} did not answer {method!r} in {response_timeout:g} s"
+            ) from None
 
     async def send(self, message: DeviceMessage) -> None:
         await self._queue.put(message)

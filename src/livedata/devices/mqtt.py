@@ -20,11 +20,18 @@ pattern (Mosquitto: username ``{tenant}/{chassis}`` and
   announces "offline" the moment it drops the connection (at once for a closed
   socket; after 1.5 × the 30 s keepalive for a silent network).  A clean close publishes
   ``{"online": false, "ts": …, "reason": "closed"}`` first.
-- **methods** (issue 4, not implemented here): a request carries its id in the topic,
-  so correlation needs neither MQTT 5 properties nor a shared response topic; the
+- **methods** (direct methods): a request carries its id in the topic, so
+  correlation needs neither MQTT 5 properties nor a shared response topic; the
   device subscribes ``livedata/{tenant}/{chassis}/methods/req/+/+`` and answers on
-  ``…/methods/res/{requestId}``.  Ids are :func:`livedata.model.valid_id` strings,
-  which contain no ``/``, ``+`` or ``#``.
+  ``…/methods/res/{requestId}`` with ``{"status": <int>, "payload": <JSON>}``; the
+  request payload is the method's JSON payload.  Both at QoS 1, not retained.
+  Every server link subscribes ``livedata/+/+/methods/res/+`` *without* a share
+  group, so the process that sent a request sees its answer; it matches answers to
+  its pending requests by id (32 random hex digits) and ignores the others.  Ids are
+  :func:`livedata.model.valid_id` strings, which contain no ``/``, ``+`` or ``#``.
+  :meth:`MqttDeviceLink.call` refuses a device whose last status is not ``online``
+  (:class:`~livedata.errors.DeviceNotConnected`) and gives up after the response
+  timeout (:class:`~livedata.errors.DeviceTimeout`); a late answer is dropped.
 
 Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?options]``:
 
@@ -95,6 +102,7 @@ import logging
 import random
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,8 +116,21 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from livedata.codec import decode, encode
-from livedata.devices.base import Delivery, DeviceLink, Rejection
-from livedata.errors import BackendError, ConfigError, DecodeError
+from livedata.devices.base import (
+    Delivery,
+    DeviceLink,
+    DeviceStatus,
+    MethodHandler,
+    MethodResult,
+    Rejection,
+)
+from livedata.errors import (
+    BackendError,
+    ConfigError,
+    DecodeError,
+    DeviceNotConnected,
+    DeviceTimeout,
+)
 from livedata.model import DeviceMessage, MsgType, valid_id
 
 __all__ = [
@@ -130,6 +151,7 @@ log = logging.getLogger("livedata.devices.mqtt")
 ROOT = "livedata"
 TELEMETRY_FILTER = f"{ROOT}/+/+/telemetry/+"
 STATUS_FILTER = f"{ROOT}/+/+/status"
+METHOD_RESPONSE_FILTER = f"{ROOT}/+/+/methods/res/+"
 DEFAULT_PORT = 1883
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
@@ -145,12 +167,12 @@ def status_topic(tenant: str, chassis: str) -> str:
 
 
 def method_request_topic(tenant: str, chassis: str, method: str, request_id: str) -> str:
-    """Reserved for direct methods (issue 4): server → device."""
+    """Direct method request: server → device."""
     return f"{ROOT}/{tenant}/{chassis}/methods/req/{method}/{request_id}"
 
 
 def method_response_topic(tenant: str, chassis: str, request_id: str) -> str:
-    """Reserved for direct methods (issue 4): device → server."""
+    """Direct method response: device → server."""
     return f"{ROOT}/{tenant}/{chassis}/methods/res/{request_id}"
 
 
@@ -338,6 +360,7 @@ class MqttDeviceLink(DeviceLink):
         self._ready: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_error = "no attempt yet"
+        self._pending: dict[str, asyncio.Future[MethodResult]] = {}
 
     @property
     def share_filter(self) -> str:
@@ -398,8 +421,10 @@ class MqttDeviceLink(DeviceLink):
             client = self._make_client()
             try:
                 async with client:
-                    await client.subscribe(self.share_filter, qos=1)
+                    if self.receive_telemetry:
+                        await client.subscribe(self.share_filter, qos=1)
                     await client.subscribe(STATUS_FILTER, qos=1)
+                    await client.subscribe(METHOD_RESPONSE_FILTER, qos=1)
                     self._client = client
                     self._connected.set()
                     self.counters["connects"] += 1
@@ -443,6 +468,10 @@ class MqttDeviceLink(DeviceLink):
         try:
             if topic.count("/") == 3 and topic.endswith("/status"):
                 self._presence(topic, message.payload, message.retain)
+                await ack()
+                return
+            if "/methods/" in topic:
+                self._method_response(topic, message.payload)
                 await ack()
                 return
             item = self._telemetry(topic, message.payload, ack)
@@ -509,15 +538,86 @@ class MqttDeviceLink(DeviceLink):
             listener.pending[key] = change
             listener.event.set()
 
-    async def presence_changes(self) -> AsyncIterator[PresenceChange]:
-        """Presence changes from now on, until the consumer stops.
+    def _method_response(self, topic: str, payload: Any) -> None:
+        levels = topic.split("/")
+        if len(levels) != 6 or levels[4] != "res":
+            return
+        future = self._pending.get(levels[5])
+        if future is None or future.done():
+            return  # another process's request, or too late
+        try:
+            body = orjson.loads(payload or b"null")
+            status = body["status"]
+            if not isinstance(status, int) or isinstance(status, bool):
+                raise TypeError("status is not an integer")
+            result = MethodResult(status, body.get("payload"))
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            result = MethodResult(502, {"error": f"the device sent an unreadable answer: {exc}"})
+        future.set_result(result)
 
-        A slow consumer gets the latest change of each device, never a backlog: memory
-        is bounded by the number of devices.  Read :attr:`presence` after starting the
-        iteration for the state to apply them to.
+    def status(self, tenant: str, chassis: str) -> DeviceStatus:
+        known = self.presence.get((tenant, chassis))
+        if known is None:
+            return DeviceStatus(False, None)
+        return DeviceStatus(known[0], known[1])
+
+    async def call(
+        self,
+        tenant: str,
+        chassis: str,
+        method: str,
+        payload: Any,
+        *,
+        response_timeout: float,
+        connect_timeout: float = 0.0,
+    ) -> MethodResult:
+        """Publish the request at QoS 1 and wait for the device's answer (see the module doc)."""
+        if not valid_id(method):
+            raise DecodeError(f"method name {method[:64]!r} is not valid")
+        deadline = time.monotonic() + connect_timeout
+        while not (self.connected and self.status(tenant, chassis).connected):
+            if time.monotonic() >= deadline:
+                raise DeviceNotConnected(f"machine {chassis!r} of {tenant!r} is not connected")
+            await asyncio.sleep(0.1)
+        client = self._client
+        if client is None:
+            raise BackendError(f"MQTT broker {self._broker.where} not connected")
+        request_id = uuid.uuid4().hex
+        future: asyncio.Future[MethodResult] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            async with asyncio.timeout(response_timeout):
+                try:
+                    await client.publish(
+                        method_request_topic(tenant, chassis, method, request_id),
+                        orjson.dumps(payload),
+                        qos=1,
+                    )
+                except aiomqtt.MqttError as exc:
+                    raise BackendError(
+                        f"MQTT publish to {self._broker.where} failed: {exc}"
+                    ) from exc
+                return await future
+        except TimeoutError:
+            raise DeviceTimeout(
+                f"machine {chassis!r} did not answer {method!r} in {response_timeout:g} s"
+            ) from None
+        finally:
+            self._pending.pop(request_id, None)
+
+    def presence_changes(self) -> AsyncIterator[PresenceChange]:
+        """Presence changes from the moment of this call on, until the consumer stops.
+
+        The listener is registered by the call itself, not at the first ``anext``, so a
+        change right after the call is not missed.  A slow consumer gets the latest
+        change of each device, never a backlog: memory is bounded by the number of
+        devices.  Read :attr:`presence` after the call for the state to apply them to.
         """
         listener = _Listener()
         self._listeners.add(listener)
+        return self._changes(listener)
+
+    async def _changes(self, listener: _Listener) -> AsyncIterator[PresenceChange]:
         try:
             while True:
                 await listener.event.wait()
@@ -569,7 +669,9 @@ class MqttDevice:
 
     OPTIONS = frozenset(("keepalive", "connect_timeout"))
 
-    def __init__(self, url: str, tenant: str, chassis: str) -> None:
+    def __init__(
+        self, url: str, tenant: str, chassis: str, on_method: MethodHandler | None = None
+    ) -> None:
         if not valid_id(tenant) or not valid_id(chassis):
             raise ConfigError(f"invalid organisation or machine id: {tenant!r}/{chassis!r}")
         self._broker = _broker(url, self.OPTIONS)
@@ -581,6 +683,10 @@ class MqttDevice:
         self.connect_timeout = self._broker.number("connect_timeout", 10.0, 0.1, 3600)
         self.connects = 0
         """Successful connections so far (1 + reconnects)."""
+        self.on_method = on_method
+        """Answers direct methods (``None``: every method gets 501)."""
+        self.methods_topic = f"{ROOT}/{tenant}/{chassis}/methods/req/+/+"
+        self._method_tasks: set[asyncio.Task[None]] = set()
         self._client: aiomqtt.Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._ready: asyncio.Future[None] | None = None
@@ -636,6 +742,7 @@ class MqttDevice:
             )
             try:
                 async with client:
+                    await client.subscribe(self.methods_topic, qos=1)
                     await client.publish(
                         self.status_topic, _status(True, _now_ms()), qos=1, retain=True
                     )
@@ -644,10 +751,10 @@ class MqttDevice:
                     if self._ready is not None and not self._ready.done():
                         self._ready.set_result(None)
                     delay = BACKOFF_MIN
-                    # nothing is subscribed yet; this waits for the connection to end
-                    # (direct methods, issue 4, will arrive here)
-                    async for _message in client.messages:
-                        pass
+                    async for message in client.messages:
+                        task = asyncio.create_task(self._answer(client, message))
+                        self._method_tasks.add(task)
+                        task.add_done_callback(self._method_tasks.discard)
             except MqttConnectError as exc:
                 self._last_error = str(exc)
                 if self._ready is not None and not self._ready.done():
@@ -669,6 +776,29 @@ class MqttDevice:
             )
             await asyncio.sleep(_backoff(delay))
             delay = min(delay * 2, BACKOFF_MAX)
+
+    async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        """Run the handler for one method request and publish its answer."""
+        levels = message.topic.value.split("/")
+        if len(levels) != 7 or levels[4] != "req":
+            return
+        method, request_id = levels[5], levels[6]
+        try:
+            raw = message.payload
+            payload = orjson.loads(raw) if isinstance(raw, bytes | bytearray) and raw else None
+            if self.on_method is None:
+                result = MethodResult(501, {"error": f"method {method!r} is not implemented"})
+            else:
+                result = await self.on_method(method, payload)
+        except orjson.JSONDecodeError as exc:
+            result = MethodResult(400, {"error": f"payload is not JSON: {exc}"})
+        except Exception as exc:
+            log.exception("device %s: method %s failed", self.client_id, method)
+            result = MethodResult(500, {"error": str(exc)[:500]})
+        body = orjson.dumps({"status": result.status, "payload": result.payload})
+        topic = method_response_topic(self.tenant, self.chassis, request_id)
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(topic, body, qos=1)
 
     async def send(self, message: DeviceMessage) -> None:
         """Publish one message of this device at QoS 1 and wait for the broker's PUBACK."""

@@ -15,6 +15,7 @@ from livedata import __version__
 from livedata.errors import BackendError, Conflict, InputError, NotFound
 from livedata.gateway.alerts_api import router as alerts_router
 from livedata.gateway.api import router
+from livedata.gateway.commands import router as commands_router
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.watch import install as install_watch
@@ -40,6 +41,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.state.runtime = rt
     app.include_router(router)
     app.include_router(alerts_router)
+    app.include_router(commands_router)
     app.include_router(ingest_router)
     install_watch(app, rt)
 

@@ -62,6 +62,9 @@ def attach_demo(rt: Runtime, machines: int) -> list[str]:
     async def run_fleet() -> None:
         fleet = Fleet(ORG, chassis_ids, decoder, rt.devices.send)
         rt.fleet = fleet
+        serve = getattr(rt.devices, "serve_methods", None)
+        if serve is not None:  # the in-process link: the fleet answers direct methods
+            serve(ORG, fleet.handle_method, fleet.knows)
         now = int(time.time()) * 1000
         latest = (
             await rt.store.latest_ts(ORG, chassis_ids[0], MsgType.VEHICLE_CAN)

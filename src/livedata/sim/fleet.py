@@ -16,7 +16,8 @@ Behaviour under stress:
   is the back-pressure); an exception from ``send`` is logged and that one message
   dropped, and the fleet carries on.  Cancellation stops :meth:`run` at once.
 - A machine whose real-time flag is off keeps running (its state keeps evolving) but
-  sends nothing from :meth:`run`.
+  sends nothing from :meth:`run`.  :meth:`handle_method` answers the direct methods
+  ``startMs`` / ``endMs`` / ``getStatus`` (see :func:`livedata.devices.base.answer_realtime`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from livedata.decode.can import CanDecoder
+from livedata.devices.base import MethodResult, answer_realtime
 from livedata.errors import ConfigError, NotFound
 from livedata.model import DeviceMessage, Kind, MsgType, valid_id
 from livedata.sim.machine import Machine
@@ -98,6 +101,19 @@ class Fleet:
         """Whether the machine streams in :meth:`run` (:class:`NotFound` if unknown)."""
         self.machine(chassis)
         return self._realtime[chassis]
+
+    def knows(self, chassis: str) -> bool:
+        return chassis in self._machines
+
+    async def handle_method(self, chassis: str, method: str, payload: Any) -> MethodResult:
+        """Answer a direct method of one machine (404 for a machine not in the fleet)."""
+        if chassis not in self._machines:
+            return MethodResult(404, {"error": f"no simulated machine {chassis!r}"})
+        return answer_realtime(
+            method,
+            lambda: self._realtime[chassis],
+            lambda on: self.set_realtime(chassis, on),
+        )
 
     def _messages(self, machine: Machine, ts: int, kind: Kind) -> tuple[DeviceMessage, ...]:
         frames, values = machine.step(ts)

