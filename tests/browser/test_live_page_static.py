@@ -179,6 +179,7 @@ class FakeGateway:
                 Mount("/static", StaticFiles(directory=STATIC_DIR)),
                 Route("/api/orgs", self.orgs),
                 Route(base + "/machines", self.machines),
+                Route(base + "/machines/{chassis}/status", self.status),
                 Route(base + "/groups", self.list_groups, methods=["GET"]),
                 Route(base + "/groups", self.create_group, methods=["POST"]),
                 Route(base + "/groups/{id}", self.update_group, methods=["PUT"]),
@@ -217,6 +218,13 @@ class FakeGateway:
         if org not in MACHINES:
             return error(404, "not_found", f"unknown organisation {org}")
         return JSONResponse({"machines": MACHINES[org]})
+
+    async def status(self, request: Request) -> JSONResponse:
+        """Every machine of the stand-in is connected with real-time on."""
+        chassis = request.path_params["chassis"]
+        return JSONResponse(
+            {"deviceId": chassis, "connected": True, "since": 0, "realtime": "on", "lastSeen": None}
+        )
 
     async def list_groups(self, request: Request) -> JSONResponse:
         return JSONResponse({"groups": self.groups[request.path_params["org"]]})
