@@ -130,6 +130,11 @@ def test_dashboard_statuses_and_gauges_change_live(server: Server, browser, arti
         assert (
             page.locator(f'.machine[data-chassis="{SILENT}"] .realtime').inner_text() == "unknown"
         )
+        page.wait_for_function(  # asked with getStatus in the background, then refreshed
+            f"document.querySelector('.machine[data-chassis=\"{server.machines[0]}\"] .realtime')"
+            ".textContent == 'on'",
+            timeout=15_000,
+        )
 
         first = page.evaluate(GAUGES_JS, server.machines[0])
         assert [g["name"] for g in first] == ["engine_rpm", "coolant_temp", "fuel_level"]

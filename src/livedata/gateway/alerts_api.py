@@ -63,6 +63,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import InputError
+from livedata.gateway.commands import status_service
 from livedata.gateway.sio import emit_alert, socket_gateway
 from livedata.gateway.watch import log_tables
 from livedata.metadata.alerts import (
@@ -257,7 +258,6 @@ class FleetCache:
                     "online": online,
                     "status": "online" if online else "offline",
                     "lastSeen": m.last_seen,
-                    "realtime": None,
                     "values": values,
                     "gps": {"lat": m.gps[0], "lng": m.gps[1], "ts": m.gps[2]} if m.gps else None,
                     "activeAlerts": active.get(m.chassis, 0),
@@ -569,6 +569,9 @@ async def fleet(
     for alert in await service.store.list_alerts(orgId, "active", limit=1000):
         active[alert.chassis_id] = active.get(alert.chassis_id, 0) + 1
     summary = cache.summary(names, active)
+    statuses = status_service(rt)
+    for machine in summary["machines"]:
+        machine["realtime"] = statuses.known_realtime(orgId, machine["chassisId"])
     summary["fields"] = await _field_info(rt, orgId, cache, names)
     summary["map"] = {"tiles": rt.settings.map_tiles, "attribution": rt.settings.map_attribution}
     return summary

@@ -27,6 +27,7 @@ can relay them).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,7 @@ router = APIRouter(prefix="/api")
 
 ANONYMOUS = "anonymous"
 STATUS_PROBE_TIMEOUT_S = 2.0
+PROBE_EVERY_S = 60.0
 
 
 def status_channel(org: str) -> str:
@@ -73,6 +75,8 @@ class StatusService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.realtime: dict[tuple[str, str], str] = {}
+        self._probed: dict[tuple[str, str], float] = {}
+        self._probes: set[asyncio.Task[Any]] = set()
 
     async def last_seen(self, org: str, chassis: str) -> int | None:
         seen = [await self.rt.store.latest_ts(org, chassis, t.value) for t in MsgType]
@@ -87,6 +91,20 @@ class StatusService:
         old = self.realtime.get((org, chassis))
         self.realtime[(org, chassis)] = state
         return old != state
+
+    def known_realtime(self, org: str, chassis: str) -> str:
+        """The real-time state as far as known now; unknown ones are asked in the background
+        (``getStatus``, at most once a minute per machine), so the next call knows."""
+        state = self.realtime.get((org, chassis))
+        if state is not None:
+            return state
+        now = time.monotonic()
+        if now - self._probed.get((org, chassis), -PROBE_EVERY_S) >= PROBE_EVERY_S:
+            self._probed[(org, chassis)] = now
+            task = asyncio.create_task(self.status(org, chassis))
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+        return "unknown"
 
     async def status(self, org: str, chassis: str, probe: bool = True) -> dict[str, Any]:
         link = self.rt.devices.status(org, chassis)

@@ -19,6 +19,7 @@ const SPARK_MS = 120_000;
 const TRAIL = 90; // points of a map trail ([lat, lng])
 const POLL_MS = 2000;
 const RULES_REFRESH_MS = 30_000;
+const REALTIME_REFRESH_MS = 5_000;
 const NORMAL_BAND = '#cdeedd';
 const OFFLINE_COLOR = '#9ca3af';
 const ONLINE_COLOR = '#16a34a';
@@ -80,6 +81,7 @@ async function start() {
   else $('#fleet-info').textContent = 'No organisation.';
   setInterval(everySecond, 1000);
   setInterval(() => state.orgId && loadRules(), RULES_REFRESH_MS);
+  setInterval(() => state.orgId && refreshRealtime(state.orgId), REALTIME_REFRESH_MS);
 }
 
 function chosenFields() {
@@ -145,13 +147,14 @@ function renderMachines(list) {
     const view = machineView(m);
     container.append(view.el);
     state.machines.set(m.chassisId, view);
-    applyMachine(m.chassisId, { online: m.online, lastSeen: m.lastSeen, values: m.values, gps: m.gps });
+    applyMachine(m.chassisId, { online: m.online, lastSeen: m.lastSeen, values: m.values, gps: m.gps, realtime: m.realtime });
   }
 }
 
 function machineView(m) {
   const status = h('span', { class: 'status-pill', dataset: { status: 'offline' } }, 'offline');
   const lastSeen = h('dd', { class: 'last-seen' }, '–');
+  const realtime = h('dd', { class: 'realtime' }, 'unknown');
   const alertCount = h('dd', { class: 'alert-count' }, '0');
   const gaugesEl = h('div', { class: 'gauges', role: 'img', 'aria-label': `Gauges of ${m.chassisId}` });
   const sparksEl = h('div', { class: 'sparks', 'aria-hidden': 'true' });
@@ -163,7 +166,7 @@ function machineView(m) {
       status),
     h('dl', { class: 'machine-meta' },
       h('div', {}, h('dt', {}, 'Last seen'), lastSeen),
-      h('div', {}, h('dt', {}, 'Real-time'), h('dd', { class: 'realtime', title: 'Shown once device commands exist' }, 'unknown')),
+      h('div', {}, h('dt', {}, 'Real-time'), realtime),
       h('div', {}, h('dt', {}, 'Active alerts'), alertCount)),
     gaugesEl,
     sparksEl);
@@ -176,6 +179,7 @@ function machineView(m) {
     el,
     status,
     lastSeenEl: lastSeen,
+    realtimeEl: realtime,
     alertCountEl: alertCount,
     gauges,
     sparks,
@@ -325,6 +329,12 @@ function bandStops(view, field, min, max) {
   return stops;
 }
 
+function setRealtime(view, realtime) {
+  if (!realtime) return;
+  view.realtimeEl.textContent = realtime;
+  view.realtimeEl.dataset.state = realtime;
+}
+
 /** Apply one machine's latest state: {online, lastSeen, values (flat), gps}. */
 function applyMachine(chassis, update) {
   const view = state.machines.get(chassis);
@@ -338,6 +348,7 @@ function applyMachine(chassis, update) {
   view.status.dataset.status = label;
   view.el.dataset.status = label;
   view.lastSeenEl.textContent = ago(view.lastSeen);
+  setRealtime(view, update.realtime);
   view.lastSeenEl.title = view.lastSeen ? new Date(view.lastSeen).toLocaleString() : '';
   if (newer) {
     for (const field of state.fields) {
@@ -454,6 +465,20 @@ function disconnect() {
   state.socket = null;
   clearInterval(state.pollTimer);
   state.pollTimer = null;
+}
+
+/** Real-time on/off is not in the live events: refresh it from the fleet summary. */
+async function refreshRealtime(orgId) {
+  try {
+    const summary = await alertsApi.fleet(orgId, []);
+    if (state.orgId !== orgId) return;
+    for (const m of summary.machines) {
+      const view = state.machines.get(m.chassisId);
+      if (view) setRealtime(view, m.realtime);
+    }
+  } catch {
+    // the next refresh tries again; the connection chip shows real outages
+  }
 }
 
 async function poll(orgId) {
