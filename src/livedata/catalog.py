@@ -42,7 +42,7 @@ class Catalog:
         self._orgs: dict[str, tuple[float, dict[str, MachineInfo]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._decoders: dict[int, CanDecoder] = {}
-        self._fields: dict[tuple[str, str, str], set[str]] = {}
+        self._fields: dict[str, dict[tuple[str, str], set[str]]] = {}
 
     def invalidate(self) -> None:
         self._orgs.clear()
@@ -78,11 +78,17 @@ class Catalog:
         return machines
 
     async def note_fields(self, tenant: str, chassis: str, msg_type: str, names: set[str]) -> None:
-        """Remember ``client_raw_data`` field names a machine sent (persisted once each)."""
-        key = (tenant, chassis, msg_type)
-        known = self._fields.get(key)
-        if known is None:
-            known = self._fields[key] = set(await self.meta.list_fields(*key))
+        """Remember ``client_raw_data`` field names a machine sent (persisted once each).
+
+        An organisation's known fields are loaded in one query on first use; after that
+        only a name never seen before costs a database write (one statement)."""
+        org = self._fields.get(tenant)
+        if org is None:
+            async with self._locks.setdefault(tenant, asyncio.Lock()):
+                org = self._fields.get(tenant)
+                if org is None:
+                    org = self._fields[tenant] = await self.meta.org_fields(tenant)
+        known = org.setdefault((chassis, msg_type), set())
         new = names - known
         if new:
             await self.meta.add_fields(tenant, chassis, msg_type, sorted(new))

@@ -673,9 +673,12 @@ def test_decode_errors_table_shows_what_ingest_rejected(local: LocalServer) -> N
 def test_streams_release_their_rings(local: LocalServer) -> None:
     """Closed streams are no longer counted; their channel is unsubscribed after the linger time."""
     service = watch_service(local.rt)
-    before = service.streams
-    streams = [Stream(local.url, "vehicle_can", {"tag": "AC-1.speed"}) for _ in range(3)]
     deadline = time.monotonic() + 30  # generous: a loaded 2-core CI machine is slow
+    while service.streams:  # streams of earlier tests may still be closing
+        assert time.monotonic() < deadline, "earlier streams are still counted"
+        time.sleep(0.05)
+    before = 0
+    streams = [Stream(local.url, "vehicle_can", {"tag": "AC-1.speed"}) for _ in range(3)]
     while service.streams < before + 3:
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -9,6 +9,7 @@ whether an id exists in another organisation.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -20,6 +21,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, delete, event, func, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
@@ -218,11 +221,28 @@ class Metadata:
     async def add_fields(
         self, org_id: str, chassis: str, msg_type: str, fields: Iterable[str]
     ) -> None:
+        """Remember field names; names already stored are left alone (one statement)."""
+        rows = [
+            {"org_id": org_id, "chassis_id": chassis, "msg_type": msg_type, "field": name}
+            for name in fields
+        ]
+        if not rows:
+            return
+        dialect = self.engine.dialect.name
+        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
         async with self.session() as s:
-            for name in fields:
-                await s.merge(
-                    MachineField(org_id=org_id, chassis_id=chassis, msg_type=msg_type, field=name)
-                )
+            await s.execute(insert(MachineField).values(rows).on_conflict_do_nothing())
+
+    async def org_fields(self, org_id: str) -> dict[tuple[str, str], set[str]]:
+        """Every remembered field of an organisation by (chassis, message type), in one query."""
+        async with self.session() as s:
+            query = select(
+                MachineField.chassis_id, MachineField.msg_type, MachineField.field
+            ).where(MachineField.org_id == org_id)
+            fields: dict[tuple[str, str], set[str]] = {}
+            for chassis, msg_type, name in (await s.execute(query)).all():
+                fields.setdefault((chassis, msg_type), set()).add(name)
+            return fields
 
     async def list_fields(self, org_id: str, chassis: str, msg_type: str) -> list[str]:
         async with self.session() as s:
@@ -289,9 +309,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # processes starting at once serialise their migrations instead of colliding.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
+    for attempt in range(100):  # switching to WAL answers "locked" without waiting
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                raise
+            time.sleep(0.05)
+    cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
