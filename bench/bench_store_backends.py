@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -45,36 +45,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncpg
 from clickhouse_driver import Client
 
+from bench_store import (
+    FIELDS,
+    MACHINES,
+    T0,
+    percentiles,
+    query_latencies,
+    record_stream,
+)
 from livedata.model import Kind, Record
 from livedata.store import Store, open_store
 from tests.servers.clickhouse import ClickHouseServer, start_clickhouse
 from tests.servers.postgres import PostgresServer, start_postgres
 
-FIELDS = [f"signal_{i:02d}" for i in range(15)]
-QUERY_FIELDS = FIELDS[:10]
-MACHINES = [f"chassis-{i:04d}" for i in range(200)]
-T0 = 1_700_000_000_000
-WINDOW_MS = 120_000
 QUERIES = 500
-
-
-def record_stream(tenant: str, seed: int, second: int = 0) -> Iterator[Record]:
-    """Records of every machine, second after second from ``second``."""
-    rnd = random.Random(seed)
-    while True:
-        ts = T0 + second * 1000
-        for chassis in MACHINES:
-            values: dict[str, float | int | str] = {
-                name: round(rnd.uniform(0, 3000), 3) for name in FIELDS[:12]
-            }
-            values.update({name: rnd.randrange(0, 256) for name in FIELDS[12:]})
-            yield Record(tenant, chassis, "vehicle_can", ts, Kind.REALTIME, values)
-        second += 1
-
-
-def percentiles(latencies: list[float]) -> str:
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return f"p50 {cuts[49] * 1000:7.2f} ms   p99 {cuts[98] * 1000:7.2f} ms"
 
 
 async def write_for(
@@ -93,22 +77,6 @@ async def write_for(
         records += batch
         last_ts = records_batch[-1].ts
     return records / busy, points / busy, points, (last_ts - T0) // 1000
-
-
-async def query_latencies(
-    store: Store, tenant: str, first_ts: int, last_ts: int, count: int
-) -> list[float]:
-    rnd = random.Random(1)
-    latencies = []
-    for _ in range(count):
-        end = rnd.randrange(first_ts + WINDOW_MS, last_ts + 1)
-        chassis = rnd.choice(MACHINES)
-        start = time.perf_counter()
-        got = await store.query(tenant, chassis, "vehicle_can", QUERY_FIELDS, end - WINDOW_MS, end)
-        latencies.append(time.perf_counter() - start)
-        assert all(len(points) >= 100 for points in got.values()), "window not filled"
-        await asyncio.sleep(0)
-    return latencies
 
 
 async def bench(name: str, url: str, seconds: float, size: Callable[[], Awaitable[int]]) -> None:

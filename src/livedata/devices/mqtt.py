@@ -103,7 +103,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -376,17 +376,13 @@ class MqttDeviceLink(DeviceLink):
             return
         self._ready = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(), name="mqtt-device-link")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout)
-        except TimeoutError:
-            await self.close()
-            raise BackendError(
-                f"MQTT broker {self._broker.where} not reachable after "
-                f"{self.connect_timeout:g} s: {self._last_error}"
-            ) from None
-        except ConfigError:
-            await self.close()
-            raise
+        await _first_connection(
+            self._ready,
+            self.connect_timeout,
+            self.close,
+            f"MQTT broker {self._broker.where}",
+            lambda: self._last_error,
+        )
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -653,6 +649,28 @@ class MqttDeviceLink(DeviceLink):
             raise BackendError(f"MQTT publish to {self._broker.where} failed: {exc}") from exc
 
 
+async def _first_connection(
+    ready: asyncio.Future[None],
+    within: float,
+    stop: Callable[[], Awaitable[None]],
+    subject: str,
+    last_error: Callable[[], object],
+) -> None:
+    """Wait until the connection task resolves ``ready``; on failure ``stop`` it and raise.
+
+    :class:`BackendError` when nothing connected within ``within`` seconds,
+    :class:`ConfigError` as is (e.g. credentials refused).
+    """
+    try:
+        await asyncio.wait_for(asyncio.shield(ready), within)
+    except TimeoutError:
+        await stop()
+        raise BackendError(f"{subject} not reachable after {within:g} s: {last_error()}") from None
+    except ConfigError:
+        await stop()
+        raise
+
+
 # --- device side ----------------------------------------------------------------------
 
 
@@ -711,17 +729,13 @@ class MqttDevice:
         self._stopping = False
         self._ready = asyncio.get_running_loop().create_future()
         self._task = asyncio.create_task(self._run(), name=f"mqtt-device-{self.client_id}")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._ready), self.connect_timeout)
-        except TimeoutError:
-            await self._stop()
-            raise BackendError(
-                f"device {self.client_id}: MQTT broker {self._broker.where} not reachable "
-                f"after {self.connect_timeout:g} s: {self._last_error}"
-            ) from None
-        except ConfigError:
-            await self._stop()
-            raise
+        await _first_connection(
+            self._ready,
+            self.connect_timeout,
+            self._stop,
+            f"device {self.client_id}: MQTT broker {self._broker.where}",
+            lambda: self._last_error,
+        )
 
     async def _run(self) -> None:
         delay = BACKOFF_MIN

@@ -64,7 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import InputError
 from livedata.gateway.commands import status_service
-from livedata.gateway.sio import emit_alert, socket_gateway
+from livedata.gateway.sio import emit_alert, org_room, socket_gateway
 from livedata.gateway.watch import log_tables
 from livedata.metadata.alerts import (
     AlertStore,
@@ -359,7 +359,7 @@ class AlertRelay:
         if event == "raised":
             await emit_alert(org, payload)
         else:
-            await socket_gateway(self.rt).emit("alert-updated", payload, to=f"org:{org}")
+            await socket_gateway(self.rt).emit("alert-updated", payload, to=org_room(org))
         self.relayed += 1
 
 

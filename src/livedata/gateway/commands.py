@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import DeviceError, DeviceNotConnected, DeviceTimeout
 from livedata.gateway.api import runtime
+from livedata.gateway.sio import emit_device_update
 from livedata.gateway.watch import log_tables
 from livedata.metadata.commands import MAX_LIST, CommandLog, command_dict
 from livedata.model import MsgType
@@ -140,20 +141,16 @@ class StatusService:
                 "LAST_SEEN": state["lastSeen"],
             },
         )
-        from livedata.gateway import sio
-
-        gateway = sio._BY_RUNTIME.get(self.rt)
-        if gateway is not None:
-            update = {
-                "deviceId": chassis,
-                "status": "online" if state["connected"] else "offline",
-                "lastSeen": state["lastSeen"],
-                "realtime": state["realtime"],
-            }
-            try:
-                await gateway.emit("device-update", update, to=f"device:{org}:{chassis}")
-            except Exception:
-                log.exception("device-update to %s/%s failed", org, chassis)
+        update = {
+            "deviceId": chassis,
+            "status": "online" if state["connected"] else "offline",
+            "lastSeen": state["lastSeen"],
+            "realtime": state["realtime"],
+        }
+        try:
+            await emit_device_update(self.rt, org, chassis, update)
+        except Exception:
+            log.exception("device-update to %s/%s failed", org, chassis)
         try:
             await self.rt.pubsub.publish(status_channel(org), orjson.dumps(state))
         except Exception as exc:

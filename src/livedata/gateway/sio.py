@@ -145,10 +145,10 @@ class _OrgFeed:
 
     @property
     def room(self) -> str:
-        return f"org:{self.org}"
+        return org_room(self.org)
 
     def device_room(self, chassis: str) -> str:
-        return f"device:{self.org}:{chassis}"
+        return device_room(self.org, chassis)
 
     async def start(self) -> None:
         await self.refresh_machines()
@@ -368,7 +368,7 @@ class SocketGateway:
     async def emit_alert(self, org: str, alert: dict[str, Any]) -> None:
         """Send ``alert-created`` with ``alert`` to every client of ``org``."""
         if org in self._feeds:
-            await self.emit("alert-created", alert, to=f"org:{org}")
+            await self.emit("alert-created", alert, to=org_room(org))
 
     # connections ------------------------------------------------------------
 
@@ -497,6 +497,16 @@ class SocketGateway:
         return {"ok": True, "deviceId": device, "subscribed": False}
 
 
+def org_room(org: str) -> str:
+    """The room of every client of an organisation."""
+    return f"org:{org}"
+
+
+def device_room(org: str, chassis: str) -> str:
+    """The room of the clients subscribed to one device."""
+    return f"device:{org}:{chassis}"
+
+
 _GATEWAYS: weakref.WeakSet[SocketGateway] = weakref.WeakSet()
 _BY_RUNTIME: weakref.WeakKeyDictionary[Runtime, SocketGateway] = weakref.WeakKeyDictionary()
 
@@ -512,6 +522,13 @@ def socket_gateway(rt: Runtime, **options: Any) -> SocketGateway:
 def with_socketio(app: Any, rt: Runtime, **options: Any) -> socketio.ASGIApp:
     """``app`` with Socket.IO mounted at ``/socket.io/`` (lifespan and the rest go to ``app``)."""
     return socket_gateway(rt, **options).asgi(app)
+
+
+async def emit_device_update(rt: Runtime, org: str, chassis: str, update: dict[str, Any]) -> None:
+    """Send ``device-update`` to the room of one device, when ``rt`` serves Socket.IO."""
+    gateway = _BY_RUNTIME.get(rt)
+    if gateway is not None:
+        await gateway.emit("device-update", update, to=device_room(org, chassis))
 
 
 async def emit_alert(org: str, alert: dict[str, Any]) -> None:
