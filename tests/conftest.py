@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ADMIN_TOKEN = "ld_test_admin_token_0123456789abcdefghijklmnop"
+"""The admin API token every test server is started with (``LIVEDATA_ADMIN_TOKEN``)."""
 
 
 @dataclass
@@ -26,6 +28,13 @@ class Server:
     process: subprocess.Popen[str]
     data_dir: Path
     log_path: Path
+    token: str = ADMIN_TOKEN
+    password: str = ""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of an API client acting as the demo organisation's admin."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     @property
     def ws_url(self) -> str:
@@ -50,9 +59,9 @@ def start_demo(data_dir: Path, *args: str, timeout: float = 60.0) -> Server:
         stdout=subprocess.PIPE,
         stderr=log_path.open("a"),
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "LIVEDATA_ADMIN_TOKEN": ADMIN_TOKEN},
     )
-    url, machines = None, None
+    url, machines, password = None, None, ""
     deadline = time.monotonic() + timeout
     assert process.stdout is not None
     while time.monotonic() < deadline and (url is None or machines is None):
@@ -61,12 +70,14 @@ def start_demo(data_dir: Path, *args: str, timeout: float = 60.0) -> Server:
             break
         if m := re.search(r"open (http://\S+)", line):
             url = m.group(1)
+        if m := re.search(r"password: (\S+)", line):
+            password = m.group(1)
         if line.startswith("machines:"):
             machines = line.split(":", 1)[1].split()
     if url is None or machines is None:
         process.kill()
         raise RuntimeError(f"server did not start:\n{log_path.read_text()}")
-    return Server(url, machines, process, data_dir, log_path)
+    return Server(url, machines, process, data_dir, log_path, password=password)
 
 
 def stop(server: Server) -> None:

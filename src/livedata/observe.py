@@ -72,6 +72,25 @@ STORE_LAG = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
 INGEST_QUEUE = Gauge("livedata_ingest_queue", "Records waiting for the store and log")
+SPILL_RECORDS = Gauge(
+    "livedata_spill_records", "Records in ingest's spill journal: accepted, not yet stored"
+)
+SPILL_BYTES = Gauge("livedata_spill_bytes", "Encoded bytes in ingest's spill journal")
+SPILL_MAX_BYTES = Gauge(
+    "livedata_spill_max_bytes", "Bound of the spill journal; ingest waits when it is reached"
+)
+SPILLED = Counter(
+    "livedata_spilled_records", "Records written to the spill journal (store slow or down)"
+)
+SPILL_FULL = Counter("livedata_spill_full", "Times ingest waited because the journal was full")
+SPILL_FAILURES = Counter(
+    "livedata_spill_failures", "Spill journal writes that failed and were retried"
+)
+UNSTORED_AGE = Gauge(
+    "livedata_unstored_oldest_seconds",
+    "Age of the oldest record ingest accepted that the store has not confirmed (0: none)",
+)
+LOG_FAILURES = Counter("livedata_log_failures", "Log appends that failed and were retried")
 PUBLISHED = Counter("livedata_published", "Live messages published to pub/sub")
 WS_CONNECTIONS = Gauge("livedata_ws_connections", "Open live WebSocket connections")
 CHANNELS = Gauge("livedata_live_channels", "Pub/sub channels the gateway is subscribed to")
@@ -80,3 +99,7 @@ DROPS = Counter("livedata_drops", "Live messages dropped for slow clients (newes
 RECOVERIES = Counter("livedata_recoveries", "Reconnects with epoch+seq", ["recovered"])
 STALLED = Counter("livedata_stalled_clients", "Clients closed for making no progress")
 CLIENT_ERRORS = Counter("livedata_client_errors", "Bad messages from live clients", ["code"])
+AUTH_REFUSED = Counter(
+    "livedata_auth_refused", "Requests and connections refused by security", ["reason"]
+)
+LOGINS = Counter("livedata_logins", "Login attempts", ["outcome"])

@@ -59,7 +59,36 @@ class Settings(BaseSettings):
     )
     store_batch_max: int = Field(5_000, ge=1, description="records per store write at most")
     ingest_queue: int = Field(20_000, ge=1, description="records buffered before ingest waits")
+    spill_dir: str = Field(
+        "auto",
+        description="directory of ingest's spill journal, where records go while the store is"
+        " slow or down: 'auto' = data_dir/spill with a SQLite store (the embedded shape), none"
+        " otherwise; 'off' = none (ingest waits for the store); or a path on a persistent disk",
+    )
+    spill_max_bytes: int = Field(
+        256 * 2**20, ge=2**16, description="bound of the spill journal; then ingest waits"
+    )
+    spill_after: float = Field(
+        2.0, gt=0, description="seconds a store write may take before ingest spills"
+    )
     client_queue: int = Field(64, ge=1, description="live messages buffered per WebSocket client")
+    client_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        le=3_600,
+        description="a live client (WebSocket, SSE, Socket.IO) that takes nothing for this long"
+        " is disconnected",
+    )
+    live_history_seconds: float = Field(
+        180.0,
+        ge=1,
+        le=3_600,
+        description="how long each live channel keeps its messages for clients that reconnect"
+        " (recovery by epoch and seq)",
+    )
+    fleet_period: float = Field(
+        1.0, ge=0.01, le=60, description="seconds between two messages of a simulated machine"
+    )
     log_level: str = Field("info", description="debug, info, warning or error")
     smtp_host: str = Field("", description="SMTP server for alert e-mails (empty: none)")
     smtp_port: int = Field(25, ge=1, le=65535, description="port of the SMTP server")
@@ -70,6 +99,31 @@ class Settings(BaseSettings):
         " (empty: no tiles, positions on a plain grid)",
     )
     map_attribution: str = Field("", description="attribution shown under the map's tiles")
+    secret_key: str = Field(
+        "",
+        description="key signing live tokens; several gateways must share it"
+        " (empty: generated once in data_dir/secret.key, mode 0600)",
+        repr=False,
+    )
+    admin_token: str = Field(
+        "",
+        description="an API token given to the first admin at start, for automation"
+        " (empty: none; create tokens in the UI or API instead)",
+        repr=False,
+    )
+    session_hours: float = Field(12.0, gt=0, le=720, description="browser sessions last this long")
+    secure_cookies: bool = Field(
+        False, description="mark session cookies Secure (set when served over HTTPS)"
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="origins allowed to open live connections with a browser"
+        " (comma-separated; the gateway's own origin is always allowed)",
+    )
+    live_per_user: int = Field(
+        100, ge=1, description="live connections (WebSocket, SSE, Socket.IO) per user at most"
+    )
+    commands_per_minute: int = Field(60, ge=1, description="device methods per user per minute")
 
     @classmethod
     def settings_customise_sources(
@@ -96,6 +150,13 @@ class Settings(BaseSettings):
         unknown = [role for role in value if role not in ROLES]
         if unknown:
             raise ValueError(f"unknown roles {unknown}: use {', '.join(ROLES)}")
+        return value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("log_level")

@@ -29,8 +29,7 @@ A rule created, changed or deleted through this API applies at once when this
 process runs the alert role too (the embedded shape); other processes' alert roles
 reload the rules every 3 s.
 
-Acknowledging records who did it: ``"anonymous"`` until the security issue adds
-users (then the signed-in user).
+Acknowledging records who did it: the signed-in user (operators and admins).
 
 Fleet summary: one in-memory latest-value cache per organisation, started by
 the first request and kept; it listens (:meth:`~livedata.gateway.hub.Hub.listen`)
@@ -64,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import InputError
 from livedata.gateway.commands import status_service
+from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_alert, org_room, socket_gateway
 from livedata.gateway.watch import log_tables
 from livedata.metadata.alerts import (
@@ -80,9 +80,6 @@ if TYPE_CHECKING:
     from livedata.runtime import Runtime
 
 log = logging.getLogger("livedata.gateway.alerts")
-
-ANONYMOUS = "anonymous"
-"""Who acknowledges while there are no users (the security issue replaces it)."""
 OFFLINE_AFTER_S = 5.0
 MACHINES_REFRESH_S = 30.0
 ORGS_REFRESH_S = 5.0
@@ -523,7 +520,7 @@ async def acknowledge(
     rt = _rt(request)
     service = alerts_service(rt)
     comment = (body.comment if body else "").strip()
-    row = await service.store.acknowledge(orgId, alertId, ANONYMOUS, comment)
+    row = await service.store.acknowledge(orgId, alertId, principal_of(request).username, comment)
     alert = alert_dict(row)
     await service.relay.ensure(orgId)
     await publish_alert(
@@ -600,7 +597,6 @@ async def _field_info(
 
 
 __all__ = [
-    "ANONYMOUS",
     "AlertRelay",
     "AlertsService",
     "FleetCache",

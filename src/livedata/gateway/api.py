@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from livedata.decode.can import CanDecoder
 from livedata.errors import DecodeError, InputError, NotFound
+from livedata.gateway.security import principal_of
 from livedata.metadata import GroupSpec, group_dict
 from livedata.model import MsgType, valid_id
 from livedata.store.base import Series
@@ -59,10 +60,10 @@ class AssignBody(BaseModel):
     dbcId: int | None
 
 
-@router.get("/orgs", summary="Organisations")
+@router.get("/orgs", summary="The caller's organisation")
 async def list_orgs(request: Request) -> dict[str, Any]:
-    orgs = await runtime(request).meta.list_orgs()
-    return {"orgs": [{"id": o.id, "name": o.name} for o in orgs]}
+    org = await runtime(request).meta.require_org(principal_of(request).org)
+    return {"orgs": [{"id": org.id, "name": org.name}]}
 
 
 @router.get("/resources/{orgId}/machines", summary="Machines with their message types and fields")

@@ -1,4 +1,8 @@
-"""The ASGI app: HTTP API, live WebSocket, web UI, health and metrics."""
+"""The ASGI app: HTTP API, live WebSocket, web UI, health and metrics.
+
+Every request passes :class:`~livedata.gateway.security.SecurityMiddleware` first:
+who may call what is decided there, from :mod:`livedata.auth.policy`.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from livedata import __version__
 from livedata.errors import BackendError, Conflict, InputError, NotFound
 from livedata.gateway.alerts_api import router as alerts_router
 from livedata.gateway.api import router
+from livedata.gateway.auth_api import router as auth_router
 from livedata.gateway.commands import router as commands_router
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
+from livedata.gateway.security import SecurityMiddleware, security
 from livedata.gateway.watch import install as install_watch
 
 if TYPE_CHECKING:
@@ -39,6 +45,9 @@ def create_app(rt: Runtime) -> FastAPI:
         summary="Machine telemetry, live and history",
     )
     app.state.runtime = rt
+    rt.on_started.append(security(rt).start)
+    app.add_middleware(SecurityMiddleware, rt=rt)
+    app.include_router(auth_router)
     app.include_router(router)
     app.include_router(alerts_router)
     app.include_router(commands_router)

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import DeviceError, DeviceNotConnected, DeviceTimeout
 from livedata.gateway.api import runtime
+from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_device_update
 from livedata.gateway.watch import log_tables
 from livedata.metadata.commands import MAX_LIST, CommandLog, command_dict
@@ -52,7 +53,6 @@ log = logging.getLogger("livedata.gateway.commands")
 
 router = APIRouter(prefix="/api")
 
-ANONYMOUS = "anonymous"
 STATUS_PROBE_TIMEOUT_S = 2.0
 PROBE_EVERY_S = 60.0
 
@@ -221,7 +221,7 @@ async def invoke_method(
         chassis_id=deviceId,
         method=body.methodName,
         payload=body.payload,
-        requested_by=ANONYMOUS,
+        requested_by=principal_of(request).username,
         created_ms=created,
         duration_ms=duration,
         outcome=outcome,
@@ -235,7 +235,7 @@ async def invoke_method(
             "TIME": created,
             "MACHINE": deviceId,
             "METHOD": body.methodName,
-            "WHO": ANONYMOUS,
+            "WHO": principal_of(request).username,
             "OUTCOME": outcome,
             "STATUS": status,
             "DURATION_MS": duration,

@@ -1,13 +1,16 @@
 """Socket.IO for the existing dashboards: python-socketio on the same ASGI server.
 
 Mounted at ``/socket.io/`` beside the HTTP API (:func:`with_socketio`).  A client
-belongs to one organisation, chosen on connect by ``org`` in the query string
-(``io(url, {query: {org}})``) or the auth payload (``{auth: {org}}``), or the
-first organisation when neither is given -- there is no authentication yet; the
-security issue replaces this with the caller's organisation.  An unknown
-organisation refuses the connection (``connect_error`` with
-``{"message":…,"data":{"code":"not_found"}}``: ``err.message`` and ``err.data`` in
-socket.io-client).
+belongs to the organisation of the user it authenticates as, before any data
+flows: the auth payload ``{auth: {token}}`` (an API token or a 60 s live token),
+an ``Authorization: Bearer`` header, the browser's session cookie, or
+``?access_token=``.  No or bad credentials refuse the connection (``connect_error``
+with ``{"message":"authentication required","data":{"code":"unauthenticated"}}``:
+``err.message`` and ``err.data`` in socket.io-client); so does a browser
+``Origin`` other than the server's own or an allowed one (``forbidden``), an
+``org`` (query or auth payload) other than the user's (``not_found``, as for an
+unknown organisation) and more than ``live_per_user`` live connections
+(``too_many_connections``).  Logging out or revoking the token disconnects it.
 
 Client → server (each answers through the Socket.IO acknowledgement with
 ``{"ok":true,…}`` or ``{"ok":false,"code","message"}``):
@@ -69,8 +72,8 @@ import socketio
 from prometheus_client import Counter, Gauge
 
 from livedata import observe
-from livedata.errors import NotFound
-from livedata.gateway.watch import resolve_org
+from livedata.auth import Principal
+from livedata.gateway.security import security
 from livedata.model import MsgType, live_channel, valid_id
 
 if TYPE_CHECKING:
@@ -351,6 +354,8 @@ class SocketGateway:
         )
         self._clients: dict[str, _Client] = {}
         self._feeds: dict[str, _OrgFeed] = {}
+        self._live: dict[str, int] = {}
+        """Socket.IO session id → its handle in the security service's live registry."""
         self._lock = asyncio.Lock()
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
@@ -377,16 +382,16 @@ class SocketGateway:
             raise socketio.exceptions.ConnectionRefusedError(
                 "this server has too many clients", {"code": "too_many_clients"}
             )
-        org = auth.get("org") if isinstance(auth, dict) else None
-        if not org:
-            query = parse_qs(environ.get("QUERY_STRING", ""))
-            org = (query.get("org") or [None])[0]
-        try:
-            org = await resolve_org(self.rt, org if isinstance(org, str) else None)
-        except NotFound as exc:
+        principal = await self._authenticate(environ, auth)
+        handle = security(self.rt).open_live(
+            principal, lambda _why: self.sio.start_background_task(self.sio.disconnect, sid)
+        )
+        if handle is None:
             raise socketio.exceptions.ConnectionRefusedError(
-                str(exc), {"code": "not_found"}
-            ) from None
+                "too many live connections", {"code": "too_many_connections"}
+            )
+        self._live[sid] = handle
+        org = principal.org
         async with self._lock:
             feed = self._feeds.get(org)
             if feed is None:
@@ -399,6 +404,35 @@ class SocketGateway:
         await self.sio.enter_room(sid, feed.room)
         self.sio.start_background_task(self._welcome, sid, feed)
 
+    async def _authenticate(self, environ: dict[str, Any], auth: Any) -> Principal:
+        """The caller, from the auth payload ``{token}``, a header, the cookie or the query."""
+        headers = {
+            k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")
+        }
+        query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+        given = auth if isinstance(auth, dict) else {}
+        if isinstance(given.get("token"), str):
+            query["access_token"] = given["token"]
+        sec = security(self.rt)
+        principal = await sec.authenticate(headers, query, live=True)
+        if principal is None:
+            observe.AUTH_REFUSED.labels("unauthenticated").inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                "authentication required", {"code": "unauthenticated"}
+            )
+        if not sec.origin_ok(headers):
+            observe.AUTH_REFUSED.labels("origin").inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                "origin not allowed", {"code": "forbidden"}
+            )
+        org = given.get("org") or query.get("org")
+        if org is not None and org != principal.org:
+            observe.AUTH_REFUSED.labels("other_org").inc()
+            raise socketio.exceptions.ConnectionRefusedError(
+                f"organisation {org!r} not found", {"code": "not_found"}
+            )
+        return principal
+
     async def _welcome(self, sid: str, feed: _OrgFeed) -> None:
         for _ in range(50):  # the CONNECT packet goes out once the connect handler returned
             if self.sio.manager.is_connected(sid, "/"):
@@ -407,6 +441,9 @@ class SocketGateway:
         await self.emit("dashboard:data", feed.summary(), to=sid)
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        handle = self._live.pop(sid, None)
+        if handle is not None:
+            security(self.rt).close_live(handle)
         async with self._lock:
             client = self._clients.pop(sid, None)
             if client is None:

@@ -1,10 +1,10 @@
 """Machbase Neo's watch (Server-Sent Events) and write APIs, served from the live pipeline.
 
 ``GET /db/watch/{table}`` streams ``text/event-stream``; ``POST /db/write/{table}``
-feeds a tag table the way Machbase users do.  Both are scoped to one organisation:
-the ``org`` query parameter, or the first organisation when it is not given
-(there is no authentication yet; the security issue replaces this with the
-caller's organisation).  Table names are case-insensitive (``EXAMPLE`` is
+feeds a tag table the way Machbase users do.  Both are scoped to the caller's
+organisation (:mod:`livedata.gateway.security`: watching needs the viewer role,
+the ``audit`` table and writing the admin role; an ``org`` query parameter naming
+another organisation is 404).  Table names are case-insensitive (``EXAMPLE`` is
 ``example``), tag names are not.
 
 Tables of an organisation
@@ -124,6 +124,7 @@ from prometheus_client import Counter, Gauge
 
 from livedata.decode.values import decode_values
 from livedata.errors import InputError, NotFound
+from livedata.gateway.security import principal_of
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ LOG_TABLES = {
     "commands": "the command log",
     "alerts": "alerts raised and cleared",
     "decode_errors": "device messages ingest could not use",
+    "audit": "logins, token changes, commands and configuration changes (admins only)",
 }
 
 MAX_TAGS = 100
@@ -341,23 +343,6 @@ def _int_param(text: str | None, name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise InputError(f"{name} {text!r} is not an integer") from None
-
-
-async def resolve_org(rt: Runtime, org: str | None) -> str:
-    """The organisation a request is scoped to: ``org``, or the first one when not given.
-
-    There is no authentication yet; the security issue replaces this with the
-    caller's organisation (and refuses any other).
-    """
-    if org:
-        if not valid_id(org):
-            raise NotFound(f"organisation {org!r} not found")
-        await rt.meta.require_org(org)
-        return org
-    orgs = await rt.meta.list_orgs()
-    if not orgs:
-        raise NotFound("there is no organisation yet")
-    return orgs[0].id
 
 
 # --------------------------------------------------------------------------- rings
@@ -1161,7 +1146,7 @@ async def watch(request: Request, table: str) -> Any:
     service = watch_service(rt)
     name = _table_name(table)
     params = WatchParams.from_query(request.query_params)
-    org = await resolve_org(rt, request.query_params.get("org"))
+    org = principal_of(request).org
     try:
         plan = await service.plan(org, name, params)
     except _Busy as exc:
@@ -1189,7 +1174,7 @@ async def write(request: Request, table: str) -> JSONResponse:
     roles = getattr(rt, "roles", None)
     if roles is not None and "ingest" not in roles:
         return _error(503, "unavailable", "this process does not run the ingest role")
-    org = await resolve_org(rt, request.query_params.get("org"))
+    org = principal_of(request).org
     if name == MsgType.VEHICLE_CAN:
         raise InputError(
             "vehicle_can is decoded from the CAN frames machines send; "
@@ -1238,6 +1223,5 @@ __all__ = [
     "install",
     "log_tables",
     "parse_duration",
-    "resolve_org",
     "watch_service",
 ]

@@ -1,7 +1,7 @@
 """The command log: every direct method sent to a machine, in the metadata database.
 
 One table, ``commands`` (migration ``0003_commands``): organisation, machine,
-method, payload, who asked (``anonymous`` until the security issue), when
+method, payload, who asked (the user's name), when
 (``created_ms``), how long the whole call took (``duration_ms``), the ``outcome``
 (``ok`` — the device answered, whatever its status —, ``DeviceNotConnected``,
 ``GatewayTimeout`` or ``error``) and the device's ``status`` and ``result``

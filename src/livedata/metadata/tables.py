@@ -53,6 +53,9 @@ class Machine(Base):
     dbc_id: Mapped[int | None] = mapped_column(
         ForeignKey("dbc_files.id", ondelete="SET NULL"), doc="overrides the model's DBC"
     )
+    secret_hash: Mapped[str | None] = mapped_column(
+        String(200), default=None, doc="the device secret, hashed (Mosquitto's $7$ format)"
+    )
 
 
 class MachineField(Base):

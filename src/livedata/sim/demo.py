@@ -7,16 +7,22 @@ data directory — so the Live Data page opens with its two minutes drawn.
 
 from __future__ import annotations
 
+import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from livedata.auth import Role
 from livedata.decode.can import CanDecoder
+from livedata.errors import Conflict
 from livedata.metadata import GroupSpec, Metadata
+from livedata.metadata.accounts import Accounts
 from livedata.model import MsgType
 from livedata.runtime import Runtime
 from livedata.sim.fleet import Fleet, default_chassis_ids
 
 ORG = "demo"
+ADMIN = "admin"
 MODEL = "WL"
 DBC_PATH = Path(__file__).resolve().parent.parent / "dbc" / "loader.dbc"
 
@@ -42,25 +48,49 @@ async def seed_demo(meta: Metadata, chassis_ids: list[str]) -> None:
     await meta.ensure_groups(ORG, DEFAULT_GROUPS)
 
 
-def attach_seed(rt: Runtime, machines: int) -> list[str]:
-    """Seed the demo organisation once ``rt`` has started (no fleet); returns machine ids."""
+async def ensure_demo_admin(meta: Metadata) -> str | None:
+    """Create the demo organisation's ``admin`` with a random password, once; the password."""
+    accounts = Accounts(meta)
+    if await accounts.find_user(ADMIN) is not None:
+        return None
+    password = secrets.token_urlsafe(12)
+    try:
+        await accounts.create_user(ORG, ADMIN, password, Role.admin)
+    except Conflict:  # another process seeding the same database was first
+        return None
+    return password
+
+
+def attach_seed(
+    rt: Runtime, machines: int, on_admin: Callable[[str], None] | None = None
+) -> list[str]:
+    """Seed the demo organisation once ``rt`` has started (no fleet); returns machine ids.
+
+    The first time, the organisation's ``admin`` is created and ``on_admin`` gets its
+    password (it is stored hashed only, so this is the one chance to show it).
+    """
     chassis_ids = default_chassis_ids(machines)
 
     async def seed() -> None:
         await seed_demo(rt.meta, chassis_ids)
+        password = await ensure_demo_admin(rt.meta)
+        if password is not None and on_admin is not None:
+            on_admin(password)
         rt.catalog.invalidate()
 
     rt.on_started.append(seed)
     return chassis_ids
 
 
-def attach_demo(rt: Runtime, machines: int) -> list[str]:
+def attach_demo(
+    rt: Runtime, machines: int, on_admin: Callable[[str], None] | None = None
+) -> list[str]:
     """Seed the demo organisation and run the fleet once ``rt`` has started; returns machine ids."""
-    chassis_ids = attach_seed(rt, machines)
+    chassis_ids = attach_seed(rt, machines, on_admin)
     decoder = CanDecoder.from_dbc(DBC_PATH.read_text())
 
     async def run_fleet() -> None:
-        fleet = Fleet(ORG, chassis_ids, decoder, rt.devices.send)
+        fleet = Fleet(ORG, chassis_ids, decoder, rt.devices.send, period=rt.settings.fleet_period)
         rt.fleet = fleet
         serve = getattr(rt.devices, "serve_methods", None)
         if serve is not None:  # the in-process link: the fleet answers direct methods
