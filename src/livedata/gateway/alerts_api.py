@@ -39,7 +39,8 @@ when the cache first sees it).  A machine is ``online`` while real-time data
 arrived in the last 5 s.  ``realtime`` (is the machine's stream switched on) is
 ``null`` = unknown until device commands exist.
 
-The relay (:func:`alert_relay`, run by every gateway process): alert events
+The relay (:func:`alert_relay`, an :class:`~livedata.gateway.relay.OrgRelay` run by
+every gateway process): alert events
 arrive on the pub/sub channel ``live-stream/{org}/alerts`` (from the alert role,
 in this or another process, and from acknowledgements) and are pushed as rows of
 the SSE log table ``alerts`` (``/db/watch/alerts``), as Socket.IO
@@ -54,7 +55,6 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -63,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import InputError
 from livedata.gateway.commands import status_service
+from livedata.gateway.relay import OrgRelay
 from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_alert, org_room, socket_gateway
 from livedata.gateway.watch import log_tables
@@ -82,8 +83,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("livedata.gateway.alerts")
 OFFLINE_AFTER_S = 5.0
 MACHINES_REFRESH_S = 30.0
-ORGS_REFRESH_S = 5.0
-RELAY_QUEUE = 1_000
 MAX_FLEET_FIELDS = 50
 SEED_WINDOW_MS = 600_000
 GPS_LAT, GPS_LNG = "gps_lat", "gps_lng"
@@ -269,66 +268,14 @@ class FleetCache:
         }
 
 
-class AlertRelay:
-    """Pushes an organisation's alert events from pub/sub to this gateway's clients."""
+class AlertsService:
+    """The alert API's state in one gateway process."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self._listening: dict[str, Any] = {}
-        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
-        self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
-        self.relayed = 0
-        self.dropped = 0
-
-    async def ensure(self, org: str) -> None:
-        """Listen to ``org``'s alert channel (idempotent)."""
-        if org in self._listening:
-            return
-        async with self._lock:
-            if org in self._listening:
-                return
-            listener = self._listener(org)
-            await self.rt.hub.listen(alerts_channel(org), listener)
-            self._listening[org] = listener
-
-    def _listener(self, org: str) -> Any:
-        def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
-            if len(self._queue) >= RELAY_QUEUE:
-                self._queue.popleft()
-                self.dropped += 1
-                log.warning("alert relay queue full: dropped the oldest event")
-            self._queue.append((org, values))
-            self._wake.set()
-
-        return on_message
-
-    async def run(self) -> None:
-        pump = asyncio.create_task(self._pump(), name="alert-relay-pump")
-        try:
-            while True:
-                try:
-                    for org in await self.rt.meta.list_orgs():
-                        await self.ensure(org.id)
-                except Exception as exc:
-                    log.warning("alert relay cannot list organisations: %s", exc)
-                await asyncio.sleep(ORGS_REFRESH_S)
-        finally:
-            pump.cancel()
-            for org_id, listener in list(self._listening.items()):
-                await self.rt.hub.unlisten(alerts_channel(org_id), listener)
-            self._listening.clear()
-
-    async def _pump(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                org, body = self._queue.popleft()
-                try:
-                    await self.deliver(org, body)
-                except Exception:
-                    log.exception("relaying an alert event of %s failed", org)
+        self.store = AlertStore(rt.meta)
+        self.relay = OrgRelay(rt, "alert", alerts_channel, self.deliver)
+        self.fleets: dict[str, FleetCache] = {}
 
     async def deliver(self, org: str, body: dict[str, Any]) -> None:
         alert = body.get("alert")
@@ -357,17 +304,6 @@ class AlertRelay:
             await emit_alert(org, payload)
         else:
             await socket_gateway(self.rt).emit("alert-updated", payload, to=org_room(org))
-        self.relayed += 1
-
-
-class AlertsService:
-    """The alert API's state in one gateway process."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.store = AlertStore(rt.meta)
-        self.relay = AlertRelay(rt)
-        self.fleets: dict[str, FleetCache] = {}
 
     async def fleet(self, org: str) -> FleetCache:
         cache = self.fleets.get(org)
@@ -387,7 +323,7 @@ def alerts_service(rt: Runtime) -> AlertsService:
     return service
 
 
-def alert_relay(rt: Runtime) -> AlertRelay:
+def alert_relay(rt: Runtime) -> OrgRelay:
     """The relay of ``rt``'s gateway (the runtime runs it when it has the gateway role)."""
     return alerts_service(rt).relay
 
@@ -597,7 +533,6 @@ async def _field_info(
 
 
 __all__ = [
-    "AlertRelay",
     "AlertsService",
     "FleetCache",
     "alert_relay",

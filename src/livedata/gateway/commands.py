@@ -20,9 +20,10 @@ the simulated machine exists and the fleet runs), ``realtime`` from the last
 successful ``startMs``/``endMs``/``getStatus`` answer seen by this process, else asked
 of a connected device with ``getStatus`` (2 s), ``lastSeen`` the newest stored record
 of the machine (ms).  Changes (presence, real-time) are pushed as ``device_status``
-log table rows, Socket.IO ``device-update`` ``{deviceId, status, lastSeen}`` and a
-JSON message on the pub/sub channel ``live-stream/{org}/status`` (so every gateway
-can relay them).
+log table rows and Socket.IO ``device-update`` ``{deviceId, status, lastSeen,
+realtime}`` by every gateway: the change is published on the pub/sub channel
+``live-stream/{org}/status`` and each gateway's :func:`status_relay` delivers it,
+also in the process that made it.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ import time
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
-import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import DeviceError, DeviceNotConnected, DeviceTimeout
 from livedata.gateway.api import runtime
+from livedata.gateway.relay import OrgRelay, publish_event
 from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_device_update
 from livedata.gateway.watch import log_tables
@@ -78,6 +79,7 @@ class StatusService:
         self.realtime: dict[tuple[str, str], str] = {}
         self._probed: dict[tuple[str, str], float] = {}
         self._probes: set[asyncio.Task[Any]] = set()
+        self.relay = OrgRelay(rt, "status", status_channel, self.deliver)
 
     async def last_seen(self, org: str, chassis: str) -> int | None:
         seen = [await self.rt.store.latest_ts(org, chassis, t.value) for t in MsgType]
@@ -129,32 +131,35 @@ class StatusService:
         }
 
     async def push(self, org: str, chassis: str) -> None:
-        """Tell open pages about a status change (log table, Socket.IO, pub/sub)."""
+        """Tell every gateway's open pages about a status change (through pub/sub)."""
         state = await self.status(org, chassis, probe=False)
+        await self.relay.ensure(org)  # an organisation created since the relay last looked
+        await publish_event(self.rt.pubsub, status_channel(org), state)
+
+    async def deliver(self, org: str, state: dict[str, Any]) -> None:
+        """A status change from pub/sub: remember it, then log table row and Socket.IO."""
+        chassis = str(state.get("deviceId"))
+        if state.get("realtime") in ("on", "off"):
+            self.realtime[(org, chassis)] = state["realtime"]
+        elif not state.get("connected"):
+            self.realtime.pop((org, chassis), None)
         log_tables(self.rt).publish(
             org,
             "device_status",
             {
                 "MACHINE": chassis,
-                "CONNECTED": state["connected"],
-                "REALTIME": state["realtime"],
-                "LAST_SEEN": state["lastSeen"],
+                "CONNECTED": state.get("connected"),
+                "REALTIME": state.get("realtime"),
+                "LAST_SEEN": state.get("lastSeen"),
             },
         )
         update = {
             "deviceId": chassis,
-            "status": "online" if state["connected"] else "offline",
-            "lastSeen": state["lastSeen"],
-            "realtime": state["realtime"],
+            "status": "online" if state.get("connected") else "offline",
+            "lastSeen": state.get("lastSeen"),
+            "realtime": state.get("realtime"),
         }
-        try:
-            await emit_device_update(self.rt, org, chassis, update)
-        except Exception:
-            log.exception("device-update to %s/%s failed", org, chassis)
-        try:
-            await self.rt.pubsub.publish(status_channel(org), orjson.dumps(state))
-        except Exception as exc:
-            log.warning("status of %s/%s not published: %s", org, chassis, exc)
+        await emit_device_update(self.rt, org, chassis, update)
 
 
 _SERVICES: WeakKeyDictionary[Runtime, StatusService] = WeakKeyDictionary()
@@ -165,6 +170,11 @@ def status_service(rt: Runtime) -> StatusService:
     if service is None:
         service = _SERVICES[rt] = StatusService(rt)
     return service
+
+
+def status_relay(rt: Runtime) -> OrgRelay:
+    """Status changes of every organisation to this gateway's pages (a runtime task)."""
+    return status_service(rt).relay
 
 
 async def presence_feed(rt: Runtime) -> None:

@@ -1,0 +1,126 @@
+"""Events of every organisation from pub/sub to this gateway's clients.
+
+Alert events and machine status changes are published on one pub/sub channel per
+organisation, in the live-channel shape (``{"ts","seq","epoch","values"}``), by
+whichever process made them.  Every gateway runs one :class:`OrgRelay` per kind of
+event: it listens to the channel of each organisation (the list is re-read every
+:data:`ORGS_REFRESH_S`) and hands each event to ``deliver(org, values)``, which
+pushes it to that gateway's SSE log tables and Socket.IO rooms.  So an event made
+anywhere reaches the pages open on any gateway, and the process that made it
+delivers it through the same path (no second, local path).
+
+Under stress: listeners never block; events wait in a queue of at most
+:data:`RELAY_QUEUE`, and when ``deliver`` cannot keep up the oldest are dropped
+(counted in ``dropped`` and logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from livedata.bus.base import PubSub
+from livedata.errors import BusError
+
+if TYPE_CHECKING:
+    from livedata.runtime import Runtime
+
+log = logging.getLogger("livedata.gateway.relay")
+
+ORGS_REFRESH_S = 5.0
+RELAY_QUEUE = 1_000
+
+_EPOCH = secrets.token_hex(8)
+_SEQ = itertools.count(1)
+
+
+async def publish_event(
+    pubsub: PubSub, channel: str, values: dict[str, Any], ts: int | None = None
+) -> None:
+    """Publish ``values`` on ``channel`` in the live-channel shape; a bus error is logged."""
+    stamp = ts if ts is not None else int(time.time() * 1000)
+    message = orjson.dumps({"ts": stamp, "seq": next(_SEQ), "epoch": _EPOCH, "values": values})
+    try:
+        await pubsub.publish(channel, message)
+    except BusError as exc:
+        log.warning("publishing on %s failed: %s", channel, exc)
+
+
+class OrgRelay:
+    """Delivers the events of ``channel(org)`` of every organisation to ``deliver``."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        name: str,
+        channel: Callable[[str], str],
+        deliver: Callable[[str, dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        self.rt = rt
+        self.name = name
+        self.channel = channel
+        self.deliver = deliver
+        self._listening: dict[str, Any] = {}
+        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self.relayed = 0
+        self.dropped = 0
+
+    async def ensure(self, org: str) -> None:
+        """Listen to ``org``'s channel (idempotent)."""
+        if org in self._listening:
+            return
+        async with self._lock:
+            if org in self._listening:
+                return
+            listener = self._listener(org)
+            await self.rt.hub.listen(self.channel(org), listener)
+            self._listening[org] = listener
+
+    def _listener(self, org: str) -> Any:
+        def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
+            if len(self._queue) >= RELAY_QUEUE:
+                self._queue.popleft()
+                self.dropped += 1
+                log.warning("%s relay queue full: dropped the oldest event", self.name)
+            self._queue.append((org, values))
+            self._wake.set()
+
+        return on_message
+
+    async def run(self) -> None:
+        pump = asyncio.create_task(self._pump(), name=f"{self.name}-relay-pump")
+        try:
+            while True:
+                try:
+                    for org in await self.rt.meta.list_orgs():
+                        await self.ensure(org.id)
+                except Exception as exc:
+                    log.warning("%s relay cannot list organisations: %s", self.name, exc)
+                await asyncio.sleep(ORGS_REFRESH_S)
+        finally:
+            pump.cancel()
+            for org_id, listener in list(self._listening.items()):
+                await self.rt.hub.unlisten(self.channel(org_id), listener)
+            self._listening.clear()
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                org, values = self._queue.popleft()
+                try:
+                    await self.deliver(org, values)
+                    self.relayed += 1
+                except Exception:
+                    log.exception("relaying a %s event of %s failed", self.name, org)
