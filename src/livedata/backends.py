@@ -22,6 +22,16 @@ EXTRAS = {
 }
 
 
+def redact(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
 def scheme_of(url: str) -> str:
     scheme = urlsplit(url).scheme
     if not scheme:

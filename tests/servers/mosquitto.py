@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ BINARY = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 @dataclass
 class Mosquitto:
-    """A running broker; ``restart()`` brings it back on the same port."""
+    """A running broker; ``restart()`` brings it back on the same port, ``reload()`` is SIGHUP."""
 
     port: int
     conf: Path
@@ -46,6 +48,16 @@ class Mosquitto:
     def restart(self) -> None:
         self.stop()
         self.process = _spawn(self.conf, self.log, self.port)
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP: re-read the password file and ACL; returns once the broker has."""
+        before = self.read_log().count("Reloading config")
+        self.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.read_log().count("Reloading config") == before:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mosquitto did not reload in {timeout} s")
+            time.sleep(0.05)
 
     def read_log(self) -> str:
         return self.log.read_text(errors="replace")

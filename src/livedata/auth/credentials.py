@@ -40,9 +40,9 @@ def hash_password(password: str) -> str:
 
 
 def verify_password(stored: str | None, password: str) -> bool:
-    """Whether ``password`` matches ``stored``; an unknown user (``None``) costs the same."""
+    """Whether ``password`` matches ``stored``; an unknown user (``None``, ``""``) costs the same."""
     try:
-        return _hasher.verify(stored or _DUMMY, password) and stored is not None
+        return _hasher.verify(stored or _DUMMY, password) and bool(stored)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -107,7 +107,7 @@ def check_live_token(key: bytes, token: str, now: float | None = None) -> int | 
         return None
     body = f"{parts[0]}.{parts[1]}"
     mac = hmac.new(key, body.encode(), hashlib.sha256).hexdigest()[:32]
-    if not hmac.compare_digest(mac, parts[2]):
+    if not hmac.compare_digest(mac.encode(), parts[2].encode()):  # bytes: any text is safe
         return None
     if int(parts[1]) < (now if now is not None else time.time()):
         return None

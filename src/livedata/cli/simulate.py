@@ -19,8 +19,14 @@ The simulator does **not** register the machines: the server must know them, or
 ingest rejects (and counts) their messages as unknown.  ``livedata serve
 --seed-demo N`` creates organisation ``demo`` with machines ``WL-0001`` …
 ``WL-000N`` and the DBC assignment; for another organisation create them through
-the API.  Pass the same credentials in the URL as the broker expects
-(``mqtt://user:pass@host:port``).
+the API.
+
+Credentials.  With a broker that requires them (the configuration written by
+``livedata devices mqtt-config``), each machine logs in as ``{org}/{chassis}`` with
+its own secret: ``--secrets FILE`` names a JSON object ``{chassis: secret}``, as
+written by ``livedata devices secret ORG --all --out FILE``; every simulated machine
+must be in it.  Without ``--secrets`` all machines use the credentials in the URL
+(``mqtt://user:pass@host:port``), if any.
 
 Under stress: each machine has its own send queue (100 messages) and sender task, so
 a slow connection holds up only its machine, and the fleet waits when a queue is
@@ -35,11 +41,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from livedata.auth.mosquitto import device_url
 from livedata.decode.can import CanDecoder
 from livedata.errors import BackendError, ConfigError
 from livedata.model import DeviceMessage, valid_id
@@ -76,6 +85,13 @@ def add_parser(sub: Any) -> None:
         "--period", type=float, default=1.0, help="seconds between messages (default 1.0)"
     )
     parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    parser.add_argument(
+        "--secrets",
+        type=Path,
+        metavar="FILE",
+        help="per-machine MQTT passwords, JSON {chassis: secret} "
+        "(`livedata devices secret ORG --all --out FILE`); username ORG/CHASSIS",
+    )
     parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
     parser.set_defaults(run=run)
 
@@ -95,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
     # one line per machine per reconnect attempt is noise: the report below sums it up
     logging.getLogger("livedata.devices.mqtt").setLevel(logging.WARNING)
     chassis_ids = default_chassis_ids(args.machines)
-    devices = [MqttDevice(args.mqtt, args.org, c) for c in chassis_ids]
+    urls = {c: args.mqtt for c in chassis_ids}
+    if args.secrets is not None:
+        urls = device_urls(args.mqtt, args.org, chassis_ids, read_secrets(args.secrets))
+    devices = [MqttDevice(urls[c], args.org, c) for c in chassis_ids]
 
     def announce() -> None:
         print(
@@ -108,6 +127,35 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C, SIGTERM
         asyncio.run(simulate(devices, args.org, args.period, args.seed, announce))
     return 0
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """The JSON object ``{chassis: secret}`` in ``path``; :class:`ConfigError` if it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read --secrets {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise ConfigError(f"--secrets {path} is not a JSON object of chassis → secret")
+    return data
+
+
+def device_urls(
+    url: str, org: str, chassis_ids: list[str], secrets: dict[str, str]
+) -> dict[str, str]:
+    """Each machine's broker URL with its own credentials (username ``{org}/{chassis}``)."""
+    missing = [c for c in chassis_ids if c not in secrets]
+    if missing:
+        raise ConfigError(
+            f"--secrets has no secret for {len(missing)} machine(s), e.g. {missing[0]}: "
+            f"livedata devices secret {org} --all --out FILE"
+        )
+    try:
+        return {c: device_url(url, org, c, secrets[c]) for c in chassis_ids}
+    except ValueError as exc:
+        raise ConfigError(f"--mqtt: {exc}; with --secrets give mqtt://host:port") from None
 
 
 class _Sender:

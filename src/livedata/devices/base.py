@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from livedata.backends import redact
 from livedata.errors import DeviceNotConnected
 from livedata.model import DeviceMessage
 
@@ -123,7 +124,7 @@ class DeviceLink(abc.ABC):
         within ``connect_timeout`` seconds (0: it must be connected now);
         :class:`~livedata.errors.DeviceTimeout` when no answer came in ``response_timeout``.
         """
-        raise DeviceNotConnected(f"this device link ({self.url}) has no direct methods")
+        raise DeviceNotConnected(f"this device link ({redact(self.url)}) has no direct methods")
 
     def status(self, tenant: str, chassis: str) -> DeviceStatus:
         """Server side: whether the machine is connected now, as the link knows."""

@@ -26,7 +26,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
-from livedata.errors import BackendError, Conflict, NotFound
+from livedata.backends import redact
+from livedata.errors import BackendError, Conflict, InputError, NotFound
 from livedata.metadata.tables import DbcFile, Group, Machine, MachineField, MachineModel, Org
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -93,7 +94,7 @@ class Metadata:
             async with self.engine.begin() as conn:
                 await conn.run_sync(_upgrade)
         except SQLAlchemyError as exc:
-            raise BackendError(f"metadata database {self.url}: {exc}") from exc
+            raise BackendError(f"metadata database {redact(self.url)}: {exc}") from exc
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -107,6 +108,8 @@ class Metadata:
             raise Conflict(f"conflicts with stored data: {exc.orig}") from exc
         except SQLAlchemyError as exc:
             raise BackendError(f"metadata database error: {exc}") from exc
+        except OverflowError as exc:  # an id beyond the column (SQLite: 64 bits): the caller's
+            raise InputError(f"a number is out of range: {exc}") from exc
 
     # organisations -------------------------------------------------------------
 
