@@ -6,9 +6,14 @@ Fixtures:
   is missing; Playwright's own browser download is never used). Module scope, not
   session: while Playwright's sync API is active it holds the main thread's event
   loop, and the asyncio tests of later modules could not run.
-- ``live_page``: a factory ``live_page(base_url) -> LivePage``; each page records
-  console errors, uncaught exceptions and every request or WebSocket that leaves
-  ``base_url``'s host, so a test can assert the page stayed clean and local.
+- ``live_page``: a factory ``live_page(server_or_url) -> LivePage``; given a
+  :class:`tests.conftest.Server` the page's browser context is logged in first as the
+  demo's admin (the password ``livedata demo`` printed), or as ``user``/``password``;
+  given a bare URL (a stand-in gateway without accounts) it is not. Each page records
+  console errors, uncaught exceptions and every request or WebSocket that leaves the
+  server's host, so a test can assert the page stayed clean and local.
+- :func:`login`: log a browser context in through ``POST /api/auth/login``; the
+  context's request client shares its cookie jar with the pages.
 - ``artifacts``: the git-ignored ``test-artifacts/`` directory for screenshots.
 """
 
@@ -18,9 +23,12 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.conftest import Server
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -28,6 +36,25 @@ ROOT = Path(__file__).resolve().parents[2]
 STATIC_DIR = ROOT / "src" / "livedata" / "web" / "static"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+DEMO_ADMIN = "admin"
+"""The user ``livedata demo`` creates; its password is ``Server.password``."""
+
+
+def login(context: Any, base_url: str, username: str, password: str) -> dict[str, Any]:
+    """Log ``context`` in (session and CSRF cookies); the login's JSON body."""
+    response = context.request.post(
+        f"{base_url.rstrip('/')}/api/auth/login",
+        data={"username": username, "password": password},
+    )
+    assert response.ok, f"login as {username} failed: {response.status} {response.text()}"
+    return response.json()
+
+
+def admin_password(server: Server) -> str:
+    """The demo admin's password; a server restarted on its data keeps the first one."""
+    assert server.password, "the demo printed no password (started on an existing data dir?)"
+    return server.password
+
 
 # Reads, in the page, the points each chart holds: {group name: {field: n}}.
 # Gap markers ([ts, null]) are not points.
@@ -115,7 +142,9 @@ class LivePage:
             self.page.wait_for_timeout(200)
 
     def screenshot(self, name: str) -> Path:
+        """The whole page, from the top (a sticky header would otherwise land mid-page)."""
         path = self.artifacts / f"{name}.png"
+        self.page.evaluate("window.scrollTo(0, 0)")
         self.page.screenshot(path=str(path), full_page=True)
         return path
 
@@ -146,12 +175,22 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def live_page(browser, artifacts) -> Iterator[Callable[[str], LivePage]]:
+def live_page(browser, artifacts) -> Iterator[Callable[..., LivePage]]:
     contexts = []
 
-    def open_page(base_url: str) -> LivePage:
-        context = browser.new_context(viewport={"width": 1360, "height": 900})
+    def open_page(
+        target: Server | str,
+        user: str = DEMO_ADMIN,
+        password: str | None = None,
+        viewport: tuple[int, int] = (1360, 900),
+    ) -> LivePage:
+        context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
         contexts.append(context)
+        if isinstance(target, str):
+            base_url = target
+        else:
+            base_url = target.url
+            login(context, base_url, user, password or admin_password(target))
         return LivePage(context.new_page(), base_url, artifacts)
 
     yield open_page

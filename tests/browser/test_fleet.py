@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from livedata.metadata import Metadata
+from tests.browser.conftest import DEMO_ADMIN, admin_password, login
 from tests.conftest import Server, start_demo, stop
 
 pytestmark = pytest.mark.browser
@@ -50,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     data_dir = Path(tmp_path_factory.mktemp("fleet-demo"))
     asyncio.run(_seed_silent_machine(data_dir))
     demo = start_demo(data_dir, "--machines", "2")
-    with httpx.Client(base_url=demo.url) as http:
+    with httpx.Client(base_url=demo.url, headers=demo.headers) as http:
         rule = {
             "name": "Engine overspeed",
             "msgType": "vehicle_can",
@@ -65,10 +66,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 class Tab:
-    """One page in its own browser context, recording console errors and foreign requests."""
+    """One page in its own browser context, logged in as the demo's admin, recording console
+    errors and foreign requests."""
 
-    def __init__(self, browser, base_url: str, width: int, height: int) -> None:
+    def __init__(self, browser, server: Server, width: int, height: int) -> None:
         self.context = browser.new_context(viewport={"width": width, "height": height})
+        base_url = server.url
+        login(self.context, base_url, DEMO_ADMIN, admin_password(server))
         self.page = self.context.new_page()
         self.base_url = base_url
         self.errors: list[str] = []
@@ -105,11 +109,14 @@ class Tab:
         self.context.close()
 
 
-def write(base_url: str, name: str, value: float) -> None:
+def write(server: Server, name: str, value: float) -> None:
     now = int(time.time() * 1000)
     body = {"data": {"rows": [[name, now, value]]}}
     response = httpx.post(
-        f"{base_url}/db/write/client_raw_data", params={"timeformat": "ms"}, json=body
+        f"{server.url}/db/write/client_raw_data",
+        params={"timeformat": "ms"},
+        json=body,
+        headers=server.headers,
     )
     assert response.status_code == 200, response.text
 
@@ -118,7 +125,7 @@ def test_dashboard_statuses_and_gauges_change_live(server: Server, browser, arti
     """At 1360×900 every machine is listed with its status, gauges with the rule's band move
     live, a silent machine turns online when it sends and offline 5 s after, positions are
     drawn; at 390×844 the page fits the screen."""
-    tab = Tab(browser, server.url, 1360, 900).open_fleet()
+    tab = Tab(browser, server, 1360, 900).open_fleet()
     page = tab.page
     try:
         chassis = [c.get_attribute("data-chassis") for c in page.locator(".machine").all()]
@@ -151,7 +158,7 @@ def test_dashboard_statuses_and_gauges_change_live(server: Server, browser, arti
         )  # the silent machine has no GPS yet
 
         for _ in range(6):  # the silent machine sends for 3 s
-            write(server.url, f"{SILENT}.cpu_usage", 42.5)
+            write(server, f"{SILENT}.cpu_usage", 42.5)
             page.wait_for_timeout(500)
         assert tab.status(SILENT) == "online"
         cpu_seen = page.locator(f'.machine[data-chassis="{SILENT}"] .last-seen').inner_text()
@@ -166,7 +173,7 @@ def test_dashboard_statuses_and_gauges_change_live(server: Server, browser, arti
     finally:
         tab.close()
 
-    phone = Tab(browser, server.url, 390, 844).open_fleet()
+    phone = Tab(browser, server, 390, 844).open_fleet()
     try:
         phone.page.wait_for_function(f"({MAP_JS})().length == 2", timeout=5000)
         width = phone.page.evaluate("document.documentElement.scrollWidth")
@@ -188,7 +195,7 @@ def test_alert_shows_within_2s_and_is_acknowledged_in_the_ui(
 ) -> None:
     """A value over a rule's threshold shows as an alert on the open page within 2 s with its
     severity; it is acknowledged from the page with a comment; it leaves when it clears."""
-    with httpx.Client(base_url=server.url) as http:
+    with httpx.Client(base_url=server.url, headers=server.headers) as http:
         rule = {
             "name": "UI load",
             "msgType": "client_raw_data",
@@ -198,12 +205,12 @@ def test_alert_shows_within_2s_and_is_acknowledged_in_the_ui(
             "severity": "critical",
         }
         assert http.post(f"/api/resources/{ORG}/alert-rules", json=rule).status_code == 201
-    tab = Tab(browser, server.url, 1360, 900).open_fleet()
+    tab = Tab(browser, server, 1360, 900).open_fleet()
     page = tab.page
     chassis = server.machines[1]
     try:
         started = time.monotonic()
-        write(server.url, f"{chassis}.ui_load", 20)
+        write(server, f"{chassis}.ui_load", 20)
         item = page.locator(".alert-item", has_text="UI load")
         item.wait_for(timeout=2000)
         assert time.monotonic() - started < 2.0
@@ -216,16 +223,18 @@ def test_alert_shows_within_2s_and_is_acknowledged_in_the_ui(
         page.locator("#ack-form textarea").fill("Checked on site")
         page.locator("#ack-form").get_by_role("button", name="Acknowledge").click()
         page.locator("#ack-dialog").wait_for(state="hidden")
-        page.locator(".alert-item .alert-ack", has_text="Acknowledged by anonymous").wait_for()
+        page.locator(".alert-item .alert-ack", has_text=f"Acknowledged by {DEMO_ADMIN}").wait_for()
         assert item.get_by_role("button", name="Acknowledge").count() == 0
-        alerts = httpx.get(f"{server.url}/api/resources/{ORG}/alerts?state=active").json()
+        alerts = httpx.get(
+            f"{server.url}/api/resources/{ORG}/alerts?state=active", headers=server.headers
+        ).json()
         mine = [a for a in alerts["alerts"] if a["ruleName"] == "UI load"]
         assert [(a["acknowledgedBy"], a["comment"]) for a in mine] == [
-            ("anonymous", "Checked on site")
+            (DEMO_ADMIN, "Checked on site")
         ]
         page.screenshot(path=str(artifacts / "fleet-alert-acknowledged.png"), full_page=True)
 
-        write(server.url, f"{chassis}.ui_load", 1)
+        write(server, f"{chassis}.ui_load", 1)
         item.wait_for(state="detached", timeout=3000)
         tab.assert_clean()
     finally:
@@ -235,7 +244,7 @@ def test_alert_shows_within_2s_and_is_acknowledged_in_the_ui(
 def test_rules_page_shows_why_a_rule_is_refused(server: Server, browser, artifacts) -> None:
     """The rules form shows the server's reason for an invalid rule, saves a valid one into the
     table and deletes it again."""
-    tab = Tab(browser, server.url, 1360, 900)
+    tab = Tab(browser, server, 1360, 900)
     page = tab.page
     try:
         page.goto(f"{server.url}/static/alerts.html")
@@ -264,7 +273,9 @@ def test_rules_page_shows_why_a_rule_is_refused(server: Server, browser, artifac
         row.wait_for(state="detached")
         names = [
             r["name"]
-            for r in httpx.get(f"{server.url}/api/resources/{ORG}/alert-rules").json()["rules"]
+            for r in httpx.get(
+                f"{server.url}/api/resources/{ORG}/alert-rules", headers=server.headers
+            ).json()["rules"]
         ]
         assert "RPM band" not in names
         tab.assert_clean(allow=r"status of 400 \(Bad Request\)")  # the refused rule
@@ -311,11 +322,13 @@ def test_map_shows_positions_without_a_tile_server(server: Server, browser, arti
     """With no tile server configured the map draws no tiles but the machines' markers,
     fitted into view, with trails, a graticule and a scale; the markers move live and a
     marker's popup names the machine and when it was last seen."""
-    assert httpx.get(f"{server.url}/api/resources/{ORG}/fleet").json()["map"] == {
+    assert httpx.get(f"{server.url}/api/resources/{ORG}/fleet", headers=server.headers).json()[
+        "map"
+    ] == {
         "tiles": "",
         "attribution": "",
     }
-    tab = Tab(browser, server.url, 1360, 900).open_fleet()
+    tab = Tab(browser, server, 1360, 900).open_fleet()
     page = tab.page
     try:
         state = _wait_for_markers(page, server.machines)
@@ -366,9 +379,11 @@ def test_map_with_an_unreachable_tile_server(
     """A configured tile server that cannot be reached: its tiles are asked for and fail,
     the map says so and still shows every machine on the plain graticule; the rest of the
     page stays live. Only tile requests leave the host; only their failures are logged."""
-    body = httpx.get(f"{tiles_server.url}/api/resources/{ORG}/fleet").json()
+    body = httpx.get(
+        f"{tiles_server.url}/api/resources/{ORG}/fleet", headers=tiles_server.headers
+    ).json()
     assert body["map"] == {"tiles": UNREACHABLE_TILES, "attribution": "Tiles © nobody"}
-    tab = Tab(browser, tiles_server.url, width, height).open_fleet()
+    tab = Tab(browser, tiles_server, width, height).open_fleet()
     page = tab.page
     try:
         page.wait_for_function("document.querySelector('#map').dataset.tiles == 'failing'")

@@ -41,7 +41,7 @@ def all_counts_at_least(page, n: int) -> bool:
 def test_page_opens_with_history_then_moves(server, live_page) -> None:
     """Every default group opens with ~2 minutes drawn, then gains live points, with no gap."""
     demo: Server = server[0]
-    page = live_page(demo.url).open()
+    page = live_page(demo).open()
     page.wait_for(lambda: all_counts_at_least(page, 115), timeout=10, what="history drawn")
     first = page.point_counts()
     assert set(first) == DEFAULT_GROUPS
@@ -60,7 +60,7 @@ def test_page_opens_with_history_then_moves(server, live_page) -> None:
 def test_group_created_in_the_ui_fills(server, live_page) -> None:
     """A group created through the form is stored and its chart fills from history, then live."""
     demo: Server = server[0]
-    page = live_page(demo.url).open()
+    page = live_page(demo).open()
     p = page.page
     p.get_by_role("button", name="Add group").first.click()
     form = p.locator("#group-form")
@@ -81,14 +81,14 @@ def test_group_created_in_the_ui_fills(server, live_page) -> None:
     )
     page.screenshot("real-after-add-group")
     page.assert_clean()
-    reloaded = live_page(demo.url).open()
+    reloaded = live_page(demo).open()
     reloaded.wait_for(lambda: "Fuel and gear" in reloaded.point_counts(), what="kept on server")
 
 
 def test_server_restart_is_survived_and_the_gap_filled(server, live_page) -> None:
     """When the server goes away the indicator says so; after it is back the gap is filled."""
     demo: Server = server[0]
-    page = live_page(demo.url).open()
+    page = live_page(demo).open()
     page.wait_for(lambda: page.connection_state("vehicle_can") == "live", what="live")
     stop(demo)
     page.wait_for(
@@ -100,6 +100,7 @@ def test_server_restart_is_survived_and_the_gap_filled(server, live_page) -> Non
     server[0] = start_demo(
         Path(demo.data_dir), "--machines", "2", "--port", demo.url.rsplit(":", 1)[1]
     )
+    server[0].password = demo.password  # printed at the first start only
     page.wait_for(
         lambda: page.connection_state("vehicle_can") == "live", timeout=30, what="reconnected"
     )

@@ -171,12 +171,16 @@ class FakeGateway:
         self.history_requests: list[dict[str, str]] = []
         self.refuse_until = 0.0
         self.epoch = uuid.uuid4().hex[:8]
+        self.org = "demo"
+        """The logged-in user's organisation (the page shows only that one)."""
+        self.role = "admin"
         base = "/api/resources/{org}"
         dataset = base + "/_common/datasets/{chassis}"
         self.app = Starlette(
             routes=[
                 Route("/", lambda request: FileResponse(STATIC_DIR / "index.html")),
                 Mount("/static", StaticFiles(directory=STATIC_DIR)),
+                Route("/api/auth/me", self.me),
                 Route("/api/orgs", self.orgs),
                 Route(base + "/machines", self.machines),
                 Route(base + "/machines/{chassis}/status", self.status),
@@ -202,6 +206,12 @@ class FakeGateway:
             conn.outbox.append({"type": "ERROR", "code": code, "message": message})
 
     # ---- REST ----
+
+    async def me(self, request: Request) -> JSONResponse:
+        """The stand-in has no accounts: every caller is one user of ``self.org``."""
+        return JSONResponse(
+            {"user": "tester", "id": 1, "org": self.org, "role": self.role, "via": "session"}
+        )
 
     async def orgs(self, request: Request) -> JSONResponse:
         return JSONResponse(
@@ -601,7 +611,8 @@ def test_switch_machine(gateway, live_page):
 
 def test_empty_organisation(gateway, live_page):
     """An organisation without groups shows the empty state with an Add button."""
-    page = live_page(gateway.url).open("?org=north")
+    gateway.org = "north"
+    page = live_page(gateway.url).open()
     empty = page.page.locator("#empty-state")
     assert empty.is_visible()
     assert empty.get_by_role("button", name="Add group").is_visible()

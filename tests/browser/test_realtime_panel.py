@@ -26,7 +26,7 @@ def states(page) -> list[str]:
 
 def test_group_panel_shows_status_and_buttons_change_it(server: Server, live_page) -> None:
     """Every group card shows 🟢/🔴 and Stop/Start switch the machine, with an overlay when off."""
-    page = live_page(server.url).open()
+    page = live_page(server).open()
     page.wait_for(
         lambda: (s := states(page)) and all("Real-Time is running" in t for t in s),
         timeout=10,
@@ -43,7 +43,9 @@ def test_group_panel_shows_status_and_buttons_change_it(server: Server, live_pag
     assert page.page.locator(".rt-stop").first.is_disabled()
     page.screenshot("realtime-stopped")
     chassis = page.page.eval_on_selector("#machine-select", "e => e.value")
-    log = httpx.get(f"{server.url}/api/iothubs/demo/devices/{chassis}/methods").json()
+    log = httpx.get(
+        f"{server.url}/api/iothubs/demo/devices/{chassis}/methods", headers=server.headers
+    ).json()
     assert log["commands"][0]["methodName"] == "endMs"
     page.page.locator(".rt-start").nth(2).click()
     page.wait_for(

@@ -29,7 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def test_wide_range_loads_downsampled_history_and_stays_live(server: Server, live_page) -> None:
     """7 d asks history with maxPoints ~ chart width, spans 7 d, appends live; 2 min goes back."""
-    page = live_page(server.url)
+    page = live_page(server)
     asked: list[dict[str, list[str]]] = []
     page.page.on(
         "request",

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
+from tests.browser.conftest import DEMO_ADMIN, admin_password, login
 from tests.conftest import Server
 
 pytestmark = pytest.mark.browser
@@ -82,16 +83,22 @@ class TcpProxy:
 
 
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def page(browser: Any, demo: Server) -> Iterator[Any]:
+    """A tab logged in to the demo: EventSource sends the session cookie (no code change)."""
     context = browser.new_context()
+    login(context, demo.url, DEMO_ADMIN, admin_password(demo))
     yield context.new_page()
     context.close()
 
 
-def write(url: str, table: str, name: str, value: float) -> None:
+def write(server: Server, table: str, name: str, value: float) -> None:
     body = {"data": {"rows": [[name, int(time.time() * 1000), value]]}}
     response = requests.post(
-        f"{url}/db/write/{table}", params={"timeformat": "ms"}, json=body, timeout=10
+        f"{server.url}/db/write/{table}",
+        params={"timeformat": "ms"},
+        json=body,
+        headers=server.headers,
+        timeout=10,
     )
     assert response.status_code == 200, response.text
 
@@ -122,8 +129,8 @@ def test_reference_javascript_example(demo: Server, page: Any) -> None:
     def keep_writing() -> None:
         n = 0
         while not stop.is_set():
-            write(demo.url, "example", "neo_load1", round(2 + n / 100, 2))
-            write(demo.url, "example", "neo_load5", round(3 + n / 100, 2))
+            write(demo, "example", "neo_load1", round(2 + n / 100, 2))
+            write(demo, "example", "neo_load5", round(3 + n / 100, 2))
             n += 1
             stop.wait(0.8)
 
@@ -155,7 +162,7 @@ def test_reference_javascript_example(demo: Server, page: Any) -> None:
 def test_eventsource_reconnect_loses_nothing(demo: Server, page: Any) -> None:
     """After a dropped connection Chromium reconnects with Last-Event-ID and misses no value."""
     table = f"t{uuid.uuid4().hex[:10]}"
-    write(demo.url, table, "n", 0)
+    write(demo, table, "n", 0)
     proxy = TcpProxy(demo.url)
     stop = threading.Event()
     written: list[int] = []
@@ -164,10 +171,12 @@ def test_eventsource_reconnect_loses_nothing(demo: Server, page: Any) -> None:
         n = 0
         while not stop.wait(1.2):
             n += 1
-            write(demo.url, table, "n", n)
+            write(demo, table, "n", n)
             written.append(n)
 
     try:
+        # The proxy's host (127.0.0.1) is not the demo's (localhost): its own session cookie.
+        login(page.context, proxy.url, DEMO_ADMIN, admin_password(demo))
         page.goto(f"{proxy.url}/healthz")
         page.evaluate(
             """(url) => {

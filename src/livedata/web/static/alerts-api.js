@@ -1,5 +1,8 @@
 // REST client for alert rules, alerts and the fleet summary (the rest is in api.js).
-// Failures throw an Error whose message is the server's {"error": {"message"}}.
+// Failures throw an Error whose message is the server's {"error": {"message"}};
+// requests go through session.js (CSRF header, login page on 401).
+
+import { authFetch } from './session.js';
 
 export { api } from './api.js';
 
@@ -14,7 +17,7 @@ async function request(method, path, body) {
   }
   let response;
   try {
-    response = await fetch(path, init);
+    response = await authFetch(path, init);
   } catch (err) {
     throw Object.assign(new Error(`Cannot reach the server (${err.message}).`), { status: 0 });
   }

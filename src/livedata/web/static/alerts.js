@@ -2,6 +2,7 @@
 // message is shown in the form), and the recent alerts with their notifications.
 
 import { $, h } from './dom.js';
+import { showOrganisation, startSession } from './session.js';
 import { ago, alertsApi, api, clock } from './alerts-api.js';
 
 const MSG_TYPES = ['vehicle_can', 'client_raw_data'];
@@ -26,19 +27,18 @@ for (const d of [dialog, deleteDialog]) {
 }
 
 async function start() {
-  const params = new URLSearchParams(location.search);
-  let orgs;
+  // The organisation is the logged-in user's own (/api/auth/me); ?org= is only kept in the URL.
+  let org;
   try {
-    orgs = await api.orgs();
+    const who = await startSession();
+    org = await api.org(who.org);
   } catch (err) {
-    showBanner(`Cannot load organisations: ${err.message}`);
+    showBanner(`Cannot load your organisation: ${err.message}`);
     return;
   }
   const select = $('#org-select');
-  select.replaceChildren(...orgs.map((o) => h('option', { value: o.id }, o.name || o.id)));
-  select.disabled = orgs.length < 2;
-  select.addEventListener('change', () => selectOrg(select.value));
-  const orgId = orgs.some((o) => o.id === params.get('org')) ? params.get('org') : orgs[0]?.id;
+  showOrganisation(select, org);
+  const orgId = org.id;
   if (orgId) await selectOrg(orgId);
   setInterval(() => state.orgId && loadHistory(), 5000);
 }
@@ -90,7 +90,7 @@ function renderRules() {
     h('td', {}, h('span', { class: 'sev-text', dataset: { severity: rule.severity } }, rule.severity)),
     h('td', {}, notifyText(rule)),
     h('td', {}, rule.enabled ? 'yes' : 'no'),
-    h('td', { class: 'actions' },
+    h('td', { class: 'actions needs-admin' },
       h('button', { type: 'button', class: 'btn small', onclick: () => openForm(rule) }, 'Edit'),
       h('button', { type: 'button', class: 'btn small danger-text', onclick: () => confirmDelete(rule) }, 'Delete')))));
   $('#rules-empty').hidden = state.rules.length > 0;

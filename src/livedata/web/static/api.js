@@ -1,7 +1,11 @@
 // REST client for the gateway. Every failure becomes an ApiError carrying the
-// server's {"error": {"code", "message"}} so callers can show the message as is.
+// server's {"error": {"code", "message"}} so callers can show the message as is
+// (a 403 says which role is needed). Requests go through session.js: CSRF header on
+// POST/PUT/DELETE, and a 401 (not logged in, session expired) opens the login page.
 
-class ApiError extends Error {
+import { authFetch } from './session.js';
+
+export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
     this.status = status;
@@ -9,7 +13,7 @@ class ApiError extends Error {
   }
 }
 
-async function request(method, path, body) {
+export async function request(method, path, body) {
   const init = { method, headers: { Accept: 'application/json' } };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
@@ -17,7 +21,7 @@ async function request(method, path, body) {
   }
   let response;
   try {
-    response = await fetch(path, init);
+    response = await authFetch(path, init);
   } catch (err) {
     throw new ApiError(0, 'network', `Cannot reach the server (${err.message}).`);
   }
@@ -41,6 +45,11 @@ const datasetPath = (orgId, chassisId) => `${orgPath(orgId)}/_common/datasets/${
 export const api = {
   async orgs() {
     return (await request('GET', '/api/orgs')).orgs;
+  },
+  /** {id, name} of one organisation (the caller's); just the id if the name cannot be had. */
+  async org(orgId) {
+    const orgs = await this.orgs().catch(() => []);
+    return orgs.find((org) => org.id === orgId) ?? { id: orgId, name: orgId };
   },
   async machines(orgId) {
     return (await request('GET', `${orgPath(orgId)}/machines`)).machines;
@@ -68,6 +77,41 @@ export const api = {
     if (to != null) query.set('to', String(to));
     if (maxPoints != null) query.set('maxPoints', String(maxPoints));
     return request('GET', `${datasetPath(orgId, chassisId)}/history?${query}`);
+  },
+
+  // ---- accounts (admin page) ----
+  async users(orgId) {
+    return (await request('GET', `${orgPath(orgId)}/users`)).users;
+  },
+  createUser(orgId, user) {
+    return request('POST', `${orgPath(orgId)}/users`, user);
+  },
+  /** `change`: any of {role, password, disabled}. */
+  updateUser(orgId, userId, change) {
+    return request('PUT', `${orgPath(orgId)}/users/${enc(userId)}`, change);
+  },
+  deleteUser(orgId, userId) {
+    return request('DELETE', `${orgPath(orgId)}/users/${enc(userId)}`);
+  },
+  async myTokens() {
+    return (await request('GET', '/api/auth/tokens')).tokens;
+  },
+  async orgTokens(orgId) {
+    return (await request('GET', `${orgPath(orgId)}/tokens`)).tokens;
+  },
+  /** The new token, with its secret value in `token` (shown this once). */
+  createToken(name, expiresInDays) {
+    return request('POST', '/api/auth/tokens', expiresInDays ? { name, expiresInDays } : { name });
+  },
+  revokeToken(tokenId) {
+    return request('DELETE', `/api/auth/tokens/${enc(tokenId)}`);
+  },
+  /** {deviceId, username, secret}: a new device secret; the old one stops working. */
+  newDeviceSecret(orgId, chassisId) {
+    return request('POST', `${orgPath(orgId)}/machines/${enc(chassisId)}/secret`);
+  },
+  async audit(orgId, limit = 100) {
+    return (await request('GET', `${orgPath(orgId)}/audit?limit=${enc(limit)}`)).entries;
   },
 };
 

@@ -6,6 +6,7 @@ import { GroupChart } from './charts.js';
 import { confirmDelete, openGroupForm } from './dialogs.js';
 import { $, h } from './dom.js';
 import { Feed, WINDOW_MS } from './feed.js';
+import { can, showOrganisation, startSession } from './session.js';
 
 const orgSelect = $('#org-select');
 const machineSelect = $('#machine-select');
@@ -35,6 +36,7 @@ const state = {
   /** @type {Map<string, {key: string, group: object, el: HTMLElement, chart: GroupChart}>} */
   cards: new Map(),
   range: '2m',
+  role: 'viewer',
 };
 
 const rangeMs = () => RANGES.find(([key]) => key === state.range)[2];
@@ -76,18 +78,18 @@ async function start() {
   const params = new URLSearchParams(location.search);
   if (RANGES.some(([key]) => key === params.get('range'))) state.range = params.get('range');
   rangeSelect.value = state.range;
-  let orgs;
+  // The organisation is the logged-in user's own (/api/auth/me); ?org= is only kept in the URL.
+  let org;
   try {
-    orgs = await api.orgs();
+    const who = await startSession();
+    state.role = who.role;
+    org = await api.org(who.org);
   } catch (err) {
-    showBanner(`Cannot load organisations: ${err.message}`);
+    showBanner(`Cannot load your organisation: ${err.message}`);
     return;
   }
-  orgSelect.replaceChildren(...orgs.map((org) => h('option', { value: org.id }, org.name || org.id)));
-  orgSelect.disabled = orgs.length < 2;
-  const orgId = orgs.some((org) => org.id === params.get('org')) ? params.get('org') : orgs[0]?.id;
-  if (orgId) await selectOrg(orgId, params.get('machine'));
-  else setEmpty('noOrgs');
+  showOrganisation(orgSelect, org);
+  await selectOrg(org.id, params.get('machine'));
 }
 
 async function selectOrg(orgId, chassisId) {
@@ -157,8 +159,11 @@ function setEmpty(kind) {
   emptyState.hidden = kind === null;
   if (kind === null) return;
   const [title, text] = EMPTY_STATES[kind];
+  const editor = can(state.role, 'admin');
   emptyState.querySelector('h2').textContent = title;
-  emptyState.querySelector('p').textContent = text;
+  emptyState.querySelector('p').textContent = kind === 'noGroups' && !editor
+    ? `${text} An administrator can add groups.`
+    : text;
   emptyState.querySelector('button').hidden = kind !== 'noGroups';
 }
 
@@ -218,7 +223,7 @@ function cardElement(group) {
         h('h2', {}, group.name),
         h('span', { class: 'tag' }, group.msgType),
         group.unit ? h('span', { class: 'tag unit' }, group.unit) : null),
-      h('div', { class: 'card-actions' },
+      h('div', { class: 'card-actions needs-admin' },
         h('button', { type: 'button', class: 'btn small', onclick: () => editGroup(group.id) }, 'Edit'),
         h('button', { type: 'button', class: 'btn small danger-text', onclick: () => deleteGroup(group.id) }, 'Delete'))),
     note ? h('p', { class: 'card-note' }, note) : null,

@@ -7,6 +7,7 @@
 // `alert-created` and `alert-updated`. Without Socket.IO it polls the summary.
 
 import { $, h } from './dom.js';
+import { showOrganisation, startSession } from './session.js';
 import { SEVERITY_COLORS, SEVERITY_RANK, ago, alertsApi, api, clock, num } from './alerts-api.js';
 import { FleetMap } from './fleet-map.js';
 
@@ -65,18 +66,18 @@ $('#banner-close').addEventListener('click', () => {
 const params = new URLSearchParams(location.search);
 
 async function start() {
-  let orgs;
+  // The organisation is the logged-in user's own (/api/auth/me); ?org= is only kept in the URL.
+  let org;
   try {
-    orgs = await api.orgs();
+    const who = await startSession();
+    org = await api.org(who.org);
   } catch (err) {
-    showBanner(`Cannot load organisations: ${err.message}`);
+    showBanner(`Cannot load your organisation: ${err.message}`);
     return;
   }
   const select = $('#org-select');
-  select.replaceChildren(...orgs.map((o) => h('option', { value: o.id }, o.name || o.id)));
-  select.disabled = orgs.length < 2;
-  select.addEventListener('change', () => selectOrg(select.value));
-  const orgId = orgs.some((o) => o.id === params.get('org')) ? params.get('org') : orgs[0]?.id;
+  showOrganisation(select, org);
+  const orgId = org.id;
   if (orgId) await selectOrg(orgId);
   else $('#fleet-info').textContent = 'No organisation.';
   setInterval(everySecond, 1000);
@@ -571,7 +572,7 @@ function alertItem(alert) {
     acked ? h('div', { class: 'alert-ack' },
       `Acknowledged by ${alert.acknowledgedBy} at ${clock(alert.acknowledgedMs)}`,
       alert.comment ? h('q', {}, alert.comment) : null) : null),
-  acked ? null : h('button', { type: 'button', class: 'btn small ack-btn', onclick: () => openAck(alert) }, 'Acknowledge'));
+  acked ? null : h('button', { type: 'button', class: 'btn small ack-btn needs-operator', onclick: () => openAck(alert) }, 'Acknowledge'));
 }
 
 const ackDialog = $('#ack-dialog');

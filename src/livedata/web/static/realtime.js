@@ -8,11 +8,15 @@
 // (GET /api/resources/{org}/machines/{chassis}/status), so changes made elsewhere
 // (another page, the device) appear without a reload.
 //
+// Start / Stop need the operator role: they are hidden from viewers (session.js's
+// body[data-role]); a refusal by the server (403) is shown on the card like any failure.
+//
 // Self-contained: it reads the organisation and machine from the page's pickers and
 // decorates the cards app.js renders in #groups (a MutationObserver adds the panel to
 // new cards), so app.js needs no change.
 
 import { $, h } from './dom.js';
+import { authFetch } from './session.js';
 
 const POLL_MS = 2000;
 const groupsEl = $('#groups');
@@ -54,8 +58,8 @@ function panelFor(card) {
   if (!panel) {
     panel = h('div', { class: 'rt-panel', 'data-testid': 'rt-panel' },
       h('span', { class: 'rt-state', role: 'status' }),
-      h('button', { type: 'button', class: 'btn small rt-start', onclick: () => send('startMs') }, 'Start'),
-      h('button', { type: 'button', class: 'btn small rt-stop', onclick: () => send('endMs') }, 'Stop'),
+      h('button', { type: 'button', class: 'btn small rt-start needs-operator', onclick: () => send('startMs') }, 'Start'),
+      h('button', { type: 'button', class: 'btn small rt-stop needs-operator', onclick: () => send('endMs') }, 'Stop'),
       h('span', { class: 'rt-error', role: 'alert' }));
     const head = card.querySelector(':scope > .card-head');
     if (head) head.after(panel);
@@ -88,7 +92,7 @@ async function refresh() {
   if (key !== rt.key) Object.assign(rt, { key, status: null, error: '' });
   if (!org || !chassis) return render();
   try {
-    const res = await fetch(`/api/resources/${encodeURIComponent(org)}/machines/${encodeURIComponent(chassis)}/status`);
+    const res = await authFetch(`/api/resources/${encodeURIComponent(org)}/machines/${encodeURIComponent(chassis)}/status`);
     if (res.ok && rt.key === key) rt.status = await res.json();
   } catch {
     // the server is away: keep the last state, the next poll tries again
@@ -103,7 +107,7 @@ async function send(methodName) {
   rt.error = '';
   render();
   try {
-    const res = await fetch(`/api/iothubs/${encodeURIComponent(org)}/devices/${encodeURIComponent(chassis)}/methods`, {
+    const res = await authFetch(`/api/iothubs/${encodeURIComponent(org)}/devices/${encodeURIComponent(chassis)}/methods`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ methodName, payload: { reason: 'user_action', commandId: crypto.randomUUID?.() || String(Date.now()) }, responseTimeoutInSeconds: 10 }),
@@ -111,7 +115,8 @@ async function send(methodName) {
     const body = await res.json().catch(() => ({}));
     if (!res.ok) {
       const what = res.status === 404 && body.error?.code === 'DeviceNotConnected' ? 'Machine is offline'
-        : res.status === 504 ? 'Machine did not answer in time' : 'Command failed';
+        : res.status === 504 ? 'Machine did not answer in time'
+          : res.status === 403 ? 'Not allowed' : 'Command failed';
       rt.error = `${what}: ${body.error?.message || res.status}`;
     } else if (body.status !== 200) {
       rt.error = `Machine answered ${body.status}: ${JSON.stringify(body.payload)}`;
