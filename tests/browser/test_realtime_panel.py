@@ -56,3 +56,32 @@ def test_group_panel_shows_status_and_buttons_change_it(server: Server, live_pag
     assert page.page.locator(".rt-overlay").count() == 0
     page.screenshot("realtime-running")
     page.assert_clean()
+
+
+def test_status_changed_elsewhere_is_pushed_to_the_page(server: Server, live_page) -> None:
+    """A Stop sent through the API by someone else turns the open page 🔴 without a reload."""
+    page = live_page(server).open()
+    page.wait_for(
+        lambda: (s := states(page)) and all("Real-Time is running" in t for t in s),
+        timeout=10,
+        what="running status on every card",
+    )
+    chassis = page.page.eval_on_selector("#machine-select", "e => e.value")
+    url = f"{server.url}/api/iothubs/demo/devices/{chassis}/methods"
+    stopped = httpx.post(url, json={"methodName": "endMs"}, headers=server.headers)
+    assert stopped.json()["payload"]["realtime"] == "off"
+    try:
+        # the page polls only every 30 s: a change within 5 s came over the status stream
+        page.wait_for(
+            lambda: all("Real-Time is stopped" in t for t in states(page)),
+            timeout=5,
+            what="stopped status pushed",
+        )
+    finally:
+        httpx.post(url, json={"methodName": "startMs"}, headers=server.headers)
+    page.wait_for(
+        lambda: all("Real-Time is running" in t for t in states(page)),
+        timeout=5,
+        what="running status pushed",
+    )
+    page.assert_clean()

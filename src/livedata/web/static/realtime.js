@@ -4,9 +4,13 @@
 // POST /api/iothubs/{org}/devices/{chassis}/methods. The buttons are disabled while a
 // command is in flight; a failure (machine offline: 404, no answer: 504) is shown on
 // the card. While real-time is off each chart carries an overlay "Real-time stopped"
-// so it does not look frozen. The status is polled every 2 s
-// (GET /api/resources/{org}/machines/{chassis}/status), so changes made elsewhere
-// (another page, the device) appear without a reload.
+// so it does not look frozen. The status is read once per machine
+// (GET /api/resources/{org}/machines/{chassis}/status) and then pushed: one
+// EventSource on the log table device_status (/db/watch/device_status, 1 s period)
+// brings every change made elsewhere (another page or gateway, the device itself,
+// presence) within about a second, without a reload. EventSource reconnects by
+// itself (Last-Event-ID, so no change is lost); a slow poll every 30 s covers a
+// stream that stays down.
 //
 // Start / Stop need the operator role: they are hidden from viewers (session.js's
 // body[data-role]); a refusal by the server (403) is shown on the card like any failure.
@@ -18,7 +22,8 @@
 import { $, h } from './dom.js';
 import { authFetch } from './session.js';
 
-const POLL_MS = 2000;
+const POLL_MS = 30000;
+const STATUS_STREAM = '/db/watch/device_status?period=1s&timeformat=ms&max-rows=100';
 const groupsEl = $('#groups');
 const orgSelect = $('#org-select');
 const machineSelect = $('#machine-select');
@@ -132,8 +137,39 @@ async function send(methodName) {
   }
 }
 
+// one status row pushed by the server: {TIME, MACHINE, CONNECTED, REALTIME, LAST_SEEN}
+function onStatusRow(event) {
+  let row;
+  try {
+    row = JSON.parse(event.data);
+  } catch {
+    return;
+  }
+  if (!row || row.MACHINE !== current().chassis || rt.busy) return;
+  rt.status = {
+    ...(rt.status || {}),
+    deviceId: row.MACHINE,
+    connected: Boolean(row.CONNECTED),
+    realtime: row.REALTIME || 'unknown',
+    lastSeen: row.LAST_SEEN ?? rt.status?.lastSeen ?? null,
+  };
+  render();
+}
+
+if (window.EventSource) new EventSource(STATUS_STREAM).addEventListener('message', onStatusRow);
+
 new MutationObserver(() => render()).observe(groupsEl, { childList: true });
 orgSelect?.addEventListener('change', () => refresh());
 machineSelect?.addEventListener('change', () => setTimeout(refresh, 0));
-setInterval(refresh, POLL_MS);
+// read the status when the machine changes (also when app.js sets the picker itself),
+// while it is still unknown, and every POLL_MS as a fallback for the stream
+let fetchedAt = 0;
+setInterval(() => {
+  const { org, chassis } = current();
+  const stale = `${org}/${chassis}` !== rt.key || !rt.status || rt.status.realtime === 'unknown';
+  if (stale || Date.now() - fetchedAt > POLL_MS) {
+    fetchedAt = Date.now();
+    refresh();
+  }
+}, 1000);
 refresh();
