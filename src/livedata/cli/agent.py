@@ -6,6 +6,15 @@
         --can-interface socketcan --can-channel can0 --gps-lat 59.33 --gps-lng 18.06
     livedata agent … --can-log drive.asc        # replay a recorded log (looping)
 
+``--can-log`` takes any file python-can's ``LogReader`` reads (``.asc``, ``.blf``,
+``.csv``, ``.log``, ``.trc`` …); it is checked at start (unreadable or empty: an
+error, exit status 2) and replayed at its recorded pace, frames stamped as read.
+
+With per-device credentials (``livedata devices secret ORG CHASSIS``) the agent logs
+in as ``{org}/{chassis}`` with its secret, read from ``--secret-file`` (first line)
+or the environment variable ``LIVEDATA_AGENT_SECRET``, never from the command line
+(it would show in ``ps``).
+
 The server must know the machine (``livedata serve --seed-demo N`` creates
 ``WL-0001`` … in organisation ``demo``).  Ctrl-C or SIGTERM stops it cleanly
 (``offline`` published); the spool and the real-time state stay on disk.
@@ -16,10 +25,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 from pathlib import Path
 from typing import Any
 
+from livedata.auth.mosquitto import device_url
 from livedata.errors import ConfigError
 from livedata.model import valid_id
 from livedata.observe import setup_logging
@@ -35,6 +46,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--mqtt", required=True, metavar="URL", help="mqtt://[user:pass@]host:port")
     p.add_argument("--org", default="demo", help="organisation id (default demo)")
     p.add_argument("--chassis", required=True, help="this machine's chassis id")
+    p.add_argument(
+        "--secret-file",
+        type=Path,
+        metavar="FILE",
+        help="this machine's secret (first line); MQTT username ORG/CHASSIS "
+        "(also LIVEDATA_AGENT_SECRET)",
+    )
     p.add_argument("--can-interface", default="virtual", help="python-can interface (virtual)")
     p.add_argument("--can-channel", default="0", help="python-can channel (0)")
     p.add_argument("--can-log", type=Path, help="replay this recorded CAN log instead of a bus")
@@ -62,9 +80,18 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give both --gps-lat and --gps-lng, or neither")
     if not args.backfill_rate > 0:
         raise ConfigError("--backfill-rate must be positive")
+    if args.spool_max_rows < 1 or not args.spool_max_mb > 0:
+        raise ConfigError("--spool-max-rows and --spool-max-mb must be positive")
+    mqtt = args.mqtt
+    secret = _secret(args.secret_file)
+    if secret:
+        try:
+            mqtt = device_url(args.mqtt, args.org, args.chassis, secret)
+        except ValueError as exc:
+            raise ConfigError(f"--mqtt: {exc}; with a secret give mqtt://host:port") from None
     setup_logging(args.log_level)
     config = AgentConfig(
-        mqtt=args.mqtt,
+        mqtt=mqtt,
         tenant=args.org,
         chassis=args.chassis,
         can_interface=args.can_interface,
@@ -93,3 +120,16 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(main())
     return 0
+
+
+def _secret(path: Path | None) -> str:
+    """The device secret from ``path`` or ``LIVEDATA_AGENT_SECRET``; empty when neither."""
+    if path is None:
+        return os.environ.get("LIVEDATA_AGENT_SECRET", "").strip()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --secret-file {path}: {exc.strerror}") from None
+    if not lines or not lines[0].strip():
+        raise ConfigError(f"--secret-file {path} is empty")
+    return lines[0].strip()

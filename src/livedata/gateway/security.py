@@ -377,6 +377,7 @@ class SecurityMiddleware:
             return await refuse(429, "too_many_connections", "too many live connections")
         is_ws = scope["type"] == "websocket"
         closed = False
+        started = finished = False
 
         async def guarded_receive() -> dict[str, Any]:
             nonlocal closed
@@ -396,11 +397,22 @@ class SecurityMiddleware:
                             {"type": "websocket.close", "code": CLOSE_POLICY, "reason": reason[0]}
                         )
                 return {"type": "websocket.disconnect", "code": CLOSE_POLICY}
+            if started and not finished and not closed:  # end the SSE stream cleanly
+                closed = True
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
             return {"type": "http.disconnect"}
 
         async def guarded_send(message: dict[str, Any]) -> None:
+            nonlocal started, finished
             if closed:
-                raise OSError("the connection was closed: " + reason[0])
+                if is_ws:
+                    raise OSError("the connection was closed: " + reason[0])
+                return  # the stream was ended for the client; the rest goes nowhere
+            if message["type"] == "http.response.start":
+                started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
             await send(message)
 
         try:
