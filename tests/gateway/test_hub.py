@@ -6,7 +6,9 @@ import asyncio
 import uuid
 
 import orjson
+import pytest
 
+from livedata.bus.base import HISTORY_SECONDS
 from livedata.bus.memory import MemoryPubSub
 from livedata.gateway.hub import Hub, LiveClient
 from livedata.model import Kind, Record
@@ -196,3 +198,58 @@ async def test_a_client_that_makes_no_progress_is_given_up() -> None:
     except Stalled:
         return
     raise AssertionError("the writer did not give up")
+
+
+class Clock:
+    """A stand-in for the memory bus's ``time`` module: monotonic() is set by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("rate", [1, 10])
+@pytest.mark.parametrize("history", [HISTORY_SECONDS, 20.0])
+async def test_drops_recover_exactly_within_the_history_and_not_beyond(
+    monkeypatch: pytest.MonkeyPatch, rate: int, history: float
+) -> None:
+    """Clients away 5 s, 60 s and 5 min (1 and 10 Hz) get every missed seq once, or recovered: false."""
+    clock = Clock()
+    monkeypatch.setattr("livedata.bus.memory.time", clock)
+    hub, publisher = new_hub()
+    publisher.history_seconds = hub.pubsub.history_seconds = history
+    start, end, step = clock.now, clock.now + 400.0, 1.0 / rate
+    seq_at: dict[float, int] = {}
+    seq = 0
+    while clock.now < end:
+        seq += 1
+        seq_at[round(clock.now - start, 3)] = seq
+        await publisher.publish("ch", message(seq, x=float(seq)))
+        clock.now = start + seq * step
+    newest = seq
+    for drop in (5.0, 60.0, 300.0):
+        last_seen = seq_at[round(400.0 - drop, 3)]
+        client = LiveClient(Sink(), queue_max=64)
+        await hub.watch(client, "ch", ("x",), since=("e1", last_seen))
+        for later in (newest + 1, newest + 2):
+            await publisher.publish("ch", message(later, x=float(later)))
+        frames = [orjson.loads(m) for m in client.queue]
+        recovery, live = frames[0], frames[1:]
+        assert recovery["type"] == "RECOVERY"
+        if drop < history:
+            assert recovery["recovered"] is True
+            seqs = [m["seq"] for m in recovery["messages"]] + [m["seq"] for m in live]
+            assert seqs == list(range(last_seen + 1, newest + 3)), (drop, seqs[:3], seqs[-3:])
+            assert len(recovery["messages"]) >= drop * rate - 1
+        else:
+            assert recovery == {
+                "type": "RECOVERY",
+                "recovered": False,
+                "epoch": "e1",
+                "messages": [],
+            }
+            assert [m["seq"] for m in live] == [newest + 1, newest + 2]
+        await hub.leave(client)
+        newest += 2

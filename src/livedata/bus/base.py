@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from livedata.model import Record
 
 HISTORY_SECONDS = 180
-"""How long a channel's messages stay available for recovery after a reconnect."""
+"""How long a channel's messages stay available for recovery after a reconnect, by default
+(``PubSub.history_seconds``; the ``live_history_seconds`` setting)."""
 HISTORY_MAX = 5_000
 """At most this many messages per channel are kept (180 s at 10 Hz is 1,800)."""
 
@@ -54,6 +55,8 @@ class PubSub(abc.ABC):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.history_seconds: float = HISTORY_SECONDS
+        """How long :meth:`history` keeps a channel's messages (set before publishing)."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Connect."""
@@ -78,6 +81,6 @@ class PubSub(abc.ABC):
 
     @abc.abstractmethod
     async def history(self, channel: str) -> list[bytes]:
-        """The messages published on ``channel`` in the last ``HISTORY_SECONDS`` at least
+        """The messages published on ``channel`` in the last ``history_seconds`` at least
         (bounded by ``HISTORY_MAX`` messages), oldest first: what a reconnecting client
         may have missed.  Kept whether or not anybody is subscribed."""

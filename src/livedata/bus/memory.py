@@ -13,7 +13,7 @@ Under stress: the log holds at most ``capacity`` records (``?capacity=N``,
 default 100,000) not yet consumed by the slowest existing group; ``append``
 then waits (backpressure to ingest) instead of growing memory or dropping.
 With no group the oldest records are discarded beyond ``capacity``.  Pub/sub
-keeps each channel's last ``HISTORY_SECONDS`` (at most ``HISTORY_MAX``
+keeps each channel's last ``history_seconds`` (at most ``HISTORY_MAX``
 messages) for clients that reconnect, and
 calls each subscriber's handler inline; a handler that raises is logged and the
 others still get the message.  The gateway's handler only enqueues, so a slow
@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Sequence
 from urllib.parse import parse_qs, urlsplit
 from weakref import WeakKeyDictionary
 
-from livedata.bus.base import HISTORY_MAX, HISTORY_SECONDS, Handler, Log, PubSub
+from livedata.bus.base import HISTORY_MAX, Handler, Log, PubSub
 from livedata.errors import BusError
 from livedata.model import Record
 
@@ -90,13 +90,15 @@ class _PubSubBroker:
         self.handlers: dict[str, list[Handler]] = {}
         self.history: dict[str, deque[tuple[float, bytes]]] = {}
 
-    def keep(self, channel: str, message: bytes) -> None:
+    def keep(self, channel: str, message: bytes, seconds: float) -> None:
         now = time.monotonic()
         kept = self.history.get(channel)
         if kept is None:
             kept = self.history[channel] = deque(maxlen=HISTORY_MAX)
-        kept.append((now, message))
-        while kept and now - kept[0][0] > HISTORY_SECONDS:
+        # An exact-size copy: orjson's output keeps its whole (~8 KiB) buffer for life, so
+        # 180 s of history at 10 Hz per channel would take 16 times the memory it needs.
+        kept.append((now, bytes(memoryview(message))))
+        while kept and now - kept[0][0] > seconds:
             kept.popleft()
 
 
@@ -206,7 +208,7 @@ class MemoryPubSub(PubSub):
         return brokers.setdefault(self._name, _PubSubBroker())
 
     async def publish(self, channel: str, message: bytes) -> None:
-        self._broker.keep(channel, message)
+        self._broker.keep(channel, message, self.history_seconds)
         for handler in list(self._broker.handlers.get(channel, ())):
             try:
                 handler(channel, message)
@@ -229,7 +231,7 @@ class MemoryPubSub(PubSub):
 
     async def history(self, channel: str) -> list[bytes]:
         kept = self._broker.history.get(channel, ())
-        cutoff = time.monotonic() - HISTORY_SECONDS
+        cutoff = time.monotonic() - self.history_seconds
         return [message for at, message in kept if at >= cutoff]
 
     async def close(self) -> None:

@@ -20,9 +20,9 @@ History for recovery after a reconnect (:meth:`RedisPubSub.history`): beside
 each channel a capped stream under the same name (keys and channels are
 separate namespaces in Redis) keeps its recent messages.  ``publish`` sends
 ``XADD`` (capped at ``HISTORY_MAX`` entries), ``XTRIM MINID`` (entries older
-than ``HISTORY_SECONDS``), ``PEXPIRE`` (an idle channel's stream vanishes) and
-``PUBLISH`` in one pipeline: one round trip, and every gateway reads the same
-history.  The time cut uses this host's clock, so hosts need NTP-synchronised
+than ``history_seconds``, 180 by default), ``PEXPIRE`` (an idle channel's
+stream vanishes) and ``PUBLISH`` in one pipeline: one round trip, and every
+gateway reads the same history.  The time cut uses this host's clock, so hosts need NTP-synchronised
 clocks (a skew of a few seconds only shortens or lengthens the history by as
 much).
 
@@ -69,7 +69,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from livedata.bus.base import HISTORY_MAX, HISTORY_SECONDS, Handler, PubSub
+from livedata.bus.base import HISTORY_MAX, Handler, PubSub
 from livedata.errors import BusError
 
 log = logging.getLogger("livedata.bus.redis")
@@ -189,18 +189,19 @@ class RedisPubSub(PubSub):
         if self._closed:
             raise BusError("pub/sub is closed")
         name = self._prefix + channel
-        cutoff = int(time.time() * 1000) - HISTORY_SECONDS * 1000
+        keep_ms = int(self.history_seconds * 1000)
+        cutoff = int(time.time() * 1000) - keep_ms
         with map_errors(f"publish to {channel} on {self._where}"):
             async with self._redis().pipeline(transaction=False) as pipe:
                 pipe.xadd(name, {"m": message}, maxlen=HISTORY_MAX, approximate=True)
                 pipe.xtrim(name, minid=cutoff, approximate=True)
-                pipe.pexpire(name, HISTORY_SECONDS * 1000)
+                pipe.pexpire(name, keep_ms)
                 pipe.publish(name, message)
                 await pipe.execute()
 
     async def history(self, channel: str) -> list[bytes]:
-        """The channel's messages of the last ``HISTORY_SECONDS`` (at most ``HISTORY_MAX``)."""
-        cutoff = int(time.time() * 1000) - HISTORY_SECONDS * 1000
+        """The channel's messages of the last ``history_seconds`` (at most ``HISTORY_MAX``)."""
+        cutoff = int(time.time() * 1000) - int(self.history_seconds * 1000)
         with map_errors(f"history of {channel} on {self._where}"):
             entries = await self._redis().xrange(self._prefix + channel, min=cutoff)
         messages: list[bytes] = []

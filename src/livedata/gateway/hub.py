@@ -8,13 +8,16 @@
   never delays another.  A client whose queue is full loses its oldest queued
   messages (the newest are kept) and its next message says how many it missed
   (``"missed": n``).  A client whose socket accepts nothing for
-  ``stall_timeout`` seconds (default 30) is given up: its writer raises
-  :class:`Stalled` and the connection is closed with 1013 (try again later).
+  ``stall_timeout`` seconds (default 30, the ``client_stall_seconds`` setting)
+  is given up: its writer raises :class:`Stalled` and the connection is closed
+  with 1013 (try again later).
 * Recovery: a client that reconnects with the ``epoch`` and ``seq`` it saw last
   gets one ``RECOVERY`` message holding, in order, exactly the LIVE_DATA it
   missed (``recovered: true``), then live data again; when they are no longer in
   the channel's short history (older than it, or the epoch changed),
-  ``recovered: false`` and the client fills the gap from the history API.
+  ``recovered: false`` and the client fills the gap from the history API.  The
+  history is the pub/sub's (``PubSub.history_seconds``, 180 s by default: the
+  ``live_history_seconds`` setting), so a drop of up to that long recovers exactly.
 """
 
 from __future__ import annotations
@@ -107,8 +110,10 @@ class LiveClient:
 
 
 class Hub:
-    def __init__(self, pubsub: PubSub) -> None:
+    def __init__(self, pubsub: PubSub, stall_timeout: float = 30.0) -> None:
         self.pubsub = pubsub
+        self.stall_timeout = stall_timeout
+        """Seconds a client's socket may take nothing before the client is given up."""
         self._channels: dict[str, dict[Fields, set[LiveClient]]] = {}
         self._listeners: dict[str, list[Listener]] = {}
         self._lock = asyncio.Lock()
@@ -248,7 +253,11 @@ class Hub:
         seq = head["seq"]
         for fields, clients in (groups or {}).items():
             payload = _pick(values, fields)
-            encoded = orjson.dumps({"type": "LIVE_DATA", "payload": payload, **head})
+            # exact size: orjson's own output holds ~8 KiB whatever its length, and a slow
+            # client's queue keeps up to queue_max of these
+            encoded = bytes(
+                memoryview(orjson.dumps({"type": "LIVE_DATA", "payload": payload, **head}))
+            )
             for client in clients:
                 client.offer(encoded, seq)
 

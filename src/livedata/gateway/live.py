@@ -18,8 +18,8 @@ INIT_FIELD_LIST gets at most 2 messages a second, each summing up its interval
 rate-controlled subscription does not recover after a reconnect (``since`` is
 ignored with ``maxRate``).
 
-A client whose socket takes nothing for 30 s is closed with 1013; dead peers are
-found by WebSocket pings (every 20 s, 20 s to answer).
+A client whose socket takes nothing for 30 s (``client_stall_seconds``) is closed
+with 1013; dead peers are found by WebSocket pings (every 20 s, 20 s to answer).
 
 Errors are ``{"type":"ERROR","code":…,"message":…}``.  Recoverable ones keep
 the connection (the previous field list stays in force); the others close it:
@@ -43,6 +43,10 @@ not_found          unknown organisation, machine or message type          4404
 
 Under stress: see :mod:`livedata.gateway.hub` (bounded queue per client, oldest
 dropped, ``missed`` count).  Dead peers are found by the server's WebSocket pings.
+A stalled client (its TCP window full, so the 1013 close frame usually cannot get
+through either) is dropped from the hub and its connection ended at once; what
+stays is the socket's kernel buffer and at most one transport buffer (64 KiB),
+freed when the peer reads or goes away.
 """
 
 from __future__ import annotations
@@ -103,13 +107,18 @@ async def serve_live(
     msg_type: str | None,
     known_fields: Any,
     queue_max: int,
-    stall_timeout: float = 30.0,
+    stall_timeout: float | None = None,
 ) -> None:
-    """Run one live connection; ``known_fields(msg_type)`` checks the machine and lists fields."""
+    """Run one live connection; ``known_fields(msg_type)`` checks the machine and lists fields.
+
+    ``stall_timeout`` defaults to the hub's (the ``client_stall_seconds`` setting).
+    """
     await websocket.accept()
     observe.WS_CONNECTIONS.inc()
-    client = LiveClient(websocket.send_text, queue_max, stall_timeout)
+    stall = hub.stall_timeout if stall_timeout is None else stall_timeout
+    client = LiveClient(websocket.send_text, queue_max, stall)
     writer = asyncio.create_task(_write(websocket, client))
+    receiver: asyncio.Task[None] | None = None
     rated = _Rated(hub, client)
     try:
         if msg_type not in set(MsgType):
@@ -124,7 +133,10 @@ async def serve_live(
             raise _Fatal("not_found", str(exc), CLOSE_NOT_FOUND) from None
         channel = live_channel(org_id, chassis_id, msg_type)
         with observe.log_context(role="gateway", machine=chassis_id):
-            await _receive_loop(websocket, hub, client, channel, fields, msg_type, rated)
+            receiver = asyncio.create_task(
+                _receive_loop(websocket, hub, client, channel, fields, msg_type, rated)
+            )
+        await _until_done(receiver, writer)
     except _Fatal as exc:
         writer.cancel()
         with contextlib.suppress(Exception):
@@ -134,9 +146,29 @@ async def serve_live(
         pass
     finally:
         writer.cancel()
+        if receiver is not None:
+            receiver.cancel()
         await rated.stop()
         await hub.leave(client)
         observe.WS_CONNECTIONS.dec()
+
+
+async def _until_done(receiver: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
+    """Wait for the receive loop; a writer that ends first (it gave up a stalled client) ends it.
+
+    A stalled client's socket cannot even take the close frame, so nothing would
+    ever arrive to end the receive loop: without this the connection, its task
+    and its hub membership would stay until the peer goes away.
+    """
+    await asyncio.wait({receiver, writer}, return_when=asyncio.FIRST_COMPLETED)
+    if receiver.done():
+        receiver.result()  # raises _Fatal or WebSocketDisconnect as before
+        return
+    receiver.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await receiver
+    if not writer.cancelled() and writer.exception() is not None:
+        log.info("live connection ends: sending failed (%s)", writer.exception())
 
 
 async def _write(websocket: WebSocket, client: LiveClient) -> None:

@@ -51,9 +51,26 @@ database when the feed starts and every 30 s.
 
 Under stress: at most 5,000 clients per process, 100 subscriptions per client,
 500 fields per filter; the feed's queue holds 10,000 readings (oldest dropped,
-counted in ``livedata_sio_dropped``).  python-socketio queues each client's
-packets without a bound; bounding a slow Socket.IO client is left to the
-delivery-guarantees issue.
+counted in ``livedata_sio_dropped``).  A slow client never slows the others or
+grows the server's memory beyond its bound:
+
+- **Bounded send buffer.**  Each client's outgoing Engine.IO queue holds at most
+  :data:`CLIENT_QUEUE` (256) events; when it is full the *oldest* queued event is
+  dropped for the new one, so a client that falls behind gets the newest
+  readings (counted in ``livedata_sio_client_drops``).  Acknowledgements,
+  connect/disconnect and Engine.IO's own packets are not dropped (only beyond
+  twice the bound, where the oldest message of any kind goes).  Once its queue
+  is back under half full the client gets ``missed`` ``{"missed": n}``: how many
+  events it lost.
+- **No progress.**  A client whose queue has not moved for
+  ``client_stall_seconds`` (default 30 s) -- its socket takes nothing, typically
+  because its TCP window is full -- is disconnected (reason ``server
+  disconnect``; counted in ``livedata_stalled_clients``), checked every second.
+  A WebSocket send that does not complete within the same time is abandoned
+  too, which ends the connection's tasks at once; what stays is the socket's
+  kernel buffer and at most one transport buffer (64 KiB), freed when the peer
+  reads or goes away.
+- Dead peers are found by Engine.IO's ping/pong (every 25 s, 20 s to answer).
 """
 
 from __future__ import annotations
@@ -63,11 +80,12 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+import engineio
 import socketio
 from prometheus_client import Counter, Gauge
 
@@ -95,6 +113,15 @@ MACHINES_REFRESH_S = 30.0
 CLIENTS = Gauge("livedata_sio_clients", "Connected Socket.IO clients")
 EMITS = Counter("livedata_sio_emits", "Socket.IO events emitted", ["event"])
 DROPPED = Counter("livedata_sio_dropped", "Readings dropped before Socket.IO emission (queue full)")
+CLIENT_DROPS = Counter(
+    "livedata_sio_client_drops", "Socket.IO events dropped for slow clients (send buffer full)"
+)
+
+CLIENT_QUEUE = 256
+"""Events queued for one Socket.IO client at most; beyond, the oldest are dropped."""
+STALL_SECONDS = 30.0
+"""A client whose queue did not move for this long is disconnected (``client_stall_seconds``)."""
+CLOSE_TIMEOUT_S = 2.0
 
 
 class _Refused(Exception):
@@ -128,6 +155,131 @@ class _Client:
 
 
 Listener = Callable[[dict[str, Any], dict[str, Any]], None]
+
+
+def _is_message(item: Any) -> bool:
+    return getattr(item, "packet_type", None) == engineio.packet.MESSAGE
+
+
+def _is_event(item: Any) -> bool:
+    """A Socket.IO EVENT (its encoding starts with ``2``): what may be dropped for a slow client."""
+    data = getattr(item, "data", None)
+    return _is_message(item) and isinstance(data, str) and data[:1] == "2"
+
+
+class _ClientQueue(asyncio.Queue[Any]):
+    """One client's outgoing Engine.IO packets, bounded (see "Under stress" above).
+
+    Engine.IO puts every packet for the client here and its writer (WebSocket) or
+    the next poll (long-polling) takes them.  ``progress_at`` is when the queue
+    last moved: something was taken, or the first packet arrived in an empty queue.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.dropped = 0
+        """Events dropped since the client was last told (``missed``)."""
+        self.progress_at = time.monotonic()
+        super().__init__()
+
+    def _init(self, maxsize: int) -> None:
+        self._items: deque[Any] = deque()
+        self._queue = self._items  # where asyncio.Queue's qsize() and empty() look
+
+    def _put(self, item: Any) -> None:
+        items = self._items
+        if not items:
+            self.progress_at = time.monotonic()
+        elif len(items) >= self.limit and _is_event(item):
+            if not self._drop(_is_event):
+                self._drop(_is_message, 2 * self.limit)
+        elif len(items) >= 2 * self.limit:
+            self._drop(_is_message)
+        items.append(item)
+
+    def _drop(self, which: Callable[[Any], bool], at_least: int = 0) -> bool:
+        """Drop the oldest queued packet that ``which`` accepts (when ``at_least`` are queued)."""
+        if len(self._items) < at_least:
+            return False
+        for index, old in enumerate(self._items):
+            if which(old):
+                del self._items[index]
+                self.task_done()  # it will never be taken: keep join() and the count right
+                self.dropped += 1
+                CLIENT_DROPS.inc()
+                return True
+        return False
+
+    def _get(self) -> Any:
+        self.progress_at = time.monotonic()
+        return self._items.popleft()
+
+    def stalled(self, now: float, seconds: float) -> bool:
+        """Something is waiting and nothing was taken for ``seconds``."""
+        return bool(self._items) and now - self.progress_at > seconds
+
+
+def _guarded(receive: Any, send: Any, seconds: float) -> tuple[Any, Any]:
+    """ASGI ``receive``/``send`` for a Socket.IO WebSocket that give up on a stalled client.
+
+    A send that makes no progress for ``seconds`` raises ``OSError`` (Engine.IO's
+    writer then stops), and from then on ``receive`` reports a disconnect, so
+    Engine.IO's reader stops too and the connection ends without waiting for
+    the client, which sends nothing either.
+    """
+    gave_up = asyncio.Event()
+    gone = {"type": "websocket.disconnect", "code": 1006}
+
+    async def guarded_send(message: Any) -> None:
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "websocket.send":
+            try:
+                await asyncio.wait_for(send(message), seconds)
+            except TimeoutError:
+                gave_up.set()
+                raise OSError(f"Socket.IO client took nothing for {seconds:g} s") from None
+        elif kind == "websocket.close":
+            await asyncio.wait_for(send(message), CLOSE_TIMEOUT_S)
+        else:
+            await send(message)
+
+    async def guarded_receive() -> Any:
+        if gave_up.is_set():
+            return gone
+        receiving = asyncio.ensure_future(receive())
+        giving_up = asyncio.ensure_future(gave_up.wait())
+        try:
+            await asyncio.wait({receiving, giving_up}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            giving_up.cancel()
+            if not receiving.done():
+                receiving.cancel()
+        return receiving.result() if receiving.done() and not receiving.cancelled() else gone
+
+    return guarded_receive, guarded_send
+
+
+class _EngineServer(engineio.AsyncServer):
+    """Engine.IO with a bounded queue per client and WebSocket sends that give up."""
+
+    client_queue = CLIENT_QUEUE
+    stall_seconds = STALL_SECONDS
+
+    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:  # not a client's packet queue
+            return super().create_queue(*args, **kwargs)
+        return _ClientQueue(self.client_queue)
+
+    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 3 and isinstance(args[0], dict) and args[0].get("type") == "websocket":
+            scope, receive, send = args
+            args = (scope, *_guarded(receive, send, self.stall_seconds))
+        return await super().handle_request(*args, **kwargs)
+
+
+class _Server(socketio.AsyncServer):
+    def _engineio_server_class(self) -> type[_EngineServer]:
+        return _EngineServer
 
 
 class _OrgFeed:
@@ -291,6 +443,7 @@ class _OrgFeed:
                 machine.online = False
                 await self._emit_status(machine.chassis)
         await self.gw.emit("dashboard:update", self.summary(), to=self.room)
+        await self.gw.check_clients(self.clients)
         if now - self.refreshed >= MACHINES_REFRESH_S:
             await self.refresh_machines()
 
@@ -343,15 +496,27 @@ class SocketGateway:
         *,
         sensor_data: str = SENSOR_DATA,
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
+        client_queue: int = CLIENT_QUEUE,
+        stall_seconds: float | None = None,
     ) -> None:
         if sensor_data not in SENSOR_DATA_MODES:
             raise ValueError(f"sensor_data must be one of {SENSOR_DATA_MODES}")
         self.rt = rt
         self.sensor_data = sensor_data
         self.max_subscriptions = max_subscriptions
-        self.sio = socketio.AsyncServer(
-            async_mode="asgi", logger=False, engineio_logger=False, max_http_buffer_size=65_536
+        self.sio = _Server(
+            async_mode="asgi",
+            logger=False,
+            engineio_logger=False,
+            max_http_buffer_size=65_536,
+            # the same Origin rule as the WebSocket: own origin or allowed_origins
+            cors_allowed_origins=self._origin_allowed,
         )
+        if stall_seconds is None:
+            stall_seconds = getattr(rt.settings, "client_stall_seconds", STALL_SECONDS)
+        self.sio.eio.client_queue = client_queue
+        self.sio.eio.stall_seconds = stall_seconds
+        self._closing: set[asyncio.Task[None]] = set()
         self._clients: dict[str, _Client] = {}
         self._feeds: dict[str, _OrgFeed] = {}
         self._live: dict[str, int] = {}
@@ -374,6 +539,45 @@ class SocketGateway:
         """Send ``alert-created`` with ``alert`` to every client of ``org``."""
         if org in self._feeds:
             await self.emit("alert-created", alert, to=org_room(org))
+
+    # slow clients -----------------------------------------------------------
+
+    def _queue_of(self, sid: str) -> tuple[str, _ClientQueue] | None:
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        socket = self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
+        queue = getattr(socket, "queue", None)
+        return (eio_sid, queue) if isinstance(queue, _ClientQueue) else None
+
+    async def check_clients(self, sids: Iterable[str]) -> None:
+        """Disconnect clients that made no progress; tell the others what they missed."""
+        now = time.monotonic()
+        stall = self.sio.eio.stall_seconds
+        for sid in list(sids):
+            found = self._queue_of(sid)
+            if found is None:
+                continue
+            eio_sid, queue = found
+            if queue.stalled(now, stall):
+                if not any(t.get_name() == f"sio-stalled-{eio_sid}" for t in self._closing):
+                    task = asyncio.create_task(self._close_stalled(eio_sid, stall))
+                    task.set_name(f"sio-stalled-{eio_sid}")
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+            elif queue.dropped and queue.qsize() <= queue.limit // 2:
+                missed, queue.dropped = queue.dropped, 0
+                await self.emit("missed", {"missed": missed}, to=sid)
+
+    async def _close_stalled(self, eio_sid: str, stall: float) -> None:
+        socket = self.sio.eio.sockets.get(eio_sid)
+        if socket is None or socket.closed or socket.closing:
+            return
+        observe.STALLED.inc()
+        log.info("disconnecting a Socket.IO client that took nothing for %g s", stall)
+        try:
+            # no CLOSE packet (it could not get through) and no waiting for the queue
+            await socket.close(wait=False, abort=True, reason=self.sio.eio.reason.SERVER_DISCONNECT)
+        except Exception:
+            log.exception("closing a stalled Socket.IO client failed")
 
     # connections ------------------------------------------------------------
 
@@ -403,6 +607,12 @@ class SocketGateway:
         CLIENTS.set(len(self._clients))
         await self.sio.enter_room(sid, feed.room)
         self.sio.start_background_task(self._welcome, sid, feed)
+
+    def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
+        headers = {"host": environ.get("HTTP_HOST", "")}
+        if origin is not None:
+            headers["origin"] = origin
+        return security(self.rt).origin_ok(headers)
 
     async def _authenticate(self, environ: dict[str, Any], auth: Any) -> Principal:
         """The caller, from the auth payload ``{token}``, a header, the cookie or the query."""

@@ -76,7 +76,13 @@ Under stress: at most 1,000 streams per process and 100 tags per stream; a
 stream's memory is its plan, rings are bounded by entries and age, and at most
 2,000 rings exist; a slow client only slows its own stream (each period is one
 write, the next period is computed when the previous one was written, so a client
-that cannot keep up gets fewer, newer periods -- nothing queues for it).
+that cannot keep up gets fewer, newer periods -- the newest value of each tag
+wins, nothing queues for it beyond one period's write and the socket's buffers).
+A client whose stream accepts nothing for ``client_stall_seconds`` (default 30 s;
+its TCP window is full) is given up: the stream ends, its rings and its stream
+slot are released (counted in ``livedata_stalled_clients``; uvicorn logs "ASGI
+callable returned without completing response"), and the connection is closed
+once the peer reads or goes away; ``Last-Event-ID`` resumes it.
 
 Write
 -----
@@ -122,6 +128,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Gauge
 
+from livedata import observe
 from livedata.decode.values import decode_values
 from livedata.errors import InputError, NotFound
 from livedata.gateway.security import principal_of
@@ -886,6 +893,41 @@ class WatchService:
 _SERVICES: WeakKeyDictionary[Runtime, WatchService] = WeakKeyDictionary()
 
 
+STALL_SECONDS = 30.0
+"""A stream whose write makes no progress for this long ends (``client_stall_seconds``)."""
+
+
+class _Stalled(Exception):
+    pass
+
+
+class _WatchResponse(StreamingResponse):
+    """The event stream, given up when one write makes no progress for ``stall`` seconds."""
+
+    def __init__(self, content: AsyncIterator[bytes], stall: float, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.stall = stall
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        async def timed(message: Any) -> None:
+            if message.get("type") != "http.response.body":
+                await send(message)
+                return
+            try:
+                await asyncio.wait_for(send(message), self.stall)
+            except TimeoutError:
+                raise _Stalled from None
+
+        try:
+            await super().__call__(scope, receive, timed)
+        except _Stalled:
+            observe.STALLED.inc()
+            log.info("ending a watch stream that took nothing for %g s", self.stall)
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()  # release its rings and stream slot now
+
+
 def watch_service(rt: Runtime) -> WatchService:
     """The watch service of ``rt`` (created on first use)."""
     service = _SERVICES.get(rt)
@@ -1159,8 +1201,9 @@ async def watch(request: Request, table: str) -> Any:
             **{"Retry-After": "10"},
         )
     last_event_id = request.headers.get("last-event-id")
-    return StreamingResponse(
+    return _WatchResponse(
         service.stream(plan, params, last_event_id),
+        getattr(rt.settings, "client_stall_seconds", STALL_SECONDS),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

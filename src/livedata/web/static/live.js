@@ -1,6 +1,13 @@
 // A WebSocket that reconnects by itself: exponential backoff 1 s, 2 s, 4 s …
 // capped at 15 s, with ±20 % jitter so that many browsers dropped at once by a
 // gateway restart do not all come back in the same instant.
+//
+// It also resumes the live protocol: it remembers the epoch and seq of the last
+// LIVE_DATA it passed on, and the first INIT_FIELD_LIST sent after a reconnect
+// carries them as `since`. The server then answers with one RECOVERY holding
+// exactly the messages missed meanwhile; they are passed on one by one as
+// LIVE_DATA, in order, followed by the RECOVERY itself (`recovered: false` means
+// they are gone, and the caller fills the gap from the history API).
 
 const FIRST_DELAY_MS = 1000;
 const MAX_DELAY_MS = 15000;
@@ -23,6 +30,8 @@ export class ReconnectingSocket {
     this.retryAt = null; // when the next attempt is due, while waiting for it
     this.timer = null;
     this.closed = false;
+    this.last = null; // {epoch, seq} of the last LIVE_DATA passed on
+    this.resumeNext = false; // the next INIT_FIELD_LIST carries `since`
     this.connect();
   }
 
@@ -42,7 +51,29 @@ export class ReconnectingSocket {
   }
 
   send(message) {
-    if (this.isOpen) this.ws.send(JSON.stringify(message));
+    if (!this.isOpen) return;
+    let out = message;
+    if (message?.type === 'INIT_FIELD_LIST' && this.resumeNext) {
+      this.resumeNext = false;
+      // A rate-controlled subscription does not recover (the server ignores `since`).
+      if (this.last && message.maxRate == null && message.since === undefined) {
+        out = { ...message, since: this.last };
+      }
+    }
+    this.ws.send(JSON.stringify(out));
+  }
+
+  /** Pass `message` on, unpacking a RECOVERY into its LIVE_DATA messages first. */
+  deliver(message) {
+    if (message?.type === 'RECOVERY') {
+      for (const missed of Array.isArray(message.messages) ? message.messages : []) {
+        this.deliver(missed);
+      }
+    } else if (message?.type === 'LIVE_DATA'
+        && typeof message.epoch === 'string' && Number.isInteger(message.seq)) {
+      this.last = { epoch: message.epoch, seq: message.seq };
+    }
+    this.onMessage(message);
   }
 
   /** Skip the remaining backoff (browser back online, user asked). */
@@ -71,6 +102,7 @@ export class ReconnectingSocket {
     this.ws = ws;
     ws.onopen = () => {
       this.attempt = 0;
+      this.resumeNext = this.last !== null;
       this.onStatus();
       this.onOpen();
     };
@@ -81,7 +113,7 @@ export class ReconnectingSocket {
       } catch {
         return; // not ours to interpret; the protocol is JSON only
       }
-      this.onMessage(message);
+      this.deliver(message);
     };
     ws.onclose = () => {
       this.ws = null;
