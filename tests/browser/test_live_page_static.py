@@ -181,6 +181,7 @@ class FakeGateway:
                 Route("/", lambda request: FileResponse(STATIC_DIR / "index.html")),
                 Mount("/static", StaticFiles(directory=STATIC_DIR)),
                 Route("/api/auth/me", self.me),
+                Route("/db/watch/device_status", self.status_stream),
                 Route("/api/orgs", self.orgs),
                 Route(base + "/machines", self.machines),
                 Route(base + "/machines/{chassis}/status", self.status),
@@ -212,6 +213,10 @@ class FakeGateway:
         return JSONResponse(
             {"user": "tester", "id": 1, "org": self.org, "role": self.role, "via": "session"}
         )
+
+    async def status_stream(self, request: Request) -> Response:
+        """The status SSE stream: no changes ever (EventSource reconnects now and then)."""
+        return Response(": no status changes\n\n", media_type="text/event-stream")
 
     async def orgs(self, request: Request) -> JSONResponse:
         return JSONResponse(

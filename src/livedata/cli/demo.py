@@ -52,9 +52,6 @@ def run(args: argparse.Namespace) -> int:
         client_stall_seconds=args.client_stall_seconds,
     )
     rt = Runtime(settings)
-    # The runtime builds the pub/sub and the hub with their defaults; apply the settings.
-    rt.pubsub.history_seconds = settings.live_history_seconds
-    rt.hub.stall_timeout = settings.client_stall_seconds
     passwords: list[str] = []
     chassis_ids = attach_demo(rt, settings.machines, passwords.append)
 

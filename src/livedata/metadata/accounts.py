@@ -137,6 +137,7 @@ class Accounts:
     def __init__(self, meta: Metadata) -> None:
         self.meta = meta
         self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._loading: dict[str, asyncio.Future[Principal | None]] = {}
 
     # users -------------------------------------------------------------------
 
@@ -334,11 +335,17 @@ class Accounts:
         return await self._cached(f"u:{user_id}:{via}", load)
 
     async def _cached(self, key: str, load: Any) -> Principal | None:
+        """``load()``'s answer for ``key``, cached; concurrent misses share one lookup
+        (500 connections opened at once with one token make one database read)."""
         hit = self._cache.get(key)
         now = time.monotonic()
         if hit is not None and now - hit[0] < CACHE_SECONDS:
             return hit[1]
-        principal: Principal | None = await load()
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = self._loading[key] = asyncio.ensure_future(load())
+            pending.add_done_callback(lambda _f: self._loading.pop(key, None))
+        principal: Principal | None = await asyncio.shield(pending)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[key] = (now, principal)
