@@ -5,7 +5,9 @@ then 2 ingest, 2 distribute and 2 gateway processes and a simulated fleet of 20
 machines over MQTT.  Mid-run one process of each role is killed (SIGKILL); the ingest
 process is restarted under the same MQTT client id, as systemd would, because
 Mosquitto hands a dead member's unacknowledged messages back only to its own
-persistent session (see ``livedata.devices.mqtt``).
+persistent session (see ``livedata.devices.mqtt``).  The live clients authenticate as
+the demo's admin (created by ``--seed-demo``), whose API token every process is given
+as ``LIVEDATA_ADMIN_TOKEN``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from livedata.sim.demo import DBC_PATH, ORG
 from livedata.sim.fleet import default_chassis_ids
 from livedata.sim.machine import Machine
 from livedata.store.clickhouse import ClickHouseStore
+from tests.conftest import ADMIN_TOKEN
 from tests.servers import free_port, stop_process
 from tests.servers.clickhouse import start_clickhouse
 from tests.servers.kafka import start_kafka
@@ -94,7 +97,7 @@ class Role:
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "LIVEDATA_ADMIN_TOKEN": ADMIN_TOKEN},
         )
         return self
 
@@ -146,7 +149,10 @@ class Client:
                 + f"/api/resources/{ORG}/_common/datasets/{self.chassis}/live?msgType=vehicle_can"
             )
             try:
-                async with websockets.connect(url, open_timeout=3) as ws:
+                headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+                async with websockets.connect(
+                    url, open_timeout=3, additional_headers=headers
+                ) as ws:
                     self.used.append(gateway)
                     await ws.send(
                         orjson.dumps({"type": "INIT_FIELD_LIST", "payload": FIELDS}).decode()

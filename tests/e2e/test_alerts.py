@@ -155,10 +155,11 @@ def active(http: httpx.Client, rule_id: int) -> list[dict[str, Any]]:
 
 def test_crossing_raises_stores_notifies_and_clears(env: Env) -> None:
     """A value over the threshold for 1 s raises one stored alert, listed, sent to the SSE log
-    table, the webhook (valid HMAC) and by e-mail; acknowledge works once; a value between clear
-    and threshold keeps it; below the clear threshold clears it, notified again."""
+    table, the webhook (valid HMAC) and by e-mail; acknowledge works once, recorded under the
+    caller's user name; a value between clear and threshold keeps it; below the clear threshold
+    clears it, notified again."""
     chassis = env.demo.machines[0]
-    with httpx.Client(base_url=env.demo.url, timeout=10) as http:
+    with httpx.Client(base_url=env.demo.url, headers=env.demo.headers, timeout=10) as http:
         body = rule_body(
             "Load too high",
             "test_load",
@@ -177,7 +178,7 @@ def test_crossing_raises_stores_notifies_and_clears(env: Env) -> None:
 
         def watch() -> None:
             with (
-                httpx.Client(base_url=env.demo.url, timeout=20) as sse,
+                httpx.Client(base_url=env.demo.url, headers=env.demo.headers, timeout=20) as sse,
                 sse.stream("GET", "/db/watch/alerts", params={"period": "1s"}) as stream,
             ):
                 for line in stream.iter_lines():
@@ -237,7 +238,7 @@ def test_crossing_raises_stores_notifies_and_clears(env: Env) -> None:
         write(http, chassis, "test_load", [90])  # still over: no second alert
         ack = http.post(f"/api/resources/{ORG}/alerts/{alert['id']}/ack", json={"comment": "on it"})
         assert ack.status_code == 200, ack.text
-        assert (ack.json()["acknowledgedBy"], ack.json()["comment"]) == ("anonymous", "on it")
+        assert (ack.json()["acknowledgedBy"], ack.json()["comment"]) == ("admin", "on it")
         again = http.post(f"/api/resources/{ORG}/alerts/{alert['id']}/ack", json={})
         assert again.status_code == 409
         assert again.json()["error"]["code"] == "conflict"
@@ -273,7 +274,7 @@ def test_failed_webhook_is_retried_and_visible(env: Env) -> None:
     chassis = env.demo.machines[1]
     env.hook.answers["/down"] = [500] * 100
     env.hook.answers["/flaky"] = [503]
-    with httpx.Client(base_url=env.demo.url, timeout=10) as http:
+    with httpx.Client(base_url=env.demo.url, headers=env.demo.headers, timeout=10) as http:
         for metric, path in (("down_metric", "/down"), ("flaky_metric", "/flaky")):
             body = rule_body(
                 metric, metric, forSeconds=0, notify={"webhook": {"url": env.hook_url + path}}
@@ -304,8 +305,8 @@ def test_failed_webhook_is_retried_and_visible(env: Env) -> None:
 
 def test_invalid_rules_are_refused_with_a_reason(env: Env) -> None:
     """Invalid rules get 400 with a message saying why; unknown rules, alerts and organisations
-    get 404; nothing is stored."""
-    with httpx.Client(base_url=env.demo.url, timeout=10) as http:
+    (any but the caller's) get 404; nothing is stored."""
+    with httpx.Client(base_url=env.demo.url, headers=env.demo.headers, timeout=10) as http:
         before = http.get(f"/api/resources/{ORG}/alert-rules").json()["rules"]
         cases = [
             ({"condition": "outside", "threshold": 20, "thresholdHigh": 10}, "low < high"),
@@ -330,7 +331,7 @@ def test_invalid_rules_are_refused_with_a_reason(env: Env) -> None:
 
 def test_fleet_summary_is_live(env: Env) -> None:
     """The fleet summary lists every machine online with recent values and GPS, from memory."""
-    with httpx.Client(base_url=env.demo.url, timeout=10) as http:
+    with httpx.Client(base_url=env.demo.url, headers=env.demo.headers, timeout=10) as http:
         first = http.get(f"/api/resources/{ORG}/fleet", params={"fields": "engine_rpm"}).json()
         time.sleep(2.2)
         later = http.get(f"/api/resources/{ORG}/fleet", params={"fields": "engine_rpm"}).json()

@@ -15,7 +15,7 @@ from tests.conftest import Server, start_demo, stop
 
 @pytest.fixture
 def http(demo: Server) -> httpx.Client:
-    with httpx.Client(base_url=demo.url, timeout=10) as client:
+    with httpx.Client(base_url=demo.url, headers=demo.headers, timeout=10) as client:
         yield client
 
 
@@ -46,7 +46,7 @@ def test_machines_list_message_types_and_fields(http: httpx.Client, demo: Server
 
 
 def test_unknown_org_is_404(http: httpx.Client) -> None:
-    """An organisation that does not exist is 404 with an error body."""
+    """An organisation that does not exist (or is not the caller's) is 404 with an error body."""
     response = http.get("/api/resources/nope/machines")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
@@ -127,7 +127,8 @@ def test_machine_shows_decoding_counters(http: httpx.Client, demo: Server) -> No
 
 
 def test_health_metrics_and_openapi(http: httpx.Client) -> None:
-    """/healthz is ok, /metrics has the pipeline counters, /docs and the OpenAPI schema are served."""
+    """/healthz is ok, /metrics (admin) has the pipeline counters, /docs and the OpenAPI schema
+    are served."""
     health = http.get("/healthz")
     assert health.status_code == 200 and health.json()["ok"] is True
     metrics = http.get("/metrics").text
@@ -150,7 +151,7 @@ def test_groups_and_data_survive_a_restart(tmp_path: Path) -> None:
     """Groups and stored history are kept when the demo restarts on the same data directory."""
     server = start_demo(tmp_path, "--machines", "1")
     try:
-        with httpx.Client(base_url=server.url) as http:
+        with httpx.Client(base_url=server.url, headers=server.headers) as http:
             group = http.post(
                 "/api/resources/demo/groups",
                 json={"name": "Kept", "msgType": "vehicle_can", "fields": ["gear"], "unit": ""},
@@ -159,7 +160,7 @@ def test_groups_and_data_survive_a_restart(tmp_path: Path) -> None:
         stop(server)
     server = start_demo(tmp_path, "--machines", "1")
     try:
-        with httpx.Client(base_url=server.url) as http:
+        with httpx.Client(base_url=server.url, headers=server.headers) as http:
             groups = http.get("/api/resources/demo/groups").json()["groups"]
             history = http.get(
                 f"/api/resources/demo/_common/datasets/{server.machines[0]}/history",

@@ -11,7 +11,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Server
-from tests.e2e.test_live import init, next_live
+from tests.e2e.test_live import connect, init, next_live
 
 
 async def error_of(ws: websockets.ClientConnection) -> dict:
@@ -47,7 +47,7 @@ RECOVERABLE = [
 @pytest.mark.parametrize(("text", "code"), RECOVERABLE)
 async def test_recoverable_errors_keep_the_connection(demo: Server, text: str, code: str) -> None:
     """Each recoverable mistake gets its ERROR code and the connection keeps delivering."""
-    async with websockets.connect(demo.live_url(demo.machines[0])) as ws:
+    async with connect(demo, demo.live_url(demo.machines[0])) as ws:
         await init(ws, ["speed"])
         await next_live(ws)
         await ws.send(text)
@@ -69,9 +69,9 @@ async def test_fatal_errors_close_with_a_fitting_code(
     demo: Server, data: str | bytes, code: str, close_code: int
 ) -> None:
     """Oversized and binary messages get an ERROR, then a close with the documented code."""
-    async with websockets.connect(demo.live_url(demo.machines[0])) as healthy:
+    async with connect(demo, demo.live_url(demo.machines[0])) as healthy:
         await init(healthy, ["speed"])
-        async with websockets.connect(demo.live_url(demo.machines[0])) as ws:
+        async with connect(demo, demo.live_url(demo.machines[0])) as ws:
             await ws.send(data)
             error = await error_of(ws)
             assert error["code"] == code
@@ -87,12 +87,11 @@ async def test_fatal_errors_close_with_a_fitting_code(
         "/api/resources/demo/_common/datasets/NO-SUCH/live?msgType=vehicle_can",
         "/api/resources/demo/_common/datasets/{m}/live?msgType=engine_oil",
         "/api/resources/demo/_common/datasets/{m}/live",
-        "/api/resources/other-org/_common/datasets/{m}/live?msgType=vehicle_can",
     ],
 )
 async def test_unknown_machine_or_type_is_refused(demo: Server, path: str) -> None:
-    """An unknown machine, message type or organisation gets not_found and close 4404."""
-    async with websockets.connect(demo.ws_url + path.format(m=demo.machines[0])) as ws:
+    """An unknown machine or message type gets not_found and close 4404."""
+    async with connect(demo, demo.ws_url + path.format(m=demo.machines[0])) as ws:
         error = await error_of(ws)
         assert error["code"] == "not_found"
         with pytest.raises(ConnectionClosed) as closed:
@@ -100,11 +99,22 @@ async def test_unknown_machine_or_type_is_refused(demo: Server, path: str) -> No
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
 
 
+async def test_other_organisation_is_refused(demo: Server) -> None:
+    """An organisation that is not the caller's (unknown or not) is refused before any data:
+    close 1008 with the reason "not found"."""
+    path = f"/api/resources/other-org/_common/datasets/{demo.machines[0]}/live?msgType=vehicle_can"
+    async with connect(demo, demo.ws_url + path) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert "not found" in closed.value.rcvd.reason
+
+
 async def test_flooding_client_is_closed_and_others_unaffected(demo: Server) -> None:
     """A client sending more than 20 messages in 10 s is closed with 1008; others keep receiving."""
-    async with websockets.connect(demo.live_url(demo.machines[1])) as healthy:
+    async with connect(demo, demo.live_url(demo.machines[1])) as healthy:
         await init(healthy, ["engine_rpm"])
-        async with websockets.connect(demo.live_url(demo.machines[1])) as ws:
+        async with connect(demo, demo.live_url(demo.machines[1])) as ws:
             for _ in range(25):
                 await init(ws, ["speed"])
             with pytest.raises(ConnectionClosed) as closed:
@@ -129,7 +139,7 @@ async def test_history_parameters_are_checked(
     demo: Server, query: dict, status: int, needle: str
 ) -> None:
     """Wrong history parameters get 4xx with a message naming the problem."""
-    async with httpx.AsyncClient(base_url=demo.url) as http:
+    async with httpx.AsyncClient(base_url=demo.url, headers=demo.headers) as http:
         response = await http.get(
             f"/api/resources/demo/_common/datasets/{demo.machines[0]}/history", params=query
         )
@@ -139,7 +149,7 @@ async def test_history_parameters_are_checked(
 
 async def test_history_of_unknown_machine_is_404(demo: Server) -> None:
     """History of a machine that is not in the organisation is 404."""
-    async with httpx.AsyncClient(base_url=demo.url) as http:
+    async with httpx.AsyncClient(base_url=demo.url, headers=demo.headers) as http:
         response = await http.get(
             "/api/resources/demo/_common/datasets/NO-SUCH/history",
             params={"msgType": "vehicle_can"},

@@ -17,6 +17,7 @@ def history(demo: Server, **params: Any) -> httpx.Response:
     return httpx.get(
         f"{demo.url}/api/resources/demo/_common/datasets/{demo.machines[1]}/history",
         params={"msgType": "vehicle_can", "fields": FIELDS, **params},
+        headers=demo.headers,
         timeout=10,
     )
 

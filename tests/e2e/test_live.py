@@ -16,6 +16,11 @@ from tests.conftest import Server
 FIELDS = ["speed", "engine_rpm", "brake_status"]
 
 
+def connect(demo: Server, url: str) -> websockets.connect:
+    """A live connection to ``url`` authenticated as the demo organisation's admin."""
+    return websockets.connect(url, additional_headers=demo.headers)
+
+
 async def next_live(ws: websockets.ClientConnection, timeout: float = 3.0) -> dict:
     """The next LIVE_DATA message (skipping nothing else: any other type fails the test)."""
     message = orjson.loads(await asyncio.wait_for(ws.recv(), timeout))
@@ -29,7 +34,7 @@ async def init(ws: websockets.ClientConnection, fields: list[str]) -> None:
 
 async def test_live_data_has_exactly_the_requested_fields_at_1hz(demo: Server) -> None:
     """A reference client gets LIVE_DATA with exactly its fields within 3 s, once a second."""
-    async with websockets.connect(demo.live_url(demo.machines[0])) as ws:
+    async with connect(demo, demo.live_url(demo.machines[0])) as ws:
         await init(ws, FIELDS)
         started = time.monotonic()
         first = await next_live(ws, 3.0)
@@ -48,7 +53,7 @@ async def test_live_data_has_exactly_the_requested_fields_at_1hz(demo: Server) -
 async def test_two_clients_of_one_machine_get_their_own_fields(demo: Server) -> None:
     """Two clients of one machine with different field lists each get only their fields."""
     url = demo.live_url(demo.machines[0])
-    async with websockets.connect(url) as a, websockets.connect(url) as b:
+    async with connect(demo, url) as a, connect(demo, url) as b:
         await init(a, ["speed"])
         await init(b, ["coolant_temp", "fuel_level"])
         got_a, got_b = await next_live(a), await next_live(b)
@@ -58,7 +63,7 @@ async def test_two_clients_of_one_machine_get_their_own_fields(demo: Server) -> 
 
 async def test_field_list_can_be_replaced(demo: Server) -> None:
     """Sending INIT_FIELD_LIST again replaces the fields of the following messages."""
-    async with websockets.connect(demo.live_url(demo.machines[1])) as ws:
+    async with connect(demo, demo.live_url(demo.machines[1])) as ws:
         await init(ws, ["speed"])
         await next_live(ws)
         await init(ws, ["gear", "fuel_level"])
@@ -72,11 +77,11 @@ async def test_field_list_can_be_replaced(demo: Server) -> None:
 async def test_client_of_another_machine_gets_only_its_machine(demo: Server) -> None:
     """A client of machine B receives B's values (as stored), never machine A's."""
     a, b = demo.machines[0], demo.machines[1]
-    async with websockets.connect(demo.live_url(b)) as ws:
+    async with connect(demo, demo.live_url(b)) as ws:
         await init(ws, ["engine_rpm", "coolant_temp", "fuel_level"])
         received = [await next_live(ws) for _ in range(3)]
     await asyncio.sleep(1.5)
-    async with httpx.AsyncClient(base_url=demo.url) as http:
+    async with httpx.AsyncClient(base_url=demo.url, headers=demo.headers) as http:
         fields = "engine_rpm,coolant_temp,fuel_level"
         start, end = received[0]["ts"], received[-1]["ts"]
         query = f"msgType=vehicle_can&fields={fields}&from={start}&to={end}"
@@ -99,7 +104,7 @@ async def test_client_of_another_machine_gets_only_its_machine(demo: Server) -> 
 
 async def test_history_has_the_last_two_minutes_without_holes(demo: Server) -> None:
     """The default history is the last 120 s, one point per second, no holes."""
-    async with httpx.AsyncClient(base_url=demo.url) as http:
+    async with httpx.AsyncClient(base_url=demo.url, headers=demo.headers) as http:
         response = await http.get(
             f"/api/resources/demo/_common/datasets/{demo.machines[2]}/history",
             params={"msgType": "vehicle_can", "fields": "speed,engine_rpm"},
@@ -118,9 +123,9 @@ async def test_history_has_the_last_two_minutes_without_holes(demo: Server) -> N
 async def test_history_meets_live_without_gap(demo: Server) -> None:
     """The first live point follows the newest history point by one second (no gap, no jump)."""
     chassis = demo.machines[0]
-    async with websockets.connect(demo.live_url(chassis)) as ws:
+    async with connect(demo, demo.live_url(chassis)) as ws:
         await init(ws, ["engine_rpm"])
-        async with httpx.AsyncClient(base_url=demo.url) as http:
+        async with httpx.AsyncClient(base_url=demo.url, headers=demo.headers) as http:
             body = (
                 await http.get(
                     f"/api/resources/demo/_common/datasets/{chassis}/history",
@@ -135,7 +140,7 @@ async def test_history_meets_live_without_gap(demo: Server) -> None:
 
 async def test_rate_control_sums_up_intervals(demo: Server) -> None:
     """maxRate 0.5 with minmax sends one message per 2 s holding min and max of the interval."""
-    async with websockets.connect(demo.live_url(demo.machines[2])) as ws:
+    async with connect(demo, demo.live_url(demo.machines[2])) as ws:
         await ws.send(
             orjson.dumps(
                 {

@@ -1,7 +1,8 @@
 // The official socket.io-client, driven line by line by tests/gateway/test_sio.py.
 //
-//   node sio_client.mjs URL [ORG]
+//   node sio_client.mjs URL TOKEN [ORG]
 //
+// TOKEN (an API token) is sent as the auth payload {token}; an empty TOKEN sends none.
 // Prints one JSON line per thing that happens: {"t": ms, "event": name, "data": …}
 // for every event received (and connect, connect_error, disconnect), and
 // {"t": ms, "ack": id, "data": reply} for the acknowledgement of a command.
@@ -10,10 +11,15 @@
 import readline from "node:readline";
 import { io } from "socket.io-client";
 
-const [url, org] = process.argv.slice(2);
+const [url, token, org] = process.argv.slice(2);
 const out = (obj) => process.stdout.write(`${JSON.stringify({ t: Date.now(), ...obj })}\n`);
 
-const socket = io(url, { query: org ? { org } : {}, reconnection: false, timeout: 5000 });
+const socket = io(url, {
+  query: org ? { org } : {},
+  auth: token ? { token } : {},
+  reconnection: false,
+  timeout: 5000,
+});
 socket.onAny((event, data) => out({ event, data: data ?? null }));
 socket.on("connect", () => out({ event: "connect", data: socket.id }));
 socket.on("connect_error", (err) => out({ event: "connect_error", data: err.data ?? err.message }));

@@ -1,7 +1,9 @@
 """Socket.IO with clients nobody here wrote: python-socketio's AsyncClient and npm's socket.io-client.
 
 The demo server runs with a second organisation seeded into its data directory:
-``other`` has ``OT-0001`` and its own ``WL-0001`` (the same id as a demo machine).
+``other`` has ``OT-0001`` and its own ``WL-0001`` (the same id as a demo machine), and
+an admin whose API token is ``OTHER_TOKEN``.  Clients authenticate with the auth
+payload ``{token}``: the demo admin's token (``Server.token``) or other's.
 """
 
 from __future__ import annotations
@@ -23,21 +25,32 @@ import pytest
 import requests
 import socketio
 
+from livedata.auth import Role
 from livedata.gateway.sio import emit_alert, socket_gateway
 from livedata.metadata import Metadata
+from livedata.metadata.accounts import Accounts
+from livedata.sim.demo import ORG, ensure_demo_admin
 from tests.conftest import Server, start_demo, stop
 from tests.gateway.test_watch import LocalServer
 
 SCRIPT = Path(__file__).with_name("sio_client.mjs")
 ROOT = Path(__file__).resolve().parents[2]
+OTHER_TOKEN = "ld_test_other_admin_token_0123456789abcdefghij"
+"""The API token of organisation other's admin."""
 
 
 async def _seed(data_dir: Path) -> None:
     meta = Metadata(f"sqlite:///{data_dir / 'metadata.db'}")
     await meta.start()
+    # the demo's admin first: the server gives the first admin its LIVEDATA_ADMIN_TOKEN
+    await meta.ensure_org(ORG, "Demo fleet")
+    await ensure_demo_admin(meta)
     await meta.ensure_org("other", "Another organisation")
     await meta.upsert_machine("other", "OT-0001", "Other 1", "OT")
     await meta.upsert_machine("other", "WL-0001", "Other's WL-0001", "OT")
+    accounts = Accounts(meta)
+    admin = await accounts.create_user("other", "other-admin", "other-password", Role.admin)
+    await accounts.create_token(admin.id, "test", raw=OTHER_TOKEN)
     await meta.close()
 
 
@@ -58,6 +71,7 @@ def write_other(server: Server, tag: str, value: float) -> int:
         f"{server.url}/db/write/client_raw_data",
         params={"org": "other", "timeformat": "ms"},
         json={"data": {"rows": [[tag, t, value]]}},
+        headers={"Authorization": f"Bearer {OTHER_TOKEN}"},
         timeout=10,
     )
     assert response.status_code == 200, response.text
@@ -88,8 +102,10 @@ class Recorder:
 
         return record
 
-    async def connect(self, url: str, org: str | None) -> Recorder:
-        await self.client.connect(url, auth={"org": org} if org else None, wait_timeout=10)
+    async def connect(self, url: str, token: str, org: str | None = None) -> Recorder:
+        """Connect with the API token ``token``, naming ``org`` if given."""
+        auth = {"token": token, **({"org": org} if org else {})}
+        await self.client.connect(url, auth=auth, wait_timeout=10)
         return self
 
     def events(self, name: str, since: float = 0.0) -> list[Any]:
@@ -111,7 +127,7 @@ async def test_python_client_gets_the_right_readings_until_it_unsubscribes(
     two_orgs: Server,
 ) -> None:
     """subscribe-device with fields → device-update with exactly those stored readings; unsubscribe stops them."""
-    rec = await Recorder().connect(two_orgs.url, "demo")
+    rec = await Recorder().connect(two_orgs.url, two_orgs.token, "demo")
     try:
         summary = await rec.wait_for("dashboard:data")
         assert summary["org"] == "demo" and summary["total"] == 2
@@ -140,6 +156,7 @@ async def test_python_client_gets_the_right_readings_until_it_unsubscribes(
         requests.get,
         f"{two_orgs.url}/api/resources/demo/_common/datasets/{machine}/history",
         params={"msgType": "vehicle_can", "fields": "speed,engine_rpm"},
+        headers=two_orgs.headers,
         timeout=10,
     )
     history = response.json()["series"]  # a record is stored before it is published
@@ -150,7 +167,7 @@ async def test_python_client_gets_the_right_readings_until_it_unsubscribes(
 
 async def test_rooms_are_per_organisation(two_orgs: Server) -> None:
     """A client of org other subscribed to its WL-0001 gets other's values, never demo's WL-0001."""
-    rec = await Recorder().connect(two_orgs.url, "other")
+    rec = await Recorder().connect(two_orgs.url, OTHER_TOKEN, "other")
     try:
         summary = await rec.wait_for("dashboard:data")
         assert [m["deviceId"] for m in summary["machines"]] == ["OT-0001", "WL-0001"]
@@ -170,18 +187,28 @@ async def test_rooms_are_per_organisation(two_orgs: Server) -> None:
 
 
 async def test_unknown_organisation_is_refused(two_orgs: Server) -> None:
-    """Connecting for an organisation that does not exist fails with not_found."""
+    """Connecting for an organisation that is not the caller's (here one that does not exist,
+    or one that does) fails with not_found; without a valid token with unauthenticated."""
+    for org in ("nope", "other"):
+        rec = Recorder()
+        refusals: list[Any] = []
+        rec.client.on("connect_error", refusals.append)
+        with pytest.raises(socketio.exceptions.ConnectionError):
+            await rec.connect(two_orgs.url, two_orgs.token, org)
+        assert refusals == [
+            {"message": f"organisation {org!r} not found", "data": {"code": "not_found"}}
+        ]
     rec = Recorder()
-    refusals: list[Any] = []
+    refusals = []
     rec.client.on("connect_error", refusals.append)
     with pytest.raises(socketio.exceptions.ConnectionError):
-        await rec.connect(two_orgs.url, "nope")
-    assert refusals == [{"message": "organisation 'nope' not found", "data": {"code": "not_found"}}]
+        await rec.connect(two_orgs.url, "ld_not_a_token", "demo")
+    assert refusals == [{"message": "authentication required", "data": {"code": "unauthenticated"}}]
 
 
 async def test_dashboard_updates_and_throttled_sensor_data(two_orgs: Server) -> None:
     """dashboard:update comes every second; sensor-data is the org's, at most one per topic per second."""
-    rec = await Recorder().connect(two_orgs.url, None)  # no org: the first one, demo
+    rec = await Recorder().connect(two_orgs.url, two_orgs.token)  # no org: the caller's, demo
     try:
         await rec.wait_for("dashboard:data")
         await asyncio.sleep(3.2)
@@ -210,11 +237,11 @@ async def test_dashboard_updates_and_throttled_sensor_data(two_orgs: Server) -> 
 class NodeClient:
     """npm's socket.io-client in a Node process (tests/gateway/sio_client.mjs)."""
 
-    def __init__(self, url: str, org: str | None) -> None:
+    def __init__(self, url: str, token: str, org: str | None = None) -> None:
         node = shutil.which("node")
         assert node, "node is not installed"
         self.proc = subprocess.Popen(
-            [node, str(SCRIPT), url, *([org] if org else [])],
+            [node, str(SCRIPT), url, token, *([org] if org else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -278,7 +305,7 @@ class NodeClient:
 
 def test_node_socket_io_client(two_orgs: Server) -> None:
     """socket.io-client: subscribe-device → device-update, unsubscribe stops them, other org refused."""
-    node = NodeClient(two_orgs.url, "demo")
+    node = NodeClient(two_orgs.url, two_orgs.token, "demo")
     try:
         node.wait(lambda i: i.get("event") == "connect", 10)
         summary = node.wait(lambda i: i.get("event") == "dashboard:data")["data"]
@@ -317,9 +344,11 @@ def test_node_socket_io_client(two_orgs: Server) -> None:
 
 
 def test_node_client_org_choice_and_bad_payloads(two_orgs: Server) -> None:
-    """Without org the first organisation is used, an unknown one is refused, bad payloads get errors."""
-    node = NodeClient(two_orgs.url, None)
-    refused = NodeClient(two_orgs.url, "nope")
+    """Without org the caller's organisation is used, another one is refused, so is a client
+    without a token, and bad payloads get errors."""
+    node = NodeClient(two_orgs.url, two_orgs.token)
+    refused = NodeClient(two_orgs.url, two_orgs.token, "nope")
+    anonymous = NodeClient(two_orgs.url, "")
     try:
         summary = node.wait(lambda i: i.get("event") == "dashboard:data", 10)["data"]
         assert summary["org"] == "demo"
@@ -329,9 +358,13 @@ def test_node_client_org_choice_and_bad_payloads(two_orgs: Server) -> None:
         error = refused.wait(lambda i: i.get("event") == "connect_error", 10)["data"]
         assert error == {"code": "not_found"}
         assert not [i for i in refused.seen if i.get("event") == "dashboard:data"]
+        error = anonymous.wait(lambda i: i.get("event") == "connect_error", 10)["data"]
+        assert error == {"code": "unauthenticated"}
+        assert not [i for i in anonymous.seen if i.get("event") == "dashboard:data"]
     finally:
         node.close()
         refused.close()
+        anonymous.close()
 
 
 # --------------------------------------------------------------------------- in process
@@ -346,8 +379,8 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 
 async def test_alert_created_reaches_only_its_organisation(local: LocalServer) -> None:
     """emit_alert(org, alert) sends alert-created to that organisation's clients only."""
-    acme = await Recorder().connect(local.url, "acme")
-    zeta = await Recorder().connect(local.url, "zeta")
+    acme = await Recorder().connect(local.url, local.tokens["acme"], "acme")
+    zeta = await Recorder().connect(local.url, local.tokens["zeta"], "zeta")
     try:
         await acme.wait_for("dashboard:data")
         await zeta.wait_for("dashboard:data")
@@ -363,7 +396,7 @@ async def test_alert_created_reaches_only_its_organisation(local: LocalServer) -
 
 async def test_sensor_data_modes(local: LocalServer) -> None:
     """sensor_data "on" sends every record, "off" none."""
-    rec = await Recorder().connect(local.url, "acme")
+    rec = await Recorder().connect(local.url, local.tokens["acme"], "acme")
     gateway = socket_gateway(local.rt)
     try:
         await rec.wait_for("dashboard:data")
@@ -372,7 +405,10 @@ async def test_sensor_data_modes(local: LocalServer) -> None:
         def post(rows: list[list[Any]]) -> None:
             body = {"data": {"rows": rows}}
             response = requests.post(
-                f"{local.url}/db/write/client_raw_data?timeformat=ms", json=body, timeout=10
+                f"{local.url}/db/write/client_raw_data?timeformat=ms",
+                json=body,
+                headers=local.headers,
+                timeout=10,
             )
             assert response.status_code == 200, response.text
 

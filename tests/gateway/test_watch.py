@@ -2,6 +2,8 @@
 
 Most tests run against the real demo server (``tests.conftest``); the log-table
 tests run the same app in this process on a real socket, so they can publish rows.
+Every request carries an admin's API token (``Authorization: Bearer``): the demo's,
+or on the local server the one of organisation ``acme`` (or ``zeta``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -26,10 +28,12 @@ import requests
 import sseclient
 import uvicorn
 
+from livedata.auth import Role
 from livedata.cli.common import bind
 from livedata.gateway.app import create_app
 from livedata.gateway.sio import with_socketio
 from livedata.gateway.watch import log_tables, watch_service
+from livedata.metadata.accounts import Accounts
 from livedata.model import DeviceMessage, MsgType
 from livedata.runtime import Runtime
 from livedata.settings import load_settings
@@ -38,13 +42,28 @@ from tests.conftest import Server
 # --------------------------------------------------------------------------- helpers
 
 
+class Target(Protocol):
+    """A running server and the headers of an admin of its (first) organisation."""
+
+    url: str
+
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+
 def new_table() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
-def write(url: str, table: str, rows: list[list[Any]], **params: str) -> dict[str, Any]:
+def write(server: Target, table: str, rows: list[list[Any]], **params: str) -> dict[str, Any]:
     body = {"data": {"columns": ["NAME", "TIME", "VALUE"], "rows": rows}}
-    response = requests.post(f"{url}/db/write/{table}", json=body, params=params, timeout=10)
+    response = requests.post(
+        f"{server.url}/db/write/{table}",
+        json=body,
+        params=params,
+        headers=server.headers,
+        timeout=10,
+    )
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -53,16 +72,26 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def auth_header(server: Target) -> str:
+    """The server's ``Authorization`` header as one ``Name: value`` line (for curl -H)."""
+    return "".join(f"{name}: {value}" for name, value in server.headers.items())
+
+
 class Stream:
-    """One watch stream read with requests + sseclient-py, as Machbase's Python example does."""
+    """One watch stream read with requests + sseclient-py, as Machbase's Python example does;
+    ``headers`` are added to the server's (its admin's token)."""
 
     def __init__(
-        self, url: str, table: str, params: dict[str, Any], headers: dict[str, str] | None = None
+        self,
+        server: Target,
+        table: str,
+        params: dict[str, Any],
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.response = requests.get(
-            f"{url}/db/watch/{table}",
+            f"{server.url}/db/watch/{table}",
             params=params,
-            headers=headers or {},
+            headers={**server.headers, **(headers or {})},
             stream=True,
             timeout=(5, 8),
         )
@@ -88,12 +117,13 @@ class Stream:
         self.response.close()
 
 
-def raw_lines(url: str, seconds: float) -> list[str]:
+def raw_lines(url: str, headers: dict[str, str], seconds: float) -> list[str]:
     """Every line a stream sends within ``seconds`` (comments included), via a plain socket."""
     parts = urlsplit(url)
     host, port, path = parts.hostname or "", parts.port or 80, f"{parts.path}?{parts.query}"
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
     with socket.create_connection((host, port), timeout=seconds + 2) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
         sock.settimeout(0.2)
         data = b""
         deadline = time.monotonic() + seconds
@@ -112,9 +142,10 @@ def raw_lines(url: str, seconds: float) -> list[str]:
 
 
 def test_reference_curl_example_streams_latest_values(demo: Server) -> None:
-    """Machbase's curl example, as written (host and port aside), streams neo_load1/neo_load5."""
+    """Machbase's curl example, as written (host, port and the API token aside), streams
+    neo_load1/neo_load5."""
     start = time.time_ns()
-    write(demo.url, "example", [["neo_load1", start, 1.87], ["neo_load5", start, 1.37]])
+    write(demo, "example", [["neo_load1", start, 1.87], ["neo_load5", start, 1.37]])
     stop = threading.Event()
     written: list[float] = []
 
@@ -124,7 +155,7 @@ def test_reference_curl_example_streams_latest_values(demo: Server) -> None:
             n += 1
             value = round(1.87 + n / 100, 2)
             written.append(value)
-            write(demo.url, "example", [["neo_load1", time.time_ns(), value]])
+            write(demo, "example", [["neo_load1", time.time_ns(), value]])
 
     writer = threading.Thread(target=keep_writing)
     writer.start()
@@ -132,7 +163,7 @@ def test_reference_curl_example_streams_latest_values(demo: Server) -> None:
         url = f"{demo.url}/db/watch/example?tag=neo_load1&tag=neo_load5&period=3s&timeformat=s"
         # --max-time ends curl like ^C does, but lets it flush what it printed
         result = subprocess.run(
-            ["curl", "-s", "-o", "-", "--max-time", "4.5", url],
+            ["curl", "-s", "-o", "-", "--max-time", "4.5", "-H", auth_header(demo), url],
             capture_output=True,
             text=True,
             timeout=15,
@@ -160,11 +191,12 @@ def test_reference_curl_example_streams_latest_values(demo: Server) -> None:
 
 
 def test_reference_python_example_with_sseclient(demo: Server) -> None:
-    """Machbase's Python example (requests + sseclient-py) reads readable UTC times from EXAMPLE."""
+    """Machbase's Python example (requests + sseclient-py, plus the API token) reads readable UTC
+    times from EXAMPLE."""
     # a second ago (the newest neo_load5 value, even after the curl test), in Seoul's local time
     seoul = datetime.now(ZoneInfo("Asia/Seoul")).replace(microsecond=456_000) - timedelta(seconds=1)
     write(
-        demo.url,
+        demo,
         "EXAMPLE",
         [["neo_load5", seoul.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], 0.5]],
         timeformat="default",
@@ -177,7 +209,7 @@ def test_reference_python_example_with_sseclient(demo: Server) -> None:
         "keep-alive": "30s",
         "timeformat": "default",
     }
-    response = requests.get(url, params=params, stream=True, timeout=(5, 8))
+    response = requests.get(url, params=params, headers=demo.headers, stream=True, timeout=(5, 8))
     client = sseclient.SSEClient(response)
     try:
         events = client.events()
@@ -196,8 +228,8 @@ def test_reference_python_example_with_sseclient(demo: Server) -> None:
 def test_latest_value_per_period(demo: Server) -> None:
     """Of several values written in one period only the newest is sent, once, per tag."""
     table = new_table()
-    write(demo.url, table, [["a", now_ms(), 0], ["quiet", now_ms(), -1]], timeformat="ms")
-    stream = Stream(demo.url, table, {"tag": ["a", "b", "quiet"], "period": "2s"})
+    write(demo, table, [["a", now_ms(), 0], ["quiet", now_ms(), -1]], timeformat="ms")
+    stream = Stream(demo, table, {"tag": ["a", "b", "quiet"], "period": "2s"})
     try:
         assert stream.take(2) == [
             {"NAME": "a", "TIME": pytest.approx(now_ms() * 10**6, abs=5 * 10**9), "VALUE": 0},
@@ -206,7 +238,7 @@ def test_latest_value_per_period(demo: Server) -> None:
         for base in (10, 20):
             t = now_ms()
             rows = [["a", t, base + 1], ["b", t, base + 5], ["a", t + 1, base + 2]]
-            write(demo.url, table, [*rows, ["a", t + 2, base + 3]], timeformat="ms")
+            write(demo, table, [*rows, ["a", t + 2, base + 3]], timeformat="ms")
             period = stream.take(2)
             assert period == [
                 {"NAME": "a", "TIME": (t + 2) * 10**6, "VALUE": base + 3},
@@ -220,7 +252,7 @@ def test_one_stream_watches_many_machine_tags(demo: Server) -> None:
     """One stream of 18 vehicle_can tags of 3 machines gets each tag once per period, as stored."""
     fields = ["speed", "engine_rpm", "coolant_temp", "fuel_level", "gear", "oil_pressure"]
     tags = [f"{m}.{f}" for m in demo.machines for f in fields]
-    stream = Stream(demo.url, "vehicle_can", {"tag": tags, "period": "2s", "timeformat": "ms"})
+    stream = Stream(demo, "vehicle_can", {"tag": tags, "period": "2s", "timeformat": "ms"})
     try:
         snapshot = stream.take(len(tags))
         assert [e["NAME"] for e in snapshot] == tags
@@ -234,6 +266,7 @@ def test_one_stream_watches_many_machine_tags(demo: Server) -> None:
         history = requests.get(
             f"{demo.url}/api/resources/demo/_common/datasets/{machine}/history",
             params={"msgType": "vehicle_can", "fields": ",".join(fields)},
+            headers=demo.headers,
             timeout=10,
         ).json()["series"]
         for event in mine:
@@ -262,9 +295,9 @@ def test_time_formats_and_zones(
     """TIME is written in each time format and time zone as Machbase writes it."""
     table = new_table()
     t = (now_ms() // 1000 - 5) * 1000 + 120
-    write(demo.url, table, [["x", t, 7]], timeformat="ms")
+    write(demo, table, [["x", t, 7]], timeformat="ms")
     params = {"tag": "x", **({"timeformat": timeformat} if timeformat else {})}
-    stream = Stream(demo.url, table, {**params, **({"tz": tz} if tz else {})})
+    stream = Stream(demo, table, {**params, **({"tz": tz} if tz else {})})
     try:
         assert stream.next_data() == {"NAME": "x", "TIME": expect(t), "VALUE": 7}
     finally:
@@ -279,8 +312,9 @@ def _readable(t: int, zone: Any) -> str:
 def test_keep_alive_comment_on_an_idle_stream(demo: Server) -> None:
     """A stream with nothing to send gets a ': keep-alive' comment every keep-alive interval."""
     table = new_table()
-    write(demo.url, table, [["busy", now_ms(), 1]], timeformat="ms")
-    lines = raw_lines(f"{demo.url}/db/watch/{table}?tag=idle&period=1s&keep-alive=1s", 3.6)
+    write(demo, table, [["busy", now_ms(), 1]], timeformat="ms")
+    url = f"{demo.url}/db/watch/{table}?tag=idle&period=1s&keep-alive=1s"
+    lines = raw_lines(url, demo.headers, 3.6)
     assert lines[0] == "HTTP/1.1 200 OK"
     body = lines[lines.index("") + 1 :]
     comments = [line for line in body if line.startswith(":")]
@@ -292,18 +326,18 @@ def test_keep_alive_comment_on_an_idle_stream(demo: Server) -> None:
 def test_last_event_id_resumes_after_a_dropped_connection(demo: Server) -> None:
     """A client reconnecting with Last-Event-ID gets exactly what it missed, then live values."""
     table = new_table()
-    write(demo.url, table, [["a", now_ms(), 1]], timeformat="ms")
-    stream = Stream(demo.url, table, {"tag": "a", "period": "1s", "timeformat": "ms"})
+    write(demo, table, [["a", now_ms(), 1]], timeformat="ms")
+    stream = Stream(demo, table, {"tag": "a", "period": "1s", "timeformat": "ms"})
     assert stream.next_data()["VALUE"] == 1
-    write(demo.url, table, [["a", now_ms(), 2]], timeformat="ms")
+    write(demo, table, [["a", now_ms(), 2]], timeformat="ms")
     assert stream.next_data()["VALUE"] == 2
     last_id = stream.last_id
     stream.close()  # the connection drops
-    write(demo.url, table, [["a", now_ms(), 3]], timeformat="ms")
+    write(demo, table, [["a", now_ms(), 3]], timeformat="ms")
     time.sleep(1.3)
-    write(demo.url, table, [["a", now_ms(), 4]], timeformat="ms")
+    write(demo, table, [["a", now_ms(), 4]], timeformat="ms")
     resumed = Stream(
-        demo.url,
+        demo,
         table,
         {"tag": "a", "period": "1s", "timeformat": "ms"},
         {"Last-Event-ID": last_id},
@@ -312,7 +346,7 @@ def test_last_event_id_resumes_after_a_dropped_connection(demo: Server) -> None:
         started = time.monotonic()
         assert [e["VALUE"] for e in resumed.take(2)] == [3, 4]
         assert time.monotonic() - started < 0.9  # replayed at once, not at the next period
-        write(demo.url, table, [["a", now_ms(), 5]], timeformat="ms")
+        write(demo, table, [["a", now_ms(), 5]], timeformat="ms")
         assert resumed.next_data()["VALUE"] == 5
     finally:
         resumed.close()
@@ -321,14 +355,14 @@ def test_last_event_id_resumes_after_a_dropped_connection(demo: Server) -> None:
 def test_resume_inside_a_period_sends_the_rest_of_it(demo: Server) -> None:
     """A client that dropped in the middle of a period's events gets the rest of that period."""
     table = new_table()
-    write(demo.url, table, [["a", now_ms(), 1], ["b", now_ms(), 2]], timeformat="ms")
-    stream = Stream(demo.url, table, {"tag": ["a", "b"], "period": "1s"})
+    write(demo, table, [["a", now_ms(), 1], ["b", now_ms(), 2]], timeformat="ms")
+    stream = Stream(demo, table, {"tag": ["a", "b"], "period": "1s"})
     stream.take(2)
-    write(demo.url, table, [["a", now_ms(), 10], ["b", now_ms(), 20]], timeformat="ms")
+    write(demo, table, [["a", now_ms(), 10], ["b", now_ms(), 20]], timeformat="ms")
     first = stream.next_data()
     stream.close()
     assert first["VALUE"] == 10
-    resumed = Stream(demo.url, table, {"tag": ["a", "b"]}, {"Last-Event-ID": stream.last_id or ""})
+    resumed = Stream(demo, table, {"tag": ["a", "b"]}, {"Last-Event-ID": stream.last_id or ""})
     try:
         assert resumed.next_data()["VALUE"] == 20
     finally:
@@ -338,14 +372,14 @@ def test_resume_inside_a_period_sends_the_rest_of_it(demo: Server) -> None:
 def test_gap_event_when_missed_values_cannot_be_filled(demo: Server) -> None:
     """A Last-Event-ID that is too old, foreign or garbled gets an 'event: gap', then live data."""
     machine_tag = f"{demo.machines[0]}.speed"
-    probe = Stream(demo.url, "vehicle_can", {"tag": machine_tag, "period": "1s"})
+    probe = Stream(demo, "vehicle_can", {"tag": machine_tag, "period": "1s"})
     probe.take(2)
     epoch = (probe.last_id or "").split("-")[0]
     probe.close()
     table = new_table()
-    write(demo.url, table, [["a", now_ms(), 1]], timeformat="ms")
+    write(demo, table, [["a", now_ms(), 1]], timeformat="ms")
     for last_id in (f"{epoch}-0-0-0", "0badc0de-1-2-0", "not an id"):
-        stream = Stream(demo.url, table, {"tag": "a"}, {"Last-Event-ID": last_id})
+        stream = Stream(demo, table, {"tag": "a"}, {"Last-Event-ID": last_id})
         try:
             gap = stream.next()
             assert gap.event == "gap"
@@ -364,7 +398,7 @@ def test_write_formats_are_stored_and_pushed_live(demo: Server) -> None:
     machine = demo.machines[1]
     field = f"probe_{uuid.uuid4().hex[:6]}"
     tag = f"{machine}.{field}"
-    stream = Stream(demo.url, "client_raw_data", {"tag": tag, "period": "1s", "timeformat": "ms"})
+    stream = Stream(demo, "client_raw_data", {"tag": tag, "period": "1s", "timeformat": "ms"})
     t = (now_ms() // 1000 - 10) * 1000
     post = f"{demo.url}/db/write/client_raw_data"
     bodies: list[tuple[dict[str, str], dict[str, str], bytes]] = [
@@ -401,7 +435,9 @@ def test_write_formats_are_stored_and_pushed_live(demo: Server) -> None:
     ]
     try:
         for headers, params, body in bodies:
-            response = requests.post(post, data=body, headers=headers, params=params, timeout=10)
+            response = requests.post(
+                post, data=body, headers={**demo.headers, **headers}, params=params, timeout=10
+            )
             assert response.status_code == 200, response.text
             assert response.json()["success"] is True
         live = [stream.next_data() for _ in range(1)]
@@ -411,6 +447,7 @@ def test_write_formats_are_stored_and_pushed_live(demo: Server) -> None:
     history = requests.get(
         f"{demo.url}/api/resources/demo/_common/datasets/{machine}/history",
         params={"msgType": "client_raw_data", "fields": field, "from": t, "to": t + 5000},
+        headers=demo.headers,
         timeout=10,
     ).json()
     assert history["series"][field] == [
@@ -467,8 +504,8 @@ def test_watch_errors_are_json_before_the_stream(
 ) -> None:
     """Each mistake is a 4xx with {"error":{"code","message"}} instead of a stream."""
     if "example" in path:
-        write(demo.url, "example", [["neo_load1", time.time_ns(), 1.0]])
-    response = requests.get(demo.url + path, timeout=10)
+        write(demo, "example", [["neo_load1", time.time_ns(), 1.0]])
+    response = requests.get(demo.url + path, headers=demo.headers, timeout=10)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
@@ -549,7 +586,12 @@ def test_write_errors(
     demo: Server, table: str, headers: dict[str, str], body: bytes, status: int, words: str
 ) -> None:
     """Bad writes are refused whole with a 4xx JSON error naming the problem."""
-    response = requests.post(f"{demo.url}/db/write/{table}", data=body, headers=headers, timeout=10)
+    response = requests.post(
+        f"{demo.url}/db/write/{table}",
+        data=body,
+        headers={**demo.headers, **headers},
+        timeout=10,
+    )
     assert response.status_code == status, response.text
     assert words in response.json()["error"]["message"]
 
@@ -558,12 +600,17 @@ def test_write_errors(
 
 
 class LocalServer:
-    """The livedata app (watch, write, Socket.IO) on uvicorn in a thread of this process."""
+    """The livedata app (watch, write, Socket.IO) on uvicorn in a thread of this process.
+
+    Organisations ``acme`` (machine ``AC-1``) and ``zeta``, each with an admin whose API
+    token is in ``tokens``; ``headers`` act as acme's admin.
+    """
 
     def __init__(self, data_dir: Path, **sio_options: Any) -> None:
         settings = load_settings({"data_dir": data_dir, "port": 0, "log_level": "warning"})
         self.rt = Runtime(settings)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.tokens: dict[str, str] = {}
         self.rt.on_started.append(self._seed)
         app = with_socketio(create_app(self.rt), self.rt, **sio_options)
         sock = bind("127.0.0.1", 0)
@@ -591,7 +638,19 @@ class LocalServer:
         await self.rt.meta.ensure_org("acme", "Acme")
         await self.rt.meta.ensure_org("zeta", "Zeta")
         await self.rt.meta.upsert_machine("acme", "AC-1", "Acme 1", "AX")
+        accounts = Accounts(self.rt.meta)
+        for org in ("acme", "zeta"):
+            user = await accounts.create_user(org, f"{org}-admin", uuid.uuid4().hex, Role.admin)
+            _row, self.tokens[org] = await accounts.create_token(user.id, "test")
         self.rt.catalog.invalidate()
+
+    def headers_of(self, org: str) -> dict[str, str]:
+        """The headers of an API client acting as ``org``'s admin."""
+        return {"Authorization": f"Bearer {self.tokens[org]}"}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.headers_of("acme")
 
     def run(self, factory: Callable[[], Any]) -> Any:
         """Run ``factory()`` (a coroutine function or plain function) on the server's loop."""
@@ -625,8 +684,8 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 def test_log_table_sends_at_most_max_rows_per_period(local: LocalServer) -> None:
     """A log table sends the first max-rows rows of a period and says how many it skipped."""
     params = {"period": "1s", "timeformat": "ms"}
-    small = Stream(local.url, "commands", {**params, "max-rows": "10"})
-    default = Stream(local.url, "commands", params)
+    small = Stream(local, "commands", {**params, "max-rows": "10"})
+    default = Stream(local, "commands", params)
     try:
         t = now_ms()
         local.publish("acme", "commands", [{"TIME": t + i, "COMMAND": f"c{i}"} for i in range(30)])
@@ -642,10 +701,19 @@ def test_log_table_sends_at_most_max_rows_per_period(local: LocalServer) -> None
         default.close()
 
 
-def test_log_tables_are_per_organisation_and_default_to_the_first(local: LocalServer) -> None:
-    """Rows of one organisation never reach another's stream; without org the first one is used."""
-    acme = Stream(local.url, "alerts", {"period": "1s"})
-    zeta = Stream(local.url, "alerts", {"period": "1s", "org": "zeta"})
+def test_log_tables_are_per_organisation_and_default_to_the_callers(local: LocalServer) -> None:
+    """Rows of one organisation never reach another's stream; without org the caller's one is
+    used, and an org that is not the caller's is 404 not_found."""
+    refused = requests.get(
+        f"{local.url}/db/watch/alerts",
+        params={"period": "1s", "org": "zeta"},
+        headers=local.headers,
+        timeout=10,
+    )
+    assert refused.status_code == 404, refused.text
+    assert refused.json()["error"]["code"] == "not_found"
+    acme = Stream(local, "alerts", {"period": "1s"})
+    zeta = Stream(local, "alerts", {"period": "1s", "org": "zeta"}, local.headers_of("zeta"))
     try:
         local.publish("zeta", "alerts", [{"ALERT": "zeta-only"}])
         local.publish("acme", "alerts", [{"ALERT": "acme-only"}])
@@ -658,7 +726,7 @@ def test_log_tables_are_per_organisation_and_default_to_the_first(local: LocalSe
 
 def test_decode_errors_table_shows_what_ingest_rejected(local: LocalServer) -> None:
     """A device message ingest rejects appears as a row of the decode_errors log table."""
-    stream = Stream(local.url, "decode_errors", {"period": "1s", "org": "acme"})
+    stream = Stream(local, "decode_errors", {"period": "1s", "org": "acme"})
     try:
         message = DeviceMessage("acme", "AC-404", MsgType.CLIENT_RAW_DATA, now_ms(), values={})
         assert local.run(lambda: local.rt.ingest.handle(message)) is None
@@ -678,7 +746,7 @@ def test_streams_release_their_rings(local: LocalServer) -> None:
         assert time.monotonic() < deadline, "earlier streams are still counted"
         time.sleep(0.05)
     before = 0
-    streams = [Stream(local.url, "vehicle_can", {"tag": "AC-1.speed"}) for _ in range(3)]
+    streams = [Stream(local, "vehicle_can", {"tag": "AC-1.speed"}) for _ in range(3)]
     while service.streams < before + 3:
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -16,8 +16,10 @@ Answers (errors are ``{"error": {"code", "message"}}``):
   (``GET /api/resources/{orgId}/machines/{chassisId}``).  ``rejected``: decodable
   but unusable (e.g. no DBC assigned to the machine), counted likewise.
   ``bad_request``: an unknown ``msgType``.
-- **404** ``not_found``: no such organisation or machine (not counted: unknown ids
-  must not grow the counters).
+- **401** ``unauthenticated``: no ``Authorization: Bearer <the machine's secret>``,
+  a wrong one, another machine's, a user's API token, or an unknown organisation or
+  machine (no secret can match those; the answer is the same, so ids do not leak).
+  Checked before the body is read.
 - **413** ``too_large``: a body over 1 MiB, refused from ``Content-Length`` or while
   reading, without reading the rest.
 - **415** ``unsupported_media_type``: a ``Content-Type`` other than the one of the
@@ -26,11 +28,10 @@ Answers (errors are ``{"error": {"code", "message"}}``):
   was queued but not stored within 10 s (the store is down and being retried).  The
   record will still be stored; resending it is safe, as writes are idempotent.
 
-Security: this endpoint is **not authenticated yet**; anyone who can reach the
-gateway can write any machine's data.  Per-device secrets come with the security
-issue (issue 6): the request will have to carry the machine's secret
-(``Authorization: Bearer …``), checked against the machine in the URL before the
-body is read.  Until then, expose it only on trusted networks.
+Security: each machine has its own secret (``livedata devices secret ORG CHASSIS`` or
+``POST /api/resources/{orgId}/machines/{chassisId}/secret``); the request carries it as
+``Authorization: Bearer …`` and it is checked against the machine in the URL by the
+gateway's security middleware (:mod:`livedata.gateway.security`).
 
 Under stress: a slow store makes ``ingest.handle`` wait (its queue is bounded), so
 requests slow down rather than memory growing; each request holds at most 1 MiB.
