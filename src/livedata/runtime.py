@@ -16,12 +16,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from livedata import observe
+from livedata.backends import redact
 from livedata.bus import open_log, open_pubsub
 from livedata.catalog import Catalog, MachineInfo
 from livedata.devices import open_devices
 from livedata.errors import BackendError, NotFound
 from livedata.gateway.alerts_api import alert_relay
-from livedata.gateway.commands import presence_feed
+from livedata.gateway.commands import presence_feed, status_relay
 from livedata.gateway.hub import Hub
 from livedata.metadata import Metadata
 from livedata.model import MsgType
@@ -49,6 +50,7 @@ class Runtime:
         self.store = open_store(settings.store)
         self.log = open_log(settings.log)
         self.pubsub = open_pubsub(settings.pubsub)
+        self.pubsub.history_seconds = settings.live_history_seconds
         self.devices = open_devices(settings.devices)
         self.catalog = Catalog(self.meta)
         self.ingest = Ingest(
@@ -59,7 +61,7 @@ class Runtime:
             queue_max=settings.ingest_queue,
         )
         self.distribute = Distribute(self.log, self.pubsub)
-        self.hub = Hub(self.pubsub)
+        self.hub = Hub(self.pubsub, stall_timeout=settings.client_stall_seconds)
         self.alerts = alert_role(self)
         self.fleet: Fleet | None = None
         """The simulated fleet, when this process runs one (the demo)."""
@@ -96,6 +98,7 @@ class Runtime:
                 self.spawn("alerts", self.alerts.run)
             if "gateway" in self.roles:
                 self.spawn("alert-relay", alert_relay(self).run)
+                self.spawn("status-relay", status_relay(self).run)
                 if hasattr(self.devices, "presence_changes"):  # MQTT: push presence changes
                     self.spawn("device-presence", lambda: presence_feed(self))
             log.info("running roles: %s", ", ".join(sorted(self.roles)))
@@ -109,15 +112,15 @@ class Runtime:
         while True:
             try:
                 await part.start()
-                log.info("connected to %s %s", name, part.url)
+                log.info("connected to %s %s", name, redact(part.url))
                 return
             except Exception as exc:
                 if time.monotonic() + delay > deadline:
                     raise BackendError(
-                        f"cannot reach {name} at {part.url} after "
+                        f"cannot reach {name} at {redact(part.url)} after "
                         f"{self.settings.connect_timeout:g} s: {exc}"
                     ) from exc
-                log.warning("%s at %s not reachable (%s); retrying", name, part.url, exc)
+                log.warning("%s at %s not reachable (%s); retrying", name, redact(part.url), exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -154,7 +157,7 @@ class Runtime:
             try:
                 await part.close()
             except Exception:
-                log.exception("closing %s at %s failed", name, part.url)
+                log.exception("closing %s at %s failed", name, redact(part.url))
 
     async def _retention(self) -> None:
         with observe.log_context(role="retention"):
