@@ -25,6 +25,17 @@ Figures, in one run:
   and RSS.
 
 Run: ``python bench/bench_ingest.py [--machines 100] [--seconds 300]``.
+
+``--store-down N`` runs the outage mode instead: ingest → SQLiteStore with the
+spill journal on (as the demo runs it), the device messages pushed as fast as
+ingest takes them for 2 + N seconds each (the first 2 not counted) in three runs -- store up; store down
+(every write raises ``StoreError``) with the default journal bound; store down
+with a small bound (``--small-spill-mib``, 16) so the bound is reached.  For
+each: records/s accepted (acknowledged: durable and in the log), records/s that
+reached the log, the journal's peak (records, bytes), the process's peak RSS,
+and after the store is back (pushing stopped) the time the drainer takes to
+empty the journal.
+
 Prints figures only; asserts nothing.  Everything lives in a temporary
 directory that is removed at the end.
 """
@@ -33,12 +44,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import resource
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,13 +59,15 @@ import psutil
 from livedata.bus.memory import MemoryLog
 from livedata.catalog import Catalog
 from livedata.decode.can import CanDecoder
+from livedata.errors import StoreError
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, MsgType, Record
 from livedata.pipeline.ingest import Ingest
+from livedata.pipeline.spill import SpillJournal
 from livedata.settings import Settings
 from livedata.sim.demo import DBC_PATH, DEFAULT_GROUPS, MODEL, ORG
 from livedata.sim.fleet import Fleet, default_chassis_ids
-from livedata.store.base import Store
+from livedata.store.base import Series, Store
 from livedata.store.memory import MemoryStore
 from livedata.store.sqlite import SQLiteStore
 
@@ -61,6 +75,8 @@ WARMUP_SECONDS = 2
 """Simulated seconds pushed before timing starts (catalog loads, series interning)."""
 
 PROC = psutil.Process()
+WARMUP_OUTAGE_S = 2.0
+"""Outage mode: seconds of pushing before the figures are counted (the queue fills first)."""
 
 
 def mib(n: float) -> str:
@@ -269,6 +285,263 @@ async def bench_catalog(tmp: Path, dbc_text: str, counts: Sequence[int]) -> list
     return lines
 
 
+class DownStore(Store):
+    """A real store whose writes raise :class:`StoreError` while ``down`` (the outage)."""
+
+    def __init__(self, inner: Store) -> None:
+        super().__init__(inner.url)
+        self.inner = inner
+        self.down = False
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def write(self, records: Sequence[Record]) -> int:
+        if self.down:
+            raise StoreError("bench: store down")
+        return await self.inner.write(records)
+
+    async def query(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        limit: int = 100_000,
+    ) -> Series:
+        return await self.inner.query(tenant, chassis, msg_type, fields, start_ms, end_ms, limit)
+
+    async def downsample(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        buckets: int,
+    ) -> Series:
+        return await self.inner.downsample(
+            tenant, chassis, msg_type, fields, start_ms, end_ms, buckets
+        )
+
+    async def delete_before(self, ts_ms: int) -> int:
+        return await self.inner.delete_before(ts_ms)
+
+    async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
+        return await self.inner.latest_ts(tenant, chassis, msg_type)
+
+
+@dataclass
+class OutageResult:
+    label: str
+    accepted: int
+    logged: int
+    wall: float
+    journal_records: int
+    journal_bytes: int
+    rss_before: int
+    rss_peak: int
+    drain_s: float
+    drained: int
+    stored: int
+
+    def row(self) -> str:
+        drain = (
+            f"{self.drain_s:6.1f} s ({self.drained / self.drain_s:,.0f} rec/s)"
+            if self.drained
+            else f"{'–':>6}"
+        )
+        return (
+            f"  {self.label:<32} {self.accepted / self.wall:>9,.0f} {self.logged / self.wall:>9,.0f} "
+            f"{self.journal_records:>9,} {mib(self.journal_bytes):>8} "
+            f"{mib(self.rss_before):>7} → {mib(self.rss_peak):<7} {drain}"
+        )
+
+
+def endless(messages: list[DeviceMessage], span_ms: int) -> Iterator[DeviceMessage]:
+    """``messages`` again and again, each pass ``span_ms`` earlier, so no key repeats."""
+    shift = 0
+    while True:
+        for message in messages:
+            yield dataclasses.replace(message, ts=message.ts - shift) if shift else message
+        shift += span_ms
+
+
+async def run_outage(
+    label: str,
+    tmp: Path,
+    catalog: Catalog,
+    source: Iterator[DeviceMessage],
+    seconds: float,
+    *,
+    down: bool,
+    spill_max_bytes: int,
+) -> OutageResult:
+    """Push ``source`` for ``seconds`` with the store up or down; then bring it up and drain."""
+    defaults = Settings()
+    name = uuid.uuid4().hex[:8]
+    store = DownStore(SQLiteStore(f"sqlite:///{tmp / f'outage-{name}.db'}"))
+    log = MemoryLog(f"memory://bench-{name}")
+    spill = SpillJournal(tmp / f"spill-{name}", spill_max_bytes)
+    await store.start()
+    await log.start()
+    ingest = Ingest(
+        store,
+        log,
+        catalog,
+        batch_max=defaults.store_batch_max,
+        queue_max=defaults.ingest_queue,
+        spill=spill,
+        spill_after=defaults.spill_after,
+    )
+    counts = {"acked": 0, "logged": 0}
+    rss_peak = PROC.memory_info().rss
+
+    async def ack() -> None:
+        counts["acked"] += 1
+
+    async def drain_log() -> None:
+        async for batch in log.consume("bench"):
+            counts["logged"] += len(batch)
+
+    async def sample() -> None:
+        nonlocal rss_peak
+        while True:
+            rss_peak = max(rss_peak, PROC.memory_info().rss)
+            await asyncio.sleep(0.05)
+
+    async def push() -> None:
+        for n, message in enumerate(source):
+            await ingest.handle(message, ack)
+            if n % 100 == 0:  # a device link yields between messages; let the writer run
+                await asyncio.sleep(0)
+
+    tasks = [asyncio.create_task(c()) for c in (drain_log, ingest.run, sample)]
+    try:
+        await asyncio.sleep(0.1)
+        rss_before = PROC.memory_info().rss
+        store.down = down
+        pusher = asyncio.create_task(push())
+        await asyncio.sleep(WARMUP_OUTAGE_S)  # past the first fill of the queue
+        acked0, logged0 = counts["acked"], counts["logged"]
+        t0 = time.perf_counter()
+        await asyncio.sleep(seconds)
+        pusher.cancel()
+        await asyncio.gather(pusher, return_exceptions=True)
+        wall = time.perf_counter() - t0
+        accepted, logged = counts["acked"] - acked0, counts["logged"] - logged0
+        peak_records, peak_bytes = spill.peak_records, spill.peak_bytes
+        store.down = False
+        backlog = spill.records
+        t1 = time.perf_counter()
+        while True:
+            if not (spill.records or ingest.depth() or ingest.oldest_unstored() is not None):
+                break
+            await asyncio.sleep(0.01)
+        drain_s = time.perf_counter() - t1
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await ingest.close()
+        await log.close()
+        await store.close()
+    return OutageResult(
+        label,
+        accepted,
+        logged,
+        wall,
+        peak_records,
+        peak_bytes,
+        rss_before,
+        rss_peak,
+        drain_s,
+        backlog,
+        ingest.written,
+    )
+
+
+async def main_outage(machines: int, seconds: int, down_s: float, small_mib: int) -> None:
+    """The ``--store-down`` mode (see the module doc)."""
+    logging.basicConfig(level=logging.CRITICAL)
+    chassis_ids = default_chassis_ids(machines)
+    dbc_text = DBC_PATH.read_text()
+    decoder = CanDecoder.from_dbc(dbc_text)
+    default_bound = Settings().spill_max_bytes
+    print(
+        f"bench_ingest --store-down {down_s:g}: {machines} machines, {seconds} simulated s of "
+        f"messages (repeated with earlier timestamps as needed), {psutil.cpu_count()} CPUs; "
+        f"ingest → SQLiteStore with the spill journal, pushed as fast as it takes them"
+    )
+    messages, _ = await make_messages(chassis_ids, decoder, seconds)
+    with tempfile.TemporaryDirectory(prefix="livedata-bench-outage-") as tmp:
+        meta = Metadata(f"sqlite:///{Path(tmp) / 'metadata.db'}")
+        await meta.start()
+        try:
+            await seed(meta, chassis_ids, dbc_text)
+            catalog = Catalog(meta)
+            source = endless(messages, seconds * 1000)
+            for message in messages[: 2 * machines]:  # warm the catalog and the decoder
+                await catalog.machine(message.tenant, message.chassis)
+            results = [
+                await run_outage(
+                    "store up",
+                    Path(tmp),
+                    catalog,
+                    source,
+                    down_s,
+                    down=False,
+                    spill_max_bytes=default_bound,
+                ),
+                await run_outage(
+                    f"store down, bound {mib(default_bound)}",
+                    Path(tmp),
+                    catalog,
+                    source,
+                    down_s,
+                    down=True,
+                    spill_max_bytes=default_bound,
+                ),
+                await run_outage(
+                    f"store down, bound {small_mib} MiB",
+                    Path(tmp),
+                    catalog,
+                    source,
+                    down_s,
+                    down=True,
+                    spill_max_bytes=small_mib * 2**20,
+                ),
+            ]
+        finally:
+            await meta.close()
+    print()
+    print(
+        f"  {'run (' + format(down_s, 'g') + ' s each)':<32} {'accepted':>9} {'logged':>9} "
+        f"{'journal':>9} {'journal':>8} {'RSS':>7}   {'peak':<7} drain after recovery"
+    )
+    print(f"  {'':<32} {'rec/s':>9} {'rec/s':>9} {'peak rec':>9} {'peak':>8}")
+    for result in results:
+        print(result.row())
+    encoded = results[1].journal_bytes / max(1, results[1].journal_records)
+    print()
+    print(
+        f"journal: {encoded:.0f} B per record encoded; the default bound holds "
+        f"{default_bound / encoded / (2 * machines) / 60:,.0f} min of {machines} machines at 1 Hz "
+        f"({2 * machines} records/s)"
+    )
+    for result in results:
+        print(
+            f"{result.label}: {result.stored:,} records stored in all, "
+            f"{result.accepted:,} accepted while pushing"
+        )
+
+
 async def main(machines: int, seconds: int) -> None:
     logging.basicConfig(level=logging.WARNING)
     chassis_ids = default_chassis_ids(machines)
@@ -338,5 +611,18 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--machines", type=int, default=100)
     parser.add_argument("--seconds", type=int, default=300, help="simulated seconds to push")
+    parser.add_argument(
+        "--store-down",
+        type=float,
+        default=0,
+        metavar="N",
+        help="outage mode: store up, then down, for N s each (see the module doc)",
+    )
+    parser.add_argument(
+        "--small-spill-mib", type=int, default=16, help="journal bound of the third outage run"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.machines, args.seconds))
+    if args.store_down:
+        asyncio.run(main_outage(args.machines, args.seconds, args.store_down, args.small_spill_mib))
+    else:
+        asyncio.run(main(args.machines, args.seconds))

@@ -29,6 +29,7 @@ from livedata.model import MsgType
 from livedata.pipeline.alerts import alert_role
 from livedata.pipeline.distribute import Distribute
 from livedata.pipeline.ingest import Ingest, consume_devices
+from livedata.pipeline.spill import SpillJournal, spill_dir_of
 from livedata.settings import Settings
 from livedata.store import open_store
 
@@ -53,12 +54,17 @@ class Runtime:
         self.pubsub.history_seconds = settings.live_history_seconds
         self.devices = open_devices(settings.devices)
         self.catalog = Catalog(self.meta)
+        spill_dir = spill_dir_of(settings.spill_dir, settings.data_dir, settings.store)
+        if "ingest" not in self.roles:
+            spill_dir = None
         self.ingest = Ingest(
             self.store,
             self.log,
             self.catalog,
             batch_max=settings.store_batch_max,
             queue_max=settings.ingest_queue,
+            spill=SpillJournal(spill_dir, settings.spill_max_bytes) if spill_dir else None,
+            spill_after=settings.spill_after,
         )
         self.distribute = Distribute(self.log, self.pubsub)
         self.hub = Hub(self.pubsub, stall_timeout=settings.client_stall_seconds)
@@ -89,6 +95,7 @@ class Runtime:
             for name, part in self._parts():
                 await self._connect(name, part)
             if "ingest" in self.roles:
+                await self.ingest.start()  # the spill journal: an unusable one fails the start
                 self.spawn("ingest-writer", self.ingest.run)
                 self.spawn("ingest-devices", lambda: consume_devices(self.ingest, self.devices))
                 self.spawn("retention", self._retention)
@@ -153,6 +160,10 @@ class Runtime:
         if pending:
             log.error("tasks did not stop: %s", ", ".join(t.get_name() for t in pending))
         self._tasks.clear()
+        try:
+            await self.ingest.close()
+        except Exception:
+            log.exception("closing the spill journal failed")
         for name, part in reversed(self._parts()):
             try:
                 await part.close()
@@ -187,7 +198,7 @@ class Runtime:
         }
 
     def update_gauges(self) -> None:
-        observe.INGEST_QUEUE.set(self.ingest.depth())
+        self.ingest.update_gauges()
 
     async def health(self) -> dict[str, Any]:
         ok = self.started.is_set() and all(not t.done() for t in self._tasks)
@@ -195,5 +206,6 @@ class Runtime:
             "ok": ok,
             "tasks": {t.get_name(): not t.done() for t in self._tasks},
             "ingestQueue": self.ingest.depth(),
+            "spill": self.ingest.spill.stats() if self.ingest.spill is not None else None,
             "liveChannels": len(self.hub.channels),
         }

@@ -4,16 +4,61 @@ Per message: look the machine up (unknown machines are rejected and counted),
 decode ``vehicle_can`` frames with the machine's DBC or validate
 ``client_raw_data`` values, then queue one :class:`Record`.  A writer task takes
 what has queued, waits ``linger`` (50 ms) for the rest of the second's
-messages (up to ``batch_max`` records), writes it to the store in one
-batch, then appends it to the log, so a live point is never ahead of history.
+messages (up to ``batch_max`` records), makes the batch durable, then appends it
+to the log and acknowledges its device messages.
 
-Under stress: the queue is bounded (``queue_max`` records); when the store is
-slow, :meth:`Ingest.handle` waits, which slows the device link down instead of
-growing memory.  When the store fails the batch is retried with backoff
-(1 s … 30 s) and never dropped; the same for the log, whose append also waits
-while the log is full.  A device message is acknowledged to its link only after
-its record is in both, so a crash before that makes the broker redeliver it
-(writes are idempotent, so a redelivered record is stored once).
+Durable means one of two things:
+
+* **in the store** -- the normal path while the store keeps up: the batch is
+  written to the store before it is appended to the log, so a live point is
+  never ahead of history;
+* **in the spill journal** (:mod:`livedata.pipeline.spill`, when ingest has one)
+  -- when a store write fails or has not finished within ``spill_after``
+  seconds (2 s), that batch and every later one go to the journal instead, and a
+  drainer task copies the journal to the store in order, deleting each part only
+  after the store confirmed it.  Live records keep flowing to the log meanwhile,
+  ahead of history but never lost: the history they are ahead of is on disk.
+  Once the journal has drained empty the writer goes back to the store.  At start
+  the journal still holds what an earlier process acknowledged but did not
+  store; it is drained first (the replay).  The history API reads the store, so
+  while records wait in the journal a page opened meanwhile shows them only
+  after a reload (or live, if they arrive after it subscribed).
+
+Under stress:
+
+* **Store slow or down, with a journal** (the embedded shape's default): ingest
+  keeps its pace until the journal holds ``spill_max_bytes`` (256 MiB: about 80
+  minutes of the demo's 100 machines at 1 Hz, at 270 B per record; see
+  ``bench/bench_ingest.py --store-down``).  Then the writer waits for the drainer, the
+  in-memory queue fills (``queue_max`` records), and :meth:`Ingest.handle` waits,
+  which slows the device link down instead of growing memory.  The drainer
+  retries a failed store write with backoff (0.5 s … ``drain_retry_max``, 5 s),
+  so the store's return is noticed within seconds.
+* **Store slow or down, without a journal**: the writer retries the batch with
+  backoff (1 s … 30 s) and never drops it; the queue fills and ``handle`` waits.
+  The live path stops with the store.
+* **Log slow or down**: the append is retried with backoff (1 s … 30 s); the log's
+  own ``append`` also waits while the log is full.  Acknowledgements wait with it,
+  the queue fills, ``handle`` waits.  With a journal, what was already journalled
+  keeps being stored.
+* **Journal write fails** (disk full): retried with backoff; each attempt first
+  tries the store directly when the journal is empty.  Nothing is acknowledged
+  until one of the two has the batch.
+
+Memory is bounded by ``queue_max`` queued records, the batch being written
+(``batch_max``), and one chunk read back from the journal (``batch_max``).
+
+Acknowledgement: a device message is acknowledged to its link only once its
+record is durable (store or journal) and in the log, in arrival order (as MQTT
+requires of PUBACKs).  A crash before that makes a broker with a persistent
+session redeliver it (writes are idempotent, so a redelivered record is stored
+once).  Over MQTT this matters beyond crashes: while acknowledgements stop, the
+broker holds at most ``inflight`` unacknowledged messages for the link and queues
+the rest up to its own limit (Mosquitto's ``max_queued_messages``), dropping
+beyond it -- so without a journal a long store outage becomes data loss at the
+broker, with one the broker keeps being acknowledged until the journal is full.
+The in-process link (``local://``) has nothing to acknowledge: its bounded queue
+makes the simulated fleet wait instead.
 Bad input is counted per machine (see :class:`DecodeStats`) and never stops the
 pipeline or the rest of a batch.
 """
@@ -32,8 +77,9 @@ from livedata.bus.base import Log
 from livedata.catalog import Catalog
 from livedata.decode.values import decode_values
 from livedata.devices.base import Ack, DeviceLink, Rejection
-from livedata.errors import BusError, DecodeError, StoreError
+from livedata.errors import BackendError, BusError, DecodeError, StoreError
 from livedata.model import DeviceMessage, MsgType, Record
+from livedata.pipeline.spill import Chunk, SpillJournal
 from livedata.store.base import Store
 
 log = logging.getLogger("livedata.ingest")
@@ -78,15 +124,32 @@ class Ingest:
         batch_max: int = 5_000,
         queue_max: int = 20_000,
         linger: float = 0.05,
+        spill: SpillJournal | None = None,
+        spill_after: float = 2.0,
+        drain_retry_max: float = 5.0,
     ) -> None:
         self.store = store
         self.log = log
         self.catalog = catalog
         self.batch_max = batch_max
+        self.queue_max = queue_max
         self.linger = linger
+        self.spill = spill
+        """The spill journal (``None``: the writer waits for the store, as without one)."""
+        self.spill_after = spill_after
+        self.drain_retry_max = drain_retry_max
         self._queue: asyncio.Queue[tuple[Record, Ack | None]] = asyncio.Queue(queue_max)
+        self._accepted: deque[float] = deque()
+        """When each queued record was accepted (``time.time()``), in queue order."""
+        self._batch_since: float | None = None
+        """When the oldest record of the batch in hand was accepted, until it is durable."""
+        self._direct: asyncio.Task[int] | None = None
+        """A store write that outlived ``spill_after``; the drainer lets it end first."""
         self.stats: dict[tuple[str, str], DecodeStats] = {}
         self.written = 0
+        """Records the store has confirmed."""
+        self.spilled = 0
+        """Records that went through the spill journal."""
 
     def stats_for(self, tenant: str, chassis: str) -> DecodeStats:
         key = (tenant, chassis)
@@ -102,9 +165,10 @@ class Ingest:
     async def handle(self, msg: DeviceMessage, ack: Ack | None = None) -> Record | None:
         """Decode one device message and queue its record; ``None`` if it was rejected.
 
-        ``ack`` is awaited once the record is in the store and the log (or at once
-        when the message is rejected: a bad message is final, redelivering it would
-        not make it good).
+        ``ack`` is awaited once the record is durable -- in the store, or in the spill
+        journal while the store is slow or down -- and in the log (or at once when the
+        message is rejected: a bad message is final, redelivering it would not make it
+        good).
         """
         with observe.log_context(machine=msg.chassis):
             stats = self.stats_for(msg.tenant, msg.chassis)
@@ -123,6 +187,7 @@ class Ingest:
         observe.RECORDS_IN.labels(record.msg_type, record.kind.value).inc()
         observe.POINTS_IN.inc(len(record.values))
         await self._queue.put((record, ack))
+        self._accepted.append(time.time())  # no await since the put: stays in step with it
         observe.INGEST_QUEUE.set(self._queue.qsize())
 
     async def reject(self, tenant: str, chassis: str, reason: str, ack: Ack | None = None) -> None:
@@ -165,27 +230,177 @@ class Ingest:
         return Record(msg.tenant, msg.chassis, msg.msg_type, msg.ts, msg.kind, values)
 
     def depth(self) -> int:
+        """Records queued in memory, waiting for the writer."""
         return self._queue.qsize()
 
+    def oldest_unstored(self) -> float | None:
+        """When the oldest record not yet confirmed by the store was accepted (``time.time()``).
+
+        Queued, in the writer's hands, or in the journal; ``None`` when there is none.
+        The journal's records are older than the batch in hand, which is older than
+        the queue's.
+        """
+        if self.spill is not None and self.spill.oldest_ms is not None:
+            return self.spill.oldest_ms / 1000
+        if self._batch_since is not None:
+            return self._batch_since
+        return self._accepted[0] if self._accepted else None
+
+    def update_gauges(self) -> None:
+        """Set the ingest gauges of :mod:`livedata.observe` (also done after every batch)."""
+        observe.INGEST_QUEUE.set(self._queue.qsize())
+        oldest = self.oldest_unstored()
+        observe.UNSTORED_AGE.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
+        if self.spill is not None:
+            observe.SPILL_RECORDS.set(self.spill.records)
+            observe.SPILL_BYTES.set(self.spill.bytes)
+            observe.SPILL_MAX_BYTES.set(self.spill.max_bytes)
+
+    async def start(self) -> None:
+        """Open the spill journal, if any (the runtime does so before the roles run)."""
+        if self.spill is not None:
+            await self.spill.open()
+
+    async def close(self) -> None:
+        """Close the spill journal, if any; call once :meth:`run` has ended."""
+        if self.spill is not None:
+            await self.spill.close()
+
     async def run(self) -> None:
-        """Write queued records to the store, then the log, until cancelled."""
+        """Make queued records durable, append them to the log, acknowledge them;
+        with a journal, also drain it to the store.  Until cancelled."""
         with observe.log_context(role="ingest"):
+            if self.spill is None:
+                await self._writer()
+                return
+            await self.start()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._writer(), name="ingest-writer")
+                tasks.create_task(self._drainer(), name="ingest-drainer")
+
+    async def _writer(self) -> None:
+        try:
             while True:
                 batch = [await self._queue.get()]
-                self._drain(batch)
+                self._batch_since = self._accepted.popleft()
+                self._take(batch)
                 if len(batch) < self.batch_max and self.linger:
                     # the machines of one second arrive together: wait for the rest of them,
                     # one transaction per second instead of dozens (measured: 4x less CPU and
                     # disk per record in SQLite)
                     await asyncio.sleep(self.linger)
-                    self._drain(batch)
+                    self._take(batch)
                 observe.INGEST_QUEUE.set(self._queue.qsize())
                 records = [record for record, _ in batch]
-                await self._write(records)
+                if self.spill is None:
+                    await self._write(records)
+                else:
+                    await self._keep(records, self._batch_since)
+                self._batch_since = None
                 await self._append(records)
                 for _, ack in batch:
                     if ack is not None:
                         await self._ack(ack)
+                self.update_gauges()
+        finally:
+            self._batch_since = None
+            direct, self._direct = self._direct, None
+            if direct is not None:
+                direct.cancel()
+
+    def _take(self, batch: list[tuple[Record, Ack | None]]) -> None:
+        while len(batch) < self.batch_max and not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+            self._accepted.popleft()
+
+    @property
+    def spilling(self) -> bool:
+        """Whether batches go to the journal (it has rows, or a slow store write is pending)."""
+        return self.spill is not None and (self.spill.rows > 0 or self._direct is not None)
+
+    async def _keep(self, records: list[Record], accepted: float | None) -> None:
+        """Make ``records`` durable: in the store while it keeps up, else in the journal."""
+        assert self.spill is not None
+        delay = 1.0
+        while True:
+            if not self.spilling:
+                task = asyncio.create_task(self.store.write(records), name="ingest-store-write")
+                done, _ = await asyncio.wait({task}, timeout=self.spill_after)
+                if not done:
+                    self._direct = task
+                    log.warning(
+                        "store write of %d records has taken over %g s; spilling to %s",
+                        len(records),
+                        self.spill_after,
+                        self.spill.path,
+                    )
+                else:
+                    try:
+                        points = task.result()
+                    except StoreError as exc:
+                        observe.STORE_FAILURES.inc()
+                        log.error(
+                            "store write of %d records failed; spilling to %s: %s",
+                            len(records),
+                            self.spill.path,
+                            exc,
+                        )
+                    else:
+                        self._stored(records, points)
+                        return
+            try:
+                await self.spill.append(records, accepted)  # waits while the journal is full
+            except BackendError as exc:
+                observe.SPILL_FAILURES.inc()
+                log.error(
+                    "spilling %d records failed, retrying in %.0f s: %s", len(records), delay, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            self.spilled += len(records)
+            observe.SPILLED.inc(len(records))
+            return
+
+    async def _drainer(self) -> None:
+        """Copy the journal to the store, oldest first; delete only what the store confirmed."""
+        assert self.spill is not None
+        delay = 0.5
+        chunk: Chunk | None = None  # kept across retries: read and decoded once
+        while True:
+            await self.spill.wait_for_rows()
+            direct = self._direct  # set before its batch was journalled, so seen here
+            if direct is not None:  # a slow direct write: let it end first, to keep the order
+                await asyncio.wait({direct})
+                if not direct.cancelled() and isinstance(direct.exception(), StoreError):
+                    observe.STORE_FAILURES.inc()
+                self._direct = None
+            try:
+                if chunk is None:
+                    chunk = await self.spill.read(self.batch_max)
+                    if chunk is None:
+                        continue
+                points = await self.store.write(chunk.records)
+                await self.spill.delete_through(chunk.last_id)
+            except BackendError as exc:
+                if isinstance(exc, StoreError):
+                    observe.STORE_FAILURES.inc()
+                log.error(  # the text only: a kept exception would keep the chunk alive
+                    "draining the spill journal (%d records) failed, retrying in %.1f s: %s",
+                    self.spill.records,
+                    delay,
+                    str(exc),
+                )
+                self.update_gauges()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.drain_retry_max)
+                continue
+            if delay > 0.5:
+                log.info("the store takes writes again; %d records to drain", self.spill.records)
+            delay = 0.5
+            self._stored(chunk.records, points)
+            chunk = None
+            self.update_gauges()
 
     async def _ack(self, ack: Ack) -> None:
         try:
@@ -200,6 +415,7 @@ class Ingest:
                 await self.log.append(records)
                 return
             except BusError as exc:
+                observe.LOG_FAILURES.inc()
                 log.error(
                     "log append of %d records failed, retrying in %.0f s: %s",
                     len(records),
@@ -209,11 +425,8 @@ class Ingest:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    def _drain(self, batch: list[tuple[Record, Ack | None]]) -> None:
-        while len(batch) < self.batch_max and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-
     async def _write(self, batch: list[Record]) -> None:
+        """Without a journal: write to the store, retrying until it takes the batch."""
         delay = 1.0
         while True:
             try:
@@ -229,6 +442,9 @@ class Ingest:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+        self._stored(batch, points)
+
+    def _stored(self, batch: list[Record], points: int) -> None:
         now = time.time()
         observe.STORE_BATCHES.inc()
         observe.STORE_POINTS.inc(points)

@@ -1,0 +1,81 @@
+"""Fault injection for the backpressure tests: a real store that fails or stalls on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from livedata.errors import StoreError
+from livedata.model import Record
+from livedata.store.base import Series, Store
+
+
+class FlakyStore(Store):
+    """Wraps a real store: while ``down`` every call raises StoreError; while ``gate`` is
+    clear, writes wait for it (a stalled store)."""
+
+    def __init__(self, inner: Store, *, down: bool = False) -> None:
+        super().__init__(inner.url)
+        self.inner = inner
+        self.down = down
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.failures = 0
+        self.started = 0
+        """Writes begun (past the outage check), finished or not."""
+        self.writes = 0
+
+    def _check(self) -> None:
+        if self.down:
+            self.failures += 1
+            raise StoreError(f"{self.url}: injected outage")
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def write(self, records: Sequence[Record]) -> int:
+        self._check()
+        self.started += 1
+        await self.gate.wait()
+        self._check()
+        self.writes += 1
+        return await self.inner.write(records)
+
+    async def query(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        limit: int = 100_000,
+    ) -> Series:
+        self._check()
+        return await self.inner.query(tenant, chassis, msg_type, fields, start_ms, end_ms, limit)
+
+    async def downsample(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        fields: Sequence[str],
+        start_ms: int,
+        end_ms: int,
+        buckets: int,
+    ) -> Series:
+        self._check()
+        return await self.inner.downsample(
+            tenant, chassis, msg_type, fields, start_ms, end_ms, buckets
+        )
+
+    async def delete_before(self, ts_ms: int) -> int:
+        self._check()
+        return await self.inner.delete_before(ts_ms)
+
+    async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
+        self._check()
+        return await self.inner.latest_ts(tenant, chassis, msg_type)
