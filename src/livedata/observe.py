@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -34,7 +35,13 @@ def log_context(role: str | None = None, machine: str | None = None) -> Iterator
             var.reset(token)
 
 
-class _Formatter(logging.Formatter):
+_QUERY_SECRET = re.compile(r"(access_token=)[^&\s\"']+")
+
+
+class LogFormatter(logging.Formatter):
+    """One line per record with role and machine; a query-string ``access_token`` (which
+    uvicorn logs with every WebSocket it accepts) is replaced by ``***``."""
+
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         line = (
@@ -43,12 +50,12 @@ class _Formatter(logging.Formatter):
         )
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return _QUERY_SECRET.sub(r"\1***", line)
 
 
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
+    handler.setFormatter(LogFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -1,0 +1,30 @@
+"""Log lines: role and machine context, and no secrets from query strings."""
+
+from __future__ import annotations
+
+import logging
+
+from livedata.observe import LogFormatter, log_context
+
+
+def _line(message: str, *args: object) -> str:
+    record = logging.LogRecord("uvicorn.error", logging.INFO, __file__, 1, message, args, None)
+    return LogFormatter().format(record)
+
+
+def test_access_tokens_in_logged_urls_are_masked() -> None:
+    """A WebSocket URL logged with ?access_token=… shows *** instead of the token."""
+    line = _line(
+        '%s - "WebSocket %s" [accepted]',
+        "127.0.0.1:5000",
+        "/api/resources/demo/_common/datasets/WL-0001/live?access_token=1.2.abcdef&msgType=x",
+    )
+    assert "abcdef" not in line
+    assert "access_token=***&msgType=x" in line
+
+
+def test_lines_carry_role_and_machine() -> None:
+    """A record logged inside log_context names the role and the machine."""
+    with log_context(role="ingest", machine="WL-0001"):
+        line = _line("stored %d records", 5)
+    assert "INFO role=ingest machine=WL-0001 uvicorn.error: stored 5 records" in line
