@@ -126,7 +126,11 @@ class Proc:
             cmd,
             stdout=self._out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "LIVEDATA_ADMIN_TOKEN": bench_live.BENCH_TOKEN,
+            },
             start_new_session=True,  # Ctrl-C reaches only this script, which stops it in order
         )
         self.ps = psutil.Process(self.proc.pid)
@@ -217,7 +221,8 @@ class Metrics:
 def scrape(url: str) -> Metrics:
     import urllib.request
 
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+    request = urllib.request.Request(url + "/metrics", headers=bench_live.AUTH)
+    with urllib.request.urlopen(request, timeout=10) as response:
         text = response.read().decode()
     out = Metrics()
     for line in text.splitlines():

@@ -47,6 +47,7 @@ import asyncio
 import dataclasses
 import logging
 import resource
+import sys
 import tempfile
 import time
 import uuid
@@ -54,12 +55,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+# the fault-injecting store wrapper of the tests (tests.pipeline.faults)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import psutil
 
 from livedata.bus.memory import MemoryLog
 from livedata.catalog import Catalog
 from livedata.decode.can import CanDecoder
-from livedata.errors import StoreError
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, MsgType, Record
 from livedata.pipeline.ingest import Ingest
@@ -67,9 +70,10 @@ from livedata.pipeline.spill import SpillJournal
 from livedata.settings import Settings
 from livedata.sim.demo import DBC_PATH, DEFAULT_GROUPS, MODEL, ORG
 from livedata.sim.fleet import Fleet, default_chassis_ids
-from livedata.store.base import Series, Store
+from livedata.store.base import Store
 from livedata.store.memory import MemoryStore
 from livedata.store.sqlite import SQLiteStore
+from tests.pipeline.faults import FlakyStore
 
 WARMUP_SECONDS = 2
 """Simulated seconds pushed before timing starts (catalog loads, series interning)."""
@@ -285,58 +289,6 @@ async def bench_catalog(tmp: Path, dbc_text: str, counts: Sequence[int]) -> list
     return lines
 
 
-class DownStore(Store):
-    """A real store whose writes raise :class:`StoreError` while ``down`` (the outage)."""
-
-    def __init__(self, inner: Store) -> None:
-        super().__init__(inner.url)
-        self.inner = inner
-        self.down = False
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def write(self, records: Sequence[Record]) -> int:
-        if self.down:
-            raise StoreError("bench: store down")
-        return await self.inner.write(records)
-
-    async def query(
-        self,
-        tenant: str,
-        chassis: str,
-        msg_type: str,
-        fields: Sequence[str],
-        start_ms: int,
-        end_ms: int,
-        limit: int = 100_000,
-    ) -> Series:
-        return await self.inner.query(tenant, chassis, msg_type, fields, start_ms, end_ms, limit)
-
-    async def downsample(
-        self,
-        tenant: str,
-        chassis: str,
-        msg_type: str,
-        fields: Sequence[str],
-        start_ms: int,
-        end_ms: int,
-        buckets: int,
-    ) -> Series:
-        return await self.inner.downsample(
-            tenant, chassis, msg_type, fields, start_ms, end_ms, buckets
-        )
-
-    async def delete_before(self, ts_ms: int) -> int:
-        return await self.inner.delete_before(ts_ms)
-
-    async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
-        return await self.inner.latest_ts(tenant, chassis, msg_type)
-
-
 @dataclass
 class OutageResult:
     label: str
@@ -386,7 +338,7 @@ async def run_outage(
     """Push ``source`` for ``seconds`` with the store up or down; then bring it up and drain."""
     defaults = Settings()
     name = uuid.uuid4().hex[:8]
-    store = DownStore(SQLiteStore(f"sqlite:///{tmp / f'outage-{name}.db'}"))
+    store = FlakyStore(SQLiteStore(f"sqlite:///{tmp / f'outage-{name}.db'}"))
     log = MemoryLog(f"memory://bench-{name}")
     spill = SpillJournal(tmp / f"spill-{name}", spill_max_bytes)
     await store.start()

@@ -45,7 +45,7 @@ import time
 import urllib.request
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -57,6 +57,9 @@ import websockets
 
 BENCH = Path(__file__).resolve().parent
 ORG = "demo"
+BENCH_TOKEN = "ld_bench_admin_token_loopback_only_000000"
+"""The admin API token the bench's servers are started with (``LIVEDATA_ADMIN_TOKEN``)."""
+AUTH = {"Authorization": f"Bearer {BENCH_TOKEN}"}
 MSG_TYPE = "vehicle_can"
 FIELD_LISTS = (
     ("speed", "engine_rpm", "brake_status"),  # the demo's "Drive" group
@@ -144,6 +147,7 @@ class ClientWorker:
         try:
             async with websockets.connect(
                 url,
+                additional_headers=AUTH,
                 compression=self.compression,
                 open_timeout=CONNECT_TIMEOUT_S,
                 ping_interval=None,
@@ -180,17 +184,20 @@ def worker_main(conn: Connection, ws_base: str, compression: str | None) -> None
     asyncio.run(ClientWorker(conn, ws_base, compression).run())
 
 
-class Clients:
-    """The worker processes, seen from the parent."""
+class WorkerProcs:
+    """Client worker processes driven over pipes, seen from the parent.
 
-    def __init__(self, procs: int, ws_base: str, compression: str | None) -> None:
+    One process per entry of ``args``, running ``target(conn, *entry)``; each answers
+    every ``(command, arg)`` sent over ``conn`` and ends on ``("quit", None)``.
+    """
+
+    def __init__(self, target: Callable[..., None], args: list[tuple[Any, ...]]) -> None:
         ctx = mp.get_context("spawn")
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
-        self.count = 0
-        for _ in range(procs):
+        for entry in args:
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, args=(child, ws_base, compression), daemon=True)
+            proc = ctx.Process(target=target, args=(child, *entry), daemon=True)
             proc.start()
             child.close()
             self.conns.append(parent)
@@ -206,6 +213,34 @@ class Clients:
                 raise TimeoutError(f"client worker did not answer {command!r} in {timeout:.0f} s")
             replies.append(conn.recv())
         return replies
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.ps:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(("quit", None))
+        for proc in self.procs:
+            proc.join(15)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        for conn in self.conns:
+            conn.close()
+
+
+class Clients(WorkerProcs):
+    """The live clients' worker processes, seen from the parent."""
+
+    def __init__(self, procs: int, ws_base: str, compression: str | None) -> None:
+        super().__init__(worker_main, [(ws_base, compression)] * procs)
+        self.count = 0
 
     def connect(self, specs: list[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
         share = [specs[i :: len(self.conns)] for i in range(len(self.conns))]
@@ -233,50 +268,36 @@ class Clients:
         merged["latencies"] = latencies
         return merged
 
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self.ps:
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
-
-    def close(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.send(("quit", None))
-        for proc in self.procs:
-            proc.join(15)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-        for conn in self.conns:
-            conn.close()
-
 
 # -- server side ---------------------------------------------------------------------------
 
 
-class Server:
-    """The demo server as a subprocess, with its output in ``tmp``."""
+class ServerProcess:
+    """A server started by ``cmd`` (it prints ``open URL``), its output in ``tmp``.
 
-    def __init__(self, rate: float, machines: int, tmp: Path, loop: str) -> None:
-        data = tmp / "data"
-        common = ["--port", "0", "--data-dir", str(data), "--machines", str(machines)]
-        if rate == 1 and loop == "asyncio":
-            cmd = [sys.executable, "-m", "livedata", "demo", *common, "--log-level", "warning"]
-        else:
-            script = BENCH / "_server10hz.py"
-            cmd = [sys.executable, str(script), *common, "--period", str(1 / rate), "--loop", loop]
+    ``get`` sends ``headers`` with every request and waits ``timeout`` seconds at most.
+    """
+
+    def __init__(
+        self,
+        cmd: list[str],
+        tmp: Path,
+        *,
+        env: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10,
+    ) -> None:
         self.cmd = cmd
+        self.headers = headers or {}
+        self.timeout = timeout
         self.out_path = tmp / "server.out"
         self._out = self.out_path.open("w")
         self.proc = subprocess.Popen(
-            cmd, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         self.ps = psutil.Process(self.proc.pid)
         self.url = self._wait_url()
-        self.ws_base = self.url.replace("http://", "ws://", 1).replace("localhost", "127.0.0.1")
+        self.ws_base = self.url.replace("http://", "ws://", 1)
 
     def _wait_url(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -289,11 +310,12 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError(f"server did not start; its output:\n{self.tail()}")
 
-    def tail(self) -> str:
-        return "\n".join(self.out_path.read_text().splitlines()[-30:])
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.out_path.read_text().splitlines()[-lines:])
 
     def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
+        request = urllib.request.Request(self.url + path, headers=self.headers)
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:
             body: bytes = response.read()
             return body
 
@@ -308,20 +330,14 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError("server did not settle (ingest queue never empty)")
 
-    def counters(self) -> dict[str, float]:
-        """Counters of the server's /metrics (labelled series summed)."""
+    def metrics(self, names: tuple[str, ...]) -> dict[str, float]:
+        """The server's /metrics ``livedata_NAME`` for each name (labelled series summed)."""
         text = self.get("/metrics").decode()
         out = {}
-        for name in ("deliveries", "drops", "published", "records_in", "store_batches"):
-            values = re.findall(
-                rf"^livedata_{name}_total(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE
-            )
+        for name in names:
+            values = re.findall(rf"^livedata_{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
             out[name] = sum(float(v) for v in values) if values else float("nan")
         return out
-
-    def io_write_bytes(self) -> int:
-        """Bytes the server passed to write() calls (SQLite WAL and database, sockets excluded)."""
-        return int(self.ps.io_counters().write_chars)
 
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()
@@ -336,6 +352,31 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(5)
         self._out.close()
+
+
+class Server(ServerProcess):
+    """The demo server as a subprocess, with its output in ``tmp``."""
+
+    def __init__(self, rate: float, machines: int, tmp: Path, loop: str) -> None:
+        data = tmp / "data"
+        common = ["--port", "0", "--data-dir", str(data), "--machines", str(machines)]
+        if rate == 1 and loop == "asyncio":
+            cmd = [sys.executable, "-m", "livedata", "demo", *common, "--log-level", "warning"]
+        else:
+            script = BENCH / "_server10hz.py"
+            cmd = [sys.executable, str(script), *common, "--period", str(1 / rate), "--loop", loop]
+        env = {**os.environ, "LIVEDATA_ADMIN_TOKEN": BENCH_TOKEN}
+        super().__init__(cmd, tmp, env=env, headers=AUTH)
+
+    def counters(self) -> dict[str, float]:
+        """Counters of the server's /metrics (labelled series summed)."""
+        names = ("deliveries", "drops", "published", "records_in", "store_batches")
+        totals = self.metrics(tuple(f"{name}_total" for name in names))
+        return {name: totals[f"{name}_total"] for name in names}
+
+    def io_write_bytes(self) -> int:
+        """Bytes the server passed to write() calls (SQLite WAL and database, sockets excluded)."""
+        return int(self.ps.io_counters().write_chars)
 
 
 # -- measurement -----------------------------------------------------------------------------
@@ -632,8 +673,8 @@ def specs(
 
 
 @contextlib.contextmanager
-def temp_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="livedata-bench-live-") as tmp:
+def temp_dir(prefix: str = "livedata-bench-live-") -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         yield Path(tmp)
 
 

@@ -41,20 +41,15 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import multiprocessing as mp
 import os
-import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from array import array
-from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -64,10 +59,11 @@ import orjson
 import psutil
 import websockets
 
+from bench_live import ServerProcess, WorkerProcs, mib, percentile, temp_dir
+
 ORG = "demo"
 MSG_TYPE = "vehicle_can"
 FIELDS = ("speed", "engine_rpm", "brake_status")  # the demo's "Drive" group
-START_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 90.0
 
 
@@ -182,36 +178,18 @@ def worker_main(
     asyncio.run(Worker(conn, ws_base, headers, deflate).run(specs))
 
 
-class Clients:
-    """The worker processes, seen from the parent."""
+class Clients(WorkerProcs):
+    """The healthy clients' worker processes, seen from the parent."""
 
     def __init__(
         self, procs: int, ws_base: str, headers: dict[str, str], deflate: bool, specs: list[str]
     ) -> None:
-        ctx = mp.get_context("spawn")
-        self.conns: list[Connection] = []
-        self.procs: list[Any] = []
-        for i in range(procs):
-            parent, child = ctx.Pipe()
-            share = specs[i::procs]
-            proc = ctx.Process(
-                target=worker_main, args=(child, ws_base, headers, deflate, share), daemon=True
-            )
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-        self.ps = [psutil.Process(p.pid) for p in self.procs]
+        super().__init__(
+            worker_main, [(ws_base, headers, deflate, specs[i::procs]) for i in range(procs)]
+        )
 
     def call(self, command: str, arg: Any = None, timeout: float = 60) -> list[Any]:
-        for conn in self.conns:
-            conn.send((command, arg))
-        replies = []
-        for conn in self.conns:
-            if not conn.poll(timeout):
-                raise TimeoutError(f"client worker did not answer {command!r} in {timeout:.0f} s")
-            replies.append(conn.recv())
-        return replies
+        return self._call(command, [arg] * len(self.conns), timeout)
 
     def wait_ready(self, total: int) -> tuple[int, int, float]:
         """Wait until every client got its first message or failed: (ready, retries, seconds)."""
@@ -243,26 +221,6 @@ class Clients:
                 for k, v in bucket.items():
                     into[k] += v
         return {k: sorted(v) for k, v in latencies.items()}, counts
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self.ps:
-            with contextlib.suppress(psutil.Error):
-                t = p.cpu_times()
-                total += t.user + t.system
-        return total
-
-    def close(self) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.send(("quit", None))
-        for proc in self.procs:
-            proc.join(15)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-        for conn in self.conns:
-            conn.close()
 
 
 # -- the stuck client -----------------------------------------------------------------------
@@ -342,7 +300,7 @@ def send_q(server_port: int, client_port: int) -> int | None:
 # -- the server -----------------------------------------------------------------------------
 
 
-class Server:
+class Server(ServerProcess):
     """``livedata demo`` as a subprocess, its output in ``tmp``."""
 
     def __init__(
@@ -374,92 +332,26 @@ class Server:
             "LIVEDATA_LIVE_PER_USER": "2000",
             "PYTHONUNBUFFERED": "1",
         }
-        self.token = token
-        self.out_path = tmp / "server.out"
-        self._out = self.out_path.open("w")
-        self.proc = subprocess.Popen(
-            cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        self.ps = psutil.Process(self.proc.pid)
-        self.url = self._wait_url()
+        headers = {"Authorization": f"Bearer {token}"}
+        super().__init__(cmd, tmp, env=env, headers=headers, timeout=30)
         self.port = urlsplit(self.url).port or 80
-        self.ws_base = self.url.replace("http://", "ws://", 1)
-
-    def _wait_url(self) -> str:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            match = re.search(r"open (http://\S+)", self.out_path.read_text())
-            if match:
-                return match.group(1).replace("localhost", "127.0.0.1")
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"server did not start; its output:\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.out_path.read_text().splitlines()[-lines:])
-
-    def get(self, path: str) -> bytes:
-        request = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body: bytes = response.read()
-            return body
-
-    def wait_settled(self) -> float:
-        started = time.monotonic()
-        while time.monotonic() - started < START_TIMEOUT_S:
-            with contextlib.suppress(OSError, ValueError):
-                health = orjson.loads(self.get("/healthz"))
-                if health.get("ok") and health.get("ingestQueue") == 0:
-                    return time.monotonic() - started
-            time.sleep(0.5)
-        raise RuntimeError("server did not settle (ingest queue never empty)")
 
     def counters(self) -> dict[str, float]:
-        text = self.get("/metrics").decode()
-        out = {}
-        for name in (
-            "stalled_clients_total",
-            "drops_total",
-            "deliveries_total",
-            "ws_connections",
-            "published_total",
-        ):
-            values = re.findall(rf"^livedata_{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE)
-            out[name] = sum(float(v) for v in values) if values else float("nan")
-        return out
+        return self.metrics(
+            (
+                "stalled_clients_total",
+                "drops_total",
+                "deliveries_total",
+                "ws_connections",
+                "published_total",
+            )
+        )
 
     def rss(self) -> int:
         return int(self.ps.memory_info().rss)
 
-    def cpu_seconds(self) -> float:
-        t = self.ps.cpu_times()
-        return t.user + t.system
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._out.close()
-
 
 # -- measurement ----------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-def mib(n: float) -> str:
-    return f"{n / 2**20:.0f} MiB"
 
 
 class Sampler:
@@ -491,12 +383,6 @@ class Sampler:
             time.sleep(max(0.0, min(1.0, end - time.monotonic())))
 
 
-@contextlib.contextmanager
-def temp_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="livedata-bench-slow-") as tmp:
-        yield Path(tmp)
-
-
 def run(args: argparse.Namespace) -> None:
     token = "ld_bench_" + secrets.token_urlsafe(24)
     print(
@@ -508,7 +394,7 @@ def run(args: argparse.Namespace) -> None:
         f"{os.getloadavg()[0]:.1f}"
     )
     t_start = time.monotonic()
-    with temp_dir() as tmp:
+    with temp_dir("livedata-bench-slow-") as tmp:
         server = Server(tmp, args.machines, args.period, args.stall, args.history, token)
         clients: Clients | None = None
         stuck: StuckClient | None = None

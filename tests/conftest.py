@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -96,3 +97,22 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_demo(tmp_path_factory.mktemp("demo"), "--machines", "3")
     yield server
     stop(server)
+
+
+@pytest.fixture
+def plain_logging() -> Iterator[None]:
+    """No root log handler while a ``livedata`` command runs in-process (modules that run
+    one: ``pytestmark = pytest.mark.usefixtures("plain_logging")``).
+
+    An earlier in-process ``livedata demo``/``serve`` test may have left one writing to
+    a capture stream that is closed by now (``setup_logging``).
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    root.handlers[:] = []
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,6 +22,8 @@ from livedata.metadata import Metadata
 from livedata.metadata.accounts import Accounts
 
 T = TypeVar("T")
+
+pytestmark = pytest.mark.usefixtures("plain_logging")
 
 
 def db(data_dir: Path, work: Callable[[Metadata, Accounts], Awaitable[T]]) -> T:
@@ -70,24 +71,6 @@ def value(out: str, label: str) -> str:
     """The value of the ``label: value`` line of ``out``."""
     prefix = label + ": "
     return next(x for x in out.splitlines() if x.startswith(prefix)).removeprefix(prefix)
-
-
-@pytest.fixture(autouse=True)
-def plain_logging() -> Iterator[None]:
-    """No root log handler while the command runs in-process.
-
-    An earlier in-process ``livedata demo``/``serve`` test may have left one writing to
-    a capture stream that is closed by now (``setup_logging``).
-    """
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    root.handlers[:] = []
-    root.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ past, so they are stored but never pushed to other tests' live clients.
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from collections.abc import Iterator
 
@@ -17,6 +16,8 @@ import pytest
 
 from livedata.cli.main import main
 from tests.conftest import Server
+
+pytestmark = pytest.mark.usefixtures("plain_logging")
 
 _offsets = itertools.count()
 
@@ -28,24 +29,6 @@ def past_ts() -> int:
 
 def body(ts: int, value: float) -> dict[str, object]:
     return {"v": 1, "ts": ts, "kind": "backfill", "values": {"auth_probe": value}}
-
-
-@pytest.fixture(autouse=True)
-def plain_logging() -> Iterator[None]:
-    """No root log handler while the command runs in-process.
-
-    An earlier in-process ``livedata demo``/``serve`` test may have left one writing to
-    a capture stream that is closed by now (``setup_logging``).
-    """
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    root.handlers[:] = []
-    root.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,7 @@ from urllib.parse import quote
 
 from livedata.auth import credentials as cred
 from livedata.auth import mosquitto
+from livedata.cli.simulate import read_secrets
 from livedata.cli.users import actor, db_flags, read_secret_stdin, with_metadata
 from livedata.errors import ConfigError, InputError
 from livedata.metadata import Metadata
@@ -133,7 +134,9 @@ def run_secret(args: argparse.Namespace) -> int:
     for chassis in args.chassis:
         if not valid_id(chassis):
             raise InputError(f"{chassis!r} is not a valid machine id")
-    existing = _read_secrets(args.out) if args.out is not None else {}
+    existing = (
+        read_secrets(args.out, name=str(args.out), missing_ok=True) if args.out is not None else {}
+    )
 
     async def work(meta: Metadata) -> dict[str, str]:
         await meta.require_org(args.org)
@@ -166,21 +169,6 @@ def run_secret(args: argparse.Namespace) -> int:
         )
     print("regenerate the broker files: livedata devices mqtt-config --passwd … --acl …")
     return 0
-
-
-def _read_secrets(path: Path) -> dict[str, str]:
-    """The secrets already in ``path`` (none when it does not exist)."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-    ):
-        raise ConfigError(f"{path} is not a JSON object of chassis → secret")
-    return data
 
 
 # broker files --------------------------------------------------------------------------------

@@ -129,16 +129,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_secrets(path: Path) -> dict[str, str]:
-    """The JSON object ``{chassis: secret}`` in ``path``; :class:`ConfigError` if it is not one."""
+def read_secrets(
+    path: Path, *, name: str | None = None, missing_ok: bool = False
+) -> dict[str, str]:
+    """The JSON object ``{chassis: secret}`` in ``path``; :class:`ConfigError` if it is not one.
+
+    ``name`` is what errors call the file (default ``--secrets PATH``); with ``missing_ok``
+    a file that does not exist is ``{}`` (``livedata devices secret --out`` merges into it).
+    """
+    name = f"--secrets {path}" if name is None else name
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read --secrets {path}: {exc}") from None
+        if missing_ok and isinstance(exc, FileNotFoundError):
+            return {}
+        raise ConfigError(f"cannot read {name}: {exc}") from None
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):
-        raise ConfigError(f"--secrets {path} is not a JSON object of chassis → secret")
+        raise ConfigError(f"{name} is not a JSON object of chassis → secret")
     return data
 
 

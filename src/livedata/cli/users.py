@@ -118,6 +118,14 @@ def new_password() -> str:
     return secrets.token_urlsafe(12)
 
 
+def _add_password_stdin(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input (else a random one)",
+    )
+
+
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "users",
@@ -147,11 +155,7 @@ def add_parser(sub: Any) -> None:
     create.add_argument(
         "--role", required=True, choices=[r.name for r in Role], help="viewer, operator or admin"
     )
-    create.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from the first line of standard input (else a random one)",
-    )
+    _add_password_stdin(create)
     create.add_argument(
         "--create-org", action="store_true", help="create organisation ORG if it does not exist"
     )
@@ -169,11 +173,7 @@ def add_parser(sub: Any) -> None:
         ),
     )
     passwd.add_argument("username", metavar="USERNAME")
-    passwd.add_argument(
-        "--password-stdin",
-        action="store_true",
-        help="read the password from the first line of standard input (else a random one)",
-    )
+    _add_password_stdin(passwd)
     passwd.set_defaults(run=run_passwd)
 
     listing = actions.add_parser(
