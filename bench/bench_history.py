@@ -1,32 +1,41 @@
-"""Downsampled history over 7 days of 1 Hz data for 10 fields, through the real history API.
+"""Downsampled history over 7 days of 1 Hz data for 10 fields: rollups against raw rows.
 
-For each store backend (SQLite always; ClickHouse and PostgreSQL from ``tests/servers``
-with ``--backends sqlite,clickhouse,postgres``) this script
+For each store backend (``--backends``, default ``sqlite,clickhouse,postgres``; the
+ClickHouse and PostgreSQL servers are started as ``tests/servers`` starts them) this
+script
 
 1. starts ``livedata demo`` (1 machine) on that store, with retention of 8 days,
-2. writes ``--days`` (7) days of 1 Hz ``client_raw_data`` for 10 fields ``f0..f9`` of
-   the demo machine straight into the store, ending now, with 20 planted spikes
-   (+1,000 and -1,000 on a smooth signal between -100 and 100),
-3. asks the history API, ``--repeat`` times each (medians):
+2. bulk-writes ``--days`` (7) days of 1 Hz ``client_raw_data`` for 10 fields ``f0..f9``
+   of the demo machine straight into the store, ending now, in batches of an hour,
+   with 20 planted spikes (+1,000 and -1,000 on a smooth signal between -100 and 100)
+   -- timed, rollups included,
+3. asks the history API ``--repeat`` (20) times each, p50 and p99:
 
-   * **7 d, maxPoints=2000** (what the page's 7 d range asks for),
-   * **1 h raw** (the baseline: raw query, no maxPoints),
-   * **7 d raw** once (capped by the API at the newest 100,000 points per field),
+   * **7 d, maxPoints=2000** (what the page's 7 d range asks for: 1-minute rollups),
+   * **24 h, maxPoints=2000** (10-second rollups),
+   * **1 h, maxPoints=2000** (buckets under 8 s: raw rows),
 
    and prints response time, payload size and points, and whether every planted
-   spike is in the downsampled answer.
+   spike is in the 7 d answer,
+4. in this process, on the same data, runs the store's 7 d downsampling
+   (``Store.downsample``, 1,000 buckets) through the rollups and through raw rows
+   (``store.rollups = False``: the computation as it was before rollups, the
+   baseline), ``--raw-repeat`` (2) times, and checks that both give the same
+   minimum and maximum in every bucket and every global extreme.
 
-Bounded in time (the write is the longest part: about 6 M points), and every process
-and temporary directory is removed at the end, also on Ctrl-C.
+Bounded in time: about 1 minute per backend here (the raw-row baseline is the
+longest part on SQLite; a raw run that takes longer than 20 s is not repeated).
+Every process and temporary directory is removed at the end, also on Ctrl-C.
 
-    python bench/bench_history.py                          # SQLite, 7 days
-    python bench/bench_history.py --backends sqlite,clickhouse,postgres
+    python bench/bench_history.py                      # all three backends
+    python bench/bench_history.py --backends sqlite --days 1
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import shutil
 import statistics
@@ -40,13 +49,17 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from livedata.model import Kind, Record
-from livedata.store import open_store
+from livedata.errors import StoreError
+from livedata.model import Kind, Record, Value
+from livedata.store import Store, open_store
+from livedata.store.base import Series, bucket_grid
 from tests.conftest import start_demo, stop
 
 FIELDS = [f"f{i}" for i in range(10)]
 SPIKES = 20
 BATCH_SECONDS = 3_600
+MAX_POINTS = 2_000
+SLOW_RAW_S = 20.0
 
 
 def values_at(second: int, spikes: dict[int, float]) -> dict[str, float | int | str]:
@@ -85,6 +98,14 @@ async def fill(
     return time.perf_counter() - began
 
 
+def p50_p99(times: list[float]) -> tuple[float, float]:
+    """Median and 99th percentile in ms (the largest time when there are few)."""
+    if len(times) < 2:
+        return times[0] * 1000, times[0] * 1000
+    cuts = statistics.quantiles(times, n=100, method="inclusive")
+    return cuts[49] * 1000, cuts[98] * 1000
+
+
 def measure(client: httpx.Client, path: str, params: dict[str, Any], repeat: int) -> dict[str, Any]:
     times, body, size = [], None, 0
     for _ in range(repeat):
@@ -96,10 +117,54 @@ def measure(client: httpx.Client, path: str, params: dict[str, Any], repeat: int
         body = response.json()
     assert body is not None
     points = sum(len(p) for p in body["series"].values())
-    return {"ms": statistics.median(times) * 1000, "bytes": size, "points": points, "body": body}
+    p50, p99 = p50_p99(times)
+    return {"p50": p50, "p99": p99, "bytes": size, "points": points, "body": body}
 
 
-def run_backend(name: str, url: str | None, work: Path, days: float, repeat: int) -> None:
+def per_bucket(series: Series, start: int, end: int, buckets: int) -> dict[Any, tuple[Value, ...]]:
+    """(field, bucket) -> (min, max) of a downsampled answer: what two answers must share."""
+    grid = bucket_grid(start, end, buckets)
+    found: dict[Any, list[Value]] = {}
+    for name, points in series.items():
+        for ts, value in points:
+            found.setdefault((name, grid.bucket(ts)), []).append(value)
+    return {key: (min(v), max(v)) for key, v in found.items()}  # type: ignore[type-var]
+
+
+async def store_paths(url: str, chassis: str, start: int, end: int, repeat: int) -> dict[str, Any]:
+    """The store's 7 d downsampling through rollups and through raw rows, in this process."""
+    buckets = MAX_POINTS // 2
+    out: dict[str, Any] = {}
+    for label, rollups, runs in (("rollups", True, 10), ("raw rows", False, repeat)):
+        store: Store = open_store(url)
+        store.rollups = rollups  # type: ignore[attr-defined]
+        await store.start()
+        times: list[float] = []
+        answer: Series = {}
+        try:
+            for _ in range(runs):
+                began = time.perf_counter()
+                try:
+                    answer = await store.downsample(
+                        "demo", chassis, "client_raw_data", FIELDS, start, end, buckets
+                    )
+                except StoreError as exc:
+                    out[label] = {"error": f"{exc} (after {time.perf_counter() - began:.0f} s)"}
+                    break
+                times.append(time.perf_counter() - began)
+                if times[-1] > SLOW_RAW_S:
+                    break
+        finally:
+            await store.close()
+        if times:
+            p50, p99 = p50_p99(times)
+            out[label] = {"p50": p50, "p99": p99, "runs": len(times), "answer": answer}
+    return out
+
+
+def run_backend(
+    name: str, url: str | None, work: Path, days: float, repeat: int, raw_repeat: int
+) -> None:
     data_dir = work / name
     args = ["--machines", "1", "--retention-days", "8"]
     if url is not None:
@@ -114,63 +179,93 @@ def run_backend(name: str, url: str | None, work: Path, days: float, repeat: int
         spikes = {step * (k + 1) + 17: (1000.0 if k % 2 else -1000.0) for k in range(SPIKES)}
         store_url = url or f"sqlite:///{data_dir}/telemetry.db"
         wrote = asyncio.run(fill(store_url, chassis, start_ms, seconds, spikes))
-        print(f"\n== {name}: {seconds * len(FIELDS):,} points written in {wrote:.1f} s")
+        points = seconds * len(FIELDS)
+        print(
+            f"\n== {name}: {points:,} points written in {wrote:.1f} s"
+            f" ({points / wrote:,.0f} points/s, batches of {BATCH_SECONDS:,} records)",
+            flush=True,
+        )
         path = f"/api/resources/demo/_common/datasets/{chassis}/history"
         common = {"msgType": "client_raw_data", "fields": ",".join(FIELDS)}
-        with httpx.Client(base_url=server.url, timeout=300) as client:
-            long = {**common, "from": start_ms, "to": end_ms}
-            measure(client, path, {**long, "maxPoints": 2000}, 1)  # warm the caches
-            down = measure(client, path, {**long, "maxPoints": 2000}, repeat)
-            hour = {**common, "from": end_ms - 3_600_000, "to": end_ms}
-            raw_hour = measure(client, path, hour, repeat)
-            raw_week = measure(client, path, long, 1)
+        http: dict[str, dict[str, Any]] = {}
+        with httpx.Client(base_url=server.url, timeout=300, headers=server.headers) as client:
+            for label, span in (("7 d", seconds * 1000), ("24 h", 86_400_000), ("1 h", 3_600_000)):
+                params = {**common, "from": end_ms - span + 1000, "to": end_ms}
+                params["maxPoints"] = MAX_POINTS
+                measure(client, path, params, 1)  # warm the caches
+                http[label] = measure(client, path, params, repeat)
+        down = http["7 d"]
         kept = 0
         for second, value in spikes.items():
             field = FIELDS[second % len(FIELDS)]
             kept += [start_ms + second * 1000, value] in down["body"]["series"][field]
         per_field = max(len(p) for p in down["body"]["series"].values())
-        print(f"{'request':34} {'median ms':>10} {'bytes':>12} {'points':>10}")
-        for label, m in (
-            (f"{days:g} d, maxPoints=2000", down),
-            ("1 h raw (baseline)", raw_hour),
-            (f"{days:g} d raw (API cap 100k/field)", raw_week),
-        ):
-            print(f"{label:34} {m['ms']:10.1f} {m['bytes']:12,} {m['points']:10,}")
         print(
-            f"downsampled={down['body']['downsampled']}, at most {per_field} points per field; "
-            f"spikes kept: {kept}/{len(spikes)}"
+            f"{'history API, maxPoints=2000':34} {'p50 ms':>9} {'p99 ms':>9} {'bytes':>11} {'points':>8}"
         )
+        for label, m in http.items():
+            print(f"{label:34} {m['p50']:9.1f} {m['p99']:9.1f} {m['bytes']:11,} {m['points']:8,}")
+        print(
+            f"7 d: downsampled={down['body']['downsampled']}, at most {per_field} points per"
+            f" field; spikes kept: {kept}/{len(spikes)}"
+        )
+        paths = asyncio.run(store_paths(store_url, chassis, start_ms, end_ms, raw_repeat))
+        print(
+            f"{'Store.downsample 7 d, 1,000 buckets':34} {'p50 ms':>9} {'p99 ms':>9} {'runs':>11}"
+        )
+        for label, m in paths.items():
+            if "error" in m:
+                print(f"{label:34} failed: {m['error']}")
+            else:
+                print(f"{label:34} {m['p50']:9.1f} {m['p99']:9.1f} {m['runs']:11}")
+        if all("answer" in m for m in paths.values()):
+            fast, slow = paths["rollups"]["answer"], paths["raw rows"]["answer"]
+            same = per_bucket(fast, start_ms, end_ms, MAX_POINTS // 2) == per_bucket(
+                slow, start_ms, end_ms, MAX_POINTS // 2
+            )
+            extremes = all(
+                min(v for _, v in slow[f]) in [v for _, v in fast[f]]  # type: ignore[type-var]
+                and max(v for _, v in slow[f]) in [v for _, v in fast[f]]  # type: ignore[type-var]
+                for f in FIELDS
+            )
+            speedup = paths["raw rows"]["p50"] / paths["rollups"]["p50"]
+            print(
+                f"rollups = raw rows in every bucket: {same}; global extremes kept: {extremes};"
+                f" {speedup:,.0f}x faster"
+            )
     finally:
         stop(server)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", default="sqlite", help="sqlite,clickhouse,postgres")
+    parser.add_argument("--backends", default="sqlite,clickhouse,postgres")
     parser.add_argument("--days", type=float, default=7.0)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=20, help="API requests per range")
+    parser.add_argument("--raw-repeat", type=int, default=2, help="raw-row baseline runs")
     options = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-history-"))
     servers: list[Any] = []
     try:
         for backend in options.backends.split(","):
+            run: tuple[str, str | None]
             if backend == "sqlite":
-                run_backend("sqlite", None, work, options.days, options.repeat)
+                run = ("sqlite", None)
             elif backend == "clickhouse":
                 from tests.servers.clickhouse import start_clickhouse
 
                 clickhouse = start_clickhouse(work / "clickhouse-server")
                 servers.append(clickhouse)
-                url = clickhouse.url("bench_history")
-                run_backend("clickhouse", url, work, options.days, options.repeat)
+                run = ("clickhouse", clickhouse.url("bench_history"))
             elif backend == "postgres":
                 from tests.servers.postgres import start_postgres
 
                 postgres = start_postgres(fsync=False)
                 servers.append(postgres)
-                run_backend("postgres", postgres.url(), work, options.days, options.repeat)
+                run = ("postgres", postgres.url())
             else:
                 raise SystemExit(f"unknown backend {backend!r}")
+            run_backend(*run, work, options.days, options.repeat, options.raw_repeat)
     finally:
         for server in servers:
             try:
@@ -181,4 +276,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -13,16 +13,18 @@ Records are 15-field ``vehicle_can`` records (12 floats, 3 ints) of 200 machines
 one per machine per second, as in ``bench_store.py``.  For each store:
 
 * write throughput in records/s and points/s for batches of 100 and 1,000 records
-  (``--seconds`` each; only the ``await store.write`` is timed);
+  (``--seconds`` each; only the ``await store.write`` is timed), with the rollups of
+  the downsampled history off (``store.rollups = False``, as before them) and on, each
+  in a database of its own, in turns -- the write-path cost of the rollups;
 * latency p50/p99 of the history query (2-minute window, 10 fields, one machine),
   idle and while a writer keeps writing batches of 1,000 records;
-* size on disk per million points.
+* size on disk per million points, without and with rollups.
 
 Then, unless ``--no-dedup``, the ClickHouse deduplication choice: 1 M points of
 one machine (10 fields), 150 unmerged one-second inserts and 10 redelivered
 batches, merges stopped; the 2-minute and the full-range query with ``argMax ...
 GROUP BY`` (what the store does), with ``FINAL``, and without deduplication; then
-the same once everything is merged.  Runs in about 2-3 minutes.
+the same once everything is merged.  Runs in about 3-4 minutes.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ from tests.servers.clickhouse import ClickHouseServer, start_clickhouse
 from tests.servers.postgres import PostgresServer, start_postgres
 
 QUERIES = 500
+ROUNDS = 2
+"""Write phases per batch size and mode, off and on in turns."""
 
 
 async def write_for(
@@ -79,27 +83,55 @@ async def write_for(
     return records / busy, points / busy, points, (last_ts - T0) // 1000
 
 
-async def bench(name: str, url: str, seconds: float, size: Callable[[], Awaitable[int]]) -> None:
-    print(f"\n{name}  ({url})", flush=True)
-    store = open_store(url)
-    await store.start()
+async def bench(
+    name: str,
+    make_url: Callable[[str], str],
+    seconds: float,
+    size: Callable[[str], Awaitable[int]],
+) -> None:
+    """``make_url(mode)`` and ``size(mode)``: a fresh database per mode, "off" and "on"."""
+    print(f"\n{name}  ({make_url('on')})", flush=True)
+    stores: dict[str, Store] = {}
+    totals = {"off": 0, "on": 0}
     try:
-        total = 0
+        for mode in ("off", "on"):
+            store = open_store(make_url(mode))
+            store.rollups = mode == "on"  # type: ignore[attr-defined]
+            await store.start()
+            stores[mode] = store
+        store = stores["on"]
         second = 0
         first_ts = T0
         for batch in (100, 1000):
-            rec_s, pts_s, points, second = await write_for(
-                store, f"bench-b{batch}", batch, seconds, 0
-            )
-            total += points
-            first_ts = T0
+            busy = {"off": 0.0, "on": 0.0}
+            points = {"off": 0, "on": 0}
+            nexts = {"off": 0, "on": 0}
+            for _ in range(ROUNDS):  # in turns, so that load from elsewhere hits both alike
+                for mode in ("off", "on"):
+                    _, pts_s, written, last = await write_for(
+                        stores[mode], f"bench-b{batch}", batch, seconds / ROUNDS, nexts[mode]
+                    )
+                    nexts[mode] = last + 1
+                    points[mode] += written
+                    busy[mode] += written / pts_s
+            second = nexts["on"] - 1
+            rates = {}
+            for mode in ("off", "on"):
+                totals[mode] += points[mode]
+                pts_s = points[mode] / busy[mode]
+                rates[mode] = (pts_s / len(FIELDS), pts_s)  # every record has every field
+            cost = rates["off"][0] / rates["on"][0] - 1
             print(
-                f"  write, batches of {batch:>5,}: {rec_s:>10,.0f} records/s"
-                f" {pts_s:>12,.0f} points/s",
+                f"  write, batches of {batch:>5,}: rollups off {rates['off'][0]:>9,.0f} records/s"
+                f" {rates['off'][1]:>11,.0f} points/s; on {rates['on'][0]:>9,.0f} records/s"
+                f" {rates['on'][1]:>11,.0f} points/s ({cost:+.0%} time per record)",
                 flush=True,
             )
         tenant, last_ts = "bench-b1000", T0 + second * 1000
-        print(f"  stored {total:,} points; the queried tenant has {second + 1:,} s per machine")
+        print(
+            f"  stored {totals['on']:,} points (rollups on); the queried tenant has"
+            f" {second + 1:,} s per machine"
+        )
         idle = await query_latencies(store, tenant, first_ts, last_ts, QUERIES)
         print(f"  query 2 min x 10 fields, idle:          {percentiles(idle)}", flush=True)
 
@@ -119,9 +151,14 @@ async def bench(name: str, url: str, seconds: float, size: Callable[[], Awaitabl
             await writer
         print(f"  query 2 min x 10 fields, while writing: {percentiles(busy)}")
     finally:
-        await store.close()
-    on_disk = await size()
-    print(f"  size on disk: {on_disk / 1e6:,.1f} MB = {on_disk / total:,.1f} bytes/point (approx.)")
+        for store in stores.values():
+            await store.close()
+    for mode in ("off", "on"):
+        on_disk = await size(mode)
+        print(
+            f"  size on disk, rollups {mode}: {on_disk / 1e6:,.1f} MB"
+            f" = {on_disk / totals[mode]:,.1f} bytes/point (approx.)"
+        )
 
 
 async def sqlite_size(db_path: Path) -> int:
@@ -132,6 +169,8 @@ async def clickhouse_size(server: ClickHouseServer, database: str) -> int:
     client = Client("127.0.0.1", port=server.tcp_port)
     try:
         client.execute(f"OPTIMIZE TABLE {database}.points FINAL")
+        if client.execute(f"EXISTS TABLE {database}.rollups")[0][0]:
+            client.execute(f"OPTIMIZE TABLE {database}.rollups FINAL")
         rows = client.execute(
             "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = %(db)s AND active",
             {"db": database},
@@ -144,10 +183,10 @@ async def clickhouse_size(server: ClickHouseServer, database: str) -> int:
 async def postgres_size(url: str) -> int:
     conn = await asyncpg.connect(url)
     try:
-        await conn.execute("VACUUM ANALYZE telemetry_points")
+        await conn.execute("VACUUM ANALYZE")
         size = await conn.fetchval(
-            "SELECT pg_total_relation_size('telemetry_points')"
-            " + pg_total_relation_size('telemetry_series')"
+            "SELECT sum(pg_total_relation_size(oid)) FROM pg_class"
+            " WHERE relkind = 'r' AND relname LIKE 'telemetry_%'"
         )
         return int(size)
     finally:
@@ -265,12 +304,12 @@ async def main() -> None:
     postgres: PostgresServer | None = None
     with tempfile.TemporaryDirectory(prefix="livedata-bench-") as tmp:
         try:
-            db_path = Path(tmp) / "telemetry.db"
+            db_dir = Path(tmp)
             await bench(
                 "sqlite (baseline)",
-                f"sqlite:///{db_path}",
+                lambda mode: f"sqlite:///{db_dir}/telemetry-{mode}.db",
                 args.seconds,
-                lambda: sqlite_size(db_path),
+                lambda mode: sqlite_size(db_dir / f"telemetry-{mode}.db"),
             )
 
             clickhouse = ch = start_clickhouse(Path(tmp) / "clickhouse")
@@ -279,22 +318,28 @@ async def main() -> None:
             client.disconnect()
             await bench(
                 "clickhouse",
-                ch.url("bench"),
+                lambda mode: ch.url(f"bench_{mode}"),
                 args.seconds,
-                lambda: clickhouse_size(ch, "bench"),
+                lambda mode: clickhouse_size(ch, f"bench_{mode}"),
             )
             if not args.no_dedup:
                 await dedup_bench(ch)
             ch.stop()
             clickhouse = None
 
-            postgres = start_postgres(fsync=args.pg_fsync == "on")
-            pg_url = postgres.url()
-            conn = await asyncpg.connect(pg_url)
+            postgres = pg = start_postgres(fsync=args.pg_fsync == "on")
+            conn = await asyncpg.connect(pg.url())
             version = await conn.fetchval("SHOW server_version")
+            for mode in ("off", "on"):
+                await conn.execute(f"CREATE DATABASE bench_{mode}")
             await conn.close()
             print(f"\npostgresql {version}, fsync {args.pg_fsync}")
-            await bench("postgresql", pg_url, args.seconds, lambda: postgres_size(pg_url))
+            await bench(
+                "postgresql",
+                lambda mode: pg.url(f"bench_{mode}"),
+                args.seconds,
+                lambda mode: postgres_size(pg.url(f"bench_{mode}")),
+            )
         finally:
             if clickhouse is not None:
                 clickhouse.stop()

@@ -21,6 +21,7 @@ import pytest
 
 from livedata.model import Kind, Record, Value
 from livedata.store import Store, open_store
+from livedata.store.base import ROLLUP_LEVELS_MS, bucket_grid
 
 T0 = 1_700_000_000_000
 """A timestamp in milliseconds (November 2023) that the tests count from."""
@@ -29,6 +30,102 @@ T0 = 1_700_000_000_000
 def unique_id(prefix: str = "t") -> str:
     """A fresh name that is a valid tenant, machine, message type or field id."""
     return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+HOURS = 4
+"""Length of the long-range data set: long enough for every rollup step to be used."""
+
+
+def long_values(second: int) -> dict[str, Value]:
+    """Field values of the long data set at ``second``: no two equal within a field, so
+    that every bucket has exactly one minimum and one maximum point."""
+    values: dict[str, Value] = {
+        "a": (second * 104_729 % 1_000_003) / 7 - 70_000.5,  # floats
+        "b": second * 7_919 % 100_003 - 50_000,  # ints
+    }
+    if second % 50 == 0:
+        values["m"] = f"text {second}"  # a mixed field: text, ints and floats
+    elif second % 3 == 0:
+        values["m"] = second * 31 % 10_007
+    else:
+        values["m"] = second * 17 % 10_009 + 0.25
+    return values
+
+
+def long_records(tenant: str, seconds: int = HOURS * 3_600) -> list[Record]:
+    return [rec(tenant, T0 + s * 1000, long_values(s)) for s in range(seconds)]
+
+
+async def write_shuffled(store: Store, records: list[Record], seed: int) -> None:
+    """Write ``records`` in batches of random sizes, in a shuffled order (late data), and
+    some of them twice (redelivery); then the newest minutes again in time order."""
+    rng = random.Random(seed)
+    batches, i = [], 0
+    while i < len(records):
+        size = rng.choice([1, 7, 60, 333, 1_000, 2_500])
+        batches.append(records[i : i + size])
+        i += size
+    rng.shuffle(batches)
+    for batch in batches + batches[:: max(len(batches) // 5, 1)]:
+        await store.write(batch)
+    await store.write(records[-180:])
+
+
+def expected_extremes(
+    written: dict[int, Value], start: int, end: int, buckets: int
+) -> dict[int, tuple[Value, Value]]:
+    """Per bucket of the downsampling grid: (min, max) of the numeric points in range."""
+    grid = bucket_grid(start, end, buckets)
+    found: dict[int, tuple[Value, Value]] = {}
+    for ts, value in written.items():
+        if not start <= ts <= end or isinstance(value, str):
+            continue
+        k = grid.bucket(ts)
+        if k in found:
+            low, high = found[k]
+            assert not isinstance(low, str) and not isinstance(high, str)
+            found[k] = (min(low, value), max(high, value))
+        else:
+            found[k] = (value, value)
+    return found
+
+
+def assert_downsampled(
+    got: list[tuple[int, Value]], written: dict[int, Value], start: int, end: int, buckets: int
+) -> None:
+    """``got`` is exactly the min/max downsampling of the ``written`` points (ts -> value)."""
+    expected = expected_extremes(written, start, end, buckets)
+    grid = bucket_grid(start, end, buckets)
+    stamps = [ts for ts, _ in got]
+    assert stamps == sorted(set(stamps)), "points in strict time order"
+    by_bucket: dict[int, list[Value]] = {}
+    for ts, value in got:
+        assert start <= ts <= end
+        assert ts in written and written[ts] == value and type(written[ts]) is type(value)
+        by_bucket.setdefault(grid.bucket(ts), []).append(value)
+    assert sorted(by_bucket) == sorted(expected)
+    for k, (low, high) in expected.items():
+        values = by_bucket[k]
+        assert len(values) == (1 if low == high else 2)
+        assert min(values) == low and max(values) == high  # type: ignore[type-var]
+    assert len(got) <= 2 * buckets
+    numbers = [v for ts, v in written.items() if start <= ts <= end and not isinstance(v, str)]
+    if numbers:  # the extremes of the whole range are in the result
+        values = [v for _, v in got]
+        assert min(numbers) in values and max(numbers) in values  # type: ignore[type-var]
+
+
+LONG_QUERIES = [
+    (0, HOURS * 3_600_000 - 1000, buckets) for buckets in (1, 3, 50, 200, 500, 1_000, 5_000)
+] + [
+    (12_345, HOURS * 3_600_000 - 6_789, 37),
+    (59_999, 2 * 3_600_000 + 1, 100),
+    (3_600_000 - 7, HOURS * 3_600_000 + 10**7, 400),  # beyond the newest point
+    (HOURS * 3_600_000 - 900_000, HOURS * 3_600_000, 30),  # the newest 15 minutes
+    (-(10**9), 10_000_999, 10),
+]
+"""(start - T0, end - T0, buckets) of the long-range checks: each rollup step, raw
+grids, unaligned ends, the open minutes at the end, ranges beyond the data."""
 
 
 def rec(
@@ -305,3 +402,72 @@ class StoreContract(abc.ABC):
         assert other == {"x": []}
         with pytest.raises(ValueError):
             await store.downsample(tenant, "machine-1", "vehicle_can", ["x"], T0, T0 + 1, 0)
+
+    rollups_follow_corrections = True
+    """Whether ``downsample`` forgets a value that a later write of the same key replaced
+    (ClickHouse keeps counting it, see its store)."""
+
+    def test_long_queries_use_every_grid(self) -> None:
+        """The long-range checks below cover raw grids and grids of every rollup step."""
+        steps = {bucket_grid(T0 + a, T0 + b, n).step for a, b, n in LONG_QUERIES}
+        assert steps == {1, *ROLLUP_LEVELS_MS}
+
+    async def test_downsample_long_range_equals_raw_computation(
+        self, store: Store, tenant: str
+    ) -> None:
+        """Hours of 1 Hz data written out of order and redelivered downsample exactly as the raw points do."""
+        records = long_records(tenant)
+        await write_shuffled(store, records, seed=7)
+        fields = ["a", "b", "m"]
+        written = {name: {r.ts: r.values[name] for r in records} for name in fields}
+        for lo, hi, buckets in LONG_QUERIES:
+            start, end = T0 + lo, T0 + hi
+            got = await store.downsample(
+                tenant, "machine-1", "vehicle_can", fields, start, end, buckets
+            )
+            for name in fields:
+                assert_downsampled(got[name], written[name], start, end, buckets)
+
+    async def test_rewriting_same_records_changes_no_downsampling(
+        self, store: Store, tenant: str
+    ) -> None:
+        """Writing the same records again, in other batches, gives the very same downsampled points."""
+        records = long_records(tenant, seconds=3 * 3_600)
+        for first in range(0, len(records), 600):
+            await store.write(records[first : first + 600])
+        end = T0 + 3 * 3_600_000
+        queries = [(T0, end, n) for n in (1, 90, 300, 1_000)]
+        before = [
+            await store.downsample(tenant, "machine-1", "vehicle_can", ["a", "b"], *q)
+            for q in queries
+        ]
+        await write_shuffled(store, records, seed=11)
+        await store.write(records)
+        after = [
+            await store.downsample(tenant, "machine-1", "vehicle_can", ["a", "b"], *q)
+            for q in queries
+        ]
+        assert after == before
+
+    async def test_downsample_after_corrections_and_retention(
+        self, store: Store, tenant: str
+    ) -> None:
+        """Replaced values (extremes raised, lowered, turned to text) and retention mid-minute are reflected exactly."""
+        records = long_records(tenant, seconds=2 * 3_600)
+        await store.write(records)
+        written = {r.ts: r.values["a"] for r in records}
+        lows = sorted(written, key=lambda ts: written[ts])  # type: ignore[arg-type, return-value]
+        changes: dict[int, Value] = {lows[0]: 0.5, lows[-1]: "gone", lows[-2]: -1.0e9}
+        changes[T0 + 7_000_000] = 1.0e9  # in the newest (open) minutes
+        if self.rollups_follow_corrections:
+            await store.write([rec(tenant, ts, {"a": v}) for ts, v in changes.items()])
+            written.update(changes)
+        cutoff = T0 + 1_234_567
+        await store.delete_before(cutoff)
+        kept = {ts: v for ts, v in written.items() if ts >= cutoff}
+        for buckets in (1, 100, 400, 2_000):
+            start, end = T0, T0 + 2 * 3_600_000
+            got = await store.downsample(
+                tenant, "machine-1", "vehicle_can", ["a"], start, end, buckets
+            )
+            assert_downsampled(got["a"], kept, start, end, buckets)

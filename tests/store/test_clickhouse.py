@@ -16,10 +16,20 @@ from livedata.store import open_store
 from livedata.store.clickhouse import DAY_MS, ClickHouseStore
 from tests.servers import free_port
 from tests.servers.clickhouse import ClickHouseServer, start_clickhouse
-from tests.store.contract import T0, StoreContract, rec, unique_id
+from tests.store.contract import (
+    T0,
+    StoreContract,
+    assert_downsampled,
+    long_records,
+    rec,
+    unique_id,
+    write_shuffled,
+)
 
 
 class TestClickHouseStore(StoreContract):
+    rollups_follow_corrections = False  # a replaced value stays in the rollups
+
     @pytest.fixture(autouse=True)
     def _server(self, clickhouse_server: ClickHouseServer) -> None:
         self.server = clickhouse_server
@@ -167,4 +177,93 @@ async def test_data_survives_restart_and_outage_raises_store_error(
         assert got["s"] == [(T0 + i, f"v{i}") for i in range(100)]
         assert await store.latest_ts("t1", "machine-1", "vehicle_can") == T0 + 109
     finally:
+        await store.close()
+
+
+def rollup_rows(client: Client, db: str) -> list[tuple[object, ...]]:
+    """The rollups as merged states give them: (field, step, bucket, min point, max point)."""
+    rows: list[tuple[object, ...]] = client.execute(
+        f"SELECT field, step, bucket, argMinMerge(lo), argMaxMerge(hi) FROM {db}.rollups"
+        " GROUP BY field, step, bucket ORDER BY field, step, bucket"
+    )
+    return rows
+
+
+async def test_rewriting_same_records_leaves_rollups_unchanged(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """A redelivery of every record, in other batches and orders, leaves the merged rollups as they were."""
+    db = unique_id("db_")
+    store = open_store(clickhouse_server.url(db))
+    await store.start()
+    client = admin(clickhouse_server)
+    records = long_records("t1", seconds=2 * 3_600)
+    try:
+        for first in range(0, len(records), 300):
+            await store.write(records[first : first + 300])
+        before = rollup_rows(client, db)
+        await write_shuffled(store, records, seed=3)
+        await store.write(records)
+        assert rollup_rows(client, db) == before
+        client.execute(f"OPTIMIZE TABLE {db}.rollups FINAL")
+        assert rollup_rows(client, db) == before
+    finally:
+        client.disconnect()
+        await store.close()
+    minutes = {r.ts // 60_000 for r in records}
+    assert len(before) == 3 * len(minutes)  # one step: a minute
+
+
+async def test_database_of_an_older_version_gets_its_rollups(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """Without the rollups view and table (an older version), start builds them from the points."""
+    db = unique_id("db_")
+    records = long_records("t1", seconds=3_600)
+    store = open_store(clickhouse_server.url(db))
+    await store.start()
+    await store.write(records)
+    await store.close()
+    client = admin(clickhouse_server)
+    try:
+        built = rollup_rows(client, db)
+        client.execute(f"DROP TABLE {db}.rollups_mv")
+        client.execute(f"DROP TABLE {db}.rollups")
+        store = open_store(clickhouse_server.url(db))
+        await store.start()
+        try:
+            written = {r.ts: r.values["a"] for r in records}
+            end = T0 + 3_600_000
+            got = await store.downsample("t1", "machine-1", "vehicle_can", ["a"], T0, end, 90)
+            assert_downsampled(got["a"], written, T0, end, 90)
+        finally:
+            await store.close()
+        assert rollup_rows(client, db) == built
+    finally:
+        client.disconnect()
+
+
+async def test_retention_drops_rollup_partitions_with_the_points(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """Whole days older than the cutoff leave the rollups table as they leave the points table."""
+    db = unique_id("db_")
+    store = open_store(clickhouse_server.url(db))
+    await store.start()
+    client = admin(clickhouse_server)
+    day0 = T0 // DAY_MS * DAY_MS
+    try:
+        await store.write([rec("t1", day0 + h * 3_600_000, {"x": h}) for h in range(0, 72, 5)])
+        await store.delete_before(day0 + 2 * DAY_MS + 1)
+
+        def partitions(table: str) -> list[tuple[str]]:
+            return client.execute(  # type: ignore[no-any-return]
+                "SELECT DISTINCT partition FROM system.parts WHERE database = %(db)s"
+                " AND table = %(table)s AND active ORDER BY partition",
+                {"db": db, "table": table},
+            )
+
+        assert partitions("rollups") == partitions("points") == [(str(day0 // DAY_MS + 2),)]
+    finally:
+        client.disconnect()
         await store.close()

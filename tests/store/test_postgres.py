@@ -16,7 +16,15 @@ from livedata.store import open_store
 from livedata.store.postgres import DELETE_SLICE_MS, PostgresStore
 from tests.servers import free_port
 from tests.servers.postgres import PostgresServer, start_postgres
-from tests.store.contract import T0, StoreContract, rec, unique_id
+from tests.store.contract import (
+    T0,
+    StoreContract,
+    assert_downsampled,
+    long_records,
+    rec,
+    unique_id,
+    write_shuffled,
+)
 
 
 async def create_database(server: PostgresServer) -> str:
@@ -206,5 +214,104 @@ async def test_data_survives_restart_and_outage_raises_store_error(
         assert got["x"] == [(T0 + i, i) for i in range(110)]
         assert got["s"] == [(T0 + i, f"v{i}") for i in range(100)]
         assert await store.latest_ts("t1", "machine-1", "vehicle_can") == T0 + 109
+    finally:
+        await store.close()
+
+
+async def rollup_rows(url: str) -> list[tuple[object, ...]]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT * FROM telemetry_rollups ORDER BY series_id, step, bucket")
+    finally:
+        await conn.close()
+    return [tuple(row) for row in rows]
+
+
+async def test_rewriting_same_records_leaves_rollups_unchanged(database_url: str) -> None:
+    """A redelivery of every record, in other batches and orders, leaves the rollups table as it was."""
+    store = open_store(database_url)
+    await store.start()
+    records = long_records("t1", seconds=2 * 3_600)
+    try:
+        for first in range(0, len(records), 300):
+            await store.write(records[first : first + 300])
+        before = await rollup_rows(database_url)
+        await write_shuffled(store, records, seed=3)
+        await store.write(records)
+        after = await rollup_rows(database_url)
+    finally:
+        await store.close()
+    minutes = {row[2] for row in before if row[1] == 60_000}
+    assert len(minutes) >= 118 and len(before) > 3 * 7 * 118
+    assert after == before
+
+
+async def test_concurrent_writers_of_one_series_keep_rollups_exact(database_url: str) -> None:
+    """Two stores writing the same series at once (live data and backfill) leave exact rollups."""
+    stores = [open_store(database_url) for _ in range(2)]
+    for store in stores:
+        await store.start()
+    records = long_records("t1", seconds=3_600)
+    try:
+        live, backfill = records[1_800:], records[:1_800]
+        await asyncio.gather(
+            *(
+                store.write(part[first : first + 120])
+                for store, part in zip(stores, (live, backfill), strict=True)
+                for first in range(0, len(part), 120)
+            )
+        )
+        written = {r.ts: r.values["b"] for r in records}
+        end = T0 + 3_600_000
+        for buckets in (20, 60, 300):
+            got = await stores[0].downsample(
+                "t1", "machine-1", "vehicle_can", ["b"], T0, end, buckets
+            )
+            assert_downsampled(got["b"], written, T0, end, buckets)
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_tables_of_an_older_version_get_their_rollups(database_url: str) -> None:
+    """Without a rollups table (an older version), start builds it from the stored points."""
+    records = long_records("t1", seconds=3_600)
+    store = open_store(database_url)
+    await store.start()
+    await store.write(records)
+    await store.close()
+    built = await rollup_rows(database_url)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DROP TABLE telemetry_rollups, telemetry_rollup_open")
+    finally:
+        await conn.close()
+    store = open_store(database_url)
+    await store.start()
+    try:
+        written = {r.ts: r.values["a"] for r in records}
+        got = await store.downsample(
+            "t1", "machine-1", "vehicle_can", ["a"], T0, T0 + 3_600_000, 90
+        )
+        assert_downsampled(got["a"], written, T0, T0 + 3_600_000, 90)
+        await store.write(records[-60:])  # the streams came back too: nothing changes
+    finally:
+        await store.close()
+    upgraded = await rollup_rows(database_url)
+    assert set(built) <= set(upgraded)
+
+
+async def test_downsample_keeps_ints_beyond_doubles_exact(database_url: str) -> None:
+    """Ints that one double cannot tell apart keep their exact value and order in downsampling."""
+    store = open_store(database_url)
+    await store.start()
+    try:
+        big = 2**62
+        values = [big + 2, big + 1, big + 3, -big - 1, -big - 2]
+        await store.write([rec("t1", T0 + i * 1000, {"i": v}) for i, v in enumerate(values)])
+        got = await store.downsample("t1", "machine-1", "vehicle_can", ["i"], T0, T0 + 2_999, 1)
+        assert got["i"] == [(T0 + 1000, big + 1), (T0 + 2000, big + 3)]
+        got = await store.downsample("t1", "machine-1", "vehicle_can", ["i"], T0, T0 + 4_999, 1)
+        assert got["i"] == [(T0 + 2000, big + 3), (T0 + 4000, -big - 2)]
     finally:
         await store.close()

@@ -14,7 +14,15 @@ from livedata.errors import ConfigError, StoreError
 from livedata.model import Kind, Record
 from livedata.store import open_store
 from livedata.store.sqlite import BUCKET_MS, SQLiteStore, database_path
-from tests.store.contract import T0, StoreContract, rec, unique_id
+from tests.store.contract import (
+    T0,
+    StoreContract,
+    assert_downsampled,
+    long_records,
+    rec,
+    unique_id,
+    write_shuffled,
+)
 
 
 class TestSQLiteFileStore(StoreContract):
@@ -225,3 +233,77 @@ async def test_file_that_is_not_a_database_raises_store_error(tmp_path: Path) ->
     store = open_store(f"sqlite:///{path}")
     with pytest.raises(StoreError):
         await store.start()
+
+
+def rollup_rows(path: Path) -> list[tuple[object, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT * FROM rollups ORDER BY step, series_id, bucket").fetchall()
+
+
+async def test_rewriting_same_records_leaves_rollups_unchanged(tmp_path: Path) -> None:
+    """A redelivery of every record, in other batches and orders, leaves the rollups table as it was."""
+    path = tmp_path / "telemetry.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.start()
+    records = long_records("t1", seconds=2 * 3_600)
+    try:
+        for first in range(0, len(records), 300):
+            await store.write(records[first : first + 300])
+        before = rollup_rows(path)
+        await write_shuffled(store, records, seed=3)
+        await store.write(records)
+    finally:
+        await store.close()
+    # 3 series; every minute settled but the newest one or two, each 10 s and 1 min bucket
+    minutes = {row[2] for row in before if row[0] == BUCKET_MS}
+    stored = {r.ts // BUCKET_MS for r in records}
+    assert len(stored) - 2 <= len(minutes) < len(stored)
+    tens = {r.ts // 10_000 for r in records if r.ts // BUCKET_MS in minutes}
+    assert len(before) == 3 * (len(minutes) + len(tens))
+    assert rollup_rows(path) == before
+
+
+async def test_failed_batch_leaves_no_rollups(tmp_path: Path) -> None:
+    """Rollups are written in the batch's transaction: a batch that fails leaves none."""
+    path = tmp_path / "telemetry.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.start()
+    try:
+        good = [rec("t1", T0 + i * 1000, {"x": i}) for i in range(600)]
+        with pytest.raises(StoreError):
+            await store.write([*good, rec("t1", 2**70, {"x": -1})])
+        assert rollup_rows(path) == []
+        await store.write(good)
+        assert rollup_rows(path) != []
+    finally:
+        await store.close()
+
+
+async def test_version_1_file_gets_its_rollups(tmp_path: Path) -> None:
+    """A file of schema version 1 (no rollups) is upgraded on start: rollups built from its points."""
+    path = tmp_path / "telemetry.db"
+    records = long_records("t1", seconds=3_600)
+    store = open_store(f"sqlite:///{path}")
+    await store.start()
+    await store.write(records)
+    await store.close()
+    built = rollup_rows(path)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("DROP TABLE rollups")
+        conn.execute("DROP TABLE retention")
+        conn.execute("PRAGMA user_version=1")
+        conn.commit()
+    store = open_store(f"sqlite:///{path}")
+    await store.start()
+    try:
+        written = {r.ts: r.values["a"] for r in records}
+        got = await store.downsample(
+            "t1", "machine-1", "vehicle_can", ["a"], T0, T0 + 3_600_000, 90
+        )
+        assert_downsampled(got["a"], written, T0, T0 + 3_600_000, 90)
+    finally:
+        await store.close()
+    upgraded = rollup_rows(path)
+    assert set(built) <= set(upgraded)  # also the open minutes, which writes leave for later
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)

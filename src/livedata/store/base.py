@@ -8,7 +8,8 @@ The store keeps values in a narrow shape, one row per
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from livedata.model import Record, Value
 
@@ -17,6 +18,21 @@ INT64_MAX = 2**63 - 1
 
 Series = dict[str, list[tuple[int, Value]]]
 """Per field, ``[ts_ms, value]`` pairs in time order: what an ECharts time axis takes."""
+
+MINUTE_MS = 60_000
+ROLLUP_LEVELS_MS = (10_000, MINUTE_MS)
+"""The rollup steps of the SQL stores, finest first: per series and step-long bucket
+(``ts // step``) the minimum and the maximum point (ClickHouse keeps the minute only).
+Each step divides the next and the minute, so a store can (re)compute every step of a
+minute from that minute's raw points at once."""
+SNAP_SLACK = 1.25
+"""A grid may round its bucket width up to whole rollup steps when the result is at
+most this much wider than asked (at most 20 % fewer buckets)."""
+SETTLE_LAG_MS = (5_000, 55_000)
+"""A stream's minute is *settled* (its rollups computed) once the stream's newest point
+is this far into a later minute: from 5 s up to 60 s depending on the stream, so that a
+fleet's streams, which all cross a minute together, settle their minutes at spread out
+moments instead of in one write."""
 
 
 class Store(abc.ABC):
@@ -69,14 +85,21 @@ class Store(abc.ABC):
     ) -> Series:
         """Min/max downsampling of ``fields`` over ``start_ms <= ts <= end_ms``, in the store.
 
-        The range is cut into ``buckets`` equal time buckets (see :func:`bucket_width`;
-        bucket ``i`` holds ``start_ms + i * width <= ts < start_ms + (i + 1) * width``).
-        For each field and non-empty bucket the result holds the bucket's minimum and
-        its maximum as two points at the timestamps where they occur -- one point when
-        both are the same point (a bucket of one point, or of equal values at one ts) --
-        in time order, so a line chart of the result keeps every spike.  When a
-        minimum or maximum occurs more than once in a bucket, any of its points may be
-        chosen.  At most ``2 * buckets`` points per field.
+        The range is cut into at most ``buckets`` time buckets by :func:`bucket_grid`:
+        bucket ``k`` holds ``origin + k * width <= ts < origin + (k + 1) * width``
+        (clipped to the range).  For a short range (buckets narrower than 8 s) that is
+        ``buckets`` equal buckets from ``start_ms`` (``origin = start_ms``, ``width`` from
+        :func:`bucket_width`); for a longer one the width is rounded up to whole rollup
+        steps (:data:`ROLLUP_LEVELS_MS`, 10 s or 1 min) and the origin down to one, so
+        that the SQL stores can answer from their rollups -- at most 20 % fewer buckets
+        than asked.  For each field and non-empty bucket the result holds the bucket's
+        minimum and its maximum as two points at the timestamps where they occur -- one
+        point when both are the same point (a bucket of one point, or of equal values at
+        one ts) -- in time order, so a line chart of the result keeps every spike.  When
+        a minimum or maximum occurs more than once in a bucket, any of its points may be
+        chosen.  At most ``2 * buckets`` points per field.  The result is what this
+        computation over the stored raw points gives, whether a backend reads raw points
+        or its rollups.
 
         Numeric values only: string values are left out (a field of text alone comes
         back ``[]``); ints and floats keep their type.  Every asked field is a key,
@@ -106,6 +129,143 @@ def bucket_width(start_ms: int, end_ms: int, buckets: int) -> int:
         raise ValueError(f"buckets must be at least 1, not {buckets}")
     span = max(end_ms - start_ms + 1, 1)
     return max(1, -(-span // buckets))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Downsampling buckets: bucket ``k`` is ``origin + k * width <= ts < origin + (k + 1) * width``."""
+
+    origin: int
+    width: int
+    step: int
+    """The coarsest rollup step (one of :data:`ROLLUP_LEVELS_MS`) that tiles the grid: origin and
+    width are multiples of it; ``1`` when the grid is for raw points only."""
+
+    def bucket(self, ts: int) -> int:
+        """The bucket index of ``ts`` (``ts >= origin``)."""
+        return (ts - self.origin) // self.width
+
+
+def bucket_grid(start_ms: int, end_ms: int, buckets: int) -> Grid:
+    """The buckets of :meth:`Store.downsample`: at most ``buckets`` of them cover the range.
+
+    The plain grid is :func:`bucket_width` from ``start_ms``.  When that width is at least
+    8 s, the coarsest rollup step whose rounding costs at most :data:`SNAP_SLACK` is taken
+    instead: origin rounded down and width rounded up to whole steps.  Every backend uses
+    this grid, so results agree whether computed from raw points or from rollups.
+    """
+    width = bucket_width(start_ms, end_ms, buckets)
+    for step in reversed(ROLLUP_LEVELS_MS):
+        origin = start_ms - start_ms % step
+        needed = -(-(end_ms - origin + 1) // buckets)
+        snapped = -(-needed // step) * step
+        if snapped <= width * SNAP_SLACK:
+            return Grid(origin, snapped, step)
+    return Grid(start_ms, width, 1)
+
+
+def settle_lag(key: int) -> int:
+    """The settle lag (:data:`SETTLE_LAG_MS`) of the stream numbered ``key``."""
+    low, spread = SETTLE_LAG_MS
+    return low + (key * 7_919) % spread // 1_000 * 1_000
+
+
+def first_open_minute(last_ts: int, key: int) -> int:
+    """The oldest minute not yet settled when the newest point of ``key`` is at ``last_ts``.
+
+    Minutes before it have exact rollups; it and the minutes up to ``last_ts // MINUTE_MS``
+    (one or two) may not, and are read raw.
+    """
+    return (last_ts - settle_lag(key)) // MINUTE_MS
+
+
+def minutes_to_settle(
+    touched: Iterable[int], old_last: int | None, new_last: int, key: int
+) -> set[int]:
+    """The minutes whose rollups a write must (re)compute, in the write's transaction.
+
+    ``touched``: the minutes the write stored points in; ``old_last`` and ``new_last``:
+    the newest timestamp of ``key`` before and after it.
+    """
+    old_open = None if old_last is None else first_open_minute(old_last, key)
+    return settle_minutes(touched, old_open, first_open_minute(new_last, key))
+
+
+def settle_minutes(touched: Iterable[int], old_open: int | None, new_open: int) -> set[int]:
+    """The minutes to (re)compute when the first open minute moves from ``old_open`` to
+    ``new_open`` (``None``: nothing was open): every touched minute already settled, and
+    the minutes that were open before and are settled now.  The open minutes are always
+    ``open`` and ``open + 1`` at most, since the newest point is less than a minute past
+    the lag."""
+    result = {minute for minute in touched if minute < new_open}
+    if old_open is not None:
+        result.update(range(old_open, min(new_open, old_open + 2)))
+    return result
+
+
+@dataclass
+class Plan:
+    """Where a downsampling reads each part of its range: rollup buckets or raw points."""
+
+    rollups: list[tuple[int, int, int]] = field(default_factory=list)
+    """``(step, first, last)``: rollup buckets ``first..last`` of that step (inclusive)."""
+    raw: list[tuple[int, int]] = field(default_factory=list)
+    """``(first_ts, last_ts)``: raw points in these inclusive ranges, in time order."""
+
+    def raw_minutes(self) -> list[tuple[int, int]]:
+        """The minutes (``ts // MINUTE_MS``) that :attr:`raw` spans, as inclusive ranges."""
+        return [(lo // MINUTE_MS, hi // MINUTE_MS) for lo, hi in self.raw]
+
+
+def rollup_plan(
+    start_ms: int,
+    end_ms: int,
+    grid: Grid,
+    open_minutes: Iterable[int] = (),
+    steps: Sequence[int] = ROLLUP_LEVELS_MS,
+) -> Plan:
+    """Cover ``[start_ms, end_ms]`` with the coarsest rollup buckets that fit ``grid``.
+
+    Rollup buckets of ``grid.step`` for the interior, finer steps toward the ends, raw
+    points for what no whole rollup bucket covers: a partial finest bucket at each
+    end, and ``open_minutes`` (minutes whose rollups may be stale) entirely.  Every
+    rollup bucket used lies inside the range and inside one grid bucket.  ``steps``:
+    the rollup steps the store keeps (some of :data:`ROLLUP_LEVELS_MS`); with none
+    that fits the grid, all of it is raw.
+    """
+    plan = Plan()
+    steps = [step for step in sorted(steps, reverse=True) if step <= grid.step]
+
+    def cover(lo: int, hi: int, level: int) -> None:
+        if level == len(steps):
+            if plan.raw and plan.raw[-1][1] + 1 == lo:
+                plan.raw[-1] = (plan.raw[-1][0], hi)
+            else:
+                plan.raw.append((lo, hi))
+            return
+        step = steps[level]
+        first, last = -(-lo // step), (hi + 1) // step - 1
+        if first > last:
+            cover(lo, hi, level + 1)
+            return
+        if lo < first * step:
+            cover(lo, first * step - 1, level + 1)
+        plan.rollups.append((step, first, last))
+        if (last + 1) * step <= hi:
+            cover((last + 1) * step, hi, level + 1)
+
+    lo = start_ms
+    for minute in sorted(set(open_minutes)):
+        m_lo, m_hi = minute * MINUTE_MS, (minute + 1) * MINUTE_MS - 1
+        if m_hi < lo or m_lo > end_ms:
+            continue
+        if lo < m_lo:
+            cover(lo, m_lo - 1, 0)
+        cover(max(lo, m_lo), min(m_hi, end_ms), len(steps))
+        lo = m_hi + 1
+    if lo <= end_ms:
+        cover(lo, end_ms, 0)
+    return plan
 
 
 def extremes(low_ts: int, low: Value, high_ts: int, high: Value) -> list[tuple[int, Value]]:

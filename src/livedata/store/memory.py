@@ -36,7 +36,7 @@ from livedata.model import Record, Value
 from livedata.store.base import (
     Series,
     Store,
-    bucket_width,
+    bucket_grid,
     extremes,
     storable,
 )
@@ -130,8 +130,13 @@ class MemoryStore(Store):
         end_ms: int,
         buckets: int,
     ) -> Series:
-        """Min/max per bucket in Python: this is the in-memory backend (one pass per field)."""
-        width = bucket_width(start_ms, end_ms, buckets)
+        """Min/max per bucket in Python: this is the in-memory backend (one pass per field).
+
+        It keeps no rollups: it computes over raw points on the same grid as the SQL
+        stores (:func:`~livedata.store.base.bucket_grid`), so it is their reference.
+        """
+        grid = bucket_grid(start_ms, end_ms, buckets)
+        origin, width = grid.origin, grid.width
         machine = self._machines.get((tenant, chassis, msg_type), {})
         result: Series = {}
         for name in fields:
@@ -150,7 +155,7 @@ class MemoryStore(Store):
                 if type(value) is str:
                     continue
                 assert not isinstance(value, str)
-                bucket = (ts - start_ms) // width
+                bucket = (ts - origin) // width
                 if bucket != current:
                     if current >= 0:
                         out.extend(extremes(low_ts, low, high_ts, high))
