@@ -104,16 +104,18 @@ async def history(
             ge=2,
             le=MAX_POINTS_LIMIT,
             description="at most this many points per field: a field with more in the range "
-            "comes back downsampled (min and max of maxPoints // 2 time buckets; numbers only)",
+            "comes back downsampled (min and max of at most maxPoints // 2 time buckets; "
+            "numbers only)",
         ),
     ] = None,
 ) -> dict[str, Any]:
     """Raw points, or with ``maxPoints`` a budget per field.
 
     With ``maxPoints``: a range longer than ``maxPoints`` seconds (more points than the
-    budget at the reference 1 Hz) is downsampled at once -- the store's min/max over
-    ``maxPoints // 2`` equal time buckets, so every spike is kept in at most
-    ``maxPoints`` points per field.  A shorter range is read raw with ``maxPoints + 1``
+    budget at the reference 1 Hz) is downsampled at once -- the store's min/max over at
+    most ``maxPoints // 2`` equal time buckets (above 8 s the width is rounded up to
+    whole 10 s or 1 min steps, so the store can answer from its rollups: up to 20 %
+    fewer buckets), so every spike is kept in at most ``maxPoints`` points per field.  A shorter range is read raw with ``maxPoints + 1``
     points per field (cheap: the range is short); a field that got them all (faster
     than 1 Hz) is then downsampled, the others stay raw.  String values are left out
     of downsampled fields.  ``downsampled`` says whether any field was downsampled.
