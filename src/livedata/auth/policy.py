@@ -36,6 +36,8 @@ class Rule:
     org: str | None = None
     """The organisation named by the URL, which must be the caller's."""
     chassis: str | None = None
+    command: bool = False
+    """A device method call (counted against ``commands_per_minute``)."""
 
 
 _PUBLIC = Rule(Access.public)
@@ -77,8 +79,9 @@ def rule_for(method: str, path: str, org_param: str | None = None) -> Rule:
             return _CLOSED
         return Rule(Access.user, role, m["org"])
     if m := _IOTHUB.match(path):
+        command = method == "POST" and m["rest"] == "/methods"
         role = Role.operator if method == "POST" else Role.viewer
-        return Rule(Access.user, role, m["org"], m["chassis"])
+        return Rule(Access.user, role, m["org"], m["chassis"], command)
     if m := _INGEST.match(path):
         return Rule(Access.device, Role.viewer, m["org"], m["chassis"])
     if path.startswith("/api/auth/"):

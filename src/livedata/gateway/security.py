@@ -40,8 +40,10 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
+from weakref import WeakKeyDictionary
 
 import orjson
+from starlette.requests import Request
 
 from livedata import observe
 from livedata.auth import Principal
@@ -215,23 +217,20 @@ class Security:
             log.exception("audit entry %s %s by %s not written", action, target, actor)
 
 
-_SECURITY: dict[int, Security] = {}
+_SECURITY: WeakKeyDictionary[Runtime, Security] = WeakKeyDictionary()
 
 
 def security(rt: Runtime) -> Security:
     """The security service of ``rt`` (created on first use)."""
-    service = _SECURITY.get(id(rt))
-    if service is None or service.rt is not rt:
-        service = _SECURITY[id(rt)] = Security(rt)
+    service = _SECURITY.get(rt)
+    if service is None:
+        service = _SECURITY[rt] = Security(rt)
     return service
 
 
-def principal_of(scope_or_request: Any) -> Principal:
+def principal_of(request: Request) -> Principal:
     """The authenticated caller of a request the middleware let through."""
-    state = scope_or_request.get("state", {}) if isinstance(scope_or_request, dict) else None
-    if state is None:
-        state = scope_or_request.scope.get("state", {})
-    principal: Principal = state["principal"]
+    principal: Principal = request.scope["state"]["principal"]
     return principal
 
 
@@ -329,7 +328,7 @@ class SecurityMiddleware:
         ):
             observe.AUTH_REFUSED.labels("csrf").inc()
             return await refuse(403, "csrf_failed", "missing or wrong X-CSRF-Token header")
-        if method == "POST" and rule.chassis is not None and path.endswith("/methods"):
+        if rule.command:
             wait = sec.commands.take(str(principal.user_id), time.monotonic())
             if wait:
                 observe.AUTH_REFUSED.labels("command_rate").inc()

@@ -7,7 +7,7 @@
 // shown next to what was tried, in the server's words.
 
 import { api } from './api.js';
-import { $, h } from './dom.js';
+import { $, h, showBanner } from './dom.js';
 import { can, startSession } from './session.js';
 
 const MIN_PASSWORD = 10;
@@ -26,16 +26,6 @@ const when = (ms) => (ms == null ? '–' : dateTime.format(ms));
 
 // ---- messages -----------------------------------------------------------------
 
-const bannerMessages = [];
-function showBanner(message) {
-  if (!bannerMessages.includes(message)) bannerMessages.push(message);
-  $('#banner-list').replaceChildren(...bannerMessages.slice(-3).map((t) => h('li', {}, t)));
-  $('#banner').hidden = false;
-}
-$('#banner-close').addEventListener('click', () => {
-  bannerMessages.length = 0;
-  $('#banner').hidden = true;
-});
 
 function showError(el, message) {
   el.textContent = message ?? '';

@@ -1,7 +1,7 @@
 // Alert rules page: list, create, edit and delete rules (the server's validation
 // message is shown in the form), and the recent alerts with their notifications.
 
-import { $, h } from './dom.js';
+import { $, h, showBanner } from './dom.js';
 import { showOrganisation, startSession } from './session.js';
 import { ago, alertsApi, api, clock } from './alerts-api.js';
 
@@ -12,16 +12,6 @@ const deleteDialog = $('#delete-dialog');
 
 const state = { orgId: null, rules: [], machines: [], editing: null, deleting: null };
 
-const bannerMessages = [];
-function showBanner(message) {
-  if (!bannerMessages.includes(message)) bannerMessages.push(message);
-  $('#banner-list').replaceChildren(...bannerMessages.slice(-3).map((t) => h('li', {}, t)));
-  $('#banner').hidden = false;
-}
-$('#banner-close').addEventListener('click', () => {
-  bannerMessages.length = 0;
-  $('#banner').hidden = true;
-});
 for (const d of [dialog, deleteDialog]) {
   for (const b of d.querySelectorAll('[data-close]')) b.addEventListener('click', () => d.close());
 }

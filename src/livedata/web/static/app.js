@@ -4,7 +4,7 @@
 import { api } from './api.js';
 import { GroupChart } from './charts.js';
 import { confirmDelete, openGroupForm } from './dialogs.js';
-import { $, h } from './dom.js';
+import { $, h, showBanner } from './dom.js';
 import { Feed, WINDOW_MS } from './feed.js';
 import { can, showOrganisation, startSession } from './session.js';
 
@@ -55,22 +55,6 @@ function gapMs() {
 }
 
 rangeSelect.replaceChildren(...RANGES.map(([key, label]) => h('option', { value: key }, label)));
-
-// ---- banner -------------------------------------------------------------
-
-const bannerMessages = [];
-
-function showBanner(message) {
-  if (!bannerMessages.includes(message)) bannerMessages.push(message);
-  bannerMessages.splice(0, bannerMessages.length - 3); // the three most recent
-  $('#banner-list').replaceChildren(...bannerMessages.map((text) => h('li', {}, text)));
-  $('#banner').hidden = false;
-}
-
-$('#banner-close').addEventListener('click', () => {
-  bannerMessages.length = 0;
-  $('#banner').hidden = true;
-});
 
 // ---- pickers --------------------------------------------------------------
 

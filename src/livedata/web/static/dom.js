@@ -14,3 +14,21 @@ export function h(tag, props = {}, ...children) {
 }
 
 export const $ = (selector) => document.querySelector(selector);
+
+const bannerMessages = [];
+
+/** Show `message` in the page's #banner: the three most recent, until its close button is pressed. */
+export function showBanner(message) {
+  const banner = $('#banner');
+  if (!banner.dataset.wired) {
+    banner.dataset.wired = 'yes';
+    $('#banner-close').addEventListener('click', () => {
+      bannerMessages.length = 0;
+      banner.hidden = true;
+    });
+  }
+  if (!bannerMessages.includes(message)) bannerMessages.push(message);
+  bannerMessages.splice(0, bannerMessages.length - 3);
+  $('#banner-list').replaceChildren(...bannerMessages.map((text) => h('li', {}, text)));
+  banner.hidden = false;
+}

@@ -6,7 +6,7 @@
 // `dashboard:update` (once a second: status, last seen, latest values),
 // `alert-created` and `alert-updated`. Without Socket.IO it polls the summary.
 
-import { $, h } from './dom.js';
+import { $, h, showBanner } from './dom.js';
 import { showOrganisation, startSession } from './session.js';
 import { SEVERITY_COLORS, SEVERITY_RANK, ago, alertsApi, api, clock, num } from './alerts-api.js';
 import { FleetMap } from './fleet-map.js';
@@ -46,20 +46,6 @@ const state = {
   ackAlert: null,
   fresh: new Set(),
 };
-
-// ---- banner ---------------------------------------------------------------
-
-const bannerMessages = [];
-function showBanner(message) {
-  if (!bannerMessages.includes(message)) bannerMessages.push(message);
-  bannerMessages.splice(0, bannerMessages.length - 3);
-  $('#banner-list').replaceChildren(...bannerMessages.map((text) => h('li', {}, text)));
-  $('#banner').hidden = false;
-}
-$('#banner-close').addEventListener('click', () => {
-  bannerMessages.length = 0;
-  $('#banner').hidden = true;
-});
 
 // ---- start ----------------------------------------------------------------
 
