@@ -142,6 +142,15 @@ def test_nodata_uses_arrival_time_and_watched_machines() -> None:
     assert sorted(e.chassis for e in ev.tick(T0 + 10_000)) == ["M1", "M2"]
 
 
+def test_nodata_any_type_covers_a_watched_machine_that_never_sent() -> None:
+    """A nodata rule without a message type raises for a machine watched from the start that
+    has sent nothing (it used to crash the role with a TypeError)."""
+    ev = evaluator(rule(kind="nodata", nodata_seconds=10, msg_type=None))
+    ev.watch("o", "M2", "WL", T0)
+    assert ev.tick(T0 + 9_999) == []
+    assert [(e.kind, e.chassis) for e in ev.tick(T0 + 10_000)] == [("raise", "M2")]
+
+
 def test_scope_model_and_machine() -> None:
     """A model rule applies to that model's machines only; a machine rule to that machine only."""
     ev = evaluator(

@@ -123,7 +123,7 @@ class _Machine:
         """When the machine last sent ``msg_type`` (any type for ``None``), or ``since``."""
         if msg_type is not None:
             return self.seen.get(msg_type, self.since)
-        return max(self.since, *self.seen.values())
+        return max([self.since, *self.seen.values()])
 
 
 def holds(rule: RuleSpec, value: float) -> bool:
