@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from livedata.ratelog import Repeats, RepeatFilter, Throttled
+from livedata.ratelog import RepeatFilter, Repeats, Throttled
 
 
 class Clock:
