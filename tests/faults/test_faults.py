@@ -208,7 +208,9 @@ async def test_broker_restart_loses_no_acknowledged_message(
 
     async def fault(run: Run) -> None:
         await asyncio.to_thread(engines.mosquitto.restart)
+        deadline = time.monotonic() + 30
         while not all(d.connected for d in run.devices):
+            assert time.monotonic() < deadline, "the devices did not reconnect"
             await asyncio.sleep(0.1)
 
     run, _ = await fleet_run(
