@@ -68,7 +68,7 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
 Acknowledgement.  aiomqtt 2.5 has no manual-ack API (empicano/aiomqtt#345, open), but
 the paho-mqtt 2 client under it does (``manual_ack_set`` / ``ack``); the link turns it
 on, so a QoS 1 message is PUBACKed only when ingest awaits the delivery's ``ack`` —
-after its record is in the store and the log.  Until then the message is in flight
+after its record is durable (store or spill journal).  Until then the message is in flight
 and counts against ``inflight``.  What the broker does with unacknowledged messages
 when a link dies (measured on Mosquitto 2.0.11):
 
@@ -89,7 +89,9 @@ packet id means nothing on the new connection); the broker redelivers such a mes
 to a persistent session.
 
 Under stress: the link reconnects with exponential backoff (0.5 s … 2 s, jittered:
-it must be back before the devices, which back off up to 30 s) and resubscribes, which also replays the retained statuses.  Each undecodable
+it should be back before the devices, which back off up to 30 s) and resubscribes,
+which also replays the retained statuses; a broker that stays away is logged once a
+minute, with a count (:class:`~livedata.ratelog.Throttled`).  Each undecodable
 message becomes a :class:`Rejection` (acknowledged by ingest at once) and nothing
 else is affected.  Deliveries decoded but not yet consumed wait in an in-process
 queue, bounded by what the broker sends unacknowledged (see ``inflight``).
