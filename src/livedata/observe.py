@@ -17,6 +17,8 @@ from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from livedata.ratelog import RepeatFilter
+
 role_var: contextvars.ContextVar[str] = contextvars.ContextVar("role", default="-")
 machine_var: contextvars.ContextVar[str] = contextvars.ContextVar("machine", default="-")
 
@@ -56,6 +58,7 @@ class LogFormatter(logging.Formatter):
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(LogFormatter())
+    handler.addFilter(RepeatFilter())  # drivers' per-event failure lines, once per minute
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -54,7 +54,9 @@ class Runtime:
         self.pubsub.history_seconds = settings.live_history_seconds
         self.devices = open_devices(settings.devices)
         self.catalog = Catalog(self.meta)
-        spill_dir = spill_dir_of(settings.spill_dir, settings.data_dir, settings.store)
+        spill_dir = spill_dir_of(
+            settings.spill_dir, settings.data_dir, getattr(self.devices, "client_id", None)
+        )
         if "ingest" not in self.roles:
             spill_dir = None
         self.ingest = Ingest(

@@ -62,8 +62,9 @@ class Settings(BaseSettings):
     spill_dir: str = Field(
         "auto",
         description="directory of ingest's spill journal, where records go while the store is"
-        " slow or down: 'auto' = data_dir/spill with a SQLite store (the embedded shape), none"
-        " otherwise; 'off' = none (ingest waits for the store); or a path on a persistent disk",
+        " slow or down: 'auto' = data_dir/spill (data_dir/spill/{MQTT client_id} when the"
+        " device link has one), whatever the store; 'off' = none (ingest waits for the store,"
+        " devices' brokers may drop messages); or a path on a persistent disk",
     )
     spill_max_bytes: int = Field(
         256 * 2**20, ge=2**16, description="bound of the spill journal; then ingest waits"

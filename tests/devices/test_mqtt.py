@@ -435,12 +435,27 @@ async def test_unreachable_broker_fails_start_clearly() -> None:
         ("mqtt://host?inflight=0", "inflight"),
         ("mqtt://host?group=a/b", "share group"),
         ("mqtt://host?client_id=a%2Bb", "client_id"),
+        ("mqtt://host?shared=maybe", "shared"),
+        ("mqtt://host?partition=0/2", "needs shared=off"),
+        ("mqtt://host?shared=off&partition=2/2", "0 <= i < n"),
+        ("mqtt://host?shared=off&partition=x", "use i/n"),
     ],
 )
 def test_bad_urls_are_config_errors(url: str, needle: str) -> None:
     """A wrong MQTT URL is a ConfigError naming what is wrong."""
     with pytest.raises(ConfigError, match=needle):
         open_devices(url)
+
+
+def test_plain_subscription_and_partitions_split_the_machines() -> None:
+    """``shared=off`` subscribes without a share group; partitions 0/3, 1/3 and 2/3 take
+    each machine exactly once between them."""
+    assert MqttDeviceLink("mqtt://h").share_filter == "$share/ingest/livedata/+/+/telemetry/+"
+    links = [MqttDeviceLink(f"mqtt://h?shared=off&partition={i}/3") for i in range(3)]
+    assert links[0].share_filter == "livedata/+/+/telemetry/+"
+    for n in range(100):
+        topic = telemetry_topic("acme", f"M{n}", "vehicle_can")
+        assert sum(not link._other_partition(topic) for link in links) == 1
 
 
 def test_topics() -> None:

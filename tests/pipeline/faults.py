@@ -1,11 +1,13 @@
-"""Fault injection for the backpressure tests: a real store that fails or stalls on demand."""
+"""Fault injection for the backpressure tests: a real store or log that fails or stalls on
+demand."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
-from livedata.errors import StoreError
+from livedata.bus.base import Log
+from livedata.errors import BusError, StoreError
 from livedata.model import Record
 from livedata.store.base import Series, Store
 
@@ -79,3 +81,22 @@ class FlakyStore(Store):
     async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
         self._check()
         return await self.inner.latest_ts(tenant, chassis, msg_type)
+
+
+class FlakyLog(Log):
+    """Wraps a real log: while ``down`` every append raises BusError (Kafka restarting)."""
+
+    def __init__(self, inner: Log) -> None:
+        super().__init__(inner.url)
+        self.inner = inner
+        self.down = False
+        self.failures = 0
+
+    async def append(self, records: Sequence[Record]) -> None:
+        if self.down:
+            self.failures += 1
+            raise BusError(f"{self.url}: injected outage")
+        await self.inner.append(records)
+
+    def consume(self, group: str) -> AsyncIterator[list[Record]]:
+        return self.inner.consume(group)

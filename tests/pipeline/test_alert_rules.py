@@ -12,7 +12,7 @@ import pytest
 
 from livedata.bus.memory import MemoryLog, MemoryPubSub
 from livedata.catalog import Catalog
-from livedata.errors import InputError
+from livedata.errors import InputError, StoreError
 from livedata.metadata import Metadata
 from livedata.metadata.alerts import AlertStore, RuleSpec, validate_rule
 from livedata.model import Kind, Record
@@ -140,6 +140,15 @@ def test_nodata_uses_arrival_time_and_watched_machines() -> None:
     ev.watch("o", "M2", "WL", T0)
     ev.feed("o", "M1", "WL", "client_raw_data", {}, T0 + 5_000, now_ms=T0 + 5_000)
     assert sorted(e.chassis for e in ev.tick(T0 + 10_000)) == ["M1", "M2"]
+
+
+def test_nodata_any_type_covers_a_watched_machine_that_never_sent() -> None:
+    """A nodata rule without a message type raises for a machine watched from the start that
+    has sent nothing (it used to crash the role with a TypeError)."""
+    ev = evaluator(rule(kind="nodata", nodata_seconds=10, msg_type=None))
+    ev.watch("o", "M2", "WL", T0)
+    assert ev.tick(T0 + 9_999) == []
+    assert [(e.kind, e.chassis) for e in ev.tick(T0 + 10_000)] == [("raise", "M2")]
 
 
 def test_scope_model_and_machine() -> None:
@@ -273,4 +282,39 @@ async def test_role_restart_on_sqlite_does_not_duplicate(tmp_path: Path) -> None
     assert second.cleared == 1
     assert await store.list_alerts("o", "active") == []
     await asyncio.sleep(0)
+    await meta.close()
+
+
+async def test_nodata_raise_waits_while_the_last_data_cannot_be_checked(tmp_path: Path) -> None:
+    """A due nodata raise is held (no alert) while its check against the store and the live
+    history fails, raised on a later tick once the check answers "silent", and retracted
+    when the check finds recent data."""
+    meta = Metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    await meta.start()
+    await meta.ensure_org("o", "O")
+    await meta.upsert_machine("o", "M1", "M1", "WL")
+    await meta.upsert_machine("o", "M2", "M2", "WL")
+    store = AlertStore(meta)
+    await store.create_rule(
+        RuleSpec(id=0, org="o", name="silent", kind="nodata", msg_type=None, nodata_seconds=10)
+    )
+    answers: dict[str, int | Exception | None] = {}
+
+    async def last_seen(tenant: str, chassis: str, msg_type: str | None) -> int | None:
+        answer = answers[chassis]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    url = f"memory://{uuid.uuid4().hex}"
+    role = AlertRole(store, MemoryLog(url), MemoryPubSub(url), Catalog(meta), last_seen=last_seen)
+    role._started_ms = T0
+    await role.refresh()
+    answers.update(M1=StoreError("store down"), M2=StoreError("store down"))
+    await role.tick(T0 + 10_000)
+    assert role.raised == 0 and role.core.active() == set()
+    answers.update(M1=None, M2=T0 + 9_000)  # M1 silent; M2 sent, through another copy
+    await role.tick(T0 + 11_000)
+    assert role.raised == 1
+    assert [a.chassis_id for a in await store.list_alerts("o", "active")] == ["M1"]
     await meta.close()

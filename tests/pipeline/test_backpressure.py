@@ -27,7 +27,7 @@ from livedata.pipeline.ingest import Ingest
 from livedata.pipeline.spill import SpillJournal
 from livedata.store.sqlite import SQLiteStore
 from tests.conftest import Server
-from tests.pipeline.faults import FlakyStore
+from tests.pipeline.faults import FlakyLog, FlakyStore
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_750_000_000_000
@@ -72,6 +72,7 @@ class Rig:
     store: FlakyStore
     inner: SQLiteStore
     spill: SpillJournal
+    log: FlakyLog
     logged: list[Record] = field(default_factory=list)
     acked: list[tuple[str, int]] = field(default_factory=list)
     peak_queue: int = 0
@@ -108,7 +109,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
         inner = SQLiteStore(f"sqlite:///{tmp_path}/telemetry.db")
         store = FlakyStore(inner)
         await store.start()
-        log = MemoryLog(f"memory://{uuid.uuid4().hex}")
+        log = FlakyLog(MemoryLog(f"memory://{uuid.uuid4().hex}"))
         spill = SpillJournal(tmp_path / "spill", spill_max_bytes)
         ingest = Ingest(
             store,
@@ -121,7 +122,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
             spill_after=spill_after,
             drain_retry_max=0.2,
         )
-        made = Rig(ingest, store, inner, spill)
+        made = Rig(ingest, store, inner, spill, log)
 
         async def consume() -> None:
             async for batch in log.consume("live"):
@@ -233,6 +234,30 @@ async def test_stalled_store_keeps_live_going_and_the_later_value(rig) -> None:
     await r.push(200, 300)  # drained: back to writing the store directly
     await until(lambda: len(r.acked) == 301, what="direct writes")
     assert r.ingest.spilled == spilled and r.spill.records == 0
+
+
+async def test_log_outage_keeps_acknowledging_within_the_bound(rig) -> None:
+    """Log down (Kafka restarting): records are still stored and acknowledged until
+    ``queue_max`` of them wait for the log, then ingest waits; when the log is back every
+    record reaches it once, in order per machine."""
+    r: Rig = await rig(queue_max=1_000, spill_max_bytes=2**22)
+    r.log.down = True
+    producer = asyncio.create_task(r.push(0, 3_000))
+    await until(lambda: r.ingest.unlogged >= 1_000, what="the log backlog to fill")
+    await asyncio.sleep(0.3)
+    assert not producer.done(), "beyond the bound devices are made to wait"
+    assert len(r.acked) >= 1_000 and r.logged == []
+    assert r.ingest.unlogged <= 1_000 + 500  # the bound plus one batch
+    assert await stored_keys(r.inner, len(r.acked)) >= set(r.acked)
+
+    r.log.down = False
+    await asyncio.wait_for(producer, 30)
+    await until(lambda: len(r.logged) == 3_000, what="the log to catch up")
+    assert sorted((rec.chassis, rec.ts) for rec in r.logged) == sorted(key(n) for n in range(3_000))
+    for chassis in MACHINES:
+        stamps = [rec.ts for rec in r.logged if rec.chassis == chassis]
+        assert stamps == sorted(stamps)
+    assert r.log.failures > 0 and r.ingest.unlogged == 0
 
 
 async def test_acknowledged_records_survive_a_killed_process(tmp_path: Path) -> None:

@@ -197,9 +197,10 @@ def disk_use(directory: Path) -> int:
 
 
 def test_spill_dir_setting() -> None:
-    """``auto`` spills under the data dir with SQLite only; ``off`` never; a path is used as is."""
+    """``auto`` spills under the data dir whatever the store (per MQTT client id when there
+    is one); ``off`` never; a path is used as is."""
     data = Path("/srv/livedata")
-    assert spill_dir_of("auto", data, "sqlite:////srv/livedata/t.db") == data / "spill"
-    assert spill_dir_of("auto", data, "postgresql://u@h/db") is None
-    assert spill_dir_of("off", data, "sqlite:///t.db") is None
-    assert spill_dir_of("/var/spool/ld", data, "clickhouse://h/db") == Path("/var/spool/ld")
+    assert spill_dir_of("auto", data) == data / "spill"
+    assert spill_dir_of("auto", data, "ingest-2") == data / "spill" / "ingest-2"
+    assert spill_dir_of("off", data, "ingest-2") is None
+    assert spill_dir_of("/var/spool/ld", data, "ingest-2") == Path("/var/spool/ld")

@@ -1,4 +1,4 @@
-"""Redis Pub/Sub for the live channels: ``redis://host:port/db[?prefix=P]``.
+"""Redis Pub/Sub for the live channels: ``redis://host:port/db[?prefix=P&backlog=N]``.
 
 ``prefix`` (default none) is put before every channel name on the wire, so
 several deployments (or test runs) can share one Redis without seeing each
@@ -28,18 +28,25 @@ much).
 
 Under stress:
 
-* **Redis down or restarting.**  ``publish`` raises :class:`~livedata.errors.BusError`
-  (after one immediate reconnect attempt, bounded by the connect timeout); the
-  caller (distribute) logs, counts and carries on with the next record.  The
-  reader notices the lost connection, reconnects with backoff (0.5 s doubling to
-  10 s, with jitter so a fleet of gateways does not reconnect in step) and then
-  re-subscribes every channel that is subscribed at that moment.  ``subscribe``
-  and ``unsubscribe`` never fail because Redis is down: they are remembered and
-  take effect on the reconnect.  Messages published while Redis is down, or
-  while this object is reconnecting, are **gone**: Pub/Sub is fire-and-forget
-  and keeps nothing, and they are not in the stream either.  That is by design
-  — the store has every record, and clients fill the gap from the history API
-  (``recovered: false``).
+* **Redis down or restarting.**  A ``publish`` that fails (after one immediate
+  reconnect attempt, bounded by the connect timeout) keeps its message in a local
+  backlog, as does every ``publish`` after it while the backlog is not empty (so
+  the order per channel holds, and distribute does not wait on a dead Redis).  A
+  flusher task sends the backlog, oldest first and up to :data:`FLUSH_CHUNK`
+  messages per round trip, into the channels' history streams and ``PUBLISH``, as
+  soon as Redis answers again (retried with backoff, 0.5 s doubling to
+  :data:`BACKOFF_MAX`) -- so a client that reconnects with its ``since`` recovers
+  what was published during the restart.  The backlog holds ``backlog`` messages
+  (URL option, :data:`BACKLOG_MAX` by default: 40 s of 500 machines at 1 Hz);
+  beyond it the oldest are dropped and counted (:attr:`RedisPubSub.dropped`): the
+  store has them, and clients fill that gap from the history API
+  (``recovered: false``).  The failure is logged once a minute with a count
+  (:class:`~livedata.ratelog.Throttled`) and once when Redis is back.  The reader
+  notices the lost connection, reconnects with backoff (0.5 s doubling to
+  :data:`BACKOFF_MAX`, with jitter so a fleet of gateways does not reconnect in
+  step) and then re-subscribes every channel that is subscribed at that moment.
+  ``subscribe`` and ``unsubscribe`` never fail because Redis is down: they are
+  remembered and take effect on the reconnect.
 * **A slow reader.**  Redis pushes messages as they come; what this process
   has not read yet sits in the socket and in redis-py's read buffer, and beyond
   that in Redis's output buffer for the connection, which Redis caps
@@ -59,6 +66,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -70,14 +78,19 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from livedata.bus.base import HISTORY_MAX, Handler, PubSub
-from livedata.errors import BusError
+from livedata.errors import BusError, ConfigError
+from livedata.ratelog import Throttled
 
 log = logging.getLogger("livedata.bus.redis")
 
 BACKOFF_MIN = 0.5
 """Seconds before the first reconnect attempt."""
-BACKOFF_MAX = 10.0
-"""Seconds between reconnect attempts at most."""
+BACKOFF_MAX = 2.0
+"""Seconds between reconnect attempts at most (live resumes within that of Redis's return)."""
+BACKLOG_MAX = 20_000
+"""Messages kept while Redis is unreachable, by default (the ``backlog`` URL option)."""
+FLUSH_CHUNK = 500
+"""Messages of the backlog sent per round trip once Redis is back."""
 CONNECT_TIMEOUT = 2.0
 """Seconds a connection attempt may take."""
 COMMAND_TIMEOUT = 5.0
@@ -115,7 +128,14 @@ class RedisPubSub(PubSub):
         parts = urlsplit(url)
         query = parse_qsl(parts.query)
         self._prefix = "".join(value for key, value in query if key == "prefix")
-        rest = urlencode([(key, value) for key, value in query if key != "prefix"])
+        backlog = [value for key, value in query if key == "backlog"]
+        try:
+            self.backlog_max = int(backlog[-1]) if backlog else BACKLOG_MAX
+        except ValueError:
+            raise ConfigError(f"redis backlog must be a number, not {backlog[-1]!r}") from None
+        if self.backlog_max < 0:
+            raise ConfigError("redis backlog must not be negative")
+        rest = urlencode([(key, value) for key, value in query if key not in ("prefix", "backlog")])
         self._redis_url = urlunsplit(parts._replace(query=rest))
         self._where = f"redis {parts.hostname}:{parts.port or 6379}{parts.path}"  # no password
         self._handlers: dict[str, Handler] = {}
@@ -127,6 +147,14 @@ class RedisPubSub(PubSub):
         self._closed = False
         self.reconnects = 0
         """How often the pub/sub connection was re-established."""
+        self._backlog: deque[tuple[str, bytes]] = deque()
+        """Messages published while Redis was unreachable, oldest first."""
+        self._flusher: asyncio.Task[None] | None = None
+        self._sending = 0
+        """Backlog messages in the flusher's round trip."""
+        self.dropped = 0
+        """Backlog messages dropped because the backlog was full."""
+        self._failures = Throttled(log)
 
     @property
     def connected(self) -> bool:
@@ -184,20 +212,85 @@ class RedisPubSub(PubSub):
     async def publish(self, channel: str, message: bytes) -> None:
         """Keep ``message`` in the channel's history and ``PUBLISH`` it, in one round trip.
 
-        Raises :class:`BusError` while Redis is unreachable.
+        While Redis is unreachable the message waits in the backlog (see the module doc);
+        raises :class:`BusError` only when this object is closed.
         """
         if self._closed:
             raise BusError("pub/sub is closed")
-        name = self._prefix + channel
+        flushing = self._flusher is not None and not self._flusher.done()
+        if not flushing:
+            try:
+                await self._publish([(channel, message)])
+                return
+            except BusError as exc:
+                self._failures.failed(
+                    "publish",
+                    "publishing on %s failed; keeping live messages (at most %d) until it "
+                    "answers: %s",
+                    self._where,
+                    self.backlog_max,
+                    exc,
+                )
+        self._keep([(channel, message)])
+        if not flushing:
+            self._flusher = asyncio.create_task(self._flush(), name=f"flush {self._where}")
+
+    def _keep(self, items: list[tuple[str, bytes]], *, front: bool = False) -> None:
+        """Add to the backlog (at the front: a chunk that failed again), dropping the oldest
+        beyond its bound."""
+        if front:
+            self._backlog.extendleft(reversed(items))
+        else:
+            self._backlog.extend(items)
+        excess = len(self._backlog) - self.backlog_max
+        if excess > 0:
+            for _ in range(excess):
+                self._backlog.popleft()
+            self.dropped += excess
+
+    async def _publish(self, items: list[tuple[str, bytes]]) -> None:
+        """XADD + XTRIM + PEXPIRE + PUBLISH of each message, all in one round trip."""
         keep_ms = int(self.history_seconds * 1000)
         cutoff = int(time.time() * 1000) - keep_ms
-        with map_errors(f"publish to {channel} on {self._where}"):
+        with map_errors(f"publish to {items[0][0]} on {self._where}"):
             async with self._redis().pipeline(transaction=False) as pipe:
-                pipe.xadd(name, {"m": message}, maxlen=HISTORY_MAX, approximate=True)
-                pipe.xtrim(name, minid=cutoff, approximate=True)
-                pipe.pexpire(name, keep_ms)
-                pipe.publish(name, message)
+                for channel, message in items:
+                    name = self._prefix + channel
+                    pipe.xadd(name, {"m": message}, maxlen=HISTORY_MAX, approximate=True)
+                    pipe.xtrim(name, minid=cutoff, approximate=True)
+                    pipe.pexpire(name, keep_ms)
+                    pipe.publish(name, message)
                 await pipe.execute()
+
+    async def _flush(self) -> None:
+        """Send the backlog once Redis answers, oldest first; until it is empty."""
+        delays = backoff_delays()
+        sent = 0
+        while self._backlog and not self._closed:
+            chunk = [self._backlog.popleft() for _ in range(min(FLUSH_CHUNK, len(self._backlog)))]
+            self._sending = len(chunk)
+            try:
+                await self._publish(chunk)
+            except BusError:
+                self._keep(chunk, front=True)
+                await asyncio.sleep(next(delays))
+                continue
+            finally:
+                self._sending = 0
+            sent += len(chunk)
+        if sent:
+            self._failures.recovered(
+                "publish",
+                "publishing on %s works again; %d kept messages sent, %d dropped",
+                self._where,
+                sent,
+                self.dropped,
+            )
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting for Redis to come back (kept or being sent)."""
+        return len(self._backlog) + self._sending
 
     async def history(self, channel: str) -> list[bytes]:
         """The channel's messages of the last ``history_seconds`` (at most ``HISTORY_MAX``)."""
@@ -262,11 +355,12 @@ class RedisPubSub(PubSub):
                             return
                         await self._connect()
                 except Exception as exc:  # RedisError, OSError, or a redis-py surprise
-                    log.info("%s still unreachable: %s", self._where, exc)
+                    log.debug("%s still unreachable: %s", self._where, exc)
                     continue
                 self.reconnects += 1
                 delays = backoff_delays()
-                log.warning(
+                self._failures.recovered(
+                    "read",
                     "pub/sub on %s reconnected; re-subscribed %d channels",
                     self._where,
                     len(self._handlers),
@@ -277,8 +371,10 @@ class RedisPubSub(PubSub):
             except Exception as exc:  # RedisError, OSError, or a redis-py surprise
                 if self._closed:
                     return
-                log.warning(
-                    "pub/sub on %s lost (%s); messages published meanwhile are gone, reconnecting",
+                self._failures.failed(
+                    "read",
+                    "pub/sub on %s lost (%s); reconnecting (messages published meanwhile "
+                    "reach the subscribers only through the channels' history)",
                     self._where,
                     exc,
                 )
@@ -335,11 +431,12 @@ class RedisPubSub(PubSub):
         """Stop the reader, drop the subscriptions and the connections."""
         self._closed = True
         self._handlers.clear()
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        for task in (self._reader, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._reader = self._flusher = None
         await self._drop()
         client, self._client = self._client, None
         if client is not None:

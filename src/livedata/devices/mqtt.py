@@ -39,6 +39,19 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     the shared-subscription group: the link subscribes
     ``$share/{group}/livedata/+/+/telemetry/+``, so several ingest processes in one
     group split the messages, each message going to one of them.
+``shared`` (``on``), ``partition`` (none)
+    ``shared=off`` subscribes ``livedata/+/+/telemetry/+`` without a share group.
+    Needed for a broker restart on Mosquitto 2.0.x: with ``persistence true`` it
+    restores a persistent session's plain subscription at start and queues for it
+    what devices publish before ingest is back, but it does not restore a
+    ``$share/…`` subscription, so what devices publish between the broker's start
+    and ingest's resubscribe is dropped for want of a subscriber (measured on
+    2.0.11; EMQX and HiveMQ restore shared subscriptions).  Without a share group
+    every ingest process gets every message, so with several give each
+    ``partition=i/n`` (``0/2`` and ``1/2``): it takes the machines whose
+    ``crc32("{tenant}/{chassis}") % n == i`` and acknowledges the others at once,
+    unread (their own process has its own copy).  The cost: each process receives
+    all ``n`` shares from the broker.
 ``inflight`` (1000)
     MQTT 5 Receive Maximum: the broker sends this link at most this many
     unacknowledged messages and holds the rest — the back-pressure when ingest is
@@ -55,7 +68,7 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
 Acknowledgement.  aiomqtt 2.5 has no manual-ack API (empicano/aiomqtt#345, open), but
 the paho-mqtt 2 client under it does (``manual_ack_set`` / ``ack``); the link turns it
 on, so a QoS 1 message is PUBACKed only when ingest awaits the delivery's ``ack`` —
-after its record is in the store and the log.  Until then the message is in flight
+after its record is durable (store or spill journal).  Until then the message is in flight
 and counts against ``inflight``.  What the broker does with unacknowledged messages
 when a link dies (measured on Mosquitto 2.0.11):
 
@@ -75,8 +88,10 @@ of a message received on a connection that has since been replaced is skipped (i
 packet id means nothing on the new connection); the broker redelivers such a message
 to a persistent session.
 
-Under stress: the link reconnects with exponential backoff (0.5 s … 30 s, jittered)
-and resubscribes, which also replays the retained statuses.  Each undecodable
+Under stress: the link reconnects with exponential backoff (0.5 s … 2 s, jittered:
+it should be back before the devices, which back off up to 30 s) and resubscribes,
+which also replays the retained statuses; a broker that stays away is logged once a
+minute, with a count (:class:`~livedata.ratelog.Throttled`).  Each undecodable
 message becomes a :class:`Rejection` (acknowledged by ingest at once) and nothing
 else is affected.  Deliveries decoded but not yet consumed wait in an in-process
 queue, bounded by what the broker sends unacknowledged (see ``inflight``).
@@ -103,6 +118,7 @@ import random
 import socket
 import time
 import uuid
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +148,7 @@ from livedata.errors import (
     DeviceTimeout,
 )
 from livedata.model import DeviceMessage, MsgType, valid_id
+from livedata.ratelog import Throttled
 
 __all__ = [
     "STATUS_FILTER",
@@ -155,6 +172,9 @@ METHOD_RESPONSE_FILTER = f"{ROOT}/+/+/methods/res/+"
 DEFAULT_PORT = 1883
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
+LINK_BACKOFF_MAX = 2.0
+"""The server link retries at least this often: it must be subscribed before devices
+(which back off up to :data:`BACKOFF_MAX`) publish again after a broker restart."""
 _MSG_TYPES = frozenset(t.value for t in MsgType)
 
 
@@ -255,6 +275,20 @@ def _broker(url: str, options: frozenset[str]) -> _Broker:
     )
 
 
+def _partition(text: str | None) -> tuple[int, int] | None:
+    """``i/n`` → (i, n), checked; ``None`` without the option."""
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise ConfigError(f"MQTT URL option partition={text!r}: use i/n, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"MQTT URL option partition={text!r}: need 0 <= i < n")
+    return i, n
+
+
 def _refusal(exc: aiomqtt.MqttError, where: str) -> ConfigError:
     return ConfigError(f"MQTT broker {where} refused the connection: {exc}")
 
@@ -328,7 +362,16 @@ class MqttDeviceLink(DeviceLink):
     """Telemetry from devices through an MQTT 5 broker's shared subscription; presence."""
 
     OPTIONS = frozenset(
-        ("group", "inflight", "client_id", "session_expiry", "keepalive", "connect_timeout")
+        (
+            "group",
+            "shared",
+            "partition",
+            "inflight",
+            "client_id",
+            "session_expiry",
+            "keepalive",
+            "connect_timeout",
+        )
     )
 
     def __init__(self, url: str) -> None:
@@ -341,6 +384,15 @@ class MqttDeviceLink(DeviceLink):
         self.client_id = params.get("client_id") or None
         if self.client_id is not None and any(c in self.client_id for c in "+#/"):
             raise ConfigError(f"MQTT client_id {self.client_id!r} must not contain / + #")
+        shared = params.get("shared", "on").lower()
+        if shared not in ("on", "off"):
+            raise ConfigError(f"MQTT URL option shared={shared!r}: use on or off")
+        self.shared = shared == "on"
+        self.partition = _partition(params.get("partition"))
+        if self.partition is not None and self.shared:
+            raise ConfigError("MQTT URL option partition needs shared=off")
+        self.partitioned_out = 0
+        """Messages of machines of another partition, acknowledged unread."""
         self.inflight = int(self._broker.number("inflight", 1000, 1, 65535))
         expiry_default = 3600 if self.client_id else 0
         self.session_expiry = int(
@@ -361,10 +413,19 @@ class MqttDeviceLink(DeviceLink):
         self._task: asyncio.Task[None] | None = None
         self._last_error = "no attempt yet"
         self._pending: dict[str, asyncio.Future[MethodResult]] = {}
+        self._failures = Throttled(log)
 
     @property
     def share_filter(self) -> str:
-        return f"$share/{self.group}/{TELEMETRY_FILTER}"
+        """The telemetry subscription: in the share group, or plain with ``shared=off``."""
+        return f"$share/{self.group}/{TELEMETRY_FILTER}" if self.shared else TELEMETRY_FILTER
+
+    def _other_partition(self, topic: str) -> bool:
+        if self.partition is None:
+            return False
+        index, count = self.partition
+        levels = topic.split("/", 3)
+        return zlib.crc32(f"{levels[1]}/{levels[2]}".encode()) % count != index
 
     @property
     def connected(self) -> bool:
@@ -424,6 +485,7 @@ class MqttDeviceLink(DeviceLink):
                     self._client = client
                     self._connected.set()
                     self.counters["connects"] += 1
+                    self._failures.recovered("broker", "MQTT broker %s is back", self._broker.where)
                     log.info(
                         "device link connected to MQTT broker %s (%s, share group %r, "
                         "inflight %d, %s session)",
@@ -449,14 +511,15 @@ class MqttDeviceLink(DeviceLink):
                 if self._client is client:
                     self._client = None
                     self._connected.clear()
-            log.warning(
-                "MQTT broker %s: %s; reconnecting in %.1f s",
+            self._failures.failed(
+                "broker",
+                "MQTT broker %s: %s; reconnecting every %g s at most",
                 self._broker.where,
                 self._last_error,
-                delay,
+                LINK_BACKOFF_MAX,
             )
             await asyncio.sleep(_backoff(delay))
-            delay = min(delay * 2, BACKOFF_MAX)
+            delay = min(delay * 2, LINK_BACKOFF_MAX)
 
     async def _receive(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -468,6 +531,10 @@ class MqttDeviceLink(DeviceLink):
                 return
             if "/methods/" in topic:
                 self._method_response(topic, message.payload)
+                await ack()
+                return
+            if self._other_partition(topic):
+                self.partitioned_out += 1
                 await ack()
                 return
             item = self._telemetry(topic, message.payload, ack)

@@ -45,10 +45,15 @@ was sent late, so it would raise alerts for the past), and records more than
 alerts for old data).  When the metadata database is down a raise is not lost
 silently: the core forgets it and raises it again on the next record that
 still meets the condition, and the error is logged; rules keep their last
-known state until the database is back.  A nodata raise is first checked
-against the store's newest timestamp (another copy may be the one receiving
-that machine's data), so it costs one store query per machine and
-``nodata_seconds`` at most.
+known state until the database is back.  The nodata clock is the arrival of
+records from the log, so a store outage (ingest spilling to its journal, the log
+still flowing) raises nothing.  A nodata raise is first checked against the
+newest timestamp in the store and in the live channel's history (another copy
+may be the one receiving that machine's data; the store lags while ingest
+spills), so it costs one store query and one history read per machine and
+``nodata_seconds`` at most; when neither answers the raise waits for a later
+tick rather than risk a false alarm.  Alert pushes go through the pub/sub, whose
+Redis backlog keeps them while Redis restarts and sends them when it is back.
 """
 
 from __future__ import annotations
@@ -68,8 +73,9 @@ from livedata.bus.base import Log, PubSub
 from livedata.catalog import Catalog
 from livedata.errors import BackendError, BusError, LivedataError
 from livedata.metadata.alerts import AlertStore, RuleSpec, alert_dict
-from livedata.model import Kind, MsgType, Record
+from livedata.model import Kind, MsgType, Record, live_channel
 from livedata.pipeline.notify import Notifier
+from livedata.ratelog import Throttled
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -123,7 +129,7 @@ class _Machine:
         """When the machine last sent ``msg_type`` (any type for ``None``), or ``since``."""
         if msg_type is not None:
             return self.seen.get(msg_type, self.since)
-        return max(self.since, *self.seen.values())
+        return max([self.since, *self.seen.values()])
 
 
 def holds(rule: RuleSpec, value: float) -> bool:
@@ -395,6 +401,7 @@ class AlertRole:
         self._lock = asyncio.Lock()
         self._machines_at = 0.0
         self._started_ms = 0
+        self._failures = Throttled(logging.getLogger("livedata.alerts"))
 
     async def run(self) -> None:
         """Evaluate until cancelled."""
@@ -464,7 +471,17 @@ class AlertRole:
             confirmed: list[AlertEvent] = []
             for event in events:
                 if self.last_seen is not None:
-                    latest = await self.last_seen(event.tenant, event.chassis, event.rule.msg_type)
+                    try:
+                        latest = await self.last_seen(
+                            event.tenant, event.chassis, event.rule.msg_type
+                        )
+                    except BackendError as exc:  # unknown: no alert now, asked again next tick
+                        self.core.revert(event)
+                        self._failures.failed(
+                            "last_seen", "nodata raises wait: cannot check the last data: %s", exc
+                        )
+                        continue
+                    self._failures.recovered("last_seen", "nodata raises are checked again")
                     nodata_ms = (event.rule.nodata_seconds or 0) * 1000
                     if latest is not None and now_ms - latest < nodata_ms:
                         self.core.retract(event, latest)
@@ -575,8 +592,25 @@ def alert_role(rt: Runtime) -> AlertRole:
     store = AlertStore(rt.meta)
 
     async def last_seen(tenant: str, chassis: str, msg_type: str | None) -> int | None:
+        """The newest timestamp in the store or the live channel's history, whichever is
+        newer: the store lags while ingest spills, the history is gone while Redis restarts.
+        Raises :class:`BackendError` only when neither answered."""
         types = [msg_type] if msg_type else [t.value for t in MsgType]
-        stamps = [await rt.store.latest_ts(tenant, chassis, t) for t in types]
+        stamps: list[int | None] = []
+        failures: list[BackendError] = []
+        for t in types:
+            try:
+                stamps.append(await rt.store.latest_ts(tenant, chassis, t))
+            except BackendError as exc:
+                failures.append(exc)
+            try:
+                history = await rt.pubsub.history(live_channel(tenant, chassis, t))
+            except BackendError as exc:
+                failures.append(exc)
+            else:
+                stamps.append(int(orjson.loads(history[-1])["ts"]) if history else None)
+        if len(failures) == 2 * len(types):
+            raise failures[0]
         return max((s for s in stamps if s is not None), default=None)
 
     notifier = Notifier(

@@ -5,8 +5,10 @@ random id chosen at start), so a client can see a gap; a new epoch means the
 numbering restarted.  Backfill records are not published (they are stored).
 
 Under stress: pub/sub is fire-and-forget, so a slow gateway never slows the
-log; if pub/sub fails the message is logged and skipped (the store has it, and
-clients fill gaps from history).
+log.  Redis's pub/sub keeps what it cannot publish in a bounded backlog and sends
+it when Redis is back (see :mod:`livedata.bus.redis`); a message a pub/sub still
+refuses is skipped (the store has it, and clients fill gaps from history), and
+logged once a minute with a count, then once when publishing works again.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from livedata import observe
 from livedata.bus.base import Log, PubSub
 from livedata.errors import BusError
 from livedata.model import Kind, Record
+from livedata.ratelog import Throttled
 
 log = logging.getLogger("livedata.distribute")
 
@@ -36,6 +39,7 @@ class Distribute:
         self.group = group
         self.epoch = uuid.uuid4().hex[:12]
         self._seq: dict[str, int] = {}
+        self._failures = Throttled(logging.getLogger("livedata.distribute"))
 
     async def run(self) -> None:
         """Publish real-time records until cancelled."""
@@ -52,6 +56,7 @@ class Distribute:
         try:
             await self.pubsub.publish(channel, live_message(record, seq, self.epoch))
         except BusError as exc:
-            log.warning("publish on %s failed: %s", channel, exc)
+            self._failures.failed("publish", "publish on %s failed, skipped: %s", channel, exc)
             return
+        self._failures.recovered("publish", "publishing live messages works again")
         observe.PUBLISHED.inc()

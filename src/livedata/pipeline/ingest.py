@@ -4,8 +4,8 @@ Per message: look the machine up (unknown machines are rejected and counted),
 decode ``vehicle_can`` frames with the machine's DBC or validate
 ``client_raw_data`` values, then queue one :class:`Record`.  A writer task takes
 what has queued, waits ``linger`` (50 ms) for the rest of the second's
-messages (up to ``batch_max`` records), makes the batch durable, then appends it
-to the log and acknowledges its device messages.
+messages (up to ``batch_max`` records), makes the batch durable, acknowledges its
+device messages and hands it to an appender task that appends it to the log.
 
 Durable means one of two things:
 
@@ -26,7 +26,7 @@ Durable means one of two things:
 
 Under stress:
 
-* **Store slow or down, with a journal** (the embedded shape's default): ingest
+* **Store slow or down, with a journal** (the default in every shape): ingest
   keeps its pace until the journal holds ``spill_max_bytes`` (256 MiB: about 80
   minutes of the demo's 100 machines at 1 Hz, at 270 B per record; see
   ``bench/bench_ingest.py --store-down``).  Then the writer waits for the drainer, the
@@ -37,26 +37,33 @@ Under stress:
 * **Store slow or down, without a journal**: the writer retries the batch with
   backoff (1 s … 30 s) and never drops it; the queue fills and ``handle`` waits.
   The live path stops with the store.
-* **Log slow or down**: the append is retried with backoff (1 s … 30 s); the log's
-  own ``append`` also waits while the log is full.  Acknowledgements wait with it,
-  the queue fills, ``handle`` waits.  With a journal, what was already journalled
-  keeps being stored.
+* **Log slow or down** (Kafka restarting): the appender retries the oldest batch
+  with backoff (0.5 s … 5 s), in order; the log's own ``append`` also waits while
+  the log is full.  Storing and acknowledging go on meanwhile, so the broker keeps
+  being acknowledged, until ``queue_max`` durable records wait for the log; then
+  the writer waits, the queue fills and ``handle`` waits.  Those records are
+  durable already: a crash while they wait loses their live publication and alert
+  evaluation, never their storage.
 * **Journal write fails** (disk full): retried with backoff; each attempt first
   tries the store directly when the journal is empty.  Nothing is acknowledged
   until one of the two has the batch.
 
 Memory is bounded by ``queue_max`` queued records, the batch being written
-(``batch_max``), and one chunk read back from the journal (``batch_max``).
+(``batch_max``), ``queue_max`` records waiting for the log, and one chunk read back
+from the journal (``batch_max``).  A repeated failure (store, journal, log) is
+logged once per minute with a count (:class:`~livedata.ratelog.Throttled`), and once
+when it recovers.
 
 Acknowledgement: a device message is acknowledged to its link only once its
-record is durable (store or journal) and in the log, in arrival order (as MQTT
-requires of PUBACKs).  A crash before that makes a broker with a persistent
+record is durable (store or journal), in arrival order (as MQTT requires of
+PUBACKs); the log gets the batch right after.  A crash before that makes a broker with a persistent
 session redeliver it (writes are idempotent, so a redelivered record is stored
 once).  Over MQTT this matters beyond crashes: while acknowledgements stop, the
 broker holds at most ``inflight`` unacknowledged messages for the link and queues
 the rest up to its own limit (Mosquitto's ``max_queued_messages``), dropping
-beyond it -- so without a journal a long store outage becomes data loss at the
-broker, with one the broker keeps being acknowledged until the journal is full.
+beyond it -- so without a journal (``spill_dir=off``) a long store outage becomes
+data loss at the broker; with one the broker keeps being acknowledged until the
+journal is full.
 The in-process link (``local://``) has nothing to acknowledge: its bounded queue
 makes the simulated fleet wait instead.
 Bad input is counted per machine (see :class:`DecodeStats`) and never stops the
@@ -80,6 +87,7 @@ from livedata.devices.base import Ack, DeviceLink, Rejection
 from livedata.errors import BackendError, BusError, DecodeError, StoreError
 from livedata.model import DeviceMessage, MsgType, Record
 from livedata.pipeline.spill import Chunk, SpillJournal
+from livedata.ratelog import Throttled
 from livedata.store.base import Store
 
 log = logging.getLogger("livedata.ingest")
@@ -150,6 +158,13 @@ class Ingest:
         """Records the store has confirmed."""
         self.spilled = 0
         """Records that went through the spill journal."""
+        self._unlogged: deque[list[Record]] = deque()
+        """Durable, acknowledged batches not yet in the log, oldest first."""
+        self.unlogged = 0
+        """Records in those batches (at most ``queue_max`` plus one batch)."""
+        self._log_work = asyncio.Event()
+        self._log_room = asyncio.Event()
+        self._failures = Throttled(logging.getLogger("livedata.ingest"))
 
     def stats_for(self, tenant: str, chassis: str) -> DecodeStats:
         key = (tenant, chassis)
@@ -166,7 +181,7 @@ class Ingest:
         """Decode one device message and queue its record; ``None`` if it was rejected.
 
         ``ack`` is awaited once the record is durable -- in the store, or in the spill
-        journal while the store is slow or down -- and in the log (or at once when the
+        journal while the store is slow or down (or at once when the
         message is rejected: a bad message is final, redelivering it would not make it
         good).
         """
@@ -270,13 +285,12 @@ class Ingest:
         """Make queued records durable, append them to the log, acknowledge them;
         with a journal, also drain it to the store.  Until cancelled."""
         with observe.log_context(role="ingest"):
-            if self.spill is None:
-                await self._writer()
-                return
             await self.start()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._writer(), name="ingest-writer")
-                tasks.create_task(self._drainer(), name="ingest-drainer")
+                tasks.create_task(self._appender(), name="ingest-appender")
+                if self.spill is not None:
+                    tasks.create_task(self._drainer(), name="ingest-drainer")
 
     async def _writer(self) -> None:
         try:
@@ -297,10 +311,10 @@ class Ingest:
                 else:
                     await self._keep(records, self._batch_since)
                 self._batch_since = None
-                await self._append(records)
                 for _, ack in batch:
                     if ack is not None:
                         await self._ack(ack)
+                await self._hand_to_log(records)
                 self.update_gauges()
         finally:
             self._batch_since = None
@@ -385,18 +399,20 @@ class Ingest:
             except BackendError as exc:
                 if isinstance(exc, StoreError):
                     observe.STORE_FAILURES.inc()
-                log.error(  # the text only: a kept exception would keep the chunk alive
-                    "draining the spill journal (%d records) failed, retrying in %.1f s: %s",
+                self._failures.failed(  # the text only: a kept exception keeps the chunk alive
+                    "drain",
+                    "draining the spill journal (%d records) failed, retrying: %s",
                     self.spill.records,
-                    delay,
                     str(exc),
+                    level=logging.ERROR,
                 )
                 self.update_gauges()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.drain_retry_max)
                 continue
-            if delay > 0.5:
-                log.info("the store takes writes again; %d records to drain", self.spill.records)
+            self._failures.recovered(
+                "drain", "the store takes writes again; %d records to drain", self.spill.records
+            )
             delay = 0.5
             self._stored(chunk.records, points)
             chunk = None
@@ -408,22 +424,44 @@ class Ingest:
         except Exception as exc:  # the link is gone: the broker will redeliver
             log.warning("acknowledgement failed: %s", exc)
 
-    async def _append(self, records: list[Record]) -> None:
-        delay = 1.0
+    async def _hand_to_log(self, records: list[Record]) -> None:
+        """Queue a durable batch for the log; waits while ``queue_max`` records wait for it."""
+        while self.unlogged >= self.queue_max:
+            self._log_room.clear()
+            await self._log_room.wait()
+        self._unlogged.append(records)
+        self.unlogged += len(records)
+        self._log_work.set()
+
+    async def _appender(self) -> None:
+        """Append the durable batches to the log in order, retrying with backoff (0.5 s … 5 s)."""
+        delay = 0.5
         while True:
+            while not self._unlogged:
+                self._log_work.clear()
+                await self._log_work.wait()
+            records = self._unlogged[0]
             try:
                 await self.log.append(records)
-                return
             except BusError as exc:
                 observe.LOG_FAILURES.inc()
-                log.error(
-                    "log append of %d records failed, retrying in %.0f s: %s",
-                    len(records),
-                    delay,
+                self._failures.failed(
+                    "log",
+                    "log append failed, retrying (%d records wait for the log; devices are "
+                    "still acknowledged up to %d): %s",
+                    self.unlogged,
+                    self.queue_max,
                     exc,
+                    level=logging.ERROR,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.5
+            self._failures.recovered("log", "the log takes appends again")
+            self._unlogged.popleft()
+            self.unlogged -= len(records)
+            self._log_room.set()
 
     async def _write(self, batch: list[Record]) -> None:
         """Without a journal: write to the store, retrying until it takes the batch."""
@@ -434,14 +472,16 @@ class Ingest:
                 break
             except StoreError as exc:
                 observe.STORE_FAILURES.inc()
-                log.error(
-                    "store write of %d records failed, retrying in %.0f s: %s",
+                self._failures.failed(
+                    "store",
+                    "store write of %d records failed, retrying: %s",
                     len(batch),
-                    delay,
                     exc,
+                    level=logging.ERROR,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+        self._failures.recovered("store", "the store takes writes again")
         self._stored(batch, points)
 
     def _stored(self, batch: list[Record], points: int) -> None:

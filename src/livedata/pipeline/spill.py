@@ -370,15 +370,17 @@ class JournalFull(BackendError):
     """An append without waiting found no room."""
 
 
-def spill_dir_of(setting: str, data_dir: Path, store_url: str) -> Path | None:
+def spill_dir_of(setting: str, data_dir: Path, instance: str | None = None) -> Path | None:
     """Where the journal lives for the ``spill_dir`` setting; ``None``: no journal.
 
-    ``auto``: ``{data_dir}/spill`` when the store is SQLite (the embedded shape, whose
-    data directory is known to persist), none otherwise; ``off``: none; else a path.
+    ``auto`` (the default, whatever the store): ``{data_dir}/spill``, or
+    ``{data_dir}/spill/{instance}`` for an ingest process with an identity of its own
+    (its MQTT ``client_id``), so ingest processes sharing a data directory each have
+    their journal and a restarted one finds its own; ``off``: none; else a path.
     """
     value = setting.strip()
     if value.lower() in ("", "off", "none", "false"):
         return None
     if value.lower() == "auto":
-        return data_dir / "spill" if store_url.startswith("sqlite:") else None
+        return data_dir / "spill" / instance if instance else data_dir / "spill"
     return Path(value)
