@@ -79,3 +79,11 @@ class FlakyStore(Store):
     async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
         self._check()
         return await self.inner.latest_ts(tenant, chassis, msg_type)
+
+    async def machine_points(self, tenant: str, chassis: str) -> int:
+        self._check()
+        return await self.inner.machine_points(tenant, chassis)
+
+    async def delete_machine(self, tenant: str, chassis: str) -> int:
+        self._check()
+        return await self.inner.delete_machine(tenant, chassis)
