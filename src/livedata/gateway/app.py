@@ -21,6 +21,7 @@ from livedata.gateway.alerts_api import router as alerts_router
 from livedata.gateway.api import router
 from livedata.gateway.auth_api import router as auth_router
 from livedata.gateway.commands import router as commands_router
+from livedata.gateway.docs import install_docs
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.machines_api import router as machines_router
@@ -44,6 +45,8 @@ def create_app(rt: Runtime) -> FastAPI:
         title="livedata",
         version=__version__,
         summary="Machine telemetry, live and history",
+        docs_url=None,  # served from the package by install_docs: offline, no CDN
+        redoc_url=None,
     )
     app.state.runtime = rt
     rt.on_started.append(security(rt).start)
@@ -55,6 +58,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(commands_router)
     app.include_router(ingest_router)
     install_watch(app, rt)
+    install_docs(app)
 
     @app.exception_handler(NotFound)
     async def _not_found(_r: Request, exc: NotFound) -> JSONResponse:
