@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from livedata.sim.demo import DBC_PATH
 from tests.conftest import Server, start_demo, stop
 
 ORG = "/api/resources/demo"
@@ -203,3 +204,59 @@ def test_delete_asks_and_keeps_or_deletes_history(http: httpx.Client, server: Se
         assert http.get(f"{ORG}/machines/{chassis}/data").json()["points"] == points
     audit = http.get(f"{ORG}/audit").json()["entries"]
     assert any(e["action"] == "machine_deleted" and e["target"] == "DEL-GONE" for e in audit)
+
+
+DBC = DBC_PATH.read_text()
+
+
+def test_dbc_upload_as_multipart_and_text_with_errors_in_place(http: httpx.Client) -> None:
+    """A DBC is accepted as multipart or plain text; a syntax error names cantools' line
+    and reason; a CAN id defined twice is refused."""
+    multipart = http.post(f"{ORG}/dbc", files={"file": ("mp.dbc", DBC, "application/octet-stream")})
+    assert multipart.status_code == 201, multipart.text
+    assert multipart.json()["name"] == "mp.dbc"
+    text = http.post(
+        f"{ORG}/dbc",
+        params={"name": "plain.dbc"},
+        content=DBC,
+        headers={"Content-Type": "text/plain"},
+    )
+    assert text.status_code == 201 and text.json()["name"] == "plain.dbc"
+    broken = DBC.replace("BO_ 928 ", "BO_ 928 X ", 1)
+    bad = http.post(f"{ORG}/dbc", files={"file": ("bad.dbc", broken, "text/plain")})
+    assert bad.status_code == 400
+    line = DBC[: DBC.index("BO_ 928 ")].count("\n") + 1
+    assert f"line {line}" in bad.json()["error"]["message"]
+    twice = DBC + '\nBO_ 928 Again: 8 HCU\n SG_ x : 0|8@1+ (1,0) [0|1] "" VCU\n'
+    dup = http.post(f"{ORG}/dbc", files={"file": ("dup.dbc", twice, "text/plain")})
+    assert dup.status_code == 400 and "0x3A0" in dup.json()["error"]["message"]
+    nameless = http.post(f"{ORG}/dbc", content=DBC, headers={"Content-Type": "text/plain"})
+    assert nameless.status_code == 400
+
+
+def test_models_and_searchable_signal_catalog(http: httpx.Client) -> None:
+    """A model is created, gets a DBC, lists its machines, and its catalog is searchable with
+    id, PGN, unit, range, resolution and comment."""
+    assert http.post(f"{ORG}/models", json={"name": "CAT-M1"}).status_code == 201
+    assert http.post(f"{ORG}/models", json={"name": "CAT-M1"}).status_code == 409
+    dbc = http.post(f"{ORG}/dbc", json={"name": "cat.dbc", "content": DBC}).json()
+    http.put(f"{ORG}/models/CAT-M1/dbc", json={"dbcId": dbc["id"]})
+    http.post(
+        f"{ORG}/machines",
+        json={"chassisId": "CAT-1", "name": "c", "model": "CAT-M1", "provision": False},
+    )
+    models = {m["name"]: m for m in http.get(f"{ORG}/models").json()["models"]}
+    assert models["CAT-M1"] == {
+        "name": "CAT-M1",
+        "dbcId": dbc["id"],
+        "dbc": "cat.dbc",
+        "machines": ["CAT-1"],
+    }
+    every = http.get(f"{ORG}/models/CAT-M1/signals").json()
+    assert every["dbc"]["name"] == "cat.dbc" and len(every["signals"]) >= 10
+    (speed,) = http.get(f"{ORG}/models/CAT-M1/signals", params={"q": "KM/H"}).json()["signals"]
+    assert speed["name"] == "speed" and speed["pgn"] == 65265 and speed["id"] == "0x18FEF100"
+    assert speed["resolution"] == 0.00390625 and speed["max"] == 60 and "SPN 84" in speed["comment"]
+    same = http.get(f"{ORG}/dbc/{dbc['id']}/signals", params={"q": "ccvs1"}).json()["signals"]
+    assert [s["name"] for s in same] == ["brake_status", "speed"]
+    assert http.get(f"{ORG}/models/NOPE/signals").status_code == 404

@@ -111,6 +111,7 @@ ATTACK_BODIES: dict[tuple[str, str], Callable[[dict[str, str]], Any]] = {
     },
     ("PUT", "/api/resources/{orgId}/machines/{chassisId}"): lambda _: {"name": "intruder"},
     ("PUT", "/api/resources/{orgId}"): lambda _: {"name": "intruder"},
+    ("POST", "/api/resources/{orgId}/models"): lambda _: {"name": "ZZ-INTRUDER"},
     ("POST", "/api/resources/{orgId}/machines/import"): lambda _: {"csv": "ZZ-1,intruder,ZZ,\n"},
     ("PUT", "/api/resources/{orgId}/models/{model}/dbc"): _dbc_assignment,
     ("POST", "/api/resources/{orgId}/alert-rules"): lambda _: RULE,

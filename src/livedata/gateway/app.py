@@ -25,6 +25,7 @@ from livedata.gateway.docs import install_docs
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.machines_api import router as machines_router
+from livedata.gateway.models_api import router as models_router
 from livedata.gateway.security import SecurityMiddleware, security
 from livedata.gateway.watch import install as install_watch
 
@@ -53,6 +54,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.add_middleware(SecurityMiddleware, rt=rt)
     app.include_router(auth_router)
     app.include_router(machines_router)  # before `router`: /machines/import is no chassis id
+    app.include_router(models_router)
     app.include_router(router)
     app.include_router(alerts_router)
     app.include_router(commands_router)

@@ -291,3 +291,34 @@ async def rename_org(meta: Metadata, org_id: str, name: str) -> Org:
             raise NotFound(f"organisation {org_id!r} not found")
         org.name = name
     return org
+
+
+async def list_models(meta: Metadata, org: str) -> list[tuple[MachineModel, list[str]]]:
+    """The organisation's models with the chassis ids of their machines, by name."""
+    async with meta.session() as s:
+        models = (
+            await s.scalars(
+                select(MachineModel).where(MachineModel.org_id == org).order_by(MachineModel.name)
+            )
+        ).all()
+        rows = await s.execute(
+            select(Machine.model, Machine.chassis_id)
+            .where(Machine.org_id == org)
+            .order_by(Machine.chassis_id)
+        )
+        machines: dict[str, list[str]] = {}
+        for model, chassis in rows.all():
+            machines.setdefault(model, []).append(chassis)
+    return [(m, machines.get(m.name, [])) for m in models]
+
+
+async def create_model(meta: Metadata, org: str, name: str) -> MachineModel:
+    """A new, empty model; :class:`Conflict` when it exists."""
+    if not valid_id(name):
+        raise InputError(f"model {name[:80]!r} is not valid: 1-64 letters, digits, '_', '.', '-'")
+    async with meta.session() as s:
+        if await s.get(MachineModel, (org, name)) is not None:
+            raise Conflict(f"model {name!r} already exists")
+        model = MachineModel(org_id=org, name=name, dbc_id=None)
+        s.add(model)
+    return model
