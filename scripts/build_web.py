@@ -2,7 +2,9 @@
 """Copy the vendored browser libraries from node_modules into the web UI's static tree.
 
 ECharts and the Socket.IO client as single files; Leaflet (the fleet page's map) as
-``vendor/leaflet/`` with its script, stylesheet and ``images/``.
+``vendor/leaflet/`` with its script, stylesheet and ``images/``; Swagger UI
+(``vendor/swagger-ui/``) and ReDoc (``vendor/redoc/``) for the offline API docs at
+``/docs`` and ``/redoc``.
 
 Run ``npm ci`` first, then ``npm run build`` (or ``python3 scripts/build_web.py``).
 The destination, ``src/livedata/web/static/vendor/``, is git-ignored and shipped in
@@ -31,6 +33,26 @@ FILES.update(
     }
 )
 DIRS = {LEAFLET_DIST / "images": LEAFLET_DIR / "images"}
+SWAGGER_DIST = ROOT / "node_modules" / "swagger-ui-dist"
+FILES.update(
+    {
+        SWAGGER_DIST / name: VENDOR_DIR / "swagger-ui" / name
+        for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+    }
+)
+FILES[ROOT / "node_modules" / "redoc" / "bundles" / "redoc.standalone.js"] = (
+    VENDOR_DIR / "redoc" / "redoc.standalone.js"
+)
+
+PATCHES = {
+    # ReDoc's sidebar shows the Redocly logo from a CDN (and hides it when it fails): no
+    # request may leave the server, so it fails at once.
+    VENDOR_DIR / "redoc" / "redoc.standalone.js": (
+        "https://cdn.redoc.ly/redoc/logo-mini.svg",
+        "data:,",
+    ),
+}
+"""Strings replaced in a copied file, so that nothing loads from outside the server."""
 
 
 def main() -> int:
@@ -47,6 +69,13 @@ def main() -> int:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
         print(f"{src.relative_to(ROOT)} -> {dst.relative_to(ROOT)}")
+    for dst, (old, new) in PATCHES.items():
+        text = dst.read_text()
+        if old not in text:
+            print(f"error: {old!r} not in {dst.relative_to(ROOT)}: check PATCHES", file=sys.stderr)
+            return 1
+        dst.write_text(text.replace(old, new))
+        print(f"{dst.relative_to(ROOT)}: {old} -> {new!r}")
     for src, dst in DIRS.items():
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(src, dst)

@@ -26,6 +26,10 @@ class MachineInfo:
     model: str
     decoder: CanDecoder | None
     dbc_name: str | None
+    tags: tuple[str, ...] = ()
+    location: str = ""
+    disabled: bool = False
+    """Ingest refuses a disabled machine's data."""
 
 
 class Catalog:
@@ -46,6 +50,7 @@ class Catalog:
 
     def invalidate(self) -> None:
         self._orgs.clear()
+        self._fields.clear()  # a deleted machine's names are gone from the database
 
     async def machine(self, tenant: str, chassis: str) -> MachineInfo | None:
         """The machine, or ``None`` when the organisation has no such machine."""
@@ -74,6 +79,9 @@ class Catalog:
                 machine.model,
                 decoder,
                 dbc.name if dbc else None,
+                tuple(machine.tags or ()),
+                machine.location,
+                machine.disabled,
             )
         return machines
 

@@ -194,6 +194,9 @@ class Runtime:
             "name": info.name,
             "model": info.model,
             "dbc": info.dbc_name,
+            "tags": list(info.tags),
+            "location": info.location,
+            "disabled": info.disabled,
             "msgTypes": {
                 t.value: {"fields": await self.catalog.fields(info, t.value)} for t in MsgType
             },

@@ -125,6 +125,27 @@ class Settings(BaseSettings):
         100, ge=1, description="live connections (WebSocket, SSE, Socket.IO) per user at most"
     )
     commands_per_minute: int = Field(60, ge=1, description="device methods per user per minute")
+    public_url: str = Field(
+        "",
+        description="the server's URL as machines reach it, shown when provisioning a machine"
+        " (empty: the URL of the admin's request)",
+    )
+    mqtt_public_url: str = Field(
+        "",
+        description="the broker's URL as machines reach it, mqtt://host:port (empty: the host"
+        " and port of the devices URL, when it is mqtt://)",
+    )
+    mqtt_passwd_file: str = Field(
+        "",
+        description="Mosquitto password_file the server rewrites when machines or their"
+        " secrets change (empty: none; then run `livedata devices mqtt-config`)",
+    )
+    mqtt_acl_file: str = Field("", description="Mosquitto acl_file written with the password file")
+    mqtt_reload_command: str = Field(
+        "",
+        description="command run after the broker files are rewritten, e.g."
+        " 'systemctl reload mosquitto' (no shell; empty: none)",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -82,6 +82,14 @@ class FlakyStore(Store):
         self._check()
         return await self.inner.latest_ts(tenant, chassis, msg_type)
 
+    async def machine_points(self, tenant: str, chassis: str) -> int:
+        self._check()
+        return await self.inner.machine_points(tenant, chassis)
+
+    async def delete_machine(self, tenant: str, chassis: str) -> int:
+        self._check()
+        return await self.inner.delete_machine(tenant, chassis)
+
 
 class FlakyLog(Log):
     """Wraps a real log: while ``down`` every append raises BusError (Kafka restarting)."""

@@ -104,6 +104,15 @@ ATTACK_BODIES: dict[tuple[str, str], Callable[[dict[str, str]], Any]] = {
         "content": DBC_PATH.read_text(),
     },
     ("PUT", "/api/resources/{orgId}/machines/{chassisId}/dbc"): _dbc_assignment,
+    ("POST", "/api/resources/{orgId}/machines"): lambda _: {
+        "chassisId": "ZZ-INTRUDER",
+        "name": "intruder",
+        "model": "ZZ",
+    },
+    ("PUT", "/api/resources/{orgId}/machines/{chassisId}"): lambda _: {"name": "intruder"},
+    ("PUT", "/api/resources/{orgId}"): lambda _: {"name": "intruder"},
+    ("POST", "/api/resources/{orgId}/models"): lambda _: {"name": "ZZ-INTRUDER"},
+    ("POST", "/api/resources/{orgId}/machines/import"): lambda _: {"csv": "ZZ-1,intruder,ZZ,\n"},
     ("PUT", "/api/resources/{orgId}/models/{model}/dbc"): _dbc_assignment,
     ("POST", "/api/resources/{orgId}/alert-rules"): lambda _: RULE,
     ("PUT", "/api/resources/{orgId}/alert-rules/{ruleId}"): lambda _: RULE,
@@ -126,6 +135,7 @@ OK_OWN: dict[tuple[str, str], int] = {
     ("GET", "/api/resources/{orgId}/alerts/{alertId}/notifications"): 404,
     ("PUT", "/api/resources/{orgId}/users/{userId}"): 200,  # no field given: changes nothing
     ("POST", "/api/resources/{orgId}/machines/{chassisId}/secret"): 200,
+    ("POST", "/api/resources/{orgId}/machines/{chassisId}/provision"): 200,
     ("POST", "/api/auth/logout"): 200,  # a token's logout ends nothing
     ("POST", "/api/auth/live-token"): 200,
 }

@@ -276,6 +276,31 @@ class StoreContract(abc.ABC):
         assert await store.latest_ts(tenant, "machine-1", "vehicle_can") == T0 + 9000
         assert await store.latest_ts(tenant, "machine-1", "client_raw_data") is None
 
+    async def test_delete_machine_removes_only_that_machine(
+        self, store: Store, tenant: str
+    ) -> None:
+        """A machine's values of every message type are counted, then deleted; others stay."""
+        await store.write(
+            [
+                rec(tenant, T0 + s * 1000, {"a": s, "b": s * 2}, chassis=c, msg_type=t)
+                for s in range(90)
+                for c in ("gone", "kept")
+                for t in ("vehicle_can", "client_raw_data")
+            ]
+        )
+        assert await store.machine_points(tenant, "gone") == 360
+        assert await store.machine_points(tenant, "never") == 0
+        assert await store.delete_machine(tenant, "gone") == 360
+        assert await store.machine_points(tenant, "gone") == 0
+        assert await store.latest_ts(tenant, "gone", "vehicle_can") is None
+        got = await store.query(tenant, "gone", "vehicle_can", ["a"], T0, T0 + 90_000)
+        assert got == {"a": []}
+        low = await store.downsample(tenant, "gone", "vehicle_can", ["a"], T0, T0 + 90_000, 4)
+        assert low == {"a": []}
+        assert await store.machine_points(tenant, "kept") == 360
+        await store.write([rec(tenant, T0, {"a": 7}, chassis="gone")])
+        assert await store.query(tenant, "gone", "vehicle_can", ["a"], T0, T0) == {"a": [(T0, 7)]}
+
     async def test_string_values_round_trip(self, store: Store, tenant: str) -> None:
         """Strings, including empty, unicode and number-like ones, come back as the same str."""
         texts = ["", "007", "1.5", "1e3", "Grüße, 東京 🚜", "a'b\"c;--", "x" * 10_000]

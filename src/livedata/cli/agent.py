@@ -10,10 +10,12 @@
 ``.csv``, ``.log``, ``.trc`` …); it is checked at start (unreadable or empty: an
 error, exit status 2) and replayed at its recorded pace, frames stamped as read.
 
-With per-device credentials (``livedata devices secret ORG CHASSIS``) the agent logs
-in as ``{org}/{chassis}`` with its secret, read from ``--secret-file`` (first line)
-or the environment variable ``LIVEDATA_AGENT_SECRET``, never from the command line
-(it would show in ``ps``).
+With per-device credentials (``livedata devices secret ORG CHASSIS``, or the
+Machines page / API when a machine is provisioned) the agent logs in as
+``{org}/{chassis}`` with its secret, read from ``--secret-file`` (first line), the
+environment variable ``LIVEDATA_AGENT_SECRET`` or the ``--config`` TOML file
+(``mqtt``, ``org``, ``chassis``, ``secret``), never from the command line (it would
+show in ``ps``).
 
 The server must know the machine (``livedata serve --seed-demo N`` creates
 ``WL-0001`` … in organisation ``demo``).  Ctrl-C or SIGTERM stops it cleanly
@@ -27,6 +29,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +46,16 @@ def add_parser(sub: Any) -> None:
         description="Read a CAN bus (python-can) and device metrics, publish them over MQTT "
         "once per second, obey startMs/endMs, spool while the broker is away.",
     )
-    p.add_argument("--mqtt", required=True, metavar="URL", help="mqtt://[user:pass@]host:port")
-    p.add_argument("--org", default="demo", help="organisation id (default demo)")
-    p.add_argument("--chassis", required=True, help="this machine's chassis id")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file with mqtt, org, chassis and secret (the file the server gives when a "
+        "machine is provisioned); flags override it",
+    )
+    p.add_argument("--mqtt", metavar="URL", help="mqtt://[user:pass@]host:port")
+    p.add_argument("--org", help="organisation id (default demo)")
+    p.add_argument("--chassis", help="this machine's chassis id")
     p.add_argument(
         "--secret-file",
         type=Path,
@@ -74,6 +84,12 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from livedata.agent import Agent, AgentConfig
 
+    config_file = _config_file(args.config)
+    args.mqtt = args.mqtt or config_file.get("mqtt")
+    args.org = args.org or config_file.get("org") or "demo"
+    args.chassis = args.chassis or config_file.get("chassis")
+    if not args.mqtt or not args.chassis:
+        raise ConfigError("give --mqtt and --chassis (or a --config file naming them)")
     if not valid_id(args.org) or not valid_id(args.chassis):
         raise ConfigError("--org and --chassis must be valid ids")
     if (args.gps_lat is None) != (args.gps_lng is None):
@@ -83,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.spool_max_rows < 1 or not args.spool_max_mb > 0:
         raise ConfigError("--spool-max-rows and --spool-max-mb must be positive")
     mqtt = args.mqtt
-    secret = _secret(args.secret_file)
+    secret = _secret(args.secret_file) or config_file.get("secret", "")
     if secret:
         try:
             mqtt = device_url(args.mqtt, args.org, args.chassis, secret)
@@ -120,6 +136,27 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(main())
     return 0
+
+
+CONFIG_KEYS = ("mqtt", "org", "chassis", "secret")
+
+
+def _config_file(path: Path | None) -> dict[str, str]:
+    """The keys of ``--config`` (all strings; an unknown key is an error)."""
+    if path is None:
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read --config {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path} is not TOML: {exc}") from None
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown keys {unknown}; use {', '.join(CONFIG_KEYS)}")
+    if not all(isinstance(v, str) for v in data.values()):
+        raise ConfigError(f"--config {path}: every value must be a string")
+    return data
 
 
 def _secret(path: Path | None) -> str:

@@ -37,11 +37,7 @@ connected.  Machines without a secret are left out (they cannot connect) and cou
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -54,6 +50,7 @@ from livedata.errors import ConfigError, InputError
 from livedata.metadata import Metadata
 from livedata.metadata.accounts import Accounts
 from livedata.model import valid_id
+from livedata.provision import existing_hash, write_atomic
 
 
 def add_parser(sub: Any) -> None:
@@ -180,7 +177,7 @@ def run_mqtt_config(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     generated = ""
-    kept = None if args.service_password_stdin else _existing_hash(args.passwd, service)
+    kept = None if args.service_password_stdin else existing_hash(args.passwd, service)
     if args.service_password_stdin:
         service_hash = cred.device_secret_hash(read_secret_stdin("service password"))
     elif kept is not None:
@@ -220,57 +217,3 @@ def run_mqtt_config(args: argparse.Namespace) -> int:
         )
     print("reload Mosquitto to apply: SIGHUP (systemctl reload mosquitto)")
     return 0
-
-
-def _existing_hash(path: Path, username: str) -> str | None:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    hashed = mosquitto.parse_password_file(text).get(username)
-    return hashed if hashed and hashed.startswith("$7$") else None
-
-
-def write_atomic(path: Path, text: str, mode: int, *, keep_group_read: bool = False) -> None:
-    """Replace ``path`` with ``text`` at once (temporary file + rename), with ``mode``.
-
-    The owner and group of the file it replaces are kept when the OS allows it; with
-    ``keep_group_read`` so is its group-read bit.  :class:`ConfigError` when it
-    cannot be written.
-    """
-    path = path.expanduser()
-    directory = path.parent
-    if not directory.is_dir():
-        raise ConfigError(f"cannot write {path}: directory {directory} does not exist")
-    owner: tuple[int, int] | None = None
-    try:
-        old = path.stat()
-        owner = (old.st_uid, old.st_gid)
-        if keep_group_read:
-            mode |= stat.S_IMODE(old.st_mode) & stat.S_IRGRP
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), mode)
-            if owner is not None:
-                with contextlib.suppress(PermissionError):
-                    os.fchown(f.fileno(), *owner)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-        raise

@@ -34,4 +34,24 @@ def run(args: argparse.Namespace) -> int:
     rt = Runtime(settings)
     if args.seed_demo:
         attach_seed(rt, args.seed_demo)
+    else:
+        rt.on_started.append(lambda: _first_steps(rt, args))
     return serve(settings, rt, lambda url: print(f"livedata is serving on {url}", flush=True))
+
+
+async def _first_steps(rt: Runtime, args: argparse.Namespace) -> None:
+    """On an empty install: how to create the first organisation and its admin."""
+    if await rt.meta.list_orgs():
+        return
+    where = " ".join(
+        f"--{flag.replace('_', '-')} {getattr(args, flag)}"
+        for flag in ("config", "data_dir", "metadata")
+        if getattr(args, flag) is not None
+    )
+    where = f" {where}" if where else ""
+    print(
+        "no organisation yet: create the first one and its admin (password printed once) "
+        f"with\n  livedata orgs create ORG --name 'Your company' --admin USERNAME{where}\n"
+        "then log in at the URL below and add machines on the Machines page",
+        flush=True,
+    )

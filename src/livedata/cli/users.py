@@ -33,7 +33,7 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,7 +43,7 @@ from livedata.errors import ConfigError, Conflict, InputError, NotFound
 from livedata.metadata import Metadata
 from livedata.metadata.accounts import Accounts, User
 from livedata.model import valid_id
-from livedata.settings import load_settings
+from livedata.settings import Settings, load_settings
 
 T = TypeVar("T")
 
@@ -65,6 +65,11 @@ def db_flags() -> argparse.ArgumentParser:
     return parent
 
 
+def db_settings(args: argparse.Namespace) -> Settings:
+    """The server's settings as the database flags of ``args`` find them."""
+    return load_settings({"data_dir": args.data_dir, "metadata": args.metadata}, args.config)
+
+
 def with_metadata(
     args: argparse.Namespace, work: Callable[[Metadata], Awaitable[T]], *, create: bool = False
 ) -> T:
@@ -74,7 +79,7 @@ def with_metadata(
     else is more likely a wrong ``--data-dir`` than a fresh install, and would work on
     an empty database (``mqtt-config`` would write a password file without machines).
     """
-    settings = load_settings({"data_dir": args.data_dir, "metadata": args.metadata}, args.config)
+    settings = db_settings(args)
     if settings.metadata.startswith("sqlite:///") and not create:
         path = Path(settings.metadata.removeprefix("sqlite:///"))
         if not path.exists():
@@ -291,12 +296,17 @@ def run_list(args: argparse.Namespace) -> int:
         )
         for u in users
     ]
+    print_table(rows, "(no users)")
+    return 0
+
+
+def print_table(rows: Sequence[tuple[str, ...]], empty: str) -> None:
+    """Print a header row and data rows in aligned columns; ``empty`` when there is no data."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    if not users:
-        print("(no users)")
-    return 0
+    if len(rows) == 1:
+        print(empty)
 
 
 def run_token(args: argparse.Namespace) -> int:

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from livedata.decode.can import CanDecoder
-from livedata.errors import DecodeError, InputError, NotFound
+from livedata.errors import InputError, NotFound
+from livedata.gateway.models_api import DBC_OPENAPI, dbc_upload
 from livedata.gateway.security import principal_of
 from livedata.metadata import GroupSpec, group_dict
 from livedata.model import MsgType, valid_id
@@ -30,7 +31,6 @@ HISTORY_MAX_SPAN_MS = 7 * 86_400_000
 HISTORY_MAX_POINTS = 100_000
 MAX_POINTS_LIMIT = 10_000
 """The largest ``maxPoints`` budget of the history API."""
-MAX_DBC_BYTES = 2 * 1024 * 1024
 
 
 def runtime(request: Request) -> Runtime:
@@ -49,11 +49,6 @@ class GroupBody(BaseModel):
     msgType: MsgType
     fields: list[str] = Field(min_length=1, max_length=50)
     unit: str = Field("", max_length=32)
-
-
-class DbcBody(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    content: str = Field(min_length=1, max_length=MAX_DBC_BYTES)
 
 
 class AssignBody(BaseModel):
@@ -228,15 +223,21 @@ async def list_dbc(request: Request, orgId: str) -> dict[str, Any]:
     return {"dbc": [_dbc_dict(d) for d in await rt.meta.list_dbc(orgId)]}
 
 
-@router.post("/resources/{orgId}/dbc", status_code=201, summary="Upload a DBC file")
-async def upload_dbc(request: Request, orgId: str, body: DbcBody) -> dict[str, Any]:
+@router.post(
+    "/resources/{orgId}/dbc",
+    status_code=201,
+    summary="Upload a DBC file: JSON {name, content}, multipart or the plain text",
+    openapi_extra=DBC_OPENAPI,
+)
+async def upload_dbc(
+    request: Request,
+    orgId: str,
+    name: Annotated[str | None, Query(description="the file's name (plain-text uploads)")] = None,
+) -> dict[str, Any]:
     rt = runtime(request)
     await rt.meta.require_org(orgId)
-    try:
-        decoder = CanDecoder.from_dbc(body.content)
-    except DecodeError as exc:
-        raise InputError(f"not a valid DBC file: {exc}") from None
-    dbc = await rt.meta.add_dbc(orgId, body.name, body.content)
+    name, content, decoder = await dbc_upload(request, name)
+    dbc = await rt.meta.add_dbc(orgId, name, content)
     return _dbc_dict(dbc, decoder)
 
 

@@ -21,8 +21,11 @@ from livedata.gateway.alerts_api import router as alerts_router
 from livedata.gateway.api import router
 from livedata.gateway.auth_api import router as auth_router
 from livedata.gateway.commands import router as commands_router
+from livedata.gateway.docs import install_docs
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
+from livedata.gateway.machines_api import router as machines_router
+from livedata.gateway.models_api import router as models_router
 from livedata.gateway.security import SecurityMiddleware, security
 from livedata.gateway.watch import install as install_watch
 
@@ -43,16 +46,21 @@ def create_app(rt: Runtime) -> FastAPI:
         title="livedata",
         version=__version__,
         summary="Machine telemetry, live and history",
+        docs_url=None,  # served from the package by install_docs: offline, no CDN
+        redoc_url=None,
     )
     app.state.runtime = rt
     rt.on_started.append(security(rt).start)
     app.add_middleware(SecurityMiddleware, rt=rt)
     app.include_router(auth_router)
+    app.include_router(machines_router)  # before `router`: /machines/import is no chassis id
+    app.include_router(models_router)
     app.include_router(router)
     app.include_router(alerts_router)
     app.include_router(commands_router)
     app.include_router(ingest_router)
     install_watch(app, rt)
+    install_docs(app)
 
     @app.exception_handler(NotFound)
     async def _not_found(_r: Request, exc: NotFound) -> JSONResponse:

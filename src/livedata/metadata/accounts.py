@@ -366,14 +366,16 @@ class Accounts:
     async def check_device_secret(self, org: str, chassis: str, secret: str) -> bool:
         async with self.meta.session() as s:
             machine = await s.get(Machine, (org, chassis))
-        return machine is not None and cred.verify_device_secret(machine.secret_hash, secret)
+        if machine is None or machine.disabled:
+            return False
+        return cred.verify_device_secret(machine.secret_hash, secret)
 
     async def device_credentials(self) -> list[tuple[str, str, str]]:
-        """(org, chassis, secret hash) of every machine that has a secret."""
+        """(org, chassis, secret hash) of every machine that has a secret and is enabled."""
         async with self.meta.session() as s:
             rows = await s.execute(
                 select(Machine.org_id, Machine.chassis_id, Machine.secret_hash)
-                .where(Machine.secret_hash.is_not(None))
+                .where(Machine.secret_hash.is_not(None), Machine.disabled.is_(False))
                 .order_by(Machine.org_id, Machine.chassis_id)
             )
             return [(o, c, h) for o, c, h in rows.all() if h is not None]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -56,6 +56,12 @@ class Machine(Base):
     secret_hash: Mapped[str | None] = mapped_column(
         String(200), default=None, doc="the device secret, hashed (Mosquitto's $7$ format)"
     )
+    tags: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
+    location: Mapped[str] = mapped_column(String(200), default="", doc="a location label")
+    disabled: Mapped[bool] = mapped_column(
+        Boolean, default=False, doc="ingest refuses its data; not in the broker's password file"
+    )
+    created_ms: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class MachineField(Base):

@@ -222,6 +222,8 @@ class Ingest:
         info = await self.catalog.machine(msg.tenant, msg.chassis)
         if info is None:
             raise DecodeError(f"unknown machine {msg.chassis!r} in organisation {msg.tenant!r}")
+        if info.disabled:
+            raise DecodeError(f"machine {msg.chassis!r} is disabled")
         if msg.msg_type == MsgType.VEHICLE_CAN:
             if info.decoder is None:
                 raise DecodeError(f"no DBC file assigned to machine {msg.chassis!r}")

@@ -118,6 +118,22 @@ class Store(abc.ABC):
     async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
         """Timestamp of the newest stored value of a machine and message type."""
 
+    @abc.abstractmethod
+    async def machine_points(self, tenant: str, chassis: str) -> int:
+        """How many values of a machine are stored (every message type and field).
+
+        For the machine registry's "delete this machine and its data?" question: it
+        counts the machine's rows, which may read all of them (an admin action).
+        """
+
+    @abc.abstractmethod
+    async def delete_machine(self, tenant: str, chassis: str) -> int:
+        """Delete every stored value of a machine (and its rollups); return how many.
+
+        Afterwards :meth:`query`, :meth:`downsample` and :meth:`latest_ts` know nothing
+        of it; values written later for the same ids are stored as new.
+        """
+
 
 def bucket_width(start_ms: int, end_ms: int, buckets: int) -> int:
     """The width in ms of each of ``buckets`` equal buckets covering ``[start_ms, end_ms]``.

@@ -219,6 +219,9 @@ _STATES = (
 """Per group of points, the states of its minimum and maximum point (ts, kind, num, int)."""
 
 
+MUTATION_WAIT_S = 120.0
+"""How long :meth:`ClickHouseStore.delete_machine` waits for its mutations."""
+
 ROLLUP_STEPS = (MINUTE_MS,)
 """The rollup steps this store keeps (the ``step`` column leaves room for more)."""
 
@@ -705,6 +708,51 @@ class ClickHouseStore(Store):
             )
         newest, count = rows[0]
         return int(newest) if count else None
+
+    async def machine_points(self, tenant: str, chassis: str) -> int:
+        return await self._run(partial(self._count_machine, tenant, chassis))
+
+    def _count_machine(self, tenant: str, chassis: str) -> int:
+        db = self.database
+        sql = f"""
+            SELECT count() FROM {db}.points FINAL
+            WHERE tenant = %(tenant)s AND chassis = %(chassis)s
+                AND ts >= (SELECT max(cutoff) FROM {db}.retention)"""
+        with _translated("machine_points"):
+            rows = self._client().execute(sql, {"tenant": tenant, "chassis": chassis})
+        return int(rows[0][0])
+
+    async def delete_machine(self, tenant: str, chassis: str) -> int:
+        """``ALTER TABLE … DELETE`` on points, rollups and streams, then waits for the
+        mutations (18.16 runs them in the background and rewrites every part of each
+        table: seconds to minutes on a large table; :class:`StoreError` after
+        :data:`MUTATION_WAIT_S`, the deletion then still completes in the background)."""
+        return await self._run(partial(self._delete_machine, tenant, chassis))
+
+    def _delete_machine(self, tenant: str, chassis: str) -> int:
+        db = self.database
+        deleted = self._count_machine(tenant, chassis)
+        params = {"tenant": tenant, "chassis": chassis}
+        with _translated("delete_machine"):
+            client = self._client()
+            for table in ("points", "rollups", "streams"):
+                client.execute(
+                    f"ALTER TABLE {db}.{table} DELETE"
+                    " WHERE tenant = %(tenant)s AND chassis = %(chassis)s",
+                    params,
+                )
+            deadline = time.monotonic() + MUTATION_WAIT_S
+            while client.execute(
+                "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0",
+                {"db": db},
+            )[0][0]:
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"clickhouse store: deleting machine {chassis!r} still runs after "
+                        f"{MUTATION_WAIT_S:g} s; it completes in the background"
+                    )
+                time.sleep(0.1)
+        return deleted
 
 
 def _point(state: tuple[int, int, float, int]) -> tuple[int, Value]:

@@ -183,3 +183,19 @@ class MemoryStore(Store):
         machine = self._machines.get((tenant, chassis, msg_type), {})
         newest = [series.ts[-1] for series in machine.values() if series.ts]
         return max(newest) if newest else None
+
+    def _streams_of(self, tenant: str, chassis: str) -> list[tuple[str, str, str]]:
+        return [key for key in self._machines if key[0] == tenant and key[1] == chassis]
+
+    async def machine_points(self, tenant: str, chassis: str) -> int:
+        return sum(
+            len(series.ts)
+            for key in self._streams_of(tenant, chassis)
+            for series in self._machines[key].values()
+        )
+
+    async def delete_machine(self, tenant: str, chassis: str) -> int:
+        deleted = await self.machine_points(tenant, chassis)
+        for key in self._streams_of(tenant, chassis):
+            del self._machines[key]
+        return deleted

@@ -228,6 +228,8 @@ _SELECT = """
     ) p
     WHERE s.tenant = $1 AND s.chassis = $2 AND s.msg_type = $3 AND s.field = ANY($7::text[])
 """
+_OF_MACHINE = """WHERE series_id IN (
+    SELECT series_id FROM telemetry_series WHERE tenant = $1 AND chassis = $2)"""
 _LATEST = """
     SELECT max(p.ts)
     FROM telemetry_series s
@@ -861,6 +863,28 @@ class PostgresStore(Store):
             "latest_ts", lambda conn: conn.fetchval(_LATEST, tenant, chassis, msg_type)
         )
         return None if newest is None else int(newest)
+
+    async def machine_points(self, tenant: str, chassis: str) -> int:
+        count = await self._call(
+            "machine_points",
+            lambda conn: conn.fetchval(
+                f"SELECT count(*) FROM telemetry_points {_OF_MACHINE}", tenant, chassis
+            ),
+        )
+        return int(count)
+
+    async def delete_machine(self, tenant: str, chassis: str) -> int:
+        """One transaction: the machine's points and rollups (its series ids stay)."""
+
+        async def delete(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                status = await conn.execute(
+                    f"DELETE FROM telemetry_points {_OF_MACHINE}", tenant, chassis
+                )
+                await conn.execute(f"DELETE FROM telemetry_rollups {_OF_MACHINE}", tenant, chassis)
+            return int(status.rsplit(" ", 1)[-1])
+
+        return await self._call("delete_machine", delete)
 
 
 def stream_key(stream: _Stream) -> int:

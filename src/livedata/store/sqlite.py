@@ -197,6 +197,10 @@ _SELECT_POINTS = """
     ORDER BY bucket DESC, ts DESC
     LIMIT :limit
 """
+_OF_MACHINE = (
+    "series_id IN (SELECT series_id FROM series JOIN streams USING (stream_id)"
+    " WHERE tenant = ? AND chassis = ?)"
+)
 _LATEST = "SELECT last_ts FROM streams WHERE tenant = ? AND chassis = ? AND msg_type = ?"
 
 
@@ -772,6 +776,42 @@ class SQLiteStore(Store):
         with _translated("latest_ts"):
             row = conn.execute(_LATEST, key).fetchone()
         return None if row is None or row[0] is None else int(row[0])
+
+    async def machine_points(self, tenant: str, chassis: str) -> int:
+        return await self._on_reader(partial(self._count_machine, tenant, chassis))
+
+    @staticmethod
+    def _count_machine(tenant: str, chassis: str, conn: sqlite3.Connection) -> int:
+        with _translated("machine_points"):
+            row = conn.execute(
+                f"SELECT count(*) FROM points WHERE {_OF_MACHINE}", (tenant, chassis)
+            )
+        return int(row.fetchone()[0])
+
+    async def delete_machine(self, tenant: str, chassis: str) -> int:
+        """One transaction on the writer: points, rollups, and ``last_ts`` (names stay interned).
+
+        The points table is keyed by minute first, so this reads all of it: writes queued
+        meanwhile wait for it (an admin action, not a live path)."""
+        return await self._on_writer(partial(self._delete_machine, tenant, chassis))
+
+    @staticmethod
+    def _delete_machine(tenant: str, chassis: str, conn: sqlite3.Connection) -> int:
+        with _translated("delete_machine"):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                key = (tenant, chassis)
+                deleted = conn.execute(f"DELETE FROM points WHERE {_OF_MACHINE}", key).rowcount
+                conn.execute(f"DELETE FROM rollups WHERE {_OF_MACHINE}", key)
+                conn.execute(
+                    "UPDATE streams SET last_ts = NULL WHERE tenant = ? AND chassis = ?", key
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return int(deleted)
 
 
 def compute_rollups(conn: sqlite3.Connection, pairs: Sequence[tuple[int, int]]) -> None:

@@ -1,0 +1,184 @@
+"""Machine models and the signal catalog of their DBC files (FleetWise's "signal catalog").
+
+::
+
+    GET  /api/resources/{orgId}/models                    models, their DBC, their machines
+    POST /api/resources/{orgId}/models                    create a model (admin)
+    GET  /api/resources/{orgId}/models/{model}/signals    the model's signal catalog, ?q=
+    GET  /api/resources/{orgId}/dbc/{dbcId}/signals       a DBC file's signal catalog, ?q=
+
+A catalog entry is one signal with its message, CAN id, J1939 PGN, unit, range,
+resolution, offset, value table and comment (:func:`livedata.signals.signal_catalog`);
+``q`` keeps the signals whose name, message, unit or comment contains it (any case).
+DBC files are parsed in a worker thread, off the event loop.  Uploads of DBC files
+(:func:`dbc_upload`, used by ``POST …/dbc``) take JSON, multipart or the plain text;
+an invalid file's error names cantools' line and reason, and a file that defines
+one CAN id twice is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from livedata.decode.can import CanDecoder
+from livedata.errors import DecodeError, InputError, NotFound
+from livedata.gateway.uploads import json_body, upload_text
+from livedata.metadata.registry import create_model, list_models
+from livedata.model import valid_id
+from livedata.signals import duplicate_ids, signal_catalog
+
+if TYPE_CHECKING:
+    from livedata.runtime import Runtime
+
+router = APIRouter(prefix="/api", tags=["models"])
+
+MAX_DBC_BYTES = 2 * 1024 * 1024
+DBC_OPENAPI = {
+    "requestBody": {
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["name", "content"],
+                    "properties": {"name": {"type": "string"}, "content": {"type": "string"}},
+                },
+                "example": {"name": "loader.dbc", "content": 'VERSION ""\n…'},
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "text/plain": {"schema": {"type": "string"}, "example": 'VERSION ""\n…'},
+        }
+    }
+}
+"""The request body of ``POST …/dbc`` (read by hand, so described here)."""
+
+
+def _rt(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+class DbcBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    content: str = Field(min_length=1, max_length=MAX_DBC_BYTES)
+
+
+class ModelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, examples=["WL900"])
+
+
+async def dbc_upload(request: Request, name: str | None) -> tuple[str, str, CanDecoder]:
+    """``(name, text, decoder)`` of an uploaded DBC file, checked (see module)."""
+    upload = await upload_text(request, MAX_DBC_BYTES, "DBC")
+    if upload is None:
+        body = await json_body(request, DbcBody)
+        name, content = body.name, body.content
+    else:
+        name, content = name or upload[0] or "", upload[1]
+    name = name.strip()
+    if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
+        raise InputError("give the DBC file a name (?name=… or the uploaded file's name)")
+    try:
+        decoder = await asyncio.to_thread(CanDecoder.from_dbc, content)
+    except DecodeError as exc:
+        raise InputError(f"not a valid DBC file: {exc}") from None
+    twice = duplicate_ids(content)
+    if twice:
+        listed = ", ".join(f"0x{i & 0x1FFFFFFF:X}" for i in twice[:10])
+        raise InputError(f"not a valid DBC file: CAN id defined more than once: {listed}")
+    return name, content, decoder
+
+
+def _search(signals: list[dict[str, Any]], q: str | None) -> list[dict[str, Any]]:
+    if not q:
+        return signals
+    needle = q.strip().lower()
+    return [
+        s
+        for s in signals
+        if any(needle in str(s[k]).lower() for k in ("name", "message", "unit", "comment"))
+    ]
+
+
+async def _catalog(rt: Runtime, org: str, dbc_id: int) -> tuple[Any, list[dict[str, Any]]]:
+    dbc = await rt.meta.get_dbc(org, dbc_id)
+    decoder = await asyncio.to_thread(CanDecoder.from_dbc, dbc.content)
+    return dbc, signal_catalog(decoder.database)
+
+
+Search = Annotated[
+    str | None,
+    Query(
+        max_length=100,
+        description="only signals whose name, message, unit or comment contains this (any case)",
+    ),
+]
+
+
+@router.get("/resources/{orgId}/models", summary="Machine models, their DBC and their machines")
+async def get_models(request: Request, orgId: str) -> dict[str, Any]:
+    rt = _rt(request)
+    await rt.meta.require_org(orgId)
+    files = {d.id: d.name for d in await rt.meta.list_dbc(orgId)}
+    return {
+        "models": [
+            {
+                "name": model.name,
+                "dbcId": model.dbc_id,
+                "dbc": files.get(model.dbc_id) if model.dbc_id is not None else None,
+                "machines": machines,
+            }
+            for model, machines in await list_models(rt.meta, orgId)
+        ]
+    }
+
+
+@router.post("/resources/{orgId}/models", status_code=201, summary="Create a machine model")
+async def post_model(request: Request, orgId: str, body: ModelBody) -> dict[str, Any]:
+    rt = _rt(request)
+    await rt.meta.require_org(orgId)
+    model = await create_model(rt.meta, orgId, body.name)
+    return {"name": model.name, "dbcId": None, "dbc": None, "machines": []}
+
+
+@router.get(
+    "/resources/{orgId}/models/{model}/signals",
+    summary="Signal catalog of a model: every signal of its DBC with id/PGN, unit, range",
+)
+async def model_signals(
+    request: Request, orgId: str, model: str, q: Search = None
+) -> dict[str, Any]:
+    rt = _rt(request)
+    await rt.meta.require_org(orgId)
+    found = None
+    if valid_id(model):
+        found = next((m for m, _ in await list_models(rt.meta, orgId) if m.name == model), None)
+    if found is None:
+        raise NotFound(f"model {model!r} not found")
+    if found.dbc_id is None:
+        return {"model": model, "dbc": None, "signals": []}
+    dbc, signals = await _catalog(rt, orgId, found.dbc_id)
+    return {"model": model, "dbc": {"id": dbc.id, "name": dbc.name}, "signals": _search(signals, q)}
+
+
+@router.get(
+    "/resources/{orgId}/dbc/{dbcId}/signals",
+    summary="Signal catalog of a DBC file: every signal with id/PGN, unit, range, comment",
+)
+async def dbc_signals(request: Request, orgId: str, dbcId: int, q: Search = None) -> dict[str, Any]:
+    rt = _rt(request)
+    await rt.meta.require_org(orgId)
+    dbc, signals = await _catalog(rt, orgId, dbcId)
+    return {"dbc": {"id": dbc.id, "name": dbc.name}, "signals": _search(signals, q)}
