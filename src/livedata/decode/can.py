@@ -288,6 +288,16 @@ class CanDecoder:
         """Each message's decoder (``compiled`` says whether it is generated code or cantools)."""
         return [c.compiled for c in self._codecs]
 
+    def spn_names(self) -> dict[int, str]:
+        """SPN -> signal name, from the DBC's ``SPN`` signal attributes (J1939 DBCs carry them)."""
+        names: dict[int, str] = {}
+        for codec in self._codecs:
+            for s in codec.message.signals:
+                attribute = (s.dbc.attributes if s.dbc is not None else {}).get("SPN")
+                if attribute is not None and isinstance(attribute.value, int):
+                    names.setdefault(attribute.value, s.name)
+        return names
+
     def signals(self) -> list[SignalInfo]:
         """Every decodable signal, sorted by name (multiplexer selectors are left out)."""
         return list(self._signals)

@@ -86,6 +86,16 @@ class Dm1:
         }
 
 
+LAMP_CHOICES = {0: "off", 1: "on"}
+
+SUMMARY_FIELDS: tuple[tuple[str, int, int | None, dict[int, str] | None], ...] = (
+    ("dtc_active", 0, None, None),
+    *((f"lamp_{name}", 0, 1, LAMP_CHOICES) for name in LAMP_NAMES),
+)
+"""The fields ingest adds to a J1939 machine's ``vehicle_can`` records from its DM1s:
+(name, minimum, maximum, choices); see :mod:`livedata.pipeline.dtcs`."""
+
+
 def _quad(byte: int) -> tuple[int, int, int, int]:
     return (byte >> 6) & 3, (byte >> 4) & 3, (byte >> 2) & 3, byte & 3
 
@@ -111,3 +121,76 @@ def parse_dm1(ts: int, sa: int, data: bytes) -> Dm1:
             continue  # "no active DTC"
         dtcs.append(Dtc(spn=spn, fmi=fmi, oc=b3 & 0x7F, cm=b3 >> 7))
     return Dm1(ts, sa, lamps, tuple(dtcs))
+
+
+FMI_TEXT = {
+    0: "above normal range (most severe)",
+    1: "below normal range (most severe)",
+    2: "erratic, intermittent or incorrect",
+    3: "voltage above normal or shorted to high",
+    4: "voltage below normal or shorted to low",
+    5: "current below normal or open circuit",
+    6: "current above normal or grounded circuit",
+    7: "mechanical system not responding or out of adjustment",
+    8: "abnormal frequency, pulse width or period",
+    9: "abnormal update rate",
+    10: "abnormal rate of change",
+    11: "root cause not known",
+    12: "bad intelligent device or component",
+    13: "out of calibration",
+    14: "special instructions",
+    15: "above normal (least severe)",
+    16: "above normal (moderately severe)",
+    17: "below normal (least severe)",
+    18: "below normal (moderately severe)",
+    19: "received network data in error",
+    20: "data drifted high",
+    21: "data drifted low",
+    31: "condition exists",
+}
+"""SAE J1939-73 failure mode identifiers, in words."""
+
+SPN_NAMES = {
+    51: "Throttle position",
+    84: "Wheel-based vehicle speed",
+    91: "Accelerator pedal position 1",
+    94: "Fuel delivery pressure",
+    96: "Fuel level 1",
+    97: "Water in fuel indicator",
+    98: "Engine oil level",
+    100: "Engine oil pressure",
+    102: "Intake manifold 1 pressure",
+    105: "Intake manifold 1 temperature",
+    108: "Barometric pressure",
+    110: "Engine coolant temperature",
+    111: "Engine coolant level",
+    157: "Injector metering rail 1 pressure",
+    158: "Key switch battery potential",
+    168: "Battery potential / power input 1",
+    171: "Ambient air temperature",
+    174: "Fuel temperature 1",
+    175: "Engine oil temperature 1",
+    177: "Transmission oil temperature 1",
+    190: "Engine speed",
+    247: "Engine total hours of operation",
+    513: "Actual engine percent torque",
+    523: "Transmission current gear",
+    597: "Brake switch",
+    629: "Controller 1",
+    639: "J1939 network 1",
+    651: "Engine injector cylinder 1",
+    652: "Engine injector cylinder 2",
+    653: "Engine injector cylinder 3",
+    654: "Engine injector cylinder 4",
+    655: "Engine injector cylinder 5",
+    656: "Engine injector cylinder 6",
+    1569: "Engine protection torque derate",
+    1761: "Aftertreatment 1 DEF tank volume",
+    3031: "Aftertreatment 1 DEF tank temperature 1",
+    3226: "Aftertreatment 1 outlet NOx 1",
+    3251: "Aftertreatment 1 DPF differential pressure",
+    3719: "Aftertreatment 1 DPF soot load percent",
+    4364: "Aftertreatment 1 SCR conversion efficiency",
+    5246: "Aftertreatment SCR operator inducement severity",
+}
+"""Names of common SPNs (SAE J1939-71/-73), for DTCs whose SPN no DBC names."""
