@@ -455,11 +455,15 @@ class CanDecoder:
         they raise).  Raises :class:`~livedata.errors.DecodeError` for an unknown id
         or a malformed frame (the batch path counts these instead).
         """
-        entry = self._lookup(arbitration_id)
-        if entry is None or entry[1] < 0:
+        entry = self._cache.get(arbitration_id, _MISS)
+        if entry is _MISS:
+            entry = self._resolve(arbitration_id)
+        if entry is None:
             raise DecodeError(f"unknown frame id 0x{arbitration_id:X}")
         decode, length, label = entry
         if len(data) != length:
+            if length < 0:
+                raise DecodeError(f"frame {label} is not a value frame")
             if len(data) < length:
                 raise DecodeError(f"frame {label}: {len(data)} bytes, expected {length}")
             data = data[:length]
