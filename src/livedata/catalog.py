@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from livedata.decode.can import CanDecoder
+from livedata.decode.dm1 import SUMMARY_FIELDS
 from livedata.metadata import Metadata
 from livedata.model import MsgType
 
@@ -103,16 +104,33 @@ class Catalog:
             known |= new
 
     async def fields(self, info: MachineInfo, msg_type: str) -> list[dict[str, Any]]:
-        """The fields a machine can deliver for ``msg_type``, with unit, min and max."""
+        """The fields a machine can deliver for ``msg_type``, with unit, min, max and choices.
+
+        ``choices`` is the signal's value table (``{"-1": "R", "0": "N"}``) or ``None``;
+        a J1939 DBC adds the DTC summary fields (``dtc_active``, ``lamp_*``).
+        """
         if msg_type == MsgType.VEHICLE_CAN:
             if info.decoder is None:
                 return []
-            return [
-                {"name": s.name, "unit": s.unit, "min": s.minimum, "max": s.maximum}
+            fields = [
+                {k: v for k, v in s.to_dict().items() if k != "message"}
                 for s in info.decoder.signals()
             ]
+            if info.decoder.j1939:
+                fields += [
+                    {"name": name, "unit": "", "min": lo, "max": hi, "choices": _choices(choices)}
+                    for name, lo, hi, choices in SUMMARY_FIELDS
+                ]
+            return fields
         names = await self.meta.list_fields(info.tenant, info.chassis, msg_type)
-        return [{"name": n, "unit": UNITS.get(n, ""), "min": None, "max": None} for n in names]
+        return [
+            {"name": n, "unit": UNITS.get(n, ""), "min": None, "max": None, "choices": None}
+            for n in names
+        ]
+
+
+def _choices(choices: dict[int, str] | None) -> dict[str, str] | None:
+    return {str(k): v for k, v in choices.items()} if choices is not None else None
 
 
 UNITS = {

@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from livedata.decode.can import CanDecoder, builtin_dbc
+from livedata.decode.can import CanDecoder, DecodeResult, builtin_dbc
 from livedata.errors import DecodeError, NotFound
 from livedata.model import Frame
 
@@ -48,6 +48,34 @@ def read_frames(path: Path) -> list[Frame]:
     return frames
 
 
+def fixture_decoder(path: Path) -> CanDecoder:
+    """The decoder a fixture names in its ``# dbc: FILE [separate_sources]`` line.
+
+    ``FILE`` is next to the fixture; without the line, the demo DBC.
+    """
+    for line in path.read_text().splitlines():
+        if line.startswith("# dbc:"):
+            name, *options = line.split(":", 1)[1].split()
+            text = (path.parent / name).read_text()
+            return CanDecoder.from_dbc(text, separate_sources="separate_sources" in options)
+    return CanDecoder.from_dbc(builtin_dbc("loader"))
+
+
+def outcome(result: DecodeResult) -> dict[str, object]:
+    """A decode result as the golden files hold it."""
+    return {
+        "values": result.values,
+        "frames": result.frames,
+        "unknown": result.unknown,
+        "errors": result.errors,
+        "reassembled": result.reassembled,
+        "dm1": [d.to_dict() for d in result.dm1],
+    }
+
+
+GOLDEN = sorted(FILES.glob("*.txt"))
+
+
 @pytest.fixture(scope="module")
 def decoder() -> CanDecoder:
     return CanDecoder.from_dbc(builtin_dbc("loader"))
@@ -61,17 +89,12 @@ def scale_of(decoder: CanDecoder, name: str) -> float:
     raise KeyError(name)
 
 
-def test_golden_frames(decoder: CanDecoder) -> None:
-    """Decoding the fixture frames gives exactly the hand-computed golden result."""
-    frames = read_frames(FILES / "frames.txt")
-    golden = json.loads((FILES / "frames.golden.json").read_text())
-    result = decoder.decode(frames)
-    got = {
-        "values": result.values,
-        "frames": result.frames,
-        "unknown": result.unknown,
-        "errors": result.errors,
-    }
+@pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
+def test_golden_frames(path: Path) -> None:
+    """Decoding each fixture's frames gives exactly its hand-computed golden result."""
+    result = fixture_decoder(path).decode(read_frames(path))
+    got = outcome(result)
+    golden = json.loads(path.with_suffix(".golden.json").read_text())
     assert got == golden
     # == treats 800 and 800.0 alike; the JSON text also pins ints versus floats
     assert json.dumps(got, sort_keys=True) == json.dumps(golden, sort_keys=True)
@@ -91,7 +114,7 @@ def test_golden_frames_any_order(decoder: CanDecoder) -> None:
 def test_unknown_and_malformed_do_not_stop_the_batch(decoder: CanDecoder) -> None:
     """Unknown ids are counted, malformed frames reported, and the good frames decoded."""
     frames = [
-        Frame(1, 0x18FECA00, True, bytes(8)),
+        Frame(1, 0x18FEDA00, True, bytes(8)),
         Frame(2, 0x18FEEE00, True, b""),
         Frame(3, 0x3A0, False, bytes([9, 0, 0, 0, 0, 0, 0, 0])),
         Frame(4, 0x18FEEF00, True, bytes.fromhex("FFFFFF64FFFFFFFF")),

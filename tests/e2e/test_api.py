@@ -20,7 +20,8 @@ def http(demo: Server) -> httpx.Client:
 
 
 def test_machines_list_message_types_and_fields(http: httpx.Client, demo: Server) -> None:
-    """The machines API lists the demo machines with their decodable fields and units."""
+    """The machines API lists the demo machines with their decodable fields, units and value
+    tables, and the DTC summary fields of the J1939 DBC."""
     body = http.get("/api/resources/demo/machines").json()
     machines = {m["chassisId"]: m for m in body["machines"]}
     assert sorted(machines) == sorted(demo.machines)
@@ -35,6 +36,17 @@ def test_machines_list_message_types_and_fields(http: httpx.Client, demo: Server
         "gear",
     } <= set(can)
     assert can["speed"]["unit"] == "km/h"
+    assert can["speed"]["choices"] is None
+    assert can["gear"]["choices"] == {
+        "-1": "R",
+        "0": "N",
+        "1": "F1",
+        "2": "F2",
+        "3": "F3",
+        "4": "F4",
+    }
+    assert can["dtc_active"]["min"] == 0
+    assert can["lamp_amber_warning"]["choices"] == {"0": "off", "1": "on"}
     deadline = time.monotonic() + 10
     while True:  # client_raw_data fields are known once the machine has sent some
         body = http.get(f"/api/resources/demo/machines/{demo.machines[0]}").json()

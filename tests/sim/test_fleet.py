@@ -68,7 +68,7 @@ async def test_backfill(decoder: CanDecoder) -> None:
             assert [m.ts for m in messages] == expected_ts
             assert all(m.kind is Kind.BACKFILL and m.tenant == "acme" for m in messages)
         can = sink.by(chassis, MsgType.VEHICLE_CAN)
-        assert all(len(m.frames) == 11 and not m.values for m in can)
+        assert all(len(m.frames) == 12 and not m.values for m in can)
         assert all(f.ts == m.ts for m in can for f in m.frames)
         raw = sink.by(chassis, MsgType.CLIENT_RAW_DATA)
         assert all("gps_lat" in m.values and not m.frames for m in raw)

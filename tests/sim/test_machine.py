@@ -205,9 +205,27 @@ def test_frames_decode_back_to_the_signals(decoder: CanDecoder, runs) -> None:
         for step in steps:
             result = decoder.decode(step.frames)
             assert result.errors == [] and result.unknown == 0
-            assert result.frames == len(step.frames) == 11
+            assert result.frames == len(step.frames) == 12
             assert set(result.values) == set(step.signals)
             for name, value in step.signals.items():
                 tolerance = scales[name] / 2 + 1e-9
                 assert math.isclose(result.values[name], value, abs_tol=tolerance), name
             assert all(f.ts == step.frames[0].ts for f in step.frames)
+
+
+def test_dtcs_become_active_and_clear(decoder: CanDecoder) -> None:
+    """The engine sends a DM1 every second; over hours DTCs become active, then clear."""
+    machine = Machine("WL-0001", decoder, 0)
+    active: list[tuple[int, int] | None] = []
+    for i in range(3 * 3600):
+        frames, _ = machine.step(1_700_000_000_000 + i * 1000)
+        (dm1,) = decoder.decode(frames).dm1
+        assert dm1.sa == 0 and len(dm1.dtcs) <= 1
+        assert dm1.lamps.amber_warning == (1 if dm1.dtcs else 0)
+        active.append((dm1.dtcs[0].spn, dm1.dtcs[0].fmi) if dm1.dtcs else None)
+    raised = [b for a, b in pairwise(active) if a is None and b is not None]
+    cleared = [a for a, b in pairwise(active) if a is not None and b is None]
+    assert len(raised) >= 3 and len(cleared) >= 3
+    spells = [s for s in "".join("1" if a else "0" for a in active).split("0") if s]
+    complete = spells[:-1] if active[-1] else spells
+    assert all(60 <= len(s) <= 241 for s in complete)  # each lasts 1-4 minutes

@@ -22,6 +22,7 @@ from livedata.gateway.api import router
 from livedata.gateway.auth_api import router as auth_router
 from livedata.gateway.commands import router as commands_router
 from livedata.gateway.docs import install_docs
+from livedata.gateway.dtcs_api import router as dtcs_router
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.machines_api import router as machines_router
@@ -58,6 +59,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(router)
     app.include_router(alerts_router)
     app.include_router(commands_router)
+    app.include_router(dtcs_router)
     app.include_router(ingest_router)
     install_watch(app, rt)
     install_docs(app)

@@ -82,10 +82,12 @@ from typing import Any
 from livedata import observe
 from livedata.bus.base import Log
 from livedata.catalog import Catalog
+from livedata.decode.can import BusState
 from livedata.decode.values import decode_values
 from livedata.devices.base import Ack, DeviceLink, Rejection
 from livedata.errors import BackendError, BusError, DecodeError, StoreError
-from livedata.model import DeviceMessage, MsgType, Record
+from livedata.model import DeviceMessage, Kind, MsgType, Record
+from livedata.pipeline.dtcs import DtcService
 from livedata.pipeline.spill import Chunk, SpillJournal
 from livedata.ratelog import Throttled
 from livedata.store.base import Store
@@ -154,6 +156,9 @@ class Ingest:
         self._direct: asyncio.Task[int] | None = None
         """A store write that outlived ``spill_after``; the drainer lets it end first."""
         self.stats: dict[tuple[str, str], DecodeStats] = {}
+        self._buses: dict[tuple[str, str, Kind], BusState] = {}
+        """J1939 transport sessions per machine (live and backfill apart: their times differ)."""
+        self.dtcs = DtcService(catalog.meta)
         self.written = 0
         """Records the store has confirmed."""
         self.spilled = 0
@@ -227,7 +232,9 @@ class Ingest:
         if msg.msg_type == MsgType.VEHICLE_CAN:
             if info.decoder is None:
                 raise DecodeError(f"no DBC file assigned to machine {msg.chassis!r}")
-            result = info.decoder.decode(msg.frames)
+            key = (msg.tenant, msg.chassis, msg.kind)
+            bus = self._buses.get(key) or self._buses.setdefault(key, BusState())
+            result = info.decoder.decode(msg.frames, bus)
             stats.frames += result.frames
             if result.unknown:
                 stats.unknown_ids += result.unknown
@@ -238,6 +245,8 @@ class Ingest:
             if result.errors:
                 log.info("%d malformed frames: %s", len(result.errors), result.errors[0])
             values: dict[str, Any] = dict(result.values)
+            if result.dm1:
+                values.update(await self.dtcs.observe(msg.tenant, msg.chassis, result.dm1))
         else:
             values, errors = decode_values(msg.values)
             for error in errors:

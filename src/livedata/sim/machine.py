@@ -15,6 +15,8 @@ refilled when nearly empty); gear follows speed and direction; the brake is on w
 stopping and when standing in idle or dump.  The position moves along a closed path
 around a quarry near 51.0 N 7.0 E (each machine has its own loop, driven by its wheel
 speed), and app metrics (CPU, memory, uptime, signal strength) wander plausibly.
+With a J1939 DBC the engine also sends its DM1 every second: now and then a
+diagnostic trouble code becomes active (amber lamp on) and clears minutes later.
 
 Everything is drawn from one :class:`random.Random` seeded with the seed and the
 chassis id, so a machine is deterministic: the same seed and chassis give the same
@@ -46,6 +48,13 @@ ACCEL = 2.5
 """Wheel speed gain limit, km/h per second."""
 DECEL = 4.0
 """Wheel speed loss limit while braking, km/h per second."""
+
+
+DTC_CHANCE = 1 / 600
+"""Chance per second that a machine without an active DTC raises one (about every 10 min)."""
+DTCS = [(110, 16), (100, 18), (168, 4), (3031, 2), (175, 15)]
+"""(SPN, FMI) a simulated loader reports: coolant hot, oil pressure low, battery low,
+DEF tank temperature erratic, engine oil warm."""
 
 
 class State(enum.StrEnum):
@@ -138,6 +147,12 @@ class Machine:
         self._signals: dict[str, float] = {}
         self._values: dict[str, float] = {}
 
+        # diagnostic trouble codes: their own generator, so the signals stay as they were
+        self._dtc_rng = random.Random(f"{seed}:{chassis}:dtc")
+        self._dtc: tuple[int, int] | None = None
+        self._dtc_left = 0
+        self._occurrences: dict[tuple[int, int], int] = {}
+
     # -- read-only views ------------------------------------------------------------
 
     @property
@@ -192,7 +207,34 @@ class Machine:
             "oil_temp_hydraulic": round(self._oil_temp, 1),
         }
         self._values = self._metrics()
-        return self._decoder.encode(self._signals, ts_ms), dict(self._values)
+        frames = self._decoder.encode(self._signals, ts_ms)
+        if self._decoder.j1939:
+            frames.append(self._dm1(ts_ms))
+        return frames, dict(self._values)
+
+    def _dm1(self, ts_ms: int) -> Frame:
+        """This second's DM1 from the engine (SA 0x00), as J1939-73 asks: sent every second.
+
+        Now and then (:data:`DTC_CHANCE` per second) a DTC of :data:`DTCS` becomes
+        active, with the amber warning lamp on; it clears after 1-4 minutes.
+        """
+        rng = self._dtc_rng
+        if self._dtc is None and rng.random() < DTC_CHANCE:
+            self._dtc = rng.choice(DTCS)
+            self._dtc_left = rng.randint(60, 240)
+            self._occurrences[self._dtc] = min(126, self._occurrences.get(self._dtc, 0) + 1)
+        elif self._dtc is not None:
+            self._dtc_left -= 1
+            if self._dtc_left <= 0:
+                self._dtc = None
+        if self._dtc is None:
+            data = bytes([0x00, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF])
+        else:
+            spn, fmi = self._dtc
+            oc = self._occurrences[self._dtc]
+            dtc = bytes([spn & 0xFF, (spn >> 8) & 0xFF, ((spn >> 16) & 7) << 5 | fmi, oc])
+            data = bytes([0x04, 0xFF]) + dtc + b"\xff\xff"  # amber warning lamp on
+        return Frame(ts_ms, 0x18FECA00, True, data)
 
     def _enter(self, state: State, duration: int) -> None:
         self._state = state

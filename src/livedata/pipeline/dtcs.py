@@ -1,0 +1,157 @@
+"""The DTC lifecycle of each machine: DM1 messages in, "became active" and "cleared" out.
+
+A DM1 (:mod:`livedata.decode.dm1`) lists *all* active DTCs of one ECU (source
+address).  :class:`DtcState` (sans I/O, one machine) compares it with what that
+ECU had active: a DTC that appears became active (``since`` = the DM1's
+timestamp), one that is gone was cleared (``clearedAt``), one whose occurrence
+count changed is updated.  A DTC is keyed by (source address, SPN, FMI).
+
+:class:`DtcService` (the ingest role owns one) keeps a :class:`DtcState` per
+machine, loads a machine's active DTCs from the metadata database the first time
+one of its DM1s arrives after a start (so a restart neither forgets nor repeats
+them), writes each change to the database (:mod:`livedata.metadata.dtcs`) and
+returns the summary fields ingest adds to the machine's ``vehicle_can`` record:
+``dtc_active`` (count over all ECUs) and ``lamp_mil``, ``lamp_red_stop``,
+``lamp_amber_warning``, ``lamp_protect`` (1 when any ECU has that lamp on) -- so
+they are stored, charted, pushed live and usable by alert rules like any signal
+(``dtc_active > 0`` fires when a DTC becomes active).
+
+Under stress:
+
+- At most :data:`MAX_ACTIVE` DTCs are kept active per machine; beyond that, new
+  ones are ignored (and counted in :attr:`DtcService.dropped`) until some clear.
+  Machines are those the catalog knows (ingest rejects the others), so memory is
+  bounded by the fleet.
+- When the database write fails, the machine's state is left as it was and the
+  failure logged (once per machine until it succeeds): the next DM1 (ECUs repeat
+  it every second) produces the same changes and tries again.  The record's
+  telemetry is never held up or lost for it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from livedata.decode.dm1 import LAMP_NAMES, Dm1
+from livedata.errors import BackendError
+from livedata.metadata import Metadata
+from livedata.metadata.dtcs import DtcLog
+
+log = logging.getLogger("livedata.dtcs")
+
+MAX_ACTIVE = 256
+"""Active DTCs kept per machine."""
+
+Key = tuple[int, int, int]
+"""(source address, SPN, FMI)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DtcChange:
+    """One step of a DTC's life: ``kind`` is ``active``, ``cleared`` or ``oc``."""
+
+    kind: str
+    sa: int
+    spn: int
+    fmi: int
+    oc: int
+    lamps: dict[str, int]
+    ts: int
+
+
+class DtcState:
+    """The active DTCs and latest lamps of one machine (sans I/O)."""
+
+    def __init__(self, active: dict[Key, int] | None = None) -> None:
+        self.active: dict[Key, int] = dict(active or {})
+        """Occurrence count of each active DTC."""
+        self.lamps: dict[int, dict[str, int]] = {}
+        """Latest lamp status per source address."""
+        self.latest: dict[int, int] = {}
+        """Timestamp of the latest DM1 applied per source address."""
+
+    def diff(self, dm1: Dm1) -> tuple[list[DtcChange], int]:
+        """The changes ``dm1`` brings, and how many new DTCs did not fit :data:`MAX_ACTIVE`.
+
+        A DM1 older than the latest one applied for its ECU (late backfill) changes nothing.
+        """
+        if dm1.ts < self.latest.get(dm1.sa, dm1.ts):
+            return [], 0
+        lamps = dm1.lamps.to_dict()
+        now = {(dm1.sa, d.spn, d.fmi): d.oc for d in dm1.dtcs}
+        changes: list[DtcChange] = []
+        room = MAX_ACTIVE - len(self.active)
+        dropped = 0
+        for key, oc in now.items():
+            old = self.active.get(key)
+            if old is None:
+                if room <= 0:
+                    dropped += 1
+                    continue
+                room -= 1
+                changes.append(DtcChange("active", *key, oc, lamps, dm1.ts))
+            elif old != oc:
+                changes.append(DtcChange("oc", *key, oc, lamps, dm1.ts))
+        for key, oc in self.active.items():
+            if key[0] == dm1.sa and key not in now:
+                changes.append(DtcChange("cleared", *key, oc, lamps, dm1.ts))
+        return changes, dropped
+
+    def commit(self, dm1: Dm1, changes: list[DtcChange]) -> None:
+        """Take ``changes`` (from :meth:`diff` of ``dm1``) as done."""
+        if dm1.ts < self.latest.get(dm1.sa, dm1.ts):
+            return
+        self.latest[dm1.sa] = dm1.ts
+        self.lamps[dm1.sa] = dm1.lamps.to_dict()
+        for c in changes:
+            key = (c.sa, c.spn, c.fmi)
+            if c.kind == "cleared":
+                self.active.pop(key, None)
+            else:
+                self.active[key] = c.oc
+
+    def summary(self) -> dict[str, int]:
+        """:data:`~livedata.decode.dm1.SUMMARY_FIELDS`: ``dtc_active`` and ``lamp_*`` (1: on at an ECU)."""
+        out = {"dtc_active": len(self.active)}
+        for name in LAMP_NAMES:
+            out[f"lamp_{name}"] = int(any(lamps[name] == 1 for lamps in self.lamps.values()))
+        return out
+
+
+class DtcService:
+    """Per-machine DTC lifecycles, persisted in the metadata database (see the module docstring)."""
+
+    def __init__(self, meta: Metadata) -> None:
+        self.log = DtcLog(meta)
+        self._machines: dict[tuple[str, str], DtcState] = {}
+        self._failing: set[tuple[str, str]] = set()
+        self.dropped = 0
+        """New DTCs ignored because a machine already had :data:`MAX_ACTIVE`."""
+
+    async def observe(self, tenant: str, chassis: str, dm1s: list[Dm1]) -> dict[str, Any]:
+        """Apply a batch's DM1s (in timestamp order); returns the summary fields.
+
+        Returns ``{}`` when the machine's active DTCs cannot be loaded (database
+        down): the record then simply has no DTC fields.
+        """
+        key = (tenant, chassis)
+        state = self._machines.get(key)
+        try:
+            if state is None:
+                state = DtcState(await self.log.active(tenant, chassis))
+                self._machines[key] = state
+            for dm1 in dm1s:
+                changes, dropped = state.diff(dm1)
+                self.dropped += dropped
+                if changes:
+                    await self.log.apply(tenant, chassis, changes)
+                state.commit(dm1, changes)
+        except BackendError as exc:
+            if key not in self._failing:
+                self._failing.add(key)
+                log.warning("DTCs of %s/%s not saved, retried with the next DM1: %s", *key, exc)
+        else:
+            self._failing.discard(key)
+        return state.summary() if state is not None else {}

@@ -1,0 +1,132 @@
+"""The compiled per-message decoder gives cantools' values, on random messages and frames."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import cantools
+from cantools.database.can import Message, Signal
+from cantools.database.conversion import BaseConversion
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from livedata.decode.compiled import compile_message, format_or, resolution_digits
+from tests.decode.dbcgen import random_database, random_frame, random_message
+
+
+def reference(message: Message, data: bytes) -> dict[str, Any] | str:
+    """cantools' ``decode_simple`` as livedata keeps it: rounded, no selectors; or "error"."""
+    try:
+        decoded = message.decode_simple(data, False, True)
+    except Exception:
+        return "error"
+    out: dict[str, Any] = {}
+    for s in message.signals:
+        if s.is_multiplexer or s.name not in decoded:
+            continue
+        value = decoded[s.name]
+        if isinstance(value, float) and not math.isfinite(value):
+            return "error"
+        digits = resolution_digits(s)
+        out[s.name] = value if digits is None else round(value, digits)
+    return out
+
+
+def compiled(message: Message, data: bytes) -> dict[str, Any] | str:
+    values: dict[str, Any] = {}
+    reason = compile_message(message).decode(data, values)
+    return "error" if reason is not None else values
+
+
+def same(a: dict[str, Any] | str, b: dict[str, Any] | str) -> bool:
+    """Equal values of equal types (1 and 1.0 differ: the store keeps what it gets)."""
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return a == b and all(type(a[k]) is type(b[k]) for k in a)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rng=st.randoms(use_true_random=False), fd=st.booleans())
+def test_random_messages_match_cantools(rng: random.Random, fd: bool) -> None:
+    """Random messages (signed/unsigned, Intel/Motorola, scale/offset, float, mux, FD) decode alike."""
+    db = random_database(rng, 3, fd=fd)
+    for message in db.messages:
+        for _ in range(20):
+            data = random_frame(message, rng, bad_mux=0.2)
+            assert same(compiled(message, data), reference(message, data)), compile_message(
+                message
+            ).source
+
+
+@settings(max_examples=150, deadline=None)
+@given(rng=st.randoms(use_true_random=False), data=st.binary(min_size=8, max_size=8))
+def test_random_bytes_match_cantools(rng: random.Random, data: bytes) -> None:
+    """Arbitrary payloads (also NaN floats and undefined multiplexer values) get the same outcome."""
+    message = random_message(rng, 1)
+    message = cantools.database.load_string(
+        cantools.database.can.Database([message], strict=False).as_dbc_string(),
+        database_format="dbc",
+    ).messages[0]
+    data = data[: message.length]
+    assert same(compiled(message, data), reference(message, data))
+
+
+def test_large_random_database_is_all_compiled() -> None:
+    """Every message of a large random DBC gets generated code (no cantools fallback)."""
+    db = random_database(random.Random(5), 200, fd=True)
+    assert all(compile_message(m).compiled for m in db.messages)
+    nested = [m for m in db.messages if any(s.name.endswith("mux2") for s in m.signals)]
+    assert nested, "the random DBC has extended multiplexing"
+
+
+def _selector_message(scale: float) -> Message:
+    selector = Signal(
+        "sel",
+        0,
+        8,
+        conversion=BaseConversion.factory(scale=scale, offset=0),
+        is_multiplexer=True,
+    )
+    a = Signal("a", 8, 8, multiplexer_ids=[0], multiplexer_signal="sel")
+    b = Signal("b", 16, 8, multiplexer_ids=[1], multiplexer_signal="sel")
+    return Message(0x100, "M", 3, [selector, a, b], strict=False)
+
+
+def test_unsupported_selector_falls_back_to_cantools() -> None:
+    """A selector with a scaled conversion is decoded by cantools, with the same rounding."""
+    message = _selector_message(0.5)
+    decoder = compile_message(message)
+    assert not decoder.compiled
+    for data in (bytes([2, 7, 9]), bytes([0, 7, 9]), bytes([9, 1, 1])):
+        assert same(compiled(message, data), reference(message, data))
+    assert compile_message(_selector_message(1)).compiled
+
+
+def test_undefined_multiplexer_reason_is_cantools_wording() -> None:
+    """An undefined multiplexer value is reported as cantools words it."""
+    message = _selector_message(1)
+    values: dict[str, Any] = {}
+    assert compile_message(message).decode(bytes([5, 0, 0]), values) == (
+        "expected multiplexer id 0 or 1, but got 5"
+    )
+    assert values == {}
+    assert format_or([1]) == "1" and format_or([1, 2, 3]) == "1, 2 or 3"
+
+
+def test_names_cannot_inject_code() -> None:
+    """A hostile signal name ends up as a dict key, never as code."""
+    name = "x'] = 1; import os; values['y"
+    message = Message(0x1, "M", 1, [Signal(name, 0, 8)], strict=False)
+    values: dict[str, Any] = {}
+    assert compile_message(message).decode(b"\x07", values) is None
+    assert values == {name: 7}
+
+
+def test_suffix_names_every_field() -> None:
+    """A suffix (separate source addresses) is appended to every field name."""
+    message = _selector_message(1)
+    values: dict[str, Any] = {}
+    compile_message(message, ".0x01").decode(bytes([1, 2, 3]), values)
+    assert values == {"b.0x01": 3}

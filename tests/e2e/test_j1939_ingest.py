@@ -1,0 +1,216 @@
+"""J1939 end to end over HTTP ingest: a DBC uploaded through the API, frames from other
+source addresses, a multi-packet message split over two requests, a DM1 over BAM.
+
+A demo server of its own (one simulated machine) whose machine is switched to the
+test's J1939 DBC; the frames are sent as real-time records with the machine's own
+secret, at timestamps off the simulator's second grid, so the history at exactly those
+timestamps holds only what the test sent.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from livedata.codec import encode
+from livedata.model import DeviceMessage, Frame, Kind, MsgType
+from tests.conftest import Server, start_demo, stop
+
+FILES = Path(__file__).resolve().parent.parent / "files" / "can"
+OCTETS = {"content-type": "application/octet-stream"}
+ORG = "demo"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_demo(tmp_path_factory.mktemp("j1939"), "--machines", "1")
+    yield server
+    stop(server)
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers=server.headers, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def chassis(server: Server, http: httpx.Client) -> str:
+    """The machine, decoded with tests/files/can/j1939.dbc uploaded through the API."""
+    chassis = server.machines[0]
+    body = {"name": "j1939-test", "content": (FILES / "j1939.dbc").read_text()}
+    created = http.post(f"/api/resources/{ORG}/dbc", json=body)
+    assert created.status_code == 201, created.text
+    assigned = http.put(
+        f"/api/resources/{ORG}/machines/{chassis}/dbc", json={"dbcId": created.json()["id"]}
+    )
+    assert assigned.status_code == 200, assigned.text
+    return chassis
+
+
+@pytest.fixture(scope="module")
+def ingest(server: Server, http: httpx.Client, chassis: str) -> Iterator[httpx.Client]:
+    """The machine, sending with its own secret."""
+    response = http.post(f"/api/resources/{ORG}/machines/{chassis}/secret")
+    assert response.status_code == 200, response.text
+    headers = {"Authorization": f"Bearer {response.json()['secret']}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+        yield client
+
+
+def send(ingest: httpx.Client, chassis: str, ts: int, frames: list[tuple[int, int, bytes]]) -> None:
+    message = DeviceMessage(
+        ORG,
+        chassis,
+        MsgType.VEHICLE_CAN,
+        ts,
+        Kind.REALTIME,
+        frames=tuple(Frame(t, cid, True, data) for t, cid, data in frames),
+    )
+    response = ingest.post(
+        f"/api/ingest/{ORG}/{chassis}/vehicle_can", content=encode(message), headers=OCTETS
+    )
+    assert response.status_code == 202, response.text
+
+
+def bam(sa: int, pgn: int, payload: bytes, t0: int) -> list[tuple[int, int, bytes]]:
+    n = (len(payload) + 6) // 7
+    head = bytes([32]) + struct.pack("<HB", len(payload), n) + b"\xff" + pgn.to_bytes(3, "little")
+    frames = [(t0, 0x1CECFF00 | sa, head)]
+    for i in range(n):
+        chunk = payload[7 * i : 7 * i + 7].ljust(7, b"\xff")
+        frames.append((t0 + 50 * (i + 1), 0x1CEBFF00 | sa, bytes([i + 1]) + chunk))
+    return frames
+
+
+def dtc(spn: int, fmi: int, oc: int) -> bytes:
+    return bytes([spn & 0xFF, (spn >> 8) & 0xFF, ((spn >> 16) & 7) << 5 | fmi, oc])
+
+
+def history(http: httpx.Client, chassis: str, fields: str, ts: int) -> dict[str, Any]:
+    response = http.get(
+        f"/api/resources/{ORG}/_common/datasets/{chassis}/history",
+        params={"msgType": "vehicle_can", "fields": fields, "from": ts, "to": ts},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["series"]
+
+
+def dtcs(http: httpx.Client, chassis: str) -> dict[str, Any]:
+    response = http.get(f"/api/resources/{ORG}/machines/{chassis}/dtcs")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for(check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+def test_j1939_frames_dm1_and_alert(http: httpx.Client, ingest: httpx.Client, chassis: str) -> None:
+    """Other source addresses and priorities decode, a BAM split over two requests is
+    reassembled, a DM1 of 3 DTCs is in the DTC API with SPN names, raises a dtc_active
+    alert, and a later empty DM1 clears the codes."""
+    rule = {
+        "name": "DTC active",
+        "scope": "machine",
+        "scopeValue": chassis,
+        "msgType": "vehicle_can",
+        "field": "dtc_active",
+        "condition": ">",
+        "threshold": 2,
+        "severity": "warning",
+    }
+    created = http.post(f"/api/resources/{ORG}/alert-rules", json=rule)
+    assert created.status_code == 201, created.text
+    rule_id = created.json()["id"]
+
+    t1 = (int(time.time()) * 1000) + 137
+    eec1_sa5 = (t1, 0x18F00405, bytes.fromhex("FFFF824038FFFFFF"))  # priority 6, SA 0x05
+    tsc1_da3 = (t1, 0x0C000327, bytes.fromhex("FE0019FFFFFFFFFF"))  # PDU1 to another DA
+    body = bytearray(b"\xff" * 20)
+    body[0:2], body[10:12], body[16:20] = (
+        (500).to_bytes(2, "little"),
+        b"\x04\x00",
+        (12345678).to_bytes(4, "little"),
+    )
+    body_frames = bam(0x21, 0xFF10, bytes(body), t1 + 10)
+    dm1 = bytes([0x04, 0xFF]) + dtc(110, 16, 3) + dtc(100, 1, 1) + dtc(190, 0, 7)
+    dm1_frames = bam(0x17, 0xFECA, dm1, t1 + 20)
+    send(ingest, chassis, t1, [eec1_sa5, tsc1_da3, *body_frames[:2], *dm1_frames[:2]])
+    t2 = t1 + 1000
+    send(ingest, chassis, t2, [*body_frames[2:], *dm1_frames[2:]])
+
+    series = wait_for(
+        lambda: history(
+            http, chassis, "engine_speed,engine_torque,requested_speed,override_mode", t1
+        )
+    )
+    assert series == {
+        "engine_speed": [[t1, 1800.0]],
+        "engine_torque": [[t1, 5]],
+        "requested_speed": [[t1, 800.0]],
+        "override_mode": [[t1, 2]],
+    }
+    later = wait_for(
+        lambda: history(
+            http, chassis, "body_voltage,door_count,odometer,dtc_active,lamp_amber_warning", t2
+        )
+    )
+    assert later["body_voltage"] == [[t2, 25.0]] and later["door_count"] == [[t2, 4]]
+    assert later["odometer"] == [[t2, 12345.678]]
+    assert later["dtc_active"][0][1] >= 3 and later["lamp_amber_warning"] == [[t2, 1]]
+
+    listing = dtcs(http, chassis)
+    mine = sorted((d for d in listing["active"] if d["sa"] == 0x17), key=lambda d: d["spn"])
+    assert [(d["spn"], d["fmi"], d["oc"]) for d in mine] == [(100, 1, 1), (110, 16, 3), (190, 0, 7)]
+    assert [d["name"] for d in mine] == [
+        "Engine oil pressure",
+        "Engine coolant temperature",
+        "Engine speed",
+    ]
+    assert all(d["since"] == dm1_frames[-1][0] and d["clearedAt"] is None for d in mine)
+    assert (
+        mine[1]["lamp"]["amber_warning"] == 1
+        and mine[1]["fmiText"] == "above normal (moderately severe)"
+    )
+
+    alerts = wait_for(
+        lambda: [
+            a
+            for a in http.get(f"/api/resources/{ORG}/alerts", params={"state": "active"}).json()[
+                "alerts"
+            ]
+            if a["ruleId"] == rule_id
+        ]
+    )
+    assert len(alerts) == 1 and alerts[0]["chassisId"] == chassis
+
+    t3 = t2 + 1000
+    send(ingest, chassis, t3, [(t3, 0x18FECA17, bytes([0x00, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF]))])
+
+    def cleared_listing() -> dict[str, Any] | None:
+        listing = dtcs(http, chassis)
+        return None if any(d["sa"] == 0x17 for d in listing["active"]) else listing
+
+    listing = wait_for(cleared_listing)
+    assert listing is not None, "the empty DM1 did not clear the codes"
+    cleared = [d for d in listing["recent"] if d["sa"] == 0x17]
+    assert sorted(d["spn"] for d in cleared) == [100, 110, 190]
+    assert all(d["clearedAt"] == t3 and not d["active"] for d in cleared)
+
+
+def test_dtcs_api_scoped(http: httpx.Client, chassis: str) -> None:
+    """The DTC API answers 404 for an unknown machine or another organisation."""
+    assert http.get(f"/api/resources/{ORG}/machines/nope/dtcs").status_code == 404
+    assert http.get(f"/api/resources/other/machines/{chassis}/dtcs").status_code == 404

@@ -1,0 +1,117 @@
+"""The DTC lifecycle: DM1s in, active/cleared/occurrence changes out, kept in SQLite metadata."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from livedata.decode.dm1 import Dm1, Dtc, Lamps
+from livedata.metadata import Metadata
+from livedata.metadata.dtcs import DtcLog
+from livedata.pipeline.dtcs import MAX_ACTIVE, DtcService, DtcState
+
+AMBER = Lamps(0, 0, 1, 0, 3, 3, 3, 3)
+OFF = Lamps(0, 0, 0, 0, 3, 3, 3, 3)
+
+
+def dm1(ts: int, sa: int, *codes: tuple[int, int, int], lamps: Lamps = AMBER) -> Dm1:
+    return Dm1(ts, sa, lamps if codes else OFF, tuple(Dtc(s, f, o, 0) for s, f, o in codes))
+
+
+def test_state_lifecycle() -> None:
+    """A DTC becomes active, changes its count, clears; other ECUs' DTCs are untouched."""
+    state = DtcState()
+    for message, kinds in [
+        (dm1(1000, 0, (110, 16, 1)), ["active"]),
+        (dm1(1500, 3, (523, 2, 1)), ["active"]),
+        (dm1(2000, 0, (110, 16, 1)), []),
+        (dm1(3000, 0, (110, 16, 2), (100, 1, 1)), ["oc", "active"]),
+        (dm1(4000, 0), ["cleared", "cleared"]),
+    ]:
+        changes, dropped = state.diff(message)
+        assert [c.kind for c in changes] == kinds and dropped == 0
+        state.commit(message, changes)
+    assert state.active == {(3, 523, 2): 1}
+    assert state.summary() == {
+        "dtc_active": 1,
+        "lamp_mil": 0,
+        "lamp_red_stop": 0,
+        "lamp_amber_warning": 1,
+        "lamp_protect": 0,
+    }
+
+
+def test_state_ignores_late_dm1() -> None:
+    """A DM1 older than the last one applied for its ECU (late backfill) changes nothing."""
+    state = DtcState()
+    newer = dm1(5000, 0, (110, 16, 1))
+    state.commit(newer, state.diff(newer)[0])
+    older = dm1(4000, 0)
+    assert state.diff(older) == ([], 0)
+    state.commit(older, [])
+    assert state.active == {(0, 110, 16): 1} and state.latest == {0: 5000}
+
+
+def test_state_is_bounded() -> None:
+    """Beyond MAX_ACTIVE active DTCs per machine, new ones are dropped and counted."""
+    state = DtcState()
+    message = dm1(1, 0, *((spn, 1, 1) for spn in range(1, MAX_ACTIVE + 11)))
+    changes, dropped = state.diff(message)
+    state.commit(message, changes)
+    assert len(state.active) == MAX_ACTIVE and dropped == 10
+
+
+@pytest.fixture
+async def meta(tmp_path: Path) -> AsyncIterator[Metadata]:
+    meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
+    await meta.start()
+    await meta.ensure_org("acme", "Acme")
+    yield meta
+    await meta.close()
+
+
+async def test_service_persists_and_survives_restart(meta: Metadata) -> None:
+    """Changes are written once; a new service (a restart) knows what is active and repeats nothing."""
+    service = DtcService(meta)
+    summary = await service.observe("acme", "M1", [dm1(1000, 0, (110, 16, 3))])
+    assert summary["dtc_active"] == 1 and summary["lamp_amber_warning"] == 1
+    await service.observe("acme", "M1", [dm1(2000, 0, (110, 16, 3))])
+    log = DtcLog(meta)
+    active, cleared = await log.listing("acme", "M1")
+    assert [(r.spn, r.fmi, r.oc, r.since_ms, r.cleared_ms) for r in active] == [
+        (110, 16, 3, 1000, None)
+    ]
+    assert cleared == []
+
+    restarted = DtcService(meta)
+    await restarted.observe("acme", "M1", [dm1(3000, 0, (110, 16, 4))])
+    await restarted.observe("acme", "M1", [dm1(4000, 0)])
+    active, cleared = await log.listing("acme", "M1")
+    assert active == []
+    assert [(r.spn, r.oc, r.since_ms, r.cleared_ms) for r in cleared] == [(110, 4, 1000, 4000)]
+    assert await log.active("acme", "M2") == {}
+
+
+async def test_service_retries_after_database_failure(
+    meta: Metadata, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the table cannot be written the change is kept back (logged once), then written."""
+    service = DtcService(meta)
+    await service.observe("acme", "M1", [])  # loads the (empty) active set
+    async with meta.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE dtcs RENAME TO dtcs_away"))
+    with caplog.at_level(logging.WARNING, logger="livedata.dtcs"):
+        for ts in (1000, 2000):
+            summary = await service.observe("acme", "M1", [dm1(ts, 0, (110, 16, 1))])
+            assert summary["dtc_active"] == 0
+    assert len([r for r in caplog.records if "not saved" in r.message]) == 1
+    async with meta.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE dtcs_away RENAME TO dtcs"))
+    summary = await service.observe("acme", "M1", [dm1(3000, 0, (110, 16, 1))])
+    assert summary["dtc_active"] == 1
+    active, _ = await DtcLog(meta).listing("acme", "M1")
+    assert [(r.spn, r.since_ms) for r in active] == [(110, 3000)]
