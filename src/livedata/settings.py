@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -124,6 +124,43 @@ class Settings(BaseSettings):
         100, ge=1, description="live connections (WebSocket, SSE, Socket.IO) per user at most"
     )
     commands_per_minute: int = Field(60, ge=1, description="device methods per user per minute")
+    future_skew_seconds: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="device and /db/write timestamps further ahead of the server's clock are"
+        " refused or clamped (see future_timestamps)",
+    )
+    future_timestamps: Literal["refuse", "clamp"] = Field(
+        "refuse", description="refuse: the sender gets an error; clamp: stored at the server's time"
+    )
+    max_fields_per_type: int = Field(
+        1_000,
+        ge=1,
+        le=100_000,
+        description="distinct fields per machine (or /db/write table) and message type at most",
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="open HTTP/WebSocket connections at most; at the limit the longest-idle one"
+        " gives way (0: 90 % of the file-descriptor limit)",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024, description="request line and headers at most"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds a client has to send a complete request head"
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, le=300, description="an idle keep-alive connection is closed after this long"
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="request bodies at most (counted while they stream)"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, le=3600, description="a request body that stops arriving this long gets 408"
+    )
 
     @classmethod
     def settings_customise_sources(

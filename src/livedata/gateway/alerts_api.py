@@ -74,7 +74,7 @@ from livedata.metadata.alerts import (
     notification_dict,
     rule_dict,
 )
-from livedata.model import MsgType, live_channel, valid_id
+from livedata.model import MsgType, Name, live_channel, valid_id
 from livedata.pipeline.alerts import alerts_channel, publish_alert
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class NotifyBody(BaseModel):
 
 class RuleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(max_length=200)
+    name: Name
     enabled: bool = True
     kind: str = "value"
     scope: str = "all"

@@ -117,7 +117,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
@@ -130,7 +130,7 @@ from prometheus_client import Counter, Gauge
 
 from livedata import observe
 from livedata.decode.values import decode_values
-from livedata.errors import InputError, NotFound
+from livedata.errors import DecodeError, InputError, NotFound
 from livedata.gateway.security import principal_of
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
@@ -248,7 +248,7 @@ def parse_tz(text: str | None) -> tzinfo | None:
 
 
 _MS_PER = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
-_DEFAULT_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
+_DEFAULT_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1096,8 +1096,18 @@ class _Unsupported(InputError):
 
 
 async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dict[str, int]:
-    """Hand ``rows`` to ingest and wait until they are stored; returns counts."""
+    """Hand ``rows`` to ingest and wait until they are stored; returns counts.
+
+    Every row's time goes through ingest's timestamp policy first (refused: nothing of
+    the request is written; clamped: written at the server's time)."""
     now = int(time.time() * 1000)
+    checked = []
+    for row in rows:
+        try:
+            checked.append(replace(row, ts=rt.ingest.timestamps.check(row.ts, now)))
+        except DecodeError as exc:
+            raise InputError(f"row {row.number}: {exc}") from None
+    rows = checked
 
     def kind_of(ts: int) -> Kind:
         return Kind.REALTIME if ts >= now - REALTIME_WINDOW_MS else Kind.BACKFILL
