@@ -8,6 +8,7 @@ one-line error instead of deep inside a role.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -140,6 +141,11 @@ class Settings(BaseSettings):
         le=100_000,
         description="distinct fields per machine (or /db/write table) and message type at most",
     )
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="networks (CIDR, comma-separated) alert webhooks may reach although they"
+        " are loopback, private or link-local (default none: public addresses only)",
+    )
     max_connections: int = Field(
         0,
         ge=0,
@@ -194,6 +200,19 @@ class Settings(BaseSettings):
     def _origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for part in value:
+                try:
+                    ipaddress.ip_network(str(part), strict=False)
+                except ValueError:
+                    raise ValueError(f"{part!r} is not a network (e.g. 10.0.0.0/8)") from None
         return value
 
     @field_validator("log_level")

@@ -76,6 +76,7 @@ from livedata.metadata.alerts import (
 )
 from livedata.model import MsgType, Name, live_channel, valid_id
 from livedata.pipeline.alerts import alerts_channel, publish_alert
+from livedata.pipeline.notify import check_webhook_url, parse_networks
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -346,6 +347,8 @@ async def _spec(rt: Runtime, org: str, body: RuleBody, rule_id: int = 0) -> Rule
             known = ", ".join(sorted(models)) or "none"
             raise InputError(f"scope model {body.scopeValue!r} has no machines (models: {known})")
     webhook = body.notify.webhook
+    if webhook is not None:
+        check_webhook_url(webhook.url, parse_networks(rt.settings.webhook_allowed_networks))
     return RuleSpec(
         id=rule_id,
         org=org,

@@ -69,7 +69,7 @@ from livedata.catalog import Catalog
 from livedata.errors import BackendError, BusError, LivedataError
 from livedata.metadata.alerts import AlertStore, RuleSpec, alert_dict
 from livedata.model import Kind, MsgType, Record
-from livedata.pipeline.notify import Notifier
+from livedata.pipeline.notify import Notifier, parse_networks
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -584,6 +584,7 @@ def alert_role(rt: Runtime) -> AlertRole:
         smtp_host=rt.settings.smtp_host,
         smtp_port=rt.settings.smtp_port,
         smtp_from=rt.settings.smtp_from,
+        allowed_networks=parse_networks(rt.settings.webhook_allowed_networks),
     )
     return AlertRole(store, rt.log, rt.pubsub, rt.catalog, last_seen=last_seen, notifier=notifier)
 
