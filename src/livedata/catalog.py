@@ -3,13 +3,16 @@
 Read from the metadata database and cached (``ttl`` seconds, default 10), so
 ingest does not query the database per message; the API invalidates the cache
 on every change it makes, other processes see changes within ``ttl``.  Parsed
-DBC files are cached by id (uploaded files never change, a new upload is a new id).
+DBC files are cached by id (uploaded files never change, a new upload is a new id),
+at most :data:`MAX_DECODERS`; a file is parsed in a worker thread (a 10,000-signal
+file takes seconds) and callers asking for it meanwhile share that one parse.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,9 @@ from livedata.decode.can import CanDecoder
 from livedata.decode.dm1 import SUMMARY_FIELDS
 from livedata.metadata import Metadata
 from livedata.model import MsgType
+from livedata.pipeline.limits import check_field_count
+
+MAX_DECODERS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +47,14 @@ class Catalog:
     fleet of any size costs one load per ``ttl``, not one per machine.
     """
 
-    def __init__(self, meta: Metadata, ttl: float = 10.0) -> None:
+    def __init__(self, meta: Metadata, ttl: float = 10.0, max_fields: int = 1_000) -> None:
         self.meta = meta
         self.ttl = ttl
+        self.max_fields = max_fields
         self._orgs: dict[str, tuple[float, dict[str, MachineInfo]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._decoders: dict[int, CanDecoder] = {}
+        self._decoders: OrderedDict[int, CanDecoder] = OrderedDict()
+        self._parsing: dict[int, asyncio.Future[CanDecoder]] = {}
         self._fields: dict[str, dict[tuple[str, str], set[str]]] = {}
 
     def invalidate(self) -> None:
@@ -68,11 +76,7 @@ class Catalog:
     async def _load(self, tenant: str) -> dict[str, MachineInfo]:
         machines: dict[str, MachineInfo] = {}
         for machine, dbc in await self.meta.org_decoding(tenant):
-            decoder = None
-            if dbc is not None:
-                decoder = self._decoders.get(dbc.id)
-                if decoder is None:
-                    decoder = self._decoders[dbc.id] = CanDecoder.from_dbc(dbc.content)
+            decoder = await self.decoder(dbc.id, dbc.content) if dbc is not None else None
             machines[machine.chassis_id] = MachineInfo(
                 tenant,
                 machine.chassis_id,
@@ -86,11 +90,29 @@ class Catalog:
             )
         return machines
 
+    async def decoder(self, dbc_id: int, content: str) -> CanDecoder:
+        """DBC file ``dbc_id`` (text ``content``) parsed: from the cache, or in a thread."""
+        decoder = self._decoders.get(dbc_id)
+        if decoder is None:
+            pending = self._parsing.get(dbc_id)
+            if pending is None:
+                pending = asyncio.ensure_future(asyncio.to_thread(CanDecoder.from_dbc, content))
+                self._parsing[dbc_id] = pending
+                pending.add_done_callback(lambda _f: self._parsing.pop(dbc_id, None))
+            decoder = await asyncio.shield(pending)
+            self._decoders[dbc_id] = decoder
+            while len(self._decoders) > MAX_DECODERS:
+                self._decoders.popitem(last=False)
+        self._decoders.move_to_end(dbc_id)
+        return decoder
+
     async def note_fields(self, tenant: str, chassis: str, msg_type: str, names: set[str]) -> None:
         """Remember ``client_raw_data`` field names a machine sent (persisted once each).
 
         An organisation's known fields are loaded in one query on first use; after that
-        only a name never seen before costs a database write (one statement)."""
+        only a name never seen before costs a database write (one statement).  A message
+        that would give a machine more than ``max_fields`` fields of one message type is
+        refused (:func:`~livedata.pipeline.limits.check_field_count`)."""
         org = self._fields.get(tenant)
         if org is None:
             async with self._locks.setdefault(tenant, asyncio.Lock()):
@@ -100,8 +122,19 @@ class Catalog:
         known = org.setdefault((chassis, msg_type), set())
         new = names - known
         if new:
+            where = f"{chassis!r} of organisation {tenant!r}"
+            check_field_count(where, msg_type, len(known), new, self.max_fields)
             await self.meta.add_fields(tenant, chassis, msg_type, sorted(new))
             known |= new
+
+    async def forget_field(self, tenant: str, chassis: str, msg_type: str, name: str) -> bool:
+        """Delete a remembered field (whether it existed); its stored values stay until
+        retention removes them."""
+        removed = await self.meta.delete_field(tenant, chassis, msg_type, name)
+        org = self._fields.get(tenant)
+        if org is not None:
+            org.get((chassis, msg_type), set()).discard(name)
+        return removed
 
     async def fields(self, info: MachineInfo, msg_type: str) -> list[dict[str, Any]]:
         """The fields a machine can deliver for ``msg_type``, with unit, min, max and choices.

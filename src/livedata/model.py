@@ -11,9 +11,10 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import AfterValidator, Field
 
 Value = float | int | str
 """A decoded value: numbers for signals, strings for text metrics."""
@@ -104,12 +105,28 @@ class Record:
         )
 
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 
 
 def valid_id(value: str) -> bool:
     """Whether ``value`` may name a tenant, machine, message type or field."""
     return bool(_ID.match(value))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def plain_text(value: str) -> str:
+    """``value`` if it has no control characters (NUL, line breaks, terminal escapes);
+    ``ValueError`` otherwise.  For names shown in pages, logs and CSV exports."""
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (NUL, line breaks, escapes)")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(plain_text)]
+"""A name given by a user (group, DBC file, token, rule): 1-200 characters, no controls."""
+Unit = Annotated[str, Field(max_length=32), AfterValidator(plain_text)]
 
 
 def live_channel(tenant: str, chassis: str, msg_type: str) -> str:

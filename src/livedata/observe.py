@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from livedata.model import MsgType
 from livedata.ratelog import RepeatFilter
 
 role_var: contextvars.ContextVar[str] = contextvars.ContextVar("role", default="-")
@@ -66,6 +67,16 @@ def setup_logging(level: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+
+
+_MSG_TYPES = frozenset(MsgType)
+
+
+def msg_type_label(msg_type: str) -> str:
+    """The ``msg_type`` label of a record: a device message type, or ``user_table`` for the
+    tables written through ``/db/write`` (their names are an organisation's own: metrics
+    carry no tenant-identifying labels)."""
+    return msg_type if msg_type in _MSG_TYPES else "user_table"
 
 
 RECORDS_IN = Counter("livedata_records_in", "Records decoded by ingest", ["msg_type", "kind"])

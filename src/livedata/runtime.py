@@ -29,6 +29,7 @@ from livedata.model import MsgType
 from livedata.pipeline.alerts import alert_role
 from livedata.pipeline.distribute import Distribute
 from livedata.pipeline.ingest import Ingest, consume_devices
+from livedata.pipeline.limits import TimestampPolicy
 from livedata.pipeline.spill import SpillJournal, spill_dir_of
 from livedata.settings import Settings
 from livedata.store import open_store
@@ -53,7 +54,7 @@ class Runtime:
         self.pubsub = open_pubsub(settings.pubsub)
         self.pubsub.history_seconds = settings.live_history_seconds
         self.devices = open_devices(settings.devices)
-        self.catalog = Catalog(self.meta)
+        self.catalog = Catalog(self.meta, max_fields=settings.max_fields_per_type)
         spill_dir = spill_dir_of(
             settings.spill_dir, settings.data_dir, getattr(self.devices, "client_id", None)
         )
@@ -67,6 +68,7 @@ class Runtime:
             queue_max=settings.ingest_queue,
             spill=SpillJournal(spill_dir, settings.spill_max_bytes) if spill_dir else None,
             spill_after=settings.spill_after,
+            timestamps=TimestampPolicy(settings.future_skew_seconds, settings.future_timestamps),
         )
         self.distribute = Distribute(self.log, self.pubsub)
         self.hub = Hub(self.pubsub, stall_timeout=settings.client_stall_seconds)

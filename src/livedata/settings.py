@@ -8,9 +8,10 @@ one-line error instead of deep inside a role.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -146,6 +147,48 @@ class Settings(BaseSettings):
         description="command run after the broker files are rewritten, e.g."
         " 'systemctl reload mosquitto' (no shell; empty: none)",
     )
+    future_skew_seconds: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="device and /db/write timestamps further ahead of the server's clock are"
+        " refused or clamped (see future_timestamps)",
+    )
+    future_timestamps: Literal["refuse", "clamp"] = Field(
+        "refuse", description="refuse: the sender gets an error; clamp: stored at the server's time"
+    )
+    max_fields_per_type: int = Field(
+        1_000,
+        ge=1,
+        le=100_000,
+        description="distinct fields per machine (or /db/write table) and message type at most",
+    )
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="networks (CIDR, comma-separated) alert webhooks may reach although they"
+        " are loopback, private or link-local (default none: public addresses only)",
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="open HTTP/WebSocket connections at most; at the limit the longest-idle one"
+        " gives way (0: 90 % of the file-descriptor limit)",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024, description="request line and headers at most"
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, le=300, description="seconds a client has to send a complete request head"
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, le=300, description="an idle keep-alive connection is closed after this long"
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="request bodies at most (counted while they stream)"
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, le=3600, description="a request body that stops arriving this long gets 408"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -179,6 +222,19 @@ class Settings(BaseSettings):
     def _origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            for part in value:
+                try:
+                    ipaddress.ip_network(str(part), strict=False)
+                except ValueError:
+                    raise ValueError(f"{part!r} is not a network (e.g. 10.0.0.0/8)") from None
         return value
 
     @field_validator("log_level")

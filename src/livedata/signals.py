@@ -3,15 +3,12 @@
 :func:`signal_catalog` lists every signal of a parsed DBC (a cantools
 :class:`~cantools.database.can.Database`) with its message, CAN id, J1939 parameter
 group number (extended ids), unit, range, resolution (scale), offset, value table
-and comment.  :func:`duplicate_ids` finds messages that share an id (a DBC editor
-accepts them, cantools keeps one of them silently), and :func:`error_location`
-pulls the line and column out of cantools' syntax errors, so a page can point at them.
+and comment.  :func:`error_location` pulls the line and column out of cantools' syntax errors, so a page can point at them.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Any
 
 from cantools.database.can import Database
@@ -55,12 +52,6 @@ def signal_catalog(db: Database) -> list[dict[str, Any]]:
                 }
             )
     return out
-
-
-def duplicate_ids(text: str) -> list[int]:
-    """CAN ids defined by more than one ``BO_`` line of DBC ``text`` (cantools keeps only one)."""
-    ids = Counter(int(m[1]) for m in re.finditer(r"^\s*BO_\s+(\d+)\s", text, re.MULTILINE))
-    return sorted(i for i, n in ids.items() if n > 1)
 
 
 def error_location(message: str) -> dict[str, int] | None:

@@ -168,20 +168,21 @@ def test_wrong_password_and_throttling_are_explained(server: Server, context, ar
     assert urlsplit(page.url).path == LOGIN_PATH
     assert page.locator("input[name=password]").evaluate("e => e === document.activeElement")
     page.screenshot(path=str(artifacts / "login-wrong-password.png"))
-    for _ in range(4):  # five failures of one account within five minutes
+    for _ in range(8):  # 3 free failures, then the address waits 1, 2, 4 … s
         fill_login(page, name, "still-not-the-password")
-        page.wait_for_function("!document.querySelector('#login-form button').disabled")
-    fill_login(page, name, "still-not-the-password")
-    page.wait_for_function(
-        "document.querySelector('#login-error').textContent.includes('Try again')"
-    )
+        page.wait_for_function(
+            "!document.querySelector('#login-form button').disabled"
+            " || document.querySelector('#login-error').textContent.includes('Try again')"
+        )
+        if "Try again" in error.inner_text():
+            break
     text = error.inner_text()
-    wait = re.fullmatch(r"Too many failed attempts\. Try again in (\d+) min(?: (\d+) s)?\.", text)
+    wait = re.fullmatch(r"Too many failed attempts\. Try again in (\d+) s\.", text)
     assert wait, text
-    assert 200 < int(wait[1]) * 60 + int(wait[2] or 0) <= 301, text
+    assert 1 <= int(wait[1]) <= 60, text
     assert page.get_by_role("button", name="Log in").is_disabled()
     page.screenshot(path=str(artifacts / "login-throttled.png"))
-    page.locator("input[name=username]").fill("someone-else")  # the wait is per account
+    page.locator("input[name=username]").fill("someone-else")  # another name may try
     assert page.get_by_role("button", name="Log in").is_enabled()
 
 

@@ -91,9 +91,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     smtp = Controller(mailbox, hostname="127.0.0.1", port=smtp_port)
     smtp.start()
     hook_server, hook, hook_url = start_hook()
-    saved = {k: os.environ.get(k) for k in ("LIVEDATA_SMTP_HOST", "LIVEDATA_SMTP_PORT")}
+    names = ("LIVEDATA_SMTP_HOST", "LIVEDATA_SMTP_PORT", "LIVEDATA_WEBHOOK_ALLOWED_NETWORKS")
+    saved = {k: os.environ.get(k) for k in names}
     os.environ["LIVEDATA_SMTP_HOST"] = "127.0.0.1"
     os.environ["LIVEDATA_SMTP_PORT"] = str(smtp_port)
+    os.environ["LIVEDATA_WEBHOOK_ALLOWED_NETWORKS"] = "127.0.0.1/32"  # the test receiver
     try:
         demo = start_demo(Path(tmp_path_factory.mktemp("alerts-demo")), "--machines", "2")
     finally:

@@ -41,8 +41,19 @@ def test_last_and_avg() -> None:
         assert limiter.flush() is None, "an empty interval sends nothing"
 
 
-@pytest.mark.parametrize(("rate", "mode"), [(0, "last"), (101, "last"), (2, "median")])
+@pytest.mark.parametrize(
+    ("rate", "mode"),
+    [
+        (0, "last"),
+        (1e-308, "last"),
+        (0.009, "avg"),
+        (float("nan"), "last"),
+        (101, "last"),
+        (2, "median"),
+    ],
+)
 def test_bad_options_are_refused(rate: float, mode: str) -> None:
-    """maxRate outside (0, 100] and unknown aggregates are refused."""
+    """maxRate outside [0.01, 100] (a tiny rate would silence it) and unknown aggregates
+    are refused."""
     with pytest.raises(ValueError):
         RateLimiter(("v",), rate, mode)

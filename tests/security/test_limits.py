@@ -1,16 +1,18 @@
-"""Limits against abuse, sans I/O: sliding windows, login throttling, live-connection counts."""
+"""Limits against abuse, sans I/O: sliding windows, login back-off, live-connection counts."""
 
 from __future__ import annotations
 
 import pytest
 
 from livedata.auth.limits import (
-    LOGIN_FAILURES_PER_ACCOUNT,
-    LOGIN_FAILURES_PER_ADDRESS,
-    LOGIN_WINDOW_S,
+    LOGIN_BASE_DELAY_S,
+    LOGIN_FREE_PER_ACCOUNT,
+    LOGIN_FREE_PER_ADDRESS,
+    Backoff,
     ConnectionCount,
     LoginThrottle,
     SlidingWindow,
+    address_key,
 )
 
 
@@ -67,30 +69,75 @@ def test_window_memory_is_bounded_and_forgets_least_recent() -> None:
     assert window.retry_after("d", 2.0) > 0
 
 
-def test_login_throttle_per_account() -> None:
-    """After 5 failures an account waits (any address, any case); others do not; success resets."""
-    throttle = LoginThrottle()
-    for n in range(LOGIN_FAILURES_PER_ACCOUNT):
-        assert throttle.retry_after("Alice", f"10.0.0.{n}", float(n)) == 0.0
-        throttle.failed("Alice", f"10.0.0.{n}", float(n))
-    wait = throttle.retry_after("alice", "10.9.9.9", 10.0)
-    assert wait == pytest.approx(LOGIN_WINDOW_S - 10.0)
-    assert throttle.retry_after("ALICE", "10.9.9.9", 10.0) == wait
-    assert throttle.retry_after("bob", "10.0.0.1", 10.0) == 0.0
-    assert throttle.retry_after("alice", "10.9.9.9", LOGIN_WINDOW_S) == 0.0  # first one expired
-    throttle.succeeded("ALICE")
-    assert throttle.retry_after("alice", "10.9.9.9", 10.0) == 0.0
+def test_backoff_doubles_after_the_free_failures_up_to_the_cap() -> None:
+    """Free failures cost nothing; then 1, 2, 4 … seconds, never more than the cap."""
+    backoff = Backoff(free=2, base=1.0, cap=8.0, forget=3600.0)
+    assert [backoff.delay(n) for n in range(8)] == [0, 0, 1, 2, 4, 8, 8, 8]
+    assert backoff.delay(10_000) == 8.0
+    backoff.failed("k", 0.0)
+    backoff.failed("k", 0.0)
+    assert backoff.retry_after("k", 0.5) == pytest.approx(0.5)
+    assert backoff.retry_after("k", 1.0) == 0.0
+    backoff.failed("k", 1.0)
+    assert backoff.retry_after("k", 1.0) == pytest.approx(2.0)
+    assert backoff.retry_after("k", 3600.9) == 0.0  # forgotten after `forget`
+    backoff.failed("k", 3601.0)
+    assert backoff.retry_after("k", 3601.0) == 0.0  # counting starts again
 
 
-def test_login_throttle_per_address() -> None:
-    """20 failures from one address throttle every account from it, and no other address."""
+def test_backoff_memory_is_bounded() -> None:
+    """An attacker cycling through addresses makes it forget, never grow."""
+    backoff = Backoff(0, 1.0, 10.0, 60.0, max_keys=100)
+    for n in range(10_000):
+        backoff.failed(f"10.{n}", 0.0)
+    assert len(backoff._failures) == 100
+
+
+def test_wrong_passwords_from_many_addresses_do_not_lock_the_user_out() -> None:
+    """Failures for admin from 5 (or 500) addresses leave the real user's address free."""
     throttle = LoginThrottle()
-    for n in range(LOGIN_FAILURES_PER_ADDRESS):
+    for n in range(500):
+        for _ in range(LOGIN_FREE_PER_ACCOUNT + 2):
+            throttle.failed("admin", f"198.51.{n // 250}.{n % 250}", 0.0)
+    assert throttle.retry_after("admin", "192.0.2.10", 1.0) == 0.0
+    assert throttle.retry_after("ADMIN", "198.51.0.7", 1.0) > 0
+
+
+def test_one_address_guessing_slows_down_exponentially() -> None:
+    """Guessing one username from one address: 3 free failures, then 1 s, 2 s, 4 s …"""
+    throttle = LoginThrottle()
+    now = 0.0
+    waits = []
+    for _ in range(LOGIN_FREE_PER_ACCOUNT + 5):
+        now += throttle.retry_after("alice", "192.0.2.1", now)
+        throttle.failed("alice", "192.0.2.1", now)
+        waits.append(throttle.retry_after("alice", "192.0.2.1", now))
+    assert waits == [0, 0, 1, 2, 4, 8, 16, 32]
+    assert throttle.retry_after("alice", "192.0.2.2", now) == 0.0
+    throttle.succeeded("alice", "192.0.2.1")
+    assert throttle.retry_after("alice", "192.0.2.1", now) == 0.0
+
+
+def test_spraying_usernames_from_one_address_is_throttled_per_address() -> None:
+    """Many usernames from one address: after 10 failures every login from it waits."""
+    throttle = LoginThrottle()
+    for n in range(LOGIN_FREE_PER_ADDRESS):
+        assert throttle.retry_after(f"user{n}", "192.0.2.1", 0.0) == 0.0
         throttle.failed(f"user{n}", "192.0.2.1", 0.0)
-    assert throttle.retry_after("someone-else", "192.0.2.1", 1.0) > 0
-    assert throttle.retry_after("someone-else", "192.0.2.2", 1.0) == 0.0
-    throttle.succeeded("user1")  # a success resets the account, not the address
-    assert throttle.retry_after("user1", "192.0.2.1", 1.0) > 0
+    assert throttle.retry_after("someone-else", "192.0.2.1", 0.1) == pytest.approx(
+        LOGIN_BASE_DELAY_S - 0.1
+    )
+    assert throttle.retry_after("someone-else", "192.0.2.2", 0.1) == 0.0
+    throttle.succeeded("user1", "192.0.2.1")  # a success of one's own does not reset it
+    assert throttle.retry_after("user1", "192.0.2.1", 0.1) > 0
+
+
+def test_ipv6_addresses_count_per_64() -> None:
+    """Hosts of one IPv6 /64 share a budget; an IPv4-mapped address counts as IPv4."""
+    assert address_key("2001:db8:1:2::1") == address_key("2001:db8:1:2:ffff::9")
+    assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
+    assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert address_key("testclient") == "testclient"
 
 
 def test_connection_count_caps_per_user_and_releases() -> None:

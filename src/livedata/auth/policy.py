@@ -44,12 +44,12 @@ _PUBLIC = Rule(Access.public)
 _CLOSED = Rule(Access.closed)
 _READ = ("GET", "HEAD")
 
-_RESOURCES = re.compile(r"^/api/resources/(?P<org>[^/]+)(?P<rest>/.*)?$")
-_IOTHUB = re.compile(r"^/api/iothubs/(?P<org>[^/]+)/devices/(?P<chassis>[^/]+)(?P<rest>/.*)?$")
-_INGEST = re.compile(r"^/api/ingest/(?P<org>[^/]+)/(?P<chassis>[^/]+)/[^/]+$")
-_ADMIN_READS = re.compile(r"^/(users|audit|tokens)(/|$)")
-_OPERATOR_WRITES = re.compile(r"^/alerts/[^/]+/ack$")
-_PAGES = re.compile(r"^/($|static/[^/]+\.html$)")
+_RESOURCES = re.compile(r"^/api/resources/(?P<org>[^/]+)(?P<rest>/.*)?\Z")
+_IOTHUB = re.compile(r"^/api/iothubs/(?P<org>[^/]+)/devices/(?P<chassis>[^/]+)(?P<rest>/.*)?\Z")
+_INGEST = re.compile(r"^/api/ingest/(?P<org>[^/]+)/(?P<chassis>[^/]+)/[^/]+\Z")
+_ADMIN_READS = re.compile(r"^/(users|audit|tokens)(/|\Z)")
+_OPERATOR_WRITES = re.compile(r"^/alerts/[^/]+/ack\Z")
+_PAGES = re.compile(r"^/(\Z|static/[^/]+\.html\Z)")
 LOGIN_PAGE = "/static/login.html"
 
 _AUTH = {
@@ -60,7 +60,7 @@ _AUTH = {
     ("GET", "/api/auth/tokens"): Rule(Access.user),
     ("POST", "/api/auth/tokens"): Rule(Access.user),
 }
-_TOKEN_ITEM = re.compile(r"^/api/auth/tokens/\d+$")
+_TOKEN_ITEM = re.compile(r"^/api/auth/tokens/\d+\Z")
 
 
 def rule_for(method: str, path: str, org_param: str | None = None) -> Rule:

@@ -14,6 +14,7 @@ import uvicorn
 
 from livedata.errors import ConfigError
 from livedata.gateway.app import create_app
+from livedata.gateway.server import quiet_accept_errors, uvicorn_config
 from livedata.gateway.sio import with_socketio
 from livedata.observe import setup_logging
 from livedata.runtime import Runtime
@@ -81,15 +82,7 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
     setup_logging(settings.log_level)
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        with_socketio(create_app(rt), rt),
-        log_config=None,
-        ws_max_size=1024 * 1024,
-        ws_per_message_deflate=False,  # ~100-byte messages: compression costs CPU and memory only
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
-        timeout_graceful_shutdown=3,
-    )
+    config = uvicorn_config(with_socketio(create_app(rt), rt), settings)
     server = uvicorn.Server(config)
 
     async def run() -> None:
@@ -98,6 +91,7 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
             announce(f"http://{host}:{port}")
 
         rt.on_started.append(tell)
+        quiet_accept_errors(asyncio.get_running_loop())
         try:
             await rt.start()
         except BaseException:

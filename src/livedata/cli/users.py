@@ -49,7 +49,7 @@ T = TypeVar("T")
 
 MIN_PASSWORD = 10
 """As the API's (``livedata.gateway.auth_api.MIN_PASSWORD``)."""
-USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}\Z")
 """As the API's (``livedata.gateway.auth_api.USERNAME``)."""
 
 

@@ -55,7 +55,7 @@ __all__ = [
 
 Number = float | int
 
-_BUILTIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}$")
+_BUILTIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}\Z")
 _by_ts = attrgetter("ts")
 
 

@@ -74,8 +74,9 @@ from livedata.metadata.alerts import (
     notification_dict,
     rule_dict,
 )
-from livedata.model import MsgType, live_channel, valid_id
+from livedata.model import MsgType, Name, live_channel, valid_id
 from livedata.pipeline.alerts import alerts_channel, publish_alert
+from livedata.pipeline.notify import check_webhook_url, parse_networks
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -107,7 +108,7 @@ class NotifyBody(BaseModel):
 
 class RuleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(max_length=200)
+    name: Name
     enabled: bool = True
     kind: str = "value"
     scope: str = "all"
@@ -346,6 +347,8 @@ async def _spec(rt: Runtime, org: str, body: RuleBody, rule_id: int = 0) -> Rule
             known = ", ".join(sorted(models)) or "none"
             raise InputError(f"scope model {body.scopeValue!r} has no machines (models: {known})")
     webhook = body.notify.webhook
+    if webhook is not None:
+        check_webhook_url(webhook.url, parse_networks(rt.settings.webhook_allowed_networks))
     return RuleSpec(
         id=rule_id,
         org=org,

@@ -6,6 +6,7 @@ who may call what is decided there, from :mod:`livedata.auth.policy`.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from livedata import __version__
 from livedata.errors import BackendError, Conflict, InputError, NotFound
@@ -33,7 +35,22 @@ from livedata.gateway.watch import install as install_watch
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
 
+log = logging.getLogger("livedata.gateway")
 STATIC = Path(__file__).resolve().parent.parent / "web" / "static"
+
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+"""The ``error.code`` of Starlette's own HTTP errors (an unmatched route is ``not_found``)."""
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -79,6 +96,18 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.exception_handler(BackendError)
     async def _backend(_r: Request, exc: BackendError) -> JSONResponse:
         return _error(503, "unavailable", str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = getattr(exc, "code", None) or HTTP_CODES.get(exc.status_code, "error")
+        response = _error(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
+
+    @app.exception_handler(Exception)
+    async def _internal(_r: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error: %r", exc, exc_info=exc)
+        return _error(500, "internal", "internal server error (logged)")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:

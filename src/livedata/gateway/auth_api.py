@@ -39,6 +39,7 @@ from livedata.gateway.security import (
     security,
 )
 from livedata.metadata.accounts import audit_dict, token_dict, user_dict
+from livedata.model import Name
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -56,7 +57,7 @@ class LoginBody(BaseModel):
 
 
 class TokenBody(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     expiresInDays: float | None = Field(None, gt=0, le=3650)
 
 
@@ -87,7 +88,12 @@ async def login(request: Request, body: LoginBody) -> Response:
     if wait:
         observe.LOGINS.labels("throttled").inc()
         return JSONResponse(
-            {"error": {"code": "too_many_requests", "message": "too many failed logins; wait"}},
+            {
+                "error": {
+                    "code": "too_many_requests",
+                    "message": "too many failed logins from this address; wait",
+                }
+            },
             status_code=429,
             headers={"Retry-After": str(int(wait) + 1)},
         )
@@ -102,7 +108,7 @@ async def login(request: Request, body: LoginBody) -> Response:
             {"error": {"code": "unauthenticated", "message": "wrong username or password"}},
             status_code=401,
         )
-    sec.logins.succeeded(body.username)
+    sec.logins.succeeded(body.username, address)
     observe.LOGINS.labels("ok").inc()
     lifetime = rt.settings.session_hours * 3600
     session, csrf = await sec.accounts.create_session(user, lifetime)

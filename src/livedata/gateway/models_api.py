@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from livedata.decode.can import CanDecoder
+from livedata.decode.can import CanDecoder, format_can_id
 from livedata.errors import DecodeError, InputError, NotFound
 from livedata.gateway.uploads import json_body, upload_text
 from livedata.metadata.registry import create_model, list_models
 from livedata.model import valid_id
-from livedata.signals import duplicate_ids, signal_catalog
+from livedata.signals import signal_catalog
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 router = APIRouter(prefix="/api", tags=["models"])
 
 MAX_DBC_BYTES = 2 * 1024 * 1024
+MAX_DBC_SIGNALS = 10_000
+"""Signals one DBC file may define (a full J1939 digital annex has about 6,000)."""
 DBC_OPENAPI = {
     "requestBody": {
         "content": {
@@ -94,11 +96,27 @@ async def dbc_upload(request: Request, name: str | None) -> tuple[str, str, CanD
         decoder = await asyncio.to_thread(CanDecoder.from_dbc, content)
     except DecodeError as exc:
         raise InputError(f"not a valid DBC file: {exc}") from None
-    twice = duplicate_ids(content)
-    if twice:
-        listed = ", ".join(f"0x{i & 0x1FFFFFFF:X}" for i in twice[:10])
-        raise InputError(f"not a valid DBC file: CAN id defined more than once: {listed}")
+    check_dbc(decoder)
     return name, content, decoder
+
+
+def check_dbc(decoder: CanDecoder) -> None:
+    """Refuse a DBC whose messages share an id (only one could ever decode) or that
+    defines more than :data:`MAX_DBC_SIGNALS` signals."""
+    first: dict[tuple[int, bool], str] = {}
+    clashes = []
+    for message in decoder.database.messages:
+        key = (message.frame_id, bool(message.is_extended_frame))
+        if key in first:
+            can_id = format_can_id(*key)
+            clashes.append(f"{can_id} ({first[key]} and {message.name})")
+        else:
+            first[key] = message.name
+    if clashes:
+        raise InputError(f"not a valid DBC file: duplicate message ids {', '.join(clashes[:5])}")
+    count = len(decoder.signals())
+    if count > MAX_DBC_SIGNALS:
+        raise InputError(f"the DBC file has {count} signals; at most {MAX_DBC_SIGNALS}")
 
 
 def _search(signals: list[dict[str, Any]], q: str | None) -> list[dict[str, Any]]:
@@ -114,7 +132,7 @@ def _search(signals: list[dict[str, Any]], q: str | None) -> list[dict[str, Any]
 
 async def _catalog(rt: Runtime, org: str, dbc_id: int) -> tuple[Any, list[dict[str, Any]]]:
     dbc = await rt.meta.get_dbc(org, dbc_id)
-    decoder = await asyncio.to_thread(CanDecoder.from_dbc, dbc.content)
+    decoder = await rt.catalog.decoder(dbc.id, dbc.content)
     return dbc, signal_catalog(decoder.database)
 
 

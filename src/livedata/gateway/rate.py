@@ -21,14 +21,16 @@ from typing import Any
 
 MODES = ("last", "avg", "minmax")
 MAX_RATE = 100.0
+MIN_RATE = 0.01
+"""One message per 100 s at the least (a tiny maxRate would silence the subscription)."""
 
 
 class RateLimiter:
     def __init__(self, fields: tuple[str, ...], max_rate: float, mode: str = "last") -> None:
         if mode not in MODES:
             raise ValueError(f"aggregate must be one of {', '.join(MODES)}")
-        if not 0 < max_rate <= MAX_RATE:
-            raise ValueError(f"maxRate must be more than 0 and at most {MAX_RATE:g}")
+        if not MIN_RATE <= max_rate <= MAX_RATE:
+            raise ValueError(f"maxRate must be from {MIN_RATE:g} to {MAX_RATE:g}")
         self.fields = fields
         self.interval = 1.0 / max_rate
         self.mode = mode

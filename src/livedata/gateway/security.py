@@ -17,7 +17,8 @@ refuses before any data flows:
   WebSocket hijacking); SSE and REST are protected by the SameSite cookie and CSRF;
 - more than ``live_per_user`` live connections of one user: 429 / close 1008;
   more than ``commands_per_minute`` device methods: 429 with ``Retry-After``;
-- a body announced larger than :data:`MAX_BODY` bytes: 413 (routes cap lower).
+- bodies, heads and connections are capped before this, by the server layer
+  (:mod:`livedata.gateway.server`).
 
 Live connections are registered by credential: logging out, revoking a token or
 disabling a user closes that credential's connections in this process at once
@@ -60,7 +61,6 @@ log = logging.getLogger("livedata.security")
 SESSION_COOKIE = "livedata_session"
 CSRF_COOKIE = "livedata_csrf"
 CSRF_HEADER = "x-csrf-token"
-MAX_BODY = 8 * 1024 * 1024
 RECHECK_S = 30.0
 CLOSE_POLICY = 1008
 _SAFE = ("GET", "HEAD", "OPTIONS")
@@ -286,9 +286,6 @@ class SecurityMiddleware:
         refuse = _refuser(is_ws, receive, send)
         if rule.access is Access.closed:
             return await refuse(404, "not_found", f"no such resource: {path}")
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY:
-            return await refuse(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
         if rule.access is Access.device:
             return await self._device(scope, receive, send, rule, headers)
         live = is_ws or path.startswith("/db/watch/")

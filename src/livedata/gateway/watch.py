@@ -117,7 +117,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
@@ -130,7 +130,7 @@ from prometheus_client import Counter, Gauge
 
 from livedata import observe
 from livedata.decode.values import decode_values
-from livedata.errors import InputError, NotFound
+from livedata.errors import DecodeError, InputError, NotFound
 from livedata.gateway.security import principal_of
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
@@ -248,7 +248,7 @@ def parse_tz(text: str | None) -> tzinfo | None:
 
 
 _MS_PER = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
-_DEFAULT_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?$")
+_DEFAULT_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1095,8 +1095,23 @@ class _Unsupported(InputError):
     code = "unsupported_media_type"
 
 
+def _checked_times(rt: Runtime, rows: list[_Row], now: int) -> list[_Row]:
+    """``rows`` through ingest's timestamp policy: refused (InputError naming the row) or
+    clamped, before any row of the request is handed on."""
+    checked = []
+    for row in rows:
+        try:
+            checked.append(replace(row, ts=rt.ingest.timestamps.check(row.ts, now)))
+        except DecodeError as exc:
+            raise InputError(f"row {row.number}: {exc}") from None
+    return checked
+
+
 async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dict[str, int]:
-    """Hand ``rows`` to ingest and wait until they are stored; returns counts."""
+    """Hand ``rows`` to ingest and wait until they are stored; returns counts.
+
+    Every row's time goes through ingest's timestamp policy first (refused: nothing of
+    the request is written; clamped: written at the server's time)."""
     now = int(time.time() * 1000)
 
     def kind_of(ts: int) -> Kind:
@@ -1116,11 +1131,13 @@ async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dic
     groups: dict[tuple[str, int], dict[str, Value]] = {}
     if table == MsgType.CLIENT_RAW_DATA:
         service = watch_service(rt)
+        tags = []
         for row in rows:
             try:
-                chassis, fld = await service._split_tag(org, row.name)
+                tags.append(await service._split_tag(org, row.name))
             except NotFound as exc:
                 raise NotFound(f"row {row.number}: {exc}") from None
+        for row, (chassis, fld) in zip(_checked_times(rt, rows, now), tags, strict=True):
             groups.setdefault((chassis, row.ts), {})[fld] = row.value
         for (chassis, ts), values in groups.items():
             message = DeviceMessage(
@@ -1136,6 +1153,7 @@ async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dic
                 f"row {bad[0].number}: invalid tag name {bad[0].name[:80]!r} (letters, digits, "
                 "'_', '.', '-', starting with a letter or digit, at most 64 characters)"
             )
+        rows = _checked_times(rt, rows, now)
         await rt.catalog.note_fields(org, USER_CHASSIS, table, {r.name for r in rows})
         for row in rows:
             groups.setdefault((USER_CHASSIS, row.ts), {})[row.name] = row.value

@@ -247,6 +247,19 @@ class Metadata:
                 fields.setdefault((chassis, msg_type), set()).add(name)
             return fields
 
+    async def delete_field(self, org_id: str, chassis: str, msg_type: str, name: str) -> bool:
+        """Forget one remembered field; whether it was there."""
+        async with self.session() as s:
+            result = await s.execute(
+                delete(MachineField).where(
+                    MachineField.org_id == org_id,
+                    MachineField.chassis_id == chassis,
+                    MachineField.msg_type == msg_type,
+                    MachineField.field == name,
+                )
+            )
+        return bool(getattr(result, "rowcount", 0))
+
     async def list_fields(self, org_id: str, chassis: str, msg_type: str) -> list[str]:
         async with self.session() as s:
             query = (

@@ -65,7 +65,7 @@ MAX_NODATA_SECONDS = 7 * 86_400.0
 MIN_NODATA_SECONDS = 1.0
 MAX_EMAILS = 20
 MAX_RULES_PER_ORG = 1_000
-_EMAIL = re.compile(r"^[^@\s<>,;\"]{1,64}@[A-Za-z0-9.\-]{1,253}$")
+_EMAIL = re.compile(r"^[^@\s<>,;\"]{1,64}@[A-Za-z0-9.\-]{1,253}\Z")
 
 
 def now_ms() -> int:

@@ -74,7 +74,7 @@ from livedata.catalog import Catalog
 from livedata.errors import BackendError, BusError, LivedataError
 from livedata.metadata.alerts import AlertStore, RuleSpec, alert_dict
 from livedata.model import Kind, MsgType, Record, live_channel
-from livedata.pipeline.notify import Notifier
+from livedata.pipeline.notify import Notifier, parse_networks
 from livedata.ratelog import Throttled
 
 if TYPE_CHECKING:
@@ -618,6 +618,7 @@ def alert_role(rt: Runtime) -> AlertRole:
         smtp_host=rt.settings.smtp_host,
         smtp_port=rt.settings.smtp_port,
         smtp_from=rt.settings.smtp_from,
+        allowed_networks=parse_networks(rt.settings.webhook_allowed_networks),
     )
     return AlertRole(store, rt.log, rt.pubsub, rt.catalog, last_seen=last_seen, notifier=notifier)
 

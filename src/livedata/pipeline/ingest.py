@@ -88,16 +88,12 @@ from livedata.devices.base import Ack, DeviceLink, Rejection
 from livedata.errors import BackendError, BusError, DecodeError, StoreError
 from livedata.model import DeviceMessage, Kind, MsgType, Record
 from livedata.pipeline.dtcs import DtcService
+from livedata.pipeline.limits import TimestampPolicy
 from livedata.pipeline.spill import Chunk, SpillJournal
 from livedata.ratelog import Throttled
 from livedata.store.base import Store
 
 log = logging.getLogger("livedata.ingest")
-
-EARLIEST_TS = 946_684_800_000
-"""2000-01-01: older timestamps are a device's clock error, not data."""
-MAX_FUTURE_MS = 86_400_000
-"""Timestamps more than a day ahead are refused (a store could never take some of them)."""
 
 
 @dataclass(slots=True)
@@ -137,8 +133,10 @@ class Ingest:
         spill: SpillJournal | None = None,
         spill_after: float = 2.0,
         drain_retry_max: float = 5.0,
+        timestamps: TimestampPolicy | None = None,
     ) -> None:
         self.store = store
+        self.timestamps = timestamps or TimestampPolicy()
         self.log = log
         self.catalog = catalog
         self.batch_max = batch_max
@@ -204,7 +202,7 @@ class Ingest:
 
     async def submit(self, record: Record, ack: Ack | None = None) -> None:
         """Queue a record that needs no decoding (e.g. rows of the SSE write API)."""
-        observe.RECORDS_IN.labels(record.msg_type, record.kind.value).inc()
+        observe.RECORDS_IN.labels(observe.msg_type_label(record.msg_type), record.kind.value).inc()
         observe.POINTS_IN.inc(len(record.values))
         await self._queue.put((record, ack))
         self._accepted.append(time.time())  # no await since the put: stays in step with it
@@ -220,10 +218,7 @@ class Ingest:
             await ack()
 
     async def _decode(self, msg: DeviceMessage, stats: DecodeStats) -> Record:
-        if not EARLIEST_TS <= msg.ts <= time.time() * 1000 + MAX_FUTURE_MS:
-            raise DecodeError(
-                f"timestamp {msg.ts} is not a time in ms since 2000 and before tomorrow"
-            )
+        ts = self.timestamps.check(msg.ts, int(time.time() * 1000))
         info = await self.catalog.machine(msg.tenant, msg.chassis)
         if info is None:
             raise DecodeError(f"unknown machine {msg.chassis!r} in organisation {msg.tenant!r}")
@@ -253,7 +248,7 @@ class Ingest:
                 stats.malformed += 1
                 self._error(stats, "malformed", error)
             await self.catalog.note_fields(msg.tenant, msg.chassis, msg.msg_type, set(values))
-        return Record(msg.tenant, msg.chassis, msg.msg_type, msg.ts, msg.kind, values)
+        return Record(msg.tenant, msg.chassis, msg.msg_type, ts, msg.kind, values)
 
     def depth(self) -> int:
         """Records queued in memory, waiting for the writer."""

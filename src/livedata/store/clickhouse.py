@@ -176,7 +176,7 @@ SEND_RECEIVE_TIMEOUT_S = 60.0
 KIND_FLOAT, KIND_INT, KIND_STR = 1, 2, 3
 
 _COLUMNS = "tenant, chassis, msg_type, field, ts, kind, num, int, str, ver"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
 
 def _schema(db: str) -> list[str]:

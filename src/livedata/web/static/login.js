@@ -66,7 +66,7 @@ function throttled(seconds) {
   waitTimer = setInterval(tick, 1000);
 }
 
-// The wait is per account (and per address): another user name may be let in.
+// The wait is per user name and address: another user name may be let in.
 form.elements.username.addEventListener('input', () => {
   if (waitTimer === null) return;
   clearInterval(waitTimer);

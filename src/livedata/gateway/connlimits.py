@@ -1,0 +1,138 @@
+"""Connection-level limits, sans I/O: how many connections, and which one gives way.
+
+One :class:`ConnectionGate` per server process decides, for every accepted TCP
+connection, whether it may stay.  The server layer (today uvicorn's protocols in
+:mod:`livedata.gateway.server`; a dedicated live WebSocket server can use the same
+gate) tells it when a connection opens, starts or finishes a request, and closes.
+
+Under stress:
+
+- at most ``limit`` connections are open.  The limit is set below the process's
+  file-descriptor limit (:func:`default_limit`), so ``accept()`` never fails with
+  ``EMFILE`` because of clients and the databases can still open their files;
+- when a new connection arrives at the limit, the connection that has been **idle**
+  the longest gives way (idle: no request in progress -- never sent a complete
+  request head, or between two keep-alive requests).  A request being served, a
+  live WebSocket or an SSE stream is never closed for a newcomer, so a flood of
+  idle connections cannot starve ``/healthz`` or a login: each newcomer pushes
+  out the oldest idle attacker;
+- when every connection is busy, the newcomer is refused (HTTP 503 and closed at
+  once, counted in ``livedata_connections_refused_total{reason}``).
+
+:class:`RepeatLog` logs a repeated failure once per interval with a count instead
+of once per event.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
+FD_RESERVE_MIN = 256
+"""File descriptors kept free for databases, logs and outgoing connections (at least)."""
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft file-descriptor limit to the hard one; the soft limit now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def default_limit(fd_limit: int) -> int:
+    """Connections allowed under ``fd_limit`` descriptors: 90 %, keeping at least
+    :data:`FD_RESERVE_MIN` free (and at least 16 connections)."""
+    reserve = max(FD_RESERVE_MIN, fd_limit // 10)
+    return max(16, fd_limit - reserve)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The gate's answer for a new connection."""
+
+    admit: bool
+    evict: Hashable | None = None
+    """An idle connection the caller must close to make room (``None``: none)."""
+
+
+class ConnectionGate:
+    """Open connections of one process, at most ``limit``; the oldest idle gives way."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the connection limit must be at least 1")
+        self.limit = limit
+        self._open: set[Hashable] = set()
+        self._idle: OrderedDict[Hashable, None] = OrderedDict()
+        self.evicted = 0
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    def opened(self, conn: Hashable) -> Admission:
+        """A new connection (idle until its first request head is complete)."""
+        evict: Hashable | None = None
+        if len(self._open) >= self.limit:
+            if not self._idle:
+                self.refused += 1
+                return Admission(False)
+            evict, _ = self._idle.popitem(last=False)
+            self._open.discard(evict)
+            self.evicted += 1
+        self._open.add(conn)
+        self._idle[conn] = None
+        return Admission(True, evict)
+
+    def busy(self, conn: Hashable) -> None:
+        """``conn`` started a request (or became a WebSocket): it is not evicted."""
+        self._idle.pop(conn, None)
+
+    def idle(self, conn: Hashable) -> None:
+        """``conn`` finished its request and waits for the next (keep-alive)."""
+        if conn in self._open:
+            self._idle.pop(conn, None)
+            self._idle[conn] = None
+
+    def closed(self, conn: Hashable) -> None:
+        self._open.discard(conn)
+        self._idle.pop(conn, None)
+
+
+class RepeatLog:
+    """Logs a repeated event once per ``interval`` seconds, with how often it happened."""
+
+    def __init__(self, logger: logging.Logger, message: str, interval: float = 10.0) -> None:
+        self.logger, self.message, self.interval = logger, message, interval
+        self._count = 0
+        self._next = 0.0
+
+    def event(self, detail: str = "", now: float | None = None) -> bool:
+        """Count one event; log (and return True) when the interval has passed."""
+        now = time.monotonic() if now is None else now
+        self._count += 1
+        if now < self._next:
+            return False
+        self.logger.warning(
+            "%s (%d times since the last report)%s",
+            self.message,
+            self._count,
+            f": {detail}" if detail else "",
+        )
+        self._count = 0
+        self._next = now + self.interval
+        return True

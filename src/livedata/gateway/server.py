@@ -1,0 +1,337 @@
+"""The HTTP server layer: uvicorn with limits on everything a stranger can send.
+
+:func:`uvicorn_config` builds the uvicorn configuration every server subcommand
+uses.  Before any route, security check or database read:
+
+- **connections**: at most ``max_connections`` (default: 90 % of the file-descriptor
+  limit, which is raised to its hard limit at start); at the limit the longest-idle
+  connection gives way, and when every connection is busy the newcomer gets a 503
+  and is closed (:class:`~livedata.gateway.connlimits.ConnectionGate`).  ``accept()``
+  therefore does not run out of descriptors; if it does anyway (descriptors used
+  elsewhere), the failure is logged once per 10 s with a count, not once per attempt;
+- **request heads** (request line and headers) larger than ``max_header_bytes`` get
+  431 and the connection is closed; a head not complete ``header_timeout`` seconds
+  after the connection (or the previous response) is closed (slowloris); an idle
+  keep-alive connection is closed after ``keep_alive_timeout``;
+- **request bodies** are counted while they stream, declared or chunked: beyond
+  ``max_body_bytes`` the request gets 413 and the connection is closed, so at most
+  one read buffer (64 KiB) plus that cap is ever held per request; a body that stops
+  for ``body_timeout`` seconds gets 408 (:class:`BodyLimit`).
+
+Every refusal is counted in ``livedata_connections_refused_total{reason}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import orjson
+import uvicorn
+from prometheus_client import Counter, Gauge
+from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from livedata.gateway.connlimits import ConnectionGate, RepeatLog, default_limit, raise_fd_limit
+from livedata.settings import Settings
+
+log = logging.getLogger("livedata.server")
+
+CONNECTIONS = Gauge("livedata_connections", "Open HTTP and WebSocket connections")
+REFUSED = Counter(
+    "livedata_connections_refused",
+    "Connections and requests refused or closed by the server's limits",
+    ["reason"],
+)
+
+Scope = MutableMapping[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_REASONS = {
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
+
+
+def error_body(code: str, message: str) -> bytes:
+    """The JSON error shape every 4xx/5xx answer of livedata has."""
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+def raw_response(status: int, code: str, message: str) -> bytes:
+    """A complete HTTP/1.1 error response that closes the connection."""
+    body = error_body(code, message)
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The server's limits, from the settings."""
+
+    max_connections: int
+    max_header_bytes: int
+    header_timeout: float
+    max_body_bytes: int
+    body_timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        fd_limit = raise_fd_limit()
+        return cls(
+            max_connections=settings.max_connections or default_limit(fd_limit),
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout=settings.header_timeout,
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout=settings.body_timeout,
+        )
+
+
+class _Limited:
+    """What the HTTP and WebSocket protocols of one server share."""
+
+    gate: ClassVar[ConnectionGate]
+    limits: ClassVar[Limits]
+    full_log: ClassVar[RepeatLog]
+
+
+class LimitedHttp(HttpToolsProtocol, _Limited):
+    """uvicorn's httptools protocol with the connection gate, head size and head time caps."""
+
+    _refused = False
+    _in_head = True
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        admission = self.gate.opened(transport)
+        if not admission.admit:
+            self._refused = True
+            REFUSED.labels("full").inc()
+            self.full_log.event(f"{self.limits.max_connections} connections, all busy")
+            transport.write(
+                raw_response(503, "unavailable", "the server is at its connection limit")
+            )
+            transport.close()
+            return
+        if admission.evict is not None:
+            REFUSED.labels("idle_evicted").inc()
+            admission.evict.close()  # type: ignore[attr-defined]
+        CONNECTIONS.set(len(self.gate))
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        self._cancel_head_timer()
+        if self.transport is not None:
+            self.gate.closed(self.transport)
+            CONNECTIONS.set(len(self.gate))
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.limits.max_header_bytes:
+            self._close_with(431, "header_too_large", "request line and headers are too large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        if self._head_timer is None:
+            self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        self.gate.busy(self.transport)
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._head_bytes = 0
+        if not self.pipeline:
+            self.gate.idle(self.transport)
+
+    def _arm_head_timer(self) -> None:
+        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self.transport.is_closing():
+            if self._head_bytes:
+                self._close_with(408, "header_timeout", "the request head took too long")
+            else:
+                REFUSED.labels("idle_timeout").inc()
+                self.transport.close()
+
+    def _close_with(self, status: int, reason: str, message: str) -> None:
+        REFUSED.labels(reason).inc()
+        self._in_head = False
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self.transport.write(raw_response(status, reason, message))
+            self.transport.close()
+
+
+class LimitedWebSocket(WebSocketsSansIOProtocol, _Limited):
+    """uvicorn's WebSocket protocol that leaves the connection gate when it closes."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gate.closed(self.transport)
+        CONNECTIONS.set(len(self.gate))
+        super().connection_lost(exc)
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a request body passes the cap (an ``HTTPException``,
+    so FastAPI's body parsing passes it on instead of calling it a parse error)."""
+
+    code = "too_large"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message, {"connection": "close"})
+
+
+class BodyTimeout(HTTPException):
+    """Raised from ``receive`` when a request body stops arriving."""
+
+    code = "timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(408, message, {"connection": "close"})
+
+
+class BodyLimit:
+    """ASGI middleware: caps every request body while it streams (declared or chunked)
+    and times out a body that stops arriving; the app sees the error as an exception
+    from ``receive`` (FastAPI answers it through its handlers, anything else here)."""
+
+    def __init__(self, app: Any, max_bytes: int, timeout: float) -> None:
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await _answer(send, 413, "too_large", self._too_large())
+        received = 0
+        more = True
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, more
+            if not more:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                REFUSED.labels("body_timeout").inc()
+                raise BodyTimeout(f"no request body for {self.timeout:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                more = message.get("more_body", False)
+                if received > self.max_bytes:
+                    REFUSED.labels("body_too_large").inc()
+                    raise BodyTooLarge(self._too_large())
+            return message
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, watched_send)
+        except (BodyTooLarge, BodyTimeout) as exc:
+            if not started:
+                await _answer(send, exc.status_code, exc.code, exc.detail)
+
+    def _too_large(self) -> str:
+        return f"the body is larger than {self.max_bytes} bytes"
+
+
+async def _answer(send: Send, status: int, code: str, message: str) -> None:
+    body = error_body(code, message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+_ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """Log ``accept()`` running out of descriptors once per 10 s with a count (asyncio
+    would log every attempt: hundreds of thousands of lines a minute)."""
+    repeat = RepeatLog(log, "accept() failed: out of file descriptors or memory")
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS:
+            REFUSED.labels("accept_failed").inc()
+            repeat.event(str(exc))
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration of a livedata server: ``app`` behind the limits above."""
+    limits = Limits.from_settings(settings)
+    shared = {
+        "gate": ConnectionGate(limits.max_connections),
+        "limits": limits,
+        "full_log": RepeatLog(log, "new connections refused: at the connection limit"),
+    }
+    http = type("LimitedHttp", (LimitedHttp,), shared)
+    ws = type("LimitedWebSocket", (LimitedWebSocket,), shared)
+    return uvicorn.Config(
+        BodyLimit(app, limits.max_body_bytes, limits.body_timeout),
+        http=http,
+        ws=ws,
+        log_config=None,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        ws_max_size=1024 * 1024,
+        ws_per_message_deflate=False,  # ~100-byte messages: compression costs CPU and memory only
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        timeout_graceful_shutdown=3,
+    )

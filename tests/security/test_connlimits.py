@@ -1,0 +1,85 @@
+"""The connection gate and the repeated-failure log, sans I/O."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from livedata.gateway.connlimits import ConnectionGate, RepeatLog, default_limit
+
+
+def test_gate_admits_up_to_the_limit_then_evicts_the_oldest_idle() -> None:
+    """At the limit a newcomer pushes out the connection idle the longest."""
+    gate = ConnectionGate(3)
+    for conn in ("a", "b", "c"):
+        assert gate.opened(conn).admit
+    gate.busy("a")
+    admission = gate.opened("d")
+    assert admission.admit and admission.evict == "b"
+    assert len(gate) == 3 and gate.evicted == 1
+
+
+def test_gate_never_evicts_busy_connections_and_refuses_when_all_are_busy() -> None:
+    """Requests in progress and WebSockets stay; the newcomer is refused instead."""
+    gate = ConnectionGate(2)
+    for conn in ("a", "b"):
+        gate.opened(conn)
+        gate.busy(conn)
+    admission = gate.opened("c")
+    assert not admission.admit and admission.evict is None
+    assert gate.refused == 1 and len(gate) == 2
+    gate.idle("a")  # a keep-alive connection between requests may give way again
+    assert gate.opened("c").evict == "a"
+
+
+def test_gate_idle_order_follows_the_last_request() -> None:
+    """A connection that just finished a request is the last to be evicted."""
+    gate = ConnectionGate(3)
+    for conn in ("a", "b", "c"):
+        gate.opened(conn)
+    gate.busy("a")
+    gate.idle("a")
+    assert gate.opened("d").evict == "b"
+    assert gate.opened("e").evict == "c"
+    assert gate.opened("f").evict == "a"
+
+
+def test_gate_forgets_closed_connections() -> None:
+    """Closing frees a place; closing twice or an unknown one is harmless."""
+    gate = ConnectionGate(1)
+    gate.opened("a")
+    gate.closed("a")
+    gate.closed("a")
+    gate.closed("zz")
+    gate.idle("zz")  # an unknown connection never becomes idle
+    assert len(gate) == 0 and gate.idle_count == 0
+    assert gate.opened("b").evict is None
+
+
+def test_gate_limit_must_be_positive() -> None:
+    """A zero limit is a configuration error."""
+    with pytest.raises(ValueError):
+        ConnectionGate(0)
+
+
+def test_default_limit_keeps_descriptors_free() -> None:
+    """90 % of the fd limit, at least 256 descriptors kept free, at least 16 connections."""
+    assert default_limit(20_000) == 18_000
+    assert default_limit(1024) == 768
+    assert default_limit(100) == 16
+
+
+def test_repeat_log_reports_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """10,000 failures in a burst make one line, the next line carries the count."""
+    logger = logging.getLogger("livedata.test.repeat")
+    repeat = RepeatLog(logger, "accept failed", interval=10.0)
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        logged = [repeat.event("EMFILE", now=100.0 + n / 1000) for n in range(10_000)]
+        assert repeat.event(now=111.0)
+    assert sum(logged) == 1
+    assert len(caplog.records) == 2
+    assert "(1 times" in caplog.records[0].getMessage()
+    assert "(10000 times" in caplog.records[1].getMessage()
