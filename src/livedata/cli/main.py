@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from livedata import __version__
-from livedata.cli import agent, demo, devices, serve, simulate, users
+from livedata.cli import agent, demo, devices, import_, serve, simulate, users
 from livedata.errors import LivedataError
 
-COMMANDS = (demo, serve, simulate, agent, users, devices)
+COMMANDS = (demo, serve, simulate, agent, users, devices, import_)
 
 
 class Parser(argparse.ArgumentParser):
