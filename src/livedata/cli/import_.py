@@ -39,6 +39,7 @@ from livedata.pipeline.backfill import (
     Progress,
     import_log,
 )
+from livedata.pipeline.export import iso_ms
 from livedata.settings import Settings, load_settings
 from livedata.store import Store, open_store
 
@@ -107,9 +108,7 @@ def time_arg(text: str) -> int:
 
 
 def iso(ts: int | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    return "-" if ts is None else iso_ms(ts)
 
 
 def describe(summary: ImportSummary) -> str:

@@ -24,6 +24,8 @@ from livedata.gateway.commands import router as commands_router
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.security import SecurityMiddleware, security
+from livedata.gateway.transfer import Transfers
+from livedata.gateway.transfer import router as transfer_router
 from livedata.gateway.watch import install as install_watch
 
 if TYPE_CHECKING:
@@ -52,6 +54,8 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(alerts_router)
     app.include_router(commands_router)
     app.include_router(ingest_router)
+    app.include_router(transfer_router)
+    app.state.transfers = Transfers()
     install_watch(app, rt)
 
     @app.exception_handler(NotFound)
