@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import can
+import pyarrow.parquet as pq
 import pytest
 
 from livedata.cli.main import main
@@ -149,3 +150,44 @@ def test_bad_import_is_a_one_line_error(
     assert code == 2
     assert needle in err.strip().splitlines()[-1]
     assert "Traceback" not in err
+
+
+def test_export_writes_what_import_stored(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`livedata export` writes CSV and Parquet files of an imported log, with a progress line."""
+    log = str(LOGS / "handwritten.log")
+    assert main(["import", ORG, "L3", log, "--data-dir", str(data_dir)]) == 0
+    capsys.readouterr()
+    span = ["--from", "2026-01-15T11:00:00Z", "--to", "2026-01-15T11:00:01Z"]
+    csv = tmp_path / "run.csv"
+    assert (
+        main(
+            [
+                "export",
+                ORG,
+                "L3",
+                *span,
+                "--fields",
+                "engine_rpm,bucket_angle",
+                "-o",
+                str(csv),
+                "--data-dir",
+                str(data_dir),
+            ]
+        )
+        == 0
+    )
+    assert csv.read_text() == (
+        "time,engine_rpm [rpm],bucket_angle [deg]\n"
+        "2026-01-15T11:00:00.000Z,1600.0,\n"
+        "2026-01-15T11:00:01.000Z,,-90\n"
+    )
+    out, err = capsys.readouterr()
+    assert "run.csv: 2 rows, 2 values, 2 fields" in out
+    assert err.strip().splitlines()[-1].startswith("run.csv  100.0%  2 values  2 rows")
+    parquet = tmp_path / "run.parquet"
+    assert main(["export", ORG, "L3", *span, "-o", str(parquet), "--data-dir", str(data_dir)]) == 0
+    table = pq.read_table(parquet).to_pydict()
+    assert table["coolant_temp"] == [50.0, None] and table["oil_temp_hydraulic"] == [None, 80.0]
+    assert not list(tmp_path.glob("*.part"))

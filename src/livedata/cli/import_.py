@@ -54,9 +54,11 @@ def data_flags() -> argparse.ArgumentParser:
 
 
 def with_machine(
-    args: argparse.Namespace, work: Callable[[Settings, Store, MachineInfo], Awaitable[T]]
+    args: argparse.Namespace,
+    work: Callable[[Settings, Store, Catalog, MachineInfo], Awaitable[T]],
 ) -> T:
-    """Run ``work`` with the store and machine ``args.org`` / ``args.chassis`` of the server's databases."""
+    """Run ``work`` with the store, catalog and machine ``args.org`` / ``args.chassis`` of the
+    server's databases."""
     settings = load_settings(
         {"data_dir": args.data_dir, "metadata": args.metadata, "store": args.store}, args.config
     )
@@ -73,10 +75,11 @@ def with_machine(
         try:
             await meta.start()
             await store.start()
-            info = await Catalog(meta).machine(args.org, args.chassis)
+            catalog = Catalog(meta)
+            info = await catalog.machine(args.org, args.chassis)
             if info is None:
                 raise NotFound(f"machine {args.chassis!r} not found in organisation {args.org!r}")
-            return await work(settings, store, info)
+            return await work(settings, store, catalog, info)
         finally:
             await store.close()
             await meta.close()
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise InputError("--batch must be at least 1")
 
-    async def work(settings: Settings, store: Store, info: MachineInfo) -> int:
+    async def work(settings: Settings, store: Store, _: Catalog, info: MachineInfo) -> int:
         if info.decoder is None:
             raise InputError(f"no DBC file assigned to machine {info.chassis!r}: assign one first")
         for path in args.files:

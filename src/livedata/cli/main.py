@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from livedata import __version__
-from livedata.cli import agent, demo, devices, import_, serve, simulate, users
+from livedata.cli import agent, demo, devices, export, import_, serve, simulate, users
 from livedata.errors import LivedataError
 
-COMMANDS = (demo, serve, simulate, agent, users, devices, import_)
+COMMANDS = (demo, serve, simulate, agent, users, devices, import_, export)
 
 
 class Parser(argparse.ArgumentParser):

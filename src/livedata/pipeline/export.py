@@ -68,6 +68,11 @@ class Export:
     values: int = 0
     dropped: int = 0
     chunks: int = field(default=0, repr=False)
+    reached: int = field(default=0, repr=False)
+    """The end of the part of the range read so far (for progress)."""
+
+    def __post_init__(self) -> None:
+        self.reached = self.start_ms - 1
 
     async def row_chunks(self) -> AsyncIterator[list[Row]]:
         """Rows in time order, a chunk at a time."""
@@ -82,6 +87,7 @@ class Export:
                 max(1, self.max_points // 2),
             )
             rows = self._merge(series)
+            self.reached = self.end_ms
             for i in range(0, len(rows), ROW_GROUP):
                 yield rows[i : i + ROW_GROUP]
             return
@@ -96,6 +102,7 @@ class Export:
                 span = max(1, (hi - lo + 1) // 2)  # maybe cut short: read less at once
                 continue
             self.chunks += 1
+            self.reached = hi
             rows = self._merge(series)
             if rows:
                 yield rows
