@@ -12,10 +12,21 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from livedata import __version__
-from livedata.cli import agent, demo, devices, machines, orgs, serve, simulate, users
+from livedata.cli import (
+    agent,
+    demo,
+    devices,
+    export,
+    import_,
+    machines,
+    orgs,
+    serve,
+    simulate,
+    users,
+)
 from livedata.errors import LivedataError
 
-COMMANDS = (demo, serve, simulate, agent, users, devices, orgs, machines)
+COMMANDS = (demo, serve, simulate, agent, users, devices, orgs, machines, import_, export)
 
 
 class Parser(argparse.ArgumentParser):

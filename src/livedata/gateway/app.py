@@ -30,6 +30,8 @@ from livedata.gateway.live import serve_live
 from livedata.gateway.machines_api import router as machines_router
 from livedata.gateway.models_api import router as models_router
 from livedata.gateway.security import SecurityMiddleware, security
+from livedata.gateway.transfer import Transfers
+from livedata.gateway.transfer import router as transfer_router
 from livedata.gateway.watch import install as install_watch
 
 if TYPE_CHECKING:
@@ -78,6 +80,8 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(commands_router)
     app.include_router(dtcs_router)
     app.include_router(ingest_router)
+    app.include_router(transfer_router)
+    app.state.transfers = Transfers()
     install_watch(app, rt)
     install_docs(app)
 

@@ -194,6 +194,20 @@ function renderCards() {
 
 const cardKey = (g) => JSON.stringify([g.name, g.msgType, g.fields, g.unit]);
 
+/** Download the group's fields over the shown range (raw, streamed by the export API). */
+function download(group, fields, format) {
+  const to = Date.now();
+  const query = new URLSearchParams({
+    msgType: group.msgType, fields: fields.join(','), from: String(to - rangeMs()), to: String(to), format,
+  });
+  const org = encodeURIComponent(state.orgId);
+  const chassis = encodeURIComponent(state.machine.chassisId);
+  const link = h('a', { href: `/api/resources/${org}/_common/datasets/${chassis}/export?${query}`, download: '' });
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
+
 function cardElement(group) {
   const declared = state.machine.msgTypes?.[group.msgType]?.fields;
   const known = new Set((declared ?? []).map((f) => f.name));
@@ -207,6 +221,15 @@ function cardElement(group) {
         h('h2', {}, group.name),
         h('span', { class: 'tag' }, group.msgType),
         group.unit ? h('span', { class: 'tag unit' }, group.unit) : null),
+      h('div', { class: 'card-actions' },
+        ['csv', 'parquet'].map((format) => h('button', {
+          type: 'button',
+          class: 'btn small',
+          title: `Download the shown range of this group as ${format === 'csv' ? 'CSV' : 'Parquet'}`,
+          dataset: { download: format },
+          disabled: !group.fields.some((f) => known.has(f)),
+          onclick: () => download(group, group.fields.filter((f) => known.has(f)), format),
+        }, format === 'csv' ? 'CSV' : 'Parquet'))),
       h('div', { class: 'card-actions needs-admin' },
         h('button', { type: 'button', class: 'btn small', onclick: () => editGroup(group.id) }, 'Edit'),
         h('button', { type: 'button', class: 'btn small danger-text', onclick: () => deleteGroup(group.id) }, 'Delete'))),
