@@ -4,7 +4,7 @@
 (admin): the body is the log file itself (any ``Content-Type``), imported with
 :func:`livedata.pipeline.backfill.import_log` as backfill; the answer is the import
 summary.  The upload is spooled to a temporary file as it arrives and refused with
-413 beyond :data:`MAX_UPLOAD_BYTES` (the gateway's body cap: larger logs go through
+413 beyond the gateway's body cap (``max_body_bytes``: larger logs go through
 ``livedata import``); a file that cannot be read is 400 naming the line or byte.
 
 ``GET /api/resources/{orgId}/_common/datasets/{chassisId}/export?msgType=…&fields=…&from=…&to=…&format=csv|parquet[&maxPoints=N]``
@@ -31,7 +31,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from livedata.errors import InputError
-from livedata.gateway.security import MAX_BODY, principal_of
+from livedata.gateway.security import principal_of
 from livedata.model import MsgType, valid_id
 from livedata.pipeline.backfill import FORMATS as LOG_FORMATS
 from livedata.pipeline.backfill import import_log
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 router = APIRouter(prefix="/api", tags=["data in and out"])
 
-MAX_UPLOAD_BYTES = MAX_BODY
 MAX_EXPORT_FIELDS = 200
 MAX_EXPORT_SPAN_MS = 31 * 86_400_000
 MAX_EXPORT_POINTS = 1_000_000
@@ -93,13 +92,13 @@ def _runtime(request: Request) -> Runtime:
     return rt
 
 
-async def _spool(request: Request, path: Path) -> bool:
-    """Write the request body to ``path``; ``False`` once it exceeds :data:`MAX_UPLOAD_BYTES`."""
+async def _spool(request: Request, path: Path, limit: int) -> bool:
+    """Write the request body to ``path``; ``False`` once it exceeds ``limit`` bytes."""
     size = 0
     with path.open("wb") as out:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > MAX_UPLOAD_BYTES:
+            if size > limit:
                 return False
             out.write(chunk)
     if size == 0:
@@ -145,11 +144,11 @@ async def upload_log(
     try:
         with tempfile.TemporaryDirectory(prefix="livedata-import-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
-            if not await _spool(request, path):
+            if not await _spool(request, path, rt.settings.max_body_bytes):
                 return _error(
                     413,
                     "too_large",
-                    f"the log is larger than {MAX_UPLOAD_BYTES} bytes: import it with "
+                    f"the log is larger than {rt.settings.max_body_bytes} bytes: import it with "
                     "`livedata import`",
                 )
             try:

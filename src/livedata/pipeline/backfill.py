@@ -60,7 +60,7 @@ import orjson
 from livedata.decode.can import CanDecoder
 from livedata.errors import ConfigError, InputError
 from livedata.model import Frame, Kind, MsgType, Record, Value
-from livedata.pipeline.ingest import EARLIEST_TS, MAX_FUTURE_MS
+from livedata.pipeline.limits import EARLIEST_TS, TimestampPolicy
 from livedata.store.base import Store
 
 FORMATS = (".log", ".asc", ".blf", ".trc", ".csv", ".mf4")
@@ -311,7 +311,9 @@ class LogImport:
         self.summary = summary or ImportSummary(str(log.path))
         self.summary.resumed_at = resume_at
         self.batch_records = batch_records
-        self.latest_ts = (now_ms if now_ms is not None else int(time.time() * 1000)) + MAX_FUTURE_MS
+        self.latest_ts = (
+            now_ms if now_ms is not None else int(time.time() * 1000)
+        ) + TimestampPolicy().max_skew_ms
         self._batches = self._run()
 
     def next_batch(self) -> Batch | None:
