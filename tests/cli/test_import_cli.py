@@ -25,7 +25,7 @@ LOGS = Path(__file__).resolve().parent.parent / "files" / "logs"
 START_S = 1_768_471_200
 SECONDS = 2_000
 REPEAT = 10
-"""Each second's frames are sent ten times (100 ms cycle): 220,000 frames in all."""
+"""Each second's 12 frames (11 signals messages and the engine's DM1) are sent ten times (100 ms cycle): 240,000 frames in all."""
 
 
 @pytest.fixture(scope="module")
@@ -93,9 +93,9 @@ def test_import_prints_progress_and_summary(data_dir: Path, big_log: Path) -> No
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("big.log  100.0%  220,000 frames  2,000 rows")
+    assert last.startswith("big.log  100.0%  240,000 frames  2,000 rows")
     assert "frames/s  in 0:00:" in last
-    assert "220,000 frames: 220,000 decoded, 0 unknown ids, 0 errors" in out
+    assert "240,000 frames: 240,000 decoded, 0 unknown ids, 0 errors" in out
     assert (
         "stored 2,000 rows (30,000 values) from 2026-01-15T10:00:00.000Z to 2026-01-15T10:33:19.000Z"
         in out
@@ -119,7 +119,7 @@ def test_killed_import_resumes_and_stores_each_value_once(data_dir: Path, big_lo
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0, err
     assert "(resumed after message " in out
-    assert "220,000 frames: 220,000 decoded" in out
+    assert "240,000 frames: 240,000 decoded" in out
     assert points(data_dir, "L1") == 30_000
     assert not list((data_dir / "imports").glob("*.json"))
 
