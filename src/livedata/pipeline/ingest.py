@@ -264,6 +264,7 @@ class Ingest:
     def update_gauges(self) -> None:
         """Set the ingest gauges of :mod:`livedata.observe` (also done after every batch)."""
         observe.INGEST_QUEUE.set(self._queue.qsize())
+        observe.INGEST_UNLOGGED.set(self.unlogged)
         oldest = self.oldest_unstored()
         observe.UNSTORED_AGE.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
         if self.spill is not None:
