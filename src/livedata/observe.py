@@ -112,6 +112,9 @@ UNSTORED_AGE = Gauge(
     "Age of the oldest record ingest accepted that the store has not confirmed (0: none)",
 )
 LOG_FAILURES = Counter("livedata_log_failures", "Log appends that failed and were retried")
+INGEST_UNLOGGED = Gauge(
+    "livedata_ingest_unlogged", "Records durable and acknowledged, waiting for the log"
+)
 PUBLISHED = Counter("livedata_published", "Live messages published to pub/sub")
 WS_CONNECTIONS = Gauge("livedata_ws_connections", "Open live WebSocket connections")
 CHANNELS = Gauge("livedata_live_channels", "Pub/sub channels the gateway is subscribed to")

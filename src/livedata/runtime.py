@@ -213,6 +213,7 @@ class Runtime:
             "ok": ok,
             "tasks": {t.get_name(): not t.done() for t in self._tasks},
             "ingestQueue": self.ingest.depth(),
+            "ingestUnlogged": self.ingest.unlogged,
             "spill": self.ingest.spill.stats() if self.ingest.spill is not None else None,
             "liveChannels": len(self.hub.channels),
         }

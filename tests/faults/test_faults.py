@@ -1,6 +1,6 @@
 """One fault at a time on the distributed shape's engines, started by the tests: Mosquitto
-(persistence on, Mosquitto's default per-client queue of 1,000), Redis, ClickHouse and
-a Kafka-compatible broker (Tansu).
+(persistence on, Mosquitto's default per-client queue of 1,000), Redis, ClickHouse,
+PostgreSQL and a Kafka-compatible broker (Tansu).
 Ingest, distribute and alerts run as one :class:`Runtime` with its default settings
 (the spill journal is on by default); 50 machines send over MQTT at 2 Hz, each message
 counted as sent only once the broker acknowledged it (PUBACK).
@@ -35,6 +35,7 @@ from livedata.settings import Settings
 from tests.servers.clickhouse import ClickHouseServer, start_clickhouse
 from tests.servers.kafka import KafkaServer, start_kafka
 from tests.servers.mosquitto import Mosquitto, start_mosquitto
+from tests.servers.postgres import PostgresServer, start_postgres
 from tests.servers.redis import RedisServer, start_redis
 
 pytestmark = pytest.mark.slow
@@ -182,11 +183,26 @@ async def fleet_run(
         await rt.stop()
 
 
-async def test_clickhouse_down_20_s_loses_no_acknowledged_message(
-    tmp_path: Path, engines: Engines
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    server = start_postgres(fsync=False)
+    yield server
+    server.stop(remove=True)
+
+
+@pytest.mark.parametrize("backend", ["clickhouse", "postgres"])
+async def test_store_down_20_s_loses_no_acknowledged_message(
+    tmp_path: Path, engines: Engines, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    """ClickHouse stopped for 20 s: ingest spills to its journal (on by default), keeps
-    acknowledging, live and the alert clock keep going; all is in ClickHouse afterwards."""
+    """The store (ClickHouse, PostgreSQL) stopped for 20 s: ingest spills to its journal (on
+    by default), keeps acknowledging, live and the alert clock keep going; all is in the
+    store afterwards."""
+    if backend == "clickhouse":
+        server: ClickHouseServer | PostgresServer = engines.clickhouse
+        store = engines.clickhouse.url(f"f{uuid.uuid4().hex[:8]}")
+    else:
+        server = request.getfixturevalue("postgres")
+        store = server.url()
     published: list[int] = []
 
     async def fault(run: Run) -> None:
@@ -194,16 +210,14 @@ async def test_clickhouse_down_20_s_loses_no_acknowledged_message(
             live_channel("acme", MACHINES[0], "client_raw_data"),
             lambda _c, m: published.append(orjson.loads(m)["ts"]),
         )
-        await asyncio.to_thread(engines.clickhouse.stop)
+        await asyncio.to_thread(server.stop)
         await asyncio.sleep(20)
         during = len(published)
         assert run.rt.ingest.spilled > 0, "the outage went to the journal"
-        await asyncio.to_thread(engines.clickhouse.start)
+        await asyncio.to_thread(server.start)
         assert during >= 30, "live kept flowing during the outage"
 
-    await fleet_run(
-        tmp_path, engines, fault, store=engines.clickhouse.url(f"f{uuid.uuid4().hex[:8]}")
-    )
+    await fleet_run(tmp_path, engines, fault, store=store)
 
 
 async def test_broker_restart_loses_no_acknowledged_message(

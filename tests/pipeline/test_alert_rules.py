@@ -16,7 +16,11 @@ from livedata.errors import InputError, StoreError
 from livedata.metadata import Metadata
 from livedata.metadata.alerts import AlertStore, RuleSpec, validate_rule
 from livedata.model import Kind, Record
-from livedata.pipeline.alerts import AlertRole, Evaluator
+from livedata.pipeline.alerts import AlertRole, Evaluator, alert_role
+from livedata.pipeline.distribute import live_message
+from livedata.runtime import Runtime
+from livedata.settings import Settings
+from tests.pipeline.faults import FlakyStore
 
 T0 = 1_700_000_000_000
 
@@ -318,3 +322,32 @@ async def test_nodata_raise_waits_while_the_last_data_cannot_be_checked(tmp_path
     assert role.raised == 1
     assert [a.chassis_id for a in await store.list_alerts("o", "active")] == ["M1"]
     await meta.close()
+
+
+async def test_nodata_check_reads_the_live_history_while_the_store_is_down(
+    tmp_path: Path,
+) -> None:
+    """The runtime's nodata check answers from the live channel's history while the store is
+    down (ingest spilling), and takes the newer of the two when both answer."""
+
+    name = uuid.uuid4().hex
+    rt = Runtime(
+        Settings(
+            data_dir=tmp_path,
+            store="memory://",
+            log=f"memory://{name}",
+            pubsub=f"memory://{name}",
+            roles=["alerts"],
+        )
+    )
+    store = rt.store = FlakyStore(rt.store, down=True)
+    last_seen = alert_role(rt).last_seen
+    assert last_seen is not None
+    now = int(time.time() * 1000)
+    record = Record("o", "M1", "vehicle_can", now, Kind.REALTIME, {"x": 1})
+    await rt.pubsub.publish(record.channel, live_message(record, 1, "e"))
+    assert await last_seen("o", "M1", None) == now
+    assert await last_seen("o", "M2", "vehicle_can") is None  # history answered: silent
+    store.down = False
+    await store.inner.write([replace(record, ts=now + 5)])
+    assert await last_seen("o", "M1", "vehicle_can") == now + 5

@@ -64,8 +64,11 @@ from aiokafka.errors import ConsumerStoppedError, KafkaConnectionError, KafkaErr
 from livedata.bus.base import Log
 from livedata.errors import BusError, ConfigError
 from livedata.model import Record
+from livedata.ratelog import Throttled
 
 log = logging.getLogger("livedata.bus.kafka")
+_COMMITS = Throttled(log)
+"""Commit failures, logged once a minute per group (a rebalance or restart makes a burst)."""
 
 DEFAULT_PARTITIONS = 8
 BATCH = 1_000
@@ -324,12 +327,15 @@ class KafkaLog(Log):
         try:
             await consumer.commit(mine)
         except (KafkaError, ConsumerStoppedError) as exc:
-            log.warning(
-                "group %s could not commit %d partitions (%r): they will be read again",
+            _COMMITS.failed(
+                group,
+                "group %s could not commit %d partitions (%s): they will be read again",
                 group,
                 len(mine),
-                exc,
+                " ".join(str(exc).split()),
             )
+            return
+        _COMMITS.recovered(group, "group %s commits again", group)
 
     async def close(self) -> None:
         """Flush and stop the producer; end every consume loop of this object."""

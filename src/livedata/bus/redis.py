@@ -30,7 +30,7 @@ Under stress:
 
 * **Redis down or restarting.**  A ``publish`` that fails (after one immediate
   reconnect attempt, bounded by the connect timeout) keeps its message in a local
-  backlog, as does every ``publish`` after it while the backlog is not empty (so
+  backlog, as does every ``publish`` after it until the backlog has been sent (so
   the order per channel holds, and distribute does not wait on a dead Redis).  A
   flusher task sends the backlog, oldest first and up to :data:`FLUSH_CHUNK`
   messages per round trip, into the channels' history streams and ``PUBLISH``, as

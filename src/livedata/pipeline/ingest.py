@@ -56,9 +56,9 @@ when it recovers.
 
 Acknowledgement: a device message is acknowledged to its link only once its
 record is durable (store or journal), in arrival order (as MQTT requires of
-PUBACKs); the log gets the batch right after.  A crash before that makes a broker with a persistent
-session redeliver it (writes are idempotent, so a redelivered record is stored
-once).  Over MQTT this matters beyond crashes: while acknowledgements stop, the
+PUBACKs); the log gets the batch right after.  A crash before that makes a broker
+with a persistent session redeliver it (writes are idempotent, so a redelivered
+record is stored once).  Over MQTT this matters beyond crashes: while acknowledgements stop, the
 broker holds at most ``inflight`` unacknowledged messages for the link and queues
 the rest up to its own limit (Mosquitto's ``max_queued_messages``), dropping
 beyond it -- so without a journal (``spill_dir=off``) a long store outage becomes
@@ -184,9 +184,8 @@ class Ingest:
         """Decode one device message and queue its record; ``None`` if it was rejected.
 
         ``ack`` is awaited once the record is durable -- in the store, or in the spill
-        journal while the store is slow or down (or at once when the
-        message is rejected: a bad message is final, redelivering it would not make it
-        good).
+        journal while the store is slow or down -- or at once when the message is
+        rejected (a bad message is final, redelivering it would not make it good).
         """
         with observe.log_context(machine=msg.chassis):
             stats = self.stats_for(msg.tenant, msg.chassis)
@@ -270,6 +269,7 @@ class Ingest:
     def update_gauges(self) -> None:
         """Set the ingest gauges of :mod:`livedata.observe` (also done after every batch)."""
         observe.INGEST_QUEUE.set(self._queue.qsize())
+        observe.INGEST_UNLOGGED.set(self.unlogged)
         oldest = self.oldest_unstored()
         observe.UNSTORED_AGE.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
         if self.spill is not None:
@@ -288,8 +288,8 @@ class Ingest:
             await self.spill.close()
 
     async def run(self) -> None:
-        """Make queued records durable, append them to the log, acknowledge them;
-        with a journal, also drain it to the store.  Until cancelled."""
+        """Make queued records durable, acknowledge them, append them to the log; with a
+        journal, also drain it to the store.  Until cancelled."""
         with observe.log_context(role="ingest"):
             await self.start()
             async with asyncio.TaskGroup() as tasks:
