@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -241,7 +241,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            return await _answer(send, 413, "too_large", self._too_large())
+            return await send_error(send, 413, "too_large", self._too_large(), _CLOSE)
         received = 0
         more = True
         started = False
@@ -273,13 +273,16 @@ class BodyLimit:
             await self.app(scope, limited_receive, watched_send)
         except (BodyTooLarge, BodyTimeout) as exc:
             if not started:
-                await _answer(send, exc.status_code, exc.code, exc.detail)
+                await send_error(send, exc.status_code, exc.code, exc.detail, _CLOSE)
 
     def _too_large(self) -> str:
         return f"the body is larger than {self.max_bytes} bytes"
 
 
-async def _answer(send: Send, status: int, code: str, message: str) -> None:
+async def send_error(
+    send: Send, status: int, code: str, message: str, headers: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
+    """Answer an ASGI HTTP request with the error shape (the caller's extra headers)."""
     body = error_body(code, message)
     await send(
         {
@@ -288,12 +291,14 @@ async def _answer(send: Send, status: int, code: str, message: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+                *headers,
             ],
         }
     )
     await send({"type": "http.response.body", "body": body})
 
+
+_CLOSE = ((b"connection", b"close"),)
 
 _ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
