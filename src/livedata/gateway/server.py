@@ -59,6 +59,7 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+_CLOSE = ((b"connection", b"close"),)
 _REASONS = {
     408: "Request Timeout",
     413: "Content Too Large",
@@ -297,8 +298,6 @@ async def send_error(
     )
     await send({"type": "http.response.body", "body": body})
 
-
-_CLOSE = ((b"connection", b"close"),)
 
 _ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
