@@ -55,6 +55,7 @@ SPEC: dict[tuple[str, str], Any] = {
     ("POST", "/api/resources/{orgId}/models"): Role.admin,
     ("GET", "/api/resources/{orgId}/models/{model}/signals"): Role.viewer,
     ("PUT", "/api/resources/{orgId}/machines/{chassisId}/dbc"): Role.admin,
+    ("DELETE", "/api/resources/{orgId}/machines/{chassisId}/fields/{msgType}/{field}"): Role.admin,
     ("PUT", "/api/resources/{orgId}/models/{model}/dbc"): Role.admin,
     ("GET", "/api/resources/{orgId}/alert-rules"): Role.viewer,
     ("POST", "/api/resources/{orgId}/alert-rules"): Role.admin,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import logging
 
 import pytest
 
 from livedata.gateway.connlimits import ConnectionGate, RepeatLog, default_limit
+from livedata.gateway.server import quiet_accept_errors
 
 
 def test_gate_admits_up_to_the_limit_then_evicts_the_oldest_idle() -> None:
@@ -83,3 +86,25 @@ def test_repeat_log_reports_once_per_interval_with_a_count(
     assert len(caplog.records) == 2
     assert "(1 times" in caplog.records[0].getMessage()
     assert "(10000 times" in caplog.records[1].getMessage()
+
+
+def test_accept_failures_are_logged_once_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
+    """10,000 EMFILE reports from the event loop make one log line; other errors pass on."""
+    loop = asyncio.new_event_loop()
+    seen: list[str] = []
+    loop.set_exception_handler(lambda _loop, context: seen.append(context["message"]))
+    try:
+        quiet_accept_errors(loop)
+        with caplog.at_level(logging.WARNING, logger="livedata.server"):
+            for _ in range(10_000):
+                loop.call_exception_handler(
+                    {
+                        "message": "socket.accept() out of system resource",
+                        "exception": OSError(errno.EMFILE, "Too many open files"),
+                    }
+                )
+        loop.call_exception_handler({"message": "something else"})
+    finally:
+        loop.close()
+    assert len([r for r in caplog.records if r.name == "livedata.server"]) == 1
+    assert seen == ["something else"]

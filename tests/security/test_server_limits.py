@@ -18,6 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import Server, start_demo, stop
+from tests.security.abuse import address
 from tests.security.servers import env
 
 MAX_CONNECTIONS = 40
@@ -35,11 +36,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         demo = start_demo(tmp_path_factory.mktemp("limits"), "--machines", "1")
     yield demo
     stop(demo)
-
-
-def _address(server: Server) -> tuple[str, int]:
-    host, port = server.url.removeprefix("http://").split(":")
-    return ("127.0.0.1" if host == "localhost" else host, int(port))
 
 
 def _read_response(sock: socket.socket, timeout: float = 10.0) -> bytes:
@@ -70,23 +66,30 @@ def _rss(server: Server) -> int:
     return int(psutil.Process(server.process.pid).memory_info().rss)
 
 
-def test_chunked_body_is_refused_while_streaming(server: Server) -> None:
-    """A chunked body without Content-Length gets 413 at the cap, not after buffering it all."""
-    sock = socket.create_connection(_address(server))
-    sock.sendall(
-        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
-    chunk = b"%x\r\n" % 65536 + b" " * 65536 + b"\r\n"
+def _stream(server: Server, head: bytes, piece: bytes, total: int) -> tuple[int, bytes]:
+    """Send ``head`` then ``piece`` until ``total`` bytes or the server closes; (sent, answer)."""
+    sock = socket.create_connection(address(server))
     sent = 0
     try:
-        while sent < 256 * 2**20:
-            sock.sendall(chunk)
-            sent += 65536
+        sock.sendall(head)
+        while sent < total:
+            sock.sendall(piece)
+            sent += len(piece)
     except (ConnectionResetError, BrokenPipeError):
         pass
     response = _read_response(sock)
     sock.close()
+    return sent, response
+
+
+def test_chunked_body_is_refused_while_streaming(server: Server) -> None:
+    """A chunked body without Content-Length gets 413 at the cap, not after buffering it all."""
+    head = (
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b"%x\r\n" % 65536 + b" " * 65536 + b"\r\n"
+    sent, response = _stream(server, head, chunk, 256 * 2**20)
     assert sent < 256 * 2**20
     assert response.startswith(b"HTTP/1.1 413"), response[:200]
     assert b'"code":"too_large"' in response
@@ -96,7 +99,7 @@ def test_chunked_body_is_refused_while_streaming(server: Server) -> None:
 @pytest.mark.parametrize("path", ["/api/auth/login", "/api/resources/demo/groups", "/socket.io/"])
 def test_declared_body_over_cap_is_refused_on_every_route(server: Server, path: str) -> None:
     """A Content-Length over 8 MiB gets 413 on public, protected and Socket.IO routes alike."""
-    sock = socket.create_connection(_address(server))
+    sock = socket.create_connection(address(server))
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 9000000\r\n\r\n".encode())
     response = _read_response(sock)
     sock.close()
@@ -106,24 +109,16 @@ def test_declared_body_over_cap_is_refused_on_every_route(server: Server, path: 
 
 def test_huge_header_is_refused(server: Server) -> None:
     """An 8 MB header gets 431 and the connection is closed before it is all read."""
-    sock = socket.create_connection(_address(server))
-    sent = 0
-    try:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
-        while sent < 8 * 2**20:
-            sock.sendall(b"a" * 65536)
-            sent += 65536
-    except (ConnectionResetError, BrokenPipeError):
-        pass
-    response = _read_response(sock)
-    sock.close()
+    head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: "
+    sent, response = _stream(server, head, b"a" * 65536, 8 * 2**20)
+    assert sent < 8 * 2**20
     assert response.startswith(b"HTTP/1.1 431"), response[:200]
     assert b'"code":"header_too_large"' in response
 
 
 def test_slow_request_head_is_timed_out(server: Server) -> None:
     """A head that does not complete within header_timeout gets 408 and is closed."""
-    sock = socket.create_connection(_address(server))
+    sock = socket.create_connection(address(server))
     sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
     response = _read_response(sock)
     assert response.startswith(b"HTTP/1.1 408"), response[:200]
@@ -133,14 +128,14 @@ def test_slow_request_head_is_timed_out(server: Server) -> None:
 
 def test_silent_connection_is_closed(server: Server) -> None:
     """A connection that sends nothing is closed after header_timeout."""
-    sock = socket.create_connection(_address(server))
+    sock = socket.create_connection(address(server))
     assert _read_response(sock) == b""
     sock.close()
 
 
 def test_body_that_stops_gets_408(server: Server) -> None:
     """A body that stops arriving for body_timeout gets 408."""
-    sock = socket.create_connection(_address(server))
+    sock = socket.create_connection(address(server))
     sock.sendall(
         b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Content-Length: 100\r\n\r\n{"
@@ -153,11 +148,11 @@ def test_body_that_stops_gets_408(server: Server) -> None:
 
 def test_idle_flood_does_not_lock_out_healthz(server: Server) -> None:
     """Three times the connection limit of idle sockets: /healthz still answers each time."""
-    flood = [socket.create_connection(_address(server)) for _ in range(3 * MAX_CONNECTIONS)]
+    flood = [socket.create_connection(address(server)) for _ in range(3 * MAX_CONNECTIONS)]
     try:
         for _ in range(5):
             assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
-            flood.append(socket.create_connection(_address(server)))
+            flood.append(socket.create_connection(address(server)))
     finally:
         for sock in flood:
             sock.close()
@@ -173,7 +168,7 @@ def test_busy_connections_are_kept_and_the_newcomer_refused(server: Server) -> N
             for _ in range(MAX_CONNECTIONS)
         ]
         time.sleep(0.2)
-        sock = socket.create_connection(_address(server))
+        sock = socket.create_connection(address(server))
         response = _read_response(sock)
         sock.close()
         assert response.startswith(b"HTTP/1.1 503"), response[:200]

@@ -14,7 +14,7 @@ import uvicorn
 
 from livedata.errors import ConfigError
 from livedata.gateway.app import create_app
-from livedata.gateway.server import quiet_accept_errors, uvicorn_config
+from livedata.gateway.server import ACCEPT_BATCH, quiet_accept_errors, uvicorn_config
 from livedata.gateway.sio import with_socketio
 from livedata.observe import setup_logging
 from livedata.runtime import Runtime
@@ -72,7 +72,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(2048)
+    sock.listen(ACCEPT_BATCH)
     sock.setblocking(False)
     return sock
 

@@ -178,6 +178,7 @@ def add_parser(sub: Any) -> None:
         ),
     )
     passwd.add_argument("username", metavar="USERNAME")
+    _add_org_option(passwd)
     _add_password_stdin(passwd)
     passwd.set_defaults(run=run_passwd)
 
@@ -197,6 +198,7 @@ def add_parser(sub: Any) -> None:
         ),
     )
     token.add_argument("username", metavar="USERNAME")
+    _add_org_option(token)
     token.add_argument("--name", required=True, help="what the token is for (shown in lists)")
     token.add_argument(
         "--expires-days", type=float, help="the token expires after this many days (default never)"
@@ -204,8 +206,19 @@ def add_parser(sub: Any) -> None:
     token.set_defaults(run=run_token)
 
 
-async def _user(accounts: Accounts, username: str) -> User:
-    user = await accounts.find_user(username)
+def _add_org_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--org", help="the user's organisation (needed when several have a user of that name)"
+    )
+
+
+async def _user(accounts: Accounts, username: str, org: str | None) -> User:
+    try:
+        user = await accounts.find_user(username, org)
+    except Conflict:
+        raise Conflict(
+            f"username {username!r} exists in several organisations: add --org ORG"
+        ) from None
     if user is None:
         raise NotFound(f"user {username!r} not found")
     return user
@@ -225,8 +238,8 @@ def run_create(args: argparse.Namespace) -> int:
 
     async def work(meta: Metadata) -> bool:
         accounts = Accounts(meta)
-        if await accounts.find_user(args.username) is not None:
-            raise Conflict(f"username {args.username!r} is taken")
+        if await accounts.find_user(args.username, args.org) is not None:
+            raise Conflict(f"username {args.username!r} is taken in organisation {args.org!r}")
         created_org = False
         try:
             await meta.require_org(args.org)
@@ -258,7 +271,7 @@ def run_passwd(args: argparse.Namespace) -> int:
 
     async def work(meta: Metadata) -> None:
         accounts = Accounts(meta)
-        user = await _user(accounts, args.username)
+        user = await _user(accounts, args.username, args.org)
         await accounts.update_user(user.org_id, user.id, password=password)
         await accounts.audit(user.org_id, actor(), "password_reset", user.username)
 
@@ -323,7 +336,7 @@ def run_token(args: argparse.Namespace) -> int:
 
     async def work(meta: Metadata) -> tuple[User, str]:
         accounts = Accounts(meta)
-        user = await _user(accounts, args.username)
+        user = await _user(accounts, args.username, args.org)
         if user.disabled:
             raise InputError(f"user {args.username!r} is disabled")
         _, raw = await accounts.create_token(user.id, name, expires)

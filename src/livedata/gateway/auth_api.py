@@ -54,6 +54,11 @@ ROLE = r"^(viewer|operator|admin)$"
 class LoginBody(BaseModel):
     username: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=200)
+    org: str | None = Field(
+        None,
+        max_length=64,
+        description="the organisation, needed only when its username exists in several",
+    )
 
 
 class TokenBody(BaseModel):
@@ -97,12 +102,11 @@ async def login(request: Request, body: LoginBody) -> Response:
             status_code=429,
             headers={"Retry-After": str(int(wait) + 1)},
         )
-    user = await sec.accounts.check_password(body.username, body.password)
+    user = await sec.accounts.check_password(body.username, body.password, body.org)
     if user is None:
         sec.logins.failed(body.username, address, now)
         observe.LOGINS.labels("failed").inc()
-        known = await sec.accounts.find_user(body.username)
-        if known is not None:
+        for known in await sec.accounts.find_users(body.username, body.org):
             await sec.audit(known.org_id, body.username, "login_failed", "", address)
         return JSONResponse(
             {"error": {"code": "unauthenticated", "message": "wrong username or password"}},

@@ -43,7 +43,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 from weakref import WeakKeyDictionary
 
-import orjson
 from starlette.requests import Request
 
 from livedata import observe
@@ -51,6 +50,7 @@ from livedata.auth import Principal
 from livedata.auth import credentials as cred
 from livedata.auth.limits import ConnectionCount, LoginThrottle, SlidingWindow
 from livedata.auth.policy import LOGIN_PAGE, Access, Rule, rule_for
+from livedata.gateway.server import send_error
 from livedata.metadata.accounts import Accounts
 
 if TYPE_CHECKING:
@@ -239,22 +239,6 @@ def client_address(scope: Scope) -> str:
     return str(client[0]) if client else ""
 
 
-async def _json(send: Send, status: int, code: str, message: str, headers: Any = ()) -> None:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _ws_refuse(receive: Receive, send: Send, reason: str) -> None:
     """Accept and close at once with 1008, so the client sees the reason."""
     message = await receive()
@@ -330,7 +314,7 @@ class SecurityMiddleware:
             if wait:
                 observe.AUTH_REFUSED.labels("command_rate").inc()
                 retry = [(b"retry-after", str(int(wait) + 1).encode())]
-                return await _json(send, 429, "too_many_requests", "too many commands", retry)
+                return await send_error(send, 429, "too_many_requests", "too many commands", retry)
         scope.setdefault("state", {})["principal"] = principal
         if live:
             return await self._live(scope, receive, send, principal, refuse)
@@ -347,7 +331,7 @@ class SecurityMiddleware:
         assert rule.org is not None and rule.chassis is not None
         if not secret or not await accounts.check_device_secret(rule.org, rule.chassis, secret):
             observe.AUTH_REFUSED.labels("device").inc()
-            return await _json(
+            return await send_error(
                 send, 401, "unauthenticated", "the machine's secret is missing or wrong"
             )
         await self.app(scope, receive, send)
@@ -445,6 +429,6 @@ def _refuser(
         if is_ws:
             await _ws_refuse(receive, send, message)
         else:
-            await _json(send, status, code, message)
+            await send_error(send, status, code, message)
 
     return refuse

@@ -3,8 +3,9 @@
 Only hashes of secrets are stored (see :mod:`livedata.auth.credentials`).  Lookups
 of sessions and tokens are cached for :data:`CACHE_SECONDS` per process, so a
 logout or a revocation takes effect at once in the process that did it and within
-that time in the others.  Usernames are unique across organisations (they are the
-login).  Everything is scoped by organisation: a user id, token id or machine of
+that time in the others.  Usernames are unique per organisation (migration 0007):
+another organisation may have a user of the same name, and nothing tells either
+about the other's users.  Everything is scoped by organisation: a user id, token id or machine of
 another organisation is :class:`~livedata.errors.NotFound`.
 """
 
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    UniqueConstraint,
     delete,
     select,
 )
@@ -34,6 +36,8 @@ from livedata.metadata import Metadata
 from livedata.metadata.tables import Base, Machine
 
 CACHE_SECONDS = 5.0
+LOGIN_CANDIDATES = 5
+"""A login without an organisation tries the password on at most this many same-named users."""
 AUDIT_MAX_LIST = 1000
 
 
@@ -43,10 +47,11 @@ def now_ms() -> int:
 
 class User(Base):
     __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("org_id", "username", name="uq_users_org_username"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     org_id: Mapped[str] = mapped_column(ForeignKey("orgs.id", ondelete="CASCADE"), index=True)
-    username: Mapped[str] = mapped_column(String(64), unique=True)
+    username: Mapped[str] = mapped_column(String(64))
     password_hash: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16))
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -156,7 +161,7 @@ class Accounts:
             async with self.meta.session() as s:
                 s.add(user)
         except Conflict:
-            raise Conflict(f"username {username!r} is taken") from None
+            raise Conflict(f"username {username!r} is taken in organisation {org!r}") from None
         return user
 
     async def list_users(self, org: str) -> list[User]:
@@ -176,9 +181,22 @@ class Accounts:
             raise NotFound(f"user {user_id} not found")
         return user
 
-    async def find_user(self, username: str) -> User | None:
+    async def find_user(self, username: str, org: str | None = None) -> User | None:
+        """The user ``username`` of ``org``; without ``org`` the only one of that name
+        (:class:`Conflict` when several organisations have one)."""
+        users = await self.find_users(username, org)
+        if len(users) > 1:
+            raise Conflict(f"username {username!r} exists in several organisations: name one")
+        return users[0] if users else None
+
+    async def find_users(self, username: str, org: str | None = None) -> list[User]:
+        """Users named ``username`` (of ``org`` only, when given), at most
+        :data:`LOGIN_CANDIDATES`, oldest first."""
+        query = select(User).where(User.username == username)
+        if org is not None:
+            query = query.where(User.org_id == org)
         async with self.meta.session() as s:
-            return await s.scalar(select(User).where(User.username == username))
+            return list((await s.scalars(query.order_by(User.id).limit(LOGIN_CANDIDATES))).all())
 
     async def update_user(
         self,
@@ -214,13 +232,19 @@ class Accounts:
             await s.delete(user)
         self._cache.clear()
 
-    async def check_password(self, username: str, password: str) -> User | None:
-        """The user when ``password`` is right and the account enabled; same cost otherwise."""
-        user = await self.find_user(username)
-        ok = await asyncio.to_thread(
-            cred.verify_password, user.password_hash if user else None, password
-        )
-        return user if ok and user is not None and not user.disabled else None
+    async def check_password(
+        self, username: str, password: str, org: str | None = None
+    ) -> User | None:
+        """The enabled user named ``username`` (in ``org``, when given) whose password is
+        ``password``; ``None`` otherwise, at the cost of at least one hash either way."""
+        candidates = await self.find_users(username, org)
+        if not candidates:
+            await asyncio.to_thread(cred.verify_password, None, password)
+        for user in candidates:
+            ok = await asyncio.to_thread(cred.verify_password, user.password_hash, password)
+            if ok and not user.disabled:
+                return user
+        return None
 
     # sessions ------------------------------------------------------------------
 

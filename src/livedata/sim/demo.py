@@ -51,7 +51,7 @@ async def seed_demo(meta: Metadata, chassis_ids: list[str]) -> None:
 async def ensure_demo_admin(meta: Metadata) -> str | None:
     """Create the demo organisation's ``admin`` with a random password, once; the password."""
     accounts = Accounts(meta)
-    if await accounts.find_user(ADMIN) is not None:
+    if await accounts.find_user(ADMIN, ORG) is not None:
         return None
     password = secrets.token_urlsafe(12)
     try:
