@@ -21,7 +21,6 @@ Limits, each a 400 or 429 with a message that says which: at most
 from __future__ import annotations
 
 import tempfile
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,8 +30,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from livedata.errors import InputError
+from livedata.gateway.api import field_names, time_range
 from livedata.gateway.security import MAX_BODY, principal_of
-from livedata.model import MsgType, valid_id
+from livedata.model import MsgType
 from livedata.pipeline.backfill import FORMATS as LOG_FORMATS
 from livedata.pipeline.backfill import import_log
 from livedata.pipeline.export import FORMATS, Export
@@ -194,22 +194,9 @@ async def export(
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     info = await rt.require_machine(orgId, chassisId)
-    catalog = await rt.catalog.fields(info, msgType)
-    units = {f["name"]: f["unit"] or "" for f in catalog}
-    names = list(units) if fields is None else [f.strip() for f in fields.split(",") if f.strip()]
-    if not names:
-        raise InputError("no fields to export: give fields=a,b,…")
-    if len(names) > MAX_EXPORT_FIELDS:
-        raise InputError(f"{len(names)} fields; at most {MAX_EXPORT_FIELDS} per export")
-    bad = [f for f in names if not valid_id(f)]
-    if bad:
-        raise InputError(f"invalid field names: {bad[:5]}")
-    end = to if to is not None else int(time.time() * 1000)
-    start = from_ if from_ is not None else end - EXPORT_DEFAULT_MS
-    if start > end:
-        raise InputError(f"from ({start}) is after to ({end})")
-    if end - start > MAX_EXPORT_SPAN_MS:
-        raise InputError(f"the range is longer than {MAX_EXPORT_SPAN_MS // 86_400_000} days")
+    units = {f["name"]: f["unit"] or "" for f in await rt.catalog.fields(info, msgType)}
+    names = list(units) if fields is None else field_names(fields, MAX_EXPORT_FIELDS)
+    start, end = time_range(from_, to, EXPORT_DEFAULT_MS, MAX_EXPORT_SPAN_MS)
     job = Export(rt.store, orgId, chassisId, msgType, names, units, start, end, maxPoints)
     transfers: Transfers = request.app.state.transfers
     try:
