@@ -44,6 +44,13 @@ def check_msg_type(value: str) -> str:
     return value
 
 
+MsgTypeQuery = Annotated[str, Query(description="vehicle_can or client_raw_data")]
+FieldsQuery = Annotated[str | None, Query(description="comma-separated; default all")]
+FromQuery = Annotated[int | None, Query(alias="from", description="ms since epoch")]
+ToQuery = Annotated[int | None, Query(description="ms since epoch; default now")]
+"""The query parameters of the history and export routes."""
+
+
 def field_names(fields: str, limit: int) -> list[str]:
     """The names of a ``fields=a,b`` parameter: at least one, at most ``limit``, each valid."""
     names = [f for f in (part.strip() for part in fields.split(",")) if f]
@@ -120,10 +127,10 @@ async def history(
     request: Request,
     orgId: str,
     chassisId: str,
-    msgType: Annotated[str, Query(description="vehicle_can or client_raw_data")],
-    fields: Annotated[str | None, Query(description="comma-separated; default all")] = None,
-    from_: Annotated[int | None, Query(alias="from", description="ms since epoch")] = None,
-    to: Annotated[int | None, Query(description="ms since epoch; default now")] = None,
+    msgType: MsgTypeQuery,
+    fields: FieldsQuery = None,
+    from_: FromQuery = None,
+    to: ToQuery = None,
     maxPoints: Annotated[
         int | None,
         Query(

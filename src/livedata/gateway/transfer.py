@@ -30,9 +30,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from livedata.errors import InputError
-from livedata.gateway.api import field_names, time_range
+from livedata.gateway.api import (
+    FieldsQuery,
+    FromQuery,
+    MsgTypeQuery,
+    ToQuery,
+    check_msg_type,
+    field_names,
+    time_range,
+)
 from livedata.gateway.security import MAX_BODY, principal_of
-from livedata.model import MsgType
 from livedata.pipeline.backfill import FORMATS as LOG_FORMATS
 from livedata.pipeline.backfill import import_log
 from livedata.pipeline.export import FORMATS, Export
@@ -174,10 +181,10 @@ async def export(
     request: Request,
     orgId: str,
     chassisId: str,
-    msgType: Annotated[str, Query(description="vehicle_can or client_raw_data")],
-    fields: Annotated[str | None, Query(description="comma-separated; default all")] = None,
-    from_: Annotated[int | None, Query(alias="from", description="ms since epoch")] = None,
-    to: Annotated[int | None, Query(description="ms since epoch; default now")] = None,
+    msgType: MsgTypeQuery,
+    fields: FieldsQuery = None,
+    from_: FromQuery = None,
+    to: ToQuery = None,
     format: Annotated[str, Query(description="csv or parquet")] = "csv",
     maxPoints: Annotated[
         int | None,
@@ -189,8 +196,7 @@ async def export(
     ] = None,
 ) -> Response:
     rt = _runtime(request)
-    if msgType not in set(MsgType):
-        raise InputError(f"unknown msgType {msgType!r}: use one of {', '.join(MsgType)}")
+    check_msg_type(msgType)
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     info = await rt.require_machine(orgId, chassisId)
