@@ -23,6 +23,7 @@ from livedata.gateway.auth_api import router as auth_router
 from livedata.gateway.commands import router as commands_router
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
+from livedata.gateway.replay import router as replay_router
 from livedata.gateway.security import SecurityMiddleware, security
 from livedata.gateway.transfer import Transfers
 from livedata.gateway.transfer import router as transfer_router
@@ -55,6 +56,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(commands_router)
     app.include_router(ingest_router)
     app.include_router(transfer_router)
+    app.include_router(replay_router)
     app.state.transfers = Transfers()
     install_watch(app, rt)
 
