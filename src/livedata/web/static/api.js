@@ -40,7 +40,7 @@ export async function request(method, path, body) {
 
 const enc = encodeURIComponent;
 const orgPath = (orgId) => `/api/resources/${enc(orgId)}`;
-const datasetPath = (orgId, chassisId) => `${orgPath(orgId)}/_common/datasets/${enc(chassisId)}`;
+export const datasetPath = (orgId, chassisId) => `${orgPath(orgId)}/_common/datasets/${enc(chassisId)}`;
 
 export const api = {
   async orgs() {
