@@ -21,6 +21,7 @@ from livedata.gateway.alerts_api import router as alerts_router
 from livedata.gateway.api import router
 from livedata.gateway.auth_api import router as auth_router
 from livedata.gateway.commands import router as commands_router
+from livedata.gateway.foxglove import router as foxglove_router
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.replay import router as replay_router
@@ -57,6 +58,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(ingest_router)
     app.include_router(transfer_router)
     app.include_router(replay_router)
+    app.include_router(foxglove_router)
     app.state.transfers = Transfers()
     install_watch(app, rt)
 
