@@ -6,6 +6,7 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import can
@@ -32,9 +33,12 @@ def fresh() -> MemoryStore:
 
 
 @pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch) -> None:
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """ASC and BLF keep local wall-clock times: the fixtures were recorded in UTC."""
     monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
     time.tzset()
 
 
