@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 
+import httpx
 import orjson
 import pytest
 import websockets
@@ -120,3 +122,48 @@ async def test_bad_subscription_is_a_status_error(demo: Server) -> None:
         )
         status = orjson.loads(await fox.recv())
         assert status["level"] == 2 and "advertised channelId" in status["message"]
+
+
+async def test_replay_mode_plays_the_stored_range_with_data_time(demo: Server) -> None:
+    """With from/to/speed a subscription replays the stored range: data time stamps, stored values."""
+    chassis = demo.machines[0]
+    end = int(time.time() * 1000) - 20_000
+    start = end - 30_000
+    async with httpx.AsyncClient(headers=demo.headers) as http:
+        response = await http.get(
+            f"{demo.url}/api/resources/demo/_common/datasets/{chassis}/history",
+            params={
+                "msgType": "vehicle_can",
+                "fields": "speed,engine_rpm",
+                "from": start,
+                "to": end,
+            },
+            headers=demo.headers,
+        )
+    body = response.json()
+    stored = {ts: value for ts, value in body["series"]["engine_rpm"]}
+    assert len(stored) >= 25
+    replay = f"{url(demo)}?from={start}&to={end}&speed=100"
+    async with websockets.connect(
+        replay, subprotocols=[FOXGLOVE], additional_headers=demo.headers
+    ) as fox:
+        info = orjson.loads(await fox.recv())
+        assert info["metadata"]["mode"] == "replay"
+        topics = {c["topic"]: c for c in orjson.loads(await fox.recv())["channels"]}
+        channel = topics[f"/{chassis}/vehicle_can"]
+        await fox.send(
+            orjson.dumps(
+                {"op": "subscribe", "subscriptions": [{"id": 1, "channelId": channel["id"]}]}
+            ).decode()
+        )
+        got = {}
+        while True:
+            frame = await asyncio.wait_for(fox.recv(), 10)
+            if isinstance(frame, str):
+                assert "ended" in orjson.loads(frame)["message"]
+                break
+            _, _, log_time = struct.unpack_from("<BIQ", frame)
+            message = orjson.loads(frame[13:])
+            assert log_time == message["ts"] * 1_000_000
+            got[message["ts"]] = message["engine_rpm"]
+    assert got == stored

@@ -9,7 +9,12 @@ fields (with ``ts``, ms since the epoch).  A client ``subscribe``s to channels b
 each live record of a subscribed channel is sent as a binary ``messageData`` frame
 (opcode 1, subscription id, receive time in ns, JSON ``{"ts":…, field: value, …}``
 of every field of the record: the values the live WebSocket sends).
-``unsubscribe`` stops a subscription.  Live only; replay is on the replay socket.
+``unsubscribe`` stops a subscription.
+
+Replay: with ``?from=…&to=…&speed=…`` (ms, as the replay socket) the same channels
+are advertised and each subscription plays the stored range from its start at
+``speed`` × real time, with the data's time as the message time; a ``status``
+info says when a channel's replay ended.  A bad range or speed closes with 4400.
 
 Under stress: at most :data:`MAX_SUBSCRIPTIONS` subscriptions per connection; a
 client that reads too slowly loses the oldest queued messages (at most
@@ -31,7 +36,11 @@ import orjson
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
+from livedata.errors import InputError
+from livedata.gateway.api import time_range
+from livedata.gateway.replay import CLOSE_BAD_REQUEST, MAX_SPAN_MS, ReplayClock, check_speed
 from livedata.model import MsgType, live_channel
+from livedata.pipeline.export import Export
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -72,19 +81,29 @@ async def channels(rt: Runtime, org: str) -> list[dict[str, Any]]:
                     "schemaName": f"livedata.{msg_type.value}",
                     "schema": orjson.dumps(schema).decode(),
                     "schemaEncoding": "jsonschema",
-                    "live_channel": live_channel(org, machine.chassis_id, msg_type.value),
+                    "_live": live_channel(org, machine.chassis_id, msg_type.value),
+                    "_source": (machine.chassis_id, msg_type.value, list(properties)[1:]),
                 }
             )
     return out
 
 
 class _Connection:
-    def __init__(self, websocket: WebSocket, rt: Runtime, advertised: list[dict[str, Any]]) -> None:
-        self.ws, self.rt = websocket, rt
+    def __init__(
+        self,
+        websocket: WebSocket,
+        rt: Runtime,
+        org: str,
+        advertised: list[dict[str, Any]],
+        replay: tuple[int, int, float] | None,
+    ) -> None:
+        self.ws, self.rt, self.org, self.replay = websocket, rt, org, replay
         self.channels = {c["id"]: c for c in advertised}
         self.subscriptions: dict[int, tuple[str, Any]] = {}
+        self.players: dict[int, asyncio.Task[None]] = {}
         self.queue: deque[bytes | str] = deque()
         self.ready = asyncio.Event()
+        self.drained = asyncio.Event()
         self.lost = 0
 
     def offer(self, frame: bytes | str) -> None:
@@ -108,6 +127,7 @@ class _Connection:
                     await self.ws.send_bytes(frame)
                 else:
                     await self.ws.send_text(frame)
+            self.drained.set()
             if self.lost and time.monotonic() - told >= 1.0:
                 told = time.monotonic()
                 lost, self.lost = self.lost, 0
@@ -123,17 +143,43 @@ class _Connection:
                 raise ValueError(
                     "each subscription needs an integer id and an advertised channelId"
                 )
-            if sub_id in self.subscriptions:
+            if sub_id in self.subscriptions or sub_id in self.players:
                 raise ValueError(f"subscription {sub_id} exists already")
-            if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
+            if len(self.subscriptions) + len(self.players) >= MAX_SUBSCRIPTIONS:
                 raise ValueError(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
+
+            if self.replay is not None:
+                self.players[sub_id] = asyncio.create_task(self.play(sub_id, channel))
+                continue
 
             def listener(values: dict[str, Any], head: dict[str, Any], sub: int = sub_id) -> None:
                 body = orjson.dumps({"ts": head.get("ts"), **values})
                 self.offer(message_data(sub, time.time_ns(), body))
 
-            self.subscriptions[sub_id] = (channel["live_channel"], listener)
-            await self.rt.hub.listen(channel["live_channel"], listener)
+            self.subscriptions[sub_id] = (channel["_live"], listener)
+            await self.rt.hub.listen(channel["_live"], listener)
+
+    async def play(self, sub_id: int, channel: dict[str, Any]) -> None:
+        """Replay one subscribed channel from the range's start; the log time is the data time."""
+        assert self.replay is not None
+        start, end, speed = self.replay
+        chassis, msg_type, fields = channel["_source"]
+        clock = ReplayClock(start, speed, time.monotonic())
+        reader = Export(self.rt.store, self.org, chassis, msg_type, fields, {}, start, end)
+        async for rows in reader.row_chunks():
+            for ts, values in rows:
+                delay = clock.wait(ts, time.monotonic())
+                if delay is not None and delay > 0:
+                    await asyncio.sleep(delay)
+                while len(self.queue) > QUEUE_MAX // 2:  # wait for a slow client, drop nothing
+                    self.drained.clear()
+                    await self.drained.wait()
+                body = {
+                    "ts": ts,
+                    **{f: v for f, v in zip(fields, values, strict=True) if v is not None},
+                }
+                self.offer(message_data(sub_id, ts * 1_000_000, orjson.dumps(body)))
+        self.status(_INFO, f"replay of {channel['topic']} ended")
 
     async def unsubscribe(self, ids: Any) -> None:
         if not isinstance(ids, list):
@@ -142,6 +188,9 @@ class _Connection:
             found = self.subscriptions.pop(sub_id, None) if isinstance(sub_id, int) else None
             if found is not None:
                 await self.rt.hub.unlisten(*found)
+            player = self.players.pop(sub_id, None) if isinstance(sub_id, int) else None
+            if player is not None:
+                player.cancel()
 
     async def receive(self) -> None:
         while True:
@@ -167,6 +216,8 @@ class _Connection:
         for channel, listener in self.subscriptions.values():
             await self.rt.hub.unlisten(channel, listener)
         self.subscriptions.clear()
+        for player in self.players.values():
+            player.cancel()
 
 
 @router.websocket("/resources/{orgId}/foxglove")
@@ -178,17 +229,30 @@ async def foxglove(websocket: WebSocket, orgId: str) -> None:
         await websocket.close(1002, f"offer the {SUBPROTOCOL} subprotocol")
         return
     await websocket.accept(subprotocol=SUBPROTOCOL)
+    query = websocket.query_params
+    replay: tuple[int, int, float] | None = None
+    metadata = {"organisation": orgId, "mode": "live"}
+    if "from" in query:
+        try:
+            start, end = time_range(
+                int(query["from"]), _opt_int(query.get("to")), MAX_SPAN_MS, MAX_SPAN_MS
+            )
+            replay = (start, end, check_speed(float(query.get("speed", "1"))))
+        except (InputError, ValueError) as exc:
+            await websocket.close(CLOSE_BAD_REQUEST, str(exc)[:120])
+            return
+        metadata.update(mode="replay", **{"from": str(start), "to": str(end)}, speed=str(replay[2]))
     advertised = await channels(rt, orgId)
-    conn = _Connection(websocket, rt, advertised)
+    conn = _Connection(websocket, rt, orgId, advertised, replay)
     info = {
         "op": "serverInfo",
         "name": "livedata",
         "capabilities": [],
         "supportedEncodings": [],
-        "metadata": {"organisation": orgId},
+        "metadata": metadata,
         "sessionId": uuid.uuid4().hex,
     }
-    public = [{k: v for k, v in c.items() if k != "live_channel"} for c in advertised]
+    public = [{k: v for k, v in c.items() if not k.startswith("_")} for c in advertised]
     conn.offer(orjson.dumps(info).decode())
     conn.offer(orjson.dumps({"op": "advertise", "channels": public}).decode())
     writer = asyncio.create_task(conn.writer())
@@ -204,3 +268,7 @@ async def foxglove(websocket: WebSocket, orgId: str) -> None:
             with contextlib.suppress(BaseException):
                 await task
         await conn.close()
+
+
+def _opt_int(value: str | None) -> int | None:
+    return None if value is None else int(value)
