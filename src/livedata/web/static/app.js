@@ -388,6 +388,26 @@ function draw() {
   }
 }
 
+// ---- log import ---------------------------------------------------------------
+
+$('#import-file').addEventListener('change', async (event) => {
+  const file = event.target.files[0];
+  event.target.value = '';
+  if (!file || !state.machine) return;
+  const status = $('#import-state');
+  status.textContent = `importing ${file.name}…`;
+  try {
+    const s = await api.importLog(state.orgId, state.machine.chassisId, file);
+    status.textContent = `${file.name}: ${s.frames} frames: ${s.decoded} decoded, `
+      + `${s.unknownIds} unknown ids, ${s.errors} errors; ${s.records} rows`
+      + (s.from == null ? '' : ` from ${new Date(s.from).toLocaleString()} to ${new Date(s.to).toLocaleString()}`);
+    restartFeeds(); // the shown range may hold imported history now
+  } catch (err) {
+    status.textContent = '';
+    showBanner(`Import of ${file.name} failed: ${err.message}`);
+  }
+});
+
 // ---- replay -------------------------------------------------------------------
 
 const replayFrom = $('#replay-from');
