@@ -222,7 +222,7 @@ function cardElement(group) {
         h('h2', {}, group.name),
         h('span', { class: 'tag' }, group.msgType),
         group.unit ? h('span', { class: 'tag unit' }, group.unit) : null),
-      h('div', { class: 'card-actions' },
+      h('div', { class: 'card-downloads' },
         ['csv', 'parquet'].map((format) => h('button', {
           type: 'button',
           class: 'btn small',
