@@ -66,3 +66,21 @@ def test_download_buttons_save_the_groups_range(server: Server, live_page, tmp_p
     assert table.column_names == ["time", *fields] and table.num_rows >= 60
     page.screenshot("live-data-download-buttons")
     page.assert_clean()
+
+
+def test_import_log_button_uploads_and_shows_the_summary(server: Server, live_page) -> None:
+    """An admin picks a CAN log on the page: the import summary is shown; a corrupt one is a banner."""
+    logs = Path(__file__).resolve().parents[1] / "files" / "logs"
+    page = live_page(server)
+    page.open()
+    page.page.set_input_files("#import-file", str(logs / "handwritten.log"))
+    page.wait_for(
+        lambda: "rows" in (page.page.text_content("#import-state") or ""), what="import summary"
+    )
+    assert page.page.text_content("#import-state").startswith(
+        "handwritten.log: 7 frames: 5 decoded, 1 unknown ids, 1 errors; 2 rows from"
+    )
+    page.page.set_input_files("#import-file", str(logs / "corrupt.log"))
+    page.page.wait_for_selector("#banner:not([hidden])")
+    assert "corrupt.log line 4" in page.page.text_content("#banner-list")
+    page.assert_clean(allow=(r"status of 400",))

@@ -105,7 +105,7 @@ def test_bad_upload_is_a_clear_error(
     [
         ({"format": "xlsx"}, "unknown format 'xlsx'"),
         ({"fields": ",".join(f"f{i}" for i in range(201))}, "at most 200"),
-        ({"from": 0, "to": 40 * 86_400_000}, "longer than 31 days"),
+        ({"from": 0, "to": 40 * 86_400_000}, "the time range is longer than 31 days"),
         ({"from": 10, "to": 5}, "after"),
         ({"maxPoints": 1}, "maxPoints"),
         ({"msgType": "nope"}, "unknown msgType"),

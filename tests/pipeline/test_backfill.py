@@ -6,15 +6,17 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import can
 import orjson
 import pytest
 
 from livedata.decode.can import CanDecoder, builtin_dbc
 from livedata.errors import InputError
 from livedata.model import Kind
-from livedata.pipeline.backfill import Checkpoint, Progress, import_log
+from livedata.pipeline.backfill import Checkpoint, Progress, candump_entries, import_log
 from livedata.store import open_store
 from livedata.store.base import Store
 from livedata.store.memory import MemoryStore
@@ -31,9 +33,12 @@ def fresh() -> MemoryStore:
 
 
 @pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch) -> None:
+def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """ASC and BLF keep local wall-clock times: the fixtures were recorded in UTC."""
     monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
     time.tzset()
 
 
@@ -223,3 +228,36 @@ async def test_checkpoint_of_a_changed_file_is_ignored(tmp_path: Path) -> None:
     assert checkpoint.load(log) is None
     summary = await import_log(fresh(), DECODER, "acme", "L1", log, checkpoint=checkpoint)
     assert summary.resumed_at == 0 and summary.frames == EXPECTED["frames"]
+
+
+def test_candump_parser_agrees_with_python_can(tmp_path: Path) -> None:
+    """The fast candump parser reads every line kind as python-can's CanutilsLogReader does."""
+    lines = [
+        "(1768474800.000000) can0 0CF00400#FFFF8D803EFFFFFF",
+        "(1768474800.000123) vcan1 3A0#0007D0 R",
+        "(1768474800.000200) can0 123#",
+        "(1768474800.000300) can0 123#R",
+        "(1768474800.000400) can0 00000123#R8 T",
+        "(1768474800.000500) can0 18FEEE00##1112233445566778899AABBCC",
+        "(1768474800.000600) can0 200000A0#0000000000000000",
+        "",
+        "(1768474800.000700) can0 7FF#DEADBEEF",
+    ]
+    log = tmp_path / "kinds.log"
+    log.write_text("\n".join(lines) + "\n")
+    ours = list(candump_entries(iter(lines)))
+    with can.CanutilsLogReader(str(log)) as reader:
+        theirs = [
+            (
+                m.timestamp,
+                m.arbitration_id,
+                m.is_extended_id,
+                None if m.is_error_frame or m.is_remote_frame else bytes(m.data),
+            )
+            for m in reader
+        ]
+    error_frame = 6
+    assert ours[:error_frame] == theirs[:error_frame] and ours[7:] == theirs[7:]
+    assert ours[error_frame][3] is None and theirs[error_frame][3] is None
+    with pytest.raises(ValueError, match="expected"):
+        list(candump_entries(iter(["1768474800.0 can0 123#00"])))

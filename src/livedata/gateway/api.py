@@ -45,6 +45,39 @@ def check_msg_type(value: str) -> str:
     return value
 
 
+MsgTypeQuery = Annotated[str, Query(description="vehicle_can or client_raw_data")]
+FieldsQuery = Annotated[str | None, Query(description="comma-separated; default all")]
+FromQuery = Annotated[int | None, Query(alias="from", description="ms since epoch")]
+ToQuery = Annotated[int | None, Query(description="ms since epoch; default now")]
+"""The query parameters of the history and export routes."""
+
+
+def field_names(fields: str, limit: int) -> list[str]:
+    """The names of a ``fields=a,b`` parameter: at least one, at most ``limit``, each valid."""
+    names = [f for f in (part.strip() for part in fields.split(",")) if f]
+    if not names:
+        raise InputError("fields is empty: give a comma-separated list of field names")
+    if len(names) > limit:
+        raise InputError(f"{len(names)} fields; at most {limit}")
+    bad = [f for f in names if not valid_id(f)]
+    if bad:
+        raise InputError(f"invalid field names: {bad[:5]}")
+    return names
+
+
+def time_range(
+    from_: int | None, to: int | None, default_ms: int, max_span_ms: int
+) -> tuple[int, int]:
+    """``(start, end)`` of ``from``/``to``: ``to`` defaults to now, ``from`` to ``default_ms`` before."""
+    end = to if to is not None else int(time.time() * 1000)
+    start = from_ if from_ is not None else end - default_ms
+    if start > end:
+        raise InputError(f"from ({start}) is after to ({end})")
+    if end - start > max_span_ms:
+        raise InputError(f"the time range is longer than {max_span_ms // 86_400_000} days")
+    return start, end
+
+
 class GroupBody(BaseModel):
     name: Name
     msgType: MsgType
@@ -106,10 +139,10 @@ async def history(
     request: Request,
     orgId: str,
     chassisId: str,
-    msgType: Annotated[str, Query(description="vehicle_can or client_raw_data")],
-    fields: Annotated[str | None, Query(description="comma-separated; default all")] = None,
-    from_: Annotated[int | None, Query(alias="from", description="ms since epoch")] = None,
-    to: Annotated[int | None, Query(description="ms since epoch; default now")] = None,
+    msgType: MsgTypeQuery,
+    fields: FieldsQuery = None,
+    from_: FromQuery = None,
+    to: ToQuery = None,
     maxPoints: Annotated[
         int | None,
         Query(
@@ -138,20 +171,8 @@ async def history(
     if fields is None:
         names = [f["name"] for f in await rt.catalog.fields(info, msgType)]
     else:
-        names = [f for f in (part.strip() for part in fields.split(",")) if f]
-        if not names:
-            raise InputError("fields is empty: give a comma-separated list of field names")
-        if len(names) > 500:
-            raise InputError(f"{len(names)} fields; at most 500")
-        bad = [f for f in names if not valid_id(f)]
-        if bad:
-            raise InputError(f"invalid field names: {bad[:5]}")
-    end = to if to is not None else int(time.time() * 1000)
-    start = from_ if from_ is not None else end - HISTORY_DEFAULT_MS
-    if start > end:
-        raise InputError(f"from ({start}) is after to ({end})")
-    if end - start > HISTORY_MAX_SPAN_MS:
-        raise InputError("the time range is longer than 7 days")
+        names = field_names(fields, 500)
+    start, end = time_range(from_, to, HISTORY_DEFAULT_MS, HISTORY_MAX_SPAN_MS)
     if maxPoints is not None and end - start > maxPoints * 1000:
         series = await rt.store.downsample(
             orgId, chassisId, msgType, names, start, end, maxPoints // 2

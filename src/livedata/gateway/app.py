@@ -25,10 +25,12 @@ from livedata.gateway.auth_api import router as auth_router
 from livedata.gateway.commands import router as commands_router
 from livedata.gateway.docs import install_docs
 from livedata.gateway.dtcs_api import router as dtcs_router
+from livedata.gateway.foxglove import router as foxglove_router
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.machines_api import router as machines_router
 from livedata.gateway.models_api import router as models_router
+from livedata.gateway.replay import router as replay_router
 from livedata.gateway.security import SecurityMiddleware, security
 from livedata.gateway.transfer import Transfers
 from livedata.gateway.transfer import router as transfer_router
@@ -81,6 +83,8 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(dtcs_router)
     app.include_router(ingest_router)
     app.include_router(transfer_router)
+    app.include_router(replay_router)
+    app.include_router(foxglove_router)
     app.state.transfers = Transfers()
     install_watch(app, rt)
     install_docs(app)

@@ -21,7 +21,6 @@ Limits, each a 400 or 429 with a message that says which: at most
 from __future__ import annotations
 
 import tempfile
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -31,8 +30,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from livedata.errors import InputError
+from livedata.gateway.api import (
+    FieldsQuery,
+    FromQuery,
+    MsgTypeQuery,
+    ToQuery,
+    check_msg_type,
+    field_names,
+    time_range,
+)
 from livedata.gateway.security import principal_of
-from livedata.model import MsgType, valid_id
 from livedata.pipeline.backfill import FORMATS as LOG_FORMATS
 from livedata.pipeline.backfill import import_log
 from livedata.pipeline.export import FORMATS, Export
@@ -173,10 +180,10 @@ async def export(
     request: Request,
     orgId: str,
     chassisId: str,
-    msgType: Annotated[str, Query(description="vehicle_can or client_raw_data")],
-    fields: Annotated[str | None, Query(description="comma-separated; default all")] = None,
-    from_: Annotated[int | None, Query(alias="from", description="ms since epoch")] = None,
-    to: Annotated[int | None, Query(description="ms since epoch; default now")] = None,
+    msgType: MsgTypeQuery,
+    fields: FieldsQuery = None,
+    from_: FromQuery = None,
+    to: ToQuery = None,
     format: Annotated[str, Query(description="csv or parquet")] = "csv",
     maxPoints: Annotated[
         int | None,
@@ -188,27 +195,13 @@ async def export(
     ] = None,
 ) -> Response:
     rt = _runtime(request)
-    if msgType not in set(MsgType):
-        raise InputError(f"unknown msgType {msgType!r}: use one of {', '.join(MsgType)}")
+    check_msg_type(msgType)
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
     info = await rt.require_machine(orgId, chassisId)
-    catalog = await rt.catalog.fields(info, msgType)
-    units = {f["name"]: f["unit"] or "" for f in catalog}
-    names = list(units) if fields is None else [f.strip() for f in fields.split(",") if f.strip()]
-    if not names:
-        raise InputError("no fields to export: give fields=a,b,…")
-    if len(names) > MAX_EXPORT_FIELDS:
-        raise InputError(f"{len(names)} fields; at most {MAX_EXPORT_FIELDS} per export")
-    bad = [f for f in names if not valid_id(f)]
-    if bad:
-        raise InputError(f"invalid field names: {bad[:5]}")
-    end = to if to is not None else int(time.time() * 1000)
-    start = from_ if from_ is not None else end - EXPORT_DEFAULT_MS
-    if start > end:
-        raise InputError(f"from ({start}) is after to ({end})")
-    if end - start > MAX_EXPORT_SPAN_MS:
-        raise InputError(f"the range is longer than {MAX_EXPORT_SPAN_MS // 86_400_000} days")
+    units = {f["name"]: f["unit"] or "" for f in await rt.catalog.fields(info, msgType)}
+    names = list(units) if fields is None else field_names(fields, MAX_EXPORT_FIELDS)
+    start, end = time_range(from_, to, EXPORT_DEFAULT_MS, MAX_EXPORT_SPAN_MS)
     job = Export(rt.store, orgId, chassisId, msgType, names, units, start, end, maxPoints)
     transfers: Transfers = request.app.state.transfers
     try:

@@ -45,7 +45,7 @@ CHUNK_POINTS = 20_000
 """Points per field read from the store at once (raw export)."""
 FIRST_CHUNK_MS = 3_600_000
 MAX_CHUNK_MS = 7 * 86_400_000
-ROW_GROUP = 65_536
+ROW_GROUP = 16_384
 """Rows per Parquet row group (buffered before they are written out)."""
 
 Row = tuple[int, list[Value | None]]

@@ -15,7 +15,10 @@ export class ApiError extends Error {
 
 export async function request(method, path, body) {
   const init = { method, headers: { Accept: 'application/json' } };
-  if (body !== undefined) {
+  if (body instanceof Blob) {
+    init.headers['Content-Type'] = 'application/octet-stream';
+    init.body = body;
+  } else if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
   }
@@ -40,9 +43,12 @@ export async function request(method, path, body) {
 
 const enc = encodeURIComponent;
 const orgPath = (orgId) => `/api/resources/${enc(orgId)}`;
-const datasetPath = (orgId, chassisId) => `${orgPath(orgId)}/_common/datasets/${enc(chassisId)}`;
+export const datasetPath = (orgId, chassisId) => `${orgPath(orgId)}/_common/datasets/${enc(chassisId)}`;
 
 export const api = {
+  /** Upload a recorded CAN log (a File) into the machine's history; the import summary. */
+  importLog: (orgId, chassisId, file) =>
+    request('POST', `${orgPath(orgId)}/machines/${enc(chassisId)}/import?filename=${enc(file.name)}`, file),
   async orgs() {
     return (await request('GET', '/api/orgs')).orgs;
   },

@@ -1,11 +1,12 @@
 // Live Data page: organisation and machine pickers, the group list with one
 // chart per group, and one live feed per message type that has groups.
 
-import { api } from './api.js';
+import { api, datasetPath } from './api.js';
 import { GroupChart } from './charts.js';
 import { confirmDelete, openGroupForm } from './dialogs.js';
 import { $, h, showBanner } from './dom.js';
 import { Feed, WINDOW_MS } from './feed.js';
+import { ReplayFeed } from './replay.js';
 import { can, showOrganisation, startSession } from './session.js';
 
 const orgSelect = $('#org-select');
@@ -37,6 +38,8 @@ const state = {
   cards: new Map(),
   range: '2m',
   role: 'viewer',
+  /** @type {{from: number, to: number, speed: number} | null} a replay instead of live */
+  replay: null,
 };
 
 const rangeMs = () => RANGES.find(([key]) => key === state.range)[2];
@@ -200,9 +203,7 @@ function download(group, fields, format) {
   const query = new URLSearchParams({
     msgType: group.msgType, fields: fields.join(','), from: String(to - rangeMs()), to: String(to), format,
   });
-  const org = encodeURIComponent(state.orgId);
-  const chassis = encodeURIComponent(state.machine.chassisId);
-  const link = h('a', { href: `/api/resources/${org}/_common/datasets/${chassis}/export?${query}`, download: '' });
+  const link = h('a', { href: `${datasetPath(state.orgId, state.machine.chassisId)}/export?${query}`, download: '' });
   document.body.append(link);
   link.click();
   link.remove();
@@ -221,7 +222,7 @@ function cardElement(group) {
         h('h2', {}, group.name),
         h('span', { class: 'tag' }, group.msgType),
         group.unit ? h('span', { class: 'tag unit' }, group.unit) : null),
-      h('div', { class: 'card-actions' },
+      h('div', { class: 'card-downloads' },
         ['csv', 'parquet'].map((format) => h('button', {
           type: 'button',
           class: 'btn small',
@@ -298,6 +299,19 @@ function syncFeeds() {
     const feed = state.feeds.get(msgType);
     if (feed) {
       feed.setFields(fields);
+    } else if (state.replay) {
+      state.feeds.set(msgType, new ReplayFeed({
+        orgId: state.orgId,
+        chassisId: state.machine.chassisId,
+        msgType,
+        fields,
+        ...state.replay,
+        windowMs: rangeMs(),
+        onData: scheduleDraw,
+        onStatus: renderConnections,
+        onError: showBanner,
+        onState: renderReplay,
+      }));
     } else {
       state.feeds.set(msgType, new Feed({
         orgId: state.orgId,
@@ -366,12 +380,84 @@ function scheduleDraw() {
 }
 
 function draw() {
-  const now = Date.now();
   const windowMs = rangeMs();
   const gap = gapMs();
   for (const card of state.cards.values()) {
-    card.chart.update(state.feeds.get(card.group.msgType)?.series, now, windowMs, gap);
+    const feed = state.feeds.get(card.group.msgType);
+    card.chart.update(feed?.series, feed?.now ?? Date.now(), windowMs, gap);
   }
+}
+
+// ---- log import ---------------------------------------------------------------
+
+$('#import-file').addEventListener('change', async (event) => {
+  const file = event.target.files[0];
+  event.target.value = '';
+  if (!file || !state.machine) return;
+  const status = $('#import-state');
+  status.textContent = `importing ${file.name}…`;
+  try {
+    const s = await api.importLog(state.orgId, state.machine.chassisId, file);
+    status.textContent = `${file.name}: ${s.frames} frames: ${s.decoded} decoded, `
+      + `${s.unknownIds} unknown ids, ${s.errors} errors; ${s.records} rows`
+      + (s.from == null ? '' : ` from ${new Date(s.from).toLocaleString()} to ${new Date(s.to).toLocaleString()}`);
+    restartFeeds(); // the shown range may hold imported history now
+  } catch (err) {
+    status.textContent = '';
+    showBanner(`Import of ${file.name} failed: ${err.message}`);
+  }
+});
+
+// ---- replay -------------------------------------------------------------------
+
+const replayFrom = $('#replay-from');
+const replaySpeed = $('#replay-speed');
+const replayPause = $('#replay-pause');
+const replayLive = $('#replay-live');
+
+/** Close every feed and open them again: live, or the replay of state.replay. */
+function restartFeeds() {
+  for (const feed of state.feeds.values()) feed.close();
+  state.feeds.clear();
+  if (state.machine) syncFeeds();
+  replayPause.hidden = replayLive.hidden = !state.replay;
+  $('#replay-state').textContent = state.replay ? 'replay: connecting…' : '';
+  scheduleDraw();
+}
+
+function renderReplay(message) {
+  const when = new Date(message.ts).toLocaleString();
+  $('#replay-state').textContent = `replay ${message.state} · ${message.speed}× · ${when}`;
+  $('#replay-state').dataset.state = message.state;
+  replayPause.textContent = message.state === 'playing' ? 'Pause' : 'Play';
+}
+
+$('#replay-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  const from = new Date(replayFrom.value).getTime();
+  if (!Number.isFinite(from)) {
+    showBanner('Pick the time to replay from.');
+    return;
+  }
+  state.replay = { from, to: Math.min(Date.now(), from + rangeMs()), speed: Number(replaySpeed.value) };
+  restartFeeds();
+});
+replayPause.addEventListener('click', () => {
+  const action = replayPause.textContent === 'Pause' ? 'pause' : 'play';
+  for (const feed of state.feeds.values()) feed.control?.(action);
+});
+replaySpeed.addEventListener('change', () => {
+  if (!state.replay) return;
+  state.replay.speed = Number(replaySpeed.value);
+  for (const feed of state.feeds.values()) feed.control?.('speed', { speed: state.replay.speed });
+});
+replayLive.addEventListener('click', () => {
+  state.replay = null;
+  restartFeeds();
+});
+{
+  const hourAgo = new Date(Date.now() - 3_600_000 - new Date().getTimezoneOffset() * 60_000);
+  replayFrom.value = hourAgo.toISOString().slice(0, 19);
 }
 
 setInterval(() => {

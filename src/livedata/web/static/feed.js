@@ -152,7 +152,7 @@ export class Feed {
 }
 
 /** Insert [ts, value] keeping `series` sorted by ts; a ts already present is kept as is. */
-function insertPoint(series, point) {
+export function insertPoint(series, point) {
   const ts = point[0];
   if (series.length === 0 || series[series.length - 1][0] < ts) {
     series.push(point);
