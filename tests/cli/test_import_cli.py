@@ -21,6 +21,8 @@ from livedata.sim.demo import ORG, seed_demo
 from livedata.sim.machine import Machine
 from livedata.store import open_store
 
+pytestmark = pytest.mark.usefixtures("plain_logging")
+
 LOGS = Path(__file__).resolve().parent.parent / "files" / "logs"
 START_S = 1_768_471_200
 SECONDS = 2_000
