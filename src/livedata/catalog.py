@@ -67,7 +67,9 @@ class Catalog:
             if dbc is not None:
                 decoder = self._decoders.get(dbc.id)
                 if decoder is None:
-                    decoder = self._decoders[dbc.id] = CanDecoder.from_dbc(dbc.content)
+                    decoder = self._decoders[dbc.id] = CanDecoder.from_dbc(
+                        dbc.content, j1939=dbc.j1939, separate_sources=dbc.separate_sources
+                    )
             machines[machine.chassis_id] = MachineInfo(
                 tenant,
                 machine.chassis_id,

@@ -102,6 +102,16 @@ def history(http: httpx.Client, chassis: str, fields: str, ts: int) -> dict[str,
     return response.json()["series"]
 
 
+def stored(http: httpx.Client, chassis: str, fields: str, ts: int) -> dict[str, Any]:
+    """The history at ``ts`` once every field has its point there (or after 15 s)."""
+
+    def complete() -> dict[str, Any] | None:
+        series = history(http, chassis, fields, ts)
+        return series if all(series.values()) else None
+
+    return wait_for(complete) or history(http, chassis, fields, ts)
+
+
 def dtcs(http: httpx.Client, chassis: str) -> dict[str, Any]:
     response = http.get(f"/api/resources/{ORG}/machines/{chassis}/dtcs")
     assert response.status_code == 200, response.text
@@ -151,21 +161,15 @@ def test_j1939_frames_dm1_and_alert(http: httpx.Client, ingest: httpx.Client, ch
     t2 = t1 + 1000
     send(ingest, chassis, t2, [*body_frames[2:], *dm1_frames[2:]])
 
-    series = wait_for(
-        lambda: history(
-            http, chassis, "engine_speed,engine_torque,requested_speed,override_mode", t1
-        )
-    )
+    series = stored(http, chassis, "engine_speed,engine_torque,requested_speed,override_mode", t1)
     assert series == {
         "engine_speed": [[t1, 1800.0]],
         "engine_torque": [[t1, 5]],
         "requested_speed": [[t1, 800.0]],
         "override_mode": [[t1, 2]],
     }
-    later = wait_for(
-        lambda: history(
-            http, chassis, "body_voltage,door_count,odometer,dtc_active,lamp_amber_warning", t2
-        )
+    later = stored(
+        http, chassis, "body_voltage,door_count,odometer,dtc_active,lamp_amber_warning", t2
     )
     assert later["body_voltage"] == [[t2, 25.0]] and later["door_count"] == [[t2, 4]]
     assert later["odometer"] == [[t2, 12345.678]]
@@ -214,3 +218,29 @@ def test_dtcs_api_scoped(http: httpx.Client, chassis: str) -> None:
     """The DTC API answers 404 for an unknown machine or another organisation."""
     assert http.get(f"/api/resources/{ORG}/machines/nope/dtcs").status_code == 404
     assert http.get(f"/api/resources/other/machines/{chassis}/dtcs").status_code == 404
+
+
+def test_dbc_options_through_the_api(
+    http: httpx.Client, ingest: httpx.Client, chassis: str
+) -> None:
+    """A DBC uploaded with j1939=false matches exact ids; with separateSources another
+    source address gets its own fields (runs last: it reassigns the machine's DBC)."""
+    text = (FILES / "j1939.dbc").read_text()
+    plain = http.post(
+        f"/api/resources/{ORG}/dbc", json={"name": "plain", "content": text, "j1939": False}
+    ).json()
+    assert (plain["j1939"], plain["protocol"], plain["separateSources"]) == (False, "can", False)
+    apart = http.post(
+        f"/api/resources/{ORG}/dbc",
+        json={"name": "apart", "content": text, "separateSources": True},
+    ).json()
+    assert (apart["j1939"], apart["protocol"], apart["separateSources"]) == (None, "j1939", True)
+    listed = {d["id"]: d for d in http.get(f"/api/resources/{ORG}/dbc").json()["dbc"]}
+    assert listed[apart["id"]]["separateSources"] is True and listed[plain["id"]]["j1939"] is False
+
+    assigned = http.put(f"/api/resources/{ORG}/machines/{chassis}/dbc", json={"dbcId": apart["id"]})
+    assert assigned.status_code == 200, assigned.text
+    ts = int(time.time()) * 1000 + 537
+    send(ingest, chassis, ts, [(ts, 0x18F00405, bytes.fromhex("FFFF824038FFFFFF"))])
+    series = stored(http, chassis, "engine_speed.0x05,engine_torque.0x05", ts)
+    assert series == {"engine_speed.0x05": [[ts, 1800.0]], "engine_torque.0x05": [[ts, 5]]}

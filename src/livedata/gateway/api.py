@@ -54,6 +54,10 @@ class GroupBody(BaseModel):
 class DbcBody(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     content: str = Field(min_length=1, max_length=MAX_DBC_BYTES)
+    j1939: bool | None = None
+    """Match by J1939 parameter group; ``null``: as the DBC says (``ProtocolType``, ``VFrameFormat``)."""
+    separateSources: bool = False
+    """J1939: frames from another source address write ``<signal>.0x<SA>`` fields."""
 
 
 class AssignBody(BaseModel):
@@ -215,8 +219,15 @@ async def delete_group(request: Request, orgId: str, groupId: str) -> Response:
 
 
 def _dbc_dict(dbc: Any, decoder: CanDecoder | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": dbc.id, "name": dbc.name, "created": dbc.created_ms}
+    out: dict[str, Any] = {
+        "id": dbc.id,
+        "name": dbc.name,
+        "created": dbc.created_ms,
+        "j1939": dbc.j1939,
+        "separateSources": dbc.separate_sources,
+    }
     if decoder is not None:
+        out["protocol"] = "j1939" if decoder.j1939 else "can"
         out["signals"] = [s.to_dict() for s in decoder.signals()]
     return out
 
@@ -233,10 +244,18 @@ async def upload_dbc(request: Request, orgId: str, body: DbcBody) -> dict[str, A
     rt = runtime(request)
     await rt.meta.require_org(orgId)
     try:
-        decoder = CanDecoder.from_dbc(body.content)
+        decoder = CanDecoder.from_dbc(
+            body.content, j1939=body.j1939, separate_sources=body.separateSources
+        )
     except DecodeError as exc:
         raise InputError(f"not a valid DBC file: {exc}") from None
-    dbc = await rt.meta.add_dbc(orgId, body.name, body.content)
+    dbc = await rt.meta.add_dbc(
+        orgId,
+        body.name,
+        body.content,
+        j1939=body.j1939,
+        separate_sources=body.separateSources,
+    )
     return _dbc_dict(dbc, decoder)
 
 
@@ -245,7 +264,10 @@ async def get_dbc(request: Request, orgId: str, dbcId: int) -> dict[str, Any]:
     rt = runtime(request)
     await rt.meta.require_org(orgId)
     dbc = await rt.meta.get_dbc(orgId, dbcId)
-    return _dbc_dict(dbc, CanDecoder.from_dbc(dbc.content))
+    decoder = CanDecoder.from_dbc(
+        dbc.content, j1939=dbc.j1939, separate_sources=dbc.separate_sources
+    )
+    return _dbc_dict(dbc, decoder)
 
 
 @router.put("/resources/{orgId}/machines/{chassisId}/dbc", summary="Decode a machine with a DBC")
