@@ -100,8 +100,9 @@ class Catalog:
     async def fields(self, info: MachineInfo, msg_type: str) -> list[dict[str, Any]]:
         """The fields a machine can deliver for ``msg_type``, with unit, min, max and choices.
 
-        ``choices`` is the signal's value table (``{"-1": "R", "0": "N"}``) or ``None``;
-        a J1939 DBC adds the DTC summary fields (``dtc_active``, ``lamp_*``).
+        ``choices`` is the signal's value table (``{"-1": "R", "0": "N"}``) or ``None``,
+        ``resolution`` its scale (``None``: unknown); a J1939 DBC adds the DTC summary
+        fields (``dtc_active``, ``lamp_*``).
         """
         if msg_type == MsgType.VEHICLE_CAN:
             if info.decoder is None:
@@ -112,13 +113,27 @@ class Catalog:
             ]
             if info.decoder.j1939:
                 fields += [
-                    {"name": name, "unit": "", "min": lo, "max": hi, "choices": _choices(choices)}
+                    {
+                        "name": name,
+                        "unit": "",
+                        "min": lo,
+                        "max": hi,
+                        "choices": _choices(choices),
+                        "resolution": 1,
+                    }
                     for name, lo, hi, choices in SUMMARY_FIELDS
                 ]
             return fields
         names = await self.meta.list_fields(info.tenant, info.chassis, msg_type)
         return [
-            {"name": n, "unit": UNITS.get(n, ""), "min": None, "max": None, "choices": None}
+            {
+                "name": n,
+                "unit": UNITS.get(n, ""),
+                "min": None,
+                "max": None,
+                "choices": None,
+                "resolution": None,
+            }
             for n in names
         ]
 
