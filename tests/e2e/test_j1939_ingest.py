@@ -129,8 +129,8 @@ def wait_for(check: Any, timeout: float = 15.0) -> Any:
 
 def test_j1939_frames_dm1_and_alert(http: httpx.Client, ingest: httpx.Client, chassis: str) -> None:
     """Other source addresses and priorities decode, a BAM split over two requests is
-    reassembled, a DM1 of 3 DTCs is in the DTC API with SPN names, raises a dtc_active
-    alert, and a later empty DM1 clears the codes."""
+    reassembled, a DM1 of 3 DTCs is in the DTC API with SPN names and raises a dtc_active
+    alert and a one-code alert; a later empty DM1 clears the codes and the alerts."""
     rule = {
         "name": "DTC active",
         "scope": "machine",
@@ -144,6 +144,10 @@ def test_j1939_frames_dm1_and_alert(http: httpx.Client, ingest: httpx.Client, ch
     created = http.post(f"/api/resources/{ORG}/alert-rules", json=rule)
     assert created.status_code == 201, created.text
     rule_id = created.json()["id"]
+    one_code = {**rule, "name": "Oil pressure DTC", "field": "dtc.100.1", "threshold": 0}
+    created = http.post(f"/api/resources/{ORG}/alert-rules", json=one_code)
+    assert created.status_code == 201, created.text
+    code_rule_id = created.json()["id"]
 
     t1 = (int(time.time()) * 1000) + 137
     eec1_sa5 = (t1, 0x18F00405, bytes.fromhex("FFFF824038FFFFFF"))  # priority 6, SA 0x05
@@ -189,16 +193,16 @@ def test_j1939_frames_dm1_and_alert(http: httpx.Client, ingest: httpx.Client, ch
         and mine[1]["fmiText"] == "above normal (moderately severe)"
     )
 
-    alerts = wait_for(
-        lambda: [
-            a
-            for a in http.get(f"/api/resources/{ORG}/alerts", params={"state": "active"}).json()[
-                "alerts"
-            ]
-            if a["ruleId"] == rule_id
-        ]
-    )
-    assert len(alerts) == 1 and alerts[0]["chassisId"] == chassis
+    def active_alerts() -> dict[int, list[dict[str, Any]]]:
+        alerts = http.get(f"/api/resources/{ORG}/alerts", params={"state": "active"}).json()
+        return {
+            rid: [a for a in alerts["alerts"] if a["ruleId"] == rid]
+            for rid in (rule_id, code_rule_id)
+        }
+
+    alerts = wait_for(lambda: (found := active_alerts()) and all(found.values()) and found)
+    assert alerts, "no alert for dtc_active and dtc.100.1"
+    assert [a["chassisId"] for a in alerts[rule_id] + alerts[code_rule_id]] == [chassis, chassis]
 
     t3 = t2 + 1000
     send(ingest, chassis, t3, [(t3, 0x18FECA17, bytes([0x00, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF]))])
@@ -212,6 +216,9 @@ def test_j1939_frames_dm1_and_alert(http: httpx.Client, ingest: httpx.Client, ch
     cleared = [d for d in listing["recent"] if d["sa"] == 0x17]
     assert sorted(d["spn"] for d in cleared) == [100, 110, 190]
     assert all(d["clearedAt"] == t3 and not d["active"] for d in cleared)
+    assert stored(http, chassis, "dtc.100.1", t3)["dtc.100.1"] == [[t3, 0]]
+    gone = wait_for(lambda: not any(active_alerts().values()))
+    assert gone, "the alerts did not clear with the codes"
 
 
 def test_dtcs_api_scoped(http: httpx.Client, chassis: str) -> None:
