@@ -16,7 +16,9 @@ returns the summary fields ingest adds to the machine's ``vehicle_can`` record:
 ``dtc.<SPN>.<FMI>`` (the occurrence count) for each active DTC, 0 in the record
 where it cleared -- so they are stored, charted, pushed live and usable by alert
 rules like any signal: ``dtc_active > 0`` fires when any DTC becomes active,
-``dtc.110.16 > 0`` when that one does (and clears with it).
+``dtc.110.16 > 0`` when that one does (and clears with it).  Each change is also a
+row of the SSE log table ``dtcs`` (``/db/watch/dtcs``) of the gateway in the same
+process (the latest :data:`MAX_EVENTS` are kept for it).
 
 Under stress:
 
@@ -33,11 +35,12 @@ Under stress:
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from livedata.decode.dm1 import LAMP_NAMES, Dm1
+from livedata.decode.dm1 import LAMP_NAMES, SPN_NAMES, Dm1
 from livedata.errors import BackendError
 from livedata.metadata import Metadata
 from livedata.metadata.dtcs import DtcLog
@@ -46,6 +49,8 @@ log = logging.getLogger("livedata.dtcs")
 
 MAX_ACTIVE = 256
 """Active DTCs kept per machine."""
+MAX_EVENTS = 1_000
+"""Recent changes kept for the SSE log table ``dtcs`` (read once a second)."""
 
 Key = tuple[int, int, int]
 """(source address, SPN, FMI)."""
@@ -145,6 +150,29 @@ class DtcService:
         self._failing: set[tuple[str, str]] = set()
         self.dropped = 0
         """New DTCs ignored because a machine already had :data:`MAX_ACTIVE`."""
+        self.seq = 0
+        """Number of the latest change in :attr:`events`."""
+        self.events: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=MAX_EVENTS)
+        """The latest changes as ``(seq, organisation, row)`` for the SSE log table ``dtcs``."""
+
+    def events_since(self, seq: int) -> list[tuple[str, dict[str, Any]]]:
+        """``(organisation, row)`` of every change after number ``seq`` still kept."""
+        return [(org, row) for n, org, row in self.events if n > seq]
+
+    def _note(self, tenant: str, chassis: str, changes: list[DtcChange]) -> None:
+        for c in changes:
+            self.seq += 1
+            row = {
+                "TIME": c.ts,
+                "MACHINE": chassis,
+                "EVENT": c.kind,
+                "SA": c.sa,
+                "SPN": c.spn,
+                "FMI": c.fmi,
+                "OC": c.oc,
+                "NAME": SPN_NAMES.get(c.spn, ""),
+            }
+            self.events.append((self.seq, tenant, row))
 
     async def observe(self, tenant: str, chassis: str, dm1s: list[Dm1]) -> dict[str, Any]:
         """Apply a batch's DM1s (in timestamp order); returns the summary fields.
@@ -165,6 +193,7 @@ class DtcService:
                 if changes:
                     await self.log.apply(tenant, chassis, changes)
                 state.commit(dm1, changes)
+                self._note(tenant, chassis, changes)
                 cleared += [c for c in changes if c.kind == "cleared"]
         except BackendError as exc:
             if key not in self._failing:
