@@ -9,6 +9,7 @@ timestamps holds only what the test sent.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+import socketio
 
 from livedata.codec import encode
 from livedata.model import DeviceMessage, Frame, Kind, MsgType
@@ -219,6 +221,37 @@ def test_j1939_frames_dm1_and_alert(http: httpx.Client, ingest: httpx.Client, ch
     assert stored(http, chassis, "dtc.100.1", t3)["dtc.100.1"] == [[t3, 0]]
     gone = wait_for(lambda: not any(active_alerts().values()))
     assert gone, "the alerts did not clear with the codes"
+
+
+async def test_dtc_changes_reach_socketio(
+    server: Server, ingest: httpx.Client, chassis: str
+) -> None:
+    """A subscribed Socket.IO client gets a device-update with each DTC change of its machine."""
+    client = socketio.AsyncClient(reconnection=False)
+    got: list[dict[str, Any]] = []
+    client.on("device-update", got.append)
+    await client.connect(server.url, auth={"token": server.token, "org": ORG}, wait_timeout=10)
+    try:
+        ack = await client.call("subscribe-device", {"deviceId": chassis}, timeout=5)
+        assert ack["ok"] is True
+        t = int(time.time()) * 1000 + 337
+        frame = (t, 0x18FECA18, bytes([0x04, 0xFF]) + dtc(3226, 2, 1) + b"\xff\xff")
+        await asyncio.to_thread(send, ingest, chassis, t, [frame])
+        deadline = time.monotonic() + 15
+        while not [e for e in got if e.get("dtc", {}).get("SPN") == 3226]:
+            assert time.monotonic() < deadline, "no device-update with the DTC"
+            await asyncio.sleep(0.1)
+    finally:
+        await client.disconnect()
+    (event,) = [e for e in got if e.get("dtc", {}).get("SPN") == 3226]
+    assert event["deviceId"] == chassis
+    assert {k: event["dtc"][k] for k in ("EVENT", "SA", "FMI", "OC", "TIME")} == {
+        "EVENT": "active",
+        "SA": 0x18,
+        "FMI": 2,
+        "OC": 1,
+        "TIME": t,
+    }
 
 
 def test_dtcs_api_scoped(http: httpx.Client, chassis: str) -> None:

@@ -134,6 +134,7 @@ from livedata import observe
 from livedata.decode.values import decode_values
 from livedata.errors import InputError, NotFound
 from livedata.gateway.security import principal_of
+from livedata.gateway.sio import emit_device_update
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
 if TYPE_CHECKING:
@@ -723,6 +724,8 @@ class WatchService:
             rows, seen = dtcs.events_since(seen), dtcs.seq
             for org, row in rows:
                 self.log_tables.publish(org, "dtcs", row)
+                chassis = row["MACHINE"]
+                await emit_device_update(self.rt, org, chassis, {"deviceId": chassis, "dtc": row})
 
     # planning ---------------------------------------------------------------
 
