@@ -10,10 +10,8 @@ timestamps holds only what the test sent.
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,10 +21,18 @@ import socketio
 from livedata.codec import encode
 from livedata.model import DeviceMessage, Frame, Kind, MsgType
 from tests.conftest import Server, start_demo, stop
+from tests.e2e.j1939 import (
+    FILES,
+    ORG,
+    bam,
+    dtc,
+    dtcs,
+    stored,
+    use_j1939_dbc,
+    wait_for,
+)
 
-FILES = Path(__file__).resolve().parent.parent / "files" / "can"
 OCTETS = {"content-type": "application/octet-stream"}
-ORG = "demo"
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +51,7 @@ def http(server: Server) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="module")
 def chassis(server: Server, http: httpx.Client) -> str:
     """The machine, decoded with tests/files/can/j1939.dbc uploaded through the API."""
-    chassis = server.machines[0]
-    body = {"name": "j1939-test", "content": (FILES / "j1939.dbc").read_text()}
-    created = http.post(f"/api/resources/{ORG}/dbc", json=body)
-    assert created.status_code == 201, created.text
-    assigned = http.put(
-        f"/api/resources/{ORG}/machines/{chassis}/dbc", json={"dbcId": created.json()["id"]}
-    )
-    assert assigned.status_code == 200, assigned.text
-    return chassis
+    return use_j1939_dbc(http, server.machines[0])
 
 
 @pytest.fixture(scope="module")
@@ -79,54 +77,6 @@ def send(ingest: httpx.Client, chassis: str, ts: int, frames: list[tuple[int, in
         f"/api/ingest/{ORG}/{chassis}/vehicle_can", content=encode(message), headers=OCTETS
     )
     assert response.status_code == 202, response.text
-
-
-def bam(sa: int, pgn: int, payload: bytes, t0: int) -> list[tuple[int, int, bytes]]:
-    n = (len(payload) + 6) // 7
-    head = bytes([32]) + struct.pack("<HB", len(payload), n) + b"\xff" + pgn.to_bytes(3, "little")
-    frames = [(t0, 0x1CECFF00 | sa, head)]
-    for i in range(n):
-        chunk = payload[7 * i : 7 * i + 7].ljust(7, b"\xff")
-        frames.append((t0 + 50 * (i + 1), 0x1CEBFF00 | sa, bytes([i + 1]) + chunk))
-    return frames
-
-
-def dtc(spn: int, fmi: int, oc: int) -> bytes:
-    return bytes([spn & 0xFF, (spn >> 8) & 0xFF, ((spn >> 16) & 7) << 5 | fmi, oc])
-
-
-def history(http: httpx.Client, chassis: str, fields: str, ts: int) -> dict[str, Any]:
-    response = http.get(
-        f"/api/resources/{ORG}/_common/datasets/{chassis}/history",
-        params={"msgType": "vehicle_can", "fields": fields, "from": ts, "to": ts},
-    )
-    assert response.status_code == 200, response.text
-    return response.json()["series"]
-
-
-def stored(http: httpx.Client, chassis: str, fields: str, ts: int) -> dict[str, Any]:
-    """The history at ``ts`` once every field has its point there (or after 15 s)."""
-
-    def complete() -> dict[str, Any] | None:
-        series = history(http, chassis, fields, ts)
-        return series if all(series.values()) else None
-
-    return wait_for(complete) or history(http, chassis, fields, ts)
-
-
-def dtcs(http: httpx.Client, chassis: str) -> dict[str, Any]:
-    response = http.get(f"/api/resources/{ORG}/machines/{chassis}/dtcs")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def wait_for(check: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.2)
 
 
 def test_j1939_frames_dm1_and_alert(http: httpx.Client, ingest: httpx.Client, chassis: str) -> None:
