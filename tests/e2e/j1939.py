@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from livedata.model import DeviceMessage, Frame, Kind, MsgType
+
 FILES = Path(__file__).resolve().parent.parent / "files" / "can"
 ORG = "demo"
 
@@ -23,6 +25,18 @@ def use_j1939_dbc(http: httpx.Client, chassis: str) -> str:
     )
     assert assigned.status_code == 200, assigned.text
     return chassis
+
+
+def can_message(chassis: str, ts: int, frames: list[tuple[int, int, bytes]]) -> DeviceMessage:
+    """A real-time vehicle_can message of ``chassis`` with 29-bit frames (ts, id, data)."""
+    return DeviceMessage(
+        ORG,
+        chassis,
+        MsgType.VEHICLE_CAN,
+        ts,
+        Kind.REALTIME,
+        frames=tuple(Frame(t, cid, True, data) for t, cid, data in frames),
+    )
 
 
 def bam(sa: int, pgn: int, payload: bytes, t0: int) -> list[tuple[int, int, bytes]]:

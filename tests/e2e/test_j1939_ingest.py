@@ -19,12 +19,12 @@ import pytest
 import socketio
 
 from livedata.codec import encode
-from livedata.model import DeviceMessage, Frame, Kind, MsgType
 from tests.conftest import Server, start_demo, stop
 from tests.e2e.j1939 import (
     FILES,
     ORG,
     bam,
+    can_message,
     dtc,
     dtcs,
     stored,
@@ -65,14 +65,7 @@ def ingest(server: Server, http: httpx.Client, chassis: str) -> Iterator[httpx.C
 
 
 def send(ingest: httpx.Client, chassis: str, ts: int, frames: list[tuple[int, int, bytes]]) -> None:
-    message = DeviceMessage(
-        ORG,
-        chassis,
-        MsgType.VEHICLE_CAN,
-        ts,
-        Kind.REALTIME,
-        frames=tuple(Frame(t, cid, True, data) for t, cid, data in frames),
-    )
+    message = can_message(chassis, ts, frames)
     response = ingest.post(
         f"/api/ingest/{ORG}/{chassis}/vehicle_can", content=encode(message), headers=OCTETS
     )

@@ -18,9 +18,8 @@ import pytest
 
 from livedata.codec import encode
 from livedata.devices.mqtt import telemetry_topic
-from livedata.model import DeviceMessage, Frame, Kind, MsgType
 from tests.conftest import Server, start_demo, stop
-from tests.e2e.j1939 import ORG, bam, dtc, dtcs, stored, use_j1939_dbc, wait_for
+from tests.e2e.j1939 import ORG, bam, can_message, dtc, dtcs, stored, use_j1939_dbc, wait_for
 from tests.servers.mosquitto import Mosquitto, start_mosquitto
 
 
@@ -41,14 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto) -> Itera
 
 def publish(broker: Mosquitto, chassis: str, ts: int, frames: list[tuple[int, int, bytes]]) -> None:
     """One vehicle_can message of ``chassis`` at QoS 1, as the machine would send it."""
-    message = DeviceMessage(
-        ORG,
-        chassis,
-        MsgType.VEHICLE_CAN,
-        ts,
-        Kind.REALTIME,
-        frames=tuple(Frame(t, cid, True, data) for t, cid, data in frames),
-    )
+    message = can_message(chassis, ts, frames)
 
     async def go() -> None:
         host, port = broker.url.removeprefix("mqtt://").split(":")
