@@ -207,7 +207,8 @@ def test_dbc_options_through_the_api(
     http: httpx.Client, ingest: httpx.Client, chassis: str
 ) -> None:
     """A DBC uploaded with j1939=false matches exact ids; with separateSources another
-    source address gets its own fields (runs last: it reassigns the machine's DBC)."""
+    source address gets its own fields (runs last: it reassigns the machine's DBC); the
+    diff of two uploads of one text is empty, against an unknown file 404."""
     text = (FILES / "j1939.dbc").read_text()
     plain = http.post(
         f"/api/resources/{ORG}/dbc", json={"name": "plain", "content": text, "j1939": False}
@@ -218,6 +219,17 @@ def test_dbc_options_through_the_api(
         json={"name": "apart", "content": text, "separateSources": True},
     ).json()
     assert (apart["j1939"], apart["protocol"], apart["separateSources"]) == (None, "j1939", True)
+    diff = http.get(f"/api/resources/{ORG}/dbc/{apart['id']}/diff", params={"against": plain["id"]})
+    assert diff.status_code == 200, diff.text
+    assert diff.json() == {
+        "from": plain["id"],
+        "to": apart["id"],
+        "added": [],
+        "removed": [],
+        "changed": [],
+    }
+    missing = http.get(f"/api/resources/{ORG}/dbc/{apart['id']}/diff", params={"against": 99999})
+    assert missing.status_code == 404
     listed = {d["id"]: d for d in http.get(f"/api/resources/{ORG}/dbc").json()["dbc"]}
     assert listed[apart["id"]]["separateSources"] is True and listed[plain["id"]]["j1939"] is False
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Body, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from livedata.decode.can import CanDecoder
+from livedata.decode.diff import diff_signals
 from livedata.errors import DecodeError, InputError, NotFound
 from livedata.gateway.security import principal_of
 from livedata.metadata import GroupSpec, group_dict
@@ -268,6 +269,20 @@ async def get_dbc(request: Request, orgId: str, dbcId: int) -> dict[str, Any]:
         dbc.content, j1939=dbc.j1939, separate_sources=dbc.separate_sources
     )
     return _dbc_dict(dbc, decoder)
+
+
+@router.get(
+    "/resources/{orgId}/dbc/{dbcId}/diff",
+    summary="Signals added, removed and changed since another DBC file (e.g. its last version)",
+)
+async def diff_dbc(
+    request: Request, orgId: str, dbcId: int, against: Annotated[int, Query()]
+) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    old, new = await rt.meta.get_dbc(orgId, against), await rt.meta.get_dbc(orgId, dbcId)
+    diff = diff_signals(CanDecoder.from_dbc(old.content), CanDecoder.from_dbc(new.content))
+    return {"from": against, "to": dbcId, **diff}
 
 
 @router.put("/resources/{orgId}/machines/{chassisId}/dbc", summary="Decode a machine with a DBC")
