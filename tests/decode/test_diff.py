@@ -39,6 +39,7 @@ def test_added_removed_changed() -> None:
 
 
 def test_same_file_has_no_differences() -> None:
-    """A DBC compared with itself has nothing added, removed or changed."""
+    """A DBC compared with itself has nothing added, removed or changed; with nothing, all is added."""
     decoder = CanDecoder.from_dbc(J1939_DBC)
     assert diff_signals(decoder, decoder) == {"added": [], "removed": [], "changed": []}
+    assert len(diff_signals(None, decoder)["added"]) == 9

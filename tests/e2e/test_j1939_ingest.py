@@ -230,6 +230,15 @@ def test_dbc_options_through_the_api(
     }
     missing = http.get(f"/api/resources/{ORG}/dbc/{apart['id']}/diff", params={"against": 99999})
     assert missing.status_code == 404
+    renamed = text.replace('(0.125,0) [0|8031.875] "rpm" VCU', '(0.25,0) [0|8031.875] "rpm" VCU', 1)
+    v2 = http.post(f"/api/resources/{ORG}/dbc", json={"name": "plain", "content": renamed}).json()
+    versions = http.get(f"/api/resources/{ORG}/dbc/{v2['id']}/diff").json()
+    assert versions["from"] == plain["id"]  # the previous upload of the same name
+    assert [(c["name"], c["changes"]) for c in versions["changed"]] == [
+        ("engine_speed", {"scale": [0.125, 0.25]})
+    ]
+    first = http.get(f"/api/resources/{ORG}/dbc/{plain['id']}/diff").json()
+    assert first["from"] is None and len(first["added"]) == 9 and first["removed"] == []
     listed = {d["id"]: d for d in http.get(f"/api/resources/{ORG}/dbc").json()["dbc"]}
     assert listed[apart["id"]]["separateSources"] is True and listed[plain["id"]]["j1939"] is False
 

@@ -39,7 +39,9 @@ def _properties(message: Message, signal: Signal) -> dict[str, Any]:
     }
 
 
-def _signals(decoder: CanDecoder) -> dict[tuple[str, str], dict[str, Any]]:
+def _signals(decoder: CanDecoder | None) -> dict[tuple[str, str], dict[str, Any]]:
+    if decoder is None:
+        return {}
     return {
         (m.name, s.name): _properties(m, s)
         for m in decoder.database.messages
@@ -48,8 +50,9 @@ def _signals(decoder: CanDecoder) -> dict[tuple[str, str], dict[str, Any]]:
     }
 
 
-def diff_signals(old: CanDecoder, new: CanDecoder) -> dict[str, list[dict[str, Any]]]:
-    """``{"added": [...], "removed": [...], "changed": [...]}``, each sorted by name.
+def diff_signals(old: CanDecoder | None, new: CanDecoder) -> dict[str, list[dict[str, Any]]]:
+    """``{"added": [...], "removed": [...], "changed": [...]}``, each sorted by name
+    (``old=None``: there was no earlier version, every signal is added).
 
     Added and removed entries are ``{"message", "name", **properties}``; changed ones
     ``{"message", "name", "changes": {property: [old, new]}}``.

@@ -273,15 +273,24 @@ async def get_dbc(request: Request, orgId: str, dbcId: int) -> dict[str, Any]:
 
 @router.get(
     "/resources/{orgId}/dbc/{dbcId}/diff",
-    summary="Signals added, removed and changed since another DBC file (e.g. its last version)",
+    summary="Signals added, removed and changed since the previous version (or another file)",
 )
 async def diff_dbc(
-    request: Request, orgId: str, dbcId: int, against: Annotated[int, Query()]
+    request: Request, orgId: str, dbcId: int, against: Annotated[int | None, Query()] = None
 ) -> dict[str, Any]:
+    """``against`` defaults to the previous upload of the same name (the file's last
+    version); with none, every signal is ``added``."""
     rt = runtime(request)
     await rt.meta.require_org(orgId)
-    old, new = await rt.meta.get_dbc(orgId, against), await rt.meta.get_dbc(orgId, dbcId)
-    diff = diff_signals(CanDecoder.from_dbc(old.content), CanDecoder.from_dbc(new.content))
+    new = await rt.meta.get_dbc(orgId, dbcId)
+    if against is None:
+        earlier = [d for d in await rt.meta.list_dbc(orgId) if d.name == new.name and d.id < dbcId]
+        against = earlier[-1].id if earlier else None
+    old = await rt.meta.get_dbc(orgId, against) if against is not None else None
+    diff = diff_signals(
+        CanDecoder.from_dbc(old.content) if old is not None else None,
+        CanDecoder.from_dbc(new.content),
+    )
     return {"from": against, "to": dbcId, **diff}
 
 
