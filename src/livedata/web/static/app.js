@@ -6,6 +6,7 @@ import { GroupChart } from './charts.js';
 import { fieldInfo } from './format.js';
 import { confirmDelete, openGroupForm } from './dialogs.js';
 import { $, h, showBanner } from './dom.js';
+import { showDtcs } from './dtcs.js';
 import { Feed, WINDOW_MS } from './feed.js';
 import { can, showOrganisation, startSession } from './session.js';
 
@@ -117,6 +118,7 @@ function selectMachine(chassisId) {
     ? [m.chassisId, m.name, m.model && `model ${m.model}`].filter(Boolean).join(' · ')
     : '';
   addButton.disabled = !m;
+  showDtcs(state.orgId, m?.chassisId ?? null);
   if (!m) {
     setEmpty('noMachines');
     renderConnections();
