@@ -118,7 +118,9 @@ function selectMachine(chassisId) {
     ? [m.chassisId, m.name, m.model && `model ${m.model}`].filter(Boolean).join(' · ')
     : '';
   addButton.disabled = !m;
-  showDtcs(state.orgId, m?.chassisId ?? null);
+  // only J1939 machines have DTCs: their vehicle_can fields include dtc_active
+  const j1939 = m?.msgTypes?.vehicle_can?.fields?.some((f) => f.name === 'dtc_active');
+  showDtcs(state.orgId, j1939 ? m.chassisId : null);
   if (!m) {
     setEmpty('noMachines');
     renderConnections();

@@ -3,7 +3,7 @@
 // Reads GET …/machines/{chassisId}/dtcs when a machine is chosen and every 5 s after
 // (one small request; the list changes rarely), and shows one line per active DTC:
 // SPN and its name, FMI in words, occurrences, since when, which ECU. Hidden while the
-// machine has none (always, for a machine whose DBC is not J1939).
+// machine has none; the page asks only for machines whose DBC is J1939.
 
 import { api } from './api.js';
 import { $, h } from './dom.js';
