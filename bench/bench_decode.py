@@ -41,10 +41,9 @@ from cantools.database.can import Database
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from livedata.decode.can import CanDecoder, builtin_dbc
-from livedata.decode.compiled import resolution_digits
 from livedata.errors import DecodeError
 from livedata.model import Frame
-from tests.decode.dbcgen import random_database, random_frame
+from tests.decode.dbcgen import random_database, random_frame, reference
 
 
 def make_frames(db: Database, count: int, rng: random.Random) -> list[Frame]:
@@ -54,25 +53,6 @@ def make_frames(db: Database, count: int, rng: random.Random) -> list[Frame]:
         Frame(i, m.frame_id, m.is_extended_frame, random_frame(m, rng))
         for i, m in ((i, messages[i % len(messages)]) for i in range(count))
     ]
-
-
-def reference(db: Database, frame: Frame) -> dict[str, float] | None:
-    """cantools' values for the frame as livedata keeps them (rounded, no selectors)."""
-    m = db.get_message_by_frame_id(frame.arbitration_id)
-    try:
-        decoded = m.decode_simple(frame.data, False, True)
-    except Exception:
-        return None
-    out: dict[str, float] = {}
-    for s in m.signals:
-        if s.is_multiplexer or s.name not in decoded:
-            continue
-        value = decoded[s.name]
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        digits = resolution_digits(s)
-        out[s.name] = value if digits is None else round(value, digits)
-    return out
 
 
 def best_rates(runs: list[Callable[[], object]], frames: int, repeat: int) -> list[float]:
@@ -94,7 +74,7 @@ def bench(title: str, decoder: CanDecoder, count: int, repeat: int) -> None:
     pairs = [(f.arbitration_id, f.data) for f in frames]
     mismatches = 0
     for f in frames:
-        ref = reference(db, f)
+        ref = reference(db.get_message_by_frame_id(f.arbitration_id), f.data)
         try:
             got: dict[str, float] | None = decoder.decode_frame(f.arbitration_id, f.data)
         except Exception:

@@ -19,6 +19,7 @@ from typing import Any
 from livedata.decode.can import CanDecoder
 from livedata.decode.dm1 import SUMMARY_FIELDS
 from livedata.metadata import Metadata
+from livedata.metadata.tables import DbcFile
 from livedata.model import MsgType
 from livedata.pipeline.limits import check_field_count
 
@@ -76,7 +77,7 @@ class Catalog:
     async def _load(self, tenant: str) -> dict[str, MachineInfo]:
         machines: dict[str, MachineInfo] = {}
         for machine, dbc in await self.meta.org_decoding(tenant):
-            decoder = await self.decoder(dbc.id, dbc.content) if dbc is not None else None
+            decoder = await self.decoder(dbc) if dbc is not None else None
             machines[machine.chassis_id] = MachineInfo(
                 tenant,
                 machine.chassis_id,
@@ -90,13 +91,21 @@ class Catalog:
             )
         return machines
 
-    async def decoder(self, dbc_id: int, content: str) -> CanDecoder:
-        """DBC file ``dbc_id`` (text ``content``) parsed: from the cache, or in a thread."""
+    async def decoder(self, dbc: DbcFile) -> CanDecoder:
+        """DBC file ``dbc`` parsed with its J1939 options: from the cache, or in a thread."""
+        dbc_id = dbc.id
         decoder = self._decoders.get(dbc_id)
         if decoder is None:
             pending = self._parsing.get(dbc_id)
             if pending is None:
-                pending = asyncio.ensure_future(asyncio.to_thread(CanDecoder.from_dbc, content))
+                pending = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        CanDecoder.from_dbc,
+                        dbc.content,
+                        j1939=dbc.j1939,
+                        separate_sources=dbc.separate_sources,
+                    )
+                )
                 self._parsing[dbc_id] = pending
                 pending.add_done_callback(lambda _f: self._parsing.pop(dbc_id, None))
             decoder = await asyncio.shield(pending)
@@ -139,8 +148,9 @@ class Catalog:
     async def fields(self, info: MachineInfo, msg_type: str) -> list[dict[str, Any]]:
         """The fields a machine can deliver for ``msg_type``, with unit, min, max and choices.
 
-        ``choices`` is the signal's value table (``{"-1": "R", "0": "N"}``) or ``None``;
-        a J1939 DBC adds the DTC summary fields (``dtc_active``, ``lamp_*``).
+        ``choices`` is the signal's value table (``{"-1": "R", "0": "N"}``) or ``None``,
+        ``resolution`` its scale (``None``: unknown); a J1939 DBC adds the DTC summary
+        fields (``dtc_active``, ``lamp_*``).
         """
         if msg_type == MsgType.VEHICLE_CAN:
             if info.decoder is None:
@@ -151,13 +161,27 @@ class Catalog:
             ]
             if info.decoder.j1939:
                 fields += [
-                    {"name": name, "unit": "", "min": lo, "max": hi, "choices": _choices(choices)}
+                    {
+                        "name": name,
+                        "unit": "",
+                        "min": lo,
+                        "max": hi,
+                        "choices": _choices(choices),
+                        "resolution": 1,
+                    }
                     for name, lo, hi, choices in SUMMARY_FIELDS
                 ]
             return fields
         names = await self.meta.list_fields(info.tenant, info.chassis, msg_type)
         return [
-            {"name": n, "unit": UNITS.get(n, ""), "min": None, "max": None, "choices": None}
+            {
+                "name": n,
+                "unit": UNITS.get(n, ""),
+                "min": None,
+                "max": None,
+                "choices": None,
+                "resolution": None,
+            }
             for n in names
         ]
 

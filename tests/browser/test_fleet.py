@@ -123,8 +123,9 @@ def write(server: Server, name: str, value: float) -> None:
 
 def test_dashboard_statuses_and_gauges_change_live(server: Server, browser, artifacts) -> None:
     """At 1360×900 every machine is listed with its status, gauges with the rule's band move
-    live, a silent machine turns online when it sends and offline 5 s after, positions are
-    drawn; at 390×844 the page fits the screen."""
+    live, each simulated machine shows its count of active DTCs, a silent machine turns
+    online when it sends and offline 5 s after, positions are drawn; at 390×844 the page
+    fits the screen."""
     tab = Tab(browser, server, 1360, 900).open_fleet()
     page = tab.page
     try:
@@ -142,6 +143,13 @@ def test_dashboard_statuses_and_gauges_change_live(server: Server, browser, arti
             ".textContent == 'on'",
             timeout=15_000,
         )
+
+        page.wait_for_function(  # the loader's DM1 says how many DTCs are active (often 0)
+            f'/^\\d+$/.test(document.querySelector(\'.machine[data-chassis="{server.machines[0]}"]'
+            " .dtc-count').textContent)",
+            timeout=5000,
+        )
+        assert page.locator(f'.machine[data-chassis="{SILENT}"] .dtc-count').inner_text() == "–"
 
         first = page.evaluate(GAUGES_JS, server.machines[0])
         assert [g["name"] for g in first] == ["engine_rpm", "coolant_temp", "fuel_level"]

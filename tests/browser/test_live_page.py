@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -33,6 +34,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop(box[0])
 
 
+# The legend text of some fields of a group's chart, as ECharts renders it.
+LEGEND_JS = """([group, fields]) => {
+  for (const card of document.querySelectorAll('.card')) {
+    if (card.querySelector('h2').textContent !== group) continue;
+    const chart = echarts.getInstanceByDom(card.querySelector('.chart'));
+    const format = chart.getOption().legend[0].formatter;
+    return Object.fromEntries(fields.map((f) => [f, format(f)]));
+  }
+  return null;
+}"""
+
+
 def all_counts_at_least(page, n: int) -> bool:
     counts = page.point_counts()
     return bool(counts) and all(v >= n for g in counts.values() for v in g.values())
@@ -58,7 +71,8 @@ def test_page_opens_with_history_then_moves(server, live_page) -> None:
 
 
 def test_group_created_in_the_ui_fills(server, live_page) -> None:
-    """A group created through the form is stored and its chart fills from history, then live."""
+    """A group created through the form is stored and its chart fills from history, then live;
+    its legend shows the gear's value table and numbers to the signal's resolution."""
     demo: Server = server[0]
     page = live_page(demo).open()
     p = page.page
@@ -79,6 +93,12 @@ def test_group_created_in_the_ui_fills(server, live_page) -> None:
         lambda: page.point_counts()["Fuel and gear"]["fuel_level"] >= first + 2,
         what="new chart live",
     )
+    # legends show value tables as "R (-1)" and numbers to the signal's resolution
+    legend = p.evaluate(LEGEND_JS, ["Fuel and gear", ["gear", "fuel_level"]])
+    assert re.fullmatch(r"gear\{value\|(R|N|F\d) \(-?\d\)\}", legend["gear"]), legend
+    assert re.fullmatch(r"fuel_level\{value\|\d+\.\d %\}", legend["fuel_level"]), legend
+    temps = p.evaluate(LEGEND_JS, ["Engine temperatures", ["coolant_temp"]])
+    assert re.fullmatch(r"coolant_temp\{value\|-?\d+ °C\}", temps["coolant_temp"]), temps
     page.screenshot("real-after-add-group")
     page.assert_clean()
     reloaded = live_page(demo).open()

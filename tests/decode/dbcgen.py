@@ -9,11 +9,15 @@ DBC file gives them).
 
 from __future__ import annotations
 
+import math
 import random
+from typing import Any
 
 import cantools
 from cantools.database.can import Database, Message, Signal
 from cantools.database.conversion import BaseConversion
+
+from livedata.decode.compiled import resolution_digits
 
 SCALES = [1, 1, 2, 0.1, 0.05, 0.125, 0.00390625, 0.4, 0.001, 10, 0.5, 1 / 3, 1e-7, 0.03125]
 OFFSETS = [0, 0, -40, -273, 0.5, -125, 1000, -3.2, -32127]
@@ -185,3 +189,23 @@ def random_frame(message: Message, rng: random.Random, bad_mux: float = 0.0) -> 
         _set_raw(data, message.get_signal_by_name(selector), value)
         node = branches[value]
     return bytes(data)
+
+
+def reference(message: Message, data: bytes) -> dict[str, Any] | None:
+    """cantools' ``decode_simple`` values as livedata keeps them (rounded to the signal's
+    resolution, no multiplexer selectors); ``None`` when cantools refuses the frame or a
+    float signal is not finite (livedata refuses those)."""
+    try:
+        decoded = message.decode_simple(data, False, True)
+    except Exception:  # cantools raises several kinds; all mean "refused"
+        return None
+    out: dict[str, Any] = {}
+    for s in message.signals:
+        if s.is_multiplexer or s.name not in decoded:
+            continue
+        value = decoded[s.name]
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        digits = resolution_digits(s)
+        out[s.name] = value if digits is None else round(value, digits)
+    return out

@@ -154,7 +154,9 @@ def test_signals_listing(decoder: CanDecoder) -> None:
         "min": -1,
         "max": 4,
         "choices": {"-1": "R", "0": "N", "1": "F1", "2": "F2", "3": "F3", "4": "F4"},
+        "resolution": 1,
     }
+    assert by_name["speed"].resolution == 0.00390625
     orjson.dumps([s.to_dict() for s in signals])  # JSON-able
 
 

@@ -350,5 +350,7 @@ def test_fleet_summary_is_live(env: Env) -> None:
         "unit": "rpm",
         "min": 0,
         "max": 3000,
+        "choices": None,
+        "resolution": 0.125,
         "msgType": "vehicle_can",
     }

@@ -30,6 +30,7 @@ import uvicorn
 
 from livedata.auth import Role
 from livedata.cli.common import bind
+from livedata.decode.dm1 import Dm1, Dtc, Lamps
 from livedata.gateway.app import create_app
 from livedata.gateway.sio import with_socketio
 from livedata.gateway.watch import log_tables, watch_service
@@ -736,6 +737,26 @@ def test_decode_errors_table_shows_what_ingest_rejected(local: LocalServer) -> N
     assert row["MACHINE"] == "AC-404"
     assert row["KIND"] == "rejected"
     assert "unknown machine" in row["MESSAGE"]
+
+
+def test_dtcs_table_shows_dtc_changes(local: LocalServer) -> None:
+    """A DTC becoming active and clearing appears as rows of the dtcs log table."""
+    stream = Stream(local, "dtcs", {"period": "1s", "timeformat": "ms"})
+    lamps = Lamps(0, 0, 1, 0, 3, 3, 3, 3)
+    t = now_ms()
+    try:
+        active = Dm1(t, 0, lamps, (Dtc(110, 16, 2, 0),))
+        local.run(lambda: local.rt.ingest.dtcs.observe("acme", "AC-1", [active]))
+        first = stream.next_data()
+        local.run(
+            lambda: local.rt.ingest.dtcs.observe("acme", "AC-1", [Dm1(t + 1000, 0, lamps, ())])
+        )
+        second = stream.next_data()
+    finally:
+        stream.close()
+    common = {"MACHINE": "AC-1", "SA": 0, "SPN": 110, "FMI": 16, "OC": 2}
+    assert first == {"TIME": t, "EVENT": "active", "NAME": "Engine coolant temperature", **common}
+    assert second == {**first, "TIME": t + 1000, "EVENT": "cleared"}
 
 
 def test_streams_release_their_rings(local: LocalServer) -> None:

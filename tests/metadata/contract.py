@@ -11,6 +11,8 @@ import pytest
 
 from livedata.errors import NotFound
 from livedata.metadata import GroupSpec, Metadata
+from livedata.metadata.dtcs import DtcLog
+from livedata.pipeline.dtcs import DtcChange
 
 
 def unique_org() -> str:
@@ -89,3 +91,25 @@ class MetadataContract(abc.ABC):
         await meta.add_fields(org, "M", "client_raw_data", ["b", "a"])
         await meta.add_fields(org, "M", "client_raw_data", ["a", "c"])
         assert await meta.list_fields(org, "M", "client_raw_data") == ["a", "b", "c"]
+
+    async def test_dtc_log_and_dbc_options(self, meta: Metadata) -> None:
+        """DTC rows become active, change, clear, and are listed per machine; DBC J1939 options
+        are kept."""
+        org = unique_org()
+        await meta.ensure_org(org, "Org")
+        log = DtcLog(meta)
+        lamps = {"amber_warning": 1}
+        await log.apply(org, "M", [DtcChange("active", 0, 110, 16, 1, lamps, 1000)])
+        await log.apply(org, "M", [DtcChange("active", 3, 523, 2, 1, lamps, 1500)])
+        await log.apply(org, "M", [DtcChange("oc", 0, 110, 16, 2, lamps, 2000)])
+        assert await log.active(org, "M") == {(0, 110, 16): 2, (3, 523, 2): 1}
+        await log.apply(org, "M", [DtcChange("cleared", 0, 110, 16, 2, lamps, 3000)])
+        active, cleared = await log.listing(org, "M")
+        assert [(r.sa, r.spn, r.since_ms, r.cleared_ms) for r in active] == [(3, 523, 1500, None)]
+        assert [(r.spn, r.oc, r.cleared_ms, r.lamps) for r in cleared] == [(110, 2, 3000, lamps)]
+        assert await log.listing(org, "OTHER") == ([], [])
+        dbc = await meta.add_dbc(org, "d", "x", j1939=True, separate_sources=True)
+        stored = await meta.get_dbc(org, dbc.id)
+        assert (stored.j1939, stored.separate_sources) == (True, True)
+        plain = await meta.get_dbc(org, (await meta.add_dbc(org, "p", "x")).id)
+        assert (plain.j1939, plain.separate_sources) == (None, False)

@@ -23,7 +23,8 @@ def dm1(ts: int, sa: int, *codes: tuple[int, int, int], lamps: Lamps = AMBER) ->
 
 
 def test_state_lifecycle() -> None:
-    """A DTC becomes active, changes its count, clears; other ECUs' DTCs are untouched."""
+    """A DTC becomes active, changes its count, clears; other ECUs' DTCs are untouched; the
+    summary has one field per active code and 0 for those that just cleared."""
     state = DtcState()
     for message, kinds in [
         (dm1(1000, 0, (110, 16, 1)), ["active"]),
@@ -36,13 +37,17 @@ def test_state_lifecycle() -> None:
         assert [c.kind for c in changes] == kinds and dropped == 0
         state.commit(message, changes)
     assert state.active == {(3, 523, 2): 1}
-    assert state.summary() == {
+    assert state.summary(changes) == {
         "dtc_active": 1,
         "lamp_mil": 0,
         "lamp_red_stop": 0,
         "lamp_amber_warning": 1,
         "lamp_protect": 0,
+        "dtc.523.2": 1,
+        "dtc.110.16": 0,
+        "dtc.100.1": 0,
     }
+    assert "dtc.110.16" not in state.summary()
 
 
 def test_state_ignores_late_dm1() -> None:
@@ -88,8 +93,10 @@ async def test_service_persists_and_survives_restart(meta: Metadata) -> None:
     assert cleared == []
 
     restarted = DtcService(meta)
-    await restarted.observe("acme", "M1", [dm1(3000, 0, (110, 16, 4))])
-    await restarted.observe("acme", "M1", [dm1(4000, 0)])
+    summary = await restarted.observe("acme", "M1", [dm1(3000, 0, (110, 16, 4))])
+    assert summary["dtc.110.16"] == 4
+    summary = await restarted.observe("acme", "M1", [dm1(4000, 0)])
+    assert summary["dtc.110.16"] == 0 and summary["dtc_active"] == 0
     active, cleared = await log.listing("acme", "M1")
     assert active == []
     assert [(r.spn, r.oc, r.since_ms, r.cleared_ms) for r in cleared] == [(110, 4, 1000, 4000)]

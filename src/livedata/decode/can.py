@@ -88,6 +88,8 @@ class SignalInfo:
     minimum: float | None
     maximum: float | None
     choices: dict[int, str] | None
+    resolution: float | None = None
+    """The signal's scale (one raw step); ``None`` for IEEE float signals."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; choice keys become strings (JSON object keys must be)."""
@@ -100,6 +102,7 @@ class SignalInfo:
             "choices": (
                 {str(k): v for k, v in self.choices.items()} if self.choices is not None else None
             ),
+            "resolution": self.resolution,
         }
 
 
@@ -227,7 +230,11 @@ class CanDecoder:
       defines it.  11-bit frames always match exactly.
 
     The matches of J1939 ids are memoised per id (at most :data:`CACHE_MAX`, the
-    only state that changes; a lost race recomputes the same entry).
+    only state that changes; a lost race recomputes the same entry).  Under stress: a
+    new id costs one PGN lookup; with ``separate_sources`` a new (message, source
+    address) pair also compiles that message once more with its suffixed names
+    (about 0.1 ms), so a device cycling through thousands of source addresses and
+    priorities costs that per distinct id until the memory starts again.
     """
 
     def __init__(
@@ -255,7 +262,15 @@ class CanDecoder:
                     continue
                 choices = {int(k): str(v) for k, v in s.choices.items()} if s.choices else None
                 infos.append(
-                    SignalInfo(s.name, m.name, s.unit or "", s.minimum, s.maximum, choices)
+                    SignalInfo(
+                        s.name,
+                        m.name,
+                        s.unit or "",
+                        s.minimum,
+                        s.maximum,
+                        choices,
+                        None if s.conversion.is_float else abs(s.conversion.scale),
+                    )
                 )
         self._signals = sorted(infos, key=lambda i: (i.name, i.message))
 

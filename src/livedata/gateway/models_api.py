@@ -19,6 +19,7 @@ one CAN id twice is refused.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -73,6 +74,21 @@ class DbcBody(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     content: str = Field(min_length=1, max_length=MAX_DBC_BYTES)
+    j1939: bool | None = None
+    """Match by J1939 parameter group; ``null``: as the DBC says (``ProtocolType``, ``VFrameFormat``)."""
+    separateSources: bool = False
+    """J1939: frames from another source address write ``<signal>.0x<SA>`` fields."""
+
+
+@dataclass(frozen=True, slots=True)
+class DbcUpload:
+    """An uploaded DBC file, parsed and checked, with its J1939 options."""
+
+    name: str
+    content: str
+    decoder: CanDecoder
+    j1939: bool | None
+    separate_sources: bool
 
 
 class ModelBody(BaseModel):
@@ -81,23 +97,28 @@ class ModelBody(BaseModel):
     name: str = Field(min_length=1, max_length=64, examples=["WL900"])
 
 
-async def dbc_upload(request: Request, name: str | None) -> tuple[str, str, CanDecoder]:
-    """``(name, text, decoder)`` of an uploaded DBC file, checked (see module)."""
+async def dbc_upload(
+    request: Request, name: str | None, j1939: bool | None = None, separate_sources: bool = False
+) -> DbcUpload:
+    """An uploaded DBC file, checked (see module); a JSON body carries its own options."""
     upload = await upload_text(request, MAX_DBC_BYTES, "DBC")
     if upload is None:
         body = await json_body(request, DbcBody)
         name, content = body.name, body.content
+        j1939, separate_sources = body.j1939, body.separateSources
     else:
         name, content = name or upload[0] or "", upload[1]
     name = name.strip()
     if not name or len(name) > 200 or any(ord(c) < 32 for c in name):
         raise InputError("give the DBC file a name (?name=… or the uploaded file's name)")
     try:
-        decoder = await asyncio.to_thread(CanDecoder.from_dbc, content)
+        decoder = await asyncio.to_thread(
+            CanDecoder.from_dbc, content, j1939=j1939, separate_sources=separate_sources
+        )
     except DecodeError as exc:
         raise InputError(f"not a valid DBC file: {exc}") from None
     check_dbc(decoder)
-    return name, content, decoder
+    return DbcUpload(name, content, decoder, j1939, separate_sources)
 
 
 def check_dbc(decoder: CanDecoder) -> None:
@@ -132,7 +153,7 @@ def _search(signals: list[dict[str, Any]], q: str | None) -> list[dict[str, Any]
 
 async def _catalog(rt: Runtime, org: str, dbc_id: int) -> tuple[Any, list[dict[str, Any]]]:
     dbc = await rt.meta.get_dbc(org, dbc_id)
-    decoder = await rt.catalog.decoder(dbc.id, dbc.content)
+    decoder = await rt.catalog.decoder(dbc)
     return dbc, signal_catalog(decoder.database)
 
 

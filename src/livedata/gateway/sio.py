@@ -30,7 +30,9 @@ Server → client:
   timestamp = the record's time in ms), and on status changes
   ``{deviceId, status: "online"|"offline", lastSeen}``.  Status comes from data
   arrival for now: a machine is online while real-time data arrived in the last
-  5 s (backfill is stored, not pushed, so it does not count).
+  5 s (backfill is stored, not pushed, so it does not count).  A J1939 machine's DTC changes come as ``{deviceId, dtc: {TIME, EVENT, SA, SPN,
+  FMI, OC, NAME, MACHINE}}`` (``EVENT``: ``active``, ``oc`` or ``cleared``; the rows
+  of the SSE log table ``dtcs``, in the process that runs ingest).
 - ``sensor-data`` ``{topic, data, timestamp}`` to every client of the organisation,
   topic = the live channel (``live-stream/{org}/consumer-{chassisId}/{msgType}``),
   data = the record's values.  ``sensor_data`` chooses: ``"on"`` (every record),

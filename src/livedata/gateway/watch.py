@@ -21,11 +21,13 @@ any other valid name   tag    a *user* tag table, created by its first write; ta
 ``commands``           log    the command log (rows once commands exist)
 ``alerts``             log    alerts (rows once alerts exist)
 ``decode_errors``      log    what ingest rejected: ``TIME``, ``MACHINE``, ``KIND``, ``MESSAGE``
+``dtcs``               log    DTCs becoming active, changing and clearing: ``TIME``,
+                              ``MACHINE``, ``EVENT``, ``SA``, ``SPN``, ``FMI``, ``OC``, ``NAME``
 =====================  =====  ===========================================================
 
 Log tables are fed in process: other code calls ``log_tables(rt).publish(org,
-table, row)``; ``decode_errors`` is fed from ingest's counters once a second (in
-memory), so it has rows in a process that runs the ingest role.
+table, row)``; ``decode_errors`` and ``dtcs`` are fed from ingest once a second (in
+memory), so they have rows in a process that runs the ingest role.
 
 A telemetry tag whose chassis id itself contains dots is split at the longest
 prefix that is a machine of the organisation.  A user tag table is stored like
@@ -132,6 +134,7 @@ from livedata import observe
 from livedata.decode.values import decode_values
 from livedata.errors import DecodeError, InputError, NotFound
 from livedata.gateway.security import principal_of
+from livedata.gateway.sio import emit_device_update
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
 if TYPE_CHECKING:
@@ -148,6 +151,7 @@ LOG_TABLES = {
     "commands": "the command log",
     "alerts": "alerts raised and cleared",
     "decode_errors": "device messages ingest could not use",
+    "dtcs": "diagnostic trouble codes becoming active and clearing",
     "audit": "logins, token changes, commands and configuration changes (admins only)",
 }
 
@@ -653,9 +657,10 @@ class WatchService:
         return self.seq
 
     async def start(self) -> None:
-        """Run the ring sweeper and the ``decode_errors`` feed (supervised by the runtime)."""
+        """Run the ring sweeper and the ``decode_errors`` and ``dtcs`` feeds (runtime-supervised)."""
         self.rt.spawn("watch-sweeper", self._sweep_forever)
         self.rt.spawn("watch-decode-errors", self._decode_errors_forever)
+        self.rt.spawn("watch-dtcs", self._dtcs_forever)
 
     # rings ------------------------------------------------------------------
 
@@ -710,6 +715,17 @@ class WatchService:
             await asyncio.sleep(1.0)
             for org, row in decode_error_rows(self.rt.ingest.stats, seen):
                 self.log_tables.publish(org, "decode_errors", row)
+
+    async def _dtcs_forever(self) -> None:
+        dtcs = self.rt.ingest.dtcs
+        seen = dtcs.seq
+        while True:
+            await asyncio.sleep(1.0)
+            rows, seen = dtcs.events_since(seen), dtcs.seq
+            for org, row in rows:
+                self.log_tables.publish(org, "dtcs", row)
+                chassis = row["MACHINE"]
+                await emit_device_update(self.rt, org, chassis, {"deviceId": chassis, "dtc": row})
 
     # planning ---------------------------------------------------------------
 

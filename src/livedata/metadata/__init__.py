@@ -131,8 +131,23 @@ class Metadata:
 
     # DBC files ----------------------------------------------------------------
 
-    async def add_dbc(self, org_id: str, name: str, content: str) -> DbcFile:
-        dbc = DbcFile(org_id=org_id, name=name, content=content, created_ms=int(time.time() * 1000))
+    async def add_dbc(
+        self,
+        org_id: str,
+        name: str,
+        content: str,
+        *,
+        j1939: bool | None = None,
+        separate_sources: bool = False,
+    ) -> DbcFile:
+        dbc = DbcFile(
+            org_id=org_id,
+            name=name,
+            content=content,
+            created_ms=int(time.time() * 1000),
+            j1939=j1939,
+            separate_sources=separate_sources,
+        )
         async with self.session() as s:
             s.add(dbc)
         return dbc

@@ -31,6 +31,10 @@ class DbcFile(Base):
     name: Mapped[str] = mapped_column(String(200))
     content: Mapped[str] = mapped_column(Text)
     created_ms: Mapped[int] = mapped_column(BigInteger)
+    j1939: Mapped[bool | None] = mapped_column(Boolean, nullable=True, default=None)
+    """Match frames by J1939 parameter group: ``None`` = as the DBC says (migration 0006)."""
+    separate_sources: Mapped[bool] = mapped_column(Boolean, default=False)
+    """J1939: other source addresses write ``<signal>.0x<SA>`` fields (migration 0006)."""
 
 
 class MachineModel(Base):

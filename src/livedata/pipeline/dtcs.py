@@ -11,10 +11,14 @@ machine, loads a machine's active DTCs from the metadata database the first time
 one of its DM1s arrives after a start (so a restart neither forgets nor repeats
 them), writes each change to the database (:mod:`livedata.metadata.dtcs`) and
 returns the summary fields ingest adds to the machine's ``vehicle_can`` record:
-``dtc_active`` (count over all ECUs) and ``lamp_mil``, ``lamp_red_stop``,
-``lamp_amber_warning``, ``lamp_protect`` (1 when any ECU has that lamp on) -- so
-they are stored, charted, pushed live and usable by alert rules like any signal
-(``dtc_active > 0`` fires when a DTC becomes active).
+``dtc_active`` (count over all ECUs), ``lamp_mil``, ``lamp_red_stop``,
+``lamp_amber_warning``, ``lamp_protect`` (1 when any ECU has that lamp on), and
+``dtc.<SPN>.<FMI>`` (the occurrence count) for each active DTC, 0 in the record
+where it cleared -- so they are stored, charted, pushed live and usable by alert
+rules like any signal: ``dtc_active > 0`` fires when any DTC becomes active,
+``dtc.110.16 > 0`` when that one does (and clears with it).  Each change is also a
+row of the SSE log table ``dtcs`` (``/db/watch/dtcs``) of the gateway in the same
+process (the latest :data:`MAX_EVENTS` are kept for it).
 
 Under stress:
 
@@ -31,10 +35,12 @@ Under stress:
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from livedata.decode.dm1 import LAMP_NAMES, Dm1
+from livedata.decode.dm1 import LAMP_NAMES, SPN_NAMES, Dm1
 from livedata.errors import BackendError
 from livedata.metadata import Metadata
 from livedata.metadata.dtcs import DtcLog
@@ -43,6 +49,8 @@ log = logging.getLogger("livedata.dtcs")
 
 MAX_ACTIVE = 256
 """Active DTCs kept per machine."""
+MAX_EVENTS = 1_000
+"""Recent changes kept for the SSE log table ``dtcs`` (read once a second)."""
 
 Key = tuple[int, int, int]
 """(source address, SPN, FMI)."""
@@ -59,6 +67,11 @@ class DtcChange:
     oc: int
     lamps: dict[str, int]
     ts: int
+
+
+def dtc_field(spn: int, fmi: int) -> str:
+    """The record field of one DTC: ``dtc.110.16``."""
+    return f"dtc.{spn}.{fmi}"
 
 
 class DtcState:
@@ -112,11 +125,19 @@ class DtcState:
             else:
                 self.active[key] = c.oc
 
-    def summary(self) -> dict[str, int]:
-        """:data:`~livedata.decode.dm1.SUMMARY_FIELDS`: ``dtc_active`` and ``lamp_*`` (1: on at an ECU)."""
+    def summary(self, cleared: Sequence[DtcChange] = ()) -> dict[str, int]:
+        """The fields for the record: :data:`~livedata.decode.dm1.SUMMARY_FIELDS`
+        (``dtc_active``, ``lamp_*`` = 1 when on at some ECU) and ``dtc.<SPN>.<FMI>`` =
+        occurrence count of each active DTC (0 for one in ``cleared`` that is not active
+        elsewhere), so that a rule can watch one code."""
         out = {"dtc_active": len(self.active)}
         for name in LAMP_NAMES:
             out[f"lamp_{name}"] = int(any(lamps[name] == 1 for lamps in self.lamps.values()))
+        for c in cleared:
+            out[dtc_field(c.spn, c.fmi)] = 0
+        for (_, spn, fmi), oc in self.active.items():
+            name = dtc_field(spn, fmi)
+            out[name] = max(oc, out.get(name, 0))
         return out
 
 
@@ -129,6 +150,29 @@ class DtcService:
         self._failing: set[tuple[str, str]] = set()
         self.dropped = 0
         """New DTCs ignored because a machine already had :data:`MAX_ACTIVE`."""
+        self.seq = 0
+        """Number of the latest change in :attr:`events`."""
+        self.events: deque[tuple[int, str, dict[str, Any]]] = deque(maxlen=MAX_EVENTS)
+        """The latest changes as ``(seq, organisation, row)`` for the SSE log table ``dtcs``."""
+
+    def events_since(self, seq: int) -> list[tuple[str, dict[str, Any]]]:
+        """``(organisation, row)`` of every change after number ``seq`` still kept."""
+        return [(org, row) for n, org, row in self.events if n > seq]
+
+    def _note(self, tenant: str, chassis: str, changes: list[DtcChange]) -> None:
+        for c in changes:
+            self.seq += 1
+            row = {
+                "TIME": c.ts,
+                "MACHINE": chassis,
+                "EVENT": c.kind,
+                "SA": c.sa,
+                "SPN": c.spn,
+                "FMI": c.fmi,
+                "OC": c.oc,
+                "NAME": SPN_NAMES.get(c.spn, ""),
+            }
+            self.events.append((self.seq, tenant, row))
 
     async def observe(self, tenant: str, chassis: str, dm1s: list[Dm1]) -> dict[str, Any]:
         """Apply a batch's DM1s (in timestamp order); returns the summary fields.
@@ -138,6 +182,7 @@ class DtcService:
         """
         key = (tenant, chassis)
         state = self._machines.get(key)
+        cleared: list[DtcChange] = []
         try:
             if state is None:
                 state = DtcState(await self.log.active(tenant, chassis))
@@ -148,10 +193,12 @@ class DtcService:
                 if changes:
                     await self.log.apply(tenant, chassis, changes)
                 state.commit(dm1, changes)
+                self._note(tenant, chassis, changes)
+                cleared += [c for c in changes if c.kind == "cleared"]
         except BackendError as exc:
             if key not in self._failing:
                 self._failing.add(key)
                 log.warning("DTCs of %s/%s not saved, retried with the next DM1: %s", *key, exc)
         else:
             self._failing.discard(key)
-        return state.summary() if state is not None else {}
+        return state.summary(cleared) if state is not None else {}

@@ -60,6 +60,10 @@ export const api = {
   async machines(orgId) {
     return (await request('GET', `${orgPath(orgId)}/machines`)).machines;
   },
+  /** {active, recent} diagnostic trouble codes of a machine. */
+  dtcs(orgId, chassisId) {
+    return request('GET', `${orgPath(orgId)}/machines/${enc(chassisId)}/dtcs`);
+  },
   async groups(orgId) {
     return (await request('GET', `${orgPath(orgId)}/groups`)).groups;
   },

@@ -3,8 +3,10 @@
 
 import { api, datasetPath } from './api.js';
 import { GroupChart } from './charts.js';
+import { fieldInfo } from './format.js';
 import { confirmDelete, openGroupForm } from './dialogs.js';
 import { $, h, showBanner } from './dom.js';
+import { showDtcs } from './dtcs.js';
 import { Feed, WINDOW_MS } from './feed.js';
 import { ReplayFeed } from './replay.js';
 import { can, showOrganisation, startSession } from './session.js';
@@ -119,6 +121,9 @@ function selectMachine(chassisId) {
     ? [m.chassisId, m.name, m.model && `model ${m.model}`].filter(Boolean).join(' · ')
     : '';
   addButton.disabled = !m;
+  // only J1939 machines have DTCs: their vehicle_can fields include dtc_active
+  const j1939 = m?.msgTypes?.vehicle_can?.fields?.some((f) => f.name === 'dtc_active');
+  showDtcs(state.orgId, j1939 ? m.chassisId : null);
   if (!m) {
     setEmpty('noMachines');
     renderConnections();
@@ -156,10 +161,10 @@ function setEmpty(kind) {
 
 // ---- groups -----------------------------------------------------------------
 
-/** Field name -> unit, for one message type of the current machine. */
-function unitsOf(msgType) {
+/** Field name -> how to show it (unit, value table, decimals), for one message type. */
+function fieldInfos(msgType) {
   const fields = state.machine?.msgTypes?.[msgType]?.fields ?? [];
-  return new Map(fields.map((f) => [f.name, f.unit ?? '']));
+  return new Map(fields.map((f) => [f.name, fieldInfo(f)]));
 }
 
 /** Bring cards and feeds in line with state.groups. */
@@ -185,7 +190,7 @@ function renderCards() {
     if (!card) {
       const el = cardElement(group);
       groupsEl.insertBefore(el, previous ? previous.nextSibling : groupsEl.firstChild);
-      card = { key: cardKey(group), group, el, chart: new GroupChart(el.querySelector('.chart'), group, unitsOf(group.msgType)) };
+      card = { key: cardKey(group), group, el, chart: new GroupChart(el.querySelector('.chart'), group, fieldInfos(group.msgType)) };
       state.cards.set(group.id, card);
     } else if (card.el.previousSibling !== previous) {
       groupsEl.insertBefore(card.el, previous ? previous.nextSibling : groupsEl.firstChild);
@@ -283,9 +288,9 @@ $('#empty-add-group').addEventListener('click', addGroup);
 function syncFeeds() {
   const wanted = new Map();
   for (const group of state.groups) {
-    const units = unitsOf(group.msgType);
+    const known = fieldInfos(group.msgType);
     const fields = wanted.get(group.msgType) ?? [];
-    for (const field of group.fields) if (units.has(field) && !fields.includes(field)) fields.push(field);
+    for (const field of group.fields) if (known.has(field) && !fields.includes(field)) fields.push(field);
     wanted.set(group.msgType, fields);
   }
   for (const [msgType, feed] of state.feeds) {

@@ -1,6 +1,7 @@
 // One ECharts line chart per group, over a rolling window that ends at "now".
 
 import { WINDOW_MS } from './feed.js';
+import { formatValue, unitText } from './format.js';
 
 const { echarts } = globalThis; // loaded by the classic <script> in index.html
 
@@ -12,14 +13,9 @@ const GAP_MS = 5000;
 const AXIS_COLOR = '#d5d9e0';
 const LABEL_COLOR = '#6b7280';
 
-const numberFormat = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 6 });
 const timeFormat = new Intl.DateTimeFormat(undefined, {
   hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
 });
-
-function formatValue(value) {
-  return typeof value === 'number' ? numberFormat.format(value) : String(value);
-}
 
 const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -27,11 +23,12 @@ export class GroupChart {
   /**
    * @param {HTMLElement} el
    * @param {{fields: string[], unit: string}} group
-   * @param {Map<string, string>} units unit of each field, as the machine declares it
+   * @param {Map<string, {unit: string, choices: object|null, decimals: number|undefined}>} infos
+   *   each field's unit, value table and decimals (format.js fieldInfo)
    */
-  constructor(el, group, units) {
+  constructor(el, group, infos) {
     this.fields = group.fields;
-    this.units = units;
+    this.infos = infos;
     this.chart = echarts.init(el, null, { renderer: 'canvas' });
     this.chart.setOption(this.baseOption(group.unit));
     this.resizeObserver = new ResizeObserver(() => this.chart.resize());
@@ -84,7 +81,7 @@ export class GroupChart {
       },
       yAxis: {
         type: 'value',
-        name: unit,
+        name: unitText(unit),
         scale: true,
         nameLocation: 'end',
         nameGap: 16,
@@ -117,8 +114,9 @@ export class GroupChart {
 
   legendLabel(field) {
     const value = this.latest?.get(field);
-    const unit = this.units.get(field);
-    const text = value == null ? '–' : `${formatValue(value)}${unit ? ` ${unit}` : ''}`;
+    const info = this.infos.get(field);
+    const unit = info?.unit;
+    const text = value == null ? '–' : `${formatValue(value, info)}${unit ? ` ${unit}` : ''}`;
     return `${field}{value|${text}}`;
   }
 
@@ -128,9 +126,9 @@ export class GroupChart {
     const rows = params
       .filter((p) => p.value[1] != null)
       .map((p) => {
-        const unit = this.units.get(p.seriesName) ?? '';
+        const info = this.infos.get(p.seriesName);
         return `<div class="tt-row">${p.marker}<span class="tt-name">${escapeHtml(p.seriesName)}</span>`
-          + `<b>${escapeHtml(formatValue(p.value[1]))}</b>&nbsp;${escapeHtml(unit)}</div>`;
+          + `<b>${escapeHtml(formatValue(p.value[1], info))}</b>&nbsp;${escapeHtml(info?.unit ?? '')}</div>`;
       });
     return `<div class="tt-time">${timeFormat.format(first.value[0])}</div>${rows.join('')}`;
   }

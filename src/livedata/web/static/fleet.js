@@ -16,6 +16,7 @@ const { echarts } = globalThis; // classic <script defer> in fleet.html
 const DEFAULT_FIELDS = ['engine_rpm', 'coolant_temp', 'fuel_level'];
 const MAX_FIELDS = 4;
 const GPS = ['gps_lat', 'gps_lng'];
+const DTC_FIELD = 'dtc_active'; // active J1939 DTCs of a machine (from its DM1s)
 const SPARK_MS = 120_000;
 const TRAIL = 90; // points of a map trail ([lat, lng])
 const POLL_MS = 2000;
@@ -95,7 +96,7 @@ async function selectOrg(orgId) {
   let alerts;
   try {
     [summary, state.rules, alerts] = await Promise.all([
-      alertsApi.fleet(orgId, [...state.fields, ...GPS]),
+      alertsApi.fleet(orgId, [...state.fields, ...GPS, DTC_FIELD]),
       alertsApi.rules(orgId),
       alertsApi.alerts(orgId, 'active'),
     ]);
@@ -143,6 +144,7 @@ function machineView(m) {
   const lastSeen = h('dd', { class: 'last-seen' }, '–');
   const realtime = h('dd', { class: 'realtime' }, 'unknown');
   const alertCount = h('dd', { class: 'alert-count' }, '0');
+  const dtcCount = h('dd', { class: 'dtc-count' }, '–');
   const gaugesEl = h('div', { class: 'gauges', role: 'img', 'aria-label': `Gauges of ${m.chassisId}` });
   const sparksEl = h('div', { class: 'sparks', 'aria-hidden': 'true' });
   const el = h('article', { class: 'machine', dataset: { chassis: m.chassisId, status: 'offline' } },
@@ -154,7 +156,8 @@ function machineView(m) {
     h('dl', { class: 'machine-meta' },
       h('div', {}, h('dt', {}, 'Last seen'), lastSeen),
       h('div', {}, h('dt', {}, 'Real-time'), realtime),
-      h('div', {}, h('dt', {}, 'Active alerts'), alertCount)),
+      h('div', {}, h('dt', {}, 'Active alerts'), alertCount),
+      h('div', {}, h('dt', {}, 'Active DTCs'), dtcCount)),
     gaugesEl,
     sparksEl);
   const gauges = echarts.init(gaugesEl, null, { renderer: 'canvas' });
@@ -168,6 +171,7 @@ function machineView(m) {
     lastSeenEl: lastSeen,
     realtimeEl: realtime,
     alertCountEl: alertCount,
+    dtcCountEl: dtcCount,
     gauges,
     sparks,
     online: false,
@@ -330,6 +334,9 @@ function applyMachine(chassis, update) {
   const newer = update.lastSeen != null && (view.lastSeen == null || update.lastSeen > view.lastSeen);
   if (update.lastSeen != null) view.lastSeen = Math.max(view.lastSeen ?? 0, update.lastSeen);
   Object.assign(view.values, update.values ?? {});
+  const dtcs = view.values[DTC_FIELD];
+  view.dtcCountEl.textContent = typeof dtcs === 'number' ? String(dtcs) : '–';
+  view.dtcCountEl.dataset.active = typeof dtcs === 'number' && dtcs > 0 ? 'yes' : 'no';
   const label = update.online ? 'online' : 'offline';
   view.status.textContent = label;
   view.status.dataset.status = label;

@@ -1,4 +1,5 @@
-"""DTC lifecycle: each diagnostic trouble code of a machine, when it became active and cleared.
+"""DTC lifecycle: each diagnostic trouble code of a machine, when it became active and cleared;
+J1939 options of a DBC file.
 
 Revision ID: 0006
 Revises: 0004
@@ -32,7 +33,15 @@ def upgrade() -> None:
         sa.Column("cleared_ms", sa.BigInteger),
     )
     op.create_index("ix_dtcs_machine", "dtcs", ["org_id", "chassis_id", "cleared_ms"])
+    op.add_column("dbc_files", sa.Column("j1939", sa.Boolean, nullable=True))
+    op.add_column(
+        "dbc_files",
+        sa.Column("separate_sources", sa.Boolean, nullable=False, server_default=sa.false()),
+    )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("dbc_files") as batch:
+        batch.drop_column("separate_sources")
+        batch.drop_column("j1939")
     op.drop_table("dtcs")
