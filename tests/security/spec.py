@@ -44,6 +44,8 @@ SPEC: dict[tuple[str, str], Any] = {
     ("POST", "/api/resources/{orgId}/machines/import"): Role.admin,
     ("GET", "/api/resources/{orgId}/machines/{chassisId}/dtcs"): Role.viewer,
     ("GET", "/api/resources/{orgId}/_common/datasets/{chassisId}/history"): Role.viewer,
+    ("GET", "/api/resources/{orgId}/_common/datasets/{chassisId}/export"): Role.viewer,
+    ("POST", "/api/resources/{orgId}/machines/{chassisId}/import"): Role.admin,
     ("GET", "/api/resources/{orgId}/groups"): Role.viewer,
     ("POST", "/api/resources/{orgId}/groups"): Role.admin,
     ("PUT", "/api/resources/{orgId}/groups/{groupId}"): Role.admin,
