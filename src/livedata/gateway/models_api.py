@@ -93,11 +93,11 @@ async def dbc_upload(request: Request, name: str | None) -> tuple[str, str, CanD
     try:
         decoder = await asyncio.to_thread(CanDecoder.from_dbc, content)
     except DecodeError as exc:
-        raise InputError(f"not a valid DBC file: {exc}") from None
+        raise InputError(str(exc)) from None  # "invalid DBC: …", cantools' words
     twice = duplicate_ids(content)
     if twice:
         listed = ", ".join(f"0x{i & 0x1FFFFFFF:X}" for i in twice[:10])
-        raise InputError(f"not a valid DBC file: CAN id defined more than once: {listed}")
+        raise InputError(f"invalid DBC: CAN id defined more than once: {listed}")
     return name, content, decoder
 
 

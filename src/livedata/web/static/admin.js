@@ -7,7 +7,7 @@
 // shown next to what was tried, in the server's words.
 
 import { api } from './api.js';
-import { $, h, showBanner } from './dom.js';
+import { $, h, showBanner, wireCopyButtons } from './dom.js';
 import { can, startSession } from './session.js';
 
 const MIN_PASSWORD = 10;
@@ -34,21 +34,7 @@ function showError(el, message) {
 
 // ---- copy / dismiss boxes ------------------------------------------------------
 
-for (const button of document.querySelectorAll('[data-copy]')) {
-  button.addEventListener('click', async () => {
-    const input = $(button.dataset.copy);
-    input.select();
-    let copied = false;
-    try {
-      await navigator.clipboard.writeText(input.value);
-      copied = true;
-    } catch {
-      copied = document.execCommand?.('copy') ?? false; // http:// pages have no clipboard API
-    }
-    button.textContent = copied ? 'Copied' : 'Press Ctrl+C';
-    setTimeout(() => { button.textContent = 'Copy'; }, 2000);
-  });
-}
+wireCopyButtons();
 for (const button of document.querySelectorAll('[data-dismiss]')) {
   button.addEventListener('click', () => {
     const box = $(button.dataset.dismiss);

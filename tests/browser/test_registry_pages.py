@@ -1,0 +1,142 @@
+"""The Machines and Models & DBC pages in Chromium: add a machine by form (its connection
+details shown once), import a CSV by drag and drop, delete with the data question, upload
+a DBC (an invalid one shows cantools' line), assign it and search the signal catalog."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from livedata.sim.demo import DBC_PATH
+from tests.browser.conftest import DEMO_ADMIN, admin_password, login
+from tests.conftest import Server, start_demo, stop
+
+CSV = "chassis,name,model,tags\nIMP-1,Imported 1,EX300,north\nbad id!,Broken,EX300,\nIMP-2,Imported 2,EX300,\n"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A demo server with one simulated machine."""
+    server = start_demo(tmp_path_factory.mktemp("registry-pages"), "--machines", "1")
+    yield server
+    stop(server)
+
+
+def open_page(browser: Any, server: Server, path: str, viewport: tuple[int, int]) -> Any:
+    """A logged-in admin's page; console errors and uncaught exceptions are collected."""
+    context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    login(context, server.url, DEMO_ADMIN, admin_password(server))
+    page = context.new_page()
+    page.problems = []
+    page.on("pageerror", lambda exc: page.problems.append(str(exc)))
+    page.on("console", lambda m: page.problems.append(m.text) if m.type == "error" else None)
+    # the refusals these tests provoke (a bad DBC file) show as failed loads: not problems
+    page.goto(f"{server.url}{path}")
+    return page
+
+
+def drop_file(page: Any, selector: str, name: str, text: str) -> None:
+    """Drop a file on an element as a user dragging it from the desktop would."""
+    page.evaluate(
+        """([selector, name, text]) => {
+          const data = new DataTransfer();
+          data.items.add(new File([text], name, { type: 'text/plain' }));
+          const zone = document.querySelector(selector);
+          zone.dispatchEvent(new DragEvent('dragover', { dataTransfer: data, bubbles: true, cancelable: true }));
+          zone.dispatchEvent(new DragEvent('drop', { dataTransfer: data, bubbles: true, cancelable: true }));
+        }""",
+        [selector, name, text],
+    )
+
+
+def test_machines_page_add_import_delete(browser: Any, server: Server, artifacts: Any) -> None:
+    """Add by form shows the secret, agent command and config file; a dropped CSV reports
+    its bad row and creates the good ones; delete asks keep/delete and says how much."""
+    page = open_page(browser, server, "/static/machines.html", (1360, 900))
+    page.wait_for_selector("#machines-body tr[data-chassis='WL-0001']")
+    page.click("#add-machine")
+    page.fill("#machine-form [name=chassisId]", "EX-0100")
+    page.fill("#machine-form [name=name]", "Excavator 100")
+    page.fill("#machine-form [name=model]", "EX300")
+    page.fill("#machine-form [name=tags]", "north, rental")
+    page.fill("#machine-form [name=location]", "Yard 3")
+    page.click("#machine-submit")
+    page.wait_for_selector("#provision:not([hidden])")
+    secret = page.input_value("#p-secret")
+    assert len(secret) >= 32
+    assert page.text_content("#p-http").endswith("/api/ingest/demo/EX-0100/{msgType}")
+    assert page.locator("#p-mqtt-row").is_hidden()  # the demo has no broker: HTTP only
+    page.wait_for_selector("#machines-body tr[data-chassis='EX-0100']")
+    page.screenshot(path=str(artifacts / "machines-provision-1360.png"), full_page=True)
+    page.click("#provision-done")
+
+    page.click("#import-open")
+    drop_file(page, "#import-drop", "fleet.csv", CSV)
+    page.wait_for_selector("#import-report .report-errors li")
+    report = page.text_content("#import-report")
+    assert "2 created" in report and "Line 3 (bad id!)" in report
+    page.wait_for_selector("#machines-body tr[data-chassis='IMP-2']")
+
+    page.click("#machines-body tr[data-chassis='IMP-1'] >> text=Delete")
+    page.wait_for_function(
+        "document.querySelector('#delete-text').textContent.includes('stored value')"
+    )
+    assert "0 stored values" in page.text_content("#delete-text")
+    page.check("#delete-form input[value=delete]")
+    page.click("#delete-ok")
+    page.wait_for_selector("#machines-body tr[data-chassis='IMP-1']", state="detached")
+    page.fill("#machine-search", "rental")
+    assert page.locator("#machines-body tr").count() == 1
+    assert page.problems == []
+    page.context.close()
+
+
+def test_models_page_upload_assign_catalog(browser: Any, server: Server, artifacts: Any) -> None:
+    """A dropped invalid DBC shows cantools' line with the column marked; a valid one is
+    listed, assigned to a model, and its signal catalog is searchable."""
+    page = open_page(browser, server, "/static/models.html", (1360, 900))
+    page.wait_for_selector("#models-body tr")
+    text = DBC_PATH.read_text()
+    drop_file(page, "#dbc-drop", "broken.dbc", text.replace("BO_ 928 ", "BO_ 928 X ", 1))
+    page.wait_for_selector("#dbc-error:not([hidden]) pre mark")
+    assert "broken.dbc was refused" in page.text_content("#dbc-error")
+    page.screenshot(path=str(artifacts / "models-dbc-error-1360.png"), full_page=True)
+    page.set_input_files(
+        "#dbc-file",
+        files=[{"name": "excavator.dbc", "mimeType": "text/plain", "buffer": text.encode()}],
+    )
+    page.wait_for_selector("#dbc-body tr >> text=excavator.dbc")
+    page.fill("#model-form [name=name]", "EX400")
+    page.click("#model-form button[type=submit]")
+    row = page.wait_for_selector("#models-body tr[data-model='EX400']")
+    dbc_id = page.eval_on_selector_all("#dbc-body tr", "rows => rows[0].dataset.dbcId")
+    page.select_option("#models-body tr[data-model='EX400'] select", dbc_id)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#catalog-model option')].some(o => o.value === 'EX400')"
+    )
+    page.select_option("#catalog-model", "EX400")
+    page.wait_for_selector("#catalog-body tr[data-signal='speed']")
+    page.fill("#catalog-search", "km/h")
+    page.wait_for_function("document.querySelectorAll('#catalog-body tr').length === 1")
+    assert "PGN 65265" in page.text_content("#catalog-body tr[data-signal='speed']")
+    page.fill("#catalog-search", "")
+    page.screenshot(path=str(artifacts / "models-catalog-1360.png"), full_page=True)
+    assert row is not None
+    assert [p for p in page.problems if "status of 400" not in p] == []
+    page.context.close()
+
+
+@pytest.mark.parametrize("path", ["/static/machines.html", "/static/models.html"])
+def test_pages_fit_a_phone(browser: Any, server: Server, artifacts: Any, path: str) -> None:
+    """At 390×844 the pages need no sideways scrolling."""
+    page = open_page(browser, server, path, (390, 844))
+    page.wait_for_selector("#machines-body tr, #models-body tr")
+    page.wait_for_timeout(300)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    name = path.rsplit("/", 1)[1].removesuffix(".html")
+    page.screenshot(path=str(artifacts / f"{name}-390.png"), full_page=True)
+    assert width <= 390
+    assert page.problems == []
+    page.context.close()
