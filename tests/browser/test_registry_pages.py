@@ -4,9 +4,11 @@ a DBC (an invalid one shows cantools' line), assign it and search the signal cat
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from livedata.sim.demo import DBC_PATH
@@ -139,4 +141,30 @@ def test_pages_fit_a_phone(browser: Any, server: Server, artifacts: Any, path: s
     page.screenshot(path=str(artifacts / f"{name}-390.png"), full_page=True)
     assert width <= 390
     assert page.problems == []
+    page.context.close()
+
+
+def test_http_machine_has_start_stop_disabled_with_reason(browser: Any, server: Server) -> None:
+    """On the Live Data page a machine that sends over HTTP shows it is sending, and Start /
+    Stop are disabled with the reason instead of answering 404."""
+    headers = server.headers
+    made = httpx.post(
+        f"{server.url}/api/resources/demo/machines",
+        json={"chassisId": "HTTP-9", "name": "Sender", "model": "WL"},
+        headers=headers,
+    )
+    secret = made.json()["provisioning"]["secret"]
+    sent = httpx.post(
+        f"{server.url}/api/ingest/demo/HTTP-9/client_raw_data",
+        json={"v": 1, "ts": int(time.time() * 1000), "values": {"cpu_usage": 5}},
+        headers={"Authorization": f"Bearer {secret}"},
+    )
+    assert sent.status_code == 202
+    page = open_page(browser, server, "/?machine=HTTP-9", (1360, 900))
+    page.wait_for_function(
+        "[...document.querySelectorAll('.rt-state')].some(e => e.textContent.includes('Sending'))"
+    )
+    start = page.locator(".rt-start").first
+    assert start.is_disabled() and "HTTP ingest" in (start.get_attribute("title") or "")
+    assert "no command channel" in page.text_content(".rt-reason")
     page.context.close()

@@ -104,6 +104,7 @@ $('#add-machine').addEventListener('click', () => openDialog(null));
 
 form.addEventListener('submit', async (event) => {
   event.preventDefault();
+  await ready; // a file dropped while the page still loads waits for the session
   const f = form.elements;
   const body = {
     name: f.name.value.trim(),
@@ -146,7 +147,7 @@ function brokerText(broker) {
   if (!broker?.configured) return 'The server does not write the broker\'s files (mqtt_passwd_file): run livedata devices mqtt-config and reload Mosquitto.';
   if (broker.error) return `Broker files: ${broker.error}`;
   const reload = broker.reloaded == null ? '' : broker.reloaded ? '; broker reloaded' : '; reload failed';
-  return `Broker files rewritten (${broker.machines} machines)${reload}: the machine can connect now.`;
+  return `Broker files rewritten (${broker.machines} machine${broker.machines === 1 ? '' : 's'})${reload}: the machine can connect now.`;
 }
 
 function showProvisioning(p) {
@@ -234,6 +235,7 @@ $('#import-open').addEventListener('click', () => {
 $('#import-close').addEventListener('click', () => { $('#import-section').hidden = true; });
 
 async function importFile(file) {
+  await ready; // a file dropped while the page still loads waits for the session
   const report = $('#import-report');
   report.hidden = false;
   report.replaceChildren(h('p', { class: 'muted' }, `Importing ${file.name}…`));
@@ -271,4 +273,4 @@ async function start() {
   await loadMachines();
 }
 
-start();
+const ready = start();

@@ -59,6 +59,7 @@ function showDbcError(file, text, message) {
 }
 
 async function uploadDbc(file) {
+  await ready; // a file dropped while the page still loads waits for the session
   $('#dbc-error').hidden = true;
   const status = $('#dbc-status');
   status.hidden = false;
@@ -112,6 +113,7 @@ async function assign(model, picker) {
 
 $('#model-form').addEventListener('submit', async (event) => {
   event.preventDefault();
+  await ready; // a file dropped while the page still loads waits for the session
   const input = event.currentTarget.elements.name;
   const name = input.value.trim();
   if (!name) {
@@ -202,4 +204,4 @@ async function start() {
   await load();
 }
 
-start();
+const ready = start();
