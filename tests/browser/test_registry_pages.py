@@ -168,3 +168,17 @@ def test_http_machine_has_start_stop_disabled_with_reason(browser: Any, server: 
     assert start.is_disabled() and "HTTP ingest" in (start.get_attribute("title") or "")
     assert "no command channel" in page.text_content(".rt-reason")
     page.context.close()
+
+
+def test_admin_renames_the_organisation(browser: Any, server: Server) -> None:
+    """The admin page renames one's own organisation; the audit log says so."""
+    page = open_page(browser, server, "/static/admin.html", (1360, 900))
+    page.wait_for_function("document.querySelector('#org-id').textContent === 'demo'")
+    page.fill("#org-form [name=name]", "Demo Earthworks")
+    page.click("#org-form button[type=submit]")
+    page.wait_for_selector("#audit-body tr[data-action='org_renamed']")
+    assert "Demo Earthworks" in page.text_content("#admin-info")
+    orgs = httpx.get(f"{server.url}/api/orgs", headers=server.headers).json()["orgs"]
+    assert orgs == [{"id": "demo", "name": "Demo Earthworks"}]
+    assert page.problems == []
+    page.context.close()

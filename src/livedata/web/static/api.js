@@ -60,6 +60,10 @@ export const api = {
     const orgs = await this.orgs().catch(() => []);
     return orgs.find((org) => org.id === orgId) ?? { id: orgId, name: orgId };
   },
+  /** {id, name}: rename one's own organisation (admin). */
+  renameOrg(orgId, name) {
+    return request('PUT', orgPath(orgId), { name });
+  },
   async machines(orgId) {
     return (await request('GET', `${orgPath(orgId)}/machines`)).machines;
   },

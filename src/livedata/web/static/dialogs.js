@@ -2,7 +2,7 @@
 // `onSave` / `onConfirm` return a promise; a rejection keeps the dialog open and
 // shows the error's message (the server's validation message) inside it.
 
-import { $, h } from './dom.js';
+import { $, h, showError } from './dom.js';
 
 const MSG_TYPES = ['vehicle_can', 'client_raw_data'];
 
@@ -149,7 +149,3 @@ async function submitWith(formEl, errorEl, action, dialogEl) {
   }
 }
 
-function showError(el, message) {
-  el.textContent = message ?? '';
-  el.hidden = !message;
-}

@@ -67,3 +67,9 @@ export function dropTarget(zone, input, onFile) {
     if (file) onFile(file);
   });
 }
+
+/** Show `message` in an error element, or hide it when there is none. */
+export function showError(el, message) {
+  el.textContent = message ?? '';
+  el.hidden = !message;
+}

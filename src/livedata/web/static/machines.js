@@ -5,15 +5,11 @@
 // Every refusal of the server is shown where it happened, in the server's words.
 
 import { api } from './api.js';
-import { $, dropTarget, h, showBanner, wireCopyButtons } from './dom.js';
-import { can, startSession } from './session.js';
+import { $, dropTarget, h, showError, wireCopyButtons } from './dom.js';
+import { can, startPage } from './session.js';
 
 const state = { orgId: null, isAdmin: false, machines: [], editing: null, deleting: null };
 
-function showError(el, message) {
-  el.textContent = message ?? '';
-  el.hidden = !message;
-}
 
 const splitTags = (text) => text.split(/[,;]/).map((t) => t.trim()).filter(Boolean);
 
@@ -261,13 +257,8 @@ dropTarget($('#import-drop'), $('#import-file'), importFile);
 
 async function start() {
   wireCopyButtons();
-  let who;
-  try {
-    who = await startSession();
-  } catch (err) {
-    showBanner(err.message);
-    return;
-  }
+  const who = await startPage();
+  if (!who) return;
   state.orgId = who.org;
   state.isAdmin = can(who.role, 'admin');
   await loadMachines();

@@ -4,17 +4,13 @@
 // upload and assign.
 
 import { api } from './api.js';
-import { $, dropTarget, h, showBanner } from './dom.js';
-import { can, startSession } from './session.js';
+import { $, dropTarget, h, showError } from './dom.js';
+import { can, startPage } from './session.js';
 
 const state = { orgId: null, isAdmin: false, models: [], files: [], signals: [] };
 const dateTime = new Intl.DateTimeFormat(undefined, { year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', hour12: false });
 const number = new Intl.NumberFormat(undefined, { maximumFractionDigits: 8 });
 
-function showError(el, message) {
-  el.textContent = message ?? '';
-  el.hidden = !message;
-}
 
 async function load() {
   try {
@@ -192,13 +188,8 @@ $('#catalog-search').addEventListener('input', renderCatalog);
 // ---- start -------------------------------------------------------------------------------------
 
 async function start() {
-  let who;
-  try {
-    who = await startSession();
-  } catch (err) {
-    showBanner(err.message);
-    return;
-  }
+  const who = await startPage();
+  if (!who) return;
   state.orgId = who.org;
   state.isAdmin = can(who.role, 'admin');
   await load();
