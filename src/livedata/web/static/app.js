@@ -207,11 +207,19 @@ function cardElement(group) {
         h('h2', {}, group.name),
         h('span', { class: 'tag' }, group.msgType),
         group.unit ? h('span', { class: 'tag unit' }, group.unit) : null),
-      h('div', { class: 'card-actions needs-admin' },
-        h('button', { type: 'button', class: 'btn small', onclick: () => editGroup(group.id) }, 'Edit'),
-        h('button', { type: 'button', class: 'btn small danger-text', onclick: () => deleteGroup(group.id) }, 'Delete'))),
+      h('div', { class: 'card-actions' },
+        h('button', { type: 'button', class: 'btn small card-png', title: 'Download this chart as a PNG image', onclick: (event) => downloadChart(event, group) }, 'PNG'),
+        h('button', { type: 'button', class: 'btn small needs-admin', onclick: () => editGroup(group.id) }, 'Edit'),
+        h('button', { type: 'button', class: 'btn small danger-text needs-admin', onclick: () => deleteGroup(group.id) }, 'Delete'))),
     note ? h('p', { class: 'card-note' }, note) : null,
     h('div', { class: 'chart', role: 'img', 'aria-label': `${group.name}: ${group.fields.join(', ')}` }));
+}
+
+function downloadChart(event, group) {
+  const el = event.currentTarget.closest('.card');
+  const card = [...state.cards.values()].find((c) => c.el === el);
+  const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-');
+  card?.chart.downloadPng(`${state.machine.chassisId}-${group.name}-${stamp}.png`.replace(/[^\w.-]+/g, '_'));
 }
 
 function addGroup() {
