@@ -182,3 +182,32 @@ def test_admin_renames_the_organisation(browser: Any, server: Server) -> None:
     assert orgs == [{"id": "demo", "name": "Demo Earthworks"}]
     assert page.problems == []
     page.context.close()
+
+
+def test_groups_of_another_model_are_not_shown(browser: Any, server: Server) -> None:
+    """A mixed fleet: a group made for model EX500 shows on its machine, not on a loader."""
+    headers = server.headers
+    httpx.post(
+        f"{server.url}/api/resources/demo/machines",
+        json={"chassisId": "EX-0500", "name": "Ex 500", "model": "EX500", "provision": False},
+        headers=headers,
+    )
+    group = {
+        "name": "Boom EX500",
+        "msgType": "vehicle_can",
+        "fields": ["boom_angle"],
+        "model": "EX500",
+    }
+    made = httpx.post(f"{server.url}/api/resources/demo/groups", json=group, headers=headers)
+    assert made.status_code == 201
+    page = open_page(browser, server, f"/?machine={server.machines[0]}", (1360, 900))
+    page.wait_for_selector(".card h2")
+    assert "Boom EX500" not in page.eval_on_selector_all(
+        ".card h2", "els => els.map(e => e.textContent)"
+    )
+    page.goto(f"{server.url}/?machine=EX-0500")
+    page.wait_for_selector(".card h2 >> text=Boom EX500")
+    names = page.eval_on_selector_all(".card h2", "els => els.map(e => e.textContent)")
+    assert "Boom EX500" in names and len(names) >= 2  # the demo's groups are for every machine
+    httpx.delete(f"{server.url}/api/resources/demo/groups/{made.json()['id']}", headers=headers)
+    page.context.close()

@@ -277,3 +277,15 @@ def test_http_sender_is_online_without_a_command_channel(
     assert "HTTP ingest" in status["commandsReason"]
     simulated = http.get(f"{ORG}/machines/{server.machines[0]}/status").json()
     assert simulated["commands"] is True and simulated["commandsReason"] is None
+
+
+def test_group_belongs_to_a_model(http: httpx.Client) -> None:
+    """A line group may name a model (shown for its machines only); a bad model is a 400."""
+    body = {"name": "Boom", "msgType": "vehicle_can", "fields": ["boom_angle"], "model": "EX300"}
+    made = http.post(f"{ORG}/groups", json=body)
+    assert made.status_code == 201 and made.json()["model"] == "EX300"
+    everyone = http.put(f"{ORG}/groups/{made.json()['id']}", json={**body, "model": None})
+    assert everyone.json()["model"] is None
+    bad = http.post(f"{ORG}/groups", json={**body, "model": "no spaces"})
+    assert bad.status_code == 400
+    http.delete(f"{ORG}/groups/{made.json()['id']}")

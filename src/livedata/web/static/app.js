@@ -166,8 +166,14 @@ function applyGroups() {
   draw();
 }
 
+/** The groups of this machine: those for every machine and those for its model. */
+function machineGroups() {
+  return state.groups.filter((g) => !g.model || g.model === state.machine?.model);
+}
+
 function renderCards() {
-  const wanted = new Map(state.groups.map((g) => [g.id, g]));
+  const groups = machineGroups();
+  const wanted = new Map(groups.map((g) => [g.id, g]));
   for (const [id, card] of state.cards) {
     const group = wanted.get(id);
     if (!group || cardKey(group) !== card.key) {
@@ -177,7 +183,7 @@ function renderCards() {
     }
   }
   let previous = null;
-  for (const group of state.groups) {
+  for (const group of groups) {
     let card = state.cards.get(group.id);
     if (!card) {
       const el = cardElement(group);
@@ -189,10 +195,10 @@ function renderCards() {
     }
     previous = card.el;
   }
-  setEmpty(state.groups.length ? null : 'noGroups');
+  setEmpty(groups.length ? null : 'noGroups');
 }
 
-const cardKey = (g) => JSON.stringify([g.name, g.msgType, g.fields, g.unit]);
+const cardKey = (g) => JSON.stringify([g.name, g.msgType, g.fields, g.unit, g.model]);
 
 function cardElement(group) {
   const declared = state.machine.msgTypes?.[group.msgType]?.fields;
@@ -206,7 +212,8 @@ function cardElement(group) {
       h('div', { class: 'card-title' },
         h('h2', {}, group.name),
         h('span', { class: 'tag' }, group.msgType),
-        group.unit ? h('span', { class: 'tag unit' }, group.unit) : null),
+        group.unit ? h('span', { class: 'tag unit' }, group.unit) : null,
+        group.model ? h('span', { class: 'tag', title: `Shown for machines of model ${group.model}` }, group.model) : null),
       h('div', { class: 'card-actions' },
         h('button', { type: 'button', class: 'btn small card-png', title: 'Download this chart as a PNG image', onclick: (event) => downloadChart(event, group) }, 'PNG'),
         h('button', { type: 'button', class: 'btn small needs-admin', onclick: () => editGroup(group.id) }, 'Edit'),
@@ -266,7 +273,7 @@ $('#empty-add-group').addEventListener('click', addGroup);
  */
 function syncFeeds() {
   const wanted = new Map();
-  for (const group of state.groups) {
+  for (const group of machineGroups()) {
     const units = unitsOf(group.msgType);
     const fields = wanted.get(group.msgType) ?? [];
     for (const field of group.fields) if (units.has(field) && !fields.includes(field)) fields.push(field);

@@ -34,6 +34,11 @@ export function openGroupForm({ group, machine, onSave }) {
   form.elements.msgType.replaceChildren(...types.map((type) => h('option', { value: type }, type)));
   form.elements.msgType.value = group?.msgType ?? types.find((t) => machineFields(machine, t).length) ?? types[0];
   renderFields(group?.fields ?? []);
+  // a mixed fleet: a group of one model's signals is shown for that model's machines only
+  const models = [...new Set([machine.model, group?.model].filter(Boolean))];
+  form.elements.model.replaceChildren(h('option', { value: '' }, 'every machine'),
+    ...models.map((m) => h('option', { value: m }, `machines of model ${m}`)));
+  form.elements.model.value = group ? (group.model ?? '') : (machine.model ?? '');
   form.elements.unit.value = group?.unit ?? '';
   if (!group) prefillUnit();
   dialog.showModal();
@@ -112,6 +117,7 @@ form.addEventListener('submit', async (event) => {
     msgType: form.elements.msgType.value,
     fields: checkedBoxes().map((box) => box.value),
     unit: form.elements.unit.value.trim(),
+    model: form.elements.model.value || null,
   };
   if (!body.name) return showError(formError, 'Give the group a name.');
   if (body.fields.length === 0) return showError(formError, 'Choose at least one field.');
