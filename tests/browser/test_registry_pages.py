@@ -211,3 +211,29 @@ def test_groups_of_another_model_are_not_shown(browser: Any, server: Server) -> 
     assert "Boom EX500" in names and len(names) >= 2  # the demo's groups are for every machine
     httpx.delete(f"{server.url}/api/resources/demo/groups/{made.json()['id']}", headers=headers)
     page.context.close()
+
+
+def test_alerts_page_acknowledges(browser: Any, server: Server) -> None:
+    """The alert rules page acknowledges an alert with a comment; the table says who."""
+    rule = {
+        "name": "Always on",
+        "kind": "value",
+        "msgType": "client_raw_data",
+        "field": "cpu_usage",
+        "condition": ">",
+        "threshold": -1,
+    }
+    made = httpx.post(
+        f"{server.url}/api/resources/demo/alert-rules", json=rule, headers=server.headers
+    )
+    assert made.status_code == 201, made.text
+    page = open_page(browser, server, "/static/alerts.html", (1360, 900))
+    page.on("dialog", lambda dialog: dialog.accept("seen it"))
+    button = page.wait_for_selector("#history-body .alert-ack", timeout=30_000)
+    button.click()
+    page.wait_for_selector("#history-body td >> text=admin: “seen it”")
+    httpx.delete(
+        f"{server.url}/api/resources/demo/alert-rules/{made.json()['id']}", headers=server.headers
+    )
+    assert page.problems == []
+    page.context.close()

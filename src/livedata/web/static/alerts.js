@@ -103,13 +103,27 @@ async function loadHistory() {
     h('td', {}, h('span', { class: 'sev-text', dataset: { severity: a.severity } }, a.severity)),
     h('td', {}, h('span', { class: 'state-text', dataset: { state: a.state } }, a.state),
       a.clearedMs ? h('div', { class: 'muted small' }, `at ${clock(a.clearedMs)}`) : null),
-    h('td', {}, a.acknowledged ? `${a.acknowledgedBy}${a.comment ? `: “${a.comment}”` : ''}` : '–'),
+    h('td', {}, a.acknowledged ? `${a.acknowledgedBy}${a.comment ? `: “${a.comment}”` : ''}`
+      : h('button', { type: 'button', class: 'btn small needs-operator alert-ack', onclick: () => acknowledge(a) }, 'Acknowledge')),
     h('td', {}, notes[i].length ? notes[i].map((n) => h('span', {
       class: 'notif',
       dataset: { status: n.status },
       title: n.lastError ? `${n.target}: ${n.lastError}` : n.target,
     }, `${n.event} ${n.channel} ${n.status}${n.attempts > 1 ? ` ×${n.attempts}` : ''}`)) : '–'))));
   $('#history-empty').hidden = alerts.length > 0;
+}
+
+/** Acknowledge (operators and admins), with an optional comment; the table then says who. */
+async function acknowledge(alert) {
+  const comment = window.prompt(`Acknowledge “${alert.ruleName}” on ${alert.chassisId}? Comment (optional):`, '');
+  if (comment === null) return;
+  try {
+    await alertsApi.acknowledge(state.orgId, alert.id, comment.trim() || undefined);
+  } catch (err) {
+    showBanner(`Cannot acknowledge the alert: ${err.message}`);
+    return;
+  }
+  await loadHistory();
 }
 
 // ---- the form -----------------------------------------------------------------
