@@ -1,5 +1,5 @@
 """Chart tools on the Live Data page: the unit label whole, zoom that leaves or follows the
-live edge, PNG download."""
+live edge, PNG download, the time zone."""
 
 from __future__ import annotations
 
@@ -48,4 +48,19 @@ def test_unit_zoom_and_png(demo: Server, live_page: Any, tmp_path: Any) -> None:
     path = tmp_path / "chart.png"
     download.save_as(path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page.assert_clean()
+
+
+UTC_JS = """() => echarts.getInstanceByDom(document.querySelector('.card .chart')).getModel().get('useUTC')"""
+
+
+def test_time_zone_choice_is_applied_and_kept(demo: Server, live_page: Any) -> None:
+    """Choosing UTC redraws the charts in UTC and is remembered on the next visit."""
+    page = live_page(demo).open()
+    p = page.page
+    assert p.input_value("#tz-select") == "local" and not p.evaluate(UTC_JS)
+    p.select_option("#tz-select", "UTC")
+    assert p.evaluate(UTC_JS) is True
+    page.open()
+    assert p.input_value("#tz-select") == "UTC" and p.evaluate(UTC_JS) is True
     page.assert_clean()

@@ -14,6 +14,8 @@ const groupsEl = $('#groups');
 const emptyState = $('#empty-state');
 const addButton = $('#add-group');
 const rangeSelect = $('#range-select');
+const tzSelect = $('#tz-select');
+const TZ_KEY = 'livedata.timeZone';
 
 // The time ranges of the header's selector. 2 min is the page as it always was (raw
 // history, then live); the wider ranges load min/max downsampled history of about
@@ -126,6 +128,13 @@ function selectMachine(chassisId) {
 
 orgSelect.addEventListener('change', () => selectOrg(orgSelect.value, null));
 machineSelect.addEventListener('change', () => selectMachine(machineSelect.value));
+// The time zone of the charts: the browser's or UTC, remembered in this browser.
+tzSelect.value = localStorage.getItem(TZ_KEY) === 'UTC' ? 'UTC' : 'local';
+tzSelect.addEventListener('change', () => {
+  localStorage.setItem(TZ_KEY, tzSelect.value);
+  for (const card of state.cards.values()) card.chart.setZone(tzSelect.value);
+});
+
 rangeSelect.addEventListener('change', () => {
   state.range = rangeSelect.value;
   if (state.machine) selectMachine(state.machine.chassisId); // new feeds load the new range
@@ -188,7 +197,7 @@ function renderCards() {
     if (!card) {
       const el = cardElement(group);
       groupsEl.insertBefore(el, previous ? previous.nextSibling : groupsEl.firstChild);
-      card = { key: cardKey(group), group, el, chart: new GroupChart(el.querySelector('.chart'), group, unitsOf(group.msgType)) };
+      card = { key: cardKey(group), group, el, chart: new GroupChart(el.querySelector('.chart'), group, unitsOf(group.msgType), tzSelect.value) };
       state.cards.set(group.id, card);
     } else if (card.el.previousSibling !== previous) {
       groupsEl.insertBefore(card.el, previous ? previous.nextSibling : groupsEl.firstChild);

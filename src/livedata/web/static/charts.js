@@ -13,9 +13,19 @@ const AXIS_COLOR = '#d5d9e0';
 const LABEL_COLOR = '#6b7280';
 
 const numberFormat = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 6 });
-const timeFormat = new Intl.DateTimeFormat(undefined, {
-  hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
-});
+const timeFormats = new Map(); // time zone ('local' or 'UTC') → tooltip time format
+
+function timeFormat(zone) {
+  let format = timeFormats.get(zone);
+  if (!format) {
+    format = new Intl.DateTimeFormat(undefined, {
+      hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
+      timeZone: zone === 'UTC' ? 'UTC' : undefined, timeZoneName: zone === 'UTC' ? 'short' : undefined,
+    });
+    timeFormats.set(zone, format);
+  }
+  return format;
+}
 
 function formatValue(value) {
   return typeof value === 'number' ? numberFormat.format(value) : String(value);
@@ -28,12 +38,14 @@ export class GroupChart {
    * @param {HTMLElement} el
    * @param {{fields: string[], unit: string}} group
    * @param {Map<string, string>} units unit of each field, as the machine declares it
+   * @param {string} zone 'local' (the browser's time zone) or 'UTC'
    */
-  constructor(el, group, units) {
+  constructor(el, group, units, zone = 'local') {
     this.fields = group.fields;
     this.units = units;
+    this.zone = zone;
     this.chart = echarts.init(el, null, { renderer: 'canvas' });
-    this.chart.setOption(this.baseOption(group.unit));
+    this.chart.setOption({ ...this.baseOption(group.unit), useUTC: zone === 'UTC' });
     // Zoom and pan on the time axis (wheel, pinch, drag): while the zoom reaches the right
     // end the view follows the live edge; zoomed away, it stays on the times it shows
     // until a double click (or zooming back to the end) follows again.
@@ -131,6 +143,12 @@ export class GroupChart {
     });
   }
 
+  /** Show times in `zone` ('local' or 'UTC'): axis labels and tooltips. */
+  setZone(zone) {
+    this.zone = zone;
+    this.chart.setOption({ useUTC: zone === 'UTC' });
+  }
+
   /** After the user zoomed or panned: follow the live edge when the view reaches it. */
   onZoom() {
     const zoom = this.chart.getOption().dataZoom?.[0];
@@ -168,7 +186,7 @@ export class GroupChart {
         return `<div class="tt-row">${p.marker}<span class="tt-name">${escapeHtml(p.seriesName)}</span>`
           + `<b>${escapeHtml(formatValue(p.value[1]))}</b>&nbsp;${escapeHtml(unit)}</div>`;
       });
-    return `<div class="tt-time">${timeFormat.format(first.value[0])}</div>${rows.join('')}`;
+    return `<div class="tt-time">${timeFormat(this.zone).format(first.value[0])}</div>${rows.join('')}`;
   }
 
   dispose() {
