@@ -237,3 +237,22 @@ def test_alerts_page_acknowledges(browser: Any, server: Server) -> None:
     )
     assert page.problems == []
     page.context.close()
+
+
+def test_rule_and_alert_tables_fit_a_phone(browser: Any, server: Server, artifacts: Any) -> None:
+    """At 390×844 the rules and recent alerts need no sideways scrolling, even in their tables."""
+    rule = {"name": "Phone", "kind": "value", "msgType": "client_raw_data", "field": "cpu_usage", "condition": ">", "threshold": -1}  # fmt: skip
+    made = httpx.post(
+        f"{server.url}/api/resources/demo/alert-rules", json=rule, headers=server.headers
+    )
+    page = open_page(browser, server, "/static/alerts.html", (390, 844))
+    page.wait_for_selector("#history-body tr", timeout=30_000)
+    widths = page.eval_on_selector_all(
+        ".table-wrap", "els => els.map(e => e.scrollWidth - e.clientWidth)"
+    )
+    page.screenshot(path=str(artifacts / "alerts-390.png"), full_page=True)
+    httpx.delete(
+        f"{server.url}/api/resources/demo/alert-rules/{made.json()['id']}", headers=server.headers
+    )
+    assert widths == [0, 0] and page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.context.close()
