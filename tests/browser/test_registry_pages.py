@@ -256,3 +256,38 @@ def test_rule_and_alert_tables_fit_a_phone(browser: Any, server: Server, artifac
     )
     assert widths == [0, 0] and page.evaluate("document.documentElement.scrollWidth") <= 390
     page.context.close()
+
+
+def test_machine_gets_a_dbc_of_its_own(browser: Any, server: Server) -> None:
+    """The edit dialog decodes one machine with a DBC file of its own, and back with its
+    model's; the list shows which file decodes it."""
+    h = server.headers
+    dbc = httpx.post(
+        f"{server.url}/api/resources/demo/dbc",
+        json={"name": "own.dbc", "content": DBC_PATH.read_text()},
+        headers=h,
+    ).json()
+    httpx.post(
+        f"{server.url}/api/resources/demo/machines",
+        json={"chassisId": "OWN-1", "name": "Own", "model": "NODBC", "provision": False},
+        headers=h,
+    )
+    page = open_page(browser, server, "/static/machines.html", (1360, 900))
+    row = "#machines-body tr[data-chassis='OWN-1']"
+    page.wait_for_selector(f"{row} td[data-label=DBC] >> text=none")
+    page.click(f"{row} >> text=Edit")
+    page.wait_for_selector(
+        f"#machine-form [name=dbc] option[value='{dbc['id']}']", state="attached"
+    )
+    page.select_option("#machine-form [name=dbc]", str(dbc["id"]))
+    page.click("#machine-submit")
+    page.wait_for_selector(f"{row} td[data-label=DBC] >> text=own.dbc")
+    page.click(f"{row} >> text=Edit")
+    page.wait_for_function(
+        f"document.querySelector('#machine-form [name=dbc]').value === '{dbc['id']}'"
+    )
+    page.select_option("#machine-form [name=dbc]", "")
+    page.click("#machine-submit")
+    page.wait_for_selector(f"{row} td[data-label=DBC] >> text=none")
+    assert page.problems == []
+    page.context.close()

@@ -89,10 +89,25 @@ function openDialog(machine) {
     form.elements.location.value = machine.location ?? '';
     form.elements.tags.value = (machine.tags ?? []).join(', ');
     form.elements.disabled.checked = machine.disabled;
+    fillDbcChoice(machine);
   }
   showError($('#machine-error'), null);
   dialog.showModal();
   (editing ? form.elements.name : form.elements.chassisId).focus();
+}
+
+/** The machine's DBC: its model's (the default) or a file of its own. */
+async function fillDbcChoice(machine) {
+  const select = form.elements.dbc;
+  select.replaceChildren(h('option', { value: '' }, `the model's DBC file (${machine.model})`));
+  select.value = '';
+  try {
+    const files = await api.dbcFiles(state.orgId);
+    select.append(...files.map((f) => h('option', { value: String(f.id) }, `${f.name} #${f.id}`)));
+    select.value = machine.dbcOverride == null ? '' : String(machine.dbcOverride);
+  } catch (err) {
+    showError($('#machine-error'), `Cannot list the DBC files: ${err.message}`);
+  }
 }
 
 const openEdit = (machine) => openDialog(machine);
@@ -120,6 +135,10 @@ form.addEventListener('submit', async (event) => {
   try {
     if (state.editing) {
       await api.updateMachine(state.orgId, state.editing.chassisId, { ...body, disabled: f.disabled.checked });
+      const dbcId = f.dbc.value === '' ? null : Number(f.dbc.value);
+      if (dbcId !== (state.editing.dbcOverride ?? null)) {
+        await api.assignMachineDbc(state.orgId, state.editing.chassisId, dbcId);
+      }
     } else {
       const created = await api.createMachine(state.orgId, {
         ...body, chassisId: f.chassisId.value.trim(), provision: f.provision.checked,
