@@ -64,3 +64,16 @@ def test_time_zone_choice_is_applied_and_kept(demo: Server, live_page: Any) -> N
     page.open()
     assert p.input_value("#tz-select") == "UTC" and p.evaluate(UTC_JS) is True
     page.assert_clean()
+
+
+def test_field_picker_searches_units(demo: Server, live_page: Any) -> None:
+    """The group editor's field filter finds fields by unit as well as by name."""
+    page = live_page(demo).open()
+    p = page.page
+    p.get_by_role("button", name="Add group").click()
+    p.fill("#field-filter", "km/h")
+    shown = p.eval_on_selector_all(
+        "#field-list .field-row", "rows => rows.filter(r => !r.hidden).map(r => r.dataset.name)"
+    )
+    assert shown == ["speed"]
+    page.assert_clean()

@@ -69,7 +69,8 @@ function renderFields(selected) {
 function fieldRow(field, checked) {
   const range = field.min != null && field.max != null
     ? `${field.min} … ${field.max}` : '';
-  return h('label', { class: 'field-row', dataset: { name: field.name.toLowerCase() } },
+  const search = `${field.name} ${field.unit ?? ''}`.toLowerCase(); // "km/h" finds speeds too
+  return h('label', { class: 'field-row', dataset: { name: field.name.toLowerCase(), search } },
     h('input', { type: 'checkbox', name: 'fields', value: field.name, checked, dataset: { unit: field.unit ?? '' } }),
     h('span', { class: 'field-name' }, field.name),
     h('span', { class: 'field-unit' }, field.missing ? 'not on this machine' : field.unit ?? ''),
@@ -103,7 +104,7 @@ form.elements.unit.addEventListener('input', () => {
 });
 fieldFilter.addEventListener('input', () => {
   const needle = fieldFilter.value.trim().toLowerCase();
-  for (const row of fieldList.querySelectorAll('.field-row')) row.hidden = !row.dataset.name.includes(needle);
+  for (const row of fieldList.querySelectorAll('.field-row')) row.hidden = !row.dataset.search.includes(needle);
 });
 // Enter in the filter box narrows the list; it must not submit the form.
 fieldFilter.addEventListener('keydown', (event) => {
