@@ -38,6 +38,8 @@ class MachineInfo:
     location: str = ""
     disabled: bool = False
     """Ingest refuses a disabled machine's data."""
+    dbc_override: int | None = None
+    """The machine's own DBC file (else its model's)."""
 
 
 class Catalog:
@@ -88,6 +90,7 @@ class Catalog:
                 tuple(machine.tags or ()),
                 machine.location,
                 machine.disabled,
+                machine.dbc_id,
             )
         return machines
 

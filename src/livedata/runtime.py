@@ -196,6 +196,7 @@ class Runtime:
             "name": info.name,
             "model": info.model,
             "dbc": info.dbc_name,
+            "dbcOverride": info.dbc_override,
             "tags": list(info.tags),
             "location": info.location,
             "disabled": info.disabled,

@@ -223,7 +223,7 @@ def test_viewer_and_operator_see_only_what_their_role_allows(
     assert p.locator(".card").count() >= 1
     assert p.locator(".user-menu .role-badge").inner_text() == "viewer"
     assert not p.get_by_role("button", name="Add group").is_visible()
-    assert p.locator(".card-actions").first.is_hidden()
+    assert p.locator(".card-actions .needs-admin").first.is_hidden()
     assert (
         p.get_by_role("button", name="Edit").count() == 0
         or not p.get_by_role("button", name="Edit").first.is_visible()
@@ -252,7 +252,7 @@ def test_viewer_and_operator_see_only_what_their_role_allows(
     q.locator(".rt-stop").first.wait_for()
     assert q.locator(".rt-stop").first.is_visible()
     assert not q.get_by_role("button", name="Add group").is_visible()
-    assert q.locator(".card-actions").first.is_hidden()
+    assert q.locator(".card-actions .needs-admin").first.is_hidden()
     operator.assert_clean()
 
 

@@ -205,3 +205,24 @@ def test_serve_on_an_empty_install_says_how_to_begin(tmp_path: Path) -> None:
         f"livedata orgs create ORG --name 'Your company' --admin USERNAME --data-dir {tmp_path}"
         in text
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (
+            'mqtt = "mqtt://h:1883"\norg = "acme"\nchassis = "WL-1"\ncolour = "red"\n',
+            "unknown keys",
+        ),
+        ("mqtt = \n", "is not TOML"),
+        ('org = "acme"\n', "give --mqtt and --chassis"),
+        ('mqtt = "mqtt://h:1883"\nchassis = 7\n', "must be a string"),
+    ],
+)
+def test_agent_config_file_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    """`livedata agent --config` refuses a file it cannot use with one line saying why."""
+    config = tmp_path / "agent.toml"
+    config.write_text(content)
+    assert message in fails(capsys, "agent", "--config", str(config))

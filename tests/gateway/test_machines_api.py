@@ -260,3 +260,32 @@ def test_models_and_searchable_signal_catalog(http: httpx.Client) -> None:
     same = http.get(f"{ORG}/dbc/{dbc['id']}/signals", params={"q": "ccvs1"}).json()["signals"]
     assert [s["name"] for s in same] == ["brake_status", "speed"]
     assert http.get(f"{ORG}/models/NOPE/signals").status_code == 404
+
+
+def test_http_sender_is_online_without_a_command_channel(
+    http: httpx.Client, server: Server
+) -> None:
+    """A machine sending over HTTP ingest is online while it sends; its status says direct
+    methods cannot reach it, and why."""
+    created = http.post(f"{ORG}/machines", json={"chassisId": "HTTP-1", "name": "h", "model": "M"})
+    silent = http.get(f"{ORG}/machines/HTTP-1/status").json()
+    assert silent["online"] is False and silent["commands"] is False
+    assert silent["commandsReason"] == "the machine is not connected"
+    assert send(server, "HTTP-1", created.json()["provisioning"]["secret"], 1) == 202
+    status = http.get(f"{ORG}/machines/HTTP-1/status").json()
+    assert status["online"] is True and status["connected"] is False
+    assert "HTTP ingest" in status["commandsReason"]
+    simulated = http.get(f"{ORG}/machines/{server.machines[0]}/status").json()
+    assert simulated["commands"] is True and simulated["commandsReason"] is None
+
+
+def test_group_belongs_to_a_model(http: httpx.Client) -> None:
+    """A line group may name a model (shown for its machines only); a bad model is a 400."""
+    body = {"name": "Boom", "msgType": "vehicle_can", "fields": ["boom_angle"], "model": "EX300"}
+    made = http.post(f"{ORG}/groups", json=body)
+    assert made.status_code == 201 and made.json()["model"] == "EX300"
+    everyone = http.put(f"{ORG}/groups/{made.json()['id']}", json={**body, "model": None})
+    assert everyone.json()["model"] is None
+    bad = http.post(f"{ORG}/groups", json={**body, "model": "no spaces"})
+    assert bad.status_code == 400
+    http.delete(f"{ORG}/groups/{made.json()['id']}")

@@ -84,6 +84,9 @@ class GroupBody(BaseModel):
     msgType: MsgType
     fields: list[str] = Field(min_length=1, max_length=50)
     unit: Unit = ""
+    model: str | None = Field(
+        None, max_length=64, description="show the group for this model's machines only"
+    )
 
 
 class AssignBody(BaseModel):
@@ -219,7 +222,9 @@ def _spec(body: GroupBody) -> GroupSpec:
         raise InputError(f"invalid field names: {bad[:5]}")
     if len(set(body.fields)) != len(body.fields):
         raise InputError("fields contains duplicates")
-    return GroupSpec(body.name.strip(), body.msgType.value, body.fields, body.unit)
+    if body.model is not None and not valid_id(body.model):
+        raise InputError(f"invalid model {body.model[:80]!r}")
+    return GroupSpec(body.name.strip(), body.msgType.value, body.fields, body.unit, body.model)
 
 
 @router.post("/resources/{orgId}/groups", status_code=201, summary="Create a line group")

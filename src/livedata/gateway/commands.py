@@ -14,12 +14,17 @@ Every call is recorded (:mod:`livedata.metadata.commands`), listed newest first 
 ``GET …/methods`` and published to the ``commands`` watch log table.
 
 ``GET /api/resources/{orgId}/machines/{chassisId}/status`` →
-``{deviceId, connected, since, realtime: "on"|"off"|"unknown", lastSeen}``:
-``connected`` from the device link (MQTT: the retained status and Last Will; embedded:
-the simulated machine exists and the fleet runs), ``realtime`` from the last
-successful ``startMs``/``endMs``/``getStatus`` answer seen by this process, else asked
-of a connected device with ``getStatus`` (2 s), ``lastSeen`` the newest stored record
-of the machine (ms).  Changes (presence, real-time) are pushed as ``device_status``
+``{deviceId, connected, since, online, commands, commandsReason, realtime:
+"on"|"off"|"unknown", lastSeen}``: ``connected`` from the device link (MQTT: the
+retained status and Last Will; embedded: the simulated machine exists and the fleet
+runs), ``online`` also while its newest record is less than 10 s old (a machine
+sending over HTTP ingest has no link), ``commands`` whether direct methods can reach
+it (``commandsReason`` says why not), ``realtime`` from the last successful
+``startMs``/``endMs``/``getStatus`` answer seen by this process, else asked of a
+connected device with ``getStatus`` (2 s), ``lastSeen`` the newest stored record of
+the machine (ms).  A machine that comes online on an MQTT link is asked
+``getStatus`` once at once, and so is one the fleet summary does not know yet, so its
+real-time state is known (and pushed) without anyone opening it.  Changes (presence, real-time) are pushed as ``device_status``
 log table rows and Socket.IO ``device-update`` ``{deviceId, status, lastSeen,
 realtime}`` by every gateway: the change is published on the pub/sub channel
 ``live-stream/{org}/status`` and each gateway's :func:`status_relay` delivers it,
@@ -55,6 +60,8 @@ log = logging.getLogger("livedata.gateway.commands")
 router = APIRouter(prefix="/api")
 
 STATUS_PROBE_TIMEOUT_S = 2.0
+SENDING_WINDOW_MS = 10_000
+"""A machine whose newest record is this recent is ``online`` (it sends), link or not."""
 PROBE_EVERY_S = 60.0
 
 
@@ -104,10 +111,21 @@ class StatusService:
         now = time.monotonic()
         if now - self._probed.get((org, chassis), -PROBE_EVERY_S) >= PROBE_EVERY_S:
             self._probed[(org, chassis)] = now
-            task = asyncio.create_task(self.status(org, chassis))
-            self._probes.add(task)
-            task.add_done_callback(self._probes.discard)
+            self.probe_soon(org, chassis)
         return "unknown"
+
+    def probe_soon(self, org: str, chassis: str) -> None:
+        """Ask a connected machine ``getStatus`` in the background; push what it says."""
+
+        async def probe() -> None:
+            before = self.realtime.get((org, chassis))
+            await self.status(org, chassis)
+            if self.realtime.get((org, chassis)) != before:
+                await self.push(org, chassis)
+
+        task = asyncio.create_task(probe())
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
 
     async def status(self, org: str, chassis: str, probe: bool = True) -> dict[str, Any]:
         link = self.rt.devices.status(org, chassis)
@@ -122,12 +140,24 @@ class StatusService:
             except Exception as exc:  # a status page must not fail because a probe did
                 log.debug("getStatus of %s/%s: %s", org, chassis, exc)
             realtime = self.realtime.get((org, chassis))
+        last_seen = await self.last_seen(org, chassis)
+        sending = last_seen is not None and time.time() * 1000 - last_seen <= SENDING_WINDOW_MS
+        reason = None
+        if not link.connected:
+            reason = (
+                "no command channel: the machine sends without a device link (HTTP ingest)"
+                if sending
+                else "the machine is not connected"
+            )
         return {
             "deviceId": chassis,
             "connected": link.connected,
             "since": link.since_ms,
+            "online": link.connected or sending,
+            "commands": link.connected,
+            "commandsReason": reason,
             "realtime": realtime or "unknown",
-            "lastSeen": await self.last_seen(org, chassis),
+            "lastSeen": last_seen,
         }
 
     async def push(self, org: str, chassis: str) -> None:
@@ -149,13 +179,15 @@ class StatusService:
             {
                 "MACHINE": chassis,
                 "CONNECTED": state.get("connected"),
+                "ONLINE": state.get("online"),
+                "COMMANDS_REASON": state.get("commandsReason"),
                 "REALTIME": state.get("realtime"),
                 "LAST_SEEN": state.get("lastSeen"),
             },
         )
         update = {
             "deviceId": chassis,
-            "status": "online" if state.get("connected") else "offline",
+            "status": "online" if state.get("online", state.get("connected")) else "offline",
             "lastSeen": state.get("lastSeen"),
             "realtime": state.get("realtime"),
         }
@@ -187,6 +219,8 @@ async def presence_feed(rt: Runtime) -> None:
         if not change.online:
             service.realtime.pop((change.tenant, change.chassis), None)
         await service.push(change.tenant, change.chassis)
+        if change.online and (change.tenant, change.chassis) not in service.realtime:
+            service.probe_soon(change.tenant, change.chassis)  # known without a page open
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

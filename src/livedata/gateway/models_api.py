@@ -116,7 +116,7 @@ async def dbc_upload(
             CanDecoder.from_dbc, content, j1939=j1939, separate_sources=separate_sources
         )
     except DecodeError as exc:
-        raise InputError(f"not a valid DBC file: {exc}") from None
+        raise InputError(str(exc)) from None  # "invalid DBC: …", cantools' words
     check_dbc(decoder)
     return DbcUpload(name, content, decoder, j1939, separate_sources)
 
@@ -134,7 +134,7 @@ def check_dbc(decoder: CanDecoder) -> None:
         else:
             first[key] = message.name
     if clashes:
-        raise InputError(f"not a valid DBC file: duplicate message ids {', '.join(clashes[:5])}")
+        raise InputError(f"invalid DBC: duplicate message ids {', '.join(clashes[:5])}")
     count = len(decoder.signals())
     if count > MAX_DBC_SIGNALS:
         raise InputError(f"the DBC file has {count} signals; at most {MAX_DBC_SIGNALS}")

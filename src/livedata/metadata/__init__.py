@@ -50,6 +50,8 @@ class GroupSpec:
     msg_type: str
     fields: list[str]
     unit: str
+    model: str | None = None
+    """The model whose machines show the group; ``None``: every machine."""
 
 
 def group_dict(group: Group) -> dict[str, Any]:
@@ -59,6 +61,7 @@ def group_dict(group: Group) -> dict[str, Any]:
         "msgType": group.msg_type,
         "fields": list(group.fields),
         "unit": group.unit,
+        "model": group.model,
     }
 
 
@@ -306,6 +309,7 @@ class Metadata:
                 fields=spec.fields,
                 unit=spec.unit,
                 position=(last or 0) + 1,
+                model=spec.model,
             )
             s.add(group)
         return group
@@ -317,6 +321,7 @@ class Metadata:
                 raise NotFound(f"group {group_id!r} not found")
             group.name, group.msg_type = spec.name, spec.msg_type
             group.fields, group.unit = list(spec.fields), spec.unit
+            group.model = spec.model
         return group
 
     async def delete_group(self, org_id: str, group_id: str) -> None:

@@ -91,3 +91,6 @@ class Group(Base):
     fields: Mapped[list[Any]] = mapped_column(JSON)
     unit: Mapped[str] = mapped_column(String(32))
     position: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str | None] = mapped_column(
+        String(64), default=None, doc="shown for this model's machines only; None: for all"
+    )

@@ -7,8 +7,8 @@
 // shown next to what was tried, in the server's words.
 
 import { api } from './api.js';
-import { $, h, showBanner } from './dom.js';
-import { can, startSession } from './session.js';
+import { $, h, showError, wireCopyButtons } from './dom.js';
+import { can, startPage } from './session.js';
 
 const MIN_PASSWORD = 10;
 const USERNAME = /^[A-Za-z0-9_.@-]{1,64}$/;
@@ -27,28 +27,10 @@ const when = (ms) => (ms == null ? '–' : dateTime.format(ms));
 // ---- messages -----------------------------------------------------------------
 
 
-function showError(el, message) {
-  el.textContent = message ?? '';
-  el.hidden = !message;
-}
 
 // ---- copy / dismiss boxes ------------------------------------------------------
 
-for (const button of document.querySelectorAll('[data-copy]')) {
-  button.addEventListener('click', async () => {
-    const input = $(button.dataset.copy);
-    input.select();
-    let copied = false;
-    try {
-      await navigator.clipboard.writeText(input.value);
-      copied = true;
-    } catch {
-      copied = document.execCommand?.('copy') ?? false; // http:// pages have no clipboard API
-    }
-    button.textContent = copied ? 'Copied' : 'Press Ctrl+C';
-    setTimeout(() => { button.textContent = 'Copy'; }, 2000);
-  });
-}
+wireCopyButtons();
 for (const button of document.querySelectorAll('[data-dismiss]')) {
   button.addEventListener('click', () => {
     const box = $(button.dataset.dismiss);
@@ -370,6 +352,12 @@ const ACTIONS = {
   logout: 'logged out',
   token_created: 'created token',
   token_revoked: 'revoked token',
+  org_renamed: 'renamed the organisation to',
+  machine_created: 'registered machine',
+  machine_changed: 'changed machine',
+  machine_deleted: 'deleted machine',
+  machines_imported: 'imported machines:',
+  device_secret: 'issued a secret for',
 };
 
 // Other entries are requests that changed something: their HTTP method and path.
@@ -408,16 +396,39 @@ function refreshAfterChange() {
   if (state.isAdmin) loadAudit();
 }
 
+// ---- organisation ------------------------------------------------------------------------
+
+function showOrg(org) {
+  $('#org-id').textContent = org.id;
+  $('#org-form').elements.name.value = org.name || org.id;
+  $('#admin-info').textContent = state.isAdmin
+    ? `Users, tokens, device secrets and the audit log of ${org.name || org.id}.`
+    : `Your API tokens in ${org.name || org.id}.`;
+}
+
+$('#org-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const input = event.currentTarget.elements.name;
+  const name = input.value.trim();
+  if (!name) {
+    showError($('#org-error'), 'Give the organisation a name.');
+    input.focus();
+    return;
+  }
+  try {
+    showOrg(await api.renameOrg(state.orgId, name));
+    showError($('#org-error'), null);
+    refreshAfterChange();
+  } catch (err) {
+    showError($('#org-error'), `Cannot rename the organisation: ${err.message}`);
+  }
+});
+
 // ---- start ------------------------------------------------------------------------------
 
 async function start() {
-  let who;
-  try {
-    who = await startSession();
-  } catch (err) {
-    showBanner(err.message);
-    return;
-  }
+  const who = await startPage();
+  if (!who) return;
   state.me = who;
   state.orgId = who.org;
   state.isAdmin = can(who.role, 'admin');
@@ -425,9 +436,7 @@ async function start() {
   const org = await api.org(who.org);
   $('#admin-title').textContent = state.isAdmin ? 'Administration' : 'API tokens';
   document.title = `${state.isAdmin ? 'Administration' : 'API tokens'} · livedata`;
-  $('#admin-info').textContent = state.isAdmin
-    ? `Users, tokens, device secrets and the audit log of ${org.name || org.id}.`
-    : `Your API tokens in ${org.name || org.id}.`;
+  showOrg(org);
   $('#tokens-title').textContent = state.isAdmin ? 'API tokens of the organisation' : 'Your API tokens';
   const loads = [loadTokens()];
   if (state.isAdmin) loads.push(loadUsers(), loadMachines(), loadAudit());

@@ -74,12 +74,12 @@ function notifyText(rule) {
 
 function renderRules() {
   $('#rules-body').replaceChildren(...state.rules.map((rule) => h('tr', { dataset: { ruleId: String(rule.id) } },
-    h('td', {}, h('strong', {}, rule.name)),
-    h('td', { class: 'rule-desc' }, rule.description + clearText(rule)),
-    h('td', {}, scopeText(rule)),
-    h('td', {}, h('span', { class: 'sev-text', dataset: { severity: rule.severity } }, rule.severity)),
-    h('td', {}, notifyText(rule)),
-    h('td', {}, rule.enabled ? 'yes' : 'no'),
+    h('td', { 'data-label': 'Name' }, h('strong', {}, rule.name)),
+    h('td', { class: 'rule-desc', 'data-label': 'Condition' }, rule.description + clearText(rule)),
+    h('td', { 'data-label': 'Scope' }, scopeText(rule)),
+    h('td', { 'data-label': 'Severity' }, h('span', { class: 'sev-text', dataset: { severity: rule.severity } }, rule.severity)),
+    h('td', { 'data-label': 'Notify' }, notifyText(rule)),
+    h('td', { 'data-label': 'Enabled' }, rule.enabled ? 'yes' : 'no'),
     h('td', { class: 'actions needs-admin' },
       h('button', { type: 'button', class: 'btn small', onclick: () => openForm(rule) }, 'Edit'),
       h('button', { type: 'button', class: 'btn small danger-text', onclick: () => confirmDelete(rule) }, 'Delete')))));
@@ -97,19 +97,33 @@ async function loadHistory() {
   const notes = await Promise.all(alerts.map((a) => alertsApi.notifications(orgId, a.id).catch(() => [])));
   if (state.orgId !== orgId) return;
   $('#history-body').replaceChildren(...alerts.map((a, i) => h('tr', { dataset: { alertId: String(a.id) } },
-    h('td', { title: new Date(a.raisedMs).toLocaleString() }, `${clock(a.raisedMs)} (${ago(a.raisedMs)})`),
-    h('td', {}, a.chassisId),
-    h('td', {}, a.ruleName, h('div', { class: 'muted small' }, a.message)),
-    h('td', {}, h('span', { class: 'sev-text', dataset: { severity: a.severity } }, a.severity)),
-    h('td', {}, h('span', { class: 'state-text', dataset: { state: a.state } }, a.state),
-      a.clearedMs ? h('div', { class: 'muted small' }, `at ${clock(a.clearedMs)}`) : null),
-    h('td', {}, a.acknowledged ? `${a.acknowledgedBy}${a.comment ? `: “${a.comment}”` : ''}` : '–'),
-    h('td', {}, notes[i].length ? notes[i].map((n) => h('span', {
+    h('td', { title: new Date(a.raisedMs).toLocaleString(), 'data-label': 'Raised' }, `${clock(a.raisedMs)} (${ago(a.raisedMs)})`),
+    h('td', { 'data-label': 'Machine' }, a.chassisId),
+    h('td', { 'data-label': 'Rule' }, h('div', {}, a.ruleName, h('div', { class: 'muted small' }, a.message))),
+    h('td', { 'data-label': 'Severity' }, h('span', { class: 'sev-text', dataset: { severity: a.severity } }, a.severity)),
+    h('td', { 'data-label': 'State' }, h('div', {}, h('span', { class: 'state-text', dataset: { state: a.state } }, a.state),
+      a.clearedMs ? h('div', { class: 'muted small' }, `at ${clock(a.clearedMs)}`) : null)),
+    h('td', { 'data-label': 'Acknowledged' }, a.acknowledged ? `${a.acknowledgedBy}${a.comment ? `: “${a.comment}”` : ''}`
+      : h('button', { type: 'button', class: 'btn small needs-operator alert-ack', onclick: () => acknowledge(a) }, 'Acknowledge')),
+    h('td', { 'data-label': 'Notifications' }, notes[i].length ? notes[i].map((n) => h('span', {
       class: 'notif',
       dataset: { status: n.status },
       title: n.lastError ? `${n.target}: ${n.lastError}` : n.target,
     }, `${n.event} ${n.channel} ${n.status}${n.attempts > 1 ? ` ×${n.attempts}` : ''}`)) : '–'))));
   $('#history-empty').hidden = alerts.length > 0;
+}
+
+/** Acknowledge (operators and admins), with an optional comment; the table then says who. */
+async function acknowledge(alert) {
+  const comment = window.prompt(`Acknowledge “${alert.ruleName}” on ${alert.chassisId}? Comment (optional):`, '');
+  if (comment === null) return;
+  try {
+    await alertsApi.acknowledge(state.orgId, alert.id, comment.trim() || undefined);
+  } catch (err) {
+    showBanner(`Cannot acknowledge the alert: ${err.message}`);
+    return;
+  }
+  await loadHistory();
 }
 
 // ---- the form -----------------------------------------------------------------

@@ -15,7 +15,9 @@ export class ApiError extends Error {
 
 export async function request(method, path, body) {
   const init = { method, headers: { Accept: 'application/json' } };
-  if (body instanceof Blob) {
+  if (body instanceof FormData) {
+    init.body = body; // the browser sets the multipart Content-Type with its boundary
+  } else if (body instanceof Blob) {
     init.headers['Content-Type'] = 'application/octet-stream';
     init.body = body;
   } else if (body !== undefined) {
@@ -41,6 +43,13 @@ export async function request(method, path, body) {
   return data;
 }
 
+/** POST one file as multipart/form-data (field "file"); the JSON answer, or an ApiError. */
+export function upload(path, file) {
+  const form = new FormData();
+  form.append('file', file, file.name);
+  return request('POST', path, form);
+}
+
 const enc = encodeURIComponent;
 const orgPath = (orgId) => `/api/resources/${enc(orgId)}`;
 export const datasetPath = (orgId, chassisId) => `${orgPath(orgId)}/_common/datasets/${enc(chassisId)}`;
@@ -56,6 +65,10 @@ export const api = {
   async org(orgId) {
     const orgs = await this.orgs().catch(() => []);
     return orgs.find((org) => org.id === orgId) ?? { id: orgId, name: orgId };
+  },
+  /** {id, name}: rename one's own organisation (admin). */
+  renameOrg(orgId, name) {
+    return request('PUT', orgPath(orgId), { name });
   },
   async machines(orgId) {
     return (await request('GET', `${orgPath(orgId)}/machines`)).machines;
@@ -119,6 +132,49 @@ export const api = {
   /** {deviceId, username, secret}: a new device secret; the old one stops working. */
   newDeviceSecret(orgId, chassisId) {
     return request('POST', `${orgPath(orgId)}/machines/${enc(chassisId)}/secret`);
+  },
+  // ---- machine registry, models and DBC files ----
+  /** {machine, provisioning}: `provisioning` (with the secret, shown once) unless provision is false. */
+  createMachine(orgId, machine) {
+    return request('POST', `${orgPath(orgId)}/machines`, machine);
+  },
+  /** `change`: any of {name, model, tags, location, disabled}. */
+  updateMachine(orgId, chassisId, change) {
+    return request('PUT', `${orgPath(orgId)}/machines/${enc(chassisId)}`, change);
+  },
+  /** `data`: 'keep' or 'delete' (its stored telemetry). */
+  deleteMachine(orgId, chassisId, data) {
+    return request('DELETE', `${orgPath(orgId)}/machines/${enc(chassisId)}?data=${enc(data)}`);
+  },
+  async machinePoints(orgId, chassisId) {
+    return (await request('GET', `${orgPath(orgId)}/machines/${enc(chassisId)}/data`)).points;
+  },
+  provisionMachine(orgId, chassisId) {
+    return request('POST', `${orgPath(orgId)}/machines/${enc(chassisId)}/provision`);
+  },
+  importMachines(orgId, file) {
+    return upload(`${orgPath(orgId)}/machines/import`, file);
+  },
+  async models(orgId) {
+    return (await request('GET', `${orgPath(orgId)}/models`)).models;
+  },
+  createModel(orgId, name) {
+    return request('POST', `${orgPath(orgId)}/models`, { name });
+  },
+  assignModelDbc(orgId, model, dbcId) {
+    return request('PUT', `${orgPath(orgId)}/models/${enc(model)}/dbc`, { dbcId });
+  },
+  assignMachineDbc(orgId, chassisId, dbcId) {
+    return request('PUT', `${orgPath(orgId)}/machines/${enc(chassisId)}/dbc`, { dbcId });
+  },
+  async modelSignals(orgId, model) {
+    return request('GET', `${orgPath(orgId)}/models/${enc(model)}/signals`);
+  },
+  async dbcFiles(orgId) {
+    return (await request('GET', `${orgPath(orgId)}/dbc`)).dbc;
+  },
+  uploadDbc(orgId, file) {
+    return upload(`${orgPath(orgId)}/dbc`, file);
   },
   async audit(orgId, limit = 100) {
     return (await request('GET', `${orgPath(orgId)}/audit?limit=${enc(limit)}`)).entries;

@@ -17,6 +17,8 @@ const groupsEl = $('#groups');
 const emptyState = $('#empty-state');
 const addButton = $('#add-group');
 const rangeSelect = $('#range-select');
+const tzSelect = $('#tz-select');
+const TZ_KEY = 'livedata.timeZone';
 
 // The time ranges of the header's selector. 2 min is the page as it always was (raw
 // history, then live); the wider ranges load min/max downsampled history of about
@@ -134,6 +136,13 @@ function selectMachine(chassisId) {
 
 orgSelect.addEventListener('change', () => selectOrg(orgSelect.value, null));
 machineSelect.addEventListener('change', () => selectMachine(machineSelect.value));
+// The time zone of the charts: the browser's or UTC, remembered in this browser.
+tzSelect.value = localStorage.getItem(TZ_KEY) === 'UTC' ? 'UTC' : 'local';
+tzSelect.addEventListener('change', () => {
+  localStorage.setItem(TZ_KEY, tzSelect.value);
+  for (const card of state.cards.values()) card.chart.setZone(tzSelect.value);
+});
+
 rangeSelect.addEventListener('change', () => {
   state.range = rangeSelect.value;
   if (state.machine) selectMachine(state.machine.chassisId); // new feeds load the new range
@@ -174,8 +183,14 @@ function applyGroups() {
   draw();
 }
 
+/** The groups of this machine: those for every machine and those for its model. */
+function machineGroups() {
+  return state.groups.filter((g) => !g.model || g.model === state.machine?.model);
+}
+
 function renderCards() {
-  const wanted = new Map(state.groups.map((g) => [g.id, g]));
+  const groups = machineGroups();
+  const wanted = new Map(groups.map((g) => [g.id, g]));
   for (const [id, card] of state.cards) {
     const group = wanted.get(id);
     if (!group || cardKey(group) !== card.key) {
@@ -185,22 +200,22 @@ function renderCards() {
     }
   }
   let previous = null;
-  for (const group of state.groups) {
+  for (const group of groups) {
     let card = state.cards.get(group.id);
     if (!card) {
       const el = cardElement(group);
       groupsEl.insertBefore(el, previous ? previous.nextSibling : groupsEl.firstChild);
-      card = { key: cardKey(group), group, el, chart: new GroupChart(el.querySelector('.chart'), group, fieldInfos(group.msgType)) };
+      card = { key: cardKey(group), group, el, chart: new GroupChart(el.querySelector('.chart'), group, fieldInfos(group.msgType), tzSelect.value) };
       state.cards.set(group.id, card);
     } else if (card.el.previousSibling !== previous) {
       groupsEl.insertBefore(card.el, previous ? previous.nextSibling : groupsEl.firstChild);
     }
     previous = card.el;
   }
-  setEmpty(state.groups.length ? null : 'noGroups');
+  setEmpty(groups.length ? null : 'noGroups');
 }
 
-const cardKey = (g) => JSON.stringify([g.name, g.msgType, g.fields, g.unit]);
+const cardKey = (g) => JSON.stringify([g.name, g.msgType, g.fields, g.unit, g.model]);
 
 /** Download the group's fields over the shown range (raw, streamed by the export API). */
 function download(group, fields, format) {
@@ -226,7 +241,8 @@ function cardElement(group) {
       h('div', { class: 'card-title' },
         h('h2', {}, group.name),
         h('span', { class: 'tag' }, group.msgType),
-        group.unit ? h('span', { class: 'tag unit' }, group.unit) : null),
+        group.unit ? h('span', { class: 'tag unit' }, group.unit) : null,
+        group.model ? h('span', { class: 'tag', title: `Shown for machines of model ${group.model}` }, group.model) : null),
       h('div', { class: 'card-downloads' },
         ['csv', 'parquet'].map((format) => h('button', {
           type: 'button',
@@ -236,11 +252,19 @@ function cardElement(group) {
           disabled: !group.fields.some((f) => known.has(f)),
           onclick: () => download(group, group.fields.filter((f) => known.has(f)), format),
         }, format === 'csv' ? 'CSV' : 'Parquet'))),
-      h('div', { class: 'card-actions needs-admin' },
-        h('button', { type: 'button', class: 'btn small', onclick: () => editGroup(group.id) }, 'Edit'),
-        h('button', { type: 'button', class: 'btn small danger-text', onclick: () => deleteGroup(group.id) }, 'Delete'))),
+      h('div', { class: 'card-actions' },
+        h('button', { type: 'button', class: 'btn small card-png', title: 'Download this chart as a PNG image', onclick: (event) => downloadChart(event, group) }, 'PNG'),
+        h('button', { type: 'button', class: 'btn small needs-admin', onclick: () => editGroup(group.id) }, 'Edit'),
+        h('button', { type: 'button', class: 'btn small danger-text needs-admin', onclick: () => deleteGroup(group.id) }, 'Delete'))),
     note ? h('p', { class: 'card-note' }, note) : null,
     h('div', { class: 'chart', role: 'img', 'aria-label': `${group.name}: ${group.fields.join(', ')}` }));
+}
+
+function downloadChart(event, group) {
+  const el = event.currentTarget.closest('.card');
+  const card = [...state.cards.values()].find((c) => c.el === el);
+  const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-');
+  card?.chart.downloadPng(`${state.machine.chassisId}-${group.name}-${stamp}.png`.replace(/[^\w.-]+/g, '_'));
 }
 
 function addGroup() {
@@ -287,7 +311,7 @@ $('#empty-add-group').addEventListener('click', addGroup);
  */
 function syncFeeds() {
   const wanted = new Map();
-  for (const group of state.groups) {
+  for (const group of machineGroups()) {
     const known = fieldInfos(group.msgType);
     const fields = wanted.get(group.msgType) ?? [];
     for (const field of group.fields) if (known.has(field) && !fields.includes(field)) fields.push(field);

@@ -13,9 +13,20 @@ const GAP_MS = 5000;
 const AXIS_COLOR = '#d5d9e0';
 const LABEL_COLOR = '#6b7280';
 
-const timeFormat = new Intl.DateTimeFormat(undefined, {
-  hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
-});
+const numberFormat = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 6 }); // y-axis labels
+const timeFormats = new Map(); // time zone ('local' or 'UTC') → tooltip time format
+
+function timeFormat(zone) {
+  let format = timeFormats.get(zone);
+  if (!format) {
+    format = new Intl.DateTimeFormat(undefined, {
+      hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
+      timeZone: zone === 'UTC' ? 'UTC' : undefined, timeZoneName: zone === 'UTC' ? 'short' : undefined,
+    });
+    timeFormats.set(zone, format);
+  }
+  return format;
+}
 
 const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
@@ -25,12 +36,25 @@ export class GroupChart {
    * @param {{fields: string[], unit: string}} group
    * @param {Map<string, {unit: string, choices: object|null, decimals: number|undefined}>} infos
    *   each field's unit, value table and decimals (format.js fieldInfo)
+   * @param {string} zone 'local' (the browser's time zone) or 'UTC'
    */
-  constructor(el, group, infos) {
+  constructor(el, group, infos, zone = 'local') {
     this.fields = group.fields;
     this.infos = infos;
+    this.zone = zone;
     this.chart = echarts.init(el, null, { renderer: 'canvas' });
-    this.chart.setOption(this.baseOption(group.unit));
+    this.chart.setOption({ ...this.baseOption(group.unit), useUTC: zone === 'UTC' });
+    // Zoom and pan on the time axis (wheel, pinch, drag): while the zoom reaches the right
+    // end the view follows the live edge; zoomed away, it stays on the times it shows
+    // until a double click (or zooming back to the end) follows again.
+    this.following = true;
+    this.zoom = null; // [from, to] in ms while not following
+    this.chart.on('datazoom', () => this.onZoom());
+    this.chart.getZr().on('dblclick', () => {
+      this.following = true;
+      this.zoom = null;
+      this.chart.dispatchAction({ type: 'dataZoom', start: 0, end: 100 });
+    });
     this.resizeObserver = new ResizeObserver(() => this.chart.resize());
     this.resizeObserver.observe(el);
   }
@@ -40,7 +64,14 @@ export class GroupChart {
       animation: false,
       color: PALETTE,
       textStyle: { fontFamily: 'system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif' },
-      grid: { left: 8, right: 20, top: 40, bottom: 4, containLabel: true },
+      grid: { left: 8, right: 30, top: 40, bottom: 4, containLabel: true }, // room for the last time label
+      // The unit above the y axis as text of its own: as the axis name it was cut at the
+      // canvas' left edge ("km/h" drawn as "ɜm/h").
+      graphic: [{
+        id: 'unit', type: 'text', left: 8, top: 8,
+        style: { text: unitText(unit), fill: LABEL_COLOR, font: '600 12px system-ui, sans-serif' },
+      }],
+      dataZoom: [{ type: 'inside', xAxisIndex: 0, filterMode: 'none' }],
       // Right-aligned on the row of the y-axis name; each entry shows the latest value,
       // in a fixed-width box so that the entries do not shift as values change.
       legend: {
@@ -81,12 +112,8 @@ export class GroupChart {
       },
       yAxis: {
         type: 'value',
-        name: unitText(unit),
         scale: true,
-        nameLocation: 'end',
-        nameGap: 16,
-        nameTextStyle: { color: LABEL_COLOR, fontWeight: 600, align: 'right' },
-        axisLabel: { color: LABEL_COLOR },
+        axisLabel: { color: LABEL_COLOR, formatter: (value) => numberFormat.format(value) },
         splitLine: { lineStyle: { color: '#eef0f3' } },
       },
       series: this.fields.map((field) => ({
@@ -105,11 +132,39 @@ export class GroupChart {
   /** Redraw with the feed's points and move the window of `windowMs` to end at `now`. */
   update(series, now, windowMs = WINDOW_MS, gapMs = GAP_MS) {
     this.latest = new Map(this.fields.map((field) => [field, series?.get(field)?.at(-1)?.[1]]));
+    this.extent = [now - windowMs, now];
     this.chart.setOption({
       xAxis: { min: now - windowMs, max: now, axisLabel: { formatter: axisFormat(windowMs) } },
+      dataZoom: this.following ? [{}] : [{ startValue: this.zoom[0], endValue: this.zoom[1] }],
       legend: { formatter: (name) => this.legendLabel(name) },
       series: this.fields.map((field) => ({ id: field, data: withGaps(series?.get(field) ?? [], gapMs) })),
     });
+  }
+
+  /** Show times in `zone` ('local' or 'UTC'): axis labels and tooltips. */
+  setZone(zone) {
+    this.zone = zone;
+    this.chart.setOption({ useUTC: zone === 'UTC' });
+  }
+
+  /** After the user zoomed or panned: follow the live edge when the view reaches it. */
+  onZoom() {
+    const zoom = this.chart.getOption().dataZoom?.[0];
+    if (!zoom || !this.extent) return;
+    const [min, max] = this.extent;
+    const at = (pct, value) => value ?? min + ((max - min) * pct) / 100;
+    const from = at(zoom.start, zoom.startValue);
+    const to = at(zoom.end, zoom.endValue);
+    this.following = to >= max - (max - min) * 0.005;
+    this.zoom = this.following ? null : [from, to];
+  }
+
+  /** The chart as a PNG file, downloaded by the browser. */
+  downloadPng(filename) {
+    const link = document.createElement('a');
+    link.href = this.chart.getDataURL({ type: 'png', pixelRatio: 2, backgroundColor: '#fff' });
+    link.download = filename;
+    link.click();
   }
 
   legendLabel(field) {
@@ -130,7 +185,7 @@ export class GroupChart {
         return `<div class="tt-row">${p.marker}<span class="tt-name">${escapeHtml(p.seriesName)}</span>`
           + `<b>${escapeHtml(formatValue(p.value[1], info))}</b>&nbsp;${escapeHtml(info?.unit ?? '')}</div>`;
       });
-    return `<div class="tt-time">${timeFormat.format(first.value[0])}</div>${rows.join('')}`;
+    return `<div class="tt-time">${timeFormat(this.zone).format(first.value[0])}</div>${rows.join('')}`;
   }
 
   dispose() {

@@ -2,7 +2,7 @@
 // `onSave` / `onConfirm` return a promise; a rejection keeps the dialog open and
 // shows the error's message (the server's validation message) inside it.
 
-import { $, h } from './dom.js';
+import { $, h, showError } from './dom.js';
 
 const MSG_TYPES = ['vehicle_can', 'client_raw_data'];
 
@@ -34,6 +34,11 @@ export function openGroupForm({ group, machine, onSave }) {
   form.elements.msgType.replaceChildren(...types.map((type) => h('option', { value: type }, type)));
   form.elements.msgType.value = group?.msgType ?? types.find((t) => machineFields(machine, t).length) ?? types[0];
   renderFields(group?.fields ?? []);
+  // a mixed fleet: a group of one model's signals is shown for that model's machines only
+  const models = [...new Set([machine.model, group?.model].filter(Boolean))];
+  form.elements.model.replaceChildren(h('option', { value: '' }, 'every machine'),
+    ...models.map((m) => h('option', { value: m }, `machines of model ${m}`)));
+  form.elements.model.value = group ? (group.model ?? '') : (machine.model ?? '');
   form.elements.unit.value = group?.unit ?? '';
   if (!group) prefillUnit();
   dialog.showModal();
@@ -64,7 +69,8 @@ function renderFields(selected) {
 function fieldRow(field, checked) {
   const range = field.min != null && field.max != null
     ? `${field.min} … ${field.max}` : '';
-  return h('label', { class: 'field-row', dataset: { name: field.name.toLowerCase() } },
+  const search = `${field.name} ${field.unit ?? ''}`.toLowerCase(); // "km/h" finds speeds too
+  return h('label', { class: 'field-row', dataset: { name: field.name.toLowerCase(), search } },
     h('input', { type: 'checkbox', name: 'fields', value: field.name, checked, dataset: { unit: field.unit ?? '' } }),
     h('span', { class: 'field-name' }, field.name),
     h('span', { class: 'field-unit' }, field.missing ? 'not on this machine' : field.unit ?? ''),
@@ -98,7 +104,7 @@ form.elements.unit.addEventListener('input', () => {
 });
 fieldFilter.addEventListener('input', () => {
   const needle = fieldFilter.value.trim().toLowerCase();
-  for (const row of fieldList.querySelectorAll('.field-row')) row.hidden = !row.dataset.name.includes(needle);
+  for (const row of fieldList.querySelectorAll('.field-row')) row.hidden = !row.dataset.search.includes(needle);
 });
 // Enter in the filter box narrows the list; it must not submit the form.
 fieldFilter.addEventListener('keydown', (event) => {
@@ -112,6 +118,7 @@ form.addEventListener('submit', async (event) => {
     msgType: form.elements.msgType.value,
     fields: checkedBoxes().map((box) => box.value),
     unit: form.elements.unit.value.trim(),
+    model: form.elements.model.value || null,
   };
   if (!body.name) return showError(formError, 'Give the group a name.');
   if (body.fields.length === 0) return showError(formError, 'Choose at least one field.');
@@ -149,7 +156,3 @@ async function submitWith(formEl, errorEl, action, dialogEl) {
   }
 }
 
-function showError(el, message) {
-  el.textContent = message ?? '';
-  el.hidden = !message;
-}

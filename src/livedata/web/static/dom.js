@@ -32,3 +32,44 @@ export function showBanner(message) {
   $('#banner-list').replaceChildren(...bannerMessages.map((text) => h('li', {}, text)));
   banner.hidden = false;
 }
+
+/** Buttons with data-copy="#selector" copy that input's or textarea's value when clicked. */
+export function wireCopyButtons() {
+  for (const button of document.querySelectorAll('[data-copy]')) {
+    button.addEventListener('click', async () => {
+      const input = $(button.dataset.copy);
+      input.select();
+      let copied = false;
+      try {
+        await navigator.clipboard.writeText(input.value);
+        copied = true;
+      } catch {
+        copied = document.execCommand?.('copy') ?? false; // http:// pages have no clipboard API
+      }
+      button.textContent = copied ? 'Copied' : 'Press Ctrl+C';
+      setTimeout(() => { button.textContent = 'Copy'; }, 2000);
+    });
+  }
+}
+
+/** A drop zone (click or Enter/Space opens `input`, a file picker) calling onFile(file). */
+export function dropTarget(zone, input, onFile) {
+  zone.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); input.click(); }
+  });
+  input.addEventListener('change', () => { if (input.files[0]) onFile(input.files[0]); input.value = ''; });
+  zone.addEventListener('dragover', (event) => { event.preventDefault(); zone.classList.add('is-over'); });
+  zone.addEventListener('dragleave', () => zone.classList.remove('is-over'));
+  zone.addEventListener('drop', (event) => {
+    event.preventDefault();
+    zone.classList.remove('is-over');
+    const file = event.dataTransfer?.files?.[0];
+    if (file) onFile(file);
+  });
+}
+
+/** Show `message` in an error element, or hide it when there is none. */
+export function showError(el, message) {
+  el.textContent = message ?? '';
+  el.hidden = !message;
+}

@@ -40,6 +40,7 @@ style.textContent = `
 .rt-panel { display: flex; align-items: center; gap: 8px; margin: 6px 16px 0; font-size: 13px; flex-wrap: wrap; }
 .rt-state { font-weight: 600; }
 .rt-error { color: #b91c1c; font-size: 12px; }
+.rt-reason { font-size: 12px; }
 .card { position: relative; }
 .rt-overlay { position: absolute; left: 8px; right: 8px; bottom: 8px; height: 260px; display: flex;
   align-items: center; justify-content: center; pointer-events: none; font-size: 15px; font-weight: 600;
@@ -52,6 +53,7 @@ const current = () => ({ org: orgSelect?.value || '', chassis: machineSelect?.va
 function label() {
   const s = rt.status;
   if (!s) return ['⚪', 'Real-Time status unknown'];
+  if (!s.connected && s.online) return ['🟢', 'Sending (no command channel)'];
   if (!s.connected) return ['⚫', 'Machine offline'];
   if (s.realtime === 'on') return ['🟢', 'Real-Time is running'];
   if (s.realtime === 'off') return ['🔴', 'Real-Time is stopped'];
@@ -65,6 +67,7 @@ function panelFor(card) {
       h('span', { class: 'rt-state', role: 'status' }),
       h('button', { type: 'button', class: 'btn small rt-start needs-operator', onclick: () => send('startMs') }, 'Start'),
       h('button', { type: 'button', class: 'btn small rt-stop needs-operator', onclick: () => send('endMs') }, 'Stop'),
+      h('span', { class: 'rt-reason muted' }),
       h('span', { class: 'rt-error', role: 'alert' }));
     const head = card.querySelector(':scope > .card-head');
     if (head) head.after(panel);
@@ -80,8 +83,15 @@ function render() {
   for (const card of groupsEl.querySelectorAll(':scope > .card')) {
     const panel = panelFor(card);
     panel.querySelector('.rt-state').textContent = `${icon} ${rt.busy ? 'Sending…' : text}`;
-    panel.querySelector('.rt-start').disabled = rt.busy || !rt.status || on === 'on';
-    panel.querySelector('.rt-stop').disabled = rt.busy || !rt.status || on === 'off';
+    // no command channel (offline, or sending over HTTP only): say why instead of a 404
+    const reason = rt.status && !rt.status.connected
+      ? (rt.status.commandsReason || 'the machine is not connected') : null;
+    for (const [cls, same] of [['.rt-start', 'on'], ['.rt-stop', 'off']]) {
+      const button = panel.querySelector(cls);
+      button.disabled = rt.busy || !rt.status || on === same || Boolean(reason);
+      button.title = reason ? `Not possible now: ${reason}` : '';
+    }
+    panel.querySelector('.rt-reason').textContent = reason && rt.status.online ? `Start/Stop: ${reason}` : '';
     panel.querySelector('.rt-error').textContent = rt.error;
     let overlay = card.querySelector(':scope > .rt-overlay');
     if (stopped && !overlay) {
@@ -150,6 +160,8 @@ function onStatusRow(event) {
     ...(rt.status || {}),
     deviceId: row.MACHINE,
     connected: Boolean(row.CONNECTED),
+    online: row.ONLINE ?? Boolean(row.CONNECTED),
+    commandsReason: row.COMMANDS_REASON ?? null,
     realtime: row.REALTIME || 'unknown',
     lastSeen: row.LAST_SEEN ?? rt.status?.lastSeen ?? null,
   };

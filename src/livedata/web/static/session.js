@@ -10,7 +10,7 @@
 //   The server enforces roles anyway; this only keeps the page from offering
 //   what would be refused.
 
-import { h } from './dom.js';
+import { h, showBanner } from './dom.js';
 
 export const LOGIN_PAGE = '/static/login.html';
 export const CSRF_COOKIE = 'livedata_csrf';
@@ -145,4 +145,14 @@ export async function startSession() {
     if (event.persisted) authFetch('/api/auth/me').catch(() => {});
   });
   return who;
+}
+
+/** startSession() for a page script: the caller, or null once the banner says why not. */
+export async function startPage() {
+  try {
+    return await startSession();
+  } catch (err) {
+    showBanner(err.message);
+    return null;
+  }
 }

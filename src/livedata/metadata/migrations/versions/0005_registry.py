@@ -1,4 +1,5 @@
-"""Machine registry: tags, a location label, a disabled flag and a creation time per machine.
+"""Machine registry: tags, a location label, a disabled flag and a creation time per machine;
+line groups that belong to one model (or, without one, to every machine).
 
 Revision ID: 0005
 Revises: 0004
@@ -26,9 +27,12 @@ def upgrade() -> None:
     op.add_column(
         "machines", sa.Column("created_ms", sa.BigInteger, nullable=False, server_default="0")
     )
+    op.add_column("groups", sa.Column("model", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("groups") as batch:
+        batch.drop_column("model")
     with op.batch_alter_table("machines") as batch:
         for column in ("created_ms", "disabled", "location", "tags"):
             batch.drop_column(column)

@@ -1,0 +1,79 @@
+"""Chart tools on the Live Data page: the unit label whole, zoom that leaves or follows the
+live edge, PNG download, the time zone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Server
+
+ZOOM_JS = """(startValue) => {
+  const chart = echarts.getInstanceByDom(document.querySelector('.card .chart'));
+  chart.dispatchAction({ type: 'dataZoom', startValue, endValue: startValue + 20000 });
+}"""
+VIEW_JS = """() => {
+  const chart = echarts.getInstanceByDom(document.querySelector('.card .chart'));
+  const axis = chart.getModel().getComponent('xAxis', 0).axis;
+  return axis.scale.getExtent();
+}"""
+
+
+def test_unit_zoom_and_png(demo: Server, live_page: Any, tmp_path: Any) -> None:
+    """The y unit is drawn whole beside the chart; a zoom into the past stays on those times
+    while data arrives, a double click follows the live edge again; PNG downloads an image."""
+    page = live_page(demo).open()
+    p = page.page
+    page.wait_for(lambda: sum(sum(v.values()) for v in page.point_counts().values()) > 20, 20)
+    unit = p.evaluate(
+        "() => echarts.getInstanceByDom(document.querySelector('.card .chart'))"
+        ".getOption().graphic[0].elements[0].style.text"
+    )
+    group_unit = p.locator(".card .tag.unit").first.inner_text()
+    assert unit == group_unit
+    start, end = p.evaluate(VIEW_JS)
+    p.evaluate(ZOOM_JS, start + 10_000)
+    zoomed = p.evaluate(VIEW_JS)
+    assert abs(zoomed[0] - (start + 10_000)) < 1000 and abs(zoomed[1] - (start + 30_000)) < 1000
+    p.wait_for_timeout(2500)  # two live updates later the view has not moved
+    assert p.evaluate(VIEW_JS) == zoomed
+    p.dblclick(".card .chart canvas")
+    p.wait_for_function(
+        f"(() => {{ const c = echarts.getInstanceByDom(document.querySelector('.card .chart'));"
+        f" return c.getModel().getComponent('xAxis', 0).axis.scale.getExtent()[1] > {end}; }})()"
+    )
+    with p.expect_download() as info:
+        p.locator(".card-png").first.click()
+    download = info.value
+    assert download.suggested_filename.endswith(".png")
+    path = tmp_path / "chart.png"
+    download.save_as(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page.assert_clean()
+
+
+UTC_JS = """() => echarts.getInstanceByDom(document.querySelector('.card .chart')).getModel().get('useUTC')"""
+
+
+def test_time_zone_choice_is_applied_and_kept(demo: Server, live_page: Any) -> None:
+    """Choosing UTC redraws the charts in UTC and is remembered on the next visit."""
+    page = live_page(demo).open()
+    p = page.page
+    assert p.input_value("#tz-select") == "local" and not p.evaluate(UTC_JS)
+    p.select_option("#tz-select", "UTC")
+    assert p.evaluate(UTC_JS) is True
+    page.open()
+    assert p.input_value("#tz-select") == "UTC" and p.evaluate(UTC_JS) is True
+    page.assert_clean()
+
+
+def test_field_picker_searches_units(demo: Server, live_page: Any) -> None:
+    """The group editor's field filter finds fields by unit as well as by name."""
+    page = live_page(demo).open()
+    p = page.page
+    p.get_by_role("button", name="Add group").click()
+    p.fill("#field-filter", "km/h")
+    shown = p.eval_on_selector_all(
+        "#field-list .field-row", "rows => rows.filter(r => !r.hidden).map(r => r.dataset.name)"
+    )
+    assert shown == ["speed"]
+    page.assert_clean()
