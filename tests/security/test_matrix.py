@@ -144,6 +144,8 @@ OK_OWN: dict[tuple[str, str], int] = {
 
 QUERIES: dict[str, dict[str, str]] = {
     "/api/resources/{orgId}/_common/datasets/{chassisId}/history": {"msgType": "client_raw_data"},
+    "/api/resources/{orgId}/_common/datasets/{chassisId}/export": {"msgType": "client_raw_data"},
+    "/api/resources/{orgId}/machines/{chassisId}/import": {"filename": "run.log"},
     "/db/write/{table}": {"timeformat": "ms"},
 }
 
