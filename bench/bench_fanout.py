@@ -27,8 +27,8 @@ Printed per target: deliveries/s (expected: published messages × clients of tha
 machine), lost (expected minus received, for messages published in the window, 2 s
 of grace after it), latency p50/p99/max (client receipt minus the publisher's ``ts``),
 server CPU % (of one core) and RSS, KB per connected idle client (RSS with clients
-and no traffic minus RSS before them), GC pauses of the server (``gc.callbacks``:
-count, longest, the total per generation) and the ratios to the baseline.
+and no traffic minus RSS before them), GC pauses of the server (``gc.callbacks``,
+CPU time of each collection: count and longest per generation, total) and the ratios to the baseline.
 
 ``--profile S`` runs ``py-spy record`` on the livedata gateway for S seconds in the
 window and prints the top self and inclusive frames.
@@ -114,15 +114,19 @@ def live_path(chassis_id: str) -> str:
 
 
 def record_gc_pauses(path: str) -> None:
-    """Append ``wall-time generation seconds`` for every collection of 1 ms or more to ``path``."""
+    """Append ``time generation cpu-seconds`` for each collection of 1 ms of CPU or more to ``path``.
+
+    CPU time of the thread, not wall time: on a shared machine a collection's wall time
+    includes the time the process waited for a core.
+    """
     out = open(path, "a", buffering=1)  # noqa: SIM115 - open for the life of the process
     started = [0.0]
 
     def callback(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            started[0] = time.thread_time()
             return
-        took = time.perf_counter() - started[0]
+        took = time.thread_time() - started[0]
         if took >= 0.001:
             out.write(f"{time.time():.3f} {info['generation']} {took:.6f}\n")
 
@@ -332,6 +336,10 @@ class Result:
     other: dict[str, int] = field(default_factory=dict)
 
 
+def gc_summary(pauses: list[float]) -> str:
+    return f"{len(pauses)}, {max(pauses) * 1000:.1f}" if pauses else "0"
+
+
 def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] * 1000 if values else float("nan")
 
@@ -406,54 +414,6 @@ def server(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> 
                 proc.wait(5)
 
 
-def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy")
-    if spy is None:
-        print("  (py-spy not installed: no profile)")
-        return None
-    return subprocess.Popen(
-        [
-            spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(int(seconds)),
-            "--rate",
-            "200",
-            "--nonblocking",
-            "--format",
-            "raw",
-            "--output",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def print_profile(raw: Path, top: int = 15) -> None:
-    if not raw.exists():
-        print("  (no profile written)")
-        return
-    own: Counter[str] = Counter()
-    incl: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        count = int(n)
-        total += count
-        frames = stack.split(";")
-        own[frames[-1]] += count
-        for frame in set(frames[1:]):
-            incl[frame] += count
-    print(f"  py-spy: {total} samples")
-    for title, table in (("self", own), ("inclusive", incl)):
-        print(f"  top {title}:")
-        for frame, count in table.most_common(top):
-            print(f"    {100 * count / total:5.1f} %  {frame[:110]}")
-
-
 def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> Result:
     result = Result(target)
     with server(target, args, redis_url, tmp) as (proc, url, gc_log):
@@ -497,7 +457,11 @@ def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path)
             cpu0 = ps.cpu_times()
             spy = None
             if args.profile and target == "livedata":
-                spy = profile(ps.pid, min(args.profile, args.window), tmp / "profile.txt")
+                from bench_cluster import start_profile  # the same sampling and summary
+
+                spy = start_profile(ps.pid, min(args.profile, args.window), tmp / "profile.txt")
+                if spy is None:
+                    print("  (py-spy not installed: no profile)")
             rss_max = 0
             while time.time() < w1:
                 rss_max = max(rss_max, ps.memory_info().rss)
@@ -524,8 +488,10 @@ def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path)
             result.deliveries = len(lat) / args.window
             result.lost = max(0, int(result.expected) - len(lat))
             if spy is not None:
+                from bench_cluster import summarise_profile
+
                 spy.wait(args.profile + 30)
-                print_profile(tmp / "profile.txt")
+                print("\n".join(summarise_profile(target, tmp / "profile.txt", args.profile)))
         finally:
             for p in pipes:
                 with contextlib.suppress(OSError, BrokenPipeError):
@@ -574,17 +540,13 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     row("server CPU % (one core)", lambda r: f"{r.cpu:.1f}")
     row("server RSS MiB (max)", lambda r: f"{r.rss / 2**20:.1f}")
     row("KB per idle connection", lambda r: f"{r.kb_per_conn:.1f}")
-    row("GC pauses >= 1 ms (count)", lambda r: f"{len(r.gc)}", ratio=False)
-    row(
-        "GC longest pause ms (gen)",
-        lambda r: (
-            f"{max(g[2] for g in r.gc) * 1000:.1f} (gen {max(r.gc, key=lambda g: g[2])[1]})"
-            if r.gc
-            else "0"
-        ),
-        ratio=False,
-    )
-    row("GC total ms in window", lambda r: f"{sum(g[2] for g in r.gc) * 1000:.1f}", ratio=False)
+    for gen in (0, 1, 2):
+        row(
+            f"GC gen {gen} pauses >= 1 ms CPU: count, max ms",
+            lambda r, gen=gen: gc_summary([g[2] for g in r.gc if g[1] == gen]),
+            ratio=False,
+        )
+    row("GC total CPU ms in window", lambda r: f"{sum(g[2] for g in r.gc) * 1000:.1f}", ratio=False)
     width = max(len(label) for label, _ in rows)
     widths = [max(len(c), *(len(cells[i]) for _, cells in rows)) for i, c in enumerate(cols)]
     print()
