@@ -136,6 +136,8 @@ def record_gc_pauses(path: str) -> None:
 def run_gateway_with_gc_log() -> None:
     """``python bench_fanout.py --gateway ARGS…``: the livedata CLI with GC pauses recorded."""
     record_gc_pauses(os.environ["BENCH_GC_LOG"])
+    if os.environ.get("BENCH_GC_THRESHOLD"):
+        gc.set_threshold(*(int(n) for n in os.environ["BENCH_GC_THRESHOLD"].split(",")))
     from livedata.cli.main import main
 
     sys.exit(main(sys.argv[2:]))
@@ -373,6 +375,7 @@ def server(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> 
         "BENCH_GC_LOG": str(gc_log),
         "LIVEDATA_ADMIN_TOKEN": BENCH_TOKEN,
         "LIVEDATA_LIVE_PER_USER": str(args.clients + 100),
+        "BENCH_GC_THRESHOLD": args.gc_threshold or "",
     }
     if target == "livedata":
         cmd = [
@@ -572,6 +575,11 @@ def main() -> None:
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--targets", default="livedata,baseline")
     parser.add_argument("--profile", type=float, default=0.0, metavar="S")
+    parser.add_argument(
+        "--gc-threshold",
+        metavar="G0,G1,G2",
+        help="gc.set_threshold for the livedata gateway (experiment; default: the server's)",
+    )
     args = parser.parse_args()
     from tests.servers.redis import start_redis
 

@@ -10,7 +10,8 @@
   (``"missed": n``).  A client whose socket accepts nothing for
   ``stall_timeout`` seconds (default 30, the ``client_stall_seconds`` setting)
   is given up: its writer raises :class:`Stalled` and the connection is closed
-  with 1013 (try again later).
+  with 1013 (try again later).  Sends are awaited directly; the stall clock is one
+  timer per connection, not a task and a timer per message (:mod:`~livedata.gateway.stall`).
 * Recovery: a client that reconnects with the ``epoch`` and ``seq`` it saw last
   gets one ``RECOVERY`` message holding, in order, exactly the LIVE_DATA it
   missed (``recovered: true``), then live data again; when they are no longer in
