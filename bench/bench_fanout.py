@@ -129,6 +129,8 @@ def record_gc_pauses(path: str) -> None:
         took = time.thread_time() - started[0]
         if took >= 0.001:
             out.write(f"{time.time():.3f} {info['generation']} {took:.6f}\n")
+        if info["generation"] == 2 and os.environ.get("BENCH_GC_COUNT"):
+            out.write(f"# gen2 {len(gc.get_objects(2))} walked, {gc.get_freeze_count()} frozen\n")
 
     gc.callbacks.append(callback)
 
@@ -506,6 +508,9 @@ def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path)
                     w.join()
         if gc_log.exists():
             for line in gc_log.read_text().splitlines():
+                if line.startswith("#"):
+                    print(f"  {target}: {line[2:]}")
+                    continue
                 at, gen, took = line.split()
                 if w0 <= float(at) <= w1:
                     result.gc.append((float(at), int(gen), float(took)))
