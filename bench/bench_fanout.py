@@ -69,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
+import picows
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,12 +146,21 @@ def run_gateway_with_gc_log() -> None:
     sys.exit(main(sys.argv[2:]))
 
 
+def text_of(transport: Any, frame: Any) -> bytes | None:
+    """A picows frame's text; answers a ping, ignores the rest."""
+    if frame.msg_type == picows.WSMsgType.PING:
+        transport.send_pong(frame.get_payload_as_bytes())
+        return None
+    if frame.msg_type != picows.WSMsgType.TEXT:
+        return None
+    return bytes(frame.get_payload_as_bytes())
+
+
 # -- the baseline server: picows + orjson, encode once per field list -----------------------
 
 
 def serve_baseline(port: int, redis_url: str) -> None:
     """The floor: one process, picows, orjson, one encoding per field list per message."""
-    import picows
     import redis.asyncio as aioredis
 
     record_gc_pauses(os.environ["BENCH_GC_LOG"])
@@ -177,12 +187,10 @@ def serve_baseline(port: int, redis_url: str) -> None:
                 self.transport = transport
 
             def on_ws_frame(self, transport: Any, frame: Any) -> None:
-                if frame.msg_type == picows.WSMsgType.PING:
-                    transport.send_pong(frame.get_payload_as_bytes())
+                text = text_of(transport, frame)
+                if text is None:
                     return
-                if frame.msg_type != picows.WSMsgType.TEXT:
-                    return
-                data = orjson.loads(frame.get_payload_as_bytes())
+                data = orjson.loads(text)
                 self.leave()
                 self.key = tuple(data["payload"])
                 if self.ch not in groups:
@@ -227,8 +235,6 @@ def serve_baseline(port: int, redis_url: str) -> None:
 
 def client_worker(url: str, targets: list[str], conn: Connection) -> None:
     """Connect one client per entry of ``targets`` (chassis ids); count and time what arrives."""
-    import picows
-
     lat = array("d")
     window = [0.0, 0.0]
     stats = Counter[str]()
@@ -243,12 +249,10 @@ def client_worker(url: str, targets: list[str], conn: Connection) -> None:
 
         def on_ws_frame(self, transport: Any, frame: Any) -> None:
             now = time.time()
-            if frame.msg_type == picows.WSMsgType.PING:
-                transport.send_pong(frame.get_payload_as_bytes())
+            text = text_of(transport, frame)
+            if text is None:
                 return
-            if frame.msg_type != picows.WSMsgType.TEXT:
-                return
-            message = orjson.loads(frame.get_payload_as_bytes())
+            message = orjson.loads(text)
             if message.get("type") != "LIVE_DATA":
                 stats[f"other:{message.get('type')}:{message.get('code')}"] += 1
                 return
