@@ -10,7 +10,8 @@
   (``"missed": n``).  A client whose socket accepts nothing for
   ``stall_timeout`` seconds (default 30, the ``client_stall_seconds`` setting)
   is given up: its writer raises :class:`Stalled` and the connection is closed
-  with 1013 (try again later).
+  with 1013 (try again later).  Sends are awaited directly; the stall clock is one
+  timer per connection, not a task and a timer per message (:mod:`~livedata.gateway.stall`).
 * Recovery: a client that reconnects with the ``epoch`` and ``seq`` it saw last
   gets one ``RECOVERY`` message holding, in order, exactly the LIVE_DATA it
   missed (``recovered: true``), then live data again; when they are no longer in
@@ -33,6 +34,9 @@ import orjson
 from livedata import observe
 from livedata.bus.base import PubSub
 from livedata.errors import BusError
+from livedata.gateway.stall import StallClock, Stalled
+
+__all__ = ["Hub", "LiveClient", "Stalled"]
 
 log = logging.getLogger("livedata.gateway.hub")
 
@@ -41,12 +45,12 @@ Listener = Callable[[dict[str, Any], dict[str, Any]], None]
 """An in-process consumer of a channel: called with (values, head) where head has ts, seq, epoch."""
 
 
-class Stalled(Exception):
-    """A client's socket accepted nothing for ``stall_timeout`` seconds."""
-
-
 class LiveClient:
-    """One live connection: its channel, its fields and its outgoing queue."""
+    """One live connection: its channel, its fields and its outgoing queue.
+
+    The writer awaits each send directly: no task, timer or ``wait_for`` per message;
+    the stall clock is one timer per connection (:class:`~livedata.gateway.stall.StallClock`).
+    """
 
     def __init__(
         self,
@@ -92,21 +96,25 @@ class LiveClient:
                 self.offer(data, seq)
 
     async def writer(self) -> None:
-        """Send queued messages until cancelled or the socket fails."""
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            while self.queue:
-                data = self.queue.popleft()
-                if self.missed:
-                    data = data[:-1] + b',"missed":%d}' % self.missed
-                    self.missed = 0
-                try:
-                    await asyncio.wait_for(self._send(data.decode()), self.stall_timeout)
-                except TimeoutError:
-                    raise Stalled(f"no progress for {self.stall_timeout:g} s") from None
-                self.delivered += 1
-                observe.DELIVERIES.inc()
+        """Send queued messages until cancelled or the socket fails.
+
+        Raises :class:`Stalled` when one send has made no progress for ``stall_timeout``.
+        """
+        clock = StallClock(self.stall_timeout)
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                while self.queue:
+                    data = self.queue.popleft()
+                    if self.missed:
+                        data = data[:-1] + b',"missed":%d}' % self.missed
+                        self.missed = 0
+                    await clock.send(self._send(data.decode()))
+                    self.delivered += 1
+                    observe.DELIVERIES.inc()
+        finally:
+            clock.stop()
 
 
 class Hub:

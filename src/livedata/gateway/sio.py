@@ -94,6 +94,7 @@ from prometheus_client import Counter, Gauge
 from livedata import observe
 from livedata.auth import Principal
 from livedata.gateway.security import security
+from livedata.gateway.stall import StallClock, Stalled
 from livedata.model import MsgType, live_channel, valid_id
 
 if TYPE_CHECKING:
@@ -231,16 +232,18 @@ def _guarded(receive: Any, send: Any, seconds: float) -> tuple[Any, Any]:
     """
     gave_up = asyncio.Event()
     gone = {"type": "websocket.disconnect", "code": 1006}
+    clock = StallClock(seconds)  # one timer per connection, not one per packet
 
     async def guarded_send(message: Any) -> None:
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "websocket.send":
             try:
-                await asyncio.wait_for(send(message), seconds)
-            except TimeoutError:
+                await clock.send(send(message))
+            except Stalled:
                 gave_up.set()
                 raise OSError(f"Socket.IO client took nothing for {seconds:g} s") from None
         elif kind == "websocket.close":
+            clock.stop()
             await asyncio.wait_for(send(message), CLOSE_TIMEOUT_S)
         else:
             await send(message)

@@ -135,6 +135,7 @@ from livedata.decode.values import decode_values
 from livedata.errors import DecodeError, InputError, NotFound
 from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_device_update
+from livedata.gateway.stall import StallClock, Stalled
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
 if TYPE_CHECKING:
@@ -913,10 +914,6 @@ STALL_SECONDS = 30.0
 """A stream whose write makes no progress for this long ends (``client_stall_seconds``)."""
 
 
-class _Stalled(Exception):
-    pass
-
-
 class _WatchResponse(StreamingResponse):
     """The event stream, given up when one write makes no progress for ``stall`` seconds."""
 
@@ -925,23 +922,24 @@ class _WatchResponse(StreamingResponse):
         self.stall = stall
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        clock = StallClock(self.stall)  # one timer per stream, not one per event
+
         async def timed(message: Any) -> None:
             if message.get("type") != "http.response.body":
                 await send(message)
                 return
-            try:
-                await asyncio.wait_for(send(message), self.stall)
-            except TimeoutError:
-                raise _Stalled from None
+            await clock.send(send(message))
 
         try:
             await super().__call__(scope, receive, timed)
-        except _Stalled:
+        except Stalled:
             observe.STALLED.inc()
             log.info("ending a watch stream that took nothing for %g s", self.stall)
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()  # release its rings and stream slot now
+        finally:
+            clock.stop()
 
 
 def watch_service(rt: Runtime) -> WatchService:
