@@ -21,8 +21,10 @@ each channel a capped stream under the same name (keys and channels are
 separate namespaces in Redis) keeps its recent messages.  ``publish`` sends
 ``XADD`` (capped at ``HISTORY_MAX`` entries), ``XTRIM MINID`` (entries older
 than ``history_seconds``, 180 by default), ``PEXPIRE`` (an idle channel's
-stream vanishes) and ``PUBLISH`` in one pipeline: one round trip, and every
-gateway reads the same history.  The time cut uses this host's clock, so hosts need NTP-synchronised
+stream vanishes) and ``PUBLISH`` in one pipeline; ``publish_many`` (distribute's
+way: one call per batch of the log) sends up to :data:`FLUSH_CHUNK` messages per
+round trip, trimming and expiring each channel once.  Every gateway reads the same
+history.  The time cut uses this host's clock, so hosts need NTP-synchronised
 clocks (a skew of a few seconds only shortens or lengthens the history by as
 much).
 
@@ -67,7 +69,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -209,18 +211,22 @@ class RedisPubSub(PubSub):
             with contextlib.suppress(RedisError, OSError):
                 await conn.aclose()
 
-    async def publish(self, channel: str, message: bytes) -> None:
-        """Keep ``message`` in the channel's history and ``PUBLISH`` it, in one round trip.
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Keep each message in its channel's history and ``PUBLISH`` it, :data:`FLUSH_CHUNK`
+        messages per round trip.
 
-        While Redis is unreachable the message waits in the backlog (see the module doc);
-        raises :class:`BusError` only when this object is closed.
+        While Redis is unreachable the messages (from the first chunk that failed on)
+        wait in the backlog (see the module doc); raises :class:`BusError` only when
+        this object is closed.
         """
         if self._closed:
             raise BusError("pub/sub is closed")
         flushing = self._flusher is not None and not self._flusher.done()
+        start = 0
         if not flushing:
             try:
-                await self._publish([(channel, message)])
+                for start in range(0, len(messages), FLUSH_CHUNK):
+                    await self._publish(messages[start : start + FLUSH_CHUNK])
                 return
             except BusError as exc:
                 self._failures.failed(
@@ -231,11 +237,11 @@ class RedisPubSub(PubSub):
                     self.backlog_max,
                     exc,
                 )
-        self._keep([(channel, message)])
+        self._keep(messages[start:])
         if not flushing:
             self._flusher = asyncio.create_task(self._flush(), name=f"flush {self._where}")
 
-    def _keep(self, items: list[tuple[str, bytes]], *, front: bool = False) -> None:
+    def _keep(self, items: Sequence[tuple[str, bytes]], *, front: bool = False) -> None:
         """Add to the backlog (at the front: a chunk that failed again), dropping the oldest
         beyond its bound."""
         if front:
@@ -248,18 +254,22 @@ class RedisPubSub(PubSub):
                 self._backlog.popleft()
             self.dropped += excess
 
-    async def _publish(self, items: list[tuple[str, bytes]]) -> None:
-        """XADD + XTRIM + PEXPIRE + PUBLISH of each message, all in one round trip."""
+    async def _publish(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """XADD + PUBLISH of each message, then XTRIM + PEXPIRE once per channel, all in
+        one round trip."""
         keep_ms = int(self.history_seconds * 1000)
         cutoff = int(time.time() * 1000) - keep_ms
         with map_errors(f"publish to {items[0][0]} on {self._where}"):
             async with self._redis().pipeline(transaction=False) as pipe:
+                names: dict[str, None] = {}
                 for channel, message in items:
                     name = self._prefix + channel
+                    names[name] = None
                     pipe.xadd(name, {"m": message}, maxlen=HISTORY_MAX, approximate=True)
+                    pipe.publish(name, message)
+                for name in names:
                     pipe.xtrim(name, minid=cutoff, approximate=True)
                     pipe.pexpire(name, keep_ms)
-                    pipe.publish(name, message)
                 await pipe.execute()
 
     async def _flush(self) -> None:
