@@ -66,22 +66,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub as RedisPubSubConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from livedata import errors
 from livedata.bus.base import HISTORY_MAX, Handler, PubSub
-from livedata.errors import BusError, ConfigError
+from livedata.errors import BusError, ConfigError, ErrorMap, map_exceptions
 from livedata.ratelog import Throttled
+from livedata.retry import backoff
 
 log = logging.getLogger("livedata.bus.redis")
 
@@ -105,21 +107,18 @@ PING_TIMEOUT = 5.0
 """Seconds to wait for the answer to that ping before reconnecting."""
 
 
-@contextlib.contextmanager
-def map_errors(what: str) -> Iterator[None]:
-    """Re-raise redis-py's (and the socket's) errors as :class:`BusError`."""
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise BusError(f"{what} failed: {exc}") from exc
+ERRORS: ErrorMap = {
+    (redis_errors.TimeoutError, TimeoutError): errors.BusTimeout,
+    (redis_errors.ConnectionError, OSError): errors.BusUnavailable,
+    redis_errors.InvalidResponse: errors.BusProtocolError,
+    redis_errors.RedisError: BusError,
+}
+"""redis-py's (and the socket's) errors → the project's."""
 
 
-def backoff_delays() -> Iterator[float]:
-    """0.5, 1, 2, 4, 8, 10, 10, … seconds, each shortened by up to 20 % at random."""
-    delay = BACKOFF_MIN
-    while True:
-        yield delay * random.uniform(0.8, 1.0)
-        delay = min(delay * 2, BACKOFF_MAX)
+def map_errors(what: str) -> contextlib.AbstractContextManager[None]:
+    """Re-raise redis-py's (and the socket's) errors as :class:`BusError` subclasses."""
+    return map_exceptions(ERRORS, what, str)
 
 
 class RedisPubSub(PubSub):
@@ -274,7 +273,7 @@ class RedisPubSub(PubSub):
 
     async def _flush(self) -> None:
         """Send the backlog once Redis answers, oldest first; until it is empty."""
-        delays = backoff_delays()
+        delays = backoff(BACKOFF_MIN, BACKOFF_MAX, jitter=0.2)
         sent = 0
         while self._backlog and not self._closed:
             chunk = [self._backlog.popleft() for _ in range(min(FLUSH_CHUNK, len(self._backlog)))]
@@ -353,7 +352,7 @@ class RedisPubSub(PubSub):
 
     async def _read(self) -> None:
         """Dispatch messages; on a lost connection reconnect with backoff and re-subscribe."""
-        delays = backoff_delays()
+        delays = backoff(BACKOFF_MIN, BACKOFF_MAX, jitter=0.2)
         while not self._closed:
             conn = self._conn
             if conn is None:
@@ -368,7 +367,7 @@ class RedisPubSub(PubSub):
                     log.debug("%s still unreachable: %s", self._where, exc)
                     continue
                 self.reconnects += 1
-                delays = backoff_delays()
+                delays = backoff(BACKOFF_MIN, BACKOFF_MAX, jitter=0.2)
                 self._failures.recovered(
                     "read",
                     "pub/sub on %s reconnected; re-subscribed %d channels",
