@@ -21,10 +21,13 @@ each channel a capped stream under the same name (keys and channels are
 separate namespaces in Redis) keeps its recent messages.  ``publish`` sends
 ``XADD`` (capped at ``HISTORY_MAX`` entries), ``XTRIM MINID`` (entries older
 than ``history_seconds``, 180 by default), ``PEXPIRE`` (an idle channel's
-stream vanishes) and ``PUBLISH`` in one pipeline; ``publish_many`` (distribute's
-way: one call per batch of the log) sends up to :data:`FLUSH_CHUNK` messages per
-round trip, trimming and expiring each channel once.  Every gateway reads the same
-history.  The time cut uses this host's clock, so hosts need NTP-synchronised
+stream vanishes) and ``PUBLISH``; ``publish_many`` (distribute's way: one call
+per batch of the log) sends up to :data:`FLUSH_CHUNK` messages at once, trimming
+and expiring each channel once.  All of it is one call of a Lua script
+(:data:`PUBLISH_SCRIPT`, ``EVALSHA``; loaded again by redis-py after a Redis
+restart): one command and one reply per batch, since parsing a reply per command
+was most of distribute's CPU.  So the pub/sub needs one Redis, not Redis Cluster
+(a batch's channels hash to many slots).  Every gateway reads the same history.  The time cut uses this host's clock, so hosts need NTP-synchronised
 clocks (a skew of a few seconds only shortens or lengthens the history by as
 much).
 
@@ -77,6 +80,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub as RedisPubSubConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from livedata import errors
@@ -121,6 +125,26 @@ def map_errors(what: str) -> contextlib.AbstractContextManager[None]:
     return map_exceptions(ERRORS, what, str)
 
 
+PUBLISH_SCRIPT = """
+local maxlen, cutoff, keep = ARGV[1], ARGV[2], ARGV[3]
+for i, name in ipairs(KEYS) do
+  redis.call('XADD', name, 'MAXLEN', '~', maxlen, '*', 'm', ARGV[i + 3])
+  redis.call('PUBLISH', name, ARGV[i + 3])
+end
+local trimmed = {}
+for _, name in ipairs(KEYS) do
+  if not trimmed[name] then
+    trimmed[name] = true
+    redis.call('XTRIM', name, 'MINID', '~', cutoff)
+    redis.call('PEXPIRE', name, keep)
+  end
+end
+return #KEYS
+"""
+"""A batch of live messages into their history streams and channels (KEYS: the channels;
+ARGV: HISTORY_MAX, the time cut in ms, the streams' lifetime in ms, then the messages)."""
+
+
 class RedisPubSub(PubSub):
     """Live fan-out over Redis Pub/Sub; ``redis://host:port/db[?prefix=P]``."""
 
@@ -156,6 +180,7 @@ class RedisPubSub(PubSub):
         self.dropped = 0
         """Backlog messages dropped because the backlog was full."""
         self._failures = Throttled(log)
+        self._script: AsyncScript | None = None
 
     @property
     def connected(self) -> bool:
@@ -254,22 +279,19 @@ class RedisPubSub(PubSub):
             self.dropped += excess
 
     async def _publish(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """XADD + PUBLISH of each message, then XTRIM + PEXPIRE once per channel, all in
-        one round trip."""
+        """XADD + PUBLISH of each message, then XTRIM + PEXPIRE once per channel: one
+        :data:`PUBLISH_SCRIPT` call, so one command and one reply per batch."""
         keep_ms = int(self.history_seconds * 1000)
         cutoff = int(time.time() * 1000) - keep_ms
+        client = self._redis()
+        if self._script is None:
+            self._script = client.register_script(PUBLISH_SCRIPT)
         with map_errors(f"publish to {items[0][0]} on {self._where}"):
-            async with self._redis().pipeline(transaction=False) as pipe:
-                names: dict[str, None] = {}
-                for channel, message in items:
-                    name = self._prefix + channel
-                    names[name] = None
-                    pipe.xadd(name, {"m": message}, maxlen=HISTORY_MAX, approximate=True)
-                    pipe.publish(name, message)
-                for name in names:
-                    pipe.xtrim(name, minid=cutoff, approximate=True)
-                    pipe.pexpire(name, keep_ms)
-                await pipe.execute()
+            await self._script(
+                keys=[self._prefix + channel for channel, _ in items],
+                args=[HISTORY_MAX, cutoff, keep_ms, *(message for _, message in items)],
+                client=client,
+            )
 
     async def _flush(self) -> None:
         """Send the backlog once Redis answers, oldest first; until it is empty."""

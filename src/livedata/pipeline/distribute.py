@@ -4,7 +4,7 @@ Each channel gets a sequence number per message and the distributor's epoch (a
 random id chosen at start), so a client can see a gap; a new epoch means the
 numbering restarted.  Backfill records are not published (they are stored).
 Each batch of the log goes to pub/sub in one ``publish_many`` call (on Redis one
-round trip per 500 messages, instead of one per record).
+script call per 500 messages, instead of a round trip of four commands per record).
 
 Under stress: pub/sub is fire-and-forget, so a slow gateway never slows the
 log.  Redis's pub/sub keeps what it cannot publish in a bounded backlog and sends
