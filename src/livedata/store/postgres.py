@@ -473,7 +473,7 @@ ERRORS: ErrorMap = {
     (asyncpg.exceptions.ProtocolViolationError, asyncpg.exceptions.InternalClientError): (
         errors.StoreProtocolError
     ),
-    # DataError: a value the column cannot hold; asyncpg's are also ValueErrors
+    # a value the column cannot hold (asyncpg DataError) is one of these
     (asyncpg.PostgresError, asyncpg.InterfaceError, OverflowError): StoreError,
 }
 """asyncpg's (and the socket's) errors → the project's; a bug's ValueError or TypeError is not
