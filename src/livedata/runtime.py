@@ -31,6 +31,7 @@ from livedata.pipeline.distribute import Distribute
 from livedata.pipeline.ingest import Ingest, consume_devices
 from livedata.pipeline.limits import TimestampPolicy
 from livedata.pipeline.spill import SpillJournal, spill_dir_of
+from livedata.retry import backoff
 from livedata.settings import Settings
 from livedata.store import open_store
 
@@ -119,13 +120,14 @@ class Runtime:
 
     async def _connect(self, name: str, part: Any) -> None:
         deadline = time.monotonic() + self.settings.connect_timeout
-        delay = 0.5
+        delays = backoff(0.5, 5.0)
         while True:
             try:
                 await part.start()
                 log.info("connected to %s %s", name, redact(part.url))
                 return
             except Exception as exc:
+                delay = next(delays)
                 if time.monotonic() + delay > deadline:
                     raise BackendError(
                         f"cannot reach {name} at {redact(part.url)} after "
@@ -133,7 +135,6 @@ class Runtime:
                     ) from exc
                 log.warning("%s at %s not reachable (%s); retrying", name, redact(part.url), exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """Run ``factory()`` as a supervised background task."""

@@ -293,6 +293,21 @@ class PubSubContract(_KnownFailures, abc.ABC):
         await eventually(lambda: len(got) >= 100)
         assert [message for _, message in got] == sent
 
+    async def test_publish_many_is_publish_in_batch_order(self, open_pubsub_) -> None:
+        """A batch publish delivers each message on its channel in batch order and keeps it
+        in the channel's history, as one publish per message would; an empty batch is a no-op."""
+        subscriber, publisher = await open_pubsub_(), await open_pubsub_()
+        got, handler = self.collector()
+        await subscriber.subscribe("a", handler)
+        await subscriber.subscribe("b", handler)
+        batch = [("b" if n % 3 == 0 else "a", b"%d" % n) for n in range(1_200)]
+        await publisher.publish_many([])
+        await publisher.publish_many(batch[:1])
+        await publisher.publish_many(batch[1:])
+        await eventually(lambda: len(got) >= len(batch))
+        assert got == batch
+        assert await subscriber.history("b") == [m for channel, m in batch if channel == "b"]
+
     async def test_unsubscribe_stops_delivery(self, open_pubsub_) -> None:
         """After unsubscribe the handler is not called again; other subscribers still are."""
         subscriber, sentinel, publisher = (

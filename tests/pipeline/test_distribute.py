@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 
 import orjson
 
 from livedata.bus.memory import MemoryLog, MemoryPubSub
+from livedata.errors import BusError
 from livedata.model import Kind, Record, live_channel
 from livedata.pipeline.distribute import Distribute
 
@@ -45,3 +47,60 @@ async def test_only_realtime_records_are_published_with_per_channel_sequence() -
     ]
     assert [(m["seq"], m["values"]) for m in b] == [(1, {"x": 3})]
     assert {m["epoch"] for m in a + b} == {distribute.epoch}
+
+
+class CountingPubSub(MemoryPubSub):
+    """The memory pub/sub, remembering the size of each batch it was given."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.batches: list[int] = []
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        self.batches.append(len(messages))
+        await super().publish_many(messages)
+
+
+async def test_a_log_batch_is_published_in_one_call() -> None:
+    """The real-time records of one log batch reach the pub/sub as one batch, numbered in order."""
+    url = f"memory://{uuid.uuid4().hex}"
+    log, pubsub = MemoryLog(url), CountingPubSub(url)
+    received: list[dict] = []
+    channel = live_channel("t", "A", "vehicle_can")
+    await pubsub.subscribe(channel, lambda ch, data: received.append(orjson.loads(data)))
+    await log.append(
+        [Record("t", "A", "vehicle_can", ts, Kind.REALTIME, {"x": ts}) for ts in range(300)]
+    )
+    task = asyncio.create_task(Distribute(log, pubsub).run())
+    for _ in range(100):
+        if len(received) >= 300:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert pubsub.batches == [300]
+    assert [m["seq"] for m in received] == list(range(1, 301))
+
+
+async def test_a_refused_batch_is_skipped_and_logged_once(caplog) -> None:
+    """A batch the pub/sub refuses (BusError) is skipped with one log line; distribute goes on."""
+    url = f"memory://{uuid.uuid4().hex}"
+    log, pubsub = MemoryLog(url), CountingPubSub(url)
+
+    async def refuse(messages: Sequence[tuple[str, bytes]]) -> None:
+        pubsub.batches.append(len(messages))
+        raise BusError("pub/sub is closed")
+
+    pubsub.publish_many = refuse  # type: ignore[method-assign]
+    task = asyncio.create_task(Distribute(log, pubsub).run())
+    await asyncio.sleep(0.01)
+    for ts in (1, 2):
+        await log.append([Record("t", "A", "vehicle_can", ts, Kind.REALTIME, {"x": ts})])
+        for _ in range(100):
+            if len(pubsub.batches) >= ts:
+                break
+            await asyncio.sleep(0.01)
+    alive = not task.done()
+    task.cancel()
+    assert pubsub.batches == [1, 1] and alive
+    refused = [r for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(refused) == 1

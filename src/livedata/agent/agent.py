@@ -71,7 +71,6 @@ import itertools
 import json
 import logging
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -87,6 +86,7 @@ from livedata.codec import MAX_FRAMES, encode
 from livedata.devices.base import MethodResult, answer_realtime
 from livedata.errors import BackendError, ConfigError
 from livedata.model import DeviceMessage, Frame, Kind, MsgType
+from livedata.retry import backoff
 
 log = logging.getLogger("livedata.agent")
 
@@ -366,19 +366,20 @@ class Agent:
             self.spool.close()
 
     async def _connect(self) -> None:
-        delay = 0.5
+        delays = backoff(0.5, 30.0, jitter=0.2)
         while True:
             try:
                 await self.device.connect()
                 log.info("connected as %s", self.device.client_id)
                 return
             except BackendError as exc:
+                delay = next(delays)
                 log.warning("%s; retrying in %.1f s", exc, delay)
             except ConfigError as exc:  # e.g. credentials refused: may be fixed on the broker
-                delay = 30.0
+                delays = backoff(30.0, 30.0, jitter=0.2)
+                delay = next(delays)
                 log.error("%s; retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(delay)
 
     async def _collect(self) -> None:
         import psutil
@@ -487,19 +488,18 @@ class Agent:
 
     async def _drain(self) -> None:
         """Send the spool oldest first, paced, while connected; back off after a failure."""
-        retry = RETRY_MIN_S
+        delays = backoff(RETRY_MIN_S, RETRY_MAX_S, jitter=0.2)
         while True:
             try:
                 if not self.device.connected or not self.spool.rows:
                     await asyncio.sleep(0.5)
                     continue
                 if await self._drain_batch():
-                    retry = RETRY_MIN_S
+                    delays = backoff(RETRY_MIN_S, RETRY_MAX_S, jitter=0.2)
                     continue
             except Exception:
                 log.exception("sending the spool failed")
-            await asyncio.sleep(retry * random.uniform(0.8, 1.2))
-            retry = min(retry * 2, RETRY_MAX_S)
+            await asyncio.sleep(next(delays))
 
     async def _drain_batch(self) -> bool:
         """Send up to :data:`BACKFILL_BATCH` oldest rows; False if one was not delivered."""

@@ -64,9 +64,17 @@ class PubSub(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Disconnect; subscriptions end."""
 
-    @abc.abstractmethod
     async def publish(self, channel: str, message: bytes) -> None:
         """Send ``message`` to the current subscribers of ``channel``."""
+        await self.publish_many([(channel, message)])
+
+    @abc.abstractmethod
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Send each ``(channel, message)`` as :meth:`publish` would, in this order.
+
+        One call is one batch for the backend (one round trip where it has a network),
+        so a batch costs far less than as many :meth:`publish` calls.
+        """
 
     @abc.abstractmethod
     async def subscribe(self, channel: str, handler: Handler) -> None:

@@ -53,16 +53,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import ConsumerStoppedError, KafkaConnectionError, KafkaError
+from aiokafka.errors import (
+    ConsumerStoppedError,
+    CorruptRecordException,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaProtocolError,
+    KafkaTimeoutError,
+    RequestTimedOutError,
+)
 
+from livedata import errors
 from livedata.bus.base import Log
-from livedata.errors import BusError, ConfigError
+from livedata.errors import BusError, ConfigError, ErrorMap, map_exceptions
 from livedata.model import Record
 from livedata.ratelog import Throttled
 
@@ -85,13 +94,18 @@ NOT_AUTHORIZED = (29, 31)  # topic / cluster authorization failed
 T = TypeVar("T")
 
 
-@contextlib.contextmanager
-def map_errors(what: str) -> Iterator[None]:
-    """Re-raise aiokafka's (and the socket's) errors as :class:`BusError`."""
-    try:
-        yield
-    except (KafkaError, ConsumerStoppedError, OSError) as exc:
-        raise BusError(f"kafka {what} failed: {exc!r}") from exc
+ERRORS: ErrorMap = {
+    (KafkaTimeoutError, RequestTimedOutError, TimeoutError): errors.BusTimeout,
+    (KafkaConnectionError, OSError): errors.BusUnavailable,
+    (KafkaProtocolError, CorruptRecordException): errors.BusProtocolError,
+    (KafkaError, ConsumerStoppedError): BusError,
+}
+"""aiokafka's (and the socket's) errors → the project's."""
+
+
+def map_errors(what: str) -> contextlib.AbstractContextManager[None]:
+    """Re-raise aiokafka's (and the socket's) errors as :class:`BusError` subclasses."""
+    return map_exceptions(ERRORS, f"kafka {what}", repr)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -193,7 +207,9 @@ class KafkaLog(Log):
             await producer.start()
         except KafkaConnectionError as exc:
             await producer.stop()
-            raise BusError(f"kafka connect to {self.bootstrap} failed: {exc!r}") from exc
+            raise errors.BusUnavailable(
+                f"kafka connect to {self.bootstrap} failed: {exc!r}"
+            ) from exc
         except KafkaError as exc:
             await producer.stop()
             if not idempotent:
@@ -226,12 +242,12 @@ class KafkaLog(Log):
                     future.add_done_callback(_retrieve)
                 raise
         results = await asyncio.gather(*sent, return_exceptions=True)
-        errors = [result for result in results if isinstance(result, BaseException)]
-        if errors:
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
             raise BusError(
-                f"kafka append to {self.topic}: {len(errors)} of {len(records)} records "
-                f"not acknowledged: {errors[0]!r}"
-            ) from errors[0]
+                f"kafka append to {self.topic}: {len(failures)} of {len(records)} records "
+                f"not acknowledged: {failures[0]!r}"
+            ) from failures[0]
 
     # -- consuming ---------------------------------------------------------
 

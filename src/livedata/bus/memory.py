@@ -207,13 +207,15 @@ class MemoryPubSub(PubSub):
         brokers = _pubsub_brokers.setdefault(asyncio.get_running_loop(), {})
         return brokers.setdefault(self._name, _PubSubBroker())
 
-    async def publish(self, channel: str, message: bytes) -> None:
-        self._broker.keep(channel, message, self.history_seconds)
-        for handler in list(self._broker.handlers.get(channel, ())):
-            try:
-                handler(channel, message)
-            except Exception:
-                log.exception("a subscriber of %s failed", channel)
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        broker = self._broker
+        for channel, message in messages:
+            broker.keep(channel, message, self.history_seconds)
+            for handler in list(broker.handlers.get(channel, ())):
+                try:
+                    handler(channel, message)
+                except Exception:
+                    log.exception("a subscriber of %s failed", channel)
 
     async def subscribe(self, channel: str, handler: Handler) -> None:
         await self.unsubscribe(channel)

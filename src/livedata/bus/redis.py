@@ -21,8 +21,13 @@ each channel a capped stream under the same name (keys and channels are
 separate namespaces in Redis) keeps its recent messages.  ``publish`` sends
 ``XADD`` (capped at ``HISTORY_MAX`` entries), ``XTRIM MINID`` (entries older
 than ``history_seconds``, 180 by default), ``PEXPIRE`` (an idle channel's
-stream vanishes) and ``PUBLISH`` in one pipeline: one round trip, and every
-gateway reads the same history.  The time cut uses this host's clock, so hosts need NTP-synchronised
+stream vanishes) and ``PUBLISH``; ``publish_many`` (distribute's way: one call
+per batch of the log) sends up to :data:`FLUSH_CHUNK` messages at once, trimming
+and expiring each channel once.  All of it is one call of a Lua script
+(:data:`PUBLISH_SCRIPT`, ``EVALSHA``; loaded again by redis-py after a Redis
+restart): one command and one reply per batch, since parsing a reply per command
+was most of distribute's CPU.  So the pub/sub needs one Redis, not Redis Cluster
+(a batch's channels hash to many slots).  Every gateway reads the same history.  The time cut uses this host's clock, so hosts need NTP-synchronised
 clocks (a skew of a few seconds only shortens or lengthens the history by as
 much).
 
@@ -64,22 +69,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub as RedisPubSubConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
+from livedata import errors
 from livedata.bus.base import HISTORY_MAX, Handler, PubSub
-from livedata.errors import BusError, ConfigError
+from livedata.errors import BusError, ConfigError, ErrorMap, map_exceptions
 from livedata.ratelog import Throttled
+from livedata.retry import backoff
 
 log = logging.getLogger("livedata.bus.redis")
 
@@ -103,21 +111,38 @@ PING_TIMEOUT = 5.0
 """Seconds to wait for the answer to that ping before reconnecting."""
 
 
-@contextlib.contextmanager
-def map_errors(what: str) -> Iterator[None]:
-    """Re-raise redis-py's (and the socket's) errors as :class:`BusError`."""
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise BusError(f"{what} failed: {exc}") from exc
+ERRORS: ErrorMap = {
+    (redis_errors.TimeoutError, TimeoutError): errors.BusTimeout,
+    (redis_errors.ConnectionError, OSError): errors.BusUnavailable,
+    redis_errors.InvalidResponse: errors.BusProtocolError,
+    redis_errors.RedisError: BusError,
+}
+"""redis-py's (and the socket's) errors → the project's."""
 
 
-def backoff_delays() -> Iterator[float]:
-    """0.5, 1, 2, 4, 8, 10, 10, … seconds, each shortened by up to 20 % at random."""
-    delay = BACKOFF_MIN
-    while True:
-        yield delay * random.uniform(0.8, 1.0)
-        delay = min(delay * 2, BACKOFF_MAX)
+def map_errors(what: str) -> contextlib.AbstractContextManager[None]:
+    """Re-raise redis-py's (and the socket's) errors as :class:`BusError` subclasses."""
+    return map_exceptions(ERRORS, what, str)
+
+
+PUBLISH_SCRIPT = """
+local maxlen, cutoff, keep = ARGV[1], ARGV[2], ARGV[3]
+for i, name in ipairs(KEYS) do
+  redis.call('XADD', name, 'MAXLEN', '~', maxlen, '*', 'm', ARGV[i + 3])
+  redis.call('PUBLISH', name, ARGV[i + 3])
+end
+local trimmed = {}
+for _, name in ipairs(KEYS) do
+  if not trimmed[name] then
+    trimmed[name] = true
+    redis.call('XTRIM', name, 'MINID', '~', cutoff)
+    redis.call('PEXPIRE', name, keep)
+  end
+end
+return #KEYS
+"""
+"""A batch of live messages into their history streams and channels (KEYS: the channels;
+ARGV: HISTORY_MAX, the time cut in ms, the streams' lifetime in ms, then the messages)."""
 
 
 class RedisPubSub(PubSub):
@@ -155,6 +180,7 @@ class RedisPubSub(PubSub):
         self.dropped = 0
         """Backlog messages dropped because the backlog was full."""
         self._failures = Throttled(log)
+        self._script: AsyncScript | None = None
 
     @property
     def connected(self) -> bool:
@@ -209,18 +235,22 @@ class RedisPubSub(PubSub):
             with contextlib.suppress(RedisError, OSError):
                 await conn.aclose()
 
-    async def publish(self, channel: str, message: bytes) -> None:
-        """Keep ``message`` in the channel's history and ``PUBLISH`` it, in one round trip.
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Keep each message in its channel's history and ``PUBLISH`` it, :data:`FLUSH_CHUNK`
+        messages per round trip.
 
-        While Redis is unreachable the message waits in the backlog (see the module doc);
-        raises :class:`BusError` only when this object is closed.
+        While Redis is unreachable the messages (from the first chunk that failed on)
+        wait in the backlog (see the module doc); raises :class:`BusError` only when
+        this object is closed.
         """
         if self._closed:
             raise BusError("pub/sub is closed")
         flushing = self._flusher is not None and not self._flusher.done()
+        start = 0
         if not flushing:
             try:
-                await self._publish([(channel, message)])
+                for start in range(0, len(messages), FLUSH_CHUNK):
+                    await self._publish(messages[start : start + FLUSH_CHUNK])
                 return
             except BusError as exc:
                 self._failures.failed(
@@ -231,11 +261,11 @@ class RedisPubSub(PubSub):
                     self.backlog_max,
                     exc,
                 )
-        self._keep([(channel, message)])
+        self._keep(messages[start:])
         if not flushing:
             self._flusher = asyncio.create_task(self._flush(), name=f"flush {self._where}")
 
-    def _keep(self, items: list[tuple[str, bytes]], *, front: bool = False) -> None:
+    def _keep(self, items: Sequence[tuple[str, bytes]], *, front: bool = False) -> None:
         """Add to the backlog (at the front: a chunk that failed again), dropping the oldest
         beyond its bound."""
         if front:
@@ -248,23 +278,24 @@ class RedisPubSub(PubSub):
                 self._backlog.popleft()
             self.dropped += excess
 
-    async def _publish(self, items: list[tuple[str, bytes]]) -> None:
-        """XADD + XTRIM + PEXPIRE + PUBLISH of each message, all in one round trip."""
+    async def _publish(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """XADD + PUBLISH of each message, then XTRIM + PEXPIRE once per channel: one
+        :data:`PUBLISH_SCRIPT` call, so one command and one reply per batch."""
         keep_ms = int(self.history_seconds * 1000)
         cutoff = int(time.time() * 1000) - keep_ms
+        client = self._redis()
+        if self._script is None:
+            self._script = client.register_script(PUBLISH_SCRIPT)
         with map_errors(f"publish to {items[0][0]} on {self._where}"):
-            async with self._redis().pipeline(transaction=False) as pipe:
-                for channel, message in items:
-                    name = self._prefix + channel
-                    pipe.xadd(name, {"m": message}, maxlen=HISTORY_MAX, approximate=True)
-                    pipe.xtrim(name, minid=cutoff, approximate=True)
-                    pipe.pexpire(name, keep_ms)
-                    pipe.publish(name, message)
-                await pipe.execute()
+            await self._script(
+                keys=[self._prefix + channel for channel, _ in items],
+                args=[HISTORY_MAX, cutoff, keep_ms, *(message for _, message in items)],
+                client=client,
+            )
 
     async def _flush(self) -> None:
         """Send the backlog once Redis answers, oldest first; until it is empty."""
-        delays = backoff_delays()
+        delays = backoff(BACKOFF_MIN, BACKOFF_MAX, jitter=0.2)
         sent = 0
         while self._backlog and not self._closed:
             chunk = [self._backlog.popleft() for _ in range(min(FLUSH_CHUNK, len(self._backlog)))]
@@ -343,7 +374,7 @@ class RedisPubSub(PubSub):
 
     async def _read(self) -> None:
         """Dispatch messages; on a lost connection reconnect with backoff and re-subscribe."""
-        delays = backoff_delays()
+        delays = backoff(BACKOFF_MIN, BACKOFF_MAX, jitter=0.2)
         while not self._closed:
             conn = self._conn
             if conn is None:
@@ -358,7 +389,7 @@ class RedisPubSub(PubSub):
                     log.debug("%s still unreachable: %s", self._where, exc)
                     continue
                 self.reconnects += 1
-                delays = backoff_delays()
+                delays = backoff(BACKOFF_MIN, BACKOFF_MAX, jitter=0.2)
                 self._failures.recovered(
                     "read",
                     "pub/sub on %s reconnected; re-subscribed %d channels",

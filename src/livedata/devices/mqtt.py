@@ -114,7 +114,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import time
 import uuid
@@ -149,6 +148,7 @@ from livedata.errors import (
 )
 from livedata.model import DeviceMessage, MsgType, valid_id
 from livedata.ratelog import Throttled
+from livedata.retry import backoff
 
 __all__ = [
     "STATUS_FILTER",
@@ -291,10 +291,6 @@ def _partition(text: str | None) -> tuple[int, int] | None:
 
 def _refusal(exc: aiomqtt.MqttError, where: str) -> ConfigError:
     return ConfigError(f"MQTT broker {where} refused the connection: {exc}")
-
-
-def _backoff(delay: float) -> float:
-    return delay * random.uniform(0.8, 1.2)
 
 
 async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
@@ -473,7 +469,7 @@ class MqttDeviceLink(DeviceLink):
         return client
 
     async def _run(self) -> None:
-        delay = BACKOFF_MIN
+        delays = backoff(BACKOFF_MIN, LINK_BACKOFF_MAX, jitter=0.2)
         while True:
             client = self._make_client()
             try:
@@ -497,7 +493,7 @@ class MqttDeviceLink(DeviceLink):
                     )
                     if self._ready is not None and not self._ready.done():
                         self._ready.set_result(None)
-                    delay = BACKOFF_MIN
+                    delays = backoff(BACKOFF_MIN, LINK_BACKOFF_MAX, jitter=0.2)
                     async for message in client.messages:
                         await self._receive(client, message)
             except MqttConnectError as exc:
@@ -518,8 +514,7 @@ class MqttDeviceLink(DeviceLink):
                 self._last_error,
                 LINK_BACKOFF_MAX,
             )
-            await asyncio.sleep(_backoff(delay))
-            delay = min(delay * 2, LINK_BACKOFF_MAX)
+            await asyncio.sleep(next(delays))
 
     async def _receive(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         topic = message.topic.value
@@ -805,7 +800,7 @@ class MqttDevice:
         )
 
     async def _run(self) -> None:
-        delay = BACKOFF_MIN
+        delays = backoff(BACKOFF_MIN, BACKOFF_MAX, jitter=0.2)
         while not self._stopping:
             will = aiomqtt.Will(
                 self.status_topic, _status(False, _now_ms(), "lost"), qos=1, retain=True
@@ -831,7 +826,7 @@ class MqttDevice:
                     self.connects += 1
                     if self._ready is not None and not self._ready.done():
                         self._ready.set_result(None)
-                    delay = BACKOFF_MIN
+                    delays = backoff(BACKOFF_MIN, BACKOFF_MAX, jitter=0.2)
                     async for message in client.messages:
                         task = asyncio.create_task(self._answer(client, message))
                         self._method_tasks.add(task)
@@ -848,6 +843,7 @@ class MqttDevice:
                     self._client = None
             if self._stopping:
                 return
+            delay = next(delays)
             log.info(
                 "device %s: MQTT broker %s: %s; reconnecting in %.1f s",
                 self.client_id,
@@ -855,8 +851,7 @@ class MqttDevice:
                 self._last_error,
                 delay,
             )
-            await asyncio.sleep(_backoff(delay))
-            delay = min(delay * 2, BACKOFF_MAX)
+            await asyncio.sleep(delay)
 
     async def _answer(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
         """Run the handler for one method request and publish its answer."""

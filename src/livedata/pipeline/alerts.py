@@ -76,6 +76,7 @@ from livedata.metadata.alerts import AlertStore, RuleSpec, alert_dict
 from livedata.model import Kind, MsgType, Record, live_channel
 from livedata.pipeline.notify import Notifier, parse_networks
 from livedata.ratelog import Throttled
+from livedata.retry import backoff
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -425,15 +426,15 @@ class AlertRole:
 
     async def _load(self) -> None:
         """Rules and active alerts at start, retried until the database answers."""
-        delay = 1.0
+        delays = backoff(1.0, 30.0)
         while True:
             try:
                 await self.refresh()
                 return
             except BackendError as exc:
+                delay = next(delays)
                 log.error("cannot load alert rules, retrying in %.0f s: %s", delay, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     async def refresh(self) -> None:
         """Reload the enabled rules and the stored active alerts."""

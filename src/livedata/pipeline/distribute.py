@@ -3,6 +3,8 @@
 Each channel gets a sequence number per message and the distributor's epoch (a
 random id chosen at start), so a client can see a gap; a new epoch means the
 numbering restarted.  Backfill records are not published (they are stored).
+Each batch of the log goes to pub/sub in one ``publish_many`` call (on Redis one
+script call per 500 messages, instead of a round trip of four commands per record).
 
 Under stress: pub/sub is fire-and-forget, so a slow gateway never slows the
 log.  Redis's pub/sub keeps what it cannot publish in a bounded backlog and sends
@@ -42,21 +44,28 @@ class Distribute:
         self._failures = Throttled(logging.getLogger("livedata.distribute"))
 
     async def run(self) -> None:
-        """Publish real-time records until cancelled."""
+        """Publish real-time records until cancelled, each batch of the log in one call."""
         with observe.log_context(role="distribute"):
             async for batch in self.log.consume(self.group):
-                for record in batch:
-                    if record.kind is Kind.REALTIME:
-                        await self._publish(record)
+                messages = [
+                    self._message(record) for record in batch if record.kind is Kind.REALTIME
+                ]
+                if messages:
+                    await self._publish(messages)
 
-    async def _publish(self, record: Record) -> None:
+    def _message(self, record: Record) -> tuple[str, bytes]:
         channel = record.channel
         seq = self._seq.get(channel, 0) + 1
         self._seq[channel] = seq
+        return channel, live_message(record, seq, self.epoch)
+
+    async def _publish(self, messages: list[tuple[str, bytes]]) -> None:
         try:
-            await self.pubsub.publish(channel, live_message(record, seq, self.epoch))
+            await self.pubsub.publish_many(messages)
         except BusError as exc:
-            self._failures.failed("publish", "publish on %s failed, skipped: %s", channel, exc)
+            self._failures.failed(
+                "publish", "publishing %d live messages failed, skipped: %s", len(messages), exc
+            )
             return
         self._failures.recovered("publish", "publishing live messages works again")
-        observe.PUBLISHED.inc()
+        observe.PUBLISHED.inc(len(messages))

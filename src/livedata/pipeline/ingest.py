@@ -91,6 +91,7 @@ from livedata.pipeline.dtcs import DtcService
 from livedata.pipeline.limits import TimestampPolicy
 from livedata.pipeline.spill import Chunk, SpillJournal
 from livedata.ratelog import Throttled
+from livedata.retry import backoff
 from livedata.store.base import Store
 
 log = logging.getLogger("livedata.ingest")
@@ -341,7 +342,7 @@ class Ingest:
     async def _keep(self, records: list[Record], accepted: float | None) -> None:
         """Make ``records`` durable: in the store while it keeps up, else in the journal."""
         assert self.spill is not None
-        delay = 1.0
+        delays = backoff(1.0, 30.0)
         while True:
             if not self.spilling:
                 task = asyncio.create_task(self.store.write(records), name="ingest-store-write")
@@ -372,11 +373,11 @@ class Ingest:
                 await self.spill.append(records, accepted)  # waits while the journal is full
             except BackendError as exc:
                 observe.SPILL_FAILURES.inc()
+                delay = next(delays)
                 log.error(
                     "spilling %d records failed, retrying in %.0f s: %s", len(records), delay, exc
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
                 continue
             self.spilled += len(records)
             observe.SPILLED.inc(len(records))
@@ -385,7 +386,7 @@ class Ingest:
     async def _drainer(self) -> None:
         """Copy the journal to the store, oldest first; delete only what the store confirmed."""
         assert self.spill is not None
-        delay = 0.5
+        delays = backoff(0.5, self.drain_retry_max)
         chunk: Chunk | None = None  # kept across retries: read and decoded once
         while True:
             await self.spill.wait_for_rows()
@@ -413,13 +414,12 @@ class Ingest:
                     level=logging.ERROR,
                 )
                 self.update_gauges()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.drain_retry_max)
+                await asyncio.sleep(next(delays))
                 continue
             self._failures.recovered(
                 "drain", "the store takes writes again; %d records to drain", self.spill.records
             )
-            delay = 0.5
+            delays = backoff(0.5, self.drain_retry_max)
             self._stored(chunk.records, points)
             chunk = None
             self.update_gauges()
@@ -441,7 +441,7 @@ class Ingest:
 
     async def _appender(self) -> None:
         """Append the durable batches to the log in order, retrying with backoff (0.5 s … 5 s)."""
-        delay = 0.5
+        delays = backoff(0.5, 5.0)
         while True:
             while not self._unlogged:
                 self._log_work.clear()
@@ -460,10 +460,9 @@ class Ingest:
                     exc,
                     level=logging.ERROR,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(next(delays))
                 continue
-            delay = 0.5
+            delays = backoff(0.5, 5.0)
             self._failures.recovered("log", "the log takes appends again")
             self._unlogged.popleft()
             self.unlogged -= len(records)
@@ -471,7 +470,7 @@ class Ingest:
 
     async def _write(self, batch: list[Record]) -> None:
         """Without a journal: write to the store, retrying until it takes the batch."""
-        delay = 1.0
+        delays = backoff(1.0, 30.0)
         while True:
             try:
                 points = await self.store.write(batch)
@@ -485,8 +484,7 @@ class Ingest:
                     exc,
                     level=logging.ERROR,
                 )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                await asyncio.sleep(next(delays))
         self._failures.recovered("store", "the store takes writes again")
         self._stored(batch, points)
 

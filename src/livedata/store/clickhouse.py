@@ -138,7 +138,7 @@ import re
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
@@ -148,7 +148,8 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 from clickhouse_driver.util.helpers import parse_url
 
-from livedata.errors import ConfigError, StoreError
+from livedata import errors
+from livedata.errors import ConfigError, ErrorMap, StoreError, map_exceptions
 from livedata.model import Record, Value
 from livedata.store.base import (
     INT64_MAX,
@@ -259,19 +260,33 @@ def _rollup_schema(db: str) -> list[str]:
     ]
 
 
-@contextlib.contextmanager
-def _translated(action: str) -> Iterator[None]:
-    """Driver, network and encoding errors become :class:`StoreError` (the boundary)."""
-    try:
-        yield
-    except ch_errors.Error as exc:
-        message = str(getattr(exc, "message", None) or exc).strip()
-        first = message.splitlines()[0].removesuffix(" Stack trace:") if message else ""
-        code = getattr(exc, "code", None)
-        detail = f"{first} (code {code})" if code else first or type(exc).__name__
-        raise StoreError(f"clickhouse store: {action} failed: {detail}") from exc
-    except (OSError, EOFError, struct.error, OverflowError, ValueError, TypeError) as exc:
-        raise StoreError(f"clickhouse store: {action} failed: {exc!r}") from exc
+ERRORS: ErrorMap = {
+    (ch_errors.SocketTimeoutError, TimeoutError): errors.StoreTimeout,
+    (ch_errors.NetworkError, OSError, EOFError): errors.StoreUnavailable,
+    (
+        ch_errors.UnexpectedPacketFromServerError,
+        ch_errors.UnknownPacketFromServerError,
+        ch_errors.ChecksumDoesntMatchError,
+        struct.error,
+    ): errors.StoreProtocolError,
+    (ch_errors.Error, OverflowError): StoreError,  # OverflowError: a value the column cannot hold
+}
+"""clickhouse-driver's (and the socket's) errors → the project's."""
+
+
+def _detail(exc: BaseException) -> str:
+    """The first line of the server's message and its code (ClickHouse adds a stack trace)."""
+    if not isinstance(exc, ch_errors.Error):
+        return repr(exc)
+    message = str(getattr(exc, "message", None) or exc).strip()
+    first = message.splitlines()[0].removesuffix(" Stack trace:") if message else ""
+    code = getattr(exc, "code", None)
+    return f"{first} (code {code})" if code else first or type(exc).__name__
+
+
+def _translated(action: str) -> contextlib.AbstractContextManager[None]:
+    """Driver and network errors become :class:`StoreError` subclasses (the boundary)."""
+    return map_exceptions(ERRORS, f"clickhouse store: {action}", _detail)
 
 
 def _split_url(url: str) -> tuple[str, dict[str, Any], str, int]:

@@ -113,7 +113,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from livedata.errors import ConfigError, StoreError
+from livedata import errors
+from livedata.errors import ConfigError, ErrorMap, StoreError, describe, map_exceptions
 from livedata.model import Record, Value
 from livedata.store.base import (
     INT64_MIN,
@@ -461,20 +462,22 @@ _RETRY_ONCE = (
 )
 """A dead pooled connection (server restarted), a deadlock, a serialisation failure."""
 
-_DRIVER_ERRORS = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.InternalClientError,
-    OSError,  # refused, reset, and TimeoutError
-    OverflowError,
-    ValueError,
-    TypeError,
-)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+ERRORS: ErrorMap = {
+    (asyncpg.exceptions.QueryCanceledError, TimeoutError): errors.StoreTimeout,  # statement_timeout
+    (
+        asyncpg.PostgresConnectionError,
+        asyncpg.exceptions.OperatorInterventionError,  # the server shutting down
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+        OSError,  # refused, reset
+    ): errors.StoreUnavailable,
+    (asyncpg.exceptions.ProtocolViolationError, asyncpg.exceptions.InternalClientError): (
+        errors.StoreProtocolError
+    ),
+    # a value the column cannot hold (asyncpg DataError) is one of these
+    (asyncpg.PostgresError, asyncpg.InterfaceError, OverflowError): StoreError,
+}
+"""asyncpg's (and the socket's) errors → the project's; a bug's ValueError or TypeError is not
+translated."""
 
 
 def _split_url(url: str) -> tuple[str, dict[str, str]]:
@@ -553,7 +556,7 @@ class PostgresStore(Store):
             if self._pool is not None:
                 return
             self._closed = False
-            try:
+            with map_exceptions(ERRORS, "postgres store: connecting"):
                 pool = await asyncpg.create_pool(
                     self._dsn,
                     min_size=1,
@@ -562,17 +565,12 @@ class PostgresStore(Store):
                     command_timeout=COMMAND_TIMEOUT_S,
                     init=_init_connection,
                 )
-            except _DRIVER_ERRORS as exc:
-                raise StoreError(f"postgres store: connecting failed: {_describe(exc)}") from exc
             try:
-                async with pool.acquire() as conn:
-                    await self._create_schema(conn)
-            except BaseException as exc:
+                with map_exceptions(ERRORS, "postgres store: creating the schema"):
+                    async with pool.acquire() as conn:
+                        await self._create_schema(conn)
+            except BaseException:
                 pool.terminate()
-                if isinstance(exc, _DRIVER_ERRORS):
-                    raise StoreError(
-                        f"postgres store: creating the schema failed: {_describe(exc)}"
-                    ) from exc
                 raise
             self._pool = pool
 
@@ -583,7 +581,7 @@ class PostgresStore(Store):
         if pool is not None:
             try:
                 await asyncio.wait_for(pool.close(), 10)
-            except (TimeoutError, *_DRIVER_ERRORS):
+            except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 pool.terminate()
 
     async def _create_schema(self, conn: asyncpg.Connection) -> None:
@@ -646,7 +644,7 @@ class PostgresStore(Store):
             log.warning(
                 "postgres store: TimescaleDB is installed but could not be set up (%s);"
                 " using a plain table",
-                _describe(exc),
+                describe(exc),
             )
             return False
         return True
@@ -661,15 +659,14 @@ class PostgresStore(Store):
             pool = self._pool
             if pool is None:
                 raise StoreError("postgres store is closed")
-            try:
-                async with pool.acquire() as conn:
-                    return await fn(conn)
-            except _RETRY_ONCE as exc:
-                if attempt == 2 or self._closed:
-                    raise StoreError(f"postgres store: {action} failed: {_describe(exc)}") from exc
-                log.info("postgres store: %s failed (%s); retrying once", action, _describe(exc))
-            except _DRIVER_ERRORS as exc:
-                raise StoreError(f"postgres store: {action} failed: {_describe(exc)}") from exc
+            with map_exceptions(ERRORS, f"postgres store: {action}"):
+                try:
+                    async with pool.acquire() as conn:
+                        return await fn(conn)
+                except _RETRY_ONCE as exc:
+                    if attempt == 2 or self._closed:
+                        raise
+                    log.info("postgres store: %s failed (%s); retrying once", action, describe(exc))
         raise AssertionError("unreachable")
 
     # -- writes ----------------------------------------------------------------------

@@ -97,13 +97,13 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from livedata.errors import ConfigError, StoreError
+from livedata.errors import ConfigError, ErrorMap, StoreError, map_exceptions
 from livedata.model import Record, Value
 from livedata.store.base import (
     INT64_MIN,
@@ -268,15 +268,13 @@ _SET_CUTOFF = """
 """
 
 
-@contextlib.contextmanager
-def _translated(action: str) -> Iterator[None]:
+ERRORS: ErrorMap = {(sqlite3.Error, OSError, OverflowError): StoreError}
+"""sqlite3's and the file system's errors → the project's (a local file: no network kinds)."""
+
+
+def _translated(action: str) -> contextlib.AbstractContextManager[None]:
     """Turn driver and file-system errors into :class:`StoreError` (the store's boundary)."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise StoreError(f"sqlite store: {action} failed: {exc}") from exc
-    except (OSError, OverflowError) as exc:
-        raise StoreError(f"sqlite store: {action} failed: {exc}") from exc
+    return map_exceptions(ERRORS, f"sqlite store: {action}", str)
 
 
 def database_path(url: str) -> str:

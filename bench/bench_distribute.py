@@ -1,0 +1,192 @@
+"""The distribute role on a real Redis: CPU per record, this checkout against another tree.
+
+One run starts one ``redis-server`` (``tests/servers``: free loopback port,
+temporary directory) and then, for each tree (``--base DIR``: a ``src`` directory
+of the code before, e.g. ``git archive 964f4d5 src | tar -x -C /tmp/base``, and
+this checkout's ``src``), alternating ``--rounds`` times, a worker process that
+runs the real :class:`~livedata.pipeline.distribute.Distribute` between a
+``MemoryLog`` and a ``RedisPubSub``, in two phases:
+
+1. **steady**: ``--machines`` (500) machines' ``vehicle_can`` records appended
+   to the log at ``--rate`` records/s (5,000) in ticks of 10 ms, for
+   ``--seconds`` (8), so distribute sees the batches a live fleet gives it;
+2. **flood**: ``--flood`` (50,000) records appended at once; the time until all are
+   published is the most one distribute process can do.
+
+For each it prints records/s, the worker's CPU per record (all of its threads;
+the log, the encoding, redis-py) and Redis's CPU per record (psutil on the
+server).  The machine is shared and noisy: compare the two trees' figures of the
+same round, and read ratios.  Asserts nothing; stops Redis and removes its
+directory at the end, also on Ctrl-C.
+
+    python bench/bench_distribute.py --base /tmp/base17/src
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _worker(url: str, machines: int, rate: int, seconds: float, flood: int) -> dict:
+    """Runs in the worker process, with the tree under test first on ``sys.path``."""
+    import uuid
+
+    from livedata import observe
+    from livedata.bus.memory import MemoryLog
+    from livedata.bus.redis import RedisPubSub
+    from livedata.model import Kind, Record
+    from livedata.pipeline.distribute import Distribute
+
+    def published() -> float:
+        return observe.PUBLISHED._value.get()  # type: ignore[attr-defined]
+
+    values = {f"signal_{n}": float(n) * 1.5 for n in range(10)}
+    log = MemoryLog(f"memory://{uuid.uuid4().hex}?capacity=1000000")
+    pubsub = RedisPubSub(f"{url}?prefix=bench{uuid.uuid4().hex[:8]}/")
+    await pubsub.start()
+    distribute = Distribute(log, pubsub)
+    task = asyncio.create_task(distribute.run())
+    await asyncio.sleep(0.05)
+    ts = [1_700_000_000_000]
+
+    def tick(count: int) -> list[Record]:
+        ts[0] += 1
+        return [
+            Record("t", f"m{n % machines}", "vehicle_can", ts[0], Kind.REALTIME, values)
+            for n in range(count)
+        ]
+
+    async def until(total: float) -> None:
+        # a counter both trees have; an Event would need a hook in the code under test
+        while published() < total:  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+    result = {}
+    # steady: rate records/s in 10 ms ticks
+    per_tick = max(1, rate // 100)
+    ticks = int(seconds * 100)
+    start_pub, cpu0, wall0 = published(), time.process_time(), time.perf_counter()
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    for _ in range(ticks):
+        await log.append(tick(per_tick))
+        next_at += 0.01
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+    await until(start_pub + ticks * per_tick)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    count = ticks * per_tick
+    result["steady"] = {"records": count, "wall": wall, "cpu": cpu}
+    # flood
+    records = tick(flood)
+    start_pub, cpu0, wall0 = published(), time.process_time(), time.perf_counter()
+    await log.append(records)
+    await until(start_pub + flood)
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    result["flood"] = {"records": flood, "wall": wall, "cpu": cpu}
+    task.cancel()
+    await pubsub.close()
+    return result
+
+
+def run_worker(src: Path, args: argparse.Namespace, url: str, redis_pid: int) -> dict:
+    import psutil
+
+    redis = psutil.Process(redis_pid)
+    before = redis.cpu_times()
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", url]
+        + [f"--{k}={getattr(args, k)}" for k in ("machines", "rate", "seconds", "flood")],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    after = redis.cpu_times()
+    result = json.loads(out.strip().splitlines()[-1])
+    result["redis_cpu"] = (after.user + after.system) - (before.user + before.system)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=Path, help="src directory of the code before")
+    parser.add_argument("--machines", type=int, default=500)
+    parser.add_argument("--rate", type=int, default=5_000, help="records/s in the steady phase")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--flood", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        result = asyncio.run(
+            _worker(args.worker, args.machines, args.rate, args.seconds, args.flood)
+        )
+        print(json.dumps(result))
+        return
+
+    sys.path.insert(0, str(ROOT))
+    from tests.servers.redis import start_redis
+
+    trees = [("this", ROOT / "src")]
+    if args.base:
+        trees.insert(0, ("base", args.base.resolve()))
+    print(
+        f"bench_distribute: {args.machines} machines, steady {args.rate} records/s for "
+        f"{args.seconds} s, flood {args.flood} records; load average {os.getloadavg()[0]:.1f}"
+    )
+    results: dict[str, list[dict]] = {name: [] for name, _ in trees}
+    with tempfile.TemporaryDirectory(prefix="bench-distribute-") as tmp:
+        server = start_redis(Path(tmp))
+        try:
+            assert server.process is not None
+            for round_ in range(args.rounds):
+                for name, src in trees:
+                    result = run_worker(src, args, server.url, server.process.pid)
+                    results[name].append(result)
+                    print(f"  round {round_ + 1} {name}: done", flush=True)
+        finally:
+            server.stop()
+    print()
+    print("| tree | phase | records/s | distribute CPU µs/record | Redis CPU µs/record |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, runs in results.items():
+        for phase in ("steady", "flood"):
+            rates = [r[phase]["records"] / r[phase]["wall"] for r in runs]
+            cpus = [1e6 * r[phase]["cpu"] / r[phase]["records"] for r in runs]
+            span = f"{min(rates):,.0f}–{max(rates):,.0f}"
+            cpu = f"{min(cpus):.1f}–{max(cpus):.1f}"
+            redis = "" if phase == "flood" else _redis_per_record(runs)
+            print(f"| {name} | {phase} | {span} | {cpu} | {redis} |")
+    if args.base:
+        print()
+        for phase in ("steady", "flood"):
+            ratios = [
+                (b[phase]["cpu"] / b[phase]["records"]) / (t[phase]["cpu"] / t[phase]["records"])
+                for b, t in zip(results["base"], results["this"], strict=True)
+            ]
+            print(
+                f"{phase}: base/this CPU per record "
+                + ", ".join(f"{r:.1f}x" for r in ratios)
+                + " (per round)"
+            )
+
+
+def _redis_per_record(runs: list[dict]) -> str:
+    """Redis's CPU over the whole worker (both phases) per record of both phases."""
+    per = [1e6 * r["redis_cpu"] / (r["steady"]["records"] + r["flood"]["records"]) for r in runs]
+    return f"{min(per):.1f}–{max(per):.1f} (both phases)"
+
+
+if __name__ == "__main__":
+    main()
