@@ -53,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, i
 
 
 def test_replay_at_10x_moves_the_charts_and_pauses(server: tuple[Server, int], live_page) -> None:
-    """Replay of the stored hour at 10x: the chart's time axis advances; paused it stands; play resumes."""
+    """Replay of the stored hour at 10x: the time axis advances; paused it stands; play resumes; seek goes back."""
     demo, start_s = server
     page = live_page(demo)
     page.open("?range=1h")
@@ -83,6 +83,9 @@ def test_replay_at_10x_moves_the_charts_and_pauses(server: tuple[Server, int], l
 
     page.page.click("#replay-pause")
     page.wait_for(lambda: page.page.evaluate(_AXIS_MAX_JS) > held[0] + 2000, what="playing again")
+    seek_to_start = "el => { el.value = '0'; el.dispatchEvent(new Event('change')); }"
+    page.page.eval_on_selector("#replay-seek", seek_to_start)
+    page.wait_for(lambda: page.page.evaluate(_AXIS_MAX_JS) < held[0], what="back at the start")
     page.screenshot("live-data-replay")
     page.page.click("#replay-live")
     page.wait_for(lambda: page.connection_state("vehicle_can") == "live", what="back to live")

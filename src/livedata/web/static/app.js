@@ -443,13 +443,15 @@ const replayFrom = $('#replay-from');
 const replaySpeed = $('#replay-speed');
 const replayPause = $('#replay-pause');
 const replayLive = $('#replay-live');
+const replaySeek = $('#replay-seek');
 
 /** Close every feed and open them again: live, or the replay of state.replay. */
 function restartFeeds() {
   for (const feed of state.feeds.values()) feed.close();
   state.feeds.clear();
   if (state.machine) syncFeeds();
-  replayPause.hidden = replayLive.hidden = !state.replay;
+  replayPause.hidden = replayLive.hidden = replaySeek.hidden = !state.replay;
+  replaySeek.value = '0';
   $('#replay-state').textContent = state.replay ? 'replay: connecting…' : '';
   scheduleDraw();
 }
@@ -459,6 +461,14 @@ function renderReplay(message) {
   $('#replay-state').textContent = `replay ${message.state} · ${message.speed}× · ${when}`;
   $('#replay-state').dataset.state = message.state;
   replayPause.textContent = message.state === 'playing' ? 'Pause' : 'Play';
+  showReplayPosition(message.ts);
+}
+
+/** The seek slider at data time `ts` of the replayed range (not while the user drags it). */
+function showReplayPosition(ts) {
+  if (!state.replay || document.activeElement === replaySeek) return;
+  const { from, to } = state.replay;
+  replaySeek.value = String(Math.round(((ts - from) / Math.max(1, to - from)) * 1000));
 }
 
 $('#replay-form').addEventListener('submit', (event) => {
@@ -480,6 +490,13 @@ replaySpeed.addEventListener('change', () => {
   state.replay.speed = Number(replaySpeed.value);
   for (const feed of state.feeds.values()) feed.control?.('speed', { speed: state.replay.speed });
 });
+replaySeek.addEventListener('change', () => {
+  if (!state.replay) return;
+  const { from, to } = state.replay;
+  const ts = Math.round(from + ((to - from) * Number(replaySeek.value)) / 1000);
+  for (const feed of state.feeds.values()) feed.control?.('seek', { ts });
+  replaySeek.blur();
+});
 replayLive.addEventListener('click', () => {
   state.replay = null;
   restartFeeds();
@@ -492,6 +509,8 @@ replayLive.addEventListener('click', () => {
 setInterval(() => {
   draw();
   renderConnections();
+  const feed = state.replay ? state.feeds.values().next().value : null;
+  if (feed) showReplayPosition(feed.now);
 }, 1000);
 
 start();
