@@ -151,6 +151,22 @@ async def test_relative_timestamps_need_a_start_time(tmp_path: Path) -> None:
     }
 
 
+async def test_multi_packet_message_across_a_second_is_reassembled(tmp_path: Path) -> None:
+    """A J1939 BAM (a 12-DTC DM1) whose packets straddle two seconds is one message, no error."""
+    fixture = LOGS.parent / "can" / "dm1_multi.txt"
+    packets = [line.split() for line in fixture.read_text().splitlines() if line[:1].isdigit()]
+    log = tmp_path / "bam.log"
+    start_s = 1_768_474_800.8  # packets 50 ms apart: the session ends in the next second
+    log.write_text(
+        "".join(
+            f"({start_s + (int(ts) - int(packets[0][0])) / 1000:.6f}) can0 {frame}\n"
+            for ts, frame in packets
+        )
+    )
+    summary = await import_log(fresh(), DECODER, "acme", "L1", log)
+    assert (summary.frames, summary.decoded, summary.unknown, summary.errors) == (9, 9, 0, 0)
+
+
 async def test_another_machines_log_shows_as_unknown_ids() -> None:
     """A log of another id space stores nothing and counts every frame as unknown."""
     other = CanDecoder.from_dbc(

@@ -58,7 +58,7 @@ from typing import Any, BinaryIO, cast
 import can
 import orjson
 
-from livedata.decode.can import CanDecoder
+from livedata.decode.can import BusState, CanDecoder
 from livedata.errors import ConfigError, InputError
 from livedata.model import Frame, Kind, MsgType, Record, Value
 from livedata.pipeline.limits import EARLIEST_TS, TimestampPolicy
@@ -399,9 +399,10 @@ class LogImport:
         window = -1
         shift: int | None = None
         read = 0
+        bus = BusState()  # J1939 multi-packet messages span the one-second windows
 
         def close_window() -> None:
-            result = decode(frames)
+            result = decode(frames, bus)
             s.frames += len(frames)
             s.decoded += result.frames
             s.unknown += result.unknown
