@@ -37,15 +37,17 @@ from livedata.gateway.api import (
     ToQuery,
     check_msg_type,
     field_names,
+    runtime,
     time_range,
 )
 from livedata.gateway.security import principal_of
+from livedata.gateway.server import error_body
 from livedata.pipeline.backfill import FORMATS as LOG_FORMATS
 from livedata.pipeline.backfill import import_log
 from livedata.pipeline.export import FORMATS, Export
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    pass
 
 router = APIRouter(prefix="/api", tags=["data in and out"])
 
@@ -90,13 +92,8 @@ class Busy(Exception):
     pass
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def _runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
+def _error(status: int, code: str, message: str) -> Response:
+    return Response(error_body(code, message), status_code=status, media_type="application/json")
 
 
 async def _spool(request: Request, path: Path, limit: int) -> bool:
@@ -136,7 +133,7 @@ async def upload_log(
         int | None, Query(description="recording start (ms) for relative timestamps")
     ] = None,
 ) -> Response:
-    rt = _runtime(request)
+    rt = runtime(request)
     info = await rt.require_machine(orgId, chassisId)
     if info.decoder is None:
         raise InputError(f"no DBC file assigned to machine {chassisId!r}: assign one first")
@@ -194,7 +191,7 @@ async def export(
         ),
     ] = None,
 ) -> Response:
-    rt = _runtime(request)
+    rt = runtime(request)
     check_msg_type(msgType)
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
