@@ -104,6 +104,16 @@ class DeviceLink(abc.ABC):
     def inbound(self) -> AsyncIterator[Delivery | Rejection]:
         """Server side: deliveries in arrival order, until the consuming task is cancelled."""
 
+    async def batches(self, max_items: int) -> AsyncIterator[list[Delivery | Rejection]]:
+        """Server side: :meth:`inbound` in lists of what had arrived (1 … ``max_items``).
+
+        Ingest takes a list in one step (one queue operation, one wake-up of its writer
+        per list instead of per message).  This default yields one delivery per list;
+        links that receive in bulk override it.
+        """
+        async for delivery in self.inbound():
+            yield [delivery]
+
     receive_telemetry: bool = True
     """Server side: whether :meth:`start` subscribes to telemetry (off in a gateway-only
     process, which uses the link for direct methods and presence only)."""

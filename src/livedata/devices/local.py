@@ -83,5 +83,13 @@ class LocalDeviceLink(DeviceLink):
         while True:
             yield Delivery(await self._queue.get())
 
+    async def batches(self, max_items: int) -> AsyncIterator[list[Delivery | Rejection]]:
+        queue = self._queue
+        while True:
+            batch: list[Delivery | Rejection] = [Delivery(await queue.get())]
+            while len(batch) < max_items and not queue.empty():
+                batch.append(Delivery(queue.get_nowait()))
+            yield batch
+
     def depth(self) -> int:
         return self._queue.qsize()

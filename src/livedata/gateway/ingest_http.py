@@ -33,7 +33,10 @@ Security: each machine has its own secret (``livedata devices secret ORG CHASSIS
 ``Authorization: Bearer …`` and it is checked against the machine in the URL by the
 gateway's security middleware (:mod:`livedata.gateway.security`).
 
-Under stress: a slow store makes ``ingest.handle`` wait (its queue is bounded), so
+Each request goes through ingest's one entry point (:meth:`~livedata.pipeline.ingest.Ingest.handle_many`),
+which says why a message was refused (:class:`~livedata.pipeline.ingest.Refused`).
+
+Under stress: a slow store makes ``ingest.handle_many`` wait (its queue is bounded), so
 requests slow down rather than memory growing; each request holds at most 1 MiB.
 """
 
@@ -46,8 +49,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from livedata.codec import CONTENT_TYPES, MAX_PAYLOAD, decode
+from livedata.devices.base import Delivery, Rejection
 from livedata.errors import DecodeError, NotFound
 from livedata.model import MsgType
+from livedata.pipeline.ingest import Refused
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -79,12 +84,6 @@ async def _read_capped(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _last_error(rt: Runtime, org_id: str, chassis: str) -> str:
-    errors = rt.ingest.stats_for(org_id, chassis).last_errors
-    # entries are "HH:MM:SS message"
-    return errors[-1].partition(" ")[2] if errors else "the message was rejected"
 
 
 _BODY = {
@@ -149,20 +148,19 @@ async def ingest_http(request: Request, orgId: str, chassisId: str, msgType: str
     body = await _read_capped(request, MAX_PAYLOAD)
     if body is None:
         return _error(413, "too_large", f"the body is larger than {MAX_PAYLOAD} bytes")
-    try:
-        message = decode(orgId, chassisId, msg_type, body)
-    except DecodeError as exc:
-        await rt.ingest.reject(orgId, chassisId, str(exc))
-        return _error(400, exc.code, str(exc))
-
     stored = asyncio.Event()
 
     async def ack() -> None:
         stored.set()
 
-    record = await rt.ingest.handle(message, ack)
-    if record is None:
-        return _error(400, "rejected", _last_error(rt, orgId, chassisId))
+    item: Delivery | Rejection
+    try:
+        item = Delivery(decode(orgId, chassisId, msg_type, body), ack)
+    except DecodeError as exc:
+        item = Rejection(orgId, chassisId, str(exc))
+    outcome = (await rt.ingest.handle_many([item]))[0]
+    if isinstance(outcome, Refused):
+        return _error(400, outcome.code, outcome.reason)
     try:
         await asyncio.wait_for(stored.wait(), DURABLE_TIMEOUT_S)
     except TimeoutError:
@@ -172,4 +170,4 @@ async def ingest_http(request: Request, orgId: str, chassisId: str, msgType: str
             f"accepted but not stored within {DURABLE_TIMEOUT_S:g} s; it will be stored, "
             "and resending is safe",
         )
-    return JSONResponse({"accepted": True, "points": len(record.values)}, status_code=202)
+    return JSONResponse({"accepted": True, "points": len(outcome.values)}, status_code=202)

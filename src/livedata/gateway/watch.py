@@ -132,6 +132,7 @@ from prometheus_client import Counter, Gauge
 
 from livedata import observe
 from livedata.decode.values import decode_values
+from livedata.devices.base import Delivery
 from livedata.errors import DecodeError, InputError, NotFound
 from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_device_update
@@ -1153,12 +1154,19 @@ async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dic
                 raise NotFound(f"row {row.number}: {exc}") from None
         for row, (chassis, fld) in zip(_checked_times(rt, rows, now), tags, strict=True):
             groups.setdefault((chassis, row.ts), {})[fld] = row.value
-        for (chassis, ts), values in groups.items():
-            message = DeviceMessage(
-                org, chassis, MsgType.CLIENT_RAW_DATA, ts, kind_of(ts), values=values
+        deliveries = [
+            Delivery(
+                DeviceMessage(
+                    org, chassis, MsgType.CLIENT_RAW_DATA, ts, kind_of(ts), values=values
+                ),
+                new_ack(),
             )
-            if await rt.ingest.handle(message, new_ack()) is None:
-                raise InputError(f"ingest refused the values of {chassis!r}")
+            for (chassis, ts), values in groups.items()
+        ]
+        outcomes = await rt.ingest.handle_many(deliveries)
+        for (chassis, _), outcome in zip(groups, outcomes, strict=True):
+            if not isinstance(outcome, Record):
+                raise InputError(f"ingest refused the values of {chassis!r}: {outcome.reason}")
         WRITTEN.labels("telemetry").inc(len(rows))
     else:
         bad = [r for r in rows if not valid_id(r.name)]
@@ -1171,9 +1179,12 @@ async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dic
         await rt.catalog.note_fields(org, USER_CHASSIS, table, {r.name for r in rows})
         for row in rows:
             groups.setdefault((USER_CHASSIS, row.ts), {})[row.name] = row.value
-        for (chassis, ts), values in groups.items():
-            record = Record(org, chassis, table, ts, kind_of(ts), values)
-            await rt.ingest.submit(record, new_ack())
+        await rt.ingest.submit_many(
+            [
+                (Record(org, chassis, table, ts, kind_of(ts), values), new_ack())
+                for (chassis, ts), values in groups.items()
+            ]
+        )
         WRITTEN.labels("user").inc(len(rows))
     try:
         async with asyncio.timeout(WRITE_ACK_TIMEOUT_S):

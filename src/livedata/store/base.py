@@ -8,7 +8,7 @@ The store keeps values in a narrow shape, one row per
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from livedata.model import Record, Value
@@ -318,7 +318,7 @@ def storable(value: object) -> Value | None:
     return None
 
 
-def storable_values(values: dict[str, Value]) -> dict[str, Value]:
+def storable_values(values: Mapping[str, Value]) -> dict[str, Value]:
     """The values of a record that :func:`storable` keeps."""
     clean: dict[str, Value] = {}
     for name, value in values.items():
