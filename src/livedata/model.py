@@ -3,13 +3,17 @@
 A machine sends :class:`DeviceMessage` objects (one per message type and second);
 ingest turns each into one :class:`Record` of decoded values.  Records are what the
 store keeps, what the log carries and what distribute publishes on the live channel
-named by :func:`live_channel`.
+named by :func:`live_channel`.  Wherever a record crosses a process or goes to disk
+(the Kafka log, the spill journal, a live channel) it travels in one shape, the
+record envelope (:func:`envelope`), with one codec (:func:`encode_record`,
+:func:`encode_records` and their decoders).
 """
 
 from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -80,29 +84,69 @@ class Record:
     def channel(self) -> str:
         return live_channel(self.tenant, self.chassis, self.msg_type)
 
-    def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "tenant": self.tenant,
-                "chassis": self.chassis,
-                "msgType": self.msg_type,
-                "ts": self.ts,
-                "kind": self.kind.value,
-                "values": self.values,
-            }
-        )
+    def to_json(self, *, seq: int | None = None, epoch: str | None = None) -> bytes:
+        """This record in the envelope (see :func:`encode_record`)."""
+        return encode_record(self, seq=seq, epoch=epoch)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Record:
-        obj = orjson.loads(data)
-        return cls(
-            tenant=obj["tenant"],
-            chassis=obj["chassis"],
-            msg_type=obj["msgType"],
-            ts=obj["ts"],
-            kind=Kind(obj["kind"]),
-            values=obj["values"],
-        )
+        return decode_record(data)
+
+
+# --- the record envelope: one wire shape for the log, the spill journal, the live channel
+
+
+def envelope(record: Record, *, seq: int | None = None, epoch: str | None = None) -> dict[str, Any]:
+    """The record envelope: ``{"tenant", "chassis", "msgType", "ts", "kind", "values"}``,
+    plus ``seq`` and ``epoch`` on a live channel (its numbering, see
+    :mod:`livedata.pipeline.distribute`).  Values are as ingest normalised them."""
+    env: dict[str, Any] = {
+        "tenant": record.tenant,
+        "chassis": record.chassis,
+        "msgType": record.msg_type,
+        "ts": record.ts,
+        "kind": record.kind.value,
+        "values": record.values,
+    }
+    if seq is not None:
+        env["seq"] = seq
+        env["epoch"] = epoch
+    return env
+
+
+def encode_record(record: Record, *, seq: int | None = None, epoch: str | None = None) -> bytes:
+    """One record as JSON bytes: a Kafka value, a live-channel message."""
+    return orjson.dumps(envelope(record, seq=seq, epoch=epoch))
+
+
+def from_envelope(obj: dict[str, Any]) -> Record:
+    """The record of a decoded envelope; ``KeyError``/``ValueError``/``TypeError`` if it is not one."""
+    values = obj["values"]
+    if not isinstance(values, dict):
+        raise TypeError("values is not an object")
+    return Record(
+        obj["tenant"], obj["chassis"], obj["msgType"], obj["ts"], Kind(obj["kind"]), values
+    )
+
+
+def decode_record(data: bytes | str) -> Record:
+    """The record of :func:`encode_record`'s bytes (``seq``/``epoch`` ignored)."""
+    return from_envelope(orjson.loads(data))
+
+
+def encode_records(records: Sequence[Record]) -> bytes:
+    """Records as one JSON array of envelopes: a Kafka batch value, a spill-journal row."""
+    return b"[" + b",".join(orjson.dumps(envelope(r)) for r in records) + b"]"
+
+
+def decode_records(data: bytes | str) -> list[Record]:
+    """The records of :func:`encode_records` (or of one :func:`encode_record`)."""
+    obj = orjson.loads(data)
+    if isinstance(obj, dict):
+        return [from_envelope(obj)]
+    if not isinstance(obj, list):
+        raise TypeError("not a record envelope or a list of them")
+    return [from_envelope(item) for item in obj]
 
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")

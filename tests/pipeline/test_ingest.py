@@ -13,9 +13,10 @@ import pytest
 from livedata.bus.memory import MemoryLog
 from livedata.catalog import Catalog
 from livedata.decode.can import CanDecoder
+from livedata.devices.base import Delivery, Rejection
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record
-from livedata.pipeline.ingest import Ingest
+from livedata.pipeline.ingest import Ingest, Refused
 from livedata.sim.demo import DBC_PATH
 from livedata.sim.machine import Machine
 from livedata.store.sqlite import SQLiteStore
@@ -112,3 +113,26 @@ async def test_impossible_timestamps_are_rejected(parts) -> None:
         msg = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, ts, values={"x": 1})
         assert await ingest.handle(msg) is None
     assert ingest.stats_for("acme", "M1").rejected == 4
+
+
+async def test_values_are_normalised_once_at_ingest(parts) -> None:
+    """Records submitted without decoding get the stores' values at ingest (bool as int,
+    NaN left out, huge int as float), and the log carries exactly those."""
+    ingest, _, log = parts
+    raw = {"b": True, "nan": float("nan"), "big": 2**70, "s": "x", "f": 1.5}
+    record = Record("acme", "M1", "user", T0, Kind.BACKFILL, dict(raw))
+    await ingest.submit(record)
+    (logged,) = await first_batch(log)
+    assert logged.values == {"b": 1, "big": float(2**70), "s": "x", "f": 1.5}
+
+
+async def test_a_batch_gets_one_outcome_per_message(parts) -> None:
+    """handle_many returns each message's record or why it was refused, in order."""
+    ingest, _, _ = parts
+    good = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0, values={"x": 1})
+    ghost = DeviceMessage("acme", "GHOST", MsgType.CLIENT_RAW_DATA, T0, values={"x": 1})
+    unreadable = Rejection("acme", "M1", "truncated payload")
+    outcomes = await ingest.handle_many([Delivery(good), Delivery(ghost), unreadable])
+    assert isinstance(outcomes[0], Record) and outcomes[0].values == {"x": 1}
+    assert outcomes[1] == Refused("rejected", "unknown machine 'GHOST' in organisation 'acme'")
+    assert outcomes[2] == Refused("decode_error", "truncated payload")

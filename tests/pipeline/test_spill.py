@@ -13,7 +13,8 @@ import pytest
 from livedata.errors import BackendError
 from livedata.model import Kind, Record
 from livedata.pipeline import spill as spill_module
-from livedata.pipeline.spill import FILE_NAME, JournalFull, SpillJournal, spill_dir_of
+from livedata.pipeline.spill import FILE_NAME, JournalFull, SpillJournal, decode_row, spill_dir_of
+from livedata.store.base import storable_values
 from livedata.store.sqlite import SQLiteStore
 
 T0 = 1_750_000_000_000
@@ -64,16 +65,24 @@ async def test_a_row_bigger_than_the_chunk_is_still_read(journal: SpillJournal) 
     assert chunk is not None and len(chunk.records) == 30
 
 
-async def test_values_are_kept_as_the_stores_keep_them(journal: SpillJournal) -> None:
-    """Floats, ints, strings survive exactly; NaN is left out, bools become ints, huge ints floats."""
-    values = {"f": 0.1 + 0.2, "i": 2**62, "s": "on", "nan": math.nan, "b": True, "big": 2**70}
-    record = Record("acme", "M1", "client_raw_data", T0, Kind.BACKFILL, values)
+async def test_values_normalised_at_ingest_survive_exactly(journal: SpillJournal) -> None:
+    """Values as ingest normalised them (floats, ints, strings, bools as ints, huge ints as
+    floats, NaN left out) come back from the journal exactly."""
+    raw = {"f": 0.1 + 0.2, "i": 2**62, "s": "on", "nan": math.nan, "b": True, "big": 2**70}
+    record = Record("acme", "M1", "client_raw_data", T0, Kind.BACKFILL, storable_values(raw))
     await journal.append([record])
     chunk = await journal.read(10)
     assert chunk is not None
     (back,) = chunk.records
     assert back.values == {"f": 0.1 + 0.2, "i": 2**62, "s": "on", "b": 1, "big": float(2**70)}
     assert back.kind is Kind.BACKFILL and (back.tenant, back.chassis, back.ts) == ("acme", "M1", T0)
+
+
+def test_rows_of_a_journal_written_before_the_envelope_are_read() -> None:
+    """A row in the former shape (arrays of fields) decodes to the same records."""
+    old = b'[["acme","M1","vehicle_can",1750000000000,"realTime",{"rpm":900.5}]]'
+    (record,) = decode_row(old)
+    assert record == Record("acme", "M1", "vehicle_can", T0, Kind.REALTIME, {"rpm": 900.5})
 
 
 async def test_append_waits_while_the_journal_is_full(tmp_path: Path) -> None:

@@ -14,8 +14,11 @@ producer and logs a warning: then a send that aiokafka retries may write a
 record twice, which the stores absorb (idempotent writes) and which may make
 distribute publish it twice.
 
-Records are keyed by chassis, so all records of a machine go to one partition
-and stay in order; the value is :meth:`Record.to_json`.  Each call of
+Records are partitioned by chassis (the default partitioner's choice for the chassis
+as key), so all records of a machine go to one partition and stay in order.  One
+:meth:`KafkaLog.append` sends one message per partition and 256 KiB: its value is a JSON
+array of record envelopes (:func:`livedata.model.encode_records`; a value holding one
+envelope, as written before, is read too), its key one of its machines.  Each call of
 :meth:`KafkaLog.consume` runs one consumer of a consumer group: the group's
 consumers share the partitions, each partition read by one of them at a time.
 The Kafka group id is ``{topic}.{group}``, so groups of different logs never
@@ -53,7 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -68,11 +71,12 @@ from aiokafka.errors import (
     KafkaTimeoutError,
     RequestTimedOutError,
 )
+from aiokafka.partitioner import DefaultPartitioner
 
 from livedata import errors
 from livedata.bus.base import Log
 from livedata.errors import BusError, ConfigError, ErrorMap, map_exceptions
-from livedata.model import Record
+from livedata.model import Record, decode_records, encode_record
 from livedata.ratelog import Throttled
 
 log = logging.getLogger("livedata.bus.kafka")
@@ -81,7 +85,11 @@ _COMMITS = Throttled(log)
 
 DEFAULT_PARTITIONS = 8
 BATCH = 1_000
-"""Records per batch at most."""
+"""Messages per consumed batch at most (each a batch of records)."""
+MESSAGE_BYTES = 256 * 1024
+"""A batch message of :meth:`KafkaLog.append` holds at most this many bytes of envelopes
+(aiokafka's ``max_request_size`` and the brokers' ``message.max.bytes`` are 1 MiB)."""
+_PARTITIONER = DefaultPartitioner()
 POLL_MS = 1_000
 """Milliseconds a consumer waits for records before looking again."""
 SESSION_TIMEOUT_MS = 10_000
@@ -141,6 +149,9 @@ class KafkaLog(Log):
         self.skipped = 0
         """Values read from the topic that were not a record."""
         self._producer: AIOKafkaProducer | None = None
+        self._partition_of: dict[str, int] = {}
+        """The partition of each chassis seen, for the partition count below."""
+        self._partition_count = 0
         self._consumers: set[AIOKafkaConsumer] = set()
         self._closed = asyncio.Event()
 
@@ -225,7 +236,13 @@ class KafkaLog(Log):
         return producer
 
     async def append(self, records: Sequence[Record]) -> None:
-        """Send every record and wait until the broker acknowledged all of them."""
+        """Send the records in batch messages and wait until the broker acknowledged all.
+
+        Records are grouped by the partition of their chassis (the default partitioner's
+        choice for the key, so a machine's records stay on one partition and in order),
+        and each group goes as few messages of at most :data:`MESSAGE_BYTES`, each a JSON
+        array of record envelopes (:func:`livedata.model.encode_records`).
+        """
         producer = self._producer
         if producer is None or self._closed.is_set():
             raise BusError("kafka log is not started or closed")
@@ -234,9 +251,11 @@ class KafkaLog(Log):
         sent: list[asyncio.Future[Any]] = []
         with map_errors(f"append to {self.topic}"):
             try:
-                for record in records:
-                    key = record.chassis.encode()
-                    sent.append(await producer.send(self.topic, record.to_json(), key=key))
+                partitions = sorted(await producer.partitions_for(self.topic))
+                for partition, key, value in self._messages(records, partitions):
+                    sent.append(
+                        await producer.send(self.topic, value, key=key, partition=partition)
+                    )
             except BaseException:
                 for future in sent:  # still in flight: keep their errors from being reported
                     future.add_done_callback(_retrieve)
@@ -245,9 +264,41 @@ class KafkaLog(Log):
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
             raise BusError(
-                f"kafka append to {self.topic}: {len(failures)} of {len(records)} records "
-                f"not acknowledged: {failures[0]!r}"
+                f"kafka append to {self.topic}: {len(failures)} of {len(sent)} batch messages "
+                f"({len(records)} records) not acknowledged: {failures[0]!r}"
             ) from failures[0]
+
+    def _messages(
+        self, records: Sequence[Record], partitions: list[int]
+    ) -> Iterator[tuple[int, bytes, bytes]]:
+        """``(partition, key, value)`` of the batch messages for ``records``, in order per
+        partition."""
+        if len(partitions) != self._partition_count:
+            self._partition_of.clear()  # the topic grew: keys map anew, as the producer's
+            self._partition_count = len(partitions)
+        groups: dict[int, list[bytes]] = {}
+        keys: dict[int, bytes] = {}
+        partition_of = self._partition_of
+        for record in records:
+            partition = partition_of.get(record.chassis)
+            if partition is None:
+                key = record.chassis.encode()
+                partition = partition_of[record.chassis] = _PARTITIONER(key, partitions, partitions)
+            group = groups.get(partition)
+            if group is None:
+                group = groups[partition] = []
+                keys[partition] = record.chassis.encode()
+            group.append(encode_record(record))
+        for partition, encoded in groups.items():
+            chunk: list[bytes] = []
+            size = 2
+            for item in encoded:
+                if chunk and size + len(item) + 1 > MESSAGE_BYTES:
+                    yield partition, keys[partition], b"[" + b",".join(chunk) + b"]"
+                    chunk, size = [], 2
+                chunk.append(item)
+                size += len(item) + 1
+            yield partition, keys[partition], b"[" + b",".join(chunk) + b"]"
 
     # -- consuming ---------------------------------------------------------
 
@@ -317,11 +368,11 @@ class KafkaLog(Log):
         for tp, messages in fetched.items():
             for message in messages:
                 try:
-                    batch.append(Record.from_json(message.value))
+                    batch.extend(decode_records(message.value))
                 except (ValueError, KeyError, TypeError) as exc:
                     self.skipped += 1
                     log.warning(
-                        "skipped a value that is not a record at %s[%d]@%d: %r",
+                        "skipped a value that is not a record or a batch at %s[%d]@%d: %r",
                         tp.topic,
                         tp.partition,
                         message.offset,

@@ -18,20 +18,19 @@ from __future__ import annotations
 import logging
 import uuid
 
-import orjson
-
 from livedata import observe
 from livedata.bus.base import Log, PubSub
 from livedata.errors import BusError
-from livedata.model import Kind, Record
+from livedata.model import Kind, Record, encode_record
 from livedata.ratelog import Throttled
 
 log = logging.getLogger("livedata.distribute")
 
 
 def live_message(record: Record, seq: int, epoch: str) -> bytes:
-    """What travels on a live channel: the record's values with ts, seq and epoch."""
-    return orjson.dumps({"ts": record.ts, "seq": seq, "epoch": epoch, "values": record.values})
+    """What travels on a live channel: the record envelope with its seq and epoch
+    (:func:`livedata.model.encode_record`; readers use ``ts``, ``seq``, ``epoch``, ``values``)."""
+    return encode_record(record, seq=seq, epoch=epoch)
 
 
 class Distribute:

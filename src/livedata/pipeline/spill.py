@@ -15,10 +15,10 @@ batch::
            records INTEGER,                        -- records in the batch
            data BLOB)                              -- the records, JSON (orjson)
 
-Each record is ``[tenant, chassis, msg_type, ts, kind, values]`` with its values as
-every store keeps them (:func:`~livedata.store.base.storable_values`: NaN and
-objects left out, bools as ints), so what is replayed is what would have been
-stored.  WAL mode with ``synchronous=FULL``: an :meth:`SpillJournal.append` that
+The data is the batch as a JSON array of record envelopes
+(:func:`livedata.model.encode_records`, the log's codec), values as ingest normalised
+them, so what is replayed is what would have been stored; rows of a journal written
+before the envelope (arrays ``[tenant, chassis, msg_type, ts, kind, values]``) are read too.  WAL mode with ``synchronous=FULL``: an :meth:`SpillJournal.append` that
 has returned survives a crash of the process *and* of the machine, which is what
 acknowledging a device message promises.  The connection takes SQLite's exclusive
 lock when it opens, so a second process pointed at the same directory fails at
@@ -63,8 +63,7 @@ import orjson
 
 from livedata import observe
 from livedata.errors import BackendError
-from livedata.model import Kind, Record
-from livedata.store.base import storable_values
+from livedata.model import Kind, Record, encode_records, from_envelope
 
 log = logging.getLogger("livedata.spill")
 
@@ -92,21 +91,16 @@ class Chunk:
     records: list[Record]
 
 
-def encode_records(records: Sequence[Record]) -> bytes:
-    """The journal's encoding of a batch (values as the stores keep them)."""
-    return orjson.dumps(
-        [
-            [r.tenant, r.chassis, r.msg_type, r.ts, r.kind.value, storable_values(r.values)]
-            for r in records
+def decode_row(data: bytes) -> list[Record]:
+    """A row's records: :func:`~livedata.model.encode_records`' envelopes, or the arrays
+    ``[tenant, chassis, msg_type, ts, kind, values]`` a journal written before kept."""
+    items = orjson.loads(data)
+    if items and isinstance(items[0], list):
+        return [
+            Record(tenant, chassis, msg_type, ts, Kind(kind), values)
+            for tenant, chassis, msg_type, ts, kind, values in items
         ]
-    )
-
-
-def decode_records(data: bytes) -> list[Record]:
-    return [
-        Record(tenant, chassis, msg_type, ts, Kind(kind), values)
-        for tenant, chassis, msg_type, ts, kind, values in orjson.loads(data)
-    ]
+    return [from_envelope(item) for item in items]
 
 
 @contextlib.contextmanager
@@ -310,7 +304,7 @@ class SpillJournal:
         last_id, blobs = found
         records: list[Record] = []
         for data in blobs:
-            records.extend(decode_records(data))
+            records.extend(decode_row(data))
         return Chunk(last_id, records)
 
     async def delete_through(self, last_id: int) -> int:
