@@ -1,6 +1,7 @@
 """Ingest throughput in one process, no HTTP: device messages → ``Ingest.handle`` → store + log.
 
-What runs is what ``livedata demo`` runs between the device link and distribute:
+What runs is what ``livedata demo`` runs between the device link and distribute
+(messages sent into a ``local://`` device link, ingest reading it in batches):
 metadata on a temporary SQLite file seeded like ``sim/demo.py`` (organisation
 ``demo``, the wheel-loader DBC, N machines), a :class:`Catalog`, an
 :class:`Ingest` with the default batch and queue sizes and its writer task, a
@@ -63,9 +64,10 @@ import psutil
 from livedata.bus.memory import MemoryLog
 from livedata.catalog import Catalog
 from livedata.decode.can import CanDecoder
+from livedata.devices.local import LocalDeviceLink
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, MsgType, Record
-from livedata.pipeline.ingest import Ingest
+from livedata.pipeline.ingest import Ingest, consume_devices
 from livedata.pipeline.spill import SpillJournal
 from livedata.settings import Settings
 from livedata.sim.demo import DBC_PATH, DEFAULT_GROUPS, MODEL, ORG
@@ -146,7 +148,8 @@ async def run_ingest(
     warmup: list[DeviceMessage],
     timed: list[DeviceMessage],
 ) -> tuple[RunResult, list[list[Record]]]:
-    """Push ``warmup`` then ``timed`` through a fresh Ingest; time ``timed`` through the log."""
+    """Push ``warmup`` then ``timed`` through a local device link into a fresh Ingest (as the
+    demo's ``consume_devices``); time ``timed`` until it is in the log and in the store."""
     defaults = Settings()
     log = MemoryLog(f"memory://bench-{uuid.uuid4().hex}")
     await store.start()
@@ -170,13 +173,18 @@ async def run_ingest(
     async def push(messages: list[DeviceMessage]) -> None:
         nonlocal target
         target += len(messages)
+        stored = ingest.written + len(messages)
         reached.clear()
         for message in messages:
-            await ingest.handle(message)
+            await link.send(message)
         await reached.wait()
+        while ingest.written < stored:  # noqa: ASYNC110 - the log has them first, then the store
+            await asyncio.sleep(0.002)
 
+    link = LocalDeviceLink()
     consumer = asyncio.create_task(drain())
     writer = asyncio.create_task(ingest.run())
+    feeder = asyncio.create_task(consume_devices(ingest, link))
     await asyncio.sleep(0)  # let the consumer register its group
     try:
         await push(warmup)
@@ -188,9 +196,9 @@ async def run_ingest(
         cpu, loop_cpu = time.process_time() - cpu0, time.thread_time() - loop0
         rss_after = PROC.memory_info().rss
     finally:
-        for task in (writer, consumer):
+        for task in (writer, consumer, feeder):
             task.cancel()
-        await asyncio.gather(writer, consumer, return_exceptions=True)
+        await asyncio.gather(writer, consumer, feeder, return_exceptions=True)
         await log.close()
         await store.close()
     records = sum(len(b) for b in batches)

@@ -103,13 +103,13 @@ from livedata.decode.can import BusState
 from livedata.decode.values import decode_values
 from livedata.devices.base import Ack, Delivery, DeviceLink, Rejection
 from livedata.errors import BackendError, BusError, DecodeError, StoreError
-from livedata.model import DeviceMessage, Kind, MsgType, Record
+from livedata.model import DeviceMessage, Kind, MsgType, Record, Value
 from livedata.pipeline.dtcs import DtcService
 from livedata.pipeline.limits import TimestampPolicy
 from livedata.pipeline.spill import Chunk, SpillJournal
 from livedata.ratelog import Throttled
 from livedata.retry import backoff
-from livedata.store.base import Store, storable_values
+from livedata.store.base import INT64_MAX, INT64_MIN, Store, storable_values
 
 log = logging.getLogger("livedata.ingest")
 
@@ -149,6 +149,25 @@ class Refused:
 
 Outcome = Record | Refused
 """What became of one message handed to :meth:`Ingest.handle_many`."""
+
+
+def normalised(values: dict[str, Any]) -> dict[str, Value]:
+    """``values`` as the stores keep them (:func:`~livedata.store.base.storable_values`):
+    the same dict when it is already so (the usual case: one pass of type checks), else a
+    cleaned copy."""
+    for value in values.values():
+        kind = type(value)
+        if kind is float:
+            if value != value:
+                break
+        elif kind is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                break
+        elif kind is not str:
+            break
+    else:
+        return values
+    return storable_values(values)
 
 
 class Ingest:
@@ -271,7 +290,7 @@ class Ingest:
     async def submit_many(self, items: Sequence[tuple[Record, Ack | None]]) -> None:
         """Queue records that need no decoding, in one step (their values are normalised)."""
         for record, _ in items:
-            record.values = storable_values(record.values)
+            record.values = normalised(record.values)
         await self._enqueue(items)
 
     async def reject(
@@ -302,13 +321,17 @@ class Ingest:
             await self._room.wait()
         now = time.time()
         records: list[Record] = []
+        counts: dict[tuple[str, Kind], int] = {}
+        points = 0
         for record, ack in items:
-            observe.RECORDS_IN.labels(
-                observe.msg_type_label(record.msg_type), record.kind.value
-            ).inc()
-            observe.POINTS_IN.inc(len(record.values))
+            key = (record.msg_type, record.kind)
+            counts[key] = counts.get(key, 0) + 1
+            points += len(record.values)
             self._queue.append((record, ack, now))
             records.append(record)
+        for (msg_type, kind), count in counts.items():
+            observe.RECORDS_IN.labels(observe.msg_type_label(msg_type), kind.value).inc(count)
+        observe.POINTS_IN.inc(points)
         self._queued += len(records)
         self._unlogged.append(records)
         self.unlogged += len(records)
@@ -340,11 +363,9 @@ class Ingest:
                 self._error(stats, "malformed", error)
             if result.errors:
                 log.info("%d malformed frames: %s", len(result.errors), result.errors[0])
-            values: dict[str, Any] = storable_values(result.values)
+            values: dict[str, Any] = normalised(result.values)  # NaN of a float signal
             if result.dm1:
-                values.update(
-                    storable_values(await self.dtcs.observe(msg.tenant, msg.chassis, result.dm1))
-                )
+                values.update(await self.dtcs.observe(msg.tenant, msg.chassis, result.dm1))
         else:
             values, errors = decode_values(msg.values)  # storable already
             for error in errors:
