@@ -59,6 +59,9 @@ class Settings(BaseSettings):
         120, ge=0, le=86_400, description="history the demo creates at start"
     )
     store_batch_max: int = Field(5_000, ge=1, description="records per store write at most")
+    store_batch_ms: float = Field(
+        50, ge=0, le=10_000, description="ms a store batch waits for more records at most"
+    )
     ingest_queue: int = Field(20_000, ge=1, description="records buffered before ingest waits")
     spill_dir: str = Field(
         "auto",

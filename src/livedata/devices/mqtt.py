@@ -68,7 +68,8 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
 Acknowledgement.  aiomqtt 2.5 has no manual-ack API (empicano/aiomqtt#345, open), but
 the paho-mqtt 2 client under it does (``manual_ack_set`` / ``ack``); the link turns it
 on, so a QoS 1 message is PUBACKed only when ingest awaits the delivery's ``ack`` —
-after its record is durable (store or spill journal).  Until then the message is in flight
+after its record is durable (store or spill journal) and in the log.  The PUBACKs of one
+event-loop turn are written together (one paho packet of 4-byte PUBACKs).  Until then the message is in flight
 and counts against ``inflight``.  What the broker does with unacknowledged messages
 when a link dies (measured on Mosquitto 2.0.11):
 
@@ -99,10 +100,12 @@ queue, bounded by what the broker sends unacknowledged (see ``inflight``).
 itself is disconnected it is stale (check :attr:`MqttDeviceLink.connected`).
 aiomqtt errors become :class:`~livedata.errors.BackendError` (broker unreachable or
 failing) or :class:`~livedata.errors.ConfigError` (bad URL, credentials refused at
-start).  One link drains about 1,600 ``vehicle_can`` messages/s on one core
-(measured on loopback); the time goes to paho-mqtt's per-message work (two
-``send`` calls per PUBACK, MQTT 5 property parsing), not to decoding; run more
-ingest processes in the share group for more.
+start).  Receiving is batched (:class:`_FastReceive`): what one socket
+read brings is parsed in one go and handed to ingest as one list
+(:meth:`MqttDeviceLink.batches`).  The link's own work is about 50 µs of CPU per
+``vehicle_can`` message, most of it building the frames (``bench/bench_mqtt_link.py``;
+220 µs before the fast path, when paho's per-message work was 40-46 % of ingest); run
+more ingest processes in the share group for more.
 
 Device side, :class:`MqttDevice` — one machine's connection, for the simulator and the
 edge agent.  Client id and (with per-device credentials) username
