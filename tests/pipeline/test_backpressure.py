@@ -331,3 +331,17 @@ def test_metrics_and_health_show_the_queue_and_the_journal(demo: Server) -> None
         assert name in values, name
     assert values["livedata_spill_max_bytes"] == 256 * 2**20
     assert health["spill"]["maxBytes"] == 256 * 2**20 and health["spill"]["records"] >= 0
+
+
+async def test_live_does_not_wait_for_the_store_and_the_ack_waits_for_both(rig) -> None:
+    """While a store write hangs, its records are already in the log (live); their devices
+    are acknowledged only once the write has returned."""
+    r: Rig = await rig(queue_max=1_000, spill_max_bytes=2**20, spill_after=30.0)
+    r.store.gate.clear()
+    await r.push(0, 50)
+    await until(lambda: len(r.logged) == 50, what="the records in the log")
+    await until(lambda: r.store.started == 1, what="the store write to begin")
+    assert r.acked == [] and r.store.writes == 0
+    r.store.gate.set()
+    await until(lambda: len(r.acked) == 50, what="the acks")
+    assert await stored_keys(r.inner, 50) == {key(n) for n in range(50)}
