@@ -303,13 +303,13 @@ class Ingest:
     ) -> Refused:
         """Count a message that cannot be used (bad encoding, unknown machine, no DBC).
 
-        Logged once a minute per machine with a count of the others."""
+        Logged once a minute, with a count of the others (one key for all: an attacker's
+        made-up machine ids cannot grow it); each machine's count is in its
+        :class:`DecodeStats`."""
         stats = self.stats_for(tenant, chassis)
         stats.rejected += 1
         self._error(stats, "rejected", reason)
-        self._refusals.failed(
-            (tenant, chassis), "refused a message of %s/%s: %s", tenant, chassis, reason
-        )
+        self._refusals.failed("refused", "refused a message of %s/%s: %s", tenant, chassis, reason)
         if ack is not None:
             await ack()
         return Refused(code, reason)
