@@ -277,6 +277,9 @@ class SimDevice:
                     return
             except (OSError, TimeoutError) as exc:
                 self.last_error = str(exc) or type(exc).__name__
+            except Exception as exc:  # a bug must not end the machine's reconnecting
+                log.exception("device %s: connection failed", self.client_id)
+                self.last_error = repr(exc)
             if self._stopping:
                 return
             await asyncio.sleep(next(delays))
