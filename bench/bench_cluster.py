@@ -34,16 +34,16 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
    so it starts quickly) with the same 200 clients, ``--baseline-window`` (20)
    seconds, so the cost of the distributed hops is visible.
 
-**Fleet-size sweep** (``--fleets 1000,2000,5000,10000``) instead of the above: one
-cluster (engines, 1 ingest, 1 distribute, 1 gateway seeded with the largest fleet);
-per size a ``livedata simulate --machines N`` (fast enough for 10,000 machines from one
+**Fleet-size sweep** (``--fleets 1000,2000,5000,10000``) instead of the above: per
+size a fresh cluster (engines, 1 ingest, 1 distribute, 1 gateway ``--seed-demo N``),
+a ``livedata simulate --machines N`` (fast enough for 10,000 machines from one
 process), a warm-up (``--warmup``, 30 s at most), ``--clients`` (100) live clients
-spread over the fleet and a ``--window``; then the simulator stops and the pipeline
-drains before the next size.  Printed per size: sustained records/s, how far ingest
+spread over the fleet and a ``--window``; then the simulator stops and the time the
+pipeline takes to drain is measured (``--drain``, 30 s at most).  Printed per size: sustained records/s, how far ingest
 and distribute are behind at the end of the window (seconds of the fleet's
 records: what the broker took in but ingest has not, what ingest took in but
 distribute has not published), p50/p99 device → browser, machine-seconds stored,
-and CPU µs per record of each role.  Give it ``--budget`` for all sizes (about 2
+and CPU µs per record of each role.  Give it ``--budget`` for all sizes (about 3
 minutes each).
 
 Latency is the client's receipt time minus the record's ``ts``, which is the
@@ -1064,22 +1064,26 @@ def wait_drained(cluster: Cluster, timeout: float) -> float:
 
 
 def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
-    """One cluster, seeded with the largest fleet; per size a simulator, clients and a window."""
+    """Per fleet size a fresh cluster (engines and roles), a simulator, clients and a window.
+
+    Fresh, so a size is not measured on the backlog the one before left behind.
+    """
     global MACHINES
     CLIENTS[0] = args.clients
-    print(f"[{elapsed()}] fleet-size sweep {fleets}: engines", flush=True)
-    with cleanup_on_exit() as stack:
-        cluster = Cluster(tmp, stack)
-        cluster.start_engines()
-        stack.callback(cluster.stop)
-        MACHINES = max(fleets)
-        print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {MACHINES})")
-        cluster.start_roles()
-        for size in fleets:
-            if remaining() < args.window + 60:
-                print(f"[{elapsed()}] no time left in the budget for {size:,} machines")
-                break
-            MACHINES = size
+    for size in fleets:
+        if remaining() < args.window + 120:
+            print(f"[{elapsed()}] no time left in the budget for {size:,} machines")
+            break
+        MACHINES = size
+        run = tmp / f"fleet-{size}"
+        run.mkdir()
+        print(f"[{elapsed()}] {size:,} machines: engines", flush=True)
+        with cleanup_on_exit() as stack:
+            cluster = Cluster(run, stack)
+            cluster.start_engines()
+            stack.callback(cluster.stop)
+            print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {size})")
+            cluster.start_roles()
             before = cumulative(cluster)
             print(f"[{elapsed()}] livedata simulate --machines {size:,}", flush=True)
             connect_s = cluster.start_simulator()
@@ -1090,7 +1094,7 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
                 gateway = cluster.roles["gateway"]
                 clients = open_clients(gateway.url.replace("http://", "ws://", 1), per_size)
                 time.sleep(2)
-                seconds = max(10.0, min(args.window, remaining() - 45))
+                seconds = max(10.0, min(args.window, remaining() - 60))
                 print(f"[{elapsed()}] measuring {seconds:.0f} s", flush=True)
                 window = window_with_checks(cluster, f"{size:,}", seconds, clients)
             end = cumulative(cluster)
@@ -1107,7 +1111,7 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
             assert cluster.sim is not None
             cluster.sim.stop(15)
             cluster.sim = None
-            point.drained_s = wait_drained(cluster, 60.0)
+            point.drained_s = wait_drained(cluster, min(args.drain, max(0.0, remaining() - 60)))
             print(
                 f"  {size:,}: {window.rate('livedata_records_in_total'):,.0f} records/s in, "
                 f"ingest {point.ingest_behind_s:.1f} s behind at the end, "
@@ -1115,7 +1119,7 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
                 flush=True,
             )
             RESULTS["sweep"].append(point)
-        print(f"[{elapsed()}] stopping the cluster", flush=True)
+            print(f"[{elapsed()}] stopping the cluster", flush=True)
 
 
 def sweep_table(points: list[SweepPoint]) -> None:
@@ -1281,7 +1285,7 @@ def main() -> None:
     parser.add_argument(
         "--fleets",
         metavar="N,N,…",
-        help="fleet-size sweep instead: one cluster, per size a simulator, --clients live "
+        help="fleet-size sweep instead: per size a fresh cluster, a simulator, --clients live "
         "clients and a --window (e.g. 1000,2000,5000,10000)",
     )
     parser.add_argument(
@@ -1289,6 +1293,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--warmup", type=float, default=30.0, help="sweep: seconds to reach the fleet's rate (30)"
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=30.0,
+        help="sweep: seconds to wait for the backlog after the simulator stops (30)",
     )
     args = parser.parse_args()
     fleets = [int(n) for n in args.fleets.split(",")] if args.fleets else []
@@ -1335,7 +1345,9 @@ def main() -> None:
 def report() -> None:
     if RESULTS["sweep"]:
         print()
-        print("Fleet-size sweep: one cluster (1 ingest, 1 distribute, 1 gateway), per fleet size")
+        print(
+            "Fleet-size sweep: per fleet size a fresh cluster (1 ingest, 1 distribute, 1 gateway)"
+        )
         sweep_table(RESULTS["sweep"])
     windows: list[Window] = RESULTS["windows"]
     if not windows:

@@ -138,6 +138,7 @@ from livedata.devices.base import (
     MethodHandler,
     MethodResult,
     Rejection,
+    answer_method,
 )
 from livedata.errors import (
     BackendError,
@@ -859,19 +860,13 @@ class MqttDevice:
         if len(levels) != 7 or levels[4] != "req":
             return
         method, request_id = levels[5], levels[6]
-        try:
-            raw = message.payload
-            payload = orjson.loads(raw) if isinstance(raw, bytes | bytearray) and raw else None
-            if self.on_method is None:
-                result = MethodResult(501, {"error": f"method {method!r} is not implemented"})
-            else:
-                result = await self.on_method(method, payload)
-        except orjson.JSONDecodeError as exc:
-            result = MethodResult(400, {"error": f"payload is not JSON: {exc}"})
-        except Exception as exc:
-            log.exception("device %s: method %s failed", self.client_id, method)
-            result = MethodResult(500, {"error": str(exc)[:500]})
-        body = orjson.dumps({"status": result.status, "payload": result.payload})
+        raw = message.payload
+        body = await answer_method(
+            self.on_method,
+            method,
+            raw if isinstance(raw, bytes | bytearray) else b"",
+            self.client_id,
+        )
         topic = method_response_topic(self.tenant, self.chassis, request_id)
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(topic, body, qos=1)

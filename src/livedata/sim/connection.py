@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
-from livedata.devices.base import MethodResult
+from livedata.devices.base import MethodResult, answer_method
 from livedata.errors import BackendError, ConfigError
 from livedata.model import valid_id
 from livedata.retry import backoff
@@ -402,18 +402,7 @@ class SimDevice:
         if len(levels) != 7 or levels[4] != "req":
             return
         method, request_id = levels[5], levels[6]
-        try:
-            payload = orjson.loads(raw) if raw else None
-            if self.on_method is None:
-                result = MethodResult(501, {"error": f"method {method!r} is not implemented"})
-            else:
-                result = await self.on_method(method, payload)
-        except orjson.JSONDecodeError as exc:
-            result = MethodResult(400, {"error": f"payload is not JSON: {exc}"})
-        except Exception as exc:
-            log.exception("device %s: method %s failed", self.client_id, method)
-            result = MethodResult(500, {"error": str(exc)[:500]})
-        body = orjson.dumps({"status": result.status, "payload": result.payload})
+        body = await answer_method(self.on_method, method, raw, self.client_id)
         res = f"livedata/{self.tenant}/{self.chassis}/methods/res/{request_id}"
         self._write(wire.publish_header(res), body, False)
 
