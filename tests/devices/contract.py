@@ -158,6 +158,10 @@ class DeviceLinkContract(abc.ABC):
         """Kill ``link`` without acknowledging anything, then open it again as it was."""
         pytest.skip("this link promises no redelivery")
 
+    async def crash_device(self, device: Device) -> None:
+        """End the device's connection without a goodbye, as a crash or a lost network would."""
+        pytest.skip("this link has no connection of its own per device")
+
     # -- fixtures ---------------------------------------------------------------------
 
     @pytest.fixture
@@ -256,6 +260,23 @@ class DeviceLinkContract(abc.ABC):
         await item.ack()
         await again.nothing(1.0)
 
+    async def test_unacknowledged_comes_again_after_a_clean_close(
+        self, parts: _Parts, tenant: str
+    ) -> None:
+        """Where promised: closing the link cleanly does not acknowledge what it delivered."""
+        if not self.redelivers:
+            pytest.skip("this link promises no redelivery")
+        link = await parts.link()
+        inbox = parts.inbox(link)
+        device = await parts.device(link, tenant, "M1")
+        await device.send(raw_message(tenant, "M1", TS))
+        delivered = await inbox.delivery()
+        await inbox.stop()
+        await link.close()
+        reopened = await parts.link()
+        item = await parts.inbox(reopened).delivery()
+        assert item.message == delivered.message
+
     # -- commands ---------------------------------------------------------------------
 
     async def test_call_reaches_the_machine_and_returns_its_answer(
@@ -343,6 +364,13 @@ class DeviceLinkContract(abc.ABC):
         await until(lambda: not link.status(tenant, "M1").connected)
         with pytest.raises(DeviceNotConnected):
             await link.call(tenant, "M1", "getStatus", None, response_timeout=2)
+
+    async def test_a_crashed_device_goes_offline(self, parts: _Parts, tenant: str) -> None:
+        """A device whose connection ends without a goodbye is soon not connected."""
+        link = await parts.link()
+        device = await parts.device(link, tenant, "M1", Realtime())
+        await self.crash_device(device)
+        await until(lambda: not link.status(tenant, "M1").connected)
 
     # -- bad input --------------------------------------------------------------------
 

@@ -472,3 +472,27 @@ async def test_simulate_command_publishes_each_machine_with_presence(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_retained_telemetry_is_delivered_once_not_at_every_resubscribe(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """Telemetry published retained arrives once; its replay to a later subscription is a Rejection."""
+    url = link_url(broker, shared="off")
+    link = await parts.link(url)
+    topic = telemetry_topic(tenant, "M1", "client_raw_data")
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.publish(topic, encode(raw_message(tenant, "M1")), qos=1, retain=True)
+    item = await parts.next(link)
+    assert isinstance(item, Delivery) and item.message == raw_message(tenant, "M1")
+    later = await parts.link(url)  # a restarted ingest process subscribes again
+    replay = await parts.next(later)
+    assert isinstance(replay, Rejection) and "retained" in replay.reason
+    assert (replay.tenant, replay.chassis) == (tenant, "M1")
+    await parts.nothing(later)
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.publish(topic, b"", qos=1, retain=True)  # clear it for the other tests

@@ -58,6 +58,10 @@ class TestMqttLink(DeviceLinkContract):
         ) as client:
             await client.publish(telemetry_topic(tenant, chassis, msg_type), payload, qos=1)
 
+    async def crash_device(self, device: object) -> None:
+        assert isinstance(device, MqttDevice)
+        await device.abort()
+
     async def crash_and_reopen(self, link: DeviceLink) -> DeviceLink:
         assert isinstance(link, MqttDeviceLink) and link._client is not None
         sock = link._client._client.socket()
@@ -81,6 +85,9 @@ class SimDeviceSide:
     async def close(self) -> None:
         await self.device.close()
 
+    async def abort(self) -> None:
+        await self.device.abort()
+
 
 class TestMqttLinkWithSimulatorDevice(TestMqttLink):
     """The same link, device side the simulator's lean MQTT connection."""
@@ -91,3 +98,7 @@ class TestMqttLinkWithSimulatorDevice(TestMqttLink):
         device = SimDevice(self.broker.url, tenant, chassis, on_method)
         await device.connect()
         return SimDeviceSide(device)
+
+    async def crash_device(self, device: object) -> None:
+        assert isinstance(device, SimDeviceSide)
+        await device.abort()

@@ -93,7 +93,9 @@ it should be back before the devices, which back off up to 30 s) and resubscribe
 which also replays the retained statuses; a broker that stays away is logged once a
 minute, with a count (:class:`~livedata.ratelog.Throttled`).  Each undecodable
 message becomes a :class:`Rejection` (acknowledged by ingest at once) and nothing
-else is affected.  Deliveries decoded but not yet consumed wait in an in-process
+else is affected.  So does telemetry a device published *retained*, when the broker
+replays it at a (re)subscribe (a plain subscription, ``shared=off``, gets the retained
+message again at every reconnect): it was delivered once, when it was published.  Deliveries decoded but not yet consumed wait in an in-process
 queue, bounded by what the broker sends unacknowledged (see ``inflight``).
 :attr:`MqttDeviceLink.presence` is the last state the broker told; while the link
 itself is disconnected it is stale (check :attr:`MqttDeviceLink.connected`).
@@ -533,7 +535,7 @@ class MqttDeviceLink(DeviceLink):
                 self.partitioned_out += 1
                 await ack()
                 return
-            item = self._telemetry(topic, message.payload, ack)
+            item = self._telemetry(topic, message.payload, ack, retained=message.retain)
         except Exception:  # a bug here must not stop the link; do not hold the message forever
             log.exception("handling MQTT message on %r failed", topic[:200])
             await ack()
@@ -543,7 +545,9 @@ class MqttDeviceLink(DeviceLink):
             self.counters["rejected"] += 1
         self._inbox.put_nowait(item)
 
-    def _telemetry(self, topic: str, payload: Any, ack: _Ack) -> Delivery | Rejection:
+    def _telemetry(
+        self, topic: str, payload: Any, ack: _Ack, *, retained: bool = False
+    ) -> Delivery | Rejection:
         levels = topic.split("/")
         tenant = levels[1] if len(levels) > 1 and valid_id(levels[1]) else ""
         chassis = levels[2] if len(levels) > 2 and valid_id(levels[2]) else ""
@@ -558,6 +562,11 @@ class MqttDeviceLink(DeviceLink):
                 )
             if not isinstance(payload, bytes | bytearray):
                 raise DecodeError("empty payload")
+            if retained:  # a replay at subscribe time: it was delivered when published
+                raise DecodeError(
+                    "retained telemetry replayed by the broker at subscribe time (delivered "
+                    "once when published); devices must publish telemetry without retain"
+                )
             message = decode(tenant, chassis, rest[0], bytes(payload))
         except DecodeError as exc:
             return Rejection(tenant, chassis, str(exc), ack)
