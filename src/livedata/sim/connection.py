@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
+from livedata.backends import redact
 from livedata.devices.base import MethodResult, answer_method
 from livedata.errors import BackendError, ConfigError
 from livedata.model import valid_id
@@ -131,9 +132,10 @@ class SimDevice:
     ) -> None:
         if not valid_id(tenant) or not valid_id(chassis):
             raise ConfigError(f"invalid organisation or machine id: {tenant!r}/{chassis!r}")
+        shown = redact(url)
         parts = urlsplit(url)
         if parts.scheme != "mqtt" or not parts.hostname:
-            raise ConfigError(f"MQTT URL {url!r} must be mqtt://[user:pass@]host[:port]")
+            raise ConfigError(f"MQTT URL {shown!r} must be mqtt://[user:pass@]host[:port]")
         params = dict(parse_qsl(parts.query))
         unknown = sorted(set(params) - _OPTIONS)
         if unknown:
@@ -145,7 +147,11 @@ class SimDevice:
             self.keepalive = int(params.get("keepalive", "30"))
             self.connect_timeout = float(params.get("connect_timeout", "10"))
         except ValueError as exc:
-            raise ConfigError(f"MQTT URL {url!r}: {exc}") from None
+            raise ConfigError(f"MQTT URL {shown!r}: {exc}") from None
+        if not (5 <= self.keepalive <= 3600 and 0.1 <= self.connect_timeout <= 3600):
+            raise ConfigError(
+                f"MQTT URL {shown!r}: keepalive must be 5 … 3600, connect_timeout 0.1 … 3600"
+            )
         self.host = parts.hostname
         self.username = unquote(parts.username) if parts.username is not None else None
         self.password = unquote(parts.password) if parts.password is not None else None
