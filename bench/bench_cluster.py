@@ -891,6 +891,18 @@ class Cluster:
         self.sim.wait_for(r"livedata simulate: \d+ machines", SIM_CONNECT_TIMEOUT_S)
         return time.monotonic() - t
 
+    def start(self) -> tuple[dict[str, float], float]:
+        """Engines, roles and simulator: the counters before the simulator, its connect time."""
+        self.start_engines()
+        self.stack.callback(self.stop)
+        print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {MACHINES})")
+        self.start_roles()
+        before = cumulative(self)
+        print(f"[{elapsed()}] livedata simulate --machines {MACHINES:,}", flush=True)
+        connect_s = self.start_simulator()
+        print(f"  {MACHINES:,} MQTT clients connected in {connect_s:.1f} s", flush=True)
+        return before, connect_s
+
     def groups(self, clients: bench_live.Clients | None) -> list[Group]:
         out = []
         if self.sim is not None:
@@ -931,13 +943,7 @@ def distributed(args: argparse.Namespace, tmp: Path) -> None:
     print(f"[{elapsed()}] distributed shape: engines", flush=True)
     with cleanup_on_exit() as stack:
         cluster = Cluster(tmp, stack)
-        cluster.start_engines()
-        stack.callback(cluster.stop)
-        print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {MACHINES})")
-        cluster.start_roles()
-        print(f"[{elapsed()}] livedata simulate --machines {MACHINES}", flush=True)
-        RESULTS["sim_connect_s"] = connect_s = cluster.start_simulator()
-        print(f"  {MACHINES} MQTT clients connected in {connect_s:.1f} s", flush=True)
+        _, RESULTS["sim_connect_s"] = cluster.start()
         say_flowing(wait_flowing(cluster.scrapers(), 30.0), 30.0)
         gateway = cluster.roles["gateway"]
         clients = open_clients(gateway.url.replace("http://", "ws://", 1), stack)
@@ -1080,14 +1086,7 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
         print(f"[{elapsed()}] {size:,} machines: engines", flush=True)
         with cleanup_on_exit() as stack:
             cluster = Cluster(run, stack)
-            cluster.start_engines()
-            stack.callback(cluster.stop)
-            print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {size})")
-            cluster.start_roles()
-            before = cumulative(cluster)
-            print(f"[{elapsed()}] livedata simulate --machines {size:,}", flush=True)
-            connect_s = cluster.start_simulator()
-            print(f"  {size:,} MQTT clients connected in {connect_s:.1f} s", flush=True)
+            before, connect_s = cluster.start()
             warm = wait_flowing(cluster.scrapers(), args.warmup)
             say_flowing(warm, args.warmup)
             with contextlib.ExitStack() as per_size:
