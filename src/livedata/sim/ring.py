@@ -9,7 +9,8 @@ template's encoded seconds, patching in only its timestamp and backfill flag.  E
 machine sends the payloads of a real machine — CAN frames of the DBC that decode,
 the DM1, the ``client_raw_data`` metrics — and machines that share a template are
 ``1 … spread`` seconds apart in its history (*ahead* of it, so no machine has to wait
-for history to exist), so they do not move in step.
+for history to exist), so they do not move in step.  Beyond ``templates × (spread + 1)``
+machines (6,100 by default) some machines send the same values as another one.
 
 With no more machines than ``templates`` every machine is its own template, offset 0:
 the fleet sends exactly what :class:`~livedata.sim.fleet.Fleet` would (tests
