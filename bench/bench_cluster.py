@@ -1195,6 +1195,13 @@ def sweep_table(points: list[SweepPoint]) -> None:
             ),
         )
     row("all CPU on the machine", lambda p: f"{p.window.system_pct:.0f} % of 200 %")
+    row(
+        "… of which other work (not this run)",
+        lambda p: (
+            num(max(0.0, p.window.system_pct - sum(u.cpu_pct for u in p.window.usage.values())))
+            + " %"
+        ),
+    )
     print_table([f"{p.machines:,}" for p in points], rows)
 
 

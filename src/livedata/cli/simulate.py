@@ -73,7 +73,7 @@ from livedata.sim.ring import TEMPLATES, PayloadRing
 
 log = logging.getLogger("livedata.simulate")
 
-CONNECT_CONCURRENCY = 50
+CONNECT_CONCURRENCY = 200
 REPORT_EVERY_S = 10.0
 
 
