@@ -34,6 +34,18 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
    so it starts quickly) with the same 200 clients, ``--baseline-window`` (20)
    seconds, so the cost of the distributed hops is visible.
 
+**Fleet-size sweep** (``--fleets 1000,2000,5000,10000``) instead of the above: per
+size a fresh cluster (engines, 1 ingest, 1 distribute, 1 gateway ``--seed-demo N``),
+a ``livedata simulate --machines N`` (fast enough for 10,000 machines from one
+process), a warm-up (``--warmup``, 30 s at most), ``--clients`` (100) live clients
+spread over the fleet and a ``--window``; then the simulator stops and the time the
+pipeline takes to drain is measured (``--drain``, 30 s at most).  Printed per size: sustained records/s, how far ingest
+and distribute are behind at the end of the window (seconds of the fleet's
+records: what the broker took in but ingest has not, what ingest took in but
+distribute has not published), p50/p99 device → browser, machine-seconds stored,
+and CPU µs per record of each role.  Give it ``--budget`` for all sizes (about 3
+minutes each).
+
 Latency is the client's receipt time minus the record's ``ts``, which is the
 wall-clock second of the simulator tick that produced it; so it includes
 simulating and publishing the whole 1,000-machine tick (a machine late in the
@@ -47,6 +59,7 @@ figure with the CPU table beside it; CPU per record is the steadier figure.
     python bench/bench_cluster.py                    # everything, about 3.5 minutes
     python bench/bench_cluster.py --machines 500     # a fleet this machine keeps up with
     python bench/bench_cluster.py --no-baseline --no-second-ingest --window 30 --logs DIR
+    python bench/bench_cluster.py --fleets 1000,2000 --window 30 --budget 420
 
 It runs the code of this checkout (``src/`` first on the path, whatever ``pip
 install -e`` points at) and prints the commit.  Needs the engines the tests need
@@ -649,8 +662,16 @@ def print_table(cols: list[str], rows: list[tuple[str, list[str]]]) -> None:
 # -- phases ----------------------------------------------------------------------------------
 
 
+CLIENTS: list[int | None] = [None]
+"""Sweep mode: this many clients spread evenly over the fleet (None: every 5th machine)."""
+
+
 def client_specs() -> list[tuple[str, tuple[str, ...]]]:
-    return [(c, FIELDS) for c in default_chassis_ids(MACHINES)[::CLIENT_EVERY]]
+    ids = default_chassis_ids(MACHINES)
+    count = CLIENTS[0]
+    if count is None:
+        return [(c, FIELDS) for c in ids[::CLIENT_EVERY]]
+    return [(c, FIELDS) for c in ids[:: max(1, len(ids) // count)][:count]]
 
 
 def open_clients(ws_base: str, stack: contextlib.ExitStack) -> bench_live.Clients:
@@ -870,6 +891,18 @@ class Cluster:
         self.sim.wait_for(r"livedata simulate: \d+ machines", SIM_CONNECT_TIMEOUT_S)
         return time.monotonic() - t
 
+    def start(self) -> tuple[dict[str, float], float]:
+        """Engines, roles and simulator: the counters before the simulator, its connect time."""
+        self.start_engines()
+        self.stack.callback(self.stop)
+        print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {MACHINES})")
+        self.start_roles()
+        before = cumulative(self)
+        print(f"[{elapsed()}] livedata simulate --machines {MACHINES:,}", flush=True)
+        connect_s = self.start_simulator()
+        print(f"  {MACHINES:,} MQTT clients connected in {connect_s:.1f} s", flush=True)
+        return before, connect_s
+
     def groups(self, clients: bench_live.Clients | None) -> list[Group]:
         out = []
         if self.sim is not None:
@@ -910,13 +943,7 @@ def distributed(args: argparse.Namespace, tmp: Path) -> None:
     print(f"[{elapsed()}] distributed shape: engines", flush=True)
     with cleanup_on_exit() as stack:
         cluster = Cluster(tmp, stack)
-        cluster.start_engines()
-        stack.callback(cluster.stop)
-        print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {MACHINES})")
-        cluster.start_roles()
-        print(f"[{elapsed()}] livedata simulate --machines {MACHINES}", flush=True)
-        RESULTS["sim_connect_s"] = connect_s = cluster.start_simulator()
-        print(f"  {MACHINES} MQTT clients connected in {connect_s:.1f} s", flush=True)
+        _, RESULTS["sim_connect_s"] = cluster.start()
         say_flowing(wait_flowing(cluster.scrapers(), 30.0), 30.0)
         gateway = cluster.roles["gateway"]
         clients = open_clients(gateway.url.replace("http://", "ws://", 1), stack)
@@ -977,7 +1004,7 @@ def profile(args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Pat
 
 
 def window_with_checks(
-    cluster: Cluster, label: str, seconds: float, clients: bench_live.Clients
+    cluster: Cluster, label: str, seconds: float, clients: bench_live.Clients | None
 ) -> Window:
     assert cluster.sim is not None
     sim_before = len(sim_reports(cluster.sim.text()))
@@ -999,11 +1026,198 @@ def window_with_checks(
     return window
 
 
+# -- fleet-size sweep ------------------------------------------------------------------------
+
+
+@dataclass
+class SweepPoint:
+    """One fleet size of the sweep."""
+
+    machines: int
+    connect_s: float
+    warm_s: float
+    window: Window
+    ingest_behind_s: float
+    distribute_behind_s: float
+    drained_s: float
+
+
+def cumulative(cluster: Cluster) -> dict[str, float]:
+    """Counters since the engines started: broker PUBLISHes in, ingest records, published."""
+    broker: dict[str, float] = {}
+    for _ in range(3):  # mosquitto_sub gives up after 3 s on a busy machine
+        broker = broker_counters(cluster.mqtt_port)
+        if "received" in broker:
+            break
+    metrics = [fn() for fn in cluster.scrapers().values()]
+    return {
+        "broker": broker.get("received", float("nan")),
+        "records": sum(m.get("livedata_records_in_total") for m in metrics),
+        "published": sum(m.get("livedata_published_total") for m in metrics),
+    }
+
+
+def wait_drained(cluster: Cluster, timeout: float) -> float:
+    """Seconds until ingest and distribute took in nothing new for 2 s (NaN: not in ``timeout``)."""
+    t0 = time.monotonic()
+    last = cumulative(cluster)
+    quiet = 0
+    while time.monotonic() - t0 < timeout:
+        time.sleep(1)
+        now = cumulative(cluster)
+        same = now["records"] == last["records"] and now["published"] == last["published"]
+        quiet = quiet + 1 if same else 0
+        if quiet >= 2:
+            return time.monotonic() - t0 - 2
+        last = now
+    return float("nan")
+
+
+def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
+    """Per fleet size a fresh cluster (engines and roles), a simulator, clients and a window.
+
+    Fresh, so a size is not measured on the backlog the one before left behind.
+    """
+    global MACHINES
+    CLIENTS[0] = args.clients
+    for size in fleets:
+        if remaining() < args.window + 120:
+            print(f"[{elapsed()}] no time left in the budget for {size:,} machines")
+            break
+        MACHINES = size
+        run = tmp / f"fleet-{size}"
+        run.mkdir()
+        print(f"[{elapsed()}] {size:,} machines: engines", flush=True)
+        try:
+            RESULTS["sweep"].append(sweep_one(args, run, size))
+        except OutOfTime:
+            raise
+        except Exception as exc:  # the sizes measured so far are still reported
+            print(f"[{elapsed()}] {size:,} machines failed: {exc!r}", flush=True)
+
+
+def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
+    """One fleet size on a fresh cluster, stopped at the end."""
+    with cleanup_on_exit() as stack:
+        cluster = Cluster(run, stack)
+        before, connect_s = cluster.start()
+        warm = wait_flowing(cluster.scrapers(), args.warmup)
+        say_flowing(warm, args.warmup)
+        with contextlib.ExitStack() as per_size:
+            gateway = cluster.roles["gateway"]
+            clients: bench_live.Clients | None = None
+            try:
+                clients = open_clients(gateway.url.replace("http://", "ws://", 1), per_size)
+            except TimeoutError as exc:  # a gateway that far behind has no latency to show
+                print(f"  live clients did not connect ({exc}): measuring without them")
+            time.sleep(2)
+            seconds = max(10.0, min(args.window, remaining() - 60))
+            print(f"[{elapsed()}] measuring {seconds:.0f} s", flush=True)
+            window = window_with_checks(cluster, f"{size:,}", seconds, clients)
+        end = cumulative(cluster)
+        made = end["broker"] - before["broker"] - size  # minus the machines' online statuses
+        behind = made - (end["records"] - before["records"])  # NaN without broker counters
+        point = SweepPoint(
+            size,
+            connect_s,
+            warm,
+            window,
+            behind / (2 * size) if behind != behind or behind > 0 else 0.0,
+            max(0.0, end["records"] - end["published"]) / (2 * size),
+            float("nan"),
+        )
+        assert cluster.sim is not None
+        cluster.sim.stop(15)
+        cluster.sim = None
+        point.drained_s = wait_drained(cluster, min(args.drain, max(0.0, remaining() - 60)))
+        print(
+            f"  {size:,}: {window.rate('livedata_records_in_total'):,.0f} records/s in, "
+            f"ingest {point.ingest_behind_s:.1f} s behind at the end, "
+            f"drained {point.drained_s:.0f} s after the simulator stopped",
+            flush=True,
+        )
+        print(f"[{elapsed()}] stopping the cluster", flush=True)
+    return point
+
+
+def sweep_table(points: list[SweepPoint]) -> None:
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(name: str, fn: Callable[[SweepPoint], str]) -> None:
+        rows.append((name, [fn(p) for p in points]))
+
+    def num(value: float, digits: int = 0) -> str:
+        return "–" if value != value else f"{value:,.{digits}f}"
+
+    records = "livedata_records_in_total"
+
+    def per_record(p: SweepPoint, prefix: str) -> float:
+        w = p.window
+        cpu = sum(u.cpu_pct for n, u in w.usage.items() if n.startswith(prefix))
+        return cpu / 100 * w.seconds / max(1.0, w.total(records)) * 1e6
+
+    def lat(p: SweepPoint, q: float) -> str:
+        return pct(sorted(p.window.latencies), q)
+
+    row("machines (1 Hz, 2 records each)", lambda p: f"{p.machines:,}")
+    row("records/s the fleet makes", lambda p: f"{2 * p.machines:,}")
+    row("simulate: connect s / warm-up s", lambda p: f"{p.connect_s:.0f} / {num(p.warm_s)}")
+    row("window", lambda p: f"{p.window.seconds:.0f} s")
+    row("simulator sent msg/s (its reports)", lambda p: num(p.window.sim_sent))
+    row("records in/s (ingest, sustained)", lambda p: num(p.window.rate(records)))
+    row("points stored/s", lambda p: num(p.window.rate("livedata_store_points_total")))
+    row("published/s (distribute)", lambda p: num(p.window.rate("livedata_published_total")))
+    row("ingest behind at the end", lambda p: f"{num(p.ingest_behind_s, 1)} s")
+    row("distribute behind at the end", lambda p: f"{p.distribute_behind_s:.1f} s")
+    row("drained after the simulator stopped", lambda p: f"{num(p.drained_s)} s")
+    row(
+        "store lag p50 / p99 (buckets)",
+        lambda p: " / ".join(bucket_quantile(p.window.lag_buckets(), q) for q in (0.5, 0.99)),
+    )
+    row("live clients", lambda p: f"{p.window.clients:,}")
+    row("device → browser p50", lambda p: lat(p, 0.5))
+    row("device → browser p99", lambda p: lat(p, 0.99))
+    row(
+        "machine-seconds stored (ClickHouse)",
+        lambda p: (
+            f"{p.window.stored['found']:,.0f} of {p.window.stored['expected']:,.0f}"
+            if p.window.stored
+            else "–"
+        ),
+    )
+    for role in ("ingest", "distribute", "gateway"):
+        row(f"CPU µs/record: {role}", lambda p, r=role: num(per_record(p, r)))
+    row(
+        "CPU µs/record: the 3 roles",
+        lambda p: num(sum(per_record(p, r) for r in ("ingest", "distribute", "gateway"))),
+    )
+    row(
+        "CPU µs/message sent: simulate",
+        lambda p: p.window.cpu_per("simulate", p.window.sim_sent * p.window.seconds),
+    )
+    for engine in ("mosquitto", "tansu", "redis", "clickhouse", "postgresql"):
+        row(
+            f"CPU %: {engine}",
+            lambda p, e=engine: num(
+                sum(u.cpu_pct for n, u in p.window.usage.items() if n.startswith(e))
+            ),
+        )
+    row("all CPU on the machine", lambda p: f"{p.window.system_pct:.0f} % of 200 %")
+    row(
+        "… of which other work (not this run)",
+        lambda p: (
+            num(max(0.0, p.window.system_pct - sum(u.cpu_pct for u in p.window.usage.values())))
+            + " %"
+        ),
+    )
+    print_table([f"{p.machines:,}" for p in points], rows)
+
+
 # -- main ------------------------------------------------------------------------------------
 
 T0 = time.monotonic()
 BUDGET = [240.0]
-RESULTS: dict[str, Any] = {"windows": []}
+RESULTS: dict[str, Any] = {"windows": [], "sweep": []}
 
 
 class OutOfTime(Exception):
@@ -1096,7 +1310,26 @@ def main() -> None:
     parser.add_argument(
         "--machines", type=int, default=MACHINES, help=f"simulated machines ({MACHINES})"
     )
+    parser.add_argument(
+        "--fleets",
+        metavar="N,N,…",
+        help="fleet-size sweep instead: per size a fresh cluster, a simulator, --clients live "
+        "clients and a --window (e.g. 1000,2000,5000,10000)",
+    )
+    parser.add_argument(
+        "--clients", type=int, default=100, help="live clients per fleet size in the sweep (100)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=30.0, help="sweep: seconds to reach the fleet's rate (30)"
+    )
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=30.0,
+        help="sweep: seconds to wait for the backlog after the simulator stops (30)",
+    )
     args = parser.parse_args()
+    fleets = [int(n) for n in args.fleets.split(",")] if args.fleets else []
     MACHINES = args.machines
     BUDGET[0] = args.budget
     src = str(Path(__file__).resolve().parent.parent / "src")
@@ -1117,9 +1350,12 @@ def main() -> None:
         if args.logs:
             stack.callback(keep_logs, tmp, args.logs)
         try:
-            distributed(args, tmp)
-            if args.baseline:
-                baseline(args, tmp)
+            if fleets:
+                sweep(args, tmp, fleets)
+            else:
+                distributed(args, tmp)
+                if args.baseline:
+                    baseline(args, tmp)
         except OutOfTime:
             print(f"[{elapsed()}] out of time (--budget {args.budget:g}): what was measured:")
         except Exception:
@@ -1135,6 +1371,12 @@ def main() -> None:
 
 
 def report() -> None:
+    if RESULTS["sweep"]:
+        print()
+        print(
+            "Fleet-size sweep: per fleet size a fresh cluster (1 ingest, 1 distribute, 1 gateway)"
+        )
+        sweep_table(RESULTS["sweep"])
     windows: list[Window] = RESULTS["windows"]
     if not windows:
         return

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -29,11 +29,10 @@ from livedata.devices.mqtt import (
     telemetry_topic,
 )
 from livedata.errors import BackendError, ConfigError
-from livedata.model import DeviceMessage, Frame, Kind, MsgType
+from livedata.model import Kind
+from tests.devices.contract import TS, can_message, raw_message, until
 from tests.servers import free_port
 from tests.servers.mosquitto import Mosquitto, start_mosquitto
-
-TS = 1_700_000_000_000
 
 
 @pytest.fixture(scope="module")
@@ -118,31 +117,6 @@ async def parts() -> AsyncIterator[Links]:
 def link_url(broker: Mosquitto, **options: str | int) -> str:
     options.setdefault("group", f"g{uuid.uuid4().hex[:8]}")
     return broker.url + "?" + "&".join(f"{k}={v}" for k, v in options.items())
-
-
-def can_message(
-    tenant: str, chassis: str, ts: int = TS, kind: Kind = Kind.REALTIME
-) -> DeviceMessage:
-    frames = (
-        Frame(ts, 0x0CF00400, True, bytes(range(8))),
-        Frame(ts + 3, 0x123, False, b"\x01\x02\x03"),
-    )
-    return DeviceMessage(tenant, chassis, MsgType.VEHICLE_CAN, ts, kind, frames=frames)
-
-
-def raw_message(tenant: str, chassis: str, ts: int = TS, **values: object) -> DeviceMessage:
-    return DeviceMessage(
-        tenant, chassis, MsgType.CLIENT_RAW_DATA, ts, values=values or {"cpu_usage": 12.5}
-    )
-
-
-async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    """Wait until ``condition()`` is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met in {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 async def publish(broker: Mosquitto, topic: str, payload: bytes, **auth: str) -> None:
@@ -589,3 +563,25 @@ async def test_publish_properties_are_skipped_and_the_payload_kept(broker: Mosqu
         assert isinstance(delivery, Delivery) and delivery.message.values == {"n": 7}
     finally:
         await link.close()
+async def test_retained_telemetry_is_delivered_once_not_at_every_resubscribe(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """Telemetry published retained arrives once; its replay to a later subscription is a Rejection."""
+    url = link_url(broker, shared="off")
+    link = await parts.link(url)
+    topic = telemetry_topic(tenant, "M1", "client_raw_data")
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.publish(topic, encode(raw_message(tenant, "M1")), qos=1, retain=True)
+    item = await parts.next(link)
+    assert isinstance(item, Delivery) and item.message == raw_message(tenant, "M1")
+    later = await parts.link(url)  # a restarted ingest process subscribes again
+    replay = await parts.next(later)
+    assert isinstance(replay, Rejection) and "retained" in replay.reason
+    assert (replay.tenant, replay.chassis) == (tenant, "M1")
+    await parts.nothing(later)
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        await client.publish(topic, b"", qos=1, retain=True)  # clear it for the other tests

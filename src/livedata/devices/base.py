@@ -19,13 +19,18 @@ anything else
 from __future__ import annotations
 
 import abc
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from livedata.backends import redact
 from livedata.errors import DeviceNotConnected
 from livedata.model import DeviceMessage
+
+log = logging.getLogger("livedata.devices")
 
 Ack = Callable[[], Awaitable[None]]
 """Acknowledges a delivery to the link (e.g. MQTT PUBACK) once it is durable."""
@@ -82,6 +87,27 @@ def answer_realtime(
     elif method != "getStatus":
         return MethodResult(501, {"error": f"method {method[:64]!r} is not implemented"})
     return MethodResult(200, {"realtime": "on" if is_on() else "off"})
+
+
+async def answer_method(handler: MethodHandler | None, method: str, raw: bytes, who: str) -> bytes:
+    """Device side: run ``handler`` on a request's JSON payload ``raw``; the answer's body.
+
+    The body is ``{"status": …, "payload": …}`` (``docs/device-protocol.md``): 501 without
+    a handler, 400 for a payload that is not JSON, 500 (logged, naming ``who``) for a
+    handler that raises.
+    """
+    try:
+        payload = orjson.loads(raw) if raw else None
+        if handler is None:
+            result = MethodResult(501, {"error": f"method {method!r} is not implemented"})
+        else:
+            result = await handler(method, payload)
+    except orjson.JSONDecodeError as exc:
+        result = MethodResult(400, {"error": f"payload is not JSON: {exc}"})
+    except Exception as exc:
+        log.exception("device %s: method %s failed", who, method)
+        result = MethodResult(500, {"error": str(exc)[:500]})
+    return orjson.dumps({"status": result.status, "payload": result.payload})
 
 
 class DeviceLink(abc.ABC):

@@ -8,20 +8,24 @@ Direct methods: a simulated fleet registers one responder per organisation with
 :meth:`LocalDeviceLink.serve_methods` (the demo does so when its fleet starts); a
 machine is *connected* while its organisation's responder is registered and knows
 it.  :meth:`~LocalDeviceLink.call` runs the responder in process, with the same
-timeouts and errors as over MQTT.
+timeouts and errors as over MQTT: an invalid method name is a
+:class:`~livedata.errors.DecodeError`, a responder that raises is a 500 answer (logged).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from livedata.devices.base import Delivery, DeviceLink, DeviceStatus, MethodResult, Rejection
-from livedata.errors import DeviceNotConnected, DeviceTimeout
-from livedata.model import DeviceMessage
+from livedata.errors import DecodeError, DeviceNotConnected, DeviceTimeout
+from livedata.model import DeviceMessage, valid_id
+
+log = logging.getLogger(__name__)
 
 Responder = Callable[[str, str, Any], Awaitable[MethodResult]]
 
@@ -63,6 +67,9 @@ class LocalDeviceLink(DeviceLink):
         response_timeout: float,
         connect_timeout: float = 0.0,
     ) -> MethodResult:
+        """Run the responder in process, with the errors of the MQTT link (see the module doc)."""
+        if not valid_id(method):
+            raise DecodeError(f"method name {method[:64]!r} is not valid")
         deadline = time.monotonic() + connect_timeout
         while not self.status(tenant, chassis).connected:
             if time.monotonic() >= deadline:
@@ -75,6 +82,9 @@ class LocalDeviceLink(DeviceLink):
             raise DeviceTimeout(
                 f"machine {chassis!r} did not answer {method!r} in {response_timeout:g} s"
             ) from None
+        except Exception as exc:  # the machine's failure is its answer, as over MQTT
+            log.exception("machine %s of %s: method %s failed", chassis, tenant, method)
+            return MethodResult(500, {"error": str(exc)[:500]})
 
     async def send(self, message: DeviceMessage) -> None:
         await self._queue.put(message)

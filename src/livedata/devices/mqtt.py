@@ -94,7 +94,9 @@ it should be back before the devices, which back off up to 30 s) and resubscribe
 which also replays the retained statuses; a broker that stays away is logged once a
 minute, with a count (:class:`~livedata.ratelog.Throttled`).  Each undecodable
 message becomes a :class:`Rejection` (acknowledged by ingest at once) and nothing
-else is affected.  Deliveries decoded but not yet consumed wait in an in-process
+else is affected.  So does telemetry a device published *retained*, when the broker
+replays it at a (re)subscribe (a plain subscription, ``shared=off``, gets the retained
+message again at every reconnect): it was delivered once, when it was published.  Deliveries decoded but not yet consumed wait in an in-process
 queue, bounded by what the broker sends unacknowledged (see ``inflight``).
 :attr:`MqttDeviceLink.presence` is the last state the broker told; while the link
 itself is disconnected it is stale (check :attr:`MqttDeviceLink.connected`).
@@ -143,6 +145,7 @@ from livedata.devices.base import (
     MethodHandler,
     MethodResult,
     Rejection,
+    answer_method,
 )
 from livedata.errors import (
     BackendError,
@@ -663,7 +666,7 @@ class MqttDeviceLink(DeviceLink):
                 self.partitioned_out += 1
                 self._queue_ack(client, mid, qos)
                 return
-            item = self._telemetry(topic, payload, ack)
+            item = self._telemetry(topic, payload, ack, retained=retain)
         except Exception:  # a bug here must not stop the link; do not hold the message forever
             log.exception("handling MQTT message on %r failed", topic[:200])
             self._queue_ack(client, mid, qos)
@@ -704,7 +707,9 @@ class MqttDeviceLink(DeviceLink):
         if rc != paho.MQTT_ERR_SUCCESS:  # the connection is going: the broker redelivers
             log.info("MQTT acknowledgement failed: %s", paho.error_string(rc))
 
-    def _telemetry(self, topic: str, payload: Any, ack: _Ack) -> Delivery | Rejection:
+    def _telemetry(
+        self, topic: str, payload: Any, ack: _Ack, *, retained: bool = False
+    ) -> Delivery | Rejection:
         levels = topic.split("/")
         tenant = levels[1] if len(levels) > 1 and valid_id(levels[1]) else ""
         chassis = levels[2] if len(levels) > 2 and valid_id(levels[2]) else ""
@@ -719,6 +724,11 @@ class MqttDeviceLink(DeviceLink):
                 )
             if not isinstance(payload, bytes | bytearray):
                 raise DecodeError("empty payload")
+            if retained:  # a replay at subscribe time: it was delivered when published
+                raise DecodeError(
+                    "retained telemetry replayed by the broker at subscribe time (delivered "
+                    "once when published); devices must publish telemetry without retain"
+                )
             message = decode(tenant, chassis, rest[0], bytes(payload))
         except DecodeError as exc:
             return Rejection(tenant, chassis, str(exc), ack)
@@ -1031,19 +1041,13 @@ class MqttDevice:
         if len(levels) != 7 or levels[4] != "req":
             return
         method, request_id = levels[5], levels[6]
-        try:
-            raw = message.payload
-            payload = orjson.loads(raw) if isinstance(raw, bytes | bytearray) and raw else None
-            if self.on_method is None:
-                result = MethodResult(501, {"error": f"method {method!r} is not implemented"})
-            else:
-                result = await self.on_method(method, payload)
-        except orjson.JSONDecodeError as exc:
-            result = MethodResult(400, {"error": f"payload is not JSON: {exc}"})
-        except Exception as exc:
-            log.exception("device %s: method %s failed", self.client_id, method)
-            result = MethodResult(500, {"error": str(exc)[:500]})
-        body = orjson.dumps({"status": result.status, "payload": result.payload})
+        raw = message.payload
+        body = await answer_method(
+            self.on_method,
+            method,
+            raw if isinstance(raw, bytes | bytearray) else b"",
+            self.client_id,
+        )
         topic = method_response_topic(self.tenant, self.chassis, request_id)
         with contextlib.suppress(aiomqtt.MqttError):
             await client.publish(topic, body, qos=1)
