@@ -531,8 +531,10 @@ class StoreContract(abc.ABC):
         """One hour of one machine replaced: new values there, removed fields gone, kept
         fields, other hours, machines and message types untouched; downsampling agrees."""
         hours = 3
+
         def values(s: int, scale: float) -> dict[str, Value]:
             return {"v": s * scale, "old": s, "dtc_active": s % 3, "t": f"s{s}"}
+
         records = [
             rec(tenant, T0 + s * 1000, values(s, 1.0), chassis=c, msg_type=m)
             for s in range(hours * 3_600)
@@ -572,4 +574,6 @@ class StoreContract(abc.ABC):
             assert untouched["v"] == [(T0 + s * 1000, s * 1.0) for s in range(hours * 3_600)]
             assert len(untouched["old"]) == hours * 3_600
         with pytest.raises(ValueError):
-            await store.replace_values(tenant, "m1", "vehicle_can", start, end, [rec(tenant, T0, {})])
+            await store.replace_values(
+                tenant, "m1", "vehicle_can", start, end, [rec(tenant, T0, {})]
+            )
