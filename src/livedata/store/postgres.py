@@ -972,7 +972,7 @@ class PostgresStore(Store):
             upto = min(ts_ms, int(oldest) + DELETE_SLICE_MS)
             status = await self._call(
                 "delete_frames_before",
-                lambda conn: conn.execute("DELETE FROM telemetry_frames WHERE ts < $1", upto),
+                partial(_execute, "DELETE FROM telemetry_frames WHERE ts < $1", upto),
             )
             deleted += int(status.split()[-1])
 
@@ -1094,6 +1094,11 @@ async def _delete_slice(lo: int, hi: int, conn: asyncpg.Connection) -> int:
     """Delete the points with ``lo <= ts < hi`` in one transaction; how many."""
     status = await conn.execute("DELETE FROM telemetry_points WHERE ts >= $1 AND ts < $2", lo, hi)
     return int(status.split()[-1])
+
+
+async def _execute(sql: str, arg: object, conn: asyncpg.Connection) -> str:
+    status: str = await conn.execute(sql, arg)
+    return status
 
 
 def _point(key: list[float]) -> tuple[int, Value]:
