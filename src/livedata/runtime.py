@@ -25,6 +25,7 @@ from livedata.gateway.alerts_api import alert_relay
 from livedata.gateway.commands import presence_feed, status_relay
 from livedata.gateway.hub import Hub
 from livedata.metadata import Metadata
+from livedata.metadata.decoding import delete_ranges_before
 from livedata.model import MsgType
 from livedata.pipeline.alerts import alert_role
 from livedata.pipeline.distribute import Distribute
@@ -182,6 +183,12 @@ class Runtime:
                 deleted = await self.store.delete_before(cutoff)
                 if deleted:
                     log.info("retention deleted %d points older than %d", deleted, cutoff)
+                await delete_ranges_before(self.meta, cutoff)
+                days = self.settings.frames_retention_days
+                cutoff = int((time.time() - days * 86_400) * 1000)
+                deleted = await self.store.delete_frames_before(cutoff)
+                if deleted:
+                    log.info("retention deleted %d raw frame blobs older than %d", deleted, cutoff)
                 await asyncio.sleep(RETENTION_EVERY_S)
 
     async def require_machine(self, org_id: str, chassis: str) -> MachineInfo:
