@@ -31,6 +31,7 @@ from livedata.pipeline.alerts import alert_role
 from livedata.pipeline.distribute import Distribute
 from livedata.pipeline.ingest import Ingest, consume_devices
 from livedata.pipeline.limits import TimestampPolicy
+from livedata.pipeline.redecode import Redecoder
 from livedata.pipeline.spill import SpillJournal, spill_dir_of
 from livedata.retry import backoff
 from livedata.settings import Settings
@@ -57,6 +58,8 @@ class Runtime:
         self.pubsub.history_seconds = settings.live_history_seconds
         self.devices = open_devices(settings.devices)
         self.catalog = Catalog(self.meta, max_fields=settings.max_fields_per_type)
+        self.redecoder = Redecoder(self.store, self.catalog)
+        """Re-decoding jobs started through the API (they run in this process)."""
         spill_dir = spill_dir_of(
             settings.spill_dir, settings.data_dir, getattr(self.devices, "client_id", None)
         )
@@ -166,6 +169,7 @@ class Runtime:
         if pending:
             log.error("tasks did not stop: %s", ", ".join(t.get_name() for t in pending))
         self._tasks.clear()
+        await self.redecoder.close()
         try:
             await self.ingest.close()
         except Exception:

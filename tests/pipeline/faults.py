@@ -15,7 +15,7 @@ from livedata.store.frames import FrameBlob
 
 class FlakyStore(Store):
     """Wraps a real store: while ``down`` every call raises StoreError; while ``gate`` is
-    clear, writes wait for it (a stalled store)."""
+    clear, writes and replacements wait for it (a stalled store)."""
 
     def __init__(self, inner: Store, *, down: bool = False) -> None:
         super().__init__(inner.url)
@@ -120,6 +120,7 @@ class FlakyStore(Store):
         keep: Sequence[str] = (),
     ) -> int:
         self._check()
+        await self.gate.wait()
         return await self.inner.replace_values(
             tenant, chassis, msg_type, start_ms, end_ms, records, keep
         )
