@@ -26,8 +26,12 @@ number of decimals of the scale and offset.  When the scale and offset are exact
 decimals and the raw range small enough that ``raw * scale + offset`` is within a
 quarter of the last decimal of the exact result, the value is computed as one
 correctly rounded integer division (``(raw * P + O) / 10**d``), which gives the
-same float as ``round(raw * scale + offset, d)`` without its cost; otherwise the
-generated code calls :func:`round` like the reference.  IEEE float signals are
+same float as ``round(raw * scale + offset, d)`` without its cost.  When that holds
+only for small raw values (a wide signal), the division is taken for those and a
+test of the raw value chooses at run time.  Otherwise the generated code calls
+:func:`round` like the reference -- except for floats of magnitude ``2**(52 - d)``
+and more, which are multiples of ``2**-d`` and so already have at most ``d``
+decimals: ``round`` would return them unchanged.  IEEE float signals are
 unpacked with :mod:`struct` and are not rounded.
 
 What the generator does not cover falls back to cantools itself (the returned
