@@ -102,7 +102,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
@@ -296,6 +296,19 @@ def _translated(action: str) -> contextlib.AbstractContextManager[None]:
     return map_exceptions(ERRORS, f"sqlite store: {action}", str)
 
 
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed at the end, rolled back when anything raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
 def database_path(url: str) -> str:
     """The file named by a ``sqlite://`` URL (SQLAlchemy's convention), or ``:memory:``."""
     parts = urlsplit(url)
@@ -469,15 +482,8 @@ class SQLiteStore(Store):
 
     def _write_batch(self, records: Sequence[Record], conn: sqlite3.Connection) -> int:
         """One transaction: intern new names, insert every point, or roll back all of it."""
-        with _translated("write"):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                written, interned = self._insert(conn, records)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        with _translated("write"), _immediate(conn):
+            written, interned = self._insert(conn, records)
         self._remember(*interned)
         return written
 
@@ -854,15 +860,8 @@ class SQLiteStore(Store):
         rows = [(b.tenant, b.chassis, b.ts, b.count, b.data) for b in blobs]
 
         def insert(conn: sqlite3.Connection) -> int:
-            with _translated("write_frames"):
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany("INSERT OR REPLACE INTO frames VALUES (?, ?, ?, ?, ?)", rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+            with _translated("write_frames"), _immediate(conn):
+                conn.executemany("INSERT OR REPLACE INTO frames VALUES (?, ?, ?, ?, ?)", rows)
             return len(rows)
 
         return await self._on_writer(insert)
@@ -936,42 +935,35 @@ class SQLiteStore(Store):
         keep: tuple[str, ...],
         conn: sqlite3.Connection,
     ) -> int:
-        with _translated("replace_values"):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute(_SELECT_STREAM, key).fetchone()
-                if row is not None:
-                    series = [
-                        (sid,)
-                        for sid, name in conn.execute(
-                            "SELECT series_id, field FROM series WHERE stream_id = ?", (row[0],)
-                        )
-                        if not kept_field(name, keep)
-                    ]
-                    conn.executemany(
-                        "DELETE FROM points WHERE bucket BETWEEN ?2 AND ?3 AND series_id = ?1"
-                        " AND ts BETWEEN ?4 AND ?5",
-                        [
-                            (sid, start_ms // BUCKET_MS, end_ms // BUCKET_MS, start_ms, end_ms)
-                            for (sid,) in series
-                        ],
+        with _translated("replace_values"), _immediate(conn):
+            row = conn.execute(_SELECT_STREAM, key).fetchone()
+            if row is not None:
+                series = [
+                    (sid,)
+                    for sid, name in conn.execute(
+                        "SELECT series_id, field FROM series WHERE stream_id = ?", (row[0],)
                     )
-                written, interned = self._insert(conn, records)
-                stream_id = row[0] if row is not None else interned[0].get(key)
-                if self.rollups and stream_id is not None:
-                    last = conn.execute(
-                        "SELECT last_ts FROM streams WHERE stream_id = ?", (stream_id,)
-                    ).fetchone()[0]
-                    if last is not None:
-                        settled = first_open_minute(last, stream_id)
-                        last_minute = min(end_ms // BUCKET_MS, settled - 1)
-                        minutes = range(start_ms // BUCKET_MS, last_minute + 1)
-                        compute_rollups(conn, [(stream_id, m) for m in minutes])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+                    if not kept_field(name, keep)
+                ]
+                conn.executemany(
+                    "DELETE FROM points WHERE bucket BETWEEN ?2 AND ?3 AND series_id = ?1"
+                    " AND ts BETWEEN ?4 AND ?5",
+                    [
+                        (sid, start_ms // BUCKET_MS, end_ms // BUCKET_MS, start_ms, end_ms)
+                        for (sid,) in series
+                    ],
+                )
+            written, interned = self._insert(conn, records)
+            stream_id = row[0] if row is not None else interned[0].get(key)
+            if self.rollups and stream_id is not None:
+                last = conn.execute(
+                    "SELECT last_ts FROM streams WHERE stream_id = ?", (stream_id,)
+                ).fetchone()[0]
+                if last is not None:
+                    settled = first_open_minute(last, stream_id)
+                    last_minute = min(end_ms // BUCKET_MS, settled - 1)
+                    minutes = range(start_ms // BUCKET_MS, last_minute + 1)
+                    compute_rollups(conn, [(stream_id, m) for m in minutes])
         self._remember(*interned)
         return written
 
