@@ -110,19 +110,31 @@ async def add_range(
     source: str,
 ) -> int:
     """Insert one row; its id."""
-    row = DecodeRangeRow(
-        org_id=org,
-        chassis_id=chassis,
-        dbc_id=dbc_id,
-        dbc_name=dbc_name,
-        from_ms=from_ms,
-        to_ms=to_ms,
-        source=source,
-    )
+    made = DecodeRange(from_ms, to_ms, dbc_id, dbc_name, source)
+    (row_id,) = await add_ranges(meta, [(org, chassis, made)])
+    return row_id
+
+
+async def add_ranges(meta: Metadata, rows: Sequence[tuple[str, str, DecodeRange]]) -> list[int]:
+    """Insert ``(org, chassis, range)`` rows in one transaction; their ids, in order."""
+    if not rows:
+        return []
+    made = [
+        DecodeRangeRow(
+            org_id=org,
+            chassis_id=chassis,
+            dbc_id=r.dbc_id,
+            dbc_name=r.dbc_name,
+            from_ms=r.from_ms,
+            to_ms=r.to_ms,
+            source=r.source,
+        )
+        for org, chassis, r in rows
+    ]
     async with meta.session() as s:
-        s.add(row)
+        s.add_all(made)
         await s.flush()
-        return row.id
+        return [row.id for row in made]
 
 
 async def extend_ranges(meta: Metadata, spans: Sequence[tuple[int, int, int]]) -> None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from livedata.errors import BackendError
 from livedata.metadata import Metadata
-from livedata.metadata.decoding import add_range, extend_ranges
+from livedata.metadata.decoding import DecodeRange, add_ranges, extend_ranges
 from livedata.model import DeviceMessage, Kind
 from livedata.ratelog import Throttled
 from livedata.retry import backoff
@@ -182,18 +182,24 @@ class FrameKeeper:
         closing, ranges.closed = ranges.closed, []
         try:
             updates: list[tuple[int, int, int]] = []
+            new: list[tuple[str, str, DecodeRange]] = []
+            fresh: list[_Range] = []
+            written: list[tuple[_Range, int, int]] = []
             for (tenant, chassis, _kind), r in [*closing, *ranges.open.items()]:
                 if not r.dirty:
                     continue
+                written.append((r, r.from_ms, r.to_ms))
                 if r.row_id is None:
-                    r.row_id = await add_range(
-                        self.meta, tenant, chassis, r.dbc_id, r.dbc_name, r.from_ms, r.to_ms,
-                        "ingest",
-                    )  # fmt: skip
+                    span = DecodeRange(r.from_ms, r.to_ms, r.dbc_id, r.dbc_name, "ingest")
+                    new.append((tenant, chassis, span))
+                    fresh.append(r)
                 else:
                     updates.append((r.row_id, r.from_ms, r.to_ms))
-                r.dirty = False
+            for r, row_id in zip(fresh, await add_ranges(self.meta, new), strict=True):
+                r.row_id = row_id
             await extend_ranges(self.meta, updates)
+            for r, from_ms, to_ms in written:  # unless keep() moved it meanwhile
+                r.dirty = (r.from_ms, r.to_ms) != (from_ms, to_ms)
         except BackendError:
             ranges.closed[:0] = closing
             for r in ranges.open.values():
