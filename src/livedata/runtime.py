@@ -183,17 +183,23 @@ class Runtime:
     async def _retention(self) -> None:
         with observe.log_context(role="retention"):
             while True:
-                cutoff = int((time.time() - self.settings.retention_days * 86_400) * 1000)
-                deleted = await self.store.delete_before(cutoff)
-                if deleted:
-                    log.info("retention deleted %d points older than %d", deleted, cutoff)
-                await delete_ranges_before(self.meta, cutoff)
-                days = self.settings.frames_retention_days
-                cutoff = int((time.time() - days * 86_400) * 1000)
-                deleted = await self.store.delete_frames_before(cutoff)
-                if deleted:
-                    log.info("retention deleted %d raw frame blobs older than %d", deleted, cutoff)
+                await self.retention_pass()
                 await asyncio.sleep(RETENTION_EVERY_S)
+
+    async def retention_pass(self, now: float | None = None) -> tuple[int, int]:
+        """Delete values older than ``retention_days`` (and the decode ranges that end before
+        them) and raw frames older than ``frames_retention_days``; (values, blobs) deleted."""
+        now = time.time() if now is None else now
+        cutoff = int((now - self.settings.retention_days * 86_400) * 1000)
+        points = await self.store.delete_before(cutoff)
+        if points:
+            log.info("retention deleted %d points older than %d", points, cutoff)
+        await delete_ranges_before(self.meta, cutoff)
+        cutoff = int((now - self.settings.frames_retention_days * 86_400) * 1000)
+        blobs = await self.store.delete_frames_before(cutoff)
+        if blobs:
+            log.info("retention deleted %d raw frame blobs older than %d", blobs, cutoff)
+        return points, blobs
 
     async def require_machine(self, org_id: str, chassis: str) -> MachineInfo:
         info = await self.catalog.machine(org_id, chassis)

@@ -1,5 +1,6 @@
 """Ingest's raw-frame keeper: blobs to the store, bounded while it is down, and the decode
-ranges written when the DBC changes (real SQLite metadata, memory store)."""
+ranges written when the DBC changes (real SQLite metadata, memory store); the runtime's
+retention of values and raw frames."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import pytest
 from livedata.errors import StoreError
 from livedata.metadata import Metadata
 from livedata.metadata.decoding import machine_ranges
-from livedata.model import DeviceMessage, Frame, Kind, MsgType
+from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record
 from livedata.pipeline.rawframes import FrameKeeper
+from livedata.runtime import Runtime
+from livedata.settings import Settings
+from livedata.store.frames import FrameBlob
 from livedata.store.memory import MemoryStore
 from tests.pipeline.faults import FlakyStore
 
@@ -72,3 +76,31 @@ async def test_store_down_keeps_a_bounded_queue(meta: Metadata) -> None:
     await keeper.flush()
     blobs = await store.read_frames("acme", "M1", 0, 2**62)
     assert [b.ts for b in blobs] == [T0 + s * 1000 for s in range(3, 8)]
+
+
+async def test_retention_pass_applies_both_retentions(tmp_path: Path) -> None:
+    """The runtime's retention pass deletes values after retention_days and raw frames after
+    frames_retention_days, each on its own clock."""
+    settings = Settings(
+        store=f"memory://{uuid.uuid4().hex}",
+        metadata=f"sqlite:///{tmp_path}/meta.db",
+        data_dir=tmp_path,
+        retention_days=30,
+        frames_retention_days=7,
+    )
+    rt = Runtime(settings)
+    await rt.meta.start()
+    try:
+        day = 86_400_000
+        now = T0 / 1000
+        old = [T0 - 40 * day, T0 - 10 * day, T0 - day]
+        await rt.store.write(
+            [Record("acme", "M1", "vehicle_can", ts, Kind.REALTIME, {"x": 1}) for ts in old]
+        )
+        await rt.store.write_frames([FrameBlob("acme", "M1", ts, 1, b"f") for ts in old])
+        assert await rt.retention_pass(now) == (1, 2)
+        assert [b.ts for b in await rt.store.read_frames("acme", "M1", 0, T0)] == [T0 - day]
+        got = await rt.store.query("acme", "M1", "vehicle_can", ["x"], 0, T0)
+        assert [ts for ts, _ in got["x"]] == [T0 - 10 * day, T0 - day]
+    finally:
+        await rt.meta.close()
