@@ -170,8 +170,8 @@ async def test_one_hour_of_one_machine_redecoded(parts: Parts) -> None:
 
 @module_loop
 async def test_one_job_at_a_time_the_same_one_is_returned(parts: Parts) -> None:
-    """While a job runs, starting it again returns it and another one is a Conflict; bad
-    requests are refused before anything starts."""
+    """While a job runs, starting it again returns it and another one is a Conflict; a
+    running job can be cancelled; bad requests are refused before anything starts."""
     parts.store.gate.clear()  # the job waits at its first replacement
     try:
         job, started = await parts.redecoder.start("acme", ["M2"], T0, T0 + 59_999)
@@ -184,6 +184,15 @@ async def test_one_job_at_a_time_the_same_one_is_returned(parts: Parts) -> None:
         parts.store.gate.set()
     assert (await parts.redecoder.wait("acme")).state == "done"
     assert job.dbc_id is None and job.total == job.done == 60
+    parts.store.gate.clear()
+    try:
+        stopped, _ = await parts.redecoder.start("acme", ["M2"], T0, T0 + 119_999)
+        assert (await parts.redecoder.cancel("acme")) is stopped
+    finally:
+        parts.store.gate.set()
+    assert stopped.state == "cancelled" and stopped.finished_ms is not None
+    with pytest.raises(NotFound):
+        await parts.redecoder.cancel("acme")
     with pytest.raises(NotFound):
         await parts.redecoder.start("acme", ["nope"], T0, T0 + 1)
     with pytest.raises(InputError):

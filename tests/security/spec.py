@@ -46,6 +46,7 @@ SPEC: dict[tuple[str, str], Any] = {
     ("GET", "/api/resources/{orgId}/machines/{chassisId}/decoding"): Role.viewer,
     ("GET", "/api/resources/{orgId}/redecode"): Role.viewer,
     ("POST", "/api/resources/{orgId}/redecode"): Role.admin,
+    ("DELETE", "/api/resources/{orgId}/redecode"): Role.admin,
     ("GET", "/api/resources/{orgId}/_common/datasets/{chassisId}/history"): Role.viewer,
     ("GET", "/api/resources/{orgId}/_common/datasets/{chassisId}/export"): Role.viewer,
     ("POST", "/api/resources/{orgId}/machines/{chassisId}/import"): Role.admin,

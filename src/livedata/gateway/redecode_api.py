@@ -5,6 +5,7 @@
     POST /api/resources/{orgId}/redecode        start a job (admin): {"machines": [...],
                                                 "from": ms, "to": ms, "dbcId": id|null}
     GET  /api/resources/{orgId}/redecode        the organisation's latest job and its progress
+    DELETE /api/resources/{orgId}/redecode      stop the running job (admin)
     GET  /api/resources/{orgId}/machines/{chassisId}/decoding
                                                 which DBC version decoded which time range
 
@@ -68,6 +69,16 @@ async def get_redecode(request: Request, orgId: str) -> dict[str, Any]:
     await rt.meta.require_org(orgId)
     job = rt.redecoder.jobs.get(orgId)
     return {"job": job.to_dict() if job is not None else None}
+
+
+@router.delete(
+    "/resources/{orgId}/redecode",
+    summary="Stop the running re-decoding job (what it replaced so far stays)",
+)
+async def cancel_redecode(request: Request, orgId: str) -> dict[str, Any]:
+    rt = runtime(request)
+    await rt.meta.require_org(orgId)
+    return {"job": (await rt.redecoder.cancel(orgId)).to_dict()}
 
 
 @router.get(

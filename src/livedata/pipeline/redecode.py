@@ -189,6 +189,26 @@ class Redecoder:
             await asyncio.wait({task})
         return self.job(org)
 
+    async def cancel(self, org: str) -> RedecodeJob:
+        """Stop the organisation's running job (it ends ``cancelled``; the pages replaced
+        so far stay replaced); :class:`NotFound` when none runs."""
+        task = self._tasks.get(org)
+        if task is None:
+            raise NotFound("no re-decoding job is running")
+        task.cancel()
+        await asyncio.wait({task})
+        self._ended(self.job(org))
+        return self.job(org)
+
+    def _ended(self, job: RedecodeJob) -> None:
+        """Mark a job whose task ended (a task cancelled before it ran has not done so)."""
+        if job.state == "running":
+            job.state = "cancelled"
+        if job.finished_ms is None:
+            job.finished_ms = int(time.time() * 1000)
+        job.machine = None
+        self._tasks.pop(job.org, None)
+
     async def close(self) -> None:
         """Cancel running jobs (they end ``cancelled``)."""
         tasks = list(self._tasks.values())
@@ -196,6 +216,8 @@ class Redecoder:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        for job in self.jobs.values():
+            self._ended(job)
 
     async def _run(
         self, job: RedecodeJob, plan: list[tuple[str, CanDecoder, int | None, str]]
@@ -219,9 +241,7 @@ class Redecoder:
             job.state, job.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
             log.exception("re-decoding job %s failed", job.id)
         finally:
-            job.machine = None
-            job.finished_ms = int(time.time() * 1000)
-            self._tasks.pop(job.org, None)
+            self._ended(job)
 
     async def _machine(
         self, job: RedecodeJob, chassis: str, decoder: CanDecoder
