@@ -40,6 +40,8 @@ class MachineInfo:
     """Ingest refuses a disabled machine's data."""
     dbc_override: int | None = None
     """The machine's own DBC file (else its model's)."""
+    dbc_id: int | None = None
+    """The DBC file that decodes it (its own or its model's)."""
 
 
 class Catalog:
@@ -91,6 +93,7 @@ class Catalog:
                 machine.location,
                 machine.disabled,
                 machine.dbc_id,
+                dbc.id if dbc else None,
             )
         return machines
 

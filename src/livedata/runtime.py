@@ -25,11 +25,13 @@ from livedata.gateway.alerts_api import alert_relay
 from livedata.gateway.commands import presence_feed, status_relay
 from livedata.gateway.hub import Hub
 from livedata.metadata import Metadata
+from livedata.metadata.decoding import delete_ranges_before
 from livedata.model import MsgType
 from livedata.pipeline.alerts import alert_role
 from livedata.pipeline.distribute import Distribute
 from livedata.pipeline.ingest import Ingest, consume_devices
 from livedata.pipeline.limits import TimestampPolicy
+from livedata.pipeline.redecode import Redecoder
 from livedata.pipeline.spill import SpillJournal, spill_dir_of
 from livedata.retry import backoff
 from livedata.settings import Settings
@@ -56,6 +58,8 @@ class Runtime:
         self.pubsub.history_seconds = settings.live_history_seconds
         self.devices = open_devices(settings.devices)
         self.catalog = Catalog(self.meta, max_fields=settings.max_fields_per_type)
+        self.redecoder = Redecoder(self.store, self.catalog)
+        """Re-decoding jobs started through the API (they run in this process)."""
         spill_dir = spill_dir_of(
             settings.spill_dir, settings.data_dir, getattr(self.devices, "client_id", None)
         )
@@ -166,6 +170,7 @@ class Runtime:
         if pending:
             log.error("tasks did not stop: %s", ", ".join(t.get_name() for t in pending))
         self._tasks.clear()
+        await self.redecoder.close()
         try:
             await self.ingest.close()
         except Exception:
@@ -179,11 +184,23 @@ class Runtime:
     async def _retention(self) -> None:
         with observe.log_context(role="retention"):
             while True:
-                cutoff = int((time.time() - self.settings.retention_days * 86_400) * 1000)
-                deleted = await self.store.delete_before(cutoff)
-                if deleted:
-                    log.info("retention deleted %d points older than %d", deleted, cutoff)
+                await self.retention_pass()
                 await asyncio.sleep(RETENTION_EVERY_S)
+
+    async def retention_pass(self, now: float | None = None) -> tuple[int, int]:
+        """Delete values older than ``retention_days`` (and the decode ranges that end before
+        them) and raw frames older than ``frames_retention_days``; (values, blobs) deleted."""
+        now = time.time() if now is None else now
+        cutoff = int((now - self.settings.retention_days * 86_400) * 1000)
+        points = await self.store.delete_before(cutoff)
+        if points:
+            log.info("retention deleted %d points older than %d", points, cutoff)
+        await delete_ranges_before(self.meta, cutoff)
+        cutoff = int((now - self.settings.frames_retention_days * 86_400) * 1000)
+        blobs = await self.store.delete_frames_before(cutoff)
+        if blobs:
+            log.info("retention deleted %d raw frame blobs older than %d", blobs, cutoff)
+        return points, blobs
 
     async def require_machine(self, org_id: str, chassis: str) -> MachineInfo:
         info = await self.catalog.machine(org_id, chassis)

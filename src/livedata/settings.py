@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     retention_days: float = Field(
         7.0, gt=0, description="stored telemetry older than this is deleted"
     )
+    frames_retention_days: float = Field(
+        7.0, gt=0, description="raw CAN frames (kept for re-decoding) older than this are deleted"
+    )
     machines: int = Field(5, ge=0, le=10_000, description="simulated machines (demo)")
     history_seconds: int = Field(
         120, ge=0, le=86_400, description="history the demo creates at start"

@@ -112,3 +112,39 @@ def test_suffix_names_every_field() -> None:
     values: dict[str, Any] = {}
     compile_message(message, ".0x01").decode(bytes([1, 2, 3]), values)
     assert values == {"b.0x01": 3}
+
+
+SCALES_ODD = [0.05, 0.1, 0.001, 1 / 3, 0.03125, 0.2, 0.0039, 1.5e-7]
+OFFSETS_ODD = [0, -3.2, -40, 0.5, -32127, 1e-4]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    scale=st.sampled_from(SCALES_ODD),
+    offset=st.sampled_from(OFFSETS_ODD),
+    length=st.sampled_from([8, 16, 24, 32, 45, 53, 63, 64]),
+    signed=st.booleans(),
+    order=st.sampled_from(["little_endian", "big_endian"]),
+    pick=st.integers(min_value=0, max_value=2**64 - 1),
+    magnitude=st.integers(min_value=0, max_value=64),
+)
+def test_raw_values_of_every_size_match_cantools(
+    scale: float, offset: float, length: int, signed: bool, order: str, pick: int, magnitude: int
+) -> None:
+    """Raw values small, large and around the exact-division and big-float bounds round
+    exactly as cantools' value rounded to the resolution."""
+    signal = Signal(
+        "x",
+        0 if order == "little_endian" else 7,
+        length,
+        byte_order=order,
+        is_signed=signed,
+        conversion=BaseConversion.factory(scale=scale, offset=offset, is_float=False),
+    )
+    message = Message(0x123, "M", 8, [signal], strict=False)
+    raw = pick % (1 << min(magnitude, length))  # small values as often as large ones
+    if order == "little_endian":
+        data = raw.to_bytes(8, "little")
+    else:
+        data = (raw << (64 - length)).to_bytes(8, "big")
+    assert same(compiled(message, data), reference(message, data)), compile_message(message).source

@@ -11,6 +11,12 @@ import pytest
 
 from livedata.errors import NotFound
 from livedata.metadata import GroupSpec, Metadata
+from livedata.metadata.decoding import (
+    add_range,
+    delete_ranges_before,
+    extend_ranges,
+    machine_ranges,
+)
 from livedata.metadata.dtcs import DtcLog
 from livedata.pipeline.dtcs import DtcChange
 
@@ -113,3 +119,24 @@ class MetadataContract(abc.ABC):
         assert (stored.j1939, stored.separate_sources) == (True, True)
         plain = await meta.get_dbc(org, (await meta.add_dbc(org, "p", "x")).id)
         assert (plain.j1939, plain.separate_sources) == (None, False)
+
+    async def test_decode_ranges_timeline_and_retention(self, meta: Metadata) -> None:
+        """Rows of a machine paint its timeline (later rows over earlier, same DBC merged),
+        ends can move, other machines apart; retention drops rows that ended before it."""
+        org = unique_org()
+        await meta.ensure_org(org, "Org")
+        v1 = await meta.add_dbc(org, "m.dbc", "content-1")
+        v2 = await meta.add_dbc(org, "m.dbc", "content-2")
+        first = await add_range(meta, org, "A", v1.id, "m.dbc", 1_000, 5_000, "ingest")
+        await add_range(meta, org, "A", v2.id, "m.dbc", 2_000, 3_000, "redecode")
+        await add_range(meta, org, "B", v1.id, "m.dbc", 0, 10, "ingest")
+        await extend_ranges(meta, [(first, 1_000, 9_000)])
+        timeline = [r.to_dict() for r in await machine_ranges(meta, org, "A")]
+        assert [(r["from"], r["to"], r["dbcId"], r["source"]) for r in timeline] == [
+            (1_000, 1_999, v1.id, "ingest"),
+            (2_000, 3_000, v2.id, "redecode"),
+            (3_001, 9_000, v1.id, "ingest"),
+        ]
+        assert await delete_ranges_before(meta, 100) >= 1  # B's row (and other tests' old rows)
+        assert await machine_ranges(meta, org, "B") == []
+        assert len(await machine_ranges(meta, org, "A")) == 3

@@ -10,11 +10,12 @@ from livedata.bus.base import Log
 from livedata.errors import BusError, StoreError
 from livedata.model import Record
 from livedata.store.base import Series, Store
+from livedata.store.frames import FrameBlob
 
 
 class FlakyStore(Store):
     """Wraps a real store: while ``down`` every call raises StoreError; while ``gate`` is
-    clear, writes wait for it (a stalled store)."""
+    clear, writes and replacements wait for it (a stalled store)."""
 
     def __init__(self, inner: Store, *, down: bool = False) -> None:
         super().__init__(inner.url)
@@ -89,6 +90,40 @@ class FlakyStore(Store):
     async def delete_machine(self, tenant: str, chassis: str) -> int:
         self._check()
         return await self.inner.delete_machine(tenant, chassis)
+
+    async def write_frames(self, blobs: Sequence[FrameBlob]) -> int:
+        self._check()
+        return await self.inner.write_frames(blobs)
+
+    async def read_frames(
+        self, tenant: str, chassis: str, start_ms: int, end_ms: int, limit: int = 1_000
+    ) -> list[FrameBlob]:
+        self._check()
+        return await self.inner.read_frames(tenant, chassis, start_ms, end_ms, limit)
+
+    async def count_frames(self, tenant: str, chassis: str, start_ms: int, end_ms: int) -> int:
+        self._check()
+        return await self.inner.count_frames(tenant, chassis, start_ms, end_ms)
+
+    async def delete_frames_before(self, ts_ms: int) -> int:
+        self._check()
+        return await self.inner.delete_frames_before(ts_ms)
+
+    async def replace_values(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        start_ms: int,
+        end_ms: int,
+        records: Sequence[Record],
+        keep: Sequence[str] = (),
+    ) -> int:
+        self._check()
+        await self.gate.wait()
+        return await self.inner.replace_values(
+            tenant, chassis, msg_type, start_ms, end_ms, records, keep
+        )
 
 
 class FlakyLog(Log):

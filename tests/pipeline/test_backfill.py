@@ -19,6 +19,7 @@ from livedata.model import Kind
 from livedata.pipeline.backfill import Checkpoint, Progress, candump_entries, import_log
 from livedata.store import open_store
 from livedata.store.base import Store
+from livedata.store.frames import unpack_frames
 from livedata.store.memory import MemoryStore
 
 LOGS = Path(__file__).resolve().parent.parent / "files" / "logs"
@@ -101,6 +102,19 @@ async def test_handwritten_candump_log_decodes_to_values_worked_out_by_hand() ->
     }
     assert (summary.frames, summary.decoded, summary.unknown, summary.errors) == (7, 5, 1, 1)
     assert summary.error_samples == ["frame 0x18FEEE00 (ET1): 0 bytes, expected 8"]
+
+
+async def test_imported_seconds_keep_their_raw_frames() -> None:
+    """Each imported second keeps its raw frames, which decode again to the stored values."""
+    store = fresh()
+    await import_log(store, DECODER, "acme", "L1", LOGS / "handwritten.log")
+    blobs = await store.read_frames("acme", "L1", 0, 2**62)
+    assert [b.ts for b in blobs] == [1_768_474_800_000, 1_768_474_801_000]
+    assert sum(b.count for b in blobs) == 7
+    stored = await rows(store)
+    for blob in blobs:
+        message = unpack_frames(blob)
+        assert DECODER.decode(message.frames).values == stored[blob.ts]
 
 
 async def test_corrupt_line_is_named_and_everything_before_it_is_stored() -> None:

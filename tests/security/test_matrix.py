@@ -114,6 +114,11 @@ ATTACK_BODIES: dict[tuple[str, str], Callable[[dict[str, str]], Any]] = {
     ("POST", "/api/resources/{orgId}/models"): lambda _: {"name": "ZZ-INTRUDER"},
     ("POST", "/api/resources/{orgId}/machines/import"): lambda _: {"csv": "ZZ-1,intruder,ZZ,\n"},
     ("PUT", "/api/resources/{orgId}/models/{model}/dbc"): _dbc_assignment,
+    ("POST", "/api/resources/{orgId}/redecode"): lambda ids: {
+        "machines": [ids["chassisId"]],
+        "from": 0,
+        "to": 1,
+    },
     ("POST", "/api/resources/{orgId}/alert-rules"): lambda _: RULE,
     ("PUT", "/api/resources/{orgId}/alert-rules/{ruleId}"): lambda _: RULE,
     ("POST", "/api/resources/{orgId}/alerts/{alertId}/ack"): lambda _: {"comment": "intruder"},

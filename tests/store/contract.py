@@ -22,6 +22,7 @@ import pytest
 from livedata.model import Kind, Record, Value
 from livedata.store import Store, open_store
 from livedata.store.base import ROLLUP_LEVELS_MS, bucket_grid
+from livedata.store.frames import FrameBlob
 
 T0 = 1_700_000_000_000
 """A timestamp in milliseconds (November 2023) that the tests count from."""
@@ -496,3 +497,83 @@ class StoreContract(abc.ABC):
                 tenant, "machine-1", "vehicle_can", ["a"], start, end, buckets
             )
             assert_downsampled(got["a"], kept, start, end, buckets)
+
+    # -- raw frames and re-decoding ----------------------------------------------------
+
+    async def test_frames_round_trip_page_and_count(self, store: Store, tenant: str) -> None:
+        """Blobs come back in time order per machine, paged by limit, counted; a rewrite replaces."""
+        blobs = [FrameBlob(tenant, "m1", T0 + s * 1000, s % 5, bytes([s]) * s) for s in range(30)]
+        other = [FrameBlob(tenant, "m2", T0 + s * 1000, 1, b"x") for s in range(30)]
+        assert await store.write_frames(list(reversed(blobs)) + other) == 60
+        assert await store.write_frames([FrameBlob(tenant, "m1", T0, 9, b"\x00\xff")]) == 1
+        first = await store.read_frames(tenant, "m1", T0, T0 + 60_000, limit=10)
+        assert first == [FrameBlob(tenant, "m1", T0, 9, b"\x00\xff"), *blobs[1:10]]
+        rest = await store.read_frames(tenant, "m1", first[-1].ts + 1, T0 + 19_000, limit=100)
+        assert rest == blobs[10:20]
+        assert await store.count_frames(tenant, "m1", T0 + 5_000, T0 + 9_000) == 5
+        assert await store.count_frames(tenant, "m3", T0, T0 + 60_000) == 0
+        assert await store.read_frames(tenant, "m3", T0, T0 + 60_000) == []
+
+    async def test_frames_retention_and_machine_deletion(self, store: Store, tenant: str) -> None:
+        """delete_frames_before drops older blobs of every machine; delete_machine drops its blobs."""
+        await store.write_frames(
+            [FrameBlob(tenant, c, T0 + s * 60_000, 1, b"f") for s in range(30) for c in "ab"]
+        )
+        assert await store.delete_frames_before(T0 + 10 * 60_000) == 20
+        assert await store.count_frames(tenant, "a", T0, T0 + 3_600_000) == 20
+        assert (await store.read_frames(tenant, "b", T0, T0 + 3_600_000, 1))[0].ts == T0 + 600_000
+        await store.write([rec(tenant, T0, {"x": 1}, chassis="a")])
+        await store.delete_machine(tenant, "a")
+        assert await store.count_frames(tenant, "a", T0, T0 + 3_600_000) == 0
+        assert await store.count_frames(tenant, "b", T0, T0 + 3_600_000) == 20
+
+    async def test_replace_values_changes_only_the_range(self, store: Store, tenant: str) -> None:
+        """One hour of one machine replaced: new values there, removed fields gone, kept
+        fields, other hours, machines and message types untouched; downsampling agrees."""
+        hours = 3
+
+        def values(s: int, scale: float) -> dict[str, Value]:
+            return {"v": s * scale, "old": s, "dtc_active": s % 3, "t": f"s{s}"}
+
+        records = [
+            rec(tenant, T0 + s * 1000, values(s, 1.0), chassis=c, msg_type=m)
+            for s in range(hours * 3_600)
+            for c in ("m1", "m2")
+            for m in ("vehicle_can", "client_raw_data")
+        ]
+        await store.write(records)
+        start, end = T0 + 3_600_000, T0 + 2 * 3_600_000 - 1
+        new = [
+            rec(tenant, T0 + s * 1000, {"v": s * 2.0, "added": -s}, chassis="m1")
+            for s in range(3_600, 7_200)
+            if s % 10  # some seconds without a record: their old values go anyway
+        ]
+        assert await store.replace_values(
+            tenant, "m1", "vehicle_can", start, end, new, keep=("dtc_",)
+        ) == 2 * len(new)
+        fields = ["v", "old", "dtc_active", "t", "added"]
+        end_all = T0 + hours * 3_600_000
+        got = await store.query(tenant, "m1", "vehicle_can", fields, T0, end_all)
+        expect: dict[str, dict[int, Value]] = {f: {} for f in fields}
+        for s in range(hours * 3_600):
+            ts = T0 + s * 1000
+            inside = start <= ts <= end
+            if inside:
+                if s % 10:
+                    expect["v"][ts] = s * 2.0
+                    expect["added"][ts] = -s
+            else:
+                expect["v"][ts], expect["old"][ts], expect["t"][ts] = s * 1.0, s, f"s{s}"
+            expect["dtc_active"][ts] = s % 3
+        assert got == {f: sorted(expect[f].items()) for f in fields}
+        for buckets in (1, 7, 90, 400):
+            low = await store.downsample(tenant, "m1", "vehicle_can", ["v"], T0, end_all, buckets)
+            assert_downsampled(low["v"], expect["v"], T0, end_all, buckets)
+        for c, m in (("m2", "vehicle_can"), ("m1", "client_raw_data")):
+            untouched = await store.query(tenant, c, m, ["v", "old"], T0, end_all)
+            assert untouched["v"] == [(T0 + s * 1000, s * 1.0) for s in range(hours * 3_600)]
+            assert len(untouched["old"]) == hours * 3_600
+        with pytest.raises(ValueError):
+            await store.replace_values(
+                tenant, "m1", "vehicle_can", start, end, [rec(tenant, T0, {})]
+            )

@@ -59,6 +59,20 @@ def with_machine(
 ) -> T:
     """Run ``work`` with the store, catalog and machine ``args.org`` / ``args.chassis`` of the
     server's databases."""
+
+    async def machine_work(settings: Settings, store: Store, catalog: Catalog) -> T:
+        info = await catalog.machine(args.org, args.chassis)
+        if info is None:
+            raise NotFound(f"machine {args.chassis!r} not found in organisation {args.org!r}")
+        return await work(settings, store, catalog, info)
+
+    return with_databases(args, machine_work)
+
+
+def with_databases(
+    args: argparse.Namespace, work: Callable[[Settings, Store, Catalog], Awaitable[T]]
+) -> T:
+    """Run ``work`` with the store and catalog of the server's databases (:func:`data_flags`)."""
     settings = load_settings(
         {"data_dir": args.data_dir, "metadata": args.metadata, "store": args.store}, args.config
     )
@@ -75,11 +89,7 @@ def with_machine(
         try:
             await meta.start()
             await store.start()
-            catalog = Catalog(meta)
-            info = await catalog.machine(args.org, args.chassis)
-            if info is None:
-                raise NotFound(f"machine {args.chassis!r} not found in organisation {args.org!r}")
-            return await work(settings, store, catalog, info)
+            return await work(settings, store, Catalog(meta))
         finally:
             await store.close()
             await meta.close()

@@ -20,13 +20,26 @@ from livedata.cli import (
     import_,
     machines,
     orgs,
+    redecode,
     serve,
     simulate,
     users,
 )
 from livedata.errors import LivedataError
 
-COMMANDS = (demo, serve, simulate, agent, users, devices, orgs, machines, import_, export)
+COMMANDS = (
+    demo,
+    serve,
+    simulate,
+    agent,
+    users,
+    devices,
+    orgs,
+    machines,
+    import_,
+    export,
+    redecode,
+)
 
 
 class Parser(argparse.ArgumentParser):

@@ -26,8 +26,12 @@ number of decimals of the scale and offset.  When the scale and offset are exact
 decimals and the raw range small enough that ``raw * scale + offset`` is within a
 quarter of the last decimal of the exact result, the value is computed as one
 correctly rounded integer division (``(raw * P + O) / 10**d``), which gives the
-same float as ``round(raw * scale + offset, d)`` without its cost; otherwise the
-generated code calls :func:`round` like the reference.  IEEE float signals are
+same float as ``round(raw * scale + offset, d)`` without its cost.  When that holds
+only for small raw values (a wide signal), the division is taken for those and a
+test of the raw value chooses at run time.  Otherwise the generated code calls
+:func:`round` like the reference -- except for floats of magnitude ``2**(52 - d)``
+and more, which are multiples of ``2**-d`` and so already have at most ``d``
+decimals: ``round`` would return them unchanged.  IEEE float signals are
 unpacked with :mod:`struct` and are not rounded.
 
 What the generator does not cover falls back to cantools itself (the returned
@@ -242,15 +246,27 @@ class _Generator:
             expr = local if fs == 1 else f"{local} * {scale!r}"
             return (f"{expr} + {offset!r}" if fo else f"float({expr})" if fs == 1 else expr), False
         exact = float(Fraction(p, q)) == scale and float(Fraction(o, q)) == offset
-        bound = (top * abs(scale) + abs(offset)) * 2.0**-50
-        if exact and top < 1 << 53 and bound < 0.25 * 10.0**-digits:
-            g = math.gcd(p, o, q)
-            p, o, q = p // g, o // g, q // g
-            num = f"{local} * {p}" if p != 1 else local
-            if o:
-                num = f"({num} + {o})"
-            return (f"{num} / {q}" if q != 1 else f"float({num})"), False
-        return f"round({local} * {scale!r} + {offset!r}, {digits})", False
+        # |raw| up to `small` keeps the float error of raw * scale + offset under a quarter
+        # of the last decimal (see the module docstring): the integer division is exact there
+        small = int((0.25 * 10.0**-digits * 2.0**50 - abs(offset)) / abs(scale)) if scale else top
+        g = math.gcd(p, o, q)
+        p, o, q = p // g, o // g, q // g
+        num = f"{local} * {p}" if p != 1 else local
+        if o:
+            num = f"({num} + {o})"
+        divided = f"{num} / {q}" if q != 1 else f"float({num})"
+        if exact and top < 1 << 53 and small >= top:
+            return divided, False
+        # round(x, d) of a float of magnitude >= 2**(52 - d) is x itself: such a float is a
+        # multiple of 2**-d, which has at most d decimals (and round is correctly rounded)
+        x = f"x{local}"
+        big = float(2 ** (52 - digits))
+        walrus = f"({x} := {local} * {scale!r} + {offset!r})"
+        rounded = f"(round({x}, {digits}) if {-big!r} < {walrus} < {big!r} else {x})"
+        if exact and small >= 1:
+            low = -small if signal.is_signed else 0
+            return f"({divided} if {low} <= {local} <= {small} else {rounded})", False
+        return rounded, False
 
     def node(
         self,

@@ -253,10 +253,29 @@ async def delete_group(request: Request, orgId: str, groupId: str) -> Response:
     return Response(status_code=204)
 
 
-def _dbc_dict(dbc: Any, decoder: CanDecoder | None = None) -> dict[str, Any]:
+def dbc_versions(files: list[Any]) -> dict[int, tuple[int, int | None]]:
+    """Per DBC file id: its version (1, 2, … among the uploads of its name, oldest first)
+    and the id of the version before it."""
+    latest: dict[str, tuple[int, int]] = {}
+    versions: dict[int, tuple[int, int | None]] = {}
+    for dbc in sorted(files, key=lambda d: d.id):
+        number, previous = latest.get(dbc.name, (0, None))
+        versions[dbc.id] = (number + 1, previous)
+        latest[dbc.name] = (number + 1, dbc.id)
+    return versions
+
+
+def _dbc_dict(
+    dbc: Any,
+    decoder: CanDecoder | None = None,
+    versions: dict[int, tuple[int, int | None]] | None = None,
+) -> dict[str, Any]:
+    version, previous = (versions or {}).get(dbc.id, (1, None))
     out: dict[str, Any] = {
         "id": dbc.id,
         "name": dbc.name,
+        "version": version,
+        "previousId": previous,
         "created": dbc.created_ms,
         "j1939": dbc.j1939,
         "separateSources": dbc.separate_sources,
@@ -271,7 +290,9 @@ def _dbc_dict(dbc: Any, decoder: CanDecoder | None = None) -> dict[str, Any]:
 async def list_dbc(request: Request, orgId: str) -> dict[str, Any]:
     rt = runtime(request)
     await rt.meta.require_org(orgId)
-    return {"dbc": [_dbc_dict(d) for d in await rt.meta.list_dbc(orgId)]}
+    files = await rt.meta.list_dbc(orgId)
+    versions = dbc_versions(files)
+    return {"dbc": [_dbc_dict(d, versions=versions) for d in files]}
 
 
 @router.post(
@@ -292,18 +313,32 @@ async def upload_dbc(
         bool, Query(description="J1939: another source address writes <signal>.0x<SA> fields")
     ] = False,
 ) -> Response:
-    """Parsed in a worker thread (a large file takes seconds; live streams go on)."""
+    """Parsed in a worker thread (a large file takes seconds; live streams go on).
+
+    A file of a name already uploaded is a new version of it (``version``, ``previousId``;
+    ``GET …/dbc/{id}/diff`` says what changed) -- unless it is the same as the current
+    version (same text and options): then that version is answered with 200 and nothing
+    is stored."""
     rt = runtime(request)
     await rt.meta.require_org(orgId)
     upload = await dbc_upload(request, name, j1939, separateSources)
-    dbc = await rt.meta.add_dbc(
-        orgId,
-        upload.name,
-        upload.content,
-        j1939=upload.j1939,
-        separate_sources=upload.separate_sources,
-    )
-    return _json(_dbc_dict(dbc, upload.decoder), 201)
+    current = await rt.meta.find_dbc(orgId, upload.name)
+    same = (upload.content, upload.j1939, upload.separate_sources)
+    if current is not None and (current.content, current.j1939, current.separate_sources) == same:
+        dbc, status = current, 200
+    else:
+        dbc, status = (
+            await rt.meta.add_dbc(
+                orgId,
+                upload.name,
+                upload.content,
+                j1939=upload.j1939,
+                separate_sources=upload.separate_sources,
+            ),
+            201,
+        )
+    versions = dbc_versions(await rt.meta.list_dbc(orgId))
+    return _json(_dbc_dict(dbc, upload.decoder, versions), status)
 
 
 @router.get("/resources/{orgId}/dbc/{dbcId}", summary="A DBC file's signals with unit, min, max")
@@ -312,7 +347,8 @@ async def get_dbc(request: Request, orgId: str, dbcId: int) -> Response:
     rt = runtime(request)
     await rt.meta.require_org(orgId)
     dbc = await rt.meta.get_dbc(orgId, dbcId)
-    return _json(_dbc_dict(dbc, await rt.catalog.decoder(dbc)))
+    versions = dbc_versions(await rt.meta.list_dbc(orgId))
+    return _json(_dbc_dict(dbc, await rt.catalog.decoder(dbc), versions))
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:

@@ -30,6 +30,7 @@ from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.machines_api import router as machines_router
 from livedata.gateway.models_api import router as models_router
+from livedata.gateway.redecode_api import router as redecode_router
 from livedata.gateway.replay import router as replay_router
 from livedata.gateway.security import SecurityMiddleware, security
 from livedata.gateway.transfer import Transfers
@@ -81,6 +82,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(alerts_router)
     app.include_router(commands_router)
     app.include_router(dtcs_router)
+    app.include_router(redecode_router)
     app.include_router(ingest_router)
     app.include_router(transfer_router)
     app.include_router(replay_router)

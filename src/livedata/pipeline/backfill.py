@@ -6,8 +6,9 @@ underneath for MF4), its frames are cut into the same one-second windows the edg
 agent sends (``ts // 1000 * 1000``), each window is decoded with the machine's DBC
 through :meth:`~livedata.decode.can.CanDecoder.decode` (latest frame wins within the
 window, as live), and the resulting :class:`~livedata.model.Record` objects
-(``vehicle_can``, kind ``backfill``) are written straight to the store in batches.
-Nothing goes to the log, so nothing is pushed to live pages.
+(``vehicle_can``, kind ``backfill``) are written straight to the store in batches,
+with each window's raw frames (:mod:`livedata.store.frames`, kept for re-decoding
+like ingest's).  Nothing goes to the log, so nothing is pushed to live pages.
 
 Idempotent and resumable.  A window's record is a pure function of the file, so a
 second import of the same file writes the same keys, which every store keeps once
@@ -47,6 +48,7 @@ Under stress:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import time
@@ -60,9 +62,10 @@ import orjson
 
 from livedata.decode.can import BusState, CanDecoder
 from livedata.errors import ConfigError, InputError
-from livedata.model import Frame, Kind, MsgType, Record, Value
+from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record, Value
 from livedata.pipeline.limits import EARLIEST_TS, TimestampPolicy
 from livedata.store.base import Store
+from livedata.store.frames import FrameBlob, pack_frames
 
 FORMATS = (".log", ".asc", ".blf", ".trc", ".csv", ".mf4")
 """The file suffixes :func:`open_log` reads (case-insensitive)."""
@@ -333,6 +336,9 @@ class Batch:
     """Messages of the file that are stored once this batch is."""
     summary: dict[str, Any]
     """The counters as of ``resume_at`` (what a checkpoint keeps)."""
+    blobs: list[FrameBlob] = field(default_factory=list)
+    """The raw frames of the batch's windows (a window beyond the wire encoding's
+    10,000 frames keeps none)."""
 
 
 class LogImport:
@@ -395,6 +401,7 @@ class LogImport:
         kind, msg_type = Kind.BACKFILL, MsgType.VEHICLE_CAN.value
         earliest, latest = EARLIEST_TS, self.latest_ts
         records: list[Record] = []
+        blobs: list[FrameBlob] = []
         frames: list[Frame] = []
         window = -1
         shift: int | None = None
@@ -402,6 +409,11 @@ class LogImport:
         bus = BusState()  # J1939 multi-packet messages span the one-second windows
 
         def close_window() -> None:
+            message = DeviceMessage(
+                tenant, chassis, MsgType.VEHICLE_CAN, window, kind, tuple(frames)
+            )
+            with contextlib.suppress(ValueError):  # beyond a message's 10,000 frames: values only
+                blobs.append(pack_frames(message, window))
             result = decode(frames, bus)
             s.frames += len(frames)
             s.decoded += result.frames
@@ -447,9 +459,9 @@ class LogImport:
                     if frames:
                         close_window()
                         frames = []
-                        if len(records) >= self.batch_records:
-                            yield Batch(records, read - 1, asdict(s))
-                            records = []
+                        if max(len(records), len(blobs)) >= self.batch_records:
+                            yield Batch(records, read - 1, asdict(s), blobs)
+                            records, blobs = [], []
                     window = second
                 frames.append(Frame(ts, ident, extended, data))
         except InputError as exc:
@@ -458,13 +470,13 @@ class LogImport:
             close_window()
         if failure is not None:
             s.messages = read
-            if records:
+            if records or blobs:
                 # the partial window is stored too: a rerun of a fixed file rewrites it whole
-                yield Batch(records, read, asdict(s))
+                yield Batch(records, read, asdict(s), blobs)
             raise failure
         s.messages = read
-        if records:
-            yield Batch(records, read, asdict(s))
+        if records or blobs:
+            yield Batch(records, read, asdict(s), blobs)
 
 
 @dataclass(frozen=True)
@@ -541,6 +553,7 @@ async def import_log(
     try:
         while (batch := await asyncio.to_thread(job.next_batch)) is not None:
             await store.write(batch.records)
+            await store.write_frames(batch.blobs)
             if checkpoint is not None:
                 await asyncio.to_thread(checkpoint.save, path, batch.resume_at, batch.summary)
             if progress is not None:

@@ -84,6 +84,10 @@ The in-process link (``local://``) has nothing to acknowledge: its bounded queue
 makes the simulated fleet wait instead.
 Bad input is counted per machine (see :class:`DecodeStats`) and never stops the
 pipeline or the rest of a batch.
+
+The raw frames of every decoded ``vehicle_can`` message go to :attr:`Ingest.frames`
+(:class:`~livedata.pipeline.rawframes.FrameKeeper`, its own task): kept in the
+store for re-decoding, best effort, never holding up a record.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ from livedata.errors import BackendError, BusError, DecodeError, StoreError
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value
 from livedata.pipeline.dtcs import DtcService
 from livedata.pipeline.limits import TimestampPolicy
+from livedata.pipeline.rawframes import FrameKeeper
 from livedata.pipeline.spill import Chunk, SpillJournal
 from livedata.ratelog import Throttled
 from livedata.retry import backoff
@@ -219,6 +224,8 @@ class Ingest:
         self._buses: dict[tuple[str, str, Kind], BusState] = {}
         """J1939 transport sessions per machine (live and backfill apart: their times differ)."""
         self.dtcs = DtcService(catalog.meta)
+        self.frames = FrameKeeper(store, catalog.meta)
+        """Raw frames kept for re-decoding, and which DBC decoded which range."""
         self.written = 0
         """Records the store has confirmed."""
         self.spilled = 0
@@ -354,6 +361,7 @@ class Ingest:
             key = (msg.tenant, msg.chassis, msg.kind)
             bus = self._buses.get(key) or self._buses.setdefault(key, BusState())
             result = info.decoder.decode(msg.frames, bus)
+            self.frames.keep(msg, ts, info.dbc_id, info.dbc_name)
             stats.frames += result.frames
             if result.unknown:
                 stats.unknown_ids += result.unknown
@@ -409,6 +417,7 @@ class Ingest:
 
     async def close(self) -> None:
         """Close the spill journal, if any; call once :meth:`run` has ended."""
+        await self.frames.close()
         if self.spill is not None:
             await self.spill.close()
 
@@ -420,6 +429,7 @@ class Ingest:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._writer(), name="ingest-writer")
                 tasks.create_task(self._appender(), name="ingest-appender")
+                tasks.create_task(self.frames.run(), name="ingest-raw-frames")
                 if self.spill is not None:
                     tasks.create_task(self._drainer(), name="ingest-drainer")
 

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from livedata.model import Record, Value
+from livedata.store.frames import FrameBlob
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -131,8 +132,73 @@ class Store(abc.ABC):
         """Delete every stored value of a machine (and its rollups); return how many.
 
         Afterwards :meth:`query`, :meth:`downsample` and :meth:`latest_ts` know nothing
-        of it; values written later for the same ids are stored as new.
+        of it; values written later for the same ids are stored as new.  Its raw
+        frames (:meth:`read_frames`) are deleted too.
         """
+
+    # -- raw frames, for re-decoding -------------------------------------------------
+
+    @abc.abstractmethod
+    async def write_frames(self, blobs: Sequence[FrameBlob]) -> int:
+        """Keep raw frame blobs; return how many.
+
+        A blob is identified by (tenant, chassis, ts): writing it again replaces it
+        (last write wins), so a redelivered message is kept once.  Raw frames have a
+        retention of their own (:meth:`delete_frames_before`).
+        """
+
+    @abc.abstractmethod
+    async def read_frames(
+        self, tenant: str, chassis: str, start_ms: int, end_ms: int, limit: int = 1_000
+    ) -> list[FrameBlob]:
+        """The oldest ``limit`` blobs of a machine with ``start_ms <= ts <= end_ms``, in
+        time order (page on with ``start_ms`` = the last ts + 1)."""
+
+    @abc.abstractmethod
+    async def count_frames(self, tenant: str, chassis: str, start_ms: int, end_ms: int) -> int:
+        """How many blobs :meth:`read_frames` would return over the range without a limit."""
+
+    @abc.abstractmethod
+    async def delete_frames_before(self, ts_ms: int) -> int:
+        """Retention of raw frames: delete the blobs older than ``ts_ms``; how many."""
+
+    @abc.abstractmethod
+    async def replace_values(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        start_ms: int,
+        end_ms: int,
+        records: Sequence[Record],
+        keep: Sequence[str] = (),
+    ) -> int:
+        """Re-decoding: the stream's values with ``start_ms <= ts <= end_ms`` become ``records``.
+
+        Every value of (tenant, chassis, msg_type) in the range is deleted -- except
+        those of fields whose name starts with one of ``keep`` -- and ``records`` (all
+        of that stream, inside the range, else :class:`ValueError`) are written; the
+        number of values written is returned.  Afterwards :meth:`query` and
+        :meth:`downsample` give exactly what writing the remaining and the new values
+        gives; nothing outside the range, stream or kept fields changes.  Whether
+        readers can see the range half-replaced meanwhile is the backend's to say.
+        """
+
+
+def kept_field(name: str, keep: Sequence[str]) -> bool:
+    """Whether :meth:`Store.replace_values` keeps field ``name`` (it starts with one of ``keep``)."""
+    return any(name.startswith(prefix) for prefix in keep)
+
+
+def check_replacement(
+    tenant: str, chassis: str, msg_type: str, start_ms: int, end_ms: int, records: Sequence[Record]
+) -> None:
+    """:class:`ValueError` unless every record is of the stream and inside the range."""
+    for record in records:
+        if (record.tenant, record.chassis, record.msg_type) != (tenant, chassis, msg_type):
+            raise ValueError(f"a record of {record.chassis}/{record.msg_type} in a replacement")
+        if not start_ms <= record.ts <= end_ms:
+            raise ValueError(f"a record at {record.ts}, outside [{start_ms}, {end_ms}]")
 
 
 def bucket_width(start_ms: int, end_ms: int, buckets: int) -> int:

@@ -26,6 +26,17 @@ Schema (in the URL's database)::
         latest_ts reads one row per machine instead of scanning its points; it
         costs about 1.5 ms per insert (4 -> 5.5 ms for 1,500 points, measured)
     retention (cutoff Int64) ENGINE = ReplacingMergeTree(cutoff) ORDER BY tuple()
+    frames (tenant, chassis String, ts Int64, count UInt32, data String, ver UInt64)
+        ENGINE = ReplacingMergeTree(ver) PARTITION BY intDiv(ts, 86400000)
+        ORDER BY (tenant, chassis, ts)          -- raw frames, one blob per message; read
+                                                -- with argMax(.., ver) like the points
+    frames_retention (cutoff Int64)             -- their own cutoff, as ``retention``
+
+Re-decoding (``replace_values``) deletes the range's values and their minutes' rollups
+with ``ALTER TABLE ... DELETE`` (a mutation, waited for: on 18.16 it rewrites every
+part of the table, seconds on a large one), inserts the new values and rebuilds the
+rollups of the range's minutes from the points: readers may see the range empty
+meanwhile (no transactions), and afterwards the rollups follow the new values exactly.
 
     rollups (tenant, chassis, msg_type, field String, step UInt32, bucket Int64,
              lo AggregateFunction(argMin, Tuple(Int64, UInt8, Float64, Int64), Float64),
@@ -160,10 +171,13 @@ from livedata.store.base import (
     Series,
     Store,
     bucket_grid,
+    check_replacement,
     extremes,
+    kept_field,
     rollup_plan,
     storable_values,
 )
+from livedata.store.frames import FrameBlob
 
 T = TypeVar("T")
 
@@ -208,6 +222,18 @@ def _schema(db: str) -> list[str]:
         SELECT tenant, chassis, msg_type, max(ts) AS last_ts
         FROM {db}.points GROUP BY tenant, chassis, msg_type""",
         f"""CREATE TABLE IF NOT EXISTS {db}.retention (cutoff Int64)
+        ENGINE = ReplacingMergeTree(cutoff) ORDER BY tuple()""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.frames (
+            tenant String,
+            chassis String,
+            ts Int64,
+            count UInt32,
+            data String,
+            ver UInt64
+        ) ENGINE = ReplacingMergeTree(ver)
+        PARTITION BY intDiv(ts, {DAY_MS})
+        ORDER BY (tenant, chassis, ts)""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.frames_retention (cutoff Int64)
         ENGINE = ReplacingMergeTree(cutoff) ORDER BY tuple()""",
     ]
 
@@ -461,9 +487,10 @@ class ClickHouseStore(Store):
                 self._create_rollups()
             # max() over an empty table is 0 in ClickHouse, which would hide negative
             # timestamps: the lowest cutoff is always there (merges fold the copies).
-            self._client().execute(
-                f"INSERT INTO {self.database}.retention (cutoff) VALUES", [(INT64_MIN,)]
-            )
+            for table in ("retention", "frames_retention"):
+                self._client().execute(
+                    f"INSERT INTO {self.database}.{table} (cutoff) VALUES", [(INT64_MIN,)]
+                )
 
     def _create_rollups(self) -> None:
         """The rollups table and view; built from every stored point when the table is new.
@@ -750,24 +777,197 @@ class ClickHouseStore(Store):
         params = {"tenant": tenant, "chassis": chassis}
         with _translated("delete_machine"):
             client = self._client()
-            for table in ("points", "rollups", "streams"):
+            for table in ("points", "rollups", "streams", "frames"):
                 client.execute(
                     f"ALTER TABLE {db}.{table} DELETE"
                     " WHERE tenant = %(tenant)s AND chassis = %(chassis)s",
                     params,
                 )
-            deadline = time.monotonic() + MUTATION_WAIT_S
-            while client.execute(
-                "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0",
-                {"db": db},
-            )[0][0]:
-                if time.monotonic() > deadline:
-                    raise StoreError(
-                        f"clickhouse store: deleting machine {chassis!r} still runs after "
-                        f"{MUTATION_WAIT_S:g} s; it completes in the background"
-                    )
-                time.sleep(0.1)
+            self._wait_mutations(client, f"deleting machine {chassis!r}")
         return deleted
+
+    def _wait_mutations(self, client: Client, what: str) -> None:
+        """Wait for the database's mutations; :class:`StoreError` after :data:`MUTATION_WAIT_S`."""
+        deadline = time.monotonic() + MUTATION_WAIT_S
+        while client.execute(
+            "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0",
+            {"db": self.database},
+        )[0][0]:
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"clickhouse store: {what} still runs after {MUTATION_WAIT_S:g} s;"
+                    " it completes in the background"
+                )
+            time.sleep(0.1)
+
+    # -- raw frames ------------------------------------------------------------------
+
+    async def write_frames(self, blobs: Sequence[FrameBlob]) -> int:
+        """One insert (per 100 days); a rewritten blob wins by its higher ``ver``."""
+        if not blobs:
+            return 0
+        ver = self._next_ver()
+        rows = [(b.tenant, b.chassis, b.ts, b.count, b.data, ver) for b in blobs]
+
+        def insert() -> int:
+            with _translated("write_frames"):
+                client = self._client()
+                days = sorted({_day(row[2]) for row in rows})
+                for i in range(0, len(days), MAX_DAYS_PER_INSERT):
+                    chunk = set(days[i : i + MAX_DAYS_PER_INSERT])
+                    client.execute(
+                        f"INSERT INTO {self.database}.frames"
+                        " (tenant, chassis, ts, count, data, ver) VALUES",
+                        [row for row in rows if _day(row[2]) in chunk],
+                    )
+            return len(rows)
+
+        return await self._run(insert)
+
+    _FRAMES_WHERE = """tenant = %(tenant)s AND chassis = %(chassis)s
+        AND ts >= %(start)s AND ts <= %(end)s
+        AND ts >= (SELECT max(cutoff) FROM {db}.frames_retention)"""
+
+    async def read_frames(
+        self, tenant: str, chassis: str, start_ms: int, end_ms: int, limit: int = 1_000
+    ) -> list[FrameBlob]:
+        params = {"tenant": tenant, "chassis": chassis, "start": start_ms, "end": end_ms}
+        sql = f"""SELECT ts, argMax(count, ver), argMax(data, ver) FROM {self.database}.frames
+            WHERE {self._FRAMES_WHERE.format(db=self.database)}
+            GROUP BY ts ORDER BY ts LIMIT {max(int(limit), 0)}"""
+
+        def select() -> list[tuple[Any, ...]]:
+            with _translated("read_frames"):
+                rows: list[tuple[Any, ...]] = self._client().execute(
+                    sql, params, settings={"strings_as_bytes": True}
+                )
+            return rows
+
+        rows = await self._run(select) if limit > 0 else []
+        return [FrameBlob(tenant, chassis, ts, n, bytes(data)) for ts, n, data in rows]
+
+    async def count_frames(self, tenant: str, chassis: str, start_ms: int, end_ms: int) -> int:
+        params = {"tenant": tenant, "chassis": chassis, "start": start_ms, "end": end_ms}
+        sql = f"""SELECT uniqExact(ts) FROM {self.database}.frames
+            WHERE {self._FRAMES_WHERE.format(db=self.database)}"""
+
+        def count() -> int:
+            with _translated("count_frames"):
+                return int(self._client().execute(sql, params)[0][0])
+
+        return await self._run(count)
+
+    async def delete_frames_before(self, ts_ms: int) -> int:
+        """Like :meth:`delete_before`: a cutoff of their own, whole days dropped."""
+
+        def delete() -> int:
+            db = self.database
+            with _translated("delete_frames_before"):
+                client = self._client()
+                previous = int(
+                    client.execute(f"SELECT max(cutoff) FROM {db}.frames_retention")[0][0]
+                )
+                deleted = 0
+                if ts_ms > previous:
+                    deleted = int(
+                        client.execute(
+                            f"SELECT uniqExact(tenant, chassis, ts) FROM {db}.frames"
+                            " WHERE ts >= %(previous)s AND ts < %(cutoff)s",
+                            {"previous": previous, "cutoff": ts_ms},
+                        )[0][0]
+                    )
+                    client.execute(f"INSERT INTO {db}.frames_retention (cutoff) VALUES", [(ts_ms,)])
+                effective = max(ts_ms, previous)
+                partitions = client.execute(
+                    "SELECT DISTINCT partition FROM system.parts"
+                    " WHERE database = %(db)s AND table = 'frames' AND active",
+                    {"db": db},
+                )
+                for (partition,) in partitions:
+                    day = int(partition)
+                    if _partition_max_ts(day) < effective:
+                        client.execute(f"ALTER TABLE {db}.frames DROP PARTITION {day}")
+            return deleted
+
+        return await self._run(delete)
+
+    async def replace_values(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        start_ms: int,
+        end_ms: int,
+        records: Sequence[Record],
+        keep: Sequence[str] = (),
+    ) -> int:
+        """Mutations, then the insert, then the rollups of the range's minutes (see module)."""
+        check_replacement(tenant, chassis, msg_type, start_ms, end_ms, records)
+        ver = self._next_ver()
+        return await self._run(
+            partial(
+                self._replace, (tenant, chassis, msg_type), start_ms, end_ms, list(records),
+                tuple(keep), ver,
+            )
+        )  # fmt: skip
+
+    def _replace(
+        self,
+        stream: tuple[str, str, str],
+        start_ms: int,
+        end_ms: int,
+        records: list[Record],
+        keep: tuple[str, ...],
+        ver: int,
+    ) -> int:
+        db = self.database
+        tenant, chassis, msg_type = stream
+        params: dict[str, Any] = {
+            "tenant": tenant,
+            "chassis": chassis,
+            "msg_type": msg_type,
+            "start": start_ms,
+            "end": end_ms,
+            "first": start_ms // MINUTE_MS * MINUTE_MS,
+            "last": (end_ms // MINUTE_MS + 1) * MINUTE_MS - 1,
+        }
+        same = "tenant = %(tenant)s AND chassis = %(chassis)s AND msg_type = %(msg_type)s"
+        with _translated("replace_values"):
+            client = self._client()
+            present = client.execute(
+                f"SELECT DISTINCT field FROM {db}.points"
+                f" WHERE {same} AND ts >= %(first)s AND ts <= %(last)s",
+                params,
+            )
+            params["fields"] = tuple(f for (f,) in present if not kept_field(f, keep))
+            if params["fields"]:
+                client.execute(
+                    f"ALTER TABLE {db}.points DELETE WHERE {same} AND field IN %(fields)s"
+                    " AND ts >= %(start)s AND ts <= %(end)s",
+                    params,
+                )
+                if self.rollups:
+                    client.execute(
+                        f"ALTER TABLE {db}.rollups DELETE WHERE {same} AND field IN %(fields)s"
+                        f" AND step = {MINUTE_MS} AND bucket >= {params['first'] // MINUTE_MS}"
+                        f" AND bucket <= {params['last'] // MINUTE_MS}",
+                        params,
+                    )
+                self._wait_mutations(client, f"replacing values of {chassis!r}")
+        written = self._write_batch(records, ver)
+        if self.rollups and params["fields"]:
+            with _translated("replace_values"):
+                select = (
+                    _rollup_select(db)
+                    .replace("%", "%%")  # the modulo, escaped: this query has parameters
+                    .replace(
+                        "WHERE kind",
+                        f"WHERE {same} AND field IN %(fields)s"
+                        " AND ts >= %(first)s AND ts <= %(last)s AND kind",
+                    )
+                )
+                self._client().execute(f"INSERT INTO {db}.rollups {select}", params)
+        return written
 
 
 def _point(state: tuple[int, int, float, int]) -> tuple[int, Value]:

@@ -37,9 +37,12 @@ from livedata.store.base import (
     Series,
     Store,
     bucket_grid,
+    check_replacement,
     extremes,
+    kept_field,
     storable,
 )
+from livedata.store.frames import FrameBlob
 
 
 class _Series:
@@ -67,6 +70,7 @@ _Machine = dict[str, _Series]
 """The series of one (tenant, chassis, msg_type), by field."""
 
 _shared: dict[str, dict[tuple[str, str, str], _Machine]] = {}
+_shared_frames: dict[str, dict[tuple[str, str], dict[int, FrameBlob]]] = {}
 
 
 class MemoryStore(Store):
@@ -76,6 +80,8 @@ class MemoryStore(Store):
         super().__init__(url)
         parts = urlsplit(url)
         self._machines = _shared.setdefault(parts.netloc + parts.path, {})
+        self._frames = _shared_frames.setdefault(parts.netloc + parts.path, {})
+        """Raw frame blobs per (tenant, chassis), by ts."""
 
     async def write(self, records: Sequence[Record]) -> int:
         machines = self._machines
@@ -198,4 +204,52 @@ class MemoryStore(Store):
         deleted = await self.machine_points(tenant, chassis)
         for key in self._streams_of(tenant, chassis):
             del self._machines[key]
+        self._frames.pop((tenant, chassis), None)
         return deleted
+
+    async def write_frames(self, blobs: Sequence[FrameBlob]) -> int:
+        for blob in blobs:
+            self._frames.setdefault((blob.tenant, blob.chassis), {})[blob.ts] = blob
+        return len(blobs)
+
+    async def read_frames(
+        self, tenant: str, chassis: str, start_ms: int, end_ms: int, limit: int = 1_000
+    ) -> list[FrameBlob]:
+        """Sorts the machine's timestamps in the range on each call (the reference, not fast)."""
+        blobs = self._frames.get((tenant, chassis), {})
+        found = sorted(ts for ts in blobs if start_ms <= ts <= end_ms)
+        return [blobs[ts] for ts in found[: max(limit, 0)]]
+
+    async def count_frames(self, tenant: str, chassis: str, start_ms: int, end_ms: int) -> int:
+        blobs = self._frames.get((tenant, chassis), {})
+        return sum(1 for ts in blobs if start_ms <= ts <= end_ms)
+
+    async def delete_frames_before(self, ts_ms: int) -> int:
+        deleted = 0
+        for blobs in self._frames.values():
+            old = [ts for ts in blobs if ts < ts_ms]
+            for ts in old:
+                del blobs[ts]
+            deleted += len(old)
+        return deleted
+
+    async def replace_values(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        start_ms: int,
+        end_ms: int,
+        records: Sequence[Record],
+        keep: Sequence[str] = (),
+    ) -> int:
+        """No awaits inside: readers never see the range half-replaced."""
+        check_replacement(tenant, chassis, msg_type, start_ms, end_ms, records)
+        for name, series in self._machines.get((tenant, chassis, msg_type), {}).items():
+            if kept_field(name, keep):
+                continue
+            lo = bisect_left(series.ts, start_ms)
+            hi = bisect_right(series.ts, end_ms)
+            del series.ts[lo:hi]
+            del series.values[lo:hi]
+        return await self.write(records)

@@ -26,6 +26,8 @@ be the same one)::
     telemetry_rollup_open (tenant, chassis, msg_type text, open_minute bigint,
                            PRIMARY KEY (tenant, chassis, msg_type))
     telemetry_retention (id int PRIMARY KEY, cutoff bigint)       -- newest cutoff
+    telemetry_frames (tenant, chassis text, ts bigint, count int, data bytea,
+                      PRIMARY KEY (tenant, chassis, ts)) + index on ts  -- raw frames
     plain PostgreSQL: + BRIN index on ts (retention deletes by time)
     TimescaleDB:      telemetry_points is a hypertable, chunks of one day on ts,
                       compressed (segment by series_id, order by ts) after
@@ -124,12 +126,15 @@ from livedata.store.base import (
     Series,
     Store,
     bucket_grid,
+    check_replacement,
     extremes,
     first_open_minute,
+    kept_field,
     rollup_plan,
     settle_minutes,
     storable_values,
 )
+from livedata.store.frames import FrameBlob
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +154,7 @@ _Key = tuple[str, str, str, str]
 """(tenant, chassis, msg_type, field): one series."""
 _Stream = tuple[str, str, str]
 """(tenant, chassis, msg_type): one machine's message type."""
+Hook = Callable[[asyncpg.Connection], Awaitable[None]]
 
 _TABLES = (
     """CREATE TABLE IF NOT EXISTS telemetry_series (
@@ -190,6 +196,15 @@ _TABLES = (
         id integer PRIMARY KEY CHECK (id = 0),
         cutoff bigint NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS telemetry_frames (
+        tenant text NOT NULL,
+        chassis text NOT NULL,
+        ts bigint NOT NULL,
+        count integer NOT NULL,
+        data bytea NOT NULL,
+        PRIMARY KEY (tenant, chassis, ts)
+    )""",
+    "CREATE INDEX IF NOT EXISTS telemetry_frames_ts ON telemetry_frames (ts)",
 )
 _BRIN = """CREATE INDEX IF NOT EXISTS telemetry_points_ts_brin ON telemetry_points
     USING brin (ts) WITH (pages_per_range = 32, autosummarize = on)"""
@@ -689,38 +704,49 @@ class PostgresStore(Store):
                 known.update(values)
         if not merged:
             return 0
+        await self._call("write", partial(self._store, merged, None))
+        return written
 
-        async def run(conn: asyncpg.Connection) -> None:
-            ids = await self._series_ids(conn, merged)
-            rows: list[tuple[int, int, float | None, int | None, str | None]] = []
-            newest: dict[_Stream, int] = {}  # newest ts in this batch
-            touched: dict[_Stream, set[int]] = {}  # minutes written in this batch
-            for (tenant, chassis, msg_type, ts), values in merged.items():
-                stream = (tenant, chassis, msg_type)
-                if ts > newest.get(stream, INT64_MIN):
-                    newest[stream] = ts
-                minutes = touched.get(stream)
-                if minutes is None:
-                    minutes = touched[stream] = set()
-                minutes.add(ts // MINUTE_MS)
-                for name, value in values.items():
-                    series_id = ids[tenant, chassis, msg_type, name]
-                    if type(value) is float:
-                        rows.append((series_id, ts, value, None, None))
-                    elif type(value) is int:
-                        rows.append((series_id, ts, None, value, None))
-                    else:
-                        rows.append((series_id, ts, None, None, str(value)))
-            async with conn.transaction():
+    async def _store(
+        self,
+        merged: dict[tuple[str, str, str, int], dict[str, Value]],
+        around: tuple[Hook, Hook] | None,
+        conn: asyncpg.Connection,
+    ) -> None:
+        """Upsert ``merged`` in one transaction; ``around`` (re-decoding): what runs in it
+        before and after."""
+        ids = await self._series_ids(conn, merged) if merged else {}
+        rows: list[tuple[int, int, float | None, int | None, str | None]] = []
+        newest: dict[_Stream, int] = {}  # newest ts in this batch
+        touched: dict[_Stream, set[int]] = {}  # minutes written in this batch
+        for (tenant, chassis, msg_type, ts), values in merged.items():
+            stream = (tenant, chassis, msg_type)
+            if ts > newest.get(stream, INT64_MIN):
+                newest[stream] = ts
+            minutes = touched.get(stream)
+            if minutes is None:
+                minutes = touched[stream] = set()
+            minutes.add(ts // MINUTE_MS)
+            for name, value in values.items():
+                series_id = ids[tenant, chassis, msg_type, name]
+                if type(value) is float:
+                    rows.append((series_id, ts, value, None, None))
+                elif type(value) is int:
+                    rows.append((series_id, ts, None, value, None))
+                else:
+                    rows.append((series_id, ts, None, None, str(value)))
+        async with conn.transaction():
+            if around is not None:
+                await around[0](conn)
+            if rows:
                 await conn.copy_records_to_table(
                     "telemetry_stage", records=rows, columns=_STAGE_COLUMNS
                 )
                 await conn.execute(_UPSERT)
-                if self.rollups:
-                    await _settle(conn, touched, newest)
-
-        await self._call("write", run)
-        return written
+            if self.rollups and newest:
+                await _settle(conn, touched, newest)
+            if around is not None:
+                await around[1](conn)
 
     async def _series_ids(
         self, conn: asyncpg.Connection, merged: dict[tuple[str, str, str, int], dict[str, Value]]
@@ -879,9 +905,131 @@ class PostgresStore(Store):
                     f"DELETE FROM telemetry_points {_OF_MACHINE}", tenant, chassis
                 )
                 await conn.execute(f"DELETE FROM telemetry_rollups {_OF_MACHINE}", tenant, chassis)
+                await conn.execute(
+                    "DELETE FROM telemetry_frames WHERE tenant = $1 AND chassis = $2",
+                    tenant, chassis,
+                )  # fmt: skip
             return int(status.rsplit(" ", 1)[-1])
 
         return await self._call("delete_machine", delete)
+
+    # -- raw frames ------------------------------------------------------------------
+
+    async def write_frames(self, blobs: Sequence[FrameBlob]) -> int:
+        """One ``INSERT ... ON CONFLICT DO UPDATE`` of every blob (from arrays)."""
+        if not blobs:
+            return 0
+        merged = {(b.tenant, b.chassis, b.ts): b for b in blobs}  # one row updated once
+        columns = [
+            list(c) for c in zip(*((*k, b.count, b.data) for k, b in merged.items()), strict=True)
+        ]
+        await self._call(
+            "write_frames",
+            lambda conn: conn.execute(
+                """INSERT INTO telemetry_frames (tenant, chassis, ts, count, data)
+                SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::bytea[])
+                ON CONFLICT (tenant, chassis, ts) DO UPDATE
+                    SET count = EXCLUDED.count, data = EXCLUDED.data""",
+                *columns,
+            ),
+        )
+        return len(blobs)
+
+    async def read_frames(
+        self, tenant: str, chassis: str, start_ms: int, end_ms: int, limit: int = 1_000
+    ) -> list[FrameBlob]:
+        rows = await self._call(
+            "read_frames",
+            lambda conn: conn.fetch(
+                "SELECT ts, count, data FROM telemetry_frames WHERE tenant = $1 AND chassis = $2"
+                " AND ts BETWEEN $3 AND $4 ORDER BY ts LIMIT $5",
+                tenant, chassis, start_ms, end_ms, max(limit, 0),
+            ),
+        )  # fmt: skip
+        return [FrameBlob(tenant, chassis, ts, n, bytes(data)) for ts, n, data in rows]
+
+    async def count_frames(self, tenant: str, chassis: str, start_ms: int, end_ms: int) -> int:
+        count = await self._call(
+            "count_frames",
+            lambda conn: conn.fetchval(
+                "SELECT count(*) FROM telemetry_frames WHERE tenant = $1 AND chassis = $2"
+                " AND ts BETWEEN $3 AND $4",
+                tenant, chassis, start_ms, end_ms,
+            ),
+        )  # fmt: skip
+        return int(count)
+
+    async def delete_frames_before(self, ts_ms: int) -> int:
+        """Hour-long slices, each its own transaction (as the points' retention)."""
+        deleted = 0
+        while True:
+            oldest = await self._call(
+                "delete_frames_before",
+                lambda conn: conn.fetchval("SELECT min(ts) FROM telemetry_frames"),
+            )
+            if oldest is None or oldest >= ts_ms:
+                return deleted
+            upto = min(ts_ms, int(oldest) + DELETE_SLICE_MS)
+            status = await self._call(
+                "delete_frames_before",
+                partial(_execute, "DELETE FROM telemetry_frames WHERE ts < $1", upto),
+            )
+            deleted += int(status.split()[-1])
+
+    async def replace_values(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        start_ms: int,
+        end_ms: int,
+        records: Sequence[Record],
+        keep: Sequence[str] = (),
+    ) -> int:
+        """One transaction: readers see the range before or after, never half-replaced.
+        The rollups of the range's settled minutes are recomputed in it."""
+        check_replacement(tenant, chassis, msg_type, start_ms, end_ms, records)
+        written = 0
+        merged: dict[tuple[str, str, str, int], dict[str, Value]] = {}
+        for record in records:
+            values = _clean(record.values)
+            written += len(values)
+            merged.setdefault((tenant, chassis, msg_type, record.ts), {}).update(values)
+
+        async def clear(conn: asyncpg.Connection) -> None:
+            found = await conn.fetch(
+                "SELECT series_id, field FROM telemetry_series"
+                " WHERE tenant = $1 AND chassis = $2 AND msg_type = $3",
+                tenant, chassis, msg_type,
+            )  # fmt: skip
+            ids = [sid for sid, name in found if not kept_field(name, keep)]
+            await conn.execute(
+                "DELETE FROM telemetry_points WHERE series_id = ANY($1::bigint[])"
+                " AND ts BETWEEN $2 AND $3",
+                ids, start_ms, end_ms,
+            )  # fmt: skip
+
+        async def settle(conn: asyncpg.Connection) -> None:
+            """Recompute the rollups of the range's settled minutes."""
+            if self.rollups:
+                open_minute = await conn.fetchval(
+                    "SELECT open_minute FROM telemetry_rollup_open"
+                    " WHERE tenant = $1 AND chassis = $2 AND msg_type = $3 FOR UPDATE",
+                    tenant, chassis, msg_type,
+                )  # fmt: skip
+                last = end_ms // MINUTE_MS
+                if open_minute is not None:
+                    last = min(last, open_minute - 1)
+                minutes = list(range(start_ms // MINUTE_MS, last + 1))
+                n = len(minutes)
+                pairs = [[tenant] * n, [chassis] * n, [msg_type] * n, minutes]
+                await conn.execute(_ROLLUP_CLEAR, *pairs, list(ROLLUP_LEVELS_MS), [], [], [], [])
+                await conn.execute(f"SET LOCAL work_mem = '{SORT_MEMORY}'")
+                await conn.execute(_ROLLUP_INSERT, *pairs)
+
+        kept = {k: v for k, v in merged.items() if v}
+        await self._call("replace_values", partial(self._store, kept, (clear, settle)))
+        return written
 
 
 def stream_key(stream: _Stream) -> int:
@@ -946,6 +1094,11 @@ async def _delete_slice(lo: int, hi: int, conn: asyncpg.Connection) -> int:
     """Delete the points with ``lo <= ts < hi`` in one transaction; how many."""
     status = await conn.execute("DELETE FROM telemetry_points WHERE ts >= $1 AND ts < $2", lo, hi)
     return int(status.split()[-1])
+
+
+async def _execute(sql: str, arg: object, conn: asyncpg.Connection) -> str:
+    status: str = await conn.execute(sql, arg)
+    return status
 
 
 def _point(key: list[float]) -> tuple[int, Value]:

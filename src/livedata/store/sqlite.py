@@ -16,6 +16,11 @@ Schema (``PRAGMA user_version`` 2; a version-1 file gets its rollups built on st
             lo_ts INTEGER, lo, hi_ts INTEGER, hi,                 -- min and max point
             PRIMARY KEY(step, series_id, bucket)) WITHOUT ROWID   -- step 10 s and 1 min
     retention(id INTEGER PRIMARY KEY CHECK (id = 0), cutoff INTEGER)  -- newest cutoff
+    frames(tenant, chassis, ts INTEGER, count INTEGER, data BLOB,    -- raw frames, one
+           PRIMARY KEY(tenant, chassis, ts)) WITHOUT ROWID            -- blob per message
+        + INDEX frames_ts(ts)                                         -- for their retention
+
+(``frames`` came after version 2 and is created in any version-2 file that lacks it.)
 
 It is the narrow (tenant, chassis, msg_type, field, ts, value) shape, with two
 changes, each measured (200 machines x 15 fields, 4.5 M points, batches of 1,000
@@ -97,7 +102,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
@@ -114,13 +119,16 @@ from livedata.store.base import (
     Series,
     Store,
     bucket_grid,
+    check_replacement,
     extremes,
     first_open_minute,
+    kept_field,
     minutes_to_settle,
     rollup_plan,
     settle_lag,
     storable,
 )
+from livedata.store.frames import FrameBlob
 
 T = TypeVar("T")
 
@@ -173,7 +181,18 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY CHECK (id = 0),
         cutoff INTEGER NOT NULL
     )""",
+    """CREATE TABLE IF NOT EXISTS frames (
+        tenant TEXT NOT NULL,
+        chassis TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (tenant, chassis, ts)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS frames_ts ON frames (ts)",
 )
+FRAMES_DELETE_SLICE_MS = 600_000
+"""Raw-frame retention deletes ten minutes of blobs per transaction."""
 
 _INSERT_POINT = "INSERT OR REPLACE INTO points (bucket, series_id, ts, value) VALUES (?, ?, ?, ?)"
 _INSERT_STREAM = "INSERT OR IGNORE INTO streams (tenant, chassis, msg_type) VALUES (?, ?, ?)"
@@ -275,6 +294,19 @@ ERRORS: ErrorMap = {(sqlite3.Error, OSError, OverflowError): StoreError}
 def _translated(action: str) -> contextlib.AbstractContextManager[None]:
     """Turn driver and file-system errors into :class:`StoreError` (the store's boundary)."""
     return map_exceptions(ERRORS, f"sqlite store: {action}", str)
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed at the end, rolled back when anything raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def database_path(url: str) -> str:
@@ -450,6 +482,24 @@ class SQLiteStore(Store):
 
     def _write_batch(self, records: Sequence[Record], conn: sqlite3.Connection) -> int:
         """One transaction: intern new names, insert every point, or roll back all of it."""
+        with _translated("write"), _immediate(conn):
+            written, interned = self._insert(conn, records)
+        self._remember(*interned)
+        return written
+
+    def _remember(
+        self, new_streams: dict[_StreamKey, int], new_series: dict[tuple[int, str], int]
+    ) -> None:
+        """Cache the ids a committed transaction interned."""
+        self._stream_ids.update(new_streams)
+        for (stream_id, name), series_id in new_series.items():
+            self._series_ids.setdefault(stream_id, {})[name] = series_id
+
+    def _insert(
+        self, conn: sqlite3.Connection, records: Sequence[Record]
+    ) -> tuple[int, tuple[dict[_StreamKey, int], dict[tuple[int, str], int]]]:
+        """Insert the points of ``records`` inside the caller's transaction: (points, the
+        ids interned, to :meth:`_remember` after the commit)."""
         stream_ids, series_ids = self._stream_ids, self._series_ids
         new_streams: dict[_StreamKey, int] = {}
         new_series: dict[tuple[int, str], int] = {}
@@ -457,51 +507,40 @@ class SQLiteStore(Store):
         rows: list[tuple[int, int, int, Value]] = []
         newest: dict[int, int] = {}  # stream_id -> newest ts in this batch
         touched: dict[int, set[int]] = {}  # stream_id -> minutes written in this batch
-        with _translated("write"):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for record in records:
-                    key = (record.tenant, record.chassis, record.msg_type)
-                    stream_id = stream_ids.get(key)
-                    if stream_id is None:
-                        stream_id = new_streams.get(key)
-                        if stream_id is None:
-                            stream_id = new_streams[key] = self._intern_stream(conn, key)
-                    fields = series_ids.get(stream_id, no_fields)
-                    ts = record.ts
-                    bucket = ts // BUCKET_MS
-                    before = len(rows)
-                    for name, raw in record.values.items():
-                        value = storable(raw)
-                        if value is None:
-                            continue
-                        series_id = fields.get(name)
-                        if series_id is None:
-                            series_id = new_series.get((stream_id, name))
-                            if series_id is None:
-                                series_id = self._intern_series(conn, stream_id, name)
-                                new_series[stream_id, name] = series_id
-                        rows.append((bucket, series_id, ts, value))
-                    if len(rows) > before:
-                        if ts > newest.get(stream_id, INT64_MIN):
-                            newest[stream_id] = ts
-                        minutes = touched.get(stream_id)
-                        if minutes is None:
-                            minutes = touched[stream_id] = set()
-                        minutes.add(bucket)
-                conn.executemany(_INSERT_POINT, rows)
-                if self.rollups and newest:
-                    self._settle(conn, touched, newest)
-                conn.executemany(_UPDATE_LAST, [(ts, sid) for sid, ts in newest.items()])
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        stream_ids.update(new_streams)
-        for (stream_id, name), series_id in new_series.items():
-            series_ids.setdefault(stream_id, {})[name] = series_id
-        return len(rows)
+        for record in records:
+            key = (record.tenant, record.chassis, record.msg_type)
+            stream_id = stream_ids.get(key)
+            if stream_id is None:
+                stream_id = new_streams.get(key)
+                if stream_id is None:
+                    stream_id = new_streams[key] = self._intern_stream(conn, key)
+            fields = series_ids.get(stream_id, no_fields)
+            ts = record.ts
+            bucket = ts // BUCKET_MS
+            before = len(rows)
+            for name, raw in record.values.items():
+                value = storable(raw)
+                if value is None:
+                    continue
+                series_id = fields.get(name)
+                if series_id is None:
+                    series_id = new_series.get((stream_id, name))
+                    if series_id is None:
+                        series_id = self._intern_series(conn, stream_id, name)
+                        new_series[stream_id, name] = series_id
+                rows.append((bucket, series_id, ts, value))
+            if len(rows) > before:
+                if ts > newest.get(stream_id, INT64_MIN):
+                    newest[stream_id] = ts
+                minutes = touched.get(stream_id)
+                if minutes is None:
+                    minutes = touched[stream_id] = set()
+                minutes.add(bucket)
+        conn.executemany(_INSERT_POINT, rows)
+        if self.rollups and newest:
+            self._settle(conn, touched, newest)
+        conn.executemany(_UPDATE_LAST, [(ts, sid) for sid, ts in newest.items()])
+        return len(rows), (new_streams, new_series)
 
     @staticmethod
     def _settle(
@@ -801,6 +840,7 @@ class SQLiteStore(Store):
                 key = (tenant, chassis)
                 deleted = conn.execute(f"DELETE FROM points WHERE {_OF_MACHINE}", key).rowcount
                 conn.execute(f"DELETE FROM rollups WHERE {_OF_MACHINE}", key)
+                conn.execute("DELETE FROM frames WHERE tenant = ? AND chassis = ?", key)
                 conn.execute(
                     "UPDATE streams SET last_ts = NULL WHERE tenant = ? AND chassis = ?", key
                 )
@@ -810,6 +850,122 @@ class SQLiteStore(Store):
                     conn.execute("ROLLBACK")
                 raise
         return int(deleted)
+
+    # -- raw frames ----------------------------------------------------------------
+
+    async def write_frames(self, blobs: Sequence[FrameBlob]) -> int:
+        """One transaction on the writer thread (``INSERT OR REPLACE``)."""
+        if not blobs:
+            return 0
+        rows = [(b.tenant, b.chassis, b.ts, b.count, b.data) for b in blobs]
+
+        def insert(conn: sqlite3.Connection) -> int:
+            with _translated("write_frames"), _immediate(conn):
+                conn.executemany("INSERT OR REPLACE INTO frames VALUES (?, ?, ?, ?, ?)", rows)
+            return len(rows)
+
+        return await self._on_writer(insert)
+
+    async def read_frames(
+        self, tenant: str, chassis: str, start_ms: int, end_ms: int, limit: int = 1_000
+    ) -> list[FrameBlob]:
+        def select(conn: sqlite3.Connection) -> list[FrameBlob]:
+            with _translated("read_frames"):
+                rows = conn.execute(
+                    "SELECT ts, count, data FROM frames WHERE tenant = ? AND chassis = ?"
+                    " AND ts BETWEEN ? AND ? ORDER BY ts LIMIT ?",
+                    (tenant, chassis, start_ms, end_ms, max(limit, 0)),
+                ).fetchall()
+            return [FrameBlob(tenant, chassis, ts, n, bytes(data)) for ts, n, data in rows]
+
+        return await self._on_reader(select)
+
+    async def count_frames(self, tenant: str, chassis: str, start_ms: int, end_ms: int) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            with _translated("count_frames"):
+                row = conn.execute(
+                    "SELECT count(*) FROM frames WHERE tenant = ? AND chassis = ?"
+                    " AND ts BETWEEN ? AND ?",
+                    (tenant, chassis, start_ms, end_ms),
+                ).fetchone()
+            return int(row[0])
+
+        return await self._on_reader(count)
+
+    async def delete_frames_before(self, ts_ms: int) -> int:
+        """Ten minutes of blobs per transaction (writes get turns between them)."""
+
+        def delete_slice(conn: sqlite3.Connection) -> int:
+            with _translated("delete_frames_before"):
+                oldest = conn.execute("SELECT MIN(ts) FROM frames").fetchone()[0]
+                if oldest is None or oldest >= ts_ms:
+                    return -1
+                upto = min(ts_ms, oldest + FRAMES_DELETE_SLICE_MS)
+                return int(conn.execute("DELETE FROM frames WHERE ts < ?", (upto,)).rowcount)
+
+        deleted = 0
+        while (count := await self._on_writer(delete_slice)) >= 0:
+            deleted += count
+        return deleted
+
+    async def replace_values(
+        self,
+        tenant: str,
+        chassis: str,
+        msg_type: str,
+        start_ms: int,
+        end_ms: int,
+        records: Sequence[Record],
+        keep: Sequence[str] = (),
+    ) -> int:
+        """One transaction on the writer: readers see the range before or after, never
+        half-replaced.  The rollups of every settled minute of the range are recomputed."""
+        check_replacement(tenant, chassis, msg_type, start_ms, end_ms, records)
+        key = (tenant, chassis, msg_type)
+        return await self._on_writer(
+            partial(self._replace, key, start_ms, end_ms, list(records), tuple(keep))
+        )
+
+    def _replace(
+        self,
+        key: _StreamKey,
+        start_ms: int,
+        end_ms: int,
+        records: list[Record],
+        keep: tuple[str, ...],
+        conn: sqlite3.Connection,
+    ) -> int:
+        with _translated("replace_values"), _immediate(conn):
+            row = conn.execute(_SELECT_STREAM, key).fetchone()
+            if row is not None:
+                series = [
+                    (sid,)
+                    for sid, name in conn.execute(
+                        "SELECT series_id, field FROM series WHERE stream_id = ?", (row[0],)
+                    )
+                    if not kept_field(name, keep)
+                ]
+                conn.executemany(
+                    "DELETE FROM points WHERE bucket BETWEEN ?2 AND ?3 AND series_id = ?1"
+                    " AND ts BETWEEN ?4 AND ?5",
+                    [
+                        (sid, start_ms // BUCKET_MS, end_ms // BUCKET_MS, start_ms, end_ms)
+                        for (sid,) in series
+                    ],
+                )
+            written, interned = self._insert(conn, records)
+            stream_id = row[0] if row is not None else interned[0].get(key)
+            if self.rollups and stream_id is not None:
+                last = conn.execute(
+                    "SELECT last_ts FROM streams WHERE stream_id = ?", (stream_id,)
+                ).fetchone()[0]
+                if last is not None:
+                    settled = first_open_minute(last, stream_id)
+                    last_minute = min(end_ms // BUCKET_MS, settled - 1)
+                    minutes = range(start_ms // BUCKET_MS, last_minute + 1)
+                    compute_rollups(conn, [(stream_id, m) for m in minutes])
+        self._remember(*interned)
+        return written
 
 
 def compute_rollups(conn: sqlite3.Connection, pairs: Sequence[tuple[int, int]]) -> None:

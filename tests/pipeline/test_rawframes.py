@@ -1,0 +1,106 @@
+"""Ingest's raw-frame keeper: blobs to the store, bounded while it is down, and the decode
+ranges written when the DBC changes (real SQLite metadata, memory store); the runtime's
+retention of values and raw frames."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from livedata.errors import StoreError
+from livedata.metadata import Metadata
+from livedata.metadata.decoding import machine_ranges
+from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record
+from livedata.pipeline.rawframes import FrameKeeper
+from livedata.runtime import Runtime
+from livedata.settings import Settings
+from livedata.store.frames import FrameBlob
+from livedata.store.memory import MemoryStore
+from tests.pipeline.faults import FlakyStore
+
+T0 = 1_750_000_000_000
+
+
+def message(ts: int, kind: Kind = Kind.REALTIME) -> DeviceMessage:
+    frames = (Frame(ts, 0x18FEF100, True, bytes(8)), Frame(ts + 5, 0x123, False, b"\x01\x02"))
+    return DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, ts, kind, frames=frames)
+
+
+@pytest.fixture
+async def meta(tmp_path: Path) -> AsyncIterator[Metadata]:
+    meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
+    await meta.start()
+    await meta.ensure_org("acme", "Acme")
+    yield meta
+    await meta.close()
+
+
+async def test_blobs_and_ranges_follow_the_assigned_dbc(meta: Metadata) -> None:
+    """Each kept message is one blob; a DBC change starts a new range, backfill has its own."""
+    one = await meta.add_dbc("acme", "m.dbc", "a")
+    two = await meta.add_dbc("acme", "m.dbc", "b")
+    store = MemoryStore(f"memory://{uuid.uuid4().hex}")
+    keeper = FrameKeeper(store, meta)
+    for s in range(10):
+        keeper.keep(message(T0 + s * 1000), T0 + s * 1000, one.id, "m.dbc")
+    await keeper.flush()
+    for s in range(10, 20):
+        keeper.keep(message(T0 + s * 1000), T0 + s * 1000, two.id, "m.dbc")
+    keeper.keep(message(T0 - 60_000, Kind.BACKFILL), T0 - 60_000, two.id, "m.dbc")
+    await keeper.flush()
+    await keeper.write_ranges()
+    assert keeper.kept == 21 and keeper.pending == 0
+    assert await store.count_frames("acme", "M1", 0, 2**62) == 21
+    ranges = [r.to_dict() for r in await machine_ranges(meta, "acme", "M1")]
+    assert [(r["from"], r["to"], r["dbcId"]) for r in ranges] == [
+        (T0 - 60_000, T0 - 60_000, two.id),
+        (T0, T0 + 9_000, one.id),
+        (T0 + 10_000, T0 + 19_000, two.id),
+    ]
+
+
+async def test_store_down_keeps_a_bounded_queue(meta: Metadata) -> None:
+    """While the store is down blobs wait (the oldest dropped beyond the bound, counted);
+    once it is back they are written."""
+    store = FlakyStore(MemoryStore(f"memory://{uuid.uuid4().hex}"), down=True)
+    keeper = FrameKeeper(store, meta, max_blobs=5)
+    for s in range(8):
+        keeper.keep(message(T0 + s * 1000), T0 + s * 1000, None, None)
+    with pytest.raises(StoreError):
+        await keeper.flush()
+    assert (keeper.pending, keeper.dropped) == (5, 3)
+    store.down = False
+    await keeper.flush()
+    blobs = await store.read_frames("acme", "M1", 0, 2**62)
+    assert [b.ts for b in blobs] == [T0 + s * 1000 for s in range(3, 8)]
+
+
+async def test_retention_pass_applies_both_retentions(tmp_path: Path) -> None:
+    """The runtime's retention pass deletes values after retention_days and raw frames after
+    frames_retention_days, each on its own clock."""
+    settings = Settings(
+        store=f"memory://{uuid.uuid4().hex}",
+        metadata=f"sqlite:///{tmp_path}/meta.db",
+        data_dir=tmp_path,
+        retention_days=30,
+        frames_retention_days=7,
+    )
+    rt = Runtime(settings)
+    await rt.meta.start()
+    try:
+        day = 86_400_000
+        now = T0 / 1000
+        old = [T0 - 40 * day, T0 - 10 * day, T0 - day]
+        await rt.store.write(
+            [Record("acme", "M1", "vehicle_can", ts, Kind.REALTIME, {"x": 1}) for ts in old]
+        )
+        await rt.store.write_frames([FrameBlob("acme", "M1", ts, 1, b"f") for ts in old])
+        assert await rt.retention_pass(now) == (1, 2)
+        assert [b.ts for b in await rt.store.read_frames("acme", "M1", 0, T0)] == [T0 - day]
+        got = await rt.store.query("acme", "M1", "vehicle_can", ["x"], 0, T0)
+        assert [ts for ts, _ in got["x"]] == [T0 - 10 * day, T0 - day]
+    finally:
+        await rt.meta.close()
