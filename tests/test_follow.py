@@ -72,8 +72,9 @@ def test_disabled_organisation_only_counts() -> None:
     assert p.viewers(ORG, M) == 1
     p.left(ORG, M, 1)
     assert p.tick(10_000) == [] and len(p) == 0
-    p.configure(ORG, OrgConfig(True, 5))
     p.joined(ORG, M, 0)
+    assert p.configure(ORG, OrgConfig(True, 5)) == [Command(ORG, M, START)], "watched now: starts"
+    assert p.configure(ORG, OrgConfig(True, 5)) == [], "only a change from off to on starts"
     p.left(ORG, M, 1)
     p.configure(ORG, OrgConfig(False, 5))
     assert p.next_deadline() is None
@@ -102,3 +103,12 @@ def test_unbalanced_leave_and_other_machines() -> None:
     p.left(ORG, "A", 1)
     assert p.tick(2) == [Command(ORG, "A", STOP)]
     assert p.viewers("other", "A") == 1
+
+
+def test_a_stream_running_before_the_viewers_is_left_running() -> None:
+    """A start found unnecessary (already running) makes the stream not the viewers' to stop."""
+    p = policy(grace=1)
+    [start] = p.joined(ORG, M, 0)
+    p.sent(start, ok=True, now=0, already=True)
+    p.left(ORG, M, 1)
+    assert p.tick(100) == [] and len(p) == 0

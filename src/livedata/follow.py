@@ -6,6 +6,11 @@ them (the organisation setting ``followViewers``, with ``viewerGraceSeconds``,
 and ``grace`` seconds after the last one left it is stopped (``endMs``); a viewer
 who comes back within the grace time keeps it running and nothing is sent.
 
+Only what the viewers started is stopped by them: a stream that was already running
+when the first viewer came (started by hand before, or by the device itself) is left
+running (the driver asks the machine first and reports ``already``).  A manual Start
+while the organisation follows viewers hands the stream to them.
+
 A manual Stop holds the machine: no viewer starts it again until a manual Start,
 which releases the hold (and, with nobody watching, starts the grace time so the
 stream does not run on forever).  A command that could not be delivered (machine
@@ -59,12 +64,14 @@ class _Machine:
     """A manual Stop: viewers do not start it until a manual Start."""
     on: bool = False
     """Started (by this policy or by hand) and not stopped since, as far as known."""
+    ours: bool = False
+    """The viewers (or a manual Start under following) started it: the viewers stop it."""
     stop_at: float | None = None
     retry_at: float | None = None
 
     def idle(self) -> bool:
         pending = self.stop_at is not None or self.retry_at is not None
-        return not (self.viewers or self.held or self.on or pending)
+        return not (self.viewers or self.held or (self.on and self.ours) or pending)
 
 
 class FollowPolicy:
@@ -77,14 +84,21 @@ class FollowPolicy:
 
     # configuration ------------------------------------------------------------
 
-    def configure(self, org: str, config: OrgConfig) -> None:
-        """The organisation's setting; turning it off cancels its pending stops and retries."""
+    def configure(self, org: str, config: OrgConfig) -> list[Command]:
+        """The organisation's setting.  Turning it on starts the streams of the machines
+        watched now; turning it off cancels its pending stops and retries."""
+        was = self.config(org).enabled
         self._orgs[org] = config
-        if not config.enabled:
-            for key, m in list(self._machines.items()):
-                if key[0] == org:
-                    m.stop_at = m.retry_at = None
-                    self._forget_if_idle(key)
+        out: list[Command] = []
+        for key, m in list(self._machines.items()):
+            if key[0] != org:
+                continue
+            if not config.enabled:
+                m.stop_at = m.retry_at = None
+                self._forget_if_idle(key)
+            elif not was and m.viewers and not m.held and not m.on:
+                out.append(self._start(key, m))
+        return out
 
     def config(self, org: str) -> OrgConfig:
         return self._orgs.get(org, OrgConfig())
@@ -121,7 +135,7 @@ class FollowPolicy:
         m.viewers -= 1
         if m.viewers == 0:
             m.retry_at = None
-            if m.on and self.config(org).enabled and not m.held:
+            if m.on and m.ours and self.config(org).enabled and not m.held:
                 m.stop_at = now + self.config(org).grace_s
         self._forget_if_idle(key)
         return []
@@ -132,22 +146,25 @@ class FollowPolicy:
         m = self._machines.setdefault(key, _Machine())
         m.retry_at = None
         if method == STOP:
-            m.held, m.on, m.stop_at = True, False, None
+            m.held, m.on, m.ours, m.stop_at = True, False, False, None
         elif method == START:
-            m.held, m.on = False, True
             config = self.config(org)
+            m.held, m.on, m.ours = False, True, config.enabled
             m.stop_at = now + config.grace_s if config.enabled and m.viewers == 0 else None
         self._forget_if_idle(key)
         return []
 
-    def sent(self, command: Command, ok: bool, now: float) -> list[Command]:
-        """The outcome of a command this policy asked for."""
+    def sent(self, command: Command, ok: bool, now: float, already: bool = False) -> list[Command]:
+        """The outcome of a command this policy asked for; ``already``: the start was not
+        sent because the stream was running before (it is then not the viewers' to stop)."""
         key = (command.org, command.chassis)
         m = self._machines.get(key)
         if m is None:
             return []
-        if command.method == START and not ok:
-            m.on = False
+        if command.method == START and already:
+            m.ours = False
+        elif command.method == START and not ok:
+            m.on = m.ours = False
             if m.viewers and not m.held:
                 m.retry_at = now + self.retry_s
         self._forget_if_idle(key)
@@ -159,8 +176,8 @@ class FollowPolicy:
         for key, m in list(self._machines.items()):
             if m.stop_at is not None and m.stop_at <= now:
                 m.stop_at = None
-                if m.viewers == 0 and m.on and not m.held:
-                    m.on = False
+                if m.viewers == 0 and m.on and m.ours and not m.held:
+                    m.on = m.ours = False
                     out.append(Command(key[0], key[1], STOP))
             if m.retry_at is not None and m.retry_at <= now:
                 m.retry_at = None
@@ -179,7 +196,7 @@ class FollowPolicy:
     # -------------------------------------------------------------------------
 
     def _start(self, key: Key, m: _Machine) -> Command:
-        m.on = True
+        m.on = m.ours = True
         return Command(key[0], key[1], START)
 
     def _forget_if_idle(self, key: Key) -> None:
