@@ -61,6 +61,12 @@ def realtime(http: httpx.Client, chassis: str) -> str:
     return str(response.json()["realtime"])
 
 
+def short_grace(http: httpx.Client) -> None:
+    """One second from the last viewer leaving to the stop."""
+    response = http.put(f"/api/resources/{ORG}", json={"viewerGraceSeconds": 1})
+    assert response.status_code == 200, response.text
+
+
 def manual(http: httpx.Client, chassis: str, method: str) -> None:
     response = http.post(
         f"/api/iothubs/{ORG}/devices/{chassis}/methods", json={"methodName": method}
@@ -102,7 +108,7 @@ async def test_live_viewer_starts_and_leaving_stops_after_grace(
 ) -> None:
     """A manual Stop holds; a manual Start hands over; a live viewer starts it, leaving stops it."""
     chassis = server.machines[0]
-    assert http.put(f"/api/resources/{ORG}", json={"viewerGraceSeconds": 1}).status_code == 200
+    short_grace(http)
     manual(http, chassis, "endMs")
     ws = await open_live(server, chassis)
     await ws.close()
@@ -123,7 +129,7 @@ async def test_live_viewer_starts_and_leaving_stops_after_grace(
 async def test_sse_and_socketio_viewers_count_too(server: Server, http: httpx.Client) -> None:
     """An SSE watch of a machine's tag and a Socket.IO subscription are viewers as well."""
     chassis = server.machines[1]
-    assert http.put(f"/api/resources/{ORG}", json={"viewerGraceSeconds": 1}).status_code == 200
+    short_grace(http)
     manual(http, chassis, "endMs")
     manual(http, chassis, "startMs")
     await wait_viewer_commands(http, chassis, ["endMs"])
