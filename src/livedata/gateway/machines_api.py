@@ -141,6 +141,7 @@ class OrgBody(BaseModel):
 @router.put("/resources/{orgId}", summary="Rename one's own organisation or change its settings")
 async def update_organisation(request: Request, orgId: str, body: OrgBody) -> dict[str, Any]:
     rt = _rt(request)
+    before = org_dict(await rt.meta.require_org(orgId))
     org = await update_org(
         rt.meta,
         orgId,
@@ -151,12 +152,13 @@ async def update_organisation(request: Request, orgId: str, body: OrgBody) -> di
         viewer_grace_s=body.viewerGraceSeconds,
     )
     rt.viewers.reconfigure(orgId)
-    if body.name is not None:
+    after = org_dict(org)
+    if after["name"] != before["name"]:
         await _audit(request, "org_renamed", org.name)
-    settings = body.model_dump(exclude_none=True, exclude={"name"})
-    if settings:
-        await _audit(request, "org_settings", org.name, settings)
-    return org_dict(org)
+    changed = {k: v for k, v in after.items() if k != "name" and v != before[k]}
+    if changed:
+        await _audit(request, "org_settings", org.name, changed)
+    return after
 
 
 @router.post(

@@ -14,14 +14,15 @@ const AXIS_COLOR = '#d5d9e0';
 const LABEL_COLOR = '#6b7280';
 
 const numberFormat = new Intl.NumberFormat(undefined, { maximumSignificantDigits: 6 }); // y-axis labels
-const timeFormats = new Map(); // time zone ('local' or 'UTC') → tooltip time format
+const timeFormats = new Map(); // time zone ('local', 'UTC' or an IANA name) → tooltip time format
 
 function timeFormat(zone) {
   let format = timeFormats.get(zone);
   if (!format) {
+    const local = zone === 'local';
     format = new Intl.DateTimeFormat(undefined, {
       hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false,
-      timeZone: zone === 'UTC' ? 'UTC' : undefined, timeZoneName: zone === 'UTC' ? 'short' : undefined,
+      timeZone: local ? undefined : zone, timeZoneName: local ? undefined : 'short',
     });
     timeFormats.set(zone, format);
   }
@@ -36,14 +37,15 @@ export class GroupChart {
    * @param {{fields: string[], unit: string}} group
    * @param {Map<string, {unit: string, choices: object|null, decimals: number|undefined}>} infos
    *   each field's unit, value table and decimals (format.js fieldInfo)
-   * @param {string} zone 'local' (the browser's time zone) or 'UTC'
+   * @param {string} zone 'local' (the browser's time zone), 'UTC' or an IANA zone (the organisation's)
    */
   constructor(el, group, infos, zone = 'local') {
     this.fields = group.fields;
     this.infos = infos;
     this.zone = zone;
     this.chart = echarts.init(el, null, { renderer: 'canvas' });
-    this.chart.setOption({ ...this.baseOption(group.unit), useUTC: zone === 'UTC' });
+    this.windowMs = WINDOW_MS;
+    this.chart.setOption({ ...this.baseOption(group.unit), useUTC: zone !== 'local' });
     // Zoom and pan on the time axis (wheel, pinch, drag): while the zoom reaches the right
     // end the view follows the live edge; zoomed away, it stays on the times it shows
     // until a double click (or zooming back to the end) follows again.
@@ -133,18 +135,22 @@ export class GroupChart {
   update(series, now, windowMs = WINDOW_MS, gapMs = GAP_MS) {
     this.latest = new Map(this.fields.map((field) => [field, series?.get(field)?.at(-1)?.[1]]));
     this.extent = [now - windowMs, now];
+    this.windowMs = windowMs;
     this.chart.setOption({
-      xAxis: { min: now - windowMs, max: now, axisLabel: { formatter: axisFormat(windowMs) } },
+      xAxis: { min: now - windowMs, max: now, axisLabel: { formatter: axisFormat(windowMs, this.zone) } },
       dataZoom: this.following ? [{}] : [{ startValue: this.zoom[0], endValue: this.zoom[1] }],
       legend: { formatter: (name) => this.legendLabel(name) },
       series: this.fields.map((field) => ({ id: field, data: withGaps(series?.get(field) ?? [], gapMs) })),
     });
   }
 
-  /** Show times in `zone` ('local' or 'UTC'): axis labels and tooltips. */
+  /** Show times in `zone` ('local', 'UTC' or an IANA zone): axis labels and tooltips. */
   setZone(zone) {
     this.zone = zone;
-    this.chart.setOption({ useUTC: zone === 'UTC' });
+    this.chart.setOption({
+      useUTC: zone !== 'local',
+      xAxis: { axisLabel: { formatter: axisFormat(this.windowMs, zone) } },
+    });
   }
 
   /** After the user zoomed or panned: follow the live edge when the view reaches it. */
@@ -194,10 +200,37 @@ export class GroupChart {
   }
 }
 
-function axisFormat(windowMs) {
-  if (windowMs > 86_400_000) return '{MM}-{dd} {HH}:{mm}';
-  if (windowMs > 120_000) return '{HH}:{mm}';
-  return '{HH}:{mm}:{ss}';
+const zoneFormats = new Map(); // IANA zone → formatter of its wall-clock parts
+
+/**
+ * The time axis labels for a window of `windowMs`: an ECharts template in the browser's
+ * zone or UTC; for an IANA zone (which ECharts cannot place ticks in) the ticks stay on
+ * the UTC grid and each label is that instant's wall-clock time in the zone.
+ */
+function axisFormat(windowMs, zone = 'local') {
+  const parts = windowMs > 86_400_000 ? ['month', 'day', 'hour', 'minute']
+    : windowMs > 120_000 ? ['hour', 'minute'] : ['hour', 'minute', 'second'];
+  if (zone === 'local' || zone === 'UTC') {
+    const tokens = { month: '{MM}', day: '{dd}', hour: '{HH}', minute: '{mm}', second: '{ss}' };
+    return label(parts.map((part) => tokens[part]));
+  }
+  let format = zoneFormats.get(zone);
+  if (!format) {
+    format = new Intl.DateTimeFormat('en-GB', {
+      timeZone: zone, month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit',
+      second: '2-digit', hourCycle: 'h23',
+    });
+    zoneFormats.set(zone, format);
+  }
+  return (value) => {
+    const got = Object.fromEntries(format.formatToParts(value).map((p) => [p.type, p.value]));
+    return label(parts.map((part) => got[part]));
+  };
+}
+
+/** [month, day, hour, minute(, second)] → "MM-dd HH:mm(:ss)"; [hour, …] → "HH:mm(:ss)". */
+function label(values) {
+  return values.length === 4 ? `${values[0]}-${values[1]} ${values[2]}:${values[3]}` : values.join(':');
 }
 
 function withGaps(points, gapMs) {
