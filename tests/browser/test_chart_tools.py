@@ -66,14 +66,24 @@ def test_time_zone_choice_is_applied_and_kept(demo: Server, live_page: Any) -> N
     page.assert_clean()
 
 
-def test_field_picker_searches_units(demo: Server, live_page: Any) -> None:
-    """The group editor's field filter finds fields by unit as well as by name."""
+SHOWN_JS = "rows => rows.filter(r => !r.hidden).map(r => r.dataset.name)"
+
+
+def test_field_picker_uses_the_signal_catalog(demo: Server, live_page: Any) -> None:
+    """The group editor's field filter finds fields by unit, and with the model's signal
+    catalog by message and comment; each row names its message and PGN."""
     page = live_page(demo).open()
     p = page.page
     p.get_by_role("button", name="Add group").click()
     p.fill("#field-filter", "km/h")
-    shown = p.eval_on_selector_all(
-        "#field-list .field-row", "rows => rows.filter(r => !r.hidden).map(r => r.dataset.name)"
-    )
-    assert shown == ["speed"]
+    assert p.eval_on_selector_all("#field-list .field-row", SHOWN_JS) == ["speed"]
+    p.wait_for_selector("#field-list .field-message", state="attached")  # the catalog arrived
+    assert p.input_value("#field-filter") == "km/h", "the filter survives the catalog"
+    p.fill("#field-filter", "SPN 190")  # engine_rpm's DBC comment
+    assert p.eval_on_selector_all("#field-list .field-row", SHOWN_JS) == ["engine_rpm"]
+    row = p.locator("#field-list .field-row[data-name=engine_rpm]")
+    assert row.locator(".field-message").inner_text() == "EEC1 · PGN 61444"
+    assert "Engine speed (SPN 190)" in (row.get_attribute("title") or "")
+    p.fill("#field-filter", "eec1")
+    assert "engine_rpm" in p.eval_on_selector_all("#field-list .field-row", SHOWN_JS)
     page.assert_clean()

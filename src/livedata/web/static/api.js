@@ -170,6 +170,10 @@ export const api = {
   async modelSignals(orgId, model) {
     return request('GET', `${orgPath(orgId)}/models/${enc(model)}/signals`);
   },
+  /** {dbc, signals}: the signal catalog of one DBC file. */
+  async dbcSignals(orgId, dbcId) {
+    return request('GET', `${orgPath(orgId)}/dbc/${enc(dbcId)}/signals`);
+  },
   async dbcFiles(orgId) {
     return (await request('GET', `${orgPath(orgId)}/dbc`)).dbc;
   },

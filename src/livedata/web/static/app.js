@@ -289,6 +289,7 @@ function downloadChart(event, group) {
 function addGroup() {
   openGroupForm({
     machine: state.machine,
+    orgId: state.orgId,
     onSave: async (body) => {
       const group = await api.createGroup(state.orgId, body);
       state.groups.push(group);
@@ -302,6 +303,7 @@ function editGroup(groupId) {
   openGroupForm({
     group,
     machine: state.machine,
+    orgId: state.orgId,
     onSave: async (body) => {
       const updated = await api.updateGroup(state.orgId, groupId, body);
       state.groups = state.groups.map((g) => (g.id === groupId ? updated : g));
