@@ -87,3 +87,28 @@ def test_field_picker_uses_the_signal_catalog(demo: Server, live_page: Any) -> N
     p.fill("#field-filter", "eec1")
     assert "engine_rpm" in p.eval_on_selector_all("#field-list .field-row", SHOWN_JS)
     page.assert_clean()
+
+
+LABEL_COLOR_JS = """() => echarts.getInstanceByDom(document.querySelector('.card .chart'))
+  .getOption().xAxis[0].axisLabel.color"""
+
+
+def test_dark_mode_follows_the_os_and_the_toggle_is_kept(demo: Server, live_page: Any) -> None:
+    """A dark OS gets the dark theme and dark charts; the toggle switches both and is remembered."""
+    page = live_page(demo)
+    page.page.emulate_media(color_scheme="dark")
+    page.open()
+    p = page.page
+    p.wait_for_selector(".card .chart canvas")
+    assert p.evaluate("document.documentElement.dataset.theme") == "dark"
+    dark_label = p.evaluate(LABEL_COLOR_JS)
+    dark_bg = p.evaluate("getComputedStyle(document.documentElement).backgroundColor")
+    p.click("#theme-toggle")
+    assert p.evaluate("document.documentElement.dataset.theme") == "light"
+    assert p.evaluate(LABEL_COLOR_JS) != dark_label, "the chart did not take the light colours"
+    assert p.evaluate("getComputedStyle(document.documentElement).backgroundColor") != dark_bg
+    page.open()
+    assert p.evaluate("document.documentElement.dataset.theme") == "light", "choice not kept"
+    p.click("#theme-toggle")
+    assert p.evaluate("localStorage.getItem('livedata.theme')") == "dark"
+    page.assert_clean()
