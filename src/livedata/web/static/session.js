@@ -121,8 +121,8 @@ function userMenu(who) {
     logout();
   });
   return h('div', { class: 'user-menu', 'aria-label': 'Account' },
-    themeToggle(),
     link,
+    themeToggle(),
     h('span', { class: 'user-who', title: `Logged in as ${who.user} (${who.role}) in ${who.org}` },
       h('span', { class: 'user-name' }, who.user),
       h('span', { class: 'role-badge', dataset: { role: who.role } }, who.role)),
