@@ -11,7 +11,10 @@ machine → 404 ``not_found``; machine not connected → 404 ``DeviceNotConnecte
 once (after ``connectTimeoutInSeconds`` when given); no answer in time → 504
 ``GatewayTimeout``; a malformed body → 400 ``bad_request`` naming the field.
 Every call is recorded (:mod:`livedata.metadata.commands`), listed newest first by
-``GET …/methods`` and published to the ``commands`` watch log table.
+``GET …/methods`` and published to the ``commands`` watch log table; so are the
+server's own (:func:`send_command` with a ``reason``: ``viewers`` for real-time that
+follows the viewers, :mod:`livedata.gateway.viewers`).  A manual ``startMs``/``endMs``
+the machine accepted is passed on to that policy (a Stop holds until a Start).
 
 ``GET /api/resources/{orgId}/machines/{chassisId}/status`` →
 ``{deviceId, connected, since, online, commands, commandsReason, realtime:
