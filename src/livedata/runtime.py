@@ -24,6 +24,7 @@ from livedata.errors import BackendError, NotFound
 from livedata.gateway.alerts_api import alert_relay
 from livedata.gateway.commands import presence_feed, status_relay
 from livedata.gateway.hub import Hub
+from livedata.gateway.viewers import ViewerFollower
 from livedata.metadata import Metadata
 from livedata.metadata.decoding import delete_ranges_before
 from livedata.model import MsgType
@@ -79,6 +80,8 @@ class Runtime:
         self.distribute = Distribute(self.log, self.pubsub)
         self.hub = Hub(self.pubsub, stall_timeout=settings.client_stall_seconds)
         self.alerts = alert_role(self)
+        self.viewers = ViewerFollower(self)
+        """Who watches which machine; real-time follows them where the organisation wants."""
         self.fleet: Fleet | None = None
         """The simulated fleet, when this process runs one (the demo)."""
         self.on_started: list[Callable[[], Awaitable[None]]] = []
@@ -116,6 +119,7 @@ class Runtime:
             if "gateway" in self.roles:
                 self.spawn("alert-relay", alert_relay(self).run)
                 self.spawn("status-relay", status_relay(self).run)
+                self.spawn("viewer-follow", self.viewers.run)
                 if hasattr(self.devices, "presence_changes"):  # MQTT: push presence changes
                     self.spawn("device-presence", lambda: presence_feed(self))
             log.info("running roles: %s", ", ".join(sorted(self.roles)))

@@ -66,14 +66,49 @@ def test_time_zone_choice_is_applied_and_kept(demo: Server, live_page: Any) -> N
     page.assert_clean()
 
 
-def test_field_picker_searches_units(demo: Server, live_page: Any) -> None:
-    """The group editor's field filter finds fields by unit as well as by name."""
+SHOWN_JS = "rows => rows.filter(r => !r.hidden).map(r => r.dataset.name)"
+
+
+def test_field_picker_uses_the_signal_catalog(demo: Server, live_page: Any) -> None:
+    """The group editor's field filter finds fields by unit, and with the model's signal
+    catalog by message and comment; each row names its message and PGN."""
     page = live_page(demo).open()
     p = page.page
     p.get_by_role("button", name="Add group").click()
     p.fill("#field-filter", "km/h")
-    shown = p.eval_on_selector_all(
-        "#field-list .field-row", "rows => rows.filter(r => !r.hidden).map(r => r.dataset.name)"
-    )
-    assert shown == ["speed"]
+    assert p.eval_on_selector_all("#field-list .field-row", SHOWN_JS) == ["speed"]
+    p.wait_for_selector("#field-list .field-message", state="attached")  # the catalog arrived
+    assert p.input_value("#field-filter") == "km/h", "the filter survives the catalog"
+    p.fill("#field-filter", "SPN 190")  # engine_rpm's DBC comment
+    assert p.eval_on_selector_all("#field-list .field-row", SHOWN_JS) == ["engine_rpm"]
+    row = p.locator("#field-list .field-row[data-name=engine_rpm]")
+    assert row.locator(".field-message").inner_text() == "EEC1 · PGN 61444"
+    assert "Engine speed (SPN 190)" in (row.get_attribute("title") or "")
+    p.fill("#field-filter", "eec1")
+    assert "engine_rpm" in p.eval_on_selector_all("#field-list .field-row", SHOWN_JS)
+    page.assert_clean()
+
+
+LABEL_COLOR_JS = """() => echarts.getInstanceByDom(document.querySelector('.card .chart'))
+  .getOption().xAxis[0].axisLabel.color"""
+
+
+def test_dark_mode_follows_the_os_and_the_toggle_is_kept(demo: Server, live_page: Any) -> None:
+    """A dark OS gets the dark theme and dark charts; the toggle switches both and is remembered."""
+    page = live_page(demo)
+    page.page.emulate_media(color_scheme="dark")
+    page.open()
+    p = page.page
+    p.wait_for_selector(".card .chart canvas")
+    assert p.evaluate("document.documentElement.dataset.theme") == "dark"
+    dark_label = p.evaluate(LABEL_COLOR_JS)
+    dark_bg = p.evaluate("getComputedStyle(document.documentElement).backgroundColor")
+    p.click("#theme-toggle")
+    assert p.evaluate("document.documentElement.dataset.theme") == "light"
+    assert p.evaluate(LABEL_COLOR_JS) != dark_label, "the chart did not take the light colours"
+    assert p.evaluate("getComputedStyle(document.documentElement).backgroundColor") != dark_bg
+    page.open()
+    assert p.evaluate("document.documentElement.dataset.theme") == "light", "choice not kept"
+    p.click("#theme-toggle")
+    assert p.evaluate("localStorage.getItem('livedata.theme')") == "dark"
     page.assert_clean()

@@ -171,16 +171,44 @@ def test_http_machine_has_start_stop_disabled_with_reason(browser: Any, server: 
 
 
 def test_admin_renames_the_organisation(browser: Any, server: Server) -> None:
-    """The admin page renames one's own organisation; the audit log says so."""
+    """The admin page renames one's own organisation and sets its time zone and viewer-following
+    real-time; the audit log says so; the Live Data page offers the organisation's zone."""
     page = open_page(browser, server, "/static/admin.html", (1360, 900))
     page.wait_for_function("document.querySelector('#org-id').textContent === 'demo'")
+    assert page.is_checked("#org-form [name=followViewers]"), "the demo follows viewers"
     page.fill("#org-form [name=name]", "Demo Earthworks")
+    page.fill("#org-form [name=timezone]", "Asia/Kolkata")
+    page.uncheck("#org-form [name=followViewers]")
+    page.fill("#org-form [name=graceMinutes]", "2")
     page.click("#org-form button[type=submit]")
     page.wait_for_selector("#audit-body tr[data-action='org_renamed']")
+    page.wait_for_selector("#audit-body tr[data-action='org_settings']")
     assert "Demo Earthworks" in page.text_content("#admin-info")
     orgs = httpx.get(f"{server.url}/api/orgs", headers=server.headers).json()["orgs"]
-    assert orgs == [{"id": "demo", "name": "Demo Earthworks"}]
+    assert orgs == [
+        {
+            "id": "demo",
+            "name": "Demo Earthworks",
+            "timezone": "Asia/Kolkata",
+            "followViewers": False,
+            "viewerGraceSeconds": 120,
+        }
+    ]
     assert page.problems == []
+    page.fill("#org-form [name=timezone]", "Nowhere/Atlantis")
+    page.click("#org-form button[type=submit]")
+    page.wait_for_selector("#org-error:not([hidden])")
+    assert "IANA" in page.text_content("#org-error")
+    page.goto(f"{server.url}/")
+    page.wait_for_selector("#tz-select option[value=org]", state="attached")
+    assert "Asia/Kolkata" in page.text_content("#tz-select option[value=org]")
+    page.select_option("#tz-select", "org")
+    page.wait_for_selector(".card .chart canvas")
+    label = page.evaluate(
+        "() => echarts.getInstanceByDom(document.querySelector('.card .chart'))"
+        ".getOption().xAxis[0].axisLabel.formatter(0)"
+    )
+    assert label.startswith("05:30"), label  # the epoch in India: 05:30
     page.context.close()
 
 

@@ -20,6 +20,7 @@ from livedata.errors import InputError, NotFound
 from livedata.gateway.models_api import DBC_OPENAPI, dbc_upload
 from livedata.gateway.security import principal_of
 from livedata.metadata import GroupSpec, group_dict
+from livedata.metadata.registry import org_dict
 from livedata.model import MsgType, Name, Unit, valid_id
 from livedata.store.base import Series
 
@@ -96,7 +97,7 @@ class AssignBody(BaseModel):
 @router.get("/orgs", summary="The caller's organisation")
 async def list_orgs(request: Request) -> dict[str, Any]:
     org = await runtime(request).meta.require_org(principal_of(request).org)
-    return {"orgs": [{"id": org.id, "name": org.name}]}
+    return {"orgs": [org_dict(org)]}
 
 
 @router.get("/resources/{orgId}/machines", summary="Machines with their message types and fields")

@@ -133,15 +133,16 @@ def create_app(rt: Runtime) -> FastAPI:
             info = await rt.require_machine(orgId, chassisId)
             return [f["name"] for f in await rt.catalog.fields(info, msg_type)]
 
-        await serve_live(
-            websocket,
-            rt.hub,
-            orgId,
-            chassisId,
-            websocket.query_params.get("msgType"),
-            known_fields,
-            rt.settings.client_queue,
-        )
+        async with rt.viewers.watching(orgId, chassisId):  # real-time follows viewers
+            await serve_live(
+                websocket,
+                rt.hub,
+                orgId,
+                chassisId,
+                websocket.query_params.get("msgType"),
+                known_fields,
+                rt.settings.client_queue,
+            )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

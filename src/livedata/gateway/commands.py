@@ -11,7 +11,10 @@ machine → 404 ``not_found``; machine not connected → 404 ``DeviceNotConnecte
 once (after ``connectTimeoutInSeconds`` when given); no answer in time → 504
 ``GatewayTimeout``; a malformed body → 400 ``bad_request`` naming the field.
 Every call is recorded (:mod:`livedata.metadata.commands`), listed newest first by
-``GET …/methods`` and published to the ``commands`` watch log table.
+``GET …/methods`` and published to the ``commands`` watch log table; so are the
+server's own (:func:`send_command` with a ``reason``: ``viewers`` for real-time that
+follows the viewers, :mod:`livedata.gateway.viewers`).  A manual ``startMs``/``endMs``
+the machine accepted is passed on to that policy (a Stop holds until a Start).
 
 ``GET /api/resources/{orgId}/machines/{chassisId}/status`` →
 ``{deviceId, connected, since, online, commands, commandsReason, realtime:
@@ -36,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
 
@@ -227,6 +231,83 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What became of one direct method: ``outcome`` (``ok`` when the device answered),
+    its ``status`` and ``payload``, and the error ``message`` otherwise."""
+
+    outcome: str
+    status: int | None = None
+    payload: Any = None
+    message: str = ""
+
+
+async def send_command(
+    rt: Runtime,
+    org: str,
+    chassis: str,
+    method: str,
+    payload: Any,
+    *,
+    who: str,
+    reason: str | None = None,
+    response_timeout: float = 30,
+    connect_timeout: float = 0,
+) -> Sent:
+    """Send a direct method, record it in the command log (and its log table), push a
+    changed real-time state.  The one path of a user's command and of the server's own
+    (``reason``, like ``viewers``)."""
+    service = status_service(rt)
+    started = time.monotonic()
+    created = int(time.time() * 1000)
+    try:
+        answer = await rt.devices.call(
+            org,
+            chassis,
+            method,
+            payload,
+            response_timeout=response_timeout,
+            connect_timeout=connect_timeout,
+        )
+        sent = Sent("ok", answer.status, answer.payload)
+    except (DeviceNotConnected, DeviceTimeout) as exc:
+        sent = Sent(exc.code, message=str(exc))
+    except DeviceError as exc:
+        sent = Sent("error", message=str(exc))
+    duration = int((time.monotonic() - started) * 1000)
+    row = await CommandLog(rt.meta).record(
+        org_id=org,
+        chassis_id=chassis,
+        method=method,
+        payload=payload,
+        requested_by=who,
+        created_ms=created,
+        duration_ms=duration,
+        outcome=sent.outcome,
+        status=sent.status,
+        result=sent.payload,
+        reason=reason,
+    )
+    log_tables(rt).publish(
+        org,
+        "commands",
+        {
+            "TIME": created,
+            "MACHINE": chassis,
+            "METHOD": method,
+            "WHO": who,
+            "REASON": reason,
+            "OUTCOME": sent.outcome,
+            "STATUS": sent.status,
+            "DURATION_MS": duration,
+            "ID": row.id,
+        },
+    )
+    if sent.status == 200 and service.note_result(org, chassis, sent.payload):
+        await service.push(org, chassis)
+    return sent
+
+
 @router.post(
     "/iothubs/{iothubName}/devices/{deviceId}/methods",
     summary="Invoke a direct method on a machine (iothubName = organisation id)",
@@ -237,58 +318,25 @@ async def invoke_method(
     rt = runtime(request)
     await rt.meta.require_org(iothubName)
     await rt.require_machine(iothubName, deviceId)
-    service = status_service(rt)
-    started = time.monotonic()
-    created = int(time.time() * 1000)
-    status: int | None = None
-    result: Any = None
-    try:
-        answer = await rt.devices.call(
-            iothubName,
-            deviceId,
-            body.methodName,
-            body.payload,
-            response_timeout=body.responseTimeoutInSeconds,
-            connect_timeout=body.connectTimeoutInSeconds,
-        )
-        outcome, status, result = "ok", answer.status, answer.payload
-        response = JSONResponse({"status": answer.status, "payload": answer.payload})
-    except DeviceNotConnected as exc:
-        outcome, response = exc.code, _error(404, exc.code, str(exc))
-    except DeviceTimeout as exc:
-        outcome, response = exc.code, _error(504, exc.code, str(exc))
-    except DeviceError as exc:
-        outcome, response = "error", _error(503, "unavailable", str(exc))
-    duration = int((time.monotonic() - started) * 1000)
-    row = await CommandLog(rt.meta).record(
-        org_id=iothubName,
-        chassis_id=deviceId,
-        method=body.methodName,
-        payload=body.payload,
-        requested_by=principal_of(request).username,
-        created_ms=created,
-        duration_ms=duration,
-        outcome=outcome,
-        status=status,
-        result=result,
-    )
-    log_tables(rt).publish(
+    sent = await send_command(
+        rt,
         iothubName,
-        "commands",
-        {
-            "TIME": created,
-            "MACHINE": deviceId,
-            "METHOD": body.methodName,
-            "WHO": principal_of(request).username,
-            "OUTCOME": outcome,
-            "STATUS": status,
-            "DURATION_MS": duration,
-            "ID": row.id,
-        },
+        deviceId,
+        body.methodName,
+        body.payload,
+        who=principal_of(request).username,
+        response_timeout=body.responseTimeoutInSeconds,
+        connect_timeout=body.connectTimeoutInSeconds,
     )
-    if status == 200 and service.note_result(iothubName, deviceId, result):
-        await service.push(iothubName, deviceId)
-    return response
+    if sent.outcome == "ok":
+        if sent.status == 200:  # a manual Start/Stop: viewers follow it (livedata.follow)
+            rt.viewers.manual(iothubName, deviceId, body.methodName)
+        return JSONResponse({"status": sent.status, "payload": sent.payload})
+    if sent.outcome == DeviceNotConnected.code:
+        return _error(404, sent.outcome, sent.message)
+    if sent.outcome == DeviceTimeout.code:
+        return _error(504, sent.outcome, sent.message)
+    return _error(503, "unavailable", sent.message)
 
 
 @router.get(

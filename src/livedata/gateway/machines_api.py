@@ -34,12 +34,15 @@ from livedata.errors import InputError
 from livedata.gateway.security import client_address, principal_of, security
 from livedata.gateway.uploads import json_body, upload_text
 from livedata.metadata.registry import (
+    MAX_GRACE_S,
     MAX_IMPORT_BYTES,
+    MIN_GRACE_S,
     MachineSpec,
     Registry,
     machine_dict,
+    org_dict,
     parse_csv,
-    rename_org,
+    update_org,
 )
 from livedata.provision import BrokerFiles, agent_bundle, public_mqtt_url
 
@@ -112,16 +115,50 @@ async def _provision(request: Request, org: str, chassis: str) -> dict[str, Any]
 
 
 class OrgBody(BaseModel):
+    """Some of the organisation's settings; the ones left out stay as they are."""
+
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, examples=["ACME Earthworks"])
+    name: str | None = Field(None, min_length=1, max_length=200, examples=["ACME Earthworks"])
+    timezone: str | None = Field(
+        None,
+        max_length=64,
+        description="IANA time zone offered on the Live Data page; empty string: none",
+        examples=["Europe/Berlin"],
+    )
+    followViewers: bool | None = Field(
+        None, description="start real-time when someone watches a machine, stop it after"
+    )
+    viewerGraceSeconds: int | None = Field(
+        None,
+        ge=MIN_GRACE_S,
+        le=MAX_GRACE_S,
+        description="seconds after the last viewer left before real-time is stopped",
+        examples=[300],
+    )
 
 
-@router.put("/resources/{orgId}", summary="Rename one's own organisation")
-async def rename_organisation(request: Request, orgId: str, body: OrgBody) -> dict[str, Any]:
-    org = await rename_org(_rt(request).meta, orgId, body.name)
-    await _audit(request, "org_renamed", org.name)
-    return {"id": org.id, "name": org.name}
+@router.put("/resources/{orgId}", summary="Rename one's own organisation or change its settings")
+async def update_organisation(request: Request, orgId: str, body: OrgBody) -> dict[str, Any]:
+    rt = _rt(request)
+    before = org_dict(await rt.meta.require_org(orgId))
+    org = await update_org(
+        rt.meta,
+        orgId,
+        name=body.name,
+        timezone=body.timezone,
+        clear_timezone=body.timezone == "",
+        follow_viewers=body.followViewers,
+        viewer_grace_s=body.viewerGraceSeconds,
+    )
+    rt.viewers.reconfigure(orgId)
+    after = org_dict(org)
+    if after["name"] != before["name"]:
+        await _audit(request, "org_renamed", org.name)
+    changed = {k: v for k, v in after.items() if k != "name" and v != before[k]}
+    if changed:
+        await _audit(request, "org_settings", org.name, changed)
+    return after
 
 
 @router.post(

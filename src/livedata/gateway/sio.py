@@ -663,6 +663,8 @@ class SocketGateway:
             client = self._clients.pop(sid, None)
             if client is None:
                 return
+            for device in client.subscriptions:
+                self.rt.viewers.left(client.org, device)  # real-time follows viewers
             feed = self._feeds.get(client.org)
             if feed is None:
                 return
@@ -712,6 +714,8 @@ class SocketGateway:
         feed = self._feeds.get(org)
         if feed is None:
             return {"ok": False, "code": "not_connected", "message": "not connected"}
+        if device not in client.subscriptions:
+            self.rt.viewers.joined(org, device)  # real-time follows viewers
         client.subscriptions[device] = fields
         feed.subscribers.setdefault(device, {})[sid] = fields
         room = feed.device_room(device)
@@ -738,6 +742,7 @@ class SocketGateway:
         if device not in client.subscriptions:
             return {"ok": True, "deviceId": device, "subscribed": False}
         del client.subscriptions[device]
+        self.rt.viewers.left(client.org, device)  # real-time follows viewers
         feed = self._feeds.get(client.org)
         if feed is not None:
             subscribers = feed.subscribers.get(device)

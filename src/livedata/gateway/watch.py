@@ -823,6 +823,9 @@ class WatchService:
     ) -> AsyncIterator[bytes]:
         """The event stream of one client; releases everything when the client goes."""
         acquired: list[Ring] = []
+        viewed: list[
+            tuple[str, str]
+        ] = []  # machines this stream watches: real-time follows viewers
         self.streams += 1
         STREAMS.inc()
         try:
@@ -831,6 +834,8 @@ class WatchService:
                     ring = await self.acquire(source.channel)
                     acquired.append(ring)
                     plan.by_channel[source.channel] = ring
+                    self.rt.viewers.joined(plan.org, source.chassis)
+                    viewed.append((plan.org, source.chassis))
                 plan.rings = acquired
             else:
                 for ring in plan.rings:
@@ -879,6 +884,8 @@ class WatchService:
         finally:
             for ring in acquired:
                 self.release(ring)
+            for org, chassis in viewed:
+                self.rt.viewers.left(org, chassis)
             self.streams -= 1
             STREAMS.dec()
 

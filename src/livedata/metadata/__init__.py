@@ -116,10 +116,11 @@ class Metadata:
 
     # organisations -------------------------------------------------------------
 
-    async def ensure_org(self, org_id: str, name: str) -> None:
+    async def ensure_org(self, org_id: str, name: str, follow_viewers: bool = False) -> None:
+        """Create the organisation unless it exists (an existing one keeps its settings)."""
         async with self.session() as s:
             if await s.get(Org, org_id) is None:
-                s.add(Org(id=org_id, name=name))
+                s.add(Org(id=org_id, name=name, follow_viewers=follow_viewers))
 
     async def list_orgs(self) -> list[Org]:
         async with self.session() as s:

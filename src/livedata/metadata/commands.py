@@ -5,7 +5,8 @@ method, payload, who asked (the user's name), when
 (``created_ms``), how long the whole call took (``duration_ms``), the ``outcome``
 (``ok`` — the device answered, whatever its status —, ``DeviceNotConnected``,
 ``GatewayTimeout`` or ``error``) and the device's ``status`` and ``result``
-payload when it answered.  Rows are never updated; :meth:`CommandLog.recent`
+payload when it answered, and the ``reason`` of a command the server sent by itself
+(``viewers``: :mod:`livedata.follow`; migration ``0008``).  Rows are never updated; :meth:`CommandLog.recent`
 lists a machine's newest first, at most :data:`MAX_LIST` of them.
 """
 
@@ -38,6 +39,8 @@ class Command(Base):
     outcome: Mapped[str] = mapped_column(String(32))
     status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(32), nullable=True, default=None)
+    """Why the server sent it by itself (``viewers``); ``None`` when a user asked (0008)."""
 
 
 def command_dict(row: Command) -> dict[str, Any]:
@@ -52,6 +55,7 @@ def command_dict(row: Command) -> dict[str, Any]:
         "outcome": row.outcome,
         "status": row.status,
         "result": row.result,
+        "reason": row.reason,
     }
 
 

@@ -25,6 +25,7 @@ import io
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import delete, select
 
@@ -290,6 +291,62 @@ async def rename_org(meta: Metadata, org_id: str, name: str) -> Org:
         if org is None:
             raise NotFound(f"organisation {org_id!r} not found")
         org.name = name
+    return org
+
+
+MIN_GRACE_S = 1
+MAX_GRACE_S = 86_400
+
+
+def check_timezone(zone: str | None) -> str | None:
+    """An IANA time zone name (``Europe/Berlin``) or ``None``/empty for none."""
+    if not zone:
+        return None
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputError(f"{zone[:80]!r} is not an IANA time zone (like Europe/Berlin)") from None
+    return zone
+
+
+def org_dict(org: Org) -> dict[str, Any]:
+    """An organisation and its settings as the API shows them."""
+    return {
+        "id": org.id,
+        "name": org.name,
+        "timezone": org.timezone,
+        "followViewers": bool(org.follow_viewers),
+        "viewerGraceSeconds": org.viewer_grace_s,
+    }
+
+
+async def update_org(
+    meta: Metadata,
+    org_id: str,
+    *,
+    name: str | None = None,
+    timezone: str | None = None,
+    follow_viewers: bool | None = None,
+    viewer_grace_s: int | None = None,
+    clear_timezone: bool = False,
+) -> Org:
+    """Change some of an organisation's settings (``None``: leave as is); checks each first."""
+    name = check_org_name(name) if name is not None else None
+    timezone = check_timezone(timezone)
+    if viewer_grace_s is not None and not MIN_GRACE_S <= viewer_grace_s <= MAX_GRACE_S:
+        raise InputError(f"viewer grace time must be {MIN_GRACE_S} … {MAX_GRACE_S} seconds")
+    async with meta.session() as s:
+        org = await s.get(Org, org_id)
+        if org is None:
+            raise NotFound(f"organisation {org_id!r} not found")
+        if name is not None:
+            org.name = name
+        if timezone is not None or clear_timezone:
+            org.timezone = timezone
+        if follow_viewers is not None:
+            org.follow_viewers = follow_viewers
+        if viewer_grace_s is not None:
+            org.viewer_grace_s = viewer_grace_s
     return org
 
 

@@ -21,6 +21,12 @@ class Org(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str | None] = mapped_column(String(64), nullable=True, default=None)
+    """The organisation's IANA time zone, offered on the Live Data page (migration 0008)."""
+    follow_viewers: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Real-time streams follow the viewers (:mod:`livedata.follow`, migration 0008)."""
+    viewer_grace_s: Mapped[int] = mapped_column(Integer, default=300)
+    """Seconds after the last viewer left before the stream is stopped (migration 0008)."""
 
 
 class DbcFile(Base):

@@ -38,7 +38,7 @@ DEFAULT_GROUPS = (
 async def seed_demo(meta: Metadata, chassis_ids: list[str]) -> None:
     """Create (or update) the demo organisation, its DBC, machines and default groups."""
     content = DBC_PATH.read_text()
-    await meta.ensure_org(ORG, "Demo fleet")
+    await meta.ensure_org(ORG, "Demo fleet", follow_viewers=True)
     dbc = await meta.find_dbc(ORG, "loader.dbc")
     if dbc is None or dbc.content != content:
         dbc = await meta.add_dbc(ORG, "loader.dbc", content)

@@ -353,6 +353,7 @@ const ACTIONS = {
   token_created: 'created token',
   token_revoked: 'revoked token',
   org_renamed: 'renamed the organisation to',
+  org_settings: 'changed the settings of',
   machine_created: 'registered machine',
   machine_changed: 'changed machine',
   machine_deleted: 'deleted machine',
@@ -399,28 +400,46 @@ function refreshAfterChange() {
 // ---- organisation ------------------------------------------------------------------------
 
 function showOrg(org) {
+  const form = $('#org-form').elements;
   $('#org-id').textContent = org.id;
-  $('#org-form').elements.name.value = org.name || org.id;
+  form.name.value = org.name || org.id;
+  form.timezone.value = org.timezone || '';
+  form.followViewers.checked = Boolean(org.followViewers);
+  form.graceMinutes.value = org.viewerGraceSeconds ? +(org.viewerGraceSeconds / 60).toFixed(2) : 5;
   $('#admin-info').textContent = state.isAdmin
     ? `Users, tokens, device secrets and the audit log of ${org.name || org.id}.`
     : `Your API tokens in ${org.name || org.id}.`;
 }
 
+$('#tz-list').replaceChildren(...(Intl.supportedValuesOf?.('timeZone') ?? [])
+  .map((zone) => h('option', { value: zone })));
+
 $('#org-form').addEventListener('submit', async (event) => {
   event.preventDefault();
-  const input = event.currentTarget.elements.name;
-  const name = input.value.trim();
+  const form = event.currentTarget.elements;
+  const name = form.name.value.trim();
   if (!name) {
     showError($('#org-error'), 'Give the organisation a name.');
-    input.focus();
+    form.name.focus();
+    return;
+  }
+  const minutes = Number(form.graceMinutes.value);
+  if (!(minutes > 0 && minutes <= 1440)) {
+    showError($('#org-error'), 'The time after the last viewer is 0.1 to 1440 minutes.');
+    form.graceMinutes.focus();
     return;
   }
   try {
-    showOrg(await api.renameOrg(state.orgId, name));
+    showOrg(await api.updateOrg(state.orgId, {
+      name,
+      timezone: form.timezone.value.trim(),
+      followViewers: form.followViewers.checked,
+      viewerGraceSeconds: Math.max(1, Math.round(minutes * 60)),
+    }));
     showError($('#org-error'), null);
     refreshAfterChange();
   } catch (err) {
-    showError($('#org-error'), `Cannot rename the organisation: ${err.message}`);
+    showError($('#org-error'), `Cannot save the organisation: ${err.message}`);
   }
 });
 

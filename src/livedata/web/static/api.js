@@ -66,9 +66,9 @@ export const api = {
     const orgs = await this.orgs().catch(() => []);
     return orgs.find((org) => org.id === orgId) ?? { id: orgId, name: orgId };
   },
-  /** {id, name}: rename one's own organisation (admin). */
-  renameOrg(orgId, name) {
-    return request('PUT', orgPath(orgId), { name });
+  /** The organisation with its settings, after changing some of them (admin). */
+  updateOrg(orgId, settings) {
+    return request('PUT', orgPath(orgId), settings);
   },
   async machines(orgId) {
     return (await request('GET', `${orgPath(orgId)}/machines`)).machines;
@@ -169,6 +169,10 @@ export const api = {
   },
   async modelSignals(orgId, model) {
     return request('GET', `${orgPath(orgId)}/models/${enc(model)}/signals`);
+  },
+  /** {dbc, signals}: the signal catalog of one DBC file. */
+  async dbcSignals(orgId, dbcId) {
+    return request('GET', `${orgPath(orgId)}/dbc/${enc(dbcId)}/signals`);
   },
   async dbcFiles(orgId) {
     return (await request('GET', `${orgPath(orgId)}/dbc`)).dbc;

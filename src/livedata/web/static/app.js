@@ -80,6 +80,7 @@ async function start() {
     return;
   }
   showOrganisation(orgSelect, org);
+  offerOrgZone(org.timezone);
   await selectOrg(org.id, params.get('machine'));
 }
 
@@ -136,11 +137,29 @@ function selectMachine(chassisId) {
 
 orgSelect.addEventListener('change', () => selectOrg(orgSelect.value, null));
 machineSelect.addEventListener('change', () => selectMachine(machineSelect.value));
-// The time zone of the charts: the browser's or UTC, remembered in this browser.
+// The time zone of the charts: the browser's, UTC or the organisation's (when it has one),
+// remembered in this browser.
 tzSelect.value = localStorage.getItem(TZ_KEY) === 'UTC' ? 'UTC' : 'local';
+
+/** Offer the organisation's own time zone (admin page setting) next to browser and UTC. */
+function offerOrgZone(zone) {
+  tzSelect.querySelector('option.org-zone')?.remove();
+  if (zone) {
+    tzSelect.append(h('option', { value: 'org', class: 'org-zone', dataset: { zone } },
+      `the organisation's (${zone})`));
+  }
+  const wanted = localStorage.getItem(TZ_KEY);
+  tzSelect.value = wanted === 'org' && zone ? 'org' : wanted === 'UTC' ? 'UTC' : 'local';
+}
+
+/** The zone the charts show: 'local', 'UTC' or the organisation's IANA zone. */
+function chartZone() {
+  return tzSelect.value === 'org' ? tzSelect.selectedOptions[0].dataset.zone : tzSelect.value;
+}
+
 tzSelect.addEventListener('change', () => {
   localStorage.setItem(TZ_KEY, tzSelect.value);
-  for (const card of state.cards.values()) card.chart.setZone(tzSelect.value);
+  for (const card of state.cards.values()) card.chart.setZone(chartZone());
 });
 
 rangeSelect.addEventListener('change', () => {
@@ -205,7 +224,7 @@ function renderCards() {
     if (!card) {
       const el = cardElement(group);
       groupsEl.insertBefore(el, previous ? previous.nextSibling : groupsEl.firstChild);
-      card = { key: cardKey(group), group, el, chart: new GroupChart(el.querySelector('.chart'), group, fieldInfos(group.msgType), tzSelect.value) };
+      card = { key: cardKey(group), group, el, chart: new GroupChart(el.querySelector('.chart'), group, fieldInfos(group.msgType), chartZone()) };
       state.cards.set(group.id, card);
     } else if (card.el.previousSibling !== previous) {
       groupsEl.insertBefore(card.el, previous ? previous.nextSibling : groupsEl.firstChild);
@@ -270,6 +289,7 @@ function downloadChart(event, group) {
 function addGroup() {
   openGroupForm({
     machine: state.machine,
+    orgId: state.orgId,
     onSave: async (body) => {
       const group = await api.createGroup(state.orgId, body);
       state.groups.push(group);
@@ -283,6 +303,7 @@ function editGroup(groupId) {
   openGroupForm({
     group,
     machine: state.machine,
+    orgId: state.orgId,
     onSave: async (body) => {
       const updated = await api.updateGroup(state.orgId, groupId, body);
       state.groups = state.groups.map((g) => (g.id === groupId ? updated : g));

@@ -2,6 +2,7 @@
 // `onSave` / `onConfirm` return a promise; a rejection keeps the dialog open and
 // shows the error's message (the server's validation message) inside it.
 
+import { api } from './api.js';
 import { $, h, showError } from './dom.js';
 
 const MSG_TYPES = ['vehicle_can', 'client_raw_data'];
@@ -13,7 +14,10 @@ const fieldFilter = $('#field-filter');
 const fieldCount = $('#field-count');
 const formError = $('#form-error');
 
-let current = null; // {machine, onSave, unitEdited}
+let current = null; // {machine, onSave, unitEdited, orgId}
+// The signal catalog of a DBC (GET …/models/{model}/signals or …/dbc/{id}/signals) by key:
+// message, id/PGN, unit, range, resolution and comment of each vehicle_can signal.
+const catalogs = new Map();
 
 for (const d of [dialog, $('#confirm-dialog')]) {
   for (const button of d.querySelectorAll('[data-close]')) button.addEventListener('click', () => d.close());
@@ -21,10 +25,10 @@ for (const d of [dialog, $('#confirm-dialog')]) {
 
 /**
  * Open the group form.
- * @param {{group?: object, machine: object, onSave: (body: object) => Promise<void>}} options
+ * @param {{group?: object, machine: object, orgId?: string, onSave: (body: object) => Promise<void>}} options
  */
-export function openGroupForm({ group, machine, onSave }) {
-  current = { machine, onSave, unitEdited: Boolean(group) };
+export function openGroupForm({ group, machine, orgId, onSave }) {
+  current = { machine, onSave, orgId, unitEdited: Boolean(group) };
   $('#group-dialog-title').textContent = group ? `Edit group “${group.name}”` : 'Add group';
   form.reset();
   showError(formError, null);
@@ -43,6 +47,34 @@ export function openGroupForm({ group, machine, onSave }) {
   if (!group) prefillUnit();
   dialog.showModal();
   form.elements.name.focus();
+  loadCatalog(current);
+}
+
+/** The catalog of the machine's DBC (its own or its model's), then the rows again with it. */
+async function loadCatalog(opened) {
+  const { machine, orgId } = opened;
+  if (!orgId || !machine.dbc) return;
+  const key = machine.dbcOverride != null ? `dbc:${machine.dbcOverride}` : `model:${machine.model}`;
+  let signals = catalogs.get(key);
+  if (!signals) {
+    try {
+      const answer = machine.dbcOverride != null
+        ? await api.dbcSignals(orgId, machine.dbcOverride)
+        : await api.modelSignals(orgId, machine.model);
+      signals = new Map(answer.signals.map((s) => [s.name, s]));
+    } catch {
+      return; // the picker works from the machine's own field list without it
+    }
+    catalogs.set(key, signals);
+  }
+  if (current !== opened || !dialog.open) return;
+  opened.catalog = signals;
+  if (form.elements.msgType.value === 'vehicle_can') {
+    const needle = fieldFilter.value;
+    renderFields(checkedBoxes().map((box) => box.value));
+    fieldFilter.value = needle;
+    filterRows();
+  }
 }
 
 function machineFields(machine, msgType) {
@@ -53,8 +85,9 @@ function renderFields(selected) {
   const known = machineFields(current.machine, form.elements.msgType.value);
   const knownNames = new Set(known.map((f) => f.name));
   // Fields of the group this machine does not decode stay listed, so editing keeps them.
+  const catalog = form.elements.msgType.value === 'vehicle_can' ? current.catalog : null;
   const rows = [
-    ...known,
+    ...known.map((field) => ({ ...catalog?.get(field.name), ...field })),
     ...selected.filter((name) => !knownNames.has(name)).map((name) => ({ name, missing: true })),
   ];
   fieldFilter.value = '';
@@ -69,10 +102,17 @@ function renderFields(selected) {
 function fieldRow(field, checked) {
   const range = field.min != null && field.max != null
     ? `${field.min} … ${field.max}` : '';
-  const search = `${field.name} ${field.unit ?? ''}`.toLowerCase(); // "km/h" finds speeds too
-  return h('label', { class: 'field-row', dataset: { name: field.name.toLowerCase(), search } },
+  const where = field.message
+    ? `${field.message} · ${field.pgn != null ? `PGN ${field.pgn}` : field.id ?? ''}` : '';
+  // "km/h" finds speeds too; with the signal catalog also the message and the comment
+  const search = [field.name, field.unit, field.message, field.comment].filter(Boolean).join(' ').toLowerCase();
+  const title = [
+    where, field.resolution != null ? `resolution ${field.resolution}` : '', field.comment,
+  ].filter(Boolean).join('\n');
+  return h('label', { class: 'field-row', title, dataset: { name: field.name.toLowerCase(), search } },
     h('input', { type: 'checkbox', name: 'fields', value: field.name, checked, dataset: { unit: field.unit ?? '' } }),
-    h('span', { class: 'field-name' }, field.name),
+    h('span', { class: 'field-name' }, field.name,
+      where ? h('small', { class: 'field-message' }, where) : null),
     h('span', { class: 'field-unit' }, field.missing ? 'not on this machine' : field.unit ?? ''),
     h('span', { class: 'field-range' }, range));
 }
@@ -102,10 +142,11 @@ fieldList.addEventListener('change', () => {
 form.elements.unit.addEventListener('input', () => {
   current.unitEdited = true;
 });
-fieldFilter.addEventListener('input', () => {
+function filterRows() {
   const needle = fieldFilter.value.trim().toLowerCase();
   for (const row of fieldList.querySelectorAll('.field-row')) row.hidden = !row.dataset.search.includes(needle);
-});
+}
+fieldFilter.addEventListener('input', filterRows);
 // Enter in the filter box narrows the list; it must not submit the form.
 fieldFilter.addEventListener('keydown', (event) => {
   if (event.key === 'Enter') event.preventDefault();

@@ -15,6 +15,9 @@ export function h(tag, props = {}, ...children) {
 
 export const $ = (selector) => document.querySelector(selector);
 
+/** The value of the CSS variable `name` ('--text') in the current theme (theme.js, app.css). */
+export const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
 const bannerMessages = [];
 
 /** Show `message` in the page's #banner: the three most recent, until its close button is pressed. */

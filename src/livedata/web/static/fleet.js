@@ -6,7 +6,7 @@
 // `dashboard:update` (once a second: status, last seen, latest values),
 // `alert-created` and `alert-updated`. Without Socket.IO it polls the summary.
 
-import { $, h, showBanner } from './dom.js';
+import { $, cssVar, h, showBanner } from './dom.js';
 import { showOrganisation, startSession } from './session.js';
 import { SEVERITY_COLORS, SEVERITY_RANK, ago, alertsApi, api, clock, num } from './alerts-api.js';
 import { FleetMap } from './fleet-map.js';
@@ -22,9 +22,10 @@ const TRAIL = 90; // points of a map trail ([lat, lng])
 const POLL_MS = 2000;
 const RULES_REFRESH_MS = 30_000;
 const REALTIME_REFRESH_MS = 5_000;
-const NORMAL_BAND = '#cdeedd';
-const OFFLINE_COLOR = '#9ca3af';
-const ONLINE_COLOR = '#16a34a';
+// Colours of the current theme (app.css variables; theme.js switches them)
+const NORMAL_BAND = () => cssVar('--chart-band');
+const OFFLINE_COLOR = () => cssVar('--faint');
+const ONLINE_COLOR = () => cssVar('--live');
 // Canvas text needs a real font list ('inherit' is not a valid canvas font and falls back to 10px).
 const FONT = 'system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif';
 const TRAIL_COLORS = ['#2563eb', '#0891b2', '#8b5cf6', '#db2777', '#65a30d', '#ea580c', '#0d9488', '#4f46e5'];
@@ -192,6 +193,11 @@ function machineView(m) {
 }
 
 /** Gauge and sparkline options sized for the card's current width. */
+// A new theme: the gauges take its colours.
+addEventListener('livedata:theme', () => {
+  for (const view of state.machines.values()) layoutCharts(view);
+});
+
 function layoutCharts(view) {
   const n = Math.max(1, state.fields.length);
   const width = view.gauges.getWidth() || 300;
@@ -253,6 +259,7 @@ function gaugeSeries(view, field, i, n, radius, small) {
   const value = view.values[field];
   const has = typeof value === 'number';
   const online = view.online;
+  const needle = online ? cssVar('--chart-gauge') : OFFLINE_COLOR();
   return {
     type: 'gauge',
     name: field,
@@ -264,18 +271,18 @@ function gaugeSeries(view, field, i, n, radius, small) {
     max,
     splitNumber: 4,
     axisLine: { lineStyle: { width: small ? 7 : 9, color: bandStops(view, field, min, max) } },
-    splitLine: { distance: 0, length: small ? 7 : 9, lineStyle: { color: '#fff', width: 2 } },
+    splitLine: { distance: 0, length: small ? 7 : 9, lineStyle: { color: cssVar('--surface'), width: 2 } },
     axisTick: { show: false },
     axisLabel: { show: false },
-    pointer: { show: has, length: '62%', width: small ? 3 : 4, itemStyle: { color: online ? '#334155' : OFFLINE_COLOR } },
-    anchor: { show: has, size: small ? 6 : 8, itemStyle: { color: online ? '#334155' : OFFLINE_COLOR } },
-    title: { offsetCenter: [0, '80%'], fontSize: small ? 10 : 12, color: '#4b5563' },
+    pointer: { show: has, length: '62%', width: small ? 3 : 4, itemStyle: { color: needle } },
+    anchor: { show: has, size: small ? 6 : 8, itemStyle: { color: needle } },
+    title: { offsetCenter: [0, '80%'], fontSize: small ? 10 : 12, color: cssVar('--text-2') },
     detail: {
       offsetCenter: [0, '42%'],
       formatter: (v) => (Number.isFinite(v) ? `{v|${num(v)}}${unit ? `{u|${unit === '°' ? '' : ' '}${unit}}` : ''}` : '{u|no data}'),
       rich: {
-        v: { fontSize: small ? 13 : 16, fontWeight: 600, color: online ? '#111827' : OFFLINE_COLOR },
-        u: { fontSize: small ? 10 : 11, color: '#6b7280' },
+        v: { fontSize: small ? 13 : 16, fontWeight: 600, color: online ? cssVar('--text-strong') : OFFLINE_COLOR() },
+        u: { fontSize: small ? 10 : 11, color: cssVar('--muted') },
       },
     },
     data: [{ name: field, value: typeof value === 'number' ? value : '-' }],
@@ -304,7 +311,7 @@ function holds(rule, v) {
 /** ECharts gauge colour stops: each range of the axis in the colour of the worst rule it meets. */
 function bandStops(view, field, min, max) {
   const rules = rulesFor(view, field);
-  if (!rules.length || !(max > min)) return [[1, NORMAL_BAND]];
+  if (!rules.length || !(max > min)) return [[1, NORMAL_BAND()]];
   const cuts = [min, max];
   for (const r of rules) for (const t of [r.threshold, r.thresholdHigh]) if (t != null && t > min && t < max) cuts.push(t);
   const points = [...new Set(cuts)].sort((a, b) => a - b);
@@ -315,7 +322,7 @@ function bandStops(view, field, min, max) {
     for (const r of rules) {
       if (holds(r, mid) && (!worst || SEVERITY_RANK[r.severity] > SEVERITY_RANK[worst])) worst = r.severity;
     }
-    stops.push([(points[k] - min) / (max - min), worst ? SEVERITY_COLORS[worst] : NORMAL_BAND]);
+    stops.push([(points[k] - min) / (max - min), worst ? SEVERITY_COLORS[worst] : NORMAL_BAND()]);
   }
   return stops;
 }
@@ -363,12 +370,12 @@ function applyMachine(chassis, update) {
   view.gauges.setOption({
     series: state.fields.map((field) => {
       const has = typeof view.values[field] === 'number';
-      const color = view.online ? '#334155' : OFFLINE_COLOR;
+      const color = view.online ? cssVar('--chart-gauge') : OFFLINE_COLOR();
       return {
         data: [{ name: field, value: has ? view.values[field] : '-' }],
         pointer: { show: has, itemStyle: { color } },
         anchor: { show: has, itemStyle: { color } },
-        detail: { rich: { v: { color: view.online ? '#111827' : OFFLINE_COLOR } } },
+        detail: { rich: { v: { color: view.online ? cssVar('--text-strong') : OFFLINE_COLOR() } } },
       };
     }),
   });
@@ -636,7 +643,7 @@ function worstSeverity(view) {
 
 function markerColor(view, severity) {
   if (severity) return SEVERITY_COLORS[severity];
-  return view.online ? ONLINE_COLOR : OFFLINE_COLOR;
+  return view.online ? ONLINE_COLOR() : OFFLINE_COLOR();
 }
 
 function mapPopup(item) {

@@ -39,12 +39,12 @@ const style = document.createElement('style');
 style.textContent = `
 .rt-panel { display: flex; align-items: center; gap: 8px; margin: 6px 16px 0; font-size: 13px; flex-wrap: wrap; }
 .rt-state { font-weight: 600; }
-.rt-error { color: #b91c1c; font-size: 12px; }
+.rt-error { color: var(--danger-text); font-size: 12px; }
 .rt-reason { font-size: 12px; }
 .card { position: relative; }
 .rt-overlay { position: absolute; left: 8px; right: 8px; bottom: 8px; height: 260px; display: flex;
   align-items: center; justify-content: center; pointer-events: none; font-size: 15px; font-weight: 600;
-  color: #b91c1c; background: rgba(255, 255, 255, 0.55); }
+  color: var(--danger-text); background: var(--overlay); }
 `;
 document.head.append(style);
 

@@ -93,6 +93,23 @@ export async function logout() {
   location.replace(`${LOGIN_PAGE}?logged_out=1`);
 }
 
+/** The light/dark switch (theme.js remembers the choice in this browser). */
+function themeToggle() {
+  const theme = window.livedataTheme;
+  const button = h('button', { type: 'button', class: 'btn small theme-toggle', id: 'theme-toggle' });
+  const show = () => {
+    const dark = theme.get() === 'dark';
+    button.textContent = dark ? '☀' : '☾';
+    button.title = dark ? 'Light mode' : 'Dark mode';
+    button.setAttribute('aria-label', button.title);
+    button.setAttribute('aria-pressed', String(dark));
+  };
+  button.addEventListener('click', () => theme.set(theme.get() === 'dark' ? 'light' : 'dark'));
+  addEventListener('livedata:theme', show);
+  show();
+  return button;
+}
+
 function userMenu(who) {
   const link = can(who.role, 'admin')
     ? h('a', { class: 'user-link', href: '/static/admin.html' }, 'Admin')
@@ -105,6 +122,7 @@ function userMenu(who) {
   });
   return h('div', { class: 'user-menu', 'aria-label': 'Account' },
     link,
+    themeToggle(),
     h('span', { class: 'user-who', title: `Logged in as ${who.user} (${who.role}) in ${who.org}` },
       h('span', { class: 'user-name' }, who.user),
       h('span', { class: 'role-badge', dataset: { role: who.role } }, who.role)),
