@@ -47,6 +47,12 @@ BODY_EXAMPLES: dict[str, Any] = {
         "model": "WL900",
     },
     "AssignBody": {"dbcId": 3},
+    "RedecodeBody": {
+        "machines": ["WL-0101", "WL-0102"],
+        "from": 1765000000000,
+        "to": 1765003600000,
+        "dbcId": 4,
+    },
     "RuleBody": {
         "name": "Coolant too hot",
         "kind": "value",
