@@ -127,18 +127,22 @@ class FlakyStore(Store):
 
 
 class FlakyLog(Log):
-    """Wraps a real log: while ``down`` every append raises BusError (Kafka restarting)."""
+    """Wraps a real log: while ``down`` every append raises BusError (Kafka restarting);
+    while ``gate`` is clear, appends wait for it (a stopped Kafka before its timeout)."""
 
     def __init__(self, inner: Log) -> None:
         super().__init__(inner.url)
         self.inner = inner
         self.down = False
         self.failures = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
 
     async def append(self, records: Sequence[Record]) -> None:
         if self.down:
             self.failures += 1
             raise BusError(f"{self.url}: injected outage")
+        await self.gate.wait()
         await self.inner.append(records)
 
     def consume(self, group: str) -> AsyncIterator[list[Record]]:

@@ -345,3 +345,22 @@ async def test_live_does_not_wait_for_the_store_and_the_ack_waits_for_both(rig) 
     r.store.gate.set()
     await until(lambda: len(r.acked) == 50, what="the acks")
     assert await stored_keys(r.inner, 50) == {key(n) for n in range(50)}
+
+
+async def test_a_hanging_log_delays_acks_by_log_wait_only(rig) -> None:
+    """A log append that hangs (a stopped Kafka before its timeout) holds the acks for
+    ``log_wait`` only: storing and acknowledging go on, the records wait for the log and
+    reach it, in order per machine, once it answers again."""
+    r: Rig = await rig(queue_max=1_000, spill_max_bytes=2**20)
+    r.ingest.log_wait = 0.2
+    r.log.gate.clear()
+    await r.push(0, 300)
+    await until(lambda: len(r.acked) == 300, what="acks without the log")
+    assert r.logged == [] and r.ingest.unlogged == 300
+    assert await stored_keys(r.inner, 300) == {key(n) for n in range(300)}
+    r.log.gate.set()
+    await until(lambda: len(r.logged) == 300, what="the log to catch up")
+    assert sorted((rec.chassis, rec.ts) for rec in r.logged) == sorted(key(n) for n in range(300))
+    for chassis in MACHINES:
+        stamps = [rec.ts for rec in r.logged if rec.chassis == chassis]
+        assert stamps == sorted(stamps)

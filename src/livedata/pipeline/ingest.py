@@ -22,10 +22,14 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
   durable.
 
 A device message is acknowledged once its record is durable **and** in the log, in
-arrival order (as MQTT requires of PUBACKs).  While the log is failing (its appender
-retrying), the acknowledgement waits for durability only, and the records wait for the
-log in a bounded backlog (see below): a crash then loses their live publication and
-alert evaluation, never their storage.
+arrival order (as MQTT requires of PUBACKs), by an acker task, so the writer goes on
+with the next batch meanwhile.  When the log has not taken the records within
+``log_wait`` (1 s) of their durability, or is failing (its appender retrying), the
+acknowledgement goes by durability alone and the records wait for the log in a bounded
+backlog (see below): a crash then loses their live publication and alert evaluation,
+never their storage.  (A Kafka that stopped makes ``append`` wait up to its 40 s request
+timeout before failing; without the bound the broker would stop sending after
+``inflight`` unacknowledged messages and storing would stop with it.)
 
 Durable means one of two things:
 
@@ -189,6 +193,7 @@ class Ingest:
         spill_after: float = 2.0,
         drain_retry_max: float = 5.0,
         timestamps: TimestampPolicy | None = None,
+        log_wait: float = 1.0,
     ) -> None:
         self.store = store
         self.timestamps = timestamps or TimestampPolicy()
@@ -216,6 +221,12 @@ class Ingest:
         """Records the log has accepted so far."""
         self._log_progress = asyncio.Event()
         self._log_failing = False
+        self.log_wait = log_wait
+        """How long an acknowledgement waits for the log after its batch is durable."""
+        self._to_ack: deque[tuple[int, float, list[Ack]]] = deque()
+        """Durable batches to acknowledge, oldest first: (records queued up to the batch's
+        last, when it became durable (monotonic), its acks)."""
+        self._ack_work = asyncio.Event()
         self._batch_since: float | None = None
         """When the oldest record of the batch in hand was accepted, until it is durable."""
         self._direct: asyncio.Task[int] | None = None
@@ -430,6 +441,7 @@ class Ingest:
                 tasks.create_task(self._writer(), name="ingest-writer")
                 tasks.create_task(self._appender(), name="ingest-appender")
                 tasks.create_task(self.frames.run(), name="ingest-raw-frames")
+                tasks.create_task(self._acker(), name="ingest-acker")
                 if self.spill is not None:
                     tasks.create_task(self._drainer(), name="ingest-drainer")
 
@@ -469,10 +481,10 @@ class Ingest:
                 else:
                     await self._keep(records, self._batch_since)
                 self._batch_since = None
-                await self._in_log(self._taken)
-                for _, ack, _ in batch:
-                    if ack is not None:
-                        await self._ack(ack)
+                acks = [ack for _, ack, _ in batch if ack is not None]
+                if acks:
+                    self._to_ack.append((self._taken, time.monotonic(), acks))
+                    self._ack_work.set()
                 self.update_gauges()
         finally:
             self._batch_since = None
@@ -480,11 +492,28 @@ class Ingest:
             if direct is not None:
                 direct.cancel()
 
-    async def _in_log(self, count: int) -> None:
-        """Wait until the log has the first ``count`` queued records, unless it is failing."""
-        while self._logged < count and not self._log_failing:
-            self._log_progress.clear()
-            await self._log_progress.wait()
+    async def _acker(self) -> None:
+        """Acknowledge durable batches in order, each once the log has its records too --
+        or once it has waited ``log_wait`` for that, or the log is failing (then durability
+        is enough, as the records wait for the log within ``queue_max``)."""
+        while True:
+            while not self._to_ack:
+                self._ack_work.clear()
+                await self._ack_work.wait()
+            count, durable_at, acks = self._to_ack[0]
+            while self._logged < count and not self._log_failing:
+                left = durable_at + self.log_wait - time.monotonic()
+                if left <= 0:
+                    break
+                self._log_progress.clear()
+                try:
+                    async with asyncio.timeout(left):
+                        await self._log_progress.wait()
+                except TimeoutError:
+                    break
+            self._to_ack.popleft()
+            for ack in acks:
+                await self._ack(ack)
 
     @property
     def spilling(self) -> bool:
