@@ -29,7 +29,7 @@ from livedata.devices.mqtt import (
     telemetry_topic,
 )
 from livedata.errors import BackendError, ConfigError
-from livedata.model import Kind
+from livedata.model import DeviceMessage, Kind, MsgType
 from tests.devices.contract import TS, can_message, raw_message, until
 from tests.servers import free_port
 from tests.servers.mosquitto import Mosquitto, start_mosquitto
