@@ -563,6 +563,8 @@ async def test_publish_properties_are_skipped_and_the_payload_kept(broker: Mosqu
         assert isinstance(delivery, Delivery) and delivery.message.values == {"n": 7}
     finally:
         await link.close()
+
+
 async def test_retained_telemetry_is_delivered_once_not_at_every_resubscribe(
     broker: Mosquitto, parts: Links, tenant: str
 ) -> None:
