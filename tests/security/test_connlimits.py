@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import sys
 
 import pytest
 
+from livedata.errors import ConfigError
 from livedata.gateway.connlimits import ConnectionGate, RepeatLog, default_limit
-from livedata.gateway.server import quiet_accept_errors
+from livedata.gateway.server import event_loop_factory, quiet_accept_errors
 
 
 def test_gate_admits_up_to_the_limit_then_evicts_the_oldest_idle() -> None:
@@ -108,3 +110,19 @@ def test_accept_failures_are_logged_once_with_a_count(caplog: pytest.LogCaptureF
         loop.close()
     assert len([r for r in caplog.records if r.name == "livedata.server"]) == 1
     assert seen == ["something else"]
+
+
+def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto and uvloop give uvloop's loop when installed, asyncio asyncio's; uvloop missing is a
+    configuration error for ``uvloop`` and falls back to asyncio for ``auto``."""
+    uvloop = pytest.importorskip("uvloop")
+    for choice, kind in (("auto", uvloop.Loop), ("uvloop", uvloop.Loop), ("asyncio", None)):
+        loop = event_loop_factory(choice)()
+        try:
+            assert isinstance(loop, kind) if kind else not isinstance(loop, uvloop.Loop)
+        finally:
+            loop.close()
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what `import uvloop` sees when absent
+    assert event_loop_factory("auto") is asyncio.new_event_loop
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        event_loop_factory("uvloop")
