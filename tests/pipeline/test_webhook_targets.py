@@ -95,10 +95,12 @@ def test_rule_urls_with_public_names_are_accepted() -> None:
 
 class _Receiver(BaseHTTPRequestHandler):
     hits: ClassVar[list[str]] = []
+    hosts: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))
         type(self).hits.append(self.path)
+        type(self).hosts.append(self.headers.get("host", ""))
         body = SECRET_BODY.encode()
         self.send_response(int(self.path.rsplit("/", 1)[-1]))
         self.send_header("content-length", str(len(body)))
@@ -138,10 +140,13 @@ def test_sending_to_loopback_is_refused_before_connecting(receiver: int, host: s
 
 
 def test_allowed_loopback_receiver_gets_the_webhook(receiver: int) -> None:
-    """With its network allowed, the receiver gets the POST."""
+    """With its network allowed, the receiver gets the POST at the checked address, with the
+    URL's name (not the address) in its Host header."""
     _Receiver.hits.clear()
+    _Receiver.hosts.clear()
     _send(f"http://localhost:{receiver}/hook/204", ["127.0.0.0/8", "::1"])
     assert _Receiver.hits == ["/hook/204"]
+    assert _Receiver.hosts == [f"localhost:{receiver}"]
 
 
 def test_failed_answer_is_logged_without_its_body(receiver: int) -> None:
