@@ -32,12 +32,14 @@ it never reaches the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import httptools
 import orjson
 import uvicorn
 from prometheus_client import Counter, Gauge
@@ -46,7 +48,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from livedata.errors import ConfigError
-from livedata.gateway.connlimits import ConnectionGate, RepeatLog, default_limit, raise_fd_limit
+from livedata.gateway.connlimits import (
+    ConnectionGate,
+    Deadlines,
+    RepeatLog,
+    default_limit,
+    raise_fd_limit,
+)
 from livedata.settings import Settings
 
 log = logging.getLogger("livedata.server")
@@ -120,15 +128,71 @@ class _Limited:
     gate: ClassVar[ConnectionGate]
     limits: ClassVar[Limits]
     full_log: ClassVar[RepeatLog]
+    heads: ClassVar[HeadSweep]
+
+
+SWEEP_BATCH = 256
+"""Connections :class:`HeadSweep` closes per loop turn at most."""
+
+
+class HeadSweep:
+    """The head timeouts of one server: one timer for all connections, not one each.
+
+    A connection's clock runs from its opening (or the first byte of its next request)
+    until its request head is complete (:class:`~livedata.gateway.connlimits.Deadlines`).
+    The sweep runs at the earliest deadline, at most every ``timeout / 10`` s (1 s at
+    most), so a late head is closed within 10 % of the timeout after it; it closes at
+    most :data:`SWEEP_BATCH` connections per loop turn and continues on the next
+    turn, so 10,000 connections opened together and timing out together do not
+    stop the loop for everyone else.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.deadlines = Deadlines(timeout)
+        self.interval = min(1.0, timeout / 10)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.Handle | None = None
+
+    def start(self, proto: LimitedHttp, loop: asyncio.AbstractEventLoop) -> None:
+        self.deadlines.start(proto, loop.time())
+        if self._timer is None:
+            self._loop = loop
+            self._timer = loop.call_at(loop.time() + self.deadlines.timeout, self._sweep)
+
+    def stop(self, proto: LimitedHttp) -> None:
+        self.deadlines.stop(proto)
+
+    def running(self, proto: LimitedHttp) -> bool:
+        return proto in self.deadlines
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._timer = None
+        expired = self.deadlines.expired(loop.time(), SWEEP_BATCH)
+        for proto in expired:
+            proto._head_timeout()  # type: ignore[attr-defined]
+        if len(expired) == SWEEP_BATCH:
+            self._timer = loop.call_soon(self._sweep)
+        elif (due := self.deadlines.next_due()) is not None:
+            self._timer = loop.call_at(max(due, loop.time() + self.interval), self._sweep)
 
 
 class LimitedHttp(HttpToolsProtocol, _Limited):
-    """uvicorn's httptools protocol with the connection gate, head size and head time caps."""
+    """uvicorn's httptools protocol with the connection gate, head size and head time caps.
+
+    An idle connection holds as little as uvicorn allows: the request parser is made
+    when the first bytes arrive (not for connections that never send any), and the
+    head timeout is a deadline in the server's :class:`HeadSweep`, not a timer.
+    """
 
     _refused = False
     _in_head = True
     _head_bytes = 0
-    _head_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parser = None  # type: ignore[assignment]  # made by data_received
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         admission = self.gate.opened(transport)
@@ -146,12 +210,12 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             admission.evict.close()  # type: ignore[attr-defined]
         CONNECTIONS.set(len(self.gate))
         super().connection_made(transport)
-        self._arm_head_timer()
+        self.heads.start(self, self.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
-        self._cancel_head_timer()
+        self.heads.stop(self)
         if self.transport is not None:
             self.gate.closed(self.transport)
             CONNECTIONS.set(len(self.gate))
@@ -160,6 +224,10 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        if self.parser is None:
+            self.parser = httptools.HttpRequestParser(self)
+            with contextlib.suppress(AttributeError):  # httptools < 0.6.3, as uvicorn does
+                self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
@@ -169,12 +237,12 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        if self._head_timer is None:
-            self._arm_head_timer()
+        if not self.heads.running(self):
+            self.heads.start(self, self.loop)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_head_timer()
+        self.heads.stop(self)
         self.gate.busy(self.transport)
         super().on_headers_complete()
 
@@ -184,16 +252,7 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
         if not self.pipeline:
             self.gate.idle(self.transport)
 
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timeout)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
     def _head_timeout(self) -> None:
-        self._head_timer = None
         if self._in_head and not self.transport.is_closing():
             if self._head_bytes:
                 self._close_with(408, "header_timeout", "the request head took too long")
@@ -204,7 +263,7 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     def _close_with(self, status: int, reason: str, message: str) -> None:
         REFUSED.labels(reason).inc()
         self._in_head = False
-        self._cancel_head_timer()
+        self.heads.stop(self)
         if not self.transport.is_closing():
             self.transport.write(raw_response(status, reason, message))
             self.transport.close()
@@ -351,6 +410,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         "gate": ConnectionGate(limits.max_connections),
         "limits": limits,
         "full_log": RepeatLog(log, "new connections refused: at the connection limit"),
+        "heads": HeadSweep(limits.header_timeout),
     }
     http = type("LimitedHttp", (LimitedHttp,), shared)
     ws = type("LimitedWebSocket", (LimitedWebSocket,), shared)
