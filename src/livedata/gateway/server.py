@@ -11,8 +11,10 @@ uses.  Before any route, security check or database read:
   elsewhere), the failure is logged once per 10 s with a count, not once per attempt;
 - **request heads** (request line and headers) larger than ``max_header_bytes`` get
   431 and the connection is closed; a head not complete ``header_timeout`` seconds
-  after the connection (or the previous response) is closed (slowloris); an idle
-  keep-alive connection is closed after ``keep_alive_timeout``;
+  after the connection opened (or after the next request's first byte) is closed
+  (slowloris), by one sweep per server (:class:`HeadSweep`: up to 10 % of the
+  timeout later, at most 256 closes per loop turn) rather than a timer per
+  connection; an idle keep-alive connection is closed after ``keep_alive_timeout``;
 - **request bodies** are counted while they stream, declared or chunked: beyond
   ``max_body_bytes`` the request gets 413 and the connection is closed, so at most
   one read buffer (64 KiB) plus that cap is ever held per request; a body that stops

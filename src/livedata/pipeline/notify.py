@@ -49,6 +49,7 @@ import hmac
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from email.message import EmailMessage
@@ -140,9 +141,14 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     another name on that address, so every attempt resolves, checks and connects anew.
     """
 
-    def __init__(self, allowed: Sequence[IPNetwork] = (), max_connections: int = 16) -> None:
+    def __init__(
+        self,
+        allowed: Sequence[IPNetwork] = (),
+        max_connections: int = 16,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=0)
-        super().__init__(retries=0, limits=limits)
+        super().__init__(retries=0, limits=limits, verify=verify)
         self.allowed = tuple(allowed)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -167,9 +173,19 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
         extensions = dict(request.extensions)
         if url.scheme == "https":
             extensions["sni_hostname"] = host
+        for address in addresses[:-1]:
+            try:
+                return await self._send_to(address, request, extensions)
+            except httpx.ConnectError:  # nothing was sent: try the next checked address
+                continue
+        return await self._send_to(addresses[-1], request, extensions)
+
+    async def _send_to(
+        self, address: str, request: httpx.Request, extensions: dict[str, Any]
+    ) -> httpx.Response:
         pinned = httpx.Request(
             request.method,
-            url.copy_with(host=addresses[0]),
+            request.url.copy_with(host=address),
             headers=request.headers,  # Host: the name, set when the request was built
             stream=request.stream,
             extensions=extensions,
