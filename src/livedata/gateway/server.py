@@ -184,8 +184,10 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     """uvicorn's httptools protocol with the connection gate, head size and head time caps.
 
     An idle connection holds as little as uvicorn allows: the request parser is made
-    when the first bytes arrive (not for connections that never send any), and the
-    head timeout is a deadline in the server's :class:`HeadSweep`, not a timer.
+    when the first bytes of a request arrive (not for connections that never send
+    any) and dropped with the request's scope and cycle once the response is sent
+    (keep-alive), and the head timeout is a deadline in the server's
+    :class:`HeadSweep`, not a timer.
     """
 
     _refused = False
@@ -230,9 +232,12 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             self.parser = httptools.HttpRequestParser(self)
             with contextlib.suppress(AttributeError):  # httptools < 0.6.3, as uvicorn does
                 self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
-        if self._in_head:
+        counted = self._in_head
+        if counted:
             self._head_bytes += len(data)
         super().data_received(data)
+        if self._in_head and not counted:  # these bytes began the next request's head
+            self._head_bytes += len(data)
         if self._in_head and self._head_bytes > self.limits.max_header_bytes:
             self._close_with(431, "header_too_large", "request line and headers are too large")
 
@@ -251,8 +256,15 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._head_bytes = 0
-        if not self.pipeline:
-            self.gate.idle(self.transport)
+        if self.pipeline or self.transport.is_closing():
+            return
+        self.gate.idle(self.transport)
+        if not self._in_head and self.cycle is not None and not self.cycle.more_body:
+            # Between two requests (this one read whole, the next not begun): keep nothing
+            # of it.  The request's task holds what it still uses; the next request makes
+            # a new parser, scope and cycle.
+            self.parser = self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
+            self.url = b""
 
     def _head_timeout(self) -> None:
         if self._in_head and not self.transport.is_closing():
