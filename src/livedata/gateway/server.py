@@ -256,10 +256,13 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._head_bytes = 0
-        if self.pipeline or self.transport.is_closing():
+        cycle = self.cycle
+        if self.pipeline or self.transport.is_closing() or cycle is None:
+            return
+        if not cycle.response_complete:  # uvicorn has just started a pipelined request
             return
         self.gate.idle(self.transport)
-        if not self._in_head and self.cycle is not None and not self.cycle.more_body:
+        if not self._in_head and not cycle.more_body:
             # Between two requests (this one read whole, the next not begun): keep nothing
             # of it.  The request's task holds what it still uses; the next request makes
             # a new parser, scope and cycle.
