@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             with abuse.Monitor(server, server.machines[0]) as monitor:
                 print(f"server pid {server.process.pid} from {args.src or 'this tree'}")
                 header = (
-                    f"{'phase':10} {'probes':>6} {'p50 ms':>7} {'max ms':>8} {'fail':>5} "
+                    f"{'phase':10} {'probes':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} {'fail':>5} "
                     f"{'live/s':>7} {'gap s':>6} {'RSS MB':>7}  what happened"
                 )
                 print(header)
@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                     f = monitor.phase(since)
                     print(
                         f"{name:10} {f['health_probes']:6.0f} {f['health_p50_ms']:7.1f} "
+                        f"{f['health_p99_ms']:7.1f} "
                         f"{f['health_max_ms']:8.1f} {len(monitor.health_failures) - failures:5d} "
                         f"{f['live_per_s']:7.1f} {f['live_max_gap_s']:6.2f} "
                         f"{monitor.rss_max / 2**20:7.0f}  {what}",

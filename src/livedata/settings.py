@@ -174,6 +174,11 @@ class Settings(BaseSettings):
         description="networks (CIDR, comma-separated) alert webhooks may reach although they"
         " are loopback, private or link-local (default none: public addresses only)",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="event loop of the server processes: uvloop (accepts, reads and closes"
+        " connections in C), asyncio, or auto (uvloop when installed)",
+    )
     max_connections: int = Field(
         0,
         ge=0,

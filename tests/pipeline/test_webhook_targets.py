@@ -7,16 +7,22 @@ only (the policy is what keeps every other address out).
 from __future__ import annotations
 
 import asyncio
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, ClassVar
 
+import httpx
 import pytest
 
 from livedata.errors import InputError
 from livedata.metadata.alerts import Delivery
 from livedata.pipeline.notify import (
+    GuardedTransport,
     Notifier,
     NotifyError,
     blocked_reason,
@@ -95,10 +101,12 @@ def test_rule_urls_with_public_names_are_accepted() -> None:
 
 class _Receiver(BaseHTTPRequestHandler):
     hits: ClassVar[list[str]] = []
+    hosts: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", "0")))
         type(self).hits.append(self.path)
+        type(self).hosts.append(self.headers.get("host", ""))
         body = SECRET_BODY.encode()
         self.send_response(int(self.path.rsplit("/", 1)[-1]))
         self.send_header("content-length", str(len(body)))
@@ -138,10 +146,13 @@ def test_sending_to_loopback_is_refused_before_connecting(receiver: int, host: s
 
 
 def test_allowed_loopback_receiver_gets_the_webhook(receiver: int) -> None:
-    """With its network allowed, the receiver gets the POST."""
+    """With its network allowed, the receiver gets the POST at the checked address, with the
+    URL's name (not the address) in its Host header."""
     _Receiver.hits.clear()
+    _Receiver.hosts.clear()
     _send(f"http://localhost:{receiver}/hook/204", ["127.0.0.0/8", "::1"])
     assert _Receiver.hits == ["/hook/204"]
+    assert _Receiver.hosts == [f"localhost:{receiver}"]
 
 
 def test_failed_answer_is_logged_without_its_body(receiver: int) -> None:
@@ -150,3 +161,46 @@ def test_failed_answer_is_logged_without_its_body(receiver: int) -> None:
         _send(f"http://127.0.0.1:{receiver}/hook/500", ["127.0.0.1/32"])
     assert str(info.value).endswith("HTTP 500")
     assert "hunter2" not in str(info.value)
+
+
+def test_https_goes_to_the_checked_address_with_the_name_as_tls_server_name(
+    receiver: int, tmp_path: Path
+) -> None:
+    """Over HTTPS the connection goes to the checked address while TLS sends the URL's name
+    (SNI) and verifies the certificate for it; a certificate for another name is refused."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make the test certificates")
+    for name in ("localhost", "other.example"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+             "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}",
+             "-keyout", str(tmp_path / f"{name}.key"), "-out", str(tmp_path / f"{name}.pem")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "localhost.pem", tmp_path / "localhost.key")
+    context.sni_callback = lambda _sock, name, _ctx: names.append(name)  # type: ignore[assignment]
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+
+    async def post(trusted: str) -> int:
+        verify = ssl.create_default_context(cafile=tmp_path / f"{trusted}.pem")
+        transport = GuardedTransport(parse_networks(["127.0.0.0/8", "::1"]), verify=verify)
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.post(f"https://localhost:{port}/hook/200", content=b"{}")
+        return response.status_code
+
+    try:
+        _Receiver.hosts.clear()
+        assert asyncio.run(post("localhost")) == 200
+        assert names == ["localhost"]
+        assert _Receiver.hosts == [f"localhost:{port}"]
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(post("other.example"))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -107,6 +107,7 @@ class Monitor:
         return {
             "health_probes": len(health),
             "health_p50_ms": health[len(health) // 2],
+            "health_p99_ms": health[len(health) * 99 // 100],
             "health_max_ms": health[-1],
             "live_per_s": len(live) / span,
             "live_max_gap_s": max(b - a for a, b in itertools.pairwise(edges)),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import sys
 
 import pytest
 
-from livedata.gateway.connlimits import ConnectionGate, RepeatLog, default_limit
-from livedata.gateway.server import quiet_accept_errors
+from livedata.errors import ConfigError
+from livedata.gateway.connlimits import ConnectionGate, Deadlines, RepeatLog, default_limit
+from livedata.gateway.server import event_loop_factory, quiet_accept_errors
 
 
 def test_gate_admits_up_to_the_limit_then_evicts_the_oldest_idle() -> None:
@@ -108,3 +110,36 @@ def test_accept_failures_are_logged_once_with_a_count(caplog: pytest.LogCaptureF
         loop.close()
     assert len([r for r in caplog.records if r.name == "livedata.server"]) == 1
     assert seen == ["something else"]
+
+
+def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto and uvloop give uvloop's loop when installed, asyncio asyncio's; uvloop missing is a
+    configuration error for ``uvloop`` and falls back to asyncio for ``auto``."""
+    uvloop = pytest.importorskip("uvloop")
+    for choice, kind in (("auto", uvloop.Loop), ("uvloop", uvloop.Loop), ("asyncio", None)):
+        loop = event_loop_factory(choice)()
+        try:
+            assert isinstance(loop, kind) if kind else not isinstance(loop, uvloop.Loop)
+        finally:
+            loop.close()
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what `import uvloop` sees when absent
+    assert event_loop_factory("auto") is asyncio.new_event_loop
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        event_loop_factory("uvloop")
+
+
+def test_deadlines_expire_in_order_a_batch_at_a_time() -> None:
+    """Late connections come out oldest first, at most ``limit`` per call; stopped or
+    restarted clocks are not (or later) reported."""
+    deadlines = Deadlines(10.0)
+    for n in range(6):
+        deadlines.start(f"c{n}", now=float(n))
+    deadlines.stop("c1")
+    deadlines.start("c2", now=20.0)  # its next request began: the clock restarts
+    assert deadlines.next_due() == 10.0
+    assert deadlines.expired(now=9.9, limit=10) == []
+    assert deadlines.expired(now=14.0, limit=2) == ["c0", "c3"]
+    assert deadlines.expired(now=14.0, limit=2) == ["c4"]
+    assert len(deadlines) == 2 and "c5" in deadlines and "c4" not in deadlines
+    assert deadlines.expired(now=30.0, limit=10) == ["c5", "c2"]
+    assert deadlines.next_due() is None

@@ -126,6 +126,47 @@ def test_slow_request_head_is_timed_out(server: Server) -> None:
     sock.close()
 
 
+def _responses(sock: socket.socket, count: int) -> list[bytes]:
+    """Read ``count`` complete responses (with Content-Length) from ``sock``."""
+    sock.settimeout(10)
+    data, out = b"", []
+    while len(out) < count:
+        if b"\r\n\r\n" in data:
+            head, rest = data.split(b"\r\n\r\n", 1)
+            length = int(
+                next(
+                    h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")
+                ).split(b":")[1]
+            )
+            if len(rest) >= length:
+                out.append(head + b"\r\n\r\n" + rest[:length])
+                data = rest[length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"closed after {len(out)} responses"
+        data += chunk
+    return out
+
+
+def test_keep_alive_connection_serves_requests_in_a_row(server: Server) -> None:
+    """One connection: a GET, a POST with a body, two pipelined GETs, then a next head
+    that stalls gets 408 (its clock starts at its first byte)."""
+    sock = socket.create_connection(address(server))
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _responses(sock, 1)[0].startswith(b"HTTP/1.1 200")
+    body = b'{"username": "nobody", "password": "wrong"}'
+    sock.sendall(
+        b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert _responses(sock, 1)[0].startswith(b"HTTP/1.1 401")
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+    assert [r[:12] for r in _responses(sock, 2)] == [b"HTTP/1.1 200"] * 2
+    sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+    assert _read_response(sock).startswith(b"HTTP/1.1 408")
+    sock.close()
+
+
 def test_silent_connection_is_closed(server: Server) -> None:
     """A connection that sends nothing is closed after header_timeout."""
     sock = socket.create_connection(address(server))

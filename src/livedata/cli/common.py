@@ -15,7 +15,12 @@ import uvicorn
 
 from livedata.errors import ConfigError
 from livedata.gateway.app import create_app
-from livedata.gateway.server import ACCEPT_BATCH, quiet_accept_errors, uvicorn_config
+from livedata.gateway.server import (
+    ACCEPT_BATCH,
+    event_loop_factory,
+    quiet_accept_errors,
+    uvicorn_config,
+)
 from livedata.gateway.sio import with_socketio
 from livedata.observe import setup_logging
 from livedata.runtime import Runtime
@@ -130,6 +135,7 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
         finally:
             await rt.stop()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    factory = event_loop_factory(settings.event_loop)
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(run())
     return 0

@@ -19,6 +19,11 @@ Under stress:
 - when every connection is busy, the newcomer is refused (HTTP 503 and closed at
   once, counted in ``livedata_connections_refused_total{reason}``).
 
+:class:`Deadlines` keeps one deadline per connection (same timeout for all, so in
+arrival order) for a single periodic sweep, instead of a timer per connection;
+the sweep hands out at most a batch per call, so a burst of expired connections
+is closed over several loop turns.
+
 :class:`RepeatLog` logs a repeated failure once per interval with a count instead
 of once per event.
 """
@@ -111,6 +116,46 @@ class ConnectionGate:
     def closed(self, conn: Hashable) -> None:
         self._open.discard(conn)
         self._idle.pop(conn, None)
+
+
+class Deadlines:
+    """Connections that must finish something (their request head) within ``timeout`` s.
+
+    All share one timeout, so insertion order is deadline order: adding, removing and
+    taking the expired ones cost O(1) each, with no timer per connection."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._due: OrderedDict[Hashable, float] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def __contains__(self, conn: Hashable) -> bool:
+        return conn in self._due
+
+    def start(self, conn: Hashable, now: float) -> None:
+        """``conn``'s clock starts now (restarts if it was running)."""
+        self._due.pop(conn, None)
+        self._due[conn] = now + self.timeout
+
+    def stop(self, conn: Hashable) -> None:
+        self._due.pop(conn, None)
+
+    def expired(self, now: float, limit: int) -> list[Hashable]:
+        """At most ``limit`` connections whose deadline has passed, oldest first (removed)."""
+        out: list[Hashable] = []
+        while self._due and len(out) < limit:
+            conn, due = next(iter(self._due.items()))
+            if due > now:
+                break
+            del self._due[conn]
+            out.append(conn)
+        return out
+
+    def next_due(self) -> float | None:
+        """The earliest deadline, or ``None`` when no clock runs."""
+        return next(iter(self._due.values()), None)
 
 
 class RepeatLog:

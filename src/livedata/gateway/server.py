@@ -11,25 +11,37 @@ uses.  Before any route, security check or database read:
   elsewhere), the failure is logged once per 10 s with a count, not once per attempt;
 - **request heads** (request line and headers) larger than ``max_header_bytes`` get
   431 and the connection is closed; a head not complete ``header_timeout`` seconds
-  after the connection (or the previous response) is closed (slowloris); an idle
-  keep-alive connection is closed after ``keep_alive_timeout``;
+  after the connection opened (or after the next request's first byte) is closed
+  (slowloris), by one sweep per server (:class:`HeadSweep`: up to 10 % of the
+  timeout later, at most 256 closes per loop turn) rather than a timer per
+  connection; an idle keep-alive connection is closed after ``keep_alive_timeout``;
 - **request bodies** are counted while they stream, declared or chunked: beyond
   ``max_body_bytes`` the request gets 413 and the connection is closed, so at most
   one read buffer (64 KiB) plus that cap is ever held per request; a body that stops
   for ``body_timeout`` seconds gets 408 (:class:`BodyLimit`).
 
 Every refusal is counted in ``livedata_connections_refused_total{reason}``.
+
+:func:`event_loop_factory` picks the event loop (setting ``event_loop``): uvloop
+when installed.  Under a flood of idle connections the loop's own work per
+connection (accept, register, read end-of-file, close) is what delays everyone
+else; uvloop does it in C, asyncio in Python with a task per accepted connection.
+With uvloop an ``accept()`` that runs out of descriptors is handled inside libuv
+(the pending connections are accepted on a reserved descriptor and closed), so
+it never reaches the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import httptools
 import orjson
 import uvicorn
 from prometheus_client import Counter, Gauge
@@ -37,7 +49,14 @@ from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from livedata.gateway.connlimits import ConnectionGate, RepeatLog, default_limit, raise_fd_limit
+from livedata.errors import ConfigError
+from livedata.gateway.connlimits import (
+    ConnectionGate,
+    Deadlines,
+    RepeatLog,
+    default_limit,
+    raise_fd_limit,
+)
 from livedata.settings import Settings
 
 log = logging.getLogger("livedata.server")
@@ -52,7 +71,9 @@ REFUSED = Counter(
 ACCEPT_BATCH = 128
 """The listen backlog, which is also how many connections asyncio accepts per loop turn:
 with 2,048 a flood of 25,000 connections stalled /healthz for 2.4 s, with 128 for 0.7 s
-(``bench/bench_abuse.py --only idle``)."""
+(``bench/bench_abuse.py --only idle``).  uvloop (libuv) accepts until the queue is
+empty, so a client that connects as fast as the server accepts makes one long turn
+(about 0.2 s for 15,000 connections on loopback)."""
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
@@ -111,15 +132,73 @@ class _Limited:
     gate: ClassVar[ConnectionGate]
     limits: ClassVar[Limits]
     full_log: ClassVar[RepeatLog]
+    heads: ClassVar[HeadSweep]
+
+
+SWEEP_BATCH = 256
+"""Connections :class:`HeadSweep` closes per loop turn at most."""
+
+
+class HeadSweep:
+    """The head timeouts of one server: one timer for all connections, not one each.
+
+    A connection's clock runs from its opening (or the first byte of its next request)
+    until its request head is complete (:class:`~livedata.gateway.connlimits.Deadlines`).
+    The sweep runs at the earliest deadline, at most every ``timeout / 10`` s (1 s at
+    most), so a late head is closed within 10 % of the timeout after it; it closes at
+    most :data:`SWEEP_BATCH` connections per loop turn and continues on the next
+    turn, so 10,000 connections opened together and timing out together do not
+    stop the loop for everyone else.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.deadlines = Deadlines(timeout)
+        self.interval = min(1.0, timeout / 10)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.Handle | None = None
+
+    def start(self, proto: LimitedHttp, loop: asyncio.AbstractEventLoop) -> None:
+        self.deadlines.start(proto, loop.time())
+        if self._timer is None:
+            self._loop = loop
+            self._timer = loop.call_at(loop.time() + self.deadlines.timeout, self._sweep)
+
+    def stop(self, proto: LimitedHttp) -> None:
+        self.deadlines.stop(proto)
+
+    def running(self, proto: LimitedHttp) -> bool:
+        return proto in self.deadlines
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._timer = None
+        expired = self.deadlines.expired(loop.time(), SWEEP_BATCH)
+        for proto in expired:
+            proto._head_timeout()  # type: ignore[attr-defined]
+        if len(expired) == SWEEP_BATCH:
+            self._timer = loop.call_soon(self._sweep)
+        elif (due := self.deadlines.next_due()) is not None:
+            self._timer = loop.call_at(max(due, loop.time() + self.interval), self._sweep)
 
 
 class LimitedHttp(HttpToolsProtocol, _Limited):
-    """uvicorn's httptools protocol with the connection gate, head size and head time caps."""
+    """uvicorn's httptools protocol with the connection gate, head size and head time caps.
+
+    An idle connection holds as little as uvicorn allows: the request parser is made
+    when the first bytes of a request arrive (not for connections that never send
+    any) and dropped with the request's scope and cycle once the response is sent
+    (keep-alive), and the head timeout is a deadline in the server's
+    :class:`HeadSweep`, not a timer.
+    """
 
     _refused = False
     _in_head = True
     _head_bytes = 0
-    _head_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parser = None  # type: ignore[assignment]  # made by data_received
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         admission = self.gate.opened(transport)
@@ -137,12 +216,12 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             admission.evict.close()  # type: ignore[attr-defined]
         CONNECTIONS.set(len(self.gate))
         super().connection_made(transport)
-        self._arm_head_timer()
+        self.heads.start(self, self.loop)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
-        self._cancel_head_timer()
+        self.heads.stop(self)
         if self.transport is not None:
             self.gate.closed(self.transport)
             CONNECTIONS.set(len(self.gate))
@@ -151,40 +230,48 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        if self._in_head:
+        if self.parser is None:
+            self.parser = httptools.HttpRequestParser(self)
+            with contextlib.suppress(AttributeError):  # httptools < 0.6.3, as uvicorn does
+                self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        counted = self._in_head
+        if counted:
             self._head_bytes += len(data)
         super().data_received(data)
+        if self._in_head and not counted:  # these bytes began the next request's head
+            self._head_bytes += len(data)
         if self._in_head and self._head_bytes > self.limits.max_header_bytes:
             self._close_with(431, "header_too_large", "request line and headers are too large")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        if self._head_timer is None:
-            self._arm_head_timer()
+        if not self.heads.running(self):
+            self.heads.start(self, self.loop)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_head_timer()
+        self.heads.stop(self)
         self.gate.busy(self.transport)
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._head_bytes = 0
-        if not self.pipeline:
-            self.gate.idle(self.transport)
-
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timeout)
-
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        cycle = self.cycle
+        if self.pipeline or self.transport.is_closing() or cycle is None:
+            return
+        if not cycle.response_complete:  # uvicorn has just started a pipelined request
+            return
+        self.gate.idle(self.transport)
+        if not self._in_head and not cycle.more_body:
+            # Between two requests (this one read whole, the next not begun): keep nothing
+            # of it.  The request's task holds what it still uses; the next request makes
+            # a new parser, scope and cycle.
+            self.parser = self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
+            self.url = b""
 
     def _head_timeout(self) -> None:
-        self._head_timer = None
         if self._in_head and not self.transport.is_closing():
             if self._head_bytes:
                 self._close_with(408, "header_timeout", "the request head took too long")
@@ -195,7 +282,7 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     def _close_with(self, status: int, reason: str, message: str) -> None:
         REFUSED.labels(reason).inc()
         self._in_head = False
-        self._cancel_head_timer()
+        self.heads.stop(self)
         if not self.transport.is_closing():
             self.transport.write(raw_response(status, reason, message))
             self.transport.close()
@@ -322,6 +409,19 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
     loop.set_exception_handler(handler)
 
 
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop for ``choice`` (``auto``: uvloop when installed, else asyncio)."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("event_loop = uvloop, but uvloop is not installed") from None
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
     """The uvicorn configuration of a livedata server: ``app`` behind the limits above."""
     limits = Limits.from_settings(settings)
@@ -329,6 +429,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         "gate": ConnectionGate(limits.max_connections),
         "limits": limits,
         "full_log": RepeatLog(log, "new connections refused: at the connection limit"),
+        "heads": HeadSweep(limits.header_timeout),
     }
     http = type("LimitedHttp", (LimitedHttp,), shared)
     ws = type("LimitedWebSocket", (LimitedWebSocket,), shared)

@@ -25,7 +25,7 @@ setting ``webhook_allowed_networks`` (e.g. ``10.1.2.0/24`` for an in-house
 receiver).  A URL naming such an address is refused when the rule is saved
 (:func:`check_webhook_url`); a host name is resolved at each attempt and *every*
 address it resolves to is checked, and the connection goes to the checked
-address (:class:`GuardedBackend`, so DNS rebinding between check and connect does
+address (:class:`GuardedTransport`, so DNS rebinding between check and connect does
 not help).  Redirects are not followed and proxy settings from the environment
 are ignored.  The notification log keeps the status of a failed answer, never
 its body: a rule's author learns "HTTP 500", not what an internal server said.
@@ -49,6 +49,7 @@ import hmac
 import ipaddress
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Sequence
 from email.message import EmailMessage
@@ -56,7 +57,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiosmtplib
-import httpcore
 import httpx
 import orjson
 
@@ -130,53 +130,76 @@ def check_webhook_url(url: str, allowed: Sequence[IPNetwork] = ()) -> None:
             raise InputError(f"the webhook URL points to a {reason}")
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend that resolves the host itself, refuses it when any of
-    its addresses is blocked (:func:`blocked_reason`), and connects to a checked one."""
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport that resolves the request's host itself, refuses the request when
+    any of its addresses is blocked (:func:`blocked_reason`), and connects to a checked one.
 
-    def __init__(self, allowed: Sequence[IPNetwork] = ()) -> None:
-        self.allowed = tuple(allowed)
-        self._inner = httpcore.AnyIOBackend()
+    The request goes to that address: the URL's host is replaced by it while the
+    ``Host`` header keeps the name, and over HTTPS the name is the TLS server name
+    (``sni_hostname``), so the certificate is verified for the name.  No connection
+    is kept alive: the pool would key it by the address and could reuse it for
+    another name on that address, so every attempt resolves, checks and connects anew.
+    """
 
-    async def connect_tcp(
+    def __init__(
         self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
+        allowed: Sequence[IPNetwork] = (),
+        max_connections: int = 16,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=0)
+        super().__init__(retries=0, limits=limits, verify=verify)
+        self.allowed = tuple(allowed)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        host = url.host
         literal = _ip_literal(host)
         if literal is not None:
             addresses = [literal]
         else:
-            loop = asyncio.get_running_loop()
+            port = url.port or (443 if url.scheme == "https" else 80)
             try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
             except OSError as exc:
-                raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
+                raise httpx.ConnectError(f"cannot resolve {host}: {exc}", request=request) from None
             addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
         for address in addresses:
             reason = blocked_reason(address, self.allowed)
             if reason is not None:
-                raise httpcore.ConnectError(f"{host} resolves to a {reason}")
-        return await self._inner.connect_tcp(
-            addresses[0], port, timeout, local_address, socket_options
-        )
+                raise httpx.ConnectError(f"{host} resolves to a {reason}", request=request)
+        extensions = dict(request.extensions)
+        if url.scheme == "https":
+            extensions["sni_hostname"] = host
+        for address in addresses[:-1]:
+            try:
+                return await self._send_to(address, request, extensions)
+            except httpx.ConnectError:  # nothing was sent: try the next checked address
+                continue
+        return await self._send_to(addresses[-1], request, extensions)
 
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+    async def _send_to(
+        self, address: str, request: httpx.Request, extensions: dict[str, Any]
+    ) -> httpx.Response:
+        pinned = httpx.Request(
+            request.method,
+            request.url.copy_with(host=address),
+            headers=request.headers,  # Host: the name, set when the request was built
+            stream=request.stream,
+            extensions=extensions,
+        )
+        return await super().handle_async_request(pinned)
 
 
 def webhook_client(timeout: float, allowed: Sequence[IPNetwork] = ()) -> httpx.AsyncClient:
     """An HTTP client that only reaches allowed addresses (no redirects, no env proxies)."""
-    transport = httpx.AsyncHTTPTransport(retries=0)
-    # httpx has no option for httpcore's network backend: its pool is replaced by one with it
-    transport._pool = httpcore.AsyncConnectionPool(
-        network_backend=GuardedBackend(allowed), max_connections=16
-    )
     return httpx.AsyncClient(
-        transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
+        transport=GuardedTransport(allowed),
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
     )
 
 
