@@ -118,13 +118,13 @@ async def serve_live(
         raw.close_now(1013, "too slow: no progress")
 
     outbox = Outbox(
-        raw,
+        raw.transport,
         WS_TEXT,
         stalled,
         queue_max,
         hub.stall_seconds if stall_timeout is None else stall_timeout,
     )
-    raw.outbox = outbox
+    raw.attach(outbox)
     rated = _Rated(hub, outbox)
     try:
         fatal = check_msg_type(msg_type)

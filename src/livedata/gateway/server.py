@@ -225,19 +225,34 @@ class LimitedWebSocket(WebSocketsSansIOProtocol, _Limited):
     """
 
     outbox: Outbox | None = None
+    _close_sent = False
+
+    @property
+    def close_sent(self) -> bool:
+        return self._close_sent
+
+    @close_sent.setter
+    def close_sent(self, value: bool) -> None:
+        # every way to begin the closing handshake sets this: no data frame after it
+        self._close_sent = value
+        if value and self.outbox is not None:
+            self.outbox.close()
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         if not self.close_sent:  # an upgrade the app will see (not a refused handshake)
             self.scope["extensions"][RAW_WEBSOCKET] = self  # type: ignore[assignment]
 
-    def write(self, frames: bytes) -> None:
-        """Put whole server frames on the wire; nothing once the closing handshake began."""
-        if not self.close_sent and not self.transport.is_closing():
-            self.transport.write(frames)
+    def attach(self, outbox: Outbox) -> None:
+        """Let ``outbox`` write to this connection's transport (see the class doc)."""
+        self.outbox = outbox
+        if self.close_sent or self.transport.is_closing():
+            outbox.close()
 
-    def get_write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size()
+    def handle_close(self, event: Any) -> None:
+        if self.outbox is not None:  # the peer closes: no data frame after our answer
+            self.outbox.close()
+        super().handle_close(event)
 
     def pause_writing(self) -> None:
         super().pause_writing()
