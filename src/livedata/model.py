@@ -3,10 +3,13 @@
 A machine sends :class:`DeviceMessage` objects (one per message type and second);
 ingest turns each into one :class:`Record` of decoded values.  Records are what the
 store keeps, what the log carries and what distribute publishes on the live channel
-named by :func:`live_channel`.  Wherever a record crosses a process or goes to disk
-(the Kafka log, the spill journal, a live channel) it travels in one shape, the
-record envelope (:func:`envelope`), with one codec (:func:`encode_record`,
-:func:`encode_records` and their decoders).
+named by :func:`live_channel`.  Wherever a record goes through the log or to disk
+(the Kafka log, the spill journal) it travels in one shape, the record envelope
+(:func:`envelope`), with one codec (:func:`encode_record`, :func:`encode_records` and
+their decoders).  On a live channel distribute publishes only what live readers use,
+``ts``, ``values`` and the channel's ``seq``/``epoch``
+(:class:`~livedata.bus.base.LiveMessage`): as an object in process, encoded only where
+a pub/sub leaves the process.
 """
 
 from __future__ import annotations
@@ -84,23 +87,14 @@ class Record:
     def channel(self) -> str:
         return live_channel(self.tenant, self.chassis, self.msg_type)
 
-    def to_json(self, *, seq: int | None = None, epoch: str | None = None) -> bytes:
-        """This record in the envelope (see :func:`encode_record`)."""
-        return encode_record(self, seq=seq, epoch=epoch)
 
-    @classmethod
-    def from_json(cls, data: bytes | str) -> Record:
-        return decode_record(data)
+# --- the record envelope: one wire shape for the log and the spill journal
 
 
-# --- the record envelope: one wire shape for the log, the spill journal, the live channel
-
-
-def envelope(record: Record, *, seq: int | None = None, epoch: str | None = None) -> dict[str, Any]:
-    """The record envelope: ``{"tenant", "chassis", "msgType", "ts", "kind", "values"}``,
-    plus ``seq`` and ``epoch`` on a live channel (its numbering, see
-    :mod:`livedata.pipeline.distribute`).  Values are as ingest normalised them."""
-    env: dict[str, Any] = {
+def envelope(record: Record) -> dict[str, Any]:
+    """The record envelope: ``{"tenant", "chassis", "msgType", "ts", "kind", "values"}``.
+    Values are as ingest normalised them."""
+    return {
         "tenant": record.tenant,
         "chassis": record.chassis,
         "msgType": record.msg_type,
@@ -108,15 +102,11 @@ def envelope(record: Record, *, seq: int | None = None, epoch: str | None = None
         "kind": record.kind.value,
         "values": record.values,
     }
-    if seq is not None:
-        env["seq"] = seq
-        env["epoch"] = epoch
-    return env
 
 
-def encode_record(record: Record, *, seq: int | None = None, epoch: str | None = None) -> bytes:
-    """One record as JSON bytes: a Kafka value, a live-channel message."""
-    return orjson.dumps(envelope(record, seq=seq, epoch=epoch))
+def encode_record(record: Record) -> bytes:
+    """One record as JSON bytes (a Kafka value)."""
+    return orjson.dumps(envelope(record))
 
 
 def from_envelope(obj: dict[str, Any]) -> Record:
@@ -127,11 +117,6 @@ def from_envelope(obj: dict[str, Any]) -> Record:
     return Record(
         obj["tenant"], obj["chassis"], obj["msgType"], obj["ts"], Kind(obj["kind"]), values
     )
-
-
-def decode_record(data: bytes | str) -> Record:
-    """The record of :func:`encode_record`'s bytes (``seq``/``epoch`` ignored)."""
-    return from_envelope(orjson.loads(data))
 
 
 def encode_records(records: Sequence[Record]) -> bytes:

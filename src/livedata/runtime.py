@@ -23,7 +23,7 @@ from livedata.devices import open_devices
 from livedata.errors import BackendError, NotFound
 from livedata.gateway.alerts_api import alert_relay
 from livedata.gateway.commands import presence_feed, status_relay
-from livedata.gateway.hub import Hub
+from livedata.gateway.fanout import Fanout
 from livedata.gateway.viewers import ViewerFollower
 from livedata.metadata import Metadata
 from livedata.metadata.decoding import delete_ranges_before
@@ -78,7 +78,12 @@ class Runtime:
             timestamps=TimestampPolicy(settings.future_skew_seconds, settings.future_timestamps),
         )
         self.distribute = Distribute(self.log, self.pubsub)
-        self.hub = Hub(self.pubsub, stall_timeout=settings.client_stall_seconds)
+        self.hub = Fanout(
+            self.pubsub,
+            stall_seconds=settings.client_stall_seconds,
+            queue_max=settings.client_queue,
+        )
+        """The fan-out core every live transport and in-process listener uses."""
         self.alerts = alert_role(self)
         self.viewers = ViewerFollower(self)
         """Who watches which machine; real-time follows them where the organisation wants."""

@@ -28,10 +28,11 @@ import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from weakref import WeakKeyDictionary
 
-from livedata.bus.base import HISTORY_MAX, Handler, Log, PubSub
+from livedata.bus.base import HISTORY_MAX, Handler, LiveMessage, Log, Message, PubSub
 from livedata.errors import BusError
 from livedata.model import Record
 
@@ -85,19 +86,27 @@ class _LogBroker:
         return [i for i in range(len(self.partitions)) if members[i % len(members)] is member]
 
 
+_Kept = bytes | tuple[dict[str, Any], dict[str, Any]]
+
+
 class _PubSubBroker:
     def __init__(self) -> None:
         self.handlers: dict[str, list[Handler]] = {}
-        self.history: dict[str, deque[tuple[float, bytes]]] = {}
+        self.history: dict[str, deque[tuple[float, _Kept]]] = {}
 
-    def keep(self, channel: str, message: bytes, seconds: float) -> None:
+    def keep(self, channel: str, message: Message, seconds: float) -> None:
         now = time.monotonic()
         kept = self.history.get(channel)
         if kept is None:
             kept = self.history[channel] = deque(maxlen=HISTORY_MAX)
-        # An exact-size copy: orjson's output keeps its whole (~8 KiB) buffer for life, so
-        # 180 s of history at 10 Hz per channel would take 16 times the memory it needs.
-        kept.append((now, bytes(memoryview(message))))
+        if isinstance(message, LiveMessage):
+            # plain tuples of plain values: the collector stops tracking them, so a long
+            # history adds nothing to the work of a full collection
+            kept.append((now, (message.values, message.head)))
+        else:
+            # An exact-size copy: orjson's output keeps its whole (~4 KiB) buffer for life, so
+            # 180 s of history at 10 Hz per channel would take 16 times the memory it needs.
+            kept.append((now, bytes(memoryview(message))))
         while kept and now - kept[0][0] > seconds:
             kept.popleft()
 
@@ -207,7 +216,9 @@ class MemoryPubSub(PubSub):
         brokers = _pubsub_brokers.setdefault(asyncio.get_running_loop(), {})
         return brokers.setdefault(self._name, _PubSubBroker())
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        """Hands each message to the subscribers as it is: a :class:`LiveMessage` object
+        stays an object (no JSON round trip in process)."""
         broker = self._broker
         for channel, message in messages:
             broker.keep(channel, message, self.history_seconds)
@@ -231,10 +242,14 @@ class MemoryPubSub(PubSub):
         if not handlers:
             del self._broker.handlers[channel]
 
-    async def history(self, channel: str) -> list[bytes]:
+    async def history(self, channel: str) -> list[Message]:
         kept = self._broker.history.get(channel, ())
         cutoff = time.monotonic() - self.history_seconds
-        return [message for at, message in kept if at >= cutoff]
+        return [
+            message if isinstance(message, bytes) else LiveMessage.of(*message)
+            for at, message in kept
+            if at >= cutoff
+        ]
 
     async def close(self) -> None:
         for channel in list(self._mine):

@@ -32,7 +32,7 @@ reload the rules every 3 s.
 Acknowledging records who did it: the signed-in user (operators and admins).
 
 Fleet summary: one in-memory latest-value cache per organisation, started by
-the first request and kept; it listens (:meth:`~livedata.gateway.hub.Hub.listen`)
+the first request and kept; it listens (:meth:`~livedata.gateway.fanout.Fanout.listen`)
 to the live channels of each machine, so a request reads memory, never the
 telemetry database (each machine's last values are read from the store once,
 when the cache first sees it).  A machine is ``online`` while real-time data

@@ -1,0 +1,114 @@
+"""The live WebSocket on livedata's server layer, in process over a real socket: the fan-out
+writes pre-framed bytes straight to the transport the server layer hands over."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+import pytest
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from livedata.bus.base import LiveMessage
+from livedata.bus.memory import MemoryPubSub
+from livedata.errors import NotFound
+from livedata.gateway.fanout import Fanout
+from livedata.gateway.live import serve_live
+from livedata.gateway.server import uvicorn_config
+from livedata.model import live_channel
+from livedata.settings import Settings
+
+CHANNEL = live_channel("acme", "m1", "vehicle_can")
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait until ``condition()`` holds (at most about 30 s, then fail)."""
+    for _ in range(3_000):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the condition never held")
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[str, MemoryPubSub, Fanout]]:
+    """A uvicorn server with livedata's limits whose one route is the live endpoint."""
+    url = f"memory://{uuid.uuid4().hex}"
+    fanout = Fanout(MemoryPubSub(url))
+
+    async def known(msg_type: str) -> list[str]:
+        return ["speed", "gear"]
+
+    async def live(websocket: WebSocket) -> None:
+        chassis = websocket.path_params["chassis"]
+        if chassis != "m1":
+
+            async def known_fields(_msg_type: str) -> list[str]:
+                raise NotFound(f"no machine {chassis}")
+        else:
+            known_fields = known
+        await serve_live(
+            websocket,
+            fanout,
+            "acme",
+            chassis,
+            websocket.query_params.get("msgType"),
+            known_fields,
+            8,
+        )
+
+    app = Starlette(routes=[WebSocketRoute("/live/{chassis}", live)])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn_config(app, Settings(max_connections=100)))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    await until(lambda: server.started)
+    yield f"ws://127.0.0.1:{port}/live", MemoryPubSub(url), fanout
+    server.should_exit = True
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    sock.close()
+
+
+async def test_live_data_and_errors_arrive_as_frames_written_by_the_fan_out(
+    served: tuple[str, MemoryPubSub, Fanout],
+) -> None:
+    """A subscribed client gets its fields as LIVE_DATA; a bad message gets an ERROR, stays open."""
+    base, publisher, fanout = served
+    async with asyncio.timeout(30), websockets.connect(f"{base}/m1?msgType=vehicle_can") as ws:
+        await ws.send('{"type":"INIT_FIELD_LIST","payload":["speed"]}')
+        await until(lambda: CHANNEL in fanout.channels)
+        await publisher.publish(CHANNEL, LiveMessage(1_000, 1, "e1", {"speed": 5.0, "gear": 2}))
+        assert orjson.loads(await ws.recv()) == {
+            "type": "LIVE_DATA",
+            "payload": {"speed": 5.0},
+            "ts": 1_000,
+            "seq": 1,
+            "epoch": "e1",
+        }
+        await ws.send("{not json")
+        assert orjson.loads(await ws.recv())["code"] == "invalid_json"
+        await publisher.publish(CHANNEL, LiveMessage(2_000, 2, "e1", {"speed": 6.0}))
+        assert orjson.loads(await ws.recv())["seq"] == 2
+    await until(lambda: CHANNEL not in fanout.channels)  # it left the fan-out when it closed
+
+
+async def test_unknown_machine_gets_not_found_and_close_4404(
+    served: tuple[str, MemoryPubSub, Fanout],
+) -> None:
+    """An unknown machine gets the not_found ERROR, then the close code 4404."""
+    base, _, _ = served
+    async with asyncio.timeout(30), websockets.connect(f"{base}/nope?msgType=vehicle_can") as ws:
+        assert orjson.loads(await ws.recv())["code"] == "not_found"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4404
