@@ -328,9 +328,9 @@ def test_node_socket_io_client(two_orgs: Server) -> None:
         assert [i for i in node.collect(1.5) if i.get("event") == "device-update"] == []
 
         refused = node.call("subscribe-device", "OT-0001")
-        assert refused["ok"] is False and refused["code"] == "not_found"
+        assert refused["ok"] is False and refused["error"]["code"] == "not_found"
         error = node.wait(lambda i: i.get("event") == "error")["data"]
-        assert error["code"] == "not_found" and error["deviceId"] == "OT-0001"
+        assert error["error"]["code"] == "not_found" and error["deviceId"] == "OT-0001"
         write_other(two_orgs, "OT-0001.cpu_usage", 7.0)
         later = node.collect(1.2)
         assert not [
@@ -354,7 +354,7 @@ def test_node_client_org_choice_and_bad_payloads(two_orgs: Server) -> None:
         assert summary["org"] == "demo"
         for payload in (None, 42, {"deviceId": two_orgs.machines[0], "fields": "speed"}):
             reply = node.call("subscribe-device", payload)
-            assert reply["ok"] is False and reply["code"] == "bad_request", reply
+            assert reply["ok"] is False and reply["error"]["code"] == "bad_request", reply
         error = refused.wait(lambda i: i.get("event") == "connect_error", 10)["data"]
         assert error == {"code": "not_found"}
         assert not [i for i in refused.seen if i.get("event") == "dashboard:data"]

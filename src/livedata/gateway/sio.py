@@ -13,13 +13,14 @@ unknown organisation) and more than ``live_per_user`` live connections
 (``too_many_connections``).  Logging out or revoking the token disconnects it.
 
 Client → server (each answers through the Socket.IO acknowledgement with
-``{"ok":true,…}`` or ``{"ok":false,"code","message"}``):
+``{"ok":true,…}`` or ``{"ok":false,"error":{"code","message"}}``, the error shape of
+every other surface):
 
 - ``subscribe-device`` with a device (chassis) id, or ``{deviceId, fields:[…]}``
   to get only those fields: joins the room ``device:{org}:{deviceId}`` and gets
   the device's current status at once.  Subscribing again replaces the field
   filter.  An unknown device, or another organisation's, gets an ``error`` event
-  ``{"code":"not_found","message":…,"deviceId":…}`` and no join; so does a 101st
+  ``{"error":{"code":"not_found","message":…},"deviceId":…}`` and no join; so does a 101st
   subscription (``too_many_subscriptions``) or a malformed payload (``bad_request``).
 - ``unsubscribe-device`` with the same forms: leaves the room.
 
@@ -473,6 +474,9 @@ class _OrgFeed:
         }
 
 
+_NOT_CONNECTED = {"ok": False, "error": {"code": "not_connected", "message": "not connected"}}
+
+
 def _device_request(data: Any) -> tuple[str, frozenset[str] | None]:
     """``"WL-0001"`` or ``{"deviceId": "WL-0001", "fields": [...]}``; raises _Refused."""
     fields: frozenset[str] | None = None
@@ -682,14 +686,14 @@ class SocketGateway:
 
     async def _refuse(self, sid: str, code: str, message: str, device: Any) -> dict[str, Any]:
         observe.CLIENT_ERRORS.labels(code).inc()
-        body = {"code": code, "message": message, "deviceId": device}
+        body = {"error": {"code": code, "message": message}, "deviceId": device}
         await self.emit("error", body, to=sid)
         return {"ok": False, **body}
 
     async def _subscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
         client = self._clients.get(sid)
         if client is None:
-            return {"ok": False, "code": "not_connected", "message": "not connected"}
+            return _NOT_CONNECTED
         device: Any = data.get("deviceId") if isinstance(data, dict) else data
         try:
             device, fields = _device_request(data)
@@ -711,7 +715,7 @@ class SocketGateway:
             )
         feed = self._feeds.get(org)
         if feed is None:
-            return {"ok": False, "code": "not_connected", "message": "not connected"}
+            return _NOT_CONNECTED
         client.subscriptions[device] = fields
         feed.subscribers.setdefault(device, {})[sid] = fields
         room = feed.device_room(device)
@@ -729,7 +733,7 @@ class SocketGateway:
     async def _unsubscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
         client = self._clients.get(sid)
         if client is None:
-            return {"ok": False, "code": "not_connected", "message": "not connected"}
+            return _NOT_CONNECTED
         device: Any = data.get("deviceId") if isinstance(data, dict) else data
         try:
             device, _ = _device_request(data)

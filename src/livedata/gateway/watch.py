@@ -112,18 +112,14 @@ import asyncio
 import csv
 import io
 import logging
-import math
-import re
 import secrets
 import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
@@ -133,6 +129,8 @@ from prometheus_client import Counter, Gauge
 from livedata import observe
 from livedata.decode.values import decode_values
 from livedata.errors import DecodeError, InputError, NotFound
+from livedata.gateway.protocol import sse
+from livedata.gateway.protocol.sse import Event, TimeFormat, TooLarge, WatchParams, parse_duration
 from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_device_update
 from livedata.gateway.stall import StallClock, Stalled
@@ -156,15 +154,7 @@ LOG_TABLES = {
     "audit": "logins, token changes, commands and configuration changes (admins only)",
 }
 
-MAX_TAGS = 100
 MAX_STREAMS = 1_000
-MAX_ROWS_DEFAULT = 20
-MAX_ROWS_LIMIT = 100
-PERIOD_DEFAULT = 3.0
-PERIOD_MIN = 1.0
-DURATION_MAX = 3_600.0
-KEEPALIVE_DEFAULT = 30.0
-KEEPALIVE_MIN = 1.0
 RING_SECONDS = 600.0
 RING_ENTRIES = 2_000
 MAX_RINGS = 2_000
@@ -176,7 +166,6 @@ WRITE_MAX_BYTES = 4 * 1024 * 1024
 WRITE_MAX_ROWS = 10_000
 WRITE_ACK_TIMEOUT_S = 15.0
 REALTIME_WINDOW_MS = 600_000
-TS_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 STREAMS = Gauge("livedata_watch_streams", "Open SSE watch streams")
 RINGS = Gauge("livedata_watch_rings", "Live channels buffered for SSE watch streams")
@@ -187,174 +176,8 @@ WRITTEN = Counter("livedata_write_rows", "Rows written through POST /db/write", 
 # --------------------------------------------------------------------------- parameters
 
 
-class TooLarge(InputError):
-    code = "too_large"
-
-
 class _Busy(Exception):
     """A process-wide bound is reached (503)."""
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(text: str, name: str) -> float:
-    """A Go duration (``1m30s``, ``500ms``; a bare number is seconds) in seconds."""
-    raw = text.strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", raw):
-        return float(raw)
-    pos, total = 0, 0.0
-    while pos < len(raw):
-        match = _DURATION_PART.match(raw, pos)
-        if match is None:
-            raise InputError(f"{name} {text!r} is not a duration such as 500ms, 3s or 1m")
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not raw:
-        raise InputError(f"{name} is empty: give a duration such as 3s")
-    return total
-
-
-def _bounded_duration(text: str | None, name: str, default: float, minimum: float) -> float:
-    if text is None:
-        return default
-    value = parse_duration(text, name)
-    if value < minimum:
-        raise InputError(f"{name} {text!r} is below the minimum of {minimum:g}s")
-    if value > DURATION_MAX:
-        raise InputError(f"{name} {text!r} is above the maximum of {DURATION_MAX:g}s")
-    return value
-
-
-def parse_tz(text: str | None) -> tzinfo | None:
-    """``UTC`` (default), ``Local`` (``None``: the server's zone) or an IANA name."""
-    if text is None or text.upper() == "UTC":
-        return UTC
-    if text.lower() == "local":
-        return None
-    if len(text) > 64:
-        raise InputError("tz is too long")
-    try:
-        return ZoneInfo(text)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(
-            f"unknown tz {text!r}: use UTC, Local or a location such as Asia/Seoul"
-        ) from None
-
-
-_MS_PER = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
-_DEFAULT_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\Z")
-
-
-@dataclass(frozen=True, slots=True)
-class TimeFormat:
-    """How TIME is written out and read in: ``s``, ``ms``, ``us``, ``ns`` or ``default``."""
-
-    name: str
-    tz: tzinfo | None
-
-    @classmethod
-    def parse(cls, timeformat: str | None, tz: str | None) -> TimeFormat:
-        name = (timeformat or "ns").lower()
-        if name not in ("s", "ms", "us", "ns", "default"):
-            raise InputError(f"unknown timeformat {timeformat!r}: use s, ms, us, ns or default")
-        return cls(name, parse_tz(tz))
-
-    def format(self, ts_ms: int) -> int | str:
-        if self.name == "ms":
-            return ts_ms
-        if self.name == "s":
-            return ts_ms // 1000
-        if self.name == "us":
-            return ts_ms * 1000
-        if self.name == "ns":
-            return ts_ms * 1_000_000
-        seconds, millis = divmod(ts_ms, 1000)
-        when = datetime.fromtimestamp(seconds, self.tz)
-        text = when.strftime("%Y-%m-%d %H:%M:%S")
-        return f"{text}.{millis:03d}".rstrip("0") if millis else text
-
-    def to_ms(self, raw: object) -> int:
-        """A TIME value as given by a writer, in milliseconds since the epoch."""
-        if self.name == "default":
-            match = _DEFAULT_TIME.match(raw.strip()) if isinstance(raw, str) else None
-            if match is None:
-                raise ValueError(f"TIME {raw!r} is not like 2006-01-02 15:04:05.999")
-            year, month, day, hour, minute, second = (int(p) for p in match.groups()[:6])
-            try:
-                when = datetime(year, month, day, hour, minute, second, tzinfo=self.tz)
-            except ValueError as exc:
-                raise ValueError(f"TIME {raw!r}: {exc}") from None
-            millis = int((match.group(7) or "0").ljust(3, "0")[:3])
-            ms = int(when.timestamp()) * 1000 + millis
-        else:
-            if isinstance(raw, bool):
-                raise ValueError(f"TIME {raw!r} is not a number of {self.name}")
-            if isinstance(raw, str) and re.fullmatch(r"\d+(?:\.\d+)?", raw.strip()):
-                raw = float(raw) if "." in raw else int(raw)
-            if isinstance(raw, int):
-                divisor = {"s": 1, "ms": 1, "us": 1000, "ns": 1_000_000}[self.name]
-                ms = raw * 1000 if self.name == "s" else raw // divisor
-            elif isinstance(raw, float) and math.isfinite(raw):
-                ms = int(raw * _MS_PER[self.name])
-            else:
-                raise ValueError(f"TIME {raw!r} is not a number of {self.name}")
-        if not 0 <= ms <= TS_MAX_MS:
-            raise ValueError(f"TIME {raw!r} is out of range")
-        return ms
-
-
-@dataclass(frozen=True, slots=True)
-class WatchParams:
-    period: float
-    keep_alive: float
-    fmt: TimeFormat
-    tags: tuple[str, ...]
-    max_rows: int
-    parallelism: int
-
-    @classmethod
-    def from_query(cls, query: Any) -> WatchParams:
-        period = _bounded_duration(query.get("period"), "period", PERIOD_DEFAULT, PERIOD_MIN)
-        keep_alive = _bounded_duration(
-            query.get("keep-alive"), "keep-alive", KEEPALIVE_DEFAULT, KEEPALIVE_MIN
-        )
-        fmt = TimeFormat.parse(query.get("timeformat"), query.get("tz"))
-        max_rows = _int_param(query.get("max-rows"), "max-rows", MAX_ROWS_DEFAULT)
-        if not 1 <= max_rows <= MAX_ROWS_LIMIT:
-            raise InputError(f"max-rows {max_rows} is out of range: 1 to {MAX_ROWS_LIMIT}")
-        parallelism = _int_param(query.get("parallelism"), "parallelism", 0)
-        if parallelism < 0:
-            raise InputError("parallelism must be 0 or more")
-        tags: list[str] = []
-        for value in query.getlist("tag"):
-            tags.extend(t.strip() for t in value.split(",") if t.strip())
-        tags = list(dict.fromkeys(tags))
-        if len(tags) > MAX_TAGS:
-            raise InputError(f"{len(tags)} tags; at most {MAX_TAGS} per stream")
-        bad = [t for t in tags if len(t) > 200]
-        if bad:
-            raise InputError("a tag name is longer than 200 characters")
-        return cls(period, keep_alive, fmt, tuple(tags), max_rows, parallelism)
-
-
-def _int_param(text: str | None, name: str, default: int) -> int:
-    if text is None:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise InputError(f"{name} {text!r} is not an integer") from None
 
 
 # --------------------------------------------------------------------------- rings
@@ -422,10 +245,6 @@ class Ring:
                 out.append(entry)
         out.reverse()
         return out
-
-
-Event = tuple[str | None, dict[str, Any]]
-"""(event name or None for a plain message, JSON data)."""
 
 
 class Plan:
@@ -617,29 +436,6 @@ def decode_error_rows(
 # --------------------------------------------------------------------------- the service
 
 
-@dataclass(frozen=True, slots=True)
-class _Position:
-    epoch: str
-    prev: int
-    cover: int
-    index: int
-
-
-def _parse_id(text: str | None) -> _Position | None:
-    if not text:
-        return None
-    parts = text.strip().split("-")
-    if len(parts) != 4:
-        return None
-    try:
-        prev, cover, index = int(parts[1]), int(parts[2]), int(parts[3])
-    except ValueError:
-        return None
-    if not 0 <= prev <= cover or index < 0:
-        return None
-    return _Position(parts[0], prev, cover, index)
-
-
 class WatchService:
     """The rings, log tables and streams of one runtime (one gateway process)."""
 
@@ -778,24 +574,14 @@ class WatchService:
 
     # streaming --------------------------------------------------------------
 
-    def _id(self, prev: int, cover: int, index: int) -> str:
-        return f"{self.epoch}-{prev}-{cover}-{index}"
-
     def _encode(self, events: Sequence[Event], prev: int, cover: int, start: int = 0) -> bytes:
-        out = bytearray()
-        for index, (name, data) in enumerate(events):
-            if index < start:
-                continue
-            out += b"id: " + self._id(prev, cover, index).encode() + b"\n"
-            if name:
-                out += b"event: " + name.encode() + b"\n"
-            out += b"data: " + orjson.dumps(data) + b"\n\n"
+        for name, _data in events[start:]:
             EVENTS.labels(name or "message").inc()
-        return bytes(out)
+        return sse.encode_events(events, self.epoch, prev, cover, start)
 
     def _gap(self, at: int, last_event_id: str | None, message: str) -> bytes:
-        data = {"code": "gap", "message": message, "lastEventId": last_event_id}
-        return self._encode([("gap", data)], at, at)
+        EVENTS.labels("gap").inc()
+        return sse.encode_gap(self.epoch, at, last_event_id, message)
 
     def _replay(self, plan: Plan, start: int, end: int, period_ms: int) -> Iterable[bytes]:
         """What happened in ``(start, end]``, one period-sized bucket (by arrival) at a time."""
@@ -837,7 +623,7 @@ class WatchService:
                     acquired.append(ring)
             period_ms = int(params.period * 1000)
             prev = self.seq
-            pos = _parse_id(last_event_id)
+            pos = sse.EventId.parse(last_event_id)
             if last_event_id is not None and (
                 pos is None or pos.epoch != self.epoch or pos.cover > self.seq
             ):
@@ -902,7 +688,7 @@ class WatchService:
                 if next_tick < now:
                     next_tick = now + params.period
             else:
-                yield b": keep-alive\n\n"
+                yield sse.KEEP_ALIVE
                 EVENTS.labels("keep-alive").inc()
                 last_sent = loop.time()
 
@@ -1219,7 +1005,7 @@ async def watch(request: Request, table: str) -> Any:
     rt: Runtime = request.app.state.runtime
     service = watch_service(rt)
     name = _table_name(table)
-    params = WatchParams.from_query(request.query_params)
+    params = sse.parse_query(request.url.query)
     org = principal_of(request).org
     try:
         plan = await service.plan(org, name, params)
@@ -1236,8 +1022,8 @@ async def watch(request: Request, table: str) -> Any:
     return _WatchResponse(
         service.stream(plan, params, last_event_id),
         getattr(rt.settings, "client_stall_seconds", STALL_SECONDS),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        media_type=sse.MEDIA_TYPE,
+        headers=sse.HEADERS,
     )
 
 
