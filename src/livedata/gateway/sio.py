@@ -45,12 +45,11 @@ Server → client:
   online, total, timestamp}``.
 - ``alert-created`` through :func:`emit_alert` (or :meth:`SocketGateway.emit_alert`).
 
-How it is fed: while an organisation has Socket.IO clients, one feed listens
-(:meth:`~livedata.gateway.hub.Hub.listen`) to the live channels of all its
-machines -- the dashboard summary needs them all -- and stops when the last
-client leaves.  The listener only updates in-memory state and queues; one pump
-task per organisation emits.  The machine list is read from the metadata
-database when the feed starts and every 30 s.
+How it is fed: while an organisation has Socket.IO clients, its feed holds the
+organisation in the gateway's shared fleet state (:class:`~livedata.gateway.fleet.Fleet`,
+the same the fleet summary reads: one listener per live channel of each machine,
+machines re-read every 30 s) and observes its readings; it lets go when the last
+client leaves.  The observer only queues; one pump task per organisation emits.
 
 Under stress: at most 5,000 clients per process, 100 subscriptions per client,
 500 fields per filter; the feed's queue holds 10,000 readings (oldest dropped,
@@ -94,9 +93,10 @@ from prometheus_client import Counter, Gauge
 
 from livedata import observe
 from livedata.auth import Principal
+from livedata.gateway.fleet import Fleet, FleetMachine, OrgFleet
 from livedata.gateway.security import security
 from livedata.gateway.stall import StallClock, Stalled
-from livedata.model import MsgType, live_channel, valid_id
+from livedata.model import live_channel, valid_id
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -109,10 +109,8 @@ SENSOR_DATA = "throttled"
 MAX_CLIENTS = 5_000
 MAX_SUBSCRIPTIONS = 100
 MAX_FIELDS = 500
-OFFLINE_AFTER_S = 5.0
 TICK_S = 1.0
 PENDING_MAX = 10_000
-MACHINES_REFRESH_S = 30.0
 
 CLIENTS = Gauge("livedata_sio_clients", "Connected Socket.IO clients")
 EMITS = Counter("livedata_sio_emits", "Socket.IO events emitted", ["event"])
@@ -134,31 +132,18 @@ class _Refused(Exception):
         self.code = code
 
 
-@dataclass(slots=True)
-class _Machine:
-    chassis: str
-    name: str
-    model: str
-    last_seen: int | None = None
-    arrived: float | None = None
-    online: bool = False
-    values: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "deviceId": self.chassis,
-            "status": "online" if self.online else "offline",
-            "lastSeen": self.last_seen,
-        }
+def _status(machine: FleetMachine, online: bool) -> dict[str, Any]:
+    return {
+        "deviceId": machine.chassis,
+        "status": "online" if online else "offline",
+        "lastSeen": machine.last_seen,
+    }
 
 
 @dataclass(slots=True)
 class _Client:
     org: str
     subscriptions: dict[str, frozenset[str] | None] = field(default_factory=dict)
-
-
-Listener = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
 def _is_message(item: Any) -> bool:
@@ -289,30 +274,37 @@ class _Server(socketio.AsyncServer):
 
 
 class _OrgFeed:
-    """The live state of one organisation while it has Socket.IO clients."""
+    """What Socket.IO sends to one organisation while it has clients, from the fleet state."""
 
     def __init__(self, gateway: SocketGateway, org: str) -> None:
         self.gw = gateway
         self.org = org
         self.clients: set[str] = set()
-        self.machines: dict[str, _Machine] = {}
+        self.state: OrgFleet | None = None
+        self.online: set[str] = set()
+        """Machines announced online to the clients (an offline status is due when one is not)."""
         self.subscribers: dict[str, dict[str, frozenset[str] | None]] = {}
         self.pending: deque[tuple[str, str, str, dict[str, Any], int]] = deque()
         self.wake = asyncio.Event()
-        self.listeners: dict[str, Listener] = {}
         self.last_second: dict[str, int] = {}
         self.tasks: list[asyncio.Task[None]] = []
-        self.refreshed = 0.0
 
     @property
     def room(self) -> str:
         return org_room(self.org)
 
+    @property
+    def machines(self) -> dict[str, FleetMachine]:
+        return self.state.machines if self.state is not None else {}
+
     def device_room(self, chassis: str) -> str:
         return device_room(self.org, chassis)
 
     async def start(self) -> None:
-        await self.refresh_machines()
+        self.state = state = await self.gw.fleet.acquire(self.org)
+        now = time.monotonic()
+        self.online = {m.chassis for m in state.machines.values() if m.online(now)}
+        state.observers.append(self._observe)
         self.tasks = [
             asyncio.create_task(self._pump(), name=f"sio-pump-{self.org}"),
             asyncio.create_task(self._tick(), name=f"sio-tick-{self.org}"),
@@ -322,56 +314,18 @@ class _OrgFeed:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for channel, listener in list(self.listeners.items()):
-            await self.gw.rt.hub.unlisten(channel, listener)
-        self.listeners.clear()
+        state, self.state = self.state, None
+        if state is not None:
+            state.observers.remove(self._observe)
+            await self.gw.fleet.release(state)
 
-    async def refresh_machines(self) -> None:
-        """Read the organisation's machines; listen to new ones, forget removed ones."""
-        self.refreshed = time.monotonic()
-        rt = self.gw.rt
-        rows = await rt.meta.list_machines(self.org)
-        current = {m.chassis_id for m in rows}
-        for row in rows:
-            machine = self.machines.get(row.chassis_id)
-            if machine is None:
-                machine = _Machine(row.chassis_id, row.name, row.model)
-                seen = [
-                    await rt.store.latest_ts(self.org, row.chassis_id, t.value) for t in MsgType
-                ]
-                machine.last_seen = max((s for s in seen if s is not None), default=None)
-                if machine.last_seen is not None:
-                    age = time.time() - machine.last_seen / 1000
-                    if age <= OFFLINE_AFTER_S:
-                        machine.online = True
-                        machine.arrived = time.monotonic() - max(0.0, age)
-                self.machines[row.chassis_id] = machine
-                for msg_type in MsgType:
-                    channel = live_channel(self.org, row.chassis_id, msg_type.value)
-                    listener = self._listener(machine, msg_type.value)
-                    self.listeners[channel] = listener
-                    await rt.hub.listen(channel, listener)
-            else:
-                machine.name, machine.model = row.name, row.model
-        for chassis in set(self.machines) - current:
-            del self.machines[chassis]
-            for msg_type in MsgType:
-                channel = live_channel(self.org, chassis, msg_type.value)
-                if channel in self.listeners:
-                    await rt.hub.unlisten(channel, self.listeners.pop(channel))
-
-    def _listener(self, machine: _Machine, msg_type: str) -> Listener:
-        def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
-            ts = int(head["ts"])
-            machine.values.setdefault(msg_type, {}).update(values)
-            machine.last_seen = max(ts, machine.last_seen or ts)
-            machine.arrived = time.monotonic()
-            if not machine.online:
-                machine.online = True
-                self._queue(("status", machine.chassis, msg_type, {}, ts))
-            self._queue(("reading", machine.chassis, msg_type, values, ts))
-
-        return on_message
+    def _observe(
+        self, machine: FleetMachine, msg_type: str, values: dict[str, Any], ts: int
+    ) -> None:
+        if machine.chassis not in self.online:
+            self.online.add(machine.chassis)
+            self._queue(("status", machine.chassis, msg_type, {}, ts))
+        self._queue(("reading", machine.chassis, msg_type, values, ts))
 
     def _queue(self, item: tuple[str, str, str, dict[str, Any], int]) -> None:
         if len(self.pending) >= PENDING_MAX:
@@ -397,7 +351,8 @@ class _OrgFeed:
     async def _emit_status(self, chassis: str) -> None:
         machine = self.machines.get(chassis)
         if machine is not None and self.subscribers.get(chassis):
-            await self.gw.emit("device-update", machine.status(), to=self.device_room(chassis))
+            status = _status(machine, chassis in self.online)
+            await self.gw.emit("device-update", status, to=self.device_room(chassis))
 
     async def _emit_reading(
         self, chassis: str, msg_type: str, values: dict[str, Any], ts: int
@@ -440,18 +395,17 @@ class _OrgFeed:
 
     async def _tick_once(self) -> None:
         now = time.monotonic()
-        for machine in self.machines.values():
-            if (
-                machine.online
-                and machine.arrived is not None
-                and now - machine.arrived > OFFLINE_AFTER_S
-            ):
-                machine.online = False
-                await self._emit_status(machine.chassis)
+        machines = self.machines
+        for chassis in list(self.online):
+            machine = machines.get(chassis)
+            if machine is None or not machine.online(now):
+                self.online.discard(chassis)
+                if machine is not None:
+                    await self._emit_status(chassis)
         await self.gw.emit("dashboard:update", self.summary(), to=self.room)
         await self.gw.check_clients(self.clients)
-        if now - self.refreshed >= MACHINES_REFRESH_S:
-            await self.refresh_machines()
+        if self.state is not None:
+            await self.state.ensure()  # the machine list, re-read every 30 s
 
     def summary(self) -> dict[str, Any]:
         machines = [
@@ -459,7 +413,7 @@ class _OrgFeed:
                 "deviceId": m.chassis,
                 "name": m.name,
                 "model": m.model,
-                "status": "online" if m.online else "offline",
+                "status": "online" if m.chassis in self.online else "offline",
                 "lastSeen": m.last_seen,
                 "values": m.values,
             }
@@ -468,7 +422,7 @@ class _OrgFeed:
         return {
             "org": self.org,
             "machines": machines,
-            "online": sum(1 for m in self.machines.values() if m.online),
+            "online": sum(1 for m in self.machines.values() if m.chassis in self.online),
             "total": len(machines),
             "timestamp": int(time.time() * 1000),
         }
@@ -507,10 +461,13 @@ class SocketGateway:
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
         client_queue: int = CLIENT_QUEUE,
         stall_seconds: float | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         if sensor_data not in SENSOR_DATA_MODES:
             raise ValueError(f"sensor_data must be one of {SENSOR_DATA_MODES}")
         self.rt = rt
+        self.fleet = fleet if fleet is not None else Fleet(rt)
+        """The gateway's shared fleet state (the app's, when mounted on it)."""
         self.sensor_data = sensor_data
         self.max_subscriptions = max_subscriptions
         self.sio = _Server(
@@ -722,7 +679,7 @@ class SocketGateway:
         await self.sio.enter_room(sid, room)
         machine = feed.machines.get(device)
         if machine is not None:
-            await self.emit("device-update", machine.status(), to=sid)
+            await self.emit("device-update", _status(machine, device in feed.online), to=sid)
         return {
             "ok": True,
             "deviceId": device,
@@ -776,7 +733,13 @@ def socket_gateway(rt: Runtime, **options: Any) -> SocketGateway:
 
 
 def with_socketio(app: Any, rt: Runtime, **options: Any) -> socketio.ASGIApp:
-    """``app`` with Socket.IO mounted at ``/socket.io/`` (lifespan and the rest go to ``app``)."""
+    """``app`` with Socket.IO mounted at ``/socket.io/`` (lifespan and the rest go to ``app``).
+
+    Socket.IO shares ``app``'s fleet state (``app.state.fleet``, made by ``create_app``)."""
+    state = getattr(app, "state", None)
+    fleet = getattr(state, "fleet", None) if state is not None else None
+    if fleet is not None:
+        options.setdefault("fleet", fleet)
     return socket_gateway(rt, **options).asgi(app)
 
 
