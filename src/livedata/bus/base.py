@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import orjson
 
 from livedata.model import Record
 
@@ -22,7 +25,52 @@ HISTORY_SECONDS = 180
 HISTORY_MAX = 5_000
 """At most this many messages per channel are kept (180 s at 10 Hz is 1,800)."""
 
-Handler = Callable[[str, bytes], None]
+
+class LiveMessage:
+    """A live channel message as objects: what the in-process bus carries instead of JSON.
+
+    Its wire form (:meth:`encode`) is ``{"ts","seq","epoch","values"}``; a pub/sub
+    that crosses a process boundary encodes it there, the in-process one hands the
+    object itself to its subscribers and keeps it as history (no JSON round trip).
+    ``head`` (``ts``, ``seq``, ``epoch``) is made once and shared by every consumer:
+    nobody may change it or ``values``.
+    """
+
+    __slots__ = ("head", "values")
+
+    def __init__(self, ts: int, seq: int, epoch: str, values: dict[str, Any]) -> None:
+        self.head: dict[str, Any] = {"ts": ts, "seq": seq, "epoch": epoch}
+        self.values = values
+
+    def encode(self) -> bytes:
+        """The JSON form on the wire and in a shared history."""
+        return orjson.dumps({**self.head, "values": self.values})
+
+
+Message = bytes | LiveMessage
+"""What a channel carries: encoded JSON, or a :class:`LiveMessage` in process."""
+
+
+def encoded(message: Message) -> bytes:
+    """``message`` as bytes (for a pub/sub that leaves the process)."""
+    return message.encode() if isinstance(message, LiveMessage) else message
+
+
+def as_live(message: Message) -> LiveMessage:
+    """``message`` as a :class:`LiveMessage`; raises ``ValueError`` when it is not one."""
+    if isinstance(message, LiveMessage):
+        return message
+    try:
+        data = orjson.loads(message)
+        live = LiveMessage(data["ts"], data["seq"], data["epoch"], data["values"])
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"not a live message: {exc}") from None
+    if not isinstance(live.values, dict):
+        raise ValueError("not a live message: values is not an object")
+    return live
+
+
+Handler = Callable[[str, Message], None]
 """Called on the event loop with (channel, message); must not block."""
 
 
@@ -64,13 +112,16 @@ class PubSub(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Disconnect; subscriptions end."""
 
-    async def publish(self, channel: str, message: bytes) -> None:
+    async def publish(self, channel: str, message: Message) -> None:
         """Send ``message`` to the current subscribers of ``channel``."""
         await self.publish_many([(channel, message)])
 
     @abc.abstractmethod
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
         """Send each ``(channel, message)`` as :meth:`publish` would, in this order.
+
+        A :class:`LiveMessage` is encoded where the message leaves the process (its
+        subscribers in other processes get bytes); in process it may stay an object.
 
         One call is one batch for the backend (one round trip where it has a network),
         so a batch costs far less than as many :meth:`publish` calls.
@@ -88,7 +139,7 @@ class PubSub(abc.ABC):
         """Stop delivering ``channel``; unknown channels are ignored."""
 
     @abc.abstractmethod
-    async def history(self, channel: str) -> list[bytes]:
+    async def history(self, channel: str) -> list[Message]:
         """The messages published on ``channel`` in the last ``history_seconds`` at least
         (bounded by ``HISTORY_MAX`` messages), oldest first: what a reconnecting client
         may have missed.  Kept whether or not anybody is subscribed."""

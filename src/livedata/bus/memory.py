@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Sequence
 from urllib.parse import parse_qs, urlsplit
 from weakref import WeakKeyDictionary
 
-from livedata.bus.base import HISTORY_MAX, Handler, Log, PubSub
+from livedata.bus.base import HISTORY_MAX, Handler, LiveMessage, Log, Message, PubSub
 from livedata.errors import BusError
 from livedata.model import Record
 
@@ -88,16 +88,18 @@ class _LogBroker:
 class _PubSubBroker:
     def __init__(self) -> None:
         self.handlers: dict[str, list[Handler]] = {}
-        self.history: dict[str, deque[tuple[float, bytes]]] = {}
+        self.history: dict[str, deque[tuple[float, Message]]] = {}
 
-    def keep(self, channel: str, message: bytes, seconds: float) -> None:
+    def keep(self, channel: str, message: Message, seconds: float) -> None:
         now = time.monotonic()
         kept = self.history.get(channel)
         if kept is None:
             kept = self.history[channel] = deque(maxlen=HISTORY_MAX)
-        # An exact-size copy: orjson's output keeps its whole (~8 KiB) buffer for life, so
-        # 180 s of history at 10 Hz per channel would take 16 times the memory it needs.
-        kept.append((now, bytes(memoryview(message))))
+        if not isinstance(message, LiveMessage):
+            # An exact-size copy: orjson's output keeps its whole (~4 KiB) buffer for life, so
+            # 180 s of history at 10 Hz per channel would take 16 times the memory it needs.
+            message = bytes(memoryview(message))
+        kept.append((now, message))
         while kept and now - kept[0][0] > seconds:
             kept.popleft()
 
@@ -207,7 +209,9 @@ class MemoryPubSub(PubSub):
         brokers = _pubsub_brokers.setdefault(asyncio.get_running_loop(), {})
         return brokers.setdefault(self._name, _PubSubBroker())
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
+        """Hands each message to the subscribers as it is: a :class:`LiveMessage` object
+        stays an object (no JSON round trip in process)."""
         broker = self._broker
         for channel, message in messages:
             broker.keep(channel, message, self.history_seconds)
@@ -231,7 +235,7 @@ class MemoryPubSub(PubSub):
         if not handlers:
             del self._broker.handlers[channel]
 
-    async def history(self, channel: str) -> list[bytes]:
+    async def history(self, channel: str) -> list[Message]:
         kept = self._broker.history.get(channel, ())
         cutoff = time.monotonic() - self.history_seconds
         return [message for at, message in kept if at >= cutoff]

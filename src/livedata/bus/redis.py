@@ -84,7 +84,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from livedata import errors
-from livedata.bus.base import HISTORY_MAX, Handler, PubSub
+from livedata.bus.base import HISTORY_MAX, Handler, Message, PubSub, encoded
 from livedata.errors import BusError, ConfigError, ErrorMap, map_exceptions
 from livedata.ratelog import Throttled
 from livedata.retry import backoff
@@ -235,7 +235,7 @@ class RedisPubSub(PubSub):
             with contextlib.suppress(RedisError, OSError):
                 await conn.aclose()
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+    async def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
         """Keep each message in its channel's history and ``PUBLISH`` it, :data:`FLUSH_CHUNK`
         messages per round trip.
 
@@ -245,12 +245,13 @@ class RedisPubSub(PubSub):
         """
         if self._closed:
             raise BusError("pub/sub is closed")
+        wire = [(channel, encoded(message)) for channel, message in messages]
         flushing = self._flusher is not None and not self._flusher.done()
         start = 0
         if not flushing:
             try:
-                for start in range(0, len(messages), FLUSH_CHUNK):
-                    await self._publish(messages[start : start + FLUSH_CHUNK])
+                for start in range(0, len(wire), FLUSH_CHUNK):
+                    await self._publish(wire[start : start + FLUSH_CHUNK])
                 return
             except BusError as exc:
                 self._failures.failed(
@@ -261,7 +262,7 @@ class RedisPubSub(PubSub):
                     self.backlog_max,
                     exc,
                 )
-        self._keep(messages[start:])
+        self._keep(wire[start:])
         if not flushing:
             self._flusher = asyncio.create_task(self._flush(), name=f"flush {self._where}")
 
@@ -323,12 +324,12 @@ class RedisPubSub(PubSub):
         """Messages waiting for Redis to come back (kept or being sent)."""
         return len(self._backlog) + self._sending
 
-    async def history(self, channel: str) -> list[bytes]:
+    async def history(self, channel: str) -> list[Message]:
         """The channel's messages of the last ``history_seconds`` (at most ``HISTORY_MAX``)."""
         cutoff = int(time.time() * 1000) - int(self.history_seconds * 1000)
         with map_errors(f"history of {channel} on {self._where}"):
             entries = await self._redis().xrange(self._prefix + channel, min=cutoff)
-        messages: list[bytes] = []
+        messages: list[Message] = []
         for _, fields in (entries or [])[-HISTORY_MAX:]:
             message = (fields or {}).get(b"m")
             if isinstance(message, bytes):

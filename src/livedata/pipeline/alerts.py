@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from livedata import observe
-from livedata.bus.base import Log, PubSub
+from livedata.bus.base import Log, PubSub, as_live
 from livedata.catalog import Catalog
 from livedata.errors import BackendError, BusError, LivedataError
 from livedata.metadata.alerts import AlertStore, RuleSpec, alert_dict
@@ -609,7 +609,7 @@ def alert_role(rt: Runtime) -> AlertRole:
             except BackendError as exc:
                 failures.append(exc)
             else:
-                stamps.append(int(orjson.loads(history[-1])["ts"]) if history else None)
+                stamps.append(int(as_live(history[-1]).head["ts"]) if history else None)
         if len(failures) == 2 * len(types):
             raise failures[0]
         return max((s for s in stamps if s is not None), default=None)

@@ -1,0 +1,514 @@
+"""The fan-out core: pub/sub channels in, pre-framed bytes out to every live transport.
+
+One object (:class:`Fanout`) serves every live consumer of a gateway process: the
+live WebSocket, the SSE watch, Socket.IO and in-process listeners (alerts, status,
+fleet).  It is sans-I/O apart from the pub/sub subscription: it never creates a
+task, a timer or an ``await`` per message; it writes bytes to transports.
+
+API (for transports)
+====================
+
+- A transport makes one :class:`Outbox` per connection: ``Outbox(sink, framing,
+  on_stall=..., queue_max=..., stall_seconds=...)`` (or :meth:`Fanout.outbox`, which
+  fills in the gateway's settings).  ``sink`` is anything with ``write(bytes)`` and
+  ``get_write_buffer_size()`` (an ``asyncio.Transport``); ``framing`` is a
+  :class:`Framing` (:data:`WS_TEXT` for WebSocket text frames); ``on_stall()`` is
+  called once when the connection is given up (the transport closes it: 1013 for
+  WebSocket).  The transport's protocol forwards its ``pause_writing`` /
+  ``resume_writing`` to :meth:`Outbox.pause_writing` / :meth:`Outbox.resume_writing`
+  and calls :meth:`Outbox.close` when the connection ends.
+- ``await fanout.watch(outbox, channel, fields, since=None)`` delivers the channel's
+  LIVE_DATA (only ``fields``) to the outbox, replacing an earlier watch;
+  ``since=(epoch, seq)`` first queues one RECOVERY (see *Recovery*).
+  ``await fanout.leave(outbox)`` stops it.
+- ``outbox.send(payload)`` sends one JSON object of the transport's own (an error,
+  a rate-controlled message) through the same policy.
+- In-process listeners: ``await fanout.listen(channel, listener)`` /
+  ``unlisten``; ``listener(values, head)`` (head: ``ts``, ``seq``, ``epoch``) is
+  called inline for each message and must not block.
+- :meth:`Fanout.missed_since` and :func:`recovery_payload` give the recovery data
+  to a transport that frames it its own way (SSE ``Last-Event-ID``).
+
+A new transport adds a :class:`Framing`: ``frame(payload, head) -> bytes`` turns
+one encoded JSON object into the bytes its clients get (an SSE ``data:`` block with
+an ``id:``, a Socket.IO packet).  A framing object is a dictionary key: make one
+per kind (not one per connection) so connections share their frames.
+
+Per message
+===========
+
+The message is decoded once (or not at all: the in-process bus hands over a
+:class:`~livedata.bus.base.LiveMessage` object); per distinct field list the
+LIVE_DATA payload is encoded once; per framing of that group it is framed once,
+and the same bytes object goes to every connection of the group.
+
+The outbox policy (every transport)
+===================================
+
+- While the transport is writable (its write buffer below the high-water mark,
+  ``pause_writing`` not called), a frame is written straight to it: no queue.
+- While it is paused, frames wait in the outbox: at most ``queue_max``; when full
+  the oldest is dropped and counted, and the next frame sent carries
+  ``"missed": n`` (spliced into its JSON object, then framed again for this one
+  connection).
+- On ``resume_writing`` everything queued goes out in one write (coalesced).
+- Stall clock: one timer per connection, armed when the transport pauses.  When
+  it fires and the transport is still paused with its write buffer no smaller
+  than when the clock was armed, the client is given up (``on_stall``); when the
+  buffer shrank (slow but moving) the clock is armed again.  Under stress a stuck
+  client therefore costs its transport buffer (about the high-water mark), at
+  most ``queue_max`` shared frames, and is dropped after ``stall_seconds``.
+
+Recovery
+========
+
+A client that reconnects with the ``epoch`` and ``seq`` it saw last gets one
+``RECOVERY`` message holding, in order, exactly the LIVE_DATA it missed
+(``recovered: true``), then live data again; when they are no longer in the
+channel's history (older than it, or another epoch), ``recovered: false`` and it
+fills the gap from the history API.  The history is the pub/sub's
+(``PubSub.history_seconds``: the ``live_history_seconds`` setting), shared by all
+gateways, so recovery works across gateways.  While the history is read, live
+messages for that client are held and the ones the recovery already holds are
+not sent twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
+
+import orjson
+
+from livedata import observe
+from livedata.bus.base import Message, PubSub, as_live
+from livedata.errors import BusError
+
+__all__ = [
+    "WS_TEXT",
+    "Fanout",
+    "Fields",
+    "Framing",
+    "Head",
+    "Listener",
+    "Outbox",
+    "Sink",
+    "WebSocketText",
+    "recovery_payload",
+    "with_missed",
+]
+
+log = logging.getLogger("livedata.gateway.fanout")
+
+Fields = tuple[str, ...]
+Head = dict[str, Any]
+"""``{"ts": int, "seq": int, "epoch": str}`` of one channel message (shared, do not change)."""
+Listener = Callable[[dict[str, Any], Head], None]
+"""An in-process consumer of a channel: called with (values, head); must not block."""
+
+
+class Framing(Hashable, Protocol):
+    """How one transport puts an encoded JSON object on the wire."""
+
+    def frame(self, payload: bytes, head: Head | None) -> bytes:
+        """The bytes a client of this transport gets for ``payload`` (``head`` is None for
+        messages that are not channel messages: errors, recovery, rate-controlled)."""
+        ...
+
+
+class WebSocketText:
+    """A server (unmasked) WebSocket text frame: the same bytes suit every client."""
+
+    __slots__ = ()
+
+    def frame(self, payload: bytes, head: Head | None = None) -> bytes:
+        size = len(payload)
+        if size < 126:
+            return bytes((0x81, size)) + payload
+        if size < 65536:
+            return struct.pack("!BBH", 0x81, 126, size) + payload
+        return struct.pack("!BBQ", 0x81, 127, size) + payload
+
+
+WS_TEXT = WebSocketText()
+
+
+class Sink(Protocol):
+    """Where an outbox writes: an ``asyncio.Transport`` or anything like it."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+def with_missed(payload: bytes, missed: int) -> bytes:
+    """``payload`` (a JSON object) with ``"missed": missed`` added."""
+    return payload[:-1] + b',"missed":%d}' % missed
+
+
+class Outbox:
+    """One connection's way out: direct writes, a bounded queue while paused, one stall clock.
+
+    See the module doc for the policy.  ``delivered`` counts frames written,
+    ``missed`` frames dropped since the last one written.
+    """
+
+    __slots__ = (
+        "_armed_size",
+        "_held",
+        "_queue",
+        "_timer",
+        "channel",
+        "closed",
+        "delivered",
+        "fields",
+        "framing",
+        "missed",
+        "on_stall",
+        "paused",
+        "queue_max",
+        "sink",
+        "stall_seconds",
+    )
+
+    def __init__(
+        self,
+        sink: Sink,
+        framing: Framing,
+        on_stall: Callable[[], None],
+        queue_max: int = 64,
+        stall_seconds: float = 30.0,
+    ) -> None:
+        self.sink = sink
+        self.framing = framing
+        self.on_stall = on_stall
+        self.queue_max = queue_max
+        self.stall_seconds = stall_seconds
+        self.paused = False
+        self.closed = False
+        self.missed = 0
+        self.delivered = 0
+        self.channel: str | None = None
+        self.fields: Fields | None = None
+        self._queue: deque[tuple[bytes, bytes | None, Head | None]] | None = None
+        self._held: list[tuple[bytes, bytes | None, Head | None]] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_size = 0
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the transport to resume."""
+        return len(self._queue) if self._queue else 0
+
+    def send(self, payload: bytes, head: Head | None = None) -> None:
+        """Send one encoded JSON object, framed for this connection."""
+        self.offer(payload, None, head)
+
+    def offer(self, payload: bytes, wire: bytes | None, head: Head | None) -> bool:
+        """Write ``wire`` (``payload`` framed, or None to frame it here) or queue it.
+
+        Returns True when it was written now.
+        """
+        if self.closed:
+            return False
+        if self._held is not None:
+            self._held.append((payload, wire, head))
+            return False
+        if not self.paused and not self._queue:
+            if self.missed:
+                wire = self.framing.frame(with_missed(payload, self.missed), head)
+                self.missed = 0
+            elif wire is None:
+                wire = self.framing.frame(payload, head)
+            self.sink.write(wire)
+            self.delivered += 1
+            return True
+        if wire is None:
+            payload = bytes(memoryview(payload))  # exact size (see Fanout._on_message)
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        if len(queue) >= self.queue_max:
+            queue.popleft()
+            self.missed += 1
+            observe.DROPS.inc()
+        queue.append((payload, wire, head))
+        return False
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is above its high-water mark: queue from now on."""
+        self.paused = True
+        if self._timer is None and not self.closed:
+            self._arm()
+
+    def resume_writing(self) -> None:
+        """The transport drained: write everything queued in one write."""
+        self.paused = False
+        self._disarm()
+        self._drain()
+
+    def hold(self) -> None:
+        """Keep channel messages aside (while a recovery is read) instead of sending them."""
+        self._held = []
+
+    def release(self, first: bytes, after_seq: int) -> None:
+        """Send ``first`` (never dropped; what was queued before goes), then the held
+        channel messages newer than ``after_seq``."""
+        held, self._held = self._held or [], None
+        if self._queue:
+            self._queue.clear()
+        if self.paused:
+            self._queue = deque([(first, None, None)])
+        else:
+            self.offer(first, None, None)
+        for payload, wire, head in held:
+            if head is None or head["seq"] > after_seq:
+                self.offer(payload, wire, head)
+
+    def close(self) -> None:
+        """The connection ends: nothing more is written, the stall clock stops."""
+        self.closed = True
+        self._disarm()
+        self._queue = None
+        self._held = None
+
+    def _drain(self) -> None:
+        queue = self._queue
+        if not queue or self.closed:
+            return
+        self._queue = None
+        frame = self.framing.frame
+        parts = []
+        for payload, wire, head in queue:
+            if self.missed:
+                wire = frame(with_missed(payload, self.missed), head)
+                self.missed = 0
+            elif wire is None:
+                wire = frame(payload, head)
+            parts.append(wire)
+        self.sink.write(b"".join(parts))
+        self.delivered += len(parts)
+        observe.DELIVERIES.inc(len(parts))
+
+    def _arm(self) -> None:
+        self._armed_size = self.sink.get_write_buffer_size()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.stall_seconds, self.check_stall)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def check_stall(self) -> None:
+        """The stall timer fired: give the client up, or arm again if its buffer shrank."""
+        self._disarm()
+        if not self.paused or self.closed:
+            return
+        if self.sink.get_write_buffer_size() < self._armed_size:
+            self._arm()  # slow, but it moves
+            return
+        observe.STALLED.inc()
+        self.close()
+        self.on_stall()
+
+
+class Fanout:
+    """Channels of a pub/sub to outboxes and listeners; see the module doc."""
+
+    def __init__(self, pubsub: PubSub, stall_seconds: float = 30.0, queue_max: int = 64) -> None:
+        self.pubsub = pubsub
+        self.stall_seconds = stall_seconds
+        """Seconds a paused transport may make no progress before its client is given up."""
+        self.queue_max = queue_max
+        """Frames an outbox holds while its transport is paused (the ``client_queue`` setting)."""
+        self._channels: dict[str, dict[Fields, dict[Framing, set[Outbox]]]] = {}
+        self._listeners: dict[str, list[Listener]] = {}
+        self._lock = asyncio.Lock()
+
+    def outbox(
+        self, sink: Sink, framing: Framing, on_stall: Callable[[], None], queue_max: int = 0
+    ) -> Outbox:
+        """An outbox with this gateway's stall time and queue size (or ``queue_max``)."""
+        return Outbox(sink, framing, on_stall, queue_max or self.queue_max, self.stall_seconds)
+
+    @property
+    def channels(self) -> list[str]:
+        return sorted(set(self._channels) | set(self._listeners))
+
+    async def _need(self, channel: str) -> None:
+        if channel not in self._channels and channel not in self._listeners:
+            await self.pubsub.subscribe(channel, self._on_message)
+
+    async def _release(self, channel: str) -> None:
+        if channel not in self._channels and channel not in self._listeners:
+            await self.pubsub.unsubscribe(channel)
+        observe.CHANNELS.set(len(self.channels))
+
+    async def listen(self, channel: str, listener: Listener) -> None:
+        """Call ``listener`` (which must not block) for each message on ``channel``."""
+        async with self._lock:
+            await self._need(channel)
+            self._listeners.setdefault(channel, []).append(listener)
+            observe.CHANNELS.set(len(self.channels))
+
+    async def unlisten(self, channel: str, listener: Listener) -> None:
+        async with self._lock:
+            listeners = self._listeners.get(channel, [])
+            if listener in listeners:
+                listeners.remove(listener)
+                if not listeners:
+                    del self._listeners[channel]
+                    await self._release(channel)
+
+    async def watch(
+        self,
+        outbox: Outbox,
+        channel: str,
+        fields: Fields,
+        since: tuple[str, int] | None = None,
+    ) -> None:
+        """Deliver ``channel``'s messages to ``outbox``, picking ``fields``; replaces earlier ones.
+
+        With ``since`` = (epoch, seq), first recover what the client missed after it.
+        """
+        if since is not None:
+            outbox.hold()
+        await self._attach(outbox, channel, fields)
+        if since is not None:
+            payload, newest = await self.recovery(channel, fields, since)
+            outbox.release(payload, newest)
+
+    async def missed_since(
+        self, channel: str, since: tuple[str, int]
+    ) -> tuple[bool, list[tuple[dict[str, Any], Head]]]:
+        """(recovered, [(values, head)…]): the channel's messages after ``since`` = (epoch,
+        seq) from the pub/sub's history, oldest first; recovered is False (and the list
+        empty) when they are not all there any more."""
+        epoch, last = since
+        try:
+            history = await self.pubsub.history(channel)
+        except BusError as exc:
+            log.warning("no recovery for %s: %s", channel, exc)
+            history = []
+        retained: list[tuple[dict[str, Any], Head]] = []
+        for data in history:
+            parsed = _parse(data)
+            if parsed is not None and parsed[1]["epoch"] == epoch:
+                retained.append(parsed)
+        recovered = bool(retained) and retained[0][1]["seq"] <= last + 1
+        observe.RECOVERIES.labels("yes" if recovered else "no").inc()
+        if not recovered:
+            return False, []
+        return True, [m for m in retained if m[1]["seq"] > last]
+
+    async def recovery(
+        self, channel: str, fields: Fields, since: tuple[str, int]
+    ) -> tuple[bytes, int]:
+        """The RECOVERY payload for ``since`` and the seq after which live messages are new
+        (-1 when not recovered: every live message is new)."""
+        recovered, missed = await self.missed_since(channel, since)
+        payload = recovery_payload(recovered, since[0], missed, fields)
+        newest = missed[-1][1]["seq"] if missed else since[1]
+        return payload, newest if recovered else -1
+
+    async def _attach(self, outbox: Outbox, channel: str, fields: Fields) -> None:
+        async with self._lock:
+            self._detach(outbox)
+            groups = self._channels.get(channel)
+            if groups is None:
+                await self._need(channel)
+                groups = self._channels[channel] = {}
+                observe.CHANNELS.set(len(self.channels))
+            groups.setdefault(fields, {}).setdefault(outbox.framing, set()).add(outbox)
+            outbox.channel, outbox.fields = channel, fields
+
+    async def leave(self, outbox: Outbox) -> None:
+        """Stop delivering to ``outbox``; unsubscribes a channel nobody watches any more."""
+        async with self._lock:
+            channel = self._detach(outbox)
+            if channel is not None and not self._channels[channel]:
+                del self._channels[channel]
+                await self._release(channel)
+
+    def _detach(self, outbox: Outbox) -> str | None:
+        channel, fields = outbox.channel, outbox.fields
+        if channel is None or fields is None:
+            return None
+        groups = self._channels[channel]
+        framings = groups[fields]
+        members = framings[outbox.framing]
+        members.discard(outbox)
+        if not members:
+            del framings[outbox.framing]
+            if not framings:
+                del groups[fields]
+        outbox.channel = outbox.fields = None
+        return channel
+
+    def _on_message(self, channel: str, data: Message) -> None:
+        groups = self._channels.get(channel)
+        listeners = self._listeners.get(channel)
+        if not groups and not listeners:
+            return
+        parsed = _parse(data)
+        if parsed is None:
+            log.warning("dropping a malformed message on %s", channel)
+            return
+        values, head = parsed
+        for listener in listeners or ():
+            try:
+                listener(values, head)
+            except Exception:
+                log.exception("a listener of %s failed", channel)
+        if not groups:
+            return
+        written = 0
+        for fields, framings in groups.items():
+            # exact size: orjson's own output holds ~4 KiB whatever its length, and a
+            # paused outbox keeps up to queue_max of these
+            payload = bytes(
+                memoryview(
+                    orjson.dumps({"type": "LIVE_DATA", "payload": _pick(values, fields), **head})
+                )
+            )
+            for framing, members in framings.items():
+                wire = framing.frame(payload, head)
+                for outbox in members:
+                    written += outbox.offer(payload, wire, head)
+        if written:
+            observe.DELIVERIES.inc(written)
+
+
+def recovery_payload(
+    recovered: bool, epoch: str, missed: list[tuple[dict[str, Any], Head]], fields: Fields
+) -> bytes:
+    """The RECOVERY message: the missed messages as LIVE_DATA of ``fields``, in order."""
+    return orjson.dumps(
+        {
+            "type": "RECOVERY",
+            "recovered": recovered,
+            "epoch": epoch,
+            "messages": [
+                {"type": "LIVE_DATA", "payload": _pick(values, fields), **head}
+                for values, head in missed
+            ],
+        }
+    )
+
+
+def _parse(data: Message) -> tuple[dict[str, Any], Head] | None:
+    """(values, head) of a channel message, or None when it is not one."""
+    try:
+        live = as_live(data)
+    except ValueError:
+        return None
+    return live.values, live.head
+
+
+def _pick(values: dict[str, Any], fields: Fields) -> dict[str, Any]:
+    return {name: values[name] for name in fields if name in values}

@@ -1,0 +1,382 @@
+"""The fan-out core without sockets: subscriptions follow clients, one encoding per field
+list, one frame per framing, direct writes, a bounded queue only while paused, one stall
+clock per connection, recovery from the pub/sub's history."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+from livedata.bus.base import HISTORY_SECONDS, LiveMessage
+from livedata.bus.memory import MemoryPubSub
+from livedata.gateway.fanout import WS_TEXT, Fanout, Head, Outbox
+from livedata.model import Kind, Record
+from livedata.pipeline.distribute import live_message
+
+
+def message(seq: int, **values: float) -> bytes:
+    record = Record("t", "c", "vehicle_can", 1_000 * seq, Kind.REALTIME, dict(values))
+    return live_message(record, seq, "e1")
+
+
+class Sink:
+    """A transport's write side in memory: keeps each write and a settable buffer size."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """Every WebSocket frame written, parsed by websockets' own frame parser."""
+        reader = StreamReader()
+        reader.feed_data(b"".join(self.writes))
+        reader.feed_eof()
+        out = []
+        while reader.buffer:
+            parser = Frame.parse(reader.read_exact, mask=False)
+            try:
+                next(parser)
+            except StopIteration as done:
+                frame = done.value
+            assert frame.opcode is Opcode.TEXT and frame.fin
+            out.append(orjson.loads(frame.data))
+        return out
+
+
+class Tagged:
+    """A framing of another transport: ``<tag>`` + payload + newline."""
+
+    def __init__(self, tag: bytes) -> None:
+        self.tag = tag
+
+    def frame(self, payload: bytes, head: Head | None) -> bytes:
+        return self.tag + payload + b"\n"
+
+
+def new_fanout() -> tuple[Fanout, MemoryPubSub]:
+    url = f"memory://{uuid.uuid4().hex}"
+    return Fanout(MemoryPubSub(url)), MemoryPubSub(url)
+
+
+def outbox(
+    sink: Sink | None = None, queue_max: int = 64, stall: float = 30.0, stalls: list | None = None
+) -> Outbox:
+    return Outbox(
+        sink or Sink(),
+        WS_TEXT,
+        lambda: (stalls if stalls is not None else []).append(1),
+        queue_max,
+        stall,
+    )
+
+
+def got(box: Outbox) -> list[dict[str, Any]]:
+    assert isinstance(box.sink, Sink)
+    return box.sink.messages
+
+
+async def test_subscribes_only_while_a_client_watches() -> None:
+    """The core subscribes a channel with its first client and unsubscribes after the last."""
+    fanout, _ = new_fanout()
+    a, b = outbox(), outbox()
+    await fanout.watch(a, "ch1", ("x",))
+    await fanout.watch(b, "ch1", ("y",))
+    assert fanout.channels == ["ch1"]
+    await fanout.leave(a)
+    assert fanout.channels == ["ch1"]
+    await fanout.leave(b)
+    assert fanout.channels == []
+
+
+async def test_clients_get_only_their_fields_and_share_frames() -> None:
+    """Clients with the same field list get the same frame bytes object; others their own fields."""
+    fanout, publisher = new_fanout()
+    a, b, c = outbox(), outbox(), outbox()
+    await fanout.watch(a, "ch", ("x",))
+    await fanout.watch(b, "ch", ("x",))
+    await fanout.watch(c, "ch", ("y", "z"))
+    await publisher.publish("ch", message(1, x=1.0, y=2.0, z=3.0, w=4.0))
+    assert a.sink.writes[0] is b.sink.writes[0]  # type: ignore[attr-defined]
+    assert got(a) == [
+        {"type": "LIVE_DATA", "payload": {"x": 1.0}, "ts": 1000, "seq": 1, "epoch": "e1"}
+    ]
+    assert got(c)[0]["payload"] == {"y": 2.0, "z": 3.0}
+
+
+async def test_each_framing_frames_once_for_its_group() -> None:
+    """Another transport's framing gets the same payload in its own frame, shared in its group."""
+    fanout, publisher = new_fanout()
+    sse = Tagged(b"data: ")
+    ws = outbox()
+    s1, s2 = Outbox(Sink(), sse, lambda: None), Outbox(Sink(), sse, lambda: None)
+    for box in (ws, s1, s2):
+        await fanout.watch(box, "ch", ("x",))
+    await publisher.publish("ch", message(1, x=1.0))
+    sent = s1.sink.writes[0]  # type: ignore[attr-defined]
+    assert sent is s2.sink.writes[0]  # type: ignore[attr-defined]
+    assert sent.startswith(b"data: ") and orjson.loads(sent[6:]) == got(ws)[0]
+
+
+async def test_in_process_messages_are_not_decoded() -> None:
+    """A LiveMessage object on the in-process bus reaches clients and listeners as is."""
+    fanout, publisher = new_fanout()
+    seen: list[tuple[dict, Head]] = []
+    box = outbox()
+    await fanout.watch(box, "ch", ("x",))
+    await fanout.listen("ch", lambda values, head: seen.append((values, head)))
+    live = LiveMessage(5_000, 5, "e1", {"x": 2.5, "y": 1.0})
+    await publisher.publish("ch", live)
+    assert seen[0][0] is live.values and seen[0][1] is live.head
+    assert got(box) == [
+        {"type": "LIVE_DATA", "payload": {"x": 2.5}, "ts": 5000, "seq": 5, "epoch": "e1"}
+    ]
+
+
+async def test_changing_fields_moves_the_client() -> None:
+    """Watching again with other fields replaces the old field list."""
+    fanout, publisher = new_fanout()
+    box = outbox()
+    await fanout.watch(box, "ch", ("x",))
+    await fanout.watch(box, "ch", ("y",))
+    await publisher.publish("ch", message(1, x=1.0, y=2.0))
+    assert [m["payload"] for m in got(box)] == [{"y": 2.0}]
+
+
+async def test_other_channels_are_not_delivered() -> None:
+    """A client gets nothing published on another machine's channel."""
+    fanout, publisher = new_fanout()
+    box = outbox()
+    await fanout.watch(box, "machine-a", ("x",))
+    await publisher.publish("machine-b", message(1, x=1.0))
+    assert got(box) == []
+
+
+async def test_paused_client_keeps_newest_and_is_told_what_it_missed() -> None:
+    """While paused a full outbox drops the oldest; on resume one write carries the rest,
+    the first with the missed count."""
+    fanout, publisher = new_fanout()
+    box = outbox(queue_max=3)
+    await fanout.watch(box, "ch", ("x",))
+    box.pause_writing()
+    for seq in range(1, 11):
+        await publisher.publish("ch", message(seq, x=float(seq)))
+    assert box.queued == 3 and box.sink.writes == []  # type: ignore[attr-defined]
+    box.resume_writing()
+    assert len(box.sink.writes) == 1  # type: ignore[attr-defined]
+    sent = got(box)
+    assert [m["seq"] for m in sent] == [8, 9, 10]
+    assert sent[0]["missed"] == 7
+    assert "missed" not in sent[1]
+    await publisher.publish("ch", message(11, x=11.0))
+    assert len(box.sink.writes) == 2 and "missed" not in got(box)[-1]  # type: ignore[attr-defined]
+
+
+async def test_a_paused_client_does_not_delay_others() -> None:
+    """A client whose transport is paused does not stop another client's deliveries."""
+    fanout, publisher = new_fanout()
+    slow, fast = outbox(queue_max=2), outbox()
+    await fanout.watch(slow, "ch", ("x",))
+    await fanout.watch(fast, "ch", ("x",))
+    slow.pause_writing()
+    for seq in range(1, 21):
+        await publisher.publish("ch", message(seq, x=1.0))
+    assert [m["seq"] for m in got(fast)] == list(range(1, 21))
+    assert slow.queued == 2 and slow.missed == 18
+    slow.close()
+
+
+async def test_malformed_bus_message_is_skipped() -> None:
+    """A message that is not a live message is dropped, later ones still arrive."""
+    fanout, publisher = new_fanout()
+    box = outbox()
+    await fanout.watch(box, "ch", ("x",))
+    await publisher.publish("ch", b"not json")
+    await publisher.publish("ch", b'{"ts":1,"seq":1,"epoch":"e1","values":[1]}')
+    await publisher.publish("ch", message(2, x=5.0))
+    assert [m["seq"] for m in got(box)] == [2]
+
+
+async def test_listeners_share_the_subscription_with_clients() -> None:
+    """In-process listeners get values and head; the channel stays subscribed until both leave."""
+    fanout, publisher = new_fanout()
+    seen: list[tuple[dict, dict]] = []
+
+    def listener(values: dict, head: dict) -> None:
+        seen.append((values, head))
+
+    box = outbox()
+    await fanout.listen("ch", listener)
+    await fanout.watch(box, "ch", ("x",))
+    await publisher.publish("ch", message(3, x=1.0, y=2.0))
+    assert seen == [({"x": 1.0, "y": 2.0}, {"ts": 3000, "seq": 3, "epoch": "e1"})]
+    await fanout.leave(box)
+    assert fanout.channels == ["ch"]
+    await fanout.unlisten("ch", listener)
+    assert fanout.channels == []
+
+
+async def test_reconnecting_client_recovers_exactly_what_it_missed() -> None:
+    """With since=(epoch, seq) the client first gets one RECOVERY with the missed messages, in order."""
+    fanout, publisher = new_fanout()
+    for seq in range(1, 11):
+        await publisher.publish("ch", message(seq, x=float(seq), y=0.0))
+    box = outbox()
+    await fanout.watch(box, "ch", ("x",), since=("e1", 6))
+    await publisher.publish("ch", message(11, x=11.0))
+    frames = got(box)
+    assert frames[0]["type"] == "RECOVERY" and frames[0]["recovered"] is True
+    assert [(m["seq"], m["payload"]) for m in frames[0]["messages"]] == [
+        (seq, {"x": float(seq)}) for seq in range(7, 11)
+    ]
+    assert [(f["type"], f["seq"]) for f in frames[1:]] == [("LIVE_DATA", 11)]
+
+
+async def test_live_messages_during_recovery_are_held_and_not_sent_twice() -> None:
+    """Messages that arrive while the history is read follow the RECOVERY, none twice."""
+    fanout, publisher = new_fanout()
+    for seq in range(1, 6):
+        await publisher.publish("ch", message(seq, x=float(seq)))
+    box = outbox()
+    box.hold()
+    await fanout._attach(box, "ch", ("x",))
+    await publisher.publish("ch", message(6, x=6.0))  # both in the history and held
+    payload, newest = await fanout.recovery("ch", ("x",), ("e1", 3))
+    box.release(payload, newest)
+    frames = got(box)
+    assert [m["seq"] for m in frames[0]["messages"]] == [4, 5, 6]
+    assert len(frames) == 1
+
+
+async def test_recovery_fails_when_the_epoch_changed_or_history_is_gone() -> None:
+    """An unknown epoch, or a gap older than the kept history, gives recovered: false."""
+    fanout, publisher = new_fanout()
+    for seq in range(50, 55):
+        await publisher.publish("ch", message(seq, x=1.0))
+    for since in (("other-epoch", 52), ("e1", 10)):
+        box = outbox()
+        await fanout.watch(box, "ch", ("x",), since=since)
+        assert got(box)[0] == {
+            "type": "RECOVERY",
+            "recovered": False,
+            "epoch": since[0],
+            "messages": [],
+        }
+        await fanout.leave(box)
+
+
+async def test_a_client_paused_without_progress_is_given_up() -> None:
+    """A transport paused for the stall time with a buffer that never shrinks is given up once."""
+    stalls: list[int] = []
+    box = outbox(stall=0.02, stalls=stalls)
+    box.sink.buffered = 70_000  # type: ignore[attr-defined]
+    box.pause_writing()
+    box.send(b'{"type":"LIVE_DATA"}')
+    for _ in range(100):
+        if stalls:
+            break
+        await asyncio.sleep(0.01)
+    assert stalls == [1] and box.closed
+    box.send(b'{"type":"LIVE_DATA"}')
+    assert box.sink.writes == []  # type: ignore[attr-defined]
+
+
+async def test_a_slow_but_draining_client_is_not_given_up() -> None:
+    """Each stall check that finds the buffer smaller than before arms the clock again."""
+    stalls: list[int] = []
+    sink = Sink()
+    box = outbox(sink, stall=30.0, stalls=stalls)
+    sink.buffered = 100_000
+    box.pause_writing()
+    for _ in range(10):
+        sink.buffered -= 5_000
+        box.check_stall()
+        assert box._timer is not None
+    assert stalls == [] and not box.closed
+    box.check_stall()  # no progress since the last check
+    assert stalls == [1] and box.closed and box._timer is None
+
+
+async def test_an_idle_client_arms_no_timer() -> None:
+    """A connection that is not paused has no stall timer, however long it is idle."""
+    box = outbox(stall=0.01)
+    box.send(b'{"a":1}')
+    assert box._timer is None
+    await asyncio.sleep(0.03)
+    assert not box.closed
+
+
+def test_websocket_frames_of_every_size_parse() -> None:
+    """WS_TEXT makes valid unmasked text frames for 7-bit, 16-bit and 64-bit lengths."""
+    sink = Sink()
+    payloads = [b'{"a":"%s"}' % (b"x" * n) for n in (0, 100, 1_000, 70_000)]
+    for payload in payloads:
+        sink.write(WS_TEXT.frame(payload, None))
+    assert [len(m["a"]) for m in sink.messages] == [0, 100, 1_000, 70_000]
+
+
+class Clock:
+    """A stand-in for the memory bus's ``time`` module: monotonic() is set by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("rate", [1, 10])
+@pytest.mark.parametrize("history", [HISTORY_SECONDS, 20.0])
+async def test_drops_recover_exactly_within_the_history_and_not_beyond(
+    monkeypatch: pytest.MonkeyPatch, rate: int, history: float
+) -> None:
+    """Clients away 5 s, 60 s and 5 min (1 and 10 Hz) get every missed seq once, or recovered: false."""
+    clock = Clock()
+    monkeypatch.setattr("livedata.bus.memory.time", clock)
+    fanout, publisher = new_fanout()
+    publisher.history_seconds = fanout.pubsub.history_seconds = history
+    start, end, step = clock.now, clock.now + 400.0, 1.0 / rate
+    seq_at: dict[float, int] = {}
+    seq = 0
+    while clock.now < end:
+        seq += 1
+        seq_at[round(clock.now - start, 3)] = seq
+        await publisher.publish("ch", message(seq, x=float(seq)))
+        clock.now = start + seq * step
+    newest = seq
+    for drop in (5.0, 60.0, 300.0):
+        last_seen = seq_at[round(400.0 - drop, 3)]
+        box = outbox()
+        await fanout.watch(box, "ch", ("x",), since=("e1", last_seen))
+        for later in (newest + 1, newest + 2):
+            await publisher.publish("ch", message(later, x=float(later)))
+        frames = got(box)
+        recovery, live = frames[0], frames[1:]
+        assert recovery["type"] == "RECOVERY"
+        if drop < history:
+            assert recovery["recovered"] is True
+            seqs = [m["seq"] for m in recovery["messages"]] + [m["seq"] for m in live]
+            assert seqs == list(range(last_seen + 1, newest + 3)), (drop, seqs[:3], seqs[-3:])
+            assert len(recovery["messages"]) >= drop * rate - 1
+        else:
+            assert recovery == {
+                "type": "RECOVERY",
+                "recovered": False,
+                "epoch": "e1",
+                "messages": [],
+            }
+            assert [m["seq"] for m in live] == [newest + 1, newest + 2]
+        await fanout.leave(box)
+        newest += 2
