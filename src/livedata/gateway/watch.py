@@ -126,14 +126,13 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Gauge
 
-from livedata import observe
 from livedata.decode.values import decode_values
 from livedata.errors import DecodeError, InputError, NotFound
+from livedata.gateway.fanout import Outbox
 from livedata.gateway.protocol import sse
 from livedata.gateway.protocol.sse import Event, TimeFormat, TooLarge, WatchParams, parse_duration
 from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_device_update
-from livedata.gateway.stall import StallClock, Stalled
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
 if TYPE_CHECKING:
@@ -574,16 +573,19 @@ class WatchService:
 
     # streaming --------------------------------------------------------------
 
-    def _encode(self, events: Sequence[Event], prev: int, cover: int, start: int = 0) -> bytes:
+    def _encode(
+        self, events: Sequence[Event], prev: int, cover: int, start: int = 0
+    ) -> list[sse.Frame]:
         for name, _data in events[start:]:
             EVENTS.labels(name or "message").inc()
-        return sse.encode_events(events, self.epoch, prev, cover, start)
+        return sse.frames(events, self.epoch, prev, cover, start)
 
-    def _gap(self, at: int, last_event_id: str | None, message: str) -> bytes:
-        EVENTS.labels("gap").inc()
-        return sse.encode_gap(self.epoch, at, last_event_id, message)
+    def _gap(self, at: int, last_event_id: str | None, message: str) -> list[sse.Frame]:
+        return self._encode([sse.gap_event(last_event_id, message)], at, at)
 
-    def _replay(self, plan: Plan, start: int, end: int, period_ms: int) -> Iterable[bytes]:
+    def _replay(
+        self, plan: Plan, start: int, end: int, period_ms: int
+    ) -> Iterable[list[sse.Frame]]:
         """What happened in ``(start, end]``, one period-sized bucket (by arrival) at a time."""
         entries = sorted(
             ((e.seq, e.at_ms) for ring in plan.rings for e in ring.between(start, end)),
@@ -605,8 +607,9 @@ class WatchService:
 
     async def stream(
         self, plan: Plan, params: WatchParams, last_event_id: str | None
-    ) -> AsyncIterator[bytes]:
-        """The event stream of one client; releases everything when the client goes."""
+    ) -> AsyncIterator[list[sse.Frame]]:
+        """The event stream of one client, a list of frames at a time (an empty list: a
+        keep-alive is due); releases everything when the client goes."""
         acquired: list[Ring] = []
         self.streams += 1
         STREAMS.inc()
@@ -667,7 +670,9 @@ class WatchService:
             self.streams -= 1
             STREAMS.dec()
 
-    async def _live(self, plan: Plan, params: WatchParams, prev: int) -> AsyncIterator[bytes]:
+    async def _live(
+        self, plan: Plan, params: WatchParams, prev: int
+    ) -> AsyncIterator[list[sse.Frame]]:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + params.period
         last_sent = loop.time()
@@ -688,7 +693,7 @@ class WatchService:
                 if next_tick < now:
                     next_tick = now + params.period
             else:
-                yield sse.KEEP_ALIVE
+                yield []
                 EVENTS.labels("keep-alive").inc()
                 last_sent = loop.time()
 
@@ -697,35 +702,111 @@ _SERVICES: WeakKeyDictionary[Runtime, WatchService] = WeakKeyDictionary()
 
 
 STALL_SECONDS = 30.0
-"""A stream whose write makes no progress for this long ends (``client_stall_seconds``)."""
+"""A stream whose writes make no progress for this long ends (``client_stall_seconds``)."""
+STREAM_QUEUE = 512
+"""Events a stream's outbox holds while its client is behind (a period has up to 100)."""
+HIGH_WATER = 65_536
+"""Bytes handed to the HTTP server and not yet sent above which a stream's outbox queues."""
+
+
+class _AsgiSink:
+    """A watch stream's outbox writes here; one task per stream hands it to ASGI ``send``.
+
+    ``write`` only appends and wakes that task (coalescing whatever came meanwhile into
+    one ``send``); above :data:`HIGH_WATER` bytes not yet sent the outbox is paused, and
+    it resumes (writing what it queued in one piece) once a ``send`` completed and the
+    buffer is below half of it.  Bytes in a ``send`` still in progress count as
+    buffered, so a client that takes nothing keeps the size still and the outbox's
+    stall clock gives it up.
+    """
+
+    __slots__ = ("buffer", "inflight", "outbox", "wake")
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.inflight = 0
+        self.wake = asyncio.Event()
+        self.outbox: Outbox | None = None
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.wake.set()
+        outbox = self.outbox
+        if outbox is not None and not outbox.paused and self.get_write_buffer_size() > HIGH_WATER:
+            outbox.pause_writing()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.buffer) + self.inflight
+
+    async def run(self, send: Any) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.buffer:
+                chunk = bytes(self.buffer)
+                self.buffer.clear()
+                self.inflight = len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.inflight = 0
+                outbox = self.outbox
+                if outbox is not None and outbox.paused and len(self.buffer) < HIGH_WATER // 2:
+                    outbox.resume_writing()
 
 
 class _WatchResponse(StreamingResponse):
-    """The event stream, given up when one write makes no progress for ``stall`` seconds."""
+    """The event stream through the fan-out core's outbox policy (see "Under stress")."""
 
-    def __init__(self, content: AsyncIterator[bytes], stall: float, **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
+    def __init__(
+        self, content: AsyncIterator[list[sse.Frame]], stall: float, **kwargs: Any
+    ) -> None:
+        super().__init__(iter(()), **kwargs)  # the body comes from ``frames``, not from here
+        self.frames = content
         self.stall = stall
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        clock = StallClock(self.stall)  # one timer per stream, not one per event
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        sink = _AsgiSink()
+        stalled = asyncio.Event()
+        outbox = sink.outbox = Outbox(sink, sse.SSE_FRAMING, stalled.set, STREAM_QUEUE, self.stall)
 
-        async def timed(message: Any) -> None:
-            if message.get("type") != "http.response.body":
-                await send(message)
-                return
-            await clock.send(send(message))
+        async def produce() -> None:
+            async for frames in self.frames:
+                if not frames:
+                    if not outbox.missed and not outbox.queued and not sink.buffer:
+                        outbox.offer(b"{}", sse.KEEP_ALIVE, None)
+                        EVENTS.labels("keep-alive").inc()
+                    continue
+                for payload, wire, head in frames:
+                    outbox.offer(payload, wire, head)
 
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        tasks = [
+            asyncio.ensure_future(produce()),
+            asyncio.ensure_future(sink.run(send)),
+            asyncio.ensure_future(disconnected()),
+            asyncio.ensure_future(stalled.wait()),
+        ]
         try:
-            await super().__call__(scope, receive, timed)
-        except Stalled:
-            observe.STALLED.inc()
-            log.info("ending a watch stream that took nothing for %g s", self.stall)
-            aclose = getattr(self.body_iterator, "aclose", None)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            outbox.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            aclose = getattr(self.frames, "aclose", None)
             if aclose is not None:
                 await aclose()  # release its rings and stream slot now
-        finally:
-            clock.stop()
+        if stalled.is_set():
+            log.info("ending a watch stream that took nothing for %g s", self.stall)
+            return  # no final chunk: it could not get through; the server closes the socket
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
 
 
 def watch_service(rt: Runtime) -> WatchService:

@@ -310,22 +310,58 @@ def event_block(event_id: EventId | str, name: str | None, block: bytes) -> byte
     return head + block
 
 
+class SseFraming:
+    """The fan-out core's framing of SSE (:class:`~livedata.gateway.fanout.Framing`).
+
+    ``payload`` is an event's JSON data; ``head`` is ``{"id": …, "event": name or None}``
+    (``None``: a bare ``data:`` block).  The bytes depend on nothing else, so every
+    stream of the same events shares them.
+    """
+
+    __slots__ = ()
+
+    def frame(self, payload: bytes, head: dict[str, Any] | None) -> bytes:
+        block = b"data: " + payload + b"\n\n"
+        if head is None:
+            return block
+        return event_block(head["id"], head["event"], block)
+
+
+SSE_FRAMING = SseFraming()
+
+Frame = tuple[bytes, bytes, dict[str, Any]]
+"""(payload, wire bytes, head) of one event: what a stream offers its outbox."""
+
+
+def frames(
+    events: Sequence[Event], epoch: str, prev: int, cover: int, start: int = 0
+) -> list[Frame]:
+    """The events of one period covering ``(prev, cover]`` from index ``start`` on, framed."""
+    out = []
+    for index in range(start, len(events)):
+        name, data = events[index]
+        payload = orjson.dumps(data)
+        head = {"id": str(EventId(epoch, prev, cover, index)), "event": name}
+        out.append((payload, SSE_FRAMING.frame(payload, head), head))
+    return out
+
+
 def encode_events(
     events: Sequence[Event], epoch: str, prev: int, cover: int, start: int = 0
 ) -> bytes:
-    """The events of one period covering ``(prev, cover]``, from index ``start`` on."""
-    out = bytearray()
-    for index in range(start, len(events)):
-        name, data = events[index]
-        out += event_block(EventId(epoch, prev, cover, index), name, data_block(data))
-    return bytes(out)
+    """The bytes of :func:`frames`."""
+    return b"".join(wire for _, wire, _ in frames(events, epoch, prev, cover, start))
+
+
+def gap_event(last_event_id: str | None, message: str) -> Event:
+    """``event: gap``: what the client missed cannot be sent; it fills the hole from history."""
+    lost = last_event_id[:MAX_EVENT_ID] if last_event_id is not None else None
+    return "gap", {"code": "gap", "message": message, "lastEventId": lost}
 
 
 def encode_gap(epoch: str, at: int, last_event_id: str | None, message: str) -> bytes:
-    """``event: gap``: what the client missed cannot be sent; it fills the hole from history."""
-    lost = last_event_id[:MAX_EVENT_ID] if last_event_id is not None else None
-    data = {"code": "gap", "message": message, "lastEventId": lost}
-    return encode_events([("gap", data)], epoch, at, at)
+    """The bytes of a :func:`gap_event` at position ``at``."""
+    return encode_events([gap_event(last_event_id, message)], epoch, at, at)
 
 
 def error_body(code: str, message: str) -> tuple[int, bytes]:
@@ -407,10 +443,13 @@ __all__ = [
     "HEADERS",
     "KEEP_ALIVE",
     "MEDIA_TYPE",
+    "SSE_FRAMING",
     "Event",
     "EventId",
     "EventParser",
+    "Frame",
     "ParsedEvent",
+    "SseFraming",
     "TimeFormat",
     "TooLarge",
     "WatchParams",
@@ -419,6 +458,8 @@ __all__ = [
     "encode_gap",
     "error_body",
     "event_block",
+    "frames",
+    "gap_event",
     "parse_duration",
     "parse_query",
     "parse_tz",
