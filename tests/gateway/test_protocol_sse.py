@@ -88,7 +88,24 @@ def test_event_ids_round_trip_and_garbage_is_none() -> None:
     assert sse.EventId.parse(str(event_id)) == event_id
     for bad in (None, "", "not an id", "a-1-2", "a-3-2-0", "a-1-2--1", "-1-2-0", "a-x-2-0"):
         assert sse.EventId.parse(bad) is None, bad
-    assert sse.EventId.parse("a-1-2-" + "9" * 300) is None
+    assert sse.EventId.parse("a-1-2-" + "9" * sse.MAX_EVENT_ID) is None
+    assert sse.EventId.parse("a-1-2-0-bad/resume") is None
+
+
+def test_resume_marks_round_trip() -> None:
+    """Per-channel pub/sub positions travel in the id: one epoch when shared, _ when unknown."""
+    start = [("e1", 4), None, ("e1", 9)]
+    end = [("e1", 6), ("e1", 2), ("e1", 9)]
+    text = sse.format_marks(start, end)
+    assert text == "e1~4._.9~6.2.9"
+    assert sse.parse_marks(text, 3) == (start, end)
+    mixed = sse.format_marks([("a", 1), ("b", 2)], [("a", 3), ("b", 4)])
+    assert mixed == "a.b~1.2~3.4"
+    assert sse.parse_marks(mixed, 2) == ([("a", 1), ("b", 2)], [("a", 3), ("b", 4)])
+    event_id = sse.EventId("ab", 1, 2, 0, text)
+    assert sse.EventId.parse(str(event_id)) == event_id
+    for bad, channels in ((text, 2), ("e1~4~x", 1), ("e1~4", 1), ("a.b.c~1.2~3.4", 2)):
+        assert sse.parse_marks(bad, channels) is None, bad
 
 
 def test_events_are_framed_with_ids_and_names() -> None:
@@ -111,7 +128,7 @@ def test_data_blocks_are_shared_bytes_of_an_event() -> None:
 def test_gap_event_says_what_was_lost() -> None:
     """event: gap carries code, message and the client's (bounded) Last-Event-ID."""
     parser = sse.EventParser()
-    (event,) = parser.feed(sse.encode_gap("e9", 4, "x" * 500, "gone"))
+    (event,) = parser.feed(sse.encode_gap("e9", 4, "x" * 5000, "gone"))
     assert (event.event, event.id) == ("gap", "e9-4-4-0")
     data = json.loads(event.data)
     assert data["code"] == "gap" and data["message"] == "gone"

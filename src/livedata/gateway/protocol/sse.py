@@ -50,7 +50,7 @@ PERIOD_MIN = 1.0
 DURATION_MAX = 3_600.0
 KEEPALIVE_DEFAULT = 30.0
 KEEPALIVE_MIN = 1.0
-MAX_EVENT_ID = 200
+MAX_EVENT_ID = 4_096
 """Characters of a ``Last-Event-ID`` at most (longer ones are not understood: a gap)."""
 TS_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
@@ -260,19 +260,31 @@ def parse_query(query: str | bytes) -> WatchParams:
 # --------------------------------------------------------------------------- event ids
 
 
+Mark = tuple[str, int] | None
+"""A position in one pub/sub channel: (its epoch, the seq of a message), or unknown."""
+_RESUME = re.compile(r"[0-9A-Za-z_.~]+\Z")
+
+
 @dataclass(frozen=True, slots=True)
 class EventId:
-    """``{epoch}-{prev}-{cover}-{index}``: the event's period covered positions
-    ``(prev, cover]`` of the stream's source numbered in ``epoch``; ``index`` is the
-    event's place in that period."""
+    """``{epoch}-{prev}-{cover}-{index}[-{resume}]``.
+
+    The event's period covered positions ``(prev, cover]`` of the gateway process's
+    sources, numbered in that process's ``epoch``; ``index`` is its place in the
+    period.  ``resume`` (tag tables) says the same in the pub/sub's own terms, so any
+    gateway can resume the stream: per source channel, in the stream's order, the
+    position at the period's start and at its end (see :func:`format_marks`).
+    """
 
     epoch: str
     prev: int
     cover: int
     index: int = 0
+    resume: str = ""
 
     def __str__(self) -> str:
-        return f"{self.epoch}-{self.prev}-{self.cover}-{self.index}"
+        base = f"{self.epoch}-{self.prev}-{self.cover}-{self.index}"
+        return f"{base}-{self.resume}" if self.resume else base
 
     @classmethod
     def parse(cls, text: str | None) -> EventId | None:
@@ -280,7 +292,10 @@ class EventId:
         if not text or len(text) > MAX_EVENT_ID:
             return None
         parts = text.strip().split("-")
-        if len(parts) != 4 or not parts[0] or not parts[0].isalnum():
+        if len(parts) not in (4, 5) or not parts[0] or not parts[0].isalnum():
+            return None
+        resume = parts[4] if len(parts) == 5 else ""
+        if len(parts) == 5 and not _RESUME.match(resume):
             return None
         try:
             prev, cover, index = int(parts[1]), int(parts[2]), int(parts[3])
@@ -288,7 +303,47 @@ class EventId:
             return None
         if not 0 <= prev <= cover or index < 0:
             return None
-        return cls(parts[0], prev, cover, index)
+        return cls(parts[0], prev, cover, index, resume)
+
+
+def format_marks(start: Sequence[Mark], end: Sequence[Mark]) -> str:
+    """``{epochs}~{start seqs}~{end seqs}``: dotted, one per channel (``_`` = unknown);
+    the epochs once when every channel has the same."""
+    epochs = [(m or ("_", 0))[0] for m in end]
+    epoch_part = epochs[0] if epochs and len(set(epochs)) == 1 else ".".join(epochs)
+
+    def seqs(marks: Sequence[Mark]) -> str:
+        return ".".join("_" if m is None else str(m[1]) for m in marks)
+
+    return f"{epoch_part}~{seqs(start)}~{seqs(end)}"
+
+
+def parse_marks(text: str, channels: int) -> tuple[list[Mark], list[Mark]] | None:
+    """The (start, end) positions of :func:`format_marks` for ``channels`` channels,
+    or ``None`` when ``text`` does not describe that many."""
+    parts = text.split("~")
+    if len(parts) != 3 or channels < 1:
+        return None
+    epochs = parts[0].split(".")
+    if len(epochs) == 1:
+        epochs *= channels
+    starts, ends = parts[1].split("."), parts[2].split(".")
+    if not len(epochs) == len(starts) == len(ends) == channels:
+        return None
+
+    def marks(seqs: list[str]) -> list[Mark] | None:
+        out: list[Mark] = []
+        for epoch, seq in zip(epochs, seqs, strict=True):
+            if seq == "_" or epoch == "_":
+                out.append(None)
+            elif seq.isdigit():
+                out.append((epoch, int(seq)))
+            else:
+                return None
+        return out
+
+    start, end = marks(starts), marks(ends)
+    return None if start is None or end is None else (start, end)
 
 
 # --------------------------------------------------------------------------- framing
@@ -334,14 +389,14 @@ Frame = tuple[bytes, bytes, dict[str, Any]]
 
 
 def frames(
-    events: Sequence[Event], epoch: str, prev: int, cover: int, start: int = 0
+    events: Sequence[Event], epoch: str, prev: int, cover: int, start: int = 0, resume: str = ""
 ) -> list[Frame]:
     """The events of one period covering ``(prev, cover]`` from index ``start`` on, framed."""
     out = []
     for index in range(start, len(events)):
         name, data = events[index]
         payload = orjson.dumps(data)
-        head = {"id": str(EventId(epoch, prev, cover, index)), "event": name}
+        head = {"id": str(EventId(epoch, prev, cover, index, resume)), "event": name}
         out.append((payload, SSE_FRAMING.frame(payload, head), head))
     return out
 
@@ -448,6 +503,7 @@ __all__ = [
     "EventId",
     "EventParser",
     "Frame",
+    "Mark",
     "ParsedEvent",
     "SseFraming",
     "TimeFormat",
@@ -458,9 +514,11 @@ __all__ = [
     "encode_gap",
     "error_body",
     "event_block",
+    "format_marks",
     "frames",
     "gap_event",
     "parse_duration",
+    "parse_marks",
     "parse_query",
     "parse_tz",
 ]
