@@ -607,12 +607,20 @@ class LocalServer:
     token is in ``tokens``; ``headers`` act as acme's admin.
     """
 
-    def __init__(self, data_dir: Path, **sio_options: Any) -> None:
-        settings = load_settings({"data_dir": data_dir, "port": 0, "log_level": "warning"})
-        self.rt = Runtime(settings)
+    def __init__(
+        self,
+        data_dir: Path,
+        settings: dict[str, Any] | None = None,
+        tokens: dict[str, str] | None = None,
+        **sio_options: Any,
+    ) -> None:
+        """``settings`` are added to the defaults; with ``tokens`` (another server's, on the
+        same data directory) nothing is seeded."""
+        config = {"data_dir": data_dir, "port": 0, "log_level": "warning", **(settings or {})}
+        self.rt = Runtime(load_settings(config))
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.tokens: dict[str, str] = {}
-        self.rt.on_started.append(self._seed)
+        self.tokens: dict[str, str] = dict(tokens or {})
+        self.rt.on_started.append(self._seed if tokens is None else self._note_loop)
         app = with_socketio(create_app(self.rt), self.rt, **sio_options)
         sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -633,6 +641,9 @@ class LocalServer:
         while not self.rt.started.is_set():
             assert time.monotonic() < deadline, "the local server did not start"
             time.sleep(0.05)
+
+    async def _note_loop(self) -> None:
+        self.loop = asyncio.get_running_loop()
 
     async def _seed(self) -> None:
         self.loop = asyncio.get_running_loop()

@@ -705,7 +705,10 @@ async def test_socketio_matrix(two: TwoOrgs, markers: dict[str, list[str]]) -> N
         acks = result["acks"]
         if acks["own"].get("ok") is not True:
             failures.append(f"{where}: own subscribe refused: {acks['own']}")
-        if acks["mixed"].get("ok") is not False or acks["mixed"].get("error", {}).get("code") != "not_found":
+        if (
+            acks["mixed"].get("ok") is not False
+            or acks["mixed"].get("error", {}).get("code") != "not_found"
+        ):
             failures.append(f"{where}: foreign device not refused: {acks['mixed']}")
         twin = (
             orjson.dumps(acks["mixed-twin"])

@@ -128,9 +128,16 @@ from prometheus_client import Counter, Gauge
 
 from livedata.decode.values import decode_values
 from livedata.errors import DecodeError, InputError, NotFound
-from livedata.gateway.fanout import Outbox
+from livedata.gateway.fanout import Fanout, Outbox
 from livedata.gateway.protocol import sse
-from livedata.gateway.protocol.sse import Event, TimeFormat, TooLarge, WatchParams, parse_duration
+from livedata.gateway.protocol.sse import (
+    Event,
+    Mark,
+    TimeFormat,
+    TooLarge,
+    WatchParams,
+    parse_duration,
+)
 from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_device_update
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
@@ -190,6 +197,14 @@ class Entry:
     ts: int
     """The record's (or row's) TIME in ms."""
     payload: Mapping[str, Any]
+    head: Mapping[str, Any] | None = None
+    """The channel message's ``ts``, ``seq``, ``epoch`` (live channels; shared, read only)."""
+
+    @property
+    def mark(self) -> Mark:
+        """Its position in its pub/sub channel."""
+        head = self.head
+        return (head["epoch"], head["seq"]) if head is not None else None
 
 
 class Ring:
@@ -254,6 +269,10 @@ class Plan:
     def collect(self, lo: int, hi: int) -> list[Event]:
         raise NotImplementedError
 
+    def marks_at(self, hi: int) -> list[Mark]:
+        """Per source channel, its position after the arrivals up to ``hi`` (tag tables)."""
+        return []
+
     async def snapshot(self) -> list[Event]:
         return []
 
@@ -272,14 +291,48 @@ class TagPlan(Plan):
         self.rt, self.org, self.sources, self.fmt = rt, org, sources, fmt
         self.rings = []
         self.by_channel: dict[str, Ring] = {}
+        self.floor: dict[str, tuple[str, int]] = {}
+        """Channel positions already sent from the pub/sub's history (a resume): ring
+        entries up to them are skipped."""
 
     def _event(self, name: str, ts: int, value: Any) -> Event:
         return None, {"NAME": name, "TIME": self.fmt.format(ts), "VALUE": value}
 
     def collect(self, lo: int, hi: int) -> list[Event]:
-        best: dict[int, tuple[int, int, str, Any]] = {}
+        return self.events_of(
+            (source, self.by_channel[source.channel].between(lo, hi)) for source in self.sources
+        )
+
+    def marks_at(self, hi: int) -> list[Mark]:
+        marks: list[Mark] = []
         for source in self.sources:
-            for entry in self.by_channel[source.channel].between(lo, hi):
+            mark: Mark = None
+            after: Entry | None = None
+            for entry in reversed(self.by_channel[source.channel].entries):
+                if entry.seq <= hi:
+                    mark = entry.mark
+                    break
+                after = entry
+            if mark is None and after is not None and after.head is not None:
+                # a channel numbers its messages one by one: the one before the first
+                # that arrived after ``hi``
+                mark = (after.head["epoch"], after.head["seq"] - 1)
+            floor = self.floor.get(source.channel)
+            if floor is not None and (mark is None or (mark[0] == floor[0] and mark[1] < floor[1])):
+                mark = floor
+            marks.append(mark)
+        return marks
+
+    def events_of(self, found: Iterable[tuple[_Source, Iterable[Entry]]]) -> list[Event]:
+        """Per tag, the newest value among ``found`` entries (not below the floor)."""
+        best: dict[int, tuple[int, int, str, Any]] = {}
+        for source, entries in found:
+            floor = self.floor.get(source.channel)
+            for entry in entries:
+                if floor is not None and entry.head is not None:
+                    head = entry.head
+                    if head["epoch"] == floor[0] and head["seq"] <= floor[1]:
+                        continue
                 values = entry.payload
                 for index, name, fld in source.tags:
                     if fld in values:
@@ -447,6 +500,9 @@ class WatchService:
         self._rings: dict[str, Ring] = {}
         self._lock = asyncio.Lock()
         self.log_tables = LogTables(self.next_seq, lambda: self.seq)
+        hub = rt.hub
+        self.history: Fanout = hub if isinstance(hub, Fanout) else Fanout(rt.pubsub)
+        """Reads the pub/sub's history (:meth:`Fanout.missed_since`) to resume streams."""
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -484,7 +540,9 @@ class WatchService:
 
     def _listener(self, ring: Ring) -> Callable[[dict[str, Any], dict[str, Any]], None]:
         def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
-            ring.append(Entry(self.next_seq(), int(time.time() * 1000), int(head["ts"]), values))
+            ring.append(
+                Entry(self.next_seq(), int(time.time() * 1000), int(head["ts"]), values, head)
+            )
 
         return on_message
 
@@ -574,14 +632,22 @@ class WatchService:
     # streaming --------------------------------------------------------------
 
     def _encode(
-        self, events: Sequence[Event], prev: int, cover: int, start: int = 0
+        self,
+        events: Sequence[Event],
+        prev: int,
+        cover: int,
+        start: int = 0,
+        marks: tuple[Sequence[Mark], Sequence[Mark]] | None = None,
     ) -> list[sse.Frame]:
+        """Frames of one period; ``marks`` (start, end) make its ids resumable anywhere."""
         for name, _data in events[start:]:
             EVENTS.labels(name or "message").inc()
-        return sse.frames(events, self.epoch, prev, cover, start)
+        resume = sse.format_marks(*marks) if marks and marks[1] else ""
+        return sse.frames(events, self.epoch, prev, cover, start, resume)
 
-    def _gap(self, at: int, last_event_id: str | None, message: str) -> list[sse.Frame]:
-        return self._encode([sse.gap_event(last_event_id, message)], at, at)
+    def _gap(self, at: int, last_event_id: str | None, message: str, plan: Plan) -> list[sse.Frame]:
+        marks = plan.marks_at(at)
+        return self._encode([sse.gap_event(last_event_id, message)], at, at, 0, (marks, marks))
 
     def _replay(
         self, plan: Plan, start: int, end: int, period_ms: int
@@ -597,13 +663,68 @@ class WatchService:
             elif at_ms >= bucket_start + period_ms:
                 events = plan.collect(prev, last)
                 if events:
-                    yield self._encode(events, prev, last)
+                    marks = (plan.marks_at(prev), plan.marks_at(last))
+                    yield self._encode(events, prev, last, 0, marks)
                 prev, bucket_start = last, at_ms
             last = seq
         if last > prev:
             events = plan.collect(prev, last)
             if events:
-                yield self._encode(events, prev, last)
+                yield self._encode(
+                    events, prev, last, 0, (plan.marks_at(prev), plan.marks_at(last))
+                )
+
+    async def _from_history(
+        self, plan: TagPlan, pos: sse.EventId, at: int, period_ms: int
+    ) -> list[list[sse.Frame]] | None:
+        """What a client resuming from another process (or before a restart) missed, from
+        the pub/sub's history: the rest of its last period, then period-sized buckets (by
+        record time); ``None`` when some of it is not there any more."""
+        parsed = sse.parse_marks(pos.resume, len(plan.sources))
+        if parsed is None:
+            return None
+        start_marks, end_marks = parsed
+        missed: list[list[Entry]] = []
+        for source, mark in zip(plan.sources, start_marks, strict=True):
+            if mark is None:
+                return None
+            recovered, messages = await self.history.missed_since(source.channel, mark)
+            if not recovered:
+                return None
+            missed.append([Entry(h["seq"], h["ts"], h["ts"], v, h) for v, h in messages])
+        out: list[list[sse.Frame]] = []
+        floor: dict[str, tuple[str, int]] = {}
+        rest: list[tuple[_Source, list[Entry]]] = []
+        later: list[tuple[int, int, _Source, Entry]] = []
+        for n, (source, entries, end) in enumerate(
+            zip(plan.sources, missed, end_marks, strict=True)
+        ):
+            cut = end[1] if end is not None else 0
+            rest.append((source, [e for e in entries if e.seq <= cut]))
+            later.extend((e.ts, n, source, e) for e in entries if e.seq > cut)
+            newest = entries[-1].mark if entries else start_marks[n]
+            if newest is not None:
+                floor[source.channel] = newest
+        marks = list(end_marks)
+        events = plan.events_of(rest)
+        if len(events) > pos.index + 1:
+            out.append(self._encode(events, at, at, pos.index + 1, (start_marks, marks)))
+        later.sort(key=lambda item: item[:2])
+        bucket: list[tuple[_Source, list[Entry]]] = []
+        bucket_start: int | None = None
+        before = list(marks)
+        for ts, n, source, entry in later:
+            if bucket_start is None:
+                bucket_start = ts
+            elif ts >= bucket_start + period_ms:
+                out.append(self._encode(plan.events_of(bucket), at, at, 0, (before, list(marks))))
+                bucket, bucket_start, before = [], ts, list(marks)
+            bucket.append((source, [entry]))
+            marks[n] = entry.mark
+        if bucket:
+            out.append(self._encode(plan.events_of(bucket), at, at, 0, (before, marks)))
+        plan.floor.update(floor)  # live values from here on are the ones after these
+        return [frames for frames in out if frames]
 
     async def stream(
         self, plan: Plan, params: WatchParams, last_event_id: str | None
@@ -627,41 +748,20 @@ class WatchService:
             period_ms = int(params.period * 1000)
             prev = self.seq
             pos = sse.EventId.parse(last_event_id)
-            if last_event_id is not None and (
-                pos is None or pos.epoch != self.epoch or pos.cover > self.seq
+            elsewhere = None
+            if (
+                pos is not None
+                and pos.resume
+                and isinstance(plan, TagPlan)
+                and (pos.epoch != self.epoch or pos.cover > self.seq)
             ):
-                yield self._gap(
-                    prev,
-                    last_event_id,
-                    "Last-Event-ID is from another server process or not understood; "
-                    "fill the gap from history",
-                )
-                pos = None
-            if pos is None:
-                try:
-                    events = await plan.snapshot()
-                except Exception as exc:  # the store is down: live values still flow
-                    log.warning("watch snapshot failed: %s", exc)
-                    events = []
-                if events:
-                    yield self._encode(events, prev, prev)
+                elsewhere = await self._from_history(plan, pos, prev, period_ms)
+            if elsewhere is not None:
+                for frames in elsewhere:
+                    yield frames
             else:
-                lost = max(ring.lost_upto for ring in plan.rings)
-                start = pos.prev if pos.prev < pos.cover else pos.cover
-                if lost > start:
-                    yield self._gap(
-                        max(lost, pos.cover),
-                        last_event_id,
-                        "some of what was missed is no longer buffered; fill the gap from history",
-                    )
-                elif pos.prev < pos.cover:
-                    rest = self._encode(
-                        plan.collect(pos.prev, pos.cover), pos.prev, pos.cover, pos.index + 1
-                    )
-                    if rest:
-                        yield rest
-                for chunk in self._replay(plan, max(lost, pos.cover), prev, period_ms):
-                    yield chunk
+                async for frames in self._resume_here(plan, pos, last_event_id, prev, period_ms):
+                    yield frames
             async for chunk in self._live(plan, params, prev):
                 yield chunk
         finally:
@@ -669,6 +769,57 @@ class WatchService:
                 self.release(ring)
             self.streams -= 1
             STREAMS.dec()
+
+    async def _resume_here(
+        self,
+        plan: Plan,
+        pos: sse.EventId | None,
+        last_event_id: str | None,
+        prev: int,
+        period_ms: int,
+    ) -> AsyncIterator[list[sse.Frame]]:
+        """The start of a stream from this process's rings: the current values (a new
+        stream, or ``gap`` first when ``Last-Event-ID`` cannot be resumed), or what the
+        client missed since ``pos``."""
+        if last_event_id is not None and (
+            pos is None or pos.epoch != self.epoch or pos.cover > self.seq
+        ):
+            yield self._gap(
+                prev,
+                last_event_id,
+                "Last-Event-ID is from another server process or not understood, and what "
+                "was missed is not in the live history; fill the gap from history",
+                plan,
+            )
+            pos = None
+        if pos is None:
+            try:
+                events = await plan.snapshot()
+            except Exception as exc:  # the store is down: live values still flow
+                log.warning("watch snapshot failed: %s", exc)
+                events = []
+            if events:
+                now = plan.marks_at(prev)
+                yield self._encode(events, prev, prev, 0, (now, now))
+            return
+        lost = max(ring.lost_upto for ring in plan.rings)
+        start = pos.prev if pos.prev < pos.cover else pos.cover
+        if lost > start:
+            yield self._gap(
+                max(lost, pos.cover),
+                last_event_id,
+                "some of what was missed is no longer buffered; fill the gap from history",
+                plan,
+            )
+        elif pos.prev < pos.cover:
+            marks = (plan.marks_at(pos.prev), plan.marks_at(pos.cover))
+            rest = self._encode(
+                plan.collect(pos.prev, pos.cover), pos.prev, pos.cover, pos.index + 1, marks
+            )
+            if rest:
+                yield rest
+        for chunk in self._replay(plan, max(lost, pos.cover), prev, period_ms):
+            yield chunk
 
     async def _live(
         self, plan: Plan, params: WatchParams, prev: int
@@ -686,7 +837,8 @@ class WatchService:
                 cover = self.seq
                 events = plan.collect(prev, cover)
                 if events:
-                    yield self._encode(events, prev, cover)
+                    marks = (plan.marks_at(prev), plan.marks_at(cover))
+                    yield self._encode(events, prev, cover, 0, marks)
                     last_sent = loop.time()
                 prev = cover
                 next_tick += params.period
