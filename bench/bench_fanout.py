@@ -36,6 +36,7 @@ window and prints the top self and inclusive frames.
     python bench/bench_fanout.py                                  # 1,000 clients, 10k/s, ~1 min
     python bench/bench_fanout.py --clients 5000 --machines 50 --rate 20   # 100k/s
     python bench/bench_fanout.py --profile 10 --targets livedata
+    python bench/bench_fanout.py --before /tmp/main --targets before,livedata,baseline
 
 Prints figures only; asserts nothing.  Every process it starts is stopped and the
 temporary directory removed, also on Ctrl-C.
@@ -64,8 +65,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-# measure the code of this checkout (and its tests.servers), whatever `pip install -e` points at
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+# measure the code of this checkout (and its tests.servers), whatever `pip install -e` points at;
+# the `before` target's gateway runs the code of --before (BENCH_SRC)
+sys.path.insert(
+    0, os.environ.get("BENCH_SRC") or str(Path(__file__).resolve().parent.parent / "src")
+)
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson
@@ -383,7 +387,9 @@ def server(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> 
         "LIVEDATA_LIVE_PER_USER": str(args.clients + 100),
         "BENCH_GC_THRESHOLD": args.gc_threshold or "",
     }
-    if target == "livedata":
+    if target == "before":
+        env["PYTHONPATH"] = env["BENCH_SRC"] = str(Path(args.before).resolve() / "src")
+    if target in ("livedata", "before"):
         cmd = [
             sys.executable,
             __file__,
@@ -427,7 +433,7 @@ def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path)
     result = Result(target)
     with server(target, args, redis_url, tmp) as (proc, url, gc_log):
         ps = psutil.Process(proc.pid)
-        if target == "livedata":  # the python process under taskset
+        if target in ("livedata", "before"):  # the python process under taskset
             ps = next((c for c in [ps, *ps.children(recursive=True)] if "python" in c.name()), ps)
         time.sleep(1.0)
         rss_idle = ps.memory_info().rss
@@ -465,7 +471,7 @@ def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path)
                 p.send(("window", w0, w1))
             cpu0 = ps.cpu_times()
             spy = None
-            if args.profile and target == "livedata":
+            if args.profile and target in ("livedata", "before"):
                 from bench_cluster import start_profile  # the same sampling and summary
 
                 spy = start_profile(ps.pid, min(args.profile, args.window), tmp / "profile.txt")
@@ -584,6 +590,12 @@ def main() -> None:
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--targets", default="livedata,baseline")
     parser.add_argument("--profile", type=float, default=0.0, metavar="S")
+    parser.add_argument(
+        "--before",
+        metavar="DIR",
+        help="a checkout of earlier code (e.g. `git archive main | tar -x -C DIR`): the target "
+        "`before` runs its gateway, for before/after in one run",
+    )
     parser.add_argument(
         "--gc-threshold",
         metavar="G0,G1,G2",

@@ -23,7 +23,7 @@ from livedata.devices import open_devices
 from livedata.errors import BackendError, NotFound
 from livedata.gateway.alerts_api import alert_relay
 from livedata.gateway.commands import presence_feed, status_relay
-from livedata.gateway.hub import Hub
+from livedata.gateway.fanout import Fanout
 from livedata.metadata import Metadata
 from livedata.model import MsgType
 from livedata.pipeline.alerts import alert_role
@@ -72,7 +72,12 @@ class Runtime:
             timestamps=TimestampPolicy(settings.future_skew_seconds, settings.future_timestamps),
         )
         self.distribute = Distribute(self.log, self.pubsub)
-        self.hub = Hub(self.pubsub, stall_timeout=settings.client_stall_seconds)
+        self.hub = Fanout(
+            self.pubsub,
+            stall_seconds=settings.client_stall_seconds,
+            queue_max=settings.client_queue,
+        )
+        """The fan-out core every live transport and in-process listener uses."""
         self.alerts = alert_role(self)
         self.fleet: Fleet | None = None
         """The simulated fleet, when this process runs one (the demo)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from livedata.bus.base import encoded
 from livedata.bus.redis import RedisPubSub
 from livedata.devices.mqtt import MqttDevice
 from livedata.errors import BackendError
@@ -208,7 +209,7 @@ async def test_store_down_20_s_loses_no_acknowledged_message(
     async def fault(run: Run) -> None:
         await run.rt.pubsub.subscribe(
             live_channel("acme", MACHINES[0], "client_raw_data"),
-            lambda _c, m: published.append(orjson.loads(m)["ts"]),
+            lambda _c, m: published.append(orjson.loads(encoded(m))["ts"]),
         )
         await asyncio.to_thread(server.stop)
         await asyncio.sleep(20)

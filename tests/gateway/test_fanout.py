@@ -193,6 +193,7 @@ async def test_a_paused_client_does_not_delay_others() -> None:
     slow.pause_writing()
     for seq in range(1, 21):
         await publisher.publish("ch", message(seq, x=1.0))
+    await asyncio.sleep(0)  # the loop turn ends: its gathered frames are written
     assert [m["seq"] for m in got(fast)] == list(range(1, 21))
     assert slow.queued == 2 and slow.missed == 18
     slow.close()
@@ -362,6 +363,7 @@ async def test_drops_recover_exactly_within_the_history_and_not_beyond(
         await fanout.watch(box, "ch", ("x",), since=("e1", last_seen))
         for later in (newest + 1, newest + 2):
             await publisher.publish("ch", message(later, x=float(later)))
+        await asyncio.sleep(0)
         frames = got(box)
         recovery, live = frames[0], frames[1:]
         assert recovery["type"] == "RECOVERY"
@@ -380,3 +382,18 @@ async def test_drops_recover_exactly_within_the_history_and_not_beyond(
             assert [m["seq"] for m in live] == [newest + 1, newest + 2]
         await fanout.leave(box)
         newest += 2
+
+
+async def test_a_burst_in_one_loop_turn_is_written_in_two_writes() -> None:
+    """The first frame of a loop turn is written at once, the rest of the turn in one write."""
+    fanout, _ = new_fanout()
+    box = outbox()
+    await fanout.watch(box, "ch", ("x",))
+    for seq in range(1, 6):  # no await that yields between them: one loop turn
+        fanout._on_message("ch", LiveMessage(seq * 1_000, seq, "e1", {"x": float(seq)}))
+    assert len(box.sink.writes) == 1  # type: ignore[attr-defined]
+    await asyncio.sleep(0)
+    assert len(box.sink.writes) == 2  # type: ignore[attr-defined]
+    assert [m["seq"] for m in got(box)] == [1, 2, 3, 4, 5]
+    fanout._on_message("ch", LiveMessage(6_000, 6, "e1", {"x": 6.0}))  # a new turn: at once
+    assert len(box.sink.writes) == 3  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import orjson
 
+from livedata.bus.base import encoded
 from livedata.bus.memory import MemoryLog, MemoryPubSub
 from livedata.errors import BusError
 from livedata.model import Kind, Record, live_channel
@@ -22,7 +23,8 @@ async def test_only_realtime_records_are_published_with_per_channel_sequence() -
     for chassis in ("A", "B"):
         channel = live_channel("t", chassis, "vehicle_can")
         await pubsub.subscribe(
-            channel, lambda ch, data: received.setdefault(ch, []).append(orjson.loads(data))
+            channel,
+            lambda ch, data: received.setdefault(ch, []).append(orjson.loads(encoded(data))),
         )
     distribute = Distribute(log, MemoryPubSub(url))
     task = asyncio.create_task(distribute.run())
@@ -67,7 +69,7 @@ async def test_a_log_batch_is_published_in_one_call() -> None:
     log, pubsub = MemoryLog(url), CountingPubSub(url)
     received: list[dict] = []
     channel = live_channel("t", "A", "vehicle_can")
-    await pubsub.subscribe(channel, lambda ch, data: received.append(orjson.loads(data)))
+    await pubsub.subscribe(channel, lambda ch, data: received.append(orjson.loads(encoded(data))))
     await log.append(
         [Record("t", "A", "vehicle_can", ts, Kind.REALTIME, {"x": ts}) for ts in range(300)]
     )

@@ -42,6 +42,13 @@ class LiveMessage:
         self.head: dict[str, Any] = {"ts": ts, "seq": seq, "epoch": epoch}
         self.values = values
 
+    @classmethod
+    def of(cls, values: dict[str, Any], head: dict[str, Any]) -> LiveMessage:
+        """The message with this ``values`` and ``head`` (shared, not copied)."""
+        message = cls.__new__(cls)
+        message.values, message.head = values, head
+        return message
+
     def encode(self) -> bytes:
         """The JSON form on the wire and in a shared history."""
         return orjson.dumps({**self.head, "values": self.values})
@@ -131,7 +138,7 @@ class PubSub(abc.ABC):
     async def subscribe(self, channel: str, handler: Handler) -> None:
         """Call ``handler`` for each message on ``channel`` until :meth:`unsubscribe`.
 
-        One handler per channel per PubSub object: the gateway hub multiplexes.
+        One handler per channel per PubSub object: the gateway's fan-out core multiplexes.
         """
 
     @abc.abstractmethod

@@ -28,6 +28,7 @@ import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from weakref import WeakKeyDictionary
 
@@ -85,21 +86,27 @@ class _LogBroker:
         return [i for i in range(len(self.partitions)) if members[i % len(members)] is member]
 
 
+_Kept = bytes | tuple[dict[str, Any], dict[str, Any]]
+
+
 class _PubSubBroker:
     def __init__(self) -> None:
         self.handlers: dict[str, list[Handler]] = {}
-        self.history: dict[str, deque[tuple[float, Message]]] = {}
+        self.history: dict[str, deque[tuple[float, _Kept]]] = {}
 
     def keep(self, channel: str, message: Message, seconds: float) -> None:
         now = time.monotonic()
         kept = self.history.get(channel)
         if kept is None:
             kept = self.history[channel] = deque(maxlen=HISTORY_MAX)
-        if not isinstance(message, LiveMessage):
+        if isinstance(message, LiveMessage):
+            # plain tuples of plain values: the collector stops tracking them, so a long
+            # history adds nothing to the work of a full collection
+            kept.append((now, (message.values, message.head)))
+        else:
             # An exact-size copy: orjson's output keeps its whole (~4 KiB) buffer for life, so
             # 180 s of history at 10 Hz per channel would take 16 times the memory it needs.
-            message = bytes(memoryview(message))
-        kept.append((now, message))
+            kept.append((now, bytes(memoryview(message))))
         while kept and now - kept[0][0] > seconds:
             kept.popleft()
 
@@ -238,7 +245,11 @@ class MemoryPubSub(PubSub):
     async def history(self, channel: str) -> list[Message]:
         kept = self._broker.history.get(channel, ())
         cutoff = time.monotonic() - self.history_seconds
-        return [message for at, message in kept if at >= cutoff]
+        return [
+            message if isinstance(message, bytes) else LiveMessage.of(*message)
+            for at, message in kept
+            if at >= cutoff
+        ]
 
     async def close(self) -> None:
         for channel in list(self._mine):

@@ -7,7 +7,7 @@ each listening to every channel of every machine and reading the store for it.
 
 Per organisation, an :class:`OrgFleet` knows the machines (re-read from the metadata
 database every :data:`MACHINES_REFRESH_S`), listens once to each machine's live channels
-(in-process listeners of the hub) and keeps per machine: ``last_seen`` (newest record
+(in-process listeners of the fan-out core, ``rt.hub``) and keeps per machine: ``last_seen`` (newest record
 time, ms), ``arrived`` (when real-time data last arrived, monotonic), the latest value
 of each field per message type and the latest GPS position.  A machine it meets is
 seeded once from the store (its newest values), so a page opens filled.  A machine is

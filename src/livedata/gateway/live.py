@@ -41,12 +41,19 @@ rate_limited       more than 20 messages in 10 s from the client          1008
 not_found          unknown organisation, machine or message type          4404
 =================  =====================================================  ==========
 
-Under stress: see :mod:`livedata.gateway.hub` (bounded queue per client, oldest
-dropped, ``missed`` count).  Dead peers are found by the server's WebSocket pings.
-A stalled client (its TCP window full, so the 1013 close frame usually cannot get
-through either) is dropped from the hub and its connection ended at once; what
-stays is the socket's kernel buffer and at most one transport buffer (64 KiB),
-freed when the peer reads or goes away.
+The messages are parsed and validated by the sans-I/O
+:mod:`livedata.gateway.protocol.live`; this module is the asyncio layer.  Delivery is
+the fan-out core's (:mod:`livedata.gateway.fanout`): LIVE_DATA frames are built once
+per field list and written straight to the connection's transport (no ASGI ``send``,
+task or timer per message); the server layer hands the transport over
+(:class:`~livedata.gateway.server.LimitedWebSocket`).
+
+Under stress: while a client's transport buffer is above its high-water mark its
+messages wait in a bounded outbox (oldest dropped, ``missed`` count on the next
+one); a client whose transport makes no progress for ``client_stall_seconds`` is
+given up: a 1013 close frame is put behind what is buffered and the connection is
+ended at once; what stays is the socket's kernel buffer and the transport buffer
+(about 64 KiB), freed when the peer reads or goes away.
 """
 
 from __future__ import annotations
@@ -55,7 +62,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from typing import Any
 
 import orjson
@@ -63,45 +69,30 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from livedata import observe
 from livedata.errors import NotFound
-from livedata.gateway.hub import Hub, LiveClient, Stalled
+from livedata.gateway.fanout import WS_TEXT, Fanout, Outbox
+from livedata.gateway.protocol.live import (
+    CLOSE_NOT_FOUND,
+    Fatal,
+    LiveSession,
+    Reply,
+    check_msg_type,
+)
 from livedata.gateway.rate import RateLimiter
-from livedata.model import MsgType, live_channel, valid_id
+from livedata.gateway.server import RAW_WEBSOCKET, LimitedWebSocket
+from livedata.model import live_channel
 
 log = logging.getLogger("livedata.gateway.live")
 
-MAX_MESSAGE = 64 * 1024
-MAX_FIELDS = 500
-RATE_WINDOW = 10.0
-RATE_MAX = 20
-CLOSE_NOT_FOUND = 4404
-
-
-def error(code: str, message: str) -> str:
-    observe.CLIENT_ERRORS.labels(code).inc()
-    return orjson.dumps({"type": "ERROR", "code": code, "message": message}).decode()
-
 
 class _Fatal(Exception):
-    def __init__(self, code: str, message: str, close_code: int) -> None:
-        super().__init__(message)
-        self.code, self.close_code = code, close_code
-
-
-def parse_field_list(payload: Any) -> tuple[str, ...]:
-    """Validate an INIT_FIELD_LIST payload; raises ``ValueError(code, message)``."""
-    if not isinstance(payload, list) or not all(isinstance(f, str) for f in payload):
-        raise ValueError("invalid_field_list", "payload must be a list of field names (strings)")
-    if len(payload) > MAX_FIELDS:
-        raise ValueError("too_many_fields", f"{len(payload)} fields; at most {MAX_FIELDS}")
-    bad = [f for f in payload if not valid_id(f)]
-    if bad:
-        raise ValueError("invalid_field_list", f"invalid field names: {bad[:5]}")
-    return tuple(dict.fromkeys(payload))
+    def __init__(self, fatal: Fatal) -> None:
+        super().__init__(fatal.message)
+        self.fatal = fatal
 
 
 async def serve_live(
     websocket: WebSocket,
-    hub: Hub,
+    hub: Fanout,
     org_id: str,
     chassis_id: str,
     msg_type: str | None,
@@ -111,112 +102,64 @@ async def serve_live(
 ) -> None:
     """Run one live connection; ``known_fields(msg_type)`` checks the machine and lists fields.
 
-    ``stall_timeout`` defaults to the hub's (the ``client_stall_seconds`` setting).
+    ``stall_timeout`` defaults to the fan-out's (the ``client_stall_seconds`` setting).
+    Needs livedata's server layer (:func:`~livedata.gateway.server.uvicorn_config`):
+    elsewhere the connection is closed with 1011.
     """
     await websocket.accept()
+    raw = websocket.scope.get("extensions", {}).get(RAW_WEBSOCKET)
+    if not isinstance(raw, LimitedWebSocket):
+        await websocket.close(1011, "the live WebSocket needs livedata's server")
+        return
     observe.WS_CONNECTIONS.inc()
-    stall = hub.stall_timeout if stall_timeout is None else stall_timeout
-    client = LiveClient(websocket.send_text, queue_max, stall)
-    writer = asyncio.create_task(_write(websocket, client))
-    receiver: asyncio.Task[None] | None = None
-    rated = _Rated(hub, client)
+
+    def stalled() -> None:
+        log.info("closing a stalled client: no progress for %g s", outbox.stall_seconds)
+        raw.close_now(1013, "too slow: no progress")
+
+    outbox = Outbox(
+        raw.transport,
+        WS_TEXT,
+        stalled,
+        queue_max,
+        hub.stall_seconds if stall_timeout is None else stall_timeout,
+    )
+    raw.attach(outbox)
+    rated = _Rated(hub, outbox)
     try:
-        if msg_type not in set(MsgType):
-            raise _Fatal(
-                "not_found",
-                f"unknown msgType {msg_type!r}: use one of {', '.join(MsgType)}",
-                CLOSE_NOT_FOUND,
-            )
+        fatal = check_msg_type(msg_type)
+        if fatal is not None:
+            raise _Fatal(fatal)
+        assert msg_type is not None
         try:
-            fields = set(await known_fields(msg_type))
+            fields = await known_fields(msg_type)
         except NotFound as exc:
-            raise _Fatal("not_found", str(exc), CLOSE_NOT_FOUND) from None
+            raise _Fatal(Fatal("not_found", str(exc), CLOSE_NOT_FOUND)) from None
         channel = live_channel(org_id, chassis_id, msg_type)
         with observe.log_context(role="gateway", machine=chassis_id):
-            receiver = asyncio.create_task(
-                _receive_loop(websocket, hub, client, channel, fields, msg_type, rated)
+            await _receive_loop(
+                websocket, hub, outbox, channel, LiveSession(msg_type, fields), rated
             )
-        await _until_done(receiver, writer)
     except _Fatal as exc:
-        writer.cancel()
+        outbox.send(exc.fatal.text.encode())
         with contextlib.suppress(Exception):
-            await websocket.send_text(error(exc.code, str(exc)))
-            await websocket.close(exc.close_code, str(exc)[:120])
+            await asyncio.wait_for(
+                websocket.close(exc.fatal.close_code, exc.fatal.message[:120]), 2
+            )
     except WebSocketDisconnect:
         pass
     finally:
-        writer.cancel()
-        if receiver is not None:
-            receiver.cancel()
+        outbox.close()
         await rated.stop()
-        await hub.leave(client)
+        await hub.leave(outbox)
         observe.WS_CONNECTIONS.dec()
 
 
-async def _until_done(receiver: asyncio.Task[None], writer: asyncio.Task[None]) -> None:
-    """Wait for the receive loop; a writer that ends first (it gave up a stalled client) ends it.
-
-    A stalled client's socket cannot even take the close frame, so nothing would
-    ever arrive to end the receive loop: without this the connection, its task
-    and its hub membership would stay until the peer goes away.
-    """
-    await asyncio.wait({receiver, writer}, return_when=asyncio.FIRST_COMPLETED)
-    if receiver.done():
-        receiver.result()  # raises _Fatal or WebSocketDisconnect as before
-        return
-    receiver.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await receiver
-    if not writer.cancelled() and writer.exception() is not None:
-        log.info("live connection ends: sending failed (%s)", writer.exception())
-
-
-async def _write(websocket: WebSocket, client: LiveClient) -> None:
-    try:
-        await client.writer()
-    except Stalled as exc:
-        observe.STALLED.inc()
-        log.info("closing a stalled client: %s", exc)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(websocket.close(1013, "too slow: no progress"), 2)
-
-
-def parse_since(value: Any) -> tuple[str, int] | None:
-    """Validate the optional ``since`` of INIT_FIELD_LIST; raises ``ValueError(code, message)``."""
-    if value is None:
-        return None
-    if (
-        not isinstance(value, dict)
-        or not isinstance(value.get("epoch"), str)
-        or len(value["epoch"]) > 64
-        or not isinstance(value.get("seq"), int)
-        or isinstance(value["seq"], bool)
-        or value["seq"] < 0
-    ):
-        raise ValueError("invalid_since", 'since must be {"epoch": "<string>", "seq": <int >= 0>}')
-    return value["epoch"], value["seq"]
-
-
-def parse_rate(fields: tuple[str, ...], data: dict[str, Any]) -> RateLimiter | None:
-    """The rate control an INIT_FIELD_LIST asks for (``maxRate``, ``aggregate``), if any."""
-    max_rate, mode = data.get("maxRate"), data.get("aggregate", "last")
-    if max_rate is None:
-        if "aggregate" in data:
-            raise ValueError("invalid_rate", "aggregate needs maxRate")
-        return None
-    if not isinstance(max_rate, int | float) or isinstance(max_rate, bool):
-        raise ValueError("invalid_rate", "maxRate must be a number of messages per second")
-    try:
-        return RateLimiter(fields, float(max_rate), str(mode))
-    except ValueError as exc:
-        raise ValueError("invalid_rate", str(exc)) from None
-
-
 class _Rated:
-    """A rate-controlled subscription: a hub listener feeding a limiter, flushed on a timer."""
+    """A rate-controlled subscription: a fan-out listener feeding a limiter, flushed on a timer."""
 
-    def __init__(self, hub: Hub, client: LiveClient) -> None:
-        self.hub, self.client = hub, client
+    def __init__(self, hub: Fanout, outbox: Outbox) -> None:
+        self.hub, self.outbox = hub, outbox
         self._current: tuple[str, RateLimiter, asyncio.Task[None]] | None = None
 
     async def start(self, channel: str, limiter: RateLimiter) -> None:
@@ -229,7 +172,7 @@ class _Rated:
             await asyncio.sleep(limiter.interval)
             message = limiter.flush()
             if message is not None:
-                self.client.offer(orjson.dumps(message), message.get("seq", 0))
+                self.outbox.send(orjson.dumps(message))
 
     async def stop(self) -> None:
         if self._current is not None:
@@ -241,58 +184,32 @@ class _Rated:
 
 async def _receive_loop(
     websocket: WebSocket,
-    hub: Hub,
-    client: LiveClient,
+    hub: Fanout,
+    outbox: Outbox,
     channel: str,
-    known: set[str],
-    msg_type: str,
+    session: LiveSession,
     rated: _Rated,
 ) -> None:
-    recent: deque[float] = deque()
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        now = time.monotonic()
-        recent.append(now)
-        while recent and now - recent[0] > RATE_WINDOW:
-            recent.popleft()
-        if len(recent) > RATE_MAX:
-            raise _Fatal("rate_limited", f"more than {RATE_MAX} messages in 10 s", 1008)
         text = message.get("text")
+        now = time.monotonic()
         if text is None:
-            raise _Fatal("unsupported_data", "binary messages are not supported", 1003)
-        if len(text) > MAX_MESSAGE or len(text.encode()) > MAX_MESSAGE:
-            raise _Fatal("message_too_big", f"messages are limited to {MAX_MESSAGE} bytes", 1009)
-        try:
-            data = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            client.offer(error("invalid_json", "message is not valid JSON").encode())
-            continue
-        if not isinstance(data, dict) or data.get("type") != "INIT_FIELD_LIST":
-            kind = data.get("type") if isinstance(data, dict) else None
-            client.offer(
-                error(
-                    "unknown_type", f"unknown message type {kind!r}; expected INIT_FIELD_LIST"
-                ).encode()
-            )
-            continue
-        try:
-            fields = parse_field_list(data.get("payload"))
-            since = parse_since(data.get("since"))
-            limiter = parse_rate(fields, data)
-        except ValueError as exc:
-            code, text = exc.args
-            client.offer(error(code, text).encode())
-            continue
-        unknown = [f for f in fields if f not in known]
-        if unknown:
-            client.offer(
-                error("unknown_fields", f"{msg_type} has no fields {unknown[:20]}").encode()
-            )
-        await rated.stop()
-        if limiter is None:
-            await hub.watch(client, channel, fields, since)
+            event = session.receive_bytes(message.get("bytes") or b"", now)
         else:
-            await hub.leave(client)
-            await rated.start(channel, limiter)
+            event = session.receive_text(text, now)
+        if isinstance(event, Fatal):
+            raise _Fatal(event)
+        if isinstance(event, Reply):
+            outbox.send(event.text.encode())
+            continue
+        if event.warning is not None:
+            outbox.send(event.warning.encode())
+        await rated.stop()
+        if event.limiter is None:
+            await hub.watch(outbox, channel, event.fields, event.since)
+        else:
+            await hub.leave(outbox)
+            await rated.start(channel, event.limiter)

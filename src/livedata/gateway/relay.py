@@ -25,9 +25,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from livedata.bus.base import PubSub
+from livedata.bus.base import LiveMessage, PubSub
 from livedata.errors import BusError
 
 if TYPE_CHECKING:
@@ -47,9 +45,8 @@ async def publish_event(
 ) -> None:
     """Publish ``values`` on ``channel`` in the live-channel shape; a bus error is logged."""
     stamp = ts if ts is not None else int(time.time() * 1000)
-    message = orjson.dumps({"ts": stamp, "seq": next(_SEQ), "epoch": _EPOCH, "values": values})
     try:
-        await pubsub.publish(channel, message)
+        await pubsub.publish(channel, LiveMessage(stamp, next(_SEQ), _EPOCH, values))
     except BusError as exc:
         log.warning("publishing on %s failed: %s", channel, exc)
 

@@ -39,7 +39,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from livedata.errors import InputError, NotFound
 from livedata.gateway.api import time_range
-from livedata.gateway.live import CLOSE_NOT_FOUND, MAX_MESSAGE, error, parse_field_list
+from livedata.gateway.protocol.live import CLOSE_NOT_FOUND, MAX_MESSAGE, error, parse_field_list
 from livedata.model import MsgType
 from livedata.pipeline.export import Export
 

@@ -28,7 +28,7 @@ import errno
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
 import uvicorn
@@ -39,6 +39,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 
 from livedata.gateway.connlimits import ConnectionGate, RepeatLog, default_limit, raise_fd_limit
 from livedata.settings import Settings
+
+if TYPE_CHECKING:
+    from livedata.gateway.fanout import Outbox
 
 log = logging.getLogger("livedata.server")
 
@@ -201,10 +204,82 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             self.transport.close()
 
 
+RAW_WEBSOCKET = "livedata.websocket"
+"""The ASGI scope extension under which an accepted WebSocket's :class:`LimitedWebSocket`
+is found: an endpoint that writes pre-framed bytes itself (the live WebSocket)."""
+
+
 class LimitedWebSocket(WebSocketsSansIOProtocol, _Limited):
-    """uvicorn's WebSocket protocol that leaves the connection gate when it closes."""
+    """uvicorn's WebSocket protocol that leaves the connection gate when it closes, and
+    hands its transport to an endpoint that wants it.
+
+    After the handshake the ASGI scope holds this protocol as the extension
+    :data:`RAW_WEBSOCKET`.  An endpoint may then, instead of one ASGI ``send`` per
+    message, set :attr:`outbox` (a :class:`~livedata.gateway.fanout.Outbox` whose
+    sink is this protocol): :meth:`write` puts server frames (unmasked, built once
+    for many clients) straight on the transport, ``pause_writing`` /
+    ``resume_writing`` reach the outbox, and :meth:`close_now` ends a stalled
+    connection without waiting for the peer.  The handshake, pings, the client's
+    messages and the closing handshake stay uvicorn's (ASGI ``receive`` and
+    ``websocket.close``).
+    """
+
+    outbox: Outbox | None = None
+    _close_sent = False
+
+    @property
+    def close_sent(self) -> bool:
+        return self._close_sent
+
+    @close_sent.setter
+    def close_sent(self, value: bool) -> None:
+        # every way to begin the closing handshake sets this: no data frame after it
+        self._close_sent = value
+        if value and self.outbox is not None:
+            self.outbox.close()
+
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        if not self.close_sent:  # an upgrade the app will see (not a refused handshake)
+            self.scope["extensions"][RAW_WEBSOCKET] = self  # type: ignore[assignment]
+
+    def attach(self, outbox: Outbox) -> None:
+        """Let ``outbox`` write to this connection's transport (see the class doc)."""
+        self.outbox = outbox
+        if self.close_sent or self.transport.is_closing():
+            outbox.close()
+
+    def handle_close(self, event: Any) -> None:
+        if self.outbox is not None:  # the peer closes: no data frame after our answer
+            self.outbox.close()
+        super().handle_close(event)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.outbox is not None:
+            self.outbox.pause_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.outbox is not None:
+            self.outbox.resume_writing()
+
+    def close_now(self, code: int, reason: str) -> None:
+        """Send a close frame behind what is buffered and close the transport at once (a
+        stalled peer could not answer); the app's ``receive`` gets the disconnect."""
+        if self.outbox is not None:
+            self.outbox.close()
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.outbox is not None:
+            self.outbox.close()
         self.gate.closed(self.transport)
         CONNECTIONS.set(len(self.gate))
         super().connection_lost(exc)
