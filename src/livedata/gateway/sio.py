@@ -88,13 +88,16 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import engineio
+import orjson
 import socketio
 from prometheus_client import Counter, Gauge
 
 from livedata import observe
 from livedata.auth import Principal
+from livedata.gateway.fanout import WS_TEXT, Outbox
 from livedata.gateway.fleet import Fleet, FleetMachine, OrgFleet
 from livedata.gateway.security import security
+from livedata.gateway.server import RAW_WEBSOCKET, LimitedWebSocket
 from livedata.gateway.stall import StallClock, Stalled
 from livedata.model import live_channel, valid_id
 
@@ -268,6 +271,39 @@ class _EngineServer(engineio.AsyncServer):
         return await super().handle_request(*args, **kwargs)
 
 
+class SioEvent:
+    """A Socket.IO EVENT of one name (default namespace) in a server WebSocket text frame.
+
+    The fan-out core's :class:`~livedata.gateway.fanout.Framing` for Socket.IO: Engine.IO
+    v4 carries one packet per frame, ``42["name",data]``; the frame is unmasked, so one
+    bytes object goes to every client that gets the event.
+    """
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, name: str) -> None:
+        self.prefix = b'42["' + name.encode() + b'",'
+
+    def frame(self, payload: bytes, head: dict[str, Any] | None = None) -> bytes:
+        return WS_TEXT.frame(self.prefix + payload + b"]")
+
+
+DEVICE_UPDATE = SioEvent("device-update")
+
+
+class _Outbox(Outbox):
+    """The fan-out core's outbox, its drops also counted as Socket.IO client drops."""
+
+    __slots__ = ()
+
+    def offer(self, payload: bytes, wire: bytes | None, head: dict[str, Any] | None) -> bool:
+        missed = self.missed
+        written = super().offer(payload, wire, head)
+        if self.missed > missed:
+            CLIENT_DROPS.inc(self.missed - missed)
+        return written
+
+
 class _Server(socketio.AsyncServer):
     def _engineio_server_class(self) -> type[_EngineServer]:
         return _EngineServer
@@ -350,20 +386,36 @@ class _OrgFeed:
 
     async def _emit_status(self, chassis: str) -> None:
         machine = self.machines.get(chassis)
-        if machine is not None and self.subscribers.get(chassis):
+        subscribers = self.subscribers.get(chassis)
+        if machine is not None and subscribers:
             status = _status(machine, chassis in self.online)
-            await self.gw.emit("device-update", status, to=self.device_room(chassis))
+            await self._device_update(chassis, list(subscribers), status)
+
+    async def _device_update(self, chassis: str, sids: list[str], data: dict[str, Any]) -> None:
+        """``device-update`` to ``sids`` of the device's room: encoded and framed once for
+        the clients on the fan-out core, python-socketio's emit for the others."""
+        outboxes = self.gw.outboxes
+        direct = [outboxes[sid] for sid in sids if sid in outboxes]
+        if direct:
+            payload = orjson.dumps(data)
+            wire = DEVICE_UPDATE.frame(payload)
+            for outbox in direct:
+                outbox.offer(payload, wire, None)
+            EMITS.labels("device-update").inc()
+        if len(direct) < len(sids):
+            room = self.device_room(chassis)
+            skip = [sid for sid in self.subscribers.get(chassis, {}) if sid not in sids]
+            skip += [sid for sid in sids if sid in outboxes]
+            await self.gw.emit("device-update", data, to=room, skip_sid=skip or None)
 
     async def _emit_reading(
         self, chassis: str, msg_type: str, values: dict[str, Any], ts: int
     ) -> None:
         subscribers = self.subscribers.get(chassis)
         if subscribers:
-            room = self.device_room(chassis)
-            filtered = {sid: f for sid, f in subscribers.items() if f is not None}
             for name, value in values.items():
-                skip = [sid for sid, fields in filtered.items() if name not in fields]
-                if len(skip) == len(subscribers):
+                sids = [sid for sid, f in subscribers.items() if f is None or name in f]
+                if not sids:
                     continue
                 payload = {
                     "deviceId": chassis,
@@ -371,7 +423,7 @@ class _OrgFeed:
                     "value": value,
                     "timestamp": ts,
                 }
-                await self.gw.emit("device-update", payload, to=room, skip_sid=skip or None)
+                await self._device_update(chassis, sids, payload)
         mode = self.gw.sensor_data
         if mode == "off":
             return
@@ -487,6 +539,8 @@ class SocketGateway:
         self._feeds: dict[str, _OrgFeed] = {}
         self._live: dict[str, int] = {}
         """Socket.IO session id → its handle in the security service's live registry."""
+        self.outboxes: dict[str, Outbox] = {}
+        """Socket.IO session id → its fan-out outbox (WebSocket clients of the server layer)."""
         self._lock = asyncio.Lock()
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
@@ -561,6 +615,7 @@ class SocketGateway:
                 "too many live connections", {"code": "too_many_connections"}
             )
         self._live[sid] = handle
+        self._attach(sid, environ)
         org = principal.org
         async with self._lock:
             feed = self._feeds.get(org)
@@ -573,6 +628,27 @@ class SocketGateway:
         CLIENTS.set(len(self._clients))
         await self.sio.enter_room(sid, feed.room)
         self.sio.start_background_task(self._welcome, sid, feed)
+
+    def _attach(self, sid: str, environ: dict[str, Any]) -> None:
+        """Give a client on a WebSocket of the server layer an outbox of the fan-out core:
+        its device updates are written straight to its transport (see "Under stress")."""
+        scope = environ.get("asgi.scope") or {}
+        raw = (
+            scope.get("extensions", {}).get(RAW_WEBSOCKET)
+            if scope.get("type") == "websocket"
+            else None
+        )
+        if not isinstance(raw, LimitedWebSocket):
+            return
+
+        def stalled() -> None:
+            log.info("disconnecting a Socket.IO client that took nothing for %g s", stall)
+            raw.close_now(1013, "client too slow")
+
+        stall = self.sio.eio.stall_seconds
+        outbox = _Outbox(raw.transport, DEVICE_UPDATE, stalled, self.sio.eio.client_queue, stall)
+        raw.attach(outbox)
+        self.outboxes[sid] = outbox
 
     def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
         headers = {"host": environ.get("HTTP_HOST", "")}
@@ -617,6 +693,9 @@ class SocketGateway:
         await self.emit("dashboard:data", feed.summary(), to=sid)
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        outbox = self.outboxes.pop(sid, None)
+        if outbox is not None:
+            outbox.close()
         handle = self._live.pop(sid, None)
         if handle is not None:
             security(self.rt).close_live(handle)
