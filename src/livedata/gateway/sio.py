@@ -56,6 +56,16 @@ Under stress: at most 5,000 clients per process, 100 subscriptions per client,
 counted in ``livedata_sio_dropped``).  A slow client never slows the others or
 grows the server's memory beyond its bound:
 
+- **Device updates on the fan-out core.**  A client on a WebSocket of livedata's
+  server layer (:func:`~livedata.gateway.server.uvicorn_config`; clients that stay
+  on long-polling keep the path below) gets an outbox of the fan-out core on its
+  transport: each ``device-update`` is encoded and framed once
+  (:class:`SioEvent`) for every such subscriber and written straight through; when
+  the client falls behind (its transport above the high-water mark) they queue in
+  the outbox (at most :data:`CLIENT_QUEUE`; beyond, the oldest is dropped, counted
+  in ``livedata_sio_client_drops``, and the next ``device-update`` carries
+  ``"missed": n``), and a client whose transport takes nothing for
+  ``client_stall_seconds`` is closed (1013) by the outbox's stall clock.
 - **Bounded send buffer.**  Each client's outgoing Engine.IO queue holds at most
   :data:`CLIENT_QUEUE` (256) events; when it is full the *oldest* queued event is
   dropped for the new one, so a client that falls behind gets the newest

@@ -53,21 +53,29 @@ Each period a tag table stream sends, per tag, only the newest value that arrive
 in the period: ``data: {"NAME":…,"TIME":…,"VALUE":…}``.  A new stream first sends
 each tag's current value (the newest stored in the last 10 minutes), so a
 dashboard opens filled.  Nothing reads the database per period: values come from
-the pipeline (:meth:`~livedata.gateway.hub.Hub.listen`) into one bounded ring
-per live channel, shared by every stream of that channel.
+the pipeline (an in-process listener of the fan-out core,
+:meth:`~livedata.gateway.fanout.Fanout.listen`) into one bounded ring per live
+channel, shared by every stream of that channel.  The request's parameters, the
+event ids and the bytes of events are the sans-I/O :mod:`livedata.gateway.protocol.sse`.
 
-Resuming: every event has ``id: {epoch}-{prev}-{cover}-{index}`` -- the process's
-epoch, the ring positions the event's period covered and its index in the
-period.  A client that reconnects with ``Last-Event-ID`` (browsers' EventSource
-does so by itself) gets exactly the events it missed: the rest of its last
-period, then one period-sized bucket of newest values after another, then live.
-A ring keeps the last 10 minutes (at most 2,000 messages per channel) and is
-kept 10 minutes after its last stream left, so a client can be away that long.
-When what it missed is gone (too old, evicted from a busy ring, or another
-process/restart: the epoch differs) it gets ``event: gap`` with a JSON
-``{"code":"gap","message":…,"lastEventId":…}`` and then what is still there;
-it should fill the hole from the history API.  The ring is per gateway process
-(the distributed shape reconnecting to another gateway gets a ``gap``).
+Resuming: every event has ``id: {epoch}-{prev}-{cover}-{index}[-{resume}]`` --
+the process's epoch, the ring positions the event's period covered, its index in
+the period and, for tag tables, the same period in the pub/sub's own terms (per
+channel, its epoch and the seq of its messages at the period's start and end:
+:func:`~livedata.gateway.protocol.sse.format_marks`).  A client that reconnects
+with ``Last-Event-ID`` (browsers' EventSource does so by itself) gets exactly the
+events it missed: the rest of its last period, then one period-sized bucket of
+newest values after another, then live.  On the same process this comes from the
+rings: a ring keeps the last 10 minutes (at most 2,000 messages per channel) and
+is kept 10 minutes after its last stream left.  On another gateway process (the
+distributed shape behind a load balancer) or after a restart, a tag stream is
+resumed from the pub/sub's history instead (the channels' last
+``live_history_seconds``, 180 s by default; buckets cut by record time), so it
+recovers there too; log tables live in one process and are resumed there only.
+When what it missed is gone (too old, evicted from a busy ring or the history, a
+log table of another process) it gets ``event: gap`` with a JSON
+``{"code":"gap","message":…,"lastEventId":…}`` and then the current values; it
+should fill the hole from the history API.
 
 Errors -- unknown table or organisation (404), missing or malformed tags, bad
 ``period``/``keep-alive``/``timeformat``/``tz``/``parallelism``, ``max-rows``
@@ -76,15 +84,20 @@ sent before the stream starts.
 
 Under stress: at most 1,000 streams per process and 100 tags per stream; a
 stream's memory is its plan, rings are bounded by entries and age, and at most
-2,000 rings exist; a slow client only slows its own stream (each period is one
-write, the next period is computed when the previous one was written, so a client
-that cannot keep up gets fewer, newer periods -- the newest value of each tag
-wins, nothing queues for it beyond one period's write and the socket's buffers).
-A client whose stream accepts nothing for ``client_stall_seconds`` (default 30 s;
-its TCP window is full) is given up: the stream ends, its rings and its stream
-slot are released (counted in ``livedata_stalled_clients``; uvicorn logs "ASGI
-callable returned without completing response"), and the connection is closed
-once the peer reads or goes away; ``Last-Event-ID`` resumes it.
+2,000 rings exist.  A stream's events go out through the fan-out core's outbox
+(:class:`~livedata.gateway.fanout.Outbox`, the policy of every live transport):
+each event is framed once (:class:`~livedata.gateway.protocol.sse.SseFraming`) and
+written through while the client keeps up; one writer task per stream hands what
+accumulated to the HTTP server in one piece.  When more than :data:`HIGH_WATER`
+bytes wait for the client, events queue in the outbox (at most
+:data:`STREAM_QUEUE`; beyond, the oldest is dropped and the next event's data
+carries ``"missed": n``) and go out in one write once it caught up.  A client whose
+stream makes no progress for ``client_stall_seconds`` (default 30 s; its TCP
+window is full) is given up by the outbox's stall clock (one timer per stream):
+the stream ends, its rings and its stream slot are released (counted in
+``livedata_stalled_clients``; uvicorn logs "ASGI callable returned without
+completing response"), and the connection is closed once the peer reads or goes
+away; ``Last-Event-ID`` resumes it.
 
 Write
 -----
