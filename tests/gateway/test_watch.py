@@ -789,3 +789,28 @@ def test_streams_release_their_rings(local: LocalServer) -> None:
         time.sleep(0.05)
     local.run(lambda: service._sweep(force=True))
     assert "live-stream/acme/consumer-AC-1/vehicle_can" not in local.rt.hub.channels
+
+
+def test_streams_of_the_same_tags_share_one_period_computation(local: LocalServer) -> None:
+    """Two streams of the same tags and period are one group: one computation, the same
+    event ids and data; a third with another period is a group of its own."""
+    service = watch_service(local.rt)
+    params = {"tag": "AC-1.cpu_usage", "period": "1s", "timeformat": "ms"}
+    one = Stream(local, "client_raw_data", params)
+    two = Stream(local, "client_raw_data", params)
+    other = Stream(local, "client_raw_data", {**params, "period": "2s"})
+    try:
+        deadline = time.monotonic() + 20
+        while sum(g.members for g in service._groups.values()) < 3:
+            assert time.monotonic() < deadline, "the streams did not start"
+            time.sleep(0.05)
+        sizes = sorted(g.members for g in service._groups.values() if g.plan.key[0] == "acme")
+        assert sizes == [1, 2]
+        write(local, "client_raw_data", [["AC-1.cpu_usage", now_ms(), 42]], timeformat="ms")
+        first, second = one.next(), two.next()
+        assert (first.id, first.data) == (second.id, second.data)
+        assert json.loads(first.data)["VALUE"] == 42
+    finally:
+        one.close()
+        two.close()
+        other.close()

@@ -278,6 +278,8 @@ class Plan:
     """What one stream watches: which rings, and how a range of them becomes events."""
 
     rings: list[Ring]
+    key: Any = None
+    """Streams with equal keys get the same events each period (see :class:`_Group`)."""
 
     def collect(self, lo: int, hi: int) -> list[Event]:
         raise NotImplementedError
@@ -513,6 +515,7 @@ class WatchService:
         self._rings: dict[str, Ring] = {}
         self._lock = asyncio.Lock()
         self.log_tables = LogTables(self.next_seq, lambda: self.seq)
+        self._groups: dict[Any, _Group] = {}
         hub = rt.hub
         self.history: Fanout = hub if isinstance(hub, Fanout) else Fanout(rt.pubsub)
         """Reads the pub/sub's history (:meth:`Fanout.missed_since`) to resume streams."""
@@ -602,7 +605,9 @@ class WatchService:
             ring = self.log_tables.ring(org, table)
             if ring is None:
                 raise _Busy("too many log tables are open")
-            return LogPlan(table, ring, params.fmt, params.max_rows)
+            plan: Plan = LogPlan(table, ring, params.fmt, params.max_rows)
+            plan.key = (org, table, params.fmt, params.period, params.max_rows)
+            return plan
         if not params.tags:
             raise InputError(f"{table} is a tag table: give one or more tag parameters")
         sources: dict[str, _Source] = {}
@@ -625,7 +630,9 @@ class WatchService:
             source = _Source(channel, USER_CHASSIS, table)
             source.tags = [(i, t, t) for i, t in enumerate(params.tags)]
             sources[channel] = source
-        return TagPlan(self.rt, org, list(sources.values()), params.fmt)
+        plan = TagPlan(self.rt, org, list(sources.values()), params.fmt)
+        plan.key = (org, table, params.tags, params.fmt, params.period)
+        return plan
 
     async def _split_tag(self, org: str, tag: str) -> tuple[str, str]:
         """``{chassisId}.{field}`` at the longest prefix that is a machine of ``org``."""
@@ -653,8 +660,6 @@ class WatchService:
         marks: tuple[Sequence[Mark], Sequence[Mark]] | None = None,
     ) -> list[sse.Frame]:
         """Frames of one period; ``marks`` (start, end) make its ids resumable anywhere."""
-        for name, _data in events[start:]:
-            EVENTS.labels(name or "message").inc()
         resume = sse.format_marks(*marks) if marks and marks[1] else ""
         return sse.frames(events, self.epoch, prev, cover, start, resume)
 
@@ -775,8 +780,16 @@ class WatchService:
             else:
                 async for frames in self._resume_here(plan, pos, last_event_id, prev, period_ms):
                     yield frames
-            async for chunk in self._live(plan, params, prev):
-                yield chunk
+            if isinstance(plan, TagPlan) and plan.floor:  # resumed from history: its own
+                async for chunk in self._live(plan, params, prev):
+                    yield chunk
+            else:
+                group = self._join(plan, params, prev)
+                try:
+                    async for chunk in group.follow(prev):
+                        yield chunk
+                finally:
+                    self._leave(group)
         finally:
             for ring in acquired:
                 self.release(ring)
@@ -834,6 +847,28 @@ class WatchService:
         for chunk in self._replay(plan, max(lost, pos.cover), prev, period_ms):
             yield chunk
 
+    def _join(self, plan: Plan, params: WatchParams, prev: int) -> _Group:
+        """The group of streams with ``plan``'s key (made with ``plan`` when there is none)."""
+        group = self._groups.get(plan.key)
+        if group is None:
+            group = self._groups[plan.key] = _Group(self, plan, params, prev)
+            for ring in plan.rings:
+                ring.users += 1
+            group.task = asyncio.create_task(group.run(), name="watch-group")
+        group.members += 1
+        return group
+
+    def _leave(self, group: _Group) -> None:
+        group.members -= 1
+        if group.members > 0:
+            return
+        if self._groups.get(group.plan.key) is group:
+            del self._groups[group.plan.key]
+        if group.task is not None:
+            group.task.cancel()
+        for ring in group.plan.rings:
+            self.release(ring)
+
     async def _live(
         self, plan: Plan, params: WatchParams, prev: int
     ) -> AsyncIterator[list[sse.Frame]]:
@@ -859,11 +894,82 @@ class WatchService:
                     next_tick = now + params.period
             else:
                 yield []
-                EVENTS.labels("keep-alive").inc()
                 last_sent = loop.time()
 
 
 _SERVICES: WeakKeyDictionary[Runtime, WatchService] = WeakKeyDictionary()
+
+
+class _Group:
+    """Streams of one key (table, tags, time format, period …): one period clock and one
+    computation of each period's events, framed once; every member sends the same bytes.
+
+    A member that joined after the group's period began computes that first period
+    itself from its own start (so nothing it already got comes twice); after that it
+    takes the group's frames.  Each member waits for the period (one wake-up per period,
+    not per event) and sends a keep-alive when nothing went out for ``keep-alive``.
+    """
+
+    def __init__(self, service: WatchService, plan: Plan, params: WatchParams, prev: int) -> None:
+        self.service, self.plan, self.params = service, plan, params
+        self.members = 0
+        self.task: asyncio.Task[None] | None = None
+        self.frames: list[sse.Frame] = []
+        self.prev = self.cover = prev
+        """The last period covered ``(prev, cover]``."""
+        self.changed = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.params.period
+        next_tick = loop.time() + period
+        plan, service = self.plan, self.service
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            prev, cover = self.cover, service.seq
+            try:
+                events = plan.collect(prev, cover)
+                marks = (plan.marks_at(prev), plan.marks_at(cover))
+                self.frames = service._encode(events, prev, cover, 0, marks) if events else []
+            except Exception:  # a bad row must not silence every member for good
+                log.exception("a watch period of %s failed", plan.key)
+                self.frames = []
+            self.prev, self.cover = prev, cover
+            changed, self.changed = self.changed, asyncio.Event()
+            changed.set()
+            now = loop.time()
+            next_tick += period
+            if next_tick < now:
+                next_tick = now + period
+
+    async def follow(self, start: int) -> AsyncIterator[list[sse.Frame]]:
+        """The frames of each period after ``start`` (an empty list: a keep-alive is due)."""
+        loop = asyncio.get_running_loop()
+        keep_alive = self.params.keep_alive
+        last_sent = loop.time()
+        while True:
+            changed = self.changed
+            remaining = last_sent + keep_alive - loop.time()
+            if remaining <= 0:
+                yield []
+                last_sent = loop.time()
+                continue
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                continue
+            frames = self.frames
+            if self.prev < start:  # the first period began before this member
+                if self.cover <= start:
+                    continue
+                events = self.plan.collect(start, self.cover)
+                marks = (self.plan.marks_at(start), self.plan.marks_at(self.cover))
+                frames = self.service._encode(events, start, self.cover, 0, marks)
+                start = self.cover
+            if frames:
+                yield frames
+                last_sent = loop.time()
 
 
 STALL_SECONDS = 30.0
@@ -945,6 +1051,7 @@ class _WatchResponse(StreamingResponse):
                     continue
                 for payload, wire, head in frames:
                     outbox.offer(payload, wire, head)
+                    EVENTS.labels(head["event"] or "message").inc()
 
         async def disconnected() -> None:
             while (await receive())["type"] != "http.disconnect":
