@@ -95,6 +95,17 @@ class _Stats:
                 self.lat.append(now - ts_s)
 
 
+async def _run_clients(connect: Any, targets: list[str], st: _Stats, conn: Connection) -> None:
+    """``await connect(chassis_id)`` for each target (in bursts of 50), report how many
+    connected, then answer the orchestrator's commands."""
+    for i, chassis_id in enumerate(targets):
+        await connect(chassis_id)
+        if i % 50 == 49:
+            await asyncio.sleep(0.05)
+    await st.wait_settled(conn)
+    await _serve_commands(conn, st)
+
+
 async def _serve_commands(conn: Connection, st: _Stats) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -147,21 +158,16 @@ def sse_worker(url: str, targets: list[str], conn: Connection) -> None:
         def connection_lost(self, exc: Exception | None) -> None:
             st.stats["disconnected"] += 1
 
-    async def main() -> None:
+    async def connect(chassis_id: str) -> None:
         loop = asyncio.get_running_loop()
-        for i, chassis_id in enumerate(targets):
-            transport, _ = await loop.create_connection(Stream, host, port)
-            transport.write(
-                f"GET {sse_path(chassis_id)} HTTP/1.1\r\nHost: {host}\r\n"
-                f"Authorization: Bearer {bf.BENCH_TOKEN}\r\n\r\n".encode()
-            )
-            if i % 50 == 49:
-                await asyncio.sleep(0.05)
-        await st.wait_settled(conn)
-        await _serve_commands(conn, st)
+        transport, _ = await loop.create_connection(Stream, host, port)
+        transport.write(
+            f"GET {sse_path(chassis_id)} HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {bf.BENCH_TOKEN}\r\n\r\n".encode()
+        )
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        asyncio.run(_run_clients(connect, targets, st, conn))
 
 
 def _dechunk(data: bytes) -> bytes:
@@ -217,19 +223,12 @@ def sio_worker(url: str, targets: list[str], conn: Connection) -> None:
         def on_ws_disconnected(self, transport: Any) -> None:
             st.stats["disconnected"] += 1
 
-    async def main() -> None:
+    async def connect(chassis_id: str) -> None:
         headers = {"Authorization": f"Bearer {bf.BENCH_TOKEN}"}
-        for i, chassis_id in enumerate(targets):
-            await picows.ws_connect(
-                lambda c=chassis_id: Client(c), url + sio_path(), extra_headers=headers
-            )
-            if i % 50 == 49:
-                await asyncio.sleep(0.05)
-        await st.wait_settled(conn)
-        await _serve_commands(conn, st)
+        await picows.ws_connect(lambda: Client(chassis_id), url + sio_path(), extra_headers=headers)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        asyncio.run(_run_clients(connect, targets, st, conn))
 
 
 WORKERS = {"ws": bf.client_worker, "sse": sse_worker, "sio": sio_worker}

@@ -1,17 +1,22 @@
-"""An SSE watch stream resumed on another gateway process, from the pub/sub's history.
+"""SSE watch streams and Socket.IO subscriptions resumed on another gateway process,
+from the pub/sub's history.
 
 Two gateway apps share one Redis pub/sub and one data directory: ``a`` runs every role
-(ingest publishes there), ``b`` only the gateway.  A client that read a stream on ``a``
-reconnects to ``b`` with its ``Last-Event-ID`` and gets exactly what it missed.
+(ingest publishes there), ``b`` only the gateway.  A client that read on ``a``
+reconnects to ``b`` (SSE: with its ``Last-Event-ID``; Socket.IO: ``subscribe-device``
+with ``since``) and gets exactly what it missed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
+import socketio
 
 from tests.gateway.test_watch import LocalServer, Stream, new_table, now_ms, write
 from tests.servers.redis import start_redis
@@ -77,4 +82,56 @@ def test_a_stream_from_another_gateway_without_history_gets_a_gap(
         stream.close()
 
 
-__all__ = ["Path"]
+async def _readings(got: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 10
+    while len([g for g in got if "sensorType" in g]) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} readings: {got}"
+        await asyncio.sleep(0.05)
+    return [g for g in got if "sensorType" in g]
+
+
+async def test_a_socketio_subscription_resumes_on_another_gateway(
+    gateways: tuple[LocalServer, LocalServer],
+) -> None:
+    """subscribe-device with since (the position of the last reading, which a since-client
+    gets with each reading): on gateway b, the readings missed since, then live ones."""
+    a, b = gateways
+    fields = ["cpu_usage"]
+
+    def post(value: int) -> None:
+        write(a, "client_raw_data", [["AC-1.cpu_usage", now_ms(), value]], timeformat="ms")
+
+    first = socketio.AsyncClient(reconnection=False)
+    got_a: list[dict[str, Any]] = []
+    first.on("device-update", got_a.append)
+    await first.connect(a.url, auth={"token": a.tokens["acme"]}, wait_timeout=10)
+    try:
+        request = {"deviceId": "AC-1", "fields": fields, "since": {}}
+        ack = await first.call("subscribe-device", request, timeout=5)
+        assert ack["ok"] is True and ack["recovered"] is True, ack
+        await asyncio.to_thread(post, 1)
+        (last,) = [r for r in await _readings(got_a, 1) if r["value"] == 1]
+        assert last["msgType"] == "client_raw_data" and last["seq"] >= 1 and last["epoch"]
+    finally:
+        await first.disconnect()
+    await asyncio.to_thread(post, 2)
+    await asyncio.to_thread(post, 3)
+    second = socketio.AsyncClient(reconnection=False)
+    got_b: list[dict[str, Any]] = []
+    second.on("device-update", got_b.append)
+    await second.connect(b.url, auth={"token": a.tokens["acme"]}, wait_timeout=10)
+    try:
+        since = {"client_raw_data": {"epoch": last["epoch"], "seq": last["seq"]}}
+        request = {"deviceId": "AC-1", "fields": fields, "since": since}
+        ack = await second.call("subscribe-device", request, timeout=5)
+        assert ack["ok"] is True and ack["recovered"] is True, ack
+        assert [r["value"] for r in await _readings(got_b, 2)] == [2, 3]
+        await asyncio.to_thread(post, 4)
+        assert [r["value"] for r in await _readings(got_b, 3)] == [2, 3, 4]
+        assert [r["seq"] for r in got_b if "sensorType" in r] == [
+            last["seq"] + 1,
+            last["seq"] + 2,
+            last["seq"] + 3,
+        ]
+    finally:
+        await second.disconnect()

@@ -14,7 +14,7 @@ seeded once from the store (its newest values), so a page opens filled.  A machi
 ``online`` while real-time data arrived in the last :data:`OFFLINE_AFTER_S` seconds.
 
 Observers (Socket.IO's feed of the organisation) are called from the listener with
-``(machine, msg_type, values, ts)`` after the machine was updated; they must not block.
+``(machine, msg_type, values, head)`` after the machine was updated; they must not block.
 
 Lifetime: an organisation's state is made by the first :meth:`Fleet.acquire` and
 dropped (listeners removed) when the last user released it; :meth:`Fleet.keep` holds
@@ -47,8 +47,9 @@ MACHINES_REFRESH_S = 30.0
 SEED_WINDOW_MS = 2_000
 GPS_LAT, GPS_LNG = "gps_lat", "gps_lng"
 
-Observer = Callable[["FleetMachine", str, dict[str, Any], int], None]
-"""Called with (machine, msg_type, values, ts) for each reading, after the update."""
+Observer = Callable[["FleetMachine", str, dict[str, Any], dict[str, Any]], None]
+"""Called with (machine, msg_type, values, head) for each reading, after the update;
+``head`` is the channel message's ``ts``, ``seq`` and ``epoch`` (shared, read only)."""
 
 
 @dataclass(slots=True)
@@ -151,7 +152,7 @@ class OrgFleet:
             machine.update(msg_type, values, ts, time.monotonic())
             for observer in self.observers:
                 try:
-                    observer(machine, msg_type, values, ts)
+                    observer(machine, msg_type, values, head)
                 except Exception:
                     log.exception("a fleet observer of %s failed", self.org)
 

@@ -22,6 +22,14 @@ every other surface):
   filter.  An unknown device, or another organisation's, gets an ``error`` event
   ``{"error":{"code":"not_found","message":…},"deviceId":…}`` and no join; so does a 101st
   subscription (``too_many_subscriptions``) or a malformed payload (``bad_request``).
+  With ``since`` (``{deviceId, fields, since: {msgType: {epoch, seq}}}``, ``{}`` at
+  first) the client's readings carry their channel position (``msgType``, ``seq``,
+  ``epoch``) and, on a reconnect, the readings after each given position are sent
+  first from the pub/sub's history, shared by every gateway (``live_history_seconds``),
+  so a client that comes back to another gateway process recovers; the
+  acknowledgement says ``recovered: true``, or ``false`` when some were no longer in the
+  history (fill the gap from the history API).  A reading that arrives while the
+  history is read may come twice (the same ``seq``).
 - ``unsubscribe-device`` with the same forms: leaves the room.
 
 Server → client:
@@ -109,7 +117,7 @@ from livedata.gateway.fleet import Fleet, FleetMachine, OrgFleet
 from livedata.gateway.security import security
 from livedata.gateway.server import RAW_WEBSOCKET, LimitedWebSocket
 from livedata.gateway.stall import StallClock, Stalled
-from livedata.model import live_channel, valid_id
+from livedata.model import MsgType, live_channel, valid_id
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -330,7 +338,9 @@ class _OrgFeed:
         self.online: set[str] = set()
         """Machines announced online to the clients (an offline status is due when one is not)."""
         self.subscribers: dict[str, dict[str, frozenset[str] | None]] = {}
-        self.pending: deque[tuple[str, str, str, dict[str, Any], int]] = deque()
+        self.pending: deque[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = deque()
+        self.positions: set[str] = set()
+        """Clients whose device updates carry their channel position (they asked ``since``)."""
         self.wake = asyncio.Event()
         self.last_second: dict[str, int] = {}
         self.tasks: list[asyncio.Task[None]] = []
@@ -366,14 +376,14 @@ class _OrgFeed:
             await self.gw.fleet.release(state)
 
     def _observe(
-        self, machine: FleetMachine, msg_type: str, values: dict[str, Any], ts: int
+        self, machine: FleetMachine, msg_type: str, values: dict[str, Any], head: dict[str, Any]
     ) -> None:
         if machine.chassis not in self.online:
             self.online.add(machine.chassis)
-            self._queue(("status", machine.chassis, msg_type, {}, ts))
-        self._queue(("reading", machine.chassis, msg_type, values, ts))
+            self._queue(("status", machine.chassis, msg_type, {}, head))
+        self._queue(("reading", machine.chassis, msg_type, values, head))
 
-    def _queue(self, item: tuple[str, str, str, dict[str, Any], int]) -> None:
+    def _queue(self, item: tuple[str, str, str, dict[str, Any], dict[str, Any]]) -> None:
         if len(self.pending) >= PENDING_MAX:
             self.pending.popleft()
             DROPPED.inc()
@@ -385,12 +395,12 @@ class _OrgFeed:
             await self.wake.wait()
             self.wake.clear()
             while self.pending:
-                kind, chassis, msg_type, values, ts = self.pending.popleft()
+                kind, chassis, msg_type, values, head = self.pending.popleft()
                 try:
                     if kind == "status":
                         await self._emit_status(chassis)
                     else:
-                        await self._emit_reading(chassis, msg_type, values, ts)
+                        await self._emit_reading(chassis, msg_type, values, head)
                 except Exception:
                     log.exception("Socket.IO emission for %s/%s failed", self.org, chassis)
 
@@ -400,6 +410,30 @@ class _OrgFeed:
         if machine is not None and subscribers:
             status = _status(machine, chassis in self.online)
             await self._device_update(chassis, list(subscribers), status)
+
+    async def _readings(
+        self,
+        chassis: str,
+        msg_type: str,
+        values: dict[str, Any],
+        head: dict[str, Any],
+        subscribers: dict[str, frozenset[str] | None],
+    ) -> None:
+        """One ``device-update`` per field to the ``subscribers`` that want it; clients in
+        :attr:`positions` also get the reading's ``msgType``, ``seq`` and ``epoch``."""
+        ts = int(head["ts"])
+        where = {"msgType": msg_type, "seq": head["seq"], "epoch": head["epoch"]}
+        for name, value in values.items():
+            sids = [sid for sid, f in subscribers.items() if f is None or name in f]
+            if not sids:
+                continue
+            data = {"deviceId": chassis, "sensorType": name, "value": value, "timestamp": ts}
+            placed = [sid for sid in sids if sid in self.positions]
+            if len(placed) < len(sids):
+                plain = [sid for sid in sids if sid not in self.positions]
+                await self._device_update(chassis, plain, data)
+            if placed:
+                await self._device_update(chassis, placed, {**data, **where})
 
     async def _device_update(self, chassis: str, sids: list[str], data: dict[str, Any]) -> None:
         """``device-update`` to ``sids`` of the device's room: encoded and framed once for
@@ -419,21 +453,12 @@ class _OrgFeed:
             await self.gw.emit("device-update", data, to=room, skip_sid=skip or None)
 
     async def _emit_reading(
-        self, chassis: str, msg_type: str, values: dict[str, Any], ts: int
+        self, chassis: str, msg_type: str, values: dict[str, Any], head: dict[str, Any]
     ) -> None:
+        ts = int(head["ts"])
         subscribers = self.subscribers.get(chassis)
         if subscribers:
-            for name, value in values.items():
-                sids = [sid for sid, f in subscribers.items() if f is None or name in f]
-                if not sids:
-                    continue
-                payload = {
-                    "deviceId": chassis,
-                    "sensorType": name,
-                    "value": value,
-                    "timestamp": ts,
-                }
-                await self._device_update(chassis, sids, payload)
+            await self._readings(chassis, msg_type, values, head, subscribers)
         mode = self.gw.sensor_data
         if mode == "off":
             return
@@ -510,6 +535,36 @@ def _device_request(data: Any) -> tuple[str, frozenset[str] | None]:
     if not isinstance(device, str) or not device:
         raise _Refused("bad_request", "give a device id, or {deviceId, fields}")
     return device, fields
+
+
+Since = dict[str, tuple[str, int]]
+"""Message type → (epoch, seq) of the last reading a client got from that channel."""
+
+
+def _since(data: Any) -> Since | None:
+    """The ``since`` of a subscription (``None`` when not asked); raises _Refused."""
+    raw = data.get("since") if isinstance(data, dict) else None
+    if raw is None:
+        return None
+    kinds = {t.value for t in MsgType}
+    if not isinstance(raw, dict) or not set(raw) <= kinds:
+        raise _Refused(
+            "bad_request", f"since must map message types ({sorted(kinds)}) to positions"
+        )
+    since: Since = {}
+    for msg_type, pos in raw.items():
+        epoch = pos.get("epoch") if isinstance(pos, dict) else None
+        seq = pos.get("seq") if isinstance(pos, dict) else None
+        if (
+            not isinstance(epoch, str)
+            or not 0 < len(epoch) <= 64
+            or not isinstance(seq, int)
+            or isinstance(seq, bool)
+            or seq < 0
+        ):
+            raise _Refused("bad_request", 'a position is {"epoch": "…", "seq": n}')
+        since[msg_type] = (epoch, seq)
+    return since
 
 
 class SocketGateway:
@@ -706,6 +761,8 @@ class SocketGateway:
         outbox = self.outboxes.pop(sid, None)
         if outbox is not None:
             outbox.close()
+        for each in self._feeds.values():
+            each.positions.discard(sid)
         handle = self._live.pop(sid, None)
         if handle is not None:
             security(self.rt).close_live(handle)
@@ -743,6 +800,7 @@ class SocketGateway:
         device: Any = data.get("deviceId") if isinstance(data, dict) else data
         try:
             device, fields = _device_request(data)
+            since = _since(data)
         except _Refused as exc:
             return await self._refuse(sid, exc.code, str(exc), device)
         org = client.org
@@ -769,12 +827,35 @@ class SocketGateway:
         machine = feed.machines.get(device)
         if machine is not None:
             await self.emit("device-update", _status(machine, device in feed.online), to=sid)
-        return {
+        answer = {
             "ok": True,
             "deviceId": device,
             "room": room,
             "fields": sorted(fields) if fields is not None else None,
         }
+        if since is not None:
+            feed.positions.add(sid)
+            answer["recovered"] = await self._recover(feed, sid, device, fields, since)
+        return answer
+
+    async def _recover(
+        self,
+        feed: _OrgFeed,
+        sid: str,
+        device: str,
+        fields: frozenset[str] | None,
+        since: Since,
+    ) -> bool:
+        """Send ``sid`` the readings of ``device`` after ``since`` from the pub/sub's history
+        (any gateway's: the history is shared); whether all of them were still there."""
+        recovered = True
+        for msg_type, position in since.items():
+            channel = live_channel(feed.org, device, msg_type)
+            complete, missed = await self.rt.hub.missed_since(channel, position)
+            recovered = recovered and complete
+            for values, head in missed:
+                await feed._readings(device, msg_type, values, head, {sid: fields})
+        return recovered
 
     async def _unsubscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
         client = self._clients.get(sid)
