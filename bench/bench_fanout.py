@@ -26,7 +26,8 @@ One run, for each target in turn (``--targets``, default ``livedata,baseline``):
 Printed per target: deliveries/s (expected: published messages × clients of that
 machine), lost (expected minus received, for messages published in the window, 2 s
 of grace after it), latency p50/p99/max (client receipt minus the publisher's ``ts``),
-server CPU % (of one core) and RSS, KB per connected idle client (RSS with clients
+server CPU % (of one core; and per delivery, which stays comparable when a busy machine starves
+the clients) and RSS, KB per connected idle client (RSS with clients
 and no traffic minus RSS before them), GC pauses of the server (``gc.callbacks``,
 CPU time of each collection: count and longest per generation, total) and the ratios to the baseline.
 
@@ -556,6 +557,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     row("latency p99 ms", lambda r: f"{pct(r.lat, 0.99):.2f}")
     row("latency max ms", lambda r: f"{(r.lat[-1] * 1000 if r.lat else float('nan')):.2f}")
     row("server CPU % (one core)", lambda r: f"{r.cpu:.1f}")
+    # per delivery: comparable when a busy machine starves the clients and not all is delivered
+    row("server CPU µs per delivery", lambda r: f"{r.cpu * 1e4 / max(r.deliveries, 1):.2f}")
     row("server RSS MiB (max)", lambda r: f"{r.rss / 2**20:.1f}")
     row("KB per idle connection", lambda r: f"{r.kb_per_conn:.1f}")
     for gen in (0, 1, 2):
