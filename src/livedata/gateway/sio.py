@@ -100,7 +100,7 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -378,10 +378,19 @@ class _OrgFeed:
     def _observe(
         self, machine: FleetMachine, msg_type: str, values: dict[str, Any], head: dict[str, Any]
     ) -> None:
-        if machine.chassis not in self.online:
-            self.online.add(machine.chassis)
-            self._queue(("status", machine.chassis, msg_type, {}, head))
-        self._queue(("reading", machine.chassis, msg_type, values, head))
+        """A reading: written at once to the subscribers on the fan-out core (no task,
+        queue or await per message), queued for the pump for everything else."""
+        chassis = machine.chassis
+        subscribers = self.subscribers.get(chassis)
+        if chassis not in self.online:
+            self.online.add(chassis)
+            if subscribers:
+                self._direct(list(subscribers), _status(machine, True))
+            self._queue(("status", chassis, msg_type, {}, head))
+        if subscribers:
+            for sids, data in self._updates(chassis, msg_type, values, head, subscribers):
+                self._direct(sids, data)
+        self._queue(("reading", chassis, msg_type, values, head))
 
     def _queue(self, item: tuple[str, str, str, dict[str, Any], dict[str, Any]]) -> None:
         if len(self.pending) >= PENDING_MAX:
@@ -398,46 +407,49 @@ class _OrgFeed:
                 kind, chassis, msg_type, values, head = self.pending.popleft()
                 try:
                     if kind == "status":
-                        await self._emit_status(chassis)
+                        await self._emit_status(chassis, direct=False)
                     else:
                         await self._emit_reading(chassis, msg_type, values, head)
                 except Exception:
                     log.exception("Socket.IO emission for %s/%s failed", self.org, chassis)
 
-    async def _emit_status(self, chassis: str) -> None:
+    async def _emit_status(self, chassis: str, direct: bool = True) -> None:
         machine = self.machines.get(chassis)
         subscribers = self.subscribers.get(chassis)
         if machine is not None and subscribers:
             status = _status(machine, chassis in self.online)
-            await self._device_update(chassis, list(subscribers), status)
+            await self._device_update(chassis, list(subscribers), status, direct)
 
-    async def _readings(
+    def _updates(
         self,
         chassis: str,
         msg_type: str,
         values: dict[str, Any],
         head: dict[str, Any],
         subscribers: dict[str, frozenset[str] | None],
-    ) -> None:
-        """One ``device-update`` per field to the ``subscribers`` that want it; clients in
-        :attr:`positions` also get the reading's ``msgType``, ``seq`` and ``epoch``."""
+    ) -> Iterator[tuple[list[str], dict[str, Any]]]:
+        """(sids, data) of each ``device-update`` of a reading: one per field to the
+        ``subscribers`` that want it; clients in :attr:`positions` also get the reading's
+        ``msgType``, ``seq`` and ``epoch``."""
         ts = int(head["ts"])
         where = {"msgType": msg_type, "seq": head["seq"], "epoch": head["epoch"]}
+        positions = self.positions
         for name, value in values.items():
             sids = [sid for sid, f in subscribers.items() if f is None or name in f]
             if not sids:
                 continue
             data = {"deviceId": chassis, "sensorType": name, "value": value, "timestamp": ts}
-            placed = [sid for sid in sids if sid in self.positions]
-            if len(placed) < len(sids):
-                plain = [sid for sid in sids if sid not in self.positions]
-                await self._device_update(chassis, plain, data)
-            if placed:
-                await self._device_update(chassis, placed, {**data, **where})
+            if not positions:
+                yield sids, data
+                continue
+            plain = [sid for sid in sids if sid not in positions]
+            if plain:
+                yield plain, data
+            if len(plain) < len(sids):
+                yield [sid for sid in sids if sid in positions], {**data, **where}
 
-    async def _device_update(self, chassis: str, sids: list[str], data: dict[str, Any]) -> None:
-        """``device-update`` to ``sids`` of the device's room: encoded and framed once for
-        the clients on the fan-out core, python-socketio's emit for the others."""
+    def _direct(self, sids: list[str], data: dict[str, Any]) -> None:
+        """``device-update`` to those of ``sids`` on the fan-out core: encoded and framed once."""
         outboxes = self.gw.outboxes
         direct = [outboxes[sid] for sid in sids if sid in outboxes]
         if direct:
@@ -446,7 +458,16 @@ class _OrgFeed:
             for outbox in direct:
                 outbox.offer(payload, wire, None)
             EMITS.labels("device-update").inc()
-        if len(direct) < len(sids):
+
+    async def _device_update(
+        self, chassis: str, sids: list[str], data: dict[str, Any], direct: bool = True
+    ) -> None:
+        """``device-update`` to ``sids`` of the device's room: to the clients on the fan-out
+        core when ``direct`` (else they had it), python-socketio's emit for the others."""
+        outboxes = self.gw.outboxes
+        if direct:
+            self._direct(sids, data)
+        if any(sid not in outboxes for sid in sids):
             room = self.device_room(chassis)
             skip = [sid for sid in self.subscribers.get(chassis, {}) if sid not in sids]
             skip += [sid for sid in sids if sid in outboxes]
@@ -455,10 +476,14 @@ class _OrgFeed:
     async def _emit_reading(
         self, chassis: str, msg_type: str, values: dict[str, Any], head: dict[str, Any]
     ) -> None:
+        """What :meth:`_observe` left to the pump: device updates to clients that are not
+        on the fan-out core, and ``sensor-data``."""
         ts = int(head["ts"])
         subscribers = self.subscribers.get(chassis)
-        if subscribers:
-            await self._readings(chassis, msg_type, values, head, subscribers)
+        outboxes = self.gw.outboxes
+        if subscribers and any(sid not in outboxes for sid in subscribers):
+            for sids, data in self._updates(chassis, msg_type, values, head, subscribers):
+                await self._device_update(chassis, sids, data, direct=False)
         mode = self.gw.sensor_data
         if mode == "off":
             return
@@ -854,7 +879,8 @@ class SocketGateway:
             complete, missed = await self.rt.hub.missed_since(channel, position)
             recovered = recovered and complete
             for values, head in missed:
-                await feed._readings(device, msg_type, values, head, {sid: fields})
+                for sids, data in feed._updates(device, msg_type, values, head, {sid: fields}):
+                    await feed._device_update(device, sids, data)
         return recovered
 
     async def _unsubscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
