@@ -18,7 +18,7 @@ one core → lean clients in other processes on the other core), run once per
 Printed per target and transport: deliveries/s (WebSocket messages, SSE events,
 ``device-update`` events), lost (WebSocket and Socket.IO: of the window's expected;
 SSE: expected events are 3 per client per period), latency p50/p99 (receipt minus the
-publisher's time; not for SSE, whose events wait for the period, up to 1 s by design),
+publisher's time; for SSE that includes the wait for the period, up to 1 s by design),
 server CPU %, RSS, KB per idle connection, bytes/s received, and each transport's
 ratios to ``ws`` of the same target (CPU per delivery, KB per connection).
 
@@ -88,11 +88,10 @@ class _Stats:
             await asyncio.wait_for(self.settled.wait(), 30)
         conn.send(("connected", self.stats["connected"]))
 
-    def got(self, ts_s: float, now: float, timed: bool = True) -> None:
+    def got(self, ts_s: float, now: float) -> None:
         if self.window[0] <= ts_s < self.window[1]:
             self.stats["received"] += 1
-            if timed:
-                self.lat.append(now - ts_s)
+            self.lat.append(now - ts_s)
 
 
 async def _run_clients(connect: Any, targets: list[str], st: _Stats, conn: Connection) -> None:
@@ -122,11 +121,8 @@ async def _serve_commands(conn: Connection, st: _Stats) -> None:
 
 
 def sse_worker(url: str, targets: list[str], conn: Connection) -> None:
-    """One SSE stream per entry of ``targets``: events counted, not timed.
-
-    The publisher's ``ts`` is in seconds (float): TIME in ``timeformat=ms`` is its integer
-    part, so an event's latency is not known; it is mostly the period's wait anyway.
-    """
+    """One SSE stream per entry of ``targets``: events counted and timed from their TIME
+    (the record's, ms) to receipt, which includes waiting for the period (up to 1 s)."""
     st = _Stats(len(targets))
     host, port = urlsplit(url).hostname or "", urlsplit(url).port or 80
 
@@ -153,7 +149,7 @@ def sse_worker(url: str, targets: list[str], conn: Connection) -> None:
                 if event.event != "message":
                     st.stats[f"other:{event.event}"] += 1
                     continue
-                st.got(orjson.loads(event.data)["TIME"], now, timed=False)
+                st.got(orjson.loads(event.data)["TIME"] / 1000, now)
 
         def connection_lost(self, exc: Exception | None) -> None:
             st.stats["disconnected"] += 1
@@ -214,7 +210,7 @@ def sio_worker(url: str, targets: list[str], conn: Connection) -> None:
             elif data[:2] == b"42":
                 name, body = orjson.loads(data[2:])[:2]
                 if name == "device-update" and "sensorType" in body:
-                    st.got(body["timestamp"], now)
+                    st.got(body["timestamp"] / 1000, now)
                 else:
                     st.stats[f"other:{name}"] += 1
             elif data[:2] == b"44":
@@ -232,6 +228,32 @@ def sio_worker(url: str, targets: list[str], conn: Connection) -> None:
 
 
 WORKERS = {"ws": bf.client_worker, "sse": sse_worker, "sio": sio_worker}
+
+
+def publisher_ms(
+    redis_url: str, machines: int, rate: float, seconds: float, conn: Connection
+) -> None:
+    """:func:`bench_fanout.publisher` with ``ts`` in milliseconds, as the distribute role
+    stamps records: SSE's TIME and Socket.IO's ``timestamp`` are whole milliseconds of it
+    (``ts`` in seconds would be cut to whole seconds)."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    published: list[tuple[str, float]] = []
+    seq = [0] * machines
+    start = time.time()
+    for tick in range(int(seconds * rate)):
+        for m in range(machines):
+            at = start + (tick + m / machines) / rate
+            if (delay := at - time.time()) > 0:
+                time.sleep(delay)
+            seq[m] += 1
+            now = time.time()
+            values = {n: (seq[m] * 7 + j) % 1000 / 10 for j, n in enumerate(bf.ALL_FIELDS)}
+            message = {"ts": int(now * 1000), "seq": seq[m], "epoch": "bench", "values": values}
+            r.publish(bf.channel(bf.chassis(m)), orjson.dumps(message))
+            published.append((bf.chassis(m), int(now * 1000) / 1000))
+    conn.send(published)
 
 
 def run(target: str, transport: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> Any:
@@ -265,7 +287,7 @@ def run(target: str, transport: str, args: argparse.Namespace, redis_url: str, t
             print(f"  {result.name}: {connected} clients connected", flush=True)
             pub_parent, pub_child = ctx.Pipe()
             pub = ctx.Process(
-                target=bf.publisher,
+                target=bf.publisher if transport == "ws" else publisher_ms,
                 args=(redis_url, args.machines, args.rate, args.warmup + args.window, pub_child),
             )
             pub.start()
@@ -274,7 +296,7 @@ def run(target: str, transport: str, args: argparse.Namespace, redis_url: str, t
             time.sleep(args.warmup)
             w0, w1 = time.time(), time.time() + args.window
             for p in pipes:
-                p.send(("window", w0 if transport != "sse" else int(w0), w1))
+                p.send(("window", w0, w1))
             cpu0 = ps.cpu_times()
             rss_max = 0
             while time.time() < w1:
@@ -307,7 +329,6 @@ def run(target: str, transport: str, args: argparse.Namespace, redis_url: str, t
                         result.other[k] = result.other.get(k, 0) + v
             lat.sort()
             result.lat = lat
-            received = received if transport != "ws" else len(lat)
             result.deliveries = received / args.window
             result.lost = max(0, int(result.expected) - received)
         finally:
