@@ -365,7 +365,12 @@ class Server(ServerProcess):
         else:
             script = BENCH / "_server10hz.py"
             cmd = [sys.executable, str(script), *common, "--period", str(1 / rate), "--loop", loop]
-        env = {**os.environ, "LIVEDATA_ADMIN_TOKEN": BENCH_TOKEN}
+        env = {
+            **os.environ,
+            "LIVEDATA_ADMIN_TOKEN": BENCH_TOKEN,
+            # every client uses the one admin token: lift the per-user cap of live connections
+            "LIVEDATA_LIVE_PER_USER": str(20 * machines + 100),
+        }
         super().__init__(cmd, tmp, env=env, headers=AUTH)
 
     def counters(self) -> dict[str, float]:

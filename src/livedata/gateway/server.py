@@ -254,6 +254,11 @@ class LimitedWebSocket(WebSocketsSansIOProtocol, _Limited):
             self.outbox.close()
         super().handle_close(event)
 
+    def shutdown(self) -> None:
+        if self.outbox is not None:  # the server stops: no data frame after its 1012
+            self.outbox.close()
+        super().shutdown()
+
     def pause_writing(self) -> None:
         super().pause_writing()
         if self.outbox is not None:
