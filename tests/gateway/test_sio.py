@@ -328,9 +328,9 @@ def test_node_socket_io_client(two_orgs: Server) -> None:
         assert [i for i in node.collect(1.5) if i.get("event") == "device-update"] == []
 
         refused = node.call("subscribe-device", "OT-0001")
-        assert refused["ok"] is False and refused["code"] == "not_found"
+        assert refused["ok"] is False and refused["error"]["code"] == "not_found"
         error = node.wait(lambda i: i.get("event") == "error")["data"]
-        assert error["code"] == "not_found" and error["deviceId"] == "OT-0001"
+        assert error["error"]["code"] == "not_found" and error["deviceId"] == "OT-0001"
         write_other(two_orgs, "OT-0001.cpu_usage", 7.0)
         later = node.collect(1.2)
         assert not [
@@ -354,7 +354,7 @@ def test_node_client_org_choice_and_bad_payloads(two_orgs: Server) -> None:
         assert summary["org"] == "demo"
         for payload in (None, 42, {"deviceId": two_orgs.machines[0], "fields": "speed"}):
             reply = node.call("subscribe-device", payload)
-            assert reply["ok"] is False and reply["code"] == "bad_request", reply
+            assert reply["ok"] is False and reply["error"]["code"] == "bad_request", reply
         error = refused.wait(lambda i: i.get("event") == "connect_error", 10)["data"]
         assert error == {"code": "not_found"}
         assert not [i for i in refused.seen if i.get("event") == "dashboard:data"]
@@ -423,3 +423,39 @@ async def test_sensor_data_modes(local: LocalServer) -> None:
     finally:
         gateway.sensor_data = "on"
         await rec.client.disconnect()
+
+
+# --------------------------------------------------------------------------- sans server
+
+
+def test_device_update_frames_are_server_websocket_text_frames() -> None:
+    """A device-update is one unmasked text frame holding 42["device-update",data], any size."""
+    from livedata.gateway.sio import DEVICE_UPDATE
+
+    small = DEVICE_UPDATE.frame(b'{"a":1}')
+    packet = b'42["device-update",{"a":1}]'
+    assert small == bytes((0x81, len(packet))) + packet
+    big = DEVICE_UPDATE.frame(b'{"a":"' + b"x" * 300 + b'"}')
+    assert big[:2] == bytes((0x81, 126)) and int.from_bytes(big[2:4], "big") == len(big) - 4
+
+
+def test_since_positions_are_checked() -> None:
+    """since maps message types to {epoch, seq}; anything else is a bad_request refusal."""
+    from livedata.gateway.sio import _Refused, _since
+
+    assert _since({"deviceId": "WL-0001"}) is None
+    assert _since({"since": {}}) == {}
+    assert _since({"since": {"vehicle_can": {"epoch": "e1", "seq": 5}}}) == {
+        "vehicle_can": ("e1", 5)
+    }
+    for bad in (
+        [],
+        {"nope": {"epoch": "e", "seq": 1}},
+        {"vehicle_can": {"epoch": "", "seq": 1}},
+        {"vehicle_can": {"epoch": "e", "seq": -1}},
+        {"vehicle_can": {"epoch": "e", "seq": True}},
+        {"vehicle_can": {"epoch": "e" * 65, "seq": 1}},
+    ):
+        with pytest.raises(_Refused) as refused:
+            _since({"since": bad})
+        assert refused.value.code == "bad_request"

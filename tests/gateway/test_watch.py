@@ -607,12 +607,20 @@ class LocalServer:
     token is in ``tokens``; ``headers`` act as acme's admin.
     """
 
-    def __init__(self, data_dir: Path, **sio_options: Any) -> None:
-        settings = load_settings({"data_dir": data_dir, "port": 0, "log_level": "warning"})
-        self.rt = Runtime(settings)
+    def __init__(
+        self,
+        data_dir: Path,
+        settings: dict[str, Any] | None = None,
+        tokens: dict[str, str] | None = None,
+        **sio_options: Any,
+    ) -> None:
+        """``settings`` are added to the defaults; with ``tokens`` (another server's, on the
+        same data directory) nothing is seeded."""
+        config = {"data_dir": data_dir, "port": 0, "log_level": "warning", **(settings or {})}
+        self.rt = Runtime(load_settings(config))
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.tokens: dict[str, str] = {}
-        self.rt.on_started.append(self._seed)
+        self.tokens: dict[str, str] = dict(tokens or {})
+        self.rt.on_started.append(self._seed if tokens is None else self._note_loop)
         app = with_socketio(create_app(self.rt), self.rt, **sio_options)
         sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -633,6 +641,9 @@ class LocalServer:
         while not self.rt.started.is_set():
             assert time.monotonic() < deadline, "the local server did not start"
             time.sleep(0.05)
+
+    async def _note_loop(self) -> None:
+        self.loop = asyncio.get_running_loop()
 
     async def _seed(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -778,3 +789,28 @@ def test_streams_release_their_rings(local: LocalServer) -> None:
         time.sleep(0.05)
     local.run(lambda: service._sweep(force=True))
     assert "live-stream/acme/consumer-AC-1/vehicle_can" not in local.rt.hub.channels
+
+
+def test_streams_of_the_same_tags_share_one_period_computation(local: LocalServer) -> None:
+    """Two streams of the same tags and period are one group: one computation, the same
+    event ids and data; a third with another period is a group of its own."""
+    service = watch_service(local.rt)
+    params = {"tag": "AC-1.cpu_usage", "period": "1s", "timeformat": "ms"}
+    one = Stream(local, "client_raw_data", params)
+    two = Stream(local, "client_raw_data", params)
+    other = Stream(local, "client_raw_data", {**params, "period": "2s"})
+    try:
+        deadline = time.monotonic() + 20
+        while sum(g.members for g in service._groups.values()) < 3:
+            assert time.monotonic() < deadline, "the streams did not start"
+            time.sleep(0.05)
+        sizes = sorted(g.members for g in service._groups.values() if g.plan.key[0] == "acme")
+        assert sizes == [1, 2]
+        write(local, "client_raw_data", [["AC-1.cpu_usage", now_ms(), 42]], timeformat="ms")
+        first, second = one.next(), two.next()
+        assert (first.id, first.data) == (second.id, second.data)
+        assert json.loads(first.data)["VALUE"] == 42
+    finally:
+        one.close()
+        two.close()
+        other.close()

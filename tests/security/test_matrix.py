@@ -710,7 +710,10 @@ async def test_socketio_matrix(two: TwoOrgs, markers: dict[str, list[str]]) -> N
         acks = result["acks"]
         if acks["own"].get("ok") is not True:
             failures.append(f"{where}: own subscribe refused: {acks['own']}")
-        if acks["mixed"].get("ok") is not False or acks["mixed"].get("code") != "not_found":
+        if (
+            acks["mixed"].get("ok") is not False
+            or acks["mixed"].get("error", {}).get("code") != "not_found"
+        ):
             failures.append(f"{where}: foreign device not refused: {acks['mixed']}")
         twin = (
             orjson.dumps(acks["mixed-twin"])
@@ -732,7 +735,7 @@ async def test_socketio_matrix(two: TwoOrgs, markers: dict[str, list[str]]) -> N
         clean = [
             (e, d)
             for e, d in result["events"]
-            if not (e == "error" and d.get("code") == "not_found")
+            if not (e == "error" and d.get("error", {}).get("code") == "not_found")
         ]
         if found := leaks(orjson.dumps(clean).decode(), who, two, markers):
             failures.append(f"{where}: leaks {found}")

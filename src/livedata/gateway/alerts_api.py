@@ -31,12 +31,12 @@ reload the rules every 3 s.
 
 Acknowledging records who did it: the signed-in user (operators and admins).
 
-Fleet summary: one in-memory latest-value cache per organisation, started by
-the first request and kept; it listens (:meth:`~livedata.gateway.fanout.Fanout.listen`)
-to the live channels of each machine, so a request reads memory, never the
-telemetry database (each machine's last values are read from the store once,
-when the cache first sees it).  A machine is ``online`` while real-time data
-arrived in the last 5 s.  ``realtime`` (is the machine's stream switched on) is
+Fleet summary: read from the gateway's one shared fleet state
+(:class:`~livedata.gateway.fleet.Fleet`, also Socket.IO's), held for the process's
+life once an organisation's summary was asked; it listens to the live channels of
+each machine, so a request reads memory, never the telemetry database (each
+machine's last values are read from the store once, when the state first meets
+it).  A machine is ``online`` while real-time data arrived in the last 5 s.  ``realtime`` (is the machine's stream switched on) is
 ``null`` = unknown until device commands exist.
 
 The relay (:func:`alert_relay`, an :class:`~livedata.gateway.relay.OrgRelay` run by
@@ -51,11 +51,9 @@ are dropped (and logged): pages reload the list from the API on reconnect.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import weakref
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -63,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import InputError
 from livedata.gateway.commands import status_service
+from livedata.gateway.fleet import Fleet, OrgFleet
 from livedata.gateway.relay import OrgRelay
 from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_alert, org_room, socket_gateway
@@ -74,7 +73,7 @@ from livedata.metadata.alerts import (
     notification_dict,
     rule_dict,
 )
-from livedata.model import MsgType, Name, live_channel, valid_id
+from livedata.model import MsgType, Name, valid_id
 from livedata.pipeline.alerts import alerts_channel, publish_alert
 from livedata.pipeline.notify import check_webhook_url, parse_networks
 
@@ -82,11 +81,7 @@ if TYPE_CHECKING:
     from livedata.runtime import Runtime
 
 log = logging.getLogger("livedata.gateway.alerts")
-OFFLINE_AFTER_S = 5.0
-MACHINES_REFRESH_S = 30.0
 MAX_FLEET_FIELDS = 50
-SEED_WINDOW_MS = 600_000
-GPS_LAT, GPS_LNG = "gps_lat", "gps_lng"
 
 router = APIRouter(prefix="/api", tags=["alerts"])
 
@@ -139,134 +134,36 @@ def _rt(request: Request) -> Runtime:
     return rt
 
 
-@dataclass(slots=True)
-class _FleetMachine:
-    chassis: str
-    name: str
-    model: str
-    last_seen: int | None = None
-    arrived: float | None = None
-    values: dict[str, Any] = field(default_factory=dict)
-    gps: tuple[float, float, int] | None = None
-
-    def online(self, now: float) -> bool:
-        return self.arrived is not None and now - self.arrived <= OFFLINE_AFTER_S
-
-    def update(self, values: dict[str, Any], ts: int, arrived: float | None) -> None:
-        self.values.update(values)
-        if arrived is not None:
-            self.arrived = arrived
-        self.last_seen = max(ts, self.last_seen or ts)
-        lat, lng = values.get(GPS_LAT), values.get(GPS_LNG)
-        if (
-            isinstance(lat, int | float)
-            and isinstance(lng, int | float)
-            and (self.gps is None or ts >= self.gps[2])
-        ):
-            self.gps = (float(lat), float(lng), ts)
-
-
-class FleetCache:
-    """Latest values of an organisation's machines, fed by the live channels."""
-
-    def __init__(self, rt: Runtime, org: str) -> None:
-        self.rt = rt
-        self.org = org
-        self.machines: dict[str, _FleetMachine] = {}
-        self._listeners: dict[str, Any] = {}
-        self._lock = asyncio.Lock()
-        self._refreshed = -MACHINES_REFRESH_S
-
-    async def ensure(self) -> None:
-        """Know the organisation's current machines (re-read every 30 s) and listen to them."""
-        if time.monotonic() - self._refreshed < MACHINES_REFRESH_S:
-            return
-        async with self._lock:
-            if time.monotonic() - self._refreshed < MACHINES_REFRESH_S:
-                return
-            rows = await self.rt.meta.list_machines(self.org)
-            current = {row.chassis_id for row in rows}
-            for row in rows:
-                machine = self.machines.get(row.chassis_id)
-                if machine is not None:
-                    machine.name, machine.model = row.name, row.model
-                    continue
-                machine = _FleetMachine(row.chassis_id, row.name, row.model)
-                self.machines[row.chassis_id] = machine
-                for msg_type in MsgType:
-                    channel = live_channel(self.org, row.chassis_id, msg_type.value)
-                    listener = self._listener(machine)
-                    self._listeners[channel] = listener
-                    await self.rt.hub.listen(channel, listener)
-                await self._seed(machine)
-            for chassis in set(self.machines) - current:
-                del self.machines[chassis]
-                for msg_type in MsgType:
-                    channel = live_channel(self.org, chassis, msg_type.value)
-                    listener = self._listeners.pop(channel, None)
-                    if listener is not None:
-                        await self.rt.hub.unlisten(channel, listener)
-            self._refreshed = time.monotonic()
-
-    def _listener(self, machine: _FleetMachine) -> Any:
-        def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
-            machine.update(values, int(head["ts"]), time.monotonic())
-
-        return on_message
-
-    async def _seed(self, machine: _FleetMachine) -> None:
-        """The newest stored values of a machine the cache has just met (once)."""
-        store = self.rt.store
-        info = await self.rt.catalog.machine(self.org, machine.chassis)
-        for msg_type in MsgType:
-            latest = await store.latest_ts(self.org, machine.chassis, msg_type.value)
-            if latest is None:
-                continue
-            if info is not None:
-                names = [f["name"] for f in await self.rt.catalog.fields(info, msg_type.value)]
-            else:
-                names = []
-            if names:
-                series = await store.query(
-                    self.org, machine.chassis, msg_type.value, names, latest - 2000, latest, 10
-                )
-                values = {n: points[-1][1] for n, points in series.items() if points}
-            else:
-                values = {}
-            age = time.time() - latest / 1000
-            arrived = time.monotonic() - age if age <= OFFLINE_AFTER_S else None
-            if machine.last_seen is None or latest > machine.last_seen:
-                machine.update(values, latest, arrived)
-
-    def summary(self, fields: list[str] | None, active: dict[str, int]) -> dict[str, Any]:
-        now = time.monotonic()
-        machines = []
-        for m in sorted(self.machines.values(), key=lambda m: m.chassis):
-            if fields is None:
-                values = dict(m.values)
-            else:
-                values = {f: m.values[f] for f in fields if f in m.values}
-            online = m.online(now)
-            machines.append(
-                {
-                    "chassisId": m.chassis,
-                    "name": m.name,
-                    "model": m.model,
-                    "online": online,
-                    "status": "online" if online else "offline",
-                    "lastSeen": m.last_seen,
-                    "values": values,
-                    "gps": {"lat": m.gps[0], "lng": m.gps[1], "ts": m.gps[2]} if m.gps else None,
-                    "activeAlerts": active.get(m.chassis, 0),
-                }
-            )
-        return {
-            "org": self.org,
-            "timestamp": int(time.time() * 1000),
-            "online": sum(1 for m in machines if m["online"]),
-            "total": len(machines),
-            "machines": machines,
-        }
+def fleet_summary(
+    state: OrgFleet, fields: list[str] | None, active: dict[str, int]
+) -> dict[str, Any]:
+    """The fleet summary of an organisation from the shared fleet state."""
+    now = time.monotonic()
+    machines = []
+    for m in sorted(state.machines.values(), key=lambda m: m.chassis):
+        latest = m.latest()
+        values = latest if fields is None else {f: latest[f] for f in fields if f in latest}
+        online = m.online(now)
+        machines.append(
+            {
+                "chassisId": m.chassis,
+                "name": m.name,
+                "model": m.model,
+                "online": online,
+                "status": "online" if online else "offline",
+                "lastSeen": m.last_seen,
+                "values": values,
+                "gps": {"lat": m.gps[0], "lng": m.gps[1], "ts": m.gps[2]} if m.gps else None,
+                "activeAlerts": active.get(m.chassis, 0),
+            }
+        )
+    return {
+        "org": state.org,
+        "timestamp": int(time.time() * 1000),
+        "online": sum(1 for m in machines if m["online"]),
+        "total": len(machines),
+        "machines": machines,
+    }
 
 
 class AlertsService:
@@ -276,7 +173,6 @@ class AlertsService:
         self.rt = rt
         self.store = AlertStore(rt.meta)
         self.relay = OrgRelay(rt, "alert", alerts_channel, self.deliver)
-        self.fleets: dict[str, FleetCache] = {}
 
     async def deliver(self, org: str, body: dict[str, Any]) -> None:
         alert = body.get("alert")
@@ -305,13 +201,6 @@ class AlertsService:
             await emit_alert(org, payload)
         else:
             await socket_gateway(self.rt).emit("alert-updated", payload, to=org_room(org))
-
-    async def fleet(self, org: str) -> FleetCache:
-        cache = self.fleets.get(org)
-        if cache is None:
-            cache = self.fleets[org] = FleetCache(self.rt, org)
-        await cache.ensure()
-        return cache
 
 
 _SERVICES: weakref.WeakKeyDictionary[Runtime, AlertsService] = weakref.WeakKeyDictionary()
@@ -500,28 +389,29 @@ async def fleet(
             raise InputError(f"invalid field names: {bad[:5]}")
     service = alerts_service(rt)
     await service.relay.ensure(orgId)
-    cache = await service.fleet(orgId)
+    fleet_state: Fleet = request.app.state.fleet
+    state = await fleet_state.keep(orgId)
     active: dict[str, int] = {}
     for alert in await service.store.list_alerts(orgId, "active", limit=1000):
         active[alert.chassis_id] = active.get(alert.chassis_id, 0) + 1
-    summary = cache.summary(names, active)
+    summary = fleet_summary(state, names, active)
     statuses = status_service(rt)
     for machine in summary["machines"]:
         machine["realtime"] = statuses.known_realtime(orgId, machine["chassisId"])
-    summary["fields"] = await _field_info(rt, orgId, cache, names)
+    summary["fields"] = await _field_info(rt, orgId, state, names)
     summary["map"] = {"tiles": rt.settings.map_tiles, "attribution": rt.settings.map_attribution}
     return summary
 
 
 async def _field_info(
-    rt: Runtime, org: str, cache: FleetCache, names: list[str] | None
+    rt: Runtime, org: str, state: OrgFleet, names: list[str] | None
 ) -> list[dict[str, Any]]:
     """Unit, min and max of the asked fields, from the first machine that has each."""
     if not names:
         return []
     found: dict[str, dict[str, Any]] = {}
     models_done: set[str] = set()
-    for machine in cache.machines.values():
+    for machine in state.machines.values():
         if machine.model in models_done:
             continue
         models_done.add(machine.model)
@@ -537,8 +427,8 @@ async def _field_info(
 
 __all__ = [
     "AlertsService",
-    "FleetCache",
     "alert_relay",
     "alerts_service",
+    "fleet_summary",
     "router",
 ]

@@ -25,6 +25,7 @@ from livedata.gateway.auth_api import router as auth_router
 from livedata.gateway.commands import router as commands_router
 from livedata.gateway.docs import install_docs
 from livedata.gateway.dtcs_api import router as dtcs_router
+from livedata.gateway.fleet import Fleet
 from livedata.gateway.foxglove import router as foxglove_router
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
@@ -73,6 +74,7 @@ def create_app(rt: Runtime) -> FastAPI:
         redoc_url=None,
     )
     app.state.runtime = rt
+    app.state.fleet = Fleet(rt)  # the one fleet state: fleet summary and Socket.IO share it
     rt.on_started.append(security(rt).start)
     app.add_middleware(SecurityMiddleware, rt=rt)
     app.include_router(auth_router)

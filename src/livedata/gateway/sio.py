@@ -13,14 +13,23 @@ unknown organisation) and more than ``live_per_user`` live connections
 (``too_many_connections``).  Logging out or revoking the token disconnects it.
 
 Client → server (each answers through the Socket.IO acknowledgement with
-``{"ok":true,…}`` or ``{"ok":false,"code","message"}``):
+``{"ok":true,…}`` or ``{"ok":false,"error":{"code","message"}}``, the error shape of
+every other surface):
 
 - ``subscribe-device`` with a device (chassis) id, or ``{deviceId, fields:[…]}``
   to get only those fields: joins the room ``device:{org}:{deviceId}`` and gets
   the device's current status at once.  Subscribing again replaces the field
   filter.  An unknown device, or another organisation's, gets an ``error`` event
-  ``{"code":"not_found","message":…,"deviceId":…}`` and no join; so does a 101st
+  ``{"error":{"code":"not_found","message":…},"deviceId":…}`` and no join; so does a 101st
   subscription (``too_many_subscriptions``) or a malformed payload (``bad_request``).
+  With ``since`` (``{deviceId, fields, since: {msgType: {epoch, seq}}}``, ``{}`` at
+  first) the client's readings carry their channel position (``msgType``, ``seq``,
+  ``epoch``) and, on a reconnect, the readings after each given position are sent
+  first from the pub/sub's history, shared by every gateway (``live_history_seconds``),
+  so a client that comes back to another gateway process recovers; the
+  acknowledgement says ``recovered: true``, or ``false`` when some were no longer in the
+  history (fill the gap from the history API).  A reading that arrives while the
+  history is read may come twice (the same ``seq``).
 - ``unsubscribe-device`` with the same forms: leaves the room.
 
 Server → client:
@@ -44,18 +53,27 @@ Server → client:
   online, total, timestamp}``.
 - ``alert-created`` through :func:`emit_alert` (or :meth:`SocketGateway.emit_alert`).
 
-How it is fed: while an organisation has Socket.IO clients, one feed listens
-(:meth:`~livedata.gateway.hub.Hub.listen`) to the live channels of all its
-machines -- the dashboard summary needs them all -- and stops when the last
-client leaves.  The listener only updates in-memory state and queues; one pump
-task per organisation emits.  The machine list is read from the metadata
-database when the feed starts and every 30 s.
+How it is fed: while an organisation has Socket.IO clients, its feed holds the
+organisation in the gateway's shared fleet state (:class:`~livedata.gateway.fleet.Fleet`,
+the same the fleet summary reads: one listener per live channel of each machine,
+machines re-read every 30 s) and observes its readings; it lets go when the last
+client leaves.  The observer only queues; one pump task per organisation emits.
 
 Under stress: at most 5,000 clients per process, 100 subscriptions per client,
 500 fields per filter; the feed's queue holds 10,000 readings (oldest dropped,
 counted in ``livedata_sio_dropped``).  A slow client never slows the others or
 grows the server's memory beyond its bound:
 
+- **Device updates on the fan-out core.**  A client on a WebSocket of livedata's
+  server layer (:func:`~livedata.gateway.server.uvicorn_config`; clients that stay
+  on long-polling keep the path below) gets an outbox of the fan-out core on its
+  transport: each ``device-update`` is encoded and framed once
+  (:class:`SioEvent`) for every such subscriber and written straight through; when
+  the client falls behind (its transport above the high-water mark) they queue in
+  the outbox (at most :data:`CLIENT_QUEUE`; beyond, the oldest is dropped, counted
+  in ``livedata_sio_client_drops``, and the next ``device-update`` carries
+  ``"missed": n``), and a client whose transport takes nothing for
+  ``client_stall_seconds`` is closed (1013) by the outbox's stall clock.
 - **Bounded send buffer.**  Each client's outgoing Engine.IO queue holds at most
   :data:`CLIENT_QUEUE` (256) events; when it is full the *oldest* queued event is
   dropped for the new one, so a client that falls behind gets the newest
@@ -82,18 +100,22 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import engineio
+import orjson
 import socketio
 from prometheus_client import Counter, Gauge
 
 from livedata import observe
 from livedata.auth import Principal
+from livedata.gateway.fanout import WS_TEXT, Outbox
+from livedata.gateway.fleet import Fleet, FleetMachine, OrgFleet
 from livedata.gateway.security import security
+from livedata.gateway.server import RAW_WEBSOCKET, LimitedWebSocket
 from livedata.gateway.stall import StallClock, Stalled
 from livedata.model import MsgType, live_channel, valid_id
 
@@ -108,10 +130,8 @@ SENSOR_DATA = "throttled"
 MAX_CLIENTS = 5_000
 MAX_SUBSCRIPTIONS = 100
 MAX_FIELDS = 500
-OFFLINE_AFTER_S = 5.0
 TICK_S = 1.0
 PENDING_MAX = 10_000
-MACHINES_REFRESH_S = 30.0
 
 CLIENTS = Gauge("livedata_sio_clients", "Connected Socket.IO clients")
 EMITS = Counter("livedata_sio_emits", "Socket.IO events emitted", ["event"])
@@ -133,31 +153,18 @@ class _Refused(Exception):
         self.code = code
 
 
-@dataclass(slots=True)
-class _Machine:
-    chassis: str
-    name: str
-    model: str
-    last_seen: int | None = None
-    arrived: float | None = None
-    online: bool = False
-    values: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "deviceId": self.chassis,
-            "status": "online" if self.online else "offline",
-            "lastSeen": self.last_seen,
-        }
+def _status(machine: FleetMachine, online: bool) -> dict[str, Any]:
+    return {
+        "deviceId": machine.chassis,
+        "status": "online" if online else "offline",
+        "lastSeen": machine.last_seen,
+    }
 
 
 @dataclass(slots=True)
 class _Client:
     org: str
     subscriptions: dict[str, frozenset[str] | None] = field(default_factory=dict)
-
-
-Listener = Callable[[dict[str, Any], dict[str, Any]], None]
 
 
 def _is_message(item: Any) -> bool:
@@ -282,36 +289,78 @@ class _EngineServer(engineio.AsyncServer):
         return await super().handle_request(*args, **kwargs)
 
 
+class SioEvent:
+    """A Socket.IO EVENT of one name (default namespace) in a server WebSocket text frame.
+
+    The fan-out core's :class:`~livedata.gateway.fanout.Framing` for Socket.IO: Engine.IO
+    v4 carries one packet per frame, ``42["name",data]``; the frame is unmasked, so one
+    bytes object goes to every client that gets the event.
+    """
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, name: str) -> None:
+        self.prefix = b'42["' + name.encode() + b'",'
+
+    def frame(self, payload: bytes, head: dict[str, Any] | None = None) -> bytes:
+        return WS_TEXT.frame(self.prefix + payload + b"]")
+
+
+DEVICE_UPDATE = SioEvent("device-update")
+
+
+class _Outbox(Outbox):
+    """The fan-out core's outbox, its drops also counted as Socket.IO client drops."""
+
+    __slots__ = ()
+
+    def offer(self, payload: bytes, wire: bytes | None, head: dict[str, Any] | None) -> bool:
+        missed = self.missed
+        written = super().offer(payload, wire, head)
+        if self.missed > missed:
+            CLIENT_DROPS.inc(self.missed - missed)
+        return written
+
+
 class _Server(socketio.AsyncServer):
     def _engineio_server_class(self) -> type[_EngineServer]:
         return _EngineServer
 
 
 class _OrgFeed:
-    """The live state of one organisation while it has Socket.IO clients."""
+    """What Socket.IO sends to one organisation while it has clients, from the fleet state."""
 
     def __init__(self, gateway: SocketGateway, org: str) -> None:
         self.gw = gateway
         self.org = org
         self.clients: set[str] = set()
-        self.machines: dict[str, _Machine] = {}
+        self.state: OrgFleet | None = None
+        self.online: set[str] = set()
+        """Machines announced online to the clients (an offline status is due when one is not)."""
         self.subscribers: dict[str, dict[str, frozenset[str] | None]] = {}
-        self.pending: deque[tuple[str, str, str, dict[str, Any], int]] = deque()
+        self.pending: deque[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = deque()
+        self.positions: set[str] = set()
+        """Clients whose device updates carry their channel position (they asked ``since``)."""
         self.wake = asyncio.Event()
-        self.listeners: dict[str, Listener] = {}
         self.last_second: dict[str, int] = {}
         self.tasks: list[asyncio.Task[None]] = []
-        self.refreshed = 0.0
 
     @property
     def room(self) -> str:
         return org_room(self.org)
 
+    @property
+    def machines(self) -> dict[str, FleetMachine]:
+        return self.state.machines if self.state is not None else {}
+
     def device_room(self, chassis: str) -> str:
         return device_room(self.org, chassis)
 
     async def start(self) -> None:
-        await self.refresh_machines()
+        self.state = state = await self.gw.fleet.acquire(self.org)
+        now = time.monotonic()
+        self.online = {m.chassis for m in state.machines.values() if m.online(now)}
+        state.observers.append(self._observe)
         self.tasks = [
             asyncio.create_task(self._pump(), name=f"sio-pump-{self.org}"),
             asyncio.create_task(self._tick(), name=f"sio-tick-{self.org}"),
@@ -321,58 +370,29 @@ class _OrgFeed:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for channel, listener in list(self.listeners.items()):
-            await self.gw.rt.hub.unlisten(channel, listener)
-        self.listeners.clear()
+        state, self.state = self.state, None
+        if state is not None:
+            state.observers.remove(self._observe)
+            await self.gw.fleet.release(state)
 
-    async def refresh_machines(self) -> None:
-        """Read the organisation's machines; listen to new ones, forget removed ones."""
-        self.refreshed = time.monotonic()
-        rt = self.gw.rt
-        rows = await rt.meta.list_machines(self.org)
-        current = {m.chassis_id for m in rows}
-        for row in rows:
-            machine = self.machines.get(row.chassis_id)
-            if machine is None:
-                machine = _Machine(row.chassis_id, row.name, row.model)
-                seen = [
-                    await rt.store.latest_ts(self.org, row.chassis_id, t.value) for t in MsgType
-                ]
-                machine.last_seen = max((s for s in seen if s is not None), default=None)
-                if machine.last_seen is not None:
-                    age = time.time() - machine.last_seen / 1000
-                    if age <= OFFLINE_AFTER_S:
-                        machine.online = True
-                        machine.arrived = time.monotonic() - max(0.0, age)
-                self.machines[row.chassis_id] = machine
-                for msg_type in MsgType:
-                    channel = live_channel(self.org, row.chassis_id, msg_type.value)
-                    listener = self._listener(machine, msg_type.value)
-                    self.listeners[channel] = listener
-                    await rt.hub.listen(channel, listener)
-            else:
-                machine.name, machine.model = row.name, row.model
-        for chassis in set(self.machines) - current:
-            del self.machines[chassis]
-            for msg_type in MsgType:
-                channel = live_channel(self.org, chassis, msg_type.value)
-                if channel in self.listeners:
-                    await rt.hub.unlisten(channel, self.listeners.pop(channel))
+    def _observe(
+        self, machine: FleetMachine, msg_type: str, values: dict[str, Any], head: dict[str, Any]
+    ) -> None:
+        """A reading: written at once to the subscribers on the fan-out core (no task,
+        queue or await per message), queued for the pump for everything else."""
+        chassis = machine.chassis
+        subscribers = self.subscribers.get(chassis)
+        if chassis not in self.online:
+            self.online.add(chassis)
+            if subscribers:
+                self._direct(list(subscribers), _status(machine, True))
+            self._queue(("status", chassis, msg_type, {}, head))
+        if subscribers:
+            for sids, data in self._updates(chassis, msg_type, values, head, subscribers):
+                self._direct(sids, data)
+        self._queue(("reading", chassis, msg_type, values, head))
 
-    def _listener(self, machine: _Machine, msg_type: str) -> Listener:
-        def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
-            ts = int(head["ts"])
-            machine.values.setdefault(msg_type, {}).update(values)
-            machine.last_seen = max(ts, machine.last_seen or ts)
-            machine.arrived = time.monotonic()
-            if not machine.online:
-                machine.online = True
-                self._queue(("status", machine.chassis, msg_type, {}, ts))
-            self._queue(("reading", machine.chassis, msg_type, values, ts))
-
-        return on_message
-
-    def _queue(self, item: tuple[str, str, str, dict[str, Any], int]) -> None:
+    def _queue(self, item: tuple[str, str, str, dict[str, Any], dict[str, Any]]) -> None:
         if len(self.pending) >= PENDING_MAX:
             self.pending.popleft()
             DROPPED.inc()
@@ -384,38 +404,86 @@ class _OrgFeed:
             await self.wake.wait()
             self.wake.clear()
             while self.pending:
-                kind, chassis, msg_type, values, ts = self.pending.popleft()
+                kind, chassis, msg_type, values, head = self.pending.popleft()
                 try:
                     if kind == "status":
-                        await self._emit_status(chassis)
+                        await self._emit_status(chassis, direct=False)
                     else:
-                        await self._emit_reading(chassis, msg_type, values, ts)
+                        await self._emit_reading(chassis, msg_type, values, head)
                 except Exception:
                     log.exception("Socket.IO emission for %s/%s failed", self.org, chassis)
 
-    async def _emit_status(self, chassis: str) -> None:
+    async def _emit_status(self, chassis: str, direct: bool = True) -> None:
         machine = self.machines.get(chassis)
-        if machine is not None and self.subscribers.get(chassis):
-            await self.gw.emit("device-update", machine.status(), to=self.device_room(chassis))
+        subscribers = self.subscribers.get(chassis)
+        if machine is not None and subscribers:
+            status = _status(machine, chassis in self.online)
+            await self._device_update(chassis, list(subscribers), status, direct)
+
+    def _updates(
+        self,
+        chassis: str,
+        msg_type: str,
+        values: dict[str, Any],
+        head: dict[str, Any],
+        subscribers: dict[str, frozenset[str] | None],
+    ) -> Iterator[tuple[list[str], dict[str, Any]]]:
+        """(sids, data) of each ``device-update`` of a reading: one per field to the
+        ``subscribers`` that want it; clients in :attr:`positions` also get the reading's
+        ``msgType``, ``seq`` and ``epoch``."""
+        ts = int(head["ts"])
+        where = {"msgType": msg_type, "seq": head["seq"], "epoch": head["epoch"]}
+        positions = self.positions
+        for name, value in values.items():
+            sids = [sid for sid, f in subscribers.items() if f is None or name in f]
+            if not sids:
+                continue
+            data = {"deviceId": chassis, "sensorType": name, "value": value, "timestamp": ts}
+            if not positions:
+                yield sids, data
+                continue
+            plain = [sid for sid in sids if sid not in positions]
+            if plain:
+                yield plain, data
+            if len(plain) < len(sids):
+                yield [sid for sid in sids if sid in positions], {**data, **where}
+
+    def _direct(self, sids: list[str], data: dict[str, Any]) -> None:
+        """``device-update`` to those of ``sids`` on the fan-out core: encoded and framed once."""
+        outboxes = self.gw.outboxes
+        direct = [outboxes[sid] for sid in sids if sid in outboxes]
+        if direct:
+            payload = orjson.dumps(data)
+            wire = DEVICE_UPDATE.frame(payload)
+            for outbox in direct:
+                outbox.offer(payload, wire, None)
+            EMITS.labels("device-update").inc()
+
+    async def _device_update(
+        self, chassis: str, sids: list[str], data: dict[str, Any], direct: bool = True
+    ) -> None:
+        """``device-update`` to ``sids`` of the device's room: to the clients on the fan-out
+        core when ``direct`` (else they had it), python-socketio's emit for the others."""
+        outboxes = self.gw.outboxes
+        if direct:
+            self._direct(sids, data)
+        if any(sid not in outboxes for sid in sids):
+            room = self.device_room(chassis)
+            skip = [sid for sid in self.subscribers.get(chassis, {}) if sid not in sids]
+            skip += [sid for sid in sids if sid in outboxes]
+            await self.gw.emit("device-update", data, to=room, skip_sid=skip or None)
 
     async def _emit_reading(
-        self, chassis: str, msg_type: str, values: dict[str, Any], ts: int
+        self, chassis: str, msg_type: str, values: dict[str, Any], head: dict[str, Any]
     ) -> None:
+        """What :meth:`_observe` left to the pump: device updates to clients that are not
+        on the fan-out core, and ``sensor-data``."""
+        ts = int(head["ts"])
         subscribers = self.subscribers.get(chassis)
-        if subscribers:
-            room = self.device_room(chassis)
-            filtered = {sid: f for sid, f in subscribers.items() if f is not None}
-            for name, value in values.items():
-                skip = [sid for sid, fields in filtered.items() if name not in fields]
-                if len(skip) == len(subscribers):
-                    continue
-                payload = {
-                    "deviceId": chassis,
-                    "sensorType": name,
-                    "value": value,
-                    "timestamp": ts,
-                }
-                await self.gw.emit("device-update", payload, to=room, skip_sid=skip or None)
+        outboxes = self.gw.outboxes
+        if subscribers and any(sid not in outboxes for sid in subscribers):
+            for sids, data in self._updates(chassis, msg_type, values, head, subscribers):
+                await self._device_update(chassis, sids, data, direct=False)
         mode = self.gw.sensor_data
         if mode == "off":
             return
@@ -439,18 +507,17 @@ class _OrgFeed:
 
     async def _tick_once(self) -> None:
         now = time.monotonic()
-        for machine in self.machines.values():
-            if (
-                machine.online
-                and machine.arrived is not None
-                and now - machine.arrived > OFFLINE_AFTER_S
-            ):
-                machine.online = False
-                await self._emit_status(machine.chassis)
+        machines = self.machines
+        for chassis in list(self.online):
+            machine = machines.get(chassis)
+            if machine is None or not machine.online(now):
+                self.online.discard(chassis)
+                if machine is not None:
+                    await self._emit_status(chassis)
         await self.gw.emit("dashboard:update", self.summary(), to=self.room)
         await self.gw.check_clients(self.clients)
-        if now - self.refreshed >= MACHINES_REFRESH_S:
-            await self.refresh_machines()
+        if self.state is not None:
+            await self.state.ensure()  # the machine list, re-read every 30 s
 
     def summary(self) -> dict[str, Any]:
         machines = [
@@ -458,7 +525,7 @@ class _OrgFeed:
                 "deviceId": m.chassis,
                 "name": m.name,
                 "model": m.model,
-                "status": "online" if m.online else "offline",
+                "status": "online" if m.chassis in self.online else "offline",
                 "lastSeen": m.last_seen,
                 "values": m.values,
             }
@@ -467,10 +534,13 @@ class _OrgFeed:
         return {
             "org": self.org,
             "machines": machines,
-            "online": sum(1 for m in self.machines.values() if m.online),
+            "online": sum(1 for m in self.machines.values() if m.chassis in self.online),
             "total": len(machines),
             "timestamp": int(time.time() * 1000),
         }
+
+
+_NOT_CONNECTED = {"ok": False, "error": {"code": "not_connected", "message": "not connected"}}
 
 
 def _device_request(data: Any) -> tuple[str, frozenset[str] | None]:
@@ -492,6 +562,36 @@ def _device_request(data: Any) -> tuple[str, frozenset[str] | None]:
     return device, fields
 
 
+Since = dict[str, tuple[str, int]]
+"""Message type → (epoch, seq) of the last reading a client got from that channel."""
+
+
+def _since(data: Any) -> Since | None:
+    """The ``since`` of a subscription (``None`` when not asked); raises _Refused."""
+    raw = data.get("since") if isinstance(data, dict) else None
+    if raw is None:
+        return None
+    kinds = {t.value for t in MsgType}
+    if not isinstance(raw, dict) or not set(raw) <= kinds:
+        raise _Refused(
+            "bad_request", f"since must map message types ({sorted(kinds)}) to positions"
+        )
+    since: Since = {}
+    for msg_type, pos in raw.items():
+        epoch = pos.get("epoch") if isinstance(pos, dict) else None
+        seq = pos.get("seq") if isinstance(pos, dict) else None
+        if (
+            not isinstance(epoch, str)
+            or not 0 < len(epoch) <= 64
+            or not isinstance(seq, int)
+            or isinstance(seq, bool)
+            or seq < 0
+        ):
+            raise _Refused("bad_request", 'a position is {"epoch": "…", "seq": n}')
+        since[msg_type] = (epoch, seq)
+    return since
+
+
 class SocketGateway:
     """The Socket.IO server of one runtime; ``asgi(app)`` mounts it beside ``app``."""
 
@@ -503,10 +603,13 @@ class SocketGateway:
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
         client_queue: int = CLIENT_QUEUE,
         stall_seconds: float | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         if sensor_data not in SENSOR_DATA_MODES:
             raise ValueError(f"sensor_data must be one of {SENSOR_DATA_MODES}")
         self.rt = rt
+        self.fleet = fleet if fleet is not None else Fleet(rt)
+        """The gateway's shared fleet state (the app's, when mounted on it)."""
         self.sensor_data = sensor_data
         self.max_subscriptions = max_subscriptions
         self.sio = _Server(
@@ -526,6 +629,8 @@ class SocketGateway:
         self._feeds: dict[str, _OrgFeed] = {}
         self._live: dict[str, int] = {}
         """Socket.IO session id → its handle in the security service's live registry."""
+        self.outboxes: dict[str, Outbox] = {}
+        """Socket.IO session id → its fan-out outbox (WebSocket clients of the server layer)."""
         self._lock = asyncio.Lock()
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
@@ -600,6 +705,7 @@ class SocketGateway:
                 "too many live connections", {"code": "too_many_connections"}
             )
         self._live[sid] = handle
+        self._attach(sid, environ)
         org = principal.org
         async with self._lock:
             feed = self._feeds.get(org)
@@ -612,6 +718,27 @@ class SocketGateway:
         CLIENTS.set(len(self._clients))
         await self.sio.enter_room(sid, feed.room)
         self.sio.start_background_task(self._welcome, sid, feed)
+
+    def _attach(self, sid: str, environ: dict[str, Any]) -> None:
+        """Give a client on a WebSocket of the server layer an outbox of the fan-out core:
+        its device updates are written straight to its transport (see "Under stress")."""
+        scope = environ.get("asgi.scope") or {}
+        raw = (
+            scope.get("extensions", {}).get(RAW_WEBSOCKET)
+            if scope.get("type") == "websocket"
+            else None
+        )
+        if not isinstance(raw, LimitedWebSocket):
+            return
+
+        def stalled() -> None:
+            log.info("disconnecting a Socket.IO client that took nothing for %g s", stall)
+            raw.close_now(1013, "client too slow")
+
+        stall = self.sio.eio.stall_seconds
+        outbox = _Outbox(raw.transport, DEVICE_UPDATE, stalled, self.sio.eio.client_queue, stall)
+        raw.attach(outbox)
+        self.outboxes[sid] = outbox
 
     def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
         headers = {"host": environ.get("HTTP_HOST", "")}
@@ -656,6 +783,11 @@ class SocketGateway:
         await self.emit("dashboard:data", feed.summary(), to=sid)
 
     async def _disconnect(self, sid: str, reason: Any = None) -> None:
+        outbox = self.outboxes.pop(sid, None)
+        if outbox is not None:
+            outbox.close()
+        for each in self._feeds.values():
+            each.positions.discard(sid)
         handle = self._live.pop(sid, None)
         if handle is not None:
             security(self.rt).close_live(handle)
@@ -684,17 +816,18 @@ class SocketGateway:
 
     async def _refuse(self, sid: str, code: str, message: str, device: Any) -> dict[str, Any]:
         observe.CLIENT_ERRORS.labels(code).inc()
-        body = {"code": code, "message": message, "deviceId": device}
+        body = {"error": {"code": code, "message": message}, "deviceId": device}
         await self.emit("error", body, to=sid)
         return {"ok": False, **body}
 
     async def _subscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
         client = self._clients.get(sid)
         if client is None:
-            return {"ok": False, "code": "not_connected", "message": "not connected"}
+            return _NOT_CONNECTED
         device: Any = data.get("deviceId") if isinstance(data, dict) else data
         try:
             device, fields = _device_request(data)
+            since = _since(data)
         except _Refused as exc:
             return await self._refuse(sid, exc.code, str(exc), device)
         org = client.org
@@ -713,7 +846,7 @@ class SocketGateway:
             )
         feed = self._feeds.get(org)
         if feed is None:
-            return {"ok": False, "code": "not_connected", "message": "not connected"}
+            return _NOT_CONNECTED
         if device not in client.subscriptions:
             self.rt.viewers.joined(org, device)  # real-time follows viewers
         client.subscriptions[device] = fields
@@ -722,18 +855,42 @@ class SocketGateway:
         await self.sio.enter_room(sid, room)
         machine = feed.machines.get(device)
         if machine is not None:
-            await self.emit("device-update", machine.status(), to=sid)
-        return {
+            await self.emit("device-update", _status(machine, device in feed.online), to=sid)
+        answer = {
             "ok": True,
             "deviceId": device,
             "room": room,
             "fields": sorted(fields) if fields is not None else None,
         }
+        if since is not None:
+            feed.positions.add(sid)
+            answer["recovered"] = await self._recover(feed, sid, device, fields, since)
+        return answer
+
+    async def _recover(
+        self,
+        feed: _OrgFeed,
+        sid: str,
+        device: str,
+        fields: frozenset[str] | None,
+        since: Since,
+    ) -> bool:
+        """Send ``sid`` the readings of ``device`` after ``since`` from the pub/sub's history
+        (any gateway's: the history is shared); whether all of them were still there."""
+        recovered = True
+        for msg_type, position in since.items():
+            channel = live_channel(feed.org, device, msg_type)
+            complete, missed = await self.rt.hub.missed_since(channel, position)
+            recovered = recovered and complete
+            for values, head in missed:
+                for sids, data in feed._updates(device, msg_type, values, head, {sid: fields}):
+                    await feed._device_update(device, sids, data)
+        return recovered
 
     async def _unsubscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
         client = self._clients.get(sid)
         if client is None:
-            return {"ok": False, "code": "not_connected", "message": "not connected"}
+            return _NOT_CONNECTED
         device: Any = data.get("deviceId") if isinstance(data, dict) else data
         try:
             device, _ = _device_request(data)
@@ -777,7 +934,13 @@ def socket_gateway(rt: Runtime, **options: Any) -> SocketGateway:
 
 
 def with_socketio(app: Any, rt: Runtime, **options: Any) -> socketio.ASGIApp:
-    """``app`` with Socket.IO mounted at ``/socket.io/`` (lifespan and the rest go to ``app``)."""
+    """``app`` with Socket.IO mounted at ``/socket.io/`` (lifespan and the rest go to ``app``).
+
+    Socket.IO shares ``app``'s fleet state (``app.state.fleet``, made by ``create_app``)."""
+    state = getattr(app, "state", None)
+    fleet = getattr(state, "fleet", None) if state is not None else None
+    if fleet is not None:
+        options.setdefault("fleet", fleet)
     return socket_gateway(rt, **options).asgi(app)
 
 

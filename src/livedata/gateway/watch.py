@@ -53,21 +53,29 @@ Each period a tag table stream sends, per tag, only the newest value that arrive
 in the period: ``data: {"NAME":…,"TIME":…,"VALUE":…}``.  A new stream first sends
 each tag's current value (the newest stored in the last 10 minutes), so a
 dashboard opens filled.  Nothing reads the database per period: values come from
-the pipeline (:meth:`~livedata.gateway.hub.Hub.listen`) into one bounded ring
-per live channel, shared by every stream of that channel.
+the pipeline (an in-process listener of the fan-out core,
+:meth:`~livedata.gateway.fanout.Fanout.listen`) into one bounded ring per live
+channel, shared by every stream of that channel.  The request's parameters, the
+event ids and the bytes of events are the sans-I/O :mod:`livedata.gateway.protocol.sse`.
 
-Resuming: every event has ``id: {epoch}-{prev}-{cover}-{index}`` -- the process's
-epoch, the ring positions the event's period covered and its index in the
-period.  A client that reconnects with ``Last-Event-ID`` (browsers' EventSource
-does so by itself) gets exactly the events it missed: the rest of its last
-period, then one period-sized bucket of newest values after another, then live.
-A ring keeps the last 10 minutes (at most 2,000 messages per channel) and is
-kept 10 minutes after its last stream left, so a client can be away that long.
-When what it missed is gone (too old, evicted from a busy ring, or another
-process/restart: the epoch differs) it gets ``event: gap`` with a JSON
-``{"code":"gap","message":…,"lastEventId":…}`` and then what is still there;
-it should fill the hole from the history API.  The ring is per gateway process
-(the distributed shape reconnecting to another gateway gets a ``gap``).
+Resuming: every event has ``id: {epoch}-{prev}-{cover}-{index}[-{resume}]`` --
+the process's epoch, the ring positions the event's period covered, its index in
+the period and, for tag tables, the same period in the pub/sub's own terms (per
+channel, its epoch and the seq of its messages at the period's start and end:
+:func:`~livedata.gateway.protocol.sse.format_marks`).  A client that reconnects
+with ``Last-Event-ID`` (browsers' EventSource does so by itself) gets exactly the
+events it missed: the rest of its last period, then one period-sized bucket of
+newest values after another, then live.  On the same process this comes from the
+rings: a ring keeps the last 10 minutes (at most 2,000 messages per channel) and
+is kept 10 minutes after its last stream left.  On another gateway process (the
+distributed shape behind a load balancer) or after a restart, a tag stream is
+resumed from the pub/sub's history instead (the channels' last
+``live_history_seconds``, 180 s by default; buckets cut by record time), so it
+recovers there too; log tables live in one process and are resumed there only.
+When what it missed is gone (too old, evicted from a busy ring or the history, a
+log table of another process) it gets ``event: gap`` with a JSON
+``{"code":"gap","message":…,"lastEventId":…}`` and then the current values; it
+should fill the hole from the history API.
 
 Errors -- unknown table or organisation (404), missing or malformed tags, bad
 ``period``/``keep-alive``/``timeformat``/``tz``/``parallelism``, ``max-rows``
@@ -76,15 +84,20 @@ sent before the stream starts.
 
 Under stress: at most 1,000 streams per process and 100 tags per stream; a
 stream's memory is its plan, rings are bounded by entries and age, and at most
-2,000 rings exist; a slow client only slows its own stream (each period is one
-write, the next period is computed when the previous one was written, so a client
-that cannot keep up gets fewer, newer periods -- the newest value of each tag
-wins, nothing queues for it beyond one period's write and the socket's buffers).
-A client whose stream accepts nothing for ``client_stall_seconds`` (default 30 s;
-its TCP window is full) is given up: the stream ends, its rings and its stream
-slot are released (counted in ``livedata_stalled_clients``; uvicorn logs "ASGI
-callable returned without completing response"), and the connection is closed
-once the peer reads or goes away; ``Last-Event-ID`` resumes it.
+2,000 rings exist.  A stream's events go out through the fan-out core's outbox
+(:class:`~livedata.gateway.fanout.Outbox`, the policy of every live transport):
+each event is framed once (:class:`~livedata.gateway.protocol.sse.SseFraming`) and
+written through while the client keeps up; one writer task per stream hands what
+accumulated to the HTTP server in one piece.  When more than :data:`HIGH_WATER`
+bytes wait for the client, events queue in the outbox (at most
+:data:`STREAM_QUEUE`; beyond, the oldest is dropped and the next event's data
+carries ``"missed": n``) and go out in one write once it caught up.  A client whose
+stream makes no progress for ``client_stall_seconds`` (default 30 s; its TCP
+window is full) is given up by the outbox's stall clock (one timer per stream):
+the stream ends, its rings and its stream slot are released (counted in
+``livedata_stalled_clients``; uvicorn logs "ASGI callable returned without
+completing response"), and the connection is closed once the peer reads or goes
+away; ``Last-Event-ID`` resumes it.
 
 Write
 -----
@@ -112,31 +125,35 @@ import asyncio
 import csv
 import io
 import logging
-import math
-import re
 import secrets
 import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 from weakref import WeakKeyDictionary
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Gauge
 
-from livedata import observe
 from livedata.decode.values import decode_values
 from livedata.devices.base import Delivery
 from livedata.errors import DecodeError, InputError, NotFound
+from livedata.gateway.fanout import Fanout, Outbox
+from livedata.gateway.protocol import sse
+from livedata.gateway.protocol.sse import (
+    Event,
+    Mark,
+    TimeFormat,
+    TooLarge,
+    WatchParams,
+    parse_duration,
+)
 from livedata.gateway.security import principal_of
 from livedata.gateway.sio import emit_device_update
-from livedata.gateway.stall import StallClock, Stalled
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
 if TYPE_CHECKING:
@@ -157,15 +174,7 @@ LOG_TABLES = {
     "audit": "logins, token changes, commands and configuration changes (admins only)",
 }
 
-MAX_TAGS = 100
 MAX_STREAMS = 1_000
-MAX_ROWS_DEFAULT = 20
-MAX_ROWS_LIMIT = 100
-PERIOD_DEFAULT = 3.0
-PERIOD_MIN = 1.0
-DURATION_MAX = 3_600.0
-KEEPALIVE_DEFAULT = 30.0
-KEEPALIVE_MIN = 1.0
 RING_SECONDS = 600.0
 RING_ENTRIES = 2_000
 MAX_RINGS = 2_000
@@ -177,7 +186,6 @@ WRITE_MAX_BYTES = 4 * 1024 * 1024
 WRITE_MAX_ROWS = 10_000
 WRITE_ACK_TIMEOUT_S = 15.0
 REALTIME_WINDOW_MS = 600_000
-TS_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 STREAMS = Gauge("livedata_watch_streams", "Open SSE watch streams")
 RINGS = Gauge("livedata_watch_rings", "Live channels buffered for SSE watch streams")
@@ -188,174 +196,8 @@ WRITTEN = Counter("livedata_write_rows", "Rows written through POST /db/write", 
 # --------------------------------------------------------------------------- parameters
 
 
-class TooLarge(InputError):
-    code = "too_large"
-
-
 class _Busy(Exception):
     """A process-wide bound is reached (503)."""
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_DURATION_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(text: str, name: str) -> float:
-    """A Go duration (``1m30s``, ``500ms``; a bare number is seconds) in seconds."""
-    raw = text.strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", raw):
-        return float(raw)
-    pos, total = 0, 0.0
-    while pos < len(raw):
-        match = _DURATION_PART.match(raw, pos)
-        if match is None:
-            raise InputError(f"{name} {text!r} is not a duration such as 500ms, 3s or 1m")
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if not raw:
-        raise InputError(f"{name} is empty: give a duration such as 3s")
-    return total
-
-
-def _bounded_duration(text: str | None, name: str, default: float, minimum: float) -> float:
-    if text is None:
-        return default
-    value = parse_duration(text, name)
-    if value < minimum:
-        raise InputError(f"{name} {text!r} is below the minimum of {minimum:g}s")
-    if value > DURATION_MAX:
-        raise InputError(f"{name} {text!r} is above the maximum of {DURATION_MAX:g}s")
-    return value
-
-
-def parse_tz(text: str | None) -> tzinfo | None:
-    """``UTC`` (default), ``Local`` (``None``: the server's zone) or an IANA name."""
-    if text is None or text.upper() == "UTC":
-        return UTC
-    if text.lower() == "local":
-        return None
-    if len(text) > 64:
-        raise InputError("tz is too long")
-    try:
-        return ZoneInfo(text)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InputError(
-            f"unknown tz {text!r}: use UTC, Local or a location such as Asia/Seoul"
-        ) from None
-
-
-_MS_PER = {"s": 1000, "ms": 1, "us": 0.001, "ns": 0.000001}
-_DEFAULT_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?\Z")
-
-
-@dataclass(frozen=True, slots=True)
-class TimeFormat:
-    """How TIME is written out and read in: ``s``, ``ms``, ``us``, ``ns`` or ``default``."""
-
-    name: str
-    tz: tzinfo | None
-
-    @classmethod
-    def parse(cls, timeformat: str | None, tz: str | None) -> TimeFormat:
-        name = (timeformat or "ns").lower()
-        if name not in ("s", "ms", "us", "ns", "default"):
-            raise InputError(f"unknown timeformat {timeformat!r}: use s, ms, us, ns or default")
-        return cls(name, parse_tz(tz))
-
-    def format(self, ts_ms: int) -> int | str:
-        if self.name == "ms":
-            return ts_ms
-        if self.name == "s":
-            return ts_ms // 1000
-        if self.name == "us":
-            return ts_ms * 1000
-        if self.name == "ns":
-            return ts_ms * 1_000_000
-        seconds, millis = divmod(ts_ms, 1000)
-        when = datetime.fromtimestamp(seconds, self.tz)
-        text = when.strftime("%Y-%m-%d %H:%M:%S")
-        return f"{text}.{millis:03d}".rstrip("0") if millis else text
-
-    def to_ms(self, raw: object) -> int:
-        """A TIME value as given by a writer, in milliseconds since the epoch."""
-        if self.name == "default":
-            match = _DEFAULT_TIME.match(raw.strip()) if isinstance(raw, str) else None
-            if match is None:
-                raise ValueError(f"TIME {raw!r} is not like 2006-01-02 15:04:05.999")
-            year, month, day, hour, minute, second = (int(p) for p in match.groups()[:6])
-            try:
-                when = datetime(year, month, day, hour, minute, second, tzinfo=self.tz)
-            except ValueError as exc:
-                raise ValueError(f"TIME {raw!r}: {exc}") from None
-            millis = int((match.group(7) or "0").ljust(3, "0")[:3])
-            ms = int(when.timestamp()) * 1000 + millis
-        else:
-            if isinstance(raw, bool):
-                raise ValueError(f"TIME {raw!r} is not a number of {self.name}")
-            if isinstance(raw, str) and re.fullmatch(r"\d+(?:\.\d+)?", raw.strip()):
-                raw = float(raw) if "." in raw else int(raw)
-            if isinstance(raw, int):
-                divisor = {"s": 1, "ms": 1, "us": 1000, "ns": 1_000_000}[self.name]
-                ms = raw * 1000 if self.name == "s" else raw // divisor
-            elif isinstance(raw, float) and math.isfinite(raw):
-                ms = int(raw * _MS_PER[self.name])
-            else:
-                raise ValueError(f"TIME {raw!r} is not a number of {self.name}")
-        if not 0 <= ms <= TS_MAX_MS:
-            raise ValueError(f"TIME {raw!r} is out of range")
-        return ms
-
-
-@dataclass(frozen=True, slots=True)
-class WatchParams:
-    period: float
-    keep_alive: float
-    fmt: TimeFormat
-    tags: tuple[str, ...]
-    max_rows: int
-    parallelism: int
-
-    @classmethod
-    def from_query(cls, query: Any) -> WatchParams:
-        period = _bounded_duration(query.get("period"), "period", PERIOD_DEFAULT, PERIOD_MIN)
-        keep_alive = _bounded_duration(
-            query.get("keep-alive"), "keep-alive", KEEPALIVE_DEFAULT, KEEPALIVE_MIN
-        )
-        fmt = TimeFormat.parse(query.get("timeformat"), query.get("tz"))
-        max_rows = _int_param(query.get("max-rows"), "max-rows", MAX_ROWS_DEFAULT)
-        if not 1 <= max_rows <= MAX_ROWS_LIMIT:
-            raise InputError(f"max-rows {max_rows} is out of range: 1 to {MAX_ROWS_LIMIT}")
-        parallelism = _int_param(query.get("parallelism"), "parallelism", 0)
-        if parallelism < 0:
-            raise InputError("parallelism must be 0 or more")
-        tags: list[str] = []
-        for value in query.getlist("tag"):
-            tags.extend(t.strip() for t in value.split(",") if t.strip())
-        tags = list(dict.fromkeys(tags))
-        if len(tags) > MAX_TAGS:
-            raise InputError(f"{len(tags)} tags; at most {MAX_TAGS} per stream")
-        bad = [t for t in tags if len(t) > 200]
-        if bad:
-            raise InputError("a tag name is longer than 200 characters")
-        return cls(period, keep_alive, fmt, tuple(tags), max_rows, parallelism)
-
-
-def _int_param(text: str | None, name: str, default: int) -> int:
-    if text is None:
-        return default
-    try:
-        return int(text)
-    except ValueError:
-        raise InputError(f"{name} {text!r} is not an integer") from None
 
 
 # --------------------------------------------------------------------------- rings
@@ -369,6 +211,14 @@ class Entry:
     ts: int
     """The record's (or row's) TIME in ms."""
     payload: Mapping[str, Any]
+    head: Mapping[str, Any] | None = None
+    """The channel message's ``ts``, ``seq``, ``epoch`` (live channels; shared, read only)."""
+
+    @property
+    def mark(self) -> Mark:
+        """Its position in its pub/sub channel."""
+        head = self.head
+        return (head["epoch"], head["seq"]) if head is not None else None
 
 
 class Ring:
@@ -425,17 +275,19 @@ class Ring:
         return out
 
 
-Event = tuple[str | None, dict[str, Any]]
-"""(event name or None for a plain message, JSON data)."""
-
-
 class Plan:
     """What one stream watches: which rings, and how a range of them becomes events."""
 
     rings: list[Ring]
+    key: Any = None
+    """Streams with equal keys get the same events each period (see :class:`_Group`)."""
 
     def collect(self, lo: int, hi: int) -> list[Event]:
         raise NotImplementedError
+
+    def marks_at(self, hi: int) -> list[Mark]:
+        """Per source channel, its position after the arrivals up to ``hi`` (tag tables)."""
+        return []
 
     async def snapshot(self) -> list[Event]:
         return []
@@ -455,14 +307,48 @@ class TagPlan(Plan):
         self.rt, self.org, self.sources, self.fmt = rt, org, sources, fmt
         self.rings = []
         self.by_channel: dict[str, Ring] = {}
+        self.floor: dict[str, tuple[str, int]] = {}
+        """Channel positions already sent from the pub/sub's history (a resume): ring
+        entries up to them are skipped."""
 
     def _event(self, name: str, ts: int, value: Any) -> Event:
         return None, {"NAME": name, "TIME": self.fmt.format(ts), "VALUE": value}
 
     def collect(self, lo: int, hi: int) -> list[Event]:
-        best: dict[int, tuple[int, int, str, Any]] = {}
+        return self.events_of(
+            (source, self.by_channel[source.channel].between(lo, hi)) for source in self.sources
+        )
+
+    def marks_at(self, hi: int) -> list[Mark]:
+        marks: list[Mark] = []
         for source in self.sources:
-            for entry in self.by_channel[source.channel].between(lo, hi):
+            mark: Mark = None
+            after: Entry | None = None
+            for entry in reversed(self.by_channel[source.channel].entries):
+                if entry.seq <= hi:
+                    mark = entry.mark
+                    break
+                after = entry
+            if mark is None and after is not None and after.head is not None:
+                # a channel numbers its messages one by one: the one before the first
+                # that arrived after ``hi``
+                mark = (after.head["epoch"], after.head["seq"] - 1)
+            floor = self.floor.get(source.channel)
+            if floor is not None and (mark is None or (mark[0] == floor[0] and mark[1] < floor[1])):
+                mark = floor
+            marks.append(mark)
+        return marks
+
+    def events_of(self, found: Iterable[tuple[_Source, Iterable[Entry]]]) -> list[Event]:
+        """Per tag, the newest value among ``found`` entries (not below the floor)."""
+        best: dict[int, tuple[int, int, str, Any]] = {}
+        for source, entries in found:
+            floor = self.floor.get(source.channel)
+            for entry in entries:
+                if floor is not None and entry.head is not None:
+                    head = entry.head
+                    if head["epoch"] == floor[0] and head["seq"] <= floor[1]:
+                        continue
                 values = entry.payload
                 for index, name, fld in source.tags:
                     if fld in values:
@@ -618,29 +504,6 @@ def decode_error_rows(
 # --------------------------------------------------------------------------- the service
 
 
-@dataclass(frozen=True, slots=True)
-class _Position:
-    epoch: str
-    prev: int
-    cover: int
-    index: int
-
-
-def _parse_id(text: str | None) -> _Position | None:
-    if not text:
-        return None
-    parts = text.strip().split("-")
-    if len(parts) != 4:
-        return None
-    try:
-        prev, cover, index = int(parts[1]), int(parts[2]), int(parts[3])
-    except ValueError:
-        return None
-    if not 0 <= prev <= cover or index < 0:
-        return None
-    return _Position(parts[0], prev, cover, index)
-
-
 class WatchService:
     """The rings, log tables and streams of one runtime (one gateway process)."""
 
@@ -653,6 +516,10 @@ class WatchService:
         self._rings: dict[str, Ring] = {}
         self._lock = asyncio.Lock()
         self.log_tables = LogTables(self.next_seq, lambda: self.seq)
+        self._groups: dict[Any, _Group] = {}
+        hub = rt.hub
+        self.history: Fanout = hub if isinstance(hub, Fanout) else Fanout(rt.pubsub)
+        """Reads the pub/sub's history (:meth:`Fanout.missed_since`) to resume streams."""
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -690,7 +557,9 @@ class WatchService:
 
     def _listener(self, ring: Ring) -> Callable[[dict[str, Any], dict[str, Any]], None]:
         def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
-            ring.append(Entry(self.next_seq(), int(time.time() * 1000), int(head["ts"]), values))
+            ring.append(
+                Entry(self.next_seq(), int(time.time() * 1000), int(head["ts"]), values, head)
+            )
 
         return on_message
 
@@ -737,7 +606,9 @@ class WatchService:
             ring = self.log_tables.ring(org, table)
             if ring is None:
                 raise _Busy("too many log tables are open")
-            return LogPlan(table, ring, params.fmt, params.max_rows)
+            plan: Plan = LogPlan(table, ring, params.fmt, params.max_rows)
+            plan.key = (org, table, params.fmt, params.period, params.max_rows)
+            return plan
         if not params.tags:
             raise InputError(f"{table} is a tag table: give one or more tag parameters")
         sources: dict[str, _Source] = {}
@@ -760,7 +631,9 @@ class WatchService:
             source = _Source(channel, USER_CHASSIS, table)
             source.tags = [(i, t, t) for i, t in enumerate(params.tags)]
             sources[channel] = source
-        return TagPlan(self.rt, org, list(sources.values()), params.fmt)
+        plan = TagPlan(self.rt, org, list(sources.values()), params.fmt)
+        plan.key = (org, table, params.tags, params.fmt, params.period)
+        return plan
 
     async def _split_tag(self, org: str, tag: str) -> tuple[str, str]:
         """``{chassisId}.{field}`` at the longest prefix that is a machine of ``org``."""
@@ -779,26 +652,25 @@ class WatchService:
 
     # streaming --------------------------------------------------------------
 
-    def _id(self, prev: int, cover: int, index: int) -> str:
-        return f"{self.epoch}-{prev}-{cover}-{index}"
+    def _encode(
+        self,
+        events: Sequence[Event],
+        prev: int,
+        cover: int,
+        start: int = 0,
+        marks: tuple[Sequence[Mark], Sequence[Mark]] | None = None,
+    ) -> list[sse.Frame]:
+        """Frames of one period; ``marks`` (start, end) make its ids resumable anywhere."""
+        resume = sse.format_marks(*marks) if marks and marks[1] else ""
+        return sse.frames(events, self.epoch, prev, cover, start, resume)
 
-    def _encode(self, events: Sequence[Event], prev: int, cover: int, start: int = 0) -> bytes:
-        out = bytearray()
-        for index, (name, data) in enumerate(events):
-            if index < start:
-                continue
-            out += b"id: " + self._id(prev, cover, index).encode() + b"\n"
-            if name:
-                out += b"event: " + name.encode() + b"\n"
-            out += b"data: " + orjson.dumps(data) + b"\n\n"
-            EVENTS.labels(name or "message").inc()
-        return bytes(out)
+    def _gap(self, at: int, last_event_id: str | None, message: str, plan: Plan) -> list[sse.Frame]:
+        marks = plan.marks_at(at)
+        return self._encode([sse.gap_event(last_event_id, message)], at, at, 0, (marks, marks))
 
-    def _gap(self, at: int, last_event_id: str | None, message: str) -> bytes:
-        data = {"code": "gap", "message": message, "lastEventId": last_event_id}
-        return self._encode([("gap", data)], at, at)
-
-    def _replay(self, plan: Plan, start: int, end: int, period_ms: int) -> Iterable[bytes]:
+    def _replay(
+        self, plan: Plan, start: int, end: int, period_ms: int
+    ) -> Iterable[list[sse.Frame]]:
         """What happened in ``(start, end]``, one period-sized bucket (by arrival) at a time."""
         entries = sorted(
             ((e.seq, e.at_ms) for ring in plan.rings for e in ring.between(start, end)),
@@ -810,22 +682,76 @@ class WatchService:
             elif at_ms >= bucket_start + period_ms:
                 events = plan.collect(prev, last)
                 if events:
-                    yield self._encode(events, prev, last)
+                    marks = (plan.marks_at(prev), plan.marks_at(last))
+                    yield self._encode(events, prev, last, 0, marks)
                 prev, bucket_start = last, at_ms
             last = seq
         if last > prev:
             events = plan.collect(prev, last)
             if events:
-                yield self._encode(events, prev, last)
+                yield self._encode(
+                    events, prev, last, 0, (plan.marks_at(prev), plan.marks_at(last))
+                )
+
+    async def _from_history(
+        self, plan: TagPlan, pos: sse.EventId, at: int, period_ms: int
+    ) -> list[list[sse.Frame]] | None:
+        """What a client resuming from another process (or before a restart) missed, from
+        the pub/sub's history: the rest of its last period, then period-sized buckets (by
+        record time); ``None`` when some of it is not there any more."""
+        parsed = sse.parse_marks(pos.resume, len(plan.sources))
+        if parsed is None:
+            return None
+        start_marks, end_marks = parsed
+        missed: list[list[Entry]] = []
+        for source, mark in zip(plan.sources, start_marks, strict=True):
+            if mark is None:
+                return None
+            recovered, messages = await self.history.missed_since(source.channel, mark)
+            if not recovered:
+                return None
+            missed.append([Entry(h["seq"], h["ts"], h["ts"], v, h) for v, h in messages])
+        out: list[list[sse.Frame]] = []
+        floor: dict[str, tuple[str, int]] = {}
+        rest: list[tuple[_Source, list[Entry]]] = []
+        later: list[tuple[int, int, _Source, Entry]] = []
+        for n, (source, entries, end) in enumerate(
+            zip(plan.sources, missed, end_marks, strict=True)
+        ):
+            cut = end[1] if end is not None else 0
+            rest.append((source, [e for e in entries if e.seq <= cut]))
+            later.extend((e.ts, n, source, e) for e in entries if e.seq > cut)
+            newest = entries[-1].mark if entries else start_marks[n]
+            if newest is not None:
+                floor[source.channel] = newest
+        marks = list(end_marks)
+        events = plan.events_of(rest)
+        if len(events) > pos.index + 1:
+            out.append(self._encode(events, at, at, pos.index + 1, (start_marks, marks)))
+        later.sort(key=lambda item: item[:2])
+        bucket: list[tuple[_Source, list[Entry]]] = []
+        bucket_start: int | None = None
+        before = list(marks)
+        for ts, n, source, entry in later:
+            if bucket_start is None:
+                bucket_start = ts
+            elif ts >= bucket_start + period_ms:
+                out.append(self._encode(plan.events_of(bucket), at, at, 0, (before, list(marks))))
+                bucket, bucket_start, before = [], ts, list(marks)
+            bucket.append((source, [entry]))
+            marks[n] = entry.mark
+        if bucket:
+            out.append(self._encode(plan.events_of(bucket), at, at, 0, (before, marks)))
+        plan.floor.update(floor)  # live values from here on are the ones after these
+        return [frames for frames in out if frames]
 
     async def stream(
         self, plan: Plan, params: WatchParams, last_event_id: str | None
-    ) -> AsyncIterator[bytes]:
-        """The event stream of one client; releases everything when the client goes."""
+    ) -> AsyncIterator[list[sse.Frame]]:
+        """The event stream of one client, a list of frames at a time (an empty list: a
+        keep-alive is due); releases everything when the client goes."""
         acquired: list[Ring] = []
-        viewed: list[
-            tuple[str, str]
-        ] = []  # machines this stream watches: real-time follows viewers
+        viewed: list[tuple[str, str]] = []  # its machines: real-time follows viewers
         self.streams += 1
         STREAMS.inc()
         try:
@@ -843,44 +769,31 @@ class WatchService:
                     acquired.append(ring)
             period_ms = int(params.period * 1000)
             prev = self.seq
-            pos = _parse_id(last_event_id)
-            if last_event_id is not None and (
-                pos is None or pos.epoch != self.epoch or pos.cover > self.seq
+            pos = sse.EventId.parse(last_event_id)
+            elsewhere = None
+            if (
+                pos is not None
+                and pos.resume
+                and isinstance(plan, TagPlan)
+                and (pos.epoch != self.epoch or pos.cover > self.seq)
             ):
-                yield self._gap(
-                    prev,
-                    last_event_id,
-                    "Last-Event-ID is from another server process or not understood; "
-                    "fill the gap from history",
-                )
-                pos = None
-            if pos is None:
-                try:
-                    events = await plan.snapshot()
-                except Exception as exc:  # the store is down: live values still flow
-                    log.warning("watch snapshot failed: %s", exc)
-                    events = []
-                if events:
-                    yield self._encode(events, prev, prev)
+                elsewhere = await self._from_history(plan, pos, prev, period_ms)
+            if elsewhere is not None:
+                for frames in elsewhere:
+                    yield frames
             else:
-                lost = max(ring.lost_upto for ring in plan.rings)
-                start = pos.prev if pos.prev < pos.cover else pos.cover
-                if lost > start:
-                    yield self._gap(
-                        max(lost, pos.cover),
-                        last_event_id,
-                        "some of what was missed is no longer buffered; fill the gap from history",
-                    )
-                elif pos.prev < pos.cover:
-                    rest = self._encode(
-                        plan.collect(pos.prev, pos.cover), pos.prev, pos.cover, pos.index + 1
-                    )
-                    if rest:
-                        yield rest
-                for chunk in self._replay(plan, max(lost, pos.cover), prev, period_ms):
+                async for frames in self._resume_here(plan, pos, last_event_id, prev, period_ms):
+                    yield frames
+            if isinstance(plan, TagPlan) and plan.floor:  # resumed from history: its own
+                async for chunk in self._live(plan, params, prev):
                     yield chunk
-            async for chunk in self._live(plan, params, prev):
-                yield chunk
+            else:
+                group = self._join(plan, params, prev)
+                try:
+                    async for chunk in group.follow(prev):
+                        yield chunk
+                finally:
+                    self._leave(group)
         finally:
             for ring in acquired:
                 self.release(ring)
@@ -889,7 +802,82 @@ class WatchService:
             self.streams -= 1
             STREAMS.dec()
 
-    async def _live(self, plan: Plan, params: WatchParams, prev: int) -> AsyncIterator[bytes]:
+    async def _resume_here(
+        self,
+        plan: Plan,
+        pos: sse.EventId | None,
+        last_event_id: str | None,
+        prev: int,
+        period_ms: int,
+    ) -> AsyncIterator[list[sse.Frame]]:
+        """The start of a stream from this process's rings: the current values (a new
+        stream, or ``gap`` first when ``Last-Event-ID`` cannot be resumed), or what the
+        client missed since ``pos``."""
+        if last_event_id is not None and (
+            pos is None or pos.epoch != self.epoch or pos.cover > self.seq
+        ):
+            yield self._gap(
+                prev,
+                last_event_id,
+                "Last-Event-ID is from another server process or not understood, and what "
+                "was missed is not in the live history; fill the gap from history",
+                plan,
+            )
+            pos = None
+        if pos is None:
+            try:
+                events = await plan.snapshot()
+            except Exception as exc:  # the store is down: live values still flow
+                log.warning("watch snapshot failed: %s", exc)
+                events = []
+            if events:
+                now = plan.marks_at(prev)
+                yield self._encode(events, prev, prev, 0, (now, now))
+            return
+        lost = max(ring.lost_upto for ring in plan.rings)
+        start = pos.prev if pos.prev < pos.cover else pos.cover
+        if lost > start:
+            yield self._gap(
+                max(lost, pos.cover),
+                last_event_id,
+                "some of what was missed is no longer buffered; fill the gap from history",
+                plan,
+            )
+        elif pos.prev < pos.cover:
+            marks = (plan.marks_at(pos.prev), plan.marks_at(pos.cover))
+            rest = self._encode(
+                plan.collect(pos.prev, pos.cover), pos.prev, pos.cover, pos.index + 1, marks
+            )
+            if rest:
+                yield rest
+        for chunk in self._replay(plan, max(lost, pos.cover), prev, period_ms):
+            yield chunk
+
+    def _join(self, plan: Plan, params: WatchParams, prev: int) -> _Group:
+        """The group of streams with ``plan``'s key (made with ``plan`` when there is none)."""
+        group = self._groups.get(plan.key)
+        if group is None:
+            group = self._groups[plan.key] = _Group(self, plan, params, prev)
+            for ring in plan.rings:
+                ring.users += 1
+            group.task = asyncio.create_task(group.run(), name="watch-group")
+        group.members += 1
+        return group
+
+    def _leave(self, group: _Group) -> None:
+        group.members -= 1
+        if group.members > 0:
+            return
+        if self._groups.get(group.plan.key) is group:
+            del self._groups[group.plan.key]
+        if group.task is not None:
+            group.task.cancel()
+        for ring in group.plan.rings:
+            self.release(ring)
+
+    async def _live(
+        self, plan: Plan, params: WatchParams, prev: int
+    ) -> AsyncIterator[list[sse.Frame]]:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + params.period
         last_sent = loop.time()
@@ -903,51 +891,200 @@ class WatchService:
                 cover = self.seq
                 events = plan.collect(prev, cover)
                 if events:
-                    yield self._encode(events, prev, cover)
+                    marks = (plan.marks_at(prev), plan.marks_at(cover))
+                    yield self._encode(events, prev, cover, 0, marks)
                     last_sent = loop.time()
                 prev = cover
                 next_tick += params.period
                 if next_tick < now:
                     next_tick = now + params.period
             else:
-                yield b": keep-alive\n\n"
-                EVENTS.labels("keep-alive").inc()
+                yield []
                 last_sent = loop.time()
 
 
 _SERVICES: WeakKeyDictionary[Runtime, WatchService] = WeakKeyDictionary()
 
 
+class _Group:
+    """Streams of one key (table, tags, time format, period …): one period clock and one
+    computation of each period's events, framed once; every member sends the same bytes.
+
+    A member that joined after the group's period began computes that first period
+    itself from its own start (so nothing it already got comes twice); after that it
+    takes the group's frames.  Each member waits for the period (one wake-up per period,
+    not per event) and sends a keep-alive when nothing went out for ``keep-alive``.
+    """
+
+    def __init__(self, service: WatchService, plan: Plan, params: WatchParams, prev: int) -> None:
+        self.service, self.plan, self.params = service, plan, params
+        self.members = 0
+        self.task: asyncio.Task[None] | None = None
+        self.frames: list[sse.Frame] = []
+        self.prev = self.cover = prev
+        """The last period covered ``(prev, cover]``."""
+        self.changed = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        period = self.params.period
+        next_tick = loop.time() + period
+        plan, service = self.plan, self.service
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            prev, cover = self.cover, service.seq
+            try:
+                events = plan.collect(prev, cover)
+                marks = (plan.marks_at(prev), plan.marks_at(cover))
+                self.frames = service._encode(events, prev, cover, 0, marks) if events else []
+            except Exception:  # a bad row must not silence every member for good
+                log.exception("a watch period of %s failed", plan.key)
+                self.frames = []
+            self.prev, self.cover = prev, cover
+            changed, self.changed = self.changed, asyncio.Event()
+            changed.set()
+            now = loop.time()
+            next_tick += period
+            if next_tick < now:
+                next_tick = now + period
+
+    async def follow(self, start: int) -> AsyncIterator[list[sse.Frame]]:
+        """The frames of each period after ``start`` (an empty list: a keep-alive is due)."""
+        loop = asyncio.get_running_loop()
+        keep_alive = self.params.keep_alive
+        last_sent = loop.time()
+        while True:
+            changed = self.changed
+            remaining = last_sent + keep_alive - loop.time()
+            if remaining <= 0:
+                yield []
+                last_sent = loop.time()
+                continue
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                continue
+            frames = self.frames
+            if self.prev < start:  # the first period began before this member
+                if self.cover <= start:
+                    continue
+                events = self.plan.collect(start, self.cover)
+                marks = (self.plan.marks_at(start), self.plan.marks_at(self.cover))
+                frames = self.service._encode(events, start, self.cover, 0, marks)
+                start = self.cover
+            if frames:
+                yield frames
+                last_sent = loop.time()
+
+
 STALL_SECONDS = 30.0
-"""A stream whose write makes no progress for this long ends (``client_stall_seconds``)."""
+"""A stream whose writes make no progress for this long ends (``client_stall_seconds``)."""
+STREAM_QUEUE = 512
+"""Events a stream's outbox holds while its client is behind (a period has up to 100)."""
+HIGH_WATER = 65_536
+"""Bytes handed to the HTTP server and not yet sent above which a stream's outbox queues."""
+
+
+class _AsgiSink:
+    """A watch stream's outbox writes here; one task per stream hands it to ASGI ``send``.
+
+    ``write`` only appends and wakes that task (coalescing whatever came meanwhile into
+    one ``send``); above :data:`HIGH_WATER` bytes not yet sent the outbox is paused, and
+    it resumes (writing what it queued in one piece) once a ``send`` completed and the
+    buffer is below half of it.  Bytes in a ``send`` still in progress count as
+    buffered, so a client that takes nothing keeps the size still and the outbox's
+    stall clock gives it up.
+    """
+
+    __slots__ = ("buffer", "inflight", "outbox", "wake")
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.inflight = 0
+        self.wake = asyncio.Event()
+        self.outbox: Outbox | None = None
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.wake.set()
+        outbox = self.outbox
+        if outbox is not None and not outbox.paused and self.get_write_buffer_size() > HIGH_WATER:
+            outbox.pause_writing()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.buffer) + self.inflight
+
+    async def run(self, send: Any) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.buffer:
+                chunk = bytes(self.buffer)
+                self.buffer.clear()
+                self.inflight = len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.inflight = 0
+                outbox = self.outbox
+                if outbox is not None and outbox.paused and len(self.buffer) < HIGH_WATER // 2:
+                    outbox.resume_writing()
 
 
 class _WatchResponse(StreamingResponse):
-    """The event stream, given up when one write makes no progress for ``stall`` seconds."""
+    """The event stream through the fan-out core's outbox policy (see "Under stress")."""
 
-    def __init__(self, content: AsyncIterator[bytes], stall: float, **kwargs: Any) -> None:
-        super().__init__(content, **kwargs)
+    def __init__(
+        self, content: AsyncIterator[list[sse.Frame]], stall: float, **kwargs: Any
+    ) -> None:
+        super().__init__(iter(()), **kwargs)  # the body comes from ``frames``, not from here
+        self.frames = content
         self.stall = stall
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        clock = StallClock(self.stall)  # one timer per stream, not one per event
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        sink = _AsgiSink()
+        stalled = asyncio.Event()
+        outbox = sink.outbox = Outbox(sink, sse.SSE_FRAMING, stalled.set, STREAM_QUEUE, self.stall)
 
-        async def timed(message: Any) -> None:
-            if message.get("type") != "http.response.body":
-                await send(message)
-                return
-            await clock.send(send(message))
+        async def produce() -> None:
+            async for frames in self.frames:
+                if not frames:
+                    if not outbox.missed and not outbox.queued and not sink.buffer:
+                        outbox.offer(b"{}", sse.KEEP_ALIVE, None)
+                        EVENTS.labels("keep-alive").inc()
+                    continue
+                for payload, wire, head in frames:
+                    outbox.offer(payload, wire, head)
+                    EVENTS.labels(head["event"] or "message").inc()
 
+        async def disconnected() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        tasks = [
+            asyncio.ensure_future(produce()),
+            asyncio.ensure_future(sink.run(send)),
+            asyncio.ensure_future(disconnected()),
+            asyncio.ensure_future(stalled.wait()),
+        ]
         try:
-            await super().__call__(scope, receive, timed)
-        except Stalled:
-            observe.STALLED.inc()
-            log.info("ending a watch stream that took nothing for %g s", self.stall)
-            aclose = getattr(self.body_iterator, "aclose", None)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            outbox.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            aclose = getattr(self.frames, "aclose", None)
             if aclose is not None:
                 await aclose()  # release its rings and stream slot now
-        finally:
-            clock.stop()
+        if stalled.is_set():
+            log.info("ending a watch stream that took nothing for %g s", self.stall)
+            return  # no final chunk: it could not get through; the server closes the socket
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
 
 
 def watch_service(rt: Runtime) -> WatchService:
@@ -1237,7 +1374,7 @@ async def watch(request: Request, table: str) -> Any:
     rt: Runtime = request.app.state.runtime
     service = watch_service(rt)
     name = _table_name(table)
-    params = WatchParams.from_query(request.query_params)
+    params = sse.parse_query(request.url.query)
     org = principal_of(request).org
     try:
         plan = await service.plan(org, name, params)
@@ -1254,8 +1391,8 @@ async def watch(request: Request, table: str) -> Any:
     return _WatchResponse(
         service.stream(plan, params, last_event_id),
         getattr(rt.settings, "client_stall_seconds", STALL_SECONDS),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        media_type=sse.MEDIA_TYPE,
+        headers=sse.HEADERS,
     )
 
 
