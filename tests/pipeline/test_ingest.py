@@ -54,6 +54,14 @@ async def first_batch(log: MemoryLog) -> list[Record]:
     return await asyncio.wait_for(anext(log.consume("test")), 5)
 
 
+async def stored_all(ingest: Ingest) -> None:
+    """Wait until ingest's store has every record (live goes first, the store after)."""
+    deadline = time.monotonic() + 10
+    while ingest.depth() or ingest.oldest_unstored() is not None:
+        assert time.monotonic() < deadline, "ingest did not store everything"
+        await asyncio.sleep(0.02)
+
+
 async def test_can_batch_is_decoded_stored_and_logged(parts) -> None:
     """A vehicle_can batch becomes one record, stored in SQLite and appended to the log."""
     ingest, store, log = parts
@@ -64,6 +72,7 @@ async def test_can_batch_is_decoded_stored_and_logged(parts) -> None:
     assert record.values["engine_rpm"] == pytest.approx(signals["engine_rpm"], abs=0.125)
     logged = await first_batch(log)
     assert logged[0].values == record.values
+    await stored_all(ingest)
     stored = await store.query("acme", "M1", "vehicle_can", ["engine_rpm"], T0 - 1, T0 + 1)
     assert stored["engine_rpm"] == [(T0, record.values["engine_rpm"])]
 
