@@ -5,7 +5,7 @@ fleet, whose live channels keep 66 s of history (``--live-history-seconds 66``;
 the default is 180 s): a client cut off for 5 s or 60 s recovers exactly, one
 cut off for 74 s is beyond the history and is told ``recovered: false``.  The
 same boundary at the default history (a 5-minute drop) is covered without
-waiting, with a synthetic clock, in ``tests/gateway/test_hub.py``.  All the
+waiting, with a synthetic clock, in ``tests/gateway/test_fanout.py``.  All the
 drops run at once, so the module takes about as long as the longest drop.
 """
 
