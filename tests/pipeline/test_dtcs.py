@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -68,15 +66,6 @@ def test_state_is_bounded() -> None:
     changes, dropped = state.diff(message)
     state.commit(message, changes)
     assert len(state.active) == MAX_ACTIVE and dropped == 10
-
-
-@pytest.fixture
-async def meta(tmp_path: Path) -> AsyncIterator[Metadata]:
-    meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
-    await meta.start()
-    await meta.ensure_org("acme", "Acme")
-    yield meta
-    await meta.close()
 
 
 async def test_service_persists_and_survives_restart(meta: Metadata) -> None:

@@ -5,7 +5,6 @@ retention of values and raw frames."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ T0 = 1_750_000_000_000
 def message(ts: int, kind: Kind = Kind.REALTIME) -> DeviceMessage:
     frames = (Frame(ts, 0x18FEF100, True, bytes(8)), Frame(ts + 5, 0x123, False, b"\x01\x02"))
     return DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, ts, kind, frames=frames)
-
-
-@pytest.fixture
-async def meta(tmp_path: Path) -> AsyncIterator[Metadata]:
-    meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
-    await meta.start()
-    await meta.ensure_org("acme", "Acme")
-    yield meta
-    await meta.close()
 
 
 async def test_blobs_and_ranges_follow_the_assigned_dbc(meta: Metadata) -> None:
