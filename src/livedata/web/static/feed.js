@@ -13,6 +13,11 @@ import { ReconnectingSocket } from './live.js';
 export const WINDOW_MS = 120_000;
 // Points older than the window plus this, behind the newest point of their series, are dropped.
 const KEEP_EXTRA_MS = 30_000;
+// Live data goes out before the store has it (ingest does not make live wait for
+// storage), so the last moments before the socket opened can reach the store only
+// after the history was read: this long after each open, those seconds are read once
+// more (merging skips points already drawn).
+const SETTLE_MS = 3000;
 
 export class Feed {
   /**
@@ -38,6 +43,7 @@ export class Feed {
     this.lastTs = null;
     this.backfills = 0; // history requests in flight; LIVE_DATA is buffered meanwhile
     this.buffer = [];
+    this.settleTimer = null; // the second read of the seconds before the last open
     this.closed = false;
     this.socket = new ReconnectingSocket(liveUrl(orgId, chassisId, msgType), {
       onOpen: () => this.handleOpen(),
@@ -69,6 +75,7 @@ export class Feed {
 
   close() {
     this.closed = true;
+    clearTimeout(this.settleTimer);
     this.socket.close();
   }
 
@@ -82,6 +89,11 @@ export class Feed {
     const fresh = fields.filter((field) => !resumed.includes(field));
     if (resumed.length) this.backfill(resumed, this.lastTs);
     if (fresh.length) this.backfill(fresh, null);
+    const openedAt = Date.now();
+    clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(() => {
+      if (!this.closed) this.backfill([...this.fields], openedAt - SETTLE_MS);
+    }, SETTLE_MS);
   }
 
   sendFieldList() {
