@@ -430,8 +430,24 @@ def server(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> 
                 proc.wait(5)
 
 
-def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> Result:
-    result = Result(target)
+def run_target(
+    target: str,
+    args: argparse.Namespace,
+    redis_url: str,
+    tmp: Path,
+    *,
+    name: str | None = None,
+    worker: Any = None,
+    http: bool = False,
+    publish: Any = None,
+    expected: Any = None,
+) -> Result:
+    """One server under load: ``worker`` clients (default :func:`client_worker`; ``http``:
+    they take an http:// URL), ``publish`` (default :func:`publisher`) feeding Redis;
+    ``expected(published, per_machine, w0, w1)`` is how many deliveries the window should
+    have (default: one per published message per client of its machine).  A worker's
+    report may count ``received`` (else each latency is one) and ``bytes``."""
+    result = Result(name or target)
     with server(target, args, redis_url, tmp) as (proc, url, gc_log):
         ps = psutil.Process(proc.pid)
         if target in ("livedata", "before"):  # the python process under taskset
@@ -444,7 +460,12 @@ def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path)
         for k in range(args.client_procs):
             parent, child = ctx.Pipe()
             w = ctx.Process(
-                target=client_worker, args=(url, targets[k :: args.client_procs], child)
+                target=worker or client_worker,
+                args=(
+                    url.replace("ws://", "http://") if http else url,
+                    targets[k :: args.client_procs],
+                    child,
+                ),
             )
             w.start()
             with contextlib.suppress(OSError, AttributeError):
@@ -455,11 +476,11 @@ def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path)
             connected = sum(p.recv()[1] for p in pipes)
             time.sleep(1.0)
             result.kb_per_conn = (ps.memory_info().rss - rss_idle) / 1024 / max(1, connected)
-            print(f"  {target}: {connected} clients connected", flush=True)
+            print(f"  {result.name}: {connected} clients connected", flush=True)
             pub_parent, pub_child = ctx.Pipe()
             seconds = args.warmup + args.window
             pub = ctx.Process(
-                target=publisher,
+                target=publish or publisher,
                 args=(redis_url, args.machines, args.rate, seconds, pub_child),
             )
             pub.start()
@@ -472,7 +493,7 @@ def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path)
                 p.send(("window", w0, w1))
             cpu0 = ps.cpu_times()
             spy = None
-            if args.profile and target in ("livedata", "before"):
+            if getattr(args, "profile", 0) and target in ("livedata", "before"):
                 from bench_cluster import start_profile  # the same sampling and summary
 
                 spy = start_profile(ps.pid, min(args.profile, args.window), tmp / "profile.txt")
@@ -489,20 +510,29 @@ def run_target(target: str, args: argparse.Namespace, redis_url: str, tmp: Path)
             pub.join(10)
             time.sleep(GRACE_S)
             per_machine = Counter(targets)
-            result.expected = sum(per_machine[c] for c, ts in published if w0 <= ts < w1)
+            if expected is None:
+                result.expected = sum(per_machine[c] for c, ts in published if w0 <= ts < w1)
+            else:
+                result.expected = expected(published, per_machine, w0, w1)
             lat: list[float] = []
+            received = 0
             for p in pipes:
                 p.send(("report",))
                 stats, raw = p.recv()
                 lat.extend(array("d", raw))
+                received += stats.pop("received", len(raw))
+                if "bytes" in stats:
+                    result.other["bytes/s"] = result.other.get("bytes/s", 0) + int(
+                        stats.pop("bytes") / args.window
+                    )
                 result.missed += stats.pop("missed", 0)
                 for k, v in stats.items():
                     if k.startswith(("other", "disconnected")):
                         result.other[k] = result.other.get(k, 0) + v
             lat.sort()
             result.lat = lat
-            result.deliveries = len(lat) / args.window
-            result.lost = max(0, int(result.expected) - len(lat))
+            result.deliveries = received / args.window
+            result.lost = max(0, int(result.expected) - received)
             if spy is not None:
                 from bench_cluster import summarise_profile
 

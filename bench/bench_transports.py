@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import multiprocessing as mp
-import os
 import shutil
 import sys
 import tempfile
@@ -50,7 +48,6 @@ from urllib.parse import urlencode, urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import orjson
 import picows
-import psutil
 
 import bench_fanout as bf
 from livedata.gateway.protocol.sse import EventParser
@@ -257,89 +254,26 @@ def publisher_ms(
 
 
 def run(target: str, transport: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> Any:
-    """One gateway, one kind of client: like :func:`bench_fanout.run_target`."""
-    result = bf.Result(f"{target}:{transport}")
-    result.other["bytes/s"] = 0
-    with bf.server(target, args, redis_url, tmp) as (proc, url, _gc_log):
-        ps = psutil.Process(proc.pid)
-        ps = next((c for c in [ps, *ps.children(recursive=True)] if "python" in c.name()), ps)
-        time.sleep(1.0)
-        rss_idle = ps.memory_info().rss
-        targets = [bf.chassis(i % args.machines) for i in range(args.clients)]
-        ctx = mp.get_context("spawn")
-        pipes, workers = [], []
-        base_url = url if transport != "sse" else url.replace("ws://", "http://")
-        for k in range(args.client_procs):
-            parent, child = ctx.Pipe()
-            w = ctx.Process(
-                target=WORKERS[transport],
-                args=(base_url, targets[k :: args.client_procs], child),
-            )
-            w.start()
-            with contextlib.suppress(OSError, AttributeError):
-                os.sched_setaffinity(w.pid, {1 % (os.cpu_count() or 1)})
-            pipes.append(parent)
-            workers.append(w)
-        try:
-            connected = sum(p.recv()[1] for p in pipes)
-            time.sleep(2.0)
-            result.kb_per_conn = (ps.memory_info().rss - rss_idle) / 1024 / max(1, connected)
-            print(f"  {result.name}: {connected} clients connected", flush=True)
-            pub_parent, pub_child = ctx.Pipe()
-            pub = ctx.Process(
-                target=bf.publisher if transport == "ws" else publisher_ms,
-                args=(redis_url, args.machines, args.rate, args.warmup + args.window, pub_child),
-            )
-            pub.start()
-            with contextlib.suppress(OSError, AttributeError):
-                os.sched_setaffinity(pub.pid, {1 % (os.cpu_count() or 1)})
-            time.sleep(args.warmup)
-            w0, w1 = time.time(), time.time() + args.window
-            for p in pipes:
-                p.send(("window", w0, w1))
-            cpu0 = ps.cpu_times()
-            rss_max = 0
-            while time.time() < w1:
-                rss_max = max(rss_max, ps.memory_info().rss)
-                time.sleep(0.5)
-            cpu1 = ps.cpu_times()
-            result.cpu = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / args.window
-            result.rss = rss_max
-            published: list[tuple[str, float]] = pub_parent.recv()
-            pub.join(10)
-            time.sleep(bf.GRACE_S)
-            per_machine = Counter(targets)
-            if transport == "sse":  # 3 events per client per 1 s period
-                result.expected = 3 * args.clients * args.window
-            else:
-                factor = 3 if transport == "sio" else 1
-                result.expected = factor * sum(
-                    per_machine[c] for c, ts in published if w0 <= ts < w1
-                )
-            lat: list[float] = []
-            received = 0
-            for p in pipes:
-                p.send(("report",))
-                stats, raw = p.recv()
-                lat.extend(array("d", raw))
-                received += stats.pop("received", 0)
-                result.other["bytes/s"] += int(stats.pop("bytes", 0) / args.window)
-                for k, v in stats.items():
-                    if k.startswith(("other", "disconnected")):
-                        result.other[k] = result.other.get(k, 0) + v
-            lat.sort()
-            result.lat = lat
-            result.deliveries = received / args.window
-            result.lost = max(0, int(result.expected) - received)
-        finally:
-            for p in pipes:
-                with contextlib.suppress(OSError, BrokenPipeError):
-                    p.send(("stop",))
-            for w in workers:
-                w.join(5)
-                if w.is_alive():
-                    w.kill()
-                    w.join()
+    """One gateway, one kind of client (:func:`bench_fanout.run_target`)."""
+
+    def expected(published: Any, per_machine: Counter[str], w0: float, w1: float) -> float:
+        if transport == "sse":  # 3 events per client per 1 s period
+            return 3 * args.clients * args.window
+        factor = 3 if transport == "sio" else 1
+        return factor * sum(per_machine[c] for c, ts in published if w0 <= ts < w1)
+
+    result = bf.run_target(
+        target,
+        args,
+        redis_url,
+        tmp,
+        name=f"{target}:{transport}",
+        worker=WORKERS[transport],
+        http=transport == "sse",
+        publish=bf.publisher if transport == "ws" else publisher_ms,
+        expected=expected,
+    )
+    result.other.setdefault("bytes/s", 0)
     return result
 
 
