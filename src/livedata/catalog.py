@@ -18,6 +18,7 @@ from typing import Any
 
 from livedata.decode.can import CanDecoder
 from livedata.decode.dm1 import SUMMARY_FIELDS
+from livedata.errors import NotFound
 from livedata.metadata import Metadata
 from livedata.metadata.tables import DbcFile
 from livedata.model import MsgType
@@ -77,6 +78,28 @@ class Catalog:
                     cached = (time.monotonic(), await self._load(tenant))
                     self._orgs[tenant] = cached
         return cached[1].get(chassis)
+
+    async def require_machine(self, tenant: str, chassis: str) -> MachineInfo:
+        """The machine; :class:`~livedata.errors.NotFound` when the organisation has none such."""
+        info = await self.machine(tenant, chassis)
+        if info is None:
+            raise NotFound(f"machine {chassis!r} not found in organisation {tenant!r}")
+        return info
+
+    async def describe_machine(self, tenant: str, chassis: str) -> dict[str, Any]:
+        """The machine as the API shows it: names, DBC, tags and the fields of each type."""
+        info = await self.require_machine(tenant, chassis)
+        return {
+            "chassisId": info.chassis,
+            "name": info.name,
+            "model": info.model,
+            "dbc": info.dbc_name,
+            "dbcOverride": info.dbc_override,
+            "tags": list(info.tags),
+            "location": info.location,
+            "disabled": info.disabled,
+            "msgTypes": {t.value: {"fields": await self.fields(info, t.value)} for t in MsgType},
+        }
 
     async def _load(self, tenant: str) -> dict[str, MachineInfo]:
         machines: dict[str, MachineInfo] = {}
