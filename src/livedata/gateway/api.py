@@ -8,7 +8,7 @@ conflict, 413 too large) or 503 when an engine is down.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Body, Query, Request, Response
@@ -19,13 +19,11 @@ from livedata.decode.diff import diff_signals
 from livedata.errors import InputError, NotFound
 from livedata.gateway.models_api import DBC_OPENAPI, dbc_upload
 from livedata.gateway.security import principal_of
+from livedata.gateway.state import gateway_of
 from livedata.metadata import GroupSpec, group_dict
 from livedata.metadata.registry import org_dict
 from livedata.model import MsgType, Name, Unit, valid_id
 from livedata.store.base import Series
-
-if TYPE_CHECKING:
-    from livedata.runtime import Runtime
 
 router = APIRouter(prefix="/api")
 
@@ -34,11 +32,6 @@ HISTORY_MAX_SPAN_MS = 7 * 86_400_000
 HISTORY_MAX_POINTS = 100_000
 MAX_POINTS_LIMIT = 10_000
 """The largest ``maxPoints`` budget of the history API."""
-
-
-def runtime(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
 
 
 def check_msg_type(value: str) -> str:
@@ -96,17 +89,17 @@ class AssignBody(BaseModel):
 
 @router.get("/orgs", summary="The caller's organisation")
 async def list_orgs(request: Request) -> dict[str, Any]:
-    org = await runtime(request).meta.require_org(principal_of(request).org)
+    org = await gateway_of(request).meta.require_org(principal_of(request).org)
     return {"orgs": [org_dict(org)]}
 
 
 @router.get("/resources/{orgId}/machines", summary="Machines with their message types and fields")
 async def list_machines(request: Request, orgId: str) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
     machines = []
-    for machine in await rt.meta.list_machines(orgId):
-        machines.append(await rt.describe_machine(orgId, machine.chassis_id))
+    for machine in await gw.meta.list_machines(orgId):
+        machines.append(await gw.catalog.describe_machine(orgId, machine.chassis_id))
     return {"machines": machines}
 
 
@@ -114,9 +107,9 @@ async def list_machines(request: Request, orgId: str) -> dict[str, Any]:
     "/resources/{orgId}/machines/{chassisId}", summary="One machine and its decoding counters"
 )
 async def get_machine(request: Request, orgId: str, chassisId: str) -> dict[str, Any]:
-    rt = runtime(request)
-    described = await rt.describe_machine(orgId, chassisId)
-    described["decoding"] = rt.ingest.stats_for(orgId, chassisId).to_dict()
+    gw = gateway_of(request)
+    described = await gw.catalog.describe_machine(orgId, chassisId)
+    described["decoding"] = gw.ingest.stats_for(orgId, chassisId).to_dict()
     return described
 
 
@@ -129,9 +122,9 @@ async def delete_field(
     request: Request, orgId: str, chassisId: str, msgType: str, field: str
 ) -> Response:
     """Frees a place under the per-machine field cap (``max_fields_per_type``)."""
-    rt = runtime(request)
-    await rt.require_machine(orgId, chassisId)
-    if not await rt.catalog.forget_field(orgId, chassisId, msgType, field):
+    gw = gateway_of(request)
+    await gw.catalog.require_machine(orgId, chassisId)
+    if not await gw.catalog.forget_field(orgId, chassisId, msgType, field):
         raise NotFound(f"machine {chassisId!r} has no {msgType} field {field[:64]!r}")
     return Response(status_code=204)
 
@@ -170,28 +163,28 @@ async def history(
     than 1 Hz) is then downsampled, the others stay raw.  String values are left out
     of downsampled fields.  ``downsampled`` says whether any field was downsampled.
     """
-    rt = runtime(request)
+    gw = gateway_of(request)
     check_msg_type(msgType)
-    info = await rt.require_machine(orgId, chassisId)
+    info = await gw.catalog.require_machine(orgId, chassisId)
     if fields is None:
-        names = [f["name"] for f in await rt.catalog.fields(info, msgType)]
+        names = [f["name"] for f in await gw.catalog.fields(info, msgType)]
     else:
         names = field_names(fields, 500)
     start, end = time_range(from_, to, HISTORY_DEFAULT_MS, HISTORY_MAX_SPAN_MS)
     if maxPoints is not None and end - start > maxPoints * 1000:
-        series = await rt.store.downsample(
+        series = await gw.store.downsample(
             orgId, chassisId, msgType, names, start, end, maxPoints // 2
         )
         return _history_body(msgType, start, end, series, downsampled=True)
     limit = HISTORY_MAX_POINTS if maxPoints is None else maxPoints + 1
-    series = await rt.store.query(orgId, chassisId, msgType, names, start, end, limit=limit)
+    series = await gw.store.query(orgId, chassisId, msgType, names, start, end, limit=limit)
     downsampled = False
     if maxPoints is not None:
         over = [name for name, points in series.items() if len(points) > maxPoints]
         if over:
             downsampled = True
             series.update(
-                await rt.store.downsample(
+                await gw.store.downsample(
                     orgId, chassisId, msgType, over, start, end, maxPoints // 2
                 )
             )
@@ -212,9 +205,9 @@ def _history_body(
 
 @router.get("/resources/{orgId}/groups", summary="The organisation's line groups")
 async def list_groups(request: Request, orgId: str) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    return {"groups": [group_dict(g) for g in await rt.meta.list_groups(orgId)]}
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    return {"groups": [group_dict(g) for g in await gw.meta.list_groups(orgId)]}
 
 
 def _spec(body: GroupBody) -> GroupSpec:
@@ -230,27 +223,27 @@ def _spec(body: GroupBody) -> GroupSpec:
 
 @router.post("/resources/{orgId}/groups", status_code=201, summary="Create a line group")
 async def create_group(request: Request, orgId: str, body: GroupBody) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    return group_dict(await rt.meta.create_group(orgId, _spec(body)))
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    return group_dict(await gw.meta.create_group(orgId, _spec(body)))
 
 
 @router.put("/resources/{orgId}/groups/{groupId}", summary="Change a line group")
 async def update_group(
     request: Request, orgId: str, groupId: str, body: GroupBody
 ) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    return group_dict(await rt.meta.update_group(orgId, groupId, _spec(body)))
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    return group_dict(await gw.meta.update_group(orgId, groupId, _spec(body)))
 
 
 @router.delete(
     "/resources/{orgId}/groups/{groupId}", status_code=204, summary="Delete a line group"
 )
 async def delete_group(request: Request, orgId: str, groupId: str) -> Response:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    await rt.meta.delete_group(orgId, groupId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    await gw.meta.delete_group(orgId, groupId)
     return Response(status_code=204)
 
 
@@ -289,9 +282,9 @@ def _dbc_dict(
 
 @router.get("/resources/{orgId}/dbc", summary="DBC files of the organisation")
 async def list_dbc(request: Request, orgId: str) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    files = await rt.meta.list_dbc(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    files = await gw.meta.list_dbc(orgId)
     versions = dbc_versions(files)
     return {"dbc": [_dbc_dict(d, versions=versions) for d in files]}
 
@@ -320,16 +313,16 @@ async def upload_dbc(
     ``GET …/dbc/{id}/diff`` says what changed) -- unless it is the same as the current
     version (same text and options): then that version is answered with 200 and nothing
     is stored."""
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
     upload = await dbc_upload(request, name, j1939, separateSources)
-    current = await rt.meta.find_dbc(orgId, upload.name)
+    current = await gw.meta.find_dbc(orgId, upload.name)
     same = (upload.content, upload.j1939, upload.separate_sources)
     if current is not None and (current.content, current.j1939, current.separate_sources) == same:
         dbc, status = current, 200
     else:
         dbc, status = (
-            await rt.meta.add_dbc(
+            await gw.meta.add_dbc(
                 orgId,
                 upload.name,
                 upload.content,
@@ -338,18 +331,18 @@ async def upload_dbc(
             ),
             201,
         )
-    versions = dbc_versions(await rt.meta.list_dbc(orgId))
+    versions = dbc_versions(await gw.meta.list_dbc(orgId))
     return _json(_dbc_dict(dbc, upload.decoder, versions), status)
 
 
 @router.get("/resources/{orgId}/dbc/{dbcId}", summary="A DBC file's signals with unit, min, max")
 async def get_dbc(request: Request, orgId: str, dbcId: int) -> Response:
     """The parsed file comes from the catalog's cache (parsed once, off the event loop)."""
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    dbc = await rt.meta.get_dbc(orgId, dbcId)
-    versions = dbc_versions(await rt.meta.list_dbc(orgId))
-    return _json(_dbc_dict(dbc, await rt.catalog.decoder(dbc), versions))
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    dbc = await gw.meta.get_dbc(orgId, dbcId)
+    versions = dbc_versions(await gw.meta.list_dbc(orgId))
+    return _json(_dbc_dict(dbc, await gw.catalog.decoder(dbc), versions))
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -366,16 +359,16 @@ async def diff_dbc(
 ) -> dict[str, Any]:
     """``against`` defaults to the previous upload of the same name (the file's last
     version); with none, every signal is ``added``."""
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    new = await rt.meta.get_dbc(orgId, dbcId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    new = await gw.meta.get_dbc(orgId, dbcId)
     if against is None:
-        earlier = [d for d in await rt.meta.list_dbc(orgId) if d.name == new.name and d.id < dbcId]
+        earlier = [d for d in await gw.meta.list_dbc(orgId) if d.name == new.name and d.id < dbcId]
         against = earlier[-1].id if earlier else None
-    old = await rt.meta.get_dbc(orgId, against) if against is not None else None
+    old = await gw.meta.get_dbc(orgId, against) if against is not None else None
     diff = diff_signals(
-        await rt.catalog.decoder(old) if old is not None else None,
-        await rt.catalog.decoder(new),
+        await gw.catalog.decoder(old) if old is not None else None,
+        await gw.catalog.decoder(new),
     )
     return {"from": against, "to": dbcId, **diff}
 
@@ -384,21 +377,21 @@ async def diff_dbc(
 async def assign_machine(
     request: Request, orgId: str, chassisId: str, body: Annotated[AssignBody, Body()]
 ) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.require_machine(orgId, chassisId)
-    await rt.meta.assign_machine_dbc(orgId, chassisId, body.dbcId)
-    rt.catalog.invalidate()
-    return await rt.describe_machine(orgId, chassisId)
+    gw = gateway_of(request)
+    await gw.catalog.require_machine(orgId, chassisId)
+    await gw.meta.assign_machine_dbc(orgId, chassisId, body.dbcId)
+    gw.catalog.invalidate()
+    return await gw.catalog.describe_machine(orgId, chassisId)
 
 
 @router.put("/resources/{orgId}/models/{model}/dbc", summary="Decode a machine model with a DBC")
 async def assign_model(
     request: Request, orgId: str, model: str, body: Annotated[AssignBody, Body()]
 ) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
     if not valid_id(model):
         raise NotFound(f"model {model!r} not found")
-    await rt.meta.assign_model_dbc(orgId, model, body.dbcId)
-    rt.catalog.invalidate()
+    await gw.meta.assign_model_dbc(orgId, model, body.dbcId)
+    gw.catalog.invalidate()
     return {"model": model, "dbcId": body.dbcId}

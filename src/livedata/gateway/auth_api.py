@@ -21,7 +21,7 @@ user demotes their tokens.  Passwords are at least :data:`MIN_PASSWORD` characte
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -36,13 +36,10 @@ from livedata.gateway.security import (
     SESSION_COOKIE,
     client_address,
     principal_of,
-    security,
 )
+from livedata.gateway.state import gateway_of
 from livedata.metadata.accounts import audit_dict, token_dict, user_dict
 from livedata.model import Name
-
-if TYPE_CHECKING:
-    from livedata.runtime import Runtime
 
 router = APIRouter(prefix="/api", tags=["auth"])
 
@@ -78,15 +75,10 @@ class UserChangeBody(BaseModel):
     disabled: bool | None = None
 
 
-def _rt(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
 @router.post("/auth/login", summary="Log in: sets the session cookie")
 async def login(request: Request, body: LoginBody) -> Response:
-    rt = _rt(request)
-    sec = security(rt)
+    gw = gateway_of(request)
+    sec = gw.security
     address = client_address(request.scope)
     now = time.monotonic()
     wait = sec.logins.retry_after(body.username, address, now)
@@ -114,11 +106,11 @@ async def login(request: Request, body: LoginBody) -> Response:
         )
     sec.logins.succeeded(body.username, address)
     observe.LOGINS.labels("ok").inc()
-    lifetime = rt.settings.session_hours * 3600
+    lifetime = gw.settings.session_hours * 3600
     session, csrf = await sec.accounts.create_session(user, lifetime)
     await sec.audit(user.org_id, user.username, "login", "", address)
     response = JSONResponse({"user": user_dict(user), "csrf": csrf})
-    secure = rt.settings.secure_cookies
+    secure = gw.settings.secure_cookies
     response.set_cookie(
         SESSION_COOKIE,
         session,
@@ -136,7 +128,7 @@ async def login(request: Request, body: LoginBody) -> Response:
 
 @router.post("/auth/logout", summary="Log out: ends the session and its live connections")
 async def logout(request: Request) -> Response:
-    sec = security(_rt(request))
+    sec = gateway_of(request).security
     principal = principal_of(request)
     if principal.via == "session":
         await sec.accounts.end_session(principal.credential)
@@ -157,20 +149,20 @@ async def me(request: Request) -> dict[str, Any]:
 @router.post("/auth/live-token", summary="A 60 s token for WebSocket/SSE query strings")
 async def live_token(request: Request) -> dict[str, Any]:
     p = principal_of(request)
-    token = cred.sign_live_token(security(_rt(request)).key, p.user_id)
+    token = cred.sign_live_token(gateway_of(request).security.key, p.user_id)
     return {"token": token, "expiresIn": cred.LIVE_TOKEN_SECONDS}
 
 
 @router.get("/auth/tokens", summary="The caller's API tokens")
 async def my_tokens(request: Request) -> dict[str, Any]:
     p = principal_of(request)
-    rows = await security(_rt(request)).accounts.list_tokens(p.org, p.user_id)
+    rows = await gateway_of(request).security.accounts.list_tokens(p.org, p.user_id)
     return {"tokens": [token_dict(t, u) for t, u in rows]}
 
 
 @router.post("/auth/tokens", status_code=201, summary="Create an API token (shown once)")
 async def create_token(request: Request, body: TokenBody) -> dict[str, Any]:
-    sec = security(_rt(request))
+    sec = gateway_of(request).security
     p = principal_of(request)
     expires = (
         int(time.time() * 1000 + body.expiresInDays * 86_400_000) if body.expiresInDays else None
@@ -182,7 +174,7 @@ async def create_token(request: Request, body: TokenBody) -> dict[str, Any]:
 
 @router.delete("/auth/tokens/{tokenId}", status_code=204, summary="Revoke a token")
 async def revoke_token(request: Request, tokenId: int) -> Response:
-    sec = security(_rt(request))
+    sec = gateway_of(request).security
     p = principal_of(request)
     owner = None if p.role >= Role.admin else p.user_id
     token = await sec.accounts.revoke_token(p.org, tokenId, owner)
@@ -193,19 +185,19 @@ async def revoke_token(request: Request, tokenId: int) -> Response:
 
 @router.get("/resources/{orgId}/tokens", summary="Every API token of the organisation")
 async def org_tokens(request: Request, orgId: str) -> dict[str, Any]:
-    rows = await security(_rt(request)).accounts.list_tokens(orgId)
+    rows = await gateway_of(request).security.accounts.list_tokens(orgId)
     return {"tokens": [token_dict(t, u) for t, u in rows]}
 
 
 @router.get("/resources/{orgId}/users", summary="Users of the organisation")
 async def list_users(request: Request, orgId: str) -> dict[str, Any]:
-    users = await security(_rt(request)).accounts.list_users(orgId)
+    users = await gateway_of(request).security.accounts.list_users(orgId)
     return {"users": [user_dict(u) for u in users]}
 
 
 @router.post("/resources/{orgId}/users", status_code=201, summary="Create a user")
 async def create_user(request: Request, orgId: str, body: NewUserBody) -> dict[str, Any]:
-    accounts = security(_rt(request)).accounts
+    accounts = gateway_of(request).security.accounts
     user = await accounts.create_user(orgId, body.username, body.password, Role[body.role])
     return user_dict(user)
 
@@ -214,7 +206,7 @@ async def create_user(request: Request, orgId: str, body: NewUserBody) -> dict[s
 async def change_user(
     request: Request, orgId: str, userId: int, body: UserChangeBody
 ) -> dict[str, Any]:
-    sec = security(_rt(request))
+    sec = gateway_of(request).security
     if body.role is not None and userId == principal_of(request).user_id:
         raise InputError("you cannot change your own role")
     user = await sec.accounts.update_user(
@@ -231,7 +223,7 @@ async def change_user(
 
 @router.delete("/resources/{orgId}/users/{userId}", status_code=204, summary="Delete a user")
 async def delete_user(request: Request, orgId: str, userId: int) -> Response:
-    sec = security(_rt(request))
+    sec = gateway_of(request).security
     if userId == principal_of(request).user_id:
         raise InputError("you cannot delete yourself")
     await sec.accounts.delete_user(orgId, userId)
@@ -244,7 +236,7 @@ async def delete_user(request: Request, orgId: str, userId: int) -> Response:
     summary="Give a machine a new secret (shown once; the old one stops working)",
 )
 async def new_device_secret(request: Request, orgId: str, chassisId: str) -> dict[str, Any]:
-    secret = await security(_rt(request)).accounts.set_device_secret(orgId, chassisId)
+    secret = await gateway_of(request).security.accounts.set_device_secret(orgId, chassisId)
     return {"deviceId": chassisId, "username": f"{orgId}/{chassisId}", "secret": secret}
 
 
@@ -252,5 +244,5 @@ async def new_device_secret(request: Request, orgId: str, chassisId: str) -> dic
 async def audit_log(
     request: Request, orgId: str, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> dict[str, Any]:
-    entries = await security(_rt(request)).accounts.list_audit(orgId, limit)
+    entries = await gateway_of(request).security.accounts.list_audit(orgId, limit)
     return {"entries": [audit_dict(e) for e in entries]}

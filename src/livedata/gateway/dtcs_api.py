@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
-from livedata.gateway.api import runtime
+from livedata.gateway.state import gateway_of
 from livedata.metadata.dtcs import MAX_RECENT, DtcLog, dtc_dict
 
 router = APIRouter(prefix="/api", tags=["machines"])
@@ -33,10 +33,10 @@ async def machine_dtcs(
     chassisId: str,
     limit: int = Query(50, ge=1, le=MAX_RECENT),
 ) -> dict[str, Any]:
-    rt = runtime(request)
-    info = await rt.require_machine(orgId, chassisId)
+    gw = gateway_of(request)
+    info = await gw.catalog.require_machine(orgId, chassisId)
     names = info.decoder.spn_names() if info.decoder is not None else {}
-    active, cleared = await DtcLog(rt.meta).listing(orgId, chassisId, limit)
+    active, cleared = await DtcLog(gw.meta).listing(orgId, chassisId, limit)
     return {
         "active": [dtc_dict(r, names) for r in active],
         "recent": [dtc_dict(r, names) for r in cleared],

@@ -39,11 +39,15 @@ from starlette.websockets import WebSocketDisconnect
 from livedata.errors import InputError
 from livedata.gateway.api import time_range
 from livedata.gateway.replay import CLOSE_BAD_REQUEST, MAX_SPAN_MS, ReplayClock, check_speed
+from livedata.gateway.state import gateway_of
 from livedata.model import MsgType, live_channel
 from livedata.pipeline.export import Export
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.catalog import Catalog
+    from livedata.gateway.fanout import Fanout
+    from livedata.metadata import Metadata
+    from livedata.store.base import Store
 
 router = APIRouter(prefix="/api")
 
@@ -60,16 +64,16 @@ def message_data(subscription: int, received_ns: int, payload: bytes) -> bytes:
     return _HEADER.pack(1, subscription, received_ns) + payload
 
 
-async def channels(rt: Runtime, org: str) -> list[dict[str, Any]]:
+async def channels(meta: Metadata, catalog: Catalog, org: str) -> list[dict[str, Any]]:
     """One channel per machine and message type, with a JSON schema of its fields."""
     out: list[dict[str, Any]] = []
-    for machine in await rt.meta.list_machines(org):
-        info = await rt.require_machine(org, machine.chassis_id)
+    for machine in await meta.list_machines(org):
+        info = await catalog.require_machine(org, machine.chassis_id)
         for msg_type in MsgType:
             properties: dict[str, Any] = {
                 "ts": {"type": "integer", "description": "ms since epoch"}
             }
-            for f in await rt.catalog.fields(info, msg_type.value):
+            for f in await catalog.fields(info, msg_type.value):
                 kind = "number" if msg_type == MsgType.VEHICLE_CAN else ["number", "string"]
                 properties[f["name"]] = {"type": kind, "description": f["unit"] or ""}
             schema = {"type": "object", "properties": properties}
@@ -92,12 +96,14 @@ class _Connection:
     def __init__(
         self,
         websocket: WebSocket,
-        rt: Runtime,
+        hub: Fanout,
+        store: Store,
         org: str,
         advertised: list[dict[str, Any]],
         replay: tuple[int, int, float] | None,
     ) -> None:
-        self.ws, self.rt, self.org, self.replay = websocket, rt, org, replay
+        self.ws, self.hub, self.store = websocket, hub, store
+        self.org, self.replay = org, replay
         self.channels = {c["id"]: c for c in advertised}
         self.subscriptions: dict[int, tuple[str, Any]] = {}
         self.players: dict[int, asyncio.Task[None]] = {}
@@ -157,7 +163,7 @@ class _Connection:
                 self.offer(message_data(sub, time.time_ns(), body))
 
             self.subscriptions[sub_id] = (channel["_live"], listener)
-            await self.rt.hub.listen(channel["_live"], listener)
+            await self.hub.listen(channel["_live"], listener)
 
     async def play(self, sub_id: int, channel: dict[str, Any]) -> None:
         """Replay one subscribed channel from the range's start; the log time is the data time."""
@@ -165,7 +171,7 @@ class _Connection:
         start, end, speed = self.replay
         chassis, msg_type, fields = channel["_source"]
         clock = ReplayClock(start, speed, time.monotonic())
-        reader = Export(self.rt.store, self.org, chassis, msg_type, fields, {}, start, end)
+        reader = Export(self.store, self.org, chassis, msg_type, fields, {}, start, end)
         async for rows in reader.row_chunks():
             for ts, values in rows:
                 delay = clock.wait(ts, time.monotonic())
@@ -187,7 +193,7 @@ class _Connection:
         for sub_id in ids:
             found = self.subscriptions.pop(sub_id, None) if isinstance(sub_id, int) else None
             if found is not None:
-                await self.rt.hub.unlisten(*found)
+                await self.hub.unlisten(*found)
             player = self.players.pop(sub_id, None) if isinstance(sub_id, int) else None
             if player is not None:
                 player.cancel()
@@ -214,7 +220,7 @@ class _Connection:
 
     async def close(self) -> None:
         for channel, listener in self.subscriptions.values():
-            await self.rt.hub.unlisten(channel, listener)
+            await self.hub.unlisten(channel, listener)
         self.subscriptions.clear()
         for player in self.players.values():
             player.cancel()
@@ -222,7 +228,7 @@ class _Connection:
 
 @router.websocket("/resources/{orgId}/foxglove")
 async def foxglove(websocket: WebSocket, orgId: str) -> None:
-    rt: Runtime = websocket.app.state.runtime
+    gw = gateway_of(websocket)
     offered = websocket.scope.get("subprotocols") or []
     if SUBPROTOCOL not in offered:
         await websocket.accept()  # closed with a reason (before accepting it would be a bare 403)
@@ -242,8 +248,8 @@ async def foxglove(websocket: WebSocket, orgId: str) -> None:
             await websocket.close(CLOSE_BAD_REQUEST, str(exc)[:120])
             return
         metadata.update(mode="replay", **{"from": str(start), "to": str(end)}, speed=str(replay[2]))
-    advertised = await channels(rt, orgId)
-    conn = _Connection(websocket, rt, orgId, advertised, replay)
+    advertised = await channels(gw.meta, gw.catalog, orgId)
+    conn = _Connection(websocket, gw.hub, gw.store, orgId, advertised, replay)
     info = {
         "op": "serverInfo",
         "name": "livedata",

@@ -43,7 +43,6 @@ requests slow down rather than memory growing; each request holds at most 1 MiB.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -51,11 +50,9 @@ from fastapi.responses import JSONResponse
 from livedata.codec import CONTENT_TYPES, MAX_PAYLOAD, decode
 from livedata.devices.base import Delivery, Rejection
 from livedata.errors import DecodeError, NotFound
+from livedata.gateway.state import gateway_of
 from livedata.model import MsgType
 from livedata.pipeline.ingest import Refused
-
-if TYPE_CHECKING:
-    from livedata.runtime import Runtime
 
 __all__ = ["DURABLE_TIMEOUT_S", "ingest_router"]
 
@@ -123,9 +120,9 @@ _BODY = {
     },
 )
 async def ingest_http(request: Request, orgId: str, chassisId: str, msgType: str) -> JSONResponse:
-    rt: Runtime = request.app.state.runtime
+    gw = gateway_of(request)
     try:
-        await rt.require_machine(orgId, chassisId)
+        await gw.catalog.require_machine(orgId, chassisId)
     except NotFound as exc:
         return _error(404, exc.code, str(exc))
     msg_type = _MSG_TYPES.get(msgType)
@@ -133,7 +130,7 @@ async def ingest_http(request: Request, orgId: str, chassisId: str, msgType: str
         return _error(
             400, "bad_request", f"unknown msgType {msgType[:64]!r}: use one of {', '.join(MsgType)}"
         )
-    if "ingest" not in rt.roles:
+    if "ingest" not in gw.roles:
         return _error(503, "unavailable", "this process does not run the ingest role")
     expected = CONTENT_TYPES[msg_type]
     content_type = request.headers.get("content-type")
@@ -158,7 +155,7 @@ async def ingest_http(request: Request, orgId: str, chassisId: str, msgType: str
         item = Delivery(decode(orgId, chassisId, msg_type, body), ack)
     except DecodeError as exc:
         item = Rejection(orgId, chassisId, str(exc))
-    outcome = (await rt.ingest.handle_many([item]))[0]
+    outcome = (await gw.ingest.handle_many([item]))[0]
     if isinstance(outcome, Refused):
         return _error(400, outcome.code, outcome.reason)
     try:

@@ -24,14 +24,14 @@ Uploads (the CSV here, DBC files in :mod:`livedata.gateway.api`) come as
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import InputError
-from livedata.gateway.security import client_address, principal_of, security
+from livedata.gateway.security import client_address, principal_of
+from livedata.gateway.state import gateway_of
 from livedata.gateway.uploads import json_body, upload_text
 from livedata.metadata.registry import (
     MAX_GRACE_S,
@@ -44,29 +44,11 @@ from livedata.metadata.registry import (
     parse_csv,
     update_org,
 )
-from livedata.provision import BrokerFiles, agent_bundle, public_mqtt_url
-
-if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+from livedata.provision import agent_bundle, public_mqtt_url
 
 router = APIRouter(prefix="/api", tags=["machines"])
 
-_BROKERS: weakref.WeakKeyDictionary[Runtime, BrokerFiles] = weakref.WeakKeyDictionary()
-
 CSV_EXAMPLE = "chassis,name,model,tags,location\nWL-0101,Loader 101,WL900,north;rental,Yard 3\n"
-
-
-def _rt(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
-def broker_files(rt: Runtime) -> BrokerFiles:
-    """The broker-file writer of ``rt`` (one per runtime: its lock serialises rewrites)."""
-    broker = _BROKERS.get(rt)
-    if broker is None:
-        broker = _BROKERS[rt] = BrokerFiles(rt.settings, rt.meta)
-    return broker
 
 
 class MachineBody(BaseModel):
@@ -101,16 +83,16 @@ class CsvBody(BaseModel):
 
 async def _audit(request: Request, action: str, target: str, details: Any = None) -> None:
     p = principal_of(request)
-    sec = security(_rt(request))
+    sec = gateway_of(request).security
     await sec.audit(p.org, p.username, action, target, client_address(request.scope), details)
 
 
 async def _provision(request: Request, org: str, chassis: str) -> dict[str, Any]:
-    rt = _rt(request)
-    secret = await security(rt).accounts.set_device_secret(org, chassis)
-    base = rt.settings.public_url or str(request.base_url)
-    bundle = agent_bundle(org, chassis, secret, public_mqtt_url(rt.settings), base)
-    bundle["broker"] = (await broker_files(rt).update()).to_dict()
+    gw = gateway_of(request)
+    secret = await gw.security.accounts.set_device_secret(org, chassis)
+    base = gw.settings.public_url or str(request.base_url)
+    bundle = agent_bundle(org, chassis, secret, public_mqtt_url(gw.settings), base)
+    bundle["broker"] = (await gw.broker.update()).to_dict()
     return bundle
 
 
@@ -140,10 +122,10 @@ class OrgBody(BaseModel):
 
 @router.put("/resources/{orgId}", summary="Rename one's own organisation or change its settings")
 async def update_organisation(request: Request, orgId: str, body: OrgBody) -> dict[str, Any]:
-    rt = _rt(request)
-    before = org_dict(await rt.meta.require_org(orgId))
+    gw = gateway_of(request)
+    before = org_dict(await gw.meta.require_org(orgId))
     org = await update_org(
-        rt.meta,
+        gw.meta,
         orgId,
         name=body.name,
         timezone=body.timezone,
@@ -151,7 +133,7 @@ async def update_organisation(request: Request, orgId: str, body: OrgBody) -> di
         follow_viewers=body.followViewers,
         viewer_grace_s=body.viewerGraceSeconds,
     )
-    rt.viewers.reconfigure(orgId)
+    gw.viewers.reconfigure(orgId)
     after = org_dict(org)
     if after["name"] != before["name"]:
         await _audit(request, "org_renamed", org.name)
@@ -167,15 +149,15 @@ async def update_organisation(request: Request, orgId: str, body: OrgBody) -> di
     summary="Register a machine (and issue its secret, shown once)",
 )
 async def create_machine(request: Request, orgId: str, body: MachineBody) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
     spec = MachineSpec(body.name, body.model, tuple(body.tags), body.location, body.disabled)
-    machine = await Registry(rt.meta).create(orgId, body.chassisId, spec)
-    rt.catalog.invalidate()
+    machine = await Registry(gw.meta).create(orgId, body.chassisId, spec)
+    gw.catalog.invalidate()
     await _audit(request, "machine_created", body.chassisId)
     provisioning = await _provision(request, orgId, body.chassisId) if body.provision else None
     if provisioning is not None:
-        machine = await rt.meta.get_machine(orgId, body.chassisId)
+        machine = await gw.meta.get_machine(orgId, body.chassisId)
     return {"machine": machine_dict(machine), "provisioning": provisioning}
 
 
@@ -183,19 +165,19 @@ async def create_machine(request: Request, orgId: str, body: MachineBody) -> dic
 async def update_machine(
     request: Request, orgId: str, chassisId: str, body: MachineChange
 ) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
     changes = body.model_dump(exclude_none=True)
     if "tags" in changes:
         changes["tags"] = tuple(changes["tags"])
-    registry = Registry(rt.meta)
-    before = await rt.meta.get_machine(orgId, chassisId)
+    registry = Registry(gw.meta)
+    before = await gw.meta.get_machine(orgId, chassisId)
     machine = await registry.update(orgId, chassisId, changes)
-    rt.catalog.invalidate()
+    gw.catalog.invalidate()
     await _audit(request, "machine_changed", chassisId, changes or None)
     out: dict[str, Any] = {"machine": machine_dict(machine)}
     if before.disabled != machine.disabled:
-        out["broker"] = (await broker_files(rt).update()).to_dict()
+        out["broker"] = (await gw.broker.update()).to_dict()
     return out
 
 
@@ -204,10 +186,10 @@ async def update_machine(
     summary="How much telemetry of a machine is stored (asked before deleting it)",
 )
 async def machine_data(request: Request, orgId: str, chassisId: str) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
-    await rt.meta.get_machine(orgId, chassisId)
-    return {"chassisId": chassisId, "points": await rt.store.machine_points(orgId, chassisId)}
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    await gw.meta.get_machine(orgId, chassisId)
+    return {"chassisId": chassisId, "points": await gw.store.machine_points(orgId, chassisId)}
 
 
 @router.delete(
@@ -226,19 +208,19 @@ async def delete_machine(
         ),
     ] = None,
 ) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
-    await rt.meta.get_machine(orgId, chassisId)
-    points = await rt.store.machine_points(orgId, chassisId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    await gw.meta.get_machine(orgId, chassisId)
+    points = await gw.store.machine_points(orgId, chassisId)
     if data is None:
         raise InputError(
             f"machine {chassisId} has {points} stored values: say data=keep or data=delete"
         )
-    await Registry(rt.meta).delete(orgId, chassisId)
-    rt.catalog.invalidate()
-    deleted = await rt.store.delete_machine(orgId, chassisId) if data == "delete" else 0
+    await Registry(gw.meta).delete(orgId, chassisId)
+    gw.catalog.invalidate()
+    deleted = await gw.store.delete_machine(orgId, chassisId) if data == "delete" else 0
     await _audit(request, "machine_deleted", chassisId, {"data": data, "points": points})
-    broker = await broker_files(rt).update()
+    broker = await gw.broker.update()
     return {
         "chassisId": chassisId,
         "pointsDeleted": deleted,
@@ -252,9 +234,9 @@ async def delete_machine(
     summary="Issue a machine's secret again with everything a technician needs (shown once)",
 )
 async def provision_machine(request: Request, orgId: str, chassisId: str) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
-    await rt.meta.get_machine(orgId, chassisId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    await gw.meta.get_machine(orgId, chassisId)
     bundle = await _provision(request, orgId, chassisId)
     await _audit(request, "device_secret", chassisId)
     return bundle
@@ -284,13 +266,13 @@ async def import_machines(request: Request, orgId: str) -> dict[str, Any]:
     Bad rows are reported with their line and reason, good rows are created or updated,
     rows equal to the stored machine are ``unchanged`` (importing a file twice changes
     nothing).  Imported machines get no secret: provision them one by one."""
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
     upload = await upload_text(request, MAX_IMPORT_BYTES, "CSV")
     text = upload[1] if upload is not None else (await json_body(request, CsvBody)).csv
     rows, errors = parse_csv(text)
-    report = await Registry(rt.meta).import_rows(orgId, rows, errors)
-    rt.catalog.invalidate()
+    report = await Registry(gw.meta).import_rows(orgId, rows, errors)
+    gw.catalog.invalidate()
     await _audit(
         request,
         "machines_imported",

@@ -27,13 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.decode.can import CanDecoder, format_can_id
 from livedata.errors import DecodeError, InputError, NotFound
+from livedata.gateway.state import gateway_of
 from livedata.gateway.uploads import json_body, upload_text
 from livedata.metadata.registry import create_model, list_models
 from livedata.model import valid_id
 from livedata.signals import signal_catalog
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.catalog import Catalog
+    from livedata.metadata import Metadata
 
 router = APIRouter(prefix="/api", tags=["models"])
 
@@ -62,11 +64,6 @@ DBC_OPENAPI = {
     }
 }
 """The request body of ``POST …/dbc`` (read by hand, so described here)."""
-
-
-def _rt(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
 
 
 class DbcBody(BaseModel):
@@ -151,9 +148,11 @@ def _search(signals: list[dict[str, Any]], q: str | None) -> list[dict[str, Any]
     ]
 
 
-async def _catalog(rt: Runtime, org: str, dbc_id: int) -> tuple[Any, list[dict[str, Any]]]:
-    dbc = await rt.meta.get_dbc(org, dbc_id)
-    decoder = await rt.catalog.decoder(dbc)
+async def _catalog(
+    meta: Metadata, catalog: Catalog, org: str, dbc_id: int
+) -> tuple[Any, list[dict[str, Any]]]:
+    dbc = await meta.get_dbc(org, dbc_id)
+    decoder = await catalog.decoder(dbc)
     return dbc, signal_catalog(decoder.database)
 
 
@@ -168,9 +167,9 @@ Search = Annotated[
 
 @router.get("/resources/{orgId}/models", summary="Machine models, their DBC and their machines")
 async def get_models(request: Request, orgId: str) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
-    files = {d.id: d.name for d in await rt.meta.list_dbc(orgId)}
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    files = {d.id: d.name for d in await gw.meta.list_dbc(orgId)}
     return {
         "models": [
             {
@@ -179,16 +178,16 @@ async def get_models(request: Request, orgId: str) -> dict[str, Any]:
                 "dbc": files.get(model.dbc_id) if model.dbc_id is not None else None,
                 "machines": machines,
             }
-            for model, machines in await list_models(rt.meta, orgId)
+            for model, machines in await list_models(gw.meta, orgId)
         ]
     }
 
 
 @router.post("/resources/{orgId}/models", status_code=201, summary="Create a machine model")
 async def post_model(request: Request, orgId: str, body: ModelBody) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
-    model = await create_model(rt.meta, orgId, body.name)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    model = await create_model(gw.meta, orgId, body.name)
     return {"name": model.name, "dbcId": None, "dbc": None, "machines": []}
 
 
@@ -199,16 +198,16 @@ async def post_model(request: Request, orgId: str, body: ModelBody) -> dict[str,
 async def model_signals(
     request: Request, orgId: str, model: str, q: Search = None
 ) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
     found = None
     if valid_id(model):
-        found = next((m for m, _ in await list_models(rt.meta, orgId) if m.name == model), None)
+        found = next((m for m, _ in await list_models(gw.meta, orgId) if m.name == model), None)
     if found is None:
         raise NotFound(f"model {model!r} not found")
     if found.dbc_id is None:
         return {"model": model, "dbc": None, "signals": []}
-    dbc, signals = await _catalog(rt, orgId, found.dbc_id)
+    dbc, signals = await _catalog(gw.meta, gw.catalog, orgId, found.dbc_id)
     return {"model": model, "dbc": {"id": dbc.id, "name": dbc.name}, "signals": _search(signals, q)}
 
 
@@ -217,7 +216,7 @@ async def model_signals(
     summary="Signal catalog of a DBC file: every signal with id/PGN, unit, range, comment",
 )
 async def dbc_signals(request: Request, orgId: str, dbcId: int, q: Search = None) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
-    dbc, signals = await _catalog(rt, orgId, dbcId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    dbc, signals = await _catalog(gw.meta, gw.catalog, orgId, dbcId)
     return {"dbc": {"id": dbc.id, "name": dbc.name}, "signals": _search(signals, q)}

@@ -31,7 +31,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from livedata.gateway.api import runtime
+from livedata.gateway.state import gateway_of
 from livedata.metadata.decoding import machine_ranges
 from livedata.pipeline.redecode import MAX_MACHINES
 
@@ -53,9 +53,9 @@ class RedecodeBody(BaseModel):
     summary="Re-decode a time range of machines from their kept raw frames (one job per org)",
 )
 async def start_redecode(request: Request, orgId: str, body: RedecodeBody) -> Response:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    job, started = await rt.redecoder.start(orgId, body.machines, body.from_, body.to, body.dbcId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    job, started = await gw.redecoder.start(orgId, body.machines, body.from_, body.to, body.dbcId)
     return Response(
         orjson.dumps(job.to_dict()),
         status_code=202 if started else 200,
@@ -65,9 +65,9 @@ async def start_redecode(request: Request, orgId: str, body: RedecodeBody) -> Re
 
 @router.get("/resources/{orgId}/redecode", summary="The latest re-decoding job and its progress")
 async def get_redecode(request: Request, orgId: str) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    job = rt.redecoder.jobs.get(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    job = gw.redecoder.jobs.get(orgId)
     return {"job": job.to_dict() if job is not None else None}
 
 
@@ -76,9 +76,9 @@ async def get_redecode(request: Request, orgId: str) -> dict[str, Any]:
     summary="Stop the running re-decoding job (what it replaced so far stays)",
 )
 async def cancel_redecode(request: Request, orgId: str) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.meta.require_org(orgId)
-    return {"job": (await rt.redecoder.cancel(orgId)).to_dict()}
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    return {"job": (await gw.redecoder.cancel(orgId)).to_dict()}
 
 
 @router.get(
@@ -86,9 +86,9 @@ async def cancel_redecode(request: Request, orgId: str) -> dict[str, Any]:
     summary="Which DBC version decoded which time range of a machine",
 )
 async def machine_decoding(request: Request, orgId: str, chassisId: str) -> dict[str, Any]:
-    rt = runtime(request)
-    info = await rt.require_machine(orgId, chassisId)
-    ranges = await machine_ranges(rt.meta, orgId, chassisId)
+    gw = gateway_of(request)
+    info = await gw.catalog.require_machine(orgId, chassisId)
+    ranges = await machine_ranges(gw.meta, orgId, chassisId)
     return {
         "dbcId": info.dbc_id,
         "dbc": info.dbc_name,

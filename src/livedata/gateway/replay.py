@@ -40,11 +40,12 @@ from starlette.websockets import WebSocketDisconnect
 from livedata.errors import InputError, NotFound
 from livedata.gateway.api import time_range
 from livedata.gateway.protocol.live import CLOSE_NOT_FOUND, MAX_MESSAGE, error, parse_field_list
+from livedata.gateway.state import gateway_of
 from livedata.model import MsgType
 from livedata.pipeline.export import Export
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.store.base import Store
 
 router = APIRouter(prefix="/api")
 
@@ -97,11 +98,11 @@ class _Restart(Exception):
 
 class _Session:
     def __init__(
-        self, websocket: WebSocket, rt: Runtime, org: str, chassis: str, msg_type: str
+        self, websocket: WebSocket, store: Store, org: str, chassis: str, msg_type: str
     ) -> None:
-        self.ws, self.rt, self.org, self.chassis, self.msg_type = (
+        self.ws, self.store, self.org, self.chassis, self.msg_type = (
             websocket,
-            rt,
+            store,
             org,
             chassis,
             msg_type,
@@ -209,7 +210,7 @@ class _Session:
             try:
                 if self.fields:
                     reader = Export(
-                        self.rt.store,
+                        self.store,
                         self.org,
                         self.chassis,
                         self.msg_type,
@@ -241,17 +242,17 @@ class _Session:
 
 @router.websocket("/resources/{orgId}/_common/datasets/{chassisId}/replay")
 async def replay(websocket: WebSocket, orgId: str, chassisId: str) -> None:
-    rt: Runtime = websocket.app.state.runtime
+    gw = gateway_of(websocket)
     await websocket.accept()
     query = websocket.query_params
     msg_type = query.get("msgType")
-    session = _Session(websocket, rt, orgId, chassisId, msg_type or "")
+    session = _Session(websocket, gw.store, orgId, chassisId, msg_type or "")
     try:
         if msg_type not in set(MsgType):
             await _close(websocket, "not_found", f"unknown msgType {msg_type!r}", CLOSE_NOT_FOUND)
             return
         try:
-            info = await rt.require_machine(orgId, chassisId)
+            info = await gw.catalog.require_machine(orgId, chassisId)
         except NotFound as exc:
             await _close(websocket, "not_found", str(exc), CLOSE_NOT_FOUND)
             return
@@ -263,7 +264,7 @@ async def replay(websocket: WebSocket, orgId: str, chassisId: str) -> None:
         except (InputError, ValueError) as exc:
             await _close(websocket, "invalid_request", str(exc), CLOSE_BAD_REQUEST)
             return
-        session.known = {f["name"] for f in await rt.catalog.fields(info, msg_type)}
+        session.known = {f["name"] for f in await gw.catalog.fields(info, msg_type)}
         session.start, session.end = start, end
         session.clock = ReplayClock(start, speed, time.monotonic())
         receiver = asyncio.create_task(session.receive())

@@ -37,11 +37,11 @@ from livedata.gateway.api import (
     ToQuery,
     check_msg_type,
     field_names,
-    runtime,
     time_range,
 )
 from livedata.gateway.security import principal_of
 from livedata.gateway.server import error_body
+from livedata.gateway.state import gateway_of
 from livedata.pipeline.backfill import FORMATS as LOG_FORMATS
 from livedata.pipeline.backfill import import_log
 from livedata.pipeline.export import FORMATS, Export
@@ -133,14 +133,14 @@ async def upload_log(
         int | None, Query(description="recording start (ms) for relative timestamps")
     ] = None,
 ) -> Response:
-    rt = runtime(request)
-    info = await rt.require_machine(orgId, chassisId)
+    gw = gateway_of(request)
+    info = await gw.catalog.require_machine(orgId, chassisId)
     if info.decoder is None:
         raise InputError(f"no DBC file assigned to machine {chassisId!r}: assign one first")
     suffix = Path(filename).suffix.lower()
     if suffix not in LOG_FORMATS:
         raise InputError(f"unknown log format {suffix!r}: use one of {', '.join(LOG_FORMATS)}")
-    transfers: Transfers = request.app.state.transfers
+    transfers = gw.transfers
     try:
         release = transfers.acquire("import", principal_of(request).user_id, IMPORTS_PER_USER)
     except Busy as exc:
@@ -148,16 +148,16 @@ async def upload_log(
     try:
         with tempfile.TemporaryDirectory(prefix="livedata-import-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
-            if not await _spool(request, path, rt.settings.max_body_bytes):
+            if not await _spool(request, path, gw.settings.max_body_bytes):
                 return _error(
                     413,
                     "too_large",
-                    f"the log is larger than {rt.settings.max_body_bytes} bytes: import it with "
+                    f"the log is larger than {gw.settings.max_body_bytes} bytes: import it with "
                     "`livedata import`",
                 )
             try:
                 summary = await import_log(
-                    rt.store, info.decoder, orgId, chassisId, path, start_ms=start
+                    gw.store, info.decoder, orgId, chassisId, path, start_ms=start
                 )
             except InputError as exc:
                 raise InputError(str(exc).replace(path.name, filename)) from None
@@ -191,16 +191,16 @@ async def export(
         ),
     ] = None,
 ) -> Response:
-    rt = runtime(request)
+    gw = gateway_of(request)
     check_msg_type(msgType)
     if format not in FORMATS:
         raise InputError(f"unknown format {format!r}: use one of {', '.join(FORMATS)}")
-    info = await rt.require_machine(orgId, chassisId)
-    units = {f["name"]: f["unit"] or "" for f in await rt.catalog.fields(info, msgType)}
+    info = await gw.catalog.require_machine(orgId, chassisId)
+    units = {f["name"]: f["unit"] or "" for f in await gw.catalog.fields(info, msgType)}
     names = list(units) if fields is None else field_names(fields, MAX_EXPORT_FIELDS)
     start, end = time_range(from_, to, EXPORT_DEFAULT_MS, MAX_EXPORT_SPAN_MS)
-    job = Export(rt.store, orgId, chassisId, msgType, names, units, start, end, maxPoints)
-    transfers: Transfers = request.app.state.transfers
+    job = Export(gw.store, orgId, chassisId, msgType, names, units, start, end, maxPoints)
+    transfers = gw.transfers
     try:
         release = transfers.acquire("export", principal_of(request).user_id, EXPORTS_PER_USER)
     except Busy as exc:
