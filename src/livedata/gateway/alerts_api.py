@@ -39,7 +39,7 @@ machine's last values are read from the store once, when the state first meets
 it).  A machine is ``online`` while real-time data arrived in the last 5 s.  ``realtime`` (is the machine's stream switched on) is
 ``null`` = unknown until device commands exist.
 
-The relay (:func:`alert_relay`, an :class:`~livedata.gateway.relay.OrgRelay` run by
+The relay (:attr:`AlertsService.relay`, an :class:`~livedata.gateway.relay.OrgRelay` run by
 every gateway process): alert events
 arrive on the pub/sub channel ``live-stream/{org}/alerts`` (from the alert role,
 in this or another process, and from acknowledgements) and are pushed as rows of
@@ -53,19 +53,18 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import InputError
-from livedata.gateway.commands import status_service
-from livedata.gateway.fleet import Fleet, OrgFleet
+from livedata.gateway.fleet import OrgFleet
 from livedata.gateway.relay import OrgRelay
 from livedata.gateway.security import principal_of
-from livedata.gateway.sio import emit_alert, org_room, socket_gateway
-from livedata.gateway.watch import log_tables
+from livedata.gateway.sio import org_room
+from livedata.gateway.state import gateway_of
 from livedata.metadata.alerts import (
     AlertStore,
     RuleSpec,
@@ -78,7 +77,11 @@ from livedata.pipeline.alerts import alerts_channel, publish_alert
 from livedata.pipeline.notify import check_webhook_url, parse_networks
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.catalog import Catalog
+    from livedata.gateway.fanout import Fanout
+    from livedata.gateway.gateway import Gateway
+    from livedata.gateway.sio import SocketGateway
+    from livedata.metadata import Metadata
 
 log = logging.getLogger("livedata.gateway.alerts")
 MAX_FLEET_FIELDS = 50
@@ -129,11 +132,6 @@ class AckBody(BaseModel):
 # --------------------------------------------------------------------------- services
 
 
-def _rt(request: Request) -> Runtime:
-    rt: Runtime = request.app.state.runtime
-    return rt
-
-
 def fleet_summary(
     state: OrgFleet, fields: list[str] | None, active: dict[str, int]
 ) -> dict[str, Any]:
@@ -169,18 +167,27 @@ def fleet_summary(
 class AlertsService:
     """The alert API's state in one gateway process."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.store = AlertStore(rt.meta)
-        self.relay = OrgRelay(rt, "alert", alerts_channel, self.deliver)
+    def __init__(
+        self,
+        meta: Metadata,
+        hub: Fanout,
+        publish_row: Callable[[str, str, dict[str, Any]], None],
+        socket: SocketGateway,
+    ) -> None:
+        """``publish_row(org, table, row)`` feeds the ``alerts`` log table, ``socket`` the
+        Socket.IO clients."""
+        self.store = AlertStore(meta)
+        self.publish_row = publish_row
+        self.socket = socket
+        self.relay = OrgRelay(hub, meta, "alert", alerts_channel, self.deliver)
+        """Alert events of every organisation to this gateway (a supervised task)."""
 
     async def deliver(self, org: str, body: dict[str, Any]) -> None:
         alert = body.get("alert")
         if not isinstance(alert, dict):
             return
         event = str(body.get("event", ""))
-        rows = log_tables(self.rt)
-        rows.publish(
+        self.publish_row(
             org,
             "alerts",
             {
@@ -198,46 +205,31 @@ class AlertsService:
         )
         payload = {**alert, "event": event}
         if event == "raised":
-            await emit_alert(org, payload)
+            await self.socket.emit_alert(org, payload)
         else:
-            await socket_gateway(self.rt).emit("alert-updated", payload, to=org_room(org))
-
-
-_SERVICES: weakref.WeakKeyDictionary[Runtime, AlertsService] = weakref.WeakKeyDictionary()
-
-
-def alerts_service(rt: Runtime) -> AlertsService:
-    service = _SERVICES.get(rt)
-    if service is None:
-        service = _SERVICES[rt] = AlertsService(rt)
-    return service
-
-
-def alert_relay(rt: Runtime) -> OrgRelay:
-    """The relay of ``rt``'s gateway (the runtime runs it when it has the gateway role)."""
-    return alerts_service(rt).relay
+            await self.socket.emit("alert-updated", payload, to=org_room(org))
 
 
 # --------------------------------------------------------------------------- routes
 
 
-async def _spec(rt: Runtime, org: str, body: RuleBody, rule_id: int = 0) -> RuleSpec:
+async def _spec(gw: Gateway, org: str, body: RuleBody, rule_id: int = 0) -> RuleSpec:
     if (
         body.scope == "machine"
         and body.scopeValue
         and (
-            not valid_id(body.scopeValue) or await rt.catalog.machine(org, body.scopeValue) is None
+            not valid_id(body.scopeValue) or await gw.catalog.machine(org, body.scopeValue) is None
         )
     ):
         raise InputError(f"scope machine {body.scopeValue!r} is not a machine of {org!r}")
     if body.scope == "model" and body.scopeValue:
-        models = {m.model for m in await rt.meta.list_machines(org)}
+        models = {m.model for m in await gw.meta.list_machines(org)}
         if body.scopeValue not in models:
             known = ", ".join(sorted(models)) or "none"
             raise InputError(f"scope model {body.scopeValue!r} has no machines (models: {known})")
     webhook = body.notify.webhook
     if webhook is not None:
-        check_webhook_url(webhook.url, parse_networks(rt.settings.webhook_allowed_networks))
+        check_webhook_url(webhook.url, parse_networks(gw.settings.webhook_allowed_networks))
     return RuleSpec(
         id=rule_id,
         org=org,
@@ -261,51 +253,51 @@ async def _spec(rt: Runtime, org: str, body: RuleBody, rule_id: int = 0) -> Rule
     )
 
 
-async def _rules_changed(rt: Runtime) -> None:
+async def _rules_changed(gw: Gateway) -> None:
     """Let this process's alert role use a changed rule at once (others reload within 3 s)."""
-    if "alerts" in rt.roles:
+    if gw.refresh_alert_rules is not None:
         try:
-            await rt.alerts.refresh()
+            await gw.refresh_alert_rules()
         except Exception as exc:  # the periodic reload will catch up
             log.warning("alert role refresh failed: %s", exc)
 
 
 @router.get("/resources/{orgId}/alert-rules", summary="The organisation's alert rules")
 async def list_rules(request: Request, orgId: str) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
-    rows = await alerts_service(rt).store.list_rules(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    rows = await gw.alerts.store.list_rules(orgId)
     return {"rules": [rule_dict(r) for r in rows]}
 
 
 @router.post("/resources/{orgId}/alert-rules", status_code=201, summary="Create an alert rule")
 async def create_rule(request: Request, orgId: str, body: RuleBody) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
-    service = alerts_service(rt)
-    spec = await _spec(rt, orgId, body)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    service = gw.alerts
+    spec = await _spec(gw, orgId, body)
     secret = body.notify.webhook.secret if body.notify.webhook else None
     row = await service.store.create_rule(spec, secret)
     await service.relay.ensure(orgId)
-    await _rules_changed(rt)
+    await _rules_changed(gw)
     return rule_dict(row)
 
 
 @router.get("/resources/{orgId}/alert-rules/{ruleId}", summary="One alert rule")
 async def get_rule(request: Request, orgId: str, ruleId: int) -> dict[str, Any]:
-    rt = _rt(request)
-    return rule_dict(await alerts_service(rt).store.get_rule(orgId, ruleId))
+    gw = gateway_of(request)
+    return rule_dict(await gw.alerts.store.get_rule(orgId, ruleId))
 
 
 @router.put("/resources/{orgId}/alert-rules/{ruleId}", summary="Replace an alert rule")
 async def update_rule(request: Request, orgId: str, ruleId: int, body: RuleBody) -> dict[str, Any]:
-    rt = _rt(request)
-    service = alerts_service(rt)
+    gw = gateway_of(request)
+    service = gw.alerts
     await service.store.get_rule(orgId, ruleId)
-    spec = await _spec(rt, orgId, body, ruleId)
+    spec = await _spec(gw, orgId, body, ruleId)
     secret = body.notify.webhook.secret if body.notify.webhook else None
     row = await service.store.update_rule(spec, secret)
-    await _rules_changed(rt)
+    await _rules_changed(gw)
     return rule_dict(row)
 
 
@@ -313,9 +305,9 @@ async def update_rule(request: Request, orgId: str, ruleId: int, body: RuleBody)
     "/resources/{orgId}/alert-rules/{ruleId}", status_code=204, summary="Delete an alert rule"
 )
 async def delete_rule(request: Request, orgId: str, ruleId: int) -> Response:
-    rt = _rt(request)
-    await alerts_service(rt).store.delete_rule(orgId, ruleId)
-    await _rules_changed(rt)
+    gw = gateway_of(request)
+    await gw.alerts.store.delete_rule(orgId, ruleId)
+    await _rules_changed(gw)
     return Response(status_code=204)
 
 
@@ -327,9 +319,9 @@ async def list_alerts(
     chassisId: Annotated[str | None, Query(description="only this machine")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
-    service = alerts_service(rt)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
+    service = gw.alerts
     await service.relay.ensure(orgId)
     rows = await service.store.list_alerts(orgId, state, chassisId, limit)
     return {"alerts": [alert_dict(a) for a in rows]}
@@ -337,22 +329,22 @@ async def list_alerts(
 
 @router.get("/resources/{orgId}/alerts/{alertId}", summary="One alert")
 async def get_alert(request: Request, orgId: str, alertId: int) -> dict[str, Any]:
-    rt = _rt(request)
-    return alert_dict(await alerts_service(rt).store.get_alert(orgId, alertId))
+    gw = gateway_of(request)
+    return alert_dict(await gw.alerts.store.get_alert(orgId, alertId))
 
 
 @router.post("/resources/{orgId}/alerts/{alertId}/ack", summary="Acknowledge an alert")
 async def acknowledge(
     request: Request, orgId: str, alertId: int, body: AckBody | None = None
 ) -> dict[str, Any]:
-    rt = _rt(request)
-    service = alerts_service(rt)
+    gw = gateway_of(request)
+    service = gw.alerts
     comment = (body.comment if body else "").strip()
     row = await service.store.acknowledge(orgId, alertId, principal_of(request).username, comment)
     alert = alert_dict(row)
     await service.relay.ensure(orgId)
     await publish_alert(
-        rt.pubsub,
+        gw.pubsub,
         alerts_channel(orgId),
         {"event": "acknowledged", "org": orgId, "alert": alert},
         "api",
@@ -366,8 +358,8 @@ async def acknowledge(
     summary="The alert's notifications: status, attempts, last error",
 )
 async def notifications(request: Request, orgId: str, alertId: int) -> dict[str, Any]:
-    rt = _rt(request)
-    rows = await alerts_service(rt).store.notifications(orgId, alertId)
+    gw = gateway_of(request)
+    rows = await gw.alerts.store.notifications(orgId, alertId)
     return {"notifications": [notification_dict(n) for n in rows]}
 
 
@@ -377,8 +369,8 @@ async def fleet(
     orgId: str,
     fields: Annotated[str | None, Query(description="comma-separated; default all")] = None,
 ) -> dict[str, Any]:
-    rt = _rt(request)
-    await rt.meta.require_org(orgId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(orgId)
     names: list[str] | None = None
     if fields is not None:
         names = list(dict.fromkeys(f.strip() for f in fields.split(",") if f.strip()))
@@ -387,24 +379,23 @@ async def fleet(
         bad = [f for f in names if not valid_id(f)]
         if bad:
             raise InputError(f"invalid field names: {bad[:5]}")
-    service = alerts_service(rt)
+    service = gw.alerts
     await service.relay.ensure(orgId)
-    fleet_state: Fleet = request.app.state.fleet
-    state = await fleet_state.keep(orgId)
+    state = await gw.fleet.keep(orgId)
     active: dict[str, int] = {}
     for alert in await service.store.list_alerts(orgId, "active", limit=1000):
         active[alert.chassis_id] = active.get(alert.chassis_id, 0) + 1
     summary = fleet_summary(state, names, active)
-    statuses = status_service(rt)
+    statuses = gw.status
     for machine in summary["machines"]:
         machine["realtime"] = statuses.known_realtime(orgId, machine["chassisId"])
-    summary["fields"] = await _field_info(rt, orgId, state, names)
-    summary["map"] = {"tiles": rt.settings.map_tiles, "attribution": rt.settings.map_attribution}
+    summary["fields"] = await _field_info(gw.catalog, orgId, state, names)
+    summary["map"] = {"tiles": gw.settings.map_tiles, "attribution": gw.settings.map_attribution}
     return summary
 
 
 async def _field_info(
-    rt: Runtime, org: str, state: OrgFleet, names: list[str] | None
+    catalog: Catalog, org: str, state: OrgFleet, names: list[str] | None
 ) -> list[dict[str, Any]]:
     """Unit, min and max of the asked fields, from the first machine that has each."""
     if not names:
@@ -415,11 +406,11 @@ async def _field_info(
         if machine.model in models_done:
             continue
         models_done.add(machine.model)
-        info = await rt.catalog.machine(org, machine.chassis)
+        info = await catalog.machine(org, machine.chassis)
         if info is None:
             continue
         for msg_type in MsgType:
-            for f in await rt.catalog.fields(info, msg_type.value):
+            for f in await catalog.fields(info, msg_type.value):
                 if f["name"] in names and f["name"] not in found:
                     found[f["name"]] = {**f, "msgType": msg_type.value}
     return [found.get(n, {"name": n, "unit": "", "min": None, "max": None}) for n in names]
@@ -427,8 +418,6 @@ async def _field_info(
 
 __all__ = [
     "AlertsService",
-    "alert_relay",
-    "alerts_service",
     "fleet_summary",
     "router",
 ]

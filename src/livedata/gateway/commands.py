@@ -30,7 +30,7 @@ the machine (ms).  A machine that comes online on an MQTT link is asked
 real-time state is known (and pushed) without anyone opening it.  Changes (presence, real-time) are pushed as ``device_status``
 log table rows and Socket.IO ``device-update`` ``{deviceId, status, lastSeen,
 realtime}`` by every gateway: the change is published on the pub/sub channel
-``live-stream/{org}/status`` and each gateway's :func:`status_relay` delivers it,
+``live-stream/{org}/status`` and each gateway's :attr:`StatusService.relay` delivers it,
 also in the process that made it.
 """
 
@@ -39,25 +39,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from livedata.errors import DeviceError, DeviceNotConnected, DeviceTimeout
-from livedata.gateway.api import runtime
 from livedata.gateway.relay import OrgRelay, publish_event
 from livedata.gateway.security import principal_of
-from livedata.gateway.sio import emit_device_update
-from livedata.gateway.watch import log_tables
+from livedata.gateway.state import gateway_of
 from livedata.metadata.commands import MAX_LIST, CommandLog, command_dict
 from livedata.model import MsgType
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.bus.base import PubSub
+    from livedata.devices.base import DeviceLink
+    from livedata.gateway.fanout import Fanout
+    from livedata.metadata import Metadata
+    from livedata.store.base import Store
 
 log = logging.getLogger("livedata.gateway.commands")
 
@@ -83,17 +85,31 @@ class MethodBody(BaseModel):
 
 
 class StatusService:
-    """Real-time state and status pushes of one runtime."""
+    """Real-time state and status pushes of one gateway."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(
+        self,
+        hub: Fanout,
+        store: Store,
+        meta: Metadata,
+        devices: DeviceLink,
+        pubsub: PubSub,
+        publish_row: Callable[[str, str, dict[str, Any]], None],
+        emit_device_update: Callable[[str, str, dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        """``publish_row(org, table, row)`` feeds the log tables, ``emit_device_update(org,
+        chassis, update)`` Socket.IO."""
+        self.store, self.meta, self.devices, self.pubsub = store, meta, devices, pubsub
+        self.publish_row = publish_row
+        self.emit_device_update = emit_device_update
         self.realtime: dict[tuple[str, str], str] = {}
         self._probed: dict[tuple[str, str], float] = {}
         self._probes: set[asyncio.Task[Any]] = set()
-        self.relay = OrgRelay(rt, "status", status_channel, self.deliver)
+        self.relay = OrgRelay(hub, meta, "status", status_channel, self.deliver)
+        """Status changes of every organisation to this gateway's pages (a supervised task)."""
 
     async def last_seen(self, org: str, chassis: str) -> int | None:
-        seen = [await self.rt.store.latest_ts(org, chassis, t.value) for t in MsgType]
+        seen = [await self.store.latest_ts(org, chassis, t.value) for t in MsgType]
         known = [ts for ts in seen if ts is not None]
         return max(known) if known else None
 
@@ -132,11 +148,11 @@ class StatusService:
         task.add_done_callback(self._probes.discard)
 
     async def status(self, org: str, chassis: str, probe: bool = True) -> dict[str, Any]:
-        link = self.rt.devices.status(org, chassis)
+        link = self.devices.status(org, chassis)
         realtime = self.realtime.get((org, chassis))
         if realtime is None and link.connected and probe:
             try:
-                result = await self.rt.devices.call(
+                result = await self.devices.call(
                     org, chassis, "getStatus", None, response_timeout=STATUS_PROBE_TIMEOUT_S
                 )
                 if result.status == 200:
@@ -168,7 +184,7 @@ class StatusService:
         """Tell every gateway's open pages about a status change (through pub/sub)."""
         state = await self.status(org, chassis, probe=False)
         await self.relay.ensure(org)  # an organisation created since the relay last looked
-        await publish_event(self.rt.pubsub, status_channel(org), state)
+        await publish_event(self.pubsub, status_channel(org), state)
 
     async def deliver(self, org: str, state: dict[str, Any]) -> None:
         """A status change from pub/sub: remember it, then log table row and Socket.IO."""
@@ -177,7 +193,7 @@ class StatusService:
             self.realtime[(org, chassis)] = state["realtime"]
         elif not state.get("connected"):
             self.realtime.pop((org, chassis), None)
-        log_tables(self.rt).publish(
+        self.publish_row(
             org,
             "device_status",
             {
@@ -195,36 +211,19 @@ class StatusService:
             "lastSeen": state.get("lastSeen"),
             "realtime": state.get("realtime"),
         }
-        await emit_device_update(self.rt, org, chassis, update)
+        await self.emit_device_update(org, chassis, update)
 
-
-_SERVICES: WeakKeyDictionary[Runtime, StatusService] = WeakKeyDictionary()
-
-
-def status_service(rt: Runtime) -> StatusService:
-    service = _SERVICES.get(rt)
-    if service is None:
-        service = _SERVICES[rt] = StatusService(rt)
-    return service
-
-
-def status_relay(rt: Runtime) -> OrgRelay:
-    """Status changes of every organisation to this gateway's pages (a runtime task)."""
-    return status_service(rt).relay
-
-
-async def presence_feed(rt: Runtime) -> None:
-    """Push presence changes of an MQTT device link until cancelled (runtime task)."""
-    changes = getattr(rt.devices, "presence_changes", None)
-    if changes is None:
-        return
-    service = status_service(rt)
-    async for change in changes():
-        if not change.online:
-            service.realtime.pop((change.tenant, change.chassis), None)
-        await service.push(change.tenant, change.chassis)
-        if change.online and (change.tenant, change.chassis) not in service.realtime:
-            service.probe_soon(change.tenant, change.chassis)  # known without a page open
+    async def presence_feed(self) -> None:
+        """Push presence changes of an MQTT device link until cancelled (a supervised task)."""
+        changes = getattr(self.devices, "presence_changes", None)
+        if changes is None:
+            return
+        async for change in changes():
+            if not change.online:
+                self.realtime.pop((change.tenant, change.chassis), None)
+            await self.push(change.tenant, change.chassis)
+            if change.online and (change.tenant, change.chassis) not in self.realtime:
+                self.probe_soon(change.tenant, change.chassis)  # known without a page open
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -243,7 +242,7 @@ class Sent:
 
 
 async def send_command(
-    rt: Runtime,
+    service: StatusService,
     org: str,
     chassis: str,
     method: str,
@@ -257,11 +256,10 @@ async def send_command(
     """Send a direct method, record it in the command log (and its log table), push a
     changed real-time state.  The one path of a user's command and of the server's own
     (``reason``, like ``viewers``)."""
-    service = status_service(rt)
     started = time.monotonic()
     created = int(time.time() * 1000)
     try:
-        answer = await rt.devices.call(
+        answer = await service.devices.call(
             org,
             chassis,
             method,
@@ -275,7 +273,7 @@ async def send_command(
     except DeviceError as exc:
         sent = Sent("error", message=str(exc))
     duration = int((time.monotonic() - started) * 1000)
-    row = await CommandLog(rt.meta).record(
+    row = await CommandLog(service.meta).record(
         org_id=org,
         chassis_id=chassis,
         method=method,
@@ -288,7 +286,7 @@ async def send_command(
         result=sent.payload,
         reason=reason,
     )
-    log_tables(rt).publish(
+    service.publish_row(
         org,
         "commands",
         {
@@ -315,11 +313,11 @@ async def send_command(
 async def invoke_method(
     request: Request, iothubName: str, deviceId: str, body: MethodBody
 ) -> JSONResponse:
-    rt = runtime(request)
-    await rt.meta.require_org(iothubName)
-    await rt.require_machine(iothubName, deviceId)
+    gw = gateway_of(request)
+    await gw.meta.require_org(iothubName)
+    await gw.catalog.require_machine(iothubName, deviceId)
     sent = await send_command(
-        rt,
+        gw.status,
         iothubName,
         deviceId,
         body.methodName,
@@ -330,7 +328,7 @@ async def invoke_method(
     )
     if sent.outcome == "ok":
         if sent.status == 200:  # a manual Start/Stop: viewers follow it (livedata.follow)
-            rt.viewers.manual(iothubName, deviceId, body.methodName)
+            gw.viewers.manual(iothubName, deviceId, body.methodName)
         return JSONResponse({"status": sent.status, "payload": sent.payload})
     if sent.outcome == DeviceNotConnected.code:
         return _error(404, sent.outcome, sent.message)
@@ -349,10 +347,10 @@ async def list_methods(
     deviceId: str,
     limit: int = Query(50, ge=1, le=MAX_LIST),
 ) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.meta.require_org(iothubName)
-    await rt.require_machine(iothubName, deviceId)
-    rows = await CommandLog(rt.meta).recent(iothubName, deviceId, limit)
+    gw = gateway_of(request)
+    await gw.meta.require_org(iothubName)
+    await gw.catalog.require_machine(iothubName, deviceId)
+    rows = await CommandLog(gw.meta).recent(iothubName, deviceId, limit)
     return {"commands": [command_dict(r) for r in rows]}
 
 
@@ -361,6 +359,6 @@ async def list_methods(
     summary="Whether a machine is connected, streams real-time, and when it was last seen",
 )
 async def machine_status(request: Request, orgId: str, chassisId: str) -> dict[str, Any]:
-    rt = runtime(request)
-    await rt.require_machine(orgId, chassisId)
-    return await status_service(rt).status(orgId, chassisId)
+    gw = gateway_of(request)
+    await gw.catalog.require_machine(orgId, chassisId)
+    return await gw.status.status(orgId, chassisId)

@@ -1,13 +1,13 @@
 """The fleet state of one gateway process: every machine's presence and latest values.
 
-One :class:`Fleet` is built by :func:`~livedata.gateway.app.create_app` and passed to
+One :class:`Fleet` is built by :class:`~livedata.gateway.gateway.Gateway` and passed to
 what needs it: the fleet summary (``GET …/fleet``) and Socket.IO (``dashboard:data``,
 ``dashboard:update``, status ``device-update``).  Before, each of them kept its own copy,
 each listening to every channel of every machine and reading the store for it.
 
 Per organisation, an :class:`OrgFleet` knows the machines (re-read from the metadata
 database every :data:`MACHINES_REFRESH_S`), listens once to each machine's live channels
-(in-process listeners of the fan-out core, ``rt.hub``) and keeps per machine: ``last_seen`` (newest record
+(in-process listeners of the fan-out core, ``Gateway.hub``) and keeps per machine: ``last_seen`` (newest record
 time, ms), ``arrived`` (when real-time data last arrived, monotonic), the latest value
 of each field per message type and the latest GPS position.  A machine it meets is
 seeded once from the store (its newest values), so a page opens filled.  A machine is
@@ -38,7 +38,10 @@ from typing import TYPE_CHECKING, Any
 from livedata.model import MsgType, live_channel
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.catalog import Catalog
+    from livedata.gateway.fanout import Fanout
+    from livedata.metadata import Metadata
+    from livedata.store.base import Store
 
 log = logging.getLogger("livedata.gateway.fleet")
 
@@ -92,8 +95,10 @@ class FleetMachine:
 class OrgFleet:
     """The machines of one organisation, fed by their live channels (see the module doc)."""
 
-    def __init__(self, rt: Runtime, org: str) -> None:
-        self.rt = rt
+    def __init__(
+        self, hub: Fanout, store: Store, meta: Metadata, catalog: Catalog, org: str
+    ) -> None:
+        self.hub, self.store, self.meta, self.catalog = hub, store, meta, catalog
         self.org = org
         self.machines: dict[str, FleetMachine] = {}
         self.observers: list[Observer] = []
@@ -110,7 +115,7 @@ class OrgFleet:
         async with self._lock:
             if not force and time.monotonic() - self._refreshed < MACHINES_REFRESH_S:
                 return
-            rows = await self.rt.meta.list_machines(self.org)
+            rows = await self.meta.list_machines(self.org)
             current = {row.chassis_id for row in rows}
             for row in rows:
                 machine = self.machines.get(row.chassis_id)
@@ -123,7 +128,7 @@ class OrgFleet:
                     channel = live_channel(self.org, row.chassis_id, msg_type.value)
                     listener = self._listener(machine, msg_type.value)
                     self._listeners[channel] = listener
-                    await self.rt.hub.listen(channel, listener)
+                    await self.hub.listen(channel, listener)
                 await self._seed(machine)
             for chassis in set(self.machines) - current:
                 del self.machines[chassis]
@@ -142,7 +147,7 @@ class OrgFleet:
     async def _unlisten(self, channel: str) -> None:
         listener = self._listeners.pop(channel, None)
         if listener is not None:
-            await self.rt.hub.unlisten(channel, listener)
+            await self.hub.unlisten(channel, listener)
 
     def _listener(
         self, machine: FleetMachine, msg_type: str
@@ -160,15 +165,15 @@ class OrgFleet:
 
     async def _seed(self, machine: FleetMachine) -> None:
         """The newest stored values of a machine met for the first time (once)."""
-        store = self.rt.store
-        info = await self.rt.catalog.machine(self.org, machine.chassis)
+        store = self.store
+        info = await self.catalog.machine(self.org, machine.chassis)
         for msg_type in MsgType:
             latest = await store.latest_ts(self.org, machine.chassis, msg_type.value)
             if latest is None:
                 continue
             names = []
             if info is not None:
-                names = [f["name"] for f in await self.rt.catalog.fields(info, msg_type.value)]
+                names = [f["name"] for f in await self.catalog.fields(info, msg_type.value)]
             values: dict[str, Any] = {}
             if names:
                 series = await store.query(
@@ -196,8 +201,8 @@ class OrgFleet:
 class Fleet:
     """The fleet state of every organisation in use in this process (see the module doc)."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self, hub: Fanout, store: Store, meta: Metadata, catalog: Catalog) -> None:
+        self.hub, self.store, self.meta, self.catalog = hub, store, meta, catalog
         self._orgs: dict[str, OrgFleet] = {}
         self._lock = asyncio.Lock()
 
@@ -210,7 +215,9 @@ class Fleet:
         async with self._lock:
             state = self._orgs.get(org)
             if state is None:
-                state = self._orgs[org] = OrgFleet(self.rt, org)
+                state = self._orgs[org] = OrgFleet(
+                    self.hub, self.store, self.meta, self.catalog, org
+                )
             state.users += 1
         try:
             await state.ensure()
@@ -233,7 +240,9 @@ class Fleet:
         async with self._lock:
             state = self._orgs.get(org)
             if state is None:
-                state = self._orgs[org] = OrgFleet(self.rt, org)
+                state = self._orgs[org] = OrgFleet(
+                    self.hub, self.store, self.meta, self.catalog, org
+                )
             state.kept = True
         await state.ensure()
         return state

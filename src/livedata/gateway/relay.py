@@ -29,7 +29,8 @@ from livedata.bus.base import LiveMessage, PubSub
 from livedata.errors import BusError
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.gateway.fanout import Fanout
+    from livedata.metadata import Metadata
 
 log = logging.getLogger("livedata.gateway.relay")
 
@@ -56,12 +57,13 @@ class OrgRelay:
 
     def __init__(
         self,
-        rt: Runtime,
+        hub: Fanout,
+        meta: Metadata,
         name: str,
         channel: Callable[[str], str],
         deliver: Callable[[str, dict[str, Any]], Awaitable[None]],
     ) -> None:
-        self.rt = rt
+        self.hub, self.meta = hub, meta
         self.name = name
         self.channel = channel
         self.deliver = deliver
@@ -80,7 +82,7 @@ class OrgRelay:
             if org in self._listening:
                 return
             listener = self._listener(org)
-            await self.rt.hub.listen(self.channel(org), listener)
+            await self.hub.listen(self.channel(org), listener)
             self._listening[org] = listener
 
     def _listener(self, org: str) -> Any:
@@ -99,7 +101,7 @@ class OrgRelay:
         try:
             while True:
                 try:
-                    for org in await self.rt.meta.list_orgs():
+                    for org in await self.meta.list_orgs():
                         await self.ensure(org.id)
                 except Exception as exc:
                     log.warning("%s relay cannot list organisations: %s", self.name, exc)
@@ -107,7 +109,7 @@ class OrgRelay:
         finally:
             pump.cancel()
             for org_id, listener in list(self._listening.items()):
-                await self.rt.hub.unlisten(self.channel(org_id), listener)
+                await self.hub.unlisten(self.channel(org_id), listener)
             self._listening.clear()
 
     async def _pump(self) -> None:

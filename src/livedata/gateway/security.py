@@ -41,7 +41,6 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
-from weakref import WeakKeyDictionary
 
 from starlette.requests import Request
 
@@ -54,7 +53,9 @@ from livedata.gateway.server import send_error
 from livedata.metadata.accounts import Accounts
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.gateway.gateway import Supervisor
+    from livedata.metadata import Metadata
+    from livedata.settings import Settings
 
 log = logging.getLogger("livedata.security")
 
@@ -92,13 +93,21 @@ def cookies_of(headers: Mapping[str, str]) -> dict[str, str]:
 class Security:
     """Accounts, limits and live-connection registry of one gateway process."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.settings = rt.settings
-        self.accounts = Accounts(rt.meta)
+    def __init__(
+        self,
+        settings: Settings,
+        meta: Metadata,
+        tasks: Supervisor,
+        publish_row: Callable[[str, str, dict[str, Any]], None],
+    ) -> None:
+        """``publish_row(org, table, row)``: where audit entries go as log-table rows."""
+        self.tasks = tasks
+        self.publish_row = publish_row
+        self.settings = settings
+        self.accounts = Accounts(meta)
         self.logins = LoginThrottle()
-        self.live_count = ConnectionCount(rt.settings.live_per_user)
-        self.commands = SlidingWindow(rt.settings.commands_per_minute, 60.0)
+        self.live_count = ConnectionCount(settings.live_per_user)
+        self.commands = SlidingWindow(settings.commands_per_minute, 60.0)
         self._key: bytes | None = None
         self._live: dict[int, _Live] = {}
         self._ids = itertools.count()
@@ -119,7 +128,7 @@ class Security:
             else:
                 await self.accounts.create_token(admin.id, "admin_token setting", raw=token)
                 log.info("admin_token given to user %s", admin.username)
-        self.rt.spawn("security-recheck", self._recheck)
+        self.tasks.spawn("security-recheck", self._recheck)
 
     # authentication ---------------------------------------------------------------
 
@@ -198,11 +207,9 @@ class Security:
         self, org: str, actor: str, action: str, target: str, address: str, details: Any = None
     ) -> None:
         """Write an audit entry and publish it to the ``audit`` log table; never raises."""
-        from livedata.gateway.watch import log_tables
-
         try:
             entry = await self.accounts.audit(org, actor, action, target, address, details)
-            log_tables(self.rt).publish(
+            self.publish_row(
                 org,
                 "audit",
                 {
@@ -215,17 +222,6 @@ class Security:
             )
         except Exception:
             log.exception("audit entry %s %s by %s not written", action, target, actor)
-
-
-_SECURITY: WeakKeyDictionary[Runtime, Security] = WeakKeyDictionary()
-
-
-def security(rt: Runtime) -> Security:
-    """The security service of ``rt`` (created on first use)."""
-    service = _SECURITY.get(rt)
-    if service is None:
-        service = _SECURITY[rt] = Security(rt)
-    return service
 
 
 def principal_of(request: Request) -> Principal:
@@ -251,14 +247,14 @@ async def _ws_refuse(receive: Receive, send: Send, reason: str) -> None:
 class SecurityMiddleware:
     """Pure ASGI middleware: the checks above, then the app with ``scope["state"]["principal"]``."""
 
-    def __init__(self, app: Any, rt: Runtime) -> None:
+    def __init__(self, app: Any, security: Security) -> None:
         self.app = app
-        self.rt = rt
+        self.security = security
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
-        sec = security(self.rt)
+        sec = self.security
         is_ws = scope["type"] == "websocket"
         method = "GET" if is_ws else scope["method"]
         path = scope["path"]
@@ -327,7 +323,7 @@ class SecurityMiddleware:
     ) -> None:
         auth = headers.get("authorization", "")
         secret = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
-        accounts = security(self.rt).accounts
+        accounts = self.security.accounts
         assert rule.org is not None and rule.chassis is not None
         if not secret or not await accounts.check_device_secret(rule.org, rule.chassis, secret):
             observe.AUTH_REFUSED.labels("device").inc()
@@ -344,7 +340,7 @@ class SecurityMiddleware:
         principal: Principal,
         refuse: Callable[[int, str, str], Awaitable[None]],
     ) -> None:
-        sec = security(self.rt)
+        sec = self.security
         ended = asyncio.Event()
         reason = ["session ended"]
 
@@ -413,7 +409,7 @@ class SecurityMiddleware:
         await self.app(scope, receive, watching_send)
         path = scope["path"]
         if status[0] < 400 and not path.startswith("/api/auth/"):
-            await security(self.rt).audit(
+            await self.security.audit(
                 rule.org or principal.org,
                 principal.username,
                 scope["method"],

@@ -51,7 +51,7 @@ Server → client:
 - ``dashboard:data`` once on connect, then ``dashboard:update`` every second:
   ``{org, machines:[{deviceId, name, model, status, lastSeen, values:{msgType:{field:value}}}],
   online, total, timestamp}``.
-- ``alert-created`` through :func:`emit_alert` (or :meth:`SocketGateway.emit_alert`).
+- ``alert-created`` through :meth:`SocketGateway.emit_alert`.
 
 How it is fed: while an organisation has Socket.IO clients, its feed holds the
 organisation in the gateway's shared fleet state (:class:`~livedata.gateway.fleet.Fleet`,
@@ -98,7 +98,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -114,13 +113,16 @@ from livedata import observe
 from livedata.auth import Principal
 from livedata.gateway.fanout import WS_TEXT, Outbox
 from livedata.gateway.fleet import Fleet, FleetMachine, OrgFleet
-from livedata.gateway.security import security
 from livedata.gateway.server import RAW_WEBSOCKET, LimitedWebSocket
 from livedata.gateway.stall import StallClock, Stalled
 from livedata.model import MsgType, live_channel, valid_id
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.catalog import Catalog
+    from livedata.gateway.fanout import Fanout
+    from livedata.gateway.gateway import Gateway
+    from livedata.gateway.security import Security
+    from livedata.gateway.viewers import ViewerFollower
 
 log = logging.getLogger("livedata.gateway.sio")
 
@@ -593,23 +595,26 @@ def _since(data: Any) -> Since | None:
 
 
 class SocketGateway:
-    """The Socket.IO server of one runtime; ``asgi(app)`` mounts it beside ``app``."""
+    """The Socket.IO server of one gateway; ``asgi(app)`` mounts it beside ``app``."""
 
     def __init__(
         self,
-        rt: Runtime,
+        security: Security,
+        viewers: ViewerFollower,
+        catalog: Catalog,
+        hub: Fanout,
+        fleet: Fleet,
         *,
         sensor_data: str = SENSOR_DATA,
         max_subscriptions: int = MAX_SUBSCRIPTIONS,
         client_queue: int = CLIENT_QUEUE,
         stall_seconds: float | None = None,
-        fleet: Fleet | None = None,
     ) -> None:
         if sensor_data not in SENSOR_DATA_MODES:
             raise ValueError(f"sensor_data must be one of {SENSOR_DATA_MODES}")
-        self.rt = rt
-        self.fleet = fleet if fleet is not None else Fleet(rt)
-        """The gateway's shared fleet state (the app's, when mounted on it)."""
+        self.security, self.viewers, self.catalog, self.hub = security, viewers, catalog, hub
+        self.fleet = fleet
+        """The gateway's shared fleet state (the fleet summary reads the same)."""
         self.sensor_data = sensor_data
         self.max_subscriptions = max_subscriptions
         self.sio = _Server(
@@ -621,7 +626,7 @@ class SocketGateway:
             cors_allowed_origins=self._origin_allowed,
         )
         if stall_seconds is None:
-            stall_seconds = getattr(rt.settings, "client_stall_seconds", STALL_SECONDS)
+            stall_seconds = STALL_SECONDS
         self.sio.eio.client_queue = client_queue
         self.sio.eio.stall_seconds = stall_seconds
         self._closing: set[asyncio.Task[None]] = set()
@@ -636,7 +641,6 @@ class SocketGateway:
         self.sio.on("disconnect", self._disconnect)
         self.sio.on("subscribe-device", self._subscribe)
         self.sio.on("unsubscribe-device", self._unsubscribe)
-        _GATEWAYS.add(self)
 
     def asgi(self, app: Any) -> socketio.ASGIApp:
         return socketio.ASGIApp(self.sio, other_asgi_app=app)
@@ -697,7 +701,7 @@ class SocketGateway:
                 "this server has too many clients", {"code": "too_many_clients"}
             )
         principal = await self._authenticate(environ, auth)
-        handle = security(self.rt).open_live(
+        handle = self.security.open_live(
             principal, lambda _why: self.sio.start_background_task(self.sio.disconnect, sid)
         )
         if handle is None:
@@ -744,7 +748,7 @@ class SocketGateway:
         headers = {"host": environ.get("HTTP_HOST", "")}
         if origin is not None:
             headers["origin"] = origin
-        return security(self.rt).origin_ok(headers)
+        return self.security.origin_ok(headers)
 
     async def _authenticate(self, environ: dict[str, Any], auth: Any) -> Principal:
         """The caller, from the auth payload ``{token}``, a header, the cookie or the query."""
@@ -755,7 +759,7 @@ class SocketGateway:
         given = auth if isinstance(auth, dict) else {}
         if isinstance(given.get("token"), str):
             query["access_token"] = given["token"]
-        sec = security(self.rt)
+        sec = self.security
         principal = await sec.authenticate(headers, query, live=True)
         if principal is None:
             observe.AUTH_REFUSED.labels("unauthenticated").inc()
@@ -790,13 +794,13 @@ class SocketGateway:
             each.positions.discard(sid)
         handle = self._live.pop(sid, None)
         if handle is not None:
-            security(self.rt).close_live(handle)
+            self.security.close_live(handle)
         async with self._lock:
             client = self._clients.pop(sid, None)
             if client is None:
                 return
             for device in client.subscriptions:
-                self.rt.viewers.left(client.org, device)  # real-time follows viewers
+                self.viewers.left(client.org, device)  # real-time follows viewers
             feed = self._feeds.get(client.org)
             if feed is None:
                 return
@@ -831,7 +835,7 @@ class SocketGateway:
         except _Refused as exc:
             return await self._refuse(sid, exc.code, str(exc), device)
         org = client.org
-        if not valid_id(device) or await self.rt.catalog.machine(org, device) is None:
+        if not valid_id(device) or await self.catalog.machine(org, device) is None:
             return await self._refuse(
                 sid, "not_found", f"device {device[:80]!r} not found", device[:80]
             )
@@ -848,7 +852,7 @@ class SocketGateway:
         if feed is None:
             return _NOT_CONNECTED
         if device not in client.subscriptions:
-            self.rt.viewers.joined(org, device)  # real-time follows viewers
+            self.viewers.joined(org, device)  # real-time follows viewers
         client.subscriptions[device] = fields
         feed.subscribers.setdefault(device, {})[sid] = fields
         room = feed.device_room(device)
@@ -880,7 +884,7 @@ class SocketGateway:
         recovered = True
         for msg_type, position in since.items():
             channel = live_channel(feed.org, device, msg_type)
-            complete, missed = await self.rt.hub.missed_since(channel, position)
+            complete, missed = await self.hub.missed_since(channel, position)
             recovered = recovered and complete
             for values, head in missed:
                 for sids, data in feed._updates(device, msg_type, values, head, {sid: fields}):
@@ -899,7 +903,7 @@ class SocketGateway:
         if device not in client.subscriptions:
             return {"ok": True, "deviceId": device, "subscribed": False}
         del client.subscriptions[device]
-        self.rt.viewers.left(client.org, device)  # real-time follows viewers
+        self.viewers.left(client.org, device)  # real-time follows viewers
         feed = self._feeds.get(client.org)
         if feed is not None:
             subscribers = feed.subscribers.get(device)
@@ -921,50 +925,16 @@ def device_room(org: str, chassis: str) -> str:
     return f"device:{org}:{chassis}"
 
 
-_GATEWAYS: weakref.WeakSet[SocketGateway] = weakref.WeakSet()
-_BY_RUNTIME: weakref.WeakKeyDictionary[Runtime, SocketGateway] = weakref.WeakKeyDictionary()
-
-
-def socket_gateway(rt: Runtime, **options: Any) -> SocketGateway:
-    """The Socket.IO gateway of ``rt`` (created on first use with ``options``)."""
-    gateway = _BY_RUNTIME.get(rt)
-    if gateway is None:
-        gateway = _BY_RUNTIME[rt] = SocketGateway(rt, **options)
-    return gateway
-
-
-def with_socketio(app: Any, rt: Runtime, **options: Any) -> socketio.ASGIApp:
-    """``app`` with Socket.IO mounted at ``/socket.io/`` (lifespan and the rest go to ``app``).
-
-    Socket.IO shares ``app``'s fleet state (``app.state.fleet``, made by ``create_app``)."""
-    state = getattr(app, "state", None)
-    fleet = getattr(state, "fleet", None) if state is not None else None
-    if fleet is not None:
-        options.setdefault("fleet", fleet)
-    return socket_gateway(rt, **options).asgi(app)
-
-
-async def emit_device_update(rt: Runtime, org: str, chassis: str, update: dict[str, Any]) -> None:
-    """Send ``device-update`` to the room of one device, when ``rt`` serves Socket.IO."""
-    gateway = _BY_RUNTIME.get(rt)
-    if gateway is not None:
-        await gateway.emit("device-update", update, to=device_room(org, chassis))
-
-
-async def emit_alert(org: str, alert: dict[str, Any]) -> None:
-    """Send ``alert-created`` to the Socket.IO clients of ``org`` in this process."""
-    for gateway in list(_GATEWAYS):
-        try:
-            await gateway.emit_alert(org, alert)
-        except Exception:
-            log.exception("alert-created to %s failed", org)
+def with_socketio(app: Any) -> socketio.ASGIApp:
+    """``app`` (made by :func:`~livedata.gateway.app.create_app`) with its gateway's
+    Socket.IO mounted at ``/socket.io/`` (lifespan and the rest go to ``app``)."""
+    gateway: Gateway = app.state.gateway
+    return gateway.socket.asgi(app)
 
 
 __all__ = [
     "SENSOR_DATA",
     "SENSOR_DATA_MODES",
     "SocketGateway",
-    "emit_alert",
-    "socket_gateway",
     "with_socketio",
 ]

@@ -2,7 +2,7 @@
 commands that follow from it.
 
 The viewer hooks are synchronous one-liners, called where a viewer of a machine
-comes and goes (``rt.viewers.joined(org, chassis)`` / ``rt.viewers.left(org,
+comes and goes (``Gateway.viewers.joined(org, chassis)`` / ``Gateway.viewers.left(org,
 chassis)``; :meth:`ViewerFollower.watching` around a connection's life):
 
 * the live WebSocket (:func:`livedata.gateway.app.create_app`, around ``serve_live``);
@@ -13,7 +13,7 @@ chassis)``; :meth:`ViewerFollower.watching` around a connection's life):
 A manual ``startMs``/``endMs`` that the machine accepted (:func:`invoke_method
 <livedata.gateway.commands.invoke_method>`) is passed on with :meth:`ViewerFollower.manual`.
 
-:meth:`ViewerFollower.run` (a runtime task of the gateway role) loads each
+:meth:`ViewerFollower.run` (a supervised task of the gateway role) loads each
 organisation's setting (``followViewers``, ``viewerGraceSeconds``; again when older
 than ``config_ttl`` seconds and at once after a change through the API), runs the
 policy's clock and sends its commands through the same path as a user's
@@ -41,10 +41,13 @@ from typing import TYPE_CHECKING
 
 from livedata.errors import LivedataError
 from livedata.follow import START, STOP, Command, FollowPolicy, OrgConfig
-from livedata.gateway.commands import send_command, status_service
+from livedata.gateway.commands import send_command
 
 if TYPE_CHECKING:
-    from livedata.runtime import Runtime
+    from livedata.catalog import Catalog
+    from livedata.devices.base import DeviceLink
+    from livedata.gateway.commands import StatusService
+    from livedata.metadata import Metadata
 
 log = logging.getLogger("livedata.gateway.viewers")
 
@@ -59,12 +62,15 @@ class ViewerFollower:
 
     def __init__(
         self,
-        rt: Runtime,
+        meta: Metadata,
+        catalog: Catalog,
+        devices: DeviceLink,
+        status: StatusService,
         policy: FollowPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         config_ttl: float = CONFIG_TTL_S,
     ) -> None:
-        self.rt = rt
+        self.meta, self.catalog, self.devices, self.status = meta, catalog, devices, status
         self.policy = policy or FollowPolicy()
         self.clock = clock
         self.config_ttl = config_ttl
@@ -127,7 +133,7 @@ class ViewerFollower:
 
     async def _load(self, org: str) -> None:
         try:
-            row = await self.rt.meta.require_org(org)
+            row = await self.meta.require_org(org)
             config = OrgConfig(bool(row.follow_viewers), float(row.viewer_grace_s))
         except LivedataError as exc:  # unknown organisation, database away: leave it off
             log.debug("settings of %s: %s", org, exc)
@@ -165,17 +171,17 @@ class ViewerFollower:
 
     async def _send(self, command: Command) -> tuple[bool, bool]:
         """Send ``command``; (delivered and accepted, not sent because already running)."""
-        rt, org, chassis = self.rt, command.org, command.chassis
+        org, chassis = command.org, command.chassis
         try:
-            if not rt.devices.status(org, chassis).connected:
+            if not self.devices.status(org, chassis).connected:
                 return False, False
-            await rt.require_machine(org, chassis)
+            await self.catalog.require_machine(org, chassis)
             if command.method == START:  # a stream running before the viewers is not theirs
-                state = await status_service(rt).status(org, chassis)
+                state = await self.status.status(org, chassis)
                 if state["realtime"] == "on":
                     return True, True
             sent = await send_command(
-                rt,
+                self.status,
                 org,
                 chassis,
                 command.method,

@@ -25,8 +25,8 @@ any other valid name   tag    a *user* tag table, created by its first write; ta
                               ``MACHINE``, ``EVENT``, ``SA``, ``SPN``, ``FMI``, ``OC``, ``NAME``
 =====================  =====  ===========================================================
 
-Log tables are fed in process: other code calls ``log_tables(rt).publish(org,
-table, row)``; ``decode_errors`` and ``dtcs`` are fed from ingest once a second (in
+Log tables are fed in process: other code calls ``Gateway.publish_row(org,
+table, row)`` (:meth:`LogTables.publish` of the gateway's watch service); ``decode_errors`` and ``dtcs`` are fed from ingest once a second (in
 memory), so they have rows in a process that runs the ingest role.
 
 A telemetry tag whose chassis id itself contains dots is split at the longest
@@ -129,13 +129,12 @@ import secrets
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Gauge
 
@@ -153,12 +152,16 @@ from livedata.gateway.protocol.sse import (
     parse_duration,
 )
 from livedata.gateway.security import principal_of
-from livedata.gateway.sio import emit_device_update
+from livedata.gateway.state import gateway_of
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
 if TYPE_CHECKING:
-    from livedata.pipeline.ingest import DecodeStats
-    from livedata.runtime import Runtime
+    from livedata.catalog import Catalog
+    from livedata.gateway.gateway import Supervisor
+    from livedata.gateway.viewers import ViewerFollower
+    from livedata.metadata import Metadata
+    from livedata.pipeline.ingest import DecodeStats, Ingest
+    from livedata.store.base import Store
 
 log = logging.getLogger("livedata.gateway.watch")
 
@@ -303,8 +306,8 @@ class _Source:
 
 
 class TagPlan(Plan):
-    def __init__(self, rt: Runtime, org: str, sources: list[_Source], fmt: TimeFormat) -> None:
-        self.rt, self.org, self.sources, self.fmt = rt, org, sources, fmt
+    def __init__(self, store: Store, org: str, sources: list[_Source], fmt: TimeFormat) -> None:
+        self.store, self.org, self.sources, self.fmt = store, org, sources, fmt
         self.rings = []
         self.by_channel: dict[str, Ring] = {}
         self.floor: dict[str, tuple[str, int]] = {}
@@ -363,7 +366,7 @@ class TagPlan(Plan):
         found: dict[int, Event] = {}
         for source in self.sources:
             fields = list(dict.fromkeys(f for _, _, f in source.tags))
-            series = await self.rt.store.query(
+            series = await self.store.query(
                 self.org, source.chassis, source.msg_type, fields, end - SNAPSHOT_WINDOW_MS, end, 1
             )
             for index, name, fld in source.tags:
@@ -505,10 +508,23 @@ def decode_error_rows(
 
 
 class WatchService:
-    """The rings, log tables and streams of one runtime (one gateway process)."""
+    """The rings, log tables and streams of one gateway process."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(
+        self,
+        hub: Fanout,
+        store: Store,
+        meta: Metadata,
+        catalog: Catalog,
+        ingest: Ingest,
+        viewers: ViewerFollower,
+        tasks: Supervisor,
+        emit_device_update: Callable[[str, str, dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        """``emit_device_update(org, chassis, update)``: a DTC change to Socket.IO."""
+        self.hub, self.store, self.meta, self.catalog = hub, store, meta, catalog
+        self.ingest, self.viewers, self.tasks = ingest, viewers, tasks
+        self.emit_device_update = emit_device_update
         self.epoch = secrets.token_hex(4)
         self.seq = 0
         self.streams = 0
@@ -517,8 +533,7 @@ class WatchService:
         self._lock = asyncio.Lock()
         self.log_tables = LogTables(self.next_seq, lambda: self.seq)
         self._groups: dict[Any, _Group] = {}
-        hub = rt.hub
-        self.history: Fanout = hub if isinstance(hub, Fanout) else Fanout(rt.pubsub)
+        self.history = hub
         """Reads the pub/sub's history (:meth:`Fanout.missed_since`) to resume streams."""
 
     def next_seq(self) -> int:
@@ -526,10 +541,10 @@ class WatchService:
         return self.seq
 
     async def start(self) -> None:
-        """Run the ring sweeper and the ``decode_errors`` and ``dtcs`` feeds (runtime-supervised)."""
-        self.rt.spawn("watch-sweeper", self._sweep_forever)
-        self.rt.spawn("watch-decode-errors", self._decode_errors_forever)
-        self.rt.spawn("watch-dtcs", self._dtcs_forever)
+        """Run the ring sweeper and the ``decode_errors`` and ``dtcs`` feeds (supervised)."""
+        self.tasks.spawn("watch-sweeper", self._sweep_forever)
+        self.tasks.spawn("watch-decode-errors", self._decode_errors_forever)
+        self.tasks.spawn("watch-dtcs", self._dtcs_forever)
 
     # rings ------------------------------------------------------------------
 
@@ -544,7 +559,7 @@ class WatchService:
                 ring = Ring(channel, self.seq)
                 ring.listener = self._listener(ring)
                 self._rings[channel] = ring
-                await self.rt.hub.listen(channel, ring.listener)
+                await self.hub.listen(channel, ring.listener)
                 RINGS.set(len(self._rings))
             ring.users += 1
             return ring
@@ -570,7 +585,7 @@ class WatchService:
             if ring.users == 0 and (force or now - ring.idle_since >= RING_SECONDS):
                 del self._rings[channel]
                 if ring.listener is not None:
-                    await self.rt.hub.unlisten(channel, ring.listener)
+                    await self.hub.unlisten(channel, ring.listener)
         RINGS.set(len(self._rings))
 
     async def _sweep_forever(self) -> None:
@@ -581,14 +596,14 @@ class WatchService:
 
     async def _decode_errors_forever(self) -> None:
         seen: dict[tuple[str, str], tuple[int, int, int]] = {}
-        decode_error_rows(self.rt.ingest.stats, seen, baseline=True)
+        decode_error_rows(self.ingest.stats, seen, baseline=True)
         while True:
             await asyncio.sleep(1.0)
-            for org, row in decode_error_rows(self.rt.ingest.stats, seen):
+            for org, row in decode_error_rows(self.ingest.stats, seen):
                 self.log_tables.publish(org, "decode_errors", row)
 
     async def _dtcs_forever(self) -> None:
-        dtcs = self.rt.ingest.dtcs
+        dtcs = self.ingest.dtcs
         seen = dtcs.seq
         while True:
             await asyncio.sleep(1.0)
@@ -596,7 +611,7 @@ class WatchService:
             for org, row in rows:
                 self.log_tables.publish(org, "dtcs", row)
                 chassis = row["MACHINE"]
-                await emit_device_update(self.rt, org, chassis, {"deviceId": chassis, "dtc": row})
+                await self.emit_device_update(org, chassis, {"deviceId": chassis, "dtc": row})
 
     # planning ---------------------------------------------------------------
 
@@ -619,7 +634,7 @@ class WatchService:
                 source = sources.setdefault(channel, _Source(channel, chassis, table))
                 source.tags.append((index, tag, fld))
         else:
-            if not valid_id(table) or not await self.rt.meta.list_fields(org, USER_CHASSIS, table):
+            if not valid_id(table) or not await self.meta.list_fields(org, USER_CHASSIS, table):
                 raise NotFound(f"table {table!r} not found")
             bad = [t for t in params.tags if not valid_id(t)]
             if bad:
@@ -631,7 +646,7 @@ class WatchService:
             source = _Source(channel, USER_CHASSIS, table)
             source.tags = [(i, t, t) for i, t in enumerate(params.tags)]
             sources[channel] = source
-        plan = TagPlan(self.rt, org, list(sources.values()), params.fmt)
+        plan = TagPlan(self.store, org, list(sources.values()), params.fmt)
         plan.key = (org, table, params.tags, params.fmt, params.period)
         return plan
 
@@ -645,7 +660,7 @@ class WatchService:
             if (
                 valid_id(chassis)
                 and valid_id(fld)
-                and await self.rt.catalog.machine(org, chassis) is not None
+                and await self.catalog.machine(org, chassis) is not None
             ):
                 return chassis, fld
         raise NotFound(f"tag {tag!r}: no such machine in organisation {org!r}")
@@ -760,7 +775,7 @@ class WatchService:
                     ring = await self.acquire(source.channel)
                     acquired.append(ring)
                     plan.by_channel[source.channel] = ring
-                    self.rt.viewers.joined(plan.org, source.chassis)
+                    self.viewers.joined(plan.org, source.chassis)
                     viewed.append((plan.org, source.chassis))
                 plan.rings = acquired
             else:
@@ -798,7 +813,7 @@ class WatchService:
             for ring in acquired:
                 self.release(ring)
             for org, chassis in viewed:
-                self.rt.viewers.left(org, chassis)
+                self.viewers.left(org, chassis)
             self.streams -= 1
             STREAMS.dec()
 
@@ -903,9 +918,6 @@ class WatchService:
                 last_sent = loop.time()
 
 
-_SERVICES: WeakKeyDictionary[Runtime, WatchService] = WeakKeyDictionary()
-
-
 class _Group:
     """Streams of one key (table, tags, time format, period …): one period clock and one
     computation of each period's events, framed once; every member sends the same bytes.
@@ -978,8 +990,6 @@ class _Group:
                 last_sent = loop.time()
 
 
-STALL_SECONDS = 30.0
-"""A stream whose writes make no progress for this long ends (``client_stall_seconds``)."""
 STREAM_QUEUE = 512
 """Events a stream's outbox holds while its client is behind (a period has up to 100)."""
 HIGH_WATER = 65_536
@@ -1085,19 +1095,6 @@ class _WatchResponse(StreamingResponse):
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
-
-
-def watch_service(rt: Runtime) -> WatchService:
-    """The watch service of ``rt`` (created on first use)."""
-    service = _SERVICES.get(rt)
-    if service is None:
-        service = _SERVICES[rt] = WatchService(rt)
-    return service
-
-
-def log_tables(rt: Runtime) -> LogTables:
-    """Where other code publishes rows of log tables: ``log_tables(rt).publish(org, table, row)``."""
-    return watch_service(rt).log_tables
 
 
 # --------------------------------------------------------------------------- write
@@ -1254,19 +1251,21 @@ class _Unsupported(InputError):
     code = "unsupported_media_type"
 
 
-def _checked_times(rt: Runtime, rows: list[_Row], now: int) -> list[_Row]:
+def _checked_times(ingest: Ingest, rows: list[_Row], now: int) -> list[_Row]:
     """``rows`` through ingest's timestamp policy: refused (InputError naming the row) or
     clamped, before any row of the request is handed on."""
     checked = []
     for row in rows:
         try:
-            checked.append(replace(row, ts=rt.ingest.timestamps.check(row.ts, now)))
+            checked.append(replace(row, ts=ingest.timestamps.check(row.ts, now)))
         except DecodeError as exc:
             raise InputError(f"row {row.number}: {exc}") from None
     return checked
 
 
-async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dict[str, int]:
+async def write_rows(
+    service: WatchService, org: str, table: str, rows: list[_Row]
+) -> dict[str, int]:
     """Hand ``rows`` to ingest and wait until they are stored; returns counts.
 
     Every row's time goes through ingest's timestamp policy first (refused: nothing of
@@ -1289,14 +1288,15 @@ async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dic
 
     groups: dict[tuple[str, int], dict[str, Value]] = {}
     if table == MsgType.CLIENT_RAW_DATA:
-        service = watch_service(rt)
         tags = []
         for row in rows:
             try:
                 tags.append(await service._split_tag(org, row.name))
             except NotFound as exc:
                 raise NotFound(f"row {row.number}: {exc}") from None
-        for row, (chassis, fld) in zip(_checked_times(rt, rows, now), tags, strict=True):
+        for row, (chassis, fld) in zip(
+            _checked_times(service.ingest, rows, now), tags, strict=True
+        ):
             groups.setdefault((chassis, row.ts), {})[fld] = row.value
         deliveries = [
             Delivery(
@@ -1307,7 +1307,7 @@ async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dic
             )
             for (chassis, ts), values in groups.items()
         ]
-        outcomes = await rt.ingest.handle_many(deliveries)
+        outcomes = await service.ingest.handle_many(deliveries)
         for (chassis, _), outcome in zip(groups, outcomes, strict=True):
             if not isinstance(outcome, Record):
                 raise InputError(f"ingest refused the values of {chassis!r}: {outcome.reason}")
@@ -1319,11 +1319,11 @@ async def write_rows(rt: Runtime, org: str, table: str, rows: list[_Row]) -> dic
                 f"row {bad[0].number}: invalid tag name {bad[0].name[:80]!r} (letters, digits, "
                 "'_', '.', '-', starting with a letter or digit, at most 64 characters)"
             )
-        rows = _checked_times(rt, rows, now)
-        await rt.catalog.note_fields(org, USER_CHASSIS, table, {r.name for r in rows})
+        rows = _checked_times(service.ingest, rows, now)
+        await service.catalog.note_fields(org, USER_CHASSIS, table, {r.name for r in rows})
         for row in rows:
             groups.setdefault((USER_CHASSIS, row.ts), {})[row.name] = row.value
-        await rt.ingest.submit_many(
+        await service.ingest.submit_many(
             [
                 (Record(org, chassis, table, ts, kind_of(ts), values), new_ack())
                 for (chassis, ts), values in groups.items()
@@ -1371,8 +1371,8 @@ def _table_name(table: str) -> str:
     response_class=StreamingResponse,
 )
 async def watch(request: Request, table: str) -> Any:
-    rt: Runtime = request.app.state.runtime
-    service = watch_service(rt)
+    gw = gateway_of(request)
+    service = gw.watch
     name = _table_name(table)
     params = sse.parse_query(request.url.query)
     org = principal_of(request).org
@@ -1390,7 +1390,7 @@ async def watch(request: Request, table: str) -> Any:
     last_event_id = request.headers.get("last-event-id")
     return _WatchResponse(
         service.stream(plan, params, last_event_id),
-        getattr(rt.settings, "client_stall_seconds", STALL_SECONDS),
+        gw.settings.client_stall_seconds,
         media_type=sse.MEDIA_TYPE,
         headers=sse.HEADERS,
     )
@@ -1399,10 +1399,9 @@ async def watch(request: Request, table: str) -> Any:
 @router.post("/db/write/{table}", summary="Write rows to a tag table (Machbase Neo style)")
 async def write(request: Request, table: str) -> JSONResponse:
     started = time.perf_counter()
-    rt: Runtime = request.app.state.runtime
+    gw = gateway_of(request)
     name = _table_name(table)
-    roles = getattr(rt, "roles", None)
-    if roles is not None and "ingest" not in roles:
+    if "ingest" not in gw.roles:
         return _error(503, "unavailable", "this process does not run the ingest role")
     org = principal_of(request).org
     if name == MsgType.VEHICLE_CAN:
@@ -1410,7 +1409,7 @@ async def write(request: Request, table: str) -> JSONResponse:
             "vehicle_can is decoded from the CAN frames machines send; "
             "write client_raw_data or a table of your own"
         )
-    if name in watch_service(rt).log_tables:
+    if name in gw.watch.log_tables:
         raise InputError(f"{name} is a log table written by livedata itself")
     fmt = TimeFormat.parse(request.query_params.get("timeformat"), request.query_params.get("tz"))
     try:
@@ -1423,7 +1422,7 @@ async def write(request: Request, table: str) -> JSONResponse:
     if not rows:
         raise InputError("no rows to write")
     try:
-        counts = await write_rows(rt, org, name, rows)
+        counts = await write_rows(gw.watch, org, name, rows)
     except _NotStored as exc:
         return _error(503, "unavailable", str(exc))
     elapsed = time.perf_counter() - started
@@ -1437,12 +1436,6 @@ async def write(request: Request, table: str) -> JSONResponse:
     )
 
 
-def install(app: FastAPI, rt: Runtime) -> None:
-    """Serve ``/db/watch`` and ``/db/write`` on ``app`` and run the service with ``rt``."""
-    app.include_router(router)
-    rt.on_started.append(watch_service(rt).start)
-
-
 __all__ = [
     "LOG_TABLES",
     "USER_CHASSIS",
@@ -1450,8 +1443,6 @@ __all__ = [
     "TimeFormat",
     "WatchService",
     "decode_error_rows",
-    "install",
-    "log_tables",
     "parse_duration",
-    "watch_service",
+    "router",
 ]
