@@ -5,6 +5,13 @@ in-process device link; the same objects run on other engines when the
 settings name other URLs.  Each background task is supervised: if one crashes
 it is logged and restarted after a second, so one bad moment never leaves a
 role silently dead.
+
+The runtime knows nothing of the gateway (it does not import
+:mod:`livedata.gateway`): :func:`livedata.gateway.app.create_app` builds the
+:class:`~livedata.gateway.gateway.Gateway` from this runtime's parts and adds
+its start to ``on_started``; the gateway hands its background tasks to
+:meth:`Runtime.spawn`, so they run under the same supervision and show in
+:meth:`Runtime.health`.
 """
 
 from __future__ import annotations
@@ -18,16 +25,11 @@ from typing import TYPE_CHECKING, Any
 from livedata import observe
 from livedata.backends import redact
 from livedata.bus import open_log, open_pubsub
-from livedata.catalog import Catalog, MachineInfo
+from livedata.catalog import Catalog
 from livedata.devices import open_devices
-from livedata.errors import BackendError, NotFound
-from livedata.gateway.alerts_api import alert_relay
-from livedata.gateway.commands import presence_feed, status_relay
-from livedata.gateway.fanout import Fanout
-from livedata.gateway.viewers import ViewerFollower
+from livedata.errors import BackendError
 from livedata.metadata import Metadata
 from livedata.metadata.decoding import delete_ranges_before
-from livedata.model import MsgType
 from livedata.pipeline.alerts import alert_role
 from livedata.pipeline.distribute import Distribute
 from livedata.pipeline.ingest import Ingest, consume_devices
@@ -47,7 +49,8 @@ RETENTION_EVERY_S = 600.0
 
 
 class Runtime:
-    """All roles of one process: ingest, distribute, gateway hub, and optionally the demo fleet."""
+    """All roles of one process: ingest, distribute, alerts, the tasks of an attached gateway,
+    and optionally the demo fleet."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -78,15 +81,7 @@ class Runtime:
             timestamps=TimestampPolicy(settings.future_skew_seconds, settings.future_timestamps),
         )
         self.distribute = Distribute(self.log, self.pubsub)
-        self.hub = Fanout(
-            self.pubsub,
-            stall_seconds=settings.client_stall_seconds,
-            queue_max=settings.client_queue,
-        )
-        """The fan-out core every live transport and in-process listener uses."""
         self.alerts = alert_role(self)
-        self.viewers = ViewerFollower(self)
-        """Who watches which machine; real-time follows them where the organisation wants."""
         self.fleet: Fleet | None = None
         """The simulated fleet, when this process runs one (the demo)."""
         self.on_started: list[Callable[[], Awaitable[None]]] = []
@@ -121,12 +116,6 @@ class Runtime:
                 self.spawn("distribute", self.distribute.run)
             if "alerts" in self.roles:
                 self.spawn("alerts", self.alerts.run)
-            if "gateway" in self.roles:
-                self.spawn("alert-relay", alert_relay(self).run)
-                self.spawn("status-relay", status_relay(self).run)
-                self.spawn("viewer-follow", self.viewers.run)
-                if hasattr(self.devices, "presence_changes"):  # MQTT: push presence changes
-                    self.spawn("device-presence", lambda: presence_feed(self))
             log.info("running roles: %s", ", ".join(sorted(self.roles)))
             for hook in self.on_started:
                 await hook()
@@ -211,28 +200,6 @@ class Runtime:
             log.info("retention deleted %d raw frame blobs older than %d", blobs, cutoff)
         return points, blobs
 
-    async def require_machine(self, org_id: str, chassis: str) -> MachineInfo:
-        info = await self.catalog.machine(org_id, chassis)
-        if info is None:
-            raise NotFound(f"machine {chassis!r} not found in organisation {org_id!r}")
-        return info
-
-    async def describe_machine(self, org_id: str, chassis: str) -> dict[str, Any]:
-        info = await self.require_machine(org_id, chassis)
-        return {
-            "chassisId": info.chassis,
-            "name": info.name,
-            "model": info.model,
-            "dbc": info.dbc_name,
-            "dbcOverride": info.dbc_override,
-            "tags": list(info.tags),
-            "location": info.location,
-            "disabled": info.disabled,
-            "msgTypes": {
-                t.value: {"fields": await self.catalog.fields(info, t.value)} for t in MsgType
-            },
-        }
-
     def update_gauges(self) -> None:
         self.ingest.update_gauges()
 
@@ -244,5 +211,4 @@ class Runtime:
             "ingestQueue": self.ingest.depth(),
             "ingestUnlogged": self.ingest.unlogged,
             "spill": self.ingest.spill.stats() if self.ingest.spill is not None else None,
-            "liveChannels": len(self.hub.channels),
         }

@@ -114,7 +114,7 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
     setup_logging(settings.log_level)
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
-    config = uvicorn_config(with_socketio(create_app(rt), rt), settings)
+    config = uvicorn_config(with_socketio(create_app(rt)), settings)
     server = uvicorn.Server(config)
 
     async def run() -> None:

@@ -2,13 +2,18 @@
 
 Every request passes :class:`~livedata.gateway.security.SecurityMiddleware` first:
 who may call what is decided there, from :mod:`livedata.auth.policy`.
+
+:func:`create_app` is where the gateway meets the runtime: it builds the one
+:class:`~livedata.gateway.gateway.Gateway` from the runtime's parts (keeping it in
+``app.state.gateway``, where routes find it) and adds the gateway's start to the
+runtime's ``on_started`` hooks; the runtime never imports the gateway.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -25,18 +30,17 @@ from livedata.gateway.auth_api import router as auth_router
 from livedata.gateway.commands import router as commands_router
 from livedata.gateway.docs import install_docs
 from livedata.gateway.dtcs_api import router as dtcs_router
-from livedata.gateway.fleet import Fleet
 from livedata.gateway.foxglove import router as foxglove_router
+from livedata.gateway.gateway import Gateway
 from livedata.gateway.ingest_http import ingest_router
 from livedata.gateway.live import serve_live
 from livedata.gateway.machines_api import router as machines_router
 from livedata.gateway.models_api import router as models_router
 from livedata.gateway.redecode_api import router as redecode_router
 from livedata.gateway.replay import router as replay_router
-from livedata.gateway.security import SecurityMiddleware, security
-from livedata.gateway.transfer import Transfers
+from livedata.gateway.security import SecurityMiddleware
 from livedata.gateway.transfer import router as transfer_router
-from livedata.gateway.watch import install as install_watch
+from livedata.gateway.watch import router as watch_router
 
 if TYPE_CHECKING:
     from livedata.runtime import Runtime
@@ -63,8 +67,26 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(rt: Runtime) -> FastAPI:
-    """The gateway app for ``rt``; the caller starts and stops the runtime around serving it."""
+def create_app(rt: Runtime, **socketio: Any) -> FastAPI:
+    """The gateway app for ``rt``; the caller starts and stops the runtime around serving it.
+
+    ``socketio``: options of :class:`~livedata.gateway.sio.SocketGateway` (mount it with
+    :func:`~livedata.gateway.sio.with_socketio`)."""
+    gateway = Gateway(
+        settings=rt.settings,
+        roles=rt.roles,
+        tasks=rt,
+        pubsub=rt.pubsub,
+        store=rt.store,
+        meta=rt.meta,
+        catalog=rt.catalog,
+        devices=rt.devices,
+        ingest=rt.ingest,
+        redecoder=rt.redecoder,
+        refresh_alert_rules=rt.alerts.refresh if "alerts" in rt.roles else None,
+        **socketio,
+    )
+    rt.on_started.append(gateway.start)
 
     app = FastAPI(
         title="livedata",
@@ -73,10 +95,8 @@ def create_app(rt: Runtime) -> FastAPI:
         docs_url=None,  # served from the package by install_docs: offline, no CDN
         redoc_url=None,
     )
-    app.state.runtime = rt
-    app.state.fleet = Fleet(rt)  # the one fleet state: fleet summary and Socket.IO share it
-    rt.on_started.append(security(rt).start)
-    app.add_middleware(SecurityMiddleware, rt=rt)
+    app.state.gateway = gateway
+    app.add_middleware(SecurityMiddleware, security=gateway.security)
     app.include_router(auth_router)
     app.include_router(machines_router)  # before `router`: /machines/import is no chassis id
     app.include_router(models_router)
@@ -89,8 +109,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.include_router(transfer_router)
     app.include_router(replay_router)
     app.include_router(foxglove_router)
-    app.state.transfers = Transfers()
-    install_watch(app, rt)
+    app.include_router(watch_router)
     install_docs(app)
 
     @app.exception_handler(NotFound)
@@ -132,23 +151,24 @@ def create_app(rt: Runtime) -> FastAPI:
     @app.websocket("/api/resources/{orgId}/_common/datasets/{chassisId}/live")
     async def live(websocket: WebSocket, orgId: str, chassisId: str) -> None:
         async def known_fields(msg_type: str) -> list[str]:
-            info = await rt.require_machine(orgId, chassisId)
-            return [f["name"] for f in await rt.catalog.fields(info, msg_type)]
+            info = await gateway.catalog.require_machine(orgId, chassisId)
+            return [f["name"] for f in await gateway.catalog.fields(info, msg_type)]
 
-        async with rt.viewers.watching(orgId, chassisId):  # real-time follows viewers
+        async with gateway.viewers.watching(orgId, chassisId):  # real-time follows viewers
             await serve_live(
                 websocket,
-                rt.hub,
+                gateway.hub,
                 orgId,
                 chassisId,
                 websocket.query_params.get("msgType"),
                 known_fields,
-                rt.settings.client_queue,
+                gateway.settings.client_queue,
             )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:
         status = await rt.health()
+        status["liveChannels"] = len(gateway.hub.channels)
         return JSONResponse(status, status_code=200 if status["ok"] else 503)
 
     @app.get("/metrics", include_in_schema=False)
