@@ -26,7 +26,6 @@ import requests
 import socketio
 
 from livedata.auth import Role
-from livedata.gateway.sio import emit_alert, socket_gateway
 from livedata.metadata import Metadata
 from livedata.metadata.accounts import Accounts
 from livedata.sim.demo import ORG, ensure_demo_admin
@@ -378,14 +377,15 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 
 
 async def test_alert_created_reaches_only_its_organisation(local: LocalServer) -> None:
-    """emit_alert(org, alert) sends alert-created to that organisation's clients only."""
+    """SocketGateway.emit_alert(org, alert) sends alert-created to that organisation's
+    clients only."""
     acme = await Recorder().connect(local.url, local.tokens["acme"], "acme")
     zeta = await Recorder().connect(local.url, local.tokens["zeta"], "zeta")
     try:
         await acme.wait_for("dashboard:data")
         await zeta.wait_for("dashboard:data")
         alert = {"id": "a1", "deviceId": "AC-1", "severity": "critical", "message": "too hot"}
-        await asyncio.to_thread(local.run, lambda: emit_alert("acme", alert))
+        await asyncio.to_thread(local.run, lambda: local.gateway.socket.emit_alert("acme", alert))
         assert await acme.wait_for("alert-created") == alert
         await asyncio.sleep(0.3)
         assert zeta.events("alert-created") == []
@@ -397,7 +397,7 @@ async def test_alert_created_reaches_only_its_organisation(local: LocalServer) -
 async def test_sensor_data_modes(local: LocalServer) -> None:
     """sensor_data "on" sends every record, "off" none."""
     rec = await Recorder().connect(local.url, local.tokens["acme"], "acme")
-    gateway = socket_gateway(local.rt)
+    gateway = local.gateway.socket
     try:
         await rec.wait_for("dashboard:data")
         t = int(time.time() * 1000)

@@ -32,8 +32,8 @@ from livedata.auth import Role
 from livedata.cli.common import bind
 from livedata.decode.dm1 import Dm1, Dtc, Lamps
 from livedata.gateway.app import create_app
+from livedata.gateway.gateway import Gateway
 from livedata.gateway.sio import with_socketio
-from livedata.gateway.watch import log_tables, watch_service
 from livedata.metadata.accounts import Accounts
 from livedata.model import DeviceMessage, MsgType
 from livedata.runtime import Runtime
@@ -621,11 +621,12 @@ class LocalServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tokens: dict[str, str] = dict(tokens or {})
         self.rt.on_started.append(self._seed if tokens is None else self._note_loop)
-        app = with_socketio(create_app(self.rt), self.rt, **sio_options)
+        app = create_app(self.rt, **sio_options)
+        self.gateway: Gateway = app.state.gateway
         sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.server = uvicorn.Server(
-            uvicorn.Config(app, log_config=None, timeout_graceful_shutdown=1)
+            uvicorn.Config(with_socketio(app), log_config=None, timeout_graceful_shutdown=1)
         )
 
         async def main() -> None:
@@ -677,7 +678,7 @@ class LocalServer:
     def publish(self, org: str, table: str, rows: list[dict[str, Any]]) -> None:
         def go() -> None:
             for row in rows:
-                log_tables(self.rt).publish(org, table, row)
+                self.gateway.publish_row(org, table, row)
 
         self.run(go)
 
@@ -772,7 +773,7 @@ def test_dtcs_table_shows_dtc_changes(local: LocalServer) -> None:
 
 def test_streams_release_their_rings(local: LocalServer) -> None:
     """Closed streams are no longer counted; their channel is unsubscribed after the linger time."""
-    service = watch_service(local.rt)
+    service = local.gateway.watch
     deadline = time.monotonic() + 30  # generous: a loaded 2-core CI machine is slow
     while service.streams:  # streams of earlier tests may still be closing
         assert time.monotonic() < deadline, "earlier streams are still counted"
@@ -788,13 +789,13 @@ def test_streams_release_their_rings(local: LocalServer) -> None:
         assert time.monotonic() < deadline, "closed streams are still counted"
         time.sleep(0.05)
     local.run(lambda: service._sweep(force=True))
-    assert "live-stream/acme/consumer-AC-1/vehicle_can" not in local.rt.hub.channels
+    assert "live-stream/acme/consumer-AC-1/vehicle_can" not in local.gateway.hub.channels
 
 
 def test_streams_of_the_same_tags_share_one_period_computation(local: LocalServer) -> None:
     """Two streams of the same tags and period are one group: one computation, the same
     event ids and data; a third with another period is a group of its own."""
-    service = watch_service(local.rt)
+    service = local.gateway.watch
     params = {"tag": "AC-1.cpu_usage", "period": "1s", "timeformat": "ms"}
     one = Stream(local, "client_raw_data", params)
     two = Stream(local, "client_raw_data", params)
