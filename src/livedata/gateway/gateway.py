@@ -10,7 +10,7 @@ uses; services that talk to each other (a status change becomes a log-table row
 and a Socket.IO ``device-update``) do so through this object's
 :meth:`publish_row` and :meth:`emit_device_update`, so there is no construction
 cycle and no registry: there is exactly one of each service per gateway, and
-routers reach them through :func:`livedata.gateway.api.gateway_of` (the
+routers reach them through :func:`livedata.gateway.state.gateway_of` (the
 ``app.state.gateway`` of the request's app).
 
 Owned here: :attr:`hub` (the fan-out core), :attr:`fleet` (the one fleet state
