@@ -26,8 +26,9 @@ any other valid name   tag    a *user* tag table, created by its first write; ta
 =====================  =====  ===========================================================
 
 Log tables are fed in process: other code calls ``Gateway.publish_row(org,
-table, row)`` (:meth:`LogTables.publish` of the gateway's watch service); ``decode_errors`` and ``dtcs`` are fed from ingest once a second (in
-memory), so they have rows in a process that runs the ingest role.
+table, row)`` (:meth:`LogTables.publish` of the gateway's watch service);
+``decode_errors`` and ``dtcs`` are fed from ingest once a second (in memory), so
+they have rows in a process that runs the ingest role.
 
 A telemetry tag whose chassis id itself contains dots is split at the longest
 prefix that is a machine of the organisation.  A user tag table is stored like
