@@ -64,7 +64,7 @@ from livedata.gateway.commands import status_service
 from livedata.gateway.fleet import Fleet, OrgFleet
 from livedata.gateway.relay import OrgRelay
 from livedata.gateway.security import principal_of
-from livedata.gateway.sio import emit_alert, org_room, socket_gateway
+from livedata.gateway.sio import ALERT_UPDATED, emit_alert, socket_gateway
 from livedata.gateway.watch import log_tables
 from livedata.metadata.alerts import (
     AlertStore,
@@ -200,7 +200,7 @@ class AlertsService:
         if event == "raised":
             await emit_alert(org, payload)
         else:
-            await socket_gateway(self.rt).emit("alert-updated", payload, to=org_room(org))
+            socket_gateway(self.rt).push_org(org, ALERT_UPDATED, payload)
 
 
 _SERVICES: weakref.WeakKeyDictionary[Runtime, AlertsService] = weakref.WeakKeyDictionary()

@@ -308,8 +308,8 @@ class Outbox:
             self._queue = deque([(first, None, None)])
         else:
             self.offer(first, None, None)
-        for payload, head in then or ():
-            self.offer(payload, None, head)
+        for message, position in then or ():
+            self.offer(message, None, position)
         for payload, wire, head in held:
             if head is None or head["seq"] > after_seq:
                 self.offer(payload, wire, head)
