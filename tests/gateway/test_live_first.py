@@ -24,7 +24,7 @@ from livedata.bus.memory import MemoryPubSub
 from livedata.gateway.fanout import Fanout
 from livedata.model import live_channel
 from tests.gateway.test_live_server import CHANNEL
-from tests.gateway.test_live_server import served as served  # noqa: F401 (a fixture)
+from tests.gateway.test_live_server import served as served  # a fixture
 from tests.gateway.test_watch import LocalServer, Stream
 
 MACHINE_CHANNEL = live_channel("acme", "AC-1", "client_raw_data")
@@ -44,7 +44,7 @@ def publish_only(server: LocalServer, message: LiveMessage) -> None:
 
 
 async def test_websocket_not_recovered_gets_what_went_live_before_it_joined(
-    served: tuple[str, MemoryPubSub, Fanout],  # noqa: F811
+    served: tuple[str, MemoryPubSub, Fanout],
 ) -> None:
     """recovered: false is followed by the retained messages, oldest first, then live; none twice."""
     url, publisher, _fanout = served

@@ -45,8 +45,8 @@ arrive on the pub/sub channel ``live-stream/{org}/alerts`` (from the alert role,
 in this or another process, and from acknowledgements) and are pushed as rows of
 the SSE log table ``alerts`` (``/db/watch/alerts``), as Socket.IO
 ``alert-created`` (raised) and ``alert-updated`` (cleared, acknowledged) to the
-organisation's clients.  Its queue holds 1,000 events; beyond that the oldest
-are dropped (and logged): pages reload the list from the API on reconnect.
+organisation's clients, each as it arrives (no queue: the pushes go to the
+clients' outboxes, each bounded; pages reload the list from the API on reconnect).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class AlertsService:
         self.store = AlertStore(rt.meta)
         self.relay = OrgRelay(rt, "alert", alerts_channel, self.deliver)
 
-    async def deliver(self, org: str, body: dict[str, Any]) -> None:
+    def deliver(self, org: str, body: dict[str, Any]) -> None:
         alert = body.get("alert")
         if not isinstance(alert, dict):
             return
@@ -198,7 +198,7 @@ class AlertsService:
         )
         payload = {**alert, "event": event}
         if event == "raised":
-            await emit_alert(org, payload)
+            emit_alert(org, payload)
         else:
             socket_gateway(self.rt).push_org(org, ALERT_UPDATED, payload)
 

@@ -170,7 +170,7 @@ class StatusService:
         await self.relay.ensure(org)  # an organisation created since the relay last looked
         await publish_event(self.rt.pubsub, status_channel(org), state)
 
-    async def deliver(self, org: str, state: dict[str, Any]) -> None:
+    def deliver(self, org: str, state: dict[str, Any]) -> None:
         """A status change from pub/sub: remember it, then log table row and Socket.IO."""
         chassis = str(state.get("deviceId"))
         if state.get("realtime") in ("on", "off"):
@@ -195,7 +195,7 @@ class StatusService:
             "lastSeen": state.get("lastSeen"),
             "realtime": state.get("realtime"),
         }
-        await emit_device_update(self.rt, org, chassis, update)
+        emit_device_update(self.rt, org, chassis, update)
 
 
 _SERVICES: WeakKeyDictionary[Runtime, StatusService] = WeakKeyDictionary()

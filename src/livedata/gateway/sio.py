@@ -52,45 +52,45 @@ Server → client:
 - ``dashboard:data`` once on connect, then ``dashboard:update`` every second:
   ``{org, machines:[{deviceId, name, model, status, lastSeen, values:{msgType:{field:value}}}],
   online, total, timestamp}``.
-- ``alert-created`` through :func:`emit_alert` (or :meth:`SocketGateway.emit_alert`).
+- ``alert-created`` and ``alert-updated`` to every client of the organisation
+  (:func:`emit_alert`, :meth:`SocketGateway.push_org`).
 
 How it is fed: while an organisation has Socket.IO clients, its feed holds the
 organisation in the gateway's shared fleet state (:class:`~livedata.gateway.fleet.Fleet`,
 the same the fleet summary reads: one listener per live channel of each machine,
 machines re-read every 30 s) and observes its readings; it lets go when the last
-client leaves.  The observer only queues; one pump task per organisation emits.
+client leaves.  The observer writes each reading's ``device-update`` and
+``sensor-data`` to the clients' outboxes at once (no queue, task or ``await`` per
+reading); one timer task per organisation sends ``dashboard:update`` and offline
+statuses every second.  Alerts and status changes come from the pub/sub relays
+(:mod:`livedata.gateway.relay`), in-process listeners of the fan-out core.
 
 Under stress: at most 5,000 clients per process, 100 subscriptions per client,
-500 fields per filter; the feed's queue holds 10,000 readings (oldest dropped,
-counted in ``livedata_sio_dropped``).  A slow client never slows the others or
-grows the server's memory beyond its bound:
+500 fields per filter.  A slow client never slows the others or grows the
+server's memory beyond its bound:
 
-- **Device updates on the fan-out core.**  A client on a WebSocket of livedata's
-  server layer (:func:`~livedata.gateway.server.uvicorn_config`; clients that stay
-  on long-polling keep the path below) gets an outbox of the fan-out core on its
-  transport: each ``device-update`` is encoded and framed once
-  (:class:`SioEvent`) for every such subscriber and written straight through; when
-  the client falls behind (its transport above the high-water mark) they queue in
-  the outbox (at most :data:`CLIENT_QUEUE`; beyond, the oldest is dropped, counted
-  in ``livedata_sio_client_drops``, and the next ``device-update`` carries
-  ``"missed": n``), and a client whose transport takes nothing for
-  ``client_stall_seconds`` is closed (1013) by the outbox's stall clock.
-- **Bounded send buffer.**  Each client's outgoing Engine.IO queue holds at most
-  :data:`CLIENT_QUEUE` (256) events; when it is full the *oldest* queued event is
-  dropped for the new one, so a client that falls behind gets the newest
-  readings (counted in ``livedata_sio_client_drops``).  Acknowledgements,
-  connect/disconnect and Engine.IO's own packets are not dropped (only beyond
-  twice the bound, where the oldest message of any kind goes).  Once its queue
-  is back under half full the client gets ``missed`` ``{"missed": n}``: how many
-  events it lost.
-- **No progress.**  A client whose queue has not moved for
-  ``client_stall_seconds`` (default 30 s) -- its socket takes nothing, typically
-  because its TCP window is full -- is disconnected (reason ``server
-  disconnect``; counted in ``livedata_stalled_clients``), checked every second.
-  A WebSocket send that does not complete within the same time is abandoned
-  too, which ends the connection's tasks at once; what stays is the socket's
-  kernel buffer and at most one transport buffer (64 KiB), freed when the peer
-  reads or goes away.
+- **One outbox per client, the fan-out core's** (:class:`~livedata.gateway.fanout.Outbox`).
+  Every pushed event (``device-update``, ``sensor-data``, ``dashboard:update``,
+  ``alert-created``, ``alert-updated``) is encoded once for all its clients and framed
+  once per kind of outbox (:class:`SioEvent`): a client on a WebSocket of livedata's
+  server layer (:func:`~livedata.gateway.server.uvicorn_config`) gets unmasked text
+  frames written straight to its transport; any other client (long-polling, or a
+  WebSocket outside the server layer) gets packets put in Engine.IO's queue, which
+  its next poll takes (:class:`_QueueSink`; it counts as paused beyond
+  :data:`QUEUE_HIGH` bytes not taken).  Answers to the client's own requests
+  (acknowledgements, ``error``, ``dashboard:data``, the status on subscribing) go
+  through python-socketio as before.
+- **Bounded.**  While a client takes nothing more (its transport above the high-water
+  mark, its polls not coming) its events wait in the outbox: at most
+  :data:`CLIENT_QUEUE` (256); beyond, the oldest is dropped (counted in
+  ``livedata_sio_client_drops``) and the next event it gets carries ``"missed": n``
+  in its data.
+- **No progress.**  A client whose transport (or queue) takes nothing for
+  ``client_stall_seconds`` (default 30 s) is given up by the outbox's stall clock
+  (one timer per client; counted in ``livedata_stalled_clients``): a WebSocket is
+  closed with 1013 at once, what stays is the socket's kernel buffer and at most
+  one transport buffer (64 KiB), freed when the peer reads or goes away; a polling
+  client's session is closed (reason ``server disconnect``).
 - Dead peers are found by Engine.IO's ping/pong (every 25 s, 20 s to answer).
 """
 
@@ -130,11 +130,9 @@ MAX_CLIENTS = 5_000
 MAX_SUBSCRIPTIONS = 100
 MAX_FIELDS = 500
 TICK_S = 1.0
-PENDING_MAX = 10_000
 
 CLIENTS = Gauge("livedata_sio_clients", "Connected Socket.IO clients")
 EMITS = Counter("livedata_sio_emits", "Socket.IO events emitted", ["event"])
-DROPPED = Counter("livedata_sio_dropped", "Readings dropped before Socket.IO emission (queue full)")
 CLIENT_DROPS = Counter(
     "livedata_sio_client_drops", "Socket.IO events dropped for slow clients (send buffer full)"
 )
@@ -143,7 +141,6 @@ CLIENT_QUEUE = 256
 """Events queued for one Socket.IO client at most; beyond, the oldest are dropped."""
 STALL_SECONDS = 30.0
 """A client whose queue did not move for this long is disconnected (``client_stall_seconds``)."""
-CLOSE_TIMEOUT_S = 2.0
 
 
 class _Refused(Exception):
@@ -564,10 +561,6 @@ class SocketGateway:
         if subscribers:
             self.push(DEVICE_UPDATE, subscribers, data)
 
-    async def emit_alert(self, org: str, alert: dict[str, Any]) -> None:
-        """Send ``alert-created`` with ``alert`` to every client of ``org``."""
-        self.push_org(org, ALERT_CREATED, alert)
-
     # slow clients -----------------------------------------------------------
 
     def _attach(self, sid: str, environ: dict[str, Any]) -> None:
@@ -581,28 +574,27 @@ class SocketGateway:
             else None
         )
         stall = self.stall_seconds
-        if isinstance(raw, LimitedWebSocket):
+        eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
+        socket = self.sio.eio.sockets[eio_sid]
 
-            def stalled() -> None:
-                log.info("disconnecting a Socket.IO client that took nothing for %g s", stall)
+        def given_up() -> None:
+            log.info("disconnecting a Socket.IO client that took nothing for %g s", stall)
+            if isinstance(raw, LimitedWebSocket):
                 raw.close_now(1013, "client too slow")
+            # the session ends now: no CLOSE packet (it could not get through), no waiting
+            # for the queue or for Engine.IO's writer, which may wait on the dead transport
+            closing = socket.close(
+                wait=False, abort=True, reason=self.sio.eio.reason.SERVER_DISCONNECT
+            )
+            task = asyncio.create_task(closing)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
-            outbox = _Outbox(raw.transport, SIO_WEBSOCKET, stalled, self.client_queue, stall)
+        if isinstance(raw, LimitedWebSocket):
+            outbox = _Outbox(raw.transport, SIO_WEBSOCKET, given_up, self.client_queue, stall)
             raw.attach(outbox)
         else:
-            eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-            socket = self.sio.eio.sockets[eio_sid]
             sink = _QueueSink(socket.queue)
-
-            def given_up() -> None:
-                log.info("disconnecting a Socket.IO client that took nothing for %g s", stall)
-                task = asyncio.create_task(
-                    # no CLOSE packet (it could not get through) and no waiting for the queue
-                    socket.close(wait=False, abort=True, reason=self.sio.eio.reason.SERVER_DISCONNECT)
-                )
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
-
             outbox = sink.outbox = _Outbox(sink, SIO_QUEUED, given_up, self.client_queue, stall)
         self.outboxes[sid] = outbox
 
@@ -840,20 +832,17 @@ def with_socketio(app: Any, rt: Runtime, **options: Any) -> socketio.ASGIApp:
     return socket_gateway(rt, **options).asgi(app)
 
 
-async def emit_device_update(rt: Runtime, org: str, chassis: str, update: dict[str, Any]) -> None:
+def emit_device_update(rt: Runtime, org: str, chassis: str, update: dict[str, Any]) -> None:
     """Send ``device-update`` to the room of one device, when ``rt`` serves Socket.IO."""
     gateway = _BY_RUNTIME.get(rt)
     if gateway is not None:
         gateway.push_device(org, chassis, update)
 
 
-async def emit_alert(org: str, alert: dict[str, Any]) -> None:
+def emit_alert(org: str, alert: dict[str, Any]) -> None:
     """Send ``alert-created`` to the Socket.IO clients of ``org`` in this process."""
     for gateway in list(_GATEWAYS):
-        try:
-            await gateway.emit_alert(org, alert)
-        except Exception:
-            log.exception("alert-created to %s failed", org)
+        gateway.push_org(org, ALERT_CREATED, alert)
 
 
 __all__ = [

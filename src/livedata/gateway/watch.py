@@ -605,7 +605,7 @@ class WatchService:
             for org, row in rows:
                 self.log_tables.publish(org, "dtcs", row)
                 chassis = row["MACHINE"]
-                await emit_device_update(self.rt, org, chassis, {"deviceId": chassis, "dtc": row})
+                emit_device_update(self.rt, org, chassis, {"deviceId": chassis, "dtc": row})
 
     # planning ---------------------------------------------------------------
 
