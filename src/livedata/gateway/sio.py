@@ -29,8 +29,9 @@ every other surface):
   so a client that comes back to another gateway process recovers; the
   acknowledgement says ``recovered: true``, or ``false`` when some were no longer in the
   history (fill the gap from the history API): then every reading the history still
-  holds was sent (live goes out before storage, so the newest may not be stored yet).  A reading that arrives while the
-  history is read may come twice (the same ``seq``).
+  holds was sent (live goes out before storage, so the newest may not be stored
+  yet).  A reading that arrives while the history is read may come twice (the same
+  ``seq``).
 - ``unsubscribe-device`` with the same forms: leaves the room.
 
 Server → client:
