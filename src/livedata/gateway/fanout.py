@@ -87,7 +87,9 @@ before a client subscribed can reach the store only after the client read its
 history: neither path would carry it.  So a client that joins with history
 (``recovered: false``) gets, right after the RECOVERY, every message the channel's
 history still holds (:meth:`Fanout.retained`) as LIVE_DATA, oldest first, then
-live data; it merges them with what it read from the store (by ``ts``).  The
+live data; it merges them with what it read from the store (by ``ts``).  They go
+through the outbox like any message: when the client cannot take them all, the oldest
+(stored long ago) are dropped first and the newest kept.  The
 transports that read the store themselves (SSE, Socket.IO) take the same
 messages from :meth:`Fanout.retained` / :meth:`Fanout.missed_since`.
 """
