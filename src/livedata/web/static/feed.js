@@ -15,10 +15,11 @@ export const WINDOW_MS = 120_000;
 const KEEP_EXTRA_MS = 30_000;
 // Live data goes out before the store has it (ingest does not make live wait for
 // storage), so the last moments before the socket opened can reach the store only
-// after the history was read. After a reconnect the server covers them (the RECOVERY,
-// or after `recovered: false` the messages its live history still holds); after a
-// first open, this long after it those seconds are read once more (merging skips
-// points already drawn).
+// after the history was read: this long after each open, those seconds are read once
+// more (merging skips points already drawn). The server covers live records when the
+// socket sends `since` (RECOVERY, or after `recovered: false` what its live history
+// holds), but not a first open, and not backfill (stored, never live: a restarted
+// device's catch-up), so the re-read stays.
 const SETTLE_MS = 3000;
 
 export class Feed {
@@ -82,7 +83,6 @@ export class Feed {
   }
 
   handleOpen() {
-    const resuming = this.socket.resumeNext; // this INIT_FIELD_LIST carries `since`
     this.sendFieldList();
     // Resume from the last point seen if it is still in the window; fields that have
     // no points yet (added while disconnected) get the whole window.
@@ -92,9 +92,8 @@ export class Feed {
     const fresh = fields.filter((field) => !resumed.includes(field));
     if (resumed.length) this.backfill(resumed, this.lastTs);
     if (fresh.length) this.backfill(fresh, null);
-    clearTimeout(this.settleTimer);
-    if (resuming) return;
     const openedAt = Date.now();
+    clearTimeout(this.settleTimer);
     this.settleTimer = setTimeout(() => {
       if (!this.closed) this.backfill([...this.fields], openedAt - SETTLE_MS);
     }, SETTLE_MS);
