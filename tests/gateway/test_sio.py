@@ -26,6 +26,7 @@ import requests
 import socketio
 
 from livedata.auth import Role
+from livedata.gateway.sio import ALERT_CREATED
 from livedata.metadata import Metadata
 from livedata.metadata.accounts import Accounts
 from livedata.sim.demo import ORG, ensure_demo_admin
@@ -377,7 +378,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
 
 
 async def test_alert_created_reaches_only_its_organisation(local: LocalServer) -> None:
-    """SocketGateway.emit_alert(org, alert) sends alert-created to that organisation's
+    """push_org(org, ALERT_CREATED, alert) sends alert-created to that organisation's
     clients only."""
     acme = await Recorder().connect(local.url, local.tokens["acme"], "acme")
     zeta = await Recorder().connect(local.url, local.tokens["zeta"], "zeta")
@@ -385,7 +386,9 @@ async def test_alert_created_reaches_only_its_organisation(local: LocalServer) -
         await acme.wait_for("dashboard:data")
         await zeta.wait_for("dashboard:data")
         alert = {"id": "a1", "deviceId": "AC-1", "severity": "critical", "message": "too hot"}
-        await asyncio.to_thread(local.run, lambda: local.gateway.socket.emit_alert("acme", alert))
+        await asyncio.to_thread(
+            local.run, lambda: local.gateway.socket.push_org("acme", ALERT_CREATED, alert)
+        )
         assert await acme.wait_for("alert-created") == alert
         await asyncio.sleep(0.3)
         assert zeta.events("alert-created") == []

@@ -45,8 +45,8 @@ arrive on the pub/sub channel ``live-stream/{org}/alerts`` (from the alert role,
 in this or another process, and from acknowledgements) and are pushed as rows of
 the SSE log table ``alerts`` (``/db/watch/alerts``), as Socket.IO
 ``alert-created`` (raised) and ``alert-updated`` (cleared, acknowledged) to the
-organisation's clients.  Its queue holds 1,000 events; beyond that the oldest
-are dropped (and logged): pages reload the list from the API on reconnect.
+organisation's clients, each as it arrives (no queue: the pushes go to the
+clients' outboxes, each bounded; pages reload the list from the API on reconnect).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from livedata.errors import InputError
 from livedata.gateway.fleet import OrgFleet
 from livedata.gateway.relay import OrgRelay
 from livedata.gateway.security import principal_of
-from livedata.gateway.sio import org_room
+from livedata.gateway.sio import ALERT_CREATED, ALERT_UPDATED
 from livedata.gateway.state import gateway_of
 from livedata.metadata.alerts import (
     AlertStore,
@@ -182,7 +182,7 @@ class AlertsService:
         self.relay = OrgRelay(hub, meta, "alert", alerts_channel, self.deliver)
         """Alert events of every organisation to this gateway (a supervised task)."""
 
-    async def deliver(self, org: str, body: dict[str, Any]) -> None:
+    def deliver(self, org: str, body: dict[str, Any]) -> None:
         alert = body.get("alert")
         if not isinstance(alert, dict):
             return
@@ -205,9 +205,9 @@ class AlertsService:
         )
         payload = {**alert, "event": event}
         if event == "raised":
-            await self.socket.emit_alert(org, payload)
+            self.socket.push_org(org, ALERT_CREATED, payload)
         else:
-            await self.socket.emit("alert-updated", payload, to=org_room(org))
+            self.socket.push_org(org, ALERT_UPDATED, payload)
 
 
 # --------------------------------------------------------------------------- routes

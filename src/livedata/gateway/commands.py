@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,7 +95,7 @@ class StatusService:
         devices: DeviceLink,
         pubsub: PubSub,
         publish_row: Callable[[str, str, dict[str, Any]], None],
-        emit_device_update: Callable[[str, str, dict[str, Any]], Awaitable[None]],
+        emit_device_update: Callable[[str, str, dict[str, Any]], None],
     ) -> None:
         """``publish_row(org, table, row)`` feeds the log tables, ``emit_device_update(org,
         chassis, update)`` Socket.IO."""
@@ -186,7 +186,7 @@ class StatusService:
         await self.relay.ensure(org)  # an organisation created since the relay last looked
         await publish_event(self.pubsub, status_channel(org), state)
 
-    async def deliver(self, org: str, state: dict[str, Any]) -> None:
+    def deliver(self, org: str, state: dict[str, Any]) -> None:
         """A status change from pub/sub: remember it, then log table row and Socket.IO."""
         chassis = str(state.get("deviceId"))
         if state.get("realtime") in ("on", "off"):
@@ -211,7 +211,7 @@ class StatusService:
             "lastSeen": state.get("lastSeen"),
             "realtime": state.get("realtime"),
         }
-        await self.emit_device_update(org, chassis, update)
+        self.emit_device_update(org, chassis, update)
 
     async def presence_feed(self) -> None:
         """Push presence changes of an MQTT device link until cancelled (a supervised task)."""

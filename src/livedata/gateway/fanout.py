@@ -81,6 +81,17 @@ fills the gap from the history API.  The history is the pub/sub's
 gateways, so recovery works across gateways.  While the history is read, live
 messages for that client are held and the ones the recovery already holds are
 not sent twice.
+
+Live before storage: a record goes out live before the store has it, so one sent
+before a client subscribed can reach the store only after the client read its
+history: neither path would carry it.  So a client that joins with history
+(``recovered: false``) gets, right after the RECOVERY, every message the channel's
+history still holds (:meth:`Fanout.retained`) as LIVE_DATA, oldest first, then
+live data; it merges them with what it read from the store (by ``ts``).  They go
+through the outbox like any message: when the client cannot take them all, the oldest
+(stored long ago) are dropped first and the newest kept.  The
+transports that read the store themselves (SSE, Socket.IO) take the same
+messages from :meth:`Fanout.retained` / :meth:`Fanout.missed_since`.
 """
 
 from __future__ import annotations
@@ -285,9 +296,12 @@ class Outbox:
         self._held = []
         self.direct = False
 
-    def release(self, first: bytes, after_seq: int) -> None:
-        """Send ``first`` (never dropped; what was queued before goes), then the held
-        channel messages newer than ``after_seq``."""
+    def release(
+        self, first: bytes, after_seq: int, then: list[tuple[bytes, Head]] | None = None
+    ) -> None:
+        """Send ``first`` (never dropped; what was queued before goes), then the channel
+        messages ``then`` ((payload, head), oldest first), then the held channel messages
+        newer than ``after_seq``."""
         held, self._held = self._held or [], None
         if self._queue:
             self._queue.clear()
@@ -296,6 +310,8 @@ class Outbox:
             self._queue = deque([(first, None, None)])
         else:
             self.offer(first, None, None)
+        for message, position in then or ():
+            self.offer(message, None, position)
         for payload, wire, head in held:
             if head is None or head["seq"] > after_seq:
                 self.offer(payload, wire, head)
@@ -414,47 +430,55 @@ class Fanout:
     ) -> None:
         """Deliver ``channel``'s messages to ``outbox``, picking ``fields``; replaces earlier ones.
 
-        With ``since`` = (epoch, seq), first recover what the client missed after it.
+        With ``since`` = (epoch, seq), first recover what the client missed after it; when
+        that cannot be done, the channel's retained messages follow the RECOVERY (see
+        *Live before storage*).
         """
         if since is not None:
             outbox.hold()
         await self._attach(outbox, channel, fields)
         if since is not None:
-            payload, newest = await self.recovery(channel, fields, since)
-            outbox.release(payload, newest)
+            outbox.release(*await self.recovery(channel, fields, since))
+
+    async def retained(self, channel: str) -> list[tuple[dict[str, Any], Head]]:
+        """[(values, head)…]: the messages the pub/sub's history holds for ``channel``
+        (the last ``live_history_seconds``), oldest first; none when it cannot be read."""
+        try:
+            history = await self.pubsub.history(channel)
+        except BusError as exc:
+            log.warning("no history of %s: %s", channel, exc)
+            return []
+        return [parsed for parsed in map(_parse, history) if parsed is not None]
 
     async def missed_since(
         self, channel: str, since: tuple[str, int]
     ) -> tuple[bool, list[tuple[dict[str, Any], Head]]]:
         """(recovered, [(values, head)…]): the channel's messages after ``since`` = (epoch,
-        seq) from the pub/sub's history, oldest first; recovered is False (and the list
-        empty) when they are not all there any more."""
+        seq) from the pub/sub's history, oldest first; when they are not all there any
+        more, recovered is False and the list holds every retained message (what a client
+        that reads the store to fill its gap must merge: see *Live before storage*)."""
         epoch, last = since
-        try:
-            history = await self.pubsub.history(channel)
-        except BusError as exc:
-            log.warning("no recovery for %s: %s", channel, exc)
-            history = []
-        retained: list[tuple[dict[str, Any], Head]] = []
-        for data in history:
-            parsed = _parse(data)
-            if parsed is not None and parsed[1]["epoch"] == epoch:
-                retained.append(parsed)
-        recovered = bool(retained) and retained[0][1]["seq"] <= last + 1
+        retained = await self.retained(channel)
+        same = [m for m in retained if m[1]["epoch"] == epoch]
+        recovered = bool(same) and same[0][1]["seq"] <= last + 1
         observe.RECOVERIES.labels("yes" if recovered else "no").inc()
         if not recovered:
-            return False, []
-        return True, [m for m in retained if m[1]["seq"] > last]
+            return False, retained
+        return True, [m for m in same if m[1]["seq"] > last]
 
     async def recovery(
         self, channel: str, fields: Fields, since: tuple[str, int]
-    ) -> tuple[bytes, int]:
-        """The RECOVERY payload for ``since`` and the seq after which live messages are new
-        (-1 when not recovered: every live message is new)."""
+    ) -> tuple[bytes, int, list[tuple[bytes, Head]]]:
+        """For :meth:`Outbox.release`: the RECOVERY payload for ``since``, the seq after
+        which live messages are new, and the LIVE_DATA to send between them (when not
+        recovered: the retained messages, see *Live before storage*)."""
         recovered, missed = await self.missed_since(channel, since)
-        payload = recovery_payload(recovered, since[0], missed, fields)
-        newest = missed[-1][1]["seq"] if missed else since[1]
-        return payload, newest if recovered else -1
+        if recovered:
+            newest = missed[-1][1]["seq"] if missed else since[1]
+            return recovery_payload(True, since[0], missed, fields), newest, []
+        retained = [(_live_data(values, head, fields), head) for values, head in missed]
+        newest = missed[-1][1]["seq"] if missed else -1
+        return recovery_payload(False, since[0], [], fields), newest, retained
 
     async def _attach(self, outbox: Outbox, channel: str, fields: Fields) -> None:
         async with self._lock:
@@ -514,13 +538,7 @@ class Fanout:
         gathered = self._gathered
         written = 0
         for fields, framings in groups.items():
-            # exact size: orjson's own output holds ~4 KiB whatever its length, and a
-            # paused outbox keeps up to queue_max of these
-            payload = bytes(
-                memoryview(
-                    orjson.dumps({"type": "LIVE_DATA", "payload": _pick(values, fields), **head})
-                )
-            )
+            payload = _live_data(values, head, fields)
             for framing, members in framings.items():
                 wire = framing.frame(payload, head)
                 for outbox in members:
@@ -564,6 +582,15 @@ def recovery_payload(
                 for values, head in missed
             ],
         }
+    )
+
+
+def _live_data(values: dict[str, Any], head: Head, fields: Fields) -> bytes:
+    """The LIVE_DATA message of ``fields`` of one channel message."""
+    # exact size: orjson's own output holds ~4 KiB whatever its length, and a paused
+    # outbox keeps up to queue_max of these
+    return bytes(
+        memoryview(orjson.dumps({"type": "LIVE_DATA", "payload": _pick(values, fields), **head}))
     )
 
 

@@ -37,7 +37,7 @@ from livedata.gateway.commands import StatusService
 from livedata.gateway.fanout import Fanout
 from livedata.gateway.fleet import Fleet
 from livedata.gateway.security import Security
-from livedata.gateway.sio import SocketGateway, device_room
+from livedata.gateway.sio import SocketGateway
 from livedata.gateway.transfer import Transfers
 from livedata.gateway.viewers import ViewerFollower
 from livedata.gateway.watch import WatchService
@@ -132,6 +132,6 @@ class Gateway:
         """Publish ``row`` to the log table ``table`` of ``org`` (its watch streams)."""
         self.watch.log_tables.publish(org, table, row)
 
-    async def emit_device_update(self, org: str, chassis: str, update: dict[str, Any]) -> None:
+    def emit_device_update(self, org: str, chassis: str, update: dict[str, Any]) -> None:
         """Send Socket.IO ``device-update`` to the clients subscribed to one device."""
-        await self.socket.emit("device-update", update, to=device_room(org, chassis))
+        self.socket.push_device(org, chassis, update)

@@ -11,6 +11,9 @@ A client that reconnects adds what it saw last:
 gets ``{"type":"RECOVERY","recovered":true,"epoch":…,"messages":[LIVE_DATA…]}`` with
 exactly the messages it missed, in order, then live data; ``"recovered":false`` (and
 no messages) means they are gone and it should fill the gap from the history API.
+Then come, as LIVE_DATA (oldest first), the messages the live history still holds:
+live goes out before storage, so the newest of them may not be in the history API's
+answer yet; the client merges them by ``ts``.
 
 Rate control: ``"maxRate": 2, "aggregate": "minmax"`` (or ``last``, ``avg``) in
 INIT_FIELD_LIST gets at most 2 messages a second, each summing up its interval

@@ -9,9 +9,10 @@ pushes it to that gateway's SSE log tables and Socket.IO rooms.  So an event mad
 anywhere reaches the pages open on any gateway, and the process that made it
 delivers it through the same path (no second, local path).
 
-Under stress: listeners never block; events wait in a queue of at most
-:data:`RELAY_QUEUE`, and when ``deliver`` cannot keep up the oldest are dropped
-(counted in ``dropped`` and logged).
+``deliver`` is an in-process listener of the fan-out core: it is called inline
+for each event and must not block (it writes to log-table rings and to the clients'
+outboxes).  Under stress there is no queue here: what a slow client cannot take is
+dropped by its own outbox (oldest first, ``missed``), as for every live message.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ import itertools
 import logging
 import secrets
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from livedata.bus.base import LiveMessage, PubSub
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("livedata.gateway.relay")
 
 ORGS_REFRESH_S = 5.0
-RELAY_QUEUE = 1_000
 
 _EPOCH = secrets.token_hex(8)
 _SEQ = itertools.count(1)
@@ -61,18 +60,14 @@ class OrgRelay:
         meta: Metadata,
         name: str,
         channel: Callable[[str], str],
-        deliver: Callable[[str, dict[str, Any]], Awaitable[None]],
+        deliver: Callable[[str, dict[str, Any]], None],
     ) -> None:
         self.hub, self.meta = hub, meta
         self.name = name
         self.channel = channel
         self.deliver = deliver
         self._listening: dict[str, Any] = {}
-        self._queue: deque[tuple[str, dict[str, Any]]] = deque()
-        self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self.relayed = 0
-        self.dropped = 0
 
     async def ensure(self, org: str) -> None:
         """Listen to ``org``'s channel (idempotent)."""
@@ -87,17 +82,11 @@ class OrgRelay:
 
     def _listener(self, org: str) -> Any:
         def on_message(values: dict[str, Any], head: dict[str, Any]) -> None:
-            if len(self._queue) >= RELAY_QUEUE:
-                self._queue.popleft()
-                self.dropped += 1
-                log.warning("%s relay queue full: dropped the oldest event", self.name)
-            self._queue.append((org, values))
-            self._wake.set()
+            self.deliver(org, values)
 
         return on_message
 
     async def run(self) -> None:
-        pump = asyncio.create_task(self._pump(), name=f"{self.name}-relay-pump")
         try:
             while True:
                 try:
@@ -107,19 +96,6 @@ class OrgRelay:
                     log.warning("%s relay cannot list organisations: %s", self.name, exc)
                 await asyncio.sleep(ORGS_REFRESH_S)
         finally:
-            pump.cancel()
             for org_id, listener in list(self._listening.items()):
                 await self.hub.unlisten(self.channel(org_id), listener)
             self._listening.clear()
-
-    async def _pump(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                org, values = self._queue.popleft()
-                try:
-                    await self.deliver(org, values)
-                    self.relayed += 1
-                except Exception:
-                    log.exception("relaying a %s event of %s failed", self.name, org)

@@ -28,8 +28,10 @@ every other surface):
   first from the pub/sub's history, shared by every gateway (``live_history_seconds``),
   so a client that comes back to another gateway process recovers; the
   acknowledgement says ``recovered: true``, or ``false`` when some were no longer in the
-  history (fill the gap from the history API).  A reading that arrives while the
-  history is read may come twice (the same ``seq``).
+  history (fill the gap from the history API): then every reading the history still
+  holds was sent (live goes out before storage, so the newest may not be stored
+  yet).  A reading that arrives while the history is read may come twice (the same
+  ``seq``).
 - ``unsubscribe-device`` with the same forms: leaves the room.
 
 Server → client:
@@ -51,45 +53,45 @@ Server → client:
 - ``dashboard:data`` once on connect, then ``dashboard:update`` every second:
   ``{org, machines:[{deviceId, name, model, status, lastSeen, values:{msgType:{field:value}}}],
   online, total, timestamp}``.
-- ``alert-created`` through :meth:`SocketGateway.emit_alert`.
+- ``alert-created`` and ``alert-updated`` to every client of the organisation
+  (:meth:`SocketGateway.push_org`).
 
 How it is fed: while an organisation has Socket.IO clients, its feed holds the
 organisation in the gateway's shared fleet state (:class:`~livedata.gateway.fleet.Fleet`,
 the same the fleet summary reads: one listener per live channel of each machine,
 machines re-read every 30 s) and observes its readings; it lets go when the last
-client leaves.  The observer only queues; one pump task per organisation emits.
+client leaves.  The observer writes each reading's ``device-update`` and
+``sensor-data`` to the clients' outboxes at once (no queue, task or ``await`` per
+reading); one timer task per organisation sends ``dashboard:update`` and offline
+statuses every second.  Alerts and status changes come from the pub/sub relays
+(:mod:`livedata.gateway.relay`), in-process listeners of the fan-out core.
 
 Under stress: at most 5,000 clients per process, 100 subscriptions per client,
-500 fields per filter; the feed's queue holds 10,000 readings (oldest dropped,
-counted in ``livedata_sio_dropped``).  A slow client never slows the others or
-grows the server's memory beyond its bound:
+500 fields per filter.  A slow client never slows the others or grows the
+server's memory beyond its bound:
 
-- **Device updates on the fan-out core.**  A client on a WebSocket of livedata's
-  server layer (:func:`~livedata.gateway.server.uvicorn_config`; clients that stay
-  on long-polling keep the path below) gets an outbox of the fan-out core on its
-  transport: each ``device-update`` is encoded and framed once
-  (:class:`SioEvent`) for every such subscriber and written straight through; when
-  the client falls behind (its transport above the high-water mark) they queue in
-  the outbox (at most :data:`CLIENT_QUEUE`; beyond, the oldest is dropped, counted
-  in ``livedata_sio_client_drops``, and the next ``device-update`` carries
-  ``"missed": n``), and a client whose transport takes nothing for
-  ``client_stall_seconds`` is closed (1013) by the outbox's stall clock.
-- **Bounded send buffer.**  Each client's outgoing Engine.IO queue holds at most
-  :data:`CLIENT_QUEUE` (256) events; when it is full the *oldest* queued event is
-  dropped for the new one, so a client that falls behind gets the newest
-  readings (counted in ``livedata_sio_client_drops``).  Acknowledgements,
-  connect/disconnect and Engine.IO's own packets are not dropped (only beyond
-  twice the bound, where the oldest message of any kind goes).  Once its queue
-  is back under half full the client gets ``missed`` ``{"missed": n}``: how many
-  events it lost.
-- **No progress.**  A client whose queue has not moved for
-  ``client_stall_seconds`` (default 30 s) -- its socket takes nothing, typically
-  because its TCP window is full -- is disconnected (reason ``server
-  disconnect``; counted in ``livedata_stalled_clients``), checked every second.
-  A WebSocket send that does not complete within the same time is abandoned
-  too, which ends the connection's tasks at once; what stays is the socket's
-  kernel buffer and at most one transport buffer (64 KiB), freed when the peer
-  reads or goes away.
+- **One outbox per client, the fan-out core's** (:class:`~livedata.gateway.fanout.Outbox`).
+  Every pushed event (``device-update``, ``sensor-data``, ``dashboard:update``,
+  ``alert-created``, ``alert-updated``) is encoded once for all its clients and framed
+  once per kind of outbox (:class:`SioEvent`): a client on a WebSocket of livedata's
+  server layer (:func:`~livedata.gateway.server.uvicorn_config`) gets unmasked text
+  frames written straight to its transport; any other client (long-polling, or a
+  WebSocket outside the server layer) gets packets put in Engine.IO's queue, which
+  its next poll takes (:class:`_QueueSink`; it counts as paused beyond
+  :data:`QUEUE_HIGH` bytes not taken).  Answers to the client's own requests
+  (acknowledgements, ``error``, ``dashboard:data``, the status on subscribing) go
+  through python-socketio as before.
+- **Bounded.**  While a client takes nothing more (its transport above the high-water
+  mark, its polls not coming) its events wait in the outbox: at most
+  :data:`CLIENT_QUEUE` (256); beyond, the oldest is dropped (counted in
+  ``livedata_sio_client_drops``) and the next event it gets carries ``"missed": n``
+  in its data.
+- **No progress.**  A client whose transport (or queue) takes nothing for
+  ``client_stall_seconds`` (default 30 s) is given up by the outbox's stall clock
+  (one timer per client; counted in ``livedata_stalled_clients``): a WebSocket is
+  closed with 1013 at once, what stays is the socket's kernel buffer and at most
+  one transport buffer (64 KiB), freed when the peer reads or goes away; a polling
+  client's session is closed (reason ``server disconnect``).
 - Dead peers are found by Engine.IO's ping/pong (every 25 s, 20 s to answer).
 """
 
@@ -98,8 +100,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -114,7 +115,6 @@ from livedata.auth import Principal
 from livedata.gateway.fanout import WS_TEXT, Outbox
 from livedata.gateway.fleet import Fleet, FleetMachine, OrgFleet
 from livedata.gateway.server import RAW_WEBSOCKET, LimitedWebSocket
-from livedata.gateway.stall import StallClock, Stalled
 from livedata.model import MsgType, live_channel, valid_id
 
 if TYPE_CHECKING:
@@ -133,11 +133,9 @@ MAX_CLIENTS = 5_000
 MAX_SUBSCRIPTIONS = 100
 MAX_FIELDS = 500
 TICK_S = 1.0
-PENDING_MAX = 10_000
 
 CLIENTS = Gauge("livedata_sio_clients", "Connected Socket.IO clients")
 EMITS = Counter("livedata_sio_emits", "Socket.IO events emitted", ["event"])
-DROPPED = Counter("livedata_sio_dropped", "Readings dropped before Socket.IO emission (queue full)")
 CLIENT_DROPS = Counter(
     "livedata_sio_client_drops", "Socket.IO events dropped for slow clients (send buffer full)"
 )
@@ -146,7 +144,6 @@ CLIENT_QUEUE = 256
 """Events queued for one Socket.IO client at most; beyond, the oldest are dropped."""
 STALL_SECONDS = 30.0
 """A client whose queue did not move for this long is disconnected (``client_stall_seconds``)."""
-CLOSE_TIMEOUT_S = 2.0
 
 
 class _Refused(Exception):
@@ -169,146 +166,110 @@ class _Client:
     subscriptions: dict[str, frozenset[str] | None] = field(default_factory=dict)
 
 
-def _is_message(item: Any) -> bool:
-    return getattr(item, "packet_type", None) == engineio.packet.MESSAGE
-
-
-def _is_event(item: Any) -> bool:
-    """A Socket.IO EVENT (its encoding starts with ``2``): what may be dropped for a slow client."""
-    data = getattr(item, "data", None)
-    return _is_message(item) and isinstance(data, str) and data[:1] == "2"
-
-
-class _ClientQueue(asyncio.Queue[Any]):
-    """One client's outgoing Engine.IO packets, bounded (see "Under stress" above).
-
-    Engine.IO puts every packet for the client here and its writer (WebSocket) or
-    the next poll (long-polling) takes them.  ``progress_at`` is when the queue
-    last moved: something was taken, or the first packet arrived in an empty queue.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.dropped = 0
-        """Events dropped since the client was last told (``missed``)."""
-        self.progress_at = time.monotonic()
-        super().__init__()
-
-    def _init(self, maxsize: int) -> None:
-        self._items: deque[Any] = deque()
-        self._queue = self._items  # where asyncio.Queue's qsize() and empty() look
-
-    def _put(self, item: Any) -> None:
-        items = self._items
-        if not items:
-            self.progress_at = time.monotonic()
-        elif len(items) >= self.limit and _is_event(item):
-            if not self._drop(_is_event):
-                self._drop(_is_message, 2 * self.limit)
-        elif len(items) >= 2 * self.limit:
-            self._drop(_is_message)
-        items.append(item)
-
-    def _drop(self, which: Callable[[Any], bool], at_least: int = 0) -> bool:
-        """Drop the oldest queued packet that ``which`` accepts (when ``at_least`` are queued)."""
-        if len(self._items) < at_least:
-            return False
-        for index, old in enumerate(self._items):
-            if which(old):
-                del self._items[index]
-                self.task_done()  # it will never be taken: keep join() and the count right
-                self.dropped += 1
-                CLIENT_DROPS.inc()
-                return True
-        return False
-
-    def _get(self) -> Any:
-        self.progress_at = time.monotonic()
-        return self._items.popleft()
-
-    def stalled(self, now: float, seconds: float) -> bool:
-        """Something is waiting and nothing was taken for ``seconds``."""
-        return bool(self._items) and now - self.progress_at > seconds
-
-
-def _guarded(receive: Any, send: Any, seconds: float) -> tuple[Any, Any]:
-    """ASGI ``receive``/``send`` for a Socket.IO WebSocket that give up on a stalled client.
-
-    A send that makes no progress for ``seconds`` raises ``OSError`` (Engine.IO's
-    writer then stops), and from then on ``receive`` reports a disconnect, so
-    Engine.IO's reader stops too and the connection ends without waiting for
-    the client, which sends nothing either.
-    """
-    gave_up = asyncio.Event()
-    gone = {"type": "websocket.disconnect", "code": 1006}
-    clock = StallClock(seconds)  # one timer per connection, not one per packet
-
-    async def guarded_send(message: Any) -> None:
-        kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "websocket.send":
-            try:
-                await clock.send(send(message))
-            except Stalled:
-                gave_up.set()
-                raise OSError(f"Socket.IO client took nothing for {seconds:g} s") from None
-        elif kind == "websocket.close":
-            clock.stop()
-            await asyncio.wait_for(send(message), CLOSE_TIMEOUT_S)
-        else:
-            await send(message)
-
-    async def guarded_receive() -> Any:
-        if gave_up.is_set():
-            return gone
-        receiving = asyncio.ensure_future(receive())
-        giving_up = asyncio.ensure_future(gave_up.wait())
-        try:
-            await asyncio.wait({receiving, giving_up}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            giving_up.cancel()
-            if not receiving.done():
-                receiving.cancel()
-        return receiving.result() if receiving.done() and not receiving.cancelled() else gone
-
-    return guarded_receive, guarded_send
-
-
-class _EngineServer(engineio.AsyncServer):
-    """Engine.IO with a bounded queue per client and WebSocket sends that give up."""
-
-    client_queue = CLIENT_QUEUE
-    stall_seconds = STALL_SECONDS
-
-    def create_queue(self, *args: Any, **kwargs: Any) -> Any:
-        if args or kwargs:  # not a client's packet queue
-            return super().create_queue(*args, **kwargs)
-        return _ClientQueue(self.client_queue)
-
-    async def handle_request(self, *args: Any, **kwargs: Any) -> Any:
-        if len(args) == 3 and isinstance(args[0], dict) and args[0].get("type") == "websocket":
-            scope, receive, send = args
-            args = (scope, *_guarded(receive, send, self.stall_seconds))
-        return await super().handle_request(*args, **kwargs)
-
-
 class SioEvent:
-    """A Socket.IO EVENT of one name (default namespace) in a server WebSocket text frame.
+    """A Socket.IO EVENT of one name (default namespace): ``2["name",data]``.
 
-    The fan-out core's :class:`~livedata.gateway.fanout.Framing` for Socket.IO: Engine.IO
-    v4 carries one packet per frame, ``42["name",data]``; the frame is unmasked, so one
-    bytes object goes to every client that gets the event.
+    ``frame`` puts it in a server WebSocket text frame (Engine.IO v4 carries one packet
+    per frame; the frame is unmasked, so one bytes object goes to every client of a
+    group); ``head`` is what an outbox passes to the framings below.
     """
 
-    __slots__ = ("prefix",)
+    __slots__ = ("head", "name", "prefix")
 
     def __init__(self, name: str) -> None:
-        self.prefix = b'42["' + name.encode() + b'",'
+        self.name = name
+        self.prefix = b'2["' + name.encode() + b'",'
+        self.head: dict[str, Any] = {"event": self}
+
+    def packet(self, payload: bytes) -> bytes:
+        """The Engine.IO MESSAGE packet (``4`` + the Socket.IO packet) of ``payload``."""
+        return b"4" + self.prefix + payload + b"]"
 
     def frame(self, payload: bytes, head: dict[str, Any] | None = None) -> bytes:
-        return WS_TEXT.frame(self.prefix + payload + b"]")
+        return WS_TEXT.frame(self.packet(payload))
 
+
+class _SioWebSocket:
+    """The fan-out framing of Socket.IO on a WebSocket: the event (``head["event"]``) in a
+    text frame, written straight to the transport."""
+
+    __slots__ = ()
+
+    def frame(self, payload: bytes, head: dict[str, Any] | None) -> bytes:
+        assert head is not None
+        event: SioEvent = head["event"]
+        return event.frame(payload)
+
+
+class _SioQueued:
+    """The fan-out framing of Socket.IO through Engine.IO's own packet queue (long-polling,
+    or a WebSocket outside livedata's server layer): record-separated packets, which
+    :class:`_QueueSink` hands to Engine.IO one by one."""
+
+    __slots__ = ()
+
+    def frame(self, payload: bytes, head: dict[str, Any] | None) -> bytes:
+        assert head is not None
+        event: SioEvent = head["event"]
+        return b"\x1e" + event.packet(payload)
+
+
+SIO_WEBSOCKET = _SioWebSocket()
+SIO_QUEUED = _SioQueued()
 
 DEVICE_UPDATE = SioEvent("device-update")
+SENSOR_DATA_EVENT = SioEvent("sensor-data")
+DASHBOARD_UPDATE = SioEvent("dashboard:update")
+ALERT_CREATED = SioEvent("alert-created")
+ALERT_UPDATED = SioEvent("alert-updated")
+
+QUEUE_HIGH = 64 * 1024
+"""Bytes of a client's packets that Engine.IO's queue may hold before its outbox pauses
+(as a transport's high-water mark)."""
+
+
+class _Out(engineio.packet.Packet):
+    """A packet of an outbox in Engine.IO's queue: counted as taken when it is encoded
+    (the long-polling GET or the WebSocket writer sends it)."""
+
+    def __init__(self, sink: _QueueSink, data: str) -> None:
+        super().__init__(engineio.packet.MESSAGE, data)
+        self.sink = sink
+
+    def encode(self, b64: bool = False) -> Any:
+        self.sink.taken(len(self.data))
+        return super().encode(b64)
+
+
+class _QueueSink:
+    """An outbox's sink that puts packets in the client's Engine.IO queue (what the
+    long-polling GET drains): paused while more than :data:`QUEUE_HIGH` bytes wait there,
+    resumed when they were taken; the outbox's stall clock runs meanwhile."""
+
+    __slots__ = ("outbox", "queue", "queued")
+
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+        self.queue = queue
+        self.queued = 0
+        self.outbox: Outbox | None = None
+
+    def write(self, data: bytes) -> None:
+        for part in data.split(b"\x1e")[1:]:  # JSON escapes \x1e: it only separates packets
+            text = part[1:].decode()
+            self.queued += len(text)
+            self.queue.put_nowait(_Out(self, text))
+        outbox = self.outbox
+        if self.queued > QUEUE_HIGH and outbox is not None and not outbox.paused:
+            outbox.pause_writing()
+
+    def taken(self, size: int) -> None:
+        self.queued -= size
+        outbox = self.outbox
+        if self.queued <= QUEUE_HIGH // 4 and outbox is not None and outbox.paused:
+            outbox.resume_writing()
+
+    def get_write_buffer_size(self) -> int:
+        return self.queued
 
 
 class _Outbox(Outbox):
@@ -324,11 +285,6 @@ class _Outbox(Outbox):
         return written
 
 
-class _Server(socketio.AsyncServer):
-    def _engineio_server_class(self) -> type[_EngineServer]:
-        return _EngineServer
-
-
 class _OrgFeed:
     """What Socket.IO sends to one organisation while it has clients, from the fleet state."""
 
@@ -340,12 +296,10 @@ class _OrgFeed:
         self.online: set[str] = set()
         """Machines announced online to the clients (an offline status is due when one is not)."""
         self.subscribers: dict[str, dict[str, frozenset[str] | None]] = {}
-        self.pending: deque[tuple[str, str, str, dict[str, Any], dict[str, Any]]] = deque()
         self.positions: set[str] = set()
         """Clients whose device updates carry their channel position (they asked ``since``)."""
-        self.wake = asyncio.Event()
         self.last_second: dict[str, int] = {}
-        self.tasks: list[asyncio.Task[None]] = []
+        self.ticker: asyncio.Task[None] | None = None
 
     @property
     def room(self) -> str:
@@ -363,15 +317,12 @@ class _OrgFeed:
         now = time.monotonic()
         self.online = {m.chassis for m in state.machines.values() if m.online(now)}
         state.observers.append(self._observe)
-        self.tasks = [
-            asyncio.create_task(self._pump(), name=f"sio-pump-{self.org}"),
-            asyncio.create_task(self._tick(), name=f"sio-tick-{self.org}"),
-        ]
+        self.ticker = asyncio.create_task(self._tick(), name=f"sio-tick-{self.org}")
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.ticker is not None:
+            self.ticker.cancel()
+            await asyncio.gather(self.ticker, return_exceptions=True)
         state, self.state = self.state, None
         if state is not None:
             state.observers.remove(self._observe)
@@ -380,47 +331,29 @@ class _OrgFeed:
     def _observe(
         self, machine: FleetMachine, msg_type: str, values: dict[str, Any], head: dict[str, Any]
     ) -> None:
-        """A reading: written at once to the subscribers on the fan-out core (no task,
-        queue or await per message), queued for the pump for everything else."""
+        """A reading: its device updates and ``sensor-data`` go straight to the clients'
+        outboxes (no task, queue or await per message)."""
         chassis = machine.chassis
+        push = self.gw.push
         subscribers = self.subscribers.get(chassis)
         if chassis not in self.online:
             self.online.add(chassis)
             if subscribers:
-                self._direct(list(subscribers), _status(machine, True))
-            self._queue(("status", chassis, msg_type, {}, head))
+                push(DEVICE_UPDATE, subscribers, _status(machine, True))
         if subscribers:
             for sids, data in self._updates(chassis, msg_type, values, head, subscribers):
-                self._direct(sids, data)
-        self._queue(("reading", chassis, msg_type, values, head))
-
-    def _queue(self, item: tuple[str, str, str, dict[str, Any], dict[str, Any]]) -> None:
-        if len(self.pending) >= PENDING_MAX:
-            self.pending.popleft()
-            DROPPED.inc()
-        self.pending.append(item)
-        self.wake.set()
-
-    async def _pump(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.pending:
-                kind, chassis, msg_type, values, head = self.pending.popleft()
-                try:
-                    if kind == "status":
-                        await self._emit_status(chassis, direct=False)
-                    else:
-                        await self._emit_reading(chassis, msg_type, values, head)
-                except Exception:
-                    log.exception("Socket.IO emission for %s/%s failed", self.org, chassis)
-
-    async def _emit_status(self, chassis: str, direct: bool = True) -> None:
-        machine = self.machines.get(chassis)
-        subscribers = self.subscribers.get(chassis)
-        if machine is not None and subscribers:
-            status = _status(machine, chassis in self.online)
-            await self._device_update(chassis, list(subscribers), status, direct)
+                push(DEVICE_UPDATE, sids, data)
+        mode = self.gw.sensor_data
+        if mode == "off":
+            return
+        ts = int(head["ts"])
+        topic = live_channel(self.org, chassis, msg_type)
+        if mode == "throttled":
+            second = ts // 1000
+            if self.last_second.get(topic, -1) >= second:
+                return
+            self.last_second[topic] = second
+        push(SENSOR_DATA_EVENT, self.clients, {"topic": topic, "data": values, "timestamp": ts})
 
     def _updates(
         self,
@@ -450,55 +383,6 @@ class _OrgFeed:
             if len(plain) < len(sids):
                 yield [sid for sid in sids if sid in positions], {**data, **where}
 
-    def _direct(self, sids: list[str], data: dict[str, Any]) -> None:
-        """``device-update`` to those of ``sids`` on the fan-out core: encoded and framed once."""
-        outboxes = self.gw.outboxes
-        direct = [outboxes[sid] for sid in sids if sid in outboxes]
-        if direct:
-            payload = orjson.dumps(data)
-            wire = DEVICE_UPDATE.frame(payload)
-            for outbox in direct:
-                outbox.offer(payload, wire, None)
-            EMITS.labels("device-update").inc()
-
-    async def _device_update(
-        self, chassis: str, sids: list[str], data: dict[str, Any], direct: bool = True
-    ) -> None:
-        """``device-update`` to ``sids`` of the device's room: to the clients on the fan-out
-        core when ``direct`` (else they had it), python-socketio's emit for the others."""
-        outboxes = self.gw.outboxes
-        if direct:
-            self._direct(sids, data)
-        if any(sid not in outboxes for sid in sids):
-            room = self.device_room(chassis)
-            skip = [sid for sid in self.subscribers.get(chassis, {}) if sid not in sids]
-            skip += [sid for sid in sids if sid in outboxes]
-            await self.gw.emit("device-update", data, to=room, skip_sid=skip or None)
-
-    async def _emit_reading(
-        self, chassis: str, msg_type: str, values: dict[str, Any], head: dict[str, Any]
-    ) -> None:
-        """What :meth:`_observe` left to the pump: device updates to clients that are not
-        on the fan-out core, and ``sensor-data``."""
-        ts = int(head["ts"])
-        subscribers = self.subscribers.get(chassis)
-        outboxes = self.gw.outboxes
-        if subscribers and any(sid not in outboxes for sid in subscribers):
-            for sids, data in self._updates(chassis, msg_type, values, head, subscribers):
-                await self._device_update(chassis, sids, data, direct=False)
-        mode = self.gw.sensor_data
-        if mode == "off":
-            return
-        topic = live_channel(self.org, chassis, msg_type)
-        second = ts // 1000
-        if mode == "throttled":
-            if self.last_second.get(topic, -1) >= second:
-                return
-            self.last_second[topic] = second
-        await self.gw.emit(
-            "sensor-data", {"topic": topic, "data": values, "timestamp": ts}, to=self.room
-        )
-
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
@@ -514,10 +398,10 @@ class _OrgFeed:
             machine = machines.get(chassis)
             if machine is None or not machine.online(now):
                 self.online.discard(chassis)
-                if machine is not None:
-                    await self._emit_status(chassis)
-        await self.gw.emit("dashboard:update", self.summary(), to=self.room)
-        await self.gw.check_clients(self.clients)
+                subscribers = self.subscribers.get(chassis)
+                if machine is not None and subscribers:
+                    self.gw.push(DEVICE_UPDATE, subscribers, _status(machine, False))
+        self.gw.push(DASHBOARD_UPDATE, self.clients, self.summary())
         if self.state is not None:
             await self.state.ensure()  # the machine list, re-read every 30 s
 
@@ -617,7 +501,7 @@ class SocketGateway:
         """The gateway's shared fleet state (the fleet summary reads the same)."""
         self.sensor_data = sensor_data
         self.max_subscriptions = max_subscriptions
-        self.sio = _Server(
+        self.sio = socketio.AsyncServer(
             async_mode="asgi",
             logger=False,
             engineio_logger=False,
@@ -627,15 +511,17 @@ class SocketGateway:
         )
         if stall_seconds is None:
             stall_seconds = STALL_SECONDS
-        self.sio.eio.client_queue = client_queue
-        self.sio.eio.stall_seconds = stall_seconds
+        self.client_queue = client_queue
+        """Events an outbox holds while its client takes nothing more."""
+        self.stall_seconds = stall_seconds
+        """Seconds a client may take nothing before it is disconnected."""
         self._closing: set[asyncio.Task[None]] = set()
         self._clients: dict[str, _Client] = {}
         self._feeds: dict[str, _OrgFeed] = {}
         self._live: dict[str, int] = {}
         """Socket.IO session id → its handle in the security service's live registry."""
         self.outboxes: dict[str, Outbox] = {}
-        """Socket.IO session id → its fan-out outbox (WebSocket clients of the server layer)."""
+        """Socket.IO session id → its fan-out outbox."""
         self._lock = asyncio.Lock()
         self.sio.on("connect", self._connect)
         self.sio.on("disconnect", self._disconnect)
@@ -649,49 +535,73 @@ class SocketGateway:
         await self.sio.emit(event, data, **kwargs)
         EMITS.labels(event).inc()
 
-    async def emit_alert(self, org: str, alert: dict[str, Any]) -> None:
-        """Send ``alert-created`` with ``alert`` to every client of ``org``."""
-        if org in self._feeds:
-            await self.emit("alert-created", alert, to=org_room(org))
+    def push(self, event: SioEvent, sids: Iterable[str], data: Any) -> None:
+        """Send ``event`` with ``data`` to the clients ``sids`` through their outboxes:
+        encoded once, framed once per kind of outbox (see "Under stress")."""
+        payload = orjson.dumps(data)
+        head = event.head
+        frames: dict[Any, bytes] = {}
+        outboxes = self.outboxes
+        for sid in sids:
+            outbox = outboxes.get(sid)
+            if outbox is None:
+                continue
+            wire = frames.get(outbox.framing)
+            if wire is None:
+                wire = frames[outbox.framing] = outbox.framing.frame(payload, head)
+            outbox.offer(payload, wire, head)
+        if frames:
+            EMITS.labels(event.name).inc()
+
+    def push_org(self, org: str, event: SioEvent, data: Any) -> None:
+        """Send ``event`` to every client of ``org`` in this process."""
+        feed = self._feeds.get(org)
+        if feed is not None:
+            self.push(event, feed.clients, data)
+
+    def push_device(self, org: str, chassis: str, data: dict[str, Any]) -> None:
+        """Send ``device-update`` to the clients subscribed to one device."""
+        feed = self._feeds.get(org)
+        subscribers = feed.subscribers.get(chassis) if feed is not None else None
+        if subscribers:
+            self.push(DEVICE_UPDATE, subscribers, data)
 
     # slow clients -----------------------------------------------------------
 
-    def _queue_of(self, sid: str) -> tuple[str, _ClientQueue] | None:
+    def _attach(self, sid: str, environ: dict[str, Any]) -> None:
+        """Give the client its outbox of the fan-out core (see "Under stress"): on a
+        WebSocket of the server layer it writes straight to the transport; otherwise it
+        feeds Engine.IO's packet queue, which the long-polling GET drains."""
+        scope = environ.get("asgi.scope") or {}
+        raw = (
+            scope.get("extensions", {}).get(RAW_WEBSOCKET)
+            if scope.get("type") == "websocket"
+            else None
+        )
+        stall = self.stall_seconds
         eio_sid = self.sio.manager.eio_sid_from_sid(sid, "/")
-        socket = self.sio.eio.sockets.get(eio_sid) if eio_sid is not None else None
-        queue = getattr(socket, "queue", None)
-        return (eio_sid, queue) if isinstance(queue, _ClientQueue) else None
+        socket = self.sio.eio.sockets[eio_sid]
 
-    async def check_clients(self, sids: Iterable[str]) -> None:
-        """Disconnect clients that made no progress; tell the others what they missed."""
-        now = time.monotonic()
-        stall = self.sio.eio.stall_seconds
-        for sid in list(sids):
-            found = self._queue_of(sid)
-            if found is None:
-                continue
-            eio_sid, queue = found
-            if queue.stalled(now, stall):
-                if not any(t.get_name() == f"sio-stalled-{eio_sid}" for t in self._closing):
-                    task = asyncio.create_task(self._close_stalled(eio_sid, stall))
-                    task.set_name(f"sio-stalled-{eio_sid}")
-                    self._closing.add(task)
-                    task.add_done_callback(self._closing.discard)
-            elif queue.dropped and queue.qsize() <= queue.limit // 2:
-                missed, queue.dropped = queue.dropped, 0
-                await self.emit("missed", {"missed": missed}, to=sid)
+        def given_up() -> None:
+            log.info("disconnecting a Socket.IO client that took nothing for %g s", stall)
+            if isinstance(raw, LimitedWebSocket):
+                raw.close_now(1013, "client too slow")
+            # the session ends now: no CLOSE packet (it could not get through), no waiting
+            # for the queue or for Engine.IO's writer, which may wait on the dead transport
+            closing = socket.close(
+                wait=False, abort=True, reason=self.sio.eio.reason.SERVER_DISCONNECT
+            )
+            task = asyncio.create_task(closing)
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
-    async def _close_stalled(self, eio_sid: str, stall: float) -> None:
-        socket = self.sio.eio.sockets.get(eio_sid)
-        if socket is None or socket.closed or socket.closing:
-            return
-        observe.STALLED.inc()
-        log.info("disconnecting a Socket.IO client that took nothing for %g s", stall)
-        try:
-            # no CLOSE packet (it could not get through) and no waiting for the queue
-            await socket.close(wait=False, abort=True, reason=self.sio.eio.reason.SERVER_DISCONNECT)
-        except Exception:
-            log.exception("closing a stalled Socket.IO client failed")
+        if isinstance(raw, LimitedWebSocket):
+            outbox = _Outbox(raw.transport, SIO_WEBSOCKET, given_up, self.client_queue, stall)
+            raw.attach(outbox)
+        else:
+            sink = _QueueSink(socket.queue)
+            outbox = sink.outbox = _Outbox(sink, SIO_QUEUED, given_up, self.client_queue, stall)
+        self.outboxes[sid] = outbox
 
     # connections ------------------------------------------------------------
 
@@ -722,27 +632,6 @@ class SocketGateway:
         CLIENTS.set(len(self._clients))
         await self.sio.enter_room(sid, feed.room)
         self.sio.start_background_task(self._welcome, sid, feed)
-
-    def _attach(self, sid: str, environ: dict[str, Any]) -> None:
-        """Give a client on a WebSocket of the server layer an outbox of the fan-out core:
-        its device updates are written straight to its transport (see "Under stress")."""
-        scope = environ.get("asgi.scope") or {}
-        raw = (
-            scope.get("extensions", {}).get(RAW_WEBSOCKET)
-            if scope.get("type") == "websocket"
-            else None
-        )
-        if not isinstance(raw, LimitedWebSocket):
-            return
-
-        def stalled() -> None:
-            log.info("disconnecting a Socket.IO client that took nothing for %g s", stall)
-            raw.close_now(1013, "client too slow")
-
-        stall = self.sio.eio.stall_seconds
-        outbox = _Outbox(raw.transport, DEVICE_UPDATE, stalled, self.sio.eio.client_queue, stall)
-        raw.attach(outbox)
-        self.outboxes[sid] = outbox
 
     def _origin_allowed(self, origin: str | None, environ: dict[str, Any]) -> bool:
         headers = {"host": environ.get("HTTP_HOST", "")}
@@ -888,7 +777,7 @@ class SocketGateway:
             recovered = recovered and complete
             for values, head in missed:
                 for sids, data in feed._updates(device, msg_type, values, head, {sid: fields}):
-                    await feed._device_update(device, sids, data)
+                    self.push(DEVICE_UPDATE, sids, data)
         return recovered
 
     async def _unsubscribe(self, sid: str, data: Any = None) -> dict[str, Any]:

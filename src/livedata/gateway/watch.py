@@ -130,7 +130,7 @@ import secrets
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -293,7 +293,9 @@ class Plan:
         """Per source channel, its position after the arrivals up to ``hi`` (tag tables)."""
         return []
 
-    async def snapshot(self) -> list[Event]:
+    async def snapshot(self, history: Fanout) -> list[Event]:
+        """The current values a new stream starts with (``history``: the live channels'
+        retained messages, for what went out live but is not stored yet)."""
         return []
 
 
@@ -362,20 +364,27 @@ class TagPlan(Plan):
                             best[index] = (entry.ts, entry.seq, name, values[fld])
         return [self._event(best[i][2], best[i][0], best[i][3]) for i in sorted(best)]
 
-    async def snapshot(self) -> list[Event]:
+    async def snapshot(self, history: Fanout) -> list[Event]:
+        """Per tag, its newest value in the store or, newer than that, in the channel's
+        retained live messages: a record goes out live before the store has it, and one
+        sent before this stream listened would otherwise be in neither."""
         end = int(time.time() * 1000)
-        found: dict[int, Event] = {}
+        found: dict[int, tuple[int, Event]] = {}
         for source in self.sources:
             fields = list(dict.fromkeys(f for _, _, f in source.tags))
             series = await self.store.query(
                 self.org, source.chassis, source.msg_type, fields, end - SNAPSHOT_WINDOW_MS, end, 1
             )
+            retained = await history.retained(source.channel)
             for index, name, fld in source.tags:
                 points = series.get(fld)
                 if points:
                     ts, value = points[-1]
-                    found[index] = self._event(name, ts, value)
-        return [found[i] for i in sorted(found)]
+                    found[index] = (ts, self._event(name, ts, value))
+                for values, head in retained:
+                    if fld in values and (index not in found or head["ts"] > found[index][0]):
+                        found[index] = (head["ts"], self._event(name, head["ts"], values[fld]))
+        return [found[i][1] for i in sorted(found)]
 
 
 class LogPlan(Plan):
@@ -520,7 +529,7 @@ class WatchService:
         ingest: Ingest,
         viewers: ViewerFollower,
         tasks: Supervisor,
-        emit_device_update: Callable[[str, str, dict[str, Any]], Awaitable[None]],
+        emit_device_update: Callable[[str, str, dict[str, Any]], None],
     ) -> None:
         """``emit_device_update(org, chassis, update)``: a DTC change to Socket.IO."""
         self.hub, self.store, self.meta, self.catalog = hub, store, meta, catalog
@@ -612,7 +621,7 @@ class WatchService:
             for org, row in rows:
                 self.log_tables.publish(org, "dtcs", row)
                 chassis = row["MACHINE"]
-                await self.emit_device_update(org, chassis, {"deviceId": chassis, "dtc": row})
+                self.emit_device_update(org, chassis, {"deviceId": chassis, "dtc": row})
 
     # planning ---------------------------------------------------------------
 
@@ -842,7 +851,7 @@ class WatchService:
             pos = None
         if pos is None:
             try:
-                events = await plan.snapshot()
+                events = await plan.snapshot(self.history)
             except Exception as exc:  # the store is down: live values still flow
                 log.warning("watch snapshot failed: %s", exc)
                 events = []

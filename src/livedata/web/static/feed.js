@@ -16,7 +16,10 @@ const KEEP_EXTRA_MS = 30_000;
 // Live data goes out before the store has it (ingest does not make live wait for
 // storage), so the last moments before the socket opened can reach the store only
 // after the history was read: this long after each open, those seconds are read once
-// more (merging skips points already drawn).
+// more (merging skips points already drawn). The server covers live records when the
+// socket sends `since` (RECOVERY, or after `recovered: false` what its live history
+// holds), but not a first open, and not backfill (stored, never live: a restarted
+// device's catch-up), so the re-read stays.
 const SETTLE_MS = 3000;
 
 export class Feed {
