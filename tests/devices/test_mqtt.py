@@ -423,6 +423,17 @@ def test_bad_urls_are_config_errors(url: str, needle: str) -> None:
         open_devices(url)
 
 
+@pytest.mark.parametrize(
+    "url", ["mqtt://ingest:s3cret@host:99999", "mqtts://ingest:s3cret@host", "mqtt://ingest:s3cret@"]
+)
+def test_url_errors_do_not_show_the_password(url: str) -> None:
+    """A ConfigError for a bad MQTT URL shows the URL with its password replaced by ***."""
+    for make in (open_devices, lambda u: MqttDevice(u, "acme", "M1")):
+        with pytest.raises(ConfigError) as caught:
+            make(url)
+        assert "s3cret" not in str(caught.value) and "ingest:***@" in str(caught.value)
+
+
 def test_plain_subscription_and_partitions_split_the_machines() -> None:
     """``shared=off`` subscribes without a share group; partitions 0/3, 1/3 and 2/3 take
     each machine exactly once between them."""

@@ -137,6 +137,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from livedata.backends import redact
 from livedata.codec import decode, encode
 from livedata.devices.base import (
     Delivery,
@@ -259,15 +260,16 @@ class _Broker:
 
 
 def _broker(url: str, options: frozenset[str]) -> _Broker:
+    """The broker of ``url``; a :class:`ConfigError` for a bad one shows it without its password."""
     parts = urlsplit(url)
     if parts.scheme != "mqtt":
-        raise ConfigError(f"MQTT URL {url!r} must start with mqtt://")
+        raise ConfigError(f"MQTT URL {redact(url)!r} must start with mqtt://")
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise ConfigError(f"MQTT URL {url!r} has an invalid port") from None
+        raise ConfigError(f"MQTT URL {redact(url)!r} has an invalid port") from None
     if not parts.hostname:
-        raise ConfigError(f"MQTT URL {url!r} names no host: mqtt://host:port")
+        raise ConfigError(f"MQTT URL {redact(url)!r} names no host: mqtt://host:port")
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(params) - options)
     if unknown:
