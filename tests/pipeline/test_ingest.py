@@ -16,6 +16,7 @@ from livedata.decode.can import CanDecoder
 from livedata.devices.base import Delivery, Rejection
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record
+from livedata.pipeline import ingest as ingest_module
 from livedata.pipeline.ingest import Ingest, Refused
 from livedata.sim.demo import DBC_PATH
 from livedata.sim.machine import Machine
@@ -100,6 +101,24 @@ async def test_unknown_machine_and_missing_dbc_are_rejected(parts) -> None:
         assert ingest.stats_for("acme", chassis).rejected == 1
     other_org = DeviceMessage("other", "M1", MsgType.CLIENT_RAW_DATA, T0, values={"x": 1})
     assert await ingest.handle(other_org) is None
+
+
+async def test_counters_of_unknown_machines_are_bounded(parts, monkeypatch) -> None:
+    """Made-up machine ids keep counters for the most recent few only; known machines keep theirs."""
+    monkeypatch.setattr(ingest_module, "MAX_UNKNOWN_MACHINES", 3)
+    ingest, _, _ = parts
+    bad = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0, values={"x": 1})
+    await ingest.handle_many([Delivery(bad), Rejection("acme", "M1", "truncated")])
+    ingest.take_erred()
+    items = [
+        Delivery(DeviceMessage("acme", f"GHOST{i}", MsgType.CLIENT_RAW_DATA, T0, values={"x": 1}))
+        for i in range(5)
+    ] + [Rejection("acme", f"NOISE{i}", "truncated") for i in range(5)]
+    await ingest.handle_many(items)
+    assert sorted(ingest.stats) == [("acme", "M1"), *(("acme", f"NOISE{i}") for i in (2, 3, 4))]
+    assert ingest.stats_for("acme", "M1").to_dict()["rejected"] == 1
+    erred = ingest.take_erred()
+    assert {("acme", "GHOST0"), ("acme", "NOISE4")} <= erred and ("acme", "M1") not in erred
 
 
 async def test_client_values_keep_good_keys_and_report_bad_ones(parts) -> None:

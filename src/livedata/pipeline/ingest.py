@@ -122,6 +122,10 @@ from livedata.store.base import INT64_MAX, INT64_MIN, Store, storable_values
 
 log = logging.getLogger("livedata.ingest")
 
+MAX_UNKNOWN_MACHINES = 1_000
+"""Machines not in the catalog whose :class:`DecodeStats` are kept (the most recently
+refused ones): made-up ids in topics or URLs cannot grow ingest's memory."""
+
 
 @dataclass(slots=True)
 class DecodeStats:
@@ -232,6 +236,12 @@ class Ingest:
         self._direct: asyncio.Task[int] | None = None
         """A store write that outlived ``spill_after``; the drainer lets it end first."""
         self.stats: dict[tuple[str, str], DecodeStats] = {}
+        """Decoding counters of the machines in the catalog, and of at most
+        :data:`MAX_UNKNOWN_MACHINES` others."""
+        self._unknown: dict[tuple[str, str], None] = {}
+        """Machines refused as unknown (or for a payload no one could read), oldest first."""
+        self._erred: set[tuple[str, str]] = set()
+        """Machines whose error counters moved (or were dropped) since :meth:`take_erred`."""
         self._buses: dict[tuple[str, str, Kind], BusState] = {}
         """J1939 transport sessions per machine (live and backfill apart: their times differ)."""
         self.dtcs = DtcService(catalog.meta)
@@ -256,9 +266,28 @@ class Ingest:
             stats = self.stats[key] = DecodeStats()
         return stats
 
-    def _error(self, stats: DecodeStats, reason: str, message: str) -> None:
+    def take_erred(self) -> set[tuple[str, str]]:
+        """The machines whose error counters moved since the last call, or whose
+        counters were dropped (then they are no longer in :attr:`stats`)."""
+        erred, self._erred = self._erred, set()
+        return erred
+
+    def _note_unknown(self, key: tuple[str, str]) -> None:
+        """Count ``key`` among the unknown machines; drop the counters of the one refused
+        longest ago beyond :data:`MAX_UNKNOWN_MACHINES`."""
+        unknown = self._unknown
+        unknown.pop(key, None)
+        unknown[key] = None
+        if len(unknown) > MAX_UNKNOWN_MACHINES:
+            oldest = next(iter(unknown))
+            del unknown[oldest]
+            self.stats.pop(oldest, None)
+            self._erred.add(oldest)
+
+    def _error(self, key: tuple[str, str], stats: DecodeStats, reason: str, message: str) -> None:
         observe.DECODE_ERRORS.labels(reason).inc()
         stats.last_errors.append(f"{time.strftime('%H:%M:%S')} {message}")
+        self._erred.add(key)
 
     async def handle(self, msg: DeviceMessage, ack: Ack | None = None) -> Record | None:
         """:meth:`handle_many` for one message: its record, ``None`` if it was refused."""
@@ -324,9 +353,12 @@ class Ingest:
         Logged once a minute, with a count of the others (one key for all: an attacker's
         made-up machine ids cannot grow it); each machine's count is in its
         :class:`DecodeStats`."""
+        key = (tenant, chassis)
+        if key not in self.stats or key in self._unknown:
+            self._note_unknown(key)
         stats = self.stats_for(tenant, chassis)
         stats.rejected += 1
-        self._error(stats, "rejected", reason)
+        self._error(key, stats, "rejected", reason)
         self._refusals.failed("refused", "refused a message of %s/%s: %s", tenant, chassis, reason)
         if ack is not None:
             await ack()
@@ -363,6 +395,7 @@ class Ingest:
         ts = self.timestamps.check(msg.ts, int(time.time() * 1000))
         info = await self.catalog.machine(msg.tenant, msg.chassis)
         if info is None:
+            self._note_unknown((msg.tenant, msg.chassis))
             raise DecodeError(f"unknown machine {msg.chassis!r} in organisation {msg.tenant!r}")
         if info.disabled:
             raise DecodeError(f"machine {msg.chassis!r} is disabled")
@@ -376,10 +409,11 @@ class Ingest:
             stats.frames += result.frames
             if result.unknown:
                 stats.unknown_ids += result.unknown
+                self._erred.add((msg.tenant, msg.chassis))
                 observe.DECODE_ERRORS.labels("unknown_id").inc(result.unknown)
             for error in result.errors:
                 stats.malformed += 1
-                self._error(stats, "malformed", error)
+                self._error((msg.tenant, msg.chassis), stats, "malformed", error)
             if result.errors:
                 log.info("%d malformed frames: %s", len(result.errors), result.errors[0])
             values: dict[str, Any] = normalised(result.values)  # NaN of a float signal
@@ -389,7 +423,7 @@ class Ingest:
             values, errors = decode_values(msg.values)  # storable already
             for error in errors:
                 stats.malformed += 1
-                self._error(stats, "malformed", error)
+                self._error((msg.tenant, msg.chassis), stats, "malformed", error)
             await self.catalog.note_fields(msg.tenant, msg.chassis, msg.msg_type, set(values))
         return Record(msg.tenant, msg.chassis, msg.msg_type, ts, msg.kind, values)
 
