@@ -71,7 +71,7 @@ class Runtime:
             self.log,
             self.catalog,
             batch_max=settings.store_batch_max,
-            linger=settings.store_batch_ms / 1000,
+            linger=None if settings.store_batch_ms is None else settings.store_batch_ms / 1000,
             queue_max=settings.ingest_queue,
             spill=SpillJournal(spill_dir, settings.spill_max_bytes) if spill_dir else None,
             spill_after=settings.spill_after,

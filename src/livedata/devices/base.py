@@ -140,6 +140,10 @@ class DeviceLink(abc.ABC):
         async for delivery in self.inbound():
             yield [delivery]
 
+    window: int | None = None
+    """Server side: how many deliveries the link hands out unacknowledged at most, after
+    which it sends nothing until an acknowledgement (``None``: no such limit)."""
+
     receive_telemetry: bool = True
     """Server side: whether :meth:`start` subscribes to telemetry (off in a gateway-only
     process, which uses the link for direct methods and presence only)."""

@@ -490,6 +490,7 @@ class MqttDeviceLink(DeviceLink):
         self.partitioned_out = 0
         """Messages of machines of another partition, acknowledged unread."""
         self.inflight = int(self._broker.number("inflight", 1000, 1, 65535))
+        self.window = self.inflight  # the broker sends no more unacknowledged
         expiry_default = 3600 if self.client_id else 0
         self.session_expiry = int(
             self._broker.number("session_expiry", expiry_default, 0, 0xFFFFFFFF)
