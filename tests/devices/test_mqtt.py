@@ -424,7 +424,8 @@ def test_bad_urls_are_config_errors(url: str, needle: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["mqtt://ingest:s3cret@host:99999", "mqtts://ingest:s3cret@host", "mqtt://ingest:s3cret@"]
+    "url",
+    ["mqtt://ingest:s3cret@host:99999", "mqtts://ingest:s3cret@host", "mqtt://ingest:s3cret@"],
 )
 def test_url_errors_do_not_show_the_password(url: str) -> None:
     """A ConfigError for a bad MQTT URL shows the URL with its password replaced by ***."""

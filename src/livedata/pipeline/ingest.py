@@ -750,4 +750,4 @@ async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
         ingest.ack_window = window if current is None else min(current, window)
     with observe.log_context(role="ingest"):
         async for batch in link.batches(ingest.batch_max):
-            await ingest.handle_many(batch)
+            link.settle(batch, await ingest.handle_many(batch))
