@@ -328,14 +328,16 @@ class Ingest:
             msg = delivery.message
             stats = self.stats_for(msg.tenant, msg.chassis)
             stats.messages += 1
+            token = observe.machine_var.set(msg.chassis)  # log_context, without its generator
             try:
-                with observe.log_context(machine=msg.chassis):
-                    record = await self._decode(msg, stats)
+                record = await self._decode(msg, stats)
             except DecodeError as exc:
                 outcomes.append(
                     await self.reject(msg.tenant, msg.chassis, str(exc), delivery.ack, "rejected")
                 )
                 continue
+            finally:
+                observe.machine_var.reset(token)
             stats.points += len(record.values)
             outcomes.append(record)
             accepted.append((record, delivery.ack))

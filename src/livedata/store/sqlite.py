@@ -111,6 +111,7 @@ from urllib.parse import urlsplit
 from livedata.errors import ConfigError, ErrorMap, StoreError, map_exceptions
 from livedata.model import Record, Value
 from livedata.store.base import (
+    INT64_MAX,
     INT64_MIN,
     MINUTE_MS,
     ROLLUP_LEVELS_MS,
@@ -518,10 +519,15 @@ class SQLiteStore(Store):
             ts = record.ts
             bucket = ts // BUCKET_MS
             before = len(rows)
-            for name, raw in record.values.items():
-                value = storable(raw)
-                if value is None:
-                    continue
+            for name, value in record.values.items():
+                kind = type(value)  # storable(), inlined for the usual types
+                if kind is float:
+                    if value != value:
+                        continue
+                elif kind is not str and (kind is not int or not INT64_MIN <= value <= INT64_MAX):
+                    value = storable(value)
+                    if value is None:
+                        continue
                 series_id = fields.get(name)
                 if series_id is None:
                     series_id = new_series.get((stream_id, name))
