@@ -59,6 +59,9 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     up to ``inflight`` more queued messages per PUBACK, so what a link may buffer is
     really bounded by the broker's queue for it (``max_queued_messages``, default
     1000 in Mosquitto; raise it for big fleets, the broker drops messages above it).
+    It is also the link's :attr:`~livedata.devices.base.DeviceLink.window`: once this
+    many deliveries wait for their acknowledgement, ingest writes its store batch at
+    once instead of waiting out ``store_batch_ms`` for messages that cannot come.
 ``client_id``, ``session_expiry`` (3600 when ``client_id`` is given, else 0)
     with a ``client_id`` the link keeps a persistent session (``clean_start`` off);
     see acknowledgement below.
