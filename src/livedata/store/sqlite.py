@@ -520,14 +520,16 @@ class SQLiteStore(Store):
             bucket = ts // BUCKET_MS
             before = len(rows)
             for name, value in record.values.items():
-                kind = type(value)  # storable(), inlined for the usual types
-                if kind is float:
+                if type(value) is float:  # storable(), inlined for the usual types
                     if value != value:
                         continue
-                elif kind is not str and (kind is not int or not INT64_MIN <= value <= INT64_MAX):
-                    value = storable(value)
-                    if value is None:
+                elif type(value) is not str and not (
+                    type(value) is int and INT64_MIN <= value <= INT64_MAX
+                ):
+                    kept = storable(value)
+                    if kept is None:
                         continue
+                    value = kept
                 series_id = fields.get(name)
                 if series_id is None:
                     series_id = new_series.get((stream_id, name))
