@@ -27,6 +27,13 @@ Figures, in one run:
 
 Run: ``python bench/bench_ingest.py [--machines 100] [--seconds 300]``.
 
+``--before DIR`` compares with another tree (e.g. ``git worktree add /tmp/base main``):
+only the two ingest runs (device link → SQLiteStore, → MemoryStore), first with
+``DIR/src`` (this script in a subprocess), then with this tree, alternating ``--rounds``
+times (default 2), each figure printed with the load average; then the ratios of CPU
+per record (before / after: > 1 is faster now) and the records/s one core would take
+(1 / CPU per record, what "one core" means on a shared machine).
+
 ``--store-down N`` runs the outage mode instead: ingest → SQLiteStore with the
 spill journal on (as the demo runs it), the device messages pushed as fast as
 ingest takes them for 2 + N seconds each (the first 2 not counted) in three runs -- store up; store down
@@ -46,8 +53,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -567,6 +577,64 @@ async def main(machines: int, seconds: int) -> None:
     )
 
 
+async def main_runs(machines: int, seconds: int) -> list[RunResult]:
+    """The two ingest runs only (link → SQLiteStore, link → MemoryStore), printed."""
+    logging.basicConfig(level=logging.WARNING)
+    chassis_ids = default_chassis_ids(machines)
+    dbc_text = DBC_PATH.read_text()
+    messages, _ = await make_messages(
+        chassis_ids, CanDecoder.from_dbc(dbc_text), WARMUP_SECONDS + seconds
+    )
+    split = len(messages) * WARMUP_SECONDS // (WARMUP_SECONDS + seconds)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="livedata-bench-ingest-") as tmp:
+        meta = Metadata(f"sqlite:///{Path(tmp) / 'metadata.db'}")
+        await meta.start()
+        try:
+            await seed(meta, chassis_ids, dbc_text)
+            for label, store in (
+                ("link → SQLiteStore", SQLiteStore(f"sqlite:///{Path(tmp) / 'telemetry.db'}")),
+                ("link → MemoryStore", MemoryStore(f"memory://{uuid.uuid4().hex}")),
+            ):
+                result, _ = await run_ingest(
+                    label, store, Catalog(meta), messages[:split], messages[split:]
+                )
+                results.append(result)
+                load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+                print("\n".join(result.lines()) + f"\n  load average       {load}", flush=True)
+        finally:
+            await meta.close()
+    return results
+
+
+def compare(before_dir: Path, machines: int, seconds: int, rounds: int) -> None:
+    """``main_runs`` on ``before_dir``'s tree (subprocess) and this one, alternately."""
+    args = [sys.executable, __file__, "--runs-only", f"--machines={machines}"]
+    args.append(f"--seconds={seconds}")
+    env = {**os.environ, "PYTHONPATH": str(before_dir / "src")}
+    cpu: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
+    for round_no in range(rounds):
+        print(f"--- round {round_no + 1}: before ({before_dir})", flush=True)
+        out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("RESULT "):
+                for label, us in json.loads(line[7:]).items():
+                    cpu["before"].setdefault(label, []).append(us)
+            else:
+                print(line)
+        print(f"--- round {round_no + 1}: after (this tree)", flush=True)
+        for result in asyncio.run(main_runs(machines, seconds)):
+            us = result.cpu / result.records * 1e6
+            cpu["after"].setdefault(result.label, []).append(us)
+    print("\nCPU per record, best of the rounds (the least disturbed by other processes):")
+    for label, befores in cpu["before"].items():
+        before, after = min(befores), min(cpu["after"][label])
+        print(
+            f"  {label:<20} {before:6.1f} µs → {after:6.1f} µs  ({before / after:.2f}x; "
+            f"{1e6 / before:,.0f} → {1e6 / after:,.0f} records/s per core)"
+        )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--machines", type=int, default=100)
@@ -581,8 +649,16 @@ if __name__ == "__main__":
     parser.add_argument(
         "--small-spill-mib", type=int, default=16, help="journal bound of the third outage run"
     )
+    parser.add_argument("--before", type=Path, help="compare with this tree (see the doc)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of --before")
+    parser.add_argument("--runs-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.store_down:
+    if args.runs_only:
+        done = asyncio.run(main_runs(args.machines, args.seconds))
+        print("RESULT " + json.dumps({r.label: r.cpu / r.records * 1e6 for r in done}))
+    elif args.before:
+        compare(args.before, args.machines, args.seconds, args.rounds)
+    elif args.store_down:
         asyncio.run(main_outage(args.machines, args.seconds, args.store_down, args.small_spill_mib))
     else:
         asyncio.run(main(args.machines, args.seconds))

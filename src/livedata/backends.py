@@ -45,14 +45,14 @@ def load(table: dict[str, str], url: str, what: str) -> Any:
     target = table.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in sorted(table))
-        raise ConfigError(f"unsupported {what} URL {url!r}: use one of {known}")
+        raise ConfigError(f"unsupported {what} URL {redact(url)!r}: use one of {known}")
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:  # a driver that is not installed
         extra = EXTRAS.get(scheme, scheme)
         raise ConfigError(
-            f"{what} URL {url!r} needs a driver that is not installed: "
+            f"{what} URL {redact(url)!r} needs a driver that is not installed: "
             f"pip install 'livedata[{extra}]' ({exc})"
         ) from exc
     return getattr(module, class_name)(url)

@@ -27,6 +27,7 @@ from livedata.backends import redact
 from livedata.bus import open_log, open_pubsub
 from livedata.catalog import Catalog
 from livedata.devices import open_devices
+from livedata.devices.http import HttpDeviceLink
 from livedata.errors import BackendError
 from livedata.metadata import Metadata
 from livedata.metadata.decoding import delete_ranges_before
@@ -61,6 +62,8 @@ class Runtime:
         self.pubsub = open_pubsub(settings.pubsub)
         self.pubsub.history_seconds = settings.live_history_seconds
         self.devices = open_devices(settings.devices)
+        self.http_devices = HttpDeviceLink()
+        """Where HTTP ingest's requests reach ingest (:mod:`livedata.gateway.ingest_http`)."""
         self.catalog = Catalog(self.meta, max_fields=settings.max_fields_per_type)
         self.redecoder = Redecoder(self.store, self.catalog)
         """Re-decoding jobs started through the API (they run in this process)."""
@@ -74,7 +77,7 @@ class Runtime:
             self.log,
             self.catalog,
             batch_max=settings.store_batch_max,
-            linger=settings.store_batch_ms / 1000,
+            linger=None if settings.store_batch_ms is None else settings.store_batch_ms / 1000,
             queue_max=settings.ingest_queue,
             spill=SpillJournal(spill_dir, settings.spill_max_bytes) if spill_dir else None,
             spill_after=settings.spill_after,
@@ -111,6 +114,7 @@ class Runtime:
                 await self.ingest.start()  # the spill journal: an unusable one fails the start
                 self.spawn("ingest-writer", self.ingest.run)
                 self.spawn("ingest-devices", lambda: consume_devices(self.ingest, self.devices))
+                self.spawn("ingest-http", lambda: consume_devices(self.ingest, self.http_devices))
                 self.spawn("retention", self._retention)
             if "distribute" in self.roles:
                 self.spawn("distribute", self.distribute.run)

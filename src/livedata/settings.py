@@ -61,9 +61,14 @@ class Settings(BaseSettings):
     history_seconds: int = Field(
         120, ge=0, le=86_400, description="history the demo creates at start"
     )
-    store_batch_max: int = Field(5_000, ge=1, description="records per store write at most")
-    store_batch_ms: float = Field(
-        50, ge=0, le=10_000, description="ms a store batch waits for more records at most"
+    store_batch_max: int | None = Field(
+        None, ge=1, description="records per store write at most (default: the store's own)"
+    )
+    store_batch_ms: float | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="ms a store batch waits for more records at most (default: the store's own)",
     )
     ingest_queue: int = Field(20_000, ge=1, description="records buffered before ingest waits")
     spill_dir: str = Field(

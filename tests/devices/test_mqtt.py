@@ -18,6 +18,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from livedata.bus.memory import MemoryLog
+from livedata.catalog import Catalog
 from livedata.codec import encode
 from livedata.devices import open_devices
 from livedata.devices.base import Delivery, Rejection
@@ -29,7 +31,10 @@ from livedata.devices.mqtt import (
     telemetry_topic,
 )
 from livedata.errors import BackendError, ConfigError
+from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, Kind, MsgType
+from livedata.pipeline.ingest import Ingest, consume_devices
+from livedata.store.memory import MemoryStore
 from tests.devices.contract import TS, can_message, raw_message, until
 from tests.servers import free_port
 from tests.servers.mosquitto import Mosquitto, start_mosquitto
@@ -423,6 +428,18 @@ def test_bad_urls_are_config_errors(url: str, needle: str) -> None:
         open_devices(url)
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["mqtt://ingest:s3cret@host:99999", "mqtts://ingest:s3cret@host", "mqtt://ingest:s3cret@"],
+)
+def test_url_errors_do_not_show_the_password(url: str) -> None:
+    """A ConfigError for a bad MQTT URL shows the URL with its password replaced by ***."""
+    for make in (open_devices, lambda u: MqttDevice(u, "acme", "M1")):
+        with pytest.raises(ConfigError) as caught:
+            make(url)
+        assert "s3cret" not in str(caught.value) and "ingest:***@" in str(caught.value)
+
+
 def test_plain_subscription_and_partitions_split_the_machines() -> None:
     """``shared=off`` subscribes without a share group; partitions 0/3, 1/3 and 2/3 take
     each machine exactly once between them."""
@@ -587,3 +604,35 @@ async def test_retained_telemetry_is_delivered_once_not_at_every_resubscribe(
         "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
     ) as client:
         await client.publish(topic, b"", qos=1, retain=True)  # clear it for the other tests
+
+
+async def test_a_long_batch_age_does_not_hold_a_link_at_its_window(
+    broker: Mosquitto, tmp_path: Path, tenant: str
+) -> None:
+    """inflight=3, store_batch_ms of an hour: 12 messages are still stored and acknowledged,
+    because a batch is written as soon as the link's window waits for acknowledgements."""
+    meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
+    await meta.start()
+    await meta.ensure_org(tenant, "Window")
+    await meta.upsert_machine(tenant, "M1", "Loader", "WL")
+    store = MemoryStore(f"memory://{uuid.uuid4().hex}")
+    ingest = Ingest(store, MemoryLog(f"memory://{uuid.uuid4().hex}"), Catalog(meta), linger=3600)
+    link = MqttDeviceLink(link_url(broker, inflight=3))
+    await link.start()
+    tasks = [asyncio.create_task(ingest.run()), asyncio.create_task(consume_devices(ingest, link))]
+    try:
+        topic = telemetry_topic(tenant, "M1", "client_raw_data")
+        for i in range(12):
+            await publish(broker, topic, encode(raw_message(tenant, "M1", TS + i)))
+        async with asyncio.timeout(15):
+            while ingest.written < 12:  # noqa: ASYNC110 - the store confirms in the writer task
+                await asyncio.sleep(0.05)
+        assert ingest.ack_window == 3
+        stored = await store.query(tenant, "M1", "client_raw_data", ["cpu_usage"], TS, TS + 20)
+        assert [ts for ts, _ in stored["cpu_usage"]] == [TS + i for i in range(12)]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await link.close()
+        await meta.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,9 +16,12 @@ from livedata.decode.can import CanDecoder
 from livedata.devices.base import Delivery, Rejection
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record
+from livedata.pipeline import ingest as ingest_module
 from livedata.pipeline.ingest import Ingest, Refused
 from livedata.sim.demo import DBC_PATH
 from livedata.sim.machine import Machine
+from livedata.store.clickhouse import ClickHouseStore
+from livedata.store.memory import MemoryStore
 from livedata.store.sqlite import SQLiteStore
 
 T0 = 1_750_000_000_000
@@ -100,6 +103,63 @@ async def test_unknown_machine_and_missing_dbc_are_rejected(parts) -> None:
         assert ingest.stats_for("acme", chassis).rejected == 1
     other_org = DeviceMessage("other", "M1", MsgType.CLIENT_RAW_DATA, T0, values={"x": 1})
     assert await ingest.handle(other_org) is None
+
+
+async def test_counters_of_unknown_machines_are_bounded(parts, monkeypatch) -> None:
+    """Made-up machine ids keep counters for the most recent few only; known machines keep theirs."""
+    monkeypatch.setattr(ingest_module, "MAX_UNKNOWN_MACHINES", 3)
+    ingest, _, _ = parts
+    bad = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0, values={"x": 1})
+    await ingest.handle_many([Delivery(bad), Rejection("acme", "M1", "truncated")])
+    ingest.take_erred()
+    items = [
+        Delivery(DeviceMessage("acme", f"GHOST{i}", MsgType.CLIENT_RAW_DATA, T0, values={"x": 1}))
+        for i in range(5)
+    ] + [Rejection("acme", f"NOISE{i}", "truncated") for i in range(5)]
+    await ingest.handle_many(items)
+    assert sorted(ingest.stats) == [("acme", "M1"), *(("acme", f"NOISE{i}") for i in (2, 3, 4))]
+    assert ingest.stats_for("acme", "M1").to_dict()["rejected"] == 1
+    erred = ingest.take_erred()
+    assert {("acme", "GHOST0"), ("acme", "NOISE4")} <= erred and ("acme", "M1") not in erred
+
+
+async def test_a_full_ack_window_ends_the_batch_wait(parts) -> None:
+    """With a batch age of an hour, deliveries are still stored and acked once ack_window wait."""
+    ingest, _, _ = parts
+    ingest.linger = 3600.0
+    ingest.ack_window = 3
+    acked: list[int] = []
+    done = asyncio.Event()
+
+    def ack_of(n: int) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            acked.append(n)
+            if len(acked) == 3:
+                done.set()
+
+        return ack
+
+    messages = [
+        DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0 + n, values={"n": n})
+        for n in range(3)
+    ]
+    await ingest.handle_many([Delivery(m, ack_of(n)) for n, m in enumerate(messages)])
+    await asyncio.wait_for(done.wait(), 10)
+    assert acked == [0, 1, 2] and ingest.written == 3
+
+
+def test_batch_bounds_default_to_the_stores_own(tmp_path: Path) -> None:
+    """Without settings, ingest batches as the store prefers: ClickHouse long, SQLite short."""
+    assert (ClickHouseStore.batch_ms, ClickHouseStore.batch_max) == (500.0, 10_000)
+    assert (SQLiteStore.batch_ms, MemoryStore.batch_ms) == (50.0, 50.0)
+    catalog = Catalog(Metadata(f"sqlite:///{tmp_path}/meta.db"))
+    log = MemoryLog(f"memory://{uuid.uuid4().hex}")
+    store = MemoryStore(f"memory://{uuid.uuid4().hex}")
+    store.batch_ms, store.batch_max = 700.0, 123
+    ingest = Ingest(store, log, catalog)
+    assert (ingest.linger, ingest.batch_max) == (0.7, 123)
+    ingest = Ingest(store, log, catalog, batch_max=9, linger=0.01)
+    assert (ingest.linger, ingest.batch_max) == (0.01, 9)
 
 
 async def test_client_values_keep_good_keys_and_report_bad_ones(parts) -> None:

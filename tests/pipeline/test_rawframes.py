@@ -4,11 +4,14 @@ retention of values and raw frames."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
 
+from livedata.codec import encode
 from livedata.errors import StoreError
 from livedata.metadata import Metadata
 from livedata.metadata.decoding import machine_ranges
@@ -16,7 +19,7 @@ from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record
 from livedata.pipeline.rawframes import FrameKeeper
 from livedata.runtime import Runtime
 from livedata.settings import Settings
-from livedata.store.frames import FrameBlob
+from livedata.store.frames import FrameBlob, pack_frames, unpack_frames
 from livedata.store.memory import MemoryStore
 from tests.pipeline.faults import FlakyStore
 
@@ -94,3 +97,18 @@ async def test_retention_pass_applies_both_retentions(tmp_path: Path) -> None:
         assert [ts for ts, _ in got["x"]] == [T0 - 10 * day, T0 - day]
     finally:
         await rt.meta.close()
+
+
+def test_blobs_round_trip_and_blobs_of_the_full_window_still_read() -> None:
+    """A packed blob unpacks to its message; one deflated with a 32 KiB window (older blobs) too."""
+    frames = tuple(
+        Frame(1_700_000_000_000 + i, 0x0CF00400, True, bytes([i] * 8)) for i in range(50)
+    )
+    msg = DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, frames[0].ts, Kind.BACKFILL, frames)
+    blob = pack_frames(msg, msg.ts)
+    assert (blob.count, unpack_frames(blob)) == (50, msg)
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    old = dataclasses.replace(blob, data=deflate.compress(encode(msg)) + deflate.flush())
+    assert unpack_frames(old) == msg
+    with pytest.raises(ValueError, match="no frames"):
+        pack_frames(DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, msg.ts, values={}), 1)

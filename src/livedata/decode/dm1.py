@@ -35,6 +35,8 @@ PGN_DM1 = 0xFECA
 LAMP_NAMES = ("mil", "red_stop", "amber_warning", "protect")
 """The four lamps, in the bit order of the message (most significant first)."""
 
+_LAMP_FIELDS = tuple(name for base in LAMP_NAMES for name in (base, f"{base}_flash"))
+
 
 @dataclass(frozen=True, slots=True)
 class Dtc:
@@ -63,9 +65,7 @@ class Lamps:
     protect_flash: int
 
     def to_dict(self) -> dict[str, int]:
-        return {
-            name: getattr(self, name) for base in LAMP_NAMES for name in (base, f"{base}_flash")
-        }
+        return {name: getattr(self, name) for name in _LAMP_FIELDS}
 
 
 @dataclass(frozen=True, slots=True)

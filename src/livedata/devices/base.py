@@ -19,10 +19,12 @@ anything else
 from __future__ import annotations
 
 import abc
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
@@ -140,6 +142,10 @@ class DeviceLink(abc.ABC):
         async for delivery in self.inbound():
             yield [delivery]
 
+    window: int | None = None
+    """Server side: how many deliveries the link hands out unacknowledged at most, after
+    which it sends nothing until an acknowledgement (``None``: no such limit)."""
+
     receive_telemetry: bool = True
     """Server side: whether :meth:`start` subscribes to telemetry (off in a gateway-only
     process, which uses the link for direct methods and presence only)."""
@@ -165,3 +171,36 @@ class DeviceLink(abc.ABC):
     def status(self, tenant: str, chassis: str) -> DeviceStatus:
         """Server side: whether the machine is connected now, as the link knows."""
         return DeviceStatus(False, None)
+
+    def settle(self, batch: Sequence[Delivery | Rejection], outcomes: Sequence[object]) -> None:  # noqa: B027
+        """Server side: what ingest made of a list from :meth:`batches` (a record or why it
+        was refused, one each, in order).  Nothing by default; the HTTP link answers
+        each request with its own."""
+
+
+class QueueLink(DeviceLink):
+    """A link whose deliveries wait in a bounded in-process queue (``?queue=N``, default
+    10,000); whoever puts one in waits while it is full, so memory stays bounded."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        size = int(parse_qs(urlsplit(url).query).get("queue", ["10000"])[0])
+        self._queue: asyncio.Queue[Delivery | Rejection] = asyncio.Queue(size)
+
+    async def send(self, message: DeviceMessage) -> None:
+        await self._queue.put(Delivery(message))
+
+    async def inbound(self) -> AsyncIterator[Delivery | Rejection]:
+        while True:
+            yield await self._queue.get()
+
+    async def batches(self, max_items: int) -> AsyncIterator[list[Delivery | Rejection]]:
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < max_items and not queue.empty():
+                batch.append(queue.get_nowait())
+            yield batch
+
+    def depth(self) -> int:
+        return self._queue.qsize()

@@ -1,8 +1,9 @@
 """The in-process device link of the embedded shape: the simulated fleet talks to ingest.
 
-Under stress: a bounded queue (``local://?queue=N``, default 10,000 messages);
-a device's ``send`` waits while it is full, the way a device's MQTT client waits
-for its acknowledgements, so nothing is dropped and memory stays bounded.
+Under stress: a bounded queue (``local://?queue=N``, default 10,000 messages,
+:class:`~livedata.devices.base.QueueLink`); a device's ``send`` waits while it is
+full, the way a device's MQTT client waits for its acknowledgements, so nothing is
+dropped and memory stays bounded.
 
 Direct methods: a simulated fleet registers one responder per organisation with
 :meth:`LocalDeviceLink.serve_methods` (the demo does so when its fleet starts); a
@@ -17,24 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from livedata.devices.base import Delivery, DeviceLink, DeviceStatus, MethodResult, Rejection
+from livedata.devices.base import DeviceStatus, MethodResult, QueueLink
 from livedata.errors import DecodeError, DeviceNotConnected, DeviceTimeout
-from livedata.model import DeviceMessage, valid_id
+from livedata.model import valid_id
 
 log = logging.getLogger(__name__)
 
 Responder = Callable[[str, str, Any], Awaitable[MethodResult]]
 
 
-class LocalDeviceLink(DeviceLink):
+class LocalDeviceLink(QueueLink):
     def __init__(self, url: str = "local://") -> None:
         super().__init__(url)
-        size = int(parse_qs(urlsplit(url).query).get("queue", ["10000"])[0])
-        self._queue: asyncio.Queue[DeviceMessage] = asyncio.Queue(size)
         self._responders: dict[str, tuple[Responder, Callable[[str], bool], int]] = {}
 
     def serve_methods(
@@ -85,21 +83,3 @@ class LocalDeviceLink(DeviceLink):
         except Exception as exc:  # the machine's failure is its answer, as over MQTT
             log.exception("machine %s of %s: method %s failed", chassis, tenant, method)
             return MethodResult(500, {"error": str(exc)[:500]})
-
-    async def send(self, message: DeviceMessage) -> None:
-        await self._queue.put(message)
-
-    async def inbound(self) -> AsyncIterator[Delivery | Rejection]:
-        while True:
-            yield Delivery(await self._queue.get())
-
-    async def batches(self, max_items: int) -> AsyncIterator[list[Delivery | Rejection]]:
-        queue = self._queue
-        while True:
-            batch: list[Delivery | Rejection] = [Delivery(await queue.get())]
-            while len(batch) < max_items and not queue.empty():
-                batch.append(Delivery(queue.get_nowait()))
-            yield batch
-
-    def depth(self) -> int:
-        return self._queue.qsize()

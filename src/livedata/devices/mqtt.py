@@ -59,6 +59,9 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     up to ``inflight`` more queued messages per PUBACK, so what a link may buffer is
     really bounded by the broker's queue for it (``max_queued_messages``, default
     1000 in Mosquitto; raise it for big fleets, the broker drops messages above it).
+    It is also the link's :attr:`~livedata.devices.base.DeviceLink.window`: once this
+    many deliveries wait for their acknowledgement, ingest writes its store batch at
+    once instead of waiting out ``store_batch_ms`` for messages that cannot come.
 ``client_id``, ``session_expiry`` (3600 when ``client_id`` is given, else 0)
     with a ``client_id`` the link keeps a persistent session (``clean_start`` off);
     see acknowledgement below.
@@ -137,6 +140,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from livedata.backends import redact
 from livedata.codec import decode, encode
 from livedata.devices.base import (
     Delivery,
@@ -259,15 +263,16 @@ class _Broker:
 
 
 def _broker(url: str, options: frozenset[str]) -> _Broker:
+    """The broker of ``url``; a :class:`ConfigError` for a bad one shows it without its password."""
     parts = urlsplit(url)
     if parts.scheme != "mqtt":
-        raise ConfigError(f"MQTT URL {url!r} must start with mqtt://")
+        raise ConfigError(f"MQTT URL {redact(url)!r} must start with mqtt://")
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise ConfigError(f"MQTT URL {url!r} has an invalid port") from None
+        raise ConfigError(f"MQTT URL {redact(url)!r} has an invalid port") from None
     if not parts.hostname:
-        raise ConfigError(f"MQTT URL {url!r} names no host: mqtt://host:port")
+        raise ConfigError(f"MQTT URL {redact(url)!r} names no host: mqtt://host:port")
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     unknown = sorted(set(params) - options)
     if unknown:
@@ -488,6 +493,7 @@ class MqttDeviceLink(DeviceLink):
         self.partitioned_out = 0
         """Messages of machines of another partition, acknowledged unread."""
         self.inflight = int(self._broker.number("inflight", 1000, 1, 65535))
+        self.window = self.inflight  # the broker sends no more unacknowledged
         expiry_default = 3600 if self.client_id else 0
         self.session_expiry = int(
             self._broker.number("session_expiry", expiry_default, 0, 0xFFFFFFFF)

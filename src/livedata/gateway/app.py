@@ -82,6 +82,7 @@ def create_app(rt: Runtime, **socketio: Any) -> FastAPI:
         catalog=rt.catalog,
         devices=rt.devices,
         ingest=rt.ingest,
+        http_devices=rt.http_devices,
         redecoder=rt.redecoder,
         refresh_alert_rules=rt.alerts.refresh if "alerts" in rt.roles else None,
         **socketio,

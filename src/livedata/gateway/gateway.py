@@ -3,7 +3,7 @@
 :func:`livedata.gateway.app.create_app` builds it from narrow parts of the
 process (the composition root made them: see :class:`livedata.runtime.Runtime`):
 the pub/sub (under the fan-out core this object makes), the store reader, the
-metadata database and its catalog, the device link, the ingest port, the
+metadata database and its catalog, the device link, the ingest port (and the device link HTTP ingest posts to), the
 re-decoder, the alert role's rule refresh, and a supervisor that runs its
 background tasks (``spawn``; the runtime).  Each service gets only the parts it
 uses; services that talk to each other (a status change becomes a log-table row
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from livedata.bus.base import PubSub
     from livedata.catalog import Catalog
     from livedata.devices.base import DeviceLink
+    from livedata.devices.http import HttpDeviceLink
     from livedata.metadata import Metadata
     from livedata.pipeline.ingest import Ingest
     from livedata.pipeline.redecode import Redecoder
@@ -75,6 +76,7 @@ class Gateway:
         catalog: Catalog,
         devices: DeviceLink,
         ingest: Ingest,
+        http_devices: HttpDeviceLink,
         redecoder: Redecoder,
         refresh_alert_rules: Callable[[], Awaitable[None]] | None = None,
         **socketio: Any,
@@ -90,6 +92,8 @@ class Gateway:
         self.catalog = catalog
         self.devices = devices
         self.ingest = ingest
+        self.http_devices = http_devices
+        """The device link HTTP ingest posts to (ingest reads it like any other link)."""
         self.redecoder = redecoder
         self.refresh_alert_rules = refresh_alert_rules
         self.hub = Fanout(

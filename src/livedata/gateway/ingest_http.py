@@ -33,11 +33,13 @@ Security: each machine has its own secret (``livedata devices secret ORG CHASSIS
 ``Authorization: Bearer …`` and it is checked against the machine in the URL by the
 gateway's security middleware (:mod:`livedata.gateway.security`).
 
-Each request goes through ingest's one entry point (:meth:`~livedata.pipeline.ingest.Ingest.handle_many`),
+Each request is a delivery of a device link (:class:`~livedata.devices.http.HttpDeviceLink`,
+the same interface as the MQTT and in-process links): ingest takes concurrent requests
+in one batch through its one entry point (:meth:`~livedata.pipeline.ingest.Ingest.handle_many`),
 which says why a message was refused (:class:`~livedata.pipeline.ingest.Refused`).
 
-Under stress: a slow store makes ``ingest.handle_many`` wait (its queue is bounded), so
-requests slow down rather than memory growing; each request holds at most 1 MiB.
+Under stress: the link's queue and ingest's are bounded, so a slow store makes requests
+wait rather than memory grow; each request holds at most 1 MiB.
 """
 
 from __future__ import annotations
@@ -47,11 +49,10 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from livedata.codec import CONTENT_TYPES, MAX_PAYLOAD, decode
-from livedata.devices.base import Delivery, Rejection
-from livedata.errors import DecodeError, NotFound
+from livedata.codec import CONTENT_TYPES, MAX_PAYLOAD
+from livedata.errors import NotFound
 from livedata.gateway.state import gateway_of
-from livedata.model import MsgType
+from livedata.model import MsgType, Record
 from livedata.pipeline.ingest import Refused
 
 __all__ = ["DURABLE_TIMEOUT_S", "ingest_router"]
@@ -145,21 +146,13 @@ async def ingest_http(request: Request, orgId: str, chassisId: str, msgType: str
     body = await _read_capped(request, MAX_PAYLOAD)
     if body is None:
         return _error(413, "too_large", f"the body is larger than {MAX_PAYLOAD} bytes")
-    stored = asyncio.Event()
-
-    async def ack() -> None:
-        stored.set()
-
-    item: Delivery | Rejection
-    try:
-        item = Delivery(decode(orgId, chassisId, msg_type, body), ack)
-    except DecodeError as exc:
-        item = Rejection(orgId, chassisId, str(exc))
-    outcome = (await gw.ingest.handle_many([item]))[0]
+    posted = await gw.http_devices.post(orgId, chassisId, msg_type, body)
+    outcome = posted.outcome
     if isinstance(outcome, Refused):
         return _error(400, outcome.code, outcome.reason)
+    assert isinstance(outcome, Record)
     try:
-        await asyncio.wait_for(stored.wait(), DURABLE_TIMEOUT_S)
+        await asyncio.wait_for(posted.stored.wait(), DURABLE_TIMEOUT_S)
     except TimeoutError:
         return _error(
             503,

@@ -467,16 +467,24 @@ def decode_error_rows(
     stats: Mapping[tuple[str, str], DecodeStats],
     seen: dict[tuple[str, str], tuple[int, int, int]],
     baseline: bool = False,
+    keys: Iterable[tuple[str, str]] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Rows for ``decode_errors`` from ingest's counters since the last call: (org, row).
 
     ``seen`` holds the counters of the last call (updated here); with ``baseline``
-    the current counters are only recorded.  Error texts come from the machine's
+    the current counters are only recorded.  ``keys``: only these machines (those
+    whose counters moved, :meth:`~livedata.pipeline.ingest.Ingest.take_erred`), so a
+    call costs the machines with new errors, not the fleet; a key no longer in
+    ``stats`` (its counters dropped) leaves ``seen`` too.  Error texts come from the machine's
     ``last_errors`` (the newest 20), so a burst of more than 20 in one call is
     summarised in one extra row.
     """
     rows: list[tuple[str, dict[str, Any]]] = []
-    for key, st in list(stats.items()):
+    for key in list(stats) if keys is None else keys:
+        st = stats.get(key)
+        if st is None:
+            seen.pop(key, None)
+            continue
         now = (st.rejected, st.malformed, st.unknown_ids)
         before = seen.get(key, (0, 0, 0) if not baseline else now)
         seen[key] = now
@@ -606,10 +614,12 @@ class WatchService:
 
     async def _decode_errors_forever(self) -> None:
         seen: dict[tuple[str, str], tuple[int, int, int]] = {}
-        decode_error_rows(self.ingest.stats, seen, baseline=True)
+        ingest = self.ingest
+        ingest.take_erred()
+        decode_error_rows(ingest.stats, seen, baseline=True)
         while True:
             await asyncio.sleep(1.0)
-            for org, row in decode_error_rows(self.ingest.stats, seen):
+            for org, row in decode_error_rows(ingest.stats, seen, keys=ingest.take_erred()):
                 self.log_tables.publish(org, "decode_errors", row)
 
     async def _dtcs_forever(self) -> None:

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from livedata.decode.dm1 import LAMP_NAMES, SPN_NAMES, Dm1
+from livedata.decode.dm1 import LAMP_NAMES, SPN_NAMES, Dm1, Lamps
 from livedata.errors import BackendError
 from livedata.metadata import Metadata
 from livedata.metadata.dtcs import DtcLog
@@ -54,6 +54,10 @@ MAX_EVENTS = 1_000
 
 Key = tuple[int, int, int]
 """(source address, SPN, FMI)."""
+
+
+_LAMP_FIELDS = tuple((name, f"lamp_{name}") for name in LAMP_NAMES)
+"""Each lamp and its summary field of the record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +84,12 @@ class DtcState:
     def __init__(self, active: dict[Key, int] | None = None) -> None:
         self.active: dict[Key, int] = dict(active or {})
         """Occurrence count of each active DTC."""
-        self.lamps: dict[int, dict[str, int]] = {}
+        self.lamps: dict[int, Lamps] = {}
         """Latest lamp status per source address."""
         self.latest: dict[int, int] = {}
         """Timestamp of the latest DM1 applied per source address."""
+        self._summary: dict[str, int] | None = None
+        """:meth:`summary` without cleared DTCs, until a DM1 changes the DTCs or lamps."""
 
     def diff(self, dm1: Dm1) -> tuple[list[DtcChange], int]:
         """The changes ``dm1`` brings, and how many new DTCs did not fit :data:`MAX_ACTIVE`.
@@ -92,8 +98,10 @@ class DtcState:
         """
         if dm1.ts < self.latest.get(dm1.sa, dm1.ts):
             return [], 0
-        lamps = dm1.lamps.to_dict()
         now = {(dm1.sa, d.spn, d.fmi): d.oc for d in dm1.dtcs}
+        if not now and not self.active:  # the usual DM1: nothing active, nothing was
+            return [], 0
+        lamps = dm1.lamps.to_dict()
         changes: list[DtcChange] = []
         room = MAX_ACTIVE - len(self.active)
         dropped = 0
@@ -117,7 +125,9 @@ class DtcState:
         if dm1.ts < self.latest.get(dm1.sa, dm1.ts):
             return
         self.latest[dm1.sa] = dm1.ts
-        self.lamps[dm1.sa] = dm1.lamps.to_dict()
+        if changes or self.lamps.get(dm1.sa) != dm1.lamps:
+            self._summary = None
+        self.lamps[dm1.sa] = dm1.lamps
         for c in changes:
             key = (c.sa, c.spn, c.fmi)
             if c.kind == "cleared":
@@ -129,15 +139,20 @@ class DtcState:
         """The fields for the record: :data:`~livedata.decode.dm1.SUMMARY_FIELDS`
         (``dtc_active``, ``lamp_*`` = 1 when on at some ECU) and ``dtc.<SPN>.<FMI>`` =
         occurrence count of each active DTC (0 for one in ``cleared`` that is not active
-        elsewhere), so that a rule can watch one code."""
+        elsewhere), so that a rule can watch one code.  Without ``cleared``, the same dict
+        while nothing changed (callers read it, never change it)."""
+        if not cleared and self._summary is not None:
+            return self._summary
         out = {"dtc_active": len(self.active)}
-        for name in LAMP_NAMES:
-            out[f"lamp_{name}"] = int(any(lamps[name] == 1 for lamps in self.lamps.values()))
+        for name, field_name in _LAMP_FIELDS:
+            out[field_name] = int(any(getattr(lamps, name) == 1 for lamps in self.lamps.values()))
         for c in cleared:
             out[dtc_field(c.spn, c.fmi)] = 0
         for (_, spn, fmi), oc in self.active.items():
             name = dtc_field(spn, fmi)
             out[name] = max(oc, out.get(name, 0))
+        if not cleared:
+            self._summary = out
         return out
 
 

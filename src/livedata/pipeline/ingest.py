@@ -16,10 +16,16 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
   appender the moment it is queued, so live does not wait for the store; the
   appender appends what has gathered in one call (a Kafka batch, one memory-log step);
 * **the store**: a writer task takes what has queued, and waits for more until the
-  batch has ``batch_max`` records or its oldest record is ``linger`` (50 ms) old --
-  batches bounded by size and by age, one transaction for a second's fleet instead of
-  dozens (measured: 4x less CPU and disk per record in SQLite) -- then makes the batch
-  durable.
+  batch has ``batch_max`` records or its oldest record is ``linger`` old -- batches
+  bounded by size and by age, one transaction for a second's fleet instead of dozens
+  (measured: 4x less CPU and disk per record in SQLite) -- then makes the batch
+  durable.  Both bounds default to the store's own (:attr:`Store.batch_max
+  <livedata.store.base.Store.batch_max>`, :attr:`~livedata.store.base.Store.batch_ms`:
+  50 ms for SQLite, memory and PostgreSQL, 500 ms for ClickHouse).  The writer also
+  stops waiting once ``ack_window`` deliveries wait for their acknowledgement: a link
+  that sends at most that many unacknowledged (MQTT's ``inflight``) sends nothing more
+  until some are acknowledged, so waiting longer would only cap its rate at
+  ``ack_window`` / ``linger`` messages/s.
 
 A device message is acknowledged once its record is durable **and** in the log, in
 arrival order (as MQTT requires of PUBACKs), by an acker task, so the writer goes on
@@ -122,6 +128,10 @@ from livedata.store.base import INT64_MAX, INT64_MIN, Store, storable_values
 
 log = logging.getLogger("livedata.ingest")
 
+MAX_UNKNOWN_MACHINES = 1_000
+"""Machines not in the catalog whose :class:`DecodeStats` are kept (the most recently
+refused ones): made-up ids in topics or URLs cannot grow ingest's memory."""
+
 
 @dataclass(slots=True)
 class DecodeStats:
@@ -186,9 +196,9 @@ class Ingest:
         log: Log,
         catalog: Catalog,
         *,
-        batch_max: int = 5_000,
+        batch_max: int | None = None,
         queue_max: int = 20_000,
-        linger: float = 0.05,
+        linger: float | None = None,
         spill: SpillJournal | None = None,
         spill_after: float = 2.0,
         drain_retry_max: float = 5.0,
@@ -199,9 +209,15 @@ class Ingest:
         self.timestamps = timestamps or TimestampPolicy()
         self.log = log
         self.catalog = catalog
-        self.batch_max = batch_max
+        self.batch_max = store.batch_max if batch_max is None else batch_max
         self.queue_max = queue_max
-        self.linger = linger
+        self.linger = store.batch_ms / 1000 if linger is None else linger
+        """Seconds a store batch waits for more records after its oldest (see the module doc)."""
+        self.ack_window: int | None = None
+        """Deliveries waiting for their acknowledgement at which the writer stops lingering:
+        the smallest window of the device links feeding ingest (:func:`consume_devices`)."""
+        self._unacked = 0
+        """Accepted deliveries with an ack, not yet acknowledged."""
         self.spill = spill
         """The spill journal (``None``: the writer waits for the store, as without one)."""
         self.spill_after = spill_after
@@ -210,7 +226,8 @@ class Ingest:
         """Records waiting for the writer, with their ack and when they were accepted."""
         self._queue_work = asyncio.Event()
         self._queue_full = asyncio.Event()
-        """Set while the queue holds ``batch_max`` records: the writer need not linger."""
+        """Set while the queue holds ``batch_max`` records or ``ack_window`` deliveries wait
+        for their acknowledgement: the writer need not linger."""
         self._room = asyncio.Event()
         """Set when the queue or the log backlog got room."""
         self._queued = 0
@@ -232,6 +249,12 @@ class Ingest:
         self._direct: asyncio.Task[int] | None = None
         """A store write that outlived ``spill_after``; the drainer lets it end first."""
         self.stats: dict[tuple[str, str], DecodeStats] = {}
+        """Decoding counters of the machines in the catalog, and of at most
+        :data:`MAX_UNKNOWN_MACHINES` others."""
+        self._unknown: dict[tuple[str, str], None] = {}
+        """Machines refused as unknown (or for a payload no one could read), oldest first."""
+        self._erred: set[tuple[str, str]] = set()
+        """Machines whose error counters moved (or were dropped) since :meth:`take_erred`."""
         self._buses: dict[tuple[str, str, Kind], BusState] = {}
         """J1939 transport sessions per machine (live and backfill apart: their times differ)."""
         self.dtcs = DtcService(catalog.meta)
@@ -256,9 +279,28 @@ class Ingest:
             stats = self.stats[key] = DecodeStats()
         return stats
 
-    def _error(self, stats: DecodeStats, reason: str, message: str) -> None:
+    def take_erred(self) -> set[tuple[str, str]]:
+        """The machines whose error counters moved since the last call, or whose
+        counters were dropped (then they are no longer in :attr:`stats`)."""
+        erred, self._erred = self._erred, set()
+        return erred
+
+    def _note_unknown(self, key: tuple[str, str]) -> None:
+        """Count ``key`` among the unknown machines; drop the counters of the one refused
+        longest ago beyond :data:`MAX_UNKNOWN_MACHINES`."""
+        unknown = self._unknown
+        unknown.pop(key, None)
+        unknown[key] = None
+        if len(unknown) > MAX_UNKNOWN_MACHINES:
+            oldest = next(iter(unknown))
+            del unknown[oldest]
+            self.stats.pop(oldest, None)
+            self._erred.add(oldest)
+
+    def _error(self, key: tuple[str, str], stats: DecodeStats, reason: str, message: str) -> None:
         observe.DECODE_ERRORS.labels(reason).inc()
         stats.last_errors.append(f"{time.strftime('%H:%M:%S')} {message}")
+        self._erred.add(key)
 
     async def handle(self, msg: DeviceMessage, ack: Ack | None = None) -> Record | None:
         """:meth:`handle_many` for one message: its record, ``None`` if it was refused."""
@@ -286,14 +328,16 @@ class Ingest:
             msg = delivery.message
             stats = self.stats_for(msg.tenant, msg.chassis)
             stats.messages += 1
+            token = observe.machine_var.set(msg.chassis)  # log_context, without its generator
             try:
-                with observe.log_context(machine=msg.chassis):
-                    record = await self._decode(msg, stats)
+                record = await self._decode(msg, stats)
             except DecodeError as exc:
                 outcomes.append(
                     await self.reject(msg.tenant, msg.chassis, str(exc), delivery.ack, "rejected")
                 )
                 continue
+            finally:
+                observe.machine_var.reset(token)
             stats.points += len(record.values)
             outcomes.append(record)
             accepted.append((record, delivery.ack))
@@ -324,9 +368,12 @@ class Ingest:
         Logged once a minute, with a count of the others (one key for all: an attacker's
         made-up machine ids cannot grow it); each machine's count is in its
         :class:`DecodeStats`."""
+        key = (tenant, chassis)
+        if key not in self.stats or key in self._unknown:
+            self._note_unknown(key)
         stats = self.stats_for(tenant, chassis)
         stats.rejected += 1
-        self._error(stats, "rejected", reason)
+        self._error(key, stats, "rejected", reason)
         self._refusals.failed("refused", "refused a message of %s/%s: %s", tenant, chassis, reason)
         if ack is not None:
             await ack()
@@ -341,12 +388,16 @@ class Ingest:
         records: list[Record] = []
         counts: dict[tuple[str, Kind], int] = {}
         points = 0
+        unacked = 0
         for record, ack in items:
             key = (record.msg_type, record.kind)
             counts[key] = counts.get(key, 0) + 1
             points += len(record.values)
             self._queue.append((record, ack, now))
             records.append(record)
+            if ack is not None:
+                unacked += 1
+        self._unacked += unacked
         for (msg_type, kind), count in counts.items():
             observe.RECORDS_IN.labels(observe.msg_type_label(msg_type), kind.value).inc(count)
         observe.POINTS_IN.inc(points)
@@ -355,14 +406,22 @@ class Ingest:
         self.unlogged += len(records)
         self._log_work.set()
         self._queue_work.set()
-        if len(self._queue) >= self.batch_max:
+        if self._full():
             self._queue_full.set()
         observe.INGEST_QUEUE.set(len(self._queue))
+
+    def _full(self) -> bool:
+        """Whether the writer should take a batch now rather than wait for more records."""
+        window = self.ack_window
+        return len(self._queue) >= self.batch_max or (
+            window is not None and self._unacked >= window
+        )
 
     async def _decode(self, msg: DeviceMessage, stats: DecodeStats) -> Record:
         ts = self.timestamps.check(msg.ts, int(time.time() * 1000))
         info = await self.catalog.machine(msg.tenant, msg.chassis)
         if info is None:
+            self._note_unknown((msg.tenant, msg.chassis))
             raise DecodeError(f"unknown machine {msg.chassis!r} in organisation {msg.tenant!r}")
         if info.disabled:
             raise DecodeError(f"machine {msg.chassis!r} is disabled")
@@ -376,10 +435,11 @@ class Ingest:
             stats.frames += result.frames
             if result.unknown:
                 stats.unknown_ids += result.unknown
+                self._erred.add((msg.tenant, msg.chassis))
                 observe.DECODE_ERRORS.labels("unknown_id").inc(result.unknown)
             for error in result.errors:
                 stats.malformed += 1
-                self._error(stats, "malformed", error)
+                self._error((msg.tenant, msg.chassis), stats, "malformed", error)
             if result.errors:
                 log.info("%d malformed frames: %s", len(result.errors), result.errors[0])
             values: dict[str, Any] = normalised(result.values)  # NaN of a float signal
@@ -389,7 +449,7 @@ class Ingest:
             values, errors = decode_values(msg.values)  # storable already
             for error in errors:
                 stats.malformed += 1
-                self._error(stats, "malformed", error)
+                self._error((msg.tenant, msg.chassis), stats, "malformed", error)
             await self.catalog.note_fields(msg.tenant, msg.chassis, msg.msg_type, set(values))
         return Record(msg.tenant, msg.chassis, msg.msg_type, ts, msg.kind, values)
 
@@ -451,7 +511,7 @@ class Ingest:
         while not self._queue:
             self._queue_work.clear()
             await self._queue_work.wait()
-        if self.linger and len(self._queue) < self.batch_max:
+        if self.linger and not self._full():
             # the machines of one second arrive together: wait for the rest of them
             left = self._queue[0][2] + self.linger - time.time()
             if left > 0:
@@ -463,7 +523,7 @@ class Ingest:
                     pass
         count = min(len(self._queue), self.batch_max)
         batch = [self._queue.popleft() for _ in range(count)]
-        if len(self._queue) < self.batch_max:
+        if not self._full():
             self._queue_full.clear()
         self._taken += count
         self._room.set()
@@ -514,6 +574,7 @@ class Ingest:
             self._to_ack.popleft()
             for ack in acks:
                 await self._ack(ack)
+            self._unacked -= len(acks)
 
     @property
     def spilling(self) -> bool:
@@ -680,7 +741,15 @@ class Ingest:
 
 
 async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
-    """Feed the device link's deliveries to ``ingest``, each batch the link has in one call."""
+    """Feed the device link's deliveries to ``ingest``, each batch the link has in one call.
+
+    The link's :attr:`~livedata.devices.base.DeviceLink.window` narrows
+    :attr:`Ingest.ack_window`, so a store batch never waits for messages the link cannot
+    send before an acknowledgement."""
+    window = link.window
+    if window is not None:
+        current = ingest.ack_window
+        ingest.ack_window = window if current is None else min(current, window)
     with observe.log_context(role="ingest"):
         async for batch in link.batches(ingest.batch_max):
-            await ingest.handle_many(batch)
+            link.settle(batch, await ingest.handle_many(batch))

@@ -47,6 +47,16 @@ class Store(abc.ABC):
 
     url: str
 
+    batch_max: int = 5_000
+    """Records ingest gathers into one :meth:`write` at most, for this backend (the
+    ``store_batch_max`` setting overrides it)."""
+    batch_ms: float = 50.0
+    """How long ingest lets a batch gather after its oldest record, in ms, for this backend
+    (the ``store_batch_ms`` setting overrides it): short where a write is cheap (SQLite,
+    memory), longer where the engine prefers fewer, larger inserts (ClickHouse).  It
+    delays storing, not live data; acknowledgements wait for it only until the device
+    link's window of unacknowledged messages is full (see ``Ingest``)."""
+
     def __init__(self, url: str) -> None:
         self.url = url
 

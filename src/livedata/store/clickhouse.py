@@ -411,6 +411,9 @@ class _Columns:
 class ClickHouseStore(Store):
     """The store on a ClickHouse server; see the module docstring for schema and stress."""
 
+    batch_max = 10_000
+    batch_ms = 500.0  # ClickHouse wants few large inserts: each one makes a part to merge
+
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._host, self._kwargs, self.database, self.pool_size = _split_url(url)

@@ -111,6 +111,7 @@ from urllib.parse import urlsplit
 from livedata.errors import ConfigError, ErrorMap, StoreError, map_exceptions
 from livedata.model import Record, Value
 from livedata.store.base import (
+    INT64_MAX,
     INT64_MIN,
     MINUTE_MS,
     ROLLUP_LEVELS_MS,
@@ -518,10 +519,17 @@ class SQLiteStore(Store):
             ts = record.ts
             bucket = ts // BUCKET_MS
             before = len(rows)
-            for name, raw in record.values.items():
-                value = storable(raw)
-                if value is None:
-                    continue
+            for name, value in record.values.items():
+                if type(value) is float:  # storable(), inlined for the usual types
+                    if value != value:
+                        continue
+                elif type(value) is not str and not (
+                    type(value) is int and INT64_MIN <= value <= INT64_MAX
+                ):
+                    kept = storable(value)
+                    if kept is None:
+                        continue
+                    value = kept
                 series_id = fields.get(name)
                 if series_id is None:
                     series_id = new_series.get((stream_id, name))
