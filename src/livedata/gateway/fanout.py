@@ -369,6 +369,8 @@ class Fanout:
         self._turn = 0
         self._turn_open = False
         self._gathered: list[Outbox] = []
+        self._written = 0
+        """Frames delivered in this loop turn (counted at its end)."""
 
     def outbox(
         self, sink: Sink, framing: Framing, on_stall: Callable[[], None], queue_max: int = 0
@@ -513,14 +515,12 @@ class Fanout:
         turn = self._turn
         gathered = self._gathered
         written = 0
+        # {"type":"LIVE_DATA","payload":{…},"ts":…,"seq":…,"epoch":…} by concatenation: no
+        # dict per group, and exact-size bytes (orjson's own output holds ~4 KiB whatever
+        # its length, and a paused outbox keeps up to queue_max of these)
+        tail = b"," + orjson.dumps(head)[1:]
         for fields, framings in groups.items():
-            # exact size: orjson's own output holds ~4 KiB whatever its length, and a
-            # paused outbox keeps up to queue_max of these
-            payload = bytes(
-                memoryview(
-                    orjson.dumps({"type": "LIVE_DATA", "payload": _pick(values, fields), **head})
-                )
-            )
+            payload = _LIVE_DATA + orjson.dumps(_pick(values, fields)) + tail
             for framing, members in framings.items():
                 wire = framing.frame(payload, head)
                 for outbox in members:
@@ -537,17 +537,23 @@ class Fanout:
                     else:
                         outbox.pending.append(wire)
                         written += 1
-        if written:
-            observe.DELIVERIES.inc(written)
+        self._written += written
 
     def _end_turn(self) -> None:
         """The loop turn that delivered messages is over: write what each outbox gathered
-        (a client behind by several messages gets them in one write, not one each)."""
+        (a client behind by several messages gets them in one write, not one each), and
+        count the turn's deliveries (one metric update per turn, not per message)."""
         gathered, self._gathered = self._gathered, []
         self._turn += 1
         self._turn_open = False
+        if self._written:
+            observe.DELIVERIES.inc(self._written)
+            self._written = 0
         for outbox in gathered:
             outbox.flush_pending()
+
+
+_LIVE_DATA = b'{"type":"LIVE_DATA","payload":'
 
 
 def recovery_payload(
