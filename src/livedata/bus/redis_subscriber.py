@@ -28,7 +28,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
@@ -63,8 +63,7 @@ class Subscriber(asyncio.Protocol):
         self._waiting: deque[asyncio.Future[Any]] = deque()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def send(self, *args: bytes | str) -> None:
         """Write one command whose reply is a push (or none is awaited)."""
