@@ -14,9 +14,12 @@ One run, for each target in turn (``--targets``, default ``livedata,baseline``):
      the same bytes to every client of that list.  The floor any Python server can
      reach;
 
-3. ``--clients`` WebSocket clients (picows, in ``--client-procs`` processes on the
-   other core), spread evenly over ``--machines`` machines, each asking 3 of the
-   message's 53 fields (the 15 ``vehicle_can`` fields of the demo and 38 more);
+3. ``--clients`` WebSocket clients (in ``--client-procs`` processes on the other core),
+   spread evenly over ``--machines`` machines, each asking 3 of the message's 53 fields
+   (the 15 ``vehicle_can`` fields of the demo and 38 more).  ``--client-kind lean`` (the
+   default): raw sockets that count frames in C and time the first frame of each read
+   (:func:`lean_client_worker`), so the clients sharing one core are not what limits a
+   ceiling run; ``picows``: picows clients that parse every frame;
 4. a publisher process (other core) that publishes each machine's message at
    ``--rate`` Hz on its live channel (``live-stream/demo/consumer-WL-0001/vehicle_can``,
    the distribute role's message shape: ``ts``, ``seq``, ``epoch``, ``values``), the
@@ -27,7 +30,8 @@ Printed per target: deliveries/s (expected: published messages × clients of tha
 machine), lost (expected minus received, for messages published in the window, 2 s
 of grace after it), latency p50/p99/max (client receipt minus the publisher's ``ts``),
 server CPU % (of one core; and per delivery, which stays comparable when a busy machine starves
-the clients) and RSS, KB per connected idle client (RSS with clients
+the clients), the client processes' CPU % and the load average (a busy machine makes
+latencies noisy: compare within a run), and RSS, KB per connected idle client (RSS with clients
 and no traffic minus RSS before them), GC pauses of the server (``gc.callbacks``,
 CPU time of each collection: count and longest per generation, total) and the ratios to the baseline.
 
@@ -36,6 +40,7 @@ window and prints the top self and inclusive frames.
 
     python bench/bench_fanout.py                                  # 1,000 clients, 10k/s, ~1 min
     python bench/bench_fanout.py --clients 5000 --machines 50 --rate 20   # 100k/s
+    python bench/bench_fanout.py --clients 5000 --machines 50 --rate 50   # the ceiling: 250k/s
     python bench/bench_fanout.py --profile 10 --targets livedata
     python bench/bench_fanout.py --before /tmp/main --targets before,livedata,baseline
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -219,4 +220,44 @@ async def test_subscriber_authenticates_and_reconnects_after_a_kill(
         finally:
             await subscriber.close()
     finally:
+        await admin.aclose()
+
+
+async def test_quiet_subscriber_is_pinged_and_kept_and_a_frozen_redis_is_left(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent pub/sub connection is PINGed and kept while Redis answers (no reconnect); when
+    Redis stops answering (SIGSTOP) the unanswered PING makes it reconnect and re-subscribe."""
+    import redis.asyncio as aioredis
+
+    import livedata.bus.redis as module
+
+    monkeypatch.setattr(module, "PING_INTERVAL", 0.2)
+    monkeypatch.setattr(module, "PING_TIMEOUT", 0.3)
+    admin = aioredis.from_url(own_redis.url)
+    subscriber = open_pubsub(own_redis.url)
+    await subscriber.start()
+    assert isinstance(subscriber, RedisPubSub)
+    try:
+        got: list[bytes] = []
+        await subscriber.subscribe("c", lambda channel, message: got.append(message))
+        await asyncio.sleep(1.5)  # several silent intervals, each answered
+        assert subscriber.reconnects == 0
+        await admin.publish("c", b"still here")
+        await eventually(lambda: got == [b"still here"])
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        await eventually(lambda: subscriber.reconnects >= 1, timeout=10)
+        probe = 0
+        while not got[-1].startswith(b"after"):  # published before re-subscribing: lost
+            probe += 1
+            assert probe < 300, "no message after the reconnect within 15 s"
+            await admin.publish("c", b"after %d" % probe)
+            await asyncio.sleep(0.05)
+    finally:
+        await subscriber.close()
         await admin.aclose()

@@ -45,7 +45,10 @@ and the same bytes object goes to every connection of the group.
 Coalescing: a connection's first frame in a loop turn is written at once; further
 frames for it in the same turn (a burst read from the pub/sub in one go: under
 heavy load, or after a pause of the event loop) are gathered and written together
-when the turn ends (one ``call_soon`` per turn, not per message or client).  At
+when the turn ends (one ``call_soon`` per turn, not per message or client).  The
+Redis pub/sub hands over every message of one socket read in one turn
+(``bus/redis_subscriber.py``): the further behind the gateway, the bigger the reads
+and the more frames per write, so a starved gateway catches up.  At
 light load every frame is written at once; under load the number of writes (and
 system calls) per client stays about one or two per loop turn however many
 messages the turn carried.
