@@ -244,6 +244,23 @@ def serve_baseline(port: int, redis_url: str) -> None:
 # -- clients (worker processes) --------------------------------------------------------------
 
 
+async def serve_commands(
+    conn: Connection, window: list[float], lat: array[float], stats: Counter[str]
+) -> None:
+    """A client worker's side of the pipe: ``window`` (start counting), ``report``, stop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        command = await loop.run_in_executor(None, conn.recv)
+        if command[0] == "window":
+            window[0], window[1] = command[1], command[2]
+            del lat[:]
+            stats.pop("received", None)
+        elif command[0] == "report":
+            conn.send((dict(stats), lat.tobytes()))
+        else:
+            return
+
+
 def client_worker(url: str, targets: list[str], conn: Connection) -> None:
     """Connect one client per entry of ``targets`` (chassis ids); count and time what arrives."""
     lat = array("d")
@@ -284,17 +301,7 @@ def client_worker(url: str, targets: list[str], conn: Connection) -> None:
             if i % 50 == 49:
                 await asyncio.sleep(0)
         conn.send(("connected", stats["connected"]))
-        loop = asyncio.get_running_loop()
-        while True:
-            command = await loop.run_in_executor(None, conn.recv)
-            if command[0] == "window":
-                window[0], window[1] = command[1], command[2]
-                del lat[:]
-                stats.pop("received", None)
-            elif command[0] == "report":
-                conn.send((dict(stats), lat.tobytes()))
-            else:
-                return
+        await serve_commands(conn, window, lat, stats)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
@@ -398,16 +405,7 @@ def lean_client_worker(url: str, targets: list[str], conn: Connection) -> None:
                 )
             await asyncio.gather(*opened)
         conn.send(("connected", stats["connected"]))
-        while True:
-            command = await loop.run_in_executor(None, conn.recv)
-            if command[0] == "window":
-                window[0], window[1] = command[1], command[2]
-                del lat[:]
-                stats.pop("received", None)
-            elif command[0] == "report":
-                conn.send((dict(stats), lat.tobytes()))
-            else:
-                return
+        await serve_commands(conn, window, lat, stats)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
