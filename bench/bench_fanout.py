@@ -14,9 +14,12 @@ One run, for each target in turn (``--targets``, default ``livedata,baseline``):
      the same bytes to every client of that list.  The floor any Python server can
      reach;
 
-3. ``--clients`` WebSocket clients (picows, in ``--client-procs`` processes on the
-   other core), spread evenly over ``--machines`` machines, each asking 3 of the
-   message's 53 fields (the 15 ``vehicle_can`` fields of the demo and 38 more);
+3. ``--clients`` WebSocket clients (in ``--client-procs`` processes on the other core),
+   spread evenly over ``--machines`` machines, each asking 3 of the message's 53 fields
+   (the 15 ``vehicle_can`` fields of the demo and 38 more).  ``--client-kind lean`` (the
+   default): raw sockets that count frames in C and time the first frame of each read
+   (:func:`lean_client_worker`), so the clients sharing one core are not what limits a
+   ceiling run; ``picows``: picows clients that parse every frame;
 4. a publisher process (other core) that publishes each machine's message at
    ``--rate`` Hz on its live channel (``live-stream/demo/consumer-WL-0001/vehicle_can``,
    the distribute role's message shape: ``ts``, ``seq``, ``epoch``, ``values``), the
@@ -27,7 +30,8 @@ Printed per target: deliveries/s (expected: published messages × clients of tha
 machine), lost (expected minus received, for messages published in the window, 2 s
 of grace after it), latency p50/p99/max (client receipt minus the publisher's ``ts``),
 server CPU % (of one core; and per delivery, which stays comparable when a busy machine starves
-the clients) and RSS, KB per connected idle client (RSS with clients
+the clients), the client processes' CPU % and the load average (a busy machine makes
+latencies noisy: compare within a run), and RSS, KB per connected idle client (RSS with clients
 and no traffic minus RSS before them), GC pauses of the server (``gc.callbacks``,
 CPU time of each collection: count and longest per generation, total) and the ratios to the baseline.
 
@@ -36,6 +40,7 @@ window and prints the top self and inclusive frames.
 
     python bench/bench_fanout.py                                  # 1,000 clients, 10k/s, ~1 min
     python bench/bench_fanout.py --clients 5000 --machines 50 --rate 20   # 100k/s
+    python bench/bench_fanout.py --clients 5000 --machines 50 --rate 50   # the ceiling: 250k/s
     python bench/bench_fanout.py --profile 10 --targets livedata
     python bench/bench_fanout.py --before /tmp/main --targets before,livedata,baseline
 
@@ -51,6 +56,7 @@ import contextlib
 import gc
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -238,6 +244,23 @@ def serve_baseline(port: int, redis_url: str) -> None:
 # -- clients (worker processes) --------------------------------------------------------------
 
 
+async def serve_commands(
+    conn: Connection, window: list[float], lat: array[float], stats: Counter[str]
+) -> None:
+    """A client worker's side of the pipe: ``window`` (start counting), ``report``, stop."""
+    loop = asyncio.get_running_loop()
+    while True:
+        command = await loop.run_in_executor(None, conn.recv)
+        if command[0] == "window":
+            window[0], window[1] = command[1], command[2]
+            del lat[:]
+            stats.pop("received", None)
+        elif command[0] == "report":
+            conn.send((dict(stats), lat.tobytes()))
+        else:
+            return
+
+
 def client_worker(url: str, targets: list[str], conn: Connection) -> None:
     """Connect one client per entry of ``targets`` (chassis ids); count and time what arrives."""
     lat = array("d")
@@ -278,17 +301,111 @@ def client_worker(url: str, targets: list[str], conn: Connection) -> None:
             if i % 50 == 49:
                 await asyncio.sleep(0)
         conn.send(("connected", stats["connected"]))
+        await serve_commands(conn, window, lat, stats)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+MARK = b'{"type":"LIVE_DATA"'
+HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    f"Authorization: Bearer {BENCH_TOKEN}\r\n\r\n"
+)
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (FIN, mask key 0: the payload goes as it is), payload < 126 bytes."""
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+def lean_client_worker(url: str, targets: list[str], conn: Connection) -> None:
+    """Like :func:`client_worker`, for the ceiling: raw sockets, no per-frame Python.
+
+    Each read is scanned in C: LIVE_DATA frames are counted with ``bytes.count``, and one
+    latency is taken per read, of its first frame (the oldest in it: an upper bound of
+    the read's frames).  A read counts in the window when that frame's ``ts`` is in it;
+    a ``ts`` split between reads reuses the last one parsed.  Pings are answered (a
+    ``0x89`` byte followed by a short payload; a stray match sends an unsolicited pong,
+    which a server ignores).
+    """
+    lat = array("d")
+    window = [0.0, 0.0]
+    stats = Counter[str]()
+    parts = urlsplit(url)
+    keep = len(MARK) - 1
+    init = masked_frame(
+        1, orjson.dumps({"type": "INIT_FIELD_LIST", "payload": list(CLIENT_FIELDS)})
+    )
+
+    class Lean(asyncio.Protocol):
+        def __init__(self, path: str, opened: asyncio.Future[None]) -> None:
+            self.path, self.opened = path, opened
+            self.head = b""
+            self.tail = b""
+            self.ts = 0.0
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            transport.write(HANDSHAKE.format(path=self.path, host=parts.netloc).encode())
+
+        def data_received(self, data: bytes) -> None:
+            if self.opened is not None:
+                self.head += data
+                end = self.head.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                if not self.head.startswith(b"HTTP/1.1 101"):
+                    stats["other:handshake:" + self.head.split(b"\r\n")[0].decode()] += 1
+                    self.opened.set_result(None)
+                    self.transport.close()
+                    return
+                data, self.head = self.head[end + 4 :], b""
+                self.transport.write(init)
+                stats["connected"] += 1
+                self.opened.set_result(None)
+                self.opened = None
+            now = time.time()
+            n = (self.tail + data).count(MARK)
+            self.tail = data[-keep:]
+            if n:
+                i = data.find(b'"ts":')
+                j = data.find(b",", i)
+                if i >= 0 and j > 0:
+                    with contextlib.suppress(ValueError):
+                        self.ts = float(data[i + 5 : j])
+                        if window[0] <= self.ts < window[1]:
+                            lat.append(now - self.ts)
+                if window[0] <= self.ts < window[1]:
+                    stats["received"] += n
+                if b'"missed"' in data:
+                    stats["missed"] += sum(int(m) for m in re.findall(rb'"missed":(\d+)', data))
+            elif MARK not in data and b'"type":"' in data:
+                stats[
+                    "other:" + data[data.find(b'"type":"') + 8 :][:20].decode("ascii", "replace")
+                ] += 1
+            ping = data.find(b"\x89")
+            if 0 <= ping < len(data) - 1 and data[ping + 1] < 126:
+                self.transport.write(masked_frame(0xA, data[ping + 2 : ping + 2 + data[ping + 1]]))
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            stats["disconnected"] += 1
+
+    async def main() -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            command = await loop.run_in_executor(None, conn.recv)
-            if command[0] == "window":
-                window[0], window[1] = command[1], command[2]
-                del lat[:]
-                stats.pop("received", None)
-            elif command[0] == "report":
-                conn.send((dict(stats), lat.tobytes()))
-            else:
-                return
+        host, port = parts.hostname or "127.0.0.1", parts.port or 80
+        for start in range(0, len(targets), 100):
+            opened = []
+            for chassis_id in targets[start : start + 100]:
+                future: asyncio.Future[None] = loop.create_future()
+                opened.append(future)
+                await loop.create_connection(
+                    lambda c=chassis_id, f=future: Lean(live_path(c), f), host, port
+                )
+            await asyncio.gather(*opened)
+        conn.send(("connected", stats["connected"]))
+        await serve_commands(conn, window, lat, stats)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
@@ -346,6 +463,8 @@ class Result:
     rss: int = 0
     kb_per_conn: float = 0.0
     gc: list[tuple[float, int, float]] = field(default_factory=list)
+    load: float = 0.0
+    client_cpu: float = 0.0
     other: dict[str, int] = field(default_factory=dict)
 
 
@@ -460,7 +579,8 @@ def run_target(
         for k in range(args.client_procs):
             parent, child = ctx.Pipe()
             w = ctx.Process(
-                target=worker or client_worker,
+                target=worker
+                or (lean_client_worker if args.client_kind == "lean" else client_worker),
                 args=(
                     url.replace("ws://", "http://") if http else url,
                     targets[k :: args.client_procs],
@@ -492,6 +612,8 @@ def run_target(
             for p in pipes:
                 p.send(("window", w0, w1))
             cpu0 = ps.cpu_times()
+            client_ps = [psutil.Process(w.pid) for w in workers]
+            client_cpu0 = [sum(c.cpu_times()[:2]) for c in client_ps]
             spy = None
             if getattr(args, "profile", 0) and target in ("livedata", "before"):
                 from bench_cluster import start_profile  # the same sampling and summary
@@ -504,6 +626,14 @@ def run_target(
                 rss_max = max(rss_max, ps.memory_info().rss)
                 time.sleep(0.5)
             cpu1 = ps.cpu_times()
+            result.client_cpu = (
+                100
+                * sum(
+                    sum(c.cpu_times()[:2]) - t for c, t in zip(client_ps, client_cpu0, strict=True)
+                )
+                / args.window
+            )
+            result.load = os.getloadavg()[0]
             result.cpu = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / args.window
             result.rss = rss_max
             published: list[tuple[str, float]] = pub_parent.recv()
@@ -589,6 +719,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     row("server CPU % (one core)", lambda r: f"{r.cpu:.1f}")
     # per delivery: comparable when a busy machine starves the clients and not all is delivered
     row("server CPU µs per delivery", lambda r: f"{r.cpu * 1e4 / max(r.deliveries, 1):.2f}")
+    row("client processes CPU % (sum)", lambda r: f"{r.client_cpu:.1f}", ratio=False)
+    row("load average (1 min) at window end", lambda r: f"{r.load:.2f}", ratio=False)
     row("server RSS MiB (max)", lambda r: f"{r.rss / 2**20:.1f}")
     row("KB per idle connection", lambda r: f"{r.kb_per_conn:.1f}")
     for gen in (0, 1, 2):
@@ -621,6 +753,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=15.0)
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument(
+        "--client-kind",
+        choices=("lean", "picows"),
+        default="lean",
+        help="lean: raw sockets that count frames in C and time the first frame of each read "
+        "(for the ceiling); picows: a picows client that parses every frame",
+    )
     parser.add_argument("--targets", default="livedata,baseline")
     parser.add_argument("--profile", type=float, default=0.0, metavar="S")
     parser.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -157,3 +158,106 @@ async def test_restart_of_redis_is_survived(own_redis: RedisServer) -> None:
     finally:
         for pubsub in (subscriber, publisher, small):
             await pubsub.close()
+
+
+async def test_subscriber_reads_what_redis_py_publishes_byte_for_byte(
+    redis_server: RedisServer,
+) -> None:
+    """A burst published by redis-py (binary, CRLF inside, empty, 1 MB, two channels) reaches the
+    handlers through the hiredis protocol reader exactly and in order."""
+    import redis.asyncio as aioredis
+
+    prefix = f"{unique_id()}/"
+    subscriber = open_pubsub(f"{redis_server.url}?prefix={prefix}")
+    await subscriber.start()
+    client = aioredis.from_url(redis_server.url)
+    try:
+        got: dict[str, list[bytes]] = {"a": [], "b": []}
+        for name in got:
+            await subscriber.subscribe(name, lambda channel, message: got[channel].append(message))
+        sent = [bytes(range(256)), b"line\r\n*3\r\n$7\r\nmessage", b"", b"x" * 1_000_000]
+        sent += [b"%d" % n for n in range(3000)]
+        async with client.pipeline(transaction=False) as pipe:
+            for n, message in enumerate(sent):
+                pipe.publish(prefix + "ab"[n % 2], message)
+            await pipe.execute()
+        await eventually(lambda: len(got["a"]) + len(got["b"]) == len(sent), timeout=10)
+        assert got["a"] == sent[0::2] and got["b"] == sent[1::2]
+    finally:
+        await client.aclose()
+        await subscriber.close()
+
+
+async def test_subscriber_authenticates_and_reconnects_after_a_kill(
+    own_redis: RedisServer,
+) -> None:
+    """With a user and password in the URL the pub/sub connection authenticates (a wrong
+    password fails start with BusError); killed by Redis, it reconnects and re-subscribes."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.from_url(own_redis.url)
+    host_port = own_redis.url.split("//")[1]
+    try:
+        await admin.execute_command("ACL", "SETUSER", "gw", "on", ">s3cret", "~*", "&*", "+@all")
+        with pytest.raises(BusError):
+            await open_pubsub(f"redis://gw:wrong@{host_port}").start()
+        subscriber = open_pubsub(f"redis://gw:s3cret@{host_port}")
+        await subscriber.start()
+        assert isinstance(subscriber, RedisPubSub)
+        try:
+            got: list[bytes] = []
+            await subscriber.subscribe("c", lambda channel, message: got.append(message))
+            await admin.publish("c", b"first")
+            await eventually(lambda: got == [b"first"])
+            assert await admin.client_kill_filter(_type="pubsub") == 1
+            probe = 0
+            while not any(message.startswith(b"after") for message in got):
+                probe += 1
+                await admin.publish("c", b"after %d" % probe)
+                await asyncio.sleep(0.05)
+                assert probe < 300, "no message after the kill within 15 s"
+            assert subscriber.reconnects >= 1
+        finally:
+            await subscriber.close()
+    finally:
+        await admin.aclose()
+
+
+async def test_quiet_subscriber_is_pinged_and_kept_and_a_frozen_redis_is_left(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A silent pub/sub connection is PINGed and kept while Redis answers (no reconnect); when
+    Redis stops answering (SIGSTOP) the unanswered PING makes it reconnect and re-subscribe."""
+    import redis.asyncio as aioredis
+
+    import livedata.bus.redis as module
+
+    monkeypatch.setattr(module, "PING_INTERVAL", 0.2)
+    monkeypatch.setattr(module, "PING_TIMEOUT", 0.3)
+    admin = aioredis.from_url(own_redis.url)
+    subscriber = open_pubsub(own_redis.url)
+    await subscriber.start()
+    assert isinstance(subscriber, RedisPubSub)
+    try:
+        got: list[bytes] = []
+        await subscriber.subscribe("c", lambda channel, message: got.append(message))
+        await asyncio.sleep(1.5)  # several silent intervals, each answered
+        assert subscriber.reconnects == 0
+        await admin.publish("c", b"still here")
+        await eventually(lambda: got == [b"still here"])
+        assert own_redis.process is not None
+        own_redis.process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.0)
+        finally:
+            own_redis.process.send_signal(signal.SIGCONT)
+        await eventually(lambda: subscriber.reconnects >= 1, timeout=10)
+        probe = 0
+        while not got[-1].startswith(b"after"):  # published before re-subscribing: lost
+            probe += 1
+            assert probe < 300, "no message after the reconnect within 15 s"
+            await admin.publish("c", b"after %d" % probe)
+            await asyncio.sleep(0.05)
+    finally:
+        await subscriber.close()
+        await admin.aclose()

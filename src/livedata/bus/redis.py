@@ -12,9 +12,11 @@ and **one** pub/sub connection for everything it subscribes to.  ``subscribe`` s
 pattern would deliver every message to every gateway, while exact channels let
 Redis send each gateway only what its clients watch.  ``unsubscribe`` sends
 ``UNSUBSCRIBE``, so a gateway whose last client of a channel left stops
-receiving it.  A reader task reads the pub/sub connection and calls the
-channel's handler; a handler that raises is logged and the others still get
-their messages.
+receiving it.  The pub/sub connection is read by an asyncio protocol with a
+hiredis parser (``bus/redis_subscriber.py``: no task, timer or await per
+message) that calls the channel's handler for each message as its bytes arrive;
+a handler that raises is logged and the others still get their messages.  A
+watchdog task reconnects it when it is lost (below).
 
 History for recovery after a reconnect (:meth:`RedisPubSub.history`): beside
 each channel a capped stream under the same name (keys and channels are
@@ -53,7 +55,7 @@ Under stress:
   ``subscribe`` and ``unsubscribe`` never fail because Redis is down: they are
   remembered and take effect on the reconnect.
 * **A slow reader.**  Redis pushes messages as they come; what this process
-  has not read yet sits in the socket and in redis-py's read buffer, and beyond
+  has not read yet sits in the socket (the protocol parses all it reads), and beyond
   that in Redis's output buffer for the connection, which Redis caps
   (``client-output-buffer-limit pubsub``, 32 MB hard / 8 MB for 60 s by
   default) by closing the connection — then the reconnect above applies and the
@@ -72,12 +74,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import hiredis
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.client import PubSub as RedisPubSubConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -85,6 +86,7 @@ from redis.exceptions import RedisError
 
 from livedata import errors
 from livedata.bus.base import HISTORY_MAX, Handler, Message, PubSub, encoded
+from livedata.bus.redis_subscriber import Subscriber, open_subscriber
 from livedata.errors import BusError, ConfigError, ErrorMap, map_exceptions
 from livedata.ratelog import Throttled
 from livedata.retry import backoff
@@ -115,7 +117,7 @@ ERRORS: ErrorMap = {
     (redis_errors.TimeoutError, TimeoutError): errors.BusTimeout,
     (redis_errors.ConnectionError, OSError): errors.BusUnavailable,
     redis_errors.InvalidResponse: errors.BusProtocolError,
-    redis_errors.RedisError: BusError,
+    (redis_errors.RedisError, hiredis.ReplyError): BusError,
 }
 """redis-py's (and the socket's) errors → the project's."""
 
@@ -164,8 +166,10 @@ class RedisPubSub(PubSub):
         self._redis_url = urlunsplit(parts._replace(query=rest))
         self._where = f"redis {parts.hostname}:{parts.port or 6379}{parts.path}"  # no password
         self._handlers: dict[str, Handler] = {}
+        self._wire: dict[bytes, str] = {}
+        """Channel names as Redis sends them (prefixed, bytes) → as handlers know them."""
         self._client: Redis | None = None
-        self._conn: RedisPubSubConnection | None = None
+        self._conn: Subscriber | None = None
         self._lock = asyncio.Lock()  # (re)connecting vs. (un)subscribing
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -218,22 +222,19 @@ class RedisPubSub(PubSub):
 
     async def _connect(self) -> None:
         """Open the pub/sub connection and subscribe every current channel (under the lock)."""
-        conn = self._redis().pubsub()
-        try:
-            await conn.connect()
-            if self._handlers:
-                await conn.subscribe(*(self._prefix + channel for channel in self._handlers))
-        except BaseException:
-            await conn.aclose()
-            raise
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            conn = await open_subscriber(
+                self._redis_url, self._dispatch, self._confirm, "livedata-pubsub"
+            )
+        if self._handlers:
+            conn.send("SUBSCRIBE", *(self._prefix + channel for channel in self._handlers))
         self._conn = conn
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
         self._release_confirmations()
         if conn is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await conn.aclose()
+            conn.close()
 
     async def publish_many(self, messages: Sequence[tuple[str, Message]]) -> None:
         """Keep each message in its channel's history and ``PUBLISH`` it, :data:`FLUSH_CHUNK`
@@ -304,6 +305,7 @@ class RedisPubSub(PubSub):
             try:
                 await self._publish(chunk)
             except BusError:
+                self._sending = 0  # back in the backlog: counted once while waiting
                 self._keep(chunk, front=True)
                 await asyncio.sleep(next(delays))
                 continue
@@ -345,33 +347,27 @@ class RedisPubSub(PubSub):
         async with self._lock:
             known = channel in self._handlers
             self._handlers[channel] = handler
+            self._wire[(self._prefix + channel).encode()] = channel
             if known or self._conn is None:
                 return
             confirmed = self._confirmations.get(channel)
             if confirmed is None:
                 confirmed = asyncio.get_running_loop().create_future()
                 self._confirmations[channel] = confirmed
-            await self._send("SUBSCRIBE", channel)
+            self._send("SUBSCRIBE", channel)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(confirmed), COMMAND_TIMEOUT)
 
     async def unsubscribe(self, channel: str) -> None:
         async with self._lock:
             if self._handlers.pop(channel, None) is not None:
-                await self._send("UNSUBSCRIBE", channel)
+                self._wire.pop((self._prefix + channel).encode(), None)
+                self._send("UNSUBSCRIBE", channel)
 
-    async def _send(self, command: str, channel: str) -> None:
+    def _send(self, command: str, channel: str) -> None:
         """(Un)subscribe on the live connection; if it is down, the reconnect catches up."""
-        conn = self._conn
-        if conn is None:
-            return
-        try:
-            if command == "SUBSCRIBE":
-                await conn.subscribe(self._prefix + channel)
-            else:
-                await conn.unsubscribe(self._prefix + channel)
-        except (RedisError, OSError) as exc:
-            log.info("%s %s deferred until Redis is back: %s", command, channel, exc)
+        if self._conn is not None:
+            self._conn.send(command, self._prefix + channel)
 
     async def _read(self) -> None:
         """Dispatch messages; on a lost connection reconnect with backoff and re-subscribe."""
@@ -414,23 +410,21 @@ class RedisPubSub(PubSub):
                     if conn is self._conn:
                         await self._drop()
 
-    async def _read_until_lost(self, conn: RedisPubSubConnection) -> None:
-        pinged_at: float | None = None
-        loop = asyncio.get_running_loop()
+    async def _read_until_lost(self, conn: Subscriber) -> None:
+        """Wait while ``conn`` delivers (its protocol dispatches); ``PING`` it after
+        :data:`PING_INTERVAL` s of silence; raise when it is lost or does not answer."""
         while not self._closed and conn is self._conn:
-            message = await conn.get_message(timeout=PING_INTERVAL if pinged_at is None else 1.0)
-            if message is None:
-                if pinged_at is None:
-                    await conn.ping()
-                    pinged_at = loop.time()
-                elif loop.time() - pinged_at > PING_TIMEOUT:
+            quiet = time.monotonic() - conn.heard
+            if quiet < PING_INTERVAL:
+                await asyncio.wait([conn.lost], timeout=PING_INTERVAL - quiet)
+            else:
+                pinged = time.monotonic()
+                conn.send("PING")
+                await asyncio.wait([conn.lost], timeout=PING_TIMEOUT)
+                if conn.heard < pinged and not conn.lost.done():
                     raise TimeoutError(f"no answer to PING within {PING_TIMEOUT} s")
-                continue
-            pinged_at = None
-            if message["type"] == "message":
-                self._dispatch(message)
-            elif message["type"] == "subscribe":
-                self._confirm(message["channel"])
+            if conn.lost.done():
+                raise ConnectionError("the pub/sub connection was lost")
 
     def _channel(self, wire: bytes | str) -> str:
         """The channel name a handler knows, from the name on the wire."""
@@ -449,20 +443,18 @@ class RedisPubSub(PubSub):
                 confirmed.set_result(None)
         self._confirmations.clear()
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        channel = self._channel(message["channel"])
-        handler = self._handlers.get(channel)
-        if handler is None:  # unsubscribed while the message was on its way
+    def _dispatch(self, wire: bytes, data: bytes) -> None:
+        """One published message (the subscriber protocol logs what a handler raises)."""
+        channel = self._wire.get(wire)
+        if channel is None:  # unsubscribed while the message was on its way
             return
-        try:
-            handler(channel, message["data"])
-        except Exception:
-            log.exception("a subscriber of %s failed", channel)
+        self._handlers[channel](channel, data)
 
     async def close(self) -> None:
         """Stop the reader, drop the subscriptions and the connections."""
         self._closed = True
         self._handlers.clear()
+        self._wire.clear()
         for task in (self._reader, self._flusher):
             if task is not None:
                 task.cancel()

@@ -45,7 +45,10 @@ and the same bytes object goes to every connection of the group.
 Coalescing: a connection's first frame in a loop turn is written at once; further
 frames for it in the same turn (a burst read from the pub/sub in one go: under
 heavy load, or after a pause of the event loop) are gathered and written together
-when the turn ends (one ``call_soon`` per turn, not per message or client).  At
+when the turn ends (one ``call_soon`` per turn, not per message or client).  The
+Redis pub/sub hands over every message of one socket read in one turn
+(``bus/redis_subscriber.py``): the further behind the gateway, the bigger the reads
+and the more frames per write, so a starved gateway catches up.  At
 light load every frame is written at once; under load the number of writes (and
 system calls) per client stays about one or two per loop turn however many
 messages the turn carried.
@@ -385,6 +388,8 @@ class Fanout:
         self._turn = 0
         self._turn_open = False
         self._gathered: list[Outbox] = []
+        self._written = 0
+        """Frames delivered in this loop turn (counted at its end)."""
 
     def outbox(
         self, sink: Sink, framing: Framing, on_stall: Callable[[], None], queue_max: int = 0
@@ -476,7 +481,7 @@ class Fanout:
         if recovered:
             newest = missed[-1][1]["seq"] if missed else since[1]
             return recovery_payload(True, since[0], missed, fields), newest, []
-        retained = [(_live_data(values, head, fields), head) for values, head in missed]
+        retained = [(_live_data(values, fields, _tail(head)), head) for values, head in missed]
         newest = missed[-1][1]["seq"] if missed else -1
         return recovery_payload(False, since[0], [], fields), newest, retained
 
@@ -537,8 +542,9 @@ class Fanout:
         turn = self._turn
         gathered = self._gathered
         written = 0
+        tail = _tail(head)
         for fields, framings in groups.items():
-            payload = _live_data(values, head, fields)
+            payload = _live_data(values, fields, tail)
             for framing, members in framings.items():
                 wire = framing.frame(payload, head)
                 for outbox in members:
@@ -555,17 +561,23 @@ class Fanout:
                     else:
                         outbox.pending.append(wire)
                         written += 1
-        if written:
-            observe.DELIVERIES.inc(written)
+        self._written += written
 
     def _end_turn(self) -> None:
         """The loop turn that delivered messages is over: write what each outbox gathered
-        (a client behind by several messages gets them in one write, not one each)."""
+        (a client behind by several messages gets them in one write, not one each), and
+        count the turn's deliveries (one metric update per turn, not per message)."""
         gathered, self._gathered = self._gathered, []
         self._turn += 1
         self._turn_open = False
+        if self._written:
+            observe.DELIVERIES.inc(self._written)
+            self._written = 0
         for outbox in gathered:
             outbox.flush_pending()
+
+
+_LIVE_DATA = b'{"type":"LIVE_DATA","payload":'
 
 
 def recovery_payload(
@@ -585,13 +597,18 @@ def recovery_payload(
     )
 
 
-def _live_data(values: dict[str, Any], head: Head, fields: Fields) -> bytes:
-    """The LIVE_DATA message of ``fields`` of one channel message."""
-    # exact size: orjson's own output holds ~4 KiB whatever its length, and a paused
-    # outbox keeps up to queue_max of these
-    return bytes(
-        memoryview(orjson.dumps({"type": "LIVE_DATA", "payload": _pick(values, fields), **head}))
-    )
+def _tail(head: Head) -> bytes:
+    """The end of every LIVE_DATA message of one channel message: ``,"ts":…,"seq":…}``."""
+    return b"," + orjson.dumps(head)[1:]
+
+
+def _live_data(values: dict[str, Any], fields: Fields, tail: bytes) -> bytes:
+    """The LIVE_DATA message of ``fields`` of one channel message (``tail``: :func:`_tail`).
+
+    ``{"type":"LIVE_DATA","payload":{…},"ts":…,"seq":…,"epoch":…}`` by concatenation: no
+    dict per group, and exact-size bytes (orjson's own output holds ~4 KiB whatever its
+    length, and a paused outbox keeps up to queue_max of these)."""
+    return _LIVE_DATA + orjson.dumps(_pick(values, fields)) + tail
 
 
 def _parse(data: Message) -> tuple[dict[str, Any], Head] | None:
