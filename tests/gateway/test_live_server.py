@@ -1,5 +1,5 @@
-"""The live WebSocket on livedata's server layer, in process over a real socket: the fan-out
-writes pre-framed bytes straight to the transport the server layer hands over."""
+"""The live WebSocket on livedata's server layer, in process over a real socket: the server
+layer serves the upgrade itself and the fan-out writes pre-framed bytes to its transport."""
 
 from __future__ import annotations
 
@@ -7,21 +7,20 @@ import asyncio
 import contextlib
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import orjson
 import pytest
 import uvicorn
 import websockets
 from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket
 
 from livedata.bus.base import LiveMessage
 from livedata.bus.memory import MemoryPubSub
 from livedata.errors import NotFound
 from livedata.gateway.fanout import Fanout
-from livedata.gateway.live import serve_live
+from livedata.gateway.live import LiveEndpoint
+from livedata.gateway.security import Refusal
 from livedata.gateway.server import uvicorn_config
 from livedata.model import live_channel
 from livedata.settings import Settings
@@ -38,41 +37,48 @@ async def until(condition: Callable[[], bool]) -> None:
     raise AssertionError("the condition never held")
 
 
+class Admitted:
+    """Admits every live connection and keeps the handles that are open."""
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+        self._next = 0
+
+    async def admit_websocket(
+        self,
+        path: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        close: Callable[[str], None],
+    ) -> int | Refusal:
+        self._next += 1
+        self.open.add(self._next)
+        return self._next
+
+    def close_live(self, handle: int) -> None:
+        self.open.discard(handle)
+
+
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[str, MemoryPubSub, Fanout]]:
-    """A uvicorn server with livedata's limits whose one route is the live endpoint."""
+    """A uvicorn server with livedata's limits serving the live endpoint (no app routes)."""
     url = f"memory://{uuid.uuid4().hex}"
-    fanout = Fanout(MemoryPubSub(url))
+    fanout = Fanout(MemoryPubSub(url), queue_max=8)
 
-    async def known(msg_type: str) -> list[str]:
+    async def known_fields(org: str, chassis: str, msg_type: str) -> list[str]:
+        if chassis != "m1":
+            raise NotFound(f"no machine {chassis}")
         return ["speed", "gear"]
 
-    async def live(websocket: WebSocket) -> None:
-        chassis = websocket.path_params["chassis"]
-        if chassis != "m1":
-
-            async def known_fields(_msg_type: str) -> list[str]:
-                raise NotFound(f"no machine {chassis}")
-        else:
-            known_fields = known
-        await serve_live(
-            websocket,
-            fanout,
-            "acme",
-            chassis,
-            websocket.query_params.get("msgType"),
-            known_fields,
-            8,
-        )
-
-    app = Starlette(routes=[WebSocketRoute("/live/{chassis}", live)])
+    endpoint = LiveEndpoint(Admitted(), fanout, known_fields)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, Settings(max_connections=100)))
+    config = uvicorn_config(Starlette(), Settings(max_connections=100), sockets=endpoint)
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     await until(lambda: server.started)
-    yield f"ws://127.0.0.1:{port}/live", MemoryPubSub(url), fanout
+    yield f"ws://127.0.0.1:{port}/api/resources/acme/_common/datasets", MemoryPubSub(url), fanout
     server.should_exit = True
     with contextlib.suppress(asyncio.CancelledError):
         await task
@@ -84,7 +90,7 @@ async def test_live_data_and_errors_arrive_as_frames_written_by_the_fan_out(
 ) -> None:
     """A subscribed client gets its fields as LIVE_DATA; a bad message gets an ERROR, stays open."""
     base, publisher, fanout = served
-    async with asyncio.timeout(30), websockets.connect(f"{base}/m1?msgType=vehicle_can") as ws:
+    async with asyncio.timeout(30), websockets.connect(f"{base}/m1/live?msgType=vehicle_can") as ws:
         await ws.send('{"type":"INIT_FIELD_LIST","payload":["speed"]}')
         await until(lambda: CHANNEL in fanout.channels)
         await publisher.publish(CHANNEL, LiveMessage(1_000, 1, "e1", {"speed": 5.0, "gear": 2}))
@@ -107,7 +113,7 @@ async def test_unknown_machine_gets_not_found_and_close_4404(
 ) -> None:
     """An unknown machine gets the not_found ERROR, then the close code 4404."""
     base, _, _ = served
-    async with asyncio.timeout(30), websockets.connect(f"{base}/nope?msgType=vehicle_can") as ws:
+    async with asyncio.timeout(30), websockets.connect(f"{base}/nope/live?msgType=vehicle_can") as ws:
         assert orjson.loads(await ws.recv())["code"] == "not_found"
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()
