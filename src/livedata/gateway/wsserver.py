@@ -40,7 +40,7 @@ import logging
 import random
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -132,8 +132,7 @@ class ServerSocket(asyncio.Protocol):
     # asyncio callbacks -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
