@@ -69,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
@@ -148,7 +149,7 @@ class LiveEndpoint:
     async def open(
         self, socket: ServerSocket, params: tuple[str, ...], request: Request
     ) -> LiveConnection | None:
-        org, chassis = params
+        org, chassis = map(sys.intern, params)  # shared by the machine's connections
         path, _, query_string = request.path.partition("?")
         query = {k: v[0] for k, v in parse_qs(query_string).items()}
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
@@ -182,7 +183,7 @@ class LiveEndpoint:
             return None
         assert msg_type is not None and socket.transport is not None
         connection.handle = admitted
-        connection.channel = live_channel(org, chassis, msg_type)
+        connection.channel = sys.intern(live_channel(org, chassis, msg_type))
         connection.session = LiveSession(msg_type, fields)
         connection.outbox = socket.outbox = self.hub.outbox(
             socket.transport, WS_TEXT, connection.stalled

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import Protocol as FrameProtocol
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -192,7 +193,13 @@ class ServerSocket(asyncio.Protocol):
             return
         if "Server" in response.headers:  # no versions to strangers
             del response.headers["Server"]
-        self.conn.send_response(response)
+        conn = self.conn
+        conn.send_response(response)
+        # The handshake's parser (a generator) keeps the request and its headers in its
+        # frame for the life of the connection (about 2.5 KB); the frame parser alone
+        # reads the same stream (nothing of it is read yet: reading was paused).
+        conn.parser = FrameProtocol.parse(conn)
+        next(conn.parser)
         self._flush()
         self._schedule_ping()
 
