@@ -96,8 +96,10 @@ from livedata.model import live_channel
 
 log = logging.getLogger("livedata.gateway.live")
 
-ROUTE = re.compile(r"/api/resources/([^/]+)/_common/datasets/([^/]+)/live")
-"""The live WebSocket's path (percent-decoded): organisation and machine."""
+PATH = "/api/resources/{orgId}/_common/datasets/{chassisId}/live"
+"""The live WebSocket's route (served by the server layer, so not one of the app's)."""
+ROUTE = re.compile(re.sub(r"\{\w+\}", "([^/]+)", PATH))
+"""The route's pattern for a percent-decoded path: organisation and machine."""
 
 KnownFields = Callable[[str, str, str], Awaitable[list[str]]]
 """``known_fields(org, chassis, msg_type)``: the machine's fields; raises NotFound."""
@@ -127,6 +129,8 @@ class Viewers(Protocol):
 
 class LiveEndpoint:
     """The live WebSocket route of one gateway (a :class:`~livedata.gateway.wsserver.Endpoint`)."""
+
+    path = PATH
 
     def __init__(
         self,
