@@ -59,9 +59,9 @@ messages wait in a bounded outbox (oldest dropped, ``missed`` count on the next
 one); a client whose transport makes no progress for ``client_stall_seconds`` is
 given up: a 1013 close frame is put behind what is buffered and the connection is
 ended at once; what stays is the socket's kernel buffer and the transport buffer
-(about 64 KiB), freed when the peer reads or goes away.  Client messages that
-arrive while a subscription is being changed wait (at most ``RATE_MAX`` of them:
-more is ``rate_limited``) and are handled in order after it.
+(about 64 KiB), freed when the peer reads or goes away.  While a subscription is
+being changed the connection is not read (what the client sends waits in its socket,
+TCP holds the client back); what was read already is handled in order after it.
 """
 
 from __future__ import annotations
@@ -235,7 +235,8 @@ class LiveConnection:
         self.outbox: Outbox | None = None
         self.rated: _Rated | None = None
         self._todo: list[_Pending] | None = None
-        """Client messages that arrived while a subscription is being changed."""
+        """Client messages that arrived while a subscription is being changed (at most
+        what one read of the socket held: reading pauses meanwhile)."""
         self._task: asyncio.Task[None] | None = None
         self._gone = False
 
@@ -275,7 +276,18 @@ class LiveConnection:
         subscribe = self._handle(data, now)
         if subscribe is not None:
             self._todo = []
+            self._reading(False)
             self._task = asyncio.get_running_loop().create_task(self._subscribe(subscribe))
+
+    def _reading(self, on: bool) -> None:
+        """Pause reading while a subscription changes (what the client sends meanwhile
+        waits in the socket), resume after."""
+        transport = self.socket.transport
+        if transport is not None and not transport.is_closing():
+            if on:
+                transport.resume_reading()
+            else:
+                transport.pause_reading()
 
     def _handle(self, data: str | bytes, now: float) -> Subscribe | None:
         """Answer one client message; a valid subscription is returned to be applied."""
@@ -311,6 +323,7 @@ class LiveConnection:
             self.socket.close(1011, "internal error")
         finally:
             self._todo = self._task = None
+            self._reading(True)
             if self._gone:
                 await self.leave()
 

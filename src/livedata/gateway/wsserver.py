@@ -128,7 +128,8 @@ class ServerSocket(asyncio.Protocol):
         self._opening: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._ping: bytes | None = None
-        self._parts: list[bytes | bytearray | memoryview] | None = None
+        self._parts: tuple[Opcode, list[bytes | bytearray | memoryview]] | None = None
+        """A fragmented message: its opcode and the fragments so far."""
 
     # asyncio callbacks -------------------------------------------------------------
 
@@ -289,26 +290,26 @@ class ServerSocket(asyncio.Protocol):
         opcode = frame.opcode
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if not frame.fin:
-                self._parts = [frame.data]
+                self._parts = (opcode, [frame.data])
                 return
             self._message(opcode, frame.data)
         elif opcode is Opcode.CONT:
             if self._parts is None:
                 return
-            self._parts.append(frame.data)
+            first, parts = self._parts
+            parts.append(frame.data)
             if frame.fin:
-                first = self._parts
                 self._parts = None
-                self._message(None, b"".join(first))
+                self._message(first, b"".join(parts))
         elif opcode is Opcode.PONG:
-            if self._ping is not None and bytes(frame.data) == self._ping:
+            if self._ping is not None and bytes(frame.data) == self._ping and self.is_open:
                 self._ping = None
                 self._schedule_ping()
         elif opcode is Opcode.CLOSE:
             self._flush()  # the reply websockets queued
             self._abort()
 
-    def _message(self, opcode: Opcode | None, data: bytes | bytearray | memoryview) -> None:
+    def _message(self, opcode: Opcode, data: bytes | bytearray | memoryview) -> None:
         handler = self.handler
         if handler is None or self.conn.state is not State.OPEN:
             return  # a message after our close frame is discarded
