@@ -115,7 +115,10 @@ async def test_unknown_machine_gets_not_found_and_close_4404(
 ) -> None:
     """An unknown machine gets the not_found ERROR, then the close code 4404."""
     base, _, _, _ = served
-    async with asyncio.timeout(30), websockets.connect(f"{base}/nope/live?msgType=vehicle_can") as ws:
+    async with (
+        asyncio.timeout(30),
+        websockets.connect(f"{base}/nope/live?msgType=vehicle_can") as ws,
+    ):
         assert orjson.loads(await ws.recv())["code"] == "not_found"
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await ws.recv()

@@ -98,8 +98,8 @@ class ServerSocket(asyncio.Protocol):
         "_response",
         "_timer",
         "conn",
-        "endpoint",
         "connections",
+        "endpoint",
         "handler",
         "outbox",
         "params",
@@ -141,9 +141,12 @@ class ServerSocket(asyncio.Protocol):
         conn.receive_data(data)
         if conn.handshake_exc is not None and conn.state is State.CONNECTING:
             # websockets queued a 414/431 for a head over its limits, else only an EOF
-            out = b"".join(conn.data_to_send()) or conn.reject(
-                400, "Failed to open a WebSocket connection: invalid request.\n"
-            ).serialize()
+            out = (
+                b"".join(conn.data_to_send())
+                or conn.reject(
+                    400, "Failed to open a WebSocket connection: invalid request.\n"
+                ).serialize()
+            )
             self._write(out)
             self._abort()
             return
