@@ -134,7 +134,10 @@ def create_app(rt: Runtime) -> FastAPI:
         return [f["name"] for f in await rt.catalog.fields(info, msg_type)]
 
     # served by the server layer, not through the app (see livedata.gateway.live)
-    app.state.live = LiveEndpoint(security(rt), rt.hub, known_fields, rt.viewers)
+    sec = security(rt)
+    app.state.live = LiveEndpoint(
+        sec.admit_websocket, sec.close_live, rt.hub, known_fields, rt.viewers
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

@@ -105,18 +105,11 @@ KnownFields = Callable[[str, str, str], Awaitable[list[str]]]
 """``known_fields(org, chassis, msg_type)``: the machine's fields; raises NotFound."""
 
 
-class Admission(Protocol):
-    """Who may open a live connection (:class:`~livedata.gateway.security.Security`)."""
-
-    async def admit_websocket(
-        self,
-        path: str,
-        query: Mapping[str, str],
-        headers: Mapping[str, str],
-        close: Callable[[str], None],
-    ) -> int | Refusal: ...
-
-    def close_live(self, handle: int) -> None: ...
+Admit = Callable[
+    [str, Mapping[str, str], Mapping[str, str], Callable[[str], None]], Awaitable[int | Refusal]
+]
+"""``admit(path, query, headers, close)``: a live-connection handle or the refusal
+(:meth:`~livedata.gateway.security.Security.admit_websocket`)."""
 
 
 class Viewers(Protocol):
@@ -134,12 +127,15 @@ class LiveEndpoint:
 
     def __init__(
         self,
-        admission: Admission,
+        admit: Admit,
+        release: Callable[[int], None],
         hub: Fanout,
         known_fields: KnownFields,
         viewers: Viewers | None = None,
     ) -> None:
-        self.admission = admission
+        self.admit = admit
+        self.release = release
+        """Gives an admitted connection's handle back (it ended)."""
         self.hub = hub
         self.known_fields = known_fields
         self.viewers = viewers
@@ -158,9 +154,7 @@ class LiveEndpoint:
         query = {k: v[0] for k, v in parse_qs(query_string).items()}
         headers = {k.lower(): v for k, v in request.headers.raw_items()}
         connection = LiveConnection(self, socket, org, chassis)
-        admitted = await self.admission.admit_websocket(
-            unquote(path), query, headers, connection.end
-        )
+        admitted = await self.admit(unquote(path), query, headers, connection.end)
         if isinstance(admitted, Refusal):
             socket.accept()
             socket.close(CLOSE_POLICY, admitted.message)
@@ -176,11 +170,11 @@ class LiveEndpoint:
                 except NotFound as exc:
                     fatal = Fatal("not_found", str(exc), CLOSE_NOT_FOUND)
         except BaseException:
-            self.admission.close_live(admitted)
+            self.release(admitted)
             raise
         socket.accept()
         if fatal is not None or not socket.is_open:
-            self.admission.close_live(admitted)
+            self.release(admitted)
             if fatal is not None:
                 socket.send(fatal.text.encode())
                 socket.close(fatal.close_code, fatal.message[:120])
@@ -259,7 +253,7 @@ class LiveConnection:
         self._gone = True
         observe.WS_CONNECTIONS.dec()
         endpoint = self.endpoint
-        endpoint.admission.close_live(self.handle)
+        endpoint.release(self.handle)
         if endpoint.viewers is not None:
             endpoint.viewers.left(self.org, self.chassis)
         if self._task is None and (self.rated is not None or self.channel_watched):
