@@ -22,7 +22,7 @@ callbacks:
 3. **Close.**  :meth:`ServerSocket.close` sends a close frame and waits up to
    :data:`CLOSE_TIMEOUT` s for the peer's; :meth:`ServerSocket.close_now` (a
    stalled peer) closes the transport behind the close frame at once.  When the
-   transport is gone the handler's ``on_lost`` runs once.
+   transport is gone, or at ``close_now``, the handler's ``on_lost`` runs (once).
 
 Under stress: an idle open connection holds this object, its sans-I/O protocol,
 its handler and outbox and one timer (the keep-alive): no coroutine, task, queue
@@ -178,10 +178,8 @@ class ServerSocket(asyncio.Protocol):
             self.outbox.close()
         if self._opening is not None:
             self._opening.cancel()
-        handler, self.handler = self.handler, None
         try:
-            if handler is not None:
-                handler.on_lost()
+            self._end_handler()
         finally:
             self.connections.discard(self)
             if self.transport is not None:
@@ -237,13 +235,20 @@ class ServerSocket(asyncio.Protocol):
 
     def close_now(self, code: int, reason: str) -> None:
         """Put a close frame behind what is buffered and close the transport at once (a
-        stalled peer could not answer)."""
+        stalled peer could not answer).  The handler's ``on_lost`` runs now: the
+        transport may wait long for a peer that reads nothing before it is lost."""
         if self.outbox is not None:
             self.outbox.close()
         if self.is_open:
             self.conn.send_close(code, reason)
             self._flush()
         self._abort()
+        self._end_handler()
+
+    def _end_handler(self) -> None:
+        handler, self.handler = self.handler, None
+        if handler is not None:
+            handler.on_lost()
 
     def shutdown(self) -> None:
         """The server stops: 1012 to an open connection; a handshake is dropped."""
