@@ -1,7 +1,9 @@
 """Authentication and authorisation of every HTTP request and live connection.
 
 :class:`SecurityMiddleware` wraps the gateway app (REST, WebSocket, SSE); Socket.IO
-calls :meth:`Security.authenticate` from its connect handler.  For each request it
+calls :meth:`Security.authenticate` from its connect handler; the live WebSocket,
+served by the server layer without the app, asks :meth:`Security.admit_websocket`
+(the same checks, through :meth:`Security.refusal`).  For each request it
 finds the route's rule (:mod:`livedata.auth.policy`), authenticates the caller, and
 refuses before any data flows:
 
