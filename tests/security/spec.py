@@ -92,7 +92,8 @@ ORG_PARAMS = ("orgId", "iothubName")
 
 
 def app_routes() -> set[tuple[str, str]]:
-    """(method, template) of every HTTP route in the OpenAPI description, plus WebSockets."""
+    """(method, template) of every HTTP route in the OpenAPI description, plus WebSockets
+    (the app's and the live one the server layer serves)."""
     from fastapi.routing import APIWebSocketRoute
 
     from livedata.gateway.app import create_app
@@ -113,4 +114,5 @@ def app_routes() -> set[tuple[str, str]]:
             walk(getattr(route, "routes", ()) or ())
 
     walk(app.routes)
+    found.add(("GET", app.state.live.path))  # the live WebSocket, served by the server layer
     return found

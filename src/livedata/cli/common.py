@@ -114,7 +114,8 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
     setup_logging(settings.log_level)
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
-    config = uvicorn_config(with_socketio(create_app(rt)), settings)
+    app = create_app(rt)
+    config = uvicorn_config(with_socketio(app), settings, sockets=app.state.live)
     server = uvicorn.Server(config)
 
     async def run() -> None:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -33,7 +33,7 @@ from livedata.gateway.dtcs_api import router as dtcs_router
 from livedata.gateway.foxglove import router as foxglove_router
 from livedata.gateway.gateway import Gateway
 from livedata.gateway.ingest_http import ingest_router
-from livedata.gateway.live import serve_live
+from livedata.gateway.live import LiveEndpoint
 from livedata.gateway.machines_api import router as machines_router
 from livedata.gateway.models_api import router as models_router
 from livedata.gateway.redecode_api import router as redecode_router
@@ -149,22 +149,15 @@ def create_app(rt: Runtime, **socketio: Any) -> FastAPI:
             parts.append(f"{where}: {err['msg']}")
         return _error(400, "bad_request", "; ".join(parts))
 
-    @app.websocket("/api/resources/{orgId}/_common/datasets/{chassisId}/live")
-    async def live(websocket: WebSocket, orgId: str, chassisId: str) -> None:
-        async def known_fields(msg_type: str) -> list[str]:
-            info = await gateway.catalog.require_machine(orgId, chassisId)
-            return [f["name"] for f in await gateway.catalog.fields(info, msg_type)]
+    async def known_fields(org: str, chassis: str, msg_type: str) -> list[str]:
+        info = await gateway.catalog.require_machine(org, chassis)
+        return [f["name"] for f in await gateway.catalog.fields(info, msg_type)]
 
-        async with gateway.viewers.watching(orgId, chassisId):  # real-time follows viewers
-            await serve_live(
-                websocket,
-                gateway.hub,
-                orgId,
-                chassisId,
-                websocket.query_params.get("msgType"),
-                known_fields,
-                gateway.settings.client_queue,
-            )
+    # served by the server layer, not through the app (see livedata.gateway.live)
+    sec = gateway.security
+    app.state.live = LiveEndpoint(
+        sec.admit_websocket, sec.close_live, gateway.hub, known_fields, gateway.viewers
+    )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> JSONResponse:

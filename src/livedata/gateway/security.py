@@ -1,7 +1,9 @@
 """Authentication and authorisation of every HTTP request and live connection.
 
 :class:`SecurityMiddleware` wraps the gateway app (REST, WebSocket, SSE); Socket.IO
-calls :meth:`Security.authenticate` from its connect handler.  For each request it
+calls :meth:`Security.authenticate` from its connect handler; the live WebSocket,
+served by the server layer without the app, asks :meth:`Security.admit_websocket`
+(the same checks, through :meth:`Security.refusal`).  For each request it
 finds the route's rule (:mod:`livedata.auth.policy`), authenticates the caller, and
 refuses before any data flows:
 
@@ -37,7 +39,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -69,6 +71,22 @@ _SAFE = ("GET", "HEAD", "OPTIONS")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request or connection refused: HTTP ``status``, error ``code``, ``message`` (a
+    WebSocket is accepted and closed with 1008 and the message as reason)."""
+
+    status: int
+    code: str
+    message: str
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.status, self.code, self.message))
+
+
+TOO_MANY_LIVE = Refusal(429, "too_many_connections", "too many live connections")
 
 
 @dataclass(eq=False, slots=True)
@@ -160,6 +178,58 @@ class Security:
         if origin in self.settings.allowed_origins:
             return True
         return urlsplit(origin).netloc == headers.get("host", "")
+
+    def refusal(
+        self,
+        rule: Rule,
+        principal: Principal | None,
+        headers: Mapping[str, str],
+        method: str,
+        websocket: bool,
+    ) -> Refusal | None:
+        """Why ``principal`` may not make this request (counted), or None when it may."""
+        if principal is None:
+            observe.AUTH_REFUSED.labels("unauthenticated").inc()
+            return Refusal(401, "unauthenticated", "authentication required")
+        if websocket and not self.origin_ok(headers):
+            observe.AUTH_REFUSED.labels("origin").inc()
+            return Refusal(403, "forbidden", "origin not allowed")
+        if rule.org is not None and rule.org != principal.org:
+            observe.AUTH_REFUSED.labels("other_org").inc()
+            return Refusal(404, "not_found", f"organisation {rule.org!r} not found")
+        if principal.role < rule.role:
+            observe.AUTH_REFUSED.labels("role").inc()
+            return Refusal(403, "forbidden", f"this needs the {rule.role.name} role")
+        if (
+            not websocket
+            and method not in _SAFE
+            and principal.via == "session"
+            and headers.get(CSRF_HEADER) != principal.csrf
+        ):
+            observe.AUTH_REFUSED.labels("csrf").inc()
+            return Refusal(403, "csrf_failed", "missing or wrong X-CSRF-Token header")
+        return None
+
+    async def admit_websocket(
+        self,
+        path: str,
+        query: Mapping[str, str],
+        headers: Mapping[str, str],
+        close: Callable[[str], None],
+    ) -> int | Refusal:
+        """The checks of :class:`SecurityMiddleware` for a WebSocket served outside the app
+        (:mod:`livedata.gateway.wsserver`): a live-connection handle (give it back with
+        :meth:`close_live`; ``close(reason)`` ends the connection) or the refusal."""
+        rule = rule_for("GET", path, query.get("org"))
+        if rule.access is not Access.user:  # the WebSockets served this way are user routes
+            return Refusal(404, "not_found", f"no such resource: {path}")
+        principal = await self.authenticate(headers, query, live=True)
+        refusal = self.refusal(rule, principal, headers, "GET", websocket=True)
+        if refusal is not None:
+            return refusal
+        assert principal is not None
+        handle = self.open_live(principal, close)
+        return TOO_MANY_LIVE if handle is None else handle
 
     # live connections ---------------------------------------------------------------
 
@@ -285,26 +355,10 @@ class SecurityMiddleware:
                 )
                 return await send({"type": "http.response.body", "body": b""})
             return await self.app(scope, receive, send)
-        if principal is None:
-            observe.AUTH_REFUSED.labels("unauthenticated").inc()
-            return await refuse(401, "unauthenticated", "authentication required")
-        if is_ws and not sec.origin_ok(headers):
-            observe.AUTH_REFUSED.labels("origin").inc()
-            return await refuse(403, "forbidden", "origin not allowed")
-        if rule.org is not None and rule.org != principal.org:
-            observe.AUTH_REFUSED.labels("other_org").inc()
-            return await refuse(404, "not_found", f"organisation {rule.org!r} not found")
-        if principal.role < rule.role:
-            observe.AUTH_REFUSED.labels("role").inc()
-            return await refuse(403, "forbidden", f"this needs the {rule.role.name} role")
-        if (
-            not is_ws
-            and method not in _SAFE
-            and principal.via == "session"
-            and headers.get(CSRF_HEADER) != principal.csrf
-        ):
-            observe.AUTH_REFUSED.labels("csrf").inc()
-            return await refuse(403, "csrf_failed", "missing or wrong X-CSRF-Token header")
+        refusal = sec.refusal(rule, principal, headers, method, is_ws)
+        if refusal is not None:
+            return await refuse(*refusal)
+        assert principal is not None
         if rule.command:
             wait = sec.commands.take(str(principal.user_id), time.monotonic())
             if wait:
@@ -350,7 +404,7 @@ class SecurityMiddleware:
 
         handle = sec.open_live(principal, close)
         if handle is None:
-            return await refuse(429, "too_many_connections", "too many live connections")
+            return await refuse(*TOO_MANY_LIVE)
         is_ws = scope["type"] == "websocket"
         closed = False
         started = finished = False

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -57,10 +58,12 @@ from livedata.gateway.connlimits import (
     default_limit,
     raise_fd_limit,
 )
+from livedata.gateway.wsserver import ServerSocket, SocketSettings
 from livedata.settings import Settings
 
 if TYPE_CHECKING:
     from livedata.gateway.fanout import Outbox
+    from livedata.gateway.wsserver import Endpoint
 
 log = logging.getLogger("livedata.server")
 
@@ -134,6 +137,9 @@ class _Limited:
 
     gate: ClassVar[ConnectionGate]
     limits: ClassVar[Limits]
+    sockets: ClassVar[Endpoint | None] = None
+    """The WebSocket routes the server layer serves itself (:mod:`livedata.gateway.wsserver`)."""
+    socket_settings: ClassVar[SocketSettings]
     full_log: ClassVar[RepeatLog]
     heads: ClassVar[HeadSweep]
 
@@ -274,6 +280,29 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             self.parser = self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
             self.url = b""
 
+    def handle_websocket_upgrade(self) -> None:
+        """An upgrade to a path of :attr:`sockets` is served by a
+        :class:`~livedata.gateway.wsserver.ServerSocket`, the others by uvicorn."""
+        endpoint = self.sockets
+        params = None
+        if endpoint is not None:
+            path = httptools.parse_url(self.url).path.decode("ascii")
+            params = endpoint.match(urllib.parse.unquote(path) if "%" in path else path)
+        if params is None:
+            super().handle_websocket_upgrade()
+            return
+        assert endpoint is not None
+        self.connections.discard(self)
+        head = [self.scope["method"].encode(), b" ", self.url, b" HTTP/1.1\r\n"]
+        for name, value in self.scope["headers"]:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        connections: Any = self.connections  # shutdown() of each when the server stops
+        socket = ServerSocket(endpoint, params, self.socket_settings, connections)
+        socket.connection_made(self.transport)
+        self.transport.set_protocol(socket)
+        socket.data_received(b"".join(head))
+
     def _head_timeout(self) -> None:
         if self._in_head and not self.transport.is_closing():
             if self._head_bytes:
@@ -293,7 +322,8 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
 
 RAW_WEBSOCKET = "livedata.websocket"
 """The ASGI scope extension under which an accepted WebSocket's :class:`LimitedWebSocket`
-is found: an endpoint that writes pre-framed bytes itself (the live WebSocket)."""
+is found: an endpoint that writes pre-framed bytes itself (Socket.IO; the live
+WebSocket is served without the app: :mod:`livedata.gateway.wsserver`)."""
 
 
 class LimitedWebSocket(WebSocketsSansIOProtocol, _Limited):
@@ -502,11 +532,29 @@ def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
-    """The uvicorn configuration of a livedata server: ``app`` behind the limits above."""
+WS_MAX_SIZE = 1024 * 1024
+"""Bytes of one client WebSocket message at most (more: close 1009)."""
+WS_PING_INTERVAL = WS_PING_TIMEOUT = 20.0
+"""Seconds between keep-alive pings, and for the pong (none: close 1011)."""
+
+
+def uvicorn_config(app: Any, settings: Settings, sockets: Endpoint | None = None) -> uvicorn.Config:
+    """The uvicorn configuration of a livedata server: ``app`` behind the limits above;
+    WebSocket upgrades to the routes of ``sockets`` are served without the app
+    (:mod:`livedata.gateway.wsserver`), on the same port."""
     limits = Limits.from_settings(settings)
+    gate = ConnectionGate(limits.max_connections)
+
+    def socket_gone(transport: asyncio.Transport) -> None:
+        gate.closed(transport)
+        CONNECTIONS.set(len(gate))
+
     shared = {
-        "gate": ConnectionGate(limits.max_connections),
+        "sockets": sockets,
+        "socket_settings": SocketSettings(
+            WS_MAX_SIZE, WS_PING_INTERVAL, WS_PING_TIMEOUT, socket_gone
+        ),
+        "gate": gate,
         "limits": limits,
         "full_log": RepeatLog(log, "new connections refused: at the connection limit"),
         "heads": HeadSweep(limits.header_timeout),
@@ -519,10 +567,10 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         ws=ws,
         log_config=None,
         timeout_keep_alive=settings.keep_alive_timeout,
-        ws_max_size=1024 * 1024,
+        ws_max_size=WS_MAX_SIZE,
         ws_per_message_deflate=False,  # ~100-byte messages: compression costs CPU and memory only
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
+        ws_ping_interval=WS_PING_INTERVAL,
+        ws_ping_timeout=WS_PING_TIMEOUT,
         timeout_graceful_shutdown=3,
         backlog=ACCEPT_BATCH,
     )

@@ -5,7 +5,8 @@ The viewer hooks are synchronous one-liners, called where a viewer of a machine
 comes and goes (``Gateway.viewers.joined(org, chassis)`` / ``Gateway.viewers.left(org,
 chassis)``; :meth:`ViewerFollower.watching` around a connection's life):
 
-* the live WebSocket (:func:`livedata.gateway.app.create_app`, around ``serve_live``);
+* the live WebSocket (:class:`~livedata.gateway.live.LiveEndpoint`: from its acceptance
+  to the end of the connection);
 * each machine channel of an SSE watch stream (:meth:`livedata.gateway.watch.WatchService.stream`);
 * each Socket.IO device subscription (``subscribe``, ``unsubscribe`` and disconnect
   in :mod:`livedata.gateway.sio`).

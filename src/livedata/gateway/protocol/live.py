@@ -21,7 +21,6 @@ more than :data:`RATE_MAX` messages in :data:`RATE_WINDOW` seconds is fatal
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -140,13 +139,18 @@ class LiveSession:
     def __init__(self, msg_type: str, known: Iterable[str]) -> None:
         self.msg_type = msg_type
         self.known = frozenset(known)
-        self.recent: deque[float] = deque()
+        self.recent: list[float] = []
+        """Arrival times of the client's messages in the last RATE_WINDOW seconds (a list:
+        at most RATE_MAX + 1 of them, and an idle connection keeps no deque block)."""
 
     def _limited(self, now: float) -> Fatal | None:
         recent = self.recent
         recent.append(now)
-        while recent and now - recent[0] > RATE_WINDOW:
-            recent.popleft()
+        old = 0
+        while now - recent[old] > RATE_WINDOW:
+            old += 1
+        if old:
+            del recent[:old]
         if len(recent) > RATE_MAX:
             return Fatal("rate_limited", f"more than {RATE_MAX} messages in 10 s", 1008)
         return None
