@@ -20,10 +20,8 @@ import socketio
 import websockets
 
 from livedata.bus.base import LiveMessage
-from livedata.bus.memory import MemoryPubSub
-from livedata.gateway.fanout import Fanout
 from livedata.model import live_channel
-from tests.gateway.test_live_server import CHANNEL
+from tests.gateway.test_live_server import CHANNEL, Served
 from tests.gateway.test_live_server import served as served  # a fixture
 from tests.gateway.test_watch import LocalServer, Stream
 
@@ -44,13 +42,13 @@ def publish_only(server: LocalServer, message: LiveMessage) -> None:
 
 
 async def test_websocket_not_recovered_gets_what_went_live_before_it_joined(
-    served: tuple[str, MemoryPubSub, Fanout],
+    served: Served,
 ) -> None:
     """recovered: false is followed by the retained messages, oldest first, then live; none twice."""
-    url, publisher, _fanout = served
+    url, publisher, _fanout, _server = served
     for seq in (1, 2):
         await publisher.publish(CHANNEL, LiveMessage(1_000 * seq, seq, "e1", {"speed": seq}))
-    async with websockets.connect(f"{url}/m1?msgType=vehicle_can") as ws:
+    async with websockets.connect(f"{url}/m1/live?msgType=vehicle_can") as ws:
         since = {"epoch": "gone", "seq": 7}
         await ws.send(
             orjson.dumps({"type": "INIT_FIELD_LIST", "payload": ["speed"], "since": since}).decode()
