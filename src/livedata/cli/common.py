@@ -11,14 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from livedata.errors import ConfigError
 from livedata.gateway.app import create_app
 from livedata.gateway.server import (
     ACCEPT_BATCH,
+    LimitedServer,
     event_loop_factory,
-    quiet_accept_errors,
     uvicorn_config,
 )
 from livedata.gateway.sio import with_socketio
@@ -115,7 +113,7 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     config = uvicorn_config(with_socketio(create_app(rt), rt), settings)
-    server = uvicorn.Server(config)
+    server = LimitedServer(config)
 
     async def run() -> None:
         async def tell() -> None:
@@ -123,7 +121,6 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
             announce(f"http://{host}:{port}")
 
         rt.on_started.append(tell)
-        quiet_accept_errors(asyncio.get_running_loop())
         try:
             await rt.start()
         except BaseException:
