@@ -147,6 +147,20 @@ def test_cap_refuses_a_newcomer_cleanly_when_every_connection_is_busy(event_loop
 
 
 @pytest.mark.parametrize("event_loop", LOOPS)
+def test_clients_closing_together_are_all_closed_and_leave_the_gate(event_loop: str) -> None:
+    """600 idle clients close at once: the server closes every connection (a batch per loop
+    turn), the gate is empty again and /healthz answers."""
+    with serving(event_loop, 1_000) as served:
+        gate = served.server.config.http_protocol_class.gate
+        flood = [socket.create_connection(served.address) for _ in range(600)]
+        _wait(lambda: len(gate) == 600)
+        for sock in flood:
+            sock.close()
+        _wait(lambda: len(gate) == 0)
+        assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("event_loop", LOOPS)
 def test_shutdown_stops_accepting(event_loop: str) -> None:
     """uvicorn's graceful shutdown stops the listener and closes the socket: a connect after
     it is refused."""

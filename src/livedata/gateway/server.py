@@ -49,6 +49,7 @@ import contextlib
 import logging
 import socket
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
@@ -152,10 +153,11 @@ class _Limited:
     limits: ClassVar[Limits]
     full_log: ClassVar[RepeatLog]
     heads: ClassVar[HeadSweep]
+    closing: ClassVar[CloseSweep]
 
 
 SWEEP_BATCH = 256
-"""Connections :class:`HeadSweep` closes per loop turn at most."""
+"""Connections :class:`HeadSweep` and :class:`CloseSweep` close per loop turn at most."""
 
 
 class HeadSweep:
@@ -201,6 +203,37 @@ class HeadSweep:
             self._timer = loop.call_at(max(due, loop.time() + self.interval), self._sweep)
 
 
+class CloseSweep:
+    """Connections whose client has closed its side, closed by the server a batch per turn.
+
+    When thousands of clients close at once, the event loop reads all their
+    end-of-files in one turn; closing each transport there and running each
+    ``connection_lost`` would make that one long turn.  Instead they are closed
+    at most :data:`SWEEP_BATCH` per loop turn, in the order the clients closed,
+    and the rest wait (holding their place in the connection gate) for the next.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[asyncio.BaseTransport] = deque()
+        self._timer: asyncio.Handle | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue.append(transport)
+        if self._timer is None:
+            self._timer = loop.call_soon(self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        queue = self._queue
+        for _ in range(min(SWEEP_BATCH, len(queue))):
+            queue.popleft().close()
+        if queue:
+            self._timer = loop.call_soon(self._sweep, loop)
+
+
 class LimitedHttp(HttpToolsProtocol, _Limited):
     """uvicorn's httptools protocol with the connection gate, head size and head time caps.
 
@@ -243,6 +276,12 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
         if self.transport is not None:
             self.gate.closed(self.transport)
         super().connection_lost(exc)
+
+    def eof_received(self) -> bool:  # type: ignore[override]
+        """The client closed its side: the server closes the connection in its
+        :class:`CloseSweep` (a batch per loop turn), not in this turn."""
+        self.closing.add(self.transport, self.loop)
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -608,6 +647,7 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         "limits": limits,
         "full_log": RepeatLog(log, "new connections refused: at the connection limit"),
         "heads": HeadSweep(limits.header_timeout),
+        "closing": CloseSweep(),
     }
     http = type("LimitedHttp", (LimitedHttp,), shared)
     ws = type("LimitedWebSocket", (LimitedWebSocket,), shared)
