@@ -31,10 +31,12 @@ connects made one turn of 0.2 s).  Each accepted socket becomes a transport
 without a task of its own.  ``accept()`` running out of descriptors pauses
 accepting for :data:`ACCEPT_RETRY` seconds (the pending connections wait in the
 listen queue) and is logged once per 10 s with a count, never once per attempt.
-Closing a connection costs two dictionary removals of ours (gate and head
-deadlines; the ``livedata_connections`` gauge is read from the gate when scraped),
-so when thousands of clients close at once, what remains is the event loop's own
-work per closed socket.
+When thousands of clients close at once, the loop reads all their end-of-files in
+one turn; the server closes those connections at most :data:`SWEEP_BATCH` per
+turn (:class:`CloseSweep`), and its own bookkeeping per closed connection is two
+dictionary removals (gate and head deadlines; the ``livedata_connections`` gauge
+is read from the gate when scraped).  What remains in that one turn is the loop's
+own work per end-of-file.
 
 :func:`event_loop_factory` picks the event loop (setting ``event_loop``): uvloop
 when installed.  Under a flood of idle connections the loop's own work per
