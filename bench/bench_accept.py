@@ -5,7 +5,7 @@ served the way ``livedata serve`` serves it) on a loopback port; a grandchild op
 ``--connections`` idle connections as fast as it can, holds them, then closes them all at
 once.  A ticker in the server's loop measures every gap between two of its turns, in
 CPU time of the loop's thread (so other processes on a busy machine do not count) and in
-wall time.  Printed per phase (connects, closes): the longest and the 99th-percentile gap,
+wall time (the garbage collector tuned as ``livedata serve`` tunes it).  Printed per phase (connects, closes): the longest and the 99th-percentile gap,
 and the server's CPU for the phase.  ``--before DIR`` runs the same first with the server
 layer from another source tree (e.g. a worktree of ``main``'s ``src``).
 
@@ -24,6 +24,7 @@ import asyncio, socket, sys, time
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from livedata.cli.common import tune_gc
 from livedata.gateway import server as layer
 from livedata.settings import Settings
 
@@ -60,6 +61,7 @@ async def main():
     while not server.started:
         await asyncio.sleep(0.01)
     gate = config.http_protocol_class.gate
+    tune_gc()  # as livedata serve does
     gaps = []
     last = [time.thread_time(), time.perf_counter()]
 
@@ -89,6 +91,7 @@ async def main():
         sys.executable, "-c", FLOOD, str(port), str(count),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )
+    await asyncio.sleep(0.05)  # starting the child (a fork) is no turn of the server's
 
     async def opened():
         await flood.stdout.readline()
