@@ -5,7 +5,8 @@ served the way ``livedata serve`` serves it) on a loopback port; a grandchild op
 ``--connections`` idle connections as fast as it can, holds them, then closes them all at
 once.  A ticker in the server's loop measures every gap between two of its turns, in
 CPU time of the loop's thread (so other processes on a busy machine do not count) and in
-wall time (the garbage collector tuned as ``livedata serve`` tunes it).  Printed per phase (connects, closes): the longest and the 99th-percentile gap,
+wall time (the garbage collector tuned as ``livedata serve`` tunes it; its own CPU is
+also shown apart).  Printed per phase (connects, closes): the longest and the 99th-percentile gap,
 and the server's CPU for the phase.  ``--before DIR`` runs the same first with the server
 layer from another source tree (e.g. a worktree of ``main``'s ``src``).
 
@@ -20,7 +21,7 @@ import subprocess
 import sys
 
 SERVER = r"""
-import asyncio, socket, sys, time
+import asyncio, gc, socket, sys, time
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -64,11 +65,21 @@ async def main():
     tune_gc()  # as livedata serve does
     gaps = []
     last = [time.thread_time(), time.perf_counter()]
+    collecting = [0.0, 0.0]  # CPU in collections since the last tick, start of this one
+
+    def collection(phase, info):
+        if phase == "start":
+            collecting[1] = time.thread_time()
+        else:
+            collecting[0] += time.thread_time() - collecting[1]
+
+    gc.callbacks.append(collection)
 
     def tick():
         now = [time.thread_time(), time.perf_counter()]
-        gaps.append((now[0] - last[0], now[1] - last[1]))
+        gaps.append((now[0] - last[0], now[1] - last[1], collecting[0]))
         last[:] = now
+        collecting[0] = 0.0
         loop.call_later(0.001, tick)
 
     tick()
@@ -80,9 +91,11 @@ async def main():
         cpu = time.process_time() - cpu
         cpu_gaps = sorted(g[0] for g in gaps)
         wall_gaps = sorted(g[1] for g in gaps)
+        without_gc = max(g[0] - g[2] for g in gaps)
         p99 = len(gaps) * 99 // 100
         print(
-            f"{name:9} longest turn {cpu_gaps[-1] * 1000:6.1f} ms CPU ({wall_gaps[-1] * 1000:6.1f} ms wall)"
+            f"{name:9} longest turn {cpu_gaps[-1] * 1000:6.1f} ms CPU ({wall_gaps[-1] * 1000:6.1f} ms wall,"
+            f" {without_gc * 1000:6.1f} ms CPU without GC; longest GC {max(g[2] for g in gaps) * 1000:5.1f} ms)"
             f"  p99 {cpu_gaps[p99] * 1000:5.1f} ms CPU  server CPU {cpu:5.2f} s",
             flush=True,
         )
