@@ -15,9 +15,10 @@ turn after a quiet baseline phase of the same run:
 - ``writes``: 20 rows a day ahead and 20 × 500 new fields through /db/write.
 
 Per phase: /healthz p50 and max latency, failed probes, live messages per second
-and the longest gap, the server's peak RSS.  ``--src DIR`` runs the server from
-another source tree (e.g. ``--src /work/main/src`` for the code before), with
-``--only`` to pick attacks.  Run: ``PYTHONPATH=src python3 bench/bench_abuse.py``.
+and the longest gap, the server's peak RSS, the load average.  ``--src DIR`` runs the
+server from another source tree; ``--before DIR`` runs the same phases first with the
+server from ``DIR`` (e.g. a worktree of ``main``'s ``src``), then from this tree, in one
+invocation; ``--only`` picks attacks.  Run: ``PYTHONPATH=src python3 bench/bench_abuse.py``.
 """
 
 from __future__ import annotations
@@ -125,26 +126,26 @@ ATTACKS: dict[str, Callable[[Server], str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--src", help="run the server from this source tree")
-    parser.add_argument("--only", help="comma-separated attacks (default all)")
-    parser.add_argument("--baseline", type=float, default=5.0, help="quiet seconds first")
-    args = parser.parse_args(argv)
-    names = args.only.split(",") if args.only else list(ATTACKS)
-    if args.src:
-        os.environ["PYTHONPATH"] = args.src
+def run(src: str | None, names: list[str], baseline: float) -> None:
+    """Every phase against one demo server, run from ``src`` (``None``: this tree)."""
+    env_path = os.environ.get("PYTHONPATH")
+    if src:
+        os.environ["PYTHONPATH"] = src
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_demo(Path(tmp), "--machines", "2", "--period", "0.1")
+        try:
+            server = start_demo(Path(tmp), "--machines", "2", "--period", "0.1")
+        finally:
+            if env_path is not None:
+                os.environ["PYTHONPATH"] = env_path
         try:
             with abuse.Monitor(server, server.machines[0]) as monitor:
-                print(f"server pid {server.process.pid} from {args.src or 'this tree'}")
+                print(f"server pid {server.process.pid} from {src or 'this tree'}")
                 header = (
                     f"{'phase':10} {'probes':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>8} {'fail':>5} "
-                    f"{'live/s':>7} {'gap s':>6} {'RSS MB':>7}  what happened"
+                    f"{'live/s':>7} {'gap s':>6} {'RSS MB':>7} {'load':>5}  what happened"
                 )
                 print(header)
-                rows = [("baseline", lambda s: (time.sleep(args.baseline), "quiet")[1])]
+                rows = [("baseline", lambda s: (time.sleep(baseline), "quiet")[1])]
                 rows += [(name, ATTACKS[name]) for name in names]
                 for name, attack in rows:
                     since = monitor.mark()
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"{f['health_p99_ms']:7.1f} "
                         f"{f['health_max_ms']:8.1f} {len(monitor.health_failures) - failures:5d} "
                         f"{f['live_per_s']:7.1f} {f['live_max_gap_s']:6.2f} "
-                        f"{monitor.rss_max / 2**20:7.0f}  {what}",
+                        f"{monitor.rss_max / 2**20:7.0f} {os.getloadavg()[0]:5.1f}  {what}",
                         flush=True,
                     )
                 if monitor.live_errors:
@@ -167,6 +168,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server log: {len(log) / 1024:.0f} KB, {log.count(chr(10))} lines")
         finally:
             stop(server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--src", help="run the server from this source tree")
+    parser.add_argument("--before", help="first run every phase with the server from this tree")
+    parser.add_argument("--only", help="comma-separated attacks (default all)")
+    parser.add_argument("--baseline", type=float, default=5.0, help="quiet seconds first")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(ATTACKS)
+    if args.before:
+        run(args.before, names, args.baseline)
+    run(args.src, names, args.baseline)
     return 0
 
 

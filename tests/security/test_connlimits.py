@@ -6,12 +6,19 @@ import asyncio
 import errno
 import logging
 import sys
+from collections.abc import Callable
 
 import pytest
 
 from livedata.errors import ConfigError
-from livedata.gateway.connlimits import ConnectionGate, Deadlines, RepeatLog, default_limit
-from livedata.gateway.server import event_loop_factory, quiet_accept_errors
+from livedata.gateway.connlimits import (
+    ConnectionGate,
+    Deadlines,
+    RepeatLog,
+    accept_batch,
+    default_limit,
+)
+from livedata.gateway.server import event_loop_factory
 
 
 def test_gate_admits_up_to_the_limit_then_evicts_the_oldest_idle() -> None:
@@ -90,26 +97,44 @@ def test_repeat_log_reports_once_per_interval_with_a_count(
     assert "(10000 times" in caplog.records[1].getMessage()
 
 
-def test_accept_failures_are_logged_once_with_a_count(caplog: pytest.LogCaptureFixture) -> None:
-    """10,000 EMFILE reports from the event loop make one log line; other errors pass on."""
-    loop = asyncio.new_event_loop()
-    seen: list[str] = []
-    loop.set_exception_handler(lambda _loop, context: seen.append(context["message"]))
-    try:
-        quiet_accept_errors(loop)
-        with caplog.at_level(logging.WARNING, logger="livedata.server"):
-            for _ in range(10_000):
-                loop.call_exception_handler(
-                    {
-                        "message": "socket.accept() out of system resource",
-                        "exception": OSError(errno.EMFILE, "Too many open files"),
-                    }
-                )
-        loop.call_exception_handler({"message": "something else"})
-    finally:
-        loop.close()
-    assert len([r for r in caplog.records if r.name == "livedata.server"]) == 1
-    assert seen == ["something else"]
+def _queue(*items: object) -> Callable[[], object]:
+    """An ``accept`` that returns or raises ``items`` in turn, then finds the queue empty."""
+    pending = list(items)
+
+    def accept() -> object:
+        if not pending:
+            raise BlockingIOError(errno.EAGAIN, "empty")
+        item = pending.pop(0)
+        if isinstance(item, OSError):
+            raise item
+        return item
+
+    return accept
+
+
+def test_accept_batch_takes_at_most_the_batch_per_call() -> None:
+    """A full queue gives ``limit`` connections per call, the rest on later calls."""
+    accept = _queue(*range(10))
+    assert accept_batch(accept, 4) == ([0, 1, 2, 3], None)
+    assert accept_batch(accept, 4) == ([4, 5, 6, 7], None)
+    assert accept_batch(accept, 4) == ([8, 9], None)
+    assert accept_batch(accept, 4) == ([], None)
+
+
+def test_accept_batch_skips_aborted_connections_within_the_batch() -> None:
+    """A connection the client gave up is skipped but counts against the batch."""
+    aborted = ConnectionAbortedError(errno.ECONNABORTED, "aborted")
+    accept = _queue("a", aborted, aborted, "b", "c")
+    assert accept_batch(accept, 3) == (["a"], None)
+    assert accept_batch(accept, 3) == (["b", "c"], None)
+
+
+def test_accept_batch_stops_at_out_of_descriptors_and_raises_other_errors() -> None:
+    """EMFILE ends the batch and is returned with what was accepted before it; EBADF raises."""
+    emfile = OSError(errno.EMFILE, "Too many open files")
+    assert accept_batch(_queue("a", emfile, "b"), 8) == (["a"], emfile)
+    with pytest.raises(OSError, match="bad"):
+        accept_batch(_queue(OSError(errno.EBADF, "bad")), 8)
 
 
 def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,14 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from livedata.errors import ConfigError
 from livedata.gateway.app import create_app
 from livedata.gateway.server import (
     ACCEPT_BATCH,
+    LimitedServer,
     event_loop_factory,
-    quiet_accept_errors,
     uvicorn_config,
 )
 from livedata.gateway.sio import with_socketio
@@ -116,7 +114,7 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
     port = sock.getsockname()[1]
     app = create_app(rt)
     config = uvicorn_config(with_socketio(app), settings, sockets=app.state.live)
-    server = uvicorn.Server(config)
+    server = LimitedServer(config)
 
     async def run() -> None:
         async def tell() -> None:
@@ -124,7 +122,6 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
             announce(f"http://{host}:{port}")
 
         rt.on_started.append(tell)
-        quiet_accept_errors(asyncio.get_running_loop())
         try:
             await rt.start()
         except BaseException:

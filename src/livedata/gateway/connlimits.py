@@ -1,5 +1,9 @@
 """Connection-level limits, sans I/O: how many connections, and which one gives way.
 
+:func:`accept_batch` takes at most a batch of connections from a listening socket,
+so one loop turn never accepts a whole flood (the server's listener calls it once
+per turn while the socket is readable).
+
 One :class:`ConnectionGate` per server process decides, for every accepted TCP
 connection, whether it may stay.  The server layer (today uvicorn's protocols in
 :mod:`livedata.gateway.server`; a dedicated live WebSocket server can use the same
@@ -30,12 +34,16 @@ of once per event.
 
 from __future__ import annotations
 
+import errno
 import logging
 import resource
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 FD_RESERVE_MIN = 256
 """File descriptors kept free for databases, logs and outgoing connections (at least)."""
@@ -59,6 +67,33 @@ def default_limit(fd_limit: int) -> int:
     :data:`FD_RESERVE_MIN` free (and at least 16 connections)."""
     reserve = max(FD_RESERVE_MIN, fd_limit // 10)
     return max(16, fd_limit - reserve)
+
+
+OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+"""``accept()`` errors that retrying at once cannot fix: the caller pauses accepting."""
+
+
+def accept_batch(accept: Callable[[], T], limit: int) -> tuple[list[T], OSError | None]:
+    """Call ``accept`` at most ``limit`` times: (what it returned, the error that stopped it).
+
+    Stops early when the queue is empty (``BlockingIOError``) or when ``accept``
+    runs out of descriptors or memory (:data:`OUT_OF_RESOURCES`: returned, so the
+    caller can pause instead of retrying in a busy loop); a connection the client
+    gave up while it waited (``ECONNABORTED``) or an interrupted call counts as an
+    attempt and is skipped.  Anything else is raised."""
+    accepted: list[T] = []
+    for _ in range(limit):
+        try:
+            accepted.append(accept())
+        except BlockingIOError:
+            break
+        except (ConnectionAbortedError, InterruptedError):
+            continue
+        except OSError as exc:
+            if exc.errno in OUT_OF_RESOURCES:
+                return accepted, exc
+            raise
+    return accepted, None
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,24 +22,40 @@ uses.  Before any route, security check or database read:
 
 Every refusal is counted in ``livedata_connections_refused_total{reason}``.
 
+:class:`LimitedServer` (uvicorn's server with its own accept loop) reads each
+listening socket with ``loop.add_reader`` and accepts at most :data:`ACCEPT_BATCH`
+connections per loop turn (:class:`Listener`), so a flood of connects is spread
+over many short turns with everyone else's work in between, on uvloop and asyncio
+alike (uvloop's own accept loop runs until the queue is empty: 15,000 fast
+connects made one turn of 0.2 s).  Each accepted socket becomes a transport
+without a task of its own.  ``accept()`` running out of descriptors pauses
+accepting for :data:`ACCEPT_RETRY` seconds (the pending connections wait in the
+listen queue) and is logged once per 10 s with a count, never once per attempt.
+When thousands of clients close at once, the loop reads all their end-of-files in
+one turn; the server closes those connections at most :data:`SWEEP_BATCH` per
+turn (:class:`CloseSweep`), and its own bookkeeping per closed connection is two
+dictionary removals (gate and head deadlines; the ``livedata_connections`` gauge
+is read from the gate when scraped).  What remains in that one turn is the loop's
+own work per end-of-file.
+
 :func:`event_loop_factory` picks the event loop (setting ``event_loop``): uvloop
 when installed.  Under a flood of idle connections the loop's own work per
-connection (accept, register, read end-of-file, close) is what delays everyone
-else; uvloop does it in C, asyncio in Python with a task per accepted connection.
-With uvloop an ``accept()`` that runs out of descriptors is handled inside libuv
-(the pending connections are accepted on a reserved descriptor and closed), so
-it never reaches the log.
+connection (register, read end-of-file, close) is what delays everyone else;
+uvloop does it in C, asyncio in Python.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
+import socket
+import sys
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httptools
@@ -49,12 +65,14 @@ from prometheus_client import Counter, Gauge
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import STARTUP_FAILURE
 
 from livedata.errors import ConfigError
 from livedata.gateway.connlimits import (
     ConnectionGate,
     Deadlines,
     RepeatLog,
+    accept_batch,
     default_limit,
     raise_fd_limit,
 )
@@ -75,11 +93,12 @@ REFUSED = Counter(
 )
 
 ACCEPT_BATCH = 128
-"""The listen backlog, which is also how many connections asyncio accepts per loop turn:
-with 2,048 a flood of 25,000 connections stalled /healthz for 2.4 s, with 128 for 0.7 s
-(``bench/bench_abuse.py --only idle``).  uvloop (libuv) accepts until the queue is
-empty, so a client that connects as fast as the server accepts makes one long turn
-(about 0.2 s for 15,000 connections on loopback)."""
+"""The listen backlog, and how many connections :class:`Listener` accepts per loop turn
+at most: with 2,048 a flood of 25,000 connections stalled /healthz for 2.4 s, with 128
+for 0.7 s (``bench/bench_abuse.py --only idle``)."""
+
+ACCEPT_RETRY = 0.5
+"""Seconds :class:`Listener` stops accepting after ``accept()`` ran out of descriptors."""
 
 Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
@@ -142,10 +161,11 @@ class _Limited:
     socket_settings: ClassVar[SocketSettings]
     full_log: ClassVar[RepeatLog]
     heads: ClassVar[HeadSweep]
+    closing: ClassVar[CloseSweep]
 
 
 SWEEP_BATCH = 256
-"""Connections :class:`HeadSweep` closes per loop turn at most."""
+"""Connections :class:`HeadSweep` and :class:`CloseSweep` close per loop turn at most."""
 
 
 class HeadSweep:
@@ -191,6 +211,37 @@ class HeadSweep:
             self._timer = loop.call_at(max(due, loop.time() + self.interval), self._sweep)
 
 
+class CloseSweep:
+    """Connections whose client has closed its side, closed by the server a batch per turn.
+
+    When thousands of clients close at once, the event loop reads all their
+    end-of-files in one turn; closing each transport there and running each
+    ``connection_lost`` would make that one long turn.  Instead they are closed
+    at most :data:`SWEEP_BATCH` per loop turn, in the order the clients closed,
+    and the rest wait (holding their place in the connection gate) for the next.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[asyncio.BaseTransport] = deque()
+        self._timer: asyncio.Handle | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def add(self, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue.append(transport)
+        if self._timer is None:
+            self._timer = loop.call_soon(self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        queue = self._queue
+        for _ in range(min(SWEEP_BATCH, len(queue))):
+            queue.popleft().close()
+        if queue:
+            self._timer = loop.call_soon(self._sweep, loop)
+
+
 class LimitedHttp(HttpToolsProtocol, _Limited):
     """uvicorn's httptools protocol with the connection gate, head size and head time caps.
 
@@ -223,7 +274,6 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
         if admission.evict is not None:
             REFUSED.labels("idle_evicted").inc()
             admission.evict.close()  # type: ignore[attr-defined]
-        CONNECTIONS.set(len(self.gate))
         super().connection_made(transport)
         self.heads.start(self, self.loop)
 
@@ -233,8 +283,13 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
         self.heads.stop(self)
         if self.transport is not None:
             self.gate.closed(self.transport)
-            CONNECTIONS.set(len(self.gate))
         super().connection_lost(exc)
+
+    def eof_received(self) -> bool:  # type: ignore[override]
+        """The client closed its side: the server closes the connection in its
+        :class:`CloseSweep` (a batch per loop turn), not in this turn."""
+        self.closing.add(self.transport, self.loop)
+        return True
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -403,7 +458,6 @@ class LimitedWebSocket(WebSocketsSansIOProtocol, _Limited):
         if self.outbox is not None:
             self.outbox.close()
         self.gate.closed(self.transport)
-        CONNECTIONS.set(len(self.gate))
         super().connection_lost(exc)
 
 
@@ -496,27 +550,109 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
-_ACCEPT_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+class Listener:
+    """Accepts connections from one listening socket, at most ``batch`` per loop turn.
 
+    The socket is read with ``loop.add_reader``: each turn in which it is readable,
+    :func:`~livedata.gateway.connlimits.accept_batch` takes up to ``batch``
+    connections and the rest wait in the listen queue for the next turn, after the
+    other ready callbacks (a ``/healthz`` request, a live write) have run.  Each
+    accepted socket is handed to a new protocol through
+    ``loop.connect_accepted_socket``, whose coroutine is driven by a callback on its
+    one future instead of a task.  Out of descriptors or memory, accepting pauses
+    for ``retry`` s (logged once per 10 s with a count).  It has the two methods of
+    an asyncio server that uvicorn's shutdown calls: :meth:`close` stops accepting
+    (the socket itself is closed by its owner) and :meth:`wait_closed`.
+    """
 
-def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
-    """Log ``accept()`` running out of descriptors once per 10 s with a count (asyncio
-    would log every attempt: hundreds of thousands of lines a minute)."""
-    repeat = RepeatLog(log, "accept() failed: out of file descriptors or memory")
-    previous = loop.get_exception_handler()
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.Protocol],
+        batch: int = ACCEPT_BATCH,
+        retry: float = ACCEPT_RETRY,
+    ) -> None:
+        self.loop, self.sock, self.protocol_factory = loop, sock, protocol_factory
+        self.batch, self.retry = batch, retry
+        self.accepted = 0
+        self.failures = RepeatLog(log, "accept() failed: out of file descriptors or memory")
+        self._paused: asyncio.TimerHandle | None = None
+        self._reading = False
+        sock.setblocking(False)
+        self._start()
 
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        exc = context.get("exception")
-        if isinstance(exc, OSError) and exc.errno in _ACCEPT_ERRNOS:
+    def _start(self) -> None:
+        self._paused = None
+        self.loop.add_reader(self.sock.fileno(), self._accept)
+        self._reading = True
+
+    def _accept(self) -> None:
+        accepted, error = accept_batch(self.sock.accept, self.batch)
+        self.accepted += len(accepted)
+        for conn, _address in accepted:
+            self._connect(conn)
+        if error is not None:
             REFUSED.labels("accept_failed").inc()
-            repeat.event(str(exc))
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
+            self.failures.event(str(error))
+            self.close()
+            self._paused = self.loop.call_later(self.retry, self._start)
 
-    loop.set_exception_handler(handler)
+    def _connect(self, conn: socket.socket) -> None:
+        coro = self.loop.connect_accepted_socket(self.protocol_factory, conn)
+        try:
+            waiter = coro.send(None)  # made the transport; waits for connection_made
+        except StopIteration:
+            return
+        except OSError:  # the connection is gone already
+            conn.close()
+            return
+        waiter.add_done_callback(partial(_finish, coro))
+
+    def close(self) -> None:
+        """Stop accepting (now, and after a pause)."""
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        if self._reading:
+            self.loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    async def wait_closed(self) -> None:
+        """Nothing to wait for: uvicorn waits for the connections itself."""
+
+
+def _finish(coro: Coroutine[Any, Any, Any], _waiter: asyncio.Future[None]) -> None:
+    """Run ``connect_accepted_socket``'s coroutine to its end once its future is done (a
+    failure there was reported by the loop and closed the transport)."""
+    with contextlib.suppress(Exception, asyncio.CancelledError):  # StopIteration: done
+        coro.send(None)
+
+
+class LimitedServer(uvicorn.Server):
+    """uvicorn's server with :class:`Listener` as its accept loop (see the module doc).
+
+    Serves the sockets passed to :meth:`serve`, or one it binds from the config's host
+    and port; lifespan, graceful shutdown and signals are uvicorn's."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config = self.config
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=loop,
+            )
+
+        listening = sockets if sockets is not None else [config.bind_socket()]
+        self.servers = [Listener(loop, sock, protocol) for sock in listening]  # type: ignore[misc]
+        self.started = True
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -539,25 +675,24 @@ WS_PING_INTERVAL = WS_PING_TIMEOUT = 20.0
 
 
 def uvicorn_config(app: Any, settings: Settings, sockets: Endpoint | None = None) -> uvicorn.Config:
-    """The uvicorn configuration of a livedata server: ``app`` behind the limits above;
+    """The uvicorn configuration of a livedata server: ``app`` behind the limits above
+    (served by :class:`LimitedServer`, which accepts connections a batch per turn);
     WebSocket upgrades to the routes of ``sockets`` are served without the app
     (:mod:`livedata.gateway.wsserver`), on the same port."""
     limits = Limits.from_settings(settings)
     gate = ConnectionGate(limits.max_connections)
-
-    def socket_gone(transport: asyncio.Transport) -> None:
-        gate.closed(transport)
-        CONNECTIONS.set(len(gate))
+    CONNECTIONS.set_function(gate.__len__)
 
     shared = {
         "sockets": sockets,
         "socket_settings": SocketSettings(
-            WS_MAX_SIZE, WS_PING_INTERVAL, WS_PING_TIMEOUT, socket_gone
+            WS_MAX_SIZE, WS_PING_INTERVAL, WS_PING_TIMEOUT, gate.closed
         ),
         "gate": gate,
         "limits": limits,
         "full_log": RepeatLog(log, "new connections refused: at the connection limit"),
         "heads": HeadSweep(limits.header_timeout),
+        "closing": CloseSweep(),
     }
     http = type("LimitedHttp", (LimitedHttp,), shared)
     ws = type("LimitedWebSocket", (LimitedWebSocket,), shared)
