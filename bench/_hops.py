@@ -1,0 +1,170 @@
+"""``livedata`` with timestamps along the live path, for ``bench_live.py``.
+
+    python bench/_hops.py OUT demo --machines 100 …    # any livedata CLI arguments
+
+Runs the livedata CLI (``livedata.cli.main``, from whatever ``livedata`` is on the
+path: the bench points ``PYTHONPATH`` at the tree it measures) after wrapping the
+functions a real-time ``vehicle_can`` record passes on its way to the browser.  At
+each point it notes the record's sample time (``ts``, ms) and how long after it the
+record got there:
+
+==========  =======================================================================
+``sent``    the simulated machine hands its message to the device link
+            (``LocalDeviceLink.send``): the fleet's tick time until then
+``ingest``  ingest takes it from the link (``Ingest.handle_many``)
+``decoded`` decoded, queued for the store and for the log (``Ingest._enqueue``)
+``logged``  the memory log has it (``MemoryLog.append`` returned)
+``publish`` distribute publishes it (``MemoryPubSub.publish_many``)
+``written`` the fan-out wrote it to every watching socket (``Fanout._on_message``
+            returned)
+==========  =======================================================================
+
+The client's receipt is the bench's own last point.  Garbage collections of 1 ms or
+more are noted too (wall time: what a message waiting behind one waits).  At exit
+(the bench stops the server with SIGINT) everything goes to ``OUT`` as JSON:
+``{"hops": {name: [ts, lag, ts, lag, …]}, "gc": [[end, generation, seconds], …]}``.
+A point whose function does not exist in the measured tree is left out (listed under
+``"missing"``), so an older tree is measured with what it has.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import gc
+import importlib
+import sys
+import time
+from array import array
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+HOPS = ("sent", "ingest", "decoded", "logged", "publish", "written")
+CHANNEL_SUFFIX = "/vehicle_can"
+
+
+class Probe:
+    """The notes of one server process."""
+
+    def __init__(self) -> None:
+        self.hops = {hop: array("d") for hop in HOPS}
+        self.gc: list[tuple[float, int, float]] = []
+        self.missing: list[str] = []
+        self._gc_started = 0.0
+
+    def note(self, hop: str, ts: int) -> None:
+        self.hops[hop].extend((ts, time.time() * 1000.0 - ts))
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        now = time.perf_counter()
+        if phase == "start":
+            self._gc_started = now
+        elif now - self._gc_started >= 0.001:
+            self.gc.append((time.time(), info["generation"], now - self._gc_started))
+
+    def dump(self, path: str) -> None:
+        data = {
+            "hops": {hop: list(values) for hop, values in self.hops.items()},
+            "gc": self.gc,
+            "missing": self.missing,
+        }
+        with open(path, "wb") as out:
+            out.write(orjson.dumps(data))
+
+    def wrap(self, where: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+        """Replace ``module:Class.method`` by ``wrapper(method)``; note it when absent."""
+        module_name, _, qualname = where.partition(":")
+        owner_name, _, method_name = qualname.rpartition(".")
+        try:
+            owner = getattr(importlib.import_module(module_name), owner_name)
+            original = getattr(owner, method_name)
+        except (ImportError, AttributeError):
+            self.missing.append(where)
+            return
+        setattr(owner, method_name, functools.wraps(original)(wrapper(original)))
+
+
+def realtime_can(message: Any) -> bool:
+    return message.kind == "realTime" and message.msg_type == "vehicle_can"
+
+
+def install(probe: Probe) -> None:
+    """Wrap the live path's functions (see the module doc)."""
+    note = probe.note
+
+    def on_send(send: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(self: Any, message: Any) -> None:
+            if realtime_can(message):
+                note("sent", message.ts)
+            await send(self, message)
+
+        return wrapped
+
+    def on_handle_many(handle: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(self: Any, deliveries: Any) -> Any:
+            for delivery in deliveries:
+                message = getattr(delivery, "message", None)
+                if message is not None and realtime_can(message):
+                    note("ingest", message.ts)
+            return await handle(self, deliveries)
+
+        return wrapped
+
+    def on_enqueue(enqueue: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(self: Any, items: Any) -> Any:
+            for record, _ack in items:
+                if realtime_can(record):
+                    note("decoded", record.ts)
+            return await enqueue(self, items)
+
+        return wrapped
+
+    def on_append(append: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(self: Any, records: Any) -> None:
+            await append(self, records)
+            for record in records:
+                if realtime_can(record):
+                    note("logged", record.ts)
+
+        return wrapped
+
+    def on_publish(publish: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(self: Any, messages: Any) -> None:
+            for channel, message in messages:
+                if channel.endswith(CHANNEL_SUFFIX) and hasattr(message, "head"):
+                    note("publish", message.head["ts"])
+            await publish(self, messages)
+
+        return wrapped
+
+    def on_message(deliver: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(self: Any, channel: str, data: Any) -> None:
+            deliver(self, channel, data)
+            if channel.endswith(CHANNEL_SUFFIX) and hasattr(data, "head"):
+                note("written", data.head["ts"])
+
+        return wrapped
+
+    probe.wrap("livedata.devices.local:LocalDeviceLink.send", on_send)
+    probe.wrap("livedata.pipeline.ingest:Ingest.handle_many", on_handle_many)
+    probe.wrap("livedata.pipeline.ingest:Ingest._enqueue", on_enqueue)
+    probe.wrap("livedata.bus.memory:MemoryLog.append", on_append)
+    probe.wrap("livedata.bus.memory:MemoryPubSub.publish_many", on_publish)
+    probe.wrap("livedata.gateway.fanout:Fanout._on_message", on_message)
+    gc.callbacks.append(probe.on_gc)
+
+
+def main() -> None:
+    out, argv = sys.argv[1], sys.argv[2:]
+    probe = Probe()
+    install(probe)
+    atexit.register(probe.dump, out)
+    from livedata.cli.main import main as livedata_main
+
+    sys.exit(livedata_main(argv))
+
+
+if __name__ == "__main__":
+    main()
