@@ -20,27 +20,37 @@ record got there:
 ==========  =======================================================================
 
 The client's receipt is the bench's own last point.  Garbage collections of 1 ms or
-more are noted too (wall time: what a message waiting behind one waits).  At exit
-(the bench stops the server with SIGINT) everything goes to ``OUT`` as JSON:
-``{"hops": {name: [ts, lag, ts, lag, …]}, "gc": [[end, generation, seconds], …]}``.
+more are noted too (wall time: what a message waiting behind one waits), and so are
+the event loop's stalls: a watchdog thread hands the loop a callback every 10 ms
+and, while it waits for it to run, samples the loop thread's stack every 10 ms; a
+wait of ``STALL_S`` or more is noted with its most sampled stacks (a stall whose
+stacks are all different is the process waiting for a CPU, not code holding the
+loop).  At exit (the bench stops the server with SIGINT) everything goes to ``OUT``
+as JSON: ``{"hops": {name: [ts, lag, ts, lag, …]}, "gc": [[end, generation,
+seconds], …], "stalls": [[end, seconds, [[stack, samples], …]], …]}``.
 A point whose function does not exist in the measured tree is left out (listed under
 ``"missing"``), so an older tree is measured with what it has.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import gc
 import importlib
 import sys
+import threading
 import time
+import traceback
 from array import array
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+STALL_S = 0.05
 HOPS = ("sent", "ingest", "decoded", "logged", "publish", "written")
 CHANNEL_SUFFIX = "/vehicle_can"
 
@@ -52,6 +62,7 @@ class Probe:
         self.hops = {hop: array("d") for hop in HOPS}
         self.gc: list[tuple[float, int, float]] = []
         self.missing: list[str] = []
+        self.stalls: list[tuple[float, float, list[tuple[str, int]]]] = []
         self._gc_started = 0.0
 
     def note(self, hop: str, ts: int) -> None:
@@ -68,10 +79,41 @@ class Probe:
         data = {
             "hops": {hop: list(values) for hop, values in self.hops.items()},
             "gc": self.gc,
+            "stalls": self.stalls,
             "missing": self.missing,
         }
         with open(path, "wb") as out:
             out.write(orjson.dumps(data))
+
+    def watch(self, loop: Any) -> None:
+        """Start the watchdog thread of ``loop`` (see the module doc)."""
+        loop_thread = threading.get_ident()
+
+        def watchdog() -> None:
+            while not loop.is_closed():
+                ran = threading.Event()
+                started = time.perf_counter()
+                try:
+                    loop.call_soon_threadsafe(ran.set)
+                except RuntimeError:  # the loop closed
+                    return
+                stacks: Counter[str] = Counter()
+                while not ran.wait(0.01):
+                    frame = sys._current_frames().get(loop_thread)
+                    if frame is not None:
+                        inner = traceback.extract_stack(frame)[-4:]
+                        stacks[
+                            " < ".join(
+                                f"{f.name} ({f.filename.rsplit('/', 2)[-1]}:{f.lineno})"
+                                for f in reversed(inner)
+                            )
+                        ] += 1
+                waited = time.perf_counter() - started
+                if waited >= STALL_S:
+                    self.stalls.append((time.time(), waited, stacks.most_common(3)))
+                time.sleep(0.01)
+
+        threading.Thread(target=watchdog, name="hops-watchdog", daemon=True).start()
 
     def wrap(self, where: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
         """Replace ``module:Class.method`` by ``wrapper(method)``; note it when absent."""
@@ -153,6 +195,15 @@ def install(probe: Probe) -> None:
     probe.wrap("livedata.bus.memory:MemoryLog.append", on_append)
     probe.wrap("livedata.bus.memory:MemoryPubSub.publish_many", on_publish)
     probe.wrap("livedata.gateway.fanout:Fanout._on_message", on_message)
+
+    def on_tune_gc(tune_gc: Callable[[], None]) -> Callable[[], None]:
+        def wrapped() -> None:  # called once on the running loop, once the runtime started
+            tune_gc()
+            probe.watch(asyncio.get_running_loop())
+
+        return wrapped
+
+    probe.wrap("livedata.cli.common:tune_gc", on_tune_gc)
     gc.callbacks.append(probe.on_gc)
 
 

@@ -60,6 +60,8 @@ import orjson
 import picows
 import psutil
 
+import _hops
+
 BENCH = Path(__file__).resolve().parent
 ORG = "demo"
 BENCH_TOKEN = "ld_bench_admin_token_loopback_only_000000"
@@ -752,6 +754,26 @@ def gc_pauses(window: Window, hops: dict[str, Any]) -> str:
     return f"{len(pauses)} GC pauses >= 1 ms, longest {max(pauses) * 1000:.0f} ms"
 
 
+def loop_stalls(window: Window, hops: dict[str, Any]) -> list[str]:
+    """The server loop's stalls in ``window`` (see ``_hops.py``): a summary line and the
+    most sampled stacks."""
+    stalls = [s for s in hops.get("stalls", ()) if window.started <= s[0] < window.ended]
+    if not stalls:
+        return [f"no event loop stall >= {_hops.STALL_S * 1000:.0f} ms"]
+    stacks: Counter[str] = Counter()
+    for _end, _seconds, top in stalls:
+        for stack, samples in top:
+            stacks[stack] += samples
+    total = sum(s[1] for s in stalls)
+    lines = [
+        f"{len(stalls)} event loop stalls >= {_hops.STALL_S * 1000:.0f} ms, "
+        f"{total:.1f} s in all ({total / window.seconds:.0%} of the window), "
+        f"longest {max(s[1] for s in stalls) * 1000:.0f} ms; most sampled stacks in them:"
+    ]
+    lines += [f"    {count:4}  {stack}" for stack, count in stacks.most_common(5)]
+    return lines
+
+
 @dataclass
 class Run:
     """One tree measured: its windows and what ``_hops.py`` noted."""
@@ -836,6 +858,7 @@ def report_hops(runs: list[Run]) -> None:
             f"{r.label}: {gc_pauses(r.windows[-1], r.hops)}; load average "
             f"{r.load[0]:.1f} before, {r.load[1]:.1f} after"
         )
+        print("  " + "\n  ".join(loop_stalls(r.windows[-1], r.hops)))
     if len(runs) == 2:
         (_, b50, b99), (_, a50, a99) = (breakdown(r.windows[-1], r.hops)[-1] for r in runs)
         print(f"received after / before: p50 {a50 / b50:.2f}x, p99 {a99 / b99:.2f}x")
