@@ -116,11 +116,14 @@ class Probe:
         threading.Thread(target=watchdog, name="hops-watchdog", daemon=True).start()
 
     def wrap(self, where: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
-        """Replace ``module:Class.method`` by ``wrapper(method)``; note it when absent."""
+        """Replace ``module:Class.method`` (or ``module:function``) by ``wrapper(it)``; note
+        it when absent."""
         module_name, _, qualname = where.partition(":")
         owner_name, _, method_name = qualname.rpartition(".")
         try:
-            owner = getattr(importlib.import_module(module_name), owner_name)
+            owner = importlib.import_module(module_name)
+            if owner_name:
+                owner = getattr(owner, owner_name)
             original = getattr(owner, method_name)
         except (ImportError, AttributeError):
             self.missing.append(where)

@@ -120,7 +120,7 @@ def test_slots_are_at_least_min_slot_apart(decoder: CanDecoder) -> None:
     """A fleet with more machines than slots fit in its period shares slots evenly."""
     fleet = Fleet("acme", default_chassis_ids(100), decoder, Sink(), period=0.1)
     slots = fleet.slots()
-    assert len(slots) == 20 and all(len(machines) == 5 for machines in slots)
+    assert len(slots) == 5 and all(len(machines) == 20 for machines in slots)
     assert sorted(c for machines in slots for c in machines) == default_chassis_ids(100)
 
 

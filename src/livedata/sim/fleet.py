@@ -51,8 +51,11 @@ Send = Callable[[DeviceMessage], Awaitable[None]]
 
 MAX_CATCH_UP_S = 600
 """At most this many seconds between backfill and run() are filled in as backfill."""
-MIN_SLOT_S = 0.005
-"""Real-time slots of one period are at least this far apart (see the module doc)."""
+MIN_SLOT_S = 0.02
+"""Real-time slots of one period are at least this far apart (see the module doc): each
+slot wakes ingest, the log, distribute and the fan-out once, so fewer, fuller slots cost
+less CPU (measured: 100 slots a second took twice the server CPU of one burst), and a
+machine waits for at most a few others of its slot (0.1-0.3 ms each)."""
 
 
 def default_chassis_ids(n: int) -> list[str]:
