@@ -2,10 +2,9 @@
 
 One run, for one fleet rate:
 
-1. start the server as a subprocess on loopback in a temporary data directory
-   (``--rate 1``: ``python -m livedata demo`` as it is; ``--rate 10``:
-   ``bench/_server10hz.py``, the same demo with the fleet period at 0.1 s), wait
-   until the start-up history is ingested, and measure it idle (no clients);
+1. start ``livedata demo --period 1/RATE`` as a subprocess on loopback in a
+   temporary data directory, through ``_hops.py`` (timestamps along the live path),
+   wait until the start-up history is ingested, and measure it idle (no clients);
 2. connect one client per machine, each sending ``INIT_FIELD_LIST`` with 3
    fields, and measure (the baseline);
 3. connect nine more per machine (ten per machine, 1,000 for 100 machines) and
@@ -13,19 +12,25 @@ One run, for one fleet rate:
 4. optionally (``--profile S``) sample the server with ``py-spy record`` for S
    seconds while every client is connected, and print the top frames.
 
-Clients run in a few worker processes (``--client-procs``), each an asyncio
-loop with the ``websockets`` library, so one client loop is not the
-bottleneck.  They offer permessage-deflate, as browsers do.  Latency is receipt
-time minus the record's ``ts`` (the wall-clock time of the fleet tick that
-produced it), so it includes the simulation of the whole fleet for that tick,
-ingest, the store write, distribute, the hub and the socket.
+With ``--before DIR`` the same is first done with the livedata of ``DIR/src`` (a
+worktree of main), so before and after are measured in one invocation.
+
+Clients are lean (picows, a frame is timed as it is parsed) in a few worker processes
+(``--client-procs``), so the clients' own queueing stays small: a browser has a CPU
+of its own, the bench's clients share two with the server.  (The ``websockets``
+library's clients this bench used before added 100-300 ms at 1,000 clients on a busy
+machine.)  Latency is receipt time minus the record's ``ts`` (the wall-clock time at
+which the simulated machine sampled it), so it includes the simulation of that
+machine, ingest, distribute, the fan-out and the socket; the store write is not on
+the live path.  Then, for each tree, the same time is printed at each point of the
+path that ``_hops.py`` notes, with the server's GC pauses of 1 ms or more.
 
 The server, the clients and anything else on the machine share its CPUs; the
-output says how much CPU each of them used in every window.
+output says how much CPU each of them used in every window, and the load average.
 
-Run: ``python bench/bench_live.py --rate 1`` and ``--rate 10 --profile 10``.
-Prints figures only; asserts nothing.  Every process it starts is stopped and
-the temporary directory removed, also on Ctrl-C.
+Run: ``python bench/bench_live.py --rate 1 --before /tmp/main`` and
+``--rate 10 --profile 10``.  Prints figures only; asserts nothing.  Every process it
+starts is stopped and the temporary directory removed, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -52,8 +57,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import picows
 import psutil
-import websockets
+
+import _hops
 
 BENCH = Path(__file__).resolve().parent
 ORG = "demo"
@@ -75,15 +82,58 @@ CONNECT_TIMEOUT_S = 90.0
 # -- client side (runs in worker processes) -------------------------------------------------
 
 
+class LiveClient(picows.WSListener):
+    """One live client: asks its fields, then times each LIVE_DATA as the frame is parsed."""
+
+    def __init__(self, worker: ClientWorker, fields: tuple[str, ...], first: asyncio.Future[None]):
+        self.worker = worker
+        self.fields = fields
+        self.first = first
+        self.last_seq: int | None = None
+
+    def on_ws_connected(self, transport: picows.WSTransport) -> None:
+        payload = orjson.dumps({"type": "INIT_FIELD_LIST", "payload": self.fields})
+        transport.send(picows.WSMsgType.TEXT, payload)
+
+    def on_ws_frame(self, transport: picows.WSTransport, frame: picows.WSFrame) -> None:
+        now_ms = time.time() * 1000.0
+        if frame.msg_type == picows.WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
+            return
+        if frame.msg_type != picows.WSMsgType.TEXT:
+            return
+        message = orjson.loads(frame.get_payload_as_bytes())
+        worker = self.worker
+        if message.get("type") != "LIVE_DATA":
+            worker.other += 1
+            return
+        if not self.first.done():
+            self.first.set_result(None)
+        seq = message["seq"]
+        if worker.measuring:
+            worker.deliveries += 1
+            worker.latencies.append(now_ms - message["ts"])
+            worker.missed += message.get("missed", 0)
+            if self.last_seq is not None and seq > self.last_seq + 1:
+                worker.gaps += seq - self.last_seq - 1
+        self.last_seq = seq
+
+    def on_ws_disconnected(self, transport: picows.WSTransport) -> None:
+        if self.first.done():
+            self.worker.lost_connections += 1
+        else:  # refused or broken before its first LIVE_DATA: not connected
+            self.first.cancel()
+
+
 class ClientWorker:
     """Many live clients on one asyncio loop, driven by commands over a pipe."""
 
-    def __init__(self, conn: Connection, ws_base: str, compression: str | None) -> None:
+    def __init__(self, conn: Connection, ws_base: str) -> None:
         self.conn = conn
         self.ws_base = ws_base
-        self.compression = compression
-        self.tasks: list[asyncio.Task[None]] = []
+        self.transports: list[picows.WSTransport] = []
         self.measuring = False
+        self.lost_connections = 0
         self.reset()
 
     def reset(self) -> None:
@@ -92,7 +142,6 @@ class ClientWorker:
         self.missed = 0
         self.gaps = 0
         self.other = 0
-        self.lost_connections = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,69 +168,43 @@ class ClientWorker:
             else:
                 reply = f"unknown command {command!r}"
             self.conn.send(reply)
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for transport in self.transports:
+            transport.disconnect()
 
     async def connect(self, specs: list[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         ready = [loop.create_future() for _ in specs]
+        errors: list[str] = []
         for (chassis, fields), first in zip(specs, ready, strict=True):
-            self.tasks.append(asyncio.create_task(self.client(chassis, fields, first)))
-        done, pending = await asyncio.wait(ready, timeout=CONNECT_TIMEOUT_S)
-        failed = [str(f.exception()) for f in done if f.exception() is not None]
+            url = (
+                f"{self.ws_base}/api/resources/{ORG}/_common/datasets/{chassis}/live"
+                f"?msgType={MSG_TYPE}"
+            )
+            try:
+                transport, _ = await picows.ws_connect(
+                    lambda *_, fields=fields, first=first: LiveClient(self, fields, first),
+                    url,
+                    extra_headers=AUTH,
+                )
+            except (OSError, picows.WSError) as exc:
+                errors.append(str(exc))
+                first.cancel()
+                continue
+            self.transports.append(transport)
+        done, _ = await asyncio.wait(ready, timeout=CONNECT_TIMEOUT_S)
+        ok = sum(1 for f in done if not f.cancelled())
         return {
-            "ok": len(done) - len(failed),
-            "failed": len(failed) + len(pending),
-            "first_error": failed[0] if failed else None,
+            "ok": ok,
+            "failed": len(specs) - ok,
+            "first_error": errors[0] if errors else None,
             "seconds": time.perf_counter() - started,
         }
 
-    async def client(
-        self, chassis: str, fields: tuple[str, ...], first: asyncio.Future[None]
-    ) -> None:
-        url = (
-            f"{self.ws_base}/api/resources/{ORG}/_common/datasets/{chassis}/live?msgType={MSG_TYPE}"
-        )
-        try:
-            async with websockets.connect(
-                url,
-                additional_headers=AUTH,
-                compression=self.compression,
-                open_timeout=CONNECT_TIMEOUT_S,
-                ping_interval=None,
-            ) as ws:
-                await ws.send(orjson.dumps({"type": "INIT_FIELD_LIST", "payload": fields}).decode())
-                last_seq = None
-                async for raw in ws:
-                    now_ms = time.time() * 1000.0
-                    message = orjson.loads(raw)
-                    if message.get("type") != "LIVE_DATA":
-                        self.other += 1
-                        continue
-                    if not first.done():
-                        first.set_result(None)
-                    seq = message["seq"]
-                    if self.measuring:
-                        self.deliveries += 1
-                        self.latencies.append(now_ms - message["ts"])
-                        self.missed += message.get("missed", 0)
-                        if last_seq is not None and seq > last_seq + 1:
-                            self.gaps += seq - last_seq - 1
-                    last_seq = seq
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not first.done():
-                first.set_exception(exc)
-                return
-        self.lost_connections += 1
 
-
-def worker_main(conn: Connection, ws_base: str, compression: str | None) -> None:
+def worker_main(conn: Connection, ws_base: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us with "quit"
-    asyncio.run(ClientWorker(conn, ws_base, compression).run())
+    asyncio.run(ClientWorker(conn, ws_base).run())
 
 
 class WorkerProcs:
@@ -238,8 +261,8 @@ class WorkerProcs:
 class Clients(WorkerProcs):
     """The live clients' worker processes, seen from the parent."""
 
-    def __init__(self, procs: int, ws_base: str, compression: str | None) -> None:
-        super().__init__(worker_main, [(ws_base, compression)] * procs)
+    def __init__(self, procs: int, ws_base: str) -> None:
+        super().__init__(worker_main, [(ws_base,)] * procs)
         self.count = 0
 
     def connect(self, specs: list[tuple[str, tuple[str, ...]]]) -> dict[str, Any]:
@@ -346,8 +369,8 @@ class ServerProcess:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(15)
+            try:  # a clean stop writes _hops.py's notes; on a busy machine it takes long
+                self.proc.wait(60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
@@ -355,23 +378,45 @@ class ServerProcess:
 
 
 class Server(ServerProcess):
-    """The demo server as a subprocess, with its output in ``tmp``."""
+    """``livedata demo`` of the tree ``src`` as a subprocess (through ``_hops.py``, which
+    notes the time of each hop to ``tmp/hops.json`` at exit), its output in ``tmp``."""
 
-    def __init__(self, rate: float, machines: int, tmp: Path, loop: str) -> None:
+    def __init__(self, rate: float, machines: int, tmp: Path, loop: str, src: Path) -> None:
         data = tmp / "data"
-        common = ["--port", "0", "--data-dir", str(data), "--machines", str(machines)]
-        if rate == 1 and loop == "asyncio":
-            cmd = [sys.executable, "-m", "livedata", "demo", *common, "--log-level", "warning"]
-        else:
-            script = BENCH / "_server10hz.py"
-            cmd = [sys.executable, str(script), *common, "--period", str(1 / rate), "--loop", loop]
+        self.hops_path = tmp / "hops.json"
+        cmd = [
+            sys.executable,
+            str(BENCH / "_hops.py"),
+            str(self.hops_path),
+            "demo",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data),
+            "--machines",
+            str(machines),
+            "--period",
+            str(1 / rate),
+            "--log-level",
+            "warning",
+        ]
         env = {
             **os.environ,
+            "PYTHONPATH": str(src),
+            "LIVEDATA_EVENT_LOOP": loop,
             "LIVEDATA_ADMIN_TOKEN": BENCH_TOKEN,
             # every client uses the one admin token: lift the per-user cap of live connections
             "LIVEDATA_LIVE_PER_USER": str(20 * machines + 100),
         }
         super().__init__(cmd, tmp, env=env, headers=AUTH)
+
+    def hops(self) -> dict[str, Any]:
+        """What ``_hops.py`` noted (after :meth:`stop`; empty when it wrote nothing)."""
+        try:
+            data: dict[str, Any] = orjson.loads(self.hops_path.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+        return data
 
     def counters(self) -> dict[str, float]:
         """Counters of the server's /metrics (labelled series summed)."""
@@ -408,6 +453,8 @@ class Window:
     missed: int = 0
     gaps: int = 0
     lost: int = 0
+    started: float = 0.0  # wall clock (time.time()), to pick this window's hop notes
+    ended: float = 0.0
 
     @property
     def others_cpu(self) -> float:
@@ -425,6 +472,7 @@ def measure(label: str, server: Server, clients: Clients | None, seconds: float)
         clients.start()
     cpu0, sys0, io0 = server.cpu_seconds(), system_busy_seconds(), server.io_write_bytes()
     ccpu0 = clients.cpu_seconds() if clients else 0.0
+    started = time.time()
     t0 = time.perf_counter()
     rss_max = 0
     while (elapsed := time.perf_counter() - t0) < seconds:
@@ -441,6 +489,8 @@ def measure(label: str, server: Server, clients: Clients | None, seconds: float)
         clients_cpu=(clients.cpu_seconds() - ccpu0) if clients else 0.0,
         system_busy=system_busy_seconds() - sys0,
         server_written=server.io_write_bytes() - io0,
+        started=started,
+        ended=time.time(),
     )
     after = server.counters()
     delta = {k: after[k] - before[k] for k in after}
@@ -683,20 +733,65 @@ def temp_dir(prefix: str = "livedata-bench-live-") -> Iterator[Path]:
         yield Path(tmp)
 
 
-def run(args: argparse.Namespace) -> None:
+def breakdown(window: Window, hops: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(point, p50, p99) of the time since the sample at each point of the live path, for
+    the real-time records sampled in ``window``, then the clients' receipt."""
+    t0, t1 = window.started * 1000, window.ended * 1000
+    rows = []
+    for hop, flat in hops.get("hops", {}).items():
+        lags = sorted(lag for ts, lag in zip(flat[::2], flat[1::2], strict=True) if t0 <= ts < t1)
+        if lags:
+            rows.append((hop, percentile(lags, 0.5), percentile(lags, 0.99)))
+    received = sorted(window.latencies or ())
+    rows.append(("received", percentile(received, 0.5), percentile(received, 0.99)))
+    return rows
+
+
+def gc_pauses(window: Window, hops: dict[str, Any]) -> str:
+    pauses = [s for end, _gen, s in hops.get("gc", ()) if window.started <= end < window.ended]
+    if not pauses:
+        return "no GC pause >= 1 ms"
+    return f"{len(pauses)} GC pauses >= 1 ms, longest {max(pauses) * 1000:.0f} ms"
+
+
+def loop_stalls(window: Window, hops: dict[str, Any]) -> list[str]:
+    """The server loop's stalls in ``window`` (see ``_hops.py``): a summary line and the
+    most sampled stacks."""
+    stalls = [s for s in hops.get("stalls", ()) if window.started <= s[0] < window.ended]
+    if not stalls:
+        return [f"no event loop stall >= {_hops.STALL_S * 1000:.0f} ms"]
+    stacks: Counter[str] = Counter()
+    for _end, _seconds, top in stalls:
+        for stack, samples in top:
+            stacks[stack] += samples
+    total = sum(s[1] for s in stalls)
+    lines = [
+        f"{len(stalls)} event loop stalls >= {_hops.STALL_S * 1000:.0f} ms, "
+        f"{total:.1f} s in all ({total / window.seconds:.0%} of the window), "
+        f"longest {max(s[1] for s in stalls) * 1000:.0f} ms; most sampled stacks in them:"
+    ]
+    lines += [f"    {count:4}  {stack}" for stack, count in stacks.most_common(5)]
+    return lines
+
+
+@dataclass
+class Run:
+    """One tree measured: its windows and what ``_hops.py`` noted."""
+
+    label: str
+    windows: list[Window]
+    hops: dict[str, Any]
+    load: tuple[float, float]  # 1-minute load average before and after
+
+
+def run_tree(args: argparse.Namespace, label: str, src: Path) -> Run:
+    """Start ``livedata demo`` of ``src``, measure idle, 1 and N clients per machine."""
     rate, machines = args.rate, args.machines
-    compression = None if args.compression == "none" else "deflate"
-    print(
-        f"bench_live: {machines} machines at {rate:g} Hz, clients 1 then {args.per_machine} "
-        f"per machine, {args.distinct_lists} distinct 3-field list(s) per machine, "
-        f"compression={args.compression}, server loop {args.server_loop}, "
-        f"{args.client_procs} client processes, "
-        f"{psutil.cpu_count()} CPUs shared by server and clients; load average before "
-        f"{os.getloadavg()[0]:.1f}"
-    )
+    load_before = os.getloadavg()[0]
+    print(f"-- {label}: {src} (load average {load_before:.1f})")
     with temp_dir() as tmp:
         t0 = time.monotonic()
-        server = Server(rate, machines, tmp, args.server_loop)
+        server = Server(rate, machines, tmp, args.server_loop, src)
         clients: Clients | None = None
         try:
             settled = server.wait_settled()
@@ -706,8 +801,8 @@ def run(args: argparse.Namespace) -> None:
             )
             time.sleep(3)
             windows = [measure("idle", server, None, args.idle)]
-            clients = Clients(args.client_procs, server.ws_base, compression)
-            for label, span in (
+            clients = Clients(args.client_procs, server.ws_base)
+            for window_label, span in (
                 ("1/machine", range(1)),
                 (f"{args.per_machine}/machine", range(1, args.per_machine)),
             ):
@@ -719,7 +814,7 @@ def run(args: argparse.Namespace) -> None:
                 )
                 time.sleep(2)
                 seconds = args.window if span.stop > 1 else args.window / 2
-                windows.append(measure(label, server, clients, seconds))
+                windows.append(measure(window_label, server, clients, seconds))
             print()
             report(windows, rate, machines)
             if args.profile:
@@ -733,6 +828,58 @@ def run(args: argparse.Namespace) -> None:
             if clients is not None:
                 clients.close()
             server.stop()
+        hops = server.hops()
+    if hops.get("missing"):
+        print(f"points not in this tree: {', '.join(hops['missing'])}")
+    print(f"-- {label} done in {time.monotonic() - t0:.0f} s\n")
+    return Run(label, windows, hops, (load_before, os.getloadavg()[0]))
+
+
+def report_hops(runs: list[Run]) -> None:
+    """Per run, the time since the sample at each point, with every client connected."""
+    print(
+        "Live path with every client connected: time since the sample (ms), "
+        "p50 / p99, at each point"
+    )
+    tables = [
+        dict((hop, (p50, p99)) for hop, p50, p99 in breakdown(r.windows[-1], r.hops)) for r in runs
+    ]
+    points = list(dict.fromkeys(hop for table in tables for hop in table))
+    cw = 17
+    print(f"{'':10}" + "".join(f"{r.label:>{cw}}" for r in runs))
+    for hop in points:
+        cells = []
+        for table in tables:
+            p50, p99 = table.get(hop, (float("nan"), float("nan")))
+            cells.append(f"{p50:7.1f} / {p99:6.1f}")
+        print(f"{hop:10}" + "".join(f"{c:>{cw}}" for c in cells))
+    for r in runs:
+        print(
+            f"{r.label}: {gc_pauses(r.windows[-1], r.hops)}; load average "
+            f"{r.load[0]:.1f} before, {r.load[1]:.1f} after"
+        )
+        print("  " + "\n  ".join(loop_stalls(r.windows[-1], r.hops)))
+    if len(runs) == 2:
+        (_, b50, b99), (_, a50, a99) = (breakdown(r.windows[-1], r.hops)[-1] for r in runs)
+        print(f"received after / before: p50 {a50 / b50:.2f}x, p99 {a99 / b99:.2f}x")
+
+
+def run(args: argparse.Namespace) -> None:
+    rate, machines = args.rate, args.machines
+    print(
+        f"bench_live: {machines} machines at {rate:g} Hz, clients 1 then {args.per_machine} "
+        f"per machine, {args.distinct_lists} distinct 3-field list(s) per machine, "
+        f"server loop {args.server_loop}, "
+        f"{args.client_procs} client processes, "
+        f"{psutil.cpu_count()} CPUs shared by server and clients; load average before "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    t0 = time.monotonic()
+    trees = [("after", BENCH.parent / "src")]
+    if args.before:
+        trees.insert(0, ("before", args.before.resolve() / "src"))
+    runs = [run_tree(args, label, src) for label, src in trees]
+    report_hops(runs)
     print(f"load average after {os.getloadavg()[0]:.1f}; total {time.monotonic() - t0:.0f} s")
 
 
@@ -753,11 +900,16 @@ def main() -> None:
     parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument(
         "--server-loop",
-        choices=("asyncio", "uvloop"),
-        default="asyncio",
-        help="uvloop runs bench/_server10hz.py on uvloop (an experiment; the demo uses asyncio)",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the server's event_loop setting (auto, the default: uvloop when installed)",
     )
-    parser.add_argument("--compression", choices=("deflate", "none"), default="deflate")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="first measure the livedata of DIR/src (e.g. a worktree of main) the same way",
+    )
     parser.add_argument("--idle", type=float, default=5.0, help="seconds measured without clients")
     parser.add_argument(
         "--window",

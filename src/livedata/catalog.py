@@ -2,7 +2,12 @@
 
 Read from the metadata database and cached (``ttl`` seconds, default 10), so
 ingest does not query the database per message; the API invalidates the cache
-on every change it makes, other processes see changes within ``ttl``.  Parsed
+on every change it makes, other processes see changes within ``ttl`` (plus the
+time of one reload).  An organisation whose cache is older than ``ttl`` is
+reloaded in the background while callers keep getting the cached machines, so
+ingest never waits for the database except for an organisation's first load (or
+the first after an invalidation); a reload that fails is logged and retried after
+``ttl``, the cached machines serving meanwhile.  Parsed
 DBC files are cached by id (uploaded files never change, a new upload is a new id),
 at most :data:`MAX_DECODERS`; a file is parsed in a worker thread (a 10,000-signal
 file takes seconds) and callers asking for it meanwhile share that one parse.
@@ -11,6 +16,7 @@ file takes seconds) and callers asking for it meanwhile share that one parse.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,13 +24,15 @@ from typing import Any
 
 from livedata.decode.can import CanDecoder
 from livedata.decode.dm1 import SUMMARY_FIELDS
-from livedata.errors import NotFound
+from livedata.errors import BackendError, NotFound
 from livedata.metadata import Metadata
 from livedata.metadata.tables import DbcFile
 from livedata.model import MsgType
 from livedata.pipeline.limits import check_field_count
 
 MAX_DECODERS = 256
+
+log = logging.getLogger("livedata.catalog")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +57,9 @@ class Catalog:
     """Cached view of each organisation's machines and decoders.
 
     An organisation is loaded whole (three queries) and kept for ``ttl`` seconds;
-    one refresh runs at a time per organisation and the others wait for it, so a
-    fleet of any size costs one load per ``ttl``, not one per machine.
+    one load runs at a time per organisation (callers of a first load wait for it,
+    a stale organisation is reloaded in the background), so a fleet of any size
+    costs one load per ``ttl``, not one per machine.
     """
 
     def __init__(self, meta: Metadata, ttl: float = 10.0, max_fields: int = 1_000) -> None:
@@ -62,21 +71,31 @@ class Catalog:
         self._decoders: OrderedDict[int, CanDecoder] = OrderedDict()
         self._parsing: dict[int, asyncio.Future[CanDecoder]] = {}
         self._fields: dict[str, dict[tuple[str, str], set[str]]] = {}
+        self._reloads: dict[str, asyncio.Task[None]] = {}
+        self._generation = 0
+        """Bumped by :meth:`invalidate`: a reload begun before it does not store its result."""
 
     def invalidate(self) -> None:
+        self._generation += 1
         self._orgs.clear()
         self._fields.clear()  # a deleted machine's names are gone from the database
 
     async def machine(self, tenant: str, chassis: str) -> MachineInfo | None:
         """The machine, or ``None`` when the organisation has no such machine."""
         cached = self._orgs.get(tenant)
-        if cached is None or time.monotonic() - cached[0] >= self.ttl:
+        if cached is None:
             lock = self._locks.setdefault(tenant, asyncio.Lock())
             async with lock:
                 cached = self._orgs.get(tenant)
-                if cached is None or time.monotonic() - cached[0] >= self.ttl:
+                if cached is None:
                     cached = (time.monotonic(), await self._load(tenant))
                     self._orgs[tenant] = cached
+        elif time.monotonic() - cached[0] >= self.ttl and tenant not in self._reloads:
+            task = asyncio.create_task(
+                self._reload(tenant, self._generation), name=f"catalog-reload-{tenant}"
+            )
+            self._reloads[tenant] = task
+            task.add_done_callback(lambda _t: self._reloads.pop(tenant, None))
         return cached[1].get(chassis)
 
     async def require_machine(self, tenant: str, chassis: str) -> MachineInfo:
@@ -100,6 +119,21 @@ class Catalog:
             "disabled": info.disabled,
             "msgTypes": {t.value: {"fields": await self.fields(info, t.value)} for t in MsgType},
         }
+    async def _reload(self, tenant: str, generation: int) -> None:
+        """Reload a stale organisation in the background (see the module doc); the result is
+        dropped when :meth:`invalidate` was called since ``generation``."""
+        try:
+            machines = await self._load(tenant)
+        except BackendError as exc:  # the database is away: serve what is cached, retry later
+            log.warning(
+                "reloading the machines of %r failed, retrying in %g s: %s", tenant, self.ttl, exc
+            )
+            cached = self._orgs.get(tenant)
+            if cached is not None and generation == self._generation:
+                self._orgs[tenant] = (time.monotonic(), cached[1])
+            return
+        if generation == self._generation:
+            self._orgs[tenant] = (time.monotonic(), machines)
 
     async def _load(self, tenant: str) -> dict[str, MachineInfo]:
         machines: dict[str, MachineInfo] = {}

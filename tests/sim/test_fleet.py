@@ -92,26 +92,36 @@ async def run_for(fleet: Fleet, seconds: float) -> None:
 
 
 async def test_run_sends_realtime_per_period(decoder: CanDecoder) -> None:
-    """run() sends one message per type and machine each period, on period boundaries."""
+    """run() sends one message per type and machine each period, each machine in its own
+    slot of the period (the two machines 25 ms apart), on the same slot every period."""
     sink = Sink()
     ids = default_chassis_ids(2)
     fleet = Fleet("acme", ids, decoder, sink, period=0.05)
+    assert fleet.slots() == [["WL-0001"], ["WL-0002"]]
     await run_for(fleet, 0.6)
-    for chassis in ids:
+    for offset, chassis in zip((0, 25), ids, strict=True):
         for msg_type in MsgType:
             messages = sink.by(chassis, msg_type)
             assert 6 <= len(messages) <= 13, len(messages)
             assert all(m.kind is Kind.REALTIME for m in messages)
             stamps = [m.ts for m in messages]
-            assert all(ts % 50 == 0 for ts in stamps)
+            assert all(ts % 50 == offset for ts in stamps)
             gaps = [b - a for a, b in pairwise(stamps)]
             assert all(g > 0 and g % 50 == 0 for g in gaps)
-            assert gaps.count(50) >= len(gaps) - 1  # at most one late tick skipped
-    # per tick: both messages of every machine carry the same timestamp
-    per_ts: dict[int, int] = defaultdict(int)
+            assert gaps.count(50) >= len(gaps) - 1  # at most one late slot skipped
+    # per stamp: the two messages (both types) of one machine
+    per_ts: dict[int, list[str]] = defaultdict(list)
     for m in sink.messages:
-        per_ts[m.ts] += 1
-    assert set(per_ts.values()) == {4}
+        per_ts[m.ts].append(m.chassis)
+    assert all(len(machines) == 2 and len(set(machines)) == 1 for machines in per_ts.values())
+
+
+def test_slots_are_at_least_min_slot_apart(decoder: CanDecoder) -> None:
+    """A fleet with more machines than slots fit in its period shares slots evenly."""
+    fleet = Fleet("acme", default_chassis_ids(100), decoder, Sink(), period=0.1)
+    slots = fleet.slots()
+    assert len(slots) == 5 and all(len(machines) == 20 for machines in slots)
+    assert sorted(c for machines in slots for c in machines) == default_chassis_ids(100)
 
 
 async def test_realtime_off_silences_a_machine(decoder: CanDecoder) -> None:
