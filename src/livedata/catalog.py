@@ -119,6 +119,7 @@ class Catalog:
             "disabled": info.disabled,
             "msgTypes": {t.value: {"fields": await self.fields(info, t.value)} for t in MsgType},
         }
+
     async def _reload(self, tenant: str, generation: int) -> None:
         """Reload a stale organisation in the background (see the module doc); the result is
         dropped when :meth:`invalidate` was called since ``generation``."""
