@@ -231,11 +231,15 @@ class Metrics:
         )
 
 
+SCRAPE_TIMEOUT_S = 60.0
+"""A role far behind (its loop busy with a backlog) may take this long to answer /metrics."""
+
+
 def scrape(url: str) -> Metrics:
     import urllib.request
 
     request = urllib.request.Request(url + "/metrics", headers=bench_live.AUTH)
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=SCRAPE_TIMEOUT_S) as response:
         text = response.read().decode()
     out = Metrics()
     for line in text.splitlines():
