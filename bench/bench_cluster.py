@@ -60,6 +60,11 @@ figure with the CPU table beside it; CPU per record is the steadier figure.
     python bench/bench_cluster.py --machines 500     # a fleet this machine keeps up with
     python bench/bench_cluster.py --no-baseline --no-second-ingest --window 30 --logs DIR
     python bench/bench_cluster.py --fleets 1000,2000 --window 30 --budget 420
+    python bench/bench_cluster.py --before /tmp/base --no-baseline --no-second-ingest --budget 480
+
+``--before TREE`` runs the distributed shape twice, first with the roles running
+``TREE/src`` (a ``git worktree add /tmp/base main``), then this checkout's, and prints
+the two side by side with the ratio of each role's CPU per record.
 
 It runs the code of this checkout (``src/`` first on the path, whatever ``pip
 install -e`` points at) and prints the commit.  Needs the engines the tests need
@@ -337,6 +342,8 @@ class Window:
     stored: dict[str, float] = field(default_factory=dict)
     end: dict[str, Metrics] = field(default_factory=dict)
     broker: dict[str, float] = field(default_factory=dict)
+    load: float = float("nan")
+    """The 1-minute load average at the end of the window."""
 
     def total(self, name: str) -> float:
         return sum(m.get(name) for m in self.metrics.values())
@@ -399,6 +406,7 @@ def measure(
         system / wall * 100,
         {name: after[name] - before[name] for name in scrapers},
         end=after,
+        load=os.getloadavg()[0],
     )
     if clients is not None:
         stats = clients.stop()
@@ -629,7 +637,27 @@ def flow_table(windows: list[Window]) -> None:
         lambda w: w.cpu_per("gateway", w.total("livedata_deliveries_total")),
     )
     row("all CPU on the machine", lambda w: f"{w.system_pct:.0f} % of 200 %")
+    row("load average (1 min) at the end", lambda w: f"{w.load:.1f}")
     print_table([w.label for w in windows], rows)
+
+
+def per_record(w: Window, prefix: str) -> float:
+    """CPU µs per record ingested of the processes named ``prefix…``."""
+    cpu = sum(u.cpu_pct for n, u in w.usage.items() if n.startswith(prefix))
+    return cpu / 100 * w.seconds / max(1.0, w.total("livedata_records_in_total")) * 1e6
+
+
+def ratios(windows: list[Window]) -> None:
+    """After/before of each role's CPU per record (``--before``): the steadier figure."""
+    by_label = {w.label: w for w in windows}
+    before, after = by_label.get("before"), by_label.get("after")
+    if before is None or after is None:
+        return
+    cells = []
+    for role in ("ingest", "distribute", "gateway", "clickhouse"):
+        b, a = per_record(before, role), per_record(after, role)
+        cells.append(f"{role} {b:,.0f} → {a:,.0f} µs" + (f" ({a / b:.2f}×)" if b else ""))
+    print("CPU per record, before → after: " + "; ".join(cells))
 
 
 def usage_table(windows: list[Window]) -> None:
@@ -943,8 +971,9 @@ class Cluster:
         }
 
 
-def distributed(args: argparse.Namespace, tmp: Path) -> None:
-    print(f"[{elapsed()}] distributed shape: engines", flush=True)
+def distributed(args: argparse.Namespace, tmp: Path, label: str, runs_after: int) -> None:
+    """One cluster of the code on ``PYTHONPATH``; its windows are labelled ``label``."""
+    print(f"[{elapsed()}] distributed shape ({label}): engines", flush=True)
     with cleanup_on_exit() as stack:
         cluster = Cluster(tmp, stack)
         _, RESULTS["sim_connect_s"] = cluster.start()
@@ -954,23 +983,26 @@ def distributed(args: argparse.Namespace, tmp: Path) -> None:
         time.sleep(2)
 
         later = RESERVE_S + args.profile + (BASELINE_NEED_S + args.baseline_window) * args.baseline
+        later += runs_after * (RUN_NEED_S + args.window + args.profile)
         seconds = max(10.0, min(args.window, remaining() - later))
         print(f"[{elapsed()}] measuring {seconds:.0f} s", flush=True)
-        window = window_with_checks(cluster, "1 ingest", seconds, clients)
+        window = window_with_checks(cluster, label, seconds, clients)
         RESULTS["windows"].append(window)
-        profile(args, cluster, window, tmp)
+        profile(args, cluster, window, tmp, label)
         if args.second_ingest and remaining() > args.second_window + 15 + later - args.profile:
             print(f"[{elapsed()}] a second ingest process joins the share group", flush=True)
             cluster.role("ingest-2", "ingest").wait_ready()
             time.sleep(5)
-            window = window_with_checks(cluster, "2 ingest", args.second_window, clients)
+            window = window_with_checks(cluster, f"{label}, 2 ingest", args.second_window, clients)
             RESULTS["windows"].append(window)
         elif args.second_ingest:
             print(f"[{elapsed()}] no time left in the budget for the 2-ingest window")
         print(f"[{elapsed()}] stopping the cluster", flush=True)
 
 
-def profile(args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Path) -> None:
+def profile(
+    args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Path, label: str
+) -> None:
     """py-spy the three busiest of our Python processes at once, for ``args.profile`` seconds."""
     if not args.profile:
         return
@@ -991,7 +1023,7 @@ def profile(args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Pat
     running = []
     try:
         for _, name in busy:
-            out = tmp / f"profile-{name}.txt"
+            out = tmp / f"profile-{label}-{name}.txt"
             proc = start_profile(pids[name], args.profile, out)
             if proc is not None:
                 running.append((name, proc, out))
@@ -1002,8 +1034,9 @@ def profile(args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Pat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    RESULTS["profiles"] = [
-        "\n".join(summarise_profile(name, out, args.profile)) for name, _, out in running
+    RESULTS["profiles"] += [
+        "\n".join(summarise_profile(f"{label}: {name}", out, args.profile))
+        for name, _, out in running
     ]
 
 
@@ -1155,11 +1188,6 @@ def sweep_table(points: list[SweepPoint]) -> None:
 
     records = "livedata_records_in_total"
 
-    def per_record(p: SweepPoint, prefix: str) -> float:
-        w = p.window
-        cpu = sum(u.cpu_pct for n, u in w.usage.items() if n.startswith(prefix))
-        return cpu / 100 * w.seconds / max(1.0, w.total(records)) * 1e6
-
     def lat(p: SweepPoint, q: float) -> str:
         return pct(sorted(p.window.latencies), q)
 
@@ -1190,10 +1218,10 @@ def sweep_table(points: list[SweepPoint]) -> None:
         ),
     )
     for role in ("ingest", "distribute", "gateway"):
-        row(f"CPU µs/record: {role}", lambda p, r=role: num(per_record(p, r)))
+        row(f"CPU µs/record: {role}", lambda p, r=role: num(per_record(p.window, r)))
     row(
         "CPU µs/record: the 3 roles",
-        lambda p: num(sum(per_record(p, r) for r in ("ingest", "distribute", "gateway"))),
+        lambda p: num(sum(per_record(p.window, r) for r in ("ingest", "distribute", "gateway"))),
     )
     row(
         "CPU µs/message sent: simulate",
@@ -1207,6 +1235,7 @@ def sweep_table(points: list[SweepPoint]) -> None:
             ),
         )
     row("all CPU on the machine", lambda p: f"{p.window.system_pct:.0f} % of 200 %")
+    row("load average (1 min) at the end", lambda p: f"{p.window.load:.1f}")
     row(
         "… of which other work (not this run)",
         lambda p: (
@@ -1221,7 +1250,9 @@ def sweep_table(points: list[SweepPoint]) -> None:
 
 T0 = time.monotonic()
 BUDGET = [240.0]
-RESULTS: dict[str, Any] = {"windows": [], "sweep": []}
+RESULTS: dict[str, Any] = {"windows": [], "sweep": [], "profiles": []}
+RUN_NEED_S = 90.0
+"""Seconds a cluster run takes besides its window and profile (engines, roles, warm-up)."""
 
 
 class OutOfTime(Exception):
@@ -1286,10 +1317,11 @@ def code_version() -> str:
 
 def keep_logs(tmp: Path, logs: Path) -> None:
     logs.mkdir(parents=True, exist_ok=True)
-    found = [*tmp.glob("*.log"), *tmp.glob("profile-*.txt"), *tmp.glob("*/*.log")]
+    found = [*tmp.glob("*.log"), *tmp.glob("*/*.log"), *tmp.glob("*/profile-*.txt")]
     for path in [*found, *tmp.glob("*/*.out")]:
+        name = path.name if path.parent == tmp else f"{path.parent.name}-{path.name}"
         with contextlib.suppress(OSError):
-            shutil.copy(path, logs / path.name)
+            shutil.copy(path, logs / name)
 
 
 def main() -> None:
@@ -1311,6 +1343,13 @@ def main() -> None:
         "--budget", type=float, default=240.0, help="seconds in all, cleanup included (240)"
     )
     parser.add_argument("--logs", type=Path, help="copy every process's log here at the end")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="TREE",
+        help="first a cluster running TREE's src/ (e.g. a `git worktree add` of main), then this "
+        "checkout's; both printed side by side with the ratios of CPU per record",
+    )
     parser.add_argument(
         "--machines", type=int, default=MACHINES, help=f"simulated machines ({MACHINES})"
     )
@@ -1336,8 +1375,12 @@ def main() -> None:
     fleets = [int(n) for n in args.fleets.split(",")] if args.fleets else []
     MACHINES = args.machines
     BUDGET[0] = args.budget
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    src = Path(__file__).resolve().parent.parent / "src"
+    trees = (
+        [("before", args.before / "src"), ("after", src)] if args.before else [("1 ingest", src)]
+    )
+    pythonpath = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), pythonpath]))
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGALRM, _out_of_time)
     signal.alarm(max(1, int(args.budget - RESERVE_S)))
@@ -1357,7 +1400,15 @@ def main() -> None:
             if fleets:
                 sweep(args, tmp, fleets)
             else:
-                distributed(args, tmp)
+                for i, (label, tree) in enumerate(trees):
+                    # the roles (and the simulator) run the code of `tree`
+                    os.environ["PYTHONPATH"] = os.pathsep.join(
+                        filter(None, [str(tree), pythonpath])
+                    )
+                    run = tmp / label.replace(" ", "-")
+                    run.mkdir()
+                    distributed(args, run, label, len(trees) - 1 - i)
+                os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), pythonpath]))
                 if args.baseline:
                     baseline(args, tmp)
         except OutOfTime:
@@ -1387,6 +1438,7 @@ def report() -> None:
     print()
     print(f"Flow, per second over each window (embedded: `livedata demo --machines {MACHINES}`)")
     flow_table(windows)
+    ratios(windows)
     print()
     print("CPU (% of one core; the machine has 2 cores for everything) / RSS MiB at the end")
     usage_table(windows)
