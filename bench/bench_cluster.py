@@ -5,7 +5,8 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
 1. **The distributed shape.**  Mosquitto, Tansu (Kafka), Redis, ClickHouse and
    PostgreSQL are started as the tests start them (``tests/servers``: free loopback
    ports, temporary directories; Mosquitto with ``max_queued_messages 100000``).
-   Then one ``livedata serve --role ingest``, one ``--role distribute`` and one
+   Then one ``livedata serve --role ingest``, one ``--role distribute``, one
+   ``--role alerts`` (no rules: what consuming the log costs it) and one
    ``--role gateway --seed-demo 1000`` process, and ``livedata simulate --mqtt …
    --machines 1000``: 1,000 MQTT connections, each publishing ``vehicle_can`` and
    ``client_raw_data`` once a second at QoS 1 (2,000 records/s).  After a warm-up
@@ -35,7 +36,7 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
    seconds, so the cost of the distributed hops is visible.
 
 **Fleet-size sweep** (``--fleets 1000,2000,5000,10000``) instead of the above: per
-size a fresh cluster (engines, 1 ingest, 1 distribute, 1 gateway ``--seed-demo N``),
+size a fresh cluster (engines, 1 ingest, 1 distribute, 1 alerts, 1 gateway ``--seed-demo N``),
 a ``livedata simulate --machines N`` (fast enough for 10,000 machines from one
 process), a warm-up (``--warmup``, 30 s at most), ``--clients`` (100) live clients
 spread over the fleet and a ``--window``; then the simulator stops and the time the
@@ -126,6 +127,8 @@ MOSQUITTO_EXTRA = (
     "sys_interval 1\n"
 )
 STORE_DB = "livedata"
+ROLES = ("ingest", "distribute", "alerts", "gateway")
+"""The livedata roles, one process each; their CPU per record is summed."""
 SAMPLE_EVERY_S = 1.0
 
 
@@ -626,6 +629,11 @@ def flow_table(windows: list[Window]) -> None:
     row("CPU/record: embedded process", lambda w: w.cpu_per("embedded", w.total(records)))
     row("CPU/message sent: simulate", lambda w: w.cpu_per("simulate", w.sim_sent * w.seconds))
     row("CPU/record: ingest", lambda w: w.cpu_per("ingest", w.total(records)))
+    row("CPU/record: alerts (no rules)", lambda w: w.cpu_per("alerts", w.total(records)))
+    row(
+        "CPU/record: the 4 roles",
+        lambda w: f"{sum(per_record(w, r) for r in ROLES):,.0f} µs" if w.total(records) else "–",
+    )
     row("CPU/record: clickhouse", lambda w: w.cpu_per("clickhouse", w.total(records)))
     row(
         "CPU/published: distribute",
@@ -654,7 +662,7 @@ def ratios(windows: list[Window]) -> None:
     if before is None or after is None:
         return
     cells = []
-    for role in ("ingest", "distribute", "gateway", "clickhouse"):
+    for role in (*ROLES, "clickhouse"):
         b, a = per_record(before, role), per_record(after, role)
         cells.append(f"{role} {b:,.0f} → {a:,.0f} µs" + (f" ({a / b:.2f}×)" if b else ""))
     print("CPU per record, before → after: " + "; ".join(cells))
@@ -897,7 +905,8 @@ class Cluster:
         gateway = self.role("gateway", "gateway", "--seed-demo", str(MACHINES))
         ingest = self.role("ingest", "ingest")
         distribute = self.role("distribute", "distribute")
-        for r in (gateway, ingest, distribute):
+        alerts = self.role("alerts", "alerts")
+        for r in (gateway, ingest, distribute, alerts):
             r.wait_ready()
         print(
             f"  roles up in {time.monotonic() - t:.1f} s: "
@@ -927,7 +936,10 @@ class Cluster:
         """Engines, roles and simulator: the counters before the simulator, its connect time."""
         self.start_engines()
         self.stack.callback(self.stop)
-        print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {MACHINES})")
+        print(
+            f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 alerts, 1 gateway "
+            f"(--seed-demo {MACHINES})"
+        )
         self.start_roles()
         before = cumulative(self)
         print(f"[{elapsed()}] livedata simulate --machines {MACHINES:,}", flush=True)
@@ -1217,12 +1229,9 @@ def sweep_table(points: list[SweepPoint]) -> None:
             else "–"
         ),
     )
-    for role in ("ingest", "distribute", "gateway"):
+    for role in ROLES:
         row(f"CPU µs/record: {role}", lambda p, r=role: num(per_record(p.window, r)))
-    row(
-        "CPU µs/record: the 3 roles",
-        lambda p: num(sum(per_record(p.window, r) for r in ("ingest", "distribute", "gateway"))),
-    )
+    row("CPU µs/record: the 4 roles", lambda p: num(sum(per_record(p.window, r) for r in ROLES)))
     row(
         "CPU µs/message sent: simulate",
         lambda p: p.window.cpu_per("simulate", p.window.sim_sent * p.window.seconds),
@@ -1407,7 +1416,12 @@ def main() -> None:
                     )
                     run = tmp / label.replace(" ", "-")
                     run.mkdir()
-                    distributed(args, run, label, len(trees) - 1 - i)
+                    try:
+                        distributed(args, run, label, len(trees) - 1 - i)
+                    except OutOfTime:
+                        raise
+                    except Exception as exc:  # the other tree's run is still reported
+                        print(f"[{elapsed()}] {label} failed: {exc!r}", flush=True)
                 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), pythonpath]))
                 if args.baseline:
                     baseline(args, tmp)
@@ -1429,7 +1443,8 @@ def report() -> None:
     if RESULTS["sweep"]:
         print()
         print(
-            "Fleet-size sweep: per fleet size a fresh cluster (1 ingest, 1 distribute, 1 gateway)"
+            "Fleet-size sweep: per fleet size a fresh cluster (1 ingest, 1 distribute, 1 alerts, "
+            "1 gateway)"
         )
         sweep_table(RESULTS["sweep"])
     windows: list[Window] = RESULTS["windows"]
