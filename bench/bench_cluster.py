@@ -5,7 +5,8 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
 1. **The distributed shape.**  Mosquitto, Tansu (Kafka), Redis, ClickHouse and
    PostgreSQL are started as the tests start them (``tests/servers``: free loopback
    ports, temporary directories; Mosquitto with ``max_queued_messages 100000``).
-   Then one ``livedata serve --role ingest``, one ``--role distribute`` and one
+   Then one ``livedata serve --role ingest``, one ``--role distribute``, one
+   ``--role alerts`` (no rules: what consuming the log costs it) and one
    ``--role gateway --seed-demo 1000`` process, and ``livedata simulate --mqtt …
    --machines 1000``: 1,000 MQTT connections, each publishing ``vehicle_can`` and
    ``client_raw_data`` once a second at QoS 1 (2,000 records/s).  After a warm-up
@@ -35,7 +36,7 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
    seconds, so the cost of the distributed hops is visible.
 
 **Fleet-size sweep** (``--fleets 1000,2000,5000,10000``) instead of the above: per
-size a fresh cluster (engines, 1 ingest, 1 distribute, 1 gateway ``--seed-demo N``),
+size a fresh cluster (engines, 1 ingest, 1 distribute, 1 alerts, 1 gateway ``--seed-demo N``),
 a ``livedata simulate --machines N`` (fast enough for 10,000 machines from one
 process), a warm-up (``--warmup``, 30 s at most), ``--clients`` (100) live clients
 spread over the fleet and a ``--window``; then the simulator stops and the time the
@@ -60,6 +61,11 @@ figure with the CPU table beside it; CPU per record is the steadier figure.
     python bench/bench_cluster.py --machines 500     # a fleet this machine keeps up with
     python bench/bench_cluster.py --no-baseline --no-second-ingest --window 30 --logs DIR
     python bench/bench_cluster.py --fleets 1000,2000 --window 30 --budget 420
+    python bench/bench_cluster.py --before /tmp/base --no-baseline --no-second-ingest --budget 480
+
+``--before TREE`` runs the distributed shape twice, first with the roles running
+``TREE/src`` (a ``git worktree add /tmp/base main``), then this checkout's, and prints
+the two side by side with the ratio of each role's CPU per record.
 
 It runs the code of this checkout (``src/`` first on the path, whatever ``pip
 install -e`` points at) and prints the commit.  Needs the engines the tests need
@@ -121,6 +127,8 @@ MOSQUITTO_EXTRA = (
     "sys_interval 1\n"
 )
 STORE_DB = "livedata"
+ROLES = ("ingest", "distribute", "alerts", "gateway")
+"""The livedata roles, one process each; their CPU per record is summed."""
 SAMPLE_EVERY_S = 1.0
 
 
@@ -231,11 +239,15 @@ class Metrics:
         )
 
 
+SCRAPE_TIMEOUT_S = 60.0
+"""A role far behind (its loop busy with a backlog) may take this long to answer /metrics."""
+
+
 def scrape(url: str) -> Metrics:
     import urllib.request
 
     request = urllib.request.Request(url + "/metrics", headers=bench_live.AUTH)
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=SCRAPE_TIMEOUT_S) as response:
         text = response.read().decode()
     out = Metrics()
     for line in text.splitlines():
@@ -333,6 +345,8 @@ class Window:
     stored: dict[str, float] = field(default_factory=dict)
     end: dict[str, Metrics] = field(default_factory=dict)
     broker: dict[str, float] = field(default_factory=dict)
+    load: float = float("nan")
+    """The 1-minute load average at the end of the window."""
 
     def total(self, name: str) -> float:
         return sum(m.get(name) for m in self.metrics.values())
@@ -395,6 +409,7 @@ def measure(
         system / wall * 100,
         {name: after[name] - before[name] for name in scrapers},
         end=after,
+        load=os.getloadavg()[0],
     )
     if clients is not None:
         stats = clients.stop()
@@ -614,6 +629,11 @@ def flow_table(windows: list[Window]) -> None:
     row("CPU/record: embedded process", lambda w: w.cpu_per("embedded", w.total(records)))
     row("CPU/message sent: simulate", lambda w: w.cpu_per("simulate", w.sim_sent * w.seconds))
     row("CPU/record: ingest", lambda w: w.cpu_per("ingest", w.total(records)))
+    row("CPU/record: alerts (no rules)", lambda w: w.cpu_per("alerts", w.total(records)))
+    row(
+        "CPU/record: the 4 roles",
+        lambda w: f"{sum(per_record(w, r) for r in ROLES):,.0f} µs" if w.total(records) else "–",
+    )
     row("CPU/record: clickhouse", lambda w: w.cpu_per("clickhouse", w.total(records)))
     row(
         "CPU/published: distribute",
@@ -625,7 +645,27 @@ def flow_table(windows: list[Window]) -> None:
         lambda w: w.cpu_per("gateway", w.total("livedata_deliveries_total")),
     )
     row("all CPU on the machine", lambda w: f"{w.system_pct:.0f} % of 200 %")
+    row("load average (1 min) at the end", lambda w: f"{w.load:.1f}")
     print_table([w.label for w in windows], rows)
+
+
+def per_record(w: Window, prefix: str) -> float:
+    """CPU µs per record ingested of the processes named ``prefix…``."""
+    cpu = sum(u.cpu_pct for n, u in w.usage.items() if n.startswith(prefix))
+    return cpu / 100 * w.seconds / max(1.0, w.total("livedata_records_in_total")) * 1e6
+
+
+def ratios(windows: list[Window]) -> None:
+    """After/before of each role's CPU per record (``--before``): the steadier figure."""
+    by_label = {w.label: w for w in windows}
+    before, after = by_label.get("before"), by_label.get("after")
+    if before is None or after is None:
+        return
+    cells = []
+    for role in (*ROLES, "clickhouse"):
+        b, a = per_record(before, role), per_record(after, role)
+        cells.append(f"{role} {b:,.0f} → {a:,.0f} µs" + (f" ({a / b:.2f}×)" if b else ""))
+    print("CPU per record, before → after: " + "; ".join(cells))
 
 
 def usage_table(windows: list[Window]) -> None:
@@ -865,7 +905,8 @@ class Cluster:
         gateway = self.role("gateway", "gateway", "--seed-demo", str(MACHINES))
         ingest = self.role("ingest", "ingest")
         distribute = self.role("distribute", "distribute")
-        for r in (gateway, ingest, distribute):
+        alerts = self.role("alerts", "alerts")
+        for r in (gateway, ingest, distribute, alerts):
             r.wait_ready()
         print(
             f"  roles up in {time.monotonic() - t:.1f} s: "
@@ -895,7 +936,10 @@ class Cluster:
         """Engines, roles and simulator: the counters before the simulator, its connect time."""
         self.start_engines()
         self.stack.callback(self.stop)
-        print(f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 gateway (--seed-demo {MACHINES})")
+        print(
+            f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 alerts, 1 gateway "
+            f"(--seed-demo {MACHINES})"
+        )
         self.start_roles()
         before = cumulative(self)
         print(f"[{elapsed()}] livedata simulate --machines {MACHINES:,}", flush=True)
@@ -939,8 +983,9 @@ class Cluster:
         }
 
 
-def distributed(args: argparse.Namespace, tmp: Path) -> None:
-    print(f"[{elapsed()}] distributed shape: engines", flush=True)
+def distributed(args: argparse.Namespace, tmp: Path, label: str, runs_after: int) -> None:
+    """One cluster of the code on ``PYTHONPATH``; its windows are labelled ``label``."""
+    print(f"[{elapsed()}] distributed shape ({label}): engines", flush=True)
     with cleanup_on_exit() as stack:
         cluster = Cluster(tmp, stack)
         _, RESULTS["sim_connect_s"] = cluster.start()
@@ -950,23 +995,26 @@ def distributed(args: argparse.Namespace, tmp: Path) -> None:
         time.sleep(2)
 
         later = RESERVE_S + args.profile + (BASELINE_NEED_S + args.baseline_window) * args.baseline
+        later += runs_after * (RUN_NEED_S + args.window + args.profile)
         seconds = max(10.0, min(args.window, remaining() - later))
         print(f"[{elapsed()}] measuring {seconds:.0f} s", flush=True)
-        window = window_with_checks(cluster, "1 ingest", seconds, clients)
+        window = window_with_checks(cluster, label, seconds, clients)
         RESULTS["windows"].append(window)
-        profile(args, cluster, window, tmp)
+        profile(args, cluster, window, tmp, label)
         if args.second_ingest and remaining() > args.second_window + 15 + later - args.profile:
             print(f"[{elapsed()}] a second ingest process joins the share group", flush=True)
             cluster.role("ingest-2", "ingest").wait_ready()
             time.sleep(5)
-            window = window_with_checks(cluster, "2 ingest", args.second_window, clients)
+            window = window_with_checks(cluster, f"{label}, 2 ingest", args.second_window, clients)
             RESULTS["windows"].append(window)
         elif args.second_ingest:
             print(f"[{elapsed()}] no time left in the budget for the 2-ingest window")
         print(f"[{elapsed()}] stopping the cluster", flush=True)
 
 
-def profile(args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Path) -> None:
+def profile(
+    args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Path, label: str
+) -> None:
     """py-spy the three busiest of our Python processes at once, for ``args.profile`` seconds."""
     if not args.profile:
         return
@@ -987,7 +1035,7 @@ def profile(args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Pat
     running = []
     try:
         for _, name in busy:
-            out = tmp / f"profile-{name}.txt"
+            out = tmp / f"profile-{label}-{name}.txt"
             proc = start_profile(pids[name], args.profile, out)
             if proc is not None:
                 running.append((name, proc, out))
@@ -998,8 +1046,9 @@ def profile(args: argparse.Namespace, cluster: Cluster, window: Window, tmp: Pat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    RESULTS["profiles"] = [
-        "\n".join(summarise_profile(name, out, args.profile)) for name, _, out in running
+    RESULTS["profiles"] += [
+        "\n".join(summarise_profile(f"{label}: {name}", out, args.profile))
+        for name, _, out in running
     ]
 
 
@@ -1151,11 +1200,6 @@ def sweep_table(points: list[SweepPoint]) -> None:
 
     records = "livedata_records_in_total"
 
-    def per_record(p: SweepPoint, prefix: str) -> float:
-        w = p.window
-        cpu = sum(u.cpu_pct for n, u in w.usage.items() if n.startswith(prefix))
-        return cpu / 100 * w.seconds / max(1.0, w.total(records)) * 1e6
-
     def lat(p: SweepPoint, q: float) -> str:
         return pct(sorted(p.window.latencies), q)
 
@@ -1185,12 +1229,9 @@ def sweep_table(points: list[SweepPoint]) -> None:
             else "–"
         ),
     )
-    for role in ("ingest", "distribute", "gateway"):
-        row(f"CPU µs/record: {role}", lambda p, r=role: num(per_record(p, r)))
-    row(
-        "CPU µs/record: the 3 roles",
-        lambda p: num(sum(per_record(p, r) for r in ("ingest", "distribute", "gateway"))),
-    )
+    for role in ROLES:
+        row(f"CPU µs/record: {role}", lambda p, r=role: num(per_record(p.window, r)))
+    row("CPU µs/record: the 4 roles", lambda p: num(sum(per_record(p.window, r) for r in ROLES)))
     row(
         "CPU µs/message sent: simulate",
         lambda p: p.window.cpu_per("simulate", p.window.sim_sent * p.window.seconds),
@@ -1203,6 +1244,7 @@ def sweep_table(points: list[SweepPoint]) -> None:
             ),
         )
     row("all CPU on the machine", lambda p: f"{p.window.system_pct:.0f} % of 200 %")
+    row("load average (1 min) at the end", lambda p: f"{p.window.load:.1f}")
     row(
         "… of which other work (not this run)",
         lambda p: (
@@ -1217,7 +1259,9 @@ def sweep_table(points: list[SweepPoint]) -> None:
 
 T0 = time.monotonic()
 BUDGET = [240.0]
-RESULTS: dict[str, Any] = {"windows": [], "sweep": []}
+RESULTS: dict[str, Any] = {"windows": [], "sweep": [], "profiles": []}
+RUN_NEED_S = 90.0
+"""Seconds a cluster run takes besides its window and profile (engines, roles, warm-up)."""
 
 
 class OutOfTime(Exception):
@@ -1282,10 +1326,11 @@ def code_version() -> str:
 
 def keep_logs(tmp: Path, logs: Path) -> None:
     logs.mkdir(parents=True, exist_ok=True)
-    found = [*tmp.glob("*.log"), *tmp.glob("profile-*.txt"), *tmp.glob("*/*.log")]
+    found = [*tmp.glob("*.log"), *tmp.glob("*/*.log"), *tmp.glob("*/profile-*.txt")]
     for path in [*found, *tmp.glob("*/*.out")]:
+        name = path.name if path.parent == tmp else f"{path.parent.name}-{path.name}"
         with contextlib.suppress(OSError):
-            shutil.copy(path, logs / path.name)
+            shutil.copy(path, logs / name)
 
 
 def main() -> None:
@@ -1307,6 +1352,13 @@ def main() -> None:
         "--budget", type=float, default=240.0, help="seconds in all, cleanup included (240)"
     )
     parser.add_argument("--logs", type=Path, help="copy every process's log here at the end")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="TREE",
+        help="first a cluster running TREE's src/ (e.g. a `git worktree add` of main), then this "
+        "checkout's; both printed side by side with the ratios of CPU per record",
+    )
     parser.add_argument(
         "--machines", type=int, default=MACHINES, help=f"simulated machines ({MACHINES})"
     )
@@ -1332,8 +1384,12 @@ def main() -> None:
     fleets = [int(n) for n in args.fleets.split(",")] if args.fleets else []
     MACHINES = args.machines
     BUDGET[0] = args.budget
-    src = str(Path(__file__).resolve().parent.parent / "src")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    src = Path(__file__).resolve().parent.parent / "src"
+    trees = (
+        [("before", args.before / "src"), ("after", src)] if args.before else [("1 ingest", src)]
+    )
+    pythonpath = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), pythonpath]))
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGALRM, _out_of_time)
     signal.alarm(max(1, int(args.budget - RESERVE_S)))
@@ -1353,7 +1409,20 @@ def main() -> None:
             if fleets:
                 sweep(args, tmp, fleets)
             else:
-                distributed(args, tmp)
+                for i, (label, tree) in enumerate(trees):
+                    # the roles (and the simulator) run the code of `tree`
+                    os.environ["PYTHONPATH"] = os.pathsep.join(
+                        filter(None, [str(tree), pythonpath])
+                    )
+                    run = tmp / label.replace(" ", "-")
+                    run.mkdir()
+                    try:
+                        distributed(args, run, label, len(trees) - 1 - i)
+                    except OutOfTime:
+                        raise
+                    except Exception as exc:  # the other tree's run is still reported
+                        print(f"[{elapsed()}] {label} failed: {exc!r}", flush=True)
+                os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), pythonpath]))
                 if args.baseline:
                     baseline(args, tmp)
         except OutOfTime:
@@ -1374,7 +1443,8 @@ def report() -> None:
     if RESULTS["sweep"]:
         print()
         print(
-            "Fleet-size sweep: per fleet size a fresh cluster (1 ingest, 1 distribute, 1 gateway)"
+            "Fleet-size sweep: per fleet size a fresh cluster (1 ingest, 1 distribute, 1 alerts, "
+            "1 gateway)"
         )
         sweep_table(RESULTS["sweep"])
     windows: list[Window] = RESULTS["windows"]
@@ -1383,6 +1453,7 @@ def report() -> None:
     print()
     print(f"Flow, per second over each window (embedded: `livedata demo --machines {MACHINES}`)")
     flow_table(windows)
+    ratios(windows)
     print()
     print("CPU (% of one core; the machine has 2 cores for everything) / RSS MiB at the end")
     usage_table(windows)
