@@ -364,3 +364,22 @@ async def test_a_hanging_log_delays_acks_by_log_wait_only(rig) -> None:
     for chassis in MACHINES:
         stamps = [rec.ts for rec in r.logged if rec.chassis == chassis]
         assert stamps == sorted(stamps)
+
+
+async def test_slow_store_write_deletes_its_own_journal_row(rig) -> None:
+    """A store write slower than ``spill_after`` but successful is journalled, acknowledged and
+    deletes its own row when done; the next batch waits for it and goes to the store, so no
+    batch is read back from the journal nor written twice."""
+    r: Rig = await rig(queue_max=1_000, spill_max_bytes=2**20, spill_after=0.2)
+    r.store.gate.clear()
+    await r.push(0, 1)
+    await until(lambda: r.acked == [key(0)] and r.spill.records == 1, what="the slow batch's ack")
+    r.ingest.spill_after = 30.0  # the next batch waits for the slow write, not the journal
+    await r.push(1, 50)
+    await asyncio.sleep(0.5)  # longer than the old spill_after: the next batch waits
+    assert r.store.started == 1 and r.spill.rows == 1, "it waits for the slow write"
+    r.store.gate.set()
+    await until(lambda: len(r.acked) == 50 and r.spill.records == 0, what="the store to catch up")
+    assert await stored_keys(r.inner, 50) == {key(n) for n in range(50)}
+    assert r.store.writes == r.store.started >= 2, "each batch written once, none drained"
+    assert r.ingest.spilled == 1 and r.spill.rows == 0

@@ -41,11 +41,16 @@ Durable means one of two things:
 
 * **in the store** -- the normal path while the store keeps up;
 * **in the spill journal** (:mod:`livedata.pipeline.spill`, when ingest has one)
-  -- when a store write fails or has not finished within ``spill_after``
-  seconds (2 s), that batch and every later one go to the journal instead, and a
-  drainer task copies the journal to the store in order, deleting each part only
-  after the store confirmed it.  Once the journal has drained empty the writer goes
-  back to the store.  At start the journal still holds what an earlier process
+  -- when a store write has not finished within ``spill_after`` seconds (2 s), its
+  batch is journalled (so it can be acknowledged) while the write goes on; the next
+  batch waits up to ``spill_after`` for that write, and when it succeeded, the write
+  deletes its own row and the next batch goes to the store too.  So a store that is
+  slow but up costs one journal append and delete per slow batch, never a read-back
+  and a second store write.  When a store write fails, or the one in flight has not
+  ended by then, that batch and every later one go to the journal instead, and a
+  drainer task copies the journal to the store in order (after the write in flight
+  ended), deleting each part only after the store confirmed it.  Once the journal has
+  drained empty the writer goes back to the store.  At start the journal still holds what an earlier process
   acknowledged but did not store; it is drained first (the replay).  The history API
   reads the store, so while records wait in the journal a page opened meanwhile shows
   them only after a reload (or live, if they arrive after it subscribed).
@@ -246,8 +251,9 @@ class Ingest:
         self._ack_work = asyncio.Event()
         self._batch_since: float | None = None
         """When the oldest record of the batch in hand was accepted, until it is durable."""
-        self._direct: asyncio.Task[int] | None = None
-        """A store write that outlived ``spill_after``; the drainer lets it end first."""
+        self._direct: asyncio.Task[None] | None = None
+        """A store write that outlived ``spill_after`` (its batch is the journal's first
+        row): :meth:`_slow_write`; the drainer lets it end first."""
         self.stats: dict[tuple[str, str], DecodeStats] = {}
         """Decoding counters of the machines in the catalog, and of at most
         :data:`MAX_UNKNOWN_MACHINES` others."""
@@ -578,52 +584,88 @@ class Ingest:
 
     @property
     def spilling(self) -> bool:
-        """Whether batches go to the journal (it has rows, or a slow store write is pending)."""
+        """Whether the journal holds rows, or a slow store write is pending."""
         return self.spill is not None and (self.spill.rows > 0 or self._direct is not None)
 
     async def _keep(self, records: list[Record], accepted: float | None) -> None:
-        """Make ``records`` durable: in the store while it keeps up, else in the journal."""
+        """Make ``records`` durable: in the store while it is up, else in the journal.
+
+        A store write that outlives ``spill_after`` has its batch journalled (so it can be
+        acknowledged) and goes on; the next batch waits up to ``spill_after`` for it, and
+        when it succeeds, deletes its row and goes to the store too.  So a store that is
+        merely slow costs one journal append and delete per slow batch, never a read-back
+        and a second store write; only a failed or hanging write starts the drain."""
         assert self.spill is not None
         delays = backoff(1.0, 30.0)
         while True:
-            if not self.spilling:
+            direct = self._direct
+            if direct is not None and not direct.done() and self.spill.rows == 1:
+                await asyncio.wait({direct}, timeout=self.spill_after)
+            if self.spill.rows == 0:  # else the drainer stores the journal first, in order
                 task = asyncio.create_task(self.store.write(records), name="ingest-store-write")
                 done, _ = await asyncio.wait({task}, timeout=self.spill_after)
                 if not done:
-                    self._direct = task
                     log.warning(
-                        "store write of %d records has taken over %g s; spilling to %s",
+                        "store write of %d records has taken over %g s; journalling it to %s",
                         len(records),
                         self.spill_after,
                         self.spill.path,
                     )
-                else:
-                    try:
-                        points = task.result()
-                    except StoreError as exc:
-                        observe.STORE_FAILURES.inc()
-                        log.error(
-                            "store write of %d records failed; spilling to %s: %s",
-                            len(records),
-                            self.spill.path,
-                            exc,
+                while not done:  # journal it, so that it can be acknowledged
+                    if await self._journal(records, accepted):
+                        self._direct = asyncio.create_task(
+                            self._slow_write(task, records, self.spill.last_id),
+                            name="ingest-slow-store-write",
                         )
-                    else:
-                        self._stored(records, points)
                         return
-            try:
-                await self.spill.append(records, accepted)  # waits while the journal is full
-            except BackendError as exc:
-                observe.SPILL_FAILURES.inc()
-                delay = next(delays)
-                log.error(
-                    "spilling %d records failed, retrying in %.0f s: %s", len(records), delay, exc
-                )
-                await asyncio.sleep(delay)
-                continue
-            self.spilled += len(records)
-            observe.SPILLED.inc(len(records))
+                    done, _ = await asyncio.wait({task}, timeout=next(delays))
+                try:
+                    points = task.result()
+                except StoreError as exc:
+                    observe.STORE_FAILURES.inc()
+                    log.error(
+                        "store write of %d records failed; spilling to %s: %s",
+                        len(records),
+                        self.spill.path,
+                        exc,
+                    )
+                else:
+                    self._stored(records, points)
+                    return
+            if await self._journal(records, accepted):
+                return
+            await asyncio.sleep(next(delays))
+
+    async def _journal(self, records: list[Record], accepted: float | None) -> bool:
+        """Append ``records`` to the journal (waits while it is full); ``False``: the append
+        failed (logged, counted), the caller retries."""
+        assert self.spill is not None
+        try:
+            await self.spill.append(records, accepted)
+        except BackendError as exc:
+            observe.SPILL_FAILURES.inc()
+            log.error("spilling %d records failed, retrying: %s", len(records), exc)
+            return False
+        self.spilled += len(records)
+        observe.SPILLED.inc(len(records))
+        return True
+
+    async def _slow_write(self, task: asyncio.Task[int], records: list[Record], row: int) -> None:
+        """Wait for a store write whose batch was journalled meanwhile (as ``row``, the
+        journal's first); when it succeeds, delete that row.  A failed write leaves it to
+        the drainer."""
+        assert self.spill is not None
+        try:
+            points = await task
+        except StoreError as exc:
+            observe.STORE_FAILURES.inc()
+            log.error("slow store write of %d records failed: %s", len(records), exc)
             return
+        self._stored(records, points)
+        try:
+            await self.spill.delete_through(row)
+        except BackendError as exc:  # the drainer writes it again: writes are idempotent
+            log.error("deleting a stored batch from the spill journal failed: %s", exc)
 
     async def _drainer(self) -> None:
         """Copy the journal to the store, oldest first; delete only what the store confirmed."""
@@ -632,12 +674,13 @@ class Ingest:
         chunk: Chunk | None = None  # kept across retries: read and decoded once
         while True:
             await self.spill.wait_for_rows()
-            direct = self._direct  # set before its batch was journalled, so seen here
-            if direct is not None:  # a slow direct write: let it end first, to keep the order
+            direct = self._direct  # set right after its batch was journalled
+            if direct is not None:  # a slow store write: let it end first, to keep the order
                 await asyncio.wait({direct})
-                if not direct.cancelled() and isinstance(direct.exception(), StoreError):
-                    observe.STORE_FAILURES.inc()
-                self._direct = None
+                if self._direct is direct:
+                    self._direct = None
+                if not self.spill.rows:
+                    continue
             try:
                 if chunk is None:
                     chunk = await self.spill.read(self.batch_max)

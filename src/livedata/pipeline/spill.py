@@ -136,6 +136,8 @@ class SpillJournal:
         """When the oldest record in the journal was accepted (ms), ``None`` when empty."""
         self.peak_records = 0
         self.peak_bytes = 0
+        self.last_id = 0
+        """The id of the row appended last by this process (0: none yet)."""
         self._conn: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._appended = asyncio.Event()
@@ -251,14 +253,15 @@ class SpillJournal:
         accepted_ms = int((time.time() if accepted is None else accepted) * 1000)
         count = len(records)
 
-        def insert(conn: sqlite3.Connection) -> None:
+        def insert(conn: sqlite3.Connection) -> int:
             with _translated(self.path, "append"):
-                conn.execute(
+                cursor = conn.execute(
                     "INSERT INTO spill (accepted_ms, records, data) VALUES (?, ?, ?)",
                     (accepted_ms, count, data),
                 )
+                return int(cursor.lastrowid or 0)
 
-        await self._run(insert)
+        self.last_id = await self._run(insert)
         if self.rows == 0:
             self.oldest_ms = accepted_ms
         self.rows += 1
