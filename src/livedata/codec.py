@@ -181,9 +181,12 @@ def _decode_can(tenant: str, chassis: str, payload: bytes) -> DeviceMessage:
     if body == count * _FRAME8.size:
         frames = _frames8(payload, base)
         if frames is not None:
-            return DeviceMessage(tenant, chassis, MsgType.VEHICLE_CAN, base, kind, frames=frames)
+            return DeviceMessage(
+                tenant, chassis, MsgType.VEHICLE_CAN, base, kind, frames, payload=bytes(payload)
+            )
+    frames = _frames(payload, base, count)
     return DeviceMessage(
-        tenant, chassis, MsgType.VEHICLE_CAN, base, kind, frames=_frames(payload, base, count)
+        tenant, chassis, MsgType.VEHICLE_CAN, base, kind, frames, payload=bytes(payload)
     )
 
 

@@ -70,6 +70,10 @@ class DeviceMessage:
     kind: Kind = Kind.REALTIME
     frames: tuple[Frame, ...] = ()
     values: dict[str, Any] = field(default_factory=dict)
+    payload: bytes | None = field(default=None, compare=False, repr=False)
+    """The ``vehicle_can`` wire payload the frames were read from (:func:`livedata.codec.decode`
+    keeps it), so the raw frames are stored without encoding them again; ``None`` for a
+    message made in process."""
 
 
 @dataclass(slots=True)

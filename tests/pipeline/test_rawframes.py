@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from livedata.codec import encode
+from livedata.codec import decode, encode
 from livedata.errors import StoreError
 from livedata.metadata import Metadata
 from livedata.metadata.decoding import machine_ranges
@@ -112,3 +112,16 @@ def test_blobs_round_trip_and_blobs_of_the_full_window_still_read() -> None:
     assert unpack_frames(old) == msg
     with pytest.raises(ValueError, match="no frames"):
         pack_frames(DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, msg.ts, values={}), 1)
+
+
+def test_a_received_message_packs_the_payload_it_was_read_from() -> None:
+    """A message read from a wire payload keeps it, and its blob deflates exactly those bytes."""
+    frames = tuple(
+        Frame(1_700_000_000_000 + i, 0x123, False, bytes([i] * (i % 9))) for i in range(9)
+    )
+    payload = encode(DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, frames[0].ts, frames=frames))
+    msg = decode("acme", "M1", MsgType.VEHICLE_CAN, payload)
+    assert msg.payload == payload and msg.frames == frames
+    blob = pack_frames(msg, msg.ts + 5)
+    assert zlib.decompress(blob.data, -15) == payload
+    assert (blob.count, blob.ts, unpack_frames(blob)) == (9, msg.ts + 5, msg)
