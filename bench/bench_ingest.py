@@ -8,12 +8,15 @@ metadata on a temporary SQLite file seeded like ``sim/demo.py`` (organisation
 :class:`MemoryLog`, and one consumer draining the log (standing in for
 distribute).  The device messages are made up front by the simulated fleet
 (``Fleet.tick``: one ``vehicle_can`` CAN batch and one ``client_raw_data``
-message per machine and simulated second) and pushed through ``Ingest.handle``
+message per machine and simulated second), encoded and read back as the MQTT and
+HTTP links hand them over (``codec.decode``, which keeps a CAN batch's wire payload
+for the raw frames; not timed), and pushed through ``Ingest.handle``
 as fast as it takes them, so the figures are the ceiling of one ingest process.
 
 Figures, in one run:
 
-* ``sim``: what making the messages cost (the demo server pays this too).
+* ``sim``: what making the messages cost (the demo server pays this too), with
+  their wire round trip.
 * ``CanDecoder.decode``: the raw decoder alone, frames/s.
 * ``SQLiteStore.write`` alone, by transaction size (one demo tick, 1,000, 5,000
   records), on a store that already holds a few minutes of history: rate, CPU
@@ -73,6 +76,7 @@ import psutil
 
 from livedata.bus.memory import MemoryLog
 from livedata.catalog import Catalog
+from livedata.codec import decode, encode
 from livedata.decode.can import CanDecoder
 from livedata.devices.local import LocalDeviceLink
 from livedata.metadata import Metadata
@@ -137,11 +141,13 @@ async def seed(meta: Metadata, chassis_ids: Sequence[str], dbc_text: str) -> Non
 async def make_messages(
     chassis_ids: list[str], decoder: CanDecoder, seconds: int
 ) -> tuple[list[DeviceMessage], float]:
-    """``seconds`` simulated seconds of the fleet, ending now; and the CPU time it took."""
+    """``seconds`` simulated seconds of the fleet, ending now, as a device link hands them
+    to ingest (read from their wire payloads, as the MQTT and HTTP links do); and the CPU
+    time making them took."""
     messages: list[DeviceMessage] = []
 
     async def collect(message: DeviceMessage) -> None:
-        messages.append(message)
+        messages.append(decode(message.tenant, message.chassis, message.msg_type, encode(message)))
 
     fleet = Fleet(ORG, chassis_ids, decoder, collect)
     start_ts = (int(time.time()) - seconds) * 1000
