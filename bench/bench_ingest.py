@@ -31,7 +31,9 @@ Figures, in one run:
 Run: ``python bench/bench_ingest.py [--machines 100] [--seconds 300]``.
 
 ``--before DIR`` compares with another tree (e.g. ``git worktree add /tmp/base main``):
-only the two ingest runs (device link → SQLiteStore, → MemoryStore), first with
+only the ingest runs (device link → SQLiteStore, → MemoryStore, and → a slow SQLiteStore
+with the spill journal on: every write takes 0.3 s longer, ``spill_after`` 0.2 s, so
+every batch outlives it -- a store up but behind), first with
 ``DIR/src`` (this script in a subprocess), then with this tree, alternating ``--rounds``
 times (default 2), each figure printed with the load average; then the ratios of CPU
 per record (before / after: > 1 is faster now) and the records/s one core would take
@@ -92,6 +94,8 @@ from livedata.store.sqlite import SQLiteStore
 from tests.pipeline.faults import FlakyStore
 
 WARMUP_SECONDS = 2
+SLOW_WRITE_S, SLOW_SPILL_AFTER_S = 0.3, 0.2
+"""The slow-store run: every write outlives ``spill_after`` (a store up but behind)."""
 """Simulated seconds pushed before timing starts (catalog loads, series interning)."""
 
 PROC = psutil.Process()
@@ -157,12 +161,26 @@ async def make_messages(
     return messages, time.process_time() - cpu
 
 
+class SlowStore(FlakyStore):
+    """A store whose every write takes ``delay`` seconds longer, without CPU (a busy server)."""
+
+    def __init__(self, inner: Store, delay: float) -> None:
+        super().__init__(inner)
+        self.delay = delay
+
+    async def write(self, records: Sequence[Record]) -> int:
+        await asyncio.sleep(self.delay)
+        return await super().write(records)
+
+
 async def run_ingest(
     label: str,
     store: Store,
     catalog: Catalog,
     warmup: list[DeviceMessage],
     timed: list[DeviceMessage],
+    spill: SpillJournal | None = None,
+    spill_after: float = 2.0,
 ) -> tuple[RunResult, list[list[Record]]]:
     """Push ``warmup`` then ``timed`` through a local device link into a fresh Ingest (as the
     demo's ``consume_devices``); time ``timed`` until it is in the log and in the store."""
@@ -171,7 +189,13 @@ async def run_ingest(
     await store.start()
     await log.start()
     ingest = Ingest(
-        store, log, catalog, batch_max=defaults.store_batch_max, queue_max=defaults.ingest_queue
+        store,
+        log,
+        catalog,
+        batch_max=defaults.store_batch_max,
+        queue_max=defaults.ingest_queue,
+        spill=spill,
+        spill_after=spill_after,
     )
     batches: list[list[Record]] = []
     received = 0
@@ -215,6 +239,7 @@ async def run_ingest(
         for task in (writer, consumer, feeder):
             task.cancel()
         await asyncio.gather(writer, consumer, feeder, return_exceptions=True)
+        await ingest.close()
         await log.close()
         await store.close()
     records = sum(len(b) for b in batches)
@@ -584,7 +609,7 @@ async def main(machines: int, seconds: int) -> None:
 
 
 async def main_runs(machines: int, seconds: int) -> list[RunResult]:
-    """The two ingest runs only (link → SQLiteStore, link → MemoryStore), printed."""
+    """The ingest runs only (link → SQLiteStore, → MemoryStore, → slow store), printed."""
     logging.basicConfig(level=logging.WARNING)
     chassis_ids = default_chassis_ids(machines)
     dbc_text = DBC_PATH.read_text()
@@ -598,12 +623,24 @@ async def main_runs(machines: int, seconds: int) -> list[RunResult]:
         await meta.start()
         try:
             await seed(meta, chassis_ids, dbc_text)
-            for label, store in (
-                ("link → SQLiteStore", SQLiteStore(f"sqlite:///{Path(tmp) / 'telemetry.db'}")),
-                ("link → MemoryStore", MemoryStore(f"memory://{uuid.uuid4().hex}")),
+            slow = SlowStore(SQLiteStore(f"sqlite:///{Path(tmp) / 'slow.db'}"), SLOW_WRITE_S)
+            for label, store, spill in (
+                (
+                    "link → SQLiteStore",
+                    SQLiteStore(f"sqlite:///{Path(tmp) / 'telemetry.db'}"),
+                    None,
+                ),
+                ("link → MemoryStore", MemoryStore(f"memory://{uuid.uuid4().hex}"), None),
+                ("link → slow store, journal", slow, SpillJournal(Path(tmp) / "spill", 2**28)),
             ):
                 result, _ = await run_ingest(
-                    label, store, Catalog(meta), messages[:split], messages[split:]
+                    label,
+                    store,
+                    Catalog(meta),
+                    messages[:split],
+                    messages[split:],
+                    spill,
+                    SLOW_SPILL_AFTER_S,
                 )
                 results.append(result)
                 load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
