@@ -81,11 +81,12 @@ Under stress:
   tries the store directly when the journal is empty.  Nothing is acknowledged
   until one of the two has the batch.
 
-Memory is bounded by ``queue_max`` queued records plus one handed-in batch, the batch
-being written (``batch_max``), ``queue_max`` records waiting for the log plus one
-handed-in batch, and one chunk read back from the journal (``batch_max``).  A repeated
-failure (store, journal, log) and refused messages are logged once per minute with a
-count (:class:`~livedata.ratelog.Throttled`), and once when the failure ends.
+Memory is bounded by ``queue_max`` queued records plus one handed-in batch, the batches
+being written (``batch_max`` each: the one in hand, and a slow one journalled and still in
+flight), ``queue_max`` records waiting for the log plus one handed-in batch, and one chunk
+read back from the journal (``batch_max``).  A repeated failure (store, journal, log),
+slow store writes and refused messages are logged once per minute with a count
+(:class:`~livedata.ratelog.Throttled`), and once when the failure ends.
 
 Acknowledgement and redelivery: a crash before the acknowledgement makes a broker
 with a persistent session redeliver the message (writes are idempotent, so a
@@ -605,12 +606,15 @@ class Ingest:
                 task = asyncio.create_task(self.store.write(records), name="ingest-store-write")
                 done, _ = await asyncio.wait({task}, timeout=self.spill_after)
                 if not done:
-                    log.warning(
+                    self._failures.failed(
+                        "slow",
                         "store write of %d records has taken over %g s; journalling it to %s",
                         len(records),
                         self.spill_after,
                         self.spill.path,
                     )
+                else:
+                    self._failures.recovered("slow", "store writes end within spill_after again")
                 while not done:  # journal it, so that it can be acknowledged
                     if await self._journal(records, accepted):
                         self._direct = asyncio.create_task(
