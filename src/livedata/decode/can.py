@@ -30,7 +30,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from operator import attrgetter
+from operator import itemgetter
 from typing import Any
 
 import cantools
@@ -56,7 +56,7 @@ __all__ = [
 Number = float | int
 
 _BUILTIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,63}\Z")
-_by_ts = attrgetter("ts")
+_by_ts = itemgetter(0)  # Frame.ts
 
 
 def builtin_dbc(name: str = "loader") -> str:
@@ -377,14 +377,14 @@ class CanDecoder:
         unknown = bad = 0
         ordered = sorted(frames, key=_by_ts)
         for frame in ordered:
-            entry = cache.get(frame.arbitration_id, _MISS)
+            _, ident, extended, data = frame  # a named tuple: unpacking beats attributes
+            entry = cache.get(ident, _MISS)
             if entry is _MISS:
-                entry = self._resolve(frame.arbitration_id, frame.is_extended)
+                entry = self._resolve(ident, extended)
             if entry is None:
                 unknown += 1
                 continue
             decode, length, label = entry
-            data = frame.data
             if len(data) != length:
                 if length < 0:
                     if state is None:
