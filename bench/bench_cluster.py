@@ -716,7 +716,7 @@ def client_specs() -> list[tuple[str, tuple[str, ...]]]:
 
 def open_clients(ws_base: str, stack: contextlib.ExitStack) -> bench_live.Clients:
     """bench_live's client workers (one process is plenty for 200 clients at 1 Hz), connected."""
-    clients = bench_live.Clients(1, ws_base, None)
+    clients = bench_live.Clients(1, ws_base)
     stack.callback(close_clients, clients)
     result = clients.connect(client_specs())
     print(

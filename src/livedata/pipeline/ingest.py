@@ -50,10 +50,11 @@ Durable means one of two things:
   ended by then, that batch and every later one go to the journal instead, and a
   drainer task copies the journal to the store in order (after the write in flight
   ended), deleting each part only after the store confirmed it.  Once the journal has
-  drained empty the writer goes back to the store.  At start the journal still holds what an earlier process
-  acknowledged but did not store; it is drained first (the replay).  The history API
-  reads the store, so while records wait in the journal a page opened meanwhile shows
-  them only after a reload (or live, if they arrive after it subscribed).
+  drained empty the writer goes back to the store.  At start the journal still holds
+  what an earlier process acknowledged but did not store; it is drained first (the
+  replay).  The history API reads the store, so while records wait in the journal a
+  page opened meanwhile shows them only after a reload (or live, if they arrive after
+  it subscribed).
 
 Live records are ahead of history by the store write (tens of ms): a page that loads
 history and subscribes at once may get a point live that its history does not have yet,
