@@ -34,7 +34,7 @@ Run: ``python bench/bench_ingest.py [--machines 100] [--seconds 300]``.
 only the ingest runs (device link → SQLiteStore, → MemoryStore, and → a slow SQLiteStore
 with the spill journal on: every write takes 0.3 s longer, ``spill_after`` 0.2 s, so
 every batch outlives it -- a store up but behind), first with
-``DIR/src`` (this script in a subprocess), then with this tree, alternating ``--rounds``
+``DIR/src``, then with this tree (this script in a fresh subprocess each), alternating ``--rounds``
 times (default 2), each figure printed with the load average; then the ratios of CPU
 per record (before / after: > 1 is faster now) and the records/s one core would take
 (1 / CPU per record, what "one core" means on a shared machine).
@@ -651,24 +651,23 @@ async def main_runs(machines: int, seconds: int) -> list[RunResult]:
 
 
 def compare(before_dir: Path, machines: int, seconds: int, rounds: int) -> None:
-    """``main_runs`` on ``before_dir``'s tree (subprocess) and this one, alternately."""
+    """``main_runs`` on ``before_dir``'s tree and this one, alternately, each in a fresh
+    subprocess (so neither inherits the other's heap)."""
     args = [sys.executable, __file__, "--runs-only", f"--machines={machines}"]
     args.append(f"--seconds={seconds}")
-    env = {**os.environ, "PYTHONPATH": str(before_dir / "src")}
+    trees = {"before": before_dir, "after": Path(__file__).resolve().parent.parent}
     cpu: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     for round_no in range(rounds):
-        print(f"--- round {round_no + 1}: before ({before_dir})", flush=True)
-        out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("RESULT "):
-                for label, us in json.loads(line[7:]).items():
-                    cpu["before"].setdefault(label, []).append(us)
-            else:
-                print(line)
-        print(f"--- round {round_no + 1}: after (this tree)", flush=True)
-        for result in asyncio.run(main_runs(machines, seconds)):
-            us = result.cpu / result.records * 1e6
-            cpu["after"].setdefault(result.label, []).append(us)
+        for which, tree in trees.items():
+            print(f"--- round {round_no + 1}: {which} ({tree})", flush=True)
+            env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+            out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
+            for line in out.splitlines():
+                if line.startswith("RESULT "):
+                    for label, us in json.loads(line[7:]).items():
+                        cpu[which].setdefault(label, []).append(us)
+                else:
+                    print(line)
     print("\nCPU per record, best of the rounds (the least disturbed by other processes):")
     for label, befores in cpu["before"].items():
         before, after = min(befores), min(cpu["after"][label])
