@@ -173,6 +173,24 @@ class SlowStore(FlakyStore):
         return await super().write(records)
 
 
+async def started_ingest(
+    store: Store, log: MemoryLog, catalog: Catalog, spill: SpillJournal | None, spill_after: float
+) -> Ingest:
+    """Start ``store`` and ``log``; an Ingest on them with the default batch and queue sizes."""
+    defaults = Settings()
+    await store.start()
+    await log.start()
+    return Ingest(
+        store,
+        log,
+        catalog,
+        batch_max=defaults.store_batch_max,
+        queue_max=defaults.ingest_queue,
+        spill=spill,
+        spill_after=spill_after,
+    )
+
+
 async def run_ingest(
     label: str,
     store: Store,
@@ -184,19 +202,8 @@ async def run_ingest(
 ) -> tuple[RunResult, list[list[Record]]]:
     """Push ``warmup`` then ``timed`` through a local device link into a fresh Ingest (as the
     demo's ``consume_devices``); time ``timed`` until it is in the log and in the store."""
-    defaults = Settings()
     log = MemoryLog(f"memory://bench-{uuid.uuid4().hex}")
-    await store.start()
-    await log.start()
-    ingest = Ingest(
-        store,
-        log,
-        catalog,
-        batch_max=defaults.store_batch_max,
-        queue_max=defaults.ingest_queue,
-        spill=spill,
-        spill_after=spill_after,
-    )
+    ingest = await started_ingest(store, log, catalog, spill, spill_after)
     batches: list[list[Record]] = []
     received = 0
     target = 0
@@ -385,22 +392,11 @@ async def run_outage(
     spill_max_bytes: int,
 ) -> OutageResult:
     """Push ``source`` for ``seconds`` with the store up or down; then bring it up and drain."""
-    defaults = Settings()
     name = uuid.uuid4().hex[:8]
     store = FlakyStore(SQLiteStore(f"sqlite:///{tmp / f'outage-{name}.db'}"))
     log = MemoryLog(f"memory://bench-{name}")
     spill = SpillJournal(tmp / f"spill-{name}", spill_max_bytes)
-    await store.start()
-    await log.start()
-    ingest = Ingest(
-        store,
-        log,
-        catalog,
-        batch_max=defaults.store_batch_max,
-        queue_max=defaults.ingest_queue,
-        spill=spill,
-        spill_after=defaults.spill_after,
-    )
+    ingest = await started_ingest(store, log, catalog, spill, Settings().spill_after)
     counts = {"acked": 0, "logged": 0}
     rss_peak = PROC.memory_info().rss
 
