@@ -114,14 +114,11 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
     port = sock.getsockname()[1]
     app = create_app(rt)
     config = uvicorn_config(with_socketio(app), settings, sockets=app.state.live)
-    server = LimitedServer(config)
+    host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
+    # told once uvicorn listens and handles signals (an interrupt right after is graceful)
+    server = LimitedServer(config, on_listening=lambda: announce(f"http://{host}:{port}"))
 
     async def run() -> None:
-        async def tell() -> None:
-            host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
-            announce(f"http://{host}:{port}")
-
-        rt.on_started.append(tell)
         try:
             await rt.start()
         except BaseException:

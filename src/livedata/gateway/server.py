@@ -633,7 +633,13 @@ class LimitedServer(uvicorn.Server):
     """uvicorn's server with :class:`Listener` as its accept loop (see the module doc).
 
     Serves the sockets passed to :meth:`serve`, or one it binds from the config's host
-    and port; lifespan, graceful shutdown and signals are uvicorn's."""
+    and port; lifespan, graceful shutdown and signals are uvicorn's.  ``on_listening()``
+    is called once it accepts connections, so after uvicorn's signal handlers are in
+    place: an interrupt sent as soon as it is told is a graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, on_listening: Callable[[], None] = lambda: None):
+        super().__init__(config)
+        self.on_listening = on_listening
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await self.lifespan.startup()
@@ -653,6 +659,7 @@ class LimitedServer(uvicorn.Server):
         listening = sockets if sockets is not None else [config.bind_socket()]
         self.servers = [Listener(loop, sock, protocol) for sock in listening]  # type: ignore[misc]
         self.started = True
+        self.on_listening()
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop]:
