@@ -353,10 +353,10 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             head += [name, b": ", value, b"\r\n"]
         head.append(b"\r\n")
         connections: Any = self.connections  # shutdown() of each when the server stops
-        socket = ServerSocket(endpoint, params, self.socket_settings, connections)
-        socket.connection_made(self.transport)
-        self.transport.set_protocol(socket)
-        socket.data_received(b"".join(head))
+        served = ServerSocket(endpoint, params, self.socket_settings, connections)
+        served.connection_made(self.transport)
+        self.transport.set_protocol(served)
+        served.data_received(b"".join(head))
 
     def _head_timeout(self) -> None:
         if self._in_head and not self.transport.is_closing():

@@ -24,7 +24,7 @@ import tempfile
 import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -45,9 +45,6 @@ from livedata.gateway.state import gateway_of
 from livedata.pipeline.backfill import FORMATS as LOG_FORMATS
 from livedata.pipeline.backfill import import_log
 from livedata.pipeline.export import FORMATS, Export
-
-if TYPE_CHECKING:
-    pass
 
 router = APIRouter(prefix="/api", tags=["data in and out"])
 
