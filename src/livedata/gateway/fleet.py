@@ -193,10 +193,6 @@ class OrgFleet:
             else:
                 machine.values.setdefault(msg_type.value, {}).update(values)
 
-    def online_count(self, now: float | None = None) -> int:
-        at = time.monotonic() if now is None else now
-        return sum(1 for m in self.machines.values() if m.online(at))
-
 
 class Fleet:
     """The fleet state of every organisation in use in this process (see the module doc)."""
