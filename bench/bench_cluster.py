@@ -151,6 +151,9 @@ class Proc:
                 **os.environ,
                 "PYTHONUNBUFFERED": "1",
                 "LIVEDATA_ADMIN_TOKEN": bench_live.BENCH_TOKEN,
+                # every client uses the one admin token: the per-user live cap (100)
+                # would refuse half of a 200-client run
+                "LIVEDATA_LIVE_PER_USER": "10000",
             },
             start_new_session=True,  # Ctrl-C reaches only this script, which stops it in order
         )
