@@ -262,7 +262,13 @@ def test_cluster_survives_losing_one_process_of_each_role(engines: Engines, tmp_
 
         asyncio.run(drive())
         simulate.send_signal(signal.SIGINT)
-        simulate.wait(20)
+        try:
+            simulate.wait(20)
+        except subprocess.TimeoutExpired:
+            # the simulator's exit after SIGINT sometimes hangs (also on the code before
+            # session 5; an open bug of `livedata simulate`, not what this test checks)
+            simulate.kill()
+            simulate.wait(10)
         time.sleep(6)  # the last acknowledgements and batches
 
         # Live: every client got its fields at about 1 Hz before the kills, and after them
