@@ -416,6 +416,101 @@ def lean_client_worker(url: str, targets: list[str], conn: Connection) -> None:
         asyncio.run(main())
 
 
+# -- the C clients (bench/fanout_client.c) ----------------------------------------------------------
+
+C_SOURCE = Path(__file__).resolve().parent / "fanout_client.c"
+FINE_BINS, COARSE_BINS = 100_000, 99_000  # as in fanout_client.c
+NBINS = FINE_BINS + COARSE_BINS + 1
+
+
+def build_c_client(tmp: Path) -> Path:
+    """Compile ``fanout_client.c`` with the system C compiler into ``tmp``."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit("no C compiler (cc/gcc) for --client-kind c: use --client-kind lean")
+    binary = tmp / "fanout_client"
+    subprocess.run([cc, "-O2", "-o", str(binary), str(C_SOURCE)], check=True)
+    return binary
+
+
+def bin_us(i: int) -> float:
+    """The middle of histogram bin ``i`` of ``fanout_client.c``, in µs."""
+    if i < FINE_BINS:
+        return i + 0.5
+    return FINE_BINS + (i - FINE_BINS) * 100 + 50.0
+
+
+class CClients:
+    """One ``fanout_client`` process with its share of the clients, pinned to ``core``.
+
+    Seen by :func:`run_target` as a client worker's pipe (``send``/``recv`` of the same
+    commands and answers) and process (``pid``, ``join``, ``kill``, ``is_alive``)."""
+
+    def __init__(self, binary: Path, url: str, targets: list[str], tmp: Path, core: int) -> None:
+        parts = urlsplit(url)
+        init = orjson.dumps({"type": "INIT_FIELD_LIST", "payload": list(CLIENT_FIELDS)}).decode()
+        self.proc = subprocess.Popen(
+            pinned(
+                [str(binary), parts.hostname or "127.0.0.1", str(parts.port), BENCH_TOKEN, init],
+                core,
+            ),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.pid = self.proc.pid
+        self.report_path = tmp / f"hist-{self.pid}"
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        self.stdin.write("".join(f"path {live_path(c)}\n" for c in targets) + "go\n")
+        self.stdin.flush()
+
+    def _ask(self, line: str) -> str:
+        self.stdin.write(line + "\n")
+        self.stdin.flush()
+        return self.stdout.readline().strip()
+
+    def clock_offsets(self, n: int = 50) -> list[float]:
+        """``n`` × (this process's CLOCK_REALTIME on receipt minus Python's ``time.time()``
+        just before writing it to the pipe), seconds: the timestamp method's floor."""
+        return [float(self._ask(f"clock {time.time():.9f}").split()[1]) for _ in range(n)]
+
+    def send(self, command: tuple[Any, ...]) -> None:
+        if command[0] == "window":
+            self.stdin.write(f"window {command[1]:.6f} {command[2]:.6f}\n")
+        elif command[0] == "report":
+            self.stdin.write(f"report {self.report_path}\n")
+        else:
+            self.stdin.write("stop\n")
+        self.stdin.flush()
+
+    def recv(self) -> tuple[Any, ...]:
+        line = self.stdout.readline().split()
+        if not line:
+            raise RuntimeError(f"fanout_client exited ({self.proc.poll()})")
+        if line[0] == "connected":
+            if int(line[3]):
+                print(f"  {line[3]} clients failed to connect: {' '.join(line[4:])}", flush=True)
+            return ("connected", int(line[1]))
+        stats: dict[str, Any] = {}
+        for item in line[1:]:
+            key, _, value = item.rpartition("=")
+            stats[key] = float(value) if key == "drift_us" else int(value)
+        stats["hist"] = array("I", self.report_path.read_bytes())
+        return stats, b""
+
+    def join(self, timeout: float) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout)
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+
 # -- the publisher -------------------------------------------------------------------------------
 
 
@@ -471,6 +566,24 @@ class Result:
     load: float = 0.0
     client_cpu: float = 0.0
     other: dict[str, int] = field(default_factory=dict)
+    hist: array[int] | None = None  # the C clients' latency histogram (else ``lat``)
+    max_us: int = 0
+    drift_us: float = 0.0
+    clock_us: list[float] = field(default_factory=list)
+
+    def ms(self, q: float) -> float:
+        """Latency quantile ``q`` (1.0: the maximum), ms."""
+        if self.hist is None:
+            return self.lat[-1] * 1000 if q >= 1 and self.lat else pct(self.lat, q)
+        if q >= 1:
+            return self.max_us / 1000 if sum(self.hist) else float("nan")
+        rank = int(q * sum(self.hist))
+        seen = 0
+        for i, n in enumerate(self.hist):
+            seen += n
+            if seen > rank:
+                return bin_us(i) / 1000
+        return float("nan")
 
 
 def gc_summary(pauses: list[float]) -> str:
@@ -580,15 +693,24 @@ def run_target(
         rss_idle = ps.memory_info().rss
         targets = [chassis(i % args.machines) for i in range(args.clients)]
         ctx = mp.get_context("spawn")
-        pipes, workers = [], []
-        for k in range(args.client_procs):
+        pipes: list[Any] = []
+        workers: list[Any] = []
+        kind = getattr(args, "client_kind", "picows")
+        procs = args.client_procs or (1 if kind == "c" and worker is None else 2)
+        for k in range(procs if worker is None and kind == "c" else 0):
+            c_clients = CClients(
+                args.c_binary, url, targets[k::procs], tmp, 1 % (os.cpu_count() or 1)
+            )
+            pipes.append(c_clients)
+            workers.append(c_clients)
+        for k in range(0 if worker is None and kind == "c" else procs):
             parent, child = ctx.Pipe()
             w = ctx.Process(
                 target=worker
-                or (lean_client_worker if args.client_kind == "lean" else client_worker),
+                or (lean_client_worker if kind == "lean" else client_worker),
                 args=(
                     url.replace("ws://", "http://") if http else url,
-                    targets[k :: args.client_procs],
+                    targets[k::procs],
                     child,
                 ),
             )
@@ -602,6 +724,9 @@ def run_target(
             time.sleep(1.0)
             result.kb_per_conn = (ps.memory_info().rss - rss_idle) / 1024 / max(1, connected)
             print(f"  {result.name}: {connected} clients connected", flush=True)
+            for c_clients in pipes:
+                if isinstance(c_clients, CClients):
+                    result.clock_us.extend(1e6 * d for d in c_clients.clock_offsets())
             pub_parent, pub_child = ctx.Pipe()
             seconds = args.warmup + args.window
             pub = ctx.Process(
@@ -655,6 +780,18 @@ def run_target(
                 p.send(("report",))
                 stats, raw = p.recv()
                 lat.extend(array("d", raw))
+                if "hist" in stats:
+                    hist = stats.pop("hist")
+                    result.hist = (
+                        hist
+                        if result.hist is None
+                        else array("I", map(sum, zip(result.hist, hist, strict=True)))
+                    )
+                    result.max_us = max(result.max_us, stats.pop("max_us"))
+                    drift = stats.pop("drift_us")
+                    result.drift_us = max(result.drift_us, drift, key=abs)
+                    for key in ("frames", "sum_us"):
+                        stats.pop(key)
                 received += stats.pop("received", len(raw))
                 if "bytes" in stats:
                     result.other["bytes/s"] = result.other.get("bytes/s", 0) + int(
@@ -662,7 +799,7 @@ def run_target(
                     )
                 result.missed += stats.pop("missed", 0)
                 for k, v in stats.items():
-                    if k.startswith(("other", "disconnected")):
+                    if k.startswith(("other", "disconnected")) and v:
                         result.other[k] = result.other.get(k, 0) + v
             lat.sort()
             result.lat = lat
@@ -718,14 +855,24 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     row(f"deliveries/s (expected {expected_rate:,.0f})", lambda r: f"{r.deliveries:,.0f}")
     row("lost (of window's expected)", lambda r: f"{r.lost:,} of {r.expected:,.0f}", ratio=False)
     row("missed (server drops)", lambda r: f"{r.missed:,}", ratio=False)
-    row("latency p50 ms", lambda r: f"{pct(r.lat, 0.50):.2f}")
-    row("latency p99 ms", lambda r: f"{pct(r.lat, 0.99):.2f}")
-    row("latency max ms", lambda r: f"{(r.lat[-1] * 1000 if r.lat else float('nan')):.2f}")
+    row("latency p50 ms", lambda r: f"{r.ms(0.50):.2f}")
+    row("latency p99 ms", lambda r: f"{r.ms(0.99):.2f}")
+    row("latency p99.9 ms", lambda r: f"{r.ms(0.999):.2f}")
+    row("latency max ms", lambda r: f"{r.ms(1.0):.2f}")
     row("server CPU % (one core)", lambda r: f"{r.cpu:.1f}")
     # per delivery: comparable when a busy machine starves the clients and not all is delivered
     row("server CPU µs per delivery", lambda r: f"{r.cpu * 1e4 / max(r.deliveries, 1):.2f}")
     row("client processes CPU % (sum)", lambda r: f"{r.client_cpu:.1f}", ratio=False)
     row("load average (1 min) at window end", lambda r: f"{r.load:.2f}", ratio=False)
+    if any(r.clock_us for r in results):
+        row(
+            "clock floor µs: pipe time.time() → C, min/p50",
+            lambda r: f"{min(r.clock_us):.0f}/{sorted(r.clock_us)[len(r.clock_us) // 2]:.0f}"
+            if r.clock_us
+            else "",
+            ratio=False,
+        )
+        row("clock drift µs in window (REALTIME−MONOTONIC)", lambda r: f"{r.drift_us:.1f}", ratio=False)
     row("server RSS MiB (max)", lambda r: f"{r.rss / 2**20:.1f}")
     row("KB per idle connection", lambda r: f"{r.kb_per_conn:.1f}")
     for gen in (0, 1, 2):
@@ -757,13 +904,16 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=10.0, help="messages per machine per second")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--window", type=float, default=15.0)
-    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument(
+        "--client-procs", type=int, default=0, help="client processes (default: 1 for c, else 2)"
+    )
     parser.add_argument(
         "--client-kind",
-        choices=("lean", "picows"),
-        default="lean",
-        help="lean: raw sockets that count frames in C and time the first frame of each read "
-        "(for the ceiling); picows: a picows client that parses every frame",
+        choices=("c", "lean", "picows"),
+        default="c",
+        help="c: bench/fanout_client.c (compiled at run time with cc), epoll, every frame "
+        "parsed and timed; lean: Python raw sockets that count frames with bytes.count and time "
+        "the first frame of each read; picows: picows clients that parse every frame",
     )
     parser.add_argument("--targets", default="livedata,baseline")
     parser.add_argument("--profile", type=float, default=0.0, metavar="S")
@@ -785,6 +935,8 @@ def main() -> None:
     redis = None
     try:
         redis = start_redis(tmp / "redis")
+        if args.client_kind == "c":
+            args.c_binary = build_c_client(tmp)
         print(
             f"{args.clients} clients on {args.machines} machines at {args.rate:g} Hz "
             f"({args.clients * args.rate:,.0f} deliveries/s expected), {args.window:g} s window, "
