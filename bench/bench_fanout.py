@@ -54,6 +54,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import math
 import multiprocessing as mp
 import os
 import re
@@ -433,6 +434,10 @@ def build_c_client(tmp: Path) -> Path:
     return binary
 
 
+def merged(total: array[int] | None, hist: array[int]) -> array[int]:
+    return hist if total is None else array("I", map(sum, zip(total, hist, strict=True)))
+
+
 def bin_us(i: int) -> float:
     """The middle of histogram bin ``i`` of ``fanout_client.c``, in µs."""
     if i < FINE_BINS:
@@ -499,7 +504,8 @@ class CClients:
         for item in line[1:]:
             key, _, value = item.rpartition("=")
             stats[key] = float(value) if key == "drift_us" else int(value)
-        stats["hist"] = array("I", self.report_path.read_bytes())
+        both = array("I", self.report_path.read_bytes())
+        stats["hist"], stats["hist_read"] = both[:NBINS], both[NBINS:]
         return stats, b""
 
     def join(self, timeout: float) -> None:
@@ -567,25 +573,33 @@ class Result:
     gc: list[tuple[float, int, float]] = field(default_factory=list)
     load: float = 0.0
     client_cpu: float = 0.0
+    client_user: float = 0.0
     other: dict[str, int] = field(default_factory=dict)
-    hist: array[int] | None = None  # the C clients' latency histogram (else ``lat``)
+    # the C clients' latency histograms (else ``lat``): to the socket's receive timestamp,
+    # and to the time the client read it
+    hist: array[int] | None = None
+    hist_read: array[int] | None = None
     max_us: int = 0
+    max_read_us: int = 0
+    no_stamp: int = 0
     drift_us: float = 0.0
     clock_us: list[float] = field(default_factory=list)
 
-    def ms(self, q: float) -> float:
-        """Latency quantile ``q`` (1.0: the maximum), ms."""
-        if self.hist is None:
+    def ms(self, q: float, read: bool = False) -> float:
+        """Latency quantile ``q`` (1.0: the maximum), ms; ``read``: at the client's read
+        (the C clients; the others time at read anyway)."""
+        hist = self.hist_read if read else self.hist
+        if hist is None:
             return self.lat[-1] * 1000 if q >= 1 and self.lat else pct(self.lat, q)
         if q >= 1:
-            return self.max_us / 1000 if sum(self.hist) else float("nan")
-        rank = int(q * sum(self.hist))
+            return (self.max_read_us if read else self.max_us) / 1000 if sum(hist) else math.nan
+        rank = int(q * sum(hist))
         seen = 0
-        for i, n in enumerate(self.hist):
+        for i, n in enumerate(hist):
             seen += n
             if seen > rank:
                 return bin_us(i) / 1000
-        return float("nan")
+        return math.nan
 
 
 def gc_summary(pauses: list[float]) -> str:
@@ -772,7 +786,9 @@ def run_target(
                 p.send(("window", w0, w1))
             cpu0 = ps.cpu_times()
             client_ps = [psutil.Process(w.pid) for w in workers]
-            client_cpu0 = [sum(c.cpu_times()[:2]) for c in client_ps]
+            client_times0 = [c.cpu_times() for c in client_ps]
+            client_cpu0 = [sum(t[:2]) for t in client_times0]
+            client_user0 = [t.user for t in client_times0]
             spy = None
             if getattr(args, "profile", 0) and target in ("livedata", "before"):
                 from bench_cluster import start_profile  # the same sampling and summary
@@ -785,11 +801,15 @@ def run_target(
                 rss_max = max(rss_max, ps.memory_info().rss)
                 time.sleep(0.5)
             cpu1 = ps.cpu_times()
+            client_cpu1 = [c.cpu_times() for c in client_ps]
             result.client_cpu = (
                 100
-                * sum(
-                    sum(c.cpu_times()[:2]) - t for c, t in zip(client_ps, client_cpu0, strict=True)
-                )
+                * sum(sum(c[:2]) - t for c, t in zip(client_cpu1, client_cpu0, strict=True))
+                / args.window
+            )
+            result.client_user = (
+                100
+                * sum(c.user - t for c, t in zip(client_cpu1, client_user0, strict=True))
                 / args.window
             )
             result.load = os.getloadavg()[0]
@@ -810,17 +830,13 @@ def run_target(
                 stats, raw = p.recv()
                 lat.extend(array("d", raw))
                 if "hist" in stats:
-                    hist = stats.pop("hist")
-                    result.hist = (
-                        hist
-                        if result.hist is None
-                        else array("I", map(sum, zip(result.hist, hist, strict=True)))
-                    )
+                    result.hist = merged(result.hist, stats.pop("hist"))
+                    result.hist_read = merged(result.hist_read, stats.pop("hist_read"))
                     result.max_us = max(result.max_us, stats.pop("max_us"))
-                    drift = stats.pop("drift_us")
-                    result.drift_us = max(result.drift_us, drift, key=abs)
-                    for key in ("frames", "sum_us"):
-                        stats.pop(key)
+                    result.max_read_us = max(result.max_read_us, stats.pop("max_read_us"))
+                    result.no_stamp += stats.pop("no_stamp")
+                    result.drift_us = max(result.drift_us, stats.pop("drift_us"), key=abs)
+                    stats.pop("frames")
                 received += stats.pop("received", len(raw))
                 if "bytes" in stats:
                     result.other["bytes/s"] = result.other.get("bytes/s", 0) + int(
@@ -884,14 +900,24 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     row(f"deliveries/s (expected {expected_rate:,.0f})", lambda r: f"{r.deliveries:,.0f}")
     row("lost (of window's expected)", lambda r: f"{r.lost:,} of {r.expected:,.0f}", ratio=False)
     row("missed (server drops)", lambda r: f"{r.missed:,}", ratio=False)
-    row("latency p50 ms", lambda r: f"{r.ms(0.50):.2f}")
-    row("latency p99 ms", lambda r: f"{r.ms(0.99):.2f}")
-    row("latency p99.9 ms", lambda r: f"{r.ms(0.999):.2f}")
-    row("latency max ms", lambda r: f"{r.ms(1.0):.2f}")
+    kernel = any(r.hist is not None for r in results)
+    at = " (to socket receive)" if kernel else ""
+    row(f"latency p50 ms{at}", lambda r: f"{r.ms(0.50):.2f}")
+    row(f"latency p99 ms{at}", lambda r: f"{r.ms(0.99):.2f}")
+    row(f"latency p99.9 ms{at}", lambda r: f"{r.ms(0.999):.2f}")
+    row(f"latency max ms{at}", lambda r: f"{r.ms(1.0):.2f}")
+    if kernel:
+        row("latency p50 ms at the client's read", lambda r: f"{r.ms(0.5, read=True):.2f}")
+        row("latency p99 ms at the client's read", lambda r: f"{r.ms(0.99, read=True):.2f}")
+        row("latency max ms at the client's read", lambda r: f"{r.ms(1.0, read=True):.2f}")
     row("server CPU % (one core)", lambda r: f"{r.cpu:.1f}")
     # per delivery: comparable when a busy machine starves the clients and not all is delivered
     row("server CPU µs per delivery", lambda r: f"{r.cpu * 1e4 / max(r.deliveries, 1):.2f}")
-    row("client processes CPU % (sum)", lambda r: f"{r.client_cpu:.1f}", ratio=False)
+    row(
+        "client processes CPU % (sum: user+system)",
+        lambda r: f"{r.client_cpu:.1f}: {r.client_user:.1f}+{r.client_cpu - r.client_user:.1f}",
+        ratio=False,
+    )
     row("load average (1 min) at window end", lambda r: f"{r.load:.2f}", ratio=False)
     if any(r.clock_us for r in results):
         row(
@@ -924,6 +950,8 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     for r in results:
         if r.other:
             print(f"  {r.name}: other messages/events: {r.other}")
+        if r.no_stamp:
+            print(f"  {r.name}: {r.no_stamp} reads without a kernel timestamp (timed at read)")
 
 
 def main() -> None:

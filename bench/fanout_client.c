@@ -17,14 +17,22 @@
  *                  whose "ts" (the publisher's time.time(), seconds) is in [W0, W1)
  *   report PATH    writes the latency histogram to PATH (uint32 counts, see below) and prints
  *                  "report received=… missed=… frames=… bytes=… disconnected=… max_us=…
- *                   sum_us=… drift_us=… [other:TYPE=N …]"
+ *                   max_read_us=… no_stamp=… drift_us=… [other:TYPE=N …]"
+ *                  (no_stamp: reads without a kernel timestamp, timed at read instead)
  *   stop (or EOF)  exit
  *
- * Each read's receipt time is taken once (clock_gettime(CLOCK_REALTIME), the clock of
- * time.time()) after read() returns; each LIVE_DATA frame in it is parsed in full (header,
- * 7/16/64-bit length) and its latency is that time minus its "ts".  Pings are answered.
- * Histogram: bin i < 100000 holds latencies of i µs (1 µs bins up to 100 ms); bin
- * 100000 + k holds 100 ms + k × 100 µs (100 µs bins up to 10 s); the last bin, more.
+ * Each LIVE_DATA frame is parsed in full (header, 7/16/64-bit length) and timed twice,
+ * against its "ts":
+ *  - "kernel": the socket's receive timestamp (SO_TIMESTAMPNS, CLOCK_REALTIME: when the
+ *    data reached this socket, i.e. when the server's write got through loopback), of
+ *    the newest data in the read; independent of when this process got to read it, so
+ *    the clients' own CPU and scheduling stay out of it (for a read holding several
+ *    writes, the older frames get the newest one's time: an upper bound);
+ *  - "read": clock_gettime(CLOCK_REALTIME) (the clock of time.time()) once after each
+ *    recvmsg() returns: what an application would see.
+ * Pings are answered.  The report file holds two histograms of NBINS uint32 each,
+ * "kernel" then "read": bin i < 100000 holds latencies of i µs (1 µs bins up to 100 ms);
+ * bin 100000 + k holds 100 ms + k × 100 µs (100 µs bins up to 10 s); the last bin, more.
  * drift_us: how much CLOCK_REALTIME moved against CLOCK_MONOTONIC between window and
  * report (a clock step or NTP slew during the window would bias every latency by it).
  */
@@ -41,6 +49,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -71,8 +80,8 @@ static char first_failure[160];
 static int announced;
 
 static double w0, w1;
-static uint64_t received, missed, frames, nbytes, max_us, sum_us;
-static uint32_t *hist;
+static uint64_t received, missed, frames, nbytes, max_us, max_read_us, no_stamp;
+static uint32_t *hist, *hist_read; /* kernel receive time, read time */
 static double mono_off_at_window; /* realtime - monotonic when the window was set */
 
 #define MAX_OTHER 32
@@ -141,7 +150,17 @@ static void keep_left(conn_t *c, const unsigned char *p, size_t n) {
     c->nleft = (uint32_t)n;
 }
 
-static void on_text(const unsigned char *p, size_t n, double now) {
+static void note(uint32_t *h, uint64_t *maximum, double lat) {
+    uint64_t us = lat > 0 ? (uint64_t)(lat * 1e6) : 0;
+    if (us > *maximum) *maximum = us;
+    uint32_t bin = us < FINE_BINS ? (uint32_t)us
+                  : us < FINE_BINS + (uint64_t)COARSE_BINS * 100
+                      ? FINE_BINS + (uint32_t)((us - FINE_BINS) / 100)
+                      : NBINS - 1;
+    h[bin]++;
+}
+
+static void on_text(const unsigned char *p, size_t n, double stamp, double now) {
     static const char live[] = "{\"type\":\"LIVE_DATA\"";
     frames++;
     if (n >= sizeof live - 1 && memcmp(p, live, sizeof live - 1) == 0) {
@@ -157,15 +176,8 @@ static void on_text(const unsigned char *p, size_t n, double now) {
         if (m) missed += strtoull((const char *)m + 9, NULL, 10);
         if (ts >= w0 && ts < w1) {
             received++;
-            double lat = now - ts;
-            uint64_t us = lat > 0 ? (uint64_t)(lat * 1e6) : 0;
-            if (us > max_us) max_us = us;
-            sum_us += us;
-            uint32_t bin = us < FINE_BINS ? (uint32_t)us
-                          : us < FINE_BINS + (uint64_t)COARSE_BINS * 100
-                              ? FINE_BINS + (uint32_t)((us - FINE_BINS) / 100)
-                              : NBINS - 1;
-            hist[bin]++;
+            note(hist, &max_us, stamp - ts);
+            note(hist_read, &max_read_us, now - ts);
         }
         return;
     }
@@ -179,7 +191,7 @@ static void on_text(const unsigned char *p, size_t n, double now) {
 }
 
 /* parse the frames in p[0..n); keep an incomplete one for the next read */
-static void on_frames(conn_t *c, const unsigned char *p, size_t n, double now) {
+static void on_frames(conn_t *c, const unsigned char *p, size_t n, double stamp, double now) {
     size_t pos = 0;
     while (n - pos >= 2) {
         unsigned b0 = p[pos], b1 = p[pos + 1];
@@ -202,7 +214,7 @@ static void on_frames(conn_t *c, const unsigned char *p, size_t n, double now) {
         if (b1 & 0x80) count_other("masked-server-frame", 19);
         if (!(b0 & 0x80)) count_other("fragment", 8);
         if (opcode == 1) {
-            on_text(payload, (size_t)len, now);
+            on_text(payload, (size_t)len, stamp, now);
         } else if (opcode == 9) {
             send_frame(c, 0xA, payload, (size_t)len);
         } else if (opcode == 8) {
@@ -229,6 +241,10 @@ static void start_more(void) {
         if (c->fd < 0) { perror("socket"); exit(2); }
         int one = 1;
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (setsockopt(c->fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) < 0) {
+            perror("SO_TIMESTAMPNS");
+            exit(2);
+        }
         if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) {
             perror("connect");
             exit(2);
@@ -290,8 +306,23 @@ static unsigned char *rbuf;
 
 static void on_readable(conn_t *c) {
     memcpy(rbuf, c->left, c->nleft);
-    ssize_t r = read(c->fd, rbuf + c->nleft, READ_CAP - c->nleft);
-    double now = clock_s(CLOCK_REALTIME);
+    struct iovec iov = {.iov_base = rbuf + c->nleft, .iov_len = READ_CAP - c->nleft};
+    union { char buf[CMSG_SPACE(sizeof(struct timespec))]; struct cmsghdr align; } ctl;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1,
+                         .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf};
+    ssize_t r = recvmsg(c->fd, &msg, 0);
+    double now = clock_s(CLOCK_REALTIME), stamp = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+        if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_TIMESTAMPNS) {
+            struct timespec t;
+            memcpy(&t, CMSG_DATA(cm), sizeof t);
+            stamp = (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+        }
+    }
+    if (stamp == 0 && r > 0) {
+        no_stamp++;
+        stamp = now;
+    }
     if (r <= 0) {
         if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
         if (c->state == HANDSHAKE) handshake_done(c, 0, "closed in handshake", 19);
@@ -313,10 +344,10 @@ static void on_readable(conn_t *c) {
         c->nleft = 0;
         send_frame(c, 1, (const unsigned char *)init_text, strlen(init_text));
         handshake_done(c, 1, NULL, 0);
-        on_frames(c, rbuf + head, n - head, now);
+        on_frames(c, rbuf + head, n - head, stamp, now);
         return;
     }
-    on_frames(c, rbuf, n, now);
+    on_frames(c, rbuf, n, stamp, now);
 }
 
 static void command(char *line) {
@@ -334,24 +365,27 @@ static void command(char *line) {
         fflush(stdout);
     } else if (strncmp(line, "window ", 7) == 0) {
         sscanf(line + 7, "%lf %lf", &w0, &w1);
-        received = missed = frames = nbytes = max_us = sum_us = 0;
+        received = missed = frames = nbytes = max_us = max_read_us = no_stamp = 0;
         memset(hist, 0, sizeof *hist * NBINS);
+        memset(hist_read, 0, sizeof *hist_read * NBINS);
         memset(other_name, 0, sizeof other_name);
         memset(other_count, 0, sizeof other_count);
         disconnected = 0;
         mono_off_at_window = clock_s(CLOCK_REALTIME) - clock_s(CLOCK_MONOTONIC);
     } else if (strncmp(line, "report ", 7) == 0) {
         FILE *f = fopen(line + 7, "wb");
-        if (!f || fwrite(hist, sizeof *hist, NBINS, f) != NBINS || fclose(f) != 0) {
+        if (!f || fwrite(hist, sizeof *hist, NBINS, f) != NBINS ||
+            fwrite(hist_read, sizeof *hist_read, NBINS, f) != NBINS || fclose(f) != 0) {
             perror("report");
             exit(2);
         }
         double drift = clock_s(CLOCK_REALTIME) - clock_s(CLOCK_MONOTONIC) - mono_off_at_window;
         printf("report received=%llu missed=%llu frames=%llu bytes=%llu disconnected=%u "
-               "max_us=%llu sum_us=%llu drift_us=%.1f",
+               "max_us=%llu max_read_us=%llu no_stamp=%llu drift_us=%.1f",
                (unsigned long long)received, (unsigned long long)missed,
                (unsigned long long)frames, (unsigned long long)nbytes, disconnected,
-               (unsigned long long)max_us, (unsigned long long)sum_us, drift * 1e6);
+               (unsigned long long)max_us, (unsigned long long)max_read_us,
+               (unsigned long long)no_stamp, drift * 1e6);
         for (int i = 0; i < MAX_OTHER && other_name[i][0]; i++)
             printf(" other:%s=%llu", other_name[i], (unsigned long long)other_count[i]);
         printf("\n");
@@ -376,9 +410,10 @@ int main(int argc, char **argv) {
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     hist = calloc(NBINS, sizeof *hist);
+    hist_read = calloc(NBINS, sizeof *hist_read);
     rbuf = malloc(READ_CAP + 65536);
     epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (!hist || !rbuf || epfd < 0) { perror("init"); return 2; }
+    if (!hist || !hist_read || !rbuf || epfd < 0) { perror("init"); return 2; }
     fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = STDIN_ID};
     epoll_ctl(epfd, EPOLL_CTL_ADD, 0, &ev);
