@@ -544,11 +544,15 @@ def publisher(redis_url: str, machines: int, rate: float, seconds: float, conn: 
             if delay > 0:
                 time.sleep(delay)
             pipe = r.pipeline(transaction=False)
-            now = time.time()
-            for m in members:
+            values = []
+            for m in members:  # made before the timestamp: only encoding and sending follow it
                 seq[m] += 1
-                values = {name: (seq[m] * 7 + j) % 1000 / 10 for j, name in enumerate(ALL_FIELDS)}
-                data = orjson.dumps({"ts": now, "seq": seq[m], "epoch": "bench", "values": values})
+                values.append(
+                    {name: (seq[m] * 7 + j) % 1000 / 10 for j, name in enumerate(ALL_FIELDS)}
+                )
+            now = time.time()
+            for m, vals in zip(members, values, strict=True):
+                data = orjson.dumps({"ts": now, "seq": seq[m], "epoch": "bench", "values": vals})
                 pipe.publish(channel(chassis(m)), data)
                 published.append((chassis(m), now))
             pipe.execute()
