@@ -578,6 +578,7 @@ class Result:
     load: float = 0.0
     client_cpu: float = 0.0
     client_user: float = 0.0
+    cpu_user: float = 0.0
     other: dict[str, int] = field(default_factory=dict)
     # the C clients' latency histograms (else ``lat``): to the socket's receive timestamp,
     # and to the time the client read it
@@ -818,6 +819,7 @@ def run_target(
             )
             result.load = os.getloadavg()[0]
             result.cpu = 100 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / args.window
+            result.cpu_user = 100 * (cpu1.user - cpu0.user) / args.window
             result.rss = rss_max
             published: list[tuple[str, float]] = pub_parent.recv()
             pub.join(10)
@@ -916,6 +918,11 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         row("latency max ms at the client's read", lambda r: f"{r.ms(1.0, read=True):.2f}")
     row("server CPU % (one core)", lambda r: f"{r.cpu:.1f}")
     # per delivery: comparable when a busy machine starves the clients and not all is delivered
+    row(
+        "server CPU % user+system",
+        lambda r: f"{r.cpu_user:.1f}+{r.cpu - r.cpu_user:.1f}",
+        ratio=False,
+    )
     row("server CPU µs per delivery", lambda r: f"{r.cpu * 1e4 / max(r.deliveries, 1):.2f}")
     row(
         "client processes CPU % (sum: user+system)",
