@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import gc
 import math
@@ -148,9 +149,57 @@ def record_gc_pauses(path: str) -> None:
     gc.callbacks.append(callback)
 
 
+class HopLog:
+    """``hop ts lag`` lines (seconds) of one server process, to ``BENCH_HOPS``: when each
+    channel message got to ``received`` (parsed by the server: the publisher, Redis and the
+    server's wait to read it) and ``written`` (written to every client socket)."""
+
+    def __init__(self) -> None:
+        self.out = open(os.environ["BENCH_HOPS"], "w", buffering=1 << 16)  # noqa: SIM115
+        self.turn: list[float] = []
+
+    def note(self, hop: str, ts: float) -> None:
+        self.out.write(f"{hop} {ts!r} {time.time() - ts:.6f}\n")
+
+
+def install_gateway_hops() -> None:
+    """Wrap the gateway's fan-out (:mod:`livedata.gateway.fanout`) to note its hops: a
+    message is ``received`` when ``_parse`` returns it and ``written`` when the loop turn
+    that delivered it has written what it gathered (``Fanout._end_turn`` returned; the
+    first frame of each client in a turn goes out before).  A tree without these
+    functions is measured without hops."""
+    try:
+        from livedata.gateway import fanout
+    except ImportError:
+        return
+    if not hasattr(fanout, "_parse") or not hasattr(fanout.Fanout, "_end_turn"):
+        return
+    hops = HopLog()
+    parse, end_turn = fanout._parse, fanout.Fanout._end_turn
+
+    def noted_parse(data: Any) -> Any:
+        parsed = parse(data)
+        if parsed is not None and isinstance(ts := parsed[1].get("ts"), float):
+            hops.note("received", ts)
+            hops.turn.append(ts)
+        return parsed
+
+    def noted_end_turn(self: Any) -> None:
+        end_turn(self)
+        turn, hops.turn = hops.turn, []
+        for ts in turn:
+            hops.note("written", ts)
+
+    fanout._parse = noted_parse
+    fanout.Fanout._end_turn = noted_end_turn  # type: ignore[method-assign]
+    atexit.register(hops.out.close)
+
+
 def run_gateway_with_gc_log() -> None:
-    """``python bench_fanout.py --gateway ARGS…``: the livedata CLI with GC pauses recorded."""
+    """``python bench_fanout.py --gateway ARGS…``: the livedata CLI with GC pauses and
+    hops (:func:`install_gateway_hops`) recorded."""
     record_gc_pauses(os.environ["BENCH_GC_LOG"])
+    install_gateway_hops()
     if os.environ.get("BENCH_GC_THRESHOLD"):
         gc.set_threshold(*(int(n) for n in os.environ["BENCH_GC_THRESHOLD"].split(",")))
     from livedata.cli.main import main
@@ -226,8 +275,10 @@ def serve_baseline(port: int, redis_url: str) -> None:
         server = await picows.ws_create_server(factory, "127.0.0.1", port)
         print(f"baseline serving on http://127.0.0.1:{port}", flush=True)
         text = picows.WSMsgType.TEXT
+        hops = HopLog()
         async for msg in ps.listen():
             message = orjson.loads(msg["data"])
+            hops.note("received", message["ts"])
             values = message["values"]
             head = {"ts": message["ts"], "seq": message["seq"], "epoch": message["epoch"]}
             for key, members in groups.get(msg["channel"].decode(), {}).items():
@@ -236,6 +287,8 @@ def serve_baseline(port: int, redis_url: str) -> None:
                 )
                 for member in members:
                     member.transport.send(text, out)
+            hops.note("written", message["ts"])
+        hops.out.close()
         server.close()
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -579,6 +632,7 @@ class Result:
     client_cpu: float = 0.0
     client_user: float = 0.0
     cpu_user: float = 0.0
+    waits: dict[str, float] = field(default_factory=dict)  # run-queue wait, ms per s
     other: dict[str, int] = field(default_factory=dict)
     # the C clients' latency histograms (else ``lat``): to the socket's receive timestamp,
     # and to the time the client read it
@@ -589,6 +643,7 @@ class Result:
     no_stamp: int = 0
     drift_us: float = 0.0
     clock_us: list[float] = field(default_factory=list)
+    hops: dict[str, list[float]] = field(default_factory=dict)  # hop: sorted lags (s)
 
     def ms(self, q: float, read: bool = False) -> float:
         """Latency quantile ``q`` (1.0: the maximum), ms; ``read``: at the client's read
@@ -616,6 +671,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 NICE = [0]  # --nice: the niceness of every process of the measurement
+REDIS_PID = [0]
 
 
 def pinned(cmd: list[str], core: int) -> list[str]:
@@ -624,6 +680,17 @@ def pinned(cmd: list[str], core: int) -> list[str]:
     if taskset and os.cpu_count() != 1:
         cmd = [taskset, "-c", str(core), *cmd]
     return ["nice", "-n", str(NICE[0]), *cmd] if NICE[0] else cmd
+
+
+def run_delay(pid: int) -> float:
+    """Seconds the threads of ``pid`` have waited on a run queue (``/proc/…/schedstat``):
+    time it was ready to run and a core was busy with something else."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def renice(pid: int, session: bool = False) -> None:
@@ -666,6 +733,7 @@ def server(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> 
         "PYTHONPATH": str(ROOT / "src"),
         "PYTHONUNBUFFERED": "1",
         "BENCH_GC_LOG": str(gc_log),
+        "BENCH_HOPS": str(tmp / f"{target}.hops"),
         "LIVEDATA_ADMIN_TOKEN": BENCH_TOKEN,
         "LIVEDATA_LIVE_PER_USER": str(args.clients + 100),
         "BENCH_GC_THRESHOLD": args.gc_threshold or "",
@@ -752,8 +820,7 @@ def run_target(
         for k in range(0 if worker is None and kind == "c" else procs):
             parent, child = ctx.Pipe()
             w = ctx.Process(
-                target=worker
-                or (lean_client_worker if kind == "lean" else client_worker),
+                target=worker or (lean_client_worker if kind == "lean" else client_worker),
                 args=(
                     url.replace("ws://", "http://") if http else url,
                     targets[k::procs],
@@ -790,6 +857,13 @@ def run_target(
             for p in pipes:
                 p.send(("window", w0, w1))
             cpu0 = ps.cpu_times()
+            waited = {
+                "server": [ps.pid],
+                "clients": [w.pid for w in workers],
+                "publisher": [pub.pid],
+                "redis": [REDIS_PID[0]],
+            }
+            wait0 = {k: sum(run_delay(p) for p in pids) for k, pids in waited.items()}
             client_ps = [psutil.Process(w.pid) for w in workers]
             client_times0 = [c.cpu_times() for c in client_ps]
             client_cpu0 = [sum(t[:2]) for t in client_times0]
@@ -806,6 +880,10 @@ def run_target(
                 rss_max = max(rss_max, ps.memory_info().rss)
                 time.sleep(0.5)
             cpu1 = ps.cpu_times()
+            result.waits = {
+                k: 1000 * (sum(run_delay(p) for p in pids) - wait0[k]) / args.window
+                for k, pids in waited.items()
+            }
             client_cpu1 = [c.cpu_times() for c in client_ps]
             result.client_cpu = (
                 100
@@ -878,6 +956,15 @@ def run_target(
                 at, gen, took = line.split()
                 if w0 <= float(at) <= w1:
                     result.gc.append((float(at), int(gen), float(took)))
+    hop_log = tmp / f"{target}.hops"  # complete once the server stopped
+    if hop_log.exists():
+        for line in hop_log.read_text().splitlines():
+            hop, ts, lag = line.split()
+            if w0 <= float(ts) < w1:
+                result.hops.setdefault(hop, []).append(float(lag))
+        for lags in result.hops.values():
+            lags.sort()
+        hop_log.unlink()
     return result
 
 
@@ -916,6 +1003,29 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         row("latency p50 ms at the client's read", lambda r: f"{r.ms(0.5, read=True):.2f}")
         row("latency p99 ms at the client's read", lambda r: f"{r.ms(0.99, read=True):.2f}")
         row("latency max ms at the client's read", lambda r: f"{r.ms(1.0, read=True):.2f}")
+    for hop in ("received", "written"):
+        if any(hop in r.hops for r in results):
+            row(
+                f"server: {hop} p50/p99/max ms after ts",
+                lambda r, hop=hop: (
+                    "/".join(
+                        f"{pct(r.hops[hop], q) if q < 1 else r.hops[hop][-1] * 1000:.2f}"
+                        for q in (0.5, 0.99, 1.0)
+                    )
+                    if r.hops.get(hop)
+                    else ""
+                ),
+                ratio=False,
+            )
+    if any(r.waits for r in results):
+        row(
+            "waited for a core, ms per s: server/clients/publisher/redis",
+            lambda r: "/".join(
+                f"{r.waits.get(k, math.nan):.0f}"
+                for k in ("server", "clients", "publisher", "redis")
+            ),
+            ratio=False,
+        )
     row("server CPU % (one core)", lambda r: f"{r.cpu:.1f}")
     # per delivery: comparable when a busy machine starves the clients and not all is delivered
     row(
@@ -933,12 +1043,18 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     if any(r.clock_us for r in results):
         row(
             "clock floor µs: pipe time.time() → C, min/p50",
-            lambda r: f"{min(r.clock_us):.0f}/{sorted(r.clock_us)[len(r.clock_us) // 2]:.0f}"
-            if r.clock_us
-            else "",
+            lambda r: (
+                f"{min(r.clock_us):.0f}/{sorted(r.clock_us)[len(r.clock_us) // 2]:.0f}"
+                if r.clock_us
+                else ""
+            ),
             ratio=False,
         )
-        row("clock drift µs in window (REALTIME−MONOTONIC)", lambda r: f"{r.drift_us:.1f}", ratio=False)
+        row(
+            "clock drift µs in window (REALTIME−MONOTONIC)",
+            lambda r: f"{r.drift_us:.1f}",
+            ratio=False,
+        )
     row("server RSS MiB (max)", lambda r: f"{r.rss / 2**20:.1f}")
     row("KB per idle connection", lambda r: f"{r.kb_per_conn:.1f}")
     for gen in (0, 1, 2):
@@ -1013,6 +1129,7 @@ def main() -> None:
     own_autogroup = None
     try:
         redis = start_redis(tmp / "redis")
+        REDIS_PID[0] = redis.process.pid if redis.process is not None else 0
         if args.nice:  # this process's session (Redis, publisher, Python clients) too
             NICE[0] = args.nice
             with contextlib.suppress(OSError):
