@@ -641,6 +641,8 @@ class Result:
     max_us: int = 0
     max_read_us: int = 0
     no_stamp: int = 0
+    frames: int = 0  # WebSocket text frames the C clients got in the window, in ``reads``
+    reads: int = 0
     drift_us: float = 0.0
     clock_us: list[float] = field(default_factory=list)
     hops: dict[str, list[float]] = field(default_factory=dict)  # hop: sorted lags (s)
@@ -680,7 +682,7 @@ def pinned(cmd: list[str], core: int) -> list[str]:
     taskset = shutil.which("taskset")
     if taskset and os.cpu_count() != 1:
         cmd = [taskset, "-c", str(core), *cmd]
-    if RT[0]:
+    if RT[0] and core == 0:
         return ["chrt", "-f", "1", *cmd]
     return ["nice", "-n", str(NICE[0]), *cmd] if NICE[0] else cmd
 
@@ -696,14 +698,15 @@ def run_delay(pid: int) -> float:
     return total / 1e9
 
 
-def renice(pid: int, session: bool = False) -> None:
+def renice(pid: int, session: bool = False, rt: bool = False) -> None:
     """Every thread of ``pid`` at the bench's niceness (on Linux niceness is per thread);
     ``session``: its session's autogroup too (``pid`` leads a session of its own).
 
     With ``kernel.sched_autogroup_enabled`` the scheduler first shares a core between
     sessions and only then by niceness within one, so a niceness alone does not help
-    against other sessions' work.  With ``--rt``: every thread SCHED_FIFO priority 1."""
-    if RT[0]:
+    against other sessions' work.  ``rt`` with ``--rt``: every thread SCHED_FIFO
+    priority 1 instead."""
+    if rt and RT[0]:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError):
                 os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(1))
@@ -775,7 +778,7 @@ def server(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> 
         proc = subprocess.Popen(
             pinned(cmd, 0), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    renice(proc.pid, session=True)
+    renice(proc.pid, session=True, rt=True)
     try:
         url = wait_serving(proc, log_path)
         yield proc, url.replace("http://", "ws://"), gc_log
@@ -858,7 +861,7 @@ def run_target(
             pub.start()
             with contextlib.suppress(OSError, AttributeError):
                 os.sched_setaffinity(pub.pid, {1 % (os.cpu_count() or 1)})
-            renice(pub.pid)
+            renice(pub.pid, rt=True)
             time.sleep(args.warmup)
             w0 = time.time()
             w1 = w0 + args.window
@@ -928,7 +931,8 @@ def run_target(
                     result.max_read_us = max(result.max_read_us, stats.pop("max_read_us"))
                     result.no_stamp += stats.pop("no_stamp")
                     result.drift_us = max(result.drift_us, stats.pop("drift_us"), key=abs)
-                    stats.pop("frames")
+                    result.frames += stats.pop("frames")
+                    result.reads += stats.pop("reads")
                 received += stats.pop("received", len(raw))
                 if "bytes" in stats:
                     result.other["bytes/s"] = result.other.get("bytes/s", 0) + int(
@@ -1042,6 +1046,12 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         ratio=False,
     )
     row("server CPU µs per delivery", lambda r: f"{r.cpu * 1e4 / max(r.deliveries, 1):.2f}")
+    if any(r.reads for r in results):
+        row(
+            "clients: frames per read",
+            lambda r: f"{r.frames / r.reads:.2f}" if r.reads else "",
+            ratio=False,
+        )
     row(
         "client processes CPU % (sum: user+system)",
         lambda r: f"{r.client_cpu:.1f}: {r.client_user:.1f}+{r.client_cpu - r.client_user:.1f}",
@@ -1111,9 +1121,9 @@ def main() -> None:
     parser.add_argument(
         "--rt",
         action="store_true",
-        help="run the servers, clients, publisher and Redis SCHED_FIFO (priority 1, as root) "
-        "instead: ahead of all other work of the machine (short runs only: a saturated "
-        "server then leaves others 5 %% of its core)",
+        help="run the servers, publisher and Redis SCHED_FIFO (priority 1, as root), ahead of "
+        "all other work of the machine, and the clients at --nice (default -20 then): short "
+        "runs only, a saturated server then leaves others 5 %% of its core",
     )
     parser.add_argument(
         "--nice",
@@ -1146,15 +1156,12 @@ def main() -> None:
         redis = start_redis(tmp / "redis")
         REDIS_PID[0] = redis.process.pid if redis.process is not None else 0
         RT[0] = args.rt
-        if args.rt:
-            renice(REDIS_PID[0])
-        elif args.nice:  # this process's session (Redis, publisher, Python clients) too
-            NICE[0] = args.nice
+        NICE[0] = args.nice or (-20 if args.rt else 0)
+        if NICE[0]:  # this process's session (publisher, Python clients) too
             with contextlib.suppress(OSError):
                 own_autogroup = Path("/proc/self/autogroup").read_text().split()[-1]
-                Path("/proc/self/autogroup").write_text(str(args.nice))
-            assert redis.process is not None
-            renice(redis.process.pid)
+                Path("/proc/self/autogroup").write_text(str(NICE[0]))
+        renice(REDIS_PID[0], rt=True)
         if args.client_kind == "c":
             args.c_binary = build_c_client(tmp)
         print(

@@ -17,7 +17,7 @@
  *                  whose "ts" (the publisher's time.time(), seconds) is in [W0, W1)
  *   report PATH    writes the latency histogram to PATH (uint32 counts, see below) and prints
  *                  "report received=… missed=… frames=… bytes=… disconnected=… max_us=…
- *                   max_read_us=… no_stamp=… drift_us=… [other:TYPE=N …]"
+ *                   max_read_us=… no_stamp=… reads=… drift_us=… [other:TYPE=N …]"
  *                  (no_stamp: reads without a kernel timestamp, timed at read instead)
  *   stop (or EOF)  exit
  *
@@ -80,7 +80,7 @@ static char first_failure[160];
 static int announced;
 
 static double w0, w1;
-static uint64_t received, missed, frames, nbytes, max_us, max_read_us, no_stamp;
+static uint64_t received, missed, frames, nbytes, max_us, max_read_us, no_stamp, reads;
 static uint32_t *hist, *hist_read; /* kernel receive time, read time */
 static double mono_off_at_window; /* realtime - monotonic when the window was set */
 
@@ -331,6 +331,7 @@ static void on_readable(conn_t *c) {
     }
     size_t n = c->nleft + (size_t)r;
     nbytes += (uint64_t)r;
+    reads++;
     if (c->state == HANDSHAKE) {
         unsigned char *end = memmem(rbuf, n, "\r\n\r\n", 4);
         if (!end) { keep_left(c, rbuf, n); return; }
@@ -365,7 +366,7 @@ static void command(char *line) {
         fflush(stdout);
     } else if (strncmp(line, "window ", 7) == 0) {
         sscanf(line + 7, "%lf %lf", &w0, &w1);
-        received = missed = frames = nbytes = max_us = max_read_us = no_stamp = 0;
+        received = missed = frames = nbytes = max_us = max_read_us = no_stamp = reads = 0;
         memset(hist, 0, sizeof *hist * NBINS);
         memset(hist_read, 0, sizeof *hist_read * NBINS);
         memset(other_name, 0, sizeof other_name);
@@ -381,11 +382,11 @@ static void command(char *line) {
         }
         double drift = clock_s(CLOCK_REALTIME) - clock_s(CLOCK_MONOTONIC) - mono_off_at_window;
         printf("report received=%llu missed=%llu frames=%llu bytes=%llu disconnected=%u "
-               "max_us=%llu max_read_us=%llu no_stamp=%llu drift_us=%.1f",
+               "max_us=%llu max_read_us=%llu no_stamp=%llu reads=%llu drift_us=%.1f",
                (unsigned long long)received, (unsigned long long)missed,
                (unsigned long long)frames, (unsigned long long)nbytes, disconnected,
                (unsigned long long)max_us, (unsigned long long)max_read_us,
-               (unsigned long long)no_stamp, drift * 1e6);
+               (unsigned long long)no_stamp, (unsigned long long)reads, drift * 1e6);
         for (int i = 0; i < MAX_OTHER && other_name[i][0]; i++)
             printf(" other:%s=%llu", other_name[i], (unsigned long long)other_count[i]);
         printf("\n");
