@@ -504,12 +504,15 @@ class CClients:
     Seen by :func:`run_target` as a client worker's pipe (``send``/``recv`` of the same
     commands and answers) and process (``pid``, ``join``, ``kill``, ``is_alive``)."""
 
-    def __init__(self, binary: Path, url: str, targets: list[str], tmp: Path, core: int) -> None:
+    def __init__(
+        self, binary: Path, url: str, targets: list[str], tmp: Path, core: int, spin: bool
+    ) -> None:
         parts = urlsplit(url)
         init = orjson.dumps({"type": "INIT_FIELD_LIST", "payload": list(CLIENT_FIELDS)}).decode()
         self.proc = subprocess.Popen(
             pinned(
-                [str(binary), parts.hostname or "127.0.0.1", str(parts.port), BENCH_TOKEN, init],
+                [str(binary), parts.hostname or "127.0.0.1", str(parts.port), BENCH_TOKEN, init]
+                + (["spin"] if spin else []),
                 core,
             ),
             stdin=subprocess.PIPE,
@@ -824,7 +827,12 @@ def run_target(
         procs = args.client_procs or (1 if kind == "c" and worker is None else 2)
         for k in range(procs if worker is None and kind == "c" else 0):
             c_clients = CClients(
-                args.c_binary, url, targets[k::procs], tmp, 1 % (os.cpu_count() or 1)
+                args.c_binary,
+                url,
+                targets[k::procs],
+                tmp,
+                1 % (os.cpu_count() or 1),
+                args.client_spin,
             )
             pipes.append(c_clients)
             workers.append(c_clients)
@@ -1118,6 +1126,12 @@ def main() -> None:
         "the first frame of each read; picows: picows clients that parse every frame",
     )
     parser.add_argument("--targets", default="livedata,baseline")
+    parser.add_argument(
+        "--client-spin",
+        action="store_true",
+        help="the C clients poll instead of sleeping, so the server's writes never wake them "
+        "(on loopback the writer pays the wake-up): a whole core",
+    )
     parser.add_argument(
         "--rt",
         action="store_true",

@@ -3,7 +3,11 @@
  * Built by bench_fanout.py with the system C compiler into its temporary directory
  * (`cc -O2 -o fanout_client fanout_client.c`); nothing else is needed.
  *
- *   fanout_client HOST PORT TOKEN INIT_TEXT
+ *   fanout_client HOST PORT TOKEN INIT_TEXT [spin]
+ *
+ * spin: poll (epoll_wait with no timeout) instead of sleeping when nothing is ready, so
+ * the server's writes never have to wake this process (on loopback the sender pays the
+ * wake-up, on a VM an inter-processor interrupt); costs a whole core.
  *
  * stdin, one command a line:
  *   path P         a client of P (e.g. /api/resources/demo/_common/datasets/WL-0001/live?…)
@@ -397,14 +401,15 @@ static void command(char *line) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: %s HOST PORT TOKEN INIT_TEXT < commands\n", argv[0]);
+    if (argc != 5 && !(argc == 6 && strcmp(argv[5], "spin") == 0)) {
+        fprintf(stderr, "usage: %s HOST PORT TOKEN INIT_TEXT [spin] < commands\n", argv[0]);
         return 2;
     }
     host = argv[1];
     port = atoi(argv[2]);
     token = argv[3];
     init_text = argv[4];
+    int timeout = argc == 6 ? 0 : -1;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
         rl.rlim_cur = rl.rlim_max;
@@ -422,7 +427,7 @@ int main(int argc, char **argv) {
     size_t ncmd = 0;
     struct epoll_event evs[512];
     for (;;) {
-        int k = epoll_wait(epfd, evs, 512, -1);
+        int k = epoll_wait(epfd, evs, 512, announced ? timeout : -1);
         if (k < 0) {
             if (errno == EINTR) continue;
             perror("epoll_wait");
