@@ -14,26 +14,42 @@ One run, for each target in turn (``--targets``, default ``livedata,baseline``):
      the same bytes to every client of that list.  The floor any Python server can
      reach;
 
-3. ``--clients`` WebSocket clients (in ``--client-procs`` processes on the other core),
-   spread evenly over ``--machines`` machines, each asking 3 of the message's 53 fields
-   (the 15 ``vehicle_can`` fields of the demo and 38 more).  ``--client-kind lean`` (the
-   default): raw sockets that count frames in C and time the first frame of each read
-   (:func:`lean_client_worker`), so the clients sharing one core are not what limits a
-   ceiling run; ``picows``: picows clients that parse every frame;
+3. ``--clients`` WebSocket clients on the other core, spread evenly over ``--machines``
+   machines, each asking 3 of the message's 53 fields (the 15 ``vehicle_can`` fields of
+   the demo and 38 more).  ``--client-kind c`` (the default): ``bench/fanout_client.c``,
+   compiled with the system ``cc`` into the temporary directory, all clients in one
+   epoll process (:class:`CClients`; ``--client-procs`` for more): every frame parsed
+   and timed against the socket's kernel receive timestamp (``SO_TIMESTAMPNS``), so the
+   clients' own CPU and scheduling stay out of the latency; ``lean``: Python raw sockets
+   that count frames with ``bytes.count`` and time the first frame of each read
+   (:func:`lean_client_worker`); ``picows``: picows clients that parse every frame;
 4. a publisher process (other core) that publishes each machine's message at
    ``--rate`` Hz on its live channel (``live-stream/demo/consumer-WL-0001/vehicle_can``,
    the distribute role's message shape: ``ts``, ``seq``, ``epoch``, ``values``), the
-   machines spread evenly over the period; after ``--warmup`` seconds, ``--window``
-   seconds are measured.
+   machines spread evenly over the period (10 pipelines per period); after ``--warmup``
+   seconds, ``--window`` seconds are measured.
 
 Printed per target: deliveries/s (expected: published messages × clients of that
 machine), lost (expected minus received, for messages published in the window, 2 s
-of grace after it), latency p50/p99/max (client receipt minus the publisher's ``ts``),
-server CPU % (of one core; and per delivery, which stays comparable when a busy machine starves
-the clients), the client processes' CPU % and the load average (a busy machine makes
-latencies noisy: compare within a run), and RSS, KB per connected idle client (RSS with clients
-and no traffic minus RSS before them), GC pauses of the server (``gc.callbacks``,
-CPU time of each collection: count and longest per generation, total) and the ratios to the baseline.
+of grace after it), latency p50/p99/p99.9/max from the publisher's ``ts`` (its
+``time.time()``, CLOCK_REALTIME) to the socket's receive timestamp (C clients; also
+to the client's read) or to the client's parse (Python clients); the server's own hops
+(``received``: parsed from Redis, ``written``: its loop turn's writes done); how long
+the server, clients, publisher and Redis waited for a core (``/proc/…/schedstat``);
+server CPU % (of one core, user+system; and per delivery), the client processes' CPU %
+and frames per read, the load average, the clock check (C clients: Python's
+``time.time()`` sent down a pipe against the C process's CLOCK_REALTIME on receipt, and
+CLOCK_REALTIME's drift against CLOCK_MONOTONIC over the window), RSS, KB per connected
+idle client (RSS with clients and no traffic minus RSS before them), GC pauses of the
+server (``gc.callbacks``, CPU time of each collection: count and longest per
+generation, total) and the ratios to the baseline.
+
+On a machine shared with other work the latencies are mostly waits for a core:
+``--nice -20`` runs everything of the measurement at that niceness, and its sessions'
+autogroups too (as root); ``--rt`` runs the servers, publisher and Redis SCHED_FIFO
+(short runs only: a saturated server leaves other work 5 % of its core) and the clients
+at niceness -20; ``--client-spin`` makes the C clients poll instead of sleeping, so the
+server's writes never pay for waking them (on loopback the writer does; a whole core).
 
 ``--profile S`` runs ``py-spy record`` on the livedata gateway for S seconds in the
 window and prints the top self and inclusive frames.
@@ -41,6 +57,8 @@ window and prints the top self and inclusive frames.
     python bench/bench_fanout.py                                  # 1,000 clients, 10k/s, ~1 min
     python bench/bench_fanout.py --clients 5000 --machines 50 --rate 20   # 100k/s
     python bench/bench_fanout.py --clients 5000 --machines 50 --rate 50   # the ceiling: 250k/s
+    python bench/bench_fanout.py --clients 10000 --rate 1 --window 5      # idle KB/conn
+    python bench/bench_fanout.py --rt --client-spin …   # the goals, on a shared machine
     python bench/bench_fanout.py --profile 10 --targets livedata
     python bench/bench_fanout.py --before /tmp/main --targets before,livedata,baseline
 
