@@ -1179,6 +1179,8 @@ def main() -> None:
         help="gc.set_threshold for the livedata gateway (experiment; default: the server's)",
     )
     args = parser.parse_args()
+    if (args.rt or args.nice < 0) and os.geteuid() != 0:
+        parser.error("--rt and a negative --nice need root")
     from tests.servers.redis import start_redis
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_fanout_"))
