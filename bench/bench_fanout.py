@@ -209,7 +209,7 @@ def install_gateway_hops() -> None:
             hops.note("written", ts)
 
     fanout._parse = noted_parse
-    fanout.Fanout._end_turn = noted_end_turn  # type: ignore[method-assign]
+    fanout.Fanout._end_turn = noted_end_turn
     atexit.register(hops.out.close)
 
 
@@ -728,17 +728,17 @@ def renice(pid: int, session: bool = False, rt: bool = False) -> None:
     against other sessions' work.  ``rt`` with ``--rt``: every thread SCHED_FIFO
     priority 1 instead."""
     if rt and RT[0]:
-        for tid in os.listdir(f"/proc/{pid}/task"):
+        for task in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError):
-                os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(1))
+                os.sched_setscheduler(int(task), os.SCHED_FIFO, os.sched_param(1))
         return
     if not NICE[0]:
         return
     if session:
         with contextlib.suppress(OSError):
             Path(f"/proc/{pid}/autogroup").write_text(str(NICE[0]))
-    tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")] if os.path.isdir("/proc") else [pid]
-    for tid in tasks:
+    threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")] if os.path.isdir("/proc") else [pid]
+    for tid in threads:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, tid, NICE[0])
 
@@ -867,7 +867,7 @@ def run_target(
             w.start()
             with contextlib.suppress(OSError, AttributeError):
                 os.sched_setaffinity(w.pid, {1 % (os.cpu_count() or 1)})
-            renice(w.pid)
+            renice(w.pid or 0)
             pipes.append(parent)
             workers.append(w)
         try:
@@ -887,7 +887,7 @@ def run_target(
             pub.start()
             with contextlib.suppress(OSError, AttributeError):
                 os.sched_setaffinity(pub.pid, {1 % (os.cpu_count() or 1)})
-            renice(pub.pid, rt=True)
+            renice(pub.pid or 0, rt=True)
             time.sleep(args.warmup)
             w0 = time.time()
             w1 = w0 + args.window
