@@ -309,6 +309,11 @@ static void on_writable(conn_t *c) {
 static unsigned char *rbuf;
 
 static void on_readable(conn_t *c) {
+    if (c->nleft >= READ_CAP) { /* one frame larger than the read buffer */
+        count_other("frame-too-large", 15);
+        close_conn(c);
+        return;
+    }
     memcpy(rbuf, c->left, c->nleft);
     struct iovec iov = {.iov_base = rbuf + c->nleft, .iov_len = READ_CAP - c->nleft};
     union { char buf[CMSG_SPACE(sizeof(struct timespec))]; struct cmsghdr align; } ctl;
