@@ -653,6 +653,7 @@ class Result:
     client_cpu: float = 0.0
     client_user: float = 0.0
     cpu_user: float = 0.0
+    write_calls: int = 0  # the server's write system calls in the window
     waits: dict[str, float] = field(default_factory=dict)  # run-queue wait, ms per s
     other: dict[str, int] = field(default_factory=dict)
     # the C clients' latency histograms (else ``lat``): to the socket's receive timestamp,
@@ -717,6 +718,14 @@ def run_delay(pid: int) -> float:
             with contextlib.suppress(OSError, IndexError, ValueError):
                 total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1])
     return total / 1e9
+
+
+def write_calls(pid: int) -> int:
+    """The write system calls ``pid`` made so far (``syscw`` of ``/proc/…/io``)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        lines = Path(f"/proc/{pid}/io").read_text().splitlines()
+        return int(next(line for line in lines if line.startswith("syscw:")).split()[1])
+    return 0
 
 
 def renice(pid: int, session: bool = False, rt: bool = False) -> None:
@@ -894,6 +903,7 @@ def run_target(
             for p in pipes:
                 p.send(("window", w0, w1))
             cpu0 = ps.cpu_times()
+            syscw0 = write_calls(ps.pid)
             waited = {
                 "server": [ps.pid],
                 "clients": [w.pid for w in workers],
@@ -917,6 +927,7 @@ def run_target(
                 rss_max = max(rss_max, ps.memory_info().rss)
                 time.sleep(0.5)
             cpu1 = ps.cpu_times()
+            result.write_calls = write_calls(ps.pid) - syscw0
             result.waits = {
                 k: 1000 * (sum(run_delay(p) for p in pids) - wait0[k]) / args.window
                 for k, pids in waited.items()
@@ -1069,6 +1080,15 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
     row(
         "server CPU % user+system",
         lambda r: f"{r.cpu_user:.1f}+{r.cpu - r.cpu_user:.1f}",
+        ratio=False,
+    )
+    row(  # send(2) (picows) is not counted in syscw: only write(2) (uvloop's transports)
+        "server write(2) calls per delivery",
+        lambda r: (
+            f"{r.write_calls / (r.deliveries * args.window):.3f}"
+            if r.deliveries and r.write_calls
+            else "(send)"
+        ),
         ratio=False,
     )
     row("server CPU µs per delivery", lambda r: f"{r.cpu * 1e4 / max(r.deliveries, 1):.2f}")
