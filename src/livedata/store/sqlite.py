@@ -5,13 +5,14 @@ working directory), ``sqlite:////absolute/telemetry.db``, and ``sqlite:///:memor
 (or ``sqlite://``) for a private in-memory database.  Parent directories of the
 file are created.
 
-Schema (``PRAGMA user_version`` 2; a version-1 file gets its rollups built on start)::
+Schema (``PRAGMA user_version`` 3; files of versions 1 and 2 are upgraded on start)::
 
     streams(stream_id INTEGER PRIMARY KEY, tenant, chassis, msg_type, last_ts,
             UNIQUE(tenant, chassis, msg_type))
     series(series_id INTEGER PRIMARY KEY, stream_id, field, UNIQUE(stream_id, field))
-    points(bucket INTEGER, series_id INTEGER, ts INTEGER, value,
-           PRIMARY KEY(bucket, series_id, ts)) WITHOUT ROWID       -- bucket = ts // 60,000
+    records(bucket INTEGER, stream_id INTEGER, ts INTEGER,        -- bucket = ts // 60,000
+            n INTEGER, v BLOB,                                    -- n values, packed
+            PRIMARY KEY(bucket, stream_id, ts)) WITHOUT ROWID
     rollups(step INTEGER, series_id INTEGER, bucket INTEGER,      -- bucket = ts // step
             lo_ts INTEGER, lo, hi_ts INTEGER, hi,                 -- min and max point
             PRIMARY KEY(step, series_id, bucket)) WITHOUT ROWID   -- step 10 s and 1 min
@@ -20,52 +21,53 @@ Schema (``PRAGMA user_version`` 2; a version-1 file gets its rollups built on st
            PRIMARY KEY(tenant, chassis, ts)) WITHOUT ROWID            -- blob per message
         + INDEX frames_ts(ts)                                         -- for their retention
 
-(``frames`` came after version 2 and is created in any version-2 file that lacks it.)
+**One row per record** (machine, message type, timestamp): ``v`` is the JSON array
+``[series_id, value, series_id, value, ...]`` of its values (orjson: ints, floats in
+their shortest exact form and strings come back as they went in; a non-finite float
+is ``["inf"]``/``["-inf"]``, JSON having none), ``n`` how many.  Versions 1 and 2 kept
+one row per point (``points(bucket, series_id, ts, value)``); opening such a file moves
+its points into ``records`` a minute at a time, in one transaction (version 1 first
+gets its rollups), and drops ``points``.  Measured (``bench/bench_ingest.py``, 200
+machines of the simulator, 13 values a record, batches of a few hundred records):
+the writer thread's work per record fell from about 37 to about 13 µs, the file is
+smaller (the names and keys are not repeated per point), and reads parse the blobs in
+Python (about 1 µs a record).
 
-It is the narrow (tenant, chassis, msg_type, field, ts, value) shape, with two
-changes, each measured (200 machines x 15 fields, 4.5 M points, batches of 1,000
-records, raw sqlite3 without this module's Python work):
-
-* **Names interned** in ``streams``/``series``: 26.6 instead of 73 MB per million
-  points, and writes about 1.5x faster than repeating four strings in every row.
-* **Points clustered by minute, then series, then time.**  Keyed by (series, ts)
-  every batch touches one leaf page per series (thousands), and throughput fell
-  with the table's size (136,000 points/s at 4.5 M points, 65,000 with the default
-  page cache); keyed by minute first, new data lands at the right edge of the tree:
-  515,000 points/s at the same size, for 4 more bytes a point (30.8 MB per
-  million).  A 2-minute query of one series reads 2-3 minutes with one index seek
-  each (0.05 ms, as before); a day-long one walks 1,440 minutes newest first and
-  stops at ``limit`` (0.45 ms for the newest 1,000 points, 42 ms for all 86,400).
-  Retention deletes whole minutes from the left of the tree.
+Names are interned in ``streams``/``series`` (26.6 instead of 73 MB per million points
+in the narrow shape, and writes about 1.5x faster than repeating four strings in every
+row).  Records are **clustered by minute, then stream, then time**: new data lands at
+the right edge of the tree (keyed by (stream, ts) every batch touches one leaf page per
+stream, and throughput falls with the table's size).  A 2-minute query of one machine
+reads 2-3 minutes with one index seek each; a day-long one walks 1,440 minutes newest
+first and stops once every field asked for has ``limit`` points.  Retention deletes
+whole minutes from the left of the tree.
 
 ``last_ts`` per stream makes :meth:`SQLiteStore.latest_ts` one row read.
 
 Rollups (for :meth:`SQLiteStore.downsample` over long ranges): per series and 10 s or
 1 min bucket, the minimum and maximum point (no counts, nothing that a redelivered
-point could count twice).  They are computed from the raw points of a whole minute,
-with SQL, in the write's own transaction, once the minute is *settled*: when the
-stream's newest point is 5-60 s (:func:`~livedata.store.base.settle_lag`, spread per
-stream) into a later minute, and again whenever a write touches a settled minute
-(late data, a redelivery, a corrected value).  So a rollup is always exactly what
-its raw points give -- a rewritten record recomputes the same rows -- and a point is
-read twice more (for the minimum and the maximum of its 10 s bucket, one index range
-per bucket, no sorting) when its minute settles, instead of rollups being updated on
-every write; the minute's rollups come from its six 10 s ones.  The open minutes (the
-newest one or two of each stream) are read raw.  ``downsample`` reads the coarsest
-rollups that fit its grid (:func:`~livedata.store.base.rollup_plan`) and raw points
-only at the ends of the range and in open minutes: 7 days of 10 fields at 1 Hz is
-about 100,000 rollup rows instead of 6 M points.  Costs, measured
-(``bench/bench_store_backends.py``, ``bench/bench_history.py``): writes take 20-50 %
-more time, the file is about 20 % larger.  ``value``
-has no declared type, so ints, floats and strings come back as they went in.
+point could count twice; of equal values the earliest).  They are computed from the
+records of a whole minute, in Python, in the write's own transaction, once the minute
+is *settled*: when the stream's newest point is 5-60 s
+(:func:`~livedata.store.base.settle_lag`, spread per stream) into a later minute, and
+again whenever a write touches a settled minute (late data, a redelivery, a corrected
+value).  So a rollup is always exactly what its raw points give -- a rewritten record
+recomputes the same rows -- and a record is read once more when its minute settles,
+instead of rollups being updated on every write.  The open minutes (the newest one or
+two of each stream) are read raw.  ``downsample`` reads the coarsest rollups that fit
+its grid (:func:`~livedata.store.base.rollup_plan`, grouped in SQL) and raw records
+only at the ends of the range and in open minutes (folded in Python): 7 days of 10
+fields at 1 Hz is about 100,000 rollup rows instead of 6 M points.
 
-Duplicates: ``INSERT OR REPLACE`` -- writing an existing key again replaces its
-value (**last write wins**) and keeps one row, like :class:`~livedata.store.memory.MemoryStore`.
+Duplicates: writing an existing record key again merges its values into the row
+(``ON CONFLICT DO UPDATE`` with a Python function): each value written replaces the one
+of its field (**last write wins** per point), the others stay, and the key keeps one
+row, like :class:`~livedata.store.memory.MemoryStore`.
 Values are normalised as there (bool as int, NaN/None/objects skipped and not counted).
 
 Threads: all writes run on **one dedicated writer thread** with its own connection
 (WAL mode, ``synchronous=NORMAL``, 64 MB page cache); each ``write`` call is one
-transaction of ``executemany`` inserts, and calls queue up in order.  Queries run
+transaction of one ``executemany`` insert, and calls queue up in order.  Queries run
 on a small pool of reader threads, each with its own connection, beside the writer
 (WAL lets readers see the last committed state while a write is in progress).
 Nothing blocks the event loop.  With ``:memory:`` a single connection on the
@@ -1086,31 +1088,49 @@ def compute_rollups(conn: sqlite3.Connection, pairs: Sequence[tuple[int, int]]) 
             _ROLLUP_DELETE,
             [{"step": step, "stream": sid, "first": m * per, "per": per} for sid, m in pairs],
         )
+    finest, coarser = ROLLUP_LEVELS_MS[0], ROLLUP_LEVELS_MS[1:]
     rows: list[tuple[int, int, int, int, Value, int, Value]] = []
     for stream_id, minute in pairs:
-        # per (step, series, bucket): [lo_ts, lo, hi_ts, hi]; records come in time order
-        found: dict[tuple[int, int, int], list[Value]] = {}
+        # the numeric points per (series, finest bucket), in time order
+        found: dict[tuple[int, int], tuple[list[int], list[Value]]] = {}
         for ts, blob in conn.execute(
             "SELECT ts, v FROM records WHERE bucket = ? AND stream_id = ? ORDER BY ts",
             (minute, stream_id),
         ):
             flat = _unpack(blob)
-            for i in range(0, len(flat), 2):
-                value = flat[i + 1]
-                if type(value) is str:
+            bucket = ts // finest
+            for sid, value in zip(flat[::2], flat[1::2], strict=True):
+                kind = type(value)
+                if kind is str:
                     continue
-                value = _value(value)
-                sid = flat[i]
-                for step in ROLLUP_LEVELS_MS:
-                    key = (step, sid, ts // step)  # type: ignore[assignment]
-                    now = found.get(key)  # type: ignore[arg-type]
-                    if now is None:
-                        found[key] = [ts, value, ts, value]  # type: ignore[index]
-                    elif value < now[1]:  # type: ignore[operator]
-                        now[0], now[1] = ts, value
-                    elif value > now[3]:  # type: ignore[operator]
-                        now[2], now[3] = ts, value
-        rows.extend((*key, *extreme) for key, extreme in found.items())  # type: ignore[misc]
+                if kind is list:
+                    value = float(value[0])  # type: ignore[index]
+                got = found.get((sid, bucket))  # type: ignore[arg-type]
+                if got is None:
+                    found[sid, bucket] = ([ts], [value])  # type: ignore[index]
+                else:
+                    got[0].append(ts)
+                    got[1].append(value)  # type: ignore[arg-type]
+        # min()/max() and index() give the first, so the earliest, of equal extremes
+        extremes: list[tuple[int, int, int, Value, int, Value]] = []
+        for (sid, bucket), (times, values) in found.items():
+            low, high = min(values), max(values)  # type: ignore[type-var]
+            low_ts, high_ts = times[values.index(low)], times[values.index(high)]
+            extremes.append((sid, bucket, low_ts, low, high_ts, high))
+            rows.append((finest, sid, bucket, low_ts, low, high_ts, high))
+        for step in coarser:  # from the finest buckets, in time order per series
+            per = step // finest
+            folded: dict[tuple[int, int], list[Value]] = {}
+            for sid, bucket, low_ts, low, high_ts, high in extremes:
+                now = folded.get((sid, bucket // per))
+                if now is None:
+                    folded[sid, bucket // per] = [low_ts, low, high_ts, high]
+                else:
+                    if low < now[1]:  # type: ignore[operator]
+                        now[0], now[1] = low_ts, low
+                    if high > now[3]:  # type: ignore[operator]
+                        now[2], now[3] = high_ts, high
+            rows.extend((step, *key, *extreme) for key, extreme in folded.items())  # type: ignore[misc]
     conn.executemany(_INSERT_ROLLUP, rows)
 
 
