@@ -1091,33 +1091,37 @@ def compute_rollups(conn: sqlite3.Connection, pairs: Sequence[tuple[int, int]]) 
     finest, coarser = ROLLUP_LEVELS_MS[0], ROLLUP_LEVELS_MS[1:]
     rows: list[tuple[int, int, int, int, Value, int, Value]] = []
     for stream_id, minute in pairs:
-        # the numeric points per (series, finest bucket), in time order
-        found: dict[tuple[int, int], tuple[list[int], list[Value]]] = {}
+        # per finest bucket (in time order) the numeric points of each series, in time order
+        found: dict[int, dict[int, tuple[list[int], list[Value]]]] = {}
         for ts, blob in conn.execute(
             "SELECT ts, v FROM records WHERE bucket = ? AND stream_id = ? ORDER BY ts",
             (minute, stream_id),
         ):
             flat = _unpack(blob)
             bucket = ts // finest
+            slot = found.get(bucket)
+            if slot is None:
+                slot = found[bucket] = {}
             for sid, value in zip(flat[::2], flat[1::2], strict=True):
                 kind = type(value)
                 if kind is str:
                     continue
                 if kind is list:
                     value = float(value[0])  # type: ignore[index]
-                got = found.get((sid, bucket))  # type: ignore[arg-type]
+                got = slot.get(sid)  # type: ignore[call-overload]
                 if got is None:
-                    found[sid, bucket] = ([ts], [value])  # type: ignore[index]
+                    slot[sid] = ([ts], [value])  # type: ignore[index]
                 else:
                     got[0].append(ts)
                     got[1].append(value)  # type: ignore[arg-type]
         # min()/max() and index() give the first, so the earliest, of equal extremes
         extremes: list[tuple[int, int, int, Value, int, Value]] = []
-        for (sid, bucket), (times, values) in found.items():
-            low, high = min(values), max(values)  # type: ignore[type-var]
-            low_ts, high_ts = times[values.index(low)], times[values.index(high)]
-            extremes.append((sid, bucket, low_ts, low, high_ts, high))
-            rows.append((finest, sid, bucket, low_ts, low, high_ts, high))
+        for bucket, slot in found.items():
+            for sid, (times, values) in slot.items():
+                low, high = min(values), max(values)  # type: ignore[type-var]
+                low_ts, high_ts = times[values.index(low)], times[values.index(high)]
+                extremes.append((sid, bucket, low_ts, low, high_ts, high))
+                rows.append((finest, sid, bucket, low_ts, low, high_ts, high))
         for step in coarser:  # from the finest buckets, in time order per series
             per = step // finest
             folded: dict[tuple[int, int], list[Value]] = {}
