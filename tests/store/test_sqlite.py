@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from livedata.model import Kind, Record
 from livedata.store import open_store
 from livedata.store.base import Store
 from livedata.store.sqlite import BUCKET_MS, SCHEMA_VERSION, SQLiteStore, database_path
+from tests.files.store.make_telemetry_v2 import reads
 from tests.store.contract import (
     T0,
     StoreContract,
@@ -25,6 +27,8 @@ from tests.store.contract import (
     unique_id,
     write_shuffled,
 )
+
+V2_FILE = Path(__file__).parent.parent / "files" / "store" / "telemetry-v2.db"
 
 
 class TestSQLiteFileStore(StoreContract):
@@ -392,3 +396,20 @@ async def test_rewritten_key_keeps_its_other_fields(tmp_path: Path) -> None:
         assert await store.machine_points("t1", "machine-1") == 3
     finally:
         await store.close()
+
+
+async def test_real_version_2_file_answers_as_before(tmp_path: Path) -> None:
+    """A file written by the schema-2 store (tests/files/store) answers every read as that
+    store did, once upgraded on open (strings, an infinity, a replaced range included)."""
+    path = tmp_path / "telemetry.db"
+    shutil.copy(V2_FILE, path)
+    expected = json.loads(V2_FILE.with_suffix(".json").read_text())
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.start()
+    try:
+        got = json.loads(json.dumps(await reads(store)))
+    finally:
+        await store.close()
+    assert got == expected
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
