@@ -107,7 +107,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -258,9 +258,9 @@ def _pack(flat: list[object]) -> bytes:
     return blob
 
 
-def _unpack(blob: bytes) -> list[object]:
+def _unpack(blob: bytes) -> list[Any]:
     """``[series_id, value, ...]`` of a blob (non-finite floats still as their marker)."""
-    flat: list[object] = orjson.loads(blob)
+    flat: list[Any] = orjson.loads(blob)
     return flat
 
 
@@ -327,10 +327,11 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
 def _records_from_points(conn: sqlite3.Connection) -> None:
     """Move the points of a version-1 or -2 file (one row per point) into ``records``
     (one row per record), a minute at a time, and drop the old table."""
-    bucket = INT64_MIN
+    bucket: int | None = INT64_MIN
     while True:
-        bucket = conn.execute("SELECT MIN(bucket) FROM points WHERE bucket > ?", (bucket,))
-        bucket = bucket.fetchone()[0]
+        bucket = conn.execute(
+            "SELECT MIN(bucket) FROM points WHERE bucket > ?", (bucket,)
+        ).fetchone()[0]
         if bucket is None:
             break
         grouped: dict[tuple[int, int], list[object]] = {}
@@ -704,9 +705,9 @@ class SQLiteStore(Store):
                 more = oldest is not None and oldest < cutoff_bucket
                 if more:
                     upto = min(oldest + DELETE_BUCKETS_PER_TRANSACTION, cutoff_bucket)
-                    where, params = "bucket < ?", (upto,)
+                    where, params = "bucket < ?", [upto]
                 else:  # last pass: the minute of the cutoff itself, then forget what went
-                    where, params = "bucket = ? AND ts < ?", (cutoff_bucket, ts_ms)
+                    where, params = "bucket = ? AND ts < ?", [cutoff_bucket, ts_ms]
                 deleted = conn.execute(
                     f"SELECT COALESCE(SUM(n), 0) FROM records WHERE {where}", params
                 ).fetchone()[0]
@@ -794,7 +795,7 @@ class SQLiteStore(Store):
         for ts, blob in rows:
             flat = _unpack(blob)
             for i in range(0, len(flat), 2):
-                points = wanted.get(flat[i])  # type: ignore[call-overload]
+                points = wanted.get(flat[i])
                 if points is not None and len(points) < limit:
                     points.append((ts, _value(flat[i + 1])))
                     if len(points) == limit:
@@ -1089,10 +1090,10 @@ def compute_rollups(conn: sqlite3.Connection, pairs: Sequence[tuple[int, int]]) 
             [{"step": step, "stream": sid, "first": m * per, "per": per} for sid, m in pairs],
         )
     finest, coarser = ROLLUP_LEVELS_MS[0], ROLLUP_LEVELS_MS[1:]
-    rows: list[tuple[int, int, int, int, Value, int, Value]] = []
+    rows: list[tuple[int, ...] | tuple[object, ...]] = []
     for stream_id, minute in pairs:
         # per finest bucket (in time order) the numeric points of each series, in time order
-        found: dict[int, dict[int, tuple[list[int], list[Value]]]] = {}
+        found: dict[int, dict[int, tuple[list[int], list[float]]]] = {}
         for ts, blob in conn.execute(
             "SELECT ts, v FROM records WHERE bucket = ? AND stream_id = ? ORDER BY ts",
             (minute, stream_id),
@@ -1107,34 +1108,34 @@ def compute_rollups(conn: sqlite3.Connection, pairs: Sequence[tuple[int, int]]) 
                 if kind is str:
                     continue
                 if kind is list:
-                    value = float(value[0])  # type: ignore[index]
-                got = slot.get(sid)  # type: ignore[call-overload]
+                    value = float(value[0])
+                got = slot.get(sid)
                 if got is None:
-                    slot[sid] = ([ts], [value])  # type: ignore[index]
+                    slot[sid] = ([ts], [value])
                 else:
                     got[0].append(ts)
-                    got[1].append(value)  # type: ignore[arg-type]
+                    got[1].append(value)
         # min()/max() and index() give the first, so the earliest, of equal extremes
-        extremes: list[tuple[int, int, int, Value, int, Value]] = []
+        extremes: list[tuple[int, int, int, float, int, float]] = []
         for bucket, slot in found.items():
             for sid, (times, values) in slot.items():
-                low, high = min(values), max(values)  # type: ignore[type-var]
+                low, high = min(values), max(values)
                 low_ts, high_ts = times[values.index(low)], times[values.index(high)]
                 extremes.append((sid, bucket, low_ts, low, high_ts, high))
                 rows.append((finest, sid, bucket, low_ts, low, high_ts, high))
         for step in coarser:  # from the finest buckets, in time order per series
             per = step // finest
-            folded: dict[tuple[int, int], list[Value]] = {}
+            folded: dict[tuple[int, int], list[float]] = {}
             for sid, bucket, low_ts, low, high_ts, high in extremes:
                 now = folded.get((sid, bucket // per))
                 if now is None:
                     folded[sid, bucket // per] = [low_ts, low, high_ts, high]
                 else:
-                    if low < now[1]:  # type: ignore[operator]
+                    if low < now[1]:
                         now[0], now[1] = low_ts, low
-                    if high > now[3]:  # type: ignore[operator]
+                    if high > now[3]:
                         now[2], now[3] = high_ts, high
-            rows.extend((step, *key, *extreme) for key, extreme in folded.items())  # type: ignore[misc]
+            rows.extend((step, *key, *extreme) for key, extreme in folded.items())
     conn.executemany(_INSERT_ROLLUP, rows)
 
 
@@ -1194,14 +1195,14 @@ def _fold_raw(
             sid = flat[i]
             if sid not in names:
                 continue
-            value = flat[i + 1]
-            if type(value) is str:
+            raw = flat[i + 1]
+            if type(raw) is str:
                 continue
-            value = _value(value)
+            value: float = float(raw[0]) if type(raw) is list else raw
             key = (sid, k)
-            low = lows.get(key)  # type: ignore[call-overload]
+            low: tuple[int, Any] | None = lows.get(key)
             if low is None or value < low[1] or (value == low[1] and ts < low[0]):
-                lows[key] = (ts, value)  # type: ignore[index]
-            high = highs.get(key)  # type: ignore[call-overload]
+                lows[key] = (ts, value)
+            high: tuple[int, Any] | None = highs.get(key)
             if high is None or value > high[1] or (value == high[1] and ts < high[0]):
-                highs[key] = (ts, value)  # type: ignore[index]
+                highs[key] = (ts, value)
