@@ -35,7 +35,10 @@ only the ingest runs (device link → SQLiteStore, → MemoryStore, and → a sl
 with the spill journal on: every write takes 0.3 s longer, ``spill_after`` 0.2 s, so
 every batch outlives it -- a store up but behind), first with
 ``DIR/src``, then with this tree (this script in a fresh subprocess each), alternating ``--rounds``
-times (default 2), each figure printed with the load average; then the ratios of CPU
+times (default 2), each figure printed with the load average, then the stages alone: decoding
+(the DBC decoder with a bus state per machine, ``decode_values``) per message, and
+``SQLiteStore.write`` of the records the MemoryStore run made, in writes of 500, on a new
+file (CPU of all threads per record); then the ratios of CPU
 per record (before / after: > 1 is faster now) and the records/s one core would take
 (1 / CPU per record, what "one core" means on a shared machine).
 
@@ -79,7 +82,8 @@ import psutil
 from livedata.bus.memory import MemoryLog
 from livedata.catalog import Catalog
 from livedata.codec import decode, encode
-from livedata.decode.can import CanDecoder
+from livedata.decode.can import BusState, CanDecoder
+from livedata.decode.values import decode_values
 from livedata.devices.local import LocalDeviceLink
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, MsgType, Record
@@ -604,16 +608,45 @@ async def main(machines: int, seconds: int) -> None:
     )
 
 
+def stage_decode(decoder: CanDecoder, messages: list[DeviceMessage]) -> float:
+    """CPU µs per message of decoding alone: the DBC decoder for ``vehicle_can`` (with a
+    bus state per machine, as ingest keeps), ``decode_values`` for ``client_raw_data``."""
+    buses: dict[str, BusState] = {}
+    cpu = time.process_time()
+    for message in messages:
+        if message.msg_type == MsgType.VEHICLE_CAN:
+            bus = buses.get(message.chassis) or buses.setdefault(message.chassis, BusState())
+            decoder.decode(message.frames, bus)
+        else:
+            decode_values(message.values)
+    return (time.process_time() - cpu) / len(messages) * 1e6
+
+
+async def stage_store(url: str, records: list[Record], size: int = 500) -> float:
+    """CPU µs per record (all threads: the writer's work) of ``SQLiteStore.write`` alone,
+    ``records`` in writes of ``size`` on a new file."""
+    store = SQLiteStore(url)
+    await store.start()
+    try:
+        cpu = time.process_time()
+        for i in range(0, len(records), size):
+            await store.write(records[i : i + size])
+        return (time.process_time() - cpu) / len(records) * 1e6
+    finally:
+        await store.close()
+
+
 async def main_runs(machines: int, seconds: int) -> list[RunResult]:
-    """The ingest runs only (link → SQLiteStore, → MemoryStore, → slow store), printed."""
+    """The ingest runs only (link → SQLiteStore, → MemoryStore, → slow store), printed;
+    then the stages alone (decoding, SQLite writes of the records ingest made)."""
     logging.basicConfig(level=logging.WARNING)
     chassis_ids = default_chassis_ids(machines)
     dbc_text = DBC_PATH.read_text()
-    messages, _ = await make_messages(
-        chassis_ids, CanDecoder.from_dbc(dbc_text), WARMUP_SECONDS + seconds
-    )
+    decoder = CanDecoder.from_dbc(dbc_text)
+    messages, _ = await make_messages(chassis_ids, decoder, WARMUP_SECONDS + seconds)
     split = len(messages) * WARMUP_SECONDS // (WARMUP_SECONDS + seconds)
     results = []
+    made: list[Record] = []
     with tempfile.TemporaryDirectory(prefix="livedata-bench-ingest-") as tmp:
         meta = Metadata(f"sqlite:///{Path(tmp) / 'metadata.db'}")
         await meta.start()
@@ -629,7 +662,7 @@ async def main_runs(machines: int, seconds: int) -> list[RunResult]:
                 ("link → MemoryStore", MemoryStore(f"memory://{uuid.uuid4().hex}"), None),
                 ("link → slow store, journal", slow, SpillJournal(Path(tmp) / "spill", 2**28)),
             ):
-                result, _ = await run_ingest(
+                result, batches = await run_ingest(
                     label,
                     store,
                     Catalog(meta),
@@ -639,10 +672,23 @@ async def main_runs(machines: int, seconds: int) -> list[RunResult]:
                     SLOW_SPILL_AFTER_S,
                 )
                 results.append(result)
+                if isinstance(store, MemoryStore):
+                    made = [record for batch in batches for record in batch]
                 load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
                 print("\n".join(result.lines()) + f"\n  load average       {load}", flush=True)
+            decoding = stage_decode(decoder, messages[split:])
+            writing = await stage_store(f"sqlite:///{Path(tmp) / 'stage.db'}", made)
         finally:
             await meta.close()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(
+        f"stages alone (CPU per record)\n  decoding           {decoding:>10.1f} µs\n"
+        f"  SQLiteStore.write  {writing:>10.1f} µs  (writes of 500 records)\n"
+        f"  load average       {load}",
+        flush=True,
+    )
+    for label, us in (("stage: decoding", decoding), ("stage: SQLite write", writing)):
+        results.append(RunResult(label, 1_000_000, 0, 1.0, us, us, 0, 0))
     return results
 
 

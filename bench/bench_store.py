@@ -155,7 +155,7 @@ async def bench(name: str, url: str, seconds: float, db_path: Path | None) -> No
     await store.close()
     if db_path is not None:
         with contextlib.closing(sqlite3.connect(db_path)) as conn:
-            total = conn.execute("SELECT COUNT(*) FROM points").fetchone()[0]
+            total = conn.execute("SELECT COALESCE(SUM(n), 0) FROM records").fetchone()[0]
         size = sum(p.stat().st_size for p in db_path.parent.glob(db_path.name + "*"))
         print(
             f"  size: {size / 1e6:,.1f} MB for {total:,} points = {size / total:,.1f} MB/M points"

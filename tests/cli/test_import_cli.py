@@ -82,8 +82,8 @@ def livedata(*args: str, data_dir: Path) -> subprocess.Popen[str]:
 def points(data_dir: Path, chassis: str) -> int:
     with sqlite3.connect(data_dir / "telemetry.db") as conn:
         (n,) = conn.execute(
-            "SELECT count(*) FROM points JOIN series USING (series_id) "
-            "JOIN streams USING (stream_id) WHERE streams.chassis = ?",
+            "SELECT COALESCE(SUM(n), 0) FROM records JOIN streams USING (stream_id) "
+            "WHERE streams.chassis = ?",
             (chassis,),
         ).fetchone()
     return int(n)

@@ -194,7 +194,7 @@ async def test_another_machines_log_shows_as_unknown_ids() -> None:
 
 def stored_rows(path: Path) -> int:
     with sqlite3.connect(path) as conn:
-        (count,) = conn.execute("SELECT count(*) FROM points").fetchone()
+        (count,) = conn.execute("SELECT COALESCE(SUM(n), 0) FROM records").fetchone()
     return int(count)
 
 

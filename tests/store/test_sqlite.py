@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -13,7 +15,9 @@ import pytest
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Kind, Record
 from livedata.store import open_store
-from livedata.store.sqlite import BUCKET_MS, SQLiteStore, database_path
+from livedata.store.base import Store
+from livedata.store.sqlite import BUCKET_MS, SCHEMA_VERSION, SQLiteStore, database_path
+from tests.files.store.make_telemetry_v2 import reads
 from tests.store.contract import (
     T0,
     StoreContract,
@@ -23,6 +27,8 @@ from tests.store.contract import (
     unique_id,
     write_shuffled,
 )
+
+V2_FILE = Path(__file__).parent.parent / "files" / "store" / "telemetry-v2.db"
 
 
 class TestSQLiteFileStore(StoreContract):
@@ -157,10 +163,7 @@ async def test_reads_proceed_while_a_write_is_in_progress(tmp_path: Path) -> Non
 
         def hold(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "INSERT INTO points (bucket, series_id, ts, value) VALUES (?, 1, ?, 2)",
-                ((T0 + 1) // BUCKET_MS, T0 + 1),
-            )
+            store._insert(conn, [rec("t1", T0 + 1, {"x": 2})])
             loop.call_soon_threadsafe(started.set)
             while not release.done():
                 time.sleep(0.005)
@@ -181,7 +184,7 @@ async def test_reads_proceed_while_a_write_is_in_progress(tmp_path: Path) -> Non
 
 
 async def test_same_key_twice_is_one_row(tmp_path: Path) -> None:
-    """Rewriting a batch (a redelivery) leaves exactly one row per key in the file."""
+    """Rewriting a batch (a redelivery) leaves exactly one row per record key in the file."""
     store = open_store(f"sqlite:///{tmp_path}/telemetry.db")
     await store.start()
     batch = [Record("t1", "m1", "vehicle_can", T0 + i, Kind.BACKFILL, {"x": i}) for i in range(50)]
@@ -189,7 +192,7 @@ async def test_same_key_twice_is_one_row(tmp_path: Path) -> None:
     await store.write(batch)
     await store.close()
     with contextlib.closing(sqlite3.connect(tmp_path / "telemetry.db")) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM points").fetchone() == (50,)
+        assert conn.execute("SELECT COUNT(*), SUM(n) FROM records").fetchone() == (50, 50)
 
 
 async def test_batch_failing_part_way_stores_nothing(tmp_path: Path) -> None:
@@ -279,8 +282,39 @@ async def test_failed_batch_leaves_no_rollups(tmp_path: Path) -> None:
         await store.close()
 
 
+# The table of schema versions 1 and 2 that version 3 replaced: one row per point.
+OLD_POINTS = """CREATE TABLE points (
+    bucket INTEGER NOT NULL, series_id INTEGER NOT NULL, ts INTEGER NOT NULL, value,
+    PRIMARY KEY (bucket, series_id, ts)
+) WITHOUT ROWID"""
+
+
+def make_old_file(path: Path, version: int) -> None:
+    """Turn a file written by this store into the layout of schema ``version`` (1 or 2):
+    its records as one row per point (version 1 also without rollups)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(OLD_POINTS)
+        for bucket, ts, blob in conn.execute("SELECT bucket, ts, v FROM records").fetchall():
+            flat = json.loads(blob)
+            conn.executemany(
+                "INSERT INTO points VALUES (?, ?, ?, ?)",
+                [(bucket, flat[i], ts, old_value(flat[i + 1])) for i in range(0, len(flat), 2)],
+            )
+        conn.execute("DROP TABLE records")
+        if version == 1:
+            conn.execute("DROP TABLE rollups")
+            conn.execute("DROP TABLE retention")
+        conn.execute(f"PRAGMA user_version={version}")
+        conn.commit()
+
+
+def old_value(value: object) -> object:
+    """A value as the old points table held it (a non-finite float as a REAL)."""
+    return float(value[0]) if isinstance(value, list) else value
+
+
 async def test_version_1_file_gets_its_rollups(tmp_path: Path) -> None:
-    """A file of schema version 1 (no rollups) is upgraded on start: rollups built from its points."""
+    """A file of schema version 1 (points, no rollups) is upgraded on start: rollups built from its points."""
     path = tmp_path / "telemetry.db"
     records = long_records("t1", seconds=3_600)
     store = open_store(f"sqlite:///{path}")
@@ -288,11 +322,7 @@ async def test_version_1_file_gets_its_rollups(tmp_path: Path) -> None:
     await store.write(records)
     await store.close()
     built = rollup_rows(path)
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        conn.execute("DROP TABLE rollups")
-        conn.execute("DROP TABLE retention")
-        conn.execute("PRAGMA user_version=1")
-        conn.commit()
+    make_old_file(path, 1)
     store = open_store(f"sqlite:///{path}")
     await store.start()
     try:
@@ -306,4 +336,80 @@ async def test_version_1_file_gets_its_rollups(tmp_path: Path) -> None:
     upgraded = rollup_rows(path)
     assert set(built) <= set(upgraded)  # also the open minutes, which writes leave for later
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+
+
+async def test_version_2_file_reads_the_same_after_its_upgrade(tmp_path: Path) -> None:
+    """A file of schema version 2 (one row per point) is moved to one row per record on start,
+    and every read (query, downsample, counts, latest) answers as before; writes go on."""
+    path = tmp_path / "telemetry.db"
+    odd = {"s": "null", "big": 2**62, "inf": float("inf"), "ninf": float("-inf"), "a": 0.1}
+    records = [*long_records("t1", seconds=1_800), rec("t1", T0 + 500, odd)]
+    args = ("t1", "machine-1", "vehicle_can", ["a", "b", "c", "s", "big", "inf", "ninf"])
+
+    async def reads(store: Store) -> list[object]:
+        return [
+            await store.query(*args, T0, T0 + 1_800_000),
+            await store.query(*args, T0, T0 + 1_800_000, limit=7),
+            await store.downsample(*args, T0, T0 + 1_800_000, 90),
+            await store.downsample(*args, T0 + 1_234, T0 + 654_321, 500),
+            await store.machine_points("t1", "machine-1"),
+            await store.latest_ts("t1", "machine-1", "vehicle_can"),
+        ]
+
+    store = open_store(f"sqlite:///{path}")
+    await store.start()
+    await store.write(records)
+    before = await reads(store)
+    await store.close()
+    assert before[0]["inf"] == [(T0 + 500, float("inf"))]  # type: ignore[index]
+    rollups = rollup_rows(path)
+    make_old_file(path, 2)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM points").fetchone()[0] == before[4]
+    store = open_store(f"sqlite:///{path}")
+    await store.start()
+    try:
+        assert await reads(store) == before
+        assert rollup_rows(path) == rollups
+        assert await store.write([rec("t1", T0 + 1_800_000, {"a": 1.5})]) == 1
+        got = await store.query("t1", "machine-1", "vehicle_can", ["a"], T0 + 1_800_000, T0 * 2)
+        assert got == {"a": [(T0 + 1_800_000, 1.5)]}
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        assert "points" not in tables and "records" in tables
+
+
+async def test_rewritten_key_keeps_its_other_fields(tmp_path: Path) -> None:
+    """A record written again with some of its fields replaces those and keeps the others
+    (last write wins per point), also within one batch."""
+    store = open_store(f"sqlite:///{tmp_path}/telemetry.db")
+    await store.start()
+    try:
+        await store.write([rec("t1", T0, {"x": 1, "y": 2})])
+        await store.write([rec("t1", T0, {"y": 3, "z": "on"}), rec("t1", T0, {"x": 4.5})])
+        got = await store.query("t1", "machine-1", "vehicle_can", ["x", "y", "z"], T0, T0)
+        assert got == {"x": [(T0, 4.5)], "y": [(T0, 3)], "z": [(T0, "on")]}
+        assert await store.machine_points("t1", "machine-1") == 3
+    finally:
+        await store.close()
+
+
+async def test_real_version_2_file_answers_as_before(tmp_path: Path) -> None:
+    """A file written by the schema-2 store (tests/files/store) answers every read as that
+    store did, once upgraded on open (strings, an infinity, a replaced range included)."""
+    path = tmp_path / "telemetry.db"
+    shutil.copy(V2_FILE, path)
+    expected = json.loads(V2_FILE.with_suffix(".json").read_text())
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.start()
+    try:
+        got = json.loads(json.dumps(await reads(store)))
+    finally:
+        await store.close()
+    assert got == expected
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)

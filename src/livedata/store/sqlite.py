@@ -5,13 +5,14 @@ working directory), ``sqlite:////absolute/telemetry.db``, and ``sqlite:///:memor
 (or ``sqlite://``) for a private in-memory database.  Parent directories of the
 file are created.
 
-Schema (``PRAGMA user_version`` 2; a version-1 file gets its rollups built on start)::
+Schema (``PRAGMA user_version`` 3; files of versions 1 and 2 are upgraded on start)::
 
     streams(stream_id INTEGER PRIMARY KEY, tenant, chassis, msg_type, last_ts,
             UNIQUE(tenant, chassis, msg_type))
     series(series_id INTEGER PRIMARY KEY, stream_id, field, UNIQUE(stream_id, field))
-    points(bucket INTEGER, series_id INTEGER, ts INTEGER, value,
-           PRIMARY KEY(bucket, series_id, ts)) WITHOUT ROWID       -- bucket = ts // 60,000
+    records(bucket INTEGER, stream_id INTEGER, ts INTEGER,        -- bucket = ts // 60,000
+            n INTEGER, v BLOB,                                    -- n values, packed
+            PRIMARY KEY(bucket, stream_id, ts)) WITHOUT ROWID
     rollups(step INTEGER, series_id INTEGER, bucket INTEGER,      -- bucket = ts // step
             lo_ts INTEGER, lo, hi_ts INTEGER, hi,                 -- min and max point
             PRIMARY KEY(step, series_id, bucket)) WITHOUT ROWID   -- step 10 s and 1 min
@@ -20,52 +21,53 @@ Schema (``PRAGMA user_version`` 2; a version-1 file gets its rollups built on st
            PRIMARY KEY(tenant, chassis, ts)) WITHOUT ROWID            -- blob per message
         + INDEX frames_ts(ts)                                         -- for their retention
 
-(``frames`` came after version 2 and is created in any version-2 file that lacks it.)
+**One row per record** (machine, message type, timestamp): ``v`` is the JSON array
+``[series_id, value, series_id, value, ...]`` of its values (orjson: ints, floats in
+their shortest exact form and strings come back as they went in; a non-finite float
+is ``["inf"]``/``["-inf"]``, JSON having none), ``n`` how many.  Versions 1 and 2 kept
+one row per point (``points(bucket, series_id, ts, value)``); opening such a file moves
+its points into ``records`` a minute at a time, in one transaction (version 1 first
+gets its rollups), and drops ``points``.  Measured (``bench/bench_ingest.py``, 200
+machines of the simulator, 13 values a record, batches of a few hundred records):
+the writer thread's work per record fell from about 37 to about 13 µs, the file is
+smaller (the names and keys are not repeated per point), and reads parse the blobs in
+Python (about 1 µs a record).
 
-It is the narrow (tenant, chassis, msg_type, field, ts, value) shape, with two
-changes, each measured (200 machines x 15 fields, 4.5 M points, batches of 1,000
-records, raw sqlite3 without this module's Python work):
-
-* **Names interned** in ``streams``/``series``: 26.6 instead of 73 MB per million
-  points, and writes about 1.5x faster than repeating four strings in every row.
-* **Points clustered by minute, then series, then time.**  Keyed by (series, ts)
-  every batch touches one leaf page per series (thousands), and throughput fell
-  with the table's size (136,000 points/s at 4.5 M points, 65,000 with the default
-  page cache); keyed by minute first, new data lands at the right edge of the tree:
-  515,000 points/s at the same size, for 4 more bytes a point (30.8 MB per
-  million).  A 2-minute query of one series reads 2-3 minutes with one index seek
-  each (0.05 ms, as before); a day-long one walks 1,440 minutes newest first and
-  stops at ``limit`` (0.45 ms for the newest 1,000 points, 42 ms for all 86,400).
-  Retention deletes whole minutes from the left of the tree.
+Names are interned in ``streams``/``series`` (26.6 instead of 73 MB per million points
+in the narrow shape, and writes about 1.5x faster than repeating four strings in every
+row).  Records are **clustered by minute, then stream, then time**: new data lands at
+the right edge of the tree (keyed by (stream, ts) every batch touches one leaf page per
+stream, and throughput falls with the table's size).  A 2-minute query of one machine
+reads 2-3 minutes with one index seek each; a day-long one walks 1,440 minutes newest
+first and stops once every field asked for has ``limit`` points.  Retention deletes
+whole minutes from the left of the tree.
 
 ``last_ts`` per stream makes :meth:`SQLiteStore.latest_ts` one row read.
 
 Rollups (for :meth:`SQLiteStore.downsample` over long ranges): per series and 10 s or
 1 min bucket, the minimum and maximum point (no counts, nothing that a redelivered
-point could count twice).  They are computed from the raw points of a whole minute,
-with SQL, in the write's own transaction, once the minute is *settled*: when the
-stream's newest point is 5-60 s (:func:`~livedata.store.base.settle_lag`, spread per
-stream) into a later minute, and again whenever a write touches a settled minute
-(late data, a redelivery, a corrected value).  So a rollup is always exactly what
-its raw points give -- a rewritten record recomputes the same rows -- and a point is
-read twice more (for the minimum and the maximum of its 10 s bucket, one index range
-per bucket, no sorting) when its minute settles, instead of rollups being updated on
-every write; the minute's rollups come from its six 10 s ones.  The open minutes (the
-newest one or two of each stream) are read raw.  ``downsample`` reads the coarsest
-rollups that fit its grid (:func:`~livedata.store.base.rollup_plan`) and raw points
-only at the ends of the range and in open minutes: 7 days of 10 fields at 1 Hz is
-about 100,000 rollup rows instead of 6 M points.  Costs, measured
-(``bench/bench_store_backends.py``, ``bench/bench_history.py``): writes take 20-50 %
-more time, the file is about 20 % larger.  ``value``
-has no declared type, so ints, floats and strings come back as they went in.
+point could count twice; of equal values the earliest).  They are computed from the
+records of a whole minute, in Python, in the write's own transaction, once the minute
+is *settled*: when the stream's newest point is 5-60 s
+(:func:`~livedata.store.base.settle_lag`, spread per stream) into a later minute, and
+again whenever a write touches a settled minute (late data, a redelivery, a corrected
+value).  So a rollup is always exactly what its raw points give -- a rewritten record
+recomputes the same rows -- and a record is read once more when its minute settles,
+instead of rollups being updated on every write.  The open minutes (the newest one or
+two of each stream) are read raw.  ``downsample`` reads the coarsest rollups that fit
+its grid (:func:`~livedata.store.base.rollup_plan`, grouped in SQL) and raw records
+only at the ends of the range and in open minutes (folded in Python): 7 days of 10
+fields at 1 Hz is about 100,000 rollup rows instead of 6 M points.
 
-Duplicates: ``INSERT OR REPLACE`` -- writing an existing key again replaces its
-value (**last write wins**) and keeps one row, like :class:`~livedata.store.memory.MemoryStore`.
+Duplicates: writing an existing record key again merges its values into the row
+(``ON CONFLICT DO UPDATE`` with a Python function): each value written replaces the one
+of its field (**last write wins** per point), the others stay, and the key keeps one
+row, like :class:`~livedata.store.memory.MemoryStore`.
 Values are normalised as there (bool as int, NaN/None/objects skipped and not counted).
 
 Threads: all writes run on **one dedicated writer thread** with its own connection
 (WAL mode, ``synchronous=NORMAL``, 64 MB page cache); each ``write`` call is one
-transaction of ``executemany`` inserts, and calls queue up in order.  Queries run
+transaction of one ``executemany`` insert, and calls queue up in order.  Queries run
 on a small pool of reader threads, each with its own connection, beside the writer
 (WAL lets readers see the last committed state while a write is in progress).
 Nothing blocks the event loop.  With ``:memory:`` a single connection on the
@@ -102,11 +104,13 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+import orjson
 
 from livedata.errors import ConfigError, ErrorMap, StoreError, map_exceptions
 from livedata.model import Record, Value
@@ -136,9 +140,9 @@ T = TypeVar("T")
 _StreamKey = tuple[str, str, str]
 """(tenant, chassis, msg_type): one machine's message type."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUCKET_MS = MINUTE_MS
-"""Points are clustered by minute (``bucket = ts // BUCKET_MS``); fixed by the schema version."""
+"""Records are clustered by minute (``bucket = ts // BUCKET_MS``); fixed by the schema version."""
 BUSY_TIMEOUT_S = 5.0
 READER_THREADS = 2
 WRITER_CACHE_KIB = 65_536
@@ -161,12 +165,13 @@ _SCHEMA = (
         field TEXT NOT NULL,
         UNIQUE (stream_id, field)
     )""",
-    """CREATE TABLE IF NOT EXISTS points (
+    """CREATE TABLE IF NOT EXISTS records (
         bucket INTEGER NOT NULL,
-        series_id INTEGER NOT NULL,
+        stream_id INTEGER NOT NULL,
         ts INTEGER NOT NULL,
-        value,
-        PRIMARY KEY (bucket, series_id, ts)
+        n INTEGER NOT NULL,
+        v BLOB NOT NULL,
+        PRIMARY KEY (bucket, stream_id, ts)
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS rollups (
         step INTEGER NOT NULL,
@@ -195,7 +200,13 @@ _SCHEMA = (
 FRAMES_DELETE_SLICE_MS = 600_000
 """Raw-frame retention deletes ten minutes of blobs per transaction."""
 
-_INSERT_POINT = "INSERT OR REPLACE INTO points (bucket, series_id, ts, value) VALUES (?, ?, ?, ?)"
+# A key written again merges its values into the row (last write wins per field);
+# ld_merge/ld_count are this module's functions, registered on the writer connection.
+_INSERT_RECORD = """
+    INSERT INTO records (bucket, stream_id, ts, n, v) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (bucket, stream_id, ts) DO UPDATE
+    SET v = ld_merge(v, excluded.v), n = ld_count(v, excluded.v)
+"""
 _INSERT_STREAM = "INSERT OR IGNORE INTO streams (tenant, chassis, msg_type) VALUES (?, ?, ?)"
 _SELECT_STREAM = "SELECT stream_id FROM streams WHERE tenant = ? AND chassis = ? AND msg_type = ?"
 _INSERT_SERIES = "INSERT OR IGNORE INTO series (stream_id, field) VALUES (?, ?)"
@@ -203,74 +214,77 @@ _SELECT_SERIES = "SELECT series_id FROM series WHERE stream_id = ? AND field = ?
 _UPDATE_LAST = (
     "UPDATE streams SET last_ts = ?1 WHERE stream_id = ?2 AND (last_ts IS NULL OR last_ts < ?1)"
 )
-# Walk the minutes of the range newest first (clamped to the minutes that hold data), so
-# the primary key gives the order and LIMIT stops early.
-_SELECT_POINTS = """
+# Walk the minutes of the range newest first (clamped to the minutes that hold data), one
+# index seek per minute, so the primary key gives the order and the caller stops early.
+_SELECT_RECORDS = """
     WITH RECURSIVE minutes(b) AS (
-        SELECT MIN(:last_bucket, (SELECT MAX(bucket) FROM points))
+        SELECT MIN(:last_bucket, (SELECT MAX(bucket) FROM records))
         UNION ALL
-        SELECT b - 1 FROM minutes WHERE b > MAX(:first_bucket, (SELECT MIN(bucket) FROM points))
+        SELECT b - 1 FROM minutes WHERE b > MAX(:first_bucket, (SELECT MIN(bucket) FROM records))
     )
-    SELECT ts, value FROM points
-    WHERE bucket IN (SELECT b FROM minutes) AND series_id = :series_id
+    SELECT ts, v FROM records
+    WHERE bucket IN (SELECT b FROM minutes) AND stream_id = :stream_id
         AND ts BETWEEN :start_ms AND :end_ms
     ORDER BY bucket DESC, ts DESC
-    LIMIT :limit
 """
 _OF_MACHINE = (
     "series_id IN (SELECT series_id FROM series JOIN streams USING (stream_id)"
     " WHERE tenant = ? AND chassis = ?)"
 )
+_STREAMS_OF_MACHINE = (
+    "stream_id IN (SELECT stream_id FROM streams WHERE tenant = ? AND chassis = ?)"
+)
 _LATEST = "SELECT last_ts FROM streams WHERE tenant = ? AND chassis = ? AND msg_type = ?"
-
-
-# Rollups of one (stream, minute) at one step: min (then max) per (series, bucket), each
-# with its row's ts (the bare-column rule again).  One index range per bucket of the
-# step, so that each GROUP BY series_id reads in key order (no sorting); the finest step
-# from the minute's raw points, a coarser one from the rollups of the step before.
-def _rollup_sql(step: int, finer: int | None) -> tuple[str, str]:
-    """(insert the minima, upsert the maxima) for ``step``; parameters ``:stream``, ``:minute``."""
-    stream = "series_id IN (SELECT series_id FROM series WHERE stream_id = :stream)"
-    parts: dict[str, list[str]] = {"lo": [], "hi": []}
-    for j in range(MINUTE_MS // step):
-        bucket = f":minute * {MINUTE_MS // step} + {j}"
-        for side, fn in (("lo", "MIN"), ("hi", "MAX")):
-            if finer is None:
-                lo = f":minute * {MINUTE_MS} + {j * step}"
-                parts[side].append(
-                    f"SELECT series_id, {bucket} AS b, ts, {fn}(value) AS v FROM points"
-                    f" WHERE bucket = :minute AND {stream}"
-                    f" AND ts BETWEEN {lo} AND {lo} + {step - 1}"
-                    " AND typeof(value) IN ('integer', 'real') GROUP BY series_id"
-                )
-            else:
-                per = step // finer
-                first = f":minute * {MINUTE_MS // finer} + {j * per}"
-                parts[side].append(
-                    f"SELECT series_id, {bucket} AS b, {side}_ts AS ts, {fn}({side}) AS v"
-                    f" FROM rollups WHERE step = {finer} AND {stream}"
-                    f" AND bucket BETWEEN {first} AND {first} + {per - 1} GROUP BY series_id"
-                )
-    columns = "INTO rollups (step, series_id, bucket, lo_ts, lo, hi_ts, hi)"
-    lows = f"INSERT OR REPLACE {columns} SELECT {step}, series_id, b, ts, v, ts, v FROM ("
-    highs = f"INSERT {columns} SELECT {step}, series_id, b, ts, v, ts, v FROM ("
-    return (
-        lows + " UNION ALL ".join(parts["lo"]) + ")",
-        highs + " UNION ALL ".join(parts["hi"]) + ") WHERE true"
-        " ON CONFLICT (step, series_id, bucket) DO UPDATE SET hi_ts = excluded.hi_ts, hi = excluded.hi",
-    )
-
-
-_ROLLUP_SQL = {
-    step: _rollup_sql(step, ROLLUP_LEVELS_MS[i - 1] if i else None)
-    for i, step in enumerate(ROLLUP_LEVELS_MS)
-}
+_INSERT_ROLLUP = "INSERT OR REPLACE INTO rollups VALUES (?, ?, ?, ?, ?, ?, ?)"
 _ROLLUP_DELETE = """
     DELETE FROM rollups WHERE step = :step
         AND series_id IN (SELECT series_id FROM series WHERE stream_id = :stream)
         AND bucket BETWEEN :first AND :first + :per - 1
 """
-# The rollups of every minute of the file at once (upgrading a version-1 file).
+
+# -- the values of a record: one blob --------------------------------------------------
+#
+# ``[series_id, value, series_id, value, ...]`` as JSON (orjson): ints, floats and
+# strings come back as they went in (floats in their shortest exact form).  JSON has no
+# infinities: a non-finite float is written as ``["inf"]`` or ``["-inf"]`` (no value is a
+# list otherwise).  NaN is never stored.
+
+
+def _pack(flat: list[object]) -> bytes:
+    """The blob of ``[series_id, value, ...]``."""
+    blob = orjson.dumps(flat)
+    if b"null" in blob:  # orjson writes a non-finite float as null (or a string says null)
+        blob = orjson.dumps([[repr(x)] if type(x) is float and x - x != 0 else x for x in flat])
+    return blob
+
+
+def _unpack(blob: bytes) -> list[Any]:
+    """``[series_id, value, ...]`` of a blob (non-finite floats still as their marker)."""
+    flat: list[Any] = orjson.loads(blob)
+    return flat
+
+
+def _value(raw: object) -> Value:
+    """A value of an unpacked blob (the marker of a non-finite float made a float)."""
+    if type(raw) is list:
+        return float(raw[0])
+    return raw  # type: ignore[return-value]
+
+
+def _merge(old: bytes, new: bytes) -> bytes:
+    """``old`` with the values of ``new`` added or replacing its own (a key written again)."""
+    a, b = _unpack(old), _unpack(new)
+    values = dict(zip(a[::2], a[1::2], strict=True))
+    values.update(zip(b[::2], b[1::2], strict=True))
+    return orjson.dumps([x for pair in values.items() for x in pair])
+
+
+def _merged_count(old: bytes, new: bytes) -> int:
+    """How many values :func:`_merge` of the two blobs holds."""
+    return len(set(_unpack(old)[::2]) | set(_unpack(new)[::2]))
+
+
+# The rollups of every minute of a version-1 file at once, from its narrow points table.
 _ROLLUP_ALL_EXTREME = """
     SELECT series_id, bucket * :per + (ts - bucket * :minute_ms) / :step AS b, ts, {fn}(value) AS v
     FROM points WHERE typeof(value) IN ('integer', 'real')
@@ -308,6 +322,37 @@ def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _records_from_points(conn: sqlite3.Connection) -> None:
+    """Move the points of a version-1 or -2 file (one row per point) into ``records``
+    (one row per record), a minute at a time, and drop the old table."""
+    bucket: int | None = INT64_MIN
+    while True:
+        bucket = conn.execute(
+            "SELECT MIN(bucket) FROM points WHERE bucket > ?", (bucket,)
+        ).fetchone()[0]
+        if bucket is None:
+            break
+        grouped: dict[tuple[int, int], list[object]] = {}
+        for series_id, stream_id, ts, value in conn.execute(
+            "SELECT series_id, stream_id, ts, value FROM points JOIN series USING (series_id)"
+            " WHERE bucket = ? ORDER BY series_id, ts",
+            (bucket,),
+        ):
+            flat = grouped.get((stream_id, ts))
+            if flat is None:
+                flat = grouped[stream_id, ts] = []
+            flat.append(series_id)
+            flat.append(value)
+        conn.executemany(
+            _INSERT_RECORD,
+            [
+                (bucket, stream_id, ts, len(flat) >> 1, _pack(flat))
+                for (stream_id, ts), flat in grouped.items()
+            ],
+        )
+    conn.execute("DROP TABLE points")
 
 
 def database_path(url: str) -> str:
@@ -413,10 +458,12 @@ class SQLiteStore(Store):
             try:
                 conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
                 conn.execute("PRAGMA journal_size_limit=67108864")
+                conn.create_function("ld_merge", 2, _merge, deterministic=True)
+                conn.create_function("ld_count", 2, _merged_count, deterministic=True)
                 conn.execute("BEGIN IMMEDIATE")
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
-                upgrade = version == 1 and tables
+                upgrade = version in (1, 2) and tables
                 if version != SCHEMA_VERSION and (version != 0 or tables) and not upgrade:
                     raise StoreError(
                         f"sqlite store: {self.path} is not a livedata telemetry database of "
@@ -425,10 +472,12 @@ class SQLiteStore(Store):
                     )
                 for statement in _SCHEMA:
                     conn.execute(statement)
-                if upgrade:  # version 1 had no rollups: build them from every point
+                if upgrade and version == 1:  # version 1 had no rollups: build them
                     for step in ROLLUP_LEVELS_MS:
                         params = {"step": step, "per": BUCKET_MS // step, "minute_ms": BUCKET_MS}
                         conn.execute(_ROLLUP_ALL, params)
+                if upgrade:  # versions 1 and 2 kept one row per point
+                    _records_from_points(conn)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -499,15 +548,17 @@ class SQLiteStore(Store):
     def _insert(
         self, conn: sqlite3.Connection, records: Sequence[Record]
     ) -> tuple[int, tuple[dict[_StreamKey, int], dict[tuple[int, str], int]]]:
-        """Insert the points of ``records`` inside the caller's transaction: (points, the
+        """Insert ``records`` (one row each) inside the caller's transaction: (points, the
         ids interned, to :meth:`_remember` after the commit)."""
         stream_ids, series_ids = self._stream_ids, self._series_ids
         new_streams: dict[_StreamKey, int] = {}
         new_series: dict[tuple[int, str], int] = {}
         no_fields: dict[str, int] = {}
-        rows: list[tuple[int, int, int, Value]] = []
+        rows: list[tuple[int, int, int, int, bytes]] = []
+        points = 0
         newest: dict[int, int] = {}  # stream_id -> newest ts in this batch
         touched: dict[int, set[int]] = {}  # stream_id -> minutes written in this batch
+        pack = _pack
         for record in records:
             key = (record.tenant, record.chassis, record.msg_type)
             stream_id = stream_ids.get(key)
@@ -517,8 +568,8 @@ class SQLiteStore(Store):
                     stream_id = new_streams[key] = self._intern_stream(conn, key)
             fields = series_ids.get(stream_id, no_fields)
             ts = record.ts
-            bucket = ts // BUCKET_MS
-            before = len(rows)
+            flat: list[object] = []
+            add = flat.append
             for name, value in record.values.items():
                 if type(value) is float:  # storable(), inlined for the usual types
                     if value != value:
@@ -536,19 +587,24 @@ class SQLiteStore(Store):
                     if series_id is None:
                         series_id = self._intern_series(conn, stream_id, name)
                         new_series[stream_id, name] = series_id
-                rows.append((bucket, series_id, ts, value))
-            if len(rows) > before:
+                add(series_id)
+                add(value)
+            if flat:
+                count = len(flat) >> 1
+                points += count
+                bucket = ts // BUCKET_MS
+                rows.append((bucket, stream_id, ts, count, pack(flat)))
                 if ts > newest.get(stream_id, INT64_MIN):
                     newest[stream_id] = ts
                 minutes = touched.get(stream_id)
                 if minutes is None:
                     minutes = touched[stream_id] = set()
                 minutes.add(bucket)
-        conn.executemany(_INSERT_POINT, rows)
+        conn.executemany(_INSERT_RECORD, rows)
         if self.rollups and newest:
             self._settle(conn, touched, newest)
         conn.executemany(_UPDATE_LAST, [(ts, sid) for sid, ts in newest.items()])
-        return len(rows), (new_streams, new_series)
+        return points, (new_streams, new_series)
 
     @staticmethod
     def _settle(
@@ -645,15 +701,18 @@ class SQLiteStore(Store):
         with _translated("delete_before"):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                oldest = conn.execute("SELECT MIN(bucket) FROM points").fetchone()[0]
+                oldest = conn.execute("SELECT MIN(bucket) FROM records").fetchone()[0]
                 more = oldest is not None and oldest < cutoff_bucket
                 if more:
                     upto = min(oldest + DELETE_BUCKETS_PER_TRANSACTION, cutoff_bucket)
-                    deleted = conn.execute("DELETE FROM points WHERE bucket < ?", (upto,)).rowcount
+                    where, params = "bucket < ?", [upto]
                 else:  # last pass: the minute of the cutoff itself, then forget what went
-                    deleted = conn.execute(
-                        "DELETE FROM points WHERE bucket = ? AND ts < ?", (cutoff_bucket, ts_ms)
-                    ).rowcount
+                    where, params = "bucket = ? AND ts < ?", [cutoff_bucket, ts_ms]
+                deleted = conn.execute(
+                    f"SELECT COALESCE(SUM(n), 0) FROM records WHERE {where}", params
+                ).fetchone()[0]
+                conn.execute(f"DELETE FROM records WHERE {where}", params)
+                if not more:
                     conn.execute("UPDATE streams SET last_ts = NULL WHERE last_ts < ?", (ts_ms,))
                 conn.execute("COMMIT")
             except BaseException:
@@ -696,8 +755,7 @@ class SQLiteStore(Store):
             "last_bucket": end_ms // BUCKET_MS,
             "start_ms": start_ms,
             "end_ms": end_ms,
-            "limit": limit,
-            "series_id": 0,
+            "stream_id": 0,
         }
         with _translated("query"):
             conn.execute("BEGIN")  # one snapshot for every field
@@ -709,21 +767,41 @@ class SQLiteStore(Store):
                         return result
                     stream_id = self._stream_ids.setdefault(key, row[0])
                 known = self._series_ids.setdefault(stream_id, {})
-                for name in result:
+                wanted: dict[int, list[tuple[int, Value]]] = {}
+                for name, points in result.items():
                     series_id = known.get(name)
                     if series_id is None:
                         row = conn.execute(_SELECT_SERIES, (stream_id, name)).fetchone()
                         if row is None:
                             continue
                         series_id = known.setdefault(name, row[0])
-                    params["series_id"] = series_id
-                    points = conn.execute(_SELECT_POINTS, params).fetchall()
-                    points.reverse()
-                    result[name] = points
+                    wanted[series_id] = points
+                if wanted:
+                    params["stream_id"] = stream_id
+                    self._newest_first(conn.execute(_SELECT_RECORDS, params), wanted, limit)
             finally:
                 if conn.in_transaction:
                     conn.execute("COMMIT")
+        for points in result.values():
+            points.reverse()
         return result
+
+    @staticmethod
+    def _newest_first(
+        rows: Iterable[tuple[int, bytes]], wanted: dict[int, list[tuple[int, Value]]], limit: int
+    ) -> None:
+        """Append each wanted series' points of ``rows`` (newest first) up to ``limit`` each."""
+        full = 0
+        for ts, blob in rows:
+            flat = _unpack(blob)
+            for i in range(0, len(flat), 2):
+                points = wanted.get(flat[i])
+                if points is not None and len(points) < limit:
+                    points.append((ts, _value(flat[i + 1])))
+                    if len(points) == limit:
+                        full += 1
+            if full == len(wanted):
+                return
 
     async def downsample(
         self,
@@ -779,14 +857,17 @@ class SQLiteStore(Store):
                 plan = self._plan(conn, stream_id, start_ms, end_ms, grid)
                 if plan is None:
                     return result
-                rows = conn.execute(_downsample_sql(plan, grid, names)).fetchall()
+                lows: dict[tuple[int, int], tuple[int, Value]] = {}
+                highs: dict[tuple[int, int], tuple[int, Value]] = {}
+                if plan.rollups:
+                    for side, sid, k, ts, value in conn.execute(_downsample_sql(plan, grid, names)):
+                        (highs if side else lows)[sid, k] = (ts, value)
+                if plan.raw:
+                    raw = conn.execute(_raw_sql(plan), (stream_id,))
+                    _fold_raw(raw, names, grid, lows, highs)
             finally:
                 if conn.in_transaction:
                     conn.execute("COMMIT")
-        lows: dict[tuple[int, int], tuple[int, Value]] = {}
-        highs: dict[tuple[int, int], tuple[int, Value]] = {}
-        for side, sid, k, ts, value in rows:
-            (highs if side else lows)[sid, k] = (ts, value)
         for sid, k in sorted(lows):
             low_ts, low = lows[sid, k]
             high_ts, high = highs[sid, k]
@@ -829,7 +910,8 @@ class SQLiteStore(Store):
     def _count_machine(tenant: str, chassis: str, conn: sqlite3.Connection) -> int:
         with _translated("machine_points"):
             row = conn.execute(
-                f"SELECT count(*) FROM points WHERE {_OF_MACHINE}", (tenant, chassis)
+                f"SELECT COALESCE(SUM(n), 0) FROM records WHERE {_STREAMS_OF_MACHINE}",
+                (tenant, chassis),
             )
         return int(row.fetchone()[0])
 
@@ -846,7 +928,10 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 key = (tenant, chassis)
-                deleted = conn.execute(f"DELETE FROM points WHERE {_OF_MACHINE}", key).rowcount
+                deleted = conn.execute(
+                    f"SELECT COALESCE(SUM(n), 0) FROM records WHERE {_STREAMS_OF_MACHINE}", key
+                ).fetchone()[0]
+                conn.execute(f"DELETE FROM records WHERE {_STREAMS_OF_MACHINE}", key)
                 conn.execute(f"DELETE FROM rollups WHERE {_OF_MACHINE}", key)
                 conn.execute("DELETE FROM frames WHERE tenant = ? AND chassis = ?", key)
                 conn.execute(
@@ -946,21 +1031,7 @@ class SQLiteStore(Store):
         with _translated("replace_values"), _immediate(conn):
             row = conn.execute(_SELECT_STREAM, key).fetchone()
             if row is not None:
-                series = [
-                    (sid,)
-                    for sid, name in conn.execute(
-                        "SELECT series_id, field FROM series WHERE stream_id = ?", (row[0],)
-                    )
-                    if not kept_field(name, keep)
-                ]
-                conn.executemany(
-                    "DELETE FROM points WHERE bucket BETWEEN ?2 AND ?3 AND series_id = ?1"
-                    " AND ts BETWEEN ?4 AND ?5",
-                    [
-                        (sid, start_ms // BUCKET_MS, end_ms // BUCKET_MS, start_ms, end_ms)
-                        for (sid,) in series
-                    ],
-                )
+                _clear_range(conn, row[0], start_ms, end_ms, keep)
             written, interned = self._insert(conn, records)
             stream_id = row[0] if row is not None else interned[0].get(key)
             if self.rollups and stream_id is not None:
@@ -976,37 +1047,107 @@ class SQLiteStore(Store):
         return written
 
 
+def _clear_range(
+    conn: sqlite3.Connection, stream_id: int, start_ms: int, end_ms: int, keep: Sequence[str]
+) -> None:
+    """Delete the points of a stream in ``[start_ms, end_ms]`` but those of ``keep``."""
+    kept = {
+        sid
+        for sid, name in conn.execute(
+            "SELECT series_id, field FROM series WHERE stream_id = ?", (stream_id,)
+        )
+        if kept_field(name, keep)
+    }
+    where = "bucket BETWEEN ?2 AND ?3 AND stream_id = ?1 AND ts BETWEEN ?4 AND ?5"
+    params = (stream_id, start_ms // BUCKET_MS, end_ms // BUCKET_MS, start_ms, end_ms)
+    if not kept:
+        conn.execute(f"DELETE FROM records WHERE {where}", params)
+        return
+    gone: list[tuple[int, int, int]] = []
+    changed: list[tuple[int, bytes, int, int, int]] = []
+    for bucket, ts, blob in conn.execute(
+        f"SELECT bucket, ts, v FROM records WHERE {where}", params
+    ):
+        flat = _unpack(blob)
+        left = [x for i in range(0, len(flat), 2) if flat[i] in kept for x in flat[i : i + 2]]
+        if not left:
+            gone.append((bucket, stream_id, ts))
+        elif len(left) < len(flat):
+            changed.append((len(left) >> 1, orjson.dumps(left), bucket, stream_id, ts))
+    key = "bucket = ? AND stream_id = ? AND ts = ?"
+    conn.executemany(f"DELETE FROM records WHERE {key}", gone)
+    conn.executemany(f"UPDATE records SET n = ?, v = ? WHERE {key}", changed)
+
+
 def compute_rollups(conn: sqlite3.Connection, pairs: Sequence[tuple[int, int]]) -> None:
-    """(Re)compute every rollup of the ``(stream_id, minute)`` pairs: the finest step from
-    the minute's raw points, each coarser one from the rollups of the step before."""
-    params = [{"stream": stream_id, "minute": minute} for stream_id, minute in pairs]
+    """(Re)compute every rollup of the ``(stream_id, minute)`` pairs from the minute's
+    records: per series and bucket of each step the minimum and the maximum numeric
+    point, of equal values the earliest."""
     for step in ROLLUP_LEVELS_MS:
         per = BUCKET_MS // step
         conn.executemany(
             _ROLLUP_DELETE,
             [{"step": step, "stream": sid, "first": m * per, "per": per} for sid, m in pairs],
         )
-        lows, highs = _ROLLUP_SQL[step]
-        conn.executemany(lows, params)
-        conn.executemany(highs, params)
+    finest, coarser = ROLLUP_LEVELS_MS[0], ROLLUP_LEVELS_MS[1:]
+    rows: list[tuple[int, ...] | tuple[object, ...]] = []
+    for stream_id, minute in pairs:
+        # per finest bucket (in time order) the numeric points of each series, in time order
+        found: dict[int, dict[int, tuple[list[int], list[float]]]] = {}
+        for ts, blob in conn.execute(
+            "SELECT ts, v FROM records WHERE bucket = ? AND stream_id = ? ORDER BY ts",
+            (minute, stream_id),
+        ):
+            flat = _unpack(blob)
+            bucket = ts // finest
+            slot = found.get(bucket)
+            if slot is None:
+                slot = found[bucket] = {}
+            for sid, value in zip(flat[::2], flat[1::2], strict=True):
+                kind = type(value)
+                if kind is str:
+                    continue
+                if kind is list:
+                    value = float(value[0])
+                got = slot.get(sid)
+                if got is None:
+                    slot[sid] = ([ts], [value])
+                else:
+                    got[0].append(ts)
+                    got[1].append(value)
+        # min()/max() and index() give the first, so the earliest, of equal extremes
+        extremes: list[tuple[int, int, int, float, int, float]] = []
+        for bucket, slot in found.items():
+            for sid, (times, values) in slot.items():
+                low, high = min(values), max(values)
+                low_ts, high_ts = times[values.index(low)], times[values.index(high)]
+                extremes.append((sid, bucket, low_ts, low, high_ts, high))
+                rows.append((finest, sid, bucket, low_ts, low, high_ts, high))
+        for step in coarser:  # from the finest buckets, in time order per series
+            per = step // finest
+            folded: dict[tuple[int, int], list[float]] = {}
+            for sid, bucket, low_ts, low, high_ts, high in extremes:
+                now = folded.get((sid, bucket // per))
+                if now is None:
+                    folded[sid, bucket // per] = [low_ts, low, high_ts, high]
+                else:
+                    if low < now[1]:
+                        now[0], now[1] = low_ts, low
+                    if high > now[3]:
+                        now[2], now[3] = high_ts, high
+            rows.extend((step, *key, *extreme) for key, extreme in folded.items())
+    conn.executemany(_INSERT_ROLLUP, rows)
 
 
 def _downsample_sql(plan: Plan, grid: Grid, names: dict[int, str]) -> str:
-    """Min rows (side 0) then max rows (side 1) per (series, grid bucket) of ``plan``.
+    """Min rows (side 0) then max rows (side 1) per (series, grid bucket) of the rollups of
+    ``plan`` (its raw points are read by :func:`_raw_sql`).
 
     Every number in it is an int made here, so it is built as text: the number of
     ranges varies, and SQLite plans each range as an index seek per series.
     """
     ids = ",".join(str(int(i)) for i in names)
     bucket = f"(ts - {int(grid.origin)}) / {int(grid.width)}"
-    cte = ""
-    if plan.raw:
-        spans = ", ".join(f"({int(a)}, {int(b)})" for a, b in plan.raw_minutes())
-        cte = (
-            f"WITH RECURSIVE spans(a, b) AS (VALUES {spans}),"
-            " minutes(x, b) AS (SELECT a, b FROM spans UNION ALL"
-            " SELECT x + 1, b FROM minutes WHERE x < b) "
-        )
     parts = []
     for side, fn in ((0, "MIN"), (1, "MAX")):
         column = "lo" if side == 0 else "hi"
@@ -1016,15 +1157,52 @@ def _downsample_sql(plan: Plan, grid: Grid, names: dict[int, str]) -> str:
             f" AND bucket BETWEEN {int(first)} AND {int(last)}"
             for step, first, last in plan.rollups
         ]
-        if plan.raw:
-            ranges = " OR ".join(f"ts BETWEEN {int(a)} AND {int(b)}" for a, b in plan.raw)
-            sources.append(
-                "SELECT series_id, ts, value FROM points"
-                f" WHERE bucket IN (SELECT x FROM minutes) AND series_id IN ({ids})"
-                f" AND ({ranges}) AND typeof(value) IN ('integer', 'real')"
-            )
         parts.append(
             f"SELECT {side}, series_id, {bucket} AS k, ts, {fn}(value)"
             f" FROM ({' UNION ALL '.join(sources)}) GROUP BY series_id, k"
         )
-    return cte + " UNION ALL ".join(parts)
+    return " UNION ALL ".join(parts)
+
+
+def _raw_sql(plan: Plan) -> str:
+    """The records (ts, blob) of one stream (parameter 1) in the raw ranges of ``plan``:
+    one index seek per minute they span (every number in it is an int made here)."""
+    spans = ", ".join(f"({int(a)}, {int(b)})" for a, b in plan.raw_minutes())
+    ranges = " OR ".join(f"ts BETWEEN {int(a)} AND {int(b)}" for a, b in plan.raw)
+    return (
+        f"WITH RECURSIVE spans(a, b) AS (VALUES {spans}),"
+        " minutes(x, b) AS (SELECT a, b FROM spans UNION ALL"
+        " SELECT x + 1, b FROM minutes WHERE x < b)"
+        " SELECT ts, v FROM records WHERE bucket IN (SELECT x FROM minutes)"
+        f" AND stream_id = ?1 AND ({ranges})"
+    )
+
+
+def _fold_raw(
+    rows: Iterable[tuple[int, bytes]],
+    names: dict[int, str],
+    grid: Grid,
+    lows: dict[tuple[int, int], tuple[int, Value]],
+    highs: dict[tuple[int, int], tuple[int, Value]],
+) -> None:
+    """Fold the numeric points of ``names`` in ``rows`` into the minimum and maximum per
+    (series, grid bucket); of equal values the earliest point wins."""
+    origin, width = grid.origin, grid.width
+    for ts, blob in rows:
+        flat = _unpack(blob)
+        k = (ts - origin) // width
+        for i in range(0, len(flat), 2):
+            sid = flat[i]
+            if sid not in names:
+                continue
+            raw = flat[i + 1]
+            if type(raw) is str:
+                continue
+            value: float = float(raw[0]) if type(raw) is list else raw
+            key = (sid, k)
+            low: tuple[int, Any] | None = lows.get(key)
+            if low is None or value < low[1] or (value == low[1] and ts < low[0]):
+                lows[key] = (ts, value)
+            high: tuple[int, Any] | None = highs.get(key)
+            if high is None or value > high[1] or (value == high[1] and ts < high[0]):
+                highs[key] = (ts, value)
