@@ -25,6 +25,7 @@ from livedata.auth.credentials import digest
 from livedata.gateway.protocol import sse
 from livedata.gateway.server import RAW_HTTP, uvicorn_config
 from livedata.settings import Settings
+from tests.gateway.test_live_server import until
 from tests.gateway.test_watch import LocalServer
 
 # --------------------------------------------------------------------------- the hook alone
@@ -84,8 +85,7 @@ async def hooked() -> AsyncIterator[tuple[int, dict[str, Any]]]:
     config = uvicorn_config(app, Settings(max_connections=10))
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        await asyncio.sleep(0.01)
+    await until(lambda: server.started)
     yield sock.getsockname()[1], state
     server.should_exit = True
     with contextlib.suppress(asyncio.CancelledError):

@@ -85,14 +85,22 @@ sent before the stream starts.
 
 Under stress: at most 1,000 streams per process and 100 tags per stream; a
 stream's memory is its plan, rings are bounded by entries and age, and at most
-2,000 rings exist.  A stream's events go out through the fan-out core's outbox
-(:class:`~livedata.gateway.fanout.Outbox`, the policy of every live transport):
-each event is framed once (:class:`~livedata.gateway.protocol.sse.SseFraming`) and
-written through while the client keeps up; one writer task per stream hands what
-accumulated to the HTTP server in one piece.  When more than :data:`HIGH_WATER`
-bytes wait for the client, events queue in the outbox (at most
-:data:`STREAM_QUEUE`; beyond, the oldest is dropped and the next event's data
-carries ``"missed": n``) and go out in one write once it caught up.  A client whose
+2,000 rings exist.  Streams of the same table, tags, time format and period form
+one group (:class:`_Group`): one timer per group wakes each period (and when a
+member's keep-alive is due), computes the period's events once and frames them
+once (:class:`~livedata.gateway.protocol.sse.Batch`); there is no task, timer or
+``await`` per stream per period.  A stream's events go out through the fan-out
+core's outbox (:class:`~livedata.gateway.fanout.Outbox`, the policy of every live
+transport).  Served by livedata's server layer (``livedata serve``), once the
+response head is sent the server hands over the connection's transport
+(:meth:`~livedata.gateway.server.LimitedHttp.stream_body`): while the client keeps
+up, a period's events are one HTTP chunk, the same bytes object for every member,
+written straight to the transport; the transport's ``pause_writing`` pauses the
+outbox.  Under another ASGI server one writer task per stream hands the events to
+ASGI ``send`` instead (paused above :data:`HIGH_WATER` bytes not yet sent).  While
+paused, events queue in the outbox (at most :data:`STREAM_QUEUE`; beyond, the
+oldest is dropped and the next event's data carries ``"missed": n``) and go out in
+one write once it caught up.  A client whose
 stream makes no progress for ``client_stall_seconds`` (default 30 s; its TCP
 window is full) is given up by the outbox's stall clock (one timer per stream):
 the stream ends, its rings and its stream slot are released (counted in
@@ -1036,7 +1044,10 @@ class _Group:
         for member in self.streams:
             at = member.last_sent + member.keep_alive
             if at <= now + _EARLY:
-                member.keep_alive_now()
+                try:
+                    member.keep_alive_now()
+                except Exception:
+                    log.exception("a watch keep-alive of %s failed", self.plan.key)
                 member.last_sent = now
                 at = now + member.keep_alive
             if at < due:

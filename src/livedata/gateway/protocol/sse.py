@@ -12,6 +12,10 @@ What a watch request means and what goes on the wire, with no server in sight:
   ``id:``/``event:``/``data:`` blocks; :func:`data_block` is one event's ``data:``
   line alone, which does not depend on the client, so a stream's fan-out encodes it
   once and every client of the same tags shares it;
+- :data:`SSE_FRAMING` and :data:`CHUNKED_SSE` (the same as HTTP/1.1 chunks, for a
+  body the server writes to its transport itself: :func:`chunk`) frame events for
+  the fan-out core's outbox; a :class:`Batch` is one period's events framed once per
+  framing, all in one write or one by one, shared by every stream of a group;
 - :func:`error_body` is the JSON error a refused request gets before any stream
   starts (:data:`ERROR_STATUS` maps each code to its HTTP status);
 - :class:`EventParser` is the other side (bytes in, :class:`Event` out, following
