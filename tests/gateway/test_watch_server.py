@@ -32,16 +32,18 @@ from tests.gateway.test_watch import LocalServer
 
 
 class Told:
-    """A :class:`~livedata.gateway.server.BodyStream` counting how often it is told the end."""
+    """A :class:`~livedata.gateway.server.BodyStream` counting how often it is told the end;
+    it keeps the transport it was made for."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
         self.ended_calls = 0
 
     def pause_writing(self) -> None: ...
 
     def resume_writing(self) -> None: ...
 
-    def ended(self) -> None:
+    def close(self) -> None:
         self.ended_calls += 1
 
 
@@ -59,14 +61,13 @@ async def streaming_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send(
             {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
         )
-        scope["state"]["handed"] = protocol.stream_body(Told())
+        scope["state"]["handed"] = protocol.stream_body(Told)
         await send({"type": "http.response.body", "body": b"ok"})
         return
     await send({"type": "http.response.start", "status": 200, "headers": []})
-    told = scope["state"]["told"] = Told()
-    transport = protocol.stream_body(told)
-    transport.write(sse.chunk(b"hello"))
-    transport.write(sse.chunk(b", world"))
+    told = scope["state"]["told"] = protocol.stream_body(Told)
+    told.transport.write(sse.chunk(b"hello"))
+    told.transport.write(sse.chunk(b", world"))
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -57,7 +57,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import httptools
 import orjson
@@ -250,15 +250,19 @@ through which an endpoint writes a streamed response body to the transport itsel
 
 
 class BodyStream(Protocol):
-    """A response body written straight to the transport (see :meth:`LimitedHttp.stream_body`)."""
+    """A response body written straight to the transport (see :meth:`LimitedHttp.stream_body`;
+    a :class:`~livedata.gateway.fanout.Outbox` is one)."""
 
     def pause_writing(self) -> None: ...
 
     def resume_writing(self) -> None: ...
 
-    def ended(self) -> None:
+    def close(self) -> None:
         """The response is complete or the connection gone: write nothing more."""
         ...
+
+
+_Stream = TypeVar("_Stream", bound=BodyStream)
 
 
 class LimitedHttp(HttpToolsProtocol, _Limited):
@@ -358,14 +362,14 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             self.parser = self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
             self.url = b""
 
-    def stream_body(self, stream: BodyStream) -> asyncio.Transport | None:
-        """Let ``stream`` write the body of the response in progress (its head sent,
-        ``Transfer-Encoding: chunked``) to the returned transport itself, as whole chunks;
-        the final chunk stays the ASGI app's (``more_body`` false).  The transport's
-        ``pause_writing`` / ``resume_writing`` reach ``stream``, and its ``ended()`` is
-        called when the response completes or the connection is lost.  ``None`` (the
-        app keeps writing through ASGI) when the response is not such a body in progress
-        or another request is pipelined behind it."""
+    def stream_body(self, make: Callable[[asyncio.Transport], _Stream]) -> _Stream | None:
+        """Let ``make(transport)`` (a :class:`BodyStream`) write the body of the response in
+        progress (its head sent, ``Transfer-Encoding: chunked``) to the transport itself, as
+        whole chunks; the final chunk stays the ASGI app's (``more_body`` false).  The
+        transport's ``pause_writing`` / ``resume_writing`` reach the stream, and its
+        ``close()`` is called when the response completes or the connection is lost.
+        ``None`` (the app keeps writing through ASGI) when the response is not such a body
+        in progress or another request is pipelined behind it."""
         cycle = self.cycle
         if (
             cycle is None
@@ -376,16 +380,16 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             or self.transport.is_closing()
         ):
             return None
-        self.body_stream = stream
+        stream = self.body_stream = make(self.transport)
         if self.flow.write_paused:
             stream.pause_writing()
-        return self.transport
+        return stream
 
     def _end_body_stream(self) -> None:
         stream = self.body_stream
         if stream is not None:
             self.body_stream = None
-            stream.ended()
+            stream.close()
 
     def pause_writing(self) -> None:
         super().pause_writing()

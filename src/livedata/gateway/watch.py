@@ -1101,39 +1101,6 @@ HIGH_WATER = 65_536
 """Bytes handed to the HTTP server and not yet sent above which a stream's outbox queues."""
 
 
-class _DirectSink:
-    """A watch stream's body written to the transport by the server layer's protocol
-    (:meth:`~livedata.gateway.server.LimitedHttp.stream_body`): whole HTTP chunks, no
-    ASGI ``send``; the transport's flow control and end reach the outbox."""
-
-    __slots__ = ("outbox", "transport")
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.outbox: Outbox | None = None
-
-    def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
-
-    def get_write_buffer_size(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
-
-    def pause_writing(self) -> None:
-        if self.outbox is not None:
-            self.outbox.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self.outbox is not None:
-            self.outbox.resume_writing()
-
-    def ended(self) -> None:
-        if self.outbox is not None:
-            self.outbox.close()
-        self.transport = None
-
-
 class _AsgiSink:
     """A watch stream's outbox writes here when the server does not hand over its
     transport (another ASGI server): one task per stream hands it to ASGI ``send``.
@@ -1215,14 +1182,15 @@ class _WatchResponse(StreamingResponse):
         def stalled() -> None:
             end("stalled")
 
-        direct = _DirectSink()
-        outbox = direct.outbox = Outbox(direct, sse.CHUNKED_SSE, stalled, STREAM_QUEUE, self.stall)
-        framing = sse.CHUNKED_SSE
+        def direct(transport: asyncio.Transport) -> Outbox:
+            return Outbox(transport, sse.CHUNKED_SSE, stalled, STREAM_QUEUE, self.stall)
+
         ref = scope.get("extensions", {}).get(RAW_HTTP)
         protocol = ref() if ref is not None else None
-        direct.transport = protocol.stream_body(direct) if protocol is not None else None
+        outbox = protocol.stream_body(direct) if protocol is not None else None
+        framing = sse.CHUNKED_SSE
         tasks: list[asyncio.Future[None]] = []
-        if direct.transport is None:
+        if outbox is None:
             sink = _AsgiSink()
             framing = sse.SSE_FRAMING
             outbox = sink.outbox = Outbox(sink, framing, stalled, STREAM_QUEUE, self.stall)
@@ -1240,7 +1208,6 @@ class _WatchResponse(StreamingResponse):
             await self.service.stream(self.plan, self.params, self.last_event_id, member)
         finally:
             outbox.close()
-            direct.ended()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
