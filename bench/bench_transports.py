@@ -317,6 +317,9 @@ def main() -> None:
     parser.add_argument(
         "--before", metavar="DIR", help="a checkout of earlier code (target before)"
     )
+    parser.add_argument(
+        "--profile", type=float, default=0.0, metavar="S", help="py-spy the gateway for S s"
+    )
     args = parser.parse_args()
     args.gc_threshold = None  # bench_fanout.server reads it
     from tests.servers.redis import start_redis

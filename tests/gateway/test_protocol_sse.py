@@ -172,3 +172,52 @@ def test_parser_bounds_what_it_holds() -> None:
         sse.EventParser(max_data=100).feed(
             b"data: " + b"x" * 60 + b"\n" + b"data: " + b"x" * 60 + b"\n"
         )
+
+
+def _dechunked(raw: bytes) -> bytes:
+    """The body of a chunked HTTP/1.1 response whose body is ``raw``, as h11 reads it."""
+    import h11
+
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+    client.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + raw)
+    body = b""
+    while (event := client.next_event()) is not h11.NEED_DATA:
+        if isinstance(event, h11.Data):
+            body += event.data
+    return body
+
+
+def test_chunked_framing_is_the_same_events_as_http_chunks() -> None:
+    """CHUNKED_SSE frames an event as one HTTP/1.1 chunk holding exactly SSE_FRAMING's bytes."""
+    head = {"id": "e-0-1-0", "event": "gap"}
+    plain = sse.SSE_FRAMING.frame(b'{"a":1}', head)
+    framed = sse.CHUNKED_SSE.frame(b'{"a":1}', head)
+    assert plain == b'id: e-0-1-0\nevent: gap\ndata: {"a":1}\n\n'
+    assert framed == b"%x\r\n" % len(plain) + plain + b"\r\n"
+    assert _dechunked(framed) == plain
+    assert sse.CHUNKED_SSE.wrap(sse.KEEP_ALIVE) == sse.chunk(sse.KEEP_ALIVE)
+    assert sse.CHUNKED_SSE.wrap(b"") == b""  # an empty chunk would end the body
+    assert sse.SSE_FRAMING.wrap(sse.KEEP_ALIVE) == sse.KEEP_ALIVE
+
+
+def test_a_batch_is_framed_once_per_framing_and_shared() -> None:
+    """A period's batch gives every stream of a framing the same bytes object: all events in
+    one write (one chunk), or each event alone for a stream that is behind; it counts names."""
+    frames = sse.frames([(None, {"a": 1}), ("skipped", {"n": 2}), (None, {"a": 3})], "e", 0, 5)
+    batch = sse.Batch(frames)
+    raw = b"".join(wire for _, wire, _ in frames)
+    assert batch.joined(sse.SSE_FRAMING) == raw
+    chunked = batch.joined(sse.CHUNKED_SSE)
+    assert chunked is batch.joined(sse.CHUNKED_SSE)
+    assert chunked.count(b"\r\n") == 2  # one chunk
+    assert _dechunked(chunked) == raw
+    assert batch.wires(sse.CHUNKED_SSE) is batch.wires(sse.CHUNKED_SSE)
+    assert [_dechunked(w) for w in batch.wires(sse.CHUNKED_SSE)] == [w for _, w, _ in frames]
+    parsed = sse.EventParser().feed(_dechunked(b"".join(batch.wires(sse.CHUNKED_SSE))))
+    assert [(e.event, e.id) for e in parsed] == [
+        ("message", "e-0-5-0"),
+        ("skipped", "e-0-5-1"),
+        ("message", "e-0-5-2"),
+    ]
+    assert sorted(batch.counts) == [("message", 2), ("skipped", 1)] and len(batch) == 3

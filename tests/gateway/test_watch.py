@@ -33,6 +33,7 @@ from livedata.cli.common import bind
 from livedata.decode.dm1 import Dm1, Dtc, Lamps
 from livedata.gateway.app import create_app
 from livedata.gateway.gateway import Gateway
+from livedata.gateway.server import LimitedServer, uvicorn_config
 from livedata.gateway.sio import with_socketio
 from livedata.metadata.accounts import Accounts
 from livedata.model import DeviceMessage, MsgType
@@ -612,10 +613,12 @@ class LocalServer:
         data_dir: Path,
         settings: dict[str, Any] | None = None,
         tokens: dict[str, str] | None = None,
+        limited: bool = False,
         **sio_options: Any,
     ) -> None:
         """``settings`` are added to the defaults; with ``tokens`` (another server's, on the
-        same data directory) nothing is seeded."""
+        same data directory) nothing is seeded; ``limited``: served by livedata's own server
+        layer (:func:`~livedata.gateway.server.uvicorn_config`), as ``livedata serve`` does."""
         config = {"data_dir": data_dir, "port": 0, "log_level": "warning", **(settings or {})}
         self.rt = Runtime(load_settings(config))
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -625,9 +628,13 @@ class LocalServer:
         self.gateway: Gateway = app.state.gateway
         sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(with_socketio(app), log_config=None, timeout_graceful_shutdown=1)
-        )
+        if limited:
+            config = uvicorn_config(with_socketio(app), self.rt.settings, sockets=app.state.live)
+            self.server: uvicorn.Server = LimitedServer(config)
+        else:
+            self.server = uvicorn.Server(
+                uvicorn.Config(with_socketio(app), log_config=None, timeout_graceful_shutdown=1)
+            )
 
         async def main() -> None:
             await self.rt.start()

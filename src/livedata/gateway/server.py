@@ -52,11 +52,12 @@ import logging
 import socket
 import sys
 import urllib.parse
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import httptools
 import orjson
@@ -242,6 +243,28 @@ class CloseSweep:
             self._timer = loop.call_soon(self._sweep, loop)
 
 
+RAW_HTTP = "livedata.http"
+"""The ASGI scope extension (a weak reference to the request's :class:`LimitedHttp`)
+through which an endpoint writes a streamed response body to the transport itself
+(:meth:`LimitedHttp.stream_body`: the SSE watch)."""
+
+
+class BodyStream(Protocol):
+    """A response body written straight to the transport (see :meth:`LimitedHttp.stream_body`;
+    a :class:`~livedata.gateway.fanout.Outbox` is one)."""
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+    def close(self) -> None:
+        """The response is complete or the connection gone: write nothing more."""
+        ...
+
+
+_Stream = TypeVar("_Stream", bound=BodyStream)
+
+
 class LimitedHttp(HttpToolsProtocol, _Limited):
     """uvicorn's httptools protocol with the connection gate, head size and head time caps.
 
@@ -255,6 +278,7 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     _refused = False
     _in_head = True
     _head_bytes = 0
+    body_stream: BodyStream | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -280,6 +304,7 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._refused:
             return
+        self._end_body_stream()
         self.heads.stop(self)
         if self.transport is not None:
             self.gate.closed(self.transport)
@@ -317,9 +342,11 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
         self._in_head = False
         self.heads.stop(self)
         self.gate.busy(self.transport)
+        self.scope["extensions"] = {RAW_HTTP: weakref.ref(self)}  # type: ignore[dict-item]
         super().on_headers_complete()
 
     def on_response_complete(self) -> None:
+        self._end_body_stream()
         super().on_response_complete()
         self._head_bytes = 0
         cycle = self.cycle
@@ -334,6 +361,45 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             # a new parser, scope and cycle.
             self.parser = self.cycle = self.scope = self.headers = None  # type: ignore[assignment]
             self.url = b""
+
+    def stream_body(self, make: Callable[[asyncio.Transport], _Stream]) -> _Stream | None:
+        """Let ``make(transport)`` (a :class:`BodyStream`) write the body of the response in
+        progress (its head sent, ``Transfer-Encoding: chunked``) to the transport itself, as
+        whole chunks; the final chunk stays the ASGI app's (``more_body`` false).  The
+        transport's ``pause_writing`` / ``resume_writing`` reach the stream, and its
+        ``close()`` is called when the response completes or the connection is lost.
+        ``None`` (the app keeps writing through ASGI) when the response is not such a body
+        in progress or another request is pipelined behind it."""
+        cycle = self.cycle
+        if (
+            cycle is None
+            or not cycle.response_started
+            or cycle.response_complete
+            or not cycle.chunked_encoding
+            or self.pipeline
+            or self.transport.is_closing()
+        ):
+            return None
+        stream = self.body_stream = make(self.transport)
+        if self.flow.write_paused:
+            stream.pause_writing()
+        return stream
+
+    def _end_body_stream(self) -> None:
+        stream = self.body_stream
+        if stream is not None:
+            self.body_stream = None
+            stream.close()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.body_stream is not None:
+            self.body_stream.pause_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.body_stream is not None:
+            self.body_stream.resume_writing()
 
     def handle_websocket_upgrade(self) -> None:
         """An upgrade to a path of :attr:`sockets` is served by a

@@ -85,14 +85,22 @@ sent before the stream starts.
 
 Under stress: at most 1,000 streams per process and 100 tags per stream; a
 stream's memory is its plan, rings are bounded by entries and age, and at most
-2,000 rings exist.  A stream's events go out through the fan-out core's outbox
-(:class:`~livedata.gateway.fanout.Outbox`, the policy of every live transport):
-each event is framed once (:class:`~livedata.gateway.protocol.sse.SseFraming`) and
-written through while the client keeps up; one writer task per stream hands what
-accumulated to the HTTP server in one piece.  When more than :data:`HIGH_WATER`
-bytes wait for the client, events queue in the outbox (at most
-:data:`STREAM_QUEUE`; beyond, the oldest is dropped and the next event's data
-carries ``"missed": n``) and go out in one write once it caught up.  A client whose
+2,000 rings exist.  Streams of the same table, tags, time format and period form
+one group (:class:`_Group`): one timer per group wakes each period (and when a
+member's keep-alive is due), computes the period's events once and frames them
+once (:class:`~livedata.gateway.protocol.sse.Batch`); there is no task, timer or
+``await`` per stream per period.  A stream's events go out through the fan-out
+core's outbox (:class:`~livedata.gateway.fanout.Outbox`, the policy of every live
+transport).  Served by livedata's server layer (``livedata serve``), once the
+response head is sent the server hands over the connection's transport
+(:meth:`~livedata.gateway.server.LimitedHttp.stream_body`): while the client keeps
+up, a period's events are one HTTP chunk, the same bytes object for every member,
+written straight to the transport; the transport's ``pause_writing`` pauses the
+outbox.  Under another ASGI server one writer task per stream hands the events to
+ASGI ``send`` instead (paused above :data:`HIGH_WATER` bytes not yet sent).  While
+paused, events queue in the outbox (at most :data:`STREAM_QUEUE`; beyond, the
+oldest is dropped and the next event's data carries ``"missed": n``) and go out in
+one write once it caught up.  A client whose
 stream makes no progress for ``client_stall_seconds`` (default 30 s; its TCP
 window is full) is given up by the outbox's stall clock (one timer per stream):
 the stream ends, its rings and its stream slot are released (counted in
@@ -153,6 +161,7 @@ from livedata.gateway.protocol.sse import (
     parse_duration,
 )
 from livedata.gateway.security import principal_of
+from livedata.gateway.server import RAW_HTTP
 from livedata.gateway.state import gateway_of
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
 
@@ -781,10 +790,11 @@ class WatchService:
         return [frames for frames in out if frames]
 
     async def stream(
-        self, plan: Plan, params: WatchParams, last_event_id: str | None
-    ) -> AsyncIterator[list[sse.Frame]]:
-        """The event stream of one client, a list of frames at a time (an empty list: a
-        keep-alive is due); releases everything when the client goes."""
+        self, plan: Plan, params: WatchParams, last_event_id: str | None, member: Member
+    ) -> None:
+        """Serve one client's stream to ``member`` until cancelled (or ``member.done``):
+        its start (current values, or what it missed since ``last_event_id``), then its
+        group's periods; releases everything when the client goes."""
         acquired: list[Ring] = []
         viewed: list[tuple[str, str]] = []  # its machines: real-time follows viewers
         self.streams += 1
@@ -815,20 +825,21 @@ class WatchService:
                 elsewhere = await self._from_history(plan, pos, prev, period_ms)
             if elsewhere is not None:
                 for frames in elsewhere:
-                    yield frames
+                    member.send(batch := sse.Batch(frames))
+                    _count(batch)
             else:
                 async for frames in self._resume_here(plan, pos, last_event_id, prev, period_ms):
-                    yield frames
-            if isinstance(plan, TagPlan) and plan.floor:  # resumed from history: its own
-                async for chunk in self._live(plan, params, prev):
-                    yield chunk
-            else:
-                group = self._join(plan, params, prev)
-                try:
-                    async for chunk in group.follow(prev):
-                        yield chunk
-                finally:
-                    self._leave(group)
+                    member.send(batch := sse.Batch(frames))
+                    _count(batch)
+            # resumed from history: its plan has its own floor, so a group of its own
+            own = isinstance(plan, TagPlan) and bool(plan.floor)
+            group = self._join(plan, params, prev, own)
+            try:
+                group.add(member, prev)
+                await member.done
+            finally:
+                group.remove(member)
+                self._leave(group)
         finally:
             for ring in acquired:
                 self.release(ring)
@@ -888,14 +899,16 @@ class WatchService:
         for chunk in self._replay(plan, max(lost, pos.cover), prev, period_ms):
             yield chunk
 
-    def _join(self, plan: Plan, params: WatchParams, prev: int) -> _Group:
-        """The group of streams with ``plan``'s key (made with ``plan`` when there is none)."""
-        group = self._groups.get(plan.key)
+    def _join(self, plan: Plan, params: WatchParams, prev: int, own: bool = False) -> _Group:
+        """The group of streams with ``plan``'s key (made with ``plan`` when there is none;
+        ``own``: a new group for this stream alone)."""
+        group = None if own else self._groups.get(plan.key)
         if group is None:
-            group = self._groups[plan.key] = _Group(self, plan, params, prev)
+            group = _Group(self, plan, params, prev)
+            if not own:
+                self._groups[plan.key] = group
             for ring in plan.rings:
                 ring.users += 1
-            group.task = asyncio.create_task(group.run(), name="watch-group")
         group.members += 1
         return group
 
@@ -905,109 +918,181 @@ class WatchService:
             return
         if self._groups.get(group.plan.key) is group:
             del self._groups[group.plan.key]
-        if group.task is not None:
-            group.task.cancel()
+        group.stop()
         for ring in group.plan.rings:
             self.release(ring)
 
-    async def _live(
-        self, plan: Plan, params: WatchParams, prev: int
-    ) -> AsyncIterator[list[sse.Frame]]:
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time() + params.period
-        last_sent = loop.time()
-        while True:
-            now = loop.time()
-            wake = min(next_tick, last_sent + params.keep_alive)
-            if wake > now:
-                await asyncio.sleep(wake - now)
-                continue
-            if now >= next_tick:
-                cover = self.seq
-                events = plan.collect(prev, cover)
-                if events:
-                    marks = (plan.marks_at(prev), plan.marks_at(cover))
-                    yield self._encode(events, prev, cover, 0, marks)
-                    last_sent = loop.time()
-                prev = cover
-                next_tick += params.period
-                if next_tick < now:
-                    next_tick = now + params.period
-            else:
-                yield []
-                last_sent = loop.time()
+
+class Member:
+    """One stream of a watch group: its outbox, keep-alive and where its own periods start.
+
+    :meth:`send` puts a :class:`~livedata.gateway.protocol.sse.Batch` through the outbox:
+    in one write while it writes straight through, event by event into its queue when
+    it does not (the outbox's policy: drop oldest, ``missed``, stall clock).
+    """
+
+    __slots__ = ("done", "framing", "keep_alive", "last_sent", "outbox", "start")
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        framing: sse.SseFraming,
+        keep_alive: float,
+        done: asyncio.Future[str],
+    ) -> None:
+        self.outbox = outbox
+        self.framing = framing
+        self.keep_alive = keep_alive
+        self.done = done
+        """Set when the stream ends (``stalled``, or ``gone``: its client left or its
+        session ended): :meth:`WatchService.stream` returns."""
+        self.last_sent = 0.0
+        self.start: int | None = None
+        """The position it joined its group at, until the group's periods cover it."""
+
+    def send(self, batch: sse.Batch) -> None:
+        """Send ``batch`` (not empty) through the outbox (counted by the caller:
+        :func:`_count`)."""
+        outbox = self.outbox
+        if outbox.direct:
+            outbox.write(batch.joined(self.framing))
+        else:
+            offer = outbox.offer
+            for (payload, _, head), wire in zip(
+                batch.frames, batch.wires(self.framing), strict=True
+            ):
+                offer(payload, wire, head)
+
+    def keep_alive_now(self) -> None:
+        """``: keep-alive``, unless the client is behind (something queued, missed or not
+        yet handed on: what comes next will do)."""
+        outbox = self.outbox
+        if outbox.missed or outbox.queued or outbox.closed or getattr(outbox.sink, "buffer", None):
+            return
+        outbox.offer(b"{}", self.framing.wrap(sse.KEEP_ALIVE), None)
+        EVENTS.labels("keep-alive").inc()
+
+
+def _count(batch: sse.Batch, streams: int = 1) -> None:
+    """Count ``batch``'s events sent to ``streams`` streams (one update per name)."""
+    if streams:
+        for name, count in batch.counts:
+            EVENTS.labels(name).inc(count * streams)
+
+
+_EARLY = 0.002
+"""Seconds a group's timer may fire before its deadline and still count as on time."""
 
 
 class _Group:
     """Streams of one key (table, tags, time format, period …): one period clock and one
-    computation of each period's events, framed once; every member sends the same bytes.
+    computation of each period's events, framed once; every member gets the same bytes.
 
-    A member that joined after the group's period began computes that first period
-    itself from its own start (so nothing it already got comes twice); after that it
-    takes the group's frames.  Each member waits for the period (one wake-up per period,
-    not per event) and sends a keep-alive when nothing went out for ``keep-alive``.
+    No task and no timer per member: one timer per group wakes at the next period or
+    at the earliest keep-alive a member is due (``keep-alive`` seconds after the last
+    thing it was sent), and writes to each member's outbox in turn.  A member that
+    joined after the group's period began computes that first period itself from its
+    own start (so nothing it already got comes twice); after that it takes the
+    group's batch.
     """
 
     def __init__(self, service: WatchService, plan: Plan, params: WatchParams, prev: int) -> None:
         self.service, self.plan, self.params = service, plan, params
         self.members = 0
-        self.task: asyncio.Task[None] | None = None
-        self.frames: list[sse.Frame] = []
+        """Streams that joined (:meth:`WatchService._join`) and have not left."""
+        self.streams: set[Member] = set()
         self.prev = self.cover = prev
         """The last period covered ``(prev, cover]``."""
-        self.changed = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        self.next_tick = self.loop.time() + params.period
+        self._timer: asyncio.TimerHandle | None = None
+        self._wake_at = 0.0
+        self._schedule(self.next_tick)
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        period = self.params.period
-        next_tick = loop.time() + period
+    def add(self, member: Member, start: int) -> None:
+        member.start = start
+        member.last_sent = self.loop.time()
+        self.streams.add(member)
+        due = member.last_sent + member.keep_alive
+        if due < self._wake_at:
+            self._schedule(due)
+
+    def remove(self, member: Member) -> None:
+        self.streams.discard(member)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake_at = float("inf")
+
+    def _schedule(self, at: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake_at = at
+        self._timer = self.loop.call_at(at, self._wake)
+
+    def _wake(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        if now + _EARLY >= self.next_tick:
+            self._period()
+            self.next_tick += self.params.period
+            if self.next_tick < now:
+                self.next_tick = now + self.params.period
+        due = self.next_tick
+        for member in self.streams:
+            at = member.last_sent + member.keep_alive
+            if at <= now + _EARLY:
+                try:
+                    member.keep_alive_now()
+                except Exception:
+                    log.exception("a watch keep-alive of %s failed", self.plan.key)
+                member.last_sent = now
+                at = now + member.keep_alive
+            if at < due:
+                due = at
+        self._schedule(due)
+
+    def _period(self) -> None:
         plan, service = self.plan, self.service
-        while True:
-            await asyncio.sleep(max(0.0, next_tick - loop.time()))
-            prev, cover = self.cover, service.seq
+        prev, cover = self.cover, service.seq
+        try:
+            events = plan.collect(prev, cover)
+            marks = (plan.marks_at(prev), plan.marks_at(cover))
+            frames = service._encode(events, prev, cover, 0, marks) if events else []
+        except Exception:  # a bad row must not silence every member for good
+            log.exception("a watch period of %s failed", plan.key)
+            frames = []
+        self.prev, self.cover = prev, cover
+        batch = sse.Batch(frames) if frames else None
+        now = self.loop.time()
+        shared = 0
+        for member in self.streams:
             try:
-                events = plan.collect(prev, cover)
-                marks = (plan.marks_at(prev), plan.marks_at(cover))
-                self.frames = service._encode(events, prev, cover, 0, marks) if events else []
-            except Exception:  # a bad row must not silence every member for good
-                log.exception("a watch period of %s failed", plan.key)
-                self.frames = []
-            self.prev, self.cover = prev, cover
-            changed, self.changed = self.changed, asyncio.Event()
-            changed.set()
-            now = loop.time()
-            next_tick += period
-            if next_tick < now:
-                next_tick = now + period
-
-    async def follow(self, start: int) -> AsyncIterator[list[sse.Frame]]:
-        """The frames of each period after ``start`` (an empty list: a keep-alive is due)."""
-        loop = asyncio.get_running_loop()
-        keep_alive = self.params.keep_alive
-        last_sent = loop.time()
-        while True:
-            changed = self.changed
-            remaining = last_sent + keep_alive - loop.time()
-            if remaining <= 0:
-                yield []
-                last_sent = loop.time()
-                continue
-            try:
-                async with asyncio.timeout(remaining):
-                    await changed.wait()
-            except TimeoutError:
-                continue
-            frames = self.frames
-            if self.prev < start:  # the first period began before this member
-                if self.cover <= start:
+                start = member.start
+                if start is not None and prev < start:  # its first period began before it
+                    if cover <= start:
+                        continue
+                    events = plan.collect(start, cover)
+                    marks = (plan.marks_at(start), plan.marks_at(cover))
+                    own = service._encode(events, start, cover, 0, marks)
+                    member.start = None
+                    if own:
+                        first = sse.Batch(own)
+                        member.send(first)
+                        _count(first)
+                        member.last_sent = now
                     continue
-                events = self.plan.collect(start, self.cover)
-                marks = (self.plan.marks_at(start), self.plan.marks_at(self.cover))
-                frames = self.service._encode(events, start, self.cover, 0, marks)
-                start = self.cover
-            if frames:
-                yield frames
-                last_sent = loop.time()
+                member.start = None
+                if batch is not None:
+                    member.send(batch)
+                    member.last_sent = now
+                    shared += 1
+            except Exception:
+                log.exception("a watch stream of %s failed", plan.key)
+        if batch is not None:
+            _count(batch, shared)
 
 
 STREAM_QUEUE = 512
@@ -1017,7 +1102,8 @@ HIGH_WATER = 65_536
 
 
 class _AsgiSink:
-    """A watch stream's outbox writes here; one task per stream hands it to ASGI ``send``.
+    """A watch stream's outbox writes here when the server does not hand over its
+    transport (another ASGI server): one task per stream hands it to ASGI ``send``.
 
     ``write`` only appends and wakes that task (coalescing whatever came meanwhile into
     one ``send``); above :data:`HIGH_WATER` bytes not yet sent the outbox is paused, and
@@ -1061,59 +1147,75 @@ class _AsgiSink:
 
 
 class _WatchResponse(StreamingResponse):
-    """The event stream through the fan-out core's outbox policy (see "Under stress")."""
+    """The event stream through the fan-out core's outbox policy (see "Under stress").
+
+    Once the head is sent, the body is written by the stream's group straight to the
+    transport when the server layer hands it over (:data:`~livedata.gateway.server.RAW_HTTP`),
+    else through ASGI ``send`` (:class:`_AsgiSink`).  What stays here is one task
+    waiting for the client to go (or its session to end) or its stream to stall.
+    """
 
     def __init__(
-        self, content: AsyncIterator[list[sse.Frame]], stall: float, **kwargs: Any
+        self,
+        service: WatchService,
+        plan: Plan,
+        params: WatchParams,
+        last_event_id: str | None,
+        stall: float,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(iter(()), **kwargs)  # the body comes from ``frames``, not from here
-        self.frames = content
+        super().__init__(iter(()), **kwargs)  # the body comes from the stream's group
+        self.service, self.plan, self.params = service, plan, params
+        self.last_event_id = last_event_id
         self.stall = stall
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        sink = _AsgiSink()
-        stalled = asyncio.Event()
-        outbox = sink.outbox = Outbox(sink, sse.SSE_FRAMING, stalled.set, STREAM_QUEUE, self.stall)
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-        async def produce() -> None:
-            async for frames in self.frames:
-                if not frames:
-                    if not outbox.missed and not outbox.queued and not sink.buffer:
-                        outbox.offer(b"{}", sse.KEEP_ALIVE, None)
-                        EVENTS.labels("keep-alive").inc()
-                    continue
-                for payload, wire, head in frames:
-                    outbox.offer(payload, wire, head)
-                    EVENTS.labels(head["event"] or "message").inc()
+        def end(why: str) -> None:
+            if not done.done():
+                done.set_result(why)
+
+        def stalled() -> None:
+            end("stalled")
+
+        def direct(transport: asyncio.Transport) -> Outbox:
+            return Outbox(transport, sse.CHUNKED_SSE, stalled, STREAM_QUEUE, self.stall)
+
+        ref = scope.get("extensions", {}).get(RAW_HTTP)
+        protocol = ref() if ref is not None else None
+        outbox = protocol.stream_body(direct) if protocol is not None else None
+        framing = sse.CHUNKED_SSE
+        tasks: list[asyncio.Future[None]] = []
+        if outbox is None:
+            sink = _AsgiSink()
+            framing = sse.SSE_FRAMING
+            outbox = sink.outbox = Outbox(sink, framing, stalled, STREAM_QUEUE, self.stall)
+            tasks.append(asyncio.ensure_future(sink.run(send)))
 
         async def disconnected() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
 
-        tasks = [
-            asyncio.ensure_future(produce()),
-            asyncio.ensure_future(sink.run(send)),
-            asyncio.ensure_future(disconnected()),
-            asyncio.ensure_future(stalled.wait()),
-        ]
+        tasks.append(asyncio.ensure_future(disconnected()))
+        for task in tasks:
+            task.add_done_callback(lambda _: end("gone"))
+        member = Member(outbox, framing, self.params.keep_alive, done)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await self.service.stream(self.plan, self.params, self.last_event_id, member)
         finally:
             outbox.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            aclose = getattr(self.frames, "aclose", None)
-            if aclose is not None:
-                await aclose()  # release its rings and stream slot now
-        if stalled.is_set():
+        if done.result() == "stalled":
             log.info("ending a watch stream that took nothing for %g s", self.stall)
             return  # no final chunk: it could not get through; the server closes the socket
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
 
 
@@ -1409,7 +1511,10 @@ async def watch(request: Request, table: str) -> Any:
         )
     last_event_id = request.headers.get("last-event-id")
     return _WatchResponse(
-        service.stream(plan, params, last_event_id),
+        service,
+        plan,
+        params,
+        last_event_id,
         gw.settings.client_stall_seconds,
         media_type=sse.MEDIA_TYPE,
         headers=sse.HEADERS,

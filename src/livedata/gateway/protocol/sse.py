@@ -12,6 +12,10 @@ What a watch request means and what goes on the wire, with no server in sight:
   ``id:``/``event:``/``data:`` blocks; :func:`data_block` is one event's ``data:``
   line alone, which does not depend on the client, so a stream's fan-out encodes it
   once and every client of the same tags shares it;
+- :data:`SSE_FRAMING` and :data:`CHUNKED_SSE` (the same as HTTP/1.1 chunks, for a
+  body the server writes to its transport itself: :func:`chunk`) frame events for
+  the fan-out core's outbox; a :class:`Batch` is one period's events framed once per
+  framing, all in one write or one by one, shared by every stream of a group;
 - :func:`error_body` is the JSON error a refused request gets before any stream
   starts (:data:`ERROR_STATUS` maps each code to its HTTP status);
 - :class:`EventParser` is the other side (bytes in, :class:`Event` out, following
@@ -365,24 +369,39 @@ def event_block(event_id: EventId | str, name: str | None, block: bytes) -> byte
     return head + block
 
 
+def chunk(data: bytes) -> bytes:
+    """``data`` as one HTTP/1.1 chunk (``Transfer-Encoding: chunked``; not empty)."""
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
 class SseFraming:
     """The fan-out core's framing of SSE (:class:`~livedata.gateway.fanout.Framing`).
 
     ``payload`` is an event's JSON data; ``head`` is ``{"id": …, "event": name or None}``
     (``None``: a bare ``data:`` block).  The bytes depend on nothing else, so every
-    stream of the same events shares them.
+    stream of the same events shares them.  With ``chunked`` each piece of the stream
+    is also one HTTP/1.1 chunk: the body a server writes to its transport itself
+    (:data:`CHUNKED_SSE`); without, the events alone (an ASGI server chunks them).
     """
 
-    __slots__ = ()
+    __slots__ = ("chunked",)
+
+    def __init__(self, chunked: bool = False) -> None:
+        self.chunked = chunked
 
     def frame(self, payload: bytes, head: dict[str, Any] | None) -> bytes:
         block = b"data: " + payload + b"\n\n"
-        if head is None:
-            return block
-        return event_block(head["id"], head["event"], block)
+        if head is not None:
+            block = event_block(head["id"], head["event"], block)
+        return chunk(block) if self.chunked else block
+
+    def wrap(self, events: bytes) -> bytes:
+        """``events`` (whole events, unframed) as this framing sends them in one write."""
+        return chunk(events) if self.chunked and events else events
 
 
 SSE_FRAMING = SseFraming()
+CHUNKED_SSE = SseFraming(chunked=True)
 
 Frame = tuple[bytes, bytes, dict[str, Any]]
 """(payload, wire bytes, head) of one event: what a stream offers its outbox."""
@@ -406,6 +425,46 @@ def encode_events(
 ) -> bytes:
     """The bytes of :func:`frames`."""
     return b"".join(wire for _, wire, _ in frames(events, epoch, prev, cover, start))
+
+
+class Batch:
+    """The frames of one period (or of a stream's start), framed for each framing once.
+
+    Every stream of a watch group gets the same :class:`Batch`: a stream whose outbox
+    writes straight through gets :meth:`joined` (all events in one write, the same
+    bytes object for every stream of that framing); one that is behind gets the
+    events one by one (:meth:`wires`) into its outbox.  ``counts`` is how many events
+    of each name (``message`` for unnamed ones) it holds.
+    """
+
+    __slots__ = ("_joined", "_wires", "counts", "frames")
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self.frames = frames
+        self._joined: dict[SseFraming, bytes] = {}
+        self._wires: dict[SseFraming, list[bytes]] = {}
+        counts: dict[str, int] = {}
+        for _, _, head in frames:
+            name = head["event"] or "message"
+            counts[name] = counts.get(name, 0) + 1
+        self.counts = list(counts.items())
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def joined(self, framing: SseFraming) -> bytes:
+        """Every event, in one write of ``framing``."""
+        out = self._joined.get(framing)
+        if out is None:
+            out = self._joined[framing] = framing.wrap(b"".join(w for _, w, _ in self.frames))
+        return out
+
+    def wires(self, framing: SseFraming) -> list[bytes]:
+        """Each event alone, as ``framing`` sends it."""
+        out = self._wires.get(framing)
+        if out is None:
+            out = self._wires[framing] = [framing.wrap(w) for _, w, _ in self.frames]
+        return out
 
 
 def gap_event(last_event_id: str | None, message: str) -> Event:
@@ -494,11 +553,13 @@ class EventParser:
 
 
 __all__ = [
+    "CHUNKED_SSE",
     "ERROR_STATUS",
     "HEADERS",
     "KEEP_ALIVE",
     "MEDIA_TYPE",
     "SSE_FRAMING",
+    "Batch",
     "Event",
     "EventId",
     "EventParser",
@@ -509,6 +570,7 @@ __all__ = [
     "TimeFormat",
     "TooLarge",
     "WatchParams",
+    "chunk",
     "data_block",
     "encode_events",
     "encode_gap",
