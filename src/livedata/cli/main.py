@@ -2,12 +2,20 @@
 
 Errors print one line, ``error: …``, and exit with status 2; ``--debug`` shows the
 traceback instead.
+
+An interrupt (SIGINT, Ctrl-C) stops every command, also one started with SIGINT
+ignored: a shell without job control (a script's or CI's ``command &``) starts
+background commands so, Python keeps the signal ignored and ``asyncio.run`` then
+installs no handler of its own — ``kill -INT`` did nothing and ``livedata simulate``
+ran on (:func:`interruptible`).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -67,7 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interruptible() -> None:
+    """Make SIGINT raise :class:`KeyboardInterrupt` again if it was inherited as ignored.
+
+    Python leaves an inherited ``SIG_IGN`` in place, and :class:`asyncio.Runner` takes
+    over SIGINT only from Python's default handler (its first interrupt cancels the
+    main task, which is how every ``asyncio.run`` command here stops cleanly).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # called in-process from a thread (tests): signals are the main thread's
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    interruptible()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
