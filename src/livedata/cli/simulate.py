@@ -12,8 +12,13 @@ status topic and the retained ``online`` status; once per period it publishes it
 ``vehicle_can`` batch (CAN frames encoded through the demo DBC) and its
 ``client_raw_data`` on ``livedata/{org}/{chassis}/telemetry/{msgType}`` at QoS 1
 (see ``docs/device-protocol.md``).  Each machine answers the direct methods
-``startMs`` / ``endMs`` (its real-time stream on / off) and ``getStatus``.  Ctrl-C or SIGTERM publishes ``offline`` and
-disconnects cleanly; a kill leaves it to the Last Will.
+``startMs`` / ``endMs`` (its real-time stream on / off) and ``getStatus``.
+
+Ctrl-C (SIGINT) or SIGTERM publishes ``offline`` and disconnects cleanly, within
+about 4 s (what is in flight is given 2 s to be acknowledged, the disconnect 2 s),
+and the command exits with status 0 — also when it was started with SIGINT ignored,
+as a script's ``livedata simulate … &`` is (:func:`livedata.cli.main.interruptible`).
+A second signal during that cuts it short; a kill leaves it to the Last Will.
 
 The simulator does **not** register the machines: the server must know them, or
 ingest rejects (and counts) their messages as unknown.  ``livedata serve
