@@ -120,6 +120,11 @@ class Role:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait()
 
+    def interrupt(self) -> None:
+        """SIGINT, as Ctrl-C: a graceful stop (then its runtime's), ``returncode`` once done."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -310,6 +315,14 @@ def test_cluster_survives_losing_one_process_of_each_role(engines: Engines, tmp_
                 await store.close()
 
         asyncio.run(check_store())
+
+        # The roles left stop by themselves on SIGINT (their runtime closed), status 0.
+        alive = [gateway_b, *ingests, distributes[1]]
+        for role in alive:
+            role.interrupt()
+        for role in alive:
+            assert role.process is not None
+            assert role.process.wait(30) == 0, role.name
     finally:
         if simulate is not None:
             stop_process(simulate)
