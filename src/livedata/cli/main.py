@@ -7,15 +7,13 @@ An interrupt (SIGINT, Ctrl-C) stops every command, also one started with SIGINT
 ignored: a shell without job control (a script's or CI's ``command &``) starts
 background commands so, Python keeps the signal ignored and ``asyncio.run`` then
 installs no handler of its own — ``kill -INT`` did nothing and ``livedata simulate``
-ran on (:func:`interruptible`).
+ran on (:func:`livedata.cli.signals.interruptible`).
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -33,6 +31,7 @@ from livedata.cli import (
     simulate,
     users,
 )
+from livedata.cli.signals import interruptible
 from livedata.errors import LivedataError
 
 COMMANDS = (
@@ -73,19 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     for command in COMMANDS:
         command.add_parser(sub)
     return parser
-
-
-def interruptible() -> None:
-    """Make SIGINT raise :class:`KeyboardInterrupt` again if it was inherited as ignored.
-
-    Python leaves an inherited ``SIG_IGN`` in place, and :class:`asyncio.Runner` takes
-    over SIGINT only from Python's default handler (its first interrupt cancels the
-    main task, which is how every ``asyncio.run`` command here stops cleanly).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return  # called in-process from a thread (tests): signals are the main thread's
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
