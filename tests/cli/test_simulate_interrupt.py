@@ -23,7 +23,7 @@ import aiomqtt
 import orjson
 import pytest
 
-from livedata.cli.signals import interruptible
+from livedata.cli.signals import cancel_on_signals, interruptible
 from livedata.sim.fleet import default_chassis_ids
 from tests.servers import stop_process
 from tests.servers.mosquitto import Mosquitto, start_mosquitto
@@ -154,3 +154,23 @@ def test_simulate_stops_on_a_second_sigint_during_its_close(
     # 0; or the second signal came once the work was done, when the interpreter's
     # finalisation has put SIGINT back to the system default (terminated by it)
     assert status in (0, -signal.SIGINT)
+
+
+def test_cancel_on_signals_cancels_its_task_then_gives_the_signal_back() -> None:
+    """SIGINT cancels the task while it runs; once it is done SIGINT is KeyboardInterrupt again."""
+
+    async def main() -> None:
+        cancel_on_signals()
+        signal.raise_signal(signal.SIGINT)
+        await asyncio.sleep(3600)
+
+    async def later() -> None:
+        signal.raise_signal(signal.SIGINT)
+        await asyncio.sleep(10)  # a handler that still cancelled the old task: no interrupt
+
+    with asyncio.Runner() as runner:
+        with pytest.raises(asyncio.CancelledError):
+            runner.run(main())
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(later())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -34,11 +34,20 @@ def interruptible() -> None:
 
 def cancel_on_signals(task: asyncio.Task[object] | None = None) -> None:
     """SIGINT and SIGTERM cancel ``task`` (default: the current one), each time, from the
-    event loop; the handlers go with the loop (``loop.close()`` removes them)."""
+    event loop.  Once ``task`` is done the signal is the default one again (the loop may
+    run on for something else, as in tests): a handler left behind does that itself."""
     task = task or asyncio.current_task()
     if task is None:
         return
     loop = asyncio.get_running_loop()
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, _cancel, loop, sig, task)
+
+
+def _cancel(loop: asyncio.AbstractEventLoop, sig: int, task: asyncio.Task[object]) -> None:
+    if not task.done():
+        task.cancel()
+        return
+    loop.remove_signal_handler(sig)  # SIGINT: KeyboardInterrupt again; SIGTERM: the default
+    signal.raise_signal(sig)
