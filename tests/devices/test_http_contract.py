@@ -91,3 +91,22 @@ async def test_each_request_gets_its_own_outcome_and_waits_for_its_ack() -> None
     await delivery.ack()
     assert posted_good.stored.is_set() and not posted_bad.stored.is_set()
     await lists.aclose()
+
+
+async def test_post_gives_up_after_its_wait_and_a_queued_request_is_still_handled() -> None:
+    """Ingest not taking requests: post() times out, queued (handled later) or untaken (full)."""
+    link = HttpDeviceLink("http://?queue=1")
+    body = encode(raw_message("acme", "M1"))
+    with pytest.raises(TimeoutError):  # queued, but no verdict in time
+        await link.post("acme", "M1", "client_raw_data", body, wait=0.2)
+    assert link.depth() == 1
+    with pytest.raises(TimeoutError):  # the queue is full: not taken
+        await link.post("acme", "M1", "client_raw_data", b"{}", wait=0.2)
+    assert link.depth() == 1
+    lists = link.batches(10)
+    batch = await asyncio.wait_for(anext(lists), 5)
+    assert len(batch) == 1 and isinstance(batch[0], Delivery)
+    assert batch[0].message == raw_message("acme", "M1")
+    link.settle(batch, [batch[0].message])  # the request that gave up has no one to answer
+    assert link.depth() == 0
+    await lists.aclose()

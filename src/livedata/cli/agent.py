@@ -28,12 +28,12 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from livedata.auth.mosquitto import device_url
+from livedata.cli.signals import cancel_on_signals
 from livedata.errors import ConfigError
 from livedata.model import valid_id
 from livedata.observe import setup_logging
@@ -123,10 +123,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     async def main() -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        cancel_on_signals()  # SIGINT / SIGTERM: a clean stop; a second one cuts it short
         print(
             f"livedata agent: {args.org}/{args.chassis} → {args.mqtt.rpartition('@')[2]}",
             flush=True,

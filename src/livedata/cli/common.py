@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from livedata.cli.signals import cancel_on_signals
 from livedata.errors import ConfigError
 from livedata.gateway.app import create_app
 from livedata.gateway.server import (
@@ -128,6 +129,7 @@ def serve(settings: Settings, rt: Runtime, announce: Callable[[str], None]) -> i
         try:
             await server.serve(sockets=[sock])
         finally:
+            cancel_on_signals()  # a signal while the runtime stops cuts the stop short
             await rt.stop()
 
     factory = event_loop_factory(settings.event_loop)

@@ -2,6 +2,12 @@
 
 Errors print one line, ``error: …``, and exit with status 2; ``--debug`` shows the
 traceback instead.
+
+An interrupt (SIGINT, Ctrl-C) stops every command, also one started with SIGINT
+ignored: a shell without job control (a script's or CI's ``command &``) starts
+background commands so, Python keeps the signal ignored and ``asyncio.run`` then
+installs no handler of its own — ``kill -INT`` did nothing and ``livedata simulate``
+ran on (:func:`livedata.cli.signals.interruptible`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from livedata.cli import (
     simulate,
     users,
 )
+from livedata.cli.signals import interruptible
 from livedata.errors import LivedataError
 
 COMMANDS = (
@@ -68,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    interruptible()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -12,8 +12,13 @@ status topic and the retained ``online`` status; once per period it publishes it
 ``vehicle_can`` batch (CAN frames encoded through the demo DBC) and its
 ``client_raw_data`` on ``livedata/{org}/{chassis}/telemetry/{msgType}`` at QoS 1
 (see ``docs/device-protocol.md``).  Each machine answers the direct methods
-``startMs`` / ``endMs`` (its real-time stream on / off) and ``getStatus``.  Ctrl-C or SIGTERM publishes ``offline`` and
-disconnects cleanly; a kill leaves it to the Last Will.
+``startMs`` / ``endMs`` (its real-time stream on / off) and ``getStatus``.
+
+Ctrl-C (SIGINT) or SIGTERM publishes ``offline`` and disconnects cleanly, within
+about 4 s (what is in flight is given 2 s to be acknowledged, the disconnect 2 s),
+and the command exits with status 0 — also when it was started with SIGINT ignored,
+as a script's ``livedata simulate … &`` is.  A second signal during that cuts it
+short (:mod:`livedata.cli.signals`); a kill leaves it to the Last Will.
 
 The simulator does **not** register the machines: the server must know them, or
 ingest rejects (and counts) their messages as unknown.  ``livedata serve
@@ -54,13 +59,13 @@ import contextlib
 import json
 import logging
 import math
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from livedata.auth.mosquitto import device_url
+from livedata.cli.signals import cancel_on_signals
 from livedata.decode.can import CanDecoder
 from livedata.devices.base import MethodResult, answer_realtime
 from livedata.errors import ConfigError
@@ -235,11 +240,7 @@ async def simulate(
     templates: int = TEMPLATES,
 ) -> None:
     """Connect every device, tick the fleet through them until cancelled, then close them."""
-    main = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    if main is not None:
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    cancel_on_signals()  # SIGINT / SIGTERM: close every device; a second one cuts that short
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def connect(device: SimDevice) -> None:
@@ -269,8 +270,6 @@ async def simulate(
             report.cancel()
             await asyncio.gather(report, return_exceptions=True)
         await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
 
 
 async def _report(devices: list[SimDevice], ticker: _Ticker) -> None:

@@ -16,8 +16,10 @@ never *connected* to this link.
 
 Under stress: the queue is bounded (``http://?queue=N``, default 1,000 requests); a
 request waits while it is full, and ingest's own queue makes ``handle_many`` wait
-while the store is slow, so requests slow down rather than memory growing.  A request
-whose client went away is still stored (its outcome is dropped).
+while the store is slow, so requests slow down rather than memory growing — for at
+most ``wait`` seconds (:meth:`HttpDeviceLink.post`), then :class:`TimeoutError` (the
+route answers 503 with ``Retry-After``).  A request whose client went away, or that
+timed out once queued, is still stored (its outcome is dropped).
 """
 
 from __future__ import annotations
@@ -57,8 +59,13 @@ class HttpDeviceLink(QueueLink):
     def __init__(self, url: str = "http://?queue=1000") -> None:
         super().__init__(url)
 
-    async def post(self, tenant: str, chassis: str, msg_type: str, body: bytes) -> Posted:
-        """Hand one request's body to ingest; its :class:`Posted` once ingest took it."""
+    async def post(
+        self, tenant: str, chassis: str, msg_type: str, body: bytes, wait: float | None = None
+    ) -> Posted:
+        """Hand one request's body to ingest; its :class:`Posted` once ingest took it.
+
+        :class:`TimeoutError` if that takes more than ``wait`` seconds (room in the queue,
+        then ingest's verdict); once queued, the message is still handled."""
         reply: asyncio.Future[object] = asyncio.get_running_loop().create_future()
         stored = asyncio.Event()
 
@@ -70,8 +77,10 @@ class HttpDeviceLink(QueueLink):
             item = _Request(decode(tenant, chassis, msg_type, body), ack, reply)
         except DecodeError as exc:
             item = _Unreadable(tenant, chassis, str(exc), None, reply)
-        await self._queue.put(item)
-        return Posted(await reply, stored)
+        async with asyncio.timeout(wait):
+            await self._queue.put(item)
+            outcome = await reply
+        return Posted(outcome, stored)
 
     def settle(self, batch: Sequence[Delivery | Rejection], outcomes: Sequence[object]) -> None:
         for item, outcome in zip(batch, outcomes, strict=True):

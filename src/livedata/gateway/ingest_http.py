@@ -24,9 +24,11 @@ Answers (errors are ``{"error": {"code", "message"}}``):
   reading, without reading the rest.
 - **415** ``unsupported_media_type``: a ``Content-Type`` other than the one of the
   message type (no ``Content-Type`` at all is accepted).
-- **503** ``unavailable``: this process does not run the ingest role, or the record
-  was queued but not stored within 10 s (the store is down and being retried).  The
-  record will still be stored; resending it is safe, as writes are idempotent.
+- **503** ``unavailable``: this process does not run the ingest role; or ingest is
+  busy: the request was not taken within 10 s (its queue stayed full, the store being
+  slow or down); or the record was queued but not stored within 10 s (the store is
+  down and being retried).  The two last come with ``Retry-After`` (seconds); a
+  queued record will still be stored, and resending is safe, as writes are idempotent.
 
 Security: each machine has its own secret (``livedata devices secret ORG CHASSIS`` or
 ``POST /api/resources/{orgId}/machines/{chassisId}/secret``); the request carries it as
@@ -55,18 +57,30 @@ from livedata.gateway.state import gateway_of
 from livedata.model import MsgType, Record
 from livedata.pipeline.ingest import Refused
 
-__all__ = ["DURABLE_TIMEOUT_S", "ingest_router"]
+__all__ = ["DURABLE_TIMEOUT_S", "QUEUE_TIMEOUT_S", "RETRY_AFTER_S", "ingest_router"]
 
 DURABLE_TIMEOUT_S = 10.0
 """How long a request waits for its record to be stored before answering 503."""
+QUEUE_TIMEOUT_S = 10.0
+"""How long a request waits for ingest to take it (a full queue) before answering 503."""
+RETRY_AFTER_S = 5
+"""The ``Retry-After`` of a 503 for a busy or slow ingest."""
 
 ingest_router = APIRouter(prefix="/api", tags=["ingest"])
 
 _MSG_TYPES = {t.value: t for t in MsgType}
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def _error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _retry_later(message: str) -> JSONResponse:
+    return _error(503, "unavailable", message, {"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def _read_capped(request: Request, limit: int) -> bytes | None:
@@ -146,7 +160,13 @@ async def ingest_http(request: Request, orgId: str, chassisId: str, msgType: str
     body = await _read_capped(request, MAX_PAYLOAD)
     if body is None:
         return _error(413, "too_large", f"the body is larger than {MAX_PAYLOAD} bytes")
-    posted = await gw.http_devices.post(orgId, chassisId, msg_type, body)
+    try:
+        posted = await gw.http_devices.post(orgId, chassisId, msg_type, body, QUEUE_TIMEOUT_S)
+    except TimeoutError:
+        return _retry_later(
+            f"ingest is busy: not taken within {QUEUE_TIMEOUT_S:g} s; retry after "
+            f"{RETRY_AFTER_S} s (resending is safe)"
+        )
     outcome = posted.outcome
     if isinstance(outcome, Refused):
         return _error(400, outcome.code, outcome.reason)
@@ -154,9 +174,7 @@ async def ingest_http(request: Request, orgId: str, chassisId: str, msgType: str
     try:
         await asyncio.wait_for(posted.stored.wait(), DURABLE_TIMEOUT_S)
     except TimeoutError:
-        return _error(
-            503,
-            "unavailable",
+        return _retry_later(
             f"accepted but not stored within {DURABLE_TIMEOUT_S:g} s; it will be stored, "
             "and resending is safe",
         )

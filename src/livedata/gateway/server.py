@@ -49,12 +49,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import sys
+import threading
 import urllib.parse
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, MutableMapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -66,7 +68,7 @@ from prometheus_client import Counter, Gauge
 from starlette.exceptions import HTTPException
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from uvicorn.server import STARTUP_FAILURE
+from uvicorn.server import HANDLED_SIGNALS, STARTUP_FAILURE
 
 from livedata.errors import ConfigError
 from livedata.gateway.connlimits import (
@@ -701,11 +703,30 @@ class LimitedServer(uvicorn.Server):
     Serves the sockets passed to :meth:`serve`, or one it binds from the config's host
     and port; lifespan, graceful shutdown and signals are uvicorn's.  ``on_listening()``
     is called once it accepts connections, so after uvicorn's signal handlers are in
-    place: an interrupt sent as soon as it is told is a graceful shutdown."""
+    place: an interrupt sent as soon as it is told is a graceful shutdown.
+
+    Unlike uvicorn's, its signal handlers do not send the signal again once it has
+    stopped: that cancelled the runtime's stop after it (SIGINT, through
+    :class:`asyncio.Runner`'s handler) or killed the process before it (SIGTERM), so
+    the engines were never closed.  The caller stops the runtime and exits with
+    status 0; a second signal during that stop is the runner's again (it cuts the stop
+    short)."""
 
     def __init__(self, config: uvicorn.Config, on_listening: Callable[[], None] = lambda: None):
         super().__init__(config)
         self.on_listening = on_listening
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        before = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await self.lifespan.startup()
