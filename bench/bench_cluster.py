@@ -127,6 +127,8 @@ MOSQUITTO_EXTRA = (
     "sys_interval 1\n"
 )
 STORE_DB = "livedata"
+LOG_PARTITIONS = 4
+"""Partitions of the log topic: at most this many distribute processes share the work."""
 ROLES = ("ingest", "distribute", "alerts", "gateway")
 """The livedata roles, one process each; their CPU per record is summed."""
 SAMPLE_EVERY_S = 1.0
@@ -625,14 +627,12 @@ def flow_table(windows: list[Window]) -> None:
         "seq gaps / slow-client drops / lost conns",
         lambda w: f"{w.gaps} / {w.total('livedata_drops_total'):.0f} / {w.lost}",
     )
-    row(
-        "machine-seconds stored (ClickHouse check)",
-        lambda w: f"{w.stored['found']:,.0f} of {w.stored['expected']:,.0f}" if w.stored else "–",
-    )
+    row("machine-seconds stored (ClickHouse check)", lambda w: stored_text(w))
+    row("duplicate point rows (not merged yet)", lambda w: duplicates_text(w))
     row("CPU/record: embedded process", lambda w: w.cpu_per("embedded", w.total(records)))
     row("CPU/message sent: simulate", lambda w: w.cpu_per("simulate", w.sim_sent * w.seconds))
-    row("CPU/record: ingest", lambda w: w.cpu_per("ingest", w.total(records)))
-    row("CPU/record: alerts (no rules)", lambda w: w.cpu_per("alerts", w.total(records)))
+    for role in ROLES:
+        row(f"CPU/record: {role}", lambda w, r=role: w.cpu_per(r, w.total(records)))
     row(
         "CPU/record: the 4 roles",
         lambda w: f"{sum(per_record(w, r) for r in ROLES):,.0f} µs" if w.total(records) else "–",
@@ -650,6 +650,19 @@ def flow_table(windows: list[Window]) -> None:
     row("all CPU on the machine", lambda w: f"{w.system_pct:.0f} % of 200 %")
     row("load average (1 min) at the end", lambda w: f"{w.load:.1f}")
     print_table([w.label for w in windows], rows)
+
+
+def stored_text(w: Window) -> str:
+    """Machine-seconds of the window in ClickHouse against what the fleet sent, and whether
+    that is all of them."""
+    if not w.stored:
+        return "–"
+    found, expected = w.stored["found"], w.stored["expected"]
+    return f"{found:,.0f} of {expected:,.0f}" + (" (all)" if found == expected else "")
+
+
+def duplicates_text(w: Window) -> str:
+    return f"{w.stored['duplicates']:,.0f}" if "duplicates" in w.stored else "–"
 
 
 def per_record(w: Window, prefix: str) -> float:
@@ -836,6 +849,23 @@ class Cluster:
     sim: Proc | None = None
     clickhouse_port: int = 0
     mqtt_port: int = 0
+    ingest: int = 1
+    """Ingest processes; with more than one, ``split`` says how they share the fleet."""
+    distribute: int = 1
+    """Distribute processes: consumer group ``distribute`` splits the log's partitions."""
+    split: str = "partition"
+    """``partition``: each ingest subscribes without a share group and takes the machines of
+    its ``partition=i/n`` (what survives a Mosquitto 2.0.x restart: the broker restores a
+    persistent session's plain subscription, not a ``$share`` one); ``share``: one MQTT share
+    group (each message sent once, but lost between a broker restart and the resubscribe)."""
+
+    def ingest_devices(self, index: int) -> str:
+        """The device-link URL of ingest process ``index`` (0-based): a persistent session
+        under its own client id, as systemd would restart it."""
+        session = f"client_id=bench-ingest-{index}&session_expiry=300"
+        if self.split == "share" or self.ingest == 1:
+            return f"{self.urls['mqtt']}?group=ingest&{session}"
+        return f"{self.urls['mqtt']}?shared=off&partition={index}/{self.ingest}&{session}"
 
     def start_engines(self) -> None:
         base = self.tmp / "engines"
@@ -864,14 +894,14 @@ class Cluster:
         }
         self.urls = {
             "mqtt": mosquitto.url,
-            "log": f"{kafka.url}/records?partitions=4",
+            "log": f"{kafka.url}/records?partitions={LOG_PARTITIONS}",
             "pubsub": f"{redis.url}?prefix=bench",
             "store": clickhouse.url(STORE_DB),
             "metadata": postgres.url(),
         }
         print(f"  engines up in {time.monotonic() - t:.1f} s", flush=True)
 
-    def role(self, name: str, role: str, *extra: str) -> Role:
+    def role(self, name: str, role: str, *extra: str, devices: str = "") -> Role:
         cmd = [
             sys.executable,
             "-m",
@@ -890,7 +920,7 @@ class Cluster:
             "--pubsub",
             self.urls["pubsub"],
             "--devices",
-            f"{self.urls['mqtt']}?group=ingest",
+            devices or f"{self.urls['mqtt']}?group=ingest",
             "--data-dir",
             str(self.tmp / "data"),
             "--connect-timeout",
@@ -905,11 +935,15 @@ class Cluster:
 
     def start_roles(self) -> None:
         t = time.monotonic()
-        gateway = self.role("gateway", "gateway", "--seed-demo", str(MACHINES))
-        ingest = self.role("ingest", "ingest")
-        distribute = self.role("distribute", "distribute")
-        alerts = self.role("alerts", "alerts")
-        for r in (gateway, ingest, distribute, alerts):
+        started = [self.role("gateway", "gateway", "--seed-demo", str(MACHINES))]
+        for i in range(self.ingest):
+            name = "ingest" if self.ingest == 1 else f"ingest-{i + 1}"
+            started.append(self.role(name, "ingest", devices=self.ingest_devices(i)))
+        for i in range(self.distribute):
+            name = "distribute" if self.distribute == 1 else f"distribute-{i + 1}"
+            started.append(self.role(name, "distribute"))
+        started.append(self.role("alerts", "alerts"))
+        for r in started:
             r.wait_ready()
         print(
             f"  roles up in {time.monotonic() - t:.1f} s: "
@@ -939,16 +973,17 @@ class Cluster:
         """Engines, roles and simulator: the counters before the simulator, its connect time."""
         self.start_engines()
         self.stack.callback(self.stop)
-        print(
-            f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 alerts, 1 gateway "
-            f"(--seed-demo {MACHINES})"
-        )
+        print(f"[{elapsed()}] roles: {self.shape()}, 1 alerts, 1 gateway (--seed-demo {MACHINES})")
         self.start_roles()
         before = cumulative(self)
         print(f"[{elapsed()}] livedata simulate --machines {MACHINES:,}", flush=True)
         connect_s = self.start_simulator()
         print(f"  {MACHINES:,} MQTT clients connected in {connect_s:.1f} s", flush=True)
         return before, connect_s
+
+    def shape(self) -> str:
+        split = f" ({self.split})" if self.ingest > 1 else ""
+        return f"{self.ingest} ingest{split}, {self.distribute} distribute"
 
     def groups(self, clients: bench_live.Clients | None) -> list[Group]:
         out = []
@@ -974,23 +1009,32 @@ class Cluster:
         client = ClickHouseClient("127.0.0.1", port=self.clickhouse_port, database=STORE_DB)
         try:
             rows = client.execute(
-                "SELECT uniqExact(chassis, msg_type, ts) FROM points "
+                "SELECT uniqExact(chassis, msg_type, ts), count(), "
+                "uniqExact(chassis, msg_type, field, ts) FROM points "
                 "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s",
                 {"a": first_s * 1000, "b": last_s * 1000},
             )
         finally:
             client.disconnect()
+        found, rows_in, points = rows[0]
         return {
-            "found": float(rows[0][0]),
+            "found": float(found),
             "expected": float((last_s - first_s + 1) * MACHINES * 2),
+            # rows written twice (a redelivery) that ReplacingMergeTree has not merged yet
+            "duplicates": float(rows_in - points),
         }
+
+
+def new_cluster(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> Cluster:
+    distribute = args.distribute or min(args.ingest, LOG_PARTITIONS)
+    return Cluster(tmp, stack, ingest=args.ingest, distribute=distribute, split=args.split)
 
 
 def distributed(args: argparse.Namespace, tmp: Path, label: str, runs_after: int) -> None:
     """One cluster of the code on ``PYTHONPATH``; its windows are labelled ``label``."""
     print(f"[{elapsed()}] distributed shape ({label}): engines", flush=True)
     with cleanup_on_exit() as stack:
-        cluster = Cluster(tmp, stack)
+        cluster = new_cluster(args, tmp, stack)
         _, RESULTS["sim_connect_s"] = cluster.start()
         say_flowing(wait_flowing(cluster.scrapers(), 30.0), 30.0)
         gateway = cluster.roles["gateway"]
@@ -1005,10 +1049,11 @@ def distributed(args: argparse.Namespace, tmp: Path, label: str, runs_after: int
         RESULTS["windows"].append(window)
         profile(args, cluster, window, tmp, label)
         if args.second_ingest and remaining() > args.second_window + 15 + later - args.profile:
-            print(f"[{elapsed()}] a second ingest process joins the share group", flush=True)
-            cluster.role("ingest-2", "ingest").wait_ready()
+            print(f"[{elapsed()}] one more ingest process joins the share group", flush=True)
+            devices = cluster.ingest_devices(cluster.ingest)
+            cluster.role(f"ingest-{cluster.ingest + 1}", "ingest", devices=devices).wait_ready()
             time.sleep(5)
-            window = window_with_checks(cluster, f"{label}, 2 ingest", args.second_window, clients)
+            window = window_with_checks(cluster, f"{label}, +1 ingest", args.second_window, clients)
             RESULTS["windows"].append(window)
         elif args.second_ingest:
             print(f"[{elapsed()}] no time left in the budget for the 2-ingest window")
@@ -1031,6 +1076,9 @@ def profile(
         ((u.cpu_pct, n.split()[0]) for n, u in window.usage.items() if n.split()[0] in pids),
         reverse=True,
     )[:3]
+    if args.profile_roles:
+        wanted = args.profile_roles.split(",")
+        busy = [(0.0, n) for n in pids if any(n.startswith(w) for w in wanted)]
     print(
         f"[{elapsed()}] py-spy record {args.profile:.0f} s on " + ", ".join(n for _, n in busy),
         flush=True,
@@ -1151,7 +1199,7 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
 def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
     """One fleet size on a fresh cluster, stopped at the end."""
     with cleanup_on_exit() as stack:
-        cluster = Cluster(run, stack)
+        cluster = new_cluster(args, run, stack)
         before, connect_s = cluster.start()
         warm = wait_flowing(cluster.scrapers(), args.warmup)
         say_flowing(warm, args.warmup)
@@ -1224,14 +1272,8 @@ def sweep_table(points: list[SweepPoint]) -> None:
     row("live clients", lambda p: f"{p.window.clients:,}")
     row("device → browser p50", lambda p: lat(p, 0.5))
     row("device → browser p99", lambda p: lat(p, 0.99))
-    row(
-        "machine-seconds stored (ClickHouse)",
-        lambda p: (
-            f"{p.window.stored['found']:,.0f} of {p.window.stored['expected']:,.0f}"
-            if p.window.stored
-            else "–"
-        ),
-    )
+    row("machine-seconds stored (ClickHouse)", lambda p: stored_text(p.window))
+    row("duplicate point rows (not merged yet)", lambda p: duplicates_text(p.window))
     for role in ROLES:
         row(f"CPU µs/record: {role}", lambda p, r=role: num(per_record(p.window, r)))
     row("CPU µs/record: the 4 roles", lambda p: num(sum(per_record(p.window, r) for r in ROLES)))
@@ -1347,7 +1389,32 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=float, default=10.0, metavar="S", help="py-spy seconds (0: none)"
     )
-    parser.add_argument("--no-second-ingest", dest="second_ingest", action="store_false")
+    parser.add_argument("--ingest", type=int, default=1, metavar="N", help="ingest processes (1)")
+    parser.add_argument(
+        "--split",
+        choices=("partition", "share"),
+        default="partition",
+        help="how several ingest processes share the fleet: partition=i/n on plain "
+        "subscriptions (survives a Mosquitto 2.0.x restart; default) or one MQTT share group",
+    )
+    parser.add_argument(
+        "--distribute",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"distribute processes (default: as many as ingest, at most {LOG_PARTITIONS})",
+    )
+    parser.add_argument(
+        "--profile-roles",
+        metavar="NAME,…",
+        help="py-spy these processes (e.g. distribute,alerts) instead of the three busiest",
+    )
+    parser.add_argument(
+        "--no-second-ingest",
+        dest="second_ingest",
+        action="store_false",
+        help="skip the window with one more ingest process (only with --split share)",
+    )
     parser.add_argument(
         "--second-window", type=float, default=25.0, help="seconds measured with 2 ingest (25)"
     )
@@ -1384,12 +1451,17 @@ def main() -> None:
         help="sweep: seconds to wait for the backlog after the simulator stops (30)",
     )
     args = parser.parse_args()
+    if args.split != "share" or args.fleets:
+        args.second_ingest = False  # partitions are fixed at start; --ingest N instead
     fleets = [int(n) for n in args.fleets.split(",")] if args.fleets else []
+    RESULTS["shape"] = new_cluster(args, Path(), contextlib.ExitStack()).shape()
     MACHINES = args.machines
     BUDGET[0] = args.budget
     src = Path(__file__).resolve().parent.parent / "src"
     trees = (
-        [("before", args.before / "src"), ("after", src)] if args.before else [("1 ingest", src)]
+        [("before", args.before / "src"), ("after", src)]
+        if args.before
+        else [(f"{args.ingest} ingest", src)]
     )
     pythonpath = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), pythonpath]))
@@ -1446,7 +1518,7 @@ def report() -> None:
     if RESULTS["sweep"]:
         print()
         print(
-            "Fleet-size sweep: per fleet size a fresh cluster (1 ingest, 1 distribute, 1 alerts, "
+            f"Fleet-size sweep: per fleet size a fresh cluster ({RESULTS['shape']}, 1 alerts, "
             "1 gateway)"
         )
         sweep_table(RESULTS["sweep"])
