@@ -27,16 +27,35 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
 
 2. **Where the time goes**: ``py-spy record`` for ``--profile`` (10) seconds on the
    three busiest of simulate/ingest/distribute/gateway at once, summarised.
-3. **2 ingest processes**, if the budget allows: a second ingest process joins
-   the MQTT share group of the running cluster and ``--second-window`` (25)
+3. **One more ingest process** (only with ``--split share``), if the budget allows: it
+   joins the MQTT share group of the running cluster and ``--second-window`` (25)
    seconds are measured again.
 4. **Baseline, the embedded shape**: ``livedata demo --machines 1000`` (one
    process: fleet, ingest, SQLite, memory bus, gateway; ``LIVEDATA_HISTORY_SECONDS=5``
    so it starts quickly) with the same 200 clients, ``--baseline-window`` (20)
    seconds, so the cost of the distributed hops is visible.
 
+**Several ingest processes** (``--ingest N``): they split the fleet by
+``partition=i/n`` on plain subscriptions (``shared=off``) by default, which is what
+survives a Mosquitto 2.0.x restart (the broker restores a persistent session's plain
+subscription, not a ``$share`` one; see ``livedata.devices.mqtt``), at the cost of the
+broker sending every message to every ingest process (each acknowledges the others'
+unread); ``--split share`` uses one MQTT share group instead (each message sent once).
+Each ingest process has a persistent session under its own client id.  ``--distribute N``
+(default: as many as ingest, at most the log's 4 partitions) distribute processes share
+the log's partitions as consumer group ``distribute``.  ``--profile-roles distribute,alerts``
+profiles those processes instead of the three busiest.
+
+**Stored exactly once**: after each window, ClickHouse is asked for the distinct
+(machine, message type, second) of the window's seconds, against every machine's two
+messages of every second the simulator sent (it skips, and logs, a tick it is late for),
+once the count stops growing (a pipeline behind stores the window's end late; in the
+sweep, after the drain); and for point rows written twice (a redelivery) that
+ReplacingMergeTree has not merged yet.
+
 **Fleet-size sweep** (``--fleets 1000,2000,5000,10000``) instead of the above: per
-size a fresh cluster (engines, 1 ingest, 1 distribute, 1 alerts, 1 gateway ``--seed-demo N``),
+size a fresh cluster (engines, ``--ingest`` ingest, as many distribute, 1 alerts, 1 gateway
+``--seed-demo N``),
 a ``livedata simulate --machines N`` (fast enough for 10,000 machines from one
 process), a warm-up (``--warmup``, 30 s at most), ``--clients`` (100) live clients
 spread over the fleet and a ``--window``; then the simulator stops and the time the
@@ -44,8 +63,8 @@ pipeline takes to drain is measured (``--drain``, 30 s at most).  Printed per si
 and distribute are behind at the end of the window (seconds of the fleet's
 records: what the broker took in but ingest has not, what ingest took in but
 distribute has not published), p50/p99 device → browser, machine-seconds stored,
-and CPU µs per record of each role.  Give it ``--budget`` for all sizes (about 3
-minutes each).
+and CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
+all sizes (about 3 minutes each).
 
 Latency is the client's receipt time minus the record's ``ts``, which is the
 wall-clock second of the simulator tick that produced it; so it includes
@@ -61,6 +80,8 @@ figure with the CPU table beside it; CPU per record is the steadier figure.
     python bench/bench_cluster.py --machines 500     # a fleet this machine keeps up with
     python bench/bench_cluster.py --no-baseline --no-second-ingest --window 30 --logs DIR
     python bench/bench_cluster.py --fleets 1000,2000 --window 30 --budget 420
+    python bench/bench_cluster.py --fleets 1000,2000,5000,10000 --ingest 2 --window 30 --budget 900
+    python bench/bench_cluster.py --machines 2000 --ingest 2 --no-baseline --profile-roles distribute,alerts
     python bench/bench_cluster.py --before /tmp/base --no-baseline --no-second-ingest --budget 480
 
 ``--before TREE`` runs the distributed shape twice, first with the roles running
