@@ -226,7 +226,9 @@ class Role(Proc):
 
     url = ""
 
-    def wait_ready(self, timeout: float = ROLE_START_TIMEOUT_S) -> Role:
+    def wait_ready(self, timeout: float = 0.0) -> Role:
+        # the gateway seeds --seed-demo machines into PostgreSQL first: 5,000 take long
+        timeout = timeout or ROLE_START_TIMEOUT_S + MACHINES / 50
         match = self.wait_for(r"serving on (http://\S+)", timeout)
         self.url = match.group(1).replace("localhost", "127.0.0.1")
         return self
