@@ -465,11 +465,11 @@ def broker_counters(port: int) -> dict[str, float]:
     tool = shutil.which("mosquitto_sub")
     if tool is None:
         return {}
-    cmd = [tool, "-h", "127.0.0.1", "-p", str(port), "-v", "-C", "2", "-W", "3"]
+    cmd = [tool, "-h", "127.0.0.1", "-p", str(port), "-v", "-C", "2", "-W", "6"]
     for topic in BROKER_TOPICS:
         cmd += ["-t", topic]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
     except subprocess.TimeoutExpired:
         return {}
     values = {}
@@ -1198,7 +1198,7 @@ class SweepPoint:
 def cumulative(cluster: Cluster) -> dict[str, float]:
     """Counters since the engines started: broker PUBLISHes in, ingest records, published."""
     broker: dict[str, float] = {}
-    for _ in range(3):  # mosquitto_sub gives up after 3 s on a busy machine
+    for _ in range(3):  # mosquitto_sub may give up (after 6 s) on a busy machine
         broker = broker_counters(cluster.mqtt_port)
         if "received" in broker:
             break
