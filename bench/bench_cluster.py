@@ -1210,18 +1210,24 @@ def cumulative(cluster: Cluster) -> dict[str, float]:
     }
 
 
+DRAINED_QUIET_S = 5.0
+"""Seconds without a new record or publication that count as drained (ingest may stall
+up to its 2 s ``spill_after`` on a slow store write and then go on)."""
+
+
 def wait_drained(cluster: Cluster, timeout: float) -> float:
-    """Seconds until ingest and distribute took in nothing new for 2 s (NaN: not in ``timeout``)."""
+    """Seconds until ingest and distribute took in nothing new for :data:`DRAINED_QUIET_S`
+    (NaN: not within ``timeout``)."""
     t0 = time.monotonic()
     last = cumulative(cluster)
-    quiet = 0
-    while time.monotonic() - t0 < timeout:
+    changed = t0
+    while time.monotonic() - t0 < timeout + DRAINED_QUIET_S:
         time.sleep(1)
         now = cumulative(cluster)
-        same = now["records"] == last["records"] and now["published"] == last["published"]
-        quiet = quiet + 1 if same else 0
-        if quiet >= 2:
-            return time.monotonic() - t0 - 2
+        if now["records"] != last["records"] or now["published"] != last["published"]:
+            changed = time.monotonic()
+        elif time.monotonic() - changed >= DRAINED_QUIET_S:
+            return changed - t0
         last = now
     return float("nan")
 
