@@ -377,6 +377,8 @@ class Window:
     """The 1-minute load average at the end of the window."""
     span: tuple[int, int] = (0, 0)
     """The whole seconds (Unix time) the stored-exactly-once check covers."""
+    sim_skipped: int = 0
+    """Ticks the simulator reported late and skipped during the window."""
 
     def total(self, name: str) -> float:
         return sum(m.get(name) for m in self.metrics.values())
@@ -455,6 +457,14 @@ SIM_REPORT = re.compile(r"sent (\d+) messages, dropped (\d+) while disconnected"
 
 def sim_reports(text: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in SIM_REPORT.findall(text)]
+
+
+SIM_SKIPPED = re.compile(r"(\d+) ticks late and skipped")
+
+
+def sim_skipped(text: str) -> list[int]:
+    """The simulator's skipped ticks per 10 s report (a whole tick of the fleet each)."""
+    return [int(n) for n in SIM_SKIPPED.findall(text)]
 
 
 BROKER_TOPICS = ("$SYS/broker/publish/messages/received", "$SYS/broker/publish/messages/sent")
@@ -683,7 +693,9 @@ def stored_text(w: Window) -> str:
     if not w.stored:
         return "–"
     found, expected = w.stored["found"], w.stored["expected"]
-    skipped = f", {w.stored['skipped']:.0f} s not sent" if w.stored.get("skipped") else ""
+    skipped = (
+        f", {w.stored['skipped']:.0f} s skipped by simulate" if w.stored.get("skipped") else ""
+    )
     return f"{found:,.0f} of {expected:,.0f}" + (" (all)" if found == expected else "") + skipped
 
 
@@ -1031,8 +1043,9 @@ class Cluster:
             self.sim.stop(8)
         stop_all(list(self.roles.values()), 10)
 
-    def count_stored(self, first_s: int, last_s: int) -> dict[str, float]:
-        """Distinct (machine, message type, second) in ClickHouse for seconds [first, last]."""
+    def count_stored(self, first_s: int, last_s: int, skipped: int = 0) -> dict[str, float]:
+        """Distinct (machine, message type, second) in ClickHouse for seconds [first, last],
+        against the seconds the simulator sent (all but the ``skipped`` ticks it reported)."""
         client = ClickHouseClient("127.0.0.1", port=self.clickhouse_port, database=STORE_DB)
         try:
             rows = client.execute(
@@ -1043,11 +1056,13 @@ class Cluster:
             )
         finally:
             client.disconnect()
-        found, rows_in, points, seconds = rows[0]
+        found, rows_in, points, stored_seconds = rows[0]
+        # the simulator skips a whole tick it is late for (and reports how many): expected
+        # are all machines' both types of every second it sent; a second with any record
+        # stored was sent (the reports cover 10 s periods, not exactly the window)
+        seconds = max(stored_seconds, last_s - first_s + 1 - skipped)
         return {
             "found": float(found),
-            # the simulator skips a whole tick it is late for (it logs how many): expected
-            # are all machines' both types of every second it sent
             "expected": float(seconds * MACHINES * 2),
             "skipped": float(last_s - first_s + 1 - seconds),
             # rows written twice (a redelivery) that ReplacingMergeTree has not merged yet
@@ -1144,6 +1159,7 @@ def window_with_checks(
 ) -> Window:
     assert cluster.sim is not None
     sim_before = len(sim_reports(cluster.sim.text()))
+    skipped_before = len(sim_skipped(cluster.sim.text()))
     broker0 = broker_counters(cluster.mqtt_port)
     first_s = int(time.time()) + 1
     window = measure(label, seconds, cluster.groups(clients), cluster.scrapers(), clients)
@@ -1154,6 +1170,8 @@ def window_with_checks(
     if reports:
         window.sim_sent = sum(s for s, _ in reports) / (10.0 * len(reports))
         window.sim_dropped = sum(d for _, d in reports)
+    # the reports of the window's 10 s periods: an approximation at its ends
+    window.sim_skipped = sum(sim_skipped(cluster.sim.text())[skipped_before:])
     window.span = (first_s, last_s)
     check_stored(cluster, window, settle)
     return window
@@ -1167,7 +1185,7 @@ def check_stored(cluster: Cluster, window: Window, settle: float) -> None:
     time.sleep(3)  # the window's last second through ingest's batch
     while True:
         try:
-            stored = cluster.count_stored(*window.span)
+            stored = cluster.count_stored(*window.span, window.sim_skipped)
         except Exception as exc:
             print(f"  ClickHouse check failed: {exc}")
             return
