@@ -26,9 +26,11 @@ than ``history_seconds``, 180 by default), ``PEXPIRE`` (an idle channel's
 stream vanishes) and ``PUBLISH``; ``publish_many`` (distribute's way: one call
 per batch of the log) sends up to :data:`FLUSH_CHUNK` messages at once, trimming
 and expiring each channel once.  All of it is one call of a Lua script
-(:data:`PUBLISH_SCRIPT`, ``EVALSHA``; loaded again by redis-py after a Redis
-restart): one command and one reply per batch, since parsing a reply per command
-was most of distribute's CPU.  So the pub/sub needs one Redis, not Redis Cluster
+(:data:`PUBLISH_SCRIPT`, ``EVALSHA``; sent once with ``EVAL`` when Redis answers
+``NOSCRIPT``, as after a restart): one command and one reply per batch, since parsing a
+reply per command was most of distribute's CPU.  The command is packed in C
+(``hiredis.pack_command``), each channel's name encoded once: redis-py's packing
+encodes every argument in Python.  So the pub/sub needs one Redis, not Redis Cluster
 (a batch's channels hash to many slots).  Every gateway reads the same history.  The time cut uses this host's clock, so hosts need NTP-synchronised
 clocks (a skew of a few seconds only shortens or lengthens the history by as
 much).
