@@ -670,7 +670,11 @@ def flow_table(windows: list[Window]) -> None:
         row(f"CPU/record: {role}", lambda w, r=role: w.cpu_per(r, w.total(records)))
     row(
         "CPU/record: the 4 roles",
-        lambda w: f"{sum(per_record(w, r) for r in ROLES):,.0f} µs" if w.total(records) else "–",
+        lambda w: (
+            f"{sum(per_record(w, r) for r in ROLES):,.0f} µs"
+            if w.total(records) and any(n.startswith(ROLES) for n in w.usage)
+            else "–"  # the embedded window has no role processes
+        ),
     )
     row("CPU/record: clickhouse", lambda w: w.cpu_per("clickhouse", w.total(records)))
     row(
