@@ -27,16 +27,35 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
 
 2. **Where the time goes**: ``py-spy record`` for ``--profile`` (10) seconds on the
    three busiest of simulate/ingest/distribute/gateway at once, summarised.
-3. **2 ingest processes**, if the budget allows: a second ingest process joins
-   the MQTT share group of the running cluster and ``--second-window`` (25)
+3. **One more ingest process** (only with ``--split share``), if the budget allows: it
+   joins the MQTT share group of the running cluster and ``--second-window`` (25)
    seconds are measured again.
 4. **Baseline, the embedded shape**: ``livedata demo --machines 1000`` (one
    process: fleet, ingest, SQLite, memory bus, gateway; ``LIVEDATA_HISTORY_SECONDS=5``
    so it starts quickly) with the same 200 clients, ``--baseline-window`` (20)
    seconds, so the cost of the distributed hops is visible.
 
+**Several ingest processes** (``--ingest N``): they split the fleet by
+``partition=i/n`` on plain subscriptions (``shared=off``) by default, which is what
+survives a Mosquitto 2.0.x restart (the broker restores a persistent session's plain
+subscription, not a ``$share`` one; see ``livedata.devices.mqtt``), at the cost of the
+broker sending every message to every ingest process (each acknowledges the others'
+unread); ``--split share`` uses one MQTT share group instead (each message sent once).
+Each ingest process has a persistent session under its own client id.  ``--distribute N``
+(default: as many as ingest, at most the log's 4 partitions) distribute processes share
+the log's partitions as consumer group ``distribute``.  ``--profile-roles distribute,alerts``
+profiles those processes instead of the three busiest.
+
+**Stored exactly once**: after each window, ClickHouse is asked for the distinct
+(machine, message type, second) of the window's seconds, against every machine's two
+messages of every second the simulator sent (it skips, and logs, a tick it is late for),
+once the count stops growing (a pipeline behind stores the window's end late; in the
+sweep, after the drain); and for point rows written twice (a redelivery) that
+ReplacingMergeTree has not merged yet.
+
 **Fleet-size sweep** (``--fleets 1000,2000,5000,10000``) instead of the above: per
-size a fresh cluster (engines, 1 ingest, 1 distribute, 1 alerts, 1 gateway ``--seed-demo N``),
+size a fresh cluster (engines, ``--ingest`` ingest, as many distribute, 1 alerts, 1 gateway
+``--seed-demo N``),
 a ``livedata simulate --machines N`` (fast enough for 10,000 machines from one
 process), a warm-up (``--warmup``, 30 s at most), ``--clients`` (100) live clients
 spread over the fleet and a ``--window``; then the simulator stops and the time the
@@ -44,8 +63,8 @@ pipeline takes to drain is measured (``--drain``, 30 s at most).  Printed per si
 and distribute are behind at the end of the window (seconds of the fleet's
 records: what the broker took in but ingest has not, what ingest took in but
 distribute has not published), p50/p99 device → browser, machine-seconds stored,
-and CPU µs per record of each role.  Give it ``--budget`` for all sizes (about 3
-minutes each).
+and CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
+all sizes (about 3 minutes each).
 
 Latency is the client's receipt time minus the record's ``ts``, which is the
 wall-clock second of the simulator tick that produced it; so it includes
@@ -61,6 +80,8 @@ figure with the CPU table beside it; CPU per record is the steadier figure.
     python bench/bench_cluster.py --machines 500     # a fleet this machine keeps up with
     python bench/bench_cluster.py --no-baseline --no-second-ingest --window 30 --logs DIR
     python bench/bench_cluster.py --fleets 1000,2000 --window 30 --budget 420
+    python bench/bench_cluster.py --fleets 1000,2000,5000,10000 --ingest 2 --window 30 --budget 900
+    python bench/bench_cluster.py --machines 2000 --ingest 2 --no-baseline --profile-roles distribute,alerts
     python bench/bench_cluster.py --before /tmp/base --no-baseline --no-second-ingest --budget 480
 
 ``--before TREE`` runs the distributed shape twice, first with the roles running
@@ -127,6 +148,8 @@ MOSQUITTO_EXTRA = (
     "sys_interval 1\n"
 )
 STORE_DB = "livedata"
+LOG_PARTITIONS = 4
+"""Partitions of the log topic: at most this many distribute processes share the work."""
 ROLES = ("ingest", "distribute", "alerts", "gateway")
 """The livedata roles, one process each; their CPU per record is summed."""
 SAMPLE_EVERY_S = 1.0
@@ -203,7 +226,9 @@ class Role(Proc):
 
     url = ""
 
-    def wait_ready(self, timeout: float = ROLE_START_TIMEOUT_S) -> Role:
+    def wait_ready(self, timeout: float = 0.0) -> Role:
+        # the gateway seeds --seed-demo machines into PostgreSQL first: 5,000 take long
+        timeout = timeout or ROLE_START_TIMEOUT_S + MACHINES / 50
         match = self.wait_for(r"serving on (http://\S+)", timeout)
         self.url = match.group(1).replace("localhost", "127.0.0.1")
         return self
@@ -350,6 +375,10 @@ class Window:
     broker: dict[str, float] = field(default_factory=dict)
     load: float = float("nan")
     """The 1-minute load average at the end of the window."""
+    span: tuple[int, int] = (0, 0)
+    """The whole seconds (Unix time) the stored-exactly-once check covers."""
+    sim_skipped: int = 0
+    """Ticks the simulator reported late and skipped during the window."""
 
     def total(self, name: str) -> float:
         return sum(m.get(name) for m in self.metrics.values())
@@ -430,6 +459,14 @@ def sim_reports(text: str) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in SIM_REPORT.findall(text)]
 
 
+SIM_SKIPPED = re.compile(r"(\d+) ticks late and skipped")
+
+
+def sim_skipped(text: str) -> list[int]:
+    """The simulator's skipped ticks per 10 s report (a whole tick of the fleet each)."""
+    return [int(n) for n in SIM_SKIPPED.findall(text)]
+
+
 BROKER_TOPICS = ("$SYS/broker/publish/messages/received", "$SYS/broker/publish/messages/sent")
 
 
@@ -438,11 +475,11 @@ def broker_counters(port: int) -> dict[str, float]:
     tool = shutil.which("mosquitto_sub")
     if tool is None:
         return {}
-    cmd = [tool, "-h", "127.0.0.1", "-p", str(port), "-v", "-C", "2", "-W", "3"]
+    cmd = [tool, "-h", "127.0.0.1", "-p", str(port), "-v", "-C", "2", "-W", "6"]
     for topic in BROKER_TOPICS:
         cmd += ["-t", topic]
     try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
     except subprocess.TimeoutExpired:
         return {}
     values = {}
@@ -625,17 +662,19 @@ def flow_table(windows: list[Window]) -> None:
         "seq gaps / slow-client drops / lost conns",
         lambda w: f"{w.gaps} / {w.total('livedata_drops_total'):.0f} / {w.lost}",
     )
-    row(
-        "machine-seconds stored (ClickHouse check)",
-        lambda w: f"{w.stored['found']:,.0f} of {w.stored['expected']:,.0f}" if w.stored else "–",
-    )
+    row("machine-seconds stored (ClickHouse check)", lambda w: stored_text(w))
+    row("duplicate point rows (not merged yet)", lambda w: duplicates_text(w))
     row("CPU/record: embedded process", lambda w: w.cpu_per("embedded", w.total(records)))
     row("CPU/message sent: simulate", lambda w: w.cpu_per("simulate", w.sim_sent * w.seconds))
-    row("CPU/record: ingest", lambda w: w.cpu_per("ingest", w.total(records)))
-    row("CPU/record: alerts (no rules)", lambda w: w.cpu_per("alerts", w.total(records)))
+    for role in ROLES:
+        row(f"CPU/record: {role}", lambda w, r=role: w.cpu_per(r, w.total(records)))
     row(
         "CPU/record: the 4 roles",
-        lambda w: f"{sum(per_record(w, r) for r in ROLES):,.0f} µs" if w.total(records) else "–",
+        lambda w: (
+            f"{sum(per_record(w, r) for r in ROLES):,.0f} µs"
+            if w.total(records) and any(n.startswith(ROLES) for n in w.usage)
+            else "–"  # the embedded window has no role processes
+        ),
     )
     row("CPU/record: clickhouse", lambda w: w.cpu_per("clickhouse", w.total(records)))
     row(
@@ -650,6 +689,22 @@ def flow_table(windows: list[Window]) -> None:
     row("all CPU on the machine", lambda w: f"{w.system_pct:.0f} % of 200 %")
     row("load average (1 min) at the end", lambda w: f"{w.load:.1f}")
     print_table([w.label for w in windows], rows)
+
+
+def stored_text(w: Window) -> str:
+    """Machine-seconds of the window in ClickHouse against what the fleet sent, and whether
+    that is all of them."""
+    if not w.stored:
+        return "–"
+    found, expected = w.stored["found"], w.stored["expected"]
+    skipped = (
+        f", {w.stored['skipped']:.0f} s skipped by simulate" if w.stored.get("skipped") else ""
+    )
+    return f"{found:,.0f} of {expected:,.0f}" + (" (all)" if found == expected else "") + skipped
+
+
+def duplicates_text(w: Window) -> str:
+    return f"{w.stored['duplicates']:,.0f}" if "duplicates" in w.stored else "–"
 
 
 def per_record(w: Window, prefix: str) -> float:
@@ -798,7 +853,8 @@ def baseline(args: argparse.Namespace, tmp: Path) -> None:
     os.environ["LIVEDATA_HISTORY_SECONDS"] = "5"  # start quickly; the window is what counts
     (tmp / "embedded").mkdir()
     try:
-        server = bench_live.Server(1, MACHINES, tmp / "embedded", "asyncio")
+        src = Path(__file__).resolve().parent.parent / "src"
+        server = bench_live.Server(1, MACHINES, tmp / "embedded", "asyncio", src)
     finally:
         if saved is None:
             os.environ.pop("LIVEDATA_HISTORY_SECONDS", None)
@@ -836,6 +892,23 @@ class Cluster:
     sim: Proc | None = None
     clickhouse_port: int = 0
     mqtt_port: int = 0
+    ingest: int = 1
+    """Ingest processes; with more than one, ``split`` says how they share the fleet."""
+    distribute: int = 1
+    """Distribute processes: consumer group ``distribute`` splits the log's partitions."""
+    split: str = "partition"
+    """``partition``: each ingest subscribes without a share group and takes the machines of
+    its ``partition=i/n`` (what survives a Mosquitto 2.0.x restart: the broker restores a
+    persistent session's plain subscription, not a ``$share`` one); ``share``: one MQTT share
+    group (each message sent once, but lost between a broker restart and the resubscribe)."""
+
+    def ingest_devices(self, index: int) -> str:
+        """The device-link URL of ingest process ``index`` (0-based): a persistent session
+        under its own client id, as systemd would restart it."""
+        session = f"client_id=bench-ingest-{index}&session_expiry=300"
+        if self.split == "share" or self.ingest == 1:
+            return f"{self.urls['mqtt']}?group=ingest&{session}"
+        return f"{self.urls['mqtt']}?shared=off&partition={index}/{self.ingest}&{session}"
 
     def start_engines(self) -> None:
         base = self.tmp / "engines"
@@ -864,14 +937,14 @@ class Cluster:
         }
         self.urls = {
             "mqtt": mosquitto.url,
-            "log": f"{kafka.url}/records?partitions=4",
+            "log": f"{kafka.url}/records?partitions={LOG_PARTITIONS}",
             "pubsub": f"{redis.url}?prefix=bench",
             "store": clickhouse.url(STORE_DB),
             "metadata": postgres.url(),
         }
         print(f"  engines up in {time.monotonic() - t:.1f} s", flush=True)
 
-    def role(self, name: str, role: str, *extra: str) -> Role:
+    def role(self, name: str, role: str, *extra: str, devices: str = "") -> Role:
         cmd = [
             sys.executable,
             "-m",
@@ -890,7 +963,7 @@ class Cluster:
             "--pubsub",
             self.urls["pubsub"],
             "--devices",
-            f"{self.urls['mqtt']}?group=ingest",
+            devices or f"{self.urls['mqtt']}?group=ingest",
             "--data-dir",
             str(self.tmp / "data"),
             "--connect-timeout",
@@ -905,11 +978,15 @@ class Cluster:
 
     def start_roles(self) -> None:
         t = time.monotonic()
-        gateway = self.role("gateway", "gateway", "--seed-demo", str(MACHINES))
-        ingest = self.role("ingest", "ingest")
-        distribute = self.role("distribute", "distribute")
-        alerts = self.role("alerts", "alerts")
-        for r in (gateway, ingest, distribute, alerts):
+        started = [self.role("gateway", "gateway", "--seed-demo", str(MACHINES))]
+        for i in range(self.ingest):
+            name = "ingest" if self.ingest == 1 else f"ingest-{i + 1}"
+            started.append(self.role(name, "ingest", devices=self.ingest_devices(i)))
+        for i in range(self.distribute):
+            name = "distribute" if self.distribute == 1 else f"distribute-{i + 1}"
+            started.append(self.role(name, "distribute"))
+        started.append(self.role("alerts", "alerts"))
+        for r in started:
             r.wait_ready()
         print(
             f"  roles up in {time.monotonic() - t:.1f} s: "
@@ -939,16 +1016,17 @@ class Cluster:
         """Engines, roles and simulator: the counters before the simulator, its connect time."""
         self.start_engines()
         self.stack.callback(self.stop)
-        print(
-            f"[{elapsed()}] roles: 1 ingest, 1 distribute, 1 alerts, 1 gateway "
-            f"(--seed-demo {MACHINES})"
-        )
+        print(f"[{elapsed()}] roles: {self.shape()}, 1 alerts, 1 gateway (--seed-demo {MACHINES})")
         self.start_roles()
         before = cumulative(self)
         print(f"[{elapsed()}] livedata simulate --machines {MACHINES:,}", flush=True)
         connect_s = self.start_simulator()
         print(f"  {MACHINES:,} MQTT clients connected in {connect_s:.1f} s", flush=True)
         return before, connect_s
+
+    def shape(self) -> str:
+        split = f" ({self.split})" if self.ingest > 1 else ""
+        return f"{self.ingest} ingest{split}, {self.distribute} distribute"
 
     def groups(self, clients: bench_live.Clients | None) -> list[Group]:
         out = []
@@ -969,28 +1047,43 @@ class Cluster:
             self.sim.stop(8)
         stop_all(list(self.roles.values()), 10)
 
-    def count_stored(self, first_s: int, last_s: int) -> dict[str, float]:
-        """Distinct (machine, message type, second) in ClickHouse for seconds [first, last]."""
+    def count_stored(self, first_s: int, last_s: int, skipped: int = 0) -> dict[str, float]:
+        """Distinct (machine, message type, second) in ClickHouse for seconds [first, last],
+        against the seconds the simulator sent (all but the ``skipped`` ticks it reported)."""
         client = ClickHouseClient("127.0.0.1", port=self.clickhouse_port, database=STORE_DB)
         try:
             rows = client.execute(
-                "SELECT uniqExact(chassis, msg_type, ts) FROM points "
+                "SELECT uniqExact(chassis, msg_type, ts), count(), "
+                "uniqExact(chassis, msg_type, field, ts), uniqExact(intDiv(ts, 1000)) FROM points "
                 "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s",
                 {"a": first_s * 1000, "b": last_s * 1000},
             )
         finally:
             client.disconnect()
+        found, rows_in, points, stored_seconds = rows[0]
+        # the simulator skips a whole tick it is late for (and reports how many): expected
+        # are all machines' both types of every second it sent; a second with any record
+        # stored was sent (the reports cover 10 s periods, not exactly the window)
+        seconds = max(stored_seconds, last_s - first_s + 1 - skipped)
         return {
-            "found": float(rows[0][0]),
-            "expected": float((last_s - first_s + 1) * MACHINES * 2),
+            "found": float(found),
+            "expected": float(seconds * MACHINES * 2),
+            "skipped": float(last_s - first_s + 1 - seconds),
+            # rows written twice (a redelivery) that ReplacingMergeTree has not merged yet
+            "duplicates": float(rows_in - points),
         }
+
+
+def new_cluster(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> Cluster:
+    distribute = args.distribute or min(args.ingest, LOG_PARTITIONS)
+    return Cluster(tmp, stack, ingest=args.ingest, distribute=distribute, split=args.split)
 
 
 def distributed(args: argparse.Namespace, tmp: Path, label: str, runs_after: int) -> None:
     """One cluster of the code on ``PYTHONPATH``; its windows are labelled ``label``."""
     print(f"[{elapsed()}] distributed shape ({label}): engines", flush=True)
     with cleanup_on_exit() as stack:
-        cluster = Cluster(tmp, stack)
+        cluster = new_cluster(args, tmp, stack)
         _, RESULTS["sim_connect_s"] = cluster.start()
         say_flowing(wait_flowing(cluster.scrapers(), 30.0), 30.0)
         gateway = cluster.roles["gateway"]
@@ -1001,14 +1094,17 @@ def distributed(args: argparse.Namespace, tmp: Path, label: str, runs_after: int
         later += runs_after * (RUN_NEED_S + args.window + args.profile)
         seconds = max(10.0, min(args.window, remaining() - later))
         print(f"[{elapsed()}] measuring {seconds:.0f} s", flush=True)
-        window = window_with_checks(cluster, label, seconds, clients)
+        window = window_with_checks(
+            cluster, label, seconds, clients, settle=min(30.0, remaining() - later)
+        )
         RESULTS["windows"].append(window)
         profile(args, cluster, window, tmp, label)
         if args.second_ingest and remaining() > args.second_window + 15 + later - args.profile:
-            print(f"[{elapsed()}] a second ingest process joins the share group", flush=True)
-            cluster.role("ingest-2", "ingest").wait_ready()
+            print(f"[{elapsed()}] one more ingest process joins the share group", flush=True)
+            devices = cluster.ingest_devices(cluster.ingest)
+            cluster.role(f"ingest-{cluster.ingest + 1}", "ingest", devices=devices).wait_ready()
             time.sleep(5)
-            window = window_with_checks(cluster, f"{label}, 2 ingest", args.second_window, clients)
+            window = window_with_checks(cluster, f"{label}, +1 ingest", args.second_window, clients)
             RESULTS["windows"].append(window)
         elif args.second_ingest:
             print(f"[{elapsed()}] no time left in the budget for the 2-ingest window")
@@ -1031,6 +1127,9 @@ def profile(
         ((u.cpu_pct, n.split()[0]) for n, u in window.usage.items() if n.split()[0] in pids),
         reverse=True,
     )[:3]
+    if args.profile_roles:
+        wanted = args.profile_roles.split(",")
+        busy = [(0.0, n) for n in pids if any(n.startswith(w) for w in wanted)]
     print(
         f"[{elapsed()}] py-spy record {args.profile:.0f} s on " + ", ".join(n for _, n in busy),
         flush=True,
@@ -1056,10 +1155,15 @@ def profile(
 
 
 def window_with_checks(
-    cluster: Cluster, label: str, seconds: float, clients: bench_live.Clients | None
+    cluster: Cluster,
+    label: str,
+    seconds: float,
+    clients: bench_live.Clients | None,
+    settle: float = 30.0,
 ) -> Window:
     assert cluster.sim is not None
     sim_before = len(sim_reports(cluster.sim.text()))
+    skipped_before = len(sim_skipped(cluster.sim.text()))
     broker0 = broker_counters(cluster.mqtt_port)
     first_s = int(time.time()) + 1
     window = measure(label, seconds, cluster.groups(clients), cluster.scrapers(), clients)
@@ -1070,12 +1174,31 @@ def window_with_checks(
     if reports:
         window.sim_sent = sum(s for s, _ in reports) / (10.0 * len(reports))
         window.sim_dropped = sum(d for _, d in reports)
-    time.sleep(3)  # the window's last second through ingest's batch
-    try:
-        window.stored = cluster.count_stored(first_s, last_s)
-    except Exception as exc:
-        print(f"  ClickHouse check failed: {exc}")
+    # the reports of the window's 10 s periods: an approximation at its ends
+    window.sim_skipped = sum(sim_skipped(cluster.sim.text())[skipped_before:])
+    window.span = (first_s, last_s)
+    check_stored(cluster, window, settle)
     return window
+
+
+def check_stored(cluster: Cluster, window: Window, settle: float) -> None:
+    """Count the window's machine-seconds in ClickHouse once they stop growing (a pipeline
+    behind stores the window's end late), for at most ``settle`` seconds."""
+    deadline = time.monotonic() + max(3.0, settle)
+    last: dict[str, float] = {}
+    time.sleep(3)  # the window's last second through ingest's batch
+    while True:
+        try:
+            stored = cluster.count_stored(*window.span, window.sim_skipped)
+        except Exception as exc:
+            print(f"  ClickHouse check failed: {exc}")
+            return
+        window.stored = stored
+        done = stored["found"] == stored["expected"] or stored == last
+        if done or time.monotonic() + 3 > deadline:
+            return
+        last = stored
+        time.sleep(3)
 
 
 # -- fleet-size sweep ------------------------------------------------------------------------
@@ -1097,7 +1220,7 @@ class SweepPoint:
 def cumulative(cluster: Cluster) -> dict[str, float]:
     """Counters since the engines started: broker PUBLISHes in, ingest records, published."""
     broker: dict[str, float] = {}
-    for _ in range(3):  # mosquitto_sub gives up after 3 s on a busy machine
+    for _ in range(3):  # mosquitto_sub may give up (after 6 s) on a busy machine
         broker = broker_counters(cluster.mqtt_port)
         if "received" in broker:
             break
@@ -1109,18 +1232,24 @@ def cumulative(cluster: Cluster) -> dict[str, float]:
     }
 
 
+DRAINED_QUIET_S = 5.0
+"""Seconds without a new record or publication that count as drained (ingest may stall
+up to its 2 s ``spill_after`` on a slow store write and then go on)."""
+
+
 def wait_drained(cluster: Cluster, timeout: float) -> float:
-    """Seconds until ingest and distribute took in nothing new for 2 s (NaN: not in ``timeout``)."""
+    """Seconds until ingest and distribute took in nothing new for :data:`DRAINED_QUIET_S`
+    (NaN: not within ``timeout``)."""
     t0 = time.monotonic()
     last = cumulative(cluster)
-    quiet = 0
-    while time.monotonic() - t0 < timeout:
+    changed = t0
+    while time.monotonic() - t0 < timeout + DRAINED_QUIET_S:
         time.sleep(1)
         now = cumulative(cluster)
-        same = now["records"] == last["records"] and now["published"] == last["published"]
-        quiet = quiet + 1 if same else 0
-        if quiet >= 2:
-            return time.monotonic() - t0 - 2
+        if now["records"] != last["records"] or now["published"] != last["published"]:
+            changed = time.monotonic()
+        elif time.monotonic() - changed >= DRAINED_QUIET_S:
+            return changed - t0
         last = now
     return float("nan")
 
@@ -1151,7 +1280,7 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
 def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
     """One fleet size on a fresh cluster, stopped at the end."""
     with cleanup_on_exit() as stack:
-        cluster = Cluster(run, stack)
+        cluster = new_cluster(args, run, stack)
         before, connect_s = cluster.start()
         warm = wait_flowing(cluster.scrapers(), args.warmup)
         say_flowing(warm, args.warmup)
@@ -1165,7 +1294,7 @@ def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
             time.sleep(2)
             seconds = max(10.0, min(args.window, remaining() - 60))
             print(f"[{elapsed()}] measuring {seconds:.0f} s", flush=True)
-            window = window_with_checks(cluster, f"{size:,}", seconds, clients)
+            window = window_with_checks(cluster, f"{size:,}", seconds, clients, settle=0.0)
         end = cumulative(cluster)
         made = end["broker"] - before["broker"] - size  # minus the machines' online statuses
         behind = made - (end["records"] - before["records"])  # NaN without broker counters
@@ -1182,6 +1311,7 @@ def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
         cluster.sim.stop(15)
         cluster.sim = None
         point.drained_s = wait_drained(cluster, min(args.drain, max(0.0, remaining() - 60)))
+        check_stored(cluster, window, min(15.0, max(0.0, remaining() - 50)))  # after the drain
         print(
             f"  {size:,}: {window.rate('livedata_records_in_total'):,.0f} records/s in, "
             f"ingest {point.ingest_behind_s:.1f} s behind at the end, "
@@ -1224,14 +1354,8 @@ def sweep_table(points: list[SweepPoint]) -> None:
     row("live clients", lambda p: f"{p.window.clients:,}")
     row("device → browser p50", lambda p: lat(p, 0.5))
     row("device → browser p99", lambda p: lat(p, 0.99))
-    row(
-        "machine-seconds stored (ClickHouse)",
-        lambda p: (
-            f"{p.window.stored['found']:,.0f} of {p.window.stored['expected']:,.0f}"
-            if p.window.stored
-            else "–"
-        ),
-    )
+    row("machine-seconds stored (ClickHouse)", lambda p: stored_text(p.window))
+    row("duplicate point rows (not merged yet)", lambda p: duplicates_text(p.window))
     for role in ROLES:
         row(f"CPU µs/record: {role}", lambda p, r=role: num(per_record(p.window, r)))
     row("CPU µs/record: the 4 roles", lambda p: num(sum(per_record(p.window, r) for r in ROLES)))
@@ -1347,7 +1471,32 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=float, default=10.0, metavar="S", help="py-spy seconds (0: none)"
     )
-    parser.add_argument("--no-second-ingest", dest="second_ingest", action="store_false")
+    parser.add_argument("--ingest", type=int, default=1, metavar="N", help="ingest processes (1)")
+    parser.add_argument(
+        "--split",
+        choices=("partition", "share"),
+        default="partition",
+        help="how several ingest processes share the fleet: partition=i/n on plain "
+        "subscriptions (survives a Mosquitto 2.0.x restart; default) or one MQTT share group",
+    )
+    parser.add_argument(
+        "--distribute",
+        type=int,
+        default=0,
+        metavar="N",
+        help=f"distribute processes (default: as many as ingest, at most {LOG_PARTITIONS})",
+    )
+    parser.add_argument(
+        "--profile-roles",
+        metavar="NAME,…",
+        help="py-spy these processes (e.g. distribute,alerts) instead of the three busiest",
+    )
+    parser.add_argument(
+        "--no-second-ingest",
+        dest="second_ingest",
+        action="store_false",
+        help="skip the window with one more ingest process (only with --split share)",
+    )
     parser.add_argument(
         "--second-window", type=float, default=25.0, help="seconds measured with 2 ingest (25)"
     )
@@ -1384,12 +1533,17 @@ def main() -> None:
         help="sweep: seconds to wait for the backlog after the simulator stops (30)",
     )
     args = parser.parse_args()
+    if args.split != "share" or args.fleets:
+        args.second_ingest = False  # partitions are fixed at start; --ingest N instead
     fleets = [int(n) for n in args.fleets.split(",")] if args.fleets else []
+    RESULTS["shape"] = new_cluster(args, Path(), contextlib.ExitStack()).shape()
     MACHINES = args.machines
     BUDGET[0] = args.budget
     src = Path(__file__).resolve().parent.parent / "src"
     trees = (
-        [("before", args.before / "src"), ("after", src)] if args.before else [("1 ingest", src)]
+        [("before", args.before / "src"), ("after", src)]
+        if args.before
+        else [(f"{args.ingest} ingest", src)]
     )
     pythonpath = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), pythonpath]))
@@ -1446,7 +1600,7 @@ def report() -> None:
     if RESULTS["sweep"]:
         print()
         print(
-            "Fleet-size sweep: per fleet size a fresh cluster (1 ingest, 1 distribute, 1 alerts, "
+            f"Fleet-size sweep: per fleet size a fresh cluster ({RESULTS['shape']}, 1 alerts, "
             "1 gateway)"
         )
         sweep_table(RESULTS["sweep"])

@@ -79,6 +79,25 @@ async def test_history_keeps_recent_messages_for_any_reader(redis_server: RedisS
         await reader.close()
 
 
+async def test_batch_after_script_flush_loads_the_script_again(redis_server: RedisServer) -> None:
+    """A batch published after Redis forgot the publish script (SCRIPT FLUSH, as a restart does) is kept and sent at once, not backlogged."""
+    from redis.asyncio import Redis
+
+    pubsub = RedisPubSub(f"{redis_server.url}?prefix={unique_id()}/")
+    await pubsub.start()
+    admin = Redis.from_url(redis_server.url)
+    try:
+        await pubsub.publish_many([("a", b"1"), ("b", b"2")])
+        await admin.script_flush()
+        await pubsub.publish_many([("a", b"3"), ("b", b"4"), ("a", b"5")])
+        assert pubsub.backlog == 0
+        assert await pubsub.history("a") == [b"1", b"3", b"5"]
+        assert await pubsub.history("b") == [b"2", b"4"]
+    finally:
+        await admin.aclose()
+        await pubsub.close()
+
+
 async def test_history_is_bounded_in_count_and_time(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

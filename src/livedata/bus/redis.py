@@ -26,9 +26,11 @@ than ``history_seconds``, 180 by default), ``PEXPIRE`` (an idle channel's
 stream vanishes) and ``PUBLISH``; ``publish_many`` (distribute's way: one call
 per batch of the log) sends up to :data:`FLUSH_CHUNK` messages at once, trimming
 and expiring each channel once.  All of it is one call of a Lua script
-(:data:`PUBLISH_SCRIPT`, ``EVALSHA``; loaded again by redis-py after a Redis
-restart): one command and one reply per batch, since parsing a reply per command
-was most of distribute's CPU.  So the pub/sub needs one Redis, not Redis Cluster
+(:data:`PUBLISH_SCRIPT`, ``EVALSHA``; sent once with ``EVAL`` when Redis answers
+``NOSCRIPT``, as after a restart): one command and one reply per batch, since parsing a
+reply per command was most of distribute's CPU.  The command is packed in C
+(``hiredis.pack_command``), each channel's name encoded once: redis-py's packing
+encodes every argument in Python.  So the pub/sub needs one Redis, not Redis Cluster
 (a batch's channels hash to many slots).  Every gateway reads the same history.  The time cut uses this host's clock, so hosts need NTP-synchronised
 clocks (a skew of a few seconds only shortens or lengthens the history by as
 much).
@@ -70,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -79,10 +82,10 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import hiredis
 from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from livedata import errors
 from livedata.bus.base import HISTORY_MAX, Handler, Message, PubSub, encoded
@@ -99,6 +102,8 @@ BACKOFF_MAX = 2.0
 """Seconds between reconnect attempts at most (live resumes within that of Redis's return)."""
 BACKLOG_MAX = 20_000
 """Messages kept while Redis is unreachable, by default (the ``backlog`` URL option)."""
+KEY_CACHE_MAX = 100_000
+"""Channel names whose wire form is kept (beyond it the cache starts afresh)."""
 FLUSH_CHUNK = 500
 """Messages of the backlog sent per round trip once Redis is back."""
 CONNECT_TIMEOUT = 2.0
@@ -147,6 +152,11 @@ return #KEYS
 ARGV: HISTORY_MAX, the time cut in ms, the streams' lifetime in ms, then the messages)."""
 
 
+def _pack(*args: bytes) -> bytes:
+    """One command in the Redis protocol, packed in C."""
+    return hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub types one argument
+
+
 class RedisPubSub(PubSub):
     """Live fan-out over Redis Pub/Sub; ``redis://host:port/db[?prefix=P]``."""
 
@@ -184,7 +194,9 @@ class RedisPubSub(PubSub):
         self.dropped = 0
         """Backlog messages dropped because the backlog was full."""
         self._failures = Throttled(log)
-        self._script: AsyncScript | None = None
+        self._script_sha = hashlib.sha1(PUBLISH_SCRIPT.encode()).hexdigest().encode()
+        self._keys: dict[str, bytes] = {}
+        """Channel names → their prefixed wire form (the stream's key and the channel)."""
 
     @property
     def connected(self) -> bool:
@@ -282,18 +294,47 @@ class RedisPubSub(PubSub):
 
     async def _publish(self, items: Sequence[tuple[str, bytes]]) -> None:
         """XADD + PUBLISH of each message, then XTRIM + PEXPIRE once per channel: one
-        :data:`PUBLISH_SCRIPT` call, so one command and one reply per batch."""
+        :data:`PUBLISH_SCRIPT` call, so one command and one reply per batch.
+
+        The command is packed here in one go (``hiredis.pack_command``, channel names
+        encoded once per channel): redis-py's command path encodes every argument in
+        Python, which cost more than the rest of publishing a message.
+        """
         keep_ms = int(self.history_seconds * 1000)
         cutoff = int(time.time() * 1000) - keep_ms
-        client = self._redis()
-        if self._script is None:
-            self._script = client.register_script(PUBLISH_SCRIPT)
+        keys = self._keys
+        names = []
+        for channel, _ in items:
+            key = keys.get(channel)
+            if key is None:
+                if len(keys) >= KEY_CACHE_MAX:
+                    keys.clear()
+                key = keys[channel] = (self._prefix + channel).encode()
+            names.append(key)
+        tail = (b"%d" % HISTORY_MAX, b"%d" % cutoff, b"%d" % keep_ms, *(m for _, m in items))
+        count = b"%d" % len(names)
         with map_errors(f"publish to {items[0][0]} on {self._where}"):
-            await self._script(
-                keys=[self._prefix + channel for channel, _ in items],
-                args=[HISTORY_MAX, cutoff, keep_ms, *(message for _, message in items)],
-                client=client,
+            try:
+                await self._call(_pack(b"EVALSHA", self._script_sha, count, *names, *tail))
+            except NoScriptError:  # a restarted (or flushed) Redis: EVAL loads it again
+                await self._call(_pack(b"EVAL", PUBLISH_SCRIPT.encode(), count, *names, *tail))
+
+    async def _call(self, packed: bytes) -> object:
+        """Send one packed command on a pooled connection and read its reply, retried once
+        on a fresh connection when the pooled one turns out dead (a Redis restart)."""
+        pool = self._redis().connection_pool
+        conn = await pool.get_connection()
+        try:
+            return await conn.retry.call_with_retry(
+                lambda: self._roundtrip(conn, packed), lambda error: conn.disconnect()
             )
+        finally:
+            await pool.release(conn)
+
+    @staticmethod
+    async def _roundtrip(conn: AbstractConnection, packed: bytes) -> object:
+        await conn.send_packed_command(packed)
+        return await conn.read_response()
 
     async def _flush(self) -> None:
         """Send the backlog once Redis answers, oldest first; until it is empty."""

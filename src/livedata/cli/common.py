@@ -23,7 +23,7 @@ from livedata.gateway.server import (
 from livedata.gateway.sio import with_socketio
 from livedata.observe import setup_logging
 from livedata.runtime import Runtime
-from livedata.settings import Settings, load_settings
+from livedata.settings import ROLES, Settings, load_settings
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +39,9 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--role",
         dest="roles",
-        help="roles to run, comma-separated: ingest,distribute,gateway (default all)",
+        help=f"roles to run, comma-separated: {','.join(ROLES)} (default all); several "
+        "processes of ingest split the devices by the --devices URL (MQTT share group, or "
+        "partition=i/n), of distribute and alerts the log's partitions",
     )
     parser.add_argument(
         "--connect-timeout", type=float, help="seconds to wait for each engine at start (30)"

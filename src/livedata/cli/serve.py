@@ -13,9 +13,9 @@ from livedata.sim.demo import attach_seed
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "serve",
-        help="run ingest, distribute and the gateway",
+        help="run ingest, distribute, alerts and the gateway",
         description=(
-            "Run the server roles (ingest, distribute, gateway) in one process on the "
+            "Run the server roles (ingest, distribute, alerts, gateway) in one process on the "
             "backends named by the URL flags, the environment (LIVEDATA_*) or a TOML file."
         ),
     )

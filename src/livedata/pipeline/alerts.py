@@ -221,6 +221,9 @@ class Evaluator:
     def has_rules(self, tenant: str) -> bool:
         return tenant in self._orgs
 
+    def has_any_rules(self) -> bool:
+        return bool(self._orgs)
+
     def nodata_orgs(self) -> set[str]:
         return set(self._nodata_rules)
 
@@ -495,28 +498,37 @@ class AlertRole:
             await self.handle(batch)
 
     async def handle(self, batch: list[Record]) -> None:
-        """Evaluate a batch of records from the log."""
+        """Evaluate a batch of records from the log.
+
+        A batch of organisations without rules is passed over at once (the usual case
+        for most of a fleet); each machine's model is looked up once per batch.
+        """
+        core = self.core
+        if not core.has_any_rules():
+            return
         now = int(time.time() * 1000)
+        oldest = now - STALE_MS
+        realtime = Kind.REALTIME
+        models: dict[tuple[str, str], str | None] = {}
         async with self._lock:
             events: list[AlertEvent] = []
             for record in batch:
-                if record.kind is not Kind.REALTIME or now - record.ts > STALE_MS:
+                if record.kind is not realtime or record.ts < oldest:
                     continue
-                if not self.core.has_rules(record.tenant):
+                tenant, chassis = record.tenant, record.chassis
+                if not core.has_rules(tenant):
                     continue
-                info = await self.catalog.machine(record.tenant, record.chassis)
-                model = info.model if info is not None else None
-                events.extend(
-                    self.core.feed(
-                        record.tenant,
-                        record.chassis,
-                        model,
-                        record.msg_type,
-                        record.values,
-                        record.ts,
-                        now,
-                    )
+                key = (tenant, chassis)
+                if key in models:
+                    model = models[key]
+                else:
+                    info = await self.catalog.machine(tenant, chassis)
+                    model = models[key] = info.model if info is not None else None
+                found = core.feed(
+                    tenant, chassis, model, record.msg_type, record.values, record.ts, now
                 )
+                if found:
+                    events.extend(found)
             await self._deliver(events)
 
     async def _deliver(self, events: list[AlertEvent]) -> None:

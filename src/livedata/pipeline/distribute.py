@@ -24,7 +24,7 @@ import uuid
 from livedata import observe
 from livedata.bus.base import LiveMessage, Log, Message, PubSub
 from livedata.errors import BusError
-from livedata.model import Kind, Record
+from livedata.model import Kind, Record, live_channel
 from livedata.ratelog import Throttled
 
 log = logging.getLogger("livedata.distribute")
@@ -49,18 +49,25 @@ class Distribute:
         """Publish real-time records until cancelled, each batch of the log in one call."""
         with observe.log_context(role="distribute"):
             async for batch in self.log.consume(self.group):
-                messages = [
-                    self._message(record) for record in batch if record.kind is Kind.REALTIME
-                ]
+                messages = self.messages(batch)
                 if messages:
                     await self._publish(messages)
 
-    def _message(self, record: Record) -> tuple[str, Message]:
-        channel = record.channel
-        seq = self._seq.get(channel, 0) + 1
-        self._seq[channel] = seq
-        # an object: the pub/sub encodes it only where it leaves the process
-        return channel, LiveMessage(record.ts, seq, self.epoch, record.values)
+    def messages(self, batch: list[Record]) -> list[tuple[str, Message]]:
+        """The live messages of a batch's real-time records, numbered per channel.
+
+        Objects: the pub/sub encodes them only where they leave the process.
+        """
+        seqs, epoch, realtime = self._seq, self.epoch, Kind.REALTIME
+        out: list[tuple[str, Message]] = []
+        append = out.append
+        for record in batch:
+            if record.kind is not realtime:
+                continue
+            channel = live_channel(record.tenant, record.chassis, record.msg_type)
+            seq = seqs[channel] = seqs.get(channel, 0) + 1
+            append((channel, LiveMessage(record.ts, seq, epoch, record.values)))
+        return out
 
     async def _publish(self, messages: list[tuple[str, Message]]) -> None:
         try:
