@@ -72,7 +72,8 @@ Acknowledgement.  aiomqtt 2.5 has no manual-ack API (empicano/aiomqtt#345, open)
 the paho-mqtt 2 client under it does (``manual_ack_set`` / ``ack``); the link turns it
 on, so a QoS 1 message is PUBACKed only when ingest awaits the delivery's ``ack`` —
 after its record is durable (store or spill journal) and in the log.  The PUBACKs of one
-event-loop turn are written together (one paho packet of 4-byte PUBACKs).  Until then the message is in flight
+event-loop turn are written together (one paho packet of 4-byte PUBACKs:
+the acknowledgements ingest makes after one store write go out in one write).  Until then the message is in flight
 and counts against ``inflight``.  What the broker does with unacknowledged messages
 when a link dies (measured on Mosquitto 2.0.11):
 
@@ -105,12 +106,23 @@ queue, bounded by what the broker sends unacknowledged (see ``inflight``).
 itself is disconnected it is stale (check :attr:`MqttDeviceLink.connected`).
 aiomqtt errors become :class:`~livedata.errors.BackendError` (broker unreachable or
 failing) or :class:`~livedata.errors.ConfigError` (bad URL, credentials refused at
-start).  Receiving is batched (:class:`_FastReceive`): what one socket
-read brings is parsed in one go and handed to ingest as one list
-(:meth:`MqttDeviceLink.batches`).  The link's own work is about 50 µs of CPU per
-``vehicle_can`` message, most of it building the frames (``bench/bench_mqtt_link.py``;
-220 µs before the fast path, when paho's per-message work was 40-46 % of ingest); run
-more ingest processes in the share group for more.
+start).
+
+Receiving, the fast path: paho still connects, subscribes, publishes and keeps the
+connection alive, but the link reads the socket itself (:class:`_FastReceive`, in
+place of paho's ``loop_read``): up to 256 KiB per readable event, split into packets
+by the sans-I/O :class:`PacketSplitter`.  The QoS 0/1 PUBLISHes of one read become one
+list — no paho or aiomqtt message objects, properties skipped by their length — and
+every other packet (CONNACK, SUBACK, PUBACK, PINGRESP, DISCONNECT, QoS 2) goes to
+paho's own packet handler, in stream order.  A telemetry topic is checked once and
+remembered (tenant, chassis, type, partition), so the next message on it goes
+straight to :func:`livedata.codec.decode`; a retained one always takes the full check.
+The telemetry of one read reaches the inbox (:meth:`MqttDeviceLink.batches`) with one
+wake-up.  The link's own work is about 18 µs of CPU per ``vehicle_can`` message of the
+simulated wheel loader, about nine tenths of it :func:`~livedata.codec.decode`
+building the frames (``bench/bench_mqtt_link.py``; 34 µs with paho reading the
+packets, 220 µs with paho and aiomqtt doing everything); run more ingest processes in
+the share group for more.
 
 Device side, :class:`MqttDevice` — one machine's connection, for the simulator and the
 edge agent.  Client id and (with per-device credentials) username
@@ -168,7 +180,9 @@ __all__ = [
     "TELEMETRY_FILTER",
     "MqttDevice",
     "MqttDeviceLink",
+    "PacketSplitter",
     "PresenceChange",
+    "ProtocolError",
     "method_request_topic",
     "method_response_topic",
     "parse_topic",
