@@ -124,11 +124,13 @@ def link_url(broker: Mosquitto, **options: str | int) -> str:
     return broker.url + "?" + "&".join(f"{k}={v}" for k, v in options.items())
 
 
-async def publish(broker: Mosquitto, topic: str, payload: bytes, **auth: str) -> None:
+async def publish(
+    broker: Mosquitto, topic: str, payload: bytes, *, retain: bool = False, **auth: str
+) -> None:
     async with aiomqtt.Client(
         "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, **auth
     ) as client:
-        await client.publish(topic, payload, qos=1)
+        await client.publish(topic, payload, qos=1, retain=retain)
 
 
 async def test_telemetry_round_trip_with_identity_from_topic(
@@ -600,10 +602,7 @@ async def test_retained_telemetry_is_delivered_once_not_at_every_resubscribe(
     assert isinstance(replay, Rejection) and "retained" in replay.reason
     assert (replay.tenant, replay.chassis) == (tenant, "M1")
     await parts.nothing(later)
-    async with aiomqtt.Client(
-        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
-        await client.publish(topic, b"", qos=1, retain=True)  # clear it for the other tests
+    await publish(broker, topic, b"", retain=True)  # clear it for the other tests
 
 
 async def test_a_long_batch_age_does_not_hold_a_link_at_its_window(
@@ -682,10 +681,7 @@ async def test_retained_telemetry_on_a_known_topic_is_refused_at_a_reconnect(
     subscribes again, the broker's replay on that now known topic is a Rejection."""
     link = await parts.link(link_url(broker, shared="off"))
     topic = telemetry_topic(tenant, "M1", "vehicle_can")
-    async with aiomqtt.Client(
-        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
-        await client.publish(topic, encode(can_message(tenant, "M1")), qos=1, retain=True)
+    await publish(broker, topic, encode(can_message(tenant, "M1")), retain=True)
     item = await parts.next(link)
     assert isinstance(item, Delivery) and item.message == can_message(tenant, "M1")
     assert link._client is not None
@@ -693,10 +689,7 @@ async def test_retained_telemetry_on_a_known_topic_is_refused_at_a_reconnect(
     replay = await parts.next(link, timeout=10)
     assert isinstance(replay, Rejection) and "retained" in replay.reason
     await until(lambda: link.counters["connects"] == 2)  # its subscriptions are all back
-    async with aiomqtt.Client(
-        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
-        await client.publish(topic, b"", qos=1, retain=True)  # clear it for the other tests
+    await publish(broker, topic, b"", retain=True)  # clear it for the other tests
 
 
 async def test_partitions_take_their_machines_and_acknowledge_the_others(

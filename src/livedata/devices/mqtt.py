@@ -395,6 +395,23 @@ class ProtocolError(Exception):
     """The broker sent bytes that are not MQTT 5 (a malformed length or PUBLISH)."""
 
 
+def _varint_rest(buf: bytes, at: int, end: int, first: int, what: str) -> tuple[int, int]:
+    """``(value, offset after it)`` of the variable byte integer whose first byte ``first``
+    (high bit set) came just before ``at``; ``(-1, at)`` if ``end`` cuts it short."""
+    value = first & 0x7F
+    shift = 7
+    while at < end:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift > 21:
+            raise ProtocolError(f"malformed {what}")
+    return -1, at
+
+
 class PacketSplitter:
     """Sans-I/O: the bytes a broker sends, split into MQTT 5 packets; a PUBLISH at QoS 0/1
     parsed on the way (:data:`Packet`), its properties skipped.
@@ -420,20 +437,9 @@ class PacketSplitter:
             length = buf[at + 1]
             i = at + 2
             if length & 0x80:  # a remaining length of more than one byte
-                length &= 0x7F
-                shift = 7
-                while True:
-                    if i >= end:
-                        self._rest = buf[at:]
-                        return out
-                    byte = buf[i]
-                    i += 1
-                    length |= (byte & 0x7F) << shift
-                    if byte < 0x80:
-                        break
-                    shift += 7
-                    if shift > 21:
-                        raise ProtocolError("malformed remaining length")
+                length, i = _varint_rest(buf, i, end, length, "remaining length")
+                if length < 0:
+                    break
             stop = i + length
             if stop > end:
                 break
@@ -453,17 +459,9 @@ class PacketSplitter:
                 props = buf[body]
                 body += 1
                 if props & 0x80:
-                    props &= 0x7F
-                    shift = 7
-                    while True:
-                        if body >= stop or shift > 21:
-                            raise ProtocolError("malformed PUBLISH properties length")
-                        byte = buf[body]
-                        body += 1
-                        props |= (byte & 0x7F) << shift
-                        if byte < 0x80:
-                            break
-                        shift += 7
+                    props, body = _varint_rest(buf, body, stop, props, "PUBLISH properties length")
+                    if props < 0:
+                        raise ProtocolError("malformed PUBLISH properties length")
                 body += props
                 if body > stop:
                     raise ProtocolError("PUBLISH properties longer than the packet")
