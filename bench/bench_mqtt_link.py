@@ -10,10 +10,12 @@ a worker process of its own: it starts an :class:`MqttDeviceLink` on its session
 ``inflight`` 1000), takes the deliveries as ingest does (``batches`` where the link has
 it, else ``inbound``) and acknowledges each at once, until it has them all.  Printed per
 code and round: messages/s and process CPU µs per message (link start included), and the
-ratio to the code before.  What ingest does with a message (decoding the frames, the
-store) is not in it: this is the link's share.
+ratio to the code before.  What ingest does with a message (the signals decoded from
+the frames, the store) is not in it: this is the link's share, reading the payload into
+frames (:func:`livedata.codec.decode`, which the link calls) included.
 
-Run: ``python bench/bench_mqtt_link.py --base /tmp/base/src [--messages 20000 --rounds 2]``.
+Run: ``python bench/bench_mqtt_link.py --before /work/main [--messages 20000 --rounds 2]``
+(``--before TREE`` is ``--base TREE/src``).
 Prints figures only; asserts nothing; stops the broker and its workers.
 """
 
@@ -124,6 +126,9 @@ def run_worker(src: Path, url: str, count: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, help="src directory of the code before")
+    parser.add_argument(
+        "--before", type=Path, metavar="TREE", help="a checkout of the code before (its src/)"
+    )
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -133,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     from tests.servers.mosquitto import start_mosquitto
 
-    codes = [("before", args.base)] if args.base else []
+    base = args.before / "src" if args.before else args.base
+    codes = [("before", base)] if base else []
     codes.append(("after", ROOT / "src"))
     messages = payloads(args.messages)
     print(

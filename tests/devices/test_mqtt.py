@@ -124,11 +124,13 @@ def link_url(broker: Mosquitto, **options: str | int) -> str:
     return broker.url + "?" + "&".join(f"{k}={v}" for k, v in options.items())
 
 
-async def publish(broker: Mosquitto, topic: str, payload: bytes, **auth: str) -> None:
+async def publish(
+    broker: Mosquitto, topic: str, payload: bytes, *, retain: bool = False, **auth: str
+) -> None:
     async with aiomqtt.Client(
         "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5, **auth
     ) as client:
-        await client.publish(topic, payload, qos=1)
+        await client.publish(topic, payload, qos=1, retain=retain)
 
 
 async def test_telemetry_round_trip_with_identity_from_topic(
@@ -600,10 +602,7 @@ async def test_retained_telemetry_is_delivered_once_not_at_every_resubscribe(
     assert isinstance(replay, Rejection) and "retained" in replay.reason
     assert (replay.tenant, replay.chassis) == (tenant, "M1")
     await parts.nothing(later)
-    async with aiomqtt.Client(
-        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
-    ) as client:
-        await client.publish(topic, b"", qos=1, retain=True)  # clear it for the other tests
+    await publish(broker, topic, b"", retain=True)  # clear it for the other tests
 
 
 async def test_a_long_batch_age_does_not_hold_a_link_at_its_window(
@@ -636,3 +635,89 @@ async def test_a_long_batch_age_does_not_hold_a_link_at_its_window(
         await asyncio.gather(*tasks, return_exceptions=True)
         await link.close()
         await meta.close()
+
+
+async def test_a_known_topic_is_still_checked_message_by_message(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """After good telemetry on a topic, later bad payloads on it and an oversized one
+    (1.5 MB, over several socket reads) are each one Rejection; good messages around them
+    arrive intact."""
+    link = await parts.link(link_url(broker))
+    can_topic = telemetry_topic(tenant, "M1", "vehicle_can")
+    raw_topic = telemetry_topic(tenant, "M1", "client_raw_data")
+    good = encode(can_message(tenant, "M1"))
+    await publish(broker, can_topic, good)
+    await publish(broker, raw_topic, encode(raw_message(tenant, "M1")))
+    for _ in range(2):
+        item = await parts.next(link)
+        assert isinstance(item, Delivery)
+    bad = [
+        (can_topic, encode(raw_message(tenant, "M1")), "JSON"),
+        (can_topic, good[:-2], "truncated"),
+        (raw_topic, good, "binary vehicle_can"),
+        (can_topic, b"\x01" * 1_500_000, "larger than"),
+    ]
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        for topic, payload, _ in bad:
+            await client.publish(topic, payload, qos=1)
+        await client.publish(can_topic, encode(can_message(tenant, "M1", TS + 1)), qos=1)
+    for topic, _, needle in bad:
+        item = await parts.next(link)
+        assert isinstance(item, Rejection), (topic, item)
+        assert needle in item.reason and (item.tenant, item.chassis) == (tenant, "M1")
+    item = await parts.next(link)
+    assert isinstance(item, Delivery) and item.message == can_message(tenant, "M1", TS + 1)
+    await parts.nothing(link)
+    assert link.counters["rejected"] == len(bad)
+
+
+async def test_retained_telemetry_on_a_known_topic_is_refused_at_a_reconnect(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """Telemetry published retained arrives once; when the link's connection drops and it
+    subscribes again, the broker's replay on that now known topic is a Rejection."""
+    link = await parts.link(link_url(broker, shared="off"))
+    topic = telemetry_topic(tenant, "M1", "vehicle_can")
+    await publish(broker, topic, encode(can_message(tenant, "M1")), retain=True)
+    item = await parts.next(link)
+    assert isinstance(item, Delivery) and item.message == can_message(tenant, "M1")
+    assert link._client is not None
+    link._client._client.socket().shutdown(socket.SHUT_RDWR)  # the network drops
+    replay = await parts.next(link, timeout=10)
+    assert isinstance(replay, Rejection) and "retained" in replay.reason
+    await until(lambda: link.counters["connects"] == 2)  # its subscriptions are all back
+    await publish(broker, topic, b"", retain=True)  # clear it for the other tests
+
+
+async def test_partitions_take_their_machines_and_acknowledge_the_others(
+    broker: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """Two links with ``shared=off``, ``partition=0/2`` and ``1/2``: each delivers every
+    message of its machines, in order, and counts the other machines' messages out."""
+    group = f"g{uuid.uuid4().hex[:8]}"
+    links = [
+        await parts.link(link_url(broker, group=group, shared="off", partition=f"{i}/2"))
+        for i in range(2)
+    ]
+    machines = [f"M{n}" for n in range(10)]
+    async with aiomqtt.Client(
+        "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as client:
+        for ts in (TS, TS + 1000):
+            for chassis in machines:
+                topic = telemetry_topic(tenant, chassis, "client_raw_data")
+                await client.publish(topic, encode(raw_message(tenant, chassis, ts)), qos=1)
+    seen: list[list[tuple[str, int]]] = [[], []]
+    for i, link in enumerate(links):
+        mine = [m for m in machines if not link._other_partition(telemetry_topic(tenant, m, "x"))]
+        for _ in range(2 * len(mine)):
+            item = await parts.next(link)
+            assert isinstance(item, Delivery)
+            seen[i].append((item.message.chassis, item.message.ts))
+        await parts.nothing(link, 0.2)
+        assert sorted(seen[i]) == sorted((m, ts) for m in mine for ts in (TS, TS + 1000))
+        assert link.partitioned_out == 2 * (len(machines) - len(mine))
+    assert sorted(c for c, _ in seen[0] + seen[1]) == sorted(machines * 2)

@@ -72,7 +72,8 @@ Acknowledgement.  aiomqtt 2.5 has no manual-ack API (empicano/aiomqtt#345, open)
 the paho-mqtt 2 client under it does (``manual_ack_set`` / ``ack``); the link turns it
 on, so a QoS 1 message is PUBACKed only when ingest awaits the delivery's ``ack`` —
 after its record is durable (store or spill journal) and in the log.  The PUBACKs of one
-event-loop turn are written together (one paho packet of 4-byte PUBACKs).  Until then the message is in flight
+event-loop turn are written together (one paho packet of 4-byte PUBACKs:
+the acknowledgements ingest makes after one store write go out in one write).  Until then the message is in flight
 and counts against ``inflight``.  What the broker does with unacknowledged messages
 when a link dies (measured on Mosquitto 2.0.11):
 
@@ -105,12 +106,23 @@ queue, bounded by what the broker sends unacknowledged (see ``inflight``).
 itself is disconnected it is stale (check :attr:`MqttDeviceLink.connected`).
 aiomqtt errors become :class:`~livedata.errors.BackendError` (broker unreachable or
 failing) or :class:`~livedata.errors.ConfigError` (bad URL, credentials refused at
-start).  Receiving is batched (:class:`_FastReceive`): what one socket
-read brings is parsed in one go and handed to ingest as one list
-(:meth:`MqttDeviceLink.batches`).  The link's own work is about 50 µs of CPU per
-``vehicle_can`` message, most of it building the frames (``bench/bench_mqtt_link.py``;
-220 µs before the fast path, when paho's per-message work was 40-46 % of ingest); run
-more ingest processes in the share group for more.
+start).
+
+Receiving, the fast path: paho still connects, subscribes, publishes and keeps the
+connection alive, but the link reads the socket itself (:class:`_FastReceive`, in
+place of paho's ``loop_read``): up to 256 KiB per readable event, split into packets
+by the sans-I/O :class:`PacketSplitter`.  The QoS 0/1 PUBLISHes of one read become one
+list — no paho or aiomqtt message objects, properties skipped by their length — and
+every other packet (CONNACK, SUBACK, PUBACK, PINGRESP, DISCONNECT, QoS 2) goes to
+paho's own packet handler, in stream order.  A telemetry topic is checked once and
+remembered (tenant, chassis, type, partition), so the next message on it goes
+straight to :func:`livedata.codec.decode`; a retained one always takes the full check.
+The telemetry of one read reaches the inbox (:meth:`MqttDeviceLink.batches`) with one
+wake-up.  The link's own work is about 18 µs of CPU per ``vehicle_can`` message of the
+simulated wheel loader, about nine tenths of it :func:`~livedata.codec.decode`
+building the frames (``bench/bench_mqtt_link.py``; 34 µs with paho reading the
+packets, 220 µs with paho and aiomqtt doing everything); run more ingest processes in
+the share group for more.
 
 Device side, :class:`MqttDevice` — one machine's connection, for the simulator and the
 edge agent.  Client id and (with per-device credentials) username
@@ -137,6 +149,7 @@ import aiomqtt
 import orjson
 import paho.mqtt.client as paho
 from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -167,7 +180,9 @@ __all__ = [
     "TELEMETRY_FILTER",
     "MqttDevice",
     "MqttDeviceLink",
+    "PacketSplitter",
     "PresenceChange",
+    "ProtocolError",
     "method_request_topic",
     "method_response_topic",
     "parse_topic",
@@ -368,93 +383,199 @@ class _Ack:
 
 _PUBACK = int(paho.PUBACK)
 _PUBACK_PACKET = struct.Struct("!BBH")
-PublishHandler = Callable[[bytes, bytes, int, int, bool], None]
-"""``(topic, payload, mid, qos, retain)`` of one PUBLISH, called from paho's read callback."""
+_READ_SIZE = 256 * 1024
+"""Bytes asked of the socket per readable event: a burst of PUBLISHes in one read."""
+
+Packet = tuple[int, bytes | None, bytes, int]
+"""``(first byte, topic, payload, packet id)`` of a QoS 0/1 PUBLISH (packet id 0 at QoS 0),
+or ``(first byte, None, body, 0)`` of any other packet."""
+
+
+class ProtocolError(Exception):
+    """The broker sent bytes that are not MQTT 5 (a malformed length or PUBLISH)."""
+
+
+def _varint_rest(buf: bytes, at: int, end: int, first: int, what: str) -> tuple[int, int]:
+    """``(value, offset after it)`` of the variable byte integer whose first byte ``first``
+    (high bit set) came just before ``at``; ``(-1, at)`` if ``end`` cuts it short."""
+    value = first & 0x7F
+    shift = 7
+    while at < end:
+        byte = buf[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift > 21:
+            raise ProtocolError(f"malformed {what}")
+    return -1, at
+
+
+class PacketSplitter:
+    """Sans-I/O: the bytes a broker sends, split into MQTT 5 packets; a PUBLISH at QoS 0/1
+    parsed on the way (:data:`Packet`), its properties skipped.
+
+    Bytes of an incomplete packet are kept for the next :meth:`feed`.  Any other packet,
+    a QoS 2 PUBLISH included, comes whole for someone else to read (paho, in the link).
+    """
+
+    __slots__ = ("_rest",)
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[Packet]:
+        """The packets ``data`` completes, in order; :class:`ProtocolError` for a malformed one."""
+        buf = self._rest + data if self._rest else data
+        out: list[Packet] = []
+        append = out.append
+        at = 0
+        end = len(buf)
+        while end - at >= 2:
+            first = buf[at]
+            length = buf[at + 1]
+            i = at + 2
+            if length & 0x80:  # a remaining length of more than one byte
+                length, i = _varint_rest(buf, i, end, length, "remaining length")
+                if length < 0:
+                    break
+            stop = i + length
+            if stop > end:
+                break
+            if first & 0xF4 == 0x30:  # PUBLISH at QoS 0 or 1
+                if length < 3:
+                    raise ProtocolError("PUBLISH shorter than its topic and properties")
+                topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+                body = topic_end
+                mid = 0
+                if first & 0x02:
+                    body += 2
+                    if body > stop:
+                        raise ProtocolError("PUBLISH shorter than its topic and packet id")
+                    mid = (buf[topic_end] << 8) | buf[topic_end + 1]
+                if body >= stop:
+                    raise ProtocolError("PUBLISH shorter than its topic and properties")
+                props = buf[body]
+                body += 1
+                if props & 0x80:
+                    props, body = _varint_rest(buf, body, stop, props, "PUBLISH properties length")
+                    if props < 0:
+                        raise ProtocolError("malformed PUBLISH properties length")
+                body += props
+                if body > stop:
+                    raise ProtocolError("PUBLISH properties longer than the packet")
+                append((first, buf[i + 2 : topic_end], buf[body:stop], mid))
+            else:
+                append((first, None, buf[i:stop], 0))
+            at = stop
+        self._rest = buf[at:] if at < end else b""
+        return out
+
+
+_OTHER_PARTITION = object()
+"""The route of a telemetry topic of a machine of another partition."""
+_ROUTES_MAX = 200_000
+"""Telemetry topics whose route the link remembers (two per machine)."""
 
 
 class _FastReceive:
-    """The link's receive path on one paho client: buffered reads, every packet of a read
-    handled in one go, PUBLISH parsed without MQTT 5 properties objects.
+    """The link's receive path on one paho client: paho's ``loop_read`` replaced by one
+    socket read of up to 256 KiB, split by :class:`PacketSplitter`, the QoS 0/1 PUBLISHes
+    of the read handed to ``handler`` as one list; every other packet (CONNACK, SUBACK,
+    PUBACK, PINGRESP, DISCONNECT, QoS 2) goes to paho's own ``_packet_handle`` as if paho
+    had read it, in order.
 
-    paho reads a packet with three ``recv`` calls (command byte, length, body) and
-    handles one packet per readable event (``loop_read`` with manual acks), so each
-    message cost a trip through the event loop's selector and three system calls, and
-    every PUBLISH built a ``Properties`` object, a ``MQTTMessage`` and, in aiomqtt, a
-    ``Message``, a ``Topic`` and a task (measured: 40-46 % of ingest's CPU).  Installed on
-    the paho client under aiomqtt (as ``manual_ack_set`` is): ``recv`` is served from a
-    64 KiB buffer, ``loop_read`` goes on while the buffer holds bytes, and a QoS 0/1
-    PUBLISH goes straight to ``handler``.  Its properties are skipped: the link asks for
-    none (no topic aliases, the broker may not send them) and reads none.  QoS 2, which
-    the link never subscribes with, keeps paho's own path.  Relies on paho-mqtt 2's
-    internals (``_sock_recv``, ``loop_read``, ``_handle_publish``, ``_in_packet``),
-    pinned in ``pyproject.toml``; ``tests/devices/test_mqtt.py`` checks it is in use.
+    paho reads a packet with three ``recv`` calls (command byte, length, body) through
+    a per-packet state machine, and every PUBLISH builds a ``Properties`` object, a
+    ``MQTTMessage`` and, in aiomqtt, a ``Message``, a ``Topic`` and a task.  Installed on
+    the paho client under aiomqtt (as ``manual_ack_set`` is).  The link asks for no
+    properties (no topic aliases: the broker may not send them) and reads none.  Relies
+    on paho-mqtt 2's internals (``loop_read``, ``_sock``, ``_in_packet``,
+    ``_packet_handle``, ``_loop_rc_handle``, ``_last_bytes_received``), pinned in
+    ``pyproject.toml``; ``tests/devices/test_mqtt.py`` checks it is in use.
     """
 
-    __slots__ = ("_buf", "_handler", "_loop_read", "_paho", "_pos", "_publish", "packets")
+    __slots__ = ("_handler", "_paho", "_splitter", "packets")
 
-    def __init__(self, client: paho.Client, handler: PublishHandler) -> None:
+    def __init__(self, client: paho.Client, handler: Callable[[list[Packet]], None]) -> None:
         self._paho = client
         self._handler = handler
-        self._buf = b""
-        self._pos = 0
+        self._splitter = PacketSplitter()
         self.packets = 0
         """PUBLISH packets handled by this fast path."""
-        self._loop_read = client.loop_read
-        self._publish = client._handle_publish
-        client._sock_recv = self._recv  # type: ignore[method-assign, assignment]
         client.loop_read = self._read  # type: ignore[method-assign]
-        client._handle_publish = self._handle_publish  # type: ignore[method-assign]
-
-    def _recv(self, size: int) -> bytes:
-        buf, pos = self._buf, self._pos
-        if pos >= len(buf):
-            sock = self._paho._sock
-            if sock is None:
-                raise ConnectionError("the socket is closed")
-            data: bytes = sock.recv(max(size, 65536))  # BlockingIOError/OSError: as paho's
-            if len(data) <= size:
-                return data
-            self._buf, self._pos = data, size
-            return data[:size]
-        self._pos = pos + size
-        return buf[pos : pos + size]
 
     def _read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
-        while True:
-            rc = self._loop_read(max_packets)
-            if rc != paho.MQTT_ERR_SUCCESS or self._pos >= len(self._buf):
-                return rc
-
-    def _handle_publish(self) -> paho.MQTTErrorCode:
-        header: int = self._paho._in_packet["command"]
-        qos = (header & 0x06) >> 1
-        if qos == 2:
-            return self._publish()
-        packet = self._paho._in_packet["packet"]
+        client = self._paho
+        sock = client._sock
+        if sock is None:
+            return paho.MQTT_ERR_NO_CONN
         try:
-            end = 2 + ((packet[0] << 8) | packet[1])
-            topic = packet[2:end]
-            mid = 0
-            if qos:
-                mid = (packet[end] << 8) | packet[end + 1]
-                end += 2
-            length = shift = 0
-            while True:  # the properties' length, a variable byte integer
-                byte = packet[end]
-                end += 1
-                length |= (byte & 0x7F) << shift
-                if byte < 0x80:
-                    break
-                shift += 7
-                if shift > 21:
-                    return paho.MQTT_ERR_PROTOCOL
-        except IndexError:
-            return paho.MQTT_ERR_PROTOCOL
-        if end + length > len(packet):
-            return paho.MQTT_ERR_PROTOCOL
-        self.packets += 1
-        self._handler(bytes(topic), bytes(packet[end + length :]), mid, qos, bool(header & 0x01))
+            data = sock.recv(_READ_SIZE)
+        except BlockingIOError:
+            return paho.MQTT_ERR_SUCCESS
+        except OSError as exc:
+            log.info("MQTT link: receiving failed: %s", exc)
+            data = b""
+        if not data:
+            return client._loop_rc_handle(paho.MQTT_ERR_CONN_LOST)
+        client._last_bytes_received = paho.time_func()  # the keepalive's clock, as paho's
+        try:
+            packets = self._splitter.feed(data)
+        except ProtocolError as exc:
+            log.warning("MQTT link: the broker sent a malformed packet: %s", exc)
+            return client._loop_rc_handle(paho.MQTT_ERR_PROTOCOL)
+        publishes: list[Packet] = []
+        for packet in packets:
+            if packet[1] is not None:
+                publishes.append(packet)
+                continue
+            if publishes:
+                self._deliver(publishes)
+                publishes = []
+            rc = self._paho_packet(packet[0], packet[2])
+            if rc != paho.MQTT_ERR_SUCCESS:
+                return client._loop_rc_handle(rc)
+            if client._sock is None:
+                return paho.MQTT_ERR_NO_CONN
+        if publishes:
+            self._deliver(publishes)
         return paho.MQTT_ERR_SUCCESS
+
+    def _deliver(self, publishes: list[Packet]) -> None:
+        self.packets += len(publishes)
+        self._handler(publishes)
+
+    def _paho_packet(self, first: int, body: bytes) -> paho.MQTTErrorCode:
+        """Let paho handle one packet as though its own read had completed it."""
+        client = self._paho
+        client._in_packet = {
+            "command": first,
+            "have_remaining": 1,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": len(body),
+            "packet": bytearray(body),
+            "to_process": 0,
+            "pos": 0,
+        }
+        try:
+            rc: paho.MQTTErrorCode = client._packet_handle()
+        except MalformedPacket as exc:
+            log.warning("MQTT link: the broker sent a malformed packet: %s", exc)
+            rc = paho.MQTT_ERR_PROTOCOL
+        client._in_packet = {
+            "command": 0,
+            "have_remaining": 0,
+            "remaining_count": [],
+            "remaining_mult": 1,
+            "remaining_length": 0,
+            "packet": bytearray(),
+            "to_process": 0,
+            "pos": 0,
+        }
+        return rc
 
 
 class MqttDeviceLink(DeviceLink):
@@ -513,6 +634,9 @@ class MqttDeviceLink(DeviceLink):
         """The connection those ids came on."""
         self._ack_scheduled = False
         self._fast: _FastReceive | None = None
+        self._routes: dict[bytes, Any] = {}
+        """Telemetry topic → ``(tenant, chassis, msgType)`` (or :data:`_OTHER_PARTITION`),
+        checked once (:meth:`_receive`), so the next message on it is decoded at once."""
         self._receiving: aiomqtt.Client | None = None
         """The connection being read (set before subscribing: retained messages come at once)."""
         self._listeners: set[_Listener] = set()
@@ -581,10 +705,7 @@ class MqttDeviceLink(DeviceLink):
         # aiomqtt has no manual-ack API yet (empicano/aiomqtt#345); paho under it has.
         client._client.manual_ack_set(True)
         self._fast = _FastReceive(
-            client._client,
-            lambda topic, payload, mid, qos, retain: self._receive(
-                client, topic, payload, mid, qos, retain
-            ),
+            client._client, lambda packets: self._receive_many(client, packets)
         )
         return client
 
@@ -622,13 +743,16 @@ class MqttDeviceLink(DeviceLink):
                     delays = backoff(BACKOFF_MIN, LINK_BACKOFF_MAX, jitter=0.2)
                     # PUBLISHes go through _FastReceive; only QoS 2 would come this way
                     async for message in client.messages:
-                        self._receive(
+                        self._receive_many(
                             client,
-                            message.topic.value.encode(),
-                            message.payload if isinstance(message.payload, bytes) else b"",
-                            message.mid,
-                            message.qos,
-                            message.retain,
+                            [
+                                (
+                                    0x30 | message.qos << 1 | message.retain,
+                                    message.topic.value.encode(),
+                                    message.payload if isinstance(message.payload, bytes) else b"",
+                                    message.mid,
+                                )
+                            ],
                         )
             except MqttConnectError as exc:
                 self._last_error = str(exc)
@@ -652,36 +776,81 @@ class MqttDeviceLink(DeviceLink):
             )
             await asyncio.sleep(next(delays))
 
+    def _receive_many(self, client: aiomqtt.Client, packets: list[Packet]) -> None:
+        """The PUBLISHes of one socket read, from paho's read callback: telemetry for the
+        inbox (one append and one wake-up per read), presence, method answers.  Never
+        raises (that would end the connection)."""
+        routes = self._routes
+        items: list[Delivery | Rejection] = []
+        rejected = 0
+        for first, raw, payload, mid in packets:
+            route = routes.get(raw) if not first & 0x01 else None  # type: ignore[arg-type]
+            if route is None:  # not a telemetry topic seen before, or retained
+                item = self._receive(client, raw or b"", payload, mid, first)
+                if item is None:
+                    continue
+            elif route is _OTHER_PARTITION:
+                self.partitioned_out += 1
+                self._queue_ack(client, mid, (first >> 1) & 3)
+                continue
+            else:
+                tenant, chassis, msg_type = route
+                ack = _Ack(self, client, mid, (first >> 1) & 3)
+                try:
+                    item = Delivery(decode(tenant, chassis, msg_type, payload), ack)
+                except DecodeError as exc:
+                    item = Rejection(tenant, chassis, str(exc), ack)
+                except Exception:  # a bug here must not stop the link nor hold the message
+                    log.exception("decoding MQTT telemetry of %s/%s failed", tenant, chassis)
+                    self._queue_ack(client, mid, (first >> 1) & 3)
+                    continue
+            if item.__class__ is Rejection:
+                rejected += 1
+            items.append(item)
+        if items:
+            self.counters["messages"] += len(items)
+            self.counters["rejected"] += rejected
+            self._inbox.extend(items)
+            self._inbox_ready.set()
+
     def _receive(
-        self, client: aiomqtt.Client, raw: bytes, payload: bytes, mid: int, qos: int, retain: bool
-    ) -> None:
-        """One PUBLISH, from paho's read callback: presence, a method answer, or telemetry
-        for the inbox.  Never raises (that would end the connection)."""
+        self, client: aiomqtt.Client, raw: bytes, payload: bytes, mid: int, first: int
+    ) -> Delivery | Rejection | None:
+        """One PUBLISH whose topic is not a known telemetry topic (or that is retained):
+        presence, a method answer, or telemetry (then its topic is remembered)."""
+        qos, retain = (first >> 1) & 3, bool(first & 0x01)
         ack = _Ack(self, client, mid, qos)
         topic = raw.decode("utf-8", "replace")
         try:
             if topic.count("/") == 3 and topic.endswith("/status"):
                 self._presence(topic, payload, retain)
                 self._queue_ack(client, mid, qos)
-                return
+                return None
             if "/methods/" in topic:
                 self._method_response(topic, payload)
                 self._queue_ack(client, mid, qos)
-                return
+                return None
             if self._other_partition(topic):
                 self.partitioned_out += 1
+                self._remember(raw, _OTHER_PARTITION)
                 self._queue_ack(client, mid, qos)
-                return
+                return None
             item = self._telemetry(topic, payload, ack, retained=retain)
         except Exception:  # a bug here must not stop the link; do not hold the message forever
             log.exception("handling MQTT message on %r failed", topic[:200])
             self._queue_ack(client, mid, qos)
-            return
-        self.counters["messages"] += 1
-        if isinstance(item, Rejection):
-            self.counters["rejected"] += 1
-        self._inbox.append(item)
-        self._inbox_ready.set()
+            return None
+        if isinstance(item, Delivery):
+            message = item.message
+            self._remember(raw, (message.tenant, message.chassis, message.msg_type))
+        return item
+
+    def _remember(self, raw: bytes, route: tuple[str, str, str] | object) -> None:
+        """Remember what a topic is, for the next message on it (bounded: at most
+        :data:`_ROUTES_MAX` topics, forgotten all at once beyond)."""
+        if len(self._routes) >= _ROUTES_MAX:
+            self._routes.clear()
+        self._routes[raw] = route
 
     def _queue_ack(self, client: aiomqtt.Client, mid: int, qos: int = 1) -> None:
         """PUBACK ``mid`` at the end of this event-loop turn, with the others of the turn."""
