@@ -1,6 +1,7 @@
 """The ingest role's per-record costs outside decoding: this checkout against another tree.
 
     python bench/bench_storecost.py --base /work/main/src [--records 40000] [--rounds 2]
+        [--phase codec|clickhouse|kafka|ingest|ranges ...]
 
 One run starts ClickHouse (Debian's server), a Tansu broker (Kafka) and PostgreSQL
 the way the tests do (``tests/servers``: free loopback ports, temporary
@@ -19,6 +20,12 @@ under test first on ``sys.path``, the process CPU (all threads) per record of:
   (ingest's appender), and ``kafka consume``: one consumer of a new group reading them
   all back; ``kafka append (10)``: batches of 10 records, to show the fixed cost per
   append (CPU and wall time per call);
+* ``ingest (ClickHouse + Kafka)``: the real :class:`~livedata.pipeline.ingest.Ingest` with
+  its default batching (ClickHouse's 500 ms, the log's ``batch_ms``) between a list of
+  deliveries and ClickHouse + Kafka: ``client_raw_data`` messages of 500 machines (15
+  values each, like a decoded CAN batch) at ``--rate`` (10,000) records/s in 5 ms ticks
+  for ``--seconds`` (5); process CPU per record until all is stored and in the log (no
+  MQTT, no CAN decoding: what the store, the log and ingest's own work cost);
 * ``decode ranges``: :meth:`FrameKeeper.write_ranges` for 5,000 machines whose ranges
   all moved (what ingest does every 10 s in a fleet of 5,000), on PostgreSQL metadata,
   per machine; its cost per record is this divided by the records of 10 s.
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -67,7 +75,86 @@ def _cpu() -> float:
     return time.process_time()
 
 
-async def _worker(urls: dict[str, str], count: int, phases: list[str]) -> dict[str, Any]:
+async def _ingest_phase(urls: dict[str, str], rate: int, seconds: float) -> dict[str, Any]:
+    """The real Ingest between a list of deliveries and ClickHouse + Kafka: ``client_raw_data``
+    messages of 500 machines (15 values each, as a decoded CAN batch) at ``rate``/s in 5 ms
+    ticks; process CPU per record (ingest, its writer, the ClickHouse threads, aiokafka)
+    until everything is stored and in the log."""
+    from livedata.bus.kafka import KafkaLog
+    from livedata.catalog import Catalog
+    from livedata.devices.base import Delivery
+    from livedata.metadata import Metadata
+    from livedata.model import DeviceMessage, MsgType
+    from livedata.pipeline.ingest import Ingest
+    from livedata.store.clickhouse import ClickHouseStore
+
+    machines = 500
+    with tempfile.TemporaryDirectory(prefix="bench-storecost-meta-") as tmp:
+        meta = Metadata(f"sqlite:///{tmp}/meta.db")
+        await meta.start()
+        await meta.ensure_org("demo", "Demo")
+        for n in range(machines):
+            await meta.upsert_machine("demo", f"m{n}", f"Machine {n}", "WL")
+        store = ClickHouseStore(urls["clickhouse"] + "ingest" + uuid.uuid4().hex[:8])
+        log = KafkaLog(f"{urls['kafka']}/ingest{uuid.uuid4().hex[:8]}?partitions=8&replication=1")
+        await store.start()
+        await log.start()
+        ingest = Ingest(store, log, Catalog(meta))
+        task = asyncio.create_task(ingest.run())
+        values = {f"sig_{n}": float(n) * 1.25 + 0.1 for n in range(12)}
+        values |= {f"cnt_{n}": n * 1000 + 7 for n in range(3)}
+        per_tick = max(1, rate // 200)
+        ticks = int(seconds * 200)
+        loop = asyncio.get_running_loop()
+        ts = int(time.time() * 1000)
+        sent = 0
+
+        async def tick(n: int) -> None:
+            nonlocal sent
+            batch = [
+                Delivery(
+                    DeviceMessage(
+                        "demo",
+                        f"m{(sent + i) % machines}",
+                        MsgType.CLIENT_RAW_DATA,
+                        ts + (sent + i) // machines,
+                        values=dict(values),
+                    )
+                )
+                for i in range(per_tick)
+            ]
+            sent += per_tick
+            await ingest.handle_many(batch)
+
+        await tick(0)
+        while ingest.depth() or ingest.unlogged:
+            await asyncio.sleep(0.01)
+        cpu, wall = _cpu(), time.perf_counter()
+        start = sent
+        next_at = loop.time()
+        for n in range(ticks):
+            await tick(n)
+            next_at += 0.005
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+        while ingest.depth() or ingest.oldest_unstored() is not None or ingest.unlogged:
+            await asyncio.sleep(0.005)
+        records = sent - start
+        result = {
+            "ingest (ClickHouse + Kafka) per record": (_cpu() - cpu) / records,
+            f"ingest records/s (offered {rate})": records / (time.perf_counter() - wall),
+        }
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await log.close()
+        await store.close()
+        await meta.close()
+    return result
+
+
+async def _worker(
+    urls: dict[str, str], count: int, phases: list[str], rate: int, seconds: float
+) -> dict[str, Any]:
     from livedata.model import decode_records, encode_records
 
     records = _records(count)
@@ -82,7 +169,7 @@ async def _worker(urls: dict[str, str], count: int, phases: list[str]) -> dict[s
         for data in encoded:
             decode_records(data)
         out["envelope decode"] = (_cpu() - cpu) / count
-        out["envelope bytes"] = sum(map(len, encoded)) / count * 1e-6  # shown as µs: bytes
+        out["envelope bytes/record"] = sum(map(len, encoded)) / count * 1e-6  # shown "µs"
 
     if "clickhouse" in phases:
         from livedata.store.clickhouse import ClickHouseStore
@@ -124,6 +211,9 @@ async def _worker(urls: dict[str, str], count: int, phases: list[str]) -> dict[s
         out["kafka consume"] = (_cpu() - cpu) / seen
         await log.close()
 
+    if "ingest" in phases:
+        out.update(await _ingest_phase(urls, rate, seconds))
+
     if "ranges" in phases:
         from livedata.metadata import Metadata
         from livedata.model import Kind
@@ -150,11 +240,12 @@ async def _worker(urls: dict[str, str], count: int, phases: list[str]) -> dict[s
     return out
 
 
-def run_worker(src: Path, urls: dict[str, str], count: int, phases: list[str]) -> dict[str, Any]:
+def run_worker(src: Path, urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
     done = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(urls), f"--records={count}"]
-        + [f"--phase={p}" for p in phases],
+        [sys.executable, __file__, "--worker", json.dumps(urls)]
+        + [f"--{k}={getattr(args, k)}" for k in ("records", "rate", "seconds")]
+        + [f"--phase={p}" for p in args.phase or PHASES],
         env=env,
         check=True,
         capture_output=True,
@@ -164,7 +255,7 @@ def run_worker(src: Path, urls: dict[str, str], count: int, phases: list[str]) -
     return result
 
 
-PHASES = ["codec", "clickhouse", "kafka", "ranges"]
+PHASES = ["codec", "clickhouse", "kafka", "ingest", "ranges"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -172,12 +263,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", type=Path, help="src directory of the code before")
     parser.add_argument("--records", type=int, default=40_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rate", type=int, default=10_000, help="ingest phase: records/s")
+    parser.add_argument("--seconds", type=float, default=5.0, help="ingest phase: seconds")
     parser.add_argument("--phase", action="append", choices=PHASES, help="only these (repeat)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     phases = args.phase or PHASES
     if args.worker:
-        print(json.dumps(asyncio.run(_worker(json.loads(args.worker), args.records, phases))))
+        urls = json.loads(args.worker)
+        result = _worker(urls, args.records, phases, args.rate, args.seconds)
+        print(json.dumps(asyncio.run(result)))
         return
 
     sys.path.insert(0, str(ROOT))
@@ -196,11 +291,11 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
     with tempfile.TemporaryDirectory(prefix="bench-storecost-") as tmp, ExitStack() as stack:
         urls: dict[str, str] = {}
-        if "clickhouse" in phases:
+        if "clickhouse" in phases or "ingest" in phases:
             ch = start_clickhouse(Path(tmp) / "clickhouse")
             stack.callback(ch.stop)
             urls["clickhouse"] = ch.url("")
-        if "kafka" in phases:
+        if "kafka" in phases or "ingest" in phases:
             kafka = start_kafka(Path(tmp))
             stack.callback(kafka.stop)
             urls["kafka"] = kafka.url
@@ -210,25 +305,27 @@ def main(argv: list[str] | None = None) -> None:
             urls["metadata"] = pg.url()
         for round_ in range(args.rounds):
             for name, src in trees:
-                results[name].append(run_worker(src, urls, args.records, phases))
+                results[name].append(run_worker(src, urls, args))
                 print(
                     f"  round {round_ + 1} {name} done (load {os.getloadavg()[0]:.1f})", flush=True
                 )
     print()
     names = list(results["this"][0])
-    print("| what | " + " | ".join(name for name, _ in trees) + " | base/this |")
+    print(
+        "| what | " + " | ".join(name for name, _ in trees) + " | base/this (CPU), this/base (/s) |"
+    )
     print("| --- |" + " --- |" * (len(trees) + 1))
     for what in names:
         cells = []
+        rate = "/s" in what  # higher is better, not scaled
+        scale, unit = (1.0, "") if rate else (1e6, " µs")
         for name, _ in trees:
-            figures = [r[what] * 1e6 for r in results[name] if what in r]
-            cells.append(
-                f"{min(figures):.1f}–{max(figures):.1f} µs" if figures else "-"
-            )
+            figures = [r[what] * scale for r in results[name] if what in r]
+            cells.append(f"{min(figures):,.1f}–{max(figures):,.1f}{unit}" if figures else "-")
         ratio = ""
         if args.base:
             ratios = [
-                b[what] / t[what]
+                (t[what] / b[what] if rate else b[what] / t[what])
                 for b, t in zip(results["base"], results["this"], strict=True)
                 if what in b and t[what]
             ]

@@ -126,14 +126,14 @@ from livedata.decode.can import BusState
 from livedata.decode.values import decode_values
 from livedata.devices.base import Ack, Delivery, DeviceLink, Rejection
 from livedata.errors import BackendError, BusError, DecodeError, StoreError
-from livedata.model import DeviceMessage, Kind, MsgType, Record, Value
+from livedata.model import DeviceMessage, Kind, MsgType, Record
 from livedata.pipeline.dtcs import DtcService
 from livedata.pipeline.limits import TimestampPolicy
 from livedata.pipeline.rawframes import FrameKeeper
 from livedata.pipeline.spill import Chunk, SpillJournal
 from livedata.ratelog import Throttled
 from livedata.retry import backoff
-from livedata.store.base import INT64_MAX, INT64_MIN, Store, storable_values
+from livedata.store.base import Store, normalised
 
 log = logging.getLogger("livedata.ingest")
 
@@ -177,25 +177,6 @@ class Refused:
 
 Outcome = Record | Refused
 """What became of one message handed to :meth:`Ingest.handle_many`."""
-
-
-def normalised(values: dict[str, Any]) -> dict[str, Value]:
-    """``values`` as the stores keep them (:func:`~livedata.store.base.storable_values`):
-    the same dict when it is already so (the usual case: one pass of type checks), else a
-    cleaned copy."""
-    for value in values.values():
-        kind = type(value)
-        if kind is float:
-            if value != value:
-                break
-        elif kind is int:
-            if not INT64_MIN <= value <= INT64_MAX:
-                break
-        elif kind is not str:
-            break
-    else:
-        return values
-    return storable_values(values)
 
 
 class Ingest:

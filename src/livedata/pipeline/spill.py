@@ -59,7 +59,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-
 from livedata import observe
 from livedata.errors import BackendError
 from livedata.model import Record, decode_records, encode_records
