@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -27,6 +27,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     bindparam,
     delete,
     select,
@@ -160,7 +161,7 @@ async def extend_ranges(meta: Metadata, spans: Sequence[tuple[int, int, int]]) -
         await s.execute(_EXTEND, [{"row": r, "lo": lo, "hi": hi} for r, lo, hi in spans])
 
 
-_TABLE = DecodeRangeRow.__table__
+_TABLE = cast(Table, DecodeRangeRow.__table__)
 _EXTEND = (
     update(_TABLE)
     .where(_TABLE.c.id == bindparam("row"))
