@@ -1,7 +1,7 @@
 """The ingest role's per-record costs outside decoding: this checkout against another tree.
 
     python bench/bench_storecost.py --base /work/main/src [--records 40000] [--rounds 2]
-        [--phase codec|clickhouse|kafka|ingest|ranges ...]
+        [--phase codec|clickhouse|kafka|ingest|ranges ...] [--no-linger]
 
 One run starts ClickHouse (Debian's server), a Tansu broker (Kafka) and PostgreSQL
 the way the tests do (``tests/servers``: free loopback ports, temporary
@@ -26,6 +26,7 @@ under test first on ``sys.path``, the process CPU (all threads) per record of:
   values each, like a decoded CAN batch) at ``--rate`` (10,000) records/s in 5 ms ticks
   for ``--seconds`` (5); process CPU per record until all is stored and in the log (no
   MQTT, no CAN decoding: what the store, the log and ingest's own work cost);
+  ``--no-linger`` also runs this tree with the Kafka URL's ``linger_ms=0``;
 * ``decode ranges``: :meth:`FrameKeeper.write_ranges` for 5,000 machines whose ranges
   all moved (what ingest does every 10 s in a fleet of 5,000), on PostgreSQL metadata,
   per machine; its cost per record is this divided by the records of 10 s.
@@ -96,7 +97,8 @@ async def _ingest_phase(urls: dict[str, str], rate: int, seconds: float) -> dict
         for n in range(machines):
             await meta.upsert_machine("demo", f"m{n}", f"Machine {n}", "WL")
         store = ClickHouseStore(urls["clickhouse"] + "ingest" + uuid.uuid4().hex[:8])
-        log = KafkaLog(f"{urls['kafka']}/ingest{uuid.uuid4().hex[:8]}?partitions=8&replication=1")
+        topic = f"ingest{uuid.uuid4().hex[:8]}"
+        log = KafkaLog(f"{urls['kafka']}/{topic}?partitions=8&replication=1{urls.get('query', '')}")
         await store.start()
         await log.start()
         ingest = Ingest(store, log, Catalog(meta))
@@ -240,7 +242,10 @@ async def _worker(
     return out
 
 
-def run_worker(src: Path, urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
+def run_worker(
+    src: Path, urls: dict[str, str], args: argparse.Namespace, query: str = ""
+) -> dict[str, Any]:
+    urls = {**urls, "query": query}
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
     done = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(urls)]
@@ -263,6 +268,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", type=Path, help="src directory of the code before")
     parser.add_argument("--records", type=int, default=40_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--no-linger",
+        action="store_true",
+        help="also run this tree with the Kafka URL's linger_ms=0 (ingest phase)",
+    )
     parser.add_argument("--rate", type=int, default=10_000, help="ingest phase: records/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="ingest phase: seconds")
     parser.add_argument("--phase", action="append", choices=PHASES, help="only these (repeat)")
@@ -280,15 +290,17 @@ def main(argv: list[str] | None = None) -> None:
     from tests.servers.kafka import start_kafka
     from tests.servers.postgres import start_postgres
 
-    trees = [("this", ROOT / "src")]
+    trees = [("this", ROOT / "src", "")]
+    if args.no_linger:
+        trees.append(("this, linger_ms=0", ROOT / "src", "&linger_ms=0"))
     if args.base:
-        trees.insert(0, ("base", args.base.resolve()))
+        trees.insert(0, ("base", args.base.resolve(), ""))
     print(
         f"bench_storecost: {args.records} records, phases {' '.join(phases)}; "
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in trees}
     with tempfile.TemporaryDirectory(prefix="bench-storecost-") as tmp, ExitStack() as stack:
         urls: dict[str, str] = {}
         if "clickhouse" in phases or "ingest" in phases:
@@ -304,22 +316,24 @@ def main(argv: list[str] | None = None) -> None:
             stack.callback(pg.stop, remove=True)
             urls["metadata"] = pg.url()
         for round_ in range(args.rounds):
-            for name, src in trees:
-                results[name].append(run_worker(src, urls, args))
+            for name, src, query in trees:
+                results[name].append(run_worker(src, urls, args, query))
                 print(
                     f"  round {round_ + 1} {name} done (load {os.getloadavg()[0]:.1f})", flush=True
                 )
     print()
     names = list(results["this"][0])
     print(
-        "| what | " + " | ".join(name for name, _ in trees) + " | base/this (CPU), this/base (/s) |"
+        "| what | "
+        + " | ".join(name for name, _, _ in trees)
+        + " | base/this (CPU), this/base (/s) |"
     )
     print("| --- |" + " --- |" * (len(trees) + 1))
     for what in names:
         cells = []
         rate = "/s" in what  # higher is better, not scaled
         scale, unit = (1.0, "") if rate else (1e6, " µs")
-        for name, _ in trees:
+        for name, _, _ in trees:
             figures = [r[what] * scale for r in results[name] if what in r]
             cells.append(f"{min(figures):,.1f}–{max(figures):,.1f}{unit}" if figures else "-")
         ratio = ""
