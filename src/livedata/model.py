@@ -157,10 +157,13 @@ def decode_records(data: bytes | str) -> list[Record]:
     if type(obj) is not list:
         raise TypeError("not a record envelope or a list of them")
     if obj and type(obj[0]) is list:
-        return [
+        records = [
             Record(tenant, chassis, msg_type, ts, _KINDS[kind], values)
             for tenant, chassis, msg_type, ts, kind, values in obj
         ]
+        if any(type(record.values) is not dict for record in records):
+            raise TypeError("values is not an object")
+        return records
     return [from_envelope(item) for item in obj]
 
 

@@ -297,8 +297,8 @@ class KafkaLog(Log):
         self, records: Sequence[Record], partitions: list[int]
     ) -> Iterator[tuple[int, bytes, bytes]]:
         """``(partition, key, value)`` of the batch messages for ``records``, in order per
-        partition: each partition's records encoded in one call, halved until a message
-        holds at most :data:`MESSAGE_BYTES` (a single larger record goes alone)."""
+        partition: each partition's records encoded in one call, cut only when larger than
+        :data:`MESSAGE_BYTES` (:func:`bounded_values`)."""
         if len(partitions) != self._partition_count:
             self._partition_of.clear()  # the topic grew: keys map anew, as the producer's
             self._partition_count = len(partitions)
