@@ -23,7 +23,8 @@ under test first on ``sys.path``, the process CPU (all threads) per record of:
 * ``ingest (ClickHouse + Kafka)``: the real :class:`~livedata.pipeline.ingest.Ingest` with
   its default batching (ClickHouse's 500 ms, the log's ``batch_ms``) between a list of
   deliveries and ClickHouse + Kafka: ``client_raw_data`` messages of 500 machines (15
-  values each, like a decoded CAN batch) at ``--rate`` (10,000) records/s in 5 ms ticks
+  values each, like a decoded CAN batch) at ``--rate`` (10,000) records/s in ``--tick-ms``
+  (2) ticks
   for ``--seconds`` (5); process CPU per record until all is stored and in the log (no
   MQTT, no CAN decoding: what the store, the log and ingest's own work cost);
   ``--no-linger`` also runs this tree with the Kafka URL's ``linger_ms=0``;
@@ -76,9 +77,11 @@ def _cpu() -> float:
     return time.process_time()
 
 
-async def _ingest_phase(urls: dict[str, str], rate: int, seconds: float) -> dict[str, Any]:
+async def _ingest_phase(
+    urls: dict[str, str], rate: int, seconds: float, tick_s: float
+) -> dict[str, Any]:
     """The real Ingest between a list of deliveries and ClickHouse + Kafka: ``client_raw_data``
-    messages of 500 machines (15 values each, as a decoded CAN batch) at ``rate``/s in 5 ms
+    messages of 500 machines (15 values each, as a decoded CAN batch) at ``rate``/s in ``tick_s``
     ticks; process CPU per record (ingest, its writer, the ClickHouse threads, aiokafka)
     until everything is stored and in the log."""
     from livedata.bus.kafka import KafkaLog
@@ -105,8 +108,8 @@ async def _ingest_phase(urls: dict[str, str], rate: int, seconds: float) -> dict
         task = asyncio.create_task(ingest.run())
         values = {f"sig_{n}": float(n) * 1.25 + 0.1 for n in range(12)}
         values |= {f"cnt_{n}": n * 1000 + 7 for n in range(3)}
-        per_tick = max(1, rate // 200)
-        ticks = int(seconds * 200)
+        per_tick = max(1, round(rate * tick_s))
+        ticks = int(seconds / tick_s)
         loop = asyncio.get_running_loop()
         ts = int(time.time() * 1000)
         sent = 0
@@ -137,7 +140,7 @@ async def _ingest_phase(urls: dict[str, str], rate: int, seconds: float) -> dict
         next_at = loop.time()
         for n in range(ticks):
             await tick(n)
-            next_at += 0.005
+            next_at += tick_s
             await asyncio.sleep(max(0.0, next_at - loop.time()))
         while ingest.depth() or ingest.oldest_unstored() is not None or ingest.unlogged:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
@@ -156,7 +159,7 @@ async def _ingest_phase(urls: dict[str, str], rate: int, seconds: float) -> dict
 
 
 async def _worker(
-    urls: dict[str, str], count: int, phases: list[str], rate: int, seconds: float
+    urls: dict[str, str], count: int, phases: list[str], rate: int, seconds: float, tick: float
 ) -> dict[str, Any]:
     from livedata.model import decode_records, encode_records
 
@@ -215,7 +218,7 @@ async def _worker(
         await log.close()
 
     if "ingest" in phases:
-        out.update(await _ingest_phase(urls, rate, seconds))
+        out.update(await _ingest_phase(urls, rate, seconds, tick))
 
     if "ranges" in phases:
         from livedata.metadata import Metadata
@@ -250,13 +253,17 @@ def run_worker(
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
     done = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(urls)]
-        + [f"--{k}={getattr(args, k)}" for k in ("records", "rate", "seconds")]
+        + [
+            f"--{k.replace('_', '-')}={getattr(args, k)}"
+            for k in ("records", "rate", "seconds", "tick_ms")
+        ]
         + [f"--phase={p}" for p in args.phase or PHASES],
         env=env,
-        check=True,
         capture_output=True,
         text=True,
     )
+    if done.returncode:
+        raise SystemExit(f"worker of {src} failed:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
@@ -276,13 +283,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--rate", type=int, default=10_000, help="ingest phase: records/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="ingest phase: seconds")
+    parser.add_argument(
+        "--tick-ms", type=float, default=2.0, help="ingest phase: messages handed in every … ms"
+    )
     parser.add_argument("--phase", action="append", choices=PHASES, help="only these (repeat)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     phases = args.phase or PHASES
     if args.worker:
         urls = json.loads(args.worker)
-        result = _worker(urls, args.records, phases, args.rate, args.seconds)
+        result = _worker(urls, args.records, phases, args.rate, args.seconds, args.tick_ms / 1000)
         print(json.dumps(asyncio.run(result)))
         return
 
