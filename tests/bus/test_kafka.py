@@ -9,9 +9,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from livedata.bus import Log, open_log
-from livedata.bus.kafka import KafkaLog
+from livedata.bus.kafka import LINGER_MS, MESSAGE_BYTES, KafkaLog, bounded_values
 from livedata.errors import BusError, ConfigError
-from livedata.model import Record
+from livedata.model import Kind, Record, decode_records
 from tests.bus.contract import Consumer, LogContract, eventually, keys, rec, unique_id
 from tests.servers import free_port
 from tests.servers.kafka import KafkaServer
@@ -77,13 +77,34 @@ async def started(opened: list[KafkaLog], url: str) -> KafkaLog:
 
 
 def test_kafka_url_is_parsed() -> None:
-    """A ``kafka://`` URL opens KafkaLog with its brokers, topic and partitions; bad ones fail."""
+    """A ``kafka://`` URL opens KafkaLog with its brokers, topic, partitions and linger; bad ones fail."""
     log = open_log("kafka://h1:9092,h2:9093/telemetry?partitions=12")
     assert isinstance(log, KafkaLog)
     assert (log.bootstrap, log.topic, log.partitions) == ("h1:9092,h2:9093", "telemetry", 12)
-    for bad in ("kafka://h1:9092", "kafka://h1:9092/a/b", "kafka://h:1/t?partitions=x"):
+    assert log.batch_ms == LINGER_MS
+    assert KafkaLog("kafka://h:1/t?linger_ms=0").batch_ms == 0
+    for bad in (
+        "kafka://h1:9092",
+        "kafka://h1:9092/a/b",
+        "kafka://h:1/t?partitions=x",
+        "kafka://h:1/t?linger_ms=-1",
+    ):
         with pytest.raises(ConfigError):
             open_log(bad)
+
+
+def test_large_batches_are_cut_into_bounded_messages() -> None:
+    """A batch over MESSAGE_BYTES becomes several values within it that decode to its records
+    in order; a single record over it goes alone."""
+    records = [
+        Record("t", "m", "can", n, Kind.REALTIME, {f"s{i}": n * 0.1 + i for i in range(200)})
+        for n in range(200)
+    ]
+    values = list(bounded_values(records))
+    assert len(values) > 1 and all(len(v) <= MESSAGE_BYTES for v in values)
+    assert [r for v in values for r in decode_records(v)] == records
+    huge = Record("t", "m", "can", 1, Kind.REALTIME, {"text": "x" * MESSAGE_BYTES})
+    assert [decode_records(v) for v in bounded_values([huge])] == [[huge]]
 
 
 async def test_start_fails_with_bus_error_when_kafka_is_unreachable() -> None:

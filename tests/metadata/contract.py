@@ -122,15 +122,17 @@ class MetadataContract(abc.ABC):
 
     async def test_decode_ranges_timeline_and_retention(self, meta: Metadata) -> None:
         """Rows of a machine paint its timeline (later rows over earlier, same DBC merged),
-        ends can move, other machines apart; retention drops rows that ended before it."""
+        ends can move (several rows in one call), other machines apart; retention drops rows
+        that ended before it."""
         org = unique_org()
         await meta.ensure_org(org, "Org")
         v1 = await meta.add_dbc(org, "m.dbc", "content-1")
         v2 = await meta.add_dbc(org, "m.dbc", "content-2")
         first = await add_range(meta, org, "A", v1.id, "m.dbc", 1_000, 5_000, "ingest")
         await add_range(meta, org, "A", v2.id, "m.dbc", 2_000, 3_000, "redecode")
-        await add_range(meta, org, "B", v1.id, "m.dbc", 0, 10, "ingest")
-        await extend_ranges(meta, [(first, 1_000, 9_000)])
+        other = await add_range(meta, org, "B", v1.id, "m.dbc", 0, 5, "ingest")
+        await extend_ranges(meta, [(first, 1_000, 9_000), (other, 0, 10)])
+        assert [r.to_ms for r in await machine_ranges(meta, org, "B")] == [10]
         timeline = [r.to_dict() for r in await machine_ranges(meta, org, "A")]
         assert [(r["from"], r["to"], r["dbcId"], r["source"]) for r in timeline] == [
             (1_000, 1_999, v1.id, "ingest"),

@@ -148,6 +148,22 @@ async def test_a_full_ack_window_ends_the_batch_wait(parts) -> None:
     assert acked == [0, 1, 2] and ingest.written == 3
 
 
+async def test_a_full_batch_ends_the_log_linger(parts) -> None:
+    """With a log that lets records gather for an hour, batch_max waiting records are
+    appended at once, together."""
+    ingest, _, log = parts
+    log.batch_ms = 3_600_000.0
+    ingest.batch_max = 10
+    messages = [
+        DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0 + n, values={"n": n})
+        for n in range(10)
+    ]
+    await ingest.handle_many([Delivery(m) for m in messages[:4]])
+    await ingest.handle_many([Delivery(m) for m in messages[4:]])
+    logged = await first_batch(log)
+    assert [r.values["n"] for r in logged] == list(range(10))
+
+
 def test_batch_bounds_default_to_the_stores_own(tmp_path: Path) -> None:
     """Without settings, ingest batches as the store prefers: ClickHouse long, SQLite short."""
     assert (ClickHouseStore.batch_ms, ClickHouseStore.batch_max) == (500.0, 10_000)

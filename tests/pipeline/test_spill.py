@@ -79,10 +79,13 @@ async def test_values_normalised_at_ingest_survive_exactly(journal: SpillJournal
 
 
 def test_rows_of_a_journal_written_before_the_envelope_are_read() -> None:
-    """A row in the former shape (arrays of fields) decodes to the same records."""
+    """A row in the former shape (arrays of fields) decodes to the same records; one whose
+    values are not an object is refused."""
     old = b'[["acme","M1","vehicle_can",1750000000000,"realTime",{"rpm":900.5}]]'
     (record,) = decode_row(old)
     assert record == Record("acme", "M1", "vehicle_can", T0, Kind.REALTIME, {"rpm": 900.5})
+    with pytest.raises(TypeError):
+        decode_row(b'[["acme","M1","vehicle_can",1750000000000,"realTime",5]]')
 
 
 async def test_append_waits_while_the_journal_is_full(tmp_path: Path) -> None:

@@ -84,6 +84,11 @@ Handler = Callable[[str, Message], None]
 class Log(abc.ABC):
     """The durable hand-off between ingest and distribute."""
 
+    batch_ms: float = 0.0
+    """How long ingest's appender lets records gather before an :meth:`append` (unless its
+    ``batch_max`` already wait): for a log whose append has a fixed cost of its own (a
+    Kafka produce request costs about 0.3 ms of CPU however few records it holds)."""
+
     def __init__(self, url: str) -> None:
         self.url = url
 

@@ -19,9 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, delete, select, update
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Table,
+    bindparam,
+    delete,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from livedata.metadata import Metadata
@@ -138,16 +149,24 @@ async def add_ranges(meta: Metadata, rows: Sequence[tuple[str, str, DecodeRange]
 
 
 async def extend_ranges(meta: Metadata, spans: Sequence[tuple[int, int, int]]) -> None:
-    """Set ``(id, from_ms, to_ms)`` of existing rows, in one transaction."""
+    """Set ``(id, from_ms, to_ms)`` of existing rows: one statement executed for all of them
+    (the driver's ``executemany``), in one transaction.
+
+    An ingest process moves the end of every machine's row every few seconds, so this runs
+    for the whole fleet at once: one ORM statement per row cost 0.4 ms of CPU each on
+    PostgreSQL (``bench/bench_storecost.py``)."""
     if not spans:
         return
     async with meta.session() as s:
-        for row_id, from_ms, to_ms in spans:
-            await s.execute(
-                update(DecodeRangeRow)
-                .where(DecodeRangeRow.id == row_id)
-                .values(from_ms=from_ms, to_ms=to_ms)
-            )
+        await s.execute(_EXTEND, [{"row": r, "lo": lo, "hi": hi} for r, lo, hi in spans])
+
+
+_TABLE = cast(Table, DecodeRangeRow.__table__)
+_EXTEND = (
+    update(_TABLE)
+    .where(_TABLE.c.id == bindparam("row"))
+    .values(from_ms=bindparam("lo"), to_ms=bindparam("hi"))
+)
 
 
 async def machine_ranges(meta: Metadata, org: str, chassis: str) -> list[DecodeRange]:

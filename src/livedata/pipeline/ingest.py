@@ -14,7 +14,9 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
 
 * **the log** (and so the live channels): every record is handed to an in-order
   appender the moment it is queued, so live does not wait for the store; the
-  appender appends what has gathered in one call (a Kafka batch, one memory-log step);
+  appender appends what has gathered in one call (a Kafka batch, one memory-log step),
+  after letting records gather for the log's ``batch_ms`` (Kafka: 10 ms, as a produce
+  request has a fixed cost; others: none) unless ``batch_max`` already wait;
 * **the store**: a writer task takes what has queued, and waits for more until the
   batch has ``batch_max`` records or its oldest record is ``linger`` old -- batches
   bounded by size and by age, one transaction for a second's fleet instead of dozens
@@ -124,14 +126,14 @@ from livedata.decode.can import BusState
 from livedata.decode.values import decode_values
 from livedata.devices.base import Ack, Delivery, DeviceLink, Rejection
 from livedata.errors import BackendError, BusError, DecodeError, StoreError
-from livedata.model import DeviceMessage, Kind, MsgType, Record, Value
+from livedata.model import DeviceMessage, Kind, MsgType, Record
 from livedata.pipeline.dtcs import DtcService
 from livedata.pipeline.limits import TimestampPolicy
 from livedata.pipeline.rawframes import FrameKeeper
 from livedata.pipeline.spill import Chunk, SpillJournal
 from livedata.ratelog import Throttled
 from livedata.retry import backoff
-from livedata.store.base import INT64_MAX, INT64_MIN, Store, storable_values
+from livedata.store.base import Store, normalised
 
 log = logging.getLogger("livedata.ingest")
 
@@ -175,25 +177,6 @@ class Refused:
 
 Outcome = Record | Refused
 """What became of one message handed to :meth:`Ingest.handle_many`."""
-
-
-def normalised(values: dict[str, Any]) -> dict[str, Value]:
-    """``values`` as the stores keep them (:func:`~livedata.store.base.storable_values`):
-    the same dict when it is already so (the usual case: one pass of type checks), else a
-    cleaned copy."""
-    for value in values.values():
-        kind = type(value)
-        if kind is float:
-            if value != value:
-                break
-        elif kind is int:
-            if not INT64_MIN <= value <= INT64_MAX:
-                break
-        elif kind is not str:
-            break
-    else:
-        return values
-    return storable_values(values)
 
 
 class Ingest:
@@ -720,6 +703,24 @@ class Ingest:
         except Exception as exc:  # the link is gone: the broker will redeliver
             log.warning("acknowledgement failed: %s", exc)
 
+    async def _log_linger(self) -> None:
+        """Let records gather for the log's :attr:`~livedata.bus.base.Log.batch_ms` (0 for
+        most logs), unless ``batch_max`` already wait."""
+        linger = self.log.batch_ms / 1000
+        if not linger:
+            return
+        deadline = time.monotonic() + linger
+        while self.unlogged < self.batch_max:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._log_work.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._log_work.wait()
+            except TimeoutError:
+                return
+
     async def _appender(self) -> None:
         """Append queued records to the log in order, what has gathered (up to ``batch_max``)
         in one call, retrying a failed chunk with backoff (0.5 s … 5 s)."""
@@ -730,6 +731,7 @@ class Ingest:
                 while not self._unlogged:
                     self._log_work.clear()
                     await self._log_work.wait()
+                await self._log_linger()
                 chunk = self._unlogged.popleft()
                 while self._unlogged and len(chunk) + len(self._unlogged[0]) <= self.batch_max:
                     chunk = chunk + self._unlogged.popleft()

@@ -59,11 +59,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-
 from livedata import observe
 from livedata.errors import BackendError
-from livedata.model import Kind, Record, encode_records, from_envelope
+from livedata.model import Record, decode_records, encode_records
 
 log = logging.getLogger("livedata.spill")
 
@@ -92,15 +90,9 @@ class Chunk:
 
 
 def decode_row(data: bytes) -> list[Record]:
-    """A row's records: :func:`~livedata.model.encode_records`' envelopes, or the arrays
-    ``[tenant, chassis, msg_type, ts, kind, values]`` a journal written before kept."""
-    items = orjson.loads(data)
-    if items and isinstance(items[0], list):
-        return [
-            Record(tenant, chassis, msg_type, ts, Kind(kind), values)
-            for tenant, chassis, msg_type, ts, kind, values in items
-        ]
-    return [from_envelope(item) for item in items]
+    """A row's records (:func:`~livedata.model.decode_records`: the envelopes, or the arrays
+    ``[tenant, chassis, msg_type, ts, kind, values]`` a journal written before kept)."""
+    return decode_records(data)
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from livedata.model import Record, Value
 from livedata.store.frames import FrameBlob
@@ -392,6 +393,25 @@ def storable(value: object) -> Value | None:
     if isinstance(value, str):
         return str(value)
     return None
+
+
+def normalised(values: dict[str, Any]) -> dict[str, Value]:
+    """``values`` as the stores keep them (:func:`storable_values`): the same dict when it is
+    already so (the usual case, as ingest normalises: one pass of type checks), else a
+    cleaned copy.  Callers must not change the dict they get."""
+    for value in values.values():
+        kind = type(value)
+        if kind is float:
+            if value != value:
+                break
+        elif kind is int:
+            if not INT64_MIN <= value <= INT64_MAX:
+                break
+        elif kind is not str:
+            break
+    else:
+        return values
+    return storable_values(values)
 
 
 def storable_values(values: Mapping[str, Value]) -> dict[str, Value]:

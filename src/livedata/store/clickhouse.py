@@ -152,6 +152,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from itertools import chain, repeat
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -174,8 +175,8 @@ from livedata.store.base import (
     check_replacement,
     extremes,
     kept_field,
+    normalised,
     rollup_plan,
-    storable_values,
 )
 from livedata.store.frames import FrameBlob
 
@@ -352,19 +353,32 @@ def _partition_max_ts(day: int) -> int:
 
 
 NAMES_CACHED = 100_000
-"""Names kept encoded (:func:`_utf8`, :func:`_utf8_fields`) before the caches start anew."""
+"""Names kept encoded (:func:`_utf8`, :func:`_utf8_stream`, :func:`_utf8_fields`) before the
+caches start anew."""
 _UTF8: dict[str, bytes] = {}
+_UTF8_STREAMS: dict[tuple[str, str, str], tuple[bytes, bytes, bytes]] = {}
 _UTF8_FIELDS: dict[tuple[str, ...], list[bytes]] = {}
+_KIND_OF: dict[type, int] = {float: KIND_FLOAT, int: KIND_INT, str: KIND_STR}
 
 
 def _utf8(name: str) -> bytes:
-    """``name`` as UTF-8, encoded once: the same tenants, machines and message types come
-    in every batch."""
+    """``name`` as UTF-8, encoded once: the same tenants and machines come in every batch."""
     encoded = _UTF8.get(name)
     if encoded is None:
         if len(_UTF8) >= NAMES_CACHED:
             _UTF8.clear()
         encoded = _UTF8[name] = name.encode()
+    return encoded
+
+
+def _utf8_stream(stream: tuple[str, str, str]) -> tuple[bytes, bytes, bytes]:
+    """``(tenant, chassis, msg_type)`` as UTF-8, encoded once."""
+    encoded = _UTF8_STREAMS.get(stream)
+    if encoded is None:
+        if len(_UTF8_STREAMS) >= NAMES_CACHED:
+            _UTF8_STREAMS.clear()
+        tenant, chassis, msg_type = stream
+        encoded = _UTF8_STREAMS[stream] = (tenant.encode(), chassis.encode(), msg_type.encode())
     return encoded
 
 
@@ -380,49 +394,52 @@ def _utf8_fields(values: dict[str, Value]) -> list[bytes]:
     return encoded
 
 
+def _runs(items: list[T], counts: list[int]) -> list[T]:
+    """Each item repeated its count of times, in one pass in C."""
+    return list(chain.from_iterable(map(repeat, items, counts)))
+
+
 class _Columns:
     """Column lists for one insert statement (``strings_as_bytes``: names as UTF-8 bytes).
 
-    A record grows each key column by one list extension; the value columns are made by
-    one comprehension each over all values, so a point costs no Python call of its own.
+    A record adds one entry to each per-record list and its fields and values to the
+    per-point ones; :meth:`as_list` repeats the per-record entries by their counts and
+    makes each value column by one comprehension over all values, so a point costs no
+    Python call of its own.
     """
 
-    __slots__ = ("chassis", "field", "msg_type", "tenant", "ts", "values")
+    __slots__ = ("chassis", "counts", "field", "msg_type", "tenant", "ts", "values")
 
     def __init__(self) -> None:
         self.tenant: list[bytes] = []
         self.chassis: list[bytes] = []
         self.msg_type: list[bytes] = []
-        self.field: list[bytes] = []
         self.ts: list[int] = []
+        self.counts: list[int] = []
+        self.field: list[bytes] = []
         self.values: list[Value] = []
 
-    def __len__(self) -> int:
-        return len(self.ts)
-
-    def add(self, key: tuple[str, str, str], ts: int, values: dict[str, Value]) -> None:
-        """A record's values (as :func:`storable_values` leaves them: float, int or str)."""
-        tenant, chassis, msg_type = key
-        n = len(values)
-        self.tenant += [_utf8(tenant)] * n
-        self.chassis += [_utf8(chassis)] * n
-        self.msg_type += [_utf8(msg_type)] * n
-        self.ts += [ts] * n
+    def add(self, stream: tuple[str, str, str], ts: int, values: dict[str, Value]) -> None:
+        """A record's values (as :func:`~livedata.store.base.normalised` leaves them: float,
+        int or str)."""
+        tenant, chassis, msg_type = _utf8_stream(stream)
+        self.tenant.append(tenant)
+        self.chassis.append(chassis)
+        self.msg_type.append(msg_type)
+        self.ts.append(ts)
+        self.counts.append(len(values))
         self.field += _utf8_fields(values)
         self.values += values.values()
 
     def as_list(self, ver: int) -> list[list[Any]]:
-        values = self.values
+        values, counts = self.values, self.counts
         return [
-            self.tenant,
-            self.chassis,
-            self.msg_type,
+            _runs(self.tenant, counts),
+            _runs(self.chassis, counts),
+            _runs(self.msg_type, counts),
             self.field,
-            self.ts,
-            [
-                KIND_FLOAT if type(v) is float else KIND_INT if type(v) is int else KIND_STR
-                for v in values
-            ],
+            _runs(self.ts, counts),
+            list(map(_KIND_OF.__getitem__, map(type, values))),
             [v if type(v) is float else float(v) if type(v) is int else 0.0 for v in values],
             [v if type(v) is int else 0 for v in values],
             [v.encode() if type(v) is str else b"" for v in values],
@@ -563,16 +580,13 @@ class ClickHouseStore(Store):
         merged: dict[tuple[str, str, str, int], dict[str, Value]] = {}
         written = 0
         for record in records:
-            values = storable_values(record.values)
+            values = normalised(record.values)  # the record's own dict: not to be changed
             if not values:
                 continue
             written += len(values)
             key = (record.tenant, record.chassis, record.msg_type, record.ts)
             known = merged.get(key)
-            if known is None:
-                merged[key] = values
-            else:
-                known.update(values)
+            merged[key] = values if known is None else {**known, **values}
         by_chunk: dict[int, _Columns] = {}
         chunk_of_day: dict[int, int] = {}
         for (tenant, chassis, msg_type, ts), values in merged.items():

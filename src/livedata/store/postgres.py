@@ -130,9 +130,9 @@ from livedata.store.base import (
     extremes,
     first_open_minute,
     kept_field,
+    normalised,
     rollup_plan,
     settle_minutes,
-    storable_values,
 )
 from livedata.store.frames import FrameBlob
 
@@ -520,12 +520,17 @@ def _value_of(num: float | None, integer: int | None, text: str | None) -> Value
 
 def _clean(values: dict[str, Value]) -> dict[str, Value]:
     """The storable values, without text holding NUL (PostgreSQL text cannot hold it:
-    one such value must not block a batch)."""
-    return {
-        name: value
-        for name, value in storable_values(values).items()
-        if type(value) is not str or "\x00" not in value
-    }
+    one such value must not block a batch): ``values`` itself when it is so (the usual
+    case), not to be changed."""
+    values = normalised(values)
+    for value in values.values():
+        if type(value) is str and "\x00" in value:
+            return {
+                name: value
+                for name, value in values.items()
+                if type(value) is not str or "\x00" not in value
+            }
+    return values
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -698,10 +703,7 @@ class PostgresStore(Store):
             written += len(values)
             key = (record.tenant, record.chassis, record.msg_type, record.ts)
             known = merged.get(key)
-            if known is None:
-                merged[key] = values
-            else:
-                known.update(values)
+            merged[key] = values if known is None else {**known, **values}
         if not merged:
             return 0
         await self._call("write", partial(self._store, merged, None))
