@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -15,9 +16,12 @@ from websockets.streams import StreamReader
 
 from livedata.bus.base import HISTORY_SECONDS, LiveMessage
 from livedata.bus.memory import MemoryPubSub
+from livedata.bus.redis import RedisPubSub
 from livedata.gateway.fanout import WS_TEXT, Fanout, Head, Outbox
 from livedata.model import Kind, Record
 from livedata.pipeline.distribute import live_message
+from tests.bus.contract import eventually
+from tests.servers.redis import RedisServer, start_redis
 
 
 def message(seq: int, **values: float) -> bytes:
@@ -400,3 +404,48 @@ async def test_a_burst_in_one_loop_turn_is_written_in_two_writes() -> None:
     assert [m["seq"] for m in got(box)] == [1, 2, 3, 4, 5]
     fanout._on_message("ch", LiveMessage(6_000, 6, "e1", {"x": 6.0}))  # a new turn: at once
     assert len(box.sink.writes) == 3  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` on a free loopback port."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+async def test_a_redis_read_is_one_write_per_client(redis_server: RedisServer) -> None:
+    """Messages that came in one read from Redis reach each client in one write, in order; a
+    paused client among them still queues, drops the oldest and counts them."""
+    prefix = f"{uuid.uuid4().hex}/"
+    fanout = Fanout(RedisPubSub(f"{redis_server.url}?prefix={prefix}"))
+    publisher = RedisPubSub(f"{redis_server.url}?prefix={prefix}")
+    await fanout.pubsub.start()
+    await publisher.start()
+    try:
+        a, b, slow = outbox(), outbox(), outbox(queue_max=2)
+        await fanout.watch(a, "a", ("x",))
+        await fanout.watch(b, "b", ("x",))
+        await fanout.watch(slow, "a", ("x",))
+        slow.pause_writing()
+        transport = fanout.pubsub._conn.transport  # type: ignore[attr-defined]
+        transport.pause_reading()  # the burst waits in the socket: one read on resume
+        burst = [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2)]
+        await publisher.publish_many([(ch, message(seq, x=1.0)) for ch, seq in burst])
+        await publisher.history("a")  # a round trip: Redis has written the pushes out
+        transport.resume_reading()
+        await eventually(lambda: len(got(a)) == 3 and len(got(b)) == 2)
+        assert len(a.sink.writes) == 1 and len(b.sink.writes) == 1  # type: ignore[attr-defined]
+        assert [m["seq"] for m in got(a)] == [1, 2, 3]
+        assert [m["seq"] for m in got(b)] == [1, 2]
+        assert slow.queued == 2 and slow.missed == 1 and slow.sink.writes == []  # type: ignore[attr-defined]
+        slow.resume_writing()
+        assert [(m["seq"], m.get("missed")) for m in got(slow)] == [(2, 1), (3, None)]
+        await publisher.publish("a", message(4, x=1.0))  # alone in its read: written at once
+        await eventually(lambda: len(got(a)) == 4)
+        assert len(a.sink.writes) == 2  # type: ignore[attr-defined]
+        for box in (a, b, slow):
+            await fanout.leave(box)
+    finally:
+        await fanout.pubsub.close()
+        await publisher.close()

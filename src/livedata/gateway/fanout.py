@@ -42,16 +42,21 @@ The message is decoded once (or not at all: the in-process bus hands over a
 LIVE_DATA payload is encoded once; per framing of that group it is framed once,
 and the same bytes object goes to every connection of the group.
 
-Coalescing: a connection's first frame in a loop turn is written at once; further
-frames for it in the same turn (a burst read from the pub/sub in one go: under
-heavy load, or after a pause of the event loop) are gathered and written together
-when the turn ends (one ``call_soon`` per turn, not per message or client).  The
-Redis pub/sub hands over every message of one socket read in one turn
-(``bus/redis_subscriber.py``): the further behind the gateway, the bigger the reads
-and the more frames per write, so a starved gateway catches up.  At
-light load every frame is written at once; under load the number of writes (and
-system calls) per client stays about one or two per loop turn however many
-messages the turn carried.
+Coalescing: one write per connection per read from the pub/sub.  The Redis
+pub/sub parses a whole socket read before it hands over its messages, in one loop
+turn, and tells for each whether its channel has another message later in the same
+read (:meth:`PubSub.follows <livedata.bus.base.PubSub.follows>`,
+``bus/redis_subscriber.py``).  Such a frame is gathered; the channel's last message
+of the read writes the connection's gathered frames and its own in one write.  So a
+connection (it watches one channel) gets one write per read however many of its
+messages the read carried: the further behind the gateway, the bigger the reads and
+the more frames per write, and a starved gateway catches up.  A message whose
+channel has nothing more in the read (every message at light load) is written at
+once, as before.  Where the pub/sub tells nothing (in process), a connection's first
+frame in a loop turn is written at once and further ones of the same turn are
+gathered and written together when the turn ends (one ``call_soon`` per turn, not
+per message or client); the turn's end also writes whatever a read gathered and did
+not write (its last message was malformed).
 
 The outbox policy (every transport)
 ===================================
@@ -390,6 +395,9 @@ class Fanout:
         self._gathered: list[Outbox] = []
         self._written = 0
         """Frames delivered in this loop turn (counted at its end)."""
+        self._follows = pubsub.follows
+        self._reading: set[str] = set()
+        """Channels whose messages a pub/sub read is gathering (more of them follow)."""
 
     def outbox(
         self, sink: Sink, framing: Framing, on_stall: Callable[[], None], queue_max: int = 0
@@ -541,6 +549,13 @@ class Fanout:
             asyncio.get_running_loop().call_soon(self._end_turn)
         turn = self._turn
         gathered = self._gathered
+        follows = self._follows()
+        reading = self._reading
+        continues = channel in reading  # the read gathered earlier messages of it
+        if follows:
+            reading.add(channel)
+        elif continues:
+            reading.discard(channel)
         written = 0
         tail = _tail(head)
         for fields, framings in groups.items():
@@ -550,17 +565,21 @@ class Fanout:
                 for outbox in members:
                     if not outbox.direct:
                         written += outbox.offer(payload, wire, head)
-                    elif outbox.turn != turn:  # its first frame in this loop turn: now
-                        outbox.turn = turn
-                        outbox.write(wire)
-                        written += 1
-                    elif outbox.pending is None:  # later ones: together at the turn's end
+                        continue
+                    written += 1
+                    pending = outbox.pending
+                    if pending is not None:
+                        pending.append(wire)
+                        if continues and not follows:  # its last of the read: one write
+                            outbox.flush_pending()
+                    elif follows or outbox.turn == turn:
+                        # More for it in this read, or not its first frame of the loop
+                        # turn: gathered (written by the read's last, or at the turn's end).
                         outbox.pending = [wire]
                         gathered.append(outbox)
-                        written += 1
-                    else:
-                        outbox.pending.append(wire)
-                        written += 1
+                    else:  # its first frame in this loop turn: now
+                        outbox.turn = turn
+                        outbox.write(wire)
         self._written += written
 
     def _end_turn(self) -> None:
@@ -570,6 +589,7 @@ class Fanout:
         gathered, self._gathered = self._gathered, []
         self._turn += 1
         self._turn_open = False
+        self._reading.clear()
         if self._written:
             observe.DELIVERIES.inc(self._written)
             self._written = 0
