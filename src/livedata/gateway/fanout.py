@@ -600,13 +600,19 @@ class Fanout:
         heads = [head for _, head in batch]
         tails = [_tail(head) for head in heads]
         for fields, framings in groups.items():
-            payloads = [_live_data(values, fields, tail) for (values, _), tail in zip(batch, tails)]
+            payloads = [
+                _live_data(values, fields, tail)
+                for (values, _), tail in zip(batch, tails, strict=True)
+            ]
             for framing, members in framings.items():
-                wires = [framing.frame(payload, head) for payload, head in zip(payloads, heads)]
+                wires = [
+                    framing.frame(payload, head)
+                    for payload, head in zip(payloads, heads, strict=True)
+                ]
                 joined = b"".join(wires)
                 for outbox in members:
                     if not outbox.direct:
-                        for payload, wire, head in zip(payloads, wires, heads):
+                        for payload, wire, head in zip(payloads, wires, heads, strict=True):
                             written += outbox.offer(payload, wire, head)
                     elif outbox.pending is not None:  # after what its loop turn gathered
                         outbox.pending.append(joined)
