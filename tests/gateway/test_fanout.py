@@ -449,3 +449,34 @@ async def test_a_redis_read_is_one_write_per_client(redis_server: RedisServer) -
     finally:
         await fanout.pubsub.close()
         await publisher.close()
+
+
+async def test_a_redis_read_whose_last_message_is_malformed_is_still_delivered(
+    redis_server: RedisServer,
+) -> None:
+    """Messages kept for their channel's last message of a read go out, in one write and in
+    order, when that last one is malformed; listeners get each valid message in order."""
+    prefix = f"{uuid.uuid4().hex}/"
+    fanout = Fanout(RedisPubSub(f"{redis_server.url}?prefix={prefix}"))
+    publisher = RedisPubSub(f"{redis_server.url}?prefix={prefix}")
+    await fanout.pubsub.start()
+    await publisher.start()
+    try:
+        box = outbox()
+        heard: list[int] = []
+        await fanout.watch(box, "a", ("x",))
+        await fanout.listen("a", lambda values, head: heard.append(head["seq"]))
+        transport = fanout.pubsub._conn.transport  # type: ignore[attr-defined]
+        transport.pause_reading()
+        await publisher.publish_many(
+            [("a", message(1, x=1.0)), ("a", message(2, x=2.0)), ("a", b"not a message")]
+        )
+        await publisher.history("a")
+        transport.resume_reading()
+        await eventually(lambda: len(box.sink.writes) == 1)  # type: ignore[attr-defined]
+        assert [(m["seq"], m["payload"]) for m in got(box)] == [(1, {"x": 1.0}), (2, {"x": 2.0})]
+        assert heard == [1, 2]
+        await fanout.leave(box)
+    finally:
+        await fanout.pubsub.close()
+        await publisher.close()
