@@ -280,3 +280,51 @@ async def test_quiet_subscriber_is_pinged_and_kept_and_a_frozen_redis_is_left(
     finally:
         await subscriber.close()
         await admin.aclose()
+
+
+async def test_follows_tells_whether_the_same_read_has_more_of_the_channel(
+    redis_server: RedisServer,
+) -> None:
+    """While a handler runs, ``follows()`` is True exactly when a later message of its channel
+    came in the same socket read."""
+    import redis.asyncio as aioredis
+
+    prefix = f"{unique_id()}/"
+    subscriber = open_pubsub(f"{redis_server.url}?prefix={prefix}")
+    await subscriber.start()
+    client = aioredis.from_url(redis_server.url)
+    try:
+        got: list[tuple[str, bytes, bool]] = []
+        for name in ("a", "b"):
+            await subscriber.subscribe(
+                name, lambda channel, message: got.append((channel, message, subscriber.follows()))
+            )
+        transport = subscriber._conn.transport  # type: ignore[union-attr]
+        transport.pause_reading()  # the burst waits in the socket: one read on resume
+        async with client.pipeline(transaction=False) as pipe:
+            for channel, message in (
+                ("a", b"1"),
+                ("b", b"1"),
+                ("a", b"2"),
+                ("a", b"3"),
+                ("b", b"2"),
+            ):
+                pipe.publish(prefix + channel, message)
+            await pipe.execute()
+        await client.ping()  # Redis has written the pushes out
+        transport.resume_reading()
+        await eventually(lambda: len(got) == 5)
+        assert got == [
+            ("a", b"1", True),
+            ("b", b"1", True),
+            ("a", b"2", True),
+            ("a", b"3", False),
+            ("b", b"2", False),
+        ]
+        assert subscriber.follows() is False  # outside a handler
+        await client.publish(prefix + "a", b"4")  # alone in its read
+        await eventually(lambda: len(got) == 6)
+        assert got[-1] == ("a", b"4", False)
+    finally:
+        await client.aclose()
+        await subscriber.close()

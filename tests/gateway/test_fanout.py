@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
@@ -15,9 +16,12 @@ from websockets.streams import StreamReader
 
 from livedata.bus.base import HISTORY_SECONDS, LiveMessage
 from livedata.bus.memory import MemoryPubSub
+from livedata.bus.redis import RedisPubSub
 from livedata.gateway.fanout import WS_TEXT, Fanout, Head, Outbox
 from livedata.model import Kind, Record
 from livedata.pipeline.distribute import live_message
+from tests.bus.contract import eventually
+from tests.servers.redis import RedisServer, start_redis
 
 
 def message(seq: int, **values: float) -> bytes:
@@ -400,3 +404,84 @@ async def test_a_burst_in_one_loop_turn_is_written_in_two_writes() -> None:
     assert [m["seq"] for m in got(box)] == [1, 2, 3, 4, 5]
     fanout._on_message("ch", LiveMessage(6_000, 6, "e1", {"x": 6.0}))  # a new turn: at once
     assert len(box.sink.writes) == 3  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A ``redis-server`` on a free loopback port."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+RedisFanout = tuple[Fanout, RedisPubSub]
+
+
+@pytest.fixture
+async def redis_fanout(redis_server: RedisServer) -> AsyncIterator[RedisFanout]:
+    """A fan-out on a Redis pub/sub and a publisher on the same prefix."""
+    prefix = f"{uuid.uuid4().hex}/"
+    fanout = Fanout(RedisPubSub(f"{redis_server.url}?prefix={prefix}"))
+    publisher = RedisPubSub(f"{redis_server.url}?prefix={prefix}")
+    await fanout.pubsub.start()
+    await publisher.start()
+    yield fanout, publisher
+    await fanout.pubsub.close()
+    await publisher.close()
+
+
+async def in_one_read(
+    fanout: Fanout, publisher: RedisPubSub, messages: list[tuple[str, bytes]]
+) -> None:
+    """Publish ``messages`` so that the fan-out's pub/sub connection reads them in one go."""
+    transport = fanout.pubsub._conn.transport  # type: ignore[attr-defined]
+    transport.pause_reading()  # the burst waits in the socket: one read on resume
+    await publisher.publish_many(messages)
+    await publisher.history("a")  # a round trip: Redis has written the pushes out
+    transport.resume_reading()
+
+
+async def test_a_redis_read_is_one_write_per_client(redis_fanout: RedisFanout) -> None:
+    """Messages that came in one read from Redis reach each client in one write, in order; a
+    paused client among them still queues, drops the oldest and counts them."""
+    fanout, publisher = redis_fanout
+    a, b, slow = outbox(), outbox(), outbox(queue_max=2)
+    await fanout.watch(a, "a", ("x",))
+    await fanout.watch(b, "b", ("x",))
+    await fanout.watch(slow, "a", ("x",))
+    slow.pause_writing()
+    burst = [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2)]
+    await in_one_read(fanout, publisher, [(ch, message(seq, x=1.0)) for ch, seq in burst])
+    await eventually(lambda: len(got(a)) == 3 and len(got(b)) == 2)
+    assert len(a.sink.writes) == 1 and len(b.sink.writes) == 1  # type: ignore[attr-defined]
+    assert [m["seq"] for m in got(a)] == [1, 2, 3]
+    assert [m["seq"] for m in got(b)] == [1, 2]
+    assert slow.queued == 2 and slow.missed == 1 and slow.sink.writes == []  # type: ignore[attr-defined]
+    slow.resume_writing()
+    assert [(m["seq"], m.get("missed")) for m in got(slow)] == [(2, 1), (3, None)]
+    await publisher.publish("a", message(4, x=1.0))  # alone in its read: written at once
+    await eventually(lambda: len(got(a)) == 4)
+    assert len(a.sink.writes) == 2  # type: ignore[attr-defined]
+    for box in (a, b, slow):
+        await fanout.leave(box)
+
+
+async def test_a_redis_read_whose_last_message_is_malformed_is_still_delivered(
+    redis_fanout: RedisFanout,
+) -> None:
+    """Messages kept for their channel's last message of a read go out, in one write and in
+    order, when that last one is malformed; listeners get each valid message in order."""
+    fanout, publisher = redis_fanout
+    box = outbox()
+    heard: list[int] = []
+    await fanout.watch(box, "a", ("x",))
+    await fanout.listen("a", lambda values, head: heard.append(head["seq"]))
+    await in_one_read(
+        fanout,
+        publisher,
+        [("a", message(1, x=1.0)), ("a", message(2, x=2.0)), ("a", b"not a message")],
+    )
+    await eventually(lambda: len(box.sink.writes) == 1)  # type: ignore[attr-defined]
+    assert [(m["seq"], m["payload"]) for m in got(box)] == [(1, {"x": 1.0}), (2, {"x": 2.0})]
+    assert heard == [1, 2]
+    await fanout.leave(box)

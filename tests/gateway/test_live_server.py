@@ -151,3 +151,20 @@ async def test_bad_upgrade_request_gets_400(served: Served) -> None:
         response = await reader.read()
     writer.close()
     assert response.startswith(b"HTTP/1.1 400 ")
+
+
+def test_connections_of_one_machine_share_its_known_fields() -> None:
+    """The sessions of one machine's connections hold one set of its fields (a new one
+    when the machine's fields change)."""
+
+    async def known_fields(org: str, chassis: str, msg_type: str) -> list[str]:
+        return []
+
+    fanout = Fanout(MemoryPubSub(f"memory://{uuid.uuid4().hex}"))
+    endpoint = LiveEndpoint(admit, lambda _handle: None, fanout, known_fields)
+    first = endpoint._known("acme", "m1", "vehicle_can", ["speed", "gear"])
+    assert endpoint._known("acme", "m1", "vehicle_can", ["gear", "speed"]) is first
+    changed = endpoint._known("acme", "m1", "vehicle_can", ["speed"])
+    assert changed == {"speed"} and first == {"speed", "gear"}
+    assert endpoint._known("acme", "m1", "vehicle_can", ["speed"]) is changed
+    assert endpoint._known("acme", "m2", "vehicle_can", ["speed"]) is not changed

@@ -146,6 +146,12 @@ class PubSub(abc.ABC):
         One handler per channel per PubSub object: the gateway's fan-out core multiplexes.
         """
 
+    def follows(self) -> bool:
+        """Called by a handler while it runs: whether another message of the same channel
+        follows in the batch being delivered (one read from the network), so the handler
+        may gather this one and write both together.  False where there are no batches."""
+        return False
+
     @abc.abstractmethod
     async def unsubscribe(self, channel: str) -> None:
         """Stop delivering ``channel``; unknown channels are ignored."""

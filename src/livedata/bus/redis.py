@@ -484,6 +484,11 @@ class RedisPubSub(PubSub):
                 confirmed.set_result(None)
         self._confirmations.clear()
 
+    def follows(self) -> bool:
+        """Another message of the handled message's channel follows in the same read."""
+        conn = self._conn
+        return conn is not None and conn.follows
+
     def _dispatch(self, wire: bytes, data: bytes) -> None:
         """One published message (the subscriber protocol logs what a handler raises)."""
         channel = self._wire.get(wire)

@@ -6,7 +6,10 @@ coroutine, an ``asyncio.timeout``, a retry wrapper and a dict; here each chunk t
 socket delivers is fed to a hiredis reader (RESP parsing in C) and every message in
 it goes straight to its channel's handler inside ``data_received``: no task, timer
 or await per message, and a burst read in one go is handled in one loop turn (so
-the fan-out core coalesces it, see ``gateway/fanout.py``).
+the fan-out core coalesces it, see ``gateway/fanout.py``).  The chunk is parsed
+whole before its messages are dispatched, so that while a message is handled
+:attr:`Subscriber.follows` tells whether the same channel has another message later
+in the chunk (:meth:`~livedata.bus.base.PubSub.follows`).
 
 Commands (``AUTH``, ``CLIENT SETNAME``, ``SUBSCRIBE``, ``UNSUBSCRIBE``, ``PING``)
 are written as RESP arrays; the replies of the ones sent before subscribing are
@@ -61,6 +64,9 @@ class Subscriber(asyncio.Protocol):
         self.heard = time.monotonic()
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting: deque[asyncio.Future[Any]] = deque()
+        self.follows = False
+        """While ``dispatch`` runs: another message of the same channel follows in this
+        read (the fan-out then gathers this one, see ``gateway/fanout.py``)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -85,19 +91,32 @@ class Subscriber(asyncio.Protocol):
         self.heard = time.monotonic()
         reader = self.reader
         reader.feed(data)
-        dispatch = self.dispatch
+        items = []
+        broken = None
         while True:
             try:
                 item = reader.gets()
             except hiredis.ProtocolError as exc:
-                log.warning("closing the pub/sub connection: not RESP (%s)", exc)
-                self.close()
-                return
+                broken = exc
+                break
             if item is False:
-                return
+                break
+            items.append(item)
+        if len(items) > 1:
+            # The index of each channel's last message in this read (see ``follows``).
+            last = {
+                item[1]: index
+                for index, item in enumerate(items)
+                if type(item) is list and len(item) == 3 and item[0] == b"message"
+            }
+        else:
+            last = None
+        dispatch = self.dispatch
+        for index, item in enumerate(items):
             if type(item) is list and len(item) == 3:
                 kind = item[0]
                 if kind == b"message":
+                    self.follows = last is not None and last[item[1]] != index
                     try:
                         dispatch(item[1], item[2])
                     except Exception:
@@ -114,6 +133,10 @@ class Subscriber(asyncio.Protocol):
                 waiter = self._waiting.popleft()
                 if not waiter.done():
                     waiter.set_result(item)
+        self.follows = False
+        if broken is not None:
+            log.warning("closing the pub/sub connection: not RESP (%s)", broken)
+            self.close()
 
     def close(self) -> None:
         if self.transport is not None:

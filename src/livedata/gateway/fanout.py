@@ -42,16 +42,25 @@ The message is decoded once (or not at all: the in-process bus hands over a
 LIVE_DATA payload is encoded once; per framing of that group it is framed once,
 and the same bytes object goes to every connection of the group.
 
-Coalescing: a connection's first frame in a loop turn is written at once; further
-frames for it in the same turn (a burst read from the pub/sub in one go: under
-heavy load, or after a pause of the event loop) are gathered and written together
-when the turn ends (one ``call_soon`` per turn, not per message or client).  The
-Redis pub/sub hands over every message of one socket read in one turn
-(``bus/redis_subscriber.py``): the further behind the gateway, the bigger the reads
-and the more frames per write, so a starved gateway catches up.  At
-light load every frame is written at once; under load the number of writes (and
-system calls) per client stays about one or two per loop turn however many
-messages the turn carried.
+Coalescing: one write per connection per read from the pub/sub.  The Redis
+pub/sub parses a whole socket read before it hands over its messages, in one loop
+turn, and tells for each whether its channel has another message later in the same
+read (:meth:`PubSub.follows <livedata.bus.base.PubSub.follows>`,
+``bus/redis_subscriber.py``).  Such a message is parsed (and given to the
+listeners) and kept; the channel's last message of the read delivers them all: per
+field list and framing the frames are joined into one bytes object, and every
+writable connection of the group gets it in one write (the loop over a group's
+connections runs once per read, not once per message).  A connection watches one
+channel, so it gets one write per read however many of its messages the read
+carried: the further behind the gateway, the bigger the reads and the more frames
+per write, and a starved gateway catches up.  A message whose channel has nothing
+more in the read (every message at light load) is written at once, as before.  A
+paused connection takes the messages one by one (its queue, drops and ``missed``
+as below).  Where the pub/sub tells nothing (in process), a connection's first
+frame in a loop turn is written at once and further ones of the same turn are
+gathered and written together when the turn ends (one ``call_soon`` per turn, not
+per message or client); the turn's end also delivers what a read kept and did not
+deliver (its last message of the channel was malformed or unsubscribed).
 
 The outbox policy (every transport)
 ===================================
@@ -390,6 +399,9 @@ class Fanout:
         self._gathered: list[Outbox] = []
         self._written = 0
         """Frames delivered in this loop turn (counted at its end)."""
+        self._follows = pubsub.follows
+        self._batches: dict[str, list[tuple[dict[str, Any], Head]]] = {}
+        """Per channel: the messages of the current pub/sub read kept for its last one."""
 
     def outbox(
         self, sink: Sink, framing: Framing, on_stall: Callable[[], None], queue_max: int = 0
@@ -525,8 +537,11 @@ class Fanout:
         if not groups and not listeners:
             return
         parsed = _parse(data)
+        batch = self._batches.get(channel) if groups else None
         if parsed is None:
             log.warning("dropping a malformed message on %s", channel)
+            if batch is not None and not self._follows():
+                self._deliver(channel, self._batches.pop(channel))
             return
         values, head = parsed
         for listener in listeners or ():
@@ -539,6 +554,17 @@ class Fanout:
         if not self._turn_open:
             self._turn_open = True
             asyncio.get_running_loop().call_soon(self._end_turn)
+        if self._follows():  # the read has more of this channel: all together with its last
+            if batch is None:
+                self._batches[channel] = [parsed]
+            else:
+                batch.append(parsed)
+            return
+        if batch is not None:
+            del self._batches[channel]
+            batch.append(parsed)
+            self._deliver(channel, batch)
+            return
         turn = self._turn
         gathered = self._gathered
         written = 0
@@ -563,6 +589,39 @@ class Fanout:
                         written += 1
         self._written += written
 
+    def _deliver(self, channel: str, batch: list[tuple[dict[str, Any], Head]]) -> None:
+        """Several messages of ``channel`` from one pub/sub read, oldest first: framed
+        once per group as one bytes object that each writable client gets in one write."""
+        groups = self._channels.get(channel)
+        if not groups:
+            return
+        written = 0
+        count = len(batch)
+        heads = [head for _, head in batch]
+        tails = [_tail(head) for head in heads]
+        for fields, framings in groups.items():
+            payloads = [
+                _live_data(values, fields, tail)
+                for (values, _), tail in zip(batch, tails, strict=True)
+            ]
+            for framing, members in framings.items():
+                wires = [
+                    framing.frame(payload, head)
+                    for payload, head in zip(payloads, heads, strict=True)
+                ]
+                joined = b"".join(wires)
+                for outbox in members:
+                    if not outbox.direct:
+                        for payload, wire, head in zip(payloads, wires, heads, strict=True):
+                            written += outbox.offer(payload, wire, head)
+                    elif outbox.pending is not None:  # after what its loop turn gathered
+                        outbox.pending.append(joined)
+                        written += count
+                    else:
+                        outbox.write(joined)
+                        written += count
+        self._written += written
+
     def _end_turn(self) -> None:
         """The loop turn that delivered messages is over: write what each outbox gathered
         (a client behind by several messages gets them in one write, not one each), and
@@ -570,6 +629,10 @@ class Fanout:
         gathered, self._gathered = self._gathered, []
         self._turn += 1
         self._turn_open = False
+        if self._batches:  # a read whose last message of a channel never came
+            batches, self._batches = self._batches, {}
+            for channel, batch in batches.items():
+                self._deliver(channel, batch)
         if self._written:
             observe.DELIVERIES.inc(self._written)
             self._written = 0

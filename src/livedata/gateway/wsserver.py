@@ -273,7 +273,8 @@ class ServerSocket(asyncio.Protocol):
 
     async def _open(self, request: Request) -> None:
         try:
-            self.handler = await self.endpoint.open(self, self.params, request)
+            params, self.params = self.params, ()  # the endpoint keeps what it needs
+            self.handler = await self.endpoint.open(self, params, request)
         except Exception:
             log.exception("opening a WebSocket connection failed")
             if self._response is not None and self.is_handshaking:
