@@ -128,7 +128,9 @@ async def test_the_recheck_reads_in_a_fixed_number_of_queries(
         ):
             assert principal is not None
             sec.open_live(principal, lambda why: None)
-    users = [await sec.accounts.create_user("orga", f"u{i}", PASSWORD, Role.viewer) for i in range(3)]
+    users = [
+        await sec.accounts.create_user("orga", f"u{i}", PASSWORD, Role.viewer) for i in range(3)
+    ]
     for u in users:
         principal = await sec.accounts.user_principal(u.id, "live-token")
         assert principal is not None

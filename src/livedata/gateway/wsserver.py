@@ -460,6 +460,7 @@ class SocketSettings:
         ping_interval: float,
         ping_timeout: float,
         on_gone: Callable[[asyncio.Transport], None],
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         self.on_gone = on_gone
         """Called with the transport of each connection that ends (the server's books)."""
@@ -474,6 +475,6 @@ class SocketSettings:
         """Open connections, until their next keep-alive ping."""
         self.pongs = Sweep(ping_timeout, ServerSocket._no_pong)
         """Pinged connections, until their pong (or 1011)."""
-        self.closing = Sweep(CLOSE_TIMEOUT, ServerSocket._abort)
+        self.closing = Sweep(close_timeout, ServerSocket._abort)
         """Connections that sent their close frame, until the peer's (or the transport
         is closed)."""

@@ -402,7 +402,9 @@ class Accounts:
                     )
                 )
             for ids in _chunks(sorted(users)):
-                valid_users.update(await s.scalars(select(User.id).where(User.id.in_(ids), enabled)))
+                valid_users.update(
+                    await s.scalars(select(User.id).where(User.id.in_(ids), enabled))
+                )
         return valid_sessions, valid_tokens, valid_users
 
     async def _cached(self, key: str, load: Any) -> Principal | None:
