@@ -150,6 +150,14 @@ def record_gc_pauses(path: str) -> None:
 def run_gateway_with_gc_log() -> None:
     """``python bench_fanout.py --gateway ARGS…``: the livedata CLI with GC pauses recorded."""
     record_gc_pauses(os.environ["BENCH_GC_LOG"])
+    if os.environ.get("BENCH_WS_PING"):  # bench_idle.py: keep-alive pings more often
+        from livedata.gateway import server as layer
+
+        layer.WS_PING_INTERVAL = layer.WS_PING_TIMEOUT = float(os.environ["BENCH_WS_PING"])
+    if os.environ.get("BENCH_RECHECK"):  # bench_idle.py: re-check credentials more often
+        from livedata.gateway import security
+
+        security.RECHECK_S = float(os.environ["BENCH_RECHECK"])
     if os.environ.get("BENCH_GC_THRESHOLD"):
         gc.set_threshold(*(int(n) for n in os.environ["BENCH_GC_THRESHOLD"].split(",")))
     from livedata.cli.main import main
