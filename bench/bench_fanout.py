@@ -159,7 +159,11 @@ def run_gateway_with_gc_log() -> None:
 
         security.RECHECK_S = float(os.environ["BENCH_RECHECK"])
     if os.environ.get("BENCH_GC_THRESHOLD"):
-        gc.set_threshold(*(int(n) for n in os.environ["BENCH_GC_THRESHOLD"].split(",")))
+        thresholds = tuple(int(n) for n in os.environ["BENCH_GC_THRESHOLD"].split(","))
+        gc.set_threshold(*thresholds)
+        from livedata.cli import common  # serve sets them again after start-up: these instead
+
+        common.GC_THRESHOLDS = thresholds  # type: ignore[assignment]
     from livedata.cli.main import main
 
     sys.exit(main(sys.argv[2:]))
@@ -404,6 +408,9 @@ def lean_client_worker(url: str, targets: list[str], conn: Connection) -> None:
 
         def connection_lost(self, exc: Exception | None) -> None:
             stats["disconnected"] += 1
+            if self.opened is not None and not self.opened.done():  # closed before its 101
+                stats["other:closed before the handshake"] += 1
+                self.opened.set_result(None)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

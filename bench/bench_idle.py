@@ -33,7 +33,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fanout import chassis, lean_client_worker, server  # noqa: E402
+from bench_fanout import chassis, lean_client_worker, server
 
 
 def run(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> dict[str, float]:
@@ -97,6 +97,8 @@ def collections(gc_log: Path, t0: float, t1: float) -> str:
     if gc_log.exists():
         for line in gc_log.read_text().splitlines():
             if line.startswith("#"):
+                if os.environ.get("BENCH_GC_COUNT"):
+                    print("   ", line)
                 continue
             at, gen, took = line.split()
             if t0 <= float(at) <= t1:
@@ -119,15 +121,17 @@ def main() -> None:
     parser.add_argument("--ping", type=float, default=0.0, help="seconds between pings")
     parser.add_argument("--recheck", type=float, default=0.0, help="seconds between re-checks")
     parser.add_argument("--targets", default="")
+    parser.add_argument(
+        "--gc-threshold", default="", metavar="G0,G1,G2", help="gc.set_threshold of the gateways"
+    )
     parser.add_argument("--before", metavar="DIR", help="a checkout of earlier code")
     args = parser.parse_args()
-    args.gc_threshold = ""
     targets = args.targets or ("before,livedata" if args.before else "livedata")
     if args.ping:
         os.environ["BENCH_WS_PING"] = str(args.ping)
     if args.recheck:
         os.environ["BENCH_RECHECK"] = str(args.recheck)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the clients inherit it
     from tests.servers.redis import start_redis
 
