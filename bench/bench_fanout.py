@@ -569,6 +569,35 @@ def server(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> 
                 proc.wait(5)
 
 
+def start_clients(
+    worker: Any, url: str, targets: list[str], procs: int
+) -> tuple[list[Connection], list[Any]]:
+    """``procs`` processes of ``worker`` on the clients' core, sharing ``targets``: the
+    pipes to them (each first sends ``("connected", n)``) and the processes."""
+    ctx = mp.get_context("spawn")
+    pipes, workers = [], []
+    for k in range(procs):
+        parent, child = ctx.Pipe()
+        w = ctx.Process(target=worker, args=(url, targets[k::procs], child))
+        w.start()
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setaffinity(w.pid, {1 % (os.cpu_count() or 1)})
+        pipes.append(parent)
+        workers.append(w)
+    return pipes, workers
+
+
+def stop_clients(pipes: list[Connection], workers: list[Any]) -> None:
+    for p in pipes:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            p.send(("stop",))
+    for w in workers:
+        w.join(5)
+        if w.is_alive():
+            w.kill()
+            w.join()
+
+
 def run_target(
     target: str,
     args: argparse.Namespace,
@@ -595,23 +624,12 @@ def run_target(
         rss_idle = ps.memory_info().rss
         targets = [chassis(i % args.machines) for i in range(args.clients)]
         ctx = mp.get_context("spawn")
-        pipes, workers = [], []
-        for k in range(args.client_procs):
-            parent, child = ctx.Pipe()
-            w = ctx.Process(
-                target=worker
-                or (lean_client_worker if args.client_kind == "lean" else client_worker),
-                args=(
-                    url.replace("ws://", "http://") if http else url,
-                    targets[k :: args.client_procs],
-                    child,
-                ),
-            )
-            w.start()
-            with contextlib.suppress(OSError, AttributeError):
-                os.sched_setaffinity(w.pid, {1 % (os.cpu_count() or 1)})
-            pipes.append(parent)
-            workers.append(w)
+        pipes, workers = start_clients(
+            worker or (lean_client_worker if args.client_kind == "lean" else client_worker),
+            url.replace("ws://", "http://") if http else url,
+            targets,
+            args.client_procs,
+        )
         try:
             connected = sum(p.recv()[1] for p in pipes)
             time.sleep(1.0)
@@ -689,14 +707,7 @@ def run_target(
                 spy.wait(args.profile + 30)
                 print("\n".join(summarise_profile(target, tmp / "profile.txt", args.profile)))
         finally:
-            for p in pipes:
-                with contextlib.suppress(OSError, BrokenPipeError):
-                    p.send(("stop",))
-            for w in workers:
-                w.join(5)
-                if w.is_alive():
-                    w.kill()
-                    w.join()
+            stop_clients(pipes, workers)
         if gc_log.exists():
             for line in gc_log.read_text().splitlines():
                 if line.startswith("#"):

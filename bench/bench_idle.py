@@ -19,8 +19,6 @@ connection, KB per idle connection, the load average; and the ratios to the firs
 from __future__ import annotations
 
 import argparse
-import contextlib
-import multiprocessing as mp
 import os
 import resource
 import shutil
@@ -33,7 +31,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fanout import chassis, lean_client_worker, server
+from bench_fanout import chassis, lean_client_worker, server, start_clients, stop_clients
 
 
 def run(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> dict[str, float]:
@@ -43,18 +41,7 @@ def run(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> dic
         time.sleep(1.0)
         rss0 = ps.memory_info().rss
         targets = [chassis(i % args.machines) for i in range(args.clients)]
-        ctx = mp.get_context("spawn")
-        pipes, workers = [], []
-        for k in range(args.client_procs):
-            parent, child = ctx.Pipe()
-            w = ctx.Process(
-                target=lean_client_worker, args=(url, targets[k :: args.client_procs], child)
-            )
-            w.start()
-            with contextlib.suppress(OSError, AttributeError):
-                os.sched_setaffinity(w.pid, {1 % (os.cpu_count() or 1)})
-            pipes.append(parent)
-            workers.append(w)
+        pipes, workers = start_clients(lean_client_worker, url, targets, args.client_procs)
         try:
             t0 = time.time()
             connected = sum(p.recv()[1] for p in pipes)
@@ -71,14 +58,7 @@ def run(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> dic
                 p.send(("report",))
             gone = sum(p.recv()[0].get("disconnected", 0) for p in pipes)
         finally:
-            for p in pipes:
-                with contextlib.suppress(OSError, BrokenPipeError):
-                    p.send(("stop",))
-            for w in workers:
-                w.join(5)
-                if w.is_alive():
-                    w.kill()
-                    w.join()
+            stop_clients(pipes, workers)
     load = os.getloadavg()[0]
     print(
         f"  {target}: {connected} connected, {gone} dropped, CPU {cpu:.1f} % "

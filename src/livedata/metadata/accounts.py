@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -372,39 +372,40 @@ class Accounts:
         :meth:`token_principal` and :meth:`user_principal` accept), not cached."""
         now = now_ms()
         enabled = User.disabled.is_(False)
-        valid_sessions: set[str] = set()
-        valid_tokens: set[str] = set()
-        valid_users: set[int] = set()
         async with self.meta.session() as s:
-            for chunk in _chunks(sorted(sessions)):
-                valid_sessions.update(
-                    await s.scalars(
-                        select(BrowserSession.id_hash)
-                        .join(User, User.id == BrowserSession.user_id)
-                        .where(
-                            BrowserSession.id_hash.in_(chunk),
-                            BrowserSession.expires_ms >= now,
-                            enabled,
-                        )
+
+            async def valid(items: Collection[Any], query: Callable[[Any], Any]) -> set[Any]:
+                found: set[Any] = set()
+                for chunk in _chunks(sorted(items)):
+                    found.update(await s.scalars(query(chunk)))
+                return found
+
+            valid_sessions = await valid(
+                sessions,
+                lambda chunk: (
+                    select(BrowserSession.id_hash)
+                    .join(User, User.id == BrowserSession.user_id)
+                    .where(
+                        BrowserSession.id_hash.in_(chunk), BrowserSession.expires_ms >= now, enabled
                     )
-                )
-            for chunk in _chunks(sorted(tokens)):
-                valid_tokens.update(
-                    await s.scalars(
-                        select(ApiToken.token_hash)
-                        .join(User, User.id == ApiToken.user_id)
-                        .where(
-                            ApiToken.token_hash.in_(chunk),
-                            ApiToken.revoked_ms.is_(None),
-                            or_(ApiToken.expires_ms.is_(None), ApiToken.expires_ms >= now),
-                            enabled,
-                        )
+                ),
+            )
+            valid_tokens = await valid(
+                tokens,
+                lambda chunk: (
+                    select(ApiToken.token_hash)
+                    .join(User, User.id == ApiToken.user_id)
+                    .where(
+                        ApiToken.token_hash.in_(chunk),
+                        ApiToken.revoked_ms.is_(None),
+                        or_(ApiToken.expires_ms.is_(None), ApiToken.expires_ms >= now),
+                        enabled,
                     )
-                )
-            for ids in _chunks(sorted(users)):
-                valid_users.update(
-                    await s.scalars(select(User.id).where(User.id.in_(ids), enabled))
-                )
+                ),
+            )
+            valid_users = await valid(
+                users, lambda chunk: select(User.id).where(User.id.in_(chunk), enabled)
+            )
         return valid_sessions, valid_tokens, valid_users
 
     async def _cached(self, key: str, load: Any) -> Principal | None:
