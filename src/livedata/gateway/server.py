@@ -289,18 +289,16 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
         self.idle.stop(self)
 
     def on_response_complete(self) -> None:
-        """uvicorn's (count; resume reading; start a pipelined request, else the
-        keep-alive clock), with the clock in :attr:`idle` instead of a ``call_later``;
-        then, between two requests, the connection is idle and keeps nothing."""
-        self.server_state.total_requests += 1
+        """uvicorn's when a pipelined request is next (it starts it) or the connection
+        closes; else uvicorn's (count, resume reading, keep-alive clock) with the clock
+        in :attr:`idle` instead of a ``call_later``; then, between two requests, the
+        connection is idle and keeps nothing."""
         self._head_bytes = 0
-        if self.transport.is_closing():
+        if self.pipeline or self.transport.is_closing():
+            super().on_response_complete()  # arms no keep-alive timer in these cases
             return
+        self.server_state.total_requests += 1
         self.flow.resume_reading()
-        if self.pipeline:
-            cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
-            return
         self.idle.start(self, self.loop)
         cycle = self.cycle
         if cycle is None or not cycle.response_complete:
