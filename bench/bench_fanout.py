@@ -218,8 +218,20 @@ def run_gateway_with_gc_log() -> None:
     hops (:func:`install_gateway_hops`) recorded."""
     record_gc_pauses(os.environ["BENCH_GC_LOG"])
     install_gateway_hops()
+    if os.environ.get("BENCH_WS_PING"):  # bench_idle.py: keep-alive pings more often
+        from livedata.gateway import server as layer
+
+        layer.WS_PING_INTERVAL = layer.WS_PING_TIMEOUT = float(os.environ["BENCH_WS_PING"])
+    if os.environ.get("BENCH_RECHECK"):  # bench_idle.py: re-check credentials more often
+        from livedata.gateway import security
+
+        security.RECHECK_S = float(os.environ["BENCH_RECHECK"])
     if os.environ.get("BENCH_GC_THRESHOLD"):
-        gc.set_threshold(*(int(n) for n in os.environ["BENCH_GC_THRESHOLD"].split(",")))
+        thresholds = tuple(int(n) for n in os.environ["BENCH_GC_THRESHOLD"].split(","))
+        gc.set_threshold(*thresholds)
+        from livedata.cli import common  # serve sets them again after start-up: these instead
+
+        common.GC_THRESHOLDS = thresholds  # type: ignore[assignment]
     from livedata.cli.main import main
 
     sys.exit(main(sys.argv[2:]))
@@ -468,6 +480,9 @@ def lean_client_worker(url: str, targets: list[str], conn: Connection) -> None:
 
         def connection_lost(self, exc: Exception | None) -> None:
             stats["disconnected"] += 1
+            if self.opened is not None and not self.opened.done():  # closed before its 101
+                stats["other:closed before the handshake"] += 1
+                self.opened.set_result(None)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -822,6 +837,36 @@ def server(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> 
                 proc.wait(5)
 
 
+def start_clients(
+    worker: Any, url: str, targets: list[str], procs: int
+) -> tuple[list[Connection], list[Any]]:
+    """``procs`` processes of ``worker`` on the clients' core, sharing ``targets``: the
+    pipes to them (each first sends ``("connected", n)``) and the processes."""
+    ctx = mp.get_context("spawn")
+    pipes, workers = [], []
+    for k in range(procs):
+        parent, child = ctx.Pipe()
+        w = ctx.Process(target=worker, args=(url, targets[k::procs], child))
+        w.start()
+        with contextlib.suppress(OSError, AttributeError):
+            os.sched_setaffinity(w.pid, {1 % (os.cpu_count() or 1)})
+        renice(w.pid or 0)
+        pipes.append(parent)
+        workers.append(w)
+    return pipes, workers
+
+
+def stop_clients(pipes: list[Connection], workers: list[Any]) -> None:
+    for p in pipes:
+        with contextlib.suppress(OSError, BrokenPipeError):
+            p.send(("stop",))
+    for w in workers:
+        w.join(5)
+        if w.is_alive():
+            w.kill()
+            w.join()
+
+
 def run_target(
     target: str,
     args: argparse.Namespace,
@@ -848,37 +893,29 @@ def run_target(
         rss_idle = ps.memory_info().rss
         targets = [chassis(i % args.machines) for i in range(args.clients)]
         ctx = mp.get_context("spawn")
-        pipes: list[Any] = []
-        workers: list[Any] = []
         kind = getattr(args, "client_kind", "picows")
         procs = args.client_procs or (1 if kind == "c" and worker is None else 2)
-        for k in range(procs if worker is None and kind == "c" else 0):
-            c_clients = CClients(
-                args.c_binary,
-                url,
-                targets[k::procs],
-                tmp,
-                1 % (os.cpu_count() or 1),
-                args.client_spin,
-            )
-            pipes.append(c_clients)
-            workers.append(c_clients)
-        for k in range(0 if worker is None and kind == "c" else procs):
-            parent, child = ctx.Pipe()
-            w = ctx.Process(
-                target=worker or (lean_client_worker if kind == "lean" else client_worker),
-                args=(
-                    url.replace("ws://", "http://") if http else url,
+        if worker is None and kind == "c":
+            pipes: list[Any] = []
+            workers: list[Any] = []
+            for k in range(procs):
+                c_clients = CClients(
+                    args.c_binary,
+                    url,
                     targets[k::procs],
-                    child,
-                ),
+                    tmp,
+                    1 % (os.cpu_count() or 1),
+                    args.client_spin,
+                )
+                pipes.append(c_clients)
+                workers.append(c_clients)
+        else:
+            pipes, workers = start_clients(
+                worker or (lean_client_worker if kind == "lean" else client_worker),
+                url.replace("ws://", "http://") if http else url,
+                targets,
+                procs,
             )
-            w.start()
-            with contextlib.suppress(OSError, AttributeError):
-                os.sched_setaffinity(w.pid, {1 % (os.cpu_count() or 1)})
-            renice(w.pid or 0)
-            pipes.append(parent)
-            workers.append(w)
         try:
             connected = sum(p.recv()[1] for p in pipes)
             time.sleep(1.0)
@@ -989,14 +1026,7 @@ def run_target(
                 spy.wait(args.profile + 30)
                 print("\n".join(summarise_profile(target, tmp / "profile.txt", args.profile)))
         finally:
-            for p in pipes:
-                with contextlib.suppress(OSError, BrokenPipeError):
-                    p.send(("stop",))
-            for w in workers:
-                w.join(5)
-                if w.is_alive():
-                    w.kill()
-                    w.join()
+            stop_clients(pipes, workers)
         if gc_log.exists():
             for line in gc_log.read_text().splitlines():
                 if line.startswith("#"):

@@ -322,6 +322,43 @@ async def test_an_idle_client_arms_no_timer() -> None:
     assert not box.closed
 
 
+class Draining(Sink):
+    """A transport whose buffer is smaller each time it is looked at (slow but moving)."""
+
+    def get_write_buffer_size(self) -> int:
+        self.buffered -= 100
+        return self.buffered
+
+
+async def test_outboxes_of_the_fanout_share_one_stall_clock() -> None:
+    """Outboxes made by Fanout.outbox arm the fan-out's shared stall clock, no timer of
+    their own: the stuck one is given up, the draining one armed again, a resumed one
+    leaves the clock."""
+    fanout = Fanout(MemoryPubSub(f"memory://{uuid.uuid4().hex}"), stall_seconds=0.02)
+    stalled: list[str] = []
+    stuck, draining, resumed = Sink(), Draining(), Sink()
+    boxes = {
+        name: fanout.outbox(sink, WS_TEXT, lambda name=name: stalled.append(name))
+        for name, sink in (("stuck", stuck), ("draining", draining), ("resumed", resumed))
+    }
+    for sink in (stuck, draining, resumed):
+        sink.buffered = 100_000
+    for box in boxes.values():
+        box.pause_writing()
+        assert box._timer is None and box in fanout.stalls
+    boxes["resumed"].resume_writing()
+    assert boxes["resumed"] not in fanout.stalls
+    for _ in range(100):
+        if stalled:
+            break
+        await asyncio.sleep(0.01)
+    assert stalled == ["stuck"] and boxes["stuck"].closed
+    assert boxes["stuck"] not in fanout.stalls and boxes["draining"] in fanout.stalls
+    assert not boxes["draining"].closed and not boxes["resumed"].closed
+    boxes["draining"].close()
+    assert len(fanout.stalls) == 0
+
+
 def test_websocket_frames_of_every_size_parse() -> None:
     """WS_TEXT makes valid unmasked text frames for 7-bit, 16-bit and 64-bit lengths."""
     sink = Sink()

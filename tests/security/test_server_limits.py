@@ -167,6 +167,17 @@ def test_keep_alive_connection_serves_requests_in_a_row(server: Server) -> None:
     sock.close()
 
 
+def test_idle_keep_alive_connection_is_closed(server: Server) -> None:
+    """A keep-alive connection with no next request is closed by the server after
+    keep_alive_timeout (the head clock does not run between requests)."""
+    sock = socket.create_connection(address(server))
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert _responses(sock, 1)[0].startswith(b"HTTP/1.1 200")
+    sock.settimeout(30)
+    assert sock.recv(65536) == b""  # EOF (a TimeoutError if it were kept open)
+    sock.close()
+
+
 def test_silent_connection_is_closed(server: Server) -> None:
     """A connection that sends nothing is closed after header_timeout."""
     sock = socket.create_connection(address(server))

@@ -84,15 +84,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-GC_THRESHOLDS = (20_000, 10, 10)
-"""``gc.set_threshold`` of server processes: a young collection per 20,000 net allocations.
+GC_THRESHOLDS = (10_000, 3, 60)
+"""``gc.set_threshold`` of server processes: a young collection per 10,000 net allocations,
+a middle one per 3 young ones, a full one considered per 60 middle ones.
 
 Python's default (700, 10, 10) made the gateway role run a full collection every
 second or two under live load; each walks every object made since start-up, about
 250 per open connection (0.3-0.4 s of CPU at 3,000 connections, ``bench/bench_fanout.py``).
-At 20,000 there are about 28 times fewer collections of every generation, a young
-collection walks at most 20,000 objects (about 1-2 ms), and the heap holds at most
-that many more objects waiting for collection."""
+Steady fan-out makes almost no garbage that lives long enough to be collected (no
+collection of 1 ms or more at 10,000 deliveries/s).  A flood of connects does: each
+live connection keeps about 60 objects, so the middle generation fills fast.  With
+(20,000, 10, 10) a middle collection walked up to 200,000 of them: 80-107 ms with the
+event loop stopped while 10,000 live WebSocket clients connected
+(``bench/bench_idle.py --clients 10000``).  With these, a young collection walks at most
+10,000 objects (about 6 ms under that flood) and a middle one at most about 30,000
+(22 ms), while full collections stay as rare as before (one considered per 1.8 million
+net allocations, and run only when a quarter more objects than after the last one
+have reached the old generation, Python's own rule)."""
 
 
 def tune_gc() -> None:

@@ -74,10 +74,14 @@ The outbox policy (every transport)
 - On ``resume_writing`` everything queued goes out in one write (coalesced).
   Frames gathered in a loop turn (see *Coalescing*) are written at its end even if
   the transport paused within the turn: at most one turn's frames beyond the mark.
-- Stall clock: one timer per connection, armed when the transport pauses.  When
-  it fires and the transport is still paused with its write buffer no smaller
+- Stall clock: one per connection, armed when the transport pauses.  When
+  it runs out and the transport is still paused with its write buffer no smaller
   than when the clock was armed, the client is given up (``on_stall``); when the
-  buffer shrank (slow but moving) the clock is armed again.  Under stress a stuck
+  buffer shrank (slow but moving) the clock is armed again.  The outboxes made by
+  :meth:`Fanout.outbox` share one :class:`~livedata.gateway.sweep.Sweep`
+  (:attr:`Fanout.stalls`: a deadline each, one loop timer for all, up to 1 s late),
+  so a transport that pauses and resumes often costs no timer; an outbox made
+  without one (``Outbox(..., stalls=None)``) arms a loop timer of its own.  Under stress a stuck
   client therefore costs its transport buffer (about the high-water mark), at
   most ``queue_max`` shared frames, and is dropped after ``stall_seconds``.
 
@@ -120,6 +124,7 @@ import orjson
 from livedata import observe
 from livedata.bus.base import Message, PubSub, as_live
 from livedata.errors import BusError
+from livedata.gateway.sweep import Sweep
 
 __all__ = [
     "WS_TEXT",
@@ -194,6 +199,7 @@ class Outbox:
         "_armed_size",
         "_held",
         "_queue",
+        "_stalls",
         "_timer",
         "channel",
         "closed",
@@ -218,7 +224,10 @@ class Outbox:
         on_stall: Callable[[], None],
         queue_max: int = 64,
         stall_seconds: float = 30.0,
+        stalls: Sweep | None = None,
     ) -> None:
+        """``stalls``: a shared stall clock (its timeout is the stall time), else a
+        timer of this outbox's own, of ``stall_seconds``."""
         self.sink = sink
         self.framing = framing
         self.on_stall = on_stall
@@ -239,6 +248,7 @@ class Outbox:
         self._queue: deque[tuple[bytes, bytes | None, Head | None]] | None = None
         self._held: list[tuple[bytes, bytes | None, Head | None]] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stalls = stalls
         self._armed_size = 0
 
     @property
@@ -293,7 +303,7 @@ class Outbox:
         """The transport's buffer is above its high-water mark: queue from now on."""
         self.paused = True
         self.direct = False
-        if self._timer is None and not self.closed:
+        if not self.closed and not self._armed:
             self._arm()
 
     def resume_writing(self) -> None:
@@ -359,13 +369,23 @@ class Outbox:
         self.write(b"".join(parts))
         observe.DELIVERIES.inc(len(parts))
 
+    @property
+    def _armed(self) -> bool:
+        stalls = self._stalls
+        return self._timer is not None if stalls is None else self in stalls
+
     def _arm(self) -> None:
         self._armed_size = self.sink.get_write_buffer_size()
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.stall_seconds, self.check_stall)
+        if self._stalls is not None:
+            self._stalls.start(self, loop)
+        else:
+            self._timer = loop.call_later(self.stall_seconds, self.check_stall)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
+        if self._stalls is not None:
+            self._stalls.stop(self)
+        elif self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
@@ -391,6 +411,8 @@ class Fanout:
         """Seconds a paused transport may make no progress before its client is given up."""
         self.queue_max = queue_max
         """Frames an outbox holds while its transport is paused (the ``client_queue`` setting)."""
+        self.stalls = Sweep(stall_seconds, Outbox.check_stall)
+        """The stall clock of the outboxes made by :meth:`outbox` (one loop timer for all)."""
         self._channels: dict[str, dict[Fields, dict[Framing, set[Outbox]]]] = {}
         self._listeners: dict[str, list[Listener]] = {}
         self._lock = asyncio.Lock()
@@ -407,7 +429,9 @@ class Fanout:
         self, sink: Sink, framing: Framing, on_stall: Callable[[], None], queue_max: int = 0
     ) -> Outbox:
         """An outbox with this gateway's stall time and queue size (or ``queue_max``)."""
-        return Outbox(sink, framing, on_stall, queue_max or self.queue_max, self.stall_seconds)
+        return Outbox(
+            sink, framing, on_stall, queue_max or self.queue_max, self.stall_seconds, self.stalls
+        )
 
     @property
     def channels(self) -> list[str]:

@@ -24,8 +24,11 @@ refuses before any data flows:
 
 Live connections are registered by credential: logging out, revoking a token or
 disabling a user closes that credential's connections in this process at once
-(WebSocket close 1008 ``session ended``), and every :data:`RECHECK_S` each
-connection's credential is checked again, so other gateways close theirs too.
+(WebSocket close 1008 ``session ended``), and every :data:`RECHECK_S` the
+credentials of all live connections are checked again, so other gateways close
+theirs too (within :data:`RECHECK_S` plus the check's own time).  The check reads
+them together (:meth:`Security.recheck`: one query per kind of credential and 500
+credentials, whatever the number of connections), not one query per connection.
 
 State-changing requests that succeed are written to the audit log (who, what,
 from where) together with logins and token changes; admins read it at
@@ -257,19 +260,43 @@ class Security:
                 ended += 1
         return ended
 
-    async def _still_valid(self, p: Principal) -> bool:
-        if p.via == "session":
-            return await self.accounts.session_principal(p.credential) is not None
-        if p.via == "token":
-            return await self.accounts.token_principal(p.credential) is not None
-        return await self.accounts.user_principal(p.user_id, p.via) is not None
+    async def recheck(self) -> int:
+        """Check the credentials of every live connection again, together, and close
+        those no longer valid (``session ended``); how many were closed."""
+        live = list(self._live.items())
+        if not live:
+            return 0
+        sessions, tokens, users = set(), set(), set()
+        for _, entry in live:
+            p = entry.principal
+            if p.via == "session":
+                sessions.add(p.credential)
+            elif p.via == "token":
+                tokens.add(p.credential)
+            else:
+                users.add(p.user_id)
+        valid = await self.accounts.still_valid(sessions, tokens, users)
+        ended = 0
+        for handle, entry in live:
+            p = entry.principal
+            if p.via == "session":
+                ok = p.credential in valid[0]
+            elif p.via == "token":
+                ok = p.credential in valid[1]
+            else:
+                ok = p.user_id in valid[2]
+            if not ok and self._live.get(handle) is entry:  # still open
+                entry.close("session ended")
+                ended += 1
+        return ended
 
     async def _recheck(self) -> None:
         while True:
             await asyncio.sleep(RECHECK_S)
-            for entry in list(self._live.values()):
-                if not await self._still_valid(entry.principal):
-                    entry.close("session ended")
+            try:
+                await self.recheck()
+            except Exception:  # the metadata database is away: try again next time
+                log.exception("re-checking live connections' credentials failed")
 
     # audit ---------------------------------------------------------------------------
 

@@ -12,9 +12,12 @@ uses.  Before any route, security check or database read:
 - **request heads** (request line and headers) larger than ``max_header_bytes`` get
   431 and the connection is closed; a head not complete ``header_timeout`` seconds
   after the connection opened (or after the next request's first byte) is closed
-  (slowloris), by one sweep per server (:class:`HeadSweep`: up to 10 % of the
-  timeout later, at most 256 closes per loop turn) rather than a timer per
-  connection; an idle keep-alive connection is closed after ``keep_alive_timeout``;
+  (slowloris); an idle keep-alive connection is closed after ``keep_alive_timeout``.
+  Both clocks are one :class:`~livedata.gateway.sweep.Sweep` per server (a
+  connection's deadline in an ordered dictionary, one loop timer for all: up to 10 %
+  of the timeout, at most 1 s, late; at most 256 closes per loop turn), not a timer
+  per connection (uvicorn arms a ``call_later`` per keep-alive connection and
+  response);
 - **request bodies** are counted while they stream, declared or chunked: beyond
   ``max_body_bytes`` the request gets 413 and the connection is closed, so at most
   one read buffer (64 KiB) plus that cap is ever held per request; a body that stops
@@ -73,12 +76,12 @@ from uvicorn.server import HANDLED_SIGNALS, STARTUP_FAILURE
 from livedata.errors import ConfigError
 from livedata.gateway.connlimits import (
     ConnectionGate,
-    Deadlines,
     RepeatLog,
     accept_batch,
     default_limit,
     raise_fd_limit,
 )
+from livedata.gateway.sweep import BATCH, Sweep
 from livedata.gateway.wsserver import ServerSocket, SocketSettings
 from livedata.settings import Settings
 
@@ -163,55 +166,16 @@ class _Limited:
     """The WebSocket routes the server layer serves itself (:mod:`livedata.gateway.wsserver`)."""
     socket_settings: ClassVar[SocketSettings]
     full_log: ClassVar[RepeatLog]
-    heads: ClassVar[HeadSweep]
+    heads: ClassVar[Sweep]
+    """Request heads that must complete within ``header_timeout``."""
+    idle: ClassVar[Sweep]
+    """Keep-alive connections between two requests (``keep_alive_timeout``)."""
     closing: ClassVar[CloseSweep]
 
 
-SWEEP_BATCH = 256
-"""Connections :class:`HeadSweep` and :class:`CloseSweep` close per loop turn at most."""
-
-
-class HeadSweep:
-    """The head timeouts of one server: one timer for all connections, not one each.
-
-    A connection's clock runs from its opening (or the first byte of its next request)
-    until its request head is complete (:class:`~livedata.gateway.connlimits.Deadlines`).
-    The sweep runs at the earliest deadline, at most every ``timeout / 10`` s (1 s at
-    most), so a late head is closed within 10 % of the timeout after it; it closes at
-    most :data:`SWEEP_BATCH` connections per loop turn and continues on the next
-    turn, so 10,000 connections opened together and timing out together do not
-    stop the loop for everyone else.
-    """
-
-    def __init__(self, timeout: float) -> None:
-        self.deadlines = Deadlines(timeout)
-        self.interval = min(1.0, timeout / 10)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.Handle | None = None
-
-    def start(self, proto: LimitedHttp, loop: asyncio.AbstractEventLoop) -> None:
-        self.deadlines.start(proto, loop.time())
-        if self._timer is None:
-            self._loop = loop
-            self._timer = loop.call_at(loop.time() + self.deadlines.timeout, self._sweep)
-
-    def stop(self, proto: LimitedHttp) -> None:
-        self.deadlines.stop(proto)
-
-    def running(self, proto: LimitedHttp) -> bool:
-        return proto in self.deadlines
-
-    def _sweep(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        self._timer = None
-        expired = self.deadlines.expired(loop.time(), SWEEP_BATCH)
-        for proto in expired:
-            proto._head_timeout()  # type: ignore[attr-defined]
-        if len(expired) == SWEEP_BATCH:
-            self._timer = loop.call_soon(self._sweep)
-        elif (due := self.deadlines.next_due()) is not None:
-            self._timer = loop.call_at(max(due, loop.time() + self.interval), self._sweep)
+SWEEP_BATCH = BATCH
+"""Connections a :class:`~livedata.gateway.sweep.Sweep` and :class:`CloseSweep` close per loop
+turn at most."""
 
 
 class CloseSweep:
@@ -273,8 +237,8 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     An idle connection holds as little as uvicorn allows: the request parser is made
     when the first bytes of a request arrive (not for connections that never send
     any) and dropped with the request's scope and cycle once the response is sent
-    (keep-alive), and the head timeout is a deadline in the server's
-    :class:`HeadSweep`, not a timer.
+    (keep-alive), and the head and keep-alive timeouts are deadlines in the server's
+    :class:`~livedata.gateway.sweep.Sweep` s (:attr:`heads`, :attr:`idle`), not timers.
     """
 
     _refused = False
@@ -308,6 +272,7 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
             return
         self._end_body_stream()
         self.heads.stop(self)
+        self.idle.stop(self)
         if self.transport is not None:
             self.gate.closed(self.transport)
         super().connection_lost(exc)
@@ -337,7 +302,7 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head = True
-        if not self.heads.running(self):
+        if self not in self.heads:
             self.heads.start(self, self.loop)
 
     def on_headers_complete(self) -> None:
@@ -347,14 +312,26 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
         self.scope["extensions"] = {RAW_HTTP: weakref.ref(self)}  # type: ignore[dict-item]
         super().on_headers_complete()
 
+    def _unset_keepalive_if_required(self) -> None:
+        """uvicorn's hook (new data, connection lost): the keep-alive clock stops."""
+        self.idle.stop(self)
+
     def on_response_complete(self) -> None:
+        """uvicorn's when a pipelined request is next (it starts it) or the connection
+        closes; else uvicorn's (count, resume reading, keep-alive clock) with the clock
+        in :attr:`idle` instead of a ``call_later``; then, between two requests, the
+        connection is idle and keeps nothing.  A body stream handed to the server layer
+        ends first."""
         self._end_body_stream()
-        super().on_response_complete()
         self._head_bytes = 0
-        cycle = self.cycle
-        if self.pipeline or self.transport.is_closing() or cycle is None:
+        if self.pipeline or self.transport.is_closing():
+            super().on_response_complete()  # arms no keep-alive timer in these cases
             return
-        if not cycle.response_complete:  # uvicorn has just started a pipelined request
+        self.server_state.total_requests += 1
+        self.flow.resume_reading()
+        self.idle.start(self, self.loop)
+        cycle = self.cycle
+        if cycle is None or not cycle.response_complete:
             return
         self.gate.idle(self.transport)
         if not self._in_head and not cycle.more_body:
@@ -425,6 +402,10 @@ class LimitedHttp(HttpToolsProtocol, _Limited):
         served.connection_made(self.transport)
         self.transport.set_protocol(served)
         served.data_received(b"".join(head))
+
+    def _idle_timeout(self) -> None:
+        """``keep_alive_timeout`` passed with no new request (uvicorn's handler)."""
+        self.timeout_keep_alive_handler()
 
     def _head_timeout(self) -> None:
         if self._in_head and not self.transport.is_closing():
@@ -785,7 +766,8 @@ def uvicorn_config(app: Any, settings: Settings, sockets: Endpoint | None = None
         "gate": gate,
         "limits": limits,
         "full_log": RepeatLog(log, "new connections refused: at the connection limit"),
-        "heads": HeadSweep(limits.header_timeout),
+        "heads": Sweep(limits.header_timeout, LimitedHttp._head_timeout),
+        "idle": Sweep(settings.keep_alive_timeout, LimitedHttp._idle_timeout),
         "closing": CloseSweep(),
     }
     http = type("LimitedHttp", (LimitedHttp,), shared)

@@ -17,16 +17,25 @@ callbacks:
    answered and the transport closed.  The server's frames go out through the
    connection's :class:`~livedata.gateway.fanout.Outbox` (:attr:`ServerSocket.outbox`,
    set by the handler): pre-framed bytes written straight to the transport.  A
-   keep-alive ping goes out every ``ping_interval`` seconds; no pong within
-   ``ping_timeout`` closes with 1011.
+   keep-alive ping goes out ``ping_interval`` seconds after the connection opened
+   or its last ping was answered; no pong within ``ping_timeout`` closes with 1011.
 3. **Close.**  :meth:`ServerSocket.close` sends a close frame and waits up to
    :data:`CLOSE_TIMEOUT` s for the peer's; :meth:`ServerSocket.close_now` (a
    stalled peer) closes the transport behind the close frame at once.  When the
    transport is gone, or at ``close_now``, the handler's ``on_lost`` runs (once).
 
+Timers: none per connection.  The keep-alive, the pong and the close clocks are
+deadlines in three :class:`~livedata.gateway.sweep.Sweep` s that all connections
+of a server share (:class:`SocketSettings`): one loop timer each, so a ping or a
+1011 comes up to 10 % of its interval (1 s at most) late, and a turn sends at most
+256 pings (10,000 connections opened in a flood are pinged over several turns).
+Every ping of a server carries the same payload (a server frame is not masked:
+the same bytes go to every connection), so a ping is one ``transport.write`` of
+a prepared frame; a pong is matched by that payload.
+
 Under stress: an idle open connection holds this object, its sans-I/O protocol,
-its handler and outbox and one timer (the keep-alive): no coroutine, task, queue
-or buffer of its own.  A client message bigger than ``max_size`` closes the
+its handler and outbox and its place in one sweep: no coroutine, task, timer,
+queue or buffer of its own.  A client message bigger than ``max_size`` closes the
 connection with 1009 (``websockets``); reading pauses while the handshake's
 ``open`` runs, so a client cannot queue messages before it is accepted.  A peer
 that stops reading is the outbox's business (bounded queue, stall clock → 1013).
@@ -37,8 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import struct
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -47,8 +55,10 @@ from websockets.http11 import Request
 from websockets.protocol import Protocol as FrameProtocol
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from livedata.gateway.fanout import WS_TEXT
+from livedata.gateway.sweep import Sweep
 
 if TYPE_CHECKING:
     from websockets.http11 import Response
@@ -94,9 +104,8 @@ class ServerSocket(asyncio.Protocol):
     __slots__ = (
         "_opening",
         "_parts",
-        "_ping",
         "_response",
-        "_timer",
+        "_tail",
         "conn",
         "connections",
         "endpoint",
@@ -126,10 +135,10 @@ class ServerSocket(asyncio.Protocol):
         self.outbox: Outbox | None = None
         self._response: Response | None = None
         self._opening: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._ping: bytes | None = None
         self._parts: tuple[Opcode, list[bytes | bytearray | memoryview]] | None = None
         """A fragmented message: its opcode and the fragments so far."""
+        self._tail: bytes | None = b""
+        """Until the request head is complete: its last bytes so far (None after)."""
 
     # asyncio callbacks -------------------------------------------------------------
 
@@ -137,6 +146,25 @@ class ServerSocket(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        tail = self._tail
+        if tail is None:
+            self._receive(data)
+            return
+        # The request head is fed alone, so that websockets' handshake parser ends at
+        # a clean boundary (see _frames_only); what follows it is fed after.
+        seen = tail + data
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            self._tail = seen[-3:]
+            self._receive(data)
+            return
+        self._tail = None
+        cut = end + 4 - len(tail)
+        self._receive(data[:cut])
+        if cut < len(data) and self.transport is not None and not self.transport.is_closing():
+            self._receive(data[cut:])
+
+    def _receive(self, data: bytes) -> None:
         conn = self.conn
         conn.receive_data(data)
         if conn.handshake_exc is not None and conn.state is State.CONNECTING:
@@ -173,7 +201,7 @@ class ServerSocket(asyncio.Protocol):
             self.outbox.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_timer()
+        self._stop_clocks()
         if self.outbox is not None:
             self.outbox.close()
         if self._opening is not None:
@@ -195,13 +223,7 @@ class ServerSocket(asyncio.Protocol):
             return
         if "Server" in response.headers:  # no versions to strangers
             del response.headers["Server"]
-        conn = self.conn
-        conn.send_response(response)
-        # The handshake's parser (a generator) keeps the request and its headers in its
-        # frame for the life of the connection (about 2.5 KB); the frame parser alone
-        # reads the same stream (nothing of it is read yet: reading was paused).
-        conn.parser = FrameProtocol.parse(conn)
-        next(conn.parser)
+        self.conn.send_response(response)
         self._flush()
         self._schedule_ping()
 
@@ -230,8 +252,9 @@ class ServerSocket(asyncio.Protocol):
             return
         self.conn.send_close(code, reason)
         self._flush()
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self._abort)
+        self._stop_clocks()
+        if self.transport is not None and not self.transport.is_closing():
+            self.settings.closing.start(self, asyncio.get_running_loop())
 
     def close_now(self, code: int, reason: str) -> None:
         """Put a close frame behind what is buffered and close the transport at once (a
@@ -267,6 +290,7 @@ class ServerSocket(asyncio.Protocol):
             self._abort()
             return
         self._response = response
+        _frames_only(self.conn)
         assert self.transport is not None
         self.transport.pause_reading()
         self._opening = asyncio.get_running_loop().create_task(self._open(request))
@@ -311,9 +335,10 @@ class ServerSocket(asyncio.Protocol):
                 self._parts = None
                 self._message(first, b"".join(parts))
         elif opcode is Opcode.PONG:
-            if self._ping is not None and bytes(frame.data) == self._ping and self.is_open:
-                self._ping = None
-                self._schedule_ping()
+            settings = self.settings
+            if self in settings.pongs and frame.data == settings.ping and self.is_open:
+                settings.pongs.stop(self)
+                settings.pings.start(self, asyncio.get_running_loop())
         elif opcode is Opcode.CLOSE:
             self._flush()  # the reply websockets queued
             self._abort()
@@ -349,44 +374,86 @@ class ServerSocket(asyncio.Protocol):
             transport.write(data)
 
     def _abort(self) -> None:
-        self._cancel_timer()
+        self._stop_clocks()
         if self.transport is not None:
             self.transport.close()
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _stop_clocks(self) -> None:
+        settings = self.settings
+        settings.pings.stop(self)
+        settings.pongs.stop(self)
+        settings.closing.stop(self)
 
     def _schedule_ping(self) -> None:
-        interval = self.settings.ping_interval
-        if interval:
-            self._cancel_timer()
-            self._timer = asyncio.get_running_loop().call_later(interval, self._send_ping)
+        if self.settings.ping_interval:
+            self.settings.pings.start(self, asyncio.get_running_loop())
 
     def _send_ping(self) -> None:
-        self._timer = None
+        """The keep-alive clock ran out: ping, and start the pong clock."""
         if not self.is_open:
             return
-        self._ping = struct.pack("!I", random.getrandbits(32))
-        self.conn.send_ping(self._ping)
-        self._flush()
-        self._timer = asyncio.get_running_loop().call_later(
-            self.settings.ping_timeout, self._no_pong
-        )
+        assert self.transport is not None
+        self.transport.write(self.settings.ping_frame)
+        self.settings.pongs.start(self, asyncio.get_running_loop())
 
     def _no_pong(self) -> None:
-        self._timer = None
         if self.is_open:
             self.conn.fail(1011, "keepalive ping timeout")
             self._flush()
         self._abort()
 
 
+_FRAME_PARSE = FrameProtocol.parse
+_WAITING: list[object] = [
+    getattr(f, "__code__", f)
+    for f in (ServerProtocol.parse, FrameProtocol.parse, StreamReader.at_eof)
+]
+"""The code of websockets' parser generators when the handshake parser waits for a frame."""
+
+
+def _frames_only(conn: ServerProtocol) -> bool:
+    """Replace ``conn``'s parser by the frame parser alone, when that is safe.
+
+    websockets' server parser (``ServerProtocol.parse``, a generator) reads the request
+    head and then continues as the frame parser (``yield from Protocol.parse()``) with
+    the request and its headers still in its frame, for the life of the connection
+    (about 2.5 KB).  Right after it produced the request, and when nothing of the
+    stream after the head was fed to it (:meth:`ServerSocket.data_received` feeds
+    the head alone), it waits in the frame parser for a frame's first byte with
+    nothing consumed, so a fresh frame parser on the same reader is exactly
+    equivalent (websockets itself swaps ``parser`` the same way, for ``discard()``).
+    That is checked on the generators themselves, not assumed from a version: the
+    parser is the handshake's, suspended in ``Protocol.parse``, suspended in
+    ``StreamReader.at_eof`` (nothing of a frame read), with an empty buffer.
+    Anything else keeps websockets' parser: correct, only bigger.  Returns whether
+    it replaced it.
+    """
+    parser = getattr(conn, "parser", None)
+    chain: list[object] = []
+    while parser is not None and len(chain) < 3:
+        chain.append(getattr(parser, "gi_code", None))
+        parser = getattr(parser, "gi_yieldfrom", None)
+    if chain != _WAITING or conn.reader.buffer:
+        return False
+    conn.parser = _FRAME_PARSE(conn)
+    next(conn.parser)
+    return True
+
+
 class SocketSettings:
     """What every :class:`ServerSocket` of one server shares."""
 
-    __slots__ = ("max_size", "on_gone", "ping_interval", "ping_timeout")
+    __slots__ = (
+        "closing",
+        "max_size",
+        "on_gone",
+        "ping",
+        "ping_frame",
+        "ping_interval",
+        "ping_timeout",
+        "pings",
+        "pongs",
+    )
 
     def __init__(
         self,
@@ -394,9 +461,21 @@ class SocketSettings:
         ping_interval: float,
         ping_timeout: float,
         on_gone: Callable[[asyncio.Transport], None],
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         self.on_gone = on_gone
         """Called with the transport of each connection that ends (the server's books)."""
         self.max_size = max_size
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
+        self.ping = os.urandom(4)
+        """The payload of every keep-alive ping of this server (a pong must echo it)."""
+        self.ping_frame = b"\x89\x04" + self.ping
+        """The ping as an unmasked frame (FIN, opcode 9, 4 bytes)."""
+        self.pings = Sweep(ping_interval or 1.0, ServerSocket._send_ping)
+        """Open connections, until their next keep-alive ping."""
+        self.pongs = Sweep(ping_timeout, ServerSocket._no_pong)
+        """Pinged connections, until their pong (or 1011)."""
+        self.closing = Sweep(close_timeout, ServerSocket._abort)
+        """Connections that sent their close frame, until the peer's (or the transport
+        is closed)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +26,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     delete,
+    or_,
     select,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -36,6 +38,8 @@ from livedata.metadata import Metadata
 from livedata.metadata.tables import Base, Machine
 
 CACHE_SECONDS = 5.0
+CHECK_CHUNK = 500
+"""Credentials per query of :meth:`Accounts.still_valid` (SQLite's bound-parameter limit)."""
 LOGIN_CANDIDATES = 5
 """A login without an organisation tries the password on at most this many same-named users."""
 AUDIT_MAX_LIST = 1000
@@ -358,6 +362,52 @@ class Accounts:
 
         return await self._cached(f"u:{user_id}:{via}", load)
 
+    async def still_valid(
+        self, sessions: Collection[str], tokens: Collection[str], users: Collection[int]
+    ) -> tuple[set[str], set[str], set[int]]:
+        """Which of these are still valid, read together (one query per kind and
+        :data:`CHECK_CHUNK` of them, not one per credential): session hashes of
+        unexpired sessions, token hashes of unrevoked unexpired tokens, user ids, each
+        of an existing user who is not disabled (what :meth:`session_principal`,
+        :meth:`token_principal` and :meth:`user_principal` accept), not cached."""
+        now = now_ms()
+        enabled = User.disabled.is_(False)
+        async with self.meta.session() as s:
+
+            async def valid(items: Collection[Any], query: Callable[[Any], Any]) -> set[Any]:
+                found: set[Any] = set()
+                for chunk in _chunks(sorted(items)):
+                    found.update(await s.scalars(query(chunk)))
+                return found
+
+            valid_sessions = await valid(
+                sessions,
+                lambda chunk: (
+                    select(BrowserSession.id_hash)
+                    .join(User, User.id == BrowserSession.user_id)
+                    .where(
+                        BrowserSession.id_hash.in_(chunk), BrowserSession.expires_ms >= now, enabled
+                    )
+                ),
+            )
+            valid_tokens = await valid(
+                tokens,
+                lambda chunk: (
+                    select(ApiToken.token_hash)
+                    .join(User, User.id == ApiToken.user_id)
+                    .where(
+                        ApiToken.token_hash.in_(chunk),
+                        ApiToken.revoked_ms.is_(None),
+                        or_(ApiToken.expires_ms.is_(None), ApiToken.expires_ms >= now),
+                        enabled,
+                    )
+                ),
+            )
+            valid_users = await valid(
+                users, lambda chunk: select(User.id).where(User.id.in_(chunk), enabled)
+            )
+        return valid_sessions, valid_tokens, valid_users
+
     async def _cached(self, key: str, load: Any) -> Principal | None:
         """``load()``'s answer for ``key``, cached; concurrent misses share one lookup
         (500 connections opened at once with one token make one database read)."""
@@ -438,3 +488,7 @@ class Accounts:
                 .limit(limit)
             )
             return list((await s.scalars(query)).all())
+
+
+def _chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
+    return [items[i : i + CHECK_CHUNK] for i in range(0, len(items), CHECK_CHUNK)]
