@@ -7,8 +7,9 @@ standard and extended ids), encoded as devices send them, plus as many
 (``--before TREE``: a checkout of the code before; and this checkout) a worker
 process decodes them all, ``--rounds`` times, the codes taking turns so load from
 other processes falls on both alike; the messages are held 1,000 at a time (as ingest
-holds a batch) and the garbage collector runs as in production, so its share of
-the allocations is counted; then the same again with the collector off (the
+holds a batch) and the garbage collector runs as in the roles (``tune_gc``: what
+the set-up made is frozen, the roles' thresholds), so its share of the
+allocations is counted; then the same again with the collector off (the
 decoding alone).  Printed: the best round's CPU µs per message of each kind per
 code, and the ratio to the code before.
 
@@ -53,10 +54,12 @@ def json_payloads(count: int) -> list[bytes]:
 def worker(count: int) -> None:
     from bench.bench_mqtt_link import payloads
 
+    from livedata.cli.common import tune_gc
     from livedata.codec import decode
 
     can = [p for _, p in payloads(count)]
     raw = json_payloads(count)
+    tune_gc()  # as the roles do once started: the set-up is frozen, collections rarer
     out = {}
     for collect in (True, False):
         (gc.enable if collect else gc.disable)()
