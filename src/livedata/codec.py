@@ -245,7 +245,7 @@ def _check_id(raw: int, index: int) -> tuple[int, bool]:
 def _frames8(payload: bytes, base: int) -> tuple[Frame, ...] | None:
     """The frames if every one carries 8 bytes and has a valid id; ``None`` to take the
     general path (which reads frame by frame and names the first bad one)."""
-    out = []
+    out: list[Frame] = []
     append = out.append
     for offset, raw, length, data in _FRAME8.iter_unpack(memoryview(payload)[_HEADER.size :]):
         if length != 8:
