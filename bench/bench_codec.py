@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_mqtt_link import run_script  # noqa: E402
 
 KEEP = 1000
 """Messages decoded and held at once (ingest holds a batch, then drops it)."""
@@ -78,16 +78,7 @@ def worker(count: int) -> None:
 
 
 def run_worker(src: Path, count: int) -> dict[str, float]:
-    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", f"--messages={count}"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    ).stdout
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    result: dict[str, float] = run_script(__file__, src, "--worker", f"--messages={count}")
     return result
 
 
