@@ -32,6 +32,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -110,10 +111,11 @@ async def register(url: str) -> None:
     await link.close()
 
 
-def run_worker(src: Path, url: str, count: int) -> dict:
+def run_script(script: str, src: Path, *args: str) -> Any:
+    """Run ``script args`` with ``src`` first on the path; the JSON of its last output line."""
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", url, f"--messages={count}"],
+        [sys.executable, script, *args],
         env=env,
         check=True,
         capture_output=True,
@@ -121,6 +123,10 @@ def run_worker(src: Path, url: str, count: int) -> dict:
         timeout=600,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+def run_worker(src: Path, url: str, count: int) -> dict:
+    return run_script(__file__, src, "--worker", url, f"--messages={count}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+import random
 import struct
+from pathlib import Path
 
 import orjson
 import pytest
 
+from livedata import codec
 from livedata.codec import MAX_FRAMES, MAX_PAYLOAD, decode, encode
 from livedata.errors import DecodeError
 from livedata.model import DeviceMessage, Frame, Kind, MsgType
+from tests.decode.test_can import read_frames
+
+FIXTURES = sorted((Path(__file__).resolve().parent / "files" / "can").glob("*.txt"))
 
 TS = 1_700_000_000_000
 
@@ -113,6 +121,18 @@ def test_client_raw_data_golden_and_round_trip() -> None:
         (header(1) + struct.pack("<hIB", 0, 0x4000_0001, 0), "reserved bits 29-30"),
         (header(1) + struct.pack("<hIB", 0, 0x100, 9) + bytes(9), "not a CAN or CAN FD"),
         (header(1) + struct.pack("<hIB8s", 0, 0x800, 8, bytes(8)), "more than 11 bits"),
+        (  # 8-byte frames (the fast path): the bad id is found in the second frame
+            header(2)
+            + struct.pack("<hIB8s", 0, 0x8000_0100, 8, bytes(8))
+            + struct.pack("<hIB8s", 0, 0xC000_0001, 8, bytes(8)),
+            "frame 1: CAN id word 0xC0000001 sets reserved bits 29-30",
+        ),
+        (
+            header(2)
+            + struct.pack("<hIB8s", 0, 0x8000_0100, 8, bytes(8))
+            + struct.pack("<hIB8s", 0, 0x1000, 8, bytes(8)),
+            "frame 1: standard CAN id 0x1000 is more than 11 bits",
+        ),
     ],
 )
 def test_bad_vehicle_can_is_refused(payload: bytes, needle: str) -> None:
@@ -192,3 +212,82 @@ def test_payload_carries_no_identity() -> None:
         DeviceMessage("tenant-xyz", "chassis-xyz", MsgType.VEHICLE_CAN, TS, frames=CAN.frames)
     )
     assert set(orjson.loads(encode(msg))) == {"v", "ts", "kind", "values"}
+
+
+def assert_same(got: DeviceMessage, want: DeviceMessage) -> None:
+    """``got`` is ``want`` in every way a user can see: types, fields, repr, pickle, frozen."""
+    assert type(got) is DeviceMessage
+    for f in dataclasses.fields(DeviceMessage):
+        mine, theirs = getattr(got, f.name), getattr(want, f.name)
+        assert type(mine) is type(theirs) and mine == theirs, f.name
+    assert all(type(frame) is Frame for frame in got.frames)
+    for mine, theirs in zip(got.frames, want.frames, strict=True):
+        assert [type(v) for v in mine] == [type(v) for v in theirs]
+    assert got == want and repr(got) == repr(want)
+    assert pickle.loads(pickle.dumps(got)) == want
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.ts = 0  # type: ignore[misc]
+    if got.frames:
+        with pytest.raises(AttributeError):
+            got.frames[0].ts = 0  # type: ignore[misc]
+
+
+def batches(frames: list[Frame]) -> list[tuple[Frame, ...]]:
+    """``frames`` cut into batches that stay within 30 s of their first frame."""
+    out: list[list[Frame]] = []
+    for frame in frames:
+        if not out or abs(frame.ts - out[-1][0].ts) > 30_000:
+            out.append([])
+        out[-1].append(frame)
+    return [tuple(batch) for batch in out]
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.stem)
+def test_decode_makes_the_objects_the_constructors_make(path: Path) -> None:
+    """For every CAN fixture file, decoded messages are those built with DeviceMessage/Frame."""
+    frames = read_frames(path)
+    eights = [f for f in frames if len(f.data) == 8]  # the all-8-byte fast path
+    for batch in batches(frames) + batches(eights):
+        base = min(f.ts for f in batch)
+        want = DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, base, Kind.BACKFILL, batch)
+        payload = encode(want)
+        got = decode("acme", "M1", "vehicle_can", payload)
+        assert_same(got, dataclasses.replace(want, payload=payload))
+        assert got.payload == payload
+
+
+def test_decode_json_makes_the_object_the_constructor_makes() -> None:
+    """A decoded client_raw_data message is the one built with DeviceMessage."""
+    assert_same(decode("acme", "M1", "client_raw_data", encode(JSON)), JSON)
+
+
+def test_fast_path_agrees_with_the_general_path_on_any_id_word() -> None:
+    """Random 8-byte-frame batches with any id words: the same frames or the same error
+    as the frame-by-frame reader."""
+    rng = random.Random(17)
+    words = [0, 0x7FF, 0x800, 0x1FFF_FFFF, 0x2000_0000, 0x4000_0000, 0x8000_0000, 0x9FFF_FFFF]
+    words += [0xA000_0000, 0xC000_07FF, 0xFFFF_FFFF, 0x8000_0800, 0x18FE_F100]
+    for _ in range(500):
+        count = rng.randint(1, 6)
+        ids = [
+            rng.choice(words) if rng.random() < 0.3 else rng.randint(0, 0x7FF) for _ in range(count)
+        ]
+        ids = [i | 0x8000_0000 if i > 0x7FF and rng.random() < 0.5 else i for i in ids]
+        payload = header(count) + b"".join(
+            struct.pack("<hIB8s", n - 3, word, 8, bytes([n] * 8)) for n, word in enumerate(ids)
+        )
+        try:
+            general = DeviceMessage(
+                "acme",
+                "M1",
+                MsgType.VEHICLE_CAN,
+                TS,
+                frames=codec._frames(payload, TS, count),
+                payload=payload,
+            )
+        except DecodeError as exc:
+            with pytest.raises(DecodeError) as raised:
+                decode("acme", "M1", "vehicle_can", payload)
+            assert str(raised.value) == str(exc)
+        else:
+            assert_same(decode("acme", "M1", "vehicle_can", payload), general)

@@ -43,12 +43,17 @@ large), so a device never sends what the server would refuse.
 
 Speed: :mod:`struct` with precompiled formats; a batch whose frames all carry 8
 data bytes (the common case) is read and written with one ``iter_unpack`` /
-one ``pack`` per frame and no per-frame slicing.
+one ``pack`` per frame, no per-frame slicing and no function call per frame
+beyond the frame's own construction.  Frames are made with ``tuple.__new__``
+and the message by setting its slots directly (:func:`_message`), not through the
+named tuple's and the frozen dataclass's Python-level constructors; the objects are
+the same (equal, same types, still immutable).
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import fields
 from typing import Any
 
 import orjson
@@ -83,6 +88,7 @@ FLAG_BACKFILL = 0x01
 EXTENDED = 0x8000_0000
 _RESERVED_ID_BITS = 0x6000_0000
 _EXT_MAX = 0x1FFF_FFFF
+_EXT_CHECK = EXTENDED | _RESERVED_ID_BITS
 _STD_MAX = 0x7FF
 _LENGTHS = frozenset((*range(9), 12, 16, 20, 24, 32, 48, 64))
 
@@ -91,6 +97,42 @@ _FRAME = struct.Struct("<hIB")
 _FRAME8 = struct.Struct("<hIB8s")
 _JSON_KEYS = frozenset(("v", "ts", "kind", "values"))
 _INT64_MAX = (1 << 63) - 1
+
+_new_frame = tuple.__new__
+"""``_new_frame(Frame, (ts, id, extended, data))``: a :class:`Frame` without its
+Python-level ``__new__`` (the fields are checked by the caller)."""
+
+_MESSAGE_FIELDS = ("tenant", "chassis", "msg_type", "ts", "kind", "frames", "values", "payload")
+if tuple(f.name for f in fields(DeviceMessage)) != _MESSAGE_FIELDS:  # pragma: no cover
+    raise ImportError("DeviceMessage's fields changed: update livedata.codec._message")
+_new_object = object.__new__
+_set_fields = tuple(getattr(DeviceMessage, name).__set__ for name in _MESSAGE_FIELDS)
+
+
+def _message(
+    tenant: str,
+    chassis: str,
+    msg_type: MsgType,
+    ts: int,
+    kind: Kind,
+    frames: tuple[Frame, ...],
+    values: dict[str, Any],
+    payload: bytes | None,
+) -> DeviceMessage:
+    """``DeviceMessage(tenant, chassis, msg_type, ts, kind, frames, values, payload)``
+    with its slots set directly: the frozen dataclass's ``__init__`` costs an
+    ``object.__setattr__`` call per field.  The result is the same, still frozen."""
+    msg = _new_object(DeviceMessage)
+    s_tenant, s_chassis, s_type, s_ts, s_kind, s_frames, s_values, s_payload = _set_fields
+    s_tenant(msg, tenant)
+    s_chassis(msg, chassis)
+    s_type(msg, msg_type)
+    s_ts(msg, ts)
+    s_kind(msg, kind)
+    s_frames(msg, frames)
+    s_values(msg, values)
+    s_payload(msg, payload)
+    return msg
 
 
 def encode(msg: DeviceMessage) -> bytes:
@@ -178,16 +220,10 @@ def _decode_can(tenant: str, chassis: str, payload: bytes) -> DeviceMessage:
         raise DecodeError(f"vehicle_can batch of {count} frames, at most {MAX_FRAMES} allowed")
     kind = Kind.BACKFILL if flags & FLAG_BACKFILL else Kind.REALTIME
     body = len(payload) - _HEADER.size
-    if body == count * _FRAME8.size:
-        frames = _frames8(payload, base)
-        if frames is not None:
-            return DeviceMessage(
-                tenant, chassis, MsgType.VEHICLE_CAN, base, kind, frames, payload=bytes(payload)
-            )
-    frames = _frames(payload, base, count)
-    return DeviceMessage(
-        tenant, chassis, MsgType.VEHICLE_CAN, base, kind, frames, payload=bytes(payload)
-    )
+    frames = _frames8(payload, base) if body == count * _FRAME8.size else None
+    if frames is None:
+        frames = _frames(payload, base, count)
+    return _message(tenant, chassis, MsgType.VEHICLE_CAN, base, kind, frames, {}, bytes(payload))
 
 
 _LOOKS_LIKE_JSON = (
@@ -207,15 +243,19 @@ def _check_id(raw: int, index: int) -> tuple[int, bool]:
 
 
 def _frames8(payload: bytes, base: int) -> tuple[Frame, ...] | None:
-    """The frames if every one carries 8 bytes; ``None`` to take the general path."""
-    out = []
-    for index, (offset, raw, length, data) in enumerate(
-        _FRAME8.iter_unpack(memoryview(payload)[_HEADER.size :])
-    ):
+    """The frames if every one carries 8 bytes and has a valid id; ``None`` to take the
+    general path (which reads frame by frame and names the first bad one)."""
+    out: list[Frame] = []
+    append = out.append
+    for offset, raw, length, data in _FRAME8.iter_unpack(memoryview(payload)[_HEADER.size :]):
         if length != 8:
             return None
-        ident, extended = (raw, False) if raw <= _STD_MAX else _check_id(raw, index)
-        out.append(Frame(base + offset, ident, extended, data))
+        if raw <= _STD_MAX:
+            append(_new_frame(Frame, (base + offset, raw, False, data)))
+        elif raw & _EXT_CHECK == EXTENDED:  # bit 31 set, reserved bits 29-30 clear
+            append(_new_frame(Frame, (base + offset, raw & _EXT_MAX, True, data)))
+        else:
+            return None
     return tuple(out)
 
 
@@ -241,7 +281,7 @@ def _frames(payload: bytes, base: int, count: int) -> tuple[Frame, ...]:
                 f"vehicle_can batch truncated: frame {index} of {count} needs {length} data "
                 f"bytes, {end - pos} left"
             )
-        out.append(Frame(base + offset, ident, extended, payload[pos : pos + length]))
+        out.append(_new_frame(Frame, (base + offset, ident, extended, payload[pos : pos + length])))
         pos += length
     if pos != end:
         raise DecodeError(f"vehicle_can batch has {end - pos} bytes after its {count} frames")
@@ -285,4 +325,4 @@ def _decode_json(tenant: str, chassis: str, payload: bytes) -> DeviceMessage:
     values = obj.get("values")
     if not isinstance(values, dict):
         raise DecodeError("client_raw_data values must be a JSON object of flat values")
-    return DeviceMessage(tenant, chassis, MsgType.CLIENT_RAW_DATA, ts, kind, values=values)
+    return _message(tenant, chassis, MsgType.CLIENT_RAW_DATA, ts, kind, (), values, None)
