@@ -143,10 +143,10 @@ class LiveEndpoint:
         self.known_fields = known_fields
         self.viewers = viewers
         self.leaving: set[asyncio.Task[None]] = set()
+        """Closed connections leaving the fan-out (held until done)."""
         self.known: dict[tuple[str, str, str], frozenset[str]] = {}
         """Per machine and message type: its fields as the sessions hold them (one set
         shared by the machine's connections, not 2 KB each for 50 fields)."""
-        """Closed connections leaving the fan-out (held until done)."""
 
     def match(self, path: str) -> tuple[str, ...] | None:
         m = ROUTE.fullmatch(path)
