@@ -68,8 +68,8 @@ def decode_values(
                 continue
             if len(valid) < _VALID_MAX and type(key) is str:
                 valid.add(key)
-        kind = type(value)
-        if kind is float:  # the usual value first, without the chain below
+        vtype = type(value)
+        if vtype is float:  # the usual value first, without the chain below
             if math.isfinite(value):
                 values[key] = value
             else:

@@ -8,14 +8,17 @@ record.  The body is the message in the device wire encoding
 link received, when it kept it, else encoded again) in raw deflate (no header).  A
 payload shorter than :data:`STORE_BELOW` bytes (a second of a machine with a few
 dozen frames: the demo's 12 frames are 192 bytes) is kept as one *stored* deflate
-block (5 bytes of header, no compression); a longer one is compressed (zlib level 6).  Both are plain raw deflate, so
-:func:`unpack_frames` reads either, and the blobs written before (all compressed).
-Measured on the demo's messages (100 machines, 60 s, 192 bytes a message): compressing
-costs 7-8 µs a message (zlib's per-block Huffman trees, whatever the level: level 1
-saves under 1 µs) for 122 instead of 197 bytes; storing costs about 0.3 µs.  At
-ingest's ~56 µs CPU a record (a ``vehicle_can`` and a ``client_raw_data`` record per
-machine and second) that is ~4 µs a record for 75 more bytes a machine-second in
-the ``frames`` table (1.6x the blob).
+block (5 bytes of header, no compression); a longer one is compressed (zlib level
+6).  Both are plain raw deflate, so :func:`unpack_frames` reads either, and the
+blobs written before (all compressed).
+
+Measured on the demo's messages (100 machines, 60 s, 192 bytes a message):
+compressing costs 7-8 µs a message (zlib builds its Huffman trees per block,
+whatever the level: level 1 saves under 1 µs, for 131 bytes instead of 122) for
+122 bytes; storing, 197 bytes for under 1 µs (the whole of :func:`pack_frames`).
+In ``bench_ingest`` (200 machines, a ``vehicle_can`` and a ``client_raw_data``
+record per machine and second) that is 5 µs CPU a record less (50.6 -> 45.5 µs)
+for 75 more bytes a machine-second in the ``frames`` table (1.6x the blob).
 
 Under stress: :func:`unpack_frames` inflates at most :data:`MAX_BLOB_BYTES` (the
 wire encoding's own bound) and raises :class:`~livedata.errors.DecodeError` for a
