@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,21 +180,28 @@ class Catalog:
         self._decoders.move_to_end(dbc_id)
         return decoder
 
-    async def note_fields(self, tenant: str, chassis: str, msg_type: str, names: set[str]) -> None:
+    async def note_fields(
+        self, tenant: str, chassis: str, msg_type: str, names: Collection[str]
+    ) -> None:
         """Remember ``client_raw_data`` field names a machine sent (persisted once each).
 
         An organisation's known fields are loaded in one query on first use; after that
         only a name never seen before costs a database write (one statement).  A message
         that would give a machine more than ``max_fields`` fields of one message type is
-        refused (:func:`~livedata.pipeline.limits.check_field_count`)."""
+        refused (:func:`~livedata.pipeline.limits.check_field_count`).  ``names`` may be
+        a record's ``values.keys()``: the usual message, all names known, builds no set."""
         org = self._fields.get(tenant)
+        if org is not None:
+            seen = org.get((chassis, msg_type))
+            if seen is not None and seen.issuperset(names):
+                return
         if org is None:
             async with self._locks.setdefault(tenant, asyncio.Lock()):
                 org = self._fields.get(tenant)
                 if org is None:
                     org = self._fields[tenant] = await self.meta.org_fields(tenant)
         known = org.setdefault((chassis, msg_type), set())
-        new = names - known
+        new = set(names) - known
         if new:
             where = f"{chassis!r} of organisation {tenant!r}"
             check_field_count(where, msg_type, len(known), new, self.max_fields)

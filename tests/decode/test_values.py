@@ -89,3 +89,14 @@ def test_error_lines_stay_short_for_huge_keys() -> None:
     """An enormous bad key is shortened in its error line."""
     _, errors = decode_values({"k" * 100_000: 1})
     assert len(errors) == 1 and len(errors[0]) < 200
+
+
+def test_a_name_seen_before_is_judged_the_same() -> None:
+    """A payload decodes the same the second time (names accepted before are remembered),
+    and a non-string key equal in text to an accepted name is still refused."""
+    payload = {"7": 1.5, "speed": float("nan"), "on": True, "n": 3, 7: 1, "bad name": 2}
+    first = decode_values(payload)
+    assert decode_values(payload) == first
+    values, errors = first
+    assert values == {"7": 1.5, "on": 1, "n": 3}
+    assert len(errors) == 3 and "invalid name" in errors[1] and "invalid name" in errors[2]

@@ -59,6 +59,28 @@ def test_state_ignores_late_dm1() -> None:
     assert state.active == {(0, 110, 16): 1} and state.latest == {0: 5000}
 
 
+def test_quiet_dm1s_apply_as_diff_and_commit_would() -> None:
+    """A DM1 without DTCs while none is active (lamps changing, late ones included) leaves
+    the state and summary as diff then commit would; any other DM1 is left to them."""
+    red = Lamps(0, 1, 0, 0, 3, 3, 3, 3)
+    quiet = [dm1(1000, 0), dm1(1000, 3), Dm1(2000, 0, red, ()), dm1(1500, 0), dm1(3000, 3)]
+    fast, slow = DtcState(), DtcState()
+    for message in quiet:
+        fast.summary()
+        assert fast.quiet(message)
+        slow.commit(message, slow.diff(message)[0])
+        assert (fast.latest, fast.lamps, fast.summary()) == (
+            slow.latest,
+            slow.lamps,
+            slow.summary(),
+        )
+    assert fast.summary()["lamp_red_stop"] == 1 and fast.lamps[0] == red
+    assert not fast.quiet(dm1(4000, 0, (110, 16, 1)))
+    fast.commit(dm1(4000, 0, (110, 16, 1)), fast.diff(dm1(4000, 0, (110, 16, 1)))[0])
+    assert not fast.quiet(dm1(5000, 3))  # a DTC is active: the clearing needs diff
+    assert fast.latest == {0: 4000, 3: 3000}
+
+
 def test_state_is_bounded() -> None:
     """Beyond MAX_ACTIVE active DTCs per machine, new ones are dropped and counted."""
     state = DtcState()

@@ -5,6 +5,8 @@ retention of values and raw frames."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import uuid
 import zlib
 from pathlib import Path
@@ -19,11 +21,13 @@ from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record
 from livedata.pipeline.rawframes import FrameKeeper
 from livedata.runtime import Runtime
 from livedata.settings import Settings
-from livedata.store.frames import FrameBlob, pack_frames, unpack_frames
+from livedata.store.frames import STORE_BELOW, FrameBlob, pack_frames, unpack_frames
 from livedata.store.memory import MemoryStore
+from livedata.store.sqlite import SQLiteStore
 from tests.pipeline.faults import FlakyStore
 
 T0 = 1_750_000_000_000
+COMPRESSED_FILE = Path(__file__).parent.parent / "files" / "frames" / "compressed-frames.db"
 
 
 def message(ts: int, kind: Kind = Kind.REALTIME) -> DeviceMessage:
@@ -125,3 +129,40 @@ def test_a_received_message_packs_the_payload_it_was_read_from() -> None:
     blob = pack_frames(msg, msg.ts + 5)
     assert zlib.decompress(blob.data, -15) == payload
     assert (blob.count, blob.ts, unpack_frames(blob)) == (9, msg.ts + 5, msg)
+
+
+def test_short_payloads_are_stored_and_long_ones_compressed_both_plain_deflate() -> None:
+    """A payload under STORE_BELOW is kept as one stored deflate block, a longer one
+    compressed; plain raw inflate (what older code runs) gives each payload back."""
+    for n, stored in ((12, True), (STORE_BELOW // 15 + 1, False)):
+        frames = tuple(Frame(T0 + i, 0x18FEF100, True, bytes([i % 3] * 8)) for i in range(n))
+        payload = encode(DeviceMessage("acme", "M1", MsgType.VEHICLE_CAN, T0, frames=frames))
+        msg = decode("acme", "M1", MsgType.VEHICLE_CAN, payload)
+        blob = pack_frames(msg, T0)
+        assert (len(payload) < STORE_BELOW) is stored
+        assert (blob.data == blob.data[:5] + payload) is stored
+        assert len(blob.data) < len(payload) or stored
+        assert zlib.decompress(blob.data, -15) == payload
+        assert (blob.count, unpack_frames(blob)) == (n, msg)
+
+
+async def test_blobs_compressed_by_the_earlier_code_still_read(tmp_path: Path) -> None:
+    """A SQLite file whose blobs were all compressed (tests/files/frames, made by the
+    earlier packing) reads back every message it was packed from, next to new blobs."""
+    path = tmp_path / "telemetry.db"
+    shutil.copy(COMPRESSED_FILE, path)
+    expected = json.loads(COMPRESSED_FILE.with_suffix(".json").read_text())
+    store = SQLiteStore(f"sqlite:///{path}")
+    await store.start()
+    try:
+        new = message(expected[-1]["ts"] + 1000)
+        await store.write_frames([pack_frames(new, new.ts)])
+        blobs = await store.read_frames("demo", "m1", 0, new.ts + 1)
+        assert all(b.data[0] & 0b111 != 0b001 for b in blobs)  # none is a stored block
+        got = [
+            {"ts": b.ts, "count": b.count, "payload": encode(unpack_frames(b)).hex()} for b in blobs
+        ]
+        assert got == expected
+        assert unpack_frames((await store.read_frames("acme", "M1", 0, new.ts + 1))[0]) == new
+    finally:
+        await store.close()

@@ -91,6 +91,23 @@ class DtcState:
         self._summary: dict[str, int] | None = None
         """:meth:`summary` without cleared DTCs, until a DM1 changes the DTCs or lamps."""
 
+    def quiet(self, dm1: Dm1) -> bool:
+        """Apply ``dm1`` at once if it lists no DTC while none is active (most DM1s): the
+        same as :meth:`diff` (no changes) then :meth:`commit`, without their work.
+        ``False`` (nothing done) otherwise."""
+        if dm1.dtcs or self.active:
+            return False
+        sa = dm1.sa
+        latest = self.latest.get(sa)
+        if latest is not None and dm1.ts < latest:
+            return True  # late backfill: changes nothing
+        self.latest[sa] = dm1.ts
+        lamps = self.lamps.get(sa)
+        if lamps is not dm1.lamps and lamps != dm1.lamps:
+            self._summary = None
+            self.lamps[sa] = dm1.lamps
+        return True
+
     def diff(self, dm1: Dm1) -> tuple[list[DtcChange], int]:
         """The changes ``dm1`` brings, and how many new DTCs did not fit :data:`MAX_ACTIVE`.
 
@@ -203,6 +220,8 @@ class DtcService:
                 state = DtcState(await self.log.active(tenant, chassis))
                 self._machines[key] = state
             for dm1 in dm1s:
+                if state.quiet(dm1):
+                    continue
                 changes, dropped = state.diff(dm1)
                 self.dropped += dropped
                 if changes:

@@ -441,7 +441,7 @@ class Ingest:
             for error in errors:
                 stats.malformed += 1
                 self._error((msg.tenant, msg.chassis), stats, "malformed", error)
-            await self.catalog.note_fields(msg.tenant, msg.chassis, msg.msg_type, set(values))
+            await self.catalog.note_fields(msg.tenant, msg.chassis, msg.msg_type, values.keys())
         return Record(msg.tenant, msg.chassis, msg.msg_type, ts, msg.kind, values)
 
     def depth(self) -> int:
