@@ -51,7 +51,12 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     ``partition=i/n`` (``0/2`` and ``1/2``): it takes the machines whose
     ``crc32("{tenant}/{chassis}") % n == i`` and acknowledges the others at once,
     unread (their own process has its own copy).  The cost: each process receives
-    all ``n`` shares from the broker.
+    all ``n`` shares from the broker, and Mosquitto 2.0.11 pays for it: with 2
+    partitions and 2,000 machines at 1 Hz it took 96 % of a core, its queues for
+    the links grew and throughput collapsed to 613 of 4,000 records/s, where one
+    share group carried the same fleet with the broker at 8 %
+    (``bench/bench_cluster.py --fleets 2000 --ingest 2 --split partition|share``).
+    Use a share group unless the broker restart case matters more.
 ``inflight`` (1000)
     MQTT 5 Receive Maximum: the broker sends this link at most this many
     unacknowledged messages and holds the rest — the back-pressure when ingest is
