@@ -5,8 +5,8 @@ ingest turns each into one :class:`Record` of decoded values.  Records are what 
 store keeps, what the log carries and what distribute publishes on the live channel
 named by :func:`live_channel`.  Wherever a record goes through the log or to disk
 (the Kafka log, the spill journal) it travels in one shape, the record envelope
-(:func:`envelope`), with one codec (:func:`encode_record`, :func:`encode_records` and
-their decoders).  On a live channel distribute publishes only what live readers use,
+``{"tenant", "chassis", "msgType", "ts", "kind", "values"}``, with one codec
+(:func:`encode_records` and its decoders).  On a live channel distribute publishes only what live readers use,
 ``ts``, ``values`` and the channel's ``seq``/``epoch``
 (:class:`~livedata.bus.base.LiveMessage`): as an object in process, encoded only where
 a pub/sub leaves the process.
@@ -95,26 +95,8 @@ class Record:
 # --- the record envelope: one wire shape for the log and the spill journal
 
 
-def envelope(record: Record) -> dict[str, Any]:
-    """The record envelope: ``{"tenant", "chassis", "msgType", "ts", "kind", "values"}``.
-    Values are as ingest normalised them."""
-    return {
-        "tenant": record.tenant,
-        "chassis": record.chassis,
-        "msgType": record.msg_type,
-        "ts": record.ts,
-        "kind": record.kind.value,
-        "values": record.values,
-    }
-
-
 _KINDS = {kind.value: kind for kind in Kind}
 """A kind by its wire name: a dict lookup costs a quarter of ``Kind(name)``."""
-
-
-def encode_record(record: Record) -> bytes:
-    """One record as JSON bytes (a Kafka value)."""
-    return orjson.dumps(envelope(record))
 
 
 def from_envelope(obj: dict[str, Any]) -> Record:
@@ -148,7 +130,7 @@ def encode_records(records: Sequence[Record]) -> bytes:
 
 
 def decode_records(data: bytes | str) -> list[Record]:
-    """The records of :func:`encode_records` (or of one :func:`encode_record`, or the arrays
+    """The records of :func:`encode_records` (or of one envelope alone, or the arrays
     ``[tenant, chassis, msg_type, ts, kind, values]`` a spill journal written before the
     envelope kept); ``KeyError``/``ValueError``/``TypeError`` if it is none of these."""
     obj = orjson.loads(data)
