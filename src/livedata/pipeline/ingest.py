@@ -115,7 +115,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,6 +177,21 @@ class Refused:
 
 Outcome = Record | Refused
 """What became of one message handed to :meth:`Ingest.handle_many`."""
+
+
+async def _wait_until(event: asyncio.Event, done: Callable[[], bool], deadline: float) -> None:
+    """Wait until ``done()`` holds, checked each time ``event`` is set, or until the
+    monotonic ``deadline`` has passed."""
+    while not done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        event.clear()
+        try:
+            async with asyncio.timeout(left):
+                await event.wait()
+        except TimeoutError:
+            return
 
 
 class Ingest:
@@ -552,16 +567,11 @@ class Ingest:
                 self._ack_work.clear()
                 await self._ack_work.wait()
             count, durable_at, acks = self._to_ack[0]
-            while self._logged < count and not self._log_failing:
-                left = durable_at + self.log_wait - time.monotonic()
-                if left <= 0:
-                    break
-                self._log_progress.clear()
-                try:
-                    async with asyncio.timeout(left):
-                        await self._log_progress.wait()
-                except TimeoutError:
-                    break
+            await _wait_until(
+                self._log_progress,
+                lambda: self._logged >= count or self._log_failing,  # noqa: B023 (awaited here)
+                durable_at + self.log_wait,
+            )
             self._to_ack.popleft()
             for ack in acks:
                 await self._ack(ack)
@@ -709,17 +719,9 @@ class Ingest:
         linger = self.log.batch_ms / 1000
         if not linger:
             return
-        deadline = time.monotonic() + linger
-        while self.unlogged < self.batch_max:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._log_work.clear()
-            try:
-                async with asyncio.timeout(left):
-                    await self._log_work.wait()
-            except TimeoutError:
-                return
+        await _wait_until(
+            self._log_work, lambda: self.unlogged >= self.batch_max, time.monotonic() + linger
+        )
 
     async def _appender(self) -> None:
         """Append queued records to the log in order, what has gathered (up to ``batch_max``)
