@@ -17,7 +17,7 @@ from livedata.metadata.decoding import (
     extend_ranges,
     machine_ranges,
 )
-from livedata.metadata.dtcs import DtcLog
+from livedata.metadata.dtcs import LOAD_CHUNK, DtcLog
 from livedata.pipeline.dtcs import DtcChange
 
 
@@ -105,11 +105,11 @@ class MetadataContract(abc.ABC):
         await meta.ensure_org(org, "Org")
         log = DtcLog(meta)
         lamps = {"amber_warning": 1}
-        await log.apply(org, "M", [DtcChange("active", 0, 110, 16, 1, lamps, 1000)])
-        await log.apply(org, "M", [DtcChange("active", 3, 523, 2, 1, lamps, 1500)])
-        await log.apply(org, "M", [DtcChange("oc", 0, 110, 16, 2, lamps, 2000)])
-        assert await log.active(org, "M") == {(0, 110, 16): 2, (3, 523, 2): 1}
-        await log.apply(org, "M", [DtcChange("cleared", 0, 110, 16, 2, lamps, 3000)])
+        await log.apply([(org, "M", DtcChange("active", 0, 110, 16, 1, lamps, 1000))])
+        await log.apply([(org, "M", DtcChange("active", 3, 523, 2, 1, lamps, 1500))])
+        await log.apply([(org, "M", DtcChange("oc", 0, 110, 16, 2, lamps, 2000))])
+        assert await log.active([(org, "M")]) == {(org, "M"): {(0, 110, 16): 2, (3, 523, 2): 1}}
+        await log.apply([(org, "M", DtcChange("cleared", 0, 110, 16, 2, lamps, 3000))])
         active, cleared = await log.listing(org, "M")
         assert [(r.sa, r.spn, r.since_ms, r.cleared_ms) for r in active] == [(3, 523, 1500, None)]
         assert [(r.spn, r.oc, r.cleared_ms, r.lamps) for r in cleared] == [(110, 2, 3000, lamps)]
@@ -119,6 +119,52 @@ class MetadataContract(abc.ABC):
         assert (stored.j1939, stored.separate_sources) == (True, True)
         plain = await meta.get_dbc(org, (await meta.add_dbc(org, "p", "x")).id)
         assert (plain.j1939, plain.separate_sources) == (None, False)
+
+    async def test_dtc_changes_of_many_machines_in_one_write(self, meta: Metadata) -> None:
+        """One write of several machines' changes in order -- a row active before it counted
+        up and cleared, a code that appears, clears and appears again, another that appears
+        and changes its count -- leaves the rows one write per change would; active DTCs of
+        many machines (more than one query's worth, two organisations) load in one call."""
+        org, other = unique_org(), unique_org()
+        await meta.ensure_org(org, "Org")
+        await meta.ensure_org(other, "Other")
+        log = DtcLog(meta)
+        on, off = {"amber_warning": 1}, {"amber_warning": 0}
+        await log.apply([(org, "A", DtcChange("active", 0, 110, 16, 1, on, 1000))])
+        await log.apply(
+            [
+                (org, "A", DtcChange("oc", 0, 110, 16, 2, on, 2000)),
+                (org, "B", DtcChange("active", 0, 100, 1, 1, on, 2000)),
+                (org, "A", DtcChange("cleared", 0, 110, 16, 2, off, 3000)),
+                (org, "B", DtcChange("cleared", 0, 100, 1, 1, off, 3000)),
+                (org, "A", DtcChange("active", 0, 110, 16, 1, on, 4000)),
+                (org, "B", DtcChange("active", 0, 100, 1, 1, on, 4000)),
+                (other, "A", DtcChange("active", 3, 523, 2, 1, on, 4000)),
+                (other, "A", DtcChange("oc", 3, 523, 2, 5, off, 5000)),
+            ]
+        )
+        rows = {}
+        for machine in ((org, "A"), (org, "B"), (other, "A")):
+            active, cleared = await log.listing(*machine)
+            rows[machine] = [
+                (r.spn, r.oc, r.lamps, r.since_ms, r.cleared_ms) for r in active + cleared
+            ]
+        assert rows == {
+            (org, "A"): [(110, 1, on, 4000, None), (110, 2, off, 1000, 3000)],
+            (org, "B"): [(100, 1, on, 4000, None), (100, 1, off, 2000, 3000)],
+            (other, "A"): [(523, 5, off, 4000, None)],
+        }
+        machines = [(org, f"M{n}") for n in range(LOAD_CHUNK + 10)]
+        await log.apply(
+            [(o, c, DtcChange("active", 0, 1, 2, n, on, n)) for n, (o, c) in enumerate(machines)]
+        )
+        loaded = await log.active([*machines, (org, "A"), (other, "A"), (other, "NONE")])
+        assert loaded == {
+            **{m: {(0, 1, 2): n} for n, m in enumerate(machines)},
+            (org, "A"): {(0, 110, 16): 1},
+            (other, "A"): {(3, 523, 2): 5},
+            (other, "NONE"): {},
+        }
 
     async def test_decode_ranges_timeline_and_retention(self, meta: Metadata) -> None:
         """Rows of a machine paint its timeline (later rows over earlier, same DBC merged),

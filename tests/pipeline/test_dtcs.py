@@ -111,7 +111,7 @@ async def test_service_persists_and_survives_restart(meta: Metadata) -> None:
     active, cleared = await log.listing("acme", "M1")
     assert active == []
     assert [(r.spn, r.oc, r.since_ms, r.cleared_ms) for r in cleared] == [(110, 4, 1000, 4000)]
-    assert await log.active("acme", "M2") == {}
+    assert await log.active([("acme", "M2")]) == {("acme", "M2"): {}}
 
 
 async def test_service_retries_after_database_failure(

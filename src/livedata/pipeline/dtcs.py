@@ -7,10 +7,12 @@ timestamp), one that is gone was cleared (``clearedAt``), one whose occurrence
 count changed is updated.  A DTC is keyed by (source address, SPN, FMI).
 
 :class:`DtcService` (the ingest role owns one) keeps a :class:`DtcState` per
-machine, loads a machine's active DTCs from the metadata database the first time
-one of its DM1s arrives after a start (so a restart neither forgets nor repeats
-them), writes each change to the database (:mod:`livedata.metadata.dtcs`) and
-returns the summary fields ingest adds to the machine's ``vehicle_can`` record:
+machine and applies the DM1s of a whole ingest batch at once
+(:meth:`DtcService.observe_many`): it loads the active DTCs of the batch's machines
+it has not seen since the start in one query (so a restart neither forgets nor
+repeats them; a thousand machines at start-up), writes all the batch's changes to
+the database in one transaction (:mod:`livedata.metadata.dtcs`) and returns the
+summary fields ingest adds to each ``vehicle_can`` record:
 ``dtc_active`` (count over all ECUs), ``lamp_mil``, ``lamp_red_stop``,
 ``lamp_amber_warning``, ``lamp_protect`` (1 when any ECU has that lamp on), and
 ``dtc.<SPN>.<FMI>`` (the occurrence count) for each active DTC, 0 in the record
@@ -26,24 +28,29 @@ Under stress:
   ones are ignored (and counted in :attr:`DtcService.dropped`) until some clear.
   Machines are those the catalog knows (ingest rejects the others), so memory is
   bounded by the fleet.
-- When the database write fails, the machine's state is left as it was and the
+- When the database write fails, every machine the batch changed is set back to
+  its state before the batch (its records get that state's summary) and the
   failure logged (once per machine until it succeeds): the next DM1 (ECUs repeat
-  it every second) produces the same changes and tries again.  The record's
-  telemetry is never held up or lost for it.
+  it every second) produces the same changes and tries again.  A machine whose
+  active DTCs cannot be loaded gets no DTC fields, and is loaded again with its
+  next batch.  The record's telemetry is never held up or lost for it.
+- Batches are applied one at a time (a lock), so concurrent callers (the MQTT link,
+  HTTP ingest) never compare a DM1 with a state another batch is still writing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from livedata.decode.dm1 import LAMP_NAMES, SPN_NAMES, Dm1, Lamps
 from livedata.errors import BackendError
 from livedata.metadata import Metadata
-from livedata.metadata.dtcs import DtcLog
+from livedata.metadata.dtcs import DtcLog, Machine
 
 log = logging.getLogger("livedata.dtcs")
 
@@ -90,6 +97,13 @@ class DtcState:
         """Timestamp of the latest DM1 applied per source address."""
         self._summary: dict[str, int] | None = None
         """:meth:`summary` without cleared DTCs, until a DM1 changes the DTCs or lamps."""
+
+    def copy(self) -> DtcState:
+        """An independent copy (to set the machine back when its changes cannot be written)."""
+        other = DtcState(self.active)
+        other.lamps = dict(self.lamps)
+        other.latest = dict(self.latest)
+        return other
 
     def quiet(self, dm1: Dm1) -> bool:
         """Apply ``dm1`` at once if it lists no DTC while none is active (most DM1s): the
@@ -178,8 +192,9 @@ class DtcService:
 
     def __init__(self, meta: Metadata) -> None:
         self.log = DtcLog(meta)
-        self._machines: dict[tuple[str, str], DtcState] = {}
-        self._failing: set[tuple[str, str]] = set()
+        self._machines: dict[Machine, DtcState] = {}
+        self._failing: set[Machine] = set()
+        self._lock = asyncio.Lock()
         self.dropped = 0
         """New DTCs ignored because a machine already had :data:`MAX_ACTIVE`."""
         self.seq = 0
@@ -191,8 +206,9 @@ class DtcService:
         """``(organisation, row)`` of every change after number ``seq`` still kept."""
         return [(org, row) for n, org, row in self.events if n > seq]
 
-    def _note(self, tenant: str, chassis: str, changes: list[DtcChange]) -> None:
-        for c in changes:
+    def _note(self, changes: list[tuple[str, str, DtcChange]]) -> None:
+        """Keep ``changes`` (written) for the SSE log table."""
+        for tenant, chassis, c in changes:
             self.seq += 1
             row = {
                 "TIME": c.ts,
@@ -206,33 +222,80 @@ class DtcService:
             }
             self.events.append((self.seq, tenant, row))
 
-    async def observe(self, tenant: str, chassis: str, dm1s: list[Dm1]) -> dict[str, Any]:
-        """Apply a batch's DM1s (in timestamp order); returns the summary fields.
+    def _failed(self, machines: Iterable[Machine], exc: BackendError) -> None:
+        """Log the machines that were not failing yet (once until they succeed)."""
+        new = [key for key in machines if key not in self._failing]
+        if new:
+            self._failing.update(new)
+            log.warning(
+                "DTCs of %d machine(s) (%s/%s first) not saved, retried with their next DM1: %s",
+                len(new),
+                *new[0],
+                exc,
+            )
 
-        Returns ``{}`` when the machine's active DTCs cannot be loaded (database
-        down): the record then simply has no DTC fields.
+    async def observe(self, tenant: str, chassis: str, dm1s: Sequence[Dm1]) -> dict[str, Any]:
+        """:meth:`observe_many` for one machine's DM1s."""
+        return (await self.observe_many([(tenant, chassis, dm1s)]))[0]
+
+    async def observe_many(
+        self, items: Sequence[tuple[str, str, Sequence[Dm1]]]
+    ) -> list[dict[str, Any]]:
+        """Apply the DM1s of a batch's records: ``(organisation, machine, DM1s in timestamp
+        order)`` in the batch's order; the summary fields of each item.
+
+        The machines not seen since the start are loaded in one query, the changes of all
+        items written in one transaction (see the module docstring for failures).  An
+        item gets ``{}`` when its machine's active DTCs cannot be loaded (database down):
+        its record simply has no DTC fields.
         """
-        key = (tenant, chassis)
-        state = self._machines.get(key)
-        cleared: list[DtcChange] = []
-        try:
-            if state is None:
-                state = DtcState(await self.log.active(tenant, chassis))
-                self._machines[key] = state
-            for dm1 in dm1s:
-                if state.quiet(dm1):
+        async with self._lock:
+            machines = self._machines
+            new = {(tenant, chassis) for tenant, chassis, _ in items} - machines.keys()
+            if new:
+                try:
+                    loaded = await self.log.active(new)
+                except BackendError as exc:
+                    self._failed(new, exc)
+                else:
+                    for key, active in loaded.items():
+                        machines[key] = DtcState(active)
+            summaries: list[dict[str, Any]] = []
+            changes: list[tuple[str, str, DtcChange]] = []
+            before: dict[Machine, DtcState] = {}  # each changed machine before its first change
+            for tenant, chassis, dm1s in items:
+                key = (tenant, chassis)
+                state = machines.get(key)
+                if state is None:
+                    summaries.append({})
                     continue
-                changes, dropped = state.diff(dm1)
-                self.dropped += dropped
-                if changes:
-                    await self.log.apply(tenant, chassis, changes)
-                state.commit(dm1, changes)
-                self._note(tenant, chassis, changes)
-                cleared += [c for c in changes if c.kind == "cleared"]
-        except BackendError as exc:
-            if key not in self._failing:
-                self._failing.add(key)
-                log.warning("DTCs of %s/%s not saved, retried with the next DM1: %s", *key, exc)
-        else:
-            self._failing.discard(key)
-        return state.summary(cleared) if state is not None else {}
+                cleared: list[DtcChange] = []
+                for dm1 in dm1s:
+                    if state.quiet(dm1):
+                        continue
+                    found, dropped = state.diff(dm1)
+                    self.dropped += dropped
+                    if found:
+                        if key not in before:
+                            before[key] = state.copy()
+                        changes += [(tenant, chassis, c) for c in found]
+                        cleared += [c for c in found if c.kind == "cleared"]
+                    state.commit(dm1, found)
+                summaries.append(state.summary(cleared))
+            try:
+                await self.log.apply(changes)
+            except BackendError as exc:
+                machines.update(before)
+                for n, (tenant, chassis, _) in enumerate(items):
+                    if (tenant, chassis) in before:
+                        summaries[n] = before[tenant, chassis].summary()
+                self._failed(before, exc)
+                return summaries
+            self._note(changes)
+            if self._failing:
+                self._failing.difference_update(
+                    (tenant, chassis)
+                    for tenant, chassis, _ in items
+                    if (tenant, chassis) in machines
+                )
+            return summaries

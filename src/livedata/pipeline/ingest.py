@@ -123,6 +123,7 @@ from livedata import observe
 from livedata.bus.base import Log
 from livedata.catalog import Catalog
 from livedata.decode.can import BusState
+from livedata.decode.dm1 import Dm1
 from livedata.decode.values import decode_values
 from livedata.devices.base import Ack, Delivery, DeviceLink, Rejection
 from livedata.errors import BackendError, BusError, DecodeError, StoreError
@@ -323,6 +324,7 @@ class Ingest:
         """
         outcomes: list[Outcome] = []
         accepted: list[tuple[Record, Ack | None]] = []
+        dtcs: list[tuple[str, str, list[Dm1], dict[str, Any], DecodeStats]] = []
         for delivery in deliveries:
             if isinstance(delivery, Rejection):
                 outcomes.append(
@@ -336,7 +338,7 @@ class Ingest:
             stats.messages += 1
             token = observe.machine_var.set(msg.chassis)  # log_context, without its generator
             try:
-                record = await self._decode(msg, stats)
+                record = await self._decode(msg, stats, dtcs)
             except DecodeError as exc:
                 outcomes.append(
                     await self.reject(msg.tenant, msg.chassis, str(exc), delivery.ack, "rejected")
@@ -347,6 +349,12 @@ class Ingest:
             stats.points += len(record.values)
             outcomes.append(record)
             accepted.append((record, delivery.ack))
+        if dtcs:  # the batch's DM1s: one metadata transaction for all their changes
+            summaries = await self.dtcs.observe_many([item[:3] for item in dtcs])
+            for (*_, values, stats), summary in zip(dtcs, summaries, strict=True):
+                points = len(values)
+                values.update(summary)
+                stats.points += len(values) - points
         if accepted:
             await self._enqueue(accepted)
         return outcomes
@@ -423,7 +431,14 @@ class Ingest:
             window is not None and self._unacked >= window
         )
 
-    async def _decode(self, msg: DeviceMessage, stats: DecodeStats) -> Record:
+    async def _decode(
+        self,
+        msg: DeviceMessage,
+        stats: DecodeStats,
+        dtcs: list[tuple[str, str, list[Dm1], dict[str, Any], DecodeStats]],
+    ) -> Record:
+        """The message's record; a ``vehicle_can`` one with DM1s is added to ``dtcs``
+        (the caller adds their summary fields to its values)."""
         ts = self.timestamps.check(msg.ts, int(time.time() * 1000))
         info = await self.catalog.machine(msg.tenant, msg.chassis)
         if info is None:
@@ -450,7 +465,7 @@ class Ingest:
                 log.info("%d malformed frames: %s", len(result.errors), result.errors[0])
             values: dict[str, Any] = normalised(result.values)  # NaN of a float signal
             if result.dm1:
-                values.update(await self.dtcs.observe(msg.tenant, msg.chassis, result.dm1))
+                dtcs.append((msg.tenant, msg.chassis, result.dm1, values, stats))
         else:
             values, errors = decode_values(msg.values)  # storable already
             for error in errors:
