@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from livedata.decode.dm1 import Dm1, Dtc, Lamps
 from livedata.metadata import Metadata
@@ -133,3 +133,100 @@ async def test_service_retries_after_database_failure(
     assert summary["dtc_active"] == 1
     active, _ = await DtcLog(meta).listing("acme", "M1")
     assert [(r.spn, r.since_ms) for r in active] == [(110, 3000)]
+
+
+class Transactions:
+    """Counts the transactions committed and the SELECTs run on a metadata engine."""
+
+    def __init__(self, meta: Metadata) -> None:
+        self.commits = 0
+        self.selects = 0
+        engine = meta.engine.sync_engine
+        event.listen(engine, "commit", self._commit)
+        event.listen(engine, "before_cursor_execute", self._execute)
+
+    def _commit(self, conn: object) -> None:
+        self.commits += 1
+
+    def _execute(self, conn: object, cursor: object, statement: str, *args: object) -> None:
+        self.selects += statement.lstrip().upper().startswith("SELECT")
+
+
+async def test_batch_writes_as_one_by_one_in_one_transaction(meta: Metadata) -> None:
+    """A batch of several machines' DM1s (one machine several times) gives the summaries,
+    rows and log-table events that applying them one by one gives, in one transaction."""
+    await meta.ensure_org("beta", "Beta")
+    items = [
+        ("M1", [dm1(1000, 0, (110, 16, 1))]),
+        ("M2", [dm1(1000, 0, (100, 1, 1)), dm1(1500, 3, (523, 2, 1))]),
+        ("M1", [dm1(2000, 0, (110, 16, 2)), dm1(3000, 0)]),
+        ("M1", [dm1(4000, 0, (110, 16, 1))]),
+        ("M2", [dm1(4000, 0)]),
+    ]
+    one_by_one = DtcService(meta)
+    expected = [await one_by_one.observe("acme", chassis, dm1s) for chassis, dm1s in items]
+    batched = DtcService(meta)
+    counted = Transactions(meta)
+    got = await batched.observe_many([("beta", chassis, dm1s) for chassis, dm1s in items])
+    assert got == expected
+    assert counted.commits == 2  # the load of M1 and M2, the write
+    assert [row for _, row in batched.events_since(0)] == [
+        row for _, row in one_by_one.events_since(0)
+    ]
+    log = DtcLog(meta)
+    for chassis in ("M1", "M2"):
+        rows = []
+        for org in ("acme", "beta"):
+            active, cleared = await log.listing(org, chassis)
+            rows.append(
+                [(r.sa, r.spn, r.oc, r.lamps, r.since_ms, r.cleared_ms) for r in active + cleared]
+            )
+        assert rows[0] == rows[1] and rows[0]
+
+
+async def test_restart_loads_the_fleet_at_once_and_repeats_nothing(meta: Metadata) -> None:
+    """After a restart, the first batch of 1,200 machines with active DTCs loads them with
+    one query per 500 machines; DM1s repeating those DTCs write and report nothing."""
+    machines = [f"M{n}" for n in range(1200)]
+    await DtcService(meta).observe_many(
+        [("acme", m, [dm1(1000, 0, (110, 16, 1))]) for m in machines]
+    )
+    restarted = DtcService(meta)
+    counted = Transactions(meta)
+    summaries = await restarted.observe_many(
+        [("acme", m, [dm1(2000, 0, (110, 16, 1))]) for m in machines]
+    )
+    assert (counted.selects, counted.commits) == (3, 1)
+    assert all(s["dtc_active"] == 1 and s["dtc.110.16"] == 1 for s in summaries)
+    assert restarted.seq == 0
+    active, cleared = await DtcLog(meta).listing("acme", "M7")
+    assert [(r.since_ms, r.cleared_ms) for r in active] == [(1000, None)] and cleared == []
+
+
+async def test_failed_batch_sets_every_changed_machine_back(
+    meta: Metadata, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When a batch's changes cannot be written, every machine it changed keeps its state
+    from before the batch (and its records that state's summary), logged once; the next
+    DM1s write them."""
+    service = DtcService(meta)
+    await service.observe_many([("acme", "M1", [dm1(500, 0, (1, 1, 1))]), ("acme", "M2", [])])
+    async with meta.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE dtcs RENAME TO dtcs_away"))
+    batch = [
+        ("acme", "M1", [dm1(1000, 0, (1, 1, 2))]),
+        ("acme", "M2", [dm1(1000, 0, (110, 16, 1))]),
+        ("acme", "M1", [dm1(2000, 0)]),
+    ]
+    with caplog.at_level(logging.WARNING, logger="livedata.dtcs"):
+        summaries = await service.observe_many(batch)
+        assert await service.observe_many(batch) == summaries
+    assert [(s["dtc_active"], s.get("dtc.1.1")) for s in summaries] == [(1, 1), (0, None), (1, 1)]
+    assert len([r for r in caplog.records if "not saved" in r.message]) == 1
+    assert service.seq == 1
+    async with meta.engine.begin() as conn:
+        await conn.execute(text("ALTER TABLE dtcs_away RENAME TO dtcs"))
+    summaries = await service.observe_many(batch)
+    assert [s["dtc_active"] for s in summaries] == [1, 1, 0]
+    active, cleared = await DtcLog(meta).listing("acme", "M1")
+    assert active == [] and [(r.oc, r.cleared_ms) for r in cleared] == [(2, 2000)]
