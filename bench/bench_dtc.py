@@ -40,7 +40,6 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DBC = ROOT / "tests" / "files" / "can" / "j1939.dbc"
