@@ -196,6 +196,11 @@ def watch_stalls(loop: asyncio.AbstractEventLoop, path: str, threshold: float) -
 
     def watch() -> None:
         out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
+        with contextlib.suppress(OSError):  # --rt: ahead of the loop thread, to sample it
+            policy = os.sched_getscheduler(0)
+            if policy == os.SCHED_FIFO:
+                priority = os.sched_getparam(0).sched_priority + 1
+                os.sched_setscheduler(0, policy, os.sched_param(priority))
         while True:
             time.sleep(0.001)
             if time.monotonic() - beat[0] < threshold:
@@ -211,6 +216,21 @@ def watch_stalls(loop: asyncio.AbstractEventLoop, path: str, threshold: float) -
             for stack, n in stacks.most_common(6):
                 out.write(f"  {n} {stack}\n")
 
+    sys.setswitchinterval(0.001)  # the loop thread lets the sampler in after 1 ms, not 5
+    slow = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
+    run = asyncio.events.Handle._run
+
+    def timed_run(handle: asyncio.Handle) -> None:
+        """asyncio's loop (``LIVEDATA_EVENT_LOOP=asyncio``): each callback of
+        ``threshold`` s or more, with its CPU time and what it was."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        run(handle)
+        wall = time.perf_counter() - t0
+        if wall >= threshold:
+            cpu = time.thread_time() - c0
+            slow.write(f"slow {time.time():.3f} {wall * 1000:.1f} {cpu * 1000:.1f} {handle!r}\n")
+
+    asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
     loop.call_soon(tick)
     threading.Thread(target=watch, daemon=True, name="stall-watch").start()
 
@@ -754,6 +774,7 @@ class Result:
     clock_us: list[float] = field(default_factory=list)
     hops: dict[str, list[float]] = field(default_factory=dict)  # hop: sorted lags (s)
     stalls: list[str] = field(default_factory=list)  # --stalls: the window's, as printed
+    stall_cpu: list[float] = field(default_factory=list)  # --stalls: loop CPU ms in each
     # --timeline: per second of the window, per hop, the longest lag (s) and when it was
     slowest: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
 
@@ -1126,12 +1147,15 @@ def run_target(
     if stall_log.exists():
         shown = False
         for line in stall_log.read_text().splitlines():
-            if line.startswith("stall "):
-                _, at, wall, cpu = line.split()
+            if line.startswith(("stall ", "slow ")):
+                kind, at, wall, cpu, *what = line.split()
                 shown = w0 - 1 <= float(at) <= w1 + 1
+                if shown and kind == "stall":
+                    result.stall_cpu.append(float(cpu))
                 if shown:
                     result.stalls.append(
-                        f"{float(at) - w0:7.2f} s: {float(wall):.1f} ms, {float(cpu):.1f} ms CPU"
+                        f"{float(at) - w0:7.2f} s: {kind} {float(wall):.1f} ms, "
+                        f"{float(cpu):.1f} ms CPU {' '.join(what)[:300]}"
                     )
             elif shown:
                 result.stalls.append(line)
@@ -1250,6 +1274,12 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             ratio=False,
         )
     row("GC total CPU ms in window", lambda r: f"{sum(g[2] for g in r.gc) * 1000:.1f}", ratio=False)
+    if args.stalls:
+        row(
+            f"loop stalls > {args.stalls:g} ms: count, most loop CPU in one (ms)",
+            lambda r: f"{len(r.stall_cpu)}, {max(r.stall_cpu, default=0):.1f}",
+            ratio=False,
+        )
     width = max(len(label) for label, _ in rows)
     widths = [max(len(c), *(len(cells[i]) for _, cells in rows)) for i, c in enumerate(cols)]
     print()
