@@ -212,7 +212,9 @@ def watch_stalls(loop: asyncio.AbstractEventLoop, path: str, threshold: float) -
                 time.sleep(0.0005)
             wall = (beat[0] - started) * 1000 - 1  # the beat's own millisecond
             cpu = (beat[1] - cpu0) * 1000
-            out.write(f"stall {time.time() - (time.monotonic() - started):.3f} {wall:.1f} {cpu:.1f}\n")
+            out.write(
+                f"stall {time.time() - (time.monotonic() - started):.3f} {wall:.1f} {cpu:.1f}\n"
+            )
             for stack, n in stacks.most_common(6):
                 out.write(f"  {n} {stack}\n")
 

@@ -43,9 +43,7 @@ class Sweep:
 
     __slots__ = ("_loop", "_timer", "batch", "deadlines", "expire", "interval")
 
-    def __init__(
-        self, timeout: float, expire: Callable[[Any], None], batch: int = BATCH
-    ) -> None:
+    def __init__(self, timeout: float, expire: Callable[[Any], None], batch: int = BATCH) -> None:
         self.deadlines = Deadlines(timeout)
         self.expire = expire
         self.batch = batch

@@ -72,12 +72,14 @@ CLOSE_TIMEOUT = 10.0
 """Seconds the peer has to answer our close frame before the transport is closed."""
 
 PING_BATCH = 16
-"""Keep-alive pings one loop turn sends at most.  Each costs its write now and the
-reading and parsing of its pong in the next turn, about 35 µs together: the 1,000
-connections opened within a second and so pinged in the same sweep took two 12-18 ms
-turns at 256 a turn, a pause every 20 s that delayed every live message behind it;
-16 a turn keep each turn's ping work near 0.5 ms (10,000 connections are pinged over
-625 turns, well within the ping interval's 10 %)."""
+"""Keep-alive pings one loop turn sends at most.  A ping costs its write now and the
+reading and parsing of its pong in the next turn, about 20 µs together on uvloop.
+Connections opened within the same second are pinged by the same sweep (its 1 s
+interval gathers their deadlines): at 256 a turn, 1,000 of them held the loop for
+3-4 stretches of 5-19 ms of CPU every 20 s, and every live message due then waited
+(``bench_fanout.py --stalls``); 16 a turn keep a turn's ping work near 0.3 ms, with
+the live messages' writes between turns (10,000 connections are pinged over 625
+turns, within the ping interval's 10 %)."""
 
 
 class Handler(Protocol):
