@@ -54,6 +54,16 @@ server's writes never pay for waking them (on loopback the writer does; a whole 
 ``--profile S`` runs ``py-spy record`` on the livedata gateway for S seconds in the
 window and prints the top self and inclusive frames.
 
+Pauses: ``--timeline`` prints, per second of the window, each server's longest
+``received`` and ``written`` lag and when it was; ``--stalls MS`` watches each server's
+event loop (:func:`watch_stalls`: a 1 ms loop timer and a sampling thread) and prints
+every stall over MS ms with the loop thread's CPU time in it (wall time without CPU is
+a wait for a core, not work of the server) and its Python stacks, and, on asyncio's
+loop (``LIVEDATA_EVENT_LOOP=asyncio``), each callback over MS ms.  The keep-alive ping
+round of the 1,000 connections comes about 20 s after they connected, i.e. about 16 s
+into the window: ``--window 30`` includes it (``BENCH_WS_PING=3``: every 3 s).
+The publisher runs without the garbage collector (see :func:`publisher`).
+
     python bench/bench_fanout.py                                  # 1,000 clients, 10k/s, ~1 min
     python bench/bench_fanout.py --clients 5000 --machines 50 --rate 20   # 100k/s
     python bench/bench_fanout.py --clients 5000 --machines 50 --rate 50   # the ceiling: 250k/s
