@@ -54,6 +54,16 @@ server's writes never pay for waking them (on loopback the writer does; a whole 
 ``--profile S`` runs ``py-spy record`` on the livedata gateway for S seconds in the
 window and prints the top self and inclusive frames.
 
+Pauses: ``--timeline`` prints, per second of the window, each server's longest
+``received`` and ``written`` lag and when it was; ``--stalls MS`` watches each server's
+event loop (:func:`watch_stalls`: a 1 ms loop timer and a sampling thread) and prints
+every stall over MS ms with the loop thread's CPU time in it (wall time without CPU is
+a wait for a core, not work of the server) and its Python stacks, and, on asyncio's
+loop (``LIVEDATA_EVENT_LOOP=asyncio``), each callback over MS ms.  The keep-alive ping
+round of the 1,000 connections comes about 20 s after they connected, i.e. about 16 s
+into the window: ``--window 30`` includes it (``BENCH_WS_PING=3``: every 3 s).
+The publisher runs without the garbage collector (see :func:`publisher`).
+
     python bench/bench_fanout.py                                  # 1,000 clients, 10k/s, ~1 min
     python bench/bench_fanout.py --clients 5000 --machines 50 --rate 20   # 100k/s
     python bench/bench_fanout.py --clients 5000 --machines 50 --rate 50   # the ceiling: 250k/s
@@ -167,6 +177,76 @@ def record_gc_pauses(path: str) -> None:
     gc.callbacks.append(callback)
 
 
+def watch_stalls(loop: asyncio.AbstractEventLoop, path: str, threshold: float) -> None:
+    """``--stalls MS``: find the server's event loop stalls and what it was doing in them.
+
+    A loop timer beats every millisecond; a thread checks every millisecond and, while
+    the beat is more than ``threshold`` s late, samples the loop thread's Python stack.
+    Each stall is appended to ``path`` as ``at wall-ms cpu-ms`` (the loop thread's CPU
+    time over the stall: wall without CPU is a wait for a core, not work) and its
+    stacks, innermost call first, with their sample counts.  A diagnostic: the beat and
+    the thread cost the server some CPU.
+    """
+    import threading
+    import traceback
+
+    main = threading.get_ident()
+    beat = [time.monotonic(), time.thread_time()]
+
+    def tick() -> None:
+        beat[:] = time.monotonic(), time.thread_time()
+        loop.call_later(0.001, tick)
+
+    def where() -> str:
+        frame = sys._current_frames().get(main)
+        if frame is None:
+            return "?"
+        calls = traceback.extract_stack(frame)[::-1][:12]
+        return " < ".join(f"{Path(c.filename).stem}.{c.name}:{c.lineno}" for c in calls)
+
+    def watch() -> None:
+        out = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
+        with contextlib.suppress(OSError):  # --rt: ahead of the loop thread, to sample it
+            policy = os.sched_getscheduler(0)
+            if policy == os.SCHED_FIFO:
+                priority = os.sched_getparam(0).sched_priority + 1
+                os.sched_setscheduler(0, policy, os.sched_param(priority))
+        while True:
+            time.sleep(0.001)
+            if time.monotonic() - beat[0] < threshold:
+                continue
+            started, cpu0 = beat
+            stacks: Counter[str] = Counter()
+            while beat[0] == started:
+                stacks[where()] += 1
+                time.sleep(0.0005)
+            wall = (beat[0] - started) * 1000 - 1  # the beat's own millisecond
+            cpu = (beat[1] - cpu0) * 1000
+            out.write(
+                f"stall {time.time() - (time.monotonic() - started):.3f} {wall:.1f} {cpu:.1f}\n"
+            )
+            for stack, n in stacks.most_common(6):
+                out.write(f"  {n} {stack}\n")
+
+    sys.setswitchinterval(0.001)  # the loop thread lets the sampler in after 1 ms, not 5
+    slow = open(path, "a", buffering=1)  # noqa: SIM115 - for the life of the process
+    run = asyncio.events.Handle._run
+
+    def timed_run(handle: asyncio.Handle) -> None:
+        """asyncio's loop (``LIVEDATA_EVENT_LOOP=asyncio``): each callback of
+        ``threshold`` s or more, with its CPU time and what it was."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        run(handle)
+        wall = time.perf_counter() - t0
+        if wall >= threshold:
+            cpu = time.thread_time() - c0
+            slow.write(f"slow {time.time():.3f} {wall * 1000:.1f} {cpu * 1000:.1f} {handle!r}\n")
+
+    asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+    loop.call_soon(tick)
+    threading.Thread(target=watch, daemon=True, name="stall-watch").start()
+
+
 class HopLog:
     """``hop ts lag`` lines (seconds) of one server process, to ``BENCH_HOPS``: when each
     channel message got to ``received`` (parsed by the server: the publisher, Redis and the
@@ -175,6 +255,7 @@ class HopLog:
     def __init__(self) -> None:
         self.out = open(os.environ["BENCH_HOPS"], "w", buffering=1 << 16)  # noqa: SIM115
         self.turn: list[float] = []
+        self.watching = False  # --stalls: watch_stalls started
 
     def note(self, hop: str, ts: float) -> None:
         self.out.write(f"{hop} {ts!r} {time.time() - ts:.6f}\n")
@@ -196,6 +277,13 @@ def install_gateway_hops() -> None:
     parse, end_turn = fanout._parse, fanout.Fanout._end_turn
 
     def noted_parse(data: Any) -> Any:
+        if not hops.turn and os.environ.get("BENCH_STALLS") and not hops.watching:
+            hops.watching = True
+            watch_stalls(
+                asyncio.get_running_loop(),
+                os.environ["BENCH_HOPS"] + ".stalls",
+                float(os.environ["BENCH_STALLS"]) / 1000,
+            )
         parsed = parse(data)
         if parsed is not None and isinstance(ts := parsed[1].get("ts"), float):
             hops.note("received", ts)
@@ -306,6 +394,12 @@ def serve_baseline(port: int, redis_url: str) -> None:
         print(f"baseline serving on http://127.0.0.1:{port}", flush=True)
         text = picows.WSMsgType.TEXT
         hops = HopLog()
+        if os.environ.get("BENCH_STALLS"):
+            watch_stalls(
+                asyncio.get_running_loop(),
+                os.environ["BENCH_HOPS"] + ".stalls",
+                float(os.environ["BENCH_STALLS"]) / 1000,
+            )
         async for msg in ps.listen():
             message = orjson.loads(msg["data"])
             hops.note("received", message["ts"])
@@ -612,8 +706,16 @@ class CClients:
 
 
 def publisher(redis_url: str, machines: int, rate: float, seconds: float, conn: Connection) -> None:
-    """Publish each machine's 53-field message ``rate`` times a second, spread over the period."""
+    """Publish each machine's 53-field message ``rate`` times a second, spread over the period.
+
+    Without the garbage collector: ``published`` grows by a tuple per message, and the
+    full collections that growth triggers (10 ms and more after 20 s) would delay the
+    messages stamped before them, a pause of the publisher counted as every server's.
+    It makes no reference cycles, so reference counting frees all its garbage.
+    """
     import redis
+
+    gc.disable()
 
     r = redis.Redis.from_url(redis_url)
     period = 1.0 / rate
@@ -683,6 +785,10 @@ class Result:
     drift_us: float = 0.0
     clock_us: list[float] = field(default_factory=list)
     hops: dict[str, list[float]] = field(default_factory=dict)  # hop: sorted lags (s)
+    stalls: list[str] = field(default_factory=list)  # --stalls: the window's, as printed
+    stall_cpu: list[float] = field(default_factory=list)  # --stalls: loop CPU ms in each
+    # --timeline: per second of the window, per hop, the longest lag (s) and when it was
+    slowest: dict[str, dict[int, tuple[float, float]]] = field(default_factory=dict)
 
     def ms(self, q: float, read: bool = False) -> float:
         """Latency quantile ``q`` (1.0: the maximum), ms; ``read``: at the client's read
@@ -793,6 +899,7 @@ def server(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> 
         "LIVEDATA_ADMIN_TOKEN": BENCH_TOKEN,
         "LIVEDATA_LIVE_PER_USER": str(args.clients + 100),
         "BENCH_GC_THRESHOLD": args.gc_threshold or "",
+        "BENCH_STALLS": str(args.stalls or ""),
     }
     if target == "before":
         env["PYTHONPATH"] = env["BENCH_SRC"] = str(Path(args.before).resolve() / "src")
@@ -1041,9 +1148,30 @@ def run_target(
             hop, ts, lag = line.split()
             if w0 <= float(ts) < w1:
                 result.hops.setdefault(hop, []).append(float(lag))
+                second = result.slowest.setdefault(hop, {})
+                at = int(float(ts) - w0)
+                if float(lag) > second.get(at, (0.0, 0.0))[1]:
+                    second[at] = (float(ts) - w0, float(lag))
         for lags in result.hops.values():
             lags.sort()
         hop_log.unlink()
+    stall_log = tmp / f"{target}.hops.stalls"
+    if stall_log.exists():
+        shown = False
+        for line in stall_log.read_text().splitlines():
+            if line.startswith(("stall ", "slow ")):
+                kind, at, wall, cpu, *what = line.split()
+                shown = w0 - 1 <= float(at) <= w1 + 1
+                if shown and kind == "stall":
+                    result.stall_cpu.append(float(cpu))
+                if shown:
+                    result.stalls.append(
+                        f"{float(at) - w0:7.2f} s: {kind} {float(wall):.1f} ms, "
+                        f"{float(cpu):.1f} ms CPU {' '.join(what)[:300]}"
+                    )
+            elif shown:
+                result.stalls.append(line)
+        stall_log.unlink()
     return result
 
 
@@ -1158,6 +1286,12 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             ratio=False,
         )
     row("GC total CPU ms in window", lambda r: f"{sum(g[2] for g in r.gc) * 1000:.1f}", ratio=False)
+    if args.stalls:
+        row(
+            f"loop stalls > {args.stalls:g} ms: count, most loop CPU in one (ms)",
+            lambda r: f"{len(r.stall_cpu)}, {max(r.stall_cpu, default=0):.1f}",
+            ratio=False,
+        )
     width = max(len(label) for label, _ in rows)
     widths = [max(len(c), *(len(cells[i]) for _, cells in rows)) for i, c in enumerate(cols)]
     print()
@@ -1173,6 +1307,29 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             print(f"  {r.name}: other messages/events: {r.other}")
         if r.no_stamp:
             print(f"  {r.name}: {r.no_stamp} reads without a kernel timestamp (timed at read)")
+        if args.stalls:
+            print(f"  {r.name}: event loop stalls over {args.stalls:g} ms (s into the window):")
+            print("\n".join(f"    {line}" for line in r.stalls) or "    none")
+
+
+def timeline(results: list[Result], seconds: float) -> None:
+    """``--timeline``: per second of the window, each target's longest ``received`` and
+    ``written`` lag and when in the window (s) it was, to line pauses up with timers."""
+    shown = [r for r in results if r.slowest]
+    if not shown:
+        return
+    print("\nper second of the window: longest lag ms (received/written) @ when (s)")
+    print("  s  " + "".join(f"{r.name:>28}" for r in shown))
+    for second in range(math.ceil(seconds)):
+        cells = []
+        for r in shown:
+            got = r.slowest.get("received", {}).get(second)
+            put = r.slowest.get("written", {}).get(second)
+            cells.append(
+                f"{got[1] * 1000 if got else math.nan:6.2f}/"
+                f"{put[1] * 1000 if put else math.nan:6.2f} @ {put[0] if put else math.nan:6.2f}"
+            )
+        print(f"{second:3d}  " + "".join(f"{c:>28}" for c in cells))
 
 
 def main() -> None:
@@ -1228,6 +1385,21 @@ def main() -> None:
         metavar="G0,G1,G2",
         help="gc.set_threshold for the livedata gateway (experiment; default: the server's)",
     )
+    parser.add_argument(
+        "--stalls",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="watch each server's event loop for stalls over MS ms and print them with the "
+        "loop thread's CPU time in them and its Python stacks (a diagnostic: costs the "
+        "server some CPU)",
+    )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="print, per second of the window, each server's longest received/written lag "
+        "and when it was (to line up pauses with periodic work)",
+    )
     args = parser.parse_args()
     if (args.rt or args.nice < 0) and os.geteuid() != 0:
         parser.error("--rt and a negative --nice need root")
@@ -1256,6 +1428,8 @@ def main() -> None:
         )
         results = [run_target(t, args, redis.url, tmp) for t in args.targets.split(",")]
         report(results, args)
+        if args.timeline:
+            timeline(results, args.window)
     finally:
         if redis is not None:
             redis.stop()

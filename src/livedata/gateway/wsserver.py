@@ -28,7 +28,8 @@ Timers: none per connection.  The keep-alive, the pong and the close clocks are
 deadlines in three :class:`~livedata.gateway.sweep.Sweep` s that all connections
 of a server share (:class:`SocketSettings`): one loop timer each, so a ping or a
 1011 comes up to 10 % of its interval (1 s at most) late, and a turn sends at most
-256 pings (10,000 connections opened in a flood are pinged over several turns).
+:data:`PING_BATCH` pings (connections opened together are pinged over many short
+turns, with the live messages' writes between them).
 Every ping of a server carries the same payload (a server frame is not masked:
 the same bytes go to every connection), so a ping is one ``transport.write`` of
 a prepared frame; a pong is matched by that payload.
@@ -69,6 +70,16 @@ log = logging.getLogger("livedata.gateway.wsserver")
 
 CLOSE_TIMEOUT = 10.0
 """Seconds the peer has to answer our close frame before the transport is closed."""
+
+PING_BATCH = 16
+"""Keep-alive pings one loop turn sends at most.  A ping costs its write now and the
+reading and parsing of its pong in the next turn, about 20 µs together on uvloop.
+Connections opened within the same second are pinged by the same sweep (its 1 s
+interval gathers their deadlines): at 256 a turn, 1,000 of them held the loop for
+3-4 stretches of 5-19 ms of CPU every 20 s, and every live message due then waited
+(``bench_fanout.py --stalls``); 16 a turn keep a turn's ping work near 0.3 ms, with
+the live messages' writes between turns (10,000 connections are pinged over 625
+turns, within the ping interval's 10 %)."""
 
 
 class Handler(Protocol):
@@ -472,7 +483,7 @@ class SocketSettings:
         """The payload of every keep-alive ping of this server (a pong must echo it)."""
         self.ping_frame = b"\x89\x04" + self.ping
         """The ping as an unmasked frame (FIN, opcode 9, 4 bytes)."""
-        self.pings = Sweep(ping_interval or 1.0, ServerSocket._send_ping)
+        self.pings = Sweep(ping_interval or 1.0, ServerSocket._send_ping, PING_BATCH)
         """Open connections, until their next keep-alive ping."""
         self.pongs = Sweep(ping_timeout, ServerSocket._no_pong)
         """Pinged connections, until their pong (or 1011)."""
