@@ -195,7 +195,11 @@ def decode_records(data: bytes | str) -> list[Record]:
     Values that are not a JSON object are refused here, as before.  Other shapes (an
     envelope alone, the old arrays, JSON with spaces) are parsed whole."""
     if data[:2] in (b"[{", "[{"):
-        return [_with_raw_values(envelope) for envelope in _ENVELOPES.decode(data)]
+        try:
+            envelopes = _ENVELOPES.decode(data)
+        except RecursionError:  # msgspec's answer to JSON nested too deep; orjson's is this
+            raise ValueError("JSON nested too deep") from None
+        return [_with_raw_values(envelope) for envelope in envelopes]
     obj = orjson.loads(data)
     if type(obj) is dict:
         return [from_envelope(obj)]
