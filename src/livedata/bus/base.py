@@ -114,7 +114,9 @@ class Log(abc.ABC):
     def consume(self, group: str) -> AsyncIterator[list[Record]]:
         """Batches of records for consumer ``group``, in order per chassis, until closed.
 
-        A batch counts as processed when the next one is asked for (at-least-once).
+        A batch counts as processed when the next one is asked for (at-least-once).  A log
+        that crosses a process boundary hands out records whose values are still the JSON
+        they travelled in (:attr:`~livedata.model.Record.raw`), parsed on their first read.
         """
 
 
