@@ -12,9 +12,7 @@ under test first on ``sys.path``, the process CPU (all threads) per record of:
 
 * ``envelope encode`` / ``envelope decode``: :func:`livedata.model.encode_records` /
   :func:`~livedata.model.decode_records` over batches of 500 records (what the Kafka
-  producer in ingest and the consumers in distribute and alerts pay per record; the
-  values of decoded records are parsed only when read) and ``envelope decode, values
-  read`` (decoding and reading every record's values: the spill journal's drainer);
+  producer in ingest and the consumers in distribute and alerts pay per record);
 * ``clickhouse write``: :meth:`ClickHouseStore.write` in batches of 2,500 records
   (half ``vehicle_can`` records of 15 values, 12 floats and 3 ints; half
   ``client_raw_data`` of 8 values, 2 of them strings), a database per worker;
@@ -177,10 +175,6 @@ async def _worker(
         for data in encoded:
             decode_records(data)
         out["envelope decode"] = (_cpu() - cpu) / count
-        cpu = _cpu()
-        for data in encoded:  # what the spill journal's drainer pays: every record's values
-            sum(len(record.values) for record in decode_records(data))
-        out["envelope decode, values read"] = (_cpu() - cpu) / count
         out["envelope bytes/record"] = sum(map(len, encoded)) / count * 1e-6  # shown "µs"
 
     if "clickhouse" in phases:

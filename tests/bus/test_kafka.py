@@ -115,7 +115,7 @@ def test_read_records_keep_their_values_json_until_values_are_read() -> None:
         Record("t", "A", "vehicle_can", 1, Kind.REALTIME, {"x": 1.5, "s": 'a"\\n'}),
         Record("t", "B", "client_raw_data", 2, Kind.BACKFILL, {}),
     ]
-    read = decode_records(next(bounded_values(records)))
+    read = decode_records(next(bounded_values(records)), values_as_json=True)
     assert [r.raw for r in read] == [orjson.dumps(r.values) for r in records]
     assert not any(parsed(r) for r in read)
     assert read[0].values is read[0].values
@@ -123,15 +123,18 @@ def test_read_records_keep_their_values_json_until_values_are_read() -> None:
     assert read == records
 
 
+@pytest.mark.parametrize("as_json", [True, False])
 @pytest.mark.parametrize(
     "values", [b"5", b"[1]", b'"x"', b"null", b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"]
 )
-def test_values_that_are_not_an_object_are_refused_as_a_batch(values: bytes) -> None:
+def test_values_that_are_not_an_object_are_refused_as_a_batch(values: bytes, as_json: bool) -> None:
     """A batch value whose record's values are not a JSON object of values (or nest too deep
-    to read) is refused with ValueError, which the consumer counts and skips."""
+    to read) is refused, values kept as JSON or not, with an error the consumer counts and
+    skips."""
     good = b'{"tenant":"t","chassis":"A","msgType":"vehicle_can","ts":1,"kind":"realTime"'
-    with pytest.raises(ValueError):
-        decode_records(b"[" + good + b',"values":{}},' + good + b',"values":' + values + b"}]")
+    data = b"[" + good + b',"values":{}},' + good + b',"values":' + values + b"}]"
+    with pytest.raises((ValueError, TypeError)):
+        decode_records(data, values_as_json=as_json)
 
 
 async def test_start_fails_with_bus_error_when_kafka_is_unreachable() -> None:

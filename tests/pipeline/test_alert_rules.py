@@ -385,7 +385,8 @@ async def test_role_parses_only_the_values_a_value_rule_applies_to(tmp_path: Pat
                 Record("p", "M1", "vehicle_can", now, Kind.REALTIME, {"x": 150}),
                 Record("q", "Q1", "vehicle_can", now, Kind.REALTIME, {"x": 150}),
             ]
-        )
+        ),
+        values_as_json=True,
     )
     url = f"memory://{uuid.uuid4().hex}"
     role = AlertRole(store, MemoryLog(url), MemoryPubSub(url), Catalog(meta))

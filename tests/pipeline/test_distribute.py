@@ -122,7 +122,8 @@ def test_records_read_from_the_log_are_published_without_parsing_their_values() 
                 Record("t", "A", "vehicle_can", 1500, Kind.BACKFILL, {"x": 2}),
                 Record("t", "A", "vehicle_can", 2000, Kind.REALTIME, {}),
             ]
-        )
+        ),
+        values_as_json=True,
     )
     distribute = Distribute(MemoryLog(url), MemoryPubSub(url))
     channel = live_channel("t", "A", "vehicle_can")

@@ -389,7 +389,7 @@ class KafkaLog(Log):
         for tp, messages in fetched.items():
             for message in messages:
                 try:
-                    batch.extend(decode_records(message.value))
+                    batch.extend(decode_records(message.value, values_as_json=True))
                 except (ValueError, KeyError, TypeError) as exc:
                     self.skipped += 1
                     log.warning(
