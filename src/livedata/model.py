@@ -6,11 +6,12 @@ store keeps, what the log carries and what distribute publishes on the live chan
 named by :func:`live_channel`.  Wherever a record goes through the log or to disk
 (the Kafka log, the spill journal) it travels in one shape, the record envelope
 ``{"tenant", "chassis", "msgType", "ts", "kind", "values"}``, with one codec
-(:func:`encode_records` and :func:`decode_records`).  A decoded record keeps its
-values as the JSON they arrived in (:attr:`Record.raw`) and parses them only when
-``values`` is first read: distribute passes that JSON on to the live channel as it
-is, and the alert role reads the values only of records a rule could match.  On a live channel distribute publishes only what live readers use,
-``ts``, ``values`` and the channel's ``seq``/``epoch``
+(:func:`encode_records` and :func:`decode_records`).  A record read from the log keeps
+its values as the JSON they arrived in (:attr:`Record.raw`) and parses them only when
+``values`` is first read: distribute passes that JSON on to the live channel as it is,
+and the alert role reads the values only of records a rule could match.  On a live
+channel distribute publishes only what live readers use, ``ts``, ``values`` and the
+channel's ``seq``/``epoch``
 (:class:`~livedata.bus.base.LiveMessage`): as an object in process, encoded only where
 a pub/sub leaves the process.
 """

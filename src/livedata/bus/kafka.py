@@ -24,8 +24,9 @@ as key), so all records of a machine go to one partition and stay in order.  One
 :meth:`KafkaLog.append` sends one message per partition and 256 KiB: its value is a JSON
 array of record envelopes (:func:`livedata.model.encode_records`; a value holding one
 envelope, as written before, is read too), its key one of its machines.  Consumed
-records keep their values as that JSON until they are read (:func:`~livedata.model.decode_records`),
-so distribute never parses them and the alert role only those a rule applies to.  Each call of
+records keep their values as that JSON until they are read
+(:func:`~livedata.model.decode_records` with ``values_as_json``), so distribute never
+parses them and the alert role only those a rule applies to.  Each call of
 :meth:`KafkaLog.consume` runs one consumer of a consumer group: the group's
 consumers share the partitions, each partition read by one of them at a time.
 The Kafka group id is ``{topic}.{group}``, so groups of different logs never

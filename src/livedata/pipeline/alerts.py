@@ -553,7 +553,7 @@ class AlertRole:
                 except ValueError as exc:
                     self._failures.failed(
                         "values",
-                        "skipped a record of %s whose values are not values: %s",
+                        "skipped a record of %s whose values cannot be read: %s",
                         chassis,
                         exc,
                     )

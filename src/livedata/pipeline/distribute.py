@@ -9,8 +9,7 @@ shape), Redis encodes them once.  A record read from Kafka still has its values 
 the JSON ingest wrote (:attr:`~livedata.model.Record.raw`): its message is those
 bytes with the head around them (:meth:`LiveMessage.encode_json_values`), the values
 never parsed nor encoded again here (that was a third of the role under a flood).
-Each batch of the log goes to pub/sub in one
-``publish_many`` call (on Redis one
+Each batch of the log goes to pub/sub in one ``publish_many`` call (on Redis one
 script call per 500 messages, instead of a round trip of four commands per record).
 
 Under stress: pub/sub is fire-and-forget, so a slow gateway never slows the
