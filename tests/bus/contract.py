@@ -33,6 +33,16 @@ def unique_id(prefix: str = "t") -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
 
 
+def parsed(record: Record) -> bool:
+    """Whether a record's values were parsed (its ``values`` slot is set): a record read
+    from the log parses them on their first read only."""
+    try:
+        Record.values.__get__(record)  # type: ignore[attr-defined]  # the slot's descriptor
+    except AttributeError:
+        return False
+    return True
+
+
 def rec(chassis: str, ts: int, tenant: str = "tenant-1") -> Record:
     return Record(tenant, chassis, "vehicle_can", ts, Kind.REALTIME, {"x": ts})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -12,7 +13,7 @@ from livedata.bus import Log, open_log
 from livedata.bus.kafka import LINGER_MS, MESSAGE_BYTES, KafkaLog, bounded_values
 from livedata.errors import BusError, ConfigError
 from livedata.model import Kind, Record, decode_records
-from tests.bus.contract import Consumer, LogContract, eventually, keys, rec, unique_id
+from tests.bus.contract import Consumer, LogContract, eventually, keys, parsed, rec, unique_id
 from tests.servers import free_port
 from tests.servers.kafka import KafkaServer
 
@@ -105,6 +106,35 @@ def test_large_batches_are_cut_into_bounded_messages() -> None:
     assert [r for v in values for r in decode_records(v)] == records
     huge = Record("t", "m", "can", 1, Kind.REALTIME, {"text": "x" * MESSAGE_BYTES})
     assert [decode_records(v) for v in bounded_values([huge])] == [[huge]]
+
+
+def test_read_records_keep_their_values_json_until_values_are_read() -> None:
+    """A batch value's records carry their values as the JSON ingest wrote, parse it on the
+    first read of ``values`` (once) and equal the records appended."""
+    records = [
+        Record("t", "A", "vehicle_can", 1, Kind.REALTIME, {"x": 1.5, "s": 'a"\\n'}),
+        Record("t", "B", "client_raw_data", 2, Kind.BACKFILL, {}),
+    ]
+    read = decode_records(next(bounded_values(records)), values_as_json=True)
+    assert [r.raw for r in read] == [orjson.dumps(r.values) for r in records]
+    assert not any(parsed(r) for r in read)
+    assert read[0].values is read[0].values
+    assert parsed(read[0]) and not parsed(read[1])
+    assert read == records
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+@pytest.mark.parametrize(
+    "values", [b"5", b"[1]", b'"x"', b"null", b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"]
+)
+def test_values_that_are_not_an_object_are_refused_as_a_batch(values: bytes, as_json: bool) -> None:
+    """A batch value whose record's values are not a JSON object of values (or nest too deep
+    to read) is refused, values kept as JSON or not, with an error the consumer counts and
+    skips."""
+    good = b'{"tenant":"t","chassis":"A","msgType":"vehicle_can","ts":1,"kind":"realTime"'
+    data = b"[" + good + b',"values":{}},' + good + b',"values":' + values + b"}]"
+    with pytest.raises((ValueError, TypeError)):
+        decode_records(data, values_as_json=as_json)
 
 
 async def test_start_fails_with_bus_error_when_kafka_is_unreachable() -> None:

@@ -15,11 +15,12 @@ from livedata.catalog import Catalog
 from livedata.errors import InputError, StoreError
 from livedata.metadata import Metadata
 from livedata.metadata.alerts import AlertStore, RuleSpec, validate_rule
-from livedata.model import Kind, Record
+from livedata.model import Kind, Record, decode_records, encode_records
 from livedata.pipeline.alerts import AlertRole, Evaluator, alert_role
 from livedata.pipeline.distribute import live_message
 from livedata.runtime import Runtime
 from livedata.settings import Settings
+from tests.bus.contract import parsed
 from tests.pipeline.faults import FlakyStore
 
 T0 = 1_700_000_000_000
@@ -351,3 +352,49 @@ async def test_nodata_check_reads_the_live_history_while_the_store_is_down(
     store.down = False
     await store.inner.write([replace(record, ts=now + 5)])
     assert await last_seen("o", "M1", "vehicle_can") == now + 5
+
+
+async def test_role_parses_only_the_values_a_value_rule_applies_to(tmp_path: Path) -> None:
+    """Of records read from the log, only those of an organisation, message type and machine
+    (or model) that a value rule applies to have their values parsed; those raise as before,
+    and a nodata rule's records are tracked without parsing theirs."""
+    meta = Metadata(f"sqlite:///{tmp_path / 'meta.db'}")
+    await meta.start()
+    for org in ("o", "p", "q"):
+        await meta.ensure_org(org, org.upper())
+    await meta.upsert_machine("o", "M1", "M1", "WL")
+    await meta.upsert_machine("o", "M2", "M2", "EX")
+    store = AlertStore(meta)
+    hot = RuleSpec(0, "o", "hot", msg_type="vehicle_can", field="x", condition=">", threshold=100)
+    await store.create_rule(replace(hot, scope="machine", scope_value="M1"))
+    await store.create_rule(
+        replace(
+            hot, name="wl", msg_type="client_raw_data", field="y", scope="model", scope_value="WL"
+        )
+    )
+    await store.create_rule(RuleSpec(0, "q", "silent", kind="nodata", nodata_seconds=10))
+    now = int(time.time() * 1000)
+    batch = decode_records(
+        encode_records(
+            [
+                Record("o", "M1", "vehicle_can", now, Kind.REALTIME, {"x": 150}),
+                Record("o", "M2", "vehicle_can", now, Kind.REALTIME, {"x": 150}),
+                Record("o", "M2", "client_raw_data", now, Kind.REALTIME, {"y": 150}),
+                Record("o", "M1", "client_raw_data", now, Kind.REALTIME, {"y": 150}),
+                Record("o", "M1", "vehicle_can", now, Kind.BACKFILL, {"x": 150}),
+                Record("p", "M1", "vehicle_can", now, Kind.REALTIME, {"x": 150}),
+                Record("q", "Q1", "vehicle_can", now, Kind.REALTIME, {"x": 150}),
+            ]
+        ),
+        values_as_json=True,
+    )
+    url = f"memory://{uuid.uuid4().hex}"
+    role = AlertRole(store, MemoryLog(url), MemoryPubSub(url), Catalog(meta))
+    await role.refresh()
+    await role.handle(batch)
+    assert [parsed(r) for r in batch] == [True, False, False, True, False, False, False]
+    assert role.raised == 2
+    active = await store.list_alerts("o", "active")
+    assert sorted((a.chassis_id, a.value) for a in active) == [("M1", 150.0), ("M1", 150.0)]
+    assert role.core.tick(now + 11_000)[0].chassis == "Q1"
+    await meta.close()

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 
 import orjson
 
-from livedata.bus.base import encoded
+from livedata.bus.base import LiveMessage, encoded
 from livedata.bus.memory import MemoryLog, MemoryPubSub
 from livedata.errors import BusError
-from livedata.model import Kind, Record, live_channel
+from livedata.model import Kind, Record, decode_records, encode_records, live_channel
 from livedata.pipeline.distribute import Distribute
+from tests.bus.contract import parsed
 
 
 async def test_only_realtime_records_are_published_with_per_channel_sequence() -> None:
@@ -106,3 +107,28 @@ async def test_a_refused_batch_is_skipped_and_logged_once(caplog) -> None:
     assert pubsub.batches == [1, 1] and alive
     refused = [r for r in caplog.records if "skipped" in r.getMessage()]
     assert len(refused) == 1
+
+
+def test_records_read_from_the_log_are_published_without_parsing_their_values() -> None:
+    """Records decoded from the log become messages made of their values' JSON with the head
+    around it, byte for byte what the in-process message encodes to; their values stay
+    unparsed."""
+    url = f"memory://{uuid.uuid4().hex}"
+    odd = {"x": 1.1, "big": 1e300, "n": -7, "on": False, "s": 'ü "q" \\ \n\u2028', "e": ""}
+    records = decode_records(
+        encode_records(
+            [
+                Record("t", "A", "vehicle_can", 1000, Kind.REALTIME, odd),
+                Record("t", "A", "vehicle_can", 1500, Kind.BACKFILL, {"x": 2}),
+                Record("t", "A", "vehicle_can", 2000, Kind.REALTIME, {}),
+            ]
+        ),
+        values_as_json=True,
+    )
+    distribute = Distribute(MemoryLog(url), MemoryPubSub(url))
+    channel = live_channel("t", "A", "vehicle_can")
+    assert distribute.messages(records) == [
+        (channel, LiveMessage(1000, 1, distribute.epoch, odd).encode()),
+        (channel, LiveMessage(2000, 2, distribute.epoch, {}).encode()),
+    ]
+    assert not any(parsed(record) for record in records)

@@ -53,6 +53,14 @@ class LiveMessage:
         """The JSON form on the wire and in a shared history."""
         return orjson.dumps({**self.head, "values": self.values})
 
+    @staticmethod
+    def encode_json_values(ts: int, seq: int, epoch: str, values: bytes) -> bytes:
+        """The wire form of the message whose ``values`` are already a JSON object (a
+        record's as the log carries them, :attr:`~livedata.model.Record.raw`): the bytes
+        :meth:`encode` makes of them parsed, without parsing and encoding them again.
+        ``epoch`` must need no JSON escaping (the distributors' are hex)."""
+        return b'{"ts":%d,"seq":%d,"epoch":"%s","values":%s}' % (ts, seq, epoch.encode(), values)
+
 
 Message = bytes | LiveMessage
 """What a channel carries: encoded JSON, or a :class:`LiveMessage` in process."""
@@ -106,7 +114,9 @@ class Log(abc.ABC):
     def consume(self, group: str) -> AsyncIterator[list[Record]]:
         """Batches of records for consumer ``group``, in order per chassis, until closed.
 
-        A batch counts as processed when the next one is asked for (at-least-once).
+        A batch counts as processed when the next one is asked for (at-least-once).  A log
+        that crosses a process boundary hands out records whose values are still the JSON
+        they travelled in (:attr:`~livedata.model.Record.raw`), parsed on their first read.
         """
 
 

@@ -23,7 +23,10 @@ Records are partitioned by chassis (the default partitioner's choice for the cha
 as key), so all records of a machine go to one partition and stay in order.  One
 :meth:`KafkaLog.append` sends one message per partition and 256 KiB: its value is a JSON
 array of record envelopes (:func:`livedata.model.encode_records`; a value holding one
-envelope, as written before, is read too), its key one of its machines.  Each call of
+envelope, as written before, is read too), its key one of its machines.  Consumed
+records keep their values as that JSON until they are read
+(:func:`~livedata.model.decode_records` with ``values_as_json``), so distribute never
+parses them and the alert role only those a rule applies to.  Each call of
 :meth:`KafkaLog.consume` runs one consumer of a consumer group: the group's
 consumers share the partitions, each partition read by one of them at a time.
 The Kafka group id is ``{topic}.{group}``, so groups of different logs never
@@ -387,7 +390,7 @@ class KafkaLog(Log):
         for tp, messages in fetched.items():
             for message in messages:
                 try:
-                    batch.extend(decode_records(message.value))
+                    batch.extend(decode_records(message.value, values_as_json=True))
                 except (ValueError, KeyError, TypeError) as exc:
                     self.skipped += 1
                     log.warning(

@@ -293,13 +293,34 @@ class Evaluator:
         ts: int,
         now_ms: int | None = None,
     ) -> list[AlertEvent]:
-        """Evaluate one record; ``now_ms`` is its arrival time (default ``ts``)."""
+        """Evaluate one record given by its parts (:meth:`feed_record`)."""
+        record = Record(tenant, chassis, msg_type, ts, Kind.REALTIME, dict(values))
+        return self.feed_record(record, model, now_ms)
+
+    def feed_record(
+        self, record: Record, model: str | None, now_ms: int | None = None
+    ) -> list[AlertEvent]:
+        """Evaluate one record; ``now_ms`` is its arrival time (default its ``ts``).
+
+        Its values are read only when a value rule of its organisation and message type
+        applies to the machine: a record from the log parses them then, and only then
+        (``ValueError`` if they are not values, raised before anything changed here).
+        """
+        tenant, chassis, msg_type, ts = record.tenant, record.chassis, record.msg_type, record.ts
         arrived = ts if now_ms is None else now_ms
-        events: list[AlertEvent] = []
         machine = self._machines.get((tenant, chassis))
+        if model is None and machine is not None:
+            model = machine.model
+        rules = [
+            rule
+            for rule in self._value_rules.get((tenant, msg_type), ())
+            if rule.field is not None and rule.applies_to(chassis, model)
+        ]
+        values = record.values if rules else {}
+        events: list[AlertEvent] = []
         if machine is None:
             machine = self._machines[(tenant, chassis)] = _Machine(model, arrived, {})
-        elif model is not None:
+        else:
             machine.model = model
         machine.seen[msg_type] = max(machine.seen.get(msg_type, arrived), arrived)
         for rule in self._nodata_rules.get(tenant, ()):
@@ -309,12 +330,12 @@ class Evaluator:
             if state is not None and state.active:
                 state.active, state.raised_ms = False, None
                 events.append(AlertEvent("clear", rule, tenant, chassis, arrived, None, ""))
-        for rule in self._value_rules.get((tenant, msg_type), ()):
+        for rule in rules:
             field = rule.field
-            if field is None or field not in values:
+            if field not in values:
                 continue
             value = _number(values[field])
-            if value is None or not rule.applies_to(chassis, machine.model):
+            if value is None:
                 continue
             state = self._state.get((rule.id, chassis))
             if state is None:
@@ -501,7 +522,10 @@ class AlertRole:
         """Evaluate a batch of records from the log.
 
         A batch of organisations without rules is passed over at once (the usual case
-        for most of a fleet); each machine's model is looked up once per batch.
+        for most of a fleet); each machine's model is looked up once per batch; a record's
+        values are parsed only when a value rule applies to it (:meth:`Evaluator.feed_record`).
+        A record whose values cannot be parsed is skipped and logged (once a minute with a
+        count).
         """
         core = self.core
         if not core.has_any_rules():
@@ -524,9 +548,16 @@ class AlertRole:
                 else:
                     info = await self.catalog.machine(tenant, chassis)
                     model = models[key] = info.model if info is not None else None
-                found = core.feed(
-                    tenant, chassis, model, record.msg_type, record.values, record.ts, now
-                )
+                try:
+                    found = core.feed_record(record, model, now)
+                except ValueError as exc:
+                    self._failures.failed(
+                        "values",
+                        "skipped a record of %s whose values cannot be read: %s",
+                        chassis,
+                        exc,
+                    )
+                    continue
                 if found:
                     events.extend(found)
             await self._deliver(events)

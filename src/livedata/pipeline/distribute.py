@@ -5,8 +5,11 @@ random id chosen at start), so a client can see a gap; a new epoch means the
 numbering restarted.  Backfill records are not published (they are stored).
 Messages are handed to pub/sub as :class:`~livedata.bus.base.LiveMessage` objects: the
 in-process pub/sub passes them on as they are (no JSON round trip in the embedded
-shape), Redis encodes them once.  Each batch of the log goes to pub/sub in one
-``publish_many`` call (on Redis one
+shape), Redis encodes them once.  A record read from Kafka still has its values as
+the JSON ingest wrote (:attr:`~livedata.model.Record.raw`): its message is those
+bytes with the head around them (:meth:`LiveMessage.encode_json_values`), the values
+never parsed nor encoded again here (that was a third of the role under a flood).
+Each batch of the log goes to pub/sub in one ``publish_many`` call (on Redis one
 script call per 500 messages, instead of a round trip of four commands per record).
 
 Under stress: pub/sub is fire-and-forget, so a slow gateway never slows the
@@ -56,9 +59,11 @@ class Distribute:
     def messages(self, batch: list[Record]) -> list[tuple[str, Message]]:
         """The live messages of a batch's real-time records, numbered per channel.
 
-        Objects: the pub/sub encodes them only where they leave the process.
+        Objects, which the pub/sub encodes only where they leave the process; bytes for
+        records whose values are still the log's JSON.
         """
         seqs, epoch, realtime = self._seq, self.epoch, Kind.REALTIME
+        with_json = LiveMessage.encode_json_values
         out: list[tuple[str, Message]] = []
         append = out.append
         for record in batch:
@@ -66,7 +71,11 @@ class Distribute:
                 continue
             channel = live_channel(record.tenant, record.chassis, record.msg_type)
             seq = seqs[channel] = seqs.get(channel, 0) + 1
-            append((channel, LiveMessage(record.ts, seq, epoch, record.values)))
+            raw = record.raw
+            if raw is None:
+                append((channel, LiveMessage(record.ts, seq, epoch, record.values)))
+            else:
+                append((channel, with_json(record.ts, seq, epoch, raw)))
         return out
 
     async def _publish(self, messages: list[tuple[str, Message]]) -> None:
