@@ -1611,6 +1611,8 @@ class ChaosRun:
     ingest_behind: list[tuple[float, bool]]
     """(wall time, whether some ingest process had a spill backlog or did not answer)."""
     reconnects: int
+    timeline: list[int]
+    """Live messages the probe clients received in each 5 s of the window."""
 
 
 def chaos(args: argparse.Namespace, tmp: Path) -> None:
@@ -1684,7 +1686,8 @@ def run_faults(
     drops = [(t, d) for t, d, _ in reports]
     skipped = sum(s for _, _, s in reports)
     attribute(faults, per_second, drops, (first_s, last_s))
-    live_during, live_outside = [], []
+    live_during: list[float] = []
+    live_outside: list[float] = []
     for client in probe.clients:
         for received, ts in probe.deliveries(client):
             if not first_s <= received <= last_s:
@@ -1703,7 +1706,18 @@ def run_faults(
         sorted(live_outside),
         behind,
         sum(c.reconnects for c in probe.clients),
+        timeline(probe, t0, window),
     )
+
+
+def timeline(probe: LiveProbe, t0: float, seconds: float) -> list[int]:
+    """Live messages the probe clients received in each 5 s from ``t0``."""
+    out = [0] * (int(seconds // 5) + 1)
+    for client in probe.clients:
+        for received, _ in probe.deliveries(client):
+            if 0 <= received - t0 < seconds:
+                out[int((received - t0) // 5)] += 1
+    return out
 
 
 def started_after(pid: int, t0: float) -> bool:
@@ -1861,6 +1875,10 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
         f"{pct(run.live_during, 0.5)} / {pct(run.live_during, 0.99)} / "
         f"{pct(run.live_during, 1.0)} ({len(run.live_during):,}); "
         f"{run.reconnects} client reconnects"
+    )
+    print(
+        f"live messages per 5 s of the window (expected {CLIENTS[0] * 5}): "
+        + " ".join(map(str, run.timeline))
     )
     cells = []
     for role in ROLES:
