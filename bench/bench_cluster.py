@@ -1311,7 +1311,6 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
     Fresh, so a size is not measured on the backlog the one before left behind.
     """
     global MACHINES
-    CLIENTS[0] = args.clients
     for size in fleets:
         if remaining() < args.window + 120:
             print(f"[{elapsed()}] no time left in the budget for {size:,} machines")
@@ -1456,7 +1455,8 @@ SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
 RESTART_DELAY_S = 1.0
 """Seconds between a role's end and its restart (systemd's ``RestartSec``)."""
 RECOVERED_FOR_S = 5.0
-"""A fault is recovered once the lag stays under ``--recovered-lag`` this long."""
+"""A fault is recovered once the lag stays under ``--recovered-lag`` until the next fault,
+and that is at least this long."""
 LAG_STEP_S = 0.25
 
 
@@ -1471,6 +1471,8 @@ class Fault:
     back: float = float("nan")
     """Wall time the role serves again, or the engine answers again."""
     recovered: float = float("nan")
+    until: float = float("nan")
+    """Wall time of the next fault's start (or the window's end): recovery is looked for before."""
     error: str = ""
     missing: int = 0
     duplicates: int = 0
@@ -1618,7 +1620,6 @@ class ChaosRun:
 def chaos(args: argparse.Namespace, tmp: Path) -> None:
     """``--faults``: the cluster under the fault schedule for ``--seconds``, then the checks."""
     print(f"[{elapsed()}] distributed shape under faults: engines", flush=True)
-    CLIENTS[0] = args.clients
     with cleanup_on_exit() as stack:
         cluster = new_cluster(args, tmp, stack)
         cluster.persistent_broker = True
@@ -1679,7 +1680,8 @@ def run_faults(
     drained = wait_drained(cluster, min(args.drain, max(0.0, remaining() - 60)))
     print(f"  drained {drained:.0f} s after the simulator stopped", flush=True)
     probe.stop()
-    for fault in faults:
+    for fault, after in zip(faults, [*faults[1:], None], strict=True):
+        fault.until = after.started if after is not None else t0 + window
         fault.recovered = recovered_at(fault, stamps, lags, behind, args.recovered_lag)
     per_second = stored_per_second(cluster, first_s, last_s)
     reports = [r for r in sim_drops(sim_text) if first_s <= r[0] <= last_s + 10]
@@ -1747,27 +1749,21 @@ def recovered_at(
     behind: list[tuple[float, bool]],
     threshold: float,
 ) -> float:
-    """The first time after ``fault`` from which, for :data:`RECOVERED_FOR_S`, the live lag
-    stayed under ``threshold`` and no ingest process was behind on its store (NaN: never)."""
+    """The end of the last moment between ``fault`` and the next one when the live lag was
+    ``threshold`` or more or an ingest process was behind on its store; NaN if less than
+    :data:`RECOVERED_FOR_S` were left after it before the next fault (not recovered)."""
     if fault.started != fault.started:
         return float("nan")
     bad = [t for t, lag in zip(stamps, lags, strict=True) if lag >= threshold]
     bad += [t for t, b in behind if b]
-    bad.sort()
-    ok_from = fault.started + LAG_STEP_S
-    end = stamps[-1] if stamps else ok_from
-    for t in bad:
-        if t < ok_from:
-            continue
-        if t - ok_from >= RECOVERED_FOR_S:
-            return ok_from
-        ok_from = t + LAG_STEP_S
-    return ok_from if end - ok_from >= RECOVERED_FOR_S else float("nan")
+    last = max((t for t in bad if fault.started <= t < fault.until), default=fault.started)
+    ok_from = last + LAG_STEP_S if last > fault.started else fault.started
+    return ok_from if fault.until - ok_from >= RECOVERED_FOR_S else float("nan")
 
 
 def in_fault(fault: Fault, t: float) -> bool:
-    """Whether ``t`` is between the fault's start and its recovery (or 30 s after it, if none)."""
-    end = fault.recovered if fault.recovered == fault.recovered else fault.started + 30.0
+    """Whether ``t`` is between the fault's start and its recovery (or the next fault, if none)."""
+    end = fault.recovered if fault.recovered == fault.recovered else fault.until
     return fault.started <= t <= end
 
 
@@ -1828,7 +1824,7 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
                 [
                     f"{f.started - t0:.0f} s",
                     "–" if took != took else f"{took:.1f} s",
-                    "not" if rec != rec else f"{rec:.1f} s",
+                    "not before the next" if rec != rec else f"{rec:.1f} s",
                     f"{f.missing:,}",
                     f"{f.sim_dropped:,}",
                     f"{f.duplicates:,}",
@@ -2038,10 +2034,16 @@ def main() -> None:
         "clients and a --window (e.g. 1000,2000,5000,10000)",
     )
     parser.add_argument(
-        "--clients", type=int, default=100, help="live clients per fleet size in the sweep (100)"
+        "--clients",
+        type=int,
+        default=100,
+        help="live clients per fleet size in the sweep, and of --faults (100)",
     )
     parser.add_argument(
-        "--warmup", type=float, default=30.0, help="sweep: seconds to reach the fleet's rate (30)"
+        "--warmup",
+        type=float,
+        default=30.0,
+        help="sweep and --faults: seconds to reach the fleet's rate (30)",
     )
     parser.add_argument(
         "--drain",
@@ -2076,6 +2078,8 @@ def main() -> None:
     RESULTS["shape"] = new_cluster(args, Path(), contextlib.ExitStack()).shape()
     MACHINES = args.machines
     RECOVERED_LAG[0] = args.recovered_lag
+    if args.faults or args.fleets:
+        CLIENTS[0] = args.clients
     BUDGET[0] = max(args.budget, args.seconds + 300) if args.faults else args.budget
     src = Path(__file__).resolve().parent.parent / "src"
     trees = (
@@ -2090,7 +2094,7 @@ def main() -> None:
     signal.alarm(max(1, int(BUDGET[0] - RESERVE_S)))
     print(
         f"bench_cluster: {MACHINES} simulated machines at 1 Hz, "
-        f"{MACHINES // CLIENT_EVERY} WebSocket clients; {psutil.cpu_count()} CPU cores shared by "
+        f"{len(client_specs())} WebSocket clients; {psutil.cpu_count()} CPU cores shared by "
         "EVERYTHING (simulator, engines, roles, clients, this script); "
         f"load average before {os.getloadavg()[0]:.1f}",
         flush=True,
