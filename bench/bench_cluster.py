@@ -66,6 +66,19 @@ distribute has not published), p50/p99 device → browser, machine-seconds store
 and CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
 all sizes (about 3 minutes each).
 
+**Faults** (``--faults [all|kill:ROLE,term:ROLE,restart:ENGINE,…]``) instead of the
+above: one cluster (Mosquitto with ``persistence true``) for ``--seconds`` (300) with
+``--clients`` reconnecting live clients (``tests.cluster.live``); each role killed
+(SIGKILL) and stopped (SIGTERM) once and restarted as systemd would (same command,
+port and client id), each engine restarted once (``tests.servers``' ``restart()``),
+spread through the run.  Printed per fault: when it was back, when the live lag (of
+every probe client) was below ``--recovered-lag`` (1 s) again with no ingest spill
+backlog, the records missing, the rows written twice and the simulator's drops in its
+seconds; then the stored-exactly-once check of the run with the losses by cause
+(dropped by the simulator while disconnected, lost after the broker acknowledged
+them), live p50/p99 inside and outside the faults and each role's CPU per record.
+Tansu runs on ``memory://``: its restart comes back empty (see bench/README.md).
+
 Latency is the client's receipt time minus the record's ``ts``, which is the
 wall-clock second of the simulator tick that produced it; so it includes
 simulating and publishing the whole 1,000-machine tick (a machine late in the
@@ -83,6 +96,7 @@ figure with the CPU table beside it; CPU per record is the steadier figure.
     python bench/bench_cluster.py --fleets 1000,2000,5000,10000 --ingest 2 --window 30 --budget 900
     python bench/bench_cluster.py --machines 2000 --ingest 2 --no-baseline --profile-roles distribute,alerts
     python bench/bench_cluster.py --before /tmp/base --no-baseline --no-second-ingest --budget 480
+    python bench/bench_cluster.py --machines 2000 --faults --seconds 300 --split partition
 
 ``--before TREE`` runs the distributed shape twice, first with the roles running
 ``TREE/src`` (a ``git worktree add /tmp/base main``), then this checkout's, and prints
