@@ -1112,19 +1112,23 @@ class Cluster:
             self.sim.stop(8)
         stop_all(list(self.roles.values()), 10)
 
+    def query_store(self, sql: str, params: dict[str, int]) -> list[tuple[Any, ...]]:
+        """The rows of one ClickHouse query on the store database (a connection of its own)."""
+        client = ClickHouseClient("127.0.0.1", port=self.clickhouse_port, database=STORE_DB)
+        try:
+            return list(client.execute(sql, params))
+        finally:
+            client.disconnect()
+
     def count_stored(self, first_s: int, last_s: int, skipped: int = 0) -> dict[str, float]:
         """Distinct (machine, message type, second) in ClickHouse for seconds [first, last],
         against the seconds the simulator sent (all but the ``skipped`` ticks it reported)."""
-        client = ClickHouseClient("127.0.0.1", port=self.clickhouse_port, database=STORE_DB)
-        try:
-            rows = client.execute(
-                "SELECT uniqExact(chassis, msg_type, ts), count(), "
-                "uniqExact(chassis, msg_type, field, ts), uniqExact(intDiv(ts, 1000)) FROM points "
-                "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s",
-                {"a": first_s * 1000, "b": last_s * 1000},
-            )
-        finally:
-            client.disconnect()
+        rows = self.query_store(
+            "SELECT uniqExact(chassis, msg_type, ts), count(), "
+            "uniqExact(chassis, msg_type, field, ts), uniqExact(intDiv(ts, 1000)) FROM points "
+            "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s",
+            {"a": first_s * 1000, "b": last_s * 1000},
+        )
         found, rows_in, points, stored_seconds = rows[0]
         # the simulator skips a whole tick it is late for (and reports how many): expected
         # are all machines' both types of every second it sent; a second with any record
@@ -1785,16 +1789,12 @@ def stored_per_second(
     cluster: Cluster, first_s: int, last_s: int
 ) -> dict[int, tuple[int, int, int]]:
     """Per second of the window: distinct (machine, message type), point rows, distinct points."""
-    client = ClickHouseClient("127.0.0.1", port=cluster.clickhouse_port, database=STORE_DB)
-    try:
-        rows = client.execute(
-            "SELECT intDiv(ts, 1000), uniqExact(chassis, msg_type), count(), "
-            "uniqExact(chassis, msg_type, field, ts) FROM points "
-            "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s GROUP BY intDiv(ts, 1000)",
-            {"a": first_s * 1000, "b": last_s * 1000 + 999},
-        )
-    finally:
-        client.disconnect()
+    rows = cluster.query_store(
+        "SELECT intDiv(ts, 1000), uniqExact(chassis, msg_type), count(), "
+        "uniqExact(chassis, msg_type, field, ts) FROM points "
+        "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s GROUP BY intDiv(ts, 1000)",
+        {"a": first_s * 1000, "b": last_s * 1000 + 999},
+    )
     return {int(s): (int(r), int(n), int(p)) for s, r, n, p in rows}
 
 
