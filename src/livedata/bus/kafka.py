@@ -49,7 +49,9 @@ Under stress:
   close counts as a death.  Batches the consumer had received but not
   confirmed (by asking for the next one) are delivered again to the new owner,
   so **distribute may publish a record twice**: a client sees the same point
-  again, never a hole.  ``close`` during a group join waits for the join.
+  again, never a hole.
+* **A commit the broker keeps refusing** (a broker restarted without its data):
+  given up after :data:`COMMIT_WAIT_S` and logged (throttled); consuming goes on.  ``close`` during a group join waits for the join.
 * **Kafka does not bound a topic by its consumers.**  Unlike the memory log,
   ``append`` never waits for a slow consumer group: the broker keeps records
   by retention (time/size on disk), so a group that falls behind reads them
@@ -103,6 +105,11 @@ LINGER_MS = 10.0
 """Default of the ``linger_ms`` URL option (see the module docstring)."""
 HEARTBEAT_MS = 1_000
 """How often a consumer tells its group it is alive (and learns of rebalances)."""
+COMMIT_WAIT_S = 2.0
+"""A commit not done in this long is given up (its records are read again after a
+rebalance): aiokafka retries a retriable refusal forever, and a broker that lost its
+data (Tansu on ``memory://`` after a restart) refuses every commit with
+UnknownTopicOrPartition, which stopped the consumer for good (measured)."""
 
 TOPIC_ALREADY_EXISTS = 36
 NOT_AUTHORIZED = (29, 31)  # topic / cluster authorization failed
@@ -411,8 +418,8 @@ class KafkaLog(Log):
         if not mine:
             return
         try:
-            await consumer.commit(mine)
-        except (KafkaError, ConsumerStoppedError) as exc:
+            await asyncio.wait_for(consumer.commit(mine), COMMIT_WAIT_S)
+        except (KafkaError, ConsumerStoppedError, TimeoutError) as exc:
             _COMMITS.failed(
                 group,
                 "group %s could not commit %d partitions (%s): they will be read again",
