@@ -252,7 +252,8 @@ class Role(Proc):
         return self
 
     def metrics(self) -> Metrics:
-        return scrape(self.url)
+        """Its counters; none while it is not serving yet (restarting, ``--faults``)."""
+        return scrape(self.url) if self.url else Metrics()
 
     @property
     def port(self) -> int:
@@ -1533,6 +1534,8 @@ def apply_fault(cluster: Cluster, fault: Fault) -> None:
         else:
             name = next(n for n in cluster.roles if n.startswith(fault.target))
             old = cluster.roles[name]
+            if not old.url:  # still coming back from the fault before: hit it once it serves
+                old.wait_ready()
             old.signal(SIGNALS[fault.kind])
             old.wait(30)  # a SIGTERM'd role not gone in 30 s is killed
             time.sleep(RESTART_DELAY_S)
