@@ -51,7 +51,11 @@ Under stress:
   so **distribute may publish a record twice**: a client sees the same point
   again, never a hole.
 * **A commit the broker keeps refusing** (a broker restarted without its data):
-  given up after :data:`COMMIT_WAIT_S` and logged (throttled); consuming goes on.  ``close`` during a group join waits for the join.
+  given up after ``session_timeout_ms`` (by then the group has dropped a member that
+  stalled anyway) and logged (throttled); consuming goes on, and the records are read
+  again after a rebalance.  aiokafka retries a retriable refusal forever, and a broker
+  that lost its data (Tansu on ``memory://`` after a restart) refuses every commit with
+  UnknownTopicOrPartition: that stopped distribute for good (measured).  ``close`` during a group join waits for the join.
 * **Kafka does not bound a topic by its consumers.**  Unlike the memory log,
   ``append`` never waits for a slow consumer group: the broker keeps records
   by retention (time/size on disk), so a group that falls behind reads them
@@ -105,11 +109,6 @@ LINGER_MS = 10.0
 """Default of the ``linger_ms`` URL option (see the module docstring)."""
 HEARTBEAT_MS = 1_000
 """How often a consumer tells its group it is alive (and learns of rebalances)."""
-COMMIT_WAIT_S = 2.0
-"""A commit not done in this long is given up (its records are read again after a
-rebalance): aiokafka retries a retriable refusal forever, and a broker that lost its
-data (Tansu on ``memory://`` after a restart) refuses every commit with
-UnknownTopicOrPartition, which stopped the consumer for good (measured)."""
 
 TOPIC_ALREADY_EXISTS = 36
 NOT_AUTHORIZED = (29, 31)  # topic / cluster authorization failed
@@ -376,7 +375,7 @@ class KafkaLog(Log):
                 if batch:
                     yield batch  # processed once the caller asks for the next batch
                 if offsets:
-                    await self._commit(consumer, group, offsets)
+                    await self._commit(consumer, group, offsets, self.session_timeout_ms)
         except _Closed:
             return
         finally:
@@ -410,15 +409,19 @@ class KafkaLog(Log):
 
     @staticmethod
     async def _commit(
-        consumer: AIOKafkaConsumer, group: str, offsets: dict[TopicPartition, int]
+        consumer: AIOKafkaConsumer,
+        group: str,
+        offsets: dict[TopicPartition, int],
+        timeout_ms: int,
     ) -> None:
-        """Commit what the caller processed; after a rebalance the new owner re-reads it."""
+        """Commit what the caller processed; after a rebalance the new owner re-reads it.
+        Given up after ``timeout_ms`` (see "A commit the broker keeps refusing")."""
         assigned = consumer.assignment()
         mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         if not mine:
             return
         try:
-            await asyncio.wait_for(consumer.commit(mine), COMMIT_WAIT_S)
+            await asyncio.wait_for(consumer.commit(mine), timeout_ms / 1000)
         except (KafkaError, ConsumerStoppedError, TimeoutError) as exc:
             _COMMITS.failed(
                 group,
