@@ -1879,6 +1879,11 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
         f"  duplicates: {rows_in - points:,} point rows written twice and not merged yet "
         "(a redelivery; ReplacingMergeTree keeps one, queries read one)"
     )
+    if empty:
+        print(
+            f"  seconds with nothing stored ({run.skipped} ticks skipped by the simulator), "
+            "s after the first fault: " + " ".join(f"{s - t0:.0f}" for s in empty)
+        )
     verdict = "yes" if unexplained <= 0 and rows_in == points else "NO"
     print(f"  every record the simulator sent stored exactly once: {verdict}")
     print(
