@@ -1855,7 +1855,6 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
     )
     seconds = range(run.span[0], run.span[1] + 1)
     empty = [s for s in seconds if not run.per_second.get(s, (0, 0, 0))[0]]
-    lost_ticks = max(0, len(empty) - run.skipped)
     expected = (len(seconds) - min(len(empty), run.skipped)) * 2 * MACHINES
     found = sum(r for r, _, _ in run.per_second.values())
     rows_in = sum(n for _, n, _ in run.per_second.values())
@@ -1873,7 +1872,6 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
         f"  missing  {missing:,}: the simulator dropped {run.dropped:,} while disconnected "
         f"from the broker (not acknowledged: never sent), "
         f"{max(0, unexplained):,} more lost after the broker acknowledged them"
-        + (f" (of which {lost_ticks} whole seconds with nothing stored)" if lost_ticks else "")
     )
     print(
         f"  duplicates: {rows_in - points:,} point rows written twice and not merged yet "
