@@ -66,6 +66,19 @@ distribute has not published), p50/p99 device → browser, machine-seconds store
 and CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
 all sizes (about 3 minutes each).
 
+**Faults** (``--faults [all|kill:ROLE,term:ROLE,restart:ENGINE,…]``) instead of the
+above: one cluster (Mosquitto with ``persistence true``) for ``--seconds`` (300) with
+``--clients`` reconnecting live clients (``tests.cluster.live``); each role killed
+(SIGKILL) and stopped (SIGTERM) once and restarted as systemd would (same command,
+port and client id), each engine restarted once (``tests.servers``' ``restart()``),
+spread through the run.  Printed per fault: when it was back, when the live lag (of
+every probe client) was below ``--recovered-lag`` (1 s) again with no ingest spill
+backlog, the records missing, the rows written twice and the simulator's drops in its
+seconds; then the stored-exactly-once check of the run with the losses by cause
+(dropped by the simulator while disconnected, lost after the broker acknowledged
+them), live p50/p99 inside and outside the faults and each role's CPU per record.
+Tansu runs on ``memory://``: its restart comes back empty (see bench/README.md).
+
 Latency is the client's receipt time minus the record's ``ts``, which is the
 wall-clock second of the simulator tick that produced it; so it includes
 simulating and publishing the whole 1,000-machine tick (a machine late in the
@@ -83,6 +96,7 @@ figure with the CPU table beside it; CPU per record is the steadier figure.
     python bench/bench_cluster.py --fleets 1000,2000,5000,10000 --ingest 2 --window 30 --budget 900
     python bench/bench_cluster.py --machines 2000 --ingest 2 --no-baseline --profile-roles distribute,alerts
     python bench/bench_cluster.py --before /tmp/base --no-baseline --no-second-ingest --budget 480
+    python bench/bench_cluster.py --machines 2000 --faults --seconds 300 --split partition
 
 ``--before TREE`` runs the distributed shape twice, first with the roles running
 ``TREE/src`` (a ``git worktree add /tmp/base main``), then this checkout's, and prints
@@ -100,6 +114,9 @@ temporary directory removed, also on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import bisect
+import calendar
 import contextlib
 import os
 import re
@@ -108,6 +125,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from array import array
 from collections import Counter
@@ -161,10 +179,10 @@ SAMPLE_EVERY_S = 1.0
 class Proc:
     """A subprocess this script started, its output in a log file."""
 
-    def __init__(self, name: str, cmd: list[str], logs: Path) -> None:
+    def __init__(self, name: str, cmd: list[str], logs: Path, log_name: str = "") -> None:
         self.name = name
         self.cmd = cmd
-        self.log_path = logs / f"{name}.log"
+        self.log_path = logs / f"{log_name or name}.log"
         self._out = self.log_path.open("w")
         self.proc = subprocess.Popen(
             cmd,
@@ -234,7 +252,12 @@ class Role(Proc):
         return self
 
     def metrics(self) -> Metrics:
-        return scrape(self.url)
+        """Its counters; none while it is not serving yet (restarting, ``--faults``)."""
+        return scrape(self.url) if self.url else Metrics()
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
 
 def stop_all(procs: list[Proc], timeout: float = 15.0) -> None:
@@ -271,11 +294,11 @@ SCRAPE_TIMEOUT_S = 60.0
 """A role far behind (its loop busy with a backlog) may take this long to answer /metrics."""
 
 
-def scrape(url: str) -> Metrics:
+def scrape(url: str, timeout: float = SCRAPE_TIMEOUT_S) -> Metrics:
     import urllib.request
 
     request = urllib.request.Request(url + "/metrics", headers=bench_live.AUTH)
-    with urllib.request.urlopen(request, timeout=SCRAPE_TIMEOUT_S) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         text = response.read().decode()
     out = Metrics()
     for line in text.splitlines():
@@ -344,6 +367,25 @@ def with_children(pid: int) -> Callable[[], list[psutil.Process]]:
             return [root, *root.children(recursive=True)]
         except psutil.Error:
             return []
+
+    return procs
+
+
+def server_procs(server: Any) -> Callable[[], list[psutil.Process]]:
+    """The processes of an engine started by ``tests.servers``, followed across its restarts
+    (PostgreSQL: its postmaster, from ``postmaster.pid``, and the postmaster's children)."""
+
+    def procs() -> list[psutil.Process]:
+        process = getattr(server, "process", None)
+        if process is not None:
+            with contextlib.suppress(psutil.Error):
+                return [psutil.Process(process.pid)]
+            return []
+        try:
+            pid = int((server.data / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return with_children(pid)()
 
     return procs
 
@@ -897,6 +939,13 @@ class Cluster:
     distribute: int = 1
     """Distribute processes: consumer group ``distribute`` splits the log's partitions."""
     split: str = "share"
+    persistent_broker: bool = False
+    """Mosquitto with ``persistence true`` (``--faults``): a restart keeps the persistent
+    sessions, their plain subscriptions and what is queued for them."""
+    servers: dict[str, Any] = field(default_factory=dict)
+    """The engines' handles (``tests.servers``), by group name: ``restart()`` each."""
+    restarts: Counter[str] = field(default_factory=Counter)
+    """Restarts of each role process (``--faults``), naming its next log file."""
     """``partition``: each ingest subscribes without a share group and takes the machines of
     its ``partition=i/n`` (what survives a Mosquitto 2.0.x restart: the broker restores a
     persistent session's plain subscription, not a ``$share`` one); ``share``: one MQTT share
@@ -906,14 +955,19 @@ class Cluster:
         """The device-link URL of ingest process ``index`` (0-based): a persistent session
         under its own client id, as systemd would restart it."""
         session = f"client_id=bench-ingest-{index}&session_expiry=300"
-        if self.split == "share" or self.ingest == 1:
+        if self.split == "share":
             return f"{self.urls['mqtt']}?group=ingest&{session}"
+        if self.ingest == 1:
+            return f"{self.urls['mqtt']}?shared=off&{session}"
         return f"{self.urls['mqtt']}?shared=off&partition={index}/{self.ingest}&{session}"
 
     def start_engines(self) -> None:
         base = self.tmp / "engines"
         t = time.monotonic()
-        mosquitto = start_mosquitto(base / "mosquitto", MOSQUITTO_EXTRA)
+        extra = MOSQUITTO_EXTRA
+        if self.persistent_broker:
+            extra += f"persistence true\npersistence_location {base / 'mosquitto'}/\n"
+        mosquitto = start_mosquitto(base / "mosquitto", extra)
         self.stack.callback(mosquitto.stop)
         kafka = start_kafka(base / "kafka")
         self.stack.callback(kafka.stop)
@@ -925,16 +979,14 @@ class Cluster:
         self.stack.callback(postgres.stop, remove=True)
         self.clickhouse_port = clickhouse.tcp_port
         self.mqtt_port = mosquitto.port
-        assert kafka.process is not None and redis.process is not None
-        assert clickhouse.process is not None
-        pg_pid = int((postgres.data / "postmaster.pid").read_text().split()[0])
-        self.engines = {
-            "mosquitto": Group("mosquitto", fixed(psutil.Process(mosquitto.process.pid))),
-            "tansu (kafka)": Group("tansu (kafka)", fixed(psutil.Process(kafka.process.pid))),
-            "redis": Group("redis", fixed(psutil.Process(redis.process.pid))),
-            "clickhouse": Group("clickhouse", fixed(psutil.Process(clickhouse.process.pid))),
-            "postgresql (all)": Group("postgresql (all)", with_children(pg_pid)),
+        self.servers = {
+            "mosquitto": mosquitto,
+            "tansu (kafka)": kafka,
+            "redis": redis,
+            "clickhouse": clickhouse,
+            "postgresql (all)": postgres,
         }
+        self.engines = {n: Group(n, server_procs(s)) for n, s in self.servers.items()}
         self.urls = {
             "mqtt": mosquitto.url,
             "log": f"{kafka.url}/records?partitions={LOG_PARTITIONS}",
@@ -975,6 +1027,19 @@ class Cluster:
         proc = Role(name, cmd, self.tmp)
         self.roles[name] = proc
         return proc
+
+    def restart_role(self, name: str) -> Role:
+        """Start role ``name`` again as systemd would: same command and HTTP port (without
+        ``--seed-demo``: seeded once), same MQTT client id; its output in a new log."""
+        old = self.roles[name]
+        cmd = list(old.cmd)
+        cmd[cmd.index("--port") + 1] = str(old.port)
+        if "--seed-demo" in cmd:
+            del cmd[cmd.index("--seed-demo") : cmd.index("--seed-demo") + 2]
+        self.restarts[name] += 1
+        new = Role(name, cmd, self.tmp, f"{name}.{self.restarts[name]}")
+        self.roles[name] = new
+        return new
 
     def start_roles(self) -> None:
         t = time.monotonic()
@@ -1032,7 +1097,8 @@ class Cluster:
         out = []
         if self.sim is not None:
             out.append(Group(f"simulate ({MACHINES:,} MQTT clients)", fixed(self.sim.ps)))
-        out += [Group(n, fixed(r.ps)) for n, r in self.roles.items()]
+        # the role's current process: a restarted one (``--faults``) replaces it under its name
+        out += [Group(n, lambda n=n: [self.roles[n].ps]) for n in self.roles]
         out += list(self.engines.values())
         if clients is not None:
             out.append(client_group(clients))
@@ -1040,26 +1106,30 @@ class Cluster:
         return out
 
     def scrapers(self) -> dict[str, Callable[[], Metrics]]:
-        return {n: r.metrics for n, r in self.roles.items()}
+        return {n: lambda n=n: self.roles[n].metrics() for n in self.roles}
 
     def stop(self) -> None:
         if self.sim is not None:
             self.sim.stop(8)
         stop_all(list(self.roles.values()), 10)
 
+    def query_store(self, sql: str, params: dict[str, int]) -> list[tuple[Any, ...]]:
+        """The rows of one ClickHouse query on the store database (a connection of its own)."""
+        client = ClickHouseClient("127.0.0.1", port=self.clickhouse_port, database=STORE_DB)
+        try:
+            return list(client.execute(sql, params))
+        finally:
+            client.disconnect()
+
     def count_stored(self, first_s: int, last_s: int, skipped: int = 0) -> dict[str, float]:
         """Distinct (machine, message type, second) in ClickHouse for seconds [first, last],
         against the seconds the simulator sent (all but the ``skipped`` ticks it reported)."""
-        client = ClickHouseClient("127.0.0.1", port=self.clickhouse_port, database=STORE_DB)
-        try:
-            rows = client.execute(
-                "SELECT uniqExact(chassis, msg_type, ts), count(), "
-                "uniqExact(chassis, msg_type, field, ts), uniqExact(intDiv(ts, 1000)) FROM points "
-                "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s",
-                {"a": first_s * 1000, "b": last_s * 1000},
-            )
-        finally:
-            client.disconnect()
+        rows = self.query_store(
+            "SELECT uniqExact(chassis, msg_type, ts), count(), "
+            "uniqExact(chassis, msg_type, field, ts), uniqExact(intDiv(ts, 1000)) FROM points "
+            "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s",
+            {"a": first_s * 1000, "b": last_s * 1000},
+        )
         found, rows_in, points, stored_seconds = rows[0]
         # the simulator skips a whole tick it is late for (and reports how many): expected
         # are all machines' both types of every second it sent; a second with any record
@@ -1260,7 +1330,6 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
     Fresh, so a size is not measured on the backlog the one before left behind.
     """
     global MACHINES
-    CLIENTS[0] = args.clients
     for size in fleets:
         if remaining() < args.window + 120:
             print(f"[{elapsed()}] no time left in the budget for {size:,} machines")
@@ -1382,10 +1451,472 @@ def sweep_table(points: list[SweepPoint]) -> None:
     print_table([f"{p.machines:,}" for p in points], rows)
 
 
+# -- faults ----------------------------------------------------------------------------------
+
+FAULTS_ALL = (
+    "kill:ingest",
+    "restart:mosquitto",
+    "kill:distribute",
+    "restart:tansu",
+    "kill:alerts",
+    "restart:redis",
+    "kill:gateway",
+    "restart:clickhouse",
+    "term:ingest",
+    "restart:postgresql",
+    "term:distribute",
+    "term:alerts",
+    "term:gateway",
+)
+"""``--faults all``: each role killed (SIGKILL) and stopped (SIGTERM) once, each engine
+restarted once, roles and engines interleaved."""
+SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+RESTART_DELAY_S = 1.0
+"""Seconds between a role's end and its restart (systemd's ``RestartSec``)."""
+RECOVERED_FOR_S = 5.0
+"""A fault is recovered once the lag stays under ``--recovered-lag`` until the next fault,
+and that is at least this long."""
+LAG_STEP_S = 0.25
+
+
+@dataclass
+class Fault:
+    """One fault of the schedule: what, when (planned, done) and the figures found after."""
+
+    spec: str
+    at: float
+    """Seconds into the window."""
+    started: float = float("nan")
+    back: float = float("nan")
+    """Wall time the role serves again, or the engine answers again."""
+    recovered: float = float("nan")
+    until: float = float("nan")
+    """Wall time of the next fault's start (or the window's end): recovery is looked for before."""
+    error: str = ""
+    missing: int = 0
+    duplicates: int = 0
+    sim_dropped: int = 0
+
+    @property
+    def kind(self) -> str:
+        return self.spec.split(":")[0]
+
+    @property
+    def target(self) -> str:
+        return self.spec.split(":")[1]
+
+    def label(self) -> str:
+        what = {"kill": "kill -9", "term": "SIGTERM", "restart": "restart"}[self.kind]
+        return f"{what} {self.target}"
+
+
+def fault_specs(text: str, roles: list[str]) -> list[str]:
+    """``all`` or a comma list of ``kill:ROLE``, ``term:ROLE``, ``restart:ENGINE``."""
+    specs = list(FAULTS_ALL) if text == "all" else [t.strip() for t in text.split(",")]
+    engines = ("mosquitto", "tansu", "redis", "clickhouse", "postgresql")
+    for spec in specs:
+        kind, _, target = spec.partition(":")
+        ok = (kind in SIGNALS and any(r.startswith(target) for r in roles)) or (
+            kind == "restart" and target in engines
+        )
+        if not ok or not target:
+            raise SystemExit(f"--faults: unknown fault {spec!r} (e.g. kill:ingest, restart:redis)")
+    return specs
+
+
+def apply_fault(cluster: Cluster, fault: Fault) -> None:
+    """Do ``fault`` (in a thread of its own: the sampling goes on) and note when it is over."""
+    fault.started = time.time()
+    try:
+        if fault.kind == "restart":
+            server = next(s for n, s in cluster.servers.items() if n.startswith(fault.target))
+            server.restart()
+        else:
+            name = next(n for n in cluster.roles if n.startswith(fault.target))
+            old = cluster.roles[name]
+            if not old.url:  # still coming back from the fault before: hit it once it serves
+                old.wait_ready()
+            old.signal(SIGNALS[fault.kind])
+            old.wait(30)  # a SIGTERM'd role not gone in 30 s is killed
+            time.sleep(RESTART_DELAY_S)
+            cluster.restart_role(name).wait_ready()
+        fault.back = time.time()
+    except Exception as exc:
+        fault.error = repr(exc)[:200]
+
+
+class LiveProbe:
+    """Reconnecting live clients (``tests.cluster.live``) on their own event loop and thread."""
+
+    def __init__(self, gateway: str, specs: list[tuple[str, tuple[str, ...]]]) -> None:
+        from tests.cluster.live import Client
+
+        self.clients = [Client(c, [gateway], bench_live.BENCH_TOKEN, f) for c, f in specs]
+        self.loop = asyncio.new_event_loop()
+        self.stop_event = asyncio.Event()
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self.run(),))
+        self.thread.start()
+
+    async def run(self) -> None:
+        self.stop_event = asyncio.Event()
+        await asyncio.gather(*(c.run(self.stop_event) for c in self.clients))
+
+    def wait_first(self, timeout: float) -> int:
+        """Wait until every client had a LIVE_DATA (at most ``timeout``); how many did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(self.deliveries(c) for c in self.clients):
+            time.sleep(0.2)
+        return sum(1 for c in self.clients if self.deliveries(c))
+
+    @staticmethod
+    def deliveries(client: Any) -> list[tuple[float, float]]:
+        """(receipt, record ts) in seconds of a client's LIVE_DATA messages."""
+        return [(t, m["ts"] / 1000) for t, m in client.received if m.get("type") == "LIVE_DATA"]
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+            self.thread.join(10)
+
+    def lag(self, start: float, end: float) -> tuple[array, array]:
+        """The live lag every ``LAG_STEP_S`` in [start, end]: of the client furthest behind,
+        the latency of its last message, or how long its next one is overdue if more."""
+        series = [self.deliveries(c) for c in self.clients]
+        stamps, lags = array("d"), array("d")
+        t = start
+        while t <= end:
+            worst = 0.0
+            for got in series:
+                i = bisect.bisect_right(got, (t, float("inf")))
+                if i == 0:
+                    worst = float("inf")
+                    break
+                received, ts = got[i - 1]
+                worst = max(worst, received - ts, t - ts - 1.0)
+            stamps.append(t)
+            lags.append(worst)
+            t += LAG_STEP_S
+        return stamps, lags
+
+
+SIM_REPORT_AT = re.compile(
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\S*.*sent \d+ messages, dropped (\d+) "
+    r".*?(\d+) ticks late and skipped",
+    re.M,
+)
+
+
+def sim_drops(text: str) -> list[tuple[float, int, int]]:
+    """The simulator's reports: (wall time of the report, messages it dropped while
+    disconnected, ticks it skipped) of its 10 s before."""
+    out = []
+    for stamp, dropped, skipped in SIM_REPORT_AT.findall(text):
+        t = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
+        out.append((float(t), int(dropped), int(skipped)))
+    return out
+
+
+@dataclass
+class ChaosRun:
+    """What ``--faults`` measured."""
+
+    seconds: float
+    faults: list[Fault]
+    cpu: dict[str, float]
+    """CPU seconds of each group over the window (every process it had, restarted ones too)."""
+    span: tuple[int, int]
+    per_second: dict[int, tuple[int, int, int]]
+    """Second → (distinct machine-message records, point rows, distinct points) stored."""
+    skipped: int
+    dropped: int
+    live_during: list[float]
+    live_outside: list[float]
+    ingest_behind: list[tuple[float, bool]]
+    """(wall time, whether some ingest process had a spill backlog or did not answer)."""
+    reconnects: int
+    timeline: list[int]
+    """Live messages the probe clients received in each 5 s of the window."""
+
+
+def chaos(args: argparse.Namespace, tmp: Path) -> None:
+    """``--faults``: the cluster under the fault schedule for ``--seconds``, then the checks."""
+    print(f"[{elapsed()}] distributed shape under faults: engines", flush=True)
+    with cleanup_on_exit() as stack:
+        cluster = new_cluster(args, tmp, stack)
+        cluster.persistent_broker = True
+        cluster.start()
+        say_flowing(wait_flowing(cluster.scrapers(), args.warmup), args.warmup)
+        specs = fault_specs(args.faults, list(cluster.roles))
+        probe = LiveProbe(cluster.roles["gateway"].url, client_specs())
+        stack.callback(probe.stop)
+        ready = probe.wait_first(bench_live.CONNECT_TIMEOUT_S)
+        print(f"  {ready} of {len(probe.clients)} live clients receiving", flush=True)
+        first = args.seconds * 0.08
+        step = (args.seconds * 0.78 - first) / max(1, len(specs) - 1)
+        faults = [Fault(spec, first + i * step) for i, spec in enumerate(specs)]
+        print(
+            f"[{elapsed()}] {args.seconds:.0f} s with {len(faults)} faults, one every "
+            f"{step:.0f} s from {first:.0f} s",
+            flush=True,
+        )
+        RESULTS["chaos"] = run_faults(args, cluster, probe, faults)
+        print(f"[{elapsed()}] stopping the cluster", flush=True)
+
+
+def run_faults(
+    args: argparse.Namespace, cluster: Cluster, probe: LiveProbe, faults: list[Fault]
+) -> ChaosRun:
+    """Sample CPU and ingest's backlog while the faults happen on schedule, then check."""
+    assert cluster.sim is not None
+    groups = cluster.groups(None)
+    first_s = int(time.time()) + 1
+    t0 = time.time()
+    cpu: dict[str, dict[int, list[float]]] = {g.name: {} for g in groups}
+    threads: list[threading.Thread] = []
+    behind: list[tuple[float, bool]] = []
+    pending = list(faults)
+    while (now := time.time()) - t0 < args.seconds:
+        while pending and now - t0 >= pending[0].at:
+            fault = pending.pop(0)
+            print(f"[{elapsed()}] {fault.label()}", flush=True)
+            threads.append(threading.Thread(target=apply_fault, args=(cluster, fault)))
+            threads[-1].start()
+        for g in groups:
+            by_pid = cpu[g.name]
+            for pid, used in g.cpu().items():
+                if pid not in by_pid:  # a process started during the window: all of its CPU
+                    by_pid[pid] = [0.0 if started_after(pid, t0) else used, used]
+                by_pid[pid][1] = used
+        behind.append((now, ingest_behind(cluster)))
+        time.sleep(max(0.0, 0.5 - (time.time() - now)))
+    last_s = int(time.time()) - 1
+    for thread in threads:
+        thread.join(120)
+    window = time.time() - t0
+    stamps, lags = probe.lag(t0, time.time())
+    print(f"[{elapsed()}] window over; the simulator stops, the pipeline drains", flush=True)
+    cluster.sim.stop(15)
+    sim_text = cluster.sim.text()
+    cluster.sim = None
+    drained = wait_drained(cluster, min(args.drain, max(0.0, remaining() - 60)))
+    print(f"  drained {drained:.0f} s after the simulator stopped", flush=True)
+    probe.stop()
+    for fault, after in zip(faults, [*faults[1:], None], strict=True):
+        fault.until = after.started if after is not None else t0 + window
+        fault.recovered = recovered_at(fault, stamps, lags, behind, args.recovered_lag)
+    per_second = stored_per_second(cluster, first_s, last_s)
+    reports = [r for r in sim_drops(sim_text) if first_s <= r[0] <= last_s + 10]
+    drops = [(t, d) for t, d, _ in reports]
+    skipped = sum(s for _, _, s in reports)
+    attribute(faults, per_second, drops, (first_s, last_s))
+    live_during: list[float] = []
+    live_outside: list[float] = []
+    for client in probe.clients:
+        for received, ts in probe.deliveries(client):
+            if not first_s <= received <= last_s:
+                continue
+            hit = any(in_fault(f, received) for f in faults)
+            (live_during if hit else live_outside).append((received - ts) * 1000)
+    return ChaosRun(
+        window,
+        faults,
+        {n: sum(b - a for a, b in by_pid.values()) for n, by_pid in cpu.items()},
+        (first_s, last_s),
+        per_second,
+        skipped,
+        sum(d for _, d in drops),
+        sorted(live_during),
+        sorted(live_outside),
+        behind,
+        sum(c.reconnects for c in probe.clients),
+        timeline(probe, t0, window),
+    )
+
+
+def timeline(probe: LiveProbe, t0: float, seconds: float) -> list[int]:
+    """Live messages the probe clients received in each 5 s from ``t0``."""
+    out = [0] * (int(seconds // 5) + 1)
+    for client in probe.clients:
+        for received, _ in probe.deliveries(client):
+            if 0 <= received - t0 < seconds:
+                out[int((received - t0) // 5)] += 1
+    return out
+
+
+def started_after(pid: int, t0: float) -> bool:
+    try:
+        return psutil.Process(pid).create_time() > t0
+    except psutil.Error:
+        return False
+
+
+def ingest_behind(cluster: Cluster) -> bool:
+    """Whether an ingest process has records in its spill journal, or does not answer."""
+    for name, role in list(cluster.roles.items()):
+        if not name.startswith("ingest"):
+            continue
+        try:
+            if role.proc.poll() is not None or scrape(role.url, 2.0).get("livedata_spill_bytes"):
+                return True
+        except (OSError, ValueError):
+            return True
+    return False
+
+
+def recovered_at(
+    fault: Fault,
+    stamps: array,
+    lags: array,
+    behind: list[tuple[float, bool]],
+    threshold: float,
+) -> float:
+    """The end of the last moment between ``fault`` and the next one when the live lag was
+    ``threshold`` or more or an ingest process was behind on its store; NaN if less than
+    :data:`RECOVERED_FOR_S` were left after it before the next fault (not recovered)."""
+    if fault.started != fault.started:
+        return float("nan")
+    bad = [t for t, lag in zip(stamps, lags, strict=True) if lag >= threshold]
+    bad += [t for t, b in behind if b]
+    last = max((t for t in bad if fault.started <= t < fault.until), default=fault.started)
+    ok_from = last + LAG_STEP_S if last > fault.started else fault.started
+    return ok_from if fault.until - ok_from >= RECOVERED_FOR_S else float("nan")
+
+
+def in_fault(fault: Fault, t: float) -> bool:
+    """Whether ``t`` is between the fault's start and its recovery (or the next fault, if none)."""
+    end = fault.recovered if fault.recovered == fault.recovered else fault.until
+    return fault.started <= t <= end
+
+
+def stored_per_second(
+    cluster: Cluster, first_s: int, last_s: int
+) -> dict[int, tuple[int, int, int]]:
+    """Per second of the window: distinct (machine, message type), point rows, distinct points."""
+    rows = cluster.query_store(
+        "SELECT intDiv(ts, 1000), uniqExact(chassis, msg_type), count(), "
+        "uniqExact(chassis, msg_type, field, ts) FROM points "
+        "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s GROUP BY intDiv(ts, 1000)",
+        {"a": first_s * 1000, "b": last_s * 1000 + 999},
+    )
+    return {int(s): (int(r), int(n), int(p)) for s, r, n, p in rows}
+
+
+def attribute(
+    faults: list[Fault],
+    per_second: dict[int, tuple[int, int, int]],
+    drops: list[tuple[float, int]],
+    span: tuple[int, int],
+) -> None:
+    """Give each fault the records missing and the rows duplicated in its seconds, and the
+    simulator's drops reported for the 10 s periods overlapping them."""
+    for second in range(span[0], span[1] + 1):
+        records, rows, points = per_second.get(second, (0, 0, 0))
+        if not records:
+            continue  # a tick the simulator skipped (counted apart), or all lost (see totals)
+        for fault in faults:
+            if in_fault(fault, second) or in_fault(fault, second + 1):
+                fault.missing += 2 * MACHINES - records
+                fault.duplicates += rows - points
+    for reported, dropped in drops:
+        for fault in faults:
+            if any(in_fault(fault, reported - k) for k in range(10)):
+                fault.sim_dropped += dropped
+
+
+def chaos_report(run: ChaosRun, threshold: float) -> None:
+    print()
+    print(
+        f"Faults: {MACHINES:,} machines, {run.seconds:.0f} s, {len(run.faults)} faults "
+        f"(recovered: live lag of all {CLIENTS[0]} probe clients < {threshold:g} s and no "
+        f"ingest spill backlog, for {RECOVERED_FOR_S:g} s)"
+    )
+    t0 = min((f.started for f in run.faults if f.started == f.started), default=0.0)
+    rows: list[tuple[str, list[str]]] = []
+    for f in run.faults:
+        took = f.back - f.started
+        rec = f.recovered - f.started
+        rows.append(
+            (
+                f.label(),
+                [
+                    f"{f.started - t0:.0f} s",
+                    "–" if took != took else f"{took:.1f} s",
+                    "not before the next" if rec != rec else f"{rec:.1f} s",
+                    f"{f.missing:,}",
+                    f"{f.sim_dropped:,}",
+                    f"{f.duplicates:,}",
+                    f.error or "",
+                ],
+            )
+        )
+    print_table(
+        ["at", "back after", "recovered after", "missing", "sim dropped", "dup rows", "error"],
+        rows,
+    )
+    seconds = range(run.span[0], run.span[1] + 1)
+    empty = [s for s in seconds if not run.per_second.get(s, (0, 0, 0))[0]]
+    expected = (len(seconds) - min(len(empty), run.skipped)) * 2 * MACHINES
+    found = sum(r for r, _, _ in run.per_second.values())
+    rows_in = sum(n for _, n, _ in run.per_second.values())
+    points = sum(p for _, _, p in run.per_second.values())
+    missing = expected - found
+    unexplained = missing - run.dropped
+    print()
+    print(f"Stored, seconds {run.span[0]}–{run.span[1]} (ClickHouse, after the drain):")
+    print(
+        f"  expected {expected:,} records (2 × {MACHINES:,} machines × {len(seconds)} s, "
+        f"minus {min(len(empty), run.skipped)} ticks the simulator skipped)"
+    )
+    print(f"  stored   {found:,} distinct (machine, message type, second)")
+    print(
+        f"  missing  {missing:,}: the simulator dropped {run.dropped:,} while disconnected "
+        f"from the broker (not acknowledged: never sent), "
+        f"{max(0, unexplained):,} more lost after the broker acknowledged them"
+    )
+    print(
+        f"  duplicates: {rows_in - points:,} point rows written twice and not merged yet "
+        "(a redelivery; ReplacingMergeTree keeps one, queries read one)"
+    )
+    if empty:
+        print(
+            f"  seconds with nothing stored ({run.skipped} ticks skipped by the simulator), "
+            "s after the first fault: " + " ".join(f"{s - t0:.0f}" for s in empty)
+        )
+    verdict = "yes" if unexplained <= 0 and rows_in == points else "NO"
+    print(f"  every record the simulator sent stored exactly once: {verdict}")
+    print(
+        f"live (device → browser) p50 / p99 / max: outside faults "
+        f"{pct(run.live_outside, 0.5)} / {pct(run.live_outside, 0.99)} / "
+        f"{pct(run.live_outside, 1.0)} ({len(run.live_outside):,} messages); during faults "
+        f"{pct(run.live_during, 0.5)} / {pct(run.live_during, 0.99)} / "
+        f"{pct(run.live_during, 1.0)} ({len(run.live_during):,}); "
+        f"{run.reconnects} client reconnects"
+    )
+    print(
+        f"live messages per 5 s of the window (expected {CLIENTS[0] * 5}): "
+        + " ".join(map(str, run.timeline))
+    )
+    cells = []
+    for role in ROLES:
+        used = sum(v for n, v in run.cpu.items() if n.startswith(role))
+        cells.append(f"{role} {used / max(1, found) * 1e6:,.0f}")
+    roles = sum(v for n, v in run.cpu.items() if n.startswith(ROLES))
+    print(
+        "CPU µs per stored record, over the whole window (restarted processes included): "
+        + ", ".join(cells)
+        + f"; the 4 roles {roles / max(1, found) * 1e6:,.0f}"
+    )
+    print(
+        "CPU % of a core: "
+        + ", ".join(f"{n} {v / run.seconds * 100:.0f}" for n, v in run.cpu.items())
+    )
+
+
 # -- main ------------------------------------------------------------------------------------
 
 T0 = time.monotonic()
 BUDGET = [240.0]
+RECOVERED_LAG = [1.0]
 RESULTS: dict[str, Any] = {"windows": [], "sweep": [], "profiles": []}
 RUN_NEED_S = 90.0
 """Seconds a cluster run takes besides its window and profile (engines, roles, warm-up)."""
@@ -1523,10 +2054,16 @@ def main() -> None:
         "clients and a --window (e.g. 1000,2000,5000,10000)",
     )
     parser.add_argument(
-        "--clients", type=int, default=100, help="live clients per fleet size in the sweep (100)"
+        "--clients",
+        type=int,
+        default=100,
+        help="live clients per fleet size in the sweep, and of --faults (100)",
     )
     parser.add_argument(
-        "--warmup", type=float, default=30.0, help="sweep: seconds to reach the fleet's rate (30)"
+        "--warmup",
+        type=float,
+        default=30.0,
+        help="sweep and --faults: seconds to reach the fleet's rate (30)",
     )
     parser.add_argument(
         "--drain",
@@ -1534,13 +2071,36 @@ def main() -> None:
         default=30.0,
         help="sweep: seconds to wait for the backlog after the simulator stops (30)",
     )
+    parser.add_argument(
+        "--faults",
+        nargs="?",
+        const="all",
+        metavar="all|FAULT,…",
+        help="fault mode instead: the cluster for --seconds with faults spread through it "
+        "(all: kill -9 and SIGTERM each role once, restart each engine once; or e.g. "
+        "kill:ingest,restart:mosquitto), then per fault the time to recover and the "
+        "stored-exactly-once check with losses by cause",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=300.0, help="--faults: seconds of the run (300)"
+    )
+    parser.add_argument(
+        "--recovered-lag",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="--faults: a fault is recovered once the live lag is below this (1 s)",
+    )
     args = parser.parse_args()
     if args.split != "share" or args.fleets:
         args.second_ingest = False  # partitions are fixed at start; --ingest N instead
     fleets = [int(n) for n in args.fleets.split(",")] if args.fleets else []
     RESULTS["shape"] = new_cluster(args, Path(), contextlib.ExitStack()).shape()
     MACHINES = args.machines
-    BUDGET[0] = args.budget
+    RECOVERED_LAG[0] = args.recovered_lag
+    if args.faults or args.fleets:
+        CLIENTS[0] = args.clients
+    BUDGET[0] = max(args.budget, args.seconds + 300) if args.faults else args.budget
     src = Path(__file__).resolve().parent.parent / "src"
     trees = (
         [("before", args.before / "src"), ("after", src)]
@@ -1551,10 +2111,10 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), pythonpath]))
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGALRM, _out_of_time)
-    signal.alarm(max(1, int(args.budget - RESERVE_S)))
+    signal.alarm(max(1, int(BUDGET[0] - RESERVE_S)))
     print(
         f"bench_cluster: {MACHINES} simulated machines at 1 Hz, "
-        f"{MACHINES // CLIENT_EVERY} WebSocket clients; {psutil.cpu_count()} CPU cores shared by "
+        f"{len(client_specs())} WebSocket clients; {psutil.cpu_count()} CPU cores shared by "
         "EVERYTHING (simulator, engines, roles, clients, this script); "
         f"load average before {os.getloadavg()[0]:.1f}",
         flush=True,
@@ -1565,7 +2125,9 @@ def main() -> None:
         if args.logs:
             stack.callback(keep_logs, tmp, args.logs)
         try:
-            if fleets:
+            if args.faults:
+                chaos(args, tmp)
+            elif fleets:
                 sweep(args, tmp, fleets)
             else:
                 for i, (label, tree) in enumerate(trees):
@@ -1599,6 +2161,8 @@ def main() -> None:
 
 
 def report() -> None:
+    if "chaos" in RESULTS:
+        chaos_report(RESULTS["chaos"], RECOVERED_LAG[0])
     if RESULTS["sweep"]:
         print()
         print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import orjson
@@ -15,7 +16,7 @@ from livedata.errors import BusError, ConfigError
 from livedata.model import Kind, Record, decode_records
 from tests.bus.contract import Consumer, LogContract, eventually, keys, parsed, rec, unique_id
 from tests.servers import free_port
-from tests.servers.kafka import KafkaServer
+from tests.servers.kafka import KafkaServer, start_kafka
 
 JOIN_TIMEOUT = 20.0
 """Seconds a consumer group may take to form or rebalance (Tansu answers a join after ~5 s)."""
@@ -239,3 +240,44 @@ async def test_stopped_consumer_hands_its_uncommitted_records_to_the_group(
         for log in logs:
             await log.close()
         await asyncio.wait_for(second.task, 5)
+
+
+async def test_consumer_goes_on_after_the_broker_restarted_empty(tmp_path) -> None:
+    """The broker restarted without its data (Tansu's memory storage: topic and offsets
+    gone) under a running consumer: a commit the broker keeps refusing is given up and the
+    consumer goes on reading what is appended after the restart."""
+    server = start_kafka(tmp_path)
+    opened: list[KafkaLog] = []
+    got: list[Record] = []
+    try:
+        url = f"{server.url}/{unique_id('topic')}?partitions=4&session_timeout_ms=6000"
+        producer = await started(opened, url)
+        consumer = await started(opened, url)
+
+        async def consume() -> None:
+            async for batch in consumer.consume("distribute"):
+                got.extend(batch)
+
+        task = asyncio.create_task(consume())
+        sent = 0
+
+        async def send_until(count: int) -> None:
+            nonlocal sent
+            while len(got) < count:
+                with contextlib.suppress(BusError):
+                    await producer.append([rec(f"m{sent % 8}", sent)])
+                sent += 1
+                await asyncio.sleep(0.2)
+
+        await asyncio.wait_for(send_until(20), JOIN_TIMEOUT)
+        await asyncio.to_thread(server.restart)
+        before = sent
+        await asyncio.wait_for(send_until(len(got) + 20), 90)
+        assert [r for r in got if r.ts >= before], "records appended after the restart arrive"
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        for log in opened:
+            await log.close()
+        server.stop()

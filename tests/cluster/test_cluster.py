@@ -22,12 +22,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 import pytest
-import websockets
 
 from livedata.decode.can import CanDecoder
 from livedata.model import MsgType
@@ -35,6 +33,7 @@ from livedata.sim.demo import DBC_PATH, ORG
 from livedata.sim.fleet import default_chassis_ids
 from livedata.sim.machine import Machine
 from livedata.store.clickhouse import ClickHouseStore
+from tests.cluster.live import Client
 from tests.conftest import ADMIN_TOKEN
 from tests.servers import free_port, stop_process
 from tests.servers.clickhouse import start_clickhouse
@@ -135,45 +134,6 @@ class Role:
                 self.process.wait()
 
 
-@dataclass
-class Client:
-    """A WebSocket client of one machine that moves to the other gateway when its own dies."""
-
-    chassis: str
-    gateways: list[str]
-    received: list[tuple[float, dict]] = field(default_factory=list)
-    reconnects: int = 0
-    used: list[str] = field(default_factory=list)
-
-    async def run(self, stop: asyncio.Event) -> None:
-        for gateway in itertools.cycle(self.gateways):
-            if stop.is_set():
-                return
-            url = (
-                gateway.replace("http", "ws")
-                + f"/api/resources/{ORG}/_common/datasets/{self.chassis}/live?msgType=vehicle_can"
-            )
-            try:
-                headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-                async with websockets.connect(
-                    url, open_timeout=3, additional_headers=headers
-                ) as ws:
-                    self.used.append(gateway)
-                    await ws.send(
-                        orjson.dumps({"type": "INIT_FIELD_LIST", "payload": FIELDS}).decode()
-                    )
-                    while not stop.is_set():
-                        try:
-                            raw = await asyncio.wait_for(ws.recv(), 1.0)
-                        except TimeoutError:
-                            continue
-                        self.received.append((time.monotonic(), orjson.loads(raw)))
-                    return
-            except (OSError, websockets.exceptions.WebSocketException, TimeoutError):
-                self.reconnects += 1
-                await asyncio.sleep(0.5)
-
-
 def expected_values(chassis: str, first_ts: int, last_ts: int) -> dict[int, dict[str, float]]:
     """Replay the simulator (seed 0) to get what machine ``chassis`` sent each second."""
     decoder = CanDecoder.from_dbc(DBC_PATH.read_text())
@@ -255,10 +215,15 @@ def test_cluster_survives_losing_one_process_of_each_role(engines: Engines, tmp_
             assert time.monotonic() < deadline, "simulate did not start in 60 s"
             time.sleep(0.1)
         chassis = default_chassis_ids(MACHINES)
-        clients = [Client(chassis[i], [gateway_a.url, gateway_b.url]) for i in range(5)] + [
-            Client(chassis[i], [gateway_b.url, gateway_a.url]) for i in range(5, 10)
+        fields = tuple(FIELDS)
+        clients = [
+            Client(chassis[i], [gateway_a.url, gateway_b.url], ADMIN_TOKEN, fields)
+            for i in range(5)
+        ] + [
+            Client(chassis[i], [gateway_b.url, gateway_a.url], ADMIN_TOKEN, fields)
+            for i in range(5, 10)
         ]
-        started = time.monotonic()
+        started = time.time()
 
         async def drive() -> None:
             stop = asyncio.Event()

@@ -52,7 +52,13 @@ Under stress:
   close counts as a death.  Batches the consumer had received but not
   confirmed (by asking for the next one) are delivered again to the new owner,
   so **distribute may publish a record twice**: a client sees the same point
-  again, never a hole.  ``close`` during a group join waits for the join.
+  again, never a hole.
+* **A commit the broker keeps refusing** (a broker restarted without its data):
+  given up after ``session_timeout_ms`` (by then the group has dropped a member that
+  stalled anyway) and logged (throttled); consuming goes on, and the records are read
+  again after a rebalance.  aiokafka retries a retriable refusal forever, and a broker
+  that lost its data (Tansu on ``memory://`` after a restart) refuses every commit with
+  UnknownTopicOrPartition: that stopped distribute for good (measured).  ``close`` during a group join waits for the join.
 * **Kafka does not bound a topic by its consumers.**  Unlike the memory log,
   ``append`` never waits for a slow consumer group: the broker keeps records
   by retention (time/size on disk), so a group that falls behind reads them
@@ -372,7 +378,7 @@ class KafkaLog(Log):
                 if batch:
                     yield batch  # processed once the caller asks for the next batch
                 if offsets:
-                    await self._commit(consumer, group, offsets)
+                    await self._commit(consumer, group, offsets, self.session_timeout_ms)
         except _Closed:
             return
         finally:
@@ -406,16 +412,20 @@ class KafkaLog(Log):
 
     @staticmethod
     async def _commit(
-        consumer: AIOKafkaConsumer, group: str, offsets: dict[TopicPartition, int]
+        consumer: AIOKafkaConsumer,
+        group: str,
+        offsets: dict[TopicPartition, int],
+        timeout_ms: int,
     ) -> None:
-        """Commit what the caller processed; after a rebalance the new owner re-reads it."""
+        """Commit what the caller processed; after a rebalance the new owner re-reads it.
+        Given up after ``timeout_ms`` (see "A commit the broker keeps refusing")."""
         assigned = consumer.assignment()
         mine = {tp: offset for tp, offset in offsets.items() if tp in assigned}
         if not mine:
             return
         try:
-            await consumer.commit(mine)
-        except (KafkaError, ConsumerStoppedError) as exc:
+            await asyncio.wait_for(consumer.commit(mine), timeout_ms / 1000)
+        except (KafkaError, ConsumerStoppedError, TimeoutError) as exc:
             _COMMITS.failed(
                 group,
                 "group %s could not commit %d partitions (%s): they will be read again",
