@@ -88,7 +88,9 @@ server's memory beyond its bound:
   in its data.
 - **No progress.**  A client whose transport (or queue) takes nothing for
   ``client_stall_seconds`` (default 30 s) is given up by the outbox's stall clock
-  (one timer per client; counted in ``livedata_stalled_clients``): a WebSocket is
+  (a deadline in the fan-out core's stall clock of that time, which the live
+  WebSocket and the SSE watch share: no timer per client; counted in
+  ``livedata_stalled_clients``): a WebSocket is
   closed with 1013 at once, what stays is the socket's kernel buffer and at most
   one transport buffer (64 KiB), freed when the peer reads or goes away; a polling
   client's session is closed (reason ``server disconnect``).
@@ -595,12 +597,13 @@ class SocketGateway:
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
+        stalls = self.hub.stall_clock(stall)
         if isinstance(raw, LimitedWebSocket):
-            outbox = _Outbox(raw.transport, SIO_WEBSOCKET, given_up, self.client_queue, stall)
+            outbox = _Outbox(raw.transport, SIO_WEBSOCKET, given_up, stalls, self.client_queue)
             raw.attach(outbox)
         else:
             sink = _QueueSink(socket.queue)
-            outbox = sink.outbox = _Outbox(sink, SIO_QUEUED, given_up, self.client_queue, stall)
+            outbox = sink.outbox = _Outbox(sink, SIO_QUEUED, given_up, stalls, self.client_queue)
         self.outboxes[sid] = outbox
 
     # connections ------------------------------------------------------------

@@ -102,7 +102,9 @@ paused, events queue in the outbox (at most :data:`STREAM_QUEUE`; beyond, the
 oldest is dropped and the next event's data carries ``"missed": n``) and go out in
 one write once it caught up.  A client whose
 stream makes no progress for ``client_stall_seconds`` (default 30 s; its TCP
-window is full) is given up by the outbox's stall clock (one timer per stream):
+window is full) is given up by the outbox's stall clock (a deadline in the fan-out
+core's stall clock of that time, which the live WebSocket and Socket.IO share: no
+timer per stream):
 the stream ends, its rings and its stream slot are released (counted in
 ``livedata_stalled_clients``; uvicorn logs "ASGI callable returned without
 completing response"), and the connection is closed once the peer reads or goes
@@ -1182,8 +1184,10 @@ class _WatchResponse(StreamingResponse):
         def stalled() -> None:
             end("stalled")
 
+        hub = self.service.hub
+
         def direct(transport: asyncio.Transport) -> Outbox:
-            return Outbox(transport, sse.CHUNKED_SSE, stalled, STREAM_QUEUE, self.stall)
+            return hub.outbox(transport, sse.CHUNKED_SSE, stalled, STREAM_QUEUE, self.stall)
 
         ref = scope.get("extensions", {}).get(RAW_HTTP)
         protocol = ref() if ref is not None else None
@@ -1193,7 +1197,7 @@ class _WatchResponse(StreamingResponse):
         if outbox is None:
             sink = _AsgiSink()
             framing = sse.SSE_FRAMING
-            outbox = sink.outbox = Outbox(sink, framing, stalled, STREAM_QUEUE, self.stall)
+            outbox = sink.outbox = hub.outbox(sink, framing, stalled, STREAM_QUEUE, self.stall)
             tasks.append(asyncio.ensure_future(sink.run(send)))
 
         async def disconnected() -> None:
