@@ -249,6 +249,11 @@ class Outbox:
         self._armed_size = 0
 
     @property
+    def stall_seconds(self) -> float:
+        """Seconds the transport may stay paused without progress (its stall clock's)."""
+        return self._stalls.timeout
+
+    @property
     def queued(self) -> int:
         """Frames waiting for the transport to resume."""
         return len(self._queue) if self._queue else 0
