@@ -129,3 +129,34 @@ def test_a_client_that_stops_polling_is_bounded_told_what_it_missed_then_given_u
         assert time.monotonic() < deadline, "the client was not given up"
         time.sleep(0.1)
     assert outbox.closed
+
+
+async def test_a_websocket_clients_keepalive_runs_on_the_servers_shared_sweeps(
+    local: LocalServer,
+) -> None:
+    """A Socket.IO WebSocket's keep-alive ping is a deadline in the server's shared ping
+    sweep, not a timer of its own; a ping goes out with its pong deadline in the shared
+    pong sweep, and the client's pong puts it back in the ping sweep."""
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(
+        local.url, auth={"token": local.tokens["acme"]}, transports=["websocket"], wait_timeout=10
+    )
+    try:
+        (outbox,) = local.gateway.socket.outboxes.values()
+        ws = outbox.sink.get_protocol()  # type: ignore[attr-defined]
+        pings, pongs = ws.ws_pings, ws.ws_pongs
+        assert ws in pings and ws not in pongs and ws.ping_timer is None
+
+        async def ping() -> bool:
+            ws.send_keepalive_ping()
+            return ws in pongs and ws not in pings
+
+        assert local.loop is not None
+        assert asyncio.run_coroutine_threadsafe(ping(), local.loop).result(5)
+        deadline = time.monotonic() + 10
+        while ws in pongs or ws not in pings:
+            assert time.monotonic() < deadline, "no pong"
+            await asyncio.sleep(0.05)
+        assert ws.pending_ping_payload is None and client.connected
+    finally:
+        await client.disconnect()
