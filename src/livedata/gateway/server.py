@@ -479,6 +479,7 @@ class LimitedWebSocket(WebSocketsSansIOProtocol, _Limited):
         self.pending_ping_payload = PING
         self.conn.send_ping(PING)
         self.transport.write(b"".join(self.conn.data_to_send()))
+        self.ws_pings.stop(self)  # the next one is due after the pong
         self.ws_pongs.start(self, self.loop)
 
     def handle_pong(self, event: Any) -> None:
