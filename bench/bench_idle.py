@@ -10,6 +10,11 @@ timers behind them, the credential re-check).  ``--ping S`` makes the pings S se
 apart instead of 20 (and their timeout S), to magnify that cost in a short window;
 ``--recheck S`` does the same for the credential re-check (every 30 s).
 
+``--transport sse`` or ``sio`` opens SSE watch streams or Socket.IO WebSocket clients
+instead (the clients of ``bench_transports.py``; at most 1,000 SSE streams and 5,000
+Socket.IO clients per process).  They are not quite idle: an SSE stream gets its 1 s
+period's events, a Socket.IO client ``dashboard:update`` every second.
+
 Printed per target: connected clients, server CPU % of one core in the window and per
 connection, KB per idle connection, the load average; and the ratios to the first.
 
@@ -32,6 +37,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fanout import chassis, lean_client_worker, server, start_clients, stop_clients
+from bench_transports import sio_worker, sse_worker
+
+WORKERS = {"ws": lean_client_worker, "sse": sse_worker, "sio": sio_worker}
 
 
 def run(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> dict[str, float]:
@@ -41,7 +49,9 @@ def run(target: str, args: argparse.Namespace, redis_url: str, tmp: Path) -> dic
         time.sleep(1.0)
         rss0 = ps.memory_info().rss
         targets = [chassis(i % args.machines) for i in range(args.clients)]
-        pipes, workers = start_clients(lean_client_worker, url, targets, args.client_procs)
+        if args.transport == "sse":
+            url = url.replace("ws://", "http://")
+        pipes, workers = start_clients(WORKERS[args.transport], url, targets, args.client_procs)
         try:
             t0 = time.time()
             connected = sum(p.recv()[1] for p in pipes)
@@ -101,6 +111,7 @@ def main() -> None:
     parser.add_argument("--ping", type=float, default=0.0, help="seconds between pings")
     parser.add_argument("--recheck", type=float, default=0.0, help="seconds between re-checks")
     parser.add_argument("--targets", default="")
+    parser.add_argument("--transport", choices=sorted(WORKERS), default="ws")
     parser.add_argument(
         "--gc-threshold", default="", metavar="G0,G1,G2", help="gc.set_threshold of the gateways"
     )
@@ -120,7 +131,7 @@ def main() -> None:
     try:
         redis = start_redis(tmp / "redis")
         print(
-            f"{args.clients} idle live connections, pings every {args.ping or 20:g} s, "
+            f"{args.clients} idle {args.transport} connections, pings every {args.ping or 20:g} s, "
             f"{args.window:g} s window; server on core 0, clients on core 1",
             flush=True,
         )

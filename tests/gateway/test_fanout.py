@@ -1,6 +1,6 @@
 """The fan-out core without sockets: subscriptions follow clients, one encoding per field
 list, one frame per framing, direct writes, a bounded queue only while paused, one stall
-clock per connection, recovery from the pub/sub's history."""
+clock shared by every outbox of a stall time, recovery from the pub/sub's history."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from livedata.bus.base import HISTORY_SECONDS, LiveMessage
 from livedata.bus.memory import MemoryPubSub
 from livedata.bus.redis import RedisPubSub
 from livedata.gateway.fanout import WS_TEXT, Fanout, Head, Outbox
+from livedata.gateway.sweep import Sweep
 from livedata.model import Kind, Record
 from livedata.pipeline.distribute import live_message
 from tests.bus.contract import eventually
@@ -82,8 +83,8 @@ def outbox(
         sink or Sink(),
         WS_TEXT,
         lambda: (stalls if stalls is not None else []).append(1),
+        Sweep(stall, Outbox.check_stall),
         queue_max,
-        stall,
     )
 
 
@@ -125,7 +126,7 @@ async def test_each_framing_frames_once_for_its_group() -> None:
     fanout, publisher = new_fanout()
     sse = Tagged(b"data: ")
     ws = outbox()
-    s1, s2 = Outbox(Sink(), sse, lambda: None), Outbox(Sink(), sse, lambda: None)
+    s1, s2 = (fanout.outbox(Sink(), sse, lambda: None) for _ in range(2))
     for box in (ws, s1, s2):
         await fanout.watch(box, "ch", ("x",))
     await publisher.publish("ch", message(1, x=1.0))
@@ -307,17 +308,17 @@ async def test_a_slow_but_draining_client_is_not_given_up() -> None:
     for _ in range(10):
         sink.buffered -= 5_000
         box.check_stall()
-        assert box._timer is not None
+        assert box._armed
     assert stalls == [] and not box.closed
     box.check_stall()  # no progress since the last check
-    assert stalls == [1] and box.closed and box._timer is None
+    assert stalls == [1] and box.closed and not box._armed
 
 
 async def test_an_idle_client_arms_no_timer() -> None:
-    """A connection that is not paused has no stall timer, however long it is idle."""
+    """A connection that is not paused has no stall deadline, however long it is idle."""
     box = outbox(stall=0.01)
     box.send(b'{"a":1}')
-    assert box._timer is None
+    assert not box._armed
     await asyncio.sleep(0.03)
     assert not box.closed
 
@@ -345,7 +346,7 @@ async def test_outboxes_of_the_fanout_share_one_stall_clock() -> None:
         sink.buffered = 100_000
     for box in boxes.values():
         box.pause_writing()
-        assert box._timer is None and box in fanout.stalls
+        assert box in fanout.stalls
     boxes["resumed"].resume_writing()
     assert boxes["resumed"] not in fanout.stalls
     for _ in range(100):
@@ -357,6 +358,18 @@ async def test_outboxes_of_the_fanout_share_one_stall_clock() -> None:
     assert not boxes["draining"].closed and not boxes["resumed"].closed
     boxes["draining"].close()
     assert len(fanout.stalls) == 0
+
+
+def test_outboxes_of_one_stall_time_share_its_clock_whatever_their_transport() -> None:
+    """Outboxes of every framing with the same stall time get the same stall clock (the
+    fan-out's default for its own stall time); another stall time gets one of its own."""
+    fanout = Fanout(MemoryPubSub(f"memory://{uuid.uuid4().hex}"), stall_seconds=30.0)
+    ws = fanout.outbox(Sink(), WS_TEXT, lambda: None)
+    sse = fanout.outbox(Sink(), Tagged(b"data: "), lambda: None, queue_max=512, stall_seconds=30.0)
+    short = fanout.outbox(Sink(), Tagged(b"42"), lambda: None, stall_seconds=2.0)
+    assert ws._stalls is sse._stalls is fanout.stalls is fanout.stall_clock(30.0)
+    assert short._stalls is fanout.stall_clock(2.0) and short._stalls.timeout == 2.0
+    assert sse.queue_max == 512 and ws.queue_max == fanout.queue_max
 
 
 def test_websocket_frames_of_every_size_parse() -> None:

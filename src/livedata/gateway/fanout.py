@@ -8,9 +8,10 @@ task, a timer or an ``await`` per message; it writes bytes to transports.
 API (for transports)
 ====================
 
-- A transport makes one :class:`Outbox` per connection: ``Outbox(sink, framing,
-  on_stall=..., queue_max=..., stall_seconds=...)`` (or :meth:`Fanout.outbox`, which
-  fills in the gateway's settings).  ``sink`` is anything with ``write(bytes)`` and
+- A transport makes one :class:`Outbox` per connection with :meth:`Fanout.outbox`
+  (``fanout.outbox(sink, framing, on_stall, queue_max=..., stall_seconds=...)``; the
+  gateway's settings where not given), or ``Outbox(sink, framing, on_stall, stalls,
+  queue_max)`` with a stall clock of :meth:`Fanout.stall_clock`.  ``sink`` is anything with ``write(bytes)`` and
   ``get_write_buffer_size()`` (an ``asyncio.Transport``); ``framing`` is a
   :class:`Framing` (:data:`WS_TEXT` for WebSocket text frames); ``on_stall()`` is
   called once when the connection is given up (the transport closes it: 1013 for
@@ -77,13 +78,14 @@ The outbox policy (every transport)
 - Stall clock: one per connection, armed when the transport pauses.  When
   it runs out and the transport is still paused with its write buffer no smaller
   than when the clock was armed, the client is given up (``on_stall``); when the
-  buffer shrank (slow but moving) the clock is armed again.  The outboxes made by
-  :meth:`Fanout.outbox` share one :class:`~livedata.gateway.sweep.Sweep`
-  (:attr:`Fanout.stalls`: a deadline each, one loop timer for all, up to 1 s late),
-  so a transport that pauses and resumes often costs no timer; an outbox made
-  without one (``Outbox(..., stalls=None)``) arms a loop timer of its own.  Under stress a stuck
-  client therefore costs its transport buffer (about the high-water mark), at
-  most ``queue_max`` shared frames, and is dropped after ``stall_seconds``.
+  buffer shrank (slow but moving) the clock is armed again.  The clock is a deadline
+  in a :class:`~livedata.gateway.sweep.Sweep` that every outbox of the same stall
+  time shares, whatever its transport (:meth:`Fanout.stall_clock`: the live
+  WebSocket, the SSE watch and Socket.IO have one with the default settings): one
+  loop timer for all, up to 1 s late, so a transport that pauses and resumes often
+  costs no timer.  Under stress a stuck client therefore costs its transport buffer
+  (about the high-water mark), at most ``queue_max`` shared frames, and is dropped
+  after ``stall_seconds``.
 
 Recovery
 ========
@@ -200,7 +202,6 @@ class Outbox:
         "_held",
         "_queue",
         "_stalls",
-        "_timer",
         "channel",
         "closed",
         "direct",
@@ -212,7 +213,6 @@ class Outbox:
         "pending",
         "queue_max",
         "sink",
-        "stall_seconds",
         "turn",
         "write",
     )
@@ -222,17 +222,15 @@ class Outbox:
         sink: Sink,
         framing: Framing,
         on_stall: Callable[[], None],
+        stalls: Sweep,
         queue_max: int = 64,
-        stall_seconds: float = 30.0,
-        stalls: Sweep | None = None,
     ) -> None:
-        """``stalls``: a shared stall clock (its timeout is the stall time), else a
-        timer of this outbox's own, of ``stall_seconds``."""
+        """``stalls``: the shared stall clock (:meth:`Fanout.stall_clock`; its timeout is
+        the stall time)."""
         self.sink = sink
         self.framing = framing
         self.on_stall = on_stall
         self.queue_max = queue_max
-        self.stall_seconds = stall_seconds
         self.paused = False
         self.closed = False
         self.missed = 0
@@ -247,9 +245,13 @@ class Outbox:
         self.fields: Fields | None = None
         self._queue: deque[tuple[bytes, bytes | None, Head | None]] | None = None
         self._held: list[tuple[bytes, bytes | None, Head | None]] | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._stalls = stalls
         self._armed_size = 0
+
+    @property
+    def stall_seconds(self) -> float:
+        """Seconds the transport may stay paused without progress (its stall clock's)."""
+        return self._stalls.timeout
 
     @property
     def queued(self) -> int:
@@ -371,26 +373,17 @@ class Outbox:
 
     @property
     def _armed(self) -> bool:
-        stalls = self._stalls
-        return self._timer is not None if stalls is None else self in stalls
+        return self in self._stalls
 
     def _arm(self) -> None:
         self._armed_size = self.sink.get_write_buffer_size()
-        loop = asyncio.get_running_loop()
-        if self._stalls is not None:
-            self._stalls.start(self, loop)
-        else:
-            self._timer = loop.call_later(self.stall_seconds, self.check_stall)
+        self._stalls.start(self, asyncio.get_running_loop())
 
     def _disarm(self) -> None:
-        if self._stalls is not None:
-            self._stalls.stop(self)
-        elif self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stalls.stop(self)
 
     def check_stall(self) -> None:
-        """The stall timer fired: give the client up, or arm again if its buffer shrank."""
+        """The stall clock ran out: give the client up, or arm again if its buffer shrank."""
         self._disarm()
         if not self.paused or self.closed:
             return
@@ -411,8 +404,9 @@ class Fanout:
         """Seconds a paused transport may make no progress before its client is given up."""
         self.queue_max = queue_max
         """Frames an outbox holds while its transport is paused (the ``client_queue`` setting)."""
-        self.stalls = Sweep(stall_seconds, Outbox.check_stall)
-        """The stall clock of the outboxes made by :meth:`outbox` (one loop timer for all)."""
+        self._stall_clocks: dict[float, Sweep] = {}
+        self.stalls = self.stall_clock(stall_seconds)
+        """The stall clock of ``stall_seconds`` (one loop timer for all its outboxes)."""
         self._channels: dict[str, dict[Fields, dict[Framing, set[Outbox]]]] = {}
         self._listeners: dict[str, list[Listener]] = {}
         self._lock = asyncio.Lock()
@@ -426,12 +420,26 @@ class Fanout:
         """Per channel: the messages of the current pub/sub read kept for its last one."""
 
     def outbox(
-        self, sink: Sink, framing: Framing, on_stall: Callable[[], None], queue_max: int = 0
+        self,
+        sink: Sink,
+        framing: Framing,
+        on_stall: Callable[[], None],
+        queue_max: int = 0,
+        stall_seconds: float = 0.0,
     ) -> Outbox:
-        """An outbox with this gateway's stall time and queue size (or ``queue_max``)."""
-        return Outbox(
-            sink, framing, on_stall, queue_max or self.queue_max, self.stall_seconds, self.stalls
-        )
+        """An outbox with this gateway's queue size and stall time (or ``queue_max``,
+        ``stall_seconds``), on the shared stall clock of that time."""
+        stalls = self.stall_clock(stall_seconds or self.stall_seconds)
+        return Outbox(sink, framing, on_stall, stalls, queue_max or self.queue_max)
+
+    def stall_clock(self, seconds: float) -> Sweep:
+        """The stall clock every outbox of a ``seconds`` stall time shares, whatever its
+        transport: one :class:`~livedata.gateway.sweep.Sweep` (one loop timer) per stall
+        time, made on first use."""
+        clock = self._stall_clocks.get(seconds)
+        if clock is None:
+            clock = self._stall_clocks[seconds] = Sweep(seconds, Outbox.check_stall)
+        return clock
 
     @property
     def channels(self) -> list[str]:

@@ -321,6 +321,14 @@ class Security:
             log.exception("audit entry %s %s by %s not written", action, target, actor)
 
 
+ON_LIVE_END = "on_live_end"
+"""``scope["state"][ON_LIVE_END]``: a list to which the app of a live HTTP request (an
+SSE watch stream) may add callbacks ``(why)``, run when its session ends (logout,
+revocation, a failed re-check).  An app that awaits ``receive`` needs none (it gets
+``http.disconnect`` after the final chunk); the watch stream the server layer writes
+awaits nothing, so it ends there and sends the final chunk itself."""
+
+
 def principal_of(request: Request) -> Principal:
     """The authenticated caller of a request the middleware let through."""
     principal: Principal = request.scope["state"]["principal"]
@@ -424,15 +432,20 @@ class SecurityMiddleware:
         sec = self.security
         ended = asyncio.Event()
         reason = ["session ended"]
+        on_end: list[Callable[[str], None]] = []
 
         def close(why: str) -> None:
             reason[0] = why
             ended.set()
+            for callback in on_end:
+                callback(why)
 
         handle = sec.open_live(principal, close)
         if handle is None:
             return await refuse(*TOO_MANY_LIVE)
         is_ws = scope["type"] == "websocket"
+        if not is_ws:
+            scope["state"][ON_LIVE_END] = on_end
         closed = False
         started = finished = False
 

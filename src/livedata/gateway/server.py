@@ -171,6 +171,10 @@ class _Limited:
     idle: ClassVar[Sweep]
     """Keep-alive connections between two requests (``keep_alive_timeout``)."""
     closing: ClassVar[CloseSweep]
+    ws_pings: ClassVar[Sweep]
+    """uvicorn WebSockets (Socket.IO) whose next keep-alive ping is due (``WS_PING_INTERVAL``)."""
+    ws_pongs: ClassVar[Sweep]
+    """uvicorn WebSockets whose ping waits for its pong (``WS_PING_TIMEOUT``)."""
 
 
 SWEEP_BATCH = BATCH
@@ -443,6 +447,12 @@ class LimitedWebSocket(WebSocketsSansIOProtocol, _Limited):
     connection without waiting for the peer.  The handshake, pings, the client's
     messages and the closing handshake stay uvicorn's (ASGI ``receive`` and
     ``websocket.close``).
+
+    uvicorn's keep-alive (a ping every ``WS_PING_INTERVAL`` s, 1011 without its pong
+    within ``WS_PING_TIMEOUT`` s) runs on the server's two
+    :class:`~livedata.gateway.sweep.Sweep` s (:attr:`ws_pings`, :attr:`ws_pongs`)
+    instead of a ``call_later`` per connection and ping: one loop timer each for all
+    connections, up to 1 s late; every ping carries the same payload (:data:`PING`).
     """
 
     outbox: Outbox | None = None
@@ -458,6 +468,31 @@ class LimitedWebSocket(WebSocketsSansIOProtocol, _Limited):
         self._close_sent = value
         if value and self.outbox is not None:
             self.outbox.close()
+
+    def schedule_ping(self) -> None:
+        self.ws_pings.start(self, self.loop)
+
+    def send_keepalive_ping(self) -> None:
+        """The ping is due (uvicorn's, with the pong's deadline in :attr:`ws_pongs`)."""
+        if self.close_sent or self.transport.is_closing():
+            return
+        self.pending_ping_payload = PING
+        self.conn.send_ping(PING)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.ws_pings.stop(self)  # the next one is due after the pong
+        self.ws_pongs.start(self, self.loop)
+
+    def handle_pong(self, event: Any) -> None:
+        if self.pending_ping_payload is None or bytes(event.data) != self.pending_ping_payload:
+            return
+        self.pending_ping_payload = None
+        self.ws_pongs.stop(self)
+        self.schedule_ping()
+
+    def stop_keepalive(self) -> None:
+        self.ws_pings.stop(self)
+        self.ws_pongs.stop(self)
+        self.pending_ping_payload = None
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
@@ -747,6 +782,8 @@ WS_MAX_SIZE = 1024 * 1024
 """Bytes of one client WebSocket message at most (more: close 1009)."""
 WS_PING_INTERVAL = WS_PING_TIMEOUT = 20.0
 """Seconds between keep-alive pings, and for the pong (none: close 1011)."""
+PING = b"ldka"
+"""The payload of every keep-alive ping of uvicorn's WebSockets (a pong is matched by it)."""
 
 
 def uvicorn_config(app: Any, settings: Settings, sockets: Endpoint | None = None) -> uvicorn.Config:
@@ -769,6 +806,8 @@ def uvicorn_config(app: Any, settings: Settings, sockets: Endpoint | None = None
         "heads": Sweep(limits.header_timeout, LimitedHttp._head_timeout),
         "idle": Sweep(settings.keep_alive_timeout, LimitedHttp._idle_timeout),
         "closing": CloseSweep(),
+        "ws_pings": Sweep(WS_PING_INTERVAL, LimitedWebSocket.send_keepalive_ping),
+        "ws_pongs": Sweep(WS_PING_TIMEOUT, LimitedWebSocket.keepalive_timeout),
     }
     http = type("LimitedHttp", (LimitedHttp,), shared)
     ws = type("LimitedWebSocket", (LimitedWebSocket,), shared)

@@ -102,7 +102,9 @@ paused, events queue in the outbox (at most :data:`STREAM_QUEUE`; beyond, the
 oldest is dropped and the next event's data carries ``"missed": n``) and go out in
 one write once it caught up.  A client whose
 stream makes no progress for ``client_stall_seconds`` (default 30 s; its TCP
-window is full) is given up by the outbox's stall clock (one timer per stream):
+window is full) is given up by the outbox's stall clock (a deadline in the fan-out
+core's stall clock of that time, which the live WebSocket and Socket.IO share: no
+timer per stream):
 the stream ends, its rings and its stream slot are released (counted in
 ``livedata_stalled_clients``; uvicorn logs "ASGI callable returned without
 completing response"), and the connection is closed once the peer reads or goes
@@ -160,7 +162,7 @@ from livedata.gateway.protocol.sse import (
     WatchParams,
     parse_duration,
 )
-from livedata.gateway.security import principal_of
+from livedata.gateway.security import ON_LIVE_END, principal_of
 from livedata.gateway.server import RAW_HTTP
 from livedata.gateway.state import gateway_of
 from livedata.model import DeviceMessage, Kind, MsgType, Record, Value, live_channel, valid_id
@@ -1146,13 +1148,40 @@ class _AsgiSink:
                     outbox.resume_writing()
 
 
+class _Body:
+    """A stream's body as the server layer writes it (a
+    :class:`~livedata.gateway.server.BodyStream`): its outbox, and the stream's end
+    (``gone``) when the server closes it because the client went away, so no task
+    awaits ``receive`` for that."""
+
+    __slots__ = ("gone", "outbox")
+
+    def __init__(self, outbox: Outbox, gone: Callable[[], None]) -> None:
+        self.outbox = outbox
+        self.gone = gone
+
+    def pause_writing(self) -> None:
+        self.outbox.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.outbox.resume_writing()
+
+    def close(self) -> None:
+        self.outbox.close()
+        self.gone()
+
+
 class _WatchResponse(StreamingResponse):
     """The event stream through the fan-out core's outbox policy (see "Under stress").
 
     Once the head is sent, the body is written by the stream's group straight to the
     transport when the server layer hands it over (:data:`~livedata.gateway.server.RAW_HTTP`),
-    else through ASGI ``send`` (:class:`_AsgiSink`).  What stays here is one task
-    waiting for the client to go (or its session to end) or its stream to stall.
+    else through ASGI ``send`` (:class:`_AsgiSink`).  What stays here is the request's
+    task waiting for the stream to end: the server layer tells when the client went
+    away (it closes the :class:`_Body`), the security middleware when its session ended
+    (:data:`~livedata.gateway.security.ON_LIVE_END`), the outbox when it stalled; no
+    task awaits ``receive``.  Under another ASGI server two more tasks per stream: the
+    writer and one awaiting ``receive`` (the client going, or its session ending).
     """
 
     def __init__(
@@ -1182,27 +1211,32 @@ class _WatchResponse(StreamingResponse):
         def stalled() -> None:
             end("stalled")
 
-        def direct(transport: asyncio.Transport) -> Outbox:
-            return Outbox(transport, sse.CHUNKED_SSE, stalled, STREAM_QUEUE, self.stall)
+        hub = self.service.hub
+
+        def direct(transport: asyncio.Transport) -> _Body:
+            outbox = hub.outbox(transport, sse.CHUNKED_SSE, stalled, STREAM_QUEUE, self.stall)
+            return _Body(outbox, lambda: end("gone"))
 
         ref = scope.get("extensions", {}).get(RAW_HTTP)
         protocol = ref() if ref is not None else None
-        outbox = protocol.stream_body(direct) if protocol is not None else None
+        body = protocol.stream_body(direct) if protocol is not None else None
         framing = sse.CHUNKED_SSE
         tasks: list[asyncio.Future[None]] = []
-        if outbox is None:
+        if body is not None:  # the server layer ends it: no task awaits receive
+            outbox = body.outbox
+            scope.get("state", {}).get(ON_LIVE_END, []).append(lambda _why: end("ended"))
+        else:
             sink = _AsgiSink()
             framing = sse.SSE_FRAMING
-            outbox = sink.outbox = Outbox(sink, framing, stalled, STREAM_QUEUE, self.stall)
-            tasks.append(asyncio.ensure_future(sink.run(send)))
+            outbox = sink.outbox = hub.outbox(sink, framing, stalled, STREAM_QUEUE, self.stall)
 
-        async def disconnected() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            async def disconnected() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
 
-        tasks.append(asyncio.ensure_future(disconnected()))
-        for task in tasks:
-            task.add_done_callback(lambda _: end("gone"))
+            tasks += [asyncio.ensure_future(sink.run(send)), asyncio.ensure_future(disconnected())]
+            for task in tasks:
+                task.add_done_callback(lambda _: end("gone"))
         member = Member(outbox, framing, self.params.keep_alive, done)
         try:
             await self.service.stream(self.plan, self.params, self.last_event_id, member)
@@ -1214,6 +1248,8 @@ class _WatchResponse(StreamingResponse):
         if done.result() == "stalled":
             log.info("ending a watch stream that took nothing for %g s", self.stall)
             return  # no final chunk: it could not get through; the server closes the socket
+        if done.result() == "ended":  # its session ended: the stream ends cleanly
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         for task in tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
