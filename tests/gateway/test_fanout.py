@@ -88,7 +88,7 @@ def outbox(
 
 
 async def flushed() -> None:
-    """The loop turn ends: the fan-out writes what it gathered for each client."""
+    """The loop turn ends: the fan-out writes what it gathered (FLUSH_BATCH connections)."""
     await asyncio.sleep(0)
 
 
@@ -118,7 +118,6 @@ async def test_clients_get_only_their_fields_and_share_frames() -> None:
     await fanout.watch(b, "ch", ("x",))
     await fanout.watch(c, "ch", ("y", "z"))
     await publisher.publish("ch", message(1, x=1.0, y=2.0, z=3.0, w=4.0))
-    await flushed()
     assert a.sink.writes[0] is b.sink.writes[0]  # type: ignore[attr-defined]
     assert got(a) == [
         {"type": "LIVE_DATA", "payload": {"x": 1.0}, "ts": 1000, "seq": 1, "epoch": "e1"}
@@ -135,7 +134,6 @@ async def test_each_framing_frames_once_for_its_group() -> None:
     for box in (ws, s1, s2):
         await fanout.watch(box, "ch", ("x",))
     await publisher.publish("ch", message(1, x=1.0))
-    await flushed()
     sent = s1.sink.writes[0]  # type: ignore[attr-defined]
     assert sent is s2.sink.writes[0]  # type: ignore[attr-defined]
     assert sent.startswith(b"data: ") and orjson.loads(sent[6:]) == got(ws)[0]
@@ -150,7 +148,6 @@ async def test_in_process_messages_are_not_decoded() -> None:
     await fanout.listen("ch", lambda values, head: seen.append((values, head)))
     live = LiveMessage(5_000, 5, "e1", {"x": 2.5, "y": 1.0})
     await publisher.publish("ch", live)
-    await flushed()
     assert seen[0][0] is live.values and seen[0][1] is live.head
     assert got(box) == [
         {"type": "LIVE_DATA", "payload": {"x": 2.5}, "ts": 5000, "seq": 5, "epoch": "e1"}
@@ -164,7 +161,6 @@ async def test_changing_fields_moves_the_client() -> None:
     await fanout.watch(box, "ch", ("x",))
     await fanout.watch(box, "ch", ("y",))
     await publisher.publish("ch", message(1, x=1.0, y=2.0))
-    await flushed()
     assert [m["payload"] for m in got(box)] == [{"y": 2.0}]
 
 
@@ -174,7 +170,6 @@ async def test_other_channels_are_not_delivered() -> None:
     box = outbox()
     await fanout.watch(box, "machine-a", ("x",))
     await publisher.publish("machine-b", message(1, x=1.0))
-    await flushed()
     assert got(box) == []
 
 
@@ -195,7 +190,6 @@ async def test_paused_client_keeps_newest_and_is_told_what_it_missed() -> None:
     assert sent[0]["missed"] == 7
     assert "missed" not in sent[1]
     await publisher.publish("ch", message(11, x=11.0))
-    await flushed()
     assert len(box.sink.writes) == 2 and "missed" not in got(box)[-1]  # type: ignore[attr-defined]
 
 
@@ -208,7 +202,7 @@ async def test_a_paused_client_does_not_delay_others() -> None:
     slow.pause_writing()
     for seq in range(1, 21):
         await publisher.publish("ch", message(seq, x=1.0))
-    await flushed()
+    await asyncio.sleep(0)  # the loop turn ends: its gathered frames are written
     assert [m["seq"] for m in got(fast)] == list(range(1, 21))
     assert slow.queued == 2 and slow.missed == 18
     slow.close()
@@ -222,7 +216,6 @@ async def test_malformed_bus_message_is_skipped() -> None:
     await publisher.publish("ch", b"not json")
     await publisher.publish("ch", b'{"ts":1,"seq":1,"epoch":"e1","values":[1]}')
     await publisher.publish("ch", message(2, x=5.0))
-    await flushed()
     assert [m["seq"] for m in got(box)] == [2]
 
 
@@ -253,7 +246,6 @@ async def test_reconnecting_client_recovers_exactly_what_it_missed() -> None:
     box = outbox()
     await fanout.watch(box, "ch", ("x",), since=("e1", 6))
     await publisher.publish("ch", message(11, x=11.0))
-    await flushed()
     frames = got(box)
     assert frames[0]["type"] == "RECOVERY" and frames[0]["recovered"] is True
     assert [(m["seq"], m["payload"]) for m in frames[0]["messages"]] == [
@@ -272,7 +264,6 @@ async def test_live_messages_during_recovery_are_held_and_not_sent_twice() -> No
     await fanout._attach(box, "ch", ("x",))
     await publisher.publish("ch", message(6, x=6.0))  # both in the history and held
     box.release(*await fanout.recovery("ch", ("x",), ("e1", 3)))
-    await flushed()
     frames = got(box)
     assert [m["seq"] for m in frames[0]["messages"]] == [4, 5, 6]
     assert len(frames) == 1
@@ -418,7 +409,7 @@ async def test_drops_recover_exactly_within_the_history_and_not_beyond(
         await fanout.watch(box, "ch", ("x",), since=("e1", last_seen))
         for later in (newest + 1, newest + 2):
             await publisher.publish("ch", message(later, x=float(later)))
-        await flushed()
+        await asyncio.sleep(0)
         frames = got(box)
         recovery, live = frames[0], frames[1:]
         assert recovery["type"] == "RECOVERY"
@@ -442,45 +433,67 @@ async def test_drops_recover_exactly_within_the_history_and_not_beyond(
         newest += 2
 
 
-async def test_a_burst_in_one_loop_turn_is_one_write_per_client() -> None:
-    """Frames of several pub/sub reads in one loop turn reach a client in one write at the
-    turn's end, in order; what the transport sends itself meanwhile goes after them."""
+async def test_a_burst_in_one_loop_turn_is_written_in_two_writes() -> None:
+    """The first frame of a loop turn is written at once, the rest of the turn in one write."""
     fanout, _ = new_fanout()
     box = outbox()
     await fanout.watch(box, "ch", ("x",))
     for seq in range(1, 6):  # no await that yields between them: one loop turn
         fanout._on_message("ch", LiveMessage(seq * 1_000, seq, "e1", {"x": float(seq)}))
-    box.send(b'{"type":"ERROR"}')
-    assert box.sink.writes == []  # type: ignore[attr-defined]
-    await flushed()
     assert len(box.sink.writes) == 1  # type: ignore[attr-defined]
-    assert [m.get("seq") for m in got(box)] == [1, 2, 3, 4, 5, None]
-    fanout._on_message("ch", LiveMessage(6_000, 6, "e1", {"x": 6.0}))  # the next turn
-    await flushed()
+    await asyncio.sleep(0)
     assert len(box.sink.writes) == 2  # type: ignore[attr-defined]
-    box.send(b'{"type":"ERROR"}')  # nothing gathered: written at once
+    assert [m["seq"] for m in got(box)] == [1, 2, 3, 4, 5]
+    fanout._on_message("ch", LiveMessage(6_000, 6, "e1", {"x": 6.0}))  # a new turn: at once
     assert len(box.sink.writes) == 3  # type: ignore[attr-defined]
 
 
-async def test_many_clients_are_flushed_oldest_first_over_several_turns() -> None:
-    """More clients with gathered frames than FLUSH_BATCH are written over several loop turns,
-    each once, in the order they got their first frame (the loop polls in between)."""
+def live(seq: int) -> LiveMessage:
+    return LiveMessage(seq * 1_000, seq, "e1", {"x": float(seq)})
+
+
+async def test_a_busy_turn_gathers_and_flushes_oldest_first() -> None:
+    """Past FLUSH_BATCH connections written at once in a loop turn the rest gather; they are
+    flushed oldest first, FLUSH_BATCH per turn, one write each, and while some wait to be
+    flushed new frames gather too (one write per connection per round of the list)."""
     fanout, _ = new_fanout()
-    first, second = [outbox() for _ in range(FLUSH_BATCH)], [outbox() for _ in range(10)]
-    for box in first:
+    a = [outbox() for _ in range(FLUSH_BATCH)]
+    b = [outbox() for _ in range(10)]
+    for box in a:
         await fanout.watch(box, "a", ("x",))
-    for box in second:
+    for box in b:
         await fanout.watch(box, "b", ("x",))
-    fanout._on_message("b", LiveMessage(1_000, 1, "e1", {"x": 1.0}))
-    fanout._on_message("a", LiveMessage(1_000, 1, "e1", {"x": 1.0}))
-    fanout._on_message("b", LiveMessage(2_000, 2, "e1", {"x": 2.0}))
+
+    def writes(boxes: list[Outbox]) -> list[int]:
+        return [len(box.sink.writes) for box in boxes]  # type: ignore[attr-defined]
+
+    fanout._on_message("a", live(1))  # FLUSH_BATCH connections at once: the turn's share
+    fanout._on_message("b", live(1))  # gathered
+    fanout._on_message("a", live(2))  # the second frame of a's connections: gathered
+    assert writes(a) == [1] * FLUSH_BATCH and writes(b) == [0] * 10
+    await flushed()  # the first FLUSH_BATCH of the list: b's 10, then a's
+    assert writes(b) == [1] * 10 and sorted(writes(a)) == [1] * 10 + [2] * (FLUSH_BATCH - 10)
+    fanout._on_message("b", live(2))  # the round is not over: gathered, not written at once
+    assert writes(b) == [1] * 10
     await flushed()
-    written = [box for box in first + second if box.sink.writes]  # type: ignore[attr-defined]
-    assert len(written) == FLUSH_BATCH and all(box in written for box in second)
+    assert writes(a) == [2] * FLUSH_BATCH and writes(b) == [2] * 10
+    assert [m["seq"] for m in got(a[-1])] == [1, 2] and [m["seq"] for m in got(b[0])] == [1, 2]
+    fanout._on_message("b", live(3))  # all flushed: at once again
+    assert writes(b) == [3] * 10
+
+
+async def test_what_the_transport_sends_goes_after_gathered_frames() -> None:
+    """A message the transport sends itself while frames are gathered goes after them, in
+    their write."""
+    fanout, _ = new_fanout()
+    box = outbox()
+    await fanout.watch(box, "ch", ("x",))
+    fanout._on_message("ch", live(1))  # at once
+    fanout._on_message("ch", live(2))  # gathered
+    box.send(b'{"type":"ERROR"}')
     await flushed()
-    for box in first + second:
-        assert len(box.sink.writes) == 1  # type: ignore[attr-defined]
-    assert [m["seq"] for m in got(second[0])] == [1, 2]
+    assert len(box.sink.writes) == 2  # type: ignore[attr-defined]
+    assert [m.get("seq") for m in got(box)] == [1, 2, None]
 
 
 async def test_a_pausing_transport_writes_gathered_frames_before_queueing() -> None:
@@ -489,13 +502,14 @@ async def test_a_pausing_transport_writes_gathered_frames_before_queueing() -> N
     fanout, _ = new_fanout()
     box = outbox()
     await fanout.watch(box, "ch", ("x",))
-    fanout._on_message("ch", LiveMessage(1_000, 1, "e1", {"x": 1.0}))
+    fanout._on_message("ch", live(1))  # at once
+    fanout._on_message("ch", live(2))  # gathered
     box.pause_writing()  # e.g. a keep-alive ping filled the buffer
-    fanout._on_message("ch", LiveMessage(2_000, 2, "e1", {"x": 2.0}))
+    fanout._on_message("ch", live(3))
     await flushed()
-    assert [m["seq"] for m in got(box)] == [1] and box.queued == 1
+    assert [m["seq"] for m in got(box)] == [1, 2] and box.queued == 1
     box.resume_writing()
-    assert [m["seq"] for m in got(box)] == [1, 2]
+    assert [m["seq"] for m in got(box)] == [1, 2, 3]
 
 
 @pytest.fixture(scope="module")
@@ -551,7 +565,7 @@ async def test_a_redis_read_is_one_write_per_client(redis_fanout: RedisFanout) -
     assert slow.queued == 2 and slow.missed == 1 and slow.sink.writes == []  # type: ignore[attr-defined]
     slow.resume_writing()
     assert [(m["seq"], m.get("missed")) for m in got(slow)] == [(2, 1), (3, None)]
-    await publisher.publish("a", message(4, x=1.0))  # alone in its read: its own write
+    await publisher.publish("a", message(4, x=1.0))  # alone in its read: written at once
     await eventually(lambda: len(got(a)) == 4)
     assert len(a.sink.writes) == 2  # type: ignore[attr-defined]
     for box in (a, b, slow):

@@ -42,24 +42,26 @@ The message is decoded once (or not at all: the in-process bus hands over a
 LIVE_DATA payload is encoded once; per framing of that group it is framed once,
 and the same bytes object goes to every connection of the group.
 
-Coalescing: at most one write per connection per loop turn, however many pub/sub
-reads and messages the turn carried.  A writable connection's frames are not
-written where the message is handled: the connection gathers them (a list append)
-and is put in the fan-out's list of connections to flush (once, at its first
-frame); one ``call_soon`` per turn (not per message or client) then writes each
-listed connection's frames in one write, oldest listed first, at most
+Coalescing: a connection is written at once only for its first frame of a loop
+turn, and only while the fan-out is not behind; otherwise it gathers its frames (a
+list append) and is put in the fan-out's flush list (once, at its first gathered
+frame).  One ``call_soon`` per turn (not per message or client) ends the turn: it
+writes each listed connection's frames in one write, oldest listed first, at most
 :data:`FLUSH_BATCH` connections, and lets the loop poll before the next
-:data:`FLUSH_BATCH`.  At light load the flush runs right after the read that
-brought the message, before the loop waits for anything: no timer, no added wait.  Under
-load (more connections to flush than :data:`FLUSH_BATCH`) the loop reads the
-pub/sub between batches, so a message is parsed as soon as it arrives and joins
-what its connection already gathered: each connection is written once per round
-of the list, its write carries every frame since its last one, and a message waits
-for its connection's turn in that round (about one round), not for a whole round
-to end before the pub/sub is read again.  The further behind the gateway, the
-more frames per write (each write costs about the same system call, ~5 µs on
-loopback), so a starved gateway catches up.  A frame the transport sends itself
-(:meth:`Outbox.send`) while frames are gathered goes after them, in the same write.
+:data:`FLUSH_BATCH`.  "Behind" means: this turn already wrote :data:`FLUSH_BATCH`
+connections at once, or the flush list still holds connections of an earlier turn.
+So at light load every frame goes out where its message is handled, as before,
+with no timer and no added wait (a connection's second frame of the same turn goes
+out when the turn ends).  Under load the loop reads the pub/sub between flush
+batches, so a message is parsed as soon as it arrives and joins what its
+connection already gathered: each connection is written once per round of the
+list, its write carries every frame since its last one (across any number of
+pub/sub reads), and a message waits for its connection's place in the round (about
+one round), not for a whole round to end before the pub/sub is read again.  The
+further behind the gateway, the more frames per write (each write costs about the
+same system call, ~5 µs on loopback), so a starved gateway catches up.  A frame the
+transport sends itself (:meth:`Outbox.send`) while frames are gathered goes after
+them, in the same write.
 
 The Redis pub/sub parses a whole socket read before it hands over its messages, in
 one loop turn, and tells for each whether its channel has another message later in
@@ -77,8 +79,8 @@ The outbox policy (every transport)
 ===================================
 
 - While the transport is writable (its write buffer below the high-water mark,
-  ``pause_writing`` not called), a frame goes straight to it (gathered and written
-  at the turn's end, see *Coalescing*): no queue.
+  ``pause_writing`` not called), a frame is written straight to it (or gathered
+  with others for one write, see *Coalescing*): no queue.
 - While it is paused, frames wait in the outbox: at most ``queue_max``; when full
   the oldest is dropped and counted, and the next frame sent carries
   ``"missed": n`` (spliced into its JSON object, then framed again for this one
@@ -230,6 +232,7 @@ class Outbox:
         "queue_max",
         "sink",
         "stall_seconds",
+        "turn",
         "write",
     )
 
@@ -255,6 +258,8 @@ class Outbox:
         self.direct = True
         """Frames may go straight to the sink (not paused, nothing queued or held, open)."""
         self.write = sink.write
+        self.turn = -1
+        """The fan-out's loop turn of this outbox's last write at once (see *Coalescing*)."""
         self.pending: list[bytes] | None = None
         """Frames the fan-out gathered for this connection, written together when it flushes
         it (see *Coalescing*); not None exactly while the fan-out has it to flush."""
@@ -436,7 +441,11 @@ class Fanout:
         self._channels: dict[str, dict[Fields, dict[Framing, set[Outbox]]]] = {}
         self._listeners: dict[str, list[Listener]] = {}
         self._lock = asyncio.Lock()
+        self._turn = 0
         self._turn_open = False
+        self._budget = FLUSH_BATCH
+        """Connections this loop turn may still write at once (none while the flush list
+        has connections left from an earlier turn: see *Coalescing*)."""
         self._dirty: deque[Outbox] = deque()
         """Outboxes with gathered frames, in the order they got their first (see *Coalescing*)."""
         self._written = 0
@@ -617,6 +626,8 @@ class Fanout:
         if not groups:
             return
         dirty = self._dirty
+        turn = self._turn
+        budget = self._budget
         written = 0
         count = len(batch)
         heads = [head for _, head in batch]
@@ -633,24 +644,30 @@ class Fanout:
                 ]
                 joined = wires[0] if count == 1 else b"".join(wires)
                 for outbox in members:
-                    if outbox.direct:
-                        pending = outbox.pending
-                        if pending is None:
-                            outbox.pending = [joined]
-                            dirty.append(outbox)
-                        else:
-                            pending.append(joined)
-                        written += count
-                    else:
+                    if not outbox.direct:
                         for payload, wire, head in zip(payloads, wires, heads, strict=True):
                             written += outbox.offer(payload, wire, head)
+                        continue
+                    pending = outbox.pending
+                    if pending is not None:
+                        pending.append(joined)
+                    elif budget and outbox.turn != turn:  # its first write this turn: now
+                        budget -= 1
+                        outbox.turn = turn
+                        outbox.write(joined)
+                    else:
+                        outbox.pending = [joined]
+                        dirty.append(outbox)
+                    written += count
+        self._budget = budget
         self._written += written
 
     def _end_turn(self) -> None:
         """The loop turn that delivered messages is over: write what each outbox gathered,
         one write per connection (oldest gathered first, at most :data:`FLUSH_BATCH`
-        connections, then again after the loop's next poll), and count the deliveries
-        (one metric update per turn, not per message)."""
+        connections, the rest after the loop's next poll), and count the deliveries (one
+        metric update per turn, not per message)."""
+        self._turn += 1
         self._turn_open = False
         if self._batches:  # a read whose last message of a channel never came
             batches, self._batches = self._batches, {}
@@ -666,9 +683,12 @@ class Fanout:
             pending, outbox.pending = outbox.pending, None
             if pending and not outbox.closed:
                 outbox.write(pending[0] if len(pending) == 1 else b"".join(pending))
-        if dirty:
+        if dirty:  # the rest after the loop's next poll; what comes meanwhile gathers
+            self._budget = 0
             self._turn_open = True
             asyncio.get_running_loop().call_soon(self._end_turn)
+        else:
+            self._budget = FLUSH_BATCH
 
 
 _LIVE_DATA = b'{"type":"LIVE_DATA","payload":'
