@@ -69,8 +69,8 @@ the same read (:meth:`PubSub.follows <livedata.bus.base.PubSub.follows>`,
 ``bus/redis_subscriber.py``).  Such a message is parsed (and given to the
 listeners) and kept; the channel's last message of the read delivers them all: per
 field list and framing the frames are joined into one bytes object that each
-connection of the group gathers (the loop over a group's connections runs once per
-read, not once per message).  The turn's end also delivers what a read kept and did
+connection of the group gets as one frame would be (the loop over a group's
+connections runs once per read, not once per message).  The turn's end also delivers what a read kept and did
 not deliver (its last message of the channel was malformed or unsubscribed).  A
 paused connection takes the messages one by one (its queue, drops and ``missed``
 as below).
@@ -621,7 +621,8 @@ class Fanout:
 
     def _deliver(self, channel: str, batch: list[tuple[dict[str, Any], Head]]) -> None:
         """The messages of ``channel`` from one pub/sub read, oldest first: framed once per
-        group as one bytes object that each writable client gathers (one list append)."""
+        group as one bytes object that each writable client gets in one write or gathers
+        (see *Coalescing*)."""
         groups = self._channels.get(channel)
         if not groups:
             return
