@@ -183,10 +183,9 @@ class HopLog:
 def install_gateway_hops() -> None:
     """Wrap the gateway's fan-out (:mod:`livedata.gateway.fanout`) to note its hops: a
     message is ``received`` when ``_parse`` returns it and ``written`` when the loop turn
-    that delivered it has written what it gathered (``Fanout._end_turn`` returned with
-    nothing left in its flush list: under load that is the end of the round of flushes
-    the message joined, an upper bound; the first frame of each client in a turn goes
-    out before).  A tree without these functions is measured without hops."""
+    that delivered it has written what it gathered (``Fanout._end_turn`` returned; the
+    first frame of each client in a turn goes out before).  A tree without these
+    functions is measured without hops."""
     try:
         from livedata.gateway import fanout
     except ImportError:
@@ -205,8 +204,6 @@ def install_gateway_hops() -> None:
 
     def noted_end_turn(self: Any) -> None:
         end_turn(self)
-        if getattr(self, "_dirty", None):  # a flush round goes on: noted at its end
-            return
         turn, hops.turn = hops.turn, []
         for ts in turn:
             hops.note("written", ts)
