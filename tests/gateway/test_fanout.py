@@ -17,7 +17,7 @@ from websockets.streams import StreamReader
 from livedata.bus.base import HISTORY_SECONDS, LiveMessage
 from livedata.bus.memory import MemoryPubSub
 from livedata.bus.redis import RedisPubSub
-from livedata.gateway.fanout import WS_TEXT, Fanout, Head, Outbox
+from livedata.gateway.fanout import FLUSH_BATCH, WS_TEXT, Fanout, Head, Outbox
 from livedata.gateway.sweep import Sweep
 from livedata.model import Kind, Record
 from livedata.pipeline.distribute import live_message
@@ -86,6 +86,11 @@ def outbox(
         Sweep(stall, Outbox.check_stall),
         queue_max,
     )
+
+
+async def flushed() -> None:
+    """The loop turn ends: the fan-out writes what it gathered (FLUSH_BATCH connections)."""
+    await asyncio.sleep(0)
 
 
 def got(box: Outbox) -> list[dict[str, Any]]:
@@ -454,6 +459,70 @@ async def test_a_burst_in_one_loop_turn_is_written_in_two_writes() -> None:
     assert [m["seq"] for m in got(box)] == [1, 2, 3, 4, 5]
     fanout._on_message("ch", LiveMessage(6_000, 6, "e1", {"x": 6.0}))  # a new turn: at once
     assert len(box.sink.writes) == 3  # type: ignore[attr-defined]
+
+
+def live(seq: int) -> LiveMessage:
+    return LiveMessage(seq * 1_000, seq, "e1", {"x": float(seq)})
+
+
+async def test_a_busy_turn_gathers_and_flushes_oldest_first() -> None:
+    """Past FLUSH_BATCH connections written at once in a loop turn the rest gather; they are
+    flushed oldest first, FLUSH_BATCH per turn, one write each, and while some wait to be
+    flushed new frames gather too (one write per connection per round of the list)."""
+    fanout, _ = new_fanout()
+    a = [outbox() for _ in range(FLUSH_BATCH)]
+    b = [outbox() for _ in range(10)]
+    for box in a:
+        await fanout.watch(box, "a", ("x",))
+    for box in b:
+        await fanout.watch(box, "b", ("x",))
+
+    def writes(boxes: list[Outbox]) -> list[int]:
+        return [len(box.sink.writes) for box in boxes]  # type: ignore[attr-defined]
+
+    fanout._on_message("a", live(1))  # FLUSH_BATCH connections at once: the turn's share
+    fanout._on_message("b", live(1))  # gathered
+    fanout._on_message("a", live(2))  # the second frame of a's connections: gathered
+    assert writes(a) == [1] * FLUSH_BATCH and writes(b) == [0] * 10
+    await flushed()  # the first FLUSH_BATCH of the list: b's 10, then a's
+    assert writes(b) == [1] * 10 and sorted(writes(a)) == [1] * 10 + [2] * (FLUSH_BATCH - 10)
+    fanout._on_message("b", live(2))  # the round is not over: gathered, not written at once
+    assert writes(b) == [1] * 10
+    await flushed()
+    assert writes(a) == [2] * FLUSH_BATCH and writes(b) == [2] * 10
+    assert [m["seq"] for m in got(a[-1])] == [1, 2] and [m["seq"] for m in got(b[0])] == [1, 2]
+    fanout._on_message("b", live(3))  # all flushed: at once again
+    assert writes(b) == [3] * 10
+
+
+async def test_what_the_transport_sends_goes_after_gathered_frames() -> None:
+    """A message the transport sends itself while frames are gathered goes after them, in
+    their write."""
+    fanout, _ = new_fanout()
+    box = outbox()
+    await fanout.watch(box, "ch", ("x",))
+    fanout._on_message("ch", live(1))  # at once
+    fanout._on_message("ch", live(2))  # gathered
+    box.send(b'{"type":"ERROR"}')
+    await flushed()
+    assert len(box.sink.writes) == 2  # type: ignore[attr-defined]
+    assert [m.get("seq") for m in got(box)] == [1, 2, None]
+
+
+async def test_a_pausing_transport_writes_gathered_frames_before_queueing() -> None:
+    """When another write pauses the transport, the frames gathered for it go out first, and
+    what comes later queues behind them (nothing overtakes)."""
+    fanout, _ = new_fanout()
+    box = outbox()
+    await fanout.watch(box, "ch", ("x",))
+    fanout._on_message("ch", live(1))  # at once
+    fanout._on_message("ch", live(2))  # gathered
+    box.pause_writing()  # e.g. a keep-alive ping filled the buffer
+    fanout._on_message("ch", live(3))
+    await flushed()
+    assert [m["seq"] for m in got(box)] == [1, 2] and box.queued == 1
+    box.resume_writing()
+    assert [m["seq"] for m in got(box)] == [1, 2, 3]
 
 
 @pytest.fixture(scope="module")

@@ -43,38 +43,52 @@ The message is decoded once (or not at all: the in-process bus hands over a
 LIVE_DATA payload is encoded once; per framing of that group it is framed once,
 and the same bytes object goes to every connection of the group.
 
-Coalescing: one write per connection per read from the pub/sub.  The Redis
-pub/sub parses a whole socket read before it hands over its messages, in one loop
-turn, and tells for each whether its channel has another message later in the same
-read (:meth:`PubSub.follows <livedata.bus.base.PubSub.follows>`,
+Coalescing: a connection is written at once only for its first frame of a loop
+turn, and only while the fan-out is not behind; otherwise it gathers its frames (a
+list append) and is put in the fan-out's flush list (once, at its first gathered
+frame).  One ``call_soon`` per turn (not per message or client) ends the turn: it
+writes each listed connection's frames in one write, oldest listed first, at most
+:data:`FLUSH_BATCH` connections, and lets the loop poll before the next
+:data:`FLUSH_BATCH`.  "Behind" means: this turn already wrote :data:`FLUSH_BATCH`
+connections at once, or the flush list still holds connections of an earlier turn.
+So at light load every frame goes out where its message is handled, as before,
+with no timer and no added wait (a connection's second frame of the same turn goes
+out when the turn ends).  Under load the loop reads the pub/sub between flush
+batches, so a message is parsed as soon as it arrives and joins what its
+connection already gathered: each connection is written once per round of the
+list, its write carries every frame since its last one (across any number of
+pub/sub reads), and a message waits for its connection's place in the round (about
+one round), not for a whole round to end before the pub/sub is read again.  The
+further behind the gateway, the more frames per write (each write costs about the
+same system call, ~5 µs on loopback), so a starved gateway catches up.  A frame the
+transport sends itself (:meth:`Outbox.send`) while frames are gathered goes after
+them, in the same write.
+
+The Redis pub/sub parses a whole socket read before it hands over its messages, in
+one loop turn, and tells for each whether its channel has another message later in
+the same read (:meth:`PubSub.follows <livedata.bus.base.PubSub.follows>`,
 ``bus/redis_subscriber.py``).  Such a message is parsed (and given to the
 listeners) and kept; the channel's last message of the read delivers them all: per
-field list and framing the frames are joined into one bytes object, and every
-writable connection of the group gets it in one write (the loop over a group's
-connections runs once per read, not once per message).  A connection watches one
-channel, so it gets one write per read however many of its messages the read
-carried: the further behind the gateway, the bigger the reads and the more frames
-per write, and a starved gateway catches up.  A message whose channel has nothing
-more in the read (every message at light load) is written at once, as before.  A
+field list and framing the frames are joined into one bytes object that each
+connection of the group gets as one frame would be (the loop over a group's
+connections runs once per read, not once per message).  The turn's end also delivers what a read kept and did
+not deliver (its last message of the channel was malformed or unsubscribed).  A
 paused connection takes the messages one by one (its queue, drops and ``missed``
-as below).  Where the pub/sub tells nothing (in process), a connection's first
-frame in a loop turn is written at once and further ones of the same turn are
-gathered and written together when the turn ends (one ``call_soon`` per turn, not
-per message or client); the turn's end also delivers what a read kept and did not
-deliver (its last message of the channel was malformed or unsubscribed).
+as below).
 
 The outbox policy (every transport)
 ===================================
 
 - While the transport is writable (its write buffer below the high-water mark,
-  ``pause_writing`` not called), a frame is written straight to it: no queue.
+  ``pause_writing`` not called), a frame is written straight to it (or gathered
+  with others for one write, see *Coalescing*): no queue.
 - While it is paused, frames wait in the outbox: at most ``queue_max``; when full
   the oldest is dropped and counted, and the next frame sent carries
   ``"missed": n`` (spliced into its JSON object, then framed again for this one
   connection).
 - On ``resume_writing`` everything queued goes out in one write (coalesced).
-  Frames gathered in a loop turn (see *Coalescing*) are written at its end even if
-  the transport paused within the turn: at most one turn's frames beyond the mark.
+  Frames gathered before the transport paused (see *Coalescing*) are written when
+  it pauses, before anything queued: at most one round's frames beyond the mark.
 - Stall clock: one per connection, armed when the transport pauses.  When
   it runs out and the transport is still paused with its write buffer no smaller
   than when the clock was armed, the client is given up (``on_stall``); when the
@@ -143,6 +157,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("livedata.gateway.fanout")
+
+FLUSH_BATCH = 256
+"""Connections one flush writes before the loop polls again (see *Coalescing*): about
+1.5 ms of system calls on loopback, so under load the pub/sub is read, and other
+connections and timers are served, every couple of milliseconds."""
 
 Fields = tuple[str, ...]
 Head = dict[str, Any]
@@ -238,9 +257,10 @@ class Outbox:
         """Frames may go straight to the sink (not paused, nothing queued or held, open)."""
         self.write = sink.write
         self.turn = -1
-        """The fan-out's loop turn of this outbox's last direct write (see Fanout._on_message)."""
+        """The fan-out's loop turn of this outbox's last write at once (see *Coalescing*)."""
         self.pending: list[bytes] | None = None
-        """Frames of this loop turn after its first one, written together at the turn's end."""
+        """Frames the fan-out gathered for this connection, written together when it flushes
+        it (see *Coalescing*); not None exactly while the fan-out has it to flush."""
         self.channel: str | None = None
         self.fields: Fields | None = None
         self._queue: deque[tuple[bytes, bytes | None, Head | None]] | None = None
@@ -268,7 +288,7 @@ class Outbox:
         Returns True when it was written now.
         """
         if self.direct:
-            self.write(wire if wire is not None else self.framing.frame(payload, head))
+            self._put(wire if wire is not None else self.framing.frame(payload, head))
             return True
         if self.closed:
             return False
@@ -281,7 +301,7 @@ class Outbox:
                 self.missed = 0
             elif wire is None:
                 wire = self.framing.frame(payload, head)
-            self.write(wire)
+            self._put(wire)
             self._refresh()
             return True
         if wire is None:
@@ -296,15 +316,26 @@ class Outbox:
         queue.append((payload, wire, head))
         return False
 
+    def _put(self, wire: bytes) -> None:
+        """Write ``wire``, or put it after the gathered frames when there are some."""
+        if self.pending is None:
+            self.write(wire)
+        else:
+            self.pending.append(wire)
+
     def _refresh(self) -> None:
         self.direct = not (
             self.paused or self.closed or self._held is not None or self._queue or self.missed
         )
 
     def pause_writing(self) -> None:
-        """The transport's buffer is above its high-water mark: queue from now on."""
+        """The transport's buffer is above its high-water mark: queue from now on (what
+        was gathered goes first, so that nothing queued overtakes it)."""
         self.paused = True
         self.direct = False
+        if self.pending:
+            pending, self.pending = self.pending, []
+            self.write(b"".join(pending))
         if not self.closed and not self._armed:
             self._arm()
 
@@ -339,12 +370,6 @@ class Outbox:
         for payload, wire, head in held:
             if head is None or head["seq"] > after_seq:
                 self.offer(payload, wire, head)
-
-    def flush_pending(self) -> None:
-        """Write the frames this loop turn gathered, in one write (the turn ends)."""
-        pending, self.pending = self.pending, None
-        if pending and not self.closed:
-            self.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self) -> None:
         """The connection ends: nothing more is written, the stall clock stops."""
@@ -412,7 +437,11 @@ class Fanout:
         self._lock = asyncio.Lock()
         self._turn = 0
         self._turn_open = False
-        self._gathered: list[Outbox] = []
+        self._budget = FLUSH_BATCH
+        """Connections this loop turn may still write at once (none while the flush list
+        has connections left from an earlier turn: see *Coalescing*)."""
+        self._dirty: deque[Outbox] = deque()
+        """Outboxes with gathered frames, in the order they got their first (see *Coalescing*)."""
         self._written = 0
         """Frames delivered in this loop turn (counted at its end)."""
         self._follows = pubsub.follows
@@ -569,10 +598,9 @@ class Fanout:
         if not groups and not listeners:
             return
         parsed = _parse(data)
-        batch = self._batches.get(channel) if groups else None
         if parsed is None:
             log.warning("dropping a malformed message on %s", channel)
-            if batch is not None and not self._follows():
+            if groups and channel in self._batches and not self._follows():
                 self._deliver(channel, self._batches.pop(channel))
             return
         values, head = parsed
@@ -586,47 +614,29 @@ class Fanout:
         if not self._turn_open:
             self._turn_open = True
             asyncio.get_running_loop().call_soon(self._end_turn)
+        batch = self._batches.get(channel)
         if self._follows():  # the read has more of this channel: all together with its last
             if batch is None:
                 self._batches[channel] = [parsed]
             else:
                 batch.append(parsed)
-            return
-        if batch is not None:
+        elif batch is None:
+            self._deliver(channel, [parsed])
+        else:
             del self._batches[channel]
             batch.append(parsed)
             self._deliver(channel, batch)
-            return
-        turn = self._turn
-        gathered = self._gathered
-        written = 0
-        tail = _tail(head)
-        for fields, framings in groups.items():
-            payload = _live_data(values, fields, tail)
-            for framing, members in framings.items():
-                wire = framing.frame(payload, head)
-                for outbox in members:
-                    if not outbox.direct:
-                        written += outbox.offer(payload, wire, head)
-                    elif outbox.turn != turn:  # its first frame in this loop turn: now
-                        outbox.turn = turn
-                        outbox.write(wire)
-                        written += 1
-                    elif outbox.pending is None:  # later ones: together at the turn's end
-                        outbox.pending = [wire]
-                        gathered.append(outbox)
-                        written += 1
-                    else:
-                        outbox.pending.append(wire)
-                        written += 1
-        self._written += written
 
     def _deliver(self, channel: str, batch: list[tuple[dict[str, Any], Head]]) -> None:
-        """Several messages of ``channel`` from one pub/sub read, oldest first: framed
-        once per group as one bytes object that each writable client gets in one write."""
+        """The messages of ``channel`` from one pub/sub read, oldest first: framed once per
+        group as one bytes object that each writable client gets in one write or gathers
+        (see *Coalescing*)."""
         groups = self._channels.get(channel)
         if not groups:
             return
+        dirty = self._dirty
+        turn = self._turn
+        budget = self._budget
         written = 0
         count = len(batch)
         heads = [head for _, head in batch]
@@ -641,24 +651,31 @@ class Fanout:
                     framing.frame(payload, head)
                     for payload, head in zip(payloads, heads, strict=True)
                 ]
-                joined = b"".join(wires)
+                joined = wires[0] if count == 1 else b"".join(wires)
                 for outbox in members:
                     if not outbox.direct:
                         for payload, wire, head in zip(payloads, wires, heads, strict=True):
                             written += outbox.offer(payload, wire, head)
-                    elif outbox.pending is not None:  # after what its loop turn gathered
-                        outbox.pending.append(joined)
-                        written += count
-                    else:
+                        continue
+                    pending = outbox.pending
+                    if pending is not None:
+                        pending.append(joined)
+                    elif budget and outbox.turn != turn:  # its first write this turn: now
+                        budget -= 1
+                        outbox.turn = turn
                         outbox.write(joined)
-                        written += count
+                    else:
+                        outbox.pending = [joined]
+                        dirty.append(outbox)
+                    written += count
+        self._budget = budget
         self._written += written
 
     def _end_turn(self) -> None:
-        """The loop turn that delivered messages is over: write what each outbox gathered
-        (a client behind by several messages gets them in one write, not one each), and
-        count the turn's deliveries (one metric update per turn, not per message)."""
-        gathered, self._gathered = self._gathered, []
+        """The loop turn that delivered messages is over: write what each outbox gathered,
+        one write per connection (oldest gathered first, at most :data:`FLUSH_BATCH`
+        connections, the rest after the loop's next poll), and count the deliveries (one
+        metric update per turn, not per message)."""
         self._turn += 1
         self._turn_open = False
         if self._batches:  # a read whose last message of a channel never came
@@ -668,8 +685,19 @@ class Fanout:
         if self._written:
             observe.DELIVERIES.inc(self._written)
             self._written = 0
-        for outbox in gathered:
-            outbox.flush_pending()
+        dirty = self._dirty
+        take = dirty.popleft
+        for _ in range(min(len(dirty), FLUSH_BATCH)):
+            outbox = take()
+            pending, outbox.pending = outbox.pending, None
+            if pending and not outbox.closed:
+                outbox.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if dirty:  # the rest after the loop's next poll; what comes meanwhile gathers
+            self._budget = 0
+            self._turn_open = True
+            asyncio.get_running_loop().call_soon(self._end_turn)
+        else:
+            self._budget = FLUSH_BATCH
 
 
 _LIVE_DATA = b'{"type":"LIVE_DATA","payload":'
