@@ -66,13 +66,12 @@ from typing import Any
 
 from livedata.auth.mosquitto import device_url
 from livedata.cli.signals import cancel_on_signals
-from livedata.decode.can import CanDecoder
 from livedata.devices.base import MethodResult, answer_realtime
 from livedata.errors import ConfigError
 from livedata.model import valid_id
 from livedata.observe import setup_logging
+from livedata.sim import DBC_PATH, ORG
 from livedata.sim.connection import SimDevice
-from livedata.sim.demo import DBC_PATH, ORG
 from livedata.sim.fleet import default_chassis_ids
 from livedata.sim.ring import TEMPLATES, PayloadRing
 
@@ -253,6 +252,8 @@ async def simulate(
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        from livedata.decode.can import CanDecoder  # here: cantools takes seconds to import
+
         decoder = CanDecoder.from_dbc(DBC_PATH.read_text())
         ring = PayloadRing([d.chassis for d in devices], decoder, seed, templates=templates)
         ticker = _Ticker(devices, ring, period)
