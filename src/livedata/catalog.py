@@ -81,23 +81,36 @@ class Catalog:
         self._orgs.clear()
         self._fields.clear()  # a deleted machine's names are gone from the database
 
-    async def machine(self, tenant: str, chassis: str) -> MachineInfo | None:
-        """The machine, or ``None`` when the organisation has no such machine."""
+    def cached(self, tenant: str) -> dict[str, MachineInfo] | None:
+        """The organisation's machines by chassis id, without waiting: ``None`` until its
+        first load (then :meth:`machines`); a stale one is returned and reloaded in the
+        background.  Callers must not change the dict."""
         cached = self._orgs.get(tenant)
         if cached is None:
-            lock = self._locks.setdefault(tenant, asyncio.Lock())
-            async with lock:
-                cached = self._orgs.get(tenant)
-                if cached is None:
-                    cached = (time.monotonic(), await self._load(tenant))
-                    self._orgs[tenant] = cached
-        elif time.monotonic() - cached[0] >= self.ttl and tenant not in self._reloads:
+            return None
+        if time.monotonic() - cached[0] >= self.ttl and tenant not in self._reloads:
             task = asyncio.create_task(
                 self._reload(tenant, self._generation), name=f"catalog-reload-{tenant}"
             )
             self._reloads[tenant] = task
             task.add_done_callback(lambda _t: self._reloads.pop(tenant, None))
-        return cached[1].get(chassis)
+        return cached[1]
+
+    async def machines(self, tenant: str) -> dict[str, MachineInfo]:
+        """:meth:`cached`, waiting for the organisation's first load if need be."""
+        machines = self.cached(tenant)
+        if machines is not None:
+            return machines
+        async with self._locks.setdefault(tenant, asyncio.Lock()):
+            cached = self._orgs.get(tenant)
+            if cached is None:
+                cached = (time.monotonic(), await self._load(tenant))
+                self._orgs[tenant] = cached
+        return cached[1]
+
+    async def machine(self, tenant: str, chassis: str) -> MachineInfo | None:
+        """The machine, or ``None`` when the organisation has no such machine."""
+        return (await self.machines(tenant)).get(chassis)
 
     async def require_machine(self, tenant: str, chassis: str) -> MachineInfo:
         """The machine; :class:`~livedata.errors.NotFound` when the organisation has none such."""
@@ -180,6 +193,17 @@ class Catalog:
         self._decoders.move_to_end(dbc_id)
         return decoder
 
+    def fields_known(
+        self, tenant: str, chassis: str, msg_type: str, names: Collection[str]
+    ) -> bool:
+        """Whether :meth:`note_fields` has nothing to do for ``names`` (all remembered
+        already), without waiting: callers await it only when not."""
+        org = self._fields.get(tenant)
+        if org is None:
+            return False
+        seen = org.get((chassis, msg_type))
+        return seen is not None and seen.issuperset(names)
+
     async def note_fields(
         self, tenant: str, chassis: str, msg_type: str, names: Collection[str]
     ) -> None:
@@ -190,11 +214,9 @@ class Catalog:
         that would give a machine more than ``max_fields`` fields of one message type is
         refused (:func:`~livedata.pipeline.limits.check_field_count`).  ``names`` may be
         a record's ``values.keys()``: the usual message, all names known, builds no set."""
+        if self.fields_known(tenant, chassis, msg_type, names):
+            return
         org = self._fields.get(tenant)
-        if org is not None:
-            seen = org.get((chassis, msg_type))
-            if seen is not None and seen.issuperset(names):
-                return
         if org is None:
             async with self._locks.setdefault(tenant, asyncio.Lock()):
                 org = self._fields.get(tenant)

@@ -23,6 +23,37 @@ def test_help_explains_each_command(capsys: pytest.CaptureFixture[str]) -> None:
         assert flag in out
 
 
+def test_simulate_imports_no_server_module() -> None:
+    """`livedata simulate --help` imports neither the gateway, the runtime, the metadata
+    database nor cantools, and makes no password hash: it starts in a fraction of the time."""
+    probe = (
+        "import sys\n"
+        "from livedata.cli.main import main\n"
+        "try:\n"
+        "    main(['simulate', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "import livedata.auth.credentials as cred\n"
+        "heavy = ('livedata.gateway', 'livedata.runtime', 'livedata.metadata', 'cantools')\n"
+        "print(sorted({m for m in sys.modules if m.startswith(heavy)}))\n"
+        "print(cred._dummy.cache_info().currsize)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.splitlines()[-2:] == ["[]", "0"]
+
+
+def test_unknown_user_password_check_is_false() -> None:
+    """verify_password against no stored hash (an unknown user) is False, the dummy hash
+    being made on first use."""
+    from livedata.auth.credentials import hash_password, verify_password
+
+    assert not verify_password(None, "secret")
+    assert not verify_password("", "secret")
+    assert verify_password(hash_password("secret"), "secret")
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

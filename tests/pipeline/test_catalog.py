@@ -39,3 +39,35 @@ async def test_a_reload_begun_before_an_invalidation_is_not_kept(meta: Metadata)
     assert "acme" not in catalog._orgs
     await meta.upsert_machine("acme", "M3", "three", "WL")
     assert await catalog.machine("acme", "M3") is not None
+
+
+async def test_cached_answers_without_waiting_once_the_organisation_is_loaded(
+    meta: Metadata,
+) -> None:
+    """cached() is None before an organisation's first load and its machines after it,
+    invalidate() forgets them again, and machines() waits for the load."""
+    await meta.upsert_machine("acme", "M1", "one", "WL")
+    catalog = Catalog(meta)
+    assert catalog.cached("acme") is None
+    machines = await catalog.machines("acme")
+    assert set(machines) == {"M1"}
+    assert catalog.cached("acme") is machines
+    catalog.invalidate()
+    assert catalog.cached("acme") is None
+    assert set(await catalog.machines("acme")) == {"M1"}
+
+
+async def test_fields_known_only_for_names_already_noted(meta: Metadata) -> None:
+    """fields_known() holds for names note_fields() remembered (also after a restart, from
+    the database) and not for a new one, nor for another machine or message type."""
+    await meta.upsert_machine("acme", "M1", "one", "WL")
+    catalog = Catalog(meta)
+    assert not catalog.fields_known("acme", "M1", "client_raw_data", ["cpu"])
+    await catalog.note_fields("acme", "M1", "client_raw_data", ["cpu", "mem"])
+    assert catalog.fields_known("acme", "M1", "client_raw_data", {"cpu": 1}.keys())
+    assert not catalog.fields_known("acme", "M1", "client_raw_data", ["cpu", "disk"])
+    assert not catalog.fields_known("acme", "M2", "client_raw_data", ["cpu"])
+    assert not catalog.fields_known("acme", "M1", "vehicle_can", ["cpu"])
+    fresh = Catalog(meta)
+    await fresh.note_fields("acme", "M1", "client_raw_data", ["cpu"])  # loads what was noted
+    assert fresh.fields_known("acme", "M1", "client_raw_data", ["mem"])

@@ -21,6 +21,7 @@ import hmac
 import os
 import secrets
 import time
+from functools import cache
 from pathlib import Path
 
 from argon2 import PasswordHasher
@@ -32,7 +33,13 @@ MOSQUITTO_ITERATIONS = 101
 """Mosquitto's default; the secrets are 32 random bytes, so iterations add nothing."""
 
 _hasher = PasswordHasher()
-_DUMMY = _hasher.hash("livedata-dummy-password")
+
+
+@cache
+def _dummy() -> str:
+    """A hash to verify an unknown user's password against, made on first use (about 50 ms
+    of CPU on purpose: not at import, which every CLI command pays)."""
+    return _hasher.hash("livedata-dummy-password")
 
 
 def hash_password(password: str) -> str:
@@ -42,7 +49,7 @@ def hash_password(password: str) -> str:
 def verify_password(stored: str | None, password: str) -> bool:
     """Whether ``password`` matches ``stored``; an unknown user (``None``, ``""``) costs the same."""
     try:
-        return _hasher.verify(stored or _DUMMY, password) and bool(stored)
+        return _hasher.verify(stored or _dummy(), password) and bool(stored)
     except (VerificationError, InvalidHashError):
         return False
 

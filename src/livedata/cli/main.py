@@ -13,40 +13,33 @@ ran on (:func:`livedata.cli.signals.interruptible`).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
 from livedata import __version__
-from livedata.cli import (
-    agent,
-    demo,
-    devices,
-    export,
-    import_,
-    machines,
-    orgs,
-    redecode,
-    serve,
-    simulate,
-    users,
-)
 from livedata.cli.signals import interruptible
 from livedata.errors import LivedataError
 
-COMMANDS = (
-    demo,
-    serve,
-    simulate,
-    agent,
-    users,
-    devices,
-    orgs,
-    machines,
-    import_,
-    export,
-    redecode,
-)
+COMMANDS = {
+    "demo": "demo",
+    "serve": "serve",
+    "simulate": "simulate",
+    "agent": "agent",
+    "users": "users",
+    "devices": "devices",
+    "orgs": "orgs",
+    "machines": "machines",
+    "import": "import_",
+    "export": "export",
+    "redecode": "redecode",
+}
+"""Each subcommand and its module in :mod:`livedata.cli`, in the order of the help.
+
+A command's module is imported only when it is the one run (or the help lists them
+all): ``livedata simulate`` does not import the server's modules (seconds on a busy
+machine)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -56,7 +49,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command's parser, with subcommand ``only`` (a key of :data:`COMMANDS`) or all."""
     parser = Parser(
         prog="livedata",
         description=(
@@ -69,14 +63,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"livedata {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for command in COMMANDS:
-        command.add_parser(sub)
+    for name, module in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(f"livedata.cli.{module}").add_parser(sub)
     return parser
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` runs, if it names one (the top-level options take no value,
+    so it is the first argument that is not an option); ``None`` otherwise."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     interruptible()
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -56,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import math
@@ -66,13 +67,12 @@ from typing import Any
 
 from livedata.auth.mosquitto import device_url
 from livedata.cli.signals import cancel_on_signals
-from livedata.decode.can import CanDecoder
 from livedata.devices.base import MethodResult, answer_realtime
 from livedata.errors import ConfigError
 from livedata.model import valid_id
 from livedata.observe import setup_logging
+from livedata.sim import DBC_PATH, ORG
 from livedata.sim.connection import SimDevice
-from livedata.sim.demo import DBC_PATH, ORG
 from livedata.sim.fleet import default_chassis_ids
 from livedata.sim.ring import TEMPLATES, PayloadRing
 
@@ -127,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--org {args.org!r} is not a valid organisation id")
     if not 1 <= args.templates <= 100_000:
         raise ConfigError(f"--templates must be 1 … 100000, not {args.templates}")
+    # cantools takes seconds to import: not for `--help`, and before the logging setup, as
+    # what it imports logs a line
+    importlib.import_module("livedata.decode.can")
     setup_logging(args.log_level)
     chassis_ids = default_chassis_ids(args.machines)
     urls = {c: args.mqtt for c in chassis_ids}
@@ -253,6 +256,8 @@ async def simulate(
         for result in results:
             if isinstance(result, BaseException):
                 raise result
+        from livedata.decode.can import CanDecoder  # imported by run(), not at module level
+
         decoder = CanDecoder.from_dbc(DBC_PATH.read_text())
         ring = PayloadRing([d.chassis for d in devices], decoder, seed, templates=templates)
         ticker = _Ticker(devices, ring, period)

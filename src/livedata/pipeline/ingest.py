@@ -121,7 +121,7 @@ from typing import Any
 
 from livedata import observe
 from livedata.bus.base import Log
-from livedata.catalog import Catalog
+from livedata.catalog import Catalog, MachineInfo
 from livedata.decode.can import BusState
 from livedata.decode.dm1 import Dm1
 from livedata.decode.values import decode_values
@@ -321,10 +321,19 @@ class Ingest:
         in the spill journal while the store is slow or down -- and in the log, or at
         once when the message is refused (a bad message is final, redelivering it would
         not make it good).  Waits while the queue or the log backlog is full.
+
+        The usual message waits for nothing: the clock is read once per batch (again after
+        an organisation's first load), the organisation's machines once per run of
+        messages of one organisation (:meth:`Catalog.cached`), and only a first load, a
+        DM1, or a field name never seen before is awaited.
         """
         outcomes: list[Outcome] = []
         accepted: list[tuple[Record, Ack | None]] = []
         dtcs: list[tuple[str, str, list[Dm1], dict[str, Any], DecodeStats]] = []
+        catalog = self.catalog
+        now_ms = int(time.time() * 1000)
+        tenant_of: str | None = None
+        machines: dict[str, MachineInfo] = {}
         for delivery in deliveries:
             if isinstance(delivery, Rejection):
                 outcomes.append(
@@ -334,14 +343,27 @@ class Ingest:
                 )
                 continue
             msg = delivery.message
-            stats = self.stats_for(msg.tenant, msg.chassis)
+            tenant, chassis = msg.tenant, msg.chassis
+            stats = self.stats_for(tenant, chassis)
             stats.messages += 1
-            token = observe.machine_var.set(msg.chassis)  # log_context, without its generator
+            token = observe.machine_var.set(chassis)  # log_context, without its generator
             try:
-                record = await self._decode(msg, stats, dtcs)
+                if tenant != tenant_of:
+                    found = catalog.cached(tenant)
+                    if found is None:
+                        found = await catalog.machines(tenant)
+                        now_ms = int(time.time() * 1000)
+                    machines, tenant_of = found, tenant
+                record, dm1 = self._decode(msg, stats, machines.get(chassis), now_ms)
+                if dm1:
+                    dtcs.append((tenant, chassis, dm1, record.values, stats))
+                elif msg.msg_type == MsgType.CLIENT_RAW_DATA:
+                    names = record.values.keys()
+                    if not catalog.fields_known(tenant, chassis, msg.msg_type, names):
+                        await catalog.note_fields(tenant, chassis, msg.msg_type, names)
             except DecodeError as exc:
                 outcomes.append(
-                    await self.reject(msg.tenant, msg.chassis, str(exc), delivery.ack, "rejected")
+                    await self.reject(tenant, chassis, str(exc), delivery.ack, "rejected")
                 )
                 continue
             finally:
@@ -431,21 +453,18 @@ class Ingest:
             window is not None and self._unacked >= window
         )
 
-    async def _decode(
-        self,
-        msg: DeviceMessage,
-        stats: DecodeStats,
-        dtcs: list[tuple[str, str, list[Dm1], dict[str, Any], DecodeStats]],
-    ) -> Record:
-        """The message's record; a ``vehicle_can`` one with DM1s is added to ``dtcs``
-        (the caller adds their summary fields to its values)."""
-        ts = self.timestamps.check(msg.ts, int(time.time() * 1000))
-        info = await self.catalog.machine(msg.tenant, msg.chassis)
+    def _decode(
+        self, msg: DeviceMessage, stats: DecodeStats, info: MachineInfo | None, now_ms: int
+    ) -> tuple[Record, list[Dm1]]:
+        """The record of ``msg`` from machine ``info`` (``None``: unknown), and the DM1s
+        :meth:`handle_many` gives to the DTC service; :class:`DecodeError` to refuse it."""
+        ts = self.timestamps.check(msg.ts, now_ms)
         if info is None:
             self._note_unknown((msg.tenant, msg.chassis))
             raise DecodeError(f"unknown machine {msg.chassis!r} in organisation {msg.tenant!r}")
         if info.disabled:
             raise DecodeError(f"machine {msg.chassis!r} is disabled")
+        dm1: list[Dm1] = []
         if msg.msg_type == MsgType.VEHICLE_CAN:
             if info.decoder is None:
                 raise DecodeError(f"no DBC file assigned to machine {msg.chassis!r}")
@@ -464,15 +483,13 @@ class Ingest:
             if result.errors:
                 log.info("%d malformed frames: %s", len(result.errors), result.errors[0])
             values: dict[str, Any] = normalised(result.values)  # NaN of a float signal
-            if result.dm1:
-                dtcs.append((msg.tenant, msg.chassis, result.dm1, values, stats))
+            dm1 = result.dm1
         else:
             values, errors = decode_values(msg.values)  # storable already
             for error in errors:
                 stats.malformed += 1
                 self._error((msg.tenant, msg.chassis), stats, "malformed", error)
-            await self.catalog.note_fields(msg.tenant, msg.chassis, msg.msg_type, values.keys())
-        return Record(msg.tenant, msg.chassis, msg.msg_type, ts, msg.kind, values)
+        return Record(msg.tenant, msg.chassis, msg.msg_type, ts, msg.kind, values), dm1
 
     def depth(self) -> int:
         """Records queued in memory, waiting for the writer."""
@@ -588,8 +605,11 @@ class Ingest:
                 durable_at + self.log_wait,
             )
             self._to_ack.popleft()
-            for ack in acks:
-                await self._ack(ack)
+            for ack in acks:  # inline, not a helper coroutine: one fewer per message
+                try:
+                    await ack()
+                except Exception as exc:  # the link is gone: the broker will redeliver
+                    log.warning("acknowledgement failed: %s", exc)
             self._unacked -= len(acks)
 
     @property
@@ -721,12 +741,6 @@ class Ingest:
             self._stored(chunk.records, points)
             chunk = None
             self.update_gauges()
-
-    async def _ack(self, ack: Ack) -> None:
-        try:
-            await ack()
-        except Exception as exc:  # the link is gone: the broker will redeliver
-            log.warning("acknowledgement failed: %s", exc)
 
     async def _log_linger(self) -> None:
         """Let records gather for the log's :attr:`~livedata.bus.base.Log.batch_ms` (0 for

@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from livedata.auth import Role
 from livedata.decode.can import CanDecoder
@@ -19,12 +18,11 @@ from livedata.metadata import GroupSpec, Metadata
 from livedata.metadata.accounts import Accounts
 from livedata.model import MsgType
 from livedata.runtime import Runtime
+from livedata.sim import DBC_PATH, ORG
 from livedata.sim.fleet import Fleet, default_chassis_ids
 
-ORG = "demo"
 ADMIN = "admin"
 MODEL = "WL"
-DBC_PATH = Path(__file__).resolve().parent.parent / "dbc" / "loader.dbc"
 
 DEFAULT_GROUPS = (
     GroupSpec("Drive", MsgType.VEHICLE_CAN, ["speed", "brake_status"], "km/h"),

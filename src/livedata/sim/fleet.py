@@ -35,13 +35,15 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from livedata.decode.can import CanDecoder
 from livedata.devices.base import MethodResult, answer_realtime
 from livedata.errors import ConfigError, NotFound
 from livedata.model import DeviceMessage, Kind, MsgType, valid_id
 from livedata.sim.machine import Machine
+
+if TYPE_CHECKING:  # imported where used: cantools is slow to import
+    from livedata.decode.can import CanDecoder
 
 __all__ = ["Fleet", "default_chassis_ids"]
 

@@ -31,9 +31,12 @@ import enum
 import math
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from livedata.decode.can import CanDecoder
 from livedata.model import Frame
+
+if TYPE_CHECKING:  # imported where used: cantools is slow to import
+    from livedata.decode.can import CanDecoder
 
 __all__ = ["SITE_LAT", "SITE_LNG", "Machine", "State"]
 

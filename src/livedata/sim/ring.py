@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import struct
 from collections import deque
+from typing import TYPE_CHECKING
 
 from livedata.codec import encode
-from livedata.decode.can import CanDecoder
 from livedata.model import DeviceMessage, Kind, MsgType
 from livedata.sim.machine import Machine
+
+if TYPE_CHECKING:  # imported where used: cantools is slow to import
+    from livedata.decode.can import CanDecoder
 
 __all__ = ["PayloadRing"]
 
