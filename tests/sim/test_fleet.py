@@ -53,7 +53,7 @@ def test_fleet_refuses_bad_ids(decoder: CanDecoder) -> None:
 
 
 async def test_backfill(decoder: CanDecoder) -> None:
-    """backfill sends `seconds` consecutive seconds up to now per type and machine, as backfill."""
+    """backfill sends `seconds` seconds up to now per type and machine, each at its slot's phase."""
     sink = Sink()
     ids = default_chassis_ids(3)
     fleet = Fleet("acme", ids, decoder, sink)
@@ -61,8 +61,8 @@ async def test_backfill(decoder: CanDecoder) -> None:
     fleet.set_realtime("WL-0002", False)  # history is recorded whatever the flag
     await fleet.backfill(120, NOW)
     assert len(sink.messages) == 3 * 2 * 120
-    expected_ts = [1_700_000_000_000 - 1000 * i for i in range(119, -1, -1)]
-    for chassis in ids:
+    for chassis, phase in zip(ids, (0, 333, 667), strict=True):  # each machine's slot
+        expected_ts = [1_700_000_000_000 - 1000 * i + phase for i in range(119, -1, -1)]
         for msg_type in MsgType:
             messages = sink.by(chassis, msg_type)
             assert [m.ts for m in messages] == expected_ts

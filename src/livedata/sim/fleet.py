@@ -152,8 +152,9 @@ class Fleet:
         """Send the ``seconds`` seconds up to ``now_ms`` as ``Kind.BACKFILL`` messages.
 
         ``now_ms`` is floored to the second (``base``); timestamps run from
-        ``base - (seconds-1)*1000`` to ``base`` in 1000 ms steps, oldest first, one
-        ``vehicle_can`` and one ``client_raw_data`` message per machine and second,
+        ``base - (seconds-1)*1000`` to ``base`` in 1000 ms steps (each machine's plus its
+        slot's phase, :meth:`_phases`), oldest first, one ``vehicle_can`` and one
+        ``client_raw_data`` message per machine and second,
         for every machine (whatever its real-time flag: history is always recorded).
 
         A following :meth:`run` continues from ``base + 1000``: the seconds that
@@ -166,9 +167,17 @@ class Fleet:
             await self._send_all(base - i * 1000, Kind.BACKFILL)
         self._resume_ms = base + 1000
 
+    def _phases(self) -> dict[str, int]:
+        """Each machine's milliseconds after the whole second: its slot's place in a 1 s
+        period (see the module doc), so with the default period a machine's backfill and
+        its real-time messages are one series 1 s apart."""
+        slots = self.slots()
+        return {c: round(j * 1000 / len(slots)) for j, slot in enumerate(slots) for c in slot}
+
     async def _send_all(self, ts: int, kind: Kind) -> None:
-        for machine in self._machines.values():
-            for message in self._messages(machine, ts, kind):
+        """Send every machine's messages of the second ``ts``, each at its slot's phase."""
+        for chassis, phase in self._phases().items():
+            for message in self._messages(self._machines[chassis], ts + phase, kind):
                 await self._deliver(message)
 
     async def _catch_up(self) -> None:
