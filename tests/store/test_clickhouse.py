@@ -337,9 +337,9 @@ async def test_per_point_database_is_migrated_with_identical_answers(
         ]
     ]
     writes.append(writes[0][5_000:5_400])  # a redelivery
-    writes.append(  # corrections: the same records with other values
+    writes.append(  # corrections: the same records with other values, no two equal
         [
-            rec("t1", r.ts, {k: -1.5 if isinstance(v, float) else v for k, v in r.values.items()},
+            rec("t1", r.ts, {k: -v - 0.5 if isinstance(v, float) else v for k, v in r.values.items()},
                 chassis=r.chassis, msg_type=r.msg_type)
             for r in writes[0][2_000:2_100]
         ]
