@@ -197,6 +197,11 @@ _AS_BYTES = {"strings_as_bytes": True}
 """Insert settings: string columns given as UTF-8 bytes (no encoding per value)."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
 
+RECORDS_GRANULE = 1024
+"""Records per index mark: a query reads whole granules of every part it touches, and a
+granule of records holds as many points as ~13 of points; at ClickHouse's default (8,192)
+the 2-minute query of one machine took twice as long as on the per-point table."""
+
 _ARRAY_JOIN = "ARRAY JOIN field, kind, num, int, str"
 """Records as one row per point: after it ``field``, ``kind``, ... are the point's."""
 
@@ -226,7 +231,8 @@ def _schema(db: str) -> list[str]:
             ver UInt64
         ) ENGINE = ReplacingMergeTree(ver)
         PARTITION BY intDiv(ts, {DAY_MS})
-        ORDER BY (tenant, chassis, msg_type, ts, field)""",
+        ORDER BY (tenant, chassis, msg_type, ts, field)
+        SETTINGS index_granularity = {RECORDS_GRANULE}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.streams (
             tenant String,
             chassis String,
