@@ -9,22 +9,23 @@ default 4).
 
 Schema (in the URL's database)::
 
-    points (tenant String, chassis String, msg_type String, field String,
-            ts Int64,        -- milliseconds since the epoch
-            kind UInt8,      -- 1 float, 2 int, 3 str
-            num Float64,     -- the number (ints too, for min/max aggregation); 0 for text
-            int Int64,       -- the exact int when kind = 2, else 0
-            str String,      -- the text when kind = 3, else ''
-            ver UInt64)      -- write version, increasing per write: last write wins
+    records (tenant String, chassis String, msg_type String,
+             ts Int64,               -- milliseconds since the epoch
+             field Array(String),    -- the record's field names, sorted
+             kind Array(UInt8),      -- per field: 1 float, 2 int, 3 str
+             num Array(Float64),     -- the number (ints too, for min/max); 0 for text
+             int Array(Int64),       -- the exact int when kind = 2, else 0
+             str Array(String),      -- the text when kind = 3, else ''
+             ver UInt64)             -- write version, increasing per write
         ENGINE = ReplacingMergeTree(ver)
         PARTITION BY intDiv(ts, 86400000)            -- one partition per UTC day
-        ORDER BY (tenant, chassis, msg_type, field, ts)
+        ORDER BY (tenant, chassis, msg_type, ts, field)
+        SETTINGS index_granularity = 1024
 
     streams (tenant, chassis, msg_type, last_ts Int64)
         ENGINE = ReplacingMergeTree(last_ts) ORDER BY (tenant, chassis, msg_type)
-        filled by the materialized view streams_mv (max(ts) per inserted block), so
-        latest_ts reads one row per machine instead of scanning its points; it
-        costs about 1.5 ms per insert (4 -> 5.5 ms for 1,500 points, measured)
+        filled by the materialized view records_streams_mv (max(ts) per inserted
+        block), so latest_ts reads one row per machine instead of scanning its records
     retention (cutoff Int64) ENGINE = ReplacingMergeTree(cutoff) ORDER BY tuple()
     frames (tenant, chassis String, ts Int64, count UInt32, data String, ver UInt64)
         ENGINE = ReplacingMergeTree(ver) PARTITION BY intDiv(ts, 86400000)
@@ -34,9 +35,11 @@ Schema (in the URL's database)::
 
 Re-decoding (``replace_values``) deletes the range's values and their minutes' rollups
 with ``ALTER TABLE ... DELETE`` (a mutation, waited for: on 18.16 it rewrites every
-part of the table, seconds on a large one), inserts the new values and rebuilds the
-rollups of the range's minutes from the points: readers may see the range empty
-meanwhile (no transactions), and afterwards the rollups follow the new values exactly.
+part of the table, seconds on a large one) -- whole records, after reading the values
+of the kept fields, which are written again with the new values -- inserts the new
+records and rebuilds the rollups of the range's minutes from the records: readers may
+see the range empty meanwhile (no transactions), and afterwards the rollups follow the
+new values exactly.
 
     rollups (tenant, chassis, msg_type, field String, step UInt32, bucket Int64,
              lo AggregateFunction(argMin, Tuple(Int64, UInt8, Float64, Int64), Float64),
@@ -44,16 +47,26 @@ meanwhile (no transactions), and afterwards the rollups follow the new values ex
         ENGINE = AggregatingMergeTree()
         PARTITION BY intDiv(bucket * step, 86400000)  -- the day of its points
         ORDER BY (tenant, chassis, msg_type, field, step, bucket)
-        filled by the materialized view rollups_mv: per inserted block and minute
-        (step 60000), argMin/argMax of (ts, kind, num, int) by num
+        filled by the materialized view records_rollups_mv: per inserted block (its
+        points by ARRAY JOIN) and minute (step 60000), argMin/argMax of
+        (ts, kind, num, int) by num
+
+**One row per record**, not per point: measured with ``bench/bench_storecost.py``
+(``--phase clickhouse``, 2,500-record inserts of 8 and 15 values), the server's CPU per
+record, merges included, fell by about 1.5x against the per-point table, the store's
+own CPU per record rose by about 10 % (the arrays are cut per record), and the
+2-minute query of one machine takes about as long.  A database of the per-point
+version (``points``, one row per value) is migrated when the store starts (see
+:meth:`ClickHouseStore._migrate_points`): its views are dropped first, so every process
+writing to it must run this version.
 
 Values: an int comes back as int (``int``, exact over 64 bits), a float as float
 (``num``), a string as str; ``num`` also holds ints as Float64 so that the
 downsampled history (min/max per time bucket) aggregates one column without
 looking at ``kind``.
 
-Rollups: the materialized view runs inside every insert into ``points``, so the
-rollups are as current as the points (no open minutes, unlike the SQLite and
+Rollups: the materialized view runs inside every insert into ``records``, so the
+rollups are as current as the records (no open minutes, unlike the SQLite and
 PostgreSQL stores).  Only the 1-minute step: ClickHouse scans raw points fast enough
 for grids of 10 s steps (24 h of 10 fields is 864,000 points), and a second step
 would cost every insert as much again (``bench/bench_store_backends.py``).  Minimum and maximum are idempotent: a redelivered batch adds
@@ -64,17 +77,24 @@ has merged (before that it counts too; see ``downsample``).  ``downsample`` merg
 states of the coarsest rollups that fit its grid with states made from the raw points
 of the range's ends, in one query: 7 days of 10 fields at 1 Hz read about 100,000
 rollup rows instead of 6 M points.  An older database gets the view and its rollups
-(from every point) when the store first starts.  Values are normalised like the other stores (bool as
+(from every record) when the store first starts.  Values are normalised like the other stores (bool as
 int, NaN/None/objects skipped and not counted).
 
 Duplicates: a point is (tenant, chassis, msg_type, field, ts); writing it again
 **replaces its value (last write wins)**, as in the memory and SQLite stores.
-Within one ``write`` the later record wins (done in Python before inserting); across
-writes, every row carries ``ver`` (nanosecond clock, strictly increasing in this
-process) and ReplacingMergeTree keeps the highest on merge.  Merges happen in the
-background at some time or never, so ``query`` deduplicates by itself with
-``argMax(value, ver) ... GROUP BY field, ts``.  Measured on 18.16 against ``FINAL``
-on 1 M points of one machine (10 fields; 150 unmerged one-second parts and 10
+Within one ``write`` the later record wins (done in Python before inserting: one row
+per record key).  Across writes, every row carries ``ver`` (nanosecond clock, strictly
+increasing in this process); a row's key ends with its sorted field names, so a
+redelivered or corrected record (the same fields) replaces the older row on merge
+(ReplacingMergeTree keeps the highest ``ver``), while a record of *other* fields at the
+same ts (a partial write, e.g. two messages of one timestamp in two batches) is a row
+of its own and both stay.  Merges happen in the background at some time or never, so
+``query`` deduplicates by itself, per point: ``argMax(value, ver) ... GROUP BY field,
+ts`` over the records' points (ARRAY JOIN), which also merges the fields of partial
+records.  ``machine_points`` and ``delete_before`` count the values of the rows that
+``FINAL`` keeps: exact, except that a field written in two records of different field
+sets at the same ts counts twice.  Measured on the per-point table, on 18.16, against
+``FINAL`` on 1 M points of one machine (10 fields; 150 unmerged one-second parts and 10
 redelivered batches; queries interleaved, medians; ``bench/bench_store_backends.py``
 repeats it; two runs): the 2-minute history query, the one the live page makes,
 took 27-29 ms with argMax against 43-44 ms with FINAL on the newest (unmerged)
@@ -92,8 +112,8 @@ Retention without mutations: ``delete_before(cutoff)`` records the cutoff in
 cutoff, so the points are gone for readers at once) and drops every day partition
 entirely older than the cutoff (``ALTER TABLE ... DROP PARTITION``, instant).  The
 rows of the cutoff's own day stay on disk, invisible, until their partition is
-dropped by a later call.  It returns the number of distinct points between the
-previous cutoff and this one (counted with ``FINAL``).  A point written later with a
+dropped by a later call.  It returns the number of points between the previous
+cutoff and this one (counted with ``FINAL``, see above).  A point written later with a
 timestamp below a recorded cutoff (very late backfill) is accepted and invisible.
 
 Features avoided for the old server (Debian's 18.16; the SQL runs on current
@@ -136,7 +156,7 @@ Under stress:
   refuses inserts at 300 active parts in a partition (*too many parts*, a
   StoreError like any other).  Fewer, larger batches (ingest lingers and batches)
   keep far below that.
-* ``delete_before`` counts with ``FINAL`` over the points between the previous and
+* ``delete_before`` counts with ``FINAL`` over the records between the previous and
   the new cutoff: a few minutes' worth when called every few minutes, everything
   older than the cutoff on the first call.
 """
