@@ -57,6 +57,7 @@ from bench_store import (
 )
 from livedata.model import Kind, Record
 from livedata.store import Store, open_store
+from livedata.store.clickhouse import _ARRAY_JOIN
 from tests.servers.clickhouse import ClickHouseServer, start_clickhouse
 from tests.servers.postgres import PostgresServer, start_postgres
 
@@ -168,7 +169,7 @@ async def sqlite_size(db_path: Path) -> int:
 async def clickhouse_size(server: ClickHouseServer, database: str) -> int:
     client = Client("127.0.0.1", port=server.tcp_port)
     try:
-        client.execute(f"OPTIMIZE TABLE {database}.points FINAL")
+        client.execute(f"OPTIMIZE TABLE {database}.records FINAL")
         if client.execute(f"EXISTS TABLE {database}.rollups")[0][0]:
             client.execute(f"OPTIMIZE TABLE {database}.rollups FINAL")
         rows = client.execute(
@@ -231,27 +232,31 @@ async def dedup_bench(server: ClickHouseServer) -> None:
     try:
         for first in range(0, seconds - 150, 10_000):
             await store.write(batch(first, min(first + 10_000, seconds - 150)))
-        client.execute(f"SYSTEM STOP MERGES {database}.points")
+        client.execute(f"SYSTEM STOP MERGES {database}.records")
         for s in range(seconds - 150, seconds):
             await store.write(batch(s, s + 1))
         for s in range(seconds - 100, seconds, 10):
             await store.write(batch(s, s + 10))  # redelivered
         where = (
             "tenant = 't1' AND chassis = 'm1' AND msg_type = 'vehicle_can'"
-            f" AND field IN ({', '.join(repr(f) for f in fields)}) AND ts >= {{lo}} AND ts <= {{hi}}"
+            " AND ts >= {lo} AND ts <= {hi}"
         )
+        asked = f"field IN ({', '.join(repr(f) for f in fields)})"
+        points = f"(SELECT * FROM {database}.records{{final}} WHERE {{w}}) {_ARRAY_JOIN}"
         variants = {
             "argMax": (
                 "SELECT field, ts, argMax(kind, ver), argMax(num, ver), argMax(int, ver),"
-                f" argMax(str, ver) FROM {database}.points WHERE {{w}}"
+                f" argMax(str, ver) FROM {points.format(final='', w='{w}')} WHERE {asked}"
                 " GROUP BY field, ts ORDER BY field, ts DESC LIMIT 100000 BY field"
             ),
             "FINAL": (
-                f"SELECT field, ts, kind, num, int, str FROM {database}.points FINAL WHERE {{w}}"
+                "SELECT field, ts, kind, num, int, str"
+                f" FROM {points.format(final=' FINAL', w='{w}')} WHERE {asked}"
                 " ORDER BY field, ts DESC LIMIT 100000 BY field"
             ),
             "no dedup": (
-                f"SELECT field, ts, kind, num, int, str FROM {database}.points WHERE {{w}}"
+                "SELECT field, ts, kind, num, int, str"
+                f" FROM {points.format(final='', w='{w}')} WHERE {asked}"
                 " ORDER BY field, ts DESC LIMIT 100000 BY field"
             ),
         }
@@ -262,14 +267,14 @@ async def dedup_bench(server: ClickHouseServer) -> None:
         )
         for state in ("150 unmerged parts", "merged"):
             if state == "merged":
-                client.execute(f"SYSTEM START MERGES {database}.points")
-                client.execute(f"OPTIMIZE TABLE {database}.points FINAL")
+                client.execute(f"SYSTEM START MERGES {database}.records")
+                client.execute(f"OPTIMIZE TABLE {database}.records FINAL")
             parts = client.execute(
                 "SELECT count(), sum(rows) FROM system.parts"
-                " WHERE database = %(db)s AND table = 'points' AND active",
+                " WHERE database = %(db)s AND table = 'records' AND active",
                 {"db": database},
             )[0]
-            print(f"  {state}: {parts[0]} parts, {parts[1]:,} rows")
+            print(f"  {state}: {parts[0]} parts, {parts[1]:,} records")
             for label, lo, hi, count_only, rounds in windows:
                 queries = {}
                 for name, template in variants.items():
@@ -283,7 +288,7 @@ async def dedup_bench(server: ClickHouseServer) -> None:
                 print(f"    {label:17s} median of {rounds:2d}:  {figures}", flush=True)
     finally:
         with contextlib.suppress(Exception):
-            client.execute(f"SYSTEM START MERGES {database}.points")
+            client.execute(f"SYSTEM START MERGES {database}.records")
         client.disconnect()
         await store.close()
 

@@ -14,8 +14,13 @@ under test first on ``sys.path``, the process CPU (all threads) per record of:
   :func:`~livedata.model.decode_records` over batches of 500 records (what the Kafka
   producer in ingest and the consumers in distribute and alerts pay per record);
 * ``clickhouse write``: :meth:`ClickHouseStore.write` in batches of 2,500 records
-  (half ``vehicle_can`` records of 15 values, 12 floats and 3 ints; half
-  ``client_raw_data`` of 8 values, 2 of them strings), a database per worker;
+  (half ``vehicle_can`` records of 8 values, 2 of them strings; half
+  ``client_raw_data`` of 15 values, 12 floats and 3 ints), a database per worker;
+  ``clickhouse server write``: the ``clickhouse-server`` process's CPU (``/proc``) over
+  those writes and the merges after them (until a second passes with under 20 ms of
+  server CPU, at most 30 s), less its idle CPU of as long; ``clickhouse 2-min query``:
+  wall time of the live page's query (:meth:`ClickHouseStore.query`, the 15 fields of one
+  machine's newest 2 minutes), median of 50, after the merges above;
 * ``kafka append``: :meth:`KafkaLog.append` of 500-record batches, one at a time
   (ingest's appender), and ``kafka consume``: one consumer of a new group reading them
   all back; ``kafka append (10)``: batches of 10 records, to show the fixed cost per
@@ -75,6 +80,12 @@ def _records(count: int, machines: int = 500) -> list[Any]:
 
 def _cpu() -> float:
     return time.process_time()
+
+
+def _server_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of process ``pid`` so far, from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _ingest_phase(
@@ -183,10 +194,33 @@ async def _worker(
         store = ClickHouseStore(urls["clickhouse"] + "bench" + uuid.uuid4().hex[:8])
         await store.start()
         await store.write(records[:100])
-        cpu = _cpu()
+        pid = int(urls["clickhouse_pid"])
+        idle = _server_cpu(pid)
+        await asyncio.sleep(1.0)
+        idle_rate = _server_cpu(pid) - idle
+        cpu, server, wall = _cpu(), _server_cpu(pid), time.perf_counter()
         for i in range(0, count, 2500):
             await store.write(records[i : i + 2500])
         out["clickhouse write"] = (_cpu() - cpu) / count
+        settled = _server_cpu(pid)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            now = _server_cpu(pid)
+            if now - settled < 0.02:
+                break
+            settled = now
+        spent = settled - server - idle_rate * (time.perf_counter() - wall)
+        out["clickhouse server write"] = spent / count
+        fields = list(records[1].values)
+        last = records[-1].ts
+        latencies = []
+        for _ in range(50):
+            started = time.perf_counter()
+            got = await store.query("demo", "m1", records[1].msg_type, fields, last - 120_000, last)
+            latencies.append(time.perf_counter() - started)
+        assert got[fields[0]], "the 2-minute query found nothing"
+        out["clickhouse 2-min query wall"] = sorted(latencies)[len(latencies) // 2]
         await store.close()
 
     if "kafka" in phases:
@@ -318,6 +352,8 @@ def main(argv: list[str] | None = None) -> None:
             ch = start_clickhouse(Path(tmp) / "clickhouse")
             stack.callback(ch.stop)
             urls["clickhouse"] = ch.url("")
+            assert ch.process is not None
+            urls["clickhouse_pid"] = str(ch.process.pid)
         if "kafka" in phases or "ingest" in phases:
             kafka = start_kafka(Path(tmp))
             stack.callback(kafka.stop)

@@ -12,8 +12,9 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 
 from livedata.errors import ConfigError, StoreError
+from livedata.model import Record
 from livedata.store import open_store
-from livedata.store.clickhouse import DAY_MS, ClickHouseStore
+from livedata.store.clickhouse import _COLUMNS, _MIGRATE_SELECT, DAY_MS, ClickHouseStore, _schema
 from tests.servers import free_port
 from tests.servers.clickhouse import ClickHouseServer, start_clickhouse
 from tests.store.contract import (
@@ -21,6 +22,7 @@ from tests.store.contract import (
     StoreContract,
     assert_downsampled,
     long_records,
+    long_values,
     rec,
     unique_id,
     write_shuffled,
@@ -77,31 +79,34 @@ async def test_unreachable_server_raises_store_error() -> None:
 async def test_duplicates_in_two_batches_are_one_point_before_merges(
     clickhouse_server: ClickHouseServer,
 ) -> None:
-    """A record written in two inserts is two unmerged rows on disk but one point in queries."""
+    """A record written in two inserts is two unmerged rows on disk but one record in queries;
+    a later record of other fields at the same ts changes only its own fields."""
     db = unique_id("db_")
     store = open_store(clickhouse_server.url(db))
     await store.start()
     client = admin(clickhouse_server)
     try:
-        client.execute(f"SYSTEM STOP MERGES {db}.points")
+        client.execute(f"SYSTEM STOP MERGES {db}.records")
         batch = [rec("t1", T0 + i * 1000, {"x": i, "s": f"v{i}"}) for i in range(50)]
         await store.write(batch)
         await store.write(batch[:20])  # a redelivery
         await store.write([rec("t1", T0, {"x": 99.5})])  # a correction: last write wins
         parts = client.execute(
             "SELECT count(), sum(rows) FROM system.parts"
-            " WHERE database = %(db)s AND table = 'points' AND active",
+            " WHERE database = %(db)s AND table = 'records' AND active",
             {"db": db},
         )
-        assert parts == [(3, 100 + 40 + 1)]  # nothing merged yet
+        assert parts == [(3, 50 + 20 + 1)]  # one row per record, nothing merged yet
         got = await store.query("t1", "machine-1", "vehicle_can", ["x", "s"], 0, T0 * 2)
         assert got["x"] == [(T0, 99.5)] + [(T0 + i * 1000, i) for i in range(1, 50)]
         assert got["s"] == [(T0 + i * 1000, f"v{i}") for i in range(50)]
         limited = await store.query("t1", "machine-1", "vehicle_can", ["x"], 0, T0 * 2, limit=3)
         assert limited["x"] == [(T0 + i * 1000, i) for i in (47, 48, 49)]
-        assert await store.delete_before(T0 + 10_000) == 20  # counted once each, too
+        # The redelivered records counted once each; the correction, a record of its own
+        # (another set of fields), counts its value again.
+        assert await store.delete_before(T0 + 10_000) == 20 + 1
     finally:
-        client.execute(f"SYSTEM START MERGES {db}.points")
+        client.execute(f"SYSTEM START MERGES {db}.records")
         client.disconnect()
         await store.close()
 
@@ -123,7 +128,7 @@ async def test_delete_before_drops_whole_days_and_hides_the_rest(
         assert await store.delete_before(cutoff) == 11
         partitions = client.execute(
             "SELECT DISTINCT partition FROM system.parts"
-            " WHERE database = %(db)s AND table = 'points' AND active ORDER BY partition",
+            " WHERE database = %(db)s AND table = 'records' AND active ORDER BY partition",
             {"db": db},
         )
         assert partitions == [(str(day0 // DAY_MS + 2),)]
@@ -217,7 +222,7 @@ async def test_rewriting_same_records_leaves_rollups_unchanged(
 async def test_database_of_an_older_version_gets_its_rollups(
     clickhouse_server: ClickHouseServer,
 ) -> None:
-    """Without the rollups view and table (an older version), start builds them from the points."""
+    """Without the rollups view and table (an older version), start builds them from the records."""
     db = unique_id("db_")
     records = long_records("t1", seconds=3_600)
     store = open_store(clickhouse_server.url(db))
@@ -227,7 +232,7 @@ async def test_database_of_an_older_version_gets_its_rollups(
     client = admin(clickhouse_server)
     try:
         built = rollup_rows(client, db)
-        client.execute(f"DROP TABLE {db}.rollups_mv")
+        client.execute(f"DROP TABLE {db}.records_rollups_mv")
         client.execute(f"DROP TABLE {db}.rollups")
         store = open_store(clickhouse_server.url(db))
         await store.start()
@@ -263,7 +268,137 @@ async def test_retention_drops_rollup_partitions_with_the_points(
                 {"db": db, "table": table},
             )
 
-        assert partitions("rollups") == partitions("points") == [(str(day0 // DAY_MS + 2),)]
+        assert partitions("rollups") == partitions("records") == [(str(day0 // DAY_MS + 2),)]
     finally:
         client.disconnect()
         await store.close()
+
+
+OLD_POINTS_SCHEMA = [
+    """CREATE TABLE {db}.points (
+        tenant String, chassis String, msg_type String, field String, ts Int64,
+        kind UInt8, num Float64, int Int64, str String, ver UInt64
+    ) ENGINE = ReplacingMergeTree(ver) PARTITION BY intDiv(ts, 86400000)
+    ORDER BY (tenant, chassis, msg_type, field, ts)""",
+    """CREATE TABLE {db}.streams (tenant String, chassis String, msg_type String, last_ts Int64)
+    ENGINE = ReplacingMergeTree(last_ts) ORDER BY (tenant, chassis, msg_type)""",
+    """CREATE MATERIALIZED VIEW {db}.streams_mv TO {db}.streams AS
+    SELECT tenant, chassis, msg_type, max(ts) AS last_ts FROM {db}.points
+    GROUP BY tenant, chassis, msg_type""",
+    """CREATE TABLE {db}.retention (cutoff Int64) ENGINE = ReplacingMergeTree(cutoff)
+    ORDER BY tuple()""",
+    """CREATE TABLE {db}.rollups (
+        tenant String, chassis String, msg_type String, field String, step UInt32, bucket Int64,
+        lo AggregateFunction(argMin, Tuple(Int64, UInt8, Float64, Int64), Float64),
+        hi AggregateFunction(argMax, Tuple(Int64, UInt8, Float64, Int64), Float64)
+    ) ENGINE = AggregatingMergeTree() PARTITION BY intDiv(bucket * step, 86400000)
+    ORDER BY (tenant, chassis, msg_type, field, step, bucket)""",
+    """CREATE MATERIALIZED VIEW {db}.rollups_mv TO {db}.rollups AS
+    SELECT tenant, chassis, msg_type, field, toUInt32(60000) AS step,
+        intDiv(ts, 60000) - (ts % toInt64(60000) < 0) AS bucket,
+        argMinState(tuple(ts, kind, num, int), num) AS lo,
+        argMaxState(tuple(ts, kind, num, int), num) AS hi
+    FROM {db}.points WHERE kind != 3 GROUP BY tenant, chassis, msg_type, field, bucket""",
+]
+"""The schema of a database written by the per-point version of the store (before the
+records table), as that version created it."""
+
+
+def old_point_rows(records: list[Record], ver: int) -> list[tuple[object, ...]]:
+    """``records`` as the per-point version stored them: one row per value."""
+    rows: list[tuple[object, ...]] = []
+    for r in records:
+        for name, value in r.values.items():
+            kind = 3 if isinstance(value, str) else 2 if isinstance(value, int) else 1
+            num = float(value) if kind != 3 else 0.0  # type: ignore[arg-type]
+            integer = value if kind == 2 else 0
+            text = value if kind == 3 else ""
+            rows.append(
+                (r.tenant, r.chassis, r.msg_type, name, r.ts, kind, num, integer, text, ver)
+            )
+    return rows
+
+
+async def test_per_point_database_is_migrated_with_identical_answers(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """A database of the per-point schema (two days, redeliveries, corrections, a late field,
+    a retention cutoff, one day copied already by an interrupted start) answers every read
+    exactly like a fresh database given the same writes, and its ``points`` table is gone."""
+    old_db, fresh_db = unique_id("db_"), unique_id("db_")
+    day0 = T0 // DAY_MS * DAY_MS
+    start = day0 + DAY_MS - 6 * 3_600_000  # 18:00, over midnight: two day partitions
+    streams = [(c, m) for c in ("m1", "m2") for m in ("vehicle_can", "client_raw_data")]
+    writes: list[list[Record]] = [
+        [
+            rec("t1", start + s * 20_000, long_values(s * 20), chassis=c, msg_type=m)
+            for s in range(12 * 180)  # 12 hours, a record every 20 s
+            for c, m in streams
+        ]
+    ]
+    writes.append(writes[0][5_000:5_400])  # a redelivery
+    writes.append(  # corrections: the same records with other values, no two equal
+        [
+            rec("t1", r.ts, {k: -v - 0.5 if isinstance(v, float) else v for k, v in r.values.items()},
+                chassis=r.chassis, msg_type=r.msg_type)
+            for r in writes[0][2_000:2_100]
+        ]
+    )  # fmt: skip
+    writes.append([rec("t1", start + 40_000, {"late": 7}, chassis="m2")])  # another field
+    cutoff = start + 3_600_000 + 1_234
+
+    client = admin(clickhouse_server)
+    client.execute(f"CREATE DATABASE {old_db}")
+    for statement in OLD_POINTS_SCHEMA:
+        client.execute(statement.format(db=old_db))
+    client.execute(f"INSERT INTO {old_db}.retention (cutoff) VALUES", [(-(2**63),), (cutoff,)])
+    for ver, batch in enumerate(writes, start=1):
+        client.execute(
+            f"INSERT INTO {old_db}.points (tenant, chassis, msg_type, field, ts, kind, num,"
+            " int, str, ver) VALUES",
+            old_point_rows(batch, ver),
+        )
+    # A start interrupted after copying the first day, before dropping it from `points`.
+    old = open_store(clickhouse_server.url(old_db))
+    assert isinstance(old, ClickHouseStore)
+    client.execute(_schema(old_db)[1])
+    client.execute(
+        f"INSERT INTO {old_db}.records ({_COLUMNS})"
+        + _MIGRATE_SELECT.format(db=old_db, where=f"intDiv(ts, {DAY_MS}) = {day0 // DAY_MS}")
+    )
+
+    fresh = open_store(clickhouse_server.url(fresh_db))
+    try:
+        await old.start()
+        await fresh.start()
+        for batch in writes:
+            await fresh.write(batch)
+        await fresh.delete_before(cutoff)
+        assert client.execute(f"EXISTS TABLE {old_db}.points") == [(0,)]
+        for db in (old_db, fresh_db):  # downsampling counts a corrected value until merged
+            client.execute(f"OPTIMIZE TABLE {db}.records FINAL")
+        end = start + 12 * 3_600_000
+        fields = ["a", "b", "m", "late"]
+        for chassis, msg_type in streams:
+            for store in (old, fresh):
+                assert await store.latest_ts("t1", chassis, msg_type) == end - 20_000
+            got, want = [
+                await store.query("t1", chassis, msg_type, fields, day0, end + DAY_MS)
+                for store in (old, fresh)
+            ]
+            assert got == want and len(got["a"]) > 1_000
+            for buckets in (1, 50, 400, 3_000):
+                got, want = [
+                    await store.downsample("t1", chassis, msg_type, fields, day0, end, buckets)
+                    for store in (old, fresh)
+                ]
+                assert got == want
+        for chassis in ("m1", "m2"):
+            counts = [await store.machine_points("t1", chassis) for store in (old, fresh)]
+            assert counts[0] == counts[1] > 0
+        assert rollup_rows(client, old_db) == rollup_rows(client, fresh_db)
+        assert await old.delete_before(end) == await fresh.delete_before(end) > 0
+    finally:
+        await old.close()
+        await fresh.close()
+        client.disconnect()

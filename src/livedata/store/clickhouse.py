@@ -9,22 +9,23 @@ default 4).
 
 Schema (in the URL's database)::
 
-    points (tenant String, chassis String, msg_type String, field String,
-            ts Int64,        -- milliseconds since the epoch
-            kind UInt8,      -- 1 float, 2 int, 3 str
-            num Float64,     -- the number (ints too, for min/max aggregation); 0 for text
-            int Int64,       -- the exact int when kind = 2, else 0
-            str String,      -- the text when kind = 3, else ''
-            ver UInt64)      -- write version, increasing per write: last write wins
+    records (tenant String, chassis String, msg_type String,
+             ts Int64,               -- milliseconds since the epoch
+             field Array(String),    -- the record's field names, sorted
+             kind Array(UInt8),      -- per field: 1 float, 2 int, 3 str
+             num Array(Float64),     -- the number (ints too, for min/max); 0 for text
+             int Array(Int64),       -- the exact int when kind = 2, else 0
+             str Array(String),      -- the text when kind = 3, else ''
+             ver UInt64)             -- write version, increasing per write
         ENGINE = ReplacingMergeTree(ver)
         PARTITION BY intDiv(ts, 86400000)            -- one partition per UTC day
-        ORDER BY (tenant, chassis, msg_type, field, ts)
+        ORDER BY (tenant, chassis, msg_type, ts, field)
+        SETTINGS index_granularity = 1024
 
     streams (tenant, chassis, msg_type, last_ts Int64)
         ENGINE = ReplacingMergeTree(last_ts) ORDER BY (tenant, chassis, msg_type)
-        filled by the materialized view streams_mv (max(ts) per inserted block), so
-        latest_ts reads one row per machine instead of scanning its points; it
-        costs about 1.5 ms per insert (4 -> 5.5 ms for 1,500 points, measured)
+        filled by the materialized view records_streams_mv (max(ts) per inserted
+        block), so latest_ts reads one row per machine instead of scanning its records
     retention (cutoff Int64) ENGINE = ReplacingMergeTree(cutoff) ORDER BY tuple()
     frames (tenant, chassis String, ts Int64, count UInt32, data String, ver UInt64)
         ENGINE = ReplacingMergeTree(ver) PARTITION BY intDiv(ts, 86400000)
@@ -34,9 +35,11 @@ Schema (in the URL's database)::
 
 Re-decoding (``replace_values``) deletes the range's values and their minutes' rollups
 with ``ALTER TABLE ... DELETE`` (a mutation, waited for: on 18.16 it rewrites every
-part of the table, seconds on a large one), inserts the new values and rebuilds the
-rollups of the range's minutes from the points: readers may see the range empty
-meanwhile (no transactions), and afterwards the rollups follow the new values exactly.
+part of the table, seconds on a large one) -- whole records, after reading the values
+of the kept fields, which are written again with the new values -- inserts the new
+records and rebuilds the rollups of the range's minutes from the records: readers may
+see the range empty meanwhile (no transactions), and afterwards the rollups follow the
+new values exactly.
 
     rollups (tenant, chassis, msg_type, field String, step UInt32, bucket Int64,
              lo AggregateFunction(argMin, Tuple(Int64, UInt8, Float64, Int64), Float64),
@@ -44,16 +47,26 @@ meanwhile (no transactions), and afterwards the rollups follow the new values ex
         ENGINE = AggregatingMergeTree()
         PARTITION BY intDiv(bucket * step, 86400000)  -- the day of its points
         ORDER BY (tenant, chassis, msg_type, field, step, bucket)
-        filled by the materialized view rollups_mv: per inserted block and minute
-        (step 60000), argMin/argMax of (ts, kind, num, int) by num
+        filled by the materialized view records_rollups_mv: per inserted block (its
+        points by ARRAY JOIN) and minute (step 60000), argMin/argMax of
+        (ts, kind, num, int) by num
+
+**One row per record**, not per point: measured with ``bench/bench_storecost.py``
+(``--phase clickhouse``, 2,500-record inserts of 8 and 15 values), the server's CPU per
+record, merges included, fell by about 1.5x against the per-point table, the store's
+own CPU per record rose by about 10 % (the arrays are cut per record), and the
+2-minute query of one machine takes about as long.  A database of the per-point
+version (``points``, one row per value) is migrated when the store starts (see
+:meth:`ClickHouseStore._migrate_points`): its views are dropped first, so every process
+writing to it must run this version.
 
 Values: an int comes back as int (``int``, exact over 64 bits), a float as float
 (``num``), a string as str; ``num`` also holds ints as Float64 so that the
 downsampled history (min/max per time bucket) aggregates one column without
 looking at ``kind``.
 
-Rollups: the materialized view runs inside every insert into ``points``, so the
-rollups are as current as the points (no open minutes, unlike the SQLite and
+Rollups: the materialized view runs inside every insert into ``records``, so the
+rollups are as current as the records (no open minutes, unlike the SQLite and
 PostgreSQL stores).  Only the 1-minute step: ClickHouse scans raw points fast enough
 for grids of 10 s steps (24 h of 10 fields is 864,000 points), and a second step
 would cost every insert as much again (``bench/bench_store_backends.py``).  Minimum and maximum are idempotent: a redelivered batch adds
@@ -64,17 +77,24 @@ has merged (before that it counts too; see ``downsample``).  ``downsample`` merg
 states of the coarsest rollups that fit its grid with states made from the raw points
 of the range's ends, in one query: 7 days of 10 fields at 1 Hz read about 100,000
 rollup rows instead of 6 M points.  An older database gets the view and its rollups
-(from every point) when the store first starts.  Values are normalised like the other stores (bool as
+(from every record) when the store first starts.  Values are normalised like the other stores (bool as
 int, NaN/None/objects skipped and not counted).
 
 Duplicates: a point is (tenant, chassis, msg_type, field, ts); writing it again
 **replaces its value (last write wins)**, as in the memory and SQLite stores.
-Within one ``write`` the later record wins (done in Python before inserting); across
-writes, every row carries ``ver`` (nanosecond clock, strictly increasing in this
-process) and ReplacingMergeTree keeps the highest on merge.  Merges happen in the
-background at some time or never, so ``query`` deduplicates by itself with
-``argMax(value, ver) ... GROUP BY field, ts``.  Measured on 18.16 against ``FINAL``
-on 1 M points of one machine (10 fields; 150 unmerged one-second parts and 10
+Within one ``write`` the later record wins (done in Python before inserting: one row
+per record key).  Across writes, every row carries ``ver`` (nanosecond clock, strictly
+increasing in this process); a row's key ends with its sorted field names, so a
+redelivered or corrected record (the same fields) replaces the older row on merge
+(ReplacingMergeTree keeps the highest ``ver``), while a record of *other* fields at the
+same ts (a partial write, e.g. two messages of one timestamp in two batches) is a row
+of its own and both stay.  Merges happen in the background at some time or never, so
+``query`` deduplicates by itself, per point: ``argMax(value, ver) ... GROUP BY field,
+ts`` over the records' points (ARRAY JOIN), which also merges the fields of partial
+records.  ``machine_points`` and ``delete_before`` count the values of the rows that
+``FINAL`` keeps: exact, except that a field written in two records of different field
+sets at the same ts counts twice.  Measured on the per-point table, on 18.16, against
+``FINAL`` on 1 M points of one machine (10 fields; 150 unmerged one-second parts and 10
 redelivered batches; queries interleaved, medians; ``bench/bench_store_backends.py``
 repeats it; two runs): the 2-minute history query, the one the live page makes,
 took 27-29 ms with argMax against 43-44 ms with FINAL on the newest (unmerged)
@@ -92,8 +112,8 @@ Retention without mutations: ``delete_before(cutoff)`` records the cutoff in
 cutoff, so the points are gone for readers at once) and drops every day partition
 entirely older than the cutoff (``ALTER TABLE ... DROP PARTITION``, instant).  The
 rows of the cutoff's own day stay on disk, invisible, until their partition is
-dropped by a later call.  It returns the number of distinct points between the
-previous cutoff and this one (counted with ``FINAL``).  A point written later with a
+dropped by a later call.  It returns the number of points between the previous
+cutoff and this one (counted with ``FINAL``, see above).  A point written later with a
 timestamp below a recorded cutoff (very late backfill) is accepted and invisible.
 
 Features avoided for the old server (Debian's 18.16; the SQL runs on current
@@ -136,7 +156,7 @@ Under stress:
   refuses inserts at 300 active parts in a partition (*too many parts*, a
   StoreError like any other).  Fewer, larger batches (ingest lingers and batches)
   keep far below that.
-* ``delete_before`` counts with ``FINAL`` over the points between the previous and
+* ``delete_before`` counts with ``FINAL`` over the records between the previous and
   the new cutoff: a few minutes' worth when called every few minutes, everything
   older than the cutoff on the first call.
 """
@@ -152,7 +172,8 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from itertools import chain, repeat
+from itertools import accumulate
+from operator import itemgetter
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -191,29 +212,47 @@ SEND_RECEIVE_TIMEOUT_S = 60.0
 
 KIND_FLOAT, KIND_INT, KIND_STR = 1, 2, 3
 
-_COLUMNS = "tenant, chassis, msg_type, field, ts, kind, num, int, str, ver"
+_COLUMNS = "tenant, chassis, msg_type, ts, field, kind, num, int, str, ver"
 _AS_BYTES = {"strings_as_bytes": True}
-"""Insert settings: string columns given as UTF-8 bytes (no encoding per point)."""
+"""Insert settings: string columns given as UTF-8 bytes (no encoding per value)."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
+
+RECORDS_GRANULE = 1024
+"""Records per index mark: a query reads whole granules of every part it touches, and a
+granule of records holds as many points as ~13 of points; at ClickHouse's default (8,192)
+the 2-minute query of one machine took twice as long as on the per-point table."""
+
+_ARRAY_JOIN = "ARRAY JOIN field, kind, num, int, str"
+"""Records as one row per point: after it ``field``, ``kind``, ... are the point's."""
+
+
+def _points(db: str, where: str) -> str:
+    """The points of the records matching ``where`` (a ``FROM`` source).
+
+    The records are selected in a subquery: 18.16 fails on a condition on ``field`` (a
+    sorting key column) after an ARRAY JOIN of it in the same query ("comparison between
+    inconvertible types")."""
+    return f"(SELECT * FROM {db}.records WHERE {where}) {_ARRAY_JOIN}"
 
 
 def _schema(db: str) -> list[str]:
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
-        f"""CREATE TABLE IF NOT EXISTS {db}.points (
+        f"""CREATE TABLE IF NOT EXISTS {db}.records (
             tenant String,
             chassis String,
             msg_type String,
-            field String,
             ts Int64,
-            kind UInt8,
-            num Float64,
-            int Int64,
-            str String,
+            field Array(String),
+            kind Array(UInt8),
+            num Array(Float64),
+            int Array(Int64),
+            str Array(String),
             ver UInt64
         ) ENGINE = ReplacingMergeTree(ver)
         PARTITION BY intDiv(ts, {DAY_MS})
-        ORDER BY (tenant, chassis, msg_type, field, ts)""",
+        ORDER BY (tenant, chassis, msg_type, ts, field)
+        SETTINGS index_granularity = {RECORDS_GRANULE}""",
         f"""CREATE TABLE IF NOT EXISTS {db}.streams (
             tenant String,
             chassis String,
@@ -221,9 +260,9 @@ def _schema(db: str) -> list[str]:
             last_ts Int64
         ) ENGINE = ReplacingMergeTree(last_ts)
         ORDER BY (tenant, chassis, msg_type)""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.streams_mv TO {db}.streams AS
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.records_streams_mv TO {db}.streams AS
         SELECT tenant, chassis, msg_type, max(ts) AS last_ts
-        FROM {db}.points GROUP BY tenant, chassis, msg_type""",
+        FROM {db}.records GROUP BY tenant, chassis, msg_type""",
         f"""CREATE TABLE IF NOT EXISTS {db}.retention (cutoff Int64)
         ENGINE = ReplacingMergeTree(cutoff) ORDER BY tuple()""",
         f"""CREATE TABLE IF NOT EXISTS {db}.frames (
@@ -249,6 +288,25 @@ _STATES = (
 """Per group of points, the states of its minimum and maximum point (ts, kind, num, int)."""
 
 
+_MIGRATE_SELECT = """
+    SELECT tenant, chassis, msg_type, ts, arrayMap(p -> p.1, points), arrayMap(p -> p.2, points),
+        arrayMap(p -> p.3, points), arrayMap(p -> p.4, points), arrayMap(p -> p.5, points), v
+    FROM (
+        SELECT tenant, chassis, msg_type, ts, max(v) AS v,
+            arraySort(groupArray(tuple(field, k, n, i, s))) AS points
+        FROM (
+            SELECT tenant, chassis, msg_type, ts, field, argMax(kind, ver) AS k,
+                argMax(num, ver) AS n, argMax(int, ver) AS i, argMax(str, ver) AS s,
+                max(ver) AS v
+            FROM {db}.points WHERE {where}
+            GROUP BY tenant, chassis, msg_type, ts, field
+        )
+        GROUP BY tenant, chassis, msg_type, ts
+    )"""
+"""An older database's points (one row each) as records (:meth:`ClickHouseStore._migrate_points`)."""
+MIGRATE_POINTS = 2_000_000
+"""Points of an older database moved per statement at most (a day's machines in chunks)."""
+
 MUTATION_WAIT_S = 120.0
 """How long :meth:`ClickHouseStore.delete_machine` waits for its mutations."""
 
@@ -256,17 +314,20 @@ ROLLUP_STEPS = (MINUTE_MS,)
 """The rollup steps this store keeps (the ``step`` column leaves room for more)."""
 
 
-def _rollup_select(db: str) -> str:
-    """Rollup states per (series, minute) of the points of an insert (or all of them).
+def _rollup_select(source: str, where: str = "") -> str:
+    """Rollup states per (series, minute) of the points of ``source`` (records after an
+    ARRAY JOIN) that match ``where`` (conditions followed by ``AND``), in the rollups'
+    column order.
 
     The bucket is ``floor(ts / step)``.  ``toInt64``: 18.16 types ``ts % 60000`` as the
-    divisor's type, Int16, and 40000 overflows to -25536.
+    divisor's type, Int16, and 40000 overflows to -25536.  ``modulo()``, not ``%``, so that
+    the text can take query parameters.
     """
     (step,) = ROLLUP_STEPS
     return f"""SELECT tenant, chassis, msg_type, field, toUInt32({step}) AS step,
-            intDiv(ts, {step}) - (ts % toInt64({step}) < 0) AS bucket, {_STATES}
-        FROM {db}.points
-        WHERE kind != {KIND_STR}
+            intDiv(ts, {step}) - (modulo(ts, toInt64({step})) < 0) AS bucket, {_STATES}
+        FROM {source}
+        WHERE {where} kind != {KIND_STR}
         GROUP BY tenant, chassis, msg_type, field, bucket"""
 
 
@@ -284,8 +345,8 @@ def _rollup_schema(db: str) -> list[str]:
         ) ENGINE = AggregatingMergeTree()
         PARTITION BY intDiv(bucket * step, {DAY_MS})
         ORDER BY (tenant, chassis, msg_type, field, step, bucket)""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.rollups_mv TO {db}.rollups
-        AS {_rollup_select(db)}""",
+        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.records_rollups_mv TO {db}.rollups
+        AS {_rollup_select(f"{db}.records {_ARRAY_JOIN}")}""",
     ]
 
 
@@ -353,11 +414,11 @@ def _partition_max_ts(day: int) -> int:
 
 
 NAMES_CACHED = 100_000
-"""Names kept encoded (:func:`_utf8`, :func:`_utf8_stream`, :func:`_utf8_fields`) before the
-caches start anew."""
+"""Names kept encoded (:func:`_utf8`, :func:`_utf8_stream`, :func:`_sorted_fields`) before
+the caches start anew."""
 _UTF8: dict[str, bytes] = {}
 _UTF8_STREAMS: dict[tuple[str, str, str], tuple[bytes, bytes, bytes]] = {}
-_UTF8_FIELDS: dict[tuple[str, ...], list[bytes]] = {}
+_FIELDS: dict[tuple[str, ...], tuple[list[bytes], Callable[[dict[str, Value]], Any] | None]] = {}
 _KIND_OF: dict[type, int] = {float: KIND_FLOAT, int: KIND_INT, str: KIND_STR}
 
 
@@ -382,30 +443,33 @@ def _utf8_stream(stream: tuple[str, str, str]) -> tuple[bytes, bytes, bytes]:
     return encoded
 
 
-def _utf8_fields(values: dict[str, Value]) -> list[bytes]:
-    """The field names of ``values`` as UTF-8, encoded once per set of names (a message
-    type's records have the same fields)."""
+def _sorted_fields(
+    values: dict[str, Value],
+) -> tuple[list[bytes], Callable[[dict[str, Value]], Any] | None]:
+    """The field names of ``values`` sorted, as UTF-8, and a getter of the values in that
+    order (``None`` when the dict is in that order already); made once per set of names
+    (a message type's records have the same fields).
+
+    Sorted, so that a record's row key is its set of names, whatever order a decoder
+    (or the migration of an older database) gives them in."""
     names = tuple(values)
-    encoded = _UTF8_FIELDS.get(names)
-    if encoded is None:
-        if len(_UTF8_FIELDS) >= NAMES_CACHED:
-            _UTF8_FIELDS.clear()
-        encoded = _UTF8_FIELDS[names] = [name.encode() for name in names]
-    return encoded
-
-
-def _runs(items: list[T], counts: list[int]) -> list[T]:
-    """Each item repeated its count of times, in one pass in C."""
-    return list(chain.from_iterable(map(repeat, items, counts)))
+    known = _FIELDS.get(names)
+    if known is None:
+        if len(_FIELDS) >= NAMES_CACHED:
+            _FIELDS.clear()
+        order = sorted(names)
+        getter = None if list(names) == order or len(order) < 2 else itemgetter(*order)
+        known = _FIELDS[names] = ([name.encode() for name in order], getter)
+    return known
 
 
 class _Columns:
     """Column lists for one insert statement (``strings_as_bytes``: names as UTF-8 bytes).
 
-    A record adds one entry to each per-record list and its fields and values to the
-    per-point ones; :meth:`as_list` repeats the per-record entries by their counts and
-    makes each value column by one comprehension over all values, so a point costs no
-    Python call of its own.
+    A record adds one entry to each per-record list and its values to one flat list;
+    :meth:`as_list` makes each value column by one comprehension over all values and
+    cuts it into the records' arrays by slicing, so a point costs no Python call of its
+    own.
     """
 
     __slots__ = ("chassis", "counts", "field", "msg_type", "tenant", "ts", "values")
@@ -416,34 +480,43 @@ class _Columns:
         self.msg_type: list[bytes] = []
         self.ts: list[int] = []
         self.counts: list[int] = []
-        self.field: list[bytes] = []
+        self.field: list[list[bytes]] = []
         self.values: list[Value] = []
 
     def add(self, stream: tuple[str, str, str], ts: int, values: dict[str, Value]) -> None:
         """A record's values (as :func:`~livedata.store.base.normalised` leaves them: float,
         int or str)."""
         tenant, chassis, msg_type = _utf8_stream(stream)
+        names, getter = _sorted_fields(values)
         self.tenant.append(tenant)
         self.chassis.append(chassis)
         self.msg_type.append(msg_type)
         self.ts.append(ts)
-        self.counts.append(len(values))
-        self.field += _utf8_fields(values)
-        self.values += values.values()
+        self.counts.append(len(names))
+        self.field.append(names)
+        self.values += values.values() if getter is None else getter(values)
 
     def as_list(self, ver: int) -> list[list[Any]]:
-        values, counts = self.values, self.counts
+        values = self.values
+        ends = list(accumulate(self.counts))
+        bounds = list(zip([0, *ends], ends, strict=False))
+
+        def arrays(column: list[Any]) -> list[list[Any]]:
+            return [column[start:end] for start, end in bounds]
+
         return [
-            _runs(self.tenant, counts),
-            _runs(self.chassis, counts),
-            _runs(self.msg_type, counts),
+            self.tenant,
+            self.chassis,
+            self.msg_type,
+            self.ts,
             self.field,
-            _runs(self.ts, counts),
-            list(map(_KIND_OF.__getitem__, map(type, values))),
-            [v if type(v) is float else float(v) if type(v) is int else 0.0 for v in values],
-            [v if type(v) is int else 0 for v in values],
-            [v.encode() if type(v) is str else b"" for v in values],
-            [ver] * len(values),
+            arrays(list(map(_KIND_OF.__getitem__, map(type, values)))),
+            arrays(
+                [v if type(v) is float else float(v) if type(v) is int else 0.0 for v in values]
+            ),
+            arrays([v if type(v) is int else 0 for v in values]),
+            arrays([v.encode() if type(v) is str else b"" for v in values]),
+            [ver] * len(self.ts),
         ]
 
 
@@ -525,6 +598,10 @@ class ClickHouseStore(Store):
                 self._client().disconnect()  # reconnect into the new database
             for statement in statements[1:]:
                 self._client().execute(statement)
+            older = self._client().execute(f"EXISTS TABLE {self.database}.points")[0][0]
+            if older:  # its views write into streams and rollups from `points`
+                for view in ("streams_mv", "rollups_mv"):
+                    self._client().execute(f"DROP TABLE IF EXISTS {self.database}.{view}")
             if self.rollups:
                 self._create_rollups()
             # max() over an empty table is 0 in ClickHouse, which would hide negative
@@ -533,9 +610,57 @@ class ClickHouseStore(Store):
                 self._client().execute(
                     f"INSERT INTO {self.database}.{table} (cutoff) VALUES", [(INT64_MIN,)]
                 )
+            if older:
+                self._migrate_points()
+
+    def _migrate_points(self) -> None:
+        """Move the rows of an older database's ``points`` (one per point) into ``records``.
+
+        A day partition at a time, the machines of each day in chunks of at most
+        :data:`MIGRATE_POINTS` points: per (stream, ts) one row of the points' newest
+        values (``argMax(.., ver)``), fields sorted by name as :meth:`write` sorts them,
+        the newest ``ver``; then the day's partition of ``points`` is dropped, and
+        ``points`` once empty.  Interrupted, the next start goes on with the days left
+        and copies the interrupted day again: the same keys with the same ``ver``, which
+        queries and merges keep once.  Points older than the retention cutoff (invisible
+        anyway) are not copied.  The views fill ``streams`` and ``rollups`` again from
+        the copies (rollup states equal to those already there).
+        """
+        db = self.database
+        client = self._client()
+        cutoff = int(client.execute(f"SELECT max(cutoff) FROM {db}.retention")[0][0])
+        partitions = client.execute(
+            "SELECT DISTINCT partition FROM system.parts"
+            " WHERE database = %(db)s AND table = 'points' AND active",
+            {"db": db},
+        )
+        for day in sorted(int(partition) for (partition,) in partitions):
+            in_day = f"intDiv(ts, {DAY_MS}) = {day}"
+            machines = client.execute(
+                f"SELECT tenant, chassis, count() FROM {db}.points WHERE {in_day}"
+                " GROUP BY tenant, chassis ORDER BY tenant, chassis"
+            )
+            chunk: list[tuple[str, str]] = []
+            size = 0
+            for n, (tenant, chassis, count) in enumerate(machines):
+                chunk.append((tenant, chassis))
+                size += count
+                if size >= MIGRATE_POINTS or n == len(machines) - 1:
+                    client.execute(
+                        f"INSERT INTO {db}.records ({_COLUMNS})"
+                        + _MIGRATE_SELECT.format(
+                            db=db,
+                            where=f"{in_day} AND ts >= {cutoff}"
+                            " AND (tenant, chassis) IN %(machines)s",
+                        ),
+                        {"machines": tuple(chunk)},
+                    )
+                    chunk, size = [], 0
+            client.execute(f"ALTER TABLE {db}.points DROP PARTITION {day}")
+        client.execute(f"DROP TABLE IF EXISTS {db}.points")
 
     def _create_rollups(self) -> None:
-        """The rollups table and view; built from every stored point when the table is new.
+        """The rollups table and view; built from every stored record when the table is new.
 
         Points inserted while that runs get into the rollups twice, which min and max
         do not mind.
@@ -546,7 +671,9 @@ class ClickHouseStore(Store):
         for statement in _rollup_schema(db):
             client.execute(statement)
         if not existed:
-            client.execute(f"INSERT INTO {db}.rollups {_rollup_select(db)}")
+            client.execute(
+                f"INSERT INTO {db}.rollups {_rollup_select(f'{db}.records {_ARRAY_JOIN}')}"
+            )
 
     async def _run_now(self, fn: Callable[[], T]) -> T:
         executor = self._executor
@@ -575,9 +702,17 @@ class ClickHouseStore(Store):
         ver = self._next_ver()  # taken in call order, so a later write wins
         return await self._run(partial(self._write_batch, list(records), ver))
 
-    def _write_batch(self, records: list[Record], ver: int) -> int:
+    def _write_batch(
+        self,
+        records: list[Record],
+        ver: int,
+        base: dict[tuple[str, str, str, int], dict[str, Value]] | None = None,
+    ) -> int:
+        """One row per record key, the values of ``records`` over those of ``base`` (kept
+        values that :meth:`_replace` writes again, not counted); the number of values of
+        ``records``."""
         # One entry per (tenant, chassis, msg_type, ts): a later record's field wins.
-        merged: dict[tuple[str, str, str, int], dict[str, Value]] = {}
+        merged: dict[tuple[str, str, str, int], dict[str, Value]] = dict(base or {})
         written = 0
         for record in records:
             values = normalised(record.values)  # the record's own dict: not to be changed
@@ -604,7 +739,7 @@ class ClickHouseStore(Store):
             client = self._client()
             for columns in by_chunk.values():
                 client.execute(
-                    f"INSERT INTO {self.database}.points ({_COLUMNS}) VALUES",
+                    f"INSERT INTO {self.database}.records ({_COLUMNS}) VALUES",
                     columns.as_list(ver),
                     columnar=True,
                     settings=_AS_BYTES,
@@ -622,7 +757,7 @@ class ClickHouseStore(Store):
             deleted = 0
             if cutoff > previous:
                 rows = client.execute(
-                    f"SELECT count() FROM {db}.points FINAL"
+                    f"SELECT sum(length(field)) FROM {db}.records FINAL"
                     " WHERE ts >= %(previous)s AND ts < %(cutoff)s",
                     {"previous": previous, "cutoff": cutoff},
                 )
@@ -631,7 +766,7 @@ class ClickHouseStore(Store):
             effective = max(cutoff, previous)
             partitions = client.execute(
                 "SELECT DISTINCT table, partition FROM system.parts"
-                " WHERE database = %(db)s AND table IN ('points', 'rollups') AND active",
+                " WHERE database = %(db)s AND table IN ('records', 'rollups') AND active",
                 {"db": db},
             )
             for table, partition in partitions:
@@ -671,25 +806,24 @@ class ClickHouseStore(Store):
             if name != current_name:
                 points = result[name]
                 current_name = name
-            if kind == KIND_FLOAT:
-                points.append((ts, num))
-            elif kind == KIND_INT:
-                points.append((ts, integer))
-            else:
-                points.append((ts, text))
+            points.append((ts, _value(kind, num, integer, text)))
         for points in result.values():
             points.reverse()
         return result
 
     def _select(self, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         db = self.database
+        records = _points(
+            db,
+            "tenant = %(tenant)s AND chassis = %(chassis)s AND msg_type = %(msg_type)s"
+            " AND ts >= %(start)s AND ts <= %(end)s"
+            f" AND ts >= (SELECT max(cutoff) FROM {db}.retention)",
+        )
         sql = f"""
             SELECT field, ts, argMax(kind, ver), argMax(num, ver), argMax(int, ver),
                 argMax(str, ver)
-            FROM {db}.points
-            WHERE tenant = %(tenant)s AND chassis = %(chassis)s AND msg_type = %(msg_type)s
-                AND field IN %(fields)s AND ts >= %(start)s AND ts <= %(end)s
-                AND ts >= (SELECT max(cutoff) FROM {db}.retention)
+            FROM {records}
+            WHERE field IN %(fields)s
             GROUP BY field, ts
             ORDER BY field, ts DESC
             LIMIT %(limit)s BY field"""
@@ -746,7 +880,6 @@ class ClickHouseStore(Store):
                 plan = Plan(raw=[(start_ms, end_ms)])
             same_machine = (
                 "tenant = %(tenant)s AND chassis = %(chassis)s AND msg_type = %(msg_type)s"
-                " AND field IN %(fields)s"
             )
             origin, width = int(grid.origin), int(grid.width)
             sources = []
@@ -757,16 +890,18 @@ class ClickHouseStore(Store):
                 )
                 sources.append(
                     f"SELECT field, toInt64(intDiv(bucket * step - {origin}, {width})) AS k,"
-                    f" lo, hi FROM {db}.rollups WHERE {same_machine} AND ({ranges})"
+                    f" lo, hi FROM {db}.rollups WHERE {same_machine} AND field IN %(fields)s"
+                    f" AND ({ranges})"
                 )
             if plan.raw:
                 ranges = " OR ".join(
                     f"(ts >= {int(first)} AND ts <= {int(last)})" for first, last in plan.raw
                 )
+                points = _points(db, f"{same_machine} AND ({ranges})")
                 sources.append(
                     f"SELECT field, toInt64(intDiv(ts - {origin}, {width})) AS k, {_STATES}"
-                    f" FROM {db}.points WHERE {same_machine} AND kind != {KIND_STR}"
-                    f" AND ({ranges}) GROUP BY field, k"
+                    f" FROM {points} WHERE field IN %(fields)s AND kind != {KIND_STR}"
+                    " GROUP BY field, k"
                 )
             sql = (
                 "SELECT field, k, argMinMerge(lo), argMaxMerge(hi)"
@@ -797,7 +932,7 @@ class ClickHouseStore(Store):
     def _count_machine(self, tenant: str, chassis: str) -> int:
         db = self.database
         sql = f"""
-            SELECT count() FROM {db}.points FINAL
+            SELECT sum(length(field)) FROM {db}.records FINAL
             WHERE tenant = %(tenant)s AND chassis = %(chassis)s
                 AND ts >= (SELECT max(cutoff) FROM {db}.retention)"""
         with _translated("machine_points"):
@@ -805,7 +940,7 @@ class ClickHouseStore(Store):
         return int(rows[0][0])
 
     async def delete_machine(self, tenant: str, chassis: str) -> int:
-        """``ALTER TABLE … DELETE`` on points, rollups and streams, then waits for the
+        """``ALTER TABLE … DELETE`` on records, rollups, streams and frames, then waits for the
         mutations (18.16 runs them in the background and rewrites every part of each
         table: seconds to minutes on a large table; :class:`StoreError` after
         :data:`MUTATION_WAIT_S`, the deletion then still completes in the background)."""
@@ -817,7 +952,7 @@ class ClickHouseStore(Store):
         params = {"tenant": tenant, "chassis": chassis}
         with _translated("delete_machine"):
             client = self._client()
-            for table in ("points", "rollups", "streams", "frames"):
+            for table in ("records", "rollups", "streams", "frames"):
                 client.execute(
                     f"ALTER TABLE {db}.{table} DELETE"
                     " WHERE tenant = %(tenant)s AND chassis = %(chassis)s",
@@ -982,42 +1117,54 @@ class ClickHouseStore(Store):
             "last": (end_ms // MINUTE_MS + 1) * MINUTE_MS - 1,
         }
         same = "tenant = %(tenant)s AND chassis = %(chassis)s AND msg_type = %(msg_type)s"
+        in_range = f"{same} AND ts >= %(start)s AND ts <= %(end)s"
+        kept: dict[tuple[str, str, str, int], dict[str, Value]] = {}
         with _translated("replace_values"):
             client = self._client()
             present = client.execute(
-                f"SELECT DISTINCT field FROM {db}.points"
-                f" WHERE {same} AND ts >= %(first)s AND ts <= %(last)s",
+                f"SELECT DISTINCT field FROM {_points(db, same)}"
+                " WHERE ts >= %(first)s AND ts <= %(last)s",
                 params,
             )
             params["fields"] = tuple(f for (f,) in present if not kept_field(f, keep))
-            if params["fields"]:
+            if keep and present:
+                rows = client.execute(
+                    f"""SELECT ts, field, argMax(kind, ver), argMax(num, ver), argMax(int, ver),
+                        argMax(str, ver) FROM {_points(db, in_range)}
+                    WHERE {" OR ".join(f"startsWith(field, %(keep{n})s)" for n in range(len(keep)))}
+                    GROUP BY ts, field""",
+                    params | {f"keep{n}": prefix for n, prefix in enumerate(keep)},
+                )
+                for ts, name, kind, num, integer, text in rows:
+                    value = _value(kind, num, integer, text)
+                    kept.setdefault((tenant, chassis, msg_type, ts), {})[name] = value
+            if present:
+                # Whole records go; the kept values come back in the rows written below.
+                client.execute(f"ALTER TABLE {db}.records DELETE WHERE {in_range}", params)
+            if self.rollups and params["fields"]:
                 client.execute(
-                    f"ALTER TABLE {db}.points DELETE WHERE {same} AND field IN %(fields)s"
-                    " AND ts >= %(start)s AND ts <= %(end)s",
+                    f"ALTER TABLE {db}.rollups DELETE WHERE {same} AND field IN %(fields)s"
+                    f" AND step = {MINUTE_MS} AND bucket >= {params['first'] // MINUTE_MS}"
+                    f" AND bucket <= {params['last'] // MINUTE_MS}",
                     params,
                 )
-                if self.rollups:
-                    client.execute(
-                        f"ALTER TABLE {db}.rollups DELETE WHERE {same} AND field IN %(fields)s"
-                        f" AND step = {MINUTE_MS} AND bucket >= {params['first'] // MINUTE_MS}"
-                        f" AND bucket <= {params['last'] // MINUTE_MS}",
-                        params,
-                    )
-                self._wait_mutations(client, f"replacing values of {chassis!r}")
-        written = self._write_batch(records, ver)
+            self._wait_mutations(client, f"replacing values of {chassis!r}")
+        written = self._write_batch(records, ver, kept)
         if self.rollups and params["fields"]:
             with _translated("replace_values"):
-                select = (
-                    _rollup_select(db)
-                    .replace("%", "%%")  # the modulo, escaped: this query has parameters
-                    .replace(
-                        "WHERE kind",
-                        f"WHERE {same} AND field IN %(fields)s"
-                        " AND ts >= %(first)s AND ts <= %(last)s AND kind",
-                    )
-                )
+                minutes = _points(db, f"{same} AND ts >= %(first)s AND ts <= %(last)s")
+                select = _rollup_select(minutes, "field IN %(fields)s AND")
                 self._client().execute(f"INSERT INTO {db}.rollups {select}", params)
         return written
+
+
+def _value(kind: int, num: float, integer: int, text: str) -> Value:
+    """A stored point's value by its ``kind``."""
+    if kind == KIND_FLOAT:
+        return num
+    if kind == KIND_INT:
+        return integer
+    return text
 
 
 def _point(state: tuple[int, int, float, int]) -> tuple[int, Value]:
