@@ -1126,11 +1126,11 @@ class Cluster:
         against the seconds the simulator sent (all but the ``skipped`` ticks it reported)."""
         rows = self.query_store(
             "SELECT uniqExact(chassis, msg_type, ts), count(), "
-            "uniqExact(chassis, msg_type, field, ts), uniqExact(intDiv(ts, 1000)) FROM points "
+            "uniqExact(intDiv(ts, 1000)) FROM records "
             "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s",
             {"a": first_s * 1000, "b": last_s * 1000},
         )
-        found, rows_in, points, stored_seconds = rows[0]
+        found, rows_in, stored_seconds = rows[0]
         # the simulator skips a whole tick it is late for (and reports how many): expected
         # are all machines' both types of every second it sent; a second with any record
         # stored was sent (the reports cover 10 s periods, not exactly the window)
@@ -1140,7 +1140,7 @@ class Cluster:
             "expected": float(seconds * MACHINES * 2),
             "skipped": float(last_s - first_s + 1 - seconds),
             # rows written twice (a redelivery) that ReplacingMergeTree has not merged yet
-            "duplicates": float(rows_in - points),
+            "duplicates": float(rows_in - found),
         }
 
 
@@ -1626,7 +1626,7 @@ class ChaosRun:
     """CPU seconds of each group over the window (every process it had, restarted ones too)."""
     span: tuple[int, int]
     per_second: dict[int, tuple[int, int, int]]
-    """Second → (distinct machine-message records, point rows, distinct points) stored."""
+    """Second → (distinct machine-message records, record rows, distinct records) stored."""
     skipped: int
     dropped: int
     live_during: list[float]
@@ -1791,10 +1791,11 @@ def in_fault(fault: Fault, t: float) -> bool:
 def stored_per_second(
     cluster: Cluster, first_s: int, last_s: int
 ) -> dict[int, tuple[int, int, int]]:
-    """Per second of the window: distinct (machine, message type), point rows, distinct points."""
+    """Per second of the window: distinct (machine, message type), record rows, distinct
+    records (one row per record: rows beyond the distinct ones are written twice)."""
     rows = cluster.query_store(
         "SELECT intDiv(ts, 1000), uniqExact(chassis, msg_type), count(), "
-        "uniqExact(chassis, msg_type, field, ts) FROM points "
+        "uniqExact(chassis, msg_type, ts) FROM records "
         "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s GROUP BY intDiv(ts, 1000)",
         {"a": first_s * 1000, "b": last_s * 1000 + 999},
     )
@@ -1810,13 +1811,13 @@ def attribute(
     """Give each fault the records missing and the rows duplicated in its seconds, and the
     simulator's drops reported for the 10 s periods overlapping them."""
     for second in range(span[0], span[1] + 1):
-        records, rows, points = per_second.get(second, (0, 0, 0))
+        records, rows, distinct = per_second.get(second, (0, 0, 0))
         if not records:
             continue  # a tick the simulator skipped (counted apart), or all lost (see totals)
         for fault in faults:
             if in_fault(fault, second) or in_fault(fault, second + 1):
                 fault.missing += 2 * MACHINES - records
-                fault.duplicates += rows - points
+                fault.duplicates += rows - distinct
     for reported, dropped in drops:
         for fault in faults:
             if any(in_fault(fault, reported - k) for k in range(10)):
@@ -1858,7 +1859,7 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
     expected = (len(seconds) - min(len(empty), run.skipped)) * 2 * MACHINES
     found = sum(r for r, _, _ in run.per_second.values())
     rows_in = sum(n for _, n, _ in run.per_second.values())
-    points = sum(p for _, _, p in run.per_second.values())
+    distinct = sum(p for _, _, p in run.per_second.values())
     missing = expected - found
     unexplained = missing - run.dropped
     print()
@@ -1874,7 +1875,7 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
         f"{max(0, unexplained):,} more lost after the broker acknowledged them"
     )
     print(
-        f"  duplicates: {rows_in - points:,} point rows written twice and not merged yet "
+        f"  duplicates: {rows_in - distinct:,} record rows written twice and not merged yet "
         "(a redelivery; ReplacingMergeTree keeps one, queries read one)"
     )
     if empty:
@@ -1882,7 +1883,7 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
             f"  seconds with nothing stored ({run.skipped} ticks skipped by the simulator), "
             "s after the first fault: " + " ".join(f"{s - t0:.0f}" for s in empty)
         )
-    verdict = "yes" if unexplained <= 0 and rows_in == points else "NO"
+    verdict = "yes" if unexplained <= 0 and rows_in == distinct else "NO"
     print(f"  every record the simulator sent stored exactly once: {verdict}")
     print(
         f"live (device → browser) p50 / p99 / max: outside faults "
