@@ -735,11 +735,11 @@ class MqttDeviceLink(DeviceLink):
                     self.counters["connects"] += 1
                     self._failures.recovered("broker", "MQTT broker %s is back", self._broker.where)
                     log.info(
-                        "device link connected to MQTT broker %s (%s, share group %r, "
+                        "device link connected to MQTT broker %s (%s, subscribed to %s, "
                         "inflight %d, %s session)",
                         self._broker.where,
                         client.identifier or "broker-assigned id",
-                        self.group,
+                        self.share_filter,
                         self.inflight,
                         "persistent" if self.client_id else "clean",
                     )
