@@ -212,17 +212,27 @@ async def test_rewriting_same_records_leaves_rollups_unchanged(
         assert rollup_rows(client, db) == before
         client.execute(f"OPTIMIZE TABLE {db}.rollups FINAL")
         assert rollup_rows(client, db) == before
+        ((open_minute,),) = client.execute(f"SELECT max(open_minute) FROM {db}.rollup_open")
     finally:
         client.disconnect()
         await store.close()
-    minutes = {r.ts // 60_000 for r in records}
-    assert len(before) == 3 * len(minutes)  # one step: a minute
+    settled = {r.ts // 60_000 for r in records} - set(range(open_minute, open_minute + 2))
+    assert len(before) == 3 * len(settled)  # one step: a minute, settled minutes only
+
+
+def settled_rollup_rows(client: Client, db: str) -> list[tuple[object, ...]]:
+    """:func:`rollup_rows` of the minutes every stream has settled (only those are read)."""
+    ((first_open,),) = client.execute(
+        f"SELECT min(o) FROM (SELECT max(open_minute) AS o FROM {db}.rollup_open"
+        " GROUP BY tenant, chassis, msg_type)"
+    )
+    return [row for row in rollup_rows(client, db) if row[2] < first_open]  # type: ignore[operator]
 
 
 async def test_database_of_an_older_version_gets_its_rollups(
     clickhouse_server: ClickHouseServer,
 ) -> None:
-    """Without the rollups view and table (an older version), start builds them from the records."""
+    """Without the rollup tables (an older version), start builds them from the records."""
     db = unique_id("db_")
     records = long_records("t1", seconds=3_600)
     store = open_store(clickhouse_server.url(db))
@@ -231,8 +241,8 @@ async def test_database_of_an_older_version_gets_its_rollups(
     await store.close()
     client = admin(clickhouse_server)
     try:
-        built = rollup_rows(client, db)
-        client.execute(f"DROP TABLE {db}.records_rollups_mv")
+        built = settled_rollup_rows(client, db)
+        client.execute(f"DROP TABLE {db}.rollup_open")
         client.execute(f"DROP TABLE {db}.rollups")
         store = open_store(clickhouse_server.url(db))
         await store.start()
@@ -243,9 +253,157 @@ async def test_database_of_an_older_version_gets_its_rollups(
             assert_downsampled(got["a"], written, T0, end, 90)
         finally:
             await store.close()
-        assert rollup_rows(client, db) == built
+        assert settled_rollup_rows(client, db) == built
     finally:
         client.disconnect()
+
+
+OLD_ROLLUPS_VIEW = """CREATE MATERIALIZED VIEW {db}.records_rollups_mv TO {db}.rollups AS
+    SELECT tenant, chassis, msg_type, field, toUInt32(60000) AS step,
+        intDiv(ts, 60000) - (modulo(ts, toInt64(60000)) < 0) AS bucket,
+        argMinState(tuple(ts, kind, num, int), num) AS lo,
+        argMaxState(tuple(ts, kind, num, int), num) AS hi
+    FROM {db}.records ARRAY JOIN field, kind, num, int, str
+    WHERE kind != 3 GROUP BY tenant, chassis, msg_type, field, bucket"""
+"""The view of the previous version, which rolled up every insert into ``records``."""
+
+
+async def test_database_with_the_rollups_view_is_migrated(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """A database whose rollups a view filled on every insert (the previous version) loses the
+    view on start, keeps its rollups, and downsamples exactly, also after later and late writes."""
+    db = unique_id("db_")
+    url = clickhouse_server.url(db)
+    client = admin(clickhouse_server)
+    records = long_records("t1", seconds=2 * 3_600)
+    first, later = records[:3_600], records[3_600:]
+    try:
+        fresh = ClickHouseStore(url)
+        await fresh.start()  # the tables; then the previous version's view instead of rollup_open
+        await fresh.close()
+        client.execute(f"DROP TABLE {db}.rollup_open")
+        client.execute(OLD_ROLLUPS_VIEW.format(db=db))
+        previous = ClickHouseStore(url)
+        previous.rollups = False  # writes records only: the view rolls them up
+        await previous.start()
+        for n in range(0, len(first), 250):
+            await previous.write(first[n : n + 250])
+        await previous.close()
+        from_view = rollup_rows(client, db)
+        minutes = {r.ts // 60_000 for r in first}
+        assert len(from_view) == 3 * len(minutes)  # every minute, the open ones too
+
+        store = ClickHouseStore(url)
+        await store.start()
+        try:
+            assert client.execute(f"EXISTS TABLE {db}.records_rollups_mv") == [(0,)]
+            assert rollup_rows(client, db) == from_view  # kept as they were
+            written = {r.ts: r.values["a"] for r in first}
+            end = T0 + 2 * 3_600_000
+            for buckets in (1, 30, 90):
+                got = await store.downsample(
+                    "t1", "machine-1", "vehicle_can", ["a"], T0, end, buckets
+                )
+                assert_downsampled(got["a"], written, T0, end, buckets)
+            for n in range(0, len(later), 250):
+                await store.write(later[n : n + 250])
+            late = rec("t1", T0 + 600_500, {"a": 1.0e9})  # into minute 10, rolled up by the view
+            await store.write([late])
+            written |= {r.ts: r.values["a"] for r in later} | {late.ts: 1.0e9}
+            for buckets in (1, 30, 90, 600):
+                got = await store.downsample(
+                    "t1", "machine-1", "vehicle_can", ["a"], T0, end, buckets
+                )
+                assert_downsampled(got["a"], written, T0, end, buckets)
+        finally:
+            await store.close()
+    finally:
+        client.disconnect()
+
+
+def live_batches(records: list[Record], size: int = 2) -> list[list[Record]]:
+    """``records`` in batches of ``size``, as ingest writes live data."""
+    return [records[n : n + size] for n in range(0, len(records), size)]
+
+
+async def test_late_data_in_a_settled_minute_is_rolled_up_again(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """Live writes roll up no open minute; a late point (a new extreme, a new field) and a
+    correction in a settled minute show in downsampling as soon as their write returns."""
+    db = unique_id("db_")
+    store = open_store(clickhouse_server.url(db))
+    await store.start()
+    client = admin(clickhouse_server)
+    records = long_records("t1", seconds=10 * 60)
+    try:
+        for batch in live_batches(records):
+            await store.write(batch)
+        ((open_minute,),) = client.execute(f"SELECT max(open_minute) FROM {db}.rollup_open")
+        buckets = sorted({row[2] for row in rollup_rows(client, db)})
+        assert buckets == list(range(T0 // 60_000, open_minute))  # settled minutes only
+        settled = (T0 // 60_000 + 3) * 60_000  # the start of a settled minute
+        assert settled // 60_000 < open_minute
+        late = [
+            rec("t1", settled + 500, {"a": 1.0e9, "b": -(10**9)}),  # new extremes
+            rec("t1", settled + 1_500, {"new": 5}),  # a field the minute had not
+        ]
+        await store.write(late)
+        end = T0 + 10 * 60_000
+        for name, written in (
+            ("a", {r.ts: r.values["a"] for r in records} | {settled + 500: 1.0e9}),
+            ("b", {r.ts: r.values["b"] for r in records} | {settled + 500: -(10**9)}),
+            ("new", {settled + 1_500: 5}),
+        ):
+            for buckets in (1, 5, 10):
+                got = await store.downsample(
+                    "t1", "machine-1", "vehicle_can", [name], T0, end, buckets
+                )
+                assert_downsampled(got[name], written, T0, end, buckets)
+    finally:
+        client.disconnect()
+        await store.close()
+
+
+async def test_two_stores_rolling_up_the_same_minutes_agree(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """Two stores (two processes) writing one machine's records in turn settle the same
+    minutes, each also late behind the other; the rollups equal those of one store alone."""
+    shared, alone = unique_id("db_"), unique_id("db_")
+    one, two, single = (
+        ClickHouseStore(clickhouse_server.url(db)) for db in (shared, shared, alone)
+    )
+    client = admin(clickhouse_server)
+    records = long_records("t1", seconds=15 * 60)
+    try:
+        for store in (one, two, single):
+            await store.start()
+        batches = live_batches(records, size=3)
+        for n, batch in enumerate(batches):
+            await (one if n % 2 else two).write(batch)
+            await single.write(batch)
+        # `two` writes a minute that `one` settled, without having seen its newer points.
+        late = [rec("t1", r.ts, r.values) for r in records[200:260]]
+        await two.write(late)
+        await single.write(late)
+        for db in (shared, alone):
+            client.execute(f"OPTIMIZE TABLE {db}.rollups FINAL")
+        assert settled_rollup_rows(client, shared) == settled_rollup_rows(client, alone)
+        assert len(settled_rollup_rows(client, shared)) >= 3 * 13
+        end = T0 + 15 * 60_000
+        written = {r.ts: r.values["a"] for r in records}
+        for store in (one, two):
+            for buckets in (1, 7, 15):
+                got = await store.downsample(
+                    "t1", "machine-1", "vehicle_can", ["a"], T0, end, buckets
+                )
+                assert_downsampled(got["a"], written, T0, end, buckets)
+    finally:
+        client.disconnect()
+        for store in (one, two, single):
+            await store.close()
 
 
 async def test_retention_drops_rollup_partitions_with_the_points(
@@ -396,7 +554,7 @@ async def test_per_point_database_is_migrated_with_identical_answers(
         for chassis in ("m1", "m2"):
             counts = [await store.machine_points("t1", chassis) for store in (old, fresh)]
             assert counts[0] == counts[1] > 0
-        assert rollup_rows(client, old_db) == rollup_rows(client, fresh_db)
+        assert settled_rollup_rows(client, old_db) == settled_rollup_rows(client, fresh_db)
         assert await old.delete_before(end) == await fresh.delete_before(end) > 0
     finally:
         await old.close()

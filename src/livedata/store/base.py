@@ -8,6 +8,7 @@ The store keeps values in a narrow shape, one row per
 from __future__ import annotations
 
 import abc
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -282,6 +283,48 @@ def minutes_to_settle(
     """
     old_open = None if old_last is None else first_open_minute(old_last, key)
     return settle_minutes(touched, old_open, first_open_minute(new_last, key))
+
+
+StreamId = tuple[str, str, str]
+"""(tenant, chassis, msg_type)."""
+
+
+def stream_key(stream: StreamId) -> int:
+    """A stable number for a stream, for its settle lag (the same in every process)."""
+    return zlib.crc32("\x00".join(stream).encode())
+
+
+def settle_streams(
+    streams: Iterable[StreamId],
+    touched: Mapping[StreamId, set[int]],
+    newest: Mapping[StreamId, int],
+    opened: Mapping[StreamId, int | None],
+) -> tuple[list[tuple[StreamId, int]], list[tuple[StreamId, int]]]:
+    """What a write of ``streams`` settles (the stores that share a database between
+    processes, where a stream's settle lag comes from :func:`stream_key`): ``(moved, pairs)``.
+
+    ``touched``: per stream the minutes the write stored points in, ``newest`` its newest
+    timestamp in the write, ``opened`` its first open minute before the write (missing or
+    ``None``: nothing settled yet).  ``moved``: ``(stream, new first open minute)`` of the
+    streams whose open minute moves; ``pairs``: ``(stream, minute)`` whose rollups to
+    (re)compute, in stream order.  The usual live write (every touched minute still open,
+    the open minute where it was) gives nothing.
+    """
+    moved: list[tuple[StreamId, int]] = []
+    pairs: list[tuple[StreamId, int]] = []
+    for stream in streams:
+        old = opened.get(stream)
+        new = first_open_minute(newest[stream], stream_key(stream))
+        if old is not None and old >= new:
+            if min(touched[stream]) >= old:
+                continue
+            new = old
+        else:
+            moved.append((stream, new))
+        pairs.extend(
+            (stream, minute) for minute in sorted(settle_minutes(touched[stream], old, new))
+        )
+    return moved, pairs
 
 
 def settle_minutes(touched: Iterable[int], old_open: int | None, new_open: int) -> set[int]:

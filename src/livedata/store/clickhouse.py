@@ -192,12 +192,16 @@ from livedata.store.base import (
     Plan,
     Series,
     Store,
+    StreamId,
     bucket_grid,
     check_replacement,
     extremes,
+    first_open_minute,
     kept_field,
     normalised,
     rollup_plan,
+    settle_streams,
+    stream_key,
 )
 from livedata.store.frames import FrameBlob
 
@@ -331,6 +335,24 @@ def _rollup_select(source: str, where: str = "") -> str:
         GROUP BY tenant, chassis, msg_type, field, bucket"""
 
 
+_MINUTE = f"intDiv(ts, {MINUTE_MS}) - (modulo(ts, toInt64({MINUTE_MS})) < 0)"
+"""The minute of ``ts`` (floor, as Python's ``ts // MINUTE_MS``), as :func:`_rollup_select`."""
+
+
+_BATCH, _PAIRS = "batch_streams", "settle_pairs"
+"""Names of the external tables (sent with a query) of a write's streams and of the
+(stream, minute) pairs to roll up."""
+_STREAM_STRUCTURE = [("tenant", "String"), ("chassis", "String"), ("msg_type", "String")]
+_PAIR_STRUCTURE = [*_STREAM_STRUCTURE, ("minute", "Int64")]
+ROLL_UP_PAIRS = 20_000
+"""(stream, minute) pairs rolled up per statement at most (a backfill in several)."""
+
+
+def _external(name: str, structure: list[tuple[str, str]], rows: list[Any]) -> dict[str, Any]:
+    """An external table for clickhouse-driver: rows sent as a data block, not in the SQL."""
+    return {"name": name, "structure": structure, "data": rows}
+
+
 def _rollup_schema(db: str) -> list[str]:
     return [
         f"""CREATE TABLE IF NOT EXISTS {db}.rollups (
@@ -345,8 +367,13 @@ def _rollup_schema(db: str) -> list[str]:
         ) ENGINE = AggregatingMergeTree()
         PARTITION BY intDiv(bucket * step, {DAY_MS})
         ORDER BY (tenant, chassis, msg_type, field, step, bucket)""",
-        f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.records_rollups_mv TO {db}.rollups
-        AS {_rollup_select(f"{db}.records {_ARRAY_JOIN}")}""",
+        f"""CREATE TABLE IF NOT EXISTS {db}.rollup_open (
+            tenant String,
+            chassis String,
+            msg_type String,
+            open_minute Int64
+        ) ENGINE = ReplacingMergeTree(open_minute)
+        ORDER BY (tenant, chassis, msg_type)""",
     ]
 
 
@@ -537,10 +564,13 @@ class ClickHouseStore(Store):
         self._started = False
         self._closed = False
         self._last_ver = 0
+        self._opened: dict[StreamId, int | None] = {}
+        """Per stream written by this process, its first open minute as last known
+        (``None``: none settled); see :meth:`_settle`."""
         self.rollups = True
-        """Keep rollups (the materialized view) and read them in ``downsample``.  ``False``
-        (benchmarks only), set before ``start`` on a new database, makes neither the view
-        nor its table and downsamples raw points."""
+        """Keep rollups and read them in ``downsample``.  ``False`` (benchmarks only), set
+        before ``start`` on a new database, makes no rollup tables and downsamples raw
+        points."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -660,20 +690,41 @@ class ClickHouseStore(Store):
         client.execute(f"DROP TABLE IF EXISTS {db}.points")
 
     def _create_rollups(self) -> None:
-        """The rollups table and view; built from every stored record when the table is new.
+        """The rollups tables; an older database's rollups view is dropped first.
 
-        Points inserted while that runs get into the rollups twice, which min and max
-        do not mind.
+        A new ``rollups`` table is built from every stored record.  A new ``rollup_open``
+        starts each stored stream at the open minute of its newest point
+        (:func:`~livedata.store.base.first_open_minute`): the minutes before it have their
+        rollups, from the view that filled them on every insert until now or from the
+        build.  Points inserted meanwhile by another process get into the rollups twice,
+        which min and max do not mind.
         """
         db = self.database
         client = self._client()
-        existed = client.execute(f"EXISTS TABLE {db}.rollups")[0][0]
+        client.execute(f"DROP TABLE IF EXISTS {db}.records_rollups_mv")
+        existed, opened = (
+            client.execute(f"EXISTS TABLE {db}.{table}")[0][0]
+            for table in ("rollups", "rollup_open")
+        )
         for statement in _rollup_schema(db):
             client.execute(statement)
         if not existed:
             client.execute(
                 f"INSERT INTO {db}.rollups {_rollup_select(f'{db}.records {_ARRAY_JOIN}')}"
             )
+        if not opened:
+            streams = client.execute(
+                f"SELECT tenant, chassis, msg_type, max(last_ts) FROM {db}.streams"
+                " GROUP BY tenant, chassis, msg_type"
+            )
+            rows = [
+                (*stream, first_open_minute(last, stream_key(stream))) for *stream, last in streams
+            ]
+            if rows:
+                client.execute(
+                    f"INSERT INTO {db}.rollup_open (tenant, chassis, msg_type, open_minute) VALUES",
+                    rows,
+                )
 
     async def _run_now(self, fn: Callable[[], T]) -> T:
         executor = self._executor
@@ -724,9 +775,20 @@ class ClickHouseStore(Store):
             merged[key] = values if known is None else {**known, **values}
         by_chunk: dict[int, _Columns] = {}
         chunk_of_day: dict[int, int] = {}
+        touched: dict[StreamId, set[int]] = {}  # per stream, the minutes written
+        newest: dict[StreamId, int] = {}
         for (tenant, chassis, msg_type, ts), values in merged.items():
             if not isinstance(ts, int) or not INT64_MIN <= ts <= INT64_MAX:
                 raise StoreError(f"clickhouse store: write failed: timestamp {ts!r} out of range")
+            stream = (tenant, chassis, msg_type)
+            minutes = touched.get(stream)
+            if minutes is None:
+                touched[stream] = {ts // MINUTE_MS}
+                newest[stream] = ts
+            else:
+                minutes.add(ts // MINUTE_MS)
+                if ts > newest[stream]:
+                    newest[stream] = ts
             day = _day(ts)
             chunk = chunk_of_day.get(day)
             if chunk is None:
@@ -744,7 +806,78 @@ class ClickHouseStore(Store):
                     columnar=True,
                     settings=_AS_BYTES,
                 )
+            if self.rollups and newest:
+                self._settle(client, touched, newest)
         return written
+
+    def _settle(
+        self, client: Client, touched: dict[StreamId, set[int]], newest: dict[StreamId, int]
+    ) -> None:
+        """After a write's insert: roll up the minutes it settles, move its streams' open
+        minutes, and roll up again the settled minutes it wrote into (late data).
+
+        The open minutes come from ``rollup_open`` (shared by every process writing the
+        database), cached per process (:attr:`ClickHouseStore._opened`); one query per
+        write reads those of the write's streams that are past one of the minutes the
+        write touched (another process moved them: this write's points there are late),
+        all of them when a stream is not cached yet.  A newly settled minute is rolled up
+        before its stream's open minute moves (readers read it raw until then), and once
+        more after: a write of another process that inserted a point into that minute
+        after the first roll-up and read the open minute before it moved has not rolled
+        it up.  Rolling up a minute twice, here or in two processes, only adds equal
+        states (min and max).  A failure anywhere raises and leaves the cache as it
+        was, so the retried write does it all again.
+        """
+        db = self.database
+        opened = self._opened
+        unknown = [stream for stream in newest if stream not in opened]
+        lowest = INT64_MIN if unknown else min(min(minutes) for minutes in touched.values())
+        rows = client.execute(
+            f"SELECT tenant, chassis, msg_type, max(open_minute) AS o FROM {db}.rollup_open"
+            f" WHERE (tenant, chassis, msg_type) IN (SELECT * FROM {_BATCH})"
+            " GROUP BY tenant, chassis, msg_type HAVING o > %(lowest)s",
+            {"lowest": lowest},
+            external_tables=[_external(_BATCH, _STREAM_STRUCTURE, list(newest))],
+        )
+        now = {stream: opened.get(stream) for stream in newest}
+        for tenant, chassis, msg_type, minute in rows:
+            stream = (tenant, chassis, msg_type)
+            known = now[stream]
+            if known is None or minute > known:
+                now[stream] = minute
+        moved, pairs = settle_streams(newest, touched, newest, now)
+        if pairs:
+            self._roll_up(client, pairs)
+        if moved:
+            client.execute(
+                f"INSERT INTO {db}.rollup_open (tenant, chassis, msg_type, open_minute) VALUES",
+                [(*stream, minute) for stream, minute in moved],
+            )
+            again = {stream for stream, _ in moved}
+            self._roll_up(client, [(stream, m) for stream, m in pairs if stream in again])
+            now.update(moved)
+        if len(opened) + len(unknown) > NAMES_CACHED:
+            opened.clear()
+        opened.update(now)
+
+    def _roll_up(self, client: Client, pairs: list[tuple[StreamId, int]]) -> None:
+        """Insert the rollup states of the ``(stream, minute)`` pairs from their records."""
+        for first in range(0, len(pairs), ROLL_UP_PAIRS):
+            chunk = pairs[first : first + ROLL_UP_PAIRS]
+            lowest = min(minute for _, minute in chunk) * MINUTE_MS
+            highest = (max(minute for _, minute in chunk) + 1) * MINUTE_MS - 1
+            records = _points(
+                self.database,
+                f"ts >= {lowest} AND ts <= {highest}"
+                f" AND (tenant, chassis, msg_type) IN (SELECT tenant, chassis, msg_type FROM {_PAIRS})"
+                f" AND (tenant, chassis, msg_type, {_MINUTE}) IN (SELECT * FROM {_PAIRS})",
+            )
+            client.execute(
+                f"INSERT INTO {self.database}.rollups {_rollup_select(records)}",
+                external_tables=[
+                    _external(_PAIRS, _PAIR_STRUCTURE, [(*stream, m) for stream, m in chunk])
+                ],
+            )
 
     async def delete_before(self, ts_ms: int) -> int:
         return await self._run(partial(self._delete_before, ts_ms))
@@ -868,19 +1001,24 @@ class ClickHouseStore(Store):
         self, params: dict[str, Any], start_ms: int, end_ms: int, grid: Grid
     ) -> list[tuple[Any, ...]]:
         db = self.database
+        same_machine = "tenant = %(tenant)s AND chassis = %(chassis)s AND msg_type = %(msg_type)s"
         with _translated("downsample"):
             client = self._client()
-            cutoff = int(client.execute(f"SELECT max(cutoff) FROM {db}.retention")[0][0])
-            start_ms = max(start_ms, cutoff)
+            if self.rollups:
+                cutoff, open_minute, known = client.execute(
+                    f"SELECT (SELECT max(cutoff) FROM {db}.retention), max(open_minute), count()"
+                    f" FROM {db}.rollup_open WHERE {same_machine}",
+                    params,
+                )[0]
+            else:
+                cutoff = client.execute(f"SELECT max(cutoff) FROM {db}.retention")[0][0]
+                known = 0
+            start_ms = max(start_ms, int(cutoff))
             if start_ms > end_ms:
                 return []
-            if self.rollups and grid.step > 1:
-                plan = rollup_plan(start_ms, end_ms, grid, steps=ROLLUP_STEPS)
-            else:
-                plan = Plan(raw=[(start_ms, end_ms)])
-            same_machine = (
-                "tenant = %(tenant)s AND chassis = %(chassis)s AND msg_type = %(msg_type)s"
-            )
+            plan = Plan(raw=[(start_ms, end_ms)])
+            if known and grid.step > 1:
+                plan = _settled_plan(start_ms, end_ms, grid, int(open_minute))
             origin, width = int(grid.origin), int(grid.width)
             sources = []
             if plan.rollups:
@@ -952,13 +1090,15 @@ class ClickHouseStore(Store):
         params = {"tenant": tenant, "chassis": chassis}
         with _translated("delete_machine"):
             client = self._client()
-            for table in ("records", "rollups", "streams", "frames"):
+            for table in ("records", "rollups", "rollup_open", "streams", "frames"):
                 client.execute(
                     f"ALTER TABLE {db}.{table} DELETE"
                     " WHERE tenant = %(tenant)s AND chassis = %(chassis)s",
                     params,
                 )
             self._wait_mutations(client, f"deleting machine {chassis!r}")
+        for stream in [s for s in self._opened if s[:2] == (tenant, chassis)]:
+            del self._opened[stream]
         return deleted
 
     def _wait_mutations(self, client: Client, what: str) -> None:
@@ -1156,6 +1296,18 @@ class ClickHouseStore(Store):
                 select = _rollup_select(minutes, "field IN %(fields)s AND")
                 self._client().execute(f"INSERT INTO {db}.rollups {select}", params)
         return written
+
+
+def _settled_plan(start_ms: int, end_ms: int, grid: Grid, open_minute: int) -> Plan:
+    """Rollups for the settled minutes of the range (before ``open_minute``), raw points for
+    the rest: only settled minutes have (complete) rollups."""
+    open_from = open_minute * MINUTE_MS
+    if start_ms >= open_from:
+        return Plan(raw=[(start_ms, end_ms)])
+    plan = rollup_plan(start_ms, min(end_ms, open_from - 1), grid, steps=ROLLUP_STEPS)
+    if end_ms >= open_from:
+        plan.raw.append((open_from, end_ms))
+    return plan
 
 
 def _value(kind: int, num: float, integer: int, text: str) -> Value:

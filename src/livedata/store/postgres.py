@@ -107,7 +107,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TypeVar
@@ -128,11 +127,10 @@ from livedata.store.base import (
     bucket_grid,
     check_replacement,
     extremes,
-    first_open_minute,
     kept_field,
     normalised,
     rollup_plan,
-    settle_minutes,
+    settle_streams,
 )
 from livedata.store.frames import FrameBlob
 
@@ -1034,11 +1032,6 @@ class PostgresStore(Store):
         return written
 
 
-def stream_key(stream: _Stream) -> int:
-    """A stable number for a stream, for its settle lag (the same in every process)."""
-    return zlib.crc32("\x00".join(stream).encode())
-
-
 async def _settle(
     conn: asyncpg.Connection, touched: dict[_Stream, set[int]], newest: dict[_Stream, int]
 ) -> None:
@@ -1054,20 +1047,9 @@ async def _settle(
     if len(before) < len(streams):  # streams interned by an older version
         await conn.execute(_ADD_OPEN, *columns)
         before = {tuple(row[:3]): row[3] for row in await conn.fetch(_LOCK_OPEN, *columns)}
-    moved: list[tuple[str, str, str, int]] = []
-    pairs: list[tuple[str, str, str, int]] = []
-    for stream in streams:
-        old = before.get(stream)
-        new = first_open_minute(newest[stream], stream_key(stream))
-        if old is not None and old >= new:
-            if min(touched[stream]) >= old:
-                continue  # the usual live write: nothing settles
-            new = old
-        else:
-            moved.append((*stream, new))
-        pairs.extend(
-            (*stream, minute) for minute in sorted(settle_minutes(touched[stream], old, new))
-        )
+    moving, settling = settle_streams(streams, touched, newest, before)
+    moved = [(*stream, minute) for stream, minute in moving]
+    pairs = [(*stream, minute) for stream, minute in settling]
     if not moved and not pairs:
         return
     steps = list(ROLLUP_LEVELS_MS)
