@@ -18,7 +18,10 @@ under test first on ``sys.path``, the process CPU (all threads) per record of:
   ``client_raw_data`` of 15 values, 12 floats and 3 ints), a database per worker;
   ``clickhouse server write``: the ``clickhouse-server`` process's CPU (``/proc``) over
   those writes and the merges after them (until a second passes with under 20 ms of
-  server CPU, at most 30 s), less its idle CPU of as long; ``clickhouse 2-min query``:
+  server CPU, at most 30 s), less its idle CPU of as long; ``clickhouse merged
+  rows/record`` and ``bytes/record``: the server's ``MergedRows`` and
+  ``MergedUncompressedBytes`` (``system.events``) over the same time, per record (shown
+  in the µs column); ``clickhouse 2-min query``:
   wall time of the live page's query (:meth:`ClickHouseStore.query`, the 15 fields of one
   machine's newest 2 minutes), median of 50, after the merges above;
 * ``kafka append``: :meth:`KafkaLog.append` of 500-record batches, one at a time
@@ -198,6 +201,8 @@ async def _worker(
         idle = _server_cpu(pid)
         await asyncio.sleep(1.0)
         idle_rate = _server_cpu(pid) - idle
+        server_url = urls["clickhouse"] + "default"
+        merged = _merged(server_url)
         cpu, server, wall = _cpu(), _server_cpu(pid), time.perf_counter()
         for i in range(0, count, 2500):
             await store.write(records[i : i + 2500])
@@ -212,6 +217,10 @@ async def _worker(
             settled = now
         spent = settled - server - idle_rate * (time.perf_counter() - wall)
         out["clickhouse server write"] = spent / count
+        (rows_after, bytes_after), (rows_before, bytes_before) = _merged(server_url), merged
+        # counts, shown in the "µs" column
+        out["clickhouse merged rows/record"] = (rows_after - rows_before) / count * 1e-6
+        out["clickhouse merged bytes/record"] = (bytes_after - bytes_before) / count * 1e-6
         fields = list(records[1].values)
         last = records[-1].ts
         latencies = []
@@ -278,6 +287,23 @@ async def _worker(
         out["decode ranges per machine"] = (_cpu() - cpu) / (machines * rounds)
         await meta.close()
     return out
+
+
+def _merged(url: str) -> tuple[int, int]:
+    """The server's ``MergedRows`` and ``MergedUncompressedBytes`` so far (``system.events``)."""
+    from clickhouse_driver import Client
+
+    client = Client.from_url(url)
+    try:
+        found = dict(
+            client.execute(
+                "SELECT event, value FROM system.events"
+                " WHERE event IN ('MergedRows', 'MergedUncompressedBytes')"
+            )
+        )
+    finally:
+        client.disconnect()
+    return int(found.get("MergedRows", 0)), int(found.get("MergedUncompressedBytes", 0))
 
 
 def run_worker(

@@ -47,9 +47,11 @@ new values exactly.
         ENGINE = AggregatingMergeTree()
         PARTITION BY intDiv(bucket * step, 86400000)  -- the day of its points
         ORDER BY (tenant, chassis, msg_type, field, step, bucket)
-        filled by the materialized view records_rollups_mv: per inserted block (its
-        points by ARRAY JOIN) and minute (step 60000), argMin/argMax of
-        (ts, kind, num, int) by num
+        per (stream, field, minute) (step 60000) argMin/argMax of (ts, kind, num, int) by
+        num, inserted when the minute settles (see Rollups)
+    rollup_open (tenant, chassis, msg_type, open_minute Int64)
+        ENGINE = ReplacingMergeTree(open_minute) ORDER BY (tenant, chassis, msg_type)
+        -- per stream its first open minute: the minutes before it are rolled up
 
 **One row per record**, not per point: measured with ``bench/bench_storecost.py``
 (``--phase clickhouse``, 2,500-record inserts of 8 and 15 values), the server's CPU per
@@ -65,20 +67,43 @@ Values: an int comes back as int (``int``, exact over 64 bits), a float as float
 downsampled history (min/max per time bucket) aggregates one column without
 looking at ``kind``.
 
-Rollups: the materialized view runs inside every insert into ``records``, so the
-rollups are as current as the records (no open minutes, unlike the SQLite and
-PostgreSQL stores).  Only the 1-minute step: ClickHouse scans raw points fast enough
-for grids of 10 s steps (24 h of 10 fields is 864,000 points), and a second step
-would cost every insert as much again (``bench/bench_store_backends.py``).  Minimum and maximum are idempotent: a redelivered batch adds
-states equal to those already there, and merges fold them.  A *corrected* value (a
-key written again with another value) is the exception: its old value stays in
-the rollup for good, where the raw downsampling forgets it once ReplacingMergeTree
-has merged (before that it counts too; see ``downsample``).  ``downsample`` merges the
-states of the coarsest rollups that fit its grid with states made from the raw points
-of the range's ends, in one query: 7 days of 10 fields at 1 Hz read about 100,000
-rollup rows instead of 6 M points.  An older database gets the view and its rollups
-(from every record) when the store first starts.  Values are normalised like the other stores (bool as
-int, NaN/None/objects skipped and not counted).
+Rollups, as in the SQLite and PostgreSQL stores, once per *settled* minute: when a write
+moves a stream's newest point 5-60 s (:func:`~livedata.store.base.settle_lag`, spread
+per stream by :func:`~livedata.store.base.stream_key`) into a later minute, it runs
+``INSERT INTO rollups SELECT ... FROM records`` for the minutes that settle (all its
+streams in one statement, the (stream, minute) pairs sent as an external table), then
+records the new open minute in ``rollup_open``.  A write into a minute already settled
+(late data, a redelivery, a backfill, a correction) rolls that minute up again.  Until
+this version a materialized view rolled up every insert: about one rollup row per
+*point* per insert (a 0.5 s insert meets each (machine, field, minute) once), which
+ClickHouse then merged -- measured with ``bench/bench_storecost.py --phase clickhouse``
+(see ``bench/README.md``).  ``downsample`` reads rollups only for minutes before the
+stream's open minute and the records from there on (the newest one or two minutes of a
+live stream), and raw records at the range's ends.  Only the 1-minute step: ClickHouse
+scans raw points fast enough for grids of 10 s steps (24 h of 10 fields is 864,000
+points).  Minimum and maximum are idempotent: rolling a minute up again, in this process
+or another, adds states equal to or wider than those there, and merges fold them (the
+table stays an AggregatingMergeTree) -- so several processes writing one database need no
+coordination.  A *corrected* value (a key written again with another value) is the
+exception: its old value stays in the rollup for good, where the raw downsampling
+forgets it once ReplacingMergeTree has merged (before that it counts too; see
+``downsample``); :meth:`ClickHouseStore.replace_values` deletes and rebuilds its
+minutes' rollups.  ``downsample`` merges the states of the rollups that fit its grid
+with states made from the raw points, in one query: 7 days of 10 fields at 1 Hz read
+about 100,000 rollup rows instead of 6 M points.  An older database loses its view
+(``records_rollups_mv``) on start and keeps its rollups; one without rollups gets them
+from every record.  Values are normalised like the other stores (bool as int,
+NaN/None/objects skipped and not counted).
+
+Several writers: ``rollup_open`` is shared, each process caches it for the streams it
+writes, and every write reads (one query) the open minutes that another process moved
+past a minute the write touched: those minutes are rolled up again by this write.  A
+minute that settles is rolled up before its open minute moves (readers read it raw
+until then) and once more after, for a point that another process inserted into it in
+between and whose write read the open minute before it moved.  So when a write
+returns, ``downsample`` includes its points -- except while another process's write is
+between its insert and its roll-up (a few milliseconds).  A write that fails anywhere
+raises, and its retry settles again.
 
 Duplicates: a point is (tenant, chassis, msg_type, field, ts); writing it again
 **replaces its value (last write wins)**, as in the memory and SQLite stores.
@@ -653,8 +678,8 @@ class ClickHouseStore(Store):
         ``points`` once empty.  Interrupted, the next start goes on with the days left
         and copies the interrupted day again: the same keys with the same ``ver``, which
         queries and merges keep once.  Points older than the retention cutoff (invisible
-        anyway) are not copied.  The views fill ``streams`` and ``rollups`` again from
-        the copies (rollup states equal to those already there).
+        anyway) are not copied.  The view fills ``streams`` again from the copies; the
+        rollups the per-point version's view made stay.
         """
         db = self.database
         client = self._client()
@@ -977,7 +1002,8 @@ class ClickHouseStore(Store):
         """argMin/argMax per (field, grid bucket), without deduplication.
 
         One query merges the argMin/argMax states of the rollups that fit the grid with
-        states made from the raw points of the range's ends.  A redelivered point has
+        states made from the raw points of the range's ends and of the stream's open
+        minutes (from ``rollup_open``, read in a query before).  A redelivered point has
         the same value, so min and max need no ``argMax(.., ver)`` pass; only a corrected
         value counts with its old value too (until merged in the raw points, for good in
         the rollups).  Nothing older than the retention cutoff is read.
