@@ -264,6 +264,21 @@ def _points(db: str, where: str) -> str:
     return f"(SELECT * FROM {db}.records WHERE {where}) {_ARRAY_JOIN}"
 
 
+def _per_stream(db: str, table: str, column: str, flag: str = "") -> str:
+    """A table of one Int64 ``column`` per stream (and UInt8 ``flag``), of which reads take
+    the highest."""
+    flagged = f"{flag} UInt8," if flag else ""
+    key = f", {flag}" if flag else ""
+    return f"""CREATE TABLE IF NOT EXISTS {db}.{table} (
+            tenant String,
+            chassis String,
+            msg_type String,
+            {flagged}
+            {column} Int64
+        ) ENGINE = ReplacingMergeTree({column})
+        ORDER BY (tenant, chassis, msg_type{key})"""
+
+
 def _schema(db: str) -> list[str]:
     return [
         f"CREATE DATABASE IF NOT EXISTS {db}",
@@ -282,13 +297,7 @@ def _schema(db: str) -> list[str]:
         PARTITION BY intDiv(ts, {DAY_MS})
         ORDER BY (tenant, chassis, msg_type, ts, field)
         SETTINGS index_granularity = {RECORDS_GRANULE}""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.streams (
-            tenant String,
-            chassis String,
-            msg_type String,
-            last_ts Int64
-        ) ENGINE = ReplacingMergeTree(last_ts)
-        ORDER BY (tenant, chassis, msg_type)""",
+        _per_stream(db, "streams", "last_ts"),
         f"""CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.records_streams_mv TO {db}.streams AS
         SELECT tenant, chassis, msg_type, max(ts) AS last_ts
         FROM {db}.records GROUP BY tenant, chassis, msg_type""",
@@ -392,13 +401,7 @@ def _rollup_schema(db: str) -> list[str]:
         ) ENGINE = AggregatingMergeTree()
         PARTITION BY intDiv(bucket * step, {DAY_MS})
         ORDER BY (tenant, chassis, msg_type, field, step, bucket)""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.rollup_open (
-            tenant String,
-            chassis String,
-            msg_type String,
-            open_minute Int64
-        ) ENGINE = ReplacingMergeTree(open_minute)
-        ORDER BY (tenant, chassis, msg_type)""",
+        _per_stream(db, "rollup_open", "open_minute", flag="done"),
     ]
 
 
@@ -742,14 +745,12 @@ class ClickHouseStore(Store):
                 f"SELECT tenant, chassis, msg_type, max(last_ts) FROM {db}.streams"
                 " GROUP BY tenant, chassis, msg_type"
             )
-            rows = [
-                (*stream, first_open_minute(last, stream_key(stream))) for *stream, last in streams
+            moved = [
+                (stream, first_open_minute(last, stream_key(stream)))
+                for stream, last in ((tuple(row[:3]), row[3]) for row in streams)
             ]
-            if rows:
-                client.execute(
-                    f"INSERT INTO {db}.rollup_open (tenant, chassis, msg_type, open_minute) VALUES",
-                    rows,
-                )
+            if moved:
+                self._mark(client, moved, done=1)
 
     async def _run_now(self, fn: Callable[[], T]) -> T:
         executor = self._executor
@@ -838,52 +839,64 @@ class ClickHouseStore(Store):
     def _settle(
         self, client: Client, touched: dict[StreamId, set[int]], newest: dict[StreamId, int]
     ) -> None:
-        """After a write's insert: roll up the minutes it settles, move its streams' open
+        """After a write's insert: roll up the minutes it settles and move its streams' open
         minutes, and roll up again the settled minutes it wrote into (late data).
 
-        The open minutes come from ``rollup_open`` (shared by every process writing the
-        database), cached per process (:attr:`ClickHouseStore._opened`); one query per
-        write reads those of the write's streams that are past one of the minutes the
-        write touched (another process moved them: this write's points there are late),
-        all of them when a stream is not cached yet.  A newly settled minute is rolled up
-        before its stream's open minute moves (readers read it raw until then), and once
-        more after: a write of another process that inserted a point into that minute
-        after the first roll-up and read the open minute before it moved has not rolled
-        it up.  Rolling up a minute twice, here or in two processes, only adds equal
-        states (min and max).  A failure anywhere raises and leaves the cache as it
-        was, so the retried write does it all again.
+        ``rollup_open`` is shared by every process writing the database; per stream it
+        holds the *claimed* open minute (``done = 0``: written before the roll-up) and the
+        *settled* one (``done = 1``: after; readers trust rollups below it).  Each process
+        caches the settled minutes of the streams it writes (:attr:`_opened`); one query
+        per write reads both for those of the write's streams whose claim is past a
+        minute the write touched (all of them when a stream is not cached yet): this
+        write's points there are late, or another process moved on.  A write of another
+        process that inserts a point into a minute being settled either reads the claim
+        (and rolls the minute up again itself) or inserted before the claim, so before
+        the roll-up.  Rolling up a minute twice, here or in two processes, only adds
+        equal states (min and max).  A failure anywhere raises and leaves the cache as it
+        was: the retry (or the stream's next write, from the settled minute, in any
+        process) rolls it up again.
         """
         db = self.database
         opened = self._opened
         unknown = [stream for stream in newest if stream not in opened]
         lowest = INT64_MIN if unknown else min(min(minutes) for minutes in touched.values())
         rows = client.execute(
-            f"SELECT tenant, chassis, msg_type, max(open_minute) AS o FROM {db}.rollup_open"
+            "SELECT tenant, chassis, msg_type, maxIf(open_minute, done = 1),"
+            f" countIf(done = 1), max(open_minute) AS claimed FROM {db}.rollup_open"
             f" WHERE (tenant, chassis, msg_type) IN (SELECT * FROM {_BATCH})"
-            " GROUP BY tenant, chassis, msg_type HAVING o > %(lowest)s",
+            " GROUP BY tenant, chassis, msg_type HAVING claimed > %(lowest)s",
             {"lowest": lowest},
             external_tables=[_external(_BATCH, _STREAM_STRUCTURE, list(newest))],
         )
         now = {stream: opened.get(stream) for stream in newest}
-        for tenant, chassis, msg_type, minute in rows:
+        late: set[tuple[StreamId, int]] = set()
+        for tenant, chassis, msg_type, settled, known, claimed in rows:
             stream = (tenant, chassis, msg_type)
-            known = now[stream]
-            if known is None or minute > known:
-                now[stream] = minute
+            cached = now[stream]
+            if known and (cached is None or settled > cached):
+                now[stream] = settled
+            late.update((stream, minute) for minute in touched[stream] if minute < claimed)
         moved, pairs = settle_streams(newest, touched, newest, now)
+        if late:
+            pairs = sorted(late.union(pairs))
+        if moved:
+            self._mark(client, moved, done=0)
         if pairs:
             self._roll_up(client, pairs)
         if moved:
-            client.execute(
-                f"INSERT INTO {db}.rollup_open (tenant, chassis, msg_type, open_minute) VALUES",
-                [(*stream, minute) for stream, minute in moved],
-            )
-            again = {stream for stream, _ in moved}
-            self._roll_up(client, [(stream, m) for stream, m in pairs if stream in again])
+            self._mark(client, moved, done=1)
             now.update(moved)
         if len(opened) + len(unknown) > NAMES_CACHED:
             opened.clear()
         opened.update(now)
+
+    def _mark(self, client: Client, moved: list[tuple[StreamId, int]], done: int) -> None:
+        """Record the streams' new open minutes in ``rollup_open`` (claimed, or settled)."""
+        client.execute(
+            f"INSERT INTO {self.database}.rollup_open"
+            " (tenant, chassis, msg_type, done, open_minute) VALUES",
+            [(*stream, done, minute) for stream, minute in moved],
+        )
 
     def _roll_up(self, client: Client, pairs: list[tuple[StreamId, int]]) -> None:
         """Insert the rollup states of the ``(stream, minute)`` pairs from their records."""
@@ -891,12 +904,13 @@ class ClickHouseStore(Store):
             chunk = pairs[first : first + ROLL_UP_PAIRS]
             lowest = min(minute for _, minute in chunk) * MINUTE_MS
             highest = (max(minute for _, minute in chunk) + 1) * MINUTE_MS - 1
-            records = _points(
-                self.database,
-                f"ts >= {lowest} AND ts <= {highest}"
+            records = (
+                f"(SELECT tenant, chassis, msg_type, ts, field, kind, num, int"
+                f" FROM {self.database}.records WHERE ts >= {lowest} AND ts <= {highest}"
                 f" AND (tenant, chassis, msg_type) IN (SELECT tenant, chassis, msg_type FROM {_PAIRS})"
-                f" AND (tenant, chassis, msg_type, {_MINUTE}) IN (SELECT * FROM {_PAIRS})",
-            )
+                f" AND (tenant, chassis, msg_type, {_MINUTE}) IN (SELECT * FROM {_PAIRS}))"
+                " ARRAY JOIN field, kind, num, int"
+            )  # as _points(), without the strings, which rollups skip
             client.execute(
                 f"INSERT INTO {self.database}.rollups {_rollup_select(records)}",
                 external_tables=[
@@ -1032,7 +1046,8 @@ class ClickHouseStore(Store):
             client = self._client()
             if self.rollups:
                 cutoff, open_minute, known = client.execute(
-                    f"SELECT (SELECT max(cutoff) FROM {db}.retention), max(open_minute), count()"
+                    f"SELECT (SELECT max(cutoff) FROM {db}.retention),"
+                    " maxIf(open_minute, done = 1), countIf(done = 1)"
                     f" FROM {db}.rollup_open WHERE {same_machine}",
                     params,
                 )[0]
