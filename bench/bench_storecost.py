@@ -1,6 +1,6 @@
 """The ingest role's per-record costs outside decoding: this checkout against another tree.
 
-    python bench/bench_storecost.py --base /work/main/src [--records 40000] [--rounds 2]
+    python bench/bench_storecost.py --base /work/main/src [--records 40000] [--rounds 2] [--batch 2500]
         [--phase codec|clickhouse|kafka|ingest|ranges ...] [--no-linger]
 
 One run starts ClickHouse (Debian's server), a Tansu broker (Kafka) and PostgreSQL
@@ -13,7 +13,7 @@ under test first on ``sys.path``, the process CPU (all threads) per record of:
 * ``envelope encode`` / ``envelope decode``: :func:`livedata.model.encode_records` /
   :func:`~livedata.model.decode_records` over batches of 500 records (what the Kafka
   producer in ingest and the consumers in distribute and alerts pay per record);
-* ``clickhouse write``: :meth:`ClickHouseStore.write` in batches of 2,500 records
+* ``clickhouse write``: :meth:`ClickHouseStore.write` in batches of ``--batch`` (2,500) records
   (half ``vehicle_can`` records of 8 values, 2 of them strings; half
   ``client_raw_data`` of 15 values, 12 floats and 3 ints), a database per worker;
   ``clickhouse server write``: the ``clickhouse-server`` process's CPU (``/proc``) over
@@ -173,7 +173,13 @@ async def _ingest_phase(
 
 
 async def _worker(
-    urls: dict[str, str], count: int, phases: list[str], rate: int, seconds: float, tick: float
+    urls: dict[str, str],
+    count: int,
+    phases: list[str],
+    rate: int,
+    seconds: float,
+    tick: float,
+    batch: int,
 ) -> dict[str, Any]:
     from livedata.model import decode_records, encode_records
 
@@ -204,8 +210,8 @@ async def _worker(
         server_url = urls["clickhouse"] + "default"
         merged = _merged(server_url)
         cpu, server, wall = _cpu(), _server_cpu(pid), time.perf_counter()
-        for i in range(0, count, 2500):
-            await store.write(records[i : i + 2500])
+        for i in range(0, count, batch):
+            await store.write(records[i : i + batch])
         out["clickhouse write"] = (_cpu() - cpu) / count
         settled = _server_cpu(pid)
         deadline = time.monotonic() + 30
@@ -315,7 +321,7 @@ def run_worker(
         [sys.executable, __file__, "--worker", json.dumps(urls)]
         + [
             f"--{k.replace('_', '-')}={getattr(args, k)}"
-            for k in ("records", "rate", "seconds", "tick_ms")
+            for k in ("records", "rate", "seconds", "tick_ms", "batch")
         ]
         + [f"--phase={p}" for p in args.phase or PHASES],
         env=env,
@@ -335,6 +341,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, help="src directory of the code before")
     parser.add_argument("--records", type=int, default=40_000)
+    parser.add_argument(
+        "--batch", type=int, default=2_500, help="clickhouse phase: records per write"
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--no-linger",
@@ -352,7 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     phases = args.phase or PHASES
     if args.worker:
         urls = json.loads(args.worker)
-        result = _worker(urls, args.records, phases, args.rate, args.seconds, args.tick_ms / 1000)
+        result = _worker(
+            urls, args.records, phases, args.rate, args.seconds, args.tick_ms / 1000, args.batch
+        )
         print(json.dumps(asyncio.run(result)))
         return
 

@@ -373,11 +373,14 @@ _MINUTE = f"intDiv(ts, {MINUTE_MS}) - (modulo(ts, toInt64({MINUTE_MS})) < 0)"
 """The minute of ``ts`` (floor, as Python's ``ts // MINUTE_MS``), as :func:`_rollup_select`."""
 
 
-_BATCH, _PAIRS = "batch_streams", "settle_pairs"
-"""Names of the external tables (sent with a query) of a write's streams and of the
-(stream, minute) pairs to roll up."""
-_STREAM_STRUCTURE = [("tenant", "String"), ("chassis", "String"), ("msg_type", "String")]
-_PAIR_STRUCTURE = [*_STREAM_STRUCTURE, ("minute", "Int64")]
+_PAIRS = "settle_pairs"
+"""Name of the external table (sent with the query) of the (stream, minute) pairs to roll up."""
+_PAIR_STRUCTURE = [
+    ("tenant", "String"),
+    ("chassis", "String"),
+    ("msg_type", "String"),
+    ("minute", "Int64"),
+]
 ROLL_UP_PAIRS = 20_000
 """(stream, minute) pairs rolled up per statement at most (a backfill in several)."""
 
@@ -846,9 +849,10 @@ class ClickHouseStore(Store):
         holds the *claimed* open minute (``done = 0``: written before the roll-up) and the
         *settled* one (``done = 1``: after; readers trust rollups below it).  Each process
         caches the settled minutes of the streams it writes (:attr:`_opened`); one query
-        per write reads both for those of the write's streams whose claim is past a
-        minute the write touched (all of them when a stream is not cached yet): this
-        write's points there are late, or another process moved on.  A write of another
+        per write reads both for the streams whose claim is past the oldest minute the
+        write touched -- usually none, the whole table when a stream is not cached yet
+        -- and those of the write's streams whose claim is past a minute the write
+        touched have late points there.  A write of another
         process that inserts a point into a minute being settled either reads the claim
         (and rolls the minute up again itself) or inserted before the claim, so before
         the roll-up.  Rolling up a minute twice, here or in two processes, only adds
@@ -863,19 +867,22 @@ class ClickHouseStore(Store):
         rows = client.execute(
             "SELECT tenant, chassis, msg_type, maxIf(open_minute, done = 1),"
             f" countIf(done = 1), max(open_minute) AS claimed FROM {db}.rollup_open"
-            f" WHERE (tenant, chassis, msg_type) IN (SELECT * FROM {_BATCH})"
             " GROUP BY tenant, chassis, msg_type HAVING claimed > %(lowest)s",
             {"lowest": lowest},
-            external_tables=[_external(_BATCH, _STREAM_STRUCTURE, list(newest))],
         )
         now = {stream: opened.get(stream) for stream in newest}
         late: set[tuple[StreamId, int]] = set()
         for tenant, chassis, msg_type, settled, known, claimed in rows:
             stream = (tenant, chassis, msg_type)
+            if stream not in now:
+                if not unknown or stream in opened:
+                    continue  # not written now, or cached already
+                now[stream] = None  # cached below: all of the table was read
             cached = now[stream]
             if known and (cached is None or settled > cached):
                 now[stream] = settled
-            late.update((stream, minute) for minute in touched[stream] if minute < claimed)
+            if stream in touched:
+                late.update((stream, minute) for minute in touched[stream] if minute < claimed)
         moved, pairs = settle_streams(newest, touched, newest, now)
         if late:
             pairs = sorted(late.union(pairs))
