@@ -218,7 +218,7 @@ async def test_rewriting_same_records_leaves_rollups_unchanged(
     finally:
         client.disconnect()
         await store.close()
-    settled = {r.ts // 60_000 for r in records} - set(range(open_minute, open_minute + 2))
+    settled = {r.ts // 60_000 for r in records if r.ts // 60_000 < open_minute}
     assert len(before) == 3 * len(settled)  # one step: a minute, settled minutes only
 
 
@@ -338,7 +338,7 @@ async def test_late_data_in_a_settled_minute_is_rolled_up_again(
     store = open_store(clickhouse_server.url(db))
     await store.start()
     client = admin(clickhouse_server)
-    records = long_records("t1", seconds=10 * 60)
+    records = long_records("t1", seconds=25 * 60)
     try:
         for batch in live_batches(records):
             await store.write(batch)
@@ -354,7 +354,7 @@ async def test_late_data_in_a_settled_minute_is_rolled_up_again(
             rec("t1", settled + 1_500, {"new": 5}),  # a field the minute had not
         ]
         await store.write(late)
-        end = T0 + 10 * 60_000
+        end = T0 + 25 * 60_000
         for name, written in (
             ("a", {r.ts: r.values["a"] for r in records} | {settled + 500: 1.0e9}),
             ("b", {r.ts: r.values["b"] for r in records} | {settled + 500: -(10**9)}),
@@ -380,7 +380,7 @@ async def test_two_stores_rolling_up_the_same_minutes_agree(
         ClickHouseStore(clickhouse_server.url(db)) for db in (shared, shared, alone)
     )
     client = admin(clickhouse_server)
-    records = long_records("t1", seconds=15 * 60)
+    records = long_records("t1", seconds=30 * 60)
     try:
         for store in (one, two, single):
             await store.start()
@@ -396,7 +396,7 @@ async def test_two_stores_rolling_up_the_same_minutes_agree(
             client.execute(f"OPTIMIZE TABLE {db}.rollups FINAL")
         assert settled_rollup_rows(client, shared) == settled_rollup_rows(client, alone)
         assert len(settled_rollup_rows(client, shared)) >= 3 * 13
-        end = T0 + 15 * 60_000
+        end = T0 + 30 * 60_000
         written = {r.ts: r.values["a"] for r in records}
         for store in (one, two):
             for buckets in (1, 7, 15):

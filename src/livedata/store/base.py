@@ -264,13 +264,19 @@ def settle_lag(key: int) -> int:
     return low + (key * 7_919) % spread // 1_000 * 1_000
 
 
-def first_open_minute(last_ts: int, key: int) -> int:
+def first_open_minute(last_ts: int, key: int, span: int = 1) -> int:
     """The oldest minute not yet settled when the newest point of ``key`` is at ``last_ts``.
 
     Minutes before it have exact rollups; it and the minutes up to ``last_ts // MINUTE_MS``
-    (one or two) may not, and are read raw.
+    (one or two; up to ``span + 1``) may not, and are read raw.  ``span``: minutes settle
+    in groups of that many (spread over the streams by ``key``), so that a store which
+    reads whole blocks of a stream's points to roll up reads each block once per group.
     """
-    return (last_ts - settle_lag(key)) // MINUTE_MS
+    minute = (last_ts - settle_lag(key)) // MINUTE_MS
+    if span == 1:
+        return minute
+    offset = key % span
+    return (minute - offset) // span * span + offset
 
 
 def minutes_to_settle(
@@ -299,13 +305,14 @@ def settle_streams(
     touched: Mapping[StreamId, set[int]],
     newest: Mapping[StreamId, int],
     opened: Mapping[StreamId, int | None],
+    span: int = 1,
 ) -> tuple[list[tuple[StreamId, int]], list[tuple[StreamId, int]]]:
     """What a write of ``streams`` settles (the stores that share a database between
     processes, where a stream's settle lag comes from :func:`stream_key`): ``(moved, pairs)``.
 
     ``touched``: per stream the minutes the write stored points in, ``newest`` its newest
     timestamp in the write, ``opened`` its first open minute before the write (missing or
-    ``None``: nothing settled yet).  ``moved``: ``(stream, new first open minute)`` of the
+    ``None``: nothing settled yet), ``span`` as in :func:`first_open_minute`.  ``moved``: ``(stream, new first open minute)`` of the
     streams whose open minute moves; ``pairs``: ``(stream, minute)`` whose rollups to
     (re)compute, in stream order.  The usual live write (every touched minute still open,
     the open minute where it was) gives nothing.
@@ -318,7 +325,7 @@ def settle_streams(
         last = newest[stream]
         if old is not None and min(touched[stream]) >= old >= (last - lowest_lag) // MINUTE_MS:
             continue  # the usual live write, told without the stream's own lag
-        new = first_open_minute(last, stream_key(stream))
+        new = first_open_minute(last, stream_key(stream), span)
         if old is not None and old >= new:
             if min(touched[stream]) >= old:
                 continue
@@ -326,20 +333,22 @@ def settle_streams(
         else:
             moved.append((stream, new))
         pairs.extend(
-            (stream, minute) for minute in sorted(settle_minutes(touched[stream], old, new))
+            (stream, minute) for minute in sorted(settle_minutes(touched[stream], old, new, span))
         )
     return moved, pairs
 
 
-def settle_minutes(touched: Iterable[int], old_open: int | None, new_open: int) -> set[int]:
+def settle_minutes(
+    touched: Iterable[int], old_open: int | None, new_open: int, span: int = 1
+) -> set[int]:
     """The minutes to (re)compute when the first open minute moves from ``old_open`` to
     ``new_open`` (``None``: nothing was open): every touched minute already settled, and
     the minutes that were open before and are settled now.  The open minutes are always
-    ``open`` and ``open + 1`` at most, since the newest point is less than a minute past
-    the lag."""
+    ``open`` to ``open + span`` at most, since the newest point is less than a minute past
+    the lag (:func:`first_open_minute`)."""
     result = {minute for minute in touched if minute < new_open}
     if old_open is not None:
-        result.update(range(old_open, min(new_open, old_open + 2)))
+        result.update(range(old_open, min(new_open, old_open + span + 1)))
     return result
 
 

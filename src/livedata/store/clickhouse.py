@@ -381,6 +381,11 @@ _PAIR_STRUCTURE = [
     ("msg_type", "String"),
     ("minute", "Int64"),
 ]
+SETTLE_SPAN = 10
+"""Minutes of a stream settled together (:func:`~livedata.store.base.first_open_minute`): a
+roll-up reads whole granules (1,024 records, about 17 minutes of one stream at 1 Hz), so
+settling minute by minute read each granule about 17 times; ``downsample`` reads up to 11
+minutes of a stream raw instead of 2."""
 ROLL_UP_PAIRS = 20_000
 """(stream, minute) pairs rolled up per statement at most (a backfill in several)."""
 
@@ -749,7 +754,7 @@ class ClickHouseStore(Store):
                 " GROUP BY tenant, chassis, msg_type"
             )
             moved = [
-                (stream, first_open_minute(last, stream_key(stream)))
+                (stream, first_open_minute(last, stream_key(stream), SETTLE_SPAN))
                 for stream, last in ((tuple(row[:3]), row[3]) for row in streams)
             ]
             if moved:
@@ -883,7 +888,7 @@ class ClickHouseStore(Store):
                 now[stream] = settled
             if stream in touched:
                 late.update((stream, minute) for minute in touched[stream] if minute < claimed)
-        moved, pairs = settle_streams(newest, touched, newest, now)
+        moved, pairs = settle_streams(newest, touched, newest, now, SETTLE_SPAN)
         if late:
             pairs = sorted(late.union(pairs))
         if moved:
