@@ -67,43 +67,46 @@ Values: an int comes back as int (``int``, exact over 64 bits), a float as float
 downsampled history (min/max per time bucket) aggregates one column without
 looking at ``kind``.
 
-Rollups, as in the SQLite and PostgreSQL stores, once per *settled* minute: when a write
-moves a stream's newest point 5-60 s (:func:`~livedata.store.base.settle_lag`, spread
-per stream by :func:`~livedata.store.base.stream_key`) into a later minute, it runs
-``INSERT INTO rollups SELECT ... FROM records`` for the minutes that settle (all its
-streams in one statement, the (stream, minute) pairs sent as an external table), then
-records the new open minute in ``rollup_open``.  A write into a minute already settled
-(late data, a redelivery, a backfill, a correction) rolls that minute up again.  Until
-this version a materialized view rolled up every insert: about one rollup row per
+Rollups, as in the SQLite and PostgreSQL stores, of *settled* minutes only, computed
+once: when a write moves a stream's newest point 5-60 s
+(:func:`~livedata.store.base.settle_lag`, spread per stream by
+:func:`~livedata.store.base.stream_key`) past a group of :data:`SETTLE_SPAN` (10) minutes,
+it runs ``INSERT INTO rollups SELECT ... FROM records`` for those minutes (all its
+streams in one statement, the (stream, minute) pairs sent as an external table) and
+records the stream's new open minute in ``rollup_open``.  A write into a minute already
+settled (late data, a redelivery, a backfill, a correction) rolls that minute up again.
+Until this version a materialized view rolled up every insert: about one rollup row per
 *point* per insert (a 0.5 s insert meets each (machine, field, minute) once), which
-ClickHouse then merged -- measured with ``bench/bench_storecost.py --phase clickhouse``
-(see ``bench/README.md``).  ``downsample`` reads rollups only for minutes before the
-stream's open minute and the records from there on (the newest one or two minutes of a
-live stream), and raw records at the range's ends.  Only the 1-minute step: ClickHouse
-scans raw points fast enough for grids of 10 s steps (24 h of 10 fields is 864,000
-points).  Minimum and maximum are idempotent: rolling a minute up again, in this process
-or another, adds states equal to or wider than those there, and merges fold them (the
-table stays an AggregatingMergeTree) -- so several processes writing one database need no
-coordination.  A *corrected* value (a key written again with another value) is the
-exception: its old value stays in the rollup for good, where the raw downsampling
-forgets it once ReplacingMergeTree has merged (before that it counts too; see
-``downsample``); :meth:`ClickHouseStore.replace_values` deletes and rebuilds its
-minutes' rollups.  ``downsample`` merges the states of the rollups that fit its grid
+ClickHouse then merged; see ``bench/README.md`` (``bench_storecost.py --phase
+clickhouse``) for what each costs.  ``downsample`` reads rollups only for minutes before
+the stream's open minute, the records from there on (up to 11 minutes of a live stream),
+and raw records at the range's ends.  Only the 1-minute step: ClickHouse scans raw
+points fast enough for grids of 10 s steps (24 h of 10 fields is 864,000 points).
+Minimum and maximum are idempotent: rolling a minute up again, in this process or
+another, adds states equal to or wider than those there, and merges fold them (the
+table stays an AggregatingMergeTree).  A *corrected* value (a key written again with
+another value) is the exception: its old value stays in the rollup for good, where the
+raw downsampling forgets it once ReplacingMergeTree has merged (before that it counts
+too; see ``downsample``); :meth:`ClickHouseStore.replace_values` deletes and rebuilds
+its minutes' rollups.  ``downsample`` merges the states of the rollups that fit its grid
 with states made from the raw points, in one query: 7 days of 10 fields at 1 Hz read
 about 100,000 rollup rows instead of 6 M points.  An older database loses its view
 (``records_rollups_mv``) on start and keeps its rollups; one without rollups gets them
 from every record.  Values are normalised like the other stores (bool as int,
 NaN/None/objects skipped and not counted).
 
-Several writers: ``rollup_open`` is shared, each process caches it for the streams it
-writes, and every write reads (one query) the open minutes that another process moved
-past a minute the write touched: those minutes are rolled up again by this write.  A
-minute that settles is rolled up before its open minute moves (readers read it raw
-until then) and once more after, for a point that another process inserted into it in
-between and whose write read the open minute before it moved.  So when a write
-returns, ``downsample`` includes its points -- except while another process's write is
-between its insert and its roll-up (a few milliseconds).  A write that fails anywhere
-raises, and its retry settles again.
+Several writers (processes) of one database: ``rollup_open`` holds per stream a
+*claimed* open minute, written before the roll-up, and a *settled* one, written after;
+readers trust rollups below the settled one.  Every write reads (one query, usually
+returning nothing) the claims past the oldest minute it touched, and rolls up again the
+minutes it touched below a claim: a point inserted into a minute that another process
+is settling was either inserted before the claim, so before the roll-up read the
+records, or its write sees the claim.  So when a write returns, ``downsample`` includes
+its points -- except while another process's write is between its insert and its
+roll-up (milliseconds).  A write that fails anywhere raises; its retry, or the stream's
+next write in any process (from the settled minute on), rolls the minutes up again.
+Cost: one more round trip per write, three more (claim, roll-up, settled) on a write
+that settles a group of minutes of some stream.
 
 Duplicates: a point is (tenant, chassis, msg_type, field, ts); writing it again
 **replaces its value (last write wins)**, as in the memory and SQLite stores.
