@@ -4,7 +4,7 @@ outages, deduplication before merges and retention by day partitions."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -329,45 +329,51 @@ def live_batches(records: list[Record], size: int = 2) -> list[list[Record]]:
     return [records[n : n + size] for n in range(0, len(records), size)]
 
 
-async def test_late_data_in_a_settled_minute_is_rolled_up_again(
+@pytest.fixture
+async def fresh_store(
     clickhouse_server: ClickHouseServer,
-) -> None:
-    """Live writes roll up no open minute; late points in a settled minute (new extremes, a
-    new field) show in downsampling as soon as their write returns."""
+) -> AsyncIterator[tuple[str, ClickHouseStore, Client]]:
+    """(database, started store on it, admin client); closed afterwards."""
     db = unique_id("db_")
-    store = open_store(clickhouse_server.url(db))
+    store, client = ClickHouseStore(clickhouse_server.url(db)), admin(clickhouse_server)
     await store.start()
-    client = admin(clickhouse_server)
-    records = long_records("t1", seconds=25 * 60)
     try:
-        for batch in live_batches(records):
-            await store.write(batch)
-        ((open_minute,),) = client.execute(
-            f"SELECT max(open_minute) FROM {db}.rollup_open WHERE done = 1"
-        )
-        buckets = sorted({row[2] for row in rollup_rows(client, db)})
-        assert buckets == list(range(T0 // 60_000, open_minute))  # settled minutes only
-        settled = (T0 // 60_000 + 3) * 60_000  # the start of a settled minute
-        assert settled // 60_000 < open_minute
-        late = [
-            rec("t1", settled + 500, {"a": 1.0e9, "b": -(10**9)}),  # new extremes
-            rec("t1", settled + 1_500, {"new": 5}),  # a field the minute had not
-        ]
-        await store.write(late)
-        end = T0 + 25 * 60_000
-        for name, written in (
-            ("a", {r.ts: r.values["a"] for r in records} | {settled + 500: 1.0e9}),
-            ("b", {r.ts: r.values["b"] for r in records} | {settled + 500: -(10**9)}),
-            ("new", {settled + 1_500: 5}),
-        ):
-            for buckets in (1, 5, 10):
-                got = await store.downsample(
-                    "t1", "machine-1", "vehicle_can", [name], T0, end, buckets
-                )
-                assert_downsampled(got[name], written, T0, end, buckets)
+        yield db, store, client
     finally:
         client.disconnect()
         await store.close()
+
+
+async def test_late_data_in_a_settled_minute_is_rolled_up_again(
+    fresh_store: tuple[str, ClickHouseStore, Client],
+) -> None:
+    """Live writes roll up no open minute; late points in a settled minute (new extremes, a
+    new field) show in downsampling as soon as their write returns."""
+    db, store, client = fresh_store
+    records = long_records("t1", seconds=25 * 60)
+    for batch in live_batches(records):
+        await store.write(batch)
+    ((open_minute,),) = client.execute(
+        f"SELECT max(open_minute) FROM {db}.rollup_open WHERE done = 1"
+    )
+    rolled = sorted({row[2] for row in rollup_rows(client, db)})
+    assert rolled == list(range(T0 // 60_000, open_minute))  # settled minutes only
+    settled = (T0 // 60_000 + 3) * 60_000  # the start of a settled minute
+    assert settled // 60_000 < open_minute
+    late = [
+        rec("t1", settled + 500, {"a": 1.0e9, "b": -(10**9)}),  # new extremes
+        rec("t1", settled + 1_500, {"new": 5}),  # a field the minute had not
+    ]
+    await store.write(late)
+    end = T0 + 25 * 60_000
+    for name, written in (
+        ("a", {r.ts: r.values["a"] for r in records} | {settled + 500: 1.0e9}),
+        ("b", {r.ts: r.values["b"] for r in records} | {settled + 500: -(10**9)}),
+        ("new", {settled + 1_500: 5}),
+    ):
+        for buckets in (1, 5, 10):
+            got = await store.downsample("t1", "machine-1", "vehicle_can", [name], T0, end, buckets)
+            assert_downsampled(got[name], written, T0, end, buckets)
 
 
 async def test_two_stores_rolling_up_the_same_minutes_agree(
