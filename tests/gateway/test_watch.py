@@ -765,10 +765,12 @@ def test_dtcs_table_shows_dtc_changes(local: LocalServer) -> None:
     t = now_ms()
     try:
         active = Dm1(t, 0, lamps, (Dtc(110, 16, 2, 0),))
-        local.run(lambda: local.rt.ingest.dtcs.observe("acme", "AC-1", [active]))
+        local.run(lambda: local.rt.ingest.dtcs.observe_many([("acme", "AC-1", [active])]))
         first = stream.next_data()
         local.run(
-            lambda: local.rt.ingest.dtcs.observe("acme", "AC-1", [Dm1(t + 1000, 0, lamps, ())])
+            lambda: local.rt.ingest.dtcs.observe_many(
+                [("acme", "AC-1", [Dm1(t + 1000, 0, lamps, ())])]
+            )
         )
         second = stream.next_data()
     finally:

@@ -93,9 +93,9 @@ def test_state_is_bounded() -> None:
 async def test_service_persists_and_survives_restart(meta: Metadata) -> None:
     """Changes are written once; a new service (a restart) knows what is active and repeats nothing."""
     service = DtcService(meta)
-    summary = await service.observe("acme", "M1", [dm1(1000, 0, (110, 16, 3))])
+    summary = (await service.observe_many([("acme", "M1", [dm1(1000, 0, (110, 16, 3))])]))[0]
     assert summary["dtc_active"] == 1 and summary["lamp_amber_warning"] == 1
-    await service.observe("acme", "M1", [dm1(2000, 0, (110, 16, 3))])
+    await service.observe_many([("acme", "M1", [dm1(2000, 0, (110, 16, 3))])])
     log = DtcLog(meta)
     active, cleared = await log.listing("acme", "M1")
     assert [(r.spn, r.fmi, r.oc, r.since_ms, r.cleared_ms) for r in active] == [
@@ -104,9 +104,9 @@ async def test_service_persists_and_survives_restart(meta: Metadata) -> None:
     assert cleared == []
 
     restarted = DtcService(meta)
-    summary = await restarted.observe("acme", "M1", [dm1(3000, 0, (110, 16, 4))])
+    summary = (await restarted.observe_many([("acme", "M1", [dm1(3000, 0, (110, 16, 4))])]))[0]
     assert summary["dtc.110.16"] == 4
-    summary = await restarted.observe("acme", "M1", [dm1(4000, 0)])
+    summary = (await restarted.observe_many([("acme", "M1", [dm1(4000, 0)])]))[0]
     assert summary["dtc.110.16"] == 0 and summary["dtc_active"] == 0
     active, cleared = await log.listing("acme", "M1")
     assert active == []
@@ -119,17 +119,17 @@ async def test_service_retries_after_database_failure(
 ) -> None:
     """While the table cannot be written the change is kept back (logged once), then written."""
     service = DtcService(meta)
-    await service.observe("acme", "M1", [])  # loads the (empty) active set
+    await service.observe_many([("acme", "M1", [])])  # loads the (empty) active set
     async with meta.engine.begin() as conn:
         await conn.execute(text("ALTER TABLE dtcs RENAME TO dtcs_away"))
     with caplog.at_level(logging.WARNING, logger="livedata.dtcs"):
         for ts in (1000, 2000):
-            summary = await service.observe("acme", "M1", [dm1(ts, 0, (110, 16, 1))])
+            summary = (await service.observe_many([("acme", "M1", [dm1(ts, 0, (110, 16, 1))])]))[0]
             assert summary["dtc_active"] == 0
     assert len([r for r in caplog.records if "not saved" in r.message]) == 1
     async with meta.engine.begin() as conn:
         await conn.execute(text("ALTER TABLE dtcs_away RENAME TO dtcs"))
-    summary = await service.observe("acme", "M1", [dm1(3000, 0, (110, 16, 1))])
+    summary = (await service.observe_many([("acme", "M1", [dm1(3000, 0, (110, 16, 1))])]))[0]
     assert summary["dtc_active"] == 1
     active, _ = await DtcLog(meta).listing("acme", "M1")
     assert [(r.spn, r.since_ms) for r in active] == [(110, 3000)]
@@ -164,7 +164,9 @@ async def test_batch_writes_as_one_by_one_in_one_transaction(meta: Metadata) -> 
         ("M2", [dm1(4000, 0)]),
     ]
     one_by_one = DtcService(meta)
-    expected = [await one_by_one.observe("acme", chassis, dm1s) for chassis, dm1s in items]
+    expected = [
+        (await one_by_one.observe_many([("acme", chassis, dm1s)]))[0] for chassis, dm1s in items
+    ]
     batched = DtcService(meta)
     counted = Transactions(meta)
     got = await batched.observe_many([("beta", chassis, dm1s) for chassis, dm1s in items])

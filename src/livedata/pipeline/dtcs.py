@@ -234,10 +234,6 @@ class DtcService:
                 exc,
             )
 
-    async def observe(self, tenant: str, chassis: str, dm1s: Sequence[Dm1]) -> dict[str, Any]:
-        """:meth:`observe_many` for one machine's DM1s."""
-        return (await self.observe_many([(tenant, chassis, dm1s)]))[0]
-
     async def observe_many(
         self, items: Sequence[tuple[str, str, Sequence[Dm1]]]
     ) -> list[dict[str, Any]]:
