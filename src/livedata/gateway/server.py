@@ -82,7 +82,7 @@ from livedata.gateway.connlimits import (
     raise_fd_limit,
 )
 from livedata.gateway.sweep import BATCH, Sweep
-from livedata.gateway.wsserver import ServerSocket, SocketSettings
+from livedata.gateway.wsserver import PING_BATCH, ServerSocket, SocketSettings
 from livedata.settings import Settings
 
 if TYPE_CHECKING:
@@ -806,7 +806,7 @@ def uvicorn_config(app: Any, settings: Settings, sockets: Endpoint | None = None
         "heads": Sweep(limits.header_timeout, LimitedHttp._head_timeout),
         "idle": Sweep(settings.keep_alive_timeout, LimitedHttp._idle_timeout),
         "closing": CloseSweep(),
-        "ws_pings": Sweep(WS_PING_INTERVAL, LimitedWebSocket.send_keepalive_ping),
+        "ws_pings": Sweep(WS_PING_INTERVAL, LimitedWebSocket.send_keepalive_ping, PING_BATCH),
         "ws_pongs": Sweep(WS_PING_TIMEOUT, LimitedWebSocket.keepalive_timeout),
     }
     http = type("LimitedHttp", (LimitedHttp,), shared)
