@@ -96,6 +96,7 @@ class Fleet:
         self._machines = {c: Machine(c, decoder, seed) for c in chassis_ids}
         self._realtime = dict.fromkeys(chassis_ids, True)
         self._resume_ms: int | None = None
+        self._phase = self._phases()
 
     def machine_ids(self) -> list[str]:
         """The chassis ids, in the order given."""
@@ -176,7 +177,7 @@ class Fleet:
 
     async def _send_all(self, ts: int, kind: Kind) -> None:
         """Send every machine's messages of the second ``ts``, each at its slot's phase."""
-        for chassis, phase in self._phases().items():
+        for chassis, phase in self._phase.items():
             for message in self._messages(self._machines[chassis], ts + phase, kind):
                 await self._deliver(message)
 
