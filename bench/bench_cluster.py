@@ -170,6 +170,9 @@ LOG_PARTITIONS = 4
 """Partitions of the log topic: at most this many distribute processes share the work."""
 ROLES = ("ingest", "distribute", "alerts", "gateway")
 """The livedata roles, one process each; their CPU per record is summed."""
+OTHERS = ("simulate", "mosquitto", "tansu", "redis", "WebSocket clients")
+"""What is neither a livedata role nor ClickHouse: each one's CPU per record ingested is
+printed, and their sum (what the machine spends around livedata to feed and watch it)."""
 SAMPLE_EVERY_S = 1.0
 
 
@@ -719,6 +722,12 @@ def flow_table(windows: list[Window]) -> None:
         ),
     )
     row("CPU/record: clickhouse", lambda w: w.cpu_per("clickhouse", w.total(records)))
+    for other in OTHERS:
+        row(f"CPU/record: {other}", lambda w, o=other: w.cpu_per(o, w.total(records)))
+    row(
+        f"CPU/record: the {len(OTHERS)} above",
+        lambda w: f"{sum(per_record(w, o) for o in OTHERS):,.0f} µs" if w.total(records) else "–",
+    )
     row(
         "CPU/published: distribute",
         lambda w: w.cpu_per("distribute", w.total("livedata_published_total")),
@@ -762,7 +771,7 @@ def ratios(windows: list[Window]) -> None:
     if before is None or after is None:
         return
     cells = []
-    for role in (*ROLES, "clickhouse"):
+    for role in (*ROLES, "clickhouse", *OTHERS):
         b, a = per_record(before, role), per_record(after, role)
         cells.append(f"{role} {b:,.0f} → {a:,.0f} µs" + (f" ({a / b:.2f}×)" if b else ""))
     print("CPU per record, before → after: " + "; ".join(cells))

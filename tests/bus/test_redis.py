@@ -119,6 +119,35 @@ async def test_history_is_bounded_in_count_and_time(
         await pubsub.close()
 
 
+async def test_history_stream_is_expired_on_its_first_message_then_every_trim_every(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new channel's stream gets its lifetime at once; it is renewed only TRIM_EVERY later."""
+    from redis.asyncio import Redis
+
+    import livedata.bus.redis as module
+
+    prefix = f"{unique_id()}/"
+    pubsub = open_pubsub(f"{redis_server.url}?prefix={prefix}")
+    raw = Redis.from_url(redis_server.url)
+    await pubsub.start()
+    try:
+        lifetime = (HISTORY_SECONDS + module.TRIM_EVERY) * 1000
+        await pubsub.publish_many([("c", b"1"), ("d", b"1")])
+        assert lifetime - 5000 < await raw.pttl(prefix + "c") <= lifetime
+        await raw.persist(prefix + "c")
+        await pubsub.publish_many([("c", b"2")])
+        assert await raw.pttl(prefix + "c") == -1, "renewed before TRIM_EVERY"
+        later = module.time.monotonic() + module.TRIM_EVERY
+        monkeypatch.setattr(module.time, "monotonic", lambda: later)
+        await pubsub.publish_many([("c", b"3")])
+        assert lifetime - 5000 < await raw.pttl(prefix + "c") <= lifetime
+        assert await pubsub.history("c") == [b"1", b"2", b"3"]
+    finally:
+        await pubsub.close()
+        await raw.aclose()
+
+
 @pytest.fixture
 def own_redis(tmp_path) -> Iterator[RedisServer]:
     """A Redis server of this test alone, since the test restarts it."""

@@ -81,6 +81,33 @@ async def test_device_reconnects_after_a_broker_restart_and_counts_what_it_dropp
         own.stop()
 
 
+@pytest.mark.slow
+async def test_device_pings_and_drops_a_broker_that_stays_silent() -> None:
+    """A broker that accepts and then says nothing gets PINGREQs, then is dropped and retried."""
+    received = bytearray()
+    accepted = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.read(4096)  # CONNECT
+        writer.write(b"\x20\x03\x00\x00\x00")  # CONNACK, success, no properties
+        while chunk := await reader.read(4096):
+            received.extend(chunk)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    device = SimDevice(f"mqtt://127.0.0.1:{port}?keepalive=5", "t1", "M1")
+    try:
+        await device.connect()
+        await until(lambda: wire.PINGREQ_PACKET in received, 10)
+        await until(lambda: accepted == 2, 20)  # 7.5 s without a byte: aborted, reconnected
+        assert device.last_error == "broker silent for 1.5 × keepalive"
+    finally:
+        await device.abort()
+        server.close()
+
+
 async def test_refused_credentials_fail_the_connect(tmp_path: Path) -> None:
     """A broker refusing the device's password makes connect raise ConfigError at once."""
     directory = tmp_path / "auth"
