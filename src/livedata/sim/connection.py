@@ -17,8 +17,14 @@ before giving it more.  While disconnected the device reconnects with backoff
 (0.5 s … 30 s, jittered) and its messages are dropped and counted (``dropped``),
 like those in flight or waiting when the connection was lost — a real agent spools
 them instead.  A PUBACK with a failure reason (say, not authorised) counts as
-``refused``.  Keepalive: a PINGREQ every ``keepalive`` / 2 seconds; a broker that
-sends nothing for 1.5 × ``keepalive`` is taken as gone.
+``refused``.  Keepalive: a PINGREQ every ``keepalive`` / 2 seconds in which the device
+published nothing (a timer callback per connection, no task); a broker that sends
+nothing for 1.5 × ``keepalive`` is taken as gone.
+
+The CPU is mostly the kernel's: one ``send`` of a machine's second and one ``recv`` of
+its PUBACKs, on uvloop (``livedata simulate`` runs on it when installed) 14 µs of CPU
+per message at 1 Hz against 16-17 µs on asyncio's loop (3,000 machines against a
+Mosquitto of their own).
 """
 
 from __future__ import annotations
@@ -85,12 +91,15 @@ class _Protocol(asyncio.Protocol):
         self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.heard = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
+        self.published = False
+        """Whether telemetry went out since the last keepalive tick (then no PINGREQ is due)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def keepalive(self, ping: float, silent: float) -> None:
-        """A PINGREQ every ``ping`` seconds; abort once nothing was heard for ``silent``.
+        """A PINGREQ every ``ping`` seconds unless telemetry went out meanwhile (MQTT asks for
+        one only when nothing else was sent); abort once nothing was heard for ``silent``.
 
         A timer callback, not a task: 10,000 devices' keepalives waking a coroutine with a
         ``wait_for`` each were a tenth of the simulator's CPU."""
@@ -104,7 +113,10 @@ class _Protocol(asyncio.Protocol):
                 self.device.last_error = "broker silent for 1.5 × keepalive"
                 transport.abort()
                 return
-            transport.write(wire.PINGREQ_PACKET)
+            if self.published:
+                self.published = False
+            else:
+                transport.write(wire.PINGREQ_PACKET)
             self._timer = loop.call_later(ping, tick)
 
         self._timer = loop.call_later(ping, tick)
@@ -364,6 +376,7 @@ class SimDevice:
         if packets:
             self._settled.clear()
             proto.transport.write(b"".join(packets))
+            proto.published = True
         if self.full:
             self._room.clear()
 
