@@ -148,13 +148,13 @@ def run(args: argparse.Namespace) -> int:
 
     with (
         contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError),  # Ctrl-C, SIGTERM
-        asyncio.Runner(loop_factory=_loop_factory()) as runner,
+        asyncio.Runner(loop_factory=loop_factory()) as runner,
     ):
         runner.run(simulate(devices, args.period, args.seed, announce, templates=args.templates))
     return 0
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop's event loop when it is installed (its socket writes and reads are C: the
     simulator's CPU per message was half asyncio's transport code), else asyncio's."""
     try:
