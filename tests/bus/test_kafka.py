@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaProducer
 from livedata.bus import Log, open_log
 from livedata.bus.kafka import LINGER_MS, MESSAGE_BYTES, KafkaLog, bounded_values
 from livedata.errors import BusError, ConfigError
-from livedata.model import Kind, Record, decode_records
+from livedata.model import Kind, Record, decode_records, encode_records
 from tests.bus.contract import Consumer, LogContract, eventually, keys, parsed, rec, unique_id
 from tests.servers import free_port
 from tests.servers.kafka import KafkaServer, start_kafka
@@ -281,3 +281,110 @@ async def test_consumer_goes_on_after_the_broker_restarted_empty(tmp_path) -> No
         for log in opened:
             await log.close()
         server.stop()
+
+
+APPENDS_AFTER_RESTART = 30
+"""Appends written between an empty broker restart and the topic's creation by another
+process: each partition then holds that many records Tansu's new topic starts below."""
+
+
+async def append_soon(log: KafkaLog, records: list[Record], attempts: int = 5) -> None:
+    """``log.append(records)``, tried again (0.2 s apart) up to ``attempts`` times, as
+    ingest does (with backoff): a log whose appends fail for good raises the last error."""
+    for attempt in range(attempts):
+        try:
+            await log.append(records)
+            return
+        except BusError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def read_until(log: KafkaLog, wanted: set[tuple[str, int]]) -> None:
+    """Consume ``log`` in a fresh group until every ``(chassis, ts)`` of ``wanted`` arrived."""
+    seen: set[tuple[str, int]] = set()
+    async for batch in log.consume(unique_id("group")):
+        seen.update((r.chassis, r.ts) for r in batch)
+        if wanted <= seen:
+            return
+
+
+def fleet_records(ts: int) -> list[Record]:
+    """One record of each of 32 machines (spread over every partition) at ``ts``."""
+    return [rec(f"m{i}", ts) for i in range(32)]
+
+
+@pytest.mark.slow
+async def test_appends_go_on_when_another_process_creates_the_topic_after_an_empty_restart(
+    tmp_path,
+) -> None:
+    """Tansu restarted empty under a producer that goes on appending, then another process
+    starts on the log (creating the topic): appends are still acknowledged, the topic has
+    the configured partitions and every record appended after the restart is read."""
+    server = start_kafka(tmp_path)
+    opened: list[KafkaLog] = []
+    try:
+        url = f"{server.url}/{unique_id('topic')}?partitions=8"
+        producer = await started(opened, url)
+        await producer.append(fleet_records(0))
+        await asyncio.to_thread(server.restart)
+        after: set[tuple[str, int]] = set()
+        for ts in range(1, APPENDS_AFTER_RESTART + 1):
+            await append_soon(producer, fleet_records(ts))
+            after.update((f"m{i}", ts) for i in range(32))
+        other = await started(opened, url)  # a role (re)started: KafkaLog.start creates the topic
+        for ts in range(APPENDS_AFTER_RESTART + 1, APPENDS_AFTER_RESTART + 11):
+            await append_soon(producer, fleet_records(ts))
+            after.update((f"m{i}", ts) for i in range(32))
+        assert producer._producer is not None
+        assert len(await producer._producer.partitions_for(producer.topic)) == 8
+        await asyncio.wait_for(read_until(other, after), 60)
+    finally:
+        for log in opened:
+            await log.close()
+        server.stop()
+
+
+@pytest.mark.slow
+async def test_a_fresh_producer_appends_over_records_written_while_the_topic_was_gone(
+    tmp_path,
+) -> None:
+    """Records written (by a producer that did not notice an empty restart) while the topic
+    was gone, then the topic created by a starting process: that process's appends, refused
+    at first by Tansu (unknown error), are sent again until acknowledged, and are read."""
+    server = start_kafka(tmp_path)
+    opened: list[KafkaLog] = []
+    stale = AIOKafkaProducer(bootstrap_servers=server.bootstrap, acks="all")
+    try:
+        url = f"{server.url}/{unique_id('topic')}?partitions=8"
+        topic = (await started(opened, url)).topic
+        await stale.start()
+        await stale.send_and_wait(topic, b"[]", partition=0)  # it knows the 8 partitions now
+        await asyncio.to_thread(server.restart)
+        for ts in range(APPENDS_AFTER_RESTART):
+            value = encode_records([rec("stale", ts)])
+            for partition in range(8):
+                await append_soon_raw(stale, topic, value, partition)
+        fresh = await started(opened, url)  # ingest restarted: creates the topic anew
+        await fresh.append(fleet_records(1_000))
+        await asyncio.wait_for(read_until(fresh, {(f"m{i}", 1_000) for i in range(32)}), 60)
+    finally:
+        await stale.stop()
+        for log in opened:
+            await log.close()
+        server.stop()
+
+
+async def append_soon_raw(
+    producer: AIOKafkaProducer, topic: str, value: bytes, partition: int
+) -> None:
+    """``producer.send_and_wait`` to ``partition``, tried again once the broker is back."""
+    for attempt in range(50):
+        try:
+            await producer.send_and_wait(topic, value, partition=partition)
+            return
+        except Exception:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.2)

@@ -41,7 +41,9 @@ Under stress:
   metadata refreshes) up to its request timeout (40 s), then raises
   :class:`~livedata.errors.BusError`; ingest retries the batch with backoff and
   does not acknowledge the device message meanwhile, so nothing is lost (a
-  retried batch may be written twice, see above).  ``append`` also waits while
+  retried batch may be written twice, see above).  Once a producer connection
+  broke, the next ``append`` raises :class:`~livedata.errors.BusUnavailable` at once
+  while the broker is unreachable (it checks the topic first, see below).  ``append`` also waits while
   the producer's buffer is full: that is the backpressure to ingest.  Consumers
   keep polling and go on from their position when the broker is back.
 * **Broker restarted empty** (Tansu on ``memory://``: topics and groups gone).  Tansu
