@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka.protocol.metadata import MetadataRequest
 
 from livedata.bus import Log, open_log
 from livedata.bus.kafka import LINGER_MS, MESSAGE_BYTES, KafkaLog, bounded_values
@@ -388,3 +389,39 @@ async def append_soon_raw(
             if attempt == 49:
                 raise
             await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_appends_use_the_partitions_of_a_topic_another_client_auto_created(
+    tmp_path,
+) -> None:
+    """Tansu restarted empty, then another client's metadata request auto-created the topic
+    (with 4 partitions, not the 8 configured): the producer appends over those 4, so a
+    consumer group reads every record appended after the restart."""
+    server = start_kafka(tmp_path)
+    opened: list[KafkaLog] = []
+    try:
+        url = f"{server.url}/{unique_id('topic')}?partitions=8"
+        producer = await started(opened, url)
+        await producer.append(fleet_records(0))
+        await asyncio.to_thread(server.restart)
+        client = AIOKafkaClient(bootstrap_servers=server.bootstrap)
+        await client.bootstrap()
+        try:
+            response = await client.send(
+                client.get_random_node(), MetadataRequest([producer.topic], True)
+            )
+        finally:
+            await client.close()
+        assert len(response.topics[0][3]) == 4, response  # Tansu auto-created it
+        after: set[tuple[str, int]] = set()
+        for ts in range(1, 11):
+            await append_soon(producer, fleet_records(ts))
+            after.update((f"m{i}", ts) for i in range(32))
+        assert producer._producer is not None
+        assert len(await producer._producer.partitions_for(producer.topic)) == 4
+        await asyncio.wait_for(read_until(producer, after), 60)
+    finally:
+        for log in opened:
+            await log.close()
+        server.stop()

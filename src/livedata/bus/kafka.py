@@ -322,6 +322,8 @@ class KafkaLog(Log):
         """After a broken connection: create the topic again if the broker lost it, then
         learn its partitions anew; :class:`BusError` (and still unsure) if unreachable."""
         self._topic_unsure = False  # a break while checking makes the next append look again
+        cluster = producer.client.cluster
+        before = len(cluster.partitions_for_topic(self.topic) or ())
         try:
             if await self._create_topic():
                 log.warning(
@@ -335,6 +337,17 @@ class KafkaLog(Log):
         except BaseException:
             self._topic_unsure = True
             raise
+        after = len(cluster.partitions_for_topic(self.topic) or ())
+        if after < before:
+            log.error(
+                "topic %s has %d partitions now, not %d: the broker lost it and another "
+                "client's metadata request created it anew (Tansu auto-creates 4); appends "
+                "use %d partitions, batches in flight across the loss to the others are not read",
+                self.topic,
+                after,
+                before,
+                after,
+            )
 
     async def append(self, records: Sequence[Record]) -> None:
         """Send the records in batch messages and wait until the broker acknowledged all.
