@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -316,13 +317,23 @@ def fleet_records(ts: int) -> list[Record]:
     return [rec(f"m{i}", ts) for i in range(32)]
 
 
-@pytest.mark.slow
-async def test_appends_go_on_when_another_process_creates_the_topic_after_an_empty_restart(
-    tmp_path,
-) -> None:
-    """Tansu restarted empty under a producer that goes on appending, then another process
-    starts on the log (creating the topic): appends are still acknowledged, the topic has
-    the configured partitions and every record appended after the restart is read."""
+async def append_fleet(log: KafkaLog, stamps: range) -> set[tuple[str, int]]:
+    """Append :func:`fleet_records` of each of ``stamps`` (:func:`append_soon`); their keys."""
+    for ts in stamps:
+        await append_soon(log, fleet_records(ts))
+    return {(f"m{i}", ts) for ts in stamps for i in range(32)}
+
+
+async def partition_count(log: KafkaLog) -> int:
+    """The partitions ``log``'s producer sends to."""
+    assert log._producer is not None
+    return len(await log._producer.partitions_for(log.topic))
+
+
+@contextlib.asynccontextmanager
+async def restarted_under_a_producer(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaLog]]:
+    """A Tansu broker restarted empty under a started log (8 partitions) that appended once:
+    the log's URL and the log, closed (and the broker stopped) at the end."""
     server = start_kafka(tmp_path)
     opened: list[KafkaLog] = []
     try:
@@ -330,21 +341,33 @@ async def test_appends_go_on_when_another_process_creates_the_topic_after_an_emp
         producer = await started(opened, url)
         await producer.append(fleet_records(0))
         await asyncio.to_thread(server.restart)
-        after: set[tuple[str, int]] = set()
-        for ts in range(1, APPENDS_AFTER_RESTART + 1):
-            await append_soon(producer, fleet_records(ts))
-            after.update((f"m{i}", ts) for i in range(32))
-        other = await started(opened, url)  # a role (re)started: KafkaLog.start creates the topic
-        for ts in range(APPENDS_AFTER_RESTART + 1, APPENDS_AFTER_RESTART + 11):
-            await append_soon(producer, fleet_records(ts))
-            after.update((f"m{i}", ts) for i in range(32))
-        assert producer._producer is not None
-        assert len(await producer._producer.partitions_for(producer.topic)) == 8
-        await asyncio.wait_for(read_until(other, after), 60)
+        yield url, producer
     finally:
         for log in opened:
             await log.close()
         server.stop()
+
+
+@pytest.mark.slow
+async def test_appends_go_on_when_another_process_creates_the_topic_after_an_empty_restart(
+    tmp_path,
+) -> None:
+    """Tansu restarted empty under a producer that goes on appending, then another process
+    starts on the log (creating the topic): appends are still acknowledged, the topic has
+    the configured partitions and every record appended after the restart is read."""
+    async with restarted_under_a_producer(tmp_path) as (url, producer):
+        after = await append_fleet(producer, range(1, APPENDS_AFTER_RESTART + 1))
+        other = open_log(url)  # a role (re)started: KafkaLog.start creates the topic
+        assert isinstance(other, KafkaLog)
+        await other.start()
+        try:
+            after |= await append_fleet(
+                producer, range(APPENDS_AFTER_RESTART + 1, APPENDS_AFTER_RESTART + 11)
+            )
+            assert await partition_count(producer) == 8
+            await asyncio.wait_for(read_until(other, after), 60)
+        finally:
+            await other.close()
 
 
 @pytest.mark.slow
@@ -398,14 +421,8 @@ async def test_appends_use_the_partitions_of_a_topic_another_client_auto_created
     """Tansu restarted empty, then another client's metadata request auto-created the topic
     (with 4 partitions, not the 8 configured): the producer appends over those 4, so a
     consumer group reads every record appended after the restart."""
-    server = start_kafka(tmp_path)
-    opened: list[KafkaLog] = []
-    try:
-        url = f"{server.url}/{unique_id('topic')}?partitions=8"
-        producer = await started(opened, url)
-        await producer.append(fleet_records(0))
-        await asyncio.to_thread(server.restart)
-        client = AIOKafkaClient(bootstrap_servers=server.bootstrap)
+    async with restarted_under_a_producer(tmp_path) as (_, producer):
+        client = AIOKafkaClient(bootstrap_servers=producer.bootstrap)
         await client.bootstrap()
         try:
             response = await client.send(
@@ -414,14 +431,6 @@ async def test_appends_use_the_partitions_of_a_topic_another_client_auto_created
         finally:
             await client.close()
         assert len(response.topics[0][3]) == 4, response  # Tansu auto-created it
-        after: set[tuple[str, int]] = set()
-        for ts in range(1, 11):
-            await append_soon(producer, fleet_records(ts))
-            after.update((f"m{i}", ts) for i in range(32))
-        assert producer._producer is not None
-        assert len(await producer._producer.partitions_for(producer.topic)) == 4
+        after = await append_fleet(producer, range(1, 11))
+        assert await partition_count(producer) == 4
         await asyncio.wait_for(read_until(producer, after), 60)
-    finally:
-        for log in opened:
-            await log.close()
-        server.stop()
