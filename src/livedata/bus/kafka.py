@@ -42,10 +42,11 @@ Under stress:
   :class:`~livedata.errors.BusError`; ingest retries the batch with backoff and
   does not acknowledge the device message meanwhile, so nothing is lost (a
   retried batch may be written twice, see above).  Once a producer connection
-  broke, the next ``append`` raises :class:`~livedata.errors.BusUnavailable` at once
-  while the broker is unreachable (it checks the topic first, see below).  ``append`` also waits while
-  the producer's buffer is full: that is the backpressure to ingest.  Consumers
-  keep polling and go on from their position when the broker is back.
+  broke, the next ``append`` raises :class:`~livedata.errors.BusUnavailable` at
+  once while the broker is unreachable (it checks the topic first, see below).
+  ``append`` also waits while the producer's buffer is full: that is the
+  backpressure to ingest.  Consumers keep polling and go on from their position
+  when the broker is back.
 * **Broker restarted empty** (Tansu on ``memory://``: topics and groups gone).  Tansu
   takes produce requests for a topic it does not know, and a topic created later
   (``CreateTopics``, or a client's metadata request, which auto-creates it with 4
@@ -372,10 +373,12 @@ class KafkaLog(Log):
         messages = list(self._messages(records, partitions))
         total = len(messages)
         deadline = time.monotonic() + RESEND_S
+        resent = False
         while True:
             failures = await self._send(producer, messages)
             if not failures:
-                _RESENDS.recovered(self.topic, "topic %s takes the resent messages", self.topic)
+                if resent:
+                    _RESENDS.recovered(self.topic, "topic %s took the resent messages", self.topic)
                 return
             refused = [message for message, exc in failures if isinstance(exc, UnknownError)]
             if len(refused) < len(failures) or time.monotonic() > deadline:
@@ -393,6 +396,7 @@ class KafkaLog(Log):
                 len(refused),
             )
             messages = refused
+            resent = True
 
     async def _send(
         self, producer: AIOKafkaProducer, messages: list[tuple[int, bytes, bytes]]
