@@ -41,10 +41,7 @@ Under stress:
   metadata refreshes) up to its request timeout (40 s), then raises
   :class:`~livedata.errors.BusError`; ingest retries the batch with backoff and
   does not acknowledge the device message meanwhile, so nothing is lost (a
-  retried batch may be written twice, see above).  Once a producer connection
-  broke, the next ``append`` raises :class:`~livedata.errors.BusUnavailable` at
-  once while the broker is unreachable (it checks the topic first, see below).
-  ``append`` also waits while the producer's buffer is full: that is the
+  retried batch may be written twice, see above).  ``append`` also waits while the producer's buffer is full: that is the
   backpressure to ingest.  Consumers keep polling and go on from their position
   when the broker is back.
 * **Broker restarted empty** (Tansu on ``memory://``: topics and groups gone).  Tansu
@@ -55,13 +52,13 @@ Under stress:
   object at that offset already exists) until each partition's offset, advanced by one
   record per refused produce, has passed them -- hundreds of refusals per partition after
   seconds of traffic, so ingest's appends failed for good (measured: a role restarted
-  18 s after Tansu did, creating the topic).  So: a broken producer connection makes the
-  next ``append`` create the topic again first (with ``partitions``; while the broker is
-  unreachable that raises :class:`~livedata.errors.BusUnavailable` at once and the next
-  append tries again) and refresh the partitions, before it sends; and messages refused
-  with an unknown error (only batches in flight across the restart can hit this now) are
-  sent again at once, for up to :data:`RESEND_S`, each refusal moving the offset past
-  one stale record.  Records in flight across the restart may be read twice.
+  18 s after Tansu did, creating the topic).  So: once a producer connection is down or
+  new, the next ``append`` creates the topic again first (with ``partitions``; if that fails it
+  raises and the next append tries again) and refreshes the partitions, before it sends;
+  and messages refused with an unknown error (only the append in flight across the
+  restart can have written into the missing topic now) are sent again at once, for up to
+  :data:`RESEND_S`, each refusal moving the offset past one stale record.  Records in
+  flight across the restart may be read twice.
 * **A consumer dies.**  Its partitions move to the other consumers of its group:
   at once when it leaves cleanly (``close``), after ``session_timeout_ms`` when
   its process is killed, plus the broker's rebalance time (Tansu answers a
@@ -95,7 +92,6 @@ from urllib.parse import parse_qs, urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.conn import CloseReason
 from aiokafka.errors import (
     ConsumerStoppedError,
     CorruptRecordException,
@@ -138,7 +134,6 @@ HEARTBEAT_MS = 1_000
 RESEND_S = 10.0
 """How long :meth:`KafkaLog.append` resends batch messages the broker refuses with an
 unknown error before it raises (see "Broker restarted empty" in the module docstring)."""
-BROKEN = (CloseReason.CONNECTION_BROKEN, CloseReason.CONNECTION_TIMEOUT)
 
 TOPIC_ALREADY_EXISTS = 36
 NOT_AUTHORIZED = (29, 31)  # topic / cluster authorization failed
@@ -210,8 +205,10 @@ class KafkaLog(Log):
         self.skipped = 0
         """Values read from the topic that were not a record."""
         self._producer: AIOKafkaProducer | None = None
+        self._connections: tuple[Any, ...] = ()
+        """The producer's broker connections seen by :meth:`append` (see :meth:`_reconnected`)."""
         self._topic_unsure = False
-        """A producer connection broke: the broker may have restarted without the topic."""
+        """The producer connected anew: the broker may have restarted without the topic."""
         self._partition_of: dict[str, int] = {}
         """The partition of each chassis seen, for the partition count below."""
         self._partition_count = 0
@@ -281,7 +278,6 @@ class KafkaLog(Log):
             acks="all",
             enable_idempotence=idempotent,
         )
-        self._watch_connections(producer)
         try:
             await producer.start()
         except KafkaConnectionError as exc:
@@ -303,32 +299,34 @@ class KafkaLog(Log):
         self.idempotent = idempotent
         return producer
 
-    def _watch_connections(self, producer: AIOKafkaProducer) -> None:
-        """Note when a connection of ``producer`` breaks (the broker may have restarted
-        without its data), so the next :meth:`append` looks at the topic first.
+    def _reconnected(self, producer: AIOKafkaProducer) -> bool:
+        """Whether ``producer``'s broker connections changed since the last call, or it has
+        none or one that is down (the broker may have restarted without its data; a
+        producer that has not sent yet has none).
 
-        aiokafka has no public hook for this: its client's connection-closed callback is
-        wrapped before the first connection is made."""
-        client = producer.client
-        closed = client._on_connection_closed
-
-        def on_closed(conn: Any, reason: CloseReason) -> None:
-            if reason in BROKEN:
-                self._topic_unsure = True
-            closed(conn, reason)
-
-        client._on_connection_closed = on_closed
+        aiokafka has no public hook for this (its connection-closed callback is lost when
+        its sender drops a connection that hit EOF first), so the client's connection
+        objects are compared; about a microsecond."""
+        connections = tuple(producer.client._conns.values())
+        if (
+            connections
+            and connections == self._connections
+            and all(c.connected() for c in connections)
+        ):
+            return False
+        self._connections = connections
+        return True
 
     async def _check_topic(self, producer: AIOKafkaProducer) -> None:
-        """After a broken connection: create the topic again if the broker lost it, then
-        learn its partitions anew; :class:`BusError` (and still unsure) if unreachable."""
-        self._topic_unsure = False  # a break while checking makes the next append look again
+        """After a connection change: create the topic again if the broker lost it, then learn
+        its partitions anew; :class:`BusError` (and still unsure) if unreachable."""
+        self._topic_unsure = False
         cluster = producer.client.cluster
         before = len(cluster.partitions_for_topic(self.topic) or ())
         try:
             if await self._create_topic():
                 log.warning(
-                    "topic %s was gone after a broken connection to %s (the broker restarted "
+                    "topic %s was gone after a lost connection to %s (the broker restarted "
                     "without its data?): created it again",
                     self.topic,
                     self.bootstrap,
@@ -356,8 +354,8 @@ class KafkaLog(Log):
         Records are grouped by the partition of their chassis (the default partitioner's
         choice for the key, so a machine's records stay on one partition and in order),
         and each group goes as few messages of at most :data:`MESSAGE_BYTES`, each a JSON
-        array of record envelopes (:func:`livedata.model.encode_records`).  After a broken
-        connection the topic is checked (created again if gone) first; messages the broker
+        array of record envelopes (:func:`livedata.model.encode_records`).  When a producer
+        connection is down or new, the topic is checked (created again if gone) first; messages the broker
         refuses with an unknown error are sent again for up to :data:`RESEND_S` (see
         "Broker restarted empty").
         """
@@ -366,7 +364,7 @@ class KafkaLog(Log):
             raise BusError("kafka log is not started or closed")
         if not records:
             return
-        if self._topic_unsure:
+        if self._reconnected(producer) or self._topic_unsure:
             await self._check_topic(producer)
         with map_errors(f"append to {self.topic}"):
             partitions = sorted(await producer.partitions_for(self.topic))
