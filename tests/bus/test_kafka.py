@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
+from aiokafka.protocol.metadata import MetadataRequest
 
 from livedata.bus import Log, open_log
 from livedata.bus.kafka import LINGER_MS, MESSAGE_BYTES, KafkaLog, bounded_values
 from livedata.errors import BusError, ConfigError
-from livedata.model import Kind, Record, decode_records
+from livedata.model import Kind, Record, decode_records, encode_records
 from tests.bus.contract import Consumer, LogContract, eventually, keys, parsed, rec, unique_id
 from tests.servers import free_port
 from tests.servers.kafka import KafkaServer, start_kafka
@@ -281,3 +283,154 @@ async def test_consumer_goes_on_after_the_broker_restarted_empty(tmp_path) -> No
         for log in opened:
             await log.close()
         server.stop()
+
+
+APPENDS_AFTER_RESTART = 30
+"""Appends written between an empty broker restart and the topic's creation by another
+process: each partition then holds that many records Tansu's new topic starts below."""
+
+
+async def append_soon(log: KafkaLog, records: list[Record], attempts: int = 5) -> None:
+    """``log.append(records)``, tried again (0.2 s apart) up to ``attempts`` times, as
+    ingest does (with backoff): a log whose appends fail for good raises the last error."""
+    for attempt in range(attempts):
+        try:
+            await log.append(records)
+            return
+        except BusError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def read_until(log: KafkaLog, wanted: set[tuple[str, int]]) -> None:
+    """Consume ``log`` in a fresh group until every ``(chassis, ts)`` of ``wanted`` arrived."""
+    seen: set[tuple[str, int]] = set()
+    async for batch in log.consume(unique_id("group")):
+        seen.update((r.chassis, r.ts) for r in batch)
+        if wanted <= seen:
+            return
+
+
+def fleet_records(ts: int) -> list[Record]:
+    """One record of each of 32 machines (spread over every partition) at ``ts``."""
+    return [rec(f"m{i}", ts) for i in range(32)]
+
+
+async def append_fleet(log: KafkaLog, stamps: range) -> set[tuple[str, int]]:
+    """Append :func:`fleet_records` of each of ``stamps`` (:func:`append_soon`); their keys."""
+    for ts in stamps:
+        await append_soon(log, fleet_records(ts))
+    return {(f"m{i}", ts) for ts in stamps for i in range(32)}
+
+
+async def partition_count(log: KafkaLog) -> int:
+    """The partitions ``log``'s producer sends to."""
+    assert log._producer is not None
+    return len(await log._producer.partitions_for(log.topic))
+
+
+@contextlib.asynccontextmanager
+async def restarted_under_a_producer(tmp_path: Path) -> AsyncIterator[tuple[str, KafkaLog]]:
+    """A Tansu broker restarted empty under a started log (8 partitions) that appended once:
+    the log's URL and the log, closed (and the broker stopped) at the end."""
+    server = start_kafka(tmp_path)
+    opened: list[KafkaLog] = []
+    try:
+        url = f"{server.url}/{unique_id('topic')}?partitions=8"
+        producer = await started(opened, url)
+        await producer.append(fleet_records(0))
+        await asyncio.to_thread(server.restart)
+        yield url, producer
+    finally:
+        for log in opened:
+            await log.close()
+        server.stop()
+
+
+@pytest.mark.slow
+async def test_appends_go_on_when_another_process_creates_the_topic_after_an_empty_restart(
+    tmp_path,
+) -> None:
+    """Tansu restarted empty under a producer that goes on appending, then another process
+    starts on the log (creating the topic): appends are still acknowledged, the topic has
+    the configured partitions and every record appended after the restart is read."""
+    async with restarted_under_a_producer(tmp_path) as (url, producer):
+        after = await append_fleet(producer, range(1, APPENDS_AFTER_RESTART + 1))
+        other = open_log(url)  # a role (re)started: KafkaLog.start creates the topic
+        assert isinstance(other, KafkaLog)
+        await other.start()
+        try:
+            after |= await append_fleet(
+                producer, range(APPENDS_AFTER_RESTART + 1, APPENDS_AFTER_RESTART + 11)
+            )
+            assert await partition_count(producer) == 8
+            await asyncio.wait_for(read_until(other, after), 60)
+        finally:
+            await other.close()
+
+
+@pytest.mark.slow
+async def test_a_fresh_producer_appends_over_records_written_while_the_topic_was_gone(
+    tmp_path,
+) -> None:
+    """Records written (by a producer that did not notice an empty restart) while the topic
+    was gone, then the topic created by a starting process: that process's appends, refused
+    at first by Tansu (unknown error), are sent again until acknowledged, and are read."""
+    server = start_kafka(tmp_path)
+    opened: list[KafkaLog] = []
+    stale = AIOKafkaProducer(bootstrap_servers=server.bootstrap, acks="all")
+    try:
+        url = f"{server.url}/{unique_id('topic')}?partitions=8"
+        topic = (await started(opened, url)).topic
+        await stale.start()
+        await stale.send_and_wait(topic, b"[]", partition=0)  # it knows the 8 partitions now
+        await asyncio.to_thread(server.restart)
+        for ts in range(APPENDS_AFTER_RESTART):
+            value = encode_records([rec("stale", ts)])
+            for partition in range(8):
+                await append_soon_raw(stale, topic, value, partition)
+        fresh = await started(opened, url)  # ingest restarted: creates the topic anew
+        await fresh.append(fleet_records(1_000))
+        await asyncio.wait_for(read_until(fresh, {(f"m{i}", 1_000) for i in range(32)}), 60)
+    finally:
+        await stale.stop()
+        for log in opened:
+            await log.close()
+        server.stop()
+
+
+async def append_soon_raw(
+    producer: AIOKafkaProducer, topic: str, value: bytes, partition: int
+) -> None:
+    """``producer.send_and_wait`` to ``partition``, tried again once the broker is back."""
+    for attempt in range(50):
+        try:
+            await producer.send_and_wait(topic, value, partition=partition)
+            return
+        except Exception:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_appends_use_the_partitions_of_a_topic_another_client_auto_created(
+    tmp_path,
+) -> None:
+    """Tansu restarted empty, then another client's metadata request auto-created the topic
+    (with 4 partitions, not the 8 configured): the producer appends over those 4, so a
+    consumer group reads every record appended after the restart."""
+    async with restarted_under_a_producer(tmp_path) as (_, producer):
+        client = AIOKafkaClient(bootstrap_servers=producer.bootstrap)
+        await client.bootstrap()
+        try:
+            response = await client.send(
+                client.get_random_node(), MetadataRequest([producer.topic], True)
+            )
+        finally:
+            await client.close()
+        assert len(response.topics[0][3]) == 4, response  # Tansu auto-created it
+        after = await append_fleet(producer, range(1, 11))
+        assert await partition_count(producer) == 4
+        await asyncio.wait_for(read_until(producer, after), 60)

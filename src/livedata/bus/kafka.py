@@ -41,9 +41,24 @@ Under stress:
   metadata refreshes) up to its request timeout (40 s), then raises
   :class:`~livedata.errors.BusError`; ingest retries the batch with backoff and
   does not acknowledge the device message meanwhile, so nothing is lost (a
-  retried batch may be written twice, see above).  ``append`` also waits while
-  the producer's buffer is full: that is the backpressure to ingest.  Consumers
-  keep polling and go on from their position when the broker is back.
+  retried batch may be written twice, see above).  ``append`` also waits while the producer's buffer is full: that is the
+  backpressure to ingest.  Consumers keep polling and go on from their position
+  when the broker is back.
+* **Broker restarted empty** (Tansu on ``memory://``: topics and groups gone).  Tansu
+  takes produce requests for a topic it does not know, and a topic created later
+  (``CreateTopics``, or a client's metadata request, which auto-creates it with 4
+  partitions) starts its partitions' offsets at 0 again, over the records written
+  meanwhile: every produce then fails with an unknown error (-1; Tansu: the record
+  object at that offset already exists) until each partition's offset, advanced by one
+  record per refused produce, has passed them -- hundreds of refusals per partition after
+  seconds of traffic, so ingest's appends failed for good (measured: a role restarted
+  18 s after Tansu did, creating the topic).  So: once a producer connection is down or
+  new, the next ``append`` creates the topic again first (with ``partitions``; if that fails it
+  raises and the next append tries again) and refreshes the partitions, before it sends;
+  and messages refused with an unknown error (only the append in flight across the
+  restart can have written into the missing topic now) are sent again at once, for up to
+  :data:`RESEND_S`, each refusal moving the offset past one stale record.  Records in
+  flight across the restart may be read twice.
 * **A consumer dies.**  Its partitions move to the other consumers of its group:
   at once when it leaves cleanly (``close``), after ``session_timeout_ms`` when
   its process is killed, plus the broker's rebalance time (Tansu answers a
@@ -70,6 +85,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -84,6 +100,7 @@ from aiokafka.errors import (
     KafkaProtocolError,
     KafkaTimeoutError,
     RequestTimedOutError,
+    UnknownError,
 )
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -96,6 +113,8 @@ from livedata.ratelog import Throttled
 log = logging.getLogger("livedata.bus.kafka")
 _COMMITS = Throttled(log)
 """Commit failures, logged once a minute per group (a rebalance or restart makes a burst)."""
+_RESENDS = Throttled(log)
+"""Batch messages resent after an unknown broker error (see "Broker restarted empty")."""
 
 DEFAULT_PARTITIONS = 8
 BATCH = 1_000
@@ -112,6 +131,9 @@ LINGER_MS = 10.0
 """Default of the ``linger_ms`` URL option (see the module docstring)."""
 HEARTBEAT_MS = 1_000
 """How often a consumer tells its group it is alive (and learns of rebalances)."""
+RESEND_S = 10.0
+"""How long :meth:`KafkaLog.append` resends batch messages the broker refuses with an
+unknown error before it raises (see "Broker restarted empty" in the module docstring)."""
 
 TOPIC_ALREADY_EXISTS = 36
 NOT_AUTHORIZED = (29, 31)  # topic / cluster authorization failed
@@ -183,6 +205,10 @@ class KafkaLog(Log):
         self.skipped = 0
         """Values read from the topic that were not a record."""
         self._producer: AIOKafkaProducer | None = None
+        self._connections: tuple[Any, ...] = ()
+        """The producer's broker connections seen by :meth:`append` (see :meth:`_reconnected`)."""
+        self._topic_unsure = False
+        """The producer connected anew: the broker may have restarted without the topic."""
         self._partition_of: dict[str, int] = {}
         """The partition of each chassis seen, for the partition count below."""
         self._partition_count = 0
@@ -209,7 +235,8 @@ class KafkaLog(Log):
             "idempotent" if self.idempotent else "acks=all, not idempotent",
         )
 
-    async def _create_topic(self) -> None:
+    async def _create_topic(self) -> bool:
+        """Create the topic unless it exists; whether it was created."""
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="livedata-admin")
         with map_errors(f"connect to {self.bootstrap}"):
             await admin.start()
@@ -221,14 +248,17 @@ class KafkaLog(Log):
                 )
         finally:
             await admin.close()
+        created = False
         for topic, code, *rest in response.topic_errors:
             message = rest[0] if rest else ""
             if code == 0:
                 log.info("created topic %s with %d partitions", topic, self.partitions)
+                created = True
             elif code in NOT_AUTHORIZED:  # managed clusters: topics made by the operators
                 log.warning("may not create topic %s (%s): assuming it exists", topic, message)
             elif code != TOPIC_ALREADY_EXISTS:
                 raise BusError(f"kafka create topic {topic} failed: error {code} {message}")
+        return created
 
     @staticmethod
     async def _default_replication(admin: AIOKafkaAdminClient) -> int:
@@ -269,24 +299,111 @@ class KafkaLog(Log):
         self.idempotent = idempotent
         return producer
 
+    def _reconnected(self, producer: AIOKafkaProducer) -> bool:
+        """Whether ``producer``'s broker connections changed since the last call, or it has
+        none or one that is down (the broker may have restarted without its data; a
+        producer that has not sent yet has none).
+
+        aiokafka has no public hook for this (its connection-closed callback is lost when
+        its sender drops a connection that hit EOF first), so the client's connection
+        objects are compared; about a microsecond."""
+        connections = tuple(producer.client._conns.values())
+        if (
+            connections
+            and connections == self._connections
+            and all(c.connected() for c in connections)
+        ):
+            return False
+        self._connections = connections
+        return True
+
+    async def _check_topic(self, producer: AIOKafkaProducer) -> None:
+        """After a connection change: create the topic again if the broker lost it, then learn
+        its partitions anew; :class:`BusError` (and still unsure) if unreachable."""
+        self._topic_unsure = False
+        cluster = producer.client.cluster
+        before = len(cluster.partitions_for_topic(self.topic) or ())
+        try:
+            if await self._create_topic():
+                log.warning(
+                    "topic %s was gone after a lost connection to %s (the broker restarted "
+                    "without its data?): created it again",
+                    self.topic,
+                    self.bootstrap,
+                )
+            with map_errors(f"metadata of {self.topic}"):
+                await producer.client.force_metadata_update()
+        except BaseException:
+            self._topic_unsure = True
+            raise
+        after = len(cluster.partitions_for_topic(self.topic) or ())
+        if after < before:
+            log.error(
+                "topic %s has %d partitions now, not %d: the broker lost it and another "
+                "client's metadata request created it anew (Tansu auto-creates 4); appends "
+                "use %d partitions, batches in flight across the loss to the others are not read",
+                self.topic,
+                after,
+                before,
+                after,
+            )
+
     async def append(self, records: Sequence[Record]) -> None:
         """Send the records in batch messages and wait until the broker acknowledged all.
 
         Records are grouped by the partition of their chassis (the default partitioner's
         choice for the key, so a machine's records stay on one partition and in order),
         and each group goes as few messages of at most :data:`MESSAGE_BYTES`, each a JSON
-        array of record envelopes (:func:`livedata.model.encode_records`).
+        array of record envelopes (:func:`livedata.model.encode_records`).  When a producer
+        connection is down or new, the topic is checked (created again if gone) first; messages the broker
+        refuses with an unknown error are sent again for up to :data:`RESEND_S` (see
+        "Broker restarted empty").
         """
         producer = self._producer
         if producer is None or self._closed.is_set():
             raise BusError("kafka log is not started or closed")
         if not records:
             return
+        if self._reconnected(producer) or self._topic_unsure:
+            await self._check_topic(producer)
+        with map_errors(f"append to {self.topic}"):
+            partitions = sorted(await producer.partitions_for(self.topic))
+        messages = list(self._messages(records, partitions))
+        total = len(messages)
+        deadline = time.monotonic() + RESEND_S
+        resent = False
+        while True:
+            failures = await self._send(producer, messages)
+            if not failures:
+                if resent:
+                    _RESENDS.recovered(self.topic, "topic %s took the resent messages", self.topic)
+                return
+            refused = [message for message, exc in failures if isinstance(exc, UnknownError)]
+            if len(refused) < len(failures) or time.monotonic() > deadline:
+                first = failures[0][1]
+                raise BusError(
+                    f"kafka append to {self.topic}: {len(failures)} of {total} batch messages "
+                    f"({len(records)} records) not acknowledged: {first!r}"
+                ) from first
+            _RESENDS.failed(
+                self.topic,
+                "topic %s: the broker refused %d batch messages with an unknown error "
+                "(Tansu does after it created the topic anew under records written while it "
+                "was gone): sending them again",
+                self.topic,
+                len(refused),
+            )
+            messages = refused
+            resent = True
+
+    async def _send(
+        self, producer: AIOKafkaProducer, messages: list[tuple[int, bytes, bytes]]
+    ) -> list[tuple[tuple[int, bytes, bytes], BaseException]]:
+        """Send ``(partition, key, value)`` messages; those not acknowledged, with why."""
         sent: list[asyncio.Future[Any]] = []
         with map_errors(f"append to {self.topic}"):
             try:
-                partitions = sorted(await producer.partitions_for(self.topic))
-                for partition, key, value in self._messages(records, partitions):
+                for partition, key, value in messages:
                     sent.append(
                         await producer.send(self.topic, value, key=key, partition=partition)
                     )
@@ -295,12 +412,11 @@ class KafkaLog(Log):
                     future.add_done_callback(_retrieve)
                 raise
         results = await asyncio.gather(*sent, return_exceptions=True)
-        failures = [result for result in results if isinstance(result, BaseException)]
-        if failures:
-            raise BusError(
-                f"kafka append to {self.topic}: {len(failures)} of {len(sent)} batch messages "
-                f"({len(records)} records) not acknowledged: {failures[0]!r}"
-            ) from failures[0]
+        return [
+            (message, result)
+            for message, result in zip(messages, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
 
     def _messages(
         self, records: Sequence[Record], partitions: list[int]
