@@ -194,9 +194,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import select
 import struct
+import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -205,9 +208,14 @@ from operator import itemgetter
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from clickhouse_driver import Client
+from clickhouse_driver import Client, defines
 from clickhouse_driver import errors as ch_errors
+from clickhouse_driver.block import BlockInfo, ColumnOrientedBlock
+from clickhouse_driver.connection import Connection
+from clickhouse_driver.protocol import ClientPacketTypes
 from clickhouse_driver.util.helpers import parse_url
+from clickhouse_driver.varint import write_varint
+from clickhouse_driver.writer import write_binary_str
 
 from livedata import errors
 from livedata.errors import ConfigError, ErrorMap, StoreError, map_exceptions
@@ -244,7 +252,6 @@ SEND_RECEIVE_TIMEOUT_S = 60.0
 
 KIND_FLOAT, KIND_INT, KIND_STR = 1, 2, 3
 
-_COLUMNS = "tenant, chassis, msg_type, ts, field, kind, num, int, str, ver"
 _AS_BYTES = {"strings_as_bytes": True}
 """Insert settings: string columns given as UTF-8 bytes (no encoding per value)."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
@@ -484,8 +491,10 @@ NAMES_CACHED = 100_000
 the caches start anew."""
 _UTF8: dict[str, bytes] = {}
 _UTF8_STREAMS: dict[tuple[str, str, str], tuple[bytes, bytes, bytes]] = {}
-_FIELDS: dict[tuple[str, ...], tuple[list[bytes], Callable[[dict[str, Value]], Any] | None]] = {}
+_FIELDS: dict[tuple[str, ...], tuple[bytes, int, Callable[[dict[str, Value]], Any] | None]] = {}
 _KIND_OF: dict[type, int] = {float: KIND_FLOAT, int: KIND_INT, str: KIND_STR}
+_STRINGS = re.compile(bytes([KIND_STR]))
+"""Finds the string values in a column of kinds (one byte per value)."""
 
 
 def _utf8(name: str) -> bytes:
@@ -498,23 +507,40 @@ def _utf8(name: str) -> bytes:
     return encoded
 
 
+def _varint(n: int) -> bytes:
+    """``n`` (>= 0) as the native protocol's LEB128 varint."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _string(data: bytes) -> bytes:
+    """One value of a ``String`` column in the native format: its length, then its bytes."""
+    return _varint(len(data)) + data
+
+
 def _utf8_stream(stream: tuple[str, str, str]) -> tuple[bytes, bytes, bytes]:
-    """``(tenant, chassis, msg_type)`` as UTF-8, encoded once."""
+    """``(tenant, chassis, msg_type)`` as values of ``String`` columns (:func:`_string`),
+    encoded once."""
     encoded = _UTF8_STREAMS.get(stream)
     if encoded is None:
         if len(_UTF8_STREAMS) >= NAMES_CACHED:
             _UTF8_STREAMS.clear()
-        tenant, chassis, msg_type = stream
-        encoded = _UTF8_STREAMS[stream] = (tenant.encode(), chassis.encode(), msg_type.encode())
+        tenant, chassis, msg_type = (_string(name.encode()) for name in stream)
+        encoded = _UTF8_STREAMS[stream] = (tenant, chassis, msg_type)
     return encoded
 
 
 def _sorted_fields(
     values: dict[str, Value],
-) -> tuple[list[bytes], Callable[[dict[str, Value]], Any] | None]:
-    """The field names of ``values`` sorted, as UTF-8, and a getter of the values in that
-    order (``None`` when the dict is in that order already); made once per set of names
-    (a message type's records have the same fields).
+) -> tuple[bytes, int, Callable[[dict[str, Value]], Any] | None]:
+    """The field names of ``values`` sorted, as the data of an ``Array(String)`` row (the
+    names as :func:`_string` writes them, one after the other), their number, and a getter
+    of the values in that order (``None`` when the dict is in that order already); made
+    once per set of names (a message type's records have the same fields).
 
     Sorted, so that a record's row key is its set of names, whatever order a decoder
     (or the migration of an older database) gives them in."""
@@ -525,17 +551,87 @@ def _sorted_fields(
             _FIELDS.clear()
         order = sorted(names)
         getter = None if list(names) == order or len(order) < 2 else itemgetter(*order)
-        known = _FIELDS[names] = ([name.encode() for name in order], getter)
+        encoded = b"".join(_string(name.encode()) for name in order)
+        known = _FIELDS[names] = (encoded, len(order), getter)
     return known
 
 
+def _little_endian(column: array[Any]) -> bytes:
+    """A numeric column's bytes as the native format has them (little-endian)."""
+    if sys.byteorder != "little":
+        column.byteswap()
+    return column.tobytes()
+
+
+RECORDS_TYPES = (
+    ("tenant", "String"),
+    ("chassis", "String"),
+    ("msg_type", "String"),
+    ("ts", "Int64"),
+    ("field", "Array(String)"),
+    ("kind", "Array(UInt8)"),
+    ("num", "Array(Float64)"),
+    ("int", "Array(Int64)"),
+    ("str", "Array(String)"),
+    ("ver", "UInt64"),
+)
+"""The columns (name, type) of a records insert, in ``_COLUMNS`` order, as the server
+describes them (its sample block)."""
+_COLUMNS = ", ".join(name for name, _ in RECORDS_TYPES)
+
+
+class _Block(list[tuple[str, str, bytes]]):
+    """A block of an insert already in the native format: per column its name, type and
+    data.  :meth:`_Client.send_data` sends it as it is, instead of serialising Python
+    values column by column (clickhouse-driver's way: a Python call per row of each array
+    column, a ``struct.pack`` per chunk of numbers)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: int, columns: list[tuple[str, str, bytes]]) -> None:
+        super().__init__(columns)
+        self.rows = rows
+
+    def write(self, out: Any, revision: int) -> None:
+        """The block as clickhouse-driver's ``BlockOutputStream.write`` writes it for a server
+        of ``revision`` (block info, sizes, then per column its name, type and data)."""
+        if revision >= defines.DBMS_MIN_REVISION_WITH_BLOCK_INFO:
+            BlockInfo().write(out)
+        write_varint(len(self), out)
+        write_varint(self.rows, out)
+        flag = revision >= defines.DBMS_MIN_REVISION_WITH_CUSTOM_SERIALIZATION
+        for name, spec, data in self:
+            write_binary_str(name, out)
+            write_binary_str(spec, out)
+            if flag:
+                out.write(b"\0")  # no custom serialization, as the driver writes it
+            out.write(data)
+
+    def send(self, connection: Connection, columns: list[tuple[str, str]]) -> None:
+        """Send the block as a Data packet (``Connection.send_data``'s framing and stream:
+        compressed when the connection is); ``columns`` are the server's (sample block)."""
+        if columns != [(name, spec) for name, spec, _ in self]:
+            raise StoreError(
+                f"clickhouse store: the table has the columns {columns},"
+                f" this version writes {[(name, spec) for name, spec, _ in self]}"
+            )
+        revision = connection.server_info.used_revision
+        write_varint(ClientPacketTypes.DATA, connection.fout)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_TEMPORARY_TABLES:
+            write_binary_str("", connection.fout)
+        stream = connection.block_out
+        self.write(stream.fout, revision)
+        stream.finalize()
+
+
 class _Columns:
-    """Column lists for one insert statement (``strings_as_bytes``: names as UTF-8 bytes).
+    """One insert statement's records, encoded into a :class:`_Block`.
 
     A record adds one entry to each per-record list and its values to one flat list;
-    :meth:`as_list` makes each value column by one comprehension over all values and
-    cuts it into the records' arrays by slicing, so a point costs no Python call of its
-    own.
+    :meth:`encoded` writes each column with a few calls over all records or values: the
+    names are cached in the native format (:func:`_utf8_stream`, :func:`_sorted_fields`),
+    numbers go through :mod:`array`, the array columns share one offsets column, and
+    only string values (and ints among other kinds) cost a Python step per value.
     """
 
     __slots__ = ("chassis", "counts", "field", "msg_type", "tenant", "ts", "values")
@@ -546,44 +642,127 @@ class _Columns:
         self.msg_type: list[bytes] = []
         self.ts: list[int] = []
         self.counts: list[int] = []
-        self.field: list[list[bytes]] = []
+        self.field: list[bytes] = []
         self.values: list[Value] = []
 
     def add(self, stream: tuple[str, str, str], ts: int, values: dict[str, Value]) -> None:
         """A record's values (as :func:`~livedata.store.base.normalised` leaves them: float,
-        int or str)."""
+        int or str; the timestamp within Int64)."""
         tenant, chassis, msg_type = _utf8_stream(stream)
-        names, getter = _sorted_fields(values)
+        names, count, getter = _sorted_fields(values)
         self.tenant.append(tenant)
         self.chassis.append(chassis)
         self.msg_type.append(msg_type)
         self.ts.append(ts)
-        self.counts.append(len(names))
+        self.counts.append(count)
         self.field.append(names)
         self.values += values.values() if getter is None else getter(values)
 
-    def as_list(self, ver: int) -> list[list[Any]]:
+    def encoded(self, ver: int) -> _Block:
+        """The records as a block of :data:`RECORDS_TYPES`, every row with version ``ver``."""
         values = self.values
-        ends = list(accumulate(self.counts))
-        bounds = list(zip([0, *ends], ends, strict=False))
-
-        def arrays(column: list[Any]) -> list[list[Any]]:
-            return [column[start:end] for start, end in bounds]
-
-        return [
-            self.tenant,
-            self.chassis,
-            self.msg_type,
-            self.ts,
-            self.field,
-            arrays(list(map(_KIND_OF.__getitem__, map(type, values)))),
-            arrays(
-                [v if type(v) is float else float(v) if type(v) is int else 0.0 for v in values]
-            ),
-            arrays([v if type(v) is int else 0 for v in values]),
-            arrays([v.encode() if type(v) is str else b"" for v in values]),
-            [ver] * len(self.ts),
+        size = len(values)
+        rows = len(self.ts)
+        offsets = _little_endian(array("Q", accumulate(self.counts)))
+        kinds = bytes(map(_KIND_OF.__getitem__, map(type, values)))
+        strings = [match.start() for match in _STRINGS.finditer(kinds)]
+        if strings:
+            numbers = list(values)
+            texts: list[bytes] = []
+            previous = 0
+            for at in strings:
+                numbers[at] = 0.0
+                texts += (bytes(at - previous), _string(values[at].encode()))  # type: ignore[union-attr]
+                previous = at + 1
+            texts.append(bytes(size - previous))
+            text = b"".join(texts)
+        else:
+            numbers, text = values, bytes(size)  # an empty string is its length 0
+        ints = kinds.count(KIND_INT)
+        if not ints:
+            integers = bytes(8 * size)
+        elif ints == size:
+            integers = _little_endian(array("q", values))
+        else:
+            integers = _little_endian(array("q", [v if type(v) is int else 0 for v in values]))
+        data = [
+            b"".join(self.tenant),
+            b"".join(self.chassis),
+            b"".join(self.msg_type),
+            _little_endian(array("q", self.ts)),
+            offsets + b"".join(self.field),
+            offsets + kinds,
+            offsets + _little_endian(array("d", numbers)),
+            offsets + integers,
+            offsets + text,
+            _little_endian(array("Q", [ver]) * rows),
         ]
+        return _Block(rows, [(*column, d) for column, d in zip(RECORDS_TYPES, data, strict=True)])
+
+
+PING_IDLE_S = 30.0
+"""A connection idle for longer pings the server before its next query (see
+:class:`_Connection`)."""
+
+
+def _quiet(sock: Any) -> bool:
+    """Whether ``sock`` has nothing to read (nor hang-up or error to report) right now."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return not poller.poll(0)
+
+
+class _Connection(Connection):
+    """clickhouse-driver's connection without its ping before every query.
+
+    The driver pings the server (a round trip, and ~8 % of ingest's CPU) before each
+    ``execute`` to find a connection the server has closed.  Here a connection in use
+    checks its socket instead (``poll``, no round trip): between queries the server sends
+    nothing, so anything to read -- the end of the stream after a restart, a reset, stray
+    bytes -- or more than :data:`PING_IDLE_S` since the last query makes it ping and, when
+    that fails, reconnect as the driver does.  A peer gone silently (no FIN, a network cut)
+    is not seen before the query: the query then fails on its timeouts
+    (:class:`~livedata.errors.StoreTimeout` or :class:`~livedata.errors.StoreUnavailable`),
+    the client disconnects, and the next call connects anew.
+    """
+
+    checked = 0.0
+
+    def force_connect(self) -> None:
+        now = time.monotonic()
+        if self.connected and now - self.checked < PING_IDLE_S and _quiet(self.socket):
+            self.check_query_execution()
+        else:
+            super().force_connect()
+        self.checked = now
+
+
+class _Client(Client):
+    """clickhouse-driver's client with :class:`_Connection` connections, and inserts of
+    :class:`_Block` data sent as they are."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for connection in (*self.connections, self.connection):
+            connection.__class__ = _Connection  # made by Client.__init__ (round robin too)
+
+    def send_data(
+        self,
+        sample_block: Any,
+        data: Any,
+        types_check: bool = False,
+        columnar: bool = False,
+    ) -> int:
+        if not isinstance(data, _Block):
+            rows: int = super().send_data(sample_block, data, types_check, columnar)
+            return rows
+        # As Client.send_data: the block, then an empty one (the end of the data), each
+        # followed by the profile events that newer servers send.
+        data.send(self.connection, list(sample_block.columns_with_types))
+        self.receive_profile_events()
+        self.connection.send_data(ColumnOrientedBlock())
+        self.receive_profile_events()
+        return data.rows
 
 
 class ClickHouseStore(Store):
@@ -644,7 +823,7 @@ class ClickHouseStore(Store):
         """This thread's client, made on first use."""
         client: Client | None = getattr(self._local, "client", None)
         if client is None:
-            client = Client(self._host, database=self.database, **self._kwargs)
+            client = _Client(self._host, database=self.database, **self._kwargs)
             self._local.client = client
             with self._clients_lock:
                 self._clients.append(client)
@@ -839,9 +1018,7 @@ class ClickHouseStore(Store):
             for columns in by_chunk.values():
                 client.execute(
                     f"INSERT INTO {self.database}.records ({_COLUMNS}) VALUES",
-                    columns.as_list(ver),
-                    columnar=True,
-                    settings=_AS_BYTES,
+                    columns.encoded(ver),
                 )
             if self.rollups and newest:
                 self._settle(client, touched, newest)
