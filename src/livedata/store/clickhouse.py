@@ -203,9 +203,9 @@ from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from itertools import accumulate
+from itertools import accumulate, chain, repeat
 from operator import itemgetter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from clickhouse_driver import Client, defines
@@ -493,8 +493,6 @@ _UTF8: dict[str, bytes] = {}
 _UTF8_STREAMS: dict[tuple[str, str, str], tuple[bytes, bytes, bytes]] = {}
 _FIELDS: dict[tuple[str, ...], tuple[bytes, int, Callable[[dict[str, Value]], Any] | None]] = {}
 _KIND_OF: dict[type, int] = {float: KIND_FLOAT, int: KIND_INT, str: KIND_STR}
-_STRINGS = re.compile(bytes([KIND_STR]))
-"""Finds the string values in a column of kinds (one byte per value)."""
 
 
 def _utf8(name: str) -> bytes:
@@ -580,15 +578,18 @@ describes them (its sample block)."""
 _COLUMNS = ", ".join(name for name, _ in RECORDS_TYPES)
 
 
-class _Block(list[tuple[str, str, bytes]]):
+class _Block(list[tuple[str, str, list[bytes | list[bytes]]]]):
     """A block of an insert already in the native format: per column its name, type and
-    data.  :meth:`_Client.send_data` sends it as it is, instead of serialising Python
-    values column by column (clickhouse-driver's way: a Python call per row of each array
-    column, a ``struct.pack`` per chunk of numbers)."""
+    data, in pieces (bytes written as they are, lists of bytes written as ``String``
+    values by the driver's C writer).  :meth:`_Client.send_data` sends it as it is,
+    instead of serialising Python values column by column (clickhouse-driver's way: a
+    Python call per row of each array column, a ``struct.pack`` per chunk of numbers)."""
 
     __slots__ = ("rows",)
 
-    def __init__(self, rows: int, columns: list[tuple[str, str, bytes]]) -> None:
+    def __init__(
+        self, rows: int, columns: list[tuple[str, str, list[bytes | list[bytes]]]]
+    ) -> None:
         super().__init__(columns)
         self.rows = rows
 
@@ -600,12 +601,16 @@ class _Block(list[tuple[str, str, bytes]]):
         write_varint(len(self), out)
         write_varint(self.rows, out)
         flag = revision >= defines.DBMS_MIN_REVISION_WITH_CUSTOM_SERIALIZATION
-        for name, spec, data in self:
+        for name, spec, pieces in self:
             write_binary_str(name, out)
             write_binary_str(spec, out)
             if flag:
                 out.write(b"\0")  # no custom serialization, as the driver writes it
-            out.write(data)
+            for piece in pieces:
+                if type(piece) is bytes:
+                    out.write(piece)
+                else:
+                    out.write_strings(piece)
 
     def send(self, connection: Connection, columns: list[tuple[str, str]]) -> None:
         """Send the block as a Data packet (``Connection.send_data``'s framing and stream:
@@ -624,79 +629,92 @@ class _Block(list[tuple[str, str, bytes]]):
         stream.finalize()
 
 
-class _Columns:
-    """One insert statement's records, encoded into a :class:`_Block`.
+class _Rows:
+    """Records of one set of field names and one kind per field (:class:`_Columns`)."""
 
-    A record adds one entry to each per-record list and its values to one flat list;
-    :meth:`encoded` writes each column with a few calls over all records or values: the
-    names are cached in the native format (:func:`_utf8_stream`, :func:`_sorted_fields`),
-    numbers go through :mod:`array`, the array columns share one offsets column, and
-    only string values (and ints among other kinds) cost a Python step per value.
-    """
+    __slots__ = ("chassis", "count", "kinds", "msg_type", "names", "tenant", "ts", "values")
 
-    __slots__ = ("chassis", "counts", "field", "msg_type", "tenant", "ts", "values")
-
-    def __init__(self) -> None:
+    def __init__(self, names: bytes, count: int, kinds: bytes) -> None:
+        self.names = names
+        self.count = count
+        self.kinds = kinds
         self.tenant: list[bytes] = []
         self.chassis: list[bytes] = []
         self.msg_type: list[bytes] = []
         self.ts: list[int] = []
-        self.counts: list[int] = []
-        self.field: list[bytes] = []
         self.values: list[Value] = []
+
+    def positions(self, kind: int) -> list[int]:
+        """The fields (their index in a record) of values of ``kind``."""
+        return [at for at, k in enumerate(self.kinds) if k == kind]
+
+
+class _Columns:
+    """One insert statement's records, encoded into a :class:`_Block`.
+
+    Records are grouped by their field names and the kinds of their values (usually one
+    group per message type), so that in a group each field's values are every
+    ``count``-th value: :meth:`encoded` writes a group's numbers with a few calls over
+    all its values (:mod:`array`, extended slices per int or string field) and repeats
+    its names and kinds, and the array columns share one offsets column.  A record costs
+    a few Python steps of its own, a value none except for strings (encoded).  The rows
+    of the insert come group by group (their order means nothing to the table).
+    """
+
+    __slots__ = ("groups",)
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[bytes, tuple[type, ...]], _Rows] = {}
 
     def add(self, stream: tuple[str, str, str], ts: int, values: dict[str, Value]) -> None:
         """A record's values (as :func:`~livedata.store.base.normalised` leaves them: float,
         int or str; the timestamp within Int64)."""
         tenant, chassis, msg_type = _utf8_stream(stream)
         names, count, getter = _sorted_fields(values)
-        self.tenant.append(tenant)
-        self.chassis.append(chassis)
-        self.msg_type.append(msg_type)
-        self.ts.append(ts)
-        self.counts.append(count)
-        self.field.append(names)
-        self.values += values.values() if getter is None else getter(values)
+        ordered = values.values() if getter is None else getter(values)
+        types = tuple(map(type, ordered))
+        group = self.groups.get((names, types))
+        if group is None:
+            kinds = bytes(map(_KIND_OF.__getitem__, types))
+            group = self.groups[names, types] = _Rows(names, count, kinds)
+        group.tenant.append(tenant)
+        group.chassis.append(chassis)
+        group.msg_type.append(msg_type)
+        group.ts.append(ts)
+        group.values += ordered
 
     def encoded(self, ver: int) -> _Block:
         """The records as a block of :data:`RECORDS_TYPES`, every row with version ``ver``."""
-        values = self.values
-        size = len(values)
-        rows = len(self.ts)
-        offsets = _little_endian(array("Q", accumulate(self.counts)))
-        kinds = bytes(map(_KIND_OF.__getitem__, map(type, values)))
-        strings = [match.start() for match in _STRINGS.finditer(kinds)]
-        if strings:
-            numbers = list(values)
-            texts: list[bytes] = []
-            previous = 0
+        groups = list(self.groups.values())
+        rows = sum(len(group.ts) for group in groups)
+        counts = chain.from_iterable(repeat(group.count, len(group.ts)) for group in groups)
+        offsets = _little_endian(array("Q", accumulate(counts)))
+        data: list[list[bytes | list[bytes]]] = [[] for _ in RECORDS_TYPES]
+        tenant, chassis, msg_type, ts, field, kind, num, integer, text, _ = data
+        for group in groups:
+            count, many, values = group.count, len(group.ts), group.values
+            size = len(values)
+            tenant.append(b"".join(group.tenant))
+            chassis.append(b"".join(group.chassis))
+            msg_type.append(b"".join(group.msg_type))
+            ts.append(_little_endian(array("q", group.ts)))
+            field.append(group.names * many)
+            kind.append(group.kinds * many)
+            strings = group.positions(KIND_STR)
+            numbers = list(values) if strings else values
+            texts: list[bytes] = [b""] * size if strings else []
             for at in strings:
-                numbers[at] = 0.0
-                texts += (bytes(at - previous), _string(values[at].encode()))  # type: ignore[union-attr]
-                previous = at + 1
-            texts.append(bytes(size - previous))
-            text = b"".join(texts)
-        else:
-            numbers, text = values, bytes(size)  # an empty string is its length 0
-        ints = kinds.count(KIND_INT)
-        if not ints:
-            integers = bytes(8 * size)
-        elif ints == size:
-            integers = _little_endian(array("q", values))
-        else:
-            integers = _little_endian(array("q", [v if type(v) is int else 0 for v in values]))
-        data = [
-            b"".join(self.tenant),
-            b"".join(self.chassis),
-            b"".join(self.msg_type),
-            _little_endian(array("q", self.ts)),
-            offsets + b"".join(self.field),
-            offsets + kinds,
-            offsets + _little_endian(array("d", numbers)),
-            offsets + integers,
-            offsets + text,
-            _little_endian(array("Q", [ver]) * rows),
-        ]
+                numbers[at::count] = [0.0] * many
+                texts[at::count] = list(map(str.encode, cast(list[str], values[at::count])))
+            num.append(_little_endian(array("d", numbers)))
+            text.append(texts or bytes(size))  # an empty string is its length 0
+            ints = array("q", bytes(8 * size))
+            for at in group.positions(KIND_INT):
+                ints[at::count] = array("q", cast(list[int], values[at::count]))
+            integer.append(_little_endian(ints))
+        for column in (field, kind, num, integer, text):
+            column.insert(0, offsets)
+        data[-1].append(_little_endian(array("Q", [ver]) * rows))
         return _Block(rows, [(*column, d) for column, d in zip(RECORDS_TYPES, data, strict=True)])
 
 
