@@ -1,7 +1,7 @@
 """The ingest role's per-record costs outside decoding: this checkout against another tree.
 
     python bench/bench_storecost.py --base /work/main/src [--records 40000] [--rounds 2] [--batch 2500]
-        [--phase codec|clickhouse|kafka|ingest|ranges ...] [--no-linger]
+        [--phase codec|clickhouse|kafka|ingest|ranges ...] [--no-linger] [--widths N,N,...]
 
 One run starts ClickHouse (Debian's server), a Tansu broker (Kafka) and PostgreSQL
 the way the tests do (``tests/servers``: free loopback ports, temporary
@@ -15,7 +15,9 @@ under test first on ``sys.path``, the process CPU (all threads) per record of:
   producer in ingest and the consumers in distribute and alerts pay per record);
 * ``clickhouse write``: :meth:`ClickHouseStore.write` in batches of ``--batch`` (2,500) records
   (half ``vehicle_can`` records of 8 values, 2 of them strings; half
-  ``client_raw_data`` of 15 values, 12 floats and 3 ints), a database per worker;
+  ``client_raw_data`` of 15 values, 12 floats and 3 ints; ``--widths 15,30,50``: records
+  of 15, 30 and 50 values in turn, N - 4 floats, 3 ints and a string each), a database
+  per worker;
   ``clickhouse server write``: the ``clickhouse-server`` process's CPU (``/proc``) over
   those writes and the merges after them (until a second passes with under 20 ms of
   server CPU, at most 30 s), less its idle CPU of as long; ``clickhouse merged
@@ -63,21 +65,33 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _records(count: int, machines: int = 500) -> list[Any]:
+def _records(count: int, machines: int = 500, widths: str = "") -> list[Any]:
+    """Half ``vehicle_can`` records of 8 values, half ``client_raw_data`` of 15; with
+    ``widths`` (``N,N,...``) records of those numbers of values in turn instead, each of its
+    own message type (``wN``: N - 4 floats, 3 ints, 1 string)."""
     from livedata.model import Kind, Record
 
     can = {f"sig_{n}": float(n) * 1.25 + 0.1 for n in range(12)}
     can |= {f"cnt_{n}": n * 1000 + 7 for n in range(3)}
     raw = {f"app_{n}": float(n) / 3 for n in range(6)} | {"state": "RUNNING", "gps": "N48.1"}
+    shapes = [("vehicle_can", raw), ("client_raw_data", can)]
+    if widths:
+        shapes = [
+            (
+                f"w{width}",
+                {f"sig_{n}": float(n) * 1.25 + 0.1 for n in range(width - 4)}
+                | {f"cnt_{n}": n * 1000 + 7 for n in range(3)}
+                | {"state": "RUNNING"},
+            )
+            for width in map(int, widths.split(","))
+        ]
     out = []
     ts = 1_700_000_000_000
     for n in range(count):
         if n % machines == 0:
             ts += 1000
-        kind = "vehicle_can" if n % 2 == 0 else "client_raw_data"
-        out.append(
-            Record("demo", f"m{n % machines}", kind, ts, Kind.REALTIME, dict(can if n % 2 else raw))
-        )
+        kind, values = shapes[n % len(shapes)]
+        out.append(Record("demo", f"m{n % machines}", kind, ts, Kind.REALTIME, dict(values)))
     return out
 
 
@@ -180,10 +194,11 @@ async def _worker(
     seconds: float,
     tick: float,
     batch: int,
+    widths: str = "",
 ) -> dict[str, Any]:
     from livedata.model import decode_records, encode_records
 
-    records = _records(count)
+    records = _records(count, widths=widths)
     out: dict[str, Any] = {}
 
     if "codec" in phases:
@@ -321,7 +336,7 @@ def run_worker(
         [sys.executable, __file__, "--worker", json.dumps(urls)]
         + [
             f"--{k.replace('_', '-')}={getattr(args, k)}"
-            for k in ("records", "rate", "seconds", "tick_ms", "batch")
+            for k in ("records", "rate", "seconds", "tick_ms", "batch", "widths")
         ]
         + [f"--phase={p}" for p in args.phase or PHASES],
         env=env,
@@ -344,6 +359,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--batch", type=int, default=2_500, help="clickhouse phase: records per write"
     )
+    parser.add_argument(
+        "--widths",
+        default="",
+        help="records of these numbers of values in turn (N,N,...; codec and clickhouse phases)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
         "--no-linger",
@@ -362,7 +382,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         urls = json.loads(args.worker)
         result = _worker(
-            urls, args.records, phases, args.rate, args.seconds, args.tick_ms / 1000, args.batch
+            urls,
+            args.records,
+            phases,
+            args.rate,
+            args.seconds,
+            args.tick_ms / 1000,
+            args.batch,
+            args.widths,
         )
         print(json.dumps(asyncio.run(result)))
         return

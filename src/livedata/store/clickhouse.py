@@ -166,7 +166,17 @@ releases too):
 
 Threads: clickhouse-driver is synchronous, so every call runs on a small thread
 pool (``pool_size``), each thread with its own client; nothing blocks the event
-loop.  A client reconnects by itself on its next use after a failure.
+loop.  A client reconnects by itself on its next use after a failure.  It does not ping
+the server before every query as clickhouse-driver does (a round trip each): it checks
+its socket for a closed connection and pings only after :data:`PING_IDLE_S` idle (see
+:class:`_Connection`).
+
+Client CPU of a write: the records insert is encoded into the native format here
+(:class:`_Columns`, :class:`_Block`; the same bytes as the driver's, tested) rather than
+by clickhouse-driver from Python lists: per record a few cached lookups and list
+appends, per value only a type check (and the encoding of strings); measured with a
+1,500-record batch of 15-50 values, building and sending it took about half the CPU of
+the driver's way (see ``bench/README.md``, issue 17).
 
 Under stress:
 
@@ -194,20 +204,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import select
 import struct
+import sys
 import threading
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from itertools import accumulate
+from itertools import accumulate, chain, repeat
 from operator import itemgetter
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from clickhouse_driver import Client
+from clickhouse_driver import Client, defines
 from clickhouse_driver import errors as ch_errors
+from clickhouse_driver.block import BlockInfo, ColumnOrientedBlock
+from clickhouse_driver.connection import Connection
+from clickhouse_driver.protocol import ClientPacketTypes
 from clickhouse_driver.util.helpers import parse_url
+from clickhouse_driver.varint import write_varint
+from clickhouse_driver.writer import write_binary_str
 
 from livedata import errors
 from livedata.errors import ConfigError, ErrorMap, StoreError, map_exceptions
@@ -244,7 +262,6 @@ SEND_RECEIVE_TIMEOUT_S = 60.0
 
 KIND_FLOAT, KIND_INT, KIND_STR = 1, 2, 3
 
-_COLUMNS = "tenant, chassis, msg_type, ts, field, kind, num, int, str, ver"
 _AS_BYTES = {"strings_as_bytes": True}
 """Insert settings: string columns given as UTF-8 bytes (no encoding per value)."""
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
@@ -484,7 +501,7 @@ NAMES_CACHED = 100_000
 the caches start anew."""
 _UTF8: dict[str, bytes] = {}
 _UTF8_STREAMS: dict[tuple[str, str, str], tuple[bytes, bytes, bytes]] = {}
-_FIELDS: dict[tuple[str, ...], tuple[list[bytes], Callable[[dict[str, Value]], Any] | None]] = {}
+_FIELDS: dict[tuple[str, ...], tuple[bytes, int, Callable[[dict[str, Value]], Any] | None]] = {}
 _KIND_OF: dict[type, int] = {float: KIND_FLOAT, int: KIND_INT, str: KIND_STR}
 
 
@@ -498,23 +515,40 @@ def _utf8(name: str) -> bytes:
     return encoded
 
 
+def _varint(n: int) -> bytes:
+    """``n`` (>= 0) as the native protocol's LEB128 varint."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _string(data: bytes) -> bytes:
+    """One value of a ``String`` column in the native format: its length, then its bytes."""
+    return _varint(len(data)) + data
+
+
 def _utf8_stream(stream: tuple[str, str, str]) -> tuple[bytes, bytes, bytes]:
-    """``(tenant, chassis, msg_type)`` as UTF-8, encoded once."""
+    """``(tenant, chassis, msg_type)`` as values of ``String`` columns (:func:`_string`),
+    encoded once."""
     encoded = _UTF8_STREAMS.get(stream)
     if encoded is None:
         if len(_UTF8_STREAMS) >= NAMES_CACHED:
             _UTF8_STREAMS.clear()
-        tenant, chassis, msg_type = stream
-        encoded = _UTF8_STREAMS[stream] = (tenant.encode(), chassis.encode(), msg_type.encode())
+        tenant, chassis, msg_type = (_string(name.encode()) for name in stream)
+        encoded = _UTF8_STREAMS[stream] = (tenant, chassis, msg_type)
     return encoded
 
 
 def _sorted_fields(
     values: dict[str, Value],
-) -> tuple[list[bytes], Callable[[dict[str, Value]], Any] | None]:
-    """The field names of ``values`` sorted, as UTF-8, and a getter of the values in that
-    order (``None`` when the dict is in that order already); made once per set of names
-    (a message type's records have the same fields).
+) -> tuple[bytes, int, Callable[[dict[str, Value]], Any] | None]:
+    """The field names of ``values`` sorted, as the data of an ``Array(String)`` row (the
+    names as :func:`_string` writes them, one after the other), their number, and a getter
+    of the values in that order (``None`` when the dict is in that order already); made
+    once per set of names (a message type's records have the same fields).
 
     Sorted, so that a record's row key is its set of names, whatever order a decoder
     (or the migration of an older database) gives them in."""
@@ -525,65 +559,238 @@ def _sorted_fields(
             _FIELDS.clear()
         order = sorted(names)
         getter = None if list(names) == order or len(order) < 2 else itemgetter(*order)
-        known = _FIELDS[names] = ([name.encode() for name in order], getter)
+        encoded = b"".join(_string(name.encode()) for name in order)
+        known = _FIELDS[names] = (encoded, len(order), getter)
     return known
 
 
-class _Columns:
-    """Column lists for one insert statement (``strings_as_bytes``: names as UTF-8 bytes).
+def _little_endian(column: array[Any]) -> bytes:
+    """A numeric column's bytes as the native format has them (little-endian)."""
+    if sys.byteorder != "little":
+        column.byteswap()
+    return column.tobytes()
 
-    A record adds one entry to each per-record list and its values to one flat list;
-    :meth:`as_list` makes each value column by one comprehension over all values and
-    cuts it into the records' arrays by slicing, so a point costs no Python call of its
-    own.
-    """
 
-    __slots__ = ("chassis", "counts", "field", "msg_type", "tenant", "ts", "values")
+RECORDS_TYPES = (
+    ("tenant", "String"),
+    ("chassis", "String"),
+    ("msg_type", "String"),
+    ("ts", "Int64"),
+    ("field", "Array(String)"),
+    ("kind", "Array(UInt8)"),
+    ("num", "Array(Float64)"),
+    ("int", "Array(Int64)"),
+    ("str", "Array(String)"),
+    ("ver", "UInt64"),
+)
+"""The columns (name, type) of a records insert, in ``_COLUMNS`` order, as the server
+describes them (its sample block)."""
+_COLUMNS = ", ".join(name for name, _ in RECORDS_TYPES)
 
-    def __init__(self) -> None:
+
+class _Block(list[tuple[str, str, list[bytes | list[bytes]]]]):
+    """A block of an insert already in the native format: per column its name, type and
+    data, in pieces (bytes written as they are, lists of bytes written as ``String``
+    values by the driver's C writer).  :meth:`_Client.send_data` sends it as it is,
+    instead of serialising Python values column by column (clickhouse-driver's way: a
+    Python call per row of each array column, a ``struct.pack`` per chunk of numbers)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(
+        self, rows: int, columns: list[tuple[str, str, list[bytes | list[bytes]]]]
+    ) -> None:
+        super().__init__(columns)
+        self.rows = rows
+
+    def write(self, out: Any, revision: int) -> None:
+        """The block as clickhouse-driver's ``BlockOutputStream.write`` writes it for a server
+        of ``revision`` (block info, sizes, then per column its name, type and data)."""
+        if revision >= defines.DBMS_MIN_REVISION_WITH_BLOCK_INFO:
+            BlockInfo().write(out)
+        write_varint(len(self), out)
+        write_varint(self.rows, out)
+        flag = revision >= defines.DBMS_MIN_REVISION_WITH_CUSTOM_SERIALIZATION
+        for name, spec, pieces in self:
+            write_binary_str(name, out)
+            write_binary_str(spec, out)
+            if flag:
+                out.write(b"\0")  # no custom serialization, as the driver writes it
+            for piece in pieces:
+                if type(piece) is bytes:
+                    out.write(piece)
+                else:
+                    out.write_strings(piece)
+
+    def send(self, connection: Connection, columns: list[tuple[str, str]]) -> None:
+        """Send the block as a Data packet (``Connection.send_data``'s framing and stream:
+        compressed when the connection is); ``columns`` are the server's (sample block)."""
+        if columns != [(name, spec) for name, spec, _ in self]:
+            raise StoreError(
+                f"clickhouse store: the table has the columns {columns},"
+                f" this version writes {[(name, spec) for name, spec, _ in self]}"
+            )
+        revision = connection.server_info.used_revision
+        write_varint(ClientPacketTypes.DATA, connection.fout)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_TEMPORARY_TABLES:
+            write_binary_str("", connection.fout)
+        stream = connection.block_out
+        self.write(stream.fout, revision)
+        stream.finalize()
+
+
+class _Rows:
+    """Records of one set of field names and one kind per field (:class:`_Columns`)."""
+
+    __slots__ = ("chassis", "count", "kinds", "msg_type", "names", "tenant", "ts", "values")
+
+    def __init__(self, names: bytes, count: int, kinds: bytes) -> None:
+        self.names = names
+        self.count = count
+        self.kinds = kinds
         self.tenant: list[bytes] = []
         self.chassis: list[bytes] = []
         self.msg_type: list[bytes] = []
         self.ts: list[int] = []
-        self.counts: list[int] = []
-        self.field: list[list[bytes]] = []
         self.values: list[Value] = []
+
+    def positions(self, kind: int) -> list[int]:
+        """The fields (their index in a record) of values of ``kind``."""
+        return [at for at, k in enumerate(self.kinds) if k == kind]
+
+
+class _Columns:
+    """One insert statement's records, encoded into a :class:`_Block`.
+
+    Records are grouped by their field names and the kinds of their values (usually one
+    group per message type), so that in a group each field's values are every
+    ``count``-th value: :meth:`encoded` writes a group's numbers with a few calls over
+    all its values (:mod:`array`, extended slices per int or string field) and repeats
+    its names and kinds, and the array columns share one offsets column.  A record costs
+    a few Python steps of its own, a value none except for strings (encoded).  The rows
+    of the insert come group by group (their order means nothing to the table).
+    """
+
+    __slots__ = ("groups",)
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[bytes, tuple[type, ...]], _Rows] = {}
 
     def add(self, stream: tuple[str, str, str], ts: int, values: dict[str, Value]) -> None:
         """A record's values (as :func:`~livedata.store.base.normalised` leaves them: float,
-        int or str)."""
+        int or str; the timestamp within Int64)."""
         tenant, chassis, msg_type = _utf8_stream(stream)
-        names, getter = _sorted_fields(values)
-        self.tenant.append(tenant)
-        self.chassis.append(chassis)
-        self.msg_type.append(msg_type)
-        self.ts.append(ts)
-        self.counts.append(len(names))
-        self.field.append(names)
-        self.values += values.values() if getter is None else getter(values)
+        names, count, getter = _sorted_fields(values)
+        ordered = values.values() if getter is None else getter(values)
+        types = tuple(map(type, ordered))
+        group = self.groups.get((names, types))
+        if group is None:
+            kinds = bytes(map(_KIND_OF.__getitem__, types))
+            group = self.groups[names, types] = _Rows(names, count, kinds)
+        group.tenant.append(tenant)
+        group.chassis.append(chassis)
+        group.msg_type.append(msg_type)
+        group.ts.append(ts)
+        group.values += ordered
 
-    def as_list(self, ver: int) -> list[list[Any]]:
-        values = self.values
-        ends = list(accumulate(self.counts))
-        bounds = list(zip([0, *ends], ends, strict=False))
+    def encoded(self, ver: int) -> _Block:
+        """The records as a block of :data:`RECORDS_TYPES`, every row with version ``ver``."""
+        groups = list(self.groups.values())
+        rows = sum(len(group.ts) for group in groups)
+        counts = chain.from_iterable(repeat(group.count, len(group.ts)) for group in groups)
+        offsets = _little_endian(array("Q", accumulate(counts)))
+        data: list[list[bytes | list[bytes]]] = [[] for _ in RECORDS_TYPES]
+        tenant, chassis, msg_type, ts, field, kind, num, integer, text, _ = data
+        for group in groups:
+            count, many, values = group.count, len(group.ts), group.values
+            size = len(values)
+            tenant.append(b"".join(group.tenant))
+            chassis.append(b"".join(group.chassis))
+            msg_type.append(b"".join(group.msg_type))
+            ts.append(_little_endian(array("q", group.ts)))
+            field.append(group.names * many)
+            kind.append(group.kinds * many)
+            strings = group.positions(KIND_STR)
+            numbers = list(values) if strings else values
+            texts: list[bytes] = [b""] * size if strings else []
+            for at in strings:
+                numbers[at::count] = [0.0] * many
+                texts[at::count] = list(map(str.encode, cast(list[str], values[at::count])))
+            num.append(_little_endian(array("d", numbers)))
+            text.append(texts or bytes(size))  # an empty string is its length 0
+            ints = array("q", bytes(8 * size))
+            for at in group.positions(KIND_INT):
+                ints[at::count] = array("q", cast(list[int], values[at::count]))
+            integer.append(_little_endian(ints))
+        for column in (field, kind, num, integer, text):
+            column.insert(0, offsets)
+        data[-1].append(_little_endian(array("Q", [ver]) * rows))
+        return _Block(rows, [(*column, d) for column, d in zip(RECORDS_TYPES, data, strict=True)])
 
-        def arrays(column: list[Any]) -> list[list[Any]]:
-            return [column[start:end] for start, end in bounds]
 
-        return [
-            self.tenant,
-            self.chassis,
-            self.msg_type,
-            self.ts,
-            self.field,
-            arrays(list(map(_KIND_OF.__getitem__, map(type, values)))),
-            arrays(
-                [v if type(v) is float else float(v) if type(v) is int else 0.0 for v in values]
-            ),
-            arrays([v if type(v) is int else 0 for v in values]),
-            arrays([v.encode() if type(v) is str else b"" for v in values]),
-            [ver] * len(self.ts),
-        ]
+PING_IDLE_S = 30.0
+"""A connection idle for longer pings the server before its next query (see
+:class:`_Connection`)."""
+
+
+def _quiet(sock: Any) -> bool:
+    """Whether ``sock`` has nothing to read (nor hang-up or error to report) right now."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLPRI)
+    return not poller.poll(0)
+
+
+class _Connection(Connection):
+    """clickhouse-driver's connection without its ping before every query.
+
+    The driver pings the server (a round trip, and ~8 % of ingest's CPU) before each
+    ``execute`` to find a connection the server has closed.  Here a connection in use
+    checks its socket instead (``poll``, no round trip): between queries the server sends
+    nothing, so anything to read -- the end of the stream after a restart, a reset, stray
+    bytes -- or more than :data:`PING_IDLE_S` since the last query makes it ping and, when
+    that fails, reconnect as the driver does.  A peer gone silently (no FIN, a network cut)
+    is not seen before the query: the query then fails on its timeouts
+    (:class:`~livedata.errors.StoreTimeout` or :class:`~livedata.errors.StoreUnavailable`),
+    the client disconnects, and the next call connects anew.
+    """
+
+    checked = 0.0
+
+    def force_connect(self) -> None:
+        now = time.monotonic()
+        if self.connected and now - self.checked < PING_IDLE_S and _quiet(self.socket):
+            self.check_query_execution()
+        else:
+            super().force_connect()
+        self.checked = now
+
+
+class _Client(Client):
+    """clickhouse-driver's client with :class:`_Connection` connections, and inserts of
+    :class:`_Block` data sent as they are."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for connection in (*self.connections, self.connection):
+            connection.__class__ = _Connection  # made by Client.__init__ (round robin too)
+
+    def send_data(
+        self,
+        sample_block: Any,
+        data: Any,
+        types_check: bool = False,
+        columnar: bool = False,
+    ) -> int:
+        if not isinstance(data, _Block):
+            rows: int = super().send_data(sample_block, data, types_check, columnar)
+            return rows
+        # As Client.send_data: the block, then an empty one (the end of the data), each
+        # followed by the profile events that newer servers send.
+        data.send(self.connection, list(sample_block.columns_with_types))
+        self.receive_profile_events()
+        self.connection.send_data(ColumnOrientedBlock())
+        self.receive_profile_events()
+        return data.rows
 
 
 class ClickHouseStore(Store):
@@ -644,7 +851,7 @@ class ClickHouseStore(Store):
         """This thread's client, made on first use."""
         client: Client | None = getattr(self._local, "client", None)
         if client is None:
-            client = Client(self._host, database=self.database, **self._kwargs)
+            client = _Client(self._host, database=self.database, **self._kwargs)
             self._local.client = client
             with self._clients_lock:
                 self._clients.append(client)
@@ -839,9 +1046,7 @@ class ClickHouseStore(Store):
             for columns in by_chunk.values():
                 client.execute(
                     f"INSERT INTO {self.database}.records ({_COLUMNS}) VALUES",
-                    columns.as_list(ver),
-                    columnar=True,
-                    settings=_AS_BYTES,
+                    columns.encoded(ver),
                 )
             if self.rollups and newest:
                 self._settle(client, touched, newest)
