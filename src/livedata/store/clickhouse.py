@@ -68,12 +68,15 @@ downsampled history (min/max per time bucket) aggregates one column without
 looking at ``kind``.
 
 Rollups, as in the SQLite and PostgreSQL stores, of *settled* minutes only, computed
-once: when a write moves a stream's newest point 5-60 s
-(:func:`~livedata.store.base.settle_lag`, spread per stream by
-:func:`~livedata.store.base.stream_key`) past a group of :data:`SETTLE_SPAN` (10) minutes,
-it runs ``INSERT INTO rollups SELECT ... FROM records`` for those minutes (all its
-streams in one statement, the (stream, minute) pairs sent as an external table) and
-records the stream's new open minute in ``rollup_open``.  A write into a minute already
+once: when a write moves a stream's newest point 5-55 s
+(:func:`~livedata.store.base.settle_lag` rounded to 5 s plus whole 10 s, spread per
+stream by :func:`~livedata.store.base.stream_key`) past a group of :data:`SETTLE_SPAN`
+(10) minutes, it runs ``INSERT INTO rollups SELECT ... FROM records`` for those minutes
+(all its streams in one statement, the (stream, minute) pairs sent as an external table)
+and records the stream's new open minute in ``rollup_open``.  A fleet's streams settle in
+cohorts, a 60th of them every 10 s (:data:`~livedata.store.base.GROUP_LAG_STEP_MS`), so
+one write in 10 s per process settles (three inserts and a roll-up) instead of nearly
+every write of a large fleet.  A write into a minute already
 settled (late data, a redelivery, a backfill, a correction) rolls that minute up again.
 Until this version a materialized view rolled up every insert: about one rollup row per
 *point* per insert (a 0.5 s insert meets each (machine, field, minute) once), which
