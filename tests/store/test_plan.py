@@ -15,6 +15,7 @@ from livedata.store.base import (
     bucket_width,
     rollup_plan,
     settle_minutes,
+    settle_streams,
 )
 
 T0 = 1_700_000_000_000
@@ -76,3 +77,28 @@ def test_settle_minutes() -> None:
     assert settle_minutes({3, 11}, 10, 10) == {3}  # late data in a settled minute
     assert settle_minutes({500}, 10, 499) == {10, 11}  # a jump: only the old open minutes
     assert settle_minutes({5, 6}, None, 6) == {5}  # nothing was open before
+
+
+def test_a_fleet_settles_groups_of_minutes_in_cohorts() -> None:
+    """With groups of 10 minutes, 1,000 live streams written every 0.5 s settle in at most one
+    write per 10 s, each stream once per group, its newest point at least 5 s past it."""
+    streams = [("demo", f"m{n}", t) for n in range(500) for t in ("vehicle_can", "raw")]
+    opened: dict[tuple[str, str, str], int | None] = {}
+    settling: list[int] = []
+    moves = {stream: 0 for stream in streams}
+    start = T0 - T0 % (10 * MINUTE_MS)
+    for step in range(1, 2 * 1_200 + 1):  # 20 minutes of writes
+        now = start + step * 500
+        minute = now // MINUTE_MS
+        touched = {stream: {minute} for stream in streams}
+        moved, pairs = settle_streams(streams, touched, dict.fromkeys(streams, now), opened, 10)
+        if moved and step > 1:  # the first write settles every stream
+            settling.append(now)
+            for stream, open_minute in moved:
+                moves[stream] += 1
+                assert open_minute * MINUTE_MS <= now - 5_000
+                assert open_minute > (opened[stream] or 0)
+            assert {m for _, m in pairs} <= set(range(minute - 11, minute))
+        opened.update(moved)
+    assert all(b - a >= 10_000 for a, b in itertools.pairwise(settling))
+    assert set(moves.values()) == {2}  # 20 minutes: each stream settled two groups

@@ -264,17 +264,28 @@ def settle_lag(key: int) -> int:
     return low + (key * 7_919) % spread // 1_000 * 1_000
 
 
+GROUP_LAG_STEP_MS = 10_000
+"""With groups of minutes (``span`` > 1), a stream's settle lag is :func:`settle_lag`
+rounded down to the lowest lag plus a multiple of this (5, 15, ... 55 s): the fleet's
+streams settle in cohorts (10 offsets of a 10-minute span times 6 lags: one cohort
+every 10 s) instead of a few streams every second, so a store settles each cohort in
+one write (one roll-up statement) instead of in nearly every write."""
+
+
 def first_open_minute(last_ts: int, key: int, span: int = 1) -> int:
     """The oldest minute not yet settled when the newest point of ``key`` is at ``last_ts``.
 
     Minutes before it have exact rollups; it and the minutes up to ``last_ts // MINUTE_MS``
     (one or two; up to ``span + 1``) may not, and are read raw.  ``span``: minutes settle
     in groups of that many (spread over the streams by ``key``), so that a store which
-    reads whole blocks of a stream's points to roll up reads each block once per group.
+    reads whole blocks of a stream's points to roll up reads each block once per group;
+    their lags are whole :data:`GROUP_LAG_STEP_MS`.
     """
-    minute = (last_ts - settle_lag(key)) // MINUTE_MS
     if span == 1:
-        return minute
+        return (last_ts - settle_lag(key)) // MINUTE_MS
+    low = SETTLE_LAG_MS[0]
+    lag = low + (settle_lag(key) - low) // GROUP_LAG_STEP_MS * GROUP_LAG_STEP_MS
+    minute = (last_ts - lag) // MINUTE_MS
     offset = key % span
     return (minute - offset) // span * span + offset
 
