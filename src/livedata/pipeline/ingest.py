@@ -207,6 +207,7 @@ class Ingest:
         linger: float | None = None,
         spill: SpillJournal | None = None,
         spill_after: float = 2.0,
+        log_journal: SpillJournal | None = None,
         drain_retry_max: float = 5.0,
         timestamps: TimestampPolicy | None = None,
         log_wait: float = 1.0,
@@ -274,8 +275,19 @@ class Ingest:
         self._unlogged: deque[list[Record]] = deque()
         """Queued batches not yet in the log, oldest first."""
         self.unlogged = 0
-        """Records not yet in the log (at most ``queue_max`` plus one handed-in batch)."""
+        """Records waiting for the log in memory (at most ``queue_max`` plus one handed-in
+        batch): queued, in the appender's hands, or being moved to the log journal."""
         self._log_work = asyncio.Event()
+        self.log_journal = log_journal
+        """The log journal (``None``: records wait for the log in memory only)."""
+        self.log_memory_max = max(1, queue_max // 2)
+        """Records waiting for the log in memory beyond which the oldest go to the log journal."""
+        self._moving = 0
+        """Records taken from memory for the log journal, not yet in it."""
+        self._log_over = asyncio.Event()
+        """Set when more than ``log_memory_max`` records wait for the log in memory."""
+        self.log_journalled = 0
+        """Records that went through the log journal."""
         self._failures = Throttled(logging.getLogger("livedata.ingest"))
         self._refusals = Throttled(logging.getLogger("livedata.ingest"))
 
@@ -441,6 +453,8 @@ class Ingest:
         self._unlogged.append(records)
         self.unlogged += len(records)
         self._log_work.set()
+        if self.unlogged > self.log_memory_max:
+            self._log_over.set()
         self._queue_work.set()
         if self._full():
             self._queue_full.set()
@@ -518,17 +532,23 @@ class Ingest:
             observe.SPILL_RECORDS.set(self.spill.records)
             observe.SPILL_BYTES.set(self.spill.bytes)
             observe.SPILL_MAX_BYTES.set(self.spill.max_bytes)
+        if self.log_journal is not None:
+            observe.LOG_JOURNAL_RECORDS.set(self.log_journal.records)
+
+    def _journals(self) -> list[SpillJournal]:
+        return [j for j in (self.spill, self.log_journal) if j is not None]
 
     async def start(self) -> None:
-        """Open the spill journal, if any (the runtime does so before the roles run)."""
-        if self.spill is not None:
-            await self.spill.open()
+        """Open the spill and log journals, if any (the runtime does so before the roles
+        run); what an earlier process left in them is the replay."""
+        for journal in self._journals():
+            await journal.open()
 
     async def close(self) -> None:
-        """Close the spill journal, if any; call once :meth:`run` has ended."""
+        """Close the journals, if any; call once :meth:`run` has ended."""
         await self.frames.close()
-        if self.spill is not None:
-            await self.spill.close()
+        for journal in self._journals():
+            await journal.close()
 
     async def run(self) -> None:
         """Append queued records to the log, make them durable, acknowledge them; with a
@@ -542,6 +562,8 @@ class Ingest:
                 tasks.create_task(self._acker(), name="ingest-acker")
                 if self.spill is not None:
                     tasks.create_task(self._drainer(), name="ingest-drainer")
+                if self.log_journal is not None:
+                    tasks.create_task(self._log_journaller(), name="ingest-log-journaller")
 
     async def _next_batch(self) -> list[tuple[Record, Ack | None, float]]:
         """The writer's next batch: ``batch_max`` records, or fewer once the oldest is
@@ -752,45 +774,120 @@ class Ingest:
             self._log_work, lambda: self.unlogged >= self.batch_max, time.monotonic() + linger
         )
 
+    def _take_unlogged(self) -> list[Record]:
+        """The oldest batches waiting for the log in memory, up to ``batch_max`` records
+        (at least one batch), as one list."""
+        chunk = self._unlogged.popleft()
+        while self._unlogged and len(chunk) + len(self._unlogged[0]) <= self.batch_max:
+            chunk = chunk + self._unlogged.popleft()
+        return chunk
+
+    async def _next_log_chunk(self) -> tuple[list[Record], int]:
+        """The appender's next chunk and, when it was read from the log journal, the journal
+        row it ends with (0: from memory).  The journal's records are older than memory's
+        (the journaller moves the oldest), so they go first; while a move is under way,
+        memory waits for it."""
+        journal = self.log_journal
+        while True:
+            if journal is not None and journal.rows:
+                found = await journal.read(self.batch_max)
+                if found is not None:
+                    return found.records, found.last_id
+            elif self._unlogged and not self._moving:
+                await self._log_linger()
+                if self._unlogged and not self._moving and not (journal and journal.rows):
+                    return self._take_unlogged(), 0
+            else:
+                self._log_work.clear()
+                await self._log_work.wait()
+
     async def _appender(self) -> None:
-        """Append queued records to the log in order, what has gathered (up to ``batch_max``)
-        in one call, retrying a failed chunk with backoff (0.5 s … 5 s)."""
+        """Append to the log in order -- the log journal's records first, then memory's --
+        what has gathered (up to ``batch_max``) in one call, retrying a failed chunk with
+        backoff (0.5 s … 5 s); a chunk from the journal is deleted from it once the log
+        took it (a crash in between appends it again: at least once)."""
         delays = backoff(0.5, 5.0)
         chunk: list[Record] | None = None  # kept across retries
+        row = 0  # the log journal row the chunk ends with (0: from memory)
+        appended = False
         while True:
-            if chunk is None:
-                while not self._unlogged:
-                    self._log_work.clear()
-                    await self._log_work.wait()
-                await self._log_linger()
-                chunk = self._unlogged.popleft()
-                while self._unlogged and len(chunk) + len(self._unlogged[0]) <= self.batch_max:
-                    chunk = chunk + self._unlogged.popleft()
             try:
-                await self.log.append(chunk)
+                if chunk is None:
+                    chunk, row = await self._next_log_chunk()
+                if not appended:
+                    await self.log.append(chunk)
+                    appended = True
+                    self._failures.recovered("log", "the log takes appends again")
+                    self._log_failing = False
+                    if not row:
+                        self._logged += len(chunk)
+                        self.unlogged -= len(chunk)
+                    self._log_progress.set()
+                    self._room.set()
+                if row and self.log_journal is not None:
+                    await self.log_journal.delete_through(row)
+                    self._failures.recovered("log-journal", "the log journal works again")
+                    self.update_gauges()
             except BusError as exc:
                 observe.LOG_FAILURES.inc()
                 self._log_failing = True
                 self._log_progress.set()
                 self._failures.failed(
                     "log",
-                    "log append failed, retrying (%d records wait for the log; devices are "
-                    "still acknowledged up to %d): %s",
+                    "log append failed, retrying (%d records wait for the log in memory, %d "
+                    "in its journal; devices are still acknowledged): %s",
                     self.unlogged,
-                    self.queue_max,
+                    self.log_journal.records if self.log_journal is not None else 0,
                     exc,
                     level=logging.ERROR,
                 )
                 await asyncio.sleep(next(delays))
                 continue
+            except BackendError as exc:  # reading or deleting log journal rows
+                self._failures.failed(
+                    "log-journal", "the log journal failed, retrying: %s", str(exc)
+                )
+                await asyncio.sleep(next(delays))
+                continue
             delays = backoff(0.5, 5.0)
-            self._failures.recovered("log", "the log takes appends again")
-            self._log_failing = False
-            self._logged += len(chunk)
-            self.unlogged -= len(chunk)
-            chunk = None
+            chunk, row, appended = None, 0, False
+
+    async def _log_journaller(self) -> None:
+        """Move the oldest records waiting for the log in memory to the log journal while
+        more than ``log_memory_max`` wait there, up to ``batch_max`` records a row.  A full
+        journal makes the move wait (memory then fills to ``queue_max`` and
+        :meth:`handle_many` waits); a failed one puts the records back at memory's head
+        and is retried with backoff (0.5 s … 5 s)."""
+        journal = self.log_journal
+        assert journal is not None
+        delays = backoff(0.5, 5.0)
+        while True:
+            while not (self._unlogged and self.unlogged > self.log_memory_max):
+                self._log_over.clear()
+                await self._log_over.wait()
+            batch = self._take_unlogged()
+            self._moving = len(batch)
+            try:
+                await journal.append(batch)
+            except BackendError as exc:
+                self._unlogged.appendleft(batch)
+                self._failures.failed(
+                    "log-journal", "the log journal failed, retrying: %s", str(exc)
+                )
+                await asyncio.sleep(next(delays))
+                continue
+            finally:
+                self._moving = 0
+                self._log_work.set()
+            self._failures.recovered("log-journal", "the log journal works again")
+            delays = backoff(0.5, 5.0)
+            self.log_journalled += len(batch)
+            observe.LOG_JOURNALLED.inc(len(batch))
+            self._logged += len(batch)  # as good as logged: acknowledging needs no more
+            self.unlogged -= len(batch)
             self._log_progress.set()
             self._room.set()
+            self.update_gauges()
 
     async def _write(self, batch: list[Record]) -> None:
         """Without a journal: write to the store, retrying until it takes the batch."""
