@@ -273,6 +273,18 @@ async def test_log_outage_keeps_acknowledging_within_the_bound(rig) -> None:
     assert r.log.failures > 0 and r.ingest.unlogged == 0
 
 
+async def spill_child(directory: Path, *args: str) -> asyncio.subprocess.Process:
+    """``tests.pipeline.spill_child`` on ``directory``, its stderr in ``child.log`` there."""
+    with (directory / "child.log").open("wb") as err:
+        return await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "tests.pipeline.spill_child", str(directory), *args),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
 def assert_logged_once_in_order(logged: list[Record], numbers: Sequence[int]) -> None:
     """The log got the messages ``numbers``, each once, each machine's in the order ingest
     took them (the log keeps the order per machine, its partition key)."""
@@ -302,6 +314,23 @@ async def test_log_outage_beyond_memory_goes_to_the_log_journal(rig) -> None:
     assert r.log.failures > 0 and r.ingest.unlogged == 0 and r.log_journal.rows == 0
 
 
+async def test_hanging_log_beyond_memory_goes_to_the_log_journal(rig) -> None:
+    """A log whose append hangs (a stopped Kafka before its request timeout), with a log
+    journal: messages keep being acknowledged past ``queue_max``; when the append returns
+    the log gets every record once, in order."""
+    r: Rig = await rig(queue_max=1_000, spill_max_bytes=2**22, log_journal_max_bytes=2**24)
+    assert r.log_journal is not None
+    r.log.gate.clear()
+    await asyncio.wait_for(r.push(0, 4_000), 60)
+    await until(lambda: len(r.acked) == 4_000, what="every message to be acknowledged")
+    assert r.log_journal.records >= 4_000 - 1_500 and r.ingest.unlogged <= 1_000 + 500
+
+    r.log.gate.set()
+    await until(lambda: len(r.logged) >= 4_000, what="the log to catch up")
+    await until(lambda: r.log_journal.records == 0, what="the log journal to empty")
+    assert_logged_once_in_order(r.logged, range(4_000))
+
+
 async def test_full_log_journal_makes_ingest_wait(rig) -> None:
     """Log down and the log journal at its byte bound: ``handle_many`` waits (memory and
     disk stay bounded); when the log is back the waiting messages go on and the log gets
@@ -329,14 +358,7 @@ async def test_a_killed_process_log_journal_is_replayed(tmp_path: Path) -> None:
     """A process killed (SIGKILL) while the log is down leaves its log journal; the next
     process appends it to the log first, each record once, in order, before its own."""
     errors = tmp_path / "child.log"
-    with errors.open("wb") as err:
-        child = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "tests.pipeline.spill_child", str(tmp_path), "4000", "log"),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    child = await spill_child(tmp_path, "4000", "log")
     acked = 0
     done: list[str] = []
     try:
@@ -372,8 +394,9 @@ async def test_a_killed_process_log_journal_is_replayed(tmp_path: Path) -> None:
     ingest = Ingest(store, log, Catalog(meta), linger=0.01, log_journal=log_journal)
     tasks = [asyncio.create_task(c()) for c in (consume, ingest.run)]
     try:
-        await until(lambda: len(logged) == journalled, what="the replay")
-        assert log_journal.records == 0
+        await until(
+            lambda: len(logged) == journalled and log_journal.records == 0, what="the replay"
+        )
         await ingest.handle(message(4_000))
         await until(lambda: len(logged) == journalled + 1, what="the new record")
         # lost with memory: the appender's first chunk (the oldest) and the newest records
@@ -394,14 +417,7 @@ async def test_acknowledged_records_survive_a_killed_process(tmp_path: Path) -> 
     """A process killed (SIGKILL) while the store is down loses no acknowledged record: the
     next process replays its journal into the store."""
     errors = tmp_path / "child.log"
-    with errors.open("wb") as err:
-        child = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "tests.pipeline.spill_child", str(tmp_path), "3000"),
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
+    child = await spill_child(tmp_path, "3000")
     acked: set[tuple[str, int]] = set()
     try:
         assert child.stdout is not None

@@ -34,8 +34,9 @@ arrival order (as MQTT requires of PUBACKs), by an acker task, so the writer goe
 with the next batch meanwhile.  When the log has not taken the records within
 ``log_wait`` (1 s) of their durability, or is failing (its appender retrying), the
 acknowledgement goes by durability alone and the records wait for the log in a bounded
-backlog (see below): a crash then loses their live publication and alert evaluation,
-never their storage.  (A Kafka that stopped makes ``append`` wait up to its 40 s request
+backlog, beyond half of ``queue_max`` in the log journal on disk (see below): a crash
+then loses the live publication and alert evaluation of those still in memory, never
+their storage.  (A Kafka that stopped makes ``append`` wait up to its 40 s request
 timeout before failing; without the bound the broker would stop sending after
 ``inflight`` unacknowledged messages and storing would stop with it.)
 
@@ -75,11 +76,33 @@ Under stress:
 * **Store slow or down, without a journal**: the writer retries the batch with
   backoff (1 s … 30 s) and never drops it; the queue fills and ``handle_many`` waits.
   Live keeps going until then.
-* **Log slow or down** (Kafka restarting): the appender retries the oldest chunk
-  with backoff (0.5 s … 5 s), in order; the log's own ``append`` also waits while
-  the log is full.  Storing and acknowledging go on meanwhile, so the broker keeps
-  being acknowledged, until ``queue_max`` records wait for the log; then
-  ``handle_many`` waits.
+* **Log slow or down** (Kafka restarting or stopped): the appender retries the oldest
+  chunk with backoff (0.5 s … 5 s), in order; the log's own ``append`` also waits
+  while the log is full.  Storing and acknowledging go on meanwhile, so the broker
+  keeps being acknowledged.  With a log journal (``ingest-log.db`` in ``spill_dir``,
+  the same :class:`~livedata.pipeline.spill.SpillJournal` machinery, on wherever the
+  spill journal is), once more than ``queue_max / 2`` records wait for the log in
+  memory a journaller task moves the oldest to it (up to ``batch_max`` a row, one
+  fsync each), so memory stays bounded and ``handle_many`` keeps its pace until the
+  journal holds ``log_journal_max_bytes`` (1 GiB: about 30 minutes of 1,000 machines
+  sending 2 records/s, at the demo's 270 B a record); then the move waits, memory fills to
+  ``queue_max`` and ``handle_many`` waits.  When the log is back the appender takes
+  the journal first -- its records are older than memory's -- then memory, so each
+  machine's records reach the log in the order ingest took them; each journal part is
+  deleted only after the log took it (a crash in between appends it again: at least
+  once, as a redelivery would).  At start an earlier process's journal is appended
+  first (the replay).  Journalled records are as good as in the log for the
+  acknowledgement.  A journal that fails (disk full) puts the records back in memory
+  and is retried with backoff, and ingest waits at ``queue_max`` as without one.
+  Without a journal (``spill_dir=off``) ``handle_many`` waits once ``queue_max``
+  records wait for the log.
+  Replayed records are old but otherwise ordinary: distribute publishes them live
+  (in order, after the others of their machine that reached the log first); a chart
+  keeps its points sorted by time, merges them into the gap the outage left and drops
+  those more than its window behind its newest point; the fleet page takes their
+  values (the newest last) and counts their arrival as a sign of life; alerts evaluate
+  them in order (a condition that held during the outage is raised late, once) and
+  skip records over 10 minutes old, so a long outage floods nothing.
 * **Journal write fails** (disk full): retried with backoff; each attempt first
   tries the store directly when the journal is empty.  Nothing is acknowledged
   until one of the two has the batch.
@@ -87,7 +110,7 @@ Under stress:
 Memory is bounded by ``queue_max`` queued records plus one handed-in batch, the batches
 being written (``batch_max`` each: the one in hand, and a slow one journalled and still in
 flight), ``queue_max`` records waiting for the log plus one handed-in batch, and one chunk
-read back from the journal (``batch_max``).  A repeated failure (store, journal, log),
+read back from each journal (``batch_max``).  A repeated failure (store, journal, log),
 slow store writes and refused messages are logged once per minute with a count
 (:class:`~livedata.ratelog.Throttled`), and once when the failure ends.
 
@@ -774,11 +797,11 @@ class Ingest:
             self._log_work, lambda: self.unlogged >= self.batch_max, time.monotonic() + linger
         )
 
-    def _take_unlogged(self) -> list[Record]:
-        """The oldest batches waiting for the log in memory, up to ``batch_max`` records
-        (at least one batch), as one list."""
+    def _take_unlogged(self, limit: int) -> list[Record]:
+        """The oldest batches waiting for the log in memory, up to ``limit`` records (at
+        least one batch), as one list."""
         chunk = self._unlogged.popleft()
-        while self._unlogged and len(chunk) + len(self._unlogged[0]) <= self.batch_max:
+        while self._unlogged and len(chunk) + len(self._unlogged[0]) <= limit:
             chunk = chunk + self._unlogged.popleft()
         return chunk
 
@@ -796,7 +819,9 @@ class Ingest:
             elif self._unlogged and not self._moving:
                 await self._log_linger()
                 if self._unlogged and not self._moving and not (journal and journal.rows):
-                    return self._take_unlogged(), 0
+                    # at most log_memory_max: while the log fails the appender holds it,
+                    # and the journaller must still find the rest to move
+                    return self._take_unlogged(min(self.batch_max, self.log_memory_max)), 0
             else:
                 self._log_work.clear()
                 await self._log_work.wait()
@@ -865,7 +890,7 @@ class Ingest:
             while not (self._unlogged and self.unlogged > self.log_memory_max):
                 self._log_over.clear()
                 await self._log_over.wait()
-            batch = self._take_unlogged()
+            batch = self._take_unlogged(self.batch_max)
             self._moving = len(batch)
             try:
                 await journal.append(batch)

@@ -6,6 +6,12 @@ device; a drainer then copies the journal to the store in order and deletes each
 part only after the store confirmed it.  So the live path keeps going, devices keep
 being acknowledged, and memory stays bounded however long the outage lasts.
 
+The same machinery serves a second journal, the **log journal** (``purpose`` :data:`LOG`,
+``{spill_dir}/ingest-log.db``): records stored and acknowledged that wait for the log
+(Kafka) beyond what memory holds; ingest's appender drains it to the log, in order,
+deleting each part once the log took it.  Everything below holds for both, with "the
+store" read as "the log" for that one.
+
 File: one SQLite database, ``{spill_dir}/ingest-spill.db``, with one row per
 batch::
 
