@@ -381,9 +381,9 @@ def server_procs(server: Any) -> Callable[[], list[psutil.Process]]:
             with contextlib.suppress(psutil.Error):
                 return [psutil.Process(process.pid)]
             return []
-        try:
+        try:  # (an engine stopped by a ``down:`` fault has no process nor pid file)
             pid = int((server.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, IndexError, AttributeError):
             return []
         return with_children(pid)()
 
