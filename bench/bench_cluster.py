@@ -66,7 +66,7 @@ distribute has not published), p50/p99 device → browser, machine-seconds store
 and CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
 all sizes (about 3 minutes each).
 
-**Faults** (``--faults [all|kill:ROLE,term:ROLE,restart:ENGINE,…]``) instead of the
+**Faults** (``--faults [all|kill:ROLE,term:ROLE,restart:ENGINE,down:ENGINE:S,…]``) instead of the
 above: one cluster (Mosquitto with ``persistence true``) for ``--seconds`` (300) with
 ``--clients`` reconnecting live clients (``tests.cluster.live``); each role killed
 (SIGKILL) and stopped (SIGTERM) once and restarted as systemd would (same command,

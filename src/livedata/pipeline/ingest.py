@@ -892,18 +892,20 @@ class Ingest:
                 await self._log_over.wait()
             batch = self._take_unlogged(self.batch_max)
             self._moving = len(batch)
+            failed: BackendError | None = None
             try:
                 await journal.append(batch)
             except BackendError as exc:
-                self._unlogged.appendleft(batch)
+                failed = exc
+                self._unlogged.appendleft(batch)  # the oldest: back to the head
+            self._moving = 0
+            self._log_work.set()
+            if failed is not None:
                 self._failures.failed(
-                    "log-journal", "the log journal failed, retrying: %s", str(exc)
+                    "log-journal", "the log journal failed, retrying: %s", str(failed)
                 )
                 await asyncio.sleep(next(delays))
                 continue
-            finally:
-                self._moving = 0
-                self._log_work.set()
             self._failures.recovered("log-journal", "the log journal works again")
             delays = backoff(0.5, 5.0)
             self.log_journalled += len(batch)
