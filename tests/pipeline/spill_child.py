@@ -5,8 +5,8 @@ acknowledgement.
 journals in DIR; COUNT messages handled as fast as ingest takes them; ``acked CHASSIS TS``
 printed for each acknowledged one.  ``store`` (the default): the store is down, records go
 to the spill journal.  ``log``: the log is down, the store up, and ``queue_max`` is 1,000,
-so records beyond 500 go to the log journal; once they have, ``done JOURNALLED UNLOGGED``
-(records in the log journal, records waiting in memory).  Then it waits to be killed.
+so records beyond 500 go to the log journal; once they have and all are acknowledged,
+``done JOURNALLED UNLOGGED`` (records in the log journal, records waiting in memory).  Then it waits to be killed.
 """
 
 from __future__ import annotations
@@ -44,15 +44,19 @@ async def main(directory: Path, count: int, down: str) -> None:
         log_journal=SpillJournal(directory / "spill", 2**26, LOG),
     )
     writer = asyncio.create_task(ingest.run())
+    acked = [0]
     for n in range(count):
         msg = message(n)
 
         async def ack(chassis: str = msg.chassis, ts: int = msg.ts) -> None:
+            acked[0] += 1
             print(f"acked {chassis} {ts}", flush=True)
 
         await ingest.handle(msg, ack)
     if down == "log":
-        await until(lambda: ingest.unlogged <= ingest.log_memory_max, 60, "the log journal")
+        await until(
+            lambda: acked[0] == count and ingest.unlogged <= ingest.log_memory_max, 60, "acks"
+        )
         assert ingest.log_journal is not None
         print(f"done {ingest.log_journal.records} {ingest.unlogged}", flush=True)
     else:
