@@ -454,7 +454,7 @@ async def test_acknowledged_records_survive_a_killed_process(tmp_path: Path) -> 
 
 
 def test_metrics_and_health_show_the_queue_and_the_journal(demo: Server) -> None:
-    """The demo (journal on under its data dir) exposes queue, journal, age and failures."""
+    """The demo (journals on under its data dir) exposes queue, journals, age and failures."""
     with httpx.Client(base_url=demo.url, headers=demo.headers, timeout=10) as http:
         metrics = http.get("/metrics").text
         health = http.get("/healthz").json()
@@ -473,10 +473,14 @@ def test_metrics_and_health_show_the_queue_and_the_journal(demo: Server) -> None
         "livedata_spill_full_total",
         "livedata_store_failures_total",
         "livedata_log_failures_total",
+        "livedata_log_journal_records",
+        "livedata_log_journalled_records_total",
+        "livedata_log_journal_full_total",
     ):
         assert name in values, name
     assert values["livedata_spill_max_bytes"] == 256 * 2**20
     assert health["spill"]["maxBytes"] == 256 * 2**20 and health["spill"]["records"] >= 0
+    assert health["logJournal"]["maxBytes"] == 2**30 and health["logJournal"]["records"] >= 0
 
 
 async def test_live_does_not_wait_for_the_store_and_the_ack_waits_for_both(rig) -> None:
