@@ -32,7 +32,8 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
 A device message is acknowledged once its record is durable **and** in the log, in
 arrival order (as MQTT requires of PUBACKs), by an acker task, so the writer goes on
 with the next batch meanwhile.  When the log has not taken the records within
-``log_wait`` (1 s) of their durability, or is failing (its appender retrying), the
+``log_wait`` (1 s) of their durability, or is failing (its appender retrying) or hung
+(an append in flight for ``log_wait``: a stopped Kafka until its request timeout), the
 acknowledgement goes by durability alone and the records wait for the log in a bounded
 backlog, beyond half of ``queue_max`` in the log journal on disk (see below): a crash
 then loses the live publication and alert evaluation of those still in memory, never
@@ -268,6 +269,8 @@ class Ingest:
         """Records the log has accepted so far."""
         self._log_progress = asyncio.Event()
         self._log_failing = False
+        self._append_since: float | None = None
+        """When the log append in flight began (monotonic), ``None`` between appends."""
         self.log_wait = log_wait
         """How long an acknowledgement waits for the log after its batch is durable."""
         self._to_ack: deque[tuple[int, float, list[Ack]]] = deque()
@@ -636,9 +639,10 @@ class Ingest:
                 direct.cancel()
 
     async def _acker(self) -> None:
-        """Acknowledge durable batches in order, each once the log has its records too --
-        or once it has waited ``log_wait`` for that, or the log is failing (then durability
-        is enough, as the records wait for the log within ``queue_max``)."""
+        """Acknowledge durable batches in order, each once the log has its records too (or
+        the log journal) -- or once it has waited ``log_wait`` for that, or the log is
+        failing or hung (:meth:`_log_down`; then durability is enough, as the records wait
+        for the log in memory or in the log journal)."""
         while True:
             while not self._to_ack:
                 self._ack_work.clear()
@@ -646,7 +650,7 @@ class Ingest:
             count, durable_at, acks = self._to_ack[0]
             await _wait_until(
                 self._log_progress,
-                lambda: self._logged >= count or self._log_failing,  # noqa: B023 (awaited here)
+                lambda: self._logged >= count or self._log_down(),  # noqa: B023 (awaited here)
                 durable_at + self.log_wait,
             )
             self._to_ack.popleft()
@@ -656,6 +660,16 @@ class Ingest:
                 except Exception as exc:  # the link is gone: the broker will redeliver
                     log.warning("acknowledgement failed: %s", exc)
             self._unacked -= len(acks)
+
+    def _log_down(self) -> bool:
+        """Whether the log is failing, or its append in flight has hung for ``log_wait``
+        (a stopped Kafka, until its request timeout): then acknowledging waits no more
+        for it, else a link's window of unacknowledged messages would cap its rate at one
+        window per ``log_wait``."""
+        since = self._append_since
+        return self._log_failing or (
+            since is not None and time.monotonic() - since >= self.log_wait
+        )
 
     @property
     def spilling(self) -> bool:
@@ -840,7 +854,11 @@ class Ingest:
                 if chunk is None:
                     chunk, row = await self._next_log_chunk()
                 if not appended:
-                    await self.log.append(chunk)
+                    self._append_since = time.monotonic()
+                    try:
+                        await self.log.append(chunk)
+                    finally:
+                        self._append_since = None
                     appended = True
                     self._failures.recovered("log", "the log takes appends again")
                     self._log_failing = False
