@@ -273,16 +273,37 @@ async def test_log_outage_keeps_acknowledging_within_the_bound(rig) -> None:
     assert r.log.failures > 0 and r.ingest.unlogged == 0
 
 
-async def spill_child(directory: Path, *args: str) -> asyncio.subprocess.Process:
-    """``tests.pipeline.spill_child`` on ``directory``, its stderr in ``child.log`` there."""
+async def killed_child(
+    directory: Path, *args: str, acks: int | None = None
+) -> tuple[set[tuple[str, int]], list[str]]:
+    """Run ``tests.pipeline.spill_child`` on ``directory`` (its stderr in ``child.log``
+    there) until it printed ``acks`` acknowledgements or its ``done`` line with figures,
+    then SIGKILL it: the acknowledged (chassis, ts), and the figures."""
     with (directory / "child.log").open("wb") as err:
-        return await asyncio.create_subprocess_exec(
+        child = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "tests.pipeline.spill_child", str(directory), *args),
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+    acked: set[tuple[str, int]] = set()
+    done: list[str] = []
+    try:
+        assert child.stdout is not None
+        while not done and (acks is None or len(acked) < acks):
+            line = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
+            if not line:
+                break
+            if line.startswith("acked "):
+                _, chassis, ts = line.split()
+                acked.add((chassis, int(ts)))
+            elif line.startswith("done "):
+                done = line.split()[1:]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(child.wait(), 10)
+    return acked, done
 
 
 def assert_logged_once_in_order(logged: list[Record], numbers: Sequence[int]) -> None:
@@ -357,25 +378,8 @@ async def test_full_log_journal_makes_ingest_wait(rig) -> None:
 async def test_a_killed_process_log_journal_is_replayed(tmp_path: Path) -> None:
     """A process killed (SIGKILL) while the log is down leaves its log journal; the next
     process appends it to the log first, each record once, in order, before its own."""
-    errors = tmp_path / "child.log"
-    child = await spill_child(tmp_path, "4000", "log")
-    acked: set[tuple[str, int]] = set()
-    done: list[str] = []
-    try:
-        assert child.stdout is not None
-        while not done:
-            line = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
-            if not line:
-                break
-            if line.startswith("acked "):
-                _, chassis, ts = line.split()
-                acked.add((chassis, int(ts)))
-            elif line.startswith("done "):
-                done = line.split()[1:]
-    finally:
-        child.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(child.wait(), 10)
-    assert done, errors.read_text()
+    acked, done = await killed_child(tmp_path, "4000", "log")
+    assert done, (tmp_path / "child.log").read_text()
     journalled, in_memory = int(done[0]), int(done[1])
     assert journalled >= 4_000 - 1_500 and journalled + in_memory == 4_000
 
@@ -416,22 +420,8 @@ async def test_a_killed_process_log_journal_is_replayed(tmp_path: Path) -> None:
 async def test_acknowledged_records_survive_a_killed_process(tmp_path: Path) -> None:
     """A process killed (SIGKILL) while the store is down loses no acknowledged record: the
     next process replays its journal into the store."""
-    errors = tmp_path / "child.log"
-    child = await spill_child(tmp_path, "3000")
-    acked: set[tuple[str, int]] = set()
-    try:
-        assert child.stdout is not None
-        while len(acked) < 1_500:
-            line = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
-            if not line:
-                break
-            if line.startswith("acked "):
-                _, chassis, ts = line.split()
-                acked.add((chassis, int(ts)))
-    finally:
-        child.send_signal(signal.SIGKILL)
-        await asyncio.wait_for(child.wait(), 10)
-    assert len(acked) >= 1_500, errors.read_text()
+    acked, _ = await killed_child(tmp_path, "3000", acks=1_500)
+    assert len(acked) >= 1_500, (tmp_path / "child.log").read_text()
 
     meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
     await meta.start()
