@@ -66,7 +66,7 @@ distribute has not published), p50/p99 device → browser, machine-seconds store
 and CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
 all sizes (about 3 minutes each).
 
-**Faults** (``--faults [all|kill:ROLE,term:ROLE,restart:ENGINE,…]``) instead of the
+**Faults** (``--faults [all|kill:ROLE,term:ROLE,restart:ENGINE,down:ENGINE:S,…]``) instead of the
 above: one cluster (Mosquitto with ``persistence true``) for ``--seconds`` (300) with
 ``--clients`` reconnecting live clients (``tests.cluster.live``); each role killed
 (SIGKILL) and stopped (SIGTERM) once and restarted as systemd would (same command,
@@ -384,9 +384,9 @@ def server_procs(server: Any) -> Callable[[], list[psutil.Process]]:
             with contextlib.suppress(psutil.Error):
                 return [psutil.Process(process.pid)]
             return []
-        try:
+        try:  # (an engine stopped by a ``down:`` fault has no process nor pid file)
             pid = int((server.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
+        except (OSError, ValueError, IndexError, AttributeError):
             return []
         return with_children(pid)()
 
@@ -1515,19 +1515,24 @@ class Fault:
         return self.spec.split(":")[1]
 
     def label(self) -> str:
-        what = {"kill": "kill -9", "term": "SIGTERM", "restart": "restart"}[self.kind]
-        return f"{what} {self.target}"
+        what = {"kill": "kill -9", "term": "SIGTERM", "restart": "restart", "down": "stop"}
+        seconds = f" for {self.spec.split(':')[2]} s" if self.kind == "down" else ""
+        return f"{what[self.kind]} {self.target}{seconds}"
 
 
 def fault_specs(text: str, roles: list[str]) -> list[str]:
-    """``all`` or a comma list of ``kill:ROLE``, ``term:ROLE``, ``restart:ENGINE``."""
+    """``all`` or a comma list of ``kill:ROLE``, ``term:ROLE``, ``restart:ENGINE``,
+    ``down:ENGINE:SECONDS`` (stopped that long, then started on its port again)."""
     specs = list(FAULTS_ALL) if text == "all" else [t.strip() for t in text.split(",")]
     engines = ("mosquitto", "tansu", "redis", "clickhouse", "postgresql")
     for spec in specs:
         kind, _, target = spec.partition(":")
+        target, _, seconds = target.partition(":")
         ok = (kind in SIGNALS and any(r.startswith(target) for r in roles)) or (
             kind == "restart" and target in engines
         )
+        if kind == "down":  # mosquitto's handle can only restart
+            ok = target in engines[1:] and seconds.replace(".", "", 1).isdigit()
         if not ok or not target:
             raise SystemExit(f"--faults: unknown fault {spec!r} (e.g. kill:ingest, restart:redis)")
     return specs
@@ -1537,9 +1542,14 @@ def apply_fault(cluster: Cluster, fault: Fault) -> None:
     """Do ``fault`` (in a thread of its own: the sampling goes on) and note when it is over."""
     fault.started = time.time()
     try:
-        if fault.kind == "restart":
+        if fault.kind in ("restart", "down"):
             server = next(s for n, s in cluster.servers.items() if n.startswith(fault.target))
-            server.restart()
+            if fault.kind == "restart":
+                server.restart()
+            else:
+                server.stop()
+                time.sleep(float(fault.spec.split(":")[2]))
+                server.start()
         else:
             name = next(n for n in cluster.roles if n.startswith(fault.target))
             old = cluster.roles[name]
@@ -1649,6 +1659,10 @@ class ChaosRun:
 
 def chaos(args: argparse.Namespace, tmp: Path) -> None:
     """``--faults``: the cluster under the fault schedule for ``--seconds``, then the checks."""
+    if args.before:  # the roles run TREE's code: one cluster, run again without for after
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(args.before / "src"), os.environ.get("PYTHONPATH")])
+        )
     print(f"[{elapsed()}] distributed shape under faults: engines", flush=True)
     with cleanup_on_exit() as stack:
         cluster = new_cluster(args, tmp, stack)
@@ -2088,7 +2102,7 @@ def main() -> None:
         metavar="all|FAULT,…",
         help="fault mode instead: the cluster for --seconds with faults spread through it "
         "(all: kill -9 and SIGTERM each role once, restart each engine once; or e.g. "
-        "kill:ingest,restart:mosquitto), then per fault the time to recover and the "
+        "kill:ingest,restart:mosquitto,down:tansu:45), then per fault the time to recover and the "
         "stored-exactly-once check with losses by cause",
     )
     parser.add_argument(

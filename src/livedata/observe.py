@@ -112,6 +112,16 @@ UNSTORED_AGE = Gauge(
     "Age of the oldest record ingest accepted that the store has not confirmed (0: none)",
 )
 LOG_FAILURES = Counter("livedata_log_failures", "Log appends that failed and were retried")
+LOG_JOURNAL_RECORDS = Gauge(
+    "livedata_log_journal_records",
+    "Records in ingest's log journal: stored and acknowledged, not yet in the log",
+)
+LOG_JOURNALLED = Counter(
+    "livedata_log_journalled_records", "Records written to the log journal (log slow or down)"
+)
+LOG_JOURNAL_FULL = Counter(
+    "livedata_log_journal_full", "Times ingest waited because the log journal was full"
+)
 INGEST_UNLOGGED = Gauge(
     "livedata_ingest_unlogged", "Records durable and acknowledged, waiting for the log"
 )

@@ -36,7 +36,7 @@ from livedata.pipeline.distribute import Distribute
 from livedata.pipeline.ingest import Ingest, consume_devices
 from livedata.pipeline.limits import TimestampPolicy
 from livedata.pipeline.redecode import Redecoder
-from livedata.pipeline.spill import SpillJournal, spill_dir_of
+from livedata.pipeline.spill import LOG, SpillJournal, spill_dir_of
 from livedata.retry import backoff
 from livedata.settings import Settings
 from livedata.store import open_store
@@ -81,6 +81,9 @@ class Runtime:
             queue_max=settings.ingest_queue,
             spill=SpillJournal(spill_dir, settings.spill_max_bytes) if spill_dir else None,
             spill_after=settings.spill_after,
+            log_journal=(
+                SpillJournal(spill_dir, settings.log_journal_max_bytes, LOG) if spill_dir else None
+            ),
             timestamps=TimestampPolicy(settings.future_skew_seconds, settings.future_timestamps),
         )
         self.distribute = Distribute(self.log, self.pubsub)
@@ -176,7 +179,7 @@ class Runtime:
         try:
             await self.ingest.close()
         except Exception:
-            log.exception("closing the spill journal failed")
+            log.exception("closing the spill and log journals failed")
         for name, part in reversed(self._parts()):
             try:
                 await part.close()
@@ -215,4 +218,7 @@ class Runtime:
             "ingestQueue": self.ingest.depth(),
             "ingestUnlogged": self.ingest.unlogged,
             "spill": self.ingest.spill.stats() if self.ingest.spill is not None else None,
+            "logJournal": (
+                self.ingest.log_journal.stats() if self.ingest.log_journal is not None else None
+            ),
         }

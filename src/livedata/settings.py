@@ -74,12 +74,19 @@ class Settings(BaseSettings):
     spill_dir: str = Field(
         "auto",
         description="directory of ingest's spill journal, where records go while the store is"
-        " slow or down: 'auto' = data_dir/spill (data_dir/spill/{MQTT client_id} when the"
-        " device link has one), whatever the store; 'off' = none (ingest waits for the store,"
-        " devices' brokers may drop messages); or a path on a persistent disk",
+        " slow or down, and of its log journal, where they wait while the log is: 'auto' ="
+        " data_dir/spill (data_dir/spill/{MQTT client_id} when the device link has one),"
+        " whatever the store; 'off' = none (ingest waits for the store, devices' brokers may"
+        " drop messages); or a path on a persistent disk",
     )
     spill_max_bytes: int = Field(
         256 * 2**20, ge=2**16, description="bound of the spill journal; then ingest waits"
+    )
+    log_journal_max_bytes: int = Field(
+        1 * 2**30,
+        ge=2**16,
+        description="bound of the log journal (in spill_dir), where stored and acknowledged"
+        " records wait while the log is slow or down; then ingest waits",
     )
     spill_after: float = Field(
         2.0, gt=0, description="seconds a store write may take before ingest spills"

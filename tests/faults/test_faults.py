@@ -131,8 +131,10 @@ async def fleet_run(
     pubsub: str = "",
     devices: str = "",
     log: str = "",
+    **overrides: object,
 ) -> tuple[Run, Counter]:
-    """Run the fleet 4 s, the fault, 4 s more; check storage and alerts; the log lines."""
+    """Run the fleet 4 s, the fault, 4 s more; check storage and alerts; the log lines.
+    ``overrides``: further settings."""
     settings = Settings(
         data_dir=tmp_path,
         store=store,
@@ -143,6 +145,7 @@ async def fleet_run(
         or f"{engines.mosquitto.url}?group=g{uuid.uuid4().hex[:8]}&client_id=i{uuid.uuid4().hex[:8]}",
         roles=["ingest", "distribute", "alerts"],
         connect_timeout=30,
+        **overrides,  # type: ignore[arg-type]
     )
     rt = Runtime(settings)
     await rt.meta.start()
@@ -311,3 +314,32 @@ async def test_kafka_down_10_s_keeps_acknowledging_and_storing(
 
     await fleet_run(tmp_path, engines, fault, store=f"sqlite:///{tmp_path}/t.db", log=topic)
     assert waited[0] > 500, "records waited for the log while devices were acknowledged"
+
+
+async def test_kafka_down_beyond_memory_goes_to_the_log_journal(
+    tmp_path: Path, engines: Engines
+) -> None:
+    """The Kafka-compatible log stopped for 10 s with a small ``ingest_queue`` (300): the
+    records beyond 150 wait in the log journal, devices keep being acknowledged, and once
+    the log is back the journal is appended to it and empties."""
+    topic = f"{engines.kafka.url}/f{uuid.uuid4().hex[:8]}?partitions=2&session_timeout_ms=6000"
+    journalled: list[int] = []
+
+    async def fault(run: Run) -> None:
+        await asyncio.to_thread(engines.kafka.stop)
+        await asyncio.sleep(10)
+        journal = run.rt.ingest.log_journal
+        assert journal is not None
+        journalled.append(journal.records)
+        await asyncio.to_thread(engines.kafka.start)
+        for _ in range(300):  # the log back: the journal drains to it within a minute
+            if not journal.records:
+                break
+            await asyncio.sleep(0.2)
+        journalled.append(journal.records)
+
+    await fleet_run(
+        tmp_path, engines, fault, store=f"sqlite:///{tmp_path}/t.db", log=topic, ingest_queue=300
+    )
+    assert journalled[0] > 300, "records waited for the log in its journal"
+    assert journalled[1] == 0, "the journal went to the log once it was back"

@@ -11,7 +11,7 @@ import signal
 import sys
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from livedata.catalog import Catalog
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, MsgType, Record
 from livedata.pipeline.ingest import Ingest
-from livedata.pipeline.spill import SpillJournal
+from livedata.pipeline.spill import LOG, SpillJournal
 from livedata.store.sqlite import SQLiteStore
 from tests.conftest import Server
 from tests.pipeline.faults import FlakyLog, FlakyStore
@@ -73,6 +73,7 @@ class Rig:
     inner: SQLiteStore
     spill: SpillJournal
     log: FlakyLog
+    log_journal: SpillJournal | None = None
     logged: list[Record] = field(default_factory=list)
     acked: list[tuple[str, int]] = field(default_factory=list)
     peak_queue: int = 0
@@ -105,12 +106,23 @@ async def rig(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
     tasks: list[asyncio.Task[None]] = []
     closers: list[Callable[[], Awaitable[None]]] = []
 
-    async def make(*, queue_max: int, spill_max_bytes: int, spill_after: float = 1.0) -> Rig:
+    async def make(
+        *,
+        queue_max: int,
+        spill_max_bytes: int,
+        spill_after: float = 1.0,
+        log_journal_max_bytes: int | None = None,
+    ) -> Rig:
         inner = SQLiteStore(f"sqlite:///{tmp_path}/telemetry.db")
         store = FlakyStore(inner)
         await store.start()
         log = FlakyLog(MemoryLog(f"memory://{uuid.uuid4().hex}"))
         spill = SpillJournal(tmp_path / "spill", spill_max_bytes)
+        log_journal = (
+            None
+            if log_journal_max_bytes is None
+            else SpillJournal(tmp_path / "spill", log_journal_max_bytes, LOG)
+        )
         ingest = Ingest(
             store,
             log,
@@ -121,8 +133,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
             spill=spill,
             spill_after=spill_after,
             drain_retry_max=0.2,
+            log_journal=log_journal,
         )
-        made = Rig(ingest, store, inner, spill, log)
+        made = Rig(ingest, store, inner, spill, log, log_journal)
 
         async def consume() -> None:
             async for batch in log.consume("live"):
@@ -260,32 +273,155 @@ async def test_log_outage_keeps_acknowledging_within_the_bound(rig) -> None:
     assert r.log.failures > 0 and r.ingest.unlogged == 0
 
 
-async def test_acknowledged_records_survive_a_killed_process(tmp_path: Path) -> None:
-    """A process killed (SIGKILL) while the store is down loses no acknowledged record: the
-    next process replays its journal into the store."""
-    errors = tmp_path / "child.log"
-    with errors.open("wb") as err:
+async def killed_child(
+    directory: Path, *args: str, acks: int | None = None
+) -> tuple[set[tuple[str, int]], list[str]]:
+    """Run ``tests.pipeline.spill_child`` on ``directory`` (its stderr in ``child.log``
+    there) until it printed ``acks`` acknowledgements or its ``done`` line with figures,
+    then SIGKILL it: the acknowledged (chassis, ts), and the figures."""
+    with (directory / "child.log").open("wb") as err:
         child = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "tests.pipeline.spill_child", str(tmp_path), "3000"),
+            *(sys.executable, "-m", "tests.pipeline.spill_child", str(directory), *args),
             cwd=ROOT,
             stdout=asyncio.subprocess.PIPE,
             stderr=err,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     acked: set[tuple[str, int]] = set()
+    done: list[str] = []
     try:
         assert child.stdout is not None
-        while len(acked) < 1_500:
+        while not done and (acks is None or len(acked) < acks):
             line = (await asyncio.wait_for(child.stdout.readline(), 60)).decode()
             if not line:
                 break
             if line.startswith("acked "):
                 _, chassis, ts = line.split()
                 acked.add((chassis, int(ts)))
+            elif line.startswith("done "):
+                done = line.split()[1:]
     finally:
         child.send_signal(signal.SIGKILL)
         await asyncio.wait_for(child.wait(), 10)
-    assert len(acked) >= 1_500, errors.read_text()
+    return acked, done
+
+
+def assert_logged_once_in_order(logged: list[Record], numbers: Sequence[int]) -> None:
+    """The log got the messages ``numbers``, each once, each machine's in the order ingest
+    took them (the log keeps the order per machine, its partition key)."""
+    for chassis in MACHINES:
+        got = [int(rec.values["n"]) for rec in logged if rec.chassis == chassis]
+        assert got == [n for n in numbers if message(n).chassis == chassis], chassis
+    assert len(logged) == len(numbers)
+
+
+async def test_log_outage_beyond_memory_goes_to_the_log_journal(rig) -> None:
+    """Log down longer than the in-memory bound, with a log journal: every message is still
+    acknowledged (nothing waits), the oldest beyond ``queue_max / 2`` wait on disk, and when
+    the log is back it gets every record once, in order, and the journal empties."""
+    r: Rig = await rig(queue_max=1_000, spill_max_bytes=2**22, log_journal_max_bytes=2**24)
+    assert r.log_journal is not None
+    r.log.down = True
+    await asyncio.wait_for(r.push(0, 6_000), 60)  # six times the bound, never made to wait
+    await until(lambda: len(r.acked) == 6_000, what="every message to be acknowledged")
+    assert r.logged == [] and r.ingest.unlogged <= 1_000 + 500
+    assert r.log_journal.records >= 6_000 - 1_500 and r.ingest.log_journalled >= 4_500
+    assert await stored_keys(r.inner, 6_000) == {key(n) for n in range(6_000)}
+
+    r.log.down = False
+    await until(lambda: len(r.logged) >= 6_000, what="the log to catch up")
+    await until(lambda: r.log_journal.records == 0, what="the log journal to empty")
+    assert_logged_once_in_order(r.logged, range(6_000))
+    assert r.log.failures > 0 and r.ingest.unlogged == 0 and r.log_journal.rows == 0
+
+
+async def test_hanging_log_beyond_memory_goes_to_the_log_journal(rig) -> None:
+    """A log whose append hangs (a stopped Kafka before its request timeout), with a log
+    journal: messages keep being acknowledged past ``queue_max``; when the append returns
+    the log gets every record once, in order."""
+    r: Rig = await rig(queue_max=1_000, spill_max_bytes=2**22, log_journal_max_bytes=2**24)
+    assert r.log_journal is not None
+    r.log.gate.clear()
+    await asyncio.wait_for(r.push(0, 4_000), 60)
+    await until(lambda: len(r.acked) == 4_000, what="every message to be acknowledged")
+    assert r.log_journal.records >= 4_000 - 1_500 and r.ingest.unlogged <= 1_000 + 500
+
+    r.log.gate.set()
+    await until(lambda: len(r.logged) >= 4_000, what="the log to catch up")
+    await until(lambda: r.log_journal.records == 0, what="the log journal to empty")
+    assert_logged_once_in_order(r.logged, range(4_000))
+
+
+async def test_full_log_journal_makes_ingest_wait(rig) -> None:
+    """Log down and the log journal at its byte bound: ``handle_many`` waits (memory and
+    disk stay bounded); when the log is back the waiting messages go on and the log gets
+    every record once, in order."""
+    r: Rig = await rig(queue_max=1_000, spill_max_bytes=2**22, log_journal_max_bytes=100_000)
+    assert r.log_journal is not None
+    r.log.down = True
+    producer = asyncio.create_task(r.push(0, 5_000))
+    await until(lambda: observe.LOG_JOURNAL_FULL._value.get() > 0, what="the journal to fill")
+    await until(lambda: r.ingest.unlogged >= 1_000, what="memory to fill")
+    await asyncio.sleep(0.3)
+    assert not producer.done(), "with the journal full devices are made to wait"
+    assert r.log_journal.bytes <= 100_000 and r.ingest.unlogged <= 1_000 + 500
+    assert len(r.acked) < 5_000
+
+    r.log.down = False
+    await asyncio.wait_for(producer, 60)
+    await until(lambda: len(r.logged) >= 5_000, what="the log to catch up")
+    assert_logged_once_in_order(r.logged, range(5_000))
+    await until(lambda: len(r.acked) == 5_000, what="every acknowledgement")
+
+
+@pytest.mark.slow
+async def test_a_killed_process_log_journal_is_replayed(tmp_path: Path) -> None:
+    """A process killed (SIGKILL) while the log is down leaves its log journal; the next
+    process appends it to the log first, each record once, in order, before its own."""
+    acked, done = await killed_child(tmp_path, "4000", "log")
+    assert done, (tmp_path / "child.log").read_text()
+    journalled, in_memory = int(done[0]), int(done[1])
+    assert journalled >= 4_000 - 1_500 and journalled + in_memory == 4_000
+
+    meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
+    await meta.start()
+    store = SQLiteStore(f"sqlite:///{tmp_path}/telemetry.db")
+    await store.start()
+    assert acked == await stored_keys(store, 4_000) == {key(n) for n in range(4_000)}
+    log_journal = SpillJournal(tmp_path / "spill", 2**26, LOG)
+    log = MemoryLog(f"memory://{uuid.uuid4().hex}")
+    logged: list[Record] = []
+
+    async def consume() -> None:
+        async for batch in log.consume("live"):
+            logged.extend(batch)
+
+    ingest = Ingest(store, log, Catalog(meta), linger=0.01, log_journal=log_journal)
+    tasks = [asyncio.create_task(c()) for c in (consume, ingest.run)]
+    try:
+        await until(
+            lambda: len(logged) == journalled and log_journal.records == 0, what="the replay"
+        )
+        await ingest.handle(message(4_000))
+        await until(lambda: len(logged) == journalled + 1, what="the new record")
+        # lost with memory: the appender's first chunk (the oldest) and the newest records
+        first = min(int(rec.values["n"]) for rec in logged)
+        assert_logged_once_in_order(logged, [*range(first, first + journalled), 4_000])
+        assert int(logged[-1].values["n"]) == 4_000, "after the replay"
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await ingest.close()
+        await store.close()
+        await meta.close()
+
+
+async def test_acknowledged_records_survive_a_killed_process(tmp_path: Path) -> None:
+    """A process killed (SIGKILL) while the store is down loses no acknowledged record: the
+    next process replays its journal into the store."""
+    acked, _ = await killed_child(tmp_path, "3000", acks=1_500)
+    assert len(acked) >= 1_500, (tmp_path / "child.log").read_text()
 
     meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
     await meta.start()
@@ -308,7 +444,7 @@ async def test_acknowledged_records_survive_a_killed_process(tmp_path: Path) -> 
 
 
 def test_metrics_and_health_show_the_queue_and_the_journal(demo: Server) -> None:
-    """The demo (journal on under its data dir) exposes queue, journal, age and failures."""
+    """The demo (journals on under its data dir) exposes queue, journals, age and failures."""
     with httpx.Client(base_url=demo.url, headers=demo.headers, timeout=10) as http:
         metrics = http.get("/metrics").text
         health = http.get("/healthz").json()
@@ -327,10 +463,14 @@ def test_metrics_and_health_show_the_queue_and_the_journal(demo: Server) -> None
         "livedata_spill_full_total",
         "livedata_store_failures_total",
         "livedata_log_failures_total",
+        "livedata_log_journal_records",
+        "livedata_log_journalled_records_total",
+        "livedata_log_journal_full_total",
     ):
         assert name in values, name
     assert values["livedata_spill_max_bytes"] == 256 * 2**20
     assert health["spill"]["maxBytes"] == 256 * 2**20 and health["spill"]["records"] >= 0
+    assert health["logJournal"]["maxBytes"] == 2**30 and health["logJournal"]["records"] >= 0
 
 
 async def test_live_does_not_wait_for_the_store_and_the_ack_waits_for_both(rig) -> None:

@@ -32,10 +32,12 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
 A device message is acknowledged once its record is durable **and** in the log, in
 arrival order (as MQTT requires of PUBACKs), by an acker task, so the writer goes on
 with the next batch meanwhile.  When the log has not taken the records within
-``log_wait`` (1 s) of their durability, or is failing (its appender retrying), the
+``log_wait`` (1 s) of their durability, or is failing (its appender retrying) or hung
+(an append in flight for ``log_wait``: a stopped Kafka until its request timeout), the
 acknowledgement goes by durability alone and the records wait for the log in a bounded
-backlog (see below): a crash then loses their live publication and alert evaluation,
-never their storage.  (A Kafka that stopped makes ``append`` wait up to its 40 s request
+backlog, beyond half of ``queue_max`` in the log journal on disk (see below): a crash
+then loses the live publication and alert evaluation of those still in memory, never
+their storage.  (A Kafka that stopped makes ``append`` wait up to its 40 s request
 timeout before failing; without the bound the broker would stop sending after
 ``inflight`` unacknowledged messages and storing would stop with it.)
 
@@ -75,11 +77,33 @@ Under stress:
 * **Store slow or down, without a journal**: the writer retries the batch with
   backoff (1 s … 30 s) and never drops it; the queue fills and ``handle_many`` waits.
   Live keeps going until then.
-* **Log slow or down** (Kafka restarting): the appender retries the oldest chunk
-  with backoff (0.5 s … 5 s), in order; the log's own ``append`` also waits while
-  the log is full.  Storing and acknowledging go on meanwhile, so the broker keeps
-  being acknowledged, until ``queue_max`` records wait for the log; then
-  ``handle_many`` waits.
+* **Log slow or down** (Kafka restarting or stopped): the appender retries the oldest
+  chunk with backoff (0.5 s … 5 s), in order; the log's own ``append`` also waits
+  while the log is full.  Storing and acknowledging go on meanwhile, so the broker
+  keeps being acknowledged.  With a log journal (``ingest-log.db`` in ``spill_dir``,
+  the same :class:`~livedata.pipeline.spill.SpillJournal` machinery, on wherever the
+  spill journal is), once more than ``queue_max / 2`` records wait for the log in
+  memory a journaller task moves the oldest to it (up to ``batch_max`` a row, one
+  fsync each), so memory stays bounded and ``handle_many`` keeps its pace until the
+  journal holds ``log_journal_max_bytes`` (1 GiB: about 30 minutes of 1,000 machines
+  sending 2 records/s, at the demo's 270 B a record); then the move waits, memory fills to
+  ``queue_max`` and ``handle_many`` waits.  When the log is back the appender takes
+  the journal first -- its records are older than memory's -- then memory, so each
+  machine's records reach the log in the order ingest took them; each journal part is
+  deleted only after the log took it (a crash in between appends it again: at least
+  once, as a redelivery would).  At start an earlier process's journal is appended
+  first (the replay).  Journalled records are as good as in the log for the
+  acknowledgement.  A journal that fails (disk full) puts the records back in memory
+  and is retried with backoff, and ingest waits at ``queue_max`` as without one.
+  Without a journal (``spill_dir=off``) ``handle_many`` waits once ``queue_max``
+  records wait for the log.
+  Replayed records are old but otherwise ordinary: distribute publishes them live
+  (in order, after the others of their machine that reached the log first); a chart
+  keeps its points sorted by time, merges them into the gap the outage left and drops
+  those more than its window behind its newest point; the fleet page takes their
+  values (the newest last) and counts their arrival as a sign of life; alerts evaluate
+  them in order (a condition that held during the outage is raised late, once) and
+  skip records over 10 minutes old, so a long outage floods nothing.
 * **Journal write fails** (disk full): retried with backoff; each attempt first
   tries the store directly when the journal is empty.  Nothing is acknowledged
   until one of the two has the batch.
@@ -87,7 +111,7 @@ Under stress:
 Memory is bounded by ``queue_max`` queued records plus one handed-in batch, the batches
 being written (``batch_max`` each: the one in hand, and a slow one journalled and still in
 flight), ``queue_max`` records waiting for the log plus one handed-in batch, and one chunk
-read back from the journal (``batch_max``).  A repeated failure (store, journal, log),
+read back from each journal (``batch_max``).  A repeated failure (store, journal, log),
 slow store writes and refused messages are logged once per minute with a count
 (:class:`~livedata.ratelog.Throttled`), and once when the failure ends.
 
@@ -207,6 +231,7 @@ class Ingest:
         linger: float | None = None,
         spill: SpillJournal | None = None,
         spill_after: float = 2.0,
+        log_journal: SpillJournal | None = None,
         drain_retry_max: float = 5.0,
         timestamps: TimestampPolicy | None = None,
         log_wait: float = 1.0,
@@ -244,6 +269,8 @@ class Ingest:
         """Records the log has accepted so far."""
         self._log_progress = asyncio.Event()
         self._log_failing = False
+        self._append_since: float | None = None
+        """When the log append in flight began (monotonic), ``None`` between appends."""
         self.log_wait = log_wait
         """How long an acknowledgement waits for the log after its batch is durable."""
         self._to_ack: deque[tuple[int, float, list[Ack]]] = deque()
@@ -274,8 +301,19 @@ class Ingest:
         self._unlogged: deque[list[Record]] = deque()
         """Queued batches not yet in the log, oldest first."""
         self.unlogged = 0
-        """Records not yet in the log (at most ``queue_max`` plus one handed-in batch)."""
+        """Records waiting for the log in memory (at most ``queue_max`` plus one handed-in
+        batch): queued, in the appender's hands, or being moved to the log journal."""
         self._log_work = asyncio.Event()
+        self.log_journal = log_journal
+        """The log journal (``None``: records wait for the log in memory only)."""
+        self.log_memory_max = max(1, queue_max // 2)
+        """Records waiting for the log in memory beyond which the oldest go to the log journal."""
+        self._moving = 0
+        """Records taken from memory for the log journal, not yet in it."""
+        self._log_over = asyncio.Event()
+        """Set when more than ``log_memory_max`` records wait for the log in memory."""
+        self.log_journalled = 0
+        """Records that went through the log journal."""
         self._failures = Throttled(logging.getLogger("livedata.ingest"))
         self._refusals = Throttled(logging.getLogger("livedata.ingest"))
 
@@ -441,6 +479,8 @@ class Ingest:
         self._unlogged.append(records)
         self.unlogged += len(records)
         self._log_work.set()
+        if self.unlogged > self.log_memory_max:
+            self._log_over.set()
         self._queue_work.set()
         if self._full():
             self._queue_full.set()
@@ -518,17 +558,23 @@ class Ingest:
             observe.SPILL_RECORDS.set(self.spill.records)
             observe.SPILL_BYTES.set(self.spill.bytes)
             observe.SPILL_MAX_BYTES.set(self.spill.max_bytes)
+        if self.log_journal is not None:
+            observe.LOG_JOURNAL_RECORDS.set(self.log_journal.records)
+
+    def _journals(self) -> list[SpillJournal]:
+        return [j for j in (self.spill, self.log_journal) if j is not None]
 
     async def start(self) -> None:
-        """Open the spill journal, if any (the runtime does so before the roles run)."""
-        if self.spill is not None:
-            await self.spill.open()
+        """Open the spill and log journals, if any (the runtime does so before the roles
+        run); what an earlier process left in them is the replay."""
+        for journal in self._journals():
+            await journal.open()
 
     async def close(self) -> None:
-        """Close the spill journal, if any; call once :meth:`run` has ended."""
+        """Close the journals, if any; call once :meth:`run` has ended."""
         await self.frames.close()
-        if self.spill is not None:
-            await self.spill.close()
+        for journal in self._journals():
+            await journal.close()
 
     async def run(self) -> None:
         """Append queued records to the log, make them durable, acknowledge them; with a
@@ -542,6 +588,8 @@ class Ingest:
                 tasks.create_task(self._acker(), name="ingest-acker")
                 if self.spill is not None:
                     tasks.create_task(self._drainer(), name="ingest-drainer")
+                if self.log_journal is not None:
+                    tasks.create_task(self._log_journaller(), name="ingest-log-journaller")
 
     async def _next_batch(self) -> list[tuple[Record, Ack | None, float]]:
         """The writer's next batch: ``batch_max`` records, or fewer once the oldest is
@@ -591,9 +639,10 @@ class Ingest:
                 direct.cancel()
 
     async def _acker(self) -> None:
-        """Acknowledge durable batches in order, each once the log has its records too --
-        or once it has waited ``log_wait`` for that, or the log is failing (then durability
-        is enough, as the records wait for the log within ``queue_max``)."""
+        """Acknowledge durable batches in order, each once the log has its records too (or
+        the log journal) -- or once it has waited ``log_wait`` for that, or the log is
+        failing or hung (:meth:`_log_down`; then durability is enough, as the records wait
+        for the log in memory or in the log journal)."""
         while True:
             while not self._to_ack:
                 self._ack_work.clear()
@@ -601,7 +650,7 @@ class Ingest:
             count, durable_at, acks = self._to_ack[0]
             await _wait_until(
                 self._log_progress,
-                lambda: self._logged >= count or self._log_failing,  # noqa: B023 (awaited here)
+                lambda: self._logged >= count or self._log_down(),  # noqa: B023 (awaited here)
                 durable_at + self.log_wait,
             )
             self._to_ack.popleft()
@@ -611,6 +660,16 @@ class Ingest:
                 except Exception as exc:  # the link is gone: the broker will redeliver
                     log.warning("acknowledgement failed: %s", exc)
             self._unacked -= len(acks)
+
+    def _log_down(self) -> bool:
+        """Whether the log is failing, or its append in flight has hung for ``log_wait``
+        (a stopped Kafka, until its request timeout): then acknowledging waits no more
+        for it, else a link's window of unacknowledged messages would cap its rate at one
+        window per ``log_wait``."""
+        since = self._append_since
+        return self._log_failing or (
+            since is not None and time.monotonic() - since >= self.log_wait
+        )
 
     @property
     def spilling(self) -> bool:
@@ -752,45 +811,128 @@ class Ingest:
             self._log_work, lambda: self.unlogged >= self.batch_max, time.monotonic() + linger
         )
 
+    def _take_unlogged(self, limit: int) -> list[Record]:
+        """The oldest batches waiting for the log in memory, up to ``limit`` records (at
+        least one batch), as one list."""
+        chunk = self._unlogged.popleft()
+        while self._unlogged and len(chunk) + len(self._unlogged[0]) <= limit:
+            chunk = chunk + self._unlogged.popleft()
+        return chunk
+
+    async def _next_log_chunk(self) -> tuple[list[Record], int]:
+        """The appender's next chunk and, when it was read from the log journal, the journal
+        row it ends with (0: from memory).  The journal's records are older than memory's
+        (the journaller moves the oldest), so they go first; while a move is under way,
+        memory waits for it."""
+        journal = self.log_journal
+        while True:
+            if journal is not None and journal.rows:
+                found = await journal.read(self.batch_max)
+                if found is not None:
+                    return found.records, found.last_id
+            elif self._unlogged and not self._moving:
+                await self._log_linger()
+                if self._unlogged and not self._moving and not (journal and journal.rows):
+                    # at most log_memory_max: while the log fails the appender holds it,
+                    # and the journaller must still find the rest to move
+                    return self._take_unlogged(min(self.batch_max, self.log_memory_max)), 0
+            else:
+                self._log_work.clear()
+                await self._log_work.wait()
+
     async def _appender(self) -> None:
-        """Append queued records to the log in order, what has gathered (up to ``batch_max``)
-        in one call, retrying a failed chunk with backoff (0.5 s … 5 s)."""
+        """Append to the log in order -- the log journal's records first, then memory's --
+        what has gathered (up to ``batch_max``) in one call, retrying a failed chunk with
+        backoff (0.5 s … 5 s); a chunk from the journal is deleted from it once the log
+        took it (a crash in between appends it again: at least once)."""
         delays = backoff(0.5, 5.0)
         chunk: list[Record] | None = None  # kept across retries
+        row = 0  # the log journal row the chunk ends with (0: from memory)
+        appended = False
         while True:
-            if chunk is None:
-                while not self._unlogged:
-                    self._log_work.clear()
-                    await self._log_work.wait()
-                await self._log_linger()
-                chunk = self._unlogged.popleft()
-                while self._unlogged and len(chunk) + len(self._unlogged[0]) <= self.batch_max:
-                    chunk = chunk + self._unlogged.popleft()
             try:
-                await self.log.append(chunk)
+                if chunk is None:
+                    chunk, row = await self._next_log_chunk()
+                if not appended:
+                    self._append_since = time.monotonic()
+                    try:
+                        await self.log.append(chunk)
+                    finally:
+                        self._append_since = None
+                    appended = True
+                    self._failures.recovered("log", "the log takes appends again")
+                    self._log_failing = False
+                    if not row:
+                        self._logged += len(chunk)
+                        self.unlogged -= len(chunk)
+                    self._log_progress.set()
+                    self._room.set()
+                if row and self.log_journal is not None:
+                    await self.log_journal.delete_through(row)
+                    self._failures.recovered("log-journal", "the log journal works again")
+                    self.update_gauges()
             except BusError as exc:
                 observe.LOG_FAILURES.inc()
                 self._log_failing = True
                 self._log_progress.set()
                 self._failures.failed(
                     "log",
-                    "log append failed, retrying (%d records wait for the log; devices are "
-                    "still acknowledged up to %d): %s",
+                    "log append failed, retrying (%d records wait for the log in memory, %d "
+                    "in its journal; devices are still acknowledged): %s",
                     self.unlogged,
-                    self.queue_max,
+                    self.log_journal.records if self.log_journal is not None else 0,
                     exc,
                     level=logging.ERROR,
                 )
                 await asyncio.sleep(next(delays))
                 continue
+            except BackendError as exc:  # reading or deleting log journal rows
+                self._failures.failed(
+                    "log-journal", "the log journal failed, retrying: %s", str(exc)
+                )
+                await asyncio.sleep(next(delays))
+                continue
             delays = backoff(0.5, 5.0)
-            self._failures.recovered("log", "the log takes appends again")
-            self._log_failing = False
-            self._logged += len(chunk)
-            self.unlogged -= len(chunk)
-            chunk = None
+            chunk, row, appended = None, 0, False
+
+    async def _log_journaller(self) -> None:
+        """Move the oldest records waiting for the log in memory to the log journal while
+        more than ``log_memory_max`` wait there, up to ``batch_max`` records a row.  A full
+        journal makes the move wait (memory then fills to ``queue_max`` and
+        :meth:`handle_many` waits); a failed one puts the records back at memory's head
+        and is retried with backoff (0.5 s … 5 s)."""
+        journal = self.log_journal
+        assert journal is not None
+        delays = backoff(0.5, 5.0)
+        while True:
+            while not (self._unlogged and self.unlogged > self.log_memory_max):
+                self._log_over.clear()
+                await self._log_over.wait()
+            batch = self._take_unlogged(self.batch_max)
+            self._moving = len(batch)
+            failed: BackendError | None = None
+            try:
+                await journal.append(batch)
+            except BackendError as exc:
+                failed = exc
+                self._unlogged.appendleft(batch)  # the oldest: back to the head
+            self._moving = 0
+            self._log_work.set()
+            if failed is not None:
+                self._failures.failed(
+                    "log-journal", "the log journal failed, retrying: %s", str(failed)
+                )
+                await asyncio.sleep(next(delays))
+                continue
+            self._failures.recovered("log-journal", "the log journal works again")
+            delays = backoff(0.5, 5.0)
+            self.log_journalled += len(batch)
+            observe.LOG_JOURNALLED.inc(len(batch))
+            self._logged += len(batch)  # as good as logged: acknowledging needs no more
+            self.unlogged -= len(batch)
             self._log_progress.set()
             self._room.set()
+            self.update_gauges()
 
     async def _write(self, batch: list[Record]) -> None:
         """Without a journal: write to the store, retrying until it takes the batch."""

@@ -6,6 +6,12 @@ device; a drainer then copies the journal to the store in order and deletes each
 part only after the store confirmed it.  So the live path keeps going, devices keep
 being acknowledged, and memory stays bounded however long the outage lasts.
 
+The same machinery serves a second journal, the **log journal** (``purpose`` :data:`LOG`,
+``{spill_dir}/ingest-log.db``): records stored and acknowledged that wait for the log
+(Kafka) beyond what memory holds; ingest's appender drains it to the log, in order,
+deleting each part once the log took it.  Everything below holds for both, with "the
+store" read as "the log" for that one.
+
 File: one SQLite database, ``{spill_dir}/ingest-spill.db``, with one row per
 batch::
 
@@ -59,6 +65,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prometheus_client import Counter
+
 from livedata import observe
 from livedata.errors import BackendError
 from livedata.model import Record, decode_records, encode_records
@@ -67,7 +75,6 @@ log = logging.getLogger("livedata.spill")
 
 T = TypeVar("T")
 
-FILE_NAME = "ingest-spill.db"
 SCHEMA_VERSION = 1
 VACUUM_ABOVE_BYTES = 4 * 2**20
 """When the journal drains empty and its file is bigger than this, it is vacuumed."""
@@ -79,6 +86,26 @@ _SCHEMA = (
     " records INTEGER NOT NULL,"
     " data BLOB NOT NULL)"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Purpose:
+    """What a journal holds records for: its file, its name in messages, what drains it."""
+
+    file_name: str
+    label: str
+    drained_to: str
+    """Where the drained records go (in messages: "ingest waits for ...")."""
+    full: Counter
+    """Counts the times an append waited because the journal was full."""
+
+
+STORE = Purpose("ingest-spill.db", "spill journal", "the store", observe.SPILL_FULL)
+"""The spill journal proper: records accepted, not yet confirmed by the store."""
+LOG = Purpose("ingest-log.db", "log journal", "the log", observe.LOG_JOURNAL_FULL)
+"""The log journal: records stored and acknowledged, not yet appended to the log (see
+:mod:`livedata.pipeline.ingest`, "Log slow or down")."""
+FILE_NAME = STORE.file_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,31 +123,33 @@ def decode_row(data: bytes) -> list[Record]:
 
 
 @contextlib.contextmanager
-def _translated(path: Path, action: str) -> Iterator[None]:
+def _translated(label: str, path: Path, action: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             raise BackendError(
-                f"spill journal {path}: {action} failed: it is in use by another process "
+                f"{label} {path}: {action} failed: it is in use by another process "
                 f"(give each ingest process its own spill_dir): {exc}"
             ) from exc
-        raise BackendError(f"spill journal {path}: {action} failed: {exc}") from exc
+        raise BackendError(f"{label} {path}: {action} failed: {exc}") from exc
     except (sqlite3.Error, OSError) as exc:
-        raise BackendError(f"spill journal {path}: {action} failed: {exc}") from exc
+        raise BackendError(f"{label} {path}: {action} failed: {exc}") from exc
 
 
 class SpillJournal:
-    """A bounded, ordered, durable journal of record batches (see the module doc)."""
+    """A bounded, ordered, durable journal of record batches (see the module doc); what
+    for is its ``purpose``: :data:`STORE` (the default) or :data:`LOG`."""
 
-    def __init__(self, directory: Path | str, max_bytes: int) -> None:
+    def __init__(self, directory: Path | str, max_bytes: int, purpose: Purpose = STORE) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be positive")
         self.directory = Path(directory)
-        self.path = self.directory / FILE_NAME
+        self.purpose = purpose
+        self.path = self.directory / purpose.file_name
         self.max_bytes = max_bytes
         self.records = 0
-        """Records in the journal (accepted, not yet confirmed by the store)."""
+        """Records in the journal (accepted, not yet taken by what drains it)."""
         self.bytes = 0
         """Encoded bytes of those records, the quantity bounded by ``max_bytes``."""
         self.rows = 0
@@ -156,15 +185,16 @@ class SpillJournal:
         self._peaks()
         if self.records:
             log.warning(
-                "spill journal %s holds %d records (%d bytes) not yet stored; "
-                "they are written to the store first",
+                "%s %s holds %d records (%d bytes) left by an earlier process; they go to %s first",
+                self.purpose.label,
                 self.path,
                 self.records,
                 self.bytes,
+                self.purpose.drained_to,
             )
 
     def _open(self) -> tuple[sqlite3.Connection, tuple[int, int, int, int | None]]:
-        with _translated(self.path, "opening"):
+        with _translated(self.purpose.label, self.path, "opening"):
             self.directory.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=1.0, isolation_level=None)
             try:
@@ -177,7 +207,7 @@ class SpillJournal:
                 tables = conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]
                 if version != SCHEMA_VERSION and (version != 0 or tables):
                     raise BackendError(
-                        f"spill journal {self.path} has schema version {version}, not "
+                        f"{self.purpose.label} {self.path} has schema version {version}, not "
                         f"{SCHEMA_VERSION}; move it away (it may hold unstored records)"
                     )
                 conn.execute(_SCHEMA)
@@ -205,7 +235,7 @@ class SpillJournal:
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn, thread = self._conn, self._thread
         if conn is None or thread is None:
-            raise BackendError(f"spill journal {self.path} is not open")
+            raise BackendError(f"{self.purpose.label} {self.path} is not open")
         return await asyncio.get_running_loop().run_in_executor(thread, fn, conn)
 
     # --- writing ------------------------------------------------------------------
@@ -229,15 +259,17 @@ class SpillJournal:
         if not self.room_for(len(data)):
             if not wait:
                 raise JournalFull(
-                    f"spill journal full: {self.bytes} + {len(data)} bytes > {self.max_bytes}"
+                    f"{self.purpose.label} full: {self.bytes} + {len(data)} bytes > {self.max_bytes}"
                 )
-            observe.SPILL_FULL.inc()
+            self.purpose.full.inc()
             log.warning(
-                "spill journal %s is full (%d records, %d of %d bytes): ingest waits for the store",
+                "%s %s is full (%d records, %d of %d bytes): ingest waits for %s",
+                self.purpose.label,
                 self.path,
                 self.records,
                 self.bytes,
                 self.max_bytes,
+                self.purpose.drained_to,
             )
             while not self.room_for(len(data)):
                 self._deleted.clear()
@@ -246,7 +278,7 @@ class SpillJournal:
         count = len(records)
 
         def insert(conn: sqlite3.Connection) -> int:
-            with _translated(self.path, "append"):
+            with _translated(self.purpose.label, self.path, "append"):
                 cursor = conn.execute(
                     "INSERT INTO spill (accepted_ms, records, data) VALUES (?, ?, ?)",
                     (accepted_ms, count, data),
@@ -279,7 +311,7 @@ class SpillJournal:
         """The oldest rows, up to ``max_records`` records (at least one row); ``None``: empty."""
 
         def select(conn: sqlite3.Connection) -> tuple[int, list[bytes]] | None:
-            with _translated(self.path, "read"):
+            with _translated(self.purpose.label, self.path, "read"):
                 cursor = conn.execute("SELECT id, records, data FROM spill ORDER BY id")
                 try:
                     blobs: list[bytes] = []
@@ -306,7 +338,7 @@ class SpillJournal:
         """Delete every row with ``id <= last_id`` (the store has them); returns records deleted."""
 
         def delete(conn: sqlite3.Connection) -> tuple[int, int, int, int | None, bool]:
-            with _translated(self.path, "delete"):
+            with _translated(self.purpose.label, self.path, "delete"):
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     rows, records, size = conn.execute(
