@@ -112,6 +112,7 @@ async def child(broker: str, store_url: str, machines: int, timeout: float) -> d
 
 def run_one(tree: Path, store_url: str, machines: int, timeout: float, tmp: Path) -> dict[str, Any]:
     """A fresh Mosquitto, the child on ``tree``'s src, the simulator; the child's figures."""
+    from tests.servers import stop_process
     from tests.servers.mosquitto import start_mosquitto
 
     broker = start_mosquitto(Path(tempfile.mkdtemp(dir=tmp)))
@@ -144,13 +145,7 @@ def run_one(tree: Path, store_url: str, machines: int, timeout: float, tmp: Path
         return result
     finally:
         for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
         broker.stop()
 
 
