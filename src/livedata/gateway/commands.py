@@ -27,11 +27,21 @@ it (``commandsReason`` says why not), ``realtime`` from the last successful
 connected device with ``getStatus`` (2 s), ``lastSeen`` the newest stored record of
 the machine (ms).  A machine that comes online on an MQTT link is asked
 ``getStatus`` once at once, and so is one the fleet summary does not know yet, so its
-real-time state is known (and pushed) without anyone opening it.  Changes (presence, real-time) are pushed as ``device_status``
+real-time state is known (and pushed) without anyone opening it; a machine coming online
+is pushed once, after that answer (or the probe's 2 s), with its presence and real-time
+state together.  Changes (presence, real-time) are pushed as ``device_status``
 log table rows and Socket.IO ``device-update`` ``{deviceId, status, lastSeen,
 realtime}`` by every gateway: the change is published on the pub/sub channel
 ``live-stream/{org}/status`` and each gateway's :attr:`StatusService.relay` delivers it,
 also in the process that made it.
+
+Under stress (a whole fleet connecting at once, as at a broker's or this link's start):
+each push reads the machine's newest record time from the store (one query per message
+type), and nothing else of a status change reads the store: a probe asks only the
+device, so a fleet coming online costs one ``getStatus``, one push and two store
+queries per machine (before: two pushes and six queries; 2,000 machines connecting kept
+the gateway at 20-30 % of a core and ClickHouse at 60-97 % for about 30 s, now about
+10 s: ``bench/README.md``, *bench_status.py*).
 """
 
 from __future__ import annotations
@@ -134,23 +144,24 @@ class StatusService:
             self.probe_soon(org, chassis)
         return "unknown"
 
-    def probe_soon(self, org: str, chassis: str) -> None:
-        """Ask a connected machine ``getStatus`` in the background; push what it says."""
+    def probe_soon(self, org: str, chassis: str, push: bool = False) -> None:
+        """Ask a connected machine ``getStatus`` in the background; push its status when the
+        answer changed the real-time state (or in any case with ``push``)."""
 
         async def probe() -> None:
             before = self.realtime.get((org, chassis))
-            await self.status(org, chassis)
-            if self.realtime.get((org, chassis)) != before:
+            if await self.ask_realtime(org, chassis) != before or push:
                 await self.push(org, chassis)
 
         task = asyncio.create_task(probe())
         self._probes.add(task)
         task.add_done_callback(self._probes.discard)
 
-    async def status(self, org: str, chassis: str, probe: bool = True) -> dict[str, Any]:
-        link = self.devices.status(org, chassis)
+    async def ask_realtime(self, org: str, chassis: str) -> str | None:
+        """The real-time state as known, else asked of a connected machine (``getStatus``,
+        at most :data:`STATUS_PROBE_TIMEOUT_S`); None when still unknown.  Reads no store."""
         realtime = self.realtime.get((org, chassis))
-        if realtime is None and link.connected and probe:
+        if realtime is None and self.devices.status(org, chassis).connected:
             try:
                 result = await self.devices.call(
                     org, chassis, "getStatus", None, response_timeout=STATUS_PROBE_TIMEOUT_S
@@ -160,6 +171,16 @@ class StatusService:
             except Exception as exc:  # a status page must not fail because a probe did
                 log.debug("getStatus of %s/%s: %s", org, chassis, exc)
             realtime = self.realtime.get((org, chassis))
+        return realtime
+
+    async def status(self, org: str, chassis: str, probe: bool = True) -> dict[str, Any]:
+        """The machine's status (see the module doc); ``probe``: ask an unknown real-time
+        state of the machine first."""
+        if probe:
+            realtime = await self.ask_realtime(org, chassis)
+        else:
+            realtime = self.realtime.get((org, chassis))
+        link = self.devices.status(org, chassis)
         last_seen = await self.last_seen(org, chassis)
         sending = last_seen is not None and time.time() * 1000 - last_seen <= SENDING_WINDOW_MS
         reason = None
@@ -219,11 +240,14 @@ class StatusService:
         if changes is None:
             return
         async for change in changes():
+            key = (change.tenant, change.chassis)
             if not change.online:
-                self.realtime.pop((change.tenant, change.chassis), None)
-            await self.push(change.tenant, change.chassis)
-            if change.online and (change.tenant, change.chassis) not in self.realtime:
-                self.probe_soon(change.tenant, change.chassis)  # known without a page open
+                self.realtime.pop(key, None)
+            if change.online and key not in self.realtime:
+                # asked first (known without a page open), then one push with both
+                self.probe_soon(change.tenant, change.chassis, push=True)
+            else:
+                await self.push(change.tenant, change.chassis)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

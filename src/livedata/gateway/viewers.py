@@ -177,10 +177,9 @@ class ViewerFollower:
             if not self.devices.status(org, chassis).connected:
                 return False, False
             await self.catalog.require_machine(org, chassis)
-            if command.method == START:  # a stream running before the viewers is not theirs
-                state = await self.status.status(org, chassis)
-                if state["realtime"] == "on":
-                    return True, True
+            # a stream running before the viewers is not theirs
+            if command.method == START and await self.status.ask_realtime(org, chassis) == "on":
+                return True, True
             sent = await send_command(
                 self.status,
                 org,
