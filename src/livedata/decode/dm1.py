@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from livedata.model import slot_constructor
+
 __all__ = ["PGN_DM1", "Dm1", "Dtc", "Lamps", "parse_dm1"]
 
 PGN_DM1 = 0xFECA
@@ -107,6 +109,8 @@ def _quad(byte: int) -> tuple[int, int, int, int]:
     return (byte >> 6) & 3, (byte >> 4) & 3, (byte >> 2) & 3, byte & 3
 
 
+_dm1 = slot_constructor(Dm1)
+"""``Dm1(...)`` without the frozen dataclass's ``__init__`` (one per DM1)."""
 PARSED_MAX = 4_096
 """Distinct short DM1 payloads remembered with their parse; beyond, the memory starts again."""
 PARSED_BYTES = 32
@@ -134,7 +138,7 @@ def parse_dm1(ts: int, sa: int, data: bytes) -> Dm1:
             if len(_parsed) >= PARSED_MAX:
                 _parsed.clear()
             _parsed[key] = parts
-    return Dm1(ts, sa, *parts)
+    return _dm1(ts, sa, *parts)
 
 
 def _parse(data: bytes) -> tuple[Lamps, tuple[Dtc, ...]]:
