@@ -46,11 +46,13 @@ def slot_constructor(cls: type[_T]) -> Callable[..., _T]:
     if any(name.startswith("_") for name in names):
         raise TypeError(f"{cls.__name__}: field names starting with '_' are not supported")
     namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    lines = [f"def make({', '.join(names)}):", "    _obj = _new(_cls)"]
+    lines = ["    _obj = _new(_cls)"]
     for n, name in enumerate(names):
         namespace[f"_set{n}"] = getattr(cls, name).__set__
         lines.append(f"    _set{n}(_obj, {name})")
     lines.append("    return _obj")
+    bound = ", ".join(f"{key}={key}" for key in namespace)  # locals, not global lookups
+    lines.insert(0, f"def make({', '.join(names)}, *, {bound}):")
     exec(compile("\n".join(lines) + "\n", f"<constructor of {cls.__name__}>", "exec"), namespace)
     make: Callable[..., _T] = namespace["make"]
     return make
