@@ -38,7 +38,7 @@ _T = TypeVar("_T")
 def slot_constructor(cls: type[_T]) -> Callable[..., _T]:
     """A function making a ``cls`` (a slots dataclass) from every field, positionally in
     field order, by setting its slots directly: a frozen dataclass's ``__init__`` costs an
-    ``object.__setattr__`` call per field (3-4x the time for the objects made per message).
+    ``object.__setattr__`` call per field (measured: 1.7x the time for 4-5 fields).
     The object is the same (equal, still frozen); defaults, ``__post_init__`` and any other
     ``__init__`` logic are skipped, so it is for classes without them.  Generated once per
     class from its field names (identifiers of our own classes, never input)."""
