@@ -59,7 +59,7 @@ from typing import Any
 import orjson
 
 from livedata.errors import DecodeError
-from livedata.model import DeviceMessage, Frame, Kind, MsgType, slot_constructor
+from livedata.model import DeviceMessage, Frame, Kind, MsgType
 
 __all__ = [
     "CAN_VERSION",
@@ -104,10 +104,35 @@ Python-level ``__new__`` (the fields are checked by the caller)."""
 
 _MESSAGE_FIELDS = ("tenant", "chassis", "msg_type", "ts", "kind", "frames", "values", "payload")
 if tuple(f.name for f in fields(DeviceMessage)) != _MESSAGE_FIELDS:  # pragma: no cover
-    raise ImportError("DeviceMessage's fields changed: update the calls of livedata.codec._message")
-_message = slot_constructor(DeviceMessage)
-"""``_message(tenant, chassis, msg_type, ts, kind, frames, values, payload)``: a
-:class:`DeviceMessage` with its slots set directly (see :func:`slot_constructor`)."""
+    raise ImportError("DeviceMessage's fields changed: update livedata.codec._message")
+_new_object = object.__new__
+_set_fields = tuple(getattr(DeviceMessage, name).__set__ for name in _MESSAGE_FIELDS)
+
+
+def _message(
+    tenant: str,
+    chassis: str,
+    msg_type: MsgType,
+    ts: int,
+    kind: Kind,
+    frames: tuple[Frame, ...],
+    values: dict[str, Any],
+    payload: bytes | None,
+) -> DeviceMessage:
+    """``DeviceMessage(tenant, chassis, msg_type, ts, kind, frames, values, payload)``
+    with its slots set directly: the frozen dataclass's ``__init__`` costs an
+    ``object.__setattr__`` call per field.  The result is the same, still frozen."""
+    msg = _new_object(DeviceMessage)
+    s_tenant, s_chassis, s_type, s_ts, s_kind, s_frames, s_values, s_payload = _set_fields
+    s_tenant(msg, tenant)
+    s_chassis(msg, chassis)
+    s_type(msg, msg_type)
+    s_ts(msg, ts)
+    s_kind(msg, kind)
+    s_frames(msg, frames)
+    s_values(msg, values)
+    s_payload(msg, payload)
+    return msg
 
 
 def encode(msg: DeviceMessage) -> bytes:
