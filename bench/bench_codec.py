@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +83,23 @@ def run_worker(src: Path, count: int) -> dict[str, float]:
     return result
 
 
+def best_rounds(
+    rounds: int, before: Path | None, run: Callable[[Path], dict[str, float]]
+) -> tuple[dict[str, Path], dict[str, dict[str, float]]]:
+    """``run(src)`` ``rounds`` times for the code before (``before``'s ``src``, if given) and
+    this checkout, taking turns; the codes and each one's best (lowest) figure of each name."""
+    codes = {"after": ROOT / "src"}
+    if before:
+        codes = {"before": before / "src", **codes}
+    best: dict[str, dict[str, float]] = {}
+    for _ in range(rounds):
+        for name, src in codes.items():
+            for kind, us in run(src).items():
+                mine = best.setdefault(name, {})
+                mine[kind] = min(us, mine.get(kind, us))
+    return codes, best
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", type=Path, help="a checkout of the code before")
@@ -92,16 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker(args.messages)
         return
-    codes = {"after": ROOT / "src"}
-    if args.before:
-        codes = {"before": args.before / "src", **codes}
-    best: dict[str, dict[str, float]] = {}
-    for _ in range(args.rounds):
-        for name, src in codes.items():
-            got = run_worker(src, args.messages)
-            for kind, us in got.items():
-                mine = best.setdefault(name, {})
-                mine[kind] = min(us, mine.get(kind, us))
+    codes, best = best_rounds(args.rounds, args.before, lambda src: run_worker(src, args.messages))
     print(f"load average {os.getloadavg()[0]:.1f}; {args.messages} messages of each kind")
     for kind in best["after"]:
         line = [f"{kind:26}"]

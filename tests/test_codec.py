@@ -13,8 +13,10 @@ import pytest
 
 from livedata import codec
 from livedata.codec import MAX_FRAMES, MAX_PAYLOAD, decode, encode
+from livedata.decode.dm1 import Dm1, Lamps
 from livedata.errors import DecodeError
-from livedata.model import DeviceMessage, Frame, Kind, MsgType
+from livedata.model import DeviceMessage, Frame, Kind, MsgType, slot_constructor
+from livedata.store.frames import FrameBlob
 from tests.decode.test_can import read_frames
 
 FIXTURES = sorted((Path(__file__).resolve().parent / "files" / "can").glob("*.txt"))
@@ -291,3 +293,21 @@ def test_fast_path_agrees_with_the_general_path_on_any_id_word() -> None:
             assert str(raised.value) == str(exc)
         else:
             assert_same(decode("acme", "M1", "vehicle_can", payload), general)
+
+
+def test_slot_constructor_makes_the_dataclass_objects() -> None:
+    """slot_constructor builds objects equal to the dataclass's own, still frozen, and
+    refuses a class whose field names could clash with its generated code."""
+    blob = slot_constructor(FrameBlob)("acme", "M1", 5, 2, b"xy")
+    assert blob == FrameBlob("acme", "M1", 5, 2, b"xy") and type(blob) is FrameBlob
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        blob.ts = 6  # type: ignore[misc]
+    dm1 = slot_constructor(Dm1)(1, 0, Lamps(0, 0, 0, 0, 3, 3, 3, 3), ())
+    assert dm1 == Dm1(1, 0, Lamps(0, 0, 0, 0, 3, 3, 3, 3), ())
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Private:
+        _hidden: int
+
+    with pytest.raises(TypeError, match="starting with '_'"):
+        slot_constructor(Private)

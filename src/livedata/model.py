@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeVar
 
 import msgspec
 import orjson
@@ -30,6 +30,32 @@ from pydantic import AfterValidator, Field
 
 Value = float | int | str
 """A decoded value: numbers for signals, strings for text metrics."""
+
+
+_T = TypeVar("_T")
+
+
+def slot_constructor(cls: type[_T]) -> Callable[..., _T]:
+    """A function making a ``cls`` (a slots dataclass) from every field, positionally in
+    field order, by setting its slots directly: a frozen dataclass's ``__init__`` costs an
+    ``object.__setattr__`` call per field (measured: 1.7x the time for 4-5 fields).
+    The object is the same (equal, still frozen); defaults, ``__post_init__`` and any other
+    ``__init__`` logic are skipped, so it is for classes without them.  Generated once per
+    class from its field names (identifiers of our own classes, never input)."""
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    if any(name.startswith("_") for name in names):
+        raise TypeError(f"{cls.__name__}: field names starting with '_' are not supported")
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    lines = ["    _obj = _new(_cls)"]
+    for n, name in enumerate(names):
+        namespace[f"_set{n}"] = getattr(cls, name).__set__
+        lines.append(f"    _set{n}(_obj, {name})")
+    lines.append("    return _obj")
+    bound = ", ".join(f"{key}={key}" for key in namespace)  # locals, not global lookups
+    lines.insert(0, f"def make({', '.join(names)}, *, {bound}):")
+    exec(compile("\n".join(lines) + "\n", f"<constructor of {cls.__name__}>", "exec"), namespace)
+    make: Callable[..., _T] = namespace["make"]
+    return make
 
 
 class MsgType(enum.StrEnum):

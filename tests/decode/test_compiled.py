@@ -11,7 +11,9 @@ from cantools.database.conversion import BaseConversion
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from livedata.decode.compiled import compile_message, format_or
+from livedata.decode.can import CanDecoder
+from livedata.decode.compiled import compile_message, format_or, storable_as_decoded
+from livedata.store.base import storable
 from tests.decode.dbcgen import random_database, random_frame, random_message, reference
 
 
@@ -148,3 +150,35 @@ def test_raw_values_of_every_size_match_cantools(
     else:
         data = (raw << (64 - length)).to_bytes(8, "big")
     assert same(compiled(message, data), reference(message, data)), compile_message(message).source
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rng=st.randoms(use_true_random=False), fd=st.booleans())
+def test_storable_signals_decode_to_stored_values(rng: random.Random, fd: bool) -> None:
+    """A signal judged storable as decoded gives values the stores keep unchanged, on random
+    frames and on its raw extremes (all bits 0, all bits 1)."""
+    db = random_database(rng, 3, fd=fd)
+    for message in db.messages:
+        frames = [random_frame(message, rng) for _ in range(20)]
+        frames += [bytes(message.length), b"\xff" * message.length]
+        for data in frames:
+            values = compiled(message, data)
+            for signal in message.signals:
+                if values is not None and signal.name in values:
+                    value = values[signal.name]
+                    if storable_as_decoded(signal):
+                        assert storable(value) == value and type(storable(value)) is type(value)
+
+
+def test_wide_integer_signal_is_not_storable_as_decoded() -> None:
+    """A 64-bit unsigned integer signal can exceed int64, so it is not storable as decoded and
+    a decoder with it leaves the check to ingest; a scaled or 63-bit one is storable."""
+    wide = Signal("wide", 0, 64, is_signed=False)
+    signed = Signal("signed", 0, 64, is_signed=True)
+    scaled = Signal("scaled", 0, 64, conversion=BaseConversion.factory(scale=0.5, offset=0))
+    assert not storable_as_decoded(wide)
+    assert storable_as_decoded(signed) and storable_as_decoded(scaled)
+    values = compiled(Message(0x100, "M", 8, [wide], strict=False), b"\xff" * 8)
+    assert values == {"wide": (1 << 64) - 1} and storable(values["wide"]) == float(1 << 64)
+    db = cantools.database.can.Database([Message(0x100, "M", 8, [wide], strict=False)])
+    assert not CanDecoder.from_dbc(db.as_dbc_string()).storable

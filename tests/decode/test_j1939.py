@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from livedata.decode import dm1 as dm1_module
 from livedata.decode.can import CACHE_MAX, BusState, CanDecoder
-from livedata.decode.dm1 import parse_dm1
+from livedata.decode.dm1 import PARSED_MAX, parse_dm1
 from livedata.decode.j1939 import frame_id, pgn_of
 from livedata.decode.tp import T1, T2, T4, Reassembler
 from livedata.model import Frame
@@ -226,6 +227,30 @@ def test_dm1_filler_and_errors() -> None:
     assert [d.spn for d in dm1.dtcs] == [110] and dm1.lamps.mil == 1
     with pytest.raises(ValueError, match="at least 6"):
         parse_dm1(5, 0, b"\x00\xff")
+
+
+def test_repeated_dm1_payloads_parse_as_the_first_time() -> None:
+    """A DM1 payload seen before (bytes or bytearray) gives a DM1 equal to a fresh parse,
+    sharing its lamps and DTCs; short payloads are refused each time; the memory of
+    payloads stays within PARSED_MAX whatever is sent, and long payloads are not kept."""
+    rng = random.Random(7)
+    payloads = [rng.randbytes(rng.choice([6, 8, 8, 8, 14, 40])) for _ in range(500)]
+    payloads += [bytes([0x40, 0xFF, 0x6E, 0x00, 0x10, 0x03, 0xFF, 0xFF])] * 3
+    for n, payload in enumerate(payloads):
+        first = parse_dm1(n, 0x00, payload)
+        again = parse_dm1(n + 1, 0x03, bytearray(payload))
+        fresh = dm1_module.Dm1(n + 1, 0x03, *dm1_module._parse(payload))
+        assert again == fresh and (again.ts, again.sa) == (n + 1, 0x03)
+        assert first.lamps == again.lamps and first.dtcs == again.dtcs
+        if len(payload) <= dm1_module.PARSED_BYTES:
+            assert first.dtcs is again.dtcs and first.lamps is again.lamps
+    assert all(len(key) <= dm1_module.PARSED_BYTES for key in dm1_module._parsed)
+    for n in range(PARSED_MAX + 10):
+        parse_dm1(0, 0, n.to_bytes(8, "big"))
+    assert len(dm1_module._parsed) <= PARSED_MAX
+    for _ in range(2):
+        with pytest.raises(ValueError, match="at least 6"):
+            parse_dm1(5, 0, b"\x00\xff\x00")
 
 
 def test_short_dm1_frame_is_malformed() -> None:

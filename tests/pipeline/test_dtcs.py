@@ -81,6 +81,47 @@ def test_quiet_dm1s_apply_as_diff_and_commit_would() -> None:
     assert fast.latest == {0: 4000, 3: 3000}
 
 
+def test_repeated_dm1s_with_dtcs_are_quiet_as_diff_and_commit_would_be() -> None:
+    """A DM1 listing the same DTCs as its ECU's latest one is applied at once (lamps included),
+    leaving the state and summary as diff then commit would; a changed count, a cleared
+    code, or another ECU's first DM1 while DTCs are active is left to them."""
+    red = Lamps(0, 1, 0, 0, 3, 3, 3, 3)
+    fast, slow = DtcState(), DtcState()
+    first = dm1(1000, 0, (110, 16, 1), (100, 1, 2))
+    for state in (fast, slow):
+        state.commit(first, state.diff(first)[0])
+    same = dm1(2000, 0, (110, 16, 1), (100, 1, 2))
+    for message in [same, Dm1(3000, 0, red, same.dtcs), dm1(2500, 0, (523, 2, 1))]:
+        fast.summary()
+        assert fast.quiet(message)
+        changes, dropped = slow.diff(message)
+        assert changes == [] and dropped == 0
+        slow.commit(message, changes)
+        assert (fast.active, fast.latest, fast.lamps, fast.summary()) == (
+            slow.active,
+            slow.latest,
+            slow.lamps,
+            slow.summary(),
+        )
+    assert fast.summary()["lamp_red_stop"] == 1
+    assert not fast.quiet(dm1(4000, 0, (110, 16, 2), (100, 1, 2)))  # a count changed
+    assert not fast.quiet(dm1(4000, 0, (110, 16, 1)))  # one cleared
+    assert not fast.quiet(dm1(4000, 3))  # SA 3's first DM1: nothing known of it yet
+    assert fast.latest == {0: 3000}
+
+
+def test_dm1_that_overflowed_is_never_quiet() -> None:
+    """A DM1 whose new DTCs did not all fit MAX_ACTIVE goes through diff again when repeated,
+    so the ones dropped are counted again and taken once there is room."""
+    state = DtcState()
+    message = dm1(1, 0, *((spn, 1, 1) for spn in range(1, MAX_ACTIVE + 3)))
+    changes, dropped = state.diff(message)
+    state.commit(message, changes, dropped)
+    again = dm1(2, 0, *((spn, 1, 1) for spn in range(1, MAX_ACTIVE + 3)))
+    assert dropped == 2 and not state.quiet(again)
+    assert state.diff(again) == ([], 2)
+
+
 def test_state_is_bounded() -> None:
     """Beyond MAX_ACTIVE active DTCs per machine, new ones are dropped and counted."""
     state = DtcState()

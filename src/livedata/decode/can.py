@@ -36,7 +36,7 @@ from typing import Any
 import cantools
 from cantools.database.can import Database, Message, Signal
 
-from livedata.decode.compiled import MessageDecoder, compile_message
+from livedata.decode.compiled import MessageDecoder, compile_message, storable_as_decoded
 from livedata.decode.dm1 import PGN_DM1, Dm1, parse_dm1
 from livedata.decode.j1939 import frame_id as j1939_frame_id
 from livedata.decode.j1939 import is_j1939, match_key, pgn_of
@@ -273,6 +273,15 @@ class CanDecoder:
                     )
                 )
         self._signals = sorted(infos, key=lambda i: (i.name, i.message))
+        self.storable = all(
+            storable_as_decoded(s)
+            for codec in self._codecs
+            for s in codec.message.signals
+            if not s.is_multiplexer
+        )
+        """Whether every value :meth:`decode` gives is already as the stores keep it (see
+        :func:`~livedata.decode.compiled.storable_as_decoded`): then ingest need not check
+        them (:func:`~livedata.store.base.normalised`)."""
 
     @classmethod
     def from_dbc(

@@ -55,7 +55,14 @@ from typing import Any
 
 from cantools.database.can import Message, Signal
 
-__all__ = ["MAX_LINES", "MessageDecoder", "compile_message", "decimals", "format_or"]
+__all__ = [
+    "MAX_LINES",
+    "MessageDecoder",
+    "compile_message",
+    "decimals",
+    "format_or",
+    "storable_as_decoded",
+]
 
 DecodeFn = Callable[[bytes, dict[str, Any]], str | None]
 
@@ -121,6 +128,31 @@ def _integer_conversion(signal: Signal) -> tuple[int, int] | None:
     if isinstance(scale, int) and isinstance(offset, int):
         return scale, offset
     return None
+
+
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def storable_as_decoded(signal: Signal) -> bool:
+    """Whether every value decoding gives for ``signal`` is already as the stores keep it
+    (:func:`livedata.store.base.storable`), whatever the frame: an int within 64 bits (an
+    integer conversion of a raw range that stays within them) or a finite float (IEEE float
+    signals are refused as malformed when not finite; a scaled value is finite when its
+    largest magnitude is).  Values outside the DBC's min/max are decoded too, so the raw
+    range counts, not the DBC's."""
+    if signal.conversion.is_float:
+        return True
+    if signal.is_signed:
+        first, last = -(1 << (signal.length - 1)), (1 << (signal.length - 1)) - 1
+    else:
+        first, last = 0, (1 << signal.length) - 1
+    ints = _integer_conversion(signal)
+    if ints is not None:
+        scale, offset = ints
+        ends = (first * scale + offset, last * scale + offset)
+        return min(ends) >= _INT64_MIN and max(ends) <= _INT64_MAX
+    conv = signal.conversion
+    return math.isfinite(max(-first, last) * abs(float(conv.scale)) + abs(float(conv.offset)))
 
 
 _INT_CODES = {8: "b", 16: "h", 32: "i", 64: "q"}

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from livedata.model import slot_constructor
+
 __all__ = ["PGN_DM1", "Dm1", "Dtc", "Lamps", "parse_dm1"]
 
 PGN_DM1 = 0xFECA
@@ -107,13 +109,39 @@ def _quad(byte: int) -> tuple[int, int, int, int]:
     return (byte >> 6) & 3, (byte >> 4) & 3, (byte >> 2) & 3, byte & 3
 
 
+_dm1 = slot_constructor(Dm1)
+"""``Dm1(...)`` without the frozen dataclass's ``__init__`` (one per DM1)."""
+PARSED_MAX = 4_096
+"""Distinct short DM1 payloads remembered with their parse; beyond, the memory starts again."""
+PARSED_BYTES = 32
+"""Payloads up to this size are remembered (a single frame is 8 bytes): at most 4,096
+entries of 32 bytes, whatever a device sends."""
+_parsed: dict[bytes, tuple[Lamps, tuple[Dtc, ...]]] = {}
+
+
 def parse_dm1(ts: int, sa: int, data: bytes) -> Dm1:
     """Decode a DM1 payload (8 bytes or a reassembled multi-packet one).
 
     Raises :class:`ValueError` for a payload shorter than 6 bytes.  Bytes after the
     last whole 4-byte DTC (the 2 reserved bytes of a single frame) and all-``0xFF``
     DTC slots (filler) are ignored.
+
+    An ECU repeats its DM1 every second and most list nothing: a payload of at most
+    :data:`PARSED_BYTES` seen before gives the same :class:`Lamps` and DTC tuple objects
+    as its first parse (they are immutable), without parsing again.
     """
+    key = data if type(data) is bytes else bytes(data)
+    parts = _parsed.get(key)
+    if parts is None:
+        parts = _parse(key)
+        if len(key) <= PARSED_BYTES:
+            if len(_parsed) >= PARSED_MAX:
+                _parsed.clear()
+            _parsed[key] = parts
+    return _dm1(ts, sa, *parts)
+
+
+def _parse(data: bytes) -> tuple[Lamps, tuple[Dtc, ...]]:
     if len(data) < 6:
         raise ValueError(f"DM1 of {len(data)} bytes, at least 6 expected")
     lamps = Lamps(*_quad(data[0]), *_quad(data[1]))
@@ -127,7 +155,7 @@ def parse_dm1(ts: int, sa: int, data: bytes) -> Dm1:
         if spn == 0 and fmi == 0:
             continue  # "no active DTC"
         dtcs.append(Dtc(spn=spn, fmi=fmi, oc=b3 & 0x7F, cm=b3 >> 7))
-    return Dm1(ts, sa, lamps, tuple(dtcs))
+    return lamps, tuple(dtcs)
 
 
 FMI_TEXT = {

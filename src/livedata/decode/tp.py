@@ -120,7 +120,9 @@ class Reassembler:
 
     def expire(self, now: int) -> list[str]:
         """Abandon the sessions whose deadline is before ``now`` (ms); one line each."""
-        errors = []
+        errors: list[str] = []
+        if not self._sessions:  # the usual batch: no multi-packet message under way
+            return errors
         for key, session in list(self._sessions.items()):
             if session.deadline < now:
                 del self._sessions[key]

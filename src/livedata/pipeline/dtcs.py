@@ -47,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from livedata.decode.dm1 import LAMP_NAMES, SPN_NAMES, Dm1, Lamps
+from livedata.decode.dm1 import LAMP_NAMES, SPN_NAMES, Dm1, Dtc, Lamps
 from livedata.errors import BackendError
 from livedata.metadata import Metadata
 from livedata.metadata.dtcs import DtcLog, Machine
@@ -95,6 +95,9 @@ class DtcState:
         """Latest lamp status per source address."""
         self.latest: dict[int, int] = {}
         """Timestamp of the latest DM1 applied per source address."""
+        self.listed: dict[int, tuple[Dtc, ...]] = {}
+        """The DTCs of the latest DM1 applied per source address, when all of them are
+        active as listed (none dropped): a DM1 listing the same changes nothing."""
         self._summary: dict[str, int] | None = None
         """:meth:`summary` without cleared DTCs, until a DM1 changes the DTCs or lamps."""
 
@@ -103,18 +106,24 @@ class DtcState:
         other = DtcState(self.active)
         other.lamps = dict(self.lamps)
         other.latest = dict(self.latest)
+        other.listed = dict(self.listed)
         return other
 
     def quiet(self, dm1: Dm1) -> bool:
-        """Apply ``dm1`` at once if it lists no DTC while none is active (most DM1s): the
-        same as :meth:`diff` (no changes) then :meth:`commit`, without their work.
-        ``False`` (nothing done) otherwise."""
-        if dm1.dtcs or self.active:
-            return False
+        """Apply ``dm1`` at once if it changes no DTC (most DM1s): it lists none while none
+        is active, or the same DTCs as the latest DM1 of its ECU (an ECU repeats its DM1
+        every second), or it is older than that one (late backfill).  The same as
+        :meth:`diff` (no changes) then :meth:`commit`, without their work.  ``False``
+        (nothing done) otherwise."""
         sa = dm1.sa
         latest = self.latest.get(sa)
         if latest is not None and dm1.ts < latest:
             return True  # late backfill: changes nothing
+        dtcs = dm1.dtcs
+        if dtcs or self.active:
+            listed = self.listed.get(sa)  # parse_dm1 shares the tuple of a repeated payload
+            if listed is None or (listed is not dtcs and listed != dtcs):
+                return False
         self.latest[sa] = dm1.ts
         lamps = self.lamps.get(sa)
         if lamps is not dm1.lamps and lamps != dm1.lamps:
@@ -151,11 +160,16 @@ class DtcState:
                 changes.append(DtcChange("cleared", *key, oc, lamps, dm1.ts))
         return changes, dropped
 
-    def commit(self, dm1: Dm1, changes: list[DtcChange]) -> None:
-        """Take ``changes`` (from :meth:`diff` of ``dm1``) as done."""
+    def commit(self, dm1: Dm1, changes: list[DtcChange], dropped: int = 0) -> None:
+        """Take ``changes`` (from :meth:`diff` of ``dm1``, which dropped ``dropped`` new
+        DTCs) as done."""
         if dm1.ts < self.latest.get(dm1.sa, dm1.ts):
             return
         self.latest[dm1.sa] = dm1.ts
+        if dropped:
+            self.listed.pop(dm1.sa, None)
+        else:
+            self.listed[dm1.sa] = dm1.dtcs
         if changes or self.lamps.get(dm1.sa) != dm1.lamps:
             self._summary = None
         self.lamps[dm1.sa] = dm1.lamps
@@ -247,7 +261,11 @@ class DtcService:
         """
         async with self._lock:
             machines = self._machines
-            new = {(tenant, chassis) for tenant, chassis, _ in items} - machines.keys()
+            new = {
+                (tenant, chassis)
+                for tenant, chassis, _ in items
+                if (tenant, chassis) not in machines
+            }
             if new:
                 try:
                     loaded = await self.log.active(new)
@@ -276,7 +294,7 @@ class DtcService:
                             before[key] = state.copy()
                         changes += [(tenant, chassis, c) for c in found]
                         cleared += [c for c in found if c.kind == "cleared"]
-                    state.commit(dm1, found)
+                    state.commit(dm1, found, dropped)
                 summaries.append(state.summary(cleared))
             try:
                 await self.log.apply(changes)

@@ -522,7 +522,9 @@ class Ingest:
                 self._error((msg.tenant, msg.chassis), stats, "malformed", error)
             if result.errors:
                 log.info("%d malformed frames: %s", len(result.errors), result.errors[0])
-            values: dict[str, Any] = normalised(result.values)  # NaN of a float signal
+            values: dict[str, Any] = result.values
+            if not info.decoder.storable:  # e.g. a 64-bit unsigned signal: wider than int64
+                values = normalised(values)
             dm1 = result.dm1
         else:
             values, errors = decode_values(msg.values)  # storable already

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from livedata import codec
 from livedata.errors import DecodeError
-from livedata.model import DeviceMessage, MsgType
+from livedata.model import DeviceMessage, MsgType, slot_constructor
 
 __all__ = ["MAX_BLOB_BYTES", "STORE_BELOW", "FrameBlob", "pack_frames", "unpack_frames"]
 
@@ -65,6 +65,10 @@ class FrameBlob:
     data: bytes
 
 
+_blob = slot_constructor(FrameBlob)
+"""``FrameBlob(...)`` without the frozen dataclass's ``__init__`` (one per message)."""
+
+
 def pack_frames(msg: DeviceMessage, ts: int) -> FrameBlob:
     """The frames of ``msg`` as a blob keyed by ``ts`` (the record's timestamp).
 
@@ -82,7 +86,7 @@ def pack_frames(msg: DeviceMessage, ts: int) -> FrameBlob:
     else:
         deflate = zlib.compressobj(_LEVEL, zlib.DEFLATED, _PACK_WBITS, _PACK_MEMLEVEL)
         data = deflate.compress(payload) + deflate.flush()
-    return FrameBlob(msg.tenant, msg.chassis, ts, len(msg.frames), data)
+    return _blob(msg.tenant, msg.chassis, ts, len(msg.frames), data)
 
 
 def unpack_frames(blob: FrameBlob) -> DeviceMessage:
