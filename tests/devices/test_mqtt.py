@@ -298,6 +298,31 @@ async def test_link_holds_unacknowledged_messages_in_flight(
         own.stop()
 
 
+async def test_an_acknowledgement_waits_for_those_of_older_messages(
+    tmp_path: Path, parts: Links, tenant: str
+) -> None:
+    """A message acknowledged before an older one is PUBACKed only after it: the broker sees them in order."""
+    own = start_mosquitto(tmp_path / "broker")
+    try:
+        link = await parts.link(link_url(own, inflight=2))
+        topic = telemetry_topic(tenant, "M1", "client_raw_data")
+        for i in range(4):
+            await publish(own, topic, encode(raw_message(tenant, "M1", TS + i)))
+        older, newer = await parts.next(link), await parts.next(link)
+        assert newer.ack is not None and older.ack is not None
+        await newer.ack()
+        await parts.nothing(link)  # no PUBACK yet, so the broker sends nothing more
+        assert len(link._order) == 2
+        await older.ack()  # both PUBACKs go out, in order, and the broker sends the rest
+        rest = [await parts.next(link), await parts.next(link)]
+        assert [i.message.ts for i in (older, newer, *rest) if isinstance(i, Delivery)] == [
+            TS + i for i in range(4)
+        ]
+    finally:
+        await parts.close()
+        own.stop()
+
+
 async def test_unacknowledged_message_is_redelivered_to_the_restarted_member(
     broker: Mosquitto, parts: Links, tenant: str
 ) -> None:
