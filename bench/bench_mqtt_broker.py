@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,20 +47,21 @@ async def consumer(url: str, count: int, store_us: float, early: int) -> None:
     got = 0
     async for batch in link.batches(5_000):
         if early:  # ingest acknowledges a rejected message at once, before older ones
-            for item in batch[::early]:
-                if item.ack is not None:
-                    await item.ack()
-        if store_us:
-            await asyncio.sleep(len(batch) * store_us / 1e6)
-        for item in batch:
-            if item.ack is not None:
-                await item.ack()
+            await ack_each(batch[::early])
+        await asyncio.sleep(len(batch) * store_us / 1e6)
+        await ack_each(batch)
         got += len(batch)
         if got >= count:
             break
     await asyncio.sleep(0.5)  # let the last PUBACKs go out
     await link.close()
     print(json.dumps({"messages": got}), flush=True)
+
+
+async def ack_each(items: list[Any]) -> None:
+    for item in items:
+        if item.ack is not None:
+            await item.ack()
 
 
 async def publisher(port: int, count: int, rate: float, devices: int) -> None:
