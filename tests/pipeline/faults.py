@@ -4,7 +4,7 @@ demand."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 from livedata.bus.base import Log
 from livedata.errors import BusError, StoreError
@@ -82,6 +82,12 @@ class FlakyStore(Store):
     async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
         self._check()
         return await self.inner.latest_ts(tenant, chassis, msg_type)
+
+    async def _latest_rows(
+        self, tenant: str, chassis: Sequence[str]
+    ) -> Iterable[tuple[str, str, int]]:
+        self._check()
+        return await self.inner._latest_rows(tenant, chassis)
 
     async def machine_points(self, tenant: str, chassis: str) -> int:
         self._check()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 
 from livedata.bus.memory import MemoryLog, MemoryPubSub
 from livedata.catalog import Catalog
-from livedata.errors import InputError, StoreError
+from livedata.errors import BackendError, InputError, StoreError
 from livedata.metadata import Metadata
 from livedata.metadata.alerts import AlertStore, RuleSpec, validate_rule
 from livedata.model import Kind, Record, decode_records, encode_records
@@ -303,24 +304,31 @@ async def test_nodata_raise_waits_while_the_last_data_cannot_be_checked(tmp_path
     await store.create_rule(
         RuleSpec(id=0, org="o", name="silent", kind="nodata", msg_type=None, nodata_seconds=10)
     )
-    answers: dict[str, int | Exception | None] = {}
+    answers: dict[str, int | BackendError | None] = {}
+    asked: list[list[str]] = []
 
-    async def last_seen(tenant: str, chassis: str, msg_type: str | None) -> int | None:
-        answer = answers[chassis]
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
+    async def last_seen(
+        tenant: str, machines: Sequence[str], msg_type: str | None
+    ) -> dict[str, int | BackendError | None]:
+        asked.append(list(machines))
+        if isinstance(answers.get("*"), BackendError):
+            raise answers["*"]
+        return {chassis: answers[chassis] for chassis in machines}
 
     url = f"memory://{uuid.uuid4().hex}"
     role = AlertRole(store, MemoryLog(url), MemoryPubSub(url), Catalog(meta), last_seen=last_seen)
     role._started_ms = T0
     await role.refresh()
-    answers.update(M1=StoreError("store down"), M2=StoreError("store down"))
+    answers["*"] = StoreError("store down")
     await role.tick(T0 + 10_000)
     assert role.raised == 0 and role.core.active() == set()
-    answers.update(M1=None, M2=T0 + 9_000)  # M1 silent; M2 sent, through another copy
+    assert asked == [["M1", "M2"]]  # one check for the rule's machines
+    answers.update({"*": None, "M1": StoreError("down"), "M2": T0 + 9_000})  # M2: another copy
+    await role.tick(T0 + 10_500)
+    assert role.raised == 0 and role.core.active() == set()
+    answers.update(M1=None)  # M1 silent
     await role.tick(T0 + 11_000)
-    assert role.raised == 1
+    assert role.raised == 1 and asked[-1] == ["M1"]
     assert [a.chassis_id for a in await store.list_alerts("o", "active")] == ["M1"]
     await meta.close()
 
@@ -347,11 +355,13 @@ async def test_nodata_check_reads_the_live_history_while_the_store_is_down(
     now = int(time.time() * 1000)
     record = Record("o", "M1", "vehicle_can", now, Kind.REALTIME, {"x": 1})
     await rt.pubsub.publish(record.channel, live_message(record, 1, "e"))
-    assert await last_seen("o", "M1", None) == now
-    assert await last_seen("o", "M2", "vehicle_can") is None  # history answered: silent
+    assert await last_seen("o", ["M1", "M2"], None) == {"M1": now, "M2": None}
+    assert await last_seen("o", ["M2"], "vehicle_can") == {"M2": None}  # history: silent
     store.down = False
     await store.inner.write([replace(record, ts=now + 5)])
-    assert await last_seen("o", "M1", "vehicle_can") == now + 5
+    assert await last_seen("o", ["M1"], "vehicle_can") == {"M1": now + 5}
+    await store.inner.write([replace(record, chassis="M2", ts=now + 7)])
+    assert await last_seen("o", ["M1", "M2"], None) == {"M1": now + 5, "M2": now + 7}
 
 
 async def test_role_parses_only_the_values_a_value_rule_applies_to(tmp_path: Path) -> None:

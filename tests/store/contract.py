@@ -21,7 +21,7 @@ import pytest
 
 from livedata.model import Kind, Record, Value
 from livedata.store import Store, open_store
-from livedata.store.base import ROLLUP_LEVELS_MS, bucket_grid
+from livedata.store.base import LATEST_MANY_MAX, ROLLUP_LEVELS_MS, bucket_grid
 from livedata.store.frames import FrameBlob
 
 T0 = 1_700_000_000_000
@@ -276,6 +276,31 @@ class StoreContract(abc.ABC):
         await store.write([rec(tenant, T0 + 1000, {"a": 0, "b": 0})])  # late backfill
         assert await store.latest_ts(tenant, "machine-1", "vehicle_can") == T0 + 9000
         assert await store.latest_ts(tenant, "machine-1", "client_raw_data") is None
+
+    async def test_latest_many_is_latest_ts_of_many_machines(
+        self, store: Store, tenant: str
+    ) -> None:
+        """latest_many gives each asked machine's latest_ts per message type it has values of
+        ({} for none), across more machines than one read takes and after retention."""
+        machines = [f"m-{i:04d}" for i in range(LATEST_MANY_MAX + 7)]
+        await store.write(
+            [rec(tenant, T0 + i, {"a": i}, chassis=c) for i, c in enumerate(machines)]
+            + [rec(tenant, T0 + 1, {"b": 1}, chassis="m-0003", msg_type="client_raw_data")]
+            + [rec(tenant, T0 + 1, {"a": 1}, chassis="m-0003")]  # late: not the newest
+            + [rec("other", T0 + 9, {"a": 1}, chassis="m-0004")]
+        )
+        asked = [*reversed(machines), "never", "m-0005"]
+        got = await store.latest_many(tenant, asked)
+        assert list(got) == list(dict.fromkeys(asked))
+        assert got["never"] == {}
+        assert got["m-0003"] == {"vehicle_can": T0 + 3, "client_raw_data": T0 + 1}
+        for chassis in machines:
+            for msg_type in ("vehicle_can", "client_raw_data"):
+                newest = await store.latest_ts(tenant, chassis, msg_type)
+                assert got[chassis].get(msg_type) == newest, (chassis, msg_type)
+        await store.delete_before(T0 + 5)
+        after = await store.latest_many(tenant, ["m-0003", "m-0006"])
+        assert after == {"m-0003": {}, "m-0006": {"vehicle_can": T0 + 6}}
 
     async def test_delete_machine_removes_only_that_machine(
         self, store: Store, tenant: str

@@ -22,8 +22,9 @@ it for the process's life (the fleet page's summary is read often and cheaply).
 
 Under stress: memory is one entry per machine and field of the organisations in use;
 the listener only updates fields in place (no allocation beyond the value dicts it
-is handed) and calls the observers; the store is read once per machine met, and the
-metadata database once per organisation every 30 s.
+is handed) and calls the observers; the store is read once per 500 machines met (their
+newest timestamps) and once per stream of a met machine with data (its latest values),
+and the metadata database once per organisation every 30 s.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ class OrgFleet:
                 return
             rows = await self.meta.list_machines(self.org)
             current = {row.chassis_id for row in rows}
+            met: list[FleetMachine] = []
             for row in rows:
                 machine = self.machines.get(row.chassis_id)
                 if machine is not None:
@@ -129,7 +131,8 @@ class OrgFleet:
                     listener = self._listener(machine, msg_type.value)
                     self._listeners[channel] = listener
                     await self.hub.listen(channel, listener)
-                await self._seed(machine)
+                met.append(machine)
+            await self._seed(met)
             for chassis in set(self.machines) - current:
                 del self.machines[chassis]
                 for msg_type in MsgType:
@@ -163,12 +166,25 @@ class OrgFleet:
 
         return on_message
 
-    async def _seed(self, machine: FleetMachine) -> None:
-        """The newest stored values of a machine met for the first time (once)."""
+    async def _seed(self, machines: list[FleetMachine]) -> None:
+        """The newest stored values of the machines met for the first time (once).
+
+        Their newest timestamps come from one :meth:`~livedata.store.base.Store.latest_many`
+        (one read per 500 machines, not one per machine and message type), then one short
+        :meth:`~livedata.store.base.Store.query` per stream with data reads its latest values.
+        """
+        if not machines:
+            return
+        newest = await self.store.latest_many(self.org, [m.chassis for m in machines])
+        for machine in machines:
+            if newest[machine.chassis]:
+                await self._seed_machine(machine, newest[machine.chassis])
+
+    async def _seed_machine(self, machine: FleetMachine, newest: dict[str, int]) -> None:
         store = self.store
         info = await self.catalog.machine(self.org, machine.chassis)
         for msg_type in MsgType:
-            latest = await store.latest_ts(self.org, machine.chassis, msg_type.value)
+            latest = newest.get(msg_type.value)
             if latest is None:
                 continue
             names = []

@@ -62,7 +62,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -86,8 +86,11 @@ log = logging.getLogger("livedata.alerts")
 STALE_MS = 600_000
 """Records older than this (by their timestamp, against the wall clock) are not evaluated."""
 
-LastSeen = Callable[[str, str, str | None], Awaitable[int | None]]
-"""(tenant, chassis, msg_type or None for any) -> the newest stored timestamp, or None."""
+LastSeen = Callable[
+    [str, Sequence[str], str | None], Awaitable[dict[str, int | BackendError | None]]
+]
+"""(tenant, machines, msg_type or None for any) -> per machine the newest timestamp, None
+when it has none, or the error when it could not be checked (raising: none could)."""
 
 
 def alerts_channel(tenant: str) -> str:
@@ -493,17 +496,17 @@ class AlertRole:
     async def tick(self, now_ms: int) -> None:
         async with self._lock:
             events = self.core.tick(now_ms)
+            seen = await self._last_seen(events)
             confirmed: list[AlertEvent] = []
             for event in events:
                 if self.last_seen is not None:
-                    try:
-                        latest = await self.last_seen(
-                            event.tenant, event.chassis, event.rule.msg_type
-                        )
-                    except BackendError as exc:  # unknown: no alert now, asked again next tick
+                    latest = seen[event.tenant, event.rule.msg_type][event.chassis]
+                    if isinstance(latest, BackendError):  # unknown: asked again next tick
                         self.core.revert(event)
                         self._failures.failed(
-                            "last_seen", "nodata raises wait: cannot check the last data: %s", exc
+                            "last_seen",
+                            "nodata raises wait: cannot check the last data: %s",
+                            latest,
                         )
                         continue
                     self._failures.recovered("last_seen", "nodata raises are checked again")
@@ -513,6 +516,25 @@ class AlertRole:
                         continue
                 confirmed.append(event)
             await self._deliver(confirmed)
+
+    async def _last_seen(
+        self, events: list[AlertEvent]
+    ) -> dict[tuple[str, str | None], dict[str, int | BackendError | None]]:
+        """The nodata check of ``events``: one :data:`LastSeen` call per organisation and
+        message type for all their machines (a burst of raises after a start costs the store
+        a few batched reads, not one per machine)."""
+        if self.last_seen is None:
+            return {}
+        groups: dict[tuple[str, str | None], list[str]] = {}
+        for event in events:
+            groups.setdefault((event.tenant, event.rule.msg_type), []).append(event.chassis)
+        seen: dict[tuple[str, str | None], dict[str, int | BackendError | None]] = {}
+        for (tenant, msg_type), chassis in groups.items():
+            try:
+                seen[tenant, msg_type] = await self.last_seen(tenant, chassis, msg_type)
+            except BackendError as exc:
+                seen[tenant, msg_type] = dict.fromkeys(chassis, exc)
+        return seen
 
     async def _consume(self) -> None:
         async for batch in self.log.consume(self.group):
@@ -635,27 +657,37 @@ def alert_role(rt: Runtime) -> AlertRole:
     runtime's SMTP settings, nodata raises checked against its telemetry store."""
     store = AlertStore(rt.meta)
 
-    async def last_seen(tenant: str, chassis: str, msg_type: str | None) -> int | None:
-        """The newest timestamp in the store or the live channel's history, whichever is
-        newer: the store lags while ingest spills, the history is gone while Redis restarts.
-        Raises :class:`BackendError` only when neither answered."""
+    async def last_seen(
+        tenant: str, machines: Sequence[str], msg_type: str | None
+    ) -> dict[str, int | BackendError | None]:
+        """Per machine the newest timestamp in the store or the live channel's history,
+        whichever is newer: the store lags while ingest spills, the history is gone while
+        Redis restarts.  The store is read once for all the machines
+        (:meth:`~livedata.store.base.Store.latest_many`); a machine gets the
+        :class:`BackendError` only when neither answered."""
         types = [msg_type] if msg_type else [t.value for t in MsgType]
-        stamps: list[int | None] = []
-        failures: list[BackendError] = []
-        for t in types:
-            try:
-                stamps.append(await rt.store.latest_ts(tenant, chassis, t))
-            except BackendError as exc:
-                failures.append(exc)
-            try:
-                history = await rt.pubsub.history(live_channel(tenant, chassis, t))
-            except BackendError as exc:
-                failures.append(exc)
+        store_failure: BackendError | None = None
+        try:
+            stored = await rt.store.latest_many(tenant, machines)
+        except BackendError as exc:
+            store_failure, stored = exc, {}
+        seen: dict[str, int | BackendError | None] = {}
+        for chassis in machines:
+            newest = stored.get(chassis, {})
+            stamps: list[int | None] = [newest.get(t) for t in types]
+            failures: list[BackendError] = []
+            for t in types:
+                try:
+                    history = await rt.pubsub.history(live_channel(tenant, chassis, t))
+                except BackendError as exc:
+                    failures.append(exc)
+                else:
+                    stamps.append(int(as_live(history[-1]).head["ts"]) if history else None)
+            if store_failure is not None and len(failures) == len(types):
+                seen[chassis] = store_failure
             else:
-                stamps.append(int(as_live(history[-1]).head["ts"]) if history else None)
-        if len(failures) == 2 * len(types):
-            raise failures[0]
-        return max((s for s in stamps if s is not None), default=None)
+                seen[chassis] = max((s for s in stamps if s is not None), default=None)
+        return seen
 
     notifier = Notifier(
         store,

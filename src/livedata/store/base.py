@@ -22,6 +22,10 @@ INT64_MAX = 2**63 - 1
 Series = dict[str, list[tuple[int, Value]]]
 """Per field, ``[ts_ms, value]`` pairs in time order: what an ECharts time axis takes."""
 
+LATEST_MANY_MAX = 500
+"""Machines :meth:`Store.latest_many` asks the engine about in one read at most (bounds the
+size of a query's machine list)."""
+
 MINUTE_MS = 60_000
 ROLLUP_LEVELS_MS = (10_000, MINUTE_MS)
 """The rollup steps of the SQL stores, finest first: per series and step-long bucket
@@ -130,6 +134,31 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
         """Timestamp of the newest stored value of a machine and message type."""
+
+    async def latest_many(self, tenant: str, chassis: Iterable[str]) -> dict[str, dict[str, int]]:
+        """The newest timestamp per message type of each of ``chassis``: what :meth:`latest_ts`
+        gives, for many machines at once (a fleet view seeding its machines, nodata checks).
+
+        Every asked machine is a key; its dict holds the message types it has stored values
+        of (``{}`` for none).  Under stress: one read per :data:`LATEST_MANY_MAX` machines
+        (not one per machine and message type), so a burst of thousands of machines costs
+        the engine a handful of queries; duplicates are asked once.
+        """
+        wanted = list(dict.fromkeys(chassis))
+        newest: dict[str, dict[str, int]] = {c: {} for c in wanted}
+        for start in range(0, len(wanted), LATEST_MANY_MAX):
+            for machine, msg_type, ts in await self._latest_rows(
+                tenant, wanted[start : start + LATEST_MANY_MAX]
+            ):
+                newest[machine][msg_type] = int(ts)
+        return newest
+
+    @abc.abstractmethod
+    async def _latest_rows(
+        self, tenant: str, chassis: Sequence[str]
+    ) -> Iterable[tuple[str, str, int]]:
+        """For :meth:`latest_many`: ``(chassis, msg_type, newest ts)`` of every stream of the
+        machines (at most :data:`LATEST_MANY_MAX`) with stored values, in one read."""
 
     @abc.abstractmethod
     async def machine_points(self, tenant: str, chassis: str) -> int:

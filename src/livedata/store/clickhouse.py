@@ -1341,6 +1341,22 @@ class ClickHouseStore(Store):
         newest, count = rows[0]
         return int(newest) if count else None
 
+    async def _latest_rows(self, tenant: str, chassis: Sequence[str]) -> list[tuple[str, str, int]]:
+        return await self._run(partial(self._latest_of_many, tenant, tuple(chassis)))
+
+    def _latest_of_many(self, tenant: str, chassis: tuple[str, ...]) -> list[tuple[str, str, int]]:
+        db = self.database
+        sql = f"""
+            SELECT chassis, msg_type, max(last_ts) FROM {db}.streams
+            WHERE tenant = %(tenant)s AND chassis IN %(chassis)s
+                AND last_ts >= (SELECT max(cutoff) FROM {db}.retention)
+            GROUP BY chassis, msg_type"""
+        with _translated("latest_many"):
+            rows: list[tuple[str, str, int]] = self._client().execute(
+                sql, {"tenant": tenant, "chassis": chassis}
+            )
+        return rows
+
     async def machine_points(self, tenant: str, chassis: str) -> int:
         return await self._run(partial(self._count_machine, tenant, chassis))
 

@@ -190,6 +190,16 @@ class MemoryStore(Store):
         newest = [series.ts[-1] for series in machine.values() if series.ts]
         return max(newest) if newest else None
 
+    async def _latest_rows(self, tenant: str, chassis: Sequence[str]) -> list[tuple[str, str, int]]:
+        wanted = set(chassis)
+        rows = []
+        for key, machine in self._machines.items():
+            if key[0] == tenant and key[1] in wanted:
+                newest = [series.ts[-1] for series in machine.values() if series.ts]
+                if newest:
+                    rows.append((key[1], key[2], max(newest)))
+        return rows
+
     def _streams_of(self, tenant: str, chassis: str) -> list[tuple[str, str, str]]:
         return [key for key in self._machines if key[0] == tenant and key[1] == chassis]
 

@@ -252,6 +252,15 @@ _LATEST = """
     ) p
     WHERE s.tenant = $1 AND s.chassis = $2 AND s.msg_type = $3
 """
+_LATEST_MANY = """
+    SELECT s.chassis, s.msg_type, max(p.ts)
+    FROM telemetry_series s
+    CROSS JOIN LATERAL (
+        SELECT ts FROM telemetry_points WHERE series_id = s.series_id ORDER BY ts DESC LIMIT 1
+    ) p
+    WHERE s.tenant = $1 AND s.chassis = ANY($2::text[])
+    GROUP BY s.chassis, s.msg_type
+"""
 _OLDEST = """
     SELECT min(p.ts)
     FROM telemetry_series s
@@ -886,6 +895,12 @@ class PostgresStore(Store):
             "latest_ts", lambda conn: conn.fetchval(_LATEST, tenant, chassis, msg_type)
         )
         return None if newest is None else int(newest)
+
+    async def _latest_rows(self, tenant: str, chassis: Sequence[str]) -> list[tuple[str, str, int]]:
+        rows = await self._call(
+            "latest_many", lambda conn: conn.fetch(_LATEST_MANY, tenant, list(chassis))
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
 
     async def machine_points(self, tenant: str, chassis: str) -> int:
         count = await self._call(

@@ -903,6 +903,21 @@ class SQLiteStore(Store):
             row = conn.execute(_LATEST, key).fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
+    async def _latest_rows(self, tenant: str, chassis: Sequence[str]) -> list[tuple[str, str, int]]:
+        return await self._on_reader(partial(self._latest_of_many, tenant, list(chassis)))
+
+    @staticmethod
+    def _latest_of_many(
+        tenant: str, chassis: list[str], conn: sqlite3.Connection
+    ) -> list[tuple[str, str, int]]:
+        marks = ", ".join("?" * len(chassis))
+        sql = (
+            "SELECT chassis, msg_type, last_ts FROM streams"
+            f" WHERE tenant = ? AND chassis IN ({marks}) AND last_ts IS NOT NULL"
+        )
+        with _translated("latest_many"):
+            return conn.execute(sql, (tenant, *chassis)).fetchall()
+
     async def machine_points(self, tenant: str, chassis: str) -> int:
         return await self._on_reader(partial(self._count_machine, tenant, chassis))
 
