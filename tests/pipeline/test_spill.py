@@ -13,7 +13,7 @@ import pytest
 from livedata.errors import BackendError
 from livedata.model import Kind, Record
 from livedata.pipeline import spill as spill_module
-from livedata.pipeline.spill import FILE_NAME, JournalFull, SpillJournal, decode_row, spill_dir_of
+from livedata.pipeline.spill import STORE, JournalFull, SpillJournal, decode_row, spill_dir_of
 from livedata.store.base import storable_values
 from livedata.store.sqlite import SQLiteStore
 
@@ -205,7 +205,7 @@ async def test_the_file_shrinks_once_drained(
 
 def disk_use(directory: Path) -> int:
     """Bytes of the journal's file and its WAL."""
-    return sum(p.stat().st_size for p in directory.glob(f"{FILE_NAME}*"))
+    return sum(p.stat().st_size for p in directory.glob(f"{STORE.file_name}*"))
 
 
 def test_spill_dir_setting() -> None:

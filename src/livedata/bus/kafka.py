@@ -41,9 +41,9 @@ Under stress:
   metadata refreshes) up to its request timeout (40 s), then raises
   :class:`~livedata.errors.BusError`; ingest retries the batch with backoff and
   does not acknowledge the device message meanwhile, so nothing is lost (a
-  retried batch may be written twice, see above).  ``append`` also waits while the producer's buffer is full: that is the
-  backpressure to ingest.  Consumers keep polling and go on from their position
-  when the broker is back.
+  retried batch may be written twice, see above).  ``append`` also waits while
+  the producer's buffer is full: that is the backpressure to ingest.  Consumers
+  keep polling and go on from their position when the broker is back.
 * **Broker restarted empty** (Tansu on ``memory://``: topics and groups gone).  Tansu
   takes produce requests for a topic it does not know, and a topic created later
   (``CreateTopics``, or a client's metadata request, which auto-creates it with 4

@@ -105,7 +105,6 @@ STORE = Purpose("ingest-spill.db", "spill journal", "the store", observe.SPILL_F
 LOG = Purpose("ingest-log.db", "log journal", "the log", observe.LOG_JOURNAL_FULL)
 """The log journal: records stored and acknowledged, not yet appended to the log (see
 :mod:`livedata.pipeline.ingest`, "Log slow or down")."""
-FILE_NAME = STORE.file_name
 
 
 @dataclass(frozen=True, slots=True)
