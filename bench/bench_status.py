@@ -10,8 +10,8 @@ gateway's :class:`~livedata.gateway.commands.StatusService` on a real
 pub/sub and fan-out deliver its pushes), then ``livedata simulate --machines N`` (this
 checkout's simulator, which answers ``getStatus``).  The child counts, until every
 machine was pushed online with its real-time state known and 2 s more passed: its CPU
-(all threads, from the link's start), the store's ``latest_ts`` calls, the pushes and
-the seconds.  ``--base DIR`` runs ``DIR/src``'s gateway the same way, alternating
+(all threads, from the link's start), the store's reads (``latest_ts`` calls and
+``latest_many`` queries), the pushes and the seconds.  ``--base DIR`` runs ``DIR/src``'s gateway the same way, alternating
 with this checkout's, ``--rounds`` times; ratios per round.
 
     python bench/bench_status.py --base /tmp/base --machines 1000 --rounds 2
@@ -67,6 +67,13 @@ async def child(broker: str, store_url: str, machines: int, timeout: float) -> d
         return await latest(tenant, chassis, msg_type)
 
     store.latest_ts = counted  # type: ignore[method-assign]
+    rows = store._latest_rows  # one query of latest_many (up to 500 machines)
+
+    async def counted_rows(tenant: str, chassis: Any) -> Any:
+        reads[0] += 1
+        return await rows(tenant, chassis)
+
+    store._latest_rows = counted_rows  # type: ignore[method-assign]
     pubsub = MemoryPubSub(f"memory://{uuid.uuid4().hex}")
     await pubsub.start()
     known: set[str] = set()

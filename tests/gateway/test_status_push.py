@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from livedata.metadata import Metadata
 from livedata.store.memory import MemoryStore
 from tests.devices.contract import until
 from tests.servers.mosquitto import Mosquitto, start_mosquitto
+from tests.store.contract import T0, rec
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +42,10 @@ class CountingStore(MemoryStore):
     async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
         self.latest_reads += 1
         return await super().latest_ts(tenant, chassis, msg_type)
+
+    async def _latest_rows(self, tenant: str, chassis: Sequence[str]) -> list[tuple[str, str, int]]:
+        self.latest_reads += 1  # one read of latest_many (up to LATEST_MANY_MAX machines)
+        return await super()._latest_rows(tenant, chassis)
 
 
 class Setup:
@@ -92,7 +97,7 @@ def machine(broker: Mosquitto, tenant: str, chassis: str, on: bool) -> MqttDevic
 async def test_a_machine_coming_online_is_pushed_once_with_its_realtime_state(
     broker: Mosquitto, setup: Setup
 ) -> None:
-    """Online: one device-update carrying presence and the getStatus answer; two store reads."""
+    """Online: one device-update carrying presence and the getStatus answer; one store read."""
     device = machine(broker, setup.tenant, "M1", on=True)
     await device.connect()
     try:
@@ -101,7 +106,7 @@ async def test_a_machine_coming_online_is_pushed_once_with_its_realtime_state(
         (update,) = setup.of("M1")
         assert update["status"] == "online" and update["realtime"] == "on"
         assert setup.rows[-1]["CONNECTED"] is True and setup.rows[-1]["REALTIME"] == "on"
-        assert setup.store.latest_reads == 2  # the push's last-seen: one read per message type
+        assert setup.store.latest_reads == 1  # the push's last-seen: one latest_many
     finally:
         await device.close()
 
@@ -115,4 +120,44 @@ async def test_a_machine_going_offline_is_pushed_at_once(broker: Mosquitto, setu
     await device.close()
     await until(lambda: setup.of("M2")[-1]["status"] == "offline")
     assert setup.of("M2")[-1]["realtime"] == "unknown"
-    assert setup.store.latest_reads == 4
+    assert setup.store.latest_reads == 2
+
+
+async def test_statuses_asked_together_are_read_from_the_store_at_once(setup: Setup) -> None:
+    """Last-seen of many machines asked at once: one store read per organisation, each its own."""
+    other = f"o{uuid.uuid4().hex[:8]}"
+    await setup.store.write(
+        [rec(setup.tenant, T0 + i, {"a": i}, chassis=f"M{i}") for i in range(1, 40)]
+        + [rec(setup.tenant, T0 + 99, {"b": 1}, chassis="M7", msg_type="client_raw_data")]
+        + [rec(other, T0 + 5, {"a": 1}, chassis="M7")]
+    )
+    asked = [(setup.tenant, f"M{i}") for i in range(60)] + [(other, "M7"), (other, "M8")]
+    states = await asyncio.gather(
+        *(setup.service.status(org, chassis, probe=False) for org, chassis in asked)
+    )
+    assert setup.store.latest_reads == 2
+    seen = {(org, s["deviceId"]): s["lastSeen"] for (org, _), s in zip(asked, states, strict=True)}
+    assert seen[(setup.tenant, "M0")] is None and seen[(setup.tenant, "M39")] == T0 + 39
+    assert seen[(setup.tenant, "M7")] == T0 + 99 and seen[(other, "M7")] == T0 + 5
+    assert seen[(other, "M8")] is None and seen[(setup.tenant, "M50")] is None
+    assert [s["connected"] for s in states] == [False] * len(asked)
+
+
+async def test_a_failed_batch_read_fails_its_callers_and_the_next_reads_anew(setup: Setup) -> None:
+    """A store error reaches every status of that batch; statuses asked after it read again."""
+    await setup.store.write([rec(setup.tenant, T0 + 1, {"a": 1}, chassis="M1")])
+    failing = setup.store._latest_rows
+
+    async def broken(tenant: str, chassis: Sequence[str]) -> list[tuple[str, str, int]]:
+        setup.store.latest_reads += 1
+        raise OSError("store down")
+
+    setup.store._latest_rows = broken  # type: ignore[method-assign]
+    first = await asyncio.gather(
+        *(setup.service.status(setup.tenant, c, probe=False) for c in ("M1", "M2")),
+        return_exceptions=True,
+    )
+    assert [type(e) for e in first] == [OSError, OSError] and setup.store.latest_reads == 1
+    setup.store._latest_rows = failing  # type: ignore[method-assign]
+    again = await setup.service.status(setup.tenant, "M1", probe=False)
+    assert again["lastSeen"] == T0 + 1 and setup.store.latest_reads == 2

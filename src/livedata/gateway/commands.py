@@ -36,12 +36,12 @@ realtime}`` by every gateway: the change is published on the pub/sub channel
 also in the process that made it.
 
 Under stress (a whole fleet connecting at once, as at a broker's or this link's start):
-each push reads the machine's newest record time from the store (one query per message
-type), and nothing else of a status change reads the store: a probe asks only the
-device, so a fleet coming online costs one ``getStatus``, one push and two store
-queries per machine (before: two pushes and six queries; 2,000 machines connecting kept
-the gateway at 20-30 % of a core and ClickHouse at 60-97 % for about 30 s, now about
-10 s: ``bench/README.md``, *bench_status.py*).
+each push needs the machine's newest record time, and nothing else of a status change
+reads the store: a probe asks only the device.  The pushes of a burst read those times
+together (:class:`LastSeenReads`: one ``latest_many`` per organisation and 20 ms, at
+most 500 machines a query), so a fleet coming online costs one ``getStatus`` and one
+push per machine and a few store queries in all (before: two store queries per
+machine, before that two pushes and six: ``bench/README.md``, *bench_status.py*).
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ from livedata.gateway.relay import OrgRelay, publish_event
 from livedata.gateway.security import principal_of
 from livedata.gateway.state import gateway_of
 from livedata.metadata.commands import MAX_LIST, CommandLog, command_dict
-from livedata.model import MsgType
 
 if TYPE_CHECKING:
     from livedata.bus.base import PubSub
@@ -79,6 +78,8 @@ STATUS_PROBE_TIMEOUT_S = 2.0
 SENDING_WINDOW_MS = 10_000
 """A machine whose newest record is this recent is ``online`` (it sends), link or not."""
 PROBE_EVERY_S = 60.0
+LAST_SEEN_WINDOW_S = 0.02
+"""How long a status waits for others to read the store together (:class:`LastSeenReads`)."""
 
 
 def status_channel(org: str) -> str:
@@ -92,6 +93,73 @@ class MethodBody(BaseModel):
     payload: Any = None
     responseTimeoutInSeconds: int = Field(30, ge=5, le=300)
     connectTimeoutInSeconds: int = Field(0, ge=0, le=300)
+
+
+class LastSeenReads:
+    """The newest stored record time of machines, asked one at a time and read in batches.
+
+    Every :meth:`get` made within :data:`LAST_SEEN_WINDOW_S` of the first one waiting
+    (and while a batch is being read) is read with one :meth:`Store.latest_many` per
+    organisation.  Under stress (a fleet coming online at once: each machine's push asks
+    for its own) a burst of thousands of machines costs a handful of store queries, not
+    two per machine; a read that fails fails each of its batch's callers (as its own read
+    would have) and the next batch reads anew.  Pending machines are bounded by the
+    callers waiting (one entry per machine and organisation)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pending: dict[str, dict[str, list[asyncio.Future[int | None]]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def get(self, org: str, chassis: str) -> int | None:
+        """The machine's newest record time (ms), None when it has stored none."""
+        waiter: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(org, {}).setdefault(chassis, []).append(waiter)
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read())
+        return await waiter
+
+    async def _read(self) -> None:
+        batch: dict[str, dict[str, list[asyncio.Future[int | None]]]] = {}
+        try:
+            while self._pending:
+                await asyncio.sleep(LAST_SEEN_WINDOW_S)
+                batch, self._pending = self._pending, {}
+                for org, waiting in batch.items():
+                    await self._answer(org, waiting)
+        finally:  # cancelled (shutdown): nobody waits for ever
+            self._reader = None
+            for waiting in [*batch.values(), *self._pending.values()]:
+                _settle(waiting, None, asyncio.CancelledError())
+            self._pending = {}
+
+    async def _answer(self, org: str, waiting: dict[str, list[asyncio.Future[int | None]]]) -> None:
+        try:
+            newest = await self.store.latest_many(org, waiting)
+        except Exception as exc:
+            _settle(waiting, None, exc)
+            return
+        for chassis, waiters in waiting.items():
+            seen = newest.get(chassis, {}).values()
+            _settle({chassis: waiters}, max(seen) if seen else None, None)
+
+
+def _settle(
+    waiting: dict[str, list[asyncio.Future[int | None]]],
+    value: int | None,
+    error: BaseException | None,
+) -> None:
+    """Answer every still waiting caller with ``value``, or ``error`` when given."""
+    for waiters in waiting.values():
+        for waiter in waiters:
+            if waiter.done():
+                continue  # its caller was cancelled
+            if error is None:
+                waiter.set_result(value)
+            elif isinstance(error, asyncio.CancelledError):
+                waiter.cancel()
+            else:
+                waiter.set_exception(error)
 
 
 class StatusService:
@@ -115,13 +183,14 @@ class StatusService:
         self.realtime: dict[tuple[str, str], str] = {}
         self._probed: dict[tuple[str, str], float] = {}
         self._probes: set[asyncio.Task[Any]] = set()
+        self._last_seen = LastSeenReads(store)
         self.relay = OrgRelay(hub, meta, "status", status_channel, self.deliver)
         """Status changes of every organisation to this gateway's pages (a supervised task)."""
 
     async def last_seen(self, org: str, chassis: str) -> int | None:
-        seen = [await self.store.latest_ts(org, chassis, t.value) for t in MsgType]
-        known = [ts for ts in seen if ts is not None]
-        return max(known) if known else None
+        """The machine's newest stored record time (ms), None without one; read together
+        with the other machines asked meanwhile (:class:`LastSeenReads`)."""
+        return await self._last_seen.get(org, chassis)
 
     def note_result(self, org: str, chassis: str, payload: Any) -> bool:
         """Remember ``realtime`` from a device's answer; whether it changed."""
