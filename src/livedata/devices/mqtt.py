@@ -71,8 +71,8 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     not the store's batching, decides the batch size.  The default 5000 leaves room for
     2,000+ messages/s per link against ClickHouse's 1 s; at 1000 a ClickHouse insert
     had 1,000 records several times a second (``bench/bench_cluster.py --machines 2000
-    --ingest 2``: 2,449 records per insert at 5000 with 1 s, ClickHouse's CPU per
-    record 0.60x; ingest's RSS about 30 MiB more).
+    --ingest 2``, 3 rounds: 2,182-2,449 records per insert at 5000 with 1 s,
+    ClickHouse's CPU per record 0.56-0.60x; ingest's RSS -20 to +40 MiB).
 ``client_id``, ``session_expiry`` (3600 when ``client_id`` is given, else 0)
     with a ``client_id`` the link keeps a persistent session (``clean_start`` off);
     see acknowledgement below.
