@@ -34,6 +34,7 @@ from livedata.errors import BackendError, ConfigError
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, Kind, MsgType
 from livedata.pipeline.ingest import Ingest, consume_devices
+from livedata.store.clickhouse import ClickHouseStore
 from livedata.store.memory import MemoryStore
 from tests.devices.contract import TS, can_message, raw_message, until
 from tests.servers import free_port
@@ -469,6 +470,15 @@ def test_url_errors_do_not_show_the_password(url: str) -> None:
         with pytest.raises(ConfigError) as caught:
             make(url)
         assert "s3cret" not in str(caught.value) and "ingest:***@" in str(caught.value)
+
+
+def test_default_window_leaves_clickhouse_batches_to_its_batch_ms() -> None:
+    """The default inflight (the link's window) holds 2,000 messages/s for ClickHouse's
+    batch_ms and more, so at that rate the store's linger, not the window, ends a batch."""
+    link = MqttDeviceLink("mqtt://h")
+    assert link.inflight == link.window == 5000
+    assert link.window > 2000 * ClickHouseStore.batch_ms / 1000
+    assert MqttDeviceLink("mqtt://h?inflight=7").window == 7
 
 
 def test_plain_subscription_and_partitions_split_the_machines() -> None:

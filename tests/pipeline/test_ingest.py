@@ -166,7 +166,7 @@ async def test_a_full_batch_ends_the_log_linger(parts) -> None:
 
 def test_batch_bounds_default_to_the_stores_own(tmp_path: Path) -> None:
     """Without settings, ingest batches as the store prefers: ClickHouse long, SQLite short."""
-    assert (ClickHouseStore.batch_ms, ClickHouseStore.batch_max) == (500.0, 10_000)
+    assert (ClickHouseStore.batch_ms, ClickHouseStore.batch_max) == (1000.0, 10_000)
     assert (SQLiteStore.batch_ms, MemoryStore.batch_ms) == (50.0, 50.0)
     catalog = Catalog(Metadata(f"sqlite:///{tmp_path}/meta.db"))
     log = MemoryLog(f"memory://{uuid.uuid4().hex}")

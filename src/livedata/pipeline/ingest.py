@@ -23,7 +23,7 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
   (measured: 4x less CPU and disk per record in SQLite) -- then makes the batch
   durable.  Both bounds default to the store's own (:attr:`Store.batch_max
   <livedata.store.base.Store.batch_max>`, :attr:`~livedata.store.base.Store.batch_ms`:
-  50 ms for SQLite, memory and PostgreSQL, 500 ms for ClickHouse).  The writer also
+  50 ms for SQLite, memory and PostgreSQL, 1 s for ClickHouse).  The writer also
   stops waiting once ``ack_window`` deliveries wait for their acknowledgement: a link
   that sends at most that many unacknowledged (MQTT's ``inflight``) sends nothing more
   until some are acknowledged, so waiting longer would only cap its rate at
