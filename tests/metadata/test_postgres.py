@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from livedata.metadata import Metadata
 from tests.metadata.contract import MetadataContract
 from tests.servers.postgres import PostgresServer, start_postgres
 
@@ -24,3 +26,18 @@ class TestPostgresMetadata(MetadataContract):
 
     def make_url(self) -> str:
         return self.server.url()
+
+
+async def test_a_restarted_server_costs_no_failed_call(postgres: PostgresServer) -> None:
+    """After PostgreSQL restarts, the next metadata call works (the pool's dead connection
+    is replaced at checkout, not handed to the call)."""
+    meta = Metadata(postgres.url())
+    await meta.start()
+    try:
+        org = f"org-{uuid.uuid4().hex[:10]}"
+        await meta.ensure_org(org, "Before")
+        postgres.restart()
+        await meta.ensure_org(org, "After")  # failed with "connection is closed" before
+        assert org in [o.id for o in await meta.list_orgs()]
+    finally:
+        await meta.close()

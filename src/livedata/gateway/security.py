@@ -54,6 +54,7 @@ from livedata.auth import Principal
 from livedata.auth import credentials as cred
 from livedata.auth.limits import ConnectionCount, LoginThrottle, SlidingWindow
 from livedata.auth.policy import LOGIN_PAGE, Access, Rule, rule_for
+from livedata.errors import BackendError
 from livedata.gateway.server import send_error
 from livedata.metadata.accounts import Accounts
 
@@ -374,7 +375,10 @@ class SecurityMiddleware:
         if rule.access is Access.device:
             return await self._device(scope, receive, send, rule, headers)
         live = is_ws or path.startswith("/db/watch/")
-        principal = await sec.authenticate(headers, query, live)
+        try:
+            principal = await sec.authenticate(headers, query, live)
+        except BackendError as exc:  # the metadata database is down: not the client's fault
+            return await refuse(503, "unavailable", f"cannot check credentials now: {exc}")
         if rule.access is Access.page:
             if principal is None:
                 target = path + (

@@ -85,7 +85,12 @@ class Metadata:
         self.url = url
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_async_engine(async_url(url))
+        # a server database restarted (or a connection dropped by a proxy) leaves dead
+        # connections in the pool: each is checked on checkout (one round trip) and
+        # replaced, instead of failing the first request that draws it
+        self.engine = create_async_engine(
+            async_url(url), pool_pre_ping=not url.startswith("sqlite")
+        )
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
