@@ -57,6 +57,7 @@ from livedata.auth.policy import LOGIN_PAGE, Access, Rule, rule_for
 from livedata.errors import BackendError
 from livedata.gateway.server import send_error
 from livedata.metadata.accounts import Accounts
+from livedata.ratelog import Throttled
 
 if TYPE_CHECKING:
     from livedata.gateway.gateway import Supervisor
@@ -64,6 +65,8 @@ if TYPE_CHECKING:
     from livedata.settings import Settings
 
 log = logging.getLogger("livedata.security")
+_UNCHECKED = Throttled(log)
+"""Requests whose credentials the metadata database could not check (logged once a minute)."""
 
 SESSION_COOKIE = "livedata_session"
 CSRF_COOKIE = "livedata_csrf"
@@ -378,7 +381,8 @@ class SecurityMiddleware:
         try:
             principal = await sec.authenticate(headers, query, live)
         except BackendError as exc:  # the metadata database is down: not the client's fault
-            return await refuse(503, "unavailable", f"cannot check credentials now: {exc}")
+            _UNCHECKED.failed("metadata", "cannot check credentials: %s", str(exc))
+            return await refuse(503, "unavailable", "credentials cannot be checked now; retry")
         if rule.access is Access.page:
             if principal is None:
                 target = path + (
