@@ -116,6 +116,8 @@ class Metadata:
             raise Conflict(f"conflicts with stored data: {exc.orig}") from exc
         except SQLAlchemyError as exc:
             raise BackendError(f"metadata database error: {exc}") from exc
+        except OSError as exc:  # the driver's connect, e.g. refused while the server restarts
+            raise BackendError(f"metadata database unreachable: {exc}") from exc
         except OverflowError as exc:  # an id beyond the column (SQLite: 64 bits): the caller's
             raise InputError(f"a number is out of range: {exc}") from exc
 
