@@ -32,20 +32,24 @@ def server(tmp_path_factory: pytest.TempPathFactory, postgres: PostgresServer) -
     stop(demo)
 
 
+def _unknown() -> dict[str, str]:
+    """A token never seen (each is looked up in the database, not in a cache)."""
+    return {"Authorization": f"Bearer {cred.TOKEN_PREFIX}{secrets.token_hex(16)}"}
+
+
 def test_unverifiable_credentials_get_503_and_the_restarted_database_serves_again(
     server: Server, postgres: PostgresServer
 ) -> None:
     """A token the gateway must look up while PostgreSQL is stopped gets 503 ``unavailable``;
     once PostgreSQL is back, the very next request is answered from it (401: unknown)."""
-    unknown = {"Authorization": f"Bearer {cred.TOKEN_PREFIX}{secrets.token_hex(16)}"}
     url = f"{server.url}/api/resources/demo/machines"
-    assert httpx.get(url, headers=unknown, timeout=30).status_code == 401
+    assert httpx.get(url, headers=_unknown(), timeout=30).status_code == 401
     postgres.stop()
     try:
-        down = httpx.get(url, headers=unknown, timeout=30)
+        down = httpx.get(url, headers=_unknown(), timeout=30)
         assert down.status_code == 503, down.text
         assert down.json()["error"]["code"] == "unavailable"
         assert "SELECT" not in down.text and "token" not in down.text.lower()  # no details
     finally:
         postgres.start()
-    assert httpx.get(url, headers=unknown, timeout=30).status_code == 401
+    assert httpx.get(url, headers=_unknown(), timeout=30).status_code == 401
