@@ -275,28 +275,57 @@ async def test_presence_follows_connect_close_and_lost_connection(
     await changes.aclose()
 
 
+@pytest.fixture
+async def own(tmp_path: Path, parts: Links) -> AsyncIterator[Mosquitto]:
+    """A broker of the test's own (its queues start empty); the test's links close first."""
+    server = start_mosquitto(tmp_path / "broker")
+    yield server
+    await parts.close()
+    server.stop()
+
+
+async def link_with_queued(
+    own: Mosquitto, parts: Links, tenant: str, *, inflight: int, count: int
+) -> MqttDeviceLink:
+    """A link with ``inflight``, then ``count`` messages of machine M1 published (ts TS + i)."""
+    link = await parts.link(link_url(own, inflight=inflight))
+    topic = telemetry_topic(tenant, "M1", "client_raw_data")
+    for i in range(count):
+        await publish(own, topic, encode(raw_message(tenant, "M1", TS + i)))
+    return link
+
+
 async def test_link_holds_unacknowledged_messages_in_flight(
-    tmp_path: Path, parts: Links, tenant: str
+    own: Mosquitto, parts: Links, tenant: str
 ) -> None:
     """Nothing is acknowledged before ack(): with inflight=3 the broker sends 3 and holds the rest."""
-    own = start_mosquitto(tmp_path / "broker")
-    try:
-        link = await parts.link(link_url(own, inflight=3))
-        topic = telemetry_topic(tenant, "M1", "client_raw_data")
-        for i in range(6):
-            await publish(own, topic, encode(raw_message(tenant, "M1", TS + i)))
-        first = [await parts.next(link) for _ in range(3)]
-        await parts.nothing(link)
-        for item in first:
-            assert item.ack is not None
-            await item.ack()
-        rest = [await parts.next(link) for _ in range(3)]
-        assert [i.message.ts for i in (*first, *rest) if isinstance(i, Delivery)] == [
-            TS + i for i in range(6)
-        ]
-    finally:
-        await parts.close()
-        own.stop()
+    link = await link_with_queued(own, parts, tenant, inflight=3, count=6)
+    first = [await parts.next(link) for _ in range(3)]
+    await parts.nothing(link)
+    for item in first:
+        assert item.ack is not None
+        await item.ack()
+    rest = [await parts.next(link) for _ in range(3)]
+    assert [i.message.ts for i in (*first, *rest) if isinstance(i, Delivery)] == [
+        TS + i for i in range(6)
+    ]
+
+
+async def test_an_acknowledgement_waits_for_those_of_older_messages(
+    own: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """A message acknowledged before an older one is PUBACKed only after it: the broker sees them in order."""
+    link = await link_with_queued(own, parts, tenant, inflight=2, count=4)
+    older, newer = await parts.next(link), await parts.next(link)
+    assert newer.ack is not None and older.ack is not None
+    await newer.ack()
+    await parts.nothing(link)  # no PUBACK yet, so the broker sends nothing more
+    assert len(link._order) == 2
+    await older.ack()  # both PUBACKs go out, in order, and the broker sends the rest
+    rest = [await parts.next(link), await parts.next(link)]
+    assert [i.message.ts for i in (older, newer, *rest) if isinstance(i, Delivery)] == [
+        TS + i for i in range(4)
+    ]
 
 
 async def test_unacknowledged_message_is_redelivered_to_the_restarted_member(

@@ -82,10 +82,15 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
 Acknowledgement.  aiomqtt 2.5 has no manual-ack API (empicano/aiomqtt#345, open), but
 the paho-mqtt 2 client under it does (``manual_ack_set`` / ``ack``); the link turns it
 on, so a QoS 1 message is PUBACKed only when ingest awaits the delivery's ``ack`` —
-after its record is durable (store or spill journal) and in the log.  The PUBACKs of one
-event-loop turn are written together (one paho packet of 4-byte PUBACKs:
-the acknowledgements ingest makes after one store write go out in one write).  Until then the message is in flight
-and counts against ``inflight``.  What the broker does with unacknowledged messages
+after its record is durable (store or spill journal) and in the log.  PUBACKs go out in
+the order the messages were received, as MQTT 5 (4.6) requires: one acknowledged
+before an older message (a rejection, or what the link acknowledges itself: presence,
+method answers, another partition's machines) waits until that one is acknowledged
+too, since Mosquitto pays for a PUBACK out of order with a walk past every older
+unacknowledged message (:meth:`MqttDeviceLink._flush_acks`).  The PUBACKs of one
+event-loop turn are written together (one paho packet of 4-byte PUBACKs: the
+acknowledgements ingest makes after one store write go out in one write).  Until then
+the message is in flight and counts against ``inflight``.  What the broker does with unacknowledged messages
 when a link dies (measured on Mosquitto 2.0.11):
 
 - without ``client_id`` (clean session): they are **dropped** with the session;
@@ -372,8 +377,10 @@ class _Listener:
 class _Ack:
     """PUBACKs one message, once, if the connection it came on is still the link's.
 
-    The PUBACK is not written at once: the link gathers the acknowledgements of one
-    event-loop turn and queues them to paho as one write (:meth:`MqttDeviceLink._flush_acks`).
+    Made for every PUBLISH the link receives, in the order received; one at QoS 1 or 2
+    takes its place in the link's delivery order (:meth:`MqttDeviceLink._flush_acks`):
+    its PUBACK goes out only after those of every message received before it, as
+    MQTT 5 (4.6) requires and as Mosquitto's PUBACK handling is fast with.
     """
 
     __slots__ = ("_client", "_done", "_link", "_mid", "_qos")
@@ -384,12 +391,18 @@ class _Ack:
         self._mid = mid
         self._qos = qos
         self._done = False
+        if qos and link._receiving is client:
+            link._order.append(self)
 
     async def __call__(self) -> None:
+        self.now()
+
+    def now(self) -> None:
+        """Acknowledge without waiting (the link's own messages: presence, method answers)."""
         if self._done or self._qos == 0:
             return
         self._done = True
-        self._link._queue_ack(self._client, self._mid)
+        self._link._acked(self._client)
 
 
 _PUBACK = int(paho.PUBACK)
@@ -639,10 +652,9 @@ class MqttDeviceLink(DeviceLink):
         """Acknowledgements skipped because their connection had been replaced."""
         self._inbox: deque[Delivery | Rejection] = deque()
         self._inbox_ready = asyncio.Event()
-        self._acks: list[int] = []
-        """Message ids to PUBACK at the end of this event-loop turn, in order."""
-        self._ack_client: aiomqtt.Client | None = None
-        """The connection those ids came on."""
+        self._order: deque[_Ack] = deque()
+        """The QoS 1/2 messages of the connection being read whose PUBACK has not been
+        written, in the order received (:meth:`_flush_acks`)."""
         self._ack_scheduled = False
         self._fast: _FastReceive | None = None
         self._routes: dict[bytes, Any] = {}
@@ -694,7 +706,7 @@ class MqttDeviceLink(DeviceLink):
         if task is not None:
             await cancel_and_wait(task)
         self._client = None
-        self._receiving = None
+        self._read_from(None)
         self._connected.clear()
 
     def _make_client(self) -> aiomqtt.Client:
@@ -731,7 +743,7 @@ class MqttDeviceLink(DeviceLink):
             client = self._make_client()
             try:
                 async with client:
-                    self._receiving = client
+                    self._read_from(client)
                     if self.receive_telemetry:
                         await client.subscribe(self.share_filter, qos=1)
                     await client.subscribe(STATUS_FILTER, qos=1)
@@ -774,7 +786,7 @@ class MqttDeviceLink(DeviceLink):
                 self._last_error = str(exc) or type(exc).__name__
             finally:
                 if self._receiving is client:
-                    self._receiving = None
+                    self._read_from(None)
                 if self._client is client:
                     self._client = None
                     self._connected.clear()
@@ -795,25 +807,25 @@ class MqttDeviceLink(DeviceLink):
         items: list[Delivery | Rejection] = []
         rejected = 0
         for first, raw, payload, mid in packets:
+            ack = _Ack(self, client, mid, (first >> 1) & 3)
             route = routes.get(raw) if not first & 0x01 else None  # type: ignore[arg-type]
             if route is None:  # not a telemetry topic seen before, or retained
-                item = self._receive(client, raw or b"", payload, mid, first)
+                item = self._receive(raw or b"", payload, ack, first)
                 if item is None:
                     continue
             elif route is _OTHER_PARTITION:
                 self.partitioned_out += 1
-                self._queue_ack(client, mid, (first >> 1) & 3)
+                ack.now()
                 continue
             else:
                 tenant, chassis, msg_type = route
-                ack = _Ack(self, client, mid, (first >> 1) & 3)
                 try:
                     item = Delivery(decode(tenant, chassis, msg_type, payload), ack)
                 except DecodeError as exc:
                     item = Rejection(tenant, chassis, str(exc), ack)
                 except Exception:  # a bug here must not stop the link nor hold the message
                     log.exception("decoding MQTT telemetry of %s/%s failed", tenant, chassis)
-                    self._queue_ack(client, mid, (first >> 1) & 3)
+                    ack.now()
                     continue
             if item.__class__ is Rejection:
                 rejected += 1
@@ -825,31 +837,30 @@ class MqttDeviceLink(DeviceLink):
             self._inbox_ready.set()
 
     def _receive(
-        self, client: aiomqtt.Client, raw: bytes, payload: bytes, mid: int, first: int
+        self, raw: bytes, payload: bytes, ack: _Ack, first: int
     ) -> Delivery | Rejection | None:
         """One PUBLISH whose topic is not a known telemetry topic (or that is retained):
         presence, a method answer, or telemetry (then its topic is remembered)."""
-        qos, retain = (first >> 1) & 3, bool(first & 0x01)
-        ack = _Ack(self, client, mid, qos)
+        retain = bool(first & 0x01)
         topic = raw.decode("utf-8", "replace")
         try:
             if topic.count("/") == 3 and topic.endswith("/status"):
                 self._presence(topic, payload, retain)
-                self._queue_ack(client, mid, qos)
+                ack.now()
                 return None
             if "/methods/" in topic:
                 self._method_response(topic, payload)
-                self._queue_ack(client, mid, qos)
+                ack.now()
                 return None
             if self._other_partition(topic):
                 self.partitioned_out += 1
                 self._remember(raw, _OTHER_PARTITION)
-                self._queue_ack(client, mid, qos)
+                ack.now()
                 return None
             item = self._telemetry(topic, payload, ack, retained=retain)
         except Exception:  # a bug here must not stop the link; do not hold the message forever
             log.exception("handling MQTT message on %r failed", topic[:200])
-            self._queue_ack(client, mid, qos)
+            ack.now()
             return None
         if isinstance(item, Delivery):
             message = item.message
@@ -863,31 +874,45 @@ class MqttDeviceLink(DeviceLink):
             self._routes.clear()
         self._routes[raw] = route
 
-    def _queue_ack(self, client: aiomqtt.Client, mid: int, qos: int = 1) -> None:
-        """PUBACK ``mid`` at the end of this event-loop turn, with the others of the turn."""
-        if qos == 0:
-            return
+    def _read_from(self, client: aiomqtt.Client | None) -> None:
+        """Make ``client`` the connection being read, with an empty delivery order
+        (acknowledgements still waiting on the one before count as stale)."""
+        self.stale_acks += sum(1 for ack in self._order if ack._done)
+        self._order = deque()
+        self._receiving = client
+
+    def _acked(self, client: aiomqtt.Client) -> None:
+        """A message of ``client`` was acknowledged: flush at the end of this event-loop turn."""
         if self._receiving is not client:
             self.stale_acks += 1  # that connection is gone: nothing to acknowledge on
             return
-        if self._ack_client is not client:
-            self._acks = []
-            self._ack_client = client
-        self._acks.append(mid)
         if not self._ack_scheduled:
             self._ack_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_acks)
 
     def _flush_acks(self) -> None:
-        """Queue the turn's PUBACKs to paho as one write (4 bytes each, in order)."""
+        """Queue to paho, as one write (4 bytes each), the PUBACKs of the acknowledged
+        messages at the head of the delivery order: a message acknowledged before one
+        received earlier waits for it.
+
+        Why the order matters to the broker: Mosquitto 2.0 keeps a client's unacknowledged
+        messages in one list in the order sent and looks a PUBACK's id up from the head
+        (``db__message_delete_outgoing``), so a PUBACK out of order walks past every
+        older unacknowledged message -- with a backlog, thousands of them, as 2.0.11
+        moves up to ``inflight`` queued messages into that list per PUBACK.  In order
+        each lookup ends at the head.  Ingest acknowledges in arrival order; what it
+        acknowledges early (a rejected message) and what the link acknowledges itself
+        (presence, method answers, another partition's machines) waits here instead,
+        at most until the older messages are acknowledged."""
         self._ack_scheduled = False
-        mids, self._acks = self._acks, []
-        client = self._ack_client
-        if not mids or client is None:
+        client = self._receiving
+        order = self._order
+        if client is None or not order or not order[0]._done:
             return
-        if self._receiving is not client:
-            self.stale_acks += len(mids)
-            return
+        popleft = order.popleft
+        mids = []
+        while order and order[0]._done:
+            mids.append(popleft()._mid)
         packet = b"".join(_PUBACK_PACKET.pack(_PUBACK, 2, mid) for mid in mids)
         rc = client._client._packet_queue(_PUBACK, packet, 0, 0)
         if rc != paho.MQTT_ERR_SUCCESS:  # the connection is going: the broker redelivers
