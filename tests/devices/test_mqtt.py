@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import aiomqtt
@@ -33,7 +33,7 @@ from livedata.devices.mqtt import (
 from livedata.errors import BackendError, ConfigError
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, Kind, MsgType
-from livedata.pipeline.ingest import Ingest, consume_devices
+from livedata.pipeline.ingest import Ingest, Outcome, consume_devices
 from livedata.store.clickhouse import ClickHouseStore
 from livedata.store.memory import MemoryStore
 from tests.devices.contract import TS, can_message, raw_message, until
@@ -760,3 +760,47 @@ async def test_partitions_take_their_machines_and_acknowledge_the_others(
         assert sorted(seen[i]) == sorted((m, ts) for m in mine for ts in (TS, TS + 1000))
         assert link.partitioned_out == 2 * (len(machines) - len(mine))
     assert sorted(c for c, _ in seen[0] + seen[1]) == sorted(machines * 2)
+
+
+class _FailsOnce(Ingest):
+    """Ingest whose first ``handle_many`` raises, as a backend error nobody mapped would."""
+
+    failed = 0
+
+    async def handle_many(self, deliveries: Sequence[Delivery | Rejection]) -> list[Outcome]:
+        if not self.failed:
+            self.failed += 1
+            raise RuntimeError("unmapped driver error")
+        return await super().handle_many(deliveries)
+
+
+async def test_a_batch_whose_handling_failed_is_handed_in_again(
+    broker: Mosquitto, tmp_path: Path, tenant: str
+) -> None:
+    """A batch whose handling raised is retried, not dropped: its deliveries are stored and
+    acknowledged, and the link (inflight=3, acknowledging in arrival order) goes on."""
+    meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
+    await meta.start()
+    await meta.ensure_org(tenant, "Retry")
+    await meta.upsert_machine(tenant, "M1", "Loader", "WL")
+    store = MemoryStore(f"memory://{uuid.uuid4().hex}")
+    ingest = _FailsOnce(store, MemoryLog(f"memory://{uuid.uuid4().hex}"), Catalog(meta))
+    link = MqttDeviceLink(link_url(broker, inflight=3))
+    await link.start()
+    tasks = [asyncio.create_task(ingest.run()), asyncio.create_task(consume_devices(ingest, link))]
+    try:
+        topic = telemetry_topic(tenant, "M1", "client_raw_data")
+        for i in range(9):
+            await publish(broker, topic, encode(raw_message(tenant, "M1", TS + i)))
+        async with asyncio.timeout(20):
+            while ingest.written < 9:  # noqa: ASYNC110 - the store confirms in the writer task
+                await asyncio.sleep(0.05)
+        assert ingest.failed == 1
+        stored = await store.query(tenant, "M1", "client_raw_data", ["cpu_usage"], TS, TS + 20)
+        assert [ts for ts, _ in stored["cpu_usage"]] == [TS + i for i in range(9)]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await link.close()
+        await meta.close()

@@ -970,11 +970,33 @@ async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
 
     The link's :attr:`~livedata.devices.base.DeviceLink.window` narrows
     :attr:`Ingest.ack_window`, so a store batch never waits for messages the link cannot
-    send before an acknowledgement."""
+    send before an acknowledgement.
+
+    A batch whose handling fails unexpectedly (a backend error nobody mapped, a bug) is
+    handed in again with backoff (0.5 s … 5 s) until it is taken, logged once a minute:
+    dropping it would leave its deliveries unacknowledged for good, and the MQTT link
+    acknowledges in arrival order, so every later message would wait behind them."""
     window = link.window
     if window is not None:
         current = ingest.ack_window
         ingest.ack_window = window if current is None else min(current, window)
+    failures = Throttled(logging.getLogger("livedata.ingest"))
     with observe.log_context(role="ingest"):
         async for batch in link.batches(ingest.batch_max):
-            link.settle(batch, await ingest.handle_many(batch))
+            delays = backoff(0.5, 5.0)
+            while True:
+                try:
+                    outcomes = await ingest.handle_many(batch)
+                except Exception as exc:
+                    failures.failed(
+                        "handle",
+                        "handling a batch of %d deliveries failed, retrying: %r",
+                        len(batch),
+                        exc,
+                        level=logging.ERROR,
+                    )
+                    await asyncio.sleep(next(delays))
+                    continue
+                failures.recovered("handle", "batches are handled again")
+                break
+            link.settle(batch, outcomes)
