@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import orjson
@@ -649,31 +651,45 @@ async def test_a_long_batch_age_does_not_hold_a_link_at_its_window(
 ) -> None:
     """inflight=3, store_batch_ms of an hour: 12 messages are still stored and acknowledged,
     because a batch is written as soon as the link's window waits for acknowledgements."""
+    async with _ingesting(broker, tmp_path, tenant, Ingest, linger=3600) as ingest:
+        await _publish_and_store(broker, ingest, tenant, 12)
+        assert ingest.ack_window == 3
+
+
+@contextlib.asynccontextmanager
+async def _ingesting(
+    broker: Mosquitto, tmp_path: Path, tenant: str, kind: type[Ingest], **options: Any
+) -> AsyncIterator[Ingest]:
+    """``kind`` (an Ingest) on a memory store and log, fed by an MQTT link with inflight=3."""
     meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
     await meta.start()
     await meta.ensure_org(tenant, "Window")
     await meta.upsert_machine(tenant, "M1", "Loader", "WL")
     store = MemoryStore(f"memory://{uuid.uuid4().hex}")
-    ingest = Ingest(store, MemoryLog(f"memory://{uuid.uuid4().hex}"), Catalog(meta), linger=3600)
+    ingest = kind(store, MemoryLog(f"memory://{uuid.uuid4().hex}"), Catalog(meta), **options)
     link = MqttDeviceLink(link_url(broker, inflight=3))
     await link.start()
     tasks = [asyncio.create_task(ingest.run()), asyncio.create_task(consume_devices(ingest, link))]
     try:
-        topic = telemetry_topic(tenant, "M1", "client_raw_data")
-        for i in range(12):
-            await publish(broker, topic, encode(raw_message(tenant, "M1", TS + i)))
-        async with asyncio.timeout(15):
-            while ingest.written < 12:  # noqa: ASYNC110 - the store confirms in the writer task
-                await asyncio.sleep(0.05)
-        assert ingest.ack_window == 3
-        stored = await store.query(tenant, "M1", "client_raw_data", ["cpu_usage"], TS, TS + 20)
-        assert [ts for ts, _ in stored["cpu_usage"]] == [TS + i for i in range(12)]
+        yield ingest
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await link.close()
         await meta.close()
+
+
+async def _publish_and_store(broker: Mosquitto, ingest: Ingest, tenant: str, count: int) -> None:
+    """Publish ``count`` messages of M1 and wait until the store has each, in order."""
+    topic = telemetry_topic(tenant, "M1", "client_raw_data")
+    for i in range(count):
+        await publish(broker, topic, encode(raw_message(tenant, "M1", TS + i)))
+    async with asyncio.timeout(20):
+        while ingest.written < count:  # noqa: ASYNC110 - the store confirms in the writer task
+            await asyncio.sleep(0.05)
+    stored = await ingest.store.query(tenant, "M1", "client_raw_data", ["cpu_usage"], TS, TS + 20)
+    assert [ts for ts, _ in stored["cpu_usage"]] == [TS + i for i in range(count)]
 
 
 async def test_a_known_topic_is_still_checked_message_by_message(
@@ -779,28 +795,6 @@ async def test_a_batch_whose_handling_failed_is_handed_in_again(
 ) -> None:
     """A batch whose handling raised is retried, not dropped: its deliveries are stored and
     acknowledged, and the link (inflight=3, acknowledging in arrival order) goes on."""
-    meta = Metadata(f"sqlite:///{tmp_path}/meta.db")
-    await meta.start()
-    await meta.ensure_org(tenant, "Retry")
-    await meta.upsert_machine(tenant, "M1", "Loader", "WL")
-    store = MemoryStore(f"memory://{uuid.uuid4().hex}")
-    ingest = _FailsOnce(store, MemoryLog(f"memory://{uuid.uuid4().hex}"), Catalog(meta))
-    link = MqttDeviceLink(link_url(broker, inflight=3))
-    await link.start()
-    tasks = [asyncio.create_task(ingest.run()), asyncio.create_task(consume_devices(ingest, link))]
-    try:
-        topic = telemetry_topic(tenant, "M1", "client_raw_data")
-        for i in range(9):
-            await publish(broker, topic, encode(raw_message(tenant, "M1", TS + i)))
-        async with asyncio.timeout(20):
-            while ingest.written < 9:  # noqa: ASYNC110 - the store confirms in the writer task
-                await asyncio.sleep(0.05)
-        assert ingest.failed == 1
-        stored = await store.query(tenant, "M1", "client_raw_data", ["cpu_usage"], TS, TS + 20)
-        assert [ts for ts, _ in stored["cpu_usage"]] == [TS + i for i in range(9)]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await link.close()
-        await meta.close()
+    async with _ingesting(broker, tmp_path, tenant, _FailsOnce) as ingest:
+        await _publish_and_store(broker, ingest, tenant, 9)
+        assert isinstance(ingest, _FailsOnce) and ingest.failed == 1
