@@ -980,7 +980,7 @@ async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
     if window is not None:
         current = ingest.ack_window
         ingest.ack_window = window if current is None else min(current, window)
-    failures = Throttled(logging.getLogger("livedata.ingest"))
+    failures = ingest._failures
     with observe.log_context(role="ingest"):
         async for batch in link.batches(ingest.batch_max):
             delays = backoff(0.5, 5.0)
