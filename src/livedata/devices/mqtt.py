@@ -757,7 +757,7 @@ class MqttDeviceLink(DeviceLink):
                         "inflight %d, %s session)",
                         self._broker.where,
                         client.identifier or "broker-assigned id",
-                        self.share_filter,
+                        self.share_filter if self.receive_telemetry else "status and methods",
                         self.inflight,
                         "persistent" if self.client_id else "clean",
                     )
