@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.protocol.metadata import MetadataRequest
 
 from livedata.bus import Log, open_log
-from livedata.bus.kafka import LINGER_MS, MESSAGE_BYTES, KafkaLog, bounded_values
+from livedata.bus.kafka import FETCH_WAIT_MS, LINGER_MS, MESSAGE_BYTES, KafkaLog, bounded_values
 from livedata.errors import BusError, ConfigError
 from livedata.model import Kind, Record, decode_records, encode_records
 from tests.bus.contract import Consumer, LogContract, eventually, keys, parsed, rec, unique_id
@@ -81,17 +81,21 @@ async def started(opened: list[KafkaLog], url: str) -> KafkaLog:
 
 
 def test_kafka_url_is_parsed() -> None:
-    """A ``kafka://`` URL opens KafkaLog with its brokers, topic, partitions and linger; bad ones fail."""
+    """A ``kafka://`` URL opens KafkaLog with its brokers, topic, partitions, linger and fetch wait; bad ones fail."""
     log = open_log("kafka://h1:9092,h2:9093/telemetry?partitions=12")
     assert isinstance(log, KafkaLog)
     assert (log.bootstrap, log.topic, log.partitions) == ("h1:9092,h2:9093", "telemetry", 12)
     assert log.batch_ms == LINGER_MS
     assert KafkaLog("kafka://h:1/t?linger_ms=0").batch_ms == 0
+    assert log.fetch_wait_ms == FETCH_WAIT_MS
+    assert KafkaLog("kafka://h:1/t?fetch_wait_ms=500").fetch_wait_ms == 500
     for bad in (
         "kafka://h1:9092",
         "kafka://h1:9092/a/b",
         "kafka://h:1/t?partitions=x",
         "kafka://h:1/t?linger_ms=-1",
+        "kafka://h:1/t?fetch_wait_ms=-1",
+        "kafka://h:1/t?fetch_wait_ms=x",
     ):
         with pytest.raises(ConfigError):
             open_log(bad)

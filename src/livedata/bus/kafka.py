@@ -2,7 +2,12 @@
 
 Query parameters: ``partitions`` and ``replication`` (used when the topic is
 created), ``session_timeout_ms`` (how long a silent consumer keeps its
-partitions, default 10 s) and ``linger_ms`` (:attr:`KafkaLog.batch_ms`, default
+partitions, default 10 s), ``fetch_wait_ms`` (the consumers' ``fetch_max_wait_ms``,
+default :data:`FETCH_WAIT_MS`: the longest a broker holds a fetch that found nothing;
+Kafka answers as soon as a record is there, but Tansu 0.6 answers every fetch only
+after sleeping up to half of it (all of it under 250 ms), so with aiokafka's 500 ms
+produce → consume took p50 ~110 ms and p99 ~270 ms, with 100 ms 33 ms and 100 ms, for
+twice Tansu's CPU; ``bench/bench_tansu_growth.py``) and ``linger_ms`` (:attr:`KafkaLog.batch_ms`, default
 :data:`LINGER_MS`: how long ingest lets records gather before an append unless
 a full batch waits; a produce request costs about 0.3 ms of CPU in aiokafka and
 the broker however few records it carries, so appending whatever came in during
@@ -136,6 +141,8 @@ SESSION_TIMEOUT_MS = 10_000
 """A consumer not heard of for this long is dropped from its group."""
 LINGER_MS = 50.0
 """Default of the ``linger_ms`` URL option (see the module docstring)."""
+FETCH_WAIT_MS = 100
+"""Default of the ``fetch_wait_ms`` URL option (see the module docstring)."""
 HEARTBEAT_MS = 1_000
 """How often a consumer tells its group it is alive (and learns of rebalances)."""
 RESEND_S = 10.0
@@ -201,12 +208,15 @@ class KafkaLog(Log):
             self.replication = int(query.get("replication", [0])[0])
             self.session_timeout_ms = int(query.get("session_timeout_ms", [SESSION_TIMEOUT_MS])[0])
             self.batch_ms = float(query.get("linger_ms", [LINGER_MS])[0])
+            self.fetch_wait_ms = int(query.get("fetch_wait_ms", [FETCH_WAIT_MS])[0])
         except ValueError as exc:
             raise ConfigError(f"Kafka log URL {url!r}: {exc}") from exc
         if self.partitions < 1:
             raise ConfigError(f"Kafka log URL {url!r}: partitions must be at least 1")
         if not 0 <= self.batch_ms <= 10_000:
             raise ConfigError(f"Kafka log URL {url!r}: linger_ms must be 0 to 10000")
+        if not 0 <= self.fetch_wait_ms <= 10_000:
+            raise ConfigError(f"Kafka log URL {url!r}: fetch_wait_ms must be 0 to 10000")
         self.idempotent = False
         """Whether the producer is idempotent (known after :meth:`start`)."""
         self.skipped = 0
@@ -487,6 +497,7 @@ class KafkaLog(Log):
             auto_offset_reset="earliest",
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=min(HEARTBEAT_MS, self.session_timeout_ms // 3),
+            fetch_max_wait_ms=self.fetch_wait_ms,
         )
         self._consumers.add(consumer)
         try:
