@@ -9,7 +9,7 @@ bench shows it without the rest of the cluster: per variant a fresh Tansu, ``--p
 them (what ingest does, a batch per ``linger_ms``), two consumers of group ``distribute``
 and one of ``alerts``; every ``--step`` seconds it prints Tansu's CPU and RSS and the
 produce → consume latency p50/p99.  Variants: ``--lingers 10,50`` (``linger_ms`` of the
-log URL).
+log URL) times ``--fetch-waits 100,500`` (``fetch_wait_ms``).
 
     python bench/bench_tansu_growth.py --seconds 150 --lingers 10,50
 
@@ -46,10 +46,10 @@ def pct(values: list[float], q: float) -> str:
     return f"{values[min(len(values) - 1, int(q * len(values)))]:.0f}"
 
 
-async def variant(args: argparse.Namespace, linger: float, directory: Path) -> None:
+async def variant(args: argparse.Namespace, linger: float, wait: int, directory: Path) -> None:
     server = start_kafka(directory)
     tansu = psutil.Process(server.process.pid)  # type: ignore[union-attr]
-    url = f"{server.url}/growth?partitions={args.partitions}&linger_ms={linger:g}"
+    url = f"{server.url}/growth?partitions={args.partitions}&linger_ms={linger:g}&fetch_wait_ms={wait}"
     logs = [KafkaLog(url) for _ in range(args.producers + 3)]
     latencies: list[float] = []
     consumed = [0]
@@ -99,7 +99,7 @@ async def variant(args: argparse.Namespace, linger: float, directory: Path) -> N
             )
         ]
         print(
-            f"linger_ms {linger:g}: step, Tansu CPU %, RSS MiB, records/s consumed, "
+            f"linger_ms {linger:g}, fetch_wait_ms {wait}: step, Tansu CPU %, RSS MiB, records/s consumed, "
             "produce → consume p50 / p99 ms (distribute)",
             flush=True,
         )
@@ -149,13 +149,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--lingers", default="10,50", help="linger_ms variants (10,50)")
+    parser.add_argument(
+        "--fetch-waits", default="100", help="fetch_wait_ms variants, each with every linger (100)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.CRITICAL
     )  # aiokafka's noise at close and refused InitProducerId
-    for linger in (float(v) for v in args.lingers.split(",")):
-        with tempfile.TemporaryDirectory(prefix="livedata-tansu-") as tmp:
-            asyncio.run(variant(args, linger, Path(tmp)))
+    for wait in (int(v) for v in args.fetch_waits.split(",")):
+        for linger in (float(v) for v in args.lingers.split(",")):
+            with tempfile.TemporaryDirectory(prefix="livedata-tansu-") as tmp:
+                asyncio.run(variant(args, linger, wait, Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -5,21 +5,25 @@ created), ``session_timeout_ms`` (how long a silent consumer keeps its
 partitions, default 10 s), ``fetch_wait_ms`` (the consumers' ``fetch_max_wait_ms``,
 default :data:`FETCH_WAIT_MS`: the longest a broker holds a fetch that found nothing;
 Kafka answers as soon as a record is there, but Tansu 0.6 answers every fetch only
-after sleeping up to half of it (all of it under 250 ms), so with aiokafka's 500 ms
-produce → consume took p50 ~110 ms and p99 ~270 ms, with 100 ms 33 ms and 100 ms, for
-twice Tansu's CPU; ``bench/bench_tansu_growth.py``) and ``linger_ms`` (:attr:`KafkaLog.batch_ms`, default
+after sleeping up to half of it (all of it under 250 ms): at 10,000 records/s and a
+100 ms linger, produce → consume p50/p99 was 113-127 / 264-284 ms with aiokafka's 500 ms,
+66-78 / 142-190 ms with 250 and 28-39 / 68-83 ms with 100, for 1.3× and 2.6× Tansu's CPU;
+``bench/bench_tansu_growth.py``) and ``linger_ms`` (:attr:`KafkaLog.batch_ms`, default
 :data:`LINGER_MS`: how long ingest lets records gather before an append unless
 a full batch waits; a produce request costs about 0.3 ms of CPU in aiokafka and
 the broker however few records it carries, so appending whatever came in during
 the last round trip -- a handful of records at 10,000/s -- paid that per handful;
 0 appends at once).  Each append is one record batch per partition on the broker, so
 the linger also sets how many batches a partition holds: the bench's broker (Tansu
-0.6, ``memory://``) lists every batch of a partition on each fetch, and with a 10 ms
-linger its CPU grew from 22 % to 137 % of a core within 90 s at 10,000 records/s from
-two producers; with 50 ms it grew from 10 % to 20 % in 2 minutes, with 100 ms from 8 %
-to 12 %, while produce → consume p50 went from 22-99 ms to 74-115 ms and 106-135 ms
-(``bench/bench_tansu_growth.py``; p99 ~270 ms in all three).  A real Kafka finds an
-offset by its index, but takes fewer, larger batches at less CPU per record too.
+0.6, ``memory://``) lists every batch of a partition on each fetch, so its CPU grows
+with the batches written since it started.  At 10,000 records/s from two producers
+(``bench/bench_tansu_growth.py``, ``fetch_wait_ms`` 500): with a 10 ms linger Tansu went
+from 22 % to 137 % of a core within 90 s; with 50 ms from 10 % to 20 % in 2 minutes, with
+100 ms from 8 % to 12 %, while produce → consume p50 went from 22-99 ms to 74-115 ms and
+106-135 ms (p99 ~270 ms in all three; with ``fetch_wait_ms`` 100 the p50 was the same,
+28-55 ms, at 50 and 100 ms of linger, and Tansu's CPU at 150 s 52 % against 32 %).  A real
+Kafka finds an offset by its index, but takes fewer, larger batches at less CPU per record
+too.
 
 :meth:`KafkaLog.start` creates the topic when it is missing (``partitions``
 default 8, the most consumers a group can usefully have; ``replication``
@@ -139,9 +143,9 @@ POLL_MS = 1_000
 """Milliseconds a consumer waits for records before looking again."""
 SESSION_TIMEOUT_MS = 10_000
 """A consumer not heard of for this long is dropped from its group."""
-LINGER_MS = 50.0
+LINGER_MS = 100.0
 """Default of the ``linger_ms`` URL option (see the module docstring)."""
-FETCH_WAIT_MS = 100
+FETCH_WAIT_MS = 250
 """Default of the ``fetch_wait_ms`` URL option (see the module docstring)."""
 HEARTBEAT_MS = 1_000
 """How often a consumer tells its group it is alive (and learns of rebalances)."""

@@ -15,7 +15,7 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
 * **the log** (and so the live channels): every record is handed to an in-order
   appender the moment it is queued, so live does not wait for the store; the
   appender appends what has gathered in one call (a Kafka batch, one memory-log step),
-  after letting records gather for the log's ``batch_ms`` (Kafka: 50 ms, as a produce
+  after letting records gather for the log's ``batch_ms`` (Kafka: 100 ms, as a produce
   request has a fixed cost; others: none) unless ``batch_max`` already wait;
 * **the store**: a writer task takes what has queued, and waits for more until the
   batch has ``batch_max`` records or its oldest record is ``linger`` old -- batches
