@@ -51,9 +51,8 @@ sent late.  While a machine is disconnected (it reconnects by itself with backof
 keeps its messages, and those that were in flight, in order, and sends them after the
 reconnect before newer ones (at least once: one in flight across the loss may arrive
 twice); the tick never waits for a disconnected machine.  Beyond ``--spool`` the
-oldest are dropped and counted (in memory, about 0.3 KB a message: 10,000 machines
-with full spools hold about 0.4 GB; a real agent spools to disk), as are those still
-waiting at exit.  The counts are logged every 10 s and once at exit: messages
+oldest are dropped and counted (in memory: 10,000 machines with full spools took 343
+MiB more; a real agent spools to disk), as are those still waiting at exit.  The counts are logged every 10 s and once at exit: messages
 acknowledged, dropped, waiting, machines connected, refused, ticks skipped.  If a
 machine cannot connect at start, the command fails with one line.
 """

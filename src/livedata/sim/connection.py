@@ -24,8 +24,9 @@ to a minute (``spool`` / 2 messages a second) loses nothing; a message that was 
 flight when the connection broke may reach the broker twice (at least once: the
 stores keep one).  Beyond ``spool`` the **oldest** are dropped and counted
 (``dropped``), as are those still waiting when the device is closed; a real agent
-spools to disk (:mod:`livedata.agent.spool`), this one in memory — about 0.3 KB a
-message, so 10,000 machines disconnected for a minute or more hold about 0.4 GB.  A
+spools to disk (:mod:`livedata.agent.spool`), this one in memory: 10,000 machines with
+full spools (1.2 M messages, a minute or more disconnected) took 343 MiB more RSS,
+0.29 KB a message.  A
 disconnected machine is never ``full``: the fleet's ticker does not wait for it.
 Status and method answers are not kept (the status is published again on each
 connect).  A PUBACK with a failure reason (say, not authorised) counts as
