@@ -26,10 +26,9 @@ stores keep one).  Beyond ``spool`` the **oldest** are dropped and counted
 (``dropped``), as are those still waiting when the device is closed; a real agent
 spools to disk (:mod:`livedata.agent.spool`), this one in memory: 10,000 machines with
 full spools (1.2 M messages, a minute or more disconnected) took 343 MiB more RSS,
-0.29 KB a message.  A
-disconnected machine is never ``full``: the fleet's ticker does not wait for it.
-Status and method answers are not kept (the status is published again on each
-connect).  A PUBACK with a failure reason (say, not authorised) counts as
+0.29 KB a message.  A disconnected machine is never ``full``: the fleet's ticker does
+not wait for it.  Status and method answers are not kept (the status is published
+again on each connect).  A PUBACK with a failure reason (say, not authorised) counts as
 ``refused``.  Keepalive: a PINGREQ every ``keepalive`` / 2 seconds in which the device
 published nothing (a timer callback per connection, no task); a broker that sends
 nothing for 1.5 × ``keepalive`` is taken as gone.
