@@ -1841,37 +1841,44 @@ store's query (one query each)."""
 
 @dataclass
 class Duplicates:
-    """Records written twice in the window: as the store's query reads them, and physically."""
+    """Records stored in more than one row in the window: as the store's query reads them,
+    and physically before and after ``OPTIMIZE TABLE records FINAL``."""
 
-    written: int = 0
-    """Record keys (machine, message type, second, fields) with more than one row."""
+    several: int = 0
+    """Record keys (machine, message type, ts) in more than one row."""
+    parts: int = 0
+    """Of those, stored in rows of different field sets (partial records: never merged,
+    the query merges them per point); the others were written twice."""
     checked: int = 0
-    """Of those, read back through :meth:`ClickHouseStore.query` (:data:`READ_CHECK_STREAMS`)."""
+    """Of the ``several``, read back through :meth:`ClickHouseStore.query`
+    (:data:`READ_CHECK_STREAMS`)."""
     read_twice: int = 0
     """Of those, records the query returned more than once (a field twice at its ts)."""
-    after_optimize: int = -1
-    """Record keys still with more than one row after ``OPTIMIZE TABLE records FINAL``."""
+    several_after: int = -1
+    """After ``OPTIMIZE … FINAL``: record keys still in more than one row."""
+    parts_after: int = -1
     read_error: str = ""
     merge_error: str = ""
 
 
 def check_duplicates(cluster: Cluster, span: tuple[int, int]) -> Duplicates:
-    """Read the records written twice in ``span`` back through the store's own query code
-    (argMax per point: a user reads each once), then merge the table
-    (``OPTIMIZE … FINAL``) and count the rows written twice again."""
-    where = "tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s"
+    """Read the records stored in more than one row in ``span`` (written twice, or in parts
+    of other fields) back through the store's own query code (argMax per point: a user
+    reads each once), then merge the table (``OPTIMIZE … FINAL``) and count them again."""
     params = {"a": span[0] * 1000, "b": span[1] * 1000 + 999}
-    twice = (
-        "SELECT chassis, msg_type, ts, field FROM records "
-        f"WHERE {where} GROUP BY chassis, msg_type, ts, field HAVING count() > 1"
+    several = (
+        "SELECT chassis, msg_type, ts, groupUniqArrayArray(field) AS fields, "
+        "uniqExact(arrayStringConcat(field, ',')) AS sets FROM records "
+        "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s "
+        "GROUP BY chassis, msg_type, ts HAVING count() > 1"
     )
+    count = f"SELECT count(), countIf(sets > 1) FROM ({several})"
     found = Duplicates()
     try:
-        keys = cluster.query_store(f"SELECT count() FROM ({twice})", params)
-        found.written = int(keys[0][0])
+        found.several, found.parts = cluster.query_store(count, params)[0]
         streams = cluster.query_store(
-            "SELECT chassis, msg_type, groupArray(ts), any(field) FROM "
-            f"({twice}) GROUP BY chassis, msg_type LIMIT {READ_CHECK_STREAMS}",
+            "SELECT chassis, msg_type, groupArray(ts), groupUniqArrayArray(fields) FROM "
+            f"({several}) GROUP BY chassis, msg_type LIMIT {READ_CHECK_STREAMS}",
             params,
         )
         found.checked, found.read_twice = asyncio.run(read_back(cluster, streams))
@@ -1879,12 +1886,7 @@ def check_duplicates(cluster: Cluster, span: tuple[int, int]) -> Duplicates:
         found.read_error = repr(exc)[:200]
     try:
         cluster.query_store("OPTIMIZE TABLE records FINAL", {})
-        left = cluster.query_store(
-            "SELECT count() FROM (SELECT count() AS n FROM records "
-            f"WHERE {where} GROUP BY chassis, msg_type, ts, field HAVING n > 1)",
-            params,
-        )
-        found.after_optimize = int(left[0][0])
+        found.several_after, found.parts_after = cluster.query_store(count, params)[0]
     except Exception as exc:
         found.merge_error = repr(exc)[:200]
     return found
@@ -1981,22 +1983,24 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
         "the broker acknowledged them"
     )
     print(
-        f"  duplicates: (c) {rows_in - distinct:,} record rows written twice (a redelivery) "
-        f"not merged yet after the drain, {dup.written:,} record keys; read back through "
-        f"the store's query: {dup.read_twice:,} of {dup.checked:,} read twice"
-        + (f" (first {READ_CHECK_STREAMS} streams)" if dup.checked < dup.written else "")
-        + (f" (the read check failed: {dup.read_error})" if dup.read_error else "")
-        + (
-            f"; OPTIMIZE TABLE records FINAL failed: {dup.merge_error}"
-            if dup.merge_error
-            else f"; after OPTIMIZE TABLE records FINAL {dup.after_optimize:,} keys written twice"
-        )
+        f"  duplicates: (c) {rows_in - distinct:,} record rows beyond one per record after the "
+        f"drain: {dup.several:,} records in several rows, {dup.parts:,} of them in parts of "
+        "different fields (never merged), the others written twice (a redelivery, "
+        "ReplacingMergeTree merges them)"
     )
-    if empty:
-        print(
-            f"  seconds with nothing stored ({run.skipped} ticks skipped by the simulator), "
-            "s after the first fault: " + " ".join(f"{s - t0:.0f}" for s in empty)
-        )
+    read = (
+        f"the read check failed: {dup.read_error}"
+        if dup.read_error
+        else f"{dup.read_twice:,} of {dup.checked:,} read twice"
+        + (f" (the first {READ_CHECK_STREAMS} streams)" if dup.checked < dup.several else "")
+    )
+    merged = (
+        f"OPTIMIZE TABLE records FINAL failed: {dup.merge_error}"
+        if dup.merge_error
+        else f"after OPTIMIZE TABLE records FINAL {dup.several_after - dup.parts_after:,} "
+        f"still written twice, {dup.parts_after:,} in parts"
+    )
+    print(f"  read back through the store's query (argMax per point): {read}; {merged}")
     verdict = "yes" if not unexplained and not dup.read_twice and not dup.read_error else "NO"
     print(f"  every record the simulator sent stored exactly once (as read): {verdict}")
     print(
