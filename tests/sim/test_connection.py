@@ -55,8 +55,12 @@ def test_reader_refuses_what_a_broker_never_sends() -> None:
         wire.PacketReader().feed(b"\x30\xff\xff\xff\xff\x01")
 
 
+SAVED = "Saving in-memory database"
+
+
 def _persistent_broker(directory: Path) -> Mosquitto:
-    """A broker that keeps the subscriber's session across a restart (saved every second)."""
+    """A broker that keeps the subscriber's session across a restart (saved every second or
+    two, and when it stops)."""
     return start_mosquitto(
         directory, f"persistence true\npersistence_location {directory}/\nautosave_interval 1\n"
     )
@@ -125,7 +129,7 @@ async def test_messages_published_across_a_broker_restart_all_arrive_in_order(
     streaming = asyncio.create_task(stream())
     try:
         await asyncio.gather(*(d.connect() for d in devices))
-        await asyncio.sleep(1.5)  # the subscription saved
+        await asyncio.sleep(1.5)  # streaming before the restart
         await asyncio.to_thread(own.stop)  # SIGTERM: the broker saves its sessions
         await until(lambda: not any(d.connected for d in devices))
         spooled_at_least = {d.chassis: len(sent[d.chassis]) for d in devices}
@@ -162,7 +166,9 @@ async def _machine_and_subscriber(
     try:
         await link.start()
         await device.connect()
-        await asyncio.sleep(1.5)  # the subscription saved
+        saves = own.read_log().count(SAVED)
+        await until(lambda: own.read_log().count(SAVED) > saves)  # with the subscription
+        await asyncio.sleep(0.2)
         yield own, link, device
     finally:
         await device.close()
