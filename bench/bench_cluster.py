@@ -75,8 +75,10 @@ spread through the run.  Printed per fault: when it was back, when the live lag 
 every probe client) was below ``--recovered-lag`` (1 s) again with no ingest spill
 backlog, the records missing, the rows written twice and the simulator's drops in its
 seconds; then the stored-exactly-once check of the run with the losses by cause
-(dropped by the simulator while disconnected, lost after the broker acknowledged
-them), live p50/p99 inside and outside the faults and each role's CPU per record.
+(dropped by the simulator beyond its spool, never acknowledged; lost after the broker
+acknowledged them) and the records written twice, as the store's own query reads them
+(the verdict's "as read") and as rows before and after ``OPTIMIZE TABLE records FINAL``,
+live p50/p99 inside and outside the faults and each role's CPU per record.
 Tansu runs on ``memory://``: its restart comes back empty (see bench/README.md).
 
 Latency is the client's receipt time minus the record's ``ts``, which is the
@@ -144,6 +146,7 @@ from clickhouse_driver import Client as ClickHouseClient
 
 import bench_live
 from livedata.sim.fleet import default_chassis_ids
+from livedata.store.clickhouse import ClickHouseStore
 from tests.servers.clickhouse import start_clickhouse
 from tests.servers.kafka import start_kafka
 from tests.servers.mosquitto import start_mosquitto
@@ -497,7 +500,9 @@ def measure(
     return window
 
 
-SIM_REPORT = re.compile(r"sent (\d+) messages, dropped (\d+) while disconnected")
+SIM_REPORT = re.compile(r"sent (\d+) messages, dropped (\d+)")
+"""The simulator's 10 s report: messages acknowledged, and dropped (never acknowledged,
+given up: beyond its spool now, while disconnected before it had one)."""
 
 
 def sim_reports(text: str) -> list[tuple[int, int]]:
@@ -1626,8 +1631,9 @@ SIM_REPORT_AT = re.compile(
 
 
 def sim_drops(text: str) -> list[tuple[float, int, int]]:
-    """The simulator's reports: (wall time of the report, messages it dropped while
-    disconnected, ticks it skipped) of its 10 s before."""
+    """The simulator's reports: (wall time of the report, messages it dropped — never
+    acknowledged, beyond its spool or still waiting at its exit —, ticks it skipped) of
+    its 10 s before (its last report: since the one before, up to its exit)."""
     out = []
     for stamp, dropped, skipped in SIM_REPORT_AT.findall(text):
         t = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
@@ -1655,6 +1661,7 @@ class ChaosRun:
     reconnects: int
     timeline: list[int]
     """Live messages the probe clients received in each 5 s of the window."""
+    duplicates: Duplicates
 
 
 def chaos(args: argparse.Namespace, tmp: Path) -> None:
@@ -1728,6 +1735,7 @@ def run_faults(
         fault.until = after.started if after is not None else t0 + window
         fault.recovered = recovered_at(fault, stamps, lags, behind, args.recovered_lag)
     per_second = stored_per_second(cluster, first_s, last_s)
+    duplicates = check_duplicates(cluster, (first_s, last_s))
     reports = [r for r in sim_drops(sim_text) if first_s <= r[0] <= last_s + 10]
     drops = [(t, d) for t, d, _ in reports]
     skipped = sum(s for _, _, s in reports)
@@ -1753,6 +1761,7 @@ def run_faults(
         behind,
         sum(c.reconnects for c in probe.clients),
         timeline(probe, t0, window),
+        duplicates,
     )
 
 
@@ -1825,6 +1834,81 @@ def stored_per_second(
     return {int(s): (int(r), int(n), int(p)) for s, r, n, p in rows}
 
 
+READ_CHECK_STREAMS = 200
+"""At most this many streams with record rows written twice are read back through the
+store's query (one query each)."""
+
+
+@dataclass
+class Duplicates:
+    """Records stored in more than one row in the window: as the store's query reads them,
+    and physically before and after ``OPTIMIZE TABLE records FINAL``."""
+
+    several: int = 0
+    """Record keys (machine, message type, ts) in more than one row."""
+    parts: int = 0
+    """Of those, stored in rows of different field sets (partial records: never merged,
+    the query merges them per point); the others were written twice."""
+    checked: int = 0
+    """Of the ``several``, read back through :meth:`ClickHouseStore.query`
+    (:data:`READ_CHECK_STREAMS`)."""
+    read_twice: int = 0
+    """Of those, records the query returned more than once (a field twice at its ts)."""
+    several_after: int = -1
+    """After ``OPTIMIZE … FINAL``: record keys still in more than one row."""
+    parts_after: int = -1
+    read_error: str = ""
+    merge_error: str = ""
+
+
+def check_duplicates(cluster: Cluster, span: tuple[int, int]) -> Duplicates:
+    """Read the records stored in more than one row in ``span`` (written twice, or in parts
+    of other fields) back through the store's own query code (argMax per point: a user
+    reads each once), then merge the table (``OPTIMIZE … FINAL``) and count them again."""
+    params = {"a": span[0] * 1000, "b": span[1] * 1000 + 999}
+    several = (
+        "SELECT chassis, msg_type, ts, groupUniqArrayArray(field) AS fields, "
+        "uniqExact(arrayStringConcat(field, ',')) AS sets FROM records "
+        "WHERE tenant = 'demo' AND ts >= %(a)s AND ts <= %(b)s "
+        "GROUP BY chassis, msg_type, ts HAVING count() > 1"
+    )
+    count = f"SELECT count(), countIf(sets > 1) FROM ({several})"
+    found = Duplicates()
+    try:
+        found.several, found.parts = cluster.query_store(count, params)[0]
+        streams = cluster.query_store(
+            "SELECT chassis, msg_type, groupArray(ts), groupUniqArrayArray(fields) FROM "
+            f"({several}) GROUP BY chassis, msg_type LIMIT {READ_CHECK_STREAMS}",
+            params,
+        )
+        found.checked, found.read_twice = asyncio.run(read_back(cluster, streams))
+    except Exception as exc:
+        found.read_error = repr(exc)[:200]
+    try:
+        cluster.query_store("OPTIMIZE TABLE records FINAL", {})
+        found.several_after, found.parts_after = cluster.query_store(count, params)[0]
+    except Exception as exc:
+        found.merge_error = repr(exc)[:200]
+    return found
+
+
+async def read_back(cluster: Cluster, streams: list[tuple[Any, ...]]) -> tuple[int, int]:
+    """(records read, records read more than once) of ``(chassis, msg_type, [ts], fields)``
+    through :meth:`ClickHouseStore.query`, as the API reads history."""
+    store = ClickHouseStore(cluster.urls["store"])
+    await store.start()
+    checked = twice = 0
+    try:
+        for chassis, msg_type, stamps, fields in streams:
+            series = await store.query("demo", chassis, msg_type, fields, min(stamps), max(stamps))
+            counts = [Counter(ts for ts, _ in points) for points in series.values()]
+            checked += len(stamps)
+            twice += sum(1 for ts in stamps if any(c[ts] > 1 for c in counts))
+    finally:
+        await store.close()
+    return checked, twice
+
+
 def attribute(
     faults: list[Fault],
     per_second: dict[int, tuple[int, int, int]],
@@ -1884,7 +1968,8 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
     rows_in = sum(n for _, n, _ in run.per_second.values())
     distinct = sum(p for _, _, p in run.per_second.values())
     missing = expected - found
-    unexplained = missing - run.dropped
+    unexplained = max(0, missing - run.dropped)
+    dup = run.duplicates
     print()
     print(f"Stored, seconds {run.span[0]}–{run.span[1]} (ClickHouse, after the drain):")
     print(
@@ -1893,21 +1978,31 @@ def chaos_report(run: ChaosRun, threshold: float) -> None:
     )
     print(f"  stored   {found:,} distinct (machine, message type, second)")
     print(
-        f"  missing  {missing:,}: the simulator dropped {run.dropped:,} while disconnected "
-        f"from the broker (not acknowledged: never sent), "
-        f"{max(0, unexplained):,} more lost after the broker acknowledged them"
+        f"  missing  {missing:,}: (a) the simulator dropped {run.dropped:,} (beyond its spool "
+        f"or at its exit: never acknowledged by the broker), (b) {unexplained:,} lost after "
+        "the broker acknowledged them"
     )
     print(
-        f"  duplicates: {rows_in - distinct:,} record rows written twice and not merged yet "
-        "(a redelivery; ReplacingMergeTree keeps one, queries read one)"
+        f"  duplicates: (c) {rows_in - distinct:,} record rows beyond one per record after the "
+        f"drain: {dup.several:,} records in several rows, {dup.parts:,} of them in parts of "
+        "different fields (never merged), the others written twice (a redelivery, "
+        "ReplacingMergeTree merges them)"
     )
-    if empty:
-        print(
-            f"  seconds with nothing stored ({run.skipped} ticks skipped by the simulator), "
-            "s after the first fault: " + " ".join(f"{s - t0:.0f}" for s in empty)
-        )
-    verdict = "yes" if unexplained <= 0 and rows_in == distinct else "NO"
-    print(f"  every record the simulator sent stored exactly once: {verdict}")
+    read = (
+        f"the read check failed: {dup.read_error}"
+        if dup.read_error
+        else f"{dup.read_twice:,} of {dup.checked:,} read twice"
+        + (f" (the first {READ_CHECK_STREAMS} streams)" if dup.checked < dup.several else "")
+    )
+    merged = (
+        f"OPTIMIZE TABLE records FINAL failed: {dup.merge_error}"
+        if dup.merge_error
+        else f"after OPTIMIZE TABLE records FINAL {dup.several_after - dup.parts_after:,} "
+        f"still written twice, {dup.parts_after:,} in parts"
+    )
+    print(f"  read back through the store's query (argMax per point): {read}; {merged}")
+    verdict = "yes" if not unexplained and not dup.read_twice and not dup.read_error else "NO"
+    print(f"  every record the simulator sent stored exactly once (as read): {verdict}")
     print(
         f"live (device → browser) p50 / p99 / max: outside faults "
         f"{pct(run.live_outside, 0.5)} / {pct(run.live_outside, 0.99)} / "

@@ -62,6 +62,7 @@ def test_unknown_user_password_check_is_false() -> None:
         (["serve", "--store", "foo://x"], "unsupported store URL"),
         (["serve", "--pubsub", "not a url"], "not a URL"),
         (["demo", "--machines", "-1"], "machines"),
+        (["simulate", "--mqtt", "mqtt://127.0.0.1:1", "--spool", "0"], "--spool"),
         (["serve", "--config", "/no/such/file.toml"], "does not exist"),
         (["nosuch"], "invalid choice"),
     ],

@@ -44,12 +44,17 @@ machine is simulated exactly as the demo's fleet does.  Each machine keeps its o
 MQTT connection (its presence and credentials are per connection), spoken through
 :mod:`livedata.sim.connection`: a machine's second is one socket write.
 
-Under stress: at most 10 messages per machine are unacknowledged and 100 more wait;
-when a machine's queue is full the tick waits for it.  If a tick is not done before
-the next is due, the missed ticks are skipped (and counted), not sent late.  While a
-machine is disconnected (it reconnects by itself with backoff) its messages are
-dropped and counted — a real agent spools them instead — and the counts are logged
-every 10 s.  If a machine cannot connect at start, the command fails with one line.
+Under stress: at most 10 messages per machine are unacknowledged and ``--spool`` (120)
+more wait; when a connected machine's queue is full the tick waits for it.  If a tick
+is not done before the next is due, the missed ticks are skipped (and counted), not
+sent late.  While a machine is disconnected (it reconnects by itself with backoff) it
+keeps its messages, and those that were in flight, in order, and sends them after the
+reconnect before newer ones (at least once: one in flight across the loss may arrive
+twice); the tick never waits for a disconnected machine.  Beyond ``--spool`` the
+oldest are dropped and counted (in memory: 10,000 machines with full spools took 343
+MiB more; a real agent spools to disk), as are those still waiting at exit.  The counts are logged every 10 s and once at exit: messages
+acknowledged, dropped, waiting, machines connected, refused, ticks skipped.  If a
+machine cannot connect at start, the command fails with one line.
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ from livedata.errors import ConfigError
 from livedata.model import valid_id
 from livedata.observe import setup_logging
 from livedata.sim import DBC_PATH, ORG
-from livedata.sim.connection import SimDevice
+from livedata.sim.connection import SPOOL, SimDevice
 from livedata.sim.fleet import default_chassis_ids
 from livedata.sim.ring import TEMPLATES, PayloadRing
 
@@ -109,6 +114,13 @@ def add_parser(sub: Any) -> None:
         help=f"machines simulated; the others replay their payloads (default {TEMPLATES})",
     )
     parser.add_argument(
+        "--spool",
+        type=int,
+        default=SPOOL,
+        help="messages a machine keeps while disconnected, beyond them the oldest are dropped "
+        f"(default {SPOOL}: a minute at 1 Hz)",
+    )
+    parser.add_argument(
         "--secrets",
         type=Path,
         metavar="FILE",
@@ -128,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--org {args.org!r} is not a valid organisation id")
     if not 1 <= args.templates <= 100_000:
         raise ConfigError(f"--templates must be 1 … 100000, not {args.templates}")
+    if not 1 <= args.spool <= 100_000:
+        raise ConfigError(f"--spool must be 1 … 100000, not {args.spool}")
     # cantools takes seconds to import: not for `--help`, and before the logging setup, as
     # what it imports logs a line
     importlib.import_module("livedata.decode.can")
@@ -136,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     urls = {c: args.mqtt for c in chassis_ids}
     if args.secrets is not None:
         urls = device_urls(args.mqtt, args.org, chassis_ids, read_secrets(args.secrets))
-    devices = [SimDevice(urls[c], args.org, c) for c in chassis_ids]
+    devices = [SimDevice(urls[c], args.org, c, spool=args.spool) for c in chassis_ids]
 
     def announce() -> None:
         print(
@@ -265,6 +279,7 @@ async def simulate(
             await device.connect()
 
     report: asyncio.Task[None] | None = None
+    counts = _Counts(devices)
     try:
         results = await asyncio.gather(*map(connect, devices), return_exceptions=True)
         for result in results:
@@ -281,7 +296,7 @@ async def simulate(
                 return await ticker.handle_method(chassis, method, payload)
 
             device.on_method = on_method
-        report = asyncio.create_task(_report(devices, ticker))
+        report = asyncio.create_task(_report(counts, ticker))
         announce()
         await ticker.run()
     finally:
@@ -289,26 +304,41 @@ async def simulate(
             report.cancel()
             await asyncio.gather(report, return_exceptions=True)
         await asyncio.gather(*(d.close() for d in devices), return_exceptions=True)
+        if report is not None:  # the last period, and what still waited at exit: dropped
+            counts.log(counts.skipped)
 
 
-async def _report(devices: list[SimDevice], ticker: _Ticker) -> None:
-    sent = dropped = refused = skipped = 0
-    while True:
-        await asyncio.sleep(REPORT_EVERY_S)
-        now_sent = sum(d.sent for d in devices)
-        now_dropped = sum(d.dropped for d in devices)
-        now_refused = sum(d.refused for d in devices)
-        connected = sum(d.connected for d in devices)
-        worse = now_dropped > dropped or now_refused > refused or ticker.skipped > skipped
+class _Counts:
+    """The devices' counters since the last :meth:`log`."""
+
+    def __init__(self, devices: list[SimDevice]) -> None:
+        self.devices = devices
+        self.sent = self.dropped = self.refused = self.skipped = 0
+
+    def log(self, skipped: int) -> None:
+        """Log one line of what changed: a warning if anything was dropped, refused or
+        skipped (``skipped``: the ticker's total)."""
+        devices = self.devices
+        sent = sum(d.sent for d in devices)
+        dropped = sum(d.dropped for d in devices)
+        refused = sum(d.refused for d in devices)
+        worse = dropped > self.dropped or refused > self.refused or skipped > self.skipped
         log.log(
             logging.WARNING if worse else logging.INFO,
-            "sent %d messages, dropped %d while disconnected; %d/%d machines connected"
-            "; %d refused by the broker, %d ticks late and skipped",
-            now_sent - sent,
-            now_dropped - dropped,
-            connected,
+            "sent %d messages, dropped %d beyond the spool (never acknowledged), %d waiting"
+            "; %d/%d machines connected; %d refused by the broker, %d ticks late and skipped",
+            sent - self.sent,
+            dropped - self.dropped,
+            sum(d.spooled for d in devices),
+            sum(d.connected for d in devices),
             len(devices),
-            now_refused - refused,
-            ticker.skipped - skipped,
+            refused - self.refused,
+            skipped - self.skipped,
         )
-        sent, dropped, refused, skipped = now_sent, now_dropped, now_refused, ticker.skipped
+        self.sent, self.dropped, self.refused, self.skipped = sent, dropped, refused, skipped
+
+
+async def _report(counts: _Counts, ticker: _Ticker) -> None:
+    while True:
+        await asyncio.sleep(REPORT_EVERY_S)
+        counts.log(ticker.skipped)
