@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from livedata.model import Kind, MsgType, Record, Value
 from livedata.sim.demo import DBC_PATH, ORG, seed_demo
 from livedata.sim.fleet import default_chassis_ids
 from livedata.store import open_store
-from livedata.store.base import LATEST_MANY_MAX, LatestWindow, Series
+from livedata.store.base import LATEST_MANY_MAX, LatestWindow
 from livedata.store.memory import MemoryStore
 from tests.store.contract import typed
 
@@ -35,23 +36,15 @@ class CountingStore(MemoryStore):
         self.per_machine = 0
         self.batches: list[int] = []
         self.value_batches: list[tuple[str, int]] = []
+        for name in ("latest_ts", "query"):  # the per-machine reads
+            setattr(self, name, self._counted(getattr(self, name)))
 
-    async def latest_ts(self, tenant: str, chassis: str, msg_type: str) -> int | None:
-        self.per_machine += 1
-        return await super().latest_ts(tenant, chassis, msg_type)
+    def _counted(self, read: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def counted(*args: Any) -> Any:
+            self.per_machine += 1
+            return await read(*args)
 
-    async def query(
-        self,
-        tenant: str,
-        chassis: str,
-        msg_type: str,
-        fields: Sequence[str],
-        start_ms: int,
-        end_ms: int,
-        limit: int = 100_000,
-    ) -> Series:
-        self.per_machine += 1
-        return await super().query(tenant, chassis, msg_type, fields, start_ms, end_ms, limit)
+        return counted
 
     async def _latest_rows(
         self, tenant: str, chassis: Sequence[str]
