@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 
 from livedata.bus.base import Log
 from livedata.errors import BusError, StoreError
-from livedata.model import Record
-from livedata.store.base import Series, Store
+from livedata.model import Record, Value
+from livedata.store.base import LatestWindow, Series, Store
 from livedata.store.frames import FrameBlob
 
 
@@ -88,6 +88,12 @@ class FlakyStore(Store):
     ) -> Iterable[tuple[str, str, int]]:
         self._check()
         return await self.inner._latest_rows(tenant, chassis)
+
+    async def _latest_value_rows(
+        self, tenant: str, msg_type: str, windows: Sequence[LatestWindow]
+    ) -> Iterable[tuple[str, str, Value]]:
+        self._check()
+        return await self.inner._latest_value_rows(tenant, msg_type, windows)
 
     async def machine_points(self, tenant: str, chassis: str) -> int:
         self._check()

@@ -13,7 +13,7 @@ import abc
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -21,7 +21,7 @@ import pytest
 
 from livedata.model import Kind, Record, Value
 from livedata.store import Store, open_store
-from livedata.store.base import LATEST_MANY_MAX, ROLLUP_LEVELS_MS, bucket_grid
+from livedata.store.base import LATEST_MANY_MAX, ROLLUP_LEVELS_MS, LatestWindow, bucket_grid
 from livedata.store.frames import FrameBlob
 
 T0 = 1_700_000_000_000
@@ -127,6 +127,11 @@ LONG_QUERIES = [
 ]
 """(start - T0, end - T0, buckets) of the long-range checks: each rollup step, raw
 grids, unaligned ends, the open minutes at the end, ranges beyond the data."""
+
+
+def typed(values: dict[str, Value]) -> dict[str, tuple[type, Value]]:
+    """``values`` with each value's type, so that 1 and 1.0 differ."""
+    return {name: (type(value), value) for name, value in values.items()}
 
 
 def rec(
@@ -301,6 +306,82 @@ class StoreContract(abc.ABC):
         await store.delete_before(T0 + 5)
         after = await store.latest_many(tenant, ["m-0003", "m-0006"])
         assert after == {"m-0003": {}, "m-0006": {"vehicle_can": T0 + 6}}
+
+    async def test_latest_values_many_is_the_newest_point_of_query_per_machine(
+        self, store: Store, tenant: str
+    ) -> None:
+        """latest_values_many gives, per asked machine and field, the last point of query over
+        its window (bounds included, corrections and partial records as query merges them),
+        for several message types, in one read per 500 machines with fields."""
+        machines = [f"m-{i:04d}" for i in range(LATEST_MANY_MAX + 9)]
+        records = []
+        for i, chassis in enumerate(machines):
+            for s in range(6):
+                values: dict[str, Value] = {"a": i * 10 + s, "f": s + 0.5}
+                if s % 2 == 0:
+                    values["b"] = -i - s  # missing in every other record
+                if s % 3 == 0:
+                    values["t"] = f"text {i} {s}"
+                if s == 0:
+                    values["old"] = 1  # before every window
+                records.append(rec(tenant, T0 + s * 1000 + i, values, chassis=chassis))
+            if i % 3 == 0:
+                raw = {"x": i, "y": float(i)} if i % 2 else {"x": i}
+                records.append(
+                    rec(tenant, T0 + i, raw, chassis=chassis, msg_type="client_raw_data")
+                )
+        await store.write(records)
+        await store.write(
+            [
+                rec(tenant, T0 + 5_001, {"a": -1, "f": 9.5}, chassis="m-0001"),  # corrected
+                rec(tenant, T0 + 5_001, {"d": "partial"}, chassis="m-0001"),  # other fields
+                rec("other", T0 + 4_500, {"b": 99}, chassis="m-0002"),  # another tenant
+            ]
+        )
+        newest = await store.latest_many(tenant, [*machines, "never"])
+        reads: list[int] = []
+        rows = store._latest_value_rows
+
+        async def counted(
+            tenant: str, msg_type: str, windows: Sequence[LatestWindow]
+        ) -> Iterable[tuple[str, str, Value]]:
+            reads.append(len(windows))
+            return await rows(tenant, msg_type, windows)
+
+        store._latest_value_rows = counted  # type: ignore[method-assign]
+        for msg_type, fields in (
+            ("vehicle_can", ["a", "b", "t", "f", "old", "d", "zz"]),
+            ("client_raw_data", ["x", "y"]),
+        ):
+            wanted: dict[str, tuple[int, list[str]]] = {"never": (T0 + 5_000, fields)}
+            for i, chassis in enumerate(machines):
+                latest = newest[chassis].get(msg_type)
+                if latest is None:
+                    continue
+                end = latest - 1_000 if i % 7 == 0 else latest  # points after the window
+                wanted[chassis] = (end, fields[:1] if i % 5 == 0 else fields)
+            wanted[machines[4]] = (newest[machines[4]]["vehicle_can"], [])
+            reads.clear()
+            got = await store.latest_values_many(tenant, msg_type, wanted, 2_000)
+            with_fields = sum(1 for _, names in wanted.values() if names)
+            assert reads == [
+                min(n, LATEST_MANY_MAX) for n in (with_fields, with_fields - 500) if n > 0
+            ]
+            assert list(got) == list(wanted)
+            assert got["never"] == {} and got[machines[4]] == {}
+            for chassis, (end, names) in wanted.items():
+                series = await store.query(tenant, chassis, msg_type, names, end - 2_000, end, 10)
+                expected = {name: points[-1][1] for name, points in series.items() if points}
+                assert typed(got[chassis]) == typed(expected), (msg_type, chassis)
+        assert got["m-0006"] == {"x": 6}
+        other_type = {"m-0006": (T0 + 5_006, ["x"])}
+        assert await store.latest_values_many(tenant, "vehicle_can", other_type, 2_000) == {
+            "m-0006": {}
+        }
+        can = await store.latest_values_many(
+            tenant, "vehicle_can", {"m-0001": (T0 + 5_001, ["a", "f", "d", "b", "t"])}, 2_000
+        )
+        assert can == {"m-0001": {"a": -1, "f": 9.5, "d": "partial", "b": -5, "t": "text 1 3"}}
 
     async def test_delete_machine_removes_only_that_machine(
         self, store: Store, tenant: str

@@ -23,8 +23,10 @@ it for the process's life (the fleet page's summary is read often and cheaply).
 Under stress: memory is one entry per machine and field of the organisations in use;
 the listener only updates fields in place (no allocation beyond the value dicts it
 is handed) and calls the observers; the store is read once per 500 machines met (their
-newest timestamps) and once per stream of a met machine with data (its latest values),
-and the metadata database once per organisation every 30 s.
+newest timestamps) and once per message type and 500 machines met with data of it
+(their latest values), so a gateway starting with 5,000 machines reads it about 30
+times instead of about 10,000 (``bench/bench_seed.py``), and the metadata database
+once per organisation every 30 s.
 """
 
 from __future__ import annotations
@@ -169,45 +171,47 @@ class OrgFleet:
     async def _seed(self, machines: list[FleetMachine]) -> None:
         """The newest stored values of the machines met for the first time (once).
 
-        Their newest timestamps come from one :meth:`~livedata.store.base.Store.latest_many`
-        (one read per 500 machines, not one per machine and message type), then one short
-        :meth:`~livedata.store.base.Store.query` per stream with data reads its latest values.
+        Their newest timestamps come from one :meth:`~livedata.store.base.Store.latest_many`,
+        then per message type one :meth:`~livedata.store.base.Store.latest_values_many`
+        reads the latest value of each of their catalog fields within :data:`SEED_WINDOW_MS`
+        before their newest record (each a read per 500 machines, not a query per machine
+        and message type).
         """
         if not machines:
             return
         newest = await self.store.latest_many(self.org, [m.chassis for m in machines])
-        for machine in machines:
-            if newest[machine.chassis]:
-                await self._seed_machine(machine, newest[machine.chassis])
-
-    async def _seed_machine(self, machine: FleetMachine, newest: dict[str, int]) -> None:
-        store = self.store
-        info = await self.catalog.machine(self.org, machine.chassis)
+        met = [machine for machine in machines if newest[machine.chassis]]
+        infos = [await self.catalog.machine(self.org, machine.chassis) for machine in met]
         for msg_type in MsgType:
-            latest = newest.get(msg_type.value)
-            if latest is None:
+            wanted: dict[str, tuple[int, list[str]]] = {}
+            for machine, info in zip(met, infos, strict=True):
+                latest = newest[machine.chassis].get(msg_type.value)
+                if latest is None:
+                    continue
+                names = []
+                if info is not None:
+                    fields = await self.catalog.fields(info, msg_type.value)
+                    names = [f["name"] for f in fields]
+                wanted[machine.chassis] = (latest, names)
+            if not wanted:
                 continue
-            names = []
-            if info is not None:
-                names = [f["name"] for f in await self.catalog.fields(info, msg_type.value)]
-            values: dict[str, Any] = {}
-            if names:
-                series = await store.query(
-                    self.org,
-                    machine.chassis,
-                    msg_type.value,
-                    names,
-                    latest - SEED_WINDOW_MS,
-                    latest,
-                    10,
-                )
-                values = {n: points[-1][1] for n, points in series.items() if points}
-            age = time.time() - latest / 1000
-            arrived = time.monotonic() - max(0.0, age) if age <= OFFLINE_AFTER_S else None
-            if machine.last_seen is None or latest > machine.last_seen:
-                machine.update(msg_type.value, values, latest, arrived)
-            else:
-                machine.values.setdefault(msg_type.value, {}).update(values)
+            values = await self.store.latest_values_many(
+                self.org, msg_type.value, wanted, SEED_WINDOW_MS
+            )
+            for machine in met:
+                if machine.chassis in wanted:
+                    latest = wanted[machine.chassis][0]
+                    _seed_stream(machine, msg_type.value, values[machine.chassis], latest)
+
+
+def _seed_stream(machine: FleetMachine, msg_type: str, values: dict[str, Any], latest: int) -> None:
+    """Seed ``machine``'s ``msg_type`` with its stored ``values``, newest at ``latest``."""
+    age = time.time() - latest / 1000
+    arrived = time.monotonic() - max(0.0, age) if age <= OFFLINE_AFTER_S else None
+    if machine.last_seen is None or latest > machine.last_seen:
+        machine.update(msg_type, values, latest, arrived)
+    else:
+        machine.values.setdefault(msg_type, {}).update(values)
 
 
 class Fleet:

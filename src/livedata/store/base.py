@@ -11,7 +11,7 @@ import abc
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from livedata.model import Record, Value
 from livedata.store.frames import FrameBlob
@@ -23,8 +23,19 @@ Series = dict[str, list[tuple[int, Value]]]
 """Per field, ``[ts_ms, value]`` pairs in time order: what an ECharts time axis takes."""
 
 LATEST_MANY_MAX = 500
-"""Machines :meth:`Store.latest_many` asks the engine about in one read at most (bounds the
-size of a query's machine list)."""
+"""Machines :meth:`Store.latest_many` and :meth:`Store.latest_values_many` ask the engine
+about in one read at most (bounds the size of a query's machine list)."""
+
+
+class LatestWindow(NamedTuple):
+    """One machine's part of a :meth:`Store.latest_values_many` read: the fields whose
+    latest value in ``start_ms <= ts <= end_ms`` is wanted (names distinct, never empty)."""
+
+    chassis: str
+    start_ms: int
+    end_ms: int
+    fields: tuple[str, ...]
+
 
 MINUTE_MS = 60_000
 ROLLUP_LEVELS_MS = (10_000, MINUTE_MS)
@@ -159,6 +170,51 @@ class Store(abc.ABC):
     ) -> Iterable[tuple[str, str, int]]:
         """For :meth:`latest_many`: ``(chassis, msg_type, newest ts)`` of every stream of the
         machines (at most :data:`LATEST_MANY_MAX`) with stored values, in one read."""
+
+    async def latest_values_many(
+        self,
+        tenant: str,
+        msg_type: str,
+        wanted: Mapping[str, tuple[int, Sequence[str]]],
+        window_ms: int,
+    ) -> dict[str, dict[str, Value]]:
+        """The latest value of each given field of many machines' ``msg_type`` streams.
+
+        ``wanted`` maps a chassis to ``(newest_ts, fields)``; per field the result holds
+        its value at its newest timestamp in ``newest_ts - window_ms <= ts <= newest_ts``:
+        the last point of what :meth:`query` of that range gives, for many machines at
+        once (a fleet view seeding the machines it meets, ``newest_ts`` from
+        :meth:`latest_many`).  Every asked machine is a key; its dict holds the asked fields
+        with a value in its window (``{}`` for none, for no fields, for no data).
+
+        Under stress: one read per :data:`LATEST_MANY_MAX` machines with fields (not one
+        per machine), each reading only the machines' windows, so seeding thousands of
+        machines costs the engine a handful of queries; keep the window short (seconds):
+        its points are read to find each field's newest.
+        """
+        latest: dict[str, dict[str, Value]] = {chassis: {} for chassis in wanted}
+        windows = [
+            LatestWindow(chassis, newest - window_ms, newest, tuple(dict.fromkeys(fields)))
+            for chassis, (newest, fields) in wanted.items()
+            if fields and window_ms >= 0
+        ]
+        for start in range(0, len(windows), LATEST_MANY_MAX):
+            chunk = windows[start : start + LATEST_MANY_MAX]
+            asked = {window.chassis: set(window.fields) for window in chunk}
+            for chassis, name, value in await self._latest_value_rows(tenant, msg_type, chunk):
+                if name in asked[chassis]:
+                    latest[chassis][name] = value
+        return latest
+
+    @abc.abstractmethod
+    async def _latest_value_rows(
+        self, tenant: str, msg_type: str, windows: Sequence[LatestWindow]
+    ) -> Iterable[tuple[str, str, Value]]:
+        """For :meth:`latest_values_many`: ``(chassis, field, value)`` of the newest point of
+        each window's fields in its range (deduplicated as :meth:`query` does), of at most
+        :data:`LATEST_MANY_MAX` windows of distinct machines, in one read.  Rows of fields
+        not asked of a machine may come too (a backend may read the union of the
+        windows' fields); they are dropped."""
 
     @abc.abstractmethod
     async def machine_points(self, tenant: str, chassis: str) -> int:

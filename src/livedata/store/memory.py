@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from livedata.model import Record, Value
 from livedata.store.base import (
+    LatestWindow,
     Series,
     Store,
     bucket_grid,
@@ -198,6 +199,22 @@ class MemoryStore(Store):
                 newest = [series.ts[-1] for series in machine.values() if series.ts]
                 if newest:
                     rows.append((key[1], key[2], max(newest)))
+        return rows
+
+    async def _latest_value_rows(
+        self, tenant: str, msg_type: str, windows: Sequence[LatestWindow]
+    ) -> list[tuple[str, str, Value]]:
+        """One bisection per machine and field."""
+        rows = []
+        for chassis, start_ms, end_ms, fields in windows:
+            machine = self._machines.get((tenant, chassis, msg_type), {})
+            for name in fields:
+                series = machine.get(name)
+                if series is None:
+                    continue
+                i = bisect_right(series.ts, end_ms) - 1
+                if i >= 0 and series.ts[i] >= start_ms:
+                    rows.append((chassis, name, series.values[i]))
         return rows
 
     def _streams_of(self, tenant: str, chassis: str) -> list[tuple[str, str, str]]:

@@ -121,6 +121,7 @@ from livedata.store.base import (
     INT64_MIN,
     MINUTE_MS,
     ROLLUP_LEVELS_MS,
+    LatestWindow,
     Plan,
     Series,
     Store,
@@ -260,6 +261,23 @@ _LATEST_MANY = """
     ) p
     WHERE s.tenant = $1 AND s.chassis = ANY($2::text[])
     GROUP BY s.chassis, s.msg_type
+"""
+# Per asked (machine, field): its series (one unique-index probe), then its newest point in
+# the window (one backward index range scan); LATERAL with OFFSET 0 as in _PAIRS below.
+_LATEST_VALUES = """
+    SELECT w.chassis, w.field, p.num, p.int, p.str
+    FROM unnest($3::text[], $4::text[], $5::bigint[], $6::bigint[]) AS w(chassis, field, lo, hi)
+    CROSS JOIN LATERAL (
+        SELECT series_id FROM telemetry_series
+        WHERE tenant = $1 AND chassis = w.chassis AND msg_type = $2 AND field = w.field
+        OFFSET 0
+    ) s
+    CROSS JOIN LATERAL (
+        SELECT num, int, str FROM telemetry_points
+        WHERE series_id = s.series_id AND ts BETWEEN w.lo AND w.hi
+        ORDER BY ts DESC
+        LIMIT 1
+    ) p
 """
 _OLDEST = """
     SELECT min(p.ts)
@@ -901,6 +919,26 @@ class PostgresStore(Store):
             "latest_many", lambda conn: conn.fetch(_LATEST_MANY, tenant, list(chassis))
         )
         return [(row[0], row[1], row[2]) for row in rows]
+
+    async def _latest_value_rows(
+        self, tenant: str, msg_type: str, windows: Sequence[LatestWindow]
+    ) -> list[tuple[str, str, Value]]:
+        asked = [(window, name) for window in windows for name in window.fields]
+        args = (
+            tenant,
+            msg_type,
+            [window.chassis for window, _ in asked],
+            [name for _, name in asked],
+            [window.start_ms for window, _ in asked],
+            [window.end_ms for window, _ in asked],
+        )
+        rows = await self._call(
+            "latest_values_many", lambda conn: conn.fetch(_LATEST_VALUES, *args)
+        )
+        return [
+            (chassis, name, _value_of(num, integer, text))
+            for chassis, name, num, integer, text in rows
+        ]
 
     async def machine_points(self, tenant: str, chassis: str) -> int:
         count = await self._call(

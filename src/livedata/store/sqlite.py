@@ -120,6 +120,7 @@ from livedata.store.base import (
     MINUTE_MS,
     ROLLUP_LEVELS_MS,
     Grid,
+    LatestWindow,
     Plan,
     Series,
     Store,
@@ -226,6 +227,28 @@ _SELECT_RECORDS = """
     WHERE bucket IN (SELECT b FROM minutes) AND stream_id = :stream_id
         AND ts BETWEEN :start_ms AND :end_ms
     ORDER BY bucket DESC, ts DESC
+"""
+# latest_values_many: the records of each (machine, minute) of the windows, one index seek
+# each (CROSS JOIN keeps this order), and the asked series of the machines' streams.
+_WINDOW_RECORDS = """
+    SELECT r.v
+    FROM (SELECT json_extract(value, '$[0]') AS chassis, json_extract(value, '$[1]') AS bucket,
+              json_extract(value, '$[2]') AS lo, json_extract(value, '$[3]') AS hi
+          FROM json_each(:minutes)) AS w
+    CROSS JOIN streams s
+    CROSS JOIN records r
+    WHERE s.tenant = :tenant AND s.chassis = w.chassis AND s.msg_type = :msg_type
+        AND r.bucket = w.bucket AND r.stream_id = s.stream_id AND r.ts BETWEEN w.lo AND w.hi
+    ORDER BY r.ts
+"""
+_WINDOW_SERIES = """
+    SELECT a.chassis, a.field, se.series_id
+    FROM (SELECT json_extract(value, '$[0]') AS chassis, json_extract(value, '$[1]') AS field
+          FROM json_each(:fields)) AS a
+    CROSS JOIN streams s
+    CROSS JOIN series se
+    WHERE s.tenant = :tenant AND s.chassis = a.chassis AND s.msg_type = :msg_type
+        AND se.stream_id = s.stream_id AND se.field = a.field
 """
 _OF_MACHINE = (
     "series_id IN (SELECT series_id FROM series JOIN streams USING (stream_id)"
@@ -917,6 +940,51 @@ class SQLiteStore(Store):
         )
         with _translated("latest_many"):
             return conn.execute(sql, (tenant, *chassis)).fetchall()
+
+    async def _latest_value_rows(
+        self, tenant: str, msg_type: str, windows: Sequence[LatestWindow]
+    ) -> list[tuple[str, str, Value]]:
+        fn = partial(self._latest_values, tenant, msg_type, windows)
+        return await self._on_reader(fn)
+
+    @staticmethod
+    def _latest_values(
+        tenant: str, msg_type: str, windows: Sequence[LatestWindow], conn: sqlite3.Connection
+    ) -> list[tuple[str, str, Value]]:
+        """Two statements in one snapshot (the windows' minutes and fields as JSON): the
+        asked series, then the windows' records, oldest first, so each series keeps the
+        value of its newest record."""
+        minutes = [
+            (chassis, bucket, start_ms, end_ms)
+            for chassis, start_ms, end_ms, _ in windows
+            for bucket in range(start_ms // BUCKET_MS, end_ms // BUCKET_MS + 1)
+        ]
+        asked = [(window.chassis, name) for window in windows for name in window.fields]
+        params = {"tenant": tenant, "msg_type": msg_type}
+        latest: dict[int, tuple[str, str, Value]] = {}
+        with _translated("latest_values_many"):
+            conn.execute("BEGIN")
+            try:
+                series = {
+                    series_id: (chassis, name)
+                    for chassis, name, series_id in conn.execute(
+                        _WINDOW_SERIES, {**params, "fields": orjson.dumps(asked)}
+                    )
+                }
+                if series:
+                    rows = conn.execute(
+                        _WINDOW_RECORDS, {**params, "minutes": orjson.dumps(minutes)}
+                    )
+                    for (blob,) in rows:
+                        flat = _unpack(blob)
+                        for i in range(0, len(flat), 2):
+                            found = series.get(flat[i])
+                            if found is not None:
+                                latest[flat[i]] = (*found, _value(flat[i + 1]))
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        return list(latest.values())
 
     async def machine_points(self, tenant: str, chassis: str) -> int:
         return await self._on_reader(partial(self._count_machine, tenant, chassis))
