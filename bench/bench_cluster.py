@@ -42,8 +42,9 @@ subscription, not a ``$share`` one; see ``livedata.devices.mqtt``), at the cost 
 broker sending every message to every ingest process (each acknowledges the others'
 unread); ``--split share`` uses one MQTT share group instead (each message sent once).
 Each ingest process has a persistent session under its own client id.  ``--distribute N``
-(default: as many as ingest, at most the log's 4 partitions) distribute processes share
-the log's partitions as consumer group ``distribute``.  ``--profile-roles distribute,alerts``
+(default: as many as ingest, at most the log's 4 partitions) distribute processes split
+the log's partitions by ``share=i/n`` (each its fixed share, committed as group
+``distribute``; a roles tree without that option ignores it and joins the group).  ``--profile-roles distribute,alerts``
 profiles those processes instead of the three busiest.
 
 **Stored exactly once**: after each window, ClickHouse is asked for the distinct
@@ -947,7 +948,7 @@ class Cluster:
     ingest: int = 1
     """Ingest processes; with more than one, ``split`` says how they share the fleet."""
     distribute: int = 1
-    """Distribute processes: consumer group ``distribute`` splits the log's partitions."""
+    """Distribute processes: each reads its share of the log's partitions (``share=i/n``)."""
     split: str = "share"
     persistent_broker: bool = False
     """Mosquitto with ``persistence true`` (``--faults``): a restart keeps the persistent
@@ -970,6 +971,14 @@ class Cluster:
         if self.ingest == 1:
             return f"{self.urls['mqtt']}?shared=off&{session}"
         return f"{self.urls['mqtt']}?shared=off&partition={index}/{self.ingest}&{session}"
+
+    def distribute_log(self, index: int) -> str:
+        """The log URL of distribute process ``index`` (0-based): with several, its fixed
+        share of the partitions (``share=i/n``, see ``livedata.bus.kafka``: a killed one's
+        share waits for its restart, no group rebalance stops the others)."""
+        if self.distribute == 1:
+            return self.urls["log"]
+        return f"{self.urls['log']}&share={index}/{self.distribute}"
 
     def start_engines(self) -> None:
         base = self.tmp / "engines"
@@ -1006,7 +1015,7 @@ class Cluster:
         }
         print(f"  engines up in {time.monotonic() - t:.1f} s", flush=True)
 
-    def role(self, name: str, role: str, *extra: str, devices: str = "") -> Role:
+    def role(self, name: str, role: str, *extra: str, devices: str = "", log: str = "") -> Role:
         cmd = [
             sys.executable,
             "-m",
@@ -1021,7 +1030,7 @@ class Cluster:
             "--metadata",
             self.urls["metadata"],
             "--log",
-            self.urls["log"],
+            log or self.urls["log"],
             "--pubsub",
             self.urls["pubsub"],
             "--devices",
@@ -1059,7 +1068,7 @@ class Cluster:
             started.append(self.role(name, "ingest", devices=self.ingest_devices(i)))
         for i in range(self.distribute):
             name = "distribute" if self.distribute == 1 else f"distribute-{i + 1}"
-            started.append(self.role(name, "distribute"))
+            started.append(self.role(name, "distribute", log=self.distribute_log(i)))
         started.append(self.role("alerts", "alerts"))
         for r in started:
             r.wait_ready()
