@@ -32,6 +32,21 @@ def redact(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
+def share_option(what: str, text: str | None) -> tuple[int, int] | None:
+    """A URL option ``i/n`` (this process's share ``i`` of ``n``, 0-based) → (i, n), checked;
+    ``None`` without the option.  ``what`` names it in the error (``MQTT URL option partition``)."""
+    if text is None:
+        return None
+    index, _, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        raise ConfigError(f"{what}={text!r}: use i/n, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise ConfigError(f"{what}={text!r}: need 0 <= i < n")
+    return i, n
+
+
 def scheme_of(url: str) -> str:
     scheme = urlsplit(url).scheme
     if not scheme:

@@ -13,7 +13,14 @@ from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.protocol.metadata import MetadataRequest
 
 from livedata.bus import Log, open_log
-from livedata.bus.kafka import FETCH_WAIT_MS, LINGER_MS, MESSAGE_BYTES, KafkaLog, bounded_values
+from livedata.bus.kafka import (
+    _PARTITIONER,
+    FETCH_WAIT_MS,
+    LINGER_MS,
+    MESSAGE_BYTES,
+    KafkaLog,
+    bounded_values,
+)
 from livedata.errors import BusError, ConfigError
 from livedata.model import Kind, Record, decode_records, encode_records
 from tests.bus.contract import Consumer, LogContract, eventually, keys, parsed, rec, unique_id
@@ -89,6 +96,7 @@ def test_kafka_url_is_parsed() -> None:
     assert KafkaLog("kafka://h:1/t?linger_ms=0").batch_ms == 0
     assert log.fetch_wait_ms == FETCH_WAIT_MS
     assert KafkaLog("kafka://h:1/t?fetch_wait_ms=500").fetch_wait_ms == 500
+    assert (log.share, KafkaLog("kafka://h:1/t?share=1/3").share) == (None, (1, 3))
     for bad in (
         "kafka://h1:9092",
         "kafka://h1:9092/a/b",
@@ -96,6 +104,8 @@ def test_kafka_url_is_parsed() -> None:
         "kafka://h:1/t?linger_ms=-1",
         "kafka://h:1/t?fetch_wait_ms=-1",
         "kafka://h:1/t?fetch_wait_ms=x",
+        "kafka://h:1/t?share=2/2",
+        "kafka://h:1/t?share=x",
     ):
         with pytest.raises(ConfigError):
             open_log(bad)
@@ -248,17 +258,89 @@ async def test_stopped_consumer_hands_its_uncommitted_records_to_the_group(
         await asyncio.wait_for(second.task, 5)
 
 
-async def test_consumer_goes_on_after_the_broker_restarted_empty(tmp_path) -> None:
+def partition_of(chassis: str, count: int) -> int:
+    """The partition of ``chassis``'s records in a topic of ``count`` partitions."""
+    return _PARTITIONER(chassis.encode(), list(range(count)), list(range(count)))
+
+
+async def test_shares_read_their_partitions_and_a_restarted_share_resumes_at_once(
+    kafka_server, logs
+) -> None:
+    """Consumers of ``share=0/2`` and ``1/2`` each read the partitions of their remainder
+    (together all records, none twice); one that dies is resumed by its restart from its
+    last commit within a second, no session timeout or rebalance, while the other goes on
+    reading throughout."""
+    url = f"{kafka_server.url}/{unique_id('topic')}?partitions=4&session_timeout_ms=30000"
+    producer = await started(logs, url)
+    first_log = await started(logs, f"{url}&share=0/2")
+    other = Consumer(await started(logs, f"{url}&share=1/2"), "distribute")
+    first: list[Record] = []
+    unconfirmed: list[Record] = []
+    crash = asyncio.Event()
+
+    async def first_consumer(log: KafkaLog) -> None:
+        async for batch in log.consume("distribute"):
+            if crash.is_set():  # received, then the process "dies" before confirming it
+                unconfirmed.extend(batch)
+                return
+            first.extend(batch)
+
+    def mine(records: list[Record]) -> list[tuple[str, int]]:
+        return keys([r for r in records if partition_of(r.chassis, 4) % 2 == 0])
+
+    def theirs(records: list[Record]) -> list[tuple[str, int]]:
+        return keys([r for r in records if partition_of(r.chassis, 4) % 2 == 1])
+
+    task = asyncio.create_task(first_consumer(first_log))
+    try:
+        await eventually(lambda: len(assigned(first_log)) == 2, timeout=JOIN_TIMEOUT)
+        assert assigned(first_log) == {0, 2}
+        wave1 = [rec(f"m{i % 20}", i) for i in range(100)]
+        await producer.append(wave1)
+        await eventually(lambda: len(first) + len(other.records) == 100)
+        assert (keys(first), keys(other.records)) == (mine(wave1), theirs(wave1))
+        crash.set()
+        wave2 = [rec(f"m{i % 20}", i) for i in range(100, 200)]
+        await producer.append(wave2)
+        await asyncio.wait_for(task, JOIN_TIMEOUT)
+        assert unconfirmed
+        # the other share reads on while the first is gone
+        await eventually(lambda: set(theirs(wave2)) <= set(keys(other.records)), timeout=2)
+
+        again: list[Record] = []
+        restarted = await started(logs, f"{url}&share=0/2")
+        began = asyncio.get_running_loop().time()
+
+        async def restarted_consumer() -> None:
+            async for batch in restarted.consume("distribute"):
+                again.extend(batch)
+
+        task = asyncio.create_task(restarted_consumer())
+        await eventually(lambda: set(mine(wave2)) <= set(keys(again)), timeout=JOIN_TIMEOUT)
+        assert asyncio.get_running_loop().time() - began < 3.0, "resumed without a rebalance"
+        # from the last commit: what the first had confirmed is not read again
+        assert not set(keys(first)) & set(keys(again))
+        assert sorted(keys(first + again + other.records)) == sorted(keys(wave1 + wave2))
+    finally:
+        task.cancel()
+        for log in logs:
+            await log.close()
+        await asyncio.wait_for(other.task, 5)
+
+
+@pytest.mark.parametrize("share", ["", "&share=0/1"], ids=["group", "share"])
+async def test_consumer_goes_on_after_the_broker_restarted_empty(tmp_path, share: str) -> None:
     """The broker restarted without its data (Tansu's memory storage: topic and offsets
-    gone) under a running consumer: a commit the broker keeps refusing is given up and the
-    consumer goes on reading what is appended after the restart."""
+    gone) under a running consumer, of a group or of a share: a commit the broker keeps
+    refusing is given up and the consumer goes on reading what is appended after the
+    restart, every record of it (a share reads the topic created anew from its start)."""
     server = start_kafka(tmp_path)
     opened: list[KafkaLog] = []
     got: list[Record] = []
     try:
         url = f"{server.url}/{unique_id('topic')}?partitions=4&session_timeout_ms=6000"
         producer = await started(opened, url)
-        consumer = await started(opened, url)
+        consumer = await started(opened, url + share)
 
         async def consume() -> None:
             async for batch in consumer.consume("distribute"):
@@ -266,12 +348,14 @@ async def test_consumer_goes_on_after_the_broker_restarted_empty(tmp_path) -> No
 
         task = asyncio.create_task(consume())
         sent = 0
+        appended: list[int] = []
 
         async def send_until(count: int) -> None:
             nonlocal sent
             while len(got) < count:
                 with contextlib.suppress(BusError):
                     await producer.append([rec(f"m{sent % 8}", sent)])
+                    appended.append(sent)
                 sent += 1
                 await asyncio.sleep(0.2)
 
@@ -279,7 +363,9 @@ async def test_consumer_goes_on_after_the_broker_restarted_empty(tmp_path) -> No
         await asyncio.to_thread(server.restart)
         before = sent
         await asyncio.wait_for(send_until(len(got) + 20), 90)
-        assert [r for r in got if r.ts >= before], "records appended after the restart arrive"
+        after = [ts for ts in appended if ts >= before]
+        assert after, "appends go on after the restart"
+        await eventually(lambda: set(after) <= {r.ts for r in got}, timeout=10)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

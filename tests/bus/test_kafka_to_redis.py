@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+
+import orjson
 
 from livedata.bus.base import LiveMessage, Message, encoded
 from livedata.bus.kafka import KafkaLog
@@ -10,6 +13,7 @@ from livedata.bus.redis import RedisPubSub
 from livedata.model import Kind, Record, live_channel
 from livedata.pipeline.distribute import Distribute
 from tests.bus.contract import eventually, unique_id
+from tests.bus.test_kafka import partition_of
 from tests.servers.kafka import KafkaServer
 from tests.servers.redis import RedisServer
 
@@ -61,4 +65,78 @@ async def test_distribute_sends_the_logs_values_json_as_the_live_message(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await log.close()
+        await pubsub.close()
+
+
+async def test_distribute_by_share_restarted_resumes_at_once_and_the_other_never_stops(
+    kafka_server: KafkaServer, redis_server: RedisServer
+) -> None:
+    """Two distributes on ``share=0/2`` and ``1/2``: while the first is gone the second's
+    machines get every record live, and the first's restart publishes what its machines
+    sent meanwhile within 3 s (no rebalance, from its last commit), none missing."""
+    tenant = unique_id("t")
+    url = f"{kafka_server.url}/{unique_id('topic')}?partitions=4"
+    prefix = unique_id("p")
+    producer = KafkaLog(url)
+    pubsub = RedisPubSub(f"{redis_server.url}?prefix={prefix}/")
+    await producer.start()
+    await pubsub.start()
+    machines = [f"m{i}" for i in range(16)]
+    share_of = {m: partition_of(m, 4) % 2 for m in machines}
+    got: dict[str, list[tuple[float, int]]] = {m: [] for m in machines}
+    loop = asyncio.get_running_loop()
+    for m in machines:
+        await pubsub.subscribe(
+            live_channel(tenant, m, "vehicle_can"),
+            lambda _, msg, m=m: got[m].append((loop.time(), orjson.loads(encoded(msg))["ts"])),
+        )
+    running: dict[int, tuple[KafkaLog, asyncio.Task[None]]] = {}
+
+    async def start(share: int) -> None:
+        log = KafkaLog(f"{url}&share={share}/2")
+        await log.start()
+        running[share] = log, asyncio.create_task(Distribute(log, pubsub).run())
+
+    async def stop(share: int) -> None:
+        log, task = running.pop(share)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await log.close()
+
+    sent: list[int] = []
+
+    async def send(seconds: float) -> None:
+        for _ in range(int(seconds / 0.2)):
+            ts = 1000 * (len(sent) + 1)
+            await producer.append(
+                [Record(tenant, m, "vehicle_can", ts, Kind.REALTIME, {"x": 1}) for m in machines]
+            )
+            sent.append(ts)
+            await asyncio.sleep(0.2)
+
+    try:
+        await start(0)
+        await start(1)
+        await send(3)
+        await eventually(lambda: all(got[m] for m in machines), timeout=JOIN_TIMEOUT)
+        await stop(0)
+        await send(3)
+        restarted = loop.time()
+        await start(0)
+        await send(2)
+        await eventually(
+            lambda: all({ts for _, ts in got[m]} >= set(sent) for m in machines), timeout=10
+        )
+        for m in machines:
+            arrival = {ts: t for t, ts in reversed(got[m])}  # the first arrival of each
+            if share_of[m] == 0:
+                assert max(arrival.values()) - restarted < 3.0, m
+            else:
+                stamps = [arrival[ts] for ts in sent]
+                assert max(b - a for a, b in itertools.pairwise(stamps)) < 1.5, m
+        assert set(share_of.values()) == {0, 1}
+    finally:
+        for share in list(running):
+            await stop(share)
+        await producer.close()
         await pubsub.close()

@@ -2,7 +2,9 @@
 
 Query parameters: ``partitions`` and ``replication`` (used when the topic is
 created), ``session_timeout_ms`` (how long a silent consumer keeps its
-partitions, default 10 s), ``fetch_wait_ms`` (the consumers' ``fetch_max_wait_ms``,
+partitions, default 10 s), ``share=i/n`` (0-based: the consumers of this log read the
+partitions whose number is ``i`` modulo ``n``, assigned, not shared with a group's other
+members; see "A consumer dies"), ``fetch_wait_ms`` (the consumers' ``fetch_max_wait_ms``,
 default :data:`FETCH_WAIT_MS`: the longest a broker holds a fetch that found nothing;
 Kafka answers as soon as a record is there, but Tansu 0.6 answers every fetch only
 after sleeping up to half of it (all of it under 250 ms): at 10,000 records/s and a
@@ -74,7 +76,11 @@ Under stress:
   and messages refused with an unknown error (only the append in flight across the
   restart can have written into the missing topic now) are sent again at once, for up to
   :data:`RESEND_S`, each refusal moving the offset past one stale record.  Records in
-  flight across the restart may be read twice.
+  flight across the restart may be read twice.  A group's consumer rejoins and reads the
+  new topic from its start; a share's consumer (``share=i/n``) keeps its position, so it
+  reads a partition from its start again when the partition's end is below what it had
+  read (else it would skip every record until the new offsets passed its old position:
+  measured, all live of the first 11 s after the restart).
 * **A consumer dies.**  Its partitions move to the other consumers of its group:
   at once when it leaves cleanly (``close``), after ``session_timeout_ms`` when
   its process is killed, plus the broker's rebalance time (Tansu answers a
@@ -83,7 +89,16 @@ Under stress:
   close counts as a death.  Batches the consumer had received but not
   confirmed (by asking for the next one) are delivered again to the new owner,
   so **distribute may publish a record twice**: a client sees the same point
-  again, never a hole.
+  again, never a hole.  Each join also stops every member of the group while Tansu
+  rebalances (about 5 s), and a killed member's restart is a second join: a kill of one
+  of two distribute processes stopped live for all machines twice and for half of them
+  15-20 s.  With ``share=i/n`` (one process per share, restarted by its supervisor, as
+  ``bench_cluster.py`` runs distribute) there is no group membership: each consumer is
+  assigned its share of the partitions at start and resumes from the group's committed
+  offsets (an offset commit with no member, which Tansu takes), so a dead process's
+  share waits for its restart -- and only its share, the others read on -- and a
+  restart reads on within a second of starting.  A share nobody runs is not read: run
+  every share, or use the group.
 * **A commit the broker keeps refusing** (a broker restarted without its data):
   given up after ``session_timeout_ms`` (by then the group has dropped a member that
   stalled anyway) and logged (throttled); consuming goes on, and the records are read
@@ -121,6 +136,7 @@ from aiokafka.errors import (
 from aiokafka.partitioner import DefaultPartitioner
 
 from livedata import errors
+from livedata.backends import share_option
 from livedata.bus.base import Log
 from livedata.errors import BusError, ConfigError, ErrorMap, map_exceptions
 from livedata.model import Record, decode_records, encode_records
@@ -213,6 +229,7 @@ class KafkaLog(Log):
             self.session_timeout_ms = int(query.get("session_timeout_ms", [SESSION_TIMEOUT_MS])[0])
             self.batch_ms = float(query.get("linger_ms", [LINGER_MS])[0])
             self.fetch_wait_ms = int(query.get("fetch_wait_ms", [FETCH_WAIT_MS])[0])
+            self.share = share_option("Kafka URL option share", query.get("share", [None])[0])
         except ValueError as exc:
             raise ConfigError(f"Kafka log URL {url!r}: {exc}") from exc
         if self.partitions < 1:
@@ -493,7 +510,7 @@ class KafkaLog(Log):
         if self._closed.is_set():
             return
         consumer = AIOKafkaConsumer(
-            self.topic,
+            *(() if self.share else (self.topic,)),  # a share is assigned, not subscribed
             bootstrap_servers=self.bootstrap,
             client_id=f"livedata-{group}",
             group_id=f"{self.topic}.{group}",
@@ -504,15 +521,22 @@ class KafkaLog(Log):
             fetch_max_wait_ms=self.fetch_wait_ms,
         )
         self._consumers.add(consumer)
+        read: dict[TopicPartition, int] = {}
+        """Share: the offset after the last record read of each partition."""
         try:
             with map_errors(f"join group {group} on {self.topic}"):
                 await self._unless_closed(consumer.start())
+                if self.share is not None:
+                    consumer.assign(await self._unless_closed(self._shared_partitions()))
             while not self._closed.is_set():
                 with map_errors(f"fetch from {self.topic}"):
                     fetched = await self._unless_closed(
                         consumer.getmany(timeout_ms=POLL_MS, max_records=BATCH)
                     )
                 batch, offsets = self._decode(fetched)
+                if self.share is not None:
+                    read.update(offsets)
+                    await self._rewind_recreated(consumer, read)
                 if batch:
                     yield batch  # processed once the caller asks for the next batch
                 if offsets:
@@ -525,6 +549,36 @@ class KafkaLog(Log):
                 await consumer.stop()  # leaves the group: its partitions move at once
             except Exception:
                 log.warning("stopping the consumer of %s failed", group, exc_info=True)
+
+    async def _shared_partitions(self) -> list[TopicPartition]:
+        """This process's share ``i/n`` of the topic's partitions: those whose number is
+        ``i`` modulo ``n`` (the topic as the broker has it now; the log is started)."""
+        if self._producer is None:
+            raise BusError(f"Kafka log {self.topic}: consuming a share needs start() first")
+        index, count = self.share or (0, 1)
+        partitions = await self._producer.partitions_for(self.topic)
+        return [TopicPartition(self.topic, p) for p in sorted(partitions) if p % count == index]
+
+    async def _rewind_recreated(
+        self, consumer: AIOKafkaConsumer, read: dict[TopicPartition, int]
+    ) -> None:
+        """Share: read a partition from its start again when its end is now below what was
+        read of it (the broker restarted empty and the topic was created anew, offsets from
+        0: a group's consumer rejoins and starts from the earliest offset, an assigned one
+        would wait, skipping every record, until the new offsets passed its position)."""
+        for tp, offset in list(read.items()):
+            end = consumer.highwater(tp)
+            if end is not None and end < offset:
+                log.warning(
+                    "partition %s[%d] ends at %d, before the %d read (the broker restarted "
+                    "without its data?): reading it from its start",
+                    tp.topic,
+                    tp.partition,
+                    end,
+                    offset,
+                )
+                await consumer.seek_to_beginning(tp)
+                del read[tp]
 
     def _decode(
         self, fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]

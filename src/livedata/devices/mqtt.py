@@ -169,7 +169,7 @@ from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from livedata.backends import redact
+from livedata.backends import redact, share_option
 from livedata.codec import decode, encode
 from livedata.devices.base import (
     Delivery,
@@ -317,20 +317,6 @@ def _broker(url: str, options: frozenset[str]) -> _Broker:
         unquote(parts.password) if parts.password is not None else None,
         params,
     )
-
-
-def _partition(text: str | None) -> tuple[int, int] | None:
-    """``i/n`` → (i, n), checked; ``None`` without the option."""
-    if text is None:
-        return None
-    index, _, count = text.partition("/")
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        raise ConfigError(f"MQTT URL option partition={text!r}: use i/n, e.g. 0/2") from None
-    if not 0 <= i < n:
-        raise ConfigError(f"MQTT URL option partition={text!r}: need 0 <= i < n")
-    return i, n
 
 
 def _refusal(exc: aiomqtt.MqttError, where: str) -> ConfigError:
@@ -632,7 +618,7 @@ class MqttDeviceLink(DeviceLink):
         if shared not in ("on", "off"):
             raise ConfigError(f"MQTT URL option shared={shared!r}: use on or off")
         self.shared = shared == "on"
-        self.partition = _partition(params.get("partition"))
+        self.partition = share_option("MQTT URL option partition", params.get("partition"))
         if self.partition is not None and self.shared:
             raise ConfigError("MQTT URL option partition needs shared=off")
         self.partitioned_out = 0
