@@ -21,7 +21,8 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
      Redis (``livedata_published_total``) → gateway (``livedata_deliveries_total``);
      Mosquitto's PUBLISH counters (``$SYS``) and the simulator's own reports;
    - device-to-client latency, p50/p90/p99/max;
-   - CPU and RSS of every process (psutil), and CPU per record of each;
+   - CPU and RSS of every process (psutil), and CPU per record of each; ingest's
+     garbage collection time per record (``livedata_gc_seconds_total``);
    - afterwards, in ClickHouse: is every (machine, message type, second) of the
      window stored?
 
