@@ -22,7 +22,7 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
      Mosquitto's PUBLISH counters (``$SYS``) and the simulator's own reports;
    - device-to-client latency, p50/p90/p99/max;
    - CPU and RSS of every process (psutil), and CPU per record of each; ingest's
-     garbage collection time per record (``livedata_gc_seconds_total``);
+     garbage collection CPU per record (``livedata_gc_seconds_total``);
    - afterwards, in ClickHouse: is every (machine, message type, second) of the
      window stored?
 
@@ -723,7 +723,7 @@ def flow_table(windows: list[Window]) -> None:
         ),
     )
     row(
-        "GC: ingest µs/record (livedata_gc_seconds)",
+        "GC CPU: ingest µs/record (livedata_gc_seconds)",
         lambda w: gc_per_record(w, "ingest", w.total(records)),
     )
     row("CPU/record: clickhouse", lambda w: w.cpu_per("clickhouse", w.total(records)))
@@ -764,7 +764,7 @@ def duplicates_text(w: Window) -> str:
 
 
 def gc_per_record(w: Window, prefix: str, count: float) -> str:
-    """Garbage collection time of the processes named ``prefix…`` per unit of ``count``
+    """Garbage collection CPU of the processes named ``prefix…`` per unit of ``count``
     (``livedata_gc_seconds_total``; "–" for code that does not count it)."""
     metrics = [m for n, m in w.metrics.items() if n.startswith(prefix)]
     if not count or not any("livedata_gc_seconds_total" in m.values for m in metrics):

@@ -35,7 +35,7 @@ def test_lines_carry_role_and_machine() -> None:
 
 
 def test_time_gc_counts_the_seconds_of_each_collection_by_generation() -> None:
-    """Once time_gc is on (once, however often called), a full collection adds its time
+    """Once time_gc is on (once, however often called), a full collection adds its CPU time
     under generation 2 of livedata_gc_seconds_total."""
     sample = "livedata_gc_seconds_total"
     time_gc()
