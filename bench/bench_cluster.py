@@ -21,7 +21,8 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
      Redis (``livedata_published_total``) → gateway (``livedata_deliveries_total``);
      Mosquitto's PUBLISH counters (``$SYS``) and the simulator's own reports;
    - device-to-client latency, p50/p90/p99/max;
-   - CPU and RSS of every process (psutil), and CPU per record of each;
+   - CPU and RSS of every process (psutil), and CPU per record of each; ingest's
+     garbage collection CPU per record (``livedata_gc_seconds_total``);
    - afterwards, in ClickHouse: is every (machine, message type, second) of the
      window stored?
 
@@ -728,6 +729,10 @@ def flow_table(windows: list[Window]) -> None:
             else "–"  # the embedded window has no role processes
         ),
     )
+    row(
+        "GC CPU: ingest µs/record (livedata_gc_seconds)",
+        lambda w: gc_per_record(w, "ingest", w.total(records)),
+    )
     row("CPU/record: clickhouse", lambda w: w.cpu_per("clickhouse", w.total(records)))
     for other in OTHERS:
         row(f"CPU/record: {other}", lambda w, o=other: w.cpu_per(o, w.total(records)))
@@ -763,6 +768,16 @@ def stored_text(w: Window) -> str:
 
 def duplicates_text(w: Window) -> str:
     return f"{w.stored['duplicates']:,.0f}" if "duplicates" in w.stored else "–"
+
+
+def gc_per_record(w: Window, prefix: str, count: float) -> str:
+    """Garbage collection CPU of the processes named ``prefix…`` per unit of ``count``
+    (``livedata_gc_seconds_total``; "–" for code that does not count it)."""
+    metrics = [m for n, m in w.metrics.items() if n.startswith(prefix)]
+    if not count or not any("livedata_gc_seconds_total" in m.values for m in metrics):
+        return "–"
+    seconds = sum(m.get("livedata_gc_seconds_total") for m in metrics)
+    return f"{seconds / count * 1e6:,.1f} µs"
 
 
 def per_record(w: Window, prefix: str) -> float:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
-from livedata.observe import LogFormatter, log_context
+from prometheus_client import REGISTRY
+
+from livedata import observe
+from livedata.observe import LogFormatter, log_context, time_gc
 
 
 def _line(message: str, *args: object) -> str:
@@ -28,3 +32,20 @@ def test_lines_carry_role_and_machine() -> None:
     with log_context(role="ingest", machine="WL-0001"):
         line = _line("stored %d records", 5)
     assert "INFO role=ingest machine=WL-0001 uvicorn.error: stored 5 records" in line
+
+
+def test_time_gc_counts_the_seconds_of_each_collection_by_generation() -> None:
+    """Once time_gc is on (once, however often called), a full collection adds its CPU time
+    under generation 2 of livedata_gc_seconds_total."""
+    sample = "livedata_gc_seconds_total"
+    time_gc()
+    time_gc()
+    try:
+        assert gc.callbacks.count(observe._gc_timer) == 1
+        before = REGISTRY.get_sample_value(sample, {"generation": "2"}) or 0.0
+        garbage = [[n] for n in range(200_000)]  # something to walk
+        gc.collect()
+        after = REGISTRY.get_sample_value(sample, {"generation": "2"}) or 0.0
+        assert after > before and len(garbage) == 200_000
+    finally:
+        gc.callbacks.remove(observe._gc_timer)

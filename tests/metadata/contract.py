@@ -18,6 +18,7 @@ from livedata.metadata.decoding import (
     machine_ranges,
 )
 from livedata.metadata.dtcs import LOAD_CHUNK, DtcLog
+from livedata.metadata.tables import Machine
 from livedata.pipeline.dtcs import DtcChange
 
 
@@ -59,6 +60,29 @@ class MetadataContract(abc.ABC):
         decoding = {m.chassis_id: d.name if d else None for m, d in await meta.org_decoding(org)}
         assert decoding == {"A": "model.dbc", "B": "own.dbc", "C": None}
         assert model_dbc.created_ms > 1_600_000_000_000
+
+    async def test_org_decoding_rows_carry_what_the_machine_has(self, meta: Metadata) -> None:
+        """org_decoding's machine rows read as the machines do: name, model, own DBC,
+        tags, location and disabled, equal to get_machine's."""
+        org = unique_org()
+        await meta.ensure_org(org, "Org")
+        dbc = await meta.add_dbc(org, "own.dbc", "content")
+        await meta.upsert_machine(org, "A", "Machine A", "WL")
+        await meta.upsert_machine(org, "B", "Machine B", "EX")
+        await meta.assign_machine_dbc(org, "B", dbc.id)
+        async with meta.session() as s:
+            b = await s.get(Machine, (org, "B"))
+            a = await s.get(Machine, (org, "A"))
+            assert a is not None and b is not None
+            b.tags, b.location, a.disabled = ["north", "pit 2"], "Pit 2", True
+        names = ("chassis_id", "name", "model", "dbc_id", "tags", "location", "disabled")
+        rows = {m.chassis_id: m for m, _ in await meta.org_decoding(org)}
+        for chassis in ("A", "B"):
+            machine = await meta.get_machine(org, chassis)
+            assert [getattr(rows[chassis], n) for n in names] == [
+                getattr(machine, n) for n in names
+            ]
+        assert rows["B"].tags == ["north", "pit 2"] and rows["A"].disabled is True
 
     async def test_objects_of_another_org_are_not_found(self, meta: Metadata) -> None:
         """DBC files, machines and groups of another organisation are NotFound."""

@@ -164,6 +164,36 @@ async def test_a_full_batch_ends_the_log_linger(parts) -> None:
     assert [r.values["n"] for r in logged] == list(range(10))
 
 
+async def test_batches_handed_in_do_not_wake_the_lingering_appender(parts, monkeypatch) -> None:
+    """While the appender lets records gather for the log, the small batches a link hands
+    in one by one do not wake it to recheck (one wake-up per batch cost more than the
+    append); they go to the log together when the linger ends."""
+    ingest, _, log = parts
+    checks: list[int] = []
+    real = ingest_module._wait_until
+
+    async def counting(event, done, deadline) -> None:  # type: ignore[no-untyped-def]
+        count = 0
+
+        def counted() -> bool:
+            nonlocal count
+            count += 1
+            return bool(done())
+
+        await real(event, counted, deadline)
+        checks.append(count)
+
+    monkeypatch.setattr(ingest_module, "_wait_until", counting)
+    log.batch_ms = 300.0
+    for n in range(20):
+        message = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0 + n, values={"n": n})
+        await ingest.handle_many([Delivery(message)])
+        await asyncio.sleep(0.005)
+    logged = await first_batch(log)
+    assert [r.values["n"] for r in logged] == list(range(20))
+    assert checks and max(checks) <= 2
+
+
 def test_batch_bounds_default_to_the_stores_own(tmp_path: Path) -> None:
     """Without settings, ingest batches as the store prefers: ClickHouse long, SQLite short."""
     assert (ClickHouseStore.batch_ms, ClickHouseStore.batch_max) == (1000.0, 10_000)

@@ -21,7 +21,7 @@ from livedata.gateway.server import (
     uvicorn_config,
 )
 from livedata.gateway.sio import with_socketio
-from livedata.observe import setup_logging
+from livedata.observe import setup_logging, time_gc
 from livedata.runtime import Runtime
 from livedata.settings import ROLES, Settings, load_settings
 
@@ -112,7 +112,9 @@ def tune_gc() -> None:
     on the gateway role; 0.4-1.4 s under live load on a busy machine).
     ``gc.freeze()`` moves everything alive now into the permanent generation, so
     collections walk only what was made since; :data:`GC_THRESHOLDS` makes them rarer.
+    Their time is counted from then on (:func:`livedata.observe.time_gc`, on ``/metrics``).
     """
+    time_gc()
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

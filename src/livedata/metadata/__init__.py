@@ -78,6 +78,18 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
+_DECODING_COLUMNS = (
+    Machine.chassis_id,
+    Machine.name,
+    Machine.model,
+    Machine.dbc_id,
+    Machine.tags,
+    Machine.location,
+    Machine.disabled,
+)
+"""The columns of a machine :meth:`Metadata.org_decoding` reads."""
+
+
 class Metadata:
     """Access to the metadata database; one per process, shared by the roles."""
 
@@ -201,11 +213,16 @@ class Metadata:
                 raise NotFound(f"machine {chassis!r} not found")
             machine.dbc_id = dbc_id
 
-    async def org_decoding(self, org_id: str) -> list[tuple[Machine, DbcFile | None]]:
-        """Every machine of an organisation with the DBC it is decoded with, in three queries."""
+    async def org_decoding(self, org_id: str) -> list[tuple[Any, DbcFile | None]]:
+        """Every machine of an organisation with the DBC it is decoded with, in three queries.
+
+        A machine is a row of the columns of :data:`_DECODING_COLUMNS` (read by name, as
+        a :class:`Machine`'s), not an ORM object: ingest's catalog reloads a fleet every
+        10 s, and building 5,000 ORM objects (identity map, state) cost twice the CPU of
+        the rows."""
         async with self.session() as s:
             machines = list(
-                (await s.scalars(select(Machine).where(Machine.org_id == org_id))).all()
+                (await s.execute(select(*_DECODING_COLUMNS).where(Machine.org_id == org_id))).all()
             )
             models = {
                 m.name: m.dbc_id

@@ -304,6 +304,11 @@ class Ingest:
         """Records waiting for the log in memory (at most ``queue_max`` plus one handed-in
         batch): queued, in the appender's hands, or being moved to the log journal."""
         self._log_work = asyncio.Event()
+        self._log_full = asyncio.Event()
+        """Set when ``batch_max`` records wait for the log in memory: the appender's linger
+        ends early.  Not :attr:`_log_work`, set by every handed-in batch: a link hands in
+        a few messages per event-loop turn, and waking the lingering appender for each
+        (a task step and a timeout each time) cost more than the append."""
         self.log_journal = log_journal
         """The log journal (``None``: records wait for the log in memory only)."""
         self.log_memory_max = max(1, queue_max // 2)
@@ -479,6 +484,8 @@ class Ingest:
         self._unlogged.append(records)
         self.unlogged += len(records)
         self._log_work.set()
+        if self.unlogged >= self.batch_max:
+            self._log_full.set()
         if self.unlogged > self.log_memory_max:
             self._log_over.set()
         self._queue_work.set()
@@ -810,7 +817,7 @@ class Ingest:
         if not linger:
             return
         await _wait_until(
-            self._log_work, lambda: self.unlogged >= self.batch_max, time.monotonic() + linger
+            self._log_full, lambda: self.unlogged >= self.batch_max, time.monotonic() + linger
         )
 
     def _take_unlogged(self, limit: int) -> list[Record]:
