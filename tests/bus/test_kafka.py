@@ -88,7 +88,7 @@ async def started(opened: list[KafkaLog], url: str) -> KafkaLog:
 
 
 def test_kafka_url_is_parsed() -> None:
-    """A ``kafka://`` URL opens KafkaLog with its brokers, topic, partitions, linger and fetch wait; bad ones fail."""
+    """A ``kafka://`` URL opens KafkaLog with its brokers, topic, partitions, linger, fetch wait and share; bad ones fail."""
     log = open_log("kafka://h1:9092,h2:9093/telemetry?partitions=12")
     assert isinstance(log, KafkaLog)
     assert (log.bootstrap, log.topic, log.partitions) == ("h1:9092,h2:9093", "telemetry", 12)
