@@ -5,20 +5,19 @@ started by the test, the spill journal on a directory of the test.  Nothing is f
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
 from livedata.devices.mqtt import MqttDevice
-from livedata.errors import BackendError
-from livedata.model import DeviceMessage, MsgType, live_channel
+from livedata.model import MsgType, live_channel
 from livedata.runtime import Runtime
 from livedata.settings import Settings
+from tests.pipeline.mqtt_load import send_until, stop_load
 from tests.servers.mosquitto import Mosquitto, start_mosquitto
 from tests.servers.postgres import PostgresServer, start_postgres
 
@@ -85,19 +84,12 @@ async def test_postgres_down_for_30_s_under_load(
             await device.connect()
             devices.append(device)
 
-        async def send(device: MqttDevice, offset: int) -> None:
-            ts = int(time.time() * 1000) * 10 // 10 + offset
-            while not stop_sending.is_set():
-                ts += 1  # unique per machine, close to now
-                values = {f"s{k}": ts % 1000 + k / 8 for k in range(8)}
-                message = DeviceMessage(
-                    "acme", device.chassis, MsgType.CLIENT_RAW_DATA, ts, values=values
-                )
-                with contextlib.suppress(BackendError):
-                    await device.send(message)  # returns once the broker has it (PUBACK)
-                    sent[device.chassis].append(ts)
-                    sent_at.append(time.monotonic())
-                await asyncio.sleep(PERIOD_S)
+        def sent_by(chassis: str) -> Callable[[int], None]:
+            def note(ts: int) -> None:
+                sent[chassis].append(ts)
+                sent_at.append(time.monotonic())
+
+            return note
 
         async def sample() -> None:
             while True:
@@ -105,7 +97,10 @@ async def test_postgres_down_for_30_s_under_load(
                 peaks["rss"] = max(peaks["rss"], proc.memory_info().rss)
                 await asyncio.sleep(0.05)
 
-        tasks = [asyncio.create_task(send(d, n)) for n, d in enumerate(devices)]
+        tasks = [
+            asyncio.create_task(send_until(d, stop_sending, PERIOD_S, sent_by(d.chassis)))
+            for d in devices
+        ]
         tasks.append(asyncio.create_task(sample()))
         await asyncio.sleep(3)
         assert sum(map(len, sent.values())) > 500 and live, "the load runs"
@@ -143,10 +138,5 @@ async def test_postgres_down_for_30_s_under_load(
         assert spill.peak_records > sent_in_outage, "the outage went to the journal"
         assert spill.peak_bytes <= SPILL_MAX and peaks["queue"] <= QUEUE_MAX
     finally:
-        stop_sending.set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for device in devices:
-            await device.close()
+        await stop_load(stop_sending, tasks, devices)
         await rt.stop()

@@ -4,6 +4,8 @@ outages, deduplication before merges and retention by day partitions."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -710,4 +712,64 @@ async def test_restart_between_writes_costs_no_failed_write(
         got = await store.query("t1", "machine-1", "vehicle_can", ["x"], T0, T0 + 100)
         assert got["x"] == [(T0 + i, i) for i in range(20)]
     finally:
+        await store.close()
+
+
+async def test_two_writes_overlapping_a_stalled_server_are_stored_exactly(
+    own_clickhouse: ClickHouseServer,
+) -> None:
+    """Two writes of different records in flight at once on two pool threads while the
+    server is stopped (SIGSTOP) for 1 s: both return once it goes on, and every record of
+    each is stored once, with its own values (no state shared between concurrent writes)."""
+    db = unique_id("db_")
+    store = open_store(own_clickhouse.url(db))
+    await store.start()
+    assert own_clickhouse.process is not None
+    pid = own_clickhouse.process.pid
+
+    def batch(prefix: str, offset: float) -> list[Record]:
+        return [
+            rec(
+                "t1",
+                T0 + second * 1000,
+                {"n": m * 100 + second, "x": m + offset, "s": f"{prefix}{m}"},
+                chassis=f"{prefix}{m}",
+            )
+            for m in range(1_000)
+            for second in range(5)
+        ]
+
+    first, second = batch("a", 0.25), batch("b", 0.5)
+    client = admin(own_clickhouse)
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            writing = asyncio.create_task(store.write(first))
+            await asyncio.sleep(0.2)
+            overlapping = asyncio.create_task(store.write(second))
+            await asyncio.sleep(1.0)
+            assert not writing.done() and not overlapping.done(), "both wait for the server"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await asyncio.gather(writing, overlapping) == [15_000, 15_000]
+        rows = client.execute(
+            f"SELECT chassis, ts, field, kind, num, int, str FROM {db}.records ORDER BY chassis, ts"
+        )
+        expected = sorted(
+            (
+                r.chassis,
+                r.ts,
+                ["n", "s", "x"],
+                [2, 3, 1],
+                [r.values["n"], 0.0, r.values["x"]],
+                [r.values["n"], 0, 0],
+                ["", r.values["s"], ""],
+            )
+            for r in first + second
+        )
+        assert [(c, ts, f, k, n, i, s) for c, ts, f, k, n, i, s in rows] == [
+            tuple(e) for e in expected
+        ]
+    finally:
+        client.disconnect()
         await store.close()
