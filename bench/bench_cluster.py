@@ -1305,6 +1305,8 @@ def check_stored(cluster: Cluster, window: Window, settle: float) -> None:
         window.stored = stored
         done = stored["found"] == stored["expected"] or stored == last
         if done or time.monotonic() + 3 > deadline:
+            if stored["found"] < stored["expected"]:
+                print_short_seconds(cluster, window.span)
             return
         last = stored
         time.sleep(3)
@@ -1890,6 +1892,33 @@ def recovered_at(
     last = max((t for t in bad if fault.started <= t < fault.until), default=fault.started)
     ok_from = last + LAG_STEP_S if last > fault.started else fault.started
     return ok_from if fault.until - ok_from >= RECOVERED_FOR_S else float("nan")
+
+
+SHORT_SECONDS_SHOWN = 12
+
+
+def print_short_seconds(cluster: Cluster, span: tuple[int, int]) -> None:
+    """Print the seconds of ``span`` with records missing (up to :data:`SHORT_SECONDS_SHOWN`,
+    as "second (UTC time): records missing"): a lost store batch shows as one to a few
+    seconds short by about an ingest process's share, anything else spreads otherwise."""
+    try:
+        per_second = stored_per_second(cluster, *span)
+    except Exception as exc:
+        print(f"  ClickHouse check of the short seconds failed: {exc}")
+        return
+    short = [
+        (second, 2 * MACHINES - per_second.get(second, (0, 0, 0))[0])
+        for second in range(span[0], span[1] + 1)
+        if per_second.get(second, (0, 0, 0))[0] < 2 * MACHINES
+    ]
+    shown = ", ".join(
+        f"{second} ({time.strftime('%H:%M:%S', time.gmtime(second))}): {missing:,}"
+        for second, missing in short[:SHORT_SECONDS_SHOWN]
+    )
+    more = (
+        f" and {len(short) - SHORT_SECONDS_SHOWN} more" if len(short) > SHORT_SECONDS_SHOWN else ""
+    )
+    print(f"  seconds with records missing: {len(short)}: {shown}{more}")
 
 
 def in_fault(fault: Fault, t: float) -> bool:
