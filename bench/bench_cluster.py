@@ -430,6 +430,10 @@ class Window:
     """The whole seconds (Unix time) the stored-exactly-once check covers."""
     sim_skipped: int = 0
     """Ticks the simulator reported late and skipped during the window."""
+    broker_dropped: float = float("nan")
+    """PUBLISHes Mosquitto dropped in the window (a subscriber's queue full)."""
+    broker_dropped_run: float = float("nan")
+    """… and since the broker started (warm-up included), counted at the window's end."""
 
     def total(self, name: str) -> float:
         return sum(m.get(name) for m in self.metrics.values())
@@ -521,6 +525,41 @@ def sim_skipped(text: str) -> list[int]:
 
 
 BROKER_TOPICS = ("$SYS/broker/publish/messages/received", "$SYS/broker/publish/messages/sent")
+
+
+class BrokerDrops:
+    """Mosquitto's count of PUBLISHes it dropped (``$SYS/broker/publish/messages/dropped``:
+    a subscriber's queue full, ``max_queued_messages``), followed for the whole run by a
+    ``mosquitto_sub`` into ``path``: the broker publishes the counter only when it changes,
+    retained for 60 s, so a one-off read after a quiet minute finds nothing."""
+
+    def __init__(self, port: int, path: Path) -> None:
+        self.path = path
+        self.proc: subprocess.Popen[bytes] | None = None
+        tool = shutil.which("mosquitto_sub")
+        if tool is None:
+            return
+        with path.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [tool, "-h", "127.0.0.1", "-p", str(port), "-t", BROKER_DROPPED],
+                stdout=out,
+                stderr=subprocess.DEVNULL,
+            )
+
+    def value(self) -> float:
+        """The last count the broker published (0 before it published any); NaN without the tool."""
+        if self.proc is None:
+            return float("nan")
+        lines = self.path.read_text(errors="replace").split()
+        return float(lines[-1]) if lines and lines[-1].isdigit() else 0.0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+BROKER_DROPPED = "$SYS/broker/publish/messages/dropped"
 
 
 def broker_counters(port: int) -> dict[str, float]:
@@ -716,6 +755,7 @@ def flow_table(windows: list[Window]) -> None:
         lambda w: f"{w.gaps} / {w.total('livedata_drops_total'):.0f} / {w.lost}",
     )
     row("machine-seconds stored (ClickHouse check)", lambda w: stored_text(w))
+    row("broker dropped (window / whole run)", lambda w: dropped_text(w))
     row("duplicate point rows (not merged yet)", lambda w: duplicates_text(w))
     row("CPU/record: embedded process", lambda w: w.cpu_per("embedded", w.total(records)))
     row("CPU/message sent: simulate", lambda w: w.cpu_per("simulate", w.sim_sent * w.seconds))
@@ -1018,6 +1058,8 @@ class Cluster:
         self.stack.callback(postgres.stop, remove=True)
         self.clickhouse_port = clickhouse.tcp_port
         self.mqtt_port = mosquitto.port
+        self.drops = BrokerDrops(mosquitto.port, base / "mosquitto" / "dropped.out")
+        self.stack.callback(self.drops.stop)
         self.servers = {
             "mosquitto": mosquitto,
             "tansu (kafka)": kafka,
@@ -1274,11 +1316,14 @@ def window_with_checks(
     sim_before = len(sim_reports(cluster.sim.text()))
     skipped_before = len(sim_skipped(cluster.sim.text()))
     broker0 = broker_counters(cluster.mqtt_port)
+    dropped0 = cluster.drops.value()
     first_s = int(time.time()) + 1
     window = measure(label, seconds, cluster.groups(clients), cluster.scrapers(), clients)
     last_s = int(time.time()) - 1
     broker1 = broker_counters(cluster.mqtt_port)
     window.broker = {k: v - broker0[k] for k, v in broker1.items() if k in broker0}
+    window.broker_dropped = cluster.drops.value() - dropped0
+    window.broker_dropped_run = cluster.drops.value()
     reports = sim_reports(cluster.sim.text())[sim_before:]
     if reports:
         window.sim_sent = sum(s for s, _ in reports) / (10.0 * len(reports))
@@ -1307,6 +1352,11 @@ def check_stored(cluster: Cluster, window: Window, settle: float) -> None:
         if done or time.monotonic() + 3 > deadline:
             if stored["found"] < stored["expected"]:
                 print_short_seconds(cluster, window.span)
+                print(
+                    f"  Mosquitto dropped {window.broker_dropped:,.0f} PUBLISHes in the window "
+                    f"({cluster.drops.value():,.0f} since it started): a queue for a subscriber "
+                    "full (max_queued_messages), see its log"
+                )
             return
         last = stored
         time.sleep(3)
@@ -1432,6 +1482,13 @@ def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
     return point
 
 
+def dropped_text(w: Window) -> str:
+    """Mosquitto's dropped PUBLISHes (queue full): acknowledged to the device, never delivered."""
+    if w.broker_dropped != w.broker_dropped:
+        return "–"
+    return f"{w.broker_dropped:,.0f} / {w.broker_dropped_run:,.0f}"
+
+
 def sweep_table(points: list[SweepPoint]) -> None:
     rows: list[tuple[str, list[str]]] = []
 
@@ -1465,6 +1522,7 @@ def sweep_table(points: list[SweepPoint]) -> None:
     row("device → browser p50", lambda p: lat(p, 0.5))
     row("device → browser p99", lambda p: lat(p, 0.99))
     row("machine-seconds stored (ClickHouse)", lambda p: stored_text(p.window))
+    row("broker dropped (window / whole run)", lambda p: dropped_text(p.window))
     row("duplicate point rows (not merged yet)", lambda p: duplicates_text(p.window))
     for role in ROLES:
         row(f"CPU µs/record: {role}", lambda p, r=role: num(per_record(p.window, r)))
@@ -2234,8 +2292,12 @@ def code_version() -> str:
 def keep_logs(tmp: Path, logs: Path) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     found = [*tmp.glob("*.log"), *tmp.glob("*/*.log"), *tmp.glob("*/profile-*.txt")]
+    # the engines' logs (Mosquitto's "Outgoing messages are being dropped for client …")
+    found += [*tmp.glob("*/*/mosquitto/*.log"), *tmp.glob("*/*/mosquitto/*.out")]
+    found += [*tmp.glob("*/mosquitto/*.log"), *tmp.glob("*/mosquitto/*.out")]
     for path in [*found, *tmp.glob("*/*.out")]:
-        name = path.name if path.parent == tmp else f"{path.parent.name}-{path.name}"
+        parts = path.relative_to(tmp).parts
+        name = "-".join(p for p in parts if p != "engines")
         with contextlib.suppress(OSError):
             shutil.copy(path, logs / name)
 

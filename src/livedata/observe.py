@@ -126,6 +126,12 @@ LOG_JOURNAL_FULL = Counter(
 INGEST_UNLOGGED = Gauge(
     "livedata_ingest_unlogged", "Records durable and acknowledged, waiting for the log"
 )
+BROKER_DROPPED = Gauge(
+    "livedata_broker_dropped",
+    "Messages the MQTT broker says it dropped since it started (Mosquitto's "
+    "$SYS/broker/publish/messages/dropped: a subscriber's queue was full), "
+    "acknowledged to their devices and never delivered",
+)
 PUBLISHED = Counter("livedata_published", "Live messages published to pub/sub")
 WS_CONNECTIONS = Gauge("livedata_ws_connections", "Open live WebSocket connections")
 CHANNELS = Gauge("livedata_live_channels", "Pub/sub channels the gateway is subscribed to")

@@ -35,6 +35,7 @@ from livedata.devices.mqtt import (
 from livedata.errors import BackendError, ConfigError
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, Kind, MsgType
+from livedata.observe import BROKER_DROPPED
 from livedata.pipeline.ingest import Ingest, Outcome, consume_devices
 from livedata.store.clickhouse import ClickHouseStore
 from livedata.store.memory import MemoryStore
@@ -328,6 +329,35 @@ async def test_an_acknowledgement_waits_for_those_of_older_messages(
     assert [i.message.ts for i in (older, newer, *rest) if isinstance(i, Delivery)] == [
         TS + i for i in range(4)
     ]
+
+
+async def test_a_full_broker_queue_drops_acknowledged_messages_and_the_link_says_so(
+    tmp_path: Path, parts: Links, tenant: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mosquitto drops what is beyond a share-group member's queue, acknowledged to the device; the link reports the drops."""
+    server = start_mosquitto(tmp_path / "broker", "max_queued_messages 3\nsys_interval 1\n")
+    try:
+        link = await parts.link(link_url(server, inflight=2))
+        await until(lambda: link.broker_dropped is not None, 10)  # the broker's first report
+        assert link.broker_dropped == 0
+        device = await parts.device(server.url, tenant, "M1")
+        for i in range(10):  # each one PUBACKed by the broker
+            await device.send(raw_message(tenant, "M1", TS + i * 1000))
+        await until(lambda: link.broker_dropped == 5, 10)  # 2 in flight, 3 queued, 5 dropped
+        got = []
+        for _ in range(5):
+            item = await parts.next(link)
+            assert isinstance(item, Delivery) and item.ack is not None
+            got.append(item.message.ts)
+            await item.ack()
+        await parts.nothing(link)
+        assert got == [TS + i * 1000 for i in range(5)]
+        assert BROKER_DROPPED._value.get() == 5
+        warned = [r.getMessage() for r in caplog.records if "dropped 5 messages" in r.getMessage()]
+        assert warned and "since it last said (5 since it started)" in warned[0], warned
+    finally:
+        await parts.close()
+        server.stop()
 
 
 async def test_unacknowledged_message_is_redelivered_to_the_restarted_member(

@@ -188,6 +188,7 @@ from livedata.errors import (
     DeviceTimeout,
 )
 from livedata.model import DeviceMessage, MsgType, valid_id
+from livedata.observe import BROKER_DROPPED
 from livedata.ratelog import Throttled
 from livedata.retry import backoff
 
@@ -212,6 +213,9 @@ ROOT = "livedata"
 TELEMETRY_FILTER = f"{ROOT}/+/+/telemetry/+"
 STATUS_FILTER = f"{ROOT}/+/+/status"
 METHOD_RESPONSE_FILTER = f"{ROOT}/+/+/methods/res/+"
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+"""Mosquitto's count of PUBLISHes it dropped since it started (a subscriber's queue
+full), republished retained when it changes (every ``sys_interval``, default 10 s)."""
 DEFAULT_PORT = 1883
 BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
@@ -636,6 +640,9 @@ class MqttDeviceLink(DeviceLink):
         self.counters = {"messages": 0, "rejected": 0, "connects": 0}
         self.stale_acks = 0
         """Acknowledgements skipped because their connection had been replaced."""
+        self.broker_dropped: int | None = None
+        """The broker's count of messages it dropped (:data:`BROKER_DROPPED_TOPIC`), None
+        until it told one (only Mosquitto does, and only if the link may read ``$SYS``)."""
         self._inbox: deque[Delivery | Rejection] = deque()
         self._inbox_ready = asyncio.Event()
         self._order: deque[_Ack] = deque()
@@ -734,6 +741,8 @@ class MqttDeviceLink(DeviceLink):
                         await client.subscribe(self.share_filter, qos=1)
                     await client.subscribe(STATUS_FILTER, qos=1)
                     await client.subscribe(METHOD_RESPONSE_FILTER, qos=1)
+                    if self.receive_telemetry:  # a broker without it grants but sends nothing
+                        await client.subscribe(BROKER_DROPPED_TOPIC, qos=0)
                     self._client = client
                     self._connected.set()
                     self.counters["connects"] += 1
@@ -830,6 +839,10 @@ class MqttDeviceLink(DeviceLink):
         retain = bool(first & 0x01)
         topic = raw.decode("utf-8", "replace")
         try:
+            if topic == BROKER_DROPPED_TOPIC:
+                self._broker_drops(payload)
+                ack.now()
+                return None
             if topic.count("/") == 3 and topic.endswith("/status"):
                 self._presence(topic, payload, retain)
                 ack.now()
@@ -852,6 +865,33 @@ class MqttDeviceLink(DeviceLink):
             message = item.message
             self._remember(raw, (message.tenant, message.chassis, message.msg_type))
         return item
+
+    def _broker_drops(self, payload: bytes) -> None:
+        """The broker's dropped-messages counter: the ``livedata_broker_dropped`` gauge,
+        and a warning each time it grew (the broker republishes it at most once per
+        ``sys_interval``) or, at the link's start, if it is not 0.  Mosquitto drops a QoS 1
+        message it has acknowledged to the device when the queue of the subscriber it
+        picked is full (``max_queued_messages``, ``max_queued_bytes``): in a share group it
+        picks the members in turn, so an ingest process behind by more than its queue
+        loses its share of what arrives beyond it, and nothing else tells."""
+        try:
+            count = int(payload)
+        except ValueError:
+            return
+        BROKER_DROPPED.set(count)
+        last, self.broker_dropped = self.broker_dropped, count
+        if last is not None and count < last:
+            last = 0  # the broker restarted: its count too
+        if count > (last or 0):
+            log.warning(
+                "MQTT broker %s dropped %d messages %s (%d since it started): acknowledged to "
+                "their devices, never delivered -- a subscriber's queue was full, e.g. an "
+                "ingest process behind by more than the broker's max_queued_messages",
+                self._broker.where,
+                count - (last or 0),
+                "before this link connected" if last is None else "since it last said",
+                count,
+            )
 
     def _remember(self, raw: bytes, route: tuple[str, str, str] | object) -> None:
         """Remember what a topic is, for the next message on it (bounded: at most
