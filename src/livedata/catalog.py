@@ -216,6 +216,15 @@ class Catalog:
         a record's ``values.keys()``: the usual message, all names known, builds no set."""
         if self.fields_known(tenant, chassis, msg_type, names):
             return
+        await self.save_fields(tenant, await self.claim_fields(tenant, chassis, msg_type, names))
+
+    async def claim_fields(
+        self, tenant: str, chassis: str, msg_type: str, names: Collection[str]
+    ) -> list[tuple[str, str, str]]:
+        """:meth:`note_fields` in two steps, for a batch of messages: check ``names`` and
+        take the new ones as known (refused as there: :class:`DecodeError`), returning
+        them as ``(chassis, msg_type, name)`` rows for one :meth:`save_fields` of the
+        batch.  Waits only for the organisation's first load."""
         org = self._fields.get(tenant)
         if org is None:
             async with self._locks.setdefault(tenant, asyncio.Lock()):
@@ -224,11 +233,25 @@ class Catalog:
                     org = self._fields[tenant] = await self.meta.org_fields(tenant)
         known = org.setdefault((chassis, msg_type), set())
         new = set(names) - known
-        if new:
-            where = f"{chassis!r} of organisation {tenant!r}"
-            check_field_count(where, msg_type, len(known), new, self.max_fields)
-            await self.meta.add_fields(tenant, chassis, msg_type, sorted(new))
-            known |= new
+        if not new:
+            return []
+        where = f"{chassis!r} of organisation {tenant!r}"
+        check_field_count(where, msg_type, len(known), new, self.max_fields)
+        known |= new
+        return [(chassis, msg_type, name) for name in sorted(new)]
+
+    async def save_fields(self, tenant: str, rows: list[tuple[str, str, str]]) -> None:
+        """Persist what :meth:`claim_fields` took, in one statement; if that fails the
+        names are forgotten again (the next message with them retries) and it raises."""
+        if not rows:
+            return
+        try:
+            await self.meta.add_fields_many(tenant, rows)
+        except BaseException:
+            org = self._fields.get(tenant, {})
+            for chassis, msg_type, name in rows:
+                org.get((chassis, msg_type), set()).discard(name)
+            raise
 
     async def forget_field(self, tenant: str, chassis: str, msg_type: str, name: str) -> bool:
         """Delete a remembered field (whether it existed); its stored values stay until

@@ -251,3 +251,45 @@ async def test_a_batch_gets_one_outcome_per_message(parts) -> None:
     assert isinstance(outcomes[0], Record) and outcomes[0].values == {"x": 1}
     assert outcomes[1] == Refused("rejected", "unknown machine 'GHOST' in organisation 'acme'")
     assert outcomes[2] == Refused("decode_error", "truncated payload")
+
+
+async def test_a_batch_saves_its_new_field_names_in_one_statement(parts) -> None:
+    """A batch of many machines' first client_raw_data remembers every machine's field names
+    with one metadata INSERT (a fleet's first second), and refuses only a machine past max_fields."""
+    from sqlalchemy import event
+
+    ingest, _, _ = parts
+    meta = ingest.catalog.meta
+    for i in range(200):
+        await meta.upsert_machine("acme", f"F{i}", f"F{i}", "XX")
+    ingest.catalog.invalidate()
+    ingest.catalog.max_fields = 3
+    inserts: list[str] = []
+
+    def count(_conn, _cursor, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO MACHINE_FIELDS"):
+            inserts.append(statement)
+
+    event.listen(meta.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        batch = [
+            Delivery(
+                DeviceMessage("acme", f"F{i}", MsgType.CLIENT_RAW_DATA, T0, values={"a": i, "b": 1})
+            )
+            for i in range(200)
+        ]
+        batch.append(  # a fourth field for F0: refused, the rest kept
+            Delivery(
+                DeviceMessage(
+                    "acme", "F0", MsgType.CLIENT_RAW_DATA, T0 + 1, values={"c": 1, "d": 1}
+                )
+            )
+        )
+        outcomes = await ingest.handle_many(batch)
+    finally:
+        event.remove(meta.engine.sync_engine, "before_cursor_execute", count)
+    assert all(isinstance(o, Record) for o in outcomes[:200])
+    assert isinstance(outcomes[200], Refused) and "at most 3" in outcomes[200].reason
+    assert len(inserts) == 1, inserts
+    for i in (0, 99, 199):
+        assert await meta.list_fields("acme", f"F{i}", "client_raw_data") == ["a", "b"]

@@ -368,7 +368,10 @@ class Ingest:
         The usual message waits for nothing: the clock is read once per batch (again after
         an organisation's first load), the organisation's machines once per run of
         messages of one organisation (:meth:`Catalog.cached`), and only a first load, a
-        DM1, or a field name never seen before is awaited.
+        DM1, or a field name never seen before is awaited -- the batch's new field names
+        in one statement per organisation (a fleet's first messages: one row set for
+        thousands of machines instead of a transaction each, which at 5,000 machines kept
+        each ingest process from its messages for 15-25 s at start-up).
         """
         outcomes: list[Outcome] = []
         accepted: list[tuple[Record, Ack | None]] = []
@@ -377,6 +380,9 @@ class Ingest:
         now_ms = int(time.time() * 1000)
         tenant_of: str | None = None
         machines: dict[str, MachineInfo] = {}
+        new_fields: dict[str, list[tuple[str, str, str]]] = {}
+        """The batch's field names never seen before, saved in one statement per
+        organisation (a fleet's first second: thousands of machines, one each)."""
         for delivery in deliveries:
             if isinstance(delivery, Rejection):
                 outcomes.append(
@@ -403,7 +409,9 @@ class Ingest:
                 elif msg.msg_type == MsgType.CLIENT_RAW_DATA:
                     names = record.values.keys()
                     if not catalog.fields_known(tenant, chassis, msg.msg_type, names):
-                        await catalog.note_fields(tenant, chassis, msg.msg_type, names)
+                        claimed = await catalog.claim_fields(tenant, chassis, msg.msg_type, names)
+                        if claimed:
+                            new_fields.setdefault(tenant, []).extend(claimed)
             except DecodeError as exc:
                 outcomes.append(
                     await self.reject(tenant, chassis, str(exc), delivery.ack, "rejected")
@@ -414,6 +422,8 @@ class Ingest:
             stats.points += len(record.values)
             outcomes.append(record)
             accepted.append((record, delivery.ack))
+        for tenant, rows in new_fields.items():
+            await catalog.save_fields(tenant, rows)
         if dtcs:  # the batch's DM1s: one metadata transaction for all their changes
             summaries = await self.dtcs.observe_many([item[:3] for item in dtcs])
             for (*_, values, stats), summary in zip(dtcs, summaries, strict=True):
