@@ -4,7 +4,8 @@ One run, at most ``--budget`` (240) seconds, cleanup included:
 
 1. **The distributed shape.**  Mosquitto, Tansu (Kafka), Redis, ClickHouse and
    PostgreSQL are started as the tests start them (``tests/servers``: free loopback
-   ports, temporary directories; Mosquitto with ``max_queued_messages 100000``).
+   ports, temporary directories; Mosquitto's queues bounded by ``max_queued_bytes``
+   256 MiB per subscriber, not by a count; the messages it drops are reported).
    Then one ``livedata serve --role ingest``, one ``--role distribute``, one
    ``--role alerts`` (no rules: what consuming the log costs it) and one
    ``--role gateway --seed-demo 1000`` process, and ``livedata simulate --mqtt …
@@ -162,15 +163,21 @@ FIELDS = ("speed", "engine_rpm", "brake_status")
 ROLE_START_TIMEOUT_S = 90.0
 SIM_CONNECT_TIMEOUT_S = 120.0
 MOSQUITTO_EXTRA = (
-    # the ingest link's queue at the broker: room for several seconds of the whole fleet
-    # (2,000 msg/s) when ingest falls behind, instead of Mosquitto dropping above 10,000
-    "max_queued_messages 100000\n"
+    # each ingest link's queue at the broker, bounded by memory instead of a count: a
+    # share-group member behind by more than its queue loses its share of what arrives
+    # beyond it (acknowledged to the devices: nothing retries).  At 100,000 messages a
+    # 5,000-machine run that fell 20+ s behind at start-up lost 42,812 records (session
+    # 10).  256 MiB of ~180-byte payloads: ~1.4 million messages, minutes of a share.
+    "max_queued_messages 0\n"
+    "max_queued_bytes 268435456\n"
     "max_connections -1\n"
     # 1,000 connect/disconnect lines are noise
     "connection_messages false\n"
     # $SYS counters every second (read at the window's ends)
     "sys_interval 1\n"
 )
+MQTT_QUEUE = [0]
+"""``--mqtt-queue``: Mosquitto's ``max_queued_messages`` per subscriber (0: by bytes only)."""
 STORE_DB = "livedata"
 LOG_PARTITIONS = 4
 """Partitions of the log topic: at most this many distribute processes share the work."""
@@ -1044,6 +1051,8 @@ class Cluster:
         base = self.tmp / "engines"
         t = time.monotonic()
         extra = MOSQUITTO_EXTRA
+        if MQTT_QUEUE[0]:
+            extra += f"max_queued_messages {MQTT_QUEUE[0]}\n"
         if self.persistent_broker:
             extra += f"persistence true\npersistence_location {base / 'mosquitto'}/\n"
         mosquitto = start_mosquitto(base / "mosquitto", extra)
@@ -2315,6 +2324,14 @@ def main() -> None:
     )
     parser.add_argument("--ingest", type=int, default=1, metavar="N", help="ingest processes (1)")
     parser.add_argument(
+        "--mqtt-queue",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Mosquitto's max_queued_messages per subscriber (0, the default: bounded by "
+        "max_queued_bytes 256 MiB only); a small one shows what a behind ingest loses",
+    )
+    parser.add_argument(
         "--split",
         choices=("partition", "share"),
         default="share",
@@ -2408,6 +2425,7 @@ def main() -> None:
     fleets = [int(n) for n in args.fleets.split(",")] if args.fleets else []
     RESULTS["shape"] = new_cluster(args, Path(), contextlib.ExitStack()).shape()
     MACHINES = args.machines
+    MQTT_QUEUE[0] = args.mqtt_queue
     RECOVERED_LAG[0] = args.recovered_lag
     if args.faults or args.fleets:
         CLIENTS[0] = args.clients

@@ -171,7 +171,8 @@ async def refused(broker: Mosquitto, username: str | None, password: str | None)
 
 
 async def test_a_device_publishes_its_own_telemetry_to_the_service_user(setup: Setup) -> None:
-    """Device A's telemetry and presence reach the server's link (service user, $share group)."""
+    """Device A's telemetry and presence reach the server's link (service user, $share group),
+    and so does the broker's count of dropped messages."""
     link = MqttDeviceLink(setup.service_url)
     await link.start()
     device = MqttDevice(setup.device_url("M1"), ORG, "M1")
@@ -193,6 +194,11 @@ async def test_a_device_publishes_its_own_telemetry_to_the_service_user(setup: S
                 break
             await asyncio.sleep(0.1)
         assert link.status(ORG, "M1").connected
+        for _ in range(50):  # retained by the broker since its start ($SYS, read by the ACL)
+            if link.broker_dropped is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert link.broker_dropped == 0
         # a direct method: the service user writes the request, the device reads it and answers
         result = await link.call(ORG, "M1", "getStatus", {"x": 1}, response_timeout=5)
         assert result == MethodResult(200, {"method": "getStatus", "echo": {"x": 1}})

@@ -20,6 +20,7 @@ topic                                       device      service user (the server
 ``livedata/{own}/status`` (Last Will too)   write       read
 ``livedata/{own}/methods/req/+/+``          read        write
 ``livedata/{own}/methods/res/+``            write       read
+``$SYS/broker/publish/messages/dropped``    —           read
 anything of another device, anything else   —           —
 ==========================================  ==========  ==========================
 
@@ -136,6 +137,8 @@ def acl_file(services: Iterable[str]) -> str:
             f"topic read {ROOT}/+/+/status",
             f"topic read {ROOT}/+/+/methods/res/+",
             f"topic write {ROOT}/+/+/methods/req/+/+",
+            "# the broker's count of messages it dropped (a queue full): logged by ingest",
+            "topic read $SYS/broker/publish/messages/dropped",
         ]
     return "\n".join(lines) + "\n"
 

@@ -63,7 +63,9 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     slow.  Mosquitto 2.0.11 honours it for the first window but (measured) releases
     up to ``inflight`` more queued messages per PUBACK, so what a link may buffer is
     really bounded by the broker's queue for it (``max_queued_messages``, default
-    1000 in Mosquitto; raise it for big fleets, the broker drops messages above it).
+    1000 in Mosquitto; raise it for big fleets, the broker drops messages above it,
+    after acknowledging them to the device: the link follows Mosquitto's count of
+    them, :data:`BROKER_DROPPED_TOPIC`, and warns when it grows).
     It is also the link's :attr:`~livedata.devices.base.DeviceLink.window`: once this
     many deliveries wait for their acknowledgement, ingest writes its store batch at
     once instead of waiting out ``store_batch_ms`` for messages that cannot come -- so
