@@ -122,6 +122,17 @@ class MetadataContract(abc.ABC):
         await meta.add_fields(org, "M", "client_raw_data", ["a", "c"])
         assert await meta.list_fields(org, "M", "client_raw_data") == ["a", "b", "c"]
 
+    async def test_fields_of_several_machines_are_kept_in_one_call(self, meta: Metadata) -> None:
+        """add_fields_many stores each machine's names, those already stored left alone."""
+        org = unique_org()
+        await meta.add_fields(org, "M1", "client_raw_data", ["a"])
+        rows = [("M1", "client_raw_data", "a"), ("M1", "client_raw_data", "b")]
+        rows += [("M2", "client_raw_data", "a"), ("M2", "vehicle_can", "x")]
+        await meta.add_fields_many(org, rows)
+        assert await meta.list_fields(org, "M1", "client_raw_data") == ["a", "b"]
+        assert await meta.list_fields(org, "M2", "client_raw_data") == ["a"]
+        assert await meta.list_fields(org, "M2", "vehicle_can") == ["x"]
+
     async def test_dtc_log_and_dbc_options(self, meta: Metadata) -> None:
         """DTC rows become active, change, clear, and are listed per machine; DBC J1939 options
         are kept."""
