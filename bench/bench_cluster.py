@@ -66,7 +66,8 @@ pipeline takes to drain is measured (``--drain``, 30 s at most).  Printed per si
 and distribute are behind at the end of the window (seconds of the fleet's
 records: what the broker took in but ingest has not, what ingest took in but
 distribute has not published), p50/p99 device → browser, machine-seconds stored,
-and CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
+the PUBLISHes Mosquitto dropped (its ``$SYS`` count: a subscriber's queue full), and
+CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
 all sizes (about 3 minutes each).
 
 **Faults** (``--faults [all|kill:ROLE,term:ROLE,restart:ENGINE,down:ENGINE:S,…]``) instead of the
