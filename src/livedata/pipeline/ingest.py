@@ -380,9 +380,9 @@ class Ingest:
         now_ms = int(time.time() * 1000)
         tenant_of: str | None = None
         machines: dict[str, MachineInfo] = {}
+        # the batch's field names never seen before, saved in one statement per
+        # organisation (a fleet's first second: thousands of machines, one each)
         new_fields: dict[str, list[tuple[str, str, str]]] = {}
-        """The batch's field names never seen before, saved in one statement per
-        organisation (a fleet's first second: thousands of machines, one each)."""
         for delivery in deliveries:
             if isinstance(delivery, Rejection):
                 outcomes.append(
