@@ -491,8 +491,8 @@ async def test_claim_left_pending_is_rolled_up_by_the_next_write(
     records = long_records("t1", seconds=25 * 60)
     stream = ("t1", "machine-1", "vehicle_can")
     claimed = None
-    for batch in live_batches(records, size=1):
-        if claimed is None:
+    for n, batch in enumerate(live_batches(records, size=1)):
+        if claimed is None and n > 0:  # the first write opens the stream
             new = first_open_minute(batch[0].ts, stream_key(stream), SETTLE_SPAN)
             if new > settled_minute(client, db):  # this write settles: another claimed it
                 claimed = new
@@ -505,6 +505,11 @@ async def test_claim_left_pending_is_rolled_up_by_the_next_write(
                 await store.write(batch)
                 assert rollup_states(client, db) == before  # left to the claimer
                 assert settled_minute(client, db) < new
+                continue
+            if claimed is not None and claimed > settled_minute(client, db):
+                await store.write(batch)  # the next write: abandoned, rolled up here
+                assert rollup_states(client, db) > before
+                assert settled_minute(client, db) == claimed
                 continue
         await store.write(batch)
     assert claimed is not None and settled_minute(client, db) > claimed
