@@ -1,27 +1,32 @@
 """ClickHouse's CPU over a long steady write load: does it grow, and which work grows.
 
     flock /tmp/heavy.lock python bench/bench_clickhouse_growth.py [--minutes 13]
-        [--machines 5000] [--writers 2] [--src DIR]
+        [--machines 5000] [--writers 2] [--src DIR] [--base DIR] [--no-frames]
 
 Starts a private ``clickhouse-server`` (Debian's 18.16; ``tests/servers``: free loopback
 ports, a temporary directory, removed at the end, also on Ctrl-C) with ``query_log`` and
 ``part_log`` on, then ``--writers`` worker processes, each a :class:`ClickHouseStore` (as
 ingest processes are), with ``DIR`` (a ``src`` directory, default this checkout's) first on
-``sys.path``.  Every second each machine of ``--machines`` makes one ``vehicle_can`` record
-(8 values, 2 strings) and one ``client_raw_data`` (15 values), timestamped with the wall
-clock, and each record goes to one writer, changing from second to second as an MQTT
-share group spreads messages; each writer writes its share of a second in one
-``write`` once the second is over (ingest's 1 s batch).  So the server gets the demo's
-10,000 records/s at 5,000 machines, in real time: a stream settles its minutes every
-:data:`SETTLE_SPAN` (10) minutes, so runs shorter than about 12 minutes miss the steady
-state.
+``sys.path``.  ``--base DIR`` runs the same load on a second server of its own, with
+another tree's ``src`` (the code before), at the same time: both see the same machine
+load, and their CPU per minute is printed as ratios.  Every second each machine of
+``--machines`` makes one ``vehicle_can`` record (8 values, 2 strings) and one
+``client_raw_data`` (15 values), timestamped with the wall clock, and each record goes
+to one writer, changing from second to second as an MQTT share group spreads messages;
+each writer writes its share of a second in one ``write`` once the second is over
+(ingest's 1 s batch), and beside it the ``vehicle_can`` messages' raw frames (a
+150-byte blob each, ``write_frames``; not with ``--no-frames``).  So the server gets
+the demo's 10,000 records/s at 5,000 machines, in real time: a stream settles its
+minutes every :data:`SETTLE_SPAN` (10) minutes, so runs shorter than about 12 minutes
+miss the steady state.
 
 Prints per minute of the run: the server's CPU (``/proc``, % of one core), its active
 parts (records, rollups, rollup_open, streams), and from ``system.query_log`` per query
-kind (records insert, the settle SELECT on ``rollup_open``, the roll-up ``INSERT ...
-SELECT``, the ``rollup_open`` inserts) the queries, their CPU (user + system, ms per
-second of the run) and rows read; from ``system.part_log`` the merges and rows merged per
-table.  Then the writers' write time (p50, max) and lag behind the clock.  Asserts nothing.
+kind (records and frames inserts, the settle SELECT on ``rollup_open``, the claim check
+of a settling write, the roll-up ``INSERT ... SELECT``, the ``rollup_open`` inserts) the
+queries, their CPU (user + system, ms per second of the run) and rows read per second;
+from ``system.part_log`` the merges and rows merged per table.  Then the writers' write
+time (p50, max) and lag behind the clock.  Asserts nothing.
 """
 
 from __future__ import annotations
