@@ -22,6 +22,7 @@ from clickhouse_driver.streams.native import BlockOutputStream
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Record
 from livedata.store import open_store
+from livedata.store.base import first_open_minute, stream_key
 from livedata.store.clickhouse import (
     _COLUMNS,
     _MIGRATE_SELECT,
@@ -30,6 +31,7 @@ from livedata.store.clickhouse import (
     KIND_INT,
     KIND_STR,
     RECORDS_TYPES,
+    SETTLE_SPAN,
     ClickHouseStore,
     _Columns,
     _quiet,
@@ -434,6 +436,87 @@ async def test_two_stores_rolling_up_the_same_minutes_agree(
         client.disconnect()
         for store in (one, two, single):
             await store.close()
+
+
+def rollup_states(client: Client, db: str) -> int:
+    """Rollup rows as inserted (one per roll-up of a (series, minute)), before any merge."""
+    client.execute(f"SYSTEM STOP MERGES {db}.rollups")
+    return int(client.execute(f"SELECT count() FROM {db}.rollups")[0][0])
+
+
+async def test_share_group_writers_roll_up_each_group_once(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """Two stores writing one stream's seconds alternately (an MQTT share group) roll up each
+    settled group of minutes once, not once per store, and downsample it exactly."""
+    db = unique_id("db_")
+    one, two = (
+        ClickHouseStore(clickhouse_server.url(db)),
+        ClickHouseStore(clickhouse_server.url(db)),
+    )
+    client = admin(clickhouse_server)
+    records = long_records("t1", seconds=25 * 60)
+    try:
+        await one.start()
+        client.execute(f"SYSTEM STOP MERGES {db}.rollups")
+        await two.start()
+        for n, batch in enumerate(live_batches(records, size=1)):
+            await (one if n % 2 else two).write([batch[0]])
+        rows = rollup_states(client, db)
+        minutes = {r.ts // 60_000 for r in records if r.ts // 60_000 < settled_minute(client, db)}
+        assert rows == 3 * len(minutes)  # fields a, b, m: one rollup row each per minute
+        end = T0 + 25 * 60_000
+        for store in (one, two):
+            got = await store.downsample("t1", "machine-1", "vehicle_can", ["a"], T0, end, 10)
+            assert_downsampled(got["a"], {r.ts: r.values["a"] for r in records}, T0, end, 10)
+    finally:
+        client.disconnect()
+        for store in (one, two):
+            await store.close()
+
+
+def settled_minute(client: Client, db: str) -> int:
+    """The settled open minute of machine-1's vehicle_can stream."""
+    return int(
+        client.execute(f"SELECT max(open_minute) FROM {db}.rollup_open WHERE done = 1")[0][0]
+    )
+
+
+async def test_claim_left_pending_is_rolled_up_by_the_next_write(
+    fresh_store: tuple[str, ClickHouseStore, Client],
+) -> None:
+    """A group of minutes claimed by a writer that never settled it (died between its claim
+    and its roll-up) is left to that writer once, then rolled up by the stream's next write."""
+    db, store, client = fresh_store
+    records = long_records("t1", seconds=25 * 60)
+    stream = ("t1", "machine-1", "vehicle_can")
+    claimed = None
+    for n, batch in enumerate(live_batches(records, size=1)):
+        if claimed is None and n > 0:  # the first write opens the stream
+            new = first_open_minute(batch[0].ts, stream_key(stream), SETTLE_SPAN)
+            if new > settled_minute(client, db):  # this write settles: another claimed it
+                claimed = new
+                client.execute(
+                    f"INSERT INTO {db}.rollup_open (tenant, chassis, msg_type, done,"
+                    " open_minute) VALUES",
+                    [(*stream, 0, new)],
+                )
+                before = rollup_states(client, db)
+                await store.write(batch)
+                assert rollup_states(client, db) == before  # left to the claimer
+                assert settled_minute(client, db) < new
+                continue
+            if claimed is not None and claimed > settled_minute(client, db):
+                await store.write(batch)  # the next write: abandoned, rolled up here
+                assert rollup_states(client, db) > before
+                assert settled_minute(client, db) == claimed
+                continue
+        await store.write(batch)
+    assert claimed is not None and settled_minute(client, db) > claimed
+    end = T0 + 25 * 60_000
+    for name in ("a", "b"):
+        got = await store.downsample("t1", "machine-1", "vehicle_can", [name], T0, end, 10)
+        assert_downsampled(got[name], {r.ts: r.values[name] for r in records}, T0, end, 10)
 
 
 async def test_retention_drops_rollup_partitions_with_the_points(

@@ -112,8 +112,13 @@ records, or its write sees the claim.  So when a write returns, ``downsample`` i
 its points -- except while another process's write is between its insert and its
 roll-up (milliseconds).  A write that fails anywhere raises; its retry, or the stream's
 next write in any process (from the settled minute on), rolls the minutes up again.
-Cost: one more round trip per write, three more (claim, roll-up, settled) on a write
-that settles a group of minutes of some stream.
+Cost: one more round trip per write, four more (the others' claims of the streams it
+would move, claim, roll-up, settled) on a write that settles a group of minutes of some
+stream.  The writers of an MQTT share group all see every stream, and each one's newest
+point passes a stream's settle time within a second or two of the others': a write leaves
+the streams another process has settled or is settling to it (seen pending twice, a
+claim is taken as abandoned and rolled up here), so each group of minutes is read back
+once, not once per writer (``bench/bench_clickhouse_growth.py``).
 
 Duplicates: a point is (tenant, chassis, msg_type, field, ts); writing it again
 **replaces its value (last write wins)**, as in the memory and SQLite stores.
@@ -841,6 +846,8 @@ class ClickHouseStore(Store):
         self._started = False
         self._closed = False
         self._last_ver = 0
+        self._waiting: dict[StreamId, int] = {}
+        """Per stream, another process's claim seen pending once (see :meth:`_unclaimed`)."""
         self._opened: dict[StreamId, int | None] = {}
         """Per stream written by this process, its first open minute as last known
         (``None``: none settled); see :meth:`_settle`."""
@@ -1096,7 +1103,8 @@ class ClickHouseStore(Store):
         per write reads both for the streams whose claim is past the oldest minute the
         write touched -- usually none, the whole table when a stream is not cached yet
         -- and those of the write's streams whose claim is past a minute the write
-        touched have late points there.  A write of another
+        touched have late points there.  A write that moves streams first asks whether
+        another process has claimed them already (:meth:`_unclaimed`).  A write of another
         process that inserts a point into a minute being settled either reads the claim
         (and rolls the minute up again itself) or inserted before the claim, so before
         the roll-up.  Rolling up a minute twice, here or in two processes, only adds
@@ -1108,10 +1116,13 @@ class ClickHouseStore(Store):
         opened = self._opened
         unknown = [stream for stream in newest if stream not in opened]
         lowest = INT64_MIN if unknown else min(min(minutes) for minutes in touched.values())
+        # The rows past ``lowest`` only, grouped: the table's other rows (two per stream)
+        # are scanned but not grouped.  A stream's settled minute at or below ``lowest`` is
+        # then not read; its cache stays older and :meth:`_unclaimed` finds it if it moves.
         rows = client.execute(
             "SELECT tenant, chassis, msg_type, maxIf(open_minute, done = 1),"
             f" countIf(done = 1), max(open_minute) AS claimed FROM {db}.rollup_open"
-            " GROUP BY tenant, chassis, msg_type HAVING claimed > %(lowest)s",
+            " WHERE open_minute > %(lowest)s GROUP BY tenant, chassis, msg_type",
             {"lowest": lowest},
         )
         now = {stream: opened.get(stream) for stream in newest}
@@ -1128,6 +1139,8 @@ class ClickHouseStore(Store):
             if stream in touched:
                 late.update((stream, minute) for minute in touched[stream] if minute < claimed)
         moved, pairs = settle_streams(newest, touched, newest, now, SETTLE_SPAN)
+        if moved:
+            moved, pairs = self._unclaimed(client, moved, pairs, now)
         if late:
             pairs = sorted(late.union(pairs))
         if moved:
@@ -1140,6 +1153,60 @@ class ClickHouseStore(Store):
         if len(opened) + len(unknown) > NAMES_CACHED:
             opened.clear()
         opened.update(now)
+
+    def _unclaimed(
+        self,
+        client: Client,
+        moved: list[tuple[StreamId, int]],
+        pairs: list[tuple[StreamId, int]],
+        now: dict[StreamId, int | None],
+    ) -> tuple[list[tuple[StreamId, int]], list[tuple[StreamId, int]]]:
+        """``moved`` and ``pairs`` without the streams another process has claimed up to
+        their new open minute already: the writers of a share group see every stream, and
+        each one's newest point passes the stream's settle time within a second or two of
+        the other's, so without this both rolled up every group of minutes (twice the
+        read-back, two roll-ups per cohort and writer instead of one).
+
+        One query per write that moves streams, by the key of ``rollup_open``.  A stream
+        settled (``done = 1``) up to its new open minute takes that minute into ``now`` (the
+        cache) and rolls up nothing but its ``late`` minutes (added by the caller); one
+        only claimed is left to its claimer the first time this process sees that claim
+        (the cache keeps the old minute, so the stream's next write asks again) and rolled
+        up here the next time (the claimer is slow, or died between claim and settled: its
+        group would never be rolled up otherwise).  Points of this write in the minutes
+        the claimer rolls up were inserted before its claim (its roll-up reads them) or
+        after it, and then the caller's first query saw the claim (``late``)."""
+        db = self.database
+        rows = client.execute(
+            "SELECT tenant, chassis, msg_type, maxIf(open_minute, done = 1), countIf(done = 1),"
+            f" max(open_minute) FROM {db}.rollup_open"
+            f" WHERE (tenant, chassis, msg_type) IN (SELECT tenant, chassis, msg_type FROM {_PAIRS})"
+            " GROUP BY tenant, chassis, msg_type",
+            external_tables=[
+                _external(_PAIRS, _PAIR_STRUCTURE, [(*stream, new) for stream, new in moved])
+            ],
+        )
+        target = dict(moved)
+        waiting = self._waiting
+        others: set[StreamId] = set()
+        for tenant, chassis, msg_type, settled, known, claimed in rows:
+            stream = (tenant, chassis, msg_type)
+            new = target[stream]
+            if known and settled >= new:
+                now[stream] = settled
+                waiting.pop(stream, None)
+                others.add(stream)
+            elif claimed >= new and waiting.get(stream) != claimed:
+                if len(waiting) >= NAMES_CACHED:
+                    waiting.clear()
+                waiting[stream] = claimed  # seen once: the claimer's, for now
+                others.add(stream)
+        if not others:
+            return moved, pairs
+        return (
+            [(stream, new) for stream, new in moved if stream not in others],
+            [pair for pair in pairs if pair[0] not in others],
+        )
 
     def _mark(self, client: Client, moved: list[tuple[StreamId, int]], done: int) -> None:
         """Record the streams' new open minutes in ``rollup_open`` (claimed, or settled)."""
