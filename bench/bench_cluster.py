@@ -144,9 +144,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import orjson
 import psutil
 from clickhouse_driver import Client as ClickHouseClient
 
+import _hops
 import bench_live
 from livedata.sim.fleet import default_chassis_ids
 from livedata.store.clickhouse import ClickHouseStore
@@ -180,6 +182,10 @@ OTHERS = ("simulate", "mosquitto", "tansu", "redis", "WebSocket clients")
 """What is neither a livedata role nor ClickHouse: each one's CPU per record ingested is
 printed, and their sum (what the machine spends around livedata to feed and watch it)."""
 SAMPLE_EVERY_S = 1.0
+BENCH = Path(__file__).resolve().parent
+HOPS = [False]
+"""``--hops``: every role runs through ``_hops.py``, noting the client machines' records
+along the live path (see :func:`report_hops`)."""
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -430,6 +436,9 @@ class Window:
     """The whole seconds (Unix time) the stored-exactly-once check covers."""
     sim_skipped: int = 0
     """Ticks the simulator reported late and skipped during the window."""
+    started: float = 0.0
+    ended: float = 0.0
+    """Wall-clock (Unix) start and end of the window (``--hops`` takes its notes in it)."""
 
     def total(self, name: str) -> float:
         return sum(m.get(name) for m in self.metrics.values())
@@ -468,6 +477,7 @@ def measure(
     if clients is not None:
         clients.start()
     cpu0 = {g.name: g.cpu() for g in groups}
+    started = time.time()
     sys0 = bench_live.system_busy_seconds()
     rss_max = dict.fromkeys((g.name for g in groups), 0)
     t0 = time.perf_counter()
@@ -493,6 +503,8 @@ def measure(
         {name: after[name] - before[name] for name in scrapers},
         end=after,
         load=os.getloadavg()[0],
+        started=started,
+        ended=time.time(),
     )
     if clients is not None:
         stats = clients.stop()
@@ -1036,10 +1048,12 @@ class Cluster:
         print(f"  engines up in {time.monotonic() - t:.1f} s", flush=True)
 
     def role(self, name: str, role: str, *extra: str, devices: str = "", log: str = "") -> Role:
+        launcher = ["-m", "livedata"]
+        if HOPS[0]:  # the role through _hops.py, its notes in hops-NAME.json at its exit
+            launcher = [str(BENCH / "_hops.py"), str(self.tmp / f"hops-{name}.json")]
         cmd = [
             sys.executable,
-            "-m",
-            "livedata",
+            *launcher,
             "serve",
             "--port",
             "0",
@@ -1389,6 +1403,8 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
 
 def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
     """One fleet size on a fresh cluster, stopped at the end."""
+    if HOPS[0]:
+        os.environ["LIVEDATA_HOPS_CHASSIS"] = ",".join(c for c, _ in client_specs())
     with cleanup_on_exit() as stack:
         cluster = new_cluster(args, run, stack)
         before, connect_s = cluster.start()
@@ -1429,7 +1445,33 @@ def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
             flush=True,
         )
         print(f"[{elapsed()}] stopping the cluster", flush=True)
+    if HOPS[0]:
+        try:
+            report_hops(run, window)
+        except Exception as exc:  # the size's figures are still reported
+            print(f"  hops not reported: {exc!r}", flush=True)
     return point
+
+
+def report_hops(run: Path, window: Window) -> None:
+    """The live path of the client machines' records sampled in ``window``: the time since
+    the sample (ms, p50 / p99) at each point (``_hops.py``: all processes of a role
+    together), then the clients' receipt; each role's GC pauses and event loop stalls."""
+    notes: dict[str, dict[str, Any]] = {}
+    for path in sorted(run.glob("hops-*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            notes[path.stem.removeprefix("hops-")] = orjson.loads(path.read_bytes())
+    merged: dict[str, list[float]] = {hop: [] for hop in _hops.HOPS}  # in path order
+    for data in notes.values():
+        for hop, flat in data.get("hops", {}).items():
+            merged.setdefault(hop, []).extend(flat)
+    probe_window: Any = window  # what bench_live's helpers read of it, this one has too
+    print("  live path of the client machines' records: time since the sample, p50 / p99")
+    for hop, p50, p99 in bench_live.breakdown(probe_window, {"hops": merged}):
+        print(f"    {hop:10} {p50:7.1f} / {p99:7.1f} ms")
+    for name, data in notes.items():
+        print(f"  {name}: {bench_live.gc_pauses(probe_window, data)}")
+        print("    " + "\n    ".join(bench_live.loop_stalls(probe_window, data)))
 
 
 def sweep_table(points: list[SweepPoint]) -> None:
@@ -2309,6 +2351,13 @@ def main() -> None:
         help="live clients per fleet size in the sweep, and of --faults (100)",
     )
     parser.add_argument(
+        "--hops",
+        action="store_true",
+        help="sweep: run every role through bench/_hops.py and print, per size, the time "
+        "since the sample at each point of the live path (p50 / p99), GC pauses and event "
+        "loop stalls of each role",
+    )
+    parser.add_argument(
         "--warmup",
         type=float,
         default=30.0,
@@ -2349,6 +2398,7 @@ def main() -> None:
     RECOVERED_LAG[0] = args.recovered_lag
     if args.faults or args.fleets:
         CLIENTS[0] = args.clients
+    HOPS[0] = args.hops
     BUDGET[0] = max(args.budget, args.seconds + 300) if args.faults else args.budget
     src = Path(__file__).resolve().parent.parent / "src"
     trees = (
