@@ -21,8 +21,8 @@ record got there:
 
 In the distributed shape (``bench_cluster.py --hops``, each role process run through
 this script) the log and pub/sub are Kafka and Redis, so the points are:
-``ingest`` and ``decoded`` as above (MQTT deliveries), ``logged`` (``KafkaLog.append``
-returned), ``consumed`` (distribute got it from the log: ``Distribute.messages``),
+``ingest`` and ``decoded`` as above (MQTT deliveries), ``append`` and ``logged`` (``KafkaLog.append``
+called and returned), ``consumed`` (distribute got it from the log: ``Distribute.messages``),
 ``published`` (``Distribute._publish`` returned: Redis took it; in the embedded shape
 too) and ``written`` (the
 gateway's fan-out; the ``ts`` read from the message's JSON).  With
@@ -63,7 +63,7 @@ from typing import Any
 import orjson
 
 STALL_S = 0.05
-HOPS = ("sent", "ingest", "decoded", "logged", "consumed", "publish", "published", "written")
+HOPS = ("sent", "ingest", "decoded", "append", "logged", "consumed", "publish", "published", "written")
 CHANNEL_SUFFIX = "/vehicle_can"
 
 
@@ -243,7 +243,18 @@ def install(probe: Probe) -> None:
     probe.wrap("livedata.pipeline.ingest:Ingest._enqueue", on_enqueue)
     probe.wrap("livedata.bus.memory:MemoryLog.append", on_append)
     probe.wrap("livedata.bus.memory:MemoryPubSub.publish_many", on_publish)
-    probe.wrap("livedata.bus.kafka:KafkaLog.append", on_append)
+    def on_kafka_append(append: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(self: Any, records: Any) -> None:
+            sampled = [record.ts for record in records if realtime_can(record)]
+            for ts in sampled:
+                note("append", ts)
+            await append(self, records)
+            for ts in sampled:
+                note("logged", ts)
+
+        return wrapped
+
+    probe.wrap("livedata.bus.kafka:KafkaLog.append", on_kafka_append)
     probe.wrap("livedata.pipeline.distribute:Distribute.messages", on_messages)
     probe.wrap("livedata.pipeline.distribute:Distribute._publish", on_distribute_publish)
     probe.wrap("livedata.gateway.fanout:Fanout._on_message", on_message)

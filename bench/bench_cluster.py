@@ -1470,7 +1470,15 @@ def report_hops(run: Path, window: Window) -> None:
     for hop, p50, p99 in bench_live.breakdown(probe_window, {"hops": merged}):
         print(f"    {hop:10} {p50:7.1f} / {p99:7.1f} ms")
     for name, data in notes.items():
-        print(f"  {name}: {bench_live.gc_pauses(probe_window, data)}")
+        pauses: dict[int, list[float]] = {}
+        for end, generation, seconds in data.get("gc", ()):
+            if window.started <= end < window.ended:
+                pauses.setdefault(generation, []).append(seconds * 1000)
+        by_generation = ", ".join(
+            f"gen {g}: {len(p)}, {sum(p):.0f} ms, max {max(p):.0f} ms"
+            for g, p in sorted(pauses.items())
+        )
+        print(f"  {name}: {bench_live.gc_pauses(probe_window, data)} ({by_generation or '-'})")
         print("    " + "\n    ".join(bench_live.loop_stalls(probe_window, data)))
 
 
