@@ -162,6 +162,14 @@ from livedata.store.base import Store, normalised
 
 log = logging.getLogger("livedata.ingest")
 
+HANDLE_MAX = 500
+"""Deliveries :func:`consume_devices` hands to :meth:`Ingest.handle_many` at most in one
+call, letting the event loop run between calls.  Decoding is synchronous (a ``vehicle_can``
+message costs tens of µs), so a link's whole backlog (up to its ``inflight``, 5,000 over
+MQTT) in one call held the loop for hundreds of ms on a busy machine: the log's appender,
+the acker and the link's reader waited for all of it, and each record for the whole batch
+to be decoded before any of it was queued.  Measured at 5,000 machines
+(``bench/bench_cluster.py --fleets 5000 --ingest 2 --hops``): see bench/README.md."""
 MAX_UNKNOWN_MACHINES = 1_000
 """Machines not in the catalog whose :class:`DecodeStats` are kept (the most recently
 refused ones): made-up ids in topics or URLs cannot grow ingest's memory."""
@@ -973,7 +981,9 @@ class Ingest:
 
 
 async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
-    """Feed the device link's deliveries to ``ingest``, each batch the link has in one call.
+    """Feed the device link's deliveries to ``ingest``: what the link has, up to
+    :data:`HANDLE_MAX` (and the store's ``batch_max``) a call, the event loop running
+    between calls.
 
     The link's :attr:`~livedata.devices.base.DeviceLink.window` narrows
     :attr:`Ingest.ack_window`, so a store batch never waits for messages the link cannot
@@ -989,7 +999,7 @@ async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
         ingest.ack_window = window if current is None else min(current, window)
     failures = ingest._failures
     with observe.log_context(role="ingest"):
-        async for batch in link.batches(ingest.batch_max):
+        async for batch in link.batches(min(ingest.batch_max, HANDLE_MAX)):
             delays = backoff(0.5, 5.0)
             while True:
                 try:
@@ -1007,3 +1017,4 @@ async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
                 failures.recovered("handle", "batches are handled again")
                 break
             link.settle(batch, outcomes)
+            await asyncio.sleep(0)  # a link's generator does not wait while it has more
