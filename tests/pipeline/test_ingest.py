@@ -240,6 +240,55 @@ async def test_a_links_backlog_is_handed_in_bounded_batches_with_the_loop_betwee
     assert all(a == 0 or b == 0 for a, b in itertools.pairwise(events))
 
 
+class GatedLog(MemoryLog):
+    """A memory log whose first append waits until ``release`` is set (a slow broker)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"memory://{uuid.uuid4().hex}")
+        self.appends: list[list[int]] = []
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def append(self, records):  # type: ignore[no-untyped-def]
+        self.appends.append([r.values["n"] for r in records])
+        self.entered.set()
+        if len(self.appends) == 1:
+            await self.release.wait()
+        await super().append(records)
+
+
+async def test_records_that_waited_out_an_append_are_not_lingered_again(parts) -> None:
+    """The log's linger counts from the oldest waiting record: records that came while an
+    append was in flight, and have waited the linger meanwhile, are appended as soon as it
+    returns, not a linger later with what came after."""
+    ingest, store, _ = parts
+    log = GatedLog()
+    log.batch_ms = 1000.0
+    gated = Ingest(store, log, ingest.catalog, linger=0)
+    task = asyncio.create_task(gated.run())
+
+    def message(n: int) -> Delivery:
+        return Delivery(
+            DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0 + n, values={"n": n})
+        )
+
+    try:
+        await gated.handle_many([message(0)])
+        await asyncio.wait_for(log.entered.wait(), 10)
+        await gated.handle_many([message(1)])
+        await asyncio.sleep(1.5)  # record 1 has waited out the linger behind the append
+        log.release.set()
+        await asyncio.sleep(0.2)
+        await gated.handle_many([message(2)])
+        async with asyncio.timeout(10):
+            while sum(map(len, log.appends)) < 3:  # noqa: ASYNC110 - the appender's task
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert log.appends == [[0], [1], [2]]
+
+
 def test_batch_bounds_default_to_the_stores_own(tmp_path: Path) -> None:
     """Without settings, ingest batches as the store prefers: ClickHouse long, SQLite short."""
     assert (ClickHouseStore.batch_ms, ClickHouseStore.batch_max) == (1000.0, 10_000)

@@ -15,8 +15,9 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
 * **the log** (and so the live channels): every record is handed to an in-order
   appender the moment it is queued, so live does not wait for the store; the
   appender appends what has gathered in one call (a Kafka batch, one memory-log step),
-  after letting records gather for the log's ``batch_ms`` (Kafka: 100 ms, as a produce
-  request has a fixed cost; others: none) unless ``batch_max`` already wait;
+  once the oldest of them has waited the log's ``batch_ms`` (Kafka: 100 ms, as a produce
+  request has a fixed cost; others: none) -- the append in flight before counting -- or
+  ``batch_max`` wait;
 * **the store**: a writer task takes what has queued, and waits for more until the
   batch has ``batch_max`` records or its oldest record is ``linger`` old -- batches
   bounded by size and by age, one transaction for a second's fleet instead of dozens
@@ -308,6 +309,8 @@ class Ingest:
         """Records that went through the spill journal."""
         self._unlogged: deque[list[Record]] = deque()
         """Queued batches not yet in the log, oldest first."""
+        self._unlogged_since: float | None = None
+        """When (monotonic) the oldest of :attr:`_unlogged` was queued, about (``None``: empty)."""
         self.unlogged = 0
         """Records waiting for the log in memory (at most ``queue_max`` plus one handed-in
         batch): queued, in the appender's hands, or being moved to the log journal."""
@@ -489,6 +492,8 @@ class Ingest:
             observe.RECORDS_IN.labels(observe.msg_type_label(msg_type), kind.value).inc(count)
         observe.POINTS_IN.inc(points)
         self._queued += len(records)
+        if not self._unlogged:
+            self._unlogged_since = time.monotonic()
         self._unlogged.append(records)
         self.unlogged += len(records)
         self._log_work.set()
@@ -819,13 +824,19 @@ class Ingest:
             self.update_gauges()
 
     async def _log_linger(self) -> None:
-        """Let records gather for the log's :attr:`~livedata.bus.base.Log.batch_ms` (0 for
-        most logs), unless ``batch_max`` already wait."""
+        """Let records gather until the oldest waiting has waited the log's
+        :attr:`~livedata.bus.base.Log.batch_ms` (0 for most logs), unless ``batch_max``
+        already wait.  Counted from the oldest record's arrival, not from the end of the
+        append before: records that came while an append was in flight have waited for it
+        already (on Kafka the two added up, a round trip plus 100 ms for every record)."""
         linger = self.log.batch_ms / 1000
         if not linger:
             return
+        since = self._unlogged_since
         await _wait_until(
-            self._log_full, lambda: self.unlogged >= self.batch_max, time.monotonic() + linger
+            self._log_full,
+            lambda: self.unlogged >= self.batch_max,
+            (time.monotonic() if since is None else since) + linger,
         )
 
     def _take_unlogged(self, limit: int) -> list[Record]:
@@ -834,6 +845,8 @@ class Ingest:
         chunk = self._unlogged.popleft()
         while self._unlogged and len(chunk) + len(self._unlogged[0]) <= limit:
             chunk = chunk + self._unlogged.popleft()
+        # what is left came before now: counting its linger from now errs on the long side
+        self._unlogged_since = time.monotonic() if self._unlogged else None
         return chunk
 
     async def _next_log_chunk(self) -> tuple[list[Record], int]:
@@ -933,6 +946,7 @@ class Ingest:
             except BackendError as exc:
                 failed = exc
                 self._unlogged.appendleft(batch)  # the oldest: back to the head
+                self._unlogged_since = time.monotonic()
             self._moving = 0
             self._log_work.set()
             if failed is not None:
