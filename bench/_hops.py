@@ -21,7 +21,8 @@ record got there:
 
 In the distributed shape (``bench_cluster.py --hops``, each role process run through
 this script) the log and pub/sub are Kafka and Redis, so the points are:
-``ingest`` and ``decoded`` as above (MQTT deliveries), ``append`` and ``logged`` (``KafkaLog.append``
+``received`` (the MQTT link's read callback decoded it and put it in the link's inbox),
+``ingest`` and ``decoded`` as above, ``append`` and ``logged`` (``KafkaLog.append``
 called and returned), ``consumed`` (distribute got it from the log: ``Distribute.messages``),
 ``published`` (``Distribute._publish`` returned: Redis took it; in the embedded shape
 too) and ``written`` (the
@@ -50,6 +51,7 @@ import atexit
 import functools
 import gc
 import importlib
+import itertools
 import os
 import sys
 import threading
@@ -63,7 +65,18 @@ from typing import Any
 import orjson
 
 STALL_S = 0.05
-HOPS = ("sent", "ingest", "decoded", "append", "logged", "consumed", "publish", "published", "written")
+HOPS = (
+    "sent",
+    "received",
+    "ingest",
+    "decoded",
+    "append",
+    "logged",
+    "consumed",
+    "publish",
+    "published",
+    "written",
+)
 CHANNEL_SUFFIX = "/vehicle_can"
 
 
@@ -238,11 +251,24 @@ def install(probe: Probe) -> None:
 
         return wrapped
 
+    def on_receive_many(receive: Callable[..., Any]) -> Callable[..., None]:
+        def wrapped(self: Any, client: Any, packets: Any) -> None:
+            before = len(self._inbox)
+            receive(self, client, packets)
+            for item in itertools.islice(self._inbox, before, None):
+                message = getattr(item, "message", None)
+                if message is not None and realtime_can(message):
+                    note("received", message.ts)
+
+        return wrapped
+
     probe.wrap("livedata.devices.local:LocalDeviceLink.send", on_send)
+    probe.wrap("livedata.devices.mqtt:MqttDeviceLink._receive_many", on_receive_many)
     probe.wrap("livedata.pipeline.ingest:Ingest.handle_many", on_handle_many)
     probe.wrap("livedata.pipeline.ingest:Ingest._enqueue", on_enqueue)
     probe.wrap("livedata.bus.memory:MemoryLog.append", on_append)
     probe.wrap("livedata.bus.memory:MemoryPubSub.publish_many", on_publish)
+
     def on_kafka_append(append: Callable[..., Any]) -> Callable[..., Any]:
         async def wrapped(self: Any, records: Any) -> None:
             sampled = [record.ts for record in records if realtime_can(record)]
