@@ -66,7 +66,10 @@ and distribute are behind at the end of the window (seconds of the fleet's
 records: what the broker took in but ingest has not, what ingest took in but
 distribute has not published), p50/p99 device → browser, machine-seconds stored,
 and CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
-all sizes (about 3 minutes each).
+all sizes (about 3 minutes each).  With ``--hops`` every role runs through ``_hops.py``
+and each size also prints where the client machines' records spent their time (p50/p99
+since the sample at each point of the live path), and each role's GC pauses and event
+loop stalls.
 
 **Faults** (``--faults [all|kill:ROLE,term:ROLE,restart:ENGINE,down:ENGINE:S,…]``) instead of the
 above: one cluster (Mosquitto with ``persistence true``) for ``--seconds`` (300) with
@@ -98,6 +101,7 @@ figure with the CPU table beside it; CPU per record is the steadier figure.
     python bench/bench_cluster.py --no-baseline --no-second-ingest --window 30 --logs DIR
     python bench/bench_cluster.py --fleets 1000,2000 --window 30 --budget 420
     python bench/bench_cluster.py --fleets 1000,2000,5000,10000 --ingest 2 --window 30 --budget 900
+    python bench/bench_cluster.py --fleets 5000 --ingest 2 --window 120 --hops --budget 420
     python bench/bench_cluster.py --machines 2000 --ingest 2 --no-baseline --profile-roles distribute,alerts
     python bench/bench_cluster.py --before /tmp/base --no-baseline --no-second-ingest --budget 480
     python bench/bench_cluster.py --machines 2000 --faults --seconds 300 --split partition
