@@ -19,6 +19,18 @@ record got there:
             returned)
 ==========  =======================================================================
 
+In the distributed shape (``bench_cluster.py --hops``, each role process run through
+this script) the log and pub/sub are Kafka and Redis, so the points are:
+``received`` (the MQTT link's read callback decoded it and put it in the link's inbox),
+``ingest`` and ``decoded`` as above, ``append`` and ``logged`` (``KafkaLog.append``
+called and returned), ``consumed`` (distribute got it from the log: ``Distribute.messages``),
+``published`` (``Distribute._publish`` returned: Redis took it; in the embedded shape
+too) and ``written`` (the
+gateway's fan-out; the ``ts`` read from the message's JSON).  With
+``LIVEDATA_HOPS_CHASSIS`` set (comma-separated chassis ids: the bench's client
+machines) only those machines' records are noted, so a 5,000-machine fleet's
+probe costs little.
+
 The client's receipt is the bench's own last point.  Garbage collections of 1 ms or
 more are noted too (wall time: what a message waiting behind one waits), and so are
 the event loop's stalls: a watchdog thread hands the loop a callback every 10 ms
@@ -39,6 +51,8 @@ import atexit
 import functools
 import gc
 import importlib
+import itertools
+import os
 import sys
 import threading
 import time
@@ -51,7 +65,18 @@ from typing import Any
 import orjson
 
 STALL_S = 0.05
-HOPS = ("sent", "ingest", "decoded", "logged", "publish", "written")
+HOPS = (
+    "sent",
+    "received",
+    "ingest",
+    "decoded",
+    "append",
+    "logged",
+    "consumed",
+    "publish",
+    "published",
+    "written",
+)
 CHANNEL_SUFFIX = "/vehicle_can"
 
 
@@ -131,8 +156,20 @@ class Probe:
         setattr(owner, method_name, functools.wraps(original)(wrapper(original)))
 
 
+SAMPLED: frozenset[str] | None = (
+    frozenset(filter(None, os.environ["LIVEDATA_HOPS_CHASSIS"].split(",")))
+    if os.environ.get("LIVEDATA_HOPS_CHASSIS")
+    else None
+)
+"""Only these machines' records are noted (``None``: every machine's)."""
+
+
 def realtime_can(message: Any) -> bool:
-    return message.kind == "realTime" and message.msg_type == "vehicle_can"
+    return (
+        message.kind == "realTime"
+        and message.msg_type == "vehicle_can"
+        and (SAMPLED is None or message.chassis in SAMPLED)
+    )
 
 
 def install(probe: Probe) -> None:
@@ -184,19 +221,68 @@ def install(probe: Probe) -> None:
 
         return wrapped
 
+    def on_messages(messages: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(self: Any, batch: Any) -> Any:
+            sampled = [record.ts for record in batch if realtime_can(record)]
+            for ts in sampled:
+                note("consumed", ts)
+            self._hops_sampled = sampled  # noted as published once _publish returns
+            return messages(self, batch)
+
+        return wrapped
+
+    def on_distribute_publish(publish: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(self: Any, messages: Any) -> None:
+            sampled, self._hops_sampled = getattr(self, "_hops_sampled", []), []
+            await publish(self, messages)
+            for ts in sampled:
+                note("published", ts)
+
+        return wrapped
+
     def on_message(deliver: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(self: Any, channel: str, data: Any) -> None:
             deliver(self, channel, data)
-            if channel.endswith(CHANNEL_SUFFIX) and hasattr(data, "head"):
-                note("written", data.head["ts"])
+            if channel.endswith(CHANNEL_SUFFIX):
+                if hasattr(data, "head"):
+                    note("written", data.head["ts"])
+                elif isinstance(data, bytes | bytearray | memoryview):
+                    note("written", orjson.loads(data)["ts"])
+
+        return wrapped
+
+    def on_receive_many(receive: Callable[..., Any]) -> Callable[..., None]:
+        def wrapped(self: Any, client: Any, packets: Any) -> None:
+            before = len(self._inbox)
+            receive(self, client, packets)
+            for item in itertools.islice(self._inbox, before, None):
+                message = getattr(item, "message", None)
+                if message is not None and realtime_can(message):
+                    note("received", message.ts)
 
         return wrapped
 
     probe.wrap("livedata.devices.local:LocalDeviceLink.send", on_send)
+    probe.wrap("livedata.devices.mqtt:MqttDeviceLink._receive_many", on_receive_many)
     probe.wrap("livedata.pipeline.ingest:Ingest.handle_many", on_handle_many)
     probe.wrap("livedata.pipeline.ingest:Ingest._enqueue", on_enqueue)
     probe.wrap("livedata.bus.memory:MemoryLog.append", on_append)
     probe.wrap("livedata.bus.memory:MemoryPubSub.publish_many", on_publish)
+
+    def on_kafka_append(append: Callable[..., Any]) -> Callable[..., Any]:
+        async def wrapped(self: Any, records: Any) -> None:
+            sampled = [record.ts for record in records if realtime_can(record)]
+            for ts in sampled:
+                note("append", ts)
+            await append(self, records)
+            for ts in sampled:
+                note("logged", ts)
+
+        return wrapped
+
+    probe.wrap("livedata.bus.kafka:KafkaLog.append", on_kafka_append)
+    probe.wrap("livedata.pipeline.distribute:Distribute.messages", on_messages)
+    probe.wrap("livedata.pipeline.distribute:Distribute._publish", on_distribute_publish)
     probe.wrap("livedata.gateway.fanout:Fanout._on_message", on_message)
 
     def on_tune_gc(tune_gc: Callable[[], None]) -> Callable[[], None]:

@@ -68,7 +68,10 @@ records: what the broker took in but ingest has not, what ingest took in but
 distribute has not published), p50/p99 device → browser, machine-seconds stored,
 the PUBLISHes Mosquitto dropped (its ``$SYS`` count: a subscriber's queue full), and
 CPU µs per record of each role (summed over its processes).  Give it ``--budget`` for
-all sizes (about 3 minutes each).
+all sizes (about 3 minutes each).  With ``--hops`` every role runs through ``_hops.py``
+and each size also prints where the client machines' records spent their time (p50/p99
+since the sample at each point of the live path), and each role's GC pauses and event
+loop stalls.
 
 **Faults** (``--faults [all|kill:ROLE,term:ROLE,restart:ENGINE,down:ENGINE:S,…]``) instead of the
 above: one cluster (Mosquitto with ``persistence true``) for ``--seconds`` (300) with
@@ -100,6 +103,7 @@ figure with the CPU table beside it; CPU per record is the steadier figure.
     python bench/bench_cluster.py --no-baseline --no-second-ingest --window 30 --logs DIR
     python bench/bench_cluster.py --fleets 1000,2000 --window 30 --budget 420
     python bench/bench_cluster.py --fleets 1000,2000,5000,10000 --ingest 2 --window 30 --budget 900
+    python bench/bench_cluster.py --fleets 5000 --ingest 2 --window 120 --hops --budget 420
     python bench/bench_cluster.py --machines 2000 --ingest 2 --no-baseline --profile-roles distribute,alerts
     python bench/bench_cluster.py --before /tmp/base --no-baseline --no-second-ingest --budget 480
     python bench/bench_cluster.py --machines 2000 --faults --seconds 300 --split partition
@@ -146,9 +150,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import orjson
 import psutil
 from clickhouse_driver import Client as ClickHouseClient
 
+import _hops
 import bench_live
 from livedata.sim.fleet import default_chassis_ids
 from livedata.store.clickhouse import ClickHouseStore
@@ -188,6 +194,10 @@ OTHERS = ("simulate", "mosquitto", "tansu", "redis", "WebSocket clients")
 """What is neither a livedata role nor ClickHouse: each one's CPU per record ingested is
 printed, and their sum (what the machine spends around livedata to feed and watch it)."""
 SAMPLE_EVERY_S = 1.0
+BENCH = Path(__file__).resolve().parent
+HOPS = [False]
+"""``--hops``: every role runs through ``_hops.py``, noting the client machines' records
+along the live path (see :func:`report_hops`)."""
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -442,6 +452,9 @@ class Window:
     """PUBLISHes Mosquitto dropped in the window (a subscriber's queue full)."""
     broker_dropped_run: float = float("nan")
     """… and since the broker started (warm-up included), counted at the window's end."""
+    started: float = 0.0
+    ended: float = 0.0
+    """Wall-clock (Unix) start and end of the window (``--hops`` takes its notes in it)."""
 
     def total(self, name: str) -> float:
         return sum(m.get(name) for m in self.metrics.values())
@@ -480,6 +493,7 @@ def measure(
     if clients is not None:
         clients.start()
     cpu0 = {g.name: g.cpu() for g in groups}
+    started = time.time()
     sys0 = bench_live.system_busy_seconds()
     rss_max = dict.fromkeys((g.name for g in groups), 0)
     t0 = time.perf_counter()
@@ -505,6 +519,8 @@ def measure(
         {name: after[name] - before[name] for name in scrapers},
         end=after,
         load=os.getloadavg()[0],
+        started=started,
+        ended=time.time(),
     )
     if clients is not None:
         stats = clients.stop()
@@ -1088,10 +1104,12 @@ class Cluster:
         print(f"  engines up in {time.monotonic() - t:.1f} s", flush=True)
 
     def role(self, name: str, role: str, *extra: str, devices: str = "", log: str = "") -> Role:
+        launcher = ["-m", "livedata"]
+        if HOPS[0]:  # the role through _hops.py, its notes in hops-NAME.json at its exit
+            launcher = [str(BENCH / "_hops.py"), str(self.tmp / f"hops-{name}.json")]
         cmd = [
             sys.executable,
-            "-m",
-            "livedata",
+            *launcher,
             "serve",
             "--port",
             "0",
@@ -1449,6 +1467,8 @@ def sweep(args: argparse.Namespace, tmp: Path, fleets: list[int]) -> None:
 
 def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
     """One fleet size on a fresh cluster, stopped at the end."""
+    if HOPS[0]:
+        os.environ["LIVEDATA_HOPS_CHASSIS"] = ",".join(c for c, _ in client_specs())
     with cleanup_on_exit() as stack:
         cluster = new_cluster(args, run, stack)
         before, connect_s = cluster.start()
@@ -1489,6 +1509,11 @@ def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
             flush=True,
         )
         print(f"[{elapsed()}] stopping the cluster", flush=True)
+    if HOPS[0]:
+        try:
+            report_hops(run, window)
+        except Exception as exc:  # the size's figures are still reported
+            print(f"  hops not reported: {exc!r}", flush=True)
     return point
 
 
@@ -1497,6 +1522,35 @@ def dropped_text(w: Window) -> str:
     if w.broker_dropped != w.broker_dropped:
         return "–"
     return f"{w.broker_dropped:,.0f} / {w.broker_dropped_run:,.0f}"
+
+
+def report_hops(run: Path, window: Window) -> None:
+    """The live path of the client machines' records sampled in ``window``: the time since
+    the sample (ms, p50 / p99) at each point (``_hops.py``: all processes of a role
+    together), then the clients' receipt; each role's GC pauses and event loop stalls."""
+    notes: dict[str, dict[str, Any]] = {}
+    for path in sorted(run.glob("hops-*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            notes[path.stem.removeprefix("hops-")] = orjson.loads(path.read_bytes())
+    merged: dict[str, list[float]] = {hop: [] for hop in _hops.HOPS}  # in path order
+    for data in notes.values():
+        for hop, flat in data.get("hops", {}).items():
+            merged.setdefault(hop, []).extend(flat)
+    probe_window: Any = window  # what bench_live's helpers read of it, this one has too
+    print("  live path of the client machines' records: time since the sample, p50 / p99")
+    for hop, p50, p99 in bench_live.breakdown(probe_window, {"hops": merged}):
+        print(f"    {hop:10} {p50:7.1f} / {p99:7.1f} ms")
+    for name, data in notes.items():
+        pauses: dict[int, list[float]] = {}
+        for end, generation, seconds in data.get("gc", ()):
+            if window.started <= end < window.ended:
+                pauses.setdefault(generation, []).append(seconds * 1000)
+        by_generation = ", ".join(
+            f"gen {g}: {len(p)}, {sum(p):.0f} ms, max {max(p):.0f} ms"
+            for g, p in sorted(pauses.items())
+        )
+        print(f"  {name}: {bench_live.gc_pauses(probe_window, data)} ({by_generation or '-'})")
+        print("    " + "\n    ".join(bench_live.loop_stalls(probe_window, data)))
 
 
 def sweep_table(points: list[SweepPoint]) -> None:
@@ -2389,6 +2443,13 @@ def main() -> None:
         help="live clients per fleet size in the sweep, and of --faults (100)",
     )
     parser.add_argument(
+        "--hops",
+        action="store_true",
+        help="sweep: run every role through bench/_hops.py and print, per size, the time "
+        "since the sample at each point of the live path (p50 / p99), GC pauses and event "
+        "loop stalls of each role",
+    )
+    parser.add_argument(
         "--warmup",
         type=float,
         default=30.0,
@@ -2430,6 +2491,7 @@ def main() -> None:
     RECOVERED_LAG[0] = args.recovered_lag
     if args.faults or args.fleets:
         CLIENTS[0] = args.clients
+    HOPS[0] = args.hops
     BUDGET[0] = max(args.budget, args.seconds + 300) if args.faults else args.budget
     src = Path(__file__).resolve().parent.parent / "src"
     trees = (

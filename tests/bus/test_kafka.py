@@ -125,6 +125,33 @@ def test_large_batches_are_cut_into_bounded_messages() -> None:
     assert [decode_records(v) for v in bounded_values([huge])] == [[huge]]
 
 
+def test_a_batch_cut_by_the_size_of_records_before_is_encoded_once(monkeypatch) -> None:
+    """Given the bytes per record of the batches before, a batch over MESSAGE_BYTES is cut
+    into values within it, each record encoded once (without it, twice); a size given too
+    small still yields bounded values; all decode to the records in order."""
+    from livedata.bus import kafka
+
+    encoded: list[int] = []
+
+    def counting(records):
+        encoded.append(len(records))
+        return encode_records(records)
+
+    monkeypatch.setattr(kafka, "encode_records", counting)
+    records = [
+        Record("t", "m", "can", n, Kind.REALTIME, {f"s{i}": n * 0.1 + i for i in range(200)})
+        for n in range(200)
+    ]
+    per_record = len(encode_records(records)) / len(records)
+    for hint, encodings in ((0.0, 2), (per_record, 1), (per_record / 10, None)):
+        encoded.clear()
+        values = list(bounded_values(records, hint))
+        assert len(values) > 1 and all(len(v) <= MESSAGE_BYTES for v in values)
+        assert [r for v in values for r in decode_records(v)] == records
+        if encodings is not None:
+            assert sum(encoded) == encodings * len(records)
+
+
 def test_read_records_keep_their_values_json_until_values_are_read() -> None:
     """A batch value's records carry their values as the JSON ingest wrote, parse it on the
     first read of ``values`` (once) and equal the records appended."""

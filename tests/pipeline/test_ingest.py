@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,7 +14,7 @@ import pytest
 from livedata.bus.memory import MemoryLog
 from livedata.catalog import Catalog
 from livedata.decode.can import CanDecoder
-from livedata.devices.base import Delivery, Rejection
+from livedata.devices.base import Delivery, QueueLink, Rejection
 from livedata.metadata import Metadata
 from livedata.model import DeviceMessage, Frame, Kind, MsgType, Record
 from livedata.pipeline import ingest as ingest_module
@@ -192,6 +193,100 @@ async def test_batches_handed_in_do_not_wake_the_lingering_appender(parts, monke
     logged = await first_batch(log)
     assert [r.values["n"] for r in logged] == list(range(20))
     assert checks and max(checks) <= 2
+
+
+async def test_a_links_backlog_is_handed_in_bounded_batches_with_the_loop_between(
+    parts,
+) -> None:
+    """A link's backlog of 1,200 messages reaches handle_many in batches of at most
+    HANDLE_MAX, other tasks running between two batches, and every message is stored."""
+    ingest, _, _ = parts
+    link = QueueLink("queue://?queue=2000")
+    count = 1_200
+    for n in range(count):
+        await link.send(
+            DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0 + n, values={"n": n})
+        )
+    events: list[int] = []  # a batch's size, or 0 for a turn of another task
+    handle_many = ingest.handle_many
+
+    async def noted(deliveries):  # type: ignore[no-untyped-def]
+        events.append(len(deliveries))
+        return await handle_many(deliveries)
+
+    ingest.handle_many = noted  # type: ignore[method-assign]
+
+    async def other_task() -> None:
+        while True:
+            if events and events[-1]:
+                events.append(0)
+            await asyncio.sleep(0)
+
+    tasks = [
+        asyncio.create_task(other_task()),
+        asyncio.create_task(ingest_module.consume_devices(ingest, link)),
+    ]
+    try:
+        async with asyncio.timeout(20):
+            while sum(events) < count or ingest.written < count:  # noqa: ASYNC110 - the writer task stores
+                await asyncio.sleep(0.01)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    batches = [e for e in events if e]
+    assert len(batches) >= count // ingest_module.HANDLE_MAX
+    assert max(batches) <= ingest_module.HANDLE_MAX
+    assert all(a == 0 or b == 0 for a, b in itertools.pairwise(events))
+
+
+class GatedLog(MemoryLog):
+    """A memory log whose first append waits until ``release`` is set (a slow broker)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"memory://{uuid.uuid4().hex}")
+        self.appends: list[list[int]] = []
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def append(self, records):  # type: ignore[no-untyped-def]
+        self.appends.append([r.values["n"] for r in records])
+        self.entered.set()
+        if len(self.appends) == 1:
+            await self.release.wait()
+        await super().append(records)
+
+
+async def test_records_that_waited_out_an_append_are_not_lingered_again(parts) -> None:
+    """The log's linger counts from the oldest waiting record: records that came while an
+    append was in flight, and have waited the linger meanwhile, are appended as soon as it
+    returns, not a linger later with what came after."""
+    ingest, store, _ = parts
+    log = GatedLog()
+    log.batch_ms = 1000.0
+    gated = Ingest(store, log, ingest.catalog, linger=0)
+    task = asyncio.create_task(gated.run())
+
+    def message(n: int) -> Delivery:
+        return Delivery(
+            DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0 + n, values={"n": n})
+        )
+
+    try:
+        await gated.handle_many([message(0)])
+        await asyncio.wait_for(log.entered.wait(), 10)
+        await gated.handle_many([message(1)])
+        await asyncio.sleep(1.5)  # record 1 has waited out the linger behind the append
+        log.release.set()
+        await asyncio.sleep(0.2)
+        await gated.handle_many([message(2)])
+        async with asyncio.timeout(10):
+            while sum(map(len, log.appends)) < 3:  # noqa: ASYNC110 - the appender's task
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert log.appends == [[0], [1], [2]]
 
 
 def test_batch_bounds_default_to_the_stores_own(tmp_path: Path) -> None:

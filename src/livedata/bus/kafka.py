@@ -154,6 +154,9 @@ BATCH = 1_000
 MESSAGE_BYTES = 256 * 1024
 """A batch message of :meth:`KafkaLog.append` holds at most this many bytes of envelopes
 (aiokafka's ``max_request_size`` and the brokers' ``message.max.bytes`` are 1 MiB)."""
+RUN_FILL = 0.8
+""":func:`bounded_values` cuts a batch by the size of the records before into runs of this
+share of :data:`MESSAGE_BYTES`, leaving room for records larger than those."""
 _PARTITIONER = DefaultPartitioner()
 POLL_MS = 1_000
 """Milliseconds a consumer waits for records before looking again."""
@@ -193,11 +196,23 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def bounded_values(records: Sequence[Record]) -> Iterator[bytes]:
+def bounded_values(records: Sequence[Record], record_bytes: float = 0.0) -> Iterator[bytes]:
     """``records`` encoded (:func:`~livedata.model.encode_records`) in order, as values of
-    at most :data:`MESSAGE_BYTES` each unless a single record is larger: encoded whole,
-    and when too large cut into as many equal runs as its size asks for, each bounded
-    again."""
+    at most :data:`MESSAGE_BYTES` each unless a single record is larger.
+
+    With ``record_bytes`` (the encoded size of a record in the batches before) a batch that
+    would not fit is cut into runs that should, each encoded once (a run that still does
+    not fit is cut as below); without it (or for a run too large all the same) encoded
+    whole, and when too large cut into as many equal runs as its size asks for, each
+    bounded again -- encoding its records twice: when ingest is behind, its appends hold
+    ``batch_max`` records (several MiB), and that second encoding was 40 % of the time
+    its event loop spent in appends (``bench_cluster.py --hops``)."""
+    if record_bytes > 0 and len(records) > 1:
+        per_run = max(1, int(MESSAGE_BYTES * RUN_FILL / record_bytes))
+        if len(records) > per_run:
+            for start in range(0, len(records), per_run):
+                yield from bounded_values(records[start : start + per_run])
+            return
     value = encode_records(records)
     if len(value) <= MESSAGE_BYTES or len(records) == 1:
         yield value
@@ -250,6 +265,8 @@ class KafkaLog(Log):
         self._partition_of: dict[str, int] = {}
         """The partition of each chassis seen, for the partition count below."""
         self._partition_count = 0
+        self._record_bytes = 0.0
+        """Encoded bytes per record of the last append's batch messages (0: none yet)."""
         self._consumers: set[AIOKafkaConsumer] = set()
         self._closed = asyncio.Event()
 
@@ -460,8 +477,9 @@ class KafkaLog(Log):
         self, records: Sequence[Record], partitions: list[int]
     ) -> Iterator[tuple[int, bytes, bytes]]:
         """``(partition, key, value)`` of the batch messages for ``records``, in order per
-        partition: each partition's records encoded in one call, cut only when larger than
-        :data:`MESSAGE_BYTES` (:func:`bounded_values`)."""
+        partition: each partition's records encoded in one call, or, when they would not fit
+        :data:`MESSAGE_BYTES` at the size of the records of the append before, in runs that
+        do (:func:`bounded_values`)."""
         if len(partitions) != self._partition_count:
             self._partition_of.clear()  # the topic grew: keys map anew, as the producer's
             self._partition_count = len(partitions)
@@ -477,10 +495,13 @@ class KafkaLog(Log):
                 groups[partition] = [record]
             else:
                 group.append(record)
+        encoded = 0
         for partition, group in groups.items():
             key = group[0].chassis.encode()
-            for value in bounded_values(group):
+            for value in bounded_values(group, self._record_bytes):
+                encoded += len(value)
                 yield partition, key, value
+        self._record_bytes = encoded / len(records)
 
     # -- consuming ---------------------------------------------------------
 

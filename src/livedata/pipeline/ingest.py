@@ -15,8 +15,9 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
 * **the log** (and so the live channels): every record is handed to an in-order
   appender the moment it is queued, so live does not wait for the store; the
   appender appends what has gathered in one call (a Kafka batch, one memory-log step),
-  after letting records gather for the log's ``batch_ms`` (Kafka: 100 ms, as a produce
-  request has a fixed cost; others: none) unless ``batch_max`` already wait;
+  once the oldest of them has waited the log's ``batch_ms`` (Kafka: 100 ms, as a produce
+  request has a fixed cost; others: none) -- the append in flight before counting -- or
+  ``batch_max`` wait;
 * **the store**: a writer task takes what has queued, and waits for more until the
   batch has ``batch_max`` records or its oldest record is ``linger`` old -- batches
   bounded by size and by age, one transaction for a second's fleet instead of dozens
@@ -162,6 +163,14 @@ from livedata.store.base import Store, normalised
 
 log = logging.getLogger("livedata.ingest")
 
+HANDLE_MAX = 500
+"""Deliveries :func:`consume_devices` hands to :meth:`Ingest.handle_many` at most in one
+call, letting the event loop run between calls.  Decoding is synchronous (a ``vehicle_can``
+message costs tens of µs), so a link's whole backlog (up to its ``inflight``, 5,000 over
+MQTT) in one call held the loop for hundreds of ms on a busy machine: the log's appender,
+the acker and the link's reader waited for all of it, and each record for the whole batch
+to be decoded before any of it was queued.  Measured at 5,000 machines
+(``bench/bench_cluster.py --fleets 5000 --ingest 2 --hops``): see bench/README.md."""
 MAX_UNKNOWN_MACHINES = 1_000
 """Machines not in the catalog whose :class:`DecodeStats` are kept (the most recently
 refused ones): made-up ids in topics or URLs cannot grow ingest's memory."""
@@ -300,6 +309,8 @@ class Ingest:
         """Records that went through the spill journal."""
         self._unlogged: deque[list[Record]] = deque()
         """Queued batches not yet in the log, oldest first."""
+        self._unlogged_since: float | None = None
+        """When (monotonic) the oldest of :attr:`_unlogged` was queued, about (``None``: empty)."""
         self.unlogged = 0
         """Records waiting for the log in memory (at most ``queue_max`` plus one handed-in
         batch): queued, in the appender's hands, or being moved to the log journal."""
@@ -491,6 +502,8 @@ class Ingest:
             observe.RECORDS_IN.labels(observe.msg_type_label(msg_type), kind.value).inc(count)
         observe.POINTS_IN.inc(points)
         self._queued += len(records)
+        if not self._unlogged:
+            self._unlogged_since = time.monotonic()
         self._unlogged.append(records)
         self.unlogged += len(records)
         self._log_work.set()
@@ -821,13 +834,19 @@ class Ingest:
             self.update_gauges()
 
     async def _log_linger(self) -> None:
-        """Let records gather for the log's :attr:`~livedata.bus.base.Log.batch_ms` (0 for
-        most logs), unless ``batch_max`` already wait."""
+        """Let records gather until the oldest waiting has waited the log's
+        :attr:`~livedata.bus.base.Log.batch_ms` (0 for most logs), unless ``batch_max``
+        already wait.  Counted from the oldest record's arrival, not from the end of the
+        append before: records that came while an append was in flight have waited for it
+        already (on Kafka the two added up, a round trip plus 100 ms for every record)."""
         linger = self.log.batch_ms / 1000
         if not linger:
             return
+        since = self._unlogged_since
         await _wait_until(
-            self._log_full, lambda: self.unlogged >= self.batch_max, time.monotonic() + linger
+            self._log_full,
+            lambda: self.unlogged >= self.batch_max,
+            (time.monotonic() if since is None else since) + linger,
         )
 
     def _take_unlogged(self, limit: int) -> list[Record]:
@@ -836,6 +855,8 @@ class Ingest:
         chunk = self._unlogged.popleft()
         while self._unlogged and len(chunk) + len(self._unlogged[0]) <= limit:
             chunk = chunk + self._unlogged.popleft()
+        # what is left came before now: counting its linger from now errs on the long side
+        self._unlogged_since = time.monotonic() if self._unlogged else None
         return chunk
 
     async def _next_log_chunk(self) -> tuple[list[Record], int]:
@@ -935,6 +956,7 @@ class Ingest:
             except BackendError as exc:
                 failed = exc
                 self._unlogged.appendleft(batch)  # the oldest: back to the head
+                self._unlogged_since = time.monotonic()
             self._moving = 0
             self._log_work.set()
             if failed is not None:
@@ -983,7 +1005,9 @@ class Ingest:
 
 
 async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
-    """Feed the device link's deliveries to ``ingest``, each batch the link has in one call.
+    """Feed the device link's deliveries to ``ingest``: what the link has, up to
+    :data:`HANDLE_MAX` (and the store's ``batch_max``) a call, the event loop running
+    between calls.
 
     The link's :attr:`~livedata.devices.base.DeviceLink.window` narrows
     :attr:`Ingest.ack_window`, so a store batch never waits for messages the link cannot
@@ -999,7 +1023,7 @@ async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
         ingest.ack_window = window if current is None else min(current, window)
     failures = ingest._failures
     with observe.log_context(role="ingest"):
-        async for batch in link.batches(ingest.batch_max):
+        async for batch in link.batches(min(ingest.batch_max, HANDLE_MAX)):
             delays = backoff(0.5, 5.0)
             while True:
                 try:
@@ -1017,3 +1041,4 @@ async def consume_devices(ingest: Ingest, link: DeviceLink) -> None:
                 failures.recovered("handle", "batches are handled again")
                 break
             link.settle(batch, outcomes)
+            await asyncio.sleep(0)  # a link's generator does not wait while it has more
