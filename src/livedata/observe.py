@@ -143,7 +143,15 @@ GC_SECONDS = Counter(
     "CPU seconds spent in garbage collections (every thread's), per generation collected",
     ["generation"],
 )
-_GC_CHILDREN = tuple(GC_SECONDS.labels(str(generation)) for generation in range(3))
+GC_COLLECTIONS = Counter(
+    "livedata_gc_collections",
+    "Garbage collections, per generation collected (with livedata_gc_seconds: the mean pause)",
+    ["generation"],
+)
+_GC_CHILDREN = tuple(
+    (GC_SECONDS.labels(str(generation)), GC_COLLECTIONS.labels(str(generation)))
+    for generation in range(3)
+)
 _gc_started = 0.0
 
 
@@ -152,12 +160,14 @@ def _gc_timer(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _gc_started = time.thread_time()
     else:
-        _GC_CHILDREN[info["generation"]].inc(time.thread_time() - _gc_started)
+        seconds, collections = _GC_CHILDREN[info["generation"]]
+        seconds.inc(time.thread_time() - _gc_started)
+        collections.inc()
 
 
 def time_gc() -> None:
     """Count the CPU time of every garbage collection of this process in :data:`GC_SECONDS`
-    from now on (idempotent).  A collection runs whole in the thread that triggered it and
+    from now on, and their number in :data:`GC_COLLECTIONS` (idempotent).  A collection runs whole in the thread that triggered it and
     collections never overlap (the GIL), so that thread's CPU clock (not the wall clock,
     which on a busy machine counts the waits for a core too) read at its start and end
     will do; the cost is two clock reads per collection, none per object.  What a heap
