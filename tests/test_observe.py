@@ -36,16 +36,19 @@ def test_lines_carry_role_and_machine() -> None:
 
 def test_time_gc_counts_the_seconds_of_each_collection_by_generation() -> None:
     """Once time_gc is on (once, however often called), a full collection adds its CPU time
-    under generation 2 of livedata_gc_seconds_total."""
+    under generation 2 of livedata_gc_seconds_total and counts in livedata_gc_collections_total."""
     sample = "livedata_gc_seconds_total"
     time_gc()
     time_gc()
     try:
         assert gc.callbacks.count(observe._gc_timer) == 1
         before = REGISTRY.get_sample_value(sample, {"generation": "2"}) or 0.0
+        count = "livedata_gc_collections_total"
+        collections = REGISTRY.get_sample_value(count, {"generation": "2"}) or 0.0
         garbage = [[n] for n in range(200_000)]  # something to walk
         gc.collect()
         after = REGISTRY.get_sample_value(sample, {"generation": "2"}) or 0.0
         assert after > before and len(garbage) == 200_000
+        assert (REGISTRY.get_sample_value(count, {"generation": "2"}) or 0.0) > collections
     finally:
         gc.callbacks.remove(observe._gc_timer)

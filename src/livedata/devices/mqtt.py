@@ -393,6 +393,8 @@ class _Ack:
 
 _PUBACK = int(paho.PUBACK)
 _PUBACK_PACKET = struct.Struct("!BBH")
+READ_PAUSE_MS = 10.0
+"""Default of the ``read_pause`` URL option (ms)."""
 _READ_SIZE = 256 * 1024
 """Bytes asked of the socket per readable event: a burst of PUBLISHes in one read."""
 
@@ -506,14 +508,26 @@ class _FastReceive:
     ``pyproject.toml``; ``tests/devices/test_mqtt.py`` checks it is in use.
     """
 
-    __slots__ = ("_handler", "_paho", "_splitter", "packets")
+    __slots__ = ("_failed", "_handler", "_paho", "_splitter", "packets", "pause", "reads")
 
-    def __init__(self, client: paho.Client, handler: Callable[[list[Packet]], None]) -> None:
+    def __init__(
+        self,
+        client: paho.Client,
+        handler: Callable[[list[Packet]], None],
+        pause: float = 0.0,
+        failed: Callable[[Exception], None] | None = None,
+    ) -> None:
         self._paho = client
         self._handler = handler
         self._splitter = PacketSplitter()
+        self.pause = pause
+        """Seconds the socket is left unread after a read shorter than 256 KiB (0: none)."""
+        self._failed = failed
+        """Told an exception a resumed read raised (aiomqtt's own reader tells its client)."""
         self.packets = 0
         """PUBLISH packets handled by this fast path."""
+        self.reads = 0
+        """Socket reads (readable events) of this fast path."""
         client.loop_read = self._read  # type: ignore[method-assign]
 
     def _read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
@@ -521,6 +535,7 @@ class _FastReceive:
         sock = client._sock
         if sock is None:
             return paho.MQTT_ERR_NO_CONN
+        self.reads += 1
         try:
             data = sock.recv(_READ_SIZE)
         except BlockingIOError:
@@ -551,7 +566,30 @@ class _FastReceive:
                 return paho.MQTT_ERR_NO_CONN
         if publishes:
             self._deliver(publishes)
+        if self.pause and len(data) < _READ_SIZE:
+            self._rest(sock)
         return paho.MQTT_ERR_SUCCESS
+
+    def _rest(self, sock: Any) -> None:
+        """Stop watching ``sock`` for :attr:`pause` seconds, so that the messages arriving
+        meanwhile are read, split and handed on together: one readable event, one read and
+        one inbox wake-up for all of them instead of one each."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock.fileno())
+        loop.call_later(self.pause, self._resume, sock)
+
+    def _resume(self, sock: Any) -> None:
+        """Watch ``sock`` again, unless its connection has ended meanwhile."""
+        if self._paho._sock is not sock or sock.fileno() < 0:
+            return
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        try:
+            self._read()
+        except Exception as exc:  # as aiomqtt's reader: the connection is broken
+            if self._failed is not None:
+                self._failed(exc)
 
     def _deliver(self, publishes: list[Packet]) -> None:
         self.packets += len(publishes)
@@ -601,6 +639,7 @@ class MqttDeviceLink(DeviceLink):
             "session_expiry",
             "keepalive",
             "connect_timeout",
+            "read_pause",
         )
     )
 
@@ -631,6 +670,8 @@ class MqttDeviceLink(DeviceLink):
         )
         self.keepalive = int(self._broker.number("keepalive", 30, 5, 3600))
         self.connect_timeout = self._broker.number("connect_timeout", 30.0, 0.1, 3600)
+        self.read_pause = self._broker.number("read_pause", READ_PAUSE_MS, 0, 1000) / 1000
+        """Seconds the socket rests after a short read (:class:`_FastReceive`)."""
         self.presence: dict[tuple[str, str], tuple[bool, int]] = {}
         """``(tenant, chassis) → (online, since_ms)`` for every device that has a status."""
         self.counters = {"messages": 0, "rejected": 0, "connects": 0}
@@ -713,8 +754,15 @@ class MqttDeviceLink(DeviceLink):
         )
         # aiomqtt has no manual-ack API yet (empicano/aiomqtt#345); paho under it has.
         client._client.manual_ack_set(True)
+        def failed(exc: Exception) -> None:
+            if not client._disconnected.done():
+                client._disconnected.set_exception(exc)
+
         self._fast = _FastReceive(
-            client._client, lambda packets: self._receive_many(client, packets)
+            client._client,
+            lambda packets: self._receive_many(client, packets),
+            self.read_pause,
+            failed,
         )
         return client
 
