@@ -71,7 +71,9 @@ async def worker(url: str, count: int, paced: bool = False) -> None:
     reads = getattr(fast, "reads", None)
     await asyncio.sleep(0.5)  # let the last PUBACKs go out
     await link.close()
-    print(json.dumps({"messages": got, "cpu": cpu, "wall": wall, "batches": batches, "reads": reads}))
+    print(
+        json.dumps({"messages": got, "cpu": cpu, "wall": wall, "batches": batches, "reads": reads})
+    )
 
 
 def payloads(count: int) -> list[tuple[str, bytes]]:
@@ -168,7 +170,9 @@ def publish_paced(port: int, messages: list[tuple[str, bytes]], rate: float) -> 
         sock.close()
 
 
-def run_paced(src: Path, url: str, port: int, messages: list[tuple[str, bytes]], rate: float) -> dict:
+def run_paced(
+    src: Path, url: str, port: int, messages: list[tuple[str, bytes]], rate: float
+) -> dict:
     """A worker on ``src`` reading ``messages`` live while they are published at ``rate``."""
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{ROOT}"}
     proc = subprocess.Popen(

@@ -78,6 +78,12 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     see acknowledgement below.
 ``keepalive`` (30), ``connect_timeout`` (30)
     seconds; ``connect_timeout`` bounds the wait in :meth:`MqttDeviceLink.start`.
+``read_pause`` (10)
+    milliseconds the link leaves its socket unread after a read shorter than 256 KiB
+    (0: read at every readable event).  A fleet spread over the second sends a link a
+    few messages at a time, and each readable event cost a read, a split, an inbox
+    wake-up and an ingest batch of its own; resting lets what arrives meanwhile be read
+    together, at the cost of up to this much more latency (see "Receiving, the fast path").
 
 Acknowledgement.  aiomqtt 2.5 has no manual-ack API (empicano/aiomqtt#345, open), but
 the paho-mqtt 2 client under it does (``manual_ack_set`` / ``ack``); the link turns it
@@ -134,7 +140,8 @@ paho's own packet handler, in stream order.  A telemetry topic is checked once a
 remembered (tenant, chassis, type, partition), so the next message on it goes
 straight to :func:`livedata.codec.decode`; a retained one always takes the full check.
 The telemetry of one read reaches the inbox (:meth:`MqttDeviceLink.batches`) with one
-wake-up.  The link's own work is about 18 µs of CPU per ``vehicle_can`` message of the
+wake-up; after a short read the socket rests ``read_pause`` ms (its reader removed, then
+added back unless the connection has ended), so a steady trickle is read in bunches.  The link's own work is about 18 µs of CPU per ``vehicle_can`` message of the
 simulated wheel loader, about nine tenths of it :func:`~livedata.codec.decode`
 building the frames (``bench/bench_mqtt_link.py``; 34 µs with paho reading the
 packets, 220 µs with paho and aiomqtt doing everything); run more ingest processes in
@@ -574,15 +581,19 @@ class _FastReceive:
         """Stop watching ``sock`` for :attr:`pause` seconds, so that the messages arriving
         meanwhile are read, split and handed on together: one readable event, one read and
         one inbox wake-up for all of them instead of one each."""
+        fd = sock.fileno()
+        if fd < 0:
+            return
         loop = asyncio.get_running_loop()
-        loop.remove_reader(sock.fileno())
+        loop.remove_reader(fd)
         loop.call_later(self.pause, self._resume, sock)
 
     def _resume(self, sock: Any) -> None:
         """Watch ``sock`` again, unless its connection has ended meanwhile."""
-        if self._paho._sock is not sock or sock.fileno() < 0:
+        current = self._paho._sock
+        if current is None or current is not sock or current.fileno() < 0:
             return
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+        asyncio.get_running_loop().add_reader(current.fileno(), self._readable)
 
     def _readable(self) -> None:
         try:
@@ -754,6 +765,7 @@ class MqttDeviceLink(DeviceLink):
         )
         # aiomqtt has no manual-ack API yet (empicano/aiomqtt#345); paho under it has.
         client._client.manual_ack_set(True)
+
         def failed(exc: Exception) -> None:
             if not client._disconnected.done():
                 client._disconnected.set_exception(exc)
