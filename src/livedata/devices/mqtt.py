@@ -78,12 +78,16 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     see acknowledgement below.
 ``keepalive`` (30), ``connect_timeout`` (30)
     seconds; ``connect_timeout`` bounds the wait in :meth:`MqttDeviceLink.start`.
-``read_pause`` (10)
+``read_pause`` (0)
     milliseconds the link leaves its socket unread after a read shorter than 256 KiB
     (0: read at every readable event).  A fleet spread over the second sends a link a
-    few messages at a time, and each readable event cost a read, a split, an inbox
+    few messages at a time, each readable event costing a read, a split, an inbox
     wake-up and an ingest batch of its own; resting lets what arrives meanwhile be read
-    together, at the cost of up to this much more latency (see "Receiving, the fast path").
+    together, at the cost of up to this much more latency.  Off by default: at 2,500
+    messages/s spread evenly, 10 ms tripled the messages per read (8 -> 27) but the
+    link's CPU per message did not drop (1.12x on uvloop, 0.8-0.9x on asyncio, within
+    the noise; ``bench/bench_mqtt_link.py --rate 2500``): removing and adding the reader
+    costs about what the reads saved.
 
 Acknowledgement.  aiomqtt 2.5 has no manual-ack API (empicano/aiomqtt#345, open), but
 the paho-mqtt 2 client under it does (``manual_ack_set`` / ``ack``); the link turns it
@@ -140,8 +144,8 @@ paho's own packet handler, in stream order.  A telemetry topic is checked once a
 remembered (tenant, chassis, type, partition), so the next message on it goes
 straight to :func:`livedata.codec.decode`; a retained one always takes the full check.
 The telemetry of one read reaches the inbox (:meth:`MqttDeviceLink.batches`) with one
-wake-up; after a short read the socket rests ``read_pause`` ms (its reader removed, then
-added back unless the connection has ended), so a steady trickle is read in bunches.  The link's own work is about 18 µs of CPU per ``vehicle_can`` message of the
+wake-up; with ``read_pause`` the socket rests that long after a short read (its reader
+removed, then added back unless the connection has ended), so a trickle is read in bunches.  The link's own work is about 18 µs of CPU per ``vehicle_can`` message of the
 simulated wheel loader, about nine tenths of it :func:`~livedata.codec.decode`
 building the frames (``bench/bench_mqtt_link.py``; 34 µs with paho reading the
 packets, 220 µs with paho and aiomqtt doing everything); run more ingest processes in
@@ -400,7 +404,7 @@ class _Ack:
 
 _PUBACK = int(paho.PUBACK)
 _PUBACK_PACKET = struct.Struct("!BBH")
-READ_PAUSE_MS = 10.0
+READ_PAUSE_MS = 0.0
 """Default of the ``read_pause`` URL option (ms)."""
 _READ_SIZE = 256 * 1024
 """Bytes asked of the socket per readable event: a burst of PUBLISHes in one read."""
