@@ -81,6 +81,19 @@ def msg_type_label(msg_type: str) -> str:
 
 
 RECORDS_IN = Counter("livedata_records_in", "Records decoded by ingest", ["msg_type", "kind"])
+_RECORDS_IN: dict[tuple[str, str], Counter] = {}
+
+
+def records_in(msg_type: str, kind: str) -> Counter:
+    """:data:`RECORDS_IN`'s child for a record's ``msg_type`` and ``kind`` value, looked up once
+    (``labels()`` takes a lock and builds its key: 3.9 µs against 0.5 µs for the ``inc``)."""
+    key = (msg_type_label(msg_type), kind)
+    child = _RECORDS_IN.get(key)
+    if child is None:
+        child = _RECORDS_IN[key] = RECORDS_IN.labels(*key)
+    return child
+
+
 POINTS_IN = Counter("livedata_points_in", "Decoded values (points) produced by ingest")
 DECODE_ERRORS = Counter(
     "livedata_decode_errors", "Frames or payloads that could not be decoded", ["reason"]
