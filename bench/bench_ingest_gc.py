@@ -31,7 +31,6 @@ import resource
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_decodepath import demo_metadata, running_ingest  # noqa: E402
 from bench.bench_mqtt_link import run_script  # noqa: E402
 
 WARMUP_S = 5
@@ -62,16 +62,12 @@ class _Ack:
 async def worker(machines: int, seconds: int, thresholds: tuple[int, int, int]) -> None:
     from prometheus_client import REGISTRY
 
-    from livedata.bus.memory import MemoryLog
-    from livedata.catalog import Catalog
     from livedata.cli.common import tune_gc
     from livedata.codec import decode, encode
     from livedata.decode.can import CanDecoder
     from livedata.devices.base import Delivery
-    from livedata.metadata import Metadata
     from livedata.model import DeviceMessage, Record
-    from livedata.pipeline.ingest import Ingest
-    from livedata.sim.demo import DBC_PATH, MODEL, ORG
+    from livedata.sim.demo import DBC_PATH, ORG
     from livedata.sim.fleet import Fleet, default_chassis_ids
     from livedata.store.memory import MemoryStore
 
@@ -99,26 +95,9 @@ async def worker(machines: int, seconds: int, thresholds: tuple[int, int, int]) 
         await fleet.tick(start + tick * 1000)
 
     with tempfile.TemporaryDirectory() as tmp:
-        meta = Metadata(f"sqlite+aiosqlite:///{tmp}/meta.db")
-        await meta.start()
-        await meta.ensure_org(ORG, "Demo fleet")
-        dbc = await meta.add_dbc(ORG, "loader.dbc", dbc_text)
-        await meta.assign_model_dbc(ORG, MODEL, dbc.id)
-        for n, chassis in enumerate(chassis_ids, 1):
-            await meta.upsert_machine(ORG, chassis, f"Wheel loader {n}", MODEL)
-        store = FreeStore("memory://")
-        log = MemoryLog(f"memory://bench-{uuid.uuid4().hex}")
-        await store.start()
-        await log.start()
-        ingest = Ingest(store, log, Catalog(meta), linger=1.0)
+        meta = await demo_metadata(f"sqlite+aiosqlite:///{tmp}/meta.db", dbc_text, chassis_ids)
+        ingest, tasks = await running_ingest(meta, FreeStore("memory://"), linger=1.0)
         ingest.ack_window = 5000  # the MQTT link's default inflight
-        running = asyncio.create_task(ingest.run())
-
-        async def drain() -> None:
-            async for _ in log.consume("bench"):
-                pass
-
-        draining = asyncio.create_task(drain())
         longest = 0.0
         started = 0.0
 
@@ -165,9 +144,9 @@ async def worker(machines: int, seconds: int, thresholds: tuple[int, int, int]) 
             cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
             gcs = [gc_sample("livedata_gc_seconds_total", g) - gc0[g] for g in range(3)]
             counts = [gc_sample("livedata_gc_collections_total", g) - n0[g] for g in range(3)]
-        for task in (running, draining):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(running, draining, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await meta.close()
     out: dict[str, Any] = {
         "records": records,
