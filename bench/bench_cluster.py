@@ -797,6 +797,7 @@ def flow_table(windows: list[Window]) -> None:
         "GC CPU: ingest µs/record (livedata_gc_seconds)",
         lambda w: gc_per_record(w, "ingest", w.total(records)),
     )
+    row("GC collections: ingest per s, mean CPU ms", lambda w: gc_pauses(w, "ingest"))
     row("CPU/record: clickhouse", lambda w: w.cpu_per("clickhouse", w.total(records)))
     for other in OTHERS:
         row(f"CPU/record: {other}", lambda w, o=other: w.cpu_per(o, w.total(records)))
@@ -842,6 +843,19 @@ def gc_per_record(w: Window, prefix: str, count: float) -> str:
         return "–"
     seconds = sum(m.get("livedata_gc_seconds_total") for m in metrics)
     return f"{seconds / count * 1e6:,.1f} µs"
+
+
+def gc_pauses(w: Window, prefix: str) -> str:
+    """Garbage collections per second of the processes named ``prefix…`` (all generations)
+    and their mean CPU ms (``livedata_gc_collections_total``; "–" for code that does not
+    count them)."""
+    metrics = [m for n, m in w.metrics.items() if n.startswith(prefix)]
+    if not any("livedata_gc_collections_total" in m.values for m in metrics):
+        return "–"
+    count = sum(m.get("livedata_gc_collections_total") for m in metrics)
+    seconds = sum(m.get("livedata_gc_seconds_total") for m in metrics)
+    mean = f"{seconds / count * 1e3:,.1f} ms" if count else "–"
+    return f"{count / w.seconds:,.1f} / {mean}"
 
 
 def per_record(w: Window, prefix: str) -> float:

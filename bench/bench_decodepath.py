@@ -66,18 +66,49 @@ def read_text(path: str | Path) -> str:
     return Path(path).read_text(encoding="utf-8")
 
 
-async def worker(machines: int, seconds: int, repeat: int) -> None:
+async def demo_metadata(url: str, dbc_text: str, chassis_ids: Sequence[str]) -> Any:
+    """Started metadata at ``url`` seeded as the demo is: its organisation, the wheel-loader
+    DBC assigned to its model, and a machine per chassis id."""
+    from livedata.metadata import Metadata
+    from livedata.sim.demo import MODEL, ORG
+
+    meta = Metadata(url)
+    await meta.start()
+    await meta.ensure_org(ORG, "Demo fleet")
+    dbc = await meta.add_dbc(ORG, "loader.dbc", dbc_text)
+    await meta.assign_model_dbc(ORG, MODEL, dbc.id)
+    for n, chassis in enumerate(chassis_ids, 1):
+        await meta.upsert_machine(ORG, chassis, f"Wheel loader {n}", MODEL)
+    return meta
+
+
+async def running_ingest(meta: Any, store: Any, **options: Any) -> tuple[Any, list[Any]]:
+    """An :class:`Ingest` on ``store`` (started here) and a memory log drained by a task,
+    running; with its tasks (``run`` and the drain) to cancel at the end."""
     from livedata.bus.memory import MemoryLog
     from livedata.catalog import Catalog
+    from livedata.pipeline.ingest import Ingest
+
+    log = MemoryLog(f"memory://bench-{uuid.uuid4().hex}")
+    await store.start()
+    await log.start()
+    ingest = Ingest(store, log, Catalog(meta), **options)
+
+    async def drain() -> None:
+        async for _ in log.consume("bench"):
+            pass
+
+    return ingest, [asyncio.create_task(ingest.run()), asyncio.create_task(drain())]
+
+
+async def worker(machines: int, seconds: int, repeat: int) -> None:
     from livedata.cli.common import tune_gc
     from livedata.codec import decode, encode
     from livedata.decode.can import BusState, CanDecoder
     from livedata.devices.base import Delivery
-    from livedata.metadata import Metadata
     from livedata.model import DeviceMessage, MsgType, Record
     from livedata.pipeline.dtcs import DtcService
-    from livedata.pipeline.ingest import Ingest
-    from livedata.sim.demo import DBC_PATH, MODEL, ORG
+    from livedata.sim.demo import DBC_PATH, ORG
     from livedata.sim.fleet import Fleet, default_chassis_ids
     from livedata.store.base import normalised
     from livedata.store.frames import pack_frames
@@ -107,27 +138,10 @@ async def worker(machines: int, seconds: int, repeat: int) -> None:
     buses = {chassis: BusState() for chassis in chassis_ids}
 
     with tempfile.TemporaryDirectory() as tmp:
-        meta = Metadata(f"sqlite+aiosqlite:///{tmp}/meta.db")
-        await meta.start()
-        await meta.ensure_org(ORG, "Demo fleet")
-        dbc = await meta.add_dbc(ORG, "loader.dbc", dbc_text)
-        await meta.assign_model_dbc(ORG, MODEL, dbc.id)
-        for n, chassis in enumerate(chassis_ids, 1):
-            await meta.upsert_machine(ORG, chassis, f"Wheel loader {n}", MODEL)
+        meta = await demo_metadata(f"sqlite+aiosqlite:///{tmp}/meta.db", dbc_text, chassis_ids)
 
         # the whole path first, as ingest runs it (its warm-up loads the catalog)
-        store = FreeStore("memory://")
-        log = MemoryLog(f"memory://bench-{uuid.uuid4().hex}")
-        await store.start()
-        await log.start()
-        ingest = Ingest(store, log, Catalog(meta))
-        running = asyncio.create_task(ingest.run())
-
-        async def drain() -> None:
-            async for _ in log.consume("bench"):
-                pass
-
-        draining = asyncio.create_task(drain())
+        ingest, tasks = await running_ingest(meta, FreeStore("memory://"))
 
         async def push(items: list[tuple[str, str, str, bytes]]) -> None:
             for at in range(0, len(items), BATCH):
@@ -144,9 +158,9 @@ async def worker(machines: int, seconds: int, repeat: int) -> None:
                 cpu0 = time.thread_time()
                 await push(timed)
                 path.append((time.thread_time() - cpu0) / len(timed) * 1e6)
-        for task in (running, draining):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(running, draining, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
         out: dict[str, float] = {}
         out["codec.decode vehicle_can"] = best_of(

@@ -36,16 +36,35 @@ def test_lines_carry_role_and_machine() -> None:
 
 def test_time_gc_counts_the_seconds_of_each_collection_by_generation() -> None:
     """Once time_gc is on (once, however often called), a full collection adds its CPU time
-    under generation 2 of livedata_gc_seconds_total."""
+    under generation 2 of livedata_gc_seconds_total and counts in livedata_gc_collections_total."""
     sample = "livedata_gc_seconds_total"
     time_gc()
     time_gc()
     try:
         assert gc.callbacks.count(observe._gc_timer) == 1
         before = REGISTRY.get_sample_value(sample, {"generation": "2"}) or 0.0
+        count = "livedata_gc_collections_total"
+        collections = REGISTRY.get_sample_value(count, {"generation": "2"}) or 0.0
         garbage = [[n] for n in range(200_000)]  # something to walk
         gc.collect()
         after = REGISTRY.get_sample_value(sample, {"generation": "2"}) or 0.0
         assert after > before and len(garbage) == 200_000
+        assert (REGISTRY.get_sample_value(count, {"generation": "2"}) or 0.0) > collections
     finally:
         gc.callbacks.remove(observe._gc_timer)
+
+
+def test_records_in_counts_under_the_labels_of_the_message_type_and_kind() -> None:
+    """records_in's child counts under the record's msg_type label (a /db/write table under
+    user_table) and kind, the same child each time."""
+    sample = "livedata_records_in_total"
+    can = {"msg_type": "vehicle_can", "kind": "backfill"}
+    table = {"msg_type": "user_table", "kind": "backfill"}
+    before = [REGISTRY.get_sample_value(sample, labels) or 0.0 for labels in (can, table)]
+    assert observe.records_in("vehicle_can", "backfill") is observe.records_in(
+        "vehicle_can", "backfill"
+    )
+    observe.records_in("vehicle_can", "backfill").inc(3)
+    observe.records_in("some_table", "backfill").inc(2)
+    after = [REGISTRY.get_sample_value(sample, labels) or 0.0 for labels in (can, table)]
+    assert after == [before[0] + 3, before[1] + 2]

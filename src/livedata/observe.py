@@ -81,6 +81,19 @@ def msg_type_label(msg_type: str) -> str:
 
 
 RECORDS_IN = Counter("livedata_records_in", "Records decoded by ingest", ["msg_type", "kind"])
+_RECORDS_IN: dict[tuple[str, str], Counter] = {}
+
+
+def records_in(msg_type: str, kind: str) -> Counter:
+    """:data:`RECORDS_IN`'s child for a record's ``msg_type`` and ``kind`` value, looked up once
+    (``labels()`` takes a lock and builds its key: 3.9 µs against 0.5 µs for the ``inc``)."""
+    key = (msg_type_label(msg_type), kind)
+    child = _RECORDS_IN.get(key)
+    if child is None:
+        child = _RECORDS_IN[key] = RECORDS_IN.labels(*key)
+    return child
+
+
 POINTS_IN = Counter("livedata_points_in", "Decoded values (points) produced by ingest")
 DECODE_ERRORS = Counter(
     "livedata_decode_errors", "Frames or payloads that could not be decoded", ["reason"]
@@ -149,7 +162,15 @@ GC_SECONDS = Counter(
     "CPU seconds spent in garbage collections (every thread's), per generation collected",
     ["generation"],
 )
-_GC_CHILDREN = tuple(GC_SECONDS.labels(str(generation)) for generation in range(3))
+GC_COLLECTIONS = Counter(
+    "livedata_gc_collections",
+    "Garbage collections, per generation collected (with livedata_gc_seconds: the mean pause)",
+    ["generation"],
+)
+_GC_CHILDREN = tuple(
+    (GC_SECONDS.labels(str(generation)), GC_COLLECTIONS.labels(str(generation)))
+    for generation in range(3)
+)
 _gc_started = 0.0
 
 
@@ -158,12 +179,14 @@ def _gc_timer(phase: str, info: dict[str, int]) -> None:
     if phase == "start":
         _gc_started = time.thread_time()
     else:
-        _GC_CHILDREN[info["generation"]].inc(time.thread_time() - _gc_started)
+        seconds, collections = _GC_CHILDREN[info["generation"]]
+        seconds.inc(time.thread_time() - _gc_started)
+        collections.inc()
 
 
 def time_gc() -> None:
     """Count the CPU time of every garbage collection of this process in :data:`GC_SECONDS`
-    from now on (idempotent).  A collection runs whole in the thread that triggered it and
+    from now on, and their number in :data:`GC_COLLECTIONS` (idempotent).  A collection runs whole in the thread that triggered it and
     collections never overlap (the GIL), so that thread's CPU clock (not the wall clock,
     which on a busy machine counts the waits for a core too) read at its start and end
     will do; the cost is two clock reads per collection, none per object.  What a heap

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 
-from livedata.cli.common import GC_THRESHOLDS, tune_gc
+import pytest
+
+from livedata.cli.common import GC_THRESHOLDS, INGEST_GC_THRESHOLDS, tune_gc
 
 
 def test_objects_alive_at_start_up_are_not_walked_by_later_collections() -> None:
@@ -22,3 +24,28 @@ def test_objects_alive_at_start_up_are_not_walked_by_later_collections() -> None
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+@pytest.mark.parametrize(
+    ("roles", "thresholds"),
+    [
+        ({"ingest"}, INGEST_GC_THRESHOLDS),
+        ({"ingest", "distribute", "alerts"}, INGEST_GC_THRESHOLDS),
+        ({"ingest", "distribute", "alerts", "gateway"}, GC_THRESHOLDS),
+        ({"gateway"}, GC_THRESHOLDS),
+        ({"distribute"}, GC_THRESHOLDS),
+    ],
+)
+def test_a_process_with_ingest_and_no_gateway_collects_less_often(
+    roles: set[str], thresholds: tuple[int, int, int]
+) -> None:
+    """tune_gc gives a process running ingest without the gateway the higher young-generation
+    threshold, and every other process the gateway's."""
+    before = gc.get_threshold()
+    try:
+        tune_gc(roles)
+        assert gc.get_threshold() == thresholds
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert INGEST_GC_THRESHOLDS[0] > GC_THRESHOLDS[0]

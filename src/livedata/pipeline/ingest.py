@@ -499,7 +499,7 @@ class Ingest:
                 unacked += 1
         self._unacked += unacked
         for (msg_type, kind), count in counts.items():
-            observe.RECORDS_IN.labels(observe.msg_type_label(msg_type), kind.value).inc(count)
+            observe.records_in(msg_type, kind.value).inc(count)
         observe.POINTS_IN.inc(points)
         self._queued += len(records)
         if not self._unlogged:
