@@ -124,6 +124,8 @@ class Probe:
                     return
                 stacks: Counter[str] = Counter()
                 while not ran.wait(0.01):
+                    if not SAMPLE_STACKS:
+                        continue
                     frame = sys._current_frames().get(loop_thread)
                     if frame is not None:
                         inner = traceback.extract_stack(frame)[-4:]
@@ -162,6 +164,10 @@ SAMPLED: frozenset[str] | None = (
     else None
 )
 """Only these machines' records are noted (``None``: every machine's)."""
+SAMPLE_STACKS = os.environ.get("LIVEDATA_HOPS_STACKS", "1") != "0"
+"""Sample the loop thread's stack during a stall (``LIVEDATA_HOPS_STACKS=0``: only time
+the stall).  Reading a running thread's frames from the watchdog crashed (SIGSEGV in
+libpython 3.11) a role of ``bench_cluster.py --hops`` twice in five runs."""
 
 
 def realtime_can(message: Any) -> bool:
