@@ -21,7 +21,7 @@ record got there:
 
 In the distributed shape (``bench_cluster.py --hops``, each role process run through
 this script) the log and pub/sub are Kafka and Redis, so the points are:
-``received`` (the MQTT link's read callback decoded it and put it in the link's inbox),
+``read`` (the MQTT link's read callback decoded it and put it in the link's inbox),
 ``ingest`` and ``decoded`` as above, ``append`` and ``logged`` (``KafkaLog.append``
 called and returned), ``consumed`` (distribute got it from the log: ``Distribute.messages``),
 ``published`` (``Distribute._publish`` returned: Redis took it; in the embedded shape
@@ -264,7 +264,7 @@ def install(probe: Probe) -> None:
             for item in itertools.islice(self._inbox, before, None):
                 message = getattr(item, "message", None)
                 if message is not None and realtime_can(message):
-                    note("received", message.ts)
+                    note("read", message.ts)
 
         return wrapped
 
