@@ -67,7 +67,7 @@ import orjson
 STALL_S = 0.05
 HOPS = (
     "sent",
-    "received",
+    "read",
     "ingest",
     "decoded",
     "append",
