@@ -21,7 +21,7 @@ record got there:
 
 In the distributed shape (``bench_cluster.py --hops``, each role process run through
 this script) the log and pub/sub are Kafka and Redis, so the points are:
-``received`` (the MQTT link's read callback decoded it and put it in the link's inbox),
+``read`` (the MQTT link's read callback decoded it and put it in the link's inbox),
 ``ingest`` and ``decoded`` as above, ``append`` and ``logged`` (``KafkaLog.append``
 called and returned), ``consumed`` (distribute got it from the log: ``Distribute.messages``),
 ``published`` (``Distribute._publish`` returned: Redis took it; in the embedded shape
@@ -67,7 +67,7 @@ import orjson
 STALL_S = 0.05
 HOPS = (
     "sent",
-    "received",
+    "read",
     "ingest",
     "decoded",
     "append",
@@ -124,6 +124,8 @@ class Probe:
                     return
                 stacks: Counter[str] = Counter()
                 while not ran.wait(0.01):
+                    if not SAMPLE_STACKS:
+                        continue
                     frame = sys._current_frames().get(loop_thread)
                     if frame is not None:
                         inner = traceback.extract_stack(frame)[-4:]
@@ -162,6 +164,10 @@ SAMPLED: frozenset[str] | None = (
     else None
 )
 """Only these machines' records are noted (``None``: every machine's)."""
+SAMPLE_STACKS = os.environ.get("LIVEDATA_HOPS_STACKS", "1") != "0"
+"""Sample the loop thread's stack during a stall (``LIVEDATA_HOPS_STACKS=0``: only time
+the stall).  Reading a running thread's frames from the watchdog crashed (SIGSEGV in
+libpython 3.11) a role of ``bench_cluster.py --hops`` twice in five runs."""
 
 
 def realtime_can(message: Any) -> bool:
@@ -258,7 +264,7 @@ def install(probe: Probe) -> None:
             for item in itertools.islice(self._inbox, before, None):
                 message = getattr(item, "message", None)
                 if message is not None and realtime_can(message):
-                    note("received", message.ts)
+                    note("read", message.ts)
 
         return wrapped
 

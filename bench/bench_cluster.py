@@ -1483,6 +1483,7 @@ def sweep_one(args: argparse.Namespace, run: Path, size: int) -> SweepPoint:
     """One fleet size on a fresh cluster, stopped at the end."""
     if HOPS[0]:
         os.environ["LIVEDATA_HOPS_CHASSIS"] = ",".join(c for c, _ in client_specs())
+        os.environ.setdefault("LIVEDATA_HOPS_STACKS", "0")  # see _hops.SAMPLE_STACKS
     with cleanup_on_exit() as stack:
         cluster = new_cluster(args, run, stack)
         before, connect_s = cluster.start()
