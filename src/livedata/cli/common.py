@@ -112,11 +112,13 @@ outlives a moment: ingest holds every record of a store batch (ClickHouse's: a s
 the process's share of the fleet, with its queue entry, acknowledgement and raw-frame
 blob) until the write, then frees it all at once.  With :data:`GC_THRESHOLDS` that
 batch filled generation 0 several times a second, so young and middle collections walked
-the same live records again and again: 5.5-8 µs of CPU per record at 5,000 machines (10-13 %
+the same live records again and again: 5.5-13 µs of CPU per record at 5,000 machines (10-17 %
 of the role's CPU, ``livedata_gc_seconds_total``).  A batch's worth of records now stays
-below the threshold and is freed by reference counting before a collection sees it.
-A young collection walks at most 100,000 objects (a few ms) and a middle one about three
-times that; ingest has no connect floods (the gateway's reason for the lower bound)."""
+below the threshold and is freed by reference counting before a collection sees it:
+0.8 µs per record, ingest 76 -> 66 µs per record (``bench/bench_cluster.py --machines 5000
+--ingest 2``).  The price is a rare but longer pause: about one collection per 10 s per
+process, 74 ms of CPU on average; ingest has no connect floods (the gateway's reason for
+the lower bound)."""
 
 
 def tune_gc(roles: Collection[str] = ()) -> None:
