@@ -111,10 +111,20 @@ def test_healthz_answers_while_a_flood_of_connections_arrives(event_loop: str) -
         # a new connection per probe: an idle keep-alive one may be the longest idle, and
         # that one gives way at the cap by design
         with httpx.Client(timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+
+            def probe() -> int:
+                try:
+                    return client.get(f"{served.url}/healthz").status_code
+                except httpx.ReadError:
+                    # on a loaded machine 200 flood connects can land between the probe's
+                    # connect and its request: then it is the oldest idle one and gives
+                    # way, as a device's would; its retry must be answered
+                    return client.get(f"{served.url}/healthz").status_code
+
             while flooder.is_alive():
-                statuses.append(client.get(f"{served.url}/healthz").status_code)
+                statuses.append(probe())
             flooder.join()
-            statuses.append(client.get(f"{served.url}/healthz").status_code)
+            statuses.append(probe())
         listener = served.server.servers[0]
         _wait(lambda: listener.accepted >= 1_000)
         assert len(flood) == 1_000
