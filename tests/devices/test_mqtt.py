@@ -879,3 +879,100 @@ async def test_a_batch_whose_handling_failed_is_handed_in_again(
     async with _ingesting(broker, tmp_path, tenant, _FailsOnce) as ingest:
         await _publish_and_store(broker, ingest, tenant, 9)
         assert isinstance(ingest, _FailsOnce) and ingest.failed == 1
+
+
+class _Recorder:
+    """A TCP proxy to ``port`` on loopback that notes the MQTT packet types a client sends
+    and holds each SUBSCRIBE 0.1 s, as a broker busy sending a backlog answers late."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sent: list[int] = []
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        back = asyncio.create_task(self._pipe(up_reader, writer))
+        self._tasks.add(back)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                first = (await reader.readexactly(1))[0]
+                header, length, shift = bytes([first]), 0, 0
+                while True:
+                    byte = await reader.readexactly(1)
+                    header += byte
+                    length |= (byte[0] & 0x7F) << shift
+                    shift += 7
+                    if not byte[0] & 0x80:
+                        break
+                self.sent.append(first >> 4)
+                if first >> 4 == 8:
+                    await asyncio.sleep(0.1)
+                up_writer.write(header + await reader.readexactly(length))
+        up_writer.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+
+
+async def test_a_restarted_link_acknowledges_nothing_until_subscribed(
+    own: Mosquitto, parts: Links, tenant: str
+) -> None:
+    """A persistent session's backlog does not flood in while the link resubscribes: no
+    PUBACK goes out before its last SUBSCRIBE (each would release up to ``inflight`` more
+    ahead of the SUBACKs); then every message is delivered or counted out once and
+    acknowledged, those that came with the CONNACK included (nothing comes again)."""
+    recorder = _Recorder(own.port)
+    port = await recorder.start()
+    options = f"shared=off&partition=0/2&client_id=c{uuid.uuid4().hex[:8]}&session_expiry=300"
+    url = f"mqtt://127.0.0.1:{port}?{options}&inflight=50"
+    first = MqttDeviceLink(url)
+    await first.start()
+    await first.close()  # the session and its subscription stay at the broker
+    # the other partition's machines first: their PUBACKs are not held behind older messages
+    machines = sorted(
+        (f"M{n}" for n in range(20)),
+        key=lambda m: not first._other_partition(telemetry_topic(tenant, m, "x")),
+    )
+    async with aiomqtt.Client("127.0.0.1", own.port, protocol=aiomqtt.ProtocolVersion.V5) as pub:
+        for i in range(100):
+            for chassis in machines:
+                topic = telemetry_topic(tenant, chassis, "client_raw_data")
+                await pub.publish(topic, encode(raw_message(tenant, chassis, TS + i)), qos=1)
+    recorder.sent.clear()
+    try:
+        link = await parts.link(url)
+        subscribes = [i for i, kind in enumerate(recorder.sent) if kind == 8]
+        assert len(subscribes) == 4, recorder.sent
+        assert 4 not in recorder.sent[: subscribes[-1]], recorder.sent[: subscribes[-1] + 1]
+        mine = [m for m in machines if not link._other_partition(telemetry_topic(tenant, m, "x"))]
+        got = []
+        for _ in range(100 * len(mine)):
+            item = await parts.next(link)
+            assert isinstance(item, Delivery) and item.ack is not None
+            got.append((item.message.chassis, item.message.ts))
+            await item.ack()
+        await until(lambda: link.partitioned_out == 100 * (len(machines) - len(mine)), 10)
+        assert sorted(got) == sorted((m, TS + i) for m in mine for i in range(100))
+        await parts.close()
+        again = await parts.link(url)  # every message was acknowledged on its connection
+        await parts.nothing(again, 1.0)
+        assert again.partitioned_out == 0
+    finally:
+        await parts.close()
+        await recorder.close()

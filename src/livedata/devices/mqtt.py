@@ -707,12 +707,16 @@ class MqttDeviceLink(DeviceLink):
         """The QoS 1/2 messages of the connection being read whose PUBACK has not been
         written, in the order received (:meth:`_flush_acks`)."""
         self._ack_scheduled = False
+        self._subscribing = False
+        """Between a connection's CONNACK and its last SUBACK: no PUBACK is written
+        (:meth:`_flush_acks`)."""
         self._fast: _FastReceive | None = None
         self._routes: dict[bytes, Any] = {}
         """Telemetry topic → ``(tenant, chassis, msgType)`` (or :data:`_OTHER_PARTITION`),
         checked once (:meth:`_receive`), so the next message on it is decoded at once."""
         self._receiving: aiomqtt.Client | None = None
-        """The connection being read (set before subscribing: retained messages come at once)."""
+        """The connection being read (set before connecting: a persistent session's
+        messages may come in the CONNACK's read, retained ones at once)."""
         self._listeners: set[_Listener] = set()
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
@@ -800,15 +804,19 @@ class MqttDeviceLink(DeviceLink):
         delays = backoff(BACKOFF_MIN, LINK_BACKOFF_MAX, jitter=0.2)
         while True:
             client = self._make_client()
+            # read from before the CONNACK: a persistent session's messages may come with it
+            self._read_from(client)
+            self._subscribing = True  # acknowledgements wait: see _flush_acks
             try:
                 async with client:
-                    self._read_from(client)
                     if self.receive_telemetry:
                         await client.subscribe(self.share_filter, qos=1)
                     await client.subscribe(STATUS_FILTER, qos=1)
                     await client.subscribe(METHOD_RESPONSE_FILTER, qos=1)
                     if self.receive_telemetry:  # a broker without it grants but sends nothing
                         await client.subscribe(BROKER_DROPPED_TOPIC, qos=0)
+                    self._subscribing = False
+                    self._flush_acks()
                     self._client = client
                     self._connected.set()
                     self.counters["connects"] += 1
@@ -995,11 +1003,20 @@ class MqttDeviceLink(DeviceLink):
         each lookup ends at the head.  Ingest acknowledges in arrival order; what it
         acknowledges early (a rejected message) and what the link acknowledges itself
         (presence, method answers, another partition's machines) waits here instead,
-        at most until the older messages are acknowledged."""
+        at most until the older messages are acknowledged.
+
+        Nothing is written while the connection subscribes (:attr:`_subscribing`): each
+        PUBACK would release up to ``inflight`` more of a persistent session's backlog,
+        and the broker sends its SUBACKs behind them.  Measured (``bench_cluster.py
+        --faults``, partitions): an ingest restarted with a backlog of some 300,000
+        messages acknowledged the other partition's at once while subscribing, its
+        subscribe timed out (10 s) at every attempt, it gave up after 60 s and the broker
+        dropped a million messages beyond its queue.  Held, the broker sends the first
+        window (``inflight``), then the SUBACKs."""
         self._ack_scheduled = False
         client = self._receiving
         order = self._order
-        if client is None or not order or not order[0]._done:
+        if client is None or self._subscribing or not order or not order[0]._done:
             return
         popleft = order.popleft
         mids = []
