@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         help="messages/s published while the link reads (0: all queued before it starts)",
     )
     parser.add_argument(
-        "--options", default="", help="URL options of the code after only (e.g. read_pause=0)"
+        "--options", default="", help="URL options of the code after only (e.g. inflight=1000)"
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--paced", action="store_true", help=argparse.SUPPRESS)

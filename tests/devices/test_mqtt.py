@@ -630,57 +630,6 @@ async def test_a_burst_arrives_in_lists_in_order_and_is_acknowledged_once(
         await again.close()
 
 
-async def test_messages_arriving_apart_are_read_together_after_a_read_pause(
-    broker: Mosquitto,
-) -> None:
-    """With read_pause, 40 messages published 5 ms apart are read, in order, in at most one
-    socket read per pause (plus one), not one read each."""
-    tenant = f"t{uuid.uuid4().hex[:8]}"
-    link = MqttDeviceLink(link_url(broker, read_pause=50))
-    await link.start()
-    try:
-        assert link.read_pause == 0.05
-        fast = link._fast
-        assert fast is not None
-        async with aiomqtt.Client(
-            "127.0.0.1", broker.port, protocol=aiomqtt.ProtocolVersion.V5
-        ) as sender:
-            topic = telemetry_topic(tenant, "M1", "client_raw_data")
-            reads = fast.reads
-            started = time.monotonic()
-            for n in range(40):
-                await sender.publish(topic, encode(burst_message(tenant, n)), qos=1)
-                await asyncio.sleep(0.005)
-            lists = await take(link, 40)
-            elapsed = time.monotonic() - started
-        deliveries = [d for batch in lists for d in batch if isinstance(d, Delivery)]
-        assert [d.message.ts for d in deliveries] == [TS + n for n in range(40)]
-        assert fast.reads - reads <= elapsed / link.read_pause + 1 < 40
-    finally:
-        await link.close()
-
-
-async def test_a_link_resting_its_socket_reads_again_after_a_broker_restart(
-    tmp_path: Path, parts: Links, tenant: str
-) -> None:
-    """A connection lost while its socket rests (read_pause) is not watched again; the new
-    connection is read: messages flow after the broker restarts."""
-    own = start_mosquitto(tmp_path / "broker")
-    try:
-        link = await parts.link(link_url(own, read_pause=300))
-        device = await parts.device(own.url, tenant, "M1")
-        await device.send(raw_message(tenant, "M1", TS))
-        assert isinstance(await parts.next(link), Delivery)
-        own.restart()
-        await until(lambda: device.connects == 2 and link.counters["connects"] == 2, 15)
-        await device.send(raw_message(tenant, "M1", TS + 1))
-        item = await parts.next(link)
-        assert isinstance(item, Delivery) and item.message.ts == TS + 1
-    finally:
-        await parts.close()
-        own.stop()
-
-
 async def test_publish_properties_are_skipped_and_the_payload_kept(broker: Mosquitto) -> None:
     """A PUBLISH carrying MQTT 5 properties (content type, user properties) is read with its
     payload intact: the fast path skips the properties by their length."""

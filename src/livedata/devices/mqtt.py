@@ -80,16 +80,6 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     see acknowledgement below.
 ``keepalive`` (30), ``connect_timeout`` (30)
     seconds; ``connect_timeout`` bounds the wait in :meth:`MqttDeviceLink.start`.
-``read_pause`` (0)
-    milliseconds the link leaves its socket unread after a read shorter than 256 KiB
-    (0: read at every readable event).  A fleet spread over the second sends a link a
-    few messages at a time, each readable event costing a read, a split, an inbox
-    wake-up and an ingest batch of its own; resting lets what arrives meanwhile be read
-    together, at the cost of up to this much more latency.  Off by default: at 2,500
-    messages/s spread evenly, 10 ms tripled the messages per read (8 -> 27) but the
-    link's CPU per message did not drop (1.12x on uvloop, 0.8-0.9x on asyncio, within
-    the noise; ``bench/bench_mqtt_link.py --rate 2500``): removing and adding the reader
-    costs about what the reads saved.
 
 Acknowledgement.  aiomqtt 2.5 has no manual-ack API (empicano/aiomqtt#345, open), but
 the paho-mqtt 2 client under it does (``manual_ack_set`` / ``ack``); the link turns it
@@ -146,8 +136,7 @@ paho's own packet handler, in stream order.  A telemetry topic is checked once a
 remembered (tenant, chassis, type, partition), so the next message on it goes
 straight to :func:`livedata.codec.decode`; a retained one always takes the full check.
 The telemetry of one read reaches the inbox (:meth:`MqttDeviceLink.batches`) with one
-wake-up; with ``read_pause`` the socket rests that long after a short read (its reader
-removed, then added back unless the connection has ended), so a trickle is read in bunches.  The link's own work is about 18 µs of CPU per ``vehicle_can`` message of the
+wake-up.  The link's own work is about 18 µs of CPU per ``vehicle_can`` message of the
 simulated wheel loader, about nine tenths of it :func:`~livedata.codec.decode`
 building the frames (``bench/bench_mqtt_link.py``; 34 µs with paho reading the
 packets, 220 µs with paho and aiomqtt doing everything); run more ingest processes in
@@ -410,8 +399,6 @@ class _Ack:
 
 _PUBACK = int(paho.PUBACK)
 _PUBACK_PACKET = struct.Struct("!BBH")
-READ_PAUSE_MS = 0.0
-"""Default of the ``read_pause`` URL option (ms)."""
 _READ_SIZE = 256 * 1024
 """Bytes asked of the socket per readable event: a burst of PUBLISHes in one read."""
 
@@ -525,22 +512,12 @@ class _FastReceive:
     ``pyproject.toml``; ``tests/devices/test_mqtt.py`` checks it is in use.
     """
 
-    __slots__ = ("_failed", "_handler", "_paho", "_splitter", "packets", "pause", "reads")
+    __slots__ = ("_handler", "_paho", "_splitter", "packets", "reads")
 
-    def __init__(
-        self,
-        client: paho.Client,
-        handler: Callable[[list[Packet]], None],
-        pause: float = 0.0,
-        failed: Callable[[Exception], None] | None = None,
-    ) -> None:
+    def __init__(self, client: paho.Client, handler: Callable[[list[Packet]], None]) -> None:
         self._paho = client
         self._handler = handler
         self._splitter = PacketSplitter()
-        self.pause = pause
-        """Seconds the socket is left unread after a read shorter than 256 KiB (0: none)."""
-        self._failed = failed
-        """Told an exception a resumed read raised (aiomqtt's own reader tells its client)."""
         self.packets = 0
         """PUBLISH packets handled by this fast path."""
         self.reads = 0
@@ -583,34 +560,7 @@ class _FastReceive:
                 return paho.MQTT_ERR_NO_CONN
         if publishes:
             self._deliver(publishes)
-        if self.pause and len(data) < _READ_SIZE:
-            self._rest(sock)
         return paho.MQTT_ERR_SUCCESS
-
-    def _rest(self, sock: Any) -> None:
-        """Stop watching ``sock`` for :attr:`pause` seconds, so that the messages arriving
-        meanwhile are read, split and handed on together: one readable event, one read and
-        one inbox wake-up for all of them instead of one each."""
-        fd = sock.fileno()
-        if fd < 0:
-            return
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(fd)
-        loop.call_later(self.pause, self._resume, sock)
-
-    def _resume(self, sock: Any) -> None:
-        """Watch ``sock`` again, unless its connection has ended meanwhile."""
-        current = self._paho._sock
-        if current is None or current is not sock or current.fileno() < 0:
-            return
-        asyncio.get_running_loop().add_reader(current.fileno(), self._readable)
-
-    def _readable(self) -> None:
-        try:
-            self._read()
-        except Exception as exc:  # as aiomqtt's reader: the connection is broken
-            if self._failed is not None:
-                self._failed(exc)
 
     def _deliver(self, publishes: list[Packet]) -> None:
         self.packets += len(publishes)
@@ -660,7 +610,6 @@ class MqttDeviceLink(DeviceLink):
             "session_expiry",
             "keepalive",
             "connect_timeout",
-            "read_pause",
         )
     )
 
@@ -691,8 +640,6 @@ class MqttDeviceLink(DeviceLink):
         )
         self.keepalive = int(self._broker.number("keepalive", 30, 5, 3600))
         self.connect_timeout = self._broker.number("connect_timeout", 30.0, 0.1, 3600)
-        self.read_pause = self._broker.number("read_pause", READ_PAUSE_MS, 0, 1000) / 1000
-        """Seconds the socket rests after a short read (:class:`_FastReceive`)."""
         self.presence: dict[tuple[str, str], tuple[bool, int]] = {}
         """``(tenant, chassis) → (online, since_ms)`` for every device that has a status."""
         self.counters = {"messages": 0, "rejected": 0, "connects": 0}
@@ -782,16 +729,8 @@ class MqttDeviceLink(DeviceLink):
         )
         # aiomqtt has no manual-ack API yet (empicano/aiomqtt#345); paho under it has.
         client._client.manual_ack_set(True)
-
-        def failed(exc: Exception) -> None:
-            if not client._disconnected.done():
-                client._disconnected.set_exception(exc)
-
         self._fast = _FastReceive(
-            client._client,
-            lambda packets: self._receive_many(client, packets),
-            self.read_pause,
-            failed,
+            client._client, lambda packets: self._receive_many(client, packets)
         )
         return client
 
