@@ -31,6 +31,7 @@ from livedata.store.clickhouse import (
     KIND_INT,
     KIND_STR,
     RECORDS_TYPES,
+    SETTLE_LAG_STEP_MS,
     SETTLE_SPAN,
     ClickHouseStore,
     _Columns,
@@ -482,18 +483,22 @@ def settled_minute(client: Client, db: str) -> int:
     )
 
 
-async def test_claim_left_pending_is_rolled_up_by_the_next_write(
+async def test_claim_left_pending_is_rolled_up_once_the_patience_is_over(
     fresh_store: tuple[str, ClickHouseStore, Client],
 ) -> None:
     """A group of minutes claimed by a writer that never settled it (died between its claim
-    and its roll-up) is left to that writer once, then rolled up by the stream's next write."""
+    and its roll-up) is left to that writer by every write within ``claim_patience_s`` of
+    first seeing the claim, then rolled up by the stream's next write."""
     db, store, client = fresh_store
+    store.claim_patience_s = 1.0
     records = long_records("t1", seconds=25 * 60)
     stream = ("t1", "machine-1", "vehicle_can")
     claimed = None
     for n, batch in enumerate(live_batches(records, size=1)):
         if claimed is None and n > 0:  # the first write opens the stream
-            new = first_open_minute(batch[0].ts, stream_key(stream), SETTLE_SPAN)
+            new = first_open_minute(
+                batch[0].ts, stream_key(stream), SETTLE_SPAN, SETTLE_LAG_STEP_MS
+            )
             if new > settled_minute(client, db):  # this write settles: another claimed it
                 claimed = new
                 client.execute(
@@ -505,9 +510,13 @@ async def test_claim_left_pending_is_rolled_up_by_the_next_write(
                 await store.write(batch)
                 assert rollup_states(client, db) == before  # left to the claimer
                 assert settled_minute(client, db) < new
+                await store.write(batch)  # seen pending again at once: still the claimer's
+                assert rollup_states(client, db) == before
+                assert settled_minute(client, db) < new
+                await asyncio.sleep(store.claim_patience_s)
                 continue
             if claimed is not None and claimed > settled_minute(client, db):
-                await store.write(batch)  # the next write: abandoned, rolled up here
+                await store.write(batch)  # past the patience: abandoned, rolled up here
                 assert rollup_states(client, db) > before
                 assert settled_minute(client, db) == claimed
                 continue

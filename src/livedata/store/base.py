@@ -357,19 +357,21 @@ every 10 s) instead of a few streams every second, so a store settles each cohor
 one write (one roll-up statement) instead of in nearly every write."""
 
 
-def first_open_minute(last_ts: int, key: int, span: int = 1) -> int:
+def first_open_minute(
+    last_ts: int, key: int, span: int = 1, lag_step: int = GROUP_LAG_STEP_MS
+) -> int:
     """The oldest minute not yet settled when the newest point of ``key`` is at ``last_ts``.
 
     Minutes before it have exact rollups; it and the minutes up to ``last_ts // MINUTE_MS``
     (one or two; up to ``span + 1``) may not, and are read raw.  ``span``: minutes settle
     in groups of that many (spread over the streams by ``key``), so that a store which
     reads whole blocks of a stream's points to roll up reads each block once per group;
-    their lags are whole :data:`GROUP_LAG_STEP_MS`.
+    their lags are whole ``lag_step`` (:data:`GROUP_LAG_STEP_MS`).
     """
     if span == 1:
         return (last_ts - settle_lag(key)) // MINUTE_MS
     low = SETTLE_LAG_MS[0]
-    lag = low + (settle_lag(key) - low) // GROUP_LAG_STEP_MS * GROUP_LAG_STEP_MS
+    lag = low + (settle_lag(key) - low) // lag_step * lag_step
     minute = (last_ts - lag) // MINUTE_MS
     offset = key % span
     return (minute - offset) // span * span + offset
@@ -402,13 +404,14 @@ def settle_streams(
     newest: Mapping[StreamId, int],
     opened: Mapping[StreamId, int | None],
     span: int = 1,
+    lag_step: int = GROUP_LAG_STEP_MS,
 ) -> tuple[list[tuple[StreamId, int]], list[tuple[StreamId, int]]]:
     """What a write of ``streams`` settles (the stores that share a database between
     processes, where a stream's settle lag comes from :func:`stream_key`): ``(moved, pairs)``.
 
     ``touched``: per stream the minutes the write stored points in, ``newest`` its newest
     timestamp in the write, ``opened`` its first open minute before the write (missing or
-    ``None``: nothing settled yet), ``span`` as in :func:`first_open_minute`.  ``moved``: ``(stream, new first open minute)`` of the
+    ``None``: nothing settled yet), ``span`` and ``lag_step`` as in :func:`first_open_minute`.  ``moved``: ``(stream, new first open minute)`` of the
     streams whose open minute moves; ``pairs``: ``(stream, minute)`` whose rollups to
     (re)compute, in stream order.  The usual live write (every touched minute still open,
     the open minute where it was) gives nothing.
@@ -421,7 +424,7 @@ def settle_streams(
         last = newest[stream]
         if old is not None and min(touched[stream]) >= old >= (last - lowest_lag) // MINUTE_MS:
             continue  # the usual live write, told without the stream's own lag
-        new = first_open_minute(last, stream_key(stream), span)
+        new = first_open_minute(last, stream_key(stream), span, lag_step)
         if old is not None and old >= new:
             if min(touched[stream]) >= old:
                 continue

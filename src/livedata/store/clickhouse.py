@@ -442,6 +442,19 @@ SETTLE_SPAN = 10
 roll-up reads whole granules (1,024 records, about 17 minutes of one stream at 1 Hz), so
 settling minute by minute read each granule about 17 times; ``downsample`` reads up to 11
 minutes of a stream raw instead of 2."""
+SETTLE_LAG_STEP_MS = 60_000
+"""The lags of :func:`~livedata.store.base.first_open_minute` are whole multiples of this
+above the lowest (5 s), so every stream settles at that one lag: the fleet settles in
+:data:`SETTLE_SPAN` cohorts, one a minute (a tenth of the streams), instead of 60, one
+every 10 s.  A roll-up reads whole granules, and the newest parts hold every stream in
+each granule: each roll-up read those parts whole whatever its cohort's size, so 60
+cohorts read them 60 times in ten minutes (7-8 records read back per record written,
+``bench/bench_clickhouse_growth.py``), 10 cohorts read them 10 times."""
+CLAIM_PATIENCE_S = 30.0
+"""How long another process's claim may stay pending (claimed, not settled) before a
+write settling the same streams takes it as abandoned and rolls the group up itself
+(:meth:`ClickHouseStore._unclaimed`): far above a roll-up's time (a cohort's, about a
+second), so that a slow claimer is not doubled."""
 ROLL_UP_PAIRS = 20_000
 """(stream, minute) pairs rolled up per statement at most (a backfill in several)."""
 
@@ -846,8 +859,11 @@ class ClickHouseStore(Store):
         self._started = False
         self._closed = False
         self._last_ver = 0
-        self._waiting: dict[StreamId, int] = {}
-        """Per stream, another process's claim seen pending once (see :meth:`_unclaimed`)."""
+        self._waiting: dict[StreamId, tuple[int, float]] = {}
+        """Per stream, another process's claim seen pending and when it was first seen
+        (``time.monotonic()``; see :meth:`_unclaimed`)."""
+        self.claim_patience_s = CLAIM_PATIENCE_S
+        """How long another process's pending claim is left to it (:data:`CLAIM_PATIENCE_S`)."""
         self._opened: dict[StreamId, int | None] = {}
         """Per stream written by this process, its first open minute as last known
         (``None``: none settled); see :meth:`_settle`."""
@@ -1002,7 +1018,10 @@ class ClickHouseStore(Store):
                 " GROUP BY tenant, chassis, msg_type"
             )
             moved = [
-                (stream, first_open_minute(last, stream_key(stream), SETTLE_SPAN))
+                (
+                    stream,
+                    first_open_minute(last, stream_key(stream), SETTLE_SPAN, SETTLE_LAG_STEP_MS),
+                )
                 for stream, last in ((tuple(row[:3]), row[3]) for row in streams)
             ]
             if moved:
@@ -1138,7 +1157,7 @@ class ClickHouseStore(Store):
                 now[stream] = settled
             if stream in touched:
                 late.update((stream, minute) for minute in touched[stream] if minute < claimed)
-        moved, pairs = settle_streams(newest, touched, newest, now, SETTLE_SPAN)
+        moved, pairs = settle_streams(newest, touched, newest, now, SETTLE_SPAN, SETTLE_LAG_STEP_MS)
         if moved:
             moved, pairs = self._unclaimed(client, moved, pairs, now)
         if late:
@@ -1189,6 +1208,7 @@ class ClickHouseStore(Store):
         target = dict(moved)
         waiting = self._waiting
         others: set[StreamId] = set()
+        clock = time.monotonic()
         for tenant, chassis, msg_type, settled, known, claimed in rows:
             stream = (tenant, chassis, msg_type)
             new = target[stream]
@@ -1196,11 +1216,14 @@ class ClickHouseStore(Store):
                 now[stream] = settled
                 waiting.pop(stream, None)
                 others.add(stream)
-            elif claimed >= new and waiting.get(stream) != claimed:
-                if len(waiting) >= NAMES_CACHED:
-                    waiting.clear()
-                waiting[stream] = claimed  # seen once: the claimer's, for now
-                others.add(stream)
+            elif claimed >= new:
+                seen = waiting.get(stream)
+                if seen is None or seen[0] != claimed:
+                    if len(waiting) >= NAMES_CACHED:
+                        waiting.clear()
+                    waiting[stream] = seen = (claimed, clock)
+                if clock - seen[1] < self.claim_patience_s:
+                    others.add(stream)  # the claimer's, for now
         if not others:
             return moved, pairs
         return (
