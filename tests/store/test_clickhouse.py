@@ -31,7 +31,6 @@ from livedata.store.clickhouse import (
     KIND_INT,
     KIND_STR,
     RECORDS_TYPES,
-    SETTLE_LAG_STEP_MS,
     SETTLE_SPAN,
     ClickHouseStore,
     _Columns,
@@ -496,9 +495,7 @@ async def test_claim_left_pending_is_rolled_up_once_the_patience_is_over(
     claimed = None
     for n, batch in enumerate(live_batches(records, size=1)):
         if claimed is None and n > 0:  # the first write opens the stream
-            new = first_open_minute(
-                batch[0].ts, stream_key(stream), SETTLE_SPAN, SETTLE_LAG_STEP_MS
-            )
+            new = first_open_minute(batch[0].ts, stream_key(stream), SETTLE_SPAN)
             if new > settled_minute(client, db):  # this write settles: another claimed it
                 claimed = new
                 client.execute(

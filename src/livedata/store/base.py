@@ -356,22 +356,28 @@ streams settle in cohorts (10 offsets of a 10-minute span times 6 lags: one coho
 every 10 s) instead of a few streams every second, so a store settles each cohort in
 one write (one roll-up statement) instead of in nearly every write."""
 
+GROUP_DELAY_MS = 180_000
+"""With groups of minutes (``span`` > 1), added to every stream's lag (185, 195, ... 235 s):
+a store that reads a group back to roll it up (ClickHouse) reads whole index granules,
+and a part of the newest seconds holds thousands of streams per granule, so a cohort's
+read back took most of every granule of the newest parts; minutes later they are merged
+into parts of a few streams per granule.  Measured with
+``bench/bench_clickhouse_growth.py`` (``bench/README.md``)."""
 
-def first_open_minute(
-    last_ts: int, key: int, span: int = 1, lag_step: int = GROUP_LAG_STEP_MS
-) -> int:
+
+def first_open_minute(last_ts: int, key: int, span: int = 1) -> int:
     """The oldest minute not yet settled when the newest point of ``key`` is at ``last_ts``.
 
     Minutes before it have exact rollups; it and the minutes up to ``last_ts // MINUTE_MS``
     (one or two; up to ``span + 1``) may not, and are read raw.  ``span``: minutes settle
     in groups of that many (spread over the streams by ``key``), so that a store which
     reads whole blocks of a stream's points to roll up reads each block once per group;
-    their lags are whole ``lag_step`` (:data:`GROUP_LAG_STEP_MS`).
+    their lags are whole :data:`GROUP_LAG_STEP_MS` past :data:`GROUP_DELAY_MS` and the lowest.
     """
     if span == 1:
         return (last_ts - settle_lag(key)) // MINUTE_MS
     low = SETTLE_LAG_MS[0]
-    lag = low + (settle_lag(key) - low) // lag_step * lag_step
+    lag = GROUP_DELAY_MS + low + (settle_lag(key) - low) // GROUP_LAG_STEP_MS * GROUP_LAG_STEP_MS
     minute = (last_ts - lag) // MINUTE_MS
     offset = key % span
     return (minute - offset) // span * span + offset
@@ -404,27 +410,26 @@ def settle_streams(
     newest: Mapping[StreamId, int],
     opened: Mapping[StreamId, int | None],
     span: int = 1,
-    lag_step: int = GROUP_LAG_STEP_MS,
 ) -> tuple[list[tuple[StreamId, int]], list[tuple[StreamId, int]]]:
     """What a write of ``streams`` settles (the stores that share a database between
     processes, where a stream's settle lag comes from :func:`stream_key`): ``(moved, pairs)``.
 
     ``touched``: per stream the minutes the write stored points in, ``newest`` its newest
     timestamp in the write, ``opened`` its first open minute before the write (missing or
-    ``None``: nothing settled yet), ``span`` and ``lag_step`` as in :func:`first_open_minute`.  ``moved``: ``(stream, new first open minute)`` of the
+    ``None``: nothing settled yet), ``span`` as in :func:`first_open_minute`.  ``moved``: ``(stream, new first open minute)`` of the
     streams whose open minute moves; ``pairs``: ``(stream, minute)`` whose rollups to
     (re)compute, in stream order.  The usual live write (every touched minute still open,
     the open minute where it was) gives nothing.
     """
     moved: list[tuple[StreamId, int]] = []
     pairs: list[tuple[StreamId, int]] = []
-    lowest_lag = SETTLE_LAG_MS[0]
+    lowest_lag = SETTLE_LAG_MS[0] + (GROUP_DELAY_MS if span > 1 else 0)
     for stream in streams:
         old = opened.get(stream)
         last = newest[stream]
         if old is not None and min(touched[stream]) >= old >= (last - lowest_lag) // MINUTE_MS:
             continue  # the usual live write, told without the stream's own lag
-        new = first_open_minute(last, stream_key(stream), span, lag_step)
+        new = first_open_minute(last, stream_key(stream), span)
         if old is not None and old >= new:
             if min(touched[stream]) >= old:
                 continue
@@ -443,11 +448,13 @@ def settle_minutes(
     """The minutes to (re)compute when the first open minute moves from ``old_open`` to
     ``new_open`` (``None``: nothing was open): every touched minute already settled, and
     the minutes that were open before and are settled now.  The open minutes are always
-    ``open`` to ``open + span`` at most, since the newest point is less than a minute past
-    the lag (:func:`first_open_minute`)."""
+    ``open`` to ``open + span`` at most (plus :data:`GROUP_DELAY_MS` in minutes, rounded up,
+    when ``span`` > 1), since the newest point is less than a minute past the lag
+    (:func:`first_open_minute`)."""
     result = {minute for minute in touched if minute < new_open}
     if old_open is not None:
-        result.update(range(old_open, min(new_open, old_open + span + 1)))
+        newest = old_open + span + (-(-GROUP_DELAY_MS // MINUTE_MS) if span > 1 else 0)
+        result.update(range(old_open, min(new_open, newest + 1)))
     return result
 
 

@@ -70,23 +70,30 @@ downsampled history (min/max per time bucket) aggregates one column without
 looking at ``kind``.
 
 Rollups, as in the SQLite and PostgreSQL stores, of *settled* minutes only, computed
-once: when a write moves a stream's newest point 5-55 s
+once: when a write moves a stream's newest point 185-235 s
 (:func:`~livedata.store.base.settle_lag` rounded to 5 s plus whole 10 s, spread per
-stream by :func:`~livedata.store.base.stream_key`) past a group of :data:`SETTLE_SPAN`
-(10) minutes, it runs ``INSERT INTO rollups SELECT ... FROM records`` for those minutes
+stream by :func:`~livedata.store.base.stream_key`, plus
+:data:`~livedata.store.base.GROUP_DELAY_MS`) past a group of :data:`SETTLE_SPAN` (10)
+minutes, it runs ``INSERT INTO rollups SELECT ... FROM records`` for those minutes
 (all its streams in one statement, the (stream, minute) pairs sent as an external table)
 and records the stream's new open minute in ``rollup_open``.  A fleet's streams settle in
 cohorts, a 60th of them every 10 s (:data:`~livedata.store.base.GROUP_LAG_STEP_MS`), so
 one write in 10 s per process settles (three inserts and a roll-up) instead of nearly
 every write of a large fleet; that write reads back a 60th of the fleet's last ten
-minutes (about 40,000 records of 4,000 streams at 1 Hz; a larger fleet in statements of
-:data:`ROLL_UP_PAIRS`), so it takes longer than the others.  A write into a minute already
+minutes (about 100,000 records of 10,000 streams at 1 Hz; a larger fleet in statements
+of :data:`ROLL_UP_PAIRS`), so it takes longer than the others.  It reads whole index
+granules (1,024 records), and in the parts of the newest seconds each granule holds a
+little of thousands of streams, so a cohort's few streams are in every granule: settled
+5-55 s past the group, the roll-ups read back 7-8 records per record written, all of the
+newest minute's parts again for each cohort; 3 minutes later those records are merged into
+parts of a few streams per granule (``bench/bench_clickhouse_growth.py``, see
+``bench/README.md``).  A write into a minute already
 settled (late data, a redelivery, a backfill, a correction) rolls that minute up again.
 Until this version a materialized view rolled up every insert: about one rollup row per
 *point* per insert (a 0.5 s insert meets each (machine, field, minute) once), which
 ClickHouse then merged; see ``bench/README.md`` (``bench_storecost.py --phase
 clickhouse``) for what each costs.  ``downsample`` reads rollups only for minutes before
-the stream's open minute, the records from there on (up to 11 minutes of a live stream),
+the stream's open minute, the records from there on (up to 14 minutes of a live stream),
 and raw records at the range's ends.  Only the 1-minute step: ClickHouse scans raw
 points fast enough for grids of 10 s steps (24 h of 10 fields is 864,000 points).
 Minimum and maximum are idempotent: rolling a minute up again, in this process or
@@ -116,9 +123,10 @@ Cost: one more round trip per write, four more (the others' claims of the stream
 would move, claim, roll-up, settled) on a write that settles a group of minutes of some
 stream.  The writers of an MQTT share group all see every stream, and each one's newest
 point passes a stream's settle time within a second or two of the others': a write leaves
-the streams another process has settled or is settling to it (seen pending twice, a
-claim is taken as abandoned and rolled up here), so each group of minutes is read back
-once, not once per writer (``bench/bench_clickhouse_growth.py``).
+the streams another process has settled or is settling to it (a claim still pending
+:data:`CLAIM_PATIENCE_S` after this process first saw it is taken as abandoned and rolled
+up here), so each group of minutes is read back once, not once per writer
+(``bench/bench_clickhouse_growth.py``).
 
 Duplicates: a point is (tenant, chassis, msg_type, field, ts); writing it again
 **replaces its value (last write wins)**, as in the memory and SQLite stores.
@@ -442,14 +450,6 @@ SETTLE_SPAN = 10
 roll-up reads whole granules (1,024 records, about 17 minutes of one stream at 1 Hz), so
 settling minute by minute read each granule about 17 times; ``downsample`` reads up to 11
 minutes of a stream raw instead of 2."""
-SETTLE_LAG_STEP_MS = 60_000
-"""The lags of :func:`~livedata.store.base.first_open_minute` are whole multiples of this
-above the lowest (5 s), so every stream settles at that one lag: the fleet settles in
-:data:`SETTLE_SPAN` cohorts, one a minute (a tenth of the streams), instead of 60, one
-every 10 s.  A roll-up reads whole granules, and the newest parts hold every stream in
-each granule: each roll-up read those parts whole whatever its cohort's size, so 60
-cohorts read them 60 times in ten minutes (7-8 records read back per record written,
-``bench/bench_clickhouse_growth.py``), 10 cohorts read them 10 times."""
 CLAIM_PATIENCE_S = 30.0
 """How long another process's claim may stay pending (claimed, not settled) before a
 write settling the same streams takes it as abandoned and rolls the group up itself
@@ -1020,7 +1020,7 @@ class ClickHouseStore(Store):
             moved = [
                 (
                     stream,
-                    first_open_minute(last, stream_key(stream), SETTLE_SPAN, SETTLE_LAG_STEP_MS),
+                    first_open_minute(last, stream_key(stream), SETTLE_SPAN),
                 )
                 for stream, last in ((tuple(row[:3]), row[3]) for row in streams)
             ]
@@ -1157,7 +1157,7 @@ class ClickHouseStore(Store):
                 now[stream] = settled
             if stream in touched:
                 late.update((stream, minute) for minute in touched[stream] if minute < claimed)
-        moved, pairs = settle_streams(newest, touched, newest, now, SETTLE_SPAN, SETTLE_LAG_STEP_MS)
+        moved, pairs = settle_streams(newest, touched, newest, now, SETTLE_SPAN)
         if moved:
             moved, pairs = self._unclaimed(client, moved, pairs, now)
         if late:
@@ -1189,10 +1189,12 @@ class ClickHouseStore(Store):
         One query per write that moves streams, by the key of ``rollup_open``.  A stream
         settled (``done = 1``) up to its new open minute takes that minute into ``now`` (the
         cache) and rolls up nothing but its ``late`` minutes (added by the caller); one
-        only claimed is left to its claimer the first time this process sees that claim
-        (the cache keeps the old minute, so the stream's next write asks again) and rolled
-        up here the next time (the claimer is slow, or died between claim and settled: its
-        group would never be rolled up otherwise).  Points of this write in the minutes
+        only claimed is left to its claimer for :attr:`claim_patience_s` after this process
+        first saw that claim (the cache keeps the old minute, so the stream's next write
+        asks again) and rolled up here after that (the claimer died between claim and
+        settled, or is stuck: its group would never be rolled up otherwise).  Until this
+        version the second sighting was enough, and a roll-up longer than the time between
+        two writes (a loaded server) was done twice.  Points of this write in the minutes
         the claimer rolls up were inserted before its claim (its roll-up reads them) or
         after it, and then the caller's first query saw the claim (``late``)."""
         db = self.database
