@@ -525,6 +525,37 @@ async def test_claim_left_pending_is_rolled_up_once_the_patience_is_over(
         assert_downsampled(got[name], {r.ts: r.values[name] for r in records}, T0, end, 10)
 
 
+async def test_a_roll_up_failed_after_its_claim_is_settled_by_the_retry(
+    fresh_store: tuple[str, ClickHouseStore, Client],
+) -> None:
+    """A write whose roll-up fails after its claim (the rollups table gone a moment) raises,
+    and its retry rolls the group up at once: a claim of the store's own is not left to the
+    claim patience as another writer's is."""
+    db, store, client = fresh_store
+    store.claim_patience_s = 3_600.0
+    records = long_records("t1", seconds=25 * 60)
+    stream = ("t1", "machine-1", "vehicle_can")
+    failed = None
+    for n, batch in enumerate(live_batches(records, size=1)):
+        if failed is None and n > 0:  # the first write opens the stream
+            new = first_open_minute(batch[0].ts, stream_key(stream), SETTLE_SPAN)
+            if new > settled_minute(client, db):  # this write settles
+                failed = new
+                client.execute(f"RENAME TABLE {db}.rollups TO {db}.rollups_away")
+                with pytest.raises(StoreError):
+                    await store.write(batch)
+                assert settled_minute(client, db) < new
+                client.execute(f"RENAME TABLE {db}.rollups_away TO {db}.rollups")
+                await store.write(batch)  # the retry
+                assert settled_minute(client, db) == new
+                continue
+        await store.write(batch)
+    assert failed is not None
+    end = T0 + 25 * 60_000
+    got = await store.downsample("t1", "machine-1", "vehicle_can", ["a"], T0, end, 10)
+    assert_downsampled(got["a"], {r.ts: r.values["a"] for r in records}, T0, end, 10)
+
+
 async def test_retention_drops_rollup_partitions_with_the_points(
     clickhouse_server: ClickHouseServer,
 ) -> None:

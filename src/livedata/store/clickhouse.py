@@ -117,8 +117,9 @@ minutes it touched below a claim: a point inserted into a minute that another pr
 is settling was either inserted before the claim, so before the roll-up read the
 records, or its write sees the claim.  So when a write returns, ``downsample`` includes
 its points -- except while another process's write is between its insert and its
-roll-up (milliseconds).  A write that fails anywhere raises; its retry, or the stream's
-next write in any process (from the settled minute on), rolls the minutes up again.
+roll-up (milliseconds).  A write that fails anywhere raises; its retry or the stream's
+next write in this process, or after :data:`CLAIM_PATIENCE_S` in any process (from the
+settled minute on), rolls the minutes up again.
 Cost: one more round trip per write, four more (the others' claims of the streams it
 would move, claim, roll-up, settled) on a write that settles a group of minutes of some
 stream.  The writers of an MQTT share group all see every stream, and each one's newest
@@ -229,6 +230,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import select
 import struct
@@ -860,8 +862,8 @@ class ClickHouseStore(Store):
         self._closed = False
         self._last_ver = 0
         self._waiting: dict[StreamId, tuple[int, float]] = {}
-        """Per stream, another process's claim seen pending and when it was first seen
-        (``time.monotonic()``; see :meth:`_unclaimed`)."""
+        """Per stream, a claim seen pending and when it was first seen (``time.monotonic()``;
+        see :meth:`_unclaimed`), or this process's own last claim (at ``-inf``)."""
         self.claim_patience_s = CLAIM_PATIENCE_S
         """How long another process's pending claim is left to it (:data:`CLAIM_PATIENCE_S`)."""
         self._opened: dict[StreamId, int | None] = {}
@@ -1163,6 +1165,11 @@ class ClickHouseStore(Store):
         if late:
             pairs = sorted(late.union(pairs))
         if moved:
+            waiting = self._waiting
+            if len(waiting) + len(moved) > NAMES_CACHED:
+                waiting.clear()
+            for stream, minute in moved:  # this claim, seen pending later, has failed here
+                waiting[stream] = (minute, -math.inf)
             self._mark(client, moved, done=0)
         if pairs:
             self._roll_up(client, pairs)
@@ -1192,7 +1199,8 @@ class ClickHouseStore(Store):
         only claimed is left to its claimer for :attr:`claim_patience_s` after this process
         first saw that claim (the cache keeps the old minute, so the stream's next write
         asks again) and rolled up here after that (the claimer died between claim and
-        settled, or is stuck: its group would never be rolled up otherwise).  Until this
+        settled, or is stuck: its group would never be rolled up otherwise); a claim of this
+        process's own seen pending (its roll-up failed) is rolled up again at once.  Until this
         version the second sighting was enough, and a roll-up longer than the time between
         two writes (a loaded server) was done twice.  Points of this write in the minutes
         the claimer rolls up were inserted before its claim (its roll-up reads them) or
