@@ -87,8 +87,8 @@ little of thousands of streams, so a cohort's few streams are in every granule: 
 5-55 s past the group, the roll-ups read back 7-8 records per record written, all of the
 newest minute's parts again for each cohort; 3 minutes later those records are merged into
 parts of a few streams per granule (``bench/bench_clickhouse_growth.py``, see
-``bench/README.md``).  A write into a minute already
-settled (late data, a redelivery, a backfill, a correction) rolls that minute up again.
+``bench/README.md``).  A write into a minute already settled (late data, a redelivery, a
+backfill, a correction) rolls that minute up again.
 Until this version a materialized view rolled up every insert: about one rollup row per
 *point* per insert (a 0.5 s insert meets each (machine, field, minute) once), which
 ClickHouse then merged; see ``bench/README.md`` (``bench_storecost.py --phase
@@ -1020,10 +1020,7 @@ class ClickHouseStore(Store):
                 " GROUP BY tenant, chassis, msg_type"
             )
             moved = [
-                (
-                    stream,
-                    first_open_minute(last, stream_key(stream), SETTLE_SPAN),
-                )
+                (stream, first_open_minute(last, stream_key(stream), SETTLE_SPAN))
                 for stream, last in ((tuple(row[:3]), row[3]) for row in streams)
             ]
             if moved:
