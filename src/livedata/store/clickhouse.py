@@ -451,7 +451,7 @@ SETTLE_SPAN = 10
 """Minutes of a stream settled together (:func:`~livedata.store.base.first_open_minute`): a
 roll-up reads whole granules (1,024 records, about 17 minutes of one stream at 1 Hz), so
 settling minute by minute read each granule about 17 times; ``downsample`` reads up to 11
-minutes of a stream raw instead of 2."""
+minutes of a stream raw instead of 2 (14 with :data:`~livedata.store.base.GROUP_DELAY_MS`)."""
 CLAIM_PATIENCE_S = 30.0
 """How long another process's claim may stay pending (claimed, not settled) before a
 write settling the same streams takes it as abandoned and rolls the group up itself
