@@ -376,11 +376,18 @@ def first_open_minute(last_ts: int, key: int, span: int = 1) -> int:
     """
     if span == 1:
         return (last_ts - settle_lag(key)) // MINUTE_MS
-    low = SETTLE_LAG_MS[0]
-    lag = GROUP_DELAY_MS + low + (settle_lag(key) - low) // GROUP_LAG_STEP_MS * GROUP_LAG_STEP_MS
+    offset, steps = settle_cohort(key, span)
+    lag = GROUP_DELAY_MS + SETTLE_LAG_MS[0] + steps * GROUP_LAG_STEP_MS
     minute = (last_ts - lag) // MINUTE_MS
-    offset = key % span
     return (minute - offset) // span * span + offset
+
+
+def settle_cohort(key: int, span: int) -> tuple[int, int]:
+    """The cohort of the stream numbered ``key`` with groups of ``span`` minutes: its
+    offset in the span and its lag in :data:`GROUP_LAG_STEP_MS` past the lowest.  The
+    streams of a cohort move their first open minute at the same moments, to the same
+    minute (:func:`first_open_minute`)."""
+    return key % span, (settle_lag(key) - SETTLE_LAG_MS[0]) // GROUP_LAG_STEP_MS
 
 
 def minutes_to_settle(

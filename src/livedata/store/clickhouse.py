@@ -259,6 +259,7 @@ from livedata import errors
 from livedata.errors import ConfigError, ErrorMap, StoreError, map_exceptions
 from livedata.model import Record, Value
 from livedata.store.base import (
+    GROUP_LAG_STEP_MS,
     INT64_MAX,
     INT64_MIN,
     MINUTE_MS,
@@ -275,6 +276,8 @@ from livedata.store.base import (
     kept_field,
     normalised,
     rollup_plan,
+    settle_cohort,
+    settle_minutes,
     settle_streams,
     stream_key,
 )
@@ -866,6 +869,10 @@ class ClickHouseStore(Store):
         see :meth:`_unclaimed`), or this process's own last claim (at ``-inf``)."""
         self.claim_patience_s = CLAIM_PATIENCE_S
         """How long another process's pending claim is left to it (:data:`CLAIM_PATIENCE_S`)."""
+        self._seen: dict[StreamId, int] = {}
+        """Per stream written by this process, its newest point written (see :meth:`_saw`)."""
+        self._cohorts: dict[tuple[int, int], set[StreamId]] = {}
+        """The streams of :attr:`_seen` by settle cohort (:meth:`_companions`)."""
         self._opened: dict[StreamId, int | None] = {}
         """Per stream written by this process, its first open minute as last known
         (``None``: none settled); see :meth:`_settle`."""
@@ -1156,8 +1163,10 @@ class ClickHouseStore(Store):
                 now[stream] = settled
             if stream in touched:
                 late.update((stream, minute) for minute in touched[stream] if minute < claimed)
+        self._saw(newest)
         moved, pairs = settle_streams(newest, touched, newest, now, SETTLE_SPAN)
         if moved:
+            self._companions(moved, pairs, newest)
             moved, pairs = self._unclaimed(client, moved, pairs, now)
         if late:
             pairs = sorted(late.union(pairs))
@@ -1175,7 +1184,55 @@ class ClickHouseStore(Store):
             now.update(moved)
         if len(opened) + len(unknown) > NAMES_CACHED:
             opened.clear()
+            self._seen.clear()
+            self._cohorts.clear()
         opened.update(now)
+
+    def _saw(self, newest: dict[StreamId, int]) -> None:
+        """Note the newest point of each stream of a write, and the cohort of a stream new
+        to this process."""
+        seen, cohorts = self._seen, self._cohorts
+        for stream in newest.keys() - seen.keys():
+            cohort = settle_cohort(stream_key(stream), SETTLE_SPAN)
+            members = cohorts.get(cohort)
+            if members is None:
+                members = cohorts[cohort] = set()
+            members.add(stream)
+        seen.update(newest)
+
+    def _companions(
+        self,
+        moved: list[tuple[StreamId, int]],
+        pairs: list[tuple[StreamId, int]],
+        newest: dict[StreamId, int],
+    ) -> None:
+        """Add to ``moved`` and ``pairs`` the live streams of the moving streams' cohorts
+        that this write does not hold: their last point seen here is at most
+        :data:`~livedata.store.base.GROUP_LAG_STEP_MS` older than the moving stream's.
+
+        The writers of a share group each hold about half of a cohort's streams in the
+        write that crosses its settle moment; settling only those, each writer rolled up
+        its half in a statement of its own, and each statement read all of the granules
+        holding the cohort (``bench/bench_clickhouse_growth.py``: two roll-ups per cohort).
+        A companion's settled minutes end :data:`~livedata.store.base.GROUP_DELAY_MS` and
+        more before its last point; a point of it arriving later in one of them finds the
+        claim and rolls that minute up again (late data)."""
+        opened, seen, cohorts = self._opened, self._seen, self._cohorts
+        done: set[tuple[int, int]] = set()
+        for stream, new in list(moved):
+            cohort = settle_cohort(stream_key(stream), SETTLE_SPAN)
+            if cohort in done:
+                continue
+            done.add(cohort)
+            live = newest[stream] - GROUP_LAG_STEP_MS
+            for other in cohorts.get(cohort, ()):
+                old = opened.get(other)
+                if other in newest or old is None or old >= new or seen[other] < live:
+                    continue
+                moved.append((other, new))
+                pairs.extend(
+                    (other, minute) for minute in sorted(settle_minutes((), old, new, SETTLE_SPAN))
+                )
 
     def _unclaimed(
         self,
