@@ -22,7 +22,7 @@ from clickhouse_driver.streams.native import BlockOutputStream
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Record
 from livedata.store import open_store
-from livedata.store.base import first_open_minute, stream_key
+from livedata.store.base import first_open_minute, settle_cohort, stream_key
 from livedata.store.clickhouse import (
     _COLUMNS,
     _MIGRATE_SELECT,
@@ -468,6 +468,63 @@ async def test_share_group_writers_roll_up_each_group_once(
         end = T0 + 25 * 60_000
         for store in (one, two):
             got = await store.downsample("t1", "machine-1", "vehicle_can", ["a"], T0, end, 10)
+            assert_downsampled(got["a"], {r.ts: r.values["a"] for r in records}, T0, end, 10)
+    finally:
+        client.disconnect()
+        for store in (one, two):
+            await store.close()
+
+
+async def test_a_settling_write_settles_its_cohort_streams_it_does_not_hold(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """Two stores each writing one of two streams of one settle cohort every second, taking
+    turns (a share group): the write that settles one stream settles the other too, so the
+    cohort is rolled up in one statement; both downsample exactly."""
+    db = unique_id("db_")
+    one, two = (
+        ClickHouseStore(clickhouse_server.url(db)),
+        ClickHouseStore(clickhouse_server.url(db)),
+    )
+    client = admin(clickhouse_server)
+
+    def cohort(chassis: str) -> tuple[int, int]:
+        return settle_cohort(stream_key(("t1", chassis, "vehicle_can")), SETTLE_SPAN)
+
+    mate = next(
+        f"machine-{n}" for n in range(2, 10_000) if cohort(f"machine-{n}") == cohort("machine-1")
+    )
+    seconds = 25 * 60
+    by_chassis = {
+        chassis: [rec("t1", T0 + s * 1000, long_values(s), chassis) for s in range(seconds)]
+        for chassis in ("machine-1", mate)
+    }
+
+    def settled(chassis: str) -> int:
+        return int(
+            client.execute(
+                f"SELECT max(open_minute) FROM {db}.rollup_open WHERE done = 1"
+                " AND chassis = %(chassis)s",
+                {"chassis": chassis},
+            )[0][0]
+        )
+
+    try:
+        for store in (one, two):
+            await store.start()
+        moves = 0
+        for second in range(seconds):
+            first, then = (one, two) if second % 2 else (two, one)
+            for store, chassis in ((first, "machine-1"), (then, mate)):
+                before = settled(chassis)
+                await store.write([by_chassis[chassis][second]])
+                if second > 1 and settled(chassis) > before:
+                    moves += 1
+                    assert settled("machine-1") == settled(mate)  # in the same write
+        assert moves >= 2
+        end = T0 + seconds * 1000
+        for chassis, records in by_chassis.items():
+            got = await one.downsample("t1", chassis, "vehicle_can", ["a"], T0, end, 10)
             assert_downsampled(got["a"], {r.ts: r.values["a"] for r in records}, T0, end, 10)
     finally:
         client.disconnect()
