@@ -127,7 +127,10 @@ point passes a stream's settle time within a second or two of the others': a wri
 the streams another process has settled or is settling to it (a claim still pending
 :data:`CLAIM_PATIENCE_S` after this process first saw it is taken as abandoned and rolled
 up here), so each group of minutes is read back once, not once per writer
-(``bench/bench_clickhouse_growth.py``).
+(``bench/bench_clickhouse_growth.py``).  And since each writer's crossing write holds about
+half of a cohort's streams, it settles the cohort's other live streams it has written
+before too (:meth:`ClickHouseStore._companions`): one roll-up per cohort instead of one
+per writer, each of which read all of the granules holding the cohort.
 
 Duplicates: a point is (tenant, chassis, msg_type, field, ts); writing it again
 **replaces its value (last write wins)**, as in the memory and SQLite stores.
