@@ -591,23 +591,28 @@ async def test_a_roll_up_failed_after_its_claim_is_settled_by_the_retry(
     db, store, client = fresh_store
     store.claim_patience_s = 3_600.0
     records = long_records("t1", seconds=25 * 60)
-    stream = ("t1", "machine-1", "vehicle_can")
-    failed = None
-    for n, batch in enumerate(live_batches(records, size=1)):
-        if failed is None and n > 0:  # the first write opens the stream
-            new = first_open_minute(batch[0].ts, stream_key(stream), SETTLE_SPAN)
-            if new > settled_minute(client, db):  # this write settles
-                failed = new
-                client.execute(f"RENAME TABLE {db}.rollups TO {db}.rollups_away")
-                with pytest.raises(StoreError):
-                    await store.write(batch)
-                assert settled_minute(client, db) < new
-                client.execute(f"RENAME TABLE {db}.rollups_away TO {db}.rollups")
-                await store.write(batch)  # the retry
-                assert settled_minute(client, db) == new
-                continue
+    key = stream_key(("t1", "machine-1", "vehicle_can"))
+    batches = live_batches(records, size=1)
+    await store.write(batches[0])  # opens the stream
+    opened = settled_minute(client, db)
+    crossing = next(
+        n
+        for n, batch in enumerate(batches)
+        if first_open_minute(batch[0].ts, key, SETTLE_SPAN) > opened
+    )
+    for batch in batches[1:crossing]:
         await store.write(batch)
-    assert failed is not None
+    client.execute(f"RENAME TABLE {db}.rollups TO {db}.rollups_away")
+    with pytest.raises(StoreError):
+        await store.write(batches[crossing])
+    assert settled_minute(client, db) == opened
+    client.execute(f"RENAME TABLE {db}.rollups_away TO {db}.rollups")
+    await store.write(batches[crossing])  # the retry
+    assert settled_minute(client, db) == first_open_minute(
+        batches[crossing][0].ts, key, SETTLE_SPAN
+    )
+    for batch in batches[crossing + 1 :]:
+        await store.write(batch)
     end = T0 + 25 * 60_000
     got = await store.downsample("t1", "machine-1", "vehicle_can", ["a"], T0, end, 10)
     assert_downsampled(got["a"], {r.ts: r.values["a"] for r in records}, T0, end, 10)
