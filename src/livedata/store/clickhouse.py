@@ -1228,7 +1228,7 @@ class ClickHouseStore(Store):
                 continue
             done.add(cohort)
             live = newest[stream] - GROUP_LAG_STEP_MS
-            for other in cohorts.get(cohort, ()):
+            for other in tuple(cohorts.get(cohort, ())):  # a copy: writes run on several threads
                 old = opened.get(other)
                 if other in newest or old is None or old >= new or seen[other] < live:
                     continue
