@@ -1230,7 +1230,12 @@ class ClickHouseStore(Store):
             live = newest[stream] - GROUP_LAG_STEP_MS
             for other in tuple(cohorts.get(cohort, ())):  # a copy: writes run on several threads
                 old = opened.get(other)
-                if other in newest or old is None or old >= new or seen[other] < live:
+                if (
+                    other in newest
+                    or old is None
+                    or old >= new
+                    or seen.get(other, INT64_MIN) < live
+                ):
                     continue
                 moved.append((other, new))
                 pairs.extend(
