@@ -130,7 +130,7 @@ up here), so each group of minutes is read back once, not once per writer
 (``bench/bench_clickhouse_growth.py``).  And since each writer's crossing write holds about
 half of a cohort's streams, it settles the cohort's other live streams it has written
 before too (:meth:`ClickHouseStore._companions`): one roll-up per cohort instead of one
-per writer, each of which read all of the granules holding the cohort.
+per writer, a quarter of the claim checks.
 
 Duplicates: a point is (tenant, chassis, msg_type, field, ts); writing it again
 **replaces its value (last write wins)**, as in the memory and SQLite stores.
@@ -1215,8 +1215,9 @@ class ClickHouseStore(Store):
 
         The writers of a share group each hold about half of a cohort's streams in the
         write that crosses its settle moment; settling only those, each writer rolled up
-        its half in a statement of its own, and each statement read all of the granules
-        holding the cohort (``bench/bench_clickhouse_growth.py``: two roll-ups per cohort).
+        its half in a statement of its own (``bench/bench_clickhouse_growth.py``: two
+        roll-ups, four times the claim checks and twice the ``rollup_open`` inserts per
+        cohort; the rows read back stayed about the same, the halves' granules differ).
         A companion's settled minutes end :data:`~livedata.store.base.GROUP_DELAY_MS` and
         more before its last point; a point of it arriving later in one of them finds the
         claim and rolls that minute up again (late data)."""
