@@ -85,8 +85,8 @@ of :data:`ROLL_UP_PAIRS`), so it takes longer than the others.  It reads whole i
 granules (1,024 records), and in the parts of the newest seconds each granule holds a
 little of thousands of streams, so a cohort's few streams are in every granule: settled
 5-55 s past the group, the roll-ups read back 7-8 records per record written, all of the
-newest minute's parts again for each cohort; 3 minutes later those records are merged into
-parts of a few streams per granule (``bench/bench_clickhouse_growth.py``, see
+newest minute's parts again for each cohort; settled 3 minutes later, when those records
+are merged into larger parts, they read back 5 (``bench/bench_clickhouse_growth.py``, see
 ``bench/README.md``).  A write into a minute already settled (late data, a redelivery, a
 backfill, a correction) rolls that minute up again.
 Until this version a materialized view rolled up every insert: about one rollup row per
