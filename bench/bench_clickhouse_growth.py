@@ -14,7 +14,9 @@ load, and their CPU per minute is printed as ratios.  Every second each machine 
 ``client_raw_data`` (15 values), timestamped with the wall clock, and each record goes
 to one writer, changing from second to second as an MQTT share group spreads messages;
 each writer writes its share of a second in one ``write`` once the second is over
-(ingest's 1 s batch), and beside it the ``vehicle_can`` messages' raw frames (a
+(ingest's 1 s batch), writer ``k`` of ``n`` ``k/n`` s later (ingest processes flush at
+moments of their own; writes at the same instant both settled each cohort, neither
+seeing the other's claim yet), and beside it the ``vehicle_can`` messages' raw frames (a
 150-byte blob each, ``write_frames``; not with ``--no-frames``).  So the server gets
 the demo's 10,000 records/s at 5,000 machines, in real time: a stream settles its
 minutes every :data:`SETTLE_SPAN` (10) minutes, so runs shorter than about 12 minutes
@@ -113,7 +115,7 @@ async def _worker(args: argparse.Namespace) -> None:
     cpu0 = time.process_time()
     first = int(args.start)
     for second in range(first, first + int(args.minutes * 60)):
-        delay = second + 1 - time.time()
+        delay = second + 1 + args.worker / args.writers - time.time()
         if delay > 0:
             await asyncio.sleep(delay)
         records = []

@@ -22,7 +22,7 @@ from clickhouse_driver.streams.native import BlockOutputStream
 from livedata.errors import ConfigError, StoreError
 from livedata.model import Record
 from livedata.store import open_store
-from livedata.store.base import first_open_minute, stream_key
+from livedata.store.base import first_open_minute, settle_cohort, stream_key
 from livedata.store.clickhouse import (
     _COLUMNS,
     _MIGRATE_SELECT,
@@ -475,6 +475,63 @@ async def test_share_group_writers_roll_up_each_group_once(
             await store.close()
 
 
+async def test_a_settling_write_settles_its_cohort_streams_it_does_not_hold(
+    clickhouse_server: ClickHouseServer,
+) -> None:
+    """Two stores each writing one of two streams of one settle cohort every second, taking
+    turns (a share group): the write that settles one stream settles the other too, so the
+    cohort is rolled up in one statement; both downsample exactly."""
+    db = unique_id("db_")
+    one, two = (
+        ClickHouseStore(clickhouse_server.url(db)),
+        ClickHouseStore(clickhouse_server.url(db)),
+    )
+    client = admin(clickhouse_server)
+
+    def cohort(chassis: str) -> tuple[int, int]:
+        return settle_cohort(stream_key(("t1", chassis, "vehicle_can")), SETTLE_SPAN)
+
+    mate = next(
+        f"machine-{n}" for n in range(2, 10_000) if cohort(f"machine-{n}") == cohort("machine-1")
+    )
+    seconds = 25 * 60
+    by_chassis = {
+        chassis: [rec("t1", T0 + s * 1000, long_values(s), chassis) for s in range(seconds)]
+        for chassis in ("machine-1", mate)
+    }
+
+    def settled(chassis: str) -> int:
+        return int(
+            client.execute(
+                f"SELECT max(open_minute) FROM {db}.rollup_open WHERE done = 1"
+                " AND chassis = %(chassis)s",
+                {"chassis": chassis},
+            )[0][0]
+        )
+
+    try:
+        for store in (one, two):
+            await store.start()
+        moves = 0
+        for second in range(seconds):
+            first, then = (one, two) if second % 2 else (two, one)
+            for store, chassis in ((first, "machine-1"), (then, mate)):
+                before = settled(chassis)
+                await store.write([by_chassis[chassis][second]])
+                if second > 1 and settled(chassis) > before:
+                    moves += 1
+                    assert settled("machine-1") == settled(mate)  # in the same write
+        assert moves >= 2
+        end = T0 + seconds * 1000
+        for chassis, records in by_chassis.items():
+            got = await one.downsample("t1", chassis, "vehicle_can", ["a"], T0, end, 10)
+            assert_downsampled(got["a"], {r.ts: r.values["a"] for r in records}, T0, end, 10)
+    finally:
+        client.disconnect()
+        for store in (one, two):
+            await store.close()
+
+
 def settled_minute(client: Client, db: str) -> int:
     """The settled open minute of machine-1's vehicle_can stream."""
     return int(
@@ -482,12 +539,14 @@ def settled_minute(client: Client, db: str) -> int:
     )
 
 
-async def test_claim_left_pending_is_rolled_up_by_the_next_write(
+async def test_claim_left_pending_is_rolled_up_once_the_patience_is_over(
     fresh_store: tuple[str, ClickHouseStore, Client],
 ) -> None:
     """A group of minutes claimed by a writer that never settled it (died between its claim
-    and its roll-up) is left to that writer once, then rolled up by the stream's next write."""
+    and its roll-up) is left to that writer by every write within ``claim_patience_s`` of
+    first seeing the claim, then rolled up by the stream's next write."""
     db, store, client = fresh_store
+    store.claim_patience_s = 1.0
     records = long_records("t1", seconds=25 * 60)
     stream = ("t1", "machine-1", "vehicle_can")
     claimed = None
@@ -505,9 +564,13 @@ async def test_claim_left_pending_is_rolled_up_by_the_next_write(
                 await store.write(batch)
                 assert rollup_states(client, db) == before  # left to the claimer
                 assert settled_minute(client, db) < new
+                await store.write(batch)  # seen pending again at once: still the claimer's
+                assert rollup_states(client, db) == before
+                assert settled_minute(client, db) < new
+                await asyncio.sleep(store.claim_patience_s)
                 continue
             if claimed is not None and claimed > settled_minute(client, db):
-                await store.write(batch)  # the next write: abandoned, rolled up here
+                await store.write(batch)  # past the patience: abandoned, rolled up here
                 assert rollup_states(client, db) > before
                 assert settled_minute(client, db) == claimed
                 continue
@@ -517,6 +580,42 @@ async def test_claim_left_pending_is_rolled_up_by_the_next_write(
     for name in ("a", "b"):
         got = await store.downsample("t1", "machine-1", "vehicle_can", [name], T0, end, 10)
         assert_downsampled(got[name], {r.ts: r.values[name] for r in records}, T0, end, 10)
+
+
+async def test_a_roll_up_failed_after_its_claim_is_settled_by_the_retry(
+    fresh_store: tuple[str, ClickHouseStore, Client],
+) -> None:
+    """A write whose roll-up fails after its claim (the rollups table gone a moment) raises,
+    and its retry rolls the group up at once: a claim of the store's own is not left to the
+    claim patience as another writer's is."""
+    db, store, client = fresh_store
+    store.claim_patience_s = 3_600.0
+    records = long_records("t1", seconds=25 * 60)
+    key = stream_key(("t1", "machine-1", "vehicle_can"))
+    batches = live_batches(records, size=1)
+    await store.write(batches[0])  # opens the stream
+    opened = settled_minute(client, db)
+    crossing = next(
+        n
+        for n, batch in enumerate(batches)
+        if first_open_minute(batch[0].ts, key, SETTLE_SPAN) > opened
+    )
+    for batch in batches[1:crossing]:
+        await store.write(batch)
+    client.execute(f"RENAME TABLE {db}.rollups TO {db}.rollups_away")
+    with pytest.raises(StoreError):
+        await store.write(batches[crossing])
+    assert settled_minute(client, db) == opened
+    client.execute(f"RENAME TABLE {db}.rollups_away TO {db}.rollups")
+    await store.write(batches[crossing])  # the retry
+    assert settled_minute(client, db) == first_open_minute(
+        batches[crossing][0].ts, key, SETTLE_SPAN
+    )
+    for batch in batches[crossing + 1 :]:
+        await store.write(batch)
+    end = T0 + 25 * 60_000
+    got = await store.downsample("t1", "machine-1", "vehicle_can", ["a"], T0, end, 10)
+    assert_downsampled(got["a"], {r.ts: r.values["a"] for r in records}, T0, end, 10)
 
 
 async def test_retention_drops_rollup_partitions_with_the_points(

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from livedata.store.base import (
+    GROUP_DELAY_MS,
     MINUTE_MS,
     ROLLUP_LEVELS_MS,
     SNAP_SLACK,
@@ -77,11 +78,16 @@ def test_settle_minutes() -> None:
     assert settle_minutes({3, 11}, 10, 10) == {3}  # late data in a settled minute
     assert settle_minutes({500}, 10, 499) == {10, 11}  # a jump: only the old open minutes
     assert settle_minutes({5, 6}, None, 6) == {5}  # nothing was open before
+    # groups of 10: the points up to the group delay past the group may be open too
+    assert settle_minutes({500}, 10, 499, 10) == set(
+        range(10, 21 + -(-GROUP_DELAY_MS // MINUTE_MS))
+    )
 
 
 def test_a_fleet_settles_groups_of_minutes_in_cohorts() -> None:
     """With groups of 10 minutes, 1,000 live streams written every 0.5 s settle in at most one
-    write per 10 s, each stream once per group, its newest point at least 5 s past it."""
+    write per 10 s, each stream once per group, its newest point at least 185 s past it (the
+    lowest lag and the group delay)."""
     streams = [("demo", f"m{n}", t) for n in range(500) for t in ("vehicle_can", "raw")]
     opened: dict[tuple[str, str, str], int | None] = {}
     settling: list[int] = []
@@ -96,9 +102,9 @@ def test_a_fleet_settles_groups_of_minutes_in_cohorts() -> None:
             settling.append(now)
             for stream, open_minute in moved:
                 moves[stream] += 1
-                assert open_minute * MINUTE_MS <= now - 5_000
+                assert open_minute * MINUTE_MS <= now - 5_000 - GROUP_DELAY_MS
                 assert open_minute > (opened[stream] or 0)
-            assert {m for _, m in pairs} <= set(range(minute - 11, minute))
+            assert {m for _, m in pairs} <= set(range(minute - 14, minute - 3))
         opened.update(moved)
     assert all(b - a >= 10_000 for a, b in itertools.pairwise(settling))
     assert set(moves.values()) == {2}  # 20 minutes: each stream settled two groups

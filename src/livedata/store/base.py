@@ -356,6 +356,14 @@ streams settle in cohorts (10 offsets of a 10-minute span times 6 lags: one coho
 every 10 s) instead of a few streams every second, so a store settles each cohort in
 one write (one roll-up statement) instead of in nearly every write."""
 
+GROUP_DELAY_MS = 180_000
+"""With groups of minutes (``span`` > 1), added to every stream's lag (185, 195, ... 235 s):
+a store that reads a group back to roll it up (ClickHouse) reads whole index granules,
+and a part of the newest seconds holds thousands of streams per granule, so a cohort's
+read back took most of every granule of the newest parts; minutes later they are merged
+into larger parts (read back per record written: 7.9 at 5-55 s, 5.0 at 185-235 s,
+``bench/bench_clickhouse_growth.py``, ``bench/README.md``)."""
+
 
 def first_open_minute(last_ts: int, key: int, span: int = 1) -> int:
     """The oldest minute not yet settled when the newest point of ``key`` is at ``last_ts``.
@@ -364,15 +372,22 @@ def first_open_minute(last_ts: int, key: int, span: int = 1) -> int:
     (one or two; up to ``span + 1``) may not, and are read raw.  ``span``: minutes settle
     in groups of that many (spread over the streams by ``key``), so that a store which
     reads whole blocks of a stream's points to roll up reads each block once per group;
-    their lags are whole :data:`GROUP_LAG_STEP_MS`.
+    their lags are whole :data:`GROUP_LAG_STEP_MS` past :data:`GROUP_DELAY_MS` and the lowest.
     """
     if span == 1:
         return (last_ts - settle_lag(key)) // MINUTE_MS
-    low = SETTLE_LAG_MS[0]
-    lag = low + (settle_lag(key) - low) // GROUP_LAG_STEP_MS * GROUP_LAG_STEP_MS
+    offset, steps = settle_cohort(key, span)
+    lag = GROUP_DELAY_MS + SETTLE_LAG_MS[0] + steps * GROUP_LAG_STEP_MS
     minute = (last_ts - lag) // MINUTE_MS
-    offset = key % span
     return (minute - offset) // span * span + offset
+
+
+def settle_cohort(key: int, span: int) -> tuple[int, int]:
+    """The cohort of the stream numbered ``key`` with groups of ``span`` minutes: its
+    offset in the span and its lag in :data:`GROUP_LAG_STEP_MS` past the lowest.  The
+    streams of a cohort move their first open minute at the same moments, to the same
+    minute (:func:`first_open_minute`)."""
+    return key % span, (settle_lag(key) - SETTLE_LAG_MS[0]) // GROUP_LAG_STEP_MS
 
 
 def minutes_to_settle(
@@ -415,7 +430,7 @@ def settle_streams(
     """
     moved: list[tuple[StreamId, int]] = []
     pairs: list[tuple[StreamId, int]] = []
-    lowest_lag = SETTLE_LAG_MS[0]
+    lowest_lag = SETTLE_LAG_MS[0] + (GROUP_DELAY_MS if span > 1 else 0)
     for stream in streams:
         old = opened.get(stream)
         last = newest[stream]
@@ -440,11 +455,13 @@ def settle_minutes(
     """The minutes to (re)compute when the first open minute moves from ``old_open`` to
     ``new_open`` (``None``: nothing was open): every touched minute already settled, and
     the minutes that were open before and are settled now.  The open minutes are always
-    ``open`` to ``open + span`` at most, since the newest point is less than a minute past
-    the lag (:func:`first_open_minute`)."""
+    ``open`` to ``open + span`` at most (plus :data:`GROUP_DELAY_MS` in minutes, rounded up,
+    when ``span`` > 1), since the newest point is less than a minute past the lag
+    (:func:`first_open_minute`)."""
     result = {minute for minute in touched if minute < new_open}
     if old_open is not None:
-        result.update(range(old_open, min(new_open, old_open + span + 1)))
+        newest = old_open + span + (-(-GROUP_DELAY_MS // MINUTE_MS) if span > 1 else 0)
+        result.update(range(old_open, min(new_open, newest + 1)))
     return result
 
 

@@ -70,23 +70,30 @@ downsampled history (min/max per time bucket) aggregates one column without
 looking at ``kind``.
 
 Rollups, as in the SQLite and PostgreSQL stores, of *settled* minutes only, computed
-once: when a write moves a stream's newest point 5-55 s
+once: when a write moves a stream's newest point 185-235 s
 (:func:`~livedata.store.base.settle_lag` rounded to 5 s plus whole 10 s, spread per
-stream by :func:`~livedata.store.base.stream_key`) past a group of :data:`SETTLE_SPAN`
-(10) minutes, it runs ``INSERT INTO rollups SELECT ... FROM records`` for those minutes
+stream by :func:`~livedata.store.base.stream_key`, plus
+:data:`~livedata.store.base.GROUP_DELAY_MS`) past a group of :data:`SETTLE_SPAN` (10)
+minutes, it runs ``INSERT INTO rollups SELECT ... FROM records`` for those minutes
 (all its streams in one statement, the (stream, minute) pairs sent as an external table)
 and records the stream's new open minute in ``rollup_open``.  A fleet's streams settle in
 cohorts, a 60th of them every 10 s (:data:`~livedata.store.base.GROUP_LAG_STEP_MS`), so
 one write in 10 s per process settles (three inserts and a roll-up) instead of nearly
 every write of a large fleet; that write reads back a 60th of the fleet's last ten
-minutes (about 40,000 records of 4,000 streams at 1 Hz; a larger fleet in statements of
-:data:`ROLL_UP_PAIRS`), so it takes longer than the others.  A write into a minute already
-settled (late data, a redelivery, a backfill, a correction) rolls that minute up again.
+minutes (about 100,000 records of 10,000 streams at 1 Hz; a larger fleet in statements
+of :data:`ROLL_UP_PAIRS`), so it takes longer than the others.  It reads whole index
+granules (1,024 records), and in the parts of the newest seconds each granule holds a
+little of thousands of streams, so a cohort's few streams are in every granule: settled
+5-55 s past the group, the roll-ups read back 7-8 records per record written, all of the
+newest minute's parts again for each cohort; settled 3 minutes later, when those records
+are merged into larger parts, they read back 5 (``bench/bench_clickhouse_growth.py``, see
+``bench/README.md``).  A write into a minute already settled (late data, a redelivery, a
+backfill, a correction) rolls that minute up again.
 Until this version a materialized view rolled up every insert: about one rollup row per
 *point* per insert (a 0.5 s insert meets each (machine, field, minute) once), which
 ClickHouse then merged; see ``bench/README.md`` (``bench_storecost.py --phase
 clickhouse``) for what each costs.  ``downsample`` reads rollups only for minutes before
-the stream's open minute, the records from there on (up to 11 minutes of a live stream),
+the stream's open minute, the records from there on (up to 14 minutes of a live stream),
 and raw records at the range's ends.  Only the 1-minute step: ClickHouse scans raw
 points fast enough for grids of 10 s steps (24 h of 10 fields is 864,000 points).
 Minimum and maximum are idempotent: rolling a minute up again, in this process or
@@ -110,15 +117,20 @@ minutes it touched below a claim: a point inserted into a minute that another pr
 is settling was either inserted before the claim, so before the roll-up read the
 records, or its write sees the claim.  So when a write returns, ``downsample`` includes
 its points -- except while another process's write is between its insert and its
-roll-up (milliseconds).  A write that fails anywhere raises; its retry, or the stream's
-next write in any process (from the settled minute on), rolls the minutes up again.
+roll-up (milliseconds).  A write that fails anywhere raises; its retry or the stream's
+next write in this process, or after :data:`CLAIM_PATIENCE_S` in any process (from the
+settled minute on), rolls the minutes up again.
 Cost: one more round trip per write, four more (the others' claims of the streams it
 would move, claim, roll-up, settled) on a write that settles a group of minutes of some
 stream.  The writers of an MQTT share group all see every stream, and each one's newest
 point passes a stream's settle time within a second or two of the others': a write leaves
-the streams another process has settled or is settling to it (seen pending twice, a
-claim is taken as abandoned and rolled up here), so each group of minutes is read back
-once, not once per writer (``bench/bench_clickhouse_growth.py``).
+the streams another process has settled or is settling to it (a claim still pending
+:data:`CLAIM_PATIENCE_S` after this process first saw it is taken as abandoned and rolled
+up here), so each group of minutes is read back once, not once per writer
+(``bench/bench_clickhouse_growth.py``).  And since each writer's crossing write holds about
+half of a cohort's streams, it settles the cohort's other live streams it has written
+before too (:meth:`ClickHouseStore._companions`): one roll-up per cohort instead of one
+per writer, a quarter of the claim checks.
 
 Duplicates: a point is (tenant, chassis, msg_type, field, ts); writing it again
 **replaces its value (last write wins)**, as in the memory and SQLite stores.
@@ -221,6 +233,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import re
 import select
 import struct
@@ -249,6 +262,7 @@ from livedata import errors
 from livedata.errors import ConfigError, ErrorMap, StoreError, map_exceptions
 from livedata.model import Record, Value
 from livedata.store.base import (
+    GROUP_LAG_STEP_MS,
     INT64_MAX,
     INT64_MIN,
     MINUTE_MS,
@@ -265,6 +279,8 @@ from livedata.store.base import (
     kept_field,
     normalised,
     rollup_plan,
+    settle_cohort,
+    settle_minutes,
     settle_streams,
     stream_key,
 )
@@ -441,7 +457,12 @@ SETTLE_SPAN = 10
 """Minutes of a stream settled together (:func:`~livedata.store.base.first_open_minute`): a
 roll-up reads whole granules (1,024 records, about 17 minutes of one stream at 1 Hz), so
 settling minute by minute read each granule about 17 times; ``downsample`` reads up to 11
-minutes of a stream raw instead of 2."""
+minutes of a stream raw instead of 2 (14 with :data:`~livedata.store.base.GROUP_DELAY_MS`)."""
+CLAIM_PATIENCE_S = 30.0
+"""How long another process's claim may stay pending (claimed, not settled) before a
+write settling the same streams takes it as abandoned and rolls the group up itself
+(:meth:`ClickHouseStore._unclaimed`): far above a roll-up's time (a cohort's, about a
+second), so that a slow claimer is not doubled."""
 ROLL_UP_PAIRS = 20_000
 """(stream, minute) pairs rolled up per statement at most (a backfill in several)."""
 
@@ -846,8 +867,15 @@ class ClickHouseStore(Store):
         self._started = False
         self._closed = False
         self._last_ver = 0
-        self._waiting: dict[StreamId, int] = {}
-        """Per stream, another process's claim seen pending once (see :meth:`_unclaimed`)."""
+        self._waiting: dict[StreamId, tuple[int, float]] = {}
+        """Per stream, a claim seen pending and when it was first seen (``time.monotonic()``;
+        see :meth:`_unclaimed`), or this process's own last claim (at ``-inf``)."""
+        self.claim_patience_s = CLAIM_PATIENCE_S
+        """How long another process's pending claim is left to it (:data:`CLAIM_PATIENCE_S`)."""
+        self._seen: dict[StreamId, int] = {}
+        """Per stream written by this process, its newest point written (see :meth:`_saw`)."""
+        self._cohorts: dict[tuple[int, int], set[StreamId]] = {}
+        """The streams of :attr:`_seen` by settle cohort (:meth:`_companions`)."""
         self._opened: dict[StreamId, int | None] = {}
         """Per stream written by this process, its first open minute as last known
         (``None``: none settled); see :meth:`_settle`."""
@@ -1138,12 +1166,19 @@ class ClickHouseStore(Store):
                 now[stream] = settled
             if stream in touched:
                 late.update((stream, minute) for minute in touched[stream] if minute < claimed)
+        self._saw(newest)
         moved, pairs = settle_streams(newest, touched, newest, now, SETTLE_SPAN)
         if moved:
+            self._companions(moved, pairs, newest)
             moved, pairs = self._unclaimed(client, moved, pairs, now)
         if late:
             pairs = sorted(late.union(pairs))
         if moved:
+            waiting = self._waiting
+            if len(waiting) + len(moved) > NAMES_CACHED:
+                waiting.clear()
+            for stream, minute in moved:  # this claim, seen pending later, has failed here
+                waiting[stream] = (minute, -math.inf)
             self._mark(client, moved, done=0)
         if pairs:
             self._roll_up(client, pairs)
@@ -1152,7 +1187,61 @@ class ClickHouseStore(Store):
             now.update(moved)
         if len(opened) + len(unknown) > NAMES_CACHED:
             opened.clear()
+            self._seen.clear()
+            self._cohorts.clear()
         opened.update(now)
+
+    def _saw(self, newest: dict[StreamId, int]) -> None:
+        """Note the newest point of each stream of a write, and the cohort of a stream new
+        to this process."""
+        seen, cohorts = self._seen, self._cohorts
+        for stream in newest.keys() - seen.keys():
+            cohort = settle_cohort(stream_key(stream), SETTLE_SPAN)
+            members = cohorts.get(cohort)
+            if members is None:
+                members = cohorts[cohort] = set()
+            members.add(stream)
+        seen.update(newest)
+
+    def _companions(
+        self,
+        moved: list[tuple[StreamId, int]],
+        pairs: list[tuple[StreamId, int]],
+        newest: dict[StreamId, int],
+    ) -> None:
+        """Add to ``moved`` and ``pairs`` the live streams of the moving streams' cohorts
+        that this write does not hold: their last point seen here is at most
+        :data:`~livedata.store.base.GROUP_LAG_STEP_MS` older than the moving stream's.
+
+        The writers of a share group each hold about half of a cohort's streams in the
+        write that crosses its settle moment; settling only those, each writer rolled up
+        its half in a statement of its own (``bench/bench_clickhouse_growth.py``: two
+        roll-ups, four times the claim checks and twice the ``rollup_open`` inserts per
+        cohort; the rows read back stayed about the same, the halves' granules differ).
+        A companion's settled minutes end :data:`~livedata.store.base.GROUP_DELAY_MS` and
+        more before its last point; a point of it arriving later in one of them finds the
+        claim and rolls that minute up again (late data)."""
+        opened, seen, cohorts = self._opened, self._seen, self._cohorts
+        done: set[tuple[int, int]] = set()
+        for stream, new in list(moved):
+            cohort = settle_cohort(stream_key(stream), SETTLE_SPAN)
+            if cohort in done:
+                continue
+            done.add(cohort)
+            live = newest[stream] - GROUP_LAG_STEP_MS
+            for other in tuple(cohorts.get(cohort, ())):  # a copy: writes run on several threads
+                old = opened.get(other)
+                if (
+                    other in newest
+                    or old is None
+                    or old >= new
+                    or seen.get(other, INT64_MIN) < live
+                ):
+                    continue
+                moved.append((other, new))
+                pairs.extend(
+                    (other, minute) for minute in sorted(settle_minutes((), old, new, SETTLE_SPAN))
+                )
 
     def _unclaimed(
         self,
@@ -1170,10 +1259,13 @@ class ClickHouseStore(Store):
         One query per write that moves streams, by the key of ``rollup_open``.  A stream
         settled (``done = 1``) up to its new open minute takes that minute into ``now`` (the
         cache) and rolls up nothing but its ``late`` minutes (added by the caller); one
-        only claimed is left to its claimer the first time this process sees that claim
-        (the cache keeps the old minute, so the stream's next write asks again) and rolled
-        up here the next time (the claimer is slow, or died between claim and settled: its
-        group would never be rolled up otherwise).  Points of this write in the minutes
+        only claimed is left to its claimer for :attr:`claim_patience_s` after this process
+        first saw that claim (the cache keeps the old minute, so the stream's next write
+        asks again) and rolled up here after that (the claimer died between claim and
+        settled, or is stuck: its group would never be rolled up otherwise); a claim of this
+        process's own seen pending (its roll-up failed) is rolled up again at once.  Until this
+        version the second sighting was enough, and a roll-up longer than the time between
+        two writes (a loaded server) was done twice.  Points of this write in the minutes
         the claimer rolls up were inserted before its claim (its roll-up reads them) or
         after it, and then the caller's first query saw the claim (``late``)."""
         db = self.database
@@ -1189,6 +1281,7 @@ class ClickHouseStore(Store):
         target = dict(moved)
         waiting = self._waiting
         others: set[StreamId] = set()
+        clock = time.monotonic()
         for tenant, chassis, msg_type, settled, known, claimed in rows:
             stream = (tenant, chassis, msg_type)
             new = target[stream]
@@ -1196,11 +1289,14 @@ class ClickHouseStore(Store):
                 now[stream] = settled
                 waiting.pop(stream, None)
                 others.add(stream)
-            elif claimed >= new and waiting.get(stream) != claimed:
-                if len(waiting) >= NAMES_CACHED:
-                    waiting.clear()
-                waiting[stream] = claimed  # seen once: the claimer's, for now
-                others.add(stream)
+            elif claimed >= new:
+                seen = waiting.get(stream)
+                if seen is None or seen[0] != claimed:
+                    if len(waiting) >= NAMES_CACHED:
+                        waiting.clear()
+                    waiting[stream] = seen = (claimed, clock)
+                if clock - seen[1] < self.claim_patience_s:
+                    others.add(stream)  # the claimer's, for now
         if not others:
             return moved, pairs
         return (
