@@ -13,6 +13,8 @@ from livedata.store.base import (
     SNAP_SLACK,
     bucket_grid,
     bucket_width,
+    first_open_minute,
+    open_until,
     rollup_plan,
     settle_minutes,
     settle_streams,
@@ -77,6 +79,18 @@ def test_settle_minutes() -> None:
     assert settle_minutes({3, 11}, 10, 10) == {3}  # late data in a settled minute
     assert settle_minutes({500}, 10, 499) == {10, 11}  # a jump: only the old open minutes
     assert settle_minutes({5, 6}, None, 6) == {5}  # nothing was open before
+
+
+@pytest.mark.parametrize("span", [1, 2, 10])
+def test_open_until_is_the_last_timestamp_before_the_open_minute_moves(span: int) -> None:
+    """``open_until`` of an open minute is the newest timestamp whose first open minute is at
+    most that one: one millisecond later it moves past it (also for minutes the stream's
+    lag and span never give)."""
+    rng = random.Random(span)
+    for _ in range(20_000):
+        key, old = rng.getrandbits(32), rng.randrange(-(10**8), 10**8)
+        until = open_until(old, key, span)
+        assert first_open_minute(until, key, span) <= old < first_open_minute(until + 1, key, span)
 
 
 def test_a_fleet_settles_groups_of_minutes_in_cohorts() -> None:

@@ -87,6 +87,14 @@ class Store(abc.ABC):
     async def write(self, records: Sequence[Record]) -> int:
         """Store ``records``; return the number of values (points) written."""
 
+    async def write_normalised(self, records: Sequence[Record]) -> int:
+        """:meth:`write` of records whose values are as :func:`normalised` leaves them (the
+        caller checked them, as ingest does when it decodes): a store may skip its own check
+        of every value (ClickHouse, PostgreSQL), the others store them as :meth:`write`.
+        Only for values so checked: a store that skips the check may store another value
+        as it is or fail on it."""
+        return await self.write(records)
+
     @abc.abstractmethod
     async def query(
         self,
@@ -373,6 +381,19 @@ def first_open_minute(last_ts: int, key: int, span: int = 1) -> int:
     minute = (last_ts - lag) // MINUTE_MS
     offset = key % span
     return (minute - offset) // span * span + offset
+
+
+def open_until(open_minute: int, key: int, span: int = 1) -> int:
+    """The newest timestamp of ``key`` whose :func:`first_open_minute` is ``open_minute`` or
+    older: a write whose newest point is at most this, into minutes from ``open_minute`` on,
+    settles nothing (:func:`settle_streams` gives nothing for it), so a store that caches it
+    per stream tells such a write with one comparison."""
+    low = SETTLE_LAG_MS[0]
+    lag = settle_lag(key)
+    if span > 1:
+        lag = low + (lag - low) // GROUP_LAG_STEP_MS * GROUP_LAG_STEP_MS
+    following = open_minute + 1 + (key % span - open_minute - 1) % span
+    return following * MINUTE_MS + lag - 1
 
 
 def minutes_to_settle(
