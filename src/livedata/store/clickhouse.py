@@ -749,27 +749,27 @@ class _Columns:
             texts: list[bytes] = []
             ints = array("q", bytes(8 * size))
             for at in range(count):
-                column = values[at::count]
-                found = set(map(type, column))
+                own = values[at::count]
+                found = set(map(type, own))
                 only = found.pop() if len(found) == 1 else None
                 if only is float:
                     kinds[at::count] = bytes((KIND_FLOAT,)) * many
                     continue
                 if only is int:
                     kinds[at::count] = bytes((KIND_INT,)) * many
-                    ints[at::count] = array("q", cast(list[int], column))
+                    ints[at::count] = array("q", cast(list[int], own))
                     continue
                 if not texts:
                     numbers, texts = list(values), [b""] * size
                 if only is str:
                     kinds[at::count] = bytes((KIND_STR,)) * many
                     numbers[at::count] = [0.0] * many
-                    texts[at::count] = list(map(str.encode, cast(list[str], column)))
+                    texts[at::count] = list(map(str.encode, cast(list[str], own)))
                 else:  # several kinds (KeyError for a value that is not normalised)
-                    kinds[at::count] = bytes(map(_KIND_OF.__getitem__, map(type, column)))
-                    numbers[at::count] = [0.0 if type(v) is str else v for v in column]
-                    ints[at::count] = array("q", [v if type(v) is int else 0 for v in column])
-                    texts[at::count] = [v.encode() if type(v) is str else b"" for v in column]
+                    kinds[at::count] = bytes(map(_KIND_OF.__getitem__, map(type, own)))
+                    numbers[at::count] = [0.0 if type(v) is str else v for v in own]
+                    ints[at::count] = array("q", [v if type(v) is int else 0 for v in own])
+                    texts[at::count] = [v.encode() if type(v) is str else b"" for v in own]
             kind.append(bytes(kinds))
             num.append(_little_endian(array("d", numbers)))
             text.append(texts or bytes(size))  # an empty string is its length 0
