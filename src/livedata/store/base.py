@@ -374,27 +374,35 @@ def first_open_minute(last_ts: int, key: int, span: int = 1) -> int:
     reads whole blocks of a stream's points to roll up reads each block once per group;
     their lags are whole :data:`GROUP_LAG_STEP_MS`.
     """
-    minute = (last_ts - _open_lag(key, span)) // MINUTE_MS
+    if span == 1:
+        return (last_ts - settle_lag(key)) // MINUTE_MS
+    low = SETTLE_LAG_MS[0]
+    lag = low + (settle_lag(key) - low) // GROUP_LAG_STEP_MS * GROUP_LAG_STEP_MS
+    minute = (last_ts - lag) // MINUTE_MS
     offset = key % span
     return (minute - offset) // span * span + offset
-
-
-def _open_lag(key: int, span: int) -> int:
-    """How far past a minute (its group's first, for ``span`` > 1) the newest point of
-    ``key`` is when that minute settles (:func:`first_open_minute`)."""
-    if span == 1:
-        return settle_lag(key)
-    low = SETTLE_LAG_MS[0]
-    return low + (settle_lag(key) - low) // GROUP_LAG_STEP_MS * GROUP_LAG_STEP_MS
 
 
 def open_until(open_minute: int, key: int, span: int = 1) -> int:
     """The newest timestamp of ``key`` whose :func:`first_open_minute` is ``open_minute`` or
     older: a write whose newest point is at most this, into minutes from ``open_minute`` on,
     settles nothing (:func:`settle_streams` gives nothing for it), so a store that caches it
-    per stream tells such a write with one comparison."""
-    following = open_minute + 1 + (key % span - open_minute - 1) % span
-    return following * MINUTE_MS + _open_lag(key, span) - 1
+    per stream tells such a write with one comparison.
+
+    Found by bisection over :func:`first_open_minute` (which never decreases with time),
+    so it follows whatever lag that gives: about 25 calls, once per stream and settle."""
+    low = open_minute * MINUTE_MS  # at most open_minute there: the lag is never negative
+    step = MINUTE_MS
+    while first_open_minute(low + step, key, span) <= open_minute:
+        low, step = low + step, step * 2
+    high = low + step  # past open_minute
+    while high - low > 1:
+        middle = (low + high) // 2
+        if first_open_minute(middle, key, span) <= open_minute:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def minutes_to_settle(

@@ -1203,9 +1203,10 @@ class ClickHouseStore(Store):
             opened.clear()
             bounds.clear()
         opened.update(now)
-        for stream in due:
+        for stream in due:  # a new bound where the open minute moved
             minute = now[stream]
-            if minute is not None:
+            bound = bounds.get(stream)
+            if minute is not None and (bound is None or bound[0] != minute):
                 bounds[stream] = (minute, open_until(minute, stream_key(stream), SETTLE_SPAN))
 
     def _unclaimed(
