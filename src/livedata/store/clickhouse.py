@@ -194,8 +194,8 @@ decoded), and a write that moves no stream's open minute -- nearly every write o
 fleet -- is told per stream by one comparison with a cached bound
 (:func:`~livedata.store.base.open_until`): together with the grouping by field names
 alone, the write's Python work on the writer thread (which holds the GIL meanwhile, against
-ingest's event loop) fell from about 6.1 to 3.6 µs per record of the simulated fleet
-(13 values per record on average; no server, best of 30 batches of 5,000).
+ingest's event loop) fell from 5.5 to 3.4 µs per record of the simulated fleet (13 values
+per record on average; no server: ``bench/bench_decodepath.py``, see ``bench/README.md``).
 
 Under stress:
 
