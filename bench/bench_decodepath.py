@@ -19,7 +19,15 @@ message:
   metadata, memory log, a store that takes writes at no cost), per record, on the
   event-loop thread (the log appender and store writer tasks included); the seconds
   after the 4 of warm-up, pushed ``--repeat`` / 2 times (so their DM1s are late from the
-  second time on).
+  second time on);
+* the ClickHouse store's own work on its writer thread per record of ingest's store
+  batches (the records of that path, in batches of ``2 x --machines`` records: a second
+  of the fleet): ``ClickHouseStore._write_batch``
+  as ingest calls it (``write_normalised``'s, where the code has it) with its client
+  replaced by one that encodes the insert block into a socket writer of a null socket
+  and answers every query with no rows (no server: the Python work, which holds the GIL
+  against ingest's event loop); each batch written again and again, so the streams'
+  open minutes are cached as in a live fleet.
 
 The garbage collector runs as in the ingest role (``tune_gc``).  Printed: each piece's best
 round per code, and the ratio.
@@ -114,10 +122,13 @@ async def worker(machines: int, seconds: int, repeat: int) -> None:
     from livedata.store.frames import pack_frames
     from livedata.store.memory import MemoryStore
 
+    written: list[Record] = []
+
     class FreeStore(MemoryStore):
-        """Takes every write at no cost: the store writer is another process's concern."""
+        """Takes every write at no cost (keeping the records for the ClickHouse piece)."""
 
         async def write(self, records: Sequence[Record]) -> int:
+            written.extend(records)
             return sum(len(r.values) for r in records)
 
     dbc_text = read_text(DBC_PATH)
@@ -201,10 +212,50 @@ async def worker(machines: int, seconds: int, repeat: int) -> None:
             steady.append((time.thread_time() - cpu0) / len(dm1s) * 1e6)
         out["DtcService.observe_many, repeated DM1s"] = min(steady)
         out["codec.decode + Ingest.handle_many, per record"] = min(path)
+        out["ClickHouseStore._write_batch, per record"] = clickhouse_write(
+            written[-2 * machines * 4 :], 2 * machines, repeat
+        )
         active: Any = sum(1 for s in service._machines.values() if s.active)
         out["machines with a DTC active"] = active
         await meta.close()
     print(json.dumps(out))
+
+
+def clickhouse_write(records: list[Any], batch: int, repeat: int) -> float:
+    """CPU µs per record of ``ClickHouseStore._write_batch`` on ``records`` in batches of
+    ``batch``, as ingest calls it, without a server (see the module docstring)."""
+    import inspect
+
+    from clickhouse_driver.bufferedwriter import BufferedSocketWriter
+
+    from livedata.store.clickhouse import ClickHouseStore
+
+    class NullSocket:
+        def sendall(self, data: bytes) -> None:
+            pass
+
+    class Sink:
+        def execute(self, query: str, data: Any = None, **kwargs: Any) -> list[Any]:
+            if hasattr(data, "write"):  # the insert's block, encoded as the server gets it
+                out = BufferedSocketWriter(NullSocket(), 1 << 20)
+                data.write(out, 54_460)  # a current server's protocol revision
+                out.flush()
+            return []
+
+    store = ClickHouseStore("clickhouse://localhost/bench")
+    sink = Sink()
+    store._client = lambda: sink
+    checked = "checked" in inspect.signature(store._write_batch).parameters
+    options = {"checked": True} if checked else {}
+    batches = [records[at : at + batch] for at in range(0, len(records), batch)]
+    for part in batches:  # the streams' open minutes cached, as in a running ingest
+        store._write_batch(part, 1, **options)
+
+    def run() -> None:
+        for part in batches:
+            store._write_batch(part, 1, **options)
+
+    return best_of(repeat, len(records), run)
 
 
 def run_worker(src: Path, machines: int, seconds: int, repeat: int) -> dict[str, float]:

@@ -433,6 +433,29 @@ class StoreContract(abc.ABC):
         assert got == {"ok": [(T0, 1.25)], "none": [], "nan": [], "obj": [], "flag": [(T0, 1)]}
         assert type(got["flag"][0][1]) is int
 
+    async def test_write_normalised_stores_what_write_stores(
+        self, store: Store, tenant: str
+    ) -> None:
+        """``write_normalised`` of normalised values (floats, 64-bit int limits, strings, a
+        field of several kinds, a key twice in the batch) stores and counts what ``write``
+        does."""
+        shapes: list[dict[str, Value]] = [
+            {"f": 1.5, "i": 2**63 - 1, "s": "Grüße", "m": 3},
+            {"f": -0.0, "i": -(2**63), "s": "", "m": "text"},
+            {"f": float("inf"), "i": 0, "s": "x" * 300, "m": 2.25},
+        ]
+
+        def batch(chassis: str) -> list[Record]:
+            records = [rec(tenant, T0 + n * 1000, shapes[n % 3], chassis) for n in range(30)]
+            return [*records, rec(tenant, T0, {"f": 9.5, "m": 1}, chassis)]  # T0 again: wins
+
+        assert await store.write(batch("plain")) == await store.write_normalised(batch("checked"))
+        fields = list(shapes[0])
+        plain = await store.query(tenant, "plain", "vehicle_can", fields, T0, T0 + 30_000)
+        checked = await store.query(tenant, "checked", "vehicle_can", fields, T0, T0 + 30_000)
+        assert checked == plain
+        assert plain["f"][0] == (T0, 9.5) and len(plain["s"]) == 30
+
     async def test_large_batch_round_trips(self, store: Store, tenant: str) -> None:
         """10,000 records of 10 fields in one write all come back, exact and in order."""
         fields = [f"f{i}" for i in range(10)]

@@ -14,6 +14,8 @@ from livedata.store.base import (
     SNAP_SLACK,
     bucket_grid,
     bucket_width,
+    first_open_minute,
+    open_until,
     rollup_plan,
     settle_minutes,
     settle_streams,
@@ -82,6 +84,18 @@ def test_settle_minutes() -> None:
     assert settle_minutes({500}, 10, 499, 10) == set(
         range(10, 21 + -(-GROUP_DELAY_MS // MINUTE_MS))
     )
+
+
+@pytest.mark.parametrize("span", [1, 2, 10])
+def test_open_until_is_the_last_timestamp_before_the_open_minute_moves(span: int) -> None:
+    """``open_until`` of an open minute is the newest timestamp whose first open minute is at
+    most that one: one millisecond later it moves past it (also for minutes the stream's
+    lag and span never give)."""
+    rng = random.Random(span)
+    for _ in range(20_000):
+        key, old = rng.getrandbits(32), rng.randrange(-(10**8), 10**8)
+        until = open_until(old, key, span)
+        assert first_open_minute(until, key, span) <= old < first_open_minute(until + 1, key, span)
 
 
 def test_a_fleet_settles_groups_of_minutes_in_cohorts() -> None:

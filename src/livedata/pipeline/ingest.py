@@ -8,7 +8,10 @@ validate ``client_raw_data`` values -- and its records are queued in one step.  
 message gets a structured outcome: its :class:`Record`, or a :class:`Refused` saying
 why (``code`` and ``reason``), so a caller never parses a log line.  Values are
 normalised once, here (:func:`~livedata.store.base.storable_values`: bools as ints,
-NaN and objects left out): what the log, the journal and the store get is the same.
+NaN and objects left out): what the log, the journal and the store get is the same, and
+the store does not check them again (:meth:`~livedata.store.base.Store.write_normalised`;
+records read back from the spill journal, whose JSON turns an infinite float into null,
+go through the checking :meth:`~livedata.store.base.Store.write`).
 
 Two paths leave the queue, in parallel ("one copy stored, another published"):
 
@@ -723,7 +726,9 @@ class Ingest:
             if direct is not None and not direct.done() and self.spill.rows == 1:
                 await asyncio.wait({direct}, timeout=self.spill_after)
             if self.spill.rows == 0:  # else the drainer stores the journal first, in order
-                task = asyncio.create_task(self.store.write(records), name="ingest-store-write")
+                task = asyncio.create_task(
+                    self.store.write_normalised(records), name="ingest-store-write"
+                )
                 done, _ = await asyncio.wait({task}, timeout=self.spill_after)
                 if not done:
                     self._failures.failed(
@@ -980,7 +985,7 @@ class Ingest:
         delays = backoff(1.0, 30.0)
         while True:
             try:
-                points = await self.store.write(batch)
+                points = await self.store.write_normalised(batch)
                 break
             except StoreError as exc:
                 observe.STORE_FAILURES.inc()

@@ -87,6 +87,14 @@ class Store(abc.ABC):
     async def write(self, records: Sequence[Record]) -> int:
         """Store ``records``; return the number of values (points) written."""
 
+    async def write_normalised(self, records: Sequence[Record]) -> int:
+        """:meth:`write` of records whose values are as :func:`normalised` leaves them (the
+        caller checked them, as ingest does when it decodes): a store may skip its own check
+        of every value (ClickHouse, PostgreSQL), the others store them as :meth:`write`.
+        Only for values so checked: a store that skips the check may store another value
+        as it is or fail on it."""
+        return await self.write(records)
+
     @abc.abstractmethod
     async def query(
         self,
@@ -388,6 +396,28 @@ def settle_cohort(key: int, span: int) -> tuple[int, int]:
     streams of a cohort move their first open minute at the same moments, to the same
     minute (:func:`first_open_minute`)."""
     return key % span, (settle_lag(key) - SETTLE_LAG_MS[0]) // GROUP_LAG_STEP_MS
+
+
+def open_until(open_minute: int, key: int, span: int = 1) -> int:
+    """The newest timestamp of ``key`` whose :func:`first_open_minute` is ``open_minute`` or
+    older: a write whose newest point is at most this, into minutes from ``open_minute`` on,
+    settles nothing (:func:`settle_streams` gives nothing for it), so a store that caches it
+    per stream tells such a write with one comparison.
+
+    Found by bisection over :func:`first_open_minute` (which never decreases with time),
+    so it follows whatever lag that gives: about 25 calls, once per stream and settle."""
+    low = open_minute * MINUTE_MS  # at most open_minute there: the lag is never negative
+    step = MINUTE_MS
+    while first_open_minute(low + step, key, span) <= open_minute:
+        low, step = low + step, step * 2
+    high = low + step  # past open_minute
+    while high - low > 1:
+        middle = (low + high) // 2
+        if first_open_minute(middle, key, span) <= open_minute:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def minutes_to_settle(

@@ -198,9 +198,16 @@ its socket for a closed connection and pings only after :data:`PING_IDLE_S` idle
 Client CPU of a write: the records insert is encoded into the native format here
 (:class:`_Columns`, :class:`_Block`; the same bytes as the driver's, tested) rather than
 by clickhouse-driver from Python lists: per record a few cached lookups and list
-appends, per value only a type check (and the encoding of strings); measured with a
-1,500-record batch of 15-50 values, building and sending it took about half the CPU of
-the driver's way (see ``bench/README.md``, issue 17).
+appends, per value only its part of a C-level type check per field (and the encoding of
+strings); measured with a 1,500-record batch of 15-50 values, building and sending it
+took about half the CPU of the driver's way (see ``bench/README.md``, issue 17).  Ingest
+writes with :meth:`ClickHouseStore.write_normalised` (its values checked once, when
+decoded), and a write that moves no stream's open minute -- nearly every write of a live
+fleet -- is told per stream by one comparison with a cached bound
+(:func:`~livedata.store.base.open_until`): together with the grouping by field names
+alone, the write's Python work on the writer thread (which holds the GIL meanwhile, against
+ingest's event loop) fell from 5.5 to 3.4 µs per record of the simulated fleet (13 values
+per record on average; no server: ``bench/bench_decodepath.py``, see ``bench/README.md``).
 
 Under stress:
 
@@ -278,6 +285,7 @@ from livedata.store.base import (
     first_open_minute,
     kept_field,
     normalised,
+    open_until,
     rollup_plan,
     settle_cohort,
     settle_minutes,
@@ -553,6 +561,11 @@ def _partition_max_ts(day: int) -> int:
     return day * DAY_MS if day < 0 else (day + 1) * DAY_MS - 1
 
 
+def _partition_min_ts(day: int) -> int:
+    """The smallest timestamp that partition ``day`` can hold (see :func:`_day`)."""
+    return day * DAY_MS if day > 0 else (day - 1) * DAY_MS + 1
+
+
 NAMES_CACHED = 100_000
 """Names kept encoded (:func:`_utf8`, :func:`_utf8_stream`, :func:`_sorted_fields`) before
 the caches start anew."""
@@ -697,58 +710,51 @@ class _Block(list[tuple[str, str, list[bytes | list[bytes]]]]):
 
 
 class _Rows:
-    """Records of one set of field names and one kind per field (:class:`_Columns`)."""
+    """Records of one set of field names (:class:`_Columns`)."""
 
-    __slots__ = ("chassis", "count", "kinds", "msg_type", "names", "tenant", "ts", "values")
+    __slots__ = ("chassis", "count", "msg_type", "names", "tenant", "ts", "values")
 
-    def __init__(self, names: bytes, count: int, kinds: bytes) -> None:
+    def __init__(self, names: bytes, count: int) -> None:
         self.names = names
         self.count = count
-        self.kinds = kinds
         self.tenant: list[bytes] = []
         self.chassis: list[bytes] = []
         self.msg_type: list[bytes] = []
         self.ts: list[int] = []
         self.values: list[Value] = []
 
-    def positions(self, kind: int) -> list[int]:
-        """The fields (their index in a record) of values of ``kind``."""
-        return [at for at, k in enumerate(self.kinds) if k == kind]
-
 
 class _Columns:
     """One insert statement's records, encoded into a :class:`_Block`.
 
-    Records are grouped by their field names and the kinds of their values (usually one
-    group per message type), so that in a group each field's values are every
-    ``count``-th value: :meth:`encoded` writes a group's numbers with a few calls over
-    all its values (:mod:`array`, extended slices per int or string field) and repeats
-    its names and kinds, and the array columns share one offsets column.  A record costs
-    a few Python steps of its own, a value none except for strings (encoded).  The rows
-    of the insert come group by group (their order means nothing to the table).
+    Records are grouped by their field names (usually one group per message type), so
+    that in a group each field's values are every ``count``-th value: :meth:`encoded`
+    writes a group's columns with a few calls per field over all its values (extended
+    slices, :mod:`array`), the kinds of a field's values told by one ``set(map(type,
+    ...))`` each, and the array columns share one offsets column.  A record costs a few
+    Python steps of its own, a value none except for strings (encoded) and the values of
+    a field that come in several kinds in one insert (a step each).  The rows of the
+    insert come group by group (their order means nothing to the table).
     """
 
     __slots__ = ("groups",)
 
     def __init__(self) -> None:
-        self.groups: dict[tuple[bytes, tuple[type, ...]], _Rows] = {}
+        self.groups: dict[bytes, _Rows] = {}
 
     def add(self, stream: tuple[str, str, str], ts: int, values: dict[str, Value]) -> None:
         """A record's values (as :func:`~livedata.store.base.normalised` leaves them: float,
         int or str; the timestamp within Int64)."""
         tenant, chassis, msg_type = _utf8_stream(stream)
         names, count, getter = _sorted_fields(values)
-        ordered = values.values() if getter is None else getter(values)
-        types = tuple(map(type, ordered))
-        group = self.groups.get((names, types))
+        group = self.groups.get(names)
         if group is None:
-            kinds = bytes(map(_KIND_OF.__getitem__, types))
-            group = self.groups[names, types] = _Rows(names, count, kinds)
+            group = self.groups[names] = _Rows(names, count)
         group.tenant.append(tenant)
         group.chassis.append(chassis)
         group.msg_type.append(msg_type)
         group.ts.append(ts)
-        group.values += ordered
+        group.values += values.values() if getter is None else getter(values)
 
     def encoded(self, ver: int) -> _Block:
         """The records as a block of :data:`RECORDS_TYPES`, every row with version ``ver``."""
@@ -766,18 +772,35 @@ class _Columns:
             msg_type.append(b"".join(group.msg_type))
             ts.append(_little_endian(array("q", group.ts)))
             field.append(group.names * many)
-            kind.append(group.kinds * many)
-            strings = group.positions(KIND_STR)
-            numbers = list(values) if strings else values
-            texts: list[bytes] = [b""] * size if strings else []
-            for at in strings:
-                numbers[at::count] = [0.0] * many
-                texts[at::count] = list(map(str.encode, cast(list[str], values[at::count])))
+            kinds = bytearray(size)
+            numbers = values  # copied before its strings become 0.0
+            texts: list[bytes] = []
+            ints = array("q", bytes(8 * size))
+            for at in range(count):
+                own = values[at::count]
+                found = set(map(type, own))
+                only = found.pop() if len(found) == 1 else None
+                if only is float:
+                    kinds[at::count] = bytes((KIND_FLOAT,)) * many
+                    continue
+                if only is int:
+                    kinds[at::count] = bytes((KIND_INT,)) * many
+                    ints[at::count] = array("q", cast(list[int], own))
+                    continue
+                if not texts:
+                    numbers, texts = list(values), [b""] * size
+                if only is str:
+                    kinds[at::count] = bytes((KIND_STR,)) * many
+                    numbers[at::count] = [0.0] * many
+                    texts[at::count] = list(map(str.encode, cast(list[str], own)))
+                else:  # several kinds (KeyError for a value that is not normalised)
+                    kinds[at::count] = bytes(map(_KIND_OF.__getitem__, map(type, own)))
+                    numbers[at::count] = [0.0 if type(v) is str else v for v in own]
+                    ints[at::count] = array("q", [v if type(v) is int else 0 for v in own])
+                    texts[at::count] = [v.encode() if type(v) is str else b"" for v in own]
+            kind.append(bytes(kinds))
             num.append(_little_endian(array("d", numbers)))
             text.append(texts or bytes(size))  # an empty string is its length 0
-            ints = array("q", bytes(8 * size))
-            for at in group.positions(KIND_INT):
-                ints[at::count] = array("q", cast(list[int], values[at::count]))
             integer.append(_little_endian(ints))
         for column in (field, kind, num, integer, text):
             column.insert(0, offsets)
@@ -879,6 +902,9 @@ class ClickHouseStore(Store):
         self._opened: dict[StreamId, int | None] = {}
         """Per stream written by this process, its first open minute as last known
         (``None``: none settled); see :meth:`_settle`."""
+        self._open_until: dict[StreamId, tuple[int, int]] = {}
+        """Per stream, an open minute of :attr:`_opened` and the newest timestamp that
+        leaves it open (:func:`~livedata.store.base.open_until`)."""
         self.rollups = True
         """Keep rollups and read them in ``downsample``.  ``False`` (benchmarks only), set
         before ``start`` on a new database, makes no rollup tables and downsamples raw
@@ -1063,20 +1089,30 @@ class ClickHouseStore(Store):
         ver = self._next_ver()  # taken in call order, so a later write wins
         return await self._run(partial(self._write_batch, list(records), ver))
 
+    async def write_normalised(self, records: Sequence[Record]) -> int:
+        """:meth:`write` without the check of every value (:func:`normalised`: 0.5-0.7 µs
+        per record of 6-20 values, on the writer thread, which holds the GIL meanwhile)."""
+        if not records:
+            return 0
+        ver = self._next_ver()
+        return await self._run(partial(self._write_batch, list(records), ver, checked=True))
+
     def _write_batch(
         self,
         records: list[Record],
         ver: int,
         base: dict[tuple[str, str, str, int], dict[str, Value]] | None = None,
+        checked: bool = False,
     ) -> int:
         """One row per record key, the values of ``records`` over those of ``base`` (kept
         values that :meth:`_replace` writes again, not counted); the number of values of
-        ``records``."""
+        ``records``.  ``checked``: the values are normalised already (:meth:`write_normalised`)."""
         # One entry per (tenant, chassis, msg_type, ts): a later record's field wins.
         merged: dict[tuple[str, str, str, int], dict[str, Value]] = dict(base or {})
         written = 0
         for record in records:
-            values = normalised(record.values)  # the record's own dict: not to be changed
+            # the record's own dict: not to be changed
+            values = record.values if checked else normalised(record.values)
             if not values:
                 continue
             written += len(values)
@@ -1087,6 +1123,7 @@ class ClickHouseStore(Store):
         chunk_of_day: dict[int, int] = {}
         touched: dict[StreamId, set[int]] = {}  # per stream, the minutes written
         newest: dict[StreamId, int] = {}
+        day_first, day_last, columns = 0, -1, _Columns()  # the previous record's day
         for (tenant, chassis, msg_type, ts), values in merged.items():
             if not isinstance(ts, int) or not INT64_MIN <= ts <= INT64_MAX:
                 raise StoreError(f"clickhouse store: write failed: timestamp {ts!r} out of range")
@@ -1099,14 +1136,14 @@ class ClickHouseStore(Store):
                 minutes.add(ts // MINUTE_MS)
                 if ts > newest[stream]:
                     newest[stream] = ts
-            day = _day(ts)
-            chunk = chunk_of_day.get(day)
-            if chunk is None:
-                chunk = chunk_of_day[day] = len(chunk_of_day) // MAX_DAYS_PER_INSERT
-            columns = by_chunk.get(chunk)
-            if columns is None:
-                columns = by_chunk[chunk] = _Columns()
-            columns.add((tenant, chassis, msg_type), ts, values)
+            if not day_first <= ts <= day_last:
+                day = _day(ts)
+                day_first, day_last = _partition_min_ts(day), _partition_max_ts(day)
+                chunk = chunk_of_day.get(day)
+                if chunk is None:
+                    chunk = chunk_of_day[day] = len(chunk_of_day) // MAX_DAYS_PER_INSERT
+                columns = by_chunk.get(chunk) or by_chunk.setdefault(chunk, _Columns())
+            columns.add(stream, ts, values)
         with _translated("write"):
             client = self._client()
             for columns in by_chunk.values():
@@ -1167,7 +1204,19 @@ class ClickHouseStore(Store):
             if stream in touched:
                 late.update((stream, minute) for minute in touched[stream] if minute < claimed)
         self._saw(newest)
-        moved, pairs = settle_streams(newest, touched, newest, now, SETTLE_SPAN)
+        # A stream whose newest point is still within its open minutes moves nothing: one
+        # comparison against the bound cached with its open minute, not settle_streams's
+        # arithmetic per stream (most writes of a live fleet move no stream at all).
+        bounds = self._open_until
+        due = [
+            stream
+            for stream, last in newest.items()
+            if (bound := bounds.get(stream)) is None
+            or bound[0] != now[stream]
+            or last > bound[1]
+            or min(touched[stream]) < bound[0]
+        ]
+        moved, pairs = settle_streams(due, touched, newest, now, SETTLE_SPAN)
         if moved:
             self._companions(moved, pairs, newest)
             moved, pairs = self._unclaimed(client, moved, pairs, now)
@@ -1187,9 +1236,18 @@ class ClickHouseStore(Store):
             now.update(moved)
         if len(opened) + len(unknown) > NAMES_CACHED:
             opened.clear()
+            bounds.clear()
             self._seen.clear()
             self._cohorts.clear()
         opened.update(now)
+        for stream in due:  # a new bound where the open minute moved
+            first_open = now[stream]
+            bound = bounds.get(stream)
+            if first_open is not None and (bound is None or bound[0] != first_open):
+                bounds[stream] = (
+                    first_open,
+                    open_until(first_open, stream_key(stream), SETTLE_SPAN),
+                )
 
     def _saw(self, newest: dict[StreamId, int]) -> None:
         """Note the newest point of each stream of a write, and the cohort of a stream new

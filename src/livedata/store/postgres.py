@@ -547,7 +547,11 @@ def _clean(values: dict[str, Value]) -> dict[str, Value]:
     """The storable values, without text holding NUL (PostgreSQL text cannot hold it:
     one such value must not block a batch): ``values`` itself when it is so (the usual
     case), not to be changed."""
-    values = normalised(values)
+    return _without_nul(normalised(values))
+
+
+def _without_nul(values: dict[str, Value]) -> dict[str, Value]:
+    """Normalised ``values`` without text holding NUL (see :func:`_clean`)."""
     for value in values.values():
         if type(value) is str and "\x00" in value:
             return {
@@ -717,12 +721,21 @@ class PostgresStore(Store):
     # -- writes ----------------------------------------------------------------------
 
     async def write(self, records: Sequence[Record]) -> int:
+        return await self._write(records, _clean)
+
+    async def write_normalised(self, records: Sequence[Record]) -> int:
+        """:meth:`write` without the check of every value, only text for NUL."""
+        return await self._write(records, _without_nul)
+
+    async def _write(
+        self, records: Sequence[Record], clean: Callable[[dict[str, Value]], dict[str, Value]]
+    ) -> int:
         if not records:
             return 0
         written = 0
         merged: dict[tuple[str, str, str, int], dict[str, Value]] = {}
         for record in records:
-            values = _clean(record.values)
+            values = clean(record.values)
             if not values:
                 continue
             written += len(values)
