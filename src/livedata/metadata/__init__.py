@@ -249,9 +249,7 @@ class Metadata:
         """Create the machine, or set its name and model (see :meth:`upsert_machines`)."""
         await self.upsert_machines(org_id, [(chassis, name, model)])
 
-    async def upsert_machines(
-        self, org_id: str, machines: Iterable[tuple[str, str, str]]
-    ) -> None:
+    async def upsert_machines(self, org_id: str, machines: Iterable[tuple[str, str, str]]) -> None:
         """Create each ``(chassis, name, model)`` machine, or set the name and model of one
         that exists (its tags, location, DBC, secret and ``disabled`` stay); each model
         named is created unless it exists.  Two statements (executemany) in one
