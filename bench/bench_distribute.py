@@ -23,6 +23,9 @@ this process appends ``--flood`` records (``--fields`` values each, ``--orgs``
 organisations) to a fresh topic, and the worker's role consumes them from the
 start, so the figure includes consuming and decoding the log's batches (the
 flood phase only; CPU counted from the first batch handled to the last).
+The worker runs the role's ``tune_gc`` (the tree's own thresholds, as ``livedata serve
+--role ROLE`` does) and prints, per round, its garbage collection CPU per record
+(``livedata_gc_seconds``), the collections by generation and the longest one (wall).
 ``--role alerts`` runs the alert role on that log instead of distribute
 (metadata on a temporary SQLite file, one value rule on ``signal_0`` in the
 first organisation, never met, so nothing is stored).  The machine is shared and noisy: compare the two trees' figures of the
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import subprocess
@@ -82,17 +86,21 @@ async def _kafka_worker(
 
     from livedata.bus.kafka import KafkaLog
     from livedata.bus.redis import RedisPubSub
+    from livedata.cli.common import tune_gc
 
     log = KafkaLog(kafka_url)
     pubsub = RedisPubSub(f"{redis_url}?prefix=bench{uuid.uuid4().hex[:8]}/")
     await pubsub.start()
     handled = [0]
-    marks: list[tuple[int, float, float]] = []
+    marks: list[tuple[int, float, float, float]] = []
+    pauses: list[tuple[float, int, float]] = []
+    """(end, generation, wall seconds) of each garbage collection."""
     done = asyncio.Event()
 
     def note(records: int) -> None:
         handled[0] += records
-        marks.append((handled[0], time.process_time(), time.perf_counter()))
+        now = time.perf_counter()
+        marks.append((handled[0], time.process_time(), now, _gc_seconds()))
         if handled[0] >= count:
             done.set()
 
@@ -130,19 +138,47 @@ async def _kafka_worker(
 
         distribute._publish = counted  # type: ignore[method-assign]
         task = asyncio.create_task(distribute.run())
+    _time_collections(pauses)
+    tune_gc((role,))  # as `livedata serve --role ROLE` does once started
     await asyncio.wait_for(done.wait(), 300)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await log.close()
     await pubsub.close()
     first, last = marks[0], marks[-1]
+    within = [(g, wall) for end, g, wall in pauses if first[2] < end <= last[2]]
     return {
         "flood": {
             "records": last[0] - first[0],
             "cpu": last[1] - first[1],
             "wall": last[2] - first[2],
+            "gc": last[3] - first[3],
+            "collections": [sum(1 for g, _ in within if g == n) for n in range(3)],
+            "longest": max((wall for _, wall in within), default=0.0),
+            "thresholds": gc.get_threshold(),
         }
     }
+
+
+def _gc_seconds() -> float:
+    """Garbage collection CPU seconds of this process so far (``livedata_gc_seconds``)."""
+    from livedata import observe
+
+    return sum(child._value.get() for child in observe.GC_SECONDS._metrics.values())
+
+
+def _time_collections(pauses: list[tuple[float, int, float]]) -> None:
+    """Append (end, generation, wall seconds) of every later collection to ``pauses``."""
+    started = [0.0]
+
+    def timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            end = time.perf_counter()
+            pauses.append((end, info["generation"], end - started[0]))
+
+    gc.callbacks.append(timer)
 
 
 async def _worker(
@@ -308,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
             cpu = f"{min(cpus):.1f}–{max(cpus):.1f}"
             redis = "" if phase == "flood" else _redis_per_record(runs)
             print(f"| {name} | {phase} | {span} | {cpu} | {redis} |")
+    if args.log == "kafka":
+        _print_gc(results)
     if args.base:
         print()
         for phase in phases:
@@ -319,6 +357,22 @@ def main(argv: list[str] | None = None) -> None:
                 f"{phase}: base/this CPU per record "
                 + ", ".join(f"{r:.1f}x" for r in ratios)
                 + " (per round)"
+            )
+
+
+def _print_gc(results: dict[str, list[dict]]) -> None:
+    """Per tree and round: the role's thresholds (its ``tune_gc``), garbage collection CPU
+    per record, collections by generation and the longest one (wall ms)."""
+    print()
+    print("| tree | thresholds | GC CPU µs/record | collections gen 0/1/2 | longest (wall) |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, runs in results.items():
+        for r in runs:
+            f = r["flood"]
+            counts = "/".join(str(c) for c in f["collections"])
+            print(
+                f"| {name} | {tuple(f['thresholds'])} | {1e6 * f['gc'] / f['records']:.2f}"
+                f" | {counts} | {1e3 * f['longest']:.1f} ms |"
             )
 
 

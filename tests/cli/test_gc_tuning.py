@@ -33,14 +33,18 @@ def test_objects_alive_at_start_up_are_not_walked_by_later_collections() -> None
         ({"ingest", "distribute", "alerts"}, INGEST_GC_THRESHOLDS),
         ({"ingest", "distribute", "alerts", "gateway"}, GC_THRESHOLDS),
         ({"gateway"}, GC_THRESHOLDS),
-        ({"distribute"}, GC_THRESHOLDS),
+        ({"distribute", "gateway"}, GC_THRESHOLDS),
+        ({"distribute"}, INGEST_GC_THRESHOLDS),
+        ({"alerts"}, INGEST_GC_THRESHOLDS),
+        ({"distribute", "alerts"}, INGEST_GC_THRESHOLDS),
     ],
 )
-def test_a_process_with_ingest_and_no_gateway_collects_less_often(
+def test_a_process_without_the_gateway_collects_less_often(
     roles: set[str], thresholds: tuple[int, int, int]
 ) -> None:
-    """tune_gc gives a process running ingest without the gateway the higher young-generation
-    threshold, and every other process the gateway's."""
+    """tune_gc gives a process running pipeline roles (ingest, distribute, alerts) without the
+    gateway the higher young-generation threshold, and a process with the gateway the
+    gateway's."""
     before = gc.get_threshold()
     try:
         tune_gc(roles)

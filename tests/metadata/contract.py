@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from sqlalchemy import select
 
 from livedata.errors import NotFound
 from livedata.metadata import GroupSpec, Metadata
@@ -18,7 +19,7 @@ from livedata.metadata.decoding import (
     machine_ranges,
 )
 from livedata.metadata.dtcs import LOAD_CHUNK, DtcLog
-from livedata.metadata.tables import Machine
+from livedata.metadata.tables import Machine, MachineModel
 from livedata.pipeline.dtcs import DtcChange
 
 
@@ -60,6 +61,34 @@ class MetadataContract(abc.ABC):
         decoding = {m.chassis_id: d.name if d else None for m, d in await meta.org_decoding(org)}
         assert decoding == {"A": "model.dbc", "B": "own.dbc", "C": None}
         assert model_dbc.created_ms > 1_600_000_000_000
+
+    async def test_upsert_machines_creates_and_renames_keeping_the_rest(
+        self, meta: Metadata
+    ) -> None:
+        """upsert_machines creates new machines (and their models) and sets only name and
+        model on existing ones: their tags, location, DBC, secret and disabled flag stay."""
+        org = unique_org()
+        await meta.ensure_org(org, "Org")
+        dbc = await meta.add_dbc(org, "own.dbc", "content")
+        await meta.upsert_machine(org, "B", "Machine B", "EX")
+        async with meta.session() as s:
+            b = await s.get(Machine, (org, "B"))
+            assert b is not None
+            b.tags, b.location, b.disabled = ["north"], "Pit 2", True
+            b.dbc_id, b.secret_hash = dbc.id, "$7$hash"
+        batch = [("A", "Machine A", "WL"), ("B", "Machine B2", "WL"), ("C", "Machine C", "NEW")]
+        await meta.upsert_machines(org, batch)
+        await meta.upsert_machines(org, batch)  # again: changes nothing
+        names = ("name", "model", "tags", "location", "disabled", "dbc_id", "secret_hash")
+        rows = {m.chassis_id: [getattr(m, n) for n in names] for m in await meta.list_machines(org)}
+        assert rows == {
+            "A": ["Machine A", "WL", None, "", False, None, None],
+            "B": ["Machine B2", "WL", ["north"], "Pit 2", True, dbc.id, "$7$hash"],
+            "C": ["Machine C", "NEW", None, "", False, None, None],
+        }
+        async with meta.session() as s:
+            models = await s.scalars(select(MachineModel.name).where(MachineModel.org_id == org))
+            assert sorted(models.all()) == ["EX", "NEW", "WL"]
 
     async def test_org_decoding_rows_carry_what_the_machine_has(self, meta: Metadata) -> None:
         """org_decoding's machine rows read as the machines do: name, model, own DBC,

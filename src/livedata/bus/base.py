@@ -54,12 +54,13 @@ class LiveMessage:
         return orjson.dumps({**self.head, "values": self.values})
 
     @staticmethod
-    def encode_json_values(ts: int, seq: int, epoch: str, values: bytes) -> bytes:
-        """The wire form of the message whose ``values`` are already a JSON object (a
-        record's as the log carries them, :attr:`~livedata.model.Record.raw`): the bytes
-        :meth:`encode` makes of them parsed, without parsing and encoding them again.
-        ``epoch`` must need no JSON escaping (the distributors' are hex)."""
-        return b'{"ts":%d,"seq":%d,"epoch":"%s","values":%s}' % (ts, seq, epoch.encode(), values)
+    def json_values_template(epoch: str) -> bytes:
+        """The wire form of a message of ``epoch`` whose ``values`` are already a JSON object
+        (a record's as the log carries them, :attr:`~livedata.model.Record.raw`), as a
+        template: ``template % (ts, seq, values)`` is the bytes :meth:`encode` makes of them
+        parsed, without parsing and encoding them again (and the epoch written once, not
+        per message).  ``epoch`` must need no JSON escaping (the distributors' are hex)."""
+        return b'{"ts":%%d,"seq":%%d,"epoch":"%s","values":%%s}' % epoch.encode()
 
 
 Message = bytes | LiveMessage

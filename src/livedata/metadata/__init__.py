@@ -133,6 +133,11 @@ class Metadata:
         except OverflowError as exc:  # an id beyond the column (SQLite: 64 bits): the caller's
             raise InputError(f"a number is out of range: {exc}") from exc
 
+    @property
+    def _insert(self) -> Any:
+        """The dialect's ``insert`` (the one with ``on_conflict_do_…``)."""
+        return sqlite_insert if self.engine.dialect.name == "sqlite" else postgresql_insert
+
     # organisations -------------------------------------------------------------
 
     async def ensure_org(self, org_id: str, name: str, follow_viewers: bool = False) -> None:
@@ -240,17 +245,34 @@ class Metadata:
 
     # machines -----------------------------------------------------------------
 
-    async def upsert_machine(self, org_id: str, chassis: str, name: str, model: str) -> Machine:
+    async def upsert_machine(self, org_id: str, chassis: str, name: str, model: str) -> None:
+        """Create the machine, or set its name and model (see :meth:`upsert_machines`)."""
+        await self.upsert_machines(org_id, [(chassis, name, model)])
+
+    async def upsert_machines(self, org_id: str, machines: Iterable[tuple[str, str, str]]) -> None:
+        """Create each ``(chassis, name, model)`` machine, or set the name and model of one
+        that exists (its tags, location, DBC, secret and ``disabled`` stay); each model
+        named is created unless it exists.  Two statements (executemany) in one
+        transaction whatever the count: 5,000 machines take one round trip per statement
+        instead of a session each, and a failure leaves none of them written."""
+        rows = [
+            {"org_id": org_id, "chassis_id": chassis, "name": name, "model": model}
+            for chassis, name, model in machines
+        ]
+        if not rows:
+            return
+        models = [
+            {"org_id": org_id, "name": model, "dbc_id": None}
+            for model in dict.fromkeys(row["model"] for row in rows)
+        ]
+        upsert = self._insert(Machine)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=[Machine.org_id, Machine.chassis_id],
+            set_={"name": upsert.excluded.name, "model": upsert.excluded.model},
+        )
         async with self.session() as s:
-            machine = await s.get(Machine, (org_id, chassis))
-            if machine is None:
-                machine = Machine(org_id=org_id, chassis_id=chassis, name=name, model=model)
-                s.add(machine)
-                if await s.get(MachineModel, (org_id, model)) is None:
-                    s.add(MachineModel(org_id=org_id, name=model, dbc_id=None))
-            else:
-                machine.name, machine.model = name, model
-        return machine
+            await s.execute(self._insert(MachineModel).on_conflict_do_nothing(), models)
+            await s.execute(upsert, rows)
 
     async def list_machines(self, org_id: str) -> list[Machine]:
         async with self.session() as s:
@@ -280,10 +302,8 @@ class Metadata:
         ]
         if not rows:
             return
-        dialect = self.engine.dialect.name
-        insert = sqlite_insert if dialect == "sqlite" else postgresql_insert
         async with self.session() as s:
-            await s.execute(insert(MachineField).on_conflict_do_nothing(), rows)
+            await s.execute(self._insert(MachineField).on_conflict_do_nothing(), rows)
 
     async def org_fields(self, org_id: str) -> dict[tuple[str, str], set[str]]:
         """Every remembered field of an organisation by (chassis, message type), in one query."""

@@ -7,7 +7,7 @@ Messages are handed to pub/sub as :class:`~livedata.bus.base.LiveMessage` object
 in-process pub/sub passes them on as they are (no JSON round trip in the embedded
 shape), Redis encodes them once.  A record read from Kafka still has its values as
 the JSON ingest wrote (:attr:`~livedata.model.Record.raw`): its message is those
-bytes with the head around them (:meth:`LiveMessage.encode_json_values`), the values
+bytes with the head around them (:meth:`LiveMessage.json_values_template`), the values
 never parsed nor encoded again here (that was a third of the role under a flood).
 Each batch of the log goes to pub/sub in one ``publish_many`` call (on Redis one
 script call per 500 messages, instead of a round trip of four commands per record).
@@ -45,6 +45,7 @@ class Distribute:
         self.pubsub = pubsub
         self.group = group
         self.epoch = uuid.uuid4().hex[:12]
+        self._json_template = LiveMessage.json_values_template(self.epoch)
         self._seq: dict[str, int] = {}
         self._failures = Throttled(logging.getLogger("livedata.distribute"))
 
@@ -63,7 +64,7 @@ class Distribute:
         records whose values are still the log's JSON.
         """
         seqs, epoch, realtime = self._seq, self.epoch, Kind.REALTIME
-        with_json = LiveMessage.encode_json_values
+        template = self._json_template
         out: list[tuple[str, Message]] = []
         append = out.append
         for record in batch:
@@ -75,7 +76,7 @@ class Distribute:
             if raw is None:
                 append((channel, LiveMessage(record.ts, seq, epoch, record.values)))
             else:
-                append((channel, with_json(record.ts, seq, epoch, raw)))
+                append((channel, template % (record.ts, seq, raw)))
         return out
 
     async def _publish(self, messages: list[tuple[str, Message]]) -> None:
