@@ -39,7 +39,10 @@ wait of ``STALL_S`` or more is noted with its most sampled stacks (a stall whose
 stacks are all different is the process waiting for a CPU, not code holding the
 loop).  At exit (the bench stops the server with SIGINT) everything goes to ``OUT``
 as JSON: ``{"hops": {name: [ts, lag, ts, lag, …]}, "gc": [[end, generation,
-seconds], …], "stalls": [[end, seconds, [[stack, samples], …]], …]}``.
+seconds], …], "stalls": [[end, seconds, [[stack, samples], …]], …], "inflight": [time,
+count, …], "window": n}``; ``inflight`` is, after each read of the MQTT link, how many
+of its messages wait for their acknowledgement: at the link's ``window`` (its
+``inflight`` option) the broker holds the next ones back until PUBACKs come.
 A point whose function does not exist in the measured tree is left out (listed under
 ``"missing"``), so an older tree is measured with what it has.
 """
@@ -88,6 +91,10 @@ class Probe:
         self.gc: list[tuple[float, int, float]] = []
         self.missing: list[str] = []
         self.stalls: list[tuple[float, float, list[tuple[str, int]]]] = []
+        self.inflight = array("d")
+        """After each MQTT read: ``time.time()`` and the link's messages not yet acknowledged."""
+        self.window = 0
+        """The MQTT link's ``inflight`` (the broker sends no more unacknowledged)."""
         self._gc_started = 0.0
 
     def note(self, hop: str, ts: int) -> None:
@@ -106,6 +113,8 @@ class Probe:
             "gc": self.gc,
             "stalls": self.stalls,
             "missing": self.missing,
+            "inflight": list(self.inflight),
+            "window": self.window,
         }
         with open(path, "wb") as out:
             out.write(orjson.dumps(data))
@@ -261,6 +270,8 @@ def install(probe: Probe) -> None:
         def wrapped(self: Any, client: Any, packets: Any) -> None:
             before = len(self._inbox)
             receive(self, client, packets)
+            probe.inflight.extend((time.time(), len(self._order)))
+            probe.window = self.window
             for item in itertools.islice(self._inbox, before, None):
                 message = getattr(item, "message", None)
                 if message is not None and realtime_can(message):

@@ -1566,6 +1566,20 @@ def report_hops(run: Path, window: Window) -> None:
         )
         print(f"  {name}: {bench_live.gc_pauses(probe_window, data)} ({by_generation or '-'})")
         print("    " + "\n    ".join(bench_live.loop_stalls(probe_window, data)))
+        inflight = data.get("inflight", [])
+        counts = sorted(
+            count
+            for end, count in zip(inflight[::2], inflight[1::2], strict=True)
+            if window.started <= end < window.ended
+        )
+        if counts:
+            at_window = sum(1 for c in counts if c >= 0.95 * data["window"]) / len(counts)
+            p50, p99 = (bench_live.percentile(counts, q) for q in (0.5, 0.99))
+            print(
+                f"    unacknowledged after an MQTT read p50 / p99 / max {p50:,.0f} / "
+                f"{p99:,.0f} / {counts[-1]:,.0f} of inflight {data['window']:,}; {at_window:.1%} of "
+                f"{len(counts):,} reads at 95 % of it or more (the broker holds the rest back)"
+            )
 
 
 def sweep_table(points: list[SweepPoint]) -> None:
