@@ -1656,6 +1656,19 @@ def report_hops(run: Path, window: Window) -> None:
                 f"{p99:,.0f} / {counts[-1]:,.0f} of inflight {data['window']:,}; {at_window:.1%} of "
                 f"{len(counts):,} reads at 95 % of it or more (the broker holds the rest back)"
             )
+        for function, flat in data.get("awaits", {}).items():
+            took = sorted(
+                seconds * 1000
+                for end, seconds in zip(flat[::2], flat[1::2], strict=True)
+                if window.started <= end < window.ended
+            )
+            if took:
+                p50, p99 = (bench_live.percentile(took, q) for q in (0.5, 0.99))
+                print(
+                    f"    awaited before queueing: {function} {len(took) / window.seconds:.1f}/s, "
+                    f"p50 / p99 / max {p50:.1f} / {p99:.1f} / {took[-1]:.1f} ms, "
+                    f"{sum(took) / window.seconds / 10:.1f} % of the window"
+                )
 
 
 def sweep_table(points: list[SweepPoint]) -> None:
