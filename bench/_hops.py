@@ -332,9 +332,9 @@ def install(probe: Probe) -> None:
     probe.wrap("livedata.pipeline.distribute:Distribute._publish", on_distribute_publish)
     probe.wrap("livedata.gateway.fanout:Fanout._on_message", on_message)
 
-    def on_tune_gc(tune_gc: Callable[[], None]) -> Callable[[], None]:
-        def wrapped() -> None:  # called once on the running loop, once the runtime started
-            tune_gc()
+    def on_tune_gc(tune_gc: Callable[..., None]) -> Callable[..., None]:
+        def wrapped(*args: Any) -> None:  # called once on the running loop, once started
+            tune_gc(*args)
             probe.watch(asyncio.get_running_loop())
 
         return wrapped
