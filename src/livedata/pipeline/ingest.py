@@ -28,7 +28,13 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
   stops waiting once ``ack_window`` deliveries wait for their acknowledgement: a link
   that sends at most that many unacknowledged (MQTT's ``inflight``) sends nothing more
   until some are acknowledged, so waiting longer would only cap its rate at
-  ``ack_window`` / ``linger`` messages/s.
+  ``ack_window`` / ``linger`` messages/s.  A batch whose records the log has not taken
+  yet waits for the log before it is written (at most ``log_wait``; not at all while the
+  log is failing or hung): the acknowledgement needs both anyway, and the log is the
+  live path.  A fleet sending on the second hands each ingest process a burst, whose
+  last messages complete the ack window; the store write it set off (ClickHouse: the
+  insert encoded on a thread that holds the GIL half the time, then the server's work on
+  it) then ran beside the appends of the burst's last records and delayed them.
 
 A device message is acknowledged once its record is durable **and** in the log, in
 arrival order (as MQTT requires of PUBACKs), by an acker task, so the writer goes on
@@ -653,6 +659,12 @@ class Ingest:
                 batch = await self._next_batch()
                 self._batch_since = batch[0][2]
                 observe.INGEST_QUEUE.set(len(self._queue))
+                taken = self._taken
+                await _wait_until(  # live first: see "the store" in the module doc
+                    self._log_progress,
+                    lambda: self._logged >= taken or self._log_down(),  # noqa: B023 (awaited here)
+                    time.monotonic() + self.log_wait,
+                )
                 records = [record for record, _, _ in batch]
                 if self.spill is None:
                     await self._write(records)
