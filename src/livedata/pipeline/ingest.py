@@ -384,11 +384,13 @@ class Ingest:
 
         The usual message waits for nothing: the clock is read once per batch (again after
         an organisation's first load), the organisation's machines once per run of
-        messages of one organisation (:meth:`Catalog.cached`), and only a first load, a
-        DM1, or a field name never seen before is awaited -- the batch's new field names
-        in one statement per organisation (a fleet's first messages: one row set for
-        thousands of machines instead of a transaction each, which at 5,000 machines kept
-        each ingest process from its messages for 15-25 s at start-up).
+        messages of one organisation (:meth:`Catalog.cached`), and only a first load (of an
+        organisation, or of a machine's active DTCs: a DM1's changes are written by
+        :meth:`DtcService.run`), or a field name never seen before is awaited -- the
+        batch's new field names in one statement per organisation (a fleet's first
+        messages: one row set for thousands of machines instead of a transaction each,
+        which at 5,000 machines kept each ingest process from its messages for 15-25 s at
+        start-up).
         """
         outcomes: list[Outcome] = []
         accepted: list[tuple[Record, Ack | None]] = []
@@ -441,7 +443,7 @@ class Ingest:
             accepted.append((record, delivery.ack))
         for tenant, rows in new_fields.items():
             await catalog.save_fields(tenant, rows)
-        if dtcs:  # the batch's DM1s: one metadata transaction for all their changes
+        if dtcs:  # the batch's DM1s: their changes queued for one metadata transaction
             summaries = await self.dtcs.observe_many([item[:3] for item in dtcs])
             for (*_, values, stats), summary in zip(dtcs, summaries, strict=True):
                 points = len(values)
@@ -611,6 +613,7 @@ class Ingest:
     async def close(self) -> None:
         """Close the journals, if any; call once :meth:`run` has ended."""
         await self.frames.close()
+        await self.dtcs.close()
         for journal in self._journals():
             await journal.close()
 
@@ -623,6 +626,7 @@ class Ingest:
                 tasks.create_task(self._writer(), name="ingest-writer")
                 tasks.create_task(self._appender(), name="ingest-appender")
                 tasks.create_task(self.frames.run(), name="ingest-raw-frames")
+                tasks.create_task(self.dtcs.run(), name="ingest-dtcs")
                 tasks.create_task(self._acker(), name="ingest-acker")
                 if self.spill is not None:
                     tasks.create_task(self._drainer(), name="ingest-drainer")
