@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -160,6 +162,24 @@ async def test_service_persists_and_survives_restart(meta: Metadata) -> None:
     assert await log.active([("acme", "M2")]) == {("acme", "M2"): {}}
 
 
+@contextlib.asynccontextmanager
+async def writing(service: DtcService) -> AsyncIterator[None]:
+    """``service``'s writer task runs inside the block."""
+    writer = asyncio.create_task(service.run())
+    try:
+        yield
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+
+
+async def all_written(service: DtcService) -> None:
+    """Wait until the writer has written every queued change."""
+    async with asyncio.timeout(15):
+        while service.unwritten:  # noqa: ASYNC110 - the writer's task
+            await asyncio.sleep(0.05)
+
+
 async def test_changes_wait_for_a_failing_database_in_order_then_are_written(
     meta: Metadata, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -169,8 +189,7 @@ async def test_changes_wait_for_a_failing_database_in_order_then_are_written(
     await service.observe_many([("acme", "M1", [])])  # loads the (empty) active set
     async with meta.engine.begin() as conn:
         await conn.execute(text("ALTER TABLE dtcs RENAME TO dtcs_away"))
-    writer = asyncio.create_task(service.run())
-    try:
+    async with writing(service):
         with caplog.at_level(logging.WARNING, logger="livedata.dtcs"):
             first = await service.observe_many([("acme", "M1", [dm1(1000, 0, (110, 16, 1))])])
             second = await service.observe_many([("acme", "M1", [dm1(2000, 0)])])
@@ -180,12 +199,7 @@ async def test_changes_wait_for_a_failing_database_in_order_then_are_written(
         assert len([r for r in caplog.records if "not saved" in r.message]) == 1
         async with meta.engine.begin() as conn:
             await conn.execute(text("ALTER TABLE dtcs_away RENAME TO dtcs"))
-        async with asyncio.timeout(15):
-            while service.unwritten:  # noqa: ASYNC110 - the writer's task
-                await asyncio.sleep(0.05)
-    finally:
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        await all_written(service)
     active, cleared = await DtcLog(meta).listing("acme", "M1")
     assert active == [] and [(r.spn, r.since_ms, r.cleared_ms) for r in cleared] == [
         (110, 1000, 2000)
@@ -200,8 +214,7 @@ async def test_observe_many_does_not_wait_for_the_database_write(
     write lock; its changes are written once the lock is released."""
     service = DtcService(meta)
     await service.observe_many([("acme", "M1", [])])
-    writer = asyncio.create_task(service.run())
-    try:
+    async with writing(service):
         other = sqlite3.connect(tmp_path / "meta.db", isolation_level=None)
         try:
             other.execute("BEGIN IMMEDIATE")  # SQLite's write lock, held by another connection
@@ -213,12 +226,7 @@ async def test_observe_many_does_not_wait_for_the_database_write(
             other.execute("ROLLBACK")
         finally:
             other.close()
-        async with asyncio.timeout(15):
-            while service.unwritten:  # noqa: ASYNC110 - the writer's task
-                await asyncio.sleep(0.05)
-    finally:
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        await all_written(service)
     active, _ = await DtcLog(meta).listing("acme", "M1")
     assert [(r.spn, r.since_ms) for r in active] == [(110, 1000)]
 
