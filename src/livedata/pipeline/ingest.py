@@ -25,10 +25,14 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
   durable.  Both bounds default to the store's own (:attr:`Store.batch_max
   <livedata.store.base.Store.batch_max>`, :attr:`~livedata.store.base.Store.batch_ms`:
   50 ms for SQLite, memory and PostgreSQL, 1 s for ClickHouse).  The writer also
-  stops waiting once ``ack_window`` deliveries wait for their acknowledgement: a link
-  that sends at most that many unacknowledged (MQTT's ``inflight``) sends nothing more
-  until some are acknowledged, so waiting longer would only cap its rate at
-  ``ack_window`` / ``linger`` messages/s.  A batch whose records the log has not taken
+  stops waiting once half of ``ack_window`` deliveries wait for their acknowledgement: a
+  link that sends at most ``ack_window`` unacknowledged (MQTT's ``inflight``) sends
+  nothing more until some are acknowledged, so waiting longer would only cap its rate at
+  ``ack_window`` / ``linger`` messages/s, and with the other half still open the link
+  keeps receiving while the batch is written and acknowledged (with the whole window as
+  the trigger, the broker held the last messages of each second's burst at 5,000
+  machines until then: 10 % of the link's reads found its window full,
+  ``bench/bench_cluster.py --hops``).  A batch whose records the log has not taken
   yet waits for the log before it is written (at most ``log_wait``; not at all while the
   log is failing or hung): the acknowledgement needs both anyway, and the log is the
   live path.  A fleet sending on the second hands each ingest process a burst, whose
@@ -260,8 +264,8 @@ class Ingest:
         self.linger = store.batch_ms / 1000 if linger is None else linger
         """Seconds a store batch waits for more records after its oldest (see the module doc)."""
         self.ack_window: int | None = None
-        """Deliveries waiting for their acknowledgement at which the writer stops lingering:
-        the smallest window of the device links feeding ingest (:func:`consume_devices`)."""
+        """The smallest window of the device links feeding ingest (:func:`consume_devices`):
+        once half of it waits for its acknowledgement the writer stops lingering."""
         self._unacked = 0
         """Accepted deliveries with an ack, not yet acknowledged."""
         self.spill = spill
@@ -272,8 +276,8 @@ class Ingest:
         """Records waiting for the writer, with their ack and when they were accepted."""
         self._queue_work = asyncio.Event()
         self._queue_full = asyncio.Event()
-        """Set while the queue holds ``batch_max`` records or ``ack_window`` deliveries wait
-        for their acknowledgement: the writer need not linger."""
+        """Set while the queue holds ``batch_max`` records or half of ``ack_window``
+        deliveries wait for their acknowledgement: the writer need not linger."""
         self._room = asyncio.Event()
         """Set when the queue or the log backlog got room."""
         self._queued = 0
@@ -528,7 +532,7 @@ class Ingest:
         """Whether the writer should take a batch now rather than wait for more records."""
         window = self.ack_window
         return len(self._queue) >= self.batch_max or (
-            window is not None and self._unacked >= window
+            window is not None and 2 * self._unacked >= window
         )
 
     def _decode(
