@@ -39,7 +39,11 @@ wait of ``STALL_S`` or more is noted with its most sampled stacks (a stall whose
 stacks are all different is the process waiting for a CPU, not code holding the
 loop).  At exit (the bench stops the server with SIGINT) everything goes to ``OUT``
 as JSON: ``{"hops": {name: [ts, lag, ts, lag, …]}, "gc": [[end, generation,
-seconds], …], "stalls": [[end, seconds, [[stack, samples], …]], …]}``.
+seconds], …], "stalls": [[end, seconds, [[stack, samples], …]], …], "inflight": [time,
+count, …], "window": n, "awaits": {name: [end, seconds, …]}}``; ``inflight`` is, after each read of the MQTT link, how many
+of its messages wait for their acknowledgement: at the link's ``window`` (its
+``inflight`` option) the broker holds the next ones back until PUBACKs come;
+``awaits`` times each call of what ingest awaits before it queues a batch (:data:`AWAITED`).
 A point whose function does not exist in the measured tree is left out (listed under
 ``"missing"``), so an older tree is measured with what it has.
 """
@@ -78,6 +82,13 @@ HOPS = (
     "written",
 )
 CHANNEL_SUFFIX = "/vehicle_can"
+AWAITED = (
+    "livedata.pipeline.dtcs:DtcService.observe_many",
+    "livedata.catalog:Catalog.save_fields",
+    "livedata.catalog:Catalog.claim_fields",
+)
+"""What :meth:`Ingest.handle_many` may await before it queues a batch's records (the
+live path waits for it): each call is timed."""
 
 
 class Probe:
@@ -88,6 +99,13 @@ class Probe:
         self.gc: list[tuple[float, int, float]] = []
         self.missing: list[str] = []
         self.stalls: list[tuple[float, float, list[tuple[str, int]]]] = []
+        self.inflight = array("d")
+        """After each MQTT read: ``time.time()`` and the link's messages not yet acknowledged."""
+        self.window = 0
+        self.awaits: dict[str, array] = {}
+        """Per function awaited in ingest's message path (:data:`AWAITED`): ``time.time()``
+        at its end and its wall seconds, for each call."""
+        """The MQTT link's ``inflight`` (the broker sends no more unacknowledged)."""
         self._gc_started = 0.0
 
     def note(self, hop: str, ts: int) -> None:
@@ -106,6 +124,9 @@ class Probe:
             "gc": self.gc,
             "stalls": self.stalls,
             "missing": self.missing,
+            "inflight": list(self.inflight),
+            "window": self.window,
+            "awaits": {name: list(values) for name, values in self.awaits.items()},
         }
         with open(path, "wb") as out:
             out.write(orjson.dumps(data))
@@ -261,6 +282,8 @@ def install(probe: Probe) -> None:
         def wrapped(self: Any, client: Any, packets: Any) -> None:
             before = len(self._inbox)
             receive(self, client, packets)
+            probe.inflight.extend((time.time(), len(self._order)))
+            probe.window = self.window
             for item in itertools.islice(self._inbox, before, None):
                 message = getattr(item, "message", None)
                 if message is not None and realtime_can(message):
@@ -287,13 +310,31 @@ def install(probe: Probe) -> None:
         return wrapped
 
     probe.wrap("livedata.bus.kafka:KafkaLog.append", on_kafka_append)
+
+    def timed(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def wrap(function: Callable[..., Any]) -> Callable[..., Any]:
+            async def wrapped(*args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await function(*args, **kwargs)
+                finally:
+                    probe.awaits.setdefault(name, array("d")).extend(
+                        (time.time(), time.perf_counter() - started)
+                    )
+
+            return wrapped
+
+        return wrap
+
+    for where in AWAITED:
+        probe.wrap(where, timed(where.rpartition(":")[2]))
     probe.wrap("livedata.pipeline.distribute:Distribute.messages", on_messages)
     probe.wrap("livedata.pipeline.distribute:Distribute._publish", on_distribute_publish)
     probe.wrap("livedata.gateway.fanout:Fanout._on_message", on_message)
 
-    def on_tune_gc(tune_gc: Callable[[], None]) -> Callable[[], None]:
-        def wrapped() -> None:  # called once on the running loop, once the runtime started
-            tune_gc()
+    def on_tune_gc(tune_gc: Callable[..., None]) -> Callable[..., None]:
+        def wrapped(*args: Any) -> None:  # called once on the running loop, once started
+            tune_gc(*args)
             probe.watch(asyncio.get_running_loop())
 
         return wrapped

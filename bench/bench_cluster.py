@@ -456,6 +456,9 @@ class Window:
     started: float = 0.0
     ended: float = 0.0
     """Wall-clock (Unix) start and end of the window (``--hops`` takes its notes in it)."""
+    phases: dict[str, list[float]] = field(default_factory=dict)
+    """``--hops``: per process group, its CPU (% of a core) in each :data:`PHASE_BINS`-th of
+    the second (wall clock: the simulator's ticks are on the second)."""
 
     def total(self, name: str) -> float:
         return sum(m.get(name) for m in self.metrics.values())
@@ -482,6 +485,61 @@ class Window:
         return out
 
 
+PHASE_BINS = 10
+PHASE_EVERY_S = 0.01
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class PhaseSampler(threading.Thread):
+    """``--hops``: every :data:`PHASE_EVERY_S` the CPU time of each group's processes
+    (``/proc/PID/stat``, all threads), the growth since the last sample counted in the bin
+    of the second (wall clock) it happened in.  The simulator sends every machine's second
+    at once, on the second, so this shows which processes work through the burst and when
+    the machine is idle.  Its own cost (about 1,500 reads a second) is in "this script"."""
+
+    def __init__(self, groups: list[Group]) -> None:
+        super().__init__(name="phases", daemon=True)
+        self.paths = {
+            g.name: [f"/proc/{p.pid}/stat" for p in g.procs()]
+            for g in groups
+            if g.name != "this script"
+        }
+        self.busy = {name: [0.0] * PHASE_BINS for name in self.paths}
+        self.wall = [0.0] * PHASE_BINS
+        self.done = threading.Event()
+
+    @staticmethod
+    def _cpu(paths: list[str]) -> float:
+        total = 0
+        for path in paths:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                with open(path, "rb") as f:
+                    fields = f.read().rpartition(b")")[2].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / _TICKS
+
+    def run(self) -> None:
+        last = {name: self._cpu(paths) for name, paths in self.paths.items()}
+        before = time.time()
+        while not self.done.wait(PHASE_EVERY_S):
+            now = time.time()
+            phase = int(((before + now) / 2 % 1.0) * PHASE_BINS)
+            self.wall[phase] += now - before
+            for name, paths in self.paths.items():
+                cpu = self._cpu(paths)
+                self.busy[name][phase] += cpu - last[name]
+                last[name] = cpu
+            before = now
+
+    def result(self) -> dict[str, list[float]]:
+        self.done.set()
+        self.join()
+        return {
+            name: [100 * b / w if w else 0.0 for b, w in zip(busy, self.wall, strict=True)]
+            for name, busy in self.busy.items()
+        }
+
+
 def measure(
     label: str,
     seconds: float,
@@ -497,6 +555,9 @@ def measure(
     started = time.time()
     sys0 = bench_live.system_busy_seconds()
     rss_max = dict.fromkeys((g.name for g in groups), 0)
+    sampler = PhaseSampler(groups) if HOPS[0] else None
+    if sampler is not None:
+        sampler.start()
     t0 = time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < seconds:
         for g in groups:
@@ -504,6 +565,7 @@ def measure(
         time.sleep(min(SAMPLE_EVERY_S, seconds - elapsed))
     wall = time.perf_counter() - t0
     system = bench_live.system_busy_seconds() - sys0
+    phases = sampler.result() if sampler is not None else {}
     usage = {}
     for g in groups:
         end = g.cpu()
@@ -522,6 +584,7 @@ def measure(
         load=os.getloadavg()[0],
         started=started,
         ended=time.time(),
+        phases=phases,
     )
     if clients is not None:
         stats = clients.stop()
@@ -1554,6 +1617,19 @@ def report_hops(run: Path, window: Window) -> None:
         for hop, flat in data.get("hops", {}).items():
             merged.setdefault(hop, []).extend(flat)
     probe_window: Any = window  # what bench_live's helpers read of it, this one has too
+    if window.phases:
+        step = 1000 // PHASE_BINS
+        print(
+            "  CPU (% of a core) in each part of the second (ms after it; the simulator "
+            "sends every machine's second on it):"
+        )
+        print(f"    {'':26}" + "".join(f"{i * step:>6}" for i in range(PHASE_BINS)))
+        total = [0.0] * PHASE_BINS
+        for name, row in window.phases.items():
+            total = [t + r for t, r in zip(total, row, strict=True)]
+            if max(row) >= 1:
+                print(f"    {name[:26]:26}" + "".join(f"{r:6.0f}" for r in row))
+        print(f"    {'all of these':26}" + "".join(f"{r:6.0f}" for r in total))
     print("  live path of the client machines' records: time since the sample, p50 / p99")
     for hop, p50, p99 in bench_live.breakdown(probe_window, {"hops": merged}):
         print(f"    {hop:10} {p50:7.1f} / {p99:7.1f} ms")
@@ -1568,6 +1644,33 @@ def report_hops(run: Path, window: Window) -> None:
         )
         print(f"  {name}: {bench_live.gc_pauses(probe_window, data)} ({by_generation or '-'})")
         print("    " + "\n    ".join(bench_live.loop_stalls(probe_window, data)))
+        inflight = data.get("inflight", [])
+        counts = sorted(
+            count
+            for end, count in zip(inflight[::2], inflight[1::2], strict=True)
+            if window.started <= end < window.ended
+        )
+        if counts:
+            at_window = sum(1 for c in counts if c >= 0.95 * data["window"]) / len(counts)
+            p50, p99 = (bench_live.percentile(counts, q) for q in (0.5, 0.99))
+            print(
+                f"    unacknowledged after an MQTT read p50 / p99 / max {p50:,.0f} / "
+                f"{p99:,.0f} / {counts[-1]:,.0f} of inflight {data['window']:,}; {at_window:.1%} of "
+                f"{len(counts):,} reads at 95 % of it or more (the broker holds the rest back)"
+            )
+        for function, flat in data.get("awaits", {}).items():
+            took = sorted(
+                seconds * 1000
+                for end, seconds in zip(flat[::2], flat[1::2], strict=True)
+                if window.started <= end < window.ended
+            )
+            if took:
+                p50, p99 = (bench_live.percentile(took, q) for q in (0.5, 0.99))
+                print(
+                    f"    awaited before queueing: {function} {len(took) / window.seconds:.1f}/s, "
+                    f"p50 / p99 / max {p50:.1f} / {p99:.1f} / {took[-1]:.1f} ms, "
+                    f"{sum(took) / window.seconds / 10:.1f} % of the window"
+                )
 
 
 def sweep_table(points: list[SweepPoint]) -> None:

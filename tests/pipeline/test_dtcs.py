@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event, text
@@ -137,6 +142,7 @@ async def test_service_persists_and_survives_restart(meta: Metadata) -> None:
     summary = (await service.observe_many([("acme", "M1", [dm1(1000, 0, (110, 16, 3))])]))[0]
     assert summary["dtc_active"] == 1 and summary["lamp_amber_warning"] == 1
     await service.observe_many([("acme", "M1", [dm1(2000, 0, (110, 16, 3))])])
+    await service.flush()
     log = DtcLog(meta)
     active, cleared = await log.listing("acme", "M1")
     assert [(r.spn, r.fmi, r.oc, r.since_ms, r.cleared_ms) for r in active] == [
@@ -149,31 +155,80 @@ async def test_service_persists_and_survives_restart(meta: Metadata) -> None:
     assert summary["dtc.110.16"] == 4
     summary = (await restarted.observe_many([("acme", "M1", [dm1(4000, 0)])]))[0]
     assert summary["dtc.110.16"] == 0 and summary["dtc_active"] == 0
+    await restarted.flush()
     active, cleared = await log.listing("acme", "M1")
     assert active == []
     assert [(r.spn, r.oc, r.since_ms, r.cleared_ms) for r in cleared] == [(110, 4, 1000, 4000)]
     assert await log.active([("acme", "M2")]) == {("acme", "M2"): {}}
 
 
-async def test_service_retries_after_database_failure(
+@contextlib.asynccontextmanager
+async def writing(service: DtcService) -> AsyncIterator[None]:
+    """``service``'s writer task runs inside the block."""
+    writer = asyncio.create_task(service.run())
+    try:
+        yield
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+
+
+async def all_written(service: DtcService) -> None:
+    """Wait until the writer has written every queued change."""
+    async with asyncio.timeout(15):
+        while service.unwritten:  # noqa: ASYNC110 - the writer's task
+            await asyncio.sleep(0.05)
+
+
+async def test_changes_wait_for_a_failing_database_in_order_then_are_written(
     meta: Metadata, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """While the table cannot be written the change is kept back (logged once), then written."""
+    """While the table cannot be written, the records still get their DM1s' summaries and
+    the changes wait, in order (the failure logged once); once it can, they are written."""
     service = DtcService(meta)
     await service.observe_many([("acme", "M1", [])])  # loads the (empty) active set
     async with meta.engine.begin() as conn:
         await conn.execute(text("ALTER TABLE dtcs RENAME TO dtcs_away"))
-    with caplog.at_level(logging.WARNING, logger="livedata.dtcs"):
-        for ts in (1000, 2000):
-            summary = (await service.observe_many([("acme", "M1", [dm1(ts, 0, (110, 16, 1))])]))[0]
-            assert summary["dtc_active"] == 0
-    assert len([r for r in caplog.records if "not saved" in r.message]) == 1
-    async with meta.engine.begin() as conn:
-        await conn.execute(text("ALTER TABLE dtcs_away RENAME TO dtcs"))
-    summary = (await service.observe_many([("acme", "M1", [dm1(3000, 0, (110, 16, 1))])]))[0]
-    assert summary["dtc_active"] == 1
+    async with writing(service):
+        with caplog.at_level(logging.WARNING, logger="livedata.dtcs"):
+            first = await service.observe_many([("acme", "M1", [dm1(1000, 0, (110, 16, 1))])])
+            second = await service.observe_many([("acme", "M1", [dm1(2000, 0)])])
+            assert first[0]["dtc_active"] == 1 and second[0]["dtc_active"] == 0
+            await asyncio.sleep(1.5)  # the first write and its first retry fail
+        assert service.unwritten == 2 and service.seq == 0
+        assert len([r for r in caplog.records if "not saved" in r.message]) == 1
+        async with meta.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE dtcs_away RENAME TO dtcs"))
+        await all_written(service)
+    active, cleared = await DtcLog(meta).listing("acme", "M1")
+    assert active == [] and [(r.spn, r.since_ms, r.cleared_ms) for r in cleared] == [
+        (110, 1000, 2000)
+    ]
+    assert [row["EVENT"] for _, row in service.events_since(0)] == ["active", "cleared"]
+
+
+async def test_observe_many_does_not_wait_for_the_database_write(
+    meta: Metadata, tmp_path: Path
+) -> None:
+    """A DM1 batch's summaries come back while another connection holds the database's
+    write lock; its changes are written once the lock is released."""
+    service = DtcService(meta)
+    await service.observe_many([("acme", "M1", [])])
+    async with writing(service):
+        other = sqlite3.connect(tmp_path / "meta.db", isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # SQLite's write lock, held by another connection
+            async with asyncio.timeout(1):
+                summary = await service.observe_many([("acme", "M1", [dm1(1000, 0, (110, 16, 1))])])
+            assert summary[0]["dtc_active"] == 1
+            await asyncio.sleep(0.3)
+            assert service.unwritten == 1, "written while another connection held the lock"
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await all_written(service)
     active, _ = await DtcLog(meta).listing("acme", "M1")
-    assert [(r.spn, r.since_ms) for r in active] == [(110, 3000)]
+    assert [(r.spn, r.since_ms) for r in active] == [(110, 1000)]
 
 
 class Transactions:
@@ -205,12 +260,14 @@ async def test_batch_writes_as_one_by_one_in_one_transaction(meta: Metadata) -> 
         ("M2", [dm1(4000, 0)]),
     ]
     one_by_one = DtcService(meta)
-    expected = [
-        (await one_by_one.observe_many([("acme", chassis, dm1s)]))[0] for chassis, dm1s in items
-    ]
+    expected = []
+    for chassis, dm1s in items:
+        expected.append((await one_by_one.observe_many([("acme", chassis, dm1s)]))[0])
+        await one_by_one.flush()
     batched = DtcService(meta)
     counted = Transactions(meta)
     got = await batched.observe_many([("beta", chassis, dm1s) for chassis, dm1s in items])
+    await batched.flush()
     assert got == expected
     assert counted.commits == 2  # the load of M1 and M2, the write
     assert [row for _, row in batched.events_since(0)] == [
@@ -231,9 +288,9 @@ async def test_restart_loads_the_fleet_at_once_and_repeats_nothing(meta: Metadat
     """After a restart, the first batch of 1,200 machines with active DTCs loads them with
     one query per 500 machines; DM1s repeating those DTCs write and report nothing."""
     machines = [f"M{n}" for n in range(1200)]
-    await DtcService(meta).observe_many(
-        [("acme", m, [dm1(1000, 0, (110, 16, 1))]) for m in machines]
-    )
+    first = DtcService(meta)
+    await first.observe_many([("acme", m, [dm1(1000, 0, (110, 16, 1))]) for m in machines])
+    await first.flush()
     restarted = DtcService(meta)
     counted = Transactions(meta)
     summaries = await restarted.observe_many(
@@ -244,32 +301,3 @@ async def test_restart_loads_the_fleet_at_once_and_repeats_nothing(meta: Metadat
     assert restarted.seq == 0
     active, cleared = await DtcLog(meta).listing("acme", "M7")
     assert [(r.since_ms, r.cleared_ms) for r in active] == [(1000, None)] and cleared == []
-
-
-async def test_failed_batch_sets_every_changed_machine_back(
-    meta: Metadata, caplog: pytest.LogCaptureFixture
-) -> None:
-    """When a batch's changes cannot be written, every machine it changed keeps its state
-    from before the batch (and its records that state's summary), logged once; the next
-    DM1s write them."""
-    service = DtcService(meta)
-    await service.observe_many([("acme", "M1", [dm1(500, 0, (1, 1, 1))]), ("acme", "M2", [])])
-    async with meta.engine.begin() as conn:
-        await conn.execute(text("ALTER TABLE dtcs RENAME TO dtcs_away"))
-    batch = [
-        ("acme", "M1", [dm1(1000, 0, (1, 1, 2))]),
-        ("acme", "M2", [dm1(1000, 0, (110, 16, 1))]),
-        ("acme", "M1", [dm1(2000, 0)]),
-    ]
-    with caplog.at_level(logging.WARNING, logger="livedata.dtcs"):
-        summaries = await service.observe_many(batch)
-        assert await service.observe_many(batch) == summaries
-    assert [(s["dtc_active"], s.get("dtc.1.1")) for s in summaries] == [(1, 1), (0, None), (1, 1)]
-    assert len([r for r in caplog.records if "not saved" in r.message]) == 1
-    assert service.seq == 1
-    async with meta.engine.begin() as conn:
-        await conn.execute(text("ALTER TABLE dtcs_away RENAME TO dtcs"))
-    summaries = await service.observe_many(batch)
-    assert [s["dtc_active"] for s in summaries] == [1, 1, 0]
-    active, cleared = await DtcLog(meta).listing("acme", "M1")
-    assert active == [] and [(r.oc, r.cleared_ms) for r in cleared] == [(2, 2000)]

@@ -124,11 +124,12 @@ async def test_counters_of_unknown_machines_are_bounded(parts, monkeypatch) -> N
     assert {("acme", "GHOST0"), ("acme", "NOISE4")} <= erred and ("acme", "M1") not in erred
 
 
-async def test_a_full_ack_window_ends_the_batch_wait(parts) -> None:
-    """With a batch age of an hour, deliveries are still stored and acked once ack_window wait."""
+async def test_half_the_ack_window_ends_the_batch_wait(parts) -> None:
+    """With a batch age of an hour, deliveries are still stored and acked once half of
+    ack_window wait (the link's other half stays open while the batch is written)."""
     ingest, _, _ = parts
     ingest.linger = 3600.0
-    ingest.ack_window = 3
+    ingest.ack_window = 6
     acked: list[int] = []
     done = asyncio.Event()
 
@@ -287,6 +288,32 @@ async def test_records_that_waited_out_an_append_are_not_lingered_again(parts) -
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert log.appends == [[0], [1], [2]]
+
+
+async def test_a_store_batch_waits_for_the_log_to_take_its_records(parts) -> None:
+    """Live first: a batch the log has not taken yet (its append in flight) is written to
+    the store only once the log has it, then stored and acknowledged."""
+    ingest, store, _ = parts
+    log = GatedLog()
+    gated = Ingest(store, log, ingest.catalog, linger=0, log_wait=30.0)
+    task = asyncio.create_task(gated.run())
+    acked = asyncio.Event()
+
+    async def ack() -> None:
+        acked.set()
+
+    message = DeviceMessage("acme", "M1", MsgType.CLIENT_RAW_DATA, T0, values={"n": 0})
+    try:
+        await gated.handle_many([Delivery(message, ack)])
+        await asyncio.wait_for(log.entered.wait(), 10)
+        await asyncio.sleep(0.5)
+        assert gated.written == 0, "the store wrote before the log had the records"
+        log.release.set()
+        await asyncio.wait_for(acked.wait(), 10)
+        assert gated.written == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def test_batch_bounds_default_to_the_stores_own(tmp_path: Path) -> None:

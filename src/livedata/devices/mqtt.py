@@ -57,7 +57,7 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     share group carried the same fleet with the broker at 8 %
     (``bench/bench_cluster.py --fleets 2000 --ingest 2 --split partition|share``).
     Use a share group unless the broker restart case matters more.
-``inflight`` (5000)
+``inflight`` (10000)
     MQTT 5 Receive Maximum: the broker sends this link at most this many
     unacknowledged messages and holds the rest — the back-pressure when ingest is
     slow.  Mosquitto 2.0.11 honours it for the first window but (measured) releases
@@ -66,14 +66,15 @@ Server side, :class:`MqttDeviceLink` — ``mqtt://[user:pass@]host[:port][?optio
     1000 in Mosquitto; raise it for big fleets, the broker drops messages above it,
     after acknowledging them to the device: the link follows Mosquitto's count of
     them, :data:`BROKER_DROPPED_TOPIC`, and warns when it grows).
-    It is also the link's :attr:`~livedata.devices.base.DeviceLink.window`: once this
-    many deliveries wait for their acknowledgement, ingest writes its store batch at
-    once instead of waiting out ``store_batch_ms`` for messages that cannot come -- so
-    it should exceed a link's messages/s times ``store_batch_ms`` (plus a write), or it,
-    not the store's batching, decides the batch size.  The default 5000 leaves room for
-    2,000+ messages/s per link against ClickHouse's 1 s; at 1000 a ClickHouse insert
-    had 1,000 records several times a second (``bench/bench_cluster.py --machines 2000
-    --ingest 2``, 3 rounds: 2,182-2,449 records per insert at 5000 with 1 s,
+    It is also the link's :attr:`~livedata.devices.base.DeviceLink.window`: once half
+    of it waits for acknowledgement, ingest writes its store batch at once instead of
+    waiting out ``store_batch_ms`` for messages that may not come (the other half keeps
+    the link receiving meanwhile) -- so half of it should exceed a link's messages/s
+    times ``store_batch_ms`` (plus a write), or it, not the store's batching, decides the
+    batch size.  The default 10000 leaves room for 5,000 messages/s per link (one of two
+    ingest processes at 5,000 machines) against ClickHouse's 1 s; at 1000 a ClickHouse
+    insert had 1,000 records several times a second (``bench/bench_cluster.py --machines
+    2000 --ingest 2``, 3 rounds: 2,182-2,449 records per insert at 5000 with 1 s,
     ClickHouse's CPU per record 0.56-0.60x; ingest's RSS -20 to +40 MiB).
 ``client_id``, ``session_expiry`` (3600 when ``client_id`` is given, else 0)
     with a ``client_id`` the link keeps a persistent session (``clean_start`` off);
@@ -632,7 +633,7 @@ class MqttDeviceLink(DeviceLink):
             raise ConfigError("MQTT URL option partition needs shared=off")
         self.partitioned_out = 0
         """Messages of machines of another partition, acknowledged unread."""
-        self.inflight = int(self._broker.number("inflight", 5000, 1, 65535))
+        self.inflight = int(self._broker.number("inflight", 10000, 1, 65535))
         self.window = self.inflight  # the broker sends no more unacknowledged
         expiry_default = 3600 if self.client_id else 0
         self.session_expiry = int(

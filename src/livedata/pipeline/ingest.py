@@ -28,10 +28,20 @@ Two paths leave the queue, in parallel ("one copy stored, another published"):
   durable.  Both bounds default to the store's own (:attr:`Store.batch_max
   <livedata.store.base.Store.batch_max>`, :attr:`~livedata.store.base.Store.batch_ms`:
   50 ms for SQLite, memory and PostgreSQL, 1 s for ClickHouse).  The writer also
-  stops waiting once ``ack_window`` deliveries wait for their acknowledgement: a link
-  that sends at most that many unacknowledged (MQTT's ``inflight``) sends nothing more
-  until some are acknowledged, so waiting longer would only cap its rate at
-  ``ack_window`` / ``linger`` messages/s.
+  stops waiting once half of ``ack_window`` deliveries wait for their acknowledgement: a
+  link that sends at most ``ack_window`` unacknowledged (MQTT's ``inflight``) sends
+  nothing more until some are acknowledged, so waiting longer would only cap its rate at
+  ``ack_window`` / ``linger`` messages/s, and with the other half still open the link
+  keeps receiving while the batch is written and acknowledged (with the whole window as
+  the trigger, the broker held the last messages of each second's burst at 5,000
+  machines until then: 10 % of the link's reads found its window full,
+  ``bench/bench_cluster.py --hops``).  A batch whose records the log has not taken
+  yet waits for the log before it is written (at most ``log_wait``; not at all while the
+  log is failing or hung): the acknowledgement needs both anyway, and the log is the
+  live path.  A fleet sending on the second hands each ingest process a burst, whose
+  last messages complete the ack window; the store write it set off (ClickHouse: the
+  insert encoded on a thread that holds the GIL half the time, then the server's work on
+  it) then ran beside the appends of the burst's last records and delayed them.
 
 A device message is acknowledged once its record is durable **and** in the log, in
 arrival order (as MQTT requires of PUBACKs), by an acker task, so the writer goes on
@@ -257,8 +267,8 @@ class Ingest:
         self.linger = store.batch_ms / 1000 if linger is None else linger
         """Seconds a store batch waits for more records after its oldest (see the module doc)."""
         self.ack_window: int | None = None
-        """Deliveries waiting for their acknowledgement at which the writer stops lingering:
-        the smallest window of the device links feeding ingest (:func:`consume_devices`)."""
+        """The smallest window of the device links feeding ingest (:func:`consume_devices`):
+        once half of it waits for its acknowledgement the writer stops lingering."""
         self._unacked = 0
         """Accepted deliveries with an ack, not yet acknowledged."""
         self.spill = spill
@@ -269,8 +279,8 @@ class Ingest:
         """Records waiting for the writer, with their ack and when they were accepted."""
         self._queue_work = asyncio.Event()
         self._queue_full = asyncio.Event()
-        """Set while the queue holds ``batch_max`` records or ``ack_window`` deliveries wait
-        for their acknowledgement: the writer need not linger."""
+        """Set while the queue holds ``batch_max`` records or half of ``ack_window``
+        deliveries wait for their acknowledgement: the writer need not linger."""
         self._room = asyncio.Event()
         """Set when the queue or the log backlog got room."""
         self._queued = 0
@@ -381,11 +391,13 @@ class Ingest:
 
         The usual message waits for nothing: the clock is read once per batch (again after
         an organisation's first load), the organisation's machines once per run of
-        messages of one organisation (:meth:`Catalog.cached`), and only a first load, a
-        DM1, or a field name never seen before is awaited -- the batch's new field names
-        in one statement per organisation (a fleet's first messages: one row set for
-        thousands of machines instead of a transaction each, which at 5,000 machines kept
-        each ingest process from its messages for 15-25 s at start-up).
+        messages of one organisation (:meth:`Catalog.cached`), and only a first load (of an
+        organisation, or of a machine's active DTCs: a DM1's changes are written by
+        :meth:`DtcService.run`), or a field name never seen before is awaited -- the
+        batch's new field names in one statement per organisation (a fleet's first
+        messages: one row set for thousands of machines instead of a transaction each,
+        which at 5,000 machines kept each ingest process from its messages for 15-25 s at
+        start-up).
         """
         outcomes: list[Outcome] = []
         accepted: list[tuple[Record, Ack | None]] = []
@@ -438,7 +450,7 @@ class Ingest:
             accepted.append((record, delivery.ack))
         for tenant, rows in new_fields.items():
             await catalog.save_fields(tenant, rows)
-        if dtcs:  # the batch's DM1s: one metadata transaction for all their changes
+        if dtcs:  # the batch's DM1s: their changes queued for one metadata transaction
             summaries = await self.dtcs.observe_many([item[:3] for item in dtcs])
             for (*_, values, stats), summary in zip(dtcs, summaries, strict=True):
                 points = len(values)
@@ -523,7 +535,7 @@ class Ingest:
         """Whether the writer should take a batch now rather than wait for more records."""
         window = self.ack_window
         return len(self._queue) >= self.batch_max or (
-            window is not None and self._unacked >= window
+            window is not None and 2 * self._unacked >= window
         )
 
     def _decode(
@@ -608,6 +620,7 @@ class Ingest:
     async def close(self) -> None:
         """Close the journals, if any; call once :meth:`run` has ended."""
         await self.frames.close()
+        await self.dtcs.close()
         for journal in self._journals():
             await journal.close()
 
@@ -620,6 +633,7 @@ class Ingest:
                 tasks.create_task(self._writer(), name="ingest-writer")
                 tasks.create_task(self._appender(), name="ingest-appender")
                 tasks.create_task(self.frames.run(), name="ingest-raw-frames")
+                tasks.create_task(self.dtcs.run(), name="ingest-dtcs")
                 tasks.create_task(self._acker(), name="ingest-acker")
                 if self.spill is not None:
                     tasks.create_task(self._drainer(), name="ingest-drainer")
@@ -656,6 +670,12 @@ class Ingest:
                 batch = await self._next_batch()
                 self._batch_since = batch[0][2]
                 observe.INGEST_QUEUE.set(len(self._queue))
+                taken = self._taken
+                await _wait_until(  # live first: see "the store" in the module doc
+                    self._log_progress,
+                    lambda: self._logged >= taken or self._log_down(),  # noqa: B023 (awaited here)
+                    time.monotonic() + self.log_wait,
+                )
                 records = [record for record, _, _ in batch]
                 if self.spill is None:
                     await self._write(records)
